@@ -1,0 +1,466 @@
+"""A small asyncio client for the Parley messaging server (protocol version 1).
+
+Written from docs/protocol.md alone, as an independent second client (an
+interoperability check of the document and of parleyd).  It needs only the
+standard library and the `websockets` package (tested with 10.4, Debian's
+python3-websockets).
+
+Two layers:
+
+* `Connection`: one WebSocket connection.  Sends request frames, matches
+  answers to requests by `id`, raises `ParleyError` for error frames, and puts
+  every live event object into `Connection.events` (an asyncio.Queue).
+* `Client`: a device session on top of a Connection.  Implements the client
+  sync algorithm of the document (an `applied` cursor, duplicate live events
+  dropped by `user_seq`, a gap triggers a `sync` loop), keeps a small local
+  store (conversations, messages, per-user watermarks) and computes ticks.
+"""
+
+import asyncio
+import itertools
+import json
+import random
+
+import websockets
+
+PROTOCOL_VERSION = 1
+DEFAULT_TIMEOUT = 10.0
+
+# Close codes (docs/protocol.md, "Close codes").
+CLOSE_SERVER_SHUTDOWN = 4001
+CLOSE_DEVICE_REVOKED = 4002
+CLOSE_RESYNC = 4003
+CLOSE_HEARTBEAT_TIMEOUT = 4004
+
+
+class ParleyError(Exception):
+    """An error frame from the server, or a client-side failure of a request.
+
+    `code` is the protocol error code (e.g. "not_member"), or one of the
+    client-side codes "timeout" and "connection_closed".
+    """
+
+    def __init__(self, code, message="", *, retryable=False, retry_after_ms=None,
+                 op=None, request_id=None, frame=None):
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
+        self.op = op
+        self.request_id = request_id
+        self.frame = frame
+
+
+class RequestTimeout(ParleyError):
+    def __init__(self, op, request_id, timeout):
+        super().__init__("timeout", f"no answer to {op!r} (id {request_id!r}) within {timeout} s",
+                         retryable=True, op=op, request_id=request_id)
+
+
+class ConnectionClosed(ParleyError):
+    """The connection closed.  `close_code`/`close_reason` come from the close
+    frame (None if there was none); `retry_after_ms` is parsed from a JSON
+    close reason when present."""
+
+    def __init__(self, close_code=None, close_reason=None, op=None, request_id=None):
+        retry_after_ms = None
+        if close_reason:
+            try:
+                parsed = json.loads(close_reason)
+                if isinstance(parsed, dict) and isinstance(parsed.get("retry_after_ms"), int):
+                    retry_after_ms = parsed["retry_after_ms"]
+            except ValueError:
+                pass
+        retryable = close_code != CLOSE_DEVICE_REVOKED
+        super().__init__("connection_closed", f"close code {close_code}, reason {close_reason!r}",
+                         retryable=retryable, retry_after_ms=retry_after_ms,
+                         op=op, request_id=request_id)
+        self.close_code = close_code
+        self.close_reason = close_reason
+
+
+def new_client_id():
+    """A fresh `client_id` for `send` (1-64 of A-Z a-z 0-9 - _)."""
+    return "py-" + "".join(random.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(20))
+
+
+class Connection:
+    """One WebSocket connection to parleyd with request/response matching."""
+
+    def __init__(self, ws, *, default_timeout=DEFAULT_TIMEOUT):
+        self.ws = ws
+        self.default_timeout = default_timeout
+        self.events = asyncio.Queue()          # live event objects, as received
+        self.unmatched_errors = asyncio.Queue()  # error frames with no (known) id
+        self._pending = {}                     # id -> (future, op)
+        self._ids = itertools.count(1)
+        self._closed = None                    # ConnectionClosed once closed
+        self.closed_future = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read_loop())
+
+    @classmethod
+    async def connect(cls, url, *, open_timeout=DEFAULT_TIMEOUT, default_timeout=DEFAULT_TIMEOUT):
+        # Server frames can be large (a sync page of 1000 events); no limit here.
+        ws = await websockets.connect(url, open_timeout=open_timeout, max_size=None,
+                                      ping_interval=None, compression=None)
+        return cls(ws, default_timeout=default_timeout)
+
+    @property
+    def closed(self):
+        return self._closed is not None
+
+    async def close(self):
+        await self.ws.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._reader), 5)
+        except (asyncio.TimeoutError, Exception):
+            pass
+
+    async def _read_loop(self):
+        try:
+            async for raw in self.ws:
+                try:
+                    frame = json.loads(raw)
+                except ValueError:
+                    continue  # not for us to crash on; the server never sends this
+                if not isinstance(frame, dict):
+                    continue
+                self._dispatch(frame)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._closed = ConnectionClosed(self.ws.close_code, self.ws.close_reason)
+            for rid, (fut, op) in list(self._pending.items()):
+                if not fut.done():
+                    fut.set_exception(ConnectionClosed(self.ws.close_code, self.ws.close_reason,
+                                                       op=op, request_id=rid))
+            self._pending.clear()
+            if not self.closed_future.done():
+                self.closed_future.set_result(self._closed)
+
+    def _dispatch(self, frame):
+        kind = frame.get("type")
+        if kind == "event":
+            event = frame.get("event")
+            if isinstance(event, dict):
+                self.events.put_nowait(event)
+            return
+        if kind not in ("response", "error"):
+            return  # unknown frame kind: ignore
+        rid = frame.get("id")
+        entry = self._pending.pop(rid, None) if rid is not None else None
+        if entry is None:
+            if kind == "error":
+                self.unmatched_errors.put_nowait(frame)
+            return
+        fut, op = entry
+        if fut.done():
+            return
+        if kind == "response":
+            result = frame.get("result")
+            fut.set_result(result if isinstance(result, dict) else {})
+        else:
+            fut.set_exception(ParleyError(
+                frame.get("code", "unknown"), frame.get("message", ""),
+                retryable=bool(frame.get("retryable", False)),
+                retry_after_ms=frame.get("retry_after_ms"),
+                op=frame.get("op", op), request_id=rid, frame=frame))
+
+    async def request(self, type_, *, timeout=None, **fields):
+        """Send one request and return its `result` object; raise ParleyError
+        for an error frame, RequestTimeout, or ConnectionClosed."""
+        if self._closed is not None:
+            raise ConnectionClosed(self._closed.close_code, self._closed.close_reason, op=type_)
+        rid = f"py-{next(self._ids)}"
+        frame = {"v": PROTOCOL_VERSION, "id": rid, "type": type_}
+        frame.update({k: v for k, v in fields.items() if v is not None})
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (fut, type_)
+        try:
+            await self.ws.send(json.dumps(frame, ensure_ascii=False))
+        except websockets.ConnectionClosed:
+            self._pending.pop(rid, None)
+            raise ConnectionClosed(self.ws.close_code, self.ws.close_reason, op=type_, request_id=rid)
+        timeout = self.default_timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            self._pending.pop(rid, None)
+            raise RequestTimeout(type_, rid, timeout) from None
+
+    # -- one helper per request type (thin; results are the raw `result` dicts)
+
+    async def register(self, username, password, **kw):
+        return await self.request("register", username=username, password=password, **kw)
+
+    async def login(self, username, password, device_name=None, platform=None, **kw):
+        return await self.request("login", username=username, password=password,
+                                  device_name=device_name, platform=platform, **kw)
+
+    async def auth(self, token, **kw):
+        return await self.request("auth", token=token, **kw)
+
+    async def ping(self, **kw):
+        return await self.request("ping", **kw)
+
+    async def logout(self, **kw):
+        return await self.request("logout", **kw)
+
+    async def list_devices(self, **kw):
+        return (await self.request("list_devices", **kw))["devices"]
+
+    async def unlink_device(self, device_id, **kw):
+        return await self.request("unlink_device", device_id=device_id, **kw)
+
+    async def open_conversation(self, username, **kw):
+        return await self.request("open_conversation", username=username, **kw)
+
+    async def send(self, body, *, conversation_id=None, to=None, client_id=None, **kw):
+        if (conversation_id is None) == (to is None):
+            raise ValueError("give exactly one of conversation_id and to")
+        return await self.request("send", conversation_id=conversation_id, to=to,
+                                  client_id=client_id or new_client_id(), body=body, **kw)
+
+    async def receipt(self, items, **kw):
+        """items: [{"conversation_id": c, "delivered": n, "read": m}, ...]"""
+        return await self.request("receipt", items=list(items), **kw)
+
+    async def sync(self, after=None, limit=None, **kw):
+        return await self.request("sync", after=after, limit=limit, **kw)
+
+    async def ack(self, user_seq, **kw):
+        return await self.request("ack", user_seq=user_seq, **kw)
+
+    async def history(self, conversation_id, before=None, limit=None, **kw):
+        return await self.request("history", conversation_id=conversation_id,
+                                  before=before, limit=limit, **kw)
+
+    async def snapshot(self, messages=None, **kw):
+        return await self.request("snapshot", messages=messages, **kw)
+
+
+class Client:
+    """A device session: a Connection plus the client sync algorithm.
+
+    Applied events (in user_seq order, each exactly once) are appended to
+    `self.log` as (source, event) with source "live", "sync"; waiters can use
+    `wait_event(predicate)`.  The local store is `conversations`,
+    `messages[conversation_id][seq]` and `watermarks[(conversation_id, user_id)]`.
+    """
+
+    def __init__(self, conn, *, auto_ack=True, heartbeat=True):
+        self.conn = conn
+        self.auto_ack = auto_ack
+        self.heartbeat = heartbeat
+        self.session = None         # the login/auth result
+        self.token = None
+        self.user_id = None
+        self.device_id = None
+        self.applied = None         # highest user_seq applied; None until tracking starts
+        self.conversations = {}
+        self.messages = {}
+        self.watermarks = {}
+        self.sent = {}              # (conversation_id, seq) -> client_id, for ticks
+        self.log = []
+        self.gaps = 0               # how many times a live gap triggered a sync
+        self._changed = asyncio.Condition()
+        self._sync_lock = asyncio.Lock()
+        self._kept = {}             # user_seq -> event kept aside during a gap
+        self._tasks = []
+        self.background_errors = []
+
+    @classmethod
+    async def connect(cls, url, **kw):
+        conn = await Connection.connect(url)
+        return cls(conn, **kw)
+
+    async def close(self):
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except BaseException:
+                pass
+        await self.conn.close()
+
+    # -- session
+
+    async def register(self, username, password):
+        return await self.conn.register(username, password)
+
+    async def login(self, username, password, device_name=None, platform=None):
+        """Log in as a new device: login, then snapshot, then follow the stream
+        from the snapshot's head (as the document says a new device does)."""
+        res = await self.conn.login(username, password, device_name, platform)
+        self.token = res.get("token")
+        await self._start(res, applied=None)
+        return res
+
+    async def auth(self, token, applied=None):
+        """Authenticate as an existing device.  `applied` is the locally
+        persisted cursor; without it the device starts from a snapshot."""
+        res = await self.conn.auth(token)
+        self.token = token
+        await self._start(res, applied=applied)
+        return res
+
+    async def _start(self, res, applied):
+        self.session = res
+        self.user_id = res["user_id"]
+        self.device_id = res["device_id"]
+        if applied is None:
+            snap = await self.conn.snapshot()
+            self._apply_snapshot(snap)
+            self.applied = snap["head"]
+        else:
+            self.applied = applied
+        await self.catch_up()
+        self._tasks.append(asyncio.create_task(self._live_loop()))
+        if self.heartbeat:
+            interval = res.get("heartbeat_interval_ms", 25000) / 1000.0
+            self._tasks.append(asyncio.create_task(self._heartbeat_loop(interval)))
+
+    async def logout(self):
+        return await self.conn.logout()
+
+    # -- requests passed through
+
+    def __getattr__(self, name):
+        # ping, list_devices, unlink_device, open_conversation, receipt,
+        # history, snapshot, ack and raw sync go straight to the Connection.
+        if name in ("ping", "list_devices", "unlink_device", "open_conversation",
+                    "receipt", "history", "snapshot", "ack", "sync"):
+            return getattr(self.conn, name)
+        raise AttributeError(name)
+
+    async def send(self, body, *, conversation_id=None, to=None, client_id=None):
+        client_id = client_id or new_client_id()
+        res = await self.conn.send(body, conversation_id=conversation_id, to=to, client_id=client_id)
+        self.sent[(res["conversation_id"], res["seq"])] = client_id
+        return res
+
+    # -- sync algorithm
+
+    async def catch_up(self):
+        """Step 1: loop `sync` after `applied` until has_more is false."""
+        async with self._sync_lock:
+            while True:
+                page = await self.conn.sync(after=self.applied)
+                for ev in page.get("events", []):
+                    await self._apply(ev, "sync")
+                if not page.get("has_more"):
+                    break
+                if page.get("next", self.applied) <= self.applied and not page.get("events"):
+                    break  # defensive: no progress
+            # Apply kept live events that are now next in line.
+            while self.applied + 1 in self._kept:
+                await self._apply(self._kept.pop(self.applied + 1), "live")
+            for s in [s for s in self._kept if s <= self.applied]:
+                del self._kept[s]
+            if self.auto_ack and self.applied > 0:
+                await self.conn.ack(self.applied)
+
+    async def _live_loop(self):
+        try:
+            while True:
+                ev = await self.conn.events.get()
+                seq = ev.get("user_seq")
+                if not isinstance(seq, int):
+                    continue
+                if seq <= self.applied:
+                    continue                       # duplicate: already applied
+                if seq == self.applied + 1 and not self._sync_lock.locked():
+                    await self._apply(ev, "live")
+                    continue
+                self._kept[seq] = ev               # gap (or a sync running): keep aside
+                if seq > self.applied + 1:
+                    self.gaps += 1
+                await self.catch_up()
+        except asyncio.CancelledError:
+            raise
+        except ParleyError as e:
+            self.background_errors.append(e)
+
+    async def _heartbeat_loop(self, interval):
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                res = await self.conn.ping()
+                if res.get("head", 0) > self.applied:
+                    await self.catch_up()      # step 4
+        except asyncio.CancelledError:
+            raise
+        except ParleyError as e:
+            self.background_errors.append(e)
+
+    async def _apply(self, ev, source):
+        seq = ev["user_seq"]
+        if seq <= self.applied:
+            return
+        kind = ev.get("kind")
+        if kind == "conversation":
+            conv = dict(ev["conversation"])  # a copy: the store mutates it
+            self.conversations[conv["conversation_id"]] = conv
+        elif kind == "message":
+            self._store_message(ev["message"])
+        elif kind == "receipt":
+            self._raise_watermarks(ev["conversation_id"], ev["user_id"],
+                                   ev.get("delivered", 0), ev.get("read", 0))
+        # unknown kinds: ignored, but the cursor still advances
+        self.applied = seq
+        self.log.append((source, ev))
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _store_message(self, msg):
+        cid = msg["conversation_id"]
+        self.messages.setdefault(cid, {})[msg["seq"]] = msg
+        conv = self.conversations.get(cid)
+        if conv is not None and msg["seq"] > conv.get("last_seq", 0):
+            conv["last_seq"] = msg["seq"]
+        # "A message event also means: the sender's own delivered and read
+        # watermarks are now at least seq."
+        self._raise_watermarks(cid, msg["sender_id"], msg["seq"], msg["seq"])
+
+    def _raise_watermarks(self, cid, user_id, delivered, read):
+        cur = self.watermarks.setdefault((cid, user_id), {"delivered": 0, "read": 0})
+        cur["delivered"] = max(cur["delivered"], delivered or 0, read or 0)
+        cur["read"] = max(cur["read"], read or 0)
+
+    def _apply_snapshot(self, snap):
+        for item in snap.get("conversations", []):
+            conv = dict(item["conversation"])
+            cid = conv["conversation_id"]
+            self.conversations[cid] = conv
+            for msg in item.get("messages", []):
+                self._store_message(msg)
+            for wm in item.get("watermarks", []):
+                self._raise_watermarks(cid, wm["user_id"], wm.get("delivered", 0), wm.get("read", 0))
+
+    # -- queries
+
+    def tick(self, conversation_id, seq):
+        """Tick of a message this user sent: "sent", "delivered" or "read"
+        (1:1 conversations: the other member's watermarks decide)."""
+        conv = self.conversations.get(conversation_id)
+        others = [m["user_id"] for m in (conv or {}).get("members", []) if m["user_id"] != self.user_id]
+        wms = [self.watermarks.get((conversation_id, u), {"delivered": 0, "read": 0}) for u in others]
+        if wms and all(w["read"] >= seq for w in wms):
+            return "read"
+        if wms and all(w["delivered"] >= seq for w in wms):
+            return "delivered"
+        return "sent"
+
+    async def wait_event(self, predicate, timeout=DEFAULT_TIMEOUT):
+        """Wait until an applied event (source, event) satisfies predicate;
+        return that pair.  Looks at events applied before the call too."""
+        async def scan():
+            async with self._changed:
+                while True:
+                    for pair in self.log:
+                        if predicate(*pair):
+                            return pair
+                    await self._changed.wait()
+        return await asyncio.wait_for(scan(), timeout)

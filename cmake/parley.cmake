@@ -1,0 +1,42 @@
+# Helpers shared by every CMakeLists.txt of the project.
+
+# Warnings are errors on our own targets only (never on third-party headers,
+# which are included as SYSTEM by their imported targets).
+function(parley_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Werror
+    -Wshadow -Wnon-virtual-dtor -Wold-style-cast -Wcast-align -Woverloaded-virtual
+    -Wnull-dereference -Wimplicit-fallthrough)
+endfunction()
+
+# parley_library(name SOURCES ... DEPS ...): one static library per module.
+function(parley_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS" ${ARGN})
+  add_library(${name} STATIC ${ARG_SOURCES})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR}/src)
+  target_link_libraries(${name} PUBLIC ${ARG_DEPS})
+  parley_warnings(${name})
+endfunction()
+
+# Targets that include Boost.Asio/Beast: the library is compiled once, in
+# parley_asio (src/gateway/asio_impl.cc); everyone else links it.
+function(parley_uses_asio target)
+  target_link_libraries(${target} PUBLIC parley_asio)
+endfunction()
+
+# parley_test(name SOURCES ... DEPS ... [LABELS ...]): a GoogleTest binary
+# registered with CTest. Tests get the build's bin dir to find parleyd.
+function(parley_test name)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests ${PROJECT_SOURCE_DIR}/src)
+  parley_warnings(${name})
+  target_compile_definitions(${name} PRIVATE
+    PARLEY_BIN_DIR="${PROJECT_BINARY_DIR}/bin"
+    PARLEY_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES TIMEOUT ${ARG_TIMEOUT} LABELS "${ARG_LABELS}")
+endfunction()

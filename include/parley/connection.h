@@ -1,0 +1,89 @@
+// parley::Connection — the SDK's connection and protocol layer: one
+// WebSocket connection to parleyd speaking protocol v1 (docs/protocol.md).
+//
+// What it is: request/response matching by request id, a queue of
+// server-initiated frames (events), and the close code and reason when the
+// server closes. What it is not (yet): reconnects, the local cache and the
+// offline outbox; those build on this layer (issue 5).
+//
+// Threading and ownership: a Connection owns one background I/O thread.
+// Every public method is thread-safe; Call blocks the calling thread until the
+// response arrives or the timeout passes (never call it from a callback of
+// this class — there are none yet). Destroying the Connection closes the
+// socket and joins the thread. No Boost types appear in this header.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace parley {
+
+struct ConnectOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;
+  std::string path = "/v1/ws";
+  int timeout_ms = 5000;  // TCP connect and WebSocket handshake
+};
+
+// The outcome of one request.
+struct Reply {
+  bool ok = false;
+  nlohmann::json result;  // the response's "result" object when ok
+  std::string code;       // the error code when !ok ("timeout" / "closed" for local failures)
+  std::string message;
+  nlohmann::json frame;   // the whole frame as received (null for local failures)
+
+  bool timed_out() const { return code == "timeout"; }
+};
+
+class Connection {
+ public:
+  // Connects and completes the WebSocket handshake. Returns nullptr and sets
+  // *error on failure.
+  static std::unique_ptr<Connection> Open(const ConnectOptions& options, std::string* error);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Sends {"v":1,"id":<next id>,"type":type, ...fields} and waits for the
+  // matching response or error frame.
+  Reply Call(std::string_view type, nlohmann::json fields = nlohmann::json::object(), int timeout_ms = 10000);
+
+  // Sends a request without waiting; returns its request id. The response is
+  // collected later with Await.
+  int64_t Start(std::string_view type, nlohmann::json fields = nlohmann::json::object());
+  Reply Await(int64_t id, int timeout_ms = 10000);
+
+  // Sends arbitrary bytes as one frame (for tests of bad input).
+  void SendRaw(std::string bytes, bool binary = false);
+
+  // The next server-initiated frame (type "event"), waiting up to timeout_ms.
+  std::optional<nlohmann::json> NextEvent(int timeout_ms);
+  // Error frames that matched no pending request (e.g. for unparseable frames).
+  std::optional<nlohmann::json> NextUnmatchedError(int timeout_ms);
+
+  // Whether the connection is closed, and the close code/reason the server sent
+  // (code 0 if the socket just dropped).
+  bool closed() const;
+  uint16_t close_code() const;
+  std::string close_reason() const;
+  // Waits until closed; returns whether it is.
+  bool WaitClosed(int timeout_ms);
+
+  // Closes with 1000 (normal) and waits briefly for the server's answer.
+  void Close();
+  // Drops the TCP connection without a close handshake (a network failure).
+  void Abort();
+
+ private:
+  Connection();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace parley

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Configures and builds one tree. Usage: scripts/build.sh asan|release [ninja targets...]
+#   asan    -> build/asan     (Debug, ASan + UBSan, tests)  — what the test suite runs
+#   release -> build/release  (Release, no tests)            — what you run and ship
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kind=${1:?usage: scripts/build.sh asan|release [targets...]}; shift || true
+jobs=${PARLEY_JOBS:-$(nproc)}
+case "$kind" in
+  asan)    args=(-DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON -DPARLEY_BUILD_TESTS=ON) ;;
+  release) args=(-DCMAKE_BUILD_TYPE=Release -DPARLEY_SANITIZE=OFF -DPARLEY_BUILD_TESTS=OFF) ;;
+  *) echo "unknown build kind: $kind" >&2; exit 2 ;;
+esac
+export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/parley-ccache}
+[ -f "build/$kind/build.ninja" ] || cmake -S . -B "build/$kind" -G Ninja "${args[@]}" >/dev/null
+ninja -C "build/$kind" -j"$jobs" "$@"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing Parley needs on Debian 12, and nothing
+# that is already there. Safe to run again. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config
+  libboost1.81-dev            # Asio/Beast (header-only, compiled once)
+  libsimdjson-dev             # frame parsing
+  libsqlite3-dev              # embedded store
+  libsodium-dev               # Argon2id, tokens, BLAKE2b
+  libspdlog-dev libfmt-dev    # logs
+  libcli11-dev                # flags
+  nlohmann-json3-dev          # config files and tests
+  libgtest-dev libgmock-dev   # tests
+  python3 python3-websockets  # the second client, written from docs/protocol.md
+  curl procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "setup: all build and test dependencies present"

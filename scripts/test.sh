@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Quick start, command 2: installs what is missing, builds the test tree
+# (ASan + UBSan) and runs the whole suite: unit, store conformance,
+# end-to-end (real parleyd, real sockets) and the Python client. Prints the
+# time of each phase. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+phase() { echo "== $1 ($(( $(date +%s) - t0 )) s elapsed)"; }
+
+phase "set-up"
+scripts/setup.sh
+
+phase "build (ASan + UBSan)"
+scripts/build.sh asan
+
+phase "tests"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+cd build/asan
+ctest --output-on-failure -j"${PARLEY_TEST_JOBS:-2}" --timeout 600
+phase "done"

@@ -1,0 +1,549 @@
+// ChatService. Each request type has a Do* method; each is a short chain of
+// store calls whose completions come back to the core executor. Events are
+// serialised once per user and handed to the fabric, which fans them out to
+// the user's connections. Nothing is published before the store has made it
+// durable (the append's callback runs after COMMIT), and the sender's ack
+// follows the same callback: `sent` implies durable (guarantee 3).
+#include "core/chat_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include "protocol/encode.h"
+#include "protocol/limits.h"
+
+namespace parley::core {
+
+using protocol::JsonWriter;
+using protocol::RequestType;
+
+ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fabric, WorkerPool& hash_pool,
+                         const Clock& clock, CoreConfig config)
+    : core_(core),
+      store_(store),
+      fabric_(fabric),
+      hash_pool_(hash_pool),
+      clock_(clock),
+      config_(config),
+      connections_(Metrics::Default().GetGauge("parley_connections", "Open client connections (WebSocket)")),
+      frames_in_(Metrics::Default().GetCounter("parley_frames_in_total", "Frames received from clients")),
+      frames_out_(Metrics::Default().GetCounter("parley_frames_out_total", "Frames sent to clients")),
+      errors_out_(Metrics::Default().GetCounter("parley_errors_total", "Error frames sent to clients")) {
+  auto h = HashPassword("parley-dummy-password", config_.password_cost);
+  if (h) dummy_hash_ = std::move(*h);
+}
+
+ChatService::~ChatService() = default;
+
+std::shared_ptr<Client> ChatService::Connect(std::shared_ptr<fabric::DeviceSink> sink) {
+  auto c = std::make_shared<Client>();
+  c->sink = std::move(sink);
+  connections_.Add(1);
+  return c;
+}
+
+void ChatService::OnFrame(const std::shared_ptr<Client>& client, std::string_view frame) {
+  frames_in_.Inc();
+  protocol::Decoded d = protocol::DecodeRequest(frame);
+  core_.Post([this, client, d = std::move(d)]() mutable {
+    if (client->closed) return;
+    if (!d.status.ok()) {
+      std::string_view op = d.type ? protocol::RequestTypeName(*d.type) : std::string_view();
+      errors_out_.Inc();
+      Send(client, protocol::EncodeError(d.id_json, op, d.status));
+      return;
+    }
+    Handle(client, std::move(d.request));
+  });
+}
+
+void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
+  core_.Post([this, client] {
+    if (client->closed) return;
+    client->closed = true;
+    connections_.Add(-1);
+    if (client->user_id != 0) {
+      fabric_.Detach(client->user_id, client->device_id, client->sink.get());
+      auto it = live_.find(client->user_id);
+      if (it != live_.end() && --it->second.connections == 0) live_.erase(it);
+    }
+    client->send_queue.clear();
+    client->sink.reset();  // the connection owns the client; break the cycle
+  });
+}
+
+void ChatService::Shutdown(std::function<void()> done) {
+  core_.Post([this, done = std::move(done)] {
+    stopping_ = true;
+    store_.Flush(OnCoreStatus([this, done](Status s) {
+      if (!s.ok()) spdlog::error("event=shutdown_flush_failed error=\"{}\"", s.ToString());
+      fabric_.CloseAll(static_cast<uint16_t>(protocol::CloseCode::kServerShutdown),
+                       protocol::RetryAfterReason(config_.shutdown_retry_after_ms));
+      done();
+    }));
+  });
+}
+
+void ChatService::Send(const ClientPtr& c, std::string frame) {
+  if (c->closed || !c->sink) return;
+  frames_out_.Inc();
+  c->sink->SendFrame(std::make_shared<const std::string>(std::move(frame)));
+}
+
+void ChatService::Respond(const ClientPtr& c, const Req& req, const std::function<void(JsonWriter&)>& fill) {
+  Send(c, protocol::EncodeResponse(req.id_json, protocol::RequestTypeName(req.type), fill));
+}
+
+void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s) {
+  errors_out_.Inc();
+  int64_t retry_after = s.code() == ErrorCode::kShuttingDown ? config_.shutdown_retry_after_ms : 0;
+  Send(c, protocol::EncodeError(req.id_json, protocol::RequestTypeName(req.type), s, retry_after));
+}
+
+void ChatService::Handle(const ClientPtr& c, Req req) {
+  if (stopping_) return Fail(c, req, Status(ErrorCode::kShuttingDown, "the server is shutting down; reconnect later"));
+  bool authed = c->user_id != 0;
+  if (protocol::RequestNeedsAuth(req.type) && !authed)
+    return Fail(c, req, Status(ErrorCode::kNotAuthenticated, "send 'auth' or 'login' first"));
+  if ((req.type == RequestType::kAuth || req.type == RequestType::kLogin) && (authed || c->authenticating))
+    return Fail(c, req, Status(ErrorCode::kAlreadyAuthenticated, "this connection is already authenticated"));
+  switch (req.type) {
+    case RequestType::kRegister: return DoRegister(c, std::move(req));
+    case RequestType::kLogin: return DoLogin(c, std::move(req));
+    case RequestType::kAuth: return DoAuth(c, std::move(req));
+    case RequestType::kPing: return DoPing(c, std::move(req));
+    case RequestType::kLogout: return DoLogout(c, std::move(req));
+    case RequestType::kListDevices: return DoListDevices(c, std::move(req));
+    case RequestType::kUnlinkDevice: return DoUnlinkDevice(c, std::move(req));
+    case RequestType::kOpenConversation: return DoOpenConversation(c, std::move(req));
+    case RequestType::kSend: return DoSend(c, std::move(req));
+    case RequestType::kReceipt: return DoReceipt(c, std::move(req));
+    case RequestType::kSync: return DoSync(c, std::move(req));
+    case RequestType::kAck: return DoAck(c, std::move(req));
+    case RequestType::kHistory: return DoHistory(c, std::move(req));
+    case RequestType::kSnapshot: return DoSnapshot(c, std::move(req));
+  }
+}
+
+// ---- Accounts and devices ----
+
+void ChatService::DoRegister(const ClientPtr& c, Req req) {
+  auto& r = std::get<protocol::RegisterRequest>(req.body);
+  PasswordCost cost = config_.password_cost;
+  std::string password = std::move(r.password);
+  hash_pool_.Submit([this, c, req = std::move(req), password = std::move(password), cost]() mutable {
+    auto hash = HashPassword(password, cost);
+    core_.Post([this, c, req = std::move(req), hash = std::move(hash)]() mutable {
+      if (!hash) return Fail(c, req, hash.error());
+      auto& reg = std::get<protocol::RegisterRequest>(req.body);
+      store_.CreateUser(reg.username, std::move(*hash), clock_.NowMillis(),
+                        OnCore<store::UserRecord>([this, c, req](Result<store::UserRecord> u) {
+                          if (!u) return Fail(c, req, u.error());
+                          spdlog::info("event=user_registered user_id={}", u->id);
+                          Respond(c, req, [&](JsonWriter& w) { w.Field("user_id", u->id).Field("username", u->username); });
+                        }));
+    });
+  });
+}
+
+void ChatService::DoLogin(const ClientPtr& c, Req req) {
+  c->authenticating = true;
+  auto username = std::get<protocol::LoginRequest>(req.body).username;
+  store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req = std::move(req)](
+                                                                Result<store::UserRecord> u) mutable {
+    // Verify even for an unknown user (against a dummy hash), so the answer
+    // takes as long either way and does not reveal which usernames exist.
+    std::string hash = u ? u->password_hash : dummy_hash_;
+    int64_t user_id = u ? u->id : 0;
+    std::string password = std::get<protocol::LoginRequest>(req.body).password;
+    hash_pool_.Submit([this, c, req = std::move(req), hash, password, user_id]() mutable {
+      bool ok = VerifyPassword(hash, password) && user_id != 0;
+      core_.Post([this, c, req = std::move(req), ok, user_id]() mutable {
+        if (!ok) {
+          c->authenticating = false;
+          return Fail(c, req, Status(ErrorCode::kBadCredentials, "wrong username or password"));
+        }
+        auto& r = std::get<protocol::LoginRequest>(req.body);
+        std::string token = NewDeviceToken();
+        store_.CreateDevice(user_id, r.device_name, r.platform, HashToken(token), clock_.NowMillis(),
+                            OnCore<store::DeviceRecord>([this, c, req, token](Result<store::DeviceRecord> d) {
+                              if (!d) {
+                                c->authenticating = false;
+                                return Fail(c, req, d.error());
+                              }
+                              spdlog::info("event=device_created user_id={} device_id={}", d->user_id, d->id);
+                              CompleteAuth(c, req, *d, token);
+                            }));
+      });
+    });
+  }));
+}
+
+void ChatService::DoAuth(const ClientPtr& c, Req req) {
+  c->authenticating = true;
+  std::string hash = HashToken(std::get<protocol::AuthRequest>(req.body).token);
+  store_.GetDeviceByToken(std::move(hash), OnCore<store::DeviceRecord>([this, c, req](Result<store::DeviceRecord> d) {
+    if (!d) {
+      c->authenticating = false;
+      return Fail(c, req, Status(ErrorCode::kInvalidToken, "the token is unknown or revoked; log in again"));
+    }
+    CompleteAuth(c, req, *d, "");
+  }));
+}
+
+// Authenticates the connection as `device`, attaches it to the fabric and
+// answers (with the token when it was just created by a login).
+void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::DeviceRecord& device,
+                               const std::string& token) {
+  store_.GetUserById(device.user_id, OnCore<store::UserRecord>([this, c, req, device, token](
+                                                                   Result<store::UserRecord> u) {
+    if (!u) {
+      c->authenticating = false;
+      return Fail(c, req, u.error());
+    }
+    store_.GetHead(device.user_id, OnCore<int64_t>([this, c, req, device, token, user = *u](Result<int64_t> head) {
+      c->authenticating = false;
+      if (!head) return Fail(c, req, head.error());
+      if (c->closed) return;
+      c->user_id = device.user_id;
+      c->device_id = device.id;
+      c->username = user.username;
+      c->cursor = device.cursor;
+      auto& lu = live_[c->user_id];
+      lu.connections++;
+      lu.head = std::max(lu.head, *head);
+      fabric_.Attach(c->user_id, c->device_id, c->sink);
+      Respond(c, req, [&](JsonWriter& w) {
+        w.Field("user_id", c->user_id).Field("username", c->username).Field("device_id", c->device_id);
+        if (!token.empty()) w.Field("token", token);
+        w.Field("head", lu.head)
+            .Field("cursor", c->cursor)
+            .Field("heartbeat_interval_ms", config_.heartbeat_interval_ms)
+            .Field("heartbeat_timeout_ms", config_.heartbeat_timeout_ms)
+            .Key("limits")
+            .BeginObject()
+            .Field("max_frame_bytes", static_cast<int64_t>(protocol::kMaxFrameBytes))
+            .Field("max_body_bytes", static_cast<int64_t>(protocol::kMaxBodyBytes))
+            .Field("max_sync_limit", protocol::kMaxSyncLimit)
+            .Field("max_history_limit", protocol::kMaxHistoryLimit)
+            .EndObject();
+      });
+    }));
+  }));
+}
+
+void ChatService::DoLogout(const ClientPtr& c, Req req) {
+  store_.RevokeDevice(c->user_id, c->device_id, OnCoreStatus([this, c, req](Status s) {
+    if (!s.ok()) return Fail(c, req, s);
+    spdlog::info("event=device_logged_out user_id={} device_id={}", c->user_id, c->device_id);
+    Respond(c, req, nullptr);
+    fabric_.CloseDevice(c->user_id, c->device_id, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked),
+                        "logged out");
+  }));
+}
+
+void ChatService::DoListDevices(const ClientPtr& c, Req req) {
+  store_.ListDevices(c->user_id, OnCore<std::vector<store::DeviceRecord>>(
+                                      [this, c, req](Result<std::vector<store::DeviceRecord>> r) {
+                                        if (!r) return Fail(c, req, r.error());
+                                        Respond(c, req, [&](JsonWriter& w) {
+                                          w.Key("devices").BeginArray();
+                                          for (const auto& d : *r)
+                                            w.BeginObject()
+                                                .Field("device_id", d.id)
+                                                .Field("name", d.name)
+                                                .Field("platform", d.platform)
+                                                .Field("created_at", d.created_at)
+                                                .Field("last_seen_at", d.last_seen_at)
+                                                .Field("current", d.id == c->device_id)
+                                                .EndObject();
+                                          w.EndArray();
+                                        });
+                                      }));
+}
+
+void ChatService::DoUnlinkDevice(const ClientPtr& c, Req req) {
+  int64_t target = std::get<protocol::UnlinkDeviceRequest>(req.body).device_id;
+  store_.RevokeDevice(c->user_id, target, OnCoreStatus([this, c, req, target](Status s) {
+    if (!s.ok()) return Fail(c, req, s);
+    spdlog::info("event=device_unlinked user_id={} device_id={}", c->user_id, target);
+    Respond(c, req, [&](JsonWriter& w) { w.Field("device_id", target); });
+    fabric_.CloseDevice(c->user_id, target, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), "unlinked");
+  }));
+}
+
+// ---- Conversations and messages ----
+
+void ChatService::CacheConversation(const store::ConversationRecord& conv) {
+  if (conversations_.size() >= config_.conversation_cache_entries) conversations_.clear();
+  conversations_[conv.id] = conv;
+}
+
+void ChatService::CheckMember(int64_t user_id, int64_t conversation_id, std::function<void(Status)> then) {
+  auto is_member = [user_id](const store::ConversationRecord& conv) {
+    for (const auto& m : conv.members)
+      if (m.user_id == user_id) return Status::Ok();
+    return Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+  };
+  if (auto it = conversations_.find(conversation_id); it != conversations_.end()) return then(is_member(it->second));
+  store_.GetConversation(conversation_id,
+                         OnCore<store::ConversationRecord>([this, then, is_member](Result<store::ConversationRecord> r) {
+                           if (!r) return then(r.error());
+                           CacheConversation(*r);
+                           then(is_member(*r));
+                         }));
+}
+
+void ChatService::DoOpenConversation(const ClientPtr& c, Req req) {
+  std::string username = std::get<protocol::OpenConversationRequest>(req.body).username;
+  store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req](Result<store::UserRecord> u) {
+    if (!u) return Fail(c, req, Status(ErrorCode::kUnknownUser, "no such user"));
+    if (u->id == c->user_id) return Fail(c, req, Status(ErrorCode::kSelfConversation, "a conversation needs another user"));
+    store_.OpenDirect(c->user_id, u->id, clock_.NowMillis(), OnCore<store::OpenResult>([this, c, req](Result<store::OpenResult> r) {
+      if (!r) return Fail(c, req, r.error());
+      CacheConversation(r->conversation);
+      Respond(c, req, [&](JsonWriter& w) {
+        w.Key("conversation");
+        protocol::WriteConversation(w, r->conversation);
+        w.Field("created", r->created);
+      });
+      if (r->created) {
+        store::StreamEvent e;
+        e.kind = store::EventKind::kConversation;
+        e.conversation_id = r->conversation.id;
+        e.created_at = r->conversation.created_at;
+        e.conversation = r->conversation;
+        PublishEvents(std::move(e), r->positions);
+      }
+    }));
+  }));
+}
+
+void ChatService::DoSend(const ClientPtr& c, Req req) {
+  c->send_queue.push_back(std::move(req));
+  PumpSends(c);
+}
+
+// Takes the next queued send of the connection, resolves its conversation if
+// it names a user, and submits it to the store. The next one waits until this
+// one is submitted, so the store sees a connection's sends in arrival order.
+void ChatService::PumpSends(const ClientPtr& c) {
+  if (c->send_busy || c->send_queue.empty() || c->closed) return;
+  Req req = std::move(c->send_queue.front());
+  c->send_queue.pop_front();
+  auto& s = std::get<protocol::SendRequest>(req.body);
+  if (s.conversation_id != 0) {
+    AppendSend(c, std::move(req), s.conversation_id);
+    return PumpSends(c);
+  }
+  std::string key = std::to_string(c->user_id) + ":" + s.to;
+  if (auto it = direct_.find(key); it != direct_.end()) {
+    AppendSend(c, std::move(req), it->second);
+    return PumpSends(c);
+  }
+  c->send_busy = true;
+  auto resume = [this, c](Req r, Status st, int64_t conv) {
+    c->send_busy = false;
+    if (!st.ok()) Fail(c, r, st);
+    else AppendSend(c, std::move(r), conv);
+    PumpSends(c);
+  };
+  std::string to = s.to;
+  store_.GetUserByName(to, OnCore<store::UserRecord>([this, c, req = std::move(req), key, resume](
+                                                         Result<store::UserRecord> u) mutable {
+    if (!u) return resume(std::move(req), Status(ErrorCode::kUnknownUser, "no such user"), 0);
+    if (u->id == c->user_id)
+      return resume(std::move(req), Status(ErrorCode::kSelfConversation, "a conversation needs another user"), 0);
+    store_.OpenDirect(c->user_id, u->id, clock_.NowMillis(),
+                      OnCore<store::OpenResult>([this, req = std::move(req), key, resume](Result<store::OpenResult> r) mutable {
+                        if (!r) return resume(std::move(req), r.error(), 0);
+                        CacheConversation(r->conversation);
+                        if (direct_.size() >= config_.conversation_cache_entries) direct_.clear();
+                        direct_[key] = r->conversation.id;
+                        if (r->created) {
+                          store::StreamEvent e;
+                          e.kind = store::EventKind::kConversation;
+                          e.conversation_id = r->conversation.id;
+                          e.created_at = r->conversation.created_at;
+                          e.conversation = r->conversation;
+                          PublishEvents(std::move(e), r->positions);
+                        }
+                        resume(std::move(req), Status::Ok(), r->conversation.id);
+                      }));
+  }));
+}
+
+void ChatService::AppendSend(const ClientPtr& c, Req req, int64_t conversation_id) {
+  auto& s = std::get<protocol::SendRequest>(req.body);
+  store::NewMessage m;
+  m.conversation_id = conversation_id;
+  m.sender_id = c->user_id;
+  m.sender_device_id = c->device_id;
+  m.client_id = std::move(s.client_id);
+  m.body = std::move(s.body);
+  m.now = clock_.NowMillis();
+  store_.AppendMessage(std::move(m), OnCore<store::AppendResult>([this, c, req](Result<store::AppendResult> r) {
+    if (!r) {
+      // Do not tell a non-member whether the conversation exists.
+      if (r.error().code() == ErrorCode::kUnknownConversation)
+        return Fail(c, req, Status(ErrorCode::kNotMember, "you are not a member of this conversation"));
+      return Fail(c, req, r.error());
+    }
+    const auto& msg = r->message;
+    Respond(c, req, [&](JsonWriter& w) {
+      w.Field("conversation_id", msg.conversation_id)
+          .Field("seq", msg.seq)
+          .Field("client_id", msg.client_id)
+          .Field("ts", msg.created_at)
+          .Field("duplicate", r->duplicate);
+    });
+    if (r->duplicate) return;
+    store::StreamEvent e;
+    e.kind = store::EventKind::kMessage;
+    e.conversation_id = msg.conversation_id;
+    e.created_at = msg.created_at;
+    e.message = msg;
+    PublishEvents(std::move(e), r->positions);
+  }));
+}
+
+void ChatService::DoReceipt(const ClientPtr& c, Req req) {
+  auto items = std::get<protocol::ReceiptRequest>(req.body).items;
+  struct Pending {
+    size_t left;
+    Status first_error;
+  };
+  auto pending = std::make_shared<Pending>(Pending{items.size(), Status::Ok()});
+  for (const auto& item : items) {
+    store::ReceiptUpdate u;
+    u.user_id = c->user_id;
+    u.device_id = c->device_id;
+    u.conversation_id = item.conversation_id;
+    u.delivered = item.delivered;
+    u.read = item.read;
+    u.now = clock_.NowMillis();
+    store_.UpdateReceipt(u, OnCore<store::ReceiptResult>([this, c, req, pending, u](Result<store::ReceiptResult> r) {
+      if (!r) {
+        if (pending->first_error.ok()) {
+          Status e = r.error().code() == ErrorCode::kUnknownConversation
+                         ? Status(ErrorCode::kNotMember, "you are not a member of this conversation")
+                         : r.error();
+          pending->first_error = Status(e.code(), e.message() + " (conversation " + std::to_string(u.conversation_id) + ")");
+        }
+      } else if (r->changed) {
+        store::StreamEvent e;
+        e.kind = store::EventKind::kReceipt;
+        e.conversation_id = u.conversation_id;
+        e.created_at = u.now;
+        e.receipt_user_id = u.user_id;
+        e.receipt = r->aggregate;
+        PublishEvents(std::move(e), r->positions);
+      }
+      if (--pending->left == 0) {
+        if (!pending->first_error.ok()) return Fail(c, req, pending->first_error);
+        Respond(c, req, nullptr);
+      }
+    }));
+  }
+}
+
+// ---- Sync ----
+
+void ChatService::DoSync(const ClientPtr& c, Req req) {
+  auto& s = std::get<protocol::SyncRequest>(req.body);
+  int64_t after = s.after.value_or(c->cursor);
+  store_.ReadStream(c->user_id, after, s.limit, OnCore<store::StreamPage>([this, c, req, after](Result<store::StreamPage> p) {
+    if (!p) return Fail(c, req, p.error());
+    NoteHead(c->user_id, p->head);
+    if (after > p->head)
+      return Fail(c, req, Status(ErrorCode::kCursorAhead, "'after' is beyond the head of your stream; take a snapshot"));
+    Respond(c, req, [&](JsonWriter& w) {
+      w.Key("events").BeginArray();
+      for (const auto& e : p->events) protocol::WriteEvent(w, e);
+      w.EndArray()
+          .Field("after", after)
+          .Field("next", p->events.empty() ? after : p->events.back().user_seq)
+          .Field("head", p->head)
+          .Field("has_more", p->has_more);
+    });
+  }));
+}
+
+void ChatService::DoAck(const ClientPtr& c, Req req) {
+  int64_t seq = std::get<protocol::AckRequest>(req.body).user_seq;
+  if (auto it = live_.find(c->user_id); it != live_.end() && seq > it->second.head)
+    return Fail(c, req, Status(ErrorCode::kCursorAhead, "cannot acknowledge beyond the head of your stream"));
+  if (seq <= c->cursor) return Respond(c, req, [&](JsonWriter& w) { w.Field("cursor", c->cursor); });
+  c->cursor = seq;
+  store_.SetCursor(c->device_id, seq, clock_.NowMillis(), OnCoreStatus([this, c, req, seq](Status s) {
+    if (!s.ok()) return Fail(c, req, s);
+    Respond(c, req, [&](JsonWriter& w) { w.Field("cursor", seq); });
+  }));
+}
+
+void ChatService::DoHistory(const ClientPtr& c, Req req) {
+  auto h = std::get<protocol::HistoryRequest>(req.body);
+  CheckMember(c->user_id, h.conversation_id, [this, c, req, h](Status s) {
+    if (!s.ok()) {
+      if (s.code() == ErrorCode::kUnknownConversation) s = Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+      return Fail(c, req, s);
+    }
+    store_.History(h.conversation_id, h.before, h.limit,
+                   OnCore<std::vector<store::MessageRecord>>([this, c, req](Result<std::vector<store::MessageRecord>> r) {
+                     if (!r) return Fail(c, req, r.error());
+                     Respond(c, req, [&](JsonWriter& w) {
+                       w.Key("messages").BeginArray();
+                       for (const auto& m : *r) protocol::WriteMessage(w, m);
+                       w.EndArray().Field("has_more", !r->empty() && r->front().seq > 1);
+                     });
+                   }));
+  });
+}
+
+void ChatService::DoSnapshot(const ClientPtr& c, Req req) {
+  int n = std::get<protocol::SnapshotRequest>(req.body).messages;
+  store_.GetSnapshot(c->user_id, n, OnCore<store::Snapshot>([this, c, req](Result<store::Snapshot> r) {
+    if (!r) return Fail(c, req, r.error());
+    NoteHead(c->user_id, r->head);
+    Respond(c, req, [&](JsonWriter& w) {
+      w.Field("head", r->head).Key("conversations").BeginArray();
+      for (const auto& s : r->conversations) {
+        w.BeginObject().Key("conversation");
+        protocol::WriteConversation(w, s.conversation);
+        w.Key("messages").BeginArray();
+        for (const auto& m : s.latest) protocol::WriteMessage(w, m);
+        w.EndArray().Key("watermarks").BeginArray();
+        for (const auto& [uid, wm] : s.watermarks)
+          w.BeginObject().Field("user_id", uid).Field("delivered", wm.delivered).Field("read", wm.read).EndObject();
+        w.EndArray().Field("unread", s.unread).Field("last_activity_at", s.conversation.last_activity_at).EndObject();
+      }
+      w.EndArray();
+    });
+  }));
+}
+
+void ChatService::DoPing(const ClientPtr& c, Req req) {
+  int64_t head = 0;
+  if (auto it = live_.find(c->user_id); it != live_.end()) head = it->second.head;
+  Respond(c, req, [&](JsonWriter& w) {
+    w.Field("ts", clock_.NowMillis());
+    if (c->user_id != 0) w.Field("head", head);
+  });
+}
+
+// ---- Fan-out ----
+
+void ChatService::NoteHead(int64_t user_id, int64_t user_seq) {
+  if (auto it = live_.find(user_id); it != live_.end()) it->second.head = std::max(it->second.head, user_seq);
+}
+
+void ChatService::PublishEvents(store::StreamEvent event, const std::vector<store::StreamPosition>& positions) {
+  for (const auto& p : positions) {
+    NoteHead(p.user_id, p.user_seq);
+    if (live_.find(p.user_id) == live_.end()) continue;  // nobody connected: sync will carry it
+    event.user_seq = p.user_seq;
+    frames_out_.Inc();
+    fabric_.Publish(p.user_id, std::make_shared<const std::string>(protocol::EncodeEvent(event)));
+  }
+}
+
+}  // namespace parley::core

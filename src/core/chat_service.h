@@ -1,0 +1,148 @@
+// ChatService: the rules of Parley (conversations, membership, ordering,
+// deduplication, receipts, sync) against two interfaces, Store and Fabric.
+// No sockets here: the gateway hands it frames and a DeviceSink per
+// connection; tests drive it with a hand-drained executor.
+//
+// Threading. All state below lives on one serial Executor (`core`). The
+// public entry points may be called from any thread: OnFrame decodes the
+// frame on the caller's thread (I/O threads do the parsing in parallel) and
+// posts the decoded request to `core`. Store completions are re-posted to
+// `core` (BindTo). Password hashing runs on `hash_pool`.
+//
+// Ordering. Sends from one connection reach the store in the order their
+// frames arrived (a per-connection send queue), so one device's messages in a
+// conversation keep their compose order even when some need a lookup first.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "common/clock.h"
+#include "common/executor.h"
+#include "common/metrics.h"
+#include "common/worker_pool.h"
+#include "core/accounts.h"
+#include "fabric/fabric.h"
+#include "protocol/frames.h"
+#include "protocol/json_writer.h"
+#include "store/store.h"
+
+namespace parley::core {
+
+struct CoreConfig {
+  PasswordCost password_cost = PasswordCost::kInteractive;
+  // Announced in the auth response; the gateway enforces the timeout.
+  int heartbeat_interval_ms = 25'000;
+  int heartbeat_timeout_ms = 60'000;
+  // Told to clients in shutdown closes and `shutting_down` errors.
+  int shutdown_retry_after_ms = 2'000;
+  // Conversations whose member lists are kept in memory.
+  size_t conversation_cache_entries = 100'000;
+};
+
+// One connection, as core sees it. Created by Connect, owned by the gateway
+// connection; fields are touched only on the core executor.
+struct Client {
+  std::shared_ptr<fabric::DeviceSink> sink;
+  int64_t user_id = 0;
+  int64_t device_id = 0;
+  std::string username;
+  bool authenticating = false;  // an auth or login is in flight
+  bool closed = false;          // disconnected; late completions are dropped
+  int64_t cursor = 0;           // the device's acknowledged user seq
+  // Sends waiting for their turn (see "Ordering" above).
+  std::deque<protocol::Request> send_queue;
+  bool send_busy = false;
+};
+
+class ChatService {
+ public:
+  ChatService(Executor& core, store::Store& store, fabric::Fabric& fabric, WorkerPool& hash_pool, const Clock& clock,
+              CoreConfig config);
+  ~ChatService();
+
+  // Any thread. A new connection that will send frames through `sink`.
+  std::shared_ptr<Client> Connect(std::shared_ptr<fabric::DeviceSink> sink);
+  // Any thread. One complete text (or binary) frame from the client.
+  void OnFrame(const std::shared_ptr<Client>& client, std::string_view frame);
+  // Any thread. The connection is gone.
+  void OnDisconnect(const std::shared_ptr<Client>& client);
+
+  // Any thread. Graceful shutdown: new requests get `shutting_down`; every
+  // write already submitted becomes durable and is answered; then every
+  // connection is closed with kServerShutdown and a retry-after reason, and
+  // `done` runs on the core executor.
+  void Shutdown(std::function<void()> done);
+
+  const CoreConfig& config() const { return config_; }
+
+ private:
+  using Req = protocol::Request;
+  using ClientPtr = std::shared_ptr<Client>;
+
+  void Handle(const ClientPtr& c, Req req);
+  void Respond(const ClientPtr& c, const Req& req, const std::function<void(protocol::JsonWriter&)>& fill);
+  void Fail(const ClientPtr& c, const Req& req, const Status& s);
+  void Send(const ClientPtr& c, std::string frame);
+
+  void DoRegister(const ClientPtr& c, Req req);
+  void DoLogin(const ClientPtr& c, Req req);
+  void DoAuth(const ClientPtr& c, Req req);
+  void CompleteAuth(const ClientPtr& c, const Req& req, const store::DeviceRecord& device, const std::string& token);
+  void DoLogout(const ClientPtr& c, Req req);
+  void DoListDevices(const ClientPtr& c, Req req);
+  void DoUnlinkDevice(const ClientPtr& c, Req req);
+  void DoOpenConversation(const ClientPtr& c, Req req);
+  void DoSend(const ClientPtr& c, Req req);
+  void PumpSends(const ClientPtr& c);
+  void AppendSend(const ClientPtr& c, Req req, int64_t conversation_id);
+  void DoReceipt(const ClientPtr& c, Req req);
+  void DoSync(const ClientPtr& c, Req req);
+  void DoAck(const ClientPtr& c, Req req);
+  void DoHistory(const ClientPtr& c, Req req);
+  void DoSnapshot(const ClientPtr& c, Req req);
+  void DoPing(const ClientPtr& c, Req req);
+
+  // Publishes one stream event per position (each user gets its own user_seq).
+  void PublishEvents(store::StreamEvent event, const std::vector<store::StreamPosition>& positions);
+  void NoteHead(int64_t user_id, int64_t user_seq);
+  // Membership from the cache or the store; fails kUnknownConversation / kNotMember.
+  void CheckMember(int64_t user_id, int64_t conversation_id, std::function<void(Status)> then);
+  void CacheConversation(const store::ConversationRecord& conv);
+
+  // Wraps a store callback so that it runs on the core executor.
+  template <typename T, typename Fn>
+  store::Callback<T> OnCore(Fn fn) {
+    return BindTo<Result<T>>(core_, std::move(fn));
+  }
+  store::StatusCallback OnCoreStatus(std::function<void(Status)> fn) { return BindTo<Status>(core_, std::move(fn)); }
+
+  Executor& core_;
+  store::Store& store_;
+  fabric::Fabric& fabric_;
+  WorkerPool& hash_pool_;
+  const Clock& clock_;
+  const CoreConfig config_;
+  std::string dummy_hash_;  // verified against for unknown users, so timing does not reveal them
+
+  // State below is touched only on core_.
+  bool stopping_ = false;
+  struct LiveUser {
+    int connections = 0;
+    int64_t head = 0;
+  };
+  std::unordered_map<int64_t, LiveUser> live_;  // users with authenticated connections
+  std::unordered_map<int64_t, store::ConversationRecord> conversations_;
+  std::unordered_map<std::string, int64_t> direct_;  // "userA:userB" (ordered ids) -> conversation id
+
+  Gauge& connections_;
+  Counter& frames_in_;
+  Counter& frames_out_;
+  Counter& errors_out_;
+};
+
+}  // namespace parley::core

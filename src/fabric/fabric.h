@@ -1,0 +1,53 @@
+// The Fabric: where devices are connected, and getting events to them.
+//
+// Single node: LocalFabric (fabric/local) keeps an in-process table. Cluster
+// (later): a Redis backend routes to the node holding each device. Either
+// way, live delivery is an optimisation (DESIGN.md, guarantee 7): a frame the
+// fabric drops is recovered by sync, so nothing here is durable.
+//
+// Thread-safety: every method may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace parley::fabric {
+
+using SharedFrame = std::shared_ptr<const std::string>;
+
+// One live, authenticated connection of a device, as the gateway exposes it.
+// Implementations queue and return at once; they never block.
+class DeviceSink {
+ public:
+  virtual ~DeviceSink() = default;
+  // Queues a text frame for the device. Frames arrive in call order.
+  virtual void SendFrame(SharedFrame frame) = 0;
+  // Sends what is queued, then closes with `code` and `reason`.
+  virtual void Close(uint16_t code, std::string reason) = 0;
+};
+
+class Fabric {
+ public:
+  virtual ~Fabric() = default;
+
+  // The device is connected through `sink` (a device may have several
+  // connections for a moment, e.g. during a reconnect; each is attached).
+  virtual void Attach(int64_t user_id, int64_t device_id, std::shared_ptr<DeviceSink> sink) = 0;
+  // Removes that one connection; unknown ones are ignored.
+  virtual void Detach(int64_t user_id, int64_t device_id, const DeviceSink* sink) = 0;
+
+  // Sends `frame` to every attached connection of every device of the user.
+  virtual void Publish(int64_t user_id, SharedFrame frame) = 0;
+
+  // Closes every connection of the device (unlink, logout).
+  virtual void CloseDevice(int64_t user_id, int64_t device_id, uint16_t code, std::string reason) = 0;
+
+  // Whether the user has any connection attached (presence comes later).
+  virtual bool IsConnected(int64_t user_id) const = 0;
+
+  // Closes every attached connection (shutdown).
+  virtual void CloseAll(uint16_t code, std::string reason) = 0;
+};
+
+}  // namespace parley::fabric

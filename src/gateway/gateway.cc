@@ -1,0 +1,451 @@
+// Gateway implementation over Boost.Beast.
+//
+// Each accepted socket starts as an HttpSession reading HTTP/1.1 requests.
+// A request for /v1/ws with an Upgrade header becomes a WsSession. A
+// WsSession reads one frame at a time into its flat_buffer and hands the
+// bytes to ChatService::OnFrame on its own I/O thread (decoding happens there,
+// in parallel with other threads). Outgoing frames are shared, immutable
+// strings queued per connection; one async_write is in flight at a time
+// (Beast allows no more) and the queue is bounded in bytes.
+#include "gateway/gateway.h"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
+
+#include "common/metrics.h"
+#include "core/chat_service.h"
+#include "protocol/encode.h"
+#include "protocol/limits.h"
+
+namespace parley::gateway {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+using tcp = net::ip::tcp;
+
+namespace {
+
+// An Executor over any Asio executor (a strand for the core).
+template <typename AsioExecutor>
+class AsioExecutorAdapter final : public Executor {
+ public:
+  explicit AsioExecutorAdapter(AsioExecutor ex) : ex_(std::move(ex)) {}
+  void Post(std::function<void()> fn) override { net::post(ex_, std::move(fn)); }
+
+ private:
+  AsioExecutor ex_;
+};
+
+struct GatewayMetrics {
+  Gauge& queue_bytes = Metrics::Default().GetGauge("parley_outbound_queue_bytes",
+                                                   "Bytes queued for sending, summed over all connections");
+  Counter& resync_closes = Metrics::Default().GetCounter(
+      "parley_resync_closes_total", "Connections closed because their outbound queue overflowed");
+  Counter& accepted = Metrics::Default().GetCounter("parley_connections_accepted_total", "TCP connections accepted");
+  Counter& http_requests = Metrics::Default().GetCounter("parley_http_requests_total", "Plain HTTP requests served");
+};
+
+GatewayMetrics& M() {
+  static GatewayMetrics m;
+  return m;
+}
+
+class SessionRegistry;
+
+class WsSession final : public fabric::DeviceSink, public std::enable_shared_from_this<WsSession> {
+ public:
+  WsSession(beast::tcp_stream&& stream, core::ChatService* chat, const GatewayConfig& cfg, SessionRegistry* reg)
+      : ws_(std::move(stream)), chat_(chat), cfg_(cfg), registry_(reg) {}
+
+  void Start(http::request<http::string_body> req);
+  void SendFrame(fabric::SharedFrame frame) override;
+  void Close(uint16_t code, std::string reason) override;
+
+ private:
+  void DoRead();
+  void OnRead(beast::error_code ec, size_t n);
+  void DoWrite();
+  void OnWrite(beast::error_code ec, size_t n);
+  void DoClose();
+  void Finish();
+  void DropQueued();
+
+  websocket::stream<beast::tcp_stream> ws_;
+  beast::flat_buffer buffer_;
+  core::ChatService* chat_;
+  const GatewayConfig& cfg_;
+  SessionRegistry* registry_;
+  std::shared_ptr<core::Client> client_;
+  // State below is touched only on the session's executor.
+  std::deque<fabric::SharedFrame> queue_;
+  size_t queued_bytes_ = 0;
+  bool writing_ = false;
+  bool close_requested_ = false;
+  bool closing_ = false;
+  bool finished_ = false;
+  websocket::close_reason close_reason_;
+};
+
+// Every open session, so that shutdown can close those that are not (yet)
+// authenticated and therefore not in the fabric.
+class SessionRegistry {
+ public:
+  void Add(const std::shared_ptr<WsSession>& s) {
+    std::lock_guard lock(mu_);
+    sessions_.insert(s.get());
+    weak_.emplace(s.get(), s);
+  }
+  void Remove(WsSession* s) {
+    std::lock_guard lock(mu_);
+    sessions_.erase(s);
+    weak_.erase(s);
+  }
+  std::vector<std::shared_ptr<WsSession>> All() {
+    std::lock_guard lock(mu_);
+    std::vector<std::shared_ptr<WsSession>> out;
+    for (auto& [p, w] : weak_)
+      if (auto s = w.lock()) out.push_back(std::move(s));
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_set<WsSession*> sessions_;
+  std::unordered_map<WsSession*, std::weak_ptr<WsSession>> weak_;
+};
+
+void WsSession::Start(http::request<http::string_body> req) {
+  registry_->Add(shared_from_this());
+  beast::get_lowest_layer(ws_).expires_never();
+  websocket::stream_base::timeout t{};
+  t.handshake_timeout = std::chrono::seconds(10);
+  t.idle_timeout = std::chrono::milliseconds(cfg_.idle_timeout_ms);
+  t.keep_alive_pings = false;  // heartbeats are application frames (DESIGN.md)
+  ws_.set_option(t);
+  ws_.read_message_max(protocol::kHardMaxFrameBytes);
+  ws_.auto_fragment(false);
+  ws_.set_option(websocket::stream_base::decorator(
+      [](websocket::response_type& res) { res.set(http::field::server, "parleyd"); }));
+  client_ = chat_->Connect(shared_from_this());
+  ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) {
+    if (ec) return self->Finish();
+    self->DoRead();
+  });
+}
+
+void WsSession::DoRead() {
+  ws_.async_read(buffer_, beast::bind_front_handler(&WsSession::OnRead, shared_from_this()));
+}
+
+void WsSession::OnRead(beast::error_code ec, size_t) {
+  if (ec) return Finish();
+  if (!client_) return;
+  auto data = buffer_.cdata();
+  chat_->OnFrame(client_, std::string_view(static_cast<const char*>(data.data()), data.size()));
+  buffer_.consume(buffer_.size());
+  DoRead();
+}
+
+void WsSession::SendFrame(fabric::SharedFrame frame) {
+  net::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame)]() mutable {
+    if (self->close_requested_ || self->finished_) return;
+    self->queued_bytes_ += frame->size();
+    M().queue_bytes.Add(static_cast<int64_t>(frame->size()));
+    self->queue_.push_back(std::move(frame));
+    if (self->queued_bytes_ > self->cfg_.max_outbound_queue_bytes) {
+      // Too slow a reader: drop what is queued (but the frame being written,
+      // whose buffer Beast still holds) and let the device catch up by sync.
+      M().resync_closes.Inc();
+      self->DropQueued();
+      self->close_requested_ = true;
+      self->close_reason_ = websocket::close_reason(static_cast<websocket::close_code>(protocol::CloseCode::kResync),
+                                                    protocol::RetryAfterReason(0));
+      if (!self->writing_) self->DoClose();
+      return;
+    }
+    if (!self->writing_) self->DoWrite();
+  });
+}
+
+void WsSession::Close(uint16_t code, std::string reason) {
+  net::post(ws_.get_executor(), [self = shared_from_this(), code, reason = std::move(reason)] {
+    if (self->close_requested_ || self->finished_) return;
+    self->close_requested_ = true;
+    self->close_reason_ = websocket::close_reason(static_cast<websocket::close_code>(code), reason);
+    if (!self->writing_) self->DoClose();
+  });
+}
+
+void WsSession::DoWrite() {
+  if (queue_.empty()) {
+    if (close_requested_) DoClose();
+    return;
+  }
+  writing_ = true;
+  ws_.text(true);
+  ws_.async_write(net::buffer(*queue_.front()), beast::bind_front_handler(&WsSession::OnWrite, shared_from_this()));
+}
+
+void WsSession::DropQueued() {
+  size_t keep = writing_ ? 1 : 0;
+  while (queue_.size() > keep) {
+    queued_bytes_ -= queue_.back()->size();
+    M().queue_bytes.Add(-static_cast<int64_t>(queue_.back()->size()));
+    queue_.pop_back();
+  }
+}
+
+void WsSession::OnWrite(beast::error_code ec, size_t) {
+  writing_ = false;
+  size_t n = queue_.front()->size();
+  queued_bytes_ -= n;
+  M().queue_bytes.Add(-static_cast<int64_t>(n));
+  queue_.pop_front();
+  if (ec) return Finish();
+  DoWrite();
+}
+
+void WsSession::DoClose() {
+  if (closing_ || finished_) return;
+  closing_ = true;
+  beast::get_lowest_layer(ws_).expires_after(std::chrono::seconds(5));
+  ws_.async_close(close_reason_, [self = shared_from_this()](beast::error_code) {
+    // The pending read completes with `closed` once the peer answers.
+    beast::error_code ignored;
+    beast::get_lowest_layer(self->ws_).socket().shutdown(tcp::socket::shutdown_both, ignored);
+  });
+}
+
+void WsSession::Finish() {
+  if (finished_) return;
+  finished_ = true;
+  M().queue_bytes.Add(-static_cast<int64_t>(queued_bytes_));
+  queued_bytes_ = 0;
+  queue_.clear();
+  chat_->OnDisconnect(client_);
+  client_.reset();  // core keeps it until it has processed the disconnect
+  registry_->Remove(this);
+  beast::error_code ignored;
+  beast::get_lowest_layer(ws_).socket().close(ignored);
+}
+
+class HttpSession : public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(tcp::socket&& socket, core::ChatService* chat, const GatewayConfig& cfg, const HttpHandler& handler,
+              SessionRegistry* reg, std::atomic<int64_t>* open)
+      : stream_(std::move(socket)), chat_(chat), cfg_(cfg), handler_(handler), registry_(reg), open_(open) {
+    open_->fetch_add(1);
+  }
+  ~HttpSession() { open_->fetch_sub(1); }
+
+  void Start() { DoRead(); }
+
+ private:
+  void DoRead() {
+    req_ = {};
+    stream_.expires_after(std::chrono::seconds(30));
+    http::async_read(stream_, buffer_, req_, beast::bind_front_handler(&HttpSession::OnRead, shared_from_this()));
+  }
+
+  void OnRead(beast::error_code ec, size_t) {
+    if (ec) {
+      beast::error_code ignored;
+      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      return;
+    }
+    if (websocket::is_upgrade(req_)) {
+      std::string_view target(req_.target().data(), req_.target().size());
+      if (target == "/v1/ws" || target.rfind("/v1/ws?", 0) == 0) {
+        auto ws = std::make_shared<WsSession>(std::move(stream_), chat_, cfg_, registry_);
+        ws->Start(std::move(req_));
+        return;
+      }
+    }
+    M().http_requests.Inc();
+    HttpResponse r;
+    if (req_.method() != http::verb::get && req_.method() != http::verb::head) {
+      r.status = 405;
+      r.body = "method not allowed\n";
+    } else {
+      r = handler_(std::string(req_.target()));
+    }
+    auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(r.status), req_.version());
+    res->set(http::field::server, "parleyd");
+    res->set(http::field::content_type, r.content_type);
+    res->set(http::field::cache_control, "no-store");
+    res->keep_alive(req_.keep_alive());
+    if (req_.method() != http::verb::head) res->body() = std::move(r.body);
+    res->prepare_payload();
+    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code wec, size_t) {
+      if (wec || !res->keep_alive()) {
+        beast::error_code ignored;
+        self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+        return;
+      }
+      self->DoRead();
+    });
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  http::request<http::string_body> req_;
+  core::ChatService* chat_;
+  const GatewayConfig& cfg_;
+  const HttpHandler& handler_;
+  SessionRegistry* registry_;
+  std::atomic<int64_t>* open_;
+};
+
+}  // namespace
+
+struct Gateway::Impl {
+  explicit Impl(GatewayConfig c)
+      : cfg(std::move(c)),
+        contexts(static_cast<size_t>(std::max(1, cfg.io_threads))),
+        core_exec(net::make_strand(contexts[0].get_executor())),
+        control_exec(contexts[0].get_executor()),
+        acceptor(contexts[0]),
+        signals(contexts[0], SIGTERM, SIGINT) {
+    for (auto& ctx : contexts) guards.emplace_back(net::make_work_guard(ctx));
+  }
+
+  void DoAccept() {
+    auto& ctx = contexts[next_ctx++ % contexts.size()];
+    acceptor.async_accept(ctx, [this](beast::error_code ec, tcp::socket socket) {
+      if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
+      if (!ec) {
+        M().accepted.Inc();
+        beast::error_code ignored;
+        socket.set_option(tcp::no_delay(true), ignored);
+        if (cfg.socket_send_buffer > 0)
+          socket.set_option(net::socket_base::send_buffer_size(cfg.socket_send_buffer), ignored);
+        std::make_shared<HttpSession>(std::move(socket), chat, cfg, http, &registry, &open)->Start();
+      } else {
+        spdlog::warn("event=accept_failed error=\"{}\"", ec.message());
+      }
+      DoAccept();
+    });
+  }
+
+  void WaitSignal() {
+    signals.async_wait([this](beast::error_code ec, int sig) {
+      if (ec) return;
+      if (on_signal) on_signal(sig);
+      WaitSignal();
+    });
+  }
+
+  GatewayConfig cfg;
+  std::deque<net::io_context> contexts;
+  std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
+  AsioExecutorAdapter<net::strand<net::io_context::executor_type>> core_exec;
+  AsioExecutorAdapter<net::io_context::executor_type> control_exec;
+  tcp::acceptor acceptor;
+  net::signal_set signals;
+  std::function<void(int)> on_signal;
+  core::ChatService* chat = nullptr;
+  HttpHandler http;
+  SessionRegistry registry;
+  std::atomic<int64_t> open{0};
+  size_t next_ctx = 0;
+  uint16_t bound_port = 0;
+};
+
+Gateway::Gateway(GatewayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+Gateway::~Gateway() = default;
+
+Executor& Gateway::CoreExecutor() { return impl_->core_exec; }
+Executor& Gateway::ControlExecutor() { return impl_->control_exec; }
+
+Status Gateway::Start(core::ChatService* chat, HttpHandler http) {
+  impl_->chat = chat;
+  impl_->http = std::move(http);
+  beast::error_code ec;
+  auto addr = net::ip::make_address(impl_->cfg.host, ec);
+  if (ec) return Status(ErrorCode::kBadRequest, "bad listen address '" + impl_->cfg.host + "'");
+  tcp::endpoint ep(addr, impl_->cfg.port);
+  auto& a = impl_->acceptor;
+  a.open(ep.protocol(), ec);
+  if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) a.bind(ep, ec);
+  if (!ec) a.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) return Status(ErrorCode::kUnavailable, "cannot listen on " + impl_->cfg.host + ":" +
+                                                     std::to_string(impl_->cfg.port) + ": " + ec.message());
+  impl_->bound_port = a.local_endpoint().port();
+  impl_->DoAccept();
+  impl_->WaitSignal();
+  return Status::Ok();
+}
+
+uint16_t Gateway::BoundPort() const { return impl_->bound_port; }
+
+void Gateway::Run() {
+  std::vector<std::thread> threads;
+  for (size_t i = 1; i < impl_->contexts.size(); ++i) threads.emplace_back([this, i] { impl_->contexts[i].run(); });
+  impl_->contexts[0].run();
+  for (auto& t : threads) t.join();
+}
+
+void Gateway::StopAccepting() {
+  net::post(impl_->contexts[0], [this] {
+    beast::error_code ignored;
+    impl_->acceptor.close(ignored);
+  });
+}
+
+void Gateway::CloseAll(uint16_t code, const std::string& reason) {
+  for (auto& s : impl_->registry.All()) s->Close(code, reason);
+}
+
+int64_t Gateway::OpenConnections() const {
+  return impl_->open.load() + static_cast<int64_t>(impl_->registry.All().size());
+}
+
+void Gateway::OnSignal(std::function<void(int)> fn) {
+  net::post(impl_->contexts[0], [this, fn = std::move(fn)] { impl_->on_signal = fn; });
+}
+
+void Gateway::StopWhenDrained(int deadline_ms) {
+  auto timer = std::make_shared<net::steady_timer>(impl_->contexts[0]);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(deadline_ms);
+  auto check = std::make_shared<std::function<void()>>();
+  *check = [this, timer, deadline, check] {
+    if (OpenConnections() == 0 || std::chrono::steady_clock::now() >= deadline) {
+      Stop();
+      *check = nullptr;  // break the self-reference
+      return;
+    }
+    timer->expires_after(std::chrono::milliseconds(10));
+    timer->async_wait([check](beast::error_code) {
+      if (*check) (*check)();
+    });
+  };
+  net::post(impl_->contexts[0], [check] { (*check)(); });
+}
+
+void Gateway::Stop() {
+  net::post(impl_->contexts[0], [this] {
+    beast::error_code ignored;
+    impl_->signals.cancel(ignored);
+    impl_->acceptor.close(ignored);
+    for (auto& g : impl_->guards) g.reset();
+    for (auto& ctx : impl_->contexts) ctx.stop();
+  });
+}
+
+}  // namespace parley::gateway

@@ -1,0 +1,85 @@
+#include "protocol/encode.h"
+
+#include "protocol/limits.h"
+
+namespace parley::protocol {
+
+std::string EncodeResponse(std::string_view id_json, std::string_view op, const std::function<void(JsonWriter&)>& fill) {
+  JsonWriter w;
+  w.BeginObject().Field("v", kVersion).Field("type", "response").Key("id");
+  if (id_json.empty()) w.Null(); else w.Raw(id_json);
+  w.Field("op", op).Key("result").BeginObject();
+  if (fill) fill(w);
+  w.EndObject().EndObject();
+  return w.Take();
+}
+
+std::string EncodeError(std::string_view id_json, std::string_view op, const Status& status, int64_t retry_after_ms) {
+  JsonWriter w;
+  w.BeginObject().Field("v", kVersion).Field("type", "error").Key("id");
+  if (id_json.empty()) w.Null(); else w.Raw(id_json);
+  w.Key("op");
+  if (op.empty()) w.Null(); else w.String(op);
+  w.Field("code", ErrorCodeName(status.code()))
+      .Field("message", status.message())
+      .Field("retryable", ErrorCodeRetryable(status.code()));
+  if (retry_after_ms > 0) w.Field("retry_after_ms", retry_after_ms);
+  w.EndObject();
+  return w.Take();
+}
+
+void WriteMessage(JsonWriter& w, const store::MessageRecord& m) {
+  w.BeginObject()
+      .Field("conversation_id", m.conversation_id)
+      .Field("seq", m.seq)
+      .Field("sender_id", m.sender_id)
+      .Field("sender_device_id", m.sender_device_id)
+      .Field("client_id", m.client_id)
+      .Field("body", m.body)
+      .Field("ts", m.created_at)
+      .EndObject();
+}
+
+void WriteConversation(JsonWriter& w, const store::ConversationRecord& c) {
+  w.BeginObject().Field("conversation_id", c.id).Key("members").BeginArray();
+  for (const auto& m : c.members) w.BeginObject().Field("user_id", m.user_id).Field("username", m.username).EndObject();
+  w.EndArray().Field("last_seq", c.last_seq).Field("created_at", c.created_at).EndObject();
+}
+
+void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
+  w.BeginObject().Field("user_seq", e.user_seq);
+  switch (e.kind) {
+    case store::EventKind::kMessage:
+      w.Field("kind", "message").Key("message");
+      WriteMessage(w, *e.message);
+      break;
+    case store::EventKind::kReceipt:
+      w.Field("kind", "receipt")
+          .Field("conversation_id", e.conversation_id)
+          .Field("user_id", e.receipt_user_id)
+          .Field("delivered", e.receipt.delivered)
+          .Field("read", e.receipt.read);
+      break;
+    case store::EventKind::kConversation:
+      w.Field("kind", "conversation").Key("conversation");
+      WriteConversation(w, *e.conversation);
+      break;
+  }
+  w.EndObject();
+}
+
+std::string EncodeEvent(const store::StreamEvent& event) {
+  JsonWriter w;
+  w.BeginObject().Field("v", kVersion).Field("type", "event").Key("event");
+  WriteEvent(w, event);
+  w.EndObject();
+  return w.Take();
+}
+
+std::string RetryAfterReason(int64_t retry_after_ms) {
+  JsonWriter w;
+  w.BeginObject().Field("retry_after_ms", retry_after_ms).EndObject();
+  return w.Take();
+}
+
+}  // namespace parley::protocol

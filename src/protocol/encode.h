@@ -1,0 +1,50 @@
+// Protocol v1: the frames the server sends (responses, errors, events) and
+// the WebSocket close codes. Formats are documented in docs/protocol.md.
+//
+// Events are serialised once per user (their user_seq differs per user) and
+// shared by every device of that user. Pure functions; safe on any thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+#include "protocol/json_writer.h"
+#include "store/types.h"
+
+namespace parley::protocol {
+
+// WebSocket close codes Parley uses (besides RFC 6455's own 1000-1011).
+enum class CloseCode : uint16_t {
+  kNormal = 1000,
+  kInvalidUtf8Frame = 1007,    // a text frame that is not UTF-8 (RFC 6455)
+  kTooBig = 1009,              // frame above kHardMaxFrameBytes (RFC 6455)
+  kServerShutdown = 4001,      // reconnect later: wait the reason's retry_after_ms (with jitter)
+  kDeviceRevoked = 4002,       // logged out or unlinked: the token is gone, do not reconnect with it
+  kResync = 4003,              // the server could not keep up with this connection: reconnect and sync
+  kHeartbeatTimeout = 4004,    // nothing heard from the client within the heartbeat timeout
+};
+
+// {"v":1,"type":"response","id":<id>,"op":"<type>","result":{...}}
+// `fill` writes the fields of "result" (the writer is inside that object).
+std::string EncodeResponse(std::string_view id_json, std::string_view op, const std::function<void(JsonWriter&)>& fill);
+
+// {"v":1,"type":"error","id":<id or null>,"op":"<type or null>","code":"...","message":"...","retryable":bool
+//  [,"retry_after_ms":N]}
+std::string EncodeError(std::string_view id_json, std::string_view op, const Status& status, int64_t retry_after_ms = 0);
+
+// {"v":1,"type":"event","event":{...}}
+std::string EncodeEvent(const store::StreamEvent& event);
+
+// The object of one event (as in "event" above and in sync pages).
+void WriteEvent(JsonWriter& w, const store::StreamEvent& event);
+void WriteMessage(JsonWriter& w, const store::MessageRecord& m);
+void WriteConversation(JsonWriter& w, const store::ConversationRecord& c);
+
+// The JSON reason text for a close frame that asks the client to wait:
+// {"retry_after_ms":N}
+std::string RetryAfterReason(int64_t retry_after_ms);
+
+}  // namespace parley::protocol

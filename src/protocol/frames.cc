@@ -1,0 +1,329 @@
+// Request decoding. simdjson's DOM parser (one per thread, reused) validates
+// JSON and UTF-8 in one pass; the per-type decoders below then check fields
+// and limits. Errors name the offending field so a client author can fix
+// their frame from the message alone.
+#include "protocol/frames.h"
+
+#include <simdjson.h>
+
+#include <fmt/format.h>
+
+#include "protocol/limits.h"
+
+namespace parley::protocol {
+
+namespace {
+
+struct TypeInfo {
+  std::string_view name;
+  bool auth;
+};
+constexpr TypeInfo kTypes[] = {
+#define PARLEY_X(e, name, auth) {name, auth},
+    PARLEY_REQUEST_TYPES(PARLEY_X)
+#undef PARLEY_X
+};
+
+using simdjson::dom::element;
+using simdjson::dom::object;
+
+Status Bad(std::string msg) { return Status(ErrorCode::kBadRequest, std::move(msg)); }
+
+// Reads field `key` of `obj` as a string of at most `max` bytes.
+// Returns kBadRequest when missing (if required) or mistyped.
+Status GetString(object obj, const char* key, size_t max, bool required, std::string* out) {
+  element e;
+  if (obj[key].get(e) != simdjson::SUCCESS) {
+    return required ? Bad(fmt::format("missing field '{}'", key)) : Status::Ok();
+  }
+  std::string_view sv;
+  if (e.get_string().get(sv) != simdjson::SUCCESS) return Bad(fmt::format("field '{}' must be a string", key));
+  if (sv.size() > max) return Bad(fmt::format("field '{}' is longer than {} bytes", key, max));
+  out->assign(sv);
+  return Status::Ok();
+}
+
+// Reads field `key` as an integer in [min, max].
+Status GetInt(object obj, const char* key, int64_t min, int64_t max, bool required, std::optional<int64_t>* out) {
+  element e;
+  if (obj[key].get(e) != simdjson::SUCCESS || e.is_null()) {
+    return required ? Bad(fmt::format("missing field '{}'", key)) : Status::Ok();
+  }
+  int64_t v;
+  if (e.get_int64().get(v) != simdjson::SUCCESS) return Bad(fmt::format("field '{}' must be an integer", key));
+  if (v < min || v > max) return Bad(fmt::format("field '{}' must be between {} and {}", key, min, max));
+  *out = v;
+  return Status::Ok();
+}
+
+constexpr int64_t kMaxId = (int64_t{1} << 53) - 1;  // exact in JavaScript numbers
+
+Status GetId(object obj, const char* key, bool required, int64_t* out) {
+  std::optional<int64_t> v;
+  if (Status s = GetInt(obj, key, required ? 1 : 0, kMaxId, required, &v); !s.ok()) return s;
+  if (v) *out = *v;
+  return Status::Ok();
+}
+
+Status GetLimit(object obj, int def, int max, int* out) {
+  std::optional<int64_t> v;
+  if (Status s = GetInt(obj, "limit", 1, max, false, &v); !s.ok()) return s;
+  *out = v ? static_cast<int>(*v) : def;
+  return Status::Ok();
+}
+
+bool IsClientIdChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+}
+
+Status DecodeBody(RequestType type, object obj, RequestBody* body) {
+  switch (type) {
+    case RequestType::kRegister: {
+      RegisterRequest r;
+      std::string raw;
+      if (Status s = GetString(obj, "username", 256, true, &raw); !s.ok()) return s;
+      auto canon = CanonicalUsername(raw);
+      if (!canon) return canon.error();
+      r.username = std::move(*canon);
+      if (Status s = GetString(obj, "password", kMaxPasswordBytes, true, &r.password); !s.ok()) return s;
+      if (r.password.size() < kMinPasswordBytes)
+        return Status(ErrorCode::kInvalidPassword, fmt::format("password must be at least {} bytes", kMinPasswordBytes));
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kLogin: {
+      LoginRequest r;
+      std::string raw;
+      if (Status s = GetString(obj, "username", 256, true, &raw); !s.ok()) return s;
+      auto canon = CanonicalUsername(raw);
+      // An impossible username cannot log in; say so the same way as a wrong password.
+      if (!canon) return Status(ErrorCode::kBadCredentials, "wrong username or password");
+      r.username = std::move(*canon);
+      if (Status s = GetString(obj, "password", kMaxPasswordBytes, true, &r.password); !s.ok()) return s;
+      if (Status s = GetString(obj, "device_name", kMaxDeviceNameBytes, false, &r.device_name); !s.ok()) return s;
+      if (Status s = GetString(obj, "platform", kMaxPlatformBytes, false, &r.platform); !s.ok()) return s;
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kAuth: {
+      AuthRequest r;
+      if (Status s = GetString(obj, "token", kMaxTokenBytes, true, &r.token); !s.ok()) return s;
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kPing:
+    case RequestType::kLogout:
+    case RequestType::kListDevices:
+      *body = EmptyRequest{};
+      return Status::Ok();
+    case RequestType::kUnlinkDevice: {
+      UnlinkDeviceRequest r;
+      if (Status s = GetId(obj, "device_id", true, &r.device_id); !s.ok()) return s;
+      *body = r;
+      return Status::Ok();
+    }
+    case RequestType::kOpenConversation: {
+      OpenConversationRequest r;
+      std::string raw;
+      if (Status s = GetString(obj, "username", 256, true, &raw); !s.ok()) return s;
+      auto canon = CanonicalUsername(raw);
+      // A name that cannot exist is an unknown user, not a syntax error.
+      if (!canon) return Status(ErrorCode::kUnknownUser, "no such user");
+      r.username = std::move(*canon);
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kSend: {
+      SendRequest r;
+      if (Status s = GetId(obj, "conversation_id", false, &r.conversation_id); !s.ok()) return s;
+      std::string to;
+      if (Status s = GetString(obj, "to", 256, false, &to); !s.ok()) return s;
+      if (r.conversation_id == 0 && to.empty()) return Bad("one of 'conversation_id' or 'to' is required");
+      if (r.conversation_id != 0 && !to.empty()) return Bad("give either 'conversation_id' or 'to', not both");
+      if (!to.empty()) {
+        auto canon = CanonicalUsername(to);
+        if (!canon) return Status(ErrorCode::kUnknownUser, "no such user");
+        r.to = std::move(*canon);
+      }
+      if (Status s = GetString(obj, "client_id", kMaxClientIdBytes, true, &r.client_id); !s.ok()) return s;
+      if (r.client_id.empty()) return Bad("field 'client_id' must not be empty");
+      for (char c : r.client_id)
+        if (!IsClientIdChar(c)) return Bad("field 'client_id' may hold only A-Z a-z 0-9 - _");
+      element e;
+      if (obj["body"].get(e) != simdjson::SUCCESS) return Bad("missing field 'body'");
+      std::string_view sv;
+      if (e.get_string().get(sv) != simdjson::SUCCESS) return Bad("field 'body' must be a string");
+      if (sv.empty()) return Bad("field 'body' must not be empty");
+      if (sv.size() > kMaxBodyBytes)
+        return Status(ErrorCode::kBodyTooLarge, fmt::format("body is longer than {} bytes", kMaxBodyBytes));
+      r.body.assign(sv);
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kReceipt: {
+      ReceiptRequest r;
+      simdjson::dom::array items;
+      if (obj["items"].get(items) != simdjson::SUCCESS) return Bad("field 'items' must be an array");
+      if (items.size() == 0) return Bad("field 'items' must not be empty");
+      if (items.size() > kMaxReceiptItems) return Bad(fmt::format("at most {} receipt items", kMaxReceiptItems));
+      for (element item : items) {
+        object io;
+        if (item.get(io) != simdjson::SUCCESS) return Bad("each receipt item must be an object");
+        ReceiptItem ri;
+        if (Status s = GetId(io, "conversation_id", true, &ri.conversation_id); !s.ok()) return s;
+        std::optional<int64_t> d, rd;
+        if (Status s = GetInt(io, "delivered", 0, kMaxId, false, &d); !s.ok()) return s;
+        if (Status s = GetInt(io, "read", 0, kMaxId, false, &rd); !s.ok()) return s;
+        if (!d && !rd) return Bad("a receipt item needs 'delivered' or 'read'");
+        ri.delivered = d.value_or(0);
+        ri.read = rd.value_or(0);
+        r.items.push_back(ri);
+      }
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kSync: {
+      SyncRequest r;
+      std::optional<int64_t> after;
+      if (Status s = GetInt(obj, "after", 0, kMaxId, false, &after); !s.ok()) return s;
+      r.after = after;
+      if (Status s = GetLimit(obj, kDefaultSyncLimit, kMaxSyncLimit, &r.limit); !s.ok()) return s;
+      *body = r;
+      return Status::Ok();
+    }
+    case RequestType::kAck: {
+      AckRequest r;
+      std::optional<int64_t> v;
+      if (Status s = GetInt(obj, "user_seq", 0, kMaxId, true, &v); !s.ok()) return s;
+      r.user_seq = *v;
+      *body = r;
+      return Status::Ok();
+    }
+    case RequestType::kHistory: {
+      HistoryRequest r;
+      if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;
+      std::optional<int64_t> before;
+      if (Status s = GetInt(obj, "before", 0, kMaxId, false, &before); !s.ok()) return s;
+      r.before = before.value_or(0);
+      if (Status s = GetLimit(obj, kDefaultHistoryLimit, kMaxHistoryLimit, &r.limit); !s.ok()) return s;
+      *body = r;
+      return Status::Ok();
+    }
+    case RequestType::kSnapshot: {
+      SnapshotRequest r;
+      std::optional<int64_t> m;
+      if (Status s = GetInt(obj, "messages", 0, kMaxSnapshotMessages, false, &m); !s.ok()) return s;
+      r.messages = m ? static_cast<int>(*m) : kDefaultSnapshotMessages;
+      *body = r;
+      return Status::Ok();
+    }
+  }
+  return Status(ErrorCode::kInternal, "unhandled request type");
+}
+
+}  // namespace
+
+std::string_view RequestTypeName(RequestType t) { return kTypes[static_cast<int>(t)].name; }
+bool RequestNeedsAuth(RequestType t) { return kTypes[static_cast<int>(t)].auth; }
+
+std::optional<RequestType> RequestTypeFromName(std::string_view name) {
+  for (size_t i = 0; i < std::size(kTypes); ++i)
+    if (kTypes[i].name == name) return static_cast<RequestType>(i);
+  return std::nullopt;
+}
+
+const std::vector<RequestType>& AllRequestTypes() {
+  static const std::vector<RequestType> all = [] {
+    std::vector<RequestType> v;
+    for (size_t i = 0; i < std::size(kTypes); ++i) v.push_back(static_cast<RequestType>(i));
+    return v;
+  }();
+  return all;
+}
+
+bool IsValidUtf8(std::string_view s) { return simdjson::validate_utf8(s); }
+
+Result<std::string> CanonicalUsername(std::string_view raw) {
+  if (raw.size() < kMinUsernameBytes || raw.size() > kMaxUsernameBytes)
+    return Status(ErrorCode::kInvalidUsername,
+                  fmt::format("username must be {} to {} characters", kMinUsernameBytes, kMaxUsernameBytes));
+  std::string out;
+  out.reserve(raw.size());
+  for (char c : raw) {
+    char l = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    bool ok = (l >= 'a' && l <= 'z') || (l >= '0' && l <= '9') || l == '_' || l == '.';
+    if (!ok) return Status(ErrorCode::kInvalidUsername, "username may hold only letters, digits, '_' and '.'");
+    out.push_back(l);
+  }
+  if (!(out[0] >= 'a' && out[0] <= 'z')) return Status(ErrorCode::kInvalidUsername, "username must start with a letter");
+  return out;
+}
+
+Decoded DecodeRequest(std::string_view frame) {
+  Decoded d;
+  if (frame.size() > kMaxFrameBytes) {
+    d.status = Status(ErrorCode::kFrameTooLarge, fmt::format("frame is larger than {} bytes", kMaxFrameBytes));
+    return d;
+  }
+  thread_local simdjson::dom::parser parser;
+  element root;
+  if (auto err = parser.parse(frame.data(), frame.size(), true).get(root); err != simdjson::SUCCESS) {
+    if (err == simdjson::UTF8_ERROR || !IsValidUtf8(frame)) {
+      d.status = Status(ErrorCode::kInvalidUtf8, "frame is not valid UTF-8");
+    } else {
+      d.status = Status(ErrorCode::kBadJson, fmt::format("frame is not valid JSON: {}", simdjson::error_message(err)));
+    }
+    return d;
+  }
+  object obj;
+  if (root.get(obj) != simdjson::SUCCESS) {
+    d.status = Status(ErrorCode::kBadJson, "frame must be a JSON object");
+    return d;
+  }
+  // The id first, so that every later error can carry it.
+  element id;
+  if (obj["id"].get(id) == simdjson::SUCCESS) {
+    std::string_view sid;
+    int64_t iid;
+    if (id.get_string().get(sid) == simdjson::SUCCESS && sid.size() <= kMaxRequestIdBytes) {
+      d.id_json = simdjson::minify(id);
+    } else if (id.get_int64().get(iid) == simdjson::SUCCESS && iid >= 0) {
+      d.id_json = std::to_string(iid);
+    } else {
+      d.status = Bad(fmt::format("'id' must be a string of at most {} bytes or a non-negative integer", kMaxRequestIdBytes));
+      return d;
+    }
+  }
+  int64_t v;
+  element ve;
+  if (obj["v"].get(ve) != simdjson::SUCCESS) {
+    d.status = Bad("missing field 'v' (protocol version)");
+    return d;
+  }
+  if (ve.get_int64().get(v) != simdjson::SUCCESS || v != kVersion) {
+    d.status = Status(ErrorCode::kUnsupportedVersion, fmt::format("this server speaks protocol version {}", kVersion));
+    return d;
+  }
+  std::string_view type_name;
+  if (obj["type"].get_string().get(type_name) != simdjson::SUCCESS) {
+    d.status = Bad("missing or non-string field 'type'");
+    return d;
+  }
+  auto type = RequestTypeFromName(type_name);
+  if (!type) {
+    d.status = Status(ErrorCode::kUnknownType, type_name.size() <= 64 ? fmt::format("unknown request type '{}'", type_name)
+                                                          : std::string("unknown request type"));
+    return d;
+  }
+  d.type = type;
+  if (d.id_json.empty()) {
+    d.status = Bad("missing field 'id' (request id)");
+    return d;
+  }
+  d.request.type = *type;
+  d.request.id_json = d.id_json;
+  d.status = DecodeBody(*type, obj, &d.request.body);
+  return d;
+}
+
+}  // namespace parley::protocol

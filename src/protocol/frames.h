@@ -1,0 +1,135 @@
+// Protocol v1: the client requests Parley understands, decoded and validated.
+//
+// Every request frame is a JSON object:
+//   {"v":1, "id":"<request id>", "type":"<request type>", ...fields}
+// The registry below (PARLEY_REQUEST_TYPES) is the single list of request
+// types: decoding, dispatch, docs and the authorization tests all enumerate it.
+//
+// DecodeRequest is strict: unknown types, missing or wrong-typed fields,
+// invalid UTF-8 and values outside the limits (protocol/limits.h) are errors
+// with a stable code. Unknown extra fields are ignored (forward
+// compatibility). Pure functions; safe on any thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "common/status.h"
+
+namespace parley::protocol {
+
+// X(enumerator, wire name, needs authentication)
+#define PARLEY_REQUEST_TYPES(X)               \
+  X(kRegister, "register", false)             \
+  X(kLogin, "login", false)                   \
+  X(kAuth, "auth", false)                     \
+  X(kPing, "ping", false)                     \
+  X(kLogout, "logout", true)                  \
+  X(kListDevices, "list_devices", true)       \
+  X(kUnlinkDevice, "unlink_device", true)     \
+  X(kOpenConversation, "open_conversation", true) \
+  X(kSend, "send", true)                      \
+  X(kReceipt, "receipt", true)                \
+  X(kSync, "sync", true)                      \
+  X(kAck, "ack", true)                        \
+  X(kHistory, "history", true)                \
+  X(kSnapshot, "snapshot", true)
+
+enum class RequestType {
+#define PARLEY_X(e, name, auth) e,
+  PARLEY_REQUEST_TYPES(PARLEY_X)
+#undef PARLEY_X
+};
+
+std::string_view RequestTypeName(RequestType t);
+bool RequestNeedsAuth(RequestType t);
+std::optional<RequestType> RequestTypeFromName(std::string_view name);
+// Every request type, in registry order.
+const std::vector<RequestType>& AllRequestTypes();
+
+struct RegisterRequest {
+  std::string username;  // canonical (lower case)
+  std::string password;
+};
+struct LoginRequest {
+  std::string username;  // canonical
+  std::string password;
+  std::string device_name;
+  std::string platform;
+};
+struct AuthRequest {
+  std::string token;
+};
+struct EmptyRequest {};
+struct UnlinkDeviceRequest {
+  int64_t device_id = 0;
+};
+struct OpenConversationRequest {
+  std::string username;  // canonical
+};
+struct SendRequest {
+  int64_t conversation_id = 0;  // 0: use `to`
+  std::string to;               // canonical username; empty: use conversation_id
+  std::string client_id;
+  std::string body;
+};
+struct ReceiptItem {
+  int64_t conversation_id = 0;
+  int64_t delivered = 0;
+  int64_t read = 0;
+};
+struct ReceiptRequest {
+  std::vector<ReceiptItem> items;
+};
+struct SyncRequest {
+  std::optional<int64_t> after;  // absent: the device's stored cursor
+  int limit = 0;
+};
+struct AckRequest {
+  int64_t user_seq = 0;
+};
+struct HistoryRequest {
+  int64_t conversation_id = 0;
+  int64_t before = 0;  // 0: from the newest
+  int limit = 0;
+};
+struct SnapshotRequest {
+  int messages = 0;
+};
+
+using RequestBody =
+    std::variant<RegisterRequest, LoginRequest, AuthRequest, EmptyRequest, UnlinkDeviceRequest, OpenConversationRequest,
+                 SendRequest, ReceiptRequest, SyncRequest, AckRequest, HistoryRequest, SnapshotRequest>;
+
+struct Request {
+  RequestType type = RequestType::kPing;
+  // The request id exactly as the client wrote it, as a JSON token (a quoted
+  // string or an integer); echoed verbatim in the response. Empty if absent.
+  std::string id_json;
+  RequestBody body;
+};
+
+// The outcome of decoding one frame: a request, or an error to send back
+// (with the request id when it could be read, so the client can match it).
+struct Decoded {
+  Status status;
+  std::string id_json;
+  std::optional<RequestType> type;  // known even on some errors
+  Request request;                  // valid only when status.ok()
+};
+
+Decoded DecodeRequest(std::string_view frame);
+
+// Username rules (docs/protocol.md): 3-32 bytes of [a-z0-9_.], starting with
+// a letter, case-insensitive. Returns the canonical (lower-case) form, or an
+// error kInvalidUsername.
+Result<std::string> CanonicalUsername(std::string_view raw);
+
+// Valid UTF-8 (no overlongs, no surrogates)?
+bool IsValidUtf8(std::string_view s);
+
+}  // namespace parley::protocol

@@ -1,0 +1,49 @@
+// A small, allocation-light JSON writer for outgoing frames (the hot path).
+// It writes into one std::string; commas are managed by a nesting stack.
+// Strings are escaped per RFC 8259; they must already be valid UTF-8 (every
+// string Parley writes was validated on the way in or is its own text).
+// Not thread-safe; one writer per frame.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace parley::protocol {
+
+class JsonWriter {
+ public:
+  JsonWriter() { out_.reserve(256); }
+
+  JsonWriter& BeginObject();
+  JsonWriter& EndObject();
+  JsonWriter& BeginArray();
+  JsonWriter& EndArray();
+  JsonWriter& Key(std::string_view k);
+  JsonWriter& String(std::string_view s);
+  JsonWriter& Int(int64_t v);
+  JsonWriter& Bool(bool v);
+  JsonWriter& Null();
+  // Writes an already-encoded JSON value verbatim.
+  JsonWriter& Raw(std::string_view json);
+
+  // Shorthands for "key": value.
+  JsonWriter& Field(std::string_view k, std::string_view v) { return Key(k).String(v); }
+  JsonWriter& Field(std::string_view k, const char* v) { return Key(k).String(v); }
+  JsonWriter& Field(std::string_view k, int64_t v) { return Key(k).Int(v); }
+  JsonWriter& Field(std::string_view k, int v) { return Key(k).Int(v); }
+  JsonWriter& Field(std::string_view k, bool v) { return Key(k).Bool(v); }
+
+  const std::string& str() const { return out_; }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  void Separate();
+
+  std::string out_;
+  std::vector<bool> first_;  // per open container: nothing written yet
+  bool after_key_ = false;
+};
+
+}  // namespace parley::protocol

@@ -1,0 +1,38 @@
+// Protocol limits: every one is named here and documented in docs/protocol.md
+// ("Limits"). Servers announce the effective values in the auth response.
+#pragma once
+
+#include <cstddef>
+
+namespace parley::protocol {
+
+inline constexpr int kVersion = 1;
+
+// A frame larger than this gets a `frame_too_large` error; the connection stays.
+inline constexpr size_t kMaxFrameBytes = 64 * 1024;
+// A frame larger than this is a protocol violation: the WebSocket closes (1009).
+inline constexpr size_t kHardMaxFrameBytes = 1024 * 1024;
+// Message body, in bytes of UTF-8.
+inline constexpr size_t kMaxBodyBytes = 16 * 1024;
+inline constexpr size_t kMaxClientIdBytes = 64;
+inline constexpr size_t kMaxRequestIdBytes = 64;
+inline constexpr size_t kMinUsernameBytes = 3;
+inline constexpr size_t kMaxUsernameBytes = 32;
+inline constexpr size_t kMinPasswordBytes = 8;
+inline constexpr size_t kMaxPasswordBytes = 1024;
+inline constexpr size_t kMaxDeviceNameBytes = 64;
+inline constexpr size_t kMaxPlatformBytes = 32;
+inline constexpr size_t kMaxTokenBytes = 128;
+// Receipt items in one `receipt` request.
+inline constexpr size_t kMaxReceiptItems = 256;
+// Events per `sync` page: the default and the most a client may ask for.
+inline constexpr int kDefaultSyncLimit = 200;
+inline constexpr int kMaxSyncLimit = 1000;
+// Messages per `history` page.
+inline constexpr int kDefaultHistoryLimit = 50;
+inline constexpr int kMaxHistoryLimit = 200;
+// Newest messages per conversation in a `snapshot`.
+inline constexpr int kDefaultSnapshotMessages = 20;
+inline constexpr int kMaxSnapshotMessages = 100;
+
+}  // namespace parley::protocol

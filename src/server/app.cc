@@ -1,0 +1,99 @@
+// Start-up order: store (so a bad data dir fails before we listen), fabric,
+// hashing pool, gateway, core. Shutdown (SIGTERM/SIGINT) is the reverse:
+// stop accepting; core refuses new requests, flushes the store and answers
+// what was in flight; every connection is closed with kServerShutdown and a
+// retry-after; the io threads stop once connections are gone; the store is
+// destroyed last, which commits and joins its threads.
+#include "server/app.h"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "common/metrics.h"
+#include "common/worker_pool.h"
+#include "core/accounts.h"
+#include "core/chat_service.h"
+#include "fabric/local/local_fabric.h"
+#include "gateway/gateway.h"
+#include "protocol/encode.h"
+
+namespace parley::server {
+
+int RunServer(const ServerConfig& config) {
+  auto logger = spdlog::stderr_color_mt("parleyd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e%z level=%l %v");
+  spdlog::set_level(spdlog::level::from_str(config.log_level));
+
+  if (Status s = core::InitSodium(); !s.ok()) {
+    spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
+    return 1;
+  }
+  if (config.core.password_cost == core::PasswordCost::kInsecureFast)
+    spdlog::warn("event=insecure_fast_password_hashing note=\"for tests and benchmarks only; never in production\"");
+
+  std::error_code fs_ec;
+  std::filesystem::create_directories(config.data_dir, fs_ec);
+  if (fs_ec) {
+    spdlog::critical("event=start_failed error=\"cannot create data dir {}: {}\"", config.data_dir, fs_ec.message());
+    return 1;
+  }
+  auto store = store::OpenStore(config.store);
+  if (!store) {
+    spdlog::critical("event=start_failed error=\"store: {}\"", store.error().ToString());
+    return 1;
+  }
+
+  fabric::LocalFabric fabric;
+  WorkerPool hash_pool(config.hash_threads);
+  gateway::Gateway gw(config.gateway);
+  core::ChatService chat(gw.CoreExecutor(), **store, fabric, hash_pool, SystemClock::Instance(), config.core);
+
+  auto http = [](const std::string& target) {
+    gateway::HttpResponse r;
+    std::string path = target.substr(0, target.find('?'));
+    if (path == "/healthz") {
+      r.status = 200;
+      r.body = "ok\n";
+    } else if (path == "/metrics") {
+      r.status = 200;
+      r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      r.body = Metrics::Default().RenderPrometheus();
+    }
+    return r;
+  };
+  if (Status s = gw.Start(&chat, http); !s.ok()) {
+    spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
+    return 1;
+  }
+  spdlog::info("event=listening address={}:{} data_dir={} io_threads={}", config.gateway.host, gw.BoundPort(),
+               config.data_dir, config.gateway.io_threads);
+  std::cout << "parleyd listening on http://" << config.gateway.host << ":" << gw.BoundPort() << std::endl;
+  if (!config.port_file.empty()) {
+    std::string tmp = config.port_file + ".tmp";
+    std::ofstream(tmp) << gw.BoundPort() << "\n";
+    std::filesystem::rename(tmp, config.port_file, fs_ec);
+  }
+
+  bool shutting_down = false;
+  gw.OnSignal([&](int sig) {
+    if (shutting_down) return;
+    shutting_down = true;
+    spdlog::info("event=shutdown_started signal={}", sig);
+    gw.StopAccepting();
+    chat.Shutdown([&] {
+      gw.CloseAll(static_cast<uint16_t>(protocol::CloseCode::kServerShutdown),
+                  protocol::RetryAfterReason(config.core.shutdown_retry_after_ms));
+      gw.StopWhenDrained(config.shutdown_drain_ms);
+    });
+  });
+  gw.Run();
+  spdlog::info("event=shutdown_complete");
+  return 0;
+}
+
+}  // namespace parley::server

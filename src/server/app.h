@@ -1,0 +1,12 @@
+// Wires parleyd together: store, fabric, core, gateway; serves /healthz and
+// /metrics; handles SIGTERM/SIGINT with a graceful shutdown. Returns the
+// process exit code.
+#pragma once
+
+#include "server/config.h"
+
+namespace parley::server {
+
+int RunServer(const ServerConfig& config);
+
+}  // namespace parley::server

@@ -1,0 +1,104 @@
+#include "server/config.h"
+
+#include <CLI/CLI.hpp>
+#include <thread>
+
+namespace parley::server {
+
+Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
+  ServerConfig c;
+  c.gateway.io_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  bool fast_hashing = false;
+
+  CLI::App app{"parleyd: the Parley messaging server"};
+  app.set_config("--config", "", "Config file (TOML or INI; keys are the long option names)")->envname("PARLEY_CONFIG");
+  app.add_option("--listen", c.listen, "Address and port to listen on (port 0: any free port)")
+      ->envname("PARLEY_LISTEN")
+      ->capture_default_str();
+  app.add_option("--data-dir", c.data_dir, "Directory of the store and other data (created if missing)")
+      ->envname("PARLEY_DATA_DIR")
+      ->capture_default_str();
+  app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error, critical or off")
+      ->envname("PARLEY_LOG_LEVEL")
+      ->capture_default_str();
+  app.add_option("--port-file", c.port_file, "Write the bound port to this file once listening")
+      ->envname("PARLEY_PORT_FILE");
+  app.add_option("--io-threads", c.gateway.io_threads, "I/O threads (one event loop each); default: one per core")
+      ->envname("PARLEY_IO_THREADS")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  app.add_option("--hash-threads", c.hash_threads, "Threads for password hashing (Argon2id)")
+      ->envname("PARLEY_HASH_THREADS")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--max-outbound-queue-bytes", c.gateway.max_outbound_queue_bytes,
+                 "Per-connection outbound queue limit; above it the connection is closed with the resync code")
+      ->envname("PARLEY_MAX_OUTBOUND_QUEUE_BYTES")
+      ->check(CLI::Range(size_t{64 * 1024}, size_t{1} << 32))
+      ->capture_default_str();
+  app.add_option("--socket-send-buffer", c.gateway.socket_send_buffer, "SO_SNDBUF per connection, bytes (0: system default)")
+      ->envname("PARLEY_SOCKET_SEND_BUFFER")
+      ->check(CLI::Range(0, 64 << 20))
+      ->capture_default_str();
+  app.add_option("--heartbeat-interval-ms", c.core.heartbeat_interval_ms, "Heartbeat interval announced to clients")
+      ->envname("PARLEY_HEARTBEAT_INTERVAL_MS")
+      ->check(CLI::Range(1'000, 3'600'000))
+      ->capture_default_str();
+  app.add_option("--heartbeat-timeout-ms", c.core.heartbeat_timeout_ms,
+                 "A connection silent this long is dropped (must exceed the interval)")
+      ->envname("PARLEY_HEARTBEAT_TIMEOUT_MS")
+      ->check(CLI::Range(2'000, 7'200'000))
+      ->capture_default_str();
+  app.add_option("--shutdown-retry-after-ms", c.core.shutdown_retry_after_ms,
+                 "Retry-after told to clients when the server shuts down")
+      ->envname("PARLEY_SHUTDOWN_RETRY_AFTER_MS")
+      ->check(CLI::Range(0, 600'000))
+      ->capture_default_str();
+  app.add_option("--shutdown-drain-ms", c.shutdown_drain_ms, "Longest wait for connections to close on shutdown")
+      ->envname("PARLEY_SHUTDOWN_DRAIN_MS")
+      ->check(CLI::Range(0, 600'000))
+      ->capture_default_str();
+  app.add_option("--commit-max-batch", c.store.commit_max_batch, "Most writes in one store transaction (group commit)")
+      ->envname("PARLEY_COMMIT_MAX_BATCH")
+      ->check(CLI::Range(1, 100'000))
+      ->capture_default_str();
+  app.add_option("--commit-deadline-us", c.store.commit_deadline_us,
+                 "Longest wait for a group commit to fill (0: commit what is queued)")
+      ->envname("PARLEY_COMMIT_DEADLINE_US")
+      ->check(CLI::Range(0, 1'000'000))
+      ->capture_default_str();
+  app.add_option("--sqlite-cache-kib", c.store.sqlite_cache_kib, "SQLite page cache per connection, KiB")
+      ->envname("PARLEY_SQLITE_CACHE_KIB")
+      ->check(CLI::Range(1024, 16 << 20))
+      ->capture_default_str();
+  app.add_flag("--insecure-fast-password-hashing", fast_hashing,
+               "TESTS AND BENCHMARKS ONLY: Argon2id with minimal cost, so accounts can be made quickly")
+      ->envname("PARLEY_INSECURE_FAST_PASSWORD_HASHING");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    *exit_code = app.exit(e);
+    return Status(ErrorCode::kBadRequest, e.what());
+  }
+
+  auto colon = c.listen.rfind(':');
+  if (colon == std::string::npos) return Status(ErrorCode::kBadRequest, "--listen must be HOST:PORT");
+  c.gateway.host = c.listen.substr(0, colon);
+  if (c.gateway.host.size() > 2 && c.gateway.host.front() == '[') c.gateway.host = c.gateway.host.substr(1, c.gateway.host.size() - 2);
+  try {
+    int port = std::stoi(c.listen.substr(colon + 1));
+    if (port < 0 || port > 65535) throw std::out_of_range("port");
+    c.gateway.port = static_cast<uint16_t>(port);
+  } catch (const std::exception&) {
+    return Status(ErrorCode::kBadRequest, "--listen port must be 0-65535");
+  }
+  if (c.core.heartbeat_timeout_ms <= c.core.heartbeat_interval_ms)
+    return Status(ErrorCode::kBadRequest, "--heartbeat-timeout-ms must be larger than --heartbeat-interval-ms");
+  c.gateway.idle_timeout_ms = c.core.heartbeat_timeout_ms;
+  c.core.password_cost = fast_hashing ? core::PasswordCost::kInsecureFast : core::PasswordCost::kInteractive;
+  c.store.sqlite_path = c.data_dir + "/parley.db";
+  return c;
+}
+
+}  // namespace parley::server

@@ -1,0 +1,33 @@
+// parleyd's configuration: defaults that need no config file, overridden by
+// a config file (TOML/INI, --config), then by environment variables
+// (PARLEY_*), then by command-line flags. Every option is documented in
+// docs/operations.md; `parleyd --help` lists them with their defaults.
+#pragma once
+
+#include <string>
+
+#include "common/status.h"
+#include "core/chat_service.h"
+#include "gateway/gateway.h"
+#include "store/store_factory.h"
+
+namespace parley::server {
+
+struct ServerConfig {
+  std::string listen = "127.0.0.1:8080";
+  std::string data_dir = "./parley-data";
+  std::string log_level = "info";
+  std::string port_file;  // if set, the bound port is written here once listening
+  int hash_threads = 2;
+  int shutdown_drain_ms = 5'000;
+  gateway::GatewayConfig gateway;
+  store::StoreConfig store;
+  core::CoreConfig core;
+};
+
+// Parses argv (and the environment and config file it names). Returns the
+// config, or an error whose message is ready to print. `exit_code` is set
+// when the process should exit at once (e.g. --help printed: 0).
+Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code);
+
+}  // namespace parley::server

@@ -1,0 +1,144 @@
+// SqliteStore: the Store of the single-node shape, one SQLite file in WAL
+// mode. Implements store/store.h; core reaches it only through that interface
+// (store/store_factory.h picks it by the name "sqlite").
+//
+// Threads. The store runs two threads of its own and does nothing on the
+// caller's thread but queue:
+//   - the writer owns the read-write connection. It takes every queued write
+//     (up to StoreConfig::commit_max_batch, waiting up to commit_deadline_us
+//     for more when fewer are queued), applies them all in one
+//     BEGIN IMMEDIATE ... COMMIT (synchronous=FULL) and only then calls each
+//     operation's `done`, on the writer thread. If the transaction fails,
+//     every operation in it fails with the same Status (kStorageFull when the
+//     disk or the page limit is full, kInternal otherwise). Expected
+//     per-operation failures (kUsernameTaken, kNotMember, ...) fail only that
+//     operation.
+//   - the reader owns a read-only connection and serves reads in FIFO order,
+//     each in its own read transaction (a consistent snapshot), calling `done`
+//     on the reader thread.
+// A read submitted after a write's `done` has run sees that write.
+//
+// Lifetime. The destructor finishes every queued operation (writes are
+// committed), then joins both threads. REQUIRES: the store is not destroyed
+// from one of its own callbacks. Operations submitted while the destructor
+// runs, other than from the store's own callbacks, fail kShuttingDown on the
+// submitting thread.
+//
+// Thread-safety: every public method may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/metrics.h"
+#include "common/status.h"
+#include "store/store.h"
+#include "store/store_factory.h"
+
+namespace parley::store {
+
+class SqliteStore final : public Store {
+ public:
+  // The schema version a fully migrated file records in PRAGMA user_version.
+  static constexpr int kSchemaVersion = 1;
+
+  // Opens (creating and migrating) the file at config.sqlite_path; the parent
+  // directory must exist. Fails kUnavailable if the file cannot be opened,
+  // kInternal if it cannot be migrated (e.g. it is newer than this binary).
+  static Result<std::unique_ptr<SqliteStore>> Open(const StoreConfig& config);
+
+  ~SqliteStore() override;
+  SqliteStore(const SqliteStore&) = delete;
+  SqliteStore& operator=(const SqliteStore&) = delete;
+
+  void CreateUser(std::string username, std::string password_hash, int64_t now, Callback<UserRecord> done) override;
+  void GetUserByName(std::string username, Callback<UserRecord> done) override;
+  void GetUserById(UserId id, Callback<UserRecord> done) override;
+  void CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash, int64_t now,
+                    Callback<DeviceRecord> done) override;
+  void GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) override;
+  void ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) override;
+  void RevokeDevice(UserId user_id, DeviceId device_id, StatusCallback done) override;
+  void SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now, StatusCallback done) override;
+  void OpenDirect(UserId a, UserId b, int64_t now, Callback<OpenResult> done) override;
+  void GetConversation(ConversationId id, Callback<ConversationRecord> done) override;
+  void AppendMessage(NewMessage msg, Callback<AppendResult> done) override;
+  void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) override;
+  void History(ConversationId id, Seq before, int limit, Callback<std::vector<MessageRecord>> done) override;
+  void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;
+  void GetHead(UserId user_id, Callback<UserSeq> done) override;
+  void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) override;
+  void Flush(StatusCallback done) override;
+  StoreStats Stats() const override;
+
+  // Test-only: sets PRAGMA max_page_count on the write connection, as a write
+  // operation queued behind earlier ones. SQLite never lowers the limit below
+  // the file's current size, so a tiny value freezes the file where it is and
+  // the next write that needs a new page fails kStorageFull. `done` gets the
+  // limit now in force.
+  void SetMaxPageCountForTest(int64_t pages, Callback<int64_t> done);
+
+ private:
+  class Writer;  // the writer thread's connection, caches and write logic
+  class Reader;  // the reader thread's connection and read logic
+  class WriteOp;
+  template <typename T>
+  class TypedWriteOp;
+  using ReadJob = std::function<void(Reader&)>;
+
+  SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer, std::unique_ptr<Reader> reader);
+
+  // Queue a write whose body runs on the writer thread inside a transaction.
+  template <typename T>
+  void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done);
+  // Queue a read whose body runs on the reader thread inside a read transaction.
+  template <typename T>
+  void SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done);
+
+  void RunWriter();
+  void RunReader();
+
+  const int max_batch_;
+  const int deadline_us_;
+  std::unique_ptr<Writer> writer_;  // used only by writer_thread_
+  std::unique_ptr<Reader> reader_;  // used only by reader_thread_
+
+  // State below is guarded by write_mu_.
+  std::mutex write_mu_;
+  std::condition_variable write_cv_;
+  std::deque<std::unique_ptr<WriteOp>> write_queue_;
+  bool write_stopping_ = false;
+  bool writer_exited_ = false;
+
+  // State below is guarded by read_mu_.
+  std::mutex read_mu_;
+  std::condition_variable read_cv_;
+  std::deque<ReadJob> read_queue_;
+  bool read_stopping_ = false;
+  bool reader_exited_ = false;
+
+  std::atomic<uint64_t> commits_{0};
+  std::atomic<uint64_t> rows_read_sync_{0};
+  std::atomic<uint64_t> full_scan_steps_{0};
+
+  // Process-wide metrics (Metrics::Default()), shared by every store instance.
+  Counter& commits_total_;
+  Histogram& commit_batch_size_;
+  Histogram& commit_seconds_;
+  Counter& messages_stored_;
+  Histogram& sync_rows_read_;
+  Gauge& queue_depth_;
+
+  std::thread writer_thread_;
+  std::thread reader_thread_;
+};
+
+}  // namespace parley::store

@@ -1,0 +1,130 @@
+// The Store: everything Parley keeps durably. A purely abstract interface;
+// backends (store/sqlite, later store/postgres) are final classes in their own
+// targets, chosen by name through store/store_factory.h. Core never includes a
+// backend header.
+//
+// Shape. The store is laid out so that a wide-row store could implement it:
+// messages are keyed by (conversation id, seq), user streams by (user id,
+// user seq); no operation on the message path needs a transaction across
+// conversations (batching several in one commit is allowed, and done).
+//
+// Asynchrony. Every operation returns at once and completes later by calling
+// `done` exactly once, on a thread of the store's own (never the caller's).
+// `done` must not block; callers re-post to their executor (common/executor.h,
+// BindTo). No caller thread ever blocks on storage.
+//
+// Durability. A write operation's `done` runs only after its effects are
+// durable (committed with full fsync). Writes are group-committed: many
+// operations may share one transaction; if that transaction fails, every
+// operation in it fails with the same Status.
+//
+// Order. Write operations submitted from one thread are applied in submission
+// order. A read submitted after a write's `done` has run sees that write.
+//
+// Errors: Status codes from common/error_code.h (kUnknownUser,
+// kUsernameTaken, kNotMember, kUnknownConversation, kStorageFull,
+// kUnavailable, kInternal, ...). Each method names the ones it returns.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "store/types.h"
+
+namespace parley::store {
+
+template <typename T>
+using Callback = std::function<void(Result<T>)>;
+using StatusCallback = std::function<void(Status)>;
+
+struct Empty {};
+
+// Counters a backend exposes about its own work, for tests and metrics.
+struct StoreStats {
+  uint64_t commits = 0;           // transactions committed
+  uint64_t rows_read_sync = 0;    // backend-counted rows visited by ReadStream (SQLite: VM steps)
+  uint64_t full_scan_steps = 0;   // backend-counted full-scan steps by ReadStream (SQLite)
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // ---- Accounts and devices ----
+
+  // Creates a user. `username` is already canonical. Fails kUsernameTaken.
+  virtual void CreateUser(std::string username, std::string password_hash, int64_t now,
+                          Callback<UserRecord> done) = 0;
+  // Fails kUnknownUser.
+  virtual void GetUserByName(std::string username, Callback<UserRecord> done) = 0;
+  virtual void GetUserById(UserId id, Callback<UserRecord> done) = 0;
+
+  // Creates a device for `user_id` with the token's hash (the token itself is
+  // never stored). Its cursor starts at the user's current head. Fails
+  // kUnknownUser.
+  virtual void CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash,
+                            int64_t now, Callback<DeviceRecord> done) = 0;
+  // The live (not revoked) device holding this token hash. Fails kInvalidToken.
+  virtual void GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) = 0;
+  // The user's live devices, ascending id.
+  virtual void ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) = 0;
+  // Revokes a device of `user_id`: its token stops working and its cursor is
+  // dropped. Fails kUnknownDevice if it is not a live device of that user.
+  virtual void RevokeDevice(UserId user_id, DeviceId device_id, StatusCallback done) = 0;
+  // Records that the device acknowledged its stream up to `user_seq`
+  // (monotonic: a lower value changes nothing) and when it was last seen.
+  // Fails kUnknownDevice if it is not a live device.
+  virtual void SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now, StatusCallback done) = 0;
+
+  // ---- Conversations and messages ----
+
+  // The direct (1:1) conversation of two distinct users, created (with a
+  // conversation event in both users' streams) if it does not exist yet.
+  // Fails kUnknownUser.
+  virtual void OpenDirect(UserId a, UserId b, int64_t now, Callback<OpenResult> done) = 0;
+  // Fails kUnknownConversation.
+  virtual void GetConversation(ConversationId id, Callback<ConversationRecord> done) = 0;
+
+  // Appends a message: deduplicates on (conversation, sender, client id),
+  // assigns the next conversation seq, appends a message event to every
+  // member's stream and advances the sender's own watermarks to the new seq,
+  // all in one transaction. A duplicate returns the original message and
+  // appends nothing. Fails kUnknownConversation, kNotMember.
+  virtual void AppendMessage(NewMessage msg, Callback<AppendResult> done) = 0;
+
+  // Raises a device's watermarks (monotonic per device; values above the
+  // conversation's last seq are clamped to it), recomputes the user's
+  // aggregate (max over devices, never lowered) and, when the aggregate moved,
+  // appends a receipt event to every member's stream. Fails
+  // kUnknownConversation, kNotMember, kUnknownDevice (not a live device of
+  // update.user_id).
+  virtual void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) = 0;
+
+  // Messages of a conversation with seq < before (before = 0: from the
+  // newest), newest `limit` of them, returned in ascending seq. Fails
+  // kUnknownConversation.
+  virtual void History(ConversationId id, Seq before, int limit, Callback<std::vector<MessageRecord>> done) = 0;
+
+  // ---- Streams and sync ----
+
+  // Events of `user_id` with user_seq > after, ascending, at most `limit`.
+  // Work is proportional to the events returned, not to history size.
+  virtual void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) = 0;
+  // The user's head user seq (0 if the stream is empty).
+  virtual void GetHead(UserId user_id, Callback<UserSeq> done) = 0;
+  // Conversation list with summaries for a new device; `latest_per_conversation`
+  // newest messages of each.
+  virtual void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) = 0;
+
+  // ---- Lifecycle ----
+
+  // Completes when every write submitted before it is durable.
+  virtual void Flush(StatusCallback done) = 0;
+  // Counters of the backend's own work (any thread).
+  virtual StoreStats Stats() const = 0;
+};
+
+}  // namespace parley::store

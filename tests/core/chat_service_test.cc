@@ -1,0 +1,202 @@
+// ChatService against a real SQLite store in a temporary directory and the
+// in-process fabric, with no sockets: frames go in through OnFrame and come
+// out at FakeSinks. The core executor is drained by the test thread itself.
+#include "core/chat_service.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <mutex>
+
+#include "fabric/local/local_fabric.h"
+#include "store/store_factory.h"
+
+namespace parley::core {
+namespace {
+
+using nlohmann::json;
+
+// A serial executor drained by the test thread: RunUntil runs posted work
+// until a condition holds.
+class ManualExecutor final : public Executor {
+ public:
+  void Post(std::function<void()> fn) override {
+    {
+      std::lock_guard lock(mu_);
+      q_.push_back(std::move(fn));
+    }
+    cv_.notify_all();
+  }
+  bool RunUntil(const std::function<bool()>& done, int timeout_ms = 10000) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (!done()) {
+      std::function<void()> fn;
+      {
+        std::unique_lock lock(mu_);
+        if (!cv_.wait_until(lock, deadline, [&] { return !q_.empty(); })) return done();
+        fn = std::move(q_.front());
+        q_.pop_front();
+      }
+      fn();
+    }
+    return true;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> q_;
+};
+
+class FakeSink final : public fabric::DeviceSink {
+ public:
+  void SendFrame(fabric::SharedFrame f) override {
+    std::lock_guard lock(mu);
+    frames.push_back(json::parse(*f));
+  }
+  void Close(uint16_t c, std::string) override {
+    std::lock_guard lock(mu);
+    close_code = c;
+  }
+  std::optional<json> Find(const std::function<bool(const json&)>& pred) {
+    std::lock_guard lock(mu);
+    for (auto& f : frames)
+      if (pred(f)) return f;
+    return std::nullopt;
+  }
+  size_t Count(const std::function<bool(const json&)>& pred) {
+    std::lock_guard lock(mu);
+    size_t n = 0;
+    for (auto& f : frames) n += pred(f) ? 1 : 0;
+    return n;
+  }
+  std::mutex mu;
+  std::vector<json> frames;
+  uint16_t close_code = 0;
+};
+
+class ChatServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(InitSodium().ok());
+    char tmpl[] = "/tmp/parley-core-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    store::StoreConfig sc;
+    sc.sqlite_path = dir_ + "/parley.db";
+    auto s = store::OpenStore(sc);
+    ASSERT_TRUE(s.has_value()) << s.error().ToString();
+    store_ = std::move(*s);
+    CoreConfig cc;
+    cc.password_cost = PasswordCost::kInsecureFast;
+    chat_ = std::make_unique<ChatService>(exec_, *store_, fabric_, pool_, SystemClock::Instance(), cc);
+  }
+  void TearDown() override {
+    chat_.reset();
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  struct Conn {
+    std::shared_ptr<FakeSink> sink;
+    std::shared_ptr<Client> client;
+  };
+  Conn Open() {
+    Conn c;
+    c.sink = std::make_shared<FakeSink>();
+    c.client = chat_->Connect(c.sink);
+    return c;
+  }
+  // Sends a request and drains the executor until its response or error arrives.
+  json Call(Conn& c, const std::string& type, json fields = json::object()) {
+    int id = next_id_++;
+    fields["v"] = 1;
+    fields["id"] = id;
+    fields["type"] = type;
+    chat_->OnFrame(c.client, fields.dump());
+    std::optional<json> got;
+    exec_.RunUntil([&] { return (got = c.sink->Find([&](const json& f) { return f.value("id", json()) == id; })).has_value(); });
+    EXPECT_TRUE(got.has_value()) << "no answer to " << type;
+    return got.value_or(json());
+  }
+  Conn LoggedIn(const std::string& user, bool do_register = true) {
+    Conn c = Open();
+    if (do_register) {
+      auto r = Call(c, "register", {{"username", user}, {"password", "password123"}});
+      EXPECT_EQ(r["type"], "response") << r.dump();
+    }
+    auto l = Call(c, "login", {{"username", user}, {"password", "password123"}, {"device_name", "d"}});
+    EXPECT_EQ(l["type"], "response") << l.dump();
+    return c;
+  }
+
+  ManualExecutor exec_;
+  fabric::LocalFabric fabric_;
+  WorkerPool pool_{1};
+  std::string dir_;
+  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<ChatService> chat_;
+  int next_id_ = 1;
+};
+
+TEST_F(ChatServiceTest, SendIsAckedAndReachesEveryDeviceOfBothMembers) {
+  Conn a1 = LoggedIn("alice");
+  Conn a2 = LoggedIn("alice", false);
+  Conn b = LoggedIn("bob");
+  auto ack = Call(a1, "send", {{"to", "bob"}, {"client_id", "m1"}, {"body", "hello"}});
+  ASSERT_EQ(ack["type"], "response") << ack.dump();
+  EXPECT_EQ(ack["result"]["seq"], 1);
+  EXPECT_EQ(ack["result"]["duplicate"], false);
+  auto is_msg = [](const json& f) { return f["type"] == "event" && f["event"]["kind"] == "message"; };
+  for (Conn* c : {&a1, &a2, &b}) {
+    ASSERT_TRUE(exec_.RunUntil([&] { return c->sink->Count(is_msg) == 1; }));
+    auto e = c->sink->Find(is_msg);
+    EXPECT_EQ((*e)["event"]["message"]["body"], "hello");
+    EXPECT_GT((*e)["event"]["user_seq"], 0);
+  }
+}
+
+TEST_F(ChatServiceTest, RetryWithSameClientIdGetsTheOriginalAck) {
+  Conn a = LoggedIn("alice");
+  LoggedIn("bob");
+  auto first = Call(a, "send", {{"to", "bob"}, {"client_id", "same"}, {"body", "x"}});
+  auto again = Call(a, "send", {{"to", "bob"}, {"client_id", "same"}, {"body", "x"}});
+  EXPECT_EQ(first["result"]["seq"], again["result"]["seq"]);
+  EXPECT_EQ(again["result"]["duplicate"], true);
+  EXPECT_EQ(first["result"]["ts"], again["result"]["ts"]);
+}
+
+TEST_F(ChatServiceTest, OutsiderCanNeitherSendNorReadHistory) {
+  Conn a = LoggedIn("alice");
+  LoggedIn("bob");
+  Conn eve = LoggedIn("eve");
+  auto ack = Call(a, "send", {{"to", "bob"}, {"client_id", "m1"}, {"body", "secret"}});
+  int64_t conv = ack["result"]["conversation_id"];
+  auto s = Call(eve, "send", {{"conversation_id", conv}, {"client_id", "x"}, {"body", "hi"}});
+  EXPECT_EQ(s["code"], "not_member");
+  auto h = Call(eve, "history", {{"conversation_id", conv}});
+  EXPECT_EQ(h["code"], "not_member");
+  EXPECT_EQ(eve.sink->Count([](const json& f) { return f["type"] == "event" && f["event"]["kind"] == "message"; }), 0u);
+}
+
+TEST_F(ChatServiceTest, RequestsBeforeAuthenticationAreRefused) {
+  Conn c = Open();
+  EXPECT_EQ(Call(c, "send", {{"to", "bob"}, {"client_id", "x"}, {"body", "y"}})["code"], "not_authenticated");
+  EXPECT_EQ(Call(c, "sync")["code"], "not_authenticated");
+  EXPECT_EQ(Call(c, "auth", {{"token", "nope"}})["code"], "invalid_token");
+  EXPECT_EQ(Call(c, "ping")["type"], "response");
+}
+
+TEST_F(ChatServiceTest, ShutdownRefusesNewRequestsAndClosesWithRetryAfter) {
+  Conn a = LoggedIn("alice");
+  bool done = false;
+  chat_->Shutdown([&] { done = true; });
+  ASSERT_TRUE(exec_.RunUntil([&] { return done; }));
+  EXPECT_EQ(a.sink->close_code, 4001);
+  EXPECT_EQ(Call(a, "ping")["code"], "shutting_down");
+}
+
+}  // namespace
+}  // namespace parley::core

@@ -1,0 +1,100 @@
+// Helpers shared by the end-to-end tests: accounts, logged-in devices, waiting
+// for events, fetching /metrics.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "e2e/server_process.h"
+#include "parley/connection.h"
+
+namespace parley::testing {
+
+using nlohmann::json;
+
+struct Device {
+  std::unique_ptr<Connection> conn;
+  int64_t user_id = 0;
+  int64_t device_id = 0;
+  std::string token;
+  int64_t head = 0;
+};
+
+inline void Register(ServerProcess& s, const std::string& user, const std::string& password = "correct horse") {
+  auto c = s.Connect();
+  auto r = c->Call("register", {{"username", user}, {"password", password}});
+  ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
+}
+
+inline Device Login(ServerProcess& s, const std::string& user, const std::string& device_name = "test",
+                    const std::string& password = "correct horse") {
+  Device d;
+  d.conn = s.Connect();
+  auto r = d.conn->Call("login", {{"username", user}, {"password", password}, {"device_name", device_name},
+                                  {"platform", "gtest"}});
+  EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
+  if (!r.ok) return d;
+  d.user_id = r.result["user_id"];
+  d.device_id = r.result["device_id"];
+  d.token = r.result["token"];
+  d.head = r.result["head"];
+  return d;
+}
+
+// A fresh connection for an existing device token.
+inline Device Reconnect(ServerProcess& s, const Device& old) {
+  Device d;
+  d.conn = s.Connect();
+  auto r = d.conn->Call("auth", {{"token", old.token}});
+  EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
+  d.user_id = old.user_id;
+  d.device_id = old.device_id;
+  d.token = old.token;
+  if (r.ok) d.head = r.result["head"];
+  return d;
+}
+
+// Waits for the next event matching `pred`, skipping others. Returns the event object.
+inline std::optional<json> WaitEvent(Connection& c, const std::function<bool(const json&)>& pred,
+                                     int timeout_ms = 5000) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return std::nullopt;
+    auto f = c.NextEvent(static_cast<int>(left.count()));
+    if (!f) return std::nullopt;
+    if (pred((*f)["event"])) return (*f)["event"];
+  }
+}
+
+inline std::function<bool(const json&)> IsMessage(int64_t seq) {
+  return [seq](const json& e) { return e["kind"] == "message" && e["message"]["seq"] == seq; };
+}
+
+inline std::function<bool(const json&)> IsReceipt(int64_t user_id, const std::string& field, int64_t at_least) {
+  return [=](const json& e) { return e["kind"] == "receipt" && e["user_id"] == user_id && e[field] >= at_least; };
+}
+
+// Pulls the whole stream after `after` through sync pages; returns the events.
+inline std::vector<json> SyncAll(Connection& c, int64_t after, int limit = 200) {
+  std::vector<json> out;
+  for (int guard = 0; guard < 100000; ++guard) {
+    auto r = c.Call("sync", {{"after", after}, {"limit", limit}});
+    EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
+    if (!r.ok) break;
+    for (auto& e : r.result["events"]) out.push_back(e);
+    after = r.result["next"];
+    if (!r.result["has_more"].get<bool>()) break;
+  }
+  return out;
+}
+
+// GET http://127.0.0.1:port/path with a plain socket; returns the body ("" on failure).
+std::string HttpGet(uint16_t port, const std::string& path, int* status = nullptr);
+// The value of one Prometheus sample line (name with labels exactly), or -1.
+double MetricValue(const std::string& metrics_text, const std::string& sample);
+
+}  // namespace parley::testing

@@ -1,0 +1,125 @@
+// ServerProcess: a real parleyd child process for end-to-end tests, on a free
+// port (the server binds port 0 and writes the port to a file) with its data
+// in a fresh temporary directory. Restart keeps the data; Kill9 is an abrupt
+// crash; Terminate sends SIGTERM and waits for a clean exit.
+#pragma once
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "parley/connection.h"
+
+extern char** environ;
+
+namespace parley::testing {
+
+class ServerProcess {
+ public:
+  explicit ServerProcess(std::vector<std::string> extra_args = {}) : extra_args_(std::move(extra_args)) {
+    char tmpl[] = "/tmp/parley-e2e-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    Start();
+  }
+  ~ServerProcess() {
+    if (pid_ > 0) Kill9();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  uint16_t port() const { return port_; }
+  const std::string& dir() const { return dir_; }
+  pid_t pid() const { return pid_; }
+
+  void Start() {
+    std::string port_file = dir_ + "/port";
+    std::filesystem::remove(port_file);
+    std::vector<std::string> args = {std::string(PARLEY_BIN_DIR) + "/parleyd",
+                                     "--listen", "127.0.0.1:" + std::to_string(port_ ? port_ : 0),
+                                     "--data-dir", dir_ + "/data",
+                                     "--port-file", port_file,
+                                     "--insecure-fast-password-hashing",
+                                     "--io-threads", "2",
+                                     "--log-level", "warn"};
+    for (auto& a : extra_args_) args.push_back(a);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ASSERT_EQ(posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ), 0) << "cannot start parleyd";
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::ifstream in(port_file);
+      int p = 0;
+      if (in >> p && p > 0) {
+        port_ = static_cast<uint16_t>(p);
+        return;
+      }
+      int status;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        FAIL() << "parleyd exited during start-up";
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    FAIL() << "parleyd did not start listening within 30 s";
+  }
+
+  // SIGKILL: no flush, no goodbye.
+  void Kill9() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    int status;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+  // SIGTERM and wait; returns the exit status (or -1 if it had to be killed).
+  int Terminate(int timeout_ms = 15000) {
+    if (pid_ <= 0) return -1;
+    kill(pid_, SIGTERM);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    Kill9();
+    return -1;
+  }
+
+  // Restart on the same port and data directory.
+  void Restart() {
+    if (pid_ > 0) Terminate();
+    Start();
+  }
+
+  std::unique_ptr<Connection> Connect() {
+    ConnectOptions o;
+    o.port = port_;
+    std::string err;
+    auto c = Connection::Open(o, &err);
+    EXPECT_NE(c, nullptr) << err;
+    return c;
+  }
+
+ private:
+  std::vector<std::string> extra_args_;
+  std::string dir_;
+  pid_t pid_ = -1;
+  uint16_t port_ = 0;
+};
+
+}  // namespace parley::testing

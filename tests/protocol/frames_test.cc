@@ -1,0 +1,103 @@
+#include "protocol/frames.h"
+
+#include <gtest/gtest.h>
+
+#include "protocol/limits.h"
+
+namespace parley::protocol {
+namespace {
+
+ErrorCode CodeOf(std::string_view frame) { return DecodeRequest(frame).status.code(); }
+
+TEST(FramesTest, DecodesSendWithConversationId) {
+  auto d = DecodeRequest(R"({"v":1,"id":"r1","type":"send","conversation_id":7,"client_id":"abc-1","body":"hi"})");
+  ASSERT_TRUE(d.status.ok()) << d.status.ToString();
+  EXPECT_EQ(d.request.type, RequestType::kSend);
+  EXPECT_EQ(d.request.id_json, R"("r1")");
+  const auto& s = std::get<SendRequest>(d.request.body);
+  EXPECT_EQ(s.conversation_id, 7);
+  EXPECT_EQ(s.client_id, "abc-1");
+  EXPECT_EQ(s.body, "hi");
+}
+
+TEST(FramesTest, IntegerRequestIdIsEchoedVerbatim) {
+  auto d = DecodeRequest(R"({"v":1,"id":42,"type":"ping"})");
+  ASSERT_TRUE(d.status.ok());
+  EXPECT_EQ(d.id_json, "42");
+}
+
+TEST(FramesTest, SendToUsernameIsCanonicalised) {
+  auto d = DecodeRequest(R"({"v":1,"id":1,"type":"send","to":"Bob","client_id":"x","body":"hi"})");
+  ASSERT_TRUE(d.status.ok());
+  EXPECT_EQ(std::get<SendRequest>(d.request.body).to, "bob");
+}
+
+TEST(FramesTest, MalformedJsonIsBadJson) {
+  EXPECT_EQ(CodeOf("{not json"), ErrorCode::kBadJson);
+  EXPECT_EQ(CodeOf("[1,2]"), ErrorCode::kBadJson);
+  EXPECT_EQ(CodeOf(""), ErrorCode::kBadJson);
+}
+
+TEST(FramesTest, InvalidUtf8IsReported) {
+  std::string frame = "{\"v\":1,\"id\":1,\"type\":\"send\",\"to\":\"bob\",\"client_id\":\"x\",\"body\":\"\xff\xfe\"}";
+  EXPECT_EQ(CodeOf(frame), ErrorCode::kInvalidUtf8);
+}
+
+TEST(FramesTest, UnknownTypeKeepsTheRequestId) {
+  auto d = DecodeRequest(R"({"v":1,"id":"q","type":"teleport"})");
+  EXPECT_EQ(d.status.code(), ErrorCode::kUnknownType);
+  EXPECT_EQ(d.id_json, R"("q")");
+}
+
+TEST(FramesTest, MissingAndWrongTypedFieldsAreBadRequest) {
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"send","conversation_id":1,"body":"hi"})"), ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"send","conversation_id":"1","client_id":"x","body":"hi"})"),
+            ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"send","conversation_id":1,"client_id":"x","body":5})"),
+            ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"send","conversation_id":1,"client_id":"a b","body":"x"})"),
+            ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"ack"})"), ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"type":"ping"})"), ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":{},"type":"ping"})"), ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"receipt","items":[]})"), ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"sync","limit":100000})"), ErrorCode::kBadRequest);
+}
+
+TEST(FramesTest, WrongVersionIsUnsupported) {
+  EXPECT_EQ(CodeOf(R"({"v":2,"id":1,"type":"ping"})"), ErrorCode::kUnsupportedVersion);
+  EXPECT_EQ(CodeOf(R"({"id":1,"type":"ping"})"), ErrorCode::kBadRequest);
+}
+
+TEST(FramesTest, OversizeBodyAndFrame) {
+  std::string body(kMaxBodyBytes + 1, 'a');
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"send","conversation_id":1,"client_id":"x","body":")" + body + "\"}"),
+            ErrorCode::kBodyTooLarge);
+  std::string big(kMaxFrameBytes + 1, ' ');
+  EXPECT_EQ(CodeOf(big), ErrorCode::kFrameTooLarge);
+}
+
+TEST(FramesTest, UsernameRules) {
+  EXPECT_EQ(*CanonicalUsername("Alice_01"), "alice_01");
+  EXPECT_FALSE(CanonicalUsername("al").has_value());
+  EXPECT_FALSE(CanonicalUsername("1alice").has_value());
+  EXPECT_FALSE(CanonicalUsername("ali ce").has_value());
+  EXPECT_FALSE(CanonicalUsername(std::string(33, 'a')).has_value());
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"register","username":"x","password":"longenough"})"),
+            ErrorCode::kInvalidUsername);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"register","username":"xavier","password":"short"})"),
+            ErrorCode::kInvalidPassword);
+}
+
+TEST(FramesTest, RegistryNamesRoundTrip) {
+  for (RequestType t : AllRequestTypes()) {
+    auto back = RequestTypeFromName(RequestTypeName(t));
+    ASSERT_TRUE(back.has_value());
+    EXPECT_EQ(*back, t);
+  }
+  EXPECT_FALSE(RequestNeedsAuth(RequestType::kLogin));
+  EXPECT_TRUE(RequestNeedsAuth(RequestType::kSend));
+}
+
+}  // namespace
+}  // namespace parley::protocol

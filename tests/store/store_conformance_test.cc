@@ -1,0 +1,664 @@
+// The Store conformance suite: the contract of store/store.h, checked through
+// the interface only, for every backend. A backend joins by adding an entry
+// to Backends(); each test gets a fresh, empty store of its own.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store/store.h"
+#include "store/store_factory.h"
+#include "store/store_test_util.h"
+
+namespace parley::store {
+namespace {
+
+using namespace parley::store::testing;  // NOLINT: test helpers
+
+struct Backend {
+  std::string name;
+  // Opens the backend's store keeping its data under `dir`; opening the same
+  // dir again reopens the same data.
+  std::function<Result<std::unique_ptr<Store>>(const std::string& dir)> open;
+};
+
+std::vector<Backend> Backends() {
+  return {
+      {"sqlite",
+       [](const std::string& dir) {
+         StoreConfig config;
+         config.backend = "sqlite";
+         config.sqlite_path = dir + "/data/parley.db";  // the factory creates data/
+         config.sqlite_cache_kib = 4096;
+         return OpenStore(config);
+       }},
+  };
+}
+
+class StoreConformance : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override { Reopen(); }
+  void TearDown() override { store_.reset(); }
+
+  // Closes the store (finishing its queued work) and opens the same data again.
+  void Reopen() {
+    store_.reset();
+    Result<std::unique_ptr<Store>> opened = GetParam().open(dir_.path());
+    ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
+    store_ = std::move(opened).value();
+  }
+
+  Store& store() { return *store_; }
+
+  // Three users with devices; alice and bob share conv_.
+  void SetUpConversation() {
+    alice_ = MakeUser(store(), "alice");
+    bob_ = MakeUser(store(), "bob");
+    carol_ = MakeUser(store(), "carol");
+    alice_dev_ = MakeDevice(store(), alice_.id, "ta");
+    bob_dev_ = MakeDevice(store(), bob_.id, "tb");
+    bob_dev2_ = MakeDevice(store(), bob_.id, "tb2");
+    carol_dev_ = MakeDevice(store(), carol_.id, "tc");
+    conv_ = Open(store(), alice_.id, bob_.id).conversation.id;
+  }
+
+  AppendResult Send(const UserRecord& from, const DeviceRecord& dev, const std::string& client_id,
+                    int64_t now = 2000) {
+    return Must(Append(store(), Msg(conv_, from.id, dev.id, client_id, "body " + client_id, now)));
+  }
+
+  UserRecord alice_, bob_, carol_;
+  DeviceRecord alice_dev_, bob_dev_, bob_dev2_, carol_dev_;
+  ConversationId conv_ = 0;
+
+  TempDir dir_;
+  std::unique_ptr<Store> store_;
+};
+
+// ---- Users ----
+
+TEST_P(StoreConformance, CreatesAndLooksUpUsers) {
+  UserRecord alice = MakeUser(store(), "alice", 111);
+  EXPECT_GT(alice.id, 0);
+  EXPECT_EQ(alice.username, "alice");
+  EXPECT_EQ(alice.created_at, 111);
+  UserRecord bob = MakeUser(store(), "bob");
+  EXPECT_NE(alice.id, bob.id);
+
+  UserRecord by_name = Must(Await<UserRecord>([&](auto cb) { store().GetUserByName("alice", cb); }));
+  EXPECT_EQ(by_name.id, alice.id);
+  EXPECT_EQ(by_name.password_hash, "hash-of-alice");
+  UserRecord by_id = Must(Await<UserRecord>([&](auto cb) { store().GetUserById(bob.id, cb); }));
+  EXPECT_EQ(by_id.username, "bob");
+}
+
+TEST_P(StoreConformance, RejectsTakenUsername) {
+  MakeUser(store(), "alice");
+  Result<UserRecord> again = Await<UserRecord>([&](auto cb) { store().CreateUser("alice", "other", 5, cb); });
+  ASSERT_FALSE(again.has_value());
+  EXPECT_EQ(again.error().code(), ErrorCode::kUsernameTaken);
+  // The failure is the op's alone: the store keeps working.
+  EXPECT_GT(MakeUser(store(), "bob").id, 0);
+}
+
+TEST_P(StoreConformance, UnknownUsersAreReported) {
+  Result<UserRecord> by_name = Await<UserRecord>([&](auto cb) { store().GetUserByName("nobody", cb); });
+  ASSERT_FALSE(by_name.has_value());
+  EXPECT_EQ(by_name.error().code(), ErrorCode::kUnknownUser);
+  Result<UserRecord> by_id = Await<UserRecord>([&](auto cb) { store().GetUserById(4242, cb); });
+  ASSERT_FALSE(by_id.has_value());
+  EXPECT_EQ(by_id.error().code(), ErrorCode::kUnknownUser);
+  Result<DeviceRecord> device =
+      Await<DeviceRecord>([&](auto cb) { store().CreateDevice(4242, "x", "y", "token", 1, cb); });
+  ASSERT_FALSE(device.has_value());
+  EXPECT_EQ(device.error().code(), ErrorCode::kUnknownUser);
+}
+
+// ---- Devices ----
+
+TEST_P(StoreConformance, FindsDevicesByTokenAndListsLiveOnes) {
+  UserRecord alice = MakeUser(store(), "alice");
+  // Token hashes are bytes, not text.
+  const std::string hash1("\x01\x00\xff\x10", 4);
+  const std::string hash2("\x02\x00\xff\x10", 4);
+  DeviceRecord d1 = MakeDevice(store(), alice.id, hash1, 500);
+  DeviceRecord d2 = MakeDevice(store(), alice.id, hash2, 600);
+  EXPECT_EQ(d1.user_id, alice.id);
+  EXPECT_EQ(d1.created_at, 500);
+
+  DeviceRecord found = Must(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken(hash2, cb); }));
+  EXPECT_EQ(found.id, d2.id);
+  EXPECT_EQ(found.user_id, alice.id);
+  EXPECT_EQ(found.name, "phone");
+
+  Result<DeviceRecord> unknown =
+      Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken(std::string("\x03\x00", 2), cb); });
+  ASSERT_FALSE(unknown.has_value());
+  EXPECT_EQ(unknown.error().code(), ErrorCode::kInvalidToken);
+
+  std::vector<DeviceRecord> list =
+      Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice.id, cb); }));
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].id, d1.id);
+  EXPECT_EQ(list[1].id, d2.id);
+}
+
+TEST_P(StoreConformance, NewDeviceCursorStartsAtUserHead) {
+  UserRecord alice = MakeUser(store(), "alice");
+  UserRecord bob = MakeUser(store(), "bob");
+  DeviceRecord first = MakeDevice(store(), alice.id, "t1");
+  EXPECT_EQ(first.cursor, 0);
+  OpenResult conv = Open(store(), alice.id, bob.id);
+  ASSERT_TRUE(Append(store(), Msg(conv.conversation.id, alice.id, first.id, "m1", "hi")).has_value());
+  DeviceRecord second = MakeDevice(store(), alice.id, "t2");
+  EXPECT_EQ(second.cursor, 2);  // conversation event + message event
+  EXPECT_EQ(second.cursor, Head(store(), alice.id));
+}
+
+TEST_P(StoreConformance, RevokedDeviceLosesTokenAndCursor) {
+  UserRecord alice = MakeUser(store(), "alice");
+  UserRecord bob = MakeUser(store(), "bob");
+  DeviceRecord phone = MakeDevice(store(), alice.id, "t-phone");
+  DeviceRecord laptop = MakeDevice(store(), alice.id, "t-laptop");
+  DeviceRecord bobs = MakeDevice(store(), bob.id, "t-bob");
+  ConversationId c = Open(store(), alice.id, bob.id).conversation.id;
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store().SetCursor(phone.id, 1, 5000, cb); }).ok());
+
+  // Only the owner can revoke.
+  EXPECT_EQ(AwaitStatus([&](auto cb) { store().RevokeDevice(bob.id, phone.id, cb); }).code(),
+            ErrorCode::kUnknownDevice);
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store().RevokeDevice(alice.id, phone.id, cb); }).ok());
+
+  Result<DeviceRecord> by_token = Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("t-phone", cb); });
+  ASSERT_FALSE(by_token.has_value());
+  EXPECT_EQ(by_token.error().code(), ErrorCode::kInvalidToken);
+  std::vector<DeviceRecord> list =
+      Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice.id, cb); }));
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].id, laptop.id);
+  // A revoked device can do nothing any more.
+  EXPECT_EQ(AwaitStatus([&](auto cb) { store().SetCursor(phone.id, 2, 6000, cb); }).code(),
+            ErrorCode::kUnknownDevice);
+  Result<ReceiptResult> receipt = UpdateReceipt(store(), Receipt(alice.id, phone.id, c, 0, 0));
+  ASSERT_FALSE(receipt.has_value());
+  EXPECT_EQ(receipt.error().code(), ErrorCode::kUnknownDevice);
+  EXPECT_EQ(AwaitStatus([&](auto cb) { store().RevokeDevice(alice.id, phone.id, cb); }).code(),
+            ErrorCode::kUnknownDevice);
+  // Other devices are untouched.
+  EXPECT_EQ(Must(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("t-bob", cb); })).id, bobs.id);
+}
+
+TEST_P(StoreConformance, CursorIsMonotonic) {
+  UserRecord alice = MakeUser(store(), "alice");
+  DeviceRecord d = MakeDevice(store(), alice.id, "t", 100);
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store().SetCursor(d.id, 5, 200, cb); }).ok());
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store().SetCursor(d.id, 3, 300, cb); }).ok());
+  DeviceRecord now = Must(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("t", cb); }));
+  EXPECT_EQ(now.cursor, 5);
+  EXPECT_EQ(now.last_seen_at, 300);
+  EXPECT_EQ(AwaitStatus([&](auto cb) { store().SetCursor(9999, 1, 1, cb); }).code(), ErrorCode::kUnknownDevice);
+}
+
+// ---- Conversations ----
+
+TEST_P(StoreConformance, OpenDirectIsIdempotentAndAnnouncedToBoth) {
+  UserRecord alice = MakeUser(store(), "alice");
+  UserRecord bob = MakeUser(store(), "bob");
+  OpenResult first = Open(store(), bob.id, alice.id, 700);
+  EXPECT_TRUE(first.created);
+  ASSERT_EQ(first.conversation.members.size(), 2u);
+  EXPECT_EQ(first.conversation.members[0].user_id, alice.id);  // ordered by user id
+  EXPECT_EQ(first.conversation.members[0].username, "alice");
+  EXPECT_EQ(first.conversation.members[1].username, "bob");
+  EXPECT_EQ(first.conversation.last_seq, 0);
+  EXPECT_EQ(first.conversation.created_at, 700);
+  EXPECT_EQ(first.conversation.last_activity_at, 700);
+  ASSERT_EQ(first.positions.size(), 2u);
+  EXPECT_EQ(first.positions[0].user_id, alice.id);
+  EXPECT_EQ(first.positions[0].user_seq, 1);
+  EXPECT_EQ(first.positions[1].user_id, bob.id);
+  EXPECT_EQ(first.positions[1].user_seq, 1);
+
+  OpenResult again = Open(store(), alice.id, bob.id, 800);
+  EXPECT_FALSE(again.created);
+  EXPECT_EQ(again.conversation.id, first.conversation.id);
+  EXPECT_TRUE(again.positions.empty());
+  EXPECT_EQ(Head(store(), alice.id), 1);
+  EXPECT_EQ(Head(store(), bob.id), 1);
+
+  for (UserId user : {alice.id, bob.id}) {
+    StreamPage page = ReadStream(store(), user, 0, 10);
+    ASSERT_EQ(page.events.size(), 1u);
+    const StreamEvent& e = page.events[0];
+    EXPECT_EQ(e.kind, EventKind::kConversation);
+    EXPECT_EQ(e.user_seq, 1);
+    EXPECT_EQ(e.conversation_id, first.conversation.id);
+    EXPECT_EQ(e.created_at, 700);
+    ASSERT_TRUE(e.conversation.has_value());
+    ASSERT_EQ(e.conversation->members.size(), 2u);
+    EXPECT_EQ(e.conversation->members[1].username, "bob");
+  }
+
+  ConversationRecord got =
+      Must(Await<ConversationRecord>([&](auto cb) { store().GetConversation(first.conversation.id, cb); }));
+  EXPECT_EQ(got.members.size(), 2u);
+  EXPECT_EQ(got.created_at, 700);
+}
+
+TEST_P(StoreConformance, OpenDirectRejectsSelfAndUnknownUsers) {
+  UserRecord alice = MakeUser(store(), "alice");
+  Result<OpenResult> self = Await<OpenResult>([&](auto cb) { store().OpenDirect(alice.id, alice.id, 1, cb); });
+  ASSERT_FALSE(self.has_value());
+  EXPECT_EQ(self.error().code(), ErrorCode::kSelfConversation);
+  Result<OpenResult> unknown = Await<OpenResult>([&](auto cb) { store().OpenDirect(alice.id, 777, 1, cb); });
+  ASSERT_FALSE(unknown.has_value());
+  EXPECT_EQ(unknown.error().code(), ErrorCode::kUnknownUser);
+  EXPECT_EQ(Head(store(), alice.id), 0);
+  Result<ConversationRecord> missing = Await<ConversationRecord>([&](auto cb) { store().GetConversation(31337, cb); });
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_EQ(missing.error().code(), ErrorCode::kUnknownConversation);
+}
+
+// ---- Messages ----
+
+
+
+TEST_P(StoreConformance, AppendAssignsGaplessSeqsAndStreamsToBothMembers) {
+  SetUpConversation();
+  for (int i = 1; i <= 5; ++i) {
+    const UserRecord& from = i % 2 ? alice_ : bob_;
+    AppendResult r = Send(from, i % 2 ? alice_dev_ : bob_dev_, "c" + std::to_string(i), 2000 + i);
+    EXPECT_FALSE(r.duplicate);
+    EXPECT_EQ(r.message.seq, i);
+    EXPECT_EQ(r.message.sender_id, from.id);
+    ASSERT_EQ(r.positions.size(), 2u);
+    EXPECT_EQ(r.positions[0].user_id, alice_.id);
+    EXPECT_EQ(r.positions[0].user_seq, i + 1);  // after the conversation event
+    EXPECT_EQ(r.positions[1].user_id, bob_.id);
+    EXPECT_EQ(r.positions[1].user_seq, i + 1);
+  }
+  ConversationRecord c = Must(Await<ConversationRecord>([&](auto cb) { store().GetConversation(conv_, cb); }));
+  EXPECT_EQ(c.last_seq, 5);
+  EXPECT_EQ(c.last_activity_at, 2005);
+
+  StreamPage page = ReadStream(store(), bob_.id, 1, 100);
+  ASSERT_EQ(page.events.size(), 5u);
+  EXPECT_EQ(page.head, 6);
+  EXPECT_FALSE(page.has_more);
+  for (int i = 0; i < 5; ++i) {
+    const StreamEvent& e = page.events[static_cast<size_t>(i)];
+    EXPECT_EQ(e.kind, EventKind::kMessage);
+    EXPECT_EQ(e.user_seq, i + 2);
+    EXPECT_EQ(e.conversation_id, conv_);
+    ASSERT_TRUE(e.message.has_value());
+    EXPECT_EQ(e.message->seq, i + 1);
+    EXPECT_EQ(e.message->client_id, "c" + std::to_string(i + 1));
+    EXPECT_EQ(e.message->body, "body c" + std::to_string(i + 1));
+    EXPECT_EQ(e.message->created_at, 2001 + i);
+  }
+  EXPECT_EQ(Head(store(), carol_.id), 0);  // not a member: nothing in her stream
+}
+
+TEST_P(StoreConformance, DuplicateReturnsOriginalAndAppendsNothing) {
+  SetUpConversation();
+  AppendResult first = Send(alice_, alice_dev_, "same");
+  Send(bob_, bob_dev_, "other");
+  UserSeq alice_head = Head(store(), alice_.id);
+  UserSeq bob_head = Head(store(), bob_.id);
+
+  AppendResult retry = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "same", "changed body", 9999)));
+  EXPECT_TRUE(retry.duplicate);
+  EXPECT_EQ(retry.message.seq, first.message.seq);
+  EXPECT_EQ(retry.message.body, "body same");
+  EXPECT_EQ(retry.message.created_at, first.message.created_at);
+  EXPECT_TRUE(retry.positions.empty());
+  EXPECT_EQ(Head(store(), alice_.id), alice_head);
+  EXPECT_EQ(Head(store(), bob_.id), bob_head);
+
+  // The key includes the sender: bob may reuse alice's client id.
+  AppendResult bobs = Send(bob_, bob_dev_, "same");
+  EXPECT_FALSE(bobs.duplicate);
+  EXPECT_EQ(bobs.message.seq, 3);
+
+  // Duplicates queued together (one batch) still store one message.
+  Collector<AppendResult> both(2);
+  store().AppendMessage(Msg(conv_, alice_.id, alice_dev_.id, "twice", "x"), both.Slot(0));
+  store().AppendMessage(Msg(conv_, alice_.id, alice_dev_.id, "twice", "x"), both.Slot(1));
+  auto& results = both.Wait();
+  ASSERT_TRUE(results[0]->has_value() && results[1]->has_value());
+  EXPECT_FALSE((*results[0])->duplicate);
+  EXPECT_TRUE((*results[1])->duplicate);
+  EXPECT_EQ((*results[0])->message.seq, 4);
+  EXPECT_EQ((*results[1])->message.seq, 4);
+  EXPECT_EQ(History(store(), conv_, 0, 100).size(), 4u);
+}
+
+TEST_P(StoreConformance, NonMembersAndUnknownConversationsAreRefused) {
+  SetUpConversation();
+  Result<AppendResult> outsider = Append(store(), Msg(conv_, carol_.id, carol_dev_.id, "x", "hi"));
+  ASSERT_FALSE(outsider.has_value());
+  EXPECT_EQ(outsider.error().code(), ErrorCode::kNotMember);
+  Result<AppendResult> nowhere = Append(store(), Msg(424242, alice_.id, alice_dev_.id, "x", "hi"));
+  ASSERT_FALSE(nowhere.has_value());
+  EXPECT_EQ(nowhere.error().code(), ErrorCode::kUnknownConversation);
+  Result<std::vector<MessageRecord>> history =
+      Await<std::vector<MessageRecord>>([&](auto cb) { store().History(424242, 0, 10, cb); });
+  ASSERT_FALSE(history.has_value());
+  EXPECT_EQ(history.error().code(), ErrorCode::kUnknownConversation);
+  // Nothing was written.
+  EXPECT_EQ(Send(alice_, alice_dev_, "first").message.seq, 1);
+  EXPECT_EQ(Head(store(), carol_.id), 0);
+}
+
+TEST_P(StoreConformance, ConcurrentAppendsGetEverySeqOnce) {
+  SetUpConversation();
+  constexpr int kPerThread = 1000;
+  std::vector<std::vector<Seq>> seqs(2);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      const UserRecord& from = t == 0 ? alice_ : bob_;
+      const DeviceRecord& dev = t == 0 ? alice_dev_ : bob_dev_;
+      Collector<AppendResult> results(kPerThread);
+      for (int i = 0; i < kPerThread; ++i) {
+        store().AppendMessage(Msg(conv_, from.id, dev.id, "t" + std::to_string(t) + "-" + std::to_string(i), "x"),
+                              results.Slot(static_cast<size_t>(i)));
+      }
+      for (auto& r : results.Wait()) seqs[static_cast<size_t>(t)].push_back(r->has_value() ? (*r)->message.seq : -1);
+    });
+  }
+  for (auto& th : threads) th.join();
+  std::vector<Seq> all;
+  for (auto& per_thread : seqs) {
+    // Writes from one thread apply in submission order.
+    EXPECT_TRUE(std::is_sorted(per_thread.begin(), per_thread.end()));
+    all.insert(all.end(), per_thread.begin(), per_thread.end());
+  }
+  std::sort(all.begin(), all.end());
+  ASSERT_EQ(all.size(), 2u * kPerThread);
+  for (size_t i = 0; i < all.size(); ++i) ASSERT_EQ(all[i], static_cast<Seq>(i + 1));
+  EXPECT_EQ(Head(store(), alice_.id), 2 * kPerThread + 1);
+  EXPECT_EQ(Head(store(), bob_.id), 2 * kPerThread + 1);
+}
+
+// ---- Receipts ----
+
+TEST_P(StoreConformance, ReceiptsAreMonotonicAndReadImpliesDelivered) {
+  SetUpConversation();
+  for (int i = 0; i < 5; ++i) Send(alice_, alice_dev_, "m" + std::to_string(i));
+  ReceiptResult r = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 0, 3)));
+  EXPECT_TRUE(r.changed);
+  EXPECT_EQ(r.aggregate.delivered, 3);
+  EXPECT_EQ(r.aggregate.read, 3);
+  UserSeq alice_head = Head(store(), alice_.id);
+  UserSeq bob_head = Head(store(), bob_.id);
+
+  ReceiptResult older = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 2, 2)));
+  EXPECT_FALSE(older.changed);
+  EXPECT_EQ(older.aggregate.read, 3);
+  EXPECT_TRUE(older.positions.empty());
+  EXPECT_EQ(Head(store(), alice_.id), alice_head);
+  EXPECT_EQ(Head(store(), bob_.id), bob_head);
+
+  ReceiptResult delivered = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 5, 0)));
+  EXPECT_TRUE(delivered.changed);
+  EXPECT_EQ(delivered.aggregate.delivered, 5);
+  EXPECT_EQ(delivered.aggregate.read, 3);
+}
+
+TEST_P(StoreConformance, AggregateIsTheMaximumOverDevices) {
+  SetUpConversation();
+  for (int i = 0; i < 5; ++i) Send(alice_, alice_dev_, "m" + std::to_string(i));
+  EXPECT_TRUE(Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 0, 4))).changed);
+  // The second device is behind: its watermark moves, the aggregate does not.
+  ReceiptResult behind = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev2_.id, conv_, 0, 2)));
+  EXPECT_FALSE(behind.changed);
+  EXPECT_EQ(behind.aggregate.read, 4);
+  ReceiptResult ahead = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev2_.id, conv_, 0, 5)));
+  EXPECT_TRUE(ahead.changed);
+  EXPECT_EQ(ahead.aggregate.read, 5);
+  EXPECT_EQ(ahead.aggregate.delivered, 5);
+  // Revoking the device that holds the maximum never lowers the aggregate.
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store().RevokeDevice(bob_.id, bob_dev2_.id, cb); }).ok());
+  ReceiptResult after = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 0, 4)));
+  EXPECT_FALSE(after.changed);
+  EXPECT_EQ(after.aggregate.read, 5);
+}
+
+TEST_P(StoreConformance, ReceiptsAreClampedToLastSeq) {
+  SetUpConversation();
+  for (int i = 0; i < 3; ++i) Send(alice_, alice_dev_, "m" + std::to_string(i));
+  ReceiptResult r = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 100, 50)));
+  EXPECT_TRUE(r.changed);
+  EXPECT_EQ(r.aggregate.delivered, 3);
+  EXPECT_EQ(r.aggregate.read, 3);
+  // Once more messages arrive, the clamped watermark did not jump ahead of them.
+  Send(alice_, alice_dev_, "m3");
+  ReceiptResult next = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 4, 0)));
+  EXPECT_TRUE(next.changed);
+  EXPECT_EQ(next.aggregate.delivered, 4);
+  EXPECT_EQ(next.aggregate.read, 3);
+}
+
+TEST_P(StoreConformance, ReceiptChangesReachBothMembersStreams) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "m1");
+  Send(alice_, alice_dev_, "m2");
+  ReceiptResult r = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 2, 1, 4444)));
+  ASSERT_TRUE(r.changed);
+  ASSERT_EQ(r.positions.size(), 2u);
+  EXPECT_EQ(r.positions[0].user_id, alice_.id);
+  EXPECT_EQ(r.positions[1].user_id, bob_.id);
+  for (const StreamPosition& pos : r.positions) {
+    StreamPage page = ReadStream(store(), pos.user_id, pos.user_seq - 1, 10);
+    ASSERT_EQ(page.events.size(), 1u);
+    const StreamEvent& e = page.events[0];
+    EXPECT_EQ(e.kind, EventKind::kReceipt);
+    EXPECT_EQ(e.user_seq, pos.user_seq);
+    EXPECT_EQ(e.conversation_id, conv_);
+    EXPECT_EQ(e.receipt_user_id, bob_.id);
+    EXPECT_EQ(e.receipt.delivered, 2);
+    EXPECT_EQ(e.receipt.read, 1);
+    EXPECT_EQ(e.created_at, 4444);
+  }
+}
+
+TEST_P(StoreConformance, ReceiptsOutsideTheConversationAreRefused) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "m1");
+  Result<ReceiptResult> outsider = UpdateReceipt(store(), Receipt(carol_.id, carol_dev_.id, conv_, 1, 1));
+  ASSERT_FALSE(outsider.has_value());
+  EXPECT_EQ(outsider.error().code(), ErrorCode::kNotMember);
+  Result<ReceiptResult> nowhere = UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, 999999, 1, 1));
+  ASSERT_FALSE(nowhere.has_value());
+  EXPECT_EQ(nowhere.error().code(), ErrorCode::kUnknownConversation);
+  // Somebody else's device.
+  Result<ReceiptResult> foreign = UpdateReceipt(store(), Receipt(bob_.id, alice_dev_.id, conv_, 1, 1));
+  ASSERT_FALSE(foreign.has_value());
+  EXPECT_EQ(foreign.error().code(), ErrorCode::kUnknownDevice);
+}
+
+// ---- History and sync ----
+
+TEST_P(StoreConformance, HistoryPagesBackwardsOverTheWholeHistoryOnce) {
+  SetUpConversation();
+  constexpr int kMessages = 23;
+  for (int i = 1; i <= kMessages; ++i) Send(i % 3 ? alice_ : bob_, i % 3 ? alice_dev_ : bob_dev_, std::to_string(i));
+  std::vector<std::vector<MessageRecord>> pages;
+  Seq before = 0;
+  for (;;) {
+    std::vector<MessageRecord> page = History(store(), conv_, before, 5);
+    if (page.empty()) break;
+    ASSERT_TRUE(std::is_sorted(page.begin(), page.end(),
+                               [](const MessageRecord& a, const MessageRecord& b) { return a.seq < b.seq; }));
+    before = page.front().seq;
+    pages.push_back(std::move(page));
+    ASSERT_LE(pages.size(), 10u);
+  }
+  EXPECT_EQ(pages.front().size(), 5u);
+  EXPECT_EQ(pages.front().back().seq, kMessages);  // first page: the newest
+  std::vector<Seq> all;
+  for (auto it = pages.rbegin(); it != pages.rend(); ++it) {
+    for (const MessageRecord& m : *it) all.push_back(m.seq);
+  }
+  ASSERT_EQ(all.size(), static_cast<size_t>(kMessages));
+  for (int i = 0; i < kMessages; ++i) EXPECT_EQ(all[static_cast<size_t>(i)], i + 1);
+  EXPECT_TRUE(History(store(), conv_, 0, 0).empty());
+}
+
+TEST_P(StoreConformance, ReadStreamPagesAreContiguousWithHasMore) {
+  SetUpConversation();
+  for (int i = 1; i <= 25; ++i) Send(alice_, alice_dev_, std::to_string(i));
+  // bob: 1 conversation event + 25 messages.
+  UserSeq after = 0;
+  std::vector<UserSeq> seen;
+  std::vector<bool> has_more;
+  for (int guard = 0; guard < 10; ++guard) {
+    StreamPage page = ReadStream(store(), bob_.id, after, 10);
+    EXPECT_EQ(page.head, 26);
+    has_more.push_back(page.has_more);
+    for (const StreamEvent& e : page.events) seen.push_back(e.user_seq);
+    if (!page.has_more) break;
+    after = page.events.back().user_seq;
+  }
+  EXPECT_EQ(has_more, (std::vector<bool>{true, true, false}));
+  ASSERT_EQ(seen.size(), 26u);
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], static_cast<UserSeq>(i + 1));
+  // A page that ends exactly at the head has nothing more.
+  StreamPage exact = ReadStream(store(), bob_.id, 16, 10);
+  EXPECT_EQ(exact.events.size(), 10u);
+  EXPECT_FALSE(exact.has_more);
+  StreamPage at_head = ReadStream(store(), bob_.id, 26, 10);
+  EXPECT_TRUE(at_head.events.empty());
+  EXPECT_FALSE(at_head.has_more);
+}
+
+TEST_P(StoreConformance, SnapshotCountsUnreadAndOrdersByActivity) {
+  SetUpConversation();
+  for (int i = 1; i <= 3; ++i) Send(alice_, alice_dev_, "a" + std::to_string(i), 2000 + i);
+  for (int i = 1; i <= 2; ++i) Send(bob_, bob_dev_, "b" + std::to_string(i), 2010 + i);
+  ConversationId with_carol = Open(store(), alice_.id, carol_.id, 2500).conversation.id;
+  ASSERT_TRUE(Append(store(), Msg(with_carol, carol_.id, carol_dev_.id, "c1", "hey", 3000)).has_value());
+
+  Snapshot snap = Must(Await<Snapshot>([&](auto cb) { store().GetSnapshot(alice_.id, 2, cb); }));
+  EXPECT_EQ(snap.head, Head(store(), alice_.id));
+  ASSERT_EQ(snap.conversations.size(), 2u);
+  EXPECT_EQ(snap.conversations[0].conversation.id, with_carol);  // most recent activity first
+  EXPECT_EQ(snap.conversations[0].unread, 1);
+  const ConversationSummary& ab = snap.conversations[1];
+  EXPECT_EQ(ab.conversation.id, conv_);
+  EXPECT_EQ(ab.conversation.last_seq, 5);
+  ASSERT_EQ(ab.latest.size(), 2u);
+  EXPECT_EQ(ab.latest[0].seq, 4);
+  EXPECT_EQ(ab.latest[1].seq, 5);
+  // alice's sends advanced her own read watermark to 3: bob's 4 and 5 are unread.
+  EXPECT_EQ(ab.unread, 2);
+  ASSERT_EQ(ab.watermarks.size(), 2u);
+  EXPECT_EQ(ab.watermarks[0].first, alice_.id);
+  EXPECT_EQ(ab.watermarks[0].second.read, 3);
+  EXPECT_EQ(ab.watermarks[0].second.delivered, 3);
+  EXPECT_EQ(ab.watermarks[1].first, bob_.id);
+  EXPECT_EQ(ab.watermarks[1].second.read, 5);  // bob sent the last message
+
+  // Own messages are never unread, and sending marks what came before as read.
+  Snapshot bobs = Must(Await<Snapshot>([&](auto cb) { store().GetSnapshot(bob_.id, 10, cb); }));
+  ASSERT_EQ(bobs.conversations.size(), 1u);
+  EXPECT_EQ(bobs.conversations[0].unread, 0);
+  EXPECT_EQ(bobs.conversations[0].latest.size(), 5u);
+
+  ASSERT_TRUE(Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 0, 4))).changed);
+  Snapshot later = Must(Await<Snapshot>([&](auto cb) { store().GetSnapshot(alice_.id, 2, cb); }));
+  EXPECT_EQ(later.conversations[1].unread, 1);
+}
+
+TEST_P(StoreConformance, SendingAdvancesOwnReadWatermark) {
+  SetUpConversation();
+  for (int i = 1; i <= 3; ++i) Send(alice_, alice_dev_, "a" + std::to_string(i));
+  Snapshot before = Must(Await<Snapshot>([&](auto cb) { store().GetSnapshot(bob_.id, 0, cb); }));
+  ASSERT_EQ(before.conversations.size(), 1u);
+  EXPECT_EQ(before.conversations[0].unread, 3);
+  EXPECT_TRUE(before.conversations[0].latest.empty());
+  Send(bob_, bob_dev_, "reply");
+  Snapshot after = Must(Await<Snapshot>([&](auto cb) { store().GetSnapshot(bob_.id, 0, cb); }));
+  EXPECT_EQ(after.conversations[0].unread, 0);
+  // No receipt event for it: bob's stream only gained the message.
+  EXPECT_EQ(Head(store(), bob_.id), 5);
+}
+
+// ---- Durability and lifecycle ----
+
+TEST_P(StoreConformance, AckedWritesSurviveReopenAndSeqsContinue) {
+  SetUpConversation();
+  for (int i = 1; i <= 5; ++i) Send(alice_, alice_dev_, std::to_string(i));
+  ASSERT_TRUE(Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 0, 5))).changed);
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store().SetCursor(bob_dev_.id, 4, 7000, cb); }).ok());
+  UserSeq bob_head = Head(store(), bob_.id);
+
+  Reopen();
+
+  EXPECT_EQ(Must(Await<UserRecord>([&](auto cb) { store().GetUserByName("carol", cb); })).id, carol_.id);
+  DeviceRecord dev = Must(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("tb", cb); }));
+  EXPECT_EQ(dev.cursor, 4);
+  EXPECT_EQ(Head(store(), bob_.id), bob_head);
+  std::vector<MessageRecord> history = History(store(), conv_, 0, 100);
+  ASSERT_EQ(history.size(), 5u);
+  EXPECT_EQ(history.back().seq, 5);
+
+  AppendResult next = Send(alice_, alice_dev_, "after-restart");
+  EXPECT_EQ(next.message.seq, 6);
+  ASSERT_EQ(next.positions.size(), 2u);
+  EXPECT_EQ(next.positions[1].user_seq, bob_head + 1);
+  // A retry from before the restart still gets its original seq back.
+  AppendResult retry = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "3", "again")));
+  EXPECT_TRUE(retry.duplicate);
+  EXPECT_EQ(retry.message.seq, 3);
+  // Watermarks survived too: the older receipt changes nothing.
+  EXPECT_FALSE(Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 0, 5))).changed);
+  EXPECT_FALSE(Open(store(), alice_.id, bob_.id).created);
+}
+
+TEST_P(StoreConformance, WritesQueuedBeforeCloseAreCommitted) {
+  SetUpConversation();
+  Collector<AppendResult> results(50);
+  for (int i = 0; i < 50; ++i) {
+    store().AppendMessage(Msg(conv_, alice_.id, alice_dev_.id, std::to_string(i), "x"),
+                          results.Slot(static_cast<size_t>(i)));
+  }
+  Reopen();  // the destructor finishes queued work before closing
+  for (auto& r : results.Wait()) EXPECT_TRUE(r->has_value());
+  EXPECT_EQ(History(store(), conv_, 0, 100).size(), 50u);
+}
+
+TEST_P(StoreConformance, FlushCompletesAfterEarlierWrites) {
+  SetUpConversation();
+  constexpr int kWrites = 50;
+  std::atomic<int> completed{0};
+  for (int i = 0; i < kWrites; ++i) {
+    store().AppendMessage(Msg(conv_, alice_.id, alice_dev_.id, std::to_string(i), "x"),
+                          [&completed](Result<AppendResult> r) {
+                            if (r.has_value()) completed.fetch_add(1);
+                          });
+  }
+  int seen_at_flush = -1;
+  Status flushed = AwaitStatus([&](auto cb) {
+    store().Flush([&, cb](Status s) {
+      seen_at_flush = completed.load();
+      cb(std::move(s));
+    });
+  });
+  EXPECT_TRUE(flushed.ok()) << flushed.ToString();
+  EXPECT_EQ(seen_at_flush, kWrites);
+  EXPECT_EQ(History(store(), conv_, 0, 100).size(), static_cast<size_t>(kWrites));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, StoreConformance, ::testing::ValuesIn(Backends()),
+                         [](const ::testing::TestParamInfo<Backend>& param_info) { return param_info.param.name; });
+
+}  // namespace
+}  // namespace parley::store

@@ -1,0 +1,160 @@
+// Helpers for the store tests: turn the Store's asynchronous callbacks (which
+// run on the store's own threads) into values on the test thread, and
+// shorthands for the set-up every test repeats. Only the Store interface is
+// used, so every backend's tests share them.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <stdlib.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "store/store.h"
+
+namespace parley::store::testing {
+
+// A fresh directory under the test temp dir, removed with its contents.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = std::filesystem::path(::testing::TempDir()) / "parley_store_XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed";
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Calls `start` with a callback and blocks until the store completes it.
+// Example: Await<UserRecord>([&](auto cb) { store.GetUserById(1, cb); });
+template <typename T, typename Start>
+Result<T> Await(Start&& start) {
+  auto promise = std::make_shared<std::promise<Result<T>>>();
+  std::future<Result<T>> future = promise->get_future();
+  start(Callback<T>([promise](Result<T> r) { promise->set_value(std::move(r)); }));
+  return future.get();
+}
+
+template <typename Start>
+Status AwaitStatus(Start&& start) {
+  auto promise = std::make_shared<std::promise<Status>>();
+  std::future<Status> future = promise->get_future();
+  start(StatusCallback([promise](Status s) { promise->set_value(std::move(s)); }));
+  return future.get();
+}
+
+// The value of `r`, or a test failure and a default value.
+template <typename T>
+T Must(Result<T> r) {
+  if (!r.has_value()) {
+    ADD_FAILURE() << "unexpected error: " << r.error().ToString();
+    return T{};
+  }
+  return std::move(r).value();
+}
+
+// Collects the results of many operations queued at once, in slot order.
+template <typename T>
+class Collector {
+ public:
+  explicit Collector(size_t n) : results_(n) {}
+
+  Callback<T> Slot(size_t i) {
+    return [this, i](Result<T> r) {
+      std::lock_guard lock(mu_);
+      results_[i].emplace(std::move(r));
+      if (++done_ == results_.size()) cv_.notify_all();
+    };
+  }
+  // Blocks until every slot has completed; returns the results.
+  std::vector<std::optional<Result<T>>>& Wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return done_ == results_.size(); });
+    return results_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::optional<Result<T>>> results_;  // guarded by mu_ until Wait returns
+  size_t done_ = 0;                                // guarded by mu_
+};
+
+// ---- Shorthands (a failure is reported, and a default value returned) ----
+
+inline UserRecord MakeUser(Store& s, const std::string& name, int64_t now = 1000) {
+  return Must(Await<UserRecord>([&](auto cb) { s.CreateUser(name, "hash-of-" + name, now, cb); }));
+}
+
+inline DeviceRecord MakeDevice(Store& s, UserId user, const std::string& token_hash, int64_t now = 1000) {
+  return Must(Await<DeviceRecord>([&](auto cb) { s.CreateDevice(user, "phone", "test", token_hash, now, cb); }));
+}
+
+inline OpenResult Open(Store& s, UserId a, UserId b, int64_t now = 1000) {
+  return Must(Await<OpenResult>([&](auto cb) { s.OpenDirect(a, b, now, cb); }));
+}
+
+inline NewMessage Msg(ConversationId c, UserId sender, DeviceId device, std::string client_id, std::string body,
+                      int64_t now = 2000) {
+  NewMessage m;
+  m.conversation_id = c;
+  m.sender_id = sender;
+  m.sender_device_id = device;
+  m.client_id = std::move(client_id);
+  m.body = std::move(body);
+  m.now = now;
+  return m;
+}
+
+inline Result<AppendResult> Append(Store& s, NewMessage m) {
+  return Await<AppendResult>([&](auto cb) { s.AppendMessage(std::move(m), cb); });
+}
+
+inline ReceiptUpdate Receipt(UserId user, DeviceId device, ConversationId c, Seq delivered, Seq read,
+                             int64_t now = 3000) {
+  ReceiptUpdate u;
+  u.user_id = user;
+  u.device_id = device;
+  u.conversation_id = c;
+  u.delivered = delivered;
+  u.read = read;
+  u.now = now;
+  return u;
+}
+
+inline Result<ReceiptResult> UpdateReceipt(Store& s, ReceiptUpdate u) {
+  return Await<ReceiptResult>([&](auto cb) { s.UpdateReceipt(u, cb); });
+}
+
+inline StreamPage ReadStream(Store& s, UserId user, UserSeq after, int limit) {
+  return Must(Await<StreamPage>([&](auto cb) { s.ReadStream(user, after, limit, cb); }));
+}
+
+inline UserSeq Head(Store& s, UserId user) {
+  return Must(Await<UserSeq>([&](auto cb) { s.GetHead(user, cb); }));
+}
+
+inline std::vector<MessageRecord> History(Store& s, ConversationId c, Seq before, int limit) {
+  return Must(Await<std::vector<MessageRecord>>([&](auto cb) { s.History(c, before, limit, cb); }));
+}
+
+}  // namespace parley::store::testing
