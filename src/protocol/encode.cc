@@ -40,10 +40,12 @@ void WriteMessage(JsonWriter& w, const store::MessageRecord& m) {
       .EndObject();
 }
 
-void WriteConversation(JsonWriter& w, const store::ConversationRecord& c) {
+void WriteConversation(JsonWriter& w, const store::ConversationRecord& c, bool with_state) {
   w.BeginObject().Field("conversation_id", c.id).Key("members").BeginArray();
   for (const auto& m : c.members) w.BeginObject().Field("user_id", m.user_id).Field("username", m.username).EndObject();
-  w.EndArray().Field("last_seq", c.last_seq).Field("created_at", c.created_at).EndObject();
+  w.EndArray();
+  if (with_state) w.Field("last_seq", c.last_seq);
+  w.Field("created_at", c.created_at).EndObject();
 }
 
 void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
@@ -62,7 +64,7 @@ void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
       break;
     case store::EventKind::kConversation:
       w.Field("kind", "conversation").Key("conversation");
-      WriteConversation(w, *e.conversation);
+      WriteConversation(w, *e.conversation, /*with_state=*/false);
       break;
   }
   w.EndObject();

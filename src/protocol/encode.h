@@ -41,7 +41,9 @@ std::string EncodeEvent(const store::StreamEvent& event);
 // The object of one event (as in "event" above and in sync pages).
 void WriteEvent(JsonWriter& w, const store::StreamEvent& event);
 void WriteMessage(JsonWriter& w, const store::MessageRecord& m);
-void WriteConversation(JsonWriter& w, const store::ConversationRecord& c);
+// `with_state`: include last_seq (responses and snapshots). Conversation
+// events leave it out so that an event reads the same live and through sync.
+void WriteConversation(JsonWriter& w, const store::ConversationRecord& c, bool with_state = true);
 
 // The JSON reason text for a close frame that asks the client to wait:
 // {"retry_after_ms":N}

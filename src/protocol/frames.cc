@@ -261,10 +261,6 @@ Result<std::string> CanonicalUsername(std::string_view raw) {
 
 Decoded DecodeRequest(std::string_view frame) {
   Decoded d;
-  if (frame.size() > kMaxFrameBytes) {
-    d.status = Status(ErrorCode::kFrameTooLarge, fmt::format("frame is larger than {} bytes", kMaxFrameBytes));
-    return d;
-  }
   thread_local simdjson::dom::parser parser;
   element root;
   if (auto err = parser.parse(frame.data(), frame.size(), true).get(root); err != simdjson::SUCCESS) {
@@ -294,6 +290,11 @@ Decoded DecodeRequest(std::string_view frame) {
       return d;
     }
   }
+  // The type next (before the version check), so errors can name it.
+  std::string_view type_name;
+  bool has_type = obj["type"].get_string().get(type_name) == simdjson::SUCCESS;
+  std::optional<RequestType> type = has_type ? RequestTypeFromName(type_name) : std::nullopt;
+  d.type = type;
   int64_t v;
   element ve;
   if (obj["v"].get(ve) != simdjson::SUCCESS) {
@@ -304,20 +305,23 @@ Decoded DecodeRequest(std::string_view frame) {
     d.status = Status(ErrorCode::kUnsupportedVersion, fmt::format("this server speaks protocol version {}", kVersion));
     return d;
   }
-  std::string_view type_name;
-  if (obj["type"].get_string().get(type_name) != simdjson::SUCCESS) {
+  if (!has_type) {
     d.status = Bad("missing or non-string field 'type'");
     return d;
   }
-  auto type = RequestTypeFromName(type_name);
   if (!type) {
     d.status = Status(ErrorCode::kUnknownType, type_name.size() <= 64 ? fmt::format("unknown request type '{}'", type_name)
                                                           : std::string("unknown request type"));
     return d;
   }
-  d.type = type;
   if (d.id_json.empty()) {
     d.status = Bad("missing field 'id' (request id)");
+    return d;
+  }
+  // Checked after the id and type are known (the WebSocket layer already
+  // capped the frame at kHardMaxFrameBytes), so the client can match the error.
+  if (frame.size() > kMaxFrameBytes) {
+    d.status = Status(ErrorCode::kFrameTooLarge, fmt::format("frame is larger than {} bytes", kMaxFrameBytes));
     return d;
   }
   d.request.type = *type;

@@ -1,6 +1,7 @@
 // parleyd's configuration: defaults that need no config file, overridden by
-// a config file (TOML/INI, --config), then by environment variables
-// (PARLEY_*), then by command-line flags. Every option is documented in
+// environment variables (PARLEY_*), then by a config file (TOML/INI,
+// --config), then by command-line flags (CLI11's order: a flag beats the
+// file, the file beats the environment). Every option is documented in
 // docs/operations.md; `parleyd --help` lists them with their defaults.
 #pragma once
 

@@ -1,0 +1,127 @@
+// End-to-end: every class of bad input gets its documented error code, stores
+// nothing, and keeps the connection where the protocol allows.
+#include <gtest/gtest.h>
+
+#include "e2e/helpers.h"
+
+namespace parley::testing {
+namespace {
+
+class BadInputE2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Register(server_, "alice");
+    Register(server_, "bob");
+    a_ = Login(server_, "alice");
+    auto r = a_.conn->Call("send", {{"to", "bob"}, {"client_id", "ok-1"}, {"body", "first"}});
+    ASSERT_TRUE(r.ok);
+    conv_ = r.result["conversation_id"];
+  }
+  // The error frame answering a raw frame without a usable id.
+  json RawError(const std::string& bytes, bool binary = false) {
+    a_.conn->SendRaw(bytes, binary);
+    auto e = a_.conn->NextUnmatchedError(5000);
+    EXPECT_TRUE(e.has_value()) << "no error frame for: " << bytes.substr(0, 80);
+    return e.value_or(json());
+  }
+  void ExpectStillUsableAndNothingStored() {
+    EXPECT_TRUE(a_.conn->Call("ping").ok) << "connection not kept";
+    auto h = a_.conn->Call("history", {{"conversation_id", conv_}});
+    ASSERT_TRUE(h.ok);
+    EXPECT_EQ(h.result["messages"].size(), 1u) << "bad input stored something";
+  }
+  ServerProcess server_;
+  Device a_;
+  int64_t conv_ = 0;
+};
+
+TEST_F(BadInputE2E, MalformedJsonIsBadJson) {
+  auto e = RawError("{\"v\":1,\"id\":");
+  EXPECT_EQ(e["code"], "bad_json");
+  EXPECT_TRUE(e["id"].is_null());
+  EXPECT_EQ(RawError("[]")["code"], "bad_json");
+  ExpectStillUsableAndNothingStored();
+}
+
+TEST_F(BadInputE2E, UnknownTypeAndWrongVersion) {
+  auto r = a_.conn->Call("teleport");
+  EXPECT_EQ(r.code, "unknown_type");
+  EXPECT_FALSE(r.frame["retryable"].get<bool>());
+  auto e = RawError(R"({"v":7,"id":"x","type":"ping"})");
+  EXPECT_EQ(e["code"], "unsupported_version");
+  EXPECT_EQ(e["op"], "ping");
+  ExpectStillUsableAndNothingStored();
+}
+
+TEST_F(BadInputE2E, MissingAndWrongTypedFieldsAreBadRequest) {
+  EXPECT_EQ(a_.conn->Call("send", {{"conversation_id", conv_}, {"body", "no client id"}}).code, "bad_request");
+  EXPECT_EQ(a_.conn->Call("send", {{"conversation_id", conv_}, {"client_id", 5}, {"body", "x"}}).code, "bad_request");
+  EXPECT_EQ(a_.conn->Call("send", {{"conversation_id", "3"}, {"client_id", "c"}, {"body", "x"}}).code, "bad_request");
+  EXPECT_EQ(a_.conn->Call("send", {{"conversation_id", conv_}, {"client_id", "c"}}).code, "bad_request");
+  EXPECT_EQ(a_.conn->Call("receipt", {{"items", "all"}}).code, "bad_request");
+  EXPECT_EQ(a_.conn->Call("history", {{"conversation_id", conv_}, {"limit", 100000}}).code, "bad_request");
+  ExpectStillUsableAndNothingStored();
+}
+
+TEST_F(BadInputE2E, OversizeBodyAndFrameKeepTheConnection) {
+  std::string body(16 * 1024 + 1, 'x');
+  EXPECT_EQ(a_.conn->Call("send", {{"conversation_id", conv_}, {"client_id", "big"}, {"body", body}}).code,
+            "body_too_large");
+  std::string huge(70 * 1024, 'y');
+  EXPECT_EQ(a_.conn->Call("send", {{"conversation_id", conv_}, {"client_id", "huge"}, {"body", huge}}).code,
+            "frame_too_large");
+  ExpectStillUsableAndNothingStored();
+}
+
+TEST_F(BadInputE2E, InvalidUtf8InABinaryFrameIsAnErrorAndTheConnectionStays) {
+  std::string frame = "{\"v\":1,\"id\":\"u\",\"type\":\"send\",\"conversation_id\":" + std::to_string(conv_) +
+                      ",\"client_id\":\"u8\",\"body\":\"\xc3\x28\"}";
+  auto e = RawError(frame, /*binary=*/true);
+  EXPECT_EQ(e["code"], "invalid_utf8");
+  ExpectStillUsableAndNothingStored();
+}
+
+TEST_F(BadInputE2E, InvalidUtf8InATextFrameClosesWith1007) {
+  a_.conn->SendRaw("{\"v\":1,\"id\":1,\"type\":\"ping\",\"x\":\"\xff\"}", /*binary=*/false);
+  ASSERT_TRUE(a_.conn->WaitClosed(5000));
+  EXPECT_EQ(a_.conn->close_code(), 1007);
+  Device again = Reconnect(server_, a_);
+  auto h = again.conn->Call("history", {{"conversation_id", conv_}});
+  EXPECT_EQ(h.result["messages"].size(), 1u);
+}
+
+TEST_F(BadInputE2E, FrameOverTheHardLimitClosesWith1009) {
+  a_.conn->SendRaw(std::string(2 * 1024 * 1024, ' '));
+  ASSERT_TRUE(a_.conn->WaitClosed(5000));
+  EXPECT_EQ(a_.conn->close_code(), 1009);
+}
+
+TEST_F(BadInputE2E, BadAndRevokedTokensAreInvalidToken) {
+  auto c = server_.Connect();
+  EXPECT_EQ(c->Call("auth", {{"token", "not-a-token"}}).code, "invalid_token");
+  EXPECT_EQ(c->Call("send", {{"to", "bob"}, {"client_id", "z"}, {"body", "x"}}).code, "not_authenticated");
+  Device second = Login(server_, "alice", "second");
+  ASSERT_TRUE(a_.conn->Call("unlink_device", {{"device_id", second.device_id}}).ok);
+  auto c2 = server_.Connect();
+  EXPECT_EQ(c2->Call("auth", {{"token", second.token}}).code, "invalid_token");
+  EXPECT_EQ(c2->Call("login", {{"username", "alice"}, {"password", "wrong password"}}).code, "bad_credentials");
+  EXPECT_EQ(c2->Call("login", {{"username", "nobody"}, {"password", "whatever123"}}).code, "bad_credentials");
+  ExpectStillUsableAndNothingStored();
+}
+
+TEST_F(BadInputE2E, SendIntoAForeignConversationOrToUnknownUsers) {
+  Register(server_, "eve");
+  Device e = Login(server_, "eve");
+  EXPECT_EQ(e.conn->Call("send", {{"conversation_id", conv_}, {"client_id", "e"}, {"body", "x"}}).code, "not_member");
+  EXPECT_EQ(e.conn->Call("send", {{"conversation_id", 999999}, {"client_id", "e"}, {"body", "x"}}).code, "not_member");
+  EXPECT_EQ(a_.conn->Call("send", {{"to", "nosuchuser"}, {"client_id", "n"}, {"body", "x"}}).code, "unknown_user");
+  EXPECT_EQ(a_.conn->Call("send", {{"to", "alice"}, {"client_id", "n"}, {"body", "x"}}).code, "self_conversation");
+  EXPECT_EQ(a_.conn->Call("open_conversation", {{"username", "nosuchuser"}}).code, "unknown_user");
+  EXPECT_EQ(a_.conn->Call("register", {{"username", "bob"}, {"password", "password123"}}).code, "username_taken");
+  EXPECT_EQ(a_.conn->Call("register", {{"username", "9lives"}, {"password", "password123"}}).code, "invalid_username");
+  EXPECT_EQ(a_.conn->Call("sync", {{"after", 1000000}}).code, "cursor_ahead");
+  ExpectStillUsableAndNothingStored();
+}
+
+}  // namespace
+}  // namespace parley::testing

@@ -1,0 +1,210 @@
+// End-to-end: devices (list, unlink, logout), graceful shutdown, HTTP
+// endpoints and configuration sources, against a real parleyd.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <set>
+
+#include "e2e/helpers.h"
+
+namespace parley::testing {
+namespace {
+
+TEST(DevicesE2E, ListShowsEveryLiveDeviceAndMarksTheCurrentOne) {
+  ServerProcess server;
+  Register(server, "alice");
+  Device phone = Login(server, "alice", "phone");
+  Device laptop = Login(server, "alice", "laptop");
+  auto r = phone.conn->Call("list_devices");
+  ASSERT_TRUE(r.ok);
+  ASSERT_EQ(r.result["devices"].size(), 2u);
+  std::set<std::string> names;
+  for (auto& d : r.result["devices"]) {
+    names.insert(d["name"]);
+    EXPECT_EQ(d["current"], d["device_id"] == phone.device_id);
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"phone", "laptop"}));
+}
+
+TEST(DevicesE2E, UnlinkClosesTheLiveConnectionWithinASecondAndRevokesTheToken) {
+  ServerProcess server;
+  Register(server, "alice");
+  Device phone = Login(server, "alice", "phone");
+  Device laptop = Login(server, "alice", "laptop");
+  auto start = std::chrono::steady_clock::now();
+  auto r = phone.conn->Call("unlink_device", {{"device_id", laptop.device_id}});
+  ASSERT_TRUE(r.ok) << r.message;
+  ASSERT_TRUE(laptop.conn->WaitClosed(1000)) << "unlinked device still connected after 1 s";
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+  EXPECT_EQ(laptop.conn->close_code(), 4002);
+  // The token is refused afterwards, and the device is gone from the list.
+  auto again = server.Connect();
+  auto a = again->Call("auth", {{"token", laptop.token}});
+  EXPECT_EQ(a.code, "invalid_token");
+  auto list = phone.conn->Call("list_devices");
+  ASSERT_EQ(list.result["devices"].size(), 1u);
+  EXPECT_EQ(list.result["devices"][0]["device_id"], phone.device_id);
+  // The phone is unaffected.
+  EXPECT_TRUE(phone.conn->Call("ping").ok);
+  // Unlinking someone else's device, or an unknown one, is refused.
+  Register(server, "bob");
+  Device bob = Login(server, "bob");
+  EXPECT_EQ(bob.conn->Call("unlink_device", {{"device_id", phone.device_id}}).code, "unknown_device");
+  EXPECT_TRUE(phone.conn->Call("ping").ok);
+}
+
+TEST(DevicesE2E, UnlinkedDeviceCursorIsDroppedAndANewLoginStartsFromASnapshot) {
+  ServerProcess server;
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a = Login(server, "alice");
+  Device b = Login(server, "bob");
+  ASSERT_TRUE(a.conn->Call("send", {{"to", "bob"}, {"client_id", "x1"}, {"body", "one"}}).ok);
+  auto ev = SyncAll(*b.conn, 0);
+  ASSERT_TRUE(b.conn->Call("ack", {{"user_seq", ev.back()["user_seq"]}}).ok);
+  Device b2 = Login(server, "bob", "second");
+  ASSERT_TRUE(b2.conn->Call("unlink_device", {{"device_id", b.device_id}}).ok);
+  // A new device sees the history through its snapshot.
+  Device b3 = Login(server, "bob", "third");
+  auto snap = b3.conn->Call("snapshot");
+  ASSERT_TRUE(snap.ok);
+  ASSERT_EQ(snap.result["conversations"].size(), 1u);
+  EXPECT_EQ(snap.result["conversations"][0]["messages"][0]["body"], "one");
+  EXPECT_EQ(snap.result["conversations"][0]["unread"], 1);
+  EXPECT_EQ(snap.result["head"], b3.head);
+}
+
+TEST(DevicesE2E, LogoutClosesWithRevokedCodeAndTheTokenStopsWorking) {
+  ServerProcess server;
+  Register(server, "alice");
+  Device d = Login(server, "alice");
+  auto r = d.conn->Call("logout");
+  ASSERT_TRUE(r.ok);
+  ASSERT_TRUE(d.conn->WaitClosed(2000));
+  EXPECT_EQ(d.conn->close_code(), 4002);
+  auto c = server.Connect();
+  EXPECT_EQ(c->Call("auth", {{"token", d.token}}).code, "invalid_token");
+}
+
+TEST(ShutdownE2E, SigtermClosesWithReconnectLaterCodeAndLosesNothingAcked) {
+  ServerProcess server;
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a = Login(server, "alice");
+  Device b = Login(server, "bob");
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 300; ++i)
+    ids.push_back(a.conn->Start("send", {{"to", "bob"}, {"client_id", "t" + std::to_string(i)}, {"body", "x"}}));
+  ASSERT_TRUE(a.conn->Await(ids[50]).ok);
+  int status = -2;
+  std::thread term([&] { status = server.Terminate(); });
+  std::vector<int64_t> acked;
+  int64_t conv = 0;
+  for (auto id : ids) {
+    auto r = a.conn->Await(id, 5000);
+    if (r.ok) {
+      acked.push_back(r.result["seq"]);
+      conv = r.result["conversation_id"];
+    } else {
+      EXPECT_TRUE(r.code == "shutting_down" || r.code == "closed") << r.code;
+    }
+  }
+  ASSERT_TRUE(a.conn->WaitClosed(10000));
+  ASSERT_TRUE(b.conn->WaitClosed(10000));
+  term.join();
+  EXPECT_EQ(status, 0) << "parleyd did not exit cleanly on SIGTERM";
+  EXPECT_EQ(a.conn->close_code(), 4001);
+  EXPECT_EQ(b.conn->close_code(), 4001);
+  auto reason = json::parse(b.conn->close_reason(), nullptr, false);
+  ASSERT_TRUE(reason.is_object()) << b.conn->close_reason();
+  EXPECT_GT(reason["retry_after_ms"], 0);
+
+  server.Start();
+  Device b2 = Reconnect(server, b);
+  std::set<int64_t> stored;
+  for (auto& e : SyncAll(*b2.conn, 0))
+    if (e["kind"] == "message") stored.insert(e["message"]["seq"].get<int64_t>());
+  for (int64_t s : acked) EXPECT_TRUE(stored.count(s)) << "acked seq " << s << " lost over SIGTERM";
+  ASSERT_FALSE(acked.empty());
+  // Gapless: seqs 1..N, N at least the highest ack.
+  ASSERT_FALSE(stored.empty());
+  EXPECT_EQ(*stored.begin(), 1);
+  EXPECT_EQ(static_cast<int64_t>(stored.size()), *stored.rbegin());
+  EXPECT_GE(*stored.rbegin(), *std::max_element(acked.begin(), acked.end()));
+  EXPECT_GT(conv, 0);
+}
+
+TEST(HttpE2E, HealthzAndMetricsMoveWithAConversation) {
+  ServerProcess server;
+  int status = 0;
+  EXPECT_EQ(HttpGet(server.port(), "/healthz", &status), "ok\n");
+  EXPECT_EQ(status, 200);
+  HttpGet(server.port(), "/nope", &status);
+  EXPECT_EQ(status, 404);
+  std::string before = HttpGet(server.port(), "/metrics", &status);
+  EXPECT_EQ(status, 200);
+  EXPECT_NE(before.find("# TYPE parley_messages_stored_total counter"), std::string::npos);
+  double stored0 = MetricValue(before, "parley_messages_stored_total");
+  double frames0 = MetricValue(before, "parley_frames_in_total");
+  ASSERT_GE(stored0, 0);
+
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a = Login(server, "alice");
+  Device b = Login(server, "bob");
+  for (int i = 0; i < 10; ++i)
+    ASSERT_TRUE(a.conn->Call("send", {{"to", "bob"}, {"client_id", "h" + std::to_string(i)}, {"body", "x"}}).ok);
+  SyncAll(*b.conn, 0);
+  std::string after = HttpGet(server.port(), "/metrics");
+  EXPECT_EQ(MetricValue(after, "parley_messages_stored_total"), stored0 + 10);
+  EXPECT_GE(MetricValue(after, "parley_frames_in_total"), frames0 + 10);
+  EXPECT_EQ(MetricValue(after, "parley_connections"), 2);
+  EXPECT_GT(MetricValue(after, "parley_store_commit_batch_size_count"), 0);
+  EXPECT_GT(MetricValue(after, "parley_sync_rows_read_count"), 0);
+  EXPECT_GE(MetricValue(after, "parley_outbound_queue_bytes"), 0);
+}
+
+TEST(ConfigE2E, FlagsBeatTheConfigFileWhichBeatsTheEnvironment) {
+  char tmpl[] = "/tmp/parley-cfg-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::string file = dir + "/parley.toml";
+  std::ofstream(file) << "# test config\nheartbeat-interval-ms = 11000\nheartbeat-timeout-ms = 50000\n";
+  {
+    ServerProcess server({"--config", file});
+    Register(server, "alice");
+    Device d = Login(server, "alice");
+    auto r = d.conn->Call("auth", {{"token", d.token}});  // already authed: just to read nothing
+    EXPECT_EQ(r.code, "already_authenticated");
+    auto c = server.Connect();
+    auto a = c->Call("auth", {{"token", d.token}});
+    ASSERT_TRUE(a.ok);
+    EXPECT_EQ(a.result["heartbeat_interval_ms"], 11000);
+    EXPECT_EQ(a.result["heartbeat_timeout_ms"], 50000);
+  }
+  // The environment applies where neither a flag nor the config file sets the option.
+  setenv("PARLEY_HEARTBEAT_INTERVAL_MS", "12000", 1);
+  auto interval = [](ServerProcess& server) {
+    Register(server, "alice");
+    Device d = Login(server, "alice");
+    auto c = server.Connect();
+    return c->Call("auth", {{"token", d.token}}).result["heartbeat_interval_ms"].get<int>();
+  };
+  {
+    ServerProcess server;
+    EXPECT_EQ(interval(server), 12000);
+  }
+  {
+    ServerProcess server({"--config", file});
+    EXPECT_EQ(interval(server), 11000);
+  }
+  {
+    ServerProcess server({"--config", file, "--heartbeat-interval-ms", "13000"});
+    EXPECT_EQ(interval(server), 13000);
+  }
+  unsetenv("PARLEY_HEARTBEAT_INTERVAL_MS");
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace parley::testing
