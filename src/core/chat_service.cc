@@ -186,6 +186,18 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
       c->authenticating = false;
       return Fail(c, req, Status(ErrorCode::kInvalidToken, "the token is unknown or revoked; log in again"));
     }
+    int64_t now = clock_.NowMillis();
+    int64_t seen = std::max(d->last_seen_at, d->created_at);
+    if (config_.device_idle_expiry_ms > 0 && now - seen > config_.device_idle_expiry_ms) {
+      store_.RevokeDevice(d->user_id, d->id, OnCoreStatus([this, c, req, device = *d](Status) {
+        c->authenticating = false;
+        spdlog::info("event=device_expired user_id={} device_id={}", device.user_id, device.id);
+        Fail(c, req, Status(ErrorCode::kInvalidToken, "the device was idle too long and was signed out; log in again"));
+      }));
+      return;
+    }
+    // Mark the device seen (for idle expiry and the device list); the cursor is unchanged.
+    store_.SetCursor(d->id, 0, now, [](Status) {});
     CompleteAuth(c, req, *d, "");
   }));
 }

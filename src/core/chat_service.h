@@ -40,6 +40,10 @@ struct CoreConfig {
   int heartbeat_timeout_ms = 60'000;
   // Told to clients in shutdown closes and `shutting_down` errors.
   int shutdown_retry_after_ms = 2'000;
+  // Device tokens do not expire by time unless this is set: a device not seen
+  // (authenticated or acknowledged its cursor) for this long is revoked at its
+  // next `auth`. 0 = never.
+  int64_t device_idle_expiry_ms = 0;
   // Conversations whose member lists are kept in memory.
   size_t conversation_cache_entries = 100'000;
 };

@@ -58,6 +58,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SHUTDOWN_DRAIN_MS")
       ->check(CLI::Range(0, 600'000))
       ->capture_default_str();
+  int64_t idle_expiry_s = 0;
+  app.add_option("--device-idle-expiry-s", idle_expiry_s,
+                 "Revoke a device token unused (no auth or ack) for this many seconds; 0: tokens never expire by time")
+      ->envname("PARLEY_DEVICE_IDLE_EXPIRY_S")
+      ->check(CLI::Range(int64_t{0}, int64_t{10} * 365 * 86400))
+      ->capture_default_str();
   app.add_option("--commit-max-batch", c.store.commit_max_batch, "Most writes in one store transaction (group commit)")
       ->envname("PARLEY_COMMIT_MAX_BATCH")
       ->check(CLI::Range(1, 100'000))
@@ -96,6 +102,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   if (c.core.heartbeat_timeout_ms <= c.core.heartbeat_interval_ms)
     return Status(ErrorCode::kBadRequest, "--heartbeat-timeout-ms must be larger than --heartbeat-interval-ms");
   c.gateway.idle_timeout_ms = c.core.heartbeat_timeout_ms;
+  c.core.device_idle_expiry_ms = idle_expiry_s * 1000;
   c.core.password_cost = fast_hashing ? core::PasswordCost::kInsecureFast : core::PasswordCost::kInteractive;
   c.store.sqlite_path = c.data_dir + "/parley.db";
   return c;

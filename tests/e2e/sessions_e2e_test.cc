@@ -208,3 +208,29 @@ TEST(ConfigE2E, FlagsBeatTheConfigFileWhichBeatsTheEnvironment) {
 
 }  // namespace
 }  // namespace parley::testing
+
+namespace parley::testing {
+namespace {
+
+TEST(DevicesE2E, IdleExpiryRevokesAnUnusedTokenButNotAUsedOne) {
+  ServerProcess server({"--device-idle-expiry-s", "2"});
+  Register(server, "alice");
+  Device idle = Login(server, "alice", "idle");
+  Device busy = Login(server, "alice", "busy");
+  idle.conn.reset();
+  // The busy device authenticates again every half second; the idle one does not.
+  auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(3500);
+  while (std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    auto c = server.Connect();
+    ASSERT_TRUE(c->Call("auth", {{"token", busy.token}}).ok);
+  }
+  auto c = server.Connect();
+  EXPECT_EQ(c->Call("auth", {{"token", idle.token}}).code, "invalid_token");
+  auto list = busy.conn->Call("list_devices");
+  ASSERT_EQ(list.result["devices"].size(), 1u);
+  EXPECT_EQ(list.result["devices"][0]["name"], "busy");
+}
+
+}  // namespace
+}  // namespace parley::testing
