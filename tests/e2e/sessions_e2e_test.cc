@@ -234,3 +234,30 @@ TEST(DevicesE2E, IdleExpiryRevokesAnUnusedTokenButNotAUsedOne) {
 
 }  // namespace
 }  // namespace parley::testing
+
+namespace parley::testing {
+namespace {
+
+TEST(HeartbeatE2E, SilentConnectionIsDroppedAfterTheTimeoutWhilePingingOneStays) {
+  ServerProcess server({"--heartbeat-interval-ms", "1000", "--heartbeat-timeout-ms", "2000"});
+  Register(server, "alice");
+  Device silent = Login(server, "alice", "silent");
+  Device pinging = Login(server, "alice", "pinging");
+  auto start = std::chrono::steady_clock::now();
+  bool dropped = false;
+  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(6)) {
+    ASSERT_TRUE(pinging.conn->Call("ping").ok) << "a pinging connection was dropped";
+    if (silent.conn->WaitClosed(500)) {
+      dropped = true;
+      break;
+    }
+  }
+  auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(dropped) << "a silent connection was not dropped";
+  EXPECT_GE(took, std::chrono::milliseconds(1500));
+  EXPECT_LE(took, std::chrono::milliseconds(5000));
+  EXPECT_TRUE(pinging.conn->Call("ping").ok);
+}
+
+}  // namespace
+}  // namespace parley::testing
