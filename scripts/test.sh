@@ -19,4 +19,9 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 cd build/asan
 ctest --output-on-failure -j"${PARLEY_TEST_JOBS:-2}" --timeout 600
+cd ../..
+
+phase "fuzz (libFuzzer, clang tree; FUZZ_SECONDS=${FUZZ_SECONDS:-20} per target)"
+scripts/fuzz.sh
+
 phase "done"

@@ -29,6 +29,15 @@ namespace parley {
   X(kUnknownConversation, "unknown_conversation", false)       \
   X(kNotMember, "not_member", false)                           \
   X(kSelfConversation, "self_conversation", false)             \
+  X(kSelfContact, "self_contact", false)                       \
+  X(kAlreadyContact, "already_contact", false)                 \
+  X(kNotContact, "not_contact", false)                         \
+  X(kSelfBlock, "self_block", false)                           \
+  X(kAlreadyBlocked, "already_blocked", false)                 \
+  X(kNotBlocked, "not_blocked", false)                         \
+  X(kBlocked, "blocked", false)                                \
+  X(kWrongPassword, "wrong_password", false)                   \
+  X(kForbidden, "forbidden", false)                            \
   X(kCursorTooOld, "cursor_too_old", false)                    \
   X(kCursorAhead, "cursor_ahead", false)                       \
   X(kRateLimited, "rate_limited", true)                        \

@@ -95,6 +95,9 @@ void ChatService::Respond(const ClientPtr& c, const Req& req, const std::functio
 
 void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s) {
   errors_out_.Inc();
+  if (s.code() == ErrorCode::kInternal || s.code() == ErrorCode::kStorageFull || s.code() == ErrorCode::kUnavailable)
+    spdlog::error("event=request_failed op={} user_id={} device_id={} error=\"{}\"", protocol::RequestTypeName(req.type),
+                  c->user_id, c->device_id, s.ToString());
   int64_t retry_after = s.code() == ErrorCode::kShuttingDown ? config_.shutdown_retry_after_ms : 0;
   Send(c, protocol::EncodeError(req.id_json, protocol::RequestTypeName(req.type), s, retry_after));
 }
@@ -121,6 +124,16 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kAck: return DoAck(c, std::move(req));
     case RequestType::kHistory: return DoHistory(c, std::move(req));
     case RequestType::kSnapshot: return DoSnapshot(c, std::move(req));
+    case RequestType::kSetProfile: return DoSetProfile(c, std::move(req));
+    case RequestType::kAddContact:
+    case RequestType::kRemoveContact:
+    case RequestType::kBlock:
+    case RequestType::kUnblock: return DoContactOrBlock(c, std::move(req));
+    case RequestType::kListContacts: return DoListContacts(c, std::move(req));
+    case RequestType::kListBlocked: return DoListBlocked(c, std::move(req));
+    case RequestType::kSearchUsers: return DoSearchUsers(c, std::move(req));
+    case RequestType::kListConversations: return DoListConversations(c, std::move(req));
+    case RequestType::kChangePassword: return DoChangePassword(c, std::move(req));
   }
 }
 
@@ -414,7 +427,7 @@ void ChatService::AppendSend(const ClientPtr& c, Req req, int64_t conversation_i
     e.conversation_id = msg.conversation_id;
     e.created_at = msg.created_at;
     e.message = msg;
-    PublishEvents(std::move(e), r->positions);
+    PublishEvents(std::move(e), r->positions, r->withheld);
   }));
 }
 
@@ -448,6 +461,7 @@ void ChatService::DoReceipt(const ClientPtr& c, Req req) {
         e.created_at = u.now;
         e.receipt_user_id = u.user_id;
         e.receipt = r->aggregate;
+        e.withheld = r->withheld;
         PublishEvents(std::move(e), r->positions);
       }
       if (--pending->left == 0) {
@@ -499,7 +513,7 @@ void ChatService::DoHistory(const ClientPtr& c, Req req) {
       if (s.code() == ErrorCode::kUnknownConversation) s = Status(ErrorCode::kNotMember, "you are not a member of this conversation");
       return Fail(c, req, s);
     }
-    store_.History(h.conversation_id, h.before, h.limit,
+    store_.History(h.conversation_id, c->user_id, h.before, h.limit,
                    OnCore<std::vector<store::MessageRecord>>([this, c, req](Result<std::vector<store::MessageRecord>> r) {
                      if (!r) return Fail(c, req, r.error());
                      Respond(c, req, [&](JsonWriter& w) {
@@ -518,16 +532,7 @@ void ChatService::DoSnapshot(const ClientPtr& c, Req req) {
     NoteHead(c->user_id, r->head);
     Respond(c, req, [&](JsonWriter& w) {
       w.Field("head", r->head).Key("conversations").BeginArray();
-      for (const auto& s : r->conversations) {
-        w.BeginObject().Key("conversation");
-        protocol::WriteConversation(w, s.conversation);
-        w.Key("messages").BeginArray();
-        for (const auto& m : s.latest) protocol::WriteMessage(w, m);
-        w.EndArray().Key("watermarks").BeginArray();
-        for (const auto& [uid, wm] : s.watermarks)
-          w.BeginObject().Field("user_id", uid).Field("delivered", wm.delivered).Field("read", wm.read).EndObject();
-        w.EndArray().Field("unread", s.unread).Field("last_activity_at", s.conversation.last_activity_at).EndObject();
-      }
+      for (const auto& s : r->conversations) protocol::WriteSummary(w, s);
       w.EndArray();
     });
   }));
@@ -548,14 +553,164 @@ void ChatService::NoteHead(int64_t user_id, int64_t user_seq) {
   if (auto it = live_.find(user_id); it != live_.end()) it->second.head = std::max(it->second.head, user_seq);
 }
 
-void ChatService::PublishEvents(store::StreamEvent event, const std::vector<store::StreamPosition>& positions) {
-  for (const auto& p : positions) {
+void ChatService::PublishEvents(store::StreamEvent event, const std::vector<store::StreamPosition>& positions,
+                                const std::vector<std::vector<store::Seq>>& withheld) {
+  for (size_t i = 0; i < positions.size(); ++i) {
+    const auto& p = positions[i];
     NoteHead(p.user_id, p.user_seq);
     if (live_.find(p.user_id) == live_.end()) continue;  // nobody connected: sync will carry it
     event.user_seq = p.user_seq;
+    if (i < withheld.size()) event.withheld = withheld[i];
     frames_out_.Inc();
     fabric_.Publish(p.user_id, std::make_shared<const std::string>(protocol::EncodeEvent(event)));
   }
+}
+
+}  // namespace parley::core
+
+namespace parley::core {
+
+// ---- Profiles, contacts, blocking, search (docs/protocol.md, "Contacts and blocking") ----
+
+void ChatService::PublishSocial(store::EventKind kind, const store::SocialResult& r, bool flag) {
+  if (!r.changed) return;
+  store::StreamEvent e;
+  e.kind = kind;
+  e.created_at = clock_.NowMillis();
+  e.profile = r.profile;
+  e.flag = flag;
+  PublishEvents(std::move(e), r.positions);
+}
+
+void ChatService::DoSetProfile(const ClientPtr& c, Req req) {
+  auto& p = std::get<protocol::SetProfileRequest>(req.body);
+  store_.SetProfile(c->user_id, p.display_name, p.about, clock_.NowMillis(),
+                    OnCore<store::SocialResult>([this, c, req](Result<store::SocialResult> r) {
+                      if (!r) return Fail(c, req, r.error());
+                      Respond(c, req, [&](JsonWriter& w) {
+                        w.Key("profile");
+                        protocol::WriteProfile(w, r->profile);
+                      });
+                      PublishSocial(store::EventKind::kProfile, *r, false);
+                    }));
+}
+
+// add_contact, remove_contact, block, unblock: resolve the username, then the
+// store operation; the event goes to the acting user's own stream.
+void ChatService::DoContactOrBlock(const ClientPtr& c, Req req) {
+  std::string username = std::get<protocol::UserRequest>(req.body).username;
+  store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req](Result<store::UserRecord> u) {
+    if (!u) return Fail(c, req, Status(ErrorCode::kUnknownUser, "no such user"));
+    auto done = OnCore<store::SocialResult>([this, c, req](Result<store::SocialResult> r) {
+      if (!r) return Fail(c, req, r.error());
+      Respond(c, req, [&](JsonWriter& w) {
+        w.Key("user");
+        protocol::WriteProfile(w, r->profile);
+      });
+      bool positive = req.type == RequestType::kAddContact || req.type == RequestType::kBlock;
+      bool contact = req.type == RequestType::kAddContact || req.type == RequestType::kRemoveContact;
+      PublishSocial(contact ? store::EventKind::kContact : store::EventKind::kBlock, *r, positive);
+    });
+    int64_t now = clock_.NowMillis();
+    switch (req.type) {
+      case RequestType::kAddContact: return store_.AddContact(c->user_id, u->id, now, std::move(done));
+      case RequestType::kRemoveContact: return store_.RemoveContact(c->user_id, u->id, now, std::move(done));
+      case RequestType::kBlock: return store_.Block(c->user_id, u->id, now, std::move(done));
+      default: return store_.Unblock(c->user_id, u->id, now, std::move(done));
+    }
+  }));
+}
+
+void ChatService::DoListContacts(const ClientPtr& c, Req req) {
+  store_.ListContacts(c->user_id, OnCore<std::vector<store::ContactRecord>>(
+                                      [this, c, req](Result<std::vector<store::ContactRecord>> r) {
+                                        if (!r) return Fail(c, req, r.error());
+                                        Respond(c, req, [&](JsonWriter& w) {
+                                          w.Key("contacts").BeginArray();
+                                          for (const auto& ct : *r) {
+                                            w.BeginObject().Key("user");
+                                            protocol::WriteProfile(w, ct.profile);
+                                            w.Field("added_at", ct.added_at).EndObject();
+                                          }
+                                          w.EndArray();
+                                        });
+                                      }));
+}
+
+void ChatService::DoListBlocked(const ClientPtr& c, Req req) {
+  store_.ListBlocked(c->user_id, OnCore<std::vector<store::ProfileRecord>>(
+                                     [this, c, req](Result<std::vector<store::ProfileRecord>> r) {
+                                       if (!r) return Fail(c, req, r.error());
+                                       Respond(c, req, [&](JsonWriter& w) {
+                                         w.Key("users").BeginArray();
+                                         for (const auto& p : *r) protocol::WriteProfile(w, p);
+                                         w.EndArray();
+                                       });
+                                     }));
+}
+
+void ChatService::DoSearchUsers(const ClientPtr& c, Req req) {
+  auto& s = std::get<protocol::SearchUsersRequest>(req.body);
+  store_.SearchUsers(c->user_id, s.query, s.after, s.limit,
+                     OnCore<store::SearchPage>([this, c, req](Result<store::SearchPage> r) {
+                       if (!r) return Fail(c, req, r.error());
+                       Respond(c, req, [&](JsonWriter& w) {
+                         w.Key("users").BeginArray();
+                         for (const auto& p : r->users) protocol::WriteProfile(w, p);
+                         w.EndArray().Key("next");
+                         if (r->next.empty()) w.Null(); else w.String(r->next);
+                       });
+                     }));
+}
+
+void ChatService::DoListConversations(const ClientPtr& c, Req req) {
+  auto& l = std::get<protocol::ListConversationsRequest>(req.body);
+  store_.ListConversations(c->user_id, l.before_activity, l.before_id, l.limit, l.messages,
+                           OnCore<store::ConversationPage>([this, c, req](Result<store::ConversationPage> r) {
+                             if (!r) return Fail(c, req, r.error());
+                             Respond(c, req, [&](JsonWriter& w) {
+                               w.Key("conversations").BeginArray();
+                               for (const auto& s : r->conversations) protocol::WriteSummary(w, s);
+                               w.EndArray().Key("next");
+                               if (!r->has_more) {
+                                 w.Null();
+                               } else {
+                                 w.BeginObject()
+                                     .Field("before_activity", r->next_activity)
+                                     .Field("before_id", r->next_id)
+                                     .EndObject();
+                               }
+                             });
+                           }));
+}
+
+// Verifies the old password and hashes the new one on the hashing pool, then
+// replaces the hash and revokes every other device of the user, whose
+// connections are closed at once.
+void ChatService::DoChangePassword(const ClientPtr& c, Req req) {
+  store_.GetUserById(c->user_id, OnCore<store::UserRecord>([this, c, req](Result<store::UserRecord> u) mutable {
+    if (!u) return Fail(c, req, u.error());
+    auto cp = std::get<protocol::ChangePasswordRequest>(req.body);
+    PasswordCost cost = config_.password_cost;
+    hash_pool_.Submit([this, c, req, cp, cost, old_hash = u->password_hash]() {
+      bool ok = VerifyPassword(old_hash, cp.old_password);
+      Result<std::string> fresh = ok ? HashPassword(cp.new_password, cost)
+                                     : Result<std::string>(Status(ErrorCode::kWrongPassword, "the old password is wrong"));
+      core_.Post([this, c, req, fresh = std::move(fresh)]() mutable {
+        if (!fresh) return Fail(c, req, fresh.error());
+        store_.ChangePassword(
+            c->user_id, std::move(*fresh), c->device_id, clock_.NowMillis(),
+            OnCore<std::vector<store::DeviceId>>([this, c, req](Result<std::vector<store::DeviceId>> r) {
+              if (!r) return Fail(c, req, r.error());
+              spdlog::info("event=password_changed user_id={} devices_revoked={}", c->user_id, r->size());
+              Respond(c, req, [&](JsonWriter& w) { w.Field("devices_revoked", static_cast<int64_t>(r->size())); });
+              for (auto d : *r)
+                fabric_.CloseDevice(c->user_id, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked),
+                                    "password changed");
+            }));
+      });
+    });
+  }));
 }
 
 }  // namespace parley::core

@@ -110,9 +110,19 @@ class ChatService {
   void DoHistory(const ClientPtr& c, Req req);
   void DoSnapshot(const ClientPtr& c, Req req);
   void DoPing(const ClientPtr& c, Req req);
+  void DoSetProfile(const ClientPtr& c, Req req);
+  void DoContactOrBlock(const ClientPtr& c, Req req);
+  void DoListContacts(const ClientPtr& c, Req req);
+  void DoListBlocked(const ClientPtr& c, Req req);
+  void DoSearchUsers(const ClientPtr& c, Req req);
+  void DoListConversations(const ClientPtr& c, Req req);
+  void DoChangePassword(const ClientPtr& c, Req req);
 
   // Publishes one stream event per position (each user gets its own user_seq).
-  void PublishEvents(store::StreamEvent event, const std::vector<store::StreamPosition>& positions);
+  // `withheld`, if not empty, holds each position's withheld seqs.
+  void PublishEvents(store::StreamEvent event, const std::vector<store::StreamPosition>& positions,
+                     const std::vector<std::vector<store::Seq>>& withheld = {});
+  void PublishSocial(store::EventKind kind, const store::SocialResult& r, bool flag);
   void NoteHead(int64_t user_id, int64_t user_seq);
   // Membership from the cache or the store; fails kUnknownConversation / kNotMember.
   void CheckMember(int64_t user_id, int64_t conversation_id, std::function<void(Status)> then);

@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <optional>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -257,17 +258,20 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
  private:
   void DoRead() {
-    req_ = {};
+    parser_.emplace();
+    parser_->body_limit(kMaxHttpBodyBytes);
     stream_.expires_after(std::chrono::seconds(30));
-    http::async_read(stream_, buffer_, req_, beast::bind_front_handler(&HttpSession::OnRead, shared_from_this()));
+    http::async_read(stream_, buffer_, *parser_, beast::bind_front_handler(&HttpSession::OnRead, shared_from_this()));
   }
 
   void OnRead(beast::error_code ec, size_t) {
+    if (ec == http::error::body_limit) return Reply(413, "request body too large\n", false);
     if (ec) {
       beast::error_code ignored;
       stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
       return;
     }
+    req_ = parser_->release();
     if (websocket::is_upgrade(req_)) {
       std::string_view target(req_.target().data(), req_.target().size());
       if (target == "/v1/ws" || target.rfind("/v1/ws?", 0) == 0) {
@@ -277,19 +281,26 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       }
     }
     M().http_requests.Inc();
-    HttpResponse r;
-    if (req_.method() != http::verb::get && req_.method() != http::verb::head) {
-      r.status = 405;
-      r.body = "method not allowed\n";
-    } else {
-      r = handler_(std::string(req_.target()));
-    }
-    auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(r.status), req_.version());
+    HttpRequest r;
+    r.method = std::string(req_.method_string());
+    r.target = std::string(req_.target());
+    r.authorization = std::string(req_[http::field::authorization]);
+    r.body = std::move(req_.body());
+    stream_.expires_never();  // the handler may take a while (bulk work)
+    handler_(std::move(r), [self = shared_from_this()](HttpResponse resp) {
+      net::post(self->stream_.get_executor(), [self, resp = std::move(resp)]() mutable {
+        self->Reply(resp.status, std::move(resp.body), self->req_.keep_alive(), resp.content_type);
+      });
+    });
+  }
+
+  void Reply(int status, std::string body, bool keep_alive, const std::string& content_type = "text/plain; charset=utf-8") {
+    auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version());
     res->set(http::field::server, "parleyd");
-    res->set(http::field::content_type, r.content_type);
+    res->set(http::field::content_type, content_type);
     res->set(http::field::cache_control, "no-store");
-    res->keep_alive(req_.keep_alive());
-    if (req_.method() != http::verb::head) res->body() = std::move(r.body);
+    res->keep_alive(keep_alive);
+    if (req_.method() != http::verb::head) res->body() = std::move(body);
     res->prepare_payload();
     http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code wec, size_t) {
       if (wec || !res->keep_alive()) {
@@ -303,6 +314,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
   http::request<http::string_body> req_;
   core::ChatService* chat_;
   const GatewayConfig& cfg_;

@@ -39,13 +39,26 @@ struct GatewayConfig {
   int socket_send_buffer = 0;
 };
 
+struct HttpRequest {
+  std::string method;         // "GET", "POST", ...
+  std::string target;         // path and query
+  std::string authorization;  // the Authorization header, "" if absent
+  std::string body;
+};
+
 struct HttpResponse {
   int status = 404;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body = "not found\n";
 };
-// Answers a plain HTTP GET for `target` (path and query). Runs on an I/O thread.
-using HttpHandler = std::function<HttpResponse(const std::string& target)>;
+
+// Answers a plain HTTP request (not a WebSocket upgrade). Called on an I/O
+// thread; `respond` may be called later, from any thread, exactly once.
+using HttpHandler = std::function<void(HttpRequest request, std::function<void(HttpResponse)> respond)>;
+
+// Largest plain HTTP request body accepted (admin bulk requests); larger
+// requests get 413.
+inline constexpr size_t kMaxHttpBodyBytes = 64 * 1024 * 1024;
 
 class Gateway {
  public:

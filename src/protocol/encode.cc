@@ -48,12 +48,42 @@ void WriteConversation(JsonWriter& w, const store::ConversationRecord& c, bool w
   w.Field("created_at", c.created_at).EndObject();
 }
 
+void WriteProfile(JsonWriter& w, const store::ProfileRecord& p) {
+  w.BeginObject()
+      .Field("user_id", p.user_id)
+      .Field("username", p.username)
+      .Field("display_name", p.display_name)
+      .Field("about", p.about)
+      .EndObject();
+}
+
+void WriteSummary(JsonWriter& w, const store::ConversationSummary& s) {
+  w.BeginObject().Key("conversation");
+  WriteConversation(w, s.conversation);
+  w.Key("messages").BeginArray();
+  for (const auto& m : s.latest) WriteMessage(w, m);
+  w.EndArray().Key("watermarks").BeginArray();
+  for (const auto& [uid, wm] : s.watermarks)
+    w.BeginObject().Field("user_id", uid).Field("delivered", wm.delivered).Field("read", wm.read).EndObject();
+  w.EndArray().Field("unread", s.unread).Field("last_activity_at", s.conversation.last_activity_at).EndObject();
+}
+
+namespace {
+void WriteWithheld(JsonWriter& w, const std::vector<store::Seq>& withheld) {
+  if (withheld.empty()) return;
+  w.Key("withheld").BeginArray();
+  for (auto s : withheld) w.Int(s);
+  w.EndArray();
+}
+}  // namespace
+
 void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
   w.BeginObject().Field("user_seq", e.user_seq);
   switch (e.kind) {
     case store::EventKind::kMessage:
       w.Field("kind", "message").Key("message");
       WriteMessage(w, *e.message);
+      WriteWithheld(w, e.withheld);
       break;
     case store::EventKind::kReceipt:
       w.Field("kind", "receipt")
@@ -61,10 +91,23 @@ void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
           .Field("user_id", e.receipt_user_id)
           .Field("delivered", e.receipt.delivered)
           .Field("read", e.receipt.read);
+      WriteWithheld(w, e.withheld);
       break;
     case store::EventKind::kConversation:
       w.Field("kind", "conversation").Key("conversation");
       WriteConversation(w, *e.conversation, /*with_state=*/false);
+      break;
+    case store::EventKind::kProfile:
+      w.Field("kind", "profile").Key("profile");
+      WriteProfile(w, *e.profile);
+      break;
+    case store::EventKind::kContact:
+      w.Field("kind", "contact").Field("added", e.flag).Key("user");
+      WriteProfile(w, *e.profile);
+      break;
+    case store::EventKind::kBlock:
+      w.Field("kind", "block").Field("blocked", e.flag).Key("user");
+      WriteProfile(w, *e.profile);
       break;
   }
   w.EndObject();

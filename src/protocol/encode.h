@@ -45,6 +45,11 @@ void WriteMessage(JsonWriter& w, const store::MessageRecord& m);
 // events leave it out so that an event reads the same live and through sync.
 void WriteConversation(JsonWriter& w, const store::ConversationRecord& c, bool with_state = true);
 
+// {"user_id", "username", "display_name", "about"}
+void WriteProfile(JsonWriter& w, const store::ProfileRecord& p);
+// A conversation-list entry or snapshot entry.
+void WriteSummary(JsonWriter& w, const store::ConversationSummary& s);
+
 // The JSON reason text for a close frame that asks the client to wait:
 // {"retry_after_ms":N}
 std::string RetryAfterReason(int64_t retry_after_ms);

@@ -72,6 +72,13 @@ Status GetLimit(object obj, int def, int max, int* out) {
   return Status::Ok();
 }
 
+// No control characters (names are shown in lists and notifications).
+bool IsPrintable(std::string_view s) {
+  for (char c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
+  return true;
+}
+
 bool IsClientIdChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
 }
@@ -215,6 +222,77 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       if (Status s = GetInt(obj, "messages", 0, kMaxSnapshotMessages, false, &m); !s.ok()) return s;
       r.messages = m ? static_cast<int>(*m) : kDefaultSnapshotMessages;
       *body = r;
+      return Status::Ok();
+    }
+    case RequestType::kSetProfile: {
+      SetProfileRequest r;
+      std::string v;
+      element e;
+      if (obj["display_name"].get(e) == simdjson::SUCCESS) {
+        if (Status s = GetString(obj, "display_name", kMaxDisplayNameBytes, true, &v); !s.ok()) return s;
+        if (!IsPrintable(v)) return Bad("field 'display_name' may not hold control characters");
+        r.display_name = v;
+      }
+      if (obj["about"].get(e) == simdjson::SUCCESS) {
+        if (Status s = GetString(obj, "about", kMaxAboutBytes, true, &v); !s.ok()) return s;
+        r.about = v;
+      }
+      if (!r.display_name && !r.about) return Bad("give 'display_name', 'about' or both");
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kAddContact:
+    case RequestType::kRemoveContact:
+    case RequestType::kBlock:
+    case RequestType::kUnblock: {
+      UserRequest r;
+      std::string raw;
+      if (Status s = GetString(obj, "username", 256, true, &raw); !s.ok()) return s;
+      auto canon = CanonicalUsername(raw);
+      if (!canon) return Status(ErrorCode::kUnknownUser, "no such user");
+      r.username = std::move(*canon);
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kListContacts:
+    case RequestType::kListBlocked:
+      *body = EmptyRequest{};
+      return Status::Ok();
+    case RequestType::kSearchUsers: {
+      SearchUsersRequest r;
+      std::string q;
+      if (Status s = GetString(obj, "query", kMaxSearchQueryBytes, true, &q); !s.ok()) return s;
+      for (char& c : q)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+      while (!q.empty() && q.back() == ' ') q.pop_back();
+      while (!q.empty() && q.front() == ' ') q.erase(q.begin());
+      if (q.empty()) return Bad("field 'query' must not be empty");
+      r.query = std::move(q);
+      if (Status s = GetString(obj, "after", kMaxUsernameBytes, false, &r.after); !s.ok()) return s;
+      if (Status s = GetLimit(obj, kDefaultSearchLimit, kMaxSearchLimit, &r.limit); !s.ok()) return s;
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kListConversations: {
+      ListConversationsRequest r;
+      std::optional<int64_t> ba, bi, m;
+      if (Status s = GetInt(obj, "before_activity", 0, kMaxId, false, &ba); !s.ok()) return s;
+      if (Status s = GetInt(obj, "before_id", 0, kMaxId, false, &bi); !s.ok()) return s;
+      if (Status s = GetInt(obj, "messages", 0, kMaxSnapshotMessages, false, &m); !s.ok()) return s;
+      r.before_activity = ba.value_or(0);
+      r.before_id = bi.value_or(0);
+      r.messages = m ? static_cast<int>(*m) : kDefaultPreviewMessages;
+      if (Status s = GetLimit(obj, kDefaultConversationsLimit, kMaxConversationsLimit, &r.limit); !s.ok()) return s;
+      *body = r;
+      return Status::Ok();
+    }
+    case RequestType::kChangePassword: {
+      ChangePasswordRequest r;
+      if (Status s = GetString(obj, "old_password", kMaxPasswordBytes, true, &r.old_password); !s.ok()) return s;
+      if (Status s = GetString(obj, "new_password", kMaxPasswordBytes, true, &r.new_password); !s.ok()) return s;
+      if (r.new_password.size() < kMinPasswordBytes)
+        return Status(ErrorCode::kInvalidPassword, fmt::format("password must be at least {} bytes", kMinPasswordBytes));
+      *body = std::move(r);
       return Status::Ok();
     }
   }

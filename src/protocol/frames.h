@@ -37,7 +37,17 @@ namespace parley::protocol {
   X(kSync, "sync", true)                      \
   X(kAck, "ack", true)                        \
   X(kHistory, "history", true)                \
-  X(kSnapshot, "snapshot", true)
+  X(kSnapshot, "snapshot", true)              \
+  X(kSetProfile, "set_profile", true)          \
+  X(kAddContact, "add_contact", true)          \
+  X(kRemoveContact, "remove_contact", true)    \
+  X(kListContacts, "list_contacts", true)      \
+  X(kBlock, "block", true)                     \
+  X(kUnblock, "unblock", true)                 \
+  X(kListBlocked, "list_blocked", true)        \
+  X(kSearchUsers, "search_users", true)        \
+  X(kListConversations, "list_conversations", true) \
+  X(kChangePassword, "change_password", true)
 
 enum class RequestType {
 #define PARLEY_X(e, name, auth) e,
@@ -100,15 +110,40 @@ struct HistoryRequest {
 struct SnapshotRequest {
   int messages = 0;
 };
+struct SetProfileRequest {
+  std::optional<std::string> display_name;
+  std::optional<std::string> about;
+};
+// add_contact, remove_contact, block, unblock: one other user by username.
+struct UserRequest {
+  std::string username;  // canonical
+};
+struct SearchUsersRequest {
+  std::string query;  // lower-case
+  std::string after;
+  int limit = 0;
+};
+struct ListConversationsRequest {
+  int64_t before_activity = 0;
+  int64_t before_id = 0;
+  int limit = 0;
+  int messages = 0;
+};
+struct ChangePasswordRequest {
+  std::string old_password;
+  std::string new_password;
+};
 
 using RequestBody =
     std::variant<RegisterRequest, LoginRequest, AuthRequest, EmptyRequest, UnlinkDeviceRequest, OpenConversationRequest,
-                 SendRequest, ReceiptRequest, SyncRequest, AckRequest, HistoryRequest, SnapshotRequest>;
+                 SendRequest, ReceiptRequest, SyncRequest, AckRequest, HistoryRequest, SnapshotRequest,
+                 SetProfileRequest, UserRequest, SearchUsersRequest, ListConversationsRequest, ChangePasswordRequest>;
 
 struct Request {
   RequestType type = RequestType::kPing;
-  // The request id exactly as the client wrote it, as a JSON token (a quoted
-  // string or an integer); echoed verbatim in the response. Empty if absent.
+  // The request id as a JSON token (a quoted string or an integer), echoed
+  // in the response: the same JSON value, re-serialised (escapes may be
+  // written differently). Empty if absent.
   std::string id_json;
   RequestBody body;
 };

@@ -35,4 +35,17 @@ inline constexpr int kMaxHistoryLimit = 200;
 inline constexpr int kDefaultSnapshotMessages = 20;
 inline constexpr int kMaxSnapshotMessages = 100;
 
+// Profiles.
+inline constexpr size_t kMaxDisplayNameBytes = 64;
+inline constexpr size_t kMaxAboutBytes = 140;
+// User search: query length, and results per page.
+inline constexpr size_t kMaxSearchQueryBytes = 64;
+inline constexpr int kDefaultSearchLimit = 20;
+inline constexpr int kMaxSearchLimit = 50;
+// Conversation list page size.
+inline constexpr int kDefaultConversationsLimit = 50;
+inline constexpr int kMaxConversationsLimit = 200;
+// Newest messages per conversation in a conversation-list page (previews).
+inline constexpr int kDefaultPreviewMessages = 1;
+
 }  // namespace parley::protocol

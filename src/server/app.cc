@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "admin/admin_api.h"
 #include "common/metrics.h"
 #include "common/worker_pool.h"
 #include "core/accounts.h"
@@ -49,14 +50,19 @@ int RunServer(const ServerConfig& config) {
   }
 
   fabric::LocalFabric fabric;
-  WorkerPool hash_pool(config.hash_threads);
+  auto hash_pool = std::make_unique<WorkerPool>(config.hash_threads);
   gateway::Gateway gw(config.gateway);
-  core::ChatService chat(gw.CoreExecutor(), **store, fabric, hash_pool, SystemClock::Instance(), config.core);
+  core::ChatService chat(gw.CoreExecutor(), **store, fabric, *hash_pool, SystemClock::Instance(), config.core);
 
-  auto http = [](const std::string& target) {
+  admin::AdminApi admin_api(**store, *hash_pool, SystemClock::Instance(), config.admin);
+  auto http = [&admin_api](gateway::HttpRequest req, std::function<void(gateway::HttpResponse)> respond) {
     gateway::HttpResponse r;
-    std::string path = target.substr(0, target.find('?'));
-    if (path == "/healthz") {
+    std::string path = req.target.substr(0, req.target.find('?'));
+    if (path.rfind("/admin/", 0) == 0) return admin_api.Handle(std::move(req), std::move(respond));
+    if (req.method != "GET" && req.method != "HEAD") {
+      r.status = 405;
+      r.body = "method not allowed\n";
+    } else if (path == "/healthz") {
       r.status = 200;
       r.body = "ok\n";
     } else if (path == "/metrics") {
@@ -64,7 +70,7 @@ int RunServer(const ServerConfig& config) {
       r.content_type = "text/plain; version=0.0.4; charset=utf-8";
       r.body = Metrics::Default().RenderPrometheus();
     }
-    return r;
+    respond(std::move(r));
   };
   if (Status s = gw.Start(&chat, http); !s.ok()) {
     spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
@@ -92,6 +98,13 @@ int RunServer(const ServerConfig& config) {
     });
   });
   gw.Run();
+  // Teardown order matters: hashing jobs and store completions post to the
+  // core executor, which the gateway owns, and reference the chat service. So
+  // the pool and the store (which commits what is queued and joins its
+  // threads) go first, while the gateway and the chat service still exist;
+  // what they post lands in a stopped io_context and is simply dropped.
+  hash_pool.reset();
+  store->reset();
   spdlog::info("event=shutdown_complete");
   return 0;
 }

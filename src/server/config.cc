@@ -20,6 +20,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->capture_default_str();
   app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error, critical or off")
       ->envname("PARLEY_LOG_LEVEL")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
   app.add_option("--port-file", c.port_file, "Write the bound port to this file once listening")
       ->envname("PARLEY_PORT_FILE");
@@ -77,6 +78,13 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SQLITE_CACHE_KIB")
       ->check(CLI::Range(1024, 16 << 20))
       ->capture_default_str();
+  app.add_option("--admin-token", c.admin.token,
+                 "Token that authorises the admin API (Authorization: Bearer ...); empty: admin API disabled")
+      ->envname("PARLEY_ADMIN_TOKEN");
+  app.add_option("--admin-max-bulk-users", c.admin.max_bulk_users, "Most users in one admin bulk request")
+      ->envname("PARLEY_ADMIN_MAX_BULK_USERS")
+      ->check(CLI::Range(size_t{1}, size_t{1'000'000}))
+      ->capture_default_str();
   app.add_flag("--insecure-fast-password-hashing", fast_hashing,
                "TESTS AND BENCHMARKS ONLY: Argon2id with minimal cost, so accounts can be made quickly")
       ->envname("PARLEY_INSECURE_FAST_PASSWORD_HASHING");
@@ -104,6 +112,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   c.gateway.idle_timeout_ms = c.core.heartbeat_timeout_ms;
   c.core.device_idle_expiry_ms = idle_expiry_s * 1000;
   c.core.password_cost = fast_hashing ? core::PasswordCost::kInsecureFast : core::PasswordCost::kInteractive;
+  c.admin.password_cost = c.core.password_cost;
   c.store.sqlite_path = c.data_dir + "/parley.db";
   return c;
 }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "admin/admin_api.h"
 #include "core/chat_service.h"
 #include "gateway/gateway.h"
 #include "store/store_factory.h"
@@ -24,6 +25,7 @@ struct ServerConfig {
   gateway::GatewayConfig gateway;
   store::StoreConfig store;
   core::CoreConfig core;
+  admin::AdminConfig admin;
 };
 
 // Parses argv (and the environment and config file it names). Returns the

@@ -27,6 +27,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -92,7 +93,11 @@ class Store {
   // assigns the next conversation seq, appends a message event to every
   // member's stream and advances the sender's own watermarks to the new seq,
   // all in one transaction. A duplicate returns the original message and
-  // appends nothing. Fails kUnknownConversation, kNotMember.
+  // appends nothing. Blocking: a member who blocks the sender gets no event
+  // and never sees the message (it is withheld from them: not in their
+  // history, snapshot, unread count or conversation order); a sender who
+  // blocks another member is refused (kBlocked). Fails kUnknownConversation,
+  // kNotMember, kBlocked.
   virtual void AppendMessage(NewMessage msg, Callback<AppendResult> done) = 0;
 
   // Raises a device's watermarks (monotonic per device; values above the
@@ -103,10 +108,11 @@ class Store {
   // update.user_id).
   virtual void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) = 0;
 
-  // Messages of a conversation with seq < before (before = 0: from the
-  // newest), newest `limit` of them, returned in ascending seq. Fails
-  // kUnknownConversation.
-  virtual void History(ConversationId id, Seq before, int limit, Callback<std::vector<MessageRecord>> done) = 0;
+  // Messages of a conversation visible to `viewer` (withheld ones skipped)
+  // with seq < before (before = 0: from the newest), newest `limit` of them,
+  // returned in ascending seq. Fails kUnknownConversation.
+  virtual void History(ConversationId id, UserId viewer, Seq before, int limit,
+                       Callback<std::vector<MessageRecord>> done) = 0;
 
   // ---- Streams and sync ----
 
@@ -118,6 +124,62 @@ class Store {
   // Conversation list with summaries for a new device; `latest_per_conversation`
   // newest messages of each.
   virtual void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) = 0;
+
+  // ---- Profiles, contacts, blocking, search (issue 3) ----
+
+  // Sets the user's display name and/or about text (nullopt: unchanged).
+  // When something changed, appends a kProfile event to the streams of the
+  // user and of every user who shares a conversation with them or has them as
+  // a contact, except users the user has blocked. Fails kUnknownUser.
+  virtual void SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,
+                          int64_t now, Callback<SocialResult> done) = 0;
+  // Profiles of the given users (unknown ids are left out), in the given order.
+  virtual void GetProfiles(std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) = 0;
+
+  // Adds `contact` to `owner`'s contacts; kContact event (flag true) in the
+  // owner's stream. Fails kUnknownUser, kSelfContact, kAlreadyContact.
+  virtual void AddContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) = 0;
+  // Fails kNotContact.
+  virtual void RemoveContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) = 0;
+  // Ascending username.
+  virtual void ListContacts(UserId owner, Callback<std::vector<ContactRecord>> done) = 0;
+
+  // `owner` blocks `target`; kBlock event (flag true) in the owner's stream.
+  // While it lasts, target's messages to owner are withheld from owner (see
+  // AppendMessage) and owner cannot send to target. Fails kUnknownUser,
+  // kSelfBlock, kAlreadyBlocked.
+  virtual void Block(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) = 0;
+  // Fails kNotBlocked. Messages withheld during the block stay withheld.
+  virtual void Unblock(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) = 0;
+  // The users `owner` blocks, ascending username.
+  virtual void ListBlocked(UserId owner, Callback<std::vector<ProfileRecord>> done) = 0;
+
+  // Users whose username starts with `query` or one of whose display-name
+  // words starts with it (case-insensitive; `query` is already lower-case),
+  // ascending username, after `after` (a previous page's `next`), at most
+  // `limit`; never the searcher, never a user who blocks the searcher. Must
+  // stay fast (p99 ≤ 5 ms) on a directory of 1,000,000 users.
+  virtual void SearchUsers(UserId searcher, std::string query, std::string after, int limit,
+                           Callback<SearchPage> done) = 0;
+
+  // The user's conversations ordered by the last activity visible to them
+  // (newest first; ties by conversation id descending), starting after the
+  // cursor (before_activity = 0: from the newest), each with its latest
+  // `latest_per_conversation` visible messages, watermarks and unread count.
+  virtual void ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id, int limit,
+                                 int latest_per_conversation, Callback<ConversationPage> done) = 0;
+
+  // ---- Password and provisioning ----
+
+  // Replaces the password hash and revokes every live device of the user
+  // except `keep_device` (0: all). Returns the revoked device ids.
+  virtual void ChangePassword(UserId user_id, std::string new_hash, DeviceId keep_device, int64_t now,
+                              Callback<std::vector<DeviceId>> done) = 0;
+  // Creates many users (and optionally one device each) in one transaction;
+  // fails as a whole (kUsernameTaken naming the first taken name) if any
+  // username exists. Results in input order.
+  virtual void BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
+                               Callback<std::vector<BulkUserResult>> done) = 0;
 
   // ---- Lifecycle ----
 

@@ -23,6 +23,22 @@ struct UserRecord {
   std::string username;       // canonical (lower-case) form
   std::string password_hash;  // libsodium crypto_pwhash_str output
   int64_t created_at = 0;
+  std::string display_name;   // "" until set
+  std::string about;          // "" until set
+};
+
+// What other users see of a user.
+struct ProfileRecord {
+  UserId user_id = 0;
+  std::string username;
+  std::string display_name;
+  std::string about;
+  int64_t updated_at = 0;
+};
+
+struct ContactRecord {
+  ProfileRecord profile;
+  int64_t added_at = 0;
 };
 
 struct DeviceRecord {
@@ -69,12 +85,25 @@ enum class EventKind : int {
   kMessage = 1,       // a message visible to the user (their own included)
   kReceipt = 2,       // a member's aggregate watermarks changed
   kConversation = 3,  // the user became a member of a conversation
+  kProfile = 4,       // a user's profile changed (the user's own, or someone they know)
+  kContact = 5,       // the user added or removed a contact
+  kBlock = 6,         // the user blocked or unblocked someone
 };
 
 // One entry of a user's event stream. Which fields are set depends on kind:
-//   kMessage:      conversation_id, message
-//   kReceipt:      conversation_id, receipt_user_id, receipt
+//   kMessage:      conversation_id, message, withheld
+//   kReceipt:      conversation_id, receipt_user_id, receipt, withheld
 //   kConversation: conversation_id, conversation
+//   kProfile:      profile (as it was after the change)
+//   kContact:      profile (of the contact), flag (true: added, false: removed)
+//   kBlock:        profile (of the blocked user), flag (true: blocked, false: unblocked)
+//
+// `withheld` (blocking, DESIGN.md "Blocking"): the actor's watermark (the
+// receipt's user, or a message's sender, whose send raises their own
+// watermarks) now covers these seqs, which were withheld from the actor; they
+// stay "sent" forever for everyone else. Only seqs newly covered by this
+// event are listed (above the actor's previous delivered watermark), so each
+// is listed once per stream, and the list reads the same live and in sync.
 struct StreamEvent {
   UserSeq user_seq = 0;
   EventKind kind = EventKind::kMessage;
@@ -84,6 +113,9 @@ struct StreamEvent {
   UserId receipt_user_id = 0;
   Watermarks receipt;
   std::optional<ConversationRecord> conversation;
+  std::vector<Seq> withheld;
+  std::optional<ProfileRecord> profile;
+  bool flag = false;
 };
 
 // Where an append landed in one user's stream.
@@ -106,9 +138,14 @@ struct NewMessage {
 struct AppendResult {
   MessageRecord message;  // the stored message (the original one for a duplicate)
   bool duplicate = false;  // true: (conversation, sender, client id) was already stored
-  // One entry per member, in member order; empty for a duplicate (nothing new
-  // was appended).
+  // One entry per member the message is visible to, in member order (the
+  // sender always; a member who blocks the sender never); empty for a
+  // duplicate (nothing new was appended).
   std::vector<StreamPosition> positions;
+  // Per position: the seqs withheld from the sender that the sender's own
+  // watermark now covers (see StreamEvent::withheld); usually empty. Same
+  // length as positions, or empty when all are empty.
+  std::vector<std::vector<Seq>> withheld;
 };
 
 struct ReceiptUpdate {
@@ -125,6 +162,35 @@ struct ReceiptResult {
   Watermarks aggregate;  // the user's aggregate after the update
   // When changed: one receipt event per member, in member order.
   std::vector<StreamPosition> positions;
+  // Seqs withheld from the user that the new aggregate newly covers (see
+  // StreamEvent::withheld); the same list goes into every position's event.
+  std::vector<Seq> withheld;
+};
+
+// Result of a profile, contact or block change.
+struct SocialResult {
+  bool changed = false;     // false: it was already so (nothing appended)
+  ProfileRecord profile;    // the changed user's profile (profile change), or the contact's / blocked user's
+  // When changed: where the event landed, one per receiving user.
+  std::vector<StreamPosition> positions;
+};
+
+// A page of user search results.
+struct SearchPage {
+  std::vector<ProfileRecord> users;  // ascending username
+  std::string next;                  // pass as `after` for the next page; "" when there is none
+};
+
+struct NewBulkUser {
+  std::string username;       // canonical
+  std::string password_hash;
+  std::string token_hash;     // "" = create no device
+  std::string device_name;
+  std::string display_name;   // "" = none; set without a profile event (a new user has no audience)
+};
+struct BulkUserResult {
+  UserId user_id = 0;
+  DeviceId device_id = 0;  // 0 if no device was requested
 };
 
 struct OpenResult {
@@ -142,10 +208,19 @@ struct StreamPage {
 
 // A conversation as a new device first sees it.
 struct ConversationSummary {
-  ConversationRecord conversation;
+  ConversationRecord conversation;  // last_activity_at: of the last message visible to the user
   std::vector<MessageRecord> latest;  // the newest messages, ascending seq
   std::vector<std::pair<UserId, Watermarks>> watermarks;  // each member's aggregate
-  int64_t unread = 0;  // messages not by the user above the user's read watermark
+  int64_t unread = 0;  // visible messages not by the user above the user's read watermark
+};
+
+struct ConversationPage {
+  std::vector<ConversationSummary> conversations;  // latest visible activity first
+  // Cursor for the next page: (last_activity_at, conversation id) of the last
+  // entry; has_more false when there is none.
+  int64_t next_activity = 0;
+  ConversationId next_id = 0;
+  bool has_more = false;
 };
 
 struct Snapshot {

@@ -9,7 +9,8 @@
 
 namespace parley::testing {
 
-std::string HttpGet(uint16_t port, const std::string& path, int* status) {
+namespace {
+std::string HttpExchange(uint16_t port, const std::string& request, int* status) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -19,10 +20,14 @@ std::string HttpGet(uint16_t port, const std::string& path, int* status) {
     close(fd);
     return "";
   }
-  std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
-    close(fd);
-    return "";
+  size_t off = 0;
+  while (off < request.size()) {
+    ssize_t w = write(fd, request.data() + off, request.size() - off);
+    if (w <= 0) {
+      close(fd);
+      return "";
+    }
+    off += static_cast<size_t>(w);
   }
   std::string resp;
   char buf[65536];
@@ -32,6 +37,20 @@ std::string HttpGet(uint16_t port, const std::string& path, int* status) {
   if (status) *status = resp.size() > 12 ? std::stoi(resp.substr(9, 3)) : 0;
   auto p = resp.find("\r\n\r\n");
   return p == std::string::npos ? "" : resp.substr(p + 4);
+}
+
+}  // namespace
+
+std::string HttpGet(uint16_t port, const std::string& path, int* status) {
+  return HttpExchange(port, "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", status);
+}
+
+std::string HttpPost(uint16_t port, const std::string& path, const std::string& body, const std::string& authorization,
+                     int* status) {
+  std::string req = "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n";
+  if (!authorization.empty()) req += "Authorization: " + authorization + "\r\n";
+  req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  return HttpExchange(port, req, status);
 }
 
 double MetricValue(const std::string& text, const std::string& sample) {

@@ -1,15 +1,19 @@
-// Tests of what only the SQLite backend has: the work a sync does (counted in
-// SQLite VM steps), the schema version, group commit, and a transaction that
-// fails. Behaviour common to every backend lives in store_conformance_test.cc.
+// Tests of what only the SQLite backend has: the work a sync and a user search
+// do (counted in SQLite VM steps), the schema version and its migration,
+// group commit, and a transaction that fails. Behaviour common to every backend lives in store_conformance_test.cc.
 
 #include "store/sqlite/sqlite_store.h"
 
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "common/metrics.h"
 #include "store/store_test_util.h"
@@ -90,6 +94,157 @@ TEST(SqliteStoreTest, SyncWorkDoesNotGrowWithHistory) {
   RecordProperty("seconds", static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(
                                                  std::chrono::steady_clock::now() - start)
                                                  .count()));
+}
+
+// ---- Search cost ----
+
+struct SearchCost {
+  uint64_t vm_steps = 0;
+  std::vector<std::string> first_page;
+};
+
+// A directory of `users` users provisioned in bulk, in big batches (usernames
+// "al…" for even i, "user…" for odd; display names "Sam Roe" / "Alex Doe"),
+// and a searcher of its own.
+std::unique_ptr<SqliteStore> BuildDirectory(const TempDir& dir, int users, UserId* searcher) {
+  std::unique_ptr<SqliteStore> store = OpenSqlite(dir.path() + "/parley.db");
+  if (!store) return nullptr;
+  constexpr int kBatch = 50000;
+  for (int start = 0; start < users; start += kBatch) {
+    std::vector<NewBulkUser> batch;
+    for (int i = start; i < std::min(users, start + kBatch); ++i) {
+      NewBulkUser u;
+      u.username = (i % 2 == 0 ? "al" : "user") + std::to_string(1000000 + i);
+      u.password_hash = "h";
+      u.display_name = i % 2 == 0 ? "Sam Roe" : "Alex Doe";
+      batch.push_back(std::move(u));
+    }
+    Result<std::vector<BulkUserResult>> made =
+        Await<std::vector<BulkUserResult>>([&](auto cb) { store->BulkCreateUsers(std::move(batch), 1, cb); });
+    if (!made.has_value()) {
+      ADD_FAILURE() << made.error().ToString();
+      return nullptr;
+    }
+  }
+  *searcher = MakeUser(*store, "zz-searcher").id;
+  return store;
+}
+
+// One page of 20 for `query`, with the VM steps it took.
+SearchCost SearchPageCost(SqliteStore& store, UserId searcher, const std::string& query) {
+  SearchCost cost;
+  uint64_t before = store.SearchStepsForTest();
+  SearchPage page = Search(store, searcher, query, "", 20);
+  cost.vm_steps = store.SearchStepsForTest() - before;
+  for (const ProfileRecord& p : page.users) cost.first_page.push_back(p.username);
+  EXPECT_EQ(page.users.size(), 20u) << query;
+  EXPECT_FALSE(page.next.empty()) << query;
+  return cost;
+}
+
+TEST(SqliteStoreTest, SearchWorkDoesNotGrowWithDirectorySize) {
+  auto start = std::chrono::steady_clock::now();
+  // Broad prefixes: each matches half or all of the directory, by username
+  // ("al", "user"), by a name word ("alex", "s"), or both ("al").
+  const std::vector<std::string> queries{"al", "alex", "user", "s"};
+  TempDir small_dir;
+  TempDir big_dir;
+  UserId small_searcher = 0;
+  UserId big_searcher = 0;
+  std::unique_ptr<SqliteStore> small = BuildDirectory(small_dir, 20000, &small_searcher);
+  std::unique_ptr<SqliteStore> big = BuildDirectory(big_dir, 200000, &big_searcher);
+  ASSERT_TRUE(small && big);
+  for (const std::string& query : queries) {
+    SearchCost small_cost = SearchPageCost(*small, small_searcher, query);
+    SearchCost big_cost = SearchPageCost(*big, big_searcher, query);
+    EXPECT_EQ(big_cost.first_page, small_cost.first_page) << query;
+    EXPECT_GT(small_cost.vm_steps, 0u);
+    // The same page costs the same VM steps however big the directory: a
+    // few dozen per returned user, never a scan of the matches.
+    EXPECT_EQ(big_cost.vm_steps, small_cost.vm_steps) << query;
+    EXPECT_LT(small_cost.vm_steps, 100u * 21u) << query;
+    RecordProperty("vm_steps_page20_" + query, static_cast<int>(big_cost.vm_steps));
+  }
+  // Latency on the big directory (recorded, not asserted: sanitizer builds
+  // and shared machines make timings unreliable).
+  const char* prefixes[] = {"a", "al", "al10", "u", "us", "user1", "s", "sa", "r", "ro", "d", "do", "alex", "x"};
+  std::vector<double> latencies;
+  std::string after;
+  for (int i = 0; i < 300; ++i) {
+    std::string q = prefixes[static_cast<size_t>(i) % std::size(prefixes)];
+    auto t0 = std::chrono::steady_clock::now();
+    SearchPage p = Search(*big, big_searcher, q, i % 3 == 2 ? after : "", 20);
+    latencies.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+    after = p.next;
+  }
+  std::sort(latencies.begin(), latencies.end());
+  RecordProperty("p50_us_200k", static_cast<int>(latencies[latencies.size() / 2]));
+  RecordProperty("p99_us_200k", static_cast<int>(latencies[latencies.size() * 99 / 100]));
+  RecordProperty("seconds", static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(
+                                                 std::chrono::steady_clock::now() - start)
+                                                 .count()));
+}
+
+// ---- Migration ----
+
+TEST(SqliteStoreTest, MigratesVersion1FilesInPlace) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 1).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  // What a version-1 server leaves: two users in a direct conversation with
+  // two messages, one device each.
+  const char* v1 = R"sql(
+INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'alice', 'ha', 10), (2, 'bob', 'hb', 11);
+INSERT INTO devices(id, user_id, name, platform, token_hash, created_at, last_seen_at, cursor, revoked)
+  VALUES(1, 1, 'p', 'x', x'a1', 10, 10, 0, 0), (2, 2, 'p', 'x', x'b2', 11, 11, 0, 0);
+INSERT INTO conversations(id, direct_key, last_seq, created_at, last_activity_at) VALUES(1, '1:2', 2, 100, 300);
+INSERT INTO members(conversation_id, user_id) VALUES(1, 1), (1, 2);
+INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at)
+  VALUES(1, 1, 1, 1, 'c1', 'hi', 200), (1, 2, 2, 2, 'c2', 'yo', 300);
+INSERT INTO user_events(user_id, user_seq, kind, conversation_id, seq, created_at)
+  VALUES(1, 1, 3, 1, 0, 100), (1, 2, 1, 1, 1, 200), (1, 3, 1, 1, 2, 300),
+        (2, 1, 3, 1, 0, 100), (2, 2, 1, 1, 1, 200), (2, 3, 1, 1, 2, 300);
+INSERT INTO user_heads(user_id, head) VALUES(1, 3), (2, 3);
+INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES(1, 1, 1, 1), (1, 2, 2, 2);
+)sql";
+  ASSERT_EQ(sqlite3_exec(db, v1, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  UserRecord alice = Must(Await<UserRecord>([&](auto cb) { store->GetUserByName("alice", cb); }));
+  EXPECT_EQ(alice.id, 1);
+  EXPECT_EQ(alice.display_name, "");
+  EXPECT_EQ(alice.about, "");
+  // Each member's activity starts at the conversation's.
+  ConversationPage list = ListConversations(*store, 1, 0, 0, 10, 5);
+  ASSERT_EQ(list.conversations.size(), 1u);
+  EXPECT_EQ(list.conversations[0].conversation.last_activity_at, 300);
+  EXPECT_EQ(list.conversations[0].latest.size(), 2u);
+  EXPECT_EQ(list.conversations[0].unread, 1);
+  EXPECT_EQ(History(*store, 1, 0, 10, 1).size(), 2u);
+  StreamPage page = ReadStream(*store, 2, 0, 10);
+  ASSERT_EQ(page.events.size(), 3u);
+  EXPECT_TRUE(page.events[2].withheld.empty());
+  // The new features work on the old data.
+  ASSERT_TRUE(SetProfile(*store, 1, "Alice A", std::nullopt).has_value());
+  EXPECT_EQ(Search(*store, 2, "alice", "", 5).users.size(), 1u);
+  ASSERT_TRUE(Block(*store, 1, 2).has_value());
+  AppendResult withheld = Must(Append(*store, Msg(1, 2, 2, "c3", "still there?", 400)));
+  EXPECT_EQ(withheld.message.seq, 3);
+  EXPECT_EQ(withheld.positions.size(), 1u);
+  EXPECT_EQ(History(*store, 1, 0, 10, 1).size(), 2u);
+  store.reset();
+
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int64(stmt, 0), SqliteStore::kSchemaVersion);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
 }
 
 TEST(SqliteStoreTest, RecordsSchemaVersionAndRefusesNewerFiles) {

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -348,7 +349,7 @@ TEST_P(StoreConformance, NonMembersAndUnknownConversationsAreRefused) {
   ASSERT_FALSE(nowhere.has_value());
   EXPECT_EQ(nowhere.error().code(), ErrorCode::kUnknownConversation);
   Result<std::vector<MessageRecord>> history =
-      Await<std::vector<MessageRecord>>([&](auto cb) { store().History(424242, 0, 10, cb); });
+      Await<std::vector<MessageRecord>>([&](auto cb) { store().History(424242, 0, 0, 10, cb); });
   ASSERT_FALSE(history.has_value());
   EXPECT_EQ(history.error().code(), ErrorCode::kUnknownConversation);
   // Nothing was written.
@@ -589,6 +590,545 @@ TEST_P(StoreConformance, SendingAdvancesOwnReadWatermark) {
   EXPECT_EQ(after.conversations[0].unread, 0);
   // No receipt event for it: bob's stream only gained the message.
   EXPECT_EQ(Head(store(), bob_.id), 5);
+}
+
+// ---- Profiles ----
+
+TEST_P(StoreConformance, ProfilesAreSetReadAndShownOnUsers) {
+  UserRecord alice = MakeUser(store(), "alice");
+  UserRecord bob = MakeUser(store(), "bob");
+  EXPECT_EQ(alice.display_name, "");
+  SocialResult set = Must(SetProfile(store(), alice.id, "Alice Liddell", std::nullopt, 6000));
+  EXPECT_TRUE(set.changed);
+  EXPECT_EQ(set.profile.user_id, alice.id);
+  EXPECT_EQ(set.profile.username, "alice");
+  EXPECT_EQ(set.profile.display_name, "Alice Liddell");
+  EXPECT_EQ(set.profile.about, "");
+  EXPECT_EQ(set.profile.updated_at, 6000);
+  SocialResult about = Must(SetProfile(store(), alice.id, std::nullopt, "down the rabbit hole", 6100));
+  EXPECT_TRUE(about.changed);
+  EXPECT_EQ(about.profile.display_name, "Alice Liddell");  // nullopt: unchanged
+  EXPECT_EQ(about.profile.about, "down the rabbit hole");
+
+  // Setting what is already there changes nothing and appends nothing.
+  UserSeq head = Head(store(), alice.id);
+  SocialResult same = Must(SetProfile(store(), alice.id, "Alice Liddell", "down the rabbit hole", 6200));
+  EXPECT_FALSE(same.changed);
+  EXPECT_TRUE(same.positions.empty());
+  EXPECT_EQ(same.profile.updated_at, 6100);
+  EXPECT_EQ(Head(store(), alice.id), head);
+
+  UserRecord by_name = Must(Await<UserRecord>([&](auto cb) { store().GetUserByName("alice", cb); }));
+  EXPECT_EQ(by_name.display_name, "Alice Liddell");
+  EXPECT_EQ(by_name.about, "down the rabbit hole");
+  UserRecord by_id = Must(Await<UserRecord>([&](auto cb) { store().GetUserById(alice.id, cb); }));
+  EXPECT_EQ(by_id.display_name, "Alice Liddell");
+
+  // In the given order; unknown ids left out.
+  std::vector<ProfileRecord> profiles = Must(
+      Await<std::vector<ProfileRecord>>([&](auto cb) { store().GetProfiles({bob.id, 4242, alice.id}, cb); }));
+  ASSERT_EQ(profiles.size(), 2u);
+  EXPECT_EQ(profiles[0].username, "bob");
+  EXPECT_EQ(profiles[0].display_name, "");
+  EXPECT_EQ(profiles[1].display_name, "Alice Liddell");
+  EXPECT_EQ(profiles[1].updated_at, 6100);
+
+  Result<SocialResult> unknown = SetProfile(store(), 4242, "x", std::nullopt);
+  ASSERT_FALSE(unknown.has_value());
+  EXPECT_EQ(unknown.error().code(), ErrorCode::kUnknownUser);
+
+  Reopen();
+  EXPECT_EQ(Must(Await<UserRecord>([&](auto cb) { store().GetUserById(alice.id, cb); })).about,
+            "down the rabbit hole");
+}
+
+TEST_P(StoreConformance, ProfileChangeReachesItsAudienceOnceEach) {
+  SetUpConversation();  // alice and bob share conv_
+  UserRecord dave = MakeUser(store(), "dave");
+  UserRecord erin = MakeUser(store(), "erin");
+  UserRecord frank = MakeUser(store(), "frank");
+  ASSERT_TRUE(AddContact(store(), carol_.id, alice_.id).has_value());  // carol has alice as a contact
+  Open(store(), alice_.id, dave.id);                                  // dave shares a conversation...
+  ASSERT_TRUE(AddContact(store(), dave.id, alice_.id).has_value());   // ...and has her as a contact
+  Open(store(), alice_.id, erin.id);                                  // erin shares one, but alice blocks her
+  ASSERT_TRUE(Block(store(), alice_.id, erin.id).has_value());
+  ASSERT_TRUE(AddContact(store(), alice_.id, frank.id).has_value());  // alice's contact, not the reverse
+  UserSeq erin_head = Head(store(), erin.id);
+  UserSeq frank_head = Head(store(), frank.id);
+
+  SocialResult r = Must(SetProfile(store(), alice_.id, "Alice", "hi", 7000));
+  ASSERT_TRUE(r.changed);
+  std::vector<UserId> got;
+  for (const StreamPosition& pos : r.positions) got.push_back(pos.user_id);
+  std::vector<UserId> want{alice_.id, bob_.id, carol_.id, dave.id};
+  std::sort(got.begin(), got.end());
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(Head(store(), erin.id), erin_head);
+  EXPECT_EQ(Head(store(), frank.id), frank_head);
+  for (const StreamPosition& pos : r.positions) {
+    EXPECT_EQ(Head(store(), pos.user_id), pos.user_seq);
+    StreamPage page = ReadStream(store(), pos.user_id, pos.user_seq - 1, 10);
+    ASSERT_EQ(page.events.size(), 1u);
+    const StreamEvent& e = page.events[0];
+    EXPECT_EQ(e.kind, EventKind::kProfile);
+    EXPECT_EQ(e.created_at, 7000);
+    ASSERT_TRUE(e.profile.has_value());
+    EXPECT_EQ(e.profile->user_id, alice_.id);
+    EXPECT_EQ(e.profile->username, "alice");
+    EXPECT_EQ(e.profile->display_name, "Alice");
+    EXPECT_EQ(e.profile->about, "hi");
+    EXPECT_EQ(e.profile->updated_at, 7000);
+  }
+  // The event keeps the profile as it was, also after a later change.
+  UserSeq first = r.positions[0].user_seq;
+  ASSERT_TRUE(Must(SetProfile(store(), alice_.id, "Alice \"Quoted\" \\ \x01", std::nullopt, 7100)).changed);
+  StreamPage old = ReadStream(store(), alice_.id, first - 1, 10);
+  ASSERT_EQ(old.events.size(), 2u);
+  EXPECT_EQ(old.events[0].profile->display_name, "Alice");
+  EXPECT_EQ(old.events[1].profile->display_name, "Alice \"Quoted\" \\ \x01");
+}
+
+// ---- Contacts ----
+
+TEST_P(StoreConformance, ContactsAreAddedListedAndRemovedWithEvents) {
+  UserRecord alice = MakeUser(store(), "alice");
+  UserRecord zed = MakeUser(store(), "zed");
+  UserRecord bob = MakeUser(store(), "bob");
+  ASSERT_TRUE(SetProfile(store(), zed.id, "Zed", std::nullopt).has_value());
+  UserSeq zed_head = Head(store(), zed.id);
+
+  SocialResult added = Must(AddContact(store(), alice.id, zed.id, 8000));
+  EXPECT_TRUE(added.changed);
+  EXPECT_EQ(added.profile.user_id, zed.id);
+  EXPECT_EQ(added.profile.display_name, "Zed");
+  ASSERT_EQ(added.positions.size(), 1u);
+  EXPECT_EQ(added.positions[0].user_id, alice.id);
+  ASSERT_TRUE(AddContact(store(), alice.id, bob.id, 8100).has_value());
+  EXPECT_EQ(Head(store(), zed.id), zed_head);  // only the owner's stream
+
+  StreamPage page = ReadStream(store(), alice.id, 0, 10);
+  ASSERT_EQ(page.events.size(), 2u);
+  EXPECT_EQ(page.events[0].kind, EventKind::kContact);
+  EXPECT_TRUE(page.events[0].flag);
+  ASSERT_TRUE(page.events[0].profile.has_value());
+  EXPECT_EQ(page.events[0].profile->user_id, zed.id);
+  EXPECT_EQ(page.events[0].profile->display_name, "Zed");
+  EXPECT_EQ(page.events[0].created_at, 8000);
+
+  std::vector<ContactRecord> list =
+      Must(Await<std::vector<ContactRecord>>([&](auto cb) { store().ListContacts(alice.id, cb); }));
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].profile.username, "bob");  // ascending username
+  EXPECT_EQ(list[0].added_at, 8100);
+  EXPECT_EQ(list[1].profile.username, "zed");
+  EXPECT_EQ(list[1].profile.display_name, "Zed");
+
+  auto code = [](const Result<SocialResult>& r) { return r.has_value() ? ErrorCode::kOk : r.error().code(); };
+  EXPECT_EQ(code(AddContact(store(), alice.id, zed.id)), ErrorCode::kAlreadyContact);
+  EXPECT_EQ(code(AddContact(store(), alice.id, alice.id)), ErrorCode::kSelfContact);
+  EXPECT_EQ(code(AddContact(store(), alice.id, 4242)), ErrorCode::kUnknownUser);
+  EXPECT_EQ(code(Await<SocialResult>([&](auto cb) { store().RemoveContact(zed.id, alice.id, 1, cb); })),
+            ErrorCode::kNotContact);
+
+  SocialResult removed =
+      Must(Await<SocialResult>([&](auto cb) { store().RemoveContact(alice.id, zed.id, 8200, cb); }));
+  EXPECT_TRUE(removed.changed);
+  ASSERT_EQ(removed.positions.size(), 1u);
+  StreamPage last = ReadStream(store(), alice.id, removed.positions[0].user_seq - 1, 10);
+  ASSERT_EQ(last.events.size(), 1u);
+  EXPECT_EQ(last.events[0].kind, EventKind::kContact);
+  EXPECT_FALSE(last.events[0].flag);
+  EXPECT_EQ(last.events[0].profile->user_id, zed.id);
+  list = Must(Await<std::vector<ContactRecord>>([&](auto cb) { store().ListContacts(alice.id, cb); }));
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].profile.username, "bob");
+  EXPECT_EQ(code(Await<SocialResult>([&](auto cb) { store().RemoveContact(alice.id, zed.id, 1, cb); })),
+            ErrorCode::kNotContact);
+}
+
+// ---- Blocking ----
+
+TEST_P(StoreConformance, BlocksAreListedAndAnnouncedToTheOwnerOnly) {
+  UserRecord alice = MakeUser(store(), "alice");
+  UserRecord zed = MakeUser(store(), "zed");
+  UserRecord bob = MakeUser(store(), "bob");
+  SocialResult blocked = Must(Block(store(), alice.id, zed.id, 9000));
+  EXPECT_TRUE(blocked.changed);
+  EXPECT_EQ(blocked.profile.user_id, zed.id);
+  ASSERT_EQ(blocked.positions.size(), 1u);
+  EXPECT_EQ(blocked.positions[0].user_id, alice.id);
+  ASSERT_TRUE(Block(store(), alice.id, bob.id).has_value());
+  EXPECT_EQ(Head(store(), zed.id), 0);
+
+  StreamPage page = ReadStream(store(), alice.id, 0, 10);
+  ASSERT_EQ(page.events.size(), 2u);
+  EXPECT_EQ(page.events[0].kind, EventKind::kBlock);
+  EXPECT_TRUE(page.events[0].flag);
+  EXPECT_EQ(page.events[0].profile->username, "zed");
+
+  std::vector<ProfileRecord> list =
+      Must(Await<std::vector<ProfileRecord>>([&](auto cb) { store().ListBlocked(alice.id, cb); }));
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].username, "bob");
+  EXPECT_EQ(list[1].username, "zed");
+
+  auto code = [](const Result<SocialResult>& r) { return r.has_value() ? ErrorCode::kOk : r.error().code(); };
+  EXPECT_EQ(code(Block(store(), alice.id, zed.id)), ErrorCode::kAlreadyBlocked);
+  EXPECT_EQ(code(Block(store(), alice.id, alice.id)), ErrorCode::kSelfBlock);
+  EXPECT_EQ(code(Block(store(), alice.id, 4242)), ErrorCode::kUnknownUser);
+  EXPECT_EQ(code(Unblock(store(), zed.id, alice.id)), ErrorCode::kNotBlocked);
+
+  SocialResult unblocked = Must(Unblock(store(), alice.id, zed.id, 9100));
+  ASSERT_EQ(unblocked.positions.size(), 1u);
+  StreamPage last = ReadStream(store(), alice.id, unblocked.positions[0].user_seq - 1, 10);
+  ASSERT_EQ(last.events.size(), 1u);
+  EXPECT_EQ(last.events[0].kind, EventKind::kBlock);
+  EXPECT_FALSE(last.events[0].flag);
+  EXPECT_EQ(last.events[0].profile->user_id, zed.id);
+  EXPECT_EQ(code(Unblock(store(), alice.id, zed.id)), ErrorCode::kNotBlocked);
+  list = Must(Await<std::vector<ProfileRecord>>([&](auto cb) { store().ListBlocked(alice.id, cb); }));
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].username, "bob");
+}
+
+TEST_P(StoreConformance, BlockedSendersMessagesAreWithheldFromTheBlocker) {
+  SetUpConversation();  // conv_: alice + bob
+  ConversationId with_carol = Open(store(), alice_.id, carol_.id, 1500).conversation.id;
+  Send(alice_, alice_dev_, "a1", 2000);  // seq 1, visible to both
+  ASSERT_TRUE(Append(store(), Msg(with_carol, carol_.id, carol_dev_.id, "c1", "hey", 2500)).has_value());
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id).has_value());
+  UserSeq alice_head = Head(store(), alice_.id);
+  UserSeq bob_head = Head(store(), bob_.id);
+
+  // bob's sends are acked, take seqs, and reach only his own stream.
+  AppendResult b2 = Send(bob_, bob_dev_, "b2", 3000);
+  AppendResult b3 = Send(bob_, bob_dev_, "b3", 3100);
+  EXPECT_EQ(b2.message.seq, 2);
+  EXPECT_EQ(b3.message.seq, 3);
+  ASSERT_EQ(b2.positions.size(), 1u);
+  EXPECT_EQ(b2.positions[0].user_id, bob_.id);
+  EXPECT_EQ(b2.positions[0].user_seq, bob_head + 1);
+  EXPECT_TRUE(b2.withheld.empty());
+  EXPECT_EQ(Head(store(), alice_.id), alice_head);
+  StreamPage bobs = ReadStream(store(), bob_.id, bob_head, 10);
+  ASSERT_EQ(bobs.events.size(), 2u);
+  EXPECT_EQ(bobs.events[0].message->seq, 2);
+  EXPECT_EQ(bobs.events[1].message->seq, 3);
+
+  // Not in alice's history, snapshot, unread count or conversation order.
+  std::vector<MessageRecord> alice_view = History(store(), conv_, 0, 10, alice_.id);
+  ASSERT_EQ(alice_view.size(), 1u);
+  EXPECT_EQ(alice_view[0].seq, 1);
+  EXPECT_EQ(History(store(), conv_, 0, 10, bob_.id).size(), 3u);
+  Snapshot snap = GetSnapshot(store(), alice_.id, 5);
+  ASSERT_EQ(snap.conversations.size(), 2u);
+  EXPECT_EQ(snap.conversations[0].conversation.id, with_carol);  // bob's later sends did not reorder
+  const ConversationSummary& ab = snap.conversations[1];
+  EXPECT_EQ(ab.conversation.id, conv_);
+  EXPECT_EQ(ab.conversation.last_activity_at, 2000);
+  EXPECT_EQ(ab.unread, 0);
+  ASSERT_EQ(ab.latest.size(), 1u);
+  EXPECT_EQ(ab.latest[0].seq, 1);
+  ConversationPage list = ListConversations(store(), alice_.id, 0, 0, 10, 5);
+  ASSERT_EQ(list.conversations.size(), 2u);
+  EXPECT_EQ(list.conversations[0].conversation.id, with_carol);
+  EXPECT_EQ(list.conversations[1].unread, 0);
+  EXPECT_EQ(list.conversations[1].latest.size(), 1u);
+  // bob sees his conversation as usual.
+  Snapshot bob_snap = GetSnapshot(store(), bob_.id, 5);
+  ASSERT_EQ(bob_snap.conversations.size(), 1u);
+  EXPECT_EQ(bob_snap.conversations[0].latest.size(), 3u);
+  EXPECT_EQ(bob_snap.conversations[0].conversation.last_activity_at, 3100);
+
+  // The blocker cannot send; nothing is written.
+  Result<AppendResult> refused = Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "a-x", "hello?"));
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kBlocked);
+  EXPECT_EQ(Head(store(), alice_.id), alice_head);
+  EXPECT_EQ(Send(bob_, bob_dev_, "b4", 3200).message.seq, 4);
+
+  // After the unblock the withheld messages stay hidden; new ones are visible.
+  ASSERT_TRUE(Unblock(store(), alice_.id, bob_.id).has_value());
+  alice_head = Head(store(), alice_.id);
+  AppendResult b5 = Send(bob_, bob_dev_, "b5", 4000);
+  ASSERT_EQ(b5.positions.size(), 2u);
+  EXPECT_EQ(b5.positions[0].user_id, alice_.id);
+  EXPECT_EQ(b5.positions[0].user_seq, alice_head + 1);
+  alice_view = History(store(), conv_, 0, 10, alice_.id);
+  ASSERT_EQ(alice_view.size(), 2u);
+  EXPECT_EQ(alice_view[0].seq, 1);
+  EXPECT_EQ(alice_view[1].seq, 5);
+  // Paging skips withheld ones and still fills the page.
+  std::vector<MessageRecord> older = History(store(), conv_, 5, 1, alice_.id);
+  ASSERT_EQ(older.size(), 1u);
+  EXPECT_EQ(older[0].seq, 1);
+  snap = GetSnapshot(store(), alice_.id, 5);
+  EXPECT_EQ(snap.conversations[0].conversation.id, conv_);
+  EXPECT_EQ(snap.conversations[0].unread, 1);
+  EXPECT_EQ(snap.conversations[0].conversation.last_activity_at, 4000);
+
+  // alice's whole stream is gapless and holds no withheld message.
+  StreamPage all = ReadStream(store(), alice_.id, 0, 100);
+  ASSERT_EQ(all.events.size(), static_cast<size_t>(all.head));
+  for (size_t i = 0; i < all.events.size(); ++i) {
+    EXPECT_EQ(all.events[i].user_seq, static_cast<UserSeq>(i + 1));
+    if (all.events[i].kind == EventKind::kMessage && all.events[i].conversation_id == conv_) {
+      EXPECT_TRUE(all.events[i].message->seq == 1 || all.events[i].message->seq == 5);
+    }
+  }
+}
+
+TEST_P(StoreConformance, ReceiptsCarryNewlyCoveredWithheldSeqsLiveAndInSync) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "a1");  // seq 1
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id).has_value());
+  Send(bob_, bob_dev_, "b2");  // 2, withheld from alice
+  Send(bob_, bob_dev_, "b3");  // 3, withheld from alice
+  ASSERT_TRUE(Unblock(store(), alice_.id, bob_.id).has_value());
+  Send(bob_, bob_dev_, "b4");  // 4, visible
+
+  // alice's device reports delivery of what it saw (up to 4): 2 and 3 stay "sent".
+  ReceiptResult r = Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 4, 0)));
+  ASSERT_TRUE(r.changed);
+  EXPECT_EQ(r.aggregate.delivered, 4);
+  EXPECT_EQ(r.withheld, (std::vector<Seq>{2, 3}));
+  ASSERT_EQ(r.positions.size(), 2u);
+  for (const StreamPosition& pos : r.positions) {
+    StreamPage page = ReadStream(store(), pos.user_id, pos.user_seq - 1, 1);
+    ASSERT_EQ(page.events.size(), 1u);
+    EXPECT_EQ(page.events[0].kind, EventKind::kReceipt);
+    EXPECT_EQ(page.events[0].withheld, r.withheld);
+  }
+  // Only newly covered seqs are listed: a read receipt lists nothing more.
+  ReceiptResult read = Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 0, 4)));
+  ASSERT_TRUE(read.changed);
+  EXPECT_TRUE(read.withheld.empty());
+  StreamPage page = ReadStream(store(), bob_.id, read.positions[1].user_seq - 1, 1);
+  ASSERT_EQ(page.events.size(), 1u);
+  EXPECT_TRUE(page.events[0].withheld.empty());
+  // bob's own receipts never list anything (nothing is withheld from him).
+  ReceiptResult bobs = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 4, 4)));
+  EXPECT_TRUE(bobs.withheld.empty());
+}
+
+TEST_P(StoreConformance, SendCoveringWithheldSeqsListsThemOnItsMessageEvents) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "a1");  // seq 1
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id).has_value());
+  Send(bob_, bob_dev_, "b2");
+  Send(bob_, bob_dev_, "b3");
+  ASSERT_TRUE(Unblock(store(), alice_.id, bob_.id).has_value());
+
+  // alice's send raises her own watermarks to 4, over 2 and 3.
+  AppendResult a4 = Send(alice_, alice_dev_, "a4");
+  EXPECT_EQ(a4.message.seq, 4);
+  ASSERT_EQ(a4.positions.size(), 2u);
+  ASSERT_EQ(a4.withheld.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(a4.withheld[i], (std::vector<Seq>{2, 3}));
+    StreamPage page = ReadStream(store(), a4.positions[i].user_id, a4.positions[i].user_seq - 1, 1);
+    ASSERT_EQ(page.events.size(), 1u);
+    EXPECT_EQ(page.events[0].kind, EventKind::kMessage);
+    EXPECT_EQ(page.events[0].withheld, a4.withheld[i]);
+  }
+  // Listed once: the next send and a receipt list nothing.
+  AppendResult a5 = Send(alice_, alice_dev_, "a5");
+  EXPECT_TRUE(a5.withheld.empty());
+  StreamPage page = ReadStream(store(), bob_.id, a5.positions[1].user_seq - 1, 1);
+  EXPECT_TRUE(page.events[0].withheld.empty());
+  EXPECT_FALSE(Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 5, 5))).changed);
+  // Watermarks were never lowered.
+  Snapshot snap = GetSnapshot(store(), alice_.id, 0);
+  EXPECT_EQ(snap.conversations[0].watermarks[0].second.delivered, 5);
+  EXPECT_EQ(snap.conversations[0].watermarks[0].second.read, 5);
+}
+
+// ---- Search ----
+
+TEST_P(StoreConformance, SearchMatchesUsernameAndNameWordPrefixes) {
+  UserRecord me = MakeUser(store(), "annie");
+  UserRecord ann = MakeUser(store(), "ann");
+  UserRecord anna = MakeUser(store(), "anna_k");
+  UserRecord bob = MakeUser(store(), "bob");
+  UserRecord carl = MakeUser(store(), "carl");
+  UserRecord dora = MakeUser(store(), "dora");
+  UserRecord zed = MakeUser(store(), "zed");
+  ASSERT_TRUE(SetProfile(store(), bob.id, "Bob ANNEXE-Smith", std::nullopt).has_value());
+  ASSERT_TRUE(SetProfile(store(), carl.id, "Carl von Annenberg-Thelonious-Extraordinaire", std::nullopt).has_value());
+  ASSERT_TRUE(SetProfile(store(), dora.id, "Dora Explorer", std::nullopt).has_value());
+  ASSERT_TRUE(SetProfile(store(), zed.id, "zed", std::nullopt).has_value());
+
+  auto names = [](const SearchPage& page) {
+    std::vector<std::string> out;
+    for (const ProfileRecord& p : page.users) out.push_back(p.username);
+    return out;
+  };
+  // Username prefix or a word prefix, ascending username, never the searcher.
+  SearchPage all = Search(store(), me.id, "ann", "", 10);
+  EXPECT_EQ(names(all), (std::vector<std::string>{"ann", "anna_k", "bob", "carl"}));
+  EXPECT_EQ(all.next, "");
+  EXPECT_EQ(all.users[2].display_name, "Bob ANNEXE-Smith");
+  // Punctuation splits words; case does not matter; the whole word list counts.
+  EXPECT_EQ(names(Search(store(), me.id, "smi", "", 10)), (std::vector<std::string>{"bob"}));
+  EXPECT_EQ(names(Search(store(), me.id, "thelon", "", 10)), (std::vector<std::string>{"carl"}));
+  // Longer than the indexed prefix: checked against the full word.
+  EXPECT_EQ(names(Search(store(), me.id, "extraordinaire", "", 10)), (std::vector<std::string>{"carl"}));
+  EXPECT_TRUE(Search(store(), me.id, "extraordinairex", "", 10).users.empty());
+  EXPECT_TRUE(Search(store(), me.id, "nobody", "", 10).users.empty());
+  // A user matching both ways appears once.
+  EXPECT_EQ(names(Search(store(), me.id, "zed", "", 10)), (std::vector<std::string>{"zed"}));
+  EXPECT_EQ(names(Search(store(), ann.id, "ann", "", 10)), (std::vector<std::string>{"anna_k", "annie", "bob", "carl"}));
+
+  // Pages follow each other without overlap or loss.
+  SearchPage p1 = Search(store(), me.id, "ann", "", 2);
+  EXPECT_EQ(names(p1), (std::vector<std::string>{"ann", "anna_k"}));
+  EXPECT_EQ(p1.next, "anna_k");
+  SearchPage p2 = Search(store(), me.id, "ann", p1.next, 2);
+  EXPECT_EQ(names(p2), (std::vector<std::string>{"bob", "carl"}));
+  EXPECT_EQ(p2.next, "");  // nothing after carl
+  SearchPage p3 = Search(store(), me.id, "ann", "bob", 2);
+  EXPECT_EQ(names(p3), (std::vector<std::string>{"carl"}));
+
+  // A user who blocks the searcher is left out (for that searcher only);
+  // whom the searcher blocks is still found.
+  ASSERT_TRUE(Block(store(), bob.id, me.id).has_value());
+  ASSERT_TRUE(Block(store(), me.id, carl.id).has_value());
+  EXPECT_EQ(names(Search(store(), me.id, "ann", "", 10)), (std::vector<std::string>{"ann", "anna_k", "carl"}));
+  EXPECT_EQ(names(Search(store(), me.id, "ann", "", 2)), (std::vector<std::string>{"ann", "anna_k"}));
+  EXPECT_EQ(names(Search(store(), me.id, "ann", "anna_k", 2)), (std::vector<std::string>{"carl"}));
+  EXPECT_EQ(names(Search(store(), ann.id, "ann", "", 10)), (std::vector<std::string>{"anna_k", "annie", "bob", "carl"}));
+
+  // Renaming moves the user in the index.
+  ASSERT_TRUE(SetProfile(store(), dora.id, "Dora Annihilator", std::nullopt).has_value());
+  ASSERT_TRUE(SetProfile(store(), carl.id, "Carl", std::nullopt).has_value());
+  EXPECT_EQ(names(Search(store(), me.id, "ann", "", 10)), (std::vector<std::string>{"ann", "anna_k", "dora"}));
+  EXPECT_TRUE(Search(store(), me.id, "expl", "", 10).users.empty());
+}
+
+// ---- Conversation list ----
+
+TEST_P(StoreConformance, ListConversationsOrdersByActivityAndPages) {
+  UserRecord me = MakeUser(store(), "me");
+  DeviceRecord dev = MakeDevice(store(), me.id, "tme");
+  std::vector<ConversationId> convs;
+  for (int i = 0; i < 5; ++i) {
+    UserRecord other = MakeUser(store(), "u" + std::to_string(i));
+    convs.push_back(Open(store(), me.id, other.id, 1000).conversation.id);  // all at the same time: ties by id
+  }
+  // Activity: convs[1] newest, then convs[3]; the rest tie at 1000.
+  ASSERT_TRUE(Append(store(), Msg(convs[3], me.id, dev.id, "x", "x", 2000)).has_value());
+  ASSERT_TRUE(Append(store(), Msg(convs[1], me.id, dev.id, "y", "y", 3000)).has_value());
+  std::vector<ConversationId> want{convs[1], convs[3], convs[4], convs[2], convs[0]};
+
+  std::vector<ConversationId> got;
+  ConversationPage page = ListConversations(store(), me.id, 0, 0, 2, 1);
+  for (int guard = 0; guard < 10; ++guard) {
+    EXPECT_LE(page.conversations.size(), 2u);
+    for (const ConversationSummary& c : page.conversations) got.push_back(c.conversation.id);
+    if (!page.has_more) break;
+    EXPECT_EQ(page.next_id, page.conversations.back().conversation.id);
+    EXPECT_EQ(page.next_activity, page.conversations.back().conversation.last_activity_at);
+    page = ListConversations(store(), me.id, page.next_activity, page.next_id, 2, 1);
+  }
+  EXPECT_EQ(got, want);
+  ConversationPage first = ListConversations(store(), me.id, 0, 0, 10, 1);
+  EXPECT_FALSE(first.has_more);
+  ASSERT_EQ(first.conversations.size(), 5u);
+  EXPECT_EQ(first.conversations[0].conversation.last_activity_at, 3000);
+  ASSERT_EQ(first.conversations[0].latest.size(), 1u);
+  EXPECT_EQ(first.conversations[0].latest[0].body, "y");
+  EXPECT_EQ(first.conversations[0].unread, 0);
+  ASSERT_EQ(first.conversations[0].watermarks.size(), 2u);
+  EXPECT_TRUE(first.conversations[2].latest.empty());
+  // The snapshot uses the same order.
+  Snapshot snap = GetSnapshot(store(), me.id, 0);
+  std::vector<ConversationId> snap_order;
+  for (const ConversationSummary& c : snap.conversations) snap_order.push_back(c.conversation.id);
+  EXPECT_EQ(snap_order, want);
+  EXPECT_TRUE(ListConversations(store(), 4242, 0, 0, 10, 1).conversations.empty());
+}
+
+// ---- Password and provisioning ----
+
+TEST_P(StoreConformance, ChangePasswordRevokesEveryOtherDevice) {
+  UserRecord alice = MakeUser(store(), "alice");
+  UserRecord bob = MakeUser(store(), "bob");
+  DeviceRecord d1 = MakeDevice(store(), alice.id, "t1");
+  DeviceRecord d2 = MakeDevice(store(), alice.id, "t2");
+  DeviceRecord d3 = MakeDevice(store(), alice.id, "t3");
+  DeviceRecord bobs = MakeDevice(store(), bob.id, "tb");
+  std::vector<DeviceId> revoked = Must(Await<std::vector<DeviceId>>(
+      [&](auto cb) { store().ChangePassword(alice.id, "new-hash", d2.id, 9000, cb); }));
+  EXPECT_EQ(revoked, (std::vector<DeviceId>{d1.id, d3.id}));
+  EXPECT_EQ(Must(Await<UserRecord>([&](auto cb) { store().GetUserById(alice.id, cb); })).password_hash, "new-hash");
+  std::vector<DeviceRecord> live =
+      Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice.id, cb); }));
+  ASSERT_EQ(live.size(), 1u);
+  EXPECT_EQ(live[0].id, d2.id);
+  EXPECT_FALSE(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("t1", cb); }).has_value());
+  EXPECT_EQ(AwaitStatus([&](auto cb) { store().SetCursor(d3.id, 1, 1, cb); }).code(), ErrorCode::kUnknownDevice);
+  EXPECT_TRUE(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("tb", cb); }).has_value());
+  (void)bobs;
+  // keep 0: every device goes.
+  revoked = Must(
+      Await<std::vector<DeviceId>>([&](auto cb) { store().ChangePassword(alice.id, "newer", 0, 9100, cb); }));
+  EXPECT_EQ(revoked, (std::vector<DeviceId>{d2.id}));
+  EXPECT_TRUE(Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice.id, cb); })).empty());
+  Result<std::vector<DeviceId>> unknown =
+      Await<std::vector<DeviceId>>([&](auto cb) { store().ChangePassword(4242, "x", 0, 1, cb); });
+  ASSERT_FALSE(unknown.has_value());
+  EXPECT_EQ(unknown.error().code(), ErrorCode::kUnknownUser);
+}
+
+TEST_P(StoreConformance, BulkCreateUsersIsAllOrNothing) {
+  MakeUser(store(), "taken");
+  auto bulk = [](std::vector<std::string> names) {
+    std::vector<NewBulkUser> users;
+    for (const std::string& n : names) {
+      NewBulkUser u;
+      u.username = n;
+      u.password_hash = "h-" + n;
+      u.token_hash = "tok-" + n;
+      u.device_name = "bench";
+      u.display_name = "Name " + n;
+      users.push_back(std::move(u));
+    }
+    return users;
+  };
+  Result<std::vector<BulkUserResult>> clash = Await<std::vector<BulkUserResult>>(
+      [&](auto cb) { store().BulkCreateUsers(bulk({"b1", "b2", "taken", "b3"}), 100, cb); });
+  ASSERT_FALSE(clash.has_value());
+  EXPECT_EQ(clash.error().code(), ErrorCode::kUsernameTaken);
+  EXPECT_NE(clash.error().message().find("taken"), std::string::npos);
+  EXPECT_FALSE(Await<UserRecord>([&](auto cb) { store().GetUserByName("b1", cb); }).has_value());
+  Result<std::vector<BulkUserResult>> twice = Await<std::vector<BulkUserResult>>(
+      [&](auto cb) { store().BulkCreateUsers(bulk({"c1", "c2", "c1"}), 100, cb); });
+  ASSERT_FALSE(twice.has_value());
+  EXPECT_EQ(twice.error().code(), ErrorCode::kUsernameTaken);
+  EXPECT_NE(twice.error().message().find("c1"), std::string::npos);
+  EXPECT_FALSE(Await<UserRecord>([&](auto cb) { store().GetUserByName("c2", cb); }).has_value());
+
+  std::vector<NewBulkUser> ok = bulk({"d1", "d2", "d3"});
+  ok[1].token_hash.clear();  // no device for d2
+  std::vector<BulkUserResult> made =
+      Must(Await<std::vector<BulkUserResult>>([&](auto cb) { store().BulkCreateUsers(ok, 100, cb); }));
+  ASSERT_EQ(made.size(), 3u);
+  EXPECT_EQ(made[1].device_id, 0);
+  UserRecord d1 = Must(Await<UserRecord>([&](auto cb) { store().GetUserByName("d1", cb); }));
+  EXPECT_EQ(d1.id, made[0].user_id);
+  EXPECT_EQ(d1.password_hash, "h-d1");
+  EXPECT_EQ(d1.display_name, "Name d1");
+  DeviceRecord dev = Must(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("tok-d3", cb); }));
+  EXPECT_EQ(dev.id, made[2].device_id);
+  EXPECT_EQ(dev.user_id, made[2].user_id);
+  EXPECT_EQ(dev.cursor, 0);
+  EXPECT_TRUE(Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(made[1].user_id, cb); }))
+                  .empty());
+  // Bulk users are searchable by their display names.
+  SearchPage found = Search(store(), d1.id, "name", "", 10);
+  ASSERT_EQ(found.users.size(), 2u);
+  EXPECT_EQ(found.users[0].username, "d2");
 }
 
 // ---- Durability and lifecycle ----

@@ -153,8 +153,40 @@ inline UserSeq Head(Store& s, UserId user) {
   return Must(Await<UserSeq>([&](auto cb) { s.GetHead(user, cb); }));
 }
 
-inline std::vector<MessageRecord> History(Store& s, ConversationId c, Seq before, int limit) {
-  return Must(Await<std::vector<MessageRecord>>([&](auto cb) { s.History(c, before, limit, cb); }));
+// `viewer` 0 sees every message.
+inline std::vector<MessageRecord> History(Store& s, ConversationId c, Seq before, int limit, UserId viewer = 0) {
+  return Must(Await<std::vector<MessageRecord>>([&](auto cb) { s.History(c, viewer, before, limit, cb); }));
+}
+
+inline Result<SocialResult> SetProfile(Store& s, UserId user, std::optional<std::string> display_name,
+                                       std::optional<std::string> about, int64_t now = 5000) {
+  return Await<SocialResult>([&](auto cb) { s.SetProfile(user, display_name, about, now, cb); });
+}
+
+inline Result<SocialResult> AddContact(Store& s, UserId owner, UserId contact, int64_t now = 5000) {
+  return Await<SocialResult>([&](auto cb) { s.AddContact(owner, contact, now, cb); });
+}
+
+inline Result<SocialResult> Block(Store& s, UserId owner, UserId target, int64_t now = 5000) {
+  return Await<SocialResult>([&](auto cb) { s.Block(owner, target, now, cb); });
+}
+
+inline Result<SocialResult> Unblock(Store& s, UserId owner, UserId target, int64_t now = 5000) {
+  return Await<SocialResult>([&](auto cb) { s.Unblock(owner, target, now, cb); });
+}
+
+inline SearchPage Search(Store& s, UserId searcher, const std::string& query, const std::string& after, int limit) {
+  return Must(Await<SearchPage>([&](auto cb) { s.SearchUsers(searcher, query, after, limit, cb); }));
+}
+
+inline Snapshot GetSnapshot(Store& s, UserId user, int latest) {
+  return Must(Await<Snapshot>([&](auto cb) { s.GetSnapshot(user, latest, cb); }));
+}
+
+inline ConversationPage ListConversations(Store& s, UserId user, int64_t before_activity, ConversationId before_id,
+                                          int limit, int latest) {
+  return Must(Await<ConversationPage>(
+      [&](auto cb) { s.ListConversations(user, before_activity, before_id, limit, latest, cb); }));
 }
 
 }  // namespace parley::store::testing

@@ -17,34 +17,65 @@
 // every operation in it gets that error.
 //
 // The writer caches, per conversation, its last seq, last activity and
-// members, and per user the head user seq. An operation updates the cache
+// members (with each member's last visible activity), and per user the head
+// user seq. An operation updates the cache
 // and marks the entry dirty; the dirty entries are written to
-// conversations/user_heads once per batch, just before COMMIT, so a batch of
+// conversations/members/user_heads once per batch, just before COMMIT, so a batch of
 // N messages into one conversation updates its row once. After a rollback the
 // caches may hold uncommitted values and are dropped whole (reloaded lazily);
 // they are also dropped between batches when they grow past a bound.
 //
 // Schema (version kSchemaVersion, recorded in PRAGMA user_version; kMigrations
-// below is the list of numbered steps, each applied in its own transaction):
-//   users(id PK, username UNIQUE, password_hash, created_at)
+// below is the list of numbered steps, each applied in its own transaction;
+// step 2 added profiles, contacts, blocks, withheld, name_prefixes and
+// members.last_activity_at to version-1 files in place):
+//   users(id PK, username UNIQUE, password_hash, created_at, display_name,
+//           about, profile_updated_at)
 //   devices(id PK, user_id, name, platform, token_hash BLOB UNIQUE (NULL once
 //           revoked), created_at, last_seen_at, cursor, revoked)
 //           + devices_by_user(user_id)
 //   conversations(id PK, direct_key UNIQUE ("min:max" of the two user ids of
 //           a direct conversation), last_seq, created_at, last_activity_at)
-//   members(conversation_id, user_id) PK(conversation_id, user_id), WITHOUT
-//           ROWID + members_by_user(user_id, conversation_id)
+//   members(conversation_id, user_id, last_activity_at = the member's last
+//           visible activity) PK(conversation_id, user_id), WITHOUT ROWID
+//           + members_by_user(user_id, conversation_id)
+//           + members_by_activity(user_id, last_activity_at, conversation_id)
+//           (the conversation list is a range scan of it)
 //   messages(conversation_id, seq, sender_id, sender_device_id, client_id,
 //           body, created_at) PK(conversation_id, seq), WITHOUT ROWID
 //           + UNIQUE messages_dedup(conversation_id, sender_id, client_id)
 //   user_events(user_id, user_seq, kind, conversation_id, seq,
-//           receipt_user_id, delivered, read, created_at, data (NULL; kept
-//           for later event kinds)) PK(user_id, user_seq), WITHOUT ROWID
+//           receipt_user_id (kProfile/kContact/kBlock: the subject user),
+//           delivered (those kinds: the flag), read, created_at, data (see
+//           "Event payloads")) PK(user_id, user_seq), WITHOUT ROWID
 //   user_heads(user_id PK, head)
 //   device_receipts(device_id, conversation_id, delivered, read)
 //           PK(device_id, conversation_id), WITHOUT ROWID
 //   user_receipts(conversation_id, user_id, delivered, read)
 //           PK(conversation_id, user_id), WITHOUT ROWID
+//   contacts(owner_id, contact_id, added_at) PK(owner_id, contact_id),
+//           WITHOUT ROWID + contacts_by_contact(contact_id, owner_id)
+//   blocks(owner_id, target_id, created_at) PK(owner_id, target_id),
+//           WITHOUT ROWID
+//   withheld(conversation_id, user_id, seq) PK(conversation_id, user_id, seq),
+//           WITHOUT ROWID: messages withheld from a member who blocked the
+//           sender. Views of a conversation (history, latest, unread) probe
+//           it per message; "stay sent" lists are range scans of it.
+//   name_prefixes(prefix, username, user_id) PK(prefix, username), WITHOUT
+//           ROWID: every prefix (up to kMaxIndexedPrefix bytes) of every
+//           display-name word, so search pages in username order.
+//
+// Blocking. While A blocks B, B's message to A is stored and takes a seq,
+// but A gets no event, no activity bump and a withheld row; A's own sends to
+// B are refused. A member's activity (members.last_activity_at) moves only
+// with messages visible to them, so the list order never leaks a withheld
+// message.
+//
+// Search merges two lazily stepped scans in username order (the username
+// index from the query, and name_prefixes at prefix = query), skipping the
+// searcher and probing blocks per candidate: a page visits O(limit) rows
+// whatever the directory size.
+//
 // Every message key leads with the conversation id and every stream key with
 // the user id, so the same layout maps onto a wide-row store (partition key,
 // clustering key) and onto PostgreSQL partitioned by those ids. Sync is a
@@ -54,7 +85,10 @@
 // Left open on purpose: events and messages are never purged yet (retention
 // and "cursor too old" come with the retention feature), and the reader is a
 // single thread (enough for one file; a pool of read connections is the next
-// step if reads ever queue).
+// step if reads ever queue). A view of a conversation steps over the messages
+// withheld from the viewer one by one (cheap probes, but proportional to
+// them), and search steps over candidates who block the searcher likewise;
+// both are rare enough not to need their own index yet.
 
 #include "store/sqlite/sqlite_store.h"
 
@@ -65,6 +99,7 @@
 #include <limits>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "store/sqlite/sqlite_db.h"
@@ -154,12 +189,45 @@ CREATE TABLE user_receipts(
   read INTEGER NOT NULL,
   PRIMARY KEY(conversation_id, user_id)) WITHOUT ROWID;
 )sql"},
+    // Issue 3: profiles, contacts, blocking, search, per-member activity.
+    {2, R"sql(
+ALTER TABLE users ADD COLUMN display_name TEXT NOT NULL DEFAULT '';
+ALTER TABLE users ADD COLUMN about TEXT NOT NULL DEFAULT '';
+ALTER TABLE users ADD COLUMN profile_updated_at INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE name_prefixes(
+  prefix TEXT NOT NULL,
+  username TEXT NOT NULL,
+  user_id INTEGER NOT NULL,
+  PRIMARY KEY(prefix, username)) WITHOUT ROWID;
+CREATE TABLE contacts(
+  owner_id INTEGER NOT NULL,
+  contact_id INTEGER NOT NULL,
+  added_at INTEGER NOT NULL,
+  PRIMARY KEY(owner_id, contact_id)) WITHOUT ROWID;
+CREATE INDEX contacts_by_contact ON contacts(contact_id, owner_id);
+CREATE TABLE blocks(
+  owner_id INTEGER NOT NULL,
+  target_id INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY(owner_id, target_id)) WITHOUT ROWID;
+CREATE TABLE withheld(
+  conversation_id INTEGER NOT NULL,
+  user_id INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  PRIMARY KEY(conversation_id, user_id, seq)) WITHOUT ROWID;
+ALTER TABLE members ADD COLUMN last_activity_at INTEGER NOT NULL DEFAULT 0;
+UPDATE members SET last_activity_at =
+  (SELECT c.last_activity_at FROM conversations c WHERE c.id = members.conversation_id);
+CREATE INDEX members_by_activity ON members(user_id, last_activity_at, conversation_id);
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
               "the last migration step defines kSchemaVersion");
 
-Status Migrate(Db& db) {
+// Applies the steps above `db`'s version up to `target`, each in its own
+// transaction.
+Status Migrate(Db& db, int target = SqliteStore::kSchemaVersion) {
   int64_t current = 0;
   {
     Stmt s(db, "PRAGMA user_version");
@@ -171,7 +239,7 @@ Status Migrate(Db& db) {
                                                     SqliteStore::kSchemaVersion));
   }
   for (const Migration& m : kMigrations) {
-    if (m.version <= current) continue;
+    if (m.version <= current || m.version > target) continue;
     std::string sql = fmt::format("BEGIN IMMEDIATE; {} PRAGMA user_version = {}; COMMIT;", m.sql, m.version);
     if (Status s = db.Exec(sql.c_str()); !s.ok()) {
       if (db.in_transaction()) db.ExecIgnoringErrors("ROLLBACK");
@@ -207,6 +275,150 @@ DeviceRecord DeviceAt(const Stmt& s) {
   d.last_seen_at = s.Int(5);
   d.cursor = s.Int(6);
   return d;
+}
+
+// Columns: id, username, display_name, about, profile_updated_at, from `col`.
+ProfileRecord ProfileAt(const Stmt& s, int col) {
+  ProfileRecord p;
+  p.user_id = s.Int(col);
+  p.username = s.Text(col + 1);
+  p.display_name = s.Text(col + 2);
+  p.about = s.Text(col + 3);
+  p.updated_at = s.Int(col + 4);
+  return p;
+}
+
+// ---- Search words ----
+//
+// A display name's words: lower-cased (ASCII), split on ASCII whitespace and
+// punctuation; bytes of multi-byte UTF-8 characters count as word
+// characters. Each distinct word contributes its prefixes (at character
+// boundaries, up to kMaxIndexedPrefix bytes) to name_prefixes, so a word
+// prefix query is one equality seek ordered by username. A longer query seeks
+// its first kMaxIndexedPrefix bytes and checks the full words.
+constexpr size_t kMaxIndexedPrefix = 12;
+
+bool IsWordByte(unsigned char ch) { return ch >= 0x80 || (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z'); }
+
+std::vector<std::string> NameWords(std::string_view name) {
+  std::vector<std::string> words;
+  std::string word;
+  for (char raw : name) {
+    auto ch = static_cast<unsigned char>(raw);
+    if (ch >= 'A' && ch <= 'Z') ch = static_cast<unsigned char>(ch - 'A' + 'a');
+    if (IsWordByte(ch)) {
+      word.push_back(static_cast<char>(ch));
+    } else if (!word.empty()) {
+      words.push_back(std::move(word));
+      word.clear();
+    }
+  }
+  if (!word.empty()) words.push_back(std::move(word));
+  std::sort(words.begin(), words.end());
+  words.erase(std::unique(words.begin(), words.end()), words.end());
+  return words;
+}
+
+// `text` cut to at most `max` bytes, never inside a UTF-8 character.
+std::string_view Utf8Prefix(std::string_view text, size_t max) {
+  if (text.size() <= max) return text;
+  size_t n = max;
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+  return text.substr(0, n);
+}
+
+// The distinct indexed prefixes of the words of `display_name`.
+std::vector<std::string> NamePrefixes(std::string_view display_name) {
+  std::vector<std::string> prefixes;
+  for (const std::string& word : NameWords(display_name)) {
+    std::string_view w = Utf8Prefix(word, kMaxIndexedPrefix);
+    for (size_t n = 1; n <= w.size(); ++n) {
+      if (n < w.size() && (static_cast<unsigned char>(w[n]) & 0xC0) == 0x80) continue;  // inside a character
+      prefixes.emplace_back(w.substr(0, n));
+    }
+  }
+  std::sort(prefixes.begin(), prefixes.end());
+  prefixes.erase(std::unique(prefixes.begin(), prefixes.end()), prefixes.end());
+  return prefixes;
+}
+
+bool NameHasWordWithPrefix(std::string_view display_name, std::string_view prefix) {
+  for (const std::string& word : NameWords(display_name)) {
+    if (word.compare(0, prefix.size(), prefix) == 0) return true;
+  }
+  return false;
+}
+
+// The least string greater than every string starting with `prefix`, or
+// nullopt when there is none ("" or all 0xff bytes).
+std::optional<std::string> PrefixEnd(std::string prefix) {
+  while (!prefix.empty() && static_cast<unsigned char>(prefix.back()) == 0xff) prefix.pop_back();
+  if (prefix.empty()) return std::nullopt;
+  prefix.back() = static_cast<char>(static_cast<unsigned char>(prefix.back()) + 1);
+  return prefix;
+}
+
+// ---- Event payloads (user_events.data) ----
+//
+// kMessage/kReceipt: the withheld seqs as a JSON array ("[4,5]"), NULL when
+// empty. kProfile/kContact/kBlock: the profile as it was, a JSON object
+// {"n": username, "d": display name, "a": about, "t": updated_at}, read back
+// with json_extract; the subject's id is in receipt_user_id and the flag in
+// delivered.
+
+std::string SeqListJson(const std::vector<Seq>& seqs) {
+  std::string out = "[";
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (i > 0) out += ',';
+    out += std::to_string(seqs[i]);
+  }
+  out += ']';
+  return out;
+}
+
+std::vector<Seq> ParseSeqList(std::string_view text) {
+  std::vector<Seq> seqs;
+  Seq v = 0;
+  bool in_number = false;
+  for (char ch : text) {
+    if (ch >= '0' && ch <= '9') {
+      v = v * 10 + (ch - '0');
+      in_number = true;
+    } else if (in_number) {
+      seqs.push_back(v);
+      v = 0;
+      in_number = false;
+    }
+  }
+  if (in_number) seqs.push_back(v);
+  return seqs;
+}
+
+void AppendJsonString(std::string& out, std::string_view text) {
+  out += '"';
+  for (char raw : text) {
+    auto ch = static_cast<unsigned char>(raw);
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += raw;
+    } else if (ch < 0x20) {
+      out += fmt::format("\\u{:04x}", ch);
+    } else {
+      out += raw;
+    }
+  }
+  out += '"';
+}
+
+std::string ProfileJson(const ProfileRecord& p) {
+  std::string out = "{\"n\":";
+  AppendJsonString(out, p.username);
+  out += ",\"d\":";
+  AppendJsonString(out, p.display_name);
+  out += ",\"a\":";
+  AppendJsonString(out, p.about);
+  out += fmt::format(",\"t\":{}}}", p.updated_at);
+  return out;
 }
 
 Callback<Empty> ToEmptyCallback(StatusCallback done) {
@@ -263,16 +475,30 @@ class SqliteStore::Writer {
   Result<OpenResult> OpenDirect(UserId a, UserId b, int64_t now);
   Result<AppendResult> AppendMessage(const NewMessage& msg);
   Result<ReceiptResult> UpdateReceipt(const ReceiptUpdate& update);
+  Result<SocialResult> SetProfile(UserId user_id, const std::optional<std::string>& display_name,
+                                  const std::optional<std::string>& about, int64_t now);
+  Result<SocialResult> AddContact(UserId owner, UserId contact, int64_t now);
+  Result<SocialResult> RemoveContact(UserId owner, UserId contact, int64_t now);
+  Result<SocialResult> Block(UserId owner, UserId target, int64_t now);
+  Result<SocialResult> Unblock(UserId owner, UserId target, int64_t now);
+  Result<std::vector<DeviceId>> ChangePassword(UserId user_id, const std::string& new_hash, DeviceId keep_device);
+  Result<std::vector<BulkUserResult>> BulkCreateUsers(const std::vector<NewBulkUser>& users, int64_t now);
   Result<int64_t> SetMaxPageCount(int64_t pages);
 
  private:
+  // A member's last visible activity (members.last_activity_at).
+  struct MemberActivity {
+    int64_t at = 0;
+    bool dirty = false;  // not yet written
+  };
   struct Conversation {
     ConversationId id = 0;
     Seq last_seq = 0;
     int64_t created_at = 0;
     int64_t last_activity_at = 0;
-    std::vector<MemberRecord> members;  // ascending user id
-    bool dirty = false;                 // last_seq/last_activity_at not yet written
+    std::vector<MemberRecord> members;      // ascending user id
+    std::vector<MemberActivity> activity;   // parallel to members
+    bool dirty = false;                     // something above not yet written
   };
   struct Head {
     UserSeq seq = 0;
@@ -284,9 +510,19 @@ class SqliteStore::Writer {
   static bool IsMember(const Conversation& c, UserId user);
   std::optional<std::string> Username(UserId user);
   Head& HeadOf(UserId user);
-  // Appends one event to `user`'s stream at head + 1.
+  std::optional<ProfileRecord> Profile(UserId user);
+  bool Blocks(UserId owner, UserId target);
+  // Seqs of `conversation` withheld from `user` in (after, upto], ascending.
+  std::vector<Seq> WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto);
+  // Revokes a live device: token and cursor dropped, its watermarks deleted.
+  void Revoke(DeviceId device_id);
+  void IndexName(UserId user, const std::string& username, const std::string& display_name, bool add);
+  // Appends one event to `user`'s stream at head + 1; `data` (may be null) is
+  // the kind's payload (see "Event payloads").
   StreamPosition AppendEvent(UserId user, EventKind kind, ConversationId conversation, Seq seq, UserId receipt_user,
-                             Watermarks receipt, int64_t now);
+                             Watermarks receipt, int64_t now, const std::string* data = nullptr);
+  // A kContact/kBlock event in the owner's stream about `subject`.
+  SocialResult AppendSocialEvent(UserId owner, EventKind kind, const ProfileRecord& subject, bool flag, int64_t now);
   void MarkDirty(Conversation& c);
   void WriteDirty();
   void DropCaches();
@@ -333,10 +569,13 @@ SqliteStore::Writer::Conversation* SqliteStore::Writer::FindConversation(Convers
   }
   {
     Stmt s(*db_,
-           "SELECT m.user_id, u.username FROM members m JOIN users u ON u.id = m.user_id "
+           "SELECT m.user_id, u.username, m.last_activity_at FROM members m JOIN users u ON u.id = m.user_id "
            "WHERE m.conversation_id = ?1 ORDER BY m.user_id");
     s.BindInt(1, id);
-    while (s.Step()) c.members.push_back(MemberRecord{s.Int(0), s.Text(1)});
+    while (s.Step()) {
+      c.members.push_back(MemberRecord{s.Int(0), s.Text(1)});
+      c.activity.push_back(MemberActivity{s.Int(2), false});
+    }
   }
   if (db_->failed()) return nullptr;
   return &conversations_.emplace(id, std::move(c)).first->second;
@@ -363,13 +602,66 @@ SqliteStore::Writer::Head& SqliteStore::Writer::HeadOf(UserId user) {
   return heads_.emplace(user, h).first->second;
 }
 
+std::optional<ProfileRecord> SqliteStore::Writer::Profile(UserId user) {
+  Stmt s(*db_, "SELECT id, username, display_name, about, profile_updated_at FROM users WHERE id = ?1");
+  s.BindInt(1, user);
+  if (!s.Step()) return std::nullopt;
+  return ProfileAt(s, 0);
+}
+
+bool SqliteStore::Writer::Blocks(UserId owner, UserId target) {
+  Stmt s(*db_, "SELECT 1 FROM blocks WHERE owner_id = ?1 AND target_id = ?2");
+  s.BindInt(1, owner).BindInt(2, target);
+  return s.Step();
+}
+
+std::vector<Seq> SqliteStore::Writer::WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto) {
+  std::vector<Seq> seqs;
+  if (upto <= after) return seqs;
+  Stmt s(*db_,
+         "SELECT seq FROM withheld WHERE conversation_id = ?1 AND user_id = ?2 AND seq > ?3 AND seq <= ?4 "
+         "ORDER BY seq");
+  s.BindInt(1, conversation).BindInt(2, user).BindInt(3, after).BindInt(4, upto);
+  while (s.Step()) seqs.push_back(s.Int(0));
+  return seqs;
+}
+
+void SqliteStore::Writer::Revoke(DeviceId device_id) {
+  {
+    Stmt s(*db_, "UPDATE devices SET token_hash = NULL, revoked = 1, cursor = 0 WHERE id = ?1");
+    s.BindInt(1, device_id);
+    s.Run();
+  }
+  // The device's own watermarks go with it; the user's aggregates stay (they
+  // never go backwards).
+  Stmt s(*db_, "DELETE FROM device_receipts WHERE device_id = ?1");
+  s.BindInt(1, device_id);
+  s.Run();
+}
+
+void SqliteStore::Writer::IndexName(UserId user, const std::string& username, const std::string& display_name,
+                                    bool add) {
+  for (const std::string& prefix : NamePrefixes(display_name)) {
+    if (add) {
+      Stmt s(*db_, "INSERT OR IGNORE INTO name_prefixes(prefix, username, user_id) VALUES(?1, ?2, ?3)");
+      s.BindText(1, prefix).BindText(2, username).BindInt(3, user);
+      s.Run();
+    } else {
+      Stmt s(*db_, "DELETE FROM name_prefixes WHERE prefix = ?1 AND username = ?2");
+      s.BindText(1, prefix).BindText(2, username);
+      s.Run();
+    }
+  }
+}
+
 StreamPosition SqliteStore::Writer::AppendEvent(UserId user, EventKind kind, ConversationId conversation, Seq seq,
-                                                UserId receipt_user, Watermarks receipt, int64_t now) {
+                                                UserId receipt_user, Watermarks receipt, int64_t now,
+                                                const std::string* data) {
   Head& head = HeadOf(user);
   UserSeq user_seq = head.seq + 1;
   Stmt s(*db_,
          "INSERT INTO user_events(user_id, user_seq, kind, conversation_id, seq, receipt_user_id, delivered, read, "
-         "created_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+         "created_at, data) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
   s.BindInt(1, user)
       .BindInt(2, user_seq)
       .BindInt(3, static_cast<int64_t>(kind))
@@ -379,6 +671,11 @@ StreamPosition SqliteStore::Writer::AppendEvent(UserId user, EventKind kind, Con
       .BindInt(7, receipt.delivered)
       .BindInt(8, receipt.read)
       .BindInt(9, now);
+  if (data != nullptr) {
+    s.BindText(10, *data);
+  } else {
+    s.BindNull(10);
+  }
   s.Run();
   head.seq = user_seq;
   if (!head.dirty) {
@@ -398,10 +695,20 @@ void SqliteStore::Writer::WriteDirty() {
   for (ConversationId id : dirty_conversations_) {
     auto it = conversations_.find(id);
     if (it == conversations_.end()) continue;
-    Stmt s(*db_, "UPDATE conversations SET last_seq = ?2, last_activity_at = ?3 WHERE id = ?1");
-    s.BindInt(1, id).BindInt(2, it->second.last_seq).BindInt(3, it->second.last_activity_at);
-    s.Run();
-    it->second.dirty = false;
+    Conversation& c = it->second;
+    {
+      Stmt s(*db_, "UPDATE conversations SET last_seq = ?2, last_activity_at = ?3 WHERE id = ?1");
+      s.BindInt(1, id).BindInt(2, c.last_seq).BindInt(3, c.last_activity_at);
+      s.Run();
+    }
+    for (size_t i = 0; i < c.members.size(); ++i) {
+      if (!c.activity[i].dirty) continue;
+      Stmt s(*db_, "UPDATE members SET last_activity_at = ?3 WHERE conversation_id = ?1 AND user_id = ?2");
+      s.BindInt(1, id).BindInt(2, c.members[i].user_id).BindInt(3, c.activity[i].at);
+      s.Run();
+      c.activity[i].dirty = false;
+    }
+    c.dirty = false;
   }
   dirty_conversations_.clear();
   for (UserId user : dirty_heads_) {
@@ -444,7 +751,7 @@ Result<UserRecord> SqliteStore::Writer::CreateUser(const std::string& username, 
   Stmt s(*db_, "INSERT INTO users(username, password_hash, created_at) VALUES(?1, ?2, ?3)");
   s.BindText(1, username).BindText(2, password_hash).BindInt(3, now);
   s.Run();
-  return UserRecord{db_->last_insert_rowid(), username, password_hash, now};
+  return UserRecord{db_->last_insert_rowid(), username, password_hash, now, "", ""};
 }
 
 Result<DeviceRecord> SqliteStore::Writer::CreateDevice(UserId user_id, const std::string& name,
@@ -479,16 +786,7 @@ Result<Empty> SqliteStore::Writer::RevokeDevice(UserId user_id, DeviceId device_
     s.BindInt(1, device_id).BindInt(2, user_id);
     if (!s.Step()) return Status(ErrorCode::kUnknownDevice, "no such live device of this user");
   }
-  {
-    Stmt s(*db_, "UPDATE devices SET token_hash = NULL, revoked = 1, cursor = 0 WHERE id = ?1");
-    s.BindInt(1, device_id);
-    s.Run();
-  }
-  // The device's own watermarks go with it; the user's aggregates stay (they
-  // never go backwards).
-  Stmt s(*db_, "DELETE FROM device_receipts WHERE device_id = ?1");
-  s.BindInt(1, device_id);
-  s.Run();
+  Revoke(device_id);
   return Empty{};
 }
 
@@ -526,6 +824,7 @@ Result<OpenResult> SqliteStore::Writer::OpenDirect(UserId a, UserId b, int64_t n
   c.last_activity_at = now;
   c.members = {MemberRecord{a, *name_a}, MemberRecord{b, *name_b}};
   if (b < a) std::swap(c.members[0], c.members[1]);
+  c.activity = {MemberActivity{now, false}, MemberActivity{now, false}};
   {
     Stmt s(*db_,
            "INSERT INTO conversations(direct_key, last_seq, created_at, last_activity_at) VALUES(?1, 0, ?2, ?2)");
@@ -534,8 +833,8 @@ Result<OpenResult> SqliteStore::Writer::OpenDirect(UserId a, UserId b, int64_t n
     c.id = db_->last_insert_rowid();
   }
   for (const MemberRecord& m : c.members) {
-    Stmt s(*db_, "INSERT INTO members(conversation_id, user_id) VALUES(?1, ?2)");
-    s.BindInt(1, c.id).BindInt(2, m.user_id);
+    Stmt s(*db_, "INSERT INTO members(conversation_id, user_id, last_activity_at) VALUES(?1, ?2, ?3)");
+    s.BindInt(1, c.id).BindInt(2, m.user_id).BindInt(3, now);
     s.Run();
   }
   OpenResult result;
@@ -557,7 +856,16 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
            "SELECT conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at FROM messages "
            "WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3");
     s.BindInt(1, msg.conversation_id).BindInt(2, msg.sender_id).BindText(3, msg.client_id);
-    if (s.Step()) return AppendResult{MessageAt(s, 0), true, {}};
+    if (s.Step()) return AppendResult{MessageAt(s, 0), true, {}, {}};
+  }
+  // Blocking: the sender may not reach a member they block; a member who
+  // blocks the sender does not see the message.
+  std::vector<bool> hidden(c->members.size(), false);
+  for (size_t i = 0; i < c->members.size(); ++i) {
+    UserId member = c->members[i].user_id;
+    if (member == msg.sender_id) continue;
+    if (Blocks(msg.sender_id, member)) return Status(ErrorCode::kBlocked, "the sender blocks a member; unblock first");
+    hidden[i] = Blocks(member, msg.sender_id);
   }
   AppendResult result;
   MessageRecord& m = result.message;
@@ -583,13 +891,35 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
   }
   c->last_seq = m.seq;
   c->last_activity_at = msg.now;
-  MarkDirty(*c);
-  for (const MemberRecord& member : c->members) {
-    result.positions.push_back(
-        AppendEvent(member.user_id, EventKind::kMessage, m.conversation_id, m.seq, 0, {}, msg.now));
+  for (size_t i = 0; i < c->members.size(); ++i) {
+    if (hidden[i]) {
+      Stmt s(*db_, "INSERT INTO withheld(conversation_id, user_id, seq) VALUES(?1, ?2, ?3)");
+      s.BindInt(1, m.conversation_id).BindInt(2, c->members[i].user_id).BindInt(3, m.seq);
+      s.Run();
+    } else {
+      c->activity[i] = MemberActivity{msg.now, true};
+    }
   }
+  MarkDirty(*c);
   // Sending means the sender has seen everything up to their own message; no
-  // event, since the sender's devices learn it from the message event itself.
+  // receipt event, since the sender's devices learn it from the message event
+  // itself. Seqs withheld from the sender that this newly covers (they were
+  // blocking the other member and have unblocked) ride on the message events.
+  Seq old_delivered = 0;
+  {
+    Stmt s(*db_, "SELECT delivered FROM user_receipts WHERE conversation_id = ?1 AND user_id = ?2");
+    s.BindInt(1, m.conversation_id).BindInt(2, m.sender_id);
+    if (s.Step()) old_delivered = s.Int(0);
+  }
+  std::vector<Seq> withheld = WithheldBetween(m.conversation_id, m.sender_id, old_delivered, m.seq);
+  std::string data;
+  if (!withheld.empty()) data = SeqListJson(withheld);
+  for (size_t i = 0; i < c->members.size(); ++i) {
+    if (hidden[i]) continue;
+    result.positions.push_back(AppendEvent(c->members[i].user_id, EventKind::kMessage, m.conversation_id, m.seq, 0,
+                                           {}, msg.now, withheld.empty() ? nullptr : &data));
+  }
+  if (!withheld.empty()) result.withheld.assign(result.positions.size(), withheld);
   Stmt s(*db_,
          "INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES(?1, ?2, ?3, ?3) "
          "ON CONFLICT(conversation_id, user_id) DO UPDATE SET delivered = max(delivered, excluded.delivered), "
@@ -649,11 +979,204 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
         4, result.aggregate.read);
     s.Run();
   }
+  // "Stay sent forever": seqs withheld from this user that the delivered
+  // watermark now covers go with the receipt, so the other members keep
+  // showing them as merely sent.
+  result.withheld =
+      WithheldBetween(update.conversation_id, update.user_id, aggregate.delivered, result.aggregate.delivered);
+  std::string data;
+  if (!result.withheld.empty()) data = SeqListJson(result.withheld);
   for (const MemberRecord& member : c->members) {
     result.positions.push_back(AppendEvent(member.user_id, EventKind::kReceipt, update.conversation_id, 0,
-                                           update.user_id, result.aggregate, update.now));
+                                           update.user_id, result.aggregate, update.now,
+                                           result.withheld.empty() ? nullptr : &data));
   }
   return result;
+}
+
+Result<SocialResult> SqliteStore::Writer::SetProfile(UserId user_id, const std::optional<std::string>& display_name,
+                                                     const std::optional<std::string>& about, int64_t now) {
+  std::optional<ProfileRecord> old = Profile(user_id);
+  if (!old) return Status(ErrorCode::kUnknownUser, "unknown user");
+  SocialResult result;
+  result.profile = *old;
+  ProfileRecord& p = result.profile;
+  if (display_name) p.display_name = *display_name;
+  if (about) p.about = *about;
+  if (p.display_name == old->display_name && p.about == old->about) return result;
+  result.changed = true;
+  p.updated_at = now;
+  {
+    Stmt s(*db_, "UPDATE users SET display_name = ?2, about = ?3, profile_updated_at = ?4 WHERE id = ?1");
+    s.BindInt(1, user_id).BindText(2, p.display_name).BindText(3, p.about).BindInt(4, now);
+    s.Run();
+  }
+  if (p.display_name != old->display_name) {
+    IndexName(user_id, p.username, old->display_name, /*add=*/false);
+    IndexName(user_id, p.username, p.display_name, /*add=*/true);
+  }
+  // Audience: the user, everyone sharing a conversation with them, everyone
+  // who has them as a contact; minus whom the user blocks. Ascending id.
+  std::vector<UserId> audience{user_id};
+  {
+    Stmt s(*db_,
+           "SELECT DISTINCT o.user_id FROM members m JOIN members o ON o.conversation_id = m.conversation_id "
+           "WHERE m.user_id = ?1 AND o.user_id <> ?1");
+    s.BindInt(1, user_id);
+    while (s.Step()) audience.push_back(s.Int(0));
+  }
+  {
+    Stmt s(*db_, "SELECT owner_id FROM contacts WHERE contact_id = ?1");
+    s.BindInt(1, user_id);
+    while (s.Step()) audience.push_back(s.Int(0));
+  }
+  std::vector<UserId> blocked;
+  {
+    Stmt s(*db_, "SELECT target_id FROM blocks WHERE owner_id = ?1");
+    s.BindInt(1, user_id);
+    while (s.Step()) blocked.push_back(s.Int(0));
+  }
+  std::sort(audience.begin(), audience.end());
+  audience.erase(std::unique(audience.begin(), audience.end()), audience.end());
+  std::string data = ProfileJson(p);
+  for (UserId to : audience) {
+    if (std::find(blocked.begin(), blocked.end(), to) != blocked.end()) continue;
+    result.positions.push_back(AppendEvent(to, EventKind::kProfile, 0, 0, user_id, {}, now, &data));
+  }
+  return result;
+}
+
+SocialResult SqliteStore::Writer::AppendSocialEvent(UserId owner, EventKind kind, const ProfileRecord& subject,
+                                                    bool flag, int64_t now) {
+  SocialResult result;
+  result.changed = true;
+  result.profile = subject;
+  std::string data = ProfileJson(subject);
+  result.positions.push_back(
+      AppendEvent(owner, kind, 0, 0, subject.user_id, Watermarks{flag ? 1 : 0, 0}, now, &data));
+  return result;
+}
+
+Result<SocialResult> SqliteStore::Writer::AddContact(UserId owner, UserId contact, int64_t now) {
+  if (owner == contact) return Status(ErrorCode::kSelfContact, "cannot add oneself as a contact");
+  std::optional<ProfileRecord> subject = Profile(contact);
+  if (!subject || !Username(owner)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  {
+    Stmt s(*db_, "SELECT 1 FROM contacts WHERE owner_id = ?1 AND contact_id = ?2");
+    s.BindInt(1, owner).BindInt(2, contact);
+    if (s.Step()) return Status(ErrorCode::kAlreadyContact, "already a contact");
+  }
+  Stmt s(*db_, "INSERT INTO contacts(owner_id, contact_id, added_at) VALUES(?1, ?2, ?3)");
+  s.BindInt(1, owner).BindInt(2, contact).BindInt(3, now);
+  s.Run();
+  return AppendSocialEvent(owner, EventKind::kContact, *subject, true, now);
+}
+
+Result<SocialResult> SqliteStore::Writer::RemoveContact(UserId owner, UserId contact, int64_t now) {
+  {
+    Stmt s(*db_, "SELECT 1 FROM contacts WHERE owner_id = ?1 AND contact_id = ?2");
+    s.BindInt(1, owner).BindInt(2, contact);
+    if (!s.Step()) return Status(ErrorCode::kNotContact, "not a contact");
+  }
+  std::optional<ProfileRecord> subject = Profile(contact);
+  if (!subject) return Status(ErrorCode::kInternal, "contact vanished");
+  Stmt s(*db_, "DELETE FROM contacts WHERE owner_id = ?1 AND contact_id = ?2");
+  s.BindInt(1, owner).BindInt(2, contact);
+  s.Run();
+  return AppendSocialEvent(owner, EventKind::kContact, *subject, false, now);
+}
+
+Result<SocialResult> SqliteStore::Writer::Block(UserId owner, UserId target, int64_t now) {
+  if (owner == target) return Status(ErrorCode::kSelfBlock, "cannot block oneself");
+  std::optional<ProfileRecord> subject = Profile(target);
+  if (!subject || !Username(owner)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  if (Blocks(owner, target)) return Status(ErrorCode::kAlreadyBlocked, "already blocked");
+  Stmt s(*db_, "INSERT INTO blocks(owner_id, target_id, created_at) VALUES(?1, ?2, ?3)");
+  s.BindInt(1, owner).BindInt(2, target).BindInt(3, now);
+  s.Run();
+  return AppendSocialEvent(owner, EventKind::kBlock, *subject, true, now);
+}
+
+Result<SocialResult> SqliteStore::Writer::Unblock(UserId owner, UserId target, int64_t now) {
+  if (!Blocks(owner, target)) return Status(ErrorCode::kNotBlocked, "not blocked");
+  std::optional<ProfileRecord> subject = Profile(target);
+  if (!subject) return Status(ErrorCode::kInternal, "blocked user vanished");
+  Stmt s(*db_, "DELETE FROM blocks WHERE owner_id = ?1 AND target_id = ?2");
+  s.BindInt(1, owner).BindInt(2, target);
+  s.Run();
+  return AppendSocialEvent(owner, EventKind::kBlock, *subject, false, now);
+}
+
+Result<std::vector<DeviceId>> SqliteStore::Writer::ChangePassword(UserId user_id, const std::string& new_hash,
+                                                                  DeviceId keep_device) {
+  if (!Username(user_id)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  {
+    Stmt s(*db_, "UPDATE users SET password_hash = ?2 WHERE id = ?1");
+    s.BindInt(1, user_id).BindText(2, new_hash);
+    s.Run();
+  }
+  std::vector<DeviceId> revoked;
+  {
+    Stmt s(*db_, "SELECT id FROM devices WHERE user_id = ?1 AND revoked = 0 AND id <> ?2 ORDER BY id");
+    s.BindInt(1, user_id).BindInt(2, keep_device);
+    while (s.Step()) revoked.push_back(s.Int(0));
+  }
+  for (DeviceId id : revoked) Revoke(id);
+  return revoked;
+}
+
+Result<std::vector<BulkUserResult>> SqliteStore::Writer::BulkCreateUsers(const std::vector<NewBulkUser>& users,
+                                                                         int64_t now) {
+  // Check everything first, so a failure writes nothing.
+  {
+    std::unordered_set<std::string_view> seen;
+    seen.reserve(users.size());
+    std::vector<std::string_view> tokens;
+    for (const NewBulkUser& u : users) {
+      // The first name in input order that is taken, by the directory or by
+      // an earlier entry of the list.
+      Stmt s(*db_, "SELECT 1 FROM users WHERE username = ?1");
+      s.BindText(1, u.username);
+      if (s.Step() || !seen.insert(u.username).second) {
+        return Status(ErrorCode::kUsernameTaken, fmt::format("username {} is taken", u.username));
+      }
+      if (!u.token_hash.empty()) tokens.push_back(u.token_hash);
+    }
+    std::sort(tokens.begin(), tokens.end());
+    if (std::adjacent_find(tokens.begin(), tokens.end()) != tokens.end()) {
+      return Status(ErrorCode::kInternal, "device token hash repeated in the list");
+    }
+    for (std::string_view token : tokens) {
+      Stmt s(*db_, "SELECT 1 FROM devices WHERE token_hash = ?1");
+      s.BindBlob(1, token);
+      if (s.Step()) return Status(ErrorCode::kInternal, "device token hash already in use");
+    }
+  }
+  std::vector<BulkUserResult> results;
+  results.reserve(users.size());
+  for (const NewBulkUser& u : users) {
+    BulkUserResult r;
+    {
+      Stmt s(*db_,
+             "INSERT INTO users(username, password_hash, created_at, display_name, profile_updated_at) "
+             "VALUES(?1, ?2, ?3, ?4, ?5)");
+      s.BindText(1, u.username).BindText(2, u.password_hash).BindInt(3, now).BindText(4, u.display_name).BindInt(
+          5, u.display_name.empty() ? 0 : now);
+      s.Run();
+      r.user_id = db_->last_insert_rowid();
+    }
+    if (!u.display_name.empty()) IndexName(r.user_id, u.username, u.display_name, /*add=*/true);
+    if (!u.token_hash.empty()) {
+      Stmt s(*db_,
+             "INSERT INTO devices(user_id, name, platform, token_hash, created_at, last_seen_at, cursor, revoked) "
+             "VALUES(?1, ?2, 'bulk', ?3, ?4, ?4, 0, 0)");
+      s.BindInt(1, r.user_id).BindText(2, u.device_name).BindBlob(3, u.token_hash).BindInt(4, now);
+      s.Run();
+      r.device_id = db_->last_insert_rowid();
+    }
+    results.push_back(r);
+  }
+  return results;
 }
 
 Result<int64_t> SqliteStore::Writer::SetMaxPageCount(int64_t pages) {
@@ -691,27 +1214,41 @@ class SqliteStore::Reader {
   Result<DeviceRecord> DeviceByToken(const std::string& token_hash);
   Result<std::vector<DeviceRecord>> Devices(UserId user_id);
   Result<ConversationRecord> Conversation(ConversationId id, StepCounter* counter = nullptr);
-  Result<std::vector<MessageRecord>> History(ConversationId id, Seq before, int limit);
+  Result<std::vector<MessageRecord>> History(ConversationId id, UserId viewer, Seq before, int limit);
   Result<StreamPage> ReadStream(UserId user_id, UserSeq after, int limit, StepCounter* counter);
   UserSeq Head(UserId user_id, StepCounter* counter = nullptr);
   Result<Snapshot> GetSnapshot(UserId user_id, int latest_per_conversation);
+  Result<ConversationPage> ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id,
+                                            int limit, int latest_per_conversation);
+  Result<std::vector<ProfileRecord>> Profiles(const std::vector<UserId>& ids);
+  Result<std::vector<ContactRecord>> Contacts(UserId owner);
+  Result<std::vector<ProfileRecord>> Blocked(UserId owner);
+  Result<SearchPage> SearchUsers(UserId searcher, const std::string& query, const std::string& after, int limit,
+                                 StepCounter* counter);
 
  private:
+  // The newest `limit` messages visible to `viewer` with seq < before,
+  // ascending.
+  std::vector<MessageRecord> Visible(ConversationId id, UserId viewer, Seq before, int limit);
+  // One conversation as `user_id` sees it; `activity`: their last visible activity.
+  std::optional<ConversationSummary> Summary(UserId user_id, ConversationId id, int64_t activity, int latest);
+
   std::unique_ptr<Db> db_;
 };
 
 Result<UserRecord> SqliteStore::Reader::UserByName(const std::string& username) {
-  Stmt s(*db_, "SELECT id, username, password_hash, created_at FROM users WHERE username = ?1");
+  Stmt s(*db_,
+         "SELECT id, username, password_hash, created_at, display_name, about FROM users WHERE username = ?1");
   s.BindText(1, username);
   if (!s.Step()) return Status(ErrorCode::kUnknownUser, "unknown user");
-  return UserRecord{s.Int(0), s.Text(1), s.Text(2), s.Int(3)};
+  return UserRecord{s.Int(0), s.Text(1), s.Text(2), s.Int(3), s.Text(4), s.Text(5)};
 }
 
 Result<UserRecord> SqliteStore::Reader::UserById(UserId id) {
-  Stmt s(*db_, "SELECT id, username, password_hash, created_at FROM users WHERE id = ?1");
+  Stmt s(*db_, "SELECT id, username, password_hash, created_at, display_name, about FROM users WHERE id = ?1");
   s.BindInt(1, id);
   if (!s.Step()) return Status(ErrorCode::kUnknownUser, "unknown user");
-  return UserRecord{s.Int(0), s.Text(1), s.Text(2), s.Int(3)};
+  return UserRecord{s.Int(0), s.Text(1), s.Text(2), s.Int(3), s.Text(4), s.Text(5)};
 }
 
 Result<DeviceRecord> SqliteStore::Reader::DeviceByToken(const std::string& token_hash) {
@@ -753,21 +1290,31 @@ Result<ConversationRecord> SqliteStore::Reader::Conversation(ConversationId id, 
   return c;
 }
 
-Result<std::vector<MessageRecord>> SqliteStore::Reader::History(ConversationId id, Seq before, int limit) {
+std::vector<MessageRecord> SqliteStore::Reader::Visible(ConversationId id, UserId viewer, Seq before, int limit) {
+  std::vector<MessageRecord> out;
+  if (limit <= 0) return out;
+  // Backwards on the messages' primary key; each candidate costs one probe
+  // of withheld's primary key, so a page reads `limit` visible messages plus
+  // the withheld ones between them.
+  Stmt s(*db_,
+         "SELECT m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at "
+         "FROM messages m WHERE m.conversation_id = ?1 AND m.seq < ?2 AND NOT EXISTS (SELECT 1 FROM withheld w "
+         "WHERE w.conversation_id = ?1 AND w.user_id = ?3 AND w.seq = m.seq) ORDER BY m.seq DESC LIMIT ?4");
+  s.BindInt(1, id).BindInt(2, before > 0 ? before : std::numeric_limits<Seq>::max()).BindInt(3, viewer).BindInt(
+      4, limit);
+  while (s.Step()) out.push_back(MessageAt(s, 0));
+  std::reverse(out.begin(), out.end());
+  return out;
+}
+
+Result<std::vector<MessageRecord>> SqliteStore::Reader::History(ConversationId id, UserId viewer, Seq before,
+                                                               int limit) {
   {
     Stmt s(*db_, "SELECT 1 FROM conversations WHERE id = ?1");
     s.BindInt(1, id);
     if (!s.Step()) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
   }
-  std::vector<MessageRecord> out;
-  if (limit <= 0) return out;
-  Stmt s(*db_,
-         "SELECT conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at FROM messages "
-         "WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3");
-  s.BindInt(1, id).BindInt(2, before > 0 ? before : std::numeric_limits<Seq>::max()).BindInt(3, limit);
-  while (s.Step()) out.push_back(MessageAt(s, 0));
-  std::reverse(out.begin(), out.end());
-  return out;
+  return Visible(id, viewer, before, limit);
 }
 
 UserSeq SqliteStore::Reader::Head(UserId user_id, StepCounter* counter) {
@@ -789,7 +1336,12 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
     Stmt s(*db_,
            "SELECT e.user_seq, e.kind, e.conversation_id, e.seq, e.receipt_user_id, e.delivered, e.read, "
            "e.created_at, m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, "
-           "m.created_at FROM user_events e LEFT JOIN messages m "
+           "m.created_at, e.data, "
+           "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.n') END, "
+           "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.d') END, "
+           "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.a') END, "
+           "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.t') END "
+           "FROM user_events e LEFT JOIN messages m "
            "ON e.kind = 1 AND m.conversation_id = e.conversation_id AND m.seq = e.seq "
            "WHERE e.user_id = ?1 AND e.user_seq > ?2 ORDER BY e.user_seq LIMIT ?3",
            counter);
@@ -810,6 +1362,13 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
         e.receipt_user_id = s.Int(4);
         e.receipt = Watermarks{s.Int(5), s.Int(6)};
       }
+      if ((e.kind == EventKind::kMessage || e.kind == EventKind::kReceipt) && !s.IsNull(15)) {
+        e.withheld = ParseSeqList(s.Text(15));
+      }
+      if (e.kind == EventKind::kProfile || e.kind == EventKind::kContact || e.kind == EventKind::kBlock) {
+        e.profile = ProfileRecord{s.Int(4), s.Text(16), s.Text(17), s.Text(18), s.Int(19)};
+        e.flag = s.Int(5) != 0;
+      }
       page.events.push_back(std::move(e));
     }
   }
@@ -821,51 +1380,179 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
   return page;
 }
 
+std::optional<ConversationSummary> SqliteStore::Reader::Summary(UserId user_id, ConversationId id,
+                                                                int64_t activity, int latest) {
+  Result<ConversationRecord> c = Conversation(id);
+  if (!c.has_value()) return std::nullopt;
+  ConversationSummary summary;
+  summary.conversation = std::move(c).value();
+  summary.conversation.last_activity_at = activity;
+  summary.latest = Visible(id, user_id, 0, latest);
+  Seq own_read = 0;
+  {
+    Stmt s(*db_,
+           "SELECT m.user_id, coalesce(r.delivered, 0), coalesce(r.read, 0) FROM members m "
+           "LEFT JOIN user_receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id "
+           "WHERE m.conversation_id = ?1 ORDER BY m.user_id");
+    s.BindInt(1, id);
+    while (s.Step()) {
+      summary.watermarks.emplace_back(s.Int(0), Watermarks{s.Int(1), s.Int(2)});
+      if (s.Int(0) == user_id) own_read = s.Int(2);
+    }
+  }
+  {
+    // A range scan over the unread tail only, skipping what is withheld.
+    Stmt s(*db_,
+           "SELECT count(*) FROM messages m WHERE m.conversation_id = ?1 AND m.seq > ?2 AND m.sender_id <> ?3 "
+           "AND NOT EXISTS (SELECT 1 FROM withheld w WHERE w.conversation_id = ?1 AND w.user_id = ?3 "
+           "AND w.seq = m.seq)");
+    s.BindInt(1, id).BindInt(2, own_read).BindInt(3, user_id);
+    if (s.Step()) summary.unread = s.Int(0);
+  }
+  return summary;
+}
+
 Result<Snapshot> SqliteStore::Reader::GetSnapshot(UserId user_id, int latest_per_conversation) {
   Snapshot snap;
   snap.head = Head(user_id);
-  std::vector<ConversationId> ids;
+  std::vector<std::pair<ConversationId, int64_t>> ids;
   {
+    // The user's own activity order (members_by_activity), the same as
+    // ListConversations.
     Stmt s(*db_,
-           "SELECT c.id FROM members m JOIN conversations c ON c.id = m.conversation_id "
-           "WHERE m.user_id = ?1 ORDER BY c.last_activity_at DESC, c.id DESC");
+           "SELECT conversation_id, last_activity_at FROM members WHERE user_id = ?1 "
+           "ORDER BY last_activity_at DESC, conversation_id DESC");
     s.BindInt(1, user_id);
-    while (s.Step()) ids.push_back(s.Int(0));
+    while (s.Step()) ids.emplace_back(s.Int(0), s.Int(1));
   }
-  for (ConversationId id : ids) {
-    Result<ConversationRecord> c = Conversation(id);
-    if (!c.has_value()) continue;
-    ConversationSummary summary;
-    summary.conversation = std::move(c).value();
-    if (latest_per_conversation > 0) {
-      Stmt s(*db_,
-             "SELECT conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at FROM messages "
-             "WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT ?2");
-      s.BindInt(1, id).BindInt(2, latest_per_conversation);
-      while (s.Step()) summary.latest.push_back(MessageAt(s, 0));
-      std::reverse(summary.latest.begin(), summary.latest.end());
-    }
-    Seq own_read = 0;
-    {
-      Stmt s(*db_,
-             "SELECT m.user_id, coalesce(r.delivered, 0), coalesce(r.read, 0) FROM members m "
-             "LEFT JOIN user_receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id "
-             "WHERE m.conversation_id = ?1 ORDER BY m.user_id");
-      s.BindInt(1, id);
-      while (s.Step()) {
-        summary.watermarks.emplace_back(s.Int(0), Watermarks{s.Int(1), s.Int(2)});
-        if (s.Int(0) == user_id) own_read = s.Int(2);
-      }
-    }
-    {
-      // A range scan over the unread tail only.
-      Stmt s(*db_, "SELECT count(*) FROM messages WHERE conversation_id = ?1 AND seq > ?2 AND sender_id <> ?3");
-      s.BindInt(1, id).BindInt(2, own_read).BindInt(3, user_id);
-      if (s.Step()) summary.unread = s.Int(0);
-    }
-    snap.conversations.push_back(std::move(summary));
+  for (const auto& [id, activity] : ids) {
+    std::optional<ConversationSummary> summary = Summary(user_id, id, activity, latest_per_conversation);
+    if (summary) snap.conversations.push_back(std::move(*summary));
   }
   return snap;
+}
+
+Result<ConversationPage> SqliteStore::Reader::ListConversations(UserId user_id, int64_t before_activity,
+                                                                ConversationId before_id, int limit,
+                                                                int latest_per_conversation) {
+  ConversationPage page;
+  if (limit <= 0) return page;
+  if (before_activity == 0) {
+    before_activity = std::numeric_limits<int64_t>::max();
+    before_id = std::numeric_limits<ConversationId>::max();
+  }
+  std::vector<std::pair<ConversationId, int64_t>> ids;
+  {
+    // A backwards range scan of members_by_activity from the cursor.
+    Stmt s(*db_,
+           "SELECT conversation_id, last_activity_at FROM members WHERE user_id = ?1 AND last_activity_at <= ?2 "
+           "AND (last_activity_at < ?2 OR conversation_id < ?3) "
+           "ORDER BY last_activity_at DESC, conversation_id DESC LIMIT ?4");
+    s.BindInt(1, user_id).BindInt(2, before_activity).BindInt(3, before_id).BindInt(4,
+                                                                                  static_cast<int64_t>(limit) + 1);
+    while (s.Step()) ids.emplace_back(s.Int(0), s.Int(1));
+  }
+  if (ids.size() > static_cast<size_t>(limit)) {
+    page.has_more = true;
+    ids.pop_back();
+  }
+  for (const auto& [id, activity] : ids) {
+    std::optional<ConversationSummary> summary = Summary(user_id, id, activity, latest_per_conversation);
+    if (summary) page.conversations.push_back(std::move(*summary));
+  }
+  if (page.has_more && !ids.empty()) {
+    page.next_activity = ids.back().second;
+    page.next_id = ids.back().first;
+  }
+  return page;
+}
+
+Result<std::vector<ProfileRecord>> SqliteStore::Reader::Profiles(const std::vector<UserId>& ids) {
+  std::vector<ProfileRecord> out;
+  for (UserId id : ids) {
+    Stmt s(*db_, "SELECT id, username, display_name, about, profile_updated_at FROM users WHERE id = ?1");
+    s.BindInt(1, id);
+    if (s.Step()) out.push_back(ProfileAt(s, 0));
+  }
+  return out;
+}
+
+Result<std::vector<ContactRecord>> SqliteStore::Reader::Contacts(UserId owner) {
+  std::vector<ContactRecord> out;
+  Stmt s(*db_,
+         "SELECT u.id, u.username, u.display_name, u.about, u.profile_updated_at, c.added_at FROM contacts c "
+         "JOIN users u ON u.id = c.contact_id WHERE c.owner_id = ?1 ORDER BY u.username");
+  s.BindInt(1, owner);
+  while (s.Step()) out.push_back(ContactRecord{ProfileAt(s, 0), s.Int(5)});
+  return out;
+}
+
+Result<std::vector<ProfileRecord>> SqliteStore::Reader::Blocked(UserId owner) {
+  std::vector<ProfileRecord> out;
+  Stmt s(*db_,
+         "SELECT u.id, u.username, u.display_name, u.about, u.profile_updated_at FROM blocks b "
+         "JOIN users u ON u.id = b.target_id WHERE b.owner_id = ?1 ORDER BY u.username");
+  s.BindInt(1, owner);
+  while (s.Step()) out.push_back(ProfileAt(s, 0));
+  return out;
+}
+
+Result<SearchPage> SqliteStore::Reader::SearchUsers(UserId searcher, const std::string& query,
+                                                    const std::string& after, int limit, StepCounter* counter) {
+  SearchPage page;
+  if (limit <= 0) return page;
+  // Two scans in username order, merged: usernames from `max(query, after)`
+  // on the users' username index, and users one of whose name words starts
+  // with the query on name_prefixes' primary key (prefix, username). Both are
+  // stepped lazily, so a page visits about `limit` rows of each however many
+  // users match; each candidate costs one probe of blocks' primary key.
+  const std::optional<std::string> end = PrefixEnd(query);
+  Stmt by_name(*db_,
+               end ? std::string_view("SELECT id, username, display_name, about, profile_updated_at FROM users "
+                                      "WHERE username >= ?1 AND username < ?2 ORDER BY username")
+                   : std::string_view("SELECT id, username, display_name, about, profile_updated_at FROM users "
+                                      "WHERE username >= ?1 ORDER BY username"),
+               counter);
+  by_name.BindText(1, std::max(query, after));
+  if (end) by_name.BindText(2, *end);
+  const std::string_view key = Utf8Prefix(query, kMaxIndexedPrefix);
+  const bool key_is_query = key.size() == query.size();
+  Stmt by_word(*db_,
+               "SELECT u.id, u.username, u.display_name, u.about, u.profile_updated_at FROM name_prefixes p "
+               "CROSS JOIN users u ON u.id = p.user_id WHERE p.prefix = ?1 AND p.username >= ?2 "
+               "ORDER BY p.username",
+               counter);
+  by_word.BindText(1, key).BindText(2, after);
+
+  bool name_row = by_name.Step();
+  bool word_row = !key.empty() && by_word.Step();
+  while (page.users.size() <= static_cast<size_t>(limit) && (name_row || word_row)) {
+    std::string name_user = name_row ? by_name.Text(1) : std::string();
+    std::string word_user = word_row ? by_word.Text(1) : std::string();
+    ProfileRecord candidate;
+    bool match = true;
+    if (name_row && (!word_row || name_user <= word_user)) {
+      candidate = ProfileAt(by_name, 0);
+      if (word_row && word_user == name_user) word_row = by_word.Step();
+      name_row = by_name.Step();
+    } else {
+      candidate = ProfileAt(by_word, 0);
+      match = key_is_query || NameHasWordWithPrefix(candidate.display_name, query);
+      word_row = by_word.Step();
+    }
+    if (!match || candidate.user_id == searcher || candidate.username == after) continue;
+    {
+      Stmt s(*db_, "SELECT 1 FROM blocks WHERE owner_id = ?1 AND target_id = ?2", counter);
+      s.BindInt(1, candidate.user_id).BindInt(2, searcher);
+      if (s.Step()) continue;  // the candidate blocks the searcher
+    }
+    page.users.push_back(std::move(candidate));
+  }
+  if (page.users.size() > static_cast<size_t>(limit)) {
+    page.users.pop_back();
+    page.next = page.users.back().username;
+  }
+  return page;
 }
 
 // ---------------------------------------------------------------------------
@@ -1077,9 +1764,10 @@ void SqliteStore::UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> do
   SubmitWrite<ReceiptResult>([update](Writer& w) { return w.UpdateReceipt(update); }, std::move(done));
 }
 
-void SqliteStore::History(ConversationId id, Seq before, int limit, Callback<std::vector<MessageRecord>> done) {
-  SubmitRead<std::vector<MessageRecord>>([id, before, limit](Reader& r) { return r.History(id, before, limit); },
-                                         std::move(done));
+void SqliteStore::History(ConversationId id, UserId viewer, Seq before, int limit,
+                          Callback<std::vector<MessageRecord>> done) {
+  SubmitRead<std::vector<MessageRecord>>(
+      [id, viewer, before, limit](Reader& r) { return r.History(id, viewer, before, limit); }, std::move(done));
 }
 
 void SqliteStore::ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) {
@@ -1105,6 +1793,84 @@ void SqliteStore::GetSnapshot(UserId user_id, int latest_per_conversation, Callb
       std::move(done));
 }
 
+void SqliteStore::SetProfile(UserId user_id, std::optional<std::string> display_name,
+                             std::optional<std::string> about, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>(
+      [user_id, display_name = std::move(display_name), about = std::move(about), now](Writer& w) {
+        return w.SetProfile(user_id, display_name, about, now);
+      },
+      std::move(done));
+}
+
+void SqliteStore::GetProfiles(std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) {
+  SubmitRead<std::vector<ProfileRecord>>([ids = std::move(ids)](Reader& r) { return r.Profiles(ids); },
+                                         std::move(done));
+}
+
+void SqliteStore::AddContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([owner, contact, now](Writer& w) { return w.AddContact(owner, contact, now); },
+                            std::move(done));
+}
+
+void SqliteStore::RemoveContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([owner, contact, now](Writer& w) { return w.RemoveContact(owner, contact, now); },
+                            std::move(done));
+}
+
+void SqliteStore::ListContacts(UserId owner, Callback<std::vector<ContactRecord>> done) {
+  SubmitRead<std::vector<ContactRecord>>([owner](Reader& r) { return r.Contacts(owner); }, std::move(done));
+}
+
+void SqliteStore::Block(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([owner, target, now](Writer& w) { return w.Block(owner, target, now); },
+                            std::move(done));
+}
+
+void SqliteStore::Unblock(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([owner, target, now](Writer& w) { return w.Unblock(owner, target, now); },
+                            std::move(done));
+}
+
+void SqliteStore::ListBlocked(UserId owner, Callback<std::vector<ProfileRecord>> done) {
+  SubmitRead<std::vector<ProfileRecord>>([owner](Reader& r) { return r.Blocked(owner); }, std::move(done));
+}
+
+void SqliteStore::SearchUsers(UserId searcher, std::string query, std::string after, int limit,
+                              Callback<SearchPage> done) {
+  SubmitRead<SearchPage>(
+      [this, searcher, query = std::move(query), after = std::move(after), limit](Reader& r) {
+        StepCounter counter;
+        Result<SearchPage> page = r.SearchUsers(searcher, query, after, limit, &counter);
+        search_steps_.fetch_add(counter.vm_steps, std::memory_order_relaxed);
+        return page;
+      },
+      std::move(done));
+}
+
+void SqliteStore::ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id, int limit,
+                                    int latest_per_conversation, Callback<ConversationPage> done) {
+  SubmitRead<ConversationPage>(
+      [user_id, before_activity, before_id, limit, latest_per_conversation](Reader& r) {
+        return r.ListConversations(user_id, before_activity, before_id, limit, latest_per_conversation);
+      },
+      std::move(done));
+}
+
+void SqliteStore::ChangePassword(UserId user_id, std::string new_hash, DeviceId keep_device, int64_t /*now*/,
+                                 Callback<std::vector<DeviceId>> done) {
+  SubmitWrite<std::vector<DeviceId>>(
+      [user_id, new_hash = std::move(new_hash), keep_device](Writer& w) {
+        return w.ChangePassword(user_id, new_hash, keep_device);
+      },
+      std::move(done));
+}
+
+void SqliteStore::BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
+                                  Callback<std::vector<BulkUserResult>> done) {
+  SubmitWrite<std::vector<BulkUserResult>>(
+      [users = std::move(users), now](Writer& w) { return w.BulkCreateUsers(users, now); }, std::move(done));
+}
+
 void SqliteStore::Flush(StatusCallback done) {
   // An op that writes nothing: its batch commits only after every earlier one.
   SubmitWrite<Empty>([](Writer&) -> Result<Empty> { return Empty{}; }, ToEmptyCallback(std::move(done)));
@@ -1116,6 +1882,14 @@ StoreStats SqliteStore::Stats() const {
   s.rows_read_sync = rows_read_sync_.load(std::memory_order_relaxed);
   s.full_scan_steps = full_scan_steps_.load(std::memory_order_relaxed);
   return s;
+}
+
+uint64_t SqliteStore::SearchStepsForTest() const { return search_steps_.load(std::memory_order_relaxed); }
+
+Status SqliteStore::CreateAtSchemaVersionForTest(const std::string& path, int version) {
+  Result<std::unique_ptr<Db>> db = Db::Open(path, /*read_only=*/false, 1024);
+  if (!db.has_value()) return db.error();
+  return Migrate(**db, version);
 }
 
 void SqliteStore::SetMaxPageCountForTest(int64_t pages, Callback<int64_t> done) {

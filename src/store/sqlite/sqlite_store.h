@@ -34,6 +34,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,7 +49,7 @@ namespace parley::store {
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   // Opens (creating and migrating) the file at config.sqlite_path; the parent
   // directory must exist. Fails kUnavailable if the file cannot be opened,
@@ -72,10 +73,28 @@ class SqliteStore final : public Store {
   void GetConversation(ConversationId id, Callback<ConversationRecord> done) override;
   void AppendMessage(NewMessage msg, Callback<AppendResult> done) override;
   void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) override;
-  void History(ConversationId id, Seq before, int limit, Callback<std::vector<MessageRecord>> done) override;
+  void History(ConversationId id, UserId viewer, Seq before, int limit,
+               Callback<std::vector<MessageRecord>> done) override;
   void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;
   void GetHead(UserId user_id, Callback<UserSeq> done) override;
   void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) override;
+  void SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,
+                  int64_t now, Callback<SocialResult> done) override;
+  void GetProfiles(std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) override;
+  void AddContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) override;
+  void RemoveContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) override;
+  void ListContacts(UserId owner, Callback<std::vector<ContactRecord>> done) override;
+  void Block(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) override;
+  void Unblock(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) override;
+  void ListBlocked(UserId owner, Callback<std::vector<ProfileRecord>> done) override;
+  void SearchUsers(UserId searcher, std::string query, std::string after, int limit,
+                   Callback<SearchPage> done) override;
+  void ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id, int limit,
+                         int latest_per_conversation, Callback<ConversationPage> done) override;
+  void ChangePassword(UserId user_id, std::string new_hash, DeviceId keep_device, int64_t now,
+                      Callback<std::vector<DeviceId>> done) override;
+  void BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
+                       Callback<std::vector<BulkUserResult>> done) override;
   void Flush(StatusCallback done) override;
   StoreStats Stats() const override;
 
@@ -85,6 +104,12 @@ class SqliteStore final : public Store {
   // the next write that needs a new page fails kStorageFull. `done` gets the
   // limit now in force.
   void SetMaxPageCountForTest(int64_t pages, Callback<int64_t> done);
+
+  // Test-only: SQLite VM steps taken by every SearchUsers so far.
+  uint64_t SearchStepsForTest() const;
+  // Test-only: creates (or migrates) the file at `path` to schema `version`
+  // exactly, as an older server would have left it.
+  static Status CreateAtSchemaVersionForTest(const std::string& path, int version);
 
  private:
   class Writer;  // the writer thread's connection, caches and write logic
@@ -128,6 +153,7 @@ class SqliteStore final : public Store {
   std::atomic<uint64_t> commits_{0};
   std::atomic<uint64_t> rows_read_sync_{0};
   std::atomic<uint64_t> full_scan_steps_{0};
+  std::atomic<uint64_t> search_steps_{0};
 
   // Process-wide metrics (Metrics::Default()), shared by every store instance.
   Counter& commits_total_;

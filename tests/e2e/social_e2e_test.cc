@@ -1,0 +1,312 @@
+// End-to-end: profiles, contacts, search, blocking, password change, the
+// conversation list and the admin bulk path (issue 3), against a real parleyd.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "e2e/helpers.h"
+
+namespace parley::testing {
+namespace {
+
+std::function<bool(const json&)> IsKind(const std::string& kind) {
+  return [kind](const json& e) { return e["kind"] == kind; };
+}
+
+TEST(ContactsE2E, ContactAddedOnOneDeviceAppearsOnTheOtherLiveAndAfterResync) {
+  ServerProcess server;
+  Register(server, "alice");
+  Register(server, "bob");
+  Register(server, "carol");
+  Device phone = Login(server, "alice", "phone");
+  Device laptop = Login(server, "alice", "laptop");
+  Device tablet = Login(server, "alice", "tablet");
+  int64_t tablet_cursor = tablet.head;
+  tablet.conn.reset();  // offline
+
+  auto r = phone.conn->Call("add_contact", {{"username", "Bob"}});
+  ASSERT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.result["user"]["username"], "bob");
+  auto live = WaitEvent(*laptop.conn, IsKind("contact"));
+  ASSERT_TRUE(live);
+  EXPECT_EQ((*live)["added"], true);
+  EXPECT_EQ((*live)["user"]["username"], "bob");
+  ASSERT_TRUE(phone.conn->Call("add_contact", {{"username", "carol"}}).ok);
+  ASSERT_TRUE(phone.conn->Call("remove_contact", {{"username", "carol"}}).ok);
+
+  Device back = Reconnect(server, tablet);
+  std::set<std::string> contacts;
+  for (auto& e : SyncAll(*back.conn, tablet_cursor)) {
+    if (e["kind"] != "contact") continue;
+    if (e["added"].get<bool>()) contacts.insert(e["user"]["username"]);
+    else contacts.erase(e["user"]["username"]);
+  }
+  EXPECT_EQ(contacts, (std::set<std::string>{"bob"}));
+  auto list = back.conn->Call("list_contacts");
+  ASSERT_TRUE(list.ok);
+  ASSERT_EQ(list.result["contacts"].size(), 1u);
+  EXPECT_EQ(list.result["contacts"][0]["user"]["username"], "bob");
+
+  EXPECT_EQ(phone.conn->Call("add_contact", {{"username", "bob"}}).code, "already_contact");
+  EXPECT_EQ(phone.conn->Call("add_contact", {{"username", "alice"}}).code, "self_contact");
+  EXPECT_EQ(phone.conn->Call("add_contact", {{"username", "nobody"}}).code, "unknown_user");
+  EXPECT_EQ(phone.conn->Call("remove_contact", {{"username", "carol"}}).code, "not_contact");
+}
+
+TEST(ProfilesE2E, ProfileChangeReachesContactsAndConversationPartnersButNotTheBlocked) {
+  ServerProcess server;
+  for (auto u : {"alice", "bob", "carol", "dave", "erin"}) Register(server, u);
+  Device a = Login(server, "alice");
+  Device bob = Login(server, "bob");      // shares a conversation with alice
+  Device carol = Login(server, "carol");  // has alice as a contact
+  Device dave = Login(server, "dave");    // blocked by alice, shares a conversation
+  Device erin = Login(server, "erin");    // a stranger
+  ASSERT_TRUE(a.conn->Call("send", {{"to", "bob"}, {"client_id", "p1"}, {"body", "hi"}}).ok);
+  ASSERT_TRUE(dave.conn->Call("send", {{"to", "alice"}, {"client_id", "p2"}, {"body", "hi"}}).ok);
+  ASSERT_TRUE(carol.conn->Call("add_contact", {{"username", "alice"}}).ok);
+  ASSERT_TRUE(a.conn->Call("block", {{"username", "dave"}}).ok);
+
+  auto r = a.conn->Call("set_profile", {{"display_name", "Alice Liddell"}, {"about", "down the rabbit hole"}});
+  ASSERT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.result["profile"]["display_name"], "Alice Liddell");
+  for (Device* d : {&bob, &carol, &a}) {
+    auto e = WaitEvent(*d->conn, IsKind("profile"));
+    ASSERT_TRUE(e) << "user " << d->user_id << " missed the profile change";
+    EXPECT_EQ((*e)["profile"]["display_name"], "Alice Liddell");
+  }
+  for (Device* d : {&dave, &erin})
+    for (auto& e : SyncAll(*d->conn, 0)) EXPECT_NE(e["kind"], "profile") << "leaked to " << d->user_id;
+
+  std::string long_name(65, 'n');
+  EXPECT_EQ(a.conn->Call("set_profile", {{"display_name", long_name}}).code, "bad_request");
+  EXPECT_EQ(a.conn->Call("set_profile", {{"display_name", "tab\there"}}).code, "bad_request");
+  EXPECT_EQ(a.conn->Call("set_profile", json::object()).code, "bad_request");
+}
+
+TEST(SearchE2E, PrefixAndDisplayNameWordsCaseInsensitiveNeverABlocker) {
+  ServerProcess server;
+  for (auto u : {"searcher", "annabel", "annette", "anton", "zed"}) Register(server, u);
+  Device s = Login(server, "searcher");
+  Device zed = Login(server, "zed");
+  ASSERT_TRUE(zed.conn->Call("set_profile", {{"display_name", "Anne Zed"}}).ok);
+  Device anton = Login(server, "anton");
+  ASSERT_TRUE(anton.conn->Call("block", {{"username", "searcher"}}).ok);
+
+  auto names = [&](const json& fields) {
+    auto r = s.conn->Call("search_users", fields);
+    EXPECT_TRUE(r.ok) << r.message;
+    std::vector<std::string> out;
+    for (auto& u : r.result["users"]) out.push_back(u["username"]);
+    return out;
+  };
+  EXPECT_EQ(names({{"query", "ANN"}}), (std::vector<std::string>{"annabel", "annette", "zed"}));
+  EXPECT_EQ(names({{"query", "an"}}), (std::vector<std::string>{"annabel", "annette", "zed"}));  // never anton
+  EXPECT_EQ(names({{"query", "zed"}}), (std::vector<std::string>{"zed"}));
+  EXPECT_TRUE(names({{"query", "search"}}).empty());  // never oneself
+  // Pagination.
+  auto p1 = s.conn->Call("search_users", {{"query", "an"}, {"limit", 2}});
+  ASSERT_EQ(p1.result["users"].size(), 2u);
+  ASSERT_TRUE(p1.result["next"].is_string());
+  auto p2 = s.conn->Call("search_users", {{"query", "an"}, {"limit", 2}, {"after", p1.result["next"]}});
+  ASSERT_EQ(p2.result["users"].size(), 1u);
+  EXPECT_EQ(p2.result["users"][0]["username"], "zed");
+  EXPECT_TRUE(p2.result["next"].is_null());
+  EXPECT_EQ(s.conn->Call("search_users", {{"query", "  "}}).code, "bad_request");
+}
+
+TEST(PasswordE2E, ChangeCutsOffTheOtherDevicesAtOnce) {
+  ServerProcess server;
+  Register(server, "alice");
+  Device a = Login(server, "alice", "phone");
+  Device b = Login(server, "alice", "laptop");
+  EXPECT_EQ(a.conn->Call("change_password", {{"old_password", "wrong one!"}, {"new_password", "new secret 1"}}).code,
+            "wrong_password");
+  auto r = a.conn->Call("change_password", {{"old_password", "correct horse"}, {"new_password", "new secret 1"}});
+  ASSERT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.result["devices_revoked"], 1);
+  ASSERT_TRUE(b.conn->WaitClosed(1000));
+  EXPECT_EQ(b.conn->close_code(), 4002);
+  auto c = server.Connect();
+  EXPECT_EQ(c->Call("auth", {{"token", b.token}}).code, "invalid_token");
+  EXPECT_TRUE(c->Call("auth", {{"token", a.token}}).ok);  // the current device stays
+  auto c2 = server.Connect();
+  EXPECT_EQ(c2->Call("login", {{"username", "alice"}, {"password", "correct horse"}}).code, "bad_credentials");
+  EXPECT_TRUE(c2->Call("login", {{"username", "alice"}, {"password", "new secret 1"}}).ok);
+}
+
+TEST(ConversationListE2E, UnreadEqualOnBothDevicesAfterReadingOnOneAndOwnMessagesNeverUnread) {
+  ServerProcess server;
+  for (auto u : {"alice", "bob", "carol"}) Register(server, u);
+  Device a1 = Login(server, "alice", "phone");
+  Device a2 = Login(server, "alice", "laptop");
+  Device b = Login(server, "bob");
+  Device c = Login(server, "carol");
+  int64_t conv_b = 0;
+  for (int i = 0; i < 3; ++i)
+    conv_b = b.conn->Call("send", {{"to", "alice"}, {"client_id", "b" + std::to_string(i)}, {"body", "from bob"}})
+                 .result["conversation_id"];
+  ASSERT_TRUE(c.conn->Call("send", {{"to", "alice"}, {"client_id", "c0"}, {"body", "from carol"}}).ok);
+  ASSERT_TRUE(a1.conn->Call("send", {{"to", "carol"}, {"client_id", "a0"}, {"body", "reply"}}).ok);
+
+  auto unread = [](Device& d) {
+    auto r = d.conn->Call("list_conversations");
+    EXPECT_TRUE(r.ok) << r.message;
+    std::map<std::string, int64_t> m;
+    for (auto& s : r.result["conversations"]) {
+      std::string other;
+      for (auto& mem : s["conversation"]["members"])
+        if (mem["username"] != "alice") other = mem["username"];
+      m[other] = s["unread"];
+    }
+    return std::make_pair(m, r.result);
+  };
+  auto [u1, page] = unread(a1);
+  EXPECT_EQ(u1["bob"], 3);
+  EXPECT_EQ(u1["carol"], 0);  // alice's reply read carol's message; her own never counts
+  // Newest activity first: carol's conversation (alice replied last).
+  EXPECT_EQ(page["conversations"][0]["messages"].back()["body"], "reply");
+  EXPECT_EQ(unread(a2).first, u1);
+
+  ASSERT_TRUE(a2.conn->Call("receipt", {{"items", {{{"conversation_id", conv_b}, {"read", 2}}}}}).ok);
+  ASSERT_TRUE(WaitEvent(*a1.conn, IsReceipt(a1.user_id, "read", 2)));  // a1 learns of its own user's read
+  EXPECT_EQ(unread(a1).first["bob"], 1);
+  EXPECT_EQ(unread(a2).first["bob"], 1);
+  auto p = a1.conn->Call("list_conversations", {{"limit", 1}});
+  ASSERT_EQ(p.result["conversations"].size(), 1u);
+  ASSERT_TRUE(p.result["next"].is_object());
+  auto p2 = a1.conn->Call("list_conversations", {{"limit", 1}, {"before_activity", p.result["next"]["before_activity"]},
+                                                 {"before_id", p.result["next"]["before_id"]}});
+  ASSERT_EQ(p2.result["conversations"].size(), 1u);
+  EXPECT_NE(p2.result["conversations"][0]["conversation"]["conversation_id"],
+            p.result["conversations"][0]["conversation"]["conversation_id"]);
+}
+
+// Strips what differs between runs (ids, times, user seqs), so that two
+// scenarios can be compared field by field.
+json Normalize(json j) {
+  static const std::set<std::string> kVolatile = {"id", "ts", "created_at", "user_seq", "conversation_id", "user_id",
+                                                  "sender_id", "sender_device_id", "last_activity_at", "added_at",
+                                                  "username", "head", "next", "after"};
+  if (j.is_object()) {
+    json out = json::object();
+    for (auto& [k, v] : j.items()) out[k] = kVolatile.count(k) ? json("*") : Normalize(v);
+    return out;
+  }
+  if (j.is_array()) {
+    json out = json::array();
+    for (auto& v : j) out.push_back(Normalize(v));
+    return out;
+  }
+  return j;
+}
+
+// What B sees while sending 10 messages to A: responses and events.
+json BlockScenario(ServerProcess& server, const std::string& a_name, const std::string& b_name, bool block) {
+  Register(server, a_name);
+  Register(server, b_name);
+  Device a = Login(server, a_name);
+  Device b = Login(server, b_name);
+  if (block) {
+    EXPECT_TRUE(a.conn->Call("block", {{"username", b_name}}).ok);
+  }
+  a.conn.reset();  // in the comparison run A is offline and not reading
+  json seen = json::array();
+  seen.push_back(b.conn->Call("add_contact", {{"username", a_name}}).frame);
+  seen.push_back(b.conn->Call("open_conversation", {{"username", a_name}}).frame);
+  for (int i = 0; i < 10; ++i)
+    seen.push_back(b.conn->Call("send", {{"to", a_name}, {"client_id", "w" + std::to_string(i)}, {"body", "hey"}}).frame);
+  for (auto& e : SyncAll(*b.conn, 0)) seen.push_back(e);
+  return Normalize(seen);
+}
+
+TEST(BlockE2E, WhileBlockedTheSendersViewIsExactlyThatOfAnOfflineRecipient) {
+  ServerProcess server;
+  json blocked = BlockScenario(server, "alice", "bob", true);
+  json offline = BlockScenario(server, "anna", "bert", false);
+  EXPECT_EQ(blocked, offline) << "blocked:\n" << blocked.dump(1) << "\noffline:\n" << offline.dump(1);
+}
+
+TEST(BlockE2E, BlockedSendsAreAckedButWithheldAndStaySentAfterUnblock) {
+  ServerProcess server;
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a1 = Login(server, "alice", "phone");
+  Device a2 = Login(server, "alice", "laptop");
+  Device b = Login(server, "bob");
+  auto first = b.conn->Call("send", {{"to", "alice"}, {"client_id", "before"}, {"body", "before the block"}});
+  ASSERT_TRUE(first.ok);
+  int64_t conv = first.result["conversation_id"];
+  ASSERT_TRUE(a1.conn->Call("receipt", {{"items", {{{"conversation_id", conv}, {"read", 1}}}}}).ok);
+  ASSERT_TRUE(a1.conn->Call("block", {{"username", "bob"}}).ok);
+  ASSERT_TRUE(WaitEvent(*a2.conn, IsKind("block")));  // the block converges on alice's devices
+  int64_t a_head = a1.conn->Call("ping").result["head"];
+
+  std::vector<int64_t> withheld;
+  for (int i = 0; i < 10; ++i) {
+    auto r = b.conn->Call("send", {{"conversation_id", conv}, {"client_id", "blk" + std::to_string(i)}, {"body", "hello?"}});
+    ASSERT_TRUE(r.ok) << r.message;  // "sent", like to anyone offline
+    withheld.push_back(r.result["seq"]);
+  }
+  EXPECT_EQ(a1.conn->Call("send", {{"conversation_id", conv}, {"client_id", "x"}, {"body", "x"}}).code, "blocked");
+  // Nothing reached alice: not live, not in sync, not in history, no unread.
+  EXPECT_FALSE(WaitEvent(*a2.conn, IsKind("message"), 300));
+  auto stream = SyncAll(*a2.conn, 0);
+  for (size_t i = 0; i < stream.size(); ++i) {
+    EXPECT_EQ(stream[i]["user_seq"], static_cast<int64_t>(i + 1)) << "gap in alice's stream";
+    if (stream[i]["kind"] == "message") {
+      EXPECT_EQ(stream[i]["message"]["client_id"], "before");
+    }
+  }
+  EXPECT_EQ(stream.back()["user_seq"], a_head);
+  auto h = a1.conn->Call("history", {{"conversation_id", conv}});
+  ASSERT_EQ(h.result["messages"].size(), 1u);
+  EXPECT_EQ(a1.conn->Call("list_conversations").result["conversations"][0]["unread"], 0);
+
+  ASSERT_TRUE(a1.conn->Call("unblock", {{"username", "bob"}}).ok);
+  EXPECT_EQ(a1.conn->Call("history", {{"conversation_id", conv}}).result["messages"].size(), 1u);  // still withheld
+  auto after = b.conn->Call("send", {{"conversation_id", conv}, {"client_id", "after"}, {"body", "after the block"}});
+  ASSERT_TRUE(after.ok);
+  int64_t seq = after.result["seq"];
+  auto got = WaitEvent(*a2.conn, IsMessage(seq));
+  ASSERT_TRUE(got) << "a message after the unblock was not delivered";
+  ASSERT_TRUE(a2.conn->Call("receipt", {{"items", {{{"conversation_id", conv}, {"read", seq}}}}}).ok);
+  auto rcpt = WaitEvent(*b.conn, IsReceipt(a1.user_id, "read", seq));
+  ASSERT_TRUE(rcpt);
+  // The receipt tells bob which seqs below it stay "sent" forever.
+  std::vector<int64_t> stay;
+  for (auto& s : SyncAll(*b.conn, 0))
+    if (s["kind"] == "receipt" && s.contains("withheld"))
+      for (auto& w : s["withheld"]) stay.push_back(w);
+  EXPECT_EQ(stay, withheld);
+}
+
+TEST(AdminE2E, BulkPathCreatesUsersWithWorkingTokensAndNeedsTheAdminToken) {
+  ServerProcess server({"--admin-token", "s3cret-admin"});
+  json body = {{"devices", true}, {"users", json::array()}};
+  for (int i = 0; i < 300; ++i) body["users"].push_back({{"username", "bulk" + std::to_string(i)}});
+  body["users"][0]["password"] = "pass word 0";
+  int status = 0;
+  std::string out = HttpPost(server.port(), "/admin/v1/users/bulk", body.dump(), "Bearer s3cret-admin", &status);
+  ASSERT_EQ(status, 200) << out;
+  json r = json::parse(out);
+  ASSERT_EQ(r["users"].size(), 300u);
+  auto c = server.Connect();
+  auto a = c->Call("auth", {{"token", r["users"][7]["token"]}});
+  ASSERT_TRUE(a.ok) << a.message;
+  EXPECT_EQ(a.result["username"], "bulk7");
+  auto c2 = server.Connect();
+  EXPECT_TRUE(c2->Call("login", {{"username", "bulk0"}, {"password", "pass word 0"}}).ok);
+  // All or nothing, and only with the token.
+  HttpPost(server.port(), "/admin/v1/users/bulk", body.dump(), "Bearer s3cret-admin", &status);
+  EXPECT_EQ(status, 409);
+  HttpPost(server.port(), "/admin/v1/users/bulk", body.dump(), "Bearer wrong", &status);
+  EXPECT_EQ(status, 401);
+  HttpPost(server.port(), "/admin/v1/users/bulk", "{not json", "Bearer s3cret-admin", &status);
+  EXPECT_EQ(status, 400);
+  ServerProcess no_admin;
+  HttpPost(no_admin.port(), "/admin/v1/users/bulk", body.dump(), "Bearer s3cret-admin", &status);
+  EXPECT_EQ(status, 404);
+}
+
+}  // namespace
+}  // namespace parley::testing
