@@ -64,7 +64,7 @@ void AdminApi::Handle(gateway::HttpRequest req, std::function<void(gateway::Http
   respond(JsonResponse(404, json{{"code", "bad_request"}, {"message", "no such admin endpoint"}}));
 }
 
-// {"users":[{"username":"u1","password":"..."}, ...], "devices": true, "device_name": "bench"}
+// {"users":[{"username":"u1","password":"...","display_name":"..."}, ...], "devices": true, "device_name": "bench"}
 // -> {"users":[{"username":"u1","user_id":1,"device_id":2,"token":"..."}, ...]}
 // A user given no password gets none (it cannot log in; its device token works).
 void AdminApi::BulkCreateUsers(const std::string& body, std::function<void(gateway::HttpResponse)> respond) {
@@ -97,8 +97,12 @@ void AdminApi::BulkCreateUsers(const std::string& body, std::function<void(gatew
     if (!password.empty() && (password.size() < protocol::kMinPasswordBytes ||
                               password.size() > protocol::kMaxPasswordBytes || !protocol::IsValidUtf8(password)))
       return respond(ErrorResponse(Status(ErrorCode::kInvalidPassword, "bad password for " + *canon)));
+    std::string display_name = u.value("display_name", std::string());
+    if (display_name.size() > protocol::kMaxDisplayNameBytes || !protocol::IsValidUtf8(display_name))
+      return respond(ErrorResponse(Status(ErrorCode::kBadRequest, "bad display_name for " + *canon)));
     store::NewBulkUser nu;
     nu.username = std::move(*canon);
+    nu.display_name = std::move(display_name);
     nu.device_name = device_name;
     std::string token = devices ? core::NewDeviceToken() : std::string();
     if (devices) nu.token_hash = core::HashToken(token);
