@@ -280,11 +280,35 @@ TEST(BlockE2E, BlockedSendsAreAckedButWithheldAndStaySentAfterUnblock) {
   EXPECT_EQ(stay, withheld);
 }
 
+TEST(BlockE2E, BlockErrorsAreClearAndNeverRevealABlockToTheBlocked) {
+  ServerProcess server;
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a = Login(server, "alice");
+  Device b = Login(server, "bob");
+  EXPECT_EQ(a.conn->Call("block", {{"username", "alice"}}).code, "self_block");
+  EXPECT_EQ(a.conn->Call("block", {{"username", "nobody"}}).code, "unknown_user");
+  EXPECT_EQ(a.conn->Call("unblock", {{"username", "bob"}}).code, "not_blocked");
+  ASSERT_TRUE(a.conn->Call("block", {{"username", "bob"}}).ok);
+  EXPECT_EQ(a.conn->Call("block", {{"username", "bob"}}).code, "already_blocked");
+  auto list = a.conn->Call("list_blocked");
+  ASSERT_EQ(list.result["users"].size(), 1u);
+  EXPECT_EQ(list.result["users"][0]["username"], "bob");
+  // Bob's side: everything succeeds as usual; he can even block alice back.
+  EXPECT_TRUE(b.conn->Call("add_contact", {{"username", "alice"}}).ok);
+  EXPECT_TRUE(b.conn->Call("open_conversation", {{"username", "alice"}}).ok);
+  EXPECT_TRUE(b.conn->Call("list_blocked").result["users"].empty());
+  EXPECT_TRUE(b.conn->Call("block", {{"username", "alice"}}).ok);
+  ASSERT_TRUE(a.conn->Call("unblock", {{"username", "bob"}}).ok);
+  EXPECT_TRUE(a.conn->Call("list_blocked").result["users"].empty());
+}
+
 TEST(AdminE2E, BulkPathCreatesUsersWithWorkingTokensAndNeedsTheAdminToken) {
   ServerProcess server({"--admin-token", "s3cret-admin"});
   json body = {{"devices", true}, {"users", json::array()}};
   for (int i = 0; i < 300; ++i) body["users"].push_back({{"username", "bulk" + std::to_string(i)}});
   body["users"][0]["password"] = "pass word 0";
+  body["users"][1]["display_name"] = "Zebedee Bulk";
   int status = 0;
   std::string out = HttpPost(server.port(), "/admin/v1/users/bulk", body.dump(), "Bearer s3cret-admin", &status);
   ASSERT_EQ(status, 200) << out;
@@ -296,6 +320,9 @@ TEST(AdminE2E, BulkPathCreatesUsersWithWorkingTokensAndNeedsTheAdminToken) {
   EXPECT_EQ(a.result["username"], "bulk7");
   auto c2 = server.Connect();
   EXPECT_TRUE(c2->Call("login", {{"username", "bulk0"}, {"password", "pass word 0"}}).ok);
+  auto found = c2->Call("search_users", {{"query", "zebedee"}});
+  ASSERT_EQ(found.result["users"].size(), 1u);
+  EXPECT_EQ(found.result["users"][0]["username"], "bulk1");
   // All or nothing, and only with the token.
   HttpPost(server.port(), "/admin/v1/users/bulk", body.dump(), "Bearer s3cret-admin", &status);
   EXPECT_EQ(status, 409);
