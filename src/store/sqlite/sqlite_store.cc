@@ -28,7 +28,8 @@
 // Schema (version kSchemaVersion, recorded in PRAGMA user_version; kMigrations
 // below is the list of numbered steps, each applied in its own transaction;
 // step 2 added profiles, contacts, blocks, withheld, name_prefixes and
-// members.last_activity_at to version-1 files in place):
+// members.last_activity_at to version-1 files in place; step 3 added the
+// blocks.shown_* columns, filled from the owner's profile at migration):
 //   users(id PK, username UNIQUE, password_hash, created_at, display_name,
 //           about, profile_updated_at)
 //   devices(id PK, user_id, name, platform, token_hash BLOB UNIQUE (NULL once
@@ -55,8 +56,10 @@
 //           PK(conversation_id, user_id), WITHOUT ROWID
 //   contacts(owner_id, contact_id, added_at) PK(owner_id, contact_id),
 //           WITHOUT ROWID + contacts_by_contact(contact_id, owner_id)
-//   blocks(owner_id, target_id, created_at) PK(owner_id, target_id),
-//           WITHOUT ROWID
+//   blocks(owner_id, target_id, created_at, shown_display_name, shown_about,
+//           shown_updated_at = the owner's profile when the block began, which
+//           is what the target keeps seeing of the owner while it lasts)
+//           PK(owner_id, target_id), WITHOUT ROWID
 //   withheld(conversation_id, user_id, seq) PK(conversation_id, user_id, seq),
 //           WITHOUT ROWID: messages withheld from a member who blocked the
 //           sender. Views of a conversation (history, latest, unread) probe
@@ -70,6 +73,15 @@
 // B are refused. A member's activity (members.last_activity_at) moves only
 // with messages visible to them, so the list order never leaks a withheld
 // message.
+//
+// Profiles under a block. While A blocks B, B keeps A's profile as it was
+// when the block began (DESIGN.md "Blocking"): SetProfile sends B no kProfile
+// event, and every other profile of A produced for B (the results and stored
+// events of B's contact and block operations on A, ListContacts, ListBlocked,
+// GetProfiles with viewer B) takes display name, about and updated_at from
+// the blocks row (owner A, target B) instead of users: one primary-key probe
+// of blocks per profile, LEFT JOINed and COALESCEd. After the unblock B sees
+// A's current profile again (without an event for changes made meanwhile).
 //
 // Search merges two lazily stepped scans in username order (the username
 // index from the query, and name_prefixes at prefix = query), skipping the
@@ -220,6 +232,16 @@ UPDATE members SET last_activity_at =
   (SELECT c.last_activity_at FROM conversations c WHERE c.id = members.conversation_id);
 CREATE INDEX members_by_activity ON members(user_id, last_activity_at, conversation_id);
 )sql"},
+    // What the blocked user keeps seeing of the blocker: the blocker's profile
+    // when the block began (existing blocks: the profile now).
+    {3, R"sql(
+ALTER TABLE blocks ADD COLUMN shown_display_name TEXT NOT NULL DEFAULT '';
+ALTER TABLE blocks ADD COLUMN shown_about TEXT NOT NULL DEFAULT '';
+ALTER TABLE blocks ADD COLUMN shown_updated_at INTEGER NOT NULL DEFAULT 0;
+UPDATE blocks SET shown_display_name = u.display_name, shown_about = u.about,
+  shown_updated_at = u.profile_updated_at
+  FROM users u WHERE u.id = blocks.owner_id;
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -276,6 +298,13 @@ DeviceRecord DeviceAt(const Stmt& s) {
   d.cursor = s.Int(6);
   return d;
 }
+
+// The profile columns of users `u` as seen by the target of blocks `b` (the
+// row, if any, where u blocks the viewer; LEFT JOINed): id, username,
+// display_name, about, profile_updated_at. Read with ProfileAt.
+#define PARLEY_VIEWED_PROFILE_COLUMNS                                                          \
+  "u.id, u.username, COALESCE(b.shown_display_name, u.display_name), "                        \
+  "COALESCE(b.shown_about, u.about), COALESCE(b.shown_updated_at, u.profile_updated_at)"
 
 // Columns: id, username, display_name, about, profile_updated_at, from `col`.
 ProfileRecord ProfileAt(const Stmt& s, int col) {
