@@ -24,6 +24,14 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       hash_pool_(hash_pool),
       clock_(clock),
       config_(config),
+      send_device_limiter_(config.rate_limits.send_per_device),
+      send_user_limiter_(config.rate_limits.send_per_user),
+      search_limiter_(config.rate_limits.search_per_user),
+      social_limiter_(config.rate_limits.social_per_user),
+      login_user_limiter_(config.rate_limits.failed_login_per_username),
+      login_address_limiter_(config.rate_limits.failed_login_per_address),
+      register_limiter_(config.rate_limits.register_per_address),
+      rate_limited_(Metrics::Default().GetCounter("parley_rate_limited_total", "Requests refused by a rate limit")),
       connections_(Metrics::Default().GetGauge("parley_connections", "Open client connections (WebSocket)")),
       frames_in_(Metrics::Default().GetCounter("parley_frames_in_total", "Frames received from clients")),
       frames_out_(Metrics::Default().GetCounter("parley_frames_out_total", "Frames sent to clients")),
@@ -34,9 +42,10 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
 
 ChatService::~ChatService() = default;
 
-std::shared_ptr<Client> ChatService::Connect(std::shared_ptr<fabric::DeviceSink> sink) {
+std::shared_ptr<Client> ChatService::Connect(std::shared_ptr<fabric::DeviceSink> sink, std::string remote_address) {
   auto c = std::make_shared<Client>();
   c->sink = std::move(sink);
+  c->remote_address = std::move(remote_address);
   connections_.Add(1);
   return c;
 }
@@ -93,12 +102,12 @@ void ChatService::Respond(const ClientPtr& c, const Req& req, const std::functio
   Send(c, protocol::EncodeResponse(req.id_json, protocol::RequestTypeName(req.type), fill));
 }
 
-void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s) {
+void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms) {
   errors_out_.Inc();
   if (s.code() == ErrorCode::kInternal || s.code() == ErrorCode::kStorageFull || s.code() == ErrorCode::kUnavailable)
     spdlog::error("event=request_failed op={} user_id={} device_id={} error=\"{}\"", protocol::RequestTypeName(req.type),
                   c->user_id, c->device_id, s.ToString());
-  int64_t retry_after = s.code() == ErrorCode::kShuttingDown ? config_.shutdown_retry_after_ms : 0;
+  int64_t retry_after = s.code() == ErrorCode::kShuttingDown ? config_.shutdown_retry_after_ms : retry_after_ms;
   Send(c, protocol::EncodeError(req.id_json, protocol::RequestTypeName(req.type), s, retry_after));
 }
 
@@ -109,6 +118,10 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     return Fail(c, req, Status(ErrorCode::kNotAuthenticated, "send 'auth' or 'login' first"));
   if ((req.type == RequestType::kAuth || req.type == RequestType::kLogin) && (authed || c->authenticating))
     return Fail(c, req, Status(ErrorCode::kAlreadyAuthenticated, "this connection is already authenticated"));
+  if (int64_t wait = CheckRateLimits(c, req); wait > 0) {
+    rate_limited_.Inc();
+    return Fail(c, req, Status(ErrorCode::kRateLimited, "too many requests; retry after retry_after_ms"), wait);
+  }
   switch (req.type) {
     case RequestType::kRegister: return DoRegister(c, std::move(req));
     case RequestType::kLogin: return DoLogin(c, std::move(req));
@@ -134,6 +147,36 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kSearchUsers: return DoSearchUsers(c, std::move(req));
     case RequestType::kListConversations: return DoListConversations(c, std::move(req));
     case RequestType::kChangePassword: return DoChangePassword(c, std::move(req));
+  }
+}
+
+// ---- Rate limits ----
+
+int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
+  int64_t now = clock_.NowMillis();
+  std::string user = "u" + std::to_string(c->user_id);
+  switch (req.type) {
+    case RequestType::kSend: {
+      int64_t w = send_device_limiter_.Peek("d" + std::to_string(c->device_id), now);
+      if (w == 0) w = send_user_limiter_.Peek(user, now);
+      if (w > 0) return w;
+      send_device_limiter_.Take("d" + std::to_string(c->device_id), now);
+      return send_user_limiter_.Take(user, now);
+    }
+    case RequestType::kSearchUsers: return search_limiter_.Take(user, now);
+    case RequestType::kAddContact:
+    case RequestType::kRemoveContact:
+    case RequestType::kBlock:
+    case RequestType::kUnblock:
+    case RequestType::kSetProfile:
+    case RequestType::kChangePassword: return social_limiter_.Take(user, now);
+    case RequestType::kRegister: return register_limiter_.Take(c->remote_address, now);
+    case RequestType::kLogin: {
+      // Only failures take tokens (DoLogin); here we refuse once they ran out.
+      int64_t w = login_user_limiter_.Peek(std::get<protocol::LoginRequest>(req.body).username, now);
+      return w > 0 ? w : login_address_limiter_.Peek(c->remote_address, now);
+    }
+    default: return 0;
   }
 }
 
@@ -173,6 +216,9 @@ void ChatService::DoLogin(const ClientPtr& c, Req req) {
       core_.Post([this, c, req = std::move(req), ok, user_id]() mutable {
         if (!ok) {
           c->authenticating = false;
+          int64_t now = clock_.NowMillis();
+          login_user_limiter_.Take(std::get<protocol::LoginRequest>(req.body).username, now);
+          login_address_limiter_.Take(c->remote_address, now);
           return Fail(c, req, Status(ErrorCode::kBadCredentials, "wrong username or password"));
         }
         auto& r = std::get<protocol::LoginRequest>(req.body);

@@ -26,12 +26,25 @@
 #include "common/metrics.h"
 #include "common/worker_pool.h"
 #include "core/accounts.h"
+#include "core/rate_limiter.h"
 #include "fabric/fabric.h"
 #include "protocol/frames.h"
 #include "protocol/json_writer.h"
 #include "store/store.h"
 
 namespace parley::core {
+
+// Rate limits (docs/protocol.md, "Rate limits"); each is configurable.
+struct RateLimits {
+  RateLimit send_per_device{50, 200};
+  RateLimit send_per_user{100, 400};
+  RateLimit search_per_user{5, 20};
+  // add/remove contact, block/unblock, set_profile, change_password
+  RateLimit social_per_user{2, 20};
+  RateLimit failed_login_per_username{5.0 / 60, 10};
+  RateLimit failed_login_per_address{20.0 / 60, 50};
+  RateLimit register_per_address{5.0 / 60, 10};
+};
 
 struct CoreConfig {
   PasswordCost password_cost = PasswordCost::kInteractive;
@@ -44,6 +57,7 @@ struct CoreConfig {
   // (authenticated or acknowledged its cursor) for this long is revoked at its
   // next `auth`. 0 = never.
   int64_t device_idle_expiry_ms = 0;
+  RateLimits rate_limits;
   // Conversations whose member lists are kept in memory.
   size_t conversation_cache_entries = 100'000;
 };
@@ -52,6 +66,7 @@ struct CoreConfig {
 // connection; fields are touched only on the core executor.
 struct Client {
   std::shared_ptr<fabric::DeviceSink> sink;
+  std::string remote_address;  // the peer's IP, for per-address limits
   int64_t user_id = 0;
   int64_t device_id = 0;
   std::string username;
@@ -70,7 +85,7 @@ class ChatService {
   ~ChatService();
 
   // Any thread. A new connection that will send frames through `sink`.
-  std::shared_ptr<Client> Connect(std::shared_ptr<fabric::DeviceSink> sink);
+  std::shared_ptr<Client> Connect(std::shared_ptr<fabric::DeviceSink> sink, std::string remote_address = "");
   // Any thread. One complete text (or binary) frame from the client.
   void OnFrame(const std::shared_ptr<Client>& client, std::string_view frame);
   // Any thread. The connection is gone.
@@ -90,7 +105,10 @@ class ChatService {
 
   void Handle(const ClientPtr& c, Req req);
   void Respond(const ClientPtr& c, const Req& req, const std::function<void(protocol::JsonWriter&)>& fill);
-  void Fail(const ClientPtr& c, const Req& req, const Status& s);
+  void Fail(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms = 0);
+  // Applies the rate limits of the request's kind; returns 0 if allowed,
+  // else the retry-after in milliseconds.
+  int64_t CheckRateLimits(const ClientPtr& c, const Req& req);
   void Send(const ClientPtr& c, std::string frame);
 
   void DoRegister(const ClientPtr& c, Req req);
@@ -152,6 +170,10 @@ class ChatService {
   std::unordered_map<int64_t, LiveUser> live_;  // users with authenticated connections
   std::unordered_map<int64_t, store::ConversationRecord> conversations_;
   std::unordered_map<std::string, int64_t> direct_;  // "userA:userB" (ordered ids) -> conversation id
+
+  RateLimiter send_device_limiter_, send_user_limiter_, search_limiter_, social_limiter_;
+  RateLimiter login_user_limiter_, login_address_limiter_, register_limiter_;
+  Counter& rate_limited_;
 
   Gauge& connections_;
   Counter& frames_in_;

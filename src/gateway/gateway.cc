@@ -142,7 +142,9 @@ void WsSession::Start(http::request<http::string_body> req) {
   ws_.auto_fragment(false);
   ws_.set_option(websocket::stream_base::decorator(
       [](websocket::response_type& res) { res.set(http::field::server, "parleyd"); }));
-  client_ = chat_->Connect(shared_from_this());
+  beast::error_code remote_ec;
+  auto remote = beast::get_lowest_layer(ws_).socket().remote_endpoint(remote_ec);
+  client_ = chat_->Connect(shared_from_this(), remote_ec ? std::string() : remote.address().to_string());
   ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) {
     if (ec) return self->Finish();
     self->DoRead();

@@ -1,6 +1,7 @@
 #include "server/config.h"
 
 #include <CLI/CLI.hpp>
+#include <cstring>
 #include <thread>
 
 namespace parley::server {
@@ -85,6 +86,16 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_ADMIN_MAX_BULK_USERS")
       ->check(CLI::Range(size_t{1}, size_t{1'000'000}))
       ->capture_default_str();
+  std::vector<std::string> rate_limits;
+  app.add_option("--rate-limit", rate_limits,
+                 "Override a rate limit: NAME=PER_SECOND/BURST (repeatable). Names: send_per_device, send_per_user, "
+                 "search_per_user, social_per_user, failed_login_per_username, failed_login_per_address, "
+                 "register_per_address")
+      ->envname("PARLEY_RATE_LIMIT");
+  bool relaxed_limits = false;
+  app.add_flag("--relaxed-rate-limits", relaxed_limits,
+               "TESTS AND BENCHMARKS ONLY: multiply every rate limit by 1000")
+      ->envname("PARLEY_RELAXED_RATE_LIMITS");
   app.add_flag("--insecure-fast-password-hashing", fast_hashing,
                "TESTS AND BENCHMARKS ONLY: Argon2id with minimal cost, so accounts can be made quickly")
       ->envname("PARLEY_INSECURE_FAST_PASSWORD_HASHING");
@@ -111,6 +122,41 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
     return Status(ErrorCode::kBadRequest, "--heartbeat-timeout-ms must be larger than --heartbeat-interval-ms");
   c.gateway.idle_timeout_ms = c.core.heartbeat_timeout_ms;
   c.core.device_idle_expiry_ms = idle_expiry_s * 1000;
+  auto& rl = c.core.rate_limits;
+  std::pair<const char*, core::RateLimit*> named[] = {
+      {"send_per_device", &rl.send_per_device},
+      {"send_per_user", &rl.send_per_user},
+      {"search_per_user", &rl.search_per_user},
+      {"social_per_user", &rl.social_per_user},
+      {"failed_login_per_username", &rl.failed_login_per_username},
+      {"failed_login_per_address", &rl.failed_login_per_address},
+      {"register_per_address", &rl.register_per_address},
+  };
+  if (relaxed_limits)
+    for (auto& [name, limit] : named) {
+      limit->per_second *= 1000;
+      limit->burst *= 1000;
+    }
+  for (const auto& spec : rate_limits) {
+    auto eq = spec.find('='), slash = spec.find('/');
+    core::RateLimit* target = nullptr;
+    for (auto& [name, limit] : named)
+      if (eq != std::string::npos && spec.compare(0, eq, name) == 0 && std::strlen(name) == eq) target = limit;
+    double per_second = 0, burst = 0;
+    try {
+      if (target && slash != std::string::npos && slash > eq) {
+        per_second = std::stod(spec.substr(eq + 1, slash - eq - 1));
+        burst = std::stod(spec.substr(slash + 1));
+      }
+    } catch (const std::exception&) {
+      target = nullptr;
+    }
+    if (!target || per_second <= 0 || burst < 1)
+      return Status(ErrorCode::kBadRequest, "--rate-limit must be NAME=PER_SECOND/BURST with a known name, "
+                                            "PER_SECOND > 0 and BURST >= 1: '" + spec + "'");
+    target->per_second = per_second;
+    target->burst = burst;
+  }
   c.core.password_cost = fast_hashing ? core::PasswordCost::kInsecureFast : core::PasswordCost::kInteractive;
   c.admin.password_cost = c.core.password_cost;
   c.store.sqlite_path = c.data_dir + "/parley.db";

@@ -126,6 +126,14 @@ class Store {
   virtual void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) = 0;
 
   // ---- Profiles, contacts, blocking, search (issue 3) ----
+  //
+  // Profiles under a block (DESIGN.md "Blocking"): while X blocks V, V keeps
+  // X's profile as it was when the block began. Every profile of X produced
+  // for V is that one: SetProfile appends V no event, and the results and
+  // stored events of V's AddContact/RemoveContact/Block/Unblock naming X,
+  // V's ListContacts and ListBlocked, and GetProfiles with viewer V show the
+  // profile at the block's start. Once X unblocks V, V sees X's current
+  // profile again (no event is appended for changes made during the block).
 
   // Sets the user's display name and/or about text (nullopt: unchanged).
   // When something changed, appends a kProfile event to the streams of the
@@ -133,11 +141,13 @@ class Store {
   // a contact, except users the user has blocked. Fails kUnknownUser.
   virtual void SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,
                           int64_t now, Callback<SocialResult> done) = 0;
-  // Profiles of the given users (unknown ids are left out), in the given order.
-  virtual void GetProfiles(std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) = 0;
+  // Profiles of the given users as `viewer` sees them (see above; viewer 0:
+  // every current profile), unknown ids left out, in the given order.
+  virtual void GetProfiles(UserId viewer, std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) = 0;
 
   // Adds `contact` to `owner`'s contacts; kContact event (flag true) in the
-  // owner's stream. Fails kUnknownUser, kSelfContact, kAlreadyContact.
+  // owner's stream. The result's and event's profile are the contact's as the
+  // owner sees it (see above). Fails kUnknownUser, kSelfContact, kAlreadyContact.
   virtual void AddContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) = 0;
   // Fails kNotContact.
   virtual void RemoveContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) = 0;

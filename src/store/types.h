@@ -97,6 +97,9 @@ enum class EventKind : int {
 //   kProfile:      profile (as it was after the change)
 //   kContact:      profile (of the contact), flag (true: added, false: removed)
 //   kBlock:        profile (of the blocked user), flag (true: blocked, false: unblocked)
+// kContact/kBlock profiles are as the stream's user saw them then: as it was
+// when the block began if the subject blocked them (store.h, "Profiles under a
+// block").
 //
 // `withheld` (blocking, DESIGN.md "Blocking"): the actor's watermark (the
 // receipt's user, or a message's sender, whose send raises their own
@@ -171,6 +174,7 @@ struct ReceiptResult {
 struct SocialResult {
   bool changed = false;     // false: it was already so (nothing appended)
   ProfileRecord profile;    // the changed user's profile (profile change), or the contact's / blocked user's
+                            // as the acting user sees it (store.h, "Profiles under a block")
   // When changed: where the event landed, one per receiving user.
   std::vector<StreamPosition> positions;
 };

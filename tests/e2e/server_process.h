@@ -49,6 +49,7 @@ class ServerProcess {
                                      "--data-dir", dir_ + "/data",
                                      "--port-file", port_file,
                                      "--insecure-fast-password-hashing",
+                                     "--relaxed-rate-limits",
                                      "--io-threads", "2",
                                      "--log-level", "warn"};
     for (auto& a : extra_args_) args.push_back(a);

@@ -247,6 +247,52 @@ INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES(1, 1
   sqlite3_close(db);
 }
 
+TEST(SqliteStoreTest, MigratesVersion2BlocksToKeepTheBlockersProfile) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 2).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  // What a version-2 server leaves: alice (with a profile) blocks bob, who
+  // has her as a contact; carol has her as a contact too.
+  const char* v2 = R"sql(
+INSERT INTO users(id, username, password_hash, created_at, display_name, about, profile_updated_at)
+  VALUES(1, 'alice', 'ha', 10, 'Alice', 'before', 50), (2, 'bob', 'hb', 11, '', '', 0),
+        (3, 'carol', 'hc', 12, '', '', 0);
+INSERT INTO contacts(owner_id, contact_id, added_at) VALUES(2, 1, 60), (3, 1, 61);
+INSERT INTO blocks(owner_id, target_id, created_at) VALUES(1, 2, 70);
+)sql";
+  ASSERT_EQ(sqlite3_exec(db, v2, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  auto contact_of = [&](UserId owner) {
+    std::vector<ContactRecord> list =
+        Must(Await<std::vector<ContactRecord>>([&](auto cb) { store->ListContacts(owner, cb); }));
+    EXPECT_EQ(list.size(), 1u);
+    return list.empty() ? ProfileRecord{} : list[0].profile;
+  };
+  // The existing block keeps alice's profile as it was at migration.
+  ASSERT_TRUE(SetProfile(*store, 1, "Alicia", "after", 80).has_value());
+  ProfileRecord bobs = contact_of(2);
+  EXPECT_EQ(bobs.display_name, "Alice");
+  EXPECT_EQ(bobs.about, "before");
+  EXPECT_EQ(bobs.updated_at, 50);
+  EXPECT_EQ(contact_of(3).display_name, "Alicia");
+  ASSERT_TRUE(Unblock(*store, 1, 2).has_value());
+  EXPECT_EQ(contact_of(2).display_name, "Alicia");
+  store.reset();
+
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int64(stmt, 0), SqliteStore::kSchemaVersion);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
 TEST(SqliteStoreTest, RecordsSchemaVersionAndRefusesNewerFiles) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";

@@ -626,7 +626,7 @@ TEST_P(StoreConformance, ProfilesAreSetReadAndShownOnUsers) {
 
   // In the given order; unknown ids left out.
   std::vector<ProfileRecord> profiles = Must(
-      Await<std::vector<ProfileRecord>>([&](auto cb) { store().GetProfiles({bob.id, 4242, alice.id}, cb); }));
+      Await<std::vector<ProfileRecord>>([&](auto cb) { store().GetProfiles(0, {bob.id, 4242, alice.id}, cb); }));
   ASSERT_EQ(profiles.size(), 2u);
   EXPECT_EQ(profiles[0].username, "bob");
   EXPECT_EQ(profiles[0].display_name, "");
@@ -790,6 +790,118 @@ TEST_P(StoreConformance, BlocksAreListedAndAnnouncedToTheOwnerOnly) {
   list = Must(Await<std::vector<ProfileRecord>>([&](auto cb) { store().ListBlocked(alice.id, cb); }));
   ASSERT_EQ(list.size(), 1u);
   EXPECT_EQ(list[0].username, "bob");
+}
+
+// DESIGN.md "Blocking": while alice blocks bob, bob keeps her profile as it
+// was when the block began, wherever the store shows it to him; others see
+// her changes; after the unblock bob sees her current profile again.
+TEST_P(StoreConformance, BlockedUserKeepsTheBlockersProfileAsItWas) {
+  SetUpConversation();  // alice and bob share conv_
+  ASSERT_TRUE(Must(SetProfile(store(), alice_.id, "Alice", "before", 6000)).changed);
+  ASSERT_TRUE(AddContact(store(), carol_.id, alice_.id, 6050).has_value());
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id, 6100).has_value());
+  UserSeq bob_head = Head(store(), bob_.id);
+  SocialResult changed = Must(SetProfile(store(), alice_.id, "Alicia", "after", 6200));
+  ASSERT_TRUE(changed.changed);
+  EXPECT_EQ(Head(store(), bob_.id), bob_head);  // no kProfile event for bob
+
+  auto expect_old = [&](const ProfileRecord& p, const std::string& where) {
+    EXPECT_EQ(p.user_id, alice_.id) << where;
+    EXPECT_EQ(p.username, "alice") << where;
+    EXPECT_EQ(p.display_name, "Alice") << where;
+    EXPECT_EQ(p.about, "before") << where;
+    EXPECT_EQ(p.updated_at, 6000) << where;
+  };
+  auto expect_new = [&](const ProfileRecord& p, const std::string& where) {
+    EXPECT_EQ(p.user_id, alice_.id) << where;
+    EXPECT_EQ(p.display_name, "Alicia") << where;
+    EXPECT_EQ(p.about, "after") << where;
+    EXPECT_EQ(p.updated_at, 6200) << where;
+  };
+  auto contacts = [&](UserId owner) {
+    return Must(Await<std::vector<ContactRecord>>([&](auto cb) { store().ListContacts(owner, cb); }));
+  };
+  auto profiles = [&](UserId viewer) {
+    return Must(
+        Await<std::vector<ProfileRecord>>([&](auto cb) { store().GetProfiles(viewer, {carol_.id, alice_.id}, cb); }));
+  };
+
+  // bob adds alice: result and stored event carry the old profile.
+  SocialResult added = Must(AddContact(store(), bob_.id, alice_.id, 6300));
+  ASSERT_TRUE(added.changed);
+  expect_old(added.profile, "AddContact result");
+  ASSERT_EQ(added.positions.size(), 1u);
+  StreamPage page = ReadStream(store(), bob_.id, added.positions[0].user_seq - 1, 10);
+  ASSERT_EQ(page.events.size(), 1u);
+  EXPECT_EQ(page.events[0].kind, EventKind::kContact);
+  ASSERT_TRUE(page.events[0].profile.has_value());
+  expect_old(*page.events[0].profile, "kContact event");
+
+  std::vector<ContactRecord> bobs = contacts(bob_.id);
+  ASSERT_EQ(bobs.size(), 1u);
+  expect_old(bobs[0].profile, "bob's ListContacts");
+  std::vector<ProfileRecord> seen = profiles(bob_.id);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].user_id, carol_.id);  // nobody else is affected
+  expect_old(seen[1], "GetProfiles(viewer bob)");
+
+  // Everyone else sees the change.
+  std::vector<ContactRecord> carols = contacts(carol_.id);
+  ASSERT_EQ(carols.size(), 1u);
+  expect_new(carols[0].profile, "carol's ListContacts");
+  expect_new(profiles(carol_.id)[1], "GetProfiles(viewer carol)");
+  expect_new(profiles(0)[1], "GetProfiles(viewer 0)");
+  expect_new(profiles(alice_.id)[1], "GetProfiles(viewer alice)");
+
+  // A second change during the block still does not reach bob.
+  ASSERT_TRUE(Must(SetProfile(store(), alice_.id, std::nullopt, "later", 6400)).changed);
+  expect_old(profiles(bob_.id)[1], "after a second change");
+
+  // bob blocks alice back: his block event and list show the old profile too.
+  SocialResult back = Must(Block(store(), bob_.id, alice_.id, 6500));
+  expect_old(back.profile, "Block result");
+  page = ReadStream(store(), bob_.id, back.positions[0].user_seq - 1, 10);
+  ASSERT_EQ(page.events.size(), 1u);
+  EXPECT_EQ(page.events[0].kind, EventKind::kBlock);
+  expect_old(*page.events[0].profile, "kBlock event");
+  std::vector<ProfileRecord> blocked =
+      Must(Await<std::vector<ProfileRecord>>([&](auto cb) { store().ListBlocked(bob_.id, cb); }));
+  ASSERT_EQ(blocked.size(), 1u);
+  expect_old(blocked[0], "bob's ListBlocked");
+  ASSERT_TRUE(Unblock(store(), bob_.id, alice_.id, 6550).has_value());
+
+  // Removing the contact while blocked: the old profile as well.
+  SocialResult removed =
+      Must(Await<SocialResult>([&](auto cb) { store().RemoveContact(bob_.id, alice_.id, 6600, cb); }));
+  expect_old(removed.profile, "RemoveContact result");
+  page = ReadStream(store(), bob_.id, removed.positions[0].user_seq - 1, 10);
+  ASSERT_EQ(page.events.size(), 1u);
+  expect_old(*page.events[0].profile, "kContact removal event");
+  ASSERT_TRUE(AddContact(store(), bob_.id, alice_.id, 6700).has_value());
+
+  // It survives a reopen.
+  Reopen();
+  expect_old(contacts(bob_.id)[0].profile, "bob's ListContacts after reopen");
+
+  // After the unblock bob sees alice's current profile, and her later changes.
+  ASSERT_TRUE(Unblock(store(), alice_.id, bob_.id, 6800).has_value());
+  bobs = contacts(bob_.id);
+  ASSERT_EQ(bobs.size(), 1u);
+  EXPECT_EQ(bobs[0].profile.display_name, "Alicia");
+  EXPECT_EQ(bobs[0].profile.about, "later");
+  EXPECT_EQ(bobs[0].profile.updated_at, 6400);
+  EXPECT_EQ(profiles(bob_.id)[1].about, "later");
+  SocialResult again = Must(SetProfile(store(), alice_.id, "Ally", std::nullopt, 6900));
+  bool reached_bob = false;
+  for (const StreamPosition& pos : again.positions) reached_bob |= pos.user_id == bob_.id;
+  EXPECT_TRUE(reached_bob);
+  EXPECT_EQ(contacts(bob_.id)[0].profile.display_name, "Ally");
+
+  // A new block freezes the profile as it is then.
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id, 7000).has_value());
+  ASSERT_TRUE(SetProfile(store(), alice_.id, "Al", std::nullopt, 7100).has_value());
+  EXPECT_EQ(contacts(bob_.id)[0].profile.display_name, "Ally");
+  EXPECT_EQ(contacts(carol_.id)[0].profile.display_name, "Al");
 }
 
 TEST_P(StoreConformance, BlockedSendersMessagesAreWithheldFromTheBlocker) {

@@ -299,13 +299,6 @@ DeviceRecord DeviceAt(const Stmt& s) {
   return d;
 }
 
-// The profile columns of users `u` as seen by the target of blocks `b` (the
-// row, if any, where u blocks the viewer; LEFT JOINed): id, username,
-// display_name, about, profile_updated_at. Read with ProfileAt.
-#define PARLEY_VIEWED_PROFILE_COLUMNS                                                          \
-  "u.id, u.username, COALESCE(b.shown_display_name, u.display_name), "                        \
-  "COALESCE(b.shown_about, u.about), COALESCE(b.shown_updated_at, u.profile_updated_at)"
-
 // Columns: id, username, display_name, about, profile_updated_at, from `col`.
 ProfileRecord ProfileAt(const Stmt& s, int col) {
   ProfileRecord p;
@@ -540,6 +533,9 @@ class SqliteStore::Writer {
   std::optional<std::string> Username(UserId user);
   Head& HeadOf(UserId user);
   std::optional<ProfileRecord> Profile(UserId user);
+  // `user`'s profile as `viewer` sees it: as it was when the block began if
+  // `user` blocks `viewer` (see "Profiles under a block").
+  std::optional<ProfileRecord> ProfileFor(UserId user, UserId viewer);
   bool Blocks(UserId owner, UserId target);
   // Seqs of `conversation` withheld from `user` in (after, upto], ascending.
   std::vector<Seq> WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto);
@@ -634,6 +630,16 @@ SqliteStore::Writer::Head& SqliteStore::Writer::HeadOf(UserId user) {
 std::optional<ProfileRecord> SqliteStore::Writer::Profile(UserId user) {
   Stmt s(*db_, "SELECT id, username, display_name, about, profile_updated_at FROM users WHERE id = ?1");
   s.BindInt(1, user);
+  if (!s.Step()) return std::nullopt;
+  return ProfileAt(s, 0);
+}
+
+std::optional<ProfileRecord> SqliteStore::Writer::ProfileFor(UserId user, UserId viewer) {
+  Stmt s(*db_,
+         "SELECT u.id, u.username, COALESCE(b.shown_display_name, u.display_name), COALESCE(b.shown_about, u.about), "
+         "COALESCE(b.shown_updated_at, u.profile_updated_at) FROM users u "
+         "LEFT JOIN blocks b ON b.owner_id = u.id AND b.target_id = ?2 WHERE u.id = ?1");
+  s.BindInt(1, user).BindInt(2, viewer);
   if (!s.Step()) return std::nullopt;
   return ProfileAt(s, 0);
 }
@@ -1088,7 +1094,7 @@ SocialResult SqliteStore::Writer::AppendSocialEvent(UserId owner, EventKind kind
 
 Result<SocialResult> SqliteStore::Writer::AddContact(UserId owner, UserId contact, int64_t now) {
   if (owner == contact) return Status(ErrorCode::kSelfContact, "cannot add oneself as a contact");
-  std::optional<ProfileRecord> subject = Profile(contact);
+  std::optional<ProfileRecord> subject = ProfileFor(contact, owner);
   if (!subject || !Username(owner)) return Status(ErrorCode::kUnknownUser, "unknown user");
   {
     Stmt s(*db_, "SELECT 1 FROM contacts WHERE owner_id = ?1 AND contact_id = ?2");
@@ -1107,7 +1113,7 @@ Result<SocialResult> SqliteStore::Writer::RemoveContact(UserId owner, UserId con
     s.BindInt(1, owner).BindInt(2, contact);
     if (!s.Step()) return Status(ErrorCode::kNotContact, "not a contact");
   }
-  std::optional<ProfileRecord> subject = Profile(contact);
+  std::optional<ProfileRecord> subject = ProfileFor(contact, owner);
   if (!subject) return Status(ErrorCode::kInternal, "contact vanished");
   Stmt s(*db_, "DELETE FROM contacts WHERE owner_id = ?1 AND contact_id = ?2");
   s.BindInt(1, owner).BindInt(2, contact);
@@ -1117,10 +1123,13 @@ Result<SocialResult> SqliteStore::Writer::RemoveContact(UserId owner, UserId con
 
 Result<SocialResult> SqliteStore::Writer::Block(UserId owner, UserId target, int64_t now) {
   if (owner == target) return Status(ErrorCode::kSelfBlock, "cannot block oneself");
-  std::optional<ProfileRecord> subject = Profile(target);
+  std::optional<ProfileRecord> subject = ProfileFor(target, owner);
   if (!subject || !Username(owner)) return Status(ErrorCode::kUnknownUser, "unknown user");
   if (Blocks(owner, target)) return Status(ErrorCode::kAlreadyBlocked, "already blocked");
-  Stmt s(*db_, "INSERT INTO blocks(owner_id, target_id, created_at) VALUES(?1, ?2, ?3)");
+  // The target keeps the owner's profile as it is now.
+  Stmt s(*db_,
+         "INSERT INTO blocks(owner_id, target_id, created_at, shown_display_name, shown_about, shown_updated_at) "
+         "SELECT id, ?2, ?3, display_name, about, profile_updated_at FROM users WHERE id = ?1");
   s.BindInt(1, owner).BindInt(2, target).BindInt(3, now);
   s.Run();
   return AppendSocialEvent(owner, EventKind::kBlock, *subject, true, now);
@@ -1128,7 +1137,7 @@ Result<SocialResult> SqliteStore::Writer::Block(UserId owner, UserId target, int
 
 Result<SocialResult> SqliteStore::Writer::Unblock(UserId owner, UserId target, int64_t now) {
   if (!Blocks(owner, target)) return Status(ErrorCode::kNotBlocked, "not blocked");
-  std::optional<ProfileRecord> subject = Profile(target);
+  std::optional<ProfileRecord> subject = ProfileFor(target, owner);
   if (!subject) return Status(ErrorCode::kInternal, "blocked user vanished");
   Stmt s(*db_, "DELETE FROM blocks WHERE owner_id = ?1 AND target_id = ?2");
   s.BindInt(1, owner).BindInt(2, target);
@@ -1249,7 +1258,7 @@ class SqliteStore::Reader {
   Result<Snapshot> GetSnapshot(UserId user_id, int latest_per_conversation);
   Result<ConversationPage> ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id,
                                             int limit, int latest_per_conversation);
-  Result<std::vector<ProfileRecord>> Profiles(const std::vector<UserId>& ids);
+  Result<std::vector<ProfileRecord>> Profiles(UserId viewer, const std::vector<UserId>& ids);
   Result<std::vector<ContactRecord>> Contacts(UserId owner);
   Result<std::vector<ProfileRecord>> Blocked(UserId owner);
   Result<SearchPage> SearchUsers(UserId searcher, const std::string& query, const std::string& after, int limit,
@@ -1496,11 +1505,15 @@ Result<ConversationPage> SqliteStore::Reader::ListConversations(UserId user_id, 
   return page;
 }
 
-Result<std::vector<ProfileRecord>> SqliteStore::Reader::Profiles(const std::vector<UserId>& ids) {
+Result<std::vector<ProfileRecord>> SqliteStore::Reader::Profiles(UserId viewer, const std::vector<UserId>& ids) {
   std::vector<ProfileRecord> out;
   for (UserId id : ids) {
-    Stmt s(*db_, "SELECT id, username, display_name, about, profile_updated_at FROM users WHERE id = ?1");
-    s.BindInt(1, id);
+    // viewer 0 matches no blocks row (ids start at 1): current profiles.
+    Stmt s(*db_,
+           "SELECT u.id, u.username, COALESCE(b.shown_display_name, u.display_name), "
+           "COALESCE(b.shown_about, u.about), COALESCE(b.shown_updated_at, u.profile_updated_at) FROM users u "
+           "LEFT JOIN blocks b ON b.owner_id = u.id AND b.target_id = ?2 WHERE u.id = ?1");
+    s.BindInt(1, id).BindInt(2, viewer);
     if (s.Step()) out.push_back(ProfileAt(s, 0));
   }
   return out;
@@ -1509,8 +1522,11 @@ Result<std::vector<ProfileRecord>> SqliteStore::Reader::Profiles(const std::vect
 Result<std::vector<ContactRecord>> SqliteStore::Reader::Contacts(UserId owner) {
   std::vector<ContactRecord> out;
   Stmt s(*db_,
-         "SELECT u.id, u.username, u.display_name, u.about, u.profile_updated_at, c.added_at FROM contacts c "
-         "JOIN users u ON u.id = c.contact_id WHERE c.owner_id = ?1 ORDER BY u.username");
+         "SELECT u.id, u.username, COALESCE(b.shown_display_name, u.display_name), "
+         "COALESCE(b.shown_about, u.about), COALESCE(b.shown_updated_at, u.profile_updated_at), c.added_at "
+         "FROM contacts c JOIN users u ON u.id = c.contact_id "
+         "LEFT JOIN blocks b ON b.owner_id = c.contact_id AND b.target_id = c.owner_id "
+         "WHERE c.owner_id = ?1 ORDER BY u.username");
   s.BindInt(1, owner);
   while (s.Step()) out.push_back(ContactRecord{ProfileAt(s, 0), s.Int(5)});
   return out;
@@ -1519,8 +1535,11 @@ Result<std::vector<ContactRecord>> SqliteStore::Reader::Contacts(UserId owner) {
 Result<std::vector<ProfileRecord>> SqliteStore::Reader::Blocked(UserId owner) {
   std::vector<ProfileRecord> out;
   Stmt s(*db_,
-         "SELECT u.id, u.username, u.display_name, u.about, u.profile_updated_at FROM blocks b "
-         "JOIN users u ON u.id = b.target_id WHERE b.owner_id = ?1 ORDER BY u.username");
+         "SELECT u.id, u.username, COALESCE(r.shown_display_name, u.display_name), "
+         "COALESCE(r.shown_about, u.about), COALESCE(r.shown_updated_at, u.profile_updated_at) FROM blocks b "
+         "JOIN users u ON u.id = b.target_id "
+         "LEFT JOIN blocks r ON r.owner_id = b.target_id AND r.target_id = b.owner_id "  // mutual: what they show owner
+         "WHERE b.owner_id = ?1 ORDER BY u.username");
   s.BindInt(1, owner);
   while (s.Step()) out.push_back(ProfileAt(s, 0));
   return out;
@@ -1831,9 +1850,9 @@ void SqliteStore::SetProfile(UserId user_id, std::optional<std::string> display_
       std::move(done));
 }
 
-void SqliteStore::GetProfiles(std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) {
-  SubmitRead<std::vector<ProfileRecord>>([ids = std::move(ids)](Reader& r) { return r.Profiles(ids); },
-                                         std::move(done));
+void SqliteStore::GetProfiles(UserId viewer, std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) {
+  SubmitRead<std::vector<ProfileRecord>>(
+      [viewer, ids = std::move(ids)](Reader& r) { return r.Profiles(viewer, ids); }, std::move(done));
 }
 
 void SqliteStore::AddContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) {

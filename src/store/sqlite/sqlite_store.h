@@ -49,7 +49,7 @@ namespace parley::store {
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Opens (creating and migrating) the file at config.sqlite_path; the parent
   // directory must exist. Fails kUnavailable if the file cannot be opened,
@@ -80,7 +80,7 @@ class SqliteStore final : public Store {
   void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) override;
   void SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,
                   int64_t now, Callback<SocialResult> done) override;
-  void GetProfiles(std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) override;
+  void GetProfiles(UserId viewer, std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) override;
   void AddContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) override;
   void RemoveContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) override;
   void ListContacts(UserId owner, Callback<std::vector<ContactRecord>> done) override;

@@ -1,0 +1,49 @@
+// Token-bucket rate limits (issue 4): per device, per user and per source
+// address, for the request kinds that cost the server or annoy other users.
+//
+// A bucket holds up to `burst` tokens and refills at `per_second`; each
+// request takes one. An empty bucket refuses the request and says when the
+// next token arrives (the error's retry_after_ms). Buckets are created on first
+// use and dropped once full again (they carry no information then), so memory
+// follows the keys active within about burst/per_second seconds.
+//
+// Thread-safety: none; ChatService uses it on its core executor only.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+
+namespace parley::core {
+
+struct RateLimit {
+  double per_second = 1;
+  double burst = 1;
+};
+
+class RateLimiter {
+ public:
+  explicit RateLimiter(RateLimit limit) : limit_(limit) {}
+
+  // Takes a token for `key` at time `now_ms`. Returns 0 if allowed, else the
+  // milliseconds until a token will be available (at least 1).
+  int64_t Take(const std::string& key, int64_t now_ms);
+  // Like Take, without taking: 0 if a token is available now.
+  int64_t Peek(const std::string& key, int64_t now_ms);
+
+  size_t size() const { return buckets_.size(); }
+
+ private:
+  struct Bucket {
+    double tokens;
+    int64_t at_ms;
+  };
+  void Sweep(int64_t now_ms);
+  Bucket& Refill(const std::string& key, int64_t now_ms);
+
+  RateLimit limit_;
+  std::unordered_map<std::string, Bucket> buckets_;
+  int64_t last_sweep_ms_ = 0;
+};
+
+}  // namespace parley::core

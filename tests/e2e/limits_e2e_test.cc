@@ -1,0 +1,73 @@
+// End-to-end: every rate limit answers `rate_limited` with a retry-after once
+// exceeded, and other users' traffic is unaffected.
+#include <gtest/gtest.h>
+
+#include "e2e/helpers.h"
+
+namespace parley::testing {
+namespace {
+
+// Calls `request` until it is refused; returns the refusal (or a failed Reply).
+Reply UntilLimited(const std::function<Reply(int)>& request, int max_tries = 50) {
+  for (int i = 0; i < max_tries; ++i) {
+    Reply r = request(i);
+    if (!r.ok) return r;
+  }
+  return Reply{};
+}
+
+void ExpectLimited(const Reply& r) {
+  EXPECT_EQ(r.code, "rate_limited") << r.message;
+  EXPECT_TRUE(r.frame.value("retryable", false));
+  EXPECT_GT(r.frame.value("retry_after_ms", 0), 0);
+}
+
+TEST(RateLimitE2E, EachLimitRefusesWithRetryAfterAndSparesOthers) {
+  ServerProcess server({"--rate-limit", "send_per_device=0.5/5", "--rate-limit", "search_per_user=0.5/3",
+                        "--rate-limit", "social_per_user=0.5/3", "--rate-limit", "failed_login_per_username=0.01/2",
+                        "--rate-limit", "register_per_address=0.01/12"});
+  for (auto u : {"alice", "bob", "carol", "dave"}) Register(server, u);
+  Device a = Login(server, "alice");
+  Device b = Login(server, "bob");
+
+  // Sends per device.
+  auto r = UntilLimited([&](int i) {
+    return a.conn->Call("send", {{"to", "bob"}, {"client_id", "s" + std::to_string(i)}, {"body", "x"}});
+  });
+  ExpectLimited(r);
+  // Bob is not slowed down by Alice's limit.
+  for (int i = 0; i < 3; ++i)
+    EXPECT_TRUE(b.conn->Call("send", {{"to", "alice"}, {"client_id", "b" + std::to_string(i)}, {"body", "y"}}).ok);
+
+  ExpectLimited(UntilLimited([&](int) { return a.conn->Call("search_users", {{"query", "b"}}); }));
+  EXPECT_TRUE(b.conn->Call("search_users", {{"query", "a"}}).ok);
+
+  ExpectLimited(UntilLimited([&](int i) {
+    return a.conn->Call("set_profile", {{"display_name", "Alice " + std::to_string(i)}});
+  }));
+  EXPECT_TRUE(b.conn->Call("add_contact", {{"username", "carol"}}).ok);
+
+  // Failed logins per username: after the burst, even the right password waits.
+  auto c = server.Connect();
+  Reply last;
+  for (int i = 0; i < 10 && last.code != "rate_limited"; ++i) {
+    last = c->Call("login", {{"username", "dave"}, {"password", "not it!!"}});
+    if (last.code != "rate_limited") {
+      EXPECT_EQ(last.code, "bad_credentials");
+    }
+  }
+  ExpectLimited(last);
+  ExpectLimited(c->Call("login", {{"username", "dave"}, {"password", "correct horse"}}));
+  EXPECT_TRUE(server.Connect()->Call("login", {{"username", "carol"}, {"password", "correct horse"}}).ok);
+
+  // Registrations per source address (4 used above, burst 12).
+  ExpectLimited(UntilLimited([&](int i) {
+    return c->Call("register", {{"username", "new" + std::to_string(i)}, {"password", "password123"}});
+  }));
+
+  std::string metrics = HttpGet(server.port(), "/metrics");
+  EXPECT_GE(MetricValue(metrics, "parley_rate_limited_total"), 5);
+}
+
+}  // namespace
+}  // namespace parley::testing
