@@ -28,6 +28,7 @@ struct ConnectOptions {
   uint16_t port = 8080;
   std::string path = "/v1/ws";
   int timeout_ms = 5000;  // TCP connect and WebSocket handshake
+  int receive_buffer_bytes = 0;  // SO_RCVBUF; 0 = system default (tests of slow readers)
 };
 
 // The outcome of one request.
@@ -74,6 +75,10 @@ class Connection {
   std::string close_reason() const;
   // Waits until closed; returns whether it is.
   bool WaitClosed(int timeout_ms);
+
+  // Stops reading from the socket (a slow or stalled reader), and resumes.
+  void PauseReading();
+  void ResumeReading();
 
   // Closes with 1000 (normal) and waits briefly for the server's answer.
   void Close();

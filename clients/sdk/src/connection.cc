@@ -28,6 +28,8 @@ using nlohmann::json;
 
 struct Connection::Impl {
   net::io_context ioc;
+  // Keeps run() going while nothing is pending (e.g. reading is paused).
+  net::executor_work_guard<net::io_context::executor_type> work{ioc.get_executor()};
   websocket::stream<beast::tcp_stream> ws{ioc};
   beast::flat_buffer buffer;
   std::thread thread;
@@ -35,6 +37,8 @@ struct Connection::Impl {
   // Touched only on the io thread.
   std::deque<std::pair<std::string, bool>> write_queue;
   bool writing = false;
+  bool paused = false;
+  bool reading = false;
 
   mutable std::mutex mu;  // guards everything below
   std::condition_variable cv;
@@ -47,7 +51,10 @@ struct Connection::Impl {
   std::string reason;
 
   void DoRead() {
+    if (paused || reading) return;
+    reading = true;
     ws.async_read(buffer, [this](beast::error_code ec, size_t) {
+      reading = false;
       if (ec) return MarkClosed();
       std::string text = beast::buffers_to_string(buffer.data());
       buffer.consume(buffer.size());
@@ -130,7 +137,15 @@ std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std:
     auto results = resolver.resolve(options.host, std::to_string(options.port));
     auto& lowest = beast::get_lowest_layer(m.ws);
     lowest.expires_after(std::chrono::milliseconds(options.timeout_ms));
-    lowest.connect(results);
+    if (options.receive_buffer_bytes > 0) {
+      // Set before connecting, so the TCP window is negotiated small.
+      tcp::endpoint ep = *results.begin();
+      lowest.socket().open(ep.protocol());
+      lowest.socket().set_option(net::socket_base::receive_buffer_size(options.receive_buffer_bytes));
+      lowest.socket().connect(ep);
+    } else {
+      lowest.connect(results);
+    }
     lowest.socket().set_option(tcp::no_delay(true));
     m.ws.set_option(websocket::stream_base::decorator(
         [](websocket::request_type& req) { req.set(beast::http::field::user_agent, "parley-sdk"); }));
@@ -227,6 +242,17 @@ bool Connection::WaitClosed(int timeout_ms) {
   return impl_->WaitFor(timeout_ms, lock, [&] { return impl_->is_closed; });
 }
 
+void Connection::PauseReading() {
+  net::post(impl_->ioc, [m = impl_.get()] { m->paused = true; });
+}
+
+void Connection::ResumeReading() {
+  net::post(impl_->ioc, [m = impl_.get()] {
+    m->paused = false;
+    m->DoRead();
+  });
+}
+
 void Connection::Close() {
   net::post(impl_->ioc, [m = impl_.get()] {
     m->ws.async_close(websocket::close_code::normal, [](beast::error_code) {});
@@ -244,6 +270,7 @@ void Connection::Abort() {
     std::lock_guard lock(impl_->mu);
     impl_->is_closed = true;
   }
+  impl_->work.reset();
   impl_->ioc.stop();
 }
 
