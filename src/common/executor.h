@@ -8,6 +8,7 @@
 // Executor run one at a time, in the order posted (a serial executor).
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <utility>
@@ -18,6 +19,8 @@ class Executor {
  public:
   virtual ~Executor() = default;
   virtual void Post(std::function<void()> fn) = 0;
+  // Runs `fn` on this executor after about `delay_ms` milliseconds.
+  virtual void PostAfter(int64_t delay_ms, std::function<void()> fn) = 0;
 };
 
 // Wraps `fn` so that calling the result, from any thread, posts the call to

@@ -31,6 +31,7 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       login_user_limiter_(config.rate_limits.failed_login_per_username),
       login_address_limiter_(config.rate_limits.failed_login_per_address),
       register_limiter_(config.rate_limits.register_per_address),
+      typing_limiter_(config.rate_limits.typing_per_device),
       rate_limited_(Metrics::Default().GetCounter("parley_rate_limited_total", "Requests refused by a rate limit")),
       connections_(Metrics::Default().GetGauge("parley_connections", "Open client connections (WebSocket)")),
       frames_in_(Metrics::Default().GetCounter("parley_frames_in_total", "Frames received from clients")),
@@ -147,6 +148,7 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kSearchUsers: return DoSearchUsers(c, std::move(req));
     case RequestType::kListConversations: return DoListConversations(c, std::move(req));
     case RequestType::kChangePassword: return DoChangePassword(c, std::move(req));
+    case RequestType::kTyping: return DoTyping(c, std::move(req));
   }
 }
 
@@ -164,6 +166,7 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
       return send_user_limiter_.Take(user, now);
     }
     case RequestType::kSearchUsers: return search_limiter_.Take(user, now);
+    case RequestType::kTyping: return typing_limiter_.Take("d" + std::to_string(c->device_id), now);
     case RequestType::kAddContact:
     case RequestType::kRemoveContact:
     case RequestType::kBlock:
@@ -655,6 +658,12 @@ void ChatService::DoContactOrBlock(const ClientPtr& c, Req req) {
       });
       bool positive = req.type == RequestType::kAddContact || req.type == RequestType::kBlock;
       bool contact = req.type == RequestType::kAddContact || req.type == RequestType::kRemoveContact;
+      if (!contact && r->changed) {
+        if (auto it = blocks_.find(c->user_id); it != blocks_.end()) {
+          if (positive) it->second.insert(r->profile.user_id);
+          else it->second.erase(r->profile.user_id);
+        }
+      }
       PublishSocial(contact ? store::EventKind::kContact : store::EventKind::kBlock, *r, positive);
     });
     int64_t now = clock_.NowMillis();
@@ -757,6 +766,86 @@ void ChatService::DoChangePassword(const ClientPtr& c, Req req) {
       });
     });
   }));
+}
+
+}  // namespace parley::core
+
+namespace parley::core {
+
+// ---- Typing (ephemeral: never stored, never in the user stream) ----
+
+namespace {
+// Users whose block sets are kept; the cache is cleared whole beyond this.
+constexpr size_t kMaxCachedBlockSets = 100'000;
+}  // namespace
+
+bool ChatService::EitherBlocks(int64_t a, int64_t b) const {
+  auto blocks = [this](int64_t owner, int64_t target) {
+    auto it = blocks_.find(owner);
+    return it != blocks_.end() && it->second.count(target) != 0;
+  };
+  return blocks(a, b) || blocks(b, a);
+}
+
+void ChatService::LoadBlocks(const std::vector<int64_t>& users, std::function<void()> then) {
+  std::vector<int64_t> missing;
+  for (int64_t u : users)
+    if (blocks_.find(u) == blocks_.end()) missing.push_back(u);
+  if (missing.empty()) return then();
+  if (blocks_.size() + missing.size() > kMaxCachedBlockSets) blocks_.clear();
+  auto left = std::make_shared<size_t>(missing.size());
+  for (int64_t u : missing) {
+    store_.ListBlocked(u, OnCore<std::vector<store::ProfileRecord>>(
+                              [this, u, left, then](Result<std::vector<store::ProfileRecord>> r) {
+                                auto& set = blocks_[u];
+                                if (r)
+                                  for (const auto& p : *r) set.insert(p.user_id);
+                                if (--*left == 0) then();
+                              }));
+  }
+}
+
+// "start" reaches the other members' connected devices (never across a block
+// in either direction) and expires on its own after typing_expiry_ms, when a
+// "stop" follows unless the typer refreshed or stopped it.
+void ChatService::DoTyping(const ClientPtr& c, Req req) {
+  auto t = std::get<protocol::TypingRequest>(req.body);
+  CheckMember(c->user_id, t.conversation_id, [this, c, req, t](Status s) {
+    if (!s.ok()) {
+      if (s.code() == ErrorCode::kUnknownConversation)
+        s = Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+      return Fail(c, req, s);
+    }
+    Respond(c, req, nullptr);
+    auto it = conversations_.find(t.conversation_id);
+    if (it == conversations_.end()) return;
+    std::vector<int64_t> users = {c->user_id};
+    for (const auto& m : it->second.members)
+      if (m.user_id != c->user_id) users.push_back(m.user_id);
+    int64_t typer = c->user_id;
+    LoadBlocks(users, [this, users, typer, t] {
+      std::vector<int64_t> audience;
+      for (size_t i = 1; i < users.size(); ++i)
+        if (!EitherBlocks(typer, users[i])) audience.push_back(users[i]);
+      std::string key = std::to_string(t.conversation_id) + ":" + std::to_string(typer);
+      auto frame = std::make_shared<const std::string>(
+          protocol::EncodeTyping(t.conversation_id, typer, t.typing, config_.typing_expiry_ms));
+      for (int64_t u : audience) fabric_.Publish(u, frame, /*ephemeral=*/true);
+      if (!t.typing) {
+        typing_.erase(key);
+        return;
+      }
+      uint64_t gen = ++typing_generation_;
+      typing_[key] = gen;
+      core_.PostAfter(config_.typing_expiry_ms, [this, key, gen, audience, t, typer] {
+        auto found = typing_.find(key);
+        if (found == typing_.end() || found->second != gen) return;  // refreshed or stopped
+        typing_.erase(found);
+        auto stop = std::make_shared<const std::string>(protocol::EncodeTyping(t.conversation_id, typer, false, 0));
+        for (int64_t u : audience) fabric_.Publish(u, stop, /*ephemeral=*/true);
+      });
+    });
+  });
 }
 
 }  // namespace parley::core

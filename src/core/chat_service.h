@@ -20,6 +20,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "common/clock.h"
 #include "common/executor.h"
@@ -44,6 +45,7 @@ struct RateLimits {
   RateLimit failed_login_per_username{5.0 / 60, 10};
   RateLimit failed_login_per_address{20.0 / 60, 50};
   RateLimit register_per_address{5.0 / 60, 10};
+  RateLimit typing_per_device{2, 6};
 };
 
 struct CoreConfig {
@@ -58,6 +60,9 @@ struct CoreConfig {
   // next `auth`. 0 = never.
   int64_t device_idle_expiry_ms = 0;
   RateLimits rate_limits;
+  // A "typing: start" expires on its own after this long (a "stop" is sent
+  // for it) unless the typer refreshes it.
+  int64_t typing_expiry_ms = 6'000;
   // Conversations whose member lists are kept in memory.
   size_t conversation_cache_entries = 100'000;
 };
@@ -135,6 +140,10 @@ class ChatService {
   void DoSearchUsers(const ClientPtr& c, Req req);
   void DoListConversations(const ClientPtr& c, Req req);
   void DoChangePassword(const ClientPtr& c, Req req);
+  void DoTyping(const ClientPtr& c, Req req);
+  // Loads (once) the set of users each of `users` blocks, then runs `then`.
+  void LoadBlocks(const std::vector<int64_t>& users, std::function<void()> then);
+  bool EitherBlocks(int64_t a, int64_t b) const;
 
   // Publishes one stream event per position (each user gets its own user_seq).
   // `withheld`, if not empty, holds each position's withheld seqs.
@@ -172,7 +181,14 @@ class ChatService {
   std::unordered_map<std::string, int64_t> direct_;  // "userA:userB" (ordered ids) -> conversation id
 
   RateLimiter send_device_limiter_, send_user_limiter_, search_limiter_, social_limiter_;
-  RateLimiter login_user_limiter_, login_address_limiter_, register_limiter_;
+  RateLimiter login_user_limiter_, login_address_limiter_, register_limiter_, typing_limiter_;
+  // Whom each user blocks, for ephemeral events (typing) that must not cross
+  // a block; loaded on demand, kept current by this node's block/unblock.
+  std::unordered_map<int64_t, std::unordered_set<int64_t>> blocks_;
+  // Live "typing" per (conversation, user): a generation, so that a refresh
+  // or a stop cancels the pending expiry.
+  std::unordered_map<std::string, uint64_t> typing_;
+  uint64_t typing_generation_ = 0;
   Counter& rate_limited_;
 
   Gauge& connections_;

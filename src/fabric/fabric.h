@@ -22,7 +22,8 @@ class DeviceSink {
  public:
   virtual ~DeviceSink() = default;
   // Queues a text frame for the device. Frames arrive in call order.
-  virtual void SendFrame(SharedFrame frame) = 0;
+  // Ephemeral frames (typing) may be dropped when the connection is behind.
+  virtual void SendFrame(SharedFrame frame, bool ephemeral = false) = 0;
   // Sends what is queued, then closes with `code` and `reason`.
   virtual void Close(uint16_t code, std::string reason) = 0;
 };
@@ -38,7 +39,7 @@ class Fabric {
   virtual void Detach(int64_t user_id, int64_t device_id, const DeviceSink* sink) = 0;
 
   // Sends `frame` to every attached connection of every device of the user.
-  virtual void Publish(int64_t user_id, SharedFrame frame) = 0;
+  virtual void Publish(int64_t user_id, SharedFrame frame, bool ephemeral = false) = 0;
 
   // Closes every connection of the device (unlink, logout).
   virtual void CloseDevice(int64_t user_id, int64_t device_id, uint16_t code, std::string reason) = 0;

@@ -47,6 +47,12 @@ class AsioExecutorAdapter final : public Executor {
  public:
   explicit AsioExecutorAdapter(AsioExecutor ex) : ex_(std::move(ex)) {}
   void Post(std::function<void()> fn) override { net::post(ex_, std::move(fn)); }
+  void PostAfter(int64_t delay_ms, std::function<void()> fn) override {
+    auto timer = std::make_shared<net::steady_timer>(ex_, std::chrono::milliseconds(delay_ms));
+    timer->async_wait([timer, fn = std::move(fn)](beast::error_code ec) {
+      if (!ec) fn();
+    });
+  }
 
  private:
   AsioExecutor ex_;
@@ -57,6 +63,8 @@ struct GatewayMetrics {
                                                    "Bytes queued for sending, summed over all connections");
   Counter& resync_closes = Metrics::Default().GetCounter(
       "parley_resync_closes_total", "Connections closed because their outbound queue overflowed");
+  Counter& shed = Metrics::Default().GetCounter("parley_shed_events_total",
+                                                "Ephemeral frames (typing) dropped because a connection's queue was half full");
   Counter& accepted = Metrics::Default().GetCounter("parley_connections_accepted_total", "TCP connections accepted");
   Counter& http_requests = Metrics::Default().GetCounter("parley_http_requests_total", "Plain HTTP requests served");
 };
@@ -74,7 +82,7 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
       : ws_(std::move(stream)), chat_(chat), cfg_(cfg), registry_(reg) {}
 
   void Start(http::request<http::string_body> req);
-  void SendFrame(fabric::SharedFrame frame) override;
+  void SendFrame(fabric::SharedFrame frame, bool ephemeral) override;
   void Close(uint16_t code, std::string reason) override;
 
  private:
@@ -164,9 +172,15 @@ void WsSession::OnRead(beast::error_code ec, size_t) {
   DoRead();
 }
 
-void WsSession::SendFrame(fabric::SharedFrame frame) {
-  net::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame)]() mutable {
+void WsSession::SendFrame(fabric::SharedFrame frame, bool ephemeral) {
+  net::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame), ephemeral]() mutable {
     if (self->close_requested_ || self->finished_) return;
+    // Overload order: ephemeral frames (typing) are shed first, once the
+    // queue is half full; durable ones are recovered by sync if it overflows.
+    if (ephemeral && self->queued_bytes_ > self->cfg_.max_outbound_queue_bytes / 2) {
+      M().shed.Inc();
+      return;
+    }
     self->queued_bytes_ += frame->size();
     M().queue_bytes.Add(static_cast<int64_t>(frame->size()));
     self->queue_.push_back(std::move(frame));

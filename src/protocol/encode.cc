@@ -121,6 +121,19 @@ std::string EncodeEvent(const store::StreamEvent& event) {
   return w.Take();
 }
 
+std::string EncodeTyping(int64_t conversation_id, int64_t user_id, bool typing, int64_t expires_in_ms) {
+  JsonWriter w;
+  w.BeginObject()
+      .Field("v", kVersion)
+      .Field("type", "typing")
+      .Field("conversation_id", conversation_id)
+      .Field("user_id", user_id)
+      .Field("state", typing ? "start" : "stop");
+  if (typing) w.Field("expires_in_ms", expires_in_ms);
+  w.EndObject();
+  return w.Take();
+}
+
 std::string RetryAfterReason(int64_t retry_after_ms) {
   JsonWriter w;
   w.BeginObject().Field("retry_after_ms", retry_after_ms).EndObject();

@@ -50,6 +50,10 @@ void WriteProfile(JsonWriter& w, const store::ProfileRecord& p);
 // A conversation-list entry or snapshot entry.
 void WriteSummary(JsonWriter& w, const store::ConversationSummary& s);
 
+// {"v":1,"type":"typing","conversation_id":C,"user_id":U,"state":"start"|"stop","expires_in_ms":N}
+// Ephemeral: not in the user stream, no user_seq.
+std::string EncodeTyping(int64_t conversation_id, int64_t user_id, bool typing, int64_t expires_in_ms);
+
 // The JSON reason text for a close frame that asks the client to wait:
 // {"retry_after_ms":N}
 std::string RetryAfterReason(int64_t retry_after_ms);

@@ -286,6 +286,16 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       *body = r;
       return Status::Ok();
     }
+    case RequestType::kTyping: {
+      TypingRequest r;
+      if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;
+      std::string state;
+      if (Status s = GetString(obj, "state", 8, true, &state); !s.ok()) return s;
+      if (state != "start" && state != "stop") return Bad("field 'state' must be \"start\" or \"stop\"");
+      r.typing = state == "start";
+      *body = r;
+      return Status::Ok();
+    }
     case RequestType::kChangePassword: {
       ChangePasswordRequest r;
       if (Status s = GetString(obj, "old_password", kMaxPasswordBytes, true, &r.old_password); !s.ok()) return s;

@@ -47,7 +47,8 @@ namespace parley::protocol {
   X(kListBlocked, "list_blocked", true)        \
   X(kSearchUsers, "search_users", true)        \
   X(kListConversations, "list_conversations", true) \
-  X(kChangePassword, "change_password", true)
+  X(kChangePassword, "change_password", true)  \
+  X(kTyping, "typing", true)
 
 enum class RequestType {
 #define PARLEY_X(e, name, auth) e,
@@ -129,6 +130,10 @@ struct ListConversationsRequest {
   int limit = 0;
   int messages = 0;
 };
+struct TypingRequest {
+  int64_t conversation_id = 0;
+  bool typing = false;  // "start" (true) or "stop"
+};
 struct ChangePasswordRequest {
   std::string old_password;
   std::string new_password;
@@ -137,7 +142,8 @@ struct ChangePasswordRequest {
 using RequestBody =
     std::variant<RegisterRequest, LoginRequest, AuthRequest, EmptyRequest, UnlinkDeviceRequest, OpenConversationRequest,
                  SendRequest, ReceiptRequest, SyncRequest, AckRequest, HistoryRequest, SnapshotRequest,
-                 SetProfileRequest, UserRequest, SearchUsersRequest, ListConversationsRequest, ChangePasswordRequest>;
+                 SetProfileRequest, UserRequest, SearchUsersRequest, ListConversationsRequest, ChangePasswordRequest,
+                 TypingRequest>;
 
 struct Request {
   RequestType type = RequestType::kPing;

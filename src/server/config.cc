@@ -56,6 +56,11 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SHUTDOWN_RETRY_AFTER_MS")
       ->check(CLI::Range(0, 600'000))
       ->capture_default_str();
+  app.add_option("--typing-expiry-ms", c.core.typing_expiry_ms,
+                 "A typing indicator expires on its own after this long (a stop is sent)")
+      ->envname("PARLEY_TYPING_EXPIRY_MS")
+      ->check(CLI::Range(int64_t{100}, int64_t{60'000}))
+      ->capture_default_str();
   app.add_option("--shutdown-drain-ms", c.shutdown_drain_ms, "Longest wait for connections to close on shutdown")
       ->envname("PARLEY_SHUTDOWN_DRAIN_MS")
       ->check(CLI::Range(0, 600'000))
@@ -89,7 +94,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   std::vector<std::string> rate_limits;
   app.add_option("--rate-limit", rate_limits,
                  "Override a rate limit: NAME=PER_SECOND/BURST (repeatable). Names: send_per_device, send_per_user, "
-                 "search_per_user, social_per_user, failed_login_per_username, failed_login_per_address, "
+                 "search_per_user, social_per_user, typing_per_device, failed_login_per_username, failed_login_per_address, "
                  "register_per_address")
       ->envname("PARLEY_RATE_LIMIT");
   bool relaxed_limits = false;
@@ -131,6 +136,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       {"failed_login_per_username", &rl.failed_login_per_username},
       {"failed_login_per_address", &rl.failed_login_per_address},
       {"register_per_address", &rl.register_per_address},
+      {"typing_per_device", &rl.typing_per_device},
   };
   if (relaxed_limits)
     for (auto& [name, limit] : named) {

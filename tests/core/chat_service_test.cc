@@ -30,6 +30,8 @@ class ManualExecutor final : public Executor {
     }
     cv_.notify_all();
   }
+  // Delayed work runs as soon as the test drains (tests do not wait for time).
+  void PostAfter(int64_t, std::function<void()> fn) override { Post(std::move(fn)); }
   bool RunUntil(const std::function<bool()>& done, int timeout_ms = 10000) {
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     while (!done()) {
@@ -53,7 +55,7 @@ class ManualExecutor final : public Executor {
 
 class FakeSink final : public fabric::DeviceSink {
  public:
-  void SendFrame(fabric::SharedFrame f) override {
+  void SendFrame(fabric::SharedFrame f, bool) override {
     std::lock_guard lock(mu);
     frames.push_back(json::parse(*f));
   }

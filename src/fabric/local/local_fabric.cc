@@ -20,7 +20,7 @@ void LocalFabric::Detach(int64_t user_id, int64_t device_id, const DeviceSink* s
   if (v.empty()) users_.erase(it);
 }
 
-void LocalFabric::Publish(int64_t user_id, SharedFrame frame) {
+void LocalFabric::Publish(int64_t user_id, SharedFrame frame, bool ephemeral) {
   std::vector<std::shared_ptr<DeviceSink>> targets;
   {
     std::lock_guard lock(mu_);
@@ -28,7 +28,7 @@ void LocalFabric::Publish(int64_t user_id, SharedFrame frame) {
     if (it == users_.end()) return;
     for (const auto& e : it->second) targets.push_back(e.sink);
   }
-  for (auto& s : targets) s->SendFrame(frame);
+  for (auto& s : targets) s->SendFrame(frame, ephemeral);
 }
 
 void LocalFabric::CloseDevice(int64_t user_id, int64_t device_id, uint16_t code, std::string reason) {

@@ -15,7 +15,7 @@ class LocalFabric final : public Fabric {
  public:
   void Attach(int64_t user_id, int64_t device_id, std::shared_ptr<DeviceSink> sink) override;
   void Detach(int64_t user_id, int64_t device_id, const DeviceSink* sink) override;
-  void Publish(int64_t user_id, SharedFrame frame) override;
+  void Publish(int64_t user_id, SharedFrame frame, bool ephemeral = false) override;
   void CloseDevice(int64_t user_id, int64_t device_id, uint16_t code, std::string reason) override;
   bool IsConnected(int64_t user_id) const override;
   void CloseAll(uint16_t code, std::string reason) override;
