@@ -5,7 +5,7 @@
 #pragma once
 
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -56,7 +56,19 @@ class ServerProcess {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    ASSERT_EQ(posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ), 0) << "cannot start parleyd";
+    // fork + exec (not posix_spawn) so that the child dies with this test
+    // process even when the test is killed (a timeout), never leaking a server.
+    // PR_SET_PDEATHSIG follows the forking *thread*: call Start from the test's
+    // main thread.
+    pid_t parent = getpid();
+    pid_ = fork();
+    ASSERT_GE(pid_, 0) << "cannot fork";
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
+      execve(argv[0], argv.data(), environ);
+      _exit(127);
+    }
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (std::chrono::steady_clock::now() < deadline) {
       std::ifstream in(port_file);
