@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quick start, command 2: installs what is missing, builds the test tree
 # (ASan + UBSan) and runs the whole suite: unit, store conformance,
-# end-to-end (real parleyd, real sockets) and the Python client. Prints the
+# end-to-end (real parleyd, real sockets) and the Python client; then the
+# Release tree with the benchmarks' smoke runs, and the fuzz targets. Prints the
 # time of each phase. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 cd build/asan
 ctest --output-on-failure -j"${PARLEY_TEST_JOBS:-2}" --timeout 600
 cd ../..
+
+phase "Release build and benchmark smoke runs (docs/benchmarks.md)"
+SMOKE=1 scripts/bench_search.sh
 
 phase "fuzz (libFuzzer, clang tree; FUZZ_SECONDS=${FUZZ_SECONDS:-20} per target)"
 scripts/fuzz.sh
