@@ -79,6 +79,17 @@ bool IsPrintable(std::string_view s) {
   return true;
 }
 
+// Reads a username that names another user: a name that cannot exist is an
+// unknown user (kUnknownUser), not a syntax error. Returns the canonical form.
+Status GetOtherUsername(object obj, const char* key, std::string* out) {
+  std::string raw;
+  if (Status s = GetString(obj, key, 256, true, &raw); !s.ok()) return s;
+  auto canon = CanonicalUsername(raw);
+  if (!canon) return Status(ErrorCode::kUnknownUser, "no such user");
+  *out = std::move(*canon);
+  return Status::Ok();
+}
+
 bool IsClientIdChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
 }
@@ -131,12 +142,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
     }
     case RequestType::kOpenConversation: {
       OpenConversationRequest r;
-      std::string raw;
-      if (Status s = GetString(obj, "username", 256, true, &raw); !s.ok()) return s;
-      auto canon = CanonicalUsername(raw);
-      // A name that cannot exist is an unknown user, not a syntax error.
-      if (!canon) return Status(ErrorCode::kUnknownUser, "no such user");
-      r.username = std::move(*canon);
+      if (Status s = GetOtherUsername(obj, "username", &r.username); !s.ok()) return s;
       *body = std::move(r);
       return Status::Ok();
     }
@@ -246,11 +252,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
     case RequestType::kBlock:
     case RequestType::kUnblock: {
       UserRequest r;
-      std::string raw;
-      if (Status s = GetString(obj, "username", 256, true, &raw); !s.ok()) return s;
-      auto canon = CanonicalUsername(raw);
-      if (!canon) return Status(ErrorCode::kUnknownUser, "no such user");
-      r.username = std::move(*canon);
+      if (Status s = GetOtherUsername(obj, "username", &r.username); !s.ok()) return s;
       *body = std::move(r);
       return Status::Ok();
     }

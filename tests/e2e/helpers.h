@@ -57,8 +57,9 @@ inline Device Reconnect(ServerProcess& s, const Device& old) {
   return d;
 }
 
-// Waits for the next event matching `pred`, skipping others. Returns the event object.
-inline std::optional<json> WaitEvent(Connection& c, const std::function<bool(const json&)>& pred,
+// Waits for the next server-initiated frame (event, typing...) matching
+// `pred`, skipping others. Returns the whole frame.
+inline std::optional<json> WaitFrame(Connection& c, const std::function<bool(const json&)>& pred,
                                      int timeout_ms = 5000) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (true) {
@@ -66,8 +67,16 @@ inline std::optional<json> WaitEvent(Connection& c, const std::function<bool(con
     if (left.count() <= 0) return std::nullopt;
     auto f = c.NextEvent(static_cast<int>(left.count()));
     if (!f) return std::nullopt;
-    if (pred((*f)["event"])) return (*f)["event"];
+    if (pred(*f)) return f;
   }
+}
+
+// Waits for the next stream event matching `pred`. Returns the event object.
+inline std::optional<json> WaitEvent(Connection& c, const std::function<bool(const json&)>& pred,
+                                     int timeout_ms = 5000) {
+  auto f = WaitFrame(c, [&](const json& frame) { return frame["type"] == "event" && pred(frame["event"]); }, timeout_ms);
+  if (!f) return std::nullopt;
+  return (*f)["event"];
 }
 
 inline std::function<bool(const json&)> IsMessage(int64_t seq) {

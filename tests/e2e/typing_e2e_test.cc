@@ -9,14 +9,7 @@ namespace {
 
 // The next "typing" frame on `c`, skipping events.
 std::optional<json> NextTyping(Connection& c, int timeout_ms) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (true) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return std::nullopt;
-    auto f = c.NextEvent(static_cast<int>(left.count()));
-    if (!f) return std::nullopt;
-    if ((*f)["type"] == "typing") return f;
-  }
+  return WaitFrame(c, [](const json& f) { return f["type"] == "typing"; }, timeout_ms);
 }
 
 TEST(TypingE2E, StartReachesTheOtherMemberAndExpiresWithoutAStop) {
