@@ -59,6 +59,8 @@ class AsioExecutorAdapter final : public Executor {
 };
 
 struct GatewayMetrics {
+  Gauge& queue_frames = Metrics::Default().GetGauge("parley_outbound_queue_frames",
+                                                    "Frames queued for sending, summed over all connections");
   Gauge& queue_bytes = Metrics::Default().GetGauge("parley_outbound_queue_bytes",
                                                    "Bytes queued for sending, summed over all connections");
   Counter& resync_closes = Metrics::Default().GetCounter(
@@ -183,6 +185,7 @@ void WsSession::SendFrame(fabric::SharedFrame frame, bool ephemeral) {
     }
     self->queued_bytes_ += frame->size();
     M().queue_bytes.Add(static_cast<int64_t>(frame->size()));
+    M().queue_frames.Add(1);
     self->queue_.push_back(std::move(frame));
     if (self->queued_bytes_ > self->cfg_.max_outbound_queue_bytes) {
       // Too slow a reader: drop what is queued (but the frame being written,
@@ -218,11 +221,14 @@ void WsSession::DoWrite() {
   ws_.async_write(net::buffer(*queue_.front()), beast::bind_front_handler(&WsSession::OnWrite, shared_from_this()));
 }
 
+// Drops every queued frame but the one being written (Beast still holds its
+// buffer; OnWrite releases it).
 void WsSession::DropQueued() {
   size_t keep = writing_ ? 1 : 0;
   while (queue_.size() > keep) {
     queued_bytes_ -= queue_.back()->size();
     M().queue_bytes.Add(-static_cast<int64_t>(queue_.back()->size()));
+    M().queue_frames.Add(-1);
     queue_.pop_back();
   }
 }
@@ -232,8 +238,9 @@ void WsSession::OnWrite(beast::error_code ec, size_t) {
   size_t n = queue_.front()->size();
   queued_bytes_ -= n;
   M().queue_bytes.Add(-static_cast<int64_t>(n));
+  M().queue_frames.Add(-1);
   queue_.pop_front();
-  if (ec) return Finish();
+  if (ec || finished_) return Finish();
   DoWrite();
 }
 
@@ -251,9 +258,7 @@ void WsSession::DoClose() {
 void WsSession::Finish() {
   if (finished_) return;
   finished_ = true;
-  M().queue_bytes.Add(-static_cast<int64_t>(queued_bytes_));
-  queued_bytes_ = 0;
-  queue_.clear();
+  DropQueued();  // a frame still being written is released by OnWrite
   chat_->OnDisconnect(client_);
   client_.reset();  // core keeps it until it has processed the disconnect
   registry_->Remove(this);

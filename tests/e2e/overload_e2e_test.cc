@@ -76,6 +76,15 @@ TEST(OverloadE2E, StalledReaderIsClosedWithResyncAndCatchesUpWithAllMessages) {
   }
   ASSERT_EQ(seqs.size(), static_cast<size_t>(kCount));
   for (int i = 0; i < kCount; ++i) ASSERT_EQ(seqs[i], i + 1);
+  // Nothing is left queued for the dropped connection.
+  b.conn.reset();
+  a.conn.reset();
+  for (int i = 0; i < 100; ++i) {
+    std::string m = HttpGet(server.port(), "/metrics");
+    if (MetricValue(m, "parley_outbound_queue_frames") == 0 && MetricValue(m, "parley_outbound_queue_bytes") == 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ADD_FAILURE() << "outbound queue gauges did not return to 0";
 }
 
 }  // namespace
