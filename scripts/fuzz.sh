@@ -35,19 +35,8 @@ for t in "${TARGETS[@]}"; do
   [[ " ${ALL_TARGETS[*]} " == *" $t "* ]] || { echo "fuzz: unknown target '$t' (have: ${ALL_TARGETS[*]})" >&2; exit 2; }
 done
 
-# --- dependencies (like scripts/setup.sh: install only what is missing) ----
-PACKAGES=(clang-14 libclang-rt-14-dev libsimdjson-dev libfmt-dev cmake ninja-build)
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "fuzz: installing ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# --- dependencies (installs only what is missing) ---------------------------
+"$ROOT"/scripts/setup.sh clang-14 libclang-rt-14-dev >/dev/null
 
 # --- configure and build ----------------------------------------------------
 start=$(date +%s)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Parley needs on Debian 12, and nothing
 # that is already there. Safe to run again. Needs root (or sudo) for apt-get.
+# Extra package names given as arguments are installed too (scripts/fuzz.sh
+# uses this for clang).
 set -euo pipefail
 
 PACKAGES=(
@@ -15,6 +17,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev   # tests
   python3 python3-websockets  # the second client, written from docs/protocol.md
   curl procps
+  "$@"
 )
 
 missing=()
