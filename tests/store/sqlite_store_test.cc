@@ -78,6 +78,21 @@ SyncCost SyncAfterMissingTen(int history) {
                   page.events.size()};
 }
 
+// The schema version recorded in the file (PRAGMA user_version), -1 on error.
+int64_t UserVersion(const std::string& path) {
+  sqlite3* db = nullptr;
+  int64_t v = -1;
+  if (sqlite3_open(path.c_str(), &db) == SQLITE_OK) {
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+      v = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+  }
+  sqlite3_close(db);
+  return v;
+}
+
 TEST(SqliteStoreTest, SyncWorkDoesNotGrowWithHistory) {
   auto start = std::chrono::steady_clock::now();
   SyncCost small = SyncAfterMissingTen(100);
@@ -238,13 +253,7 @@ INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES(1, 1
   EXPECT_EQ(History(*store, 1, 0, 10, 1).size(), 2u);
   store.reset();
 
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr), SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int64(stmt, 0), SqliteStore::kSchemaVersion);
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
 TEST(SqliteStoreTest, MigratesVersion2BlocksToKeepTheBlockersProfile) {
@@ -284,13 +293,7 @@ INSERT INTO blocks(owner_id, target_id, created_at) VALUES(1, 2, 70);
   EXPECT_EQ(contact_of(2).display_name, "Alicia");
   store.reset();
 
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr), SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int64(stmt, 0), SqliteStore::kSchemaVersion);
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
 TEST(SqliteStoreTest, RecordsSchemaVersionAndRefusesNewerFiles) {
