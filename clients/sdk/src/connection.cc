@@ -85,8 +85,10 @@ struct Connection::Impl {
       std::lock_guard lock(mu);
       if (!is_closed) {
         is_closed = true;
-        code = static_cast<uint16_t>(ws.reason().code);
-        reason = std::string(ws.reason().reason.c_str());
+        if (code == 0) {
+          code = static_cast<uint16_t>(ws.reason().code);
+          reason = std::string(ws.reason().reason.c_str());
+        }
       }
     }
     cv.notify_all();
@@ -150,6 +152,15 @@ std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std:
     m.ws.set_option(websocket::stream_base::decorator(
         [](websocket::request_type& req) { req.set(beast::http::field::user_agent, "parley-sdk"); }));
     m.ws.read_message_max(16 * 1024 * 1024);
+    // Keep the server's close code as soon as its close frame is parsed: a
+    // write failing afterwards (the server tore the connection down while
+    // we were still sending) must not lose it.
+    m.ws.control_callback([&m](websocket::frame_type kind, beast::string_view) {
+      if (kind != websocket::frame_type::close) return;
+      std::lock_guard lock(m.mu);
+      m.code = static_cast<uint16_t>(m.ws.reason().code);
+      m.reason = std::string(m.ws.reason().reason.c_str());
+    });
     m.ws.handshake(options.host + ":" + std::to_string(options.port), options.path);
     lowest.expires_never();
   } catch (const std::exception& e) {
