@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <system_error>
 
+#include "store/postgres/pg_store.h"
 #include "store/sqlite/sqlite_store.h"
 
 namespace parley::store {
@@ -27,7 +28,17 @@ Result<std::unique_ptr<Store>> OpenStore(const StoreConfig& config) {
     if (!store.has_value()) return store.error();
     return std::unique_ptr<Store>(std::move(store).value());
   }
+  if (config.backend == "postgres") {
+    if (config.postgres_url.empty()) return Status(ErrorCode::kBadRequest, "postgres_url is empty");
+    Result<std::unique_ptr<PostgresStore>> store = PostgresStore::Open(config);
+    if (!store.has_value()) return store.error();
+    return std::unique_ptr<Store>(std::move(store).value());
+  }
   return Status(ErrorCode::kBadRequest, fmt::format("unknown store backend '{}'", config.backend));
+}
+
+bool IsPostgresUrl(const std::string& url) {
+  return url.rfind("postgres://", 0) == 0 || url.rfind("postgresql://", 0) == 0;
 }
 
 }  // namespace parley::store

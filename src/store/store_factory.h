@@ -10,8 +10,14 @@
 namespace parley::store {
 
 struct StoreConfig {
-  std::string backend = "sqlite";  // "sqlite" (later: "postgres")
+  std::string backend = "sqlite";  // "sqlite" or "postgres"
   std::string sqlite_path;         // file of the SQLite store (created if missing)
+  // PostgreSQL: a libpq connection URI (postgres://... or postgresql://...)
+  // or key=value connection string. The database must exist; its schema is
+  // created and migrated on open.
+  std::string postgres_url;
+  // PostgreSQL: connections (and threads) serving reads; writes use one more.
+  int postgres_read_connections = 2;
   // Group commit: a transaction takes every queued write, up to this many.
   int commit_max_batch = 1000;
   // ... and, when fewer are queued, waits at most this long for more (0: commit
@@ -25,5 +31,8 @@ struct StoreConfig {
 // Fails kBadRequest for an unknown backend, kUnavailable/kInternal if it
 // cannot be opened.
 Result<std::unique_ptr<Store>> OpenStore(const StoreConfig& config);
+
+// True if `url` names a PostgreSQL store (postgres:// or postgresql://).
+bool IsPostgresUrl(const std::string& url);
 
 }  // namespace parley::store

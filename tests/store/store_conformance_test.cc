@@ -1,8 +1,10 @@
 // The Store conformance suite: the contract of store/store.h, checked through
 // the interface only, for every backend. A backend joins by adding an entry
-// to Backends(); each test gets a fresh, empty store of its own.
+// to Backends(); each test gets a fresh, empty store of its own (PostgreSQL:
+// a fresh database on a real server that the test starts, pg_test_server.h).
 
 #include <gtest/gtest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -15,6 +17,7 @@
 
 #include "store/store.h"
 #include "store/store_factory.h"
+#include "store/pg_test_server.h"
 #include "store/store_test_util.h"
 
 namespace parley::store {
@@ -37,6 +40,16 @@ std::vector<Backend> Backends() {
          config.backend = "sqlite";
          config.sqlite_path = dir + "/data/parley.db";  // the factory creates data/
          config.sqlite_cache_kib = 4096;
+         return OpenStore(config);
+       }},
+      {"postgres",
+       [](const std::string& dir) -> Result<std::unique_ptr<Store>> {
+         // One database per data dir, on the process's test server.
+         PgTestServer& server = PgTestServer::Get();
+         if (!server.ok()) return Status(ErrorCode::kUnavailable, "no PostgreSQL test server");
+         StoreConfig config;
+         config.backend = "postgres";
+         config.postgres_url = server.Database(fmt::format("t_{:x}", std::hash<std::string>()(dir)));
          return OpenStore(config);
        }},
   };

@@ -1,0 +1,34 @@
+// Display-name words for user search, shared by every Store backend so that
+// search matches the same users whatever the store.
+//
+// A display name's words: lower-cased (ASCII), split on ASCII whitespace and
+// punctuation; bytes of multi-byte UTF-8 characters count as word
+// characters. Each distinct word contributes its prefixes (at character
+// boundaries, up to kMaxIndexedPrefix bytes) to a backend's prefix index, so
+// a word-prefix query is one equality seek ordered by username. A longer
+// query seeks its first kMaxIndexedPrefix bytes and checks the full words
+// (NameHasWordWithPrefix).
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace parley::store {
+
+inline constexpr size_t kMaxIndexedPrefix = 12;
+
+// The distinct words of `name`, lower-cased, ascending.
+std::vector<std::string> NameWords(std::string_view name);
+// `text` cut to at most `max` bytes, never inside a UTF-8 character.
+std::string_view Utf8Prefix(std::string_view text, size_t max);
+// The distinct indexed prefixes of the words of `display_name`.
+std::vector<std::string> NamePrefixes(std::string_view display_name);
+bool NameHasWordWithPrefix(std::string_view display_name, std::string_view prefix);
+// The least string greater than every string starting with `prefix`, or
+// nullopt when there is none ("" or all 0xff bytes).
+std::optional<std::string> PrefixEnd(std::string prefix);
+
+}  // namespace parley::store

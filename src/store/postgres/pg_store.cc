@@ -1,0 +1,1730 @@
+// PostgresStore: design.
+//
+// The same operations as SqliteStore, in the same order of checks and with
+// the same results, on PostgreSQL through libpq. Differences come from
+// PostgreSQL being shared by several parleyd nodes and being a network hop
+// away:
+//
+// Sequence numbers are assigned in the database. AppendMessage locks its
+// conversation's row (SELECT ... FOR UPDATE) before the dedup check, so two
+// nodes appending to one conversation serialize there; the next seq is
+// last_seq + 1 under that lock. A user-stream entry takes its user seq from
+// user_heads in the same statement that inserts it (an upsert of head + 1 in
+// a CTE), which locks that user's head row until the batch commits. A batch
+// that deadlocks against another node's (two conversations locked in
+// opposite orders) is rolled back and retried (kMaxBatchAttempts); its
+// operations are applied again from scratch.
+//
+// Round trips. Expected failures are found by reading before writing, as in
+// SQLite, so an operation that fails writes nothing. Writes whose results
+// are not needed are deferred (PgConn::Defer) and sent with the next read in
+// one libpq pipeline; BEGIN is deferred too, and COMMIT is sent with the
+// batch's last writes. A message into a direct conversation costs about six
+// round trips inside a batch that is shared by everything queued with it.
+//
+// Schema (version kSchemaVersion, recorded in schema_version; kMigrations
+// is the list of numbered steps, each in its own transaction, all under an
+// advisory lock so that nodes starting together migrate once):
+//   users(id PK identity, username UNIQUE COLLATE "C", password_hash,
+//         created_at, display_name, about, profile_updated_at)
+//   devices(id PK identity, user_id, name, platform, token_hash bytea UNIQUE
+//         (NULL once revoked), created_at, last_seen_at, cursor, revoked)
+//         + devices_by_user(user_id)
+//   conversations(id PK identity, last_seq, created_at, last_activity_at)
+//   direct_conversations(low_user_id, high_user_id, conversation_id)
+//         PK(low_user_id, high_user_id): the one direct conversation of a pair
+//   members(conversation_id, user_id, last_activity_at) PK(conversation_id,
+//         user_id) + members_by_activity(user_id, last_activity_at,
+//         conversation_id)
+//   messages(conversation_id, seq, sender_id, sender_device_id, client_id,
+//         body, created_at) PK(conversation_id, seq),
+//         UNIQUE(conversation_id, sender_id, client_id);
+//         PARTITION BY HASH(conversation_id), kPartitions partitions
+//   withheld(conversation_id, user_id, seq) PK(conversation_id, user_id, seq);
+//         PARTITION BY HASH(conversation_id)
+//   user_events(user_id, user_seq, kind, conversation_id, seq,
+//         subject_user_id, delivered, read, created_at, withheld bigint[],
+//         profile_username, profile_display_name, profile_about,
+//         profile_updated_at) PK(user_id, user_seq);
+//         PARTITION BY HASH(user_id)
+//   user_heads(user_id PK, head)
+//   device_receipts(device_id, conversation_id, delivered, read) PK(both)
+//   user_receipts(conversation_id, user_id, delivered, read) PK(both)
+//   contacts(owner_id, contact_id, added_at) PK(both)
+//         + contacts_by_contact(contact_id, owner_id)
+//   blocks(owner_id, target_id, created_at, shown_display_name, shown_about,
+//         shown_updated_at) PK(both)
+//   name_prefixes(prefix, username, user_id) PK(prefix, username)
+// Every key of a partitioned table leads with its partition key, and every
+// table holding conversation data has the conversation id in its primary
+// key, so the layout can be distributed (Citus) by conversation id and by
+// user id.
+//
+// Event payloads are columns, not JSON: kMessage/kReceipt carry `withheld`,
+// kProfile/kContact/kBlock carry the profile_* columns (the subject's id in
+// subject_user_id and the flag in delivered).
+//
+// Left open on purpose: as in SQLite, events and messages are never purged
+// yet; reads are one statement per round trip (a summary of a conversation
+// costs a few); and the writer is one connection per node (the database
+// serializes nodes on the rows they share, nothing else).
+
+#include "store/postgres/pg_store.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <fmt/format.h>
+#include <limits>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+#include "store/name_words.h"
+#include "store/postgres/pg_conn.h"
+
+namespace parley::store {
+
+using postgres::PgConn;
+using postgres::PgParams;
+using postgres::PgRows;
+
+namespace {
+
+// Bound of the writer's member cache (conversations); dropped whole past it.
+constexpr size_t kMaxCachedConversations = 65536;
+// Rows fetched per round trip by each of search's two ordered scans.
+constexpr int kSearchChunk = 64;
+// Key of the advisory lock held while migrating (any constant unique to us).
+constexpr int64_t kMigrationLockKey = 0x7061726c6579;  // "parley"
+// Seconds a connection attempt may take.
+constexpr int kConnectTimeoutS = 10;
+
+std::string PartitionsSql(const char* table, const char* key) {
+  std::string sql;
+  for (int i = 0; i < PostgresStore::kPartitions; ++i) {
+    sql += fmt::format("CREATE TABLE {0}_p{1} PARTITION OF {0} FOR VALUES WITH (MODULUS {2}, REMAINDER {1});\n",
+                       table, i, PostgresStore::kPartitions);
+  }
+  (void)key;
+  return sql;
+}
+
+std::string SchemaV1() {
+  std::string sql = R"sql(
+CREATE TABLE users(
+  id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+  username text COLLATE "C" NOT NULL UNIQUE,
+  password_hash text NOT NULL,
+  created_at bigint NOT NULL,
+  display_name text NOT NULL DEFAULT '',
+  about text NOT NULL DEFAULT '',
+  profile_updated_at bigint NOT NULL DEFAULT 0);
+CREATE TABLE devices(
+  id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+  user_id bigint NOT NULL,
+  name text NOT NULL,
+  platform text NOT NULL,
+  token_hash bytea UNIQUE,
+  created_at bigint NOT NULL,
+  last_seen_at bigint NOT NULL,
+  cursor bigint NOT NULL DEFAULT 0,
+  revoked boolean NOT NULL DEFAULT false);
+CREATE INDEX devices_by_user ON devices(user_id);
+CREATE TABLE conversations(
+  id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+  last_seq bigint NOT NULL DEFAULT 0,
+  created_at bigint NOT NULL,
+  last_activity_at bigint NOT NULL);
+CREATE TABLE direct_conversations(
+  low_user_id bigint NOT NULL,
+  high_user_id bigint NOT NULL,
+  conversation_id bigint NOT NULL,
+  PRIMARY KEY(low_user_id, high_user_id));
+CREATE TABLE members(
+  conversation_id bigint NOT NULL,
+  user_id bigint NOT NULL,
+  last_activity_at bigint NOT NULL,
+  PRIMARY KEY(conversation_id, user_id));
+CREATE INDEX members_by_activity ON members(user_id, last_activity_at, conversation_id);
+CREATE TABLE messages(
+  conversation_id bigint NOT NULL,
+  seq bigint NOT NULL,
+  sender_id bigint NOT NULL,
+  sender_device_id bigint NOT NULL,
+  client_id text NOT NULL,
+  body text NOT NULL,
+  created_at bigint NOT NULL,
+  PRIMARY KEY(conversation_id, seq),
+  UNIQUE(conversation_id, sender_id, client_id)) PARTITION BY HASH(conversation_id);
+CREATE TABLE withheld(
+  conversation_id bigint NOT NULL,
+  user_id bigint NOT NULL,
+  seq bigint NOT NULL,
+  PRIMARY KEY(conversation_id, user_id, seq)) PARTITION BY HASH(conversation_id);
+CREATE TABLE user_events(
+  user_id bigint NOT NULL,
+  user_seq bigint NOT NULL,
+  kind smallint NOT NULL,
+  conversation_id bigint NOT NULL DEFAULT 0,
+  seq bigint NOT NULL DEFAULT 0,
+  subject_user_id bigint NOT NULL DEFAULT 0,
+  delivered bigint NOT NULL DEFAULT 0,
+  read bigint NOT NULL DEFAULT 0,
+  created_at bigint NOT NULL,
+  withheld bigint[],
+  profile_username text,
+  profile_display_name text,
+  profile_about text,
+  profile_updated_at bigint,
+  PRIMARY KEY(user_id, user_seq)) PARTITION BY HASH(user_id);
+CREATE TABLE user_heads(
+  user_id bigint PRIMARY KEY,
+  head bigint NOT NULL);
+CREATE TABLE device_receipts(
+  device_id bigint NOT NULL,
+  conversation_id bigint NOT NULL,
+  delivered bigint NOT NULL,
+  read bigint NOT NULL,
+  PRIMARY KEY(device_id, conversation_id));
+CREATE TABLE user_receipts(
+  conversation_id bigint NOT NULL,
+  user_id bigint NOT NULL,
+  delivered bigint NOT NULL,
+  read bigint NOT NULL,
+  PRIMARY KEY(conversation_id, user_id));
+CREATE TABLE contacts(
+  owner_id bigint NOT NULL,
+  contact_id bigint NOT NULL,
+  added_at bigint NOT NULL,
+  PRIMARY KEY(owner_id, contact_id));
+CREATE INDEX contacts_by_contact ON contacts(contact_id, owner_id);
+CREATE TABLE blocks(
+  owner_id bigint NOT NULL,
+  target_id bigint NOT NULL,
+  created_at bigint NOT NULL,
+  shown_display_name text NOT NULL,
+  shown_about text NOT NULL,
+  shown_updated_at bigint NOT NULL,
+  PRIMARY KEY(owner_id, target_id));
+CREATE TABLE name_prefixes(
+  prefix text COLLATE "C" NOT NULL,
+  username text COLLATE "C" NOT NULL,
+  user_id bigint NOT NULL,
+  PRIMARY KEY(prefix, username));
+)sql";
+  sql += PartitionsSql("messages", "conversation_id");
+  sql += PartitionsSql("withheld", "conversation_id");
+  sql += PartitionsSql("user_events", "user_id");
+  return sql;
+}
+
+struct Migration {
+  int version;
+  std::string (*sql)();
+};
+
+const Migration kMigrations[] = {
+    {1, &SchemaV1},
+};
+
+// Applies the steps above the database's version up to `target`, each in its
+// own transaction, holding an advisory lock so concurrent nodes migrate once.
+Status Migrate(PgConn& db, int target) {
+  db.ClearError();
+  if (Status s = db.Exec(fmt::format("SELECT pg_advisory_lock({})", kMigrationLockKey)); !s.ok()) return s;
+  auto unlock = [&] {
+    db.ClearError();
+    db.ExecIgnoringErrors(fmt::format("SELECT pg_advisory_unlock({})", kMigrationLockKey).c_str());
+  };
+  Status status = db.Exec(
+      "CREATE TABLE IF NOT EXISTS schema_version(version integer PRIMARY KEY, applied_at timestamptz NOT NULL "
+      "DEFAULT now())");
+  int64_t current = 0;
+  if (status.ok()) {
+    PgRows rows = db.Query("SELECT COALESCE(max(version), 0) FROM schema_version");
+    if (!rows.empty()) current = rows.Int(0, 0);
+    status = db.failed() ? db.error() : Status::Ok();
+  }
+  if (status.ok() && current > PostgresStore::kSchemaVersion) {
+    status = Status(ErrorCode::kInternal, fmt::format("store schema version {} is newer than this server's {}",
+                                                      current, PostgresStore::kSchemaVersion));
+  }
+  for (const Migration& m : kMigrations) {
+    if (!status.ok()) break;
+    if (m.version <= current || m.version > target) continue;
+    std::string sql = fmt::format("BEGIN; {} INSERT INTO schema_version(version) VALUES ({}); COMMIT;", m.sql(),
+                                  m.version);
+    if (Status s = db.Exec(sql); !s.ok()) {
+      db.ExecIgnoringErrors("ROLLBACK");
+      status = Status(ErrorCode::kInternal, fmt::format("schema migration {} failed: {}", m.version, s.message()));
+    }
+  }
+  unlock();
+  return status;
+}
+
+constexpr const char* kMessageColumns =
+    "conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at";
+
+MessageRecord MessageAt(const PgRows& r, int row, int col) {
+  MessageRecord m;
+  m.conversation_id = r.Int(row, col);
+  m.seq = r.Int(row, col + 1);
+  m.sender_id = r.Int(row, col + 2);
+  m.sender_device_id = r.Int(row, col + 3);
+  m.client_id = r.Text(row, col + 4);
+  m.body = r.Text(row, col + 5);
+  m.created_at = r.Int(row, col + 6);
+  return m;
+}
+
+DeviceRecord DeviceAt(const PgRows& r, int row) {
+  DeviceRecord d;
+  d.id = r.Int(row, 0);
+  d.user_id = r.Int(row, 1);
+  d.name = r.Text(row, 2);
+  d.platform = r.Text(row, 3);
+  d.created_at = r.Int(row, 4);
+  d.last_seen_at = r.Int(row, 5);
+  d.cursor = r.Int(row, 6);
+  return d;
+}
+
+// Columns: id, username, display_name, about, profile_updated_at, from `col`.
+ProfileRecord ProfileAt(const PgRows& r, int row, int col) {
+  ProfileRecord p;
+  p.user_id = r.Int(row, col);
+  p.username = r.Text(row, col + 1);
+  p.display_name = r.Text(row, col + 2);
+  p.about = r.Text(row, col + 3);
+  p.updated_at = r.Int(row, col + 4);
+  return p;
+}
+
+UserRecord UserAt(const PgRows& r, int row) {
+  return UserRecord{r.Int(row, 0), r.Text(row, 1), r.Text(row, 2), r.Int(row, 3), r.Text(row, 4), r.Text(row, 5)};
+}
+
+// `user`'s profile as `viewer` sees it ($1 user, $2 viewer): as it was when
+// the block began if `user` blocks `viewer`.
+constexpr const char* kProfileForSql =
+    "SELECT u.id, u.username, COALESCE(b.shown_display_name, u.display_name), COALESCE(b.shown_about, u.about), "
+    "COALESCE(b.shown_updated_at, u.profile_updated_at) FROM users u "
+    "LEFT JOIN blocks b ON b.owner_id = u.id AND b.target_id = $2 WHERE u.id = $1";
+
+Callback<Empty> ToEmptyCallback(StatusCallback done) {
+  return [done = std::move(done)](Result<Empty> r) { done(r.has_value() ? Status::Ok() : r.error()); };
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Write operations
+
+class PostgresStore::WriteOp {
+ public:
+  virtual ~WriteOp() = default;
+  // Runs inside the batch's transaction; may run again if the batch is
+  // retried. Database errors are sticky in the writer's PgConn and fail the
+  // batch; expected failures become this op's result.
+  virtual void Apply(Writer& writer) = 0;
+  virtual void Finish(const Status& batch) = 0;
+};
+
+template <typename T>
+class PostgresStore::TypedWriteOp final : public WriteOp {
+ public:
+  TypedWriteOp(std::function<Result<T>(Writer&)> body, Callback<T> done)
+      : body_(std::move(body)), done_(std::move(done)) {}
+  void Apply(Writer& writer) override { result_.emplace(body_(writer)); }
+  void Finish(const Status& batch) override {
+    if (!batch.ok() || !result_.has_value()) {
+      done_(Result<T>(batch.ok() ? Status(ErrorCode::kInternal, "write not applied") : batch));
+      return;
+    }
+    done_(std::move(*result_));
+  }
+
+ private:
+  std::function<Result<T>(Writer&)> body_;
+  Callback<T> done_;
+  std::optional<Result<T>> result_;
+};
+
+class PostgresStore::Writer {
+ public:
+  explicit Writer(std::unique_ptr<PgConn> db) : db_(std::move(db)) {}
+
+  // Applies `ops` in one transaction (retrying it on a conflict); returns its
+  // outcome.
+  Status CommitBatch(const std::vector<std::unique_ptr<WriteOp>>& ops);
+  uint64_t statements() const { return db_->statements(); }
+
+  Result<UserRecord> CreateUser(const std::string& username, const std::string& password_hash, int64_t now);
+  Result<DeviceRecord> CreateDevice(UserId user_id, const std::string& name, const std::string& platform,
+                                    const std::string& token_hash, int64_t now);
+  Result<Empty> RevokeDevice(UserId user_id, DeviceId device_id);
+  Result<Empty> SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now);
+  Result<OpenResult> OpenDirect(UserId a, UserId b, int64_t now);
+  Result<AppendResult> AppendMessage(const NewMessage& msg);
+  Result<ReceiptResult> UpdateReceipt(const ReceiptUpdate& update);
+  Result<SocialResult> SetProfile(UserId user_id, const std::optional<std::string>& display_name,
+                                  const std::optional<std::string>& about, int64_t now);
+  Result<SocialResult> AddContact(UserId owner, UserId contact, int64_t now);
+  Result<SocialResult> RemoveContact(UserId owner, UserId contact, int64_t now);
+  Result<SocialResult> Block(UserId owner, UserId target, int64_t now);
+  Result<SocialResult> Unblock(UserId owner, UserId target, int64_t now);
+  Result<std::vector<DeviceId>> ChangePassword(UserId user_id, const std::string& new_hash, DeviceId keep_device);
+  Result<std::vector<BulkUserResult>> BulkCreateUsers(const std::vector<NewBulkUser>& users, int64_t now);
+
+ private:
+  // A conversation's members (never change once created), ascending user id.
+  struct Members {
+    std::vector<MemberRecord> members;
+  };
+
+  // The cached members of `id`, loaded on a miss; nullptr if it does not exist.
+  const Members* FindMembers(ConversationId id);
+  static bool IsMember(const Members& c, UserId user);
+  std::optional<std::string> Username(UserId user);
+  UserSeq Head(UserId user);
+  std::optional<ProfileRecord> Profile(UserId user);
+  std::optional<ProfileRecord> ProfileFor(UserId user, UserId viewer);
+  bool Blocks(UserId owner, UserId target);
+  std::vector<Seq> WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto);
+  void Revoke(DeviceId device_id);
+  void IndexName(UserId user, const std::string& username, const std::string& display_name, bool add);
+  // Appends one event to `user`'s stream at head + 1.
+  StreamPosition AppendEvent(UserId user, EventKind kind, ConversationId conversation, Seq seq, UserId subject,
+                             Watermarks receipt, int64_t now, const std::vector<Seq>* withheld = nullptr,
+                             const ProfileRecord* profile = nullptr);
+  SocialResult AppendSocialEvent(UserId owner, EventKind kind, const ProfileRecord& subject, bool flag, int64_t now);
+
+  std::unique_ptr<PgConn> db_;
+  std::unordered_map<ConversationId, Members> members_;
+};
+
+Status PostgresStore::Writer::CommitBatch(const std::vector<std::unique_ptr<WriteOp>>& ops) {
+  if (members_.size() > kMaxCachedConversations) members_.clear();
+  Status error;
+  for (int attempt = 1; attempt <= kMaxBatchAttempts; ++attempt) {
+    db_->ClearError();
+    if (!db_->EnsureConnected()) return Status(ErrorCode::kUnavailable, "postgres: not connected");
+    db_->Defer("BEGIN");
+    for (const auto& op : ops) {
+      if (db_->failed()) break;
+      op->Apply(*this);
+    }
+    db_->Defer("COMMIT");
+    db_->Flush();
+    if (!db_->failed()) return Status::Ok();
+    error = db_->error();
+    const bool retry = postgres::IsRetryableConflict(db_->sqlstate());
+    db_->ClearError();
+    db_->ExecIgnoringErrors("ROLLBACK");
+    // A failed batch may have cached members of a conversation it created.
+    members_.clear();
+    if (!retry) break;
+  }
+  db_->ClearError();
+  return error;
+}
+
+const PostgresStore::Writer::Members* PostgresStore::Writer::FindMembers(ConversationId id) {
+  auto it = members_.find(id);
+  if (it != members_.end()) return &it->second;
+  PgRows rows = db_->Query(
+      "SELECT m.user_id, u.username FROM members m JOIN users u ON u.id = m.user_id "
+      "WHERE m.conversation_id = $1 ORDER BY m.user_id",
+      PgParams().Int(id));
+  if (rows.empty()) return nullptr;  // every conversation has members
+  Members c;
+  for (int i = 0; i < rows.size(); ++i) c.members.push_back(MemberRecord{rows.Int(i, 0), rows.Text(i, 1)});
+  return &members_.emplace(id, std::move(c)).first->second;
+}
+
+bool PostgresStore::Writer::IsMember(const Members& c, UserId user) {
+  return std::any_of(c.members.begin(), c.members.end(), [user](const MemberRecord& m) { return m.user_id == user; });
+}
+
+std::optional<std::string> PostgresStore::Writer::Username(UserId user) {
+  PgRows rows = db_->Query("SELECT username FROM users WHERE id = $1", PgParams().Int(user));
+  if (rows.empty()) return std::nullopt;
+  return rows.Text(0, 0);
+}
+
+UserSeq PostgresStore::Writer::Head(UserId user) {
+  PgRows rows = db_->Query("SELECT head FROM user_heads WHERE user_id = $1", PgParams().Int(user));
+  return rows.empty() ? 0 : rows.Int(0, 0);
+}
+
+std::optional<ProfileRecord> PostgresStore::Writer::Profile(UserId user) {
+  PgRows rows = db_->Query("SELECT id, username, display_name, about, profile_updated_at FROM users WHERE id = $1",
+                           PgParams().Int(user));
+  if (rows.empty()) return std::nullopt;
+  return ProfileAt(rows, 0, 0);
+}
+
+std::optional<ProfileRecord> PostgresStore::Writer::ProfileFor(UserId user, UserId viewer) {
+  PgRows rows = db_->Query(kProfileForSql, PgParams().Int(user).Int(viewer));
+  if (rows.empty()) return std::nullopt;
+  return ProfileAt(rows, 0, 0);
+}
+
+bool PostgresStore::Writer::Blocks(UserId owner, UserId target) {
+  return !db_->Query("SELECT 1 FROM blocks WHERE owner_id = $1 AND target_id = $2",
+                     PgParams().Int(owner).Int(target))
+              .empty();
+}
+
+std::vector<Seq> PostgresStore::Writer::WithheldBetween(ConversationId conversation, UserId user, Seq after,
+                                                        Seq upto) {
+  std::vector<Seq> seqs;
+  if (upto <= after) return seqs;
+  PgRows rows = db_->Query(
+      "SELECT seq FROM withheld WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq <= $4 ORDER BY seq",
+      PgParams().Int(conversation).Int(user).Int(after).Int(upto));
+  for (int i = 0; i < rows.size(); ++i) seqs.push_back(rows.Int(i, 0));
+  return seqs;
+}
+
+void PostgresStore::Writer::Revoke(DeviceId device_id) {
+  db_->Defer("UPDATE devices SET token_hash = NULL, revoked = true, cursor = 0 WHERE id = $1",
+             PgParams().Int(device_id));
+  // The device's own watermarks go with it; the user's aggregates stay.
+  db_->Defer("DELETE FROM device_receipts WHERE device_id = $1", PgParams().Int(device_id));
+}
+
+void PostgresStore::Writer::IndexName(UserId user, const std::string& username, const std::string& display_name,
+                                      bool add) {
+  for (const std::string& prefix : NamePrefixes(display_name)) {
+    if (add) {
+      db_->Defer(
+          "INSERT INTO name_prefixes(prefix, username, user_id) VALUES($1, $2, $3) ON CONFLICT DO NOTHING",
+          PgParams().Text(prefix).Text(username).Int(user));
+    } else {
+      db_->Defer("DELETE FROM name_prefixes WHERE prefix = $1 AND username = $2",
+                 PgParams().Text(prefix).Text(username));
+    }
+  }
+}
+
+StreamPosition PostgresStore::Writer::AppendEvent(UserId user, EventKind kind, ConversationId conversation, Seq seq,
+                                                  UserId subject, Watermarks receipt, int64_t now,
+                                                  const std::vector<Seq>* withheld, const ProfileRecord* profile) {
+  // The head row's upsert takes the user seq and locks the row until COMMIT,
+  // so concurrent nodes append to one stream one after the other.
+  PgParams p;
+  p.Int(user)
+      .Int(static_cast<int64_t>(kind))
+      .Int(conversation)
+      .Int(seq)
+      .Int(subject)
+      .Int(receipt.delivered)
+      .Int(receipt.read)
+      .Int(now);
+  if (withheld != nullptr && !withheld->empty()) {
+    p.IntArray(*withheld);
+  } else {
+    p.Null();
+  }
+  if (profile != nullptr) {
+    p.Text(profile->username).Text(profile->display_name).Text(profile->about).Int(profile->updated_at);
+  } else {
+    p.Null().Null().Null().Null();
+  }
+  PgRows rows = db_->Query(
+      "WITH h AS (INSERT INTO user_heads AS h(user_id, head) VALUES($1, 1) "
+      "ON CONFLICT(user_id) DO UPDATE SET head = h.head + 1 RETURNING head) "
+      "INSERT INTO user_events(user_id, user_seq, kind, conversation_id, seq, subject_user_id, delivered, read, "
+      "created_at, withheld, profile_username, profile_display_name, profile_about, profile_updated_at) "
+      "SELECT $1::bigint, h.head, $2::smallint, $3::bigint, $4::bigint, $5::bigint, $6::bigint, $7::bigint, "
+      "$8::bigint, $9::bigint[], $10::text, $11::text, $12::text, $13::bigint FROM h RETURNING user_seq",
+      p);
+  return StreamPosition{user, rows.empty() ? 0 : rows.Int(0, 0)};
+}
+
+Result<UserRecord> PostgresStore::Writer::CreateUser(const std::string& username, const std::string& password_hash,
+                                                     int64_t now) {
+  if (!db_->Query("SELECT 1 FROM users WHERE username = $1", PgParams().Text(username)).empty()) {
+    return Status(ErrorCode::kUsernameTaken, "username is taken");
+  }
+  PgRows rows = db_->Query("INSERT INTO users(username, password_hash, created_at) VALUES($1, $2, $3) RETURNING id",
+                           PgParams().Text(username).Text(password_hash).Int(now));
+  return UserRecord{rows.empty() ? 0 : rows.Int(0, 0), username, password_hash, now, "", ""};
+}
+
+Result<DeviceRecord> PostgresStore::Writer::CreateDevice(UserId user_id, const std::string& name,
+                                                         const std::string& platform, const std::string& token_hash,
+                                                         int64_t now) {
+  if (!Username(user_id)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  if (!db_->Query("SELECT 1 FROM devices WHERE token_hash = $1", PgParams().Bytes(token_hash)).empty()) {
+    return Status(ErrorCode::kInternal, "device token hash already in use");
+  }
+  DeviceRecord d;
+  d.user_id = user_id;
+  d.name = name;
+  d.platform = platform;
+  d.created_at = now;
+  d.last_seen_at = now;
+  d.cursor = Head(user_id);
+  PgRows rows = db_->Query(
+      "INSERT INTO devices(user_id, name, platform, token_hash, created_at, last_seen_at, cursor, revoked) "
+      "VALUES($1, $2, $3, $4, $5, $5, $6, false) RETURNING id",
+      PgParams().Int(user_id).Text(name).Text(platform).Bytes(token_hash).Int(now).Int(d.cursor));
+  d.id = rows.empty() ? 0 : rows.Int(0, 0);
+  return d;
+}
+
+Result<Empty> PostgresStore::Writer::RevokeDevice(UserId user_id, DeviceId device_id) {
+  if (db_->Query("SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 AND NOT revoked",
+                 PgParams().Int(device_id).Int(user_id))
+          .empty()) {
+    return Status(ErrorCode::kUnknownDevice, "no such live device of this user");
+  }
+  Revoke(device_id);
+  return Empty{};
+}
+
+Result<Empty> PostgresStore::Writer::SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now) {
+  // One statement: the row count tells whether the device is live.
+  PgRows rows = db_->Query(
+      "UPDATE devices SET cursor = GREATEST(cursor, $2), last_seen_at = GREATEST(last_seen_at, $3) "
+      "WHERE id = $1 AND NOT revoked RETURNING 1",
+      PgParams().Int(device_id).Int(user_seq).Int(now));
+  if (rows.empty() && !db_->failed()) return Status(ErrorCode::kUnknownDevice, "no such live device");
+  return Empty{};
+}
+
+Result<OpenResult> PostgresStore::Writer::OpenDirect(UserId a, UserId b, int64_t now) {
+  if (a == b) return Status(ErrorCode::kSelfConversation, "a direct conversation needs two distinct users");
+  std::optional<std::string> name_a = Username(a);
+  std::optional<std::string> name_b = Username(b);
+  if (!name_a || !name_b) return Status(ErrorCode::kUnknownUser, "unknown user");
+  const UserId low = std::min(a, b);
+  const UserId high = std::max(a, b);
+  auto existing = [&]() -> std::optional<Result<OpenResult>> {
+    PgRows rows = db_->Query(
+        "SELECT c.id, c.last_seq, c.created_at, c.last_activity_at FROM direct_conversations d "
+        "JOIN conversations c ON c.id = d.conversation_id WHERE d.low_user_id = $1 AND d.high_user_id = $2",
+        PgParams().Int(low).Int(high));
+    if (rows.empty()) return std::nullopt;
+    ConversationRecord r;
+    r.id = rows.Int(0, 0);
+    r.last_seq = rows.Int(0, 1);
+    r.created_at = rows.Int(0, 2);
+    r.last_activity_at = rows.Int(0, 3);
+    const Members* m = FindMembers(r.id);
+    if (m == nullptr) return Result<OpenResult>(Status(ErrorCode::kInternal, "conversation vanished"));
+    r.members = m->members;
+    return Result<OpenResult>(OpenResult{std::move(r), false, {}});
+  };
+  if (auto found = existing()) return std::move(*found);
+  // Claim the pair first: another node opening the same pair waits here on
+  // the key and then finds the conversation (ON CONFLICT DO NOTHING).
+  PgRows conv = db_->Query(
+      "INSERT INTO conversations(last_seq, created_at, last_activity_at) VALUES(0, $1, $1) RETURNING id",
+      PgParams().Int(now));
+  if (conv.empty()) return Status(ErrorCode::kInternal, "cannot create conversation");
+  const ConversationId id = conv.Int(0, 0);
+  PgRows claimed = db_->Query(
+      "INSERT INTO direct_conversations(low_user_id, high_user_id, conversation_id) VALUES($1, $2, $3) "
+      "ON CONFLICT DO NOTHING RETURNING conversation_id",
+      PgParams().Int(low).Int(high).Int(id));
+  if (claimed.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "cannot create conversation");
+    // Another node won the race; drop ours (the batch stays consistent).
+    db_->Defer("DELETE FROM conversations WHERE id = $1", PgParams().Int(id));
+    if (auto found = existing()) return std::move(*found);
+    return Status(ErrorCode::kInternal, "conversation vanished");
+  }
+  ConversationRecord r;
+  r.id = id;
+  r.created_at = now;
+  r.last_activity_at = now;
+  r.members = {MemberRecord{low, low == a ? *name_a : *name_b}, MemberRecord{high, high == a ? *name_a : *name_b}};
+  for (const MemberRecord& m : r.members) {
+    db_->Defer("INSERT INTO members(conversation_id, user_id, last_activity_at) VALUES($1, $2, $3)",
+               PgParams().Int(id).Int(m.user_id).Int(now));
+  }
+  OpenResult result;
+  result.created = true;
+  for (const MemberRecord& m : r.members) {
+    result.positions.push_back(AppendEvent(m.user_id, EventKind::kConversation, id, 0, 0, {}, now));
+  }
+  members_.insert_or_assign(id, Members{r.members});
+  result.conversation = std::move(r);
+  return result;
+}
+
+Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg) {
+  const Members* c = FindMembers(msg.conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+  if (!IsMember(*c, msg.sender_id)) return Status(ErrorCode::kNotMember, "sender is not a member");
+  // The conversation's row lock orders appends (from every node) and makes
+  // the dedup check below exact.
+  PgRows conv = db_->Query("SELECT last_seq FROM conversations WHERE id = $1 FOR UPDATE",
+                           PgParams().Int(msg.conversation_id));
+  if (conv.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+  }
+  const Seq last_seq = conv.Int(0, 0);
+  {
+    PgRows dup = db_->Query(fmt::format("SELECT {} FROM messages WHERE conversation_id = $1 AND sender_id = $2 AND "
+                                        "client_id = $3",
+                                        kMessageColumns),
+                            PgParams().Int(msg.conversation_id).Int(msg.sender_id).Text(msg.client_id));
+    if (!dup.empty()) return AppendResult{MessageAt(dup, 0, 0), true, {}, {}};
+  }
+  // Blocking: the sender may not reach a member they block; a member who
+  // blocks the sender does not see the message. One query for both.
+  std::vector<int64_t> others;
+  for (const MemberRecord& m : c->members) {
+    if (m.user_id != msg.sender_id) others.push_back(m.user_id);
+  }
+  std::vector<bool> hidden(c->members.size(), false);
+  if (!others.empty()) {
+    PgRows blocks = db_->Query(
+        "SELECT owner_id, target_id FROM blocks WHERE (owner_id = $1 AND target_id = ANY($2::bigint[])) "
+        "OR (target_id = $1 AND owner_id = ANY($2::bigint[]))",
+        PgParams().Int(msg.sender_id).IntArray(others));
+    for (int i = 0; i < blocks.size(); ++i) {
+      if (blocks.Int(i, 0) == msg.sender_id) {
+        return Status(ErrorCode::kBlocked, "the sender blocks a member; unblock first");
+      }
+    }
+    for (int i = 0; i < blocks.size(); ++i) {
+      for (size_t k = 0; k < c->members.size(); ++k) {
+        if (c->members[k].user_id == blocks.Int(i, 0)) hidden[k] = true;
+      }
+    }
+  }
+  AppendResult result;
+  MessageRecord& m = result.message;
+  m.conversation_id = msg.conversation_id;
+  m.seq = last_seq + 1;
+  m.sender_id = msg.sender_id;
+  m.sender_device_id = msg.sender_device_id;
+  m.client_id = msg.client_id;
+  m.body = msg.body;
+  m.created_at = msg.now;
+  db_->Defer(fmt::format("INSERT INTO messages({}) VALUES($1, $2, $3, $4, $5, $6, $7)", kMessageColumns),
+             PgParams()
+                 .Int(m.conversation_id)
+                 .Int(m.seq)
+                 .Int(m.sender_id)
+                 .Int(m.sender_device_id)
+                 .Text(m.client_id)
+                 .Text(m.body)
+                 .Int(m.created_at));
+  db_->Defer("UPDATE conversations SET last_seq = $2, last_activity_at = $3 WHERE id = $1",
+             PgParams().Int(m.conversation_id).Int(m.seq).Int(msg.now));
+  std::vector<int64_t> visible;
+  for (size_t i = 0; i < c->members.size(); ++i) {
+    if (hidden[i]) {
+      db_->Defer("INSERT INTO withheld(conversation_id, user_id, seq) VALUES($1, $2, $3)",
+                 PgParams().Int(m.conversation_id).Int(c->members[i].user_id).Int(m.seq));
+    } else {
+      visible.push_back(c->members[i].user_id);
+    }
+  }
+  db_->Defer(
+      "UPDATE members SET last_activity_at = $3 WHERE conversation_id = $1 AND user_id = ANY($2::bigint[])",
+      PgParams().Int(m.conversation_id).IntArray(visible).Int(msg.now));
+  // Sending means the sender has seen everything up to their own message;
+  // seqs withheld from the sender that this newly covers ride on the message
+  // events (see SqliteStore).
+  Seq old_delivered = 0;
+  {
+    PgRows r = db_->Query("SELECT delivered FROM user_receipts WHERE conversation_id = $1 AND user_id = $2",
+                          PgParams().Int(m.conversation_id).Int(m.sender_id));
+    if (!r.empty()) old_delivered = r.Int(0, 0);
+  }
+  std::vector<Seq> withheld = WithheldBetween(m.conversation_id, m.sender_id, old_delivered, m.seq);
+  for (size_t i = 0; i < c->members.size(); ++i) {
+    if (hidden[i]) continue;
+    result.positions.push_back(AppendEvent(c->members[i].user_id, EventKind::kMessage, m.conversation_id, m.seq, 0,
+                                           {}, msg.now, &withheld));
+  }
+  if (!withheld.empty()) result.withheld.assign(result.positions.size(), withheld);
+  db_->Defer(
+      "INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES($1, $2, $3, $3) "
+      "ON CONFLICT(conversation_id, user_id) DO UPDATE SET delivered = GREATEST(user_receipts.delivered, "
+      "excluded.delivered), read = GREATEST(user_receipts.read, excluded.read)",
+      PgParams().Int(m.conversation_id).Int(m.sender_id).Int(m.seq));
+  return result;
+}
+
+Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& update) {
+  const Members* c = FindMembers(update.conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+  if (!IsMember(*c, update.user_id)) return Status(ErrorCode::kNotMember, "not a member");
+  if (db_->Query("SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 AND NOT revoked",
+                 PgParams().Int(update.device_id).Int(update.user_id))
+          .empty()) {
+    return Status(ErrorCode::kUnknownDevice, "no such live device of this user");
+  }
+  // The user's aggregate row, created if missing and locked: receipt changes
+  // of one user in one conversation are decided one at a time, on any node.
+  db_->Defer(
+      "INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES($1, $2, 0, 0) "
+      "ON CONFLICT DO NOTHING",
+      PgParams().Int(update.conversation_id).Int(update.user_id));
+  PgRows state = db_->Query(
+      "SELECT r.delivered, r.read, c.last_seq, COALESCE(d.delivered, 0), COALESCE(d.read, 0) "
+      "FROM user_receipts r JOIN conversations c ON c.id = r.conversation_id "
+      "LEFT JOIN device_receipts d ON d.device_id = $3 AND d.conversation_id = r.conversation_id "
+      "WHERE r.conversation_id = $1 AND r.user_id = $2 FOR UPDATE OF r",
+      PgParams().Int(update.conversation_id).Int(update.user_id).Int(update.device_id));
+  if (state.empty()) return Status(ErrorCode::kInternal, "receipt state missing");
+  const Watermarks aggregate{state.Int(0, 0), state.Int(0, 1)};
+  const Seq last_seq = state.Int(0, 2);
+  const Watermarks device{state.Int(0, 3), state.Int(0, 4)};
+  Seq read = std::clamp<Seq>(update.read, 0, last_seq);
+  Seq delivered = std::clamp<Seq>(std::max(update.delivered, read), 0, last_seq);
+
+  Watermarks new_device{std::max(device.delivered, delivered), std::max(device.read, read)};
+  if (new_device.delivered != device.delivered || new_device.read != device.read) {
+    db_->Defer(
+        "INSERT INTO device_receipts(device_id, conversation_id, delivered, read) VALUES($1, $2, $3, $4) "
+        "ON CONFLICT(device_id, conversation_id) DO UPDATE SET delivered = GREATEST(device_receipts.delivered, "
+        "excluded.delivered), read = GREATEST(device_receipts.read, excluded.read)",
+        PgParams().Int(update.device_id).Int(update.conversation_id).Int(new_device.delivered).Int(new_device.read));
+  }
+  ReceiptResult result;
+  result.aggregate = Watermarks{std::max(aggregate.delivered, new_device.delivered),
+                                std::max(aggregate.read, new_device.read)};
+  if (result.aggregate.delivered == aggregate.delivered && result.aggregate.read == aggregate.read) return result;
+
+  result.changed = true;
+  db_->Defer("UPDATE user_receipts SET delivered = $3, read = $4 WHERE conversation_id = $1 AND user_id = $2",
+             PgParams()
+                 .Int(update.conversation_id)
+                 .Int(update.user_id)
+                 .Int(result.aggregate.delivered)
+                 .Int(result.aggregate.read));
+  result.withheld =
+      WithheldBetween(update.conversation_id, update.user_id, aggregate.delivered, result.aggregate.delivered);
+  for (const MemberRecord& member : c->members) {
+    result.positions.push_back(AppendEvent(member.user_id, EventKind::kReceipt, update.conversation_id, 0,
+                                           update.user_id, result.aggregate, update.now, &result.withheld));
+  }
+  return result;
+}
+
+Result<SocialResult> PostgresStore::Writer::SetProfile(UserId user_id, const std::optional<std::string>& display_name,
+                                                       const std::optional<std::string>& about, int64_t now) {
+  // Locks the user's row: two nodes changing one profile apply in turn.
+  PgRows cur = db_->Query(
+      "SELECT id, username, display_name, about, profile_updated_at FROM users WHERE id = $1 FOR UPDATE",
+      PgParams().Int(user_id));
+  if (cur.empty()) return Status(ErrorCode::kUnknownUser, "unknown user");
+  const ProfileRecord old = ProfileAt(cur, 0, 0);
+  SocialResult result;
+  result.profile = old;
+  ProfileRecord& p = result.profile;
+  if (display_name) p.display_name = *display_name;
+  if (about) p.about = *about;
+  if (p.display_name == old.display_name && p.about == old.about) return result;
+  result.changed = true;
+  p.updated_at = now;
+  db_->Defer("UPDATE users SET display_name = $2, about = $3, profile_updated_at = $4 WHERE id = $1",
+             PgParams().Int(user_id).Text(p.display_name).Text(p.about).Int(now));
+  if (p.display_name != old.display_name) {
+    IndexName(user_id, p.username, old.display_name, /*add=*/false);
+    IndexName(user_id, p.username, p.display_name, /*add=*/true);
+  }
+  // Audience: the user, everyone sharing a conversation with them, everyone
+  // who has them as a contact; minus whom the user blocks. Ascending id.
+  PgRows audience = db_->Query(
+      "SELECT $1::bigint AS id UNION "
+      "SELECT o.user_id FROM members m JOIN members o ON o.conversation_id = m.conversation_id "
+      "WHERE m.user_id = $1 AND o.user_id <> $1 UNION "
+      "SELECT owner_id FROM contacts WHERE contact_id = $1 "
+      "EXCEPT SELECT target_id FROM blocks WHERE owner_id = $1 ORDER BY 1",
+      PgParams().Int(user_id));
+  for (int i = 0; i < audience.size(); ++i) {
+    result.positions.push_back(
+        AppendEvent(audience.Int(i, 0), EventKind::kProfile, 0, 0, user_id, {}, now, nullptr, &p));
+  }
+  return result;
+}
+
+SocialResult PostgresStore::Writer::AppendSocialEvent(UserId owner, EventKind kind, const ProfileRecord& subject,
+                                                      bool flag, int64_t now) {
+  SocialResult result;
+  result.changed = true;
+  result.profile = subject;
+  result.positions.push_back(
+      AppendEvent(owner, kind, 0, 0, subject.user_id, Watermarks{flag ? 1 : 0, 0}, now, nullptr, &subject));
+  return result;
+}
+
+Result<SocialResult> PostgresStore::Writer::AddContact(UserId owner, UserId contact, int64_t now) {
+  if (owner == contact) return Status(ErrorCode::kSelfContact, "cannot add oneself as a contact");
+  std::optional<ProfileRecord> subject = ProfileFor(contact, owner);
+  if (!subject || !Username(owner)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  PgRows added = db_->Query(
+      "INSERT INTO contacts(owner_id, contact_id, added_at) VALUES($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1",
+      PgParams().Int(owner).Int(contact).Int(now));
+  if (added.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    return Status(ErrorCode::kAlreadyContact, "already a contact");
+  }
+  return AppendSocialEvent(owner, EventKind::kContact, *subject, true, now);
+}
+
+Result<SocialResult> PostgresStore::Writer::RemoveContact(UserId owner, UserId contact, int64_t now) {
+  PgRows removed = db_->Query("DELETE FROM contacts WHERE owner_id = $1 AND contact_id = $2 RETURNING 1",
+                              PgParams().Int(owner).Int(contact));
+  if (removed.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    return Status(ErrorCode::kNotContact, "not a contact");
+  }
+  std::optional<ProfileRecord> subject = ProfileFor(contact, owner);
+  if (!subject) return Status(ErrorCode::kInternal, "contact vanished");
+  return AppendSocialEvent(owner, EventKind::kContact, *subject, false, now);
+}
+
+Result<SocialResult> PostgresStore::Writer::Block(UserId owner, UserId target, int64_t now) {
+  if (owner == target) return Status(ErrorCode::kSelfBlock, "cannot block oneself");
+  std::optional<ProfileRecord> subject = ProfileFor(target, owner);
+  if (!subject || !Username(owner)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  // The target keeps the owner's profile as it is now.
+  PgRows added = db_->Query(
+      "INSERT INTO blocks(owner_id, target_id, created_at, shown_display_name, shown_about, shown_updated_at) "
+      "SELECT id, $2, $3, display_name, about, profile_updated_at FROM users WHERE id = $1 "
+      "ON CONFLICT DO NOTHING RETURNING 1",
+      PgParams().Int(owner).Int(target).Int(now));
+  if (added.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    return Status(ErrorCode::kAlreadyBlocked, "already blocked");
+  }
+  return AppendSocialEvent(owner, EventKind::kBlock, *subject, true, now);
+}
+
+Result<SocialResult> PostgresStore::Writer::Unblock(UserId owner, UserId target, int64_t now) {
+  // The profile as the owner saw it while blocking, read before the row goes.
+  if (!Blocks(owner, target)) return Status(ErrorCode::kNotBlocked, "not blocked");
+  std::optional<ProfileRecord> subject = ProfileFor(target, owner);
+  if (!subject) return Status(ErrorCode::kInternal, "blocked user vanished");
+  db_->Defer("DELETE FROM blocks WHERE owner_id = $1 AND target_id = $2", PgParams().Int(owner).Int(target));
+  return AppendSocialEvent(owner, EventKind::kBlock, *subject, false, now);
+}
+
+Result<std::vector<DeviceId>> PostgresStore::Writer::ChangePassword(UserId user_id, const std::string& new_hash,
+                                                                    DeviceId keep_device) {
+  if (!Username(user_id)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  db_->Defer("UPDATE users SET password_hash = $2 WHERE id = $1", PgParams().Int(user_id).Text(new_hash));
+  std::vector<DeviceId> revoked;
+  PgRows rows = db_->Query("SELECT id FROM devices WHERE user_id = $1 AND NOT revoked AND id <> $2 ORDER BY id",
+                           PgParams().Int(user_id).Int(keep_device));
+  for (int i = 0; i < rows.size(); ++i) revoked.push_back(rows.Int(i, 0));
+  for (DeviceId id : revoked) Revoke(id);
+  return revoked;
+}
+
+Result<std::vector<BulkUserResult>> PostgresStore::Writer::BulkCreateUsers(const std::vector<NewBulkUser>& users,
+                                                                           int64_t now) {
+  // Check everything first (one query per list), so a failure writes nothing.
+  {
+    std::unordered_set<std::string_view> seen;
+    seen.reserve(users.size());
+    std::string array = "{";
+    for (size_t i = 0; i < users.size(); ++i) {
+      if (i > 0) array += ',';
+      array += '"';
+      for (char ch : users[i].username) {
+        if (ch == '"' || ch == '\\') array += '\\';
+        array += ch;
+      }
+      array += '"';
+    }
+    array += '}';
+    PgRows taken = db_->Query("SELECT username FROM users WHERE username = ANY($1::text[])", PgParams().Text(array));
+    std::unordered_set<std::string> taken_names;
+    for (int i = 0; i < taken.size(); ++i) taken_names.insert(taken.Text(i, 0));
+    std::vector<std::string_view> tokens;
+    for (const NewBulkUser& u : users) {
+      // The first name in input order that is taken, by the directory or by
+      // an earlier entry of the list.
+      if (taken_names.count(u.username) > 0 || !seen.insert(u.username).second) {
+        return Status(ErrorCode::kUsernameTaken, fmt::format("username {} is taken", u.username));
+      }
+      if (!u.token_hash.empty()) tokens.push_back(u.token_hash);
+    }
+    std::sort(tokens.begin(), tokens.end());
+    if (std::adjacent_find(tokens.begin(), tokens.end()) != tokens.end()) {
+      return Status(ErrorCode::kInternal, "device token hash repeated in the list");
+    }
+    for (std::string_view token : tokens) {
+      if (!db_->Query("SELECT 1 FROM devices WHERE token_hash = $1", PgParams().Bytes(token)).empty()) {
+        return Status(ErrorCode::kInternal, "device token hash already in use");
+      }
+    }
+  }
+  std::vector<BulkUserResult> results;
+  results.reserve(users.size());
+  for (const NewBulkUser& u : users) {
+    BulkUserResult r;
+    PgRows user = db_->Query(
+        "INSERT INTO users(username, password_hash, created_at, display_name, profile_updated_at) "
+        "VALUES($1, $2, $3, $4, $5) RETURNING id",
+        PgParams().Text(u.username).Text(u.password_hash).Int(now).Text(u.display_name).Int(
+            u.display_name.empty() ? 0 : now));
+    r.user_id = user.empty() ? 0 : user.Int(0, 0);
+    if (!u.display_name.empty()) IndexName(r.user_id, u.username, u.display_name, /*add=*/true);
+    if (!u.token_hash.empty()) {
+      PgRows dev = db_->Query(
+          "INSERT INTO devices(user_id, name, platform, token_hash, created_at, last_seen_at, cursor, revoked) "
+          "VALUES($1, $2, 'bulk', $3, $4, $4, 0, false) RETURNING id",
+          PgParams().Int(r.user_id).Text(u.device_name).Bytes(u.token_hash).Int(now));
+      r.device_id = dev.empty() ? 0 : dev.Int(0, 0);
+    }
+    results.push_back(r);
+  }
+  return results;
+}
+
+// ---------------------------------------------------------------------------
+// Reads
+
+class PostgresStore::Reader {
+ public:
+  explicit Reader(std::unique_ptr<PgConn> db) : db_(std::move(db)) {}
+
+  // Runs `body` in one REPEATABLE READ READ ONLY transaction (one snapshot);
+  // a database failure replaces its result.
+  template <typename T>
+  Result<T> Run(const std::function<Result<T>(Reader&)>& body) {
+    db_->ClearError();
+    if (!db_->EnsureConnected()) return Status(ErrorCode::kUnavailable, "postgres: not connected");
+    db_->Defer("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+    Result<T> result = body(*this);
+    db_->Defer("COMMIT");
+    db_->Flush();
+    if (!db_->failed()) return result;
+    Status error = db_->error();
+    db_->ClearError();
+    db_->ExecIgnoringErrors("ROLLBACK");
+    return error;
+  }
+
+  Result<UserRecord> UserByName(const std::string& username);
+  Result<UserRecord> UserById(UserId id);
+  Result<DeviceRecord> DeviceByToken(const std::string& token_hash);
+  Result<std::vector<DeviceRecord>> Devices(UserId user_id);
+  Result<ConversationRecord> Conversation(ConversationId id);
+  Result<std::vector<MessageRecord>> History(ConversationId id, UserId viewer, Seq before, int limit);
+  Result<StreamPage> ReadStream(UserId user_id, UserSeq after, int limit, uint64_t* rows_read);
+  UserSeq Head(UserId user_id);
+  Result<Snapshot> GetSnapshot(UserId user_id, int latest_per_conversation);
+  Result<ConversationPage> ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id,
+                                            int limit, int latest_per_conversation);
+  Result<std::vector<ProfileRecord>> Profiles(UserId viewer, const std::vector<UserId>& ids);
+  Result<std::vector<ContactRecord>> Contacts(UserId owner);
+  Result<std::vector<ProfileRecord>> Blocked(UserId owner);
+  Result<SearchPage> SearchUsers(UserId searcher, const std::string& query, const std::string& after, int limit);
+
+ private:
+  std::vector<MessageRecord> Visible(ConversationId id, UserId viewer, Seq before, int limit);
+  std::optional<ConversationSummary> Summary(UserId user_id, ConversationId id, int64_t activity, int latest);
+
+  std::unique_ptr<PgConn> db_;
+};
+
+Result<UserRecord> PostgresStore::Reader::UserByName(const std::string& username) {
+  PgRows r = db_->Query(
+      "SELECT id, username, password_hash, created_at, display_name, about FROM users WHERE username = $1",
+      PgParams().Text(username));
+  if (r.empty()) return Status(ErrorCode::kUnknownUser, "unknown user");
+  return UserAt(r, 0);
+}
+
+Result<UserRecord> PostgresStore::Reader::UserById(UserId id) {
+  PgRows r = db_->Query("SELECT id, username, password_hash, created_at, display_name, about FROM users WHERE id = $1",
+                        PgParams().Int(id));
+  if (r.empty()) return Status(ErrorCode::kUnknownUser, "unknown user");
+  return UserAt(r, 0);
+}
+
+Result<DeviceRecord> PostgresStore::Reader::DeviceByToken(const std::string& token_hash) {
+  PgRows r = db_->Query(
+      "SELECT id, user_id, name, platform, created_at, last_seen_at, cursor FROM devices "
+      "WHERE token_hash = $1 AND NOT revoked",
+      PgParams().Bytes(token_hash));
+  if (r.empty()) return Status(ErrorCode::kInvalidToken, "invalid token");
+  return DeviceAt(r, 0);
+}
+
+Result<std::vector<DeviceRecord>> PostgresStore::Reader::Devices(UserId user_id) {
+  PgRows r = db_->Query(
+      "SELECT id, user_id, name, platform, created_at, last_seen_at, cursor FROM devices "
+      "WHERE user_id = $1 AND NOT revoked ORDER BY id",
+      PgParams().Int(user_id));
+  std::vector<DeviceRecord> out;
+  for (int i = 0; i < r.size(); ++i) out.push_back(DeviceAt(r, i));
+  return out;
+}
+
+Result<ConversationRecord> PostgresStore::Reader::Conversation(ConversationId id) {
+  // One round trip: the conversation row joined to its members.
+  PgRows r = db_->Query(
+      "SELECT c.last_seq, c.created_at, c.last_activity_at, m.user_id, u.username FROM conversations c "
+      "JOIN members m ON m.conversation_id = c.id JOIN users u ON u.id = m.user_id "
+      "WHERE c.id = $1 ORDER BY m.user_id",
+      PgParams().Int(id));
+  if (r.empty()) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+  ConversationRecord c;
+  c.id = id;
+  c.last_seq = r.Int(0, 0);
+  c.created_at = r.Int(0, 1);
+  c.last_activity_at = r.Int(0, 2);
+  for (int i = 0; i < r.size(); ++i) c.members.push_back(MemberRecord{r.Int(i, 3), r.Text(i, 4)});
+  return c;
+}
+
+std::vector<MessageRecord> PostgresStore::Reader::Visible(ConversationId id, UserId viewer, Seq before, int limit) {
+  std::vector<MessageRecord> out;
+  if (limit <= 0) return out;
+  // Backwards on the messages' primary key within the conversation's
+  // partition; each candidate probes withheld's primary key.
+  PgRows r = db_->Query(
+      "SELECT m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at "
+      "FROM messages m WHERE m.conversation_id = $1 AND m.seq < $2 AND NOT EXISTS (SELECT 1 FROM withheld w "
+      "WHERE w.conversation_id = $1 AND w.user_id = $3 AND w.seq = m.seq) ORDER BY m.seq DESC LIMIT $4",
+      PgParams().Int(id).Int(before > 0 ? before : std::numeric_limits<Seq>::max()).Int(viewer).Int(limit));
+  for (int i = r.size() - 1; i >= 0; --i) out.push_back(MessageAt(r, i, 0));
+  return out;
+}
+
+Result<std::vector<MessageRecord>> PostgresStore::Reader::History(ConversationId id, UserId viewer, Seq before,
+                                                                 int limit) {
+  if (db_->Query("SELECT 1 FROM conversations WHERE id = $1", PgParams().Int(id)).empty()) {
+    return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+  }
+  return Visible(id, viewer, before, limit);
+}
+
+UserSeq PostgresStore::Reader::Head(UserId user_id) {
+  PgRows r = db_->Query("SELECT head FROM user_heads WHERE user_id = $1", PgParams().Int(user_id));
+  return r.empty() ? 0 : r.Int(0, 0);
+}
+
+Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq after, int limit, uint64_t* rows_read) {
+  StreamPage page;
+  page.head = Head(user_id);
+  *rows_read += 1;
+  if (limit <= 0) {
+    page.has_more = page.head > after;
+    return page;
+  }
+  // A range scan of the user's stream (one partition) on its primary key,
+  // each message event joined to its message by primary key.
+  PgRows r = db_->Query(
+      "SELECT e.user_seq, e.kind, e.conversation_id, e.seq, e.subject_user_id, e.delivered, e.read, e.created_at, "
+      "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, e.withheld, "
+      "e.profile_username, e.profile_display_name, e.profile_about, e.profile_updated_at "
+      "FROM user_events e LEFT JOIN messages m "
+      "ON e.kind = 1 AND m.conversation_id = e.conversation_id AND m.seq = e.seq "
+      "WHERE e.user_id = $1 AND e.user_seq > $2 ORDER BY e.user_seq LIMIT $3",
+      PgParams().Int(user_id).Int(after).Int(static_cast<int64_t>(limit) + 1));
+  *rows_read += static_cast<uint64_t>(r.size());
+  for (int i = 0; i < r.size(); ++i) {
+    if (page.events.size() == static_cast<size_t>(limit)) {
+      page.has_more = true;
+      break;
+    }
+    StreamEvent e;
+    e.user_seq = r.Int(i, 0);
+    e.kind = static_cast<EventKind>(r.Int(i, 1));
+    e.conversation_id = r.Int(i, 2);
+    e.created_at = r.Int(i, 7);
+    if (e.kind == EventKind::kMessage && !r.IsNull(i, 8)) e.message = MessageAt(r, i, 8);
+    if (e.kind == EventKind::kReceipt) {
+      e.receipt_user_id = r.Int(i, 4);
+      e.receipt = Watermarks{r.Int(i, 5), r.Int(i, 6)};
+    }
+    if (e.kind == EventKind::kMessage || e.kind == EventKind::kReceipt) e.withheld = r.IntArray(i, 15);
+    if (e.kind == EventKind::kProfile || e.kind == EventKind::kContact || e.kind == EventKind::kBlock) {
+      e.profile = ProfileRecord{r.Int(i, 4), r.Text(i, 16), r.Text(i, 17), r.Text(i, 18), r.Int(i, 19)};
+      e.flag = r.Int(i, 5) != 0;
+    }
+    page.events.push_back(std::move(e));
+  }
+  for (StreamEvent& e : page.events) {
+    if (e.kind != EventKind::kConversation) continue;
+    Result<ConversationRecord> c = Conversation(e.conversation_id);
+    if (c.has_value()) e.conversation = std::move(c).value();
+  }
+  return page;
+}
+
+std::optional<ConversationSummary> PostgresStore::Reader::Summary(UserId user_id, ConversationId id,
+                                                                  int64_t activity, int latest) {
+  Result<ConversationRecord> c = Conversation(id);
+  if (!c.has_value()) return std::nullopt;
+  ConversationSummary summary;
+  summary.conversation = std::move(c).value();
+  summary.conversation.last_activity_at = activity;
+  summary.latest = Visible(id, user_id, 0, latest);
+  Seq own_read = 0;
+  {
+    PgRows r = db_->Query(
+        "SELECT m.user_id, COALESCE(r.delivered, 0), COALESCE(r.read, 0) FROM members m "
+        "LEFT JOIN user_receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id "
+        "WHERE m.conversation_id = $1 ORDER BY m.user_id",
+        PgParams().Int(id));
+    for (int i = 0; i < r.size(); ++i) {
+      summary.watermarks.emplace_back(r.Int(i, 0), Watermarks{r.Int(i, 1), r.Int(i, 2)});
+      if (r.Int(i, 0) == user_id) own_read = r.Int(i, 2);
+    }
+  }
+  {
+    // A range scan over the unread tail only, skipping what is withheld.
+    PgRows r = db_->Query(
+        "SELECT count(*) FROM messages m WHERE m.conversation_id = $1 AND m.seq > $2 AND m.sender_id <> $3 "
+        "AND NOT EXISTS (SELECT 1 FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $3 "
+        "AND w.seq = m.seq)",
+        PgParams().Int(id).Int(own_read).Int(user_id));
+    if (!r.empty()) summary.unread = r.Int(0, 0);
+  }
+  return summary;
+}
+
+Result<Snapshot> PostgresStore::Reader::GetSnapshot(UserId user_id, int latest_per_conversation) {
+  Snapshot snap;
+  snap.head = Head(user_id);
+  PgRows r = db_->Query(
+      "SELECT conversation_id, last_activity_at FROM members WHERE user_id = $1 "
+      "ORDER BY last_activity_at DESC, conversation_id DESC",
+      PgParams().Int(user_id));
+  for (int i = 0; i < r.size(); ++i) {
+    std::optional<ConversationSummary> summary = Summary(user_id, r.Int(i, 0), r.Int(i, 1), latest_per_conversation);
+    if (summary) snap.conversations.push_back(std::move(*summary));
+  }
+  return snap;
+}
+
+Result<ConversationPage> PostgresStore::Reader::ListConversations(UserId user_id, int64_t before_activity,
+                                                                  ConversationId before_id, int limit,
+                                                                  int latest_per_conversation) {
+  ConversationPage page;
+  if (limit <= 0) return page;
+  if (before_activity == 0) {
+    before_activity = std::numeric_limits<int64_t>::max();
+    before_id = std::numeric_limits<ConversationId>::max();
+  }
+  // A backwards range scan of members_by_activity from the cursor.
+  PgRows r = db_->Query(
+      "SELECT conversation_id, last_activity_at FROM members WHERE user_id = $1 "
+      "AND (last_activity_at, conversation_id) < ($2, $3) "
+      "ORDER BY last_activity_at DESC, conversation_id DESC LIMIT $4",
+      PgParams().Int(user_id).Int(before_activity).Int(before_id).Int(static_cast<int64_t>(limit) + 1));
+  std::vector<std::pair<ConversationId, int64_t>> ids;
+  for (int i = 0; i < r.size(); ++i) ids.emplace_back(r.Int(i, 0), r.Int(i, 1));
+  if (ids.size() > static_cast<size_t>(limit)) {
+    page.has_more = true;
+    ids.pop_back();
+  }
+  for (const auto& [id, activity] : ids) {
+    std::optional<ConversationSummary> summary = Summary(user_id, id, activity, latest_per_conversation);
+    if (summary) page.conversations.push_back(std::move(*summary));
+  }
+  if (page.has_more && !ids.empty()) {
+    page.next_activity = ids.back().second;
+    page.next_id = ids.back().first;
+  }
+  return page;
+}
+
+Result<std::vector<ProfileRecord>> PostgresStore::Reader::Profiles(UserId viewer, const std::vector<UserId>& ids) {
+  std::vector<ProfileRecord> out;
+  for (UserId id : ids) {
+    // viewer 0 matches no blocks row (ids start at 1): current profiles.
+    PgRows r = db_->Query(kProfileForSql, PgParams().Int(id).Int(viewer));
+    if (!r.empty()) out.push_back(ProfileAt(r, 0, 0));
+  }
+  return out;
+}
+
+Result<std::vector<ContactRecord>> PostgresStore::Reader::Contacts(UserId owner) {
+  PgRows r = db_->Query(
+      "SELECT u.id, u.username, COALESCE(b.shown_display_name, u.display_name), "
+      "COALESCE(b.shown_about, u.about), COALESCE(b.shown_updated_at, u.profile_updated_at), c.added_at "
+      "FROM contacts c JOIN users u ON u.id = c.contact_id "
+      "LEFT JOIN blocks b ON b.owner_id = c.contact_id AND b.target_id = c.owner_id "
+      "WHERE c.owner_id = $1 ORDER BY u.username",
+      PgParams().Int(owner));
+  std::vector<ContactRecord> out;
+  for (int i = 0; i < r.size(); ++i) out.push_back(ContactRecord{ProfileAt(r, i, 0), r.Int(i, 5)});
+  return out;
+}
+
+Result<std::vector<ProfileRecord>> PostgresStore::Reader::Blocked(UserId owner) {
+  PgRows r = db_->Query(
+      "SELECT u.id, u.username, COALESCE(r.shown_display_name, u.display_name), "
+      "COALESCE(r.shown_about, u.about), COALESCE(r.shown_updated_at, u.profile_updated_at) FROM blocks b "
+      "JOIN users u ON u.id = b.target_id "
+      "LEFT JOIN blocks r ON r.owner_id = b.target_id AND r.target_id = b.owner_id "
+      "WHERE b.owner_id = $1 ORDER BY u.username",
+      PgParams().Int(owner));
+  std::vector<ProfileRecord> out;
+  for (int i = 0; i < r.size(); ++i) out.push_back(ProfileAt(r, i, 0));
+  return out;
+}
+
+namespace {
+
+// One of search's two scans in username order, fetched kSearchChunk rows per
+// round trip. Columns of `sql`: id, username, display_name, about,
+// profile_updated_at, blocks_searcher; parameters: $1 lower bound, $2 true if
+// the bound is inclusive, $3 searcher, $4 chunk size, $5 `extra`.
+class SearchScan {
+ public:
+  SearchScan(PgConn& db, const char* sql, std::string bound, UserId searcher, std::string extra)
+      : db_(db), sql_(sql), bound_(std::move(bound)), searcher_(searcher), extra_(std::move(extra)) {}
+
+  // Whether there is a current row (fetching the next chunk if needed).
+  bool Valid() {
+    if (pos_ < rows_.size()) return true;
+    if (exhausted_) return false;
+    Fetch();
+    return pos_ < rows_.size();
+  }
+  // The current row: a profile and whether that user blocks the searcher.
+  const std::pair<ProfileRecord, bool>& Row() const { return rows_[pos_]; }
+  void Next() { ++pos_; }
+
+ private:
+  void Fetch() {
+    rows_.clear();
+    pos_ = 0;
+    PgRows r = db_.Query(sql_, PgParams().Text(bound_).Bool(inclusive_).Int(searcher_).Int(kSearchChunk).Text(extra_));
+    for (int i = 0; i < r.size(); ++i) rows_.emplace_back(ProfileAt(r, i, 0), r.Bool(i, 5));
+    if (r.size() < kSearchChunk) exhausted_ = true;
+    if (!rows_.empty()) {
+      bound_ = rows_.back().first.username;
+      inclusive_ = false;
+    }
+  }
+
+  PgConn& db_;
+  const char* sql_;
+  std::string bound_;
+  bool inclusive_ = true;
+  UserId searcher_;
+  std::string extra_;
+  std::vector<std::pair<ProfileRecord, bool>> rows_;
+  size_t pos_ = 0;
+  bool exhausted_ = false;
+};
+
+}  // namespace
+
+Result<SearchPage> PostgresStore::Reader::SearchUsers(UserId searcher, const std::string& query,
+                                                      const std::string& after, int limit) {
+  SearchPage page;
+  if (limit <= 0) return page;
+  // Two scans in username order, merged as in SqliteStore: usernames from
+  // max(query, after) on the username index, and users one of whose name
+  // words starts with the query on name_prefixes' primary key. Each is
+  // fetched a chunk at a time, so a page reads about `limit` rows of each
+  // however many users match; whether a candidate blocks the searcher comes
+  // with its row.
+  const std::optional<std::string> end = PrefixEnd(query);
+  const std::string_view key = Utf8Prefix(query, kMaxIndexedPrefix);
+  const bool key_is_query = key.size() == query.size();
+  // $5: the prefix end ("" = none).
+  SearchScan by_name(*db_,
+                     "SELECT u.id, u.username, u.display_name, u.about, u.profile_updated_at, "
+                     "EXISTS(SELECT 1 FROM blocks b WHERE b.owner_id = u.id AND b.target_id = $3) FROM users u "
+                     "WHERE (u.username > $1 OR ($2 AND u.username = $1)) AND ($5 = '' OR u.username < $5) "
+                     "ORDER BY u.username LIMIT $4",
+                     std::max(query, after), searcher, end ? *end : std::string());
+  // $5: the prefix key.
+  SearchScan by_word(*db_,
+                     "SELECT u.id, u.username, u.display_name, u.about, u.profile_updated_at, "
+                     "EXISTS(SELECT 1 FROM blocks b WHERE b.owner_id = u.id AND b.target_id = $3) "
+                     "FROM name_prefixes p JOIN users u ON u.id = p.user_id "
+                     "WHERE p.prefix = $5 AND (p.username > $1 OR ($2 AND p.username = $1)) "
+                     "ORDER BY p.username LIMIT $4",
+                     after, searcher, std::string(key));
+  bool name_row = by_name.Valid();
+  bool word_row = !key.empty() && by_word.Valid();
+  while (page.users.size() <= static_cast<size_t>(limit) && (name_row || word_row)) {
+    std::string name_user = name_row ? by_name.Row().first.username : std::string();
+    std::string word_user = word_row ? by_word.Row().first.username : std::string();
+    ProfileRecord candidate;
+    bool blocks_searcher = false;
+    bool match = true;
+    if (name_row && (!word_row || name_user <= word_user)) {
+      candidate = by_name.Row().first;
+      blocks_searcher = by_name.Row().second;
+      if (word_row && word_user == name_user) {
+        by_word.Next();
+        word_row = by_word.Valid();
+      }
+      by_name.Next();
+      name_row = by_name.Valid();
+    } else {
+      candidate = by_word.Row().first;
+      blocks_searcher = by_word.Row().second;
+      match = key_is_query || NameHasWordWithPrefix(candidate.display_name, query);
+      by_word.Next();
+      word_row = by_word.Valid();
+    }
+    if (!match || candidate.user_id == searcher || candidate.username == after || blocks_searcher) continue;
+    page.users.push_back(std::move(candidate));
+  }
+  if (page.users.size() > static_cast<size_t>(limit)) {
+    page.users.pop_back();
+    page.next = page.users.back().username;
+  }
+  return page;
+}
+
+// ---------------------------------------------------------------------------
+// PostgresStore: queues and threads
+
+Result<std::unique_ptr<PostgresStore>> PostgresStore::Open(const StoreConfig& config) {
+  Result<std::unique_ptr<PgConn>> write_db = PgConn::Connect(config.postgres_url, kConnectTimeoutS);
+  if (!write_db.has_value()) return write_db.error();
+  if (Status s = Migrate(**write_db, kSchemaVersion); !s.ok()) return s;
+  std::vector<std::unique_ptr<Reader>> readers;
+  const int n = std::max(1, config.postgres_read_connections);
+  for (int i = 0; i < n; ++i) {
+    Result<std::unique_ptr<PgConn>> read_db = PgConn::Connect(config.postgres_url, kConnectTimeoutS);
+    if (!read_db.has_value()) return read_db.error();
+    readers.push_back(std::make_unique<Reader>(std::move(read_db).value()));
+  }
+  return std::unique_ptr<PostgresStore>(
+      new PostgresStore(config, std::make_unique<Writer>(std::move(write_db).value()), std::move(readers)));
+}
+
+PostgresStore::PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
+                             std::vector<std::unique_ptr<Reader>> readers)
+    : max_batch_(std::max(1, config.commit_max_batch)),
+      deadline_us_(std::max(0, config.commit_deadline_us)),
+      writer_(std::move(writer)),
+      readers_(std::move(readers)),
+      commits_total_(Metrics::Default().GetCounter("parley_store_commits_total", "Store transactions committed.")),
+      commit_batch_size_(Metrics::Default().GetHistogram("parley_store_commit_batch_size",
+                                                         "Write operations per store transaction.",
+                                                         {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000})),
+      commit_seconds_(Metrics::Default().GetHistogram(
+          "parley_store_commit_seconds", "Time to apply and commit one store transaction, seconds.",
+          {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1})),
+      messages_stored_(Metrics::Default().GetCounter("parley_messages_stored_total",
+                                                     "New (non-duplicate) messages committed to the store.")),
+      sync_rows_read_(Metrics::Default().GetHistogram("parley_sync_rows_read",
+                                                      "Backend rows visited (SQLite VM steps) per stream read.",
+                                                      {10, 20, 50, 100, 200, 500, 1000, 5000, 10000, 100000})),
+      queue_depth_(Metrics::Default().GetGauge("parley_store_queue_depth", "Write operations queued in the store.")) {
+  readers_running_ = static_cast<int>(readers_.size());
+  writer_thread_ = std::thread([this] { RunWriter(); });
+  for (auto& reader : readers_) {
+    Reader* r = reader.get();
+    reader_threads_.emplace_back([this, r] { RunReader(*r); });
+  }
+}
+
+PostgresStore::~PostgresStore() {
+  {
+    std::lock_guard lock(write_mu_);
+    write_stopping_ = true;
+  }
+  write_cv_.notify_all();
+  writer_thread_.join();
+  // The readers stop second: writes' callbacks may still have queued reads.
+  {
+    std::lock_guard lock(read_mu_);
+    read_stopping_ = true;
+  }
+  read_cv_.notify_all();
+  for (std::thread& t : reader_threads_) t.join();
+}
+
+template <typename T>
+void PostgresStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done) {
+  auto op = std::make_unique<TypedWriteOp<T>>(std::move(body), std::move(done));
+  {
+    std::lock_guard lock(write_mu_);
+    if (!writer_exited_) {
+      write_queue_.push_back(std::move(op));
+      queue_depth_.Add(1);
+    }
+  }
+  if (op != nullptr) {  // not queued: the writer is gone
+    op->Finish(Status(ErrorCode::kShuttingDown, "store is closing"));
+    return;
+  }
+  write_cv_.notify_one();
+}
+
+template <typename T>
+void PostgresStore::SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done) {
+  bool queued = false;
+  {
+    std::lock_guard lock(read_mu_);
+    if (readers_running_ > 0) {
+      read_queue_.push_back(
+          [body = std::move(body), done = std::move(done)](Reader& reader) { done(reader.Run<T>(body)); });
+      queued = true;
+    }
+  }
+  if (!queued) {
+    done(Status(ErrorCode::kShuttingDown, "store is closing"));
+    return;
+  }
+  read_cv_.notify_one();
+}
+
+void PostgresStore::RunWriter() {
+  std::vector<std::unique_ptr<WriteOp>> batch;
+  const size_t max_batch = static_cast<size_t>(max_batch_);
+  for (;;) {
+    {
+      std::unique_lock lock(write_mu_);
+      write_cv_.wait(lock, [this] { return !write_queue_.empty() || write_stopping_; });
+      if (write_queue_.empty()) {
+        writer_exited_ = true;
+        return;
+      }
+      if (deadline_us_ > 0 && write_queue_.size() < max_batch && !write_stopping_) {
+        write_cv_.wait_until(lock, std::chrono::steady_clock::now() + std::chrono::microseconds(deadline_us_),
+                             [&] { return write_queue_.size() >= max_batch || write_stopping_; });
+      }
+      size_t n = std::min(write_queue_.size(), max_batch);
+      for (size_t i = 0; i < n; ++i) {
+        batch.push_back(std::move(write_queue_.front()));
+        write_queue_.pop_front();
+      }
+      queue_depth_.Add(-static_cast<int64_t>(n));
+    }
+    auto start = std::chrono::steady_clock::now();
+    Status status = writer_->CommitBatch(batch);
+    std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    writer_statements_.store(writer_->statements(), std::memory_order_relaxed);
+    commit_batch_size_.Observe(static_cast<double>(batch.size()));
+    if (status.ok()) {
+      commits_.fetch_add(1, std::memory_order_relaxed);
+      commits_total_.Inc();
+      commit_seconds_.Observe(took.count());
+    }
+    for (auto& op : batch) op->Finish(status);
+    batch.clear();
+  }
+}
+
+void PostgresStore::RunReader(Reader& reader) {
+  for (;;) {
+    ReadJob job;
+    {
+      std::unique_lock lock(read_mu_);
+      read_cv_.wait(lock, [this] { return !read_queue_.empty() || read_stopping_; });
+      if (read_queue_.empty()) {
+        // The last reader out refuses further reads.
+        --readers_running_;
+        return;
+      }
+      job = std::move(read_queue_.front());
+      read_queue_.pop_front();
+    }
+    job(reader);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Store operations: capture the arguments, queue, and return.
+
+void PostgresStore::CreateUser(std::string username, std::string password_hash, int64_t now,
+                               Callback<UserRecord> done) {
+  SubmitWrite<UserRecord>(
+      [username = std::move(username), password_hash = std::move(password_hash), now](Writer& w) {
+        return w.CreateUser(username, password_hash, now);
+      },
+      std::move(done));
+}
+
+void PostgresStore::GetUserByName(std::string username, Callback<UserRecord> done) {
+  SubmitRead<UserRecord>([username = std::move(username)](Reader& r) { return r.UserByName(username); },
+                         std::move(done));
+}
+
+void PostgresStore::GetUserById(UserId id, Callback<UserRecord> done) {
+  SubmitRead<UserRecord>([id](Reader& r) { return r.UserById(id); }, std::move(done));
+}
+
+void PostgresStore::CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash,
+                                 int64_t now, Callback<DeviceRecord> done) {
+  SubmitWrite<DeviceRecord>(
+      [user_id, name = std::move(name), platform = std::move(platform), token_hash = std::move(token_hash),
+       now](Writer& w) { return w.CreateDevice(user_id, name, platform, token_hash, now); },
+      std::move(done));
+}
+
+void PostgresStore::GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) {
+  SubmitRead<DeviceRecord>([token_hash = std::move(token_hash)](Reader& r) { return r.DeviceByToken(token_hash); },
+                           std::move(done));
+}
+
+void PostgresStore::ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) {
+  SubmitRead<std::vector<DeviceRecord>>([user_id](Reader& r) { return r.Devices(user_id); }, std::move(done));
+}
+
+void PostgresStore::RevokeDevice(UserId user_id, DeviceId device_id, StatusCallback done) {
+  SubmitWrite<Empty>([user_id, device_id](Writer& w) { return w.RevokeDevice(user_id, device_id); },
+                     ToEmptyCallback(std::move(done)));
+}
+
+void PostgresStore::SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now, StatusCallback done) {
+  SubmitWrite<Empty>([device_id, user_seq, now](Writer& w) { return w.SetCursor(device_id, user_seq, now); },
+                     ToEmptyCallback(std::move(done)));
+}
+
+void PostgresStore::OpenDirect(UserId a, UserId b, int64_t now, Callback<OpenResult> done) {
+  SubmitWrite<OpenResult>([a, b, now](Writer& w) { return w.OpenDirect(a, b, now); }, std::move(done));
+}
+
+void PostgresStore::GetConversation(ConversationId id, Callback<ConversationRecord> done) {
+  SubmitRead<ConversationRecord>([id](Reader& r) { return r.Conversation(id); }, std::move(done));
+}
+
+void PostgresStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
+  SubmitWrite<AppendResult>([msg = std::move(msg)](Writer& w) { return w.AppendMessage(msg); },
+                            [this, done = std::move(done)](Result<AppendResult> r) {
+                              if (r.has_value() && !r->duplicate) messages_stored_.Inc();
+                              done(std::move(r));
+                            });
+}
+
+void PostgresStore::UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) {
+  SubmitWrite<ReceiptResult>([update](Writer& w) { return w.UpdateReceipt(update); }, std::move(done));
+}
+
+void PostgresStore::History(ConversationId id, UserId viewer, Seq before, int limit,
+                            Callback<std::vector<MessageRecord>> done) {
+  SubmitRead<std::vector<MessageRecord>>(
+      [id, viewer, before, limit](Reader& r) { return r.History(id, viewer, before, limit); }, std::move(done));
+}
+
+void PostgresStore::ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) {
+  SubmitRead<StreamPage>(
+      [this, user_id, after, limit](Reader& r) {
+        uint64_t rows = 0;
+        Result<StreamPage> page = r.ReadStream(user_id, after, limit, &rows);
+        rows_read_sync_.fetch_add(rows, std::memory_order_relaxed);
+        sync_rows_read_.Observe(static_cast<double>(rows));
+        return page;
+      },
+      std::move(done));
+}
+
+void PostgresStore::GetHead(UserId user_id, Callback<UserSeq> done) {
+  SubmitRead<UserSeq>([user_id](Reader& r) -> Result<UserSeq> { return r.Head(user_id); }, std::move(done));
+}
+
+void PostgresStore::GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) {
+  SubmitRead<Snapshot>(
+      [user_id, latest_per_conversation](Reader& r) { return r.GetSnapshot(user_id, latest_per_conversation); },
+      std::move(done));
+}
+
+void PostgresStore::SetProfile(UserId user_id, std::optional<std::string> display_name,
+                               std::optional<std::string> about, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>(
+      [user_id, display_name = std::move(display_name), about = std::move(about), now](Writer& w) {
+        return w.SetProfile(user_id, display_name, about, now);
+      },
+      std::move(done));
+}
+
+void PostgresStore::GetProfiles(UserId viewer, std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) {
+  SubmitRead<std::vector<ProfileRecord>>(
+      [viewer, ids = std::move(ids)](Reader& r) { return r.Profiles(viewer, ids); }, std::move(done));
+}
+
+void PostgresStore::AddContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([owner, contact, now](Writer& w) { return w.AddContact(owner, contact, now); },
+                            std::move(done));
+}
+
+void PostgresStore::RemoveContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([owner, contact, now](Writer& w) { return w.RemoveContact(owner, contact, now); },
+                            std::move(done));
+}
+
+void PostgresStore::ListContacts(UserId owner, Callback<std::vector<ContactRecord>> done) {
+  SubmitRead<std::vector<ContactRecord>>([owner](Reader& r) { return r.Contacts(owner); }, std::move(done));
+}
+
+void PostgresStore::Block(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([owner, target, now](Writer& w) { return w.Block(owner, target, now); },
+                            std::move(done));
+}
+
+void PostgresStore::Unblock(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([owner, target, now](Writer& w) { return w.Unblock(owner, target, now); },
+                            std::move(done));
+}
+
+void PostgresStore::ListBlocked(UserId owner, Callback<std::vector<ProfileRecord>> done) {
+  SubmitRead<std::vector<ProfileRecord>>([owner](Reader& r) { return r.Blocked(owner); }, std::move(done));
+}
+
+void PostgresStore::SearchUsers(UserId searcher, std::string query, std::string after, int limit,
+                                Callback<SearchPage> done) {
+  SubmitRead<SearchPage>([searcher, query = std::move(query), after = std::move(after), limit](
+                             Reader& r) { return r.SearchUsers(searcher, query, after, limit); },
+                         std::move(done));
+}
+
+void PostgresStore::ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id, int limit,
+                                      int latest_per_conversation, Callback<ConversationPage> done) {
+  SubmitRead<ConversationPage>(
+      [user_id, before_activity, before_id, limit, latest_per_conversation](Reader& r) {
+        return r.ListConversations(user_id, before_activity, before_id, limit, latest_per_conversation);
+      },
+      std::move(done));
+}
+
+void PostgresStore::ChangePassword(UserId user_id, std::string new_hash, DeviceId keep_device, int64_t /*now*/,
+                                   Callback<std::vector<DeviceId>> done) {
+  SubmitWrite<std::vector<DeviceId>>(
+      [user_id, new_hash = std::move(new_hash), keep_device](Writer& w) {
+        return w.ChangePassword(user_id, new_hash, keep_device);
+      },
+      std::move(done));
+}
+
+void PostgresStore::BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
+                                    Callback<std::vector<BulkUserResult>> done) {
+  SubmitWrite<std::vector<BulkUserResult>>(
+      [users = std::move(users), now](Writer& w) { return w.BulkCreateUsers(users, now); }, std::move(done));
+}
+
+void PostgresStore::Flush(StatusCallback done) {
+  // An op that writes nothing: its batch commits only after every earlier one.
+  SubmitWrite<Empty>([](Writer&) -> Result<Empty> { return Empty{}; }, ToEmptyCallback(std::move(done)));
+}
+
+StoreStats PostgresStore::Stats() const {
+  StoreStats s;
+  s.commits = commits_.load(std::memory_order_relaxed);
+  s.rows_read_sync = rows_read_sync_.load(std::memory_order_relaxed);
+  return s;
+}
+
+uint64_t PostgresStore::WriterStatementsForTest() const { return writer_statements_.load(std::memory_order_relaxed); }
+
+Status PostgresStore::MigrateToVersionForTest(const std::string& url, int version) {
+  Result<std::unique_ptr<PgConn>> db = PgConn::Connect(url, kConnectTimeoutS);
+  if (!db.has_value()) return db.error();
+  return Migrate(**db, version);
+}
+
+}  // namespace parley::store
