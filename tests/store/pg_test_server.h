@@ -39,8 +39,8 @@ class PgTestServer {
   const std::string& port() const { return port_; }
 
   // The URL of database `name` (lower-case letters, digits, '_'), created
-  // empty if it does not exist yet.
-  std::string Database(const std::string& name) {
+  // as a copy of `template_db` if it does not exist yet.
+  std::string Database(const std::string& name, const std::string& template_db = "template0") {
     std::lock_guard lock(mu_);
     std::string url = UrlOf(name);
     PGconn* conn = PQconnectdb(url_.c_str());
@@ -56,13 +56,26 @@ class PgTestServer {
     if (!exists) {
       // FILE_COPY: with fsync off a plain file copy of template0 is the
       // fastest way to a fresh database.
-      std::string create = "CREATE DATABASE " + name + " TEMPLATE template0 STRATEGY FILE_COPY";
+      std::string create = "CREATE DATABASE " + name + " TEMPLATE " + template_db + " STRATEGY FILE_COPY";
       r = PQexec(conn, create.c_str());
       if (PQresultStatus(r) != PGRES_COMMAND_OK) ADD_FAILURE() << "CREATE DATABASE: " << PQerrorMessage(conn);
       PQclear(r);
     }
     PQfinish(conn);
     return url;
+  }
+
+  // The name of a template database prepared once per process by `init`
+  // (called with its URL; it must close its connections before returning),
+  // e.g. with a store's schema already migrated, so that each test's
+  // database is a cheap file copy of it.
+  template <typename Init>
+  std::string Template(const std::string& name, Init&& init) {
+    std::call_once(template_once_, [&] {
+      std::string url = Database(name);
+      init(url);
+    });
+    return name;
   }
 
   std::string UrlOf(const std::string& name) const {
@@ -111,6 +124,7 @@ class PgTestServer {
   }
 
   std::mutex mu_;
+  std::once_flag template_once_;
   std::string dir_, port_, url_, error_;
 };
 

@@ -135,7 +135,9 @@ Status MapError(const std::string& sqlstate, const std::string& message) {
   return Status(ErrorCode::kInternal, message);
 }
 
-bool IsRetryableConflict(const std::string& sqlstate) { return sqlstate == "40001" || sqlstate == "40P01"; }
+bool IsRetryableConflict(const std::string& sqlstate) {
+  return sqlstate == "40001" || sqlstate == "40P01" || sqlstate == "23505";
+}
 
 // ---- PgConn ----
 

@@ -147,8 +147,11 @@ class PgConn {
 // anything else -> kInternal.
 Status MapError(const std::string& sqlstate, const std::string& message);
 
-// SQLSTATE classes a whole batch may be retried on (serialization failure,
-// deadlock detected).
+// SQLSTATEs a whole batch may be retried on: serialization failure,
+// deadlock detected (another node locked the same rows in another order),
+// and unique violation (another node inserted the same key after this
+// transaction read it; the retry reads it and takes the expected path:
+// duplicate message, username taken, ...).
 bool IsRetryableConflict(const std::string& sqlstate);
 
 }  // namespace parley::store::postgres

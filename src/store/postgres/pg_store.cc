@@ -396,10 +396,19 @@ class PostgresStore::Writer {
   std::vector<Seq> WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto);
   void Revoke(DeviceId device_id);
   void IndexName(UserId user, const std::string& username, const std::string& display_name, bool add);
-  // Appends one event to `user`'s stream at head + 1.
+  // Appends the same event to the stream of each of `users` (ascending id)
+  // at its head + 1, in one statement; returns the positions in that order.
+  std::vector<StreamPosition> AppendEvents(const std::vector<UserId>& users, EventKind kind,
+                                           ConversationId conversation, Seq seq, UserId subject, Watermarks receipt,
+                                           int64_t now, const std::vector<Seq>* withheld = nullptr,
+                                           const ProfileRecord* profile = nullptr);
   StreamPosition AppendEvent(UserId user, EventKind kind, ConversationId conversation, Seq seq, UserId subject,
                              Watermarks receipt, int64_t now, const std::vector<Seq>* withheld = nullptr,
-                             const ProfileRecord* profile = nullptr);
+                             const ProfileRecord* profile = nullptr) {
+    std::vector<StreamPosition> p =
+        AppendEvents({user}, kind, conversation, seq, subject, receipt, now, withheld, profile);
+    return p.empty() ? StreamPosition{user, 0} : p[0];
+  }
   SocialResult AppendSocialEvent(UserId owner, EventKind kind, const ProfileRecord& subject, bool flag, int64_t now);
 
   std::unique_ptr<PgConn> db_;
@@ -511,13 +520,18 @@ void PostgresStore::Writer::IndexName(UserId user, const std::string& username, 
   }
 }
 
-StreamPosition PostgresStore::Writer::AppendEvent(UserId user, EventKind kind, ConversationId conversation, Seq seq,
-                                                  UserId subject, Watermarks receipt, int64_t now,
-                                                  const std::vector<Seq>* withheld, const ProfileRecord* profile) {
-  // The head row's upsert takes the user seq and locks the row until COMMIT,
-  // so concurrent nodes append to one stream one after the other.
+std::vector<StreamPosition> PostgresStore::Writer::AppendEvents(const std::vector<UserId>& users, EventKind kind,
+                                                                ConversationId conversation, Seq seq, UserId subject,
+                                                                Watermarks receipt, int64_t now,
+                                                                const std::vector<Seq>* withheld,
+                                                                const ProfileRecord* profile) {
+  std::vector<StreamPosition> positions;
+  if (users.empty()) return positions;
+  // The head rows' upsert takes each user seq and locks the row until
+  // COMMIT, so concurrent nodes append to one stream one after the other;
+  // users are locked in ascending id order, the same on every node.
   PgParams p;
-  p.Int(user)
+  p.IntArray(users)
       .Int(static_cast<int64_t>(kind))
       .Int(conversation)
       .Int(seq)
@@ -536,14 +550,17 @@ StreamPosition PostgresStore::Writer::AppendEvent(UserId user, EventKind kind, C
     p.Null().Null().Null().Null();
   }
   PgRows rows = db_->Query(
-      "WITH h AS (INSERT INTO user_heads AS h(user_id, head) VALUES($1, 1) "
-      "ON CONFLICT(user_id) DO UPDATE SET head = h.head + 1 RETURNING head) "
+      "WITH h AS (INSERT INTO user_heads AS h(user_id, head) SELECT u, 1 FROM unnest($1::bigint[]) AS u ORDER BY u "
+      "ON CONFLICT(user_id) DO UPDATE SET head = h.head + 1 RETURNING user_id, head) "
       "INSERT INTO user_events(user_id, user_seq, kind, conversation_id, seq, subject_user_id, delivered, read, "
       "created_at, withheld, profile_username, profile_display_name, profile_about, profile_updated_at) "
-      "SELECT $1::bigint, h.head, $2::smallint, $3::bigint, $4::bigint, $5::bigint, $6::bigint, $7::bigint, "
-      "$8::bigint, $9::bigint[], $10::text, $11::text, $12::text, $13::bigint FROM h RETURNING user_seq",
+      "SELECT h.user_id, h.head, $2::smallint, $3::bigint, $4::bigint, $5::bigint, $6::bigint, $7::bigint, "
+      "$8::bigint, $9::bigint[], $10::text, $11::text, $12::text, $13::bigint FROM h RETURNING user_id, user_seq",
       p);
-  return StreamPosition{user, rows.empty() ? 0 : rows.Int(0, 0)};
+  for (int i = 0; i < rows.size(); ++i) positions.push_back(StreamPosition{rows.Int(i, 0), rows.Int(i, 1)});
+  std::sort(positions.begin(), positions.end(),
+            [](const StreamPosition& x, const StreamPosition& y) { return x.user_id < y.user_id; });
+  return positions;
 }
 
 Result<UserRecord> PostgresStore::Writer::CreateUser(const std::string& username, const std::string& password_hash,
@@ -651,9 +668,7 @@ Result<OpenResult> PostgresStore::Writer::OpenDirect(UserId a, UserId b, int64_t
   }
   OpenResult result;
   result.created = true;
-  for (const MemberRecord& m : r.members) {
-    result.positions.push_back(AppendEvent(m.user_id, EventKind::kConversation, id, 0, 0, {}, now));
-  }
+  result.positions = AppendEvents({low, high}, EventKind::kConversation, id, 0, 0, {}, now);
   members_.insert_or_assign(id, Members{r.members});
   result.conversation = std::move(r);
   return result;
@@ -663,45 +678,49 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
   const Members* c = FindMembers(msg.conversation_id);
   if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
   if (!IsMember(*c, msg.sender_id)) return Status(ErrorCode::kNotMember, "sender is not a member");
-  // The conversation's row lock orders appends (from every node) and makes
-  // the dedup check below exact.
-  PgRows conv = db_->Query("SELECT last_seq FROM conversations WHERE id = $1 FOR UPDATE",
-                           PgParams().Int(msg.conversation_id));
-  if (conv.empty()) {
-    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
-    return Status(ErrorCode::kUnknownConversation, "unknown conversation");
-  }
-  const Seq last_seq = conv.Int(0, 0);
-  {
-    PgRows dup = db_->Query(fmt::format("SELECT {} FROM messages WHERE conversation_id = $1 AND sender_id = $2 AND "
-                                        "client_id = $3",
-                                        kMessageColumns),
-                            PgParams().Int(msg.conversation_id).Int(msg.sender_id).Text(msg.client_id));
-    if (!dup.empty()) return AppendResult{MessageAt(dup, 0, 0), true, {}, {}};
-  }
-  // Blocking: the sender may not reach a member they block; a member who
-  // blocks the sender does not see the message. One query for both.
   std::vector<int64_t> others;
   for (const MemberRecord& m : c->members) {
     if (m.user_id != msg.sender_id) others.push_back(m.user_id);
   }
-  std::vector<bool> hidden(c->members.size(), false);
-  if (!others.empty()) {
-    PgRows blocks = db_->Query(
-        "SELECT owner_id, target_id FROM blocks WHERE (owner_id = $1 AND target_id = ANY($2::bigint[])) "
-        "OR (target_id = $1 AND owner_id = ANY($2::bigint[]))",
-        PgParams().Int(msg.sender_id).IntArray(others));
-    for (int i = 0; i < blocks.size(); ++i) {
-      if (blocks.Int(i, 0) == msg.sender_id) {
-        return Status(ErrorCode::kBlocked, "the sender blocks a member; unblock first");
-      }
-    }
-    for (int i = 0; i < blocks.size(); ++i) {
-      for (size_t k = 0; k < c->members.size(); ++k) {
-        if (c->members[k].user_id == blocks.Int(i, 0)) hidden[k] = true;
-      }
-    }
+  // One round trip (pipelined with the batch's earlier writes): the
+  // conversation's row lock, which orders appends from every node; the
+  // duplicate, if any; who blocks whom; and the seqs withheld from the sender
+  // that the new message's seq newly covers (see SqliteStore). A duplicate
+  // committed by another node while this waited for the lock is caught by
+  // the unique key instead, and the batch is retried (it then takes the
+  // duplicate path).
+  PgRows st = db_->Query(
+      "SELECT c.last_seq, d.seq, d.sender_device_id, d.client_id, d.body, d.created_at, "
+      "EXISTS(SELECT 1 FROM blocks b WHERE b.owner_id = $2 AND b.target_id = ANY($4::bigint[])), "
+      "ARRAY(SELECT b.owner_id FROM blocks b WHERE b.target_id = $2 AND b.owner_id = ANY($4::bigint[])), "
+      "ARRAY(SELECT w.seq FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $2 "
+      "  AND w.seq > COALESCE((SELECT r.delivered FROM user_receipts r WHERE r.conversation_id = $1 "
+      "  AND r.user_id = $2), 0) AND w.seq <= c.last_seq + 1 ORDER BY w.seq) "
+      "FROM conversations c LEFT JOIN messages d ON d.conversation_id = c.id AND d.sender_id = $2 "
+      "AND d.client_id = $3 WHERE c.id = $1 FOR UPDATE OF c",
+      PgParams().Int(msg.conversation_id).Int(msg.sender_id).Text(msg.client_id).IntArray(others));
+  if (st.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    return Status(ErrorCode::kUnknownConversation, "unknown conversation");
   }
+  const Seq last_seq = st.Int(0, 0);
+  if (!st.IsNull(0, 1)) {
+    MessageRecord dup;
+    dup.conversation_id = msg.conversation_id;
+    dup.seq = st.Int(0, 1);
+    dup.sender_id = msg.sender_id;
+    dup.sender_device_id = st.Int(0, 2);
+    dup.client_id = st.Text(0, 3);
+    dup.body = st.Text(0, 4);
+    dup.created_at = st.Int(0, 5);
+    return AppendResult{std::move(dup), true, {}, {}};
+  }
+  // Blocking: the sender may not reach a member they block; a member who
+  // blocks the sender does not see the message.
+  if (st.Bool(0, 6)) return Status(ErrorCode::kBlocked, "the sender blocks a member; unblock first");
+  const std::vector<int64_t> blockers = st.IntArray(0, 7);
+  const std::vector<Seq> withheld = st.IntArray(0, 8);
+
   AppendResult result;
   MessageRecord& m = result.message;
   m.conversation_id = msg.conversation_id;
@@ -723,38 +742,25 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
   db_->Defer("UPDATE conversations SET last_seq = $2, last_activity_at = $3 WHERE id = $1",
              PgParams().Int(m.conversation_id).Int(m.seq).Int(msg.now));
   std::vector<int64_t> visible;
-  for (size_t i = 0; i < c->members.size(); ++i) {
-    if (hidden[i]) {
+  for (const MemberRecord& member : c->members) {
+    if (std::find(blockers.begin(), blockers.end(), member.user_id) != blockers.end()) {
       db_->Defer("INSERT INTO withheld(conversation_id, user_id, seq) VALUES($1, $2, $3)",
-                 PgParams().Int(m.conversation_id).Int(c->members[i].user_id).Int(m.seq));
+                 PgParams().Int(m.conversation_id).Int(member.user_id).Int(m.seq));
     } else {
-      visible.push_back(c->members[i].user_id);
+      visible.push_back(member.user_id);
     }
   }
   db_->Defer(
       "UPDATE members SET last_activity_at = $3 WHERE conversation_id = $1 AND user_id = ANY($2::bigint[])",
       PgParams().Int(m.conversation_id).IntArray(visible).Int(msg.now));
-  // Sending means the sender has seen everything up to their own message;
-  // seqs withheld from the sender that this newly covers ride on the message
-  // events (see SqliteStore).
-  Seq old_delivered = 0;
-  {
-    PgRows r = db_->Query("SELECT delivered FROM user_receipts WHERE conversation_id = $1 AND user_id = $2",
-                          PgParams().Int(m.conversation_id).Int(m.sender_id));
-    if (!r.empty()) old_delivered = r.Int(0, 0);
-  }
-  std::vector<Seq> withheld = WithheldBetween(m.conversation_id, m.sender_id, old_delivered, m.seq);
-  for (size_t i = 0; i < c->members.size(); ++i) {
-    if (hidden[i]) continue;
-    result.positions.push_back(AppendEvent(c->members[i].user_id, EventKind::kMessage, m.conversation_id, m.seq, 0,
-                                           {}, msg.now, &withheld));
-  }
-  if (!withheld.empty()) result.withheld.assign(result.positions.size(), withheld);
+  // Sending means the sender has seen everything up to their own message.
   db_->Defer(
       "INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES($1, $2, $3, $3) "
       "ON CONFLICT(conversation_id, user_id) DO UPDATE SET delivered = GREATEST(user_receipts.delivered, "
       "excluded.delivered), read = GREATEST(user_receipts.read, excluded.read)",
       PgParams().Int(m.conversation_id).Int(m.sender_id).Int(m.seq));
+  result.positions = AppendEvents(visible, EventKind::kMessage, m.conversation_id, m.seq, 0, {}, msg.now, &withheld);
+  if (!withheld.empty()) result.withheld.assign(result.positions.size(), withheld);
   return result;
 }
 
@@ -808,10 +814,10 @@ Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& 
                  .Int(result.aggregate.read));
   result.withheld =
       WithheldBetween(update.conversation_id, update.user_id, aggregate.delivered, result.aggregate.delivered);
-  for (const MemberRecord& member : c->members) {
-    result.positions.push_back(AppendEvent(member.user_id, EventKind::kReceipt, update.conversation_id, 0,
-                                           update.user_id, result.aggregate, update.now, &result.withheld));
-  }
+  std::vector<UserId> members;
+  for (const MemberRecord& member : c->members) members.push_back(member.user_id);
+  result.positions = AppendEvents(members, EventKind::kReceipt, update.conversation_id, 0, update.user_id,
+                                  result.aggregate, update.now, &result.withheld);
   return result;
 }
 
@@ -846,10 +852,9 @@ Result<SocialResult> PostgresStore::Writer::SetProfile(UserId user_id, const std
       "SELECT owner_id FROM contacts WHERE contact_id = $1 "
       "EXCEPT SELECT target_id FROM blocks WHERE owner_id = $1 ORDER BY 1",
       PgParams().Int(user_id));
-  for (int i = 0; i < audience.size(); ++i) {
-    result.positions.push_back(
-        AppendEvent(audience.Int(i, 0), EventKind::kProfile, 0, 0, user_id, {}, now, nullptr, &p));
-  }
+  std::vector<UserId> to;
+  for (int i = 0; i < audience.size(); ++i) to.push_back(audience.Int(i, 0));
+  result.positions = AppendEvents(to, EventKind::kProfile, 0, 0, user_id, {}, now, nullptr, &p);
   return result;
 }
 
