@@ -1,0 +1,286 @@
+// What only the PostgreSQL backend has, on a real server (pg_test_server.h):
+// versioned migrations (fresh, repeated, concurrent, refused when newer), the
+// partitioned schema (hash partitions, partition key in every key, rows of a
+// conversation in one partition), group commit under concurrent writers, two
+// stores (two parleyd nodes) on one database keeping every sequence gapless
+// and deduplication exact, and an unreachable server reported as retryable.
+
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <regex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store/pg_test_server.h"
+#include "store/postgres/pg_store.h"
+#include "store/store_factory.h"
+#include "store/store_test_util.h"
+
+namespace parley::store {
+namespace {
+
+using namespace parley::store::testing;  // NOLINT: test helpers
+
+// A fresh database per test, named after the test.
+std::string FreshDatabase() {
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = "pg_";
+  // PostgreSQL identifiers stop at 63 bytes; test names are unique well before.
+  constexpr size_t kMaxName = 40;
+  for (char ch : std::string(info->name()).substr(0, kMaxName)) {
+    name += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  }
+  return PgTestServer::Get().Database(name);
+}
+
+std::unique_ptr<Store> OpenPg(const std::string& url, int commit_deadline_us = 0) {
+  StoreConfig config;
+  config.backend = "postgres";
+  config.postgres_url = url;
+  config.commit_deadline_us = commit_deadline_us;
+  Result<std::unique_ptr<Store>> store = OpenStore(config);
+  EXPECT_TRUE(store.has_value()) << store.error().ToString();
+  return store.has_value() ? std::move(store).value() : nullptr;
+}
+
+// Runs one SQL query on `url` and returns its rows as text (first column of
+// each row unless `joined`, then every column joined by '|').
+std::vector<std::string> Sql(const std::string& url, const std::string& query, bool joined = false) {
+  std::vector<std::string> out;
+  PGconn* conn = PQconnectdb(url.c_str());
+  EXPECT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
+  PGresult* r = PQexec(conn, query.c_str());
+  ExecStatusType st = PQresultStatus(r);
+  EXPECT_TRUE(st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) << query << ": " << PQerrorMessage(conn);
+  for (int i = 0; st == PGRES_TUPLES_OK && i < PQntuples(r); ++i) {
+    std::string row;
+    for (int c = 0; c < (joined ? PQnfields(r) : 1); ++c) {
+      if (c > 0) row += '|';
+      row += PQgetvalue(r, i, c);
+    }
+    out.push_back(row);
+  }
+  PQclear(r);
+  PQfinish(conn);
+  return out;
+}
+
+TEST(PgStoreTest, MigratesAFreshDatabaseOnceAndRecordsTheVersion) {
+  std::string url = FreshDatabase();
+  ASSERT_NE(OpenPg(url), nullptr);
+  EXPECT_EQ(Sql(url, "SELECT max(version) FROM schema_version"),
+            std::vector<std::string>{std::to_string(PostgresStore::kSchemaVersion)});
+  // Opening again applies nothing more.
+  ASSERT_NE(OpenPg(url), nullptr);
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM schema_version"),
+            std::vector<std::string>{std::to_string(PostgresStore::kSchemaVersion)});
+}
+
+TEST(PgStoreTest, NodesStartingTogetherMigrateOnce) {
+  std::string url = FreshDatabase();
+  constexpr int kNodes = 4;
+  std::vector<std::unique_ptr<Store>> stores(kNodes);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kNodes; ++i) {
+    threads.emplace_back([&, i] { stores[static_cast<size_t>(i)] = OpenPg(url); });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& s : stores) EXPECT_NE(s, nullptr);
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM schema_version"),
+            std::vector<std::string>{std::to_string(PostgresStore::kSchemaVersion)});
+}
+
+TEST(PgStoreTest, RefusesADatabaseNewerThanThisServer) {
+  std::string url = FreshDatabase();
+  ASSERT_TRUE(PostgresStore::MigrateToVersionForTest(url, PostgresStore::kSchemaVersion).ok());
+  Sql(url, "INSERT INTO schema_version(version) VALUES (" + std::to_string(PostgresStore::kSchemaVersion + 1) + ")");
+  StoreConfig config;
+  config.backend = "postgres";
+  config.postgres_url = url;
+  Result<std::unique_ptr<Store>> store = OpenStore(config);
+  ASSERT_FALSE(store.has_value());
+  EXPECT_EQ(store.error().code(), ErrorCode::kInternal);
+  EXPECT_NE(store.error().message().find("newer"), std::string::npos) << store.error().message();
+}
+
+TEST(PgStoreTest, UnreachableServerIsUnavailable) {
+  // The test server's socket directory with a port nothing listens on.
+  PgTestServer& server = PgTestServer::Get();
+  StoreConfig config;
+  config.backend = "postgres";
+  config.postgres_url = "postgresql://postgres@/nowhere?host=" + server.socket_dir() + "&port=1";
+  Result<std::unique_ptr<Store>> store = OpenStore(config);
+  ASSERT_FALSE(store.has_value());
+  EXPECT_EQ(store.error().code(), ErrorCode::kUnavailable);
+  EXPECT_TRUE(IsPostgresUrl(config.postgres_url));
+  EXPECT_TRUE(IsPostgresUrl("postgres://db.example/parley"));
+  EXPECT_FALSE(IsPostgresUrl("sqlite"));
+}
+
+TEST(PgStoreTest, MessagesAndStreamsAreHashPartitionedWithThePartitionKeyInEveryKey) {
+  std::string url = FreshDatabase();
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  const std::vector<std::pair<std::string, std::string>> partitioned = {
+      {"messages", "conversation_id"}, {"withheld", "conversation_id"}, {"user_events", "user_id"}};
+  for (const auto& [table, key] : partitioned) {
+    SCOPED_TRACE(table);
+    // Hash strategy, on the named key column.
+    EXPECT_EQ(Sql(url,
+                  "SELECT p.partstrat::text || ':' || a.attname::text FROM pg_partitioned_table p "
+                  "JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0] "
+                  "WHERE p.partrelid = '" + table + "'::regclass"),
+              std::vector<std::string>{"h:" + key});
+    EXPECT_EQ(Sql(url, "SELECT count(*) FROM pg_inherits WHERE inhparent = '" + table + "'::regclass"),
+              std::vector<std::string>{std::to_string(PostgresStore::kPartitions)});
+    // Every primary key and unique index leads with the partition key.
+    std::vector<std::string> keys = Sql(url,
+                                        "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+                                        "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+                                        "WHERE i.indrelid = '" + table + "'::regclass AND i.indisunique");
+    EXPECT_FALSE(keys.empty());
+    for (const std::string& k : keys) EXPECT_EQ(k, key);
+  }
+
+  // Rows land by their key: each conversation's messages in exactly one
+  // partition, and many conversations spread over several partitions.
+  constexpr int kUsers = 12;
+  std::vector<UserRecord> users;
+  for (int i = 0; i < kUsers; ++i) users.push_back(MakeUser(*store, "u" + std::to_string(i)));
+  DeviceRecord dev = MakeDevice(*store, users[0].id, "t0");
+  for (int i = 1; i < kUsers; ++i) {
+    ConversationId c = Open(*store, users[0].id, users[static_cast<size_t>(i)].id).conversation.id;
+    for (int k = 0; k < 3; ++k) Must(Append(*store, Msg(c, users[0].id, dev.id, std::to_string(k), "x")));
+  }
+  EXPECT_EQ(Sql(url, "SELECT max(n) FROM (SELECT count(DISTINCT tableoid) AS n FROM messages "
+                     "GROUP BY conversation_id) t"),
+            std::vector<std::string>{"1"});
+  std::vector<std::string> used = Sql(url, "SELECT count(DISTINCT tableoid) FROM messages");
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_GT(std::stoi(used[0]), 1);
+  std::vector<std::string> streams = Sql(url, "SELECT count(DISTINCT tableoid) FROM user_events");
+  ASSERT_EQ(streams.size(), 1u);
+  EXPECT_GT(std::stoi(streams[0]), 1);
+  // A conversation's history reads one partition (partition pruning).
+  std::vector<std::string> plan =
+      Sql(url, "EXPLAIN (COSTS OFF) SELECT * FROM messages WHERE conversation_id = 1 ORDER BY seq DESC LIMIT 10");
+  std::set<std::string> scanned;
+  for (const std::string& line : plan) {
+    std::smatch m;  // a table scan (not an index name: those go on with '_')
+    if (std::regex_search(line, m, std::regex("on (messages_p[0-9]+)( |$)"))) scanned.insert(m[1]);
+  }
+  EXPECT_EQ(scanned.size(), 1u) << ::testing::PrintToString(plan);
+}
+
+TEST(PgStoreTest, ConcurrentWritersShareCommits) {
+  std::string url = FreshDatabase();
+  // A short deadline lets batches fill even on a loaded machine.
+  std::unique_ptr<Store> store = OpenPg(url, /*commit_deadline_us=*/2000);
+  ASSERT_NE(store, nullptr);
+  UserRecord a = MakeUser(*store, "a");
+  UserRecord b = MakeUser(*store, "b");
+  DeviceRecord da = MakeDevice(*store, a.id, "ta");
+  ConversationId c = Open(*store, a.id, b.id).conversation.id;
+  const uint64_t commits_before = store->Stats().commits;
+
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 100;
+  std::vector<std::vector<Seq>> seqs(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      Collector<AppendResult> results(kPerThread);
+      for (int i = 0; i < kPerThread; ++i) {
+        store->AppendMessage(Msg(c, a.id, da.id, std::to_string(t) + "-" + std::to_string(i), "x"),
+                             results.Slot(static_cast<size_t>(i)));
+      }
+      for (auto& r : results.Wait()) {
+        EXPECT_TRUE(r->has_value());
+        seqs[static_cast<size_t>(t)].push_back(r->has_value() ? (*r)->message.seq : -1);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  std::vector<Seq> all;
+  for (auto& s : seqs) all.insert(all.end(), s.begin(), s.end());
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i < all.size(); ++i) ASSERT_EQ(all[i], static_cast<Seq>(i + 1));
+  const uint64_t commits = store->Stats().commits - commits_before;
+  EXPECT_LT(commits, static_cast<uint64_t>(kThreads * kPerThread) / 4) << "writes were not group-committed";
+  // Both streams are gapless and hold every message once.
+  EXPECT_EQ(Head(*store, a.id), Head(*store, b.id));
+  EXPECT_EQ(Sql(url, "SELECT count(*) = max(user_seq) FROM user_events GROUP BY user_id ORDER BY 1"),
+            (std::vector<std::string>{"t", "t"}));
+}
+
+TEST(PgStoreTest, TwoNodesOnOneDatabaseKeepSequencesGaplessAndDedupExact) {
+  std::string url = FreshDatabase();
+  std::unique_ptr<Store> node1 = OpenPg(url);
+  std::unique_ptr<Store> node2 = OpenPg(url);
+  ASSERT_NE(node1, nullptr);
+  ASSERT_NE(node2, nullptr);
+  UserRecord a = MakeUser(*node1, "a");
+  UserRecord b = MakeUser(*node2, "b");
+  DeviceRecord da = MakeDevice(*node1, a.id, "ta");
+  DeviceRecord db = MakeDevice(*node2, b.id, "tb");
+  // Both nodes open the same pair at once: one conversation.
+  Collector<OpenResult> opened(2);
+  node1->OpenDirect(a.id, b.id, 1000, opened.Slot(0));
+  node2->OpenDirect(b.id, a.id, 1000, opened.Slot(1));
+  auto& open_results = opened.Wait();
+  ASSERT_TRUE(open_results[0]->has_value() && open_results[1]->has_value());
+  const ConversationId c = (*open_results[0])->conversation.id;
+  EXPECT_EQ((*open_results[1])->conversation.id, c);
+  EXPECT_NE((*open_results[0])->created, (*open_results[1])->created);
+
+  // Every message is sent through both nodes at once (a client retrying on
+  // another node): each is stored once, and seqs stay gapless.
+  constexpr int kMessages = 150;
+  Collector<AppendResult> r1(kMessages), r2(kMessages);
+  std::thread t1([&] {
+    for (int i = 0; i < kMessages; ++i) {
+      const bool from_a = i % 2 == 0;
+      node1->AppendMessage(Msg(c, from_a ? a.id : b.id, from_a ? da.id : db.id, std::to_string(i), "x"),
+                           r1.Slot(static_cast<size_t>(i)));
+    }
+  });
+  std::thread t2([&] {
+    for (int i = 0; i < kMessages; ++i) {
+      const bool from_a = i % 2 == 0;
+      node2->AppendMessage(Msg(c, from_a ? a.id : b.id, from_a ? da.id : db.id, std::to_string(i), "x"),
+                           r2.Slot(static_cast<size_t>(i)));
+    }
+  });
+  t1.join();
+  t2.join();
+  auto& res1 = r1.Wait();
+  auto& res2 = r2.Wait();
+  std::set<Seq> seqs;
+  for (int i = 0; i < kMessages; ++i) {
+    const auto& x = *res1[static_cast<size_t>(i)];
+    const auto& y = *res2[static_cast<size_t>(i)];
+    ASSERT_TRUE(x.has_value()) << x.error().ToString();
+    ASSERT_TRUE(y.has_value()) << y.error().ToString();
+    EXPECT_EQ(x->message.seq, y->message.seq) << "message " << i;
+    EXPECT_NE(x->duplicate, y->duplicate) << "message " << i;
+    seqs.insert(x->message.seq);
+  }
+  ASSERT_EQ(seqs.size(), static_cast<size_t>(kMessages));
+  EXPECT_EQ(*seqs.begin(), 1);
+  EXPECT_EQ(*seqs.rbegin(), kMessages);
+  // Each user's stream: the conversation event plus one per message, gapless.
+  for (UserId u : {a.id, b.id}) {
+    StreamPage page = ReadStream(*node2, u, 0, 1000);
+    ASSERT_EQ(page.events.size(), static_cast<size_t>(kMessages + 1));
+    for (size_t i = 0; i < page.events.size(); ++i) EXPECT_EQ(page.events[i].user_seq, static_cast<UserSeq>(i + 1));
+  }
+}
+
+}  // namespace
+}  // namespace parley::store
