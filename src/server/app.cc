@@ -76,8 +76,8 @@ int RunServer(const ServerConfig& config) {
     spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
     return 1;
   }
-  spdlog::info("event=listening address={}:{} data_dir={} io_threads={}", config.gateway.host, gw.BoundPort(),
-               config.data_dir, config.gateway.io_threads);
+  spdlog::info("event=listening address={}:{} data_dir={} store={} io_threads={}", config.gateway.host,
+               gw.BoundPort(), config.data_dir, config.store.backend, config.gateway.io_threads);
   std::cout << "parleyd listening on http://" << config.gateway.host << ":" << gw.BoundPort() << std::endl;
   if (!config.port_file.empty()) {
     std::string tmp = config.port_file + ".tmp";

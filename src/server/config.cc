@@ -80,6 +80,17 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_COMMIT_DEADLINE_US")
       ->check(CLI::Range(0, 1'000'000))
       ->capture_default_str();
+  std::string store_spec = "sqlite";
+  app.add_option("--store", store_spec,
+                 "Store: 'sqlite' (a file in --data-dir) or a PostgreSQL URL postgres://... / postgresql://... "
+                 "(the database must exist; its schema is created and migrated at start)")
+      ->envname("PARLEY_STORE")
+      ->capture_default_str();
+  app.add_option("--pg-read-connections", c.store.postgres_read_connections,
+                 "PostgreSQL store: connections (one thread each) serving reads; writes use one more")
+      ->envname("PARLEY_PG_READ_CONNECTIONS")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   app.add_option("--sqlite-cache-kib", c.store.sqlite_cache_kib, "SQLite page cache per connection, KiB")
       ->envname("PARLEY_SQLITE_CACHE_KIB")
       ->check(CLI::Range(1024, 16 << 20))
@@ -166,6 +177,13 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   c.core.password_cost = fast_hashing ? core::PasswordCost::kInsecureFast : core::PasswordCost::kInteractive;
   c.admin.password_cost = c.core.password_cost;
   c.store.sqlite_path = c.data_dir + "/parley.db";
+  if (store::IsPostgresUrl(store_spec)) {
+    c.store.backend = "postgres";
+    c.store.postgres_url = store_spec;
+  } else if (store_spec != "sqlite") {
+    return Status(ErrorCode::kBadRequest,
+                  "--store must be 'sqlite' or a postgres:// or postgresql:// URL: '" + store_spec + "'");
+  }
   return c;
 }
 

@@ -2,6 +2,13 @@
 // port (the server binds port 0 and writes the port to a file) with its data
 // in a fresh temporary directory. Restart keeps the data; Kill9 is an abrupt
 // crash; Terminate sends SIGTERM and waits for a clean exit.
+//
+// Store: SQLite in the data directory, unless the environment variable
+// PARLEY_E2E_STORE=postgres is set: then each ServerProcess gets a fresh
+// database of its own on the process's PostgreSQL test server
+// (store/pg_test_server.h, started on first use) and parleyd runs with
+// --store postgresql://... (tests/e2e/CMakeLists.txt registers PostgreSQL
+// runs of end-to-end binaries this way).
 #pragma once
 
 #include <signal.h>
@@ -10,6 +17,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -19,6 +28,7 @@
 #include <gtest/gtest.h>
 
 #include "parley/connection.h"
+#include "store/pg_test_server.h"
 
 extern char** environ;
 
@@ -29,6 +39,19 @@ class ServerProcess {
   explicit ServerProcess(std::vector<std::string> extra_args = {}) : extra_args_(std::move(extra_args)) {
     char tmpl[] = "/tmp/parley-e2e-XXXXXX";
     dir_ = mkdtemp(tmpl);
+    const char* store = std::getenv("PARLEY_E2E_STORE");
+    if (store != nullptr && std::string(store) == "postgres") {
+      store::testing::PgTestServer& pg = store::testing::PgTestServer::Get();
+      if (pg.ok()) {
+        // mkdtemp's suffix, lower-cased: PostgreSQL folds unquoted names.
+        std::string name = "e2e_" + dir_.substr(dir_.rfind('-') + 1);
+        for (char& ch : name) {
+          if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
+        }
+        name += "_" + std::to_string(std::hash<std::string>()(dir_) % 1000000);
+        store_args_ = {"--store", pg.Database(name)};
+      }
+    }
     Start();
   }
   ~ServerProcess() {
@@ -52,6 +75,7 @@ class ServerProcess {
                                      "--relaxed-rate-limits",
                                      "--io-threads", "2",
                                      "--log-level", "warn"};
+    for (auto& a : store_args_) args.push_back(a);
     for (auto& a : extra_args_) args.push_back(a);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -130,6 +154,7 @@ class ServerProcess {
 
  private:
   std::vector<std::string> extra_args_;
+  std::vector<std::string> store_args_;  // --store URL under PARLEY_E2E_STORE=postgres
   std::string dir_;
   pid_t pid_ = -1;
   uint16_t port_ = 0;
