@@ -1,5 +1,6 @@
 // What only the PostgreSQL backend has, on a real server (pg_test_server.h):
-// versioned migrations (fresh, repeated, concurrent, refused when newer), the
+// versioned migrations (fresh, in place from an older version, repeated,
+// concurrent, refused when newer), the
 // partitioned schema (hash partitions, partition key in every key, rows of a
 // conversation in one partition), group commit under concurrent writers, two
 // stores (two parleyd nodes) on one database keeping every sequence gapless
@@ -80,6 +81,24 @@ TEST(PgStoreTest, MigratesAFreshDatabaseOnceAndRecordsTheVersion) {
   ASSERT_NE(OpenPg(url), nullptr);
   EXPECT_EQ(Sql(url, "SELECT count(*) FROM schema_version"),
             std::vector<std::string>{std::to_string(PostgresStore::kSchemaVersion)});
+}
+
+TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
+  std::string url = FreshDatabase();
+  // As a version-1 server left it: one user, no presence columns yet.
+  ASSERT_TRUE(PostgresStore::MigrateToVersionForTest(url, 1).ok());
+  EXPECT_EQ(Sql(url, "SELECT max(version) FROM schema_version"), std::vector<std::string>{"1"});
+  Sql(url, "INSERT INTO users(username, password_hash, created_at) VALUES ('old', 'h', 7)");
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
+            std::vector<std::string>{"1,2"});
+  UserRecord old = Must(Await<UserRecord>([&](auto cb) { store->GetUserByName("old", cb); }));
+  EXPECT_EQ(old.created_at, 7);
+  EXPECT_EQ(old.presence_visibility, PresenceVisibility::kEveryone);
+  EXPECT_EQ(old.last_seen, 0);
+  // The migrated store works: new users get the next ids.
+  EXPECT_GT(MakeUser(*store, "new").id, old.id);
 }
 
 TEST(PgStoreTest, NodesStartingTogetherMigrateOnce) {

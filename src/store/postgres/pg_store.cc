@@ -26,7 +26,8 @@
 // is the list of numbered steps, each in its own transaction, all under an
 // advisory lock so that nodes starting together migrate once):
 //   users(id PK identity, username UNIQUE COLLATE "C", password_hash,
-//         created_at, display_name, about, profile_updated_at)
+//         created_at, display_name, about, profile_updated_at,
+//         presence_visibility, last_seen (both step 2))
 //   devices(id PK identity, user_id, name, platform, token_hash bytea UNIQUE
 //         (NULL once revoked), created_at, last_seen_at, cursor, revoked)
 //         + devices_by_user(user_id)
@@ -220,6 +221,13 @@ CREATE TABLE name_prefixes(
   return sql;
 }
 
+// Presence: who may see it (PresenceVisibility) and when the user was last
+// online.
+std::string SchemaV2() {
+  return "ALTER TABLE users ADD COLUMN presence_visibility smallint NOT NULL DEFAULT 0;\n"
+         "ALTER TABLE users ADD COLUMN last_seen bigint NOT NULL DEFAULT 0;\n";
+}
+
 struct Migration {
   int version;
   std::string (*sql)();
@@ -227,6 +235,7 @@ struct Migration {
 
 const Migration kMigrations[] = {
     {1, &SchemaV1},
+    {2, &SchemaV2},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -303,8 +312,14 @@ ProfileRecord ProfileAt(const PgRows& r, int row, int col) {
   return p;
 }
 
+// Columns: id, username, password_hash, created_at, display_name, about,
+// presence_visibility, last_seen.
+constexpr const char* kUserColumns =
+    "id, username, password_hash, created_at, display_name, about, presence_visibility, last_seen";
+
 UserRecord UserAt(const PgRows& r, int row) {
-  return UserRecord{r.Int(row, 0), r.Text(row, 1), r.Text(row, 2), r.Int(row, 3), r.Text(row, 4), r.Text(row, 5)};
+  return UserRecord{r.Int(row, 0), r.Text(row, 1), r.Text(row, 2), r.Int(row, 3), r.Text(row, 4), r.Text(row, 5),
+                    static_cast<PresenceVisibility>(r.Int(row, 6)), r.Int(row, 7)};
 }
 
 // `user`'s profile as `viewer` sees it ($1 user, $2 viewer): as it was when
@@ -378,6 +393,8 @@ class PostgresStore::Writer {
   Result<SocialResult> Unblock(UserId owner, UserId target, int64_t now);
   Result<std::vector<DeviceId>> ChangePassword(UserId user_id, const std::string& new_hash, DeviceId keep_device);
   Result<std::vector<BulkUserResult>> BulkCreateUsers(const std::vector<NewBulkUser>& users, int64_t now);
+  Result<SocialResult> SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now);
+  Result<Empty> SetLastSeen(UserId user_id, int64_t last_seen);
 
  private:
   // A conversation's members (never change once created), ascending user id.
@@ -994,6 +1011,37 @@ Result<std::vector<BulkUserResult>> PostgresStore::Writer::BulkCreateUsers(const
   return results;
 }
 
+Result<SocialResult> PostgresStore::Writer::SetPresenceVisibility(UserId user_id, PresenceVisibility visibility,
+                                                                  int64_t now) {
+  // Locks the user's row: changes from several nodes apply in turn.
+  PgRows cur = db_->Query(
+      "SELECT id, username, display_name, about, profile_updated_at, presence_visibility FROM users WHERE id = $1 "
+      "FOR UPDATE",
+      PgParams().Int(user_id));
+  if (cur.empty()) return Status(ErrorCode::kUnknownUser, "unknown user");
+  SocialResult result;
+  result.profile = ProfileAt(cur, 0, 0);
+  if (cur.Int(0, 5) == static_cast<int64_t>(visibility)) return result;
+  db_->Defer("UPDATE users SET presence_visibility = $2 WHERE id = $1",
+             PgParams().Int(user_id).Int(static_cast<int64_t>(visibility)));
+  result.changed = true;
+  // The setting travels in `delivered`, as in SqliteStore.
+  result.positions.push_back(AppendEvent(user_id, EventKind::kPrivacy, 0, 0, user_id,
+                                         Watermarks{static_cast<int64_t>(visibility), 0}, now));
+  return result;
+}
+
+Result<Empty> PostgresStore::Writer::SetLastSeen(UserId user_id, int64_t last_seen) {
+  // One statement; monotonic. The row count cannot tell "unknown" from "not
+  // newer", so an unknown user is checked by the second statement.
+  PgRows r = db_->Query(
+      "WITH u AS (UPDATE users SET last_seen = $2 WHERE id = $1 AND last_seen < $2 RETURNING 1) "
+      "SELECT EXISTS(SELECT 1 FROM u) OR EXISTS(SELECT 1 FROM users WHERE id = $1)",
+      PgParams().Int(user_id).Int(last_seen));
+  if (!db_->failed() && (r.empty() || !r.Bool(0, 0))) return Status(ErrorCode::kUnknownUser, "unknown user");
+  return Empty{};
+}
+
 // ---------------------------------------------------------------------------
 // Reads
 
@@ -1033,6 +1081,7 @@ class PostgresStore::Reader {
   Result<std::vector<ContactRecord>> Contacts(UserId owner);
   Result<std::vector<ProfileRecord>> Blocked(UserId owner);
   Result<SearchPage> SearchUsers(UserId searcher, const std::string& query, const std::string& after, int limit);
+  Result<std::vector<PresenceRecord>> Presence(UserId viewer, const std::vector<UserId>& ids);
 
  private:
   std::vector<MessageRecord> Visible(ConversationId id, UserId viewer, Seq before, int limit);
@@ -1042,16 +1091,14 @@ class PostgresStore::Reader {
 };
 
 Result<UserRecord> PostgresStore::Reader::UserByName(const std::string& username) {
-  PgRows r = db_->Query(
-      "SELECT id, username, password_hash, created_at, display_name, about FROM users WHERE username = $1",
-      PgParams().Text(username));
+  PgRows r = db_->Query(fmt::format("SELECT {} FROM users WHERE username = $1", kUserColumns),
+                        PgParams().Text(username));
   if (r.empty()) return Status(ErrorCode::kUnknownUser, "unknown user");
   return UserAt(r, 0);
 }
 
 Result<UserRecord> PostgresStore::Reader::UserById(UserId id) {
-  PgRows r = db_->Query("SELECT id, username, password_hash, created_at, display_name, about FROM users WHERE id = $1",
-                        PgParams().Int(id));
+  PgRows r = db_->Query(fmt::format("SELECT {} FROM users WHERE id = $1", kUserColumns), PgParams().Int(id));
   if (r.empty()) return Status(ErrorCode::kUnknownUser, "unknown user");
   return UserAt(r, 0);
 }
@@ -1158,6 +1205,7 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
       e.profile = ProfileRecord{r.Int(i, 4), r.Text(i, 16), r.Text(i, 17), r.Text(i, 18), r.Int(i, 19)};
       e.flag = r.Int(i, 5) != 0;
     }
+    if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(r.Int(i, 5));
     page.events.push_back(std::move(e));
   }
   for (StreamEvent& e : page.events) {
@@ -1252,6 +1300,27 @@ Result<std::vector<ProfileRecord>> PostgresStore::Reader::Profiles(UserId viewer
     // viewer 0 matches no blocks row (ids start at 1): current profiles.
     PgRows r = db_->Query(kProfileForSql, PgParams().Int(id).Int(viewer));
     if (!r.empty()) out.push_back(ProfileAt(r, 0, 0));
+  }
+  return out;
+}
+
+Result<std::vector<PresenceRecord>> PostgresStore::Reader::Presence(UserId viewer, const std::vector<UserId>& ids) {
+  // One round trip for the whole list; rows come back in the given order.
+  PgRows r = db_->Query(
+      "SELECT u.id, u.presence_visibility, u.last_seen, "
+      "EXISTS(SELECT 1 FROM contacts c WHERE c.owner_id = u.id AND c.contact_id = $2), "
+      "EXISTS(SELECT 1 FROM blocks b WHERE (b.owner_id = u.id AND b.target_id = $2) "
+      "OR (b.owner_id = $2 AND b.target_id = u.id)) "
+      "FROM unnest($1::bigint[]) WITH ORDINALITY AS q(id, n) JOIN users u ON u.id = q.id ORDER BY q.n",
+      PgParams().IntArray(ids).Int(viewer));
+  std::vector<PresenceRecord> out;
+  for (int i = 0; i < r.size(); ++i) {
+    const UserId id = r.Int(i, 0);
+    auto visibility = static_cast<PresenceVisibility>(r.Int(i, 1));
+    bool allowed = visibility == PresenceVisibility::kEveryone ||
+                   (visibility == PresenceVisibility::kContacts && r.Bool(i, 3));
+    bool visible = id == viewer || (allowed && !r.Bool(i, 4));
+    out.push_back(PresenceRecord{id, visible, visible ? r.Int(i, 2) : 0});
   }
   return out;
 }
@@ -1710,6 +1779,23 @@ void PostgresStore::BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
                                     Callback<std::vector<BulkUserResult>> done) {
   SubmitWrite<std::vector<BulkUserResult>>(
       [users = std::move(users), now](Writer& w) { return w.BulkCreateUsers(users, now); }, std::move(done));
+}
+
+void PostgresStore::SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now,
+                                          Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>(
+      [user_id, visibility, now](Writer& w) { return w.SetPresenceVisibility(user_id, visibility, now); },
+      std::move(done));
+}
+
+void PostgresStore::SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) {
+  SubmitWrite<Empty>([user_id, last_seen](Writer& w) { return w.SetLastSeen(user_id, last_seen); },
+                     ToEmptyCallback(std::move(done)));
+}
+
+void PostgresStore::GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) {
+  SubmitRead<std::vector<PresenceRecord>>(
+      [viewer, ids = std::move(ids)](Reader& r) { return r.Presence(viewer, ids); }, std::move(done));
 }
 
 void PostgresStore::Flush(StatusCallback done) {

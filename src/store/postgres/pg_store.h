@@ -57,7 +57,7 @@ namespace parley::store {
 class PostgresStore final : public Store {
  public:
   // The schema version a fully migrated database records in schema_version.
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
   // Hash partitions of messages and withheld (by conversation id) and of
   // user_events (by user id). Fixed by the schema: changing it is a
   // migration that re-partitions.
@@ -110,6 +110,10 @@ class PostgresStore final : public Store {
                       Callback<std::vector<DeviceId>> done) override;
   void BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
                        Callback<std::vector<BulkUserResult>> done) override;
+  void SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now,
+                             Callback<SocialResult> done) override;
+  void SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) override;
+  void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) override;
   void Flush(StatusCallback done) override;
   StoreStats Stats() const override;
 
