@@ -56,8 +56,25 @@ cmd_start() {
   chmod 755 "$dir"
   if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$dir"; fi
 
-  as_owner "$PG_BIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync \
-    >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; rm -rf "$dir"; die "initdb failed"; }
+  # initdb once per machine (it is the slow part of a start): later starts
+  # copy the cached cluster. The cache is filled atomically (initdb into a
+  # temporary directory, then rename), so concurrent starts are safe.
+  local cache="${PARLEY_PG_INITDB_CACHE:-/tmp/parley-pg-initdb-${PG_VERSION}-$(id -u)}"
+  local owner; owner=$(id -un); [ "$(id -u)" -eq 0 ] && owner=postgres
+  # A cache someone else planted in /tmp is not ours: ignore it.
+  if [ -e "$cache" ] && [ "$(stat -c %U "$cache")" != "$owner" ]; then
+    cache=$(mktemp -d /tmp/parley-pg-initdb-private-XXXXXX) && rmdir "$cache"
+  fi
+  if [ ! -f "$cache/data/PG_VERSION" ]; then
+    local fresh
+    fresh=$(mktemp -d /tmp/parley-pg-initdb-XXXXXX)
+    chmod 755 "$fresh"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$fresh"; fi
+    as_owner "$PG_BIN/initdb" -D "$fresh/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync \
+      >"$fresh/initdb.log" 2>&1 || { cat "$fresh/initdb.log" >&2; rm -rf "$fresh" "$dir"; die "initdb failed"; }
+    mv -T "$fresh" "$cache" 2>/dev/null || rm -rf "$fresh"  # another start won the race
+  fi
+  cp -a "$cache/data" "$dir/data" || { rm -rf "$dir"; die "cannot copy $cache/data"; }
 
   # A port chosen free can be taken before the server binds it: retry.
   local port="" started=0

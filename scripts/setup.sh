@@ -10,6 +10,7 @@ PACKAGES=(
   libboost1.81-dev            # Asio/Beast (header-only, compiled once)
   libsimdjson-dev             # frame parsing
   libsqlite3-dev              # embedded store
+  postgresql libpq-dev        # cluster store (libpq) and the server its tests start
   libsodium-dev               # Argon2id, tokens, BLAKE2b
   libspdlog-dev libfmt-dev    # logs
   libcli11-dev                # flags
