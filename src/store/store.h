@@ -1,5 +1,5 @@
 // The Store: everything Parley keeps durably. A purely abstract interface;
-// backends (store/sqlite, later store/postgres) are final classes in their own
+// backends (store/sqlite, store/postgres) are final classes in their own
 // targets, chosen by name through store/store_factory.h. Core never includes a
 // backend header.
 //

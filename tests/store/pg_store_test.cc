@@ -2,7 +2,8 @@
 // versioned migrations (fresh, in place from an older version, repeated,
 // concurrent, refused when newer), the
 // partitioned schema (hash partitions, partition key in every key, rows of a
-// conversation in one partition), group commit under concurrent writers, two
+// conversation in one partition), lost connections (retryable, then
+// recovered), group commit under concurrent writers, two
 // stores (two parleyd nodes) on one database keeping every sequence gapless
 // and deduplication exact, and an unreachable server reported as retryable.
 
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <regex>
 #include <set>
 #include <string>
@@ -140,6 +142,48 @@ TEST(PgStoreTest, UnreachableServerIsUnavailable) {
   EXPECT_TRUE(IsPostgresUrl(config.postgres_url));
   EXPECT_TRUE(IsPostgresUrl("postgres://db.example/parley"));
   EXPECT_FALSE(IsPostgresUrl("sqlite"));
+}
+
+TEST(PgStoreTest, LostConnectionsFailRetryablyAndRecover) {
+  std::string url = FreshDatabase();
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  UserRecord a = MakeUser(*store, "a");
+  UserRecord b = MakeUser(*store, "b");
+  DeviceRecord da = MakeDevice(*store, a.id, "ta");
+  ConversationId c = Open(*store, a.id, b.id).conversation.id;
+  ASSERT_EQ(Must(Append(*store, Msg(c, a.id, da.id, "before", "x"))).message.seq, 1);
+
+  // The server drops every session of the store (as on a failover).
+  Sql(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'parleyd' "
+           "AND datname = current_database()");
+  // The next write may fail, and then only as retryable `unavailable`
+  // (nothing acknowledged); a retry with the same client id reconnects and
+  // is stored once.
+  constexpr int kAttempts = 3;
+  std::optional<AppendResult> stored;
+  for (int i = 0; i < kAttempts && !stored; ++i) {
+    Result<AppendResult> r = Append(*store, Msg(c, a.id, da.id, "after", "y"));
+    if (r.has_value()) {
+      stored = std::move(r).value();
+    } else {
+      EXPECT_EQ(r.error().code(), ErrorCode::kUnavailable) << r.error().ToString();
+    }
+  }
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_EQ(stored->message.seq, 2);
+  // Reads recover the same way: each read connection fails at most once.
+  constexpr int kReadAttempts = 1 + StoreConfig().postgres_read_connections;
+  Result<UserSeq> head = Status(ErrorCode::kUnavailable, "not tried");
+  for (int i = 0; i < kReadAttempts && !head.has_value(); ++i) {
+    head = Await<UserSeq>([&](auto cb) { store->GetHead(b.id, cb); });
+    if (!head.has_value()) {
+      EXPECT_EQ(head.error().code(), ErrorCode::kUnavailable) << head.error().ToString();
+    }
+  }
+  ASSERT_TRUE(head.has_value());
+  EXPECT_EQ(*head, 3);  // conversation event and two messages
+  EXPECT_EQ(History(*store, c, 0, 10).size(), 2u);
 }
 
 TEST(PgStoreTest, MessagesAndStreamsAreHashPartitionedWithThePartitionKeyInEveryKey) {

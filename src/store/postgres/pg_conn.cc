@@ -142,11 +142,12 @@ bool IsRetryableConflict(const std::string& sqlstate) {
 // ---- PgConn ----
 
 Result<std::unique_ptr<PgConn>> PgConn::Connect(const std::string& url, int connect_timeout_s) {
-  const char* keys[] = {"dbname", "connect_timeout", "application_name", nullptr};
+  // expand_dbname = 1: `dbname` holds the whole URL / connection string.
+  // Keywords are processed in order and the last value wins, so `dbname`
+  // comes last: what the URL says overrides these defaults.
   std::string timeout = std::to_string(connect_timeout_s);
-  const char* values[] = {url.c_str(), timeout.c_str(), "parleyd", nullptr};
-  // expand_dbname = 1: `dbname` holds the whole URL / connection string;
-  // parameters given in it win over the ones after it.
+  const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
+  const char* values[] = {timeout.c_str(), "parleyd", url.c_str(), nullptr};
   PGconn* conn = PQconnectdbParams(keys, values, 1);
   if (conn == nullptr) return Status(ErrorCode::kUnavailable, "postgres: out of memory");
   if (PQstatus(conn) != CONNECTION_OK) {
@@ -196,7 +197,9 @@ void PgConn::Record(pg_result* result, const char* what) {
 }
 
 bool PgConn::EnsureConnected() {
-  if (PQstatus(conn_) == CONNECTION_OK) return true;
+  // A session left in pipeline mode by a failure cannot run anything else:
+  // start a fresh one, as after a lost connection.
+  if (PQstatus(conn_) == CONNECTION_OK && PQpipelineStatus(conn_) == PQ_PIPELINE_OFF) return true;
   PQreset(conn_);
   prepared_.clear();
   if (PQstatus(conn_) != CONNECTION_OK) return false;
