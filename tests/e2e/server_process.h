@@ -29,6 +29,7 @@
 
 #include "parley/connection.h"
 #include "store/pg_test_server.h"
+#include "store/store_factory.h"
 
 extern char** environ;
 
@@ -49,7 +50,16 @@ class ServerProcess {
           if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
         }
         name += "_" + std::to_string(std::hash<std::string>()(dir_) % 1000000);
-        store_args_ = {"--store", pg.Database(name)};
+        // A copy of a database migrated once per process: parleyd's start
+        // then finds the schema current (migrations: tests/store).
+        std::string schema = pg.Template("parley_e2e_template", [](const std::string& url) {
+          store::StoreConfig config;
+          config.backend = "postgres";
+          config.postgres_url = url;
+          Result<std::unique_ptr<store::Store>> migrated = store::OpenStore(config);
+          EXPECT_TRUE(migrated.has_value()) << migrated.error().ToString();
+        });
+        store_args_ = {"--store", pg.Database(name, schema)};
       }
     }
     Start();
