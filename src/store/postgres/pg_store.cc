@@ -102,13 +102,13 @@ constexpr int64_t kMigrationLockKey = 0x7061726c6579;  // "parley"
 // Seconds a connection attempt may take.
 constexpr int kConnectTimeoutS = 10;
 
-std::string PartitionsSql(const char* table, const char* key) {
+// The kPartitions hash partitions of `table` (declared PARTITION BY HASH).
+std::string PartitionsSql(const char* table) {
   std::string sql;
   for (int i = 0; i < PostgresStore::kPartitions; ++i) {
     sql += fmt::format("CREATE TABLE {0}_p{1} PARTITION OF {0} FOR VALUES WITH (MODULUS {2}, REMAINDER {1});\n",
                        table, i, PostgresStore::kPartitions);
   }
-  (void)key;
   return sql;
 }
 
@@ -215,9 +215,9 @@ CREATE TABLE name_prefixes(
   user_id bigint NOT NULL,
   PRIMARY KEY(prefix, username));
 )sql";
-  sql += PartitionsSql("messages", "conversation_id");
-  sql += PartitionsSql("withheld", "conversation_id");
-  sql += PartitionsSql("user_events", "user_id");
+  sql += PartitionsSql("messages");
+  sql += PartitionsSql("withheld");
+  sql += PartitionsSql("user_events");
   return sql;
 }
 
