@@ -137,17 +137,24 @@ test('a second device of the same user sees the history and the same unread coun
   await register(erin.page, 'erin_t');
   await register(frank.page, 'frank_t');
   await openChatWith(frank.page, 'erin_t');
-  for (const text of ['one', 'two', 'three']) await send(frank.page, text);
+  // More than a new device's snapshot holds per conversation (20), so the
+  // oldest come from history when the chat is scrolled up.
+  const texts = Array.from({ length: 24 }, (_, i) => `message ${i + 1}`);
+  for (const text of texts) await send(frank.page, text);
   const conv1 = erin.page.locator('a.conv', { hasText: 'frank_t' });
-  await conv1.and(erin.page.locator('[data-unread="3"]')).waitFor();
+  await conv1.and(erin.page.locator('[data-unread="24"]')).waitFor();
 
   const erin2 = await user();
   await logIn(erin2.page, 'erin_t');
   const conv2 = erin2.page.locator('a.conv', { hasText: 'frank_t' });
-  await conv2.and(erin2.page.locator('[data-unread="3"]')).waitFor();
+  await conv2.and(erin2.page.locator('[data-unread="24"]')).waitFor();
   await conv2.click();
-  await erin2.page.locator('li.msg .body', { hasText: 'three' }).waitFor();
-  assert.deepEqual(await bodies(erin2.page), ['one', 'two', 'three']);
+  await erin2.page.locator('li.msg .body', { hasText: 'message 24' }).waitFor();
+  assert.deepEqual(await bodies(erin2.page), texts.slice(4));
+  await erin2.page.locator('.scroller').evaluate((el) => el.scrollTo(0, 0));
+  await erin2.page.locator('li.msg .body', { hasText: /^message 1$/ }).waitFor();
+  assert.deepEqual(await bodies(erin2.page), texts);
+  assert.equal(await erin2.page.getByRole('button', { name: 'Load older messages' }).isHidden(), true);
   // Reading on the second device clears the count on the first.
   await conv1.and(erin.page.locator('[data-unread="0"]')).waitFor();
   assertClean(erin, frank, erin2);

@@ -25,6 +25,7 @@ const kTypingIdleMs = 5_000;
 const kMaxPresenceSubscription = 256;
 const kOutboxMaxAgeMs = 30 * 24 * 3600 * 1000; // as the SDK: then the message is marked failed
 const kSearchLimit = 20;
+const kMaxProfileLookupsPerConnection = 16; // search_users is rate limited (protocol.md)
 
 const app = {
   session: null, // {token, user_id, username, device_id}
@@ -52,6 +53,7 @@ const app = {
   ackTimer: null,
   ackedApplied: 0,
   historyLoading: false,
+  profileLookups: new Set(), // user ids looked up on this connection
 };
 
 // ---------------------------------------------------------------- start-up
@@ -122,10 +124,37 @@ async function onOpen() {
   showConnState();
   sendAppState();
   app.presenceKey = ''; // a new connection has no subscription yet
+  app.profileLookups = new Set();
   updatePresenceSubscription();
   flushOutbox();
   reportReceipts();
+  lookUpProfiles();
   scheduleRender();
+}
+
+// The protocol has no "get profile" request: profiles arrive with contacts,
+// search results and `profile` events (only for changes made while we share
+// a conversation). A conversation peer whose profile we have never seen is
+// looked up once per connection with an exact-username search.
+async function lookUpProfiles() {
+  const missing = conversationsByActivity(app.state)
+    .map((c) => peerOf(app.state, c))
+    .filter((p) => p.user_id && !app.state.profiles[p.user_id] && !app.profileLookups.has(p.user_id))
+    .slice(0, kMaxProfileLookupsPerConnection - app.profileLookups.size);
+  for (const p of missing) {
+    app.profileLookups.add(p.user_id);
+    try {
+      const r = await app.conn.request('search_users', { query: p.username, limit: 1 });
+      const u = r.users.find((x) => x.user_id === p.user_id);
+      if (u) app.state.profiles[u.user_id] = u;
+    } catch {
+      break; // offline or rate limited: the next connection tries again
+    }
+  }
+  if (missing.length) {
+    scheduleSave();
+    scheduleRender();
+  }
 }
 
 async function takeSnapshot() {
@@ -194,6 +223,7 @@ function drainLive() {
 }
 
 function applyAndPersist(events) {
+  if (events.some((e) => e.kind === 'conversation')) setTimeout(lookUpProfiles, 0);
   for (const e of events) {
     const conv = applyEvent(app.state, e);
     if (conv && e.kind === 'message') onMessageApplied(conv, e.message);
@@ -627,7 +657,8 @@ function formatTime(ts) {
 }
 
 function presenceDot(userId) {
-  const p = app.presenceSupported ? app.presence[userId] : null;
+  if (!app.presenceSupported) return '';
+  const p = app.presence[userId];
   const online = !!p?.online;
   return h('span', { class: `dot ${online ? 'online' : 'away'}`, 'aria-hidden': 'true' });
 }
@@ -802,7 +833,7 @@ function chatScreen(main, r) {
 
 function tickIcon(tick, m) {
   const label = { pending: 'Sending', sent: 'Sent', delivered: 'Delivered', read: 'Read', failed: m.error || 'Not sent' }[tick];
-  const glyph = { pending: '🕓', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' }[tick];
+  const glyph = { pending: '…', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' }[tick];
   return h('span', { class: `tick ${tick}`, role: 'img', 'aria-label': label, title: label }, glyph);
 }
 
