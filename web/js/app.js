@@ -53,6 +53,7 @@ const app = {
   ackTimer: null,
   ackedApplied: 0,
   historyLoading: false,
+  wasOnline: false, // authenticated at least once since the page loaded
   profileLookups: new Set(), // user ids looked up on this connection
 };
 
@@ -121,6 +122,7 @@ async function onOpen() {
   if (app.state.applied === null) await takeSnapshot();
   else await requestSync();
   app.authed = true;
+  app.wasOnline = true;
   showConnState();
   sendAppState();
   app.presenceKey = ''; // a new connection has no subscription yet
@@ -331,7 +333,6 @@ async function reportReceipts() {
     if (item.delivered || item.read) items.push(item);
   }
   if (!items.length) return;
-  await saveNow(); // "delivered" means stored
   for (const it of items) {
     if (it.delivered) app.reportedDelivered[it.conversation_id] = it.delivered;
     if (it.read) {
@@ -340,6 +341,7 @@ async function reportReceipts() {
     }
   }
   try {
+    await saveNow(); // "delivered" means stored
     await app.conn.request('receipt', { items });
   } catch {
     for (const it of items) {
@@ -618,7 +620,7 @@ function showConnState() {
       state = 'online';
     } else {
       state = 'connecting';
-      text = 'Connecting…';
+      text = app.wasOnline ? 'Reconnecting…' : 'Connecting…';
     }
   }
   el.dataset.state = state;
