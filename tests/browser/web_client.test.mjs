@@ -131,7 +131,7 @@ test('messages written offline survive a reload and arrive once, in order', asyn
   await closeAll(carol, dave, dave2);
 });
 
-test('a second device of the same user sees the history and the same unread counts', async () => {
+test('a second device of the same user sees the history and the same unread counts, until unlinked', async () => {
   const erin = await user();
   const frank = await user();
   await register(erin.page, 'erin_t');
@@ -157,6 +157,17 @@ test('a second device of the same user sees the history and the same unread coun
   assert.equal(await erin2.page.getByRole('button', { name: 'Load older messages' }).isHidden(), true);
   // Reading on the second device clears the count on the first.
   await conv1.and(erin.page.locator('[data-unread="0"]')).waitFor();
+
+  // The first device unlinks the second, which is signed out at once.
+  await navLink(erin.page, 'Devices').click();
+  const devices = erin.page.locator('li[data-device-id]');
+  await devices.nth(1).waitFor();
+  assert.equal(await devices.count(), 2);
+  await devices.filter({ hasNotText: 'this device' }).getByRole('button', { name: /^Unlink/ }).click();
+  await erin.page.getByText('Device unlinked.').waitFor();
+  await devices.nth(1).waitFor({ state: 'detached' });
+  await erin2.page.getByText('This device was signed out.').waitFor();
+  await erin2.page.getByLabel('Username').waitFor();
   assertClean(erin, frank, erin2);
   await closeAll(erin, frank, erin2);
 });

@@ -992,7 +992,6 @@ function devicesScreen(main) {
               statusLine(note, offlineAware(e), 'error');
             }
           } }, 'Unlink')))));
-      statusLine(note, '');
     } catch (e) {
       statusLine(note, offlineAware(e), 'error');
     }
