@@ -604,7 +604,14 @@ function scheduleRender() {
     app.renderQueued = false;
     app.screen?.update?.();
     updatePresenceSubscription();
+    updateTitle();
   });
+}
+
+function updateTitle() {
+  const unread = app.state ? Object.values(app.state.convs).reduce((n, c) => n + c.unread, 0) : 0;
+  const title = unread ? `(${unread}) Parley` : 'Parley';
+  if (document.title !== title) document.title = title;
 }
 
 function showConnState() {
