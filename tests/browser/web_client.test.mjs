@@ -15,7 +15,9 @@ let browser;
 const contexts = [];
 
 before(async () => {
-  server = await startServer();
+  // Presence: announce going offline after 300 ms (not 5 s), no per-watcher
+  // rate limit, so the presence test needs no long waits.
+  server = await startServer(['--presence-coalesce-ms', '300', '--presence-min-interval-ms', '0']);
   browser = await launchBrowser();
 });
 
@@ -270,4 +272,51 @@ test('keyboard only: log in, open a chat and send', async () => {
   await lee.page.locator('li.msg.theirs .body', { hasText: 'pong lee' }).waitFor();
   assertClean(kim, lee, kbd);
   await closeAll(kim, lee, kbd);
+});
+
+test('presence: online dot, last seen after leaving or going to the background, hidden by privacy', async () => {
+  const mia = await user();
+  const ned = await user();
+  await register(mia.page, 'mia_t');
+  await register(ned.page, 'ned_t');
+  await openChatWith(mia.page, 'ned_t');
+  await send(mia.page, 'are you there?');
+  const conv = ned.page.locator('a.conv', { hasText: 'mia_t' });
+  await conv.locator('.dot.online').waitFor();
+  await conv.click();
+  const status = ned.page.locator('#chat-status');
+  await status.filter({ hasText: /^online$/ }).waitFor();
+
+  // Mia's tab goes to the background: she is offline, with a last seen.
+  await mia.page.evaluate(() => {
+    Object.defineProperty(document, 'visibilityState', { value: 'hidden', configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  });
+  await status.filter({ hasText: /^last seen / }).waitFor();
+  // Back in the foreground: online again.
+  await mia.page.evaluate(() => {
+    Object.defineProperty(document, 'visibilityState', { value: 'visible', configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  });
+  await status.filter({ hasText: /^online$/ }).waitFor();
+
+  // Mia shows her presence to nobody: Ned sees neither online nor last seen.
+  await navLink(mia.page, 'Profile').click();
+  await mia.page.getByLabel('Show my online status and last seen to').selectOption('nobody');
+  await mia.page.getByRole('button', { name: 'Save privacy' }).click();
+  await mia.page.getByText('Privacy saved.').waitFor();
+  await status.filter({ hasText: /^$/ }).waitFor();
+  await navLink(ned.page, 'Chats').click();
+  await conv.locator('.dot.away').waitFor();
+
+  // Back to everyone; then Mia leaves altogether: last seen.
+  await mia.page.getByLabel('Show my online status and last seen to').selectOption('everyone');
+  await mia.page.getByRole('button', { name: 'Save privacy' }).click();
+  await conv.locator('.dot.online').waitFor();
+  await mia.page.goto('about:blank');
+  await conv.locator('.dot.away').waitFor();
+  await conv.click();
+  await status.filter({ hasText: /^last seen / }).waitFor();
+  assertClean(mia, ned);
+  await closeAll(mia, ned);
 });

@@ -98,7 +98,11 @@ function startConnection() {
     onOpen: onOpen,
     onFrame: onFrame,
     onState: (s) => {
-      if (s !== 'open') app.authed = false;
+      if (s !== 'open') {
+        app.authed = false;
+        app.typing = {}; // no stop will come over a dead connection
+        scheduleRender();
+      }
       showConnState();
     },
     onRevoked: () => signedOut('This device was signed out.'),
@@ -111,6 +115,8 @@ function startConnection() {
 }
 
 async function onOpen() {
+  // Before auth, so that a tab opened in the background never shows online.
+  sendAppState();
   let r;
   try {
     r = await app.conn.request('auth', { token: app.session.token });
@@ -124,7 +130,6 @@ async function onOpen() {
   app.authed = true;
   app.wasOnline = true;
   showConnState();
-  sendAppState();
   app.presenceKey = ''; // a new connection has no subscription yet
   app.profileLookups = new Set();
   updatePresenceSubscription();
@@ -252,7 +257,7 @@ async function requestSync() {
     app.syncAgain = true;
     return;
   }
-  if (!app.conn || !app.conn.isOpen || app.state.applied === null) return;
+  if (!app.conn || !app.conn.isOpen || !app.state || app.state.applied === null) return;
   app.syncing = true;
   try {
     do {
@@ -315,7 +320,7 @@ function scheduleAck() {
 
 // Delivered as soon as stored; read when the chat is on screen and visible.
 async function reportReceipts() {
-  if (!app.authed) return;
+  if (!app.authed || !app.state) return;
   const items = [];
   const openId = app.route?.name === 'chat' ? app.route.id : 0;
   const visible = document.visibilityState === 'visible';
@@ -421,7 +426,7 @@ async function flushOutbox() {
 // -------------------------------------------------------- presence, typing
 
 function sendAppState() {
-  if (!app.authed || !app.presenceSupported) return;
+  if (!app.conn?.isOpen || !app.presenceSupported) return;
   const state = document.visibilityState === 'visible' ? 'foreground' : 'background';
   app.conn.request('set_app_state', { state }).catch(presenceError);
 }
@@ -548,6 +553,7 @@ async function logOut() {
 }
 
 async function signedOut(message) {
+  app.screen = null; // its updates read the state that is about to go
   app.conn?.stop();
   app.conn = null;
   app.authed = false;
@@ -602,6 +608,7 @@ function scheduleRender() {
   app.renderQueued = true;
   requestAnimationFrame(() => {
     app.renderQueued = false;
+    if (!app.state) return; // signed out: the login screen needs no updates
     app.screen?.update?.();
     updatePresenceSubscription();
     updateTitle();

@@ -19,7 +19,7 @@ export function emptyState(me) {
     profiles: {}, // user_id -> {user_id, username, display_name, about}
     contacts: [], // user ids, ascending username
     blocked: [], // user ids
-    privacy: null, // last presence privacy this device set (the protocol has no getter)
+    privacy: null, // presence visibility, from `privacy` events or set here (null: never set, i.e. everyone)
   };
 }
 
@@ -166,6 +166,9 @@ export function applyEvent(state, e) {
       if (e.blocked) state.blocked.push(id);
       return null;
     }
+    case 'privacy':
+      state.privacy = e.presence; // set on any of the user's devices
+      return null;
     default:
       return null; // kinds this client does not know: skipped, cursor still advances
   }
