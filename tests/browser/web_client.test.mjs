@@ -191,6 +191,14 @@ test('messages from a blocked user never show', async () => {
   const withheld = myMessage(hank.page, 'you cannot see this');
   await withheld.and(hank.page.locator('[data-tick="sent"]')).waitFor();
 
+  // Gina cannot write to someone she blocks: her message fails, visibly.
+  await send(gina.page, 'gina while blocking');
+  const failed = myMessage(gina.page, 'gina while blocking');
+  await failed.and(gina.page.locator('[data-tick="failed"]')).waitFor();
+  assert.equal(await failed.locator('.tick').getAttribute('aria-label'), 'Not sent: you block this user');
+  await failed.getByRole('button', { name: 'Discard' }).click();
+  await failed.waitFor({ state: 'detached' });
+
   await gina.page.getByRole('button', { name: 'Unblock' }).click();
   await gina.page.getByRole('button', { name: 'Block' }).waitFor();
   await send(hank.page, 'after unblock');

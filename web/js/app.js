@@ -835,7 +835,10 @@ function chatScreen(main, r) {
           h('p', { class: 'body' }, m.body),
           h('span', { class: 'meta' },
             m.ts ? h('time', { datetime: new Date(m.ts).toISOString() }, formatTime(m.ts)) : '',
-            mine ? tickIcon(tick, m) : ''));
+            mine ? tickIcon(tick, m) : ''),
+          tick === 'failed' ? h('span', { class: 'actions' },
+            h('button', { type: 'button', class: 'small', onclick: () => retryFailed(m) }, 'Retry'),
+            h('button', { type: 'button', class: 'small', onclick: () => discardFailed(m) }, 'Discard')) : '');
       });
       if (items.length !== lastCount) {
         if (lastCount < 0 || atBottom || (items.length && items[items.length - 1].sender_id === undefined)) scroller.scrollTop = scroller.scrollHeight;
@@ -851,6 +854,20 @@ function tickIcon(tick, m) {
   const label = { pending: 'Sending', sent: 'Sent', delivered: 'Delivered', read: 'Read', failed: m.error || 'Not sent' }[tick];
   const glyph = { pending: '…', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' }[tick];
   return h('span', { class: `tick ${tick}`, role: 'img', 'aria-label': label, title: label }, glyph);
+}
+
+async function retryFailed(entry) {
+  entry.failed = false;
+  entry.error = '';
+  entry.created_at = Date.now(); // a new chance of the full outbox age
+  await outbox.put(entry);
+  scheduleRender();
+  flushOutbox();
+}
+
+async function discardFailed(entry) {
+  await removeFromOutbox(entry);
+  scheduleRender();
 }
 
 async function loadOlder(convId) {
