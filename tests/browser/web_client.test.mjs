@@ -328,3 +328,32 @@ test('presence: online dot, last seen after leaving or going to the background, 
   assertClean(mia, ned);
   await closeAll(mia, ned);
 });
+
+test('heartbeats: the client pings at the announced interval and keeps one connection', async () => {
+  // A server of its own with a short heartbeat: 1 s interval, dropped after
+  // 3 s of silence.
+  const hb = await startServer(['--heartbeat-interval-ms', '1000', '--heartbeat-timeout-ms', '3000']);
+  try {
+    const c = await newContext(browser, hb.base);
+    const sockets = [];
+    let pings = 0;
+    c.page.on('websocket', (ws) => {
+      sockets.push(ws);
+      ws.on('framesent', (f) => {
+        if (typeof f.payload === 'string' && JSON.parse(f.payload).type === 'ping') pings += 1;
+      });
+    });
+    await register(c.page, 'olga_t');
+    const start = sockets.length;
+    const deadline = Date.now() + 20_000;
+    while (pings < 4 && Date.now() < deadline) await c.page.waitForTimeout(250);
+    assert.ok(pings >= 4, `pings sent: ${pings}`);
+    // Four intervals, longer than the timeout: still the same connection.
+    assert.equal(sockets.length, start);
+    assert.equal(await c.page.locator('#conn-status').getAttribute('data-state'), 'online');
+    assertClean(c);
+    await c.context.close();
+  } finally {
+    await hb.stop();
+  }
+});
