@@ -237,6 +237,13 @@ test('every screen passes axe-core (no serious or critical violations)', async (
   await ivy.page.getByRole('button', { name: 'Add jack_t' }).click();
   await ivy.page.locator('#contact-list li').waitFor();
   report.contacts = await axeViolations(ivy.page);
+  // Block and unblock from the contacts screen; remove the contact.
+  await ivy.page.locator('#contact-list').getByRole('button', { name: 'Block jack_t' }).click();
+  await ivy.page.locator('#blocked-list li', { hasText: 'jack_t' }).waitFor();
+  await ivy.page.locator('#blocked-list').getByRole('button', { name: 'Unblock jack_t' }).click();
+  await ivy.page.getByText('You block nobody.').waitFor();
+  await ivy.page.locator('#contact-list').getByRole('button', { name: 'Remove jack_t' }).click();
+  await ivy.page.getByText('No contacts yet.').waitFor();
   await navLink(ivy.page, 'Devices').click();
   await ivy.page.locator('li[data-device-id]').first().waitFor();
   report.devices = await axeViolations(ivy.page);
