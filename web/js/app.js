@@ -25,6 +25,15 @@ const kTypingIdleMs = 5_000;
 const kMaxPresenceSubscription = 256;
 const kOutboxMaxAgeMs = 30 * 24 * 3600 * 1000; // as the SDK: then the message is marked failed
 const kSearchLimit = 20;
+const kLoginConnectTimeoutMs = 10_000;
+const kRetryJitterMs = 1_000; // added to a retry_after_ms
+// Field limits of protocol.md (bytes there; the server has the last word).
+const kMaxBodyLength = 16_384;
+const kMaxDisplayNameLength = 64;
+const kMaxAboutLength = 140;
+const kMaxSearchLength = 64;
+const kLoadOlderThresholdPx = 40; // this close to the top of a chat, older messages load
+const kStickToBottomPx = 60; // this close to the bottom, new messages scroll into view
 const kMaxProfileLookupsPerConnection = 16; // search_users is rate limited (protocol.md)
 
 const app = {
@@ -409,7 +418,7 @@ async function flushOutbox() {
         if (e.retryable) {
           // Reconnect flushes again; a rate limit or a busy server: try later.
           if (e.code !== 'disconnected' && e.code !== 'timeout')
-            setTimeout(() => flushOutbox(), e.retryAfterMs + Math.random() * 1000);
+            setTimeout(() => flushOutbox(), e.retryAfterMs + Math.random() * kRetryJitterMs);
           return;
         }
         entry.failed = true;
@@ -513,7 +522,7 @@ async function withTemporaryConnection(fn) {
   ws.start();
   try {
     await Promise.race([opened, new Promise((_, rej) => setTimeout(
-      () => rej(new ProtocolError({ code: 'timeout', message: 'The server cannot be reached.' })), 10_000))]);
+      () => rej(new ProtocolError({ code: 'timeout', message: 'The server cannot be reached.' })), kLoginConnectTimeoutMs))]);
     return await fn(ws);
   } finally {
     ws.stop();
@@ -779,7 +788,7 @@ function chatScreen(main, r) {
   const older = h('button', { type: 'button', class: 'small older', onclick: () => loadOlder(conv.id) }, 'Load older messages');
   const log = h('ol', { class: 'messages' });
   const scroller = h('div', { class: 'scroller', role: 'log', 'aria-label': `Messages with ${peer.username}`, tabindex: '0' }, older, log);
-  const input = h('textarea', { id: 'composer', rows: 1, maxlength: 16384, placeholder: 'Message', 'aria-label': `Message to ${peer.username}` });
+  const input = h('textarea', { id: 'composer', rows: 1, maxlength: kMaxBodyLength, placeholder: 'Message', 'aria-label': `Message to ${peer.username}` });
   const form = h('form', { class: 'composer', onsubmit: (ev) => {
     ev.preventDefault();
     const body = input.value.trim();
@@ -796,7 +805,7 @@ function chatScreen(main, r) {
   });
   input.addEventListener('input', () => typingInput(conv.id, !input.value.trim()));
   scroller.addEventListener('scroll', () => {
-    if (scroller.scrollTop < 40) loadOlder(conv.id);
+    if (scroller.scrollTop < kLoadOlderThresholdPx) loadOlder(conv.id);
   });
   main.classList.add('chat-main');
   main.append(h('div', { class: 'chat-head' },
@@ -815,7 +824,7 @@ function chatScreen(main, r) {
       older.hidden = c.historyDone;
       const pending = app.outbox.filter((o) => o.conversation_id === c.id && !c.messages.some((m) => m.client_id === o.client_id && m.sender_id === app.state.me.user_id));
       const items = [...c.messages, ...pending];
-      const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 60;
+      const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < kStickToBottomPx;
       const firstBefore = log.firstElementChild;
       const offsetBefore = firstBefore ? firstBefore.offsetTop - scroller.scrollTop : 0;
       syncList(log, items, (m) => (m.seq !== undefined ? `s${m.seq}` : `c${m.client_id}`), (m) => {
@@ -934,7 +943,7 @@ function personRow(p, actions) {
 
 function contactsScreen(main) {
   const note = h('p', { class: 'notice', role: 'status', id: 'contacts-note' });
-  const q = h('input', { id: 'search', type: 'search', name: 'q', autocomplete: 'off', maxlength: 64 });
+  const q = h('input', { id: 'search', type: 'search', name: 'q', autocomplete: 'off', maxlength: kMaxSearchLength });
   const results = h('ul', { class: 'people', id: 'search-results', 'aria-label': 'Search results' });
   const contacts = h('ul', { class: 'people', id: 'contact-list', 'aria-labelledby': 'contacts-title' });
   const blocked = h('ul', { class: 'people', id: 'blocked-list', 'aria-labelledby': 'blocked-title' });
@@ -1045,8 +1054,8 @@ function profileScreen(main) {
   const s = app.state;
   const me = s.profiles[s.me.user_id] || {};
   const note = h('p', { class: 'notice', role: 'status', id: 'profile-note' });
-  const name = h('input', { id: 'display-name', maxlength: 64, value: me.display_name || '', autocomplete: 'name' });
-  const about = h('input', { id: 'about', maxlength: 140, value: me.about || '' });
+  const name = h('input', { id: 'display-name', maxlength: kMaxDisplayNameLength, value: me.display_name || '', autocomplete: 'name' });
+  const about = h('input', { id: 'about', maxlength: kMaxAboutLength, value: me.about || '' });
   const privacy = h('select', { id: 'privacy' },
     ...[['everyone', 'Everyone'], ['contacts', 'My contacts'], ['nobody', 'Nobody']].map(([v, t]) => h('option', { value: v }, t)));
   privacy.value = s.privacy || 'everyone';
