@@ -32,6 +32,8 @@ const kMaxBodyLength = 16_384;
 const kMaxDisplayNameLength = 64;
 const kMaxAboutLength = 140;
 const kMaxSearchLength = 64;
+const kUsernameLength = [3, 32];
+const kMinPasswordLength = 8;
 const kLoadOlderThresholdPx = 40; // this close to the top of a chat, older messages load
 const kStickToBottomPx = 60; // this close to the bottom, new messages scroll into view
 const kMaxProfileLookupsPerConnection = 16; // search_users is rate limited (protocol.md)
@@ -698,8 +700,8 @@ function statusLine(el, text, kind = 'info') {
 function loginScreen(main) {
   const status = h('p', { role: 'alert', class: 'notice', id: 'login-error' }, app.loginMessage || '');
   app.loginMessage = '';
-  const user = h('input', { id: 'username', name: 'username', autocomplete: 'username', required: true, minlength: 3, maxlength: 32, autocapitalize: 'none', spellcheck: 'false' });
-  const pass = h('input', { id: 'password', name: 'password', type: 'password', autocomplete: 'current-password', required: true, minlength: 8 });
+  const user = h('input', { id: 'username', name: 'username', autocomplete: 'username', required: true, minlength: kUsernameLength[0], maxlength: kUsernameLength[1], autocapitalize: 'none', spellcheck: 'false' });
+  const pass = h('input', { id: 'password', name: 'password', type: 'password', autocomplete: 'current-password', required: true, minlength: kMinPasswordLength });
   let register = false;
   const busy = (on) => form.querySelectorAll('button').forEach((b) => (b.disabled = on));
   const form = h('form', { class: 'card', 'aria-labelledby': 'login-title', onsubmit: async (ev) => {
