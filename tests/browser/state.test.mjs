@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  emptyState, applyEntry, applyEvent, tickOf, conversationsByActivity, recountUnread,
+  emptyState, applyEntry, applyEvent, tickOf, conversationsByActivity, recountUnread, advanceApplied,
 } from '../../web/js/state.js';
 
 const me = { user_id: 1, username: 'alice', device_id: 10 };
@@ -99,4 +99,22 @@ test('conversations are listed by latest activity', () => {
   assert.deepEqual(conversationsByActivity(s).map((c) => c.id), [3, 4, 5]);
   recountUnread(s, s.convs[3]);
   assert.equal(s.convs[3].unread, 1);
+});
+
+test('user seqs folded into a coalesced receipt (also_covers) count as applied in turn', () => {
+  const s = withConversation();
+  const covered = new Set();
+  s.applied = 11;
+  const e = { user_seq: 12, kind: 'receipt', conversation_id: 3, user_id: 2, delivered: 5, read: 5, also_covers: [15, 16, 19] };
+  applyEvent(s, e);
+  advanceApplied(s, covered, e);
+  assert.equal(s.applied, 12);
+  advanceApplied(s, covered, { user_seq: 13 });
+  assert.equal(s.applied, 13);
+  advanceApplied(s, covered, { user_seq: 14 });
+  assert.equal(s.applied, 16); // 15 and 16 were covered
+  advanceApplied(s, covered, { user_seq: 17 });
+  advanceApplied(s, covered, { user_seq: 18 });
+  assert.equal(s.applied, 19);
+  assert.equal(covered.size, 0);
 });

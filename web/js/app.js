@@ -11,7 +11,7 @@ import { Connection, ProtocolError } from './connection.js';
 import { kv, outbox, clearAll } from './db.js';
 import {
   emptyState, applyEntry, applyEvent, addMessages, peerOf, displayName, tickOf, conversationsByActivity,
-  myWatermark, recountUnread, sortByUsername,
+  myWatermark, recountUnread, sortByUsername, advanceApplied,
 } from './state.js';
 import { h, syncList, setText, visuallyHidden } from './dom.js';
 
@@ -46,6 +46,7 @@ const app = {
   syncing: false,
   syncAgain: false,
   liveQueue: [],
+  covered: new Set(), // user seqs folded into a coalesced receipt (also_covers)
   outbox: [], // in-memory copy of the IndexedDB outbox
   flushing: false,
   presence: {}, // user_id -> {online, last_seen}
@@ -192,6 +193,7 @@ async function takeSnapshot() {
   fresh.blocked = blocked.users.map((u) => u.user_id);
   fresh.applied = snap.head;
   app.state = fresh;
+  app.covered = new Set();
   await saveNow();
   scheduleAck();
   // Events that arrived live meanwhile: those after the head still apply.
@@ -225,19 +227,21 @@ function onLiveEvent(e) {
 
 function drainLive() {
   app.liveQueue.sort((a, b) => a.user_seq - b.user_seq);
-  const ready = [];
   const rest = [];
-  let next = app.state.applied + 1;
   for (const e of app.liveQueue) {
-    if (e.user_seq < next) continue;
-    if (e.user_seq === next) {
-      ready.push(e);
-      next += 1;
-    } else rest.push(e);
+    if (e.user_seq <= app.state.applied) continue;
+    if (e.user_seq === app.state.applied + 1) applyAndPersist([e]);
+    else rest.push(e);
   }
   app.liveQueue = rest;
-  if (ready.length) applyAndPersist(ready);
   if (rest.length) requestSync();
+}
+
+// Marks `e` applied. A coalesced receipt lists, in `also_covers`, later user
+// seqs folded into it that will not arrive live: they count as applied when
+// their turn comes (protocol.md, "Sync algorithm").
+function markApplied(e) {
+  advanceApplied(app.state, app.covered, e);
 }
 
 function applyAndPersist(events) {
@@ -245,7 +249,7 @@ function applyAndPersist(events) {
   for (const e of events) {
     const conv = applyEvent(app.state, e);
     if (conv && e.kind === 'message') onMessageApplied(conv, e.message);
-    app.state.applied = e.user_seq;
+    markApplied(e);
   }
   scheduleSave();
   scheduleAck();
@@ -285,11 +289,11 @@ async function requestSync() {
           }
           throw e;
         }
-        const events = page.events.filter((e) => e.user_seq > app.state.applied);
-        for (const e of events) {
+        for (const e of page.events) {
+          if (e.user_seq <= app.state.applied) continue; // also skipped through also_covers
           const conv = applyEvent(app.state, e);
           if (conv && e.kind === 'message') onMessageApplied(conv, e.message);
-          app.state.applied = e.user_seq;
+          markApplied(e);
         }
         if (!page.has_more) break;
       }

@@ -198,3 +198,17 @@ export function conversationsByActivity(state) {
 export function myWatermark(state, conv) {
   return wmOf(conv, state.me.user_id);
 }
+
+// Sets `applied` past event `e`. A coalesced receipt lists in `also_covers`
+// later user seqs folded into it that will not arrive live; they are kept in
+// `covered` and count as applied when their turn comes (protocol.md, "Sync
+// algorithm").
+export function advanceApplied(state, covered, e) {
+  state.applied = e.user_seq;
+  for (const seq of e.also_covers || []) if (seq > e.user_seq) covered.add(seq);
+  while (covered.has(state.applied + 1)) {
+    covered.delete(state.applied + 1);
+    state.applied += 1;
+  }
+  for (const seq of covered) if (seq <= state.applied) covered.delete(seq);
+}
