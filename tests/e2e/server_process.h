@@ -16,6 +16,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <functional>
@@ -37,9 +40,13 @@ namespace parley::testing {
 
 class ServerProcess {
  public:
-  explicit ServerProcess(std::vector<std::string> extra_args = {}) : extra_args_(std::move(extra_args)) {
+  // `capture_log`: the server's stderr goes to log_path() (appended across
+  // restarts) instead of the test's stderr.
+  explicit ServerProcess(std::vector<std::string> extra_args = {}, bool capture_log = false)
+      : extra_args_(std::move(extra_args)) {
     char tmpl[] = "/tmp/parley-e2e-XXXXXX";
     dir_ = mkdtemp(tmpl);
+<<<<<<< HEAD
     const char* store = std::getenv("PARLEY_E2E_STORE");
     if (store != nullptr && std::string(store) == "postgres") {
       store::testing::PgTestServer& pg = store::testing::PgTestServer::Get();
@@ -62,6 +69,9 @@ class ServerProcess {
         store_args_ = {"--store", pg.Database(name, schema)};
       }
     }
+=======
+    if (capture_log) stderr_path_ = log_path();
+>>>>>>> main
     Start();
   }
   ~ServerProcess() {
@@ -69,6 +79,8 @@ class ServerProcess {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
   }
+
+  std::string log_path() const { return dir_ + "/parleyd.log"; }
 
   uint16_t port() const { return port_; }
   const std::string& dir() const { return dir_; }
@@ -83,9 +95,18 @@ class ServerProcess {
                                      "--port-file", port_file,
                                      "--insecure-fast-password-hashing",
                                      "--relaxed-rate-limits",
+<<<<<<< HEAD
                                      "--io-threads", "2",
                                      "--log-level", "warn"};
     for (auto& a : store_args_) args.push_back(a);
+=======
+                                     "--io-threads", "2"};
+    // A test may choose its own log level; warnings only otherwise.
+    if (std::find(extra_args_.begin(), extra_args_.end(), "--log-level") == extra_args_.end()) {
+      args.push_back("--log-level");
+      args.push_back("warn");
+    }
+>>>>>>> main
     for (auto& a : extra_args_) args.push_back(a);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -100,6 +121,10 @@ class ServerProcess {
     if (pid_ == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(127);
+      if (!stderr_path_.empty()) {
+        int fd = open(stderr_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) dup2(fd, 2);
+      }
       execve(argv[0], argv.data(), environ);
       _exit(127);
     }
@@ -164,7 +189,11 @@ class ServerProcess {
 
  private:
   std::vector<std::string> extra_args_;
+<<<<<<< HEAD
   std::vector<std::string> store_args_;  // --store URL under PARLEY_E2E_STORE=postgres
+=======
+  std::string stderr_path_;
+>>>>>>> main
   std::string dir_;
   pid_t pid_ = -1;
   uint16_t port_ = 0;
