@@ -106,13 +106,9 @@ int RunServer(const ServerConfig& config) {
     spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
     return 1;
   }
-<<<<<<< HEAD
-  spdlog::info("event=listening address={}:{} data_dir={} store={} io_threads={}", config.gateway.host,
-               gw.BoundPort(), config.data_dir, config.store.backend, config.gateway.io_threads);
-=======
-  spdlog::info("event=listening address={}:{} data_dir={} io_threads={} web_root={}", config.gateway.host,
-               gw.BoundPort(), config.data_dir, config.gateway.io_threads, web.root().empty() ? "none" : web.root());
->>>>>>> main
+  spdlog::info("event=listening address={}:{} data_dir={} store={} io_threads={} web_root={}", config.gateway.host,
+               gw.BoundPort(), config.data_dir, config.store.backend, config.gateway.io_threads,
+               web.root().empty() ? "none" : web.root());
   std::cout << "parleyd listening on http://" << config.gateway.host << ":" << gw.BoundPort() << std::endl;
   if (!config.port_file.empty()) {
     std::string tmp = config.port_file + ".tmp";

@@ -46,7 +46,6 @@ class ServerProcess {
       : extra_args_(std::move(extra_args)) {
     char tmpl[] = "/tmp/parley-e2e-XXXXXX";
     dir_ = mkdtemp(tmpl);
-<<<<<<< HEAD
     const char* store = std::getenv("PARLEY_E2E_STORE");
     if (store != nullptr && std::string(store) == "postgres") {
       store::testing::PgTestServer& pg = store::testing::PgTestServer::Get();
@@ -69,9 +68,7 @@ class ServerProcess {
         store_args_ = {"--store", pg.Database(name, schema)};
       }
     }
-=======
     if (capture_log) stderr_path_ = log_path();
->>>>>>> main
     Start();
   }
   ~ServerProcess() {
@@ -95,18 +92,13 @@ class ServerProcess {
                                      "--port-file", port_file,
                                      "--insecure-fast-password-hashing",
                                      "--relaxed-rate-limits",
-<<<<<<< HEAD
-                                     "--io-threads", "2",
-                                     "--log-level", "warn"};
-    for (auto& a : store_args_) args.push_back(a);
-=======
                                      "--io-threads", "2"};
     // A test may choose its own log level; warnings only otherwise.
     if (std::find(extra_args_.begin(), extra_args_.end(), "--log-level") == extra_args_.end()) {
       args.push_back("--log-level");
       args.push_back("warn");
     }
->>>>>>> main
+    for (auto& a : store_args_) args.push_back(a);
     for (auto& a : extra_args_) args.push_back(a);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -189,11 +181,8 @@ class ServerProcess {
 
  private:
   std::vector<std::string> extra_args_;
-<<<<<<< HEAD
   std::vector<std::string> store_args_;  // --store URL under PARLEY_E2E_STORE=postgres
-=======
   std::string stderr_path_;
->>>>>>> main
   std::string dir_;
   pid_t pid_ = -1;
   uint16_t port_ = 0;
