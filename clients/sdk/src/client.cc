@@ -40,6 +40,7 @@ constexpr int kDefaultHeartbeatTimeoutMs = 60000;
 constexpr size_t kMaxReceiptItems = 256;    // protocol limit per receipt request
 constexpr size_t kMaxBodyBytes = 16384;     // protocol limit (docs/protocol.md, "Limits")
 constexpr int kMaxSnapshotRetries = 3;
+constexpr int kAckIntervalMs = 1000;       // cursor acks are batched: at most one per second (and one on Stop)
 constexpr int kStopFlushTimeoutMs = 2000;   // Stop waits this long for final receipts and the cursor ack      // cursor_ahead -> snapshot -> sync, at most this often per session
 
 int64_t SystemNowMs() {
@@ -366,6 +367,7 @@ struct Client::Impl {
     std::map<std::string, int64_t> hold_until;  // peer -> steady ms (retryable send errors)
     std::map<std::string, int> peer_attempts;
     int64_t acked = 0;
+    int64_t last_ack = 0;
     int64_t last_ping = SteadyMs();
     bool ping_out = false;
 
@@ -460,9 +462,10 @@ struct Client::Impl {
         }
       }
       if (!list.empty()) inflight[c->Start("receipt", {{"items", list}})] = {Kind::kReceipt, now_steady, "", ""};
-      // 5. Cursor ack.
+      // 5. Cursor ack, at most every kAckIntervalMs (each ack is a server write).
       int64_t applied_now = cache->applied().value_or(0);
-      if (applied_now > acked) {
+      if (applied_now > acked && now_steady - last_ack >= kAckIntervalMs) {
+        last_ack = now_steady;
         inflight[c->Start("ack", {{"user_seq", applied_now}})] = {Kind::kAck, now_steady, "", ""};
         acked = applied_now;
       }
