@@ -196,7 +196,6 @@ std::optional<Failure> OpenSession(const Globals& g, parley::ClientOptions opts,
   std::string err;
   s->client = parley::Client::Open(std::move(opts), &err);
   if (!s->client) return Failure{kLocalStorage, err};
-  ::chmod(s->client ? (s->dir / "cache.db").c_str() : "", 0600);
   return std::nullopt;
 }
 
@@ -630,6 +629,7 @@ int CmdFollow(const Globals& g, const std::string& chat_peer, int count, int for
 }  // namespace
 
 int main(int argc, char** argv) {
+  umask(077);  // tokens, caches and their WAL files are private to the user
   signal(SIGINT, [](int) { g_interrupted = true; });
   signal(SIGTERM, [](int) { g_interrupted = true; });
   signal(SIGPIPE, SIG_IGN);
