@@ -32,6 +32,16 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       login_address_limiter_(config.rate_limits.failed_login_per_address),
       register_limiter_(config.rate_limits.register_per_address),
       typing_limiter_(config.rate_limits.typing_per_device),
+      presence_limiter_(config.rate_limits.presence_per_device),
+      presence_(core, clock, config.presence,
+                [this](PresenceTracker::SubscriberId s, int64_t user, PresenceView view) {
+                  auto it = presence_subscribers_.find(s);
+                  if (it == presence_subscribers_.end() || it->second->closed || !it->second->sink) return;
+                  frames_out_.Inc();
+                  it->second->sink->SendFrame(std::make_shared<const std::string>(
+                                                  protocol::EncodePresence(user, view.online, view.last_seen)),
+                                              /*ephemeral=*/true);
+                }),
       rate_limited_(Metrics::Default().GetCounter("parley_rate_limited_total", "Requests refused by a rate limit")),
       connections_(Metrics::Default().GetGauge("parley_connections", "Open client connections (WebSocket)")),
       frames_in_(Metrics::Default().GetCounter("parley_frames_in_total", "Frames received from clients")),
@@ -47,6 +57,7 @@ std::shared_ptr<Client> ChatService::Connect(std::shared_ptr<fabric::DeviceSink>
   auto c = std::make_shared<Client>();
   c->sink = std::move(sink);
   c->remote_address = std::move(remote_address);
+  c->id = next_client_id_.fetch_add(1);
   connections_.Add(1);
   return c;
 }
@@ -71,6 +82,9 @@ void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
     if (client->closed) return;
     client->closed = true;
     connections_.Add(-1);
+    SetForeground(client, false);
+    presence_.Unsubscribe(client->id);
+    presence_subscribers_.erase(client->id);
     if (client->user_id != 0) {
       fabric_.Detach(client->user_id, client->device_id, client->sink.get());
       auto it = live_.find(client->user_id);
@@ -149,6 +163,9 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kListConversations: return DoListConversations(c, std::move(req));
     case RequestType::kChangePassword: return DoChangePassword(c, std::move(req));
     case RequestType::kTyping: return DoTyping(c, std::move(req));
+    case RequestType::kSetAppState: return DoSetAppState(c, std::move(req));
+    case RequestType::kSetPrivacy: return DoSetPrivacy(c, std::move(req));
+    case RequestType::kSubscribePresence: return DoSubscribePresence(c, std::move(req));
   }
 }
 
@@ -167,6 +184,11 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
     }
     case RequestType::kSearchUsers: return search_limiter_.Take(user, now);
     case RequestType::kTyping: return typing_limiter_.Take("d" + std::to_string(c->device_id), now);
+    case RequestType::kSubscribePresence:
+    case RequestType::kSetAppState:
+      // Before auth set_app_state only sets a flag on the connection.
+      return c->device_id == 0 ? 0 : presence_limiter_.Take("d" + std::to_string(c->device_id), now);
+    case RequestType::kSetPrivacy:
     case RequestType::kAddContact:
     case RequestType::kRemoveContact:
     case RequestType::kBlock:
@@ -286,6 +308,7 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
       lu.connections++;
       lu.head = std::max(lu.head, *head);
       fabric_.Attach(c->user_id, c->device_id, c->sink);
+      if (c->foreground) SetForeground(c, true);
       Respond(c, req, [&](JsonWriter& w) {
         w.Field("user_id", c->user_id).Field("username", c->username).Field("device_id", c->device_id);
         if (!token.empty()) w.Field("token", token);
@@ -293,12 +316,17 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
             .Field("cursor", c->cursor)
             .Field("heartbeat_interval_ms", config_.heartbeat_interval_ms)
             .Field("heartbeat_timeout_ms", config_.heartbeat_timeout_ms)
+            .Key("privacy")
+            .BeginObject()
+            .Field("presence", protocol::PresenceVisibilityName(user.presence_visibility))
+            .EndObject()
             .Key("limits")
             .BeginObject()
             .Field("max_frame_bytes", static_cast<int64_t>(protocol::kMaxFrameBytes))
             .Field("max_body_bytes", static_cast<int64_t>(protocol::kMaxBodyBytes))
             .Field("max_sync_limit", protocol::kMaxSyncLimit)
             .Field("max_history_limit", protocol::kMaxHistoryLimit)
+            .Field("max_presence_subscriptions", static_cast<int64_t>(protocol::kMaxPresenceSubscriptions))
             .EndObject();
       });
     }));
@@ -665,6 +693,13 @@ void ChatService::DoContactOrBlock(const ClientPtr& c, Req req) {
         }
       }
       PublishSocial(contact ? store::EventKind::kContact : store::EventKind::kBlock, *r, positive);
+      if (r->changed) {
+        // Presence visibility follows contacts (the owner's "contacts"
+        // setting) and blocks (both directions).
+        int64_t other = r->profile.user_id;
+        RecheckPresence(c->user_id, other);
+        if (!contact) RecheckPresence(other, c->user_id);
+      }
     });
     int64_t now = clock_.NowMillis();
     switch (req.type) {
@@ -676,20 +711,35 @@ void ChatService::DoContactOrBlock(const ClientPtr& c, Req req) {
   }));
 }
 
+// Contacts with their presence as the owner may see it.
 void ChatService::DoListContacts(const ClientPtr& c, Req req) {
-  store_.ListContacts(c->user_id, OnCore<std::vector<store::ContactRecord>>(
-                                      [this, c, req](Result<std::vector<store::ContactRecord>> r) {
-                                        if (!r) return Fail(c, req, r.error());
-                                        Respond(c, req, [&](JsonWriter& w) {
-                                          w.Key("contacts").BeginArray();
-                                          for (const auto& ct : *r) {
-                                            w.BeginObject().Key("user");
-                                            protocol::WriteProfile(w, ct.profile);
-                                            w.Field("added_at", ct.added_at).EndObject();
-                                          }
-                                          w.EndArray();
-                                        });
-                                      }));
+  store_.ListContacts(c->user_id, OnCore<std::vector<store::ContactRecord>>([this, c, req](
+                                                                                Result<std::vector<store::ContactRecord>> r) {
+    if (!r) return Fail(c, req, r.error());
+    std::vector<int64_t> ids;
+    for (const auto& ct : *r) ids.push_back(ct.profile.user_id);
+    store_.GetPresence(
+        c->user_id, ids,
+        OnCore<std::vector<store::PresenceRecord>>([this, c, req, contacts = std::move(*r)](
+                                                       Result<std::vector<store::PresenceRecord>> p) {
+          if (!p) return Fail(c, req, p.error());
+          std::unordered_map<int64_t, store::PresenceRecord> presence;
+          for (const auto& rec : *p) presence[rec.user_id] = rec;
+          Respond(c, req, [&](JsonWriter& w) {
+            w.Key("contacts").BeginArray();
+            for (const auto& ct : contacts) {
+              w.BeginObject().Key("user");
+              protocol::WriteProfile(w, ct.profile);
+              const store::PresenceRecord& rec = presence[ct.profile.user_id];
+              PresenceView view = presence_.View(ct.profile.user_id, rec.visible, rec.last_seen);
+              w.Field("added_at", ct.added_at).Key("presence");
+              protocol::WritePresence(w, ct.profile.user_id, view.online, view.last_seen);
+              w.EndObject();
+            }
+            w.EndArray();
+          });
+        }));
+  }));
 }
 
 void ChatService::DoListBlocked(const ClientPtr& c, Req req) {

@@ -14,6 +14,7 @@
 // conversation keep their compose order even when some need a lookup first.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -27,6 +28,7 @@
 #include "common/metrics.h"
 #include "common/worker_pool.h"
 #include "core/accounts.h"
+#include "core/presence.h"
 #include "core/rate_limiter.h"
 #include "fabric/fabric.h"
 #include "protocol/frames.h"
@@ -46,6 +48,8 @@ struct RateLimits {
   RateLimit failed_login_per_address{20.0 / 60, 50};
   RateLimit register_per_address{5.0 / 60, 10};
   RateLimit typing_per_device{2, 6};
+  // subscribe_presence and set_app_state (after auth)
+  RateLimit presence_per_device{5, 20};
 };
 
 struct CoreConfig {
@@ -63,6 +67,8 @@ struct CoreConfig {
   // A "typing: start" expires on its own after this long (a "stop" is sent
   // for it) unless the typer refreshes it.
   int64_t typing_expiry_ms = 6'000;
+  // Presence coalescing and per-subscriber update rate.
+  PresenceConfig presence;
   // Conversations whose member lists are kept in memory.
   size_t conversation_cache_entries = 100'000;
 };
@@ -77,6 +83,11 @@ struct Client {
   std::string username;
   bool authenticating = false;  // an auth or login is in flight
   bool closed = false;          // disconnected; late completions are dropped
+  uint64_t id = 0;              // unique per connection (presence subscriptions)
+  // App state as the device reports it (set_app_state; foreground until told
+  // otherwise), and whether it currently counts towards the user's presence.
+  bool foreground = true;
+  bool counted_foreground = false;
   int64_t cursor = 0;           // the device's acknowledged user seq
   // Sends waiting for their turn (see "Ordering" above).
   std::deque<protocol::Request> send_queue;
@@ -141,6 +152,15 @@ class ChatService {
   void DoListConversations(const ClientPtr& c, Req req);
   void DoChangePassword(const ClientPtr& c, Req req);
   void DoTyping(const ClientPtr& c, Req req);
+  void DoSetAppState(const ClientPtr& c, Req req);
+  void DoSetPrivacy(const ClientPtr& c, Req req);
+  void DoSubscribePresence(const ClientPtr& c, Req req);
+  // Counts the connection in (or out of) its user's foreground set; leaving
+  // the last one stores the user's last seen.
+  void SetForeground(const ClientPtr& c, bool counted);
+  // Re-reads, from the store, whether each subscriber of `watched` (only
+  // those of user `viewer` if not 0) may see it, after a setting changed.
+  void RecheckPresence(int64_t watched, int64_t viewer);
   // Loads (once) the set of users each of `users` blocks, then runs `then`.
   void LoadBlocks(const std::vector<int64_t>& users, std::function<void()> then);
   bool EitherBlocks(int64_t a, int64_t b) const;
@@ -181,7 +201,7 @@ class ChatService {
   std::unordered_map<std::string, int64_t> direct_;  // "userA:userB" (ordered ids) -> conversation id
 
   RateLimiter send_device_limiter_, send_user_limiter_, search_limiter_, social_limiter_;
-  RateLimiter login_user_limiter_, login_address_limiter_, register_limiter_, typing_limiter_;
+  RateLimiter login_user_limiter_, login_address_limiter_, register_limiter_, typing_limiter_, presence_limiter_;
   // Whom each user blocks, for ephemeral events (typing) that must not cross
   // a block; loaded on demand, kept current by this node's block/unblock.
   std::unordered_map<int64_t, std::unordered_set<int64_t>> blocks_;
@@ -189,6 +209,10 @@ class ChatService {
   // or a stop cancels the pending expiry.
   std::unordered_map<std::string, uint64_t> typing_;
   uint64_t typing_generation_ = 0;
+  std::atomic<uint64_t> next_client_id_{1};  // Connect runs on I/O threads
+  PresenceTracker presence_;
+  // Connections with a presence subscription, by Client::id.
+  std::unordered_map<uint64_t, ClientPtr> presence_subscribers_;
   Counter& rate_limited_;
 
   Gauge& connections_;

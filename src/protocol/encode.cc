@@ -109,6 +109,9 @@ void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
       w.Field("kind", "block").Field("blocked", e.flag).Key("user");
       WriteProfile(w, *e.profile);
       break;
+    case store::EventKind::kPrivacy:
+      w.Field("kind", "privacy").Field("presence", PresenceVisibilityName(e.presence_visibility));
+      break;
   }
   w.EndObject();
 }
@@ -117,6 +120,29 @@ std::string EncodeEvent(const store::StreamEvent& event) {
   JsonWriter w;
   w.BeginObject().Field("v", kVersion).Field("type", "event").Key("event");
   WriteEvent(w, event);
+  w.EndObject();
+  return w.Take();
+}
+
+std::string_view PresenceVisibilityName(store::PresenceVisibility v) {
+  switch (v) {
+    case store::PresenceVisibility::kContacts: return "contacts";
+    case store::PresenceVisibility::kNobody: return "nobody";
+    case store::PresenceVisibility::kEveryone: break;
+  }
+  return "everyone";
+}
+
+void WritePresence(JsonWriter& w, int64_t user_id, bool online, int64_t last_seen) {
+  w.BeginObject().Field("user_id", user_id).Field("online", online);
+  if (last_seen > 0) w.Field("last_seen", last_seen);
+  w.EndObject();
+}
+
+std::string EncodePresence(int64_t user_id, bool online, int64_t last_seen) {
+  JsonWriter w;
+  w.BeginObject().Field("v", kVersion).Field("type", "presence").Field("user_id", user_id).Field("online", online);
+  if (last_seen > 0) w.Field("last_seen", last_seen);
   w.EndObject();
   return w.Take();
 }

@@ -54,6 +54,14 @@ void WriteSummary(JsonWriter& w, const store::ConversationSummary& s);
 // Ephemeral: not in the user stream, no user_seq.
 std::string EncodeTyping(int64_t conversation_id, int64_t user_id, bool typing, int64_t expires_in_ms);
 
+// {"v":1,"type":"presence","user_id":U,"online":B[,"last_seen":T]}
+// Ephemeral. `last_seen` 0 (unknown or not visible) leaves the field out.
+std::string EncodePresence(int64_t user_id, bool online, int64_t last_seen);
+// The wire word of a presence visibility setting: everyone, contacts, nobody.
+std::string_view PresenceVisibilityName(store::PresenceVisibility v);
+// One entry of a presence list: {"user_id":U,"online":B[,"last_seen":T]}.
+void WritePresence(JsonWriter& w, int64_t user_id, bool online, int64_t last_seen);
+
 // The JSON reason text for a close frame that asks the client to wait:
 // {"retry_after_ms":N}
 std::string RetryAfterReason(int64_t retry_after_ms);

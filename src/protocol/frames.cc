@@ -6,6 +6,8 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "protocol/limits.h"
@@ -296,6 +298,42 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       if (state != "start" && state != "stop") return Bad("field 'state' must be \"start\" or \"stop\"");
       r.typing = state == "start";
       *body = r;
+      return Status::Ok();
+    }
+    case RequestType::kSetAppState: {
+      SetAppStateRequest r;
+      std::string state;
+      if (Status s = GetString(obj, "state", 16, true, &state); !s.ok()) return s;
+      if (state != "foreground" && state != "background")
+        return Bad("field 'state' must be \"foreground\" or \"background\"");
+      r.foreground = state == "foreground";
+      *body = r;
+      return Status::Ok();
+    }
+    case RequestType::kSetPrivacy: {
+      SetPrivacyRequest r;
+      std::string presence;
+      if (Status s = GetString(obj, "presence", 16, true, &presence); !s.ok()) return s;
+      if (presence == "everyone") r.presence = 0;
+      else if (presence == "contacts") r.presence = 1;
+      else if (presence == "nobody") r.presence = 2;
+      else return Bad("field 'presence' must be \"everyone\", \"contacts\" or \"nobody\"");
+      *body = r;
+      return Status::Ok();
+    }
+    case RequestType::kSubscribePresence: {
+      SubscribePresenceRequest r;
+      simdjson::dom::array ids;
+      if (obj["user_ids"].get(ids) != simdjson::SUCCESS) return Bad("field 'user_ids' must be an array");
+      if (ids.size() > kMaxPresenceSubscriptions)
+        return Bad(fmt::format("at most {} users in 'user_ids'", kMaxPresenceSubscriptions));
+      for (element e : ids) {
+        int64_t id = 0;
+        if (e.get_int64().get(id) != simdjson::SUCCESS || id < 1 || id > kMaxId)
+          return Bad("each of 'user_ids' must be a user id (a positive integer)");
+        if (std::find(r.user_ids.begin(), r.user_ids.end(), id) == r.user_ids.end()) r.user_ids.push_back(id);
+      }
+      *body = std::move(r);
       return Status::Ok();
     }
     case RequestType::kChangePassword: {

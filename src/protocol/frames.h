@@ -48,7 +48,10 @@ namespace parley::protocol {
   X(kSearchUsers, "search_users", true)        \
   X(kListConversations, "list_conversations", true) \
   X(kChangePassword, "change_password", true)  \
-  X(kTyping, "typing", true)
+  X(kTyping, "typing", true)                   \
+  X(kSetAppState, "set_app_state", false)      \
+  X(kSetPrivacy, "set_privacy", true)          \
+  X(kSubscribePresence, "subscribe_presence", true)
 
 enum class RequestType {
 #define PARLEY_X(e, name, auth) e,
@@ -134,6 +137,15 @@ struct TypingRequest {
   int64_t conversation_id = 0;
   bool typing = false;  // "start" (true) or "stop"
 };
+struct SetAppStateRequest {
+  bool foreground = true;  // "foreground" or "background"
+};
+struct SetPrivacyRequest {
+  int presence = 0;  // store::PresenceVisibility: 0 everyone, 1 contacts, 2 nobody
+};
+struct SubscribePresenceRequest {
+  std::vector<int64_t> user_ids;  // distinct, at most kMaxPresenceSubscriptions
+};
 struct ChangePasswordRequest {
   std::string old_password;
   std::string new_password;
@@ -143,7 +155,7 @@ using RequestBody =
     std::variant<RegisterRequest, LoginRequest, AuthRequest, EmptyRequest, UnlinkDeviceRequest, OpenConversationRequest,
                  SendRequest, ReceiptRequest, SyncRequest, AckRequest, HistoryRequest, SnapshotRequest,
                  SetProfileRequest, UserRequest, SearchUsersRequest, ListConversationsRequest, ChangePasswordRequest,
-                 TypingRequest>;
+                 TypingRequest, SetAppStateRequest, SetPrivacyRequest, SubscribePresenceRequest>;
 
 struct Request {
   RequestType type = RequestType::kPing;

@@ -45,6 +45,8 @@ inline constexpr int kMaxSearchLimit = 50;
 // Conversation list page size.
 inline constexpr int kDefaultConversationsLimit = 50;
 inline constexpr int kMaxConversationsLimit = 200;
+// Users one device may watch the presence of (one `subscribe_presence`).
+inline constexpr size_t kMaxPresenceSubscriptions = 256;
 // Newest messages per conversation in a conversation-list page (previews).
 inline constexpr int kDefaultPreviewMessages = 1;
 

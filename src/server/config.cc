@@ -61,6 +61,16 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_TYPING_EXPIRY_MS")
       ->check(CLI::Range(int64_t{100}, int64_t{60'000}))
       ->capture_default_str();
+  app.add_option("--presence-coalesce-ms", c.core.presence.coalesce_ms,
+                 "An offline period shorter than this is not broadcast (presence flap coalescing)")
+      ->envname("PARLEY_PRESENCE_COALESCE_MS")
+      ->check(CLI::Range(int64_t{0}, int64_t{600'000}))
+      ->capture_default_str();
+  app.add_option("--presence-min-interval-ms", c.core.presence.min_update_interval_ms,
+                 "At most one presence update per watched user per subscriber this often")
+      ->envname("PARLEY_PRESENCE_MIN_INTERVAL_MS")
+      ->check(CLI::Range(int64_t{0}, int64_t{600'000}))
+      ->capture_default_str();
   app.add_option("--shutdown-drain-ms", c.shutdown_drain_ms, "Longest wait for connections to close on shutdown")
       ->envname("PARLEY_SHUTDOWN_DRAIN_MS")
       ->check(CLI::Range(0, 600'000))
@@ -94,7 +104,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   std::vector<std::string> rate_limits;
   app.add_option("--rate-limit", rate_limits,
                  "Override a rate limit: NAME=PER_SECOND/BURST (repeatable). Names: send_per_device, send_per_user, "
-                 "search_per_user, social_per_user, typing_per_device, failed_login_per_username, failed_login_per_address, "
+                 "search_per_user, social_per_user, typing_per_device, presence_per_device, failed_login_per_username, failed_login_per_address, "
                  "register_per_address")
       ->envname("PARLEY_RATE_LIMIT");
   bool relaxed_limits = false;
@@ -137,6 +147,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       {"failed_login_per_address", &rl.failed_login_per_address},
       {"register_per_address", &rl.register_per_address},
       {"typing_per_device", &rl.typing_per_device},
+      {"presence_per_device", &rl.presence_per_device},
   };
   if (relaxed_limits)
     for (auto& [name, limit] : named) {

@@ -191,6 +191,22 @@ class Store {
   virtual void BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
                                Callback<std::vector<BulkUserResult>> done) = 0;
 
+  // ---- Presence (issue 4) ----
+
+  // Sets who sees the user's presence and last seen. When it changed, appends
+  // a kPrivacy event to the user's own stream (their other devices follow).
+  // The result's profile is the user's own. Fails kUnknownUser.
+  virtual void SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now,
+                                     Callback<SocialResult> done) = 0;
+  // Records when the user was last online; an older value than the stored
+  // one changes nothing. Fails kUnknownUser.
+  virtual void SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) = 0;
+  // For each of `ids` that exists, in the given order: whether `viewer` may
+  // see its presence and its last seen (0 when not visible). Visible means:
+  // neither blocks the other, and the user's setting is kEveryone, or
+  // kContacts with `viewer` in the user's contacts.
+  virtual void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) = 0;
+
   // ---- Lifecycle ----
 
   // Completes when every write submitted before it is durable.

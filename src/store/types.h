@@ -18,6 +18,14 @@ using ConversationId = int64_t;
 using Seq = int64_t;      // conversation sequence number, 1-based, gapless per conversation
 using UserSeq = int64_t;  // user-stream sequence number, 1-based, gapless per user
 
+// Who sees a user's presence and last seen (DESIGN.md, "Presence
+// visibility"); blocking hides it in both directions whatever the setting.
+enum class PresenceVisibility : int {
+  kEveryone = 0,  // the default
+  kContacts = 1,  // users the user has in their contacts
+  kNobody = 2,
+};
+
 struct UserRecord {
   UserId id = 0;
   std::string username;       // canonical (lower-case) form
@@ -25,6 +33,15 @@ struct UserRecord {
   int64_t created_at = 0;
   std::string display_name;   // "" until set
   std::string about;          // "" until set
+  PresenceVisibility presence_visibility = PresenceVisibility::kEveryone;
+  int64_t last_seen = 0;      // when the user was last online; 0: never recorded
+};
+
+// One user's presence as one viewer may see it.
+struct PresenceRecord {
+  UserId user_id = 0;
+  bool visible = false;   // the user's setting and blocks let the viewer see it
+  int64_t last_seen = 0;  // 0: never recorded (also when not visible)
 };
 
 // What other users see of a user.
@@ -88,6 +105,7 @@ enum class EventKind : int {
   kProfile = 4,       // a user's profile changed (the user's own, or someone they know)
   kContact = 5,       // the user added or removed a contact
   kBlock = 6,         // the user blocked or unblocked someone
+  kPrivacy = 7,       // the user changed their presence visibility
 };
 
 // One entry of a user's event stream. Which fields are set depends on kind:
@@ -97,6 +115,7 @@ enum class EventKind : int {
 //   kProfile:      profile (as it was after the change)
 //   kContact:      profile (of the contact), flag (true: added, false: removed)
 //   kBlock:        profile (of the blocked user), flag (true: blocked, false: unblocked)
+//   kPrivacy:      presence_visibility (the new setting)
 // kContact/kBlock profiles are as the stream's user saw them then: as it was
 // when the block began if the subject blocked them (store.h, "Profiles under a
 // block").
@@ -119,6 +138,7 @@ struct StreamEvent {
   std::vector<Seq> withheld;
   std::optional<ProfileRecord> profile;
   bool flag = false;
+  PresenceVisibility presence_visibility = PresenceVisibility::kEveryone;
 };
 
 // Where an append landed in one user's stream.

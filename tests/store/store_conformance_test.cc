@@ -1243,6 +1243,76 @@ TEST_P(StoreConformance, BulkCreateUsersIsAllOrNothing) {
   EXPECT_EQ(found.users[0].username, "d2");
 }
 
+// ---- Presence ----
+
+TEST_P(StoreConformance, PresenceVisibilityFollowsTheSettingContactsAndBlocks) {
+  UserRecord alice = MakeUser(store(), "alice");
+  UserRecord bob = MakeUser(store(), "bob");
+  UserRecord carol = MakeUser(store(), "carol");
+  auto presence = [&](UserId viewer, std::vector<UserId> ids) {
+    return Must(Await<std::vector<PresenceRecord>>([&](auto cb) { store().GetPresence(viewer, ids, cb); }));
+  };
+  auto set = [&](UserId user, PresenceVisibility v, int64_t now) {
+    return Must(Await<SocialResult>([&](auto cb) { store().SetPresenceVisibility(user, v, now, cb); }));
+  };
+  ASSERT_TRUE(Await<Empty>([&](auto cb) {
+                store().SetLastSeen(alice.id, 5000, [cb](Status s) {
+                  cb(s.ok() ? Result<Empty>(Empty{}) : Result<Empty>(s));
+                });
+              }).has_value());
+  // Default: everyone; unknown ids are left out; order is kept.
+  std::vector<PresenceRecord> seen = presence(bob.id, {alice.id, 4242, carol.id});
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].user_id, alice.id);
+  EXPECT_TRUE(seen[0].visible);
+  EXPECT_EQ(seen[0].last_seen, 5000);
+  EXPECT_EQ(seen[1].user_id, carol.id);
+  EXPECT_EQ(seen[1].last_seen, 0);
+
+  // An older last seen changes nothing.
+  store().SetLastSeen(alice.id, 4000, [](Status) {});
+  EXPECT_EQ(presence(bob.id, {alice.id})[0].last_seen, 5000);
+
+  // Contacts only: bob is alice's contact, carol is not.
+  ASSERT_TRUE(AddContact(store(), alice.id, bob.id).has_value());
+  SocialResult changed = set(alice.id, PresenceVisibility::kContacts, 6000);
+  EXPECT_TRUE(changed.changed);
+  ASSERT_EQ(changed.positions.size(), 1u);
+  EXPECT_EQ(changed.positions[0].user_id, alice.id);
+  EXPECT_FALSE(set(alice.id, PresenceVisibility::kContacts, 6100).changed);
+  EXPECT_TRUE(presence(bob.id, {alice.id})[0].visible);
+  EXPECT_FALSE(presence(carol.id, {alice.id})[0].visible);
+  EXPECT_EQ(presence(carol.id, {alice.id})[0].last_seen, 0) << "last seen leaked to a non-contact";
+  EXPECT_TRUE(presence(alice.id, {alice.id})[0].visible) << "users always see themselves";
+
+  // A block hides it in both directions.
+  ASSERT_TRUE(Block(store(), bob.id, alice.id).has_value());
+  EXPECT_FALSE(presence(bob.id, {alice.id})[0].visible);
+  EXPECT_FALSE(presence(alice.id, {bob.id})[0].visible);
+  ASSERT_TRUE(Unblock(store(), bob.id, alice.id).has_value());
+  EXPECT_TRUE(presence(bob.id, {alice.id})[0].visible);
+
+  // Nobody.
+  set(alice.id, PresenceVisibility::kNobody, 7000);
+  EXPECT_FALSE(presence(bob.id, {alice.id})[0].visible);
+
+  // The setting is on the user and in their own stream.
+  UserRecord reread = Must(Await<UserRecord>([&](auto cb) { store().GetUserById(alice.id, cb); }));
+  EXPECT_EQ(reread.presence_visibility, PresenceVisibility::kNobody);
+  EXPECT_EQ(reread.last_seen, 5000);
+  StreamPage page = ReadStream(store(), alice.id, 0, 10);
+  std::vector<PresenceVisibility> settings;
+  for (const auto& e : page.events)
+    if (e.kind == EventKind::kPrivacy) settings.push_back(e.presence_visibility);
+  EXPECT_EQ(settings, (std::vector<PresenceVisibility>{PresenceVisibility::kContacts, PresenceVisibility::kNobody}));
+  EXPECT_EQ(Head(store(), carol.id), 0) << "a privacy change reached another user's stream";
+
+  EXPECT_EQ(Await<SocialResult>([&](auto cb) {
+              store().SetPresenceVisibility(4242, PresenceVisibility::kNobody, 1, cb);
+            }).error().code(),
+            ErrorCode::kUnknownUser);
+}
+
 // ---- Durability and lifecycle ----
 
 TEST_P(StoreConformance, AckedWritesSurviveReopenAndSeqsContinue) {

@@ -76,6 +76,8 @@ Status Db::Exec(const char* sql) {
 
 void Db::ExecIgnoringErrors(const char* sql) { sqlite3_exec(db_, sql, nullptr, nullptr, nullptr); }
 
+int64_t Db::Changes() { return sqlite3_changes64(db_); }
+
 sqlite3_stmt* Db::Cached(std::string_view sql) {
   auto it = stmts_.find(sql);
   if (it != stmts_.end()) return it->second;

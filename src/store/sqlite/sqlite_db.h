@@ -67,6 +67,8 @@ class Db {
   bool in_transaction() const;
   int64_t last_insert_rowid() const;
   sqlite3* handle() { return db_; }
+  // Rows changed by the last INSERT, UPDATE or DELETE.
+  int64_t Changes();
 
  private:
   explicit Db(sqlite3* db) : db_(db) {}

@@ -242,6 +242,12 @@ UPDATE blocks SET shown_display_name = u.display_name, shown_about = u.about,
   shown_updated_at = u.profile_updated_at
   FROM users u WHERE u.id = blocks.owner_id;
 )sql"},
+    // Presence: who may see it (PresenceVisibility) and when the user was
+    // last online.
+    {4, R"sql(
+ALTER TABLE users ADD COLUMN presence_visibility INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -285,6 +291,13 @@ MessageRecord MessageAt(const Stmt& s, int col) {
   m.body = s.Text(col + 5);
   m.created_at = s.Int(col + 6);
   return m;
+}
+
+// Columns: id, username, password_hash, created_at, display_name, about,
+// presence_visibility, last_seen.
+UserRecord UserAt(const Stmt& s) {
+  return UserRecord{s.Int(0), s.Text(1), s.Text(2), s.Int(3), s.Text(4), s.Text(5),
+                    static_cast<PresenceVisibility>(s.Int(6)), s.Int(7)};
 }
 
 DeviceRecord DeviceAt(const Stmt& s) {
@@ -505,6 +518,8 @@ class SqliteStore::Writer {
   Result<SocialResult> Unblock(UserId owner, UserId target, int64_t now);
   Result<std::vector<DeviceId>> ChangePassword(UserId user_id, const std::string& new_hash, DeviceId keep_device);
   Result<std::vector<BulkUserResult>> BulkCreateUsers(const std::vector<NewBulkUser>& users, int64_t now);
+  Result<SocialResult> SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now);
+  Result<Empty> SetLastSeen(UserId user_id, int64_t last_seen);
   Result<int64_t> SetMaxPageCount(int64_t pages);
 
  private:
@@ -1145,6 +1160,30 @@ Result<SocialResult> SqliteStore::Writer::Unblock(UserId owner, UserId target, i
   return AppendSocialEvent(owner, EventKind::kBlock, *subject, false, now);
 }
 
+Result<SocialResult> SqliteStore::Writer::SetPresenceVisibility(UserId user_id, PresenceVisibility visibility,
+                                                                int64_t now) {
+  std::optional<ProfileRecord> profile = Profile(user_id);
+  if (!profile) return Status(ErrorCode::kUnknownUser, "unknown user");
+  SocialResult result;
+  result.profile = *profile;
+  Stmt s(*db_, "UPDATE users SET presence_visibility = ?2 WHERE id = ?1 AND presence_visibility <> ?2");
+  s.BindInt(1, user_id).BindInt(2, static_cast<int64_t>(visibility));
+  s.Run();
+  if (db_->Changes() == 0) return result;
+  result.changed = true;
+  result.positions.push_back(AppendEvent(user_id, EventKind::kPrivacy, 0, 0, user_id,
+                                         Watermarks{static_cast<int64_t>(visibility), 0}, now));
+  return result;
+}
+
+Result<Empty> SqliteStore::Writer::SetLastSeen(UserId user_id, int64_t last_seen) {
+  if (!Username(user_id)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  Stmt s(*db_, "UPDATE users SET last_seen = ?2 WHERE id = ?1 AND last_seen < ?2");
+  s.BindInt(1, user_id).BindInt(2, last_seen);
+  s.Run();
+  return Empty{};
+}
+
 Result<std::vector<DeviceId>> SqliteStore::Writer::ChangePassword(UserId user_id, const std::string& new_hash,
                                                                   DeviceId keep_device) {
   if (!Username(user_id)) return Status(ErrorCode::kUnknownUser, "unknown user");
@@ -1263,6 +1302,7 @@ class SqliteStore::Reader {
   Result<std::vector<ProfileRecord>> Blocked(UserId owner);
   Result<SearchPage> SearchUsers(UserId searcher, const std::string& query, const std::string& after, int limit,
                                  StepCounter* counter);
+  Result<std::vector<PresenceRecord>> Presence(UserId viewer, const std::vector<UserId>& ids);
 
  private:
   // The newest `limit` messages visible to `viewer` with seq < before,
@@ -1276,17 +1316,19 @@ class SqliteStore::Reader {
 
 Result<UserRecord> SqliteStore::Reader::UserByName(const std::string& username) {
   Stmt s(*db_,
-         "SELECT id, username, password_hash, created_at, display_name, about FROM users WHERE username = ?1");
+         "SELECT id, username, password_hash, created_at, display_name, about, presence_visibility, last_seen "
+         "FROM users WHERE username = ?1");
   s.BindText(1, username);
   if (!s.Step()) return Status(ErrorCode::kUnknownUser, "unknown user");
-  return UserRecord{s.Int(0), s.Text(1), s.Text(2), s.Int(3), s.Text(4), s.Text(5)};
+  return UserAt(s);
 }
 
 Result<UserRecord> SqliteStore::Reader::UserById(UserId id) {
-  Stmt s(*db_, "SELECT id, username, password_hash, created_at, display_name, about FROM users WHERE id = ?1");
+  Stmt s(*db_, "SELECT id, username, password_hash, created_at, display_name, about, presence_visibility, last_seen "
+         "FROM users WHERE id = ?1");
   s.BindInt(1, id);
   if (!s.Step()) return Status(ErrorCode::kUnknownUser, "unknown user");
-  return UserRecord{s.Int(0), s.Text(1), s.Text(2), s.Int(3), s.Text(4), s.Text(5)};
+  return UserAt(s);
 }
 
 Result<DeviceRecord> SqliteStore::Reader::DeviceByToken(const std::string& token_hash) {
@@ -1407,6 +1449,7 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
         e.profile = ProfileRecord{s.Int(4), s.Text(16), s.Text(17), s.Text(18), s.Int(19)};
         e.flag = s.Int(5) != 0;
       }
+      if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(s.Int(5));
       page.events.push_back(std::move(e));
     }
   }
@@ -1515,6 +1558,25 @@ Result<std::vector<ProfileRecord>> SqliteStore::Reader::Profiles(UserId viewer, 
            "LEFT JOIN blocks b ON b.owner_id = u.id AND b.target_id = ?2 WHERE u.id = ?1");
     s.BindInt(1, id).BindInt(2, viewer);
     if (s.Step()) out.push_back(ProfileAt(s, 0));
+  }
+  return out;
+}
+
+Result<std::vector<PresenceRecord>> SqliteStore::Reader::Presence(UserId viewer, const std::vector<UserId>& ids) {
+  std::vector<PresenceRecord> out;
+  for (UserId id : ids) {
+    Stmt s(*db_,
+           "SELECT u.presence_visibility, u.last_seen, "
+           "EXISTS(SELECT 1 FROM contacts c WHERE c.owner_id = u.id AND c.contact_id = ?2), "
+           "EXISTS(SELECT 1 FROM blocks b WHERE (b.owner_id = u.id AND b.target_id = ?2) "
+           "OR (b.owner_id = ?2 AND b.target_id = u.id)) FROM users u WHERE u.id = ?1");
+    s.BindInt(1, id).BindInt(2, viewer);
+    if (!s.Step()) continue;
+    auto visibility = static_cast<PresenceVisibility>(s.Int(0));
+    bool allowed = visibility == PresenceVisibility::kEveryone ||
+                   (visibility == PresenceVisibility::kContacts && s.Int(2) != 0);
+    bool visible = id == viewer || (allowed && s.Int(3) == 0);
+    out.push_back(PresenceRecord{id, visible, visible ? s.Int(1) : 0});
   }
   return out;
 }
@@ -1917,6 +1979,23 @@ void SqliteStore::BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
                                   Callback<std::vector<BulkUserResult>> done) {
   SubmitWrite<std::vector<BulkUserResult>>(
       [users = std::move(users), now](Writer& w) { return w.BulkCreateUsers(users, now); }, std::move(done));
+}
+
+void SqliteStore::SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now,
+                                        Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>(
+      [user_id, visibility, now](Writer& w) { return w.SetPresenceVisibility(user_id, visibility, now); },
+      std::move(done));
+}
+
+void SqliteStore::SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) {
+  SubmitWrite<Empty>([user_id, last_seen](Writer& w) { return w.SetLastSeen(user_id, last_seen); },
+                     ToEmptyCallback(std::move(done)));
+}
+
+void SqliteStore::GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) {
+  SubmitRead<std::vector<PresenceRecord>>([viewer, ids = std::move(ids)](Reader& r) { return r.Presence(viewer, ids); },
+                                          std::move(done));
 }
 
 void SqliteStore::Flush(StatusCallback done) {

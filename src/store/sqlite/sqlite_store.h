@@ -49,7 +49,7 @@ namespace parley::store {
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Opens (creating and migrating) the file at config.sqlite_path; the parent
   // directory must exist. Fails kUnavailable if the file cannot be opened,
@@ -95,6 +95,10 @@ class SqliteStore final : public Store {
                       Callback<std::vector<DeviceId>> done) override;
   void BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
                        Callback<std::vector<BulkUserResult>> done) override;
+  void SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now,
+                             Callback<SocialResult> done) override;
+  void SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) override;
+  void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) override;
   void Flush(StatusCallback done) override;
   StoreStats Stats() const override;
 

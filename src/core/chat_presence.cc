@@ -1,0 +1,93 @@
+// ChatService: presence requests (docs/protocol.md, "Presence"). The state
+// machine itself (coalescing, per-subscriber rate) is PresenceTracker; this
+// file connects it to connections, the store's visibility rules and last
+// seen.
+#include <spdlog/spdlog.h>
+
+#include "core/chat_service.h"
+#include "protocol/encode.h"
+
+namespace parley::core {
+
+using protocol::JsonWriter;
+
+void ChatService::SetForeground(const ClientPtr& c, bool counted) {
+  if (c->user_id == 0 || c->counted_foreground == counted) return;
+  c->counted_foreground = counted;
+  if (counted) return presence_.ForegroundEnter(c->user_id);
+  int64_t last_seen = presence_.ForegroundLeave(c->user_id);
+  if (last_seen == 0) return;
+  int64_t user = c->user_id;
+  store_.SetLastSeen(user, last_seen, [user](Status s) {
+    if (!s.ok()) spdlog::warn("event=last_seen_not_stored user_id={} error=\"{}\"", user, s.ToString());
+  });
+}
+
+// Before auth it only sets how the connection will count once authenticated
+// (a device woken in the background connects without showing online).
+void ChatService::DoSetAppState(const ClientPtr& c, Req req) {
+  c->foreground = std::get<protocol::SetAppStateRequest>(req.body).foreground;
+  SetForeground(c, c->foreground);
+  Respond(c, req, nullptr);
+}
+
+void ChatService::DoSetPrivacy(const ClientPtr& c, Req req) {
+  auto visibility = static_cast<store::PresenceVisibility>(std::get<protocol::SetPrivacyRequest>(req.body).presence);
+  store_.SetPresenceVisibility(
+      c->user_id, visibility, clock_.NowMillis(),
+      OnCore<store::SocialResult>([this, c, req, visibility](Result<store::SocialResult> r) {
+        if (!r) return Fail(c, req, r.error());
+        Respond(c, req, [&](JsonWriter& w) { w.Field("presence", protocol::PresenceVisibilityName(visibility)); });
+        if (!r->changed) return;
+        store::StreamEvent e;
+        e.kind = store::EventKind::kPrivacy;
+        e.created_at = clock_.NowMillis();
+        e.presence_visibility = visibility;
+        PublishEvents(std::move(e), r->positions);
+        RecheckPresence(c->user_id, 0);
+      }));
+}
+
+void ChatService::DoSubscribePresence(const ClientPtr& c, Req req) {
+  std::vector<int64_t> ids = std::get<protocol::SubscribePresenceRequest>(req.body).user_ids;
+  store_.GetPresence(
+      c->user_id, ids,
+      OnCore<std::vector<store::PresenceRecord>>([this, c, req](Result<std::vector<store::PresenceRecord>> r) {
+        if (!r) return Fail(c, req, r.error());
+        if (c->closed) return;
+        std::vector<int64_t> users;
+        std::vector<bool> visible;
+        std::vector<PresenceView> shown;
+        for (const auto& rec : *r) {
+          users.push_back(rec.user_id);
+          visible.push_back(rec.visible);
+          shown.push_back(presence_.View(rec.user_id, rec.visible, rec.last_seen));
+        }
+        presence_.Subscribe(c->id, users, visible, shown);
+        if (users.empty()) presence_subscribers_.erase(c->id);
+        else presence_subscribers_[c->id] = c;
+        Respond(c, req, [&](JsonWriter& w) {
+          w.Key("presence").BeginArray();
+          for (size_t i = 0; i < users.size(); ++i)
+            protocol::WritePresence(w, users[i], shown[i].online, shown[i].last_seen);
+          w.EndArray();
+        });
+      }));
+}
+
+void ChatService::RecheckPresence(int64_t watched, int64_t viewer) {
+  for (PresenceTracker::SubscriberId s : presence_.Watchers(watched)) {
+    auto it = presence_subscribers_.find(s);
+    if (it == presence_subscribers_.end()) continue;
+    int64_t subscriber_user = it->second->user_id;
+    if (viewer != 0 && subscriber_user != viewer) continue;
+    store_.GetPresence(subscriber_user, {watched},
+                       OnCore<std::vector<store::PresenceRecord>>(
+                           [this, s, watched](Result<std::vector<store::PresenceRecord>> r) {
+                             if (!r || r->empty()) return;
+                             presence_.SetVisible(s, watched, r->front().visible);
+                           }));
+  }
+}
+
+}  // namespace parley::core
