@@ -127,6 +127,15 @@ TEST(CliE2E, HistoryPagesBackwardsWithAHintForTheNextPage) {
   auto p3 = alice.Json({"history", "bob", "--limit", "3", "--before", std::to_string(p2["next_before"].get<int64_t>())});
   ASSERT_EQ(p3["messages"].size(), 1u);
   EXPECT_FALSE(p3["has_more"].get<bool>());
+
+  // The interactive mode sends each typed line; end of input leaves once sent.
+  auto chat = alice.Run({"chat", "bob"}, "typed in chat\n");
+  EXPECT_EQ(chat.exit_code, 0) << chat.err;
+  EXPECT_NE(chat.out.find("chatting with bob"), std::string::npos) << chat.out;
+  auto p0 = alice.Json({"history", "bob", "--limit", "1"});
+  ASSERT_EQ(p0["messages"].size(), 1u);
+  EXPECT_EQ(p0["messages"][0]["body"], "typed in chat");
+  EXPECT_EQ(p0["messages"][0]["seq"], 8);
 }
 
 }  // namespace

@@ -5,7 +5,8 @@
 //   server's retry_after_ms) -> connect ...
 //
 // The online loop wakes on any incoming frame (Connection's activity
-// callback), on Compose/MarkRead/Stop, or every kTickMs, and each time:
+// callback), on Compose/MarkRead/Stop, or when its next timer is due (at
+// most kIdleTickMs), and each time:
 // applies queued live events (a gap triggers a sync), collects answers to its
 // requests (sends, receipts, acks, pings) without blocking, expires and pumps
 // the outbox (first pending message of each peer, one in flight per peer),
@@ -34,7 +35,8 @@ using nlohmann::json;
 
 namespace {
 
-constexpr int kTickMs = 100;               // the online loop's longest sleep
+constexpr int kIdleTickMs = 1000;          // the online loop's longest sleep
+constexpr int kPollMs = 100;               // Wait* helpers re-check at least this often
 constexpr int kDefaultHeartbeatMs = 25000;  // until the auth result says otherwise
 constexpr int kDefaultHeartbeatTimeoutMs = 60000;
 constexpr size_t kMaxReceiptItems = 256;    // protocol limit per receipt request
@@ -210,10 +212,12 @@ struct Client::Impl {
     while (!Stopping()) {
       SetState(ClientState::kConnecting, "");
       SessionEnd end = Session();
+      std::shared_ptr<Connection> last;
       {
         std::lock_guard lock(mu);
-        conn.reset();
+        last.swap(conn);
       }
+      last.reset();  // outside mu: a closing Connection calls Wake()
       if (end.stopped) break;
       if (end.revoked) {
         SetState(ClientState::kRevoked, end.why);
@@ -475,9 +479,17 @@ struct Client::Impl {
         ping_out = true;
         last_ping = now_steady;
       }
-      // 7. Sleep until something happens.
+      // 7. Sleep until something happens or the next timer is due (an idle
+      // client wakes about once a second, to check request timeouts).
+      int64_t next = now_steady + kIdleTickMs;
+      if (!ping_out) next = std::min<int64_t>(next, last_ping + heartbeat_ms);
+      if (applied_now > acked) next = std::min(next, last_ack + kAckIntervalMs);
+      for (auto& [peer, t] : hold_until) {
+        if (t > now_steady) next = std::min(next, t);
+      }
+      int64_t sleep_ms = std::max<int64_t>(1, next - SteadyMs());
       std::unique_lock lock(mu);
-      cv.wait_for(lock, std::chrono::milliseconds(kTickMs), [&] { return wake || stopping; });
+      cv.wait_for(lock, std::chrono::milliseconds(sleep_ms), [&] { return wake || stopping; });
       wake = false;
     }
     if (c->closed()) {
@@ -796,7 +808,7 @@ bool Client::WaitOutboxDrained(int timeout_ms) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (PendingCount() > 0) {
     std::unique_lock lock(impl_->mu);
-    if (impl_->cv.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(kTickMs))) ==
+    if (impl_->cv.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(kPollMs))) ==
             std::cv_status::timeout &&
         std::chrono::steady_clock::now() >= deadline) {
       lock.unlock();
@@ -811,7 +823,7 @@ bool Client::WaitApplied(int64_t user_seq, int timeout_ms) {
   while (applied() < user_seq) {
     if (std::chrono::steady_clock::now() >= deadline) return false;
     std::unique_lock lock(impl_->mu);
-    impl_->cv.wait_for(lock, std::chrono::milliseconds(kTickMs));
+    impl_->cv.wait_for(lock, std::chrono::milliseconds(kPollMs));
   }
   return true;
 }
