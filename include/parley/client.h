@@ -215,7 +215,9 @@ class Client {
 
   // Waits until online (true) or the timeout passes / the token is revoked (false).
   bool WaitOnline(int timeout_ms);
-  // Waits until no outbox entry is pending (failed ones do not count).
+  // Waits until no outbox entry is pending (failed ones do not count). The
+  // cache is the reference: on_status callbacks for the last messages may
+  // still be running on the worker when this returns.
   bool WaitOutboxDrained(int timeout_ms);
   // Waits until applied() >= user_seq.
   bool WaitApplied(int64_t user_seq, int timeout_ms);

@@ -54,6 +54,8 @@ TEST(OutboxE2E, FiftyMessagesComposedWhileServerIsDownArriveExactlyOnceInCompose
   s.Start();
   ASSERT_TRUE(alice->WaitOutboxDrained(kDrainTimeoutMs)) << alice->last_error();
   ExpectExactlyOnceInOrder(s, "bob", alice->user_id(), kMessages);
+  // Callbacks follow the cache's commit on the worker thread.
+  ASSERT_TRUE(Eventually([&] { return log.CountAtLeast(MessageStatus::kSent) == ids.size(); }, 5000));
   for (auto& id : ids) EXPECT_EQ(log.Of(id), MessageStatus::kSent);
   // Each message went pending -> sent, in compose order.
   std::vector<std::string> sent_order;
@@ -226,8 +228,9 @@ TEST(OutboxE2E, MessageOlderThanTheMaximumAgeIsMarkedFailedAndNeverSent) {
   auto fresh = alice->Compose("bob", "fresh");
   alice->Start();
   ASSERT_TRUE(alice->WaitOutboxDrained(kDrainTimeoutMs));
+  // Callbacks follow the cache's commit on the worker thread.
+  ASSERT_TRUE(Eventually([&] { return log.Of(fresh.client_id) == MessageStatus::kSent; }, 5000));
   EXPECT_EQ(log.Of(old_one.client_id), MessageStatus::kFailed);
-  EXPECT_EQ(log.Of(fresh.client_id), MessageStatus::kSent);
   auto st = alice->StatusOf(old_one.client_id);
   ASSERT_TRUE(st.has_value());
   EXPECT_EQ(st->status, MessageStatus::kFailed);
