@@ -314,7 +314,10 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
         if (!token.empty()) w.Field("token", token);
         w.Field("head", lu.head)
             .Field("cursor", c->cursor)
-            .Field("heartbeat_interval_ms", config_.heartbeat_interval_ms)
+            .Field("heartbeat_interval_ms",
+                   config_.heartbeat_interval_ms -
+                       std::uniform_int_distribution<int>(
+                           0, config_.heartbeat_interval_ms * CoreConfig::kHeartbeatJitterPercent / 100)(jitter_rng_))
             .Field("heartbeat_timeout_ms", config_.heartbeat_timeout_ms)
             .Key("privacy")
             .BeginObject()
@@ -639,7 +642,11 @@ void ChatService::PublishEvents(store::StreamEvent event, const std::vector<stor
     event.user_seq = p.user_seq;
     if (i < withheld.size()) event.withheld = withheld[i];
     frames_out_.Inc();
-    fabric_.Publish(p.user_id, std::make_shared<const std::string>(protocol::EncodeEvent(event)));
+    auto frame = std::make_shared<const std::string>(protocol::EncodeEvent(event));
+    if (event.kind == store::EventKind::kReceipt)
+      fabric_.PublishReceipt(p.user_id, std::move(frame), std::make_shared<const store::StreamEvent>(event));
+    else
+      fabric_.Publish(p.user_id, std::move(frame));
   }
 }
 

@@ -19,6 +19,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -54,7 +55,10 @@ struct RateLimits {
 
 struct CoreConfig {
   PasswordCost password_cost = PasswordCost::kInteractive;
-  // Announced in the auth response; the gateway enforces the timeout.
+  // Announced in the auth response (each connection gets the interval minus
+  // up to kHeartbeatJitterPercent %, so that heartbeats of devices that
+  // connected together spread out); the gateway enforces the timeout.
+  static constexpr int kHeartbeatJitterPercent = 10;
   int heartbeat_interval_ms = 25'000;
   int heartbeat_timeout_ms = 60'000;
   // Told to clients in shutdown closes and `shutting_down` errors.
@@ -209,7 +213,8 @@ class ChatService {
   // or a stop cancels the pending expiry.
   std::unordered_map<std::string, uint64_t> typing_;
   uint64_t typing_generation_ = 0;
-  std::atomic<uint64_t> next_client_id_{1};  // Connect runs on I/O threads
+  std::atomic<uint64_t> next_client_id_{1};
+  std::minstd_rand jitter_rng_{std::random_device{}()};  // Connect runs on I/O threads
   PresenceTracker presence_;
   // Connections with a presence subscription, by Client::id.
   std::unordered_map<uint64_t, ClientPtr> presence_subscribers_;

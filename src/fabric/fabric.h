@@ -12,6 +12,8 @@
 #include <memory>
 #include <string>
 
+#include "store/types.h"
+
 namespace parley::fabric {
 
 using SharedFrame = std::shared_ptr<const std::string>;
@@ -24,6 +26,13 @@ class DeviceSink {
   // Queues a text frame for the device. Frames arrive in call order.
   // Ephemeral frames (typing) may be dropped when the connection is behind.
   virtual void SendFrame(SharedFrame frame, bool ephemeral = false) = 0;
+  // Queues a receipt event (`frame` is its encoding). While it waits, a
+  // later receipt for the same conversation and user may be merged into it
+  // (overload order, docs/architecture.md "Backpressure"). By default it is
+  // an ordinary durable frame.
+  virtual void SendReceipt(SharedFrame frame, std::shared_ptr<const store::StreamEvent> /*receipt*/) {
+    SendFrame(std::move(frame));
+  }
   // Sends what is queued, then closes with `code` and `reason`.
   virtual void Close(uint16_t code, std::string reason) = 0;
 };
@@ -40,6 +49,8 @@ class Fabric {
 
   // Sends `frame` to every attached connection of every device of the user.
   virtual void Publish(int64_t user_id, SharedFrame frame, bool ephemeral = false) = 0;
+  // Publish for a receipt event: the sinks may coalesce it (SendReceipt).
+  virtual void PublishReceipt(int64_t user_id, SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) = 0;
 
   // Closes every connection of the device (unlink, logout).
   virtual void CloseDevice(int64_t user_id, int64_t device_id, uint16_t code, std::string reason) = 0;

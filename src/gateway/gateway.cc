@@ -19,11 +19,13 @@
 #include <boost/beast/websocket.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <optional>
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "common/metrics.h"
@@ -67,9 +69,19 @@ struct GatewayMetrics {
       "parley_resync_closes_total", "Connections closed because their outbound queue overflowed");
   Counter& shed = Metrics::Default().GetCounter("parley_shed_events_total",
                                                 "Ephemeral frames (typing) dropped because a connection's queue was half full");
+  Counter& coalesced = Metrics::Default().GetCounter(
+      "parley_coalesced_receipts_total", "Receipt events merged into an earlier one still queued for the same connection");
   Counter& accepted = Metrics::Default().GetCounter("parley_connections_accepted_total", "TCP connections accepted");
   Counter& http_requests = Metrics::Default().GetCounter("parley_http_requests_total", "Plain HTTP requests served");
 };
+
+// The closing handshake of a connection we close gets at least this long.
+constexpr int kMinCloseTimeoutMs = 5'000;
+
+// Which queued receipts may merge: one per (conversation, receipt user).
+std::string ReceiptKey(const store::StreamEvent& e) {
+  return std::to_string(e.conversation_id) + ":" + std::to_string(e.receipt_user_id);
+}
 
 GatewayMetrics& M() {
   static GatewayMetrics m;
@@ -85,6 +97,7 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
 
   void Start(http::request<http::string_body> req);
   void SendFrame(fabric::SharedFrame frame, bool ephemeral) override;
+  void SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) override;
   void Close(uint16_t code, std::string reason) override;
 
  private:
@@ -95,6 +108,14 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   void DoClose();
   void Finish();
   void DropQueued();
+  struct Queued {
+    fabric::SharedFrame frame;
+    std::shared_ptr<const store::StreamEvent> receipt;  // set for a receipt that may absorb later ones
+  };
+  // On the session's executor.
+  void Enqueue(Queued q, bool ephemeral);
+  bool MergeReceipt(const std::shared_ptr<const store::StreamEvent>& receipt);
+  void Dequeued(const Queued& q);
 
   websocket::stream<beast::tcp_stream> ws_;
   beast::flat_buffer buffer_;
@@ -103,7 +124,9 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   SessionRegistry* registry_;
   std::shared_ptr<core::Client> client_;
   // State below is touched only on the session's executor.
-  std::deque<fabric::SharedFrame> queue_;
+  std::deque<Queued> queue_;  // element addresses are stable (deque: push_back/pop_front)
+  // Queued receipts not yet being written, by "conversation:user".
+  std::unordered_map<std::string, Queued*> mergeable_;
   size_t queued_bytes_ = 0;
   bool writing_ = false;
   bool close_requested_ = false;
@@ -176,30 +199,82 @@ void WsSession::OnRead(beast::error_code ec, size_t) {
 
 void WsSession::SendFrame(fabric::SharedFrame frame, bool ephemeral) {
   net::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame), ephemeral]() mutable {
-    if (self->close_requested_ || self->finished_) return;
-    // Overload order: ephemeral frames (typing) are shed first, once the
-    // queue is half full; durable ones are recovered by sync if it overflows.
-    if (ephemeral && self->queued_bytes_ > self->cfg_.max_outbound_queue_bytes / 2) {
-      M().shed.Inc();
-      return;
-    }
-    self->queued_bytes_ += frame->size();
-    M().queue_bytes.Add(static_cast<int64_t>(frame->size()));
-    M().queue_frames.Add(1);
-    self->queue_.push_back(std::move(frame));
-    if (self->queued_bytes_ > self->cfg_.max_outbound_queue_bytes) {
-      // Too slow a reader: drop what is queued (but the frame being written,
-      // whose buffer Beast still holds) and let the device catch up by sync.
-      M().resync_closes.Inc();
-      self->DropQueued();
-      self->close_requested_ = true;
-      self->close_reason_ = websocket::close_reason(static_cast<websocket::close_code>(protocol::CloseCode::kResync),
-                                                    protocol::RetryAfterReason(0));
-      if (!self->writing_) self->DoClose();
-      return;
-    }
-    if (!self->writing_) self->DoWrite();
+    self->Enqueue(Queued{std::move(frame), nullptr}, ephemeral);
   });
+}
+
+void WsSession::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) {
+  net::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame),
+                                 receipt = std::move(receipt)]() mutable {
+    if (self->close_requested_ || self->finished_) return;
+    if (self->MergeReceipt(receipt)) return;
+    self->Enqueue(Queued{std::move(frame), receipt->withheld.empty() ? std::move(receipt) : nullptr}, false);
+  });
+}
+
+// Overload order, step 2: a receipt whose (conversation, user) already has
+// one waiting in the queue is folded into it: the waiting frame takes the new
+// watermarks and lists the new user seq in `also_covers`, so the device gets
+// one frame and the newest state. Receipts carrying withheld seqs are never
+// merged (their lists must reach the device as they are).
+bool WsSession::MergeReceipt(const std::shared_ptr<const store::StreamEvent>& receipt) {
+  if (!receipt->withheld.empty()) return false;
+  auto it = mergeable_.find(ReceiptKey(*receipt));
+  if (it == mergeable_.end()) return false;
+  Queued& q = *it->second;
+  auto merged = std::make_shared<store::StreamEvent>(*receipt);
+  merged->user_seq = q.receipt->user_seq;
+  merged->also_covers = q.receipt->also_covers;
+  merged->also_covers.push_back(receipt->user_seq);
+  auto frame = std::make_shared<const std::string>(protocol::EncodeEvent(*merged));
+  int64_t growth = static_cast<int64_t>(frame->size()) - static_cast<int64_t>(q.frame->size());
+  queued_bytes_ += frame->size();
+  queued_bytes_ -= q.frame->size();
+  M().queue_bytes.Add(growth);
+  M().coalesced.Inc();
+  q.frame = std::move(frame);
+  q.receipt = std::move(merged);
+  return true;
+}
+
+void WsSession::Enqueue(Queued q, bool ephemeral) {
+  if (close_requested_ || finished_) return;
+  // Overload order, step 1: ephemeral frames (typing, presence) are shed
+  // first, once the queue is half full; durable ones are recovered by sync if
+  // it overflows.
+  if (ephemeral && queued_bytes_ > cfg_.max_outbound_queue_bytes / 2) {
+    M().shed.Inc();
+    return;
+  }
+  queued_bytes_ += q.frame->size();
+  M().queue_bytes.Add(static_cast<int64_t>(q.frame->size()));
+  M().queue_frames.Add(1);
+  queue_.push_back(std::move(q));
+  if (queue_.back().receipt) mergeable_[ReceiptKey(*queue_.back().receipt)] = &queue_.back();
+  if (queued_bytes_ > cfg_.max_outbound_queue_bytes) {
+    // Step 3: too slow a reader. Drop what is queued (but the frame being
+    // written, whose buffer Beast still holds) and let the device catch up by
+    // sync.
+    M().resync_closes.Inc();
+    DropQueued();
+    close_requested_ = true;
+    close_reason_ = websocket::close_reason(static_cast<websocket::close_code>(protocol::CloseCode::kResync),
+                                            protocol::RetryAfterReason(cfg_.resync_retry_after_ms));
+    if (!writing_) DoClose();
+    return;
+  }
+  if (!writing_) DoWrite();
+}
+
+// Bookkeeping for a frame leaving the queue (written or dropped).
+void WsSession::Dequeued(const Queued& q) {
+  queued_bytes_ -= q.frame->size();
+  M().queue_bytes.Add(-static_cast<int64_t>(q.frame->size()));
+  M().queue_frames.Add(-1);
+  if (q.receipt) {
+    auto it = mergeable_.find(ReceiptKey(*q.receipt));
+    if (it != mergeable_.end() && it->second == &q) mergeable_.erase(it);
+  }
 }
 
 void WsSession::Close(uint16_t code, std::string reason) {
@@ -217,8 +292,14 @@ void WsSession::DoWrite() {
     return;
   }
   writing_ = true;
+  Queued& front = queue_.front();
+  if (front.receipt) {  // its buffer now belongs to Beast: nothing may merge into it
+    auto it = mergeable_.find(ReceiptKey(*front.receipt));
+    if (it != mergeable_.end() && it->second == &front) mergeable_.erase(it);
+    front.receipt.reset();
+  }
   ws_.text(true);
-  ws_.async_write(net::buffer(*queue_.front()), beast::bind_front_handler(&WsSession::OnWrite, shared_from_this()));
+  ws_.async_write(net::buffer(*front.frame), beast::bind_front_handler(&WsSession::OnWrite, shared_from_this()));
 }
 
 // Drops every queued frame but the one being written (Beast still holds its
@@ -226,19 +307,14 @@ void WsSession::DoWrite() {
 void WsSession::DropQueued() {
   size_t keep = writing_ ? 1 : 0;
   while (queue_.size() > keep) {
-    queued_bytes_ -= queue_.back()->size();
-    M().queue_bytes.Add(-static_cast<int64_t>(queue_.back()->size()));
-    M().queue_frames.Add(-1);
+    Dequeued(queue_.back());
     queue_.pop_back();
   }
 }
 
 void WsSession::OnWrite(beast::error_code ec, size_t) {
   writing_ = false;
-  size_t n = queue_.front()->size();
-  queued_bytes_ -= n;
-  M().queue_bytes.Add(-static_cast<int64_t>(n));
-  M().queue_frames.Add(-1);
+  Dequeued(queue_.front());
   queue_.pop_front();
   if (ec || finished_) return Finish();
   DoWrite();
@@ -247,7 +323,14 @@ void WsSession::OnWrite(beast::error_code ec, size_t) {
 void WsSession::DoClose() {
   if (closing_ || finished_) return;
   closing_ = true;
-  beast::get_lowest_layer(ws_).expires_after(std::chrono::seconds(5));
+  // The close frame waits behind the frame being written; a stalled reader
+  // may take a while to get to it. Give it as long as a silent connection
+  // gets (the heartbeat timeout): memory held meanwhile is that one frame.
+  websocket::stream_base::timeout t{};
+  t.handshake_timeout = std::chrono::milliseconds(std::max(kMinCloseTimeoutMs, cfg_.idle_timeout_ms));
+  t.idle_timeout = websocket::stream_base::none();
+  t.keep_alive_pings = false;
+  ws_.set_option(t);
   ws_.async_close(close_reason_, [self = shared_from_this()](beast::error_code) {
     // The pending read completes with `closed` once the peer answers.
     beast::error_code ignored;

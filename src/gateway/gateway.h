@@ -37,6 +37,9 @@ struct GatewayConfig {
   int idle_timeout_ms = 60'000;
   // Kernel send buffer per connection (SO_SNDBUF); 0 = system default.
   int socket_send_buffer = 0;
+  // Told to a connection closed with 4003 (resync): reconnect after this
+  // long plus jitter, so that many connections dropped together spread out.
+  int resync_retry_after_ms = 1'000;
 };
 
 struct HttpRequest {

@@ -69,10 +69,11 @@ void WriteSummary(JsonWriter& w, const store::ConversationSummary& s) {
 }
 
 namespace {
-void WriteWithheld(JsonWriter& w, const std::vector<store::Seq>& withheld) {
-  if (withheld.empty()) return;
-  w.Key("withheld").BeginArray();
-  for (auto s : withheld) w.Int(s);
+// `"key":[...]`, left out when empty.
+void WriteSeqList(JsonWriter& w, std::string_view key, const std::vector<int64_t>& seqs) {
+  if (seqs.empty()) return;
+  w.Key(key).BeginArray();
+  for (auto s : seqs) w.Int(s);
   w.EndArray();
 }
 }  // namespace
@@ -83,7 +84,7 @@ void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
     case store::EventKind::kMessage:
       w.Field("kind", "message").Key("message");
       WriteMessage(w, *e.message);
-      WriteWithheld(w, e.withheld);
+      WriteSeqList(w, "withheld", e.withheld);
       break;
     case store::EventKind::kReceipt:
       w.Field("kind", "receipt")
@@ -91,7 +92,8 @@ void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
           .Field("user_id", e.receipt_user_id)
           .Field("delivered", e.receipt.delivered)
           .Field("read", e.receipt.read);
-      WriteWithheld(w, e.withheld);
+      WriteSeqList(w, "withheld", e.withheld);
+      WriteSeqList(w, "also_covers", e.also_covers);
       break;
     case store::EventKind::kConversation:
       w.Field("kind", "conversation").Key("conversation");

@@ -38,6 +38,11 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_MAX_OUTBOUND_QUEUE_BYTES")
       ->check(CLI::Range(size_t{64 * 1024}, size_t{1} << 32))
       ->capture_default_str();
+  app.add_option("--resync-retry-after-ms", c.gateway.resync_retry_after_ms,
+                 "Retry-after told to connections closed with 4003 (resync) because they fell behind")
+      ->envname("PARLEY_RESYNC_RETRY_AFTER_MS")
+      ->check(CLI::Range(0, 600'000))
+      ->capture_default_str();
   app.add_option("--socket-send-buffer", c.gateway.socket_send_buffer, "SO_SNDBUF per connection, bytes (0: system default)")
       ->envname("PARLEY_SOCKET_SEND_BUFFER")
       ->check(CLI::Range(0, 64 << 20))

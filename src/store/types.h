@@ -139,6 +139,10 @@ struct StreamEvent {
   std::optional<ProfileRecord> profile;
   bool flag = false;
   PresenceVisibility presence_visibility = PresenceVisibility::kEveryone;
+  // Never stored: set by a gateway that merged later receipt events (same
+  // conversation and user) into this one while they waited to be sent; their
+  // user seqs, which the device will not get live.
+  std::vector<UserSeq> also_covers;
 };
 
 // Where an append landed in one user's stream.

@@ -3,6 +3,7 @@
 // with nothing lost (docs/protocol.md, close code 4003).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -62,6 +63,8 @@ TEST(OverloadE2E, StalledReaderIsClosedWithResyncAndCatchesUpWithAllMessages) {
   while (slow->NextEvent(2000)) ++drained;
   ASSERT_TRUE(slow->WaitClosed(10000)) << "drained " << drained << " events, no close";
   EXPECT_EQ(slow->close_code(), 4003);
+  EXPECT_EQ(json::parse(slow->close_reason(), nullptr, false).value("retry_after_ms", -1), 1000)
+      << "the resync close does not carry the default retry-after window";
 
   // Reconnect and sync: every message exactly once, in order.
   Device b;
@@ -85,6 +88,69 @@ TEST(OverloadE2E, StalledReaderIsClosedWithResyncAndCatchesUpWithAllMessages) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ADD_FAILURE() << "outbound queue gauges did not return to 0";
+}
+
+// Overload order, step 2: receipts for one (conversation, user) waiting in a
+// behind connection's queue are merged into one frame with the newest
+// watermarks, listing the user seqs it stands for; the device still accounts
+// for every user seq, once.
+TEST(OverloadE2E, QueuedReceiptsAreCoalescedToTheLatestWatermark) {
+  ServerProcess server({"--socket-send-buffer", "4096"});
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a = Login(server, "alice");
+  Device sender = Login(server, "bob", "sender");
+  ConnectOptions o;
+  o.port = server.port();
+  o.receive_buffer_bytes = 4096;
+  std::string err;
+  auto slow = Connection::Open(o, &err);
+  ASSERT_TRUE(slow) << err;
+  auto auth = slow->Call("auth", {{"token", sender.token}});
+  ASSERT_TRUE(auth.ok);
+  int64_t from = auth.result["head"];
+  slow->PauseReading();
+
+  // Bob's messages fill the stalled connection's socket buffers and queue...
+  constexpr int kCount = 300;
+  std::vector<int64_t> ids;
+  for (int i = 0; i < kCount; ++i)
+    ids.push_back(sender.conn->Start("send", {{"to", "alice"}, {"client_id", "c" + std::to_string(i)},
+                                             {"body", std::string(200, 'x')}}));
+  int64_t conv = 0;
+  for (auto id : ids) {
+    auto r = sender.conn->Await(id, 30000);
+    ASSERT_TRUE(r.ok) << r.code;
+    conv = r.result["conversation_id"];
+  }
+  // ...then alice reads them one by one: 300 receipt events for bob.
+  ids.clear();
+  for (int i = 1; i <= kCount; ++i)
+    ids.push_back(a.conn->Start("receipt", {{"items", {{{"conversation_id", conv}, {"read", i}}}}}));
+  for (auto id : ids) ASSERT_TRUE(a.conn->Await(id, 30000).ok);
+  int64_t head = sender.conn->Call("ping").result["head"];
+
+  slow->ResumeReading();
+  std::vector<int64_t> covered;
+  int receipt_frames = 0;
+  int64_t last_read = 0;
+  while (auto f = slow->NextEvent(1500)) {
+    if ((*f)["type"] != "event") continue;
+    const json& e = (*f)["event"];
+    covered.push_back(e["user_seq"]);
+    if (e["kind"] != "receipt") continue;
+    ++receipt_frames;
+    EXPECT_GE(e["read"].get<int64_t>(), last_read) << "a watermark went backwards";
+    last_read = e["read"];
+    for (const auto& s : e.value("also_covers", json::array())) covered.push_back(s);
+  }
+  EXPECT_FALSE(slow->closed()) << "closed with " << slow->close_code();
+  EXPECT_EQ(last_read, kCount);
+  EXPECT_LT(receipt_frames, kCount / 2) << "receipts were not coalesced";
+  std::sort(covered.begin(), covered.end());
+  ASSERT_EQ(static_cast<int64_t>(covered.size()), head - from) << "a user seq was lost or doubled";
+  for (size_t i = 0; i < covered.size(); ++i) ASSERT_EQ(covered[i], from + 1 + static_cast<int64_t>(i));
+  EXPECT_GE(MetricValue(HttpGet(server.port(), "/metrics"), "parley_coalesced_receipts_total"), kCount / 2);
 }
 
 }  // namespace

@@ -20,15 +20,22 @@ void LocalFabric::Detach(int64_t user_id, int64_t device_id, const DeviceSink* s
   if (v.empty()) users_.erase(it);
 }
 
-void LocalFabric::Publish(int64_t user_id, SharedFrame frame, bool ephemeral) {
+std::vector<std::shared_ptr<DeviceSink>> LocalFabric::Targets(int64_t user_id) const {
   std::vector<std::shared_ptr<DeviceSink>> targets;
-  {
-    std::lock_guard lock(mu_);
-    auto it = users_.find(user_id);
-    if (it == users_.end()) return;
-    for (const auto& e : it->second) targets.push_back(e.sink);
-  }
-  for (auto& s : targets) s->SendFrame(frame, ephemeral);
+  std::lock_guard lock(mu_);
+  auto it = users_.find(user_id);
+  if (it == users_.end()) return targets;
+  for (const auto& e : it->second) targets.push_back(e.sink);
+  return targets;
+}
+
+void LocalFabric::Publish(int64_t user_id, SharedFrame frame, bool ephemeral) {
+  for (auto& s : Targets(user_id)) s->SendFrame(frame, ephemeral);
+}
+
+void LocalFabric::PublishReceipt(int64_t user_id, SharedFrame frame,
+                                 std::shared_ptr<const store::StreamEvent> receipt) {
+  for (auto& s : Targets(user_id)) s->SendReceipt(frame, receipt);
 }
 
 void LocalFabric::CloseDevice(int64_t user_id, int64_t device_id, uint16_t code, std::string reason) {
