@@ -254,14 +254,11 @@ struct Client::Impl {
   bool Apply(const std::vector<json>& events, std::map<int64_t, int64_t>* to_deliver, bool* gap, std::string* why) {
     sdk::ApplyOutcome out;
     sdk::LocalError err;
-    int64_t before = cache->applied().value_or(0);
     if (!cache->ApplyEvents(events, &out, &err)) {
       *why = "local cache: " + err.message;
       return false;
     }
-    size_t expected = 0;
-    for (const auto& e : events) expected += e.value("user_seq", int64_t{0}) > before ? 1 : 0;
-    if (gap) *gap = out.applied.size() < expected;
+    if (gap) *gap = out.gap;
     for (auto& [c, s] : out.received) {
       auto& d = (*to_deliver)[c];
       d = std::max(d, s);

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <set>
 #include <stdexcept>
 
 namespace parley::sdk {
@@ -425,17 +426,35 @@ bool LocalCache::ApplyEvents(const std::vector<json>& events, ApplyOutcome* out,
     Tx tx(db_);
     std::string a = MetaLocked("applied");
     int64_t applied = a.empty() ? 0 : std::stoll(a);
-    ApplyOutcome local;
+    // By user seq; events at or below the cursor were seen already (live
+    // and sync overlap). A coalesced receipt's also_covers are applied
+    // when their turn comes (nothing else arrives for them).
+    std::map<int64_t, const json*> next;
     for (const auto& e : events) {
       int64_t us = e.value("user_seq", int64_t{0});
-      if (us <= applied) continue;  // seen already (live and sync overlap)
-      if (us != applied + 1) break;  // a gap: the caller syncs
-      ApplyOneLocked(e, &local);
-      applied = us;
-      local.applied.push_back(e);
+      if (us > applied) next.emplace(us, &e);
     }
+    std::set<int64_t> covered = covered_;
+    ApplyOutcome local;
+    while (true) {
+      auto it = next.find(applied + 1);
+      if (it != next.end()) {
+        ApplyOneLocked(*it->second, &local);
+        for (const auto& c : it->second->value("also_covers", json::array())) {
+          if (c.is_number_integer() && c.get<int64_t>() > applied + 1) covered.insert(c.get<int64_t>());
+        }
+        local.applied.push_back(*it->second);
+        next.erase(it);
+      } else if (!covered.count(applied + 1)) {
+        break;
+      }
+      ++applied;
+    }
+    local.gap = !next.empty();
+    covered.erase(covered.begin(), covered.upper_bound(applied));
     SetMetaLocked("applied", std::to_string(applied));
     tx.Commit();
+    covered_ = std::move(covered);
     *out = std::move(local);
     return true;
   } catch (const SqlError& e) {
@@ -471,6 +490,7 @@ bool LocalCache::ApplySnapshot(const json& snap, ApplyOutcome* out, LocalError* 
     }
     SetMetaLocked("applied", std::to_string(snap.value("head", int64_t{0})));
     tx.Commit();
+    covered_.clear();
     *out = std::move(local);
     return true;
   } catch (const SqlError& e) {

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,7 @@ struct ApplyOutcome {
   std::vector<StatusUpdate> updates;          // status changes of own messages
   std::map<int64_t, int64_t> received;        // conversation -> highest seq received from others
   std::vector<nlohmann::json> applied;        // the events applied (not the dropped duplicates)
+  bool gap = false;                           // some events were beyond a missing user seq
 };
 
 class LocalCache {
@@ -70,8 +72,10 @@ class LocalCache {
   bool RecordSent(const std::string& client_id, const nlohmann::json& ack, std::vector<StatusUpdate>* updates,
                   LocalError* error);
 
-  // Applies stream events in order; events at or below the cursor are dropped;
-  // stops at the first gap (the rest stay unapplied). Advances the cursor.
+  // Applies stream events in user-seq order; events at or below the cursor
+  // are dropped; user seqs named by a coalesced receipt's also_covers count
+  // as applied when reached; stops at the first gap (out->gap; the rest stay
+  // unapplied). Advances the cursor.
   bool ApplyEvents(const std::vector<nlohmann::json>& events, ApplyOutcome* out, LocalError* error);
   // Replaces the stream-derived state with a snapshot (outbox untouched).
   bool ApplySnapshot(const nlohmann::json& snapshot, ApplyOutcome* out, LocalError* error);
@@ -102,6 +106,7 @@ class LocalCache {
   std::mutex mu_;  // guards db_ and every statement
   sqlite3* db_;
   int64_t me_ = 0;  // cached user id (meta "user_id")
+  std::set<int64_t> covered_;  // user seqs above the cursor covered by a coalesced receipt
 };
 
 }  // namespace parley::sdk
