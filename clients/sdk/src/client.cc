@@ -374,7 +374,7 @@ struct Client::Impl {
 
     while (true) {
       if (Stopping()) {
-        FlushOnStop(*c, &to_deliver);
+        FlushOnStop(*c, &to_deliver, acked);
         c->SetActivityCallback({});
         c->Close();
         end.stopped = true;
@@ -500,7 +500,7 @@ struct Client::Impl {
 
   // Before closing on Stop: report what was received/read and ack the
   // cursor, waiting a bounded time (a CLI run exits right after).
-  void FlushOnStop(Connection& c, std::map<int64_t, int64_t>* to_deliver) {
+  void FlushOnStop(Connection& c, std::map<int64_t, int64_t>* to_deliver, int64_t acked) {
     json items = json::array();
     std::map<int64_t, std::pair<int64_t, int64_t>> m;
     if (opt.auto_report_delivered) {
@@ -523,7 +523,8 @@ struct Client::Impl {
       }
     }
     if (!items.empty()) ids.push_back(c.Start("receipt", {{"items", items}}));
-    ids.push_back(c.Start("ack", {{"user_seq", cache->applied().value_or(0)}}));
+    int64_t applied_now = cache->applied().value_or(0);
+    if (applied_now > acked) ids.push_back(c.Start("ack", {{"user_seq", applied_now}}));
     auto deadline = SteadyMs() + kStopFlushTimeoutMs;
     for (int64_t id : ids) c.Await(id, static_cast<int>(std::max<int64_t>(1, deadline - SteadyMs())));
   }

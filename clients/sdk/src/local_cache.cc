@@ -184,6 +184,10 @@ void LocalCache::SetMetaLocked(const std::string& key, const std::string& value)
 void LocalCache::SetIdentity(int64_t user_id, const std::string& username, int64_t device_id) {
   std::lock_guard lock(mu_);
   try {
+    if (MetaLocked("user_id") == std::to_string(user_id) && MetaLocked("username") == username &&
+        MetaLocked("device_id") == std::to_string(device_id)) {
+      return;  // unchanged: no write (each commit is an fsync)
+    }
     Tx tx(db_);
     SetMetaLocked("user_id", std::to_string(user_id));
     SetMetaLocked("username", username);
