@@ -6,6 +6,7 @@
 // follows the same callback: `sent` implies durable (guarantee 3).
 #include "core/chat_service.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "protocol/encode.h"
@@ -38,15 +39,21 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
                   auto it = presence_subscribers_.find(s);
                   if (it == presence_subscribers_.end() || it->second->closed || !it->second->sink) return;
                   frames_out_.Inc();
+                  presence_updates_.Inc();
                   it->second->sink->SendFrame(std::make_shared<const std::string>(
                                                   protocol::EncodePresence(user, view.online, view.last_seen)),
                                               /*ephemeral=*/true);
                 }),
-      rate_limited_(Metrics::Default().GetCounter("parley_rate_limited_total", "Requests refused by a rate limit")),
       connections_(Metrics::Default().GetGauge("parley_connections", "Open client connections (WebSocket)")),
+      authenticated_(Metrics::Default().GetGauge("parley_connections_authenticated",
+                                                 "Open client connections that are authenticated as a device")),
       frames_in_(Metrics::Default().GetCounter("parley_frames_in_total", "Frames received from clients")),
       frames_out_(Metrics::Default().GetCounter("parley_frames_out_total", "Frames sent to clients")),
-      errors_out_(Metrics::Default().GetCounter("parley_errors_total", "Error frames sent to clients")) {
+      presence_updates_(Metrics::Default().GetCounter("parley_presence_updates_total",
+                                                      "Presence frames sent to subscribers")) {
+  for (RequestType t : protocol::AllRequestTypes())
+    requests_.push_back(&Metrics::Default().GetCounter("parley_requests_total", "Requests received, by type",
+                                                       fmt::format("type=\"{}\"", protocol::RequestTypeName(t))));
   auto h = HashPassword("parley-dummy-password", config_.password_cost);
   if (h) dummy_hash_ = std::move(*h);
 }
@@ -69,7 +76,7 @@ void ChatService::OnFrame(const std::shared_ptr<Client>& client, std::string_vie
     if (client->closed) return;
     if (!d.status.ok()) {
       std::string_view op = d.type ? protocol::RequestTypeName(*d.type) : std::string_view();
-      errors_out_.Inc();
+      Errors(d.status.code()).Inc();
       Send(client, protocol::EncodeError(d.id_json, op, d.status));
       return;
     }
@@ -86,6 +93,7 @@ void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
     presence_.Unsubscribe(client->id);
     presence_subscribers_.erase(client->id);
     if (client->user_id != 0) {
+      authenticated_.Add(-1);
       fabric_.Detach(client->user_id, client->device_id, client->sink.get());
       auto it = live_.find(client->user_id);
       if (it != live_.end() && --it->second.connections == 0) live_.erase(it);
@@ -117,8 +125,18 @@ void ChatService::Respond(const ClientPtr& c, const Req& req, const std::functio
   Send(c, protocol::EncodeResponse(req.id_json, protocol::RequestTypeName(req.type), fill));
 }
 
+Counter& ChatService::Errors(ErrorCode code) {
+  return Metrics::Default().GetCounter("parley_errors_total", "Error frames sent to clients, by code",
+                                       fmt::format("code=\"{}\"", ErrorCodeName(code)));
+}
+
+Counter& ChatService::RateLimited(RequestType type) {
+  return Metrics::Default().GetCounter("parley_rate_limited_total", "Requests refused by a rate limit, by type",
+                                       fmt::format("type=\"{}\"", protocol::RequestTypeName(type)));
+}
+
 void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms) {
-  errors_out_.Inc();
+  Errors(s.code()).Inc();
   if (s.code() == ErrorCode::kInternal || s.code() == ErrorCode::kStorageFull || s.code() == ErrorCode::kUnavailable)
     spdlog::error("event=request_failed op={} user_id={} device_id={} error=\"{}\"", protocol::RequestTypeName(req.type),
                   c->user_id, c->device_id, s.ToString());
@@ -127,6 +145,7 @@ void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s, int6
 }
 
 void ChatService::Handle(const ClientPtr& c, Req req) {
+  requests_[static_cast<size_t>(req.type)]->Inc();
   if (stopping_) return Fail(c, req, Status(ErrorCode::kShuttingDown, "the server is shutting down; reconnect later"));
   bool authed = c->user_id != 0;
   if (protocol::RequestNeedsAuth(req.type) && !authed)
@@ -134,7 +153,7 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
   if ((req.type == RequestType::kAuth || req.type == RequestType::kLogin) && (authed || c->authenticating))
     return Fail(c, req, Status(ErrorCode::kAlreadyAuthenticated, "this connection is already authenticated"));
   if (int64_t wait = CheckRateLimits(c, req); wait > 0) {
-    rate_limited_.Inc();
+    RateLimited(req.type).Inc();
     return Fail(c, req, Status(ErrorCode::kRateLimited, "too many requests; retry after retry_after_ms"), wait);
   }
   switch (req.type) {
@@ -307,6 +326,7 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
       auto& lu = live_[c->user_id];
       lu.connections++;
       lu.head = std::max(lu.head, *head);
+      authenticated_.Add(1);
       fabric_.Attach(c->user_id, c->device_id, c->sink);
       if (c->foreground) SetForeground(c, true);
       Respond(c, req, [&](JsonWriter& w) {

@@ -121,6 +121,7 @@ class ChatService {
 
  private:
   using Req = protocol::Request;
+  using RequestType = protocol::RequestType;
   using ClientPtr = std::shared_ptr<Client>;
 
   void Handle(const ClientPtr& c, Req req);
@@ -218,12 +219,15 @@ class ChatService {
   PresenceTracker presence_;
   // Connections with a presence subscription, by Client::id.
   std::unordered_map<uint64_t, ClientPtr> presence_subscribers_;
-  Counter& rate_limited_;
-
+  // Metrics (docs/operations.md).
+  Counter& RateLimited(RequestType type);
+  Counter& Errors(ErrorCode code);
+  std::vector<Counter*> requests_;  // by RequestType
   Gauge& connections_;
+  Gauge& authenticated_;
   Counter& frames_in_;
   Counter& frames_out_;
-  Counter& errors_out_;
+  Counter& presence_updates_;
 };
 
 }  // namespace parley::core

@@ -13,6 +13,8 @@
 #include <fstream>
 #include <iostream>
 
+#include <unistd.h>
+
 #include "admin/admin_api.h"
 #include "common/metrics.h"
 #include "common/worker_pool.h"
@@ -23,6 +25,23 @@
 #include "protocol/encode.h"
 
 namespace parley::server {
+namespace {
+
+// Process gauges, refreshed at each scrape from /proc (Linux).
+void UpdateProcessMetrics() {
+  static Gauge& rss = Metrics::Default().GetGauge("parley_process_resident_memory_bytes",
+                                                  "Resident set size of the parleyd process");
+  static Gauge& fds = Metrics::Default().GetGauge("parley_process_open_fds", "Open file descriptors (sockets included)");
+  std::ifstream statm("/proc/self/statm");
+  int64_t size_pages = 0, resident_pages = 0;
+  if (statm >> size_pages >> resident_pages) rss.Set(resident_pages * sysconf(_SC_PAGESIZE));
+  std::error_code ec;
+  int64_t n = 0;
+  for (std::filesystem::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end; it.increment(ec)) ++n;
+  if (!ec) fds.Set(n);
+}
+
+}  // namespace
 
 int RunServer(const ServerConfig& config) {
   auto logger = spdlog::stderr_color_mt("parleyd");
@@ -68,6 +87,7 @@ int RunServer(const ServerConfig& config) {
     } else if (path == "/metrics") {
       r.status = 200;
       r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      UpdateProcessMetrics();
       r.body = Metrics::Default().RenderPrometheus();
     }
     respond(std::move(r));

@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <regex>
+#include <set>
 #include <sstream>
 
 namespace parley::testing {
@@ -51,6 +53,49 @@ std::string HttpPost(uint16_t port, const std::string& path, const std::string& 
   if (!authorization.empty()) req += "Authorization: " + authorization + "\r\n";
   req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
   return HttpExchange(port, req, status);
+}
+
+double MetricSum(const std::string& text, const std::string& name) {
+  std::istringstream in(text);
+  std::string line;
+  double sum = 0;
+  while (std::getline(in, line)) {
+    if (line.rfind(name, 0) != 0 || line.size() <= name.size()) continue;
+    char next = line[name.size()];
+    if (next != ' ' && next != '{') continue;
+    sum += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
+}
+
+std::vector<std::string> PrometheusFormatProblems(const std::string& text) {
+  static const std::regex kSample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*\})? (-?[0-9.e+]+|\+Inf|NaN)$)");
+  static const std::regex kMeta(R"(^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.+)$)");
+  std::vector<std::string> problems;
+  std::set<std::string> typed;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (line.empty()) continue;
+    if (line[0] == '#') {
+      if (!std::regex_match(line, m, kMeta)) problems.push_back("bad comment: " + line);
+      else if (m[1] == "TYPE") typed.insert(m[2]);
+      continue;
+    }
+    if (!std::regex_match(line, m, kSample)) {
+      problems.push_back("bad sample: " + line);
+      continue;
+    }
+    std::string name = m[1];
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      std::string s(suffix);
+      if (!typed.count(name) && name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0)
+        name = name.substr(0, name.size() - s.size());
+    }
+    if (!typed.count(name)) problems.push_back("sample before its TYPE: " + line);
+  }
+  return problems;
 }
 
 double MetricValue(const std::string& text, const std::string& sample) {

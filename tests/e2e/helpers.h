@@ -108,5 +108,11 @@ std::string HttpPost(uint16_t port, const std::string& path, const std::string& 
                      int* status = nullptr);
 // The value of one Prometheus sample line (name with labels exactly), or -1.
 double MetricValue(const std::string& metrics_text, const std::string& sample);
+// The sum of every sample of metric `name`, whatever its labels (0 if none).
+double MetricSum(const std::string& metrics_text, const std::string& name);
+// Problems with `metrics_text` as Prometheus text format 0.0.4 (empty: none):
+// each sample line is `name[{labels}] value`, each name has HELP and TYPE
+// lines before its first sample, values are numbers.
+std::vector<std::string> PrometheusFormatProblems(const std::string& metrics_text);
 
 }  // namespace parley::testing

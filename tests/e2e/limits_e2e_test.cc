@@ -66,7 +66,8 @@ TEST(RateLimitE2E, EachLimitRefusesWithRetryAfterAndSparesOthers) {
   }));
 
   std::string metrics = HttpGet(server.port(), "/metrics");
-  EXPECT_GE(MetricValue(metrics, "parley_rate_limited_total"), 5);
+  EXPECT_GE(MetricSum(metrics, "parley_rate_limited_total"), 5);
+  EXPECT_GE(MetricValue(metrics, "parley_rate_limited_total{type=\"register\"}"), 1);
 }
 
 }  // namespace

@@ -167,6 +167,18 @@ TEST(HttpE2E, HealthzAndMetricsMoveWithAConversation) {
   EXPECT_GT(MetricValue(after, "parley_store_commit_batch_size_count"), 0);
   EXPECT_GT(MetricValue(after, "parley_sync_rows_read_count"), 0);
   EXPECT_GE(MetricValue(after, "parley_outbound_queue_bytes"), 0);
+  // Labelled series and process gauges (docs/operations.md, "Metrics").
+  EXPECT_GE(MetricValue(after, "parley_requests_total{type=\"send\"}") - MetricValue(before, "parley_requests_total{type=\"send\"}"), 10);
+  EXPECT_EQ(MetricValue(after, "parley_connections_authenticated"), 2);
+  EXPECT_GT(MetricValue(after, "parley_process_resident_memory_bytes"), 1 << 20);
+  EXPECT_GT(MetricValue(after, "parley_process_open_fds"), 3);
+  EXPECT_EQ(a.conn->Call("history", {{"conversation_id", 999}}).code, "not_member");
+  std::string last = HttpGet(server.port(), "/metrics");
+  EXPECT_GE(MetricValue(last, "parley_errors_total{code=\"not_member\"}"), 1);
+  for (const auto& text : {before, after, last}) {
+    std::vector<std::string> problems = PrometheusFormatProblems(text);
+    EXPECT_TRUE(problems.empty()) << problems.front();
+  }
 }
 
 TEST(ConfigE2E, FlagsBeatTheConfigFileWhichBeatsTheEnvironment) {
