@@ -66,6 +66,7 @@ std::shared_ptr<Client> ChatService::Connect(std::shared_ptr<fabric::DeviceSink>
   c->remote_address = std::move(remote_address);
   c->id = next_client_id_.fetch_add(1);
   connections_.Add(1);
+  spdlog::debug("event=connection_opened conn_id={} remote={}", c->id, c->remote_address);
   return c;
 }
 
@@ -89,6 +90,8 @@ void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
     if (client->closed) return;
     client->closed = true;
     connections_.Add(-1);
+    spdlog::debug("event=connection_closed conn_id={} user_id={} device_id={}", client->id, client->user_id,
+                  client->device_id);
     SetForeground(client, false);
     presence_.Unsubscribe(client->id);
     presence_subscribers_.erase(client->id);
@@ -137,15 +140,22 @@ Counter& ChatService::RateLimited(RequestType type) {
 
 void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms) {
   Errors(s.code()).Inc();
-  if (s.code() == ErrorCode::kInternal || s.code() == ErrorCode::kStorageFull || s.code() == ErrorCode::kUnavailable)
-    spdlog::error("event=request_failed op={} user_id={} device_id={} error=\"{}\"", protocol::RequestTypeName(req.type),
-                  c->user_id, c->device_id, s.ToString());
+  if (s.code() == ErrorCode::kInternal || s.code() == ErrorCode::kStorageFull || s.code() == ErrorCode::kUnavailable) {
+    spdlog::error("event=request_failed op={} request_id={} conn_id={} user_id={} device_id={} error=\"{}\"",
+                  protocol::RequestTypeName(req.type), req.id_json, c->id, c->user_id, c->device_id, s.ToString());
+  } else {
+    spdlog::debug("event=request_refused op={} request_id={} conn_id={} code={}", protocol::RequestTypeName(req.type),
+                  req.id_json, c->id, ErrorCodeName(s.code()));
+  }
   int64_t retry_after = s.code() == ErrorCode::kShuttingDown ? config_.shutdown_retry_after_ms : retry_after_ms;
   Send(c, protocol::EncodeError(req.id_json, protocol::RequestTypeName(req.type), s, retry_after));
 }
 
 void ChatService::Handle(const ClientPtr& c, Req req) {
   requests_[static_cast<size_t>(req.type)]->Inc();
+  // request_id is the client's id as JSON (escaped); never a field's value.
+  spdlog::debug("event=request op={} request_id={} conn_id={} user_id={} device_id={}",
+                protocol::RequestTypeName(req.type), req.id_json, c->id, c->user_id, c->device_id);
   if (stopping_) return Fail(c, req, Status(ErrorCode::kShuttingDown, "the server is shutting down; reconnect later"));
   bool authed = c->user_id != 0;
   if (protocol::RequestNeedsAuth(req.type) && !authed)

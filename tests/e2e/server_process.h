@@ -9,6 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -26,9 +29,13 @@ namespace parley::testing {
 
 class ServerProcess {
  public:
-  explicit ServerProcess(std::vector<std::string> extra_args = {}) : extra_args_(std::move(extra_args)) {
+  // `capture_log`: the server's stderr goes to log_path() (appended across
+  // restarts) instead of the test's stderr.
+  explicit ServerProcess(std::vector<std::string> extra_args = {}, bool capture_log = false)
+      : extra_args_(std::move(extra_args)) {
     char tmpl[] = "/tmp/parley-e2e-XXXXXX";
     dir_ = mkdtemp(tmpl);
+    if (capture_log) stderr_path_ = log_path();
     Start();
   }
   ~ServerProcess() {
@@ -36,6 +43,8 @@ class ServerProcess {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
   }
+
+  std::string log_path() const { return dir_ + "/parleyd.log"; }
 
   uint16_t port() const { return port_; }
   const std::string& dir() const { return dir_; }
@@ -50,8 +59,12 @@ class ServerProcess {
                                      "--port-file", port_file,
                                      "--insecure-fast-password-hashing",
                                      "--relaxed-rate-limits",
-                                     "--io-threads", "2",
-                                     "--log-level", "warn"};
+                                     "--io-threads", "2"};
+    // A test may choose its own log level; warnings only otherwise.
+    if (std::find(extra_args_.begin(), extra_args_.end(), "--log-level") == extra_args_.end()) {
+      args.push_back("--log-level");
+      args.push_back("warn");
+    }
     for (auto& a : extra_args_) args.push_back(a);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -66,6 +79,10 @@ class ServerProcess {
     if (pid_ == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(127);
+      if (!stderr_path_.empty()) {
+        int fd = open(stderr_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) dup2(fd, 2);
+      }
       execve(argv[0], argv.data(), environ);
       _exit(127);
     }
@@ -130,6 +147,7 @@ class ServerProcess {
 
  private:
   std::vector<std::string> extra_args_;
+  std::string stderr_path_;
   std::string dir_;
   pid_t pid_ = -1;
   uint16_t port_ = 0;

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <set>
+#include <sstream>
+#include <thread>
 
 #include "e2e/helpers.h"
 
@@ -273,6 +275,43 @@ TEST(HeartbeatE2E, SilentConnectionIsDroppedAfterTheTimeoutWhilePingingOneStays)
   EXPECT_GE(took, std::chrono::milliseconds(1500));
   EXPECT_LE(took, std::chrono::milliseconds(5000));
   EXPECT_TRUE(pinging.conn->Call("ping").ok);
+}
+
+
+// Logs (docs/operations.md, "Logs"): at debug level every request is one
+// key=value line with its op, request id and connection, user and device ids;
+// no password, token or message body ever appears, whatever the level.
+TEST(LogsE2E, RequestsAreLoggedWithIdsAndNeverSecretsOrBodies) {
+  ServerProcess server({"--log-level", "debug"}, /*capture_log=*/true);
+  const std::string password = "pw-Secret-4711", new_password = "pw-Newer-0815", body = "body-Secret-9931";
+  Register(server, "alice", password);
+  Register(server, "bob");
+  Device a = Login(server, "alice", "phone", password);
+  ASSERT_TRUE(a.conn->Call("send", {{"to", "bob"}, {"client_id", "log1"}, {"body", body}}).ok);
+  auto c = server.Connect();
+  EXPECT_EQ(c->Call("auth", {{"token", a.token + "x"}}).code, "invalid_token");
+  ASSERT_TRUE(a.conn->Call("change_password", {{"old_password", password}, {"new_password", new_password}}).ok);
+  a.conn.reset();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the disconnect is logged
+
+  std::ifstream in(server.log_path());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string log = ss.str();
+  EXPECT_NE(log.find("level=debug event=request op=send request_id="), std::string::npos) << log;
+  EXPECT_NE(log.find("user_id=" + std::to_string(a.user_id) + " device_id=" + std::to_string(a.device_id)),
+            std::string::npos);
+  EXPECT_NE(log.find("event=request_refused op=auth"), std::string::npos);
+  EXPECT_NE(log.find("event=connection_closed"), std::string::npos);
+  for (const std::string& secret : {password, new_password, body, a.token})
+    EXPECT_EQ(log.find(secret), std::string::npos) << "the log holds a secret: " << secret;
+  // One event per line, each with a level and an event name.
+  std::istringstream lines(log);
+  std::string line;
+  while (std::getline(lines, line)) {
+    EXPECT_NE(line.find(" level="), std::string::npos) << line;
+    EXPECT_NE(line.find(" event="), std::string::npos) << line;
+  }
 }
 
 }  // namespace
