@@ -17,6 +17,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev   # tests
   python3 python3-websockets  # the second client, written from docs/protocol.md
   curl procps
+  chromium                    # the web client's browser tests (tests/browser); Node 20 is on the machine
   "$@"
 )
 
@@ -30,5 +31,18 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The browser tests' npm packages (playwright-core, axe-core), project-local in
+# tests/browser/node_modules, exactly as package-lock.json pins them. Never a
+# browser download: they drive Debian's /usr/bin/chromium.
+cd "$(dirname "$0")/../tests/browser"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "setup: node and npm (Node 20) are required for tests/browser" >&2
+  exit 1
+fi
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: installing tests/browser npm packages"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 fi
 echo "setup: all build and test dependencies present"

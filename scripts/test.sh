@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quick start, command 2: installs what is missing, builds the test tree
 # (ASan + UBSan) and runs the whole suite: unit, store conformance,
-# end-to-end (real parleyd, real sockets) and the Python client; then the
+# end-to-end (real parleyd, real sockets), the Python client and the web
+# client in Debian's chromium (CTest label `browser`); then the
 # Release tree with the benchmarks' smoke runs, and the fuzz targets. Prints the
 # time of each phase. Exits non-zero on any failure.
 set -euo pipefail

@@ -389,20 +389,32 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     r.method = std::string(req_.method_string());
     r.target = std::string(req_.target());
     r.authorization = std::string(req_[http::field::authorization]);
+    r.if_none_match = std::string(req_[http::field::if_none_match]);
     r.body = std::move(req_.body());
     stream_.expires_never();  // the handler may take a while (bulk work)
     handler_(std::move(r), [self = shared_from_this()](HttpResponse resp) {
       net::post(self->stream_.get_executor(), [self, resp = std::move(resp)]() mutable {
-        self->Reply(resp.status, std::move(resp.body), self->req_.keep_alive(), resp.content_type);
+        self->Reply(std::move(resp), self->req_.keep_alive());
       });
     });
   }
 
-  void Reply(int status, std::string body, bool keep_alive, const std::string& content_type = "text/plain; charset=utf-8") {
+  void Reply(int status, std::string body, bool keep_alive) {
+    HttpResponse r;
+    r.status = status;
+    r.body = std::move(body);
+    Reply(std::move(r), keep_alive);
+  }
+
+  void Reply(HttpResponse r, bool keep_alive) {
+    int status = r.status;
+    std::string body = std::move(r.body);
     auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version());
     res->set(http::field::server, "parleyd");
-    res->set(http::field::content_type, content_type);
-    res->set(http::field::cache_control, "no-store");
+    res->set(http::field::content_type, r.content_type);
+    res->set(http::field::cache_control, r.cache_control);
+    if (!r.etag.empty()) res->set(http::field::etag, r.etag);
+    for (auto& [name, value] : r.headers) res->set(name, value);
     res->keep_alive(keep_alive);
     if (req_.method() != http::verb::head) res->body() = std::move(body);
     res->prepare_payload();

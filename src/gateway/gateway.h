@@ -16,6 +16,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/executor.h"
 #include "common/status.h"
@@ -46,6 +48,7 @@ struct HttpRequest {
   std::string method;         // "GET", "POST", ...
   std::string target;         // path and query
   std::string authorization;  // the Authorization header, "" if absent
+  std::string if_none_match;  // the If-None-Match header, "" if absent
   std::string body;
 };
 
@@ -53,6 +56,10 @@ struct HttpResponse {
   int status = 404;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body = "not found\n";
+  std::string cache_control = "no-store";
+  std::string etag;  // sent as ETag when not empty
+  // Extra headers (e.g. Content-Security-Policy), sent as given.
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 // Answers a plain HTTP request (not a WebSocket upgrade). Called on an I/O

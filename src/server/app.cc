@@ -22,6 +22,7 @@
 #include "core/chat_service.h"
 #include "fabric/local/local_fabric.h"
 #include "gateway/gateway.h"
+#include "gateway/static_files.h"
 #include "protocol/encode.h"
 
 namespace parley::server {
@@ -74,7 +75,14 @@ int RunServer(const ServerConfig& config) {
   core::ChatService chat(gw.CoreExecutor(), **store, fabric, *hash_pool, SystemClock::Instance(), config.core);
 
   admin::AdminApi admin_api(**store, *hash_pool, SystemClock::Instance(), config.admin);
-  auto http = [&admin_api](gateway::HttpRequest req, std::function<void(gateway::HttpResponse)> respond) {
+  std::string web_root = config.web_root.empty() ? gateway::DefaultWebRoot() : config.web_root;
+  if (web_root == "none") web_root.clear();
+  gateway::StaticFiles web(web_root);
+  if (!web_root.empty() && web.root().empty()) {
+    spdlog::critical("event=start_failed error=\"web root {} is not a directory\"", web_root);
+    return 1;
+  }
+  auto http = [&admin_api, &web](gateway::HttpRequest req, std::function<void(gateway::HttpResponse)> respond) {
     gateway::HttpResponse r;
     std::string path = req.target.substr(0, req.target.find('?'));
     if (path.rfind("/admin/", 0) == 0) return admin_api.Handle(std::move(req), std::move(respond));
@@ -89,6 +97,8 @@ int RunServer(const ServerConfig& config) {
       r.content_type = "text/plain; version=0.0.4; charset=utf-8";
       UpdateProcessMetrics();
       r.body = Metrics::Default().RenderPrometheus();
+    } else {
+      web.Serve(req, &r);  // leaves the 404 in place when it does not serve
     }
     respond(std::move(r));
   };
@@ -96,8 +106,8 @@ int RunServer(const ServerConfig& config) {
     spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
     return 1;
   }
-  spdlog::info("event=listening address={}:{} data_dir={} io_threads={}", config.gateway.host, gw.BoundPort(),
-               config.data_dir, config.gateway.io_threads);
+  spdlog::info("event=listening address={}:{} data_dir={} io_threads={} web_root={}", config.gateway.host,
+               gw.BoundPort(), config.data_dir, config.gateway.io_threads, web.root().empty() ? "none" : web.root());
   std::cout << "parleyd listening on http://" << config.gateway.host << ":" << gw.BoundPort() << std::endl;
   if (!config.port_file.empty()) {
     std::string tmp = config.port_file + ".tmp";

@@ -25,6 +25,10 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->capture_default_str();
   app.add_option("--port-file", c.port_file, "Write the bound port to this file once listening")
       ->envname("PARLEY_PORT_FILE");
+  app.add_option("--web-root", c.web_root,
+                 "Directory of the web client served at / (default: share/parley/web or the repository's web/ "
+                 "found from the binary's location; 'none': do not serve it)")
+      ->envname("PARLEY_WEB_ROOT");
   app.add_option("--io-threads", c.gateway.io_threads, "I/O threads (one event loop each); default: one per core")
       ->envname("PARLEY_IO_THREADS")
       ->check(CLI::Range(1, 256))

@@ -20,6 +20,9 @@ struct ServerConfig {
   std::string data_dir = "./parley-data";
   std::string log_level = "info";
   std::string port_file;  // if set, the bound port is written here once listening
+  // Directory of the web client's static files, served at `/`. Empty: found
+  // next to the binary (gateway::DefaultWebRoot); "none": not served.
+  std::string web_root;
   int hash_threads = 2;
   int shutdown_drain_ms = 5'000;
   gateway::GatewayConfig gateway;

@@ -1,0 +1,120 @@
+// Unit tests of web/js/state.js (pure: no DOM, no network), run by Node in
+// the same test command as the browser tests: how stream events change the
+// local copy, unread counts and ticks (docs/protocol.md).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  emptyState, applyEntry, applyEvent, tickOf, conversationsByActivity, recountUnread, advanceApplied,
+} from '../../web/js/state.js';
+
+const me = { user_id: 1, username: 'alice', device_id: 10 };
+const bob = { user_id: 2, username: 'bob' };
+const members = [{ user_id: 1, username: 'alice' }, bob];
+
+function msg(seq, sender, body = `m${seq}`) {
+  return { conversation_id: 3, seq, sender_id: sender, sender_device_id: 0, client_id: `c${seq}`, body, ts: 1000 + seq };
+}
+
+function withConversation() {
+  const s = emptyState(me);
+  applyEvent(s, { user_seq: 1, kind: 'conversation', conversation: { conversation_id: 3, members, created_at: 5 } });
+  return s;
+}
+
+test('messages from the other member count as unread until our read watermark passes them', () => {
+  const s = withConversation();
+  applyEvent(s, { user_seq: 2, kind: 'message', message: msg(1, 2) });
+  applyEvent(s, { user_seq: 3, kind: 'message', message: msg(2, 2) });
+  assert.equal(s.convs[3].unread, 2);
+  // The same event again (live and through sync) changes nothing.
+  applyEvent(s, { user_seq: 3, kind: 'message', message: msg(2, 2) });
+  assert.equal(s.convs[3].unread, 2);
+  applyEvent(s, { user_seq: 4, kind: 'receipt', conversation_id: 3, user_id: 1, delivered: 2, read: 1 });
+  assert.equal(s.convs[3].unread, 1);
+  // Sending reads everything before it.
+  applyEvent(s, { user_seq: 5, kind: 'message', message: msg(3, 1) });
+  assert.equal(s.convs[3].unread, 0);
+});
+
+test('a snapshot entry keeps unread messages older than its page as hidden unread', () => {
+  const s = emptyState(me);
+  applyEntry(s, {
+    conversation: { conversation_id: 3, members, last_seq: 30, created_at: 5 },
+    messages: [msg(29, 2), msg(30, 2)],
+    watermarks: [{ user_id: 1, delivered: 10, read: 10 }, { user_id: 2, delivered: 30, read: 30 }],
+    unread: 20,
+    last_activity_at: 1030,
+  });
+  const c = s.convs[3];
+  assert.equal(c.unread, 20);
+  assert.equal(c.hiddenUnread, 18);
+  assert.equal(c.historyDone, false);
+  applyEvent(s, { user_seq: 1, kind: 'receipt', conversation_id: 3, user_id: 1, delivered: 30, read: 29 });
+  assert.equal(c.unread, 1);
+  assert.equal(c.hiddenUnread, 0);
+});
+
+test('ticks follow the other member\'s watermarks; withheld seqs stay sent', () => {
+  const s = withConversation();
+  applyEvent(s, { user_seq: 2, kind: 'message', message: msg(1, 1) });
+  applyEvent(s, { user_seq: 3, kind: 'message', message: msg(2, 1) });
+  applyEvent(s, { user_seq: 4, kind: 'message', message: msg(3, 1) });
+  const c = s.convs[3];
+  const [m1, m2, m3] = c.messages;
+  assert.equal(tickOf(s, c, { client_id: 'x', body: 'pending' }), 'pending');
+  assert.equal(tickOf(s, c, { client_id: 'x', body: 'refused', failed: true }), 'failed');
+  assert.equal(tickOf(s, c, m1), 'sent');
+  applyEvent(s, { user_seq: 5, kind: 'receipt', conversation_id: 3, user_id: 2, delivered: 2, read: 1, withheld: [] });
+  assert.deepEqual([tickOf(s, c, m1), tickOf(s, c, m2), tickOf(s, c, m3)], ['read', 'delivered', 'sent']);
+  applyEvent(s, { user_seq: 6, kind: 'receipt', conversation_id: 3, user_id: 2, delivered: 3, read: 3, withheld: [2] });
+  assert.deepEqual([tickOf(s, c, m1), tickOf(s, c, m2), tickOf(s, c, m3)], ['read', 'sent', 'read']);
+  // Watermarks never go back.
+  applyEvent(s, { user_seq: 7, kind: 'receipt', conversation_id: 3, user_id: 2, delivered: 1, read: 1 });
+  assert.equal(tickOf(s, c, m3), 'read');
+});
+
+test('contacts, blocks, profiles and privacy follow their events; unknown kinds are skipped', () => {
+  const s = withConversation();
+  const profile = { user_id: 2, username: 'bob', display_name: 'Bob', about: '' };
+  applyEvent(s, { user_seq: 2, kind: 'contact', added: true, user: profile });
+  applyEvent(s, { user_seq: 3, kind: 'contact', added: true, user: profile });
+  assert.deepEqual(s.contacts, [2]);
+  applyEvent(s, { user_seq: 4, kind: 'block', blocked: true, user: profile });
+  assert.deepEqual(s.blocked, [2]);
+  applyEvent(s, { user_seq: 5, kind: 'contact', added: false, user: profile });
+  applyEvent(s, { user_seq: 6, kind: 'block', blocked: false, user: profile });
+  assert.deepEqual([s.contacts, s.blocked], [[], []]);
+  applyEvent(s, { user_seq: 7, kind: 'profile', profile: { ...profile, display_name: 'Robert' } });
+  assert.equal(s.profiles[2].display_name, 'Robert');
+  applyEvent(s, { user_seq: 8, kind: 'privacy', presence: 'nobody' });
+  assert.equal(s.privacy, 'nobody');
+  assert.equal(applyEvent(s, { user_seq: 9, kind: 'from_the_future', x: 1 }), null);
+});
+
+test('conversations are listed by latest activity', () => {
+  const s = emptyState(me);
+  for (const [id, at] of [[3, 100], [4, 300], [5, 200]])
+    applyEvent(s, { user_seq: id, kind: 'conversation', conversation: { conversation_id: id, members, created_at: at } });
+  applyEvent(s, { user_seq: 9, kind: 'message', message: { ...msg(1, 2), conversation_id: 3, ts: 400 } });
+  assert.deepEqual(conversationsByActivity(s).map((c) => c.id), [3, 4, 5]);
+  recountUnread(s, s.convs[3]);
+  assert.equal(s.convs[3].unread, 1);
+});
+
+test('user seqs folded into a coalesced receipt (also_covers) count as applied in turn', () => {
+  const s = withConversation();
+  const covered = new Set();
+  s.applied = 11;
+  const e = { user_seq: 12, kind: 'receipt', conversation_id: 3, user_id: 2, delivered: 5, read: 5, also_covers: [15, 16, 19] };
+  applyEvent(s, e);
+  advanceApplied(s, covered, e);
+  assert.equal(s.applied, 12);
+  advanceApplied(s, covered, { user_seq: 13 });
+  assert.equal(s.applied, 13);
+  advanceApplied(s, covered, { user_seq: 14 });
+  assert.equal(s.applied, 16); // 15 and 16 were covered
+  advanceApplied(s, covered, { user_seq: 17 });
+  advanceApplied(s, covered, { user_seq: 18 });
+  assert.equal(s.applied, 19);
+  assert.equal(covered.size, 0);
+});

@@ -1,0 +1,366 @@
+// Browser tests of the web client (issue 7): Debian's chromium, headless,
+// driven by playwright-core, against a real parleyd serving web/. One server
+// and one browser for the file; each test uses its own users and contexts.
+// Every context must end without console errors or warnings and without
+// failed requests, except for the network failures the offline test causes
+// on purpose.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startServer, launchBrowser, navLink, newContext, register, logIn, openChatWith, send, bodies, myMessage, axeViolations,
+} from './helpers.mjs';
+
+let server;
+let browser;
+const contexts = [];
+
+before(async () => {
+  // Presence: announce going offline after 300 ms (not 5 s), no per-watcher
+  // rate limit, so the presence test needs no long waits.
+  server = await startServer(['--presence-coalesce-ms', '300', '--presence-min-interval-ms', '0']);
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+async function user(options) {
+  const c = await newContext(browser, server.base, options);
+  contexts.push(c);
+  return c;
+}
+
+function assertClean(...cs) {
+  for (const c of cs) assert.deepEqual(c.problems, [], 'console errors, warnings or failed requests');
+}
+
+async function closeAll(...cs) {
+  for (const c of cs) await c.context.close();
+}
+
+test('two users find each other and chat; ticks go sent → delivered → read', async () => {
+  const alice = await user();
+  const bob = await user();
+  await register(alice.page, 'alice_t');
+  await register(bob.page, 'bob_t');
+
+  // Bob's device is away while Alice writes: the message is only "sent".
+  await bob.page.goto('about:blank');
+  await openChatWith(alice.page, 'bob_t');
+  await send(alice.page, 'Hello Bob');
+  const mine = myMessage(alice.page, 'Hello Bob');
+  await mine.and(alice.page.locator('[data-tick="sent"]')).waitFor();
+  assert.equal(await mine.locator('.tick').getAttribute('aria-label'), 'Sent');
+
+  // Bob comes back: his device stores the message and says so.
+  await bob.page.goto('/');
+  const conv = bob.page.locator('a.conv', { hasText: 'alice_t' });
+  await conv.and(bob.page.locator('[data-unread="1"]')).waitFor();
+  await mine.and(alice.page.locator('[data-tick="delivered"]')).waitFor();
+  assert.equal(await mine.locator('.tick').getAttribute('aria-label'), 'Delivered');
+
+  // Bob opens the chat and reads it.
+  await conv.click();
+  await bob.page.locator('li.msg.theirs .body', { hasText: 'Hello Bob' }).waitFor();
+  await mine.and(alice.page.locator('[data-tick="read"]')).waitFor();
+  assert.equal(await mine.locator('.tick').getAttribute('aria-label'), 'Read');
+  await navLink(bob.page, 'Chats').click();
+  await conv.and(bob.page.locator('[data-unread="0"]')).waitFor();
+
+  // Bob types: Alice sees it; Bob answers.
+  await conv.click();
+  await bob.page.locator('#composer').pressSequentially('Hi Al');
+  await alice.page.locator('#chat-status[data-typing="1"]').waitFor();
+  await bob.page.locator('#composer').pressSequentially('ice');
+  await bob.page.locator('#composer').press('Enter');
+  await alice.page.locator('li.msg.theirs .body', { hasText: 'Hi Alice' }).waitFor();
+  await alice.page.locator('#chat-status[data-typing="0"]').waitFor();
+  assert.deepEqual(await bodies(alice.page), ['Hello Bob', 'Hi Alice']);
+  assertClean(alice, bob);
+  await closeAll(alice, bob);
+});
+
+test('messages written offline survive a reload and arrive once, in order', async () => {
+  const carol = await user();
+  const dave = await user();
+  await register(carol.page, 'carol_t');
+  await register(dave.page, 'dave_t');
+  await openChatWith(carol.page, 'dave_t');
+  await send(carol.page, 'before going offline');
+  await myMessage(carol.page, 'before going offline').and(carol.page.locator('[data-tick="delivered"]')).waitFor();
+  await carol.page.waitForFunction(() => document.documentElement.dataset.swReady === '1' && !!navigator.serviceWorker.controller);
+
+  // Cut the network for the page and its service worker alike.
+  await carol.context.setOffline(true);
+  await carol.context.route('**/*', (route) => route.abort('internetdisconnected'));
+  await carol.page.locator('#conn-status[data-state="offline"]').waitFor();
+  const offline = ['offline one', 'offline two', 'offline three'];
+  for (const text of offline) await send(carol.page, text);
+  for (const text of offline) await myMessage(carol.page, text).and(carol.page.locator('[data-tick="pending"]')).waitFor();
+
+  // The app shell comes from the service worker, the outbox from IndexedDB.
+  await carol.page.reload();
+  await carol.page.locator('#conn-status[data-state="offline"]').waitFor();
+  for (const text of offline) await myMessage(carol.page, text).and(carol.page.locator('[data-tick="pending"]')).waitFor();
+  assert.deepEqual(await bodies(carol.page), ['before going offline', ...offline]);
+
+  // Back online: sent in order, once.
+  await carol.context.unroute('**/*');
+  await carol.context.setOffline(false);
+  await carol.page.locator('#conn-status[data-state="online"]').waitFor({ state: 'attached' });
+  for (const text of offline) await myMessage(carol.page, text).and(carol.page.locator('[data-tick="delivered"], [data-tick="read"]')).waitFor();
+
+  await dave.page.locator('a.conv', { hasText: 'carol_t' }).click();
+  await dave.page.locator('li.msg .body', { hasText: 'offline three' }).waitFor();
+  const expected = ['before going offline', ...offline];
+  assert.deepEqual(await bodies(dave.page), expected);
+  // Fresh from the server, on a new device of Dave's: still exactly once.
+  const dave2 = await user();
+  await logIn(dave2.page, 'dave_t');
+  await dave2.page.locator('a.conv', { hasText: 'carol_t' }).click();
+  await dave2.page.locator('li.msg .body', { hasText: 'offline three' }).waitFor();
+  assert.deepEqual(await bodies(dave2.page), expected);
+  const seqs = await dave2.page.locator('ol.messages li').evaluateAll((lis) => lis.map((li) => Number(li.dataset.seq)));
+  assert.deepEqual(seqs, [1, 2, 3, 4]);
+
+  // Only the failures the test caused itself.
+  const unexpected = carol.problems.filter((p) =>
+    !/ERR_INTERNET_DISCONNECTED|net::ERR_FAILED|request failed|WebSocket connection/.test(p));
+  assert.deepEqual(unexpected, []);
+  assertClean(dave, dave2);
+  await closeAll(carol, dave, dave2);
+});
+
+test('a second device of the same user sees the history and the same unread counts, until unlinked', async () => {
+  const erin = await user();
+  const frank = await user();
+  await register(erin.page, 'erin_t');
+  await register(frank.page, 'frank_t');
+  await openChatWith(frank.page, 'erin_t');
+  // More than a new device's snapshot holds per conversation (20), so the
+  // oldest come from history when the chat is scrolled up.
+  const texts = Array.from({ length: 24 }, (_, i) => `message ${i + 1}`);
+  for (const text of texts) await send(frank.page, text);
+  const conv1 = erin.page.locator('a.conv', { hasText: 'frank_t' });
+  await conv1.and(erin.page.locator('[data-unread="24"]')).waitFor();
+
+  const erin2 = await user();
+  await logIn(erin2.page, 'erin_t');
+  const conv2 = erin2.page.locator('a.conv', { hasText: 'frank_t' });
+  await conv2.and(erin2.page.locator('[data-unread="24"]')).waitFor();
+  await conv2.click();
+  await erin2.page.locator('li.msg .body', { hasText: 'message 24' }).waitFor();
+  assert.deepEqual(await bodies(erin2.page), texts.slice(4));
+  await erin2.page.locator('.scroller').evaluate((el) => el.scrollTo(0, 0));
+  await erin2.page.locator('li.msg .body', { hasText: /^message 1$/ }).waitFor();
+  assert.deepEqual(await bodies(erin2.page), texts);
+  assert.equal(await erin2.page.getByRole('button', { name: 'Load older messages' }).isHidden(), true);
+  // Reading on the second device clears the count on the first.
+  await conv1.and(erin.page.locator('[data-unread="0"]')).waitFor();
+
+  // The first device unlinks the second, which is signed out at once.
+  await navLink(erin.page, 'Devices').click();
+  const devices = erin.page.locator('li[data-device-id]');
+  await devices.nth(1).waitFor();
+  assert.equal(await devices.count(), 2);
+  await devices.filter({ hasNotText: 'this device' }).getByRole('button', { name: /^Unlink/ }).click();
+  await erin.page.getByText('Device unlinked.').waitFor();
+  await devices.nth(1).waitFor({ state: 'detached' });
+  await erin2.page.getByText('This device was signed out.').waitFor();
+  await erin2.page.getByLabel('Username').waitFor();
+  assertClean(erin, frank, erin2);
+  await closeAll(erin, frank, erin2);
+});
+
+test('messages from a blocked user never show', async () => {
+  const gina = await user();
+  const hank = await user();
+  await register(gina.page, 'gina_t');
+  await register(hank.page, 'hank_t');
+  await openChatWith(hank.page, 'gina_t');
+  await send(hank.page, 'hello gina');
+  const convAtGina = gina.page.locator('a.conv', { hasText: 'hank_t' });
+  await convAtGina.click();
+  await gina.page.locator('li.msg .body', { hasText: 'hello gina' }).waitFor();
+
+  await gina.page.getByRole('button', { name: 'Block' }).click();
+  await gina.page.getByRole('button', { name: 'Unblock' }).waitFor();
+  await send(hank.page, 'you cannot see this');
+  const withheld = myMessage(hank.page, 'you cannot see this');
+  await withheld.and(hank.page.locator('[data-tick="sent"]')).waitFor();
+
+  // Gina cannot write to someone she blocks: her message fails, visibly.
+  await send(gina.page, 'gina while blocking');
+  const failed = myMessage(gina.page, 'gina while blocking');
+  await failed.and(gina.page.locator('[data-tick="failed"]')).waitFor();
+  assert.equal(await failed.locator('.tick').getAttribute('aria-label'), 'Not sent: you block this user');
+  await failed.getByRole('button', { name: 'Discard' }).click();
+  await failed.waitFor({ state: 'detached' });
+
+  await gina.page.getByRole('button', { name: 'Unblock' }).click();
+  await gina.page.getByRole('button', { name: 'Block' }).waitFor();
+  await send(hank.page, 'after unblock');
+  await gina.page.locator('li.msg .body', { hasText: 'after unblock' }).waitFor();
+  assert.deepEqual(await bodies(gina.page), ['hello gina', 'after unblock']);
+  // Gina read past it, yet Hank's withheld message stays "sent".
+  await myMessage(hank.page, 'after unblock').and(hank.page.locator('[data-tick="read"]')).waitFor();
+  assert.equal(await withheld.getAttribute('data-tick'), 'sent');
+  // Also after a reload (from the store, not from memory).
+  await gina.page.reload();
+  await gina.page.locator('li.msg .body', { hasText: 'after unblock' }).waitFor();
+  assert.deepEqual(await bodies(gina.page), ['hello gina', 'after unblock']);
+  assertClean(gina, hank);
+  await closeAll(gina, hank);
+});
+
+test('every screen passes axe-core (no serious or critical violations)', async () => {
+  const ivy = await user();
+  const jack = await user();
+  const report = {};
+  await ivy.page.goto('/');
+  await ivy.page.getByLabel('Username').waitFor();
+  report.login = await axeViolations(ivy.page);
+  await register(ivy.page, 'ivy_t');
+  await register(jack.page, 'jack_t');
+  await openChatWith(jack.page, 'ivy_t');
+  await send(jack.page, 'hi ivy');
+  await ivy.page.locator('a.conv', { hasText: 'jack_t' }).waitFor();
+  report.chats = await axeViolations(ivy.page);
+  await ivy.page.locator('a.conv', { hasText: 'jack_t' }).click();
+  await ivy.page.locator('li.msg .body', { hasText: 'hi ivy' }).waitFor();
+  report.chat = await axeViolations(ivy.page);
+  await navLink(ivy.page, 'Contacts').click();
+  await ivy.page.getByLabel('Search users by name').fill('jack');
+  await ivy.page.getByRole('button', { name: 'Search', exact: true }).click();
+  await ivy.page.getByRole('button', { name: 'Add jack_t' }).click();
+  await ivy.page.locator('#contact-list li').waitFor();
+  report.contacts = await axeViolations(ivy.page);
+  // Block and unblock from the contacts screen; remove the contact.
+  await ivy.page.locator('#contact-list').getByRole('button', { name: 'Block jack_t' }).click();
+  await ivy.page.locator('#blocked-list li', { hasText: 'jack_t' }).waitFor();
+  await ivy.page.locator('#blocked-list').getByRole('button', { name: 'Unblock jack_t' }).click();
+  await ivy.page.getByText('You block nobody.').waitFor();
+  await ivy.page.locator('#contact-list').getByRole('button', { name: 'Remove jack_t' }).click();
+  await ivy.page.getByText('No contacts yet.').waitFor();
+  await navLink(ivy.page, 'Devices').click();
+  await ivy.page.locator('li[data-device-id]').first().waitFor();
+  report.devices = await axeViolations(ivy.page);
+  await navLink(ivy.page, 'Profile').click();
+  await ivy.page.getByLabel('Display name').waitFor();
+  report.profile = await axeViolations(ivy.page);
+  assert.deepEqual(report, { login: [], chats: [], chat: [], contacts: [], devices: [], profile: [] });
+  assertClean(ivy, jack);
+  await closeAll(ivy, jack);
+});
+
+test('keyboard only: log in, open a chat and send', async () => {
+  const kim = await user();
+  const lee = await user();
+  await register(kim.page, 'kim_t');
+  await register(lee.page, 'lee_t');
+  await openChatWith(lee.page, 'kim_t');
+  await send(lee.page, 'ping kim');
+
+  const kbd = await user();
+  const { page } = kbd;
+  await page.goto('/');
+  await page.locator('#username:focus').waitFor();
+  await page.keyboard.type('kim_t');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('correct horse battery');
+  await page.keyboard.press('Enter');
+  await page.getByRole('heading', { name: 'Chats' }).waitFor();
+  await page.locator('a.conv', { hasText: 'lee_t' }).waitFor();
+  let found = false;
+  for (let i = 0; i < 12 && !found; i++) {
+    await page.keyboard.press('Tab');
+    found = await page.evaluate(() => document.activeElement?.matches('a.conv') ?? false);
+  }
+  assert.ok(found, 'the conversation is reachable with Tab');
+  await page.keyboard.press('Enter');
+  await page.locator('#composer:focus').waitFor();
+  await page.keyboard.type('pong lee');
+  await page.keyboard.press('Enter');
+  await myMessage(page, 'pong lee').and(page.locator('[data-tick="delivered"], [data-tick="read"]')).waitFor();
+  await lee.page.locator('li.msg.theirs .body', { hasText: 'pong lee' }).waitFor();
+  assertClean(kim, lee, kbd);
+  await closeAll(kim, lee, kbd);
+});
+
+test('presence: online dot, last seen after leaving or going to the background, hidden by privacy', async () => {
+  const mia = await user();
+  const ned = await user();
+  await register(mia.page, 'mia_t');
+  await register(ned.page, 'ned_t');
+  await openChatWith(mia.page, 'ned_t');
+  await send(mia.page, 'are you there?');
+  const conv = ned.page.locator('a.conv', { hasText: 'mia_t' });
+  await conv.locator('.dot.online').waitFor();
+  await conv.click();
+  const status = ned.page.locator('#chat-status');
+  await status.filter({ hasText: /^online$/ }).waitFor();
+
+  // Mia's tab goes to the background: she is offline, with a last seen.
+  await mia.page.evaluate(() => {
+    Object.defineProperty(document, 'visibilityState', { value: 'hidden', configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  });
+  await status.filter({ hasText: /^last seen / }).waitFor();
+  // Back in the foreground: online again.
+  await mia.page.evaluate(() => {
+    Object.defineProperty(document, 'visibilityState', { value: 'visible', configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  });
+  await status.filter({ hasText: /^online$/ }).waitFor();
+
+  // Mia shows her presence to nobody: Ned sees neither online nor last seen.
+  await navLink(mia.page, 'Profile').click();
+  await mia.page.getByLabel('Show my online status and last seen to').selectOption('nobody');
+  await mia.page.getByRole('button', { name: 'Save privacy' }).click();
+  await mia.page.getByText('Privacy saved.').waitFor();
+  await status.filter({ hasText: /^$/ }).waitFor();
+  await navLink(ned.page, 'Chats').click();
+  await conv.locator('.dot.away').waitFor();
+
+  // Back to everyone; then Mia leaves altogether: last seen.
+  await mia.page.getByLabel('Show my online status and last seen to').selectOption('everyone');
+  await mia.page.getByRole('button', { name: 'Save privacy' }).click();
+  await conv.locator('.dot.online').waitFor();
+  await mia.page.goto('about:blank');
+  await conv.locator('.dot.away').waitFor();
+  await conv.click();
+  await status.filter({ hasText: /^last seen / }).waitFor();
+  assertClean(mia, ned);
+  await closeAll(mia, ned);
+});
+
+test('heartbeats: the client pings at the announced interval and keeps one connection', async () => {
+  // A server of its own with a short heartbeat: 1 s interval, dropped after
+  // 3 s of silence.
+  const hb = await startServer(['--heartbeat-interval-ms', '1000', '--heartbeat-timeout-ms', '3000']);
+  try {
+    const c = await newContext(browser, hb.base);
+    const sockets = [];
+    let pings = 0;
+    c.page.on('websocket', (ws) => {
+      sockets.push(ws);
+      ws.on('framesent', (f) => {
+        if (typeof f.payload === 'string' && JSON.parse(f.payload).type === 'ping') pings += 1;
+      });
+    });
+    await register(c.page, 'olga_t');
+    const start = sockets.length;
+    const deadline = Date.now() + 20_000;
+    while (pings < 4 && Date.now() < deadline) await c.page.waitForTimeout(250);
+    assert.ok(pings >= 4, `pings sent: ${pings}`);
+    // Four intervals, longer than the timeout: still the same connection.
+    assert.equal(sockets.length, start);
+    assert.equal(await c.page.locator('#conn-status').getAttribute('data-state'), 'online');
+    assertClean(c);
+    await c.context.close();
+  } finally {
+    await hb.stop();
+  }
+});

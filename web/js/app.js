@@ -1,0 +1,1107 @@
+// The Parley web client: session, sync, outbox and screens (docs/web.md).
+//
+// Data flow: every change comes from the user stream (live `event` frames or
+// `sync` pages) and is applied to `state` (state.js), which is persisted in
+// IndexedDB with `applied`; screens re-render from `state`. Messages the user
+// writes go to the IndexedDB outbox first and are sent from there, one at a
+// time and in order, whenever the connection is authenticated; the server
+// deduplicates on their client ids, so a retry after a lost answer is safe.
+
+import { Connection, ProtocolError } from './connection.js';
+import { kv, outbox, clearAll } from './db.js';
+import {
+  emptyState, applyEntry, applyEvent, addMessages, peerOf, displayName, tickOf, conversationsByActivity,
+  myWatermark, recountUnread, sortByUsername, advanceApplied,
+} from './state.js';
+import { h, syncList, setText, visuallyHidden } from './dom.js';
+
+const kSyncPageLimit = 500;
+const kSnapshotMessages = 20;
+const kHistoryPageLimit = 50;
+const kAckDelayMs = 1_000;
+const kSaveDelayMs = 150;
+const kTypingRefreshMs = 3_000;
+const kTypingIdleMs = 5_000;
+const kMaxPresenceSubscription = 256;
+const kOutboxMaxAgeMs = 30 * 24 * 3600 * 1000; // as the SDK: then the message is marked failed
+const kSearchLimit = 20;
+const kLoginConnectTimeoutMs = 10_000;
+const kRetryJitterMs = 1_000; // added to a retry_after_ms
+// Field limits of protocol.md (bytes there; the server has the last word).
+const kMaxBodyLength = 16_384;
+const kMaxDisplayNameLength = 64;
+const kMaxAboutLength = 140;
+const kMaxSearchLength = 64;
+const kUsernameLength = [3, 32];
+const kMinPasswordLength = 8;
+const kLoadOlderThresholdPx = 40; // this close to the top of a chat, older messages load
+const kStickToBottomPx = 60; // this close to the bottom, new messages scroll into view
+const kMaxProfileLookupsPerConnection = 16; // search_users is rate limited (protocol.md)
+
+const app = {
+  session: null, // {token, user_id, username, device_id}
+  state: null,
+  conn: null,
+  authed: false,
+  syncing: false,
+  syncAgain: false,
+  liveQueue: [],
+  covered: new Set(), // user seqs folded into a coalesced receipt (also_covers)
+  outbox: [], // in-memory copy of the IndexedDB outbox
+  flushing: false,
+  presence: {}, // user_id -> {online, last_seen}
+  presenceSupported: true,
+  presenceKey: '',
+  typing: {}, // conversation_id -> {until}
+  typingSentAt: 0,
+  typingConv: 0,
+  typingStopTimer: null,
+  reportedDelivered: {}, // conversation_id -> seq this device reported
+  reportedRead: {},
+  route: null,
+  screen: null, // {update()} of the current screen
+  renderQueued: false,
+  saveTimer: null,
+  ackTimer: null,
+  ackedApplied: 0,
+  historyLoading: false,
+  wasOnline: false, // authenticated at least once since the page loaded
+  profileLookups: new Set(), // user ids looked up on this connection
+};
+
+// ---------------------------------------------------------------- start-up
+
+async function main() {
+  registerServiceWorker();
+  window.addEventListener('hashchange', () => route());
+  document.addEventListener('visibilitychange', () => {
+    sendAppState();
+    scheduleRender();
+  });
+  app.session = (await kv.get('session')) || null;
+  if (app.session) {
+    app.state = (await kv.get('state')) || emptyState(meOf(app.session));
+    app.outbox = (await outbox.all()).sort((a, b) => a.order - b.order);
+    startConnection();
+  }
+  route();
+}
+
+function meOf(s) {
+  return { user_id: s.user_id, username: s.username, device_id: s.device_id };
+}
+
+function registerServiceWorker() {
+  if (!('serviceWorker' in navigator)) return;
+  navigator.serviceWorker.register('/sw.js').then(
+    () => navigator.serviceWorker.ready.then(() => (document.documentElement.dataset.swReady = '1')),
+    () => {},
+  );
+}
+
+function wsUrl() {
+  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${proto}//${location.host}/v1/ws`;
+}
+
+function startConnection() {
+  app.conn = new Connection({
+    url: wsUrl(),
+    onOpen: onOpen,
+    onFrame: onFrame,
+    onState: (s) => {
+      if (s !== 'open') {
+        app.authed = false;
+        app.typing = {}; // no stop will come over a dead connection
+        scheduleRender();
+      }
+      showConnState();
+    },
+    onRevoked: () => signedOut('This device was signed out.'),
+  });
+  app.conn.onPing = (r) => {
+    if (typeof r.head === 'number' && app.state.applied !== null && r.head > app.state.applied) requestSync();
+  };
+  showConnState();
+  app.conn.start();
+}
+
+async function onOpen() {
+  // Before auth, so that a tab opened in the background never shows online.
+  sendAppState();
+  let r;
+  try {
+    r = await app.conn.request('auth', { token: app.session.token });
+  } catch (e) {
+    if (e instanceof ProtocolError && e.code === 'invalid_token') return signedOut('Your session ended. Please log in again.');
+    throw e;
+  }
+  app.conn.setHeartbeat(r.heartbeat_interval_ms, r.heartbeat_timeout_ms);
+  if (app.state.applied === null) await takeSnapshot();
+  else await requestSync();
+  app.authed = true;
+  app.wasOnline = true;
+  showConnState();
+  app.presenceKey = ''; // a new connection has no subscription yet
+  app.profileLookups = new Set();
+  updatePresenceSubscription();
+  flushOutbox();
+  reportReceipts();
+  lookUpProfiles();
+  scheduleRender();
+}
+
+// The protocol has no "get profile" request: profiles arrive with contacts,
+// search results and `profile` events (only for changes made while we share
+// a conversation). A conversation peer whose profile we have never seen is
+// looked up once per connection with an exact-username search.
+async function lookUpProfiles() {
+  const missing = conversationsByActivity(app.state)
+    .map((c) => peerOf(app.state, c))
+    .filter((p) => p.user_id && !app.state.profiles[p.user_id] && !app.profileLookups.has(p.user_id))
+    .slice(0, kMaxProfileLookupsPerConnection - app.profileLookups.size);
+  for (const p of missing) {
+    app.profileLookups.add(p.user_id);
+    try {
+      const r = await app.conn.request('search_users', { query: p.username, limit: 1 });
+      const u = r.users.find((x) => x.user_id === p.user_id);
+      if (u) app.state.profiles[u.user_id] = u;
+    } catch {
+      break; // offline or rate limited: the next connection tries again
+    }
+  }
+  if (missing.length) {
+    scheduleSave();
+    scheduleRender();
+  }
+}
+
+async function takeSnapshot() {
+  const me = app.state.me;
+  const privacy = app.state.privacy;
+  const snap = await app.conn.request('snapshot', { messages: kSnapshotMessages });
+  const fresh = emptyState(me);
+  fresh.privacy = privacy;
+  for (const entry of snap.conversations) applyEntry(fresh, entry);
+  const [contacts, blocked] = await Promise.all([
+    app.conn.request('list_contacts'),
+    app.conn.request('list_blocked'),
+  ]);
+  for (const c of contacts.contacts) fresh.profiles[c.user.user_id] = c.user;
+  fresh.contacts = contacts.contacts.map((c) => c.user.user_id);
+  for (const u of blocked.users) fresh.profiles[u.user_id] = u;
+  fresh.blocked = blocked.users.map((u) => u.user_id);
+  fresh.applied = snap.head;
+  app.state = fresh;
+  app.covered = new Set();
+  await saveNow();
+  scheduleAck();
+  // Events that arrived live meanwhile: those after the head still apply.
+  drainLive();
+}
+
+// ------------------------------------------------------------------ stream
+
+function onFrame(f) {
+  if (f.type === 'event') return onLiveEvent(f.event);
+  if (f.type === 'typing') return onTyping(f);
+  if (f.type === 'presence') {
+    app.presence[f.user_id] = { online: !!f.online, last_seen: f.last_seen };
+    return scheduleRender();
+  }
+}
+
+function onLiveEvent(e) {
+  if (!app.state || app.state.applied === null || app.syncing) {
+    app.liveQueue.push(e);
+    return;
+  }
+  if (e.user_seq <= app.state.applied) return;
+  if (e.user_seq === app.state.applied + 1) {
+    applyAndPersist([e]);
+    return;
+  }
+  app.liveQueue.push(e); // a gap: sync fills it, then the kept ones apply
+  requestSync();
+}
+
+function drainLive() {
+  app.liveQueue.sort((a, b) => a.user_seq - b.user_seq);
+  const rest = [];
+  for (const e of app.liveQueue) {
+    if (e.user_seq <= app.state.applied) continue;
+    if (e.user_seq === app.state.applied + 1) applyAndPersist([e]);
+    else rest.push(e);
+  }
+  app.liveQueue = rest;
+  if (rest.length) requestSync();
+}
+
+// Marks `e` applied. A coalesced receipt lists, in `also_covers`, later user
+// seqs folded into it that will not arrive live: they count as applied when
+// their turn comes (protocol.md, "Sync algorithm").
+function markApplied(e) {
+  advanceApplied(app.state, app.covered, e);
+}
+
+function applyAndPersist(events) {
+  if (events.some((e) => e.kind === 'conversation')) setTimeout(lookUpProfiles, 0);
+  for (const e of events) {
+    const conv = applyEvent(app.state, e);
+    if (conv && e.kind === 'message') onMessageApplied(conv, e.message);
+    markApplied(e);
+  }
+  scheduleSave();
+  scheduleAck();
+  reportReceipts();
+  scheduleRender();
+}
+
+function onMessageApplied(conv, m) {
+  // Our own message from this or another device: it left the outbox.
+  if (m.sender_id === app.state.me.user_id) {
+    const entry = app.outbox.find((o) => o.client_id === m.client_id && o.conversation_id === m.conversation_id);
+    if (entry) removeFromOutbox(entry);
+  } else if (app.typing[conv.id]) {
+    delete app.typing[conv.id]; // a message ends the other side's typing
+  }
+}
+
+async function requestSync() {
+  if (app.syncing) {
+    app.syncAgain = true;
+    return;
+  }
+  if (!app.conn || !app.conn.isOpen || !app.state || app.state.applied === null) return;
+  app.syncing = true;
+  try {
+    do {
+      app.syncAgain = false;
+      for (;;) {
+        let page;
+        try {
+          page = await app.conn.request('sync', { after: app.state.applied, limit: kSyncPageLimit });
+        } catch (e) {
+          if (e instanceof ProtocolError && (e.code === 'cursor_ahead' || e.code === 'cursor_too_old')) {
+            app.syncing = false;
+            await takeSnapshot();
+            return;
+          }
+          throw e;
+        }
+        for (const e of page.events) {
+          if (e.user_seq <= app.state.applied) continue; // also skipped through also_covers
+          const conv = applyEvent(app.state, e);
+          if (conv && e.kind === 'message') onMessageApplied(conv, e.message);
+          markApplied(e);
+        }
+        if (!page.has_more) break;
+      }
+    } while (app.syncAgain);
+  } finally {
+    app.syncing = false;
+  }
+  await saveNow();
+  scheduleAck();
+  reportReceipts();
+  scheduleRender();
+  drainLive();
+}
+
+function scheduleSave() {
+  clearTimeout(app.saveTimer);
+  app.saveTimer = setTimeout(() => saveNow(), kSaveDelayMs);
+}
+
+async function saveNow() {
+  clearTimeout(app.saveTimer);
+  if (app.session && app.state) await kv.set('state', app.state);
+}
+
+function scheduleAck() {
+  clearTimeout(app.ackTimer);
+  app.ackTimer = setTimeout(async () => {
+    const applied = app.state?.applied;
+    if (!app.authed || applied === null || applied <= app.ackedApplied) return;
+    await saveNow(); // ack only what is stored
+    try {
+      await app.conn.request('ack', { user_seq: applied });
+      app.ackedApplied = applied;
+    } catch {
+      /* next ack covers it */
+    }
+  }, kAckDelayMs);
+}
+
+// Delivered as soon as stored; read when the chat is on screen and visible.
+async function reportReceipts() {
+  if (!app.authed || !app.state) return;
+  const items = [];
+  const openId = app.route?.name === 'chat' ? app.route.id : 0;
+  const visible = document.visibilityState === 'visible';
+  const me = app.state.me.user_id;
+  for (const conv of Object.values(app.state.convs)) {
+    const last = conv.messages.length ? conv.messages[conv.messages.length - 1].seq : 0;
+    const lastPeer = [...conv.messages].reverse().find((m) => m.sender_id !== me);
+    if (!lastPeer) continue;
+    const item = { conversation_id: conv.id };
+    if (lastPeer.seq > (app.reportedDelivered[conv.id] || 0) && lastPeer.seq > myWatermark(app.state, conv).delivered)
+      item.delivered = lastPeer.seq;
+    if (conv.id === openId && visible && last > (app.reportedRead[conv.id] || 0) &&
+        (conv.unread > 0 || lastPeer.seq > myWatermark(app.state, conv).read))
+      item.read = last;
+    if (item.delivered || item.read) items.push(item);
+  }
+  if (!items.length) return;
+  for (const it of items) {
+    if (it.delivered) app.reportedDelivered[it.conversation_id] = it.delivered;
+    if (it.read) {
+      app.reportedRead[it.conversation_id] = it.read;
+      app.reportedDelivered[it.conversation_id] = Math.max(app.reportedDelivered[it.conversation_id] || 0, it.read);
+    }
+  }
+  try {
+    await saveNow(); // "delivered" means stored
+    await app.conn.request('receipt', { items });
+  } catch {
+    for (const it of items) {
+      delete app.reportedDelivered[it.conversation_id];
+      delete app.reportedRead[it.conversation_id];
+    }
+  }
+}
+
+// ------------------------------------------------------------------ outbox
+
+async function compose(conversationId, body) {
+  const entry = await outbox.add({
+    conversation_id: conversationId,
+    client_id: crypto.randomUUID(),
+    body,
+    created_at: Date.now(),
+    failed: false,
+  });
+  app.outbox.push(entry);
+  const conv = app.state.convs[conversationId];
+  if (conv) conv.activity = Math.max(conv.activity, entry.created_at);
+  scheduleRender();
+  flushOutbox();
+}
+
+async function removeFromOutbox(entry) {
+  app.outbox = app.outbox.filter((o) => o.order !== entry.order);
+  await outbox.remove(entry.order);
+}
+
+async function flushOutbox() {
+  if (app.flushing) return;
+  app.flushing = true;
+  try {
+    for (;;) {
+      const entry = app.outbox.find((o) => !o.failed);
+      if (!entry || !app.authed) return;
+      if (Date.now() - entry.created_at > kOutboxMaxAgeMs) {
+        entry.failed = true;
+        entry.error = 'Not sent: too old';
+        await outbox.put(entry);
+        scheduleRender();
+        continue;
+      }
+      try {
+        const r = await app.conn.request('send', {
+          conversation_id: entry.conversation_id, client_id: entry.client_id, body: entry.body,
+        });
+        const conv = app.state.convs[r.conversation_id];
+        if (conv) {
+          addMessages(conv, [{ seq: r.seq, sender_id: app.state.me.user_id, client_id: r.client_id, body: entry.body, ts: r.ts }]);
+          conv.activity = Math.max(conv.activity, r.ts);
+          recountUnread(app.state, conv);
+        }
+        await removeFromOutbox(entry);
+        scheduleSave();
+        scheduleRender();
+      } catch (e) {
+        if (e.retryable) {
+          // Reconnect flushes again; a rate limit or a busy server: try later.
+          if (e.code !== 'disconnected' && e.code !== 'timeout')
+            setTimeout(() => flushOutbox(), e.retryAfterMs + Math.random() * kRetryJitterMs);
+          return;
+        }
+        entry.failed = true;
+        entry.error = e.code === 'blocked' ? 'Not sent: you block this user' : `Not sent: ${e.message}`;
+        await outbox.put(entry);
+        scheduleRender();
+      }
+    }
+  } finally {
+    app.flushing = false;
+  }
+}
+
+// -------------------------------------------------------- presence, typing
+
+function sendAppState() {
+  if (!app.conn?.isOpen || !app.presenceSupported) return;
+  const state = document.visibilityState === 'visible' ? 'foreground' : 'background';
+  app.conn.request('set_app_state', { state }).catch(presenceError);
+}
+
+function presenceError(e) {
+  if (e instanceof ProtocolError && (e.code === 'unknown_type' || e.code === 'bad_request')) {
+    app.presenceSupported = false; // a server without presence
+    scheduleRender();
+  }
+}
+
+// Subscribes to the users on screen: conversation peers, the open chat's
+// peer and the contacts.
+function updatePresenceSubscription() {
+  if (!app.authed || !app.presenceSupported || !app.state) return;
+  const ids = new Set();
+  const r = app.route || {};
+  if (r.name === 'chat' && app.state.convs[r.id]) ids.add(peerOf(app.state, app.state.convs[r.id]).user_id);
+  if (r.name === 'chats' || r.name === 'chat')
+    for (const c of conversationsByActivity(app.state)) ids.add(peerOf(app.state, c).user_id);
+  if (r.name === 'contacts') for (const id of app.state.contacts) ids.add(id);
+  ids.delete(0);
+  const list = [...ids].slice(0, kMaxPresenceSubscription).sort((a, b) => a - b);
+  const key = list.join(',');
+  if (key === app.presenceKey) return;
+  app.presenceKey = key;
+  app.conn.request('subscribe_presence', { user_ids: list }).then((res) => {
+    for (const p of res.presence || []) app.presence[p.user_id] = { online: !!p.online, last_seen: p.last_seen };
+    scheduleRender();
+  }, (e) => {
+    app.presenceKey = '';
+    presenceError(e);
+  });
+}
+
+function onTyping(f) {
+  if (f.user_id === app.state?.me.user_id) return;
+  if (f.state === 'start') {
+    app.typing[f.conversation_id] = { until: Date.now() + (f.expires_in_ms || kTypingIdleMs) };
+    setTimeout(scheduleRender, (f.expires_in_ms || kTypingIdleMs) + 50);
+  } else delete app.typing[f.conversation_id];
+  scheduleRender();
+}
+
+function isTyping(convId) {
+  const t = app.typing[convId];
+  return !!t && t.until > Date.now();
+}
+
+function typingInput(convId, empty) {
+  if (!app.authed) return;
+  clearTimeout(app.typingStopTimer);
+  if (empty) return stopTyping();
+  const now = Date.now();
+  if (app.typingConv !== convId || now - app.typingSentAt > kTypingRefreshMs) {
+    app.typingConv = convId;
+    app.typingSentAt = now;
+    app.conn.request('typing', { conversation_id: convId, state: 'start' }).catch(() => {});
+  }
+  app.typingStopTimer = setTimeout(stopTyping, kTypingIdleMs);
+}
+
+function stopTyping() {
+  clearTimeout(app.typingStopTimer);
+  if (!app.typingConv) return;
+  const id = app.typingConv;
+  app.typingConv = 0;
+  app.typingSentAt = 0;
+  if (app.authed) app.conn.request('typing', { conversation_id: id, state: 'stop' }).catch(() => {});
+}
+
+// --------------------------------------------------------------- sessions
+
+async function withTemporaryConnection(fn) {
+  // Login and register run on their own short-lived socket; the session's
+  // connection starts after, with the token.
+  const ws = new Connection({ url: wsUrl() });
+  const opened = new Promise((resolve, reject) => {
+    ws.onOpen = resolve;
+    ws.onState = (s) => {
+      if (s === 'offline') reject(new ProtocolError({ code: 'offline', message: 'You are offline.' }));
+    };
+  });
+  ws.start();
+  try {
+    await Promise.race([opened, new Promise((_, rej) => setTimeout(
+      () => rej(new ProtocolError({ code: 'timeout', message: 'The server cannot be reached.' })), kLoginConnectTimeoutMs))]);
+    return await fn(ws);
+  } finally {
+    ws.stop();
+  }
+}
+
+async function logIn(username, password, register) {
+  const result = await withTemporaryConnection(async (c) => {
+    if (register) await c.request('register', { username, password });
+    return c.request('login', { username, password, device_name: deviceName(), platform: 'web' });
+  });
+  app.session = { token: result.token, user_id: result.user_id, username: result.username, device_id: result.device_id };
+  await clearAll();
+  await kv.set('session', app.session);
+  app.state = emptyState(meOf(app.session));
+  app.outbox = [];
+  startConnection();
+  location.hash = '#/chats';
+}
+
+function deviceName() {
+  const ua = navigator.userAgent;
+  const browser = /Firefox\//.test(ua) ? 'Firefox' : /Edg\//.test(ua) ? 'Edge' : /Chrom/.test(ua) ? 'Chromium' : /Safari\//.test(ua) ? 'Safari' : 'Browser';
+  const os = /Android/.test(ua) ? 'Android' : /iPhone|iPad/.test(ua) ? 'iOS' : /Mac OS/.test(ua) ? 'macOS' : /Windows/.test(ua) ? 'Windows' : /Linux/.test(ua) ? 'Linux' : '';
+  return `Web: ${browser}${os ? ` on ${os}` : ''}`;
+}
+
+async function logOut() {
+  if (app.authed) {
+    try {
+      await app.conn.request('logout');
+    } catch {
+      /* the token is dropped locally either way */
+    }
+  }
+  await signedOut('');
+}
+
+async function signedOut(message) {
+  app.screen = null; // its updates read the state that is about to go
+  app.conn?.stop();
+  app.conn = null;
+  app.authed = false;
+  app.session = null;
+  app.state = null;
+  app.outbox = [];
+  app.presence = {};
+  app.reportedDelivered = {};
+  app.reportedRead = {};
+  await clearAll();
+  app.loginMessage = message;
+  if (location.hash !== '#/login') location.hash = '#/login';
+  else route();
+}
+
+// ------------------------------------------------------------------ render
+
+function parseRoute() {
+  const parts = location.hash.replace(/^#\/?/, '').split('/');
+  const name = parts[0] || (app.session ? 'chats' : 'login');
+  return { name, id: Number(parts[1]) || 0 };
+}
+
+const screens = { login: loginScreen, chats: chatsScreen, chat: chatScreen, contacts: contactsScreen, devices: devicesScreen, profile: profileScreen };
+
+function route() {
+  let r = parseRoute();
+  if (!app.session && r.name !== 'login') r = { name: 'login', id: 0 };
+  if (app.session && (r.name === 'login' || !screens[r.name])) r = { name: 'chats', id: 0 };
+  if (app.route?.name === 'chat' && (r.name !== 'chat' || r.id !== app.route.id)) stopTyping();
+  app.route = r;
+  const target = `#/${r.name}${r.id ? `/${r.id}` : ''}`;
+  if (location.hash !== target) history.replaceState(null, '', target);
+  const main = document.getElementById('main');
+  main.replaceChildren();
+  document.getElementById('nav').hidden = !app.session;
+  for (const a of document.querySelectorAll('#nav a')) {
+    const active = a.getAttribute('href') === `#/${r.name}` || (r.name === 'chat' && a.getAttribute('href') === '#/chats');
+    if (active) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  app.screen = screens[r.name](main, r);
+  app.screen.update?.();
+  showConnState();
+  (app.screen.focus || main.querySelector('h1'))?.focus();
+  updatePresenceSubscription();
+  reportReceipts();
+}
+
+function scheduleRender() {
+  if (app.renderQueued) return;
+  app.renderQueued = true;
+  requestAnimationFrame(() => {
+    app.renderQueued = false;
+    if (!app.state) return; // signed out: the login screen needs no updates
+    app.screen?.update?.();
+    updatePresenceSubscription();
+    updateTitle();
+  });
+}
+
+function updateTitle() {
+  const unread = app.state ? Object.values(app.state.convs).reduce((n, c) => n + c.unread, 0) : 0;
+  const title = unread ? `(${unread}) Parley` : 'Parley';
+  if (document.title !== title) document.title = title;
+}
+
+function showConnState() {
+  const el = document.getElementById('conn-status');
+  let state = 'signed-out';
+  let text = '';
+  if (app.session && app.conn) {
+    const s = app.conn.state;
+    if (s === 'offline') {
+      state = 'offline';
+      text = 'Offline. Messages you write are kept and sent when you are back online.';
+    } else if (app.authed) {
+      state = 'online';
+    } else {
+      state = 'connecting';
+      text = app.wasOnline ? 'Reconnecting…' : 'Connecting…';
+    }
+  }
+  el.dataset.state = state;
+  setText(el, text);
+  el.hidden = !text;
+}
+
+function heading(text) {
+  return h('h1', { tabindex: '-1' }, text);
+}
+
+function presenceText(userId, long) {
+  if (!app.presenceSupported) return '';
+  const p = app.presence[userId];
+  if (!p) return '';
+  if (p.online) return 'online';
+  if (!p.last_seen) return long ? '' : 'offline';
+  return `last seen ${formatWhen(p.last_seen)}`;
+}
+
+function formatWhen(ts) {
+  const d = new Date(ts);
+  const now = new Date();
+  const time = d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
+  if (d.toDateString() === now.toDateString()) return `today at ${time}`;
+  const y = new Date(now);
+  y.setDate(now.getDate() - 1);
+  if (d.toDateString() === y.toDateString()) return `yesterday at ${time}`;
+  return `${d.toLocaleDateString(undefined, { day: 'numeric', month: 'short' })} at ${time}`;
+}
+
+function formatTime(ts) {
+  const d = new Date(ts);
+  if (d.toDateString() === new Date().toDateString()) return d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
+  return d.toLocaleDateString(undefined, { day: 'numeric', month: 'short' });
+}
+
+function presenceDot(userId) {
+  if (!app.presenceSupported) return '';
+  const p = app.presence[userId];
+  const online = !!p?.online;
+  return h('span', { class: `dot ${online ? 'online' : 'away'}`, 'aria-hidden': 'true' });
+}
+
+function statusLine(el, text, kind = 'info') {
+  el.className = `notice ${kind}`;
+  setText(el, text);
+}
+
+// ---- login
+
+function loginScreen(main) {
+  const status = h('p', { role: 'alert', class: 'notice', id: 'login-error' }, app.loginMessage || '');
+  app.loginMessage = '';
+  const user = h('input', { id: 'username', name: 'username', autocomplete: 'username', required: true, minlength: kUsernameLength[0], maxlength: kUsernameLength[1], autocapitalize: 'none', spellcheck: 'false' });
+  const pass = h('input', { id: 'password', name: 'password', type: 'password', autocomplete: 'current-password', required: true, minlength: kMinPasswordLength });
+  let register = false;
+  const busy = (on) => form.querySelectorAll('button').forEach((b) => (b.disabled = on));
+  const form = h('form', { class: 'card', 'aria-labelledby': 'login-title', onsubmit: async (ev) => {
+    ev.preventDefault();
+    busy(true);
+    statusLine(status, register ? 'Creating your account…' : 'Logging in…');
+    try {
+      await logIn(user.value.trim().toLowerCase(), pass.value, register);
+    } catch (e) {
+      busy(false);
+      const text = {
+        bad_credentials: 'Wrong username or password.',
+        username_taken: 'That username is taken.',
+        invalid_username: 'Usernames are 3–32 characters: a–z, 0–9, _ and ., starting with a letter.',
+        invalid_password: 'Passwords need at least 8 characters.',
+        rate_limited: 'Too many attempts. Wait a moment and try again.',
+      }[e.code] || e.message || 'Something went wrong.';
+      statusLine(status, text, 'error');
+    } finally {
+      register = false;
+    }
+  } },
+  h('h1', { id: 'login-title', tabindex: '-1' }, 'Parley'),
+  h('p', {}, 'Log in, or create an account with a new username.'),
+  h('label', { for: 'username' }, 'Username'), user,
+  h('label', { for: 'password' }, 'Password'), pass,
+  status,
+  h('div', { class: 'row' },
+    h('button', { type: 'submit', class: 'primary', onclick: () => (register = false) }, 'Log in'),
+    h('button', { type: 'submit', id: 'register', onclick: () => (register = true) }, 'Create account')));
+  main.append(form);
+  return { focus: user };
+}
+
+// ---- conversation list
+
+function chatsScreen(main) {
+  const list = h('ul', { class: 'conv-list', 'aria-label': 'Conversations' });
+  const empty = h('p', { class: 'empty' }, 'No conversations yet. Find someone under ', h('a', { href: '#/contacts' }, 'Contacts'), '.');
+  main.append(heading('Chats'), empty, list);
+  return {
+    update() {
+      const convs = conversationsByActivity(app.state);
+      empty.hidden = convs.length > 0;
+      syncList(list, convs, (c) => c.id, (c) => {
+        const li = h('li');
+        li.append(h('a', { href: `#/chat/${c.id}`, class: 'conv' }));
+        return li;
+      }, (li, c) => {
+        const peer = peerOf(app.state, c);
+        const name = displayName(app.state, peer.user_id, peer.username);
+        const pending = app.outbox.filter((o) => o.conversation_id === c.id);
+        const lastMsg = c.messages[c.messages.length - 1];
+        const last = pending.length ? pending[pending.length - 1] : lastMsg;
+        const mine = last && (last.sender_id === undefined || last.sender_id === app.state.me.user_id);
+        const preview = isTyping(c.id) ? 'typing…' : last ? `${mine ? 'You: ' : ''}${last.body}` : 'No messages yet';
+        const pres = presenceText(peer.user_id, false);
+        const a = li.firstChild;
+        a.dataset.unread = String(c.unread);
+        a.replaceChildren(
+          presenceDot(peer.user_id),
+          h('span', { class: 'conv-main' },
+            h('span', { class: 'conv-name' }, name, pres ? visuallyHidden(`, ${pres}`) : ''),
+            h('span', { class: 'conv-preview' }, preview)),
+          h('span', { class: 'conv-meta' },
+            last?.ts ? h('time', { datetime: new Date(last.ts).toISOString() }, formatTime(last.ts)) : '',
+            c.unread ? h('span', { class: 'badge' }, String(c.unread), visuallyHidden(' unread')) : ''));
+      });
+    },
+  };
+}
+
+// ---- chat
+
+function chatScreen(main, r) {
+  const conv = app.state.convs[r.id];
+  if (!conv) {
+    main.append(heading('Chat not found'), h('p', {}, h('a', { href: '#/chats' }, 'Back to chats')));
+    return {};
+  }
+  const peer = peerOf(app.state, conv);
+  const title = heading(displayName(app.state, peer.user_id, peer.username));
+  const sub = h('p', { class: 'chat-sub', id: 'chat-status', 'aria-live': 'polite' });
+  const blockBtn = h('button', { type: 'button', class: 'small', onclick: () => toggleBlock(peer.username, peer.user_id, note) });
+  const note = h('p', { class: 'notice', role: 'status' });
+  const older = h('button', { type: 'button', class: 'small older', onclick: () => loadOlder(conv.id) }, 'Load older messages');
+  const log = h('ol', { class: 'messages' });
+  const scroller = h('div', { class: 'scroller', role: 'log', 'aria-label': `Messages with ${peer.username}`, tabindex: '0' }, older, log);
+  const input = h('textarea', { id: 'composer', rows: 1, maxlength: kMaxBodyLength, placeholder: 'Message', 'aria-label': `Message to ${peer.username}` });
+  const form = h('form', { class: 'composer', onsubmit: (ev) => {
+    ev.preventDefault();
+    const body = input.value.trim();
+    if (!body) return;
+    input.value = '';
+    stopTyping();
+    compose(conv.id, body);
+  } }, input, h('button', { type: 'submit', class: 'primary' }, 'Send'));
+  input.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  input.addEventListener('input', () => typingInput(conv.id, !input.value.trim()));
+  scroller.addEventListener('scroll', () => {
+    if (scroller.scrollTop < kLoadOlderThresholdPx) loadOlder(conv.id);
+  });
+  main.classList.add('chat-main');
+  main.append(h('div', { class: 'chat-head' },
+    h('a', { href: '#/chats', class: 'back' }, h('span', { 'aria-hidden': 'true' }, '‹ '), 'Chats'),
+    h('div', { class: 'chat-title' }, title, sub), blockBtn), note, scroller, form);
+  let lastCount = -1;
+  return {
+    focus: input,
+    update() {
+      const c = app.state.convs[conv.id];
+      const blocked = app.state.blocked.includes(peer.user_id);
+      setText(blockBtn, blocked ? 'Unblock' : 'Block');
+      setText(title, displayName(app.state, peer.user_id, peer.username));
+      setText(sub, blocked ? 'blocked' : isTyping(c.id) ? 'typing…' : presenceText(peer.user_id, true));
+      sub.dataset.typing = isTyping(c.id) ? '1' : '0';
+      older.hidden = c.historyDone;
+      const pending = app.outbox.filter((o) => o.conversation_id === c.id && !c.messages.some((m) => m.client_id === o.client_id && m.sender_id === app.state.me.user_id));
+      const items = [...c.messages, ...pending];
+      const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < kStickToBottomPx;
+      const firstBefore = log.firstElementChild;
+      const offsetBefore = firstBefore ? firstBefore.offsetTop - scroller.scrollTop : 0;
+      syncList(log, items, (m) => (m.seq !== undefined ? `s${m.seq}` : `c${m.client_id}`), (m) => {
+        const mine = m.sender_id === undefined || m.sender_id === app.state.me.user_id;
+        return h('li', { class: `msg ${mine ? 'mine' : 'theirs'}` });
+      }, (li, m) => {
+        const mine = m.sender_id === undefined || m.sender_id === app.state.me.user_id;
+        const tick = mine ? tickOf(app.state, c, m) : '';
+        if (li.dataset.tick === tick && li.dataset.rendered) return;
+        li.dataset.rendered = '1';
+        li.dataset.tick = tick;
+        if (m.seq !== undefined) li.dataset.seq = String(m.seq);
+        li.dataset.clientId = m.client_id;
+        const who = mine ? 'You' : displayName(app.state, peer.user_id, peer.username);
+        li.replaceChildren(
+          visuallyHidden(`${who}: `),
+          h('p', { class: 'body' }, m.body),
+          h('span', { class: 'meta' },
+            m.ts ? h('time', { datetime: new Date(m.ts).toISOString() }, formatTime(m.ts)) : '',
+            mine ? tickIcon(tick, m) : ''),
+          tick === 'failed' ? h('span', { class: 'actions' },
+            h('button', { type: 'button', class: 'small', onclick: () => retryFailed(m) }, 'Retry'),
+            h('button', { type: 'button', class: 'small', onclick: () => discardFailed(m) }, 'Discard')) : '');
+      });
+      if (items.length !== lastCount) {
+        if (lastCount < 0 || atBottom || (items.length && items[items.length - 1].sender_id === undefined)) scroller.scrollTop = scroller.scrollHeight;
+        else if (firstBefore && firstBefore.isConnected) scroller.scrollTop = firstBefore.offsetTop - offsetBefore;
+        lastCount = items.length;
+      }
+      reportReceipts();
+    },
+  };
+}
+
+function tickIcon(tick, m) {
+  const label = { pending: 'Sending', sent: 'Sent', delivered: 'Delivered', read: 'Read', failed: m.error || 'Not sent' }[tick];
+  const glyph = { pending: '…', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' }[tick];
+  return h('span', { class: `tick ${tick}`, role: 'img', 'aria-label': label, title: label }, glyph);
+}
+
+async function retryFailed(entry) {
+  entry.failed = false;
+  entry.error = '';
+  entry.created_at = Date.now(); // a new chance of the full outbox age
+  await outbox.put(entry);
+  scheduleRender();
+  flushOutbox();
+}
+
+async function discardFailed(entry) {
+  await removeFromOutbox(entry);
+  scheduleRender();
+}
+
+async function loadOlder(convId) {
+  const conv = app.state.convs[convId];
+  if (!conv || conv.historyDone || app.historyLoading || !app.authed) return;
+  app.historyLoading = true;
+  try {
+    const before = conv.messages.length ? conv.messages[0].seq : 0;
+    const r = await app.conn.request('history', { conversation_id: convId, before, limit: kHistoryPageLimit });
+    addMessages(conv, r.messages);
+    if (!r.has_more) conv.historyDone = true;
+    recountUnread(app.state, conv);
+    scheduleSave();
+    scheduleRender();
+  } catch {
+    /* retried on the next scroll */
+  } finally {
+    app.historyLoading = false;
+  }
+}
+
+async function toggleBlock(username, userId, note) {
+  const blocked = app.state.blocked.includes(userId);
+  try {
+    await app.conn.request(blocked ? 'unblock' : 'block', { username });
+    if (blocked) app.state.blocked = app.state.blocked.filter((x) => x !== userId);
+    else if (!app.state.blocked.includes(userId)) app.state.blocked.push(userId);
+    statusLine(note, blocked ? `You unblocked ${username}.` : `You blocked ${username}. You will not see their messages.`);
+    scheduleRender();
+  } catch (e) {
+    statusLine(note, offlineAware(e), 'error');
+  }
+}
+
+function offlineAware(e) {
+  return e.code === 'disconnected' ? 'You are offline. Try again when you are connected.' : e.message;
+}
+
+async function openChat(username, note) {
+  try {
+    const r = await app.conn.request('open_conversation', { username });
+    const c = r.conversation;
+    if (!app.state.convs[c.conversation_id]) {
+      applyEntry(app.state, { conversation: c, messages: [], watermarks: [], unread: 0, last_activity_at: c.created_at });
+      if (c.last_seq > 0) app.state.convs[c.conversation_id].historyDone = false;
+    }
+    location.hash = `#/chat/${c.conversation_id}`;
+    if (c.last_seq > 0 && !app.state.convs[c.conversation_id].messages.length) loadOlder(c.conversation_id);
+  } catch (e) {
+    statusLine(note, offlineAware(e), 'error');
+  }
+}
+
+// ---- contacts
+
+function personRow(p, actions) {
+  return h('li', { class: 'person' },
+    presenceDot(p.user_id),
+    h('span', { class: 'person-name' },
+      h('span', { class: 'conv-name' }, p.display_name || p.username),
+      h('span', { class: 'conv-preview' }, `@${p.username}${presenceText(p.user_id, false) ? ` · ${presenceText(p.user_id, false)}` : ''}`)),
+    h('span', { class: 'actions' }, actions));
+}
+
+function contactsScreen(main) {
+  const note = h('p', { class: 'notice', role: 'status', id: 'contacts-note' });
+  const q = h('input', { id: 'search', type: 'search', name: 'q', autocomplete: 'off', maxlength: kMaxSearchLength });
+  const results = h('ul', { class: 'people', id: 'search-results', 'aria-label': 'Search results' });
+  const contacts = h('ul', { class: 'people', id: 'contact-list', 'aria-labelledby': 'contacts-title' });
+  const blocked = h('ul', { class: 'people', id: 'blocked-list', 'aria-labelledby': 'blocked-title' });
+  let found = [];
+  const form = h('form', { role: 'search', class: 'search', onsubmit: async (ev) => {
+    ev.preventDefault();
+    const query = q.value.trim();
+    if (!query) return;
+    try {
+      const r = await app.conn.request('search_users', { query, limit: kSearchLimit });
+      found = r.users;
+      for (const u of found) app.state.profiles[u.user_id] = u;
+      statusLine(note, found.length ? `${found.length} found.` : `Nobody found for “${query}”.`);
+    } catch (e) {
+      statusLine(note, offlineAware(e), 'error');
+    }
+    render();
+  } }, h('label', { for: 'search' }, 'Search users by name'), h('div', { class: 'row' }, q, h('button', { type: 'submit' }, 'Search')));
+
+  const act = (label, fn, who) => h('button', { type: 'button', class: 'small', 'aria-label': `${label} ${who}`, onclick: fn }, label);
+  const social = async (type, p, done) => {
+    try {
+      await app.conn.request(type, { username: p.username });
+      statusLine(note, done);
+    } catch (e) {
+      statusLine(note, offlineAware(e), 'error');
+    }
+  };
+  function render() {
+    const s = app.state;
+    const rowFor = (p) => {
+      const isContact = s.contacts.includes(p.user_id);
+      const isBlocked = s.blocked.includes(p.user_id);
+      return personRow(p, [
+        act('Message', () => openChat(p.username, note), p.username),
+        isContact ? act('Remove', () => social('remove_contact', p, `${p.username} removed from contacts.`), p.username)
+          : act('Add', () => social('add_contact', p, `${p.username} added to contacts.`), p.username),
+        isBlocked ? act('Unblock', () => toggleBlock(p.username, p.user_id, note), p.username)
+          : act('Block', () => toggleBlock(p.username, p.user_id, note), p.username),
+      ]);
+    };
+    const keep = document.activeElement?.getAttribute('aria-label');
+    results.replaceChildren(...found.map(rowFor));
+    contacts.replaceChildren(...s.contacts.map((id) => s.profiles[id]).filter(Boolean).map(rowFor));
+    blocked.replaceChildren(...s.blocked.map((id) => s.profiles[id]).filter(Boolean).map((p) =>
+      personRow(p, [act('Unblock', () => toggleBlock(p.username, p.user_id, note), p.username)])));
+    contactsEmpty.hidden = s.contacts.length > 0;
+    blockedEmpty.hidden = s.blocked.length > 0;
+    if (keep && main.contains(document.activeElement) === false) {
+      const again = [...main.querySelectorAll('button')].find((b) => b.getAttribute('aria-label') === keep);
+      again?.focus();
+    }
+  }
+  const contactsEmpty = h('p', { class: 'empty' }, 'No contacts yet.');
+  const blockedEmpty = h('p', { class: 'empty' }, 'You block nobody.');
+  main.append(heading('Contacts'), form, note, results,
+    h('h2', { id: 'contacts-title' }, 'Your contacts'), contactsEmpty, contacts,
+    h('h2', { id: 'blocked-title' }, 'Blocked'), blockedEmpty, blocked);
+  return { update: render };
+}
+
+// ---- devices
+
+function devicesScreen(main) {
+  const note = h('p', { class: 'notice', role: 'status' });
+  const list = h('ul', { class: 'people', 'aria-label': 'Devices' });
+  async function load() {
+    if (!app.authed) {
+      statusLine(note, 'Connect to see your devices.');
+      return;
+    }
+    try {
+      const r = await app.conn.request('list_devices');
+      list.replaceChildren(...r.devices.map((d) => h('li', { class: 'person', dataset: { deviceId: String(d.device_id) } },
+        h('span', { class: 'person-name' },
+          h('span', { class: 'conv-name' }, d.name || `Device ${d.device_id}`, d.current ? ' (this device)' : ''),
+          h('span', { class: 'conv-preview' }, [d.platform, d.last_seen_at ? `active ${formatWhen(d.last_seen_at)}` : `added ${formatWhen(d.created_at)}`].filter(Boolean).join(' · '))),
+        h('span', { class: 'actions' }, d.current
+          ? h('button', { type: 'button', class: 'small', onclick: () => logOut() }, 'Log out')
+          : h('button', { type: 'button', class: 'small', 'aria-label': `Unlink ${d.name || `device ${d.device_id}`}`, onclick: async () => {
+            try {
+              await app.conn.request('unlink_device', { device_id: d.device_id });
+              statusLine(note, 'Device unlinked.');
+              load();
+            } catch (e) {
+              statusLine(note, offlineAware(e), 'error');
+            }
+          } }, 'Unlink')))));
+    } catch (e) {
+      statusLine(note, offlineAware(e), 'error');
+    }
+  }
+  main.append(heading('Devices'), h('p', {}, 'Devices signed in to your account. Unlinking signs a device out at once.'), note, list);
+  let loadedWhileAuthed = false;
+  return {
+    update() {
+      if (app.authed && !loadedWhileAuthed) {
+        loadedWhileAuthed = true;
+        load();
+      }
+    },
+  };
+}
+
+// ---- profile
+
+function profileScreen(main) {
+  const s = app.state;
+  const me = s.profiles[s.me.user_id] || {};
+  const note = h('p', { class: 'notice', role: 'status', id: 'profile-note' });
+  const name = h('input', { id: 'display-name', maxlength: kMaxDisplayNameLength, value: me.display_name || '', autocomplete: 'name' });
+  const about = h('input', { id: 'about', maxlength: kMaxAboutLength, value: me.about || '' });
+  const privacy = h('select', { id: 'privacy' },
+    ...[['everyone', 'Everyone'], ['contacts', 'My contacts'], ['nobody', 'Nobody']].map(([v, t]) => h('option', { value: v }, t)));
+  privacy.value = s.privacy || 'everyone';
+  const privacyNote = h('p', { class: 'hint', id: 'privacy-hint' }, 'Who sees when you are online and when you were last seen.');
+  privacy.setAttribute('aria-describedby', 'privacy-hint');
+  const save = h('form', { class: 'card', 'aria-label': 'Profile', onsubmit: async (ev) => {
+    ev.preventDefault();
+    try {
+      const r = await app.conn.request('set_profile', { display_name: name.value.trim(), about: about.value.trim() });
+      s.profiles[s.me.user_id] = r.profile;
+      scheduleSave();
+      statusLine(note, 'Profile saved.');
+    } catch (e) {
+      statusLine(note, offlineAware(e), 'error');
+    }
+  } },
+  h('p', {}, 'Username: ', h('strong', {}, `@${s.me.username}`)),
+  h('label', { for: 'display-name' }, 'Display name'), name,
+  h('label', { for: 'about' }, 'About'), about,
+  h('div', { class: 'row' }, h('button', { type: 'submit', class: 'primary' }, 'Save profile')));
+  const privacyForm = h('form', { class: 'card', 'aria-label': 'Privacy', onsubmit: async (ev) => {
+    ev.preventDefault();
+    try {
+      const r = await app.conn.request('set_privacy', { presence: privacy.value });
+      s.privacy = r.presence || privacy.value;
+      scheduleSave();
+      statusLine(note, 'Privacy saved.');
+    } catch (e) {
+      presenceError(e);
+      statusLine(note, e.code === 'unknown_type' ? 'This server does not support presence settings yet.' : offlineAware(e), 'error');
+    }
+  } },
+  h('label', { for: 'privacy' }, 'Show my online status and last seen to'), privacy, privacyNote,
+  h('div', { class: 'row' }, h('button', { type: 'submit' }, 'Save privacy')));
+  main.append(heading('Profile'), note, save, privacyForm,
+    h('div', { class: 'row' }, h('button', { type: 'button', id: 'logout', onclick: () => logOut() }, 'Log out')));
+  return {};
+}
+
+// Exposed for the browser tests' diagnostics only.
+window.parleyDebug = { get state() { return app.state; }, get outbox() { return app.outbox; } };
+
+main();

@@ -1,0 +1,225 @@
+// One WebSocket session to parleyd (docs/protocol.md): requests matched to
+// answers by id, application-level heartbeats (browsers cannot send
+// WebSocket pings), and reconnection with exponential backoff and full
+// jitter. It knows frames, not chats: the app decides what to do after each
+// (re)connect through the `onOpen` callback and gets every unsolicited frame
+// through `onFrame`.
+//
+// States: "offline" (the browser says there is no network; no attempts until
+// it comes back), "connecting", "open" (socket up, before/while the app
+// authenticates), "closed" (stopped for good: logout or a revoked token).
+
+export const kDefaultHeartbeatIntervalMs = 25_000; // until auth tells us
+export const kDefaultHeartbeatTimeoutMs = 60_000;
+export const kRequestTimeoutMs = 30_000;
+export const kBackoffBaseMs = 500;
+export const kBackoffMaxMs = 30_000;
+
+export class ProtocolError extends Error {
+  constructor(frame) {
+    super(frame.message || frame.code);
+    this.code = frame.code;
+    this.retryable = !!frame.retryable;
+    this.retryAfterMs = frame.retry_after_ms || 0;
+  }
+}
+
+export class Connection {
+  constructor({ url, onOpen, onFrame, onState, onRevoked }) {
+    this.url = url;
+    this.onOpen = onOpen;
+    this.onFrame = onFrame;
+    this.onState = onState;
+    this.onRevoked = onRevoked;
+    this.ws = null;
+    this.nextId = 1;
+    this.pending = new Map(); // id -> {resolve, reject, timer}
+    this.state = 'connecting';
+    this.attempt = 0;
+    this.retryTimer = null;
+    this.heartbeatTimer = null;
+    this.livenessTimer = null;
+    this.heartbeatIntervalMs = kDefaultHeartbeatIntervalMs;
+    this.heartbeatTimeoutMs = kDefaultHeartbeatTimeoutMs;
+    this.stopped = false;
+    this.onPing = null; // (result) => void, set by the app (head check)
+    window.addEventListener('online', () => this.connectSoon(0));
+    window.addEventListener('offline', () => this.dropForOffline());
+  }
+
+  setState(s) {
+    if (this.state === s) return;
+    this.state = s;
+    this.onState?.(s);
+  }
+
+  start() {
+    this.stopped = false;
+    this.connectSoon(0);
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    this.teardown();
+    this.setState('closed');
+  }
+
+  connectSoon(delayMs) {
+    if (this.stopped) return;
+    clearTimeout(this.retryTimer);
+    if (!navigator.onLine) {
+      this.setState('offline');
+      return; // the 'online' event calls us again
+    }
+    if (this.ws) return;
+    this.setState('connecting');
+    this.retryTimer = setTimeout(() => this.connect(), delayMs);
+  }
+
+  backoffDelay(minMs = 0) {
+    const cap = Math.min(kBackoffMaxMs, kBackoffBaseMs * 2 ** Math.min(this.attempt, 16));
+    this.attempt += 1;
+    return minMs + Math.random() * cap;
+  }
+
+  connect() {
+    if (this.stopped || this.ws) return;
+    if (!navigator.onLine) return this.setState('offline');
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch {
+      return this.connectSoon(this.backoffDelay());
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      this.setState('open');
+      this.resetLiveness();
+      this.scheduleHeartbeat();
+      Promise.resolve(this.onOpen?.()).then(
+        () => {
+          this.attempt = 0;
+        },
+        () => this.ws === ws && ws.close(),
+      );
+    };
+    ws.onmessage = (ev) => {
+      this.resetLiveness();
+      let frame;
+      try {
+        frame = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      if (frame.type === 'response' || (frame.type === 'error' && frame.id !== null && frame.id !== undefined)) {
+        const p = this.pending.get(frame.id);
+        if (!p) return;
+        this.pending.delete(frame.id);
+        clearTimeout(p.timer);
+        if (frame.type === 'response') p.resolve(frame.result);
+        else p.reject(new ProtocolError(frame));
+        return;
+      }
+      this.onFrame?.(frame);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.teardown();
+      if (ev.code === 4002) {
+        this.stopped = true;
+        this.setState('closed');
+        this.onRevoked?.();
+        return;
+      }
+      let retryAfter = 0;
+      if (ev.code === 4001 || ev.code === 4003) {
+        try {
+          retryAfter = JSON.parse(ev.reason).retry_after_ms || 0;
+        } catch {
+          retryAfter = 0;
+        }
+        // wait retry_after_ms plus a uniform extra 0-100 % of it
+        return this.connectSoon(retryAfter + Math.random() * retryAfter + Math.random() * kBackoffBaseMs);
+      }
+      this.connectSoon(this.backoffDelay());
+    };
+    ws.onerror = () => {}; // onclose follows and decides
+  }
+
+  dropForOffline() {
+    if (this.stopped) return;
+    this.teardown();
+    this.setState('offline');
+  }
+
+  teardown() {
+    clearInterval(this.heartbeatTimer);
+    clearTimeout(this.livenessTimer);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try {
+        ws.close();
+      } catch {
+        /* already closed */
+      }
+    }
+    for (const [, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(new ProtocolError({ code: 'disconnected', message: 'disconnected', retryable: true }));
+    }
+    this.pending.clear();
+  }
+
+  setHeartbeat(intervalMs, timeoutMs) {
+    if (intervalMs > 0) this.heartbeatIntervalMs = intervalMs;
+    if (timeoutMs > 0) this.heartbeatTimeoutMs = timeoutMs;
+    this.scheduleHeartbeat();
+    this.resetLiveness();
+  }
+
+  scheduleHeartbeat() {
+    clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = setInterval(() => {
+      this.request('ping', {}).then(
+        (r) => this.onPing?.(r),
+        () => {},
+      );
+    }, this.heartbeatIntervalMs);
+  }
+
+  // Nothing heard for the heartbeat timeout: the connection is dead even if
+  // the socket has not noticed. Drop it and reconnect.
+  resetLiveness() {
+    clearTimeout(this.livenessTimer);
+    const ws = this.ws;
+    this.livenessTimer = setTimeout(() => {
+      if (this.ws !== ws) return;
+      this.teardown();
+      this.connectSoon(this.backoffDelay());
+    }, this.heartbeatTimeoutMs);
+  }
+
+  get isOpen() {
+    return !!this.ws && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  // Returns the result object, or rejects with a ProtocolError.
+  request(type, fields = {}) {
+    return new Promise((resolve, reject) => {
+      if (!this.isOpen) {
+        reject(new ProtocolError({ code: 'disconnected', message: 'not connected', retryable: true }));
+        return;
+      }
+      const id = this.nextId++;
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new ProtocolError({ code: 'timeout', message: 'no answer', retryable: true }));
+      }, kRequestTimeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      this.ws.send(JSON.stringify({ v: 1, id, type, ...fields }));
+    });
+  }
+}
