@@ -3,17 +3,18 @@
 //
 // What it is: request/response matching by request id, a queue of
 // server-initiated frames (events), and the close code and reason when the
-// server closes. What it is not (yet): reconnects, the local cache and the
-// offline outbox; those build on this layer (issue 5).
+// server closes. What it is not: reconnects, the local cache and the offline
+// outbox; those are parley::Client (parley/client.h), built on this layer.
 //
 // Threading and ownership: a Connection owns one background I/O thread.
 // Every public method is thread-safe; Call blocks the calling thread until the
-// response arrives or the timeout passes (never call it from a callback of
-// this class — there are none yet). Destroying the Connection closes the
-// socket and joins the thread. No Boost types appear in this header.
+// response arrives or the timeout passes (never call it from the activity
+// callback, which runs on the I/O thread). Destroying the Connection closes
+// the socket and joins the thread. No Boost types appear in this header.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -75,6 +76,13 @@ class Connection {
   std::string close_reason() const;
   // Waits until closed; returns whether it is.
   bool WaitClosed(int timeout_ms);
+
+  // Registers a function called on the I/O thread after every incoming frame
+  // is queued (response, event or error) and once when the connection closes.
+  // It must not block nor call methods of this Connection that wait; it is
+  // meant to wake a consumer thread (parley::Client uses it). Replaces any
+  // earlier callback; an empty function removes it.
+  void SetActivityCallback(std::function<void()> fn);
 
   // Stops reading from the socket (a slow or stalled reader), and resumes.
   void PauseReading();

@@ -49,6 +49,16 @@ struct Connection::Impl {
   bool is_closed = false;
   uint16_t code = 0;
   std::string reason;
+  std::function<void()> on_activity;  // guarded by mu; called without it
+
+  void NotifyActivity() {
+    std::function<void()> fn;
+    {
+      std::lock_guard lock(mu);
+      fn = on_activity;
+    }
+    if (fn) fn();
+  }
 
   void DoRead() {
     if (paused || reading) return;
@@ -76,15 +86,18 @@ struct Connection::Impl {
         }
       }
       cv.notify_all();
+      NotifyActivity();
       DoRead();
     });
   }
 
   void MarkClosed() {
+    bool first = false;
     {
       std::lock_guard lock(mu);
       if (!is_closed) {
         is_closed = true;
+        first = true;
         if (code == 0) {
           code = static_cast<uint16_t>(ws.reason().code);
           reason = std::string(ws.reason().reason.c_str());
@@ -92,6 +105,7 @@ struct Connection::Impl {
       }
     }
     cv.notify_all();
+    if (first) NotifyActivity();
     beast::error_code ignored;
     beast::get_lowest_layer(ws).socket().close(ignored);
   }
@@ -251,6 +265,11 @@ std::string Connection::close_reason() const {
 bool Connection::WaitClosed(int timeout_ms) {
   std::unique_lock lock(impl_->mu);
   return impl_->WaitFor(timeout_ms, lock, [&] { return impl_->is_closed; });
+}
+
+void Connection::SetActivityCallback(std::function<void()> fn) {
+  std::lock_guard lock(impl_->mu);
+  impl_->on_activity = std::move(fn);
 }
 
 void Connection::PauseReading() {

@@ -1,0 +1,829 @@
+// Client: the worker loop. One thread per Client runs, forever until Stop:
+//
+//   connect -> auth -> catch up (snapshot for a new cache, then sync pages
+//   from the applied cursor) -> online loop -> closed -> wait (backoff or the
+//   server's retry_after_ms) -> connect ...
+//
+// The online loop wakes on any incoming frame (Connection's activity
+// callback), on Compose/MarkRead/Stop, or when its next timer is due (at
+// most kIdleTickMs), and each time:
+// applies queued live events (a gap triggers a sync), collects answers to its
+// requests (sends, receipts, acks, pings) without blocking, expires and pumps
+// the outbox (first pending message of each peer, one in flight per peer),
+// reports delivered/read watermarks, acks the cursor, pings on the heartbeat.
+//
+// Trade-off kept on purpose: one send in flight per peer costs one round
+// trip (and one server group commit) per message to the same peer, but a
+// retryable failure (rate_limited, storage_full, a lost connection) can never
+// let a later message overtake an earlier one. Different peers drain in
+// parallel.
+#include "parley/client.h"
+
+#include <cctype>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "local_cache.h"
+
+namespace parley {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr int kIdleTickMs = 1000;          // the online loop's longest sleep
+constexpr int kPollMs = 100;               // Wait* helpers re-check at least this often
+constexpr int kDefaultHeartbeatMs = 25000;  // until the auth result says otherwise
+constexpr int kDefaultHeartbeatTimeoutMs = 60000;
+constexpr size_t kMaxReceiptItems = 256;    // protocol limit per receipt request
+constexpr size_t kMaxBodyBytes = 16384;     // protocol limit (docs/protocol.md, "Limits")
+constexpr int kMaxSnapshotRetries = 3;
+constexpr int kAckIntervalMs = 1000;       // cursor acks are batched: at most one per second (and one on Stop)
+constexpr int kStopFlushTimeoutMs = 2000;   // Stop waits this long for final receipts and the cursor ack      // cursor_ahead -> snapshot -> sync, at most this often per session
+
+int64_t SystemNowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+bool ValidUtf8(const std::string& s) {
+  size_t i = 0, n = s.size();
+  while (i < n) {
+    auto c = static_cast<unsigned char>(s[i]);
+    int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || i + static_cast<size_t>(len) > n) return false;
+    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+    for (int k = 1; k < len; ++k) {
+      auto cc = static_cast<unsigned char>(s[i + static_cast<size_t>(k)]);
+      if ((cc >> 6) != 0x2) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff)) {
+      return false;
+    }
+    i += static_cast<size_t>(len);
+  }
+  return true;
+}
+
+std::string Lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// retry_after_ms from an error frame or a close reason ({"retry_after_ms":N}).
+std::optional<int64_t> RetryAfterOf(const json& j) {
+  if (j.is_object() && j.contains("retry_after_ms") && j["retry_after_ms"].is_number_integer()) {
+    return j["retry_after_ms"].get<int64_t>();
+  }
+  return std::nullopt;
+}
+
+std::optional<int64_t> RetryAfterOfReason(const std::string& reason) {
+  json j = json::parse(reason, nullptr, false);
+  if (j.is_discarded()) return std::nullopt;
+  return RetryAfterOf(j);
+}
+
+std::string NewClientId() {
+  std::random_device rd;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id;
+  for (int i = 0; i < 4; ++i) {
+    uint32_t v = rd();
+    for (int k = 0; k < 8; ++k) {
+      id.push_back(kHex[v & 0xf]);
+      v >>= 4;
+    }
+  }
+  return id;
+}
+
+}  // namespace
+
+const char* MessageStatusName(MessageStatus s) {
+  switch (s) {
+    case MessageStatus::kPending: return "pending";
+    case MessageStatus::kSent: return "sent";
+    case MessageStatus::kDelivered: return "delivered";
+    case MessageStatus::kRead: return "read";
+    case MessageStatus::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
+const char* ClientStateName(ClientState s) {
+  switch (s) {
+    case ClientState::kStopped: return "stopped";
+    case ClientState::kConnecting: return "connecting";
+    case ClientState::kOnline: return "online";
+    case ClientState::kWaiting: return "waiting";
+    case ClientState::kRevoked: return "revoked";
+  }
+  return "unknown";
+}
+
+struct Client::Impl {
+  ClientOptions opt;
+  std::unique_ptr<sdk::LocalCache> cache;
+  std::mt19937_64 rng;  // worker thread only
+
+  mutable std::mutex mu;  // guards everything below
+  std::condition_variable cv;  // worker wake-ups and every Wait*
+  bool wake = false;
+  bool stopping = false;
+  bool started = false;
+  ClientState state = ClientState::kStopped;
+  std::string last_error;
+  std::shared_ptr<Connection> conn;  // set while online
+  std::map<int64_t, int64_t> pending_read;  // conversation -> seq (MarkRead)
+  std::vector<StatusUpdate> queued_updates;  // from Compose, emitted by the worker
+  std::thread worker;
+
+  int64_t Now() { return opt.now_ms ? opt.now_ms() : SystemNowMs(); }
+
+  void Wake() {
+    {
+      std::lock_guard lock(mu);
+      wake = true;
+    }
+    cv.notify_all();
+  }
+
+  bool Stopping() {
+    std::lock_guard lock(mu);
+    return stopping;
+  }
+
+  void SetState(ClientState s, const std::string& detail) {
+    bool changed;
+    {
+      std::lock_guard lock(mu);
+      changed = state != s || (s == ClientState::kWaiting && last_error != detail);
+      state = s;
+      if (s == ClientState::kWaiting || s == ClientState::kRevoked) last_error = detail;
+    }
+    cv.notify_all();
+    if (changed && opt.on_state) opt.on_state(s, detail);
+  }
+
+  void Emit(const std::vector<StatusUpdate>& updates) {
+    if (!opt.on_status) return;
+    for (const auto& u : updates) opt.on_status(u);
+  }
+
+  void EmitQueued() {
+    std::vector<StatusUpdate> q;
+    {
+      std::lock_guard lock(mu);
+      q.swap(queued_updates);
+    }
+    Emit(q);
+  }
+
+  // Sleeps up to ms; returns true if Stop was called.
+  bool SleepOrStop(int64_t ms) {
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, std::chrono::milliseconds(ms), [&] { return stopping; });
+    return stopping;
+  }
+
+  struct SessionEnd {
+    bool stopped = false;
+    bool revoked = false;
+    bool healthy = false;  // got online: the backoff starts over
+    std::optional<int64_t> retry_after;
+    std::string why;
+  };
+
+  void Run() {
+    int attempt = 0;
+    EmitQueued();
+    while (!Stopping()) {
+      SetState(ClientState::kConnecting, "");
+      SessionEnd end = Session();
+      std::shared_ptr<Connection> last;
+      {
+        std::lock_guard lock(mu);
+        last.swap(conn);
+      }
+      last.reset();  // outside mu: a closing Connection calls Wake()
+      if (end.stopped) break;
+      if (end.revoked) {
+        SetState(ClientState::kRevoked, end.why);
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return stopping; });
+        break;
+      }
+      if (end.healthy) attempt = 0;
+      int64_t delay = end.retry_after ? RetryAfterDelayMs(opt.backoff, *end.retry_after, rng)
+                                      : BackoffDelayMs(opt.backoff, attempt++, rng);
+      SetState(ClientState::kWaiting, end.why);
+      if (SleepOrStop(delay)) break;
+    }
+    SetState(ClientState::kStopped, "");
+  }
+
+  SessionEnd Closed(const Connection& c, const std::string& fallback) {
+    SessionEnd end;
+    uint16_t code = c.close_code();
+    std::string reason = c.close_reason();
+    if (code == 4002) {
+      end.revoked = true;
+      end.why = "this device was logged out or unlinked (close 4002): log in again";
+      return end;
+    }
+    end.retry_after = RetryAfterOfReason(reason);
+    end.why = code ? "connection closed by the server (" + std::to_string(code) + (reason.empty() ? "" : " " + reason) + ")"
+                   : fallback;
+    return end;
+  }
+
+  // Applies events (live or a sync page). Returns false on a local error.
+  // *gap is set when an event beyond applied+1 was met.
+  bool Apply(const std::vector<json>& events, std::map<int64_t, int64_t>* to_deliver, bool* gap, std::string* why) {
+    sdk::ApplyOutcome out;
+    sdk::LocalError err;
+    if (!cache->ApplyEvents(events, &out, &err)) {
+      *why = "local cache: " + err.message;
+      return false;
+    }
+    if (gap) *gap = out.gap;
+    for (auto& [c, s] : out.received) {
+      auto& d = (*to_deliver)[c];
+      d = std::max(d, s);
+    }
+    Emit(out.updates);
+    if (opt.on_event) {
+      for (const auto& e : out.applied) opt.on_event(e);
+    }
+    cv.notify_all();  // WaitApplied
+    return true;
+  }
+
+  bool Snapshot(Connection& c, std::map<int64_t, int64_t>* to_deliver, std::string* why) {
+    Reply r = c.Call("snapshot", {{"messages", opt.snapshot_messages}}, opt.request_timeout_ms);
+    if (!r.ok) {
+      *why = "snapshot failed: " + r.code + " " + r.message;
+      return false;
+    }
+    sdk::ApplyOutcome out;
+    sdk::LocalError err;
+    if (!cache->ApplySnapshot(r.result, &out, &err)) {
+      *why = err.message;
+      return false;
+    }
+    for (auto& [conv, s] : out.received) (*to_deliver)[conv] = std::max((*to_deliver)[conv], s);
+    Emit(out.updates);
+    return true;
+  }
+
+  // Loops sync pages from the applied cursor until has_more is false.
+  bool SyncLoop(Connection& c, std::map<int64_t, int64_t>* to_deliver, std::string* why) {
+    int snapshots = 0;
+    while (!Stopping()) {
+      if (!cache->applied()) {
+        if (!Snapshot(c, to_deliver, why)) return false;
+      }
+      int64_t after = cache->applied().value_or(0);
+      Reply r = c.Call("sync", {{"after", after}, {"limit", opt.sync_page_limit}}, opt.request_timeout_ms);
+      if (!r.ok) {
+        if ((r.code == "cursor_ahead" || r.code == "cursor_too_old") && snapshots++ < kMaxSnapshotRetries) {
+          if (!Snapshot(c, to_deliver, why)) return false;
+          continue;
+        }
+        *why = "sync failed: " + r.code + " " + r.message;
+        return false;
+      }
+      std::vector<json> events(r.result["events"].begin(), r.result["events"].end());
+      bool gap = false;
+      if (!Apply(events, to_deliver, &gap, why)) return false;
+      if (!r.result.value("has_more", false)) return true;
+    }
+    return true;
+  }
+
+  enum class Kind { kSend, kReceipt, kAck, kPing };
+  struct InFlight {
+    Kind kind;
+    int64_t started_ms;
+    std::string client_id, peer;
+  };
+
+  SessionEnd Session() {
+    SessionEnd end;
+    ConnectOptions co;
+    co.host = opt.host;
+    co.port = opt.port;
+    co.timeout_ms = opt.connect_timeout_ms;
+    std::string err;
+    std::shared_ptr<Connection> c(Connection::Open(co, &err).release());
+    if (!c) {
+      end.why = "server unreachable at " + opt.host + ":" + std::to_string(opt.port) + " (" + err + ")";
+      return end;
+    }
+    c->SetActivityCallback([this] { Wake(); });
+    Reply auth = c->Call("auth", {{"token", opt.token}}, opt.request_timeout_ms);
+    if (!auth.ok) {
+      if (auth.code == "invalid_token") {
+        end.revoked = true;
+        end.why = "the device token was refused (invalid_token): log in again";
+        return end;
+      }
+      if (c->closed()) return Closed(*c, "connection lost during auth");
+      end.retry_after = RetryAfterOf(auth.frame);
+      end.why = "auth failed: " + auth.code + " " + auth.message;
+      return end;
+    }
+    cache->SetIdentity(auth.result.value("user_id", int64_t{0}), auth.result.value("username", ""),
+                       auth.result.value("device_id", int64_t{0}));
+    int heartbeat_ms = auth.result.value("heartbeat_interval_ms", kDefaultHeartbeatMs);
+    int heartbeat_timeout_ms = auth.result.value("heartbeat_timeout_ms", kDefaultHeartbeatTimeoutMs);
+
+    std::map<int64_t, int64_t> to_deliver;
+    if (!SyncLoop(*c, &to_deliver, &end.why)) {
+      if (c->closed()) return Closed(*c, end.why);
+      c->Abort();
+      return end;
+    }
+    {
+      std::lock_guard lock(mu);
+      conn = c;
+    }
+    SetState(ClientState::kOnline, "");
+    end.healthy = true;
+
+    std::map<int64_t, InFlight> inflight;
+    std::set<std::string> busy_peers;
+    std::map<std::string, int64_t> hold_until;  // peer -> steady ms (retryable send errors)
+    std::map<std::string, int> peer_attempts;
+    int64_t acked = 0;
+    int64_t last_ack = 0;
+    int64_t last_ping = SteadyMs();
+    bool ping_out = false;
+
+    while (true) {
+      if (Stopping()) {
+        FlushOnStop(*c, &to_deliver, acked);
+        c->SetActivityCallback({});
+        c->Close();
+        end.stopped = true;
+        return end;
+      }
+      EmitQueued();
+      // 1. Live events.
+      std::vector<json> batch;
+      while (auto f = c->NextEvent(0)) {
+        if (f->value("type", "") == "event" && f->contains("event")) batch.push_back((*f)["event"]);
+      }
+      if (!batch.empty()) {
+        bool gap = false;
+        if (!Apply(batch, &to_deliver, &gap, &end.why)) {
+          c->Abort();
+          return end;
+        }
+        if (gap && !SyncLoop(*c, &to_deliver, &end.why)) break;
+      }
+      // 2. Answers.
+      int64_t now_steady = SteadyMs();
+      bool need_sync = false;
+      bool abort = false;
+      for (auto it = inflight.begin(); it != inflight.end();) {
+        Reply r = c->Await(it->first, 0);
+        if (r.timed_out()) {
+          int limit = it->second.kind == Kind::kPing ? heartbeat_timeout_ms : opt.request_timeout_ms;
+          if (now_steady - it->second.started_ms > limit) abort = true;
+          ++it;
+          continue;
+        }
+        const InFlight& f = it->second;
+        if (f.kind == Kind::kSend) {
+          busy_peers.erase(f.peer);
+          HandleSendReply(f, r, &hold_until, &peer_attempts);
+        } else if (f.kind == Kind::kPing) {
+          ping_out = false;
+          if (r.ok && r.result.value("head", int64_t{0}) > cache->applied().value_or(0)) need_sync = true;
+        }
+        it = inflight.erase(it);
+      }
+      if (c->closed()) break;
+      if (abort) {
+        end.why = "no answer from the server in time: reconnecting";
+        c->Abort();
+        break;
+      }
+      if (need_sync && !SyncLoop(*c, &to_deliver, &end.why)) break;
+      // 3. Outbox: expire, then the first pending message of each idle peer.
+      std::set<std::string> seen;
+      std::vector<StatusUpdate> expired;
+      for (const auto& row : cache->Outbox(false)) {
+        if (Now() - row.created_at > opt.outbox_max_age_ms) {
+          expired.push_back(Expire(row));
+          continue;
+        }
+        if (!seen.insert(row.peer).second) continue;
+        if (busy_peers.count(row.peer)) continue;
+        auto h = hold_until.find(row.peer);
+        if (h != hold_until.end() && h->second > now_steady) continue;
+        int64_t id = c->Start("send", {{"to", row.peer}, {"client_id", row.client_id}, {"body", row.body}});
+        inflight[id] = {Kind::kSend, now_steady, row.client_id, row.peer};
+        busy_peers.insert(row.peer);
+      }
+      Emit(expired);
+      // 4. Receipts: delivered for what was stored, read for what MarkRead said.
+      std::map<int64_t, std::pair<int64_t, int64_t>> items;  // conv -> (delivered, read)
+      if (opt.auto_report_delivered) {
+        for (auto& [conv, s] : to_deliver) items[conv].first = s;
+      }
+      to_deliver.clear();
+      {
+        std::lock_guard lock(mu);
+        for (auto& [conv, s] : pending_read) items[conv].second = s;
+        pending_read.clear();
+      }
+      json list = json::array();
+      for (auto& [conv, dr] : items) {
+        json item = {{"conversation_id", conv}};
+        if (dr.first > 0) item["delivered"] = dr.first;
+        if (dr.second > 0) item["read"] = dr.second;
+        list.push_back(item);
+        if (list.size() == kMaxReceiptItems) {
+          inflight[c->Start("receipt", {{"items", list}})] = {Kind::kReceipt, now_steady, "", ""};
+          list = json::array();
+        }
+      }
+      if (!list.empty()) inflight[c->Start("receipt", {{"items", list}})] = {Kind::kReceipt, now_steady, "", ""};
+      // 5. Cursor ack, at most every kAckIntervalMs (each ack is a server write).
+      int64_t applied_now = cache->applied().value_or(0);
+      if (applied_now > acked && now_steady - last_ack >= kAckIntervalMs) {
+        last_ack = now_steady;
+        inflight[c->Start("ack", {{"user_seq", applied_now}})] = {Kind::kAck, now_steady, "", ""};
+        acked = applied_now;
+      }
+      // 6. Heartbeat.
+      if (!ping_out && now_steady - last_ping >= heartbeat_ms) {
+        inflight[c->Start("ping")] = {Kind::kPing, now_steady, "", ""};
+        ping_out = true;
+        last_ping = now_steady;
+      }
+      // 7. Sleep until something happens or the next timer is due (an idle
+      // client wakes about once a second, to check request timeouts).
+      int64_t next = now_steady + kIdleTickMs;
+      if (!ping_out) next = std::min<int64_t>(next, last_ping + heartbeat_ms);
+      if (applied_now > acked) next = std::min(next, last_ack + kAckIntervalMs);
+      for (auto& [peer, t] : hold_until) {
+        if (t > now_steady) next = std::min(next, t);
+      }
+      int64_t sleep_ms = std::max<int64_t>(1, next - SteadyMs());
+      std::unique_lock lock(mu);
+      cv.wait_for(lock, std::chrono::milliseconds(sleep_ms), [&] { return wake || stopping; });
+      wake = false;
+    }
+    if (c->closed()) {
+      auto closed = Closed(*c, end.why.empty() ? "connection lost" : end.why);
+      closed.healthy = true;
+      return closed;
+    }
+    c->Abort();
+    return end;
+  }
+
+  // Before closing on Stop: report what was received/read and ack the
+  // cursor, waiting a bounded time (a CLI run exits right after).
+  void FlushOnStop(Connection& c, std::map<int64_t, int64_t>* to_deliver, int64_t acked) {
+    json items = json::array();
+    std::map<int64_t, std::pair<int64_t, int64_t>> m;
+    if (opt.auto_report_delivered) {
+      for (auto& [conv, s] : *to_deliver) m[conv].first = s;
+    }
+    {
+      std::lock_guard lock(mu);
+      for (auto& [conv, s] : pending_read) m[conv].second = s;
+      pending_read.clear();
+    }
+    std::vector<int64_t> ids;
+    for (auto& [conv, dr] : m) {
+      json item = {{"conversation_id", conv}};
+      if (dr.first > 0) item["delivered"] = dr.first;
+      if (dr.second > 0) item["read"] = dr.second;
+      items.push_back(item);
+      if (items.size() == kMaxReceiptItems) {
+        ids.push_back(c.Start("receipt", {{"items", items}}));
+        items = json::array();
+      }
+    }
+    if (!items.empty()) ids.push_back(c.Start("receipt", {{"items", items}}));
+    int64_t applied_now = cache->applied().value_or(0);
+    if (applied_now > acked) ids.push_back(c.Start("ack", {{"user_seq", applied_now}}));
+    auto deadline = SteadyMs() + kStopFlushTimeoutMs;
+    for (int64_t id : ids) c.Await(id, static_cast<int>(std::max<int64_t>(1, deadline - SteadyMs())));
+  }
+
+  StatusUpdate Expire(const sdk::OutboxRow& row) {
+    std::string msg = "not sent within the outbox's maximum age (" + std::to_string(opt.outbox_max_age_ms / 1000) + " s)";
+    sdk::LocalError err;
+    cache->FailOutbox(row.client_id, kErrExpired, msg, &err);
+    return {row.client_id, row.peer, 0, 0, MessageStatus::kFailed, kErrExpired, msg};
+  }
+
+  void HandleSendReply(const InFlight& f, const Reply& r, std::map<std::string, int64_t>* hold_until,
+                       std::map<std::string, int>* attempts) {
+    if (r.ok) {
+      (*attempts)[f.peer] = 0;
+      std::vector<StatusUpdate> updates;
+      sdk::LocalError err;
+      if (!cache->RecordSent(f.client_id, r.result, &updates, &err)) {
+        // Not recorded locally (disk full): the message stays queued and the
+        // retry gets the original ack back (same client id).
+        std::lock_guard lock(mu);
+        last_error = err.message;
+        (*hold_until)[f.peer] = SteadyMs() + BackoffDelayMs(opt.backoff, (*attempts)[f.peer]++, rng);
+        return;
+      }
+      Emit(updates);
+      cv.notify_all();  // WaitOutboxDrained
+      return;
+    }
+    if (r.code == "closed" || r.code == "timeout") return;  // retried on the next connection
+    bool retryable = r.frame.is_object() && r.frame.value("retryable", false);
+    if (retryable) {
+      auto ra = RetryAfterOf(r.frame);
+      int64_t delay = ra ? RetryAfterDelayMs(opt.backoff, *ra, rng) : BackoffDelayMs(opt.backoff, (*attempts)[f.peer]++, rng);
+      (*hold_until)[f.peer] = SteadyMs() + delay;
+      return;
+    }
+    sdk::LocalError err;
+    cache->FailOutbox(f.client_id, r.code, r.message, &err);
+    Emit({{f.client_id, f.peer, 0, 0, MessageStatus::kFailed, r.code, r.message}});
+    cv.notify_all();
+  }
+};
+
+Client::Client() : impl_(std::make_unique<Impl>()) {}
+
+Client::~Client() { Stop(); }
+
+std::unique_ptr<Client> Client::Open(ClientOptions options, std::string* error) {
+  if (options.db_path.empty()) {
+    if (error) *error = "ClientOptions.db_path is required";
+    return nullptr;
+  }
+  sdk::LocalError err;
+  auto cache = sdk::LocalCache::Open(options.db_path, options.cache_max_pages, &err);
+  if (!cache) {
+    if (error) *error = err.message;
+    return nullptr;
+  }
+  std::unique_ptr<Client> c(new Client());
+  c->impl_->cache = std::move(cache);
+  uint64_t seed = options.random_seed ? options.random_seed : (uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
+  c->impl_->rng.seed(seed);
+  c->impl_->opt = std::move(options);
+  return c;
+}
+
+Reply Client::Register(const std::string& host, uint16_t port, const std::string& username,
+                       const std::string& password, int timeout_ms) {
+  ConnectOptions co;
+  co.host = host;
+  co.port = port;
+  co.timeout_ms = timeout_ms;
+  std::string err;
+  auto c = Connection::Open(co, &err);
+  if (!c) return Reply{false, json(), kErrUnreachable, "server unreachable at " + host + ":" + std::to_string(port) + " (" + err + ")", json()};
+  return c->Call("register", {{"username", username}, {"password", password}}, timeout_ms);
+}
+
+LoginResult Client::Login(const std::string& host, uint16_t port, const std::string& username,
+                          const std::string& password, const std::string& device_name, const std::string& platform,
+                          int timeout_ms) {
+  LoginResult out;
+  ConnectOptions co;
+  co.host = host;
+  co.port = port;
+  co.timeout_ms = timeout_ms;
+  std::string err;
+  auto c = Connection::Open(co, &err);
+  if (!c) {
+    out.code = kErrUnreachable;
+    out.message = "server unreachable at " + host + ":" + std::to_string(port) + " (" + err + ")";
+    return out;
+  }
+  Reply r = c->Call("login", {{"username", username}, {"password", password}, {"device_name", device_name},
+                              {"platform", platform}}, timeout_ms);
+  if (!r.ok) {
+    out.code = r.code;
+    out.message = r.message;
+    return out;
+  }
+  out.ok = true;
+  out.user_id = r.result.value("user_id", int64_t{0});
+  out.device_id = r.result.value("device_id", int64_t{0});
+  out.username = r.result.value("username", "");
+  out.token = r.result.value("token", "");
+  c->Close();
+  return out;
+}
+
+void Client::Start() {
+  std::lock_guard lock(impl_->mu);
+  if (impl_->started || impl_->opt.token.empty()) return;
+  impl_->started = true;
+  impl_->stopping = false;
+  impl_->worker = std::thread([m = impl_.get()] { m->Run(); });
+}
+
+void Client::Stop() {
+  {
+    std::lock_guard lock(impl_->mu);
+    if (!impl_->started) return;
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_all();
+  if (impl_->worker.joinable()) impl_->worker.join();
+  std::lock_guard lock(impl_->mu);
+  impl_->started = false;
+  impl_->stopping = false;
+}
+
+ComposeResult Client::Compose(const std::string& peer, const std::string& body) {
+  ComposeResult out;
+  if (body.empty() || body.size() > kMaxBodyBytes || !ValidUtf8(body)) {
+    out.code = "bad_request";
+    out.message = "a message body is 1-" + std::to_string(kMaxBodyBytes) + " bytes of UTF-8";
+    return out;
+  }
+  if (peer.empty()) {
+    out.code = "bad_request";
+    out.message = "no recipient";
+    return out;
+  }
+  sdk::OutboxRow row;
+  row.client_id = NewClientId();
+  row.peer = Lower(peer);
+  row.body = body;
+  row.created_at = impl_->Now();
+  sdk::LocalError err;
+  if (!impl_->cache->AddOutbox(row, &err)) {
+    out.code = err.code;
+    out.message = err.message;
+    return out;
+  }
+  out.ok = true;
+  out.client_id = row.client_id;
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->queued_updates.push_back({row.client_id, row.peer, 0, 0, MessageStatus::kPending, "", ""});
+  }
+  impl_->Wake();
+  return out;
+}
+
+void Client::MarkRead(int64_t conversation_id, int64_t seq) {
+  {
+    std::lock_guard lock(impl_->mu);
+    auto& r = impl_->pending_read[conversation_id];
+    r = std::max(r, seq);
+  }
+  impl_->Wake();
+}
+
+Reply Client::Request(const std::string& type, json fields, int timeout_ms) {
+  std::shared_ptr<Connection> c;
+  {
+    std::lock_guard lock(impl_->mu);
+    c = impl_->conn;
+  }
+  if (!c) return Reply{false, json(), kErrOffline, "not connected to the server", json()};
+  return c->Call(type, std::move(fields), timeout_ms > 0 ? timeout_ms : impl_->opt.request_timeout_ms);
+}
+
+std::vector<CachedMessage> Client::History(const std::string& peer_in, int64_t before, int limit, bool* has_more,
+                                           Reply* error) {
+  std::string peer = Lower(peer_in);
+  if (has_more) *has_more = false;
+  auto conv = impl_->cache->ConversationWith(peer);
+  int64_t conv_id = conv ? conv->conversation_id : 0;
+  if (!conv_id) {
+    Reply r = Request("open_conversation", {{"username", peer}});
+    if (!r.ok) {
+      if (error) *error = r;
+      return {};
+    }
+    sdk::LocalError err;
+    impl_->cache->StoreConversation(r.result["conversation"], &err);
+    conv_id = r.result["conversation"].value("conversation_id", int64_t{0});
+  }
+  json fields = {{"conversation_id", conv_id}, {"limit", limit}};
+  if (before > 0) fields["before"] = before;
+  Reply r = Request("history", fields);
+  if (!r.ok) {
+    if (error) *error = r;
+    return {};
+  }
+  sdk::LocalError err;
+  if (!impl_->cache->StoreHistory(conv_id, r.result["messages"], &err) && error) {
+    *error = Reply{false, json(), err.code, err.message, json()};
+  }
+  if (has_more) *has_more = r.result.value("has_more", false);
+  return impl_->cache->Messages(conv_id, before, limit);
+}
+
+std::vector<CachedConversation> Client::Conversations() { return impl_->cache->Conversations(); }
+
+std::optional<CachedConversation> Client::ConversationWith(const std::string& peer) {
+  return impl_->cache->ConversationWith(Lower(peer));
+}
+
+std::vector<CachedMessage> Client::Messages(const std::string& peer_in, int64_t before, int limit) {
+  std::string peer = Lower(peer_in);
+  std::vector<CachedMessage> out;
+  if (auto conv = impl_->cache->ConversationWith(peer)) out = impl_->cache->Messages(conv->conversation_id, before, limit);
+  if (before == 0) {
+    for (const auto& row : impl_->cache->Outbox(true)) {
+      if (row.peer != peer) continue;
+      CachedMessage m;
+      m.outgoing = true;
+      m.sender_id = impl_->cache->user_id();
+      m.client_id = row.client_id;
+      m.body = row.body;
+      m.ts = row.created_at;
+      m.status = row.failed ? MessageStatus::kFailed : MessageStatus::kPending;
+      m.error_code = row.error_code;
+      out.push_back(std::move(m));
+    }
+  }
+  return out;
+}
+
+std::vector<StatusUpdate> Client::Outbox() {
+  std::vector<StatusUpdate> out;
+  for (const auto& row : impl_->cache->Outbox(true)) {
+    out.push_back({row.client_id, row.peer, 0, 0, row.failed ? MessageStatus::kFailed : MessageStatus::kPending,
+                   row.error_code, row.error_message});
+  }
+  return out;
+}
+
+size_t Client::PendingCount() { return impl_->cache->Outbox(false).size(); }
+
+std::optional<StatusUpdate> Client::StatusOf(const std::string& client_id) { return impl_->cache->StatusOf(client_id); }
+
+ClientState Client::state() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->state;
+}
+
+std::string Client::last_error() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->last_error;
+}
+
+int64_t Client::user_id() const { return impl_->cache->user_id(); }
+std::string Client::username() const { return impl_->cache->username(); }
+int64_t Client::device_id() const { return impl_->cache->device_id(); }
+int64_t Client::applied() const { return impl_->cache->applied().value_or(0); }
+
+bool Client::WaitOnline(int timeout_ms) {
+  std::unique_lock lock(impl_->mu);
+  impl_->cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] {
+    return impl_->state == ClientState::kOnline || impl_->state == ClientState::kRevoked;
+  });
+  return impl_->state == ClientState::kOnline;
+}
+
+bool Client::WaitOutboxDrained(int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (PendingCount() > 0) {
+    std::unique_lock lock(impl_->mu);
+    if (impl_->cv.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(kPollMs))) ==
+            std::cv_status::timeout &&
+        std::chrono::steady_clock::now() >= deadline) {
+      lock.unlock();
+      return PendingCount() == 0;
+    }
+  }
+  return true;
+}
+
+bool Client::WaitApplied(int64_t user_seq, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (applied() < user_seq) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::unique_lock lock(impl_->mu);
+    impl_->cv.wait_for(lock, std::chrono::milliseconds(kPollMs));
+  }
+  return true;
+}
+
+}  // namespace parley

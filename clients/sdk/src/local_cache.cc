@@ -1,0 +1,668 @@
+// LocalCache over sqlite3. Design: one file, WAL, synchronous=FULL (the
+// outbox is a promise to the user: a composed message must survive a crash of
+// the client or of the machine). Statements are prepared per call: a client
+// does a handful per second, and it keeps the code short. Inside this file
+// SQLite failures are thrown as SqlError and caught at each public method,
+// which rolls its transaction back and returns a LocalError; no exception
+// leaves the class.
+//
+// Own-message status is stored (messages.status) so that a status callback
+// fires exactly when it changes: a receipt or a message from the peer raises
+// the peer's watermarks, and every own message at or below them that is not
+// withheld (blocking, docs/protocol.md) moves to delivered/read.
+#include "local_cache.h"
+
+#include <algorithm>
+#include <climits>
+#include <set>
+#include <stdexcept>
+
+namespace parley::sdk {
+
+using nlohmann::json;
+
+namespace {
+
+struct SqlError : std::runtime_error {
+  SqlError(int rc_in, const std::string& what) : std::runtime_error(what), rc(rc_in) {}
+  int rc;
+};
+
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    int rc = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
+    if (rc != SQLITE_OK) throw SqlError(rc, std::string("prepare: ") + sqlite3_errmsg(db) + " in " + sql);
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  Stmt& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+  }
+  Stmt& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  // True while a row is available.
+  bool Step() {
+    int rc = sqlite3_step(s_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    throw SqlError(rc, sqlite3_errmsg(db_));
+  }
+  void Run() {
+    while (Step()) {
+    }
+  }
+  int64_t Int(int i) { return sqlite3_column_int64(s_, i); }
+  std::string Text(int i) {
+    auto p = sqlite3_column_text(s_, i);
+    return p ? std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(s_, i)))
+             : std::string();
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* s_ = nullptr;
+};
+
+void Exec(sqlite3* db, const char* sql) {
+  char* err = nullptr;
+  int rc = sqlite3_exec(db, sql, nullptr, nullptr, &err);
+  if (rc != SQLITE_OK) {
+    std::string msg = err ? err : "sqlite error";
+    sqlite3_free(err);
+    throw SqlError(rc, msg);
+  }
+}
+
+LocalError ToLocalError(const SqlError& e) {
+  if ((e.rc & 0xff) == SQLITE_FULL) {
+    return {kErrLocalStorageFull,
+            "the local cache is full (no space left on the disk, or its size cap reached): nothing was changed"};
+  }
+  return {kErrLocalStorage, std::string("local cache error: ") + e.what()};
+}
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS conversations(
+  id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL DEFAULT 0, peer TEXT NOT NULL DEFAULT '',
+  created_at INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS conversations_by_peer ON conversations(peer);
+CREATE TABLE IF NOT EXISTS messages(
+  conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
+  client_id TEXT NOT NULL, body TEXT NOT NULL, ts INTEGER NOT NULL, status INTEGER NOT NULL,
+  PRIMARY KEY(conversation_id, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_client_id ON messages(client_id);
+CREATE TABLE IF NOT EXISTS receipts(
+  conversation_id INTEGER NOT NULL, user_id INTEGER NOT NULL,
+  delivered INTEGER NOT NULL, read INTEGER NOT NULL,
+  PRIMARY KEY(conversation_id, user_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS withheld(
+  conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY(conversation_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox(
+  local_id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL UNIQUE, peer TEXT NOT NULL,
+  body TEXT NOT NULL, created_at INTEGER NOT NULL, failed INTEGER NOT NULL DEFAULT 0,
+  error_code TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '');
+)sql";
+
+}  // namespace
+
+// RAII BEGIN IMMEDIATE ... COMMIT; rolls back unless committed.
+class LocalCache::Tx {
+ public:
+  explicit Tx(sqlite3* db) : db_(db) { Exec(db_, "BEGIN IMMEDIATE"); }
+  ~Tx() {
+    if (!done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  void Commit() {
+    Exec(db_, "COMMIT");
+    done_ = true;
+  }
+
+ private:
+  sqlite3* db_;
+  bool done_ = false;
+};
+
+std::unique_ptr<LocalCache> LocalCache::Open(const std::string& path, int64_t max_pages, LocalError* error) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  if (rc != SQLITE_OK) {
+    if (error) *error = {kErrLocalStorage, "cannot open " + path + ": " + (db ? sqlite3_errmsg(db) : "out of memory")};
+    sqlite3_close(db);
+    return nullptr;
+  }
+  std::unique_ptr<LocalCache> c(new LocalCache(db));
+  try {
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, 5000);
+    Exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;");
+    if (max_pages > 0) Exec(db, ("PRAGMA max_page_count=" + std::to_string(max_pages)).c_str());
+    int64_t version = 0;
+    {
+      Stmt s(db, "PRAGMA user_version");
+      if (s.Step()) version = s.Int(0);
+    }
+    if (version > kSchemaVersion) {
+      if (error) *error = {kErrLocalStorage, path + " was written by a newer SDK (schema " + std::to_string(version) + ")"};
+      return nullptr;
+    }
+    if (version < kSchemaVersion) {
+      Tx tx(db);
+      Exec(db, kSchema);
+      Exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
+      tx.Commit();
+    }
+    std::string me = c->MetaLocked("user_id");
+    c->me_ = me.empty() ? 0 : std::stoll(me);
+  } catch (const SqlError& e) {
+    if (error) *error = ToLocalError(e);
+    return nullptr;
+  }
+  return c;
+}
+
+LocalCache::~LocalCache() { sqlite3_close(db_); }
+
+std::string LocalCache::MetaLocked(const std::string& key) {
+  Stmt s(db_, "SELECT value FROM meta WHERE key=?");
+  s.Bind(1, key);
+  return s.Step() ? s.Text(0) : std::string();
+}
+
+void LocalCache::SetMetaLocked(const std::string& key, const std::string& value) {
+  Stmt s(db_, "INSERT INTO meta(key,value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
+  s.Bind(1, key).Bind(2, value).Run();
+}
+
+void LocalCache::SetIdentity(int64_t user_id, const std::string& username, int64_t device_id) {
+  std::lock_guard lock(mu_);
+  try {
+    if (MetaLocked("user_id") == std::to_string(user_id) && MetaLocked("username") == username &&
+        MetaLocked("device_id") == std::to_string(device_id)) {
+      return;  // unchanged: no write (each commit is an fsync)
+    }
+    Tx tx(db_);
+    SetMetaLocked("user_id", std::to_string(user_id));
+    SetMetaLocked("username", username);
+    SetMetaLocked("device_id", std::to_string(device_id));
+    tx.Commit();
+  } catch (const SqlError&) {
+    // Identity is also kept in memory; a full disk only loses it for offline runs.
+  }
+  me_ = user_id;
+}
+
+int64_t LocalCache::user_id() {
+  std::lock_guard lock(mu_);
+  return me_;
+}
+
+std::string LocalCache::username() {
+  std::lock_guard lock(mu_);
+  try {
+    return MetaLocked("username");
+  } catch (const SqlError&) {
+    return "";
+  }
+}
+
+int64_t LocalCache::device_id() {
+  std::lock_guard lock(mu_);
+  try {
+    auto v = MetaLocked("device_id");
+    return v.empty() ? 0 : std::stoll(v);
+  } catch (const SqlError&) {
+    return 0;
+  }
+}
+
+std::optional<int64_t> LocalCache::applied() {
+  std::lock_guard lock(mu_);
+  try {
+    auto v = MetaLocked("applied");
+    if (v.empty()) return std::nullopt;
+    return std::stoll(v);
+  } catch (const SqlError&) {
+    return std::nullopt;
+  }
+}
+
+bool LocalCache::AddOutbox(const OutboxRow& row, LocalError* error) {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt s(db_, "INSERT INTO outbox(client_id, peer, body, created_at) VALUES(?,?,?,?)");
+    s.Bind(1, row.client_id).Bind(2, row.peer).Bind(3, row.body).Bind(4, row.created_at).Run();
+    return true;
+  } catch (const SqlError& e) {
+    if (error) *error = ToLocalError(e);
+    return false;
+  }
+}
+
+std::vector<OutboxRow> LocalCache::Outbox(bool include_failed) {
+  std::lock_guard lock(mu_);
+  std::vector<OutboxRow> out;
+  try {
+    Stmt s(db_, include_failed
+                    ? "SELECT local_id, client_id, peer, body, created_at, failed, error_code, error_message FROM outbox ORDER BY local_id"
+                    : "SELECT local_id, client_id, peer, body, created_at, failed, error_code, error_message FROM outbox WHERE failed=0 ORDER BY local_id");
+    while (s.Step()) {
+      out.push_back({s.Int(0), s.Text(1), s.Text(2), s.Text(3), s.Int(4), s.Int(5) != 0, s.Text(6), s.Text(7)});
+    }
+  } catch (const SqlError&) {
+  }
+  return out;
+}
+
+bool LocalCache::FailOutbox(const std::string& client_id, const std::string& code, const std::string& message,
+                            LocalError* error) {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt s(db_, "UPDATE outbox SET failed=1, error_code=?, error_message=? WHERE client_id=?");
+    s.Bind(1, code).Bind(2, message).Bind(3, client_id).Run();
+    return true;
+  } catch (const SqlError& e) {
+    if (error) *error = ToLocalError(e);
+    return false;
+  }
+}
+
+std::string LocalCache::PeerOf(int64_t conversation_id) {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt s(db_, "SELECT peer FROM conversations WHERE id=?");
+    s.Bind(1, conversation_id);
+    return s.Step() ? s.Text(0) : std::string();
+  } catch (const SqlError&) {
+    return "";
+  }
+}
+
+MessageStatus LocalCache::OwnStatusLocked(int64_t conversation_id, int64_t seq) {
+  {
+    Stmt w(db_, "SELECT 1 FROM withheld WHERE conversation_id=? AND seq=?");
+    w.Bind(1, conversation_id).Bind(2, seq);
+    if (w.Step()) return MessageStatus::kSent;
+  }
+  Stmt s(db_, "SELECT MAX(delivered), MAX(read) FROM receipts WHERE conversation_id=? AND user_id<>?");
+  s.Bind(1, conversation_id).Bind(2, me_);
+  if (!s.Step()) return MessageStatus::kSent;
+  if (s.Int(1) >= seq) return MessageStatus::kRead;
+  if (s.Int(0) >= seq) return MessageStatus::kDelivered;
+  return MessageStatus::kSent;
+}
+
+void LocalCache::InsertConversationLocked(const json& c) {
+  int64_t id = c.value("conversation_id", int64_t{0});
+  if (id <= 0) return;
+  int64_t peer_id = 0;
+  std::string peer;
+  for (const auto& m : c.value("members", json::array())) {
+    if (m.value("user_id", int64_t{0}) != me_) {
+      peer_id = m.value("user_id", int64_t{0});
+      peer = m.value("username", "");
+    }
+  }
+  Stmt s(db_,
+         "INSERT INTO conversations(id, peer_id, peer, created_at, last_seq) VALUES(?,?,?,?,?) "
+         "ON CONFLICT(id) DO UPDATE SET peer_id=excluded.peer_id, peer=excluded.peer, created_at=excluded.created_at, "
+         "last_seq=MAX(last_seq, excluded.last_seq)");
+  s.Bind(1, id).Bind(2, peer_id).Bind(3, peer).Bind(4, c.value("created_at", int64_t{0}))
+      .Bind(5, c.value("last_seq", int64_t{0}))
+      .Run();
+}
+
+void LocalCache::InsertMessageLocked(const json& m, std::vector<StatusUpdate>* updates) {
+  int64_t conv = m.value("conversation_id", int64_t{0});
+  int64_t seq = m.value("seq", int64_t{0});
+  int64_t sender = m.value("sender_id", int64_t{0});
+  std::string client_id = m.value("client_id", "");
+  {
+    Stmt c(db_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
+    c.Bind(1, conv).Run();
+    Stmt u(db_, "UPDATE conversations SET last_seq=MAX(last_seq, ?) WHERE id=?");
+    u.Bind(1, seq).Bind(2, conv).Run();
+  }
+  bool own = sender == me_;
+  MessageStatus status = own ? OwnStatusLocked(conv, seq) : MessageStatus::kSent;
+  Stmt s(db_,
+         "INSERT INTO messages(conversation_id, seq, sender_id, client_id, body, ts, status) VALUES(?,?,?,?,?,?,?) "
+         "ON CONFLICT DO NOTHING");
+  s.Bind(1, conv).Bind(2, seq).Bind(3, sender).Bind(4, client_id).Bind(5, m.value("body", ""))
+      .Bind(6, m.value("ts", int64_t{0}))
+      .Bind(7, static_cast<int64_t>(status))
+      .Run();
+  bool inserted = sqlite3_changes(db_) > 0;
+  if (!own) return;
+  // An own message (this device's ack or event, or another device's send):
+  // it leaves the outbox the moment the cache knows it was stored.
+  bool was_queued = false;
+  {
+    Stmt d(db_, "DELETE FROM outbox WHERE client_id=?");
+    d.Bind(1, client_id).Run();
+    was_queued = sqlite3_changes(db_) > 0;
+  }
+  if ((inserted || was_queued) && updates) {
+    Stmt p(db_, "SELECT peer FROM conversations WHERE id=?");
+    p.Bind(1, conv);
+    std::string peer = p.Step() ? p.Text(0) : "";
+    updates->push_back({client_id, peer, conv, seq, status, "", ""});
+  }
+}
+
+void LocalCache::RaiseWatermarksLocked(int64_t conv, int64_t user, int64_t delivered, int64_t read,
+                                       std::vector<StatusUpdate>* updates) {
+  {
+    Stmt c(db_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
+    c.Bind(1, conv).Run();
+    Stmt s(db_,
+           "INSERT INTO receipts(conversation_id, user_id, delivered, read) VALUES(?,?,?,?) "
+           "ON CONFLICT DO UPDATE SET delivered=MAX(delivered, excluded.delivered), read=MAX(read, excluded.read)");
+    s.Bind(1, conv).Bind(2, user).Bind(3, std::max(delivered, read)).Bind(4, read).Run();
+  }
+  if (user == me_) return;
+  // Own messages whose stored status is below what the watermarks now say.
+  Stmt q(db_,
+         "SELECT m.seq, m.client_id, m.status FROM messages m WHERE m.conversation_id=? AND m.sender_id=? "
+         "AND m.seq<=? AND m.status<? AND NOT EXISTS (SELECT 1 FROM withheld w WHERE w.conversation_id=m.conversation_id "
+         "AND w.seq=m.seq) ORDER BY m.seq");
+  q.Bind(1, conv).Bind(2, me_).Bind(3, std::max(delivered, read)).Bind(4, static_cast<int64_t>(MessageStatus::kRead));
+  std::vector<std::pair<int64_t, std::string>> rows;
+  while (q.Step()) rows.emplace_back(q.Int(0), q.Text(1));
+  if (rows.empty()) return;
+  std::string peer;
+  {
+    Stmt p(db_, "SELECT peer FROM conversations WHERE id=?");
+    p.Bind(1, conv);
+    peer = p.Step() ? p.Text(0) : "";
+  }
+  for (auto& [seq, client_id] : rows) {
+    MessageStatus now = OwnStatusLocked(conv, seq);
+    Stmt u(db_, "UPDATE messages SET status=? WHERE conversation_id=? AND seq=? AND status<?");
+    u.Bind(1, static_cast<int64_t>(now)).Bind(2, conv).Bind(3, seq).Bind(4, static_cast<int64_t>(now)).Run();
+    if (sqlite3_changes(db_) > 0 && updates) updates->push_back({client_id, peer, conv, seq, now, "", ""});
+  }
+}
+
+void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
+  std::string kind = e.value("kind", "");
+  auto add_withheld = [&](int64_t conv) {
+    for (const auto& w : e.value("withheld", json::array())) {
+      Stmt s(db_, "INSERT INTO withheld(conversation_id, seq) VALUES(?,?) ON CONFLICT DO NOTHING");
+      s.Bind(1, conv).Bind(2, w.get<int64_t>()).Run();
+    }
+  };
+  if (kind == "message") {
+    const json& m = e["message"];
+    int64_t conv = m.value("conversation_id", int64_t{0});
+    int64_t seq = m.value("seq", int64_t{0});
+    int64_t sender = m.value("sender_id", int64_t{0});
+    add_withheld(conv);
+    InsertMessageLocked(m, &out->updates);
+    // Sending reads everything before it (docs/protocol.md, "message").
+    RaiseWatermarksLocked(conv, sender, seq, seq, &out->updates);
+    if (sender != me_) {
+      auto& r = out->received[conv];
+      r = std::max(r, seq);
+    }
+  } else if (kind == "receipt") {
+    int64_t conv = e.value("conversation_id", int64_t{0});
+    add_withheld(conv);
+    RaiseWatermarksLocked(conv, e.value("user_id", int64_t{0}), e.value("delivered", int64_t{0}),
+                          e.value("read", int64_t{0}), &out->updates);
+  } else if (kind == "conversation") {
+    InsertConversationLocked(e["conversation"]);
+  }
+  // Other kinds (profile, contact, block, and kinds added later) change no
+  // cached table; they still advance the cursor and reach on_event.
+}
+
+bool LocalCache::ApplyEvents(const std::vector<json>& events, ApplyOutcome* out, LocalError* error) {
+  std::lock_guard lock(mu_);
+  try {
+    Tx tx(db_);
+    std::string a = MetaLocked("applied");
+    int64_t applied = a.empty() ? 0 : std::stoll(a);
+    // By user seq; events at or below the cursor were seen already (live
+    // and sync overlap). A coalesced receipt's also_covers are applied
+    // when their turn comes (nothing else arrives for them).
+    std::map<int64_t, const json*> next;
+    for (const auto& e : events) {
+      int64_t us = e.value("user_seq", int64_t{0});
+      if (us > applied) next.emplace(us, &e);
+    }
+    std::set<int64_t> covered = covered_;
+    ApplyOutcome local;
+    while (true) {
+      auto it = next.find(applied + 1);
+      if (it != next.end()) {
+        ApplyOneLocked(*it->second, &local);
+        for (const auto& c : it->second->value("also_covers", json::array())) {
+          if (c.is_number_integer() && c.get<int64_t>() > applied + 1) covered.insert(c.get<int64_t>());
+        }
+        local.applied.push_back(*it->second);
+        next.erase(it);
+      } else if (!covered.count(applied + 1)) {
+        break;
+      }
+      ++applied;
+    }
+    local.gap = !next.empty();
+    covered.erase(covered.begin(), covered.upper_bound(applied));
+    SetMetaLocked("applied", std::to_string(applied));
+    tx.Commit();
+    covered_ = std::move(covered);
+    *out = std::move(local);
+    return true;
+  } catch (const SqlError& e) {
+    if (error) *error = ToLocalError(e);
+    return false;
+  } catch (const json::exception& e) {
+    if (error) *error = {kErrLocalStorage, std::string("malformed event from the server: ") + e.what()};
+    return false;
+  }
+}
+
+bool LocalCache::ApplySnapshot(const json& snap, ApplyOutcome* out, LocalError* error) {
+  std::lock_guard lock(mu_);
+  try {
+    Tx tx(db_);
+    Exec(db_, "DELETE FROM conversations; DELETE FROM messages; DELETE FROM receipts; DELETE FROM withheld;");
+    ApplyOutcome local;
+    for (const auto& entry : snap.value("conversations", json::array())) {
+      const json& c = entry["conversation"];
+      InsertConversationLocked(c);
+      int64_t conv = c.value("conversation_id", int64_t{0});
+      for (const auto& w : entry.value("watermarks", json::array())) {
+        RaiseWatermarksLocked(conv, w.value("user_id", int64_t{0}), w.value("delivered", int64_t{0}),
+                              w.value("read", int64_t{0}), nullptr);
+      }
+      for (const auto& m : entry.value("messages", json::array())) {
+        InsertMessageLocked(m, &local.updates);
+        if (m.value("sender_id", int64_t{0}) != me_) {
+          auto& r = local.received[conv];
+          r = std::max(r, m.value("seq", int64_t{0}));
+        }
+      }
+    }
+    SetMetaLocked("applied", std::to_string(snap.value("head", int64_t{0})));
+    tx.Commit();
+    covered_.clear();
+    *out = std::move(local);
+    return true;
+  } catch (const SqlError& e) {
+    if (error) *error = ToLocalError(e);
+    return false;
+  } catch (const json::exception& e) {
+    if (error) *error = {kErrLocalStorage, std::string("malformed snapshot from the server: ") + e.what()};
+    return false;
+  }
+}
+
+bool LocalCache::StoreHistory(int64_t conversation_id, const json& messages, LocalError* error) {
+  std::lock_guard lock(mu_);
+  try {
+    Tx tx(db_);
+    for (const auto& m : messages) {
+      if (m.value("conversation_id", int64_t{0}) != conversation_id) continue;
+      InsertMessageLocked(m, nullptr);
+    }
+    tx.Commit();
+    return true;
+  } catch (const SqlError& e) {
+    if (error) *error = ToLocalError(e);
+    return false;
+  }
+}
+
+bool LocalCache::StoreConversation(const json& conversation, LocalError* error) {
+  std::lock_guard lock(mu_);
+  try {
+    InsertConversationLocked(conversation);
+    return true;
+  } catch (const SqlError& e) {
+    if (error) *error = ToLocalError(e);
+    return false;
+  }
+}
+
+bool LocalCache::RecordSent(const std::string& client_id, const json& ack, std::vector<StatusUpdate>* updates,
+                            LocalError* error) {
+  std::lock_guard lock(mu_);
+  try {
+    Tx tx(db_);
+    Stmt s(db_, "SELECT peer, body FROM outbox WHERE client_id=?");
+    s.Bind(1, client_id);
+    if (!s.Step()) return true;  // already recorded through its message event
+    std::string peer = s.Text(0), body = s.Text(1);
+    int64_t conv = ack.value("conversation_id", int64_t{0});
+    {
+      Stmt c(db_, "INSERT INTO conversations(id, peer) VALUES(?,?) ON CONFLICT(id) DO UPDATE SET "
+                  "peer=CASE WHEN peer='' THEN excluded.peer ELSE peer END");
+      c.Bind(1, conv).Bind(2, peer).Run();
+    }
+    json m = {{"conversation_id", conv}, {"seq", ack.value("seq", int64_t{0})}, {"sender_id", me_},
+              {"client_id", client_id}, {"body", body}, {"ts", ack.value("ts", int64_t{0})}};
+    InsertMessageLocked(m, updates);
+    tx.Commit();
+    return true;
+  } catch (const SqlError& e) {
+    if (error) *error = ToLocalError(e);
+    return false;
+  }
+}
+
+CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
+  CachedConversation c;
+  Stmt s(db_, "SELECT id, peer_id, peer, last_seq FROM conversations WHERE id=?");
+  s.Bind(1, id);
+  if (!s.Step()) return c;
+  c.conversation_id = s.Int(0);
+  c.peer_id = s.Int(1);
+  c.peer = s.Text(2);
+  c.last_seq = s.Int(3);
+  Stmt r(db_, "SELECT user_id, delivered, read FROM receipts WHERE conversation_id=?");
+  r.Bind(1, id);
+  while (r.Step()) {
+    if (r.Int(0) == me_) {
+      c.my_read = r.Int(2);
+    } else {
+      c.peer_delivered = std::max(c.peer_delivered, r.Int(1));
+      c.peer_read = std::max(c.peer_read, r.Int(2));
+    }
+  }
+  Stmt u(db_, "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND sender_id<>? AND seq>?");
+  u.Bind(1, id).Bind(2, me_).Bind(3, c.my_read);
+  if (u.Step()) c.unread = u.Int(0);
+  Stmt t(db_, "SELECT MAX(ts) FROM messages WHERE conversation_id=?");
+  t.Bind(1, id);
+  if (t.Step()) c.last_ts = t.Int(0);
+  return c;
+}
+
+std::vector<CachedConversation> LocalCache::Conversations() {
+  std::lock_guard lock(mu_);
+  std::vector<CachedConversation> out;
+  try {
+    std::vector<int64_t> ids;
+    Stmt s(db_, "SELECT id FROM conversations");
+    while (s.Step()) ids.push_back(s.Int(0));
+    for (int64_t id : ids) out.push_back(ConversationRowLocked(id));
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+      return a.last_ts != b.last_ts ? a.last_ts > b.last_ts : a.conversation_id > b.conversation_id;
+    });
+  } catch (const SqlError&) {
+  }
+  return out;
+}
+
+std::optional<CachedConversation> LocalCache::ConversationWith(const std::string& peer) {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt s(db_, "SELECT id FROM conversations WHERE peer=? ORDER BY id LIMIT 1");
+    s.Bind(1, peer);
+    if (!s.Step()) return std::nullopt;
+    return ConversationRowLocked(s.Int(0));
+  } catch (const SqlError&) {
+    return std::nullopt;
+  }
+}
+
+std::vector<CachedMessage> LocalCache::Messages(int64_t conversation_id, int64_t before, int limit) {
+  std::lock_guard lock(mu_);
+  std::vector<CachedMessage> out;
+  try {
+    Stmt s(db_,
+           "SELECT seq, sender_id, client_id, body, ts, status FROM messages WHERE conversation_id=? AND seq<? "
+           "ORDER BY seq DESC LIMIT ?");
+    s.Bind(1, conversation_id).Bind(2, before > 0 ? before : INT64_MAX).Bind(3, static_cast<int64_t>(limit));
+    while (s.Step()) {
+      CachedMessage m;
+      m.conversation_id = conversation_id;
+      m.seq = s.Int(0);
+      m.sender_id = s.Int(1);
+      m.outgoing = m.sender_id == me_;
+      m.client_id = s.Text(2);
+      m.body = s.Text(3);
+      m.ts = s.Int(4);
+      m.status = static_cast<MessageStatus>(s.Int(5));
+      out.push_back(std::move(m));
+    }
+  } catch (const SqlError&) {
+  }
+  std::reverse(out.begin(), out.end());
+  return out;
+}
+
+std::optional<StatusUpdate> LocalCache::StatusOf(const std::string& client_id) {
+  std::lock_guard lock(mu_);
+  try {
+    {
+      Stmt s(db_, "SELECT peer, failed, error_code, error_message FROM outbox WHERE client_id=?");
+      s.Bind(1, client_id);
+      if (s.Step()) {
+        StatusUpdate u{client_id, s.Text(0), 0, 0, s.Int(1) ? MessageStatus::kFailed : MessageStatus::kPending,
+                       s.Text(2), s.Text(3)};
+        return u;
+      }
+    }
+    Stmt m(db_,
+           "SELECT m.conversation_id, m.seq, m.status, c.peer FROM messages m LEFT JOIN conversations c "
+           "ON c.id=m.conversation_id WHERE m.client_id=? AND m.sender_id=?");
+    m.Bind(1, client_id).Bind(2, me_);
+    if (m.Step()) {
+      return StatusUpdate{client_id, m.Text(3), m.Int(0), m.Int(1), static_cast<MessageStatus>(m.Int(2)), "", ""};
+    }
+  } catch (const SqlError&) {
+  }
+  return std::nullopt;
+}
+
+}  // namespace parley::sdk

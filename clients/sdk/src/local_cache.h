@@ -1,0 +1,112 @@
+// LocalCache: the SDK's SQLite file — the cache (conversations, messages,
+// receipts, the applied cursor) and the durable outbox. Internal to the SDK.
+//
+// Every method is thread-safe (one mutex around the one sqlite3 handle) and
+// returns errors as a LocalError (code kErrLocalStorageFull when SQLite says
+// SQLITE_FULL, kErrLocalStorage otherwise); a failed method leaves the file as
+// it was (each one is a single transaction). Events and the cursor move in the
+// same transaction, so a crash never applies an event twice or skips one.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "parley/client.h"
+
+namespace parley::sdk {
+
+struct LocalError {
+  std::string code;
+  std::string message;
+};
+
+struct OutboxRow {
+  int64_t local_id = 0;
+  std::string client_id;
+  std::string peer;
+  std::string body;
+  int64_t created_at = 0;
+  bool failed = false;
+  std::string error_code, error_message;
+};
+
+// What applying a batch of stream events produced.
+struct ApplyOutcome {
+  std::vector<StatusUpdate> updates;          // status changes of own messages
+  std::map<int64_t, int64_t> received;        // conversation -> highest seq received from others
+  std::vector<nlohmann::json> applied;        // the events applied (not the dropped duplicates)
+  bool gap = false;                           // some events were beyond a missing user seq
+};
+
+class LocalCache {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
+  ~LocalCache();
+
+  // Identity and cursor ("meta" table).
+  void SetIdentity(int64_t user_id, const std::string& username, int64_t device_id);
+  int64_t user_id();
+  std::string username();
+  int64_t device_id();
+  // The highest applied user seq; nullopt if the cache never synced (new device).
+  std::optional<int64_t> applied();
+
+  // Outbox.
+  bool AddOutbox(const OutboxRow& row, LocalError* error);
+  std::vector<OutboxRow> Outbox(bool include_failed);
+  bool FailOutbox(const std::string& client_id, const std::string& code, const std::string& message,
+                  LocalError* error);
+  // The send of `client_id` was acknowledged: the outbox row becomes a message.
+  bool RecordSent(const std::string& client_id, const nlohmann::json& ack, std::vector<StatusUpdate>* updates,
+                  LocalError* error);
+
+  // Applies stream events in user-seq order; events at or below the cursor
+  // are dropped; user seqs named by a coalesced receipt's also_covers count
+  // as applied when reached; stops at the first gap (out->gap; the rest stay
+  // unapplied). Advances the cursor.
+  bool ApplyEvents(const std::vector<nlohmann::json>& events, ApplyOutcome* out, LocalError* error);
+  // Replaces the stream-derived state with a snapshot (outbox untouched).
+  bool ApplySnapshot(const nlohmann::json& snapshot, ApplyOutcome* out, LocalError* error);
+  // Stores a page of history (messages are immutable; existing rows kept).
+  bool StoreHistory(int64_t conversation_id, const nlohmann::json& messages, LocalError* error);
+  // Records a conversation learnt from open_conversation/send.
+  bool StoreConversation(const nlohmann::json& conversation, LocalError* error);
+
+  std::vector<CachedConversation> Conversations();
+  std::optional<CachedConversation> ConversationWith(const std::string& peer);
+  std::vector<CachedMessage> Messages(int64_t conversation_id, int64_t before, int limit);
+  std::optional<StatusUpdate> StatusOf(const std::string& client_id);
+  std::string PeerOf(int64_t conversation_id);
+
+ private:
+  explicit LocalCache(sqlite3* db) : db_(db) {}
+  class Tx;
+  std::string MetaLocked(const std::string& key);
+  void SetMetaLocked(const std::string& key, const std::string& value);
+  void ApplyOneLocked(const nlohmann::json& event, ApplyOutcome* out);
+  void InsertConversationLocked(const nlohmann::json& conversation);
+  void InsertMessageLocked(const nlohmann::json& m, std::vector<StatusUpdate>* updates);
+  void RaiseWatermarksLocked(int64_t conversation_id, int64_t user_id, int64_t delivered, int64_t read,
+                             std::vector<StatusUpdate>* updates);
+  MessageStatus OwnStatusLocked(int64_t conversation_id, int64_t seq);
+  CachedConversation ConversationRowLocked(int64_t conversation_id);
+
+  std::mutex mu_;  // guards db_ and every statement
+  sqlite3* db_;
+  int64_t me_ = 0;  // cached user id (meta "user_id")
+  std::set<int64_t> covered_;  // user seqs above the cursor covered by a coalesced receipt
+};
+
+}  // namespace parley::sdk

@@ -1,0 +1,231 @@
+// parley::Client — the SDK's client layer: one device of one user, kept
+// connected to parleyd, with a local SQLite cache and a durable outbox.
+// Full description: docs/sdk.md.
+//
+// What it does:
+//  - connects and authenticates with a device token (Client::Login makes one);
+//    reconnects on its own after any disconnect, with exponential backoff and
+//    full jitter, honouring the server's retry_after_ms (parley/backoff.h);
+//    close 4002 or an `invalid_token` answer stop it for good (state kRevoked);
+//  - resumes from the device's cursor: after each auth it loops `sync` from
+//    the last applied user seq (a new cache starts from a `snapshot`), and
+//    applies live events by user seq, dropping what it already has and
+//    syncing on a gap, so every event is applied exactly once, in order;
+//  - keeps a local cache (conversations, messages, receipts, the cursor) in
+//    one SQLite file; an event and the cursor move in the same transaction;
+//  - keeps a durable outbox in the same file: Compose stores the message with
+//    a fresh client id before anything goes on the wire; messages are sent in
+//    compose order per peer (one in flight per peer, so a retryable failure
+//    can never reorder them), retried with the same client id after any
+//    failure, across reconnects and client restarts; a message still unsent
+//    after options.outbox_max_age_ms (default kDefaultOutboxMaxAgeMs, 30 days)
+//    is marked failed and reported;
+//  - reports per-message status: pending -> sent -> delivered -> read (or
+//    failed), through on_status;
+//  - reports `delivered` for received messages as soon as they are stored
+//    (options.auto_report_delivered), and `read` when told (MarkRead).
+// What it is not: a UI; group chats (the protocol is 1:1 today).
+//
+// Threading and ownership: a Client owns one worker thread (started by
+// Start, joined by Stop and the destructor) and, while connected, one
+// parley::Connection. Every public method is thread-safe. Callbacks
+// (on_status, on_event, on_state) run on the worker thread, one at a time, in
+// the order things happened; they may call Compose, MarkRead and the cache
+// queries, but must not call Request, History or the Wait* methods (those
+// wait for the worker) and must not destroy the Client. Callbacks must be set
+// in ClientOptions before Open. No Boost types appear in this header.
+//
+// Errors: methods that can fail return a Reply-like result with a stable
+// `code` (the server's error codes from docs/protocol.md, plus the local ones
+// below) and a human-readable `message`.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "parley/backoff.h"
+#include "parley/connection.h"
+
+namespace parley {
+
+// Local error codes (besides the server's):
+inline constexpr const char* kErrOffline = "offline";                  // no live connection right now
+inline constexpr const char* kErrLocalStorageFull = "local_storage_full";  // the cache's disk (or size cap) is full
+inline constexpr const char* kErrLocalStorage = "local_storage";          // any other local SQLite failure
+inline constexpr const char* kErrExpired = "expired";                  // outbox message older than the max age
+inline constexpr const char* kErrUnreachable = "unreachable";          // TCP/WebSocket connect failed
+
+// "Outbox age" in ../shared/DESIGN.md: how long an unsent message is retried.
+inline constexpr int64_t kDefaultOutboxMaxAgeMs = 30LL * 24 * 3600 * 1000;
+
+enum class MessageStatus : int { kPending = 0, kSent = 1, kDelivered = 2, kRead = 3, kFailed = 4 };
+const char* MessageStatusName(MessageStatus s);
+
+enum class ClientState : int {
+  kStopped = 0,     // Start not called yet, or stopped
+  kConnecting = 1,  // connecting, authenticating or catching up (sync)
+  kOnline = 2,      // authenticated and caught up; live events flow, the outbox drains
+  kWaiting = 3,     // disconnected, waiting for the next attempt (last_error says why)
+  kRevoked = 4,     // the token was refused or revoked: log in again; the outbox is kept
+};
+const char* ClientStateName(ClientState s);
+
+struct StatusUpdate {
+  std::string client_id;
+  std::string peer;             // username of the other member (when known)
+  int64_t conversation_id = 0;  // 0 while pending and never sent
+  int64_t seq = 0;              // 0 while pending
+  MessageStatus status = MessageStatus::kPending;
+  std::string error_code;  // set when kFailed
+  std::string error_message;
+};
+
+// A message as the cache knows it (own or received; pending outbox entries
+// have seq 0).
+struct CachedMessage {
+  int64_t conversation_id = 0;
+  int64_t seq = 0;
+  int64_t sender_id = 0;
+  bool outgoing = false;
+  std::string client_id;
+  std::string body;
+  int64_t ts = 0;  // server time; compose time for pending ones
+  MessageStatus status = MessageStatus::kSent;  // outgoing only; kSent for incoming
+  std::string error_code;                        // kFailed only
+};
+
+struct CachedConversation {
+  int64_t conversation_id = 0;
+  int64_t peer_id = 0;
+  std::string peer;  // username
+  int64_t last_seq = 0;
+  int64_t unread = 0;  // messages from the peer above my read watermark
+  int64_t my_read = 0;
+  int64_t peer_delivered = 0;
+  int64_t peer_read = 0;
+  int64_t last_ts = 0;
+};
+
+struct ComposeResult {
+  bool ok = false;
+  std::string client_id;  // when ok
+  std::string code;       // when !ok: kErrLocalStorageFull, kErrLocalStorage, "bad_request"
+  std::string message;
+};
+
+struct LoginResult {
+  bool ok = false;
+  std::string code, message;  // when !ok
+  int64_t user_id = 0, device_id = 0;
+  std::string username, token;
+};
+
+struct ClientOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;
+  std::string db_path;  // REQUIRED: the local cache and outbox file (created if missing)
+  std::string token;    // the device token; empty: cache-only (Compose works, nothing connects)
+
+  BackoffPolicy backoff;
+  int64_t outbox_max_age_ms = kDefaultOutboxMaxAgeMs;
+  int connect_timeout_ms = 5000;
+  int request_timeout_ms = 10000;  // a send without an answer by then is retried on a new connection
+  int sync_page_limit = 200;       // events per sync page (protocol: 1-1000)
+  int snapshot_messages = 20;      // newest messages per conversation in a new cache's snapshot (0-100)
+  bool auto_report_delivered = true;
+  int64_t cache_max_pages = 0;  // >0: PRAGMA max_page_count (caps the cache file; full-disk tests)
+
+  // Injected for tests; defaults: the system clock (ms since epoch) and a
+  // random seed from std::random_device.
+  std::function<int64_t()> now_ms;
+  uint64_t random_seed = 0;
+
+  // Callbacks, on the worker thread (see the header comment).
+  std::function<void(const StatusUpdate&)> on_status;
+  std::function<void(const nlohmann::json& event)> on_event;  // each stream event once, after it is applied
+  std::function<void(ClientState state, const std::string& detail)> on_state;
+};
+
+class Client {
+ public:
+  // Opens (or creates) the cache at options.db_path. Does not connect.
+  // Returns nullptr and sets *error if the file cannot be opened or migrated.
+  static std::unique_ptr<Client> Open(ClientOptions options, std::string* error);
+
+  // One-shot helpers over a temporary connection (no cache involved).
+  static Reply Register(const std::string& host, uint16_t port, const std::string& username,
+                        const std::string& password, int timeout_ms = 10000);
+  static LoginResult Login(const std::string& host, uint16_t port, const std::string& username,
+                           const std::string& password, const std::string& device_name,
+                           const std::string& platform, int timeout_ms = 10000);
+
+  ~Client();  // Stop()s
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Starts the worker (connect, catch up, drain the outbox, follow live
+  // events, reconnect). Does nothing if started or if there is no token.
+  void Start();
+  // Closes the connection (1000) and joins the worker. Nothing in the
+  // outbox is lost: unacknowledged sends are retried by the next Start.
+  void Stop();
+
+  // Queues a message to `peer` (a username) in the durable outbox and wakes
+  // the worker. Works offline. The client id is generated here and never
+  // changes. REQUIRES: body is 1-16384 bytes of UTF-8 (else "bad_request").
+  ComposeResult Compose(const std::string& peer, const std::string& body);
+
+  // Marks everything up to `seq` in the conversation read (sent to the
+  // server as a receipt by the worker; coalesced).
+  void MarkRead(int64_t conversation_id, int64_t seq);
+
+  // A request over the live connection, waiting up to timeout_ms (0: the
+  // default request timeout). Returns code kErrOffline if not online.
+  Reply Request(const std::string& type, nlohmann::json fields = nlohmann::json::object(), int timeout_ms = 0);
+
+  // Pages a conversation with `peer` from the server (backwards from
+  // `before`, 0 = newest), storing the messages in the cache. Returns them in
+  // ascending seq, own messages with their status. has_more is set.
+  std::vector<CachedMessage> History(const std::string& peer, int64_t before, int limit, bool* has_more,
+                                     Reply* error);
+
+  // Cache queries (work offline).
+  std::vector<CachedConversation> Conversations();
+  std::optional<CachedConversation> ConversationWith(const std::string& peer);
+  // Messages with `peer`, ascending; below `before` (0: newest), at most
+  // `limit`; pending/failed outbox entries to that peer come last.
+  std::vector<CachedMessage> Messages(const std::string& peer, int64_t before, int limit);
+  // Outbox entries not yet acknowledged (pending) and failed ones, in compose order.
+  std::vector<StatusUpdate> Outbox();
+  size_t PendingCount();  // pending outbox entries (not failed)
+  std::optional<StatusUpdate> StatusOf(const std::string& client_id);
+
+  ClientState state() const;
+  std::string last_error() const;
+  int64_t user_id() const;   // 0 until the first auth (kept in the cache)
+  std::string username() const;
+  int64_t device_id() const;
+  int64_t applied() const;   // the highest user seq applied to the cache
+
+  // Waits until online (true) or the timeout passes / the token is revoked (false).
+  bool WaitOnline(int timeout_ms);
+  // Waits until no outbox entry is pending (failed ones do not count). The
+  // cache is the reference: on_status callbacks for the last messages may
+  // still be running on the worker when this returns.
+  bool WaitOutboxDrained(int timeout_ms);
+  // Waits until applied() >= user_seq.
+  bool WaitApplied(int64_t user_seq, int timeout_ms);
+
+ private:
+  Client();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace parley

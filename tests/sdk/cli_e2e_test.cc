@@ -1,0 +1,142 @@
+// The `parley` CLI, scripted end to end: two users, each with their own
+// config directory, against a real parleyd. Every run is a separate process,
+// so everything that survives between runs lives in the config directory.
+#include <sys/stat.h>
+
+#include "sdk/sdk_test_util.h"
+
+namespace parley::testing {
+namespace {
+
+class CliUser {
+ public:
+  CliUser(const TempDir& dir, const std::string& name, uint16_t port)
+      : dir_(dir), name_(name), base_({"--config-dir", dir / ("cfg-" + name), "--server", "127.0.0.1:" + std::to_string(port),
+                                       "--timeout", "5000"}) {}
+  CliResult Run(std::vector<std::string> args, const std::string& input = "") const {
+    std::vector<std::string> a = base_;
+    a.insert(a.end(), args.begin(), args.end());
+    return RunCli(dir_, a, input);
+  }
+  json Json(std::vector<std::string> args) const {
+    args.insert(args.begin(), "--json");
+    auto r = Run(args);
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    return r.Json();
+  }
+  std::string config_dir() const { return base_[1]; }
+
+ private:
+  const TempDir& dir_;
+  std::string name_;
+  std::vector<std::string> base_;
+};
+
+TEST(CliE2E, TwoUsersRegisterAddEachOtherSendWhileOfflineReadHistoryAndSeeTicksReachRead) {
+  ServerProcess s;
+  TempDir dir;
+  CliUser alice(dir, "alice", s.port()), bob(dir, "bob", s.port());
+
+  for (auto* u : {&alice, &bob}) {
+    std::string name = u == &alice ? "alice" : "bob";
+    auto reg = u->Run({"register", name}, "correct horse\n");  // password from stdin
+    ASSERT_EQ(reg.exit_code, 0) << reg.err;
+    auto login = u->Run({"login", name, "--password", "correct horse"});
+    ASSERT_EQ(login.exit_code, 0) << login.err;
+    EXPECT_NE(login.out.find("logged in as " + name), std::string::npos);
+    struct stat st{};
+    ASSERT_EQ(stat((u->config_dir() + "/users/" + name + "/token").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+  }
+  // A taken name is refused with the server's code and exit 5.
+  auto again = alice.Run({"--json", "register", "alice", "--password", "correct horse"});
+  EXPECT_EQ(again.exit_code, 5);
+  EXPECT_EQ(again.Json()["error"], "username_taken");
+
+  EXPECT_EQ(alice.Run({"contacts", "add", "bob"}).exit_code, 0);
+  EXPECT_EQ(bob.Run({"contacts", "add", "alice"}).exit_code, 0);
+  auto contacts = alice.Json({"contacts", "list"});
+  ASSERT_EQ(contacts["contacts"].size(), 1u);
+  EXPECT_EQ(contacts["contacts"][0]["user"]["username"], "bob");
+  EXPECT_EQ(alice.Json({"search", "bo"})["users"][0]["username"], "bob");
+
+  // The server is down while alice sends: queued (exit 0), nothing lost.
+  s.Kill9();
+  auto queued = alice.Run({"--timeout", "300", "send", "bob", "hello", "bob"});
+  ASSERT_EQ(queued.exit_code, 0) << queued.err;
+  EXPECT_NE(queued.out.find("offline"), std::string::npos) << queued.out;
+  auto unreachable = alice.Run({"--timeout", "300", "contacts", "list"});
+  EXPECT_EQ(unreachable.exit_code, 4);
+  EXPECT_EQ(alice.Json({"outbox"})["outbox"].size(), 1u);
+  s.Start();
+
+  // Any later run of alice's sends it (bob is offline the whole time).
+  auto chats = alice.Json({"chats"});
+  EXPECT_EQ(alice.Json({"outbox"})["outbox"].size(), 0u);
+  auto mine = alice.Json({"history", "bob"});
+  ASSERT_EQ(mine["messages"].size(), 1u);
+  EXPECT_EQ(mine["messages"][0]["status"], "sent");
+
+  // Bob comes online: sees it unread, reads it (history marks it read), replies.
+  auto bob_chats = bob.Json({"chats"});
+  ASSERT_EQ(bob_chats["conversations"].size(), 1u);
+  EXPECT_EQ(bob_chats["conversations"][0]["peer"], "alice");
+  EXPECT_EQ(bob_chats["conversations"][0]["unread"], 1);
+  auto hist = bob.Json({"history", "alice"});
+  ASSERT_EQ(hist["messages"].size(), 1u);
+  EXPECT_EQ(hist["messages"][0]["body"], "hello bob");
+  EXPECT_EQ(hist["messages"][0]["from"], "alice");
+  EXPECT_EQ(bob.Json({"chats"})["conversations"][0]["unread"], 0);
+  auto reply = bob.Json({"send", "alice", "hi alice"});
+  EXPECT_EQ(reply["messages"][0]["status"], "sent");
+
+  // Alice's ticks reached read; she sees the reply.
+  auto after = alice.Json({"history", "bob"});
+  ASSERT_EQ(after["messages"].size(), 2u);
+  EXPECT_EQ(after["messages"][0]["status"], "read");
+  EXPECT_EQ(after["messages"][1]["body"], "hi alice");
+  auto human = alice.Run({"history", "bob"});
+  EXPECT_NE(human.out.find("hello bob  [read"), std::string::npos) << human.out;
+
+  // Devices, logout; a logged-out user gets exit 3.
+  auto devices = alice.Json({"devices"});
+  ASSERT_EQ(devices["devices"].size(), 1u);
+  EXPECT_EQ(alice.Run({"logout"}).exit_code, 0);
+  EXPECT_EQ(alice.Run({"chats"}).exit_code, 3);
+  EXPECT_EQ(alice.Run({"frobnicate"}).exit_code, 2);
+  EXPECT_EQ(alice.Run({"send", "--help"}).exit_code, 0);
+}
+
+TEST(CliE2E, HistoryPagesBackwardsWithAHintForTheNextPage) {
+  ServerProcess s;
+  TempDir dir;
+  CliUser alice(dir, "alice", s.port());
+  Register(s, "alice");
+  Register(s, "bob");
+  ASSERT_EQ(alice.Run({"login", "alice", "--password", "correct horse"}).exit_code, 0);
+  std::string input;
+  for (int i = 1; i <= 7; ++i) input += "line " + std::to_string(i) + "\n";
+  ASSERT_EQ(alice.Run({"send", "bob", "-"}, input).exit_code, 0);
+  auto p1 = alice.Json({"history", "bob", "--limit", "3"});
+  ASSERT_EQ(p1["messages"].size(), 3u);
+  EXPECT_EQ(p1["messages"][0]["body"], "line 5");
+  EXPECT_TRUE(p1["has_more"].get<bool>());
+  auto p2 = alice.Json({"history", "bob", "--limit", "3", "--before", std::to_string(p1["next_before"].get<int64_t>())});
+  ASSERT_EQ(p2["messages"].size(), 3u);
+  EXPECT_EQ(p2["messages"][0]["body"], "line 2");
+  auto p3 = alice.Json({"history", "bob", "--limit", "3", "--before", std::to_string(p2["next_before"].get<int64_t>())});
+  ASSERT_EQ(p3["messages"].size(), 1u);
+  EXPECT_FALSE(p3["has_more"].get<bool>());
+
+  // The interactive mode sends each typed line; end of input leaves once sent.
+  auto chat = alice.Run({"chat", "bob"}, "typed in chat\n");
+  EXPECT_EQ(chat.exit_code, 0) << chat.err;
+  EXPECT_NE(chat.out.find("chatting with bob"), std::string::npos) << chat.out;
+  auto p0 = alice.Json({"history", "bob", "--limit", "1"});
+  ASSERT_EQ(p0["messages"].size(), 1u);
+  EXPECT_EQ(p0["messages"][0]["body"], "typed in chat");
+  EXPECT_EQ(p0["messages"][0]["seq"], 8);
+}
+
+}  // namespace
+}  // namespace parley::testing

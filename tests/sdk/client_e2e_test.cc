@@ -1,0 +1,204 @@
+// parley::Client against a real parleyd: ticks, reconnect policy, revoked
+// tokens, a second device catching up. The backoff functions are checked
+// without a server.
+#include <atomic>
+
+#include "sdk/sdk_test_util.h"
+
+namespace parley::testing {
+namespace {
+
+TEST(BackoffTest, FullJitterStaysUnderTheGrowingCapAndUsesItsRange) {
+  BackoffPolicy p;
+  p.initial_ms = 100;
+  p.max_ms = 1000;
+  std::mt19937_64 rng(7);
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    int64_t cap = std::min<int64_t>(1000, 100LL << attempt);
+    int64_t lo = cap, hi = 0;
+    for (int i = 0; i < 2000; ++i) {
+      int64_t d = BackoffDelayMs(p, attempt, rng);
+      ASSERT_GE(d, 0);
+      ASSERT_LE(d, cap);
+      lo = std::min(lo, d);
+      hi = std::max(hi, d);
+    }
+    EXPECT_LT(lo, cap / 10) << "attempt " << attempt;  // full jitter reaches near 0
+    EXPECT_GT(hi, cap * 9 / 10) << "attempt " << attempt;
+  }
+}
+
+TEST(BackoffTest, RetryAfterSpreadsOverTheAnnouncedWindowWithoutBursts) {
+  BackoffPolicy p;  // jitter 100 %: window [N, 2N]
+  std::mt19937_64 rng(11);
+  constexpr int64_t kN = 3000;
+  constexpr int kClients = 5000;
+  std::vector<int> buckets(kN / 100 + 1, 0);
+  for (int i = 0; i < kClients; ++i) {
+    int64_t d = RetryAfterDelayMs(p, kN, rng);
+    ASSERT_GE(d, kN);
+    ASSERT_LE(d, 2 * kN);
+    ++buckets[static_cast<size_t>((d - kN) / 100)];
+  }
+  int used = 0;
+  for (int b : buckets) {
+    EXPECT_LE(b, kClients / 20);  // no 100 ms bucket over 5 %
+    used += b > 0;
+  }
+  EXPECT_GE(used, static_cast<int>(buckets.size()) * 8 / 10);
+}
+
+TEST(ClientE2E, TicksGoFromSentToDeliveredToReadWhileBothAreOnline) {
+  ServerProcess s;
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  std::string bob_token = RegisterAndLogin(s, "bob");
+  TempDir dir;
+  StatusLog log;
+  auto ao = OptionsFor(s, dir / "alice.db", alice_token);
+  ao.on_status = [&](const StatusUpdate& u) { log.Add(u); };
+  auto alice = OpenClient(ao);
+  auto bob = OpenClient(OptionsFor(s, dir / "bob.db", bob_token));
+  alice->Start();
+  bob->Start();
+  ASSERT_TRUE(alice->WaitOnline(5000));
+  ASSERT_TRUE(bob->WaitOnline(5000));
+  auto r = alice->Compose("Bob", "hi bob");
+  ASSERT_TRUE(r.ok);
+  ASSERT_TRUE(Eventually([&] { return log.Of(r.client_id) == MessageStatus::kDelivered; }, 5000));
+  auto conv = bob->ConversationWith("alice");
+  ASSERT_TRUE(conv.has_value());
+  EXPECT_EQ(conv->unread, 1);
+  bob->MarkRead(conv->conversation_id, conv->last_seq);
+  ASSERT_TRUE(Eventually([&] { return log.Of(r.client_id) == MessageStatus::kRead; }, 5000));
+  ASSERT_TRUE(Eventually([&] { return bob->ConversationWith("alice")->unread == 0; }, 5000));
+  // The statuses came in order, each once.
+  std::vector<MessageStatus> seen;
+  for (auto& u : log.all) {
+    if (u.client_id == r.client_id) seen.push_back(u.status);
+  }
+  EXPECT_EQ(seen, (std::vector<MessageStatus>{MessageStatus::kPending, MessageStatus::kSent, MessageStatus::kDelivered,
+                                              MessageStatus::kRead}));
+}
+
+TEST(ClientE2E, ReconnectAfterShutdownWaitsForTheAnnouncedRetryAfter) {
+  constexpr int64_t kRetryAfterMs = 700;
+  ServerProcess s({"--shutdown-retry-after-ms", std::to_string(kRetryAfterMs)});
+  std::string token = RegisterAndLogin(s, "alice");
+  TempDir dir;
+  std::mutex mu;
+  std::vector<std::pair<ClientState, std::chrono::steady_clock::time_point>> states;
+  auto o = OptionsFor(s, dir / "alice.db", token);
+  o.on_state = [&](ClientState st, const std::string&) {
+    std::lock_guard lock(mu);
+    states.emplace_back(st, std::chrono::steady_clock::now());
+  };
+  auto alice = OpenClient(o);
+  alice->Start();
+  ASSERT_TRUE(alice->WaitOnline(5000));
+  s.Restart();  // SIGTERM: close 4001 {"retry_after_ms":700}, then start again at once
+  ASSERT_TRUE(Eventually([&] {
+    std::lock_guard lock(mu);
+    return states.size() >= 4 && states.back().first == ClientState::kOnline;
+  }, 10000));
+  std::lock_guard lock(mu);
+  // online -> waiting (the close) -> connecting -> online: the wait honours N.
+  auto waiting = std::find_if(states.begin(), states.end(), [](auto& p) { return p.first == ClientState::kWaiting; });
+  ASSERT_NE(waiting, states.end());
+  auto next = std::find_if(waiting, states.end(), [](auto& p) { return p.first == ClientState::kConnecting; });
+  ASSERT_NE(next, states.end());
+  auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(next->second - waiting->second).count();
+  EXPECT_GE(waited, kRetryAfterMs - 5);
+  EXPECT_LE(waited, 2 * kRetryAfterMs + 500);
+}
+
+TEST(ClientE2E, RevokedTokenStopsReconnectingAndKeepsTheOutbox) {
+  ServerProcess s;
+  std::string token = RegisterAndLogin(s, "alice");
+  Register(s, "bob");
+  TempDir dir;
+  auto alice = OpenClient(OptionsFor(s, dir / "alice.db", token));
+  alice->Start();
+  ASSERT_TRUE(alice->WaitOnline(5000));
+  Device other = Login(s, "alice", "phone");
+  auto devices = other.conn->Call("list_devices");
+  int64_t victim = 0;
+  for (auto& d : devices.result["devices"]) {
+    if (!d["current"].get<bool>()) victim = d["device_id"];
+  }
+  ASSERT_TRUE(other.conn->Call("unlink_device", {{"device_id", victim}}).ok);
+  ASSERT_TRUE(Eventually([&] { return alice->state() == ClientState::kRevoked; }, 5000));
+  EXPECT_NE(alice->last_error().find("4002"), std::string::npos) << alice->last_error();
+  auto r = alice->Compose("bob", "written after the unlink");
+  ASSERT_TRUE(r.ok);
+  alice->Stop();
+  // A restart with the dead token: revoked again at once, the outbox intact.
+  auto again = OpenClient(OptionsFor(s, dir / "alice.db", token));
+  again->Start();
+  ASSERT_TRUE(Eventually([&] { return again->state() == ClientState::kRevoked; }, 5000));
+  EXPECT_NE(again->last_error().find("invalid_token"), std::string::npos);
+  EXPECT_EQ(again->PendingCount(), 1u);
+}
+
+TEST(ClientE2E, SecondDeviceLoggedInLaterSeesTheFullHistoryAndTheSameReadState) {
+  ServerProcess s;
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  std::string bob_token = RegisterAndLogin(s, "bob");
+  TempDir dir;
+  auto alice = OpenClient(OptionsFor(s, dir / "alice.db", alice_token));
+  auto bob = OpenClient(OptionsFor(s, dir / "bob.db", bob_token));
+  alice->Start();
+  bob->Start();
+  // alice 30, bob 10 (sending reads everything before: bob's read = 40),
+  // alice 20 more (41-60); bob then reads up to 50: 10 unread.
+  auto send_all = [](Client& c, const std::string& to, const std::string& prefix, int n) {
+    for (int i = 0; i < n; ++i) ASSERT_TRUE(c.Compose(to, prefix + std::to_string(i)).ok);
+    ASSERT_TRUE(c.WaitOutboxDrained(20000));
+  };
+  send_all(*alice, "bob", "a", 30);
+  send_all(*bob, "alice", "b", 10);
+  send_all(*alice, "bob", "c", 20);
+  constexpr int64_t kTotal = 60;
+  constexpr int64_t kReadUpTo = 50;
+  auto conv = alice->ConversationWith("bob");
+  ASSERT_TRUE(conv.has_value());
+  ASSERT_TRUE(Eventually([&] { return bob->ConversationWith("alice") && bob->ConversationWith("alice")->last_seq == kTotal; }, 5000));
+  EXPECT_EQ(bob->ConversationWith("alice")->my_read, 40);
+  bob->MarkRead(conv->conversation_id, kReadUpTo);
+  ASSERT_TRUE(Eventually([&] { return bob->ConversationWith("alice")->my_read == kReadUpTo; }, 5000));
+  auto bob_view = *bob->ConversationWith("alice");
+  EXPECT_EQ(bob_view.unread, kTotal - kReadUpTo);
+
+  // Bob's second device, logged in now, with an empty cache.
+  auto login = Client::Login("127.0.0.1", s.port(), "bob", "correct horse", "tablet", "gtest");
+  ASSERT_TRUE(login.ok);
+  auto bob2 = OpenClient(OptionsFor(s, dir / "bob2.db", login.token));
+  bob2->Start();
+  ASSERT_TRUE(bob2->WaitOnline(5000));
+  std::vector<CachedMessage> all;
+  int64_t before = 0;
+  bool more = true;
+  while (more) {  // paged, 25 at a time
+    Reply err;
+    auto page = bob2->History("alice", before, 25, &more, &err);
+    ASSERT_TRUE(err.code.empty()) << err.code;
+    ASSERT_FALSE(page.empty());
+    all.insert(all.begin(), page.begin(), page.end());
+    before = page.front().seq;
+  }
+  ASSERT_EQ(all.size(), static_cast<size_t>(kTotal));
+  for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(all[i].seq, static_cast<int64_t>(i + 1));
+  auto bob2_view = bob2->ConversationWith("alice");
+  ASSERT_TRUE(bob2_view.has_value());
+  EXPECT_EQ(bob2_view->my_read, bob_view.my_read);
+  EXPECT_EQ(bob2_view->unread, bob_view.unread);
+  EXPECT_EQ(bob2_view->peer_read, bob_view.peer_read);
+  // Bob's own messages (31-40) carry alice's ticks on the new device too: she sent after them, so read.
+  for (const auto& m : all) {
+    if (m.outgoing) {
+      EXPECT_EQ(m.status, MessageStatus::kRead) << m.seq;  // alice sent after them: read
+    }
+  }
+}
+
+}  // namespace
+}  // namespace parley::testing
