@@ -227,10 +227,8 @@ bool WsSession::MergeReceipt(const std::shared_ptr<const store::StreamEvent>& re
   merged->also_covers = q.receipt->also_covers;
   merged->also_covers.push_back(receipt->user_seq);
   auto frame = std::make_shared<const std::string>(protocol::EncodeEvent(*merged));
-  int64_t growth = static_cast<int64_t>(frame->size()) - static_cast<int64_t>(q.frame->size());
-  queued_bytes_ += frame->size();
-  queued_bytes_ -= q.frame->size();
-  M().queue_bytes.Add(growth);
+  queued_bytes_ = queued_bytes_ + frame->size() - q.frame->size();
+  M().queue_bytes.Add(static_cast<int64_t>(frame->size()) - static_cast<int64_t>(q.frame->size()));
   M().coalesced.Inc();
   q.frame = std::move(frame);
   q.receipt = std::move(merged);

@@ -441,28 +441,7 @@ struct Client::Impl {
       }
       Emit(expired);
       // 4. Receipts: delivered for what was stored, read for what MarkRead said.
-      std::map<int64_t, std::pair<int64_t, int64_t>> items;  // conv -> (delivered, read)
-      if (opt.auto_report_delivered) {
-        for (auto& [conv, s] : to_deliver) items[conv].first = s;
-      }
-      to_deliver.clear();
-      {
-        std::lock_guard lock(mu);
-        for (auto& [conv, s] : pending_read) items[conv].second = s;
-        pending_read.clear();
-      }
-      json list = json::array();
-      for (auto& [conv, dr] : items) {
-        json item = {{"conversation_id", conv}};
-        if (dr.first > 0) item["delivered"] = dr.first;
-        if (dr.second > 0) item["read"] = dr.second;
-        list.push_back(item);
-        if (list.size() == kMaxReceiptItems) {
-          inflight[c->Start("receipt", {{"items", list}})] = {Kind::kReceipt, now_steady, "", ""};
-          list = json::array();
-        }
-      }
-      if (!list.empty()) inflight[c->Start("receipt", {{"items", list}})] = {Kind::kReceipt, now_steady, "", ""};
+      for (int64_t id : StartReceipts(*c, &to_deliver)) inflight[id] = {Kind::kReceipt, now_steady, "", ""};
       // 5. Cursor ack, at most every kAckIntervalMs (each ack is a server write).
       int64_t applied_now = cache->applied().value_or(0);
       if (applied_now > acked && now_steady - last_ack >= kAckIntervalMs) {
@@ -498,20 +477,22 @@ struct Client::Impl {
     return end;
   }
 
-  // Before closing on Stop: report what was received/read and ack the
-  // cursor, waiting a bounded time (a CLI run exits right after).
-  void FlushOnStop(Connection& c, std::map<int64_t, int64_t>* to_deliver, int64_t acked) {
-    json items = json::array();
-    std::map<int64_t, std::pair<int64_t, int64_t>> m;
+  // Starts `receipt` requests (at most kMaxReceiptItems items each) for
+  // what was stored (`to_deliver`, emptied; reported only with
+  // auto_report_delivered) and what MarkRead asked for; returns their ids.
+  std::vector<int64_t> StartReceipts(Connection& c, std::map<int64_t, int64_t>* to_deliver) {
+    std::map<int64_t, std::pair<int64_t, int64_t>> m;  // conv -> (delivered, read)
     if (opt.auto_report_delivered) {
       for (auto& [conv, s] : *to_deliver) m[conv].first = s;
     }
+    to_deliver->clear();
     {
       std::lock_guard lock(mu);
       for (auto& [conv, s] : pending_read) m[conv].second = s;
       pending_read.clear();
     }
     std::vector<int64_t> ids;
+    json items = json::array();
     for (auto& [conv, dr] : m) {
       json item = {{"conversation_id", conv}};
       if (dr.first > 0) item["delivered"] = dr.first;
@@ -523,6 +504,13 @@ struct Client::Impl {
       }
     }
     if (!items.empty()) ids.push_back(c.Start("receipt", {{"items", items}}));
+    return ids;
+  }
+
+  // Before closing on Stop: report what was received/read and ack the
+  // cursor, waiting a bounded time (a CLI run exits right after).
+  void FlushOnStop(Connection& c, std::map<int64_t, int64_t>* to_deliver, int64_t acked) {
+    std::vector<int64_t> ids = StartReceipts(c, to_deliver);
     int64_t applied_now = cache->applied().value_or(0);
     if (applied_now > acked) ids.push_back(c.Start("ack", {{"user_seq", applied_now}}));
     auto deadline = SteadyMs() + kStopFlushTimeoutMs;
