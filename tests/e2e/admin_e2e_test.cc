@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <iostream>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -259,7 +260,7 @@ TEST_F(AdminE2E, BackupTakenUnderLoadRestoresToAStoreWithEveryAckedMessage) {
   for (const auto& e : SyncAll(*receiver.conn, 0)) {
     if (e["kind"] != "message") continue;
     present.insert(e["message"]["client_id"].get<std::string>());
-    conv = e["conversation_id"];
+    conv = e["message"]["conversation_id"];
   }
   for (const std::string& id : before) EXPECT_TRUE(present.count(id)) << id << " was acked before the backup";
   // The copy is one consistent snapshot: a gapless prefix of what was acked.
@@ -270,6 +271,8 @@ TEST_F(AdminE2E, BackupTakenUnderLoadRestoresToAStoreWithEveryAckedMessage) {
   }
   ASSERT_LE(present.size(), all.size());
   for (size_t i = 0; i < present.size(); ++i) EXPECT_TRUE(present.count(all[i])) << all[i];
+  std::cout << "acked before the backup: " << before.size() << ", in the restored store: " << present.size()
+            << ", acked in all: " << all.size() << ", backup took " << backup["took_ms"] << " ms\n";
   json t = AdminOk(restored, "timeline " + std::to_string(conv) + " 1");
   EXPECT_EQ(t["client_id"], before.front());
 
