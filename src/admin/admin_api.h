@@ -17,6 +17,8 @@
 //   GET    /admin/v1/store/stats
 //   GET    /admin/v1/store/schema
 //   POST   /admin/v1/store/backup                  online backup into the backup dir
+//   GET  /admin/v1/export       one page of a table of the store (the delivery
+//                               checker's view of the server, docs/checker.md)
 //
 // Thread-safety: Handle may be called from any thread; work runs on the
 // hashing pool and the store's threads; `respond` is called from one of them.
@@ -42,6 +44,9 @@ struct AdminConfig {
   // Where POST /admin/v1/store/backup writes (created if missing); "" = the
   // data dir's "backups" folder (set by the server config).
   std::string backup_dir;
+  // Rows per export page: the default and the most a request may ask for.
+  int default_export_rows = 1'000;
+  int max_export_rows = 10'000;
 };
 
 // Closes the live connections of these devices of a user (the chat
@@ -62,6 +67,7 @@ class AdminApi {
  private:
   using Respond = std::function<void(gateway::HttpResponse)>;
   void BulkCreateUsers(const std::string& body, std::function<void(gateway::HttpResponse)> respond);
+  void Export(const std::string& query, std::function<void(gateway::HttpResponse)> respond);
 
   // Operations endpoints (admin_ops.cc). Returns false when `path` is not one
   // of them.
