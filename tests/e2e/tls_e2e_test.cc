@@ -143,7 +143,9 @@ std::unique_ptr<Connection> Open(ServerProcess& s, ConnectOptions o, std::string
 
 // Sends `body` from `from` to `to_user` and waits until `to` gets it.
 void Exchange(Device& from, Device& to, const std::string& to_user, const std::string& body) {
-  auto r = from.conn->Call("send", {{"to", to_user}, {"client_id", body}, {"body", body}});
+  static int next_client_id = 0;
+  auto r = from.conn->Call("send", {{"to", to_user}, {"client_id", "tls-" + std::to_string(++next_client_id)},
+                                    {"body", body}});
   ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
   auto e = WaitEvent(*to.conn, IsMessage(r.result["seq"]));
   ASSERT_TRUE(e.has_value()) << body;
@@ -255,7 +257,7 @@ TEST(TlsE2E, StartFailsClearlyOnUnusableCertificateFiles) {
     std::string expect;
   } cases[] = {
       {{"--tls-cert", dir / "missing.crt", "--tls-key", dir / "one.key"}, "tls certificate"},
-      {{"--tls-cert", dir / "one.crt", "--tls-key", dir / "two.key"}, "does not match"},
+      {{"--tls-cert", dir / "one.crt", "--tls-key", dir / "two.key"}, "key values mismatch"},
       {{"--tls-cert", dir / "one.crt"}, "go together"},
       {{"--allowed-origins", "https://ok.example,example.org"}, "--allowed-origins"},
   };

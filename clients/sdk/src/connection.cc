@@ -225,7 +225,9 @@ struct StreamImpl final : Connection::Impl {
       beast::error_code ec;
       net::ip::make_address(options.host, ec);
       // SNI for a DNS name (an IP address is not sent as SNI).
-      if (ec && SSL_set_tlsext_host_name(tls.native_handle(), options.host.c_str()) != 1)
+      // (SSL_set_tlsext_host_name without its C-style cast.)
+      if (ec && SSL_ctrl(tls.native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                         const_cast<char*>(options.host.c_str())) != 1)
         throw boost::system::system_error(net::error::invalid_argument, "cannot set the TLS server name");
       if (options.verify_peer) {
         tls.set_verify_mode(ssl::verify_peer);
