@@ -12,6 +12,7 @@ PACKAGES=(
   libsqlite3-dev              # embedded store
   postgresql libpq-dev        # cluster store (libpq) and the server its tests start
   libsodium-dev               # Argon2id, tokens, BLAKE2b
+  libssl-dev openssl          # TLS (wss/https); the TLS tests make certificates with the openssl CLI
   libspdlog-dev libfmt-dev    # logs
   libcli11-dev                # flags
   nlohmann-json3-dev          # config files and tests

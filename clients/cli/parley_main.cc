@@ -55,6 +55,7 @@ std::mutex g_out_mu;  // one line at a time on stdout (callbacks run on the SDK'
 
 struct Globals {
   std::string server;
+  std::string ca_file;
   std::string config_dir;
   std::string user;
   bool json = false;
@@ -94,18 +95,15 @@ std::string DefaultConfigDir() {
   return ".parley";
 }
 
-bool ParseServer(const std::string& s, std::string* host, uint16_t* port) {
-  auto colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  try {
-    int p = std::stoi(s.substr(colon + 1));
-    if (p <= 0 || p > 65535) return false;
-    *host = s.substr(0, colon);
-    *port = static_cast<uint16_t>(p);
-    return true;
-  } catch (...) {
-    return false;
-  }
+// "HOST:PORT", "ws://HOST:PORT" or "wss://HOST:PORT" (TLS, verified against
+// --ca-file or the system's CAs).
+bool ParseServer(const Globals& g, const std::string& s, parley::ConnectOptions* out) {
+  parley::ConnectOptions o;
+  if (!parley::ParseServerAddress(s, &o)) return false;
+  o.ca_file = g.ca_file;
+  o.timeout_ms = g.timeout_ms;
+  *out = o;
+  return true;
 }
 
 std::string Lower(std::string s) {
@@ -188,7 +186,12 @@ std::optional<Failure> OpenSession(const Globals& g, parley::ClientOptions opts,
   s->config = json::parse(ReadFile(s->dir / "config.json"), nullptr, false);
   if (!s->config.is_object()) s->config = json::object();
   std::string server = !g.server.empty() ? g.server : s->config.value("server", std::string(kDefaultServer));
-  if (!ParseServer(server, &opts.host, &opts.port)) return Failure{kUsage, "bad server address: " + server};
+  parley::ConnectOptions co;
+  if (!ParseServer(g, server, &co)) return Failure{kUsage, "bad server address: " + server};
+  opts.host = co.host;
+  opts.port = co.port;
+  opts.tls = co.tls;
+  opts.ca_file = !co.ca_file.empty() ? co.ca_file : s->config.value("ca_file", std::string());
   opts.db_path = (s->dir / "cache.db").string();
   opts.token = token;
   opts.connect_timeout_ms = g.timeout_ms;
@@ -294,12 +297,11 @@ std::string ProfileLine(const json& u) {
 // ---- commands ---------------------------------------------------------------
 
 int CmdRegister(const Globals& g, const std::string& user, const std::string& password_in) {
-  std::string host;
-  uint16_t port;
+  parley::ConnectOptions co;
   std::string server = g.server.empty() ? kDefaultServer : g.server;
-  if (!ParseServer(server, &host, &port)) return Fail(g, kUsage, "", "bad server address: " + server);
+  if (!ParseServer(g, server, &co)) return Fail(g, kUsage, "", "bad server address: " + server);
   std::string pw = ReadPassword(password_in);
-  auto r = parley::Client::Register(host, port, user, pw, g.timeout_ms);
+  auto r = parley::Client::Register(co, user, pw, g.timeout_ms);
   if (!r.ok) return r.code == parley::kErrUnreachable ? Fail(g, kUnreachable, r.code, r.message) : FailReply(g, r);
   if (g.json) {
     PrintLine(json{{"ok", true}, {"user_id", r.result["user_id"]}, {"username", r.result["username"]}}.dump());
@@ -311,12 +313,11 @@ int CmdRegister(const Globals& g, const std::string& user, const std::string& pa
 }
 
 int CmdLogin(const Globals& g, const std::string& user_in, const std::string& password_in, const std::string& device) {
-  std::string host;
-  uint16_t port;
+  parley::ConnectOptions co;
   std::string server = g.server.empty() ? kDefaultServer : g.server;
-  if (!ParseServer(server, &host, &port)) return Fail(g, kUsage, "", "bad server address: " + server);
+  if (!ParseServer(g, server, &co)) return Fail(g, kUsage, "", "bad server address: " + server);
   std::string pw = ReadPassword(password_in);
-  auto r = parley::Client::Login(host, port, user_in, pw, device, "cli", g.timeout_ms);
+  auto r = parley::Client::Login(co, user_in, pw, device, "cli", g.timeout_ms);
   if (!r.ok) {
     if (r.code == parley::kErrUnreachable) return Fail(g, kUnreachable, r.code, r.message);
     return Fail(g, kRefused, r.code, r.message);
@@ -330,6 +331,7 @@ int CmdLogin(const Globals& g, const std::string& user_in, const std::string& pa
   // An existing cache of the same user stays: the stream (and so the
   // cursor) is per user, and its outbox still holds unsent messages.
   json cfg = {{"server", server}, {"user_id", r.user_id}, {"device_id", r.device_id}, {"username", r.username}};
+  if (!g.ca_file.empty()) cfg["ca_file"] = fs::absolute(g.ca_file).string();
   if (!WritePrivate(dir / "token", r.token + "\n") || !WritePrivate(dir / "config.json", cfg.dump(2) + "\n") ||
       !WritePrivate(fs::path(g.config_dir) / "current", r.username + "\n")) {
     return Fail(g, kLocalStorage, parley::kErrLocalStorage, "cannot write the login to " + dir.string());
@@ -670,8 +672,15 @@ int main(int argc, char** argv) {
   Globals g;
   CLI::App app{"parley: the Parley command-line client (docs/sdk.md)"};
   app.require_subcommand(1);
-  app.add_option("--server", g.server, "server address HOST:PORT (default: the one used at login, else 127.0.0.1:8080)")
+  app.add_option("--server", g.server,
+                 "server address HOST:PORT, ws://HOST:PORT or wss://HOST:PORT (TLS) (default: the one used at login, "
+                 "else 127.0.0.1:8080)")
       ->envname("PARLEY_SERVER")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.add_option("--ca-file", g.ca_file,
+                 "wss: PEM file of the CA (or self-signed certificate) to trust (default: the system's CAs; kept "
+                 "from login)")
+      ->envname("PARLEY_CA_FILE")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--config-dir", g.config_dir, "where logins and caches live (default $XDG_CONFIG_HOME/parley or ~/.config/parley)")
       ->envname("PARLEY_CONFIG_DIR");

@@ -5,7 +5,9 @@ Starts parleyd itself, then: user A with two devices, user B with one; A sends
 a message to B; B's device and A's other device receive it live; A's devices
 see sent -> delivered -> read ticks; a sync from 0 on A's second device shows
 the message and the receipts.  Prints PASS/FAIL per check; exits 0 only if all
-checks pass.
+checks pass.  With --tls the same runs over wss: the script makes a
+self-signed certificate with the openssl CLI, starts parleyd with --tls-cert
+and --tls-key and trusts exactly that certificate.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -42,13 +45,23 @@ class Checks:
         return ok
 
 
-def start_server(parleyd, tmp):
+def make_certificate(tmp):
+    """A self-signed certificate for 127.0.0.1; returns (cert, key) paths."""
+    cert, key = os.path.join(tmp, "server.crt"), os.path.join(tmp, "server.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
+def start_server(parleyd, tmp, extra_args=()):
     data_dir = os.path.join(tmp, "data")
     port_file = os.path.join(tmp, "port")
     log = open(os.path.join(tmp, "parleyd.log"), "wb")
     proc = subprocess.Popen(
         [parleyd, "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--port-file", port_file,
-         "--insecure-fast-password-hashing", "--log-level", "warn"],
+         "--insecure-fast-password-hashing", "--log-level", "warn", *extra_args],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
     deadline = time.monotonic() + 30
@@ -84,11 +97,11 @@ def find_receipt(user_id, cid, field, seq):
     return pred
 
 
-async def scenario(url, c):
+async def scenario(url, c, ssl_context=None):
     clients = []
 
     async def new_client():
-        cl = await Client.connect(url)
+        cl = await Client.connect(url, ssl=ssl_context)
         clients.append(cl)
         return cl
 
@@ -247,6 +260,7 @@ async def scenario(url, c):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parleyd", required=True, help="path to the parleyd binary")
+    ap.add_argument("--tls", action="store_true", help="run over wss with a self-signed certificate")
     args = ap.parse_args()
 
     c = Checks()
@@ -258,11 +272,16 @@ def main():
             if os.access(args.parleyd, os.X_OK):
                 break
             time.sleep(1)
-        proc, port = start_server(args.parleyd, tmp)
+        ssl_context, extra = None, []
+        if args.tls:
+            cert, key = make_certificate(tmp)
+            ssl_context = ssl.create_default_context(cafile=cert)
+            extra = ["--tls-cert", cert, "--tls-key", key]
+        proc, port = start_server(args.parleyd, tmp, extra)
         c.check("server started", True)
-        url = f"ws://127.0.0.1:{port}/v1/ws"
+        url = f"{'wss' if args.tls else 'ws'}://127.0.0.1:{port}/v1/ws"
         try:
-            asyncio.run(asyncio.wait_for(scenario(url, c), 120))
+            asyncio.run(asyncio.wait_for(scenario(url, c, ssl_context), 120))
         except ParleyError as e:
             c.check("scenario ran without protocol errors", False,
                     f"{e.code} ({e.op}): {e.message}")

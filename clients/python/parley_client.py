@@ -100,10 +100,14 @@ class Connection:
         self._reader = asyncio.create_task(self._read_loop())
 
     @classmethod
-    async def connect(cls, url, *, open_timeout=DEFAULT_TIMEOUT, default_timeout=DEFAULT_TIMEOUT):
+    async def connect(cls, url, *, open_timeout=DEFAULT_TIMEOUT, default_timeout=DEFAULT_TIMEOUT, ssl=None):
+        # `url` is ws://... or wss://... (a server run with --tls-cert); for
+        # wss, `ssl` is an ssl.SSLContext (e.g. one trusting a private CA),
+        # default: the system's CAs.
         # Server frames can be large (a sync page of 1000 events); no limit here.
+        extra = {} if ssl is None else {"ssl": ssl}
         ws = await websockets.connect(url, open_timeout=open_timeout, max_size=None,
-                                      ping_interval=None, compression=None)
+                                      ping_interval=None, compression=None, **extra)
         return cls(ws, default_timeout=default_timeout)
 
     @property
@@ -271,8 +275,8 @@ class Client:
         self.background_errors = []
 
     @classmethod
-    async def connect(cls, url, **kw):
-        conn = await Connection.connect(url)
+    async def connect(cls, url, *, ssl=None, **kw):
+        conn = await Connection.connect(url, ssl=ssl)
         return cls(conn, **kw)
 
     async def close(self):

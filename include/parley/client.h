@@ -129,6 +129,11 @@ struct LoginResult {
 struct ClientOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;
+  // wss:// (TLS) and how the server is verified: ConnectOptions::tls,
+  // ca_file and verify_peer (parley/connection.h).
+  bool tls = false;
+  std::string ca_file;
+  bool verify_peer = true;
   std::string db_path;  // REQUIRED: the local cache and outbox file (created if missing)
   std::string token;    // the device token; empty: cache-only (Compose works, nothing connects)
 
@@ -168,12 +173,18 @@ class Client {
   // Returns nullptr and sets *error if the file cannot be opened or migrated.
   static std::unique_ptr<Client> Open(ClientOptions options, std::string* error);
 
-  // One-shot helpers over a temporary connection (no cache involved).
+  // One-shot helpers over a temporary connection (no cache involved). The
+  // ConnectOptions forms reach a TLS server (server.tls, ca_file); their
+  // timeout_ms is the connect timeout, `timeout_ms` the answer's.
   static Reply Register(const std::string& host, uint16_t port, const std::string& username,
                         const std::string& password, int timeout_ms = 10000);
+  static Reply Register(const ConnectOptions& server, const std::string& username, const std::string& password,
+                        int timeout_ms = 10000);
   static LoginResult Login(const std::string& host, uint16_t port, const std::string& username,
                            const std::string& password, const std::string& device_name,
                            const std::string& platform, int timeout_ms = 10000);
+  static LoginResult Login(const ConnectOptions& server, const std::string& username, const std::string& password,
+                           const std::string& device_name, const std::string& platform, int timeout_ms = 10000);
 
   ~Client();  // Stop()s
   Client(const Client&) = delete;

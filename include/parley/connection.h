@@ -1,7 +1,8 @@
 // parley::Connection — the SDK's connection and protocol layer: one
 // WebSocket connection to parleyd speaking protocol v1 (docs/protocol.md).
 //
-// What it is: request/response matching by request id, a queue of
+// What it is: ws:// or wss:// (TLS, ConnectOptions::tls), request/response
+// matching by request id, a queue of
 // server-initiated frames (events), and the close code and reason when the
 // server closes. What it is not: reconnects, the local cache and the offline
 // outbox; those are parley::Client (parley/client.h), built on this layer.
@@ -30,7 +31,25 @@ struct ConnectOptions {
   std::string path = "/v1/ws";
   int timeout_ms = 5000;  // TCP connect and WebSocket handshake
   int receive_buffer_bytes = 0;  // SO_RCVBUF; 0 = system default (tests of slow readers)
+  // wss:// instead of ws://: TLS 1.2 or newer. The server's certificate is
+  // verified against `ca_file` (PEM, one or more certificates; "" = the
+  // system's trusted CAs) and must name `host` (a DNS name, sent as SNI, or
+  // an IP address).
+  bool tls = false;
+  std::string ca_file;
+  // false: accept any server certificate. Tests only: it gives up the
+  // protection against a man in the middle.
+  bool verify_peer = true;
+  // Sent as the Origin header when not empty (what a browser would send);
+  // parleyd refuses foreign origins (docs/operations.md, "Origin check").
+  std::string origin;
 };
+
+// Parses "ws://host:port", "wss://host:port" or plain "host:port" (= ws)
+// into options->host, port and tls; an IPv6 host is written in brackets.
+// A path after the port is taken as options->path. Returns false (options
+// untouched) if the text is not such an address.
+bool ParseServerAddress(const std::string& text, ConnectOptions* options);
 
 // The outcome of one request.
 struct Reply {
@@ -77,6 +96,11 @@ class Connection {
   // Waits until closed; returns whether it is.
   bool WaitClosed(int timeout_ms);
 
+  // Hex SHA-256 of the server's certificate (DER) for a TLS connection, ""
+  // for a plain one. For pinning, and to see which certificate a server
+  // presented (tests of certificate reloads).
+  std::string peer_certificate_sha256() const;
+
   // Registers a function called on the I/O thread after every incoming frame
   // is queued (response, event or error) and once when the connection closes.
   // It must not block nor call methods of this Connection that wait; it is
@@ -93,9 +117,12 @@ class Connection {
   // Drops the TCP connection without a close handshake (a network failure).
   void Abort();
 
+  // The implementation (connection.cc); named here only so that its
+  // stream-specific parts can derive from it.
+  struct Impl;
+
  private:
   Connection();
-  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 

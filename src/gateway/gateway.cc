@@ -7,6 +7,12 @@
 // in parallel with other threads). Outgoing frames are shared, immutable
 // strings queued per connection; one async_write is in flight at a time
 // (Beast allows no more) and the queue is bounded in bytes.
+//
+// Both session classes are templates over the stream below the HTTP and
+// WebSocket layers: beast::tcp_stream (plain) or
+// beast::ssl_stream<beast::tcp_stream> (TLS). A TLS session holds a
+// shared_ptr to the ssl::context it was accepted with, so a reload (which
+// swaps the gateway's current context) never touches open connections.
 #include "gateway/gateway.h"
 
 #include <boost/asio/ip/tcp.hpp>
@@ -16,7 +22,12 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -39,9 +50,18 @@ namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 namespace websocket = beast::websocket;
+namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
+using PlainStream = beast::tcp_stream;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
 namespace {
+
+template <typename Stream>
+constexpr bool kIsTls = std::is_same_v<Stream, TlsStream>;
+
+// A TLS handshake (and a TLS shutdown) must finish within this long.
+constexpr int kTlsHandshakeTimeoutMs = 10'000;
 
 // An Executor over any Asio executor (a strand for the core).
 template <typename AsioExecutor>
@@ -73,6 +93,14 @@ struct GatewayMetrics {
       "parley_coalesced_receipts_total", "Receipt events merged into an earlier one still queued for the same connection");
   Counter& accepted = Metrics::Default().GetCounter("parley_connections_accepted_total", "TCP connections accepted");
   Counter& http_requests = Metrics::Default().GetCounter("parley_http_requests_total", "Plain HTTP requests served");
+  Counter& origin_refused = Metrics::Default().GetCounter(
+      "parley_ws_origin_refused_total", "WebSocket upgrades refused with 403 because their Origin is not allowed");
+  Counter& tls_handshake_failed = Metrics::Default().GetCounter(
+      "parley_tls_handshake_failures_total", "TLS handshakes that failed or timed out (the connection is dropped)");
+  Counter& tls_reload_ok = Metrics::Default().GetCounter(
+      "parley_tls_reloads_total", "Reloads of the TLS certificate and key (SIGHUP), by result", "result=\"ok\"");
+  Counter& tls_reload_error = Metrics::Default().GetCounter(
+      "parley_tls_reloads_total", "Reloads of the TLS certificate and key (SIGHUP), by result", "result=\"error\"");
 };
 
 // The closing handshake of a connection we close gets at least this long.
@@ -90,10 +118,12 @@ GatewayMetrics& M() {
 
 class SessionRegistry;
 
-class WsSession final : public fabric::DeviceSink, public std::enable_shared_from_this<WsSession> {
+template <typename Stream>
+class WsSession final : public fabric::DeviceSink, public std::enable_shared_from_this<WsSession<Stream>> {
  public:
-  WsSession(beast::tcp_stream&& stream, core::ChatService* chat, const GatewayConfig& cfg, SessionRegistry* reg)
-      : ws_(std::move(stream)), chat_(chat), cfg_(cfg), registry_(reg) {}
+  WsSession(Stream&& stream, std::shared_ptr<ssl::context> tls, core::ChatService* chat, const GatewayConfig& cfg,
+            SessionRegistry* reg)
+      : ws_(std::move(stream)), tls_(std::move(tls)), chat_(chat), cfg_(cfg), registry_(reg) {}
 
   void Start(http::request<http::string_body> req);
   void SendFrame(fabric::SharedFrame frame, bool ephemeral) override;
@@ -117,7 +147,8 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   bool MergeReceipt(const std::shared_ptr<const store::StreamEvent>& receipt);
   void Dequeued(const Queued& q);
 
-  websocket::stream<beast::tcp_stream> ws_;
+  websocket::stream<Stream> ws_;
+  std::shared_ptr<ssl::context> tls_;  // the context this TLS connection was accepted with (null: plain)
   beast::flat_buffer buffer_;
   core::ChatService* chat_;
   const GatewayConfig& cfg_;
@@ -139,19 +170,19 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
 // authenticated and therefore not in the fabric.
 class SessionRegistry {
  public:
-  void Add(const std::shared_ptr<WsSession>& s) {
+  void Add(const std::shared_ptr<fabric::DeviceSink>& s) {
     std::lock_guard lock(mu_);
     sessions_.insert(s.get());
     weak_.emplace(s.get(), s);
   }
-  void Remove(WsSession* s) {
+  void Remove(fabric::DeviceSink* s) {
     std::lock_guard lock(mu_);
     sessions_.erase(s);
     weak_.erase(s);
   }
-  std::vector<std::shared_ptr<WsSession>> All() {
+  std::vector<std::shared_ptr<fabric::DeviceSink>> All() {
     std::lock_guard lock(mu_);
-    std::vector<std::shared_ptr<WsSession>> out;
+    std::vector<std::shared_ptr<fabric::DeviceSink>> out;
     for (auto& [p, w] : weak_)
       if (auto s = w.lock()) out.push_back(std::move(s));
     return out;
@@ -159,12 +190,13 @@ class SessionRegistry {
 
  private:
   std::mutex mu_;
-  std::unordered_set<WsSession*> sessions_;
-  std::unordered_map<WsSession*, std::weak_ptr<WsSession>> weak_;
+  std::unordered_set<fabric::DeviceSink*> sessions_;
+  std::unordered_map<fabric::DeviceSink*, std::weak_ptr<fabric::DeviceSink>> weak_;
 };
 
-void WsSession::Start(http::request<http::string_body> req) {
-  registry_->Add(shared_from_this());
+template <typename Stream>
+void WsSession<Stream>::Start(http::request<http::string_body> req) {
+  registry_->Add(this->shared_from_this());
   beast::get_lowest_layer(ws_).expires_never();
   websocket::stream_base::timeout t{};
   t.handshake_timeout = std::chrono::seconds(10);
@@ -177,18 +209,20 @@ void WsSession::Start(http::request<http::string_body> req) {
       [](websocket::response_type& res) { res.set(http::field::server, "parleyd"); }));
   beast::error_code remote_ec;
   auto remote = beast::get_lowest_layer(ws_).socket().remote_endpoint(remote_ec);
-  client_ = chat_->Connect(shared_from_this(), remote_ec ? std::string() : remote.address().to_string());
-  ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) {
+  client_ = chat_->Connect(this->shared_from_this(), remote_ec ? std::string() : remote.address().to_string());
+  ws_.async_accept(req, [self = this->shared_from_this()](beast::error_code ec) {
     if (ec) return self->Finish();
     self->DoRead();
   });
 }
 
-void WsSession::DoRead() {
-  ws_.async_read(buffer_, beast::bind_front_handler(&WsSession::OnRead, shared_from_this()));
+template <typename Stream>
+void WsSession<Stream>::DoRead() {
+  ws_.async_read(buffer_, beast::bind_front_handler(&WsSession::OnRead, this->shared_from_this()));
 }
 
-void WsSession::OnRead(beast::error_code ec, size_t) {
+template <typename Stream>
+void WsSession<Stream>::OnRead(beast::error_code ec, size_t) {
   if (ec) return Finish();
   if (!client_) return;
   auto data = buffer_.cdata();
@@ -197,14 +231,16 @@ void WsSession::OnRead(beast::error_code ec, size_t) {
   DoRead();
 }
 
-void WsSession::SendFrame(fabric::SharedFrame frame, bool ephemeral) {
-  net::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame), ephemeral]() mutable {
+template <typename Stream>
+void WsSession<Stream>::SendFrame(fabric::SharedFrame frame, bool ephemeral) {
+  net::post(ws_.get_executor(), [self = this->shared_from_this(), frame = std::move(frame), ephemeral]() mutable {
     self->Enqueue(Queued{std::move(frame), nullptr}, ephemeral);
   });
 }
 
-void WsSession::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) {
-  net::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame),
+template <typename Stream>
+void WsSession<Stream>::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) {
+  net::post(ws_.get_executor(), [self = this->shared_from_this(), frame = std::move(frame),
                                  receipt = std::move(receipt)]() mutable {
     if (self->close_requested_ || self->finished_) return;
     if (self->MergeReceipt(receipt)) return;
@@ -217,7 +253,8 @@ void WsSession::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const sto
 // watermarks and lists the new user seq in `also_covers`, so the device gets
 // one frame and the newest state. Receipts carrying withheld seqs are never
 // merged (their lists must reach the device as they are).
-bool WsSession::MergeReceipt(const std::shared_ptr<const store::StreamEvent>& receipt) {
+template <typename Stream>
+bool WsSession<Stream>::MergeReceipt(const std::shared_ptr<const store::StreamEvent>& receipt) {
   if (!receipt->withheld.empty()) return false;
   auto it = mergeable_.find(ReceiptKey(*receipt));
   if (it == mergeable_.end()) return false;
@@ -235,7 +272,8 @@ bool WsSession::MergeReceipt(const std::shared_ptr<const store::StreamEvent>& re
   return true;
 }
 
-void WsSession::Enqueue(Queued q, bool ephemeral) {
+template <typename Stream>
+void WsSession<Stream>::Enqueue(Queued q, bool ephemeral) {
   if (close_requested_ || finished_) return;
   // Overload order, step 1: ephemeral frames (typing, presence) are shed
   // first, once the queue is half full; durable ones are recovered by sync if
@@ -265,7 +303,8 @@ void WsSession::Enqueue(Queued q, bool ephemeral) {
 }
 
 // Bookkeeping for a frame leaving the queue (written or dropped).
-void WsSession::Dequeued(const Queued& q) {
+template <typename Stream>
+void WsSession<Stream>::Dequeued(const Queued& q) {
   queued_bytes_ -= q.frame->size();
   M().queue_bytes.Add(-static_cast<int64_t>(q.frame->size()));
   M().queue_frames.Add(-1);
@@ -275,8 +314,9 @@ void WsSession::Dequeued(const Queued& q) {
   }
 }
 
-void WsSession::Close(uint16_t code, std::string reason) {
-  net::post(ws_.get_executor(), [self = shared_from_this(), code, reason = std::move(reason)] {
+template <typename Stream>
+void WsSession<Stream>::Close(uint16_t code, std::string reason) {
+  net::post(ws_.get_executor(), [self = this->shared_from_this(), code, reason = std::move(reason)] {
     if (self->close_requested_ || self->finished_) return;
     self->close_requested_ = true;
     self->close_reason_ = websocket::close_reason(static_cast<websocket::close_code>(code), reason);
@@ -284,7 +324,8 @@ void WsSession::Close(uint16_t code, std::string reason) {
   });
 }
 
-void WsSession::DoWrite() {
+template <typename Stream>
+void WsSession<Stream>::DoWrite() {
   if (queue_.empty()) {
     if (close_requested_) DoClose();
     return;
@@ -297,12 +338,13 @@ void WsSession::DoWrite() {
     front.receipt.reset();
   }
   ws_.text(true);
-  ws_.async_write(net::buffer(*front.frame), beast::bind_front_handler(&WsSession::OnWrite, shared_from_this()));
+  ws_.async_write(net::buffer(*front.frame), beast::bind_front_handler(&WsSession::OnWrite, this->shared_from_this()));
 }
 
 // Drops every queued frame but the one being written (Beast still holds its
 // buffer; OnWrite releases it).
-void WsSession::DropQueued() {
+template <typename Stream>
+void WsSession<Stream>::DropQueued() {
   size_t keep = writing_ ? 1 : 0;
   while (queue_.size() > keep) {
     Dequeued(queue_.back());
@@ -310,7 +352,8 @@ void WsSession::DropQueued() {
   }
 }
 
-void WsSession::OnWrite(beast::error_code ec, size_t) {
+template <typename Stream>
+void WsSession<Stream>::OnWrite(beast::error_code ec, size_t) {
   writing_ = false;
   Dequeued(queue_.front());
   queue_.pop_front();
@@ -318,7 +361,8 @@ void WsSession::OnWrite(beast::error_code ec, size_t) {
   DoWrite();
 }
 
-void WsSession::DoClose() {
+template <typename Stream>
+void WsSession<Stream>::DoClose() {
   if (closing_ || finished_) return;
   closing_ = true;
   // The close frame waits behind the frame being written; a stalled reader
@@ -329,14 +373,15 @@ void WsSession::DoClose() {
   t.idle_timeout = websocket::stream_base::none();
   t.keep_alive_pings = false;
   ws_.set_option(t);
-  ws_.async_close(close_reason_, [self = shared_from_this()](beast::error_code) {
+  ws_.async_close(close_reason_, [self = this->shared_from_this()](beast::error_code) {
     // The pending read completes with `closed` once the peer answers.
     beast::error_code ignored;
     beast::get_lowest_layer(self->ws_).socket().shutdown(tcp::socket::shutdown_both, ignored);
   });
 }
 
-void WsSession::Finish() {
+template <typename Stream>
+void WsSession<Stream>::Finish() {
   if (finished_) return;
   finished_ = true;
   DropQueued();  // a frame still being written is released by OnWrite
@@ -347,37 +392,64 @@ void WsSession::Finish() {
   beast::get_lowest_layer(ws_).socket().close(ignored);
 }
 
-class HttpSession : public std::enable_shared_from_this<HttpSession> {
+template <typename Stream>
+class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
  public:
-  HttpSession(tcp::socket&& socket, core::ChatService* chat, const GatewayConfig& cfg, const HttpHandler& handler,
-              SessionRegistry* reg, std::atomic<int64_t>* open)
-      : stream_(std::move(socket)), chat_(chat), cfg_(cfg), handler_(handler), registry_(reg), open_(open) {
+  HttpSession(Stream&& stream, std::shared_ptr<ssl::context> tls, core::ChatService* chat, const GatewayConfig& cfg,
+              const HttpHandler& handler, SessionRegistry* reg, std::atomic<int64_t>* open)
+      : stream_(std::move(stream)),
+        tls_(std::move(tls)),
+        chat_(chat),
+        cfg_(cfg),
+        handler_(handler),
+        registry_(reg),
+        open_(open) {
     open_->fetch_add(1);
   }
   ~HttpSession() { open_->fetch_sub(1); }
 
-  void Start() { DoRead(); }
+  void Start() {
+    if constexpr (kIsTls<Stream>) {
+      beast::get_lowest_layer(stream_).expires_after(std::chrono::milliseconds(kTlsHandshakeTimeoutMs));
+      stream_.async_handshake(ssl::stream_base::server, [self = this->shared_from_this()](beast::error_code ec) {
+        if (ec) {
+          M().tls_handshake_failed.Inc();
+          spdlog::debug("event=tls_handshake_failed error=\"{}\"", ec.message());
+          return;  // the socket closes with the session
+        }
+        self->DoRead();
+      });
+    } else {
+      DoRead();
+    }
+  }
 
  private:
   void DoRead() {
     parser_.emplace();
     parser_->body_limit(kMaxHttpBodyBytes);
-    stream_.expires_after(std::chrono::seconds(30));
-    http::async_read(stream_, buffer_, *parser_, beast::bind_front_handler(&HttpSession::OnRead, shared_from_this()));
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(30));
+    http::async_read(stream_, buffer_, *parser_,
+                     beast::bind_front_handler(&HttpSession::OnRead, this->shared_from_this()));
   }
 
   void OnRead(beast::error_code ec, size_t) {
     if (ec == http::error::body_limit) return Reply(413, "request body too large\n", false);
-    if (ec) {
-      beast::error_code ignored;
-      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-      return;
-    }
+    if (ec) return ShutdownSend();
     req_ = parser_->release();
     if (websocket::is_upgrade(req_)) {
       std::string_view target(req_.target().data(), req_.target().size());
       if (target == "/v1/ws" || target.rfind("/v1/ws?", 0) == 0) {
-        auto ws = std::make_shared<WsSession>(std::move(stream_), chat_, cfg_, registry_);
+        std::string_view origin(req_[http::field::origin].data(), req_[http::field::origin].size());
+        std::string_view host(req_[http::field::host].data(), req_[http::field::host].size());
+        if (!OriginAllowed(origin, host, cfg_.allowed_origins)) {
+          M().origin_refused.Inc();
+          spdlog::info("event=ws_origin_refused origin=\"{}\" host=\"{}\"", std::string(origin).substr(0, 200),
+                       std::string(host).substr(0, 200));
+          return Reply(403, "websocket upgrade refused: origin not allowed (see --allowed-origins)\n", false);
+        }
+        beast::get_lowest_layer(stream_).expires_never();
+        auto ws = std::make_shared<WsSession<Stream>>(std::move(stream_), std::move(tls_), chat_, cfg_, registry_);
         ws->Start(std::move(req_));
         return;
       }
@@ -389,8 +461,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     r.authorization = std::string(req_[http::field::authorization]);
     r.if_none_match = std::string(req_[http::field::if_none_match]);
     r.body = std::move(req_.body());
-    stream_.expires_never();  // the handler may take a while (bulk work)
-    handler_(std::move(r), [self = shared_from_this()](HttpResponse resp) {
+    beast::get_lowest_layer(stream_).expires_never();  // the handler may take a while (bulk work)
+    handler_(std::move(r), [self = this->shared_from_this()](HttpResponse resp) {
       net::post(self->stream_.get_executor(), [self, resp = std::move(resp)]() mutable {
         self->Reply(std::move(resp), self->req_.keep_alive());
       });
@@ -411,22 +483,41 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     res->set(http::field::server, "parleyd");
     res->set(http::field::content_type, r.content_type);
     res->set(http::field::cache_control, r.cache_control);
+    // Security headers (gateway.h); the handler's own replace them by name.
+    res->set("X-Content-Type-Options", "nosniff");
+    res->set("Referrer-Policy", "no-referrer");
+    res->set("X-Frame-Options", "DENY");
+    res->set("Content-Security-Policy", kDefaultContentSecurityPolicy);
+    if constexpr (kIsTls<Stream>) res->set("Strict-Transport-Security", "max-age=" + std::to_string(kHstsMaxAgeSeconds));
     if (!r.etag.empty()) res->set(http::field::etag, r.etag);
     for (auto& [name, value] : r.headers) res->set(name, value);
     res->keep_alive(keep_alive);
     if (req_.method() != http::verb::head) res->body() = std::move(body);
     res->prepare_payload();
-    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code wec, size_t) {
-      if (wec || !res->keep_alive()) {
-        beast::error_code ignored;
-        self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-        return;
-      }
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(30));
+    http::async_write(stream_, *res, [self = this->shared_from_this(), res](beast::error_code wec, size_t) {
+      if (wec || !res->keep_alive()) return self->ShutdownSend();
       self->DoRead();
     });
   }
 
-  beast::tcp_stream stream_;
+  // Ends the connection after the last response: TCP half-close, or for TLS
+  // a close_notify first (bounded by the handshake timeout).
+  void ShutdownSend() {
+    if constexpr (kIsTls<Stream>) {
+      beast::get_lowest_layer(stream_).expires_after(std::chrono::milliseconds(kTlsHandshakeTimeoutMs));
+      stream_.async_shutdown([self = this->shared_from_this()](beast::error_code) {
+        beast::error_code ignored;
+        beast::get_lowest_layer(self->stream_).socket().shutdown(tcp::socket::shutdown_send, ignored);
+      });
+    } else {
+      beast::error_code ignored;
+      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    }
+  }
+
+  Stream stream_;
+  std::shared_ptr<ssl::context> tls_;  // the context this TLS connection was accepted with (null: plain)
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::request<http::string_body> req_;
@@ -437,6 +528,45 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::atomic<int64_t>* open_;
 };
 
+std::string ToLower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+// Hex SHA-256 of the DER form of `cert` ("" if null).
+std::string CertificateSha256(X509* cert) {
+  if (cert == nullptr) return "";
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (X509_digest(cert, EVP_sha256(), md, &n) != 1) return "";
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+// A server TLS context from PEM files: TLS 1.2 and newer, the certificate
+// chain, and a private key that must match the certificate.
+Result<std::shared_ptr<ssl::context>> LoadTlsContext(const std::string& cert_file, const std::string& key_file) {
+  auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
+  beast::error_code ec;
+  ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                       ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 | ssl::context::single_dh_use,
+                   ec);
+  if (ec) return Status(ErrorCode::kInternal, "tls options: " + ec.message());
+  ctx->use_certificate_chain_file(cert_file, ec);
+  if (ec) return Status(ErrorCode::kBadRequest, "tls certificate " + cert_file + ": " + ec.message());
+  ctx->use_private_key_file(key_file, ssl::context::pem, ec);
+  if (ec) return Status(ErrorCode::kBadRequest, "tls key " + key_file + ": " + ec.message());
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
+    return Status(ErrorCode::kBadRequest, "tls key " + key_file + " does not match the certificate " + cert_file);
+  return ctx;
+}
 }  // namespace
 
 struct Gateway::Impl {
@@ -446,7 +576,7 @@ struct Gateway::Impl {
         core_exec(net::make_strand(contexts[0].get_executor())),
         control_exec(contexts[0].get_executor()),
         acceptor(contexts[0]),
-        signals(contexts[0], SIGTERM, SIGINT) {
+        signals(contexts[0], SIGTERM, SIGINT, SIGHUP) {
     for (auto& ctx : contexts) guards.emplace_back(net::make_work_guard(ctx));
   }
 
@@ -460,12 +590,39 @@ struct Gateway::Impl {
         socket.set_option(tcp::no_delay(true), ignored);
         if (cfg.socket_send_buffer > 0)
           socket.set_option(net::socket_base::send_buffer_size(cfg.socket_send_buffer), ignored);
-        std::make_shared<HttpSession>(std::move(socket), chat, cfg, http, &registry, &open)->Start();
+        if (std::shared_ptr<ssl::context> tls = CurrentTls()) {
+          TlsStream stream(std::move(socket), *tls);
+          std::make_shared<HttpSession<TlsStream>>(std::move(stream), std::move(tls), chat, cfg, http, &registry,
+                                                   &open)
+              ->Start();
+        } else {
+          std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), nullptr, chat, cfg, http,
+                                                     &registry, &open)
+              ->Start();
+        }
       } else {
         spdlog::warn("event=accept_failed error=\"{}\"", ec.message());
       }
       DoAccept();
     });
+  }
+
+  bool TlsConfigured() const { return !cfg.tls_cert_file.empty(); }
+
+  std::shared_ptr<ssl::context> CurrentTls() const {
+    std::lock_guard lock(tls_mu);
+    return tls_ctx;
+  }
+
+  // Loads the configured files and makes them the context of new connections.
+  Status LoadTls() {
+    auto loaded = LoadTlsContext(cfg.tls_cert_file, cfg.tls_key_file);
+    if (!loaded) return loaded.error();
+    std::string sha = CertificateSha256(SSL_CTX_get0_certificate((*loaded)->native_handle()));
+    std::lock_guard lock(tls_mu);
+    tls_ctx = std::move(*loaded);
+    tls_sha256 = std::move(sha);
+    return Status::Ok();
   }
 
   void WaitSignal() {
@@ -488,6 +645,9 @@ struct Gateway::Impl {
   HttpHandler http;
   SessionRegistry registry;
   std::atomic<int64_t> open{0};
+  mutable std::mutex tls_mu;
+  std::shared_ptr<ssl::context> tls_ctx;  // guarded by tls_mu; null: plain. New connections take a copy.
+  std::string tls_sha256;                 // guarded by tls_mu; of tls_ctx's certificate
   size_t next_ctx = 0;
   uint16_t bound_port = 0;
 };
@@ -501,6 +661,10 @@ Executor& Gateway::ControlExecutor() { return impl_->control_exec; }
 Status Gateway::Start(core::ChatService* chat, HttpHandler http) {
   impl_->chat = chat;
   impl_->http = std::move(http);
+  if (impl_->TlsConfigured()) {
+    if (Status s = impl_->LoadTls(); !s.ok()) return s;
+    spdlog::info("event=tls_loaded cert={} sha256={}", impl_->cfg.tls_cert_file, TlsCertificateSha256());
+  }
   beast::error_code ec;
   auto addr = net::ip::make_address(impl_->cfg.host, ec);
   if (ec) return Status(ErrorCode::kBadRequest, "bad listen address '" + impl_->cfg.host + "'");
@@ -544,6 +708,52 @@ int64_t Gateway::OpenConnections() const {
 
 void Gateway::OnSignal(std::function<void(int)> fn) {
   net::post(impl_->contexts[0], [this, fn = std::move(fn)] { impl_->on_signal = fn; });
+}
+
+bool Gateway::tls() const { return impl_->TlsConfigured(); }
+
+Status Gateway::ReloadTls() {
+  if (!impl_->TlsConfigured()) return Status(ErrorCode::kBadRequest, "TLS is not configured");
+  if (Status s = impl_->LoadTls(); !s.ok()) {
+    M().tls_reload_error.Inc();
+    spdlog::error("event=tls_reload_failed error=\"{}\" kept_sha256={}", s.message(), TlsCertificateSha256());
+    return s;
+  }
+  M().tls_reload_ok.Inc();
+  spdlog::info("event=tls_reloaded cert={} sha256={}", impl_->cfg.tls_cert_file, TlsCertificateSha256());
+  return Status::Ok();
+}
+
+std::string Gateway::TlsCertificateSha256() const {
+  std::lock_guard lock(impl_->tls_mu);
+  return impl_->tls_sha256;
+}
+
+bool ValidAllowedOrigin(std::string_view origin) {
+  if (origin == "*") return true;
+  std::string o = ToLower(origin);
+  std::string_view rest;
+  if (o.rfind("http://", 0) == 0) {
+    rest = std::string_view(o).substr(7);
+  } else if (o.rfind("https://", 0) == 0) {
+    rest = std::string_view(o).substr(8);
+  } else {
+    return false;
+  }
+  if (rest.empty()) return false;
+  for (char c : rest)
+    if (c == '/' || c == '?' || c == '#' || c == '@' || c == ' ' || c == ',') return false;
+  return true;
+}
+
+bool OriginAllowed(std::string_view origin, std::string_view host, const std::vector<std::string>& allowed) {
+  if (origin.empty()) return true;
+  std::string o = ToLower(origin);
+  for (const auto& a : allowed)
+    if (a == "*" || ToLower(a) == o) return true;
+  auto scheme_end = o.find("://");
+  if (scheme_end == std::string::npos || host.empty()) return false;
+  return o.substr(scheme_end + 3) == ToLower(host);
 }
 
 void Gateway::StopWhenDrained(int deadline_ms) {

@@ -8,6 +8,17 @@
 // over them round-robin and live on theirs for good. The ChatService's core
 // executor is a strand on the first io_context (CoreExecutor()).
 //
+// TLS: with a certificate and key configured the listener speaks TLS only
+// (https and wss on the one port). ReloadTls (parleyd calls it on SIGHUP)
+// loads the files into a new TLS context used by connections accepted from
+// then on; open connections keep the context they were accepted with, so a
+// reload drops none. A reload that fails keeps the old context.
+//
+// Browser hardening: a WebSocket upgrade whose Origin header is neither the
+// request's own origin nor in GatewayConfig::allowed_origins is refused with
+// 403 (OriginAllowed below); every plain HTTP response carries the security
+// headers listed at kDefaultContentSecurityPolicy.
+//
 // Public API is Boost-free; the implementation (gateway.cc) holds the Asio
 // types.
 #pragma once
@@ -16,6 +27,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -42,7 +54,37 @@ struct GatewayConfig {
   // Told to a connection closed with 4003 (resync): reconnect after this
   // long plus jitter, so that many connections dropped together spread out.
   int resync_retry_after_ms = 1'000;
+  // PEM certificate chain and private key. Both set: the listener serves TLS
+  // only (https, wss); both empty: plain HTTP/WebSocket.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Origins ("scheme://host[:port]", lower case) allowed to open a WebSocket
+  // besides the server's own origin; "*" allows any (OriginAllowed).
+  std::vector<std::string> allowed_origins;
 };
+
+// Security headers on every plain HTTP response (a handler's own headers of
+// the same name replace them): X-Content-Type-Options: nosniff,
+// Referrer-Policy: no-referrer, X-Frame-Options: DENY, this
+// Content-Security-Policy (the web client's files carry their own, see
+// static_files.h), and with TLS on, Strict-Transport-Security with
+// kHstsMaxAgeSeconds.
+inline constexpr const char* kDefaultContentSecurityPolicy =
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+inline constexpr int64_t kHstsMaxAgeSeconds = 365LL * 24 * 3600;
+
+// Whether a WebSocket upgrade may proceed, given its Origin header ("" when
+// absent) and its Host header. Allowed when: there is no Origin (non-browser
+// clients send none); or the Origin's host[:port] (after "scheme://") equals
+// the Host header (same origin; the scheme is not compared, so a TLS-ending
+// reverse proxy that passes Host on keeps working); or `allowed` holds "*" or
+// the Origin itself. Comparisons ignore ASCII case. Everything else (a
+// foreign site, "null" from sandboxed pages and files) is refused.
+bool OriginAllowed(std::string_view origin, std::string_view host, const std::vector<std::string>& allowed);
+
+// Whether `origin` is a valid --allowed-origins entry: "*" or
+// "http(s)://host[:port]" with no path.
+bool ValidAllowedOrigin(std::string_view origin);
 
 struct HttpRequest {
   std::string method;         // "GET", "POST", ...
@@ -80,7 +122,9 @@ class Gateway {
   // A general executor on the first io_context (timers, signals, shutdown).
   Executor& ControlExecutor();
 
-  // Binds and starts accepting. Fails kUnavailable if the address is taken.
+  // Loads the TLS files (if configured), binds and starts accepting. Fails
+  // kUnavailable if the address is taken, kBadRequest if the certificate or
+  // key cannot be loaded (the message names the file and the reason).
   Status Start(core::ChatService* chat, HttpHandler http);
   uint16_t BoundPort() const;
 
@@ -93,9 +137,20 @@ class Gateway {
   void CloseAll(uint16_t code, const std::string& reason);
   // Any thread. Number of open connections (HTTP and WebSocket).
   int64_t OpenConnections() const;
-  // Any thread. Calls `fn` on SIGTERM or SIGINT (once per signal), on the
-  // control executor.
+  // Any thread. Calls `fn` on SIGTERM, SIGINT or SIGHUP (once per signal),
+  // on the control executor.
   void OnSignal(std::function<void(int)> fn);
+
+  // Whether the listener serves TLS.
+  bool tls() const;
+  // Any thread. Reloads the certificate and key files into a new TLS context
+  // for connections accepted from now on; open connections keep theirs.
+  // On failure (unreadable file, bad PEM, key not matching the certificate)
+  // the old context stays in use and the error is returned. Logs and counts
+  // parley_tls_reloads_total{result}. kBadRequest if TLS is not configured.
+  Status ReloadTls();
+  // Any thread. Hex SHA-256 of the certificate in use ("" without TLS).
+  std::string TlsCertificateSha256() const;
   // Any thread. Stops the io threads (Run returns).
   void Stop();
   // Any thread. Stops the io threads once no connection is open, or after

@@ -33,13 +33,6 @@ constexpr std::array<std::pair<const char*, const char*>, 14> kContentTypes = {{
     {".map", "application/json"},
 }};
 
-// The policy for HTML pages: everything from this origin only (the WebSocket
-// included), no inline script or style, no framing.
-constexpr const char* kHtmlContentSecurityPolicy =
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; manifest-src 'self'; worker-src 'self'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'";
-
 bool SafeRelativePath(const std::string& rel) {
   if (rel.empty() || rel.front() == '/' || rel.back() == '/') return false;
   bool segment_start = true;
@@ -114,11 +107,10 @@ bool StaticFiles::Serve(const HttpRequest& request, HttpResponse* response) cons
   response->etag = tag.str();
   response->cache_control = "no-cache";
   response->content_type = ContentTypeFor(rel);
-  response->headers.emplace_back("X-Content-Type-Options", "nosniff");
-  if (response->content_type.rfind("text/html", 0) == 0) {
-    response->headers.emplace_back("Content-Security-Policy", kHtmlContentSecurityPolicy);
-    response->headers.emplace_back("Referrer-Policy", "no-referrer");
-  }
+  // Every file of the app gets the app's policy: it governs the pages and
+  // the service worker (sw.js), which fetches from this origin. The other
+  // security headers come from the gateway (gateway.h).
+  response->headers.emplace_back("Content-Security-Policy", kAppContentSecurityPolicy);
   if (!request.if_none_match.empty() && request.if_none_match == response->etag) {
     response->status = 304;
     response->body.clear();

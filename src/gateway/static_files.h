@@ -14,6 +14,10 @@
 // is no build step), so browsers revalidate on each load; the service worker
 // (web/sw.js) is what keeps the app usable offline.
 //
+// Security: every answer for a file carries kAppContentSecurityPolicy; the
+// gateway adds nosniff, Referrer-Policy, X-Frame-Options and (with TLS) HSTS
+// to every HTTP response (gateway.h).
+//
 // Thread-safety: immutable after construction; Serve may be called from any
 // thread concurrently. Files are read from disk on each request (they are
 // small; edits show up without a restart).
@@ -31,6 +35,14 @@ inline constexpr size_t kMaxStaticFileBytes = 8 * 1024 * 1024;
 // How many directories above the binary's own are searched for a web/ dir
 // (build/<tree>/bin/parleyd sits three levels below the repository root).
 inline constexpr int kWebRootSearchDepth = 4;
+
+// The policy of the web client's files: everything from this origin only
+// (the WebSocket included: 'self' covers ws: and wss: to the same host), no
+// inline script or style, no framing.
+inline constexpr const char* kAppContentSecurityPolicy =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; manifest-src 'self'; worker-src 'self'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'";
 
 class StaticFiles {
  public:

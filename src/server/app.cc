@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include "admin/admin_api.h"
@@ -109,10 +110,10 @@ int RunServer(const ServerConfig& config) {
     spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
     return 1;
   }
-  spdlog::info("event=listening address={}:{} data_dir={} store={} io_threads={} web_root={}", config.gateway.host,
-               gw.BoundPort(), config.data_dir, config.store.backend, config.gateway.io_threads,
-               web.root().empty() ? "none" : web.root());
-  std::cout << "parleyd listening on http://" << config.gateway.host << ":" << gw.BoundPort() << std::endl;
+  spdlog::info("event=listening address={}:{} tls={} data_dir={} store={} io_threads={} web_root={}",
+               config.gateway.host, gw.BoundPort(), gw.tls() ? "on" : "off", config.data_dir, config.store.backend,
+               config.gateway.io_threads, web.root().empty() ? "none" : web.root());
+  std::cout << "parleyd listening on " << (gw.tls() ? "https://" : "http://") << config.gateway.host << ":" << gw.BoundPort() << std::endl;
   if (!config.port_file.empty()) {
     std::string tmp = config.port_file + ".tmp";
     std::ofstream(tmp) << gw.BoundPort() << "\n";
@@ -121,6 +122,16 @@ int RunServer(const ServerConfig& config) {
 
   bool shutting_down = false;
   gw.OnSignal([&](int sig) {
+    if (sig == SIGHUP) {
+      // Reload the TLS files; the gateway logs and counts the result and
+      // keeps the old certificate if the new one does not load.
+      if (gw.tls()) {
+        (void)gw.ReloadTls();
+      } else {
+        spdlog::info("event=sighup_ignored reason=\"TLS is not configured; nothing to reload\"");
+      }
+      return;
+    }
     if (shutting_down) return;
     shutting_down = true;
     spdlog::info("event=shutdown_started signal={}", sig);

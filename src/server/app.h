@@ -1,5 +1,6 @@
 // Wires parleyd together: store, fabric, core, gateway; serves /healthz and
-// /metrics; handles SIGTERM/SIGINT with a graceful shutdown. Returns the
+// /metrics; handles SIGTERM/SIGINT with a graceful shutdown and SIGHUP with a
+// reload of the TLS certificate and key. Returns the
 // process exit code.
 #pragma once
 

@@ -29,6 +29,16 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
                  "Directory of the web client served at / (default: share/parley/web or the repository's web/ "
                  "found from the binary's location; 'none': do not serve it)")
       ->envname("PARLEY_WEB_ROOT");
+  app.add_option("--tls-cert", c.gateway.tls_cert_file,
+                 "PEM certificate chain; with --tls-key the listener serves TLS only (https, wss). Reloaded on SIGHUP")
+      ->envname("PARLEY_TLS_CERT");
+  app.add_option("--tls-key", c.gateway.tls_key_file, "PEM private key of --tls-cert (reloaded on SIGHUP)")
+      ->envname("PARLEY_TLS_KEY");
+  app.add_option("--allowed-origins", c.gateway.allowed_origins,
+                 "Comma-separated origins (scheme://host[:port]) whose web pages may open a WebSocket besides the "
+                 "server's own; '*': any. Default: same origin only (and clients that send no Origin)")
+      ->envname("PARLEY_ALLOWED_ORIGINS")
+      ->delimiter(',');
   app.add_option("--io-threads", c.gateway.io_threads, "I/O threads (one event loop each); default: one per core")
       ->envname("PARLEY_IO_THREADS")
       ->check(CLI::Range(1, 256))
@@ -155,6 +165,14 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
     c.gateway.port = static_cast<uint16_t>(port);
   } catch (const std::exception&) {
     return Status(ErrorCode::kBadRequest, "--listen port must be 0-65535");
+  }
+  if (c.gateway.tls_cert_file.empty() != c.gateway.tls_key_file.empty())
+    return Status(ErrorCode::kBadRequest, "--tls-cert and --tls-key go together: give both or neither");
+  for (auto& origin : c.gateway.allowed_origins) {
+    if (!gateway::ValidAllowedOrigin(origin))
+      return Status(ErrorCode::kBadRequest,
+                    "--allowed-origins entries must be '*' or scheme://host[:port] (http or https, no path): '" +
+                        origin + "'");
   }
   if (c.core.heartbeat_timeout_ms <= c.core.heartbeat_interval_ms)
     return Status(ErrorCode::kBadRequest, "--heartbeat-timeout-ms must be larger than --heartbeat-interval-ms");

@@ -170,8 +170,13 @@ class ServerProcess {
     Start();
   }
 
+  // How Connect (and so the helpers' Register and Login) connects: e.g.
+  // tls and ca_file for a server started with --tls-cert. The port is
+  // always the server's.
+  void set_connect_options(ConnectOptions o) { connect_options_ = std::move(o); }
+
   std::unique_ptr<Connection> Connect() {
-    ConnectOptions o;
+    ConnectOptions o = connect_options_;
     o.port = port_;
     std::string err;
     auto c = Connection::Open(o, &err);
@@ -181,6 +186,7 @@ class ServerProcess {
 
  private:
   std::vector<std::string> extra_args_;
+  ConnectOptions connect_options_;
   std::vector<std::string> store_args_;  // --store URL under PARLEY_E2E_STORE=postgres
   std::string stderr_path_;
   std::string dir_;

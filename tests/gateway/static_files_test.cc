@@ -50,9 +50,15 @@ TEST_F(StaticFilesTest, ServesIndexAtRootWithTypeAndCachingHeaders) {
   EXPECT_EQ(res.content_type, "text/html; charset=utf-8");
   EXPECT_EQ(res.cache_control, "no-cache");
   EXPECT_FALSE(res.etag.empty());
-  bool csp = false;
-  for (auto& [k, v] : res.headers) csp = csp || k == "Content-Security-Policy";
-  EXPECT_TRUE(csp);
+  auto csp = [](const HttpResponse& r) {
+    for (auto& [k, v] : r.headers)
+      if (k == "Content-Security-Policy") return v;
+    return std::string();
+  };
+  EXPECT_EQ(csp(res), kAppContentSecurityPolicy);
+  // Scripts too: the policy governs the service worker (sw.js).
+  EXPECT_EQ(csp(Get(files, "/js/app.js")), kAppContentSecurityPolicy);
+  EXPECT_EQ(std::string(kAppContentSecurityPolicy).find("unsafe-"), std::string::npos);
   EXPECT_EQ(Get(files, "/js/app.js").content_type, "text/javascript; charset=utf-8");
   EXPECT_EQ(Get(files, "/manifest.webmanifest").content_type, "application/manifest+json");
 }

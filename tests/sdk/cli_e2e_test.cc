@@ -3,6 +3,8 @@
 // so everything that survives between runs lives in the config directory.
 #include <sys/stat.h>
 
+#include <cstdlib>
+
 #include "sdk/sdk_test_util.h"
 
 namespace parley::testing {
@@ -148,6 +150,46 @@ TEST(CliE2E, HistoryPagesBackwardsWithAHintForTheNextPage) {
   ASSERT_EQ(p0["messages"].size(), 1u);
   EXPECT_EQ(p0["messages"][0]["body"], "typed in chat");
   EXPECT_EQ(p0["messages"][0]["seq"], 8);
+}
+
+// wss: the server address names the scheme, --ca-file at login is kept, so
+// later runs need neither; a server certificate the CA does not vouch for is
+// refused (exit 4, unreachable).
+TEST(CliE2E, WorksOverWssWithTheCaFileKeptFromLogin) {
+  TempDir dir;
+  std::string cert = dir / "server.crt", key = dir / "server.key";
+  std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
+                    "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout '" +
+                    key + "' -out '" + cert + "' >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  ServerProcess s({"--tls-cert", cert, "--tls-key", key});
+  ConnectOptions wss;
+  wss.tls = true;
+  wss.ca_file = cert;
+  s.set_connect_options(wss);
+  Register(s, "bob");
+  std::string server = "wss://127.0.0.1:" + std::to_string(s.port());
+  auto run = [&](std::vector<std::string> args) {
+    std::vector<std::string> a = {"--config-dir", dir / "cfg", "--timeout", "5000"};
+    a.insert(a.end(), args.begin(), args.end());
+    return RunCli(dir, a);
+  };
+  auto no_ca = run({"--server", server, "--json", "register", "alice", "--password", "correct horse"});
+  EXPECT_EQ(no_ca.exit_code, 4) << no_ca.out << no_ca.err;  // the system CAs do not know it
+  auto reg = run({"--server", server, "--ca-file", cert, "register", "alice", "--password", "correct horse"});
+  ASSERT_EQ(reg.exit_code, 0) << reg.err;
+  auto login = run({"--server", server, "--ca-file", cert, "login", "alice", "--password", "correct horse"});
+  ASSERT_EQ(login.exit_code, 0) << login.err;
+  auto sent = run({"send", "bob", "over", "wss"});
+  ASSERT_EQ(sent.exit_code, 0) << sent.err;
+  Device bob = Login(s, "bob");
+  int received = 0;
+  for (const auto& e : SyncAll(*bob.conn, 0))
+    if (e["kind"] == "message" && e["message"]["body"] == "over wss") ++received;
+  EXPECT_EQ(received, 1);
+  auto history = run({"--json", "history", "bob"});
+  ASSERT_EQ(history.exit_code, 0) << history.err;
+  EXPECT_EQ(history.Json()["messages"][0]["status"], "sent");
 }
 
 }  // namespace

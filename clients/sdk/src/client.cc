@@ -389,6 +389,9 @@ struct Client::Impl {
     ConnectOptions co;
     co.host = opt.host;
     co.port = opt.port;
+    co.tls = opt.tls;
+    co.ca_file = opt.ca_file;
+    co.verify_peer = opt.verify_peer;
     co.timeout_ms = opt.connect_timeout_ms;
     std::string err;
     std::shared_ptr<Connection> c(Connection::Open(co, &err).release());
@@ -680,25 +683,37 @@ Reply Client::Register(const std::string& host, uint16_t port, const std::string
   co.host = host;
   co.port = port;
   co.timeout_ms = timeout_ms;
+  return Register(co, username, password, timeout_ms);
+}
+
+Reply Client::Register(const ConnectOptions& server, const std::string& username, const std::string& password,
+                       int timeout_ms) {
   std::string err;
-  auto c = Connection::Open(co, &err);
-  if (!c) return Reply{false, json(), kErrUnreachable, "server unreachable at " + host + ":" + std::to_string(port) + " (" + err + ")", json()};
+  auto c = Connection::Open(server, &err);
+  if (!c)
+    return Reply{false, json(), kErrUnreachable,
+                 "server unreachable at " + server.host + ":" + std::to_string(server.port) + " (" + err + ")", json()};
   return c->Call("register", {{"username", username}, {"password", password}}, timeout_ms);
 }
 
 LoginResult Client::Login(const std::string& host, uint16_t port, const std::string& username,
                           const std::string& password, const std::string& device_name, const std::string& platform,
                           int timeout_ms) {
-  LoginResult out;
   ConnectOptions co;
   co.host = host;
   co.port = port;
   co.timeout_ms = timeout_ms;
+  return Login(co, username, password, device_name, platform, timeout_ms);
+}
+
+LoginResult Client::Login(const ConnectOptions& server, const std::string& username, const std::string& password,
+                          const std::string& device_name, const std::string& platform, int timeout_ms) {
+  LoginResult out;
   std::string err;
-  auto c = Connection::Open(co, &err);
+  auto c = Connection::Open(server, &err);
   if (!c) {
     out.code = kErrUnreachable;
-    out.message = "server unreachable at " + host + ":" + std::to_string(port) + " (" + err + ")";
+    out.message = "server unreachable at " + server.host + ":" + std::to_string(server.port) + " (" + err + ")";
     return out;
   }
   Reply r = c->Call("login", {{"username", username}, {"password", password}, {"device_name", device_name},

@@ -8,8 +8,14 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -23,16 +29,19 @@ namespace parley {
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace websocket = beast::websocket;
+namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
 using nlohmann::json;
 
 struct Connection::Impl {
+  virtual ~Impl() = default;
+
   net::io_context ioc;
   // Keeps run() going while nothing is pending (e.g. reading is paused).
   net::executor_work_guard<net::io_context::executor_type> work{ioc.get_executor()};
-  websocket::stream<beast::tcp_stream> ws{ioc};
   beast::flat_buffer buffer;
   std::thread thread;
+  std::string peer_sha256;  // set before the thread starts; read-only after
 
   // Touched only on the io thread.
   std::deque<std::pair<std::string, bool>> write_queue;
@@ -60,38 +69,42 @@ struct Connection::Impl {
     if (fn) fn();
   }
 
-  void DoRead() {
-    if (paused || reading) return;
-    reading = true;
-    ws.async_read(buffer, [this](beast::error_code ec, size_t) {
-      reading = false;
-      if (ec) return MarkClosed();
-      std::string text = beast::buffers_to_string(buffer.data());
-      buffer.consume(buffer.size());
-      json frame = json::parse(text, nullptr, false);
-      {
-        std::lock_guard lock(mu);
-        if (frame.is_discarded() || !frame.is_object()) {
-          stray_errors.push_back(json{{"type", "client_error"}, {"message", "unparseable frame from server"}});
+  // The stream-dependent operations (StreamImpl below). All run on the io
+  // thread.
+  virtual void DoRead() = 0;
+  virtual void DoWrite() = 0;
+  virtual void MarkClosed() = 0;
+  virtual void AsyncClose() = 0;
+  virtual void AbortSocket() = 0;
+
+  // One complete frame is in `buffer`: sort it into responses, events or
+  // stray errors and wake the waiters.
+  void OnFrameRead() {
+    std::string text = beast::buffers_to_string(buffer.data());
+    buffer.consume(buffer.size());
+    json frame = json::parse(text, nullptr, false);
+    {
+      std::lock_guard lock(mu);
+      if (frame.is_discarded() || !frame.is_object()) {
+        stray_errors.push_back(json{{"type", "client_error"}, {"message", "unparseable frame from server"}});
+      } else {
+        std::string type = frame.value("type", "");
+        if ((type == "response" || type == "error") && frame.contains("id") && frame["id"].is_number_integer()) {
+          int64_t id = frame["id"].get<int64_t>();  // before the move below
+          responses[id] = std::move(frame);
+        } else if (type == "error") {
+          stray_errors.push_back(std::move(frame));
         } else {
-          std::string type = frame.value("type", "");
-          if ((type == "response" || type == "error") && frame.contains("id") && frame["id"].is_number_integer()) {
-            int64_t id = frame["id"].get<int64_t>();  // before the move below
-            responses[id] = std::move(frame);
-          } else if (type == "error") {
-            stray_errors.push_back(std::move(frame));
-          } else {
-            events.push_back(std::move(frame));
-          }
+          events.push_back(std::move(frame));
         }
       }
-      cv.notify_all();
-      NotifyActivity();
-      DoRead();
-    });
+    }
+    cv.notify_all();
+    NotifyActivity();
   }
 
-  void MarkClosed() {
+  // Records the close (keeping a close code already seen) and wakes waiters.
+  void SetClosed(uint16_t ws_code, const std::string& ws_reason) {
     bool first = false;
     {
       std::lock_guard lock(mu);
@@ -99,15 +112,13 @@ struct Connection::Impl {
         is_closed = true;
         first = true;
         if (code == 0) {
-          code = static_cast<uint16_t>(ws.reason().code);
-          reason = std::string(ws.reason().reason.c_str());
+          code = ws_code;
+          reason = ws_reason;
         }
       }
     }
     cv.notify_all();
     if (first) NotifyActivity();
-    beast::error_code ignored;
-    beast::get_lowest_layer(ws).socket().close(ignored);
   }
 
   void Write(std::string bytes, bool binary) {
@@ -117,7 +128,59 @@ struct Connection::Impl {
     });
   }
 
-  void DoWrite() {
+  template <typename Pred>
+  bool WaitFor(int timeout_ms, std::unique_lock<std::mutex>& lock, Pred pred) {
+    return cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), pred);
+  }
+};
+
+namespace {
+
+// Hex SHA-256 of the DER form of `cert` ("" if null).
+std::string CertificateSha256(X509* cert) {
+  if (cert == nullptr) return "";
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (X509_digest(cert, EVP_sha256(), md, &n) != 1) return "";
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+// The WebSocket over `Next`: beast::tcp_stream (ws://) or
+// beast::ssl_stream<beast::tcp_stream> (wss://).
+template <typename Next>
+struct StreamImpl final : Connection::Impl {
+  static constexpr bool kTls = std::is_same_v<Next, beast::ssl_stream<beast::tcp_stream>>;
+
+  StreamImpl() requires(!kTls) : ws(ioc) {}
+  explicit StreamImpl(std::unique_ptr<ssl::context> ctx) requires(kTls) : tls_ctx(std::move(ctx)), ws(ioc, *tls_ctx) {}
+
+  std::unique_ptr<ssl::context> tls_ctx;  // TLS only; outlives ws (declared first)
+  websocket::stream<Next> ws;
+
+  void DoRead() override {
+    if (paused || reading) return;
+    reading = true;
+    ws.async_read(buffer, [this](beast::error_code ec, size_t) {
+      reading = false;
+      if (ec) return MarkClosed();
+      OnFrameRead();
+      DoRead();
+    });
+  }
+
+  void MarkClosed() override {
+    SetClosed(static_cast<uint16_t>(ws.reason().code), std::string(ws.reason().reason.c_str()));
+    beast::error_code ignored;
+    beast::get_lowest_layer(ws).socket().close(ignored);
+  }
+
+  void DoWrite() override {
     if (write_queue.empty()) return;
     writing = true;
     ws.binary(write_queue.front().second);
@@ -132,26 +195,20 @@ struct Connection::Impl {
     });
   }
 
-  template <typename Pred>
-  bool WaitFor(int timeout_ms, std::unique_lock<std::mutex>& lock, Pred pred) {
-    return cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), pred);
+  void AsyncClose() override { ws.async_close(websocket::close_code::normal, [](beast::error_code) {}); }
+
+  void AbortSocket() override {
+    beast::error_code ignored;
+    beast::get_lowest_layer(ws).socket().shutdown(tcp::socket::shutdown_both, ignored);
+    beast::get_lowest_layer(ws).socket().close(ignored);
   }
-};
 
-Connection::Connection() : impl_(std::make_unique<Impl>()) {}
-
-Connection::~Connection() {
-  Abort();
-  if (impl_->thread.joinable()) impl_->thread.join();
-}
-
-std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std::string* error) {
-  std::unique_ptr<Connection> c(new Connection());
-  Impl& m = *c->impl_;
-  try {
-    tcp::resolver resolver(m.ioc);
+  // Connects, runs the TLS handshake (wss) and the WebSocket handshake.
+  // Throws boost::system::system_error on failure.
+  void Open(const ConnectOptions& options) {
+    tcp::resolver resolver(ioc);
     auto results = resolver.resolve(options.host, std::to_string(options.port));
-    auto& lowest = beast::get_lowest_layer(m.ws);
+    auto& lowest = beast::get_lowest_layer(ws);
     lowest.expires_after(std::chrono::milliseconds(options.timeout_ms));
     if (options.receive_buffer_bytes > 0) {
       // Set before connecting, so the TCP window is negotiated small.
@@ -163,24 +220,93 @@ std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std:
       lowest.connect(results);
     }
     lowest.socket().set_option(tcp::no_delay(true));
-    m.ws.set_option(websocket::stream_base::decorator(
-        [](websocket::request_type& req) { req.set(beast::http::field::user_agent, "parley-sdk"); }));
-    m.ws.read_message_max(16 * 1024 * 1024);
+    if constexpr (kTls) {
+      auto& tls = ws.next_layer();
+      beast::error_code ec;
+      net::ip::make_address(options.host, ec);
+      // SNI for a DNS name (an IP address is not sent as SNI).
+      // (SSL_set_tlsext_host_name without its C-style cast.)
+      if (ec && SSL_ctrl(tls.native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                         const_cast<char*>(options.host.c_str())) != 1)
+        throw boost::system::system_error(net::error::invalid_argument, "cannot set the TLS server name");
+      if (options.verify_peer) {
+        tls.set_verify_mode(ssl::verify_peer);
+        tls.set_verify_callback(ssl::host_name_verification(options.host));
+      } else {
+        tls.set_verify_mode(ssl::verify_none);
+      }
+      tls.handshake(ssl::stream_base::client);
+      X509* cert = SSL_get1_peer_certificate(tls.native_handle());
+      peer_sha256 = CertificateSha256(cert);
+      X509_free(cert);
+    }
+    ws.set_option(websocket::stream_base::decorator([origin = options.origin](websocket::request_type& req) {
+      req.set(beast::http::field::user_agent, "parley-sdk");
+      if (!origin.empty()) req.set(beast::http::field::origin, origin);
+    }));
+    ws.read_message_max(16 * 1024 * 1024);
     // Keep the server's close code as soon as its close frame is parsed: a
     // write failing afterwards (the server tore the connection down while
     // we were still sending) must not lose it.
-    m.ws.control_callback([&m](websocket::frame_type kind, beast::string_view) {
+    ws.control_callback([this](websocket::frame_type kind, beast::string_view) {
       if (kind != websocket::frame_type::close) return;
-      std::lock_guard lock(m.mu);
-      m.code = static_cast<uint16_t>(m.ws.reason().code);
-      m.reason = std::string(m.ws.reason().reason.c_str());
+      std::lock_guard lock(mu);
+      code = static_cast<uint16_t>(ws.reason().code);
+      reason = std::string(ws.reason().reason.c_str());
     });
-    m.ws.handshake(options.host + ":" + std::to_string(options.port), options.path);
+    ws.handshake(options.host + ":" + std::to_string(options.port), options.path);
     lowest.expires_never();
+  }
+};
+
+// The client TLS context: TLS 1.2 or newer, the CA file or the system's CAs.
+std::unique_ptr<ssl::context> ClientTlsContext(const ConnectOptions& options) {
+  auto ctx = std::make_unique<ssl::context>(ssl::context::tls_client);
+  ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                   ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  if (options.verify_peer) {
+    if (options.ca_file.empty()) {
+      ctx->set_default_verify_paths();
+    } else {
+      ctx->load_verify_file(options.ca_file);
+    }
+  }
+  return ctx;
+}
+
+}  // namespace
+
+Connection::Connection() = default;
+
+Connection::~Connection() {
+  if (!impl_) return;
+  Abort();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std::string* error) {
+  std::unique_ptr<Connection> c(new Connection());
+  try {
+    if (options.tls) {
+      auto m = std::make_unique<StreamImpl<beast::ssl_stream<beast::tcp_stream>>>(ClientTlsContext(options));
+      auto* raw = m.get();
+      c->impl_ = std::move(m);
+      raw->Open(options);
+    } else {
+      auto m = std::make_unique<StreamImpl<beast::tcp_stream>>();
+      auto* raw = m.get();
+      c->impl_ = std::move(m);
+      raw->Open(options);
+    }
   } catch (const std::exception& e) {
     if (error) *error = e.what();
+    if (c->impl_) {
+      std::lock_guard lock(c->impl_->mu);
+      c->impl_->is_closed = true;  // nothing to wait for when it is destroyed
+    }
     return nullptr;
   }
+  Impl& m = *c->impl_;
   m.DoRead();
   m.thread = std::thread([&m] { m.ioc.run(); });
   return c;
@@ -262,6 +388,39 @@ std::string Connection::close_reason() const {
   return impl_->reason;
 }
 
+std::string Connection::peer_certificate_sha256() const { return impl_->peer_sha256; }
+
+bool ParseServerAddress(const std::string& text, ConnectOptions* options) {
+  std::string rest = text;
+  bool tls = false;
+  if (rest.rfind("wss://", 0) == 0) {
+    tls = true;
+    rest = rest.substr(6);
+  } else if (rest.rfind("ws://", 0) == 0) {
+    rest = rest.substr(5);
+  }
+  std::string path;
+  if (auto slash = rest.find('/'); slash != std::string::npos) {
+    path = rest.substr(slash);
+    rest = rest.substr(0, slash);
+  }
+  auto colon = rest.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size()) return false;
+  std::string host = rest.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  int port = 0;
+  for (size_t i = colon + 1; i < rest.size(); ++i) {
+    if (rest[i] < '0' || rest[i] > '9' || port > 65535) return false;
+    port = port * 10 + (rest[i] - '0');
+  }
+  if (port <= 0 || port > 65535 || host.empty()) return false;
+  options->host = host;
+  options->port = static_cast<uint16_t>(port);
+  options->tls = tls;
+  if (!path.empty()) options->path = path;
+  return true;
+}
+
 bool Connection::WaitClosed(int timeout_ms) {
   std::unique_lock lock(impl_->mu);
   return impl_->WaitFor(timeout_ms, lock, [&] { return impl_->is_closed; });
@@ -284,18 +443,12 @@ void Connection::ResumeReading() {
 }
 
 void Connection::Close() {
-  net::post(impl_->ioc, [m = impl_.get()] {
-    m->ws.async_close(websocket::close_code::normal, [](beast::error_code) {});
-  });
+  net::post(impl_->ioc, [m = impl_.get()] { m->AsyncClose(); });
   WaitClosed(2000);
 }
 
 void Connection::Abort() {
-  net::post(impl_->ioc, [m = impl_.get()] {
-    beast::error_code ignored;
-    beast::get_lowest_layer(m->ws).socket().shutdown(tcp::socket::shutdown_both, ignored);
-    beast::get_lowest_layer(m->ws).socket().close(ignored);
-  });
+  net::post(impl_->ioc, [m = impl_.get()] { m->AbortSocket(); });
   if (!WaitClosed(2000)) {
     std::lock_guard lock(impl_->mu);
     impl_->is_closed = true;
