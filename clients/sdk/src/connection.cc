@@ -1,8 +1,20 @@
-// Connection over Boost.Beast. One io_context and thread per Connection: a
-// read loop that sorts incoming frames into responses (by id), events and
-// stray errors; writes are queued and sent one at a time (Beast allows one
+// Connection over Boost.Beast. Every Connection in the process runs on one
+// shared io_context and I/O thread (SharedIo): a read loop per connection
+// that sorts incoming frames into responses (by id), events and stray
+// errors; writes are queued and sent one at a time (Beast allows one
 // outstanding write). Callers block on a condition variable, never on the
-// socket.
+// socket. The handlers own the connection's state (shared_ptr<Impl>), so a
+// Connection can be destroyed while some of them are still queued; they
+// finish on the I/O thread and never call the activity callback after the
+// destructor returned.
+//
+// Why one shared thread: a thread (and an epoll instance) per connection made
+// each device cost a thread start, its stack's page faults and three more
+// file descriptors, and each reconnect another thread; a process with
+// thousands of clients (many accounts, the load generator,
+// parley-reconnect-bench) spent most of its start-up CPU there. The handlers
+// do little (parse a frame, queue it, wake the consumer), so one thread
+// serves thousands of connections.
 #include "parley/connection.h"
 
 #include <boost/asio/connect.hpp>
@@ -26,13 +38,30 @@ namespace websocket = beast::websocket;
 using tcp = net::ip::tcp;
 using nlohmann::json;
 
-struct Connection::Impl {
-  net::io_context ioc;
-  // Keeps run() going while nothing is pending (e.g. reading is paused).
+namespace {
+
+// The process's I/O thread, started with the first Connection. Never
+// destroyed: a handler may drop the last reference to a connection at any
+// time, and joining the thread from a static destructor could run after
+// other statics it uses are gone; the thread just ends with the process.
+struct SharedIo {
+  net::io_context ioc{1};
+  // Keeps run() going while no connection has work pending.
   net::executor_work_guard<net::io_context::executor_type> work{ioc.get_executor()};
+  std::thread thread{[this] { ioc.run(); }};
+};
+
+net::io_context& SharedIoContext() {
+  static SharedIo* io = new SharedIo();
+  return io->ioc;
+}
+
+}  // namespace
+
+struct Connection::Impl : std::enable_shared_from_this<Connection::Impl> {
+  net::io_context& ioc = SharedIoContext();
   websocket::stream<beast::tcp_stream> ws{ioc};
   beast::flat_buffer buffer;
-  std::thread thread;
 
   // Touched only on the io thread.
   std::deque<std::pair<std::string, bool>> write_queue;
@@ -49,21 +78,21 @@ struct Connection::Impl {
   bool is_closed = false;
   uint16_t code = 0;
   std::string reason;
-  std::function<void()> on_activity;  // guarded by mu; called without it
+
+  // Held while the activity callback runs, so that clearing it (the
+  // destructor, SetActivityCallback) waits for a call in progress.
+  std::mutex callback_mu;
+  std::function<void()> on_activity;  // guarded by callback_mu
 
   void NotifyActivity() {
-    std::function<void()> fn;
-    {
-      std::lock_guard lock(mu);
-      fn = on_activity;
-    }
-    if (fn) fn();
+    std::lock_guard lock(callback_mu);
+    if (on_activity) on_activity();
   }
 
   void DoRead() {
     if (paused || reading) return;
     reading = true;
-    ws.async_read(buffer, [this](beast::error_code ec, size_t) {
+    ws.async_read(buffer, [this, self = shared_from_this()](beast::error_code ec, size_t) {
       reading = false;
       if (ec) return MarkClosed();
       std::string text = beast::buffers_to_string(buffer.data());
@@ -111,7 +140,7 @@ struct Connection::Impl {
   }
 
   void Write(std::string bytes, bool binary) {
-    net::post(ioc, [this, bytes = std::move(bytes), binary]() mutable {
+    net::post(ioc, [this, self = shared_from_this(), bytes = std::move(bytes), binary]() mutable {
       write_queue.emplace_back(std::move(bytes), binary);
       if (!writing) DoWrite();
     });
@@ -121,7 +150,7 @@ struct Connection::Impl {
     if (write_queue.empty()) return;
     writing = true;
     ws.binary(write_queue.front().second);
-    ws.async_write(net::buffer(write_queue.front().first), [this](beast::error_code ec, size_t) {
+    ws.async_write(net::buffer(write_queue.front().first), [this, self = shared_from_this()](beast::error_code ec, size_t) {
       writing = false;
       write_queue.pop_front();
       if (ec) {
@@ -138,11 +167,13 @@ struct Connection::Impl {
   }
 };
 
-Connection::Connection() : impl_(std::make_unique<Impl>()) {}
+Connection::Connection() : impl_(std::make_shared<Impl>()) {}
 
 Connection::~Connection() {
   Abort();
-  if (impl_->thread.joinable()) impl_->thread.join();
+  std::lock_guard lock(impl_->callback_mu);
+  impl_->on_activity = nullptr;
+  // Handlers still queued hold the state and end on the I/O thread.
 }
 
 std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std::string* error) {
@@ -181,8 +212,7 @@ std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std:
     if (error) *error = e.what();
     return nullptr;
   }
-  m.DoRead();
-  m.thread = std::thread([&m] { m.ioc.run(); });
+  net::post(m.ioc, [self = c->impl_] { self->DoRead(); });
   return c;
 }
 
@@ -268,40 +298,38 @@ bool Connection::WaitClosed(int timeout_ms) {
 }
 
 void Connection::SetActivityCallback(std::function<void()> fn) {
-  std::lock_guard lock(impl_->mu);
+  std::lock_guard lock(impl_->callback_mu);
   impl_->on_activity = std::move(fn);
 }
 
 void Connection::PauseReading() {
-  net::post(impl_->ioc, [m = impl_.get()] { m->paused = true; });
+  net::post(impl_->ioc, [m = impl_] { m->paused = true; });
 }
 
 void Connection::ResumeReading() {
-  net::post(impl_->ioc, [m = impl_.get()] {
+  net::post(impl_->ioc, [m = impl_] {
     m->paused = false;
     m->DoRead();
   });
 }
 
 void Connection::Close() {
-  net::post(impl_->ioc, [m = impl_.get()] {
-    m->ws.async_close(websocket::close_code::normal, [](beast::error_code) {});
+  net::post(impl_->ioc, [m = impl_] {
+    m->ws.async_close(websocket::close_code::normal, [m](beast::error_code) {});
   });
   WaitClosed(2000);
 }
 
 void Connection::Abort() {
-  net::post(impl_->ioc, [m = impl_.get()] {
+  net::post(impl_->ioc, [m = impl_] {
     beast::error_code ignored;
     beast::get_lowest_layer(m->ws).socket().shutdown(tcp::socket::shutdown_both, ignored);
-    beast::get_lowest_layer(m->ws).socket().close(ignored);
+    m->MarkClosed();  // also when no read is pending (paused, or never started)
   });
   if (!WaitClosed(2000)) {
     std::lock_guard lock(impl_->mu);
     impl_->is_closed = true;
   }
-  impl_->work.reset();
-  impl_->ioc.stop();
 }
 
 }  // namespace parley
