@@ -42,7 +42,7 @@ fail() { echo "package_check: FAIL: $*" >&2; [ -f "$work/parleyd.log" ] && tail 
 (cd "$tree" && cpack -G DEB -B "$work/deb" >"$work/cpack.log" 2>&1) || { cat "$work/cpack.log" >&2; fail "cpack"; }
 deb=$(ls "$work"/deb/parley_*.deb 2>/dev/null | head -1)
 [ -n "$deb" ] || fail "cpack made no parley_*.deb"
-echo "package_check: built $(basename "$deb") ($(( $(stat -c %s "$deb") / 1024 )) KiB)"
+echo "package_check: built $(basename "$deb") ($(( $(stat -c %s "$deb") / 1024 )) KiB) in ${SECONDS} s"
 depends=$(dpkg-deb -f "$deb" Depends)
 for lib in libsqlite3 libpq5 libsodium; do
   [[ "$depends" == *"$lib"* ]] || fail "Depends lacks $lib: $depends"
@@ -102,4 +102,4 @@ sed "s|/usr/bin/parleyd|$bin/parleyd|" "$unit" >"$work/unit/parleyd.service"
 systemd-analyze verify "$work/unit/parleyd.service" >"$work/verify.log" 2>&1 || { cat "$work/verify.log" >&2; fail "systemd-analyze verify"; }
 if [ -s "$work/verify.log" ]; then cat "$work/verify.log" >&2; fail "systemd-analyze verify printed warnings"; fi
 echo "package_check: systemd-analyze verify: clean"
-echo "package_check: ok"
+echo "package_check: ok (${SECONDS} s)"
