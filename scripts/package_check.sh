@@ -59,7 +59,7 @@ grep -E ' \./etc/parley/parleyd\.env$' <<<"$listing" | grep -q '^-rw-------' || 
 dpkg-deb -x "$deb" "$work/root"
 bin=$work/root/usr/bin
 "$bin/parleyd" --listen 127.0.0.1:0 --port-file "$work/port" --data-dir "$work/data" --log-level info \
-  2>"$work/parleyd.log" &
+  >"$work/parleyd.out" 2>"$work/parleyd.log" &
 server_pid=$!
 for _ in $(seq 300); do [ -s "$work/port" ] && break; kill -0 "$server_pid" 2>/dev/null || fail "parleyd exited"; sleep 0.1; done
 [ -s "$work/port" ] || fail "parleyd did not start listening"
