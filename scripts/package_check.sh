@@ -19,7 +19,7 @@ root=$(pwd)
 tree=$root/build/release
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  scripts/build.sh release parleyd parley
+  scripts/build.sh release  # everything the install rules name (parleyd, parley, parley-check, ...)
 fi
 # build.sh configures the tree only once; cpack needs the current install
 # rules (a tree configured before they existed is re-configured here).
@@ -49,7 +49,7 @@ for lib in libsqlite3 libpq5 libsodium; do
 done
 dpkg-deb -I "$deb" conffiles | grep -qx /etc/parley/parleyd.toml || fail "parleyd.toml is not a conffile"
 listing=$(dpkg-deb -c "$deb")
-for f in ./usr/bin/parleyd ./usr/bin/parley ./usr/share/parley/web/index.html ./usr/lib/systemd/system/parleyd.service \
+for f in ./usr/bin/parleyd ./usr/bin/parley ./usr/bin/parley-check ./usr/share/parley/web/index.html ./usr/lib/systemd/system/parleyd.service \
          ./etc/parley/parleyd.toml ./etc/parley/parleyd.env; do
   grep -q " $f\$" <<<"$listing" || fail "$f is not in the package"
 done
