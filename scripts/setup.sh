@@ -19,6 +19,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev   # tests
   python3 python3-websockets  # the second client, written from docs/protocol.md
   curl procps
+  file systemd                # the .deb's dependencies (CPack, dpkg-shlibdeps) and `systemd-analyze verify` of its unit
   chromium                    # the web client's browser tests (tests/browser); Node 20 is on the machine
   "$@"
 )

@@ -3,7 +3,9 @@
 # (ASan + UBSan) and runs the whole suite: unit, store conformance,
 # end-to-end (real parleyd, real sockets), the Python client and the web
 # client in Debian's chromium (CTest label `browser`); then the
-# Release tree with the benchmarks' smoke runs, and the fuzz targets. Prints the
+# Release tree with the benchmarks' smoke runs, the 5,000-device restart
+# (scripts/bench_reconnect.sh), the .deb check (scripts/package_check.sh),
+# and the fuzz targets. Prints the
 # time of each phase. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,12 @@ cd ../..
 
 phase "Release build and benchmark smoke runs (docs/benchmarks.md)"
 SMOKE=1 scripts/bench_search.sh
+
+phase "reconnect spread: parleyd restart under 5,000 SDK devices (Release; docs/benchmarks.md)"
+scripts/bench_reconnect.sh
+
+phase "package: .deb built, unpacked and run (docs/operations.md, \"Installing the package\")"
+scripts/package_check.sh
 
 phase "fuzz (libFuzzer, clang tree; FUZZ_SECONDS=${FUZZ_SECONDS:-20} per target)"
 scripts/fuzz.sh

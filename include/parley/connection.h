@@ -7,11 +7,15 @@
 // server closes. What it is not: reconnects, the local cache and the offline
 // outbox; those are parley::Client (parley/client.h), built on this layer.
 //
-// Threading and ownership: a Connection owns one background I/O thread.
-// Every public method is thread-safe; Call blocks the calling thread until the
-// response arrives or the timeout passes (never call it from the activity
-// callback, which runs on the I/O thread). Destroying the Connection closes
-// the socket and joins the thread. No Boost types appear in this header.
+// Threading and ownership: every Connection in the process shares one
+// background I/O thread, started with the first Connection and running until
+// the process exits (a thread per connection made thousands of clients in
+// one process expensive). Every public method is thread-safe; Call blocks the
+// calling thread until the response arrives or the timeout passes (never
+// call it from the activity callback, which runs on the I/O thread and so
+// must return quickly: it delays every other connection's I/O). Destroying
+// the Connection closes the socket; once the destructor returns, the activity
+// callback is never called again. No Boost types appear in this header.
 #pragma once
 
 #include <cstdint>
@@ -123,7 +127,7 @@ class Connection {
 
  private:
   Connection();
-  std::unique_ptr<Impl> impl_;
+  std::shared_ptr<Impl> impl_;  // shared with the I/O thread's pending handlers
 };
 
 }  // namespace parley

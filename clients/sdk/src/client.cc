@@ -6,7 +6,8 @@
 //
 // The online loop wakes on any incoming frame (Connection's activity
 // callback), on Compose/MarkRead/Stop, or when its next timer is due (at
-// most kIdleTickMs), and each time:
+// most kIdleTickMs while requests are in flight or the outbox holds
+// messages; else the heartbeat), and each time:
 // applies queued live events (a gap triggers a sync), collects answers to its
 // requests (sends, receipts, acks, pings) without blocking, expires and pumps
 // the outbox (first pending message of each peer, one in flight per peer),
@@ -36,7 +37,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr int kIdleTickMs = 1000;          // the online loop's longest sleep
+constexpr int kIdleTickMs = 1000;          // the online loop's longest sleep while it has work pending
 constexpr int kPollMs = 100;               // Wait* helpers re-check at least this often
 constexpr int kDefaultHeartbeatMs = 25000;  // until the auth result says otherwise
 constexpr int kDefaultHeartbeatTimeoutMs = 60000;
@@ -96,12 +97,21 @@ std::optional<int64_t> RetryAfterOfReason(const std::string& reason) {
   return RetryAfterOf(j);
 }
 
+// 32 bits from the system's random source. One std::random_device for the
+// process: constructing one costs a CPUID probe and a file open, and every
+// Client::Open and Compose used to pay it (a VM traps CPUID).
+uint32_t SystemRandom32() {
+  static std::mutex mu;
+  static std::random_device rd;
+  std::lock_guard lock(mu);
+  return rd();
+}
+
 std::string NewClientId() {
-  std::random_device rd;
   static constexpr char kHex[] = "0123456789abcdef";
   std::string id;
   for (int i = 0; i < 4; ++i) {
-    uint32_t v = rd();
+    uint32_t v = SystemRandom32();
     for (int k = 0; k < 8; ++k) {
       id.push_back(kHex[v & 0xf]);
       v >>= 4;
@@ -504,7 +514,9 @@ struct Client::Impl {
       // 3. Outbox: expire, then the first pending message of each idle peer.
       std::set<std::string> seen;
       std::vector<StatusUpdate> expired;
+      size_t outbox_rows = 0;
       for (const auto& row : cache->Outbox(false)) {
+        ++outbox_rows;
         if (Now() - row.created_at > opt.outbox_max_age_ms) {
           expired.push_back(Expire(row));
           continue;
@@ -534,9 +546,12 @@ struct Client::Impl {
         ping_out = true;
         last_ping = now_steady;
       }
-      // 7. Sleep until something happens or the next timer is due (an idle
-      // client wakes about once a second, to check request timeouts).
-      int64_t next = now_steady + kIdleTickMs;
+      // 7. Sleep until something happens or the next timer is due. With
+      // requests in flight or messages queued, at most kIdleTickMs (request
+      // timeouts, the outbox's maximum age); an idle client sleeps until its
+      // heartbeat: thousands of idle clients in one process (many accounts,
+      // the load generator) cost no wake-ups and no cache queries.
+      int64_t next = now_steady + (inflight.empty() && !outbox_rows ? heartbeat_ms : kIdleTickMs);
       if (!ping_out) next = std::min<int64_t>(next, last_ping + heartbeat_ms);
       if (applied_now > acked) next = std::min(next, last_ack + kAckIntervalMs);
       for (auto& [peer, t] : hold_until) {
@@ -671,7 +686,7 @@ std::unique_ptr<Client> Client::Open(ClientOptions options, std::string* error) 
     c->impl_->history->Record("open", {{"cursor", applied ? json(*applied) : json(nullptr)}});
   }
   c->impl_->cache = std::move(cache);
-  uint64_t seed = options.random_seed ? options.random_seed : (uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
+  uint64_t seed = options.random_seed ? options.random_seed : (uint64_t{SystemRandom32()} << 32) ^ SystemRandom32();
   c->impl_->rng.seed(seed);
   c->impl_->opt = std::move(options);
   return c;

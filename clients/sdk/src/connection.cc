@@ -1,8 +1,20 @@
-// Connection over Boost.Beast. One io_context and thread per Connection: a
-// read loop that sorts incoming frames into responses (by id), events and
-// stray errors; writes are queued and sent one at a time (Beast allows one
+// Connection over Boost.Beast. Every Connection in the process runs on one
+// shared io_context and I/O thread (SharedIo): a read loop per connection
+// that sorts incoming frames into responses (by id), events and stray
+// errors; writes are queued and sent one at a time (Beast allows one
 // outstanding write). Callers block on a condition variable, never on the
-// socket.
+// socket. The handlers own the connection's state (shared_ptr<Impl>), so a
+// Connection can be destroyed while some of them are still queued; they
+// finish on the I/O thread and never call the activity callback after the
+// destructor returned.
+//
+// Why one shared thread: a thread (and an epoll instance) per connection made
+// each device cost a thread start, its stack's page faults and three more
+// file descriptors, and each reconnect another thread; a process with
+// thousands of clients (many accounts, the load generator,
+// parley-reconnect-bench) spent most of its start-up CPU there. The handlers
+// do little (parse a frame, queue it, wake the consumer), so one thread
+// serves thousands of connections.
 #include "parley/connection.h"
 
 #include <boost/asio/connect.hpp>
@@ -33,15 +45,32 @@ namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
 using nlohmann::json;
 
-struct Connection::Impl {
+namespace {
+
+// The process's I/O thread, started with the first Connection. Never
+// destroyed: a handler may drop the last reference to a connection at any
+// time, and joining the thread from a static destructor could run after
+// other statics it uses are gone; the thread just ends with the process.
+struct SharedIo {
+  net::io_context ioc{1};
+  // Keeps run() going while no connection has work pending.
+  net::executor_work_guard<net::io_context::executor_type> work{ioc.get_executor()};
+  std::thread thread{[this] { ioc.run(); }};
+};
+
+net::io_context& SharedIoContext() {
+  static SharedIo* io = new SharedIo();
+  return io->ioc;
+}
+
+}  // namespace
+
+struct Connection::Impl : std::enable_shared_from_this<Connection::Impl> {
   virtual ~Impl() = default;
 
-  net::io_context ioc;
-  // Keeps run() going while nothing is pending (e.g. reading is paused).
-  net::executor_work_guard<net::io_context::executor_type> work{ioc.get_executor()};
+  net::io_context& ioc = SharedIoContext();
   beast::flat_buffer buffer;
-  std::thread thread;
-  std::string peer_sha256;  // set before the thread starts; read-only after
+  std::string peer_sha256;  // set before the first read is posted; read-only after
 
   // Touched only on the io thread.
   std::deque<std::pair<std::string, bool>> write_queue;
@@ -58,15 +87,15 @@ struct Connection::Impl {
   bool is_closed = false;
   uint16_t code = 0;
   std::string reason;
-  std::function<void()> on_activity;  // guarded by mu; called without it
+
+  // Held while the activity callback runs, so that clearing it (the
+  // destructor, SetActivityCallback) waits for a call in progress.
+  std::mutex callback_mu;
+  std::function<void()> on_activity;  // guarded by callback_mu
 
   void NotifyActivity() {
-    std::function<void()> fn;
-    {
-      std::lock_guard lock(mu);
-      fn = on_activity;
-    }
-    if (fn) fn();
+    std::lock_guard lock(callback_mu);
+    if (on_activity) on_activity();
   }
 
   // The stream-dependent operations (StreamImpl below). All run on the io
@@ -122,7 +151,7 @@ struct Connection::Impl {
   }
 
   void Write(std::string bytes, bool binary) {
-    net::post(ioc, [this, bytes = std::move(bytes), binary]() mutable {
+    net::post(ioc, [this, self = shared_from_this(), bytes = std::move(bytes), binary]() mutable {
       write_queue.emplace_back(std::move(bytes), binary);
       if (!writing) DoWrite();
     });
@@ -166,7 +195,7 @@ struct StreamImpl final : Connection::Impl {
   void DoRead() override {
     if (paused || reading) return;
     reading = true;
-    ws.async_read(buffer, [this](beast::error_code ec, size_t) {
+    ws.async_read(buffer, [this, self = shared_from_this()](beast::error_code ec, size_t) {
       reading = false;
       if (ec) return MarkClosed();
       OnFrameRead();
@@ -184,7 +213,8 @@ struct StreamImpl final : Connection::Impl {
     if (write_queue.empty()) return;
     writing = true;
     ws.binary(write_queue.front().second);
-    ws.async_write(net::buffer(write_queue.front().first), [this](beast::error_code ec, size_t) {
+    ws.async_write(net::buffer(write_queue.front().first),
+                   [this, self = shared_from_this()](beast::error_code ec, size_t) {
       writing = false;
       write_queue.pop_front();
       if (ec) {
@@ -195,12 +225,14 @@ struct StreamImpl final : Connection::Impl {
     });
   }
 
-  void AsyncClose() override { ws.async_close(websocket::close_code::normal, [](beast::error_code) {}); }
+  void AsyncClose() override {
+    ws.async_close(websocket::close_code::normal, [self = shared_from_this()](beast::error_code) {});
+  }
 
   void AbortSocket() override {
     beast::error_code ignored;
     beast::get_lowest_layer(ws).socket().shutdown(tcp::socket::shutdown_both, ignored);
-    beast::get_lowest_layer(ws).socket().close(ignored);
+    MarkClosed();  // also when no read is pending (paused, or never started)
   }
 
   // Connects, runs the TLS handshake (wss) and the WebSocket handshake.
@@ -281,19 +313,21 @@ Connection::Connection() = default;
 Connection::~Connection() {
   if (!impl_) return;
   Abort();
-  if (impl_->thread.joinable()) impl_->thread.join();
+  std::lock_guard lock(impl_->callback_mu);
+  impl_->on_activity = nullptr;
+  // Handlers still queued hold the state and end on the I/O thread.
 }
 
 std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std::string* error) {
   std::unique_ptr<Connection> c(new Connection());
   try {
     if (options.tls) {
-      auto m = std::make_unique<StreamImpl<beast::ssl_stream<beast::tcp_stream>>>(ClientTlsContext(options));
+      auto m = std::make_shared<StreamImpl<beast::ssl_stream<beast::tcp_stream>>>(ClientTlsContext(options));
       auto* raw = m.get();
       c->impl_ = std::move(m);
       raw->Open(options);
     } else {
-      auto m = std::make_unique<StreamImpl<beast::tcp_stream>>();
+      auto m = std::make_shared<StreamImpl<beast::tcp_stream>>();
       auto* raw = m.get();
       c->impl_ = std::move(m);
       raw->Open(options);
@@ -306,9 +340,7 @@ std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std:
     }
     return nullptr;
   }
-  Impl& m = *c->impl_;
-  m.DoRead();
-  m.thread = std::thread([&m] { m.ioc.run(); });
+  net::post(c->impl_->ioc, [self = c->impl_] { self->DoRead(); });
   return c;
 }
 
@@ -427,34 +459,32 @@ bool Connection::WaitClosed(int timeout_ms) {
 }
 
 void Connection::SetActivityCallback(std::function<void()> fn) {
-  std::lock_guard lock(impl_->mu);
+  std::lock_guard lock(impl_->callback_mu);
   impl_->on_activity = std::move(fn);
 }
 
 void Connection::PauseReading() {
-  net::post(impl_->ioc, [m = impl_.get()] { m->paused = true; });
+  net::post(impl_->ioc, [m = impl_] { m->paused = true; });
 }
 
 void Connection::ResumeReading() {
-  net::post(impl_->ioc, [m = impl_.get()] {
+  net::post(impl_->ioc, [m = impl_] {
     m->paused = false;
     m->DoRead();
   });
 }
 
 void Connection::Close() {
-  net::post(impl_->ioc, [m = impl_.get()] { m->AsyncClose(); });
+  net::post(impl_->ioc, [m = impl_] { m->AsyncClose(); });
   WaitClosed(2000);
 }
 
 void Connection::Abort() {
-  net::post(impl_->ioc, [m = impl_.get()] { m->AbortSocket(); });
+  net::post(impl_->ioc, [m = impl_] { m->AbortSocket(); });
   if (!WaitClosed(2000)) {
     std::lock_guard lock(impl_->mu);
     impl_->is_closed = true;
   }
-  impl_->work.reset();
-  impl_->ioc.stop();
 }
 
 }  // namespace parley

@@ -1,7 +1,8 @@
 // LocalCache over sqlite3. Design: one file, WAL, synchronous=FULL (the
 // outbox is a promise to the user: a composed message must survive a crash of
-// the client or of the machine). Statements are prepared per call: a client
-// does a handful per second, and it keeps the code short. Inside this file
+// the client or of the machine). Statements are prepared once per cache and
+// reused (StatementCache): preparing them on every call was a large share of
+// a client's CPU when applying events and on start-up. Inside this file
 // SQLite failures are thrown as SqlError and caught at each public method,
 // which rolls its transaction back and returns a LocalError; no exception
 // leaves the class.
@@ -28,13 +29,34 @@ struct SqlError : std::runtime_error {
   int rc;
 };
 
+// One statement, prepared for this use only, or borrowed from the cache's
+// StatementCache (prepared once, reset and unbound when the Stmt ends; a
+// statement still in use, e.g. by an enclosing loop, is prepared afresh).
 class Stmt {
  public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    int rc = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
-    if (rc != SQLITE_OK) throw SqlError(rc, std::string("prepare: ") + sqlite3_errmsg(db) + " in " + sql);
+  Stmt(sqlite3* db, const char* sql) : db_(db) { Prepare(sql); }
+  // `sql` must be a string literal: its address is the cache key.
+  Stmt(sqlite3* db, StatementCache& cache, const char* sql) : db_(db) {
+    CachedStatement& e = cache[sql];
+    if (e.stmt && !e.busy) {
+      s_ = e.stmt;
+    } else {
+      Prepare(sql);
+      if (e.stmt) return;  // busy: this one stays private
+      e.stmt = s_;
+    }
+    e.busy = true;
+    entry_ = &e;
   }
-  ~Stmt() { sqlite3_finalize(s_); }
+  ~Stmt() {
+    if (entry_) {
+      sqlite3_reset(s_);
+      sqlite3_clear_bindings(s_);
+      entry_->busy = false;
+    } else {
+      sqlite3_finalize(s_);
+    }
+  }
   Stmt(const Stmt&) = delete;
   Stmt& operator=(const Stmt&) = delete;
 
@@ -65,8 +87,14 @@ class Stmt {
   }
 
  private:
+  void Prepare(const char* sql) {
+    int rc = sqlite3_prepare_v2(db_, sql, -1, &s_, nullptr);
+    if (rc != SQLITE_OK) throw SqlError(rc, std::string("prepare: ") + sqlite3_errmsg(db_) + " in " + sql);
+  }
+
   sqlite3* db_;
   sqlite3_stmt* s_ = nullptr;
+  CachedStatement* entry_ = nullptr;  // set when borrowed from a cache
 };
 
 void Exec(sqlite3* db, const char* sql) {
@@ -168,16 +196,19 @@ std::unique_ptr<LocalCache> LocalCache::Open(const std::string& path, int64_t ma
   return c;
 }
 
-LocalCache::~LocalCache() { sqlite3_close(db_); }
+LocalCache::~LocalCache() {
+  for (auto& [sql, e] : stmts_) sqlite3_finalize(e.stmt);
+  sqlite3_close(db_);
+}
 
 std::string LocalCache::MetaLocked(const std::string& key) {
-  Stmt s(db_, "SELECT value FROM meta WHERE key=?");
+  Stmt s(db_, stmts_, "SELECT value FROM meta WHERE key=?");
   s.Bind(1, key);
   return s.Step() ? s.Text(0) : std::string();
 }
 
 void LocalCache::SetMetaLocked(const std::string& key, const std::string& value) {
-  Stmt s(db_, "INSERT INTO meta(key,value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
+  Stmt s(db_, stmts_, "INSERT INTO meta(key,value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
   s.Bind(1, key).Bind(2, value).Run();
 }
 
@@ -237,7 +268,7 @@ std::optional<int64_t> LocalCache::applied() {
 bool LocalCache::AddOutbox(const OutboxRow& row, LocalError* error) {
   std::lock_guard lock(mu_);
   try {
-    Stmt s(db_, "INSERT INTO outbox(client_id, peer, body, created_at) VALUES(?,?,?,?)");
+    Stmt s(db_, stmts_, "INSERT INTO outbox(client_id, peer, body, created_at) VALUES(?,?,?,?)");
     s.Bind(1, row.client_id).Bind(2, row.peer).Bind(3, row.body).Bind(4, row.created_at).Run();
     return true;
   } catch (const SqlError& e) {
@@ -250,7 +281,7 @@ std::vector<OutboxRow> LocalCache::Outbox(bool include_failed) {
   std::lock_guard lock(mu_);
   std::vector<OutboxRow> out;
   try {
-    Stmt s(db_, include_failed
+    Stmt s(db_, stmts_, include_failed
                     ? "SELECT local_id, client_id, peer, body, created_at, failed, error_code, error_message FROM outbox ORDER BY local_id"
                     : "SELECT local_id, client_id, peer, body, created_at, failed, error_code, error_message FROM outbox WHERE failed=0 ORDER BY local_id");
     while (s.Step()) {
@@ -265,7 +296,7 @@ bool LocalCache::FailOutbox(const std::string& client_id, const std::string& cod
                             LocalError* error) {
   std::lock_guard lock(mu_);
   try {
-    Stmt s(db_, "UPDATE outbox SET failed=1, error_code=?, error_message=? WHERE client_id=?");
+    Stmt s(db_, stmts_, "UPDATE outbox SET failed=1, error_code=?, error_message=? WHERE client_id=?");
     s.Bind(1, code).Bind(2, message).Bind(3, client_id).Run();
     return true;
   } catch (const SqlError& e) {
@@ -277,7 +308,7 @@ bool LocalCache::FailOutbox(const std::string& client_id, const std::string& cod
 std::string LocalCache::PeerOf(int64_t conversation_id) {
   std::lock_guard lock(mu_);
   try {
-    Stmt s(db_, "SELECT peer FROM conversations WHERE id=?");
+    Stmt s(db_, stmts_, "SELECT peer FROM conversations WHERE id=?");
     s.Bind(1, conversation_id);
     return s.Step() ? s.Text(0) : std::string();
   } catch (const SqlError&) {
@@ -287,11 +318,11 @@ std::string LocalCache::PeerOf(int64_t conversation_id) {
 
 MessageStatus LocalCache::OwnStatusLocked(int64_t conversation_id, int64_t seq) {
   {
-    Stmt w(db_, "SELECT 1 FROM withheld WHERE conversation_id=? AND seq=?");
+    Stmt w(db_, stmts_, "SELECT 1 FROM withheld WHERE conversation_id=? AND seq=?");
     w.Bind(1, conversation_id).Bind(2, seq);
     if (w.Step()) return MessageStatus::kSent;
   }
-  Stmt s(db_, "SELECT MAX(delivered), MAX(read) FROM receipts WHERE conversation_id=? AND user_id<>?");
+  Stmt s(db_, stmts_, "SELECT MAX(delivered), MAX(read) FROM receipts WHERE conversation_id=? AND user_id<>?");
   s.Bind(1, conversation_id).Bind(2, me_);
   if (!s.Step()) return MessageStatus::kSent;
   if (s.Int(1) >= seq) return MessageStatus::kRead;
@@ -310,7 +341,7 @@ void LocalCache::InsertConversationLocked(const json& c) {
       peer = m.value("username", "");
     }
   }
-  Stmt s(db_,
+  Stmt s(db_, stmts_,
          "INSERT INTO conversations(id, peer_id, peer, created_at, last_seq) VALUES(?,?,?,?,?) "
          "ON CONFLICT(id) DO UPDATE SET peer_id=excluded.peer_id, peer=excluded.peer, created_at=excluded.created_at, "
          "last_seq=MAX(last_seq, excluded.last_seq)");
@@ -325,14 +356,14 @@ void LocalCache::InsertMessageLocked(const json& m, std::vector<StatusUpdate>* u
   int64_t sender = m.value("sender_id", int64_t{0});
   std::string client_id = m.value("client_id", "");
   {
-    Stmt c(db_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
+    Stmt c(db_, stmts_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
     c.Bind(1, conv).Run();
-    Stmt u(db_, "UPDATE conversations SET last_seq=MAX(last_seq, ?) WHERE id=?");
+    Stmt u(db_, stmts_, "UPDATE conversations SET last_seq=MAX(last_seq, ?) WHERE id=?");
     u.Bind(1, seq).Bind(2, conv).Run();
   }
   bool own = sender == me_;
   MessageStatus status = own ? OwnStatusLocked(conv, seq) : MessageStatus::kSent;
-  Stmt s(db_,
+  Stmt s(db_, stmts_,
          "INSERT INTO messages(conversation_id, seq, sender_id, client_id, body, ts, status) VALUES(?,?,?,?,?,?,?) "
          "ON CONFLICT DO NOTHING");
   s.Bind(1, conv).Bind(2, seq).Bind(3, sender).Bind(4, client_id).Bind(5, m.value("body", ""))
@@ -345,12 +376,12 @@ void LocalCache::InsertMessageLocked(const json& m, std::vector<StatusUpdate>* u
   // it leaves the outbox the moment the cache knows it was stored.
   bool was_queued = false;
   {
-    Stmt d(db_, "DELETE FROM outbox WHERE client_id=?");
+    Stmt d(db_, stmts_, "DELETE FROM outbox WHERE client_id=?");
     d.Bind(1, client_id).Run();
     was_queued = sqlite3_changes(db_) > 0;
   }
   if ((inserted || was_queued) && updates) {
-    Stmt p(db_, "SELECT peer FROM conversations WHERE id=?");
+    Stmt p(db_, stmts_, "SELECT peer FROM conversations WHERE id=?");
     p.Bind(1, conv);
     std::string peer = p.Step() ? p.Text(0) : "";
     updates->push_back({client_id, peer, conv, seq, status, "", ""});
@@ -360,16 +391,16 @@ void LocalCache::InsertMessageLocked(const json& m, std::vector<StatusUpdate>* u
 void LocalCache::RaiseWatermarksLocked(int64_t conv, int64_t user, int64_t delivered, int64_t read,
                                        std::vector<StatusUpdate>* updates) {
   {
-    Stmt c(db_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
+    Stmt c(db_, stmts_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
     c.Bind(1, conv).Run();
-    Stmt s(db_,
+    Stmt s(db_, stmts_,
            "INSERT INTO receipts(conversation_id, user_id, delivered, read) VALUES(?,?,?,?) "
            "ON CONFLICT DO UPDATE SET delivered=MAX(delivered, excluded.delivered), read=MAX(read, excluded.read)");
     s.Bind(1, conv).Bind(2, user).Bind(3, std::max(delivered, read)).Bind(4, read).Run();
   }
   if (user == me_) return;
   // Own messages whose stored status is below what the watermarks now say.
-  Stmt q(db_,
+  Stmt q(db_, stmts_,
          "SELECT m.seq, m.client_id, m.status FROM messages m WHERE m.conversation_id=? AND m.sender_id=? "
          "AND m.seq<=? AND m.status<? AND NOT EXISTS (SELECT 1 FROM withheld w WHERE w.conversation_id=m.conversation_id "
          "AND w.seq=m.seq) ORDER BY m.seq");
@@ -379,13 +410,13 @@ void LocalCache::RaiseWatermarksLocked(int64_t conv, int64_t user, int64_t deliv
   if (rows.empty()) return;
   std::string peer;
   {
-    Stmt p(db_, "SELECT peer FROM conversations WHERE id=?");
+    Stmt p(db_, stmts_, "SELECT peer FROM conversations WHERE id=?");
     p.Bind(1, conv);
     peer = p.Step() ? p.Text(0) : "";
   }
   for (auto& [seq, client_id] : rows) {
     MessageStatus now = OwnStatusLocked(conv, seq);
-    Stmt u(db_, "UPDATE messages SET status=? WHERE conversation_id=? AND seq=? AND status<?");
+    Stmt u(db_, stmts_, "UPDATE messages SET status=? WHERE conversation_id=? AND seq=? AND status<?");
     u.Bind(1, static_cast<int64_t>(now)).Bind(2, conv).Bind(3, seq).Bind(4, static_cast<int64_t>(now)).Run();
     if (sqlite3_changes(db_) > 0 && updates) updates->push_back({client_id, peer, conv, seq, now, "", ""});
   }
@@ -395,7 +426,7 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
   std::string kind = e.value("kind", "");
   auto add_withheld = [&](int64_t conv) {
     for (const auto& w : e.value("withheld", json::array())) {
-      Stmt s(db_, "INSERT INTO withheld(conversation_id, seq) VALUES(?,?) ON CONFLICT DO NOTHING");
+      Stmt s(db_, stmts_, "INSERT INTO withheld(conversation_id, seq) VALUES(?,?) ON CONFLICT DO NOTHING");
       s.Bind(1, conv).Bind(2, w.get<int64_t>()).Run();
     }
   };
@@ -538,13 +569,13 @@ bool LocalCache::RecordSent(const std::string& client_id, const json& ack, std::
   std::lock_guard lock(mu_);
   try {
     Tx tx(db_);
-    Stmt s(db_, "SELECT peer, body FROM outbox WHERE client_id=?");
+    Stmt s(db_, stmts_, "SELECT peer, body FROM outbox WHERE client_id=?");
     s.Bind(1, client_id);
     if (!s.Step()) return true;  // already recorded through its message event
     std::string peer = s.Text(0), body = s.Text(1);
     int64_t conv = ack.value("conversation_id", int64_t{0});
     {
-      Stmt c(db_, "INSERT INTO conversations(id, peer) VALUES(?,?) ON CONFLICT(id) DO UPDATE SET "
+      Stmt c(db_, stmts_, "INSERT INTO conversations(id, peer) VALUES(?,?) ON CONFLICT(id) DO UPDATE SET "
                   "peer=CASE WHEN peer='' THEN excluded.peer ELSE peer END");
       c.Bind(1, conv).Bind(2, peer).Run();
     }
@@ -561,14 +592,14 @@ bool LocalCache::RecordSent(const std::string& client_id, const json& ack, std::
 
 CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
   CachedConversation c;
-  Stmt s(db_, "SELECT id, peer_id, peer, last_seq FROM conversations WHERE id=?");
+  Stmt s(db_, stmts_, "SELECT id, peer_id, peer, last_seq FROM conversations WHERE id=?");
   s.Bind(1, id);
   if (!s.Step()) return c;
   c.conversation_id = s.Int(0);
   c.peer_id = s.Int(1);
   c.peer = s.Text(2);
   c.last_seq = s.Int(3);
-  Stmt r(db_, "SELECT user_id, delivered, read FROM receipts WHERE conversation_id=?");
+  Stmt r(db_, stmts_, "SELECT user_id, delivered, read FROM receipts WHERE conversation_id=?");
   r.Bind(1, id);
   while (r.Step()) {
     if (r.Int(0) == me_) {
@@ -578,10 +609,10 @@ CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
       c.peer_read = std::max(c.peer_read, r.Int(2));
     }
   }
-  Stmt u(db_, "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND sender_id<>? AND seq>?");
+  Stmt u(db_, stmts_, "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND sender_id<>? AND seq>?");
   u.Bind(1, id).Bind(2, me_).Bind(3, c.my_read);
   if (u.Step()) c.unread = u.Int(0);
-  Stmt t(db_, "SELECT MAX(ts) FROM messages WHERE conversation_id=?");
+  Stmt t(db_, stmts_, "SELECT MAX(ts) FROM messages WHERE conversation_id=?");
   t.Bind(1, id);
   if (t.Step()) c.last_ts = t.Int(0);
   return c;
@@ -592,7 +623,7 @@ std::vector<CachedConversation> LocalCache::Conversations() {
   std::vector<CachedConversation> out;
   try {
     std::vector<int64_t> ids;
-    Stmt s(db_, "SELECT id FROM conversations");
+    Stmt s(db_, stmts_, "SELECT id FROM conversations");
     while (s.Step()) ids.push_back(s.Int(0));
     for (int64_t id : ids) out.push_back(ConversationRowLocked(id));
     std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
@@ -606,7 +637,7 @@ std::vector<CachedConversation> LocalCache::Conversations() {
 std::optional<CachedConversation> LocalCache::ConversationWith(const std::string& peer) {
   std::lock_guard lock(mu_);
   try {
-    Stmt s(db_, "SELECT id FROM conversations WHERE peer=? ORDER BY id LIMIT 1");
+    Stmt s(db_, stmts_, "SELECT id FROM conversations WHERE peer=? ORDER BY id LIMIT 1");
     s.Bind(1, peer);
     if (!s.Step()) return std::nullopt;
     return ConversationRowLocked(s.Int(0));
@@ -619,7 +650,7 @@ std::vector<CachedMessage> LocalCache::Messages(int64_t conversation_id, int64_t
   std::lock_guard lock(mu_);
   std::vector<CachedMessage> out;
   try {
-    Stmt s(db_,
+    Stmt s(db_, stmts_,
            "SELECT seq, sender_id, client_id, body, ts, status FROM messages WHERE conversation_id=? AND seq<? "
            "ORDER BY seq DESC LIMIT ?");
     s.Bind(1, conversation_id).Bind(2, before > 0 ? before : INT64_MAX).Bind(3, static_cast<int64_t>(limit));
@@ -645,7 +676,7 @@ std::optional<StatusUpdate> LocalCache::StatusOf(const std::string& client_id) {
   std::lock_guard lock(mu_);
   try {
     {
-      Stmt s(db_, "SELECT peer, failed, error_code, error_message FROM outbox WHERE client_id=?");
+      Stmt s(db_, stmts_, "SELECT peer, failed, error_code, error_message FROM outbox WHERE client_id=?");
       s.Bind(1, client_id);
       if (s.Step()) {
         StatusUpdate u{client_id, s.Text(0), 0, 0, s.Int(1) ? MessageStatus::kFailed : MessageStatus::kPending,
@@ -653,7 +684,7 @@ std::optional<StatusUpdate> LocalCache::StatusOf(const std::string& client_id) {
         return u;
       }
     }
-    Stmt m(db_,
+    Stmt m(db_, stmts_,
            "SELECT m.conversation_id, m.seq, m.status, c.peer FROM messages m LEFT JOIN conversations c "
            "ON c.id=m.conversation_id WHERE m.client_id=? AND m.sender_id=?");
     m.Bind(1, client_id).Bind(2, me_);

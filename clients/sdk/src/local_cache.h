@@ -48,6 +48,14 @@ struct ApplyOutcome {
   bool gap = false;                           // some events were beyond a missing user seq
 };
 
+// A prepared statement kept for reuse (local_cache.cc's Stmt), keyed by the
+// address of its SQL literal; `busy` while a Stmt uses it.
+struct CachedStatement {
+  sqlite3_stmt* stmt = nullptr;
+  bool busy = false;
+};
+using StatementCache = std::map<const char*, CachedStatement>;
+
 class LocalCache {
  public:
   static constexpr int kSchemaVersion = 1;
@@ -105,6 +113,7 @@ class LocalCache {
 
   std::mutex mu_;  // guards db_ and every statement
   sqlite3* db_;
+  StatementCache stmts_;  // finalized before db_ is closed
   int64_t me_ = 0;  // cached user id (meta "user_id")
   std::set<int64_t> covered_;  // user seqs above the cursor covered by a coalesced receipt
 };
