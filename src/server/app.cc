@@ -24,6 +24,7 @@
 #include "gateway/gateway.h"
 #include "gateway/static_files.h"
 #include "protocol/encode.h"
+#include "store/fault_store.h"
 
 namespace parley::server {
 namespace {
@@ -69,12 +70,24 @@ int RunServer(const ServerConfig& config) {
     return 1;
   }
 
+  store::Store* store_for_service = store->get();
+#ifdef PARLEY_FAULT_SWITCHES
+  std::unique_ptr<store::FaultStore> fault_store;
+  if (!config.faults.empty()) {
+    std::vector<store::FaultSwitch> switches;
+    for (const auto& f : config.faults) switches.push_back(*store::ParseFaultSwitch(f));
+    fault_store = std::make_unique<store::FaultStore>(**store, std::move(switches));
+    store_for_service = fault_store.get();
+    spdlog::warn("event=fault_switches faults=\"{}\" note=\"test build: faults are injected on purpose\"",
+                 fmt::join(config.faults, ","));
+  }
+#endif
   fabric::LocalFabric fabric;
   auto hash_pool = std::make_unique<WorkerPool>(config.hash_threads);
   gateway::Gateway gw(config.gateway);
-  core::ChatService chat(gw.CoreExecutor(), **store, fabric, *hash_pool, SystemClock::Instance(), config.core);
+  core::ChatService chat(gw.CoreExecutor(), *store_for_service, fabric, *hash_pool, SystemClock::Instance(), config.core);
 
-  admin::AdminApi admin_api(**store, *hash_pool, SystemClock::Instance(), config.admin);
+  admin::AdminApi admin_api(*store_for_service, *hash_pool, SystemClock::Instance(), config.admin);
   std::string web_root = config.web_root.empty() ? gateway::DefaultWebRoot() : config.web_root;
   if (web_root == "none") web_root.clear();
   gateway::StaticFiles web(web_root);
