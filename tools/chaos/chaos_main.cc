@@ -48,6 +48,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -78,7 +79,9 @@ constexpr int kMaxPeersPerUser = 3;           // each user talks to a few others
 constexpr int64_t kMaxSkewMs = 6LL * 3600 * 1000;  // client clocks off by up to 6 h (well under the outbox age)
 constexpr int kSlowReaderMs = 15;             // the slow reader's pause per applied event
 constexpr int kSyncPageLimit = 7;             // small pages: a catch-up spans many sync calls
-constexpr int kKillWaitMs = 5000;             // a kill step waits this long for its ack count
+constexpr int kKillWaitMs = 3000;             // a kill step waits this long for its ack count
+constexpr int64_t kMinBlockMs = 500;          // a block lasts this long ...
+constexpr int64_t kMaxBlockMs = 3000;         // ... to this long
 constexpr int kSettleTimeoutMs = 120'000;     // the final catch-up must converge within this
 constexpr int kServerStartTimeoutMs = 30'000;
 constexpr int kRequestTimeoutMs = 3000;       // the SDK's per-request timeout during the run
@@ -197,10 +200,23 @@ Plan MakePlan(uint64_t seed, int users, int devices, int duration_s) {
   int sends = 0;
   std::vector<bool> offline(static_cast<size_t>(total_devices), false);
   std::vector<std::pair<int, int>> blocks;  // (owner, target) in force
+  struct Unblock {
+    int64_t t;
+    int owner, target;
+    bool operator<(const Unblock& o) const { return t < o.t; }
+  };
+  std::vector<Unblock> unblocks;  // planned, not yet emitted
   for (int i = 0; i < nsteps; ++i) {
     int64_t t = total_ms * i / nsteps;
+    std::sort(unblocks.begin(), unblocks.end());
+    while (!unblocks.empty() && unblocks.front().t <= t) {
+      auto [ut, owner, target] = unblocks.front();
+      p.steps.push_back({{"t", ut}, {"op", "unblock"}, {"user", owner}, {"target", target}});
+      blocks.erase(std::find(blocks.begin(), blocks.end(), std::make_pair(owner, target)));
+      unblocks.erase(unblocks.begin());
+    }
     while (next_kill < kill_times.size() && kill_times[next_kill] <= t) {
-      p.steps.push_back({{"t", kill_times[next_kill]}, {"op", "kill"}, {"after_acks", std::max(1, sends * 7 / 10)}});
+      p.steps.push_back({{"t", kill_times[next_kill]}, {"op", "kill"}, {"after_acks", std::max(1, sends / 2)}});
       ++next_kill;
     }
     int dev = static_cast<int>(uni(0, total_devices - 1));
@@ -235,18 +251,22 @@ Plan MakePlan(uint64_t seed, int users, int devices, int duration_s) {
     } else if (r < 940) {
       s["op"] = "read";
       s["peer"] = peer;
-    } else if (r < 970) {
-      auto it = std::find(blocks.begin(), blocks.end(), std::make_pair(user, peer));
-      if (it == blocks.end()) {
+    } else if (r < 950) {
+      // A block lasts a little while (its unblock is planned now): sends of
+      // the blocked user are withheld meanwhile, the blocker's own fail.
+      if (std::find(blocks.begin(), blocks.end(), std::make_pair(user, peer)) == blocks.end()) {
         s["op"] = "block";
         blocks.emplace_back(user, peer);
+        unblocks.push_back({t + uni(kMinBlockMs, kMaxBlockMs), user, peer});
       } else {
-        s["op"] = "unblock";
-        blocks.erase(it);
+        s["op"] = "read";
+        s["peer"] = peer;
       }
-      s["user"] = user;
-      s["target"] = peer;
-      s.erase("dev");
+      if (s["op"] == "block") {
+        s["user"] = user;
+        s["target"] = peer;
+        s.erase("dev");
+      }
     } else {
       s["op"] = "send";  // a conversation with a blocker, or just one more message
       s["peer"] = peer;
@@ -569,8 +589,19 @@ struct Device {
   std::unique_ptr<Client> client;
   bool online = false;  // main thread only
   std::atomic<int> drop_after_events{0};
-  std::mutex log_mu;  // guards events
+  std::mutex log_mu;  // guards events and mine
   std::ofstream events;
+  std::set<std::string> mine;  // client ids this device composed
+
+  void Composed(const std::string& client_id) {
+    std::lock_guard lock(log_mu);
+    mine.insert(client_id);
+  }
+  // True the first time this device's own message is reported sent.
+  bool FirstAck(const std::string& client_id) {
+    std::lock_guard lock(log_mu);
+    return mine.erase(client_id) != 0;
+  }
 
   void Event(const json& j) {
     std::lock_guard lock(log_mu);
@@ -712,7 +743,7 @@ class Run {
       HistoryPath(co, dir_ + "/histories/" + d->name + ".jsonl");
       Device* raw = d.get();
       co.on_status = [this, raw](const StatusUpdate& s) {
-        if (s.status == MessageStatus::kSent) ++counters_.acked;
+        if (s.status == MessageStatus::kSent && raw->FirstAck(s.client_id)) ++counters_.acked;
         if (s.status == MessageStatus::kFailed) ++counters_.failed;
         raw->Event({{"status", MessageStatusName(s.status)}, {"client_id", s.client_id}, {"peer", s.peer},
                     {"conversation_id", s.conversation_id}, {"seq", s.seq}, {"error", s.error_code}});
@@ -753,7 +784,10 @@ class Run {
 
   void Compose(Device& d, int peer, const std::string& body) {
     auto r = d.client->Compose(UserName(peer), body);
-    if (r.ok) ++counters_.composed;
+    if (r.ok) {
+      ++counters_.composed;
+      d.Composed(r.client_id);
+    }
     d.Event({{"compose", r.client_id}, {"peer", UserName(peer)}, {"ok", r.ok}, {"code", r.code}});
   }
 
