@@ -141,6 +141,16 @@ struct ClientOptions {
   bool auto_report_delivered = true;
   int64_t cache_max_pages = 0;  // >0: PRAGMA max_page_count (caps the cache file; full-disk tests)
 
+  // Delivery history for the checker (`parley-check`, docs/checker.md):
+  // empty = off. When set, the client appends one JSON object per line to
+  // this file for every client-side event (compose, send attempt, ack, each
+  // applied stream event with its user seq and source live/sync, snapshots,
+  // caught-up markers, disconnects, resumes, stop), one write(2) per record,
+  // so the file survives kill -9 of the client. Open fails if the file cannot
+  // be opened or holds a line that is not JSON. While recording, Stop runs one
+  // last sync before closing so that the history ends caught up.
+  std::string history_path;
+
   // Injected for tests; defaults: the system clock (ms since epoch) and a
   // random seed from std::random_device.
   std::function<int64_t()> now_ms;

@@ -8,6 +8,9 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <map>
 #include <memory>
 
 #include "protocol/frames.h"
@@ -61,7 +64,90 @@ void AdminApi::Handle(gateway::HttpRequest req, std::function<void(gateway::Http
     if (req.method != "POST") return respond(JsonResponse(405, json{{"code", "bad_request"}, {"message", "use POST"}}));
     return BulkCreateUsers(req.body, std::move(respond));
   }
+  if (path == "/admin/v1/export") {
+    if (req.method != "GET") return respond(JsonResponse(405, json{{"code", "bad_request"}, {"message", "use GET"}}));
+    auto q = req.target.find('?');
+    return Export(q == std::string::npos ? "" : req.target.substr(q + 1), std::move(respond));
+  }
   respond(JsonResponse(404, json{{"code", "bad_request"}, {"message", "no such admin endpoint"}}));
+}
+
+// GET /admin/v1/export?table=messages&after=3,41&limit=1000
+// -> {"table":"messages","columns":[...],"rows":[[3,42,1,7,"c-1"],...],"has_more":true,"next":"3,42"}
+// `after` is the previous page's `next` (the last row's key columns); absent:
+// from the start. Rows are arrays in `columns` order.
+void AdminApi::Export(const std::string& query, std::function<void(gateway::HttpResponse)> respond) {
+  std::map<std::string, std::string> params;
+  size_t pos = 0;
+  while (pos <= query.size() && !query.empty()) {
+    size_t amp = query.find('&', pos);
+    std::string part = query.substr(pos, amp == std::string::npos ? std::string::npos : amp - pos);
+    size_t eq = part.find('=');
+    if (!part.empty()) params[part.substr(0, eq)] = eq == std::string::npos ? "" : part.substr(eq + 1);
+    if (amp == std::string::npos) break;
+    pos = amp + 1;
+  }
+  auto bad = [&](const std::string& msg) { respond(ErrorResponse(Status(ErrorCode::kBadRequest, msg))); };
+  auto table = store::ExportTableFromName(params["table"]);
+  if (!table) return bad("table must be one of devices, members, messages, withheld, stream, heads, receipts, blocks");
+  auto parse_int = [](const std::string& text, int64_t* out) {
+    if (text.empty() || text.size() > 20) return false;
+    size_t i = text[0] == '-' ? 1 : 0;
+    if (i == text.size()) return false;
+    for (size_t k = i; k < text.size(); ++k) {
+      if (text[k] < '0' || text[k] > '9') return false;
+    }
+    errno = 0;
+    long long v = std::strtoll(text.c_str(), nullptr, 10);
+    if (errno == ERANGE) return false;
+    *out = v;
+    return true;
+  };
+  int64_t limit = config_.default_export_rows;
+  if (params.count("limit") && (!parse_int(params["limit"], &limit) || limit < 1 || limit > config_.max_export_rows))
+    return bad("limit must be 1-" + std::to_string(config_.max_export_rows));
+  std::vector<int64_t> after;
+  if (params.count("after") && !params["after"].empty()) {
+    std::string a = params["after"];
+    // Accept a URL-encoded comma too.
+    for (size_t p; (p = a.find("%2C")) != std::string::npos || (p = a.find("%2c")) != std::string::npos;) a.replace(p, 3, ",");
+    size_t start = 0;
+    while (true) {
+      size_t comma = a.find(',', start);
+      int64_t v = 0;
+      if (!parse_int(a.substr(start, comma == std::string::npos ? std::string::npos : comma - start), &v))
+        return bad("after must be integers separated by commas");
+      after.push_back(v);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    if (static_cast<int>(after.size()) != store::ExportKeyColumns(*table))
+      return bad("after for " + std::string(store::ExportTableName(*table)) + " needs " +
+                 std::to_string(store::ExportKeyColumns(*table)) + " values");
+  }
+  store::ExportTable t = *table;
+  store_.Export(t, std::move(after), static_cast<int>(limit), [t, respond](Result<store::ExportPage> r) {
+    if (!r) return respond(ErrorResponse(r.error()));
+    json rows = json::array();
+    for (const auto& row : r->rows) {
+      json a = json::array();
+      for (int64_t v : row.values) a.push_back(v);
+      if (t == store::ExportTable::kMessages) a.push_back(row.text);
+      rows.push_back(std::move(a));
+    }
+    json out{{"table", store::ExportTableName(t)}, {"columns", store::ExportColumns(t)}, {"rows", std::move(rows)},
+             {"has_more", r->has_more}};
+    if (!r->rows.empty()) {
+      std::string next;
+      const auto& last = r->rows.back().values;
+      for (int i = 0; i < store::ExportKeyColumns(t); ++i) {
+        if (i) next += ",";
+        next += std::to_string(last[static_cast<size_t>(i)]);
+      }
+      out["next"] = next;
+    }
+    respond(JsonResponse(200, out));
+  });
 }
 
 // {"users":[{"username":"u1","password":"...","display_name":"..."}, ...], "devices": true, "device_name": "bench"}

@@ -5,6 +5,8 @@
 //
 // Endpoints (docs/operations.md, "Admin API"):
 //   POST /admin/v1/users/bulk   create many users (and a device token each)
+//   GET  /admin/v1/export       one page of a table of the store (the delivery
+//                               checker's view of the server, docs/checker.md)
 //
 // Thread-safety: Handle may be called from any thread; work runs on the
 // hashing pool and the store's threads; `respond` is called from one of them.
@@ -26,6 +28,9 @@ struct AdminConfig {
   core::PasswordCost password_cost = core::PasswordCost::kInteractive;
   // Most users in one bulk request.
   size_t max_bulk_users = 10'000;
+  // Rows per export page: the default and the most a request may ask for.
+  int default_export_rows = 1'000;
+  int max_export_rows = 10'000;
 };
 
 class AdminApi {
@@ -36,6 +41,7 @@ class AdminApi {
 
  private:
   void BulkCreateUsers(const std::string& body, std::function<void(gateway::HttpResponse)> respond);
+  void Export(const std::string& query, std::function<void(gateway::HttpResponse)> respond);
 
   store::Store& store_;
   WorkerPool& pool_;

@@ -207,6 +207,17 @@ class Store {
   // kContacts with `viewer` in the user's contacts.
   virtual void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) = 0;
 
+  // ---- Export (admin API, delivery checker) ----
+
+  // One page of `table` (types.h, ExportTable): rows whose key (the first
+  // ExportKeyColumns(table) columns) is above `after` (empty: from the start;
+  // otherwise exactly that many values), ascending by key, at most `limit`
+  // (REQUIRES: limit >= 1). Read in one snapshot per page, not across pages:
+  // export a quiescent store for a consistent whole. Fails kBadRequest on a
+  // wrong `after` size. The default fails kUnavailable (a store that cannot
+  // export); both backends implement it.
+  virtual void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done);
+
   // ---- Lifecycle ----
 
   // Completes when every write submitted before it is durable.

@@ -256,4 +256,45 @@ struct Snapshot {
   std::vector<ConversationSummary> conversations;  // most recent activity first
 };
 
+
+// ---- Export (the admin API's /admin/v1/export, read by the delivery
+// checker, docs/checker.md) ----
+//
+// Each table is read in pages ordered by its key columns (the first
+// ExportKeyColumns(table) columns), keyset-paginated: a page holds the rows
+// whose key is above `after`. All values are integers except the last column
+// of kMessages (client_id), returned in ExportRow::text.
+enum class ExportTable : int {
+  kDevices = 0,   // id, user_id, revoked (0/1)
+  kMembers,       // conversation_id, user_id
+  kMessages,      // conversation_id, seq, sender_id, sender_device_id, client_id (text)
+  kWithheld,      // conversation_id, user_id, seq: the message is withheld from user_id (a block)
+  kStream,        // user_id, user_seq, kind (EventKind), conversation_id, seq (kMessage),
+                  // receipt_user_id, delivered, read (kReceipt)
+  kHeads,         // user_id, head
+  kReceipts,      // conversation_id, user_id, delivered, read: the user's aggregate watermarks
+  kBlocks,        // owner_id, target_id
+};
+inline constexpr int kExportTableCount = 8;
+
+struct ExportRow {
+  std::vector<int64_t> values;  // the integer columns, in order
+  std::string text;             // kMessages: client_id
+};
+
+struct ExportPage {
+  std::vector<ExportRow> rows;
+  bool has_more = false;  // more rows after the last one
+};
+
+// The table's name in the admin API ("devices", "members", "messages",
+// "withheld", "stream", "heads", "receipts", "blocks").
+const char* ExportTableName(ExportTable t);
+// Parses a name; nullopt if unknown.
+std::optional<ExportTable> ExportTableFromName(const std::string& name);
+// Column names, in order (kMessages ends with "client_id").
+std::vector<std::string> ExportColumns(ExportTable t);
+// How many leading columns form the key (and `after`).
+int ExportKeyColumns(ExportTable t);
+
 }  // namespace parley::store

@@ -1337,6 +1337,96 @@ TEST_P(StoreConformance, PresenceVisibilityFollowsTheSettingContactsAndBlocks) {
 
 // ---- Durability and lifecycle ----
 
+// The admin export (the delivery checker's view): every table, keyset pages
+// in key order, the same rows whatever the page size.
+TEST_P(StoreConformance, ExportPagesEveryTableInKeyOrder) {
+  SetUpConversation();  // conv_: alice + bob
+  Send(alice_, alice_dev_, "a1", 2000);  // seq 1
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id).has_value());
+  Send(bob_, bob_dev_, "b2", 2100);  // seq 2, withheld from alice
+  ASSERT_TRUE(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 1, 1)).has_value());
+
+  auto all = [&](ExportTable t, int page) {
+    std::vector<ExportRow> rows;
+    std::vector<int64_t> after;
+    for (int guard = 0; guard < 1000; ++guard) {
+      ExportPage p = Must(Await<ExportPage>([&](auto cb) { store().Export(t, after, page, cb); }));
+      EXPECT_LE(static_cast<int>(p.rows.size()), page);
+      for (auto& r : p.rows) rows.push_back(r);
+      if (!p.has_more) break;
+      EXPECT_FALSE(p.rows.empty());
+      after.assign(p.rows.back().values.begin(), p.rows.back().values.begin() + ExportKeyColumns(t));
+    }
+    return rows;
+  };
+  auto values = [](const std::vector<ExportRow>& rows) {
+    std::vector<std::vector<int64_t>> v;
+    for (auto& r : rows) v.push_back(r.values);
+    return v;
+  };
+  for (int t = 0; t < kExportTableCount; ++t) {
+    auto table = static_cast<ExportTable>(t);
+    EXPECT_EQ(ExportTableFromName(ExportTableName(table)), table);
+    auto big = all(table, 1000);
+    EXPECT_EQ(values(all(table, 1)), values(big)) << ExportTableName(table);
+    for (size_t i = 1; i < big.size(); ++i) {
+      std::vector<int64_t> a(big[i - 1].values.begin(), big[i - 1].values.begin() + ExportKeyColumns(table));
+      std::vector<int64_t> b(big[i].values.begin(), big[i].values.begin() + ExportKeyColumns(table));
+      EXPECT_LT(a, b) << ExportTableName(table);
+    }
+    for (auto& r : big) {
+      EXPECT_EQ(r.values.size(), ExportColumns(table).size() - (table == ExportTable::kMessages ? 1 : 0));
+    }
+  }
+  EXPECT_FALSE(ExportTableFromName("users").has_value());
+
+  auto messages = all(ExportTable::kMessages, 1);
+  ASSERT_EQ(messages.size(), 2u);
+  EXPECT_EQ(messages[0].values, (std::vector<int64_t>{conv_, 1, alice_.id, alice_dev_.id}));
+  EXPECT_EQ(messages[0].text, "a1");
+  EXPECT_EQ(messages[1].values, (std::vector<int64_t>{conv_, 2, bob_.id, bob_dev_.id}));
+  EXPECT_EQ(messages[1].text, "b2");
+  EXPECT_EQ(values(all(ExportTable::kMembers, 1)), (std::vector<std::vector<int64_t>>{{conv_, alice_.id}, {conv_, bob_.id}}));
+  EXPECT_EQ(values(all(ExportTable::kWithheld, 1)), (std::vector<std::vector<int64_t>>{{conv_, alice_.id, 2}}));
+  EXPECT_EQ(values(all(ExportTable::kBlocks, 1)), (std::vector<std::vector<int64_t>>{{alice_.id, bob_.id}}));
+  auto devices = values(all(ExportTable::kDevices, 2));
+  ASSERT_EQ(devices.size(), 4u);
+  EXPECT_EQ(devices[0], (std::vector<int64_t>{alice_dev_.id, alice_.id, 0}));
+  // The stream and heads agree with ReadStream and GetHead.
+  auto heads = values(all(ExportTable::kHeads, 1));
+  auto stream = values(all(ExportTable::kStream, 3));
+  for (const UserRecord* u : {&alice_, &bob_}) {
+    UserSeq head = Head(store(), u->id);
+    EXPECT_NE(std::find(heads.begin(), heads.end(), std::vector<int64_t>{u->id, head}), heads.end());
+    StreamPage page = ReadStream(store(), u->id, 0, 100);
+    std::vector<std::vector<int64_t>> mine;
+    for (auto& row : stream) {
+      if (row[0] == u->id) mine.push_back(row);
+    }
+    ASSERT_EQ(mine.size(), page.events.size());
+    for (size_t i = 0; i < mine.size(); ++i) {
+      const StreamEvent& e = page.events[i];
+      EXPECT_EQ(mine[i][1], e.user_seq);
+      EXPECT_EQ(mine[i][2], static_cast<int64_t>(e.kind));
+      if (e.kind == EventKind::kMessage) {
+        EXPECT_EQ(mine[i][3], e.message->conversation_id);
+        EXPECT_EQ(mine[i][4], e.message->seq);
+      }
+      if (e.kind == EventKind::kReceipt) {
+        EXPECT_EQ(mine[i][5], e.receipt_user_id);
+        EXPECT_EQ(mine[i][6], e.receipt.delivered);
+        EXPECT_EQ(mine[i][7], e.receipt.read);
+      }
+    }
+  }
+  auto receipts = values(all(ExportTable::kReceipts, 1));
+  EXPECT_NE(std::find(receipts.begin(), receipts.end(), std::vector<int64_t>{conv_, bob_.id, 2, 2}), receipts.end());
+  // A wrong `after` is refused.
+  Result<ExportPage> bad = Await<ExportPage>([&](auto cb) { store().Export(ExportTable::kMessages, {1}, 10, cb); });
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_EQ(bad.error().code(), ErrorCode::kBadRequest);
+}
+
 TEST_P(StoreConformance, AckedWritesSurviveReopenAndSeqsContinue) {
   SetUpConversation();
   for (int i = 1; i <= 5; ++i) Send(alice_, alice_dev_, std::to_string(i));

@@ -27,6 +27,7 @@
 #include <set>
 #include <thread>
 
+#include "history.h"
 #include "local_cache.h"
 
 namespace parley {
@@ -136,6 +137,8 @@ const char* ClientStateName(ClientState s) {
 struct Client::Impl {
   ClientOptions opt;
   std::unique_ptr<sdk::LocalCache> cache;
+  std::unique_ptr<sdk::HistoryRecorder> history;  // null unless opt.history_path is set
+  std::mutex compose_mu;  // Compose: the outbox order and the recorded compose order agree
   std::mt19937_64 rng;  // worker thread only
 
   mutable std::mutex mu;  // guards everything below
@@ -152,6 +155,11 @@ struct Client::Impl {
   std::thread worker;
 
   int64_t Now() { return opt.now_ms ? opt.now_ms() : SystemNowMs(); }
+
+  // Appends a history record (docs/checker.md) when recording.
+  void Record(const char* ev, json fields = json::object()) {
+    if (history) history->Record(ev, std::move(fields));
+  }
 
   void Wake() {
     {
@@ -205,6 +213,7 @@ struct Client::Impl {
     bool healthy = false;  // got online: the backoff starts over
     std::optional<int64_t> retry_after;
     std::string why;
+    int close_code = 0;  // the server's close code, when it closed
   };
 
   void Run() {
@@ -222,6 +231,7 @@ struct Client::Impl {
       last.reset();  // outside mu: a closing Connection calls Wake()
       last_session.reset();
       if (end.stopped) break;
+      Record("disconnect", {{"code", end.close_code}, {"why", end.why}, {"revoked", end.revoked}});
       if (end.revoked) {
         SetState(ClientState::kRevoked, end.why);
         std::unique_lock lock(mu);
@@ -241,6 +251,7 @@ struct Client::Impl {
     SessionEnd end;
     uint16_t code = c.close_code();
     std::string reason = c.close_reason();
+    end.close_code = code;
     if (code == 4002) {
       end.revoked = true;
       end.why = "this device was logged out or unlinked (close 4002): log in again";
@@ -254,7 +265,8 @@ struct Client::Impl {
 
   // Applies events (live or a sync page). Returns false on a local error.
   // *gap is set when an event beyond applied+1 was met.
-  bool Apply(const std::vector<json>& events, std::map<int64_t, int64_t>* to_deliver, bool* gap, std::string* why) {
+  bool Apply(const std::vector<json>& events, const char* source, std::map<int64_t, int64_t>* to_deliver, bool* gap,
+             std::string* why) {
     sdk::ApplyOutcome out;
     sdk::LocalError err;
     if (!cache->ApplyEvents(events, &out, &err)) {
@@ -265,6 +277,9 @@ struct Client::Impl {
     for (auto& [c, s] : out.received) {
       auto& d = (*to_deliver)[c];
       d = std::max(d, s);
+    }
+    if (history) {
+      for (const auto& e : out.applied) RecordEvent(e, source);
     }
     Emit(out.updates);
     if (opt.on_event) {
@@ -287,14 +302,60 @@ struct Client::Impl {
       return false;
     }
     for (auto& [conv, s] : out.received) (*to_deliver)[conv] = std::max((*to_deliver)[conv], s);
+    if (history) RecordSnapshot(r.result);
     Emit(out.updates);
     return true;
   }
 
+  // History records of applied events and snapshots (docs/checker.md).
+  static json MessageFields(const json& m) {
+    return {{"conversation_id", m.value("conversation_id", int64_t{0})},
+            {"seq", m.value("seq", int64_t{0})},
+            {"sender_id", m.value("sender_id", int64_t{0})},
+            {"sender_device_id", m.value("sender_device_id", int64_t{0})},
+            {"client_id", m.value("client_id", "")}};
+  }
+
+  void RecordEvent(const json& e, const char* source) {
+    std::string kind = e.value("kind", "");
+    json rec = {{"source", source}, {"user_seq", e.value("user_seq", int64_t{0})}, {"kind", kind}};
+    if (kind == "message" && e.contains("message")) {
+      rec["message"] = MessageFields(e["message"]);
+    } else if (kind == "receipt") {
+      rec["conversation_id"] = e.value("conversation_id", int64_t{0});
+      rec["user_id"] = e.value("user_id", int64_t{0});
+      rec["delivered"] = e.value("delivered", int64_t{0});
+      rec["read"] = e.value("read", int64_t{0});
+    } else if (kind == "conversation" && e.contains("conversation")) {
+      rec["conversation_id"] = e["conversation"].value("conversation_id", int64_t{0});
+    }
+    if (e.contains("also_covers")) rec["also_covers"] = e["also_covers"];
+    if (e.contains("withheld")) rec["withheld"] = e["withheld"];
+    Record("event", std::move(rec));
+  }
+
+  void RecordSnapshot(const json& snap) {
+    json messages = json::array(), watermarks = json::array(), conversations = json::array();
+    for (const auto& c : snap.value("conversations", json::array())) {
+      int64_t conv = c.value("conversation", json::object()).value("conversation_id", int64_t{0});
+      conversations.push_back(conv);
+      for (const auto& m : c.value("messages", json::array())) messages.push_back(MessageFields(m));
+      for (const auto& w : c.value("watermarks", json::array())) {
+        watermarks.push_back({{"conversation_id", conv},
+                              {"user_id", w.value("user_id", int64_t{0})},
+                              {"delivered", w.value("delivered", int64_t{0})},
+                              {"read", w.value("read", int64_t{0})}});
+      }
+    }
+    Record("snapshot", {{"head", snap.value("head", int64_t{0})}, {"conversations", conversations},
+                        {"messages", messages}, {"watermarks", watermarks}});
+  }
+
   // Loops sync pages from the applied cursor until has_more is false.
-  bool SyncLoop(Connection& c, std::map<int64_t, int64_t>* to_deliver, std::string* why) {
+  // final_sync: run even though Stop was called (the recorder's last sync).
+  bool SyncLoop(Connection& c, std::map<int64_t, int64_t>* to_deliver, std::string* why, bool final_sync = false) {
     int snapshots = 0;
-    while (!Stopping()) {
+    while (final_sync || !Stopping()) {
       if (!cache->applied()) {
         if (!Snapshot(c, to_deliver, why)) return false;
       }
@@ -310,8 +371,11 @@ struct Client::Impl {
       }
       std::vector<json> events(r.result["events"].begin(), r.result["events"].end());
       bool gap = false;
-      if (!Apply(events, to_deliver, &gap, why)) return false;
-      if (!r.result.value("has_more", false)) return true;
+      if (!Apply(events, "sync", to_deliver, &gap, why)) return false;
+      if (!r.result.value("has_more", false)) {
+        Record("caught_up", {{"head", r.result.value("head", int64_t{0})}, {"applied", cache->applied().value_or(0)}});
+        return true;
+      }
     }
     return true;
   }
@@ -354,6 +418,11 @@ struct Client::Impl {
     }
     cache->SetIdentity(auth.result.value("user_id", int64_t{0}), auth.result.value("username", ""),
                        auth.result.value("device_id", int64_t{0}));
+    if (history) {
+      history->SetIdentity(cache->user_id(), cache->device_id());
+      auto applied = cache->applied();
+      Record("resume", {{"cursor", applied ? json(*applied) : json(nullptr)}});
+    }
     int heartbeat_ms = auth.result.value("heartbeat_interval_ms", kDefaultHeartbeatMs);
     int heartbeat_timeout_ms = auth.result.value("heartbeat_timeout_ms", kDefaultHeartbeatTimeoutMs);
 
@@ -381,6 +450,12 @@ struct Client::Impl {
 
     while (true) {
       if (Stopping()) {
+        // Recording: end the history with a caught_up record (a finished
+        // device, docs/checker.md) — one last sync before closing.
+        if (history) {
+          std::string ignored;
+          SyncLoop(*c, &to_deliver, &ignored, /*final_sync=*/true);
+        }
         FlushOnStop(*c, &to_deliver, acked);
         c->SetActivityCallback({});
         c->Close();
@@ -395,7 +470,7 @@ struct Client::Impl {
       }
       if (!batch.empty()) {
         bool gap = false;
-        if (!Apply(batch, &to_deliver, &gap, &end.why)) {
+        if (!Apply(batch, "live", &to_deliver, &gap, &end.why)) {
           c->Abort();
           return end;
         }
@@ -443,6 +518,7 @@ struct Client::Impl {
         auto h = hold_until.find(row.peer);
         if (h != hold_until.end() && h->second > now_steady) continue;
         int64_t id = c->Start("send", {{"to", row.peer}, {"client_id", row.client_id}, {"body", row.body}});
+        Record("send", {{"client_id", row.client_id}, {"peer", row.peer}});
         inflight[id] = {Kind::kSend, now_steady, row.client_id, row.peer};
         busy_peers.insert(row.peer);
       }
@@ -528,6 +604,7 @@ struct Client::Impl {
     std::string msg = "not sent within the outbox's maximum age (" + std::to_string(opt.outbox_max_age_ms / 1000) + " s)";
     sdk::LocalError err;
     cache->FailOutbox(row.client_id, kErrExpired, msg, &err);
+    Record("send_failed", {{"client_id", row.client_id}, {"peer", row.peer}, {"code", kErrExpired}});
     return {row.client_id, row.peer, 0, 0, MessageStatus::kFailed, kErrExpired, msg};
   }
 
@@ -545,6 +622,11 @@ struct Client::Impl {
         (*hold_until)[f.peer] = SteadyMs() + BackoffDelayMs(opt.backoff, (*attempts)[f.peer]++, rng);
         return;
       }
+      Record("ack", {{"client_id", f.client_id},
+                     {"peer", f.peer},
+                     {"conversation_id", r.result.value("conversation_id", int64_t{0})},
+                     {"seq", r.result.value("seq", int64_t{0})},
+                     {"duplicate", r.result.value("duplicate", false)}});
       Emit(updates);
       cv.notify_all();  // WaitOutboxDrained
       return;
@@ -559,6 +641,7 @@ struct Client::Impl {
     }
     sdk::LocalError err;
     cache->FailOutbox(f.client_id, r.code, r.message, &err);
+    Record("send_failed", {{"client_id", f.client_id}, {"peer", f.peer}, {"code", r.code}});
     Emit({{f.client_id, f.peer, 0, 0, MessageStatus::kFailed, r.code, r.message}});
     cv.notify_all();
   }
@@ -589,6 +672,17 @@ std::unique_ptr<Client> Client::Open(ClientOptions options, std::string* error) 
     return nullptr;
   }
   std::unique_ptr<Client> c(new Client());
+  if (!options.history_path.empty()) {
+    std::string herr;
+    c->impl_->history = sdk::HistoryRecorder::Open(options.history_path, &herr);
+    if (!c->impl_->history) {
+      if (error) *error = herr;
+      return nullptr;
+    }
+    c->impl_->history->SetIdentity(cache->user_id(), cache->device_id());
+    auto applied = cache->applied();
+    c->impl_->history->Record("open", {{"cursor", applied ? json(*applied) : json(nullptr)}});
+  }
   c->impl_->cache = std::move(cache);
   uint64_t seed = options.random_seed ? options.random_seed : (uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
   c->impl_->rng.seed(seed);
@@ -655,6 +749,7 @@ void Client::Stop() {
   }
   impl_->cv.notify_all();
   if (impl_->worker.joinable()) impl_->worker.join();
+  impl_->Record("stop");
   std::lock_guard lock(impl_->mu);
   impl_->started = false;
   impl_->stopping = false;
@@ -678,10 +773,18 @@ ComposeResult Client::Compose(const std::string& peer, const std::string& body) 
   row.body = body;
   row.created_at = impl_->Now();
   sdk::LocalError err;
-  if (!impl_->cache->AddOutbox(row, &err)) {
-    out.code = err.code;
-    out.message = err.message;
-    return out;
+  {
+    std::lock_guard compose_lock(impl_->compose_mu);
+    if (!impl_->cache->AddOutbox(row, &err)) {
+      out.code = err.code;
+      out.message = err.message;
+      return out;
+    }
+    if (impl_->history) {
+      impl_->history->Record("compose", {{"client_id", row.client_id},
+                                         {"peer", row.peer},
+                                         {"order", impl_->history->NextComposeOrder(row.peer)}});
+    }
   }
   out.ok = true;
   out.client_id = row.client_id;
@@ -736,6 +839,11 @@ std::vector<CachedMessage> Client::History(const std::string& peer_in, int64_t b
     return {};
   }
   sdk::LocalError err;
+  if (impl_->history) {
+    json ms = json::array();
+    for (const auto& m : r.result.value("messages", json::array())) ms.push_back(Impl::MessageFields(m));
+    impl_->Record("history", {{"conversation_id", conv_id}, {"messages", ms}});
+  }
   if (!impl_->cache->StoreHistory(conv_id, r.result["messages"], &err) && error) {
     *error = Reply{false, json(), err.code, err.message, json()};
   }

@@ -73,6 +73,7 @@
 #include "store/postgres/pg_store.h"
 
 #include <algorithm>
+#include <climits>
 #include <chrono>
 #include <cstdint>
 #include <fmt/format.h>
@@ -1081,6 +1082,7 @@ class PostgresStore::Reader {
   Result<std::vector<ContactRecord>> Contacts(UserId owner);
   Result<std::vector<ProfileRecord>> Blocked(UserId owner);
   Result<SearchPage> SearchUsers(UserId searcher, const std::string& query, const std::string& after, int limit);
+  Result<ExportPage> Export(ExportTable table, const std::vector<int64_t>& after, int limit);
   Result<std::vector<PresenceRecord>> Presence(UserId viewer, const std::vector<UserId>& ids);
 
  private:
@@ -1089,6 +1091,45 @@ class PostgresStore::Reader {
 
   std::unique_ptr<PgConn> db_;
 };
+
+Result<ExportPage> PostgresStore::Reader::Export(ExportTable table, const std::vector<int64_t>& after, int limit) {
+  static constexpr const char* kSql[kExportTableCount] = {
+      "SELECT id, user_id, CASE WHEN revoked THEN 1 ELSE 0 END FROM devices WHERE id > $1 ORDER BY id LIMIT $2",
+      "SELECT conversation_id, user_id FROM members WHERE (conversation_id, user_id) > ($1, $2) "
+      "ORDER BY conversation_id, user_id LIMIT $3",
+      "SELECT conversation_id, seq, sender_id, sender_device_id, client_id FROM messages "
+      "WHERE (conversation_id, seq) > ($1, $2) ORDER BY conversation_id, seq LIMIT $3",
+      "SELECT conversation_id, user_id, seq FROM withheld WHERE (conversation_id, user_id, seq) > ($1, $2, $3) "
+      "ORDER BY conversation_id, user_id, seq LIMIT $4",
+      "SELECT user_id, user_seq, kind, conversation_id, seq, subject_user_id, delivered, read FROM user_events "
+      "WHERE (user_id, user_seq) > ($1, $2) ORDER BY user_id, user_seq LIMIT $3",
+      "SELECT user_id, head FROM user_heads WHERE user_id > $1 ORDER BY user_id LIMIT $2",
+      "SELECT conversation_id, user_id, delivered, read FROM user_receipts WHERE (conversation_id, user_id) > ($1, $2) "
+      "ORDER BY conversation_id, user_id LIMIT $3",
+      "SELECT owner_id, target_id FROM blocks WHERE (owner_id, target_id) > ($1, $2) ORDER BY owner_id, target_id "
+      "LIMIT $3",
+  };
+  const int keys = ExportKeyColumns(table);
+  const auto columns = ExportColumns(table);
+  const bool has_text = table == ExportTable::kMessages;
+  const int ints = static_cast<int>(columns.size()) - (has_text ? 1 : 0);
+  PgParams params;
+  for (int i = 0; i < keys; ++i) params.Int(after.empty() ? INT64_MIN : after[static_cast<size_t>(i)]);
+  params.Int(static_cast<int64_t>(limit) + 1);
+  PgRows rows = db_->Query(kSql[static_cast<int>(table)], params);
+  ExportPage page;
+  for (int r = 0; r < rows.size(); ++r) {
+    if (r == limit) {
+      page.has_more = true;
+      break;
+    }
+    ExportRow row;
+    for (int c = 0; c < ints; ++c) row.values.push_back(rows.Int(r, c));
+    if (has_text) row.text = rows.Text(r, ints);
+    page.rows.push_back(std::move(row));
+  }
+  return page;
+}
 
 Result<UserRecord> PostgresStore::Reader::UserByName(const std::string& username) {
   PgRows r = db_->Query(fmt::format("SELECT {} FROM users WHERE username = $1", kUserColumns),
@@ -1700,6 +1741,15 @@ void PostgresStore::ReadStream(UserId user_id, UserSeq after, int limit, Callbac
 
 void PostgresStore::GetHead(UserId user_id, Callback<UserSeq> done) {
   SubmitRead<UserSeq>([user_id](Reader& r) -> Result<UserSeq> { return r.Head(user_id); }, std::move(done));
+}
+
+void PostgresStore::Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) {
+  if (!after.empty() && static_cast<int>(after.size()) != ExportKeyColumns(table)) {
+    return done(Status(ErrorCode::kBadRequest, "after needs one value per key column"));
+  }
+  SubmitRead<ExportPage>(
+      [table, after = std::move(after), limit](Reader& r) { return r.Export(table, after, std::max(1, limit)); },
+      std::move(done));
 }
 
 void PostgresStore::GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) {

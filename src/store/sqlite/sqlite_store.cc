@@ -105,6 +105,7 @@
 #include "store/sqlite/sqlite_store.h"
 
 #include <algorithm>
+#include <climits>
 #include <chrono>
 #include <cstdint>
 #include <fmt/format.h>
@@ -1225,6 +1226,7 @@ class SqliteStore::Reader {
   Result<std::vector<MessageRecord>> History(ConversationId id, UserId viewer, Seq before, int limit);
   Result<StreamPage> ReadStream(UserId user_id, UserSeq after, int limit, StepCounter* counter);
   UserSeq Head(UserId user_id, StepCounter* counter = nullptr);
+  Result<ExportPage> Export(ExportTable table, const std::vector<int64_t>& after, int limit);
   Result<Snapshot> GetSnapshot(UserId user_id, int latest_per_conversation);
   Result<ConversationPage> ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id,
                                             int limit, int latest_per_conversation);
@@ -1332,6 +1334,46 @@ UserSeq SqliteStore::Reader::Head(UserId user_id, StepCounter* counter) {
   Stmt s(*db_, "SELECT head FROM user_heads WHERE user_id = ?1", counter);
   s.BindInt(1, user_id);
   return s.Step() ? s.Int(0) : 0;
+}
+
+Result<ExportPage> SqliteStore::Reader::Export(ExportTable table, const std::vector<int64_t>& after, int limit) {
+  // One literal per table (Db caches statements by their text); the key
+  // comparison is a row value, which SQLite answers from the primary key.
+  static constexpr const char* kSql[kExportTableCount] = {
+      "SELECT id, user_id, revoked FROM devices WHERE id > ?1 ORDER BY id LIMIT ?2",
+      "SELECT conversation_id, user_id FROM members WHERE (conversation_id, user_id) > (?1, ?2) "
+      "ORDER BY conversation_id, user_id LIMIT ?3",
+      "SELECT conversation_id, seq, sender_id, sender_device_id, client_id FROM messages "
+      "WHERE (conversation_id, seq) > (?1, ?2) ORDER BY conversation_id, seq LIMIT ?3",
+      "SELECT conversation_id, user_id, seq FROM withheld WHERE (conversation_id, user_id, seq) > (?1, ?2, ?3) "
+      "ORDER BY conversation_id, user_id, seq LIMIT ?4",
+      "SELECT user_id, user_seq, kind, conversation_id, seq, receipt_user_id, delivered, read FROM user_events "
+      "WHERE (user_id, user_seq) > (?1, ?2) ORDER BY user_id, user_seq LIMIT ?3",
+      "SELECT user_id, head FROM user_heads WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
+      "SELECT conversation_id, user_id, delivered, read FROM user_receipts WHERE (conversation_id, user_id) > (?1, ?2) "
+      "ORDER BY conversation_id, user_id LIMIT ?3",
+      "SELECT owner_id, target_id FROM blocks WHERE (owner_id, target_id) > (?1, ?2) ORDER BY owner_id, target_id "
+      "LIMIT ?3",
+  };
+  const int keys = ExportKeyColumns(table);
+  const auto columns = ExportColumns(table);
+  const bool has_text = table == ExportTable::kMessages;
+  const int ints = static_cast<int>(columns.size()) - (has_text ? 1 : 0);
+  Stmt s(*db_, kSql[static_cast<int>(table)]);
+  for (int i = 0; i < keys; ++i) s.BindInt(i + 1, after.empty() ? INT64_MIN : after[static_cast<size_t>(i)]);
+  s.BindInt(keys + 1, static_cast<int64_t>(limit) + 1);
+  ExportPage page;
+  while (s.Step()) {
+    if (static_cast<int>(page.rows.size()) == limit) {
+      page.has_more = true;
+      break;
+    }
+    ExportRow row;
+    for (int c = 0; c < ints; ++c) row.values.push_back(s.Int(c));
+    if (has_text) row.text = s.Text(ints);
+    page.rows.push_back(std::move(row));
+  }
+  return page;
 }
 
 Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after, int limit, StepCounter* counter) {
@@ -1826,6 +1868,15 @@ void SqliteStore::ReadStream(UserId user_id, UserSeq after, int limit, Callback<
 
 void SqliteStore::GetHead(UserId user_id, Callback<UserSeq> done) {
   SubmitRead<UserSeq>([user_id](Reader& r) -> Result<UserSeq> { return r.Head(user_id); }, std::move(done));
+}
+
+void SqliteStore::Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) {
+  if (!after.empty() && static_cast<int>(after.size()) != ExportKeyColumns(table)) {
+    return done(Status(ErrorCode::kBadRequest, "after needs one value per key column"));
+  }
+  SubmitRead<ExportPage>(
+      [table, after = std::move(after), limit](Reader& r) { return r.Export(table, after, std::max(1, limit)); },
+      std::move(done));
 }
 
 void SqliteStore::GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) {

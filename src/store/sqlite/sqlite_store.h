@@ -77,6 +77,7 @@ class SqliteStore final : public Store {
                Callback<std::vector<MessageRecord>> done) override;
   void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;
   void GetHead(UserId user_id, Callback<UserSeq> done) override;
+  void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;
   void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) override;
   void SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,
                   int64_t now, Callback<SocialResult> done) override;

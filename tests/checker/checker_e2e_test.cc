@@ -1,0 +1,218 @@
+// parley-check end to end: a real parleyd, SDK clients recording histories
+// (ClientOptions::history_path), messages both ways, receipts, a block (a
+// withheld message), a device that stops and comes back, and a kill -9 of
+// the server (every client resumes). Then parley-check runs as a process
+// against the live server: every count zero, exit 0. Then on a copy of the
+// histories with one delivery duplicated, from the saved state: exit 1 and
+// duplicated = 1; and on a malformed line: exit 2 naming file and line.
+#include <filesystem>
+#include <fstream>
+
+#include "sdk/sdk_test_util.h"
+
+namespace parley::testing {
+namespace {
+
+constexpr const char* kAdminToken = "checker-admin-token-0123456789";
+
+struct ProcResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+// Runs parley-check with `args` to completion (stdout/stderr to files).
+ProcResult RunCheck(const TempDir& dir, const std::vector<std::string>& args) {
+  static int counter = 0;
+  std::string out = dir / ("check-out-" + std::to_string(counter)), err = dir / ("check-err-" + std::to_string(counter));
+  ++counter;
+  std::vector<std::string> all = {std::string(PARLEY_BIN_DIR) + "/parley-check"};
+  all.insert(all.end(), args.begin(), args.end());
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(o, 1);
+    dup2(e, 2);
+    std::vector<char*> argv;
+    for (auto& a : all) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execve(argv[0], argv.data(), environ);
+    _exit(127);
+  }
+  ProcResult r;
+  int status = 0;
+  if (pid > 0 && waitpid(pid, &status, 0) == pid) r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = Slurp(out);
+  r.err = Slurp(err);
+  return r;
+}
+
+struct Dev {
+  std::string name;
+  std::unique_ptr<Client> client;
+};
+
+class CheckerE2eTest : public ::testing::Test {
+ protected:
+  CheckerE2eTest() : server_({"--admin-token", kAdminToken}) {}
+
+  Dev Open(const std::string& user, const std::string& name, const std::string& token) {
+    ClientOptions o = OptionsFor(server_, dir_ / (name + ".db"), token);
+    o.history_path = histories() + "/" + name + ".jsonl";
+    Dev d{name, OpenClient(std::move(o))};
+    d.client->Start();
+    EXPECT_TRUE(d.client->WaitOnline(10000)) << user << " " << name;
+    return d;
+  }
+
+  std::string histories() const { return dir_.path() + "/histories"; }
+
+  TempDir dir_;
+  ServerProcess server_;
+};
+
+TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
+  std::filesystem::create_directories(histories());
+  std::string alice_token = RegisterAndLogin(server_, "alice");
+  std::string bob_token = RegisterAndLogin(server_, "bob");
+  std::string carol_token = RegisterAndLogin(server_, "carol");
+  auto bob2 = Client::Login("127.0.0.1", server_.port(), "bob", "correct horse", "bob-2", "gtest");
+  ASSERT_TRUE(bob2.ok);
+
+  std::vector<Dev> devs;
+  devs.push_back(Open("alice", "alice-1", alice_token));
+  devs.push_back(Open("bob", "bob-1", bob_token));
+  devs.push_back(Open("bob", "bob-2", bob2.token));
+  devs.push_back(Open("carol", "carol-1", carol_token));
+  Client& alice = *devs[0].client;
+  Client& bob1 = *devs[1].client;
+  Client& bob2c = *devs[2].client;
+  Client& carol = *devs[3].client;
+
+  int sent = 0;
+  for (int i = 0; i < 3; ++i, ++sent) ASSERT_TRUE(alice.Compose("bob", "a->b " + std::to_string(i)).ok);
+  for (int i = 0; i < 2; ++i, ++sent) ASSERT_TRUE(bob1.Compose("alice", "b->a " + std::to_string(i)).ok);
+  ASSERT_TRUE(alice.Compose("carol", "before the block").ok);
+  ++sent;
+  ASSERT_TRUE(alice.WaitOutboxDrained(10000));
+  ASSERT_TRUE(bob1.WaitOutboxDrained(10000));
+
+  // Receipts: bob reads alice's messages on one device, alice reads bob's.
+  ASSERT_TRUE(Eventually([&] { return bob1.Messages("alice", 0, 50).size() == 5; }, 10000));
+  auto conv = bob1.ConversationWith("alice");
+  ASSERT_TRUE(conv.has_value());
+  bob1.MarkRead(conv->conversation_id, conv->last_seq);
+  ASSERT_TRUE(Eventually([&] { return alice.Messages("bob", 0, 50).size() == 5; }, 10000));
+  alice.MarkRead(conv->conversation_id, conv->last_seq);
+
+  // A block: carol blocks alice; alice's next message to carol is withheld.
+  ASSERT_TRUE(Eventually([&] { return carol.ConversationWith("alice").has_value(); }, 10000));
+  Reply r = carol.Request("block", {{"username", "alice"}});
+  ASSERT_TRUE(r.ok) << r.code << " " << r.message;
+  ASSERT_TRUE(alice.Compose("carol", "withheld from carol").ok);
+  ++sent;
+  ASSERT_TRUE(alice.WaitOutboxDrained(10000));
+
+  // A device away and back: bob-2 stops, misses two messages, resumes.
+  bob2c.Stop();
+  for (int i = 0; i < 2; ++i, ++sent) ASSERT_TRUE(alice.Compose("bob", "while bob-2 is away " + std::to_string(i)).ok);
+  ASSERT_TRUE(alice.WaitOutboxDrained(10000));
+  bob2c.Start();
+  ASSERT_TRUE(bob2c.WaitOnline(10000));
+
+  // The server crashes; every client reconnects and resumes.
+  server_.Kill9();
+  ASSERT_TRUE(alice.Compose("bob", "composed while the server is down").ok);
+  ++sent;
+  server_.Start();
+  for (auto& d : devs) ASSERT_TRUE(d.client->WaitOnline(15000)) << d.name;
+  ASSERT_TRUE(alice.WaitOutboxDrained(15000));
+  ASSERT_TRUE(Eventually([&] { return bob2c.Messages("alice", 0, 50).size() == 8; }, 10000));
+
+  for (auto& d : devs) d.client->Stop();
+
+  // Every history ends caught up (Stop's last sync).
+  for (auto& d : devs) {
+    std::ifstream in(histories() + "/" + d.name + ".jsonl");
+    std::string line, last, before_last;
+    while (std::getline(in, line)) {
+      before_last = last;
+      last = line;
+    }
+    EXPECT_EQ(json::parse(last)["ev"], "stop") << d.name;
+    EXPECT_EQ(json::parse(before_last)["ev"], "caught_up") << d.name;
+  }
+
+  std::string server_url = "http://127.0.0.1:" + std::to_string(server_.port());
+  std::string state = dir_ / "state.json";
+  ProcResult ok = RunCheck(dir_, {"--histories", histories(), "--server", server_url, "--admin-token", kAdminToken,
+                                  "--json", "--save-state", state});
+  ASSERT_EQ(ok.exit_code, 0) << ok.out << ok.err << "\n"
+                             << RunCheck(dir_, {"--histories", histories(), "--state", state}).out;
+  json counts = json::parse(ok.out);
+  for (const char* k : {"lost", "duplicated", "reordered", "gaps", "leaks", "receipt_regressions",
+                        "receipt_divergences", "phantoms"}) {
+    EXPECT_EQ(counts[k], 0) << k;
+  }
+  EXPECT_EQ(counts["acked"], sent);
+  EXPECT_EQ(counts["messages"], sent);
+  EXPECT_EQ(counts["devices"], 4);
+  EXPECT_EQ(counts["finished_devices"], 4);
+  EXPECT_GT(counts["delivered"].get<int64_t>(), 3 * sent / 2);
+
+  // The text report on the saved state says the same.
+  ProcResult text = RunCheck(dir_, {"--histories", histories(), "--state", state});
+  EXPECT_EQ(text.exit_code, 0) << text.out << text.err;
+  EXPECT_NE(text.out.find("\nOK\n"), std::string::npos) << text.out;
+
+  // Tampered: one of bob-1's message deliveries recorded twice.
+  std::string tampered = dir_ / "tampered";
+  std::filesystem::create_directories(tampered);
+  for (auto& d : devs) {
+    std::filesystem::copy_file(histories() + "/" + d.name + ".jsonl", tampered + "/" + d.name + ".jsonl");
+  }
+  {
+    std::ifstream in(histories() + "/bob-1.jsonl");
+    std::vector<std::string> lines;
+    std::string line;
+    bool done = false;
+    while (std::getline(in, line)) {
+      lines.push_back(line);
+      json j = json::parse(line);
+      if (!done && j["ev"] == "event" && j["kind"] == "message") {
+        lines.push_back(line);
+        done = true;
+      }
+    }
+    ASSERT_TRUE(done);
+    std::ofstream out(tampered + "/bob-1.jsonl", std::ios::trunc);
+    for (auto& l : lines) out << l << "\n";
+  }
+  ProcResult dup = RunCheck(dir_, {"--histories", tampered, "--state", state, "--json"});
+  EXPECT_EQ(dup.exit_code, 1) << dup.out << dup.err;
+  json dc = json::parse(dup.out);
+  EXPECT_EQ(dc["duplicated"], 1);
+  for (const char* k : {"lost", "reordered", "gaps", "leaks", "receipt_regressions", "receipt_divergences", "phantoms"}) {
+    EXPECT_EQ(dc[k], 0) << k;
+  }
+
+  // Malformed: a line that is not JSON: exit 2, the file and line named.
+  {
+    std::ofstream out(tampered + "/carol-1.jsonl", std::ios::app);
+    out << "{oops\n";
+  }
+  ProcResult bad = RunCheck(dir_, {"--histories", tampered, "--state", state});
+  EXPECT_EQ(bad.exit_code, 2) << bad.out << bad.err;
+  EXPECT_NE(bad.err.find("carol-1.jsonl:"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("not valid JSON"), std::string::npos) << bad.err;
+
+  // A wrong admin token is bad input too.
+  ProcResult refused = RunCheck(dir_, {"--histories", histories(), "--server", server_url, "--admin-token", "wrong"});
+  EXPECT_EQ(refused.exit_code, 2) << refused.out << refused.err;
+}
+
+}  // namespace
+}  // namespace parley::testing

@@ -1,0 +1,340 @@
+// The checker's logic on small handcrafted histories and states: a clean
+// case, then one planted defect per category, each asserting that exact
+// count in its category and zero in every other.
+#include "checker.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+namespace parley::checker {
+namespace {
+
+using nlohmann::json;
+
+// Users: alice 1 (device 11), bob 2 (devices 21, 22), carol 3 (device 31), dave 4.
+// Conversation 100: alice and bob; 200: carol and dave, carol blocks dave.
+json Msg(int64_t conv, int64_t seq, int64_t sender, int64_t device, const std::string& cid) {
+  return {{"conversation_id", conv}, {"seq", seq}, {"sender_id", sender}, {"sender_device_id", device}, {"client_id", cid}};
+}
+
+json BaseState() {
+  json t;
+  t["devices"] = {{"columns", {"id", "user_id", "revoked"}}, {"rows", {{11, 1, 0}, {21, 2, 0}, {22, 2, 0}, {31, 3, 0}, {41, 4, 0}}}};
+  t["members"] = {{"columns", {"conversation_id", "user_id"}}, {"rows", {{100, 1}, {100, 2}, {200, 3}, {200, 4}}}};
+  t["messages"] = {{"columns", {"conversation_id", "seq", "sender_id", "sender_device_id", "client_id"}},
+                   {"rows", {{100, 1, 1, 11, "a1"}, {100, 2, 1, 11, "a2"}, {100, 3, 2, 21, "b1"},
+                             {200, 1, 3, 31, "c1"}, {200, 2, 4, 41, "d1"}}}};
+  t["withheld"] = {{"columns", {"conversation_id", "user_id", "seq"}}, {"rows", {{200, 3, 2}}}};
+  json stream = json::array();
+  for (int64_t u : {1, 2}) {
+    stream.push_back({u, 1, 3, 100, 0, 0, 0, 0});
+    stream.push_back({u, 2, 1, 100, 1, 0, 0, 0});
+    stream.push_back({u, 3, 1, 100, 2, 0, 0, 0});
+    stream.push_back({u, 4, 1, 100, 3, 0, 0, 0});
+    stream.push_back({u, 5, 2, 100, 0, 2, 3, 3});  // bob read up to 3 (from device 22's report)
+  }
+  for (int64_t u : {3, 4}) {
+    stream.push_back({u, 1, 3, 200, 0, 0, 0, 0});
+    stream.push_back({u, 2, 1, 200, 1, 0, 0, 0});
+  }
+  stream.push_back({4, 3, 1, 200, 2, 0, 0, 0});  // withheld from carol: only in dave's stream
+  t["stream"] = {{"columns", {"user_id", "user_seq", "kind", "conversation_id", "seq", "receipt_user_id", "delivered", "read"}},
+                 {"rows", stream}};
+  t["heads"] = {{"columns", {"user_id", "head"}}, {"rows", {{1, 5}, {2, 5}, {3, 2}, {4, 3}}}};
+  t["receipts"] = {{"columns", {"conversation_id", "user_id", "delivered", "read"}},
+                   {"rows", {{100, 1, 2, 2}, {100, 2, 3, 3}, {200, 3, 2, 1}, {200, 4, 2, 2}}}};
+  t["blocks"] = {{"columns", {"owner_id", "target_id"}}, {"rows", {{3, 4}}}};
+  return {{"format", "parley-export-1"}, {"tables", t}};
+}
+
+json Ev(int64_t u, const char* source, const json& msg) {
+  return {{"ev", "event"}, {"source", source}, {"user_seq", u}, {"kind", "message"}, {"message", msg}};
+}
+json ConvEv(int64_t u, int64_t conv) {
+  return {{"ev", "event"}, {"source", "sync"}, {"user_seq", u}, {"kind", "conversation"}, {"conversation_id", conv}};
+}
+json ReceiptEv(int64_t u, int64_t conv, int64_t user, int64_t d, int64_t r) {
+  return {{"ev", "event"}, {"source", "live"}, {"user_seq", u}, {"kind", "receipt"}, {"conversation_id", conv},
+          {"user_id", user}, {"delivered", d}, {"read", r}};
+}
+json Snap(int64_t head, json messages, json watermarks) {
+  return {{"ev", "snapshot"}, {"head", head}, {"conversations", json::array()}, {"messages", messages}, {"watermarks", watermarks}};
+}
+json Caught(int64_t head) { return {{"ev", "caught_up"}, {"head", head}, {"applied", head}}; }
+json Resume() { return {{"ev", "resume"}, {"cursor", nullptr}}; }
+
+struct Histories {
+  std::map<std::string, std::vector<json>> files;  // name -> records (without n/ts/user/device)
+  std::map<std::string, std::pair<int64_t, int64_t>> ids;
+
+  std::vector<DeviceHistory> Build() const {
+    std::vector<DeviceHistory> out;
+    for (const auto& [name, recs] : files) {
+      DeviceHistory h;
+      h.file = name;
+      int64_t n = 0;
+      for (const auto& r : recs) {
+        json j = r;
+        j["n"] = ++n;
+        j["ts"] = 1000 + n;
+        j["user"] = ids.at(name).first;
+        j["device"] = ids.at(name).second;
+        h.records.push_back({name, n, j});
+      }
+      out.push_back(std::move(h));
+    }
+    return out;
+  }
+};
+
+Histories BaseHistories() {
+  Histories h;
+  h.ids = {{"alice-11.jsonl", {1, 11}}, {"bob-21.jsonl", {2, 21}}, {"bob-22.jsonl", {2, 22}}, {"carol-31.jsonl", {3, 31}}};
+  json a1 = Msg(100, 1, 1, 11, "a1"), a2 = Msg(100, 2, 1, 11, "a2"), b1 = Msg(100, 3, 2, 21, "b1");
+  h.files["alice-11.jsonl"] = {
+      {{"ev", "open"}, {"cursor", nullptr}},
+      {{"ev", "compose"}, {"client_id", "a1"}, {"peer", "bob"}, {"order", 1}},
+      {{"ev", "compose"}, {"client_id", "a2"}, {"peer", "bob"}, {"order", 2}},
+      Resume(), Snap(0, json::array(), json::array()), Caught(0),
+      {{"ev", "send"}, {"client_id", "a1"}, {"peer", "bob"}},
+      ConvEv(1, 100), Ev(2, "live", a1),
+      {{"ev", "ack"}, {"client_id", "a1"}, {"peer", "bob"}, {"conversation_id", 100}, {"seq", 1}, {"duplicate", false}},
+      {{"ev", "disconnect"}, {"code", 1006}, {"why", "lost"}, {"revoked", false}},
+      {{"ev", "resume"}, {"cursor", 2}},
+      {{"ev", "send"}, {"client_id", "a2"}, {"peer", "bob"}},
+      {{"ev", "ack"}, {"client_id", "a2"}, {"peer", "bob"}, {"conversation_id", 100}, {"seq", 2}, {"duplicate", false}},
+      Ev(3, "sync", a2), Ev(4, "live", b1), ReceiptEv(5, 100, 2, 3, 3), Caught(5), {{"ev", "stop"}}};
+  h.files["bob-21.jsonl"] = {
+      Resume(), Snap(0, json::array(), json::array()), ConvEv(1, 100), Ev(2, "sync", a1), Ev(3, "sync", a2), Caught(3),
+      {{"ev", "compose"}, {"client_id", "b1"}, {"peer", "alice"}, {"order", 1}},
+      {{"ev", "send"}, {"client_id", "b1"}, {"peer", "alice"}},
+      Ev(4, "live", b1),
+      {{"ev", "ack"}, {"client_id", "b1"}, {"peer", "alice"}, {"conversation_id", 100}, {"seq", 3}, {"duplicate", false}},
+      ReceiptEv(5, 100, 2, 3, 3), Caught(5)};
+  h.files["bob-22.jsonl"] = {
+      Resume(),
+      Snap(3, {a1, a2}, {{{"conversation_id", 100}, {"user_id", 1}, {"delivered", 2}, {"read", 2}}}),
+      Ev(4, "live", b1), ReceiptEv(5, 100, 2, 3, 3), Caught(5), {{"ev", "stop"}}};
+  h.files["carol-31.jsonl"] = {Resume(), Snap(0, json::array(), json::array()), ConvEv(1, 200),
+                               Ev(2, "sync", Msg(200, 1, 3, 31, "c1")), Caught(2)};
+  return h;
+}
+
+Report CheckAll(const Histories& h, const json& state_json = BaseState()) {
+  ServerState state;
+  std::string error;
+  EXPECT_TRUE(ParseState(state_json, &state, &error)) << error;
+  Report r;
+  EXPECT_TRUE(Check(h.Build(), state, &r, &error)) << error;
+  return r;
+}
+
+// Every failure count but `only` is zero, and `only` is `expected`.
+void ExpectOnly(const Report& r, const std::string& only, int64_t expected) {
+  json c = CountsJson(r.counts);
+  for (const char* k : {"lost", "duplicated", "reordered", "gaps", "leaks", "receipt_regressions",
+                        "receipt_divergences", "phantoms"}) {
+    EXPECT_EQ(c[k].get<int64_t>(), k == only ? expected : 0) << k << "\n" << FormatReport(r, 20);
+  }
+  EXPECT_EQ(r.counts.ok(), expected == 0);
+}
+
+TEST(CheckerTest, CleanHistoriesPass) {
+  Report r = CheckAll(BaseHistories());
+  ExpectOnly(r, "", 0);
+  EXPECT_EQ(r.counts.devices, 4);
+  EXPECT_EQ(r.counts.finished_devices, 4);
+  EXPECT_EQ(r.counts.acked, 3);
+  EXPECT_EQ(r.counts.messages, 5);
+  EXPECT_EQ(r.counts.delivered, 3 + 3 + 3 + 1);
+}
+
+TEST(CheckerTest, AckedMessageMissingOnServerIsLost) {
+  Histories h = BaseHistories();
+  auto& a = h.files["alice-11.jsonl"];
+  a.insert(a.end() - 2, json{{"ev", "ack"}, {"client_id", "a3"}, {"peer", "bob"}, {"conversation_id", 100}, {"seq", 4},
+                         {"duplicate", false}});
+  Report r = CheckAll(h);
+  ExpectOnly(r, "lost", 1);
+  EXPECT_EQ(r.counts.acked, 4);
+}
+
+TEST(CheckerTest, MessageMissingFromAMembersStreamIsLost) {
+  json s = BaseState();
+  auto& rows = s["tables"]["stream"]["rows"];
+  // Carol's stream loses the entry of 200/1 (user seq 2): the head moves down
+  // with it, so there is no gap, only a missing message.
+  rows.erase(std::remove(rows.begin(), rows.end(), json{3, 2, 1, 200, 1, 0, 0, 0}), rows.end());
+  s["tables"]["heads"]["rows"] = {{1, 5}, {2, 5}, {3, 1}, {4, 3}};
+  Histories h = BaseHistories();
+  h.files["carol-31.jsonl"] = {Resume(), Snap(0, json::array(), json::array()), ConvEv(1, 200), Caught(1)};
+  Report r = CheckAll(h, s);
+  ExpectOnly(r, "lost", 1);
+}
+
+TEST(CheckerTest, DeliveryAppliedTwiceIsDuplicated) {
+  Histories h = BaseHistories();
+  auto& b = h.files["bob-21.jsonl"];
+  b.insert(b.begin() + 5, b[4]);  // user seq 3 (message 100/2) recorded twice
+  Report r = CheckAll(h);
+  ExpectOnly(r, "duplicated", 1);
+}
+
+TEST(CheckerTest, RepeatedClientIdOnServerIsDuplicated) {
+  json s = BaseState();
+  s["tables"]["messages"]["rows"].push_back({100, 4, 1, 11, "a2"});
+  s["tables"]["members"]["rows"] = {{100, 1}, {100, 2}, {200, 3}, {200, 4}};
+  // The extra copy is in both streams too (so nothing else is missing).
+  for (int64_t u : {1, 2}) s["tables"]["stream"]["rows"].push_back({u, 6, 1, 100, 4, 0, 0, 0});
+  s["tables"]["heads"]["rows"] = {{1, 6}, {2, 6}, {3, 2}, {4, 3}};
+  Report r = CheckAll(BaseHistories(), s);
+  // Devices caught up at 5: the copy at user seq 6 is outside their windows.
+  ExpectOnly(r, "duplicated", 1);
+}
+
+TEST(CheckerTest, ComposeOrderNotKeptIsReordered) {
+  Histories h = BaseHistories();
+  auto& a = h.files["alice-11.jsonl"];
+  std::swap(a[1]["client_id"], a[2]["client_id"]);  // a2 composed first, stored second
+  Report r = CheckAll(h);
+  ExpectOnly(r, "reordered", 1);
+}
+
+TEST(CheckerTest, DeliveryBelowAnEarlierSeqIsReordered) {
+  Histories h = BaseHistories();
+  auto& b = h.files["bob-21.jsonl"];
+  // The events at user seqs 2 and 3 carry 100/2 then 100/1.
+  std::swap(b[3]["message"], b[4]["message"]);
+  Report r = CheckAll(h);
+  ExpectOnly(r, "reordered", 1);
+}
+
+TEST(CheckerTest, SkippedUserSeqIsAGap) {
+  Histories h = BaseHistories();
+  auto& b = h.files["bob-21.jsonl"];
+  b.erase(b.begin() + 4);  // user seq 3 never applied
+  Report r = CheckAll(h);
+  ExpectOnly(r, "gaps", 1);
+}
+
+TEST(CheckerTest, WithheldMessageReachingTheBlockerIsALeak) {
+  Histories h = BaseHistories();
+  auto& c = h.files["carol-31.jsonl"];
+  c.insert(c.end() - 1, json{{"ev", "history"}, {"conversation_id", 200}, {"messages", {Msg(200, 2, 4, 41, "d1")}}});
+  Report r = CheckAll(h);
+  ExpectOnly(r, "leaks", 1);
+}
+
+TEST(CheckerTest, MessageReachingANonMemberIsALeak) {
+  Histories h = BaseHistories();
+  auto& a = h.files["alice-11.jsonl"];
+  a.insert(a.end() - 2, json{{"ev", "history"}, {"conversation_id", 200}, {"messages", {Msg(200, 1, 3, 31, "c1")}}});
+  Report r = CheckAll(h);
+  ExpectOnly(r, "leaks", 1);
+}
+
+TEST(CheckerTest, WatermarkGoingDownIsARegression) {
+  Histories h = BaseHistories();
+  auto& b = h.files["bob-22.jsonl"];
+  // The snapshot says bob's watermarks were 4/4; the later event says 3/3.
+  b[1]["watermarks"].push_back({{"conversation_id", 100}, {"user_id", 2}, {"delivered", 4}, {"read", 4}});
+  Report r = CheckAll(h);
+  ExpectOnly(r, "receipt_regressions", 1);
+}
+
+TEST(CheckerTest, FinalWatermarksDifferentFromTheStreamDiverge) {
+  Histories h = BaseHistories();
+  auto& b = h.files["bob-22.jsonl"];
+  b[3]["user_id"] = 1;  // the receipt at user seq 5 recorded as alice's, not bob's
+  Report r = CheckAll(h);
+  ExpectOnly(r, "receipt_divergences", 1);
+}
+
+TEST(CheckerTest, MessageTheServerDoesNotHoldIsAPhantom) {
+  Histories h = BaseHistories();
+  auto& a = h.files["alice-11.jsonl"];
+  a.insert(a.end() - 2, json{{"ev", "history"}, {"conversation_id", 100}, {"messages", {Msg(100, 9, 2, 21, "zz")}}});
+  Report r = CheckAll(h);
+  ExpectOnly(r, "phantoms", 1);
+}
+
+TEST(CheckerTest, UnfinishedDeviceIsNotHeldToTheWholeStream) {
+  Histories h = BaseHistories();
+  auto& b = h.files["bob-22.jsonl"];
+  b.erase(b.begin() + 2, b.end());  // snapshot only: killed before catching up
+  Report r = CheckAll(h);
+  ExpectOnly(r, "", 0);
+  EXPECT_EQ(r.counts.finished_devices, 3);
+}
+
+TEST(CheckerTest, RecordsLostToAClientKillAreNotGaps) {
+  Histories h = BaseHistories();
+  auto& b = h.files["bob-21.jsonl"];
+  // Killed after the cache applied user seqs 4-5 but before recording them;
+  // the restarted client resumes from cursor 5.
+  b.erase(b.begin() + 8, b.end());
+  b.push_back({{"ev", "open"}, {"cursor", 5}});
+  b.push_back({{"ev", "resume"}, {"cursor", 5}});
+  b.push_back(Caught(5));
+  Report r = CheckAll(h);
+  ExpectOnly(r, "", 0);
+}
+
+TEST(CheckerTest, MalformedLineNamesFileAndLine) {
+  char tmpl[] = "/tmp/parley-checker-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::string path = dir + "/d.jsonl";
+  {
+    std::ofstream out(path);
+    out << R"({"n":1,"ts":1,"user":1,"device":2,"ev":"open","cursor":null})" << "\n";
+    out << R"({"n":2,"ts":1,"user":1,"device":2,"ev":"event","source":"live","kind":"message"})" << "\n";
+  }
+  DeviceHistory h;
+  std::string error;
+  EXPECT_FALSE(LoadHistoryFile(path, &h, &error));
+  EXPECT_EQ(error, path + ":2: \"event\" record without integer \"user_seq\"");
+  {
+    std::ofstream out(path);
+    out << "{not json\n";
+  }
+  EXPECT_FALSE(LoadHistoryFile(path, &h, &error));
+  EXPECT_EQ(error, path + ":1: not valid JSON");
+  std::vector<DeviceHistory> all;
+  EXPECT_FALSE(LoadHistoryDir(dir + "/missing", &all, &error));
+  EXPECT_NE(error.find("missing"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(CheckerTest, TwoDevicesInOneFileIsBadInput) {
+  Histories h = BaseHistories();
+  auto built = h.Build();
+  built[0].records.back().j["device"] = 99;
+  ServerState state;
+  std::string error;
+  ASSERT_TRUE(ParseState(BaseState(), &state, &error)) << error;
+  Report r;
+  EXPECT_FALSE(Check(built, state, &r, &error));
+  EXPECT_NE(error.find("one history file per device"), std::string::npos) << error;
+}
+
+TEST(CheckerTest, MalformedStateIsRejected) {
+  json s = BaseState();
+  s["tables"]["messages"]["rows"].push_back({100, "x"});
+  ServerState state;
+  std::string error;
+  EXPECT_FALSE(ParseState(s, &state, &error));
+  EXPECT_EQ(error, "state: table \"messages\" row 6 is malformed");
+  s = BaseState();
+  s["tables"].erase("blocks");
+  EXPECT_FALSE(ParseState(s, &state, &error));
+  EXPECT_EQ(error, "state: table \"blocks\" is missing");
+}
+
+}  // namespace
+}  // namespace parley::checker

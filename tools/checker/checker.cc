@@ -1,0 +1,671 @@
+// The checks, in two passes (docs/checker.md, "What is checked"):
+//
+//  1. The server on its own: duplicate (conversation, sender, client id)
+//     rows; every member's stream holds each message visible to them exactly
+//     once (lost / duplicated / leaks); streams have no gaps below their
+//     head; receipt events of a stream never go backwards.
+//  2. Each device's history, replayed in file order: the applied user seqs
+//     follow each other (gaps), message deliveries are never repeated
+//     (duplicated) and rise per conversation (reordered), never reach a
+//     non-member or a blocker the message was withheld from (leaks), receipt
+//     watermarks never fall (receipt_regressions); acks match the server
+//     (lost); compose order matches seq order (reordered). A device whose
+//     history ends caught up must hold every message of its stream up to the
+//     caught-up head (lost), and when that head is the server's head its
+//     receipt view must equal the stream's (receipt_divergences).
+//
+// One defect is counted once, in one category: a user seq the device never
+// applied is a gap, not also a lost message; a stream entry the server never
+// wrote is counted by pass 1, not again for each device.
+#include "checker.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace parley::checker {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr int64_t kKindMessage = 1;  // store::EventKind::kMessage
+constexpr int64_t kKindReceipt = 2;  // store::EventKind::kReceipt
+
+std::string Where(const Record& r) { return r.file + ":" + std::to_string(r.line); }
+
+std::string MsgName(int64_t conv, int64_t seq) {
+  return "message " + std::to_string(conv) + "/" + std::to_string(seq);
+}
+
+bool IsInt(const json& j, const char* key) { return j.contains(key) && j[key].is_number_integer(); }
+
+// Field checks for each record kind: a record missing what its kind needs is
+// malformed input (exit 2), not a failed check.
+std::string Validate(const json& j) {
+  if (!j.is_object()) return "not a JSON object";
+  for (const char* k : {"n", "ts", "user", "device"}) {
+    if (!IsInt(j, k)) return std::string("missing integer field \"") + k + "\"";
+  }
+  if (!j.contains("ev") || !j["ev"].is_string()) return "missing string field \"ev\"";
+  std::string ev = j["ev"];
+  auto need_ints = [&](std::initializer_list<const char*> keys) -> std::string {
+    for (const char* k : keys) {
+      if (!IsInt(j, k)) return "\"" + ev + "\" record without integer \"" + k + "\"";
+    }
+    return "";
+  };
+  auto need_str = [&](const char* k) -> std::string {
+    if (!j.contains(k) || !j[k].is_string()) return "\"" + ev + "\" record without string \"" + k + "\"";
+    return "";
+  };
+  auto check_message = [&](const json& m) -> std::string {
+    if (!m.is_object() || !IsInt(m, "conversation_id") || !IsInt(m, "seq") || !IsInt(m, "sender_id") ||
+        !m.contains("client_id") || !m["client_id"].is_string())
+      return "\"" + ev + "\" record with a malformed message";
+    return "";
+  };
+  if (ev == "compose") {
+    if (auto e = need_str("client_id"); !e.empty()) return e;
+    if (auto e = need_str("peer"); !e.empty()) return e;
+    return need_ints({"order"});
+  }
+  if (ev == "send" || ev == "send_failed") return need_str("client_id");
+  if (ev == "ack") {
+    if (auto e = need_str("client_id"); !e.empty()) return e;
+    return need_ints({"conversation_id", "seq"});
+  }
+  if (ev == "open" || ev == "resume") {
+    if (!j.contains("cursor") || !(j["cursor"].is_null() || j["cursor"].is_number_integer()))
+      return "\"" + ev + "\" record without \"cursor\" (integer or null)";
+    return "";
+  }
+  if (ev == "caught_up") return need_ints({"head", "applied"});
+  if (ev == "snapshot") {
+    if (auto e = need_ints({"head"}); !e.empty()) return e;
+    if (!j.contains("messages") || !j["messages"].is_array() || !j.contains("watermarks") ||
+        !j["watermarks"].is_array())
+      return "\"snapshot\" record without \"messages\" and \"watermarks\" arrays";
+    for (const auto& m : j["messages"]) {
+      if (auto e = check_message(m); !e.empty()) return e;
+    }
+    for (const auto& w : j["watermarks"]) {
+      if (!w.is_object() || !IsInt(w, "conversation_id") || !IsInt(w, "user_id") || !IsInt(w, "delivered") ||
+          !IsInt(w, "read"))
+        return "\"snapshot\" record with a malformed watermark";
+    }
+    return "";
+  }
+  if (ev == "history") {
+    if (!j.contains("messages") || !j["messages"].is_array()) return "\"history\" record without \"messages\"";
+    for (const auto& m : j["messages"]) {
+      if (auto e = check_message(m); !e.empty()) return e;
+    }
+    return "";
+  }
+  if (ev == "event") {
+    if (auto e = need_ints({"user_seq"}); !e.empty()) return e;
+    if (auto e = need_str("kind"); !e.empty()) return e;
+    if (auto e = need_str("source"); !e.empty()) return e;
+    if (j["kind"] == "message") {
+      if (!j.contains("message")) return "\"event\" message record without \"message\"";
+      return check_message(j["message"]);
+    }
+    if (j["kind"] == "receipt") return need_ints({"conversation_id", "user_id", "delivered", "read"});
+    if (j.contains("also_covers") && !j["also_covers"].is_array()) return "\"also_covers\" is not an array";
+    return "";
+  }
+  return "";  // disconnect, stop and kinds added later: nothing to check
+}
+
+}  // namespace
+
+bool LoadHistoryFile(const std::string& path, DeviceHistory* out, std::string* error) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    *error = path + ": cannot read the history file";
+    return false;
+  }
+  out->file = path;
+  out->records.clear();
+  std::string line;
+  int64_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.empty()) continue;
+    json j = json::parse(line, nullptr, false);
+    std::string problem = j.is_discarded() ? "not valid JSON" : Validate(j);
+    if (!problem.empty()) {
+      *error = path + ":" + std::to_string(line_no) + ": " + problem;
+      return false;
+    }
+    out->records.push_back({path, line_no, std::move(j)});
+  }
+  if (in.bad()) {
+    *error = path + ": read error";
+    return false;
+  }
+  return true;
+}
+
+bool LoadHistoryDir(const std::string& dir, std::vector<DeviceHistory>* out, std::string* error) {
+  std::error_code ec;
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.is_regular_file() && entry.path().extension() == ".jsonl") files.push_back(entry.path().string());
+  }
+  if (ec) {
+    *error = dir + ": cannot list the histories directory (" + ec.message() + ")";
+    return false;
+  }
+  if (files.empty()) {
+    *error = dir + ": no *.jsonl history files";
+    return false;
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) {
+    DeviceHistory h;
+    if (!LoadHistoryFile(f, &h, error)) return false;
+    out->push_back(std::move(h));
+  }
+  return true;
+}
+
+bool LoadStateFile(const std::string& path, json* raw, std::string* error) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    *error = path + ": cannot read the state file";
+    return false;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *raw = json::parse(ss.str(), nullptr, false);
+  if (raw->is_discarded()) {
+    *error = path + ": not valid JSON";
+    return false;
+  }
+  return true;
+}
+
+bool ParseState(const json& j, ServerState* out, std::string* error) {
+  if (!j.is_object() || j.value("format", "") != "parley-export-1" || !j.contains("tables") ||
+      !j["tables"].is_object()) {
+    *error = "state: expected {\"format\":\"parley-export-1\",\"tables\":{...}}";
+    return false;
+  }
+  const json& tables = j["tables"];
+  // Each table's rows as arrays of the named columns.
+  auto rows_of = [&](const char* name, std::vector<std::string> want, bool text_last,
+                     std::vector<std::vector<int64_t>>* ints, std::vector<std::string>* texts) -> bool {
+    if (!tables.contains(name) || !tables[name].is_object()) {
+      *error = std::string("state: table \"") + name + "\" is missing";
+      return false;
+    }
+    const json& t = tables[name];
+    if (!t.contains("columns") || t["columns"] != json(want) || !t.contains("rows") || !t["rows"].is_array()) {
+      *error = std::string("state: table \"") + name + "\" must have columns " + json(want).dump() + " and rows";
+      return false;
+    }
+    size_t row_no = 0;
+    for (const auto& r : t["rows"]) {
+      ++row_no;
+      bool ok = r.is_array() && r.size() == want.size();
+      std::vector<int64_t> v;
+      for (size_t i = 0; ok && i < want.size(); ++i) {
+        bool last_text = text_last && i + 1 == want.size();
+        if (last_text) {
+          ok = r[i].is_string();
+          if (ok) texts->push_back(r[i]);
+        } else {
+          ok = r[i].is_number_integer();
+          if (ok) v.push_back(r[i].get<int64_t>());
+        }
+      }
+      if (!ok) {
+        *error = std::string("state: table \"") + name + "\" row " + std::to_string(row_no) + " is malformed";
+        return false;
+      }
+      ints->push_back(std::move(v));
+    }
+    return true;
+  };
+  std::vector<std::vector<int64_t>> rows;
+  std::vector<std::string> texts;
+  if (!rows_of("devices", {"id", "user_id", "revoked"}, false, &rows, &texts)) return false;
+  for (auto& r : rows) out->device_user[r[0]] = r[1];
+  rows.clear();
+  if (!rows_of("members", {"conversation_id", "user_id"}, false, &rows, &texts)) return false;
+  for (auto& r : rows) out->members[r[0]].insert(r[1]);
+  rows.clear();
+  if (!rows_of("messages", {"conversation_id", "seq", "sender_id", "sender_device_id", "client_id"}, true, &rows,
+               &texts))
+    return false;
+  for (size_t i = 0; i < rows.size(); ++i) out->messages[{rows[i][0], rows[i][1]}] = {rows[i][2], rows[i][3], texts[i]};
+  rows.clear();
+  if (!rows_of("withheld", {"conversation_id", "user_id", "seq"}, false, &rows, &texts)) return false;
+  for (auto& r : rows) out->withheld.insert({r[0], r[1], r[2]});
+  rows.clear();
+  if (!rows_of("stream",
+               {"user_id", "user_seq", "kind", "conversation_id", "seq", "receipt_user_id", "delivered", "read"},
+               false, &rows, &texts))
+    return false;
+  for (auto& r : rows) out->streams[r[0]][r[1]] = {r[2], r[3], r[4], r[5], r[6], r[7]};
+  rows.clear();
+  if (!rows_of("heads", {"user_id", "head"}, false, &rows, &texts)) return false;
+  for (auto& r : rows) out->heads[r[0]] = r[1];
+  rows.clear();
+  if (!rows_of("receipts", {"conversation_id", "user_id", "delivered", "read"}, false, &rows, &texts)) return false;
+  for (auto& r : rows) out->receipts[{r[0], r[1]}] = {r[2], r[3]};
+  rows.clear();
+  if (!rows_of("blocks", {"owner_id", "target_id"}, false, &rows, &texts)) return false;
+  for (auto& r : rows) out->blocks.insert({r[0], r[1]});
+  return true;
+}
+
+namespace {
+
+struct Checker {
+  const ServerState& s;
+  Report* report;
+
+  // (user, conversation, seq) -> user seq of the message event in that user's stream.
+  std::map<std::tuple<int64_t, int64_t, int64_t>, int64_t> stream_msg;
+  // (sender, client id) -> seqs stored (with their conversation).
+  std::map<std::pair<int64_t, std::string>, std::vector<std::pair<int64_t, int64_t>>> by_client_id;
+  // Users whose stream the server wrote with a gap at these user seqs (pass 1).
+  std::set<std::pair<int64_t, int64_t>> server_missing;
+
+  void Fail(int64_t Counts::*field, const char* category, std::string detail) {
+    ++(report->counts.*field);
+    report->findings.push_back({category, std::move(detail)});
+  }
+
+  bool Member(int64_t conv, int64_t user) const {
+    auto it = s.members.find(conv);
+    return it != s.members.end() && it->second.count(user);
+  }
+  bool Withheld(int64_t conv, int64_t user, int64_t seq) const { return s.withheld.count({conv, user, seq}) > 0; }
+
+  void ServerPass() {
+    report->counts.messages = static_cast<int64_t>(s.messages.size());
+    for (const auto& [key, m] : s.messages) by_client_id[{m.sender_id, m.client_id}].push_back(key);
+    for (const auto& [k, seqs] : by_client_id) {
+      std::map<int64_t, int64_t> per_conv;
+      for (auto& [conv, seq] : seqs) {
+        if (++per_conv[conv] > 1) {
+          Fail(&Counts::duplicated, "duplicated",
+               "server: " + MsgName(conv, seq) + " repeats client id \"" + k.second + "\" of user " +
+                   std::to_string(k.first));
+        }
+      }
+    }
+    for (const auto& [user, entries] : s.streams) {
+      int64_t prev = 0;
+      bool first = true;
+      std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> last_receipt;
+      for (const auto& [useq, e] : entries) {
+        // A stream may start above 1 only where old entries were pruned.
+        if (!first && useq > prev + 1) {
+          for (int64_t u = prev + 1; u < useq; ++u) {
+            server_missing.insert({user, u});
+            Fail(&Counts::gaps, "gaps", "server: user " + std::to_string(user) + "'s stream has no user seq " +
+                                            std::to_string(u));
+          }
+        }
+        first = false;
+        prev = useq;
+        if (e.kind == kKindMessage) {
+          auto key = std::make_tuple(user, e.conversation_id, e.seq);
+          if (stream_msg.count(key)) {
+            Fail(&Counts::duplicated, "duplicated",
+                 "server: user " + std::to_string(user) + "'s stream holds " + MsgName(e.conversation_id, e.seq) +
+                     " twice (user seqs " + std::to_string(stream_msg[key]) + ", " + std::to_string(useq) + ")");
+            continue;
+          }
+          stream_msg[key] = useq;
+          if (!Member(e.conversation_id, user) || Withheld(e.conversation_id, user, e.seq)) {
+            Fail(&Counts::leaks, "leaks",
+                 "server: user " + std::to_string(user) + "'s stream holds " + MsgName(e.conversation_id, e.seq) +
+                     (Member(e.conversation_id, user) ? ", withheld from them" : ", not their conversation"));
+          }
+        } else if (e.kind == kKindReceipt) {
+          auto& last = last_receipt[{e.conversation_id, e.receipt_user_id}];
+          if (e.delivered < last.first || e.read < last.second) {
+            Fail(&Counts::receipt_regressions, "receipt_regressions",
+                 "server: user " + std::to_string(user) + "'s stream at user seq " + std::to_string(useq) +
+                     " lowers user " + std::to_string(e.receipt_user_id) + "'s watermarks in conversation " +
+                     std::to_string(e.conversation_id));
+          }
+          last = {std::max(last.first, e.delivered), std::max(last.second, e.read)};
+        }
+      }
+      auto h = s.heads.find(user);
+      if (h != s.heads.end() && !entries.empty() && h->second > prev) {
+        for (int64_t u = prev + 1; u <= h->second; ++u) {
+          server_missing.insert({user, u});
+          Fail(&Counts::gaps, "gaps", "server: user " + std::to_string(user) + "'s stream has no user seq " +
+                                          std::to_string(u) + " (head " + std::to_string(h->second) + ")");
+        }
+      }
+    }
+    // Every message is in the stream of every member it is visible to.
+    for (const auto& [key, m] : s.messages) {
+      auto mit = s.members.find(key.first);
+      if (mit == s.members.end()) continue;
+      for (int64_t user : mit->second) {
+        if (Withheld(key.first, user, key.second)) continue;
+        if (!stream_msg.count({user, key.first, key.second})) {
+          Fail(&Counts::lost, "lost",
+               "server: " + MsgName(key.first, key.second) + " is not in the stream of member " + std::to_string(user));
+        }
+      }
+    }
+  }
+
+  struct Device {
+    std::string file;
+    int64_t user = 0, device = 0;
+    bool applied_known = false;
+    int64_t applied = 0;
+    int64_t start = 0;  // user seqs at or below it are not this device's to hold
+    std::set<int64_t> covered;                    // also_covers above applied
+    std::set<int64_t> gap_seqs;                   // user seqs skipped (counted as gaps)
+    std::vector<std::pair<int64_t, int64_t>> unrecorded;  // (lo, hi]: applied by the cache, not in the file
+    std::set<std::pair<int64_t, int64_t>> held;   // (conv, seq) this epoch
+    std::map<int64_t, int64_t> last_seq;          // conv -> highest seq delivered this epoch
+    std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> view;          // (conv, user) -> watermarks
+    std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> event_view;    // from receipt events only
+    bool finished = false;
+    int64_t caught_head = 0;
+  };
+
+  bool Unrecorded(const Device& d, int64_t useq) const {
+    for (auto& [lo, hi] : d.unrecorded) {
+      if (useq > lo && useq <= hi) return true;
+    }
+    return false;
+  }
+
+  // A message reaching the device (event, snapshot or history page).
+  void Deliver(Device& d, const Record& r, const json& m, const char* how, bool count_order) {
+    int64_t conv = m["conversation_id"], seq = m["seq"];
+    std::string client_id = m["client_id"];
+    auto it = s.messages.find({conv, seq});
+    if (it == s.messages.end() || it->second.client_id != client_id) {
+      Fail(&Counts::phantoms, "phantoms",
+           Where(r) + ": " + how + " of " + MsgName(conv, seq) + " (client id \"" + client_id +
+               "\") that the server does not hold");
+      return;
+    }
+    if (!Member(conv, d.user)) {
+      Fail(&Counts::leaks, "leaks",
+           Where(r) + ": " + how + " of " + MsgName(conv, seq) + " to user " + std::to_string(d.user) +
+               ", not a member");
+      return;
+    }
+    if (Withheld(conv, d.user, seq)) {
+      Fail(&Counts::leaks, "leaks",
+           Where(r) + ": " + how + " of " + MsgName(conv, seq) + ", withheld from user " + std::to_string(d.user) +
+               " (a block)");
+      return;
+    }
+    if (!count_order) return;  // history pages: checked for leaks only
+    ++report->counts.delivered;
+    if (!d.held.insert({conv, seq}).second) {
+      Fail(&Counts::duplicated, "duplicated", Where(r) + ": " + how + " of " + MsgName(conv, seq) + " again");
+      return;
+    }
+    auto& last = d.last_seq[conv];
+    if (seq < last) {
+      Fail(&Counts::reordered, "reordered",
+           Where(r) + ": " + how + " of " + MsgName(conv, seq) + " after seq " + std::to_string(last));
+    }
+    last = std::max(last, seq);
+    // A message also means: its sender's watermarks are at least its seq.
+    auto& w = d.view[{conv, it->second.sender_id}];
+    w = {std::max(w.first, seq), std::max(w.second, seq)};
+  }
+
+  void Watermark(Device& d, const Record& r, int64_t conv, int64_t user, int64_t delivered, int64_t read,
+                 bool from_event) {
+    auto& w = d.view[{conv, user}];
+    if (delivered < w.first || read < w.second) {
+      Fail(&Counts::receipt_regressions, "receipt_regressions",
+           Where(r) + ": user " + std::to_string(user) + "'s watermarks in conversation " + std::to_string(conv) +
+               " went from " + std::to_string(w.first) + "/" + std::to_string(w.second) + " to " +
+               std::to_string(delivered) + "/" + std::to_string(read));
+    }
+    w = {std::max(w.first, delivered), std::max(w.second, read)};
+    if (from_event) {
+      auto& e = d.event_view[{conv, user}];
+      e = {std::max(e.first, delivered), std::max(e.second, read)};
+    }
+  }
+
+  void Cursor(Device& d, const json& cursor) {
+    if (cursor.is_null()) return;  // a new cache: a snapshot follows
+    int64_t c = cursor;
+    if (!d.applied_known) {
+      d.applied_known = true;
+      d.applied = d.start = c;
+      return;
+    }
+    if (c > d.applied) d.unrecorded.push_back({d.applied, c});  // killed between the cache and the file
+    d.applied = std::max(d.applied, c);
+  }
+
+  void Event(Device& d, const Record& r) {
+    const json& j = r.j;
+    int64_t u = j["user_seq"];
+    if (d.applied_known && u <= d.applied) {
+      Fail(&Counts::duplicated, "duplicated",
+           Where(r) + ": user seq " + std::to_string(u) + " applied again (applied up to " +
+               std::to_string(d.applied) + ")");
+      return;
+    }
+    if (d.applied_known) {
+      for (int64_t x = d.applied + 1; x < u; ++x) {
+        if (d.covered.count(x)) continue;
+        if (server_missing.count({d.user, x})) continue;  // the server never wrote it (pass 1)
+        d.gap_seqs.insert(x);
+        Fail(&Counts::gaps, "gaps", Where(r) + ": user seq " + std::to_string(x) + " was never applied");
+      }
+    } else {
+      d.applied_known = true;  // a history that starts mid-stream (no open/resume record)
+      d.start = u - 1;
+    }
+    d.applied = u;
+    d.covered.erase(d.covered.begin(), d.covered.upper_bound(u));
+    if (j.contains("also_covers")) {
+      for (const auto& c : j["also_covers"]) {
+        if (c.is_number_integer() && c.get<int64_t>() > u) d.covered.insert(c.get<int64_t>());
+      }
+    }
+    std::string kind = j["kind"];
+    if (kind == "message") {
+      Deliver(d, r, j["message"], (j["source"].get<std::string>() + " delivery").c_str(), true);
+    } else if (kind == "receipt") {
+      Watermark(d, r, j["conversation_id"], j["user_id"], j["delivered"], j["read"], true);
+    }
+  }
+
+  void Snapshot(Device& d, const Record& r) {
+    const json& j = r.j;
+    d.held.clear();
+    d.last_seq.clear();
+    d.covered.clear();
+    d.unrecorded.clear();
+    d.event_view.clear();
+    d.applied_known = true;
+    d.applied = d.start = j["head"];
+    for (const auto& m : j["messages"]) Deliver(d, r, m, "snapshot delivery", true);
+    for (const auto& w : j["watermarks"]) {
+      Watermark(d, r, w["conversation_id"], w["user_id"], w["delivered"], w["read"], false);
+    }
+  }
+
+  // A device whose history ends caught up holds every message of its stream
+  // in (start, head], and, at the server's head, its receipt view is the stream's.
+  void Finish(Device& d) {
+    if (d.applied < d.caught_head) {
+      for (int64_t x = d.applied + 1; x <= d.caught_head; ++x) {
+        if (server_missing.count({d.user, x})) continue;
+        d.gap_seqs.insert(x);
+        Fail(&Counts::gaps, "gaps", d.file + ": caught up at head " + std::to_string(d.caught_head) +
+                                        " but user seq " + std::to_string(x) + " was never applied");
+      }
+    }
+    auto sit = s.streams.find(d.user);
+    if (sit == s.streams.end()) return;
+    std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> stream_view;
+    for (auto it = sit->second.upper_bound(d.start); it != sit->second.end() && it->first <= d.caught_head; ++it) {
+      const StreamEntry& e = it->second;
+      if (e.kind == kKindReceipt) {
+        auto& w = stream_view[{e.conversation_id, e.receipt_user_id}];
+        w = {std::max(w.first, e.delivered), std::max(w.second, e.read)};
+      }
+      if (e.kind != kKindMessage) continue;
+      if (d.gap_seqs.count(it->first) || Unrecorded(d, it->first)) continue;
+      if (!d.held.count({e.conversation_id, e.seq})) {
+        Fail(&Counts::lost, "lost",
+             d.file + ": finished (caught up at " + std::to_string(d.caught_head) + ") without " +
+                 MsgName(e.conversation_id, e.seq) + " (user seq " + std::to_string(it->first) + ")");
+      }
+    }
+    auto h = s.heads.find(d.user);
+    // Convergence is judged only for a device that applied its whole window
+    // (a gap or unrecorded records are counted, or excused, above).
+    if (h == s.heads.end() || h->second != d.caught_head || !d.unrecorded.empty() || !d.gap_seqs.empty()) return;
+    for (const auto& [k, w] : stream_view) {
+      auto e = d.event_view.find(k);
+      std::pair<int64_t, int64_t> mine = e == d.event_view.end() ? std::pair<int64_t, int64_t>{0, 0} : e->second;
+      if (mine != w) {
+        Fail(&Counts::receipt_divergences, "receipt_divergences",
+             d.file + ": user " + std::to_string(k.second) + "'s watermarks in conversation " +
+                 std::to_string(k.first) + " end at " + std::to_string(mine.first) + "/" +
+                 std::to_string(mine.second) + ", the stream says " + std::to_string(w.first) + "/" +
+                 std::to_string(w.second));
+      }
+    }
+  }
+
+  bool DevicePass(const DeviceHistory& h, std::string* error,
+                  std::set<std::pair<int64_t, std::string>>* acked) {
+    Device d;
+    d.file = h.file;
+    for (const auto& r : h.records) {
+      int64_t u = r.j["user"], dev = r.j["device"];
+      if ((u && d.user && u != d.user) || (dev && d.device && dev != d.device)) {
+        *error = Where(r) + ": a second identity (user " + std::to_string(u) + ", device " + std::to_string(dev) +
+                 ") in a file of user " + std::to_string(d.user) + ", device " + std::to_string(d.device) +
+                 ": one history file per device";
+        return false;
+      }
+      if (u) d.user = u;
+      if (dev) d.device = dev;
+    }
+    ++report->counts.devices;
+    // Compose order per peer, and acks.
+    std::map<std::string, std::vector<std::pair<std::string, const Record*>>> composed;  // peer -> client ids
+    std::string last_ev;
+    for (const auto& r : h.records) {
+      const json& j = r.j;
+      std::string ev = j["ev"];
+      if (ev != "stop") last_ev = ev;
+      if (ev == "compose") {
+        composed[j["peer"]].push_back({j["client_id"], &r});
+      } else if (ev == "ack") {
+        int64_t conv = j["conversation_id"], seq = j["seq"];
+        std::string cid = j["client_id"];
+        if (acked->insert({d.user, cid}).second) ++report->counts.acked;
+        auto it = s.messages.find({conv, seq});
+        if (it == s.messages.end() || it->second.client_id != cid || it->second.sender_id != d.user) {
+          Fail(&Counts::lost, "lost",
+               Where(r) + ": acked " + MsgName(conv, seq) + " (client id \"" + cid + "\") " +
+                   (it == s.messages.end() ? "is not on the server" : "holds another message on the server"));
+        }
+      } else if (ev == "open" || ev == "resume") {
+        Cursor(d, j["cursor"]);
+      } else if (ev == "snapshot") {
+        Snapshot(d, r);
+      } else if (ev == "event") {
+        Event(d, r);
+      } else if (ev == "history") {
+        for (const auto& m : j["messages"]) Deliver(d, r, m, "history page", false);
+      } else if (ev == "caught_up") {
+        d.caught_head = std::max(j["head"].get<int64_t>(), j["applied"].get<int64_t>());
+      }
+    }
+    // Compose order: the server's seqs follow it, per conversation.
+    for (const auto& [peer, ids] : composed) {
+      std::map<int64_t, int64_t> max_seq;  // conv -> highest seq so far
+      for (const auto& [cid, rec] : ids) {
+        auto it = by_client_id.find({d.user, cid});
+        if (it == by_client_id.end()) continue;
+        auto [conv, seq] = it->second.front();
+        auto& m = max_seq[conv];
+        if (seq < m) {
+          Fail(&Counts::reordered, "reordered",
+               Where(*rec) + ": composed after a message that got seq " + std::to_string(m) + ", stored at " +
+                   MsgName(conv, seq));
+        }
+        m = std::max(m, seq);
+      }
+    }
+    d.finished = last_ev == "caught_up" && d.user != 0;
+    if (d.finished) {
+      ++report->counts.finished_devices;
+      Finish(d);
+    }
+    return true;
+  }
+};
+
+}  // namespace
+
+bool Check(const std::vector<DeviceHistory>& histories, const ServerState& state, Report* report, std::string* error) {
+  Checker c{state, report, {}, {}, {}};
+  c.ServerPass();
+  std::set<std::pair<int64_t, std::string>> acked;
+  for (const auto& h : histories) {
+    if (!c.DevicePass(h, error, &acked)) return false;
+  }
+  return true;
+}
+
+json CountsJson(const Counts& c) {
+  return {{"devices", c.devices},
+          {"finished_devices", c.finished_devices},
+          {"messages", c.messages},
+          {"acked", c.acked},
+          {"delivered", c.delivered},
+          {"lost", c.lost},
+          {"duplicated", c.duplicated},
+          {"reordered", c.reordered},
+          {"gaps", c.gaps},
+          {"leaks", c.leaks},
+          {"receipt_regressions", c.receipt_regressions},
+          {"receipt_divergences", c.receipt_divergences},
+          {"phantoms", c.phantoms},
+          {"ok", c.ok()}};
+}
+
+std::string FormatReport(const Report& r, size_t max_findings) {
+  std::ostringstream out;
+  const Counts& c = r.counts;
+  out << "devices " << c.devices << " (finished " << c.finished_devices << "), server messages " << c.messages
+      << ", delivered " << c.delivered << "\n";
+  out << "acked " << c.acked << "  lost " << c.lost << "  duplicated " << c.duplicated << "  reordered "
+      << c.reordered << "  gaps " << c.gaps << "  leaks " << c.leaks << "  receipt_regressions "
+      << c.receipt_regressions << "  receipt_divergences " << c.receipt_divergences << "  phantoms " << c.phantoms
+      << "\n";
+  for (size_t i = 0; i < r.findings.size() && i < max_findings; ++i) {
+    out << r.findings[i].category << ": " << r.findings[i].detail << "\n";
+  }
+  if (r.findings.size() > max_findings) out << "... and " << (r.findings.size() - max_findings) << " more\n";
+  out << (c.ok() ? "OK" : "FAILED") << "\n";
+  return out.str();
+}
+
+}  // namespace parley::checker

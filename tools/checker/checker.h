@@ -1,0 +1,115 @@
+// The delivery checker's logic (the `parley-check` tool, docs/checker.md):
+// reads the SDK's per-device histories (ClientOptions::history_path) and the
+// server's final state (the admin API's /admin/v1/export tables) and counts
+// violations of the delivery guarantees of DESIGN.md: lost, duplicated,
+// reordered, gaps, leaks, receipt regressions and divergences.
+//
+// Pure functions over in-memory data: no I/O except LoadHistoryFile and
+// LoadStateFile, which read one file each. Not thread-safe beyond that (no
+// shared state). Errors (unreadable file, malformed line) come back as a
+// message naming the file and line; the caller exits 2.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace parley::checker {
+
+// The server's final state, from the export tables.
+struct ServerMessage {
+  int64_t sender_id = 0;
+  int64_t sender_device_id = 0;
+  std::string client_id;
+};
+
+struct StreamEntry {
+  int64_t kind = 0;  // store::EventKind: 1 message, 2 receipt, ...
+  int64_t conversation_id = 0;
+  int64_t seq = 0;
+  int64_t receipt_user_id = 0;
+  int64_t delivered = 0;
+  int64_t read = 0;
+};
+
+struct ServerState {
+  std::map<int64_t, int64_t> device_user;                          // device id -> user id
+  std::map<int64_t, std::set<int64_t>> members;                    // conversation -> users
+  std::map<std::pair<int64_t, int64_t>, ServerMessage> messages;   // (conversation, seq)
+  std::set<std::tuple<int64_t, int64_t, int64_t>> withheld;        // (conversation, user, seq)
+  std::map<int64_t, std::map<int64_t, StreamEntry>> streams;       // user -> user seq -> entry
+  std::map<int64_t, int64_t> heads;                                // user -> head user seq
+  std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> receipts;  // (conv, user) -> (delivered, read)
+  std::set<std::pair<int64_t, int64_t>> blocks;                    // (owner, target)
+};
+
+// One record of a history file, with where it came from.
+struct Record {
+  std::string file;
+  int64_t line = 0;
+  nlohmann::json j;
+};
+
+struct DeviceHistory {
+  std::string file;
+  std::vector<Record> records;
+};
+
+struct Counts {
+  // What was checked.
+  int64_t devices = 0;
+  int64_t finished_devices = 0;
+  int64_t messages = 0;  // on the server
+  int64_t acked = 0;     // distinct messages acknowledged to some device
+  int64_t delivered = 0; // message deliveries applied by devices (live, sync, snapshot)
+  // Failures (any non-zero fails the check).
+  int64_t lost = 0;
+  int64_t duplicated = 0;
+  int64_t reordered = 0;
+  int64_t gaps = 0;
+  int64_t leaks = 0;
+  int64_t receipt_regressions = 0;
+  int64_t receipt_divergences = 0;
+  int64_t phantoms = 0;  // a device applied a message the server does not have
+
+  bool ok() const {
+    return lost == 0 && duplicated == 0 && reordered == 0 && gaps == 0 && leaks == 0 && receipt_regressions == 0 &&
+           receipt_divergences == 0 && phantoms == 0;
+  }
+};
+
+struct Finding {
+  std::string category;  // a Counts failure field name
+  std::string detail;    // what and where (file:line when a record is to blame)
+};
+
+struct Report {
+  Counts counts;
+  std::vector<Finding> findings;  // one per counted failure, in the order found
+};
+
+// Reads one history file (JSONL). Returns false and sets *error
+// ("FILE:LINE: what") on an unreadable file or a malformed record.
+bool LoadHistoryFile(const std::string& path, DeviceHistory* out, std::string* error);
+// Every *.jsonl file in `dir` (sorted by name); false on an error or none found.
+bool LoadHistoryDir(const std::string& dir, std::vector<DeviceHistory>* out, std::string* error);
+
+// The saved export: {"format":"parley-export-1","tables":{NAME:{"columns":[...],"rows":[...]}}}.
+bool ParseState(const nlohmann::json& j, ServerState* out, std::string* error);
+bool LoadStateFile(const std::string& path, nlohmann::json* raw, std::string* error);
+
+// Runs every check. Returns false and sets *error when the histories
+// contradict themselves (one file holding two devices).
+bool Check(const std::vector<DeviceHistory>& histories, const ServerState& state, Report* report, std::string* error);
+
+// {"acked":..,"lost":..,...,"ok":true}
+nlohmann::json CountsJson(const Counts& c);
+// Human-readable lines: counts, then up to `max_findings` findings.
+std::string FormatReport(const Report& r, size_t max_findings);
+
+}  // namespace parley::checker
