@@ -420,6 +420,26 @@ void FaultStore::GetPresence(UserId viewer, std::vector<UserId> ids, Callback<st
   inner_.GetPresence(viewer, std::move(ids), std::move(done));
 }
 
+void FaultStore::Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) {
+  inner_.Export(table, std::move(after), limit, [this, table, done = std::move(done)](Result<ExportPage> r) {
+    if (r && table == ExportTable::kMessages) {
+      for (auto& row : r->rows) {
+        if (auto pos = row.text.find(kDupMark); pos != std::string::npos) row.text.resize(pos);
+      }
+    }
+    if (r && table == ExportTable::kStream) {
+      std::lock_guard lock(mu_);
+      auto& rows = r->rows;
+      rows.erase(std::remove_if(rows.begin(), rows.end(),
+                                [&](const ExportRow& row) {
+                                  return row.values.size() >= 2 && dropped_.count({row.values[0], row.values[1]}) != 0;
+                                }),
+                 rows.end());
+    }
+    done(std::move(r));
+  });
+}
+
 void FaultStore::Flush(StatusCallback done) { inner_.Flush(std::move(done)); }
 
 StoreStats FaultStore::Stats() const { return inner_.Stats(); }

@@ -129,6 +129,9 @@ class FaultStore final : public Store {
                              Callback<SocialResult> done) override;
   void SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) override;
   void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) override;
+  // The export (admin API, checker) shows what the faults made: skip_dedup
+  // copies under their original client id, dropped stream entries missing.
+  void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;
   void Flush(StatusCallback done) override;
   StoreStats Stats() const override;
 

@@ -24,7 +24,9 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kAdminToken = "checker-selftest";
-const char* const kFailureCounts[] = {"lost", "duplicated", "reordered", "gaps", "leaks", "receipt_regressions"};
+// Every failure count of parley-check --json (docs/checker.md).
+const char* const kFailureCounts[] = {"lost",  "duplicated",          "reordered",           "gaps",
+                                      "leaks", "receipt_regressions", "receipt_divergences", "phantoms"};
 
 // True once the process has exited (a zombie counts: it is not running).
 bool Exited(pid_t pid) {
@@ -102,8 +104,10 @@ class CheckerSelfTest : public ::testing::Test {
       ASSERT_TRUE(p.ok) << p.code;
       c->WaitApplied(p.result.value("head", int64_t{0}), 5000);  // a hole keeps a device below its head
     }
-    // Receipts for what was just delivered, and the cursor acks, settle.
+    // Receipts for what was just delivered, and the cursor acks, settle;
+    // then a clean Stop ends each history with a last sync (caught_up).
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    for (auto& c : clients_) c->Stop();
   }
 
   // Runs parley-check --json; returns its report (and exit code in *rc).

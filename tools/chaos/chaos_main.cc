@@ -656,10 +656,12 @@ class Run {
     log_.Line("steps done; final catch-up");
     int settle_rc = Settle(&why);
     if (settle_rc != 0) log_.Line("settle: " + why);
-    int rc = settle_rc != 0 ? 1 : Check();
+    // A cleanly stopped device ends its history with a last sync
+    // (caught_up): the checker checks it as a device that finished syncing.
     for (auto& d : devices_) {
       if (d->client) d->client->Stop();
     }
+    int rc = settle_rc != 0 ? 1 : Check();
     server_->Stop();
     if (server_->unexpected_) {
       std::cout << "parley-chaos: parleyd died of something other than an injected kill (see parleyd.log)\n";
@@ -740,7 +742,7 @@ class Run {
       co.random_seed = plan_.seed * 1000 + static_cast<uint64_t>(devices_.size());
       int64_t skew = spec.skew_ms;
       co.now_ms = [skew] { return SystemNowMs() + skew; };
-      HistoryPath(co, dir_ + "/histories/" + d->name + ".jsonl");
+      co.history_path = dir_ + "/histories/" + d->name + ".jsonl";
       Device* raw = d.get();
       co.on_status = [this, raw](const StatusUpdate& s) {
         if (s.status == MessageStatus::kSent && raw->FirstAck(s.client_id)) ++counters_.acked;
@@ -774,11 +776,7 @@ class Run {
     return true;
   }
 
-  // Sets ClientOptions::history_path (SDK history recording, docs/checker.md).
-  template <typename T>
-  static void HistoryPath(T& co, const std::string& path) {
-    if constexpr (requires { co.history_path; }) co.history_path = path;
-  }
+
 
   std::string Body() { return "chaos " + std::to_string(plan_.seed) + " #" + std::to_string(++body_counter_ % kMaxBodyCounter); }
 
@@ -913,7 +911,7 @@ class Run {
     std::string out_path = dir_ + "/check.txt";
     std::vector<std::string> args = {o_.checker, "--histories", dir_ + "/histories", "--server",
                                      "http://127.0.0.1:" + std::to_string(server_->port()), "--admin-token",
-                                     admin_token_};
+                                     admin_token_, "--save-state", dir_ + "/state.json"};
     std::string cmd;
     for (auto& a : args) cmd += "'" + a + "' ";
     log_.Line("check: " + cmd);
