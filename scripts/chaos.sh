@@ -16,9 +16,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=30
 args=()
+users=(--users 16) devices=(--devices 3) out=(--out chaos-runs)
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) minutes=${2:?--minutes needs a value}; shift 2 ;;
+    --users) users=(--users "${2:?}"); shift 2 ;;
+    --devices) devices=(--devices "${2:?}"); shift 2 ;;
+    --out) out=(--out "${2:?}"); shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -27,7 +31,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 set +e
-build/asan/bin/parley-chaos --duration-s $((minutes * 60)) --users 16 --devices 3 --out chaos-runs "${args[@]}" \
+build/asan/bin/parley-chaos --duration-s $((minutes * 60)) "${users[@]}" "${devices[@]}" "${out[@]}" "${args[@]}" \
   2>&1 | tee build/asan/chaos-last.txt
 rc=${PIPESTATUS[0]}
 set -e

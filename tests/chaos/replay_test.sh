@@ -8,7 +8,7 @@ set -euo pipefail
 chaos=$1 parleyd=$2 check=$3
 out=$(mktemp -d /tmp/parley-chaos-replay-XXXXXX)
 trap 'rm -rf "$out"' EXIT
-"$chaos" --parleyd "$parleyd" --checker "$check" --duration-s 6 --users 3 --devices 2 --seed 4242 --keep --out "$out/first"
+"$chaos" --parleyd "$parleyd" --checker "$check" --duration-s 4 --users 3 --devices 1 --seed 4242 --keep --out "$out/first"
 first=$(ls -d "$out"/first/seed-4242-*)
 "$chaos" --parleyd "$parleyd" --checker "$check" --replay "$first" --keep --out "$out/again"
 again=$(ls -d "$out"/again/seed-4242-*)
