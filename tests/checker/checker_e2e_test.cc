@@ -214,5 +214,53 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   EXPECT_EQ(refused.exit_code, 2) << refused.out << refused.err;
 }
 
+// The recorder on its own (no server: Compose works offline): a reopened
+// file continues its record numbers and compose orders, and a torn last line
+// left by a crash is cut off.
+TEST(HistoryRecorderTest, ReopenContinuesNumbersAndCutsATornLine) {
+  TempDir dir;
+  std::string path = dir / "h.jsonl";
+  auto open = [&] {
+    ClientOptions o;
+    o.db_path = dir / "cache.db";
+    o.history_path = path;
+    return OpenClient(o);
+  };
+  {
+    auto c = open();
+    ASSERT_TRUE(c->Compose("bob", "one").ok);
+    ASSERT_TRUE(c->Compose("bob", "two").ok);
+    ASSERT_TRUE(c->Compose("carol", "three").ok);
+  }
+  { std::ofstream(path, std::ios::app) << R"({"n":99,"ts":1,"us)"; }
+  {
+    auto c = open();
+    ASSERT_TRUE(c->Compose("bob", "four").ok);
+  }
+  std::ifstream in(path);
+  std::vector<json> recs;
+  std::string line;
+  while (std::getline(in, line)) recs.push_back(json::parse(line));
+  ASSERT_EQ(recs.size(), 6u);
+  for (size_t i = 0; i < recs.size(); ++i) EXPECT_EQ(recs[i]["n"], static_cast<int64_t>(i + 1));
+  EXPECT_EQ(recs[0]["ev"], "open");
+  EXPECT_TRUE(recs[0]["cursor"].is_null());
+  EXPECT_EQ(recs[3]["ev"], "compose");
+  EXPECT_EQ(recs[3]["peer"], "carol");
+  EXPECT_EQ(recs[3]["order"], 1);
+  EXPECT_EQ(recs[4]["ev"], "open");
+  EXPECT_EQ(recs[5]["ev"], "compose");
+  EXPECT_EQ(recs[5]["peer"], "bob");
+  EXPECT_EQ(recs[5]["order"], 3);
+  // A complete line that is not JSON is refused.
+  { std::ofstream(path, std::ios::app) << "garbage\n"; }
+  ClientOptions o;
+  o.db_path = dir / "cache.db";
+  o.history_path = path;
+  std::string err;
+  EXPECT_EQ(Client::Open(o, &err), nullptr);
+  EXPECT_EQ(err, path + ":7: not a JSON object");
+}
+
 }  // namespace
 }  // namespace parley::testing

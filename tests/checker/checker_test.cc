@@ -305,6 +305,13 @@ TEST(CheckerTest, MalformedLineNamesFileAndLine) {
   }
   EXPECT_FALSE(LoadHistoryFile(path, &h, &error));
   EXPECT_EQ(error, path + ":1: not valid JSON");
+  // A torn last line (no newline: a kill in the middle of a write) is skipped.
+  {
+    std::ofstream out(path);
+    out << R"({"n":1,"ts":1,"user":1,"device":2,"ev":"open","cursor":null})" << "\n" << R"({"n":2,"ts":1,"us)";
+  }
+  EXPECT_TRUE(LoadHistoryFile(path, &h, &error)) << error;
+  EXPECT_EQ(h.records.size(), 1u);
   std::vector<DeviceHistory> all;
   EXPECT_FALSE(LoadHistoryDir(dir + "/missing", &all, &error));
   EXPECT_NE(error.find("missing"), std::string::npos);

@@ -135,6 +135,9 @@ bool LoadHistoryFile(const std::string& path, DeviceHistory* out, std::string* e
     ++line_no;
     if (line.empty()) continue;
     json j = json::parse(line, nullptr, false);
+    // A last line without '\n' that does not parse was torn by a kill in
+    // the middle of a write (the SDK cuts it off when it reopens the file).
+    if (j.is_discarded() && in.eof()) break;
     std::string problem = j.is_discarded() ? "not valid JSON" : Validate(j);
     if (!problem.empty()) {
       *error = path + ":" + std::to_string(line_no) + ": " + problem;

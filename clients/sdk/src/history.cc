@@ -17,7 +17,10 @@ using nlohmann::json;
 
 std::unique_ptr<HistoryRecorder> HistoryRecorder::Open(const std::string& path, std::string* error) {
   std::unique_ptr<HistoryRecorder> h(new HistoryRecorder());
-  bool needs_newline = false;
+  // Byte length of the complete lines (each ends with '\n'); a torn last line
+  // (a crash in the middle of a write) is cut off before appending.
+  int64_t complete = 0;
+  bool torn = false;
   {
     std::ifstream in(path, std::ios::binary);
     if (in) {
@@ -25,11 +28,14 @@ std::unique_ptr<HistoryRecorder> HistoryRecorder::Open(const std::string& path, 
       int64_t line_no = 0;
       while (std::getline(in, line)) {
         ++line_no;
-        needs_newline = in.eof();  // the last line had no '\n' (torn write)
+        if (in.eof()) {  // no '\n' after this line
+          torn = true;
+          break;
+        }
+        complete += static_cast<int64_t>(line.size()) + 1;
         if (line.empty()) continue;
         json j = json::parse(line, nullptr, false);
         if (j.is_discarded() || !j.is_object()) {
-          if (needs_newline) break;  // a torn last line: ignored, a newline ends it
           if (error) *error = path + ":" + std::to_string(line_no) + ": not a JSON object";
           return nullptr;
         }
@@ -46,8 +52,8 @@ std::unique_ptr<HistoryRecorder> HistoryRecorder::Open(const std::string& path, 
     if (error) *error = "cannot open history file " + path + ": " + std::strerror(errno);
     return nullptr;
   }
-  if (needs_newline && ::write(h->fd_, "\n", 1) != 1) {
-    if (error) *error = "cannot write history file " + path + ": " + std::strerror(errno);
+  if (torn && ::ftruncate(h->fd_, complete) != 0) {
+    if (error) *error = "cannot cut the torn last line of " + path + ": " + std::strerror(errno);
     return nullptr;
   }
   return h;

@@ -29,8 +29,9 @@ namespace parley::sdk {
 class HistoryRecorder {
  public:
   // Opens (creating) `path` for appending; reads what is there to continue
-  // "n" and the per-peer compose order. Fails on an unreadable file or a
-  // line that is not a JSON object.
+  // "n" and the per-peer compose order, and cuts off a torn last line (no
+  // '\n': a crash mid-write). Fails on an unreadable file or a complete line
+  // that is not a JSON object.
   static std::unique_ptr<HistoryRecorder> Open(const std::string& path, std::string* error);
   ~HistoryRecorder();
   HistoryRecorder(const HistoryRecorder&) = delete;
