@@ -84,6 +84,7 @@ constexpr int64_t kMinBlockMs = 500;          // a block lasts this long ...
 constexpr int64_t kMaxBlockMs = 3000;         // ... to this long
 constexpr int kSettleTimeoutMs = 120'000;     // the final catch-up must converge within this
 constexpr int kServerStartTimeoutMs = 30'000;
+constexpr int kMaxStartAttempts = 3;          // parleyd restarts tried before the run gives up
 constexpr int kRequestTimeoutMs = 3000;       // the SDK's per-request timeout during the run
 constexpr int kMaxBodyCounter = 1'000'000;
 
@@ -397,8 +398,11 @@ class Server {
   int deaths() const { return deaths_; }
   int crashes() const { return crashes_; }
 
-  // kill -9 now (the supervisor restarts it).
+  // kill -9 once it is up (a kill lands on a running server, never on one
+  // still starting); the supervisor restarts it.
   void Kill9(const std::string& why) {
+    std::string ignored;
+    WaitUp(&ignored, /*any_incarnation=*/true);
     std::lock_guard lock(mu_);
     if (pid_ > 0) {
       log_.Line("kill -9 parleyd pid=" + std::to_string(pid_) + " (" + why + ")");
@@ -419,13 +423,18 @@ class Server {
     return WaitUp(why);
   }
 
-  bool WaitUp(std::string* why) {
+  bool failed() {
+    std::lock_guard lock(mu_);
+    return failed_;
+  }
+
+  bool WaitUp(std::string* why, bool any_incarnation = false) {
     auto deadline = SteadyClock::now() + std::chrono::milliseconds(kServerStartTimeoutMs);
     while (SteadyClock::now() < deadline) {
       {
         std::lock_guard lock(mu_);
         if (failed_) break;
-        if (pid_ > 0 && up_ && (!calm_ || current_crash_ == 0)) return true;
+        if (pid_ > 0 && up_ && (any_incarnation || !calm_ || current_crash_ == 0)) return true;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
@@ -550,8 +559,12 @@ class Server {
         unexpected_ = true;
       }
       std::string why;
-      if (!Spawn(&why)) {
-        log_.Line("restart failed: " + why);
+      bool started = false;
+      for (int attempt = 0; attempt < kMaxStartAttempts && !started; ++attempt) {
+        started = Spawn(&why);
+        if (!started) log_.Line("restart failed: " + why);
+      }
+      if (!started) {
         std::lock_guard lock(mu_);
         failed_ = true;
         return;
@@ -651,6 +664,7 @@ class Run {
     auto t0 = SteadyClock::now();
     for (const auto& s : plan_.steps) {
       std::this_thread::sleep_until(t0 + std::chrono::milliseconds(s.at("t").get<int64_t>()));
+      if (server_->failed()) break;
       Play(s);
     }
     log_.Line("steps done; final catch-up");
@@ -832,7 +846,7 @@ class Run {
   // device token, retried while parleyd is down.
   void BlockOp(const std::string& op, int user, int target) {
     auto deadline = SteadyClock::now() + std::chrono::seconds(20);
-    while (SteadyClock::now() < deadline) {
+    while (SteadyClock::now() < deadline && !server_->failed()) {
       ConnectOptions co;
       co.port = server_->port();
       co.timeout_ms = 2000;
