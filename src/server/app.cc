@@ -24,7 +24,9 @@
 #include "gateway/gateway.h"
 #include "gateway/static_files.h"
 #include "protocol/encode.h"
+#ifdef PARLEY_FAULT_SWITCHES
 #include "store/fault_store.h"
+#endif
 
 namespace parley::server {
 namespace {

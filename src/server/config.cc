@@ -1,6 +1,8 @@
 #include "server/config.h"
 
+#ifdef PARLEY_FAULT_SWITCHES
 #include "store/fault_store.h"
+#endif
 
 #include <CLI/CLI.hpp>
 #include <cstring>
