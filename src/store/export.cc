@@ -1,6 +1,6 @@
-// The export tables' names and columns (types.h, ExportTable) and the
-// default Store::Export. Shared by both backends (they write their own SQL).
-#include "store/store.h"
+// The export tables' names and columns (types.h, ExportTable). Shared by
+// both backends (they write their own SQL) and the admin API.
+#include "store/types.h"
 
 namespace parley::store {
 
@@ -40,9 +40,5 @@ std::optional<ExportTable> ExportTableFromName(const std::string& name) {
 std::vector<std::string> ExportColumns(ExportTable t) { return Spec(t).columns; }
 
 int ExportKeyColumns(ExportTable t) { return Spec(t).key_columns; }
-
-void Store::Export(ExportTable, std::vector<int64_t>, int, Callback<ExportPage> done) {
-  done(Status(ErrorCode::kUnavailable, "this store cannot export"));
-}
 
 }  // namespace parley::store

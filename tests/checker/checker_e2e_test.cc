@@ -133,6 +133,32 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   ASSERT_TRUE(Eventually([&] { return bob2c.Messages("alice", 0, 50).size() == 8; }, 10000));
 
   for (auto& d : devs) d.client->Stop();
+  // Stopping reports the last receipts, which move the streams on: one more
+  // round (nothing left to report) ends every device at its user's final head.
+  for (auto& d : devs) d.client->Start();
+  for (auto& d : devs) ASSERT_TRUE(d.client->WaitOnline(10000)) << d.name;
+  for (auto& d : devs) d.client->Stop();
+
+  // The histories hold what happened: live and sync deliveries, acks, the
+  // disconnect of the crash with the resume after it.
+  std::map<std::string, int> kinds;
+  for (auto& d : devs) {
+    std::ifstream in(histories() + "/" + d.name + ".jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      json j = json::parse(line);
+      std::string k = j["ev"].get<std::string>();
+      if (k == "event") k += "/" + j["source"].get<std::string>() + "/" + j["kind"].get<std::string>();
+      ++kinds[k];
+    }
+  }
+  EXPECT_GE(kinds["event/live/message"], 1);
+  EXPECT_GE(kinds["event/sync/message"], 1);  // bob-2 came back to two missed messages
+  EXPECT_GE(kinds["event/live/receipt"] + kinds["event/sync/receipt"], 1);
+  EXPECT_GE(kinds["ack"], sent);
+  EXPECT_EQ(kinds["compose"], sent);
+  EXPECT_GE(kinds["disconnect"], 4);
+  EXPECT_GE(kinds["resume"], 4 + 4 + 4 + 1);  // start, after the crash, the second round, bob-2's return
 
   // Every history ends caught up (Stop's last sync).
   for (auto& d : devs) {
@@ -161,6 +187,7 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   EXPECT_EQ(counts["messages"], sent);
   EXPECT_EQ(counts["devices"], 4);
   EXPECT_EQ(counts["finished_devices"], 4);
+  EXPECT_EQ(counts["current_devices"], 4);
   EXPECT_GT(counts["delivered"].get<int64_t>(), 3 * sent / 2);
 
   // The text report on the saved state says the same.

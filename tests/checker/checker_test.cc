@@ -150,6 +150,7 @@ TEST(CheckerTest, CleanHistoriesPass) {
   ExpectOnly(r, "", 0);
   EXPECT_EQ(r.counts.devices, 4);
   EXPECT_EQ(r.counts.finished_devices, 4);
+  EXPECT_EQ(r.counts.current_devices, 4);
   EXPECT_EQ(r.counts.acked, 3);
   EXPECT_EQ(r.counts.messages, 5);
   EXPECT_EQ(r.counts.delivered, 3 + 3 + 3 + 1);

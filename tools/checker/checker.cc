@@ -540,6 +540,7 @@ struct Checker {
     // Convergence is judged only for a device that applied its whole window
     // (a gap or unrecorded records are counted, or excused, above).
     if (h == s.heads.end() || h->second != d.caught_head || !d.unrecorded.empty() || !d.gap_seqs.empty()) return;
+    ++report->counts.current_devices;
     for (const auto& [k, w] : stream_view) {
       auto e = d.event_view.find(k);
       std::pair<int64_t, int64_t> mine = e == d.event_view.end() ? std::pair<int64_t, int64_t>{0, 0} : e->second;
@@ -640,6 +641,7 @@ bool Check(const std::vector<DeviceHistory>& histories, const ServerState& state
 json CountsJson(const Counts& c) {
   return {{"devices", c.devices},
           {"finished_devices", c.finished_devices},
+          {"current_devices", c.current_devices},
           {"messages", c.messages},
           {"acked", c.acked},
           {"delivered", c.delivered},
@@ -657,7 +659,8 @@ json CountsJson(const Counts& c) {
 std::string FormatReport(const Report& r, size_t max_findings) {
   std::ostringstream out;
   const Counts& c = r.counts;
-  out << "devices " << c.devices << " (finished " << c.finished_devices << "), server messages " << c.messages
+  out << "devices " << c.devices << " (finished " << c.finished_devices << ", at the final head "
+      << c.current_devices << "), server messages " << c.messages
       << ", delivered " << c.delivered << "\n";
   out << "acked " << c.acked << "  lost " << c.lost << "  duplicated " << c.duplicated << "  reordered "
       << c.reordered << "  gaps " << c.gaps << "  leaks " << c.leaks << "  receipt_regressions "

@@ -64,6 +64,7 @@ struct Counts {
   // What was checked.
   int64_t devices = 0;
   int64_t finished_devices = 0;
+  int64_t current_devices = 0;  // finished at their user's final head: receipt views compared
   int64_t messages = 0;  // on the server
   int64_t acked = 0;     // distinct messages acknowledged to some device
   int64_t delivered = 0; // message deliveries applied by devices (live, sync, snapshot)
