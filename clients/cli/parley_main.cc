@@ -388,6 +388,39 @@ int Simple(const Globals& g, const std::string& type, json fields, const std::fu
   return kOk;
 }
 
+// "Message info" of a message you sent to USER: accepted, stored, and per
+// device of each member when it was delivered and read.
+int CmdInfo(const Globals& g, const std::string& peer, int64_t seq) {
+  Session s;
+  if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
+  if (auto f = GoOnline(g, s)) return Fail(g, f->code, "", f->message);
+  auto conv = s.client->Request("open_conversation", {{"username", Lower(peer)}});
+  if (!conv.ok) {
+    Finish(g, s);
+    return FailReply(g, conv);
+  }
+  auto r = s.client->Request("message_info",
+                             {{"conversation_id", conv.result["conversation"]["conversation_id"]}, {"seq", seq}});
+  Finish(g, s);
+  if (!r.ok) return FailReply(g, r);
+  if (g.json) {
+    json out = r.result;
+    out["ok"] = true;
+    PrintLine(out.dump());
+    return kOk;
+  }
+  auto when = [](const json& v) { return v.is_number() ? TimeString(v.get<int64_t>()) : std::string("-"); };
+  PrintLine("accepted " + when(r.result["accepted_at"]) + ", stored " + when(r.result["stored_at"]));
+  for (const auto& m : r.result["members"]) {
+    for (const auto& d : m["devices"]) {
+      std::string name = d.contains("name") ? d["name"].get<std::string>() : "device " + d["device_id"].dump();
+      PrintLine(m["username"].get<std::string>() + " / " + name + ": delivered " + when(d["delivered_at"]) +
+                ", read " + when(d["read_at"]));
+    }
+  }
+  return kOk;
+}
+
 int CmdSend(const Globals& g, const std::string& peer, const std::vector<std::string>& words) {
   std::vector<std::string> bodies;
   if (words.size() == 1 && words[0] == "-") {
@@ -782,6 +815,12 @@ int main(int argc, char** argv) {
   history->add_option("--limit", limit, "messages per page (1-200)")->check(CLI::Range(1, 200))->capture_default_str();
   history->add_flag("--no-mark-read", no_read, "do not report the page as read");
   history->callback([&] { run = [&] { return CmdHistory(g, peer, before, limit, !no_read); }; });
+
+  int64_t info_seq = 0;
+  auto* info = app.add_subcommand("info", "message info: when your message SEQ to USER was delivered and read, per device");
+  info->add_option("username", peer)->required();
+  info->add_option("seq", info_seq, "the message's seq (history shows it)")->required()->check(CLI::PositiveNumber);
+  info->callback([&] { run = [&] { return CmdInfo(g, peer, info_seq); }; });
 
   app.add_subcommand("outbox", "list messages not sent yet (pending) and failed ones")->callback([&] {
     run = [&] { return CmdOutbox(g); };

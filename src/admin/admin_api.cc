@@ -35,6 +35,10 @@ gateway::HttpResponse ErrorResponse(const Status& s) {
   switch (s.code()) {
     case ErrorCode::kForbidden: status = 401; break;
     case ErrorCode::kUsernameTaken: status = 409; break;
+    case ErrorCode::kUnknownUser:
+    case ErrorCode::kUnknownDevice:
+    case ErrorCode::kUnknownConversation:
+    case ErrorCode::kUnknownMessage: status = 404; break;
     case ErrorCode::kStorageFull:
     case ErrorCode::kUnavailable:
     case ErrorCode::kShuttingDown: status = 503; break;
@@ -60,6 +64,7 @@ void AdminApi::Handle(gateway::HttpRequest req, std::function<void(gateway::Http
   if (!TokenMatches(config_.token, req.authorization))
     return respond(ErrorResponse(Status(ErrorCode::kForbidden, "missing or wrong admin token")));
   std::string path = req.target.substr(0, req.target.find('?'));
+  if (OpsRoute(req, path, respond)) return;
   if (path == "/admin/v1/users/bulk") {
     if (req.method != "POST") return respond(JsonResponse(405, json{{"code", "bad_request"}, {"message", "use POST"}}));
     return BulkCreateUsers(req.body, std::move(respond));

@@ -5,6 +5,18 @@
 //
 // Endpoints (docs/operations.md, "Admin API"):
 //   POST /admin/v1/users/bulk   create many users (and a device token each)
+//   Operations (issue 8; OpsRoute and the Ops* methods):
+//   POST   /admin/v1/users                         create one user
+//   GET    /admin/v1/users/{username}              a user and its state
+//   POST   /admin/v1/users/{username}/disable      refuse login/auth, close its connections
+//   POST   /admin/v1/users/{username}/enable
+//   DELETE /admin/v1/users/{username}              disable and revoke every device
+//   GET    /admin/v1/users/{username}/devices
+//   DELETE /admin/v1/users/{username}/devices/{id} revoke one device, close it
+//   GET    /admin/v1/messages/{conversation}/{seq}/timeline
+//   GET    /admin/v1/store/stats
+//   GET    /admin/v1/store/schema
+//   POST   /admin/v1/store/backup                  online backup into the backup dir
 //   GET  /admin/v1/export       one page of a table of the store (the delivery
 //                               checker's view of the server, docs/checker.md)
 //
@@ -14,6 +26,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "common/clock.h"
 #include "common/worker_pool.h"
@@ -28,10 +41,17 @@ struct AdminConfig {
   core::PasswordCost password_cost = core::PasswordCost::kInteractive;
   // Most users in one bulk request.
   size_t max_bulk_users = 10'000;
+  // Where POST /admin/v1/store/backup writes (created if missing); "" = the
+  // data dir's "backups" folder (set by the server config).
+  std::string backup_dir;
   // Rows per export page: the default and the most a request may ask for.
   int default_export_rows = 1'000;
   int max_export_rows = 10'000;
 };
+
+// Closes the live connections of these devices of a user (the chat
+// service's CloseDevices); any thread.
+using CloseDevicesFn = std::function<void(int64_t user_id, std::vector<int64_t> devices, std::string reason)>;
 
 class AdminApi {
  public:
@@ -39,14 +59,34 @@ class AdminApi {
 
   void Handle(gateway::HttpRequest request, std::function<void(gateway::HttpResponse)> respond);
 
+  // Set once before serving: how disabling a user or revoking a device
+  // closes its connections. Unset: they stay open until they next
+  // authenticate.
+  void SetCloseDevices(CloseDevicesFn fn) { close_devices_ = std::move(fn); }
+
  private:
+  using Respond = std::function<void(gateway::HttpResponse)>;
   void BulkCreateUsers(const std::string& body, std::function<void(gateway::HttpResponse)> respond);
   void Export(const std::string& query, std::function<void(gateway::HttpResponse)> respond);
+
+  // Operations endpoints (admin_ops.cc). Returns false when `path` is not one
+  // of them.
+  bool OpsRoute(const gateway::HttpRequest& req, const std::string& path, Respond& respond);
+  void OpsCreateUser(const std::string& body, Respond respond);
+  void OpsGetUser(const std::string& username, Respond respond);
+  void OpsSetDisabled(const std::string& username, bool disabled, bool revoke, Respond respond);
+  void OpsListDevices(const std::string& username, Respond respond);
+  void OpsRevokeDevice(const std::string& username, int64_t device_id, Respond respond);
+  void OpsTimeline(int64_t conversation_id, int64_t seq, Respond respond);
+  void OpsStats(Respond respond);
+  void OpsSchema(Respond respond);
+  void OpsBackup(const std::string& body, Respond respond);
 
   store::Store& store_;
   WorkerPool& pool_;
   const Clock& clock_;
   const AdminConfig config_;
+  CloseDevicesFn close_devices_;
 };
 
 }  // namespace parley::admin

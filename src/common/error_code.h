@@ -27,6 +27,8 @@ namespace parley {
   X(kUnknownUser, "unknown_user", false)                       \
   X(kUnknownDevice, "unknown_device", false)                   \
   X(kUnknownConversation, "unknown_conversation", false)       \
+  X(kUnknownMessage, "unknown_message", false)                 \
+  X(kUserDisabled, "user_disabled", false)                     \
   X(kNotMember, "not_member", false)                           \
   X(kSelfConversation, "self_conversation", false)             \
   X(kSelfContact, "self_contact", false)                       \

@@ -73,6 +73,7 @@ std::shared_ptr<Client> ChatService::Connect(std::shared_ptr<fabric::DeviceSink>
 void ChatService::OnFrame(const std::shared_ptr<Client>& client, std::string_view frame) {
   frames_in_.Inc();
   protocol::Decoded d = protocol::DecodeRequest(frame);
+  d.request.received_at = clock_.NowMillis();
   core_.Post([this, client, d = std::move(d)]() mutable {
     if (client->closed) return;
     if (!d.status.ok()) {
@@ -195,6 +196,7 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kSetAppState: return DoSetAppState(c, std::move(req));
     case RequestType::kSetPrivacy: return DoSetPrivacy(c, std::move(req));
     case RequestType::kSubscribePresence: return DoSubscribePresence(c, std::move(req));
+    case RequestType::kMessageInfo: return DoMessageInfo(c, std::move(req));
   }
 }
 
@@ -264,16 +266,21 @@ void ChatService::DoLogin(const ClientPtr& c, Req req) {
     // takes as long either way and does not reveal which usernames exist.
     std::string hash = u ? u->password_hash : dummy_hash_;
     int64_t user_id = u ? u->id : 0;
+    bool disabled = u && u->disabled;
     std::string password = std::get<protocol::LoginRequest>(req.body).password;
-    hash_pool_.Submit([this, c, req = std::move(req), hash, password, user_id]() mutable {
+    hash_pool_.Submit([this, c, req = std::move(req), hash, password, user_id, disabled]() mutable {
       bool ok = VerifyPassword(hash, password) && user_id != 0;
-      core_.Post([this, c, req = std::move(req), ok, user_id]() mutable {
+      core_.Post([this, c, req = std::move(req), ok, user_id, disabled]() mutable {
         if (!ok) {
           c->authenticating = false;
           int64_t now = clock_.NowMillis();
           login_user_limiter_.Take(std::get<protocol::LoginRequest>(req.body).username, now);
           login_address_limiter_.Take(c->remote_address, now);
           return Fail(c, req, Status(ErrorCode::kBadCredentials, "wrong username or password"));
+        }
+        if (disabled) {
+          c->authenticating = false;
+          return Fail(c, req, Status(ErrorCode::kUserDisabled, "this account is disabled by the operator"));
         }
         auto& r = std::get<protocol::LoginRequest>(req.body);
         std::string token = NewDeviceToken();
@@ -324,6 +331,10 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
     if (!u) {
       c->authenticating = false;
       return Fail(c, req, u.error());
+    }
+    if (u->disabled) {
+      c->authenticating = false;
+      return Fail(c, req, Status(ErrorCode::kUserDisabled, "this account is disabled by the operator"));
     }
     store_.GetHead(device.user_id, OnCore<int64_t>([this, c, req, device, token, user = *u](Result<int64_t> head) {
       c->authenticating = false;
@@ -516,6 +527,7 @@ void ChatService::AppendSend(const ClientPtr& c, Req req, int64_t conversation_i
   m.client_id = std::move(s.client_id);
   m.body = std::move(s.body);
   m.now = clock_.NowMillis();
+  m.accepted_at = req.received_at != 0 ? req.received_at : m.now;
   store_.AppendMessage(std::move(m), OnCore<store::AppendResult>([this, c, req](Result<store::AppendResult> r) {
     if (!r) {
       // Do not tell a non-member whether the conversation exists.
@@ -580,6 +592,65 @@ void ChatService::DoReceipt(const ClientPtr& c, Req req) {
       }
     }));
   }
+}
+
+// ---- Message timeline ----
+
+// "Message info": for a message the user sent, when it was accepted and
+// stored and when each device of each member had it delivered and read.
+// Other members' devices appear by id only (no names), and a member the
+// message is withheld from looks like one whose devices have not received
+// it yet: the sender must not learn of a block (DESIGN.md "Blocking").
+void ChatService::DoMessageInfo(const ClientPtr& c, Req req) {
+  auto q = std::get<protocol::MessageInfoRequest>(req.body);
+  CheckMember(c->user_id, q.conversation_id, [this, c, req, q](Status s) {
+    if (!s.ok()) {
+      if (s.code() == ErrorCode::kUnknownConversation)
+        s = Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+      return Fail(c, req, s);
+    }
+    store_.GetMessageTimeline(
+        q.conversation_id, q.seq, OnCore<store::MessageTimeline>([this, c, req](Result<store::MessageTimeline> t) {
+          if (!t) return Fail(c, req, t.error());
+          if (t->message.sender_id != c->user_id)
+            return Fail(c, req, Status(ErrorCode::kForbidden, "message info is only for messages you sent"));
+          auto at = [](protocol::JsonWriter& w, const char* key, int64_t v) {
+            w.Key(key);
+            if (v == 0) w.Null();
+            else w.Int(v);
+          };
+          Respond(c, req, [&](JsonWriter& w) {
+            w.Field("conversation_id", t->message.conversation_id)
+                .Field("seq", t->message.seq)
+                .Field("client_id", t->message.client_id)
+                .Field("sender_device_id", t->message.sender_device_id)
+                .Field("accepted_at", t->accepted_at)
+                .Field("stored_at", t->stored_at)
+                .Key("members")
+                .BeginArray();
+            for (const auto& m : t->members) {
+              bool own = m.user_id == c->user_id;
+              w.BeginObject().Field("user_id", m.user_id).Field("username", m.username).Key("devices").BeginArray();
+              for (const auto& d : m.devices) {
+                w.BeginObject().Field("device_id", d.device_id);
+                if (own) w.Field("name", d.name).Field("platform", d.platform).Field("sending_device", d.sending_device);
+                at(w, "delivered_at", m.withheld ? 0 : d.delivered_at);
+                at(w, "read_at", m.withheld ? 0 : d.read_at);
+                w.EndObject();
+              }
+              w.EndArray().EndObject();
+            }
+            w.EndArray();
+          });
+        }));
+  });
+}
+
+void ChatService::CloseDevices(int64_t user_id, std::vector<int64_t> devices, std::string reason) {
+  core_.Post([this, user_id, devices = std::move(devices), reason = std::move(reason)] {
+    for (int64_t d : devices)
+      fabric_.CloseDevice(user_id, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), reason);
+  });
 }
 
 // ---- Sync ----

@@ -117,6 +117,11 @@ class ChatService {
   // `done` runs on the core executor.
   void Shutdown(std::function<void()> done);
 
+  // Any thread. Closes every connection of `devices` of `user_id` (close
+  // code kDeviceRevoked with `reason`): the admin API calls it when it
+  // disables or deletes a user.
+  void CloseDevices(int64_t user_id, std::vector<int64_t> devices, std::string reason);
+
   const CoreConfig& config() const { return config_; }
 
  private:
@@ -160,6 +165,7 @@ class ChatService {
   void DoSetAppState(const ClientPtr& c, Req req);
   void DoSetPrivacy(const ClientPtr& c, Req req);
   void DoSubscribePresence(const ClientPtr& c, Req req);
+  void DoMessageInfo(const ClientPtr& c, Req req);
   // Counts the connection in (or out of) its user's foreground set; leaving
   // the last one stores the user's last seen.
   void SetForeground(const ClientPtr& c, bool counted);

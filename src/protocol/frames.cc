@@ -206,6 +206,13 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       *body = r;
       return Status::Ok();
     }
+    case RequestType::kMessageInfo: {
+      MessageInfoRequest r;
+      if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;
+      if (Status s = GetId(obj, "seq", true, &r.seq); !s.ok()) return s;
+      *body = r;
+      return Status::Ok();
+    }
     case RequestType::kAck: {
       AckRequest r;
       std::optional<int64_t> v;

@@ -51,7 +51,8 @@ namespace parley::protocol {
   X(kTyping, "typing", true)                   \
   X(kSetAppState, "set_app_state", false)      \
   X(kSetPrivacy, "set_privacy", true)          \
-  X(kSubscribePresence, "subscribe_presence", true)
+  X(kSubscribePresence, "subscribe_presence", true) \
+  X(kMessageInfo, "message_info", true)
 
 enum class RequestType {
 #define PARLEY_X(e, name, auth) e,
@@ -106,6 +107,10 @@ struct SyncRequest {
 struct AckRequest {
   int64_t user_seq = 0;
 };
+struct MessageInfoRequest {
+  int64_t conversation_id = 0;
+  int64_t seq = 0;
+};
 struct HistoryRequest {
   int64_t conversation_id = 0;
   int64_t before = 0;  // 0: from the newest
@@ -155,7 +160,8 @@ using RequestBody =
     std::variant<RegisterRequest, LoginRequest, AuthRequest, EmptyRequest, UnlinkDeviceRequest, OpenConversationRequest,
                  SendRequest, ReceiptRequest, SyncRequest, AckRequest, HistoryRequest, SnapshotRequest,
                  SetProfileRequest, UserRequest, SearchUsersRequest, ListConversationsRequest, ChangePasswordRequest,
-                 TypingRequest, SetAppStateRequest, SetPrivacyRequest, SubscribePresenceRequest>;
+                 TypingRequest, SetAppStateRequest, SetPrivacyRequest, SubscribePresenceRequest,
+                 MessageInfoRequest>;
 
 struct Request {
   RequestType type = RequestType::kPing;
@@ -164,6 +170,9 @@ struct Request {
   // written differently). Empty if absent.
   std::string id_json;
   RequestBody body;
+  // Not on the wire: when the server received the frame (ms since the
+  // epoch), set by core; 0 when unknown.
+  int64_t received_at = 0;
 };
 
 // The outcome of decoding one frame: a request, or an error to send back

@@ -90,6 +90,9 @@ int RunServer(const ServerConfig& config) {
   core::ChatService chat(gw.CoreExecutor(), *store_for_service, fabric, *hash_pool, SystemClock::Instance(), config.core);
 
   admin::AdminApi admin_api(*store_for_service, *hash_pool, SystemClock::Instance(), config.admin);
+  admin_api.SetCloseDevices([&chat](int64_t user_id, std::vector<int64_t> devices, std::string reason) {
+    chat.CloseDevices(user_id, std::move(devices), std::move(reason));
+  });
   std::string web_root = config.web_root.empty() ? gateway::DefaultWebRoot() : config.web_root;
   if (web_root == "none") web_root.clear();
   gateway::StaticFiles web(web_root);

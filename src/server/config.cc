@@ -121,6 +121,9 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   app.add_option("--admin-token", c.admin.token,
                  "Token that authorises the admin API (Authorization: Bearer ...); empty: admin API disabled")
       ->envname("PARLEY_ADMIN_TOKEN");
+  app.add_option("--backup-dir", c.admin.backup_dir,
+                 "Directory the admin API's online backup writes into (created if missing); default DATA_DIR/backups")
+      ->envname("PARLEY_BACKUP_DIR");
   app.add_option("--admin-max-bulk-users", c.admin.max_bulk_users, "Most users in one admin bulk request")
       ->envname("PARLEY_ADMIN_MAX_BULK_USERS")
       ->check(CLI::Range(size_t{1}, size_t{1'000'000}))
@@ -213,6 +216,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   c.core.password_cost = fast_hashing ? core::PasswordCost::kInsecureFast : core::PasswordCost::kInteractive;
   c.admin.password_cost = c.core.password_cost;
   c.store.sqlite_path = c.data_dir + "/parley.db";
+  if (c.admin.backup_dir.empty()) c.admin.backup_dir = c.data_dir + "/backups";
   if (store::IsPostgresUrl(store_spec)) {
     c.store.backend = "postgres";
     c.store.postgres_url = store_spec;

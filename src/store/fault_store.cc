@@ -420,6 +420,22 @@ void FaultStore::GetPresence(UserId viewer, std::vector<UserId> ids, Callback<st
   inner_.GetPresence(viewer, std::move(ids), std::move(done));
 }
 
+void FaultStore::GetMessageTimeline(ConversationId id, Seq seq, Callback<MessageTimeline> done) {
+  inner_.GetMessageTimeline(id, seq, std::move(done));
+}
+
+void FaultStore::SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices, Callback<DisableResult> done) {
+  Write<DisableResult>(std::move(done), [&](Callback<DisableResult> cb) {
+    inner_.SetUserDisabled(user_id, disabled, revoke_devices, std::move(cb));
+  });
+}
+
+void FaultStore::GetStoreSummary(Callback<StoreSummary> done) { inner_.GetStoreSummary(std::move(done)); }
+
+void FaultStore::GetSchemaStatus(Callback<SchemaStatus> done) { inner_.GetSchemaStatus(std::move(done)); }
+
+void FaultStore::Backup(std::string path, Callback<BackupResult> done) { inner_.Backup(std::move(path), std::move(done)); }
+
 void FaultStore::Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) {
   inner_.Export(table, std::move(after), limit, [this, table, done = std::move(done)](Result<ExportPage> r) {
     if (r && table == ExportTable::kMessages) {

@@ -129,6 +129,11 @@ class FaultStore final : public Store {
                              Callback<SocialResult> done) override;
   void SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) override;
   void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) override;
+  void GetMessageTimeline(ConversationId id, Seq seq, Callback<MessageTimeline> done) override;
+  void SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices, Callback<DisableResult> done) override;
+  void GetStoreSummary(Callback<StoreSummary> done) override;
+  void GetSchemaStatus(Callback<SchemaStatus> done) override;
+  void Backup(std::string path, Callback<BackupResult> done) override;
   // The export (admin API, checker) shows what the faults made: skip_dedup
   // copies under their original client id, dropped stream entries missing.
   void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;

@@ -207,6 +207,31 @@ class Store {
   // kContacts with `viewer` in the user's contacts.
   virtual void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) = 0;
 
+  // ---- Message timeline (issue 8) ----
+
+  // When message (id, seq) was accepted and stored, and, for each member and
+  // each of its live devices, when the device's delivered and read
+  // watermarks first covered it (UpdateReceipt logs every move of a device's
+  // watermarks with its time). Fails kUnknownConversation, kUnknownMessage.
+  virtual void GetMessageTimeline(ConversationId id, Seq seq, Callback<MessageTimeline> done) = 0;
+
+  // ---- Operations (admin API) ----
+
+  // Disables (or re-enables) a user: a disabled user's GetUserByName /
+  // GetUserById records say so (core refuses login and auth). With
+  // `revoke_devices`, also revokes every live device. Fails kUnknownUser.
+  virtual void SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices,
+                               Callback<DisableResult> done) = 0;
+  // Counts and size of the store (counts may take a scan of small tables).
+  virtual void GetStoreSummary(Callback<StoreSummary> done) = 0;
+  virtual void GetSchemaStatus(Callback<SchemaStatus> done) = 0;
+  // Writes a consistent copy of the whole store to `path` (which must not
+  // exist) while it keeps serving (SQLite: the online backup API, on a
+  // thread of its own). Fails kBadRequest (path exists / cannot be written,
+  // or the backend has no such thing: PostgreSQL, use pg_dump), kUnavailable
+  // (another backup is running).
+  virtual void Backup(std::string path, Callback<BackupResult> done) = 0;
+
   // ---- Export (admin API, delivery checker) ----
 
   // One page of `table` (types.h, ExportTable): rows whose key (the first

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "common/clock.h"
 #include "common/status.h"
 #include "store/store.h"
 
@@ -25,6 +26,9 @@ struct StoreConfig {
   int commit_deadline_us = 0;
   // SQLite page cache per connection, KiB.
   int sqlite_cache_kib = 65536;
+  // Stamps each message's stored_at (the time its commit batch is written);
+  // nullptr: the system clock. Not owned; must outlive the store.
+  const Clock* clock = nullptr;
 };
 
 // Opens (creating and migrating as needed) the configured store.

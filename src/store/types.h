@@ -35,6 +35,7 @@ struct UserRecord {
   std::string about;          // "" until set
   PresenceVisibility presence_visibility = PresenceVisibility::kEveryone;
   int64_t last_seen = 0;      // when the user was last online; 0: never recorded
+  bool disabled = false;      // an operator disabled the account: no login, no auth
 };
 
 // One user's presence as one viewer may see it.
@@ -160,6 +161,7 @@ struct NewMessage {
   std::string client_id;
   std::string body;
   int64_t now = 0;
+  int64_t accepted_at = 0;  // when core received the send request (0: = now)
 };
 
 struct AppendResult {
@@ -249,6 +251,68 @@ struct ConversationPage {
   int64_t next_activity = 0;
   ConversationId next_id = 0;
   bool has_more = false;
+};
+
+// ---- Message timeline (issue 8) ----
+
+// One device's receipt of one message: when its watermarks first covered it
+// (0: not yet). The sending device has both at the message's stored_at.
+struct DeviceTimeline {
+  DeviceId device_id = 0;
+  std::string name;
+  std::string platform;
+  bool sending_device = false;
+  int64_t delivered_at = 0;
+  int64_t read_at = 0;
+};
+
+struct MemberTimeline {
+  UserId user_id = 0;
+  std::string username;
+  // The message is withheld from this member (they block the sender): never
+  // delivered; its devices' times stay 0.
+  bool withheld = false;
+  std::vector<DeviceTimeline> devices;  // live devices, ascending id
+};
+
+struct MessageTimeline {
+  MessageRecord message;
+  int64_t accepted_at = 0;  // core received the send request
+  int64_t stored_at = 0;    // the store wrote it in the transaction that made it durable
+  std::vector<MemberTimeline> members;  // ascending user id
+};
+
+// ---- Operations (admin) ----
+
+struct StoreSummary {
+  std::string backend;      // "sqlite" or "postgres"
+  int64_t users = 0;
+  int64_t disabled_users = 0;
+  int64_t live_devices = 0;
+  int64_t conversations = 0;
+  int64_t messages = 0;     // sum of the conversations' last seqs
+  int64_t stream_events = 0;  // sum of the users' head user seqs
+  int64_t bytes = 0;        // database size on disk
+};
+
+struct SchemaStatus {
+  std::string backend;
+  int current = 0;  // the store's schema version
+  int latest = 0;   // the newest version this build knows
+  std::vector<int> pending;  // known versions above current (applied on the next open)
+};
+
+struct BackupResult {
+  std::string path;
+  int64_t bytes = 0;
+  int64_t pages = 0;
+  int64_t took_ms = 0;
+};
+
+// Result of disabling (or enabling) a user.
+struct DisableResult {
+  bool changed = false;              // false: it already was so
+  std::vector<DeviceId> revoked;     // devices revoked (when asked to)
 };
 
 struct Snapshot {

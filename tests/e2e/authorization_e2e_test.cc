@@ -107,6 +107,9 @@ std::map<RequestType, Row> Matrix(const Victims& v) {
                                            EXPECT_EQ(r["presence"][0]["online"], false) << "bob shows contacts only";
                                            EXPECT_FALSE(r["presence"][0].contains("last_seen"));
                                          }}},
+      // Someone else's message (a member who is not its sender gets
+      // `forbidden`: admin_e2e_test).
+      {RequestType::kMessageInfo, {{{"conversation_id", v.conv}, {"seq", 1}}, "not_member", {}}},
   };
 }
 

@@ -20,6 +20,18 @@ TEST(FramesTest, DecodesSendWithConversationId) {
   EXPECT_EQ(s.body, "hi");
 }
 
+TEST(FramesTest, DecodesMessageInfoAndRefusesAMissingOrZeroSeq) {
+  auto d = DecodeRequest(R"({"v":1,"id":12,"type":"message_info","conversation_id":3,"seq":42})");
+  ASSERT_TRUE(d.status.ok()) << d.status.ToString();
+  EXPECT_EQ(d.request.type, RequestType::kMessageInfo);
+  EXPECT_EQ(std::get<MessageInfoRequest>(d.request.body).conversation_id, 3);
+  EXPECT_EQ(std::get<MessageInfoRequest>(d.request.body).seq, 42);
+  EXPECT_EQ(DecodeRequest(R"({"v":1,"id":1,"type":"message_info","conversation_id":3})").status.code(),
+            ErrorCode::kBadRequest);
+  EXPECT_EQ(DecodeRequest(R"({"v":1,"id":1,"type":"message_info","conversation_id":3,"seq":0})").status.code(),
+            ErrorCode::kBadRequest);
+}
+
 TEST(FramesTest, IntegerRequestIdIsEchoedVerbatim) {
   auto d = DecodeRequest(R"({"v":1,"id":42,"type":"ping"})");
   ASSERT_TRUE(d.status.ok());

@@ -97,6 +97,18 @@ TEST(CliE2E, TwoUsersRegisterAddEachOtherSendWhileOfflineReadHistoryAndSeeTicksR
   EXPECT_EQ(after["messages"][1]["body"], "hi alice");
   auto human = alice.Run({"history", "bob"});
   EXPECT_NE(human.out.find("hello bob  [read"), std::string::npos) << human.out;
+  // Message info: bob's one device delivered and read it; only alice may ask.
+  auto info = alice.Json({"info", "bob", "1"});
+  ASSERT_EQ(info["members"].size(), 2u);
+  for (const auto& m : info["members"]) {
+    if (m["username"] != "bob") continue;
+    ASSERT_EQ(m["devices"].size(), 1u);
+    EXPECT_TRUE(m["devices"][0]["delivered_at"].is_number()) << info.dump();
+    EXPECT_TRUE(m["devices"][0]["read_at"].is_number()) << info.dump();
+  }
+  auto not_his = bob.Run({"info", "alice", "1"});
+  EXPECT_NE(not_his.exit_code, 0);
+  EXPECT_NE((not_his.out + not_his.err).find("forbidden"), std::string::npos) << not_his.out << not_his.err;
 
   // Devices, logout; a logged-out user gets exit 3.
   auto devices = alice.Json({"devices"});

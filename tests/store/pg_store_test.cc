@@ -95,11 +95,12 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2"});
+            std::vector<std::string>{"1,2,3"});
   UserRecord old = Must(Await<UserRecord>([&](auto cb) { store->GetUserByName("old", cb); }));
   EXPECT_EQ(old.created_at, 7);
   EXPECT_EQ(old.presence_visibility, PresenceVisibility::kEveryone);
   EXPECT_EQ(old.last_seen, 0);
+  EXPECT_FALSE(old.disabled);  // step 3
   // The migrated store works: new users get the next ids.
   EXPECT_GT(MakeUser(*store, "new").id, old.id);
 }

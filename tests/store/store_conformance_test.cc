@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -18,12 +19,23 @@
 #include "store/store.h"
 #include "store/store_factory.h"
 #include "store/pg_test_server.h"
+#include "store/sqlite/sqlite_backup.h"
+#include "store/sqlite/sqlite_store.h"
 #include "store/store_test_util.h"
 
 namespace parley::store {
 namespace {
 
 using namespace parley::store::testing;  // NOLINT: test helpers
+
+// The stores' clock (it stamps messages' stored_at): fixed, so the tests
+// can tell it from the caller's times.
+constexpr int64_t kStoreClockMillis = 5'000;
+class FixedClock final : public Clock {
+ public:
+  int64_t NowMillis() const override { return kStoreClockMillis; }
+};
+FixedClock fixed_clock;
 
 struct Backend {
   std::string name;
@@ -40,6 +52,7 @@ std::vector<Backend> Backends() {
          config.backend = "sqlite";
          config.sqlite_path = dir + "/data/parley.db";  // the factory creates data/
          config.sqlite_cache_kib = 4096;
+         config.clock = &fixed_clock;
          return OpenStore(config);
        }},
       {"postgres",
@@ -58,6 +71,7 @@ std::vector<Backend> Backends() {
            Result<std::unique_ptr<Store>> store = OpenStore(init);
            EXPECT_TRUE(store.has_value()) << store.error().ToString();
          });
+         config.clock = &fixed_clock;
          config.postgres_url = server.Database(fmt::format("t_{:x}", std::hash<std::string>()(dir)), schema);
          return OpenStore(config);
        }},
@@ -1489,6 +1503,175 @@ TEST_P(StoreConformance, FlushCompletesAfterEarlierWrites) {
   EXPECT_TRUE(flushed.ok()) << flushed.ToString();
   EXPECT_EQ(seen_at_flush, kWrites);
   EXPECT_EQ(History(store(), conv_, 0, 100).size(), static_cast<size_t>(kWrites));
+}
+
+// ---- Message timeline and operations (issue 8) ----
+
+MessageTimeline Timeline(Store& s, ConversationId c, Seq seq) {
+  return Must(Await<MessageTimeline>([&](auto cb) { s.GetMessageTimeline(c, seq, cb); }));
+}
+
+const DeviceTimeline* FindDevice(const MessageTimeline& t, DeviceId id) {
+  for (const auto& m : t.members)
+    for (const auto& d : m.devices)
+      if (d.device_id == id) return &d;
+  return nullptr;
+}
+
+TEST_P(StoreConformance, MessageTimelineShowsEachDevicesDeliveryAndRead) {
+  SetUpConversation();
+  NewMessage m = Msg(conv_, alice_.id, alice_dev_.id, "m1", "one", 2000);
+  m.accepted_at = 1990;
+  Must(Append(store(), m));
+  Send(alice_, alice_dev_, "m2", 2100);
+  Send(alice_, alice_dev_, "m3", 2200);
+  Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 2, 0, 3000)));
+  Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev2_.id, conv_, 3, 0, 3100)));
+  Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 0, 1, 3200)));
+  Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 0, 3, 3300)));
+  // A watermark that does not move logs nothing (its time is not taken).
+  Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev2_.id, conv_, 2, 0, 3400)));
+
+  MessageTimeline t1 = Timeline(store(), conv_, 1);
+  EXPECT_EQ(t1.message.sender_id, alice_.id);
+  EXPECT_EQ(t1.message.client_id, "m1");
+  EXPECT_EQ(t1.accepted_at, 1990);
+  EXPECT_EQ(t1.stored_at, kStoreClockMillis);  // the store's clock at the commit batch
+  ASSERT_EQ(t1.members.size(), 2u);
+  EXPECT_EQ(t1.members[0].user_id, alice_.id);
+  EXPECT_EQ(t1.members[1].user_id, bob_.id);
+  EXPECT_EQ(t1.members[1].username, "bob");
+  ASSERT_EQ(t1.members[1].devices.size(), 2u);
+  const DeviceTimeline* sender = FindDevice(t1, alice_dev_.id);
+  ASSERT_NE(sender, nullptr);
+  EXPECT_TRUE(sender->sending_device);
+  EXPECT_EQ(sender->delivered_at, kStoreClockMillis);
+  const DeviceTimeline* b1 = FindDevice(t1, bob_dev_.id);
+  const DeviceTimeline* b2 = FindDevice(t1, bob_dev2_.id);
+  ASSERT_NE(b1, nullptr);
+  ASSERT_NE(b2, nullptr);
+  EXPECT_FALSE(b1->sending_device);
+  EXPECT_EQ(b1->name, "phone");
+  EXPECT_EQ(b1->delivered_at, 3000);
+  EXPECT_EQ(b1->read_at, 3200);
+  EXPECT_EQ(b2->delivered_at, 3100);
+  EXPECT_EQ(b2->read_at, 0);
+
+  MessageTimeline t3 = Timeline(store(), conv_, 3);
+  EXPECT_EQ(t3.accepted_at, 2200);  // no accepted_at given: the message's time
+  EXPECT_EQ(FindDevice(t3, bob_dev_.id)->delivered_at, 3300);  // read implies delivered
+  EXPECT_EQ(FindDevice(t3, bob_dev_.id)->read_at, 3300);
+  EXPECT_EQ(FindDevice(t3, bob_dev2_.id)->delivered_at, 3100);
+  EXPECT_EQ(FindDevice(t3, bob_dev2_.id)->read_at, 0);
+
+  Result<MessageTimeline> none = Await<MessageTimeline>([&](auto cb) { store().GetMessageTimeline(conv_, 9, cb); });
+  ASSERT_FALSE(none.has_value());
+  EXPECT_EQ(none.error().code(), ErrorCode::kUnknownMessage);
+  Result<MessageTimeline> no_conv =
+      Await<MessageTimeline>([&](auto cb) { store().GetMessageTimeline(conv_ + 100, 1, cb); });
+  ASSERT_FALSE(no_conv.has_value());
+  EXPECT_EQ(no_conv.error().code(), ErrorCode::kUnknownConversation);
+
+  // A revoked device drops out of the timeline.
+  EXPECT_TRUE(AwaitStatus([&](auto cb) { store().RevokeDevice(bob_.id, bob_dev2_.id, cb); }).ok());
+  EXPECT_EQ(FindDevice(Timeline(store(), conv_, 1), bob_dev2_.id), nullptr);
+}
+
+TEST_P(StoreConformance, MessageTimelineOfAWithheldMessageShowsNoDelivery) {
+  SetUpConversation();
+  Must(Block(store(), bob_.id, alice_.id));
+  Send(alice_, alice_dev_, "hidden", 2000);
+  Must(Unblock(store(), bob_.id, alice_.id));
+  Send(alice_, alice_dev_, "seen", 2100);
+  Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 0, 2, 3000)));
+  MessageTimeline hidden = Timeline(store(), conv_, 1);
+  ASSERT_EQ(hidden.members.size(), 2u);
+  EXPECT_TRUE(hidden.members[1].withheld);
+  EXPECT_EQ(FindDevice(hidden, bob_dev_.id)->delivered_at, 0);
+  EXPECT_EQ(FindDevice(hidden, bob_dev_.id)->read_at, 0);
+  MessageTimeline seen = Timeline(store(), conv_, 2);
+  EXPECT_FALSE(seen.members[1].withheld);
+  EXPECT_EQ(FindDevice(seen, bob_dev_.id)->read_at, 3000);
+}
+
+TEST_P(StoreConformance, DisablingAUserIsRecordedAndDeletingRevokesItsDevices) {
+  UserRecord alice = MakeUser(store(), "alice");
+  DeviceRecord d1 = MakeDevice(store(), alice.id, "t1");
+  DeviceRecord d2 = MakeDevice(store(), alice.id, "t2");
+  auto set = [&](bool disabled, bool revoke) {
+    return Await<DisableResult>([&](auto cb) { store().SetUserDisabled(alice.id, disabled, revoke, cb); });
+  };
+  DisableResult r = Must(set(true, false));
+  EXPECT_TRUE(r.changed);
+  EXPECT_TRUE(r.revoked.empty());
+  EXPECT_TRUE(Must(Await<UserRecord>([&](auto cb) { store().GetUserByName("alice", cb); })).disabled);
+  EXPECT_TRUE(Must(Await<UserRecord>([&](auto cb) { store().GetUserById(alice.id, cb); })).disabled);
+  EXPECT_EQ(Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice.id, cb); })).size(), 2u);
+  EXPECT_FALSE(Must(set(true, false)).changed);
+  r = Must(set(true, true));  // delete: disable and revoke
+  EXPECT_FALSE(r.changed);
+  EXPECT_EQ(r.revoked, (std::vector<DeviceId>{d1.id, d2.id}));
+  EXPECT_TRUE(Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice.id, cb); })).empty());
+  EXPECT_FALSE(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("t1", cb); }).has_value());
+  EXPECT_TRUE(Must(set(false, false)).changed);
+  EXPECT_FALSE(Must(Await<UserRecord>([&](auto cb) { store().GetUserByName("alice", cb); })).disabled);
+  Result<DisableResult> unknown =
+      Await<DisableResult>([&](auto cb) { store().SetUserDisabled(alice.id + 100, true, false, cb); });
+  ASSERT_FALSE(unknown.has_value());
+  EXPECT_EQ(unknown.error().code(), ErrorCode::kUnknownUser);
+}
+
+TEST_P(StoreConformance, SummaryCountsAndSchemaIsCurrent) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "a");
+  Send(bob_, bob_dev_, "b");
+  Must(Await<DisableResult>([&](auto cb) { store().SetUserDisabled(carol_.id, true, true, cb); }));
+  StoreSummary s = Must(Await<StoreSummary>([&](auto cb) { store().GetStoreSummary(cb); }));
+  EXPECT_EQ(s.backend, GetParam().name);
+  EXPECT_EQ(s.users, 3);
+  EXPECT_EQ(s.disabled_users, 1);
+  EXPECT_EQ(s.live_devices, 3);  // carol's went with the delete
+  EXPECT_EQ(s.conversations, 1);
+  EXPECT_EQ(s.messages, 2);
+  EXPECT_EQ(s.stream_events, 2 + 2 + 2);  // the conversation event and two messages, for each of alice and bob
+  EXPECT_GT(s.bytes, 0);
+  SchemaStatus schema = Must(Await<SchemaStatus>([&](auto cb) { store().GetSchemaStatus(cb); }));
+  EXPECT_EQ(schema.backend, GetParam().name);
+  EXPECT_GE(schema.current, 1);
+  EXPECT_EQ(schema.current, schema.latest);
+  EXPECT_TRUE(schema.pending.empty());
+}
+
+TEST_P(StoreConformance, OnlineBackupCopiesTheStoreOrIsRefusedClearly) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "before-backup");
+  std::string path = dir_.path() + "/backup.db";
+  Result<BackupResult> b = Await<BackupResult>([&](auto cb) { store().Backup(path, cb); });
+  if (GetParam().name == "postgres") {
+    ASSERT_FALSE(b.has_value());
+    EXPECT_EQ(b.error().code(), ErrorCode::kBadRequest);
+    EXPECT_NE(b.error().message().find("pg_dump"), std::string::npos);
+    return;
+  }
+  ASSERT_TRUE(b.has_value()) << b.error().ToString();
+  EXPECT_EQ(b->path, path);
+  EXPECT_GT(b->bytes, 0);
+  // The store keeps working, and the copy is a complete, intact store.
+  Send(alice_, alice_dev_, "after-backup");
+  Result<sqlite::StoreFileInfo> info = sqlite::CheckStoreFile(path, SqliteStore::kSchemaVersion);
+  ASSERT_TRUE(info.has_value()) << info.error().ToString();
+  EXPECT_EQ(info->messages, 1);
+  EXPECT_EQ(info->users, 3);
+  // An existing file is never overwritten.
+  Result<BackupResult> again = Await<BackupResult>([&](auto cb) { store().Backup(path, cb); });
+  ASSERT_FALSE(again.has_value());
+  EXPECT_EQ(again.error().code(), ErrorCode::kBadRequest);
+  // Not a store: a clear error.
+  std::string junk = dir_.path() + "/junk.db";
+  { std::FILE* f = std::fopen(junk.c_str(), "w"); std::fputs("not a database at all", f); std::fclose(f); }
+  Result<sqlite::StoreFileInfo> bad = sqlite::CheckStoreFile(junk, SqliteStore::kSchemaVersion);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_EQ(bad.error().code(), ErrorCode::kBadRequest);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreConformance, ::testing::ValuesIn(Backends()),

@@ -51,6 +51,11 @@
 //   user_heads(user_id PK, head)
 //   device_receipts(device_id, conversation_id, delivered, read) PK(both)
 //   user_receipts(conversation_id, user_id, delivered, read) PK(both)
+//   receipt_log(conversation_id, device_id, delivered, read, at)
+//         PK(conversation_id, device_id, delivered, read)
+//         + receipt_log_by_read(conversation_id, device_id, read);
+//         PARTITION BY HASH(conversation_id) (step 3, with users.disabled
+//         and messages.accepted_at/stored_at): see SqliteStore
 //   contacts(owner_id, contact_id, added_at) PK(both)
 //         + contacts_by_contact(contact_id, owner_id)
 //   blocks(owner_id, target_id, created_at, shown_display_name, shown_about,
@@ -229,6 +234,26 @@ std::string SchemaV2() {
          "ALTER TABLE users ADD COLUMN last_seen bigint NOT NULL DEFAULT 0;\n";
 }
 
+// Issue 8: the message timeline (accepted/stored times, every move of a
+// device's watermarks with its time) and disabled users.
+std::string SchemaV3() {
+  std::string sql = R"sql(
+ALTER TABLE users ADD COLUMN disabled boolean NOT NULL DEFAULT false;
+ALTER TABLE messages ADD COLUMN accepted_at bigint NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN stored_at bigint NOT NULL DEFAULT 0;
+CREATE TABLE receipt_log(
+  conversation_id bigint NOT NULL,
+  device_id bigint NOT NULL,
+  delivered bigint NOT NULL,
+  read bigint NOT NULL,
+  at bigint NOT NULL,
+  PRIMARY KEY(conversation_id, device_id, delivered, read)) PARTITION BY HASH(conversation_id);
+CREATE INDEX receipt_log_by_read ON receipt_log(conversation_id, device_id, read);
+)sql";
+  sql += PartitionsSql("receipt_log");
+  return sql;
+}
+
 struct Migration {
   int version;
   std::string (*sql)();
@@ -237,6 +262,7 @@ struct Migration {
 const Migration kMigrations[] = {
     {1, &SchemaV1},
     {2, &SchemaV2},
+    {3, &SchemaV3},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -316,11 +342,11 @@ ProfileRecord ProfileAt(const PgRows& r, int row, int col) {
 // Columns: id, username, password_hash, created_at, display_name, about,
 // presence_visibility, last_seen.
 constexpr const char* kUserColumns =
-    "id, username, password_hash, created_at, display_name, about, presence_visibility, last_seen";
+    "id, username, password_hash, created_at, display_name, about, presence_visibility, last_seen, disabled";
 
 UserRecord UserAt(const PgRows& r, int row) {
   return UserRecord{r.Int(row, 0), r.Text(row, 1), r.Text(row, 2), r.Int(row, 3), r.Text(row, 4), r.Text(row, 5),
-                    static_cast<PresenceVisibility>(r.Int(row, 6)), r.Int(row, 7)};
+                    static_cast<PresenceVisibility>(r.Int(row, 6)), r.Int(row, 7), r.Bool(row, 8)};
 }
 
 // `user`'s profile as `viewer` sees it ($1 user, $2 viewer): as it was when
@@ -371,7 +397,7 @@ class PostgresStore::TypedWriteOp final : public WriteOp {
 
 class PostgresStore::Writer {
  public:
-  explicit Writer(std::unique_ptr<PgConn> db) : db_(std::move(db)) {}
+  Writer(std::unique_ptr<PgConn> db, const Clock& clock) : db_(std::move(db)), clock_(clock) {}
 
   // Applies `ops` in one transaction (retrying it on a conflict); returns its
   // outcome.
@@ -396,6 +422,7 @@ class PostgresStore::Writer {
   Result<std::vector<BulkUserResult>> BulkCreateUsers(const std::vector<NewBulkUser>& users, int64_t now);
   Result<SocialResult> SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now);
   Result<Empty> SetLastSeen(UserId user_id, int64_t last_seen);
+  Result<DisableResult> SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices);
 
  private:
   // A conversation's members (never change once created), ascending user id.
@@ -430,6 +457,8 @@ class PostgresStore::Writer {
   SocialResult AppendSocialEvent(UserId owner, EventKind kind, const ProfileRecord& subject, bool flag, int64_t now);
 
   std::unique_ptr<PgConn> db_;
+  const Clock& clock_;
+  int64_t batch_now_ = 0;  // clock_ when the current batch began: its messages' stored_at
   std::unordered_map<ConversationId, Members> members_;
 };
 
@@ -440,6 +469,7 @@ Status PostgresStore::Writer::CommitBatch(const std::vector<std::unique_ptr<Writ
     db_->ClearError();
     if (!db_->EnsureConnected()) return Status(ErrorCode::kUnavailable, "postgres: not connected");
     db_->Defer("BEGIN");
+    batch_now_ = clock_.NowMillis();
     for (const auto& op : ops) {
       if (db_->failed()) break;
       op->Apply(*this);
@@ -748,7 +778,8 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
   m.client_id = msg.client_id;
   m.body = msg.body;
   m.created_at = msg.now;
-  db_->Defer(fmt::format("INSERT INTO messages({}) VALUES($1, $2, $3, $4, $5, $6, $7)", kMessageColumns),
+  db_->Defer(fmt::format("INSERT INTO messages({}, accepted_at, stored_at) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                         kMessageColumns),
              PgParams()
                  .Int(m.conversation_id)
                  .Int(m.seq)
@@ -756,7 +787,9 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
                  .Int(m.sender_device_id)
                  .Text(m.client_id)
                  .Text(m.body)
-                 .Int(m.created_at));
+                 .Int(m.created_at)
+                 .Int(msg.accepted_at != 0 ? msg.accepted_at : msg.now)
+                 .Int(std::max(batch_now_, msg.now)));
   db_->Defer("UPDATE conversations SET last_seq = $2, last_activity_at = $3 WHERE id = $1",
              PgParams().Int(m.conversation_id).Int(m.seq).Int(msg.now));
   std::vector<int64_t> visible;
@@ -817,6 +850,16 @@ Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& 
         "ON CONFLICT(device_id, conversation_id) DO UPDATE SET delivered = GREATEST(device_receipts.delivered, "
         "excluded.delivered), read = GREATEST(device_receipts.read, excluded.read)",
         PgParams().Int(update.device_id).Int(update.conversation_id).Int(new_device.delivered).Int(new_device.read));
+    // The timeline's source: every move of a device's watermarks, with its time.
+    db_->Defer(
+        "INSERT INTO receipt_log(conversation_id, device_id, delivered, read, at) VALUES($1, $2, $3, $4, $5) "
+        "ON CONFLICT DO NOTHING",
+        PgParams()
+            .Int(update.conversation_id)
+            .Int(update.device_id)
+            .Int(new_device.delivered)
+            .Int(new_device.read)
+            .Int(update.now));
   }
   ReceiptResult result;
   result.aggregate = Watermarks{std::max(aggregate.delivered, new_device.delivered),
@@ -1032,6 +1075,23 @@ Result<SocialResult> PostgresStore::Writer::SetPresenceVisibility(UserId user_id
   return result;
 }
 
+Result<DisableResult> PostgresStore::Writer::SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices) {
+  PgRows r = db_->Query("SELECT disabled FROM users WHERE id = $1 FOR UPDATE", PgParams().Int(user_id));
+  if (r.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    return Status(ErrorCode::kUnknownUser, "unknown user");
+  }
+  DisableResult result;
+  result.changed = r.Bool(0, 0) != disabled;
+  if (result.changed) db_->Defer("UPDATE users SET disabled = $2 WHERE id = $1", PgParams().Int(user_id).Bool(disabled));
+  if (revoke_devices) {
+    PgRows d = db_->Query("SELECT id FROM devices WHERE user_id = $1 AND NOT revoked ORDER BY id", PgParams().Int(user_id));
+    for (int i = 0; i < d.size(); ++i) result.revoked.push_back(d.Int(i, 0));
+    for (DeviceId id : result.revoked) Revoke(id);
+  }
+  return result;
+}
+
 Result<Empty> PostgresStore::Writer::SetLastSeen(UserId user_id, int64_t last_seen) {
   // One statement; monotonic. The row count cannot tell "unknown" from "not
   // newer", so an unknown user is checked by the second statement.
@@ -1069,6 +1129,9 @@ class PostgresStore::Reader {
 
   Result<UserRecord> UserByName(const std::string& username);
   Result<UserRecord> UserById(UserId id);
+  Result<MessageTimeline> Timeline(ConversationId id, Seq seq);
+  Result<StoreSummary> Summary();
+  Result<SchemaStatus> Schema();
   Result<DeviceRecord> DeviceByToken(const std::string& token_hash);
   Result<std::vector<DeviceRecord>> Devices(UserId user_id);
   Result<ConversationRecord> Conversation(ConversationId id);
@@ -1091,6 +1154,93 @@ class PostgresStore::Reader {
 
   std::unique_ptr<PgConn> db_;
 };
+
+Result<MessageTimeline> PostgresStore::Reader::Timeline(ConversationId id, Seq seq) {
+  MessageTimeline t;
+  PgRows m = db_->Query(fmt::format("SELECT {}, accepted_at, stored_at FROM messages WHERE conversation_id = $1 AND seq = $2",
+                                    kMessageColumns),
+                        PgParams().Int(id).Int(seq));
+  if (m.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    if (db_->Query("SELECT 1 FROM conversations WHERE id = $1", PgParams().Int(id)).empty())
+      return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+    return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
+  }
+  t.message = MessageAt(m, 0, 0);
+  t.accepted_at = m.Int(0, 7);
+  t.stored_at = m.Int(0, 8);
+  // Members with their live devices (one row per device; a member without
+  // one has a NULL device), and whether the message is withheld from them.
+  PgRows r = db_->Query(
+      "SELECT mb.user_id, u.username, EXISTS(SELECT 1 FROM withheld w WHERE w.conversation_id = mb.conversation_id "
+      "AND w.user_id = mb.user_id AND w.seq = $2), d.id, d.name, d.platform "
+      "FROM members mb JOIN users u ON u.id = mb.user_id "
+      "LEFT JOIN devices d ON d.user_id = mb.user_id AND NOT d.revoked "
+      "WHERE mb.conversation_id = $1 ORDER BY mb.user_id, d.id",
+      PgParams().Int(id).Int(seq));
+  for (int i = 0; i < r.size(); ++i) {
+    if (t.members.empty() || t.members.back().user_id != r.Int(i, 0))
+      t.members.push_back(MemberTimeline{r.Int(i, 0), r.Text(i, 1), r.Bool(i, 2), {}});
+    if (r.IsNull(i, 3)) continue;
+    DeviceTimeline d;
+    d.device_id = r.Int(i, 3);
+    d.name = r.Text(i, 4);
+    d.platform = r.Text(i, 5);
+    t.members.back().devices.push_back(std::move(d));
+  }
+  for (MemberTimeline& member : t.members) {
+    for (DeviceTimeline& d : member.devices) {
+      if (d.device_id == t.message.sender_device_id) {
+        d.sending_device = true;
+        d.delivered_at = d.read_at = t.stored_at;
+        continue;
+      }
+      if (member.withheld) continue;
+      // A device's log rows rise in both watermarks over time, so the first
+      // row (in either index's order) that covers seq is the earliest.
+      PgRows at = db_->Query(
+          "SELECT (SELECT at FROM receipt_log WHERE conversation_id = $1 AND device_id = $2 AND delivered >= $3 "
+          "ORDER BY delivered LIMIT 1), (SELECT at FROM receipt_log WHERE conversation_id = $1 AND device_id = $2 "
+          "AND read >= $3 ORDER BY read LIMIT 1)",
+          PgParams().Int(id).Int(d.device_id).Int(seq));
+      if (at.empty()) continue;
+      if (!at.IsNull(0, 0)) d.delivered_at = at.Int(0, 0);
+      if (!at.IsNull(0, 1)) d.read_at = at.Int(0, 1);
+    }
+  }
+  return t;
+}
+
+Result<StoreSummary> PostgresStore::Reader::Summary() {
+  StoreSummary out;
+  out.backend = "postgres";
+  PgRows r = db_->Query(
+      "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM users WHERE disabled), "
+      "(SELECT count(*) FROM devices WHERE NOT revoked), (SELECT count(*) FROM conversations), "
+      "(SELECT COALESCE(sum(last_seq), 0)::bigint FROM conversations), "
+      "(SELECT COALESCE(sum(head), 0)::bigint FROM user_heads), pg_database_size(current_database())");
+  if (r.empty()) return Status(ErrorCode::kInternal, "store error");
+  out.users = r.Int(0, 0);
+  out.disabled_users = r.Int(0, 1);
+  out.live_devices = r.Int(0, 2);
+  out.conversations = r.Int(0, 3);
+  out.messages = r.Int(0, 4);
+  out.stream_events = r.Int(0, 5);
+  out.bytes = r.Int(0, 6);
+  return out;
+}
+
+Result<SchemaStatus> PostgresStore::Reader::Schema() {
+  SchemaStatus out;
+  out.backend = "postgres";
+  PgRows r = db_->Query("SELECT COALESCE(max(version), 0) FROM schema_version");
+  if (r.empty()) return Status(ErrorCode::kInternal, "store error");
+  out.current = static_cast<int>(r.Int(0, 0));
+  out.latest = PostgresStore::kSchemaVersion;
+  for (const Migration& m : kMigrations)
+    if (m.version > out.current) out.pending.push_back(m.version);
+  return out;
+}
 
 Result<ExportPage> PostgresStore::Reader::Export(ExportTable table, const std::vector<int64_t>& after, int limit) {
   static constexpr const char* kSql[kExportTableCount] = {
@@ -1517,7 +1667,7 @@ Result<std::unique_ptr<PostgresStore>> PostgresStore::Open(const StoreConfig& co
     readers.push_back(std::make_unique<Reader>(std::move(read_db).value()));
   }
   return std::unique_ptr<PostgresStore>(
-      new PostgresStore(config, std::make_unique<Writer>(std::move(write_db).value()), std::move(readers)));
+      new PostgresStore(config, std::make_unique<Writer>(std::move(write_db).value(), config.clock != nullptr ? *config.clock : SystemClock::Instance()), std::move(readers)));
 }
 
 PostgresStore::PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
@@ -1846,6 +1996,31 @@ void PostgresStore::SetLastSeen(UserId user_id, int64_t last_seen, StatusCallbac
 void PostgresStore::GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) {
   SubmitRead<std::vector<PresenceRecord>>(
       [viewer, ids = std::move(ids)](Reader& r) { return r.Presence(viewer, ids); }, std::move(done));
+}
+
+void PostgresStore::GetMessageTimeline(ConversationId id, Seq seq, Callback<MessageTimeline> done) {
+  SubmitRead<MessageTimeline>([id, seq](Reader& r) { return r.Timeline(id, seq); }, std::move(done));
+}
+
+void PostgresStore::SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices,
+                                    Callback<DisableResult> done) {
+  SubmitWrite<DisableResult>(
+      [user_id, disabled, revoke_devices](Writer& w) { return w.SetUserDisabled(user_id, disabled, revoke_devices); },
+      std::move(done));
+}
+
+void PostgresStore::GetStoreSummary(Callback<StoreSummary> done) {
+  SubmitRead<StoreSummary>([](Reader& r) { return r.Summary(); }, std::move(done));
+}
+
+void PostgresStore::GetSchemaStatus(Callback<SchemaStatus> done) {
+  SubmitRead<SchemaStatus>([](Reader& r) { return r.Schema(); }, std::move(done));
+}
+
+void PostgresStore::Backup(std::string /*path*/, Callback<BackupResult> done) {
+  done(Status(ErrorCode::kBadRequest,
+              "the PostgreSQL store is backed up with PostgreSQL's own tools (pg_dump, pg_basebackup); see "
+              "docs/operations.md"));
 }
 
 void PostgresStore::Flush(StatusCallback done) {

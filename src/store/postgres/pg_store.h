@@ -57,7 +57,7 @@ namespace parley::store {
 class PostgresStore final : public Store {
  public:
   // The schema version a fully migrated database records in schema_version.
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
   // Hash partitions of messages and withheld (by conversation id) and of
   // user_events (by user id). Fixed by the schema: changing it is a
   // migration that re-partitions.
@@ -115,6 +115,11 @@ class PostgresStore final : public Store {
                              Callback<SocialResult> done) override;
   void SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) override;
   void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) override;
+  void GetMessageTimeline(ConversationId id, Seq seq, Callback<MessageTimeline> done) override;
+  void SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices, Callback<DisableResult> done) override;
+  void GetStoreSummary(Callback<StoreSummary> done) override;
+  void GetSchemaStatus(Callback<SchemaStatus> done) override;
+  void Backup(std::string path, Callback<BackupResult> done) override;
   void Flush(StatusCallback done) override;
   StoreStats Stats() const override;
 

@@ -29,7 +29,9 @@
 // below is the list of numbered steps, each applied in its own transaction;
 // step 2 added profiles, contacts, blocks, withheld, name_prefixes and
 // members.last_activity_at to version-1 files in place; step 3 added the
-// blocks.shown_* columns, filled from the owner's profile at migration):
+// blocks.shown_* columns, filled from the owner's profile at migration; step
+// 4 presence; step 5 users.disabled, messages.accepted_at/stored_at and
+// receipt_log):
 //   users(id PK, username UNIQUE, password_hash, created_at, display_name,
 //           about, profile_updated_at)
 //   devices(id PK, user_id, name, platform, token_hash BLOB UNIQUE (NULL once
@@ -54,6 +56,12 @@
 //           PK(device_id, conversation_id), WITHOUT ROWID
 //   user_receipts(conversation_id, user_id, delivered, read)
 //           PK(conversation_id, user_id), WITHOUT ROWID
+//   receipt_log(conversation_id, device_id, delivered, read, at)
+//           PK(conversation_id, device_id, delivered, read), WITHOUT ROWID
+//           + receipt_log_by_read(conversation_id, device_id, read): every
+//           move of a device's watermarks with its time (one row per
+//           UpdateReceipt that moved them). The message timeline's first
+//           delivered/read time of a device is one probe of each.
 //   contacts(owner_id, contact_id, added_at) PK(owner_id, contact_id),
 //           WITHOUT ROWID + contacts_by_contact(contact_id, owner_id)
 //   blocks(owner_id, target_id, created_at, shown_display_name, shown_about,
@@ -116,6 +124,7 @@
 #include <utility>
 
 #include "store/name_words.h"
+#include "store/sqlite/sqlite_backup.h"
 #include "store/sqlite/sqlite_db.h"
 
 namespace parley::store {
@@ -250,6 +259,21 @@ UPDATE blocks SET shown_display_name = u.display_name, shown_about = u.about,
 ALTER TABLE users ADD COLUMN presence_visibility INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
 )sql"},
+    // Issue 8: the message timeline (accepted/stored times, every move of a
+    // device's watermarks with its time) and disabled users.
+    {5, R"sql(
+ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN accepted_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN stored_at INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE receipt_log(
+  conversation_id INTEGER NOT NULL,
+  device_id INTEGER NOT NULL,
+  delivered INTEGER NOT NULL,
+  read INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  PRIMARY KEY(conversation_id, device_id, delivered, read)) WITHOUT ROWID;
+CREATE INDEX receipt_log_by_read ON receipt_log(conversation_id, device_id, read);
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -296,10 +320,10 @@ MessageRecord MessageAt(const Stmt& s, int col) {
 }
 
 // Columns: id, username, password_hash, created_at, display_name, about,
-// presence_visibility, last_seen.
+// presence_visibility, last_seen, disabled.
 UserRecord UserAt(const Stmt& s) {
   return UserRecord{s.Int(0), s.Text(1), s.Text(2), s.Int(3), s.Text(4), s.Text(5),
-                    static_cast<PresenceVisibility>(s.Int(6)), s.Int(7)};
+                    static_cast<PresenceVisibility>(s.Int(6)), s.Int(7), s.Int(8) != 0};
 }
 
 DeviceRecord DeviceAt(const Stmt& s) {
@@ -429,7 +453,7 @@ class SqliteStore::TypedWriteOp final : public WriteOp {
 
 class SqliteStore::Writer {
  public:
-  explicit Writer(std::unique_ptr<Db> db) : db_(std::move(db)) {}
+  Writer(std::unique_ptr<Db> db, const Clock& clock) : db_(std::move(db)), clock_(clock) {}
 
   // Applies `ops` in one transaction; returns its outcome.
   Status CommitBatch(const std::vector<std::unique_ptr<WriteOp>>& ops);
@@ -453,6 +477,7 @@ class SqliteStore::Writer {
   Result<SocialResult> SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now);
   Result<Empty> SetLastSeen(UserId user_id, int64_t last_seen);
   Result<int64_t> SetMaxPageCount(int64_t pages);
+  Result<DisableResult> SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices);
 
  private:
   // A member's last visible activity (members.last_activity_at).
@@ -501,6 +526,8 @@ class SqliteStore::Writer {
   static ConversationRecord ToRecord(const Conversation& c);
 
   std::unique_ptr<Db> db_;
+  const Clock& clock_;
+  int64_t batch_now_ = 0;  // clock_ when the current batch began: its messages' stored_at
   std::unordered_map<ConversationId, Conversation> conversations_;
   std::unordered_map<UserId, Head> heads_;
   std::vector<ConversationId> dirty_conversations_;
@@ -511,6 +538,7 @@ Status SqliteStore::Writer::CommitBatch(const std::vector<std::unique_ptr<WriteO
   db_->ClearError();
   if (conversations_.size() > kMaxCachedConversations || heads_.size() > kMaxCachedHeads) DropCaches();
   Stmt(*db_, "BEGIN IMMEDIATE").Run();
+  batch_now_ = clock_.NowMillis();
   for (const auto& op : ops) {
     if (db_->failed()) break;
     op->Apply(*this);
@@ -860,15 +888,17 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
   m.created_at = msg.now;
   {
     Stmt s(*db_,
-           "INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at) "
-           "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+           "INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, "
+           "accepted_at, stored_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
     s.BindInt(1, m.conversation_id)
         .BindInt(2, m.seq)
         .BindInt(3, m.sender_id)
         .BindInt(4, m.sender_device_id)
         .BindText(5, m.client_id)
         .BindText(6, m.body)
-        .BindInt(7, m.created_at);
+        .BindInt(7, m.created_at)
+        .BindInt(8, msg.accepted_at != 0 ? msg.accepted_at : msg.now)
+        .BindInt(9, std::max(batch_now_, msg.now));
     s.Run();
   }
   c->last_seq = m.seq;
@@ -938,6 +968,16 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
     s.BindInt(1, update.device_id).BindInt(2, update.conversation_id).BindInt(3, new_device.delivered).BindInt(
         4, new_device.read);
     s.Run();
+    // The timeline's source: every move of a device's watermarks, with its time.
+    Stmt log(*db_,
+             "INSERT OR IGNORE INTO receipt_log(conversation_id, device_id, delivered, read, at) "
+             "VALUES(?1, ?2, ?3, ?4, ?5)");
+    log.BindInt(1, update.conversation_id)
+        .BindInt(2, update.device_id)
+        .BindInt(3, new_device.delivered)
+        .BindInt(4, new_device.read)
+        .BindInt(5, update.now);
+    log.Run();
   }
 
   Watermarks aggregate;
@@ -1196,6 +1236,30 @@ Result<int64_t> SqliteStore::Writer::SetMaxPageCount(int64_t pages) {
   return s.Step() ? s.Int(0) : 0;
 }
 
+Result<DisableResult> SqliteStore::Writer::SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices) {
+  DisableResult result;
+  {
+    Stmt s(*db_, "SELECT disabled FROM users WHERE id = ?1");
+    s.BindInt(1, user_id);
+    if (!s.Step()) return Status(ErrorCode::kUnknownUser, "unknown user");
+    result.changed = (s.Int(0) != 0) != disabled;
+  }
+  if (result.changed) {
+    Stmt s(*db_, "UPDATE users SET disabled = ?2 WHERE id = ?1");
+    s.BindInt(1, user_id).BindInt(2, disabled ? 1 : 0);
+    s.Run();
+  }
+  if (revoke_devices) {
+    {
+      Stmt s(*db_, "SELECT id FROM devices WHERE user_id = ?1 AND revoked = 0 ORDER BY id");
+      s.BindInt(1, user_id);
+      while (s.Step()) result.revoked.push_back(s.Int(0));
+    }
+    for (DeviceId id : result.revoked) Revoke(id);
+  }
+  return result;
+}
+
 // ---------------------------------------------------------------------------
 // Reads
 
@@ -1220,6 +1284,9 @@ class SqliteStore::Reader {
 
   Result<UserRecord> UserByName(const std::string& username);
   Result<UserRecord> UserById(UserId id);
+  Result<MessageTimeline> Timeline(ConversationId id, Seq seq);
+  Result<StoreSummary> Summary();
+  Result<SchemaStatus> Schema();
   Result<DeviceRecord> DeviceByToken(const std::string& token_hash);
   Result<std::vector<DeviceRecord>> Devices(UserId user_id);
   Result<ConversationRecord> Conversation(ConversationId id, StepCounter* counter = nullptr);
@@ -1249,19 +1316,121 @@ class SqliteStore::Reader {
 
 Result<UserRecord> SqliteStore::Reader::UserByName(const std::string& username) {
   Stmt s(*db_,
-         "SELECT id, username, password_hash, created_at, display_name, about, presence_visibility, last_seen "
-         "FROM users WHERE username = ?1");
+         "SELECT id, username, password_hash, created_at, display_name, about, presence_visibility, last_seen, "
+         "disabled FROM users WHERE username = ?1");
   s.BindText(1, username);
   if (!s.Step()) return Status(ErrorCode::kUnknownUser, "unknown user");
   return UserAt(s);
 }
 
 Result<UserRecord> SqliteStore::Reader::UserById(UserId id) {
-  Stmt s(*db_, "SELECT id, username, password_hash, created_at, display_name, about, presence_visibility, last_seen "
-         "FROM users WHERE id = ?1");
+  Stmt s(*db_, "SELECT id, username, password_hash, created_at, display_name, about, presence_visibility, last_seen, "
+         "disabled FROM users WHERE id = ?1");
   s.BindInt(1, id);
   if (!s.Step()) return Status(ErrorCode::kUnknownUser, "unknown user");
   return UserAt(s);
+}
+
+Result<MessageTimeline> SqliteStore::Reader::Timeline(ConversationId id, Seq seq) {
+  MessageTimeline t;
+  {
+    Stmt s(*db_,
+           "SELECT conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, accepted_at, "
+           "stored_at FROM messages WHERE conversation_id = ?1 AND seq = ?2");
+    s.BindInt(1, id).BindInt(2, seq);
+    if (!s.Step()) {
+      Stmt c(*db_, "SELECT 1 FROM conversations WHERE id = ?1");
+      c.BindInt(1, id);
+      if (!c.Step()) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+      return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
+    }
+    t.message = MessageAt(s, 0);
+    t.accepted_at = s.Int(7);
+    t.stored_at = s.Int(8);
+  }
+  {
+    Stmt s(*db_,
+           "SELECT m.user_id, u.username, EXISTS(SELECT 1 FROM withheld w WHERE w.conversation_id = m.conversation_id "
+           "AND w.user_id = m.user_id AND w.seq = ?2) FROM members m JOIN users u ON u.id = m.user_id "
+           "WHERE m.conversation_id = ?1 ORDER BY m.user_id");
+    s.BindInt(1, id).BindInt(2, seq);
+    while (s.Step()) t.members.push_back(MemberTimeline{s.Int(0), s.Text(1), s.Int(2) != 0, {}});
+  }
+  for (MemberTimeline& member : t.members) {
+    Stmt s(*db_, "SELECT id, name, platform FROM devices WHERE user_id = ?1 AND revoked = 0 ORDER BY id");
+    s.BindInt(1, member.user_id);
+    while (s.Step()) {
+      DeviceTimeline d;
+      d.device_id = s.Int(0);
+      d.name = s.Text(1);
+      d.platform = s.Text(2);
+      member.devices.push_back(std::move(d));
+    }
+    for (DeviceTimeline& d : member.devices) {
+      if (d.device_id == t.message.sender_device_id) {
+        d.sending_device = true;
+        d.delivered_at = d.read_at = t.stored_at;
+        continue;
+      }
+      if (member.withheld) continue;
+      // A device's log rows rise in both watermarks over time, so the first
+      // row (in either index's order) that covers seq is the earliest.
+      Stmt del(*db_,
+               "SELECT at FROM receipt_log WHERE conversation_id = ?1 AND device_id = ?2 AND delivered >= ?3 "
+               "ORDER BY delivered LIMIT 1");
+      del.BindInt(1, id).BindInt(2, d.device_id).BindInt(3, seq);
+      if (del.Step()) d.delivered_at = del.Int(0);
+      Stmt rd(*db_,
+              "SELECT at FROM receipt_log WHERE conversation_id = ?1 AND device_id = ?2 AND read >= ?3 "
+              "ORDER BY read LIMIT 1");
+      rd.BindInt(1, id).BindInt(2, d.device_id).BindInt(3, seq);
+      if (rd.Step()) d.read_at = rd.Int(0);
+    }
+  }
+  return t;
+}
+
+Result<StoreSummary> SqliteStore::Reader::Summary() {
+  StoreSummary out;
+  out.backend = "sqlite";
+  {
+    Stmt s(*db_, "SELECT count(*), COALESCE(sum(disabled), 0) FROM users");
+    if (s.Step()) {
+      out.users = s.Int(0);
+      out.disabled_users = s.Int(1);
+    }
+  }
+  {
+    Stmt s(*db_, "SELECT count(*) FROM devices WHERE revoked = 0");
+    if (s.Step()) out.live_devices = s.Int(0);
+  }
+  {
+    Stmt s(*db_, "SELECT count(*), COALESCE(sum(last_seq), 0) FROM conversations");
+    if (s.Step()) {
+      out.conversations = s.Int(0);
+      out.messages = s.Int(1);
+    }
+  }
+  {
+    Stmt s(*db_, "SELECT COALESCE(sum(head), 0) FROM user_heads");
+    if (s.Step()) out.stream_events = s.Int(0);
+  }
+  {
+    Stmt s(*db_, "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()");
+    if (s.Step()) out.bytes = s.Int(0);
+  }
+  return out;
+}
+
+Result<SchemaStatus> SqliteStore::Reader::Schema() {
+  SchemaStatus out;
+  out.backend = "sqlite";
+  Stmt s(*db_, "PRAGMA user_version");
+  if (s.Step()) out.current = static_cast<int>(s.Int(0));
+  out.latest = SqliteStore::kSchemaVersion;
+  for (const Migration& m : kMigrations)
+    if (m.version > out.current) out.pending.push_back(m.version);
+  return out;
 }
 
 Result<DeviceRecord> SqliteStore::Reader::DeviceByToken(const std::string& token_hash) {
@@ -1649,12 +1818,14 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const StoreConfig& config
   // switch it to WAL.
   Result<std::unique_ptr<Db>> read_db = Db::Open(config.sqlite_path, /*read_only=*/true, config.sqlite_cache_kib);
   if (!read_db.has_value()) return read_db.error();
-  return std::unique_ptr<SqliteStore>(new SqliteStore(config, std::make_unique<Writer>(std::move(write_db).value()),
+  return std::unique_ptr<SqliteStore>(new SqliteStore(config, std::make_unique<Writer>(std::move(write_db).value(),
+                                                                               config.clock != nullptr ? *config.clock : SystemClock::Instance()),
                                                       std::make_unique<Reader>(std::move(read_db).value())));
 }
 
 SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer, std::unique_ptr<Reader> reader)
-    : max_batch_(std::max(1, config.commit_max_batch)),
+    : source_path_(config.sqlite_path),
+      max_batch_(std::max(1, config.commit_max_batch)),
       deadline_us_(std::max(0, config.commit_deadline_us)),
       writer_(std::move(writer)),
       reader_(std::move(reader)),
@@ -1676,6 +1847,12 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
 }
 
 SqliteStore::~SqliteStore() {
+  std::thread backup;
+  {
+    std::lock_guard lock(backup_mu_);
+    backup = std::move(backup_thread_);
+  }
+  if (backup.joinable()) backup.join();
   {
     std::lock_guard lock(write_mu_);
     write_stopping_ = true;
@@ -1978,6 +2155,48 @@ void SqliteStore::SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback 
 void SqliteStore::GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) {
   SubmitRead<std::vector<PresenceRecord>>([viewer, ids = std::move(ids)](Reader& r) { return r.Presence(viewer, ids); },
                                           std::move(done));
+}
+
+void SqliteStore::GetMessageTimeline(ConversationId id, Seq seq, Callback<MessageTimeline> done) {
+  SubmitRead<MessageTimeline>([id, seq](Reader& r) { return r.Timeline(id, seq); }, std::move(done));
+}
+
+void SqliteStore::SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices, Callback<DisableResult> done) {
+  SubmitWrite<DisableResult>(
+      [user_id, disabled, revoke_devices](Writer& w) { return w.SetUserDisabled(user_id, disabled, revoke_devices); },
+      std::move(done));
+}
+
+void SqliteStore::GetStoreSummary(Callback<StoreSummary> done) {
+  SubmitRead<StoreSummary>([](Reader& r) { return r.Summary(); }, std::move(done));
+}
+
+void SqliteStore::GetSchemaStatus(Callback<SchemaStatus> done) {
+  SubmitRead<SchemaStatus>([](Reader& r) { return r.Schema(); }, std::move(done));
+}
+
+// The online backup runs on a thread of its own with its own connection to
+// the file: under WAL it reads one snapshot while the writer keeps
+// committing (the copy is the store as of the backup's start), and neither
+// the writer nor the reader thread waits for it. It copies into `path`.tmp,
+// fsyncs it (journal_mode stays WAL in the copy's header) and renames it
+// into place, so `path` is either absent or a complete backup.
+void SqliteStore::Backup(std::string path, Callback<BackupResult> done) {
+  std::lock_guard lock(backup_mu_);
+  if (backup_running_) {
+    done(Status(ErrorCode::kUnavailable, "a backup is already running; retry when it is done"));
+    return;
+  }
+  if (backup_thread_.joinable()) backup_thread_.join();
+  backup_running_ = true;
+  backup_thread_ = std::thread([this, path = std::move(path), done = std::move(done)] {
+    Result<BackupResult> r = sqlite::BackupFile(source_path_, path);
+    {
+      std::lock_guard finished(backup_mu_);
+      backup_running_ = false;
+    }
+    done(std::move(r));
+  });
 }
 
 void SqliteStore::Flush(StatusCallback done) {

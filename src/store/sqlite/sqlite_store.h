@@ -49,7 +49,7 @@ namespace parley::store {
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 4;
+  static constexpr int kSchemaVersion = 5;
 
   // Opens (creating and migrating) the file at config.sqlite_path; the parent
   // directory must exist. Fails kUnavailable if the file cannot be opened,
@@ -100,6 +100,11 @@ class SqliteStore final : public Store {
                              Callback<SocialResult> done) override;
   void SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) override;
   void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) override;
+  void GetMessageTimeline(ConversationId id, Seq seq, Callback<MessageTimeline> done) override;
+  void SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices, Callback<DisableResult> done) override;
+  void GetStoreSummary(Callback<StoreSummary> done) override;
+  void GetSchemaStatus(Callback<SchemaStatus> done) override;
+  void Backup(std::string path, Callback<BackupResult> done) override;
   void Flush(StatusCallback done) override;
   StoreStats Stats() const override;
 
@@ -136,6 +141,7 @@ class SqliteStore final : public Store {
   void RunWriter();
   void RunReader();
 
+  const std::string source_path_;
   const int max_batch_;
   const int deadline_us_;
   std::unique_ptr<Writer> writer_;  // used only by writer_thread_
@@ -154,6 +160,11 @@ class SqliteStore final : public Store {
   std::deque<ReadJob> read_queue_;
   bool read_stopping_ = false;
   bool reader_exited_ = false;
+
+  // The online backup's thread (one backup at a time).
+  std::mutex backup_mu_;
+  std::thread backup_thread_;
+  bool backup_running_ = false;
 
   std::atomic<uint64_t> commits_{0};
   std::atomic<uint64_t> rows_read_sync_{0};

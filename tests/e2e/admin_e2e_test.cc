@@ -1,0 +1,288 @@
+// Operations end to end (issue 8): the message timeline through the protocol
+// ("message_info") and the admin API, every parley-admin command against a
+// real parleyd (exit codes and errors included), and an online backup taken
+// while a sender keeps sending, restored offline into a new data dir that a
+// new parleyd then serves with every acknowledged message.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "e2e/helpers.h"
+
+namespace parley::testing {
+namespace {
+
+constexpr const char* kToken = "admin-e2e-token";
+
+struct ToolResult {
+  int exit_code = -1;
+  std::string out;  // stdout (stderr is folded in when `merge_stderr`)
+};
+
+// Runs parley-admin with `args` (each already shell-safe).
+ToolResult Tool(const std::string& args, bool merge_stderr = true) {
+  std::string cmd = std::string(PARLEY_BIN_DIR) + "/parley-admin " + args + (merge_stderr ? " 2>&1" : "");
+  ToolResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string Server(const ServerProcess& s) { return "--server http://127.0.0.1:" + std::to_string(s.port()); }
+
+// parley-admin against `s` with the right token; the JSON it printed.
+json AdminOk(const ServerProcess& s, const std::string& args) {
+  ToolResult r = Tool(Server(s) + " --token " + kToken + " " + args, /*merge_stderr=*/false);
+  EXPECT_EQ(r.exit_code, 0) << args << ": " << r.out;
+  json j = json::parse(r.out, nullptr, false);
+  EXPECT_FALSE(j.is_discarded()) << r.out;
+  return j;
+}
+
+const json* FindDevice(const json& info, int64_t device_id) {
+  for (const auto& m : info["members"])
+    for (const auto& d : m["devices"])
+      if (d["device_id"] == device_id) return &d;
+  return nullptr;
+}
+
+class AdminE2E : public ::testing::Test {
+ protected:
+  AdminE2E() : server_({"--admin-token", kToken}) {}
+  ServerProcess server_;
+};
+
+TEST_F(AdminE2E, MessageTimelineOfAMessageReadOnOneOfTwoDevicesShowsBothDeliveriesAndTheOneRead) {
+  Register(server_, "alice");
+  Register(server_, "bob");
+  Register(server_, "carol");
+  Device alice = Login(server_, "alice", "laptop");
+  Device bob1 = Login(server_, "bob", "phone");
+  Device bob2 = Login(server_, "bob", "tablet");
+  Device carol = Login(server_, "carol");
+  auto sent = alice.conn->Call("send", {{"to", "bob"}, {"client_id", "m1"}, {"body", "hello"}});
+  ASSERT_TRUE(sent.ok) << sent.code;
+  int64_t conv = sent.result["conversation_id"], seq = sent.result["seq"];
+  ASSERT_TRUE(bob1.conn->Call("receipt", {{"items", {{{"conversation_id", conv}, {"delivered", seq}}}}}).ok);
+  ASSERT_TRUE(bob2.conn->Call("receipt", {{"items", {{{"conversation_id", conv}, {"delivered", seq}}}}}).ok);
+  ASSERT_TRUE(bob1.conn->Call("receipt", {{"items", {{{"conversation_id", conv}, {"read", seq}}}}}).ok);
+
+  auto info = alice.conn->Call("message_info", {{"conversation_id", conv}, {"seq", seq}});
+  ASSERT_TRUE(info.ok) << info.code << ": " << info.message;
+  const json& r = info.result;
+  EXPECT_EQ(r["client_id"], "m1");
+  ASSERT_TRUE(r["accepted_at"].is_number());
+  ASSERT_TRUE(r["stored_at"].is_number());
+  EXPECT_LE(r["accepted_at"].get<int64_t>(), r["stored_at"].get<int64_t>());
+  ASSERT_EQ(r["members"].size(), 2u);
+  const json* own = FindDevice(r, alice.device_id);
+  ASSERT_NE(own, nullptr);
+  EXPECT_EQ((*own)["sending_device"], true);
+  EXPECT_EQ((*own)["name"], "laptop");
+  const json* b1 = FindDevice(r, bob1.device_id);
+  const json* b2 = FindDevice(r, bob2.device_id);
+  ASSERT_NE(b1, nullptr);
+  ASSERT_NE(b2, nullptr);
+  EXPECT_TRUE((*b1)["delivered_at"].is_number());
+  EXPECT_TRUE((*b2)["delivered_at"].is_number());
+  EXPECT_TRUE((*b1)["read_at"].is_number());
+  EXPECT_TRUE((*b2)["read_at"].is_null());
+  EXPECT_GE((*b1)["read_at"].get<int64_t>(), r["stored_at"].get<int64_t>());
+  EXPECT_FALSE(b1->contains("name")) << "another member's device names are not shown";
+
+  // Only the sender's devices may ask; the others get the documented errors.
+  auto bobs = bob1.conn->Call("message_info", {{"conversation_id", conv}, {"seq", seq}});
+  EXPECT_EQ(bobs.code, "forbidden");
+  auto carols = carol.conn->Call("message_info", {{"conversation_id", conv}, {"seq", seq}});
+  EXPECT_EQ(carols.code, "not_member");
+  auto missing = alice.conn->Call("message_info", {{"conversation_id", conv}, {"seq", seq + 5}});
+  EXPECT_EQ(missing.code, "unknown_message");
+
+  // The admin API's timeline: the same times, with device names.
+  json t = AdminOk(server_, "timeline " + std::to_string(conv) + " " + std::to_string(seq));
+  EXPECT_EQ(t["stored_at"], r["stored_at"]);
+  EXPECT_FALSE(t.contains("body"));
+  const json* ab1 = FindDevice(t, bob1.device_id);
+  ASSERT_NE(ab1, nullptr);
+  EXPECT_EQ((*ab1)["name"], "phone");
+  EXPECT_EQ((*ab1)["read_at"], (*b1)["read_at"]);
+  EXPECT_EQ((*FindDevice(t, bob2.device_id))["read_at"], nullptr);
+  ToolResult none = Tool(Server(server_) + " --token " + kToken + " timeline " + std::to_string(conv) + " 99");
+  EXPECT_EQ(none.exit_code, 1);
+  EXPECT_NE(none.out.find("unknown_message"), std::string::npos) << none.out;
+}
+
+TEST_F(AdminE2E, UserAndDeviceCommandsWorkAndFailClearly) {
+  // create, show
+  json created = AdminOk(server_, "user create dave --password 'dave password' --display-name Dave");
+  EXPECT_EQ(created["username"], "dave");
+  Device dave = Login(server_, "dave", "phone", "dave password");
+  ASSERT_GT(dave.device_id, 0);
+  json shown = AdminOk(server_, "user show dave");
+  EXPECT_EQ(shown["disabled"], false);
+  EXPECT_EQ(shown["display_name"], "Dave");
+  EXPECT_EQ(shown["devices"], 1);
+  ToolResult taken = Tool(Server(server_) + " --token " + kToken + " user create dave --password 'x password'");
+  EXPECT_EQ(taken.exit_code, 1);
+  EXPECT_NE(taken.out.find("username_taken"), std::string::npos) << taken.out;
+
+  // device list / revoke: the revoked device is disconnected and its token dies.
+  Device second = Login(server_, "dave", "tablet", "dave password");
+  json devices = AdminOk(server_, "device list dave");
+  ASSERT_EQ(devices["devices"].size(), 2u);
+  AdminOk(server_, "device revoke dave " + std::to_string(second.device_id));
+  EXPECT_TRUE(second.conn->WaitClosed(5000));
+  EXPECT_EQ(second.conn->close_code(), 4002);
+  auto again = server_.Connect()->Call("auth", {{"token", second.token}});
+  EXPECT_EQ(again.code, "invalid_token");
+  ToolResult no_device = Tool(Server(server_) + " --token " + kToken + " device revoke dave 99999");
+  EXPECT_EQ(no_device.exit_code, 1);
+  EXPECT_NE(no_device.out.find("unknown_device"), std::string::npos) << no_device.out;
+
+  // disable: connections closed, login and auth refused; enable undoes it.
+  json disabled = AdminOk(server_, "user disable dave");
+  EXPECT_EQ(disabled["disabled"], true);
+  EXPECT_TRUE(dave.conn->WaitClosed(5000));
+  auto login = server_.Connect()->Call("login", {{"username", "dave"}, {"password", "dave password"},
+                                                 {"device_name", "x"}, {"platform", "gtest"}});
+  EXPECT_EQ(login.code, "user_disabled");
+  auto auth = server_.Connect()->Call("auth", {{"token", dave.token}});
+  EXPECT_EQ(auth.code, "user_disabled");
+  EXPECT_EQ(AdminOk(server_, "user show dave")["disabled"], true);
+  AdminOk(server_, "user enable dave");
+  Device back = Reconnect(server_, dave);
+  EXPECT_EQ(back.device_id, dave.device_id);
+
+  // delete: disabled and every device revoked.
+  json deleted = AdminOk(server_, "user delete dave");
+  EXPECT_EQ(deleted["revoked_devices"].size(), 1u);
+  EXPECT_TRUE(back.conn->WaitClosed(5000));
+  EXPECT_EQ(server_.Connect()->Call("auth", {{"token", dave.token}}).code, "invalid_token");
+  EXPECT_TRUE(AdminOk(server_, "device list dave")["devices"].empty());
+
+  // stats and schema
+  json stats = AdminOk(server_, "stats");
+  EXPECT_EQ(stats["backend"], "sqlite");
+  EXPECT_EQ(stats["users"], 1);
+  EXPECT_EQ(stats["disabled_users"], 1);
+  json schema = AdminOk(server_, "schema");
+  EXPECT_EQ(schema["current"], schema["latest"]);
+  EXPECT_TRUE(schema["pending"].empty());
+
+  // Clear failures: unknown user, wrong token, no server, bad usage.
+  ToolResult unknown = Tool(Server(server_) + " --token " + kToken + " user disable nobody");
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.out.find("unknown_user"), std::string::npos) << unknown.out;
+  ToolResult wrong = Tool(Server(server_) + " --token wrong-token stats");
+  EXPECT_EQ(wrong.exit_code, 1);
+  EXPECT_NE(wrong.out.find("forbidden"), std::string::npos) << wrong.out;
+  ToolResult no_token = Tool(Server(server_) + " stats");
+  EXPECT_EQ(no_token.exit_code, 2);
+  ToolResult usage = Tool(Server(server_) + " --token " + kToken + " user frobnicate x");
+  EXPECT_EQ(usage.exit_code, 2);
+  ToolResult down = Tool("--server http://127.0.0.1:1 --token " + std::string(kToken) + " stats");
+  EXPECT_EQ(down.exit_code, 3);
+  EXPECT_NE(down.out.find("cannot connect"), std::string::npos) << down.out;
+  ToolResult bad_name = Tool(Server(server_) + " --token " + kToken + " backup --name ../escape.db");
+  EXPECT_EQ(bad_name.exit_code, 1);
+  EXPECT_NE(bad_name.out.find("bad_request"), std::string::npos) << bad_name.out;
+}
+
+TEST_F(AdminE2E, BackupTakenUnderLoadRestoresToAStoreWithEveryAckedMessage) {
+  Register(server_, "sender");
+  Register(server_, "receiver");
+  Device sender = Login(server_, "sender");
+  std::mutex mu;
+  std::vector<std::string> acked;  // client ids, in ack order
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::thread load([&] {
+    for (int i = 0; !stop; ++i) {
+      std::string id = "c" + std::to_string(i);
+      auto r = sender.conn->Call("send", {{"to", "receiver"}, {"client_id", id}, {"body", "load " + id}});
+      if (!r.ok) {
+        ++failures;
+        continue;
+      }
+      std::lock_guard lock(mu);
+      acked.push_back(id);
+    }
+  });
+  auto acked_count = [&] {
+    std::lock_guard lock(mu);
+    return acked.size();
+  };
+  while (acked_count() < 50) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::vector<std::string> before;
+  {
+    std::lock_guard lock(mu);
+    before = acked;
+  }
+  json backup = AdminOk(server_, "backup --name under-load.db");
+  size_t during = acked_count();
+  while (acked_count() < during + 20) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  stop = true;
+  load.join();
+  EXPECT_EQ(failures.load(), 0);
+  ASSERT_TRUE(backup["path"].is_string()) << backup.dump();
+  std::string path = backup["path"];
+  EXPECT_EQ(path, server_.dir() + "/data/backups/under-load.db");
+  EXPECT_GT(acked_count(), before.size()) << "the sender kept going while the backup ran";
+
+  // Restore offline into a new data dir, serve it, read everything back.
+  ServerProcess restored({"--admin-token", kToken});
+  restored.Terminate();
+  ToolResult refused = Tool("restore " + path + " --data-dir " + restored.dir() + "/data");
+  EXPECT_EQ(refused.exit_code, 4) << "an existing store needs --force";
+  EXPECT_NE(refused.out.find("--force"), std::string::npos) << refused.out;
+  ToolResult ok = Tool("restore " + path + " --data-dir " + restored.dir() + "/data --force", false);
+  ASSERT_EQ(ok.exit_code, 0) << ok.out;
+  json report = json::parse(ok.out, nullptr, false);
+  ASSERT_FALSE(report.is_discarded()) << ok.out;
+  EXPECT_GE(report["messages"].get<int64_t>(), static_cast<int64_t>(before.size()));
+  restored.Start();
+
+  Device receiver = Login(restored, "receiver");
+  std::set<std::string> present;
+  int64_t conv = 0;
+  for (const auto& e : SyncAll(*receiver.conn, 0)) {
+    if (e["kind"] != "message") continue;
+    present.insert(e["message"]["client_id"].get<std::string>());
+    conv = e["message"]["conversation_id"];
+  }
+  for (const std::string& id : before) EXPECT_TRUE(present.count(id)) << id << " was acked before the backup";
+  // The copy is one consistent snapshot: a gapless prefix of what was acked.
+  std::vector<std::string> all;
+  {
+    std::lock_guard lock(mu);
+    all = acked;
+  }
+  ASSERT_LE(present.size(), all.size());
+  for (size_t i = 0; i < present.size(); ++i) EXPECT_TRUE(present.count(all[i])) << all[i];
+  std::cout << "acked before the backup: " << before.size() << ", in the restored store: " << present.size()
+            << ", acked in all: " << all.size() << ", backup took " << backup["took_ms"] << " ms\n";
+  json t = AdminOk(restored, "timeline " + std::to_string(conv) + " 1");
+  EXPECT_EQ(t["client_id"], before.front());
+
+  // Restoring something that is not a store changes nothing.
+  std::string junk = restored.dir() + "/junk.db";
+  { std::FILE* f = std::fopen(junk.c_str(), "w"); std::fputs("junk", f); std::fclose(f); }
+  ToolResult bad = Tool("restore " + junk + " --data-dir " + restored.dir() + "/other --force");
+  EXPECT_EQ(bad.exit_code, 4);
+  EXPECT_FALSE(std::filesystem::exists(restored.dir() + "/other/parley.db"));
+}
+
+}  // namespace
+}  // namespace parley::testing
