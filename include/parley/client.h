@@ -243,6 +243,13 @@ class Client {
   // Waits until applied() >= user_seq.
   bool WaitApplied(int64_t user_seq, int timeout_ms);
 
+  // Test hook (fault injection, tools/chaos): drops the current connection
+  // without a close handshake, as a network failure would, also while it is
+  // still authenticating or catching up (sync); the client reconnects and
+  // resends on its own. Does nothing while disconnected. Safe from any
+  // thread, callbacks included.
+  void DropConnectionForTest();
+
  private:
   Client();
   struct Impl;

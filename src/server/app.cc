@@ -25,6 +25,9 @@
 #include "gateway/gateway.h"
 #include "gateway/static_files.h"
 #include "protocol/encode.h"
+#ifdef PARLEY_FAULT_SWITCHES
+#include "store/fault_store.h"
+#endif
 
 namespace parley::server {
 namespace {
@@ -70,12 +73,24 @@ int RunServer(const ServerConfig& config) {
     return 1;
   }
 
+  store::Store* store_for_service = store->get();
+#ifdef PARLEY_FAULT_SWITCHES
+  std::unique_ptr<store::FaultStore> fault_store;
+  if (!config.faults.empty()) {
+    std::vector<store::FaultSwitch> switches;
+    for (const auto& f : config.faults) switches.push_back(*store::ParseFaultSwitch(f));
+    fault_store = std::make_unique<store::FaultStore>(**store, std::move(switches));
+    store_for_service = fault_store.get();
+    spdlog::warn("event=fault_switches faults=\"{}\" note=\"test build: faults are injected on purpose\"",
+                 fmt::join(config.faults, ","));
+  }
+#endif
   fabric::LocalFabric fabric;
   auto hash_pool = std::make_unique<WorkerPool>(config.hash_threads);
   gateway::Gateway gw(config.gateway);
-  core::ChatService chat(gw.CoreExecutor(), **store, fabric, *hash_pool, SystemClock::Instance(), config.core);
+  core::ChatService chat(gw.CoreExecutor(), *store_for_service, fabric, *hash_pool, SystemClock::Instance(), config.core);
 
-  admin::AdminApi admin_api(**store, *hash_pool, SystemClock::Instance(), config.admin);
+  admin::AdminApi admin_api(*store_for_service, *hash_pool, SystemClock::Instance(), config.admin);
   admin_api.SetCloseDevices([&chat](int64_t user_id, std::vector<int64_t> devices, std::string reason) {
     chat.CloseDevices(user_id, std::move(devices), std::move(reason));
   });

@@ -1,5 +1,9 @@
 #include "server/config.h"
 
+#ifdef PARLEY_FAULT_SWITCHES
+#include "store/fault_store.h"
+#endif
+
 #include <CLI/CLI.hpp>
 #include <cstring>
 #include <thread>
@@ -147,6 +151,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   app.add_flag("--insecure-fast-password-hashing", fast_hashing,
                "TESTS AND BENCHMARKS ONLY: Argon2id with minimal cost, so accounts can be made quickly")
       ->envname("PARLEY_INSECURE_FAST_PASSWORD_HASHING");
+#ifdef PARLEY_FAULT_SWITCHES
+  app.add_option("--fault", c.faults,
+                 "TEST BUILDS ONLY: inject a fault, NAME@N (repeatable; docs/checker.md, \"Fault switches\")")
+      ->envname("PARLEY_FAULTS")
+      ->delimiter(',');
+#endif
 
   try {
     app.parse(argc, argv);
@@ -177,6 +187,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   if (c.core.heartbeat_timeout_ms <= c.core.heartbeat_interval_ms)
     return Status(ErrorCode::kBadRequest, "--heartbeat-timeout-ms must be larger than --heartbeat-interval-ms");
   c.gateway.idle_timeout_ms = c.core.heartbeat_timeout_ms;
+#ifdef PARLEY_FAULT_SWITCHES
+  for (const auto& f : c.faults) {
+    auto parsed = store::ParseFaultSwitch(f);
+    if (!parsed) return Status(ErrorCode::kBadRequest, "--fault: " + parsed.error().message());
+  }
+#endif
   c.core.device_idle_expiry_ms = idle_expiry_s * 1000;
   auto& rl = c.core.rate_limits;
   std::pair<const char*, core::RateLimit*> named[] = {

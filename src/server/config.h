@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "admin/admin_api.h"
@@ -29,6 +30,9 @@ struct ServerConfig {
   store::StoreConfig store;
   core::CoreConfig core;
   admin::AdminConfig admin;
+  // Test builds only (PARLEY_FAULT_SWITCHES): fault switches, "NAME@N" each
+  // (store/fault_store.h). Non-empty: the store is wrapped in a FaultStore.
+  std::vector<std::string> faults;
 };
 
 // Parses argv (and the environment and config file it names). Returns the

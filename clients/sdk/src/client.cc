@@ -159,6 +159,7 @@ struct Client::Impl {
   ClientState state = ClientState::kStopped;
   std::string last_error;
   std::shared_ptr<Connection> conn;  // set while online
+  std::shared_ptr<Connection> session_conn;  // set from connect to close (DropConnectionForTest)
   std::map<int64_t, int64_t> pending_read;  // conversation -> seq (MarkRead)
   std::vector<StatusUpdate> queued_updates;  // from Compose, emitted by the worker
   std::thread worker;
@@ -231,12 +232,14 @@ struct Client::Impl {
     while (!Stopping()) {
       SetState(ClientState::kConnecting, "");
       SessionEnd end = Session();
-      std::shared_ptr<Connection> last;
+      std::shared_ptr<Connection> last, last_session;
       {
         std::lock_guard lock(mu);
         last.swap(conn);
+        last_session.swap(session_conn);
       }
       last.reset();  // outside mu: a closing Connection calls Wake()
+      last_session.reset();
       if (end.stopped) break;
       Record("disconnect", {{"code", end.close_code}, {"why", end.why}, {"revoked", end.revoked}});
       if (end.revoked) {
@@ -410,6 +413,10 @@ struct Client::Impl {
       return end;
     }
     c->SetActivityCallback([this] { Wake(); });
+    {
+      std::lock_guard lock(mu);
+      session_conn = c;
+    }
     Reply auth = c->Call("auth", {{"token", opt.token}}, opt.request_timeout_ms);
     if (!auth.ok) {
       if (auth.code == "invalid_token") {
@@ -661,6 +668,15 @@ struct Client::Impl {
 Client::Client() : impl_(std::make_unique<Impl>()) {}
 
 Client::~Client() { Stop(); }
+
+void Client::DropConnectionForTest() {
+  std::shared_ptr<Connection> c;
+  {
+    std::lock_guard lock(impl_->mu);
+    c = impl_->session_conn;
+  }
+  if (c) c->Abort();
+}
 
 std::unique_ptr<Client> Client::Open(ClientOptions options, std::string* error) {
   if (options.db_path.empty()) {

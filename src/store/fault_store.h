@@ -1,0 +1,183 @@
+// FaultStore: a Store decorator that injects faults, for tests only. It
+// wraps any backend (SQLite, PostgreSQL), so every fault works on both.
+//
+// Two uses:
+//  1. Unit-level fault tests of core (tests/core): programmable faults —
+//     FailNextWrites (the next N write operations fail with a given Status
+//     and never reach the backend: a failed commit) and HoldWrites /
+//     ReleaseWrites (write completions are held back after the backend made
+//     them durable, then released in their original order: a slow commit).
+//  2. Fault switches of test builds (parleyd --fault NAME@N, compiled only
+//     with the CMake option PARLEY_FAULT_SWITCHES, which the ASan test tree
+//     turns on and a Release build refuses). Each switch fires at a
+//     deterministic logical point, never by timing, so that the checker's
+//     self-tests (tests/chaos) can assert exact counts:
+//       ack_before_commit@N   the Nth AppendMessage is acknowledged (with the
+//                             seq it would have taken) and never written: a
+//                             server that acks before its commit and then dies
+//       skip_dedup@N          the Nth AppendMessage skips deduplication: a
+//                             retry of an already stored message is stored again
+//                             (under the same client id, as every reader sees it)
+//       drop_stream_entry@N   the Nth message event appended to a recipient's
+//                             stream (not the sender's own) is never delivered,
+//                             live or by sync: a hole in that user's stream
+//       out_of_order@N        the Nth message event appended to a recipient's
+//                             stream and the next one of the same user and
+//                             conversation are delivered by sync with their
+//                             messages swapped (each keeps its user seq)
+//       crash_after_append@N  the process kills itself (SIGKILL) right after
+//                             the Nth AppendMessage is durable, before it is
+//                             acknowledged: a crash in the half-open window
+//     N counts from 1 within one process (a restart starts over).
+//
+// Thread-safety: every method may be called from any thread; the fault state
+// is guarded by mu_. Completions run on the wrapped store's threads (a fault
+// that answers without the backend answers from a Flush completion of it).
+// Ownership: does not own the wrapped store, which must outlive it.
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <set>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "store/store.h"
+
+namespace parley::store {
+
+enum class FaultKind : int {
+  kAckBeforeCommit = 1,
+  kSkipDedup = 2,
+  kDropStreamEntry = 3,
+  kOutOfOrder = 4,
+  kCrashAfterAppend = 5,
+};
+
+struct FaultSwitch {
+  FaultKind kind = FaultKind::kSkipDedup;
+  int64_t n = 1;  // fires at the Nth occurrence (1-based)
+};
+
+const char* FaultKindName(FaultKind kind);
+// Parses "NAME@N" (N >= 1). Fails kBadRequest with a message naming the
+// accepted switches.
+Result<FaultSwitch> ParseFaultSwitch(std::string_view spec);
+
+class FaultStore final : public Store {
+ public:
+  explicit FaultStore(Store& inner, std::vector<FaultSwitch> switches = {});
+  ~FaultStore() override;
+
+  // ---- Programmable faults (unit tests) ----
+
+  // The next `n` write operations complete with `status` without reaching
+  // the backend (nothing of them is stored).
+  void FailNextWrites(int n, Status status);
+  // From now on, completions of write operations are held after the backend
+  // made the write durable, until ReleaseWrites.
+  void HoldWrites();
+  // Stops holding and runs the held completions in the order the backend
+  // produced them (on the calling thread).
+  void ReleaseWrites();
+  // Completions held right now.
+  size_t HeldWrites() const;
+  // How many times each switch fired so far.
+  int64_t Fired(FaultKind kind) const;
+
+  // ---- Store ----
+  void CreateUser(std::string username, std::string password_hash, int64_t now, Callback<UserRecord> done) override;
+  void GetUserByName(std::string username, Callback<UserRecord> done) override;
+  void GetUserById(UserId id, Callback<UserRecord> done) override;
+  void CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash, int64_t now,
+                    Callback<DeviceRecord> done) override;
+  void GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) override;
+  void ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) override;
+  void RevokeDevice(UserId user_id, DeviceId device_id, StatusCallback done) override;
+  void SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now, StatusCallback done) override;
+  void OpenDirect(UserId a, UserId b, int64_t now, Callback<OpenResult> done) override;
+  void GetConversation(ConversationId id, Callback<ConversationRecord> done) override;
+  void AppendMessage(NewMessage msg, Callback<AppendResult> done) override;
+  void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) override;
+  void History(ConversationId id, UserId viewer, Seq before, int limit,
+               Callback<std::vector<MessageRecord>> done) override;
+  void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;
+  void GetHead(UserId user_id, Callback<UserSeq> done) override;
+  void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) override;
+  void SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,
+                  int64_t now, Callback<SocialResult> done) override;
+  void GetProfiles(UserId viewer, std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) override;
+  void AddContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) override;
+  void RemoveContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) override;
+  void ListContacts(UserId owner, Callback<std::vector<ContactRecord>> done) override;
+  void Block(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) override;
+  void Unblock(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) override;
+  void ListBlocked(UserId owner, Callback<std::vector<ProfileRecord>> done) override;
+  void SearchUsers(UserId searcher, std::string query, std::string after, int limit,
+                   Callback<SearchPage> done) override;
+  void ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id, int limit,
+                         int latest_per_conversation, Callback<ConversationPage> done) override;
+  void ChangePassword(UserId user_id, std::string new_hash, DeviceId keep_device, int64_t now,
+                      Callback<std::vector<DeviceId>> done) override;
+  void BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
+                       Callback<std::vector<BulkUserResult>> done) override;
+  void SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now,
+                             Callback<SocialResult> done) override;
+  void SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) override;
+  void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) override;
+  void GetMessageTimeline(ConversationId id, Seq seq, Callback<MessageTimeline> done) override;
+  void SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices, Callback<DisableResult> done) override;
+  void GetStoreSummary(Callback<StoreSummary> done) override;
+  void GetSchemaStatus(Callback<SchemaStatus> done) override;
+  void Backup(std::string path, Callback<BackupResult> done) override;
+  // The export (admin API, checker) shows what the faults made: skip_dedup
+  // copies under their original client id, dropped stream entries missing.
+  void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;
+  void Flush(StatusCallback done) override;
+  StoreStats Stats() const override;
+
+ private:
+  // A write: fails at once if a failure is armed, else runs `op` with a
+  // completion that honours HoldWrites.
+  template <typename T, typename Op>
+  void Write(Callback<T> done, Op op);
+  template <typename T>
+  Callback<T> Held(Callback<T> done);
+  void StatusWrite(StatusCallback done, const std::function<void(StatusCallback)>& op);
+  bool TakeFailure(Status* status);
+  const FaultSwitch* Switch(FaultKind kind) const;
+
+  // Message-record rewriting on the read paths (skip_dedup marks, swaps).
+  void FixMessage(MessageRecord* m) const;
+  void FixPage(UserId user_id, StreamPage* page) const;
+  // Applies drop_stream_entry / out_of_order bookkeeping to fresh positions.
+  void NotePositions(const AppendResult& r, std::vector<StreamPosition>* kept);
+
+  Store& inner_;
+  const std::vector<FaultSwitch> switches_;
+
+  mutable std::mutex mu_;  // guards everything below
+  int fail_left_ = 0;
+  Status fail_status_ = Status::Ok();
+  bool holding_ = false;
+  std::deque<std::function<void()>> held_;
+  int64_t appends_ = 0;            // AppendMessage calls
+  int64_t recipient_entries_ = 0;  // message events appended to recipients' streams
+  std::vector<int64_t> fired_ = std::vector<int64_t>(6, 0);
+  std::set<std::pair<UserId, UserSeq>> dropped_;
+  // out_of_order: (user, conversation, first user seq), waiting for its
+  // partner; then pairs of user seqs whose messages are swapped on reads.
+  struct Swap {
+    UserId user_id;
+    ConversationId conversation_id;
+    UserSeq first;
+    UserSeq second;  // 0 until the partner is appended
+  };
+  std::vector<Swap> swaps_;
+};
+
+}  // namespace parley::store

@@ -1,0 +1,1040 @@
+// parley-chaos: a randomised workload with faults against a real parleyd,
+// checked by parley-check (docs/checker.md, "Chaos runs").
+//
+// One run:
+//  1. a plan is drawn from a seed (printed first): users, devices per user
+//     (each with a clock skew; one of them a slow reader), a timed list of
+//     steps — sends, sends cut off by a dropped connection, devices going
+//     offline and coming back (their outbox resends, delayed, with the same
+//     client ids), connections dropped in the middle of a catch-up sync,
+//     blocks and unblocks, read receipts, kill -9 of parleyd after the Nth
+//     message this driver saw acknowledged — and, per parleyd incarnation, a
+//     server-side crash point (the test build's --fault crash_after_append@K:
+//     SIGKILL right after the Kth message is durable, before its ack);
+//  2. the driver starts parleyd (and restarts it after every death, with the
+//     next incarnation's crash point), provisions the users through the admin
+//     API's bulk path, opens one parley::Client per device (history recorded
+//     to histories/<user>.<n>.jsonl) and plays the steps;
+//  3. at the end every device comes online and syncs until nothing moves;
+//     then parley-check reads the histories and the server's state, and the
+//     driver exits with its result.
+// A failing run (or --keep) saves its directory: plan.json (seed, options,
+// every step and crash point), driver.log, events/ (every callback of every
+// device), histories/, parleyd.log, state.json and check.txt. `--replay DIR`
+// plays DIR/plan.json again: the same workload and the same fault schedule
+// (kills land after the same acknowledged message / the same append).
+//
+// Threads: the main thread plays steps; one thread supervises parleyd; each
+// Client has its own worker thread (callbacks). Shared state is guarded by
+// the mutexes named beside it.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "parley/client.h"
+#include "parley/connection.h"
+
+extern char** environ;
+
+namespace parley::chaos {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using SteadyClock = std::chrono::steady_clock;
+
+// ---- Limits and tuning (documented in docs/checker.md, "Chaos runs") ----
+constexpr int kPlanVersion = 1;
+constexpr int kStepsPerSecond = 20;           // plan density: one step every 50 ms on average
+constexpr int kSecondsPerKill = 10;           // one parleyd death (crash point or kill -9) per this many seconds
+constexpr int kCrashAfterAppendMin = 5;       // a crash point lands after this many appends ...
+constexpr int kCrashAfterAppendMax = 60;      // ... to this many, counted from the incarnation's start
+constexpr int kMaxPeersPerUser = 3;           // each user talks to a few others (conversations get long)
+constexpr int64_t kMaxSkewMs = 6LL * 3600 * 1000;  // client clocks off by up to 6 h (well under the outbox age)
+constexpr int kSlowReaderMs = 15;             // the slow reader's pause per applied event
+constexpr int kSyncPageLimit = 7;             // small pages: a catch-up spans many sync calls
+constexpr int kKillWaitMs = 3000;             // a kill step waits this long for its ack count
+constexpr int64_t kMinBlockMs = 500;          // a block lasts this long ...
+constexpr int64_t kMaxBlockMs = 3000;         // ... to this long
+constexpr int kSettleTimeoutMs = 120'000;     // the final catch-up must converge within this
+constexpr int kServerStartTimeoutMs = 30'000;
+constexpr int kMaxStartAttempts = 3;          // parleyd restarts tried before the run gives up
+constexpr int kRequestTimeoutMs = 3000;       // the SDK's per-request timeout during the run
+constexpr int kMaxBodyCounter = 1'000'000;
+
+int64_t SystemNowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string Timestamp() {
+  auto t = std::chrono::system_clock::now();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  return std::to_string(ms);
+}
+
+// ---- Plan ----
+
+struct DeviceSpec {
+  int user = 0;
+  int index = 0;  // 0..devices-1 within the user
+  int64_t skew_ms = 0;
+  int slow_ms = 0;
+};
+
+struct Plan {
+  uint64_t seed = 0;
+  int users = 0;
+  int devices = 0;
+  int duration_s = 0;
+  std::vector<DeviceSpec> device_specs;
+  std::vector<std::vector<int>> peers;  // per user
+  // Per parleyd incarnation (start), its crash point (0: none).
+  std::vector<int64_t> crash_after_append;
+  std::vector<json> steps;  // {"t": ms, "op": ..., ...}
+
+  json ToJson() const {
+    json j = {{"version", kPlanVersion}, {"seed", seed}, {"users", users}, {"devices", devices},
+              {"duration_s", duration_s}, {"crash_after_append", crash_after_append}, {"peers", peers},
+              {"steps", steps}};
+    j["device_specs"] = json::array();
+    for (const auto& d : device_specs)
+      j["device_specs"].push_back({{"user", d.user}, {"index", d.index}, {"skew_ms", d.skew_ms}, {"slow_ms", d.slow_ms}});
+    return j;
+  }
+  static std::optional<Plan> FromJson(const json& j, std::string* error) {
+    try {
+      if (j.at("version").get<int>() != kPlanVersion) {
+        *error = "plan version " + j.at("version").dump() + " is not " + std::to_string(kPlanVersion);
+        return std::nullopt;
+      }
+      Plan p;
+      p.seed = j.at("seed").get<uint64_t>();
+      p.users = j.at("users").get<int>();
+      p.devices = j.at("devices").get<int>();
+      p.duration_s = j.at("duration_s").get<int>();
+      p.crash_after_append = j.at("crash_after_append").get<std::vector<int64_t>>();
+      p.peers = j.at("peers").get<std::vector<std::vector<int>>>();
+      p.steps = j.at("steps").get<std::vector<json>>();
+      for (const auto& d : j.at("device_specs"))
+        p.device_specs.push_back({d.at("user").get<int>(), d.at("index").get<int>(), d.at("skew_ms").get<int64_t>(),
+                                  d.at("slow_ms").get<int>()});
+      if (p.users < 2 || p.devices < 1 || static_cast<int>(p.device_specs.size()) != p.users * p.devices) {
+        *error = "plan: inconsistent users/devices";
+        return std::nullopt;
+      }
+      return p;
+    } catch (const std::exception& e) {
+      *error = std::string("plan: ") + e.what();
+      return std::nullopt;
+    }
+  }
+};
+
+Plan MakePlan(uint64_t seed, int users, int devices, int duration_s) {
+  Plan p;
+  p.seed = seed;
+  p.users = users;
+  p.devices = devices;
+  p.duration_s = duration_s;
+  std::mt19937_64 rng(seed);
+  auto uni = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  auto chance = [&](double x) { return std::uniform_real_distribution<double>(0, 1)(rng) < x; };
+  int total_devices = users * devices;
+  int slow = static_cast<int>(uni(0, total_devices - 1));
+  for (int u = 0; u < users; ++u) {
+    for (int d = 0; d < devices; ++d) {
+      DeviceSpec s{u, d, 0, 0};
+      if (chance(0.5)) s.skew_ms = uni(-kMaxSkewMs, kMaxSkewMs);
+      if (u * devices + d == slow) s.slow_ms = kSlowReaderMs;
+      p.device_specs.push_back(s);
+    }
+  }
+  p.peers.resize(static_cast<size_t>(users));
+  for (int u = 0; u < users; ++u) {
+    int want = std::min(kMaxPeersPerUser, users - 1);
+    while (static_cast<int>(p.peers[static_cast<size_t>(u)].size()) < want) {
+      int v = static_cast<int>(uni(0, users - 1));
+      auto& mine = p.peers[static_cast<size_t>(u)];
+      if (v != u && std::find(mine.begin(), mine.end(), v) == mine.end()) mine.push_back(v);
+    }
+  }
+  int deaths = std::max(1, duration_s / kSecondsPerKill);
+  int64_t total_ms = int64_t{duration_s} * 1000;
+  int nsteps = duration_s * kStepsPerSecond;
+  // Driver kills (after the Nth ack) take about half of the deaths; crash
+  // points the other half; every incarnation but the last may carry one.
+  int driver_kills = deaths / 2;
+  for (int i = 0; i < deaths - driver_kills; ++i) p.crash_after_append.push_back(uni(kCrashAfterAppendMin, kCrashAfterAppendMax));
+  for (int i = 0; i < driver_kills + 1; ++i) p.crash_after_append.push_back(0);
+  std::shuffle(p.crash_after_append.begin(), p.crash_after_append.end() - 1, rng);
+  std::vector<int64_t> kill_times;
+  for (int i = 0; i < driver_kills; ++i) kill_times.push_back(uni(total_ms / 10, total_ms * 9 / 10));
+  std::sort(kill_times.begin(), kill_times.end());
+  size_t next_kill = 0;
+  int sends = 0;
+  std::vector<bool> offline(static_cast<size_t>(total_devices), false);
+  std::vector<std::pair<int, int>> blocks;  // (owner, target) in force
+  struct Unblock {
+    int64_t t;
+    int owner, target;
+    bool operator<(const Unblock& o) const { return t < o.t; }
+  };
+  std::vector<Unblock> unblocks;  // planned, not yet emitted
+  for (int i = 0; i < nsteps; ++i) {
+    int64_t t = total_ms * i / nsteps;
+    std::sort(unblocks.begin(), unblocks.end());
+    while (!unblocks.empty() && unblocks.front().t <= t) {
+      auto [ut, owner, target] = unblocks.front();
+      p.steps.push_back({{"t", ut}, {"op", "unblock"}, {"user", owner}, {"target", target}});
+      blocks.erase(std::find(blocks.begin(), blocks.end(), std::make_pair(owner, target)));
+      unblocks.erase(unblocks.begin());
+    }
+    while (next_kill < kill_times.size() && kill_times[next_kill] <= t) {
+      p.steps.push_back({{"t", kill_times[next_kill]}, {"op", "kill"}, {"after_acks", std::max(1, sends / 2)}});
+      ++next_kill;
+    }
+    int dev = static_cast<int>(uni(0, total_devices - 1));
+    int user = dev / devices;
+    const auto& mine = p.peers[static_cast<size_t>(user)];
+    int peer = mine[static_cast<size_t>(uni(0, static_cast<int64_t>(mine.size()) - 1))];
+    int64_t r = uni(0, 999);
+    json s = {{"t", t}, {"dev", dev}};
+    if (r < 600) {
+      s["op"] = "send";
+      s["peer"] = peer;
+      s["n"] = chance(0.15) ? uni(2, 6) : 1;  // sometimes a burst
+      sends += s["n"].get<int>();
+    } else if (r < 680) {
+      s["op"] = "send_drop";  // the connection drops right after the compose: mid-send
+      s["peer"] = peer;
+      ++sends;
+    } else if (r < 760) {
+      s["op"] = offline[static_cast<size_t>(dev)] ? "online" : "offline";
+      offline[static_cast<size_t>(dev)] = !offline[static_cast<size_t>(dev)];
+    } else if (r < 800) {
+      if (!offline[static_cast<size_t>(dev)]) {
+        s["op"] = "offline";  // back later with a drop in the middle of its catch-up
+        offline[static_cast<size_t>(dev)] = true;
+      } else {
+        s["op"] = "online_drop_mid_sync";
+        s["after_events"] = uni(1, 2 * kSyncPageLimit);
+        offline[static_cast<size_t>(dev)] = false;
+      }
+    } else if (r < 860) {
+      s["op"] = "drop";
+    } else if (r < 940) {
+      s["op"] = "read";
+      s["peer"] = peer;
+    } else if (r < 950) {
+      // A block lasts a little while (its unblock is planned now): sends of
+      // the blocked user are withheld meanwhile, the blocker's own fail.
+      if (std::find(blocks.begin(), blocks.end(), std::make_pair(user, peer)) == blocks.end()) {
+        s["op"] = "block";
+        blocks.emplace_back(user, peer);
+        unblocks.push_back({t + uni(kMinBlockMs, kMaxBlockMs), user, peer});
+      } else {
+        s["op"] = "read";
+        s["peer"] = peer;
+      }
+      if (s["op"] == "block") {
+        s["user"] = user;
+        s["target"] = peer;
+        s.erase("dev");
+      }
+    } else {
+      s["op"] = "send";  // a conversation with a blocker, or just one more message
+      s["peer"] = peer;
+      s["n"] = 1;
+      ++sends;
+    }
+    p.steps.push_back(std::move(s));
+  }
+  // Blocks end before the final catch-up so that nothing stays pending for
+  // ever (a blocked send fails, which the checker treats as not acked).
+  for (auto [owner, target] : blocks) p.steps.push_back({{"t", total_ms}, {"op", "unblock"}, {"user", owner}, {"target", target}});
+  return p;
+}
+
+// ---- Small helpers ----
+
+struct HttpResult {
+  int status = 0;
+  std::string body;
+  std::string error;
+};
+
+// A blocking HTTP/1.1 request (Connection: close) to the admin API.
+HttpResult Http(const std::string& method, uint16_t port, const std::string& path, const std::string& body,
+                const std::string& token, int timeout_ms = 30000) {
+  HttpResult out;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) {
+    out.error = "socket failed";
+    return out;
+  }
+  struct Guard {
+    int fd;
+    ~Guard() { close(fd); }
+  } guard{fd};
+  timeval tv{};
+  tv.tv_sec = timeout_ms / 1000;
+  tv.tv_usec = static_cast<suseconds_t>((timeout_ms % 1000) * 1000);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    out.error = "connect failed";
+    return out;
+  }
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" +
+                    "Content-Type: application/json\r\nAuthorization: Bearer " + token +
+                    "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  for (size_t off = 0; off < req.size();) {
+    ssize_t w = write(fd, req.data() + off, req.size() - off);
+    if (w <= 0) {
+      out.error = "write failed";
+      return out;
+    }
+    off += static_cast<size_t>(w);
+  }
+  std::string resp;
+  char buf[65536];
+  while (true) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n == 0) break;
+    if (n < 0) {
+      out.error = "read failed or timed out";
+      return out;
+    }
+    resp.append(buf, static_cast<size_t>(n));
+  }
+  auto sp = resp.find(' ');
+  auto he = resp.find("\r\n\r\n");
+  if (sp == std::string::npos || he == std::string::npos) {
+    out.error = "malformed response";
+    return out;
+  }
+  out.status = std::atoi(resp.c_str() + sp + 1);
+  out.body = resp.substr(he + 4);
+  if (resp.substr(0, he).find("Transfer-Encoding: chunked") != std::string::npos) {
+    std::string dechunked;
+    size_t pos = 0;
+    while (pos < out.body.size()) {
+      auto eol = out.body.find("\r\n", pos);
+      if (eol == std::string::npos) break;
+      size_t len = std::stoul(out.body.substr(pos, eol - pos), nullptr, 16);
+      if (len == 0) break;
+      dechunked += out.body.substr(eol + 2, len);
+      pos = eol + 2 + len + 2;
+    }
+    out.body = dechunked;
+  }
+  return out;
+}
+
+class Log {
+ public:
+  explicit Log(const std::string& path) : out_(path, std::ios::app) {}
+  void Line(const std::string& s) {
+    std::lock_guard lock(mu_);
+    out_ << Timestamp() << " " << s << "\n";
+    out_.flush();
+  }
+
+ private:
+  std::mutex mu_;
+  std::ofstream out_;
+};
+
+// ---- parleyd supervision ----
+
+class Server {
+ public:
+  Server(std::string parleyd, std::string dir, std::string admin_token, std::string store_spec,
+         std::vector<int64_t> crash_points, Log& log)
+      : parleyd_(std::move(parleyd)), dir_(std::move(dir)), admin_token_(std::move(admin_token)),
+        store_spec_(std::move(store_spec)), crash_points_(std::move(crash_points)), log_(log) {}
+  ~Server() { Stop(); }
+
+  // Starts the first incarnation and the supervisor. Returns false (error
+  // in *why) if parleyd does not come up.
+  bool Start(std::string* why) {
+    if (!Spawn(why)) return false;
+    supervisor_ = std::thread([this] { Supervise(); });
+    return true;
+  }
+
+  uint16_t port() const { return port_; }
+  int deaths() const { return deaths_; }
+  int crashes() const { return crashes_; }
+
+  // kill -9 once it is up (a kill lands on a running server, never on one
+  // still starting); the supervisor restarts it.
+  void Kill9(const std::string& why) {
+    std::string ignored;
+    WaitUp(&ignored, /*any_incarnation=*/true);
+    std::lock_guard lock(mu_);
+    if (pid_ > 0) {
+      log_.Line("kill -9 parleyd pid=" + std::to_string(pid_) + " (" + why + ")");
+      kill(pid_, SIGKILL);
+    }
+  }
+
+  // From now on restarts carry no crash point; if the running incarnation
+  // has one armed, it is killed and restarted clean. Waits until it is up.
+  bool Calm(std::string* why) {
+    bool armed;
+    {
+      std::lock_guard lock(mu_);
+      calm_ = true;
+      armed = current_crash_ > 0;
+    }
+    if (armed) Kill9("final phase: the incarnation's crash point is disarmed");
+    return WaitUp(why);
+  }
+
+  bool failed() {
+    std::lock_guard lock(mu_);
+    return failed_;
+  }
+
+  bool WaitUp(std::string* why, bool any_incarnation = false) {
+    auto deadline = SteadyClock::now() + std::chrono::milliseconds(kServerStartTimeoutMs);
+    while (SteadyClock::now() < deadline) {
+      {
+        std::lock_guard lock(mu_);
+        if (failed_) break;
+        if (pid_ > 0 && up_ && (any_incarnation || !calm_ || current_crash_ == 0)) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    *why = "parleyd is not up (see parleyd.log)";
+    return false;
+  }
+
+  // SIGTERM and wait for the exit; stops supervising.
+  void Stop() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+      if (pid_ > 0) kill(pid_, SIGTERM);
+    }
+    if (supervisor_.joinable()) supervisor_.join();
+  }
+
+ private:
+  bool Spawn(std::string* why) {
+    std::string port_file = dir_ + "/port";
+    fs::remove(port_file);
+    int64_t crash = 0;
+    {
+      std::lock_guard lock(mu_);
+      if (!calm_ && incarnation_ < crash_points_.size()) crash = crash_points_[incarnation_];
+      ++incarnation_;
+    }
+    std::vector<std::string> args = {parleyd_, "--listen", "127.0.0.1:" + std::to_string(port_),
+                                     "--data-dir", dir_ + "/data", "--port-file", port_file,
+                                     "--insecure-fast-password-hashing", "--relaxed-rate-limits",
+                                     "--admin-token", admin_token_, "--io-threads", "2", "--log-level", "warn",
+                                     "--web-root", "none"};
+    if (!store_spec_.empty()) {
+      args.push_back("--store");
+      args.push_back(store_spec_);
+    }
+    if (crash > 0) {
+      args.push_back("--fault");
+      args.push_back("crash_after_append@" + std::to_string(crash));
+    }
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::string log_path = dir_ + "/parleyd.log";
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+      *why = "fork failed";
+      return false;
+    }
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
+      int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+      execve(argv[0], argv.data(), environ);
+      _exit(127);
+    }
+    {
+      std::lock_guard lock(mu_);
+      pid_ = pid;
+      up_ = false;
+      current_crash_ = crash;
+      if (stopping_) kill(pid, SIGTERM);
+    }
+    log_.Line("parleyd started pid=" + std::to_string(pid) + " incarnation=" + std::to_string(incarnation_) +
+              (crash > 0 ? " crash_after_append@" + std::to_string(crash) : ""));
+    auto deadline = SteadyClock::now() + std::chrono::milliseconds(kServerStartTimeoutMs);
+    while (SteadyClock::now() < deadline) {
+      std::ifstream in(port_file);
+      int p = 0;
+      if (in >> p && p > 0) {
+        std::lock_guard lock(mu_);
+        port_ = static_cast<uint16_t>(p);
+        up_ = true;
+        return true;
+      }
+      int status;
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        std::lock_guard lock(mu_);
+        pid_ = -1;
+        *why = "parleyd exited during start-up (see " + log_path + ")";
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    *why = "parleyd did not listen within " + std::to_string(kServerStartTimeoutMs) + " ms";
+    return false;
+  }
+
+  void Supervise() {
+    while (true) {
+      pid_t pid;
+      {
+        std::lock_guard lock(mu_);
+        pid = pid_;
+      }
+      if (pid <= 0) return;
+      int status = 0;
+      if (waitpid(pid, &status, 0) != pid) return;
+      bool stopping;
+      int64_t crash;
+      {
+        std::lock_guard lock(mu_);
+        pid_ = -1;
+        up_ = false;
+        stopping = stopping_;
+        crash = current_crash_;
+      }
+      if (stopping) return;
+      bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+      ++deaths_;
+      if (killed && crash > 0) ++crashes_;
+      log_.Line("parleyd died: " + std::string(WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
+                                                                   : "exit " + std::to_string(WEXITSTATUS(status))) +
+                (crash > 0 ? " (crash point crash_after_append@" + std::to_string(crash) + " armed)" : ""));
+      if (!killed) {
+        log_.Line("parleyd died of something other than an injected kill: a bug (see parleyd.log)");
+        unexpected_ = true;
+      }
+      std::string why;
+      bool started = false;
+      for (int attempt = 0; attempt < kMaxStartAttempts && !started; ++attempt) {
+        started = Spawn(&why);
+        if (!started) log_.Line("restart failed: " + why);
+      }
+      if (!started) {
+        std::lock_guard lock(mu_);
+        failed_ = true;
+        return;
+      }
+    }
+  }
+
+ public:
+  std::atomic<bool> unexpected_{false};
+
+ private:
+  const std::string parleyd_, dir_, admin_token_, store_spec_;
+  const std::vector<int64_t> crash_points_;
+  Log& log_;
+  std::thread supervisor_;
+  std::atomic<int> deaths_{0}, crashes_{0};
+  std::mutex mu_;  // guards everything below
+  pid_t pid_ = -1;
+  uint16_t port_ = 0;
+  bool up_ = false;
+  bool calm_ = false;
+  bool stopping_ = false;
+  bool failed_ = false;
+  size_t incarnation_ = 0;
+  int64_t current_crash_ = 0;
+};
+
+// ---- Devices ----
+
+struct Device {
+  DeviceSpec spec;
+  std::string name;      // "<user>.<index>"
+  std::string username;
+  std::string token;
+  std::unique_ptr<Client> client;
+  bool online = false;  // main thread only
+  std::atomic<int> drop_after_events{0};
+  std::mutex log_mu;  // guards events and mine
+  std::ofstream events;
+  std::set<std::string> mine;  // client ids this device composed
+
+  void Composed(const std::string& client_id) {
+    std::lock_guard lock(log_mu);
+    mine.insert(client_id);
+  }
+  // True the first time this device's own message is reported sent.
+  bool FirstAck(const std::string& client_id) {
+    std::lock_guard lock(log_mu);
+    return mine.erase(client_id) != 0;
+  }
+
+  void Event(const json& j) {
+    std::lock_guard lock(log_mu);
+    events << json({{"t", SystemNowMs()}, {"e", j}}).dump() << "\n";
+    events.flush();
+  }
+};
+
+struct Counters {
+  std::atomic<int64_t> composed{0}, acked{0}, failed{0}, drops{0}, drops_mid_sync{0}, blocks{0};
+};
+
+struct Options {
+  std::string parleyd, checker, out = "chaos-runs", replay, store, work;
+  uint64_t seed = 0;
+  bool seed_given = false;
+  int duration_s = 60, users = 8, devices = 2;
+  bool keep = false;
+};
+
+std::string SelfDir(const char* argv0) {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) p = fs::absolute(argv0);
+  return p.parent_path().string();
+}
+
+class Run {
+ public:
+  Run(Options o, Plan plan, std::string dir) : o_(std::move(o)), plan_(std::move(plan)), dir_(std::move(dir)),
+                                               log_(dir_ + "/driver.log") {}
+
+  // Returns the process exit code.
+  int Go() {
+    std::cout << "parley-chaos: seed=" << plan_.seed << " users=" << plan_.users << " devices/user=" << plan_.devices
+              << " duration=" << plan_.duration_s << "s steps=" << plan_.steps.size()
+              << " run dir=" << dir_ << std::endl;
+    {
+      std::ofstream(dir_ + "/plan.json") << plan_.ToJson().dump(1) << "\n";
+    }
+    admin_token_ = "chaos-" + std::to_string(plan_.seed);
+    server_ = std::make_unique<Server>(o_.parleyd, dir_, admin_token_, o_.store, plan_.crash_after_append, log_);
+    std::string why;
+    if (!server_->Start(&why)) return Fail2(why);
+    if (!Provision(&why)) return Fail2(why);
+    if (!OpenDevices(&why)) return Fail2(why);
+    auto t0 = SteadyClock::now();
+    for (const auto& s : plan_.steps) {
+      std::this_thread::sleep_until(t0 + std::chrono::milliseconds(s.at("t").get<int64_t>()));
+      if (server_->failed()) break;
+      Play(s);
+    }
+    log_.Line("steps done; final catch-up");
+    int settle_rc = Settle(&why);
+    if (settle_rc != 0) log_.Line("settle: " + why);
+    // A cleanly stopped device ends its history with a last sync
+    // (caught_up): the checker checks it as a device that finished syncing.
+    for (auto& d : devices_) {
+      if (d->client) d->client->Stop();
+    }
+    int rc = settle_rc != 0 ? 1 : Check();
+    server_->Stop();
+    if (server_->unexpected_) {
+      std::cout << "parley-chaos: parleyd died of something other than an injected kill (see parleyd.log)\n";
+      rc = rc == 0 ? 1 : rc;
+    }
+    double secs = std::chrono::duration<double>(SteadyClock::now() - t0).count();
+    std::cout << "parley-chaos: composed=" << counters_.composed << " acked(status sent)=" << counters_.acked
+              << " failed=" << counters_.failed << " parleyd deaths=" << server_->deaths()
+              << " (crash points=" << server_->crashes() << ") drops=" << counters_.drops
+              << " drops mid-sync=" << counters_.drops_mid_sync << " blocks=" << counters_.blocks
+              << " wall=" << static_cast<int>(secs) << "s" << std::endl;
+    std::cout << "parley-chaos: " << (rc == 0 ? "PASS" : "FAIL") << " seed=" << plan_.seed << std::endl;
+    return rc;
+  }
+
+ private:
+  int Fail2(const std::string& why) {
+    std::cerr << "parley-chaos: " << why << std::endl;
+    log_.Line("error: " + why);
+    return 2;
+  }
+
+  std::string UserName(int u) const { return "chaos" + std::to_string(u); }
+
+  bool Provision(std::string* why) {
+    json users = json::array();
+    for (int u = 0; u < plan_.users; ++u) users.push_back({{"username", UserName(u)}, {"password", "chaos password"}});
+    auto r = Http("POST", server_->port(), "/admin/v1/users/bulk",
+                  json({{"devices", true}, {"device_name", "chaos.0"}, {"users", users}}).dump(), admin_token_);
+    if (r.status != 200) {
+      *why = "admin bulk provisioning failed: " + (r.error.empty() ? std::to_string(r.status) + " " + r.body : r.error);
+      return false;
+    }
+    json j = json::parse(r.body, nullptr, false);
+    if (j.is_discarded() || !j.contains("users")) {
+      *why = "admin bulk provisioning: unexpected answer " + r.body;
+      return false;
+    }
+    for (const auto& u : j["users"]) tokens0_[u["username"].get<std::string>()] = u["token"].get<std::string>();
+    log_.Line("provisioned " + std::to_string(plan_.users) + " users");
+    return true;
+  }
+
+  bool OpenDevices(std::string* why) {
+    fs::create_directories(dir_ + "/histories");
+    fs::create_directories(dir_ + "/events");
+    fs::create_directories(dir_ + "/clients");
+    for (const auto& spec : plan_.device_specs) {
+      auto d = std::make_unique<Device>();
+      d->spec = spec;
+      d->username = UserName(spec.user);
+      d->name = d->username + "." + std::to_string(spec.index);
+      if (spec.index == 0) {
+        d->token = tokens0_[d->username];
+      } else {
+        LoginResult l;
+        for (int attempt = 0; attempt < 20 && !l.ok; ++attempt) {
+          l = Client::Login("127.0.0.1", server_->port(), d->username, "chaos password", d->name, "chaos", 10000);
+          if (!l.ok) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        }
+        if (!l.ok) {
+          *why = "login of " + d->name + " failed: " + l.code + " " + l.message;
+          return false;
+        }
+        d->token = l.token;
+      }
+      d->events.open(dir_ + "/events/" + d->name + ".jsonl", std::ios::app);
+      ClientOptions co;
+      co.host = "127.0.0.1";
+      co.port = server_->port();
+      co.db_path = dir_ + "/clients/" + d->name + ".db";
+      co.token = d->token;
+      co.backoff.initial_ms = 50;
+      co.backoff.max_ms = 1000;
+      co.request_timeout_ms = kRequestTimeoutMs;
+      co.connect_timeout_ms = 2000;
+      co.sync_page_limit = kSyncPageLimit;
+      co.random_seed = plan_.seed * 1000 + static_cast<uint64_t>(devices_.size());
+      int64_t skew = spec.skew_ms;
+      co.now_ms = [skew] { return SystemNowMs() + skew; };
+      co.history_path = dir_ + "/histories/" + d->name + ".jsonl";
+      Device* raw = d.get();
+      co.on_status = [this, raw](const StatusUpdate& s) {
+        if (s.status == MessageStatus::kSent && raw->FirstAck(s.client_id)) ++counters_.acked;
+        if (s.status == MessageStatus::kFailed) ++counters_.failed;
+        raw->Event({{"status", MessageStatusName(s.status)}, {"client_id", s.client_id}, {"peer", s.peer},
+                    {"conversation_id", s.conversation_id}, {"seq", s.seq}, {"error", s.error_code}});
+      };
+      int slow = spec.slow_ms;
+      co.on_event = [this, raw, slow](const json& e) {
+        raw->Event({{"event", e}});
+        if (slow > 0) std::this_thread::sleep_for(std::chrono::milliseconds(slow));
+        if (raw->drop_after_events.load() > 0 && --raw->drop_after_events == 0) {
+          ++counters_.drops_mid_sync;
+          raw->Event({{"fault", "drop_mid_sync"}});
+          raw->client->DropConnectionForTest();
+        }
+      };
+      co.on_state = [raw](ClientState s, const std::string& detail) {
+        raw->Event({{"state", ClientStateName(s)}, {"detail", detail}});
+      };
+      std::string err;
+      d->client = Client::Open(std::move(co), &err);
+      if (!d->client) {
+        *why = "cannot open the client cache of " + d->name + ": " + err;
+        return false;
+      }
+      d->client->Start();
+      d->online = true;
+      devices_.push_back(std::move(d));
+    }
+    return true;
+  }
+
+
+
+  std::string Body() { return "chaos " + std::to_string(plan_.seed) + " #" + std::to_string(++body_counter_ % kMaxBodyCounter); }
+
+  void Compose(Device& d, int peer, const std::string& body) {
+    auto r = d.client->Compose(UserName(peer), body);
+    if (r.ok) {
+      ++counters_.composed;
+      d.Composed(r.client_id);
+    }
+    d.Event({{"compose", r.client_id}, {"peer", UserName(peer)}, {"ok", r.ok}, {"code", r.code}});
+  }
+
+  void Play(const json& s) {
+    const std::string op = s.at("op");
+    log_.Line("step " + s.dump());
+    if (op == "kill") {
+      int64_t want = s.at("after_acks");
+      auto deadline = SteadyClock::now() + std::chrono::milliseconds(kKillWaitMs);
+      while (counters_.acked < want && SteadyClock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      server_->Kill9("step: after " + std::to_string(counters_.acked.load()) + " acks (plan: " + std::to_string(want) + ")");
+      return;
+    }
+    if (op == "block" || op == "unblock") return BlockOp(op, s.at("user"), s.at("target"));
+    Device& d = *devices_.at(s.at("dev").get<size_t>());
+    if (op == "send") {
+      for (int i = 0; i < s.at("n").get<int>(); ++i) Compose(d, s.at("peer"), Body());
+    } else if (op == "send_drop") {
+      Compose(d, s.at("peer"), Body());
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      ++counters_.drops;
+      d.Event({{"fault", "drop_mid_send"}});
+      d.client->DropConnectionForTest();
+    } else if (op == "drop") {
+      ++counters_.drops;
+      d.Event({{"fault", "drop"}});
+      d.client->DropConnectionForTest();
+    } else if (op == "offline") {
+      d.Event({{"driver", "offline"}});
+      d.client->Stop();
+      d.online = false;
+    } else if (op == "online" || op == "online_drop_mid_sync") {
+      if (op == "online_drop_mid_sync") d.drop_after_events = s.at("after_events").get<int>();
+      d.Event({{"driver", op}});
+      d.client->Start();
+      d.online = true;
+    } else if (op == "read") {
+      if (auto c = d.client->ConversationWith(UserName(s.at("peer"))); c && c->last_seq > 0)
+        d.client->MarkRead(c->conversation_id, c->last_seq);
+    }
+  }
+
+  // Blocks go through a connection of their own with the user's first
+  // device token, retried while parleyd is down.
+  void BlockOp(const std::string& op, int user, int target) {
+    auto deadline = SteadyClock::now() + std::chrono::seconds(20);
+    while (SteadyClock::now() < deadline && !server_->failed()) {
+      ConnectOptions co;
+      co.port = server_->port();
+      co.timeout_ms = 2000;
+      std::string err;
+      auto c = Connection::Open(co, &err);
+      if (c) {
+        Reply a = c->Call("auth", {{"token", tokens0_[UserName(user)]}}, 3000);
+        if (a.ok) {
+          Reply r = c->Call(op, {{"username", UserName(target)}}, 3000);
+          if (r.ok || r.code == "already_blocked" || r.code == "not_blocked") {
+            ++counters_.blocks;
+            log_.Line(op + " " + UserName(user) + " -> " + UserName(target) + ": " + (r.ok ? "ok" : r.code));
+            return;
+          }
+          log_.Line(op + " failed: " + r.code + " " + r.message + " (retrying)");
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    log_.Line(op + " " + UserName(user) + " -> " + UserName(target) + ": gave up (parleyd down for 20 s)");
+  }
+
+  // Every device online, every outbox drained, every device at its user's
+  // head, and nothing moving for a while.
+  int Settle(std::string* why) {
+    if (!server_->Calm(why)) return 1;
+    for (auto& d : devices_) {
+      d->drop_after_events = 0;
+      if (!d->online) {
+        d->client->Start();
+        d->online = true;
+      }
+    }
+    auto deadline = SteadyClock::now() + std::chrono::milliseconds(kSettleTimeoutMs);
+    std::vector<int64_t> last;
+    int stable_rounds = 0;
+    while (SteadyClock::now() < deadline) {
+      std::vector<int64_t> now;
+      bool all = true;
+      for (auto& d : devices_) {
+        if (!d->client->WaitOnline(1000)) {
+          all = false;
+          now.push_back(-1);
+          continue;
+        }
+        if (d->client->PendingCount() > 0) all = false;
+        Reply p = d->client->Request("ping");
+        int64_t head = p.ok ? p.result.value("head", int64_t{-1}) : -1;
+        if (head < 0 || d->client->applied() < head) all = false;
+        now.push_back(head);
+        now.push_back(d->client->applied());
+      }
+      if (all && now == last) {
+        if (++stable_rounds >= 3) {
+          log_.Line("settled");
+          return 0;
+        }
+      } else {
+        stable_rounds = 0;
+      }
+      last = now;
+      std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    }
+    *why = "devices did not converge within " + std::to_string(kSettleTimeoutMs / 1000) + " s";
+    std::cout << "parley-chaos: " << *why << std::endl;
+    for (auto& d : devices_) {
+      std::cout << "  " << d->name << " state=" << ClientStateName(d->client->state()) << " applied=" << d->client->applied()
+                << " pending=" << d->client->PendingCount() << " last_error=" << d->client->last_error() << std::endl;
+    }
+    return 1;
+  }
+
+  // Runs parley-check on the histories against the live server; saves its
+  // output. Returns its exit code.
+  int Check() {
+    std::string out_path = dir_ + "/check.txt";
+    std::vector<std::string> args = {o_.checker, "--histories", dir_ + "/histories", "--server",
+                                     "http://127.0.0.1:" + std::to_string(server_->port()), "--admin-token",
+                                     admin_token_, "--save-state", dir_ + "/state.json"};
+    std::string cmd;
+    for (auto& a : args) cmd += "'" + a + "' ";
+    log_.Line("check: " + cmd);
+    int rc = std::system((cmd + "> '" + out_path + "' 2>&1").c_str());
+    int code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 2;
+    std::ifstream in(out_path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::cout << ss.str();
+    if (code != 0 && code != 1) std::cout << "parley-chaos: parley-check could not check (exit " << code << ")\n";
+    return code;
+  }
+
+  Options o_;
+  Plan plan_;
+  std::string dir_;
+  Log log_;
+  std::string admin_token_;
+  std::unique_ptr<Server> server_;
+  std::map<std::string, std::string> tokens0_;
+  Counters counters_;  // before devices_: clients (destroyed first) count into it
+  int64_t body_counter_ = 0;
+  std::vector<std::unique_ptr<Device>> devices_;
+};
+
+int Main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"parley-chaos: a randomised workload with faults against parleyd, checked by parley-check"};
+  std::string self = SelfDir(argv[0]);
+  o.parleyd = self + "/parleyd";
+  o.checker = self + "/parley-check";
+  app.add_option("--parleyd", o.parleyd, "parleyd binary (a test build: it needs --fault)")->capture_default_str();
+  app.add_option("--checker", o.checker, "parley-check binary")->capture_default_str();
+  app.add_option("--seed", o.seed, "Seed of the workload and fault schedule (default: random, printed)");
+  app.add_option("--duration-s", o.duration_s, "Length of the workload in seconds (the final catch-up comes after)")
+      ->check(CLI::Range(1, 24 * 3600))
+      ->capture_default_str();
+  app.add_option("--users", o.users, "Users")->check(CLI::Range(2, 1000))->capture_default_str();
+  app.add_option("--devices", o.devices, "Devices per user")->check(CLI::Range(1, 8))->capture_default_str();
+  app.add_option("--store", o.store, "parleyd --store (default: SQLite in the run directory)");
+  app.add_option("--out", o.out, "Where failing runs are saved (one directory each)")->capture_default_str();
+  app.add_option("--replay", o.replay, "Replay a saved run: its plan.json (same workload, same fault schedule)");
+  app.add_flag("--keep", o.keep, "Save the run directory even when it passes");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  o.seed_given = app.count("--seed") > 0;
+  for (const auto* bin : {&o.parleyd, &o.checker}) {
+    if (access(bin->c_str(), X_OK) != 0) {
+      std::cerr << "parley-chaos: " << *bin << " is not an executable (see --parleyd / --checker)" << std::endl;
+      return 2;
+    }
+  }
+  Plan plan;
+  if (!o.replay.empty()) {
+    std::ifstream in(o.replay + "/plan.json");
+    json j = json::parse(in, nullptr, false);
+    if (!in || j.is_discarded()) {
+      std::cerr << "parley-chaos: cannot read " << o.replay << "/plan.json" << std::endl;
+      return 2;
+    }
+    std::string err;
+    auto p = Plan::FromJson(j, &err);
+    if (!p) {
+      std::cerr << "parley-chaos: " << o.replay << "/plan.json: " << err << std::endl;
+      return 2;
+    }
+    plan = std::move(*p);
+    std::cout << "parley-chaos: replaying " << o.replay << std::endl;
+  } else {
+    if (!o.seed_given) o.seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+    plan = MakePlan(o.seed, o.users, o.devices, o.duration_s);
+  }
+  char tmpl[] = "/tmp/parley-chaos-XXXXXX";
+  if (!mkdtemp(tmpl)) {
+    std::cerr << "parley-chaos: cannot create a temporary directory" << std::endl;
+    return 2;
+  }
+  std::string dir = tmpl;
+  int rc;
+  {
+    Run run(o, plan, dir);
+    rc = run.Go();
+  }
+  if (rc != 0 || o.keep) {
+    std::string saved = o.out + "/seed-" + std::to_string(plan.seed) + "-" + Timestamp();
+    std::error_code ec;
+    fs::create_directories(saved, ec);
+    fs::remove_all(dir + "/data", ec);  // the server's files stay behind (large); the logs are kept
+    fs::remove_all(dir + "/clients", ec);
+    fs::copy(dir, saved, fs::copy_options::recursive, ec);
+    if (ec) {
+      std::cout << "parley-chaos: could not save the run to " << saved << ": " << ec.message() << " (left in " << dir
+                << ")" << std::endl;
+      return rc;
+    }
+    std::cout << "parley-chaos: saved to " << fs::absolute(saved).string() << "\n  replay: parley-chaos --replay "
+              << fs::absolute(saved).string() << "\n  recheck: parley-check --histories "
+              << fs::absolute(saved).string() << "/histories --state " << fs::absolute(saved).string()
+              << "/state.json" << std::endl;
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  return rc;
+}
+
+}  // namespace
+}  // namespace parley::chaos
+
+int main(int argc, char** argv) { return parley::chaos::Main(argc, argv); }
