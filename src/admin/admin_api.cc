@@ -13,14 +13,13 @@
 #include <map>
 #include <memory>
 
+#include "admin/admin_http.h"
 #include "protocol/frames.h"
 #include "protocol/limits.h"
 
 namespace parley::admin {
 
 using nlohmann::json;
-
-namespace {
 
 gateway::HttpResponse JsonResponse(int status, const json& body) {
   gateway::HttpResponse r;
@@ -47,6 +46,9 @@ gateway::HttpResponse ErrorResponse(const Status& s) {
   }
   return JsonResponse(status, json{{"code", ErrorCodeName(s.code())}, {"message", s.message()}});
 }
+
+namespace {
+
 
 bool TokenMatches(const std::string& configured, const std::string& header) {
   static const std::string kBearer = "Bearer ";

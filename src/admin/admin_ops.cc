@@ -15,6 +15,7 @@
 #include <memory>
 
 #include "admin/admin_api.h"
+#include "admin/admin_http.h"
 #include "core/accounts.h"
 #include "protocol/frames.h"
 #include "protocol/limits.h"
@@ -28,34 +29,8 @@ namespace {
 // Longest backup file name the backup endpoint accepts.
 constexpr size_t kMaxBackupNameBytes = 128;
 
-gateway::HttpResponse Json(int status, const json& body) {
-  gateway::HttpResponse r;
-  r.status = status;
-  r.content_type = "application/json";
-  r.body = body.dump() + "\n";
-  return r;
-}
-
-gateway::HttpResponse Error(const Status& s) {
-  int status = 400;
-  switch (s.code()) {
-    case ErrorCode::kForbidden: status = 401; break;
-    case ErrorCode::kUsernameTaken: status = 409; break;
-    case ErrorCode::kUnknownUser:
-    case ErrorCode::kUnknownDevice:
-    case ErrorCode::kUnknownConversation:
-    case ErrorCode::kUnknownMessage: status = 404; break;
-    case ErrorCode::kStorageFull:
-    case ErrorCode::kUnavailable:
-    case ErrorCode::kShuttingDown: status = 503; break;
-    case ErrorCode::kInternal: status = 500; break;
-    default: break;
-  }
-  return Json(status, json{{"code", ErrorCodeName(s.code())}, {"message", s.message()}});
-}
-
 gateway::HttpResponse MethodNotAllowed(const char* allowed) {
-  return Json(405, json{{"code", "bad_request"}, {"message", std::string("use ") + allowed}});
+  return JsonResponse(405, json{{"code", "bad_request"}, {"message", std::string("use ") + allowed}});
 }
 
 std::vector<std::string> Split(const std::string& path) {
@@ -133,7 +108,7 @@ bool AdminApi::OpsRoute(const gateway::HttpRequest& req, const std::string& path
     if (p.size() == 6 && p[4] == "devices") {
       int64_t id = ParseId(p[5]);
       if (m != "DELETE") respond(MethodNotAllowed("DELETE"));
-      else if (id == 0) respond(Error(Status(ErrorCode::kBadRequest, "the device id must be a positive integer")));
+      else if (id == 0) respond(ErrorResponse(Status(ErrorCode::kBadRequest, "the device id must be a positive integer")));
       else OpsRevokeDevice(user, id, std::move(respond));
       return true;
     }
@@ -144,7 +119,7 @@ bool AdminApi::OpsRoute(const gateway::HttpRequest& req, const std::string& path
     int64_t conv = ParseId(p[3]), seq = ParseId(p[4]);
     if (m != "GET") respond(MethodNotAllowed("GET"));
     else if (conv == 0 || seq == 0)
-      respond(Error(Status(ErrorCode::kBadRequest, "conversation and seq must be positive integers")));
+      respond(ErrorResponse(Status(ErrorCode::kBadRequest, "conversation and seq must be positive integers")));
     else OpsTimeline(conv, seq, std::move(respond));
     return true;
   }
@@ -173,41 +148,41 @@ void AdminApi::OpsCreateUser(const std::string& body, Respond respond) {
   json in = json::parse(body, nullptr, false);
   if (in.is_discarded() || !in.is_object() || !in.contains("username") || !in["username"].is_string() ||
       !in.contains("password") || !in["password"].is_string())
-    return respond(Error(Status(ErrorCode::kBadJson, "body must be {\"username\": \"...\", \"password\": \"...\"}")));
+    return respond(ErrorResponse(Status(ErrorCode::kBadJson, "body must be {\"username\": \"...\", \"password\": \"...\"}")));
   auto canon = protocol::CanonicalUsername(in["username"].get<std::string>());
-  if (!canon) return respond(Error(canon.error()));
+  if (!canon) return respond(ErrorResponse(canon.error()));
   std::string password = in["password"].get<std::string>();
   if (password.size() < protocol::kMinPasswordBytes || password.size() > protocol::kMaxPasswordBytes ||
       !protocol::IsValidUtf8(password))
-    return respond(Error(Status(ErrorCode::kInvalidPassword,
+    return respond(ErrorResponse(Status(ErrorCode::kInvalidPassword,
                                 "the password must be " + std::to_string(protocol::kMinPasswordBytes) + " to " +
                                     std::to_string(protocol::kMaxPasswordBytes) + " bytes of UTF-8")));
   std::string display_name = in.value("display_name", std::string());
   if (display_name.size() > protocol::kMaxDisplayNameBytes || !protocol::IsValidUtf8(display_name))
-    return respond(Error(Status(ErrorCode::kBadRequest, "bad display_name")));
+    return respond(ErrorResponse(Status(ErrorCode::kBadRequest, "bad display_name")));
   store::NewBulkUser u;
   u.username = std::move(*canon);
   u.display_name = std::move(display_name);
   pool_.Submit([this, u = std::move(u), password = std::move(password), respond = std::move(respond)]() mutable {
     auto hash = core::HashPassword(password, config_.password_cost);
-    if (!hash) return respond(Error(hash.error()));
+    if (!hash) return respond(ErrorResponse(hash.error()));
     u.password_hash = std::move(*hash);
     std::string username = u.username;
     store_.BulkCreateUsers({std::move(u)}, clock_.NowMillis(),
                            [username, respond](Result<std::vector<store::BulkUserResult>> r) {
-                             if (!r) return respond(Error(r.error()));
+                             if (!r) return respond(ErrorResponse(r.error()));
                              spdlog::info("event=admin_user_created user_id={}", r->at(0).user_id);
-                             respond(Json(200, json{{"user_id", r->at(0).user_id}, {"username", username}}));
+                             respond(JsonResponse(200, json{{"user_id", r->at(0).user_id}, {"username", username}}));
                            });
   });
 }
 
 void AdminApi::OpsGetUser(const std::string& username, Respond respond) {
   store_.GetUserByName(username, [this, respond](Result<store::UserRecord> u) {
-    if (!u) return respond(Error(u.error()));
+    if (!u) return respond(ErrorResponse(u.error()));
     store_.ListDevices(u->id, [u = *u, respond](Result<std::vector<store::DeviceRecord>> d) {
-      if (!d) return respond(Error(d.error()));
-      respond(Json(200, json{{"user_id", u.id},
+      if (!d) return respond(ErrorResponse(d.error()));
+      respond(JsonResponse(200, json{{"user_id", u.id},
                              {"username", u.username},
                              {"display_name", u.display_name},
                              {"created_at", u.created_at},
@@ -223,24 +198,24 @@ void AdminApi::OpsGetUser(const std::string& username, Respond respond) {
 // user_disabled.
 void AdminApi::OpsSetDisabled(const std::string& username, bool disabled, bool revoke, Respond respond) {
   store_.GetUserByName(username, [this, disabled, revoke, respond](Result<store::UserRecord> u) {
-    if (!u) return respond(Error(u.error()));
+    if (!u) return respond(ErrorResponse(u.error()));
     int64_t user_id = u->id;
     std::string name = u->username;
     store_.ListDevices(user_id, [this, user_id, name, disabled, revoke,
                                  respond](Result<std::vector<store::DeviceRecord>> devices) {
-      if (!devices) return respond(Error(devices.error()));
+      if (!devices) return respond(ErrorResponse(devices.error()));
       std::vector<int64_t> live;
       for (const auto& d : *devices) live.push_back(d.id);
       store_.SetUserDisabled(user_id, disabled, revoke, [this, user_id, name, disabled, revoke, live,
                                                          respond](Result<store::DisableResult> r) {
-        if (!r) return respond(Error(r.error()));
+        if (!r) return respond(ErrorResponse(r.error()));
         if (disabled && close_devices_) {
           std::vector<int64_t> close = revoke ? r->revoked : live;
           close_devices_(user_id, std::move(close), revoke ? "account deleted" : "account disabled");
         }
         spdlog::info("event=admin_user_{} user_id={} revoked_devices={}",
                      revoke ? "deleted" : (disabled ? "disabled" : "enabled"), user_id, r->revoked.size());
-        respond(Json(200, json{{"user_id", user_id},
+        respond(JsonResponse(200, json{{"user_id", user_id},
                                {"username", name},
                                {"disabled", disabled},
                                {"changed", r->changed},
@@ -252,25 +227,25 @@ void AdminApi::OpsSetDisabled(const std::string& username, bool disabled, bool r
 
 void AdminApi::OpsListDevices(const std::string& username, Respond respond) {
   store_.GetUserByName(username, [this, respond](Result<store::UserRecord> u) {
-    if (!u) return respond(Error(u.error()));
+    if (!u) return respond(ErrorResponse(u.error()));
     store_.ListDevices(u->id, [user_id = u->id, respond](Result<std::vector<store::DeviceRecord>> d) {
-      if (!d) return respond(Error(d.error()));
+      if (!d) return respond(ErrorResponse(d.error()));
       json out = json::array();
       for (const auto& dev : *d) out.push_back(DeviceJson(dev));
-      respond(Json(200, json{{"user_id", user_id}, {"devices", std::move(out)}}));
+      respond(JsonResponse(200, json{{"user_id", user_id}, {"devices", std::move(out)}}));
     });
   });
 }
 
 void AdminApi::OpsRevokeDevice(const std::string& username, int64_t device_id, Respond respond) {
   store_.GetUserByName(username, [this, device_id, respond](Result<store::UserRecord> u) {
-    if (!u) return respond(Error(u.error()));
+    if (!u) return respond(ErrorResponse(u.error()));
     int64_t user_id = u->id;
     store_.RevokeDevice(user_id, device_id, [this, user_id, device_id, respond](Status s) {
-      if (!s.ok()) return respond(Error(s));
+      if (!s.ok()) return respond(ErrorResponse(s));
       if (close_devices_) close_devices_(user_id, {device_id}, "device revoked by the operator");
       spdlog::info("event=admin_device_revoked user_id={} device_id={}", user_id, device_id);
-      respond(Json(200, json{{"user_id", user_id}, {"device_id", device_id}, {"revoked", true}}));
+      respond(JsonResponse(200, json{{"user_id", user_id}, {"device_id", device_id}, {"revoked", true}}));
     });
   });
 }
@@ -278,7 +253,7 @@ void AdminApi::OpsRevokeDevice(const std::string& username, int64_t device_id, R
 // The full timeline, with device names; never the message body.
 void AdminApi::OpsTimeline(int64_t conversation_id, int64_t seq, Respond respond) {
   store_.GetMessageTimeline(conversation_id, seq, [respond](Result<store::MessageTimeline> t) {
-    if (!t) return respond(Error(t.error()));
+    if (!t) return respond(ErrorResponse(t.error()));
     json members = json::array();
     for (const auto& m : t->members) {
       json devices = json::array();
@@ -295,7 +270,7 @@ void AdminApi::OpsTimeline(int64_t conversation_id, int64_t seq, Respond respond
                              {"withheld", m.withheld},
                              {"devices", std::move(devices)}});
     }
-    respond(Json(200, json{{"conversation_id", t->message.conversation_id},
+    respond(JsonResponse(200, json{{"conversation_id", t->message.conversation_id},
                            {"seq", t->message.seq},
                            {"sender_id", t->message.sender_id},
                            {"sender_device_id", t->message.sender_device_id},
@@ -308,9 +283,9 @@ void AdminApi::OpsTimeline(int64_t conversation_id, int64_t seq, Respond respond
 
 void AdminApi::OpsStats(Respond respond) {
   store_.GetStoreSummary([this, respond](Result<store::StoreSummary> s) {
-    if (!s) return respond(Error(s.error()));
+    if (!s) return respond(ErrorResponse(s.error()));
     store::StoreStats counters = store_.Stats();
-    respond(Json(200, json{{"backend", s->backend},
+    respond(JsonResponse(200, json{{"backend", s->backend},
                            {"users", s->users},
                            {"disabled_users", s->disabled_users},
                            {"live_devices", s->live_devices},
@@ -324,8 +299,8 @@ void AdminApi::OpsStats(Respond respond) {
 
 void AdminApi::OpsSchema(Respond respond) {
   store_.GetSchemaStatus([respond](Result<store::SchemaStatus> s) {
-    if (!s) return respond(Error(s.error()));
-    respond(Json(200, json{{"backend", s->backend},
+    if (!s) return respond(ErrorResponse(s.error()));
+    respond(JsonResponse(200, json{{"backend", s->backend},
                            {"current", s->current},
                            {"latest", s->latest},
                            {"pending", s->pending}}));
@@ -339,9 +314,9 @@ void AdminApi::OpsBackup(const std::string& body, Respond respond) {
   if (!body.empty()) {
     json in = json::parse(body, nullptr, false);
     if (in.is_discarded() || !in.is_object())
-      return respond(Error(Status(ErrorCode::kBadJson, "body must be a JSON object (or empty)")));
+      return respond(ErrorResponse(Status(ErrorCode::kBadJson, "body must be a JSON object (or empty)")));
     if (in.contains("name")) {
-      if (!in["name"].is_string()) return respond(Error(Status(ErrorCode::kBadRequest, "'name' must be a string")));
+      if (!in["name"].is_string()) return respond(ErrorResponse(Status(ErrorCode::kBadRequest, "'name' must be a string")));
       name = in["name"].get<std::string>();
     }
   }
@@ -354,21 +329,21 @@ void AdminApi::OpsBackup(const std::string& body, Respond respond) {
     name = buf;
   }
   if (!IsSafeFileName(name))
-    return respond(Error(Status(ErrorCode::kBadRequest, "the backup name must be 1 to " +
+    return respond(ErrorResponse(Status(ErrorCode::kBadRequest, "the backup name must be 1 to " +
                                                            std::to_string(kMaxBackupNameBytes) +
                                                            " of [A-Za-z0-9._-], not starting with '.'")));
   if (config_.backup_dir.empty())
-    return respond(Error(Status(ErrorCode::kBadRequest, "no backup directory is configured (--backup-dir)")));
+    return respond(ErrorResponse(Status(ErrorCode::kBadRequest, "no backup directory is configured (--backup-dir)")));
   std::error_code ec;
   std::filesystem::create_directories(config_.backup_dir, ec);
   if (ec)
-    return respond(Error(Status(ErrorCode::kInternal,
+    return respond(ErrorResponse(Status(ErrorCode::kInternal,
                                 "cannot create the backup directory " + config_.backup_dir + ": " + ec.message())));
   std::string path = (std::filesystem::path(config_.backup_dir) / name).string();
   store_.Backup(path, [respond](Result<store::BackupResult> r) {
-    if (!r) return respond(Error(r.error()));
+    if (!r) return respond(ErrorResponse(r.error()));
     spdlog::info("event=admin_backup path=\"{}\" bytes={} took_ms={}", r->path, r->bytes, r->took_ms);
-    respond(Json(200, json{{"path", r->path}, {"bytes", r->bytes}, {"pages", r->pages}, {"took_ms", r->took_ms}}));
+    respond(JsonResponse(200, json{{"path", r->path}, {"bytes", r->bytes}, {"pages", r->pages}, {"took_ms", r->took_ms}}));
   });
 }
 
