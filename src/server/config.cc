@@ -65,6 +65,30 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SOCKET_SEND_BUFFER")
       ->check(CLI::Range(0, 64 << 20))
       ->capture_default_str();
+  auto& deflate = c.gateway.ws_deflate;
+  app.add_flag("--ws-deflate", deflate.enabled,
+               "Offer permessage-deflate (RFC 7692) to WebSocket clients that ask for it (costs memory per "
+               "connection: docs/operations.md, \"Compression\")")
+      ->envname("PARLEY_WS_DEFLATE");
+  app.add_option("--ws-deflate-window-bits", deflate.window_bits, "LZ77 window of permessage-deflate, 2^N bytes")
+      ->envname("PARLEY_WS_DEFLATE_WINDOW_BITS")
+      ->check(CLI::Range(gateway::WsDeflateConfig::kMinWindowBits, gateway::WsDeflateConfig::kMaxWindowBits))
+      ->capture_default_str();
+  app.add_option("--ws-deflate-mem-level", deflate.mem_level, "zlib memory level of permessage-deflate")
+      ->envname("PARLEY_WS_DEFLATE_MEM_LEVEL")
+      ->check(CLI::Range(gateway::WsDeflateConfig::kMinMemLevel, gateway::WsDeflateConfig::kMaxMemLevel))
+      ->capture_default_str();
+  app.add_option("--ws-deflate-level", deflate.level, "zlib compression level of permessage-deflate (0-9)")
+      ->envname("PARLEY_WS_DEFLATE_LEVEL")
+      ->check(CLI::Range(0, 9))
+      ->capture_default_str();
+  app.add_option("--ws-deflate-min-bytes", deflate.min_bytes, "Frames shorter than this are sent uncompressed")
+      ->envname("PARLEY_WS_DEFLATE_MIN_BYTES")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 24))
+      ->capture_default_str();
+  app.add_flag("--ws-deflate-no-context-takeover", deflate.no_context_takeover,
+               "Reset the compressor after every frame: less memory between frames, worse ratio")
+      ->envname("PARLEY_WS_DEFLATE_NO_CONTEXT_TAKEOVER");
   app.add_option("--heartbeat-interval-ms", c.core.heartbeat_interval_ms, "Heartbeat interval announced to clients")
       ->envname("PARLEY_HEARTBEAT_INTERVAL_MS")
       ->check(CLI::Range(1'000, 3'600'000))
