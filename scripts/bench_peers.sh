@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Side by side with ejabberd and Prosody (docs/benchmarks.md, "Side by side:
+# ejabberd and Prosody"; issue 9). For each server and variant (no archiving,
+# archiving in SQLite) it: writes the config from bench/peers/ into a fresh
+# temporary directory, starts the server there as its own user (setpriv, so
+# ejabberd's file limit holds: ejabberdctl's `su` would reset it to 1024)
+# pinned to CPU 0, registers the users with in-band registration
+# (XEP-0077), runs parley-xmpp-bench pinned to CPU 1 across a rate sweep,
+# stops the server and removes the directory. Results: one JSON per run and
+# a table (results.md) in $OUT_DIR.
+#
+#   scripts/bench_peers.sh                                   # all four runs
+#   RATES=1000,5000 DURATION=5 scripts/bench_peers.sh prosody   # one server
+#   scripts/bench_peers.sh ejabberd-mam prosody-mam          # chosen runs
+#
+# Runs: ejabberd, ejabberd-mam, prosody, prosody-mam (default: all).
+# Environment: RATES_EJABBERD, RATES_EJABBERD_MAM, RATES_PROSODY,
+# RATES_PROSODY_MAM (or RATES for all), PAIRS (500), DURATION (12),
+# WARMUP (2), DRAIN (3), STANZA_BYTES (140), RECEIPTS=1, EXTRA_ARGS (more
+# parley-xmpp-bench flags), OUT_DIR (default build/release/bench-results/peers),
+# SKIP_BUILD=1 with BIN_DIR=..., NO_INSTALL=1 (fail instead of apt-get install).
+#
+# This script (and nothing else in the project) installs ejabberd, prosody
+# and their SQLite drivers (erlang-p1-sqlite3, lua-dbi-sqlite3) with apt-get
+# if they are missing. It needs root (apt-get, setpriv). Benchmarks are not
+# tests: the test command never runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+runs=("$@")
+[ ${#runs[@]} -gt 0 ] || runs=(ejabberd ejabberd-mam prosody prosody-mam)
+for r in "${runs[@]}"; do
+  case "$r" in ejabberd|ejabberd-mam|prosody|prosody-mam) ;; *) echo "bench_peers: unknown run '$r'" >&2; exit 2 ;; esac
+done
+PAIRS=${PAIRS:-500}
+DURATION=${DURATION:-12}
+WARMUP=${WARMUP:-2}
+DRAIN=${DRAIN:-3}
+STANZA_BYTES=${STANZA_BYTES:-140}
+OUT_DIR=${OUT_DIR:-$root/build/release/bench-results/peers}
+mkdir -p "$OUT_DIR"
+
+[ "$(id -u)" = 0 ] || { echo "bench_peers: needs root (apt-get, setpriv to the servers' users)" >&2; exit 2; }
+
+# --- packages ---------------------------------------------------------------
+need=()
+for p in ejabberd erlang-p1-sqlite3 prosody lua-dbi-sqlite3; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  [ "${NO_INSTALL:-0}" != 1 ] || { echo "bench_peers: missing packages: ${need[*]}" >&2; exit 2; }
+  echo "bench_peers: installing ${need[*]}"
+  apt-get update -qq
+  # Debian's policy-rc.d may refuse to start the services; we start our own instances.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The packaged services must not hold the ports or the Erlang node name.
+for svc in ejabberd prosody; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    echo "bench_peers: the system $svc service is running; stop it first (systemctl stop $svc)" >&2; exit 2
+  fi
+done
+
+# --- the load driver ---------------------------------------------------------
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  scripts/build.sh release parley-xmpp-bench
+fi
+bin=${BIN_DIR:-$root/build/release/bin}
+[ -x "$bin/parley-xmpp-bench" ] || { echo "bench_peers: $bin/parley-xmpp-bench is missing" >&2; exit 2; }
+
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  pin_server=(taskset -c 0); pin_bench=(taskset -c 1)
+else
+  echo "bench_peers: taskset or a second CPU missing: running unpinned" >&2
+  pin_server=(); pin_bench=()
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {  # wait_port PORT SECONDS
+  local i
+  for i in $(seq $(($2 * 10))); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+render() {  # render TEMPLATE WORK PORT
+  sed -e "s|@WORK@|$2|g" -e "s|@PORT@|$3|g" "$1"
+}
+
+work=""
+server_pid=""
+stop_cmd=()
+cleanup() {
+  if [ ${#stop_cmd[@]} -gt 0 ]; then "${stop_cmd[@]}" >/dev/null 2>&1 || true; fi
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server_pid" 2>/dev/null || true
+  fi
+  # ejabberdctl start leaves an epmd (Erlang's port mapper) behind: stop the one our node started.
+  if [ -n "${epmd_pid:-}" ]; then kill -TERM "$epmd_pid" 2>/dev/null || true; fi
+  server_pid=""; stop_cmd=(); epmd_pid=""
+  [ -n "$work" ] && rm -rf "$work"
+  work=""
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start_ejabberd() {  # start_ejabberd WITH_MAM
+  local port ej
+  port=$(free_port)
+  mkdir -p "$work"/{spool,logs,run}
+  render bench/peers/ejabberd.yml.in "$work" "$port" >"$work/ejabberd.yml"
+  [ "$1" = 1 ] && render bench/peers/ejabberd-mam.yml.in "$work" "$port" >>"$work/ejabberd.yml"
+  render bench/peers/ejabberdctl.cfg.in "$work" "$port" >"$work/ejabberdctl.cfg"
+  chown -R ejabberd:ejabberd "$work"
+  ej=(ejabberdctl --config "$work/ejabberd.yml" --ctl-config "$work/ejabberdctl.cfg" --logs "$work/logs" --spool "$work/spool")
+  HOME=/var/lib/ejabberd "${pin_server[@]}" setpriv --reuid ejabberd --regid ejabberd --init-groups "${ej[@]}" start >&2
+  for _ in $(seq 300); do [ -s "$work/run/ejabberd.pid" ] && break; sleep 0.1; done
+  server_pid=$(cat "$work/run/ejabberd.pid" 2>/dev/null || true)
+  [ -n "$server_pid" ] || { echo "bench_peers: ejabberd wrote no pid file" >&2; tail -20 "$work/logs/"*.log >&2 || true; return 1; }
+  wait_port "$port" 60 || { echo "bench_peers: ejabberd did not listen on $port" >&2; tail -20 "$work/logs/"*.log >&2 || true; return 1; }
+  echo "$port"
+}
+
+start_prosody() {  # start_prosody WITH_MAM
+  local port cfg="$work/prosody.cfg.lua" extra=""
+  port=$(free_port)
+  mkdir -p "$work/data"
+  [ "$1" = 1 ] && extra='; "mam"'
+  render bench/peers/prosody.cfg.lua.in "$work" "$port" | sed -e "s|@EXTRA_MODULES@|$extra|" >"$cfg"
+  [ "$1" = 1 ] && render bench/peers/prosody-mam.cfg.lua.in "$work" "$port" >>"$cfg"
+  printf '\nVirtualHost "localhost"\n' >>"$cfg"
+  chown -R prosody:prosody "$work"
+  (cd "$work" && exec setsid "${pin_server[@]}" setpriv --reuid prosody --regid prosody --init-groups \
+    prosody --config "$cfg" -F >"$work/prosody.out" 2>&1) &
+  server_pid=$!
+  wait_port "$port" 30 || { echo "bench_peers: prosody did not listen on $port" >&2; cat "$work/prosody.out" "$work/prosody.log" >&2 2>/dev/null || true; return 1; }
+  # The subshell exec'd into setsid/taskset/setpriv/prosody: $! is prosody's pid.
+  echo "$port"
+}
+
+status=0
+summary=()
+for r in "${runs[@]}"; do
+  work=$(mktemp -d "${TMPDIR:-/tmp}/parley-bench-peers.XXXXXX")
+  chmod 755 "$work"
+  epmd_before=$(pgrep -x epmd || true)
+  case "$r" in
+    ejabberd)     port=$(start_ejabberd 0) || { status=1; cleanup; continue; }; rates=${RATES_EJABBERD:-${RATES:-1000,5000,10000,15000,20000}} ;;
+    ejabberd-mam) port=$(start_ejabberd 1) || { status=1; cleanup; continue; }; rates=${RATES_EJABBERD_MAM:-${RATES:-500,1000,2000,4000}} ;;
+    prosody)      port=$(start_prosody 0) || { status=1; cleanup; continue; }; rates=${RATES_PROSODY:-${RATES:-1000,3000,5000,7000}} ;;
+    prosody-mam)  port=$(start_prosody 1) || { status=1; cleanup; continue; }; rates=${RATES_PROSODY_MAM:-${RATES:-500,1000,2000,4000}} ;;
+  esac
+  # start_* ran in a subshell ($(...)): read the pid again here.
+  case "$r" in
+    ejabberd*) server_pid=$(cat "$work/run/ejabberd.pid")
+               ej=(ejabberdctl --config "$work/ejabberd.yml" --ctl-config "$work/ejabberdctl.cfg" --logs "$work/logs" --spool "$work/spool")
+               stop_cmd=(env HOME=/var/lib/ejabberd setpriv --reuid ejabberd --regid ejabberd --init-groups "${ej[@]}" stop) ;;
+    prosody*)  server_pid=$(cat "$work/prosody.pid" 2>/dev/null || pgrep -n -u prosody -x lua5.4 || pgrep -n -u prosody prosody) ;;
+  esac
+  [ -z "$epmd_before" ] && epmd_pid=$(pgrep -x -n epmd || true)
+  echo "== $r: port $port, server pid $server_pid, rates $rates"
+  json="$OUT_DIR/$r.json"
+  args=(--port "$port" --pairs "$PAIRS" --rates "$rates" --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN"
+        --stanza-bytes "$STANZA_BYTES" --server-pid "$server_pid" --label "$r" --register --json "$json")
+  [ "${RECEIPTS:-0}" = 1 ] && args+=(--receipts)
+  # shellcheck disable=SC2086  # EXTRA_ARGS is a list of flags
+  if ! "${pin_bench[@]}" "$bin/parley-xmpp-bench" "${args[@]}" ${EXTRA_ARGS:-}; then
+    echo "bench_peers: $r: parley-xmpp-bench failed" >&2; status=1
+  fi
+  if ! kill -0 "$server_pid" 2>/dev/null; then echo "bench_peers: $r: the server died during the run" >&2; status=1; fi
+  summary+=("$json")
+  cleanup
+done
+
+# --- the table ----------------------------------------------------------------
+python3 - "$OUT_DIR/results.md" "${summary[@]}" <<'EOF'
+import json, sys, os
+out = sys.argv[1]
+rows = ["| server | offered msg/s | delivered msg/s | lost | p50 ms | p99 ms | p999 ms | server CPU % | server RSS MB | driver CPU % | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
+sat = []
+for path in sys.argv[2:]:
+    if not os.path.exists(path):
+        continue
+    d = json.load(open(path))
+    for p in d.get("points", []):
+        l = p["latency_ms"]
+        cpu = "" if p["server_cpu_percent"] is None else f'{p["server_cpu_percent"]:.0f}'
+        rss = "" if p["server_rss_mb"] is None else f'{p["server_rss_mb"]:.0f}'
+        rows.append(f'| {d["label"]} | {p["offered_per_s"]:,.0f} | {p["delivered_per_s"]:,.0f} | {p["lost"]} | {l["p50"]:.2f} | {l["p99"]:.2f} | {l["p999"]:.2f} | {cpu} | {rss} | {p["gen_cpu_percent"]:.0f} | {"yes" if p["ok"] else "no"} |')
+    sat.append(f'- {d["label"]}: saturation {d.get("saturation_per_s", 0):,.0f} msgs/s (delivered == offered, p99 <= {d["p99_limit_ms"]:.0f} ms)')
+text = "\n".join(rows) + "\n\n" + "\n".join(sat) + "\n"
+open(out, "w").write(text)
+print(text)
+EOF
+echo "bench_peers: results in $OUT_DIR"
+exit "$status"
