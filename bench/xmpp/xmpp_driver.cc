@@ -148,6 +148,22 @@ struct XmppDriver::Impl {
 
   explicit Impl(const DriverOptions& o) : opt(o) {}
 
+  static std::string StateName(State s) {
+    switch (s) {
+      case State::kConnecting: return "connect";
+      case State::kStream: return "stream open";
+      case State::kAuth: return "SASL";
+      case State::kRestart: return "stream restart";
+      case State::kBind: return "bind";
+      case State::kSession: return "session";
+      case State::kOnline: return "online";
+      case State::kRegister: return "registration";
+      case State::kDone: return "closing";
+      case State::kFailed: return "failed";
+    }
+    return "?";
+  }
+
   // --- connection plumbing -------------------------------------------------
 
   void Start(Conn& c) {
@@ -209,6 +225,7 @@ struct XmppDriver::Impl {
         return Fail(c, "write: " + ec.message());
       }
       Flush(c);
+      if (c.state == State::kDone) CloseAfterWrite(c);
     });
   }
 
@@ -225,7 +242,7 @@ struct XmppDriver::Impl {
     const State was = c.state;
     c.state = State::kFailed;
     CloseConn(c);
-    if (first_error.empty()) first_error = c.user + ": " + why;
+    if (first_error.empty()) first_error = c.user + " (in " + StateName(was) + "): " + why;
     if (was == State::kOnline) {
       ++connections_lost;
       return;
@@ -306,11 +323,9 @@ struct XmppDriver::Impl {
     }
   }
 
+  // Closes once the queued bytes (the closing tag) are written.
   void CloseAfterWrite(Conn& c) {
-    // The closing tag is tiny: give it one write, then close.
-    if (!c.write_in_flight) return CloseConn(c);
-    auto timer = std::make_shared<asio::steady_timer>(io, std::chrono::milliseconds(20));
-    timer->async_wait([this, &c, timer](const boost::system::error_code&) { CloseConn(c); });
+    if (!c.write_in_flight && c.out.empty()) CloseConn(c);
   }
 
   void GoOnline(Conn& c) {
@@ -390,6 +405,8 @@ struct XmppDriver::Impl {
 
   void MakeConns() {
     for (auto& c : conns) CloseConn(*c);
+    io.restart();
+    io.run();  // the closed sockets' handlers run before their connections go
     conns.clear();
     const int users = 2 * opt.pairs;
     for (int i = 0; i < users; ++i) {
@@ -553,7 +570,7 @@ RegisterResult XmppDriver::Register() {
   m.reg.first_error = m.first_error;
   for (auto& c : m.conns) m.CloseConn(*c);
   m.io.restart();
-  m.io.poll();  // let the closed sockets' handlers run
+  m.io.run();  // every handler of the closed sockets runs before the connections go
   m.conns.clear();
   return m.reg;
 }
@@ -634,7 +651,7 @@ void XmppDriver::Close() {
   m.io.run_for(std::chrono::milliseconds(200));
   for (auto& c : m.conns) m.CloseConn(*c);
   m.io.restart();
-  m.io.poll();
+  m.io.run();  // every handler of the closed sockets runs before the connections go
   m.conns.clear();
 }
 
