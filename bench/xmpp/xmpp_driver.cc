@@ -92,8 +92,8 @@ LatencySummary Summarize(std::vector<int64_t>& ns) {
   s.count = ns.size();
   if (ns.empty()) return s;
   std::sort(ns.begin(), ns.end());
-  const auto at = [&](double q) {
-    const size_t i = std::min(ns.size() - 1, static_cast<size_t>(std::ceil(q * static_cast<double>(ns.size()))) - 1);
+  const auto at = [&](double q) {  // nearest rank
+    const size_t i = std::min(ns.size() - 1, static_cast<size_t>(std::ceil(q * static_cast<double>(ns.size()) - 1e-9)) - 1);
     return static_cast<double>(ns[i]) / 1e6;
   };
   s.p50 = at(0.50);
