@@ -9,13 +9,15 @@
 # stops the server and removes the directory. Results: one JSON per run and
 # a table (results.md) in $OUT_DIR.
 #
-#   scripts/bench_peers.sh                                   # all four runs
+#   scripts/bench_peers.sh                                   # all five runs
 #   RATES=1000,5000 DURATION=5 scripts/bench_peers.sh prosody   # one server
 #   scripts/bench_peers.sh ejabberd-mam prosody-mam          # chosen runs
 #
-# Runs: ejabberd, ejabberd-mam, prosody, prosody-mam (default: all).
-# Environment: RATES_EJABBERD, RATES_EJABBERD_MAM, RATES_PROSODY,
-# RATES_PROSODY_MAM (or RATES for all), PAIRS (500), DURATION (12),
+# Runs: ejabberd, ejabberd-mam (archiving in SQLite), ejabberd-mam-mnesia
+# (archiving in mnesia, as perf_anchors.md measured), prosody, prosody-mam
+# (archiving in SQLite); default: all.
+# Environment: RATES_EJABBERD, RATES_EJABBERD_MAM, RATES_EJABBERD_MAM_MNESIA,
+# RATES_PROSODY, RATES_PROSODY_MAM (or RATES for all), PAIRS (500), DURATION (12),
 # WARMUP (2), DRAIN (3), STANZA_BYTES (140), RECEIPTS=1, EXTRA_ARGS (more
 # parley-xmpp-bench flags), OUT_DIR (default build/release/bench-results/peers),
 # NICE (-19: the autogroup nice of the server and the driver, see below), SKIP_BUILD=1 with
@@ -30,9 +32,9 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 runs=("$@")
-[ ${#runs[@]} -gt 0 ] || runs=(ejabberd ejabberd-mam prosody prosody-mam)
+[ ${#runs[@]} -gt 0 ] || runs=(ejabberd ejabberd-mam ejabberd-mam-mnesia prosody prosody-mam)
 for r in "${runs[@]}"; do
-  case "$r" in ejabberd|ejabberd-mam|prosody|prosody-mam) ;; *) echo "bench_peers: unknown run '$r'" >&2; exit 2 ;; esac
+  case "$r" in ejabberd|ejabberd-mam|ejabberd-mam-mnesia|prosody|prosody-mam) ;; *) echo "bench_peers: unknown run '$r'" >&2; exit 2 ;; esac
 done
 PAIRS=${PAIRS:-500}
 DURATION=${DURATION:-12}
@@ -41,6 +43,7 @@ DRAIN=${DRAIN:-3}
 STANZA_BYTES=${STANZA_BYTES:-140}
 OUT_DIR=${OUT_DIR:-$root/build/release/bench-results/peers}
 mkdir -p "$OUT_DIR"
+rm -f "$OUT_DIR/fsync.txt"
 
 [ "$(id -u)" = 0 ] || { echo "bench_peers: needs root (apt-get, setpriv to the servers' users)" >&2; exit 2; }
 
@@ -105,6 +108,9 @@ wait_port() {  # wait_port PORT SECONDS
   done
   return 1
 }
+live_epmd() {  # pids of running epmd (not zombies, which pgrep also lists)
+  { ps -C epmd -o pid=,stat= 2>/dev/null || true; } | awk '$2 !~ /Z/ {print $1}' | tail -1
+}
 render() {  # render TEMPLATE WORK PORT
   sed -e "s|@WORK@|$2|g" -e "s|@PORT@|$3|g" "$1"
 }
@@ -128,12 +134,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start_ejabberd() {  # start_ejabberd WITH_MAM
+start_ejabberd() {  # start_ejabberd MAM (none, sql, mnesia)
   local port ej
   port=$(free_port)
   mkdir -p "$work"/{spool,logs,run}
   render bench/peers/ejabberd.yml.in "$work" "$port" >"$work/ejabberd.yml"
-  [ "$1" = 1 ] && render bench/peers/ejabberd-mam.yml.in "$work" "$port" >>"$work/ejabberd.yml"
+  case "$1" in
+    sql)    render bench/peers/ejabberd-mam.yml.in "$work" "$port" >>"$work/ejabberd.yml" ;;
+    mnesia) render bench/peers/ejabberd-mam-mnesia.yml.in "$work" "$port" >>"$work/ejabberd.yml" ;;
+  esac
   render bench/peers/ejabberdctl.cfg.in "$work" "$port" >"$work/ejabberdctl.cfg"
   chown -R ejabberd:ejabberd "$work"
   ej=(ejabberdctl --config "$work/ejabberd.yml" --ctl-config "$work/ejabberdctl.cfg" --logs "$work/logs" --spool "$work/spool")
@@ -167,12 +176,13 @@ summary=()
 for r in "${runs[@]}"; do
   work=$(mktemp -d "${TMPDIR:-/tmp}/parley-bench-peers.XXXXXX")
   chmod 755 "$work"
-  epmd_before=$(pgrep -x epmd || true)
+  epmd_before=$(live_epmd)
   case "$r" in
-    ejabberd)     port=$(start_ejabberd 0) || { status=1; cleanup; continue; }; rates=${RATES_EJABBERD:-${RATES:-1000,5000,10000,15000,20000}} ;;
-    ejabberd-mam) port=$(start_ejabberd 1) || { status=1; cleanup; continue; }; rates=${RATES_EJABBERD_MAM:-${RATES:-500,1000,2000,4000}} ;;
-    prosody)      port=$(start_prosody 0) || { status=1; cleanup; continue; }; rates=${RATES_PROSODY:-${RATES:-1000,3000,5000,7000}} ;;
-    prosody-mam)  port=$(start_prosody 1) || { status=1; cleanup; continue; }; rates=${RATES_PROSODY_MAM:-${RATES:-500,1000,2000,4000}} ;;
+    ejabberd)     port=$(start_ejabberd none) || { status=1; cleanup; continue; }; rates=${RATES_EJABBERD:-${RATES:-1000,5000,10000,12500,15000}} ;;
+    ejabberd-mam) port=$(start_ejabberd sql) || { status=1; cleanup; continue; }; rates=${RATES_EJABBERD_MAM:-${RATES:-25,50,100,200}} ;;
+    ejabberd-mam-mnesia) port=$(start_ejabberd mnesia) || { status=1; cleanup; continue; }; rates=${RATES_EJABBERD_MAM_MNESIA:-${RATES:-500,1000,1500,2000}} ;;
+    prosody)      port=$(start_prosody 0) || { status=1; cleanup; continue; }; rates=${RATES_PROSODY:-${RATES:-1000,2000,3000,4000,5000}} ;;
+    prosody-mam)  port=$(start_prosody 1) || { status=1; cleanup; continue; }; rates=${RATES_PROSODY_MAM:-${RATES:-25,50,100,200}} ;;
   esac
   # start_* ran in a subshell ($(...)): read the pid again here.
   case "$r" in
@@ -181,9 +191,23 @@ for r in "${runs[@]}"; do
                stop_cmd=(env HOME=/var/lib/ejabberd setpriv --reuid ejabberd --regid ejabberd --init-groups "${ej[@]}" stop) ;;
     prosody*)  server_pid=$(cat "$work/prosody.pid" 2>/dev/null || pgrep -n -u prosody -x lua5.4 || pgrep -n -u prosody prosody) ;;
   esac
-  [ -z "$epmd_before" ] && epmd_pid=$(pgrep -x -n epmd || true)
+  [ -z "$epmd_before" ] && epmd_pid=$(live_epmd)
   set_autogroup_nice "$server_pid"
-  echo "== $r: port $port, server pid $server_pid, rates $rates"
+  # The archiving runs commit to SQLite: what an fsync costs right now on this
+  # disk (shared with other work) is part of the result.
+  fsync_ms=$(python3 - "$work" <<'PY'
+import os, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+ts = []
+for _ in range(30):
+    os.write(fd, b"x" * 4096); t = time.monotonic(); os.fsync(fd); ts.append(time.monotonic() - t)
+os.close(fd); os.unlink(path); ts.sort()
+print(f"{ts[15] * 1e3:.2f}")
+PY
+)
+  echo "== $r: port $port, server pid $server_pid, rates $rates, fsync p50 ${fsync_ms} ms"
+  echo "$r: fsync p50 ${fsync_ms} ms (4 KiB append + fsync in the run's directory, just before the run)" >>"$OUT_DIR/fsync.txt"
   json="$OUT_DIR/$r.json"
   args=(--port "$port" --pairs "$PAIRS" --rates "$rates" --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN"
         --stanza-bytes "$STANZA_BYTES" --server-pid "$server_pid" --label "$r" --register --json "$json")
@@ -215,6 +239,9 @@ for path in sys.argv[2:]:
         rows.append(f'| {d["label"]} | {p["offered_per_s"]:,.0f} | {p["delivered_per_s"]:,.0f} | {p["lost"]} | {l["p50"]:.2f} | {l["p99"]:.2f} | {l["p999"]:.2f} | {cpu} | {rss} | {p["gen_cpu_percent"]:.0f} | {"yes" if p["ok"] else "no"} |')
     sat.append(f'- {d["label"]}: saturation {d.get("saturation_per_s", 0):,.0f} msgs/s (delivered == offered, p99 <= {d["p99_limit_ms"]:.0f} ms)')
 text = "\n".join(rows) + "\n\n" + "\n".join(sat) + "\n"
+fs = os.path.join(os.path.dirname(out), "fsync.txt")
+if os.path.exists(fs):
+    text += "\n" + "".join("- " + l for l in open(fs).readlines())
 open(out, "w").write(text)
 print(text)
 EOF

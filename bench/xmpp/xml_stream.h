@@ -69,6 +69,7 @@ class XmlStreamSplitter {
 class StanzaView {
  public:
   explicit StanzaView(std::string_view stanza) : s_(stanza) {}
+  std::string_view text() const { return s_; }
 
   // The top element's qualified name ("message", "stream:features", "iq").
   std::string_view Name() const;

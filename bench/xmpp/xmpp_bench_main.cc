@@ -15,11 +15,15 @@
 //    "points": [{"offered_per_s", "sent", "delivered", "sent_per_s", "delivered_per_s",
 //                "arrival_per_s", "lost", "latency_ms": {"count", "p50", "p90", "p99", "p999", "max"},
 //                "receipts", "receipt_rtt_ms": {...} | null, "server_cpu_percent" | null,
-//                "server_rss_mb" | null, "gen_cpu_percent", "max_send_lag_ms",
-//                "dropped_bytes", "connections_lost", "ok"}],
+//                "server_rss_mb" | null, "gen_cpu_percent", "machine_busy_percent",
+//                "other_cpu_percent", "max_send_lag_ms", "dropped_bytes", "error_stanzas",
+//                "connections_lost", "ok"}],
 //    "saturation_per_s": highest offered rate with ok == true (0 if none)}
 // A point is "ok" when every message of the window was delivered
-// (delivered == sent, nothing dropped, no connection lost) and p99 <= --p99-limit-ms.
+// (delivered == sent, nothing dropped, no error bounce, no connection lost)
+// and p99 <= --p99-limit-ms. CPU figures are % of one core over the window;
+// other_cpu_percent is the machine's busy time minus the server's and the
+// driver's: how much other work (builds, tests) shared the machine.
 // Exit codes: 0 ran (whatever the figures); 2 set-up failed (registration or login).
 #include <fstream>
 #include <iostream>
@@ -44,7 +48,7 @@ json LatencyJson(const LatencySummary& s) {
 }
 
 bool PointOk(const RatePoint& p, double p99_limit_ms) {
-  return p.sent > 0 && p.delivered == p.sent && p.dropped_bytes == 0 && p.connections_lost == 0 &&
+  return p.sent > 0 && p.delivered == p.sent && p.dropped_bytes == 0 && p.connections_lost == 0 && p.error_stanzas == 0 &&
          p.latency.p99 <= p99_limit_ms;
 }
 
@@ -57,6 +61,7 @@ int main(int argc, char** argv) {
   std::string label;
   bool do_register = false;
   bool register_only = false;
+  bool keep_going = false;
   double p99_limit_ms = 50;
   int port = opt.port;
 
@@ -83,6 +88,9 @@ int main(int argc, char** argv) {
   app.add_option("--server-pid", opt.server_pid, "server process for CPU % and RSS (/proc/PID)");
   app.add_flag("--register", do_register, "register the users (XEP-0077) before the run; existing ones are fine");
   app.add_flag("--register-only", register_only, "register the users and exit");
+  app.add_flag("--keep-going", keep_going,
+               "sweep every rate even after one lost messages (by default the sweep stops there: the server is "
+               "still working off that backlog, so higher rates would measure it, not themselves)");
   app.add_option("--label", label, "a name for this run in the output");
   app.add_option("--json", json_path, "write the results here");
   CLI11_PARSE(app, argc, argv);
@@ -163,7 +171,10 @@ int main(int argc, char** argv) {
     if (opt.receipts) line += fmt::format("  receipt p50 {:.2f} p99 {:.2f} ms", p.receipt_rtt.p50, p.receipt_rtt.p99);
     if (p.server_cpu_percent >= 0)
       line += fmt::format("  server CPU {:.0f}%  RSS {:.0f} MB", p.server_cpu_percent, p.server_rss_mb);
-    line += fmt::format("  gen CPU {:.0f}%  lag {:.1f} ms{}", p.gen_cpu_percent, p.max_send_lag_ms, ok ? "" : "  [not ok]");
+    const double others = p.machine_busy_percent - p.gen_cpu_percent - std::max(p.server_cpu_percent, 0.0);
+    line += fmt::format("  gen CPU {:.0f}%  others {:.0f}%  lag {:.1f} ms", p.gen_cpu_percent, others, p.max_send_lag_ms);
+    if (p.error_stanzas > 0) line += fmt::format("  {} error bounces", p.error_stanzas);
+    line += ok ? "" : "  [not ok]";
     std::cout << line << std::endl;
     json pj = {{"offered_per_s", rate},
                {"sent", p.sent},
@@ -179,10 +190,18 @@ int main(int argc, char** argv) {
                {"server_rss_mb", p.server_rss_mb >= 0 ? json(p.server_rss_mb) : json(nullptr)},
                {"gen_cpu_percent", p.gen_cpu_percent},
                {"max_send_lag_ms", p.max_send_lag_ms},
+               {"machine_busy_percent", p.machine_busy_percent},
+               {"other_cpu_percent", p.machine_busy_percent - p.gen_cpu_percent - std::max(p.server_cpu_percent, 0.0)},
                {"dropped_bytes", p.dropped_bytes},
+               {"error_stanzas", p.error_stanzas},
                {"connections_lost", p.connections_lost},
                {"ok", ok}};
     out["points"].push_back(pj);
+    if (!p.first_error_stanza.empty()) std::cerr << "parley-xmpp-bench: first error bounce: " << p.first_error_stanza << "\n";
+    if (!keep_going && p.delivered < p.sent) {
+      std::cout << "stopping the sweep: messages were lost at this rate (--keep-going to go on)" << std::endl;
+      break;
+    }
     if (p.connections_lost > 0) {
       std::cerr << "parley-xmpp-bench: the server closed " << p.connections_lost << " connections; stopping the sweep\n";
       break;

@@ -76,6 +76,20 @@ double ProcessCpuSeconds(int pid) {
   return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+// Busy time of the whole machine (every CPU; /proc/stat: all but idle and iowait), in seconds.
+double MachineBusySeconds() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  in >> cpu;
+  double total = 0, v = 0;
+  for (int i = 0; i < 10 && in >> v; ++i) {
+    if (i == 3 || i == 4) continue;  // idle, iowait
+    if (i == 8 || i == 9) continue;  // guest, guest_nice: already in user / nice
+    total += v;
+  }
+  return total / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
 double ProcessRssMb(int pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
@@ -338,6 +352,11 @@ struct XmppDriver::Impl {
   void OnMessage(Conn& c, const StanzaView& st) {
     if (c.state != State::kOnline) return;
     const int64_t now = MonoNs();
+    if (st.Attr("type") == "error") {  // a bounce: the server refused or could not deliver
+      ++run_error_stanzas;
+      if (first_error_stanza.empty()) first_error_stanza = std::string(st.text());
+      return;
+    }
     if (auto body = st.ChildText("body")) {
       BodyFields f;
       if (!ParseBody(*body, &f)) return;
@@ -483,12 +502,14 @@ struct XmppDriver::Impl {
     window_started = true;
     cpu_server0 = opt.server_pid > 0 ? ProcessCpuSeconds(opt.server_pid) : -1;
     cpu_self0 = SelfCpuSeconds();
+    machine_busy0 = MachineBusySeconds();
     wall0 = MonoNs();
   }
 
   void EndWindow() {
     const double wall = static_cast<double>(MonoNs() - wall0) / 1e9;
     point.gen_cpu_percent = 100.0 * (SelfCpuSeconds() - cpu_self0) / wall;
+    point.machine_busy_percent = 100.0 * (MachineBusySeconds() - machine_busy0) / wall;
     if (opt.server_pid > 0) {
       const double cpu1 = ProcessCpuSeconds(opt.server_pid);
       if (cpu1 >= 0 && cpu_server0 >= 0) point.server_cpu_percent = 100.0 * (cpu1 - cpu_server0) / wall;
@@ -535,6 +556,9 @@ struct XmppDriver::Impl {
   uint64_t window_sent = 0;
   uint64_t window_arrivals = 0;
   uint64_t run_dropped_bytes = 0;
+  uint64_t run_error_stanzas = 0;
+  std::string first_error_stanza;
+  double machine_busy0 = 0;
   int64_t max_lag_ns = 0;
   int connections_lost = 0;
   std::vector<int64_t> latencies;
@@ -603,6 +627,8 @@ RatePoint XmppDriver::RunRate(double rate) {
   m.window_sent = 0;
   m.window_arrivals = 0;
   m.run_dropped_bytes = 0;
+  m.run_error_stanzas = 0;
+  m.first_error_stanza.clear();
   m.max_lag_ns = 0;
   m.connections_lost = 0;
   m.latencies.clear();
@@ -634,6 +660,8 @@ RatePoint XmppDriver::RunRate(double rate) {
   p.receipt_rtt = Summarize(m.receipt_rtts);
   p.max_send_lag_ms = static_cast<double>(m.max_lag_ns) / 1e6;
   p.dropped_bytes = m.run_dropped_bytes;
+  p.error_stanzas = m.run_error_stanzas;
+  p.first_error_stanza = m.first_error_stanza;
   p.connections_lost = m.connections_lost;
   return p;
 }

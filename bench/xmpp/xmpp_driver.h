@@ -74,7 +74,11 @@ struct RatePoint {
   double server_cpu_percent = -1;  // of one core, over the window (-1: no --server-pid)
   double server_rss_mb = -1;       // at the end of the window
   double gen_cpu_percent = 0;      // the driver's own CPU, of one core, over the window
+  double machine_busy_percent = 0; // every CPU's busy time over the window, % of one core (200 = both
+                                   // of two busy): minus server and driver, what other work took
   uint64_t dropped_bytes = 0;      // stanzas dropped because a connection's send queue was full
+  uint64_t error_stanzas = 0;      // <message type='error'/> bounces received
+  std::string first_error_stanza;  // the first of them, for the report
   int connections_lost = 0;        // connections the server closed during the run
 };
 
