@@ -86,7 +86,7 @@ bin=${BIN_DIR:-$root/build/release/bin}
 # nice is $NICE (default -19); NICE=0 turns this off.
 NICE=${NICE:--19}
 set_autogroup_nice() {  # set_autogroup_nice PID
-  [ -w "/proc/$1/autogroup" ] && echo "$NICE" >"/proc/$1/autogroup" 2>/dev/null || true
+  if [ -w "/proc/$1/autogroup" ]; then echo "$NICE" >"/proc/$1/autogroup" 2>/dev/null || true; fi
 }
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   pin_server=(taskset -c 0); pin_bench=(taskset -c 1)
@@ -96,13 +96,14 @@ else
 fi
 # The driver: a new session (setsid), its autogroup niced, then exec'd.
 run_bench() {
+  # shellcheck disable=SC2016  # $0 and $@ are the inner shell's
   setsid -w bash -c 'echo "$0" >/proc/self/autogroup 2>/dev/null || true; exec "$@"' "$NICE" "${pin_bench[@]}" "$@"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() {  # wait_port PORT SECONDS
-  local i
-  for i in $(seq $(($2 * 10))); do
+  local _
+  for _ in $(seq $(($2 * 10))); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.1
   done
@@ -119,6 +120,10 @@ work=""
 server_pid=""
 stop_cmd=()
 cleanup() {
+  # A server whose start failed half-way (inside $(start_...)) left only its pid file.
+  if [ -z "$server_pid" ] && [ -n "$work" ]; then
+    server_pid=$(cat "$work/run/ejabberd.pid" "$work/prosody.pid" 2>/dev/null | head -1 || true)
+  fi
   if [ ${#stop_cmd[@]} -gt 0 ]; then "${stop_cmd[@]}" >/dev/null 2>&1 || true; fi
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
     kill -TERM "$server_pid" 2>/dev/null || true
