@@ -50,6 +50,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -353,6 +354,7 @@ struct Device {
   // Receipt round trip: seq -> message number of this device's sends not yet
   // covered by the peer's delivered watermark, and that watermark.
   std::map<int64_t, int64_t> unconfirmed;
+  std::set<int64_t> covered;  // user seqs folded into a coalesced receipt, not yet reached
   int64_t peer_delivered = 0;
 };
 
@@ -410,6 +412,7 @@ class Fleet : public Handler {
   BackoffPolicy backoff;
   std::mt19937_64 rng{42};
   bool dropped_phase = false;    // storm: reconnect on close
+  bool reconnect_on_close = false;  // throughput: a closed device (e.g. 4003 when behind) reconnects and syncs
   // backfill: messages still to write, in flight
   int64_t backfill_left = 0;
   size_t backfill_inflight = 0;
@@ -573,6 +576,11 @@ class Fleet : public Handler {
     if (was_setup && in_setup) --in_setup;
     ++stats.closed;
     if (stats.close_samples.size() < 10) stats.close_samples.push_back(d.user.username + ": " + why);
+    if (reconnect_on_close && !was_setup) {
+      // Like the SDK: back off, reconnect, sync from the last applied event.
+      d.dropped_ns = NowNs();
+      d.reconnect_at = d.dropped_ns + BackoffDelayMs(backoff, d.attempt++, rng) * kMs;
+    }
   }
 
   void OnMessage(Conn& c, simdjson::dom::element f, std::string_view raw) override {
@@ -687,9 +695,20 @@ class Fleet : public Handler {
         }
         return;
       }
-      // A coalesced receipt's also_covers are receipts too (no messages): a
-      // gap they leave is filled by the next sync.
       d.applied = us;
+      // A coalesced receipt (live only): the user seqs it folded in count
+      // as applied when their turn comes.
+      simdjson::dom::array covers;
+      if (!ev["also_covers"].get(covers)) {
+        for (auto v : covers) {
+          int64_t cv;
+          if (!v.get_int64().get(cv)) d.covered.insert(cv);
+        }
+      }
+      while (!d.covered.empty() && *d.covered.begin() <= d.applied + 1) {
+        d.applied = std::max(d.applied, *d.covered.begin());
+        d.covered.erase(d.covered.begin());
+      }
     } else {
       d.applied = std::max(d.applied, us);
     }
@@ -795,7 +814,7 @@ json RunPhase(Fleet& f, Server& s, double warmup_s, double duration_s, double dr
     st.k = 0;
     st.stop = f.win_end;
   }
-  size_t errors0 = f.stats.errors;
+  size_t errors0 = f.stats.errors, closed0 = f.stats.closed;
   int64_t cpu0 = 0, cpu1 = 0, cpu_self0 = 0, cpu_self1 = 0;
   f.PumpUntil([&] { return NowNs() >= f.win_start; }, INT64_MAX, "");
   cpu0 = ProcessCpuMs(s.pid);
@@ -831,20 +850,18 @@ json RunPhase(Fleet& f, Server& s, double warmup_s, double duration_s, double dr
       if (st.group == g) rate += st.rate;
     }
     Pct lat = Percentiles(f.latency[g]), rt = Percentiles(f.rtt[g]), lg = Percentiles(f.lag[g]);
-    bool kept_up = delivered == offered && lost == 0 && lat.p99 <= 50.0;
+    bool kept_up = delivered == offered && lost == 0 && lat.p99 <= 50.0 && f.stats.closed == closed0;
     groups[group_names[g]] = {{"offered_rate", rate},
                               {"offered", offered},
                               {"delivered", delivered},
                               {"delivered_within_1s_of_window", in_window},
                               {"sent_total", sent},
-                              {"lost", lost},
+                              {"not_arrived_after_drain", lost},
                               {"achieved_rate", static_cast<double>(delivered) / duration_s},
                               {"latency", ToJson(lat)},
                               {"receipt_rtt", ToJson(rt)},
                               {"send_lag", ToJson(lg)},
                               {"kept_up", kept_up}};
-    if (lost) failures->push_back(group_names[g] + " at " + std::to_string(static_cast<int64_t>(rate)) + "/s: " +
-                                  std::to_string(lost) + " of " + std::to_string(sent) + " messages never arrived");
   }
   size_t total = 0;
   for (auto& st : f.streams) total += static_cast<size_t>(st.rate * duration_s);
@@ -862,11 +879,30 @@ json RunPhase(Fleet& f, Server& s, double warmup_s, double duration_s, double dr
   return out;
 }
 
+// After every phase: waits (up to kFinalDrainNs) until every message sent
+// arrived at its recipient, live or through sync after a reconnect; the
+// rest are lost (a failure).
+constexpr int64_t kFinalDrainNs = 60 * kSec;
+size_t FinalCheck(Fleet& f, std::vector<std::string>* failures) {
+  auto missing = [&] {
+    return static_cast<size_t>(std::count_if(f.msgs.begin(), f.msgs.end(), [](const Msg& m) { return m.arrived == 0; }));
+  };
+  int64_t deadline = NowNs() + kFinalDrainNs;
+  while (missing() && NowNs() < deadline) f.PumpUntil([] { return false; }, NowNs() + 200 * kMs, "");
+  size_t lost = missing();
+  if (lost) failures->push_back(std::to_string(lost) + " of " + std::to_string(f.msgs.size()) + " messages never arrived");
+  if (f.stats.closed) {
+    std::printf("  %zu connections were closed by parleyd and reconnected, e.g. %s\n", f.stats.closed,
+                f.stats.close_samples[0].c_str());
+  }
+  return lost;
+}
+
 void PrintPhase(const json& ph, const std::string& label) {
   for (auto& [name, g] : ph["groups"].items()) {
-    std::printf("  %-14s %-6s %9.0f/s %8zu/%-8zu lost %-4zu  p50 %7.3f  p99 %8.3f  p999 %8.3f ms   rtt p50 %7.3f p99 %8.3f ms  %s\n",
+    std::printf("  %-14s %-6s %9.0f/s %8zu/%-8zu late %-6zu p50 %7.3f  p99 %8.3f  p999 %8.3f ms   rtt p50 %7.3f p99 %8.3f ms  %s\n",
                 label.c_str(), name.c_str(), g["offered_rate"].get<double>(), g["delivered"].get<size_t>(),
-                g["offered"].get<size_t>(), g["lost"].get<size_t>(), g["latency"]["p50_ms"].get<double>(),
+                g["offered"].get<size_t>(), g["not_arrived_after_drain"].get<size_t>(), g["latency"]["p50_ms"].get<double>(),
                 g["latency"]["p99_ms"].get<double>(), g["latency"]["p999_ms"].get<double>(),
                 g["receipt_rtt"]["p50_ms"].get<double>(), g["receipt_rtt"]["p99_ms"].get<double>(),
                 g["kept_up"].get<bool>() ? "kept up" : "NOT kept up");
@@ -909,7 +945,9 @@ json ScenarioThroughput(const Common& c, Server& s, const Opts& o, bool rtt_head
   Fleet f(s.port);
   f.receipts = o.receipts;
   f.AddGroups(1);
-  AddPairs(f, s, "p", o.pairs);
+  AddPairs(f, s, "pair_", o.pairs);
+  for (auto& d : f.devices) d.track_stream = true;
+  f.reconnect_on_close = true;
   f.OpenConversations();
   // Both directions, except for the receipt round trip: a member's sends
   // raise its own watermarks, which would confirm the peer's messages early.
@@ -933,15 +971,19 @@ json ScenarioThroughput(const Common& c, Server& s, const Opts& o, bool rtt_head
   }
   (void)c;
   std::printf("  saturation (highest offered rate with delivered == offered and p99 <= 50 ms): %.0f msgs/s\n", saturation);
-  return {{"pairs", o.pairs}, {"receipts", o.receipts}, {"rates", rows}, {"saturation_rate", saturation}};
+  size_t lost = FinalCheck(f, failures);
+  return {{"pairs", o.pairs}, {"receipts", o.receipts}, {"rates", rows}, {"saturation_rate", saturation}, {"lost", lost},
+          {"closed", f.stats.closed}};
 }
 
 json ScenarioHot(const Common&, Server& s, const Opts& o, std::vector<std::string>* failures) {
   Fleet f(s.port);
   f.receipts = o.receipts;
   f.AddGroups(2);
-  AddPairs(f, s, "p", o.pairs);
-  AddPairs(f, s, "hot", 1);
+  AddPairs(f, s, "pair_", o.pairs);
+  AddPairs(f, s, "hot_", 1);
+  for (auto& d : f.devices) d.track_stream = true;
+  f.reconnect_on_close = true;
   f.OpenConversations();
   AddReverseRoutes(f, 0, f.routes.size());
   Stream pairs, hot;
@@ -966,13 +1008,14 @@ json ScenarioHot(const Common&, Server& s, const Opts& o, std::vector<std::strin
   double p99a = without["groups"]["pairs"]["latency"]["p99_ms"], p99b = with["groups"]["pairs"]["latency"]["p99_ms"];
   double ratio = p99a > 0 ? p99b / p99a : 0;
   std::printf("  pairs' p99 with / without the hot pair: %.3f / %.3f ms = %.2fx (target <= 2x)\n", p99b, p99a, ratio);
-  return {{"pairs", o.pairs}, {"rate", rate}, {"hot_rate", o.hot_rate}, {"without_hot", without}, {"with_hot", with},
+  size_t lost = FinalCheck(f, failures);
+  return {{"lost", lost}, {"closed", f.stats.closed}, {"pairs", o.pairs}, {"rate", rate}, {"hot_rate", o.hot_rate}, {"without_hot", without}, {"with_hot", with},
           {"p99_ratio", ratio}};
 }
 
 json ScenarioReconnects(const Common&, Server& s, const Opts& o, std::vector<std::string>*) {
   Fleet f(s.port);
-  auto users = Provision(s, "r", o.reconnect_users);
+  auto users = Provision(s, "recon_", o.reconnect_users);
   size_t slots = std::min(o.concurrency, users.size());
   for (size_t i = 0; i < slots; ++i) f.devices.emplace_back();
   f.cycle_users = &users;
@@ -1003,8 +1046,8 @@ json ScenarioStorm(const Common&, Server& s, const Opts& o, std::vector<std::str
   if (o.devices + kFdReserve > kMaxFilesPerProcess) SetupFailed("storm: at most " + std::to_string(kMaxFilesPerProcess - kFdReserve) + " devices (one process)");
   Fleet f(s.port);
   f.AddGroups(1);
-  auto users = Provision(s, "d", o.devices);
-  auto sender = Provision(s, "sender", 1);
+  auto users = Provision(s, "dev_", o.devices);
+  auto sender = Provision(s, "sender_", 1);
   for (auto& u : users) {
     f.devices.emplace_back();
     f.devices.back().user = u;
@@ -1088,7 +1131,7 @@ json ScenarioStorm(const Common&, Server& s, const Opts& o, std::vector<std::str
 json ScenarioBackfill(const Common&, Server& s, const Opts& o, std::vector<std::string>* failures) {
   Fleet f(s.port);
   f.AddGroups(1);
-  auto users = Provision(s, "h", 2);
+  auto users = Provision(s, "hist_", 2);
   for (auto& u : users) {
     f.devices.emplace_back();
     f.devices.back().user = u;
@@ -1166,7 +1209,7 @@ json ScenarioIdle(const Common& c, Server& s, const Opts& o, std::vector<std::st
   size_t per = o.per_process ? std::min(o.per_process, cap) : cap;
   size_t procs = (o.connections + per - 1) / per;
   per = (o.connections + procs - 1) / procs;
-  auto users = Provision(s, "idle", o.connections);
+  auto users = Provision(s, "idle_", o.connections);
   std::string tokens_file = c.work_dir + "/idle_tokens";
   {
     std::ofstream out(tokens_file);
