@@ -1272,6 +1272,9 @@ int main(int argc, char** argv) {
   Opts o;
   CLI::App app{"parley-bench: parleyd's load generator (docs/benchmarks.md, \"Load generator\")"};
   app.require_subcommand(1);
+  // scripts/bench.sh passes its defaults first and the user's arguments
+  // after them: the last value given wins.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--parleyd", c.parleyd, "path of the parleyd binary to start")->required();
   app.add_option("--server-cpu", c.server_cpu, "pin parleyd (every thread) to this CPU with taskset");
   app.add_option("--load-cpu", c.load_cpu, "pin this process (and its workers) to this CPU");
