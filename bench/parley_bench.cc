@@ -131,6 +131,20 @@ int64_t ProcessCpuMs(pid_t pid) {
   return (ut + st) * 1000 / sysconf(_SC_CLK_TCK);
 }
 
+// Time every thread of a process spent runnable but waiting for a CPU
+// (/proc/PID/task/*/schedstat, second field), ms: on a shared machine, how
+// much other processes delayed parleyd.
+int64_t RunQueueWaitMs(pid_t pid) {
+  int64_t ns = 0;
+  std::error_code ec;
+  for (auto& t : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::ifstream in(t.path() / "schedstat");
+    int64_t run = 0, wait = 0;
+    if (in >> run >> wait) ns += wait;
+  }
+  return ns / 1'000'000;
+}
+
 struct Pct {
   size_t n = 0;
   double p50 = 0, p90 = 0, p99 = 0, p999 = 0, max = 0;  // ms
@@ -819,9 +833,11 @@ json RunPhase(Fleet& f, Server& s, double warmup_s, double duration_s, double dr
   f.PumpUntil([&] { return NowNs() >= f.win_start; }, INT64_MAX, "");
   cpu0 = ProcessCpuMs(s.pid);
   cpu_self0 = ProcessCpuMs(getpid());
+  int64_t wait0 = RunQueueWaitMs(s.pid);
   f.PumpUntil([&] { return NowNs() >= f.win_end; }, INT64_MAX, "");
   cpu1 = ProcessCpuMs(s.pid);
   cpu_self1 = ProcessCpuMs(getpid());
+  int64_t wait1 = RunQueueWaitMs(s.pid);
   int64_t end_send = NowNs();
   auto all_arrived = [&] {
     for (size_t i = first_msg; i < f.msgs.size(); ++i) {
@@ -871,6 +887,7 @@ json RunPhase(Fleet& f, Server& s, double warmup_s, double duration_s, double dr
               {"parleyd_cpu_ms", cpu1 - cpu0},
               {"parleyd_cpu_us_per_msg", total ? 1000.0 * static_cast<double>(cpu1 - cpu0) / static_cast<double>(total) : 0},
               {"parleyd_core_busy", static_cast<double>(cpu1 - cpu0) / (duration_s * 1000.0)},
+              {"parleyd_runqueue_wait", static_cast<double>(wait1 - wait0) / (duration_s * 1000.0)},
               {"bench_core_busy", static_cast<double>(cpu_self1 - cpu_self0) / (duration_s * 1000.0)}};
   if (f.stats.errors != errors0) {
     failures->push_back(std::to_string(f.stats.errors - errors0) + " requests failed, e.g. " +
@@ -907,9 +924,9 @@ void PrintPhase(const json& ph, const std::string& label) {
                 g["receipt_rtt"]["p50_ms"].get<double>(), g["receipt_rtt"]["p99_ms"].get<double>(),
                 g["kept_up"].get<bool>() ? "kept up" : "NOT kept up");
   }
-  std::printf("  %-14s parleyd %.0f %% of its core, %.1f us CPU per message; load generator %.0f %%\n", "",
-              100 * ph["parleyd_core_busy"].get<double>(), ph["parleyd_cpu_us_per_msg"].get<double>(),
-              100 * ph["bench_core_busy"].get<double>());
+  std::printf("  %-14s parleyd %.0f %% of its core (and %.0f %% waiting for it: other processes), %.1f us CPU per message; load generator %.0f %%\n", "",
+              100 * ph["parleyd_core_busy"].get<double>(), 100 * ph["parleyd_runqueue_wait"].get<double>(),
+              ph["parleyd_cpu_us_per_msg"].get<double>(), 100 * ph["bench_core_busy"].get<double>());
 }
 
 std::vector<double> ParseRates(const std::string& s) {
@@ -957,7 +974,7 @@ json ScenarioThroughput(const Common& c, Server& s, const Opts& o, bool rtt_head
   f.streams.push_back(st);
   json rows = json::array();
   double saturation = 0;
-  std::printf("parley-bench %s: %zu pairs, %s receipts, %.0f s warm-up + %.0f s measured per rate\n",
+  std::printf("parley-bench %s: %zu pairs, %s receipts, %.1f s warm-up + %.1f s measured per rate\n",
               rtt_headline ? "receipt-rtt" : "throughput", o.pairs, o.receipts ? "delivered+read" : "no",
               o.warmup_s, o.duration_s);
   for (double rate : ParseRates(o.rates)) {
@@ -1027,18 +1044,22 @@ json ScenarioReconnects(const Common&, Server& s, const Opts& o, std::vector<std
   int64_t warm_end = NowNs() + static_cast<int64_t>(o.warmup_s * 1e9);
   f.PumpUntil([] { return false; }, warm_end, "");
   size_t a0 = f.authed;
-  int64_t cpu0 = ProcessCpuMs(s.pid);
+  int64_t cpu0 = ProcessCpuMs(s.pid), wait0 = RunQueueWaitMs(s.pid);
   int64_t t0 = NowNs();
   f.PumpUntil([] { return false; }, t0 + static_cast<int64_t>(o.duration_s * 1e9), "");
   int64_t t1 = NowNs();
   size_t n = f.authed - a0;
-  int64_t cpu1 = ProcessCpuMs(s.pid);
+  int64_t cpu1 = ProcessCpuMs(s.pid), wait1 = RunQueueWaitMs(s.pid);
+  double wait_share = static_cast<double>(wait1 - wait0) / (static_cast<double>(t1 - t0) / 1e6);
+  double busy = static_cast<double>(cpu1 - cpu0) / (static_cast<double>(t1 - t0) / 1e6);
   double per_s = static_cast<double>(n) / (static_cast<double>(t1 - t0) / 1e9);
   std::printf("parley-bench reconnects: %zu connections in flight over %zu tokens\n", slots, users.size());
   std::printf("  %zu token reconnects (TCP connect, WebSocket upgrade, auth, drop) in %.1f s: %.0f /s; parleyd %.0f us CPU each\n",
               n, static_cast<double>(t1 - t0) / 1e9, per_s, n ? 1000.0 * static_cast<double>(cpu1 - cpu0) / static_cast<double>(n) : 0.0);
+  std::printf("  parleyd %.0f %% of its core (and %.0f %% waiting for it: other processes)\n", 100 * busy, 100 * wait_share);
   return {{"concurrency", slots}, {"users", users.size()}, {"reconnects", n}, {"duration_s", static_cast<double>(t1 - t0) / 1e9},
           {"reconnects_per_s", per_s}, {"parleyd_cpu_us_per_reconnect", n ? 1000.0 * static_cast<double>(cpu1 - cpu0) / static_cast<double>(n) : 0.0},
+          {"parleyd_core_busy", busy}, {"parleyd_runqueue_wait", wait_share},
           {"closed", f.stats.closed}, {"errors", f.stats.errors}};
 }
 
@@ -1265,6 +1286,7 @@ json ScenarioIdle(const Common& c, Server& s, const Opts& o, std::vector<std::st
 int main(int argc, char** argv) {
   using namespace parley::bench;
   signal(SIGPIPE, SIG_IGN);
+  setvbuf(stdout, nullptr, _IOLBF, 0);  // progress lines appear as they are printed, also into a pipe
   if (argc == 6 && std::string(argv[1]) == "--worker-idle") {
     return RunIdleWorker(static_cast<uint16_t>(std::stoi(argv[2])), argv[3], std::stoul(argv[4]), std::stoul(argv[5]));
   }
@@ -1275,6 +1297,7 @@ int main(int argc, char** argv) {
   // scripts/bench.sh passes its defaults first and the user's arguments
   // after them: the last value given wins.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.fallthrough();  // the common options may also follow the scenario
   app.add_option("--parleyd", c.parleyd, "path of the parleyd binary to start")->required();
   app.add_option("--server-cpu", c.server_cpu, "pin parleyd (every thread) to this CPU with taskset");
   app.add_option("--load-cpu", c.load_cpu, "pin this process (and its workers) to this CPU");
