@@ -29,12 +29,12 @@ if [ "${SMOKE:-0}" = 1 ]; then
   BENCH_TIMEOUT=${BENCH_TIMEOUT:-60}
   declare -A args=(
     [idle]="--connections 300 --hold 2.5 --heartbeat-interval-ms 1000"
-    [throughput]="--pairs 50 --rates 1000,3000 --warmup 0.5 --duration 2 --drain 3"
+    [throughput]="--pairs 50 --rates 500,1500 --warmup 0.5 --duration 2 --drain 3"
     [receipt-rtt]="--pairs 20 --rates 500 --warmup 0.5 --duration 2 --drain 3"
     [reconnects]="--users 200 --concurrency 50 --warmup 0.5 --duration 2"
     [storm]="--devices 500 --rate 500 --before 1 --after 1"
     [backfill]="--history 5000"
-    [hot]="--pairs 20 --rates 1000 --hot-rate 1000 --warmup 0.5 --duration 2 --drain 3"
+    [hot]="--pairs 20 --rates 500 --hot-rate 500 --warmup 0.5 --duration 2 --drain 3"
   )
 else
   BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
