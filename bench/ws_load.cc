@@ -109,7 +109,7 @@ void Loop::Send(Conn& c, std::string_view payload) {
     h[n++] = 0x80 | 127;
     for (int i = 7; i >= 0; --i) h[n++] = static_cast<unsigned char>(uint64_t{payload.size()} >> (8 * i));
   }
-  for (int i = 0; i < 4; ++i) h[n++] = 0;  // the all-zero mask: XOR changes nothing
+  for (int i = 0; i < 4; ++i) h[n++] = 0;  // a constant all-zero mask (ws_load.h): XOR changes nothing
   c.wbuf.append(reinterpret_cast<const char*>(h), n);
   c.wbuf.append(payload);
   if (!c.dirty && c.state == Conn::State::kOpen) {
