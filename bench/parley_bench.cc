@@ -60,7 +60,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "http_client.h"
+#include "net/http_client.h"
 #include "parley/backoff.h"
 #include "ws_load.h"
 
@@ -318,9 +318,13 @@ std::vector<User> Provision(const Server& s, const std::string& prefix, size_t n
   for (size_t b = 0; b < n; b += kBulkBatch) {
     json users = json::array();
     for (size_t i = b; i < std::min(n, b + kBulkBatch); ++i) users.push_back({{"username", prefix + std::to_string(i)}});
-    auto r = HttpPost("127.0.0.1", s.port, "/admin/v1/users/bulk",
-                      json{{"devices", true}, {"device_name", "bench"}, {"users", users}}.dump(),
-                      "Bearer " + s.admin_token, kHttpTimeoutMs);
+    netutil::HttpRequest req;
+    req.method = "POST";
+    req.target = "/admin/v1/users/bulk";
+    req.body = json{{"devices", true}, {"device_name", "bench"}, {"users", users}}.dump();
+    req.authorization = "Bearer " + s.admin_token;
+    req.timeout = std::chrono::milliseconds(kHttpTimeoutMs);
+    auto r = netutil::HttpExchange(netutil::HttpEndpoint::Loopback(s.port), req);
     if (!r.error.empty() || r.status != 200) SetupFailed("bulk request: " + r.error + " " + r.body.substr(0, 300));
     json created = json::parse(r.body, nullptr, false);
     if (created.is_discarded() || created["users"].size() != users.size()) SetupFailed("bulk request: unexpected answer");
