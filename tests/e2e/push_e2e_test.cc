@@ -346,7 +346,9 @@ TEST(PushE2eTest, ABurstOfTwentyMakesOnePushPerDevicePerWindowWithTheLatestBadge
     // carrying the latest state, a window apart.
     ASSERT_GE(mine.size(), 1u);
     ASSERT_LE(mine.size(), 2u) << "device " << device;
-    if (mine.size() == 2) EXPECT_GE(mine[1].at - mine[0].at, std::chrono::milliseconds(kWindowMs - 100));
+    if (mine.size() == 2) {
+      EXPECT_GE(mine[1].at - mine[0].at, std::chrono::milliseconds(kWindowMs - 100));
+    }
     EXPECT_EQ(mine.back().payload["seq"], 20);
     EXPECT_EQ(mine.back().payload["badge"], 20);
     EXPECT_EQ(mine.back().payload["preview"], "burst 19");
