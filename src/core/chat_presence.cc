@@ -14,6 +14,7 @@ using protocol::JsonWriter;
 void ChatService::SetForeground(const ClientPtr& c, bool counted) {
   if (c->user_id == 0 || c->counted_foreground == counted) return;
   c->counted_foreground = counted;
+  NotePushForeground(c->user_id, c->device_id, counted);
   if (counted) return presence_.ForegroundEnter(c->user_id);
   int64_t last_seen = presence_.ForegroundLeave(c->user_id);
   if (last_seen == 0) return;

@@ -162,6 +162,51 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_ADMIN_MAX_BULK_USERS")
       ->check(CLI::Range(size_t{1}, size_t{1'000'000}))
       ->capture_default_str();
+  // Push notifications (issue 11; docs/operations.md "Push notifications").
+  app.add_option("--push-webhook-url", c.push.webhook_url,
+                 "Push: POST each push to this http:// URL (your APNs/FCM relay); empty: push is off")
+      ->envname("PARLEY_PUSH_WEBHOOK_URL");
+  app.add_option("--push-webhook-secret", c.push.webhook_secret,
+                 "Push: HMAC-SHA256 key signing each webhook body (required with --push-webhook-url)")
+      ->envname("PARLEY_PUSH_WEBHOOK_SECRET");
+  app.add_option("--push-coalesce-ms", c.core.push.coalesce_ms,
+                 "Push: at most one push per device per this window (a burst sends the latest state once)")
+      ->envname("PARLEY_PUSH_COALESCE_MS")
+      ->check(CLI::Range(int64_t{0}, int64_t{3'600'000}))
+      ->capture_default_str();
+  app.add_option("--push-timeout-ms", c.push.timeout_ms, "Push: timeout of one webhook attempt (connect to response)")
+      ->envname("PARLEY_PUSH_TIMEOUT_MS")
+      ->check(CLI::Range(10, 300'000))
+      ->capture_default_str();
+  app.add_option("--push-poll-ms", c.push.poll_ms, "Push: how often the queue is polled for due jobs")
+      ->envname("PARLEY_PUSH_POLL_MS")
+      ->check(CLI::Range(10, 60'000))
+      ->capture_default_str();
+  app.add_option("--push-lease-ms", c.push.lease_ms,
+                 "Push: a claimed job's lease; a node that dies releases its claims when it expires (> timeout)")
+      ->envname("PARLEY_PUSH_LEASE_MS")
+      ->check(CLI::Range(int64_t{100}, int64_t{3'600'000}))
+      ->capture_default_str();
+  app.add_option("--push-max-in-flight", c.push.max_in_flight, "Push: most webhook attempts in flight on this node")
+      ->envname("PARLEY_PUSH_MAX_IN_FLIGHT")
+      ->check(CLI::Range(1, 10'000))
+      ->capture_default_str();
+  app.add_option("--push-backoff-initial-ms", c.push.backoff_initial_ms,
+                 "Push: first retry delay after a 5xx or timeout (doubles per attempt, with jitter)")
+      ->envname("PARLEY_PUSH_BACKOFF_INITIAL_MS")
+      ->check(CLI::Range(int64_t{1}, int64_t{3'600'000}))
+      ->capture_default_str();
+  app.add_option("--push-backoff-max-ms", c.push.backoff_max_ms, "Push: longest retry delay")
+      ->envname("PARLEY_PUSH_BACKOFF_MAX_MS")
+      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}))
+      ->capture_default_str();
+  app.add_option("--push-max-attempts", c.push.max_attempts, "Push: a push that failed this many times is dropped")
+      ->envname("PARLEY_PUSH_MAX_ATTEMPTS")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--push-node-id", c.push.node_id,
+                 "Push: this node's name in claim leases (unique per process); default hostname-pid-random")
+      ->envname("PARLEY_PUSH_NODE_ID");
   std::vector<std::string> rate_limits;
   app.add_option("--rate-limit", rate_limits,
                  "Override a rate limit: NAME=PER_SECOND/BURST (repeatable). Names: send_per_device, send_per_user, "
@@ -211,6 +256,17 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   if (c.core.heartbeat_timeout_ms <= c.core.heartbeat_interval_ms)
     return Status(ErrorCode::kBadRequest, "--heartbeat-timeout-ms must be larger than --heartbeat-interval-ms");
   c.gateway.idle_timeout_ms = c.core.heartbeat_timeout_ms;
+  if (!c.push.webhook_url.empty()) {
+    if (c.push.webhook_url.rfind("http://", 0) != 0)
+      return Status(ErrorCode::kBadRequest, "--push-webhook-url must be an http:// URL");
+    if (c.push.webhook_secret.empty())
+      return Status(ErrorCode::kBadRequest, "--push-webhook-url needs --push-webhook-secret (the signing key)");
+    if (c.push.lease_ms <= c.push.timeout_ms)
+      return Status(ErrorCode::kBadRequest, "--push-lease-ms must be larger than --push-timeout-ms");
+    if (c.push.backoff_max_ms < c.push.backoff_initial_ms)
+      return Status(ErrorCode::kBadRequest, "--push-backoff-max-ms must be at least --push-backoff-initial-ms");
+    c.core.push.enabled = true;
+  }
 #ifdef PARLEY_FAULT_SWITCHES
   for (const auto& f : c.faults) {
     auto parsed = store::ParseFaultSwitch(f);
