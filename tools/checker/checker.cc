@@ -727,7 +727,7 @@ struct Checker {
 }  // namespace
 
 bool Check(const std::vector<DeviceHistory>& histories, const ServerState& state, Report* report, std::string* error) {
-  Checker c{state, report, {}, {}, {}};
+  Checker c{state, report, {}, {}, {}, {}, {}, {}, {}, {}};
   c.ServerPass();
   std::set<std::pair<int64_t, std::string>> acked;
   for (const auto& h : histories) {
