@@ -762,7 +762,7 @@ std::string FormatReport(const Report& r, size_t max_findings) {
   const Counts& c = r.counts;
   out << "devices " << c.devices << " (finished " << c.finished_devices << ", at the final head "
       << c.current_devices << "), server messages " << c.messages
-      << ", delivered " << c.delivered << ", resent " << c.resent << " (every ack with the first ack's seq)"
+      << ", delivered " << c.delivered << ", resent " << c.resent << " (acked more than once, held to the first ack's seq)"
       << ", withheld seqs listed " << c.withheld_listed << "\n";
   out << "acked " << c.acked << "  lost " << c.lost << "  duplicated " << c.duplicated << "  reordered "
       << c.reordered << "  gaps " << c.gaps << "  leaks " << c.leaks << "  receipt_regressions "
