@@ -219,6 +219,8 @@ TEST(OverloadE2E, QueuedReceiptsAreNotMergedPastAWithheldList) {
   }
   EXPECT_TRUE(listed);
   EXPECT_EQ(last_delivered, kCount + 2);
+  // The connection was behind: later receipts were merged (after the list).
+  EXPECT_GE(MetricValue(HttpGet(server.port(), "/metrics"), "parley_coalesced_receipts_total"), 1);
 }
 
 }  // namespace
