@@ -28,9 +28,9 @@
 // it hands the step to the worker that owns it and never waits for a step
 // to finish. Each device has a worker (its steps run one at a time, in plan
 // order: Client::Stop and Compose may block for seconds on a loaded
-// machine, which delays that device only); blocks and unblocks run in plan
-// order on one worker, kills on another, each user's raw double sends on a
-// worker of that user. One thread supervises parleyd; each Client has its
+// machine, which delays that device only); each user's blocks and unblocks
+// run in plan order on a worker of that user, its raw double sends on
+// another; kills on one worker. One thread supervises parleyd; each Client has its
 // own I/O and worker threads (callbacks). Shared state is guarded by the
 // mutexes named beside it, or is atomic.
 #include <arpa/inet.h>
@@ -89,15 +89,19 @@ constexpr int64_t kMaxSkewMs = 6LL * 3600 * 1000;  // client clocks off by up to
 constexpr int kSlowReaderMs = 15;             // the slow reader's pause per applied event
 constexpr int kSyncPageLimit = 7;             // small pages: a catch-up spans many sync calls
 constexpr int kKillWaitMs = 3000;             // a kill step waits this long for its ack count
+constexpr int kMinServeMs = 5000;             // ... and never kills an incarnation up for less than this
+constexpr int kKillProgressWaitMs = 10'000;   // ... nor one that acked nothing yet, if that comes within this
 constexpr int64_t kMinBlockMs = 500;          // a block lasts this long ...
 constexpr int64_t kMaxBlockMs = 3000;         // ... to this long
 constexpr int kSettleTimeoutMs = 120'000;     // the final catch-up must converge within this
-constexpr int kServerStartTimeoutMs = 30'000;
+constexpr int kServerStartTimeoutMs = 120'000;  // an ASan parleyd on a loaded machine starts slowly
 constexpr int kMaxStartAttempts = 3;          // parleyd restarts tried before the run gives up
 constexpr int kRequestTimeoutMs = 3000;       // the SDK's per-request timeout during the run
 constexpr int kRawSendTimeoutMs = 20'000;     // a raw double send retries (parleyd down) this long
 constexpr int64_t kMaxRawDelayMs = 1500;      // a raw resend comes this long after its reconnect, at most
 constexpr int64_t kLateStepMs = 1000;         // a step that starts this late is logged (driver.log)
+constexpr int kRetryInitialMs = 100;          // raw sends and blocks retry after this long ...
+constexpr int kRetryMaxMs = 2000;             // ... doubling up to this (no connection storm on a slow parleyd)
 
 int64_t SystemNowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -506,6 +510,22 @@ class Server {
     return failed_;
   }
 
+  // Waits until the running incarnation has been up for `ms` (false if none
+  // comes up in time). Kill steps use it so that a backlog of kills (a
+  // loaded machine) cannot kill every restart as soon as it is up.
+  bool WaitServing(int ms) {
+    auto deadline = SteadyClock::now() + std::chrono::milliseconds(kServerStartTimeoutMs + ms);
+    while (SteadyClock::now() < deadline) {
+      {
+        std::lock_guard lock(mu_);
+        if (failed_) return false;
+        if (pid_ > 0 && up_ && SteadyClock::now() - up_at_ >= std::chrono::milliseconds(ms)) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+
   bool WaitUp(std::string* why, bool any_incarnation = false) {
     auto deadline = SteadyClock::now() + std::chrono::milliseconds(kServerStartTimeoutMs);
     while (SteadyClock::now() < deadline) {
@@ -591,6 +611,7 @@ class Server {
         std::lock_guard lock(mu_);
         port_ = static_cast<uint16_t>(p);
         up_ = true;
+        up_at_ = SteadyClock::now();
         return true;
       }
       int status;
@@ -602,7 +623,15 @@ class Server {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
-    *why = "parleyd did not listen within " + std::to_string(kServerStartTimeoutMs) + " ms";
+    // Never leave it running: a second parleyd would start on the same port
+    // and data beside it.
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    {
+      std::lock_guard lock(mu_);
+      pid_ = -1;
+    }
+    *why = "parleyd did not listen within " + std::to_string(kServerStartTimeoutMs) + " ms (killed)";
     return false;
   }
 
@@ -668,6 +697,7 @@ class Server {
   bool failed_ = false;
   size_t incarnation_ = 0;
   int64_t current_crash_ = 0;
+  SteadyClock::time_point up_at_;  // when the running incarnation came up
 };
 
 // ---- Devices ----
@@ -763,7 +793,7 @@ class Run {
     if (!OpenDevices(&why)) return Fail2(why);
     for (size_t i = 0; i < devices_.size(); ++i) device_workers_.push_back(std::make_unique<Worker>());
     for (int u = 0; u < plan_.users; ++u) raw_workers_.push_back(std::make_unique<Worker>());
-    social_worker_ = std::make_unique<Worker>();
+    for (int u = 0; u < plan_.users; ++u) social_workers_.push_back(std::make_unique<Worker>());
     kill_worker_ = std::make_unique<Worker>();
     t0_ = SteadyClock::now();
     const auto& t0 = t0_;
@@ -777,7 +807,7 @@ class Run {
     log_.Line("steps scheduled; waiting for the workers to finish theirs");
     for (auto& w : device_workers_) w->Drain();
     for (auto& w : raw_workers_) w->Drain();
-    social_worker_->Drain();
+    for (auto& w : social_workers_) w->Drain();
     kill_worker_->Drain();
     log_.Line("steps done (" + std::to_string(counters_.late_steps.load()) + " started over " +
               std::to_string(kLateStepMs) + " ms late, the latest " + std::to_string(counters_.max_lag_ms.load()) +
@@ -937,7 +967,7 @@ class Run {
   Worker& WorkerFor(const json& s) {
     const std::string op = s.at("op");
     if (op == "kill") return *kill_worker_;
-    if (op == "block" || op == "unblock") return *social_worker_;
+    if (op == "block" || op == "unblock") return *social_workers_.at(s.at("user").get<size_t>());
     if (op == "raw_double") return *raw_workers_.at(s.at("user").get<size_t>());
     return *device_workers_.at(s.at("dev").get<size_t>());
   }
@@ -967,6 +997,14 @@ class Run {
       int64_t want = s.at("after_acks");
       auto deadline = SteadyClock::now() + std::chrono::milliseconds(kKillWaitMs);
       while (counters_.acked < want && SteadyClock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      // Progress first: the incarnation has served a while and acked
+      // something (bounded waits), so that late kills fired back to back
+      // cannot starve every restart.
+      int64_t before = counters_.acked;
+      server_->WaitServing(kMinServeMs);
+      auto progress = SteadyClock::now() + std::chrono::milliseconds(kKillProgressWaitMs);
+      while (counters_.acked == before && SteadyClock::now() < progress && !server_->failed())
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
       server_->Kill9("step: after " + std::to_string(counters_.acked.load()) + " acks (plan: " + std::to_string(want) + ")");
       return;
     }
@@ -1019,6 +1057,11 @@ class Run {
   bool RawSend(RawDevice& rd, int peer, const std::string& client_id, const std::string& body, int copies) {
     const std::string to = UserName(peer);
     auto deadline = SteadyClock::now() + std::chrono::milliseconds(kRawSendTimeoutMs);
+    int pause_ms = kRetryInitialMs;
+    auto pause = [&pause_ms] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+      pause_ms = std::min(pause_ms * 2, kRetryMaxMs);
+    };
     while (SteadyClock::now() < deadline && !server_->failed()) {
       ConnectOptions co;
       co.port = server_->port();
@@ -1028,7 +1071,7 @@ class Run {
       Reply a;
       if (c) a = c->Call("auth", {{"token", rd.token}}, kRequestTimeoutMs);
       if (!a.ok) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        pause();
         continue;
       }
       std::vector<int64_t> ids;
@@ -1060,9 +1103,9 @@ class Run {
         return false;
       }
       if (!again) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      pause();
     }
-    log_.Line("raw send " + client_id + ": gave up (parleyd down for " + std::to_string(kRawSendTimeoutMs / 1000) +
+    log_.Line("raw send " + client_id + ": gave up (no answer for " + std::to_string(kRawSendTimeoutMs / 1000) +
               " s)");
     return false;
   }
@@ -1071,6 +1114,7 @@ class Run {
   // device token, retried while parleyd is down.
   void BlockOp(const std::string& op, int user, int target) {
     auto deadline = SteadyClock::now() + std::chrono::seconds(20);
+    int pause_ms = kRetryInitialMs;
     while (SteadyClock::now() < deadline && !server_->failed()) {
       ConnectOptions co;
       co.port = server_->port();
@@ -1089,9 +1133,10 @@ class Run {
           log_.Line(op + " failed: " + r.code + " " + r.message + " (retrying)");
         }
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+      pause_ms = std::min(pause_ms * 2, kRetryMaxMs);
     }
-    log_.Line(op + " " + UserName(user) + " -> " + UserName(target) + ": gave up (parleyd down for 20 s)");
+    log_.Line(op + " " + UserName(user) + " -> " + UserName(target) + ": gave up (no answer for 20 s)");
   }
 
   // Every device online, every outbox drained, every device at its user's
@@ -1178,7 +1223,8 @@ class Run {
   // After devices_ and raw_: destroyed (drained and joined) first.
   std::vector<std::unique_ptr<Worker>> device_workers_;  // per device
   std::vector<std::unique_ptr<Worker>> raw_workers_;     // per user
-  std::unique_ptr<Worker> social_worker_, kill_worker_;
+  std::vector<std::unique_ptr<Worker>> social_workers_;  // per blocking user
+  std::unique_ptr<Worker> kill_worker_;
 };
 
 int Main(int argc, char** argv) {
