@@ -266,6 +266,11 @@ void WsSession<Stream>::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<c
                                  receipt = std::move(receipt)]() mutable {
     if (self->close_requested_ || self->finished_) return;
     if (self->MergeReceipt(receipt)) return;
+    // A receipt with a withheld list is queued as it is, and no later
+    // receipt of its (conversation, user) may be folded into one queued
+    // before it: that frame would carry a watermark past the withheld seqs
+    // before their list arrives (the sender would see them delivered).
+    if (!receipt->withheld.empty()) self->mergeable_.erase(ReceiptKey(*receipt));
     self->Enqueue(Queued{std::move(frame), receipt->withheld.empty() ? std::move(receipt) : nullptr}, false);
   });
 }
@@ -274,7 +279,8 @@ void WsSession<Stream>::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<c
 // one waiting in the queue is folded into it: the waiting frame takes the new
 // watermarks and lists the new user seq in `also_covers`, so the device gets
 // one frame and the newest state. Receipts carrying withheld seqs are never
-// merged (their lists must reach the device as they are).
+// merged (their lists must reach the device as they are), and later receipts
+// are never merged past them (SendReceipt).
 template <typename Stream>
 bool WsSession<Stream>::MergeReceipt(const std::shared_ptr<const store::StreamEvent>& receipt) {
   if (!receipt->withheld.empty()) return false;

@@ -3,7 +3,7 @@
 // backend sees operations, so a fixed workload fires it at the same point
 // every time. Reads pass through, rewritten where a switch says so (the
 // skip_dedup mark is stripped from client ids, dropped entries are filtered,
-// swapped pairs exchange their messages).
+// swapped pairs exchange their messages, omitted withheld lists are cleared).
 #include "store/fault_store.h"
 
 #include <signal.h>
@@ -28,7 +28,7 @@ struct NamedKind {
 constexpr NamedKind kKinds[] = {
     {"ack_before_commit", FaultKind::kAckBeforeCommit}, {"skip_dedup", FaultKind::kSkipDedup},
     {"drop_stream_entry", FaultKind::kDropStreamEntry}, {"out_of_order", FaultKind::kOutOfOrder},
-    {"crash_after_append", FaultKind::kCrashAfterAppend},
+    {"crash_after_append", FaultKind::kCrashAfterAppend}, {"omit_withheld", FaultKind::kOmitWithheld},
 };
 
 }  // namespace
@@ -163,6 +163,7 @@ void FaultStore::FixPage(UserId user_id, StreamPage* page) const {
   }
   for (auto& e : ev) {
     if (e.message) FixMessage(&*e.message);
+    if (!unlisted_.empty() && unlisted_.count({user_id, e.user_seq})) e.withheld.clear();
   }
 }
 
@@ -280,8 +281,20 @@ void FaultStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
 }
 
 void FaultStore::UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) {
-  Write<ReceiptResult>(std::move(done),
-                       [&](Callback<ReceiptResult> cb) { inner_.UpdateReceipt(update, std::move(cb)); });
+  Write<ReceiptResult>(std::move(done), [&](Callback<ReceiptResult> cb) {
+    inner_.UpdateReceipt(update, [this, cb = std::move(cb)](Result<ReceiptResult> r) mutable {
+      if (r && !r->withheld.empty()) {
+        std::lock_guard lock(mu_);
+        if (auto* s = Switch(FaultKind::kOmitWithheld); s && ++withheld_receipts_ == s->n) {
+          // Every position's event goes out (live now, by sync later) without its list.
+          for (const auto& p : r->positions) unlisted_.insert({p.user_id, p.user_seq});
+          r->withheld.clear();
+          ++fired_[static_cast<size_t>(FaultKind::kOmitWithheld)];
+        }
+      }
+      cb(std::move(r));
+    });
+  });
 }
 
 void FaultStore::SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,

@@ -28,6 +28,10 @@
 //       crash_after_append@N  the process kills itself (SIGKILL) right after
 //                             the Nth AppendMessage is durable, before it is
 //                             acknowledged: a crash in the half-open window
+//       omit_withheld@N       the Nth UpdateReceipt whose receipt events carry
+//                             a `withheld` list (seqs withheld from the reader
+//                             by a block) delivers them without it, live and by
+//                             sync: its sender's devices see those seqs delivered
 //     N counts from 1 within one process (a restart starts over).
 //
 // Thread-safety: every method may be called from any thread; the fault state
@@ -56,6 +60,7 @@ enum class FaultKind : int {
   kDropStreamEntry = 3,
   kOutOfOrder = 4,
   kCrashAfterAppend = 5,
+  kOmitWithheld = 6,
 };
 
 struct FaultSwitch {
@@ -181,8 +186,10 @@ class FaultStore final : public Store {
   std::deque<std::function<void()>> held_;
   int64_t appends_ = 0;            // AppendMessage calls
   int64_t recipient_entries_ = 0;  // message events appended to recipients' streams
-  std::vector<int64_t> fired_ = std::vector<int64_t>(6, 0);
+  int64_t withheld_receipts_ = 0;  // UpdateReceipt results carrying a withheld list
+  std::vector<int64_t> fired_ = std::vector<int64_t>(7, 0);
   std::set<std::pair<UserId, UserSeq>> dropped_;
+  std::set<std::pair<UserId, UserSeq>> unlisted_;  // omit_withheld: events read without their withheld list
   // out_of_order: (user, conversation, first user seq), waiting for its
   // partner; then pairs of user seqs whose messages are swapped on reads.
   struct Swap {

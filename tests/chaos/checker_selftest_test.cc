@@ -25,8 +25,8 @@ using nlohmann::json;
 
 constexpr const char* kAdminToken = "checker-selftest";
 // Every failure count of parley-check --json (docs/checker.md).
-const char* const kFailureCounts[] = {"lost",  "duplicated",          "reordered",           "gaps",
-                                      "leaks", "receipt_regressions", "receipt_divergences", "phantoms"};
+const char* const kFailureCounts[] = {"lost",     "duplicated",          "reordered",           "gaps",         "leaks",
+                                      "phantoms", "receipt_regressions", "receipt_divergences", "receipt_leaks"};
 
 // True once the process has exited (a zombie counts: it is not running).
 bool Exited(pid_t pid) {
@@ -142,7 +142,7 @@ class CheckerSelfTest : public ::testing::Test {
     return counts.value(name, int64_t{-1});
   }
   // The exact counts in `expected`, zero in every other failure category.
-  void ExpectOnly(const std::map<std::string, int64_t>& expected, int64_t acked) {
+  json ExpectOnly(const std::map<std::string, int64_t>& expected, int64_t acked) {
     int rc = -1;
     json report = Check(&rc);
     SCOPED_TRACE(report.dump());
@@ -155,6 +155,32 @@ class CheckerSelfTest : public ::testing::Test {
     }
     EXPECT_EQ(Count(report, "acked"), acked);
     EXPECT_EQ(rc, any ? 1 : 0);
+    return report;
+  }
+
+  // alice writes first (every device learns her delivered watermark: seq
+  // 1), then blocks bob; bob's next two messages (seqs 2, 3) are withheld
+  // from her. After the unblock bob sends a third (seq 4): alice's device
+  // reports it delivered, and that receipt moves her watermark from 1 to 4
+  // over 2 and 3, so it must list them in "withheld" (bob's devices keep
+  // them "sent").
+  void BlockWithholdThenDeliver() {
+    Users({"alice", "bob"});
+    Client& a = Device("alice");
+    Client& b = Device("bob");
+    ASSERT_TRUE(a.WaitOnline(10000));
+    ASSERT_TRUE(b.WaitOnline(10000));
+    ASSERT_TRUE(a.Compose("bob", "hi bob").ok);
+    ASSERT_TRUE(a.WaitOutboxDrained(10000));
+    Reply blocked = a.Request("block", {{"username", "bob"}});
+    ASSERT_TRUE(blocked.ok) << blocked.code;
+    for (const char* body : {"withheld one", "withheld two"}) ASSERT_TRUE(b.Compose("alice", body).ok);
+    ASSERT_TRUE(b.WaitOutboxDrained(10000));
+    Reply unblocked = a.Request("unblock", {{"username", "bob"}});
+    ASSERT_TRUE(unblocked.ok) << unblocked.code;
+    ASSERT_TRUE(b.Compose("alice", "after the block").ok);
+    ASSERT_TRUE(b.WaitOutboxDrained(10000));
+    Settle();
   }
 
   std::string dir_;
@@ -245,6 +271,26 @@ TEST_F(CheckerSelfTest, OutOfOrderDeliveryIsReportedAsOneReordering) {
   b.Start();
   Settle();
   ExpectOnly({{"reordered", 1}}, 3);
+}
+
+// Receipts' withheld lists on a correct server: the seqs withheld from
+// alice are listed once when her watermark passes them; nothing to report,
+// and the checker saw both listed.
+TEST_F(CheckerSelfTest, WithheldSeqsListedInTheCrossingReceiptReportNothing) {
+  StartServer("");
+  BlockWithholdThenDeliver();
+  json report = ExpectOnly({}, 4);
+  EXPECT_EQ(Count(report, "withheld_listed"), 2);
+}
+
+// omit_withheld@1: the receipt that moves alice's watermark over seqs 2
+// and 3 reaches both users' devices without its list: bob would see his
+// withheld messages delivered. Each seq counts once (not per device).
+TEST_F(CheckerSelfTest, OmittedWithheldListIsReportedAsTwoReceiptLeaks) {
+  StartServer("omit_withheld@1");
+  BlockWithholdThenDeliver();
+  json report = ExpectOnly({{"receipt_leaks", 2}}, 4);
+  EXPECT_EQ(Count(report, "withheld_listed"), 0);
 }
 
 }  // namespace

@@ -14,6 +14,9 @@ first=$(ls -d "$out"/first/seed-4242-*)
 again=$(ls -d "$out"/again/seed-4242-*)
 cmp "$first/plan.json" "$again/plan.json"
 grep -q '"op"' "$first/driver.log"
+# The plan of seed 4242 holds a raw double send (the same client id sent
+# twice at once, then again after a reconnect).
+grep -q '"raw_double"' "$first/plan.json"
 ls "$first"/histories/*.jsonl >/dev/null
 "$check" --histories "$first/histories" --state "$first/state.json"
 # A plan that does not parse is refused with exit 2 and a message naming it.

@@ -180,7 +180,7 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
                              << RunCheck(dir_, {"--histories", histories(), "--state", state}).out;
   json counts = json::parse(ok.out);
   for (const char* k : {"lost", "duplicated", "reordered", "gaps", "leaks", "receipt_regressions",
-                        "receipt_divergences", "phantoms"}) {
+                        "receipt_divergences", "phantoms", "receipt_leaks"}) {
     EXPECT_EQ(counts[k], 0) << k;
   }
   EXPECT_EQ(counts["acked"], sent);
@@ -222,7 +222,8 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   EXPECT_EQ(dup.exit_code, 1) << dup.out << dup.err;
   json dc = json::parse(dup.out);
   EXPECT_EQ(dc["duplicated"], 1);
-  for (const char* k : {"lost", "reordered", "gaps", "leaks", "receipt_regressions", "receipt_divergences", "phantoms"}) {
+  for (const char* k : {"lost", "reordered", "gaps", "leaks", "receipt_regressions", "receipt_divergences", "phantoms",
+                        "receipt_leaks"}) {
     EXPECT_EQ(dc[k], 0) << k;
   }
 

@@ -139,7 +139,7 @@ Report CheckAll(const Histories& h, const json& state_json = BaseState()) {
 void ExpectOnly(const Report& r, const std::string& only, int64_t expected) {
   json c = CountsJson(r.counts);
   for (const char* k : {"lost", "duplicated", "reordered", "gaps", "leaks", "receipt_regressions",
-                        "receipt_divergences", "phantoms"}) {
+                        "receipt_divergences", "phantoms", "receipt_leaks"}) {
     EXPECT_EQ(c[k].get<int64_t>(), k == only ? expected : 0) << k << "\n" << FormatReport(r, 20);
   }
   EXPECT_EQ(r.counts.ok(), expected == 0);
@@ -285,6 +285,98 @@ TEST(CheckerTest, RecordsLostToAClientKillAreNotGaps) {
   b.push_back(Caught(5));
   Report r = CheckAll(h);
   ExpectOnly(r, "", 0);
+}
+
+// A raw connection of alice's (device 12) sends a1 again, twice at once,
+// and once more after a reconnect: every ack carries the first ack's seq.
+TEST(CheckerTest, ResendsAckedWithTheFirstSeqAreOneMessage) {
+  Histories h = BaseHistories();
+  h.ids["alice-raw.jsonl"] = {1, 12};
+  json send = {{"ev", "send"}, {"client_id", "a1"}, {"peer", "bob"}};
+  json ack = {{"ev", "ack"}, {"client_id", "a1"}, {"peer", "bob"}, {"conversation_id", 100}, {"seq", 1},
+              {"duplicate", true}};
+  h.files["alice-raw.jsonl"] = {send, send, ack, ack, send, ack};
+  Report r = CheckAll(h);
+  ExpectOnly(r, "", 0);
+  EXPECT_EQ(r.counts.resent, 1);
+  EXPECT_EQ(r.counts.acked, 3);
+}
+
+// The server stored a resend again (a second a2 at seq 4) and acked it with
+// that seq: one defect, counted once (the server's duplicate), not again for
+// the ack that differs from the first.
+TEST(CheckerTest, ResendStoredTwiceIsOneDuplicate) {
+  json s = BaseState();
+  s["tables"]["messages"]["rows"].push_back({100, 4, 1, 11, "a2"});
+  for (int64_t u : {1, 2}) s["tables"]["stream"]["rows"].push_back({u, 6, 1, 100, 4, 0, 0, 0});
+  s["tables"]["heads"]["rows"] = {{1, 6}, {2, 6}, {3, 2}, {4, 3}};
+  Histories h = BaseHistories();
+  h.ids["alice-raw.jsonl"] = {1, 12};
+  h.files["alice-raw.jsonl"] = {{{"ev", "send"}, {"client_id", "a2"}, {"peer", "bob"}},
+                                {{"ev", "ack"}, {"client_id", "a2"}, {"peer", "bob"}, {"conversation_id", 100},
+                                 {"seq", 4}, {"duplicate", false}}};
+  Report r = CheckAll(h, s);
+  ExpectOnly(r, "duplicated", 1);
+  EXPECT_EQ(r.counts.resent, 1);
+}
+
+// Conversation 200 after carol unblocked dave: dave's 200/2 stays withheld
+// from carol; his 200/3 reaches her, and her receipt (delivered 3) moves
+// her watermark from 1 (her own 200/1) over 2. `withheld` is that event's list.
+std::pair<Histories, json> WithheldCase(const json& withheld) {
+  json s = BaseState();
+  auto& t = s["tables"];
+  t["messages"]["rows"].push_back({200, 3, 4, 41, "d2"});
+  t["stream"]["rows"].push_back({3, 3, 1, 200, 3, 0, 0, 0});
+  t["stream"]["rows"].push_back({3, 4, 2, 200, 0, 3, 3, 1});
+  t["stream"]["rows"].push_back({4, 4, 1, 200, 3, 0, 0, 0});
+  t["stream"]["rows"].push_back({4, 5, 2, 200, 0, 3, 3, 1});
+  t["heads"]["rows"] = {{1, 5}, {2, 5}, {3, 4}, {4, 5}};
+  t["receipts"]["rows"] = {{100, 1, 2, 2}, {100, 2, 3, 3}, {200, 3, 3, 1}, {200, 4, 3, 3}};
+  t["blocks"]["rows"] = json::array();
+  Histories h = BaseHistories();
+  json receipt = ReceiptEv(4, 200, 3, 3, 1);
+  if (!withheld.is_null()) receipt["withheld"] = withheld;
+  h.files["carol-31.jsonl"] = {Resume(), Snap(0, json::array(), json::array()), ConvEv(1, 200),
+                               Ev(2, "sync", Msg(200, 1, 3, 31, "c1")), Ev(3, "live", Msg(200, 3, 4, 41, "d2")),
+                               receipt, Caught(4)};
+  return {h, s};
+}
+
+TEST(CheckerTest, WithheldSeqListedByTheCrossingReceiptPasses) {
+  auto [h, s] = WithheldCase({2});
+  Report r = CheckAll(h, s);
+  ExpectOnly(r, "", 0);
+  EXPECT_EQ(r.counts.withheld_listed, 1);
+}
+
+TEST(CheckerTest, ReceiptCrossingAWithheldSeqWithoutListingItIsAReceiptLeak) {
+  auto [h, s] = WithheldCase(nullptr);
+  Report r = CheckAll(h, s);
+  ExpectOnly(r, "receipt_leaks", 1);
+  EXPECT_EQ(r.counts.withheld_listed, 0);
+}
+
+TEST(CheckerTest, ListingASeqThatIsNotWithheldIsAReceiptLeak) {
+  auto [h, s] = WithheldCase({1, 2});
+  Report r = CheckAll(h, s);
+  ExpectOnly(r, "receipt_leaks", 1);
+  EXPECT_EQ(r.counts.withheld_listed, 1);
+}
+
+TEST(CheckerTest, ListingAWithheldSeqTwiceIsAReceiptLeak) {
+  auto [h, s] = WithheldCase({2});
+  auto& c = h.files["carol-31.jsonl"];
+  json again = ReceiptEv(5, 200, 3, 3, 2);  // carol reads up to 2: the same list again
+  again["withheld"] = {2};
+  c.insert(c.end() - 1, again);
+  c.back() = Caught(5);
+  s["tables"]["stream"]["rows"].push_back({3, 5, 2, 200, 0, 3, 3, 2});
+  s["tables"]["stream"]["rows"].push_back({4, 6, 2, 200, 0, 3, 3, 2});
+  s["tables"]["heads"]["rows"] = {{1, 5}, {2, 5}, {3, 5}, {4, 6}};
+  s["tables"]["receipts"]["rows"] = {{100, 1, 2, 2}, {100, 2, 3, 3}, {200, 3, 3, 2}, {200, 4, 3, 3}};
+  Report r = CheckAll(h, s);
+  ExpectOnly(r, "receipt_leaks", 1);
 }
 
 TEST(CheckerTest, MalformedLineNamesFileAndLine) {

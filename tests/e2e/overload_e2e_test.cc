@@ -158,5 +158,70 @@ TEST(OverloadE2E, QueuedReceiptsAreCoalescedToTheLatestWatermark) {
   EXPECT_GE(MetricValue(HttpGet(server.port(), "/metrics"), "parley_coalesced_receipts_total"), kCount / 2);
 }
 
+// Found by the delivery checker's withheld-list check (receipt_leaks): a
+// receipt carrying a withheld list is never merged, but later receipts of
+// the same (conversation, user) were still folded into one queued before
+// it, so a behind device got a watermark past the withheld seq before the
+// list that keeps it "sent". Now the watermarks a behind device sees never
+// pass a withheld seq before the frame listing it.
+TEST(OverloadE2E, QueuedReceiptsAreNotMergedPastAWithheldList) {
+  ServerProcess server({"--socket-send-buffer", "4096"});
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a = Login(server, "alice");
+  Device sender = Login(server, "bob", "sender");
+  auto send = [&](const std::string& id) {
+    Reply r = sender.conn->Call("send", {{"to", "alice"}, {"client_id", id}, {"body", std::string(200, 'x')}});
+    EXPECT_TRUE(r.ok) << r.code;
+    return r.ok ? r.result["conversation_id"].get<int64_t>() : int64_t{0};
+  };
+  int64_t conv = send("visible");  // seq 1
+  ASSERT_TRUE(a.conn->Call("block", {{"username", "bob"}}).ok);
+  send("withheld");  // seq 2: withheld from alice
+  ASSERT_TRUE(a.conn->Call("unblock", {{"username", "bob"}}).ok);
+
+  ConnectOptions o;
+  o.port = server.port();
+  o.receive_buffer_bytes = 4096;
+  std::string err;
+  auto slow = Connection::Open(o, &err);
+  ASSERT_TRUE(slow) << err;
+  ASSERT_TRUE(slow->Call("auth", {{"token", sender.token}}).ok);
+  slow->PauseReading();
+  // Bob's messages (seqs 3..) fill the stalled connection's buffers...
+  constexpr int kCount = 200;
+  std::vector<int64_t> ids;
+  for (int i = 0; i < kCount; ++i)
+    ids.push_back(sender.conn->Start("send", {{"to", "alice"}, {"client_id", "f" + std::to_string(i)},
+                                             {"body", std::string(200, 'x')}}));
+  for (auto id : ids) ASSERT_TRUE(sender.conn->Await(id, 30000).ok);
+  // ...then alice's receipts queue behind them: read 1 (not past seq 2),
+  // read 3 (past it: lists it), then read 4, 5, ...
+  ids.clear();
+  for (int i : {1, 3}) ids.push_back(a.conn->Start("receipt", {{"items", {{{"conversation_id", conv}, {"read", i}}}}}));
+  for (int i = 4; i <= kCount + 2; ++i)
+    ids.push_back(a.conn->Start("receipt", {{"items", {{{"conversation_id", conv}, {"read", i}}}}}));
+  for (auto id : ids) ASSERT_TRUE(a.conn->Await(id, 30000).ok);
+
+  slow->ResumeReading();
+  bool listed = false;
+  int64_t last_delivered = 0;
+  while (auto f = slow->NextEvent(1500)) {
+    if ((*f)["type"] != "event") continue;
+    const json& e = (*f)["event"];
+    if (e["kind"] != "receipt" || e.value("user_id", int64_t{0}) == 0) continue;
+    for (const auto& w : e.value("withheld", json::array())) listed = listed || w == 2;
+    int64_t delivered = e["delivered"];
+    EXPECT_GE(delivered, last_delivered) << "a watermark went backwards";
+    last_delivered = delivered;
+    EXPECT_TRUE(delivered < 2 || listed) << "delivered " << delivered << " passed the withheld seq 2 before its list: "
+                                         << e.dump();
+  }
+  EXPECT_TRUE(listed);
+  EXPECT_EQ(last_delivered, kCount + 2);
+  // The connection was behind: later receipts were merged (after the list).
+  EXPECT_GE(MetricValue(HttpGet(server.port(), "/metrics"), "parley_coalesced_receipts_total"), 1);
+}
+
 }  // namespace
 }  // namespace parley::testing

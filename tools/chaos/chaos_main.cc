@@ -24,9 +24,15 @@
 // plays DIR/plan.json again: the same workload and the same fault schedule
 // (kills land after the same acknowledged message / the same append).
 //
-// Threads: the main thread plays steps; one thread supervises parleyd; each
-// Client has its own worker thread (callbacks). Shared state is guarded by
-// the mutexes named beside it.
+// Threads: the main thread keeps the schedule: at each step's planned time
+// it hands the step to the worker that owns it and never waits for a step
+// to finish. Each device has a worker (its steps run one at a time, in plan
+// order: Client::Stop and Compose may block for seconds on a loaded
+// machine, which delays that device only); each user's blocks and unblocks
+// run in plan order on a worker of that user, its raw double sends on
+// another; kills on one worker. One thread supervises parleyd; each Client has its
+// own I/O and worker threads (callbacks). Shared state is guarded by the
+// mutexes named beside it, or is atomic.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -39,7 +45,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -81,13 +90,19 @@ constexpr int64_t kMaxSkewMs = 6LL * 3600 * 1000;  // client clocks off by up to
 constexpr int kSlowReaderMs = 15;             // the slow reader's pause per applied event
 constexpr int kSyncPageLimit = 7;             // small pages: a catch-up spans many sync calls
 constexpr int kKillWaitMs = 3000;             // a kill step waits this long for its ack count
+constexpr int kMinServeMs = 5000;             // ... and never kills an incarnation up for less than this
+constexpr int kKillProgressWaitMs = 10'000;   // ... nor one that acked nothing yet, if that comes within this
 constexpr int64_t kMinBlockMs = 500;          // a block lasts this long ...
 constexpr int64_t kMaxBlockMs = 3000;         // ... to this long
 constexpr int kSettleTimeoutMs = 120'000;     // the final catch-up must converge within this
-constexpr int kServerStartTimeoutMs = 30'000;
+constexpr int kServerStartTimeoutMs = 120'000;  // an ASan parleyd on a loaded machine starts slowly
 constexpr int kMaxStartAttempts = 3;          // parleyd restarts tried before the run gives up
 constexpr int kRequestTimeoutMs = 3000;       // the SDK's per-request timeout during the run
-constexpr int kMaxBodyCounter = 1'000'000;
+constexpr int kRawSendTimeoutMs = 20'000;     // a raw double send retries (parleyd down) this long
+constexpr int64_t kMaxRawDelayMs = 1500;      // a raw resend comes this long after its reconnect, at most
+constexpr int64_t kLateStepMs = 1000;         // a step that starts this late is logged (driver.log)
+constexpr int kRetryInitialMs = 100;          // raw sends and blocks retry after this long ...
+constexpr int kRetryMaxMs = 2000;             // ... doubling up to this (no connection storm on a slow parleyd)
 
 int64_t SystemNowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -269,6 +284,17 @@ Plan MakePlan(uint64_t seed, int users, int devices, int duration_s) {
         s["target"] = peer;
         s.erase("dev");
       }
+    } else if (r < 975) {
+      // The same client id sent twice at once over a raw connection (both
+      // in flight: duplicated), then again on a new connection after a
+      // reconnect and a pause (delayed): one message, every ack with the
+      // first ack's seq (parley-check).
+      s["op"] = "raw_double";
+      s["user"] = user;
+      s["peer"] = peer;
+      s["client_id"] = "raw-" + std::to_string(seed) + "-" + std::to_string(i);
+      s["delay_ms"] = uni(0, kMaxRawDelayMs);
+      s.erase("dev");
     } else {
       s["op"] = "send";  // a conversation with a blocker, or just one more message
       s["peer"] = peer;
@@ -297,6 +323,62 @@ class Log {
  private:
   std::mutex mu_;
   std::ofstream out_;
+};
+
+// A FIFO of steps run one at a time on a thread of its own, so that a slow
+// step delays only the steps after it in the same queue, never the schedule.
+// Thread-safety: Post and Drain may be called from any thread; the queue is
+// guarded by mu_. The destructor runs what is queued, then joins.
+class Worker {
+ public:
+  Worker() : thread_([this] { Loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  void Post(std::function<void()> fn) {
+    {
+      std::lock_guard lock(mu_);
+      queue_.push_back(std::move(fn));
+    }
+    cv_.notify_all();
+  }
+  // Waits until everything posted so far has run.
+  void Drain() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return queue_.empty() && !busy_; });
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock lock(mu_);
+    while (true) {
+      cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_, and nothing left
+      auto fn = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+      lock.unlock();
+      fn();
+      lock.lock();
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;  // guards queue_, busy_, stop_
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool busy_ = false;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts after the members it uses
 };
 
 // ---- parleyd supervision ----
@@ -349,6 +431,22 @@ class Server {
   bool failed() {
     std::lock_guard lock(mu_);
     return failed_;
+  }
+
+  // Waits until the running incarnation has been up for `ms` (false if none
+  // comes up in time). Kill steps use it so that a backlog of kills (a
+  // loaded machine) cannot kill every restart as soon as it is up.
+  bool WaitServing(int ms) {
+    auto deadline = SteadyClock::now() + std::chrono::milliseconds(kServerStartTimeoutMs + ms);
+    while (SteadyClock::now() < deadline) {
+      {
+        std::lock_guard lock(mu_);
+        if (failed_) return false;
+        if (pid_ > 0 && up_ && SteadyClock::now() - up_at_ >= std::chrono::milliseconds(ms)) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
   }
 
   bool WaitUp(std::string* why, bool any_incarnation = false) {
@@ -436,6 +534,7 @@ class Server {
         std::lock_guard lock(mu_);
         port_ = static_cast<uint16_t>(p);
         up_ = true;
+        up_at_ = SteadyClock::now();
         return true;
       }
       int status;
@@ -447,7 +546,15 @@ class Server {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
-    *why = "parleyd did not listen within " + std::to_string(kServerStartTimeoutMs) + " ms";
+    // Never leave it running: a second parleyd would start on the same port
+    // and data beside it.
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    {
+      std::lock_guard lock(mu_);
+      pid_ = -1;
+    }
+    *why = "parleyd did not listen within " + std::to_string(kServerStartTimeoutMs) + " ms (killed)";
     return false;
   }
 
@@ -513,6 +620,7 @@ class Server {
   bool failed_ = false;
   size_t incarnation_ = 0;
   int64_t current_crash_ = 0;
+  SteadyClock::time_point up_at_;  // when the running incarnation came up
 };
 
 // ---- Devices ----
@@ -523,7 +631,7 @@ struct Device {
   std::string username;
   std::string token;
   std::unique_ptr<Client> client;
-  bool online = false;  // main thread only
+  std::atomic<bool> online{false};  // its worker, then the main thread once the workers drained
   std::atomic<int> drop_after_events{0};
   std::mutex log_mu;  // guards events and mine
   std::ofstream events;
@@ -546,8 +654,30 @@ struct Device {
   }
 };
 
+// A user's raw connection device (raw double sends), with the history the
+// driver writes for it (the SDK's record schema: send, ack, send_failed).
+// Used by the user's raw worker only.
+struct RawDevice {
+  std::string token;
+  int64_t user_id = 0, device_id = 0;
+  std::ofstream history;
+  int64_t n = 0;
+
+  void Record(const std::string& ev, json fields) {
+    fields["n"] = ++n;
+    fields["ts"] = SystemNowMs();
+    fields["user"] = user_id;
+    fields["device"] = device_id;
+    fields["ev"] = ev;
+    history << fields.dump() << "\n";
+    history.flush();
+  }
+};
+
 struct Counters {
   std::atomic<int64_t> composed{0}, acked{0}, failed{0}, drops{0}, drops_mid_sync{0}, blocks{0};
+  std::atomic<int64_t> raw_doubles{0}, raw_acks{0}, raw_duplicate_acks{0}, raw_refused{0};
+  std::atomic<int64_t> late_steps{0}, max_lag_ms{0};
 };
 
 struct Options {
@@ -584,13 +714,27 @@ class Run {
     if (!server_->Start(&why)) return Fail2(why);
     if (!Provision(&why)) return Fail2(why);
     if (!OpenDevices(&why)) return Fail2(why);
-    auto t0 = SteadyClock::now();
-    for (const auto& s : plan_.steps) {
-      std::this_thread::sleep_until(t0 + std::chrono::milliseconds(s.at("t").get<int64_t>()));
+    for (size_t i = 0; i < devices_.size(); ++i) device_workers_.push_back(std::make_unique<Worker>());
+    for (int u = 0; u < plan_.users; ++u) raw_workers_.push_back(std::make_unique<Worker>());
+    for (int u = 0; u < plan_.users; ++u) social_workers_.push_back(std::make_unique<Worker>());
+    kill_worker_ = std::make_unique<Worker>();
+    t0_ = SteadyClock::now();
+    const auto& t0 = t0_;
+    // The schedule: each step goes to its worker at its planned time; this
+    // thread never waits for a step.
+    for (size_t i = 0; i < plan_.steps.size(); ++i) {
+      std::this_thread::sleep_until(t0 + std::chrono::milliseconds(plan_.steps[i].at("t").get<int64_t>()));
       if (server_->failed()) break;
-      Play(s);
+      WorkerFor(plan_.steps[i]).Post([this, i] { Play(i); });
     }
-    log_.Line("steps done; final catch-up");
+    log_.Line("steps scheduled; waiting for the workers to finish theirs");
+    for (auto& w : device_workers_) w->Drain();
+    for (auto& w : raw_workers_) w->Drain();
+    for (auto& w : social_workers_) w->Drain();
+    kill_worker_->Drain();
+    log_.Line("steps done (" + std::to_string(counters_.late_steps.load()) + " started over " +
+              std::to_string(kLateStepMs) + " ms late, the latest " + std::to_string(counters_.max_lag_ms.load()) +
+              " ms); final catch-up");
     int settle_rc = Settle(&why);
     if (settle_rc != 0) log_.Line("settle: " + why);
     // A cleanly stopped device ends its history with a last sync
@@ -609,6 +753,9 @@ class Run {
               << " failed=" << counters_.failed << " parleyd deaths=" << server_->deaths()
               << " (crash points=" << server_->crashes() << ") drops=" << counters_.drops
               << " drops mid-sync=" << counters_.drops_mid_sync << " blocks=" << counters_.blocks
+              << " raw doubles=" << counters_.raw_doubles << " (acks=" << counters_.raw_acks
+              << " duplicate acks=" << counters_.raw_duplicate_acks << " refused=" << counters_.raw_refused
+              << ") late steps=" << counters_.late_steps << " (max lag " << counters_.max_lag_ms << " ms)"
               << " wall=" << static_cast<int>(secs) << "s" << std::endl;
     std::cout << "parley-chaos: " << (rc == 0 ? "PASS" : "FAIL") << " seed=" << plan_.seed << std::endl;
     return rc;
@@ -711,12 +858,43 @@ class Run {
       d->online = true;
       devices_.push_back(std::move(d));
     }
+    // One raw-connection device per user for the raw double sends; the
+    // driver writes its history (send, ack, send_failed records).
+    for (int u = 0; u < plan_.users; ++u) {
+      LoginResult l;
+      for (int attempt = 0; attempt < 20 && !l.ok; ++attempt) {
+        l = Client::Login("127.0.0.1", server_->port(), UserName(u), "chaos password", UserName(u) + ".raw", "chaos",
+                          10000);
+        if (!l.ok) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
+      if (!l.ok) {
+        *why = "login of " + UserName(u) + ".raw failed: " + l.code + " " + l.message;
+        return false;
+      }
+      auto rd = std::make_unique<RawDevice>();
+      rd->token = l.token;
+      rd->user_id = l.user_id;
+      rd->device_id = l.device_id;
+      rd->history.open(dir_ + "/histories/" + UserName(u) + ".raw.jsonl", std::ios::app);
+      raw_.push_back(std::move(rd));
+    }
     return true;
   }
 
 
 
-  std::string Body() { return "chaos " + std::to_string(plan_.seed) + " #" + std::to_string(++body_counter_ % kMaxBodyCounter); }
+  // Step i's k-th message: the same text in a replay.
+  std::string Body(size_t i, int k) {
+    return "chaos " + std::to_string(plan_.seed) + " #" + std::to_string(i) + "." + std::to_string(k);
+  }
+
+  Worker& WorkerFor(const json& s) {
+    const std::string op = s.at("op");
+    if (op == "kill") return *kill_worker_;
+    if (op == "block" || op == "unblock") return *social_workers_.at(s.at("user").get<size_t>());
+    if (op == "raw_double") return *raw_workers_.at(s.at("user").get<size_t>());
+    return *device_workers_.at(s.at("dev").get<size_t>());
+  }
 
   void Compose(Device& d, int peer, const std::string& body) {
     auto r = d.client->Compose(UserName(peer), body);
@@ -727,22 +905,40 @@ class Run {
     d.Event({{"compose", r.client_id}, {"peer", UserName(peer)}, {"ok", r.ok}, {"code", r.code}});
   }
 
-  void Play(const json& s) {
+  // Plays step i on its worker.
+  void Play(size_t i) {
+    const json& s = plan_.steps[i];
     const std::string op = s.at("op");
-    log_.Line("step " + s.dump());
+    int64_t lag = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      SteadyClock::now() - (t0_ + std::chrono::milliseconds(s.at("t").get<int64_t>())))
+                      .count();
+    for (int64_t m = counters_.max_lag_ms.load(); lag > m && !counters_.max_lag_ms.compare_exchange_weak(m, lag);) {
+    }
+    if (lag >= kLateStepMs) ++counters_.late_steps;
+    if (server_->failed()) return;
+    log_.Line("step " + s.dump() + (lag >= kLateStepMs ? " (" + std::to_string(lag) + " ms late)" : ""));
     if (op == "kill") {
       int64_t want = s.at("after_acks");
       auto deadline = SteadyClock::now() + std::chrono::milliseconds(kKillWaitMs);
       while (counters_.acked < want && SteadyClock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      // Progress first: the incarnation has served a while and acked
+      // something (bounded waits), so that late kills fired back to back
+      // cannot starve every restart.
+      int64_t before = counters_.acked;
+      server_->WaitServing(kMinServeMs);
+      auto progress = SteadyClock::now() + std::chrono::milliseconds(kKillProgressWaitMs);
+      while (counters_.acked == before && SteadyClock::now() < progress && !server_->failed())
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
       server_->Kill9("step: after " + std::to_string(counters_.acked.load()) + " acks (plan: " + std::to_string(want) + ")");
       return;
     }
     if (op == "block" || op == "unblock") return BlockOp(op, s.at("user"), s.at("target"));
+    if (op == "raw_double") return RawDouble(i, s);
     Device& d = *devices_.at(s.at("dev").get<size_t>());
     if (op == "send") {
-      for (int i = 0; i < s.at("n").get<int>(); ++i) Compose(d, s.at("peer"), Body());
+      for (int k = 0; k < s.at("n").get<int>(); ++k) Compose(d, s.at("peer"), Body(i, k));
     } else if (op == "send_drop") {
-      Compose(d, s.at("peer"), Body());
+      Compose(d, s.at("peer"), Body(i, 0));
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
       ++counters_.drops;
       d.Event({{"fault", "drop_mid_send"}});
@@ -766,10 +962,83 @@ class Run {
     }
   }
 
+  // One raw double send: the same client id twice at once on one raw
+  // connection, then, after a reconnect and the step's pause, once more on
+  // another. A refusal (the sender blocks the peer) ends it.
+  void RawDouble(size_t i, const json& s) {
+    int user = s.at("user"), peer = s.at("peer");
+    std::string client_id = s.at("client_id");
+    RawDevice& rd = *raw_.at(static_cast<size_t>(user));
+    ++counters_.raw_doubles;
+    if (!RawSend(rd, peer, client_id, Body(i, 0), 2)) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(s.at("delay_ms").get<int64_t>()));
+    RawSend(rd, peer, client_id, Body(i, 0), 1);
+  }
+
+  // Sends `copies` copies of one send request at once on a new connection,
+  // retried on another one while parleyd is down or an answer is lost.
+  // Returns false when the server refused the message for good (or gave up).
+  bool RawSend(RawDevice& rd, int peer, const std::string& client_id, const std::string& body, int copies) {
+    const std::string to = UserName(peer);
+    auto deadline = SteadyClock::now() + std::chrono::milliseconds(kRawSendTimeoutMs);
+    int pause_ms = kRetryInitialMs;
+    auto pause = [&pause_ms] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+      pause_ms = std::min(pause_ms * 2, kRetryMaxMs);
+    };
+    while (SteadyClock::now() < deadline && !server_->failed()) {
+      ConnectOptions co;
+      co.port = server_->port();
+      co.timeout_ms = 2000;
+      std::string err;
+      auto c = Connection::Open(co, &err);
+      Reply a;
+      if (c) a = c->Call("auth", {{"token", rd.token}}, kRequestTimeoutMs);
+      if (!a.ok) {
+        pause();
+        continue;
+      }
+      std::vector<int64_t> ids;
+      for (int k = 0; k < copies; ++k) {
+        rd.Record("send", {{"client_id", client_id}, {"peer", to}});
+        ids.push_back(c->Start("send", {{"to", to}, {"client_id", client_id}, {"body", body}}));
+      }
+      bool again = false;
+      std::string refused;
+      for (int64_t id : ids) {
+        Reply r = c->Await(id, kRequestTimeoutMs);
+        if (r.ok) {
+          ++counters_.raw_acks;
+          bool dup = r.result.value("duplicate", false);
+          if (dup) ++counters_.raw_duplicate_acks;
+          rd.Record("ack", {{"client_id", client_id}, {"peer", to},
+                            {"conversation_id", r.result.value("conversation_id", int64_t{0})},
+                            {"seq", r.result.value("seq", int64_t{0})}, {"duplicate", dup}});
+        } else if (r.frame.is_null() || r.frame.value("retryable", false)) {
+          again = true;  // no answer (parleyd died, timeout) or "try again": resend
+        } else {
+          refused = r.code;
+          rd.Record("send_failed", {{"client_id", client_id}, {"peer", to}, {"code", r.code}});
+        }
+      }
+      if (!refused.empty()) {
+        ++counters_.raw_refused;
+        log_.Line("raw send " + client_id + " refused: " + refused);
+        return false;
+      }
+      if (!again) return true;
+      pause();
+    }
+    log_.Line("raw send " + client_id + ": gave up (no answer for " + std::to_string(kRawSendTimeoutMs / 1000) +
+              " s)");
+    return false;
+  }
+
   // Blocks go through a connection of their own with the user's first
   // device token, retried while parleyd is down.
   void BlockOp(const std::string& op, int user, int target) {
     auto deadline = SteadyClock::now() + std::chrono::seconds(20);
+    int pause_ms = kRetryInitialMs;
     while (SteadyClock::now() < deadline && !server_->failed()) {
       ConnectOptions co;
       co.port = server_->port();
@@ -788,9 +1057,10 @@ class Run {
           log_.Line(op + " failed: " + r.code + " " + r.message + " (retrying)");
         }
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+      pause_ms = std::min(pause_ms * 2, kRetryMaxMs);
     }
-    log_.Line(op + " " + UserName(user) + " -> " + UserName(target) + ": gave up (parleyd down for 20 s)");
+    log_.Line(op + " " + UserName(user) + " -> " + UserName(target) + ": gave up (no answer for 20 s)");
   }
 
   // Every device online, every outbox drained, every device at its user's
@@ -871,8 +1141,14 @@ class Run {
   std::unique_ptr<Server> server_;
   std::map<std::string, std::string> tokens0_;
   Counters counters_;  // before devices_: clients (destroyed first) count into it
-  int64_t body_counter_ = 0;
+  SteadyClock::time_point t0_;  // when the schedule started (set before any worker runs a step)
   std::vector<std::unique_ptr<Device>> devices_;
+  std::vector<std::unique_ptr<RawDevice>> raw_;  // per user
+  // After devices_ and raw_: destroyed (drained and joined) first.
+  std::vector<std::unique_ptr<Worker>> device_workers_;  // per device
+  std::vector<std::unique_ptr<Worker>> raw_workers_;     // per user
+  std::vector<std::unique_ptr<Worker>> social_workers_;  // per blocking user
+  std::unique_ptr<Worker> kill_worker_;
 };
 
 int Main(int argc, char** argv) {

@@ -110,10 +110,18 @@ std::string Validate(const json& j) {
     if (auto e = need_str("source"); !e.empty()) return e;
     if (j["kind"] == "message") {
       if (!j.contains("message")) return "\"event\" message record without \"message\"";
-      return check_message(j["message"]);
+      if (auto e = check_message(j["message"]); !e.empty()) return e;
     }
-    if (j["kind"] == "receipt") return need_ints({"conversation_id", "user_id", "delivered", "read"});
+    if (j["kind"] == "receipt") {
+      if (auto e = need_ints({"conversation_id", "user_id", "delivered", "read"}); !e.empty()) return e;
+    }
     if (j.contains("also_covers") && !j["also_covers"].is_array()) return "\"also_covers\" is not an array";
+    if (j.contains("withheld")) {
+      if (!j["withheld"].is_array()) return "\"withheld\" is not an array";
+      for (const auto& w : j["withheld"]) {
+        if (!w.is_number_integer()) return "\"withheld\" holds a non-integer";
+      }
+    }
     return "";
   }
   return "";  // disconnect, stop and kinds added later: nothing to check
@@ -278,6 +286,15 @@ struct Checker {
   std::map<std::pair<int64_t, std::string>, std::vector<std::pair<int64_t, int64_t>>> by_client_id;
   // Users whose stream the server wrote with a gap at these user seqs (pass 1).
   std::set<std::pair<int64_t, int64_t>> server_missing;
+  // (sender, client id) the server pass counted as duplicated.
+  std::set<std::pair<int64_t, std::string>> server_dup_ids;
+  // (sender, client id) -> the first ack's (conversation, seq), and how many acks.
+  std::map<std::pair<int64_t, std::string>, std::pair<int64_t, int64_t>> first_ack;
+  std::map<std::pair<int64_t, std::string>, int64_t> ack_count;
+  // Receipt leaks counted, once each: (conversation, user, seq, what).
+  std::set<std::tuple<int64_t, int64_t, int64_t, int>> receipt_leaks_seen;
+  // Withheld seqs seen correctly listed: (conversation, user, seq).
+  std::set<std::tuple<int64_t, int64_t, int64_t>> withheld_listed;
 
   void Fail(int64_t Counts::*field, const char* category, std::string detail) {
     ++(report->counts.*field);
@@ -297,6 +314,7 @@ struct Checker {
       std::map<int64_t, int64_t> per_conv;
       for (auto& [conv, seq] : seqs) {
         if (++per_conv[conv] > 1) {
+          server_dup_ids.insert(k);
           Fail(&Counts::duplicated, "duplicated",
                "server: " + MsgName(conv, seq) + " repeats client id \"" + k.second + "\" of user " +
                    std::to_string(k.first));
@@ -381,6 +399,11 @@ struct Checker {
     std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> event_view;    // from receipt events only
     bool finished = false;
     int64_t caught_head = 0;
+    // Withheld lists (DESIGN.md "Blocking"): (conv, user) -> that user's
+    // delivered watermark as this device knows it (absent: not known yet),
+    // and the seqs listed as withheld from them so far.
+    std::map<std::pair<int64_t, int64_t>, int64_t> wh_base;
+    std::map<std::pair<int64_t, int64_t>, std::set<int64_t>> wh_listed;
   };
 
   bool Unrecorded(const Device& d, int64_t useq) const {
@@ -446,6 +469,58 @@ struct Checker {
     }
   }
 
+  void ReceiptLeak(const Record& r, int64_t conv, int64_t user, int64_t seq, int what, const std::string& detail) {
+    if (!receipt_leaks_seen.insert({conv, user, seq, what}).second) return;  // counted once, on the first device
+    Fail(&Counts::receipt_leaks, "receipt_leaks", Where(r) + ": " + detail);
+  }
+
+  // An event that sets `user`'s delivered watermark in `conv` to `delivered`
+  // (a receipt event, or the user's own message event) must list in
+  // `withheld` exactly the seqs withheld from that user that it newly
+  // covers, each once (docs/protocol.md, "block, unblock"): those stay
+  // "sent" for their sender. A seq it covers without listing it would show
+  // its sender that the blocker got it.
+  void WithheldList(Device& d, const Record& r, int64_t conv, int64_t user, int64_t delivered) {
+    std::set<int64_t> listed;
+    if (r.j.contains("withheld")) {
+      for (const auto& w : r.j["withheld"]) listed.insert(w.get<int64_t>());
+    }
+    const auto key = std::make_pair(conv, user);
+    auto& before = d.wh_listed[key];
+    const std::string who = "user " + std::to_string(user) + " in conversation " + std::to_string(conv);
+    for (int64_t seq : listed) {
+      if (!Withheld(conv, user, seq)) {
+        ReceiptLeak(r, conv, user, seq, 1,
+                    "lists seq " + std::to_string(seq) + " as withheld from " + who + ", which it is not");
+      } else if (before.count(seq)) {
+        ReceiptLeak(r, conv, user, seq, 2, "lists seq " + std::to_string(seq) + " withheld from " + who + " again");
+      } else if (seq > delivered) {
+        ReceiptLeak(r, conv, user, seq, 3,
+                    "lists seq " + std::to_string(seq) + " withheld from " + who + " above the watermark " +
+                        std::to_string(delivered) + " it sets");
+      } else {
+        before.insert(seq);
+        if (withheld_listed.insert({conv, user, seq}).second) ++report->counts.withheld_listed;
+      }
+    }
+    auto b = d.wh_base.find(key);
+    if (b != d.wh_base.end() && delivered > b->second) {
+      for (auto it = s.withheld.upper_bound({conv, user, b->second});
+           it != s.withheld.end() && std::get<0>(*it) == conv && std::get<1>(*it) == user &&
+           std::get<2>(*it) <= delivered;
+           ++it) {
+        int64_t seq = std::get<2>(*it);
+        if (listed.count(seq) || before.count(seq)) continue;
+        ReceiptLeak(r, conv, user, seq, 0,
+                    "moves the delivered watermark of " + who + " from " + std::to_string(b->second) + " to " +
+                        std::to_string(delivered) + " over seq " + std::to_string(seq) +
+                        ", withheld from them, without listing it in \"withheld\"");
+      }
+    }
+    if (b == d.wh_base.end()) d.wh_base[key] = delivered;
+    else b->second = std::max(b->second, delivered);
+  }
+
   void Cursor(Device& d, const json& cursor) {
     if (cursor.is_null()) return;  // a new cache: a snapshot follows
     int64_t c = cursor;
@@ -454,7 +529,13 @@ struct Checker {
       d.applied = d.start = c;
       return;
     }
-    if (c > d.applied) d.unrecorded.push_back({d.applied, c});  // killed between the cache and the file
+    if (c > d.applied) {
+      // Killed between the cache and the file: events went unrecorded, so
+      // the watermarks known for withheld lists start over.
+      d.unrecorded.push_back({d.applied, c});
+      d.wh_base.clear();
+      d.wh_listed.clear();
+    }
     d.applied = std::max(d.applied, c);
   }
 
@@ -487,9 +568,12 @@ struct Checker {
     }
     std::string kind = j["kind"];
     if (kind == "message") {
-      Deliver(d, r, j["message"], (j["source"].get<std::string>() + " delivery").c_str(), true);
+      const json& m = j["message"];
+      Deliver(d, r, m, (j["source"].get<std::string>() + " delivery").c_str(), true);
+      WithheldList(d, r, m["conversation_id"], m["sender_id"], m["seq"]);
     } else if (kind == "receipt") {
       Watermark(d, r, j["conversation_id"], j["user_id"], j["delivered"], j["read"], true);
+      WithheldList(d, r, j["conversation_id"], j["user_id"], j["delivered"]);
     }
   }
 
@@ -500,11 +584,14 @@ struct Checker {
     d.covered.clear();
     d.unrecorded.clear();
     d.event_view.clear();
+    d.wh_base.clear();
+    d.wh_listed.clear();
     d.applied_known = true;
     d.applied = d.start = j["head"];
     for (const auto& m : j["messages"]) Deliver(d, r, m, "snapshot delivery", true);
     for (const auto& w : j["watermarks"]) {
       Watermark(d, r, w["conversation_id"], w["user_id"], w["delivered"], w["read"], false);
+      d.wh_base[{w["conversation_id"].get<int64_t>(), w["user_id"].get<int64_t>()}] = w["delivered"].get<int64_t>();
     }
   }
 
@@ -584,10 +671,21 @@ struct Checker {
         std::string cid = j["client_id"];
         if (acked->insert({d.user, cid}).second) ++report->counts.acked;
         auto it = s.messages.find({conv, seq});
-        if (it == s.messages.end() || it->second.client_id != cid || it->second.sender_id != d.user) {
+        bool wrong = it == s.messages.end() || it->second.client_id != cid || it->second.sender_id != d.user;
+        if (wrong) {
           Fail(&Counts::lost, "lost",
                Where(r) + ": acked " + MsgName(conv, seq) + " (client id \"" + cid + "\") " +
                    (it == s.messages.end() ? "is not on the server" : "holds another message on the server"));
+        }
+        // A resend (same client id, any connection or device of the user)
+        // is acknowledged with the first ack's seq: one message.
+        const auto id = std::make_pair(d.user, cid);
+        if (++ack_count[id] == 2) ++report->counts.resent;
+        auto [first, inserted] = first_ack.insert({id, {conv, seq}});
+        if (!inserted && first->second != std::make_pair(conv, seq) && !wrong && !server_dup_ids.count(id)) {
+          Fail(&Counts::duplicated, "duplicated",
+               Where(r) + ": a resend of client id \"" + cid + "\" acked as " + MsgName(conv, seq) +
+                   ", the first ack said " + MsgName(first->second.first, first->second.second));
         }
       } else if (ev == "open" || ev == "resume") {
         Cursor(d, j["cursor"]);
@@ -629,7 +727,7 @@ struct Checker {
 }  // namespace
 
 bool Check(const std::vector<DeviceHistory>& histories, const ServerState& state, Report* report, std::string* error) {
-  Checker c{state, report, {}, {}, {}};
+  Checker c{state, report, {}, {}, {}, {}, {}, {}, {}, {}};
   c.ServerPass();
   std::set<std::pair<int64_t, std::string>> acked;
   for (const auto& h : histories) {
@@ -645,6 +743,8 @@ json CountsJson(const Counts& c) {
           {"messages", c.messages},
           {"acked", c.acked},
           {"delivered", c.delivered},
+          {"resent", c.resent},
+          {"withheld_listed", c.withheld_listed},
           {"lost", c.lost},
           {"duplicated", c.duplicated},
           {"reordered", c.reordered},
@@ -653,6 +753,7 @@ json CountsJson(const Counts& c) {
           {"receipt_regressions", c.receipt_regressions},
           {"receipt_divergences", c.receipt_divergences},
           {"phantoms", c.phantoms},
+          {"receipt_leaks", c.receipt_leaks},
           {"ok", c.ok()}};
 }
 
@@ -661,11 +762,12 @@ std::string FormatReport(const Report& r, size_t max_findings) {
   const Counts& c = r.counts;
   out << "devices " << c.devices << " (finished " << c.finished_devices << ", at the final head "
       << c.current_devices << "), server messages " << c.messages
-      << ", delivered " << c.delivered << "\n";
+      << ", delivered " << c.delivered << ", resent " << c.resent << " (acked more than once, held to the first ack's seq)"
+      << ", withheld seqs listed " << c.withheld_listed << "\n";
   out << "acked " << c.acked << "  lost " << c.lost << "  duplicated " << c.duplicated << "  reordered "
       << c.reordered << "  gaps " << c.gaps << "  leaks " << c.leaks << "  receipt_regressions "
       << c.receipt_regressions << "  receipt_divergences " << c.receipt_divergences << "  phantoms " << c.phantoms
-      << "\n";
+      << "  receipt_leaks " << c.receipt_leaks << "\n";
   for (size_t i = 0; i < r.findings.size() && i < max_findings; ++i) {
     out << r.findings[i].category << ": " << r.findings[i].detail << "\n";
   }

@@ -2,7 +2,8 @@
 // reads the SDK's per-device histories (ClientOptions::history_path) and the
 // server's final state (the admin API's /admin/v1/export tables) and counts
 // violations of the delivery guarantees of DESIGN.md: lost, duplicated,
-// reordered, gaps, leaks, receipt regressions and divergences.
+// reordered, gaps, leaks, receipt regressions and divergences, and receipt
+// leaks (withheld seqs not kept "sent" by the events' `withheld` lists).
 //
 // Pure functions over in-memory data: no I/O except LoadHistoryFile and
 // LoadStateFile, which read one file each. Not thread-safe beyond that (no
@@ -68,6 +69,8 @@ struct Counts {
   int64_t messages = 0;  // on the server
   int64_t acked = 0;     // distinct messages acknowledged to some device
   int64_t delivered = 0; // message deliveries applied by devices (live, sync, snapshot)
+  int64_t resent = 0;    // messages acknowledged more than once (resends), every ack checked against the first
+  int64_t withheld_listed = 0;  // (conversation, user, seq) withheld seqs seen listed in a receipt/message event
   // Failures (any non-zero fails the check).
   int64_t lost = 0;
   int64_t duplicated = 0;
@@ -77,10 +80,14 @@ struct Counts {
   int64_t receipt_regressions = 0;
   int64_t receipt_divergences = 0;
   int64_t phantoms = 0;  // a device applied a message the server does not have
+  // A withheld seq whose watermark crossing reached a device without being
+  // listed in the event's `withheld` (its sender would see it delivered),
+  // or a listed seq that is not withheld, or listed twice.
+  int64_t receipt_leaks = 0;
 
   bool ok() const {
     return lost == 0 && duplicated == 0 && reordered == 0 && gaps == 0 && leaks == 0 && receipt_regressions == 0 &&
-           receipt_divergences == 0 && phantoms == 0;
+           receipt_divergences == 0 && phantoms == 0 && receipt_leaks == 0;
   }
 };
 
