@@ -27,17 +27,21 @@ const std::vector<std::string> kNodeArgs = {"--redis-refresh-ms", "300", "--redi
 
 class ClusterTest : public ::testing::Test {
  protected:
-  // Nodes A, B, C in order (the first migrates the fresh database).
+  // Nodes A, B, C in order, on one fresh database.
   // `extra[i]` is added to node i's flags.
   void StartCluster(std::array<std::vector<std::string>, 3> extra = {}) {
     auto& pg = store::testing::PgTestServer::Get();
     ASSERT_TRUE(pg.ok());
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string db = "cluster_" + std::string(info->name()) + "_" + std::to_string(getpid());
-    for (char& ch : db) {
-      if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
-    }
-    std::string url = pg.Database(db);
+    // A copy of a database migrated once per process (as ServerProcess does).
+    std::string schema = pg.Template("parley_e2e_template", [](const std::string& url) {
+      store::StoreConfig config;
+      config.backend = "postgres";
+      config.postgres_url = url;
+      Result<std::unique_ptr<store::Store>> migrated = store::OpenStore(config);
+      EXPECT_TRUE(migrated.has_value()) << migrated.error().ToString();
+    });
+    static int databases = 0;
+    std::string url = pg.Database("cluster_" + std::to_string(getpid()) + "_" + std::to_string(++databases), schema);
     const char* names[] = {"node-a", "node-b", "node-c"};
     for (int i = 0; i < 3; ++i) {
       std::vector<std::string> args = {"--store", url, "--redis", redis_.address(), "--node-id", names[i]};
