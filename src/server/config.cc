@@ -212,6 +212,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       gethostname(host, sizeof host - 1);
       c.fabric.node_id = std::string(host) + "-" + std::to_string(getpid());
     }
+    if (Status st = fabric::ValidateRedisFabricConfig(c.fabric); !st.ok()) return st;
     c.core.cluster = true;
   }
 #ifdef PARLEY_FAULT_SWITCHES
@@ -285,6 +286,10 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
     return Status(ErrorCode::kBadRequest,
                   "--store must be 'sqlite' or a postgres:// or postgresql:// URL: '" + store_spec + "'");
   }
+  // Nodes of a cluster share one durable log: a node's own SQLite file
+  // would give each node different data under one fabric.
+  if (!c.redis.empty() && c.store.backend != "postgres")
+    return Status(ErrorCode::kBadRequest, "--redis (a cluster) needs a PostgreSQL --store shared by every node");
   return c;
 }
 

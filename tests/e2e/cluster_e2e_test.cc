@@ -73,6 +73,33 @@ class ClusterTest : public ::testing::Test {
   std::vector<std::unique_ptr<ServerProcess>> nodes_;
 };
 
+// Runs parleyd with `args` (it is expected to refuse them); returns its exit
+// status and sets *output to what it printed.
+int RunParleyd(const std::string& args, std::string* output) {
+  std::string cmd = std::string(PARLEY_BIN_DIR) + "/parleyd --listen 127.0.0.1:0 --data-dir /tmp/parley-cluster-refused " +
+                    args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return -1;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p) != nullptr) *output += buf;
+  int rc = pclose(p);
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+TEST(ClusterConfig, BadClusterFlagsAreRefusedWithAClearError) {
+  std::string out;
+  EXPECT_NE(RunParleyd("--redis 127.0.0.1:6379", &out), 0);
+  EXPECT_NE(out.find("needs a PostgreSQL --store"), std::string::npos) << out;
+  out.clear();
+  EXPECT_NE(RunParleyd("--store postgresql://x@/y --redis 127.0.0.1:notaport", &out), 0);
+  EXPECT_NE(out.find("--redis"), std::string::npos) << out;
+  out.clear();
+  EXPECT_NE(RunParleyd("--store postgresql://x@/y --redis 127.0.0.1:6379 --node-id 'a|b'", &out), 0);
+  EXPECT_NE(out.find("--node-id"), std::string::npos) << out;
+  std::error_code ec;
+  std::filesystem::remove_all("/tmp/parley-cluster-refused", ec);
+}
+
 TEST_F(ClusterTest, MessagesCrossNodesLiveAndADeviceOnAThirdNodeSyncs) {
   StartCluster();
   Register(A(), "alice");

@@ -569,12 +569,17 @@ struct RedisFabric::Impl {
   Gauge& remote_users;
 };
 
-Result<std::unique_ptr<RedisFabric>> RedisFabric::Start(RedisFabricConfig config, int connect_timeout_ms) {
+Status ValidateRedisFabricConfig(const RedisFabricConfig& config) {
   if (!ValidNodeId(config.node_id))
     return Status(ErrorCode::kBadRequest, "--node-id: 1 to 128 of letters, digits, '-', '_', '.', ':' (got '" +
                                               config.node_id + "')");
   if (config.refresh_interval_ms <= 0 || config.route_ttl_ms <= 2 * config.refresh_interval_ms)
-    return Status(ErrorCode::kBadRequest, "--redis-route-ttl-ms must be more than twice --redis-refresh-ms");
+    return Status(ErrorCode::kBadRequest, "--redis-route-ttl-ms must be more than twice --redis-refresh-ms (> 0)");
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<RedisFabric>> RedisFabric::Start(RedisFabricConfig config, int connect_timeout_ms) {
+  if (Status s = ValidateRedisFabricConfig(config); !s.ok()) return s;
   auto impl = std::make_unique<Impl>(std::move(config));
   Impl* p = impl.get();
   std::unique_ptr<RedisFabric> fabric(new RedisFabric(std::move(impl)));

@@ -67,6 +67,9 @@ struct RedisFabricConfig {
 // Parses "HOST:PORT", "redis://HOST:PORT" or "redis://HOST" (port 6379).
 Status ParseRedisAddress(const std::string& text, RedisFabricConfig* config);
 
+// Checks the node id and the timing settings (Start checks them too).
+Status ValidateRedisFabricConfig(const RedisFabricConfig& config);
+
 class RedisFabric final : public Fabric {
  public:
   // Starts the I/O thread and connects. Fails if Redis cannot be reached
