@@ -54,7 +54,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "http_client.h"
+#include "net/http_client.h"
 #include "parley/client.h"
 #include "parley/connection.h"
 
@@ -65,7 +65,7 @@ using nlohmann::json;
 constexpr int64_t kBucketMs = 100;
 constexpr int kStartTimeoutMs = 30000;        // parleyd listening
 constexpr int kStopTimeoutMs = 30000;         // parleyd exiting on SIGTERM
-constexpr int kHttpTimeoutMs = 60000;         // one bulk request
+constexpr std::chrono::milliseconds kHttpTimeout{60000};  // one bulk request
 constexpr size_t kBulkBatch = 5000;           // users per bulk request (<= parleyd's default 10,000)
 constexpr int kWorkerLineTimeoutMs = 120000;  // "online" / the report from a worker
 constexpr int kFdsPerProcessReserve = 256;    // files a worker needs besides one socket per device
@@ -427,9 +427,13 @@ int main(int argc, char** argv) {
       for (size_t i = b; i < std::min(o.devices, b + kBulkBatch); ++i) users.push_back({{"username", DeviceName(i)}});
       if (b + kBulkBatch > o.devices) users.push_back({{"username", kSender}});
       if (users.empty()) break;
-      auto r = parley::bench::HttpPost("127.0.0.1", s.port, "/admin/v1/users/bulk",
-                                       json{{"devices", true}, {"device_name", "fleet"}, {"users", users}}.dump(),
-                                       "Bearer " + s.admin_token, kHttpTimeoutMs);
+      parley::netutil::HttpRequest req;
+      req.method = "POST";
+      req.target = "/admin/v1/users/bulk";
+      req.body = json{{"devices", true}, {"device_name", "fleet"}, {"users", users}}.dump();
+      req.authorization = "Bearer " + s.admin_token;
+      req.timeout = kHttpTimeout;
+      auto r = parley::netutil::HttpExchange(parley::netutil::HttpEndpoint::Loopback(s.port), req);
       if (!r.error.empty() || r.status != 200) SetupFailed("bulk request: " + r.error + " " + r.body.substr(0, 300));
       json created = json::parse(r.body, nullptr, false);
       if (created.is_discarded() || created["users"].size() != users.size()) SetupFailed("bulk request: unexpected answer");

@@ -55,14 +55,12 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "http_client.h"
+#include "net/http_client.h"
 #include "parley/connection.h"
 
 namespace {
 
 using nlohmann::json;
-using parley::bench::HttpPost;
-using parley::bench::HttpResult;
 using SteadyClock = std::chrono::steady_clock;
 
 double SecondsSince(SteadyClock::time_point t0) {
@@ -431,8 +429,13 @@ void BulkCreate(const Options& o, Model& m, const std::vector<size_t>& idx, bool
     users.push_back(std::move(u));
   }
   json body{{"users", std::move(users)}, {"devices", devices}, {"device_name", "search-bench"}};
-  HttpResult r = HttpPost(o.host, o.port, "/admin/v1/users/bulk", body.dump(), "Bearer " + o.admin_token,
-                          o.http_timeout_ms);
+  parley::netutil::HttpRequest req;
+  req.method = "POST";
+  req.target = "/admin/v1/users/bulk";
+  req.body = body.dump();
+  req.authorization = "Bearer " + o.admin_token;
+  req.timeout = std::chrono::milliseconds(o.http_timeout_ms);
+  auto r = parley::netutil::HttpExchange({o.host, std::to_string(o.port)}, req);
   if (!r.error.empty()) Fatal("bulk request: " + r.error);
   if (r.status != 200) Fatal("bulk request answered " + std::to_string(r.status) + ": " + r.body);
   json out = json::parse(r.body, nullptr, false);

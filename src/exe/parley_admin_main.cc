@@ -9,22 +9,19 @@
 // are printed); 2 usage error; 3 the server could not be reached; 4 restore
 // failed (nothing was changed).
 #include <CLI/CLI.hpp>
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <nlohmann/json.hpp>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <string>
 
+#include "net/http_client.h"
 #include "store/sqlite/sqlite_backup.h"
 #include "store/sqlite/sqlite_store.h"
 
@@ -37,134 +34,36 @@ constexpr int kExitRefused = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
 constexpr int kExitRestoreFailed = 4;
-// Seconds to wait for the server's answer (a backup of a large store takes a while).
-constexpr int kReplyTimeoutS = 600;
+// How long to wait for the server's answer (a backup of a large store takes a while).
+constexpr std::chrono::seconds kReplyTimeout{600};
 
-struct Target {
-  std::string host = "127.0.0.1";
-  std::string port = "8080";
-};
-
-// http://HOST[:PORT][/]; false if it is not of that form.
-bool ParseUrl(const std::string& url, Target* t, std::string* error) {
-  const std::string kScheme = "http://";
-  if (url.rfind(kScheme, 0) != 0) {
-    *error = "--server must be http://HOST[:PORT] (run parley-admin next to parleyd or through your TLS proxy's "
-             "plain-HTTP side)";
-    return false;
-  }
-  std::string rest = url.substr(kScheme.size());
-  if (!rest.empty() && rest.back() == '/') rest.pop_back();
-  if (rest.empty() || rest.find('/') != std::string::npos) {
-    *error = "--server must be http://HOST[:PORT] without a path";
-    return false;
-  }
-  size_t colon = rest.rfind(':');
-  if (colon != std::string::npos && rest.find(']') == std::string::npos) {
-    t->host = rest.substr(0, colon);
-    t->port = rest.substr(colon + 1);
-  } else {
-    t->host = rest;
-    t->port = "80";
-  }
-  return !t->host.empty() && !t->port.empty();
-}
-
-struct Reply {
-  int status = 0;
-  std::string body;
-};
-
-// One HTTP/1.1 exchange (Connection: close). False when the server cannot
-// be reached or answers nonsense.
-bool Exchange(const Target& t, const std::string& method, const std::string& path, const std::string& token,
-              const std::string& body, Reply* reply, std::string* error) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (int rc = getaddrinfo(t.host.c_str(), t.port.c_str(), &hints, &res); rc != 0) {
-    *error = "cannot resolve " + t.host + ": " + gai_strerror(rc);
-    return false;
-  }
-  int fd = -1;
-  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
-    fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
-    if (fd < 0) continue;
-    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) break;
-    close(fd);
-    fd = -1;
-  }
-  freeaddrinfo(res);
-  if (fd < 0) {
-    *error = "cannot connect to " + t.host + ":" + t.port + " (is parleyd running?)";
-    return false;
-  }
-  timeval tv{kReplyTimeoutS, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  std::string req = method + " " + path + " HTTP/1.1\r\nHost: " + t.host + "\r\nConnection: close\r\n" +
-                    "Authorization: Bearer " + token + "\r\n";
-  if (!body.empty()) req += "Content-Type: application/json\r\n";
-  req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-  for (size_t sent = 0; sent < req.size();) {
-    ssize_t n = send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) {
-      close(fd);
-      *error = "connection lost while sending";
-      return false;
-    }
-    sent += static_cast<size_t>(n);
-  }
-  std::string in;
-  char buf[16384];
-  for (;;) {
-    ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n < 0) {
-      close(fd);
-      *error = "no answer from the server";
-      return false;
-    }
-    if (n == 0) break;
-    in.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  size_t head_end = in.find("\r\n\r\n");
-  if (in.rfind("HTTP/1.", 0) != 0 || head_end == std::string::npos || in.size() < 12) {
-    *error = "not an HTTP answer from " + t.host + ":" + t.port;
-    return false;
-  }
-  reply->status = std::atoi(in.substr(9, 3).c_str());
-  std::string head = in.substr(0, head_end);
-  reply->body = in.substr(head_end + 4);
-  // Chunked bodies (the server sends Content-Length, but be tolerant).
-  std::string lower = head;
-  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  if (lower.find("transfer-encoding: chunked") != std::string::npos) {
-    std::string raw = std::move(reply->body), out;
-    size_t i = 0;
-    while (i < raw.size()) {
-      size_t eol = raw.find("\r\n", i);
-      if (eol == std::string::npos) break;
-      size_t len = std::strtoul(raw.substr(i, eol - i).c_str(), nullptr, 16);
-      if (len == 0) break;
-      out += raw.substr(eol + 2, len);
-      i = eol + 2 + len + 2;
-    }
-    reply->body = std::move(out);
-  }
-  return true;
+// http://HOST[:PORT][/] (no other path); nothing and *error otherwise.
+std::optional<parley::netutil::HttpEndpoint> ParseServer(const std::string& url, std::string* error) {
+  std::string_view rest = url;
+  if (rest.rfind("http://", 0) == 0) rest.remove_prefix(7);
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  auto endpoint = rest.find('/') == std::string_view::npos ? parley::netutil::ParseHttpUrl(url, error) : std::nullopt;
+  if (!endpoint)
+    *error = "--server must be http://HOST[:PORT] without a path (run parley-admin next to parleyd or through your "
+             "TLS proxy's plain-HTTP side)";
+  return endpoint;
 }
 
 class Admin {
  public:
-  Admin(Target target, std::string token) : target_(std::move(target)), token_(std::move(token)) {}
+  Admin(parley::netutil::HttpEndpoint server, std::string token) : server_(std::move(server)), token_(std::move(token)) {}
 
   // Calls the admin API and prints the answer; returns the exit code.
   int Call(const std::string& method, const std::string& path, const json& body = nullptr) const {
-    Reply r;
-    std::string error;
-    if (!Exchange(target_, method, path, token_, body.is_null() ? "" : body.dump(), &r, &error)) {
-      std::cerr << "parley-admin: " << error << "\n";
+    parley::netutil::HttpRequest req;
+    req.method = method;
+    req.target = path;
+    req.authorization = "Bearer " + token_;
+    if (!body.is_null()) req.body = body.dump();
+    req.timeout = kReplyTimeout;
+    parley::netutil::HttpResponse r = parley::netutil::HttpExchange(server_, req);
+    if (!r.ok()) {
+      std::cerr << "parley-admin: " << r.error << " (is parleyd running?)\n";
       return kExitUnreachable;
     }
     json answer = json::parse(r.body, nullptr, false);
@@ -186,7 +85,7 @@ class Admin {
   }
 
  private:
-  Target target_;
+  parley::netutil::HttpEndpoint server_;
   std::string token_;
 };
 
@@ -326,9 +225,9 @@ int main(int argc, char** argv) {
 
   if (restore->parsed()) return Restore(backup_file, data_dir, force);
 
-  Target target;
   std::string error;
-  if (!ParseUrl(server, &target, &error)) {
+  auto endpoint = ParseServer(server, &error);
+  if (!endpoint) {
     std::cerr << "parley-admin: " << error << "\n";
     return kExitUsage;
   }
@@ -336,7 +235,7 @@ int main(int argc, char** argv) {
     std::cerr << "parley-admin: give the admin token with --token or PARLEY_ADMIN_TOKEN\n";
     return kExitUsage;
   }
-  Admin admin(target, token);
+  Admin admin(*endpoint, token);
   // Path segments the tool puts in URLs are usernames (checked by the
   // server) and numbers; a name with a '/' or '?' cannot be a username.
   if (!username.empty() && username.find_first_of("/?#% ") != std::string::npos) {

@@ -25,7 +25,6 @@
 #include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
-#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <spdlog/spdlog.h>
@@ -41,6 +40,7 @@
 
 #include "common/metrics.h"
 #include "core/chat_service.h"
+#include "net/tls_fingerprint.h"
 #include "protocol/encode.h"
 #include "protocol/limits.h"
 
@@ -535,21 +535,6 @@ std::string ToLower(std::string_view s) {
   return out;
 }
 
-// Hex SHA-256 of the DER form of `cert` ("" if null).
-std::string CertificateSha256(X509* cert) {
-  if (cert == nullptr) return "";
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (X509_digest(cert, EVP_sha256(), md, &n) != 1) return "";
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < n; ++i) {
-    out.push_back(kHex[md[i] >> 4]);
-    out.push_back(kHex[md[i] & 15]);
-  }
-  return out;
-}
-
 // A server TLS context from PEM files: TLS 1.2 and newer, the certificate
 // chain, and a private key that must match the certificate.
 Result<std::shared_ptr<ssl::context>> LoadTlsContext(const std::string& cert_file, const std::string& key_file) {
@@ -618,7 +603,7 @@ struct Gateway::Impl {
   Status LoadTls() {
     auto loaded = LoadTlsContext(cfg.tls_cert_file, cfg.tls_key_file);
     if (!loaded) return loaded.error();
-    std::string sha = CertificateSha256(SSL_CTX_get0_certificate((*loaded)->native_handle()));
+    std::string sha = netutil::CertificateSha256(SSL_CTX_get0_certificate((*loaded)->native_handle()));
     std::lock_guard lock(tls_mu);
     tls_ctx = std::move(*loaded);
     tls_sha256 = std::move(sha);

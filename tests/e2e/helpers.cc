@@ -1,58 +1,27 @@
 #include "e2e/helpers.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <regex>
 #include <set>
 #include <sstream>
 
+#include "net/http_client.h"
+
 namespace parley::testing {
 
 namespace {
-std::string HttpExchange(uint16_t port, const std::string& request, int* status) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return "";
-  }
-  size_t off = 0;
-  while (off < request.size()) {
-    ssize_t w = write(fd, request.data() + off, request.size() - off);
-    if (w <= 0) {
-      close(fd);
-      return "";
-    }
-    off += static_cast<size_t>(w);
-  }
-  std::string resp;
-  char buf[65536];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, static_cast<size_t>(n));
-  close(fd);
-  if (status) *status = resp.size() > 12 ? std::stoi(resp.substr(9, 3)) : 0;
-  auto p = resp.find("\r\n\r\n");
-  return p == std::string::npos ? "" : resp.substr(p + 4);
+std::string BodyOf(const netutil::HttpResponse& r, int* status) {
+  if (status) *status = r.status;
+  return r.body;
 }
-
 }  // namespace
 
 std::string HttpGet(uint16_t port, const std::string& path, int* status) {
-  return HttpExchange(port, "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", status);
+  return BodyOf(netutil::HttpGet(netutil::HttpEndpoint::Loopback(port), path), status);
 }
 
 std::string HttpPost(uint16_t port, const std::string& path, const std::string& body, const std::string& authorization,
                      int* status) {
-  std::string req = "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n";
-  if (!authorization.empty()) req += "Authorization: " + authorization + "\r\n";
-  req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-  return HttpExchange(port, req, status);
+  return BodyOf(netutil::HttpPost(netutil::HttpEndpoint::Loopback(port), path, body, authorization), status);
 }
 
 double MetricSum(const std::string& text, const std::string& name) {

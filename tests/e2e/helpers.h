@@ -101,7 +101,7 @@ inline std::vector<json> SyncAll(Connection& c, int64_t after, int limit = 200) 
   return out;
 }
 
-// GET http://127.0.0.1:port/path with a plain socket; returns the body ("" on failure).
+// GET http://127.0.0.1:port/path (src/net/http_client.h); returns the body ("" on failure).
 std::string HttpGet(uint16_t port, const std::string& path, int* status = nullptr);
 // POST with a body and an Authorization header; returns the response body.
 std::string HttpPost(uint16_t port, const std::string& path, const std::string& body, const std::string& authorization,

@@ -57,6 +57,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "net/http_client.h"
 #include "parley/client.h"
 #include "parley/connection.h"
 
@@ -283,84 +284,6 @@ Plan MakePlan(uint64_t seed, int users, int devices, int duration_s) {
 }
 
 // ---- Small helpers ----
-
-struct HttpResult {
-  int status = 0;
-  std::string body;
-  std::string error;
-};
-
-// A blocking HTTP/1.1 request (Connection: close) to the admin API.
-HttpResult Http(const std::string& method, uint16_t port, const std::string& path, const std::string& body,
-                const std::string& token, int timeout_ms = 30000) {
-  HttpResult out;
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) {
-    out.error = "socket failed";
-    return out;
-  }
-  struct Guard {
-    int fd;
-    ~Guard() { close(fd); }
-  } guard{fd};
-  timeval tv{};
-  tv.tv_sec = timeout_ms / 1000;
-  tv.tv_usec = static_cast<suseconds_t>((timeout_ms % 1000) * 1000);
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    out.error = "connect failed";
-    return out;
-  }
-  std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" +
-                    "Content-Type: application/json\r\nAuthorization: Bearer " + token +
-                    "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-  for (size_t off = 0; off < req.size();) {
-    ssize_t w = write(fd, req.data() + off, req.size() - off);
-    if (w <= 0) {
-      out.error = "write failed";
-      return out;
-    }
-    off += static_cast<size_t>(w);
-  }
-  std::string resp;
-  char buf[65536];
-  while (true) {
-    ssize_t n = read(fd, buf, sizeof buf);
-    if (n == 0) break;
-    if (n < 0) {
-      out.error = "read failed or timed out";
-      return out;
-    }
-    resp.append(buf, static_cast<size_t>(n));
-  }
-  auto sp = resp.find(' ');
-  auto he = resp.find("\r\n\r\n");
-  if (sp == std::string::npos || he == std::string::npos) {
-    out.error = "malformed response";
-    return out;
-  }
-  out.status = std::atoi(resp.c_str() + sp + 1);
-  out.body = resp.substr(he + 4);
-  if (resp.substr(0, he).find("Transfer-Encoding: chunked") != std::string::npos) {
-    std::string dechunked;
-    size_t pos = 0;
-    while (pos < out.body.size()) {
-      auto eol = out.body.find("\r\n", pos);
-      if (eol == std::string::npos) break;
-      size_t len = std::stoul(out.body.substr(pos, eol - pos), nullptr, 16);
-      if (len == 0) break;
-      dechunked += out.body.substr(eol + 2, len);
-      pos = eol + 2 + len + 2;
-    }
-    out.body = dechunked;
-  }
-  return out;
-}
 
 class Log {
  public:
@@ -703,8 +626,9 @@ class Run {
   bool Provision(std::string* why) {
     json users = json::array();
     for (int u = 0; u < plan_.users; ++u) users.push_back({{"username", UserName(u)}, {"password", "chaos password"}});
-    auto r = Http("POST", server_->port(), "/admin/v1/users/bulk",
-                  json({{"devices", true}, {"device_name", "chaos.0"}, {"users", users}}).dump(), admin_token_);
+    auto r = netutil::HttpPost(netutil::HttpEndpoint::Loopback(server_->port()), "/admin/v1/users/bulk",
+                               json({{"devices", true}, {"device_name", "chaos.0"}, {"users", users}}).dump(),
+                               "Bearer " + admin_token_);
     if (r.status != 200) {
       *why = "admin bulk provisioning failed: " + (r.error.empty() ? std::to_string(r.status) + " " + r.body : r.error);
       return false;

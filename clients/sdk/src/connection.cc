@@ -25,7 +25,6 @@
 #include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
-#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -35,6 +34,8 @@
 #include <map>
 #include <mutex>
 #include <thread>
+
+#include "net/tls_fingerprint.h"
 
 namespace parley {
 
@@ -165,21 +166,6 @@ struct Connection::Impl : std::enable_shared_from_this<Connection::Impl> {
 
 namespace {
 
-// Hex SHA-256 of the DER form of `cert` ("" if null).
-std::string CertificateSha256(X509* cert) {
-  if (cert == nullptr) return "";
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (X509_digest(cert, EVP_sha256(), md, &n) != 1) return "";
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < n; ++i) {
-    out.push_back(kHex[md[i] >> 4]);
-    out.push_back(kHex[md[i] & 15]);
-  }
-  return out;
-}
-
 // The WebSocket over `Next`: beast::tcp_stream (ws://) or
 // beast::ssl_stream<beast::tcp_stream> (wss://).
 template <typename Next>
@@ -269,7 +255,7 @@ struct StreamImpl final : Connection::Impl {
       }
       tls.handshake(ssl::stream_base::client);
       X509* cert = SSL_get1_peer_certificate(tls.native_handle());
-      peer_sha256 = CertificateSha256(cert);
+      peer_sha256 = netutil::CertificateSha256(cert);
       X509_free(cert);
     }
     ws.set_option(websocket::stream_base::decorator([origin = options.origin](websocket::request_type& req) {
