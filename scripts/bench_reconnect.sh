@@ -16,18 +16,11 @@
 # build/release/bench-results/reconnect.json), SKIP_BUILD=1 with BIN_DIR=...,
 # BENCH_TIMEOUT (seconds for the whole run, default 300).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
+BENCH_NAME=bench_reconnect
+. "$(dirname "$0")/lib/bench_common.sh"
 DEVICES=${DEVICES:-5000}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  scripts/build.sh release parleyd parley-reconnect-bench
-fi
-bin=${BIN_DIR:-$root/build/release/bin}
-for b in parleyd parley-reconnect-bench; do
-  [ -x "$bin/$b" ] || { echo "bench_reconnect: $bin/$b is missing" >&2; exit 2; }
-done
-JSON_OUT=${JSON_OUT:-$root/build/release/bench-results/reconnect.json}
-mkdir -p "$(dirname "$JSON_OUT")"
+bench_build parley-reconnect-bench
+bench_json_out reconnect
 exec timeout --kill-after=10 "$BENCH_TIMEOUT" "$bin/parley-reconnect-bench" --parleyd "$bin/parleyd" \
   --devices "$DEVICES" --json "$JSON_OUT" "$@"

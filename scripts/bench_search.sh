@@ -16,8 +16,8 @@
 # (extra parleyd flags), SKIP_BUILD=1 with BIN_DIR=... (use binaries built
 # elsewhere), BENCH_TIMEOUT (seconds for the whole bench run).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
+BENCH_NAME=bench_search
+. "$(dirname "$0")/lib/bench_common.sh"
 
 if [ "${SMOKE:-0}" = 1 ]; then
   USERS=${USERS:-2000}; QUERIES=${QUERIES:-500}; BLOCKERS=${BLOCKERS:-50}; WARMUP=${WARMUP:-50}
@@ -30,23 +30,11 @@ else
 fi
 CONNECTIONS=${CONNECTIONS:-1}
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  scripts/build.sh release parleyd parley-search-bench
-fi
-bin=${BIN_DIR:-$root/build/release/bin}
-for b in parleyd parley-search-bench; do
-  [ -x "$bin/$b" ] || { echo "bench_search: $bin/$b is missing" >&2; exit 2; }
-done
-JSON_OUT=${JSON_OUT:-$root/build/release/bench-results/search.json}
-mkdir -p "$(dirname "$JSON_OUT")"
+bench_build parley-search-bench
+bench_json_out search
 
 # CPU pinning: parleyd (every thread) on CPU 0, the load on CPU 1.
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  pin_server=(taskset -c 0); pin_bench=(taskset -c 1)
-else
-  echo "bench_search: taskset or a second CPU missing: running unpinned" >&2
-  pin_server=(); pin_bench=()
-fi
+bench_pinning
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/parley-bench-search.XXXXXX")
 server_pid=""

@@ -19,7 +19,7 @@ PACKAGES=(
   nlohmann-json3-dev          # config files and tests
   libgtest-dev libgmock-dev   # tests
   python3 python3-websockets  # the second client, written from docs/protocol.md
-  curl procps
+  curl procps iproute2         # iproute2: ss, for the compression test's bytes-on-the-wire count
   file systemd                # the .deb's dependencies (CPack, dpkg-shlibdeps) and `systemd-analyze verify` of its unit
   chromium                    # the web client's browser tests (tests/browser); Node 20 is on the machine
   "$@"

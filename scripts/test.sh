@@ -4,7 +4,8 @@
 # end-to-end (real parleyd, real sockets), the Python client and the web
 # client in Debian's chromium (CTest label `browser`); then the
 # Release tree with the benchmarks' smoke runs, the 5,000-device restart
-# (scripts/bench_reconnect.sh), the .deb check (scripts/package_check.sh),
+# (scripts/bench_reconnect.sh), the load generator's smoke runs
+# (SMOKE=1 scripts/bench.sh), the .deb check (scripts/package_check.sh),
 # and the fuzz targets. Prints the
 # time of each phase. Exits non-zero on any failure.
 set -euo pipefail
@@ -30,6 +31,9 @@ SMOKE=1 scripts/bench_search.sh
 
 phase "reconnect spread: parleyd restart under 5,000 SDK devices (Release; docs/benchmarks.md)"
 scripts/bench_reconnect.sh
+
+phase "load generator smoke: every parley-bench scenario, small (Release; docs/benchmarks.md)"
+SMOKE=1 scripts/bench.sh
 
 phase "package: .deb built, unpacked and run (docs/operations.md, \"Installing the package\")"
 scripts/package_check.sh

@@ -47,6 +47,9 @@ struct ConnectOptions {
   // Sent as the Origin header when not empty (what a browser would send);
   // parleyd refuses foreign origins (docs/operations.md, "Origin check").
   std::string origin;
+  // Offer permessage-deflate (RFC 7692). It is used only if the server
+  // agrees (parleyd --ws-deflate); Connection::deflate() tells.
+  bool deflate = false;
 };
 
 // Parses "ws://host:port", "wss://host:port" or plain "host:port" (= ws)
@@ -104,6 +107,10 @@ class Connection {
   // for a plain one. For pinning, and to see which certificate a server
   // presented (tests of certificate reloads).
   std::string peer_certificate_sha256() const;
+
+  // Whether permessage-deflate was negotiated (offered with
+  // ConnectOptions::deflate and accepted by the server).
+  bool deflate() const;
 
   // Registers a function called on the I/O thread after every incoming frame
   // is queued (response, event or error) and once when the connection closes.

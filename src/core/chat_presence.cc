@@ -14,6 +14,7 @@ using protocol::JsonWriter;
 void ChatService::SetForeground(const ClientPtr& c, bool counted) {
   if (c->user_id == 0 || c->counted_foreground == counted) return;
   c->counted_foreground = counted;
+  NotePushForeground(c->user_id, c->device_id, counted);
   if (counted) {
     if (++local_foreground_[c->user_id] == 1) fabric_.SetLocalOnline(c->user_id, true);
     return presence_.ForegroundEnter(c->user_id);

@@ -205,6 +205,11 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kSetPrivacy: return DoSetPrivacy(c, std::move(req));
     case RequestType::kSubscribePresence: return DoSubscribePresence(c, std::move(req));
     case RequestType::kMessageInfo: return DoMessageInfo(c, std::move(req));
+    case RequestType::kRegisterPush: return DoRegisterPush(c, std::move(req));
+    case RequestType::kUnregisterPush: return DoUnregisterPush(c, std::move(req));
+    case RequestType::kMuteConversation: return DoMuteConversation(c, std::move(req));
+    case RequestType::kSetPushPreviews: return DoSetPushPreviews(c, std::move(req));
+    case RequestType::kPushSettings: return DoPushSettings(c, std::move(req));
   }
 }
 
@@ -228,6 +233,10 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
       // Before auth set_app_state only sets a flag on the connection.
       return c->device_id == 0 ? 0 : presence_limiter_.Take("d" + std::to_string(c->device_id), now);
     case RequestType::kSetPrivacy:
+    case RequestType::kMuteConversation:
+    case RequestType::kSetPushPreviews:
+    case RequestType::kRegisterPush:
+    case RequestType::kUnregisterPush:
     case RequestType::kAddContact:
     case RequestType::kRemoveContact:
     case RequestType::kBlock:
@@ -396,23 +405,38 @@ void ChatService::DoLogout(const ClientPtr& c, Req req) {
 }
 
 void ChatService::DoListDevices(const ClientPtr& c, Req req) {
-  store_.ListDevices(c->user_id, OnCore<std::vector<store::DeviceRecord>>(
-                                      [this, c, req](Result<std::vector<store::DeviceRecord>> r) {
-                                        if (!r) return Fail(c, req, r.error());
-                                        Respond(c, req, [&](JsonWriter& w) {
-                                          w.Key("devices").BeginArray();
-                                          for (const auto& d : *r)
-                                            w.BeginObject()
-                                                .Field("device_id", d.id)
-                                                .Field("name", d.name)
-                                                .Field("platform", d.platform)
-                                                .Field("created_at", d.created_at)
-                                                .Field("last_seen_at", d.last_seen_at)
-                                                .Field("current", d.id == c->device_id)
-                                                .EndObject();
-                                          w.EndArray();
-                                        });
-                                      }));
+  store_.ListDevices(c->user_id, OnCore<std::vector<store::DeviceRecord>>([this, c, req](
+                                                                              Result<std::vector<store::DeviceRecord>> r) {
+    if (!r) return Fail(c, req, r.error());
+    // Each device's push endpoint health (issue 11), from a second read.
+    store_.ListPushHealth(c->user_id, OnCore<std::vector<store::PushHealth>>([this, c, req, devices = std::move(*r)](
+                                                                                 Result<std::vector<store::PushHealth>> h) {
+      if (!h) return Fail(c, req, h.error());
+      std::unordered_map<int64_t, const store::PushHealth*> health;
+      for (const auto& p : *h) health[p.device_id] = &p;
+      Respond(c, req, [&](JsonWriter& w) {
+        w.Key("devices").BeginArray();
+        for (const auto& d : devices) {
+          w.BeginObject()
+              .Field("device_id", d.id)
+              .Field("name", d.name)
+              .Field("platform", d.platform)
+              .Field("created_at", d.created_at)
+              .Field("last_seen_at", d.last_seen_at)
+              .Field("current", d.id == c->device_id)
+              .Key("push");
+          auto it = health.find(d.id);
+          if (it == health.end()) {
+            w.Null();
+          } else {
+            protocol::WritePushHealth(w, *it->second);
+          }
+          w.EndObject();
+        }
+        w.EndArray();
+      });
+    }));
+  }));
 }
 
 void ChatService::DoUnlinkDevice(const ClientPtr& c, Req req) {
@@ -558,6 +582,7 @@ void ChatService::AppendSend(const ClientPtr& c, Req req, int64_t conversation_i
     e.created_at = msg.created_at;
     e.message = msg;
     PublishEvents(std::move(e), r->positions, r->withheld);
+    PushAfterMessage(msg, r->positions);
   }));
 }
 
@@ -593,6 +618,7 @@ void ChatService::DoReceipt(const ClientPtr& c, Req req) {
         e.receipt = r->aggregate;
         e.withheld = r->withheld;
         PublishEvents(std::move(e), r->positions);
+        if (u.read > 0) PushAfterRead(u.user_id, u.device_id, u.conversation_id, r->aggregate.read);
       }
       if (--pending->left == 0) {
         if (!pending->first_error.ok()) return Fail(c, req, pending->first_error);

@@ -53,6 +53,18 @@ struct RateLimits {
   RateLimit presence_per_device{5, 20};
 };
 
+// Push notifications (issue 11; docs/architecture.md "Push"). Core only
+// decides when to push and queues jobs in the store; a push dispatcher
+// (src/push) sends them.
+struct PushConfig {
+  // Off when no provider is configured: nothing is queued (register_push
+  // still stores the endpoint).
+  bool enabled = false;
+  // One push per device per window: a device's next push is due no earlier
+  // than its last one + this (docs/operations.md, --push-coalesce-ms).
+  int64_t coalesce_ms = 10'000;
+};
+
 struct CoreConfig {
   PasswordCost password_cost = PasswordCost::kInteractive;
   // Announced in the auth response (each connection gets the interval minus
@@ -80,6 +92,7 @@ struct CoreConfig {
   // stream head for ping and ack, block lists for typing).
   // docs/architecture.md, "Cluster: what is node-local".
   bool cluster = false;
+  PushConfig push;
 };
 
 // One connection, as core sees it. Created by Connect, owned by the gateway
@@ -129,6 +142,11 @@ class ChatService {
 
   const CoreConfig& config() const { return config_; }
 
+  // Called (on the core executor) after push jobs were queued, so that the
+  // dispatcher can look at once instead of at its next poll. Set before the
+  // first connection.
+  void SetPushQueuedHook(std::function<void()> hook) { push_queued_hook_ = std::move(hook); }
+
  private:
   using Req = protocol::Request;
   using RequestType = protocol::RequestType;
@@ -171,6 +189,21 @@ class ChatService {
   void DoSetPrivacy(const ClientPtr& c, Req req);
   void DoSubscribePresence(const ClientPtr& c, Req req);
   void DoMessageInfo(const ClientPtr& c, Req req);
+  // Push notifications (chat_push.cc).
+  void DoRegisterPush(const ClientPtr& c, Req req);
+  void DoUnregisterPush(const ClientPtr& c, Req req);
+  void DoMuteConversation(const ClientPtr& c, Req req);
+  void DoSetPushPreviews(const ClientPtr& c, Req req);
+  void DoPushSettings(const ClientPtr& c, Req req);
+  // Tracks which devices of a user are in the foreground on this node.
+  void NotePushForeground(int64_t user_id, int64_t device_id, bool foreground);
+  // After a message committed: queues pushes for each member it is visible
+  // to (not the sender) who has no device in the foreground.
+  void PushAfterMessage(const store::MessageRecord& msg, const std::vector<store::StreamPosition>& positions);
+  // After a read moved the user's aggregate: a silent badge push to the
+  // user's devices not in the foreground (and not the one that read).
+  void PushAfterRead(int64_t user_id, int64_t device_id, int64_t conversation_id, int64_t read);
+  void QueuePush(store::PushRequest req);
   // Counts the connection in (or out of) its user's foreground set; leaving
   // the last one stores the user's last seen.
   void SetForeground(const ClientPtr& c, bool counted);
@@ -233,6 +266,10 @@ class ChatService {
   PresenceTracker presence_;
   // Connections with a presence subscription, by Client::id.
   std::unordered_map<uint64_t, ClientPtr> presence_subscribers_;
+  // Push: per user, the devices in the foreground on this node (connection
+  // counts per device).
+  std::unordered_map<int64_t, std::unordered_map<int64_t, int>> push_foreground_;
+  std::function<void()> push_queued_hook_;
   // Metrics (docs/operations.md).
   Counter& RateLimited(RequestType type);
   Counter& Errors(ErrorCode code);

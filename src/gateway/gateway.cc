@@ -92,6 +92,8 @@ struct GatewayMetrics {
   Counter& coalesced = Metrics::Default().GetCounter(
       "parley_coalesced_receipts_total", "Receipt events merged into an earlier one still queued for the same connection");
   Counter& accepted = Metrics::Default().GetCounter("parley_connections_accepted_total", "TCP connections accepted");
+  Gauge& deflate_connections = Metrics::Default().GetGauge(
+      "parley_ws_deflate_connections", "Open WebSocket connections with permessage-deflate negotiated");
   Counter& http_requests = Metrics::Default().GetCounter("parley_http_requests_total", "Plain HTTP requests served");
   Counter& origin_refused = Metrics::Default().GetCounter(
       "parley_ws_origin_refused_total", "WebSocket upgrades refused with 403 because their Origin is not allowed");
@@ -163,6 +165,7 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   bool close_requested_ = false;
   bool closing_ = false;
   bool finished_ = false;
+  bool deflate_ = false;  // permessage-deflate negotiated
   websocket::close_reason close_reason_;
 };
 
@@ -205,8 +208,27 @@ void WsSession<Stream>::Start(http::request<http::string_body> req) {
   ws_.set_option(t);
   ws_.read_message_max(protocol::kHardMaxFrameBytes);
   ws_.auto_fragment(false);
-  ws_.set_option(websocket::stream_base::decorator(
-      [](websocket::response_type& res) { res.set(http::field::server, "parleyd"); }));
+  if (cfg_.ws_deflate.enabled) {
+    websocket::permessage_deflate pmd;
+    pmd.server_enable = true;
+    pmd.server_max_window_bits = cfg_.ws_deflate.window_bits;
+    pmd.client_max_window_bits = cfg_.ws_deflate.window_bits;
+    pmd.server_no_context_takeover = cfg_.ws_deflate.no_context_takeover;
+    pmd.client_no_context_takeover = cfg_.ws_deflate.no_context_takeover;
+    pmd.compLevel = cfg_.ws_deflate.level;
+    pmd.memLevel = cfg_.ws_deflate.mem_level;
+    pmd.msg_size_threshold = cfg_.ws_deflate.min_bytes;
+    ws_.set_option(pmd);
+  }
+  // Runs after Beast has negotiated the extensions, on this session's
+  // executor, before the response is written.
+  ws_.set_option(websocket::stream_base::decorator([this](websocket::response_type& res) {
+    res.set(http::field::server, "parleyd");
+    if (res[http::field::sec_websocket_extensions].find("permessage-deflate") != beast::string_view::npos) {
+      deflate_ = true;
+      M().deflate_connections.Add(1);
+    }
+  }));
   beast::error_code remote_ec;
   auto remote = beast::get_lowest_layer(ws_).socket().remote_endpoint(remote_ec);
   client_ = chat_->Connect(this->shared_from_this(), remote_ec ? std::string() : remote.address().to_string());
@@ -384,6 +406,7 @@ template <typename Stream>
 void WsSession<Stream>::Finish() {
   if (finished_) return;
   finished_ = true;
+  if (deflate_) M().deflate_connections.Add(-1);
   DropQueued();  // a frame still being written is released by OnWrite
   chat_->OnDisconnect(client_);
   client_.reset();  // core keeps it until it has processed the disconnect

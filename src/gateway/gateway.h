@@ -40,6 +40,19 @@ class ChatService;
 
 namespace parley::gateway {
 
+struct WsDeflateConfig {
+  static constexpr int kMinWindowBits = 9;  // zlib cannot do 8 (Beast's note)
+  static constexpr int kMaxWindowBits = 15;
+  static constexpr int kMinMemLevel = 1;
+  static constexpr int kMaxMemLevel = 9;
+  bool enabled = false;
+  int window_bits = 15;
+  int mem_level = 4;
+  int level = 6;                // zlib compression level 0..9
+  size_t min_bytes = 256;       // smaller frames go out uncompressed
+  bool no_context_takeover = false;  // reset the compressor after each frame (less memory, worse ratio)
+};
+
 struct GatewayConfig {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;  // 0: pick a free port (see BoundPort)
@@ -61,6 +74,11 @@ struct GatewayConfig {
   // Origins ("scheme://host[:port]", lower case) allowed to open a WebSocket
   // besides the server's own origin; "*" allows any (OriginAllowed).
   std::vector<std::string> allowed_origins;
+  // permessage-deflate (RFC 7692), off by default. When on, a client that
+  // offers it gets it; frames shorter than ws_deflate_min_bytes are sent
+  // uncompressed. Window bits (9..15) and memory level (1..9) bound zlib's
+  // state per connection (docs/operations.md, "Compression").
+  WsDeflateConfig ws_deflate;
 };
 
 // Security headers on every plain HTTP response (a handler's own headers of

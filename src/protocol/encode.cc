@@ -78,6 +78,21 @@ void WriteSeqList(JsonWriter& w, std::string_view key, const std::vector<int64_t
 }
 }  // namespace
 
+void WritePushHealth(JsonWriter& w, const store::PushHealth& h) {
+  auto at = [&w](const char* key, int64_t v) {
+    w.Key(key);
+    if (v == 0) w.Null();
+    else w.Int(v);
+  };
+  w.BeginObject().Field("provider", h.provider).Field("registered_at", h.registered_at);
+  at("last_attempt_at", h.last_attempt_at);
+  w.Key("last_result");
+  if (h.last_result.empty()) w.Null();
+  else w.String(h.last_result);
+  at("last_success_at", h.last_success_at);
+  w.Field("failure_count", h.failure_count).Field("pending", h.pending).EndObject();
+}
+
 void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
   w.BeginObject().Field("user_seq", e.user_seq);
   switch (e.kind) {
@@ -113,6 +128,12 @@ void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
       break;
     case store::EventKind::kPrivacy:
       w.Field("kind", "privacy").Field("presence", PresenceVisibilityName(e.presence_visibility));
+      break;
+    case store::EventKind::kMute:
+      w.Field("kind", "mute").Field("conversation_id", e.conversation_id).Field("muted", e.flag);
+      break;
+    case store::EventKind::kPushPreviews:
+      w.Field("kind", "push_previews").Field("previews", e.flag);
       break;
   }
   w.EndObject();

@@ -61,6 +61,8 @@ std::string EncodePresence(int64_t user_id, bool online, int64_t last_seen);
 std::string_view PresenceVisibilityName(store::PresenceVisibility v);
 // One entry of a presence list: {"user_id":U,"online":B[,"last_seen":T]}.
 void WritePresence(JsonWriter& w, int64_t user_id, bool online, int64_t last_seen);
+// A device's push endpoint health (list_devices' "push"; issue 11).
+void WritePushHealth(JsonWriter& w, const store::PushHealth& h);
 
 // The JSON reason text for a close frame that asks the client to wait:
 // {"retry_after_ms":N}

@@ -67,6 +67,14 @@ Status GetId(object obj, const char* key, bool required, int64_t* out) {
   return Status::Ok();
 }
 
+// Reads a required boolean field.
+Status GetBool(object obj, const char* key, bool* out) {
+  element e;
+  if (obj[key].get(e) != simdjson::SUCCESS) return Bad(fmt::format("missing field '{}'", key));
+  if (e.get_bool().get(*out) != simdjson::SUCCESS) return Bad(fmt::format("field '{}' must be true or false", key));
+  return Status::Ok();
+}
+
 Status GetLimit(object obj, int def, int max, int* out) {
   std::optional<int64_t> v;
   if (Status s = GetInt(obj, "limit", 1, max, false, &v); !s.ok()) return s;
@@ -341,6 +349,37 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
         if (std::find(r.user_ids.begin(), r.user_ids.end(), id) == r.user_ids.end()) r.user_ids.push_back(id);
       }
       *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kRegisterPush: {
+      RegisterPushRequest r;
+      if (Status st = GetString(obj, "provider", 32, true, &r.provider); !st.ok()) return st;
+      bool known = false;
+      for (const char* p : kPushProviders) known = known || r.provider == p;
+      if (!known) return Bad("field 'provider' must be one of \"webhook\", \"apns\", \"fcm\"");
+      if (Status st = GetString(obj, "token", kMaxPushTokenBytes, true, &r.token); !st.ok()) return st;
+      if (r.token.empty()) return Bad("field 'token' must not be empty");
+      for (char c : r.token)
+        if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f)
+          return Bad("field 'token' may hold only printable ASCII without spaces");
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kUnregisterPush:
+    case RequestType::kPushSettings:
+      *body = EmptyRequest{};
+      return Status::Ok();
+    case RequestType::kMuteConversation: {
+      MuteConversationRequest r;
+      if (Status st = GetId(obj, "conversation_id", true, &r.conversation_id); !st.ok()) return st;
+      if (Status st = GetBool(obj, "muted", &r.muted); !st.ok()) return st;
+      *body = r;
+      return Status::Ok();
+    }
+    case RequestType::kSetPushPreviews: {
+      SetPushPreviewsRequest r;
+      if (Status st = GetBool(obj, "previews", &r.previews); !st.ok()) return st;
+      *body = r;
       return Status::Ok();
     }
     case RequestType::kChangePassword: {

@@ -52,7 +52,12 @@ namespace parley::protocol {
   X(kSetAppState, "set_app_state", false)      \
   X(kSetPrivacy, "set_privacy", true)          \
   X(kSubscribePresence, "subscribe_presence", true) \
-  X(kMessageInfo, "message_info", true)
+  X(kMessageInfo, "message_info", true)       \
+  X(kRegisterPush, "register_push", true)      \
+  X(kUnregisterPush, "unregister_push", true)  \
+  X(kMuteConversation, "mute_conversation", true) \
+  X(kSetPushPreviews, "set_push_previews", true) \
+  X(kPushSettings, "push_settings", true)
 
 enum class RequestType {
 #define PARLEY_X(e, name, auth) e,
@@ -151,6 +156,18 @@ struct SetPrivacyRequest {
 struct SubscribePresenceRequest {
   std::vector<int64_t> user_ids;  // distinct, at most kMaxPresenceSubscriptions
 };
+// Push notifications (issue 11).
+struct RegisterPushRequest {
+  std::string provider;  // one of kPushProviders (protocol/limits.h)
+  std::string token;     // the device's push token or URL
+};
+struct MuteConversationRequest {
+  int64_t conversation_id = 0;
+  bool muted = true;
+};
+struct SetPushPreviewsRequest {
+  bool previews = true;
+};
 struct ChangePasswordRequest {
   std::string old_password;
   std::string new_password;
@@ -161,7 +178,7 @@ using RequestBody =
                  SendRequest, ReceiptRequest, SyncRequest, AckRequest, HistoryRequest, SnapshotRequest,
                  SetProfileRequest, UserRequest, SearchUsersRequest, ListConversationsRequest, ChangePasswordRequest,
                  TypingRequest, SetAppStateRequest, SetPrivacyRequest, SubscribePresenceRequest,
-                 MessageInfoRequest>;
+                 MessageInfoRequest, RegisterPushRequest, MuteConversationRequest, SetPushPreviewsRequest>;
 
 struct Request {
   RequestType type = RequestType::kPing;

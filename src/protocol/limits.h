@@ -50,4 +50,9 @@ inline constexpr size_t kMaxPresenceSubscriptions = 256;
 // Newest messages per conversation in a conversation-list page (previews).
 inline constexpr int kDefaultPreviewMessages = 1;
 
+// Push notifications (issue 11): the providers a device may name in
+// `register_push`, and the longest token (or URL) it may register.
+inline constexpr const char* kPushProviders[] = {"webhook", "apns", "fcm"};
+inline constexpr size_t kMaxPushTokenBytes = 1024;
+
 }  // namespace parley::protocol

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <random>
 
 #include <signal.h>
 #include <unistd.h>
@@ -26,6 +27,8 @@
 #include "gateway/gateway.h"
 #include "gateway/static_files.h"
 #include "protocol/encode.h"
+#include "push/dispatcher.h"
+#include "push/webhook.h"
 #ifdef PARLEY_FAULT_SWITCHES
 #include "store/fault_store.h"
 #endif
@@ -108,6 +111,38 @@ int RunServer(const ServerConfig& config) {
   gateway::Gateway gw(config.gateway);
   core::ChatService chat(gw.CoreExecutor(), *store_for_service, fabric, *hash_pool, SystemClock::Instance(), config.core);
 
+  // Push notifications (issue 11): a dispatcher on a thread of its own,
+  // woken by core when it queues jobs.
+  std::unique_ptr<push::PushDispatcher> pusher;
+  if (config.core.push.enabled) {
+    push::DispatcherConfig pc;
+    pc.node_id = config.push.node_id;
+    if (pc.node_id.empty()) {
+      char host[256] = {0};
+      gethostname(host, sizeof host - 1);
+      pc.node_id = fmt::format("{}-{}-{:08x}", host, getpid(), std::random_device{}());
+    }
+    pc.poll_ms = config.push.poll_ms;
+    pc.lease_ms = config.push.lease_ms;
+    pc.max_in_flight = config.push.max_in_flight;
+    pc.backoff_initial_ms = config.push.backoff_initial_ms;
+    pc.backoff_max_ms = config.push.backoff_max_ms;
+    pc.max_attempts = config.push.max_attempts;
+    pc.coalesce_ms = config.core.push.coalesce_ms;
+    pusher = std::make_unique<push::PushDispatcher>(*store_for_service, pc);
+    auto provider = push::WebhookProvider::Create(
+        pusher->io(), push::WebhookConfig{config.push.webhook_url, config.push.webhook_secret, config.push.timeout_ms});
+    if (!provider) {
+      spdlog::critical("event=start_failed error=\"push: {}\"", provider.error().ToString());
+      return 1;
+    }
+    pusher->SetProvider(std::move(*provider));
+    chat.SetPushQueuedHook([p = pusher.get()] { p->Wake(); });
+    pusher->Start();
+    spdlog::info("event=push_enabled node_id={} url={} coalesce_ms={}", pc.node_id, config.push.webhook_url,
+                 pc.coalesce_ms);
+  }
+
   admin::AdminApi admin_api(*store_for_service, *hash_pool, SystemClock::Instance(), config.admin);
   admin_api.SetCloseDevices([&chat](int64_t user_id, std::vector<int64_t> devices, std::string reason) {
     chat.CloseDevices(user_id, std::move(devices), std::move(reason));
@@ -182,7 +217,12 @@ int RunServer(const ServerConfig& config) {
   // threads) go first, while the gateway and the chat service still exist;
   // what they post lands in a stopped io_context and is simply dropped.
   hash_pool.reset();
+  // The dispatcher stops before the store goes (its attempts in flight are
+  // abandoned: their leases expire), and is destroyed after it (late store
+  // completions only read its stopping flag).
+  if (pusher) pusher->Stop();
   store->reset();
+  pusher.reset();
   // No frame from another node may reach a connection once the gateway is
   // gone: the fabric's Redis thread stops here.
   if (redis_fabric != nullptr) redis_fabric->Stop();

@@ -68,6 +68,30 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SOCKET_SEND_BUFFER")
       ->check(CLI::Range(0, 64 << 20))
       ->capture_default_str();
+  auto& deflate = c.gateway.ws_deflate;
+  app.add_flag("--ws-deflate", deflate.enabled,
+               "Offer permessage-deflate (RFC 7692) to WebSocket clients that ask for it (costs memory per "
+               "connection: docs/operations.md, \"Compression\")")
+      ->envname("PARLEY_WS_DEFLATE");
+  app.add_option("--ws-deflate-window-bits", deflate.window_bits, "LZ77 window of permessage-deflate, 2^N bytes")
+      ->envname("PARLEY_WS_DEFLATE_WINDOW_BITS")
+      ->check(CLI::Range(gateway::WsDeflateConfig::kMinWindowBits, gateway::WsDeflateConfig::kMaxWindowBits))
+      ->capture_default_str();
+  app.add_option("--ws-deflate-mem-level", deflate.mem_level, "zlib memory level of permessage-deflate")
+      ->envname("PARLEY_WS_DEFLATE_MEM_LEVEL")
+      ->check(CLI::Range(gateway::WsDeflateConfig::kMinMemLevel, gateway::WsDeflateConfig::kMaxMemLevel))
+      ->capture_default_str();
+  app.add_option("--ws-deflate-level", deflate.level, "zlib compression level of permessage-deflate (0-9)")
+      ->envname("PARLEY_WS_DEFLATE_LEVEL")
+      ->check(CLI::Range(0, 9))
+      ->capture_default_str();
+  app.add_option("--ws-deflate-min-bytes", deflate.min_bytes, "Frames shorter than this are sent uncompressed")
+      ->envname("PARLEY_WS_DEFLATE_MIN_BYTES")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 24))
+      ->capture_default_str();
+  app.add_flag("--ws-deflate-no-context-takeover", deflate.no_context_takeover,
+               "Reset the compressor after every frame: less memory between frames, worse ratio")
+      ->envname("PARLEY_WS_DEFLATE_NO_CONTEXT_TAKEOVER");
   app.add_option("--heartbeat-interval-ms", c.core.heartbeat_interval_ms, "Heartbeat interval announced to clients")
       ->envname("PARLEY_HEARTBEAT_INTERVAL_MS")
       ->check(CLI::Range(1'000, 3'600'000))
@@ -141,6 +165,51 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_ADMIN_MAX_BULK_USERS")
       ->check(CLI::Range(size_t{1}, size_t{1'000'000}))
       ->capture_default_str();
+  // Push notifications (issue 11; docs/operations.md "Push notifications").
+  app.add_option("--push-webhook-url", c.push.webhook_url,
+                 "Push: POST each push to this http:// URL (your APNs/FCM relay); empty: push is off")
+      ->envname("PARLEY_PUSH_WEBHOOK_URL");
+  app.add_option("--push-webhook-secret", c.push.webhook_secret,
+                 "Push: HMAC-SHA256 key signing each webhook body (required with --push-webhook-url)")
+      ->envname("PARLEY_PUSH_WEBHOOK_SECRET");
+  app.add_option("--push-coalesce-ms", c.core.push.coalesce_ms,
+                 "Push: at most one push per device per this window (a burst sends the latest state once)")
+      ->envname("PARLEY_PUSH_COALESCE_MS")
+      ->check(CLI::Range(int64_t{0}, int64_t{3'600'000}))
+      ->capture_default_str();
+  app.add_option("--push-timeout-ms", c.push.timeout_ms, "Push: timeout of one webhook attempt (connect to response)")
+      ->envname("PARLEY_PUSH_TIMEOUT_MS")
+      ->check(CLI::Range(10, 300'000))
+      ->capture_default_str();
+  app.add_option("--push-poll-ms", c.push.poll_ms, "Push: how often the queue is polled for due jobs")
+      ->envname("PARLEY_PUSH_POLL_MS")
+      ->check(CLI::Range(10, 60'000))
+      ->capture_default_str();
+  app.add_option("--push-lease-ms", c.push.lease_ms,
+                 "Push: a claimed job's lease; a node that dies releases its claims when it expires (> timeout)")
+      ->envname("PARLEY_PUSH_LEASE_MS")
+      ->check(CLI::Range(int64_t{100}, int64_t{3'600'000}))
+      ->capture_default_str();
+  app.add_option("--push-max-in-flight", c.push.max_in_flight, "Push: most webhook attempts in flight on this node")
+      ->envname("PARLEY_PUSH_MAX_IN_FLIGHT")
+      ->check(CLI::Range(1, 10'000))
+      ->capture_default_str();
+  app.add_option("--push-backoff-initial-ms", c.push.backoff_initial_ms,
+                 "Push: first retry delay after a 5xx or timeout (doubles per attempt, with jitter)")
+      ->envname("PARLEY_PUSH_BACKOFF_INITIAL_MS")
+      ->check(CLI::Range(int64_t{1}, int64_t{3'600'000}))
+      ->capture_default_str();
+  app.add_option("--push-backoff-max-ms", c.push.backoff_max_ms, "Push: longest retry delay")
+      ->envname("PARLEY_PUSH_BACKOFF_MAX_MS")
+      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}))
+      ->capture_default_str();
+  app.add_option("--push-max-attempts", c.push.max_attempts, "Push: a push that failed this many times is dropped")
+      ->envname("PARLEY_PUSH_MAX_ATTEMPTS")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--push-node-id", c.push.node_id,
+                 "Push: this node's name in claim leases (unique per process); default hostname-pid-random")
+      ->envname("PARLEY_PUSH_NODE_ID");
   std::vector<std::string> rate_limits;
   app.add_option("--rate-limit", rate_limits,
                  "Override a rate limit: NAME=PER_SECOND/BURST (repeatable). Names: send_per_device, send_per_user, "
@@ -214,6 +283,17 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
     }
     if (Status st = fabric::ValidateRedisFabricConfig(c.fabric); !st.ok()) return st;
     c.core.cluster = true;
+  }
+  if (!c.push.webhook_url.empty()) {
+    if (c.push.webhook_url.rfind("http://", 0) != 0)
+      return Status(ErrorCode::kBadRequest, "--push-webhook-url must be an http:// URL");
+    if (c.push.webhook_secret.empty())
+      return Status(ErrorCode::kBadRequest, "--push-webhook-url needs --push-webhook-secret (the signing key)");
+    if (c.push.lease_ms <= c.push.timeout_ms)
+      return Status(ErrorCode::kBadRequest, "--push-lease-ms must be larger than --push-timeout-ms");
+    if (c.push.backoff_max_ms < c.push.backoff_initial_ms)
+      return Status(ErrorCode::kBadRequest, "--push-backoff-max-ms must be at least --push-backoff-initial-ms");
+    c.core.push.enabled = true;
   }
 #ifdef PARLEY_FAULT_SWITCHES
   // fabric_drop_publish@N is the fabric's (RedisFabricConfig::drop_publish_at),

@@ -17,6 +17,21 @@
 
 namespace parley::server {
 
+// Push notifications (issue 11): the webhook provider and the dispatcher
+// (push/webhook.h, push/dispatcher.h). No URL: push is off (nothing queued).
+struct PushOptions {
+  std::string webhook_url;
+  std::string webhook_secret;
+  int timeout_ms = 5'000;
+  int poll_ms = 1'000;
+  int64_t lease_ms = 60'000;
+  int max_in_flight = 64;
+  int64_t backoff_initial_ms = 1'000;
+  int64_t backoff_max_ms = 300'000;
+  int max_attempts = 10;
+  std::string node_id;  // empty: hostname-pid-random
+};
+
 struct ServerConfig {
   std::string listen = "127.0.0.1:8080";
   std::string data_dir = "./parley-data";
@@ -35,6 +50,7 @@ struct ServerConfig {
   // single node, LocalFabric) and this node's fabric settings (--node-id...).
   std::string redis;
   fabric::RedisFabricConfig fabric;
+  PushOptions push;
   // Test builds only (PARLEY_FAULT_SWITCHES): fault switches, "NAME@N" each
   // (store/fault_store.h). Non-empty: the store is wrapped in a FaultStore.
   std::vector<std::string> faults;

@@ -460,4 +460,36 @@ void FaultStore::Flush(StatusCallback done) { inner_.Flush(std::move(done)); }
 
 StoreStats FaultStore::Stats() const { return inner_.Stats(); }
 
+// ---- Push (issue 11): forwarded ----
+
+void FaultStore::SetPushEndpoint(UserId user_id, DeviceId device_id, std::string provider, std::string token,
+                                 int64_t now, StatusCallback done) {
+  inner_.SetPushEndpoint(user_id, device_id, std::move(provider), std::move(token), now, std::move(done));
+}
+void FaultStore::RemovePushEndpoint(UserId user_id, DeviceId device_id, Callback<bool> done) {
+  inner_.RemovePushEndpoint(user_id, device_id, std::move(done));
+}
+void FaultStore::SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
+                          Callback<SocialResult> done) {
+  inner_.SetMuted(user_id, conversation_id, muted, now, std::move(done));
+}
+void FaultStore::SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) {
+  inner_.SetPushPreviews(user_id, previews, now, std::move(done));
+}
+void FaultStore::GetPushSettings(UserId user_id, Callback<std::pair<bool, std::vector<ConversationId>>> done) {
+  inner_.GetPushSettings(user_id, std::move(done));
+}
+void FaultStore::ListPushHealth(UserId user_id, Callback<std::vector<PushHealth>> done) {
+  inner_.ListPushHealth(user_id, std::move(done));
+}
+void FaultStore::EnqueuePush(PushRequest req, Callback<int> done) { inner_.EnqueuePush(std::move(req), std::move(done)); }
+void FaultStore::ClaimPushJobs(std::string node, int64_t now, int64_t lease_ms, int limit,
+                               Callback<std::vector<PushJob>> done) {
+  inner_.ClaimPushJobs(std::move(node), now, lease_ms, limit, std::move(done));
+}
+void FaultStore::CompletePush(PushCompletion c, StatusCallback done) { inner_.CompletePush(std::move(c), std::move(done)); }
+void FaultStore::GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) {
+  inner_.GetPushQueueStats(now, std::move(done));
+}
+
 }  // namespace parley::store

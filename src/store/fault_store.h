@@ -137,6 +137,20 @@ class FaultStore final : public Store {
   // The export (admin API, checker) shows what the faults made: skip_dedup
   // copies under their original client id, dropped stream entries missing.
   void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;
+  // Push (issue 11): forwarded as they are, no faults injected.
+  void SetPushEndpoint(UserId user_id, DeviceId device_id, std::string provider, std::string token, int64_t now,
+                       StatusCallback done) override;
+  void RemovePushEndpoint(UserId user_id, DeviceId device_id, Callback<bool> done) override;
+  void SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
+                Callback<SocialResult> done) override;
+  void SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) override;
+  void GetPushSettings(UserId user_id, Callback<std::pair<bool, std::vector<ConversationId>>> done) override;
+  void ListPushHealth(UserId user_id, Callback<std::vector<PushHealth>> done) override;
+  void EnqueuePush(PushRequest req, Callback<int> done) override;
+  void ClaimPushJobs(std::string node, int64_t now, int64_t lease_ms, int limit,
+                     Callback<std::vector<PushJob>> done) override;
+  void CompletePush(PushCompletion c, StatusCallback done) override;
+  void GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) override;
   void Flush(StatusCallback done) override;
   StoreStats Stats() const override;
 

@@ -30,6 +30,7 @@
 #include <optional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -246,6 +247,82 @@ class Store {
   virtual void Export(ExportTable /*table*/, std::vector<int64_t> /*after*/, int /*limit*/,
                       Callback<ExportPage> done) {
     done(Status(ErrorCode::kUnavailable, "this store cannot export"));
+  }
+
+  // ---- Push notifications (issue 11; docs/architecture.md "Push") ----
+  //
+  // Endpoints (one per device), per-conversation mutes, the per-user
+  // previews setting, and the durable queue of pending pushes with leases.
+  // Defaults fail kUnavailable (test doubles); both backends implement them.
+  // Revoking a device (unlink, logout, password change, disable) removes its
+  // endpoint and its pending job in the same transaction.
+
+  // Registers (or replaces) the push endpoint of a live device of `user_id`;
+  // its health record starts afresh when the provider or token changed.
+  // Fails kUnknownDevice.
+  virtual void SetPushEndpoint(UserId /*user_id*/, DeviceId /*device_id*/, std::string /*provider*/,
+                               std::string /*token*/, int64_t /*now*/, StatusCallback done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no push queue"));
+  }
+  // Removes the device's endpoint and pending job; true if there was one.
+  // Fails kUnknownDevice (not a live device of that user).
+  virtual void RemovePushEndpoint(UserId /*user_id*/, DeviceId /*device_id*/, Callback<bool> done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no push queue"));
+  }
+  // Mutes or unmutes a conversation for the user; when it changed, appends
+  // a kMute event to the user's own stream (their devices follow). Fails
+  // kUnknownConversation, kNotMember.
+  virtual void SetMuted(UserId /*user_id*/, ConversationId /*conversation_id*/, bool /*muted*/, int64_t /*now*/,
+                        Callback<SocialResult> done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no push queue"));
+  }
+  // Turns message previews in the user's pushes on or off; when it changed,
+  // appends a kPushPreviews event to the user's stream. Fails kUnknownUser.
+  virtual void SetPushPreviews(UserId /*user_id*/, bool /*previews*/, int64_t /*now*/, Callback<SocialResult> done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no push queue"));
+  }
+  // The user's settings: previews on, and the conversations they muted.
+  virtual void GetPushSettings(UserId /*user_id*/, Callback<std::pair<bool, std::vector<ConversationId>>> done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no push queue"));
+  }
+  // Push health of the user's live devices that have an endpoint, ascending id.
+  virtual void ListPushHealth(UserId /*user_id*/, Callback<std::vector<PushHealth>> done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no push queue"));
+  }
+  // Queues (or updates, coalescing) one job per device of req.user_id that
+  // has an endpoint and is not in req.skip_devices, unless the user muted
+  // the conversation. Idempotent per (device, conversation, seq, kind): a job
+  // already pending with that key, or that key already delivered last, is
+  // not queued again. A job's due time is max(now, the device's last
+  // delivered push + coalesce_ms); an update keeps the due time and bumps the
+  // version. A kBadge request does not replace a pending kMessage job (that
+  // job carries the latest badge when it is sent). Returns how many jobs
+  // were queued or updated.
+  virtual void EnqueuePush(PushRequest /*req*/, Callback<int> done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no push queue"));
+  }
+  // Claims up to `limit` due jobs (due_at <= now) not held by an unexpired
+  // lease: each is leased to `node` until now + lease_ms, so that in a
+  // cluster each job is claimed by one node at a time and a dead node's
+  // claims expire. Oldest due first. The jobs carry the latest state (badge
+  // = the user's unread total now; alert false when the message was read).
+  virtual void ClaimPushJobs(std::string /*node*/, int64_t /*now*/, int64_t /*lease_ms*/, int /*limit*/,
+                             Callback<std::vector<PushJob>> done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no push queue"));
+  }
+  // Records the outcome of sending a claimed job, and the device's health.
+  // Applies to the job only while `node` still holds its lease (else only
+  // the health is recorded). kDelivered deletes the job unless it was
+  // updated since the claim (version moved: it stays, due at now +
+  // coalesce_ms); kRetry releases the lease with due_at = retry_at, or drops
+  // the job once it failed max_attempts times; kRejected drops it; kGone
+  // drops it and removes the endpoint.
+  virtual void CompletePush(PushCompletion /*c*/, StatusCallback done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no push queue"));
+  }
+  // Counts for metrics; `leased`: jobs whose lease runs past `now`.
+  virtual void GetPushQueueStats(int64_t /*now*/, Callback<PushQueueStats> done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no push queue"));
   }
 
   // ---- Lifecycle ----

@@ -107,6 +107,8 @@ enum class EventKind : int {
   kContact = 5,       // the user added or removed a contact
   kBlock = 6,         // the user blocked or unblocked someone
   kPrivacy = 7,       // the user changed their presence visibility
+  kMute = 8,          // the user muted or unmuted a conversation (push, issue 11)
+  kPushPreviews = 9,  // the user turned message previews in pushes on or off
 };
 
 // One entry of a user's event stream. Which fields are set depends on kind:
@@ -117,6 +119,8 @@ enum class EventKind : int {
 //   kContact:      profile (of the contact), flag (true: added, false: removed)
 //   kBlock:        profile (of the blocked user), flag (true: blocked, false: unblocked)
 //   kPrivacy:      presence_visibility (the new setting)
+//   kMute:         conversation_id, flag (true: muted)
+//   kPushPreviews: flag (true: previews on)
 // kContact/kBlock profiles are as the stream's user saw them then: as it was
 // when the block began if the subject blocked them (store.h, "Profiles under a
 // block").
@@ -320,6 +324,93 @@ struct Snapshot {
   std::vector<ConversationSummary> conversations;  // most recent activity first
 };
 
+
+// ---- Push notifications (issue 11; docs/architecture.md "Push") ----
+
+// What a push job is about: a new message (an alert), or only the badge (a
+// silent push after a read on another device).
+enum class PushKind : int {
+  kMessage = 1,
+  kBadge = 2,
+};
+
+// A request to push to a user's devices, made by core after a message or a
+// read committed. The store turns it into at most one pending job per device
+// (push_jobs, keyed by device): a device that already has a pending job gets
+// that job updated to the latest state (coalescing) instead of a second one.
+struct PushRequest {
+  UserId user_id = 0;
+  ConversationId conversation_id = 0;
+  Seq seq = 0;               // the message's seq (kMessage) or the new read watermark (kBadge)
+  PushKind kind = PushKind::kMessage;
+  std::vector<DeviceId> skip_devices;  // in the foreground (or the device that read): no push
+  int64_t now = 0;
+  // A device's next push is due no earlier than its last one + this
+  // (one push per device per window).
+  int64_t coalesce_ms = 0;
+};
+
+// One claimed job, with everything the provider needs.
+struct PushJob {
+  DeviceId device_id = 0;
+  UserId user_id = 0;
+  std::string provider;  // as the device registered it ("webhook", "apns", "fcm")
+  std::string token;     // the device's push token (or URL)
+  ConversationId conversation_id = 0;
+  Seq seq = 0;
+  PushKind kind = PushKind::kMessage;
+  // kMessage only: false when the message was read (on another device)
+  // before the job was sent; such a push goes out silent, with the badge.
+  bool alert = false;
+  UserId sender_id = 0;             // kMessage
+  std::string sender_display_name;  // the sender's display name, or username when none
+  bool previews = true;             // the user's setting
+  std::string preview;              // the message body when previews are on and alert; else ""
+  int64_t badge = 0;                // the user's unread total when claimed
+  int64_t version = 0;              // bumped by each update of the job (see CompletePush)
+  int attempts = 0;                 // failed attempts so far
+  int64_t created_at = 0;           // when the job was first queued
+};
+
+enum class PushOutcome : int {
+  kDelivered = 0,  // the provider took it (2xx)
+  kRetry = 1,      // 5xx, timeout, connection failure: try again at retry_at
+  kRejected = 2,   // other 4xx: dropped, no retry
+  kGone = 3,       // 410: the endpoint is removed
+};
+
+struct PushCompletion {
+  DeviceId device_id = 0;
+  std::string node;         // the claiming node
+  int64_t version = 0;      // the claimed job's version
+  ConversationId conversation_id = 0;  // the claimed job's key, recorded as the last one sent
+  Seq seq = 0;
+  PushKind kind = PushKind::kMessage;
+  PushOutcome outcome = PushOutcome::kDelivered;
+  std::string result;       // short text for the health record: "200", "500", "timeout", ...
+  int64_t now = 0;
+  int64_t retry_at = 0;     // kRetry: when to try again
+  int max_attempts = 0;     // kRetry: a job that failed this many times is dropped
+  int64_t coalesce_ms = 0;  // kDelivered on an updated job: its next push is due at now + this
+};
+
+// A device's push endpoint and its health, for its user's devices.
+struct PushHealth {
+  DeviceId device_id = 0;
+  std::string provider;
+  int64_t registered_at = 0;
+  int64_t last_attempt_at = 0;   // 0: never tried
+  std::string last_result;       // "" (never), "ok", or the failure ("500", "timeout", "410", ...)
+  int64_t last_success_at = 0;
+  int64_t failure_count = 0;     // failed attempts since registration
+  bool pending = false;          // a job is queued for the device
+};
+
+struct PushQueueStats {
+  int64_t pending = 0;    // jobs queued
+  int64_t leased = 0;     // jobs held by a node's unexpired lease
+  int64_t endpoints = 0;  // registered endpoints
+};
 
 // ---- Export (the admin API's /admin/v1/export, read by the delivery
 // checker, docs/checker.md) ----

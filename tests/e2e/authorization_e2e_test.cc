@@ -110,6 +110,20 @@ std::map<RequestType, Row> Matrix(const Victims& v) {
       // Someone else's message (a member who is not its sender gets
       // `forbidden`: admin_e2e_test).
       {RequestType::kMessageInfo, {{{"conversation_id", v.conv}, {"seq", 1}}, "not_member", {}}},
+      // Push (issue 11): only the caller's own device and conversations.
+      {RequestType::kRegisterPush, {{{"provider", "webhook"}, {"token", "mallory-token"}}, "",
+                                    [](const json& r, const Victims& vv) {
+                                      EXPECT_NE(r["device_id"], vv.alice.device_id);
+                                      EXPECT_NE(r["device_id"], vv.bob.device_id);
+                                    }}},
+      {RequestType::kUnregisterPush, {json::object(), "", [](const json& r, const Victims& vv) {
+                                        EXPECT_NE(r["device_id"], vv.alice.device_id);
+                                      }}},
+      {RequestType::kMuteConversation, {{{"conversation_id", v.conv}, {"muted", true}}, "not_member", {}}},
+      {RequestType::kSetPushPreviews, {{{"previews", false}}, "", {}}},
+      {RequestType::kPushSettings, {json::object(), "", [](const json& r, const Victims&) {
+                                      EXPECT_EQ(r["muted"], json::array()) << "mallory muted nothing";
+                                    }}},
   };
 }
 

@@ -32,6 +32,29 @@ TEST(FramesTest, DecodesMessageInfoAndRefusesAMissingOrZeroSeq) {
             ErrorCode::kBadRequest);
 }
 
+TEST(FramesTest, DecodesPushRequestsAndRefusesBadProvidersTokensAndFlags) {
+  auto d = DecodeRequest(R"({"v":1,"id":1,"type":"register_push","provider":"fcm","token":"abc:DEF-123"})");
+  ASSERT_TRUE(d.status.ok()) << d.status.ToString();
+  EXPECT_EQ(std::get<RegisterPushRequest>(d.request.body).provider, "fcm");
+  EXPECT_EQ(std::get<RegisterPushRequest>(d.request.body).token, "abc:DEF-123");
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"register_push","provider":"pigeon","token":"t"})"), ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"register_push","provider":"apns","token":""})"), ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"register_push","provider":"apns","token":"a b"})"), ErrorCode::kBadRequest);
+  std::string long_token(kMaxPushTokenBytes + 1, 'x');
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"register_push","provider":"apns","token":")" + long_token + R"("})"),
+            ErrorCode::kBadRequest);
+  auto m = DecodeRequest(R"({"v":1,"id":2,"type":"mute_conversation","conversation_id":3,"muted":false})");
+  ASSERT_TRUE(m.status.ok()) << m.status.ToString();
+  EXPECT_FALSE(std::get<MuteConversationRequest>(m.request.body).muted);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":2,"type":"mute_conversation","conversation_id":3,"muted":"yes"})"),
+            ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":2,"type":"mute_conversation","muted":true})"), ErrorCode::kBadRequest);
+  auto p = DecodeRequest(R"({"v":1,"id":3,"type":"set_push_previews","previews":false})");
+  ASSERT_TRUE(p.status.ok());
+  EXPECT_FALSE(std::get<SetPushPreviewsRequest>(p.request.body).previews);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":3,"type":"set_push_previews"})"), ErrorCode::kBadRequest);
+}
+
 TEST(FramesTest, IntegerRequestIdIsEchoedVerbatim) {
   auto d = DecodeRequest(R"({"v":1,"id":42,"type":"ping"})");
   ASSERT_TRUE(d.status.ok());

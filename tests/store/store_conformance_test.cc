@@ -1674,6 +1674,262 @@ TEST_P(StoreConformance, OnlineBackupCopiesTheStoreOrIsRefusedClearly) {
   EXPECT_EQ(bad.error().code(), ErrorCode::kBadRequest);
 }
 
+// ---- Push notifications (issue 11) ----
+
+class PushConformance : public StoreConformance {
+ protected:
+  static constexpr int64_t kWindow = 10'000;
+  static constexpr int64_t kLease = 30'000;
+
+  void Endpoint(const UserRecord& u, const DeviceRecord& d, const std::string& token = "") {
+    ASSERT_TRUE(AwaitStatus([&](auto cb) {
+                  store().SetPushEndpoint(u.id, d.id, "webhook", token.empty() ? "tok-" + std::to_string(d.id) : token,
+                                          1000, cb);
+                }).ok());
+  }
+  int Enqueue(UserId user, Seq seq, int64_t now, std::vector<DeviceId> skip = {},
+              PushKind kind = PushKind::kMessage) {
+    PushRequest r;
+    r.user_id = user;
+    r.conversation_id = conv_;
+    r.seq = seq;
+    r.kind = kind;
+    r.skip_devices = std::move(skip);
+    r.now = now;
+    r.coalesce_ms = kWindow;
+    return Must(Await<int>([&](auto cb) { store().EnqueuePush(r, cb); }));
+  }
+  std::vector<PushJob> Claim(const std::string& node, int64_t now, int limit = 10) {
+    return Must(Await<std::vector<PushJob>>([&](auto cb) { store().ClaimPushJobs(node, now, kLease, limit, cb); }));
+  }
+  void Complete(const std::string& node, const PushJob& j, PushOutcome outcome, int64_t now, int64_t retry_at = 0,
+                const std::string& result = "500") {
+    PushCompletion c;
+    c.device_id = j.device_id;
+    c.node = node;
+    c.version = j.version;
+    c.conversation_id = j.conversation_id;
+    c.seq = j.seq;
+    c.kind = j.kind;
+    c.outcome = outcome;
+    c.result = result;
+    c.now = now;
+    c.retry_at = retry_at;
+    c.max_attempts = 3;
+    c.coalesce_ms = kWindow;
+    ASSERT_TRUE(AwaitStatus([&](auto cb) { store().CompletePush(c, cb); }).ok());
+  }
+  std::vector<PushHealth> Health(UserId user) {
+    return Must(Await<std::vector<PushHealth>>([&](auto cb) { store().ListPushHealth(user, cb); }));
+  }
+};
+
+TEST_P(PushConformance, QueuesOneJobPerRegisteredDeviceNotSkippedAndCarriesTheLatestState) {
+  SetUpConversation();
+  ASSERT_TRUE(SetProfile(store(), alice_.id, std::string("Alice A."), std::nullopt).has_value());
+  Endpoint(bob_, bob_dev_);
+  Endpoint(bob_, bob_dev2_);
+  Send(alice_, alice_dev_, "m1");
+  // bob_dev2_ is in the foreground: skipped.
+  EXPECT_EQ(Enqueue(bob_.id, 1, 10'000, {bob_dev2_.id}), 1);
+  // The same key again is idempotent.
+  EXPECT_EQ(Enqueue(bob_.id, 1, 10'001, {bob_dev2_.id}), 0);
+  // A second message coalesces into the same job (latest state).
+  Send(alice_, alice_dev_, "m2");
+  EXPECT_EQ(Enqueue(bob_.id, 2, 10'002, {bob_dev2_.id}), 1);
+  std::vector<PushJob> jobs = Claim("node-a", 10'003);
+  ASSERT_EQ(jobs.size(), 1u);
+  const PushJob& j = jobs[0];
+  EXPECT_EQ(j.device_id, bob_dev_.id);
+  EXPECT_EQ(j.user_id, bob_.id);
+  EXPECT_EQ(j.provider, "webhook");
+  EXPECT_EQ(j.token, "tok-" + std::to_string(bob_dev_.id));
+  EXPECT_EQ(j.conversation_id, conv_);
+  EXPECT_EQ(j.seq, 2);
+  EXPECT_EQ(j.kind, PushKind::kMessage);
+  EXPECT_TRUE(j.alert);
+  EXPECT_EQ(j.sender_id, alice_.id);
+  EXPECT_EQ(j.sender_display_name, "Alice A.");
+  EXPECT_EQ(j.preview, "body m2");
+  EXPECT_EQ(j.badge, 2);
+  // Leased: another node cannot claim it while the lease lasts.
+  EXPECT_TRUE(Claim("node-b", 10'004).empty());
+  Complete("node-a", j, PushOutcome::kDelivered, 10'005, 0, "200");
+  std::vector<PushHealth> h = Health(bob_.id);
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_EQ(h[0].device_id, bob_dev_.id);
+  EXPECT_EQ(h[0].last_result, "ok");
+  EXPECT_EQ(h[0].last_attempt_at, 10'005);
+  EXPECT_EQ(h[0].last_success_at, 10'005);
+  EXPECT_EQ(h[0].failure_count, 0);
+  EXPECT_FALSE(h[0].pending);
+  EXPECT_EQ(h[1].last_attempt_at, 0);
+  // Delivered: the same key is not queued again; the next message is due
+  // one window after the last push.
+  EXPECT_EQ(Enqueue(bob_.id, 2, 10'006), 1);  // only bob_dev2_ now (not skipped)
+  Send(alice_, alice_dev_, "m3");
+  EXPECT_EQ(Enqueue(bob_.id, 3, 10'007, {bob_dev2_.id}), 1);
+  EXPECT_EQ(Claim("node-a", 10'008).size(), 1u);  // bob_dev2_'s (due now); bob_dev_'s waits
+  jobs = Claim("node-a", 10'005 + kWindow);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].device_id, bob_dev_.id);
+  EXPECT_EQ(jobs[0].seq, 3);
+  EXPECT_EQ(jobs[0].badge, 3);
+}
+
+TEST_P(PushConformance, MutedConversationsQueueNothingAndTheSettingIsAnEvent) {
+  SetUpConversation();
+  Endpoint(bob_, bob_dev_);
+  UserSeq head = Head(store(), bob_.id);
+  SocialResult m = Must(Await<SocialResult>([&](auto cb) { store().SetMuted(bob_.id, conv_, true, 3000, cb); }));
+  EXPECT_TRUE(m.changed);
+  ASSERT_EQ(m.positions.size(), 1u);
+  StreamPage page = ReadStream(store(), bob_.id, head, 10);
+  ASSERT_EQ(page.events.size(), 1u);
+  EXPECT_EQ(page.events[0].kind, EventKind::kMute);
+  EXPECT_EQ(page.events[0].conversation_id, conv_);
+  EXPECT_TRUE(page.events[0].flag);
+  // Muting again changes nothing.
+  EXPECT_FALSE(Must(Await<SocialResult>([&](auto cb) { store().SetMuted(bob_.id, conv_, true, 3001, cb); })).changed);
+  Send(alice_, alice_dev_, "m1");
+  EXPECT_EQ(Enqueue(bob_.id, 1, 10'000), 0);
+  EXPECT_TRUE(Claim("n", 20'000).empty());
+  // A non-member cannot mute it.
+  Result<SocialResult> not_member =
+      Await<SocialResult>([&](auto cb) { store().SetMuted(carol_.id, conv_, true, 3002, cb); });
+  ASSERT_FALSE(not_member.has_value());
+  EXPECT_EQ(not_member.error().code(), ErrorCode::kNotMember);
+  // Previews off: an event, and claimed jobs carry no preview.
+  ASSERT_TRUE(Must(Await<SocialResult>([&](auto cb) { store().SetMuted(bob_.id, conv_, false, 3003, cb); })).changed);
+  ASSERT_TRUE(Must(Await<SocialResult>([&](auto cb) { store().SetPushPreviews(bob_.id, false, 3004, cb); })).changed);
+  auto settings = Must(
+      Await<std::pair<bool, std::vector<ConversationId>>>([&](auto cb) { store().GetPushSettings(bob_.id, cb); }));
+  EXPECT_FALSE(settings.first);
+  EXPECT_TRUE(settings.second.empty());
+  page = ReadStream(store(), bob_.id, Head(store(), bob_.id) - 1, 10);
+  ASSERT_EQ(page.events.size(), 1u);
+  EXPECT_EQ(page.events[0].kind, EventKind::kPushPreviews);
+  EXPECT_FALSE(page.events[0].flag);
+  EXPECT_EQ(Enqueue(bob_.id, 1, 10'001), 1);
+  std::vector<PushJob> jobs = Claim("n", 20'000);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_FALSE(jobs[0].previews);
+  EXPECT_TRUE(jobs[0].alert);
+  EXPECT_EQ(jobs[0].preview, "");
+  EXPECT_EQ(jobs[0].sender_display_name, "alice");
+}
+
+TEST_P(PushConformance, RetriesBackOffExpiredLeasesAreReclaimedAndGoneRemovesTheEndpoint) {
+  SetUpConversation();
+  Endpoint(bob_, bob_dev_);
+  Send(alice_, alice_dev_, "m1");
+  ASSERT_EQ(Enqueue(bob_.id, 1, 10'000), 1);
+  std::vector<PushJob> jobs = Claim("node-a", 10'000);
+  ASSERT_EQ(jobs.size(), 1u);
+  // node-a dies: after the lease expires node-b claims the job.
+  EXPECT_TRUE(Claim("node-b", 10'000 + kLease - 1).empty());
+  jobs = Claim("node-b", 10'000 + kLease);
+  ASSERT_EQ(jobs.size(), 1u);
+  // node-a's late completion no longer applies to the job.
+  Complete("node-a", jobs[0], PushOutcome::kDelivered, 10'000 + kLease, 0, "200");
+  EXPECT_TRUE(Health(bob_.id)[0].pending);
+  // A retry: released, due at retry_at, counted as a failure.
+  int64_t t = 50'000;
+  Complete("node-b", jobs[0], PushOutcome::kRetry, t, t + 400, "500");
+  std::vector<PushHealth> h = Health(bob_.id);
+  EXPECT_EQ(h[0].last_result, "500");
+  EXPECT_EQ(h[0].failure_count, 1);
+  EXPECT_TRUE(h[0].pending);
+  EXPECT_TRUE(Claim("node-b", t + 399).empty());
+  jobs = Claim("node-b", t + 400);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].attempts, 1);
+  Complete("node-b", jobs[0], PushOutcome::kRetry, t + 500, t + 600, "timeout");
+  jobs = Claim("node-b", t + 600);
+  ASSERT_EQ(jobs.size(), 1u);
+  // The third failure (max_attempts 3) drops the job.
+  Complete("node-b", jobs[0], PushOutcome::kRetry, t + 700, t + 800, "503");
+  h = Health(bob_.id);
+  EXPECT_EQ(h[0].failure_count, 3);
+  EXPECT_FALSE(h[0].pending);
+  EXPECT_TRUE(Claim("node-b", t + 10'000).empty());
+  // 410: the endpoint goes.
+  Send(alice_, alice_dev_, "m2");
+  ASSERT_EQ(Enqueue(bob_.id, 2, t + 20'000), 1);
+  jobs = Claim("node-b", t + 20'000);
+  ASSERT_EQ(jobs.size(), 1u);
+  Complete("node-b", jobs[0], PushOutcome::kGone, t + 20'001, 0, "410");
+  EXPECT_TRUE(Health(bob_.id).empty());
+  EXPECT_EQ(Enqueue(bob_.id, 2, t + 30'000), 0);
+}
+
+TEST_P(PushConformance, AReadMakesTheQueuedMessageSilentAndUnlinkRemovesTheEndpoint) {
+  SetUpConversation();
+  Endpoint(bob_, bob_dev_);
+  Endpoint(bob_, bob_dev2_);
+  Send(alice_, alice_dev_, "m1");
+  ASSERT_EQ(Enqueue(bob_.id, 1, 10'000, {bob_dev2_.id}), 1);
+  // bob reads on his other device before the push goes out; a badge request
+  // does not replace the pending message job.
+  ASSERT_TRUE(UpdateReceipt(store(), Receipt(bob_.id, bob_dev2_.id, conv_, 1, 1)).has_value());
+  EXPECT_EQ(Enqueue(bob_.id, 1, 10'001, {bob_dev2_.id}, PushKind::kBadge), 0);
+  std::vector<PushJob> jobs = Claim("n", 10'002);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].kind, PushKind::kMessage);
+  EXPECT_FALSE(jobs[0].alert);
+  EXPECT_EQ(jobs[0].preview, "");
+  EXPECT_EQ(jobs[0].badge, 0);
+  // A withheld message counts in no badge.
+  ASSERT_TRUE(Block(store(), bob_.id, alice_.id).has_value());
+  Send(alice_, alice_dev_, "withheld");
+  EXPECT_EQ(Claim("n", 10'002 + kLease)[0].badge, 0);
+  // Unlinking removes the endpoint and its job.
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store().RevokeDevice(bob_.id, bob_dev_.id, cb); }).ok());
+  std::vector<PushHealth> h = Health(bob_.id);
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].device_id, bob_dev2_.id);
+  EXPECT_TRUE(Claim("n", 10'003 + 2 * kLease).empty());
+  // Removing: true once, false after; an unknown device is refused.
+  EXPECT_TRUE(Must(Await<bool>([&](auto cb) { store().RemovePushEndpoint(bob_.id, bob_dev2_.id, cb); })));
+  EXPECT_FALSE(Must(Await<bool>([&](auto cb) { store().RemovePushEndpoint(bob_.id, bob_dev2_.id, cb); })));
+  Result<bool> unknown = Await<bool>([&](auto cb) { store().RemovePushEndpoint(bob_.id, bob_dev_.id, cb); });
+  ASSERT_FALSE(unknown.has_value());
+  EXPECT_EQ(unknown.error().code(), ErrorCode::kUnknownDevice);
+  PushQueueStats st = Must(Await<PushQueueStats>([&](auto cb) { store().GetPushQueueStats(0, cb); }));
+  EXPECT_EQ(st.pending, 0);
+  EXPECT_EQ(st.endpoints, 0);
+}
+
+TEST_P(PushConformance, TwoNodesClaimingTogetherNeverTakeTheSameJobAndJobsSurviveAReopen) {
+  SetUpConversation();
+  std::vector<DeviceRecord> devices;
+  for (int i = 0; i < 12; ++i) {
+    devices.push_back(MakeDevice(store(), bob_.id, "bd" + std::to_string(i)));
+    Endpoint(bob_, devices.back());
+  }
+  Send(alice_, alice_dev_, "m1");
+  ASSERT_EQ(Enqueue(bob_.id, 1, 10'000), 12);
+  Reopen();
+  PushQueueStats st = Must(Await<PushQueueStats>([&](auto cb) { store().GetPushQueueStats(10'000, cb); }));
+  EXPECT_EQ(st.pending, 12);
+  EXPECT_EQ(st.leased, 0);
+  EXPECT_EQ(st.endpoints, 12);
+  std::vector<PushJob> a, b;
+  std::thread ta([&] { for (int i = 0; i < 6; ++i) for (auto& j : Claim("node-a", 10'001, 2)) a.push_back(j); });
+  std::thread tb([&] { for (int i = 0; i < 6; ++i) for (auto& j : Claim("node-b", 10'001, 2)) b.push_back(j); });
+  ta.join();
+  tb.join();
+  std::vector<DeviceId> ids;
+  for (auto& j : a) ids.push_back(j.device_id);
+  for (auto& j : b) ids.push_back(j.device_id);
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(ids.size(), 12u);
+  EXPECT_EQ(std::unique(ids.begin(), ids.end()), ids.end());
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, PushConformance, ::testing::ValuesIn(Backends()),
+                         [](const ::testing::TestParamInfo<Backend>& param_info) { return param_info.param.name; });
+
 INSTANTIATE_TEST_SUITE_P(Backends, StoreConformance, ::testing::ValuesIn(Backends()),
                          [](const ::testing::TestParamInfo<Backend>& param_info) { return param_info.param.name; });
 

@@ -72,6 +72,7 @@ struct Connection::Impl : std::enable_shared_from_this<Connection::Impl> {
   net::io_context& ioc = SharedIoContext();
   beast::flat_buffer buffer;
   std::string peer_sha256;  // set before the first read is posted; read-only after
+  bool deflate = false;     // permessage-deflate negotiated; likewise
 
   // Touched only on the io thread.
   std::deque<std::pair<std::string, bool>> write_queue;
@@ -263,6 +264,11 @@ struct StreamImpl final : Connection::Impl {
       if (!origin.empty()) req.set(beast::http::field::origin, origin);
     }));
     ws.read_message_max(16 * 1024 * 1024);
+    if (options.deflate) {
+      websocket::permessage_deflate pmd;
+      pmd.client_enable = true;
+      ws.set_option(pmd);
+    }
     // Keep the server's close code as soon as its close frame is parsed: a
     // write failing afterwards (the server tore the connection down while
     // we were still sending) must not lose it.
@@ -272,7 +278,9 @@ struct StreamImpl final : Connection::Impl {
       code = static_cast<uint16_t>(ws.reason().code);
       reason = std::string(ws.reason().reason.c_str());
     });
-    ws.handshake(options.host + ":" + std::to_string(options.port), options.path);
+    websocket::response_type res;
+    ws.handshake(res, options.host + ":" + std::to_string(options.port), options.path);
+    deflate = res[beast::http::field::sec_websocket_extensions].find("permessage-deflate") != beast::string_view::npos;
     lowest.expires_never();
   }
 };
@@ -407,6 +415,8 @@ std::string Connection::close_reason() const {
 }
 
 std::string Connection::peer_certificate_sha256() const { return impl_->peer_sha256; }
+
+bool Connection::deflate() const { return impl_->deflate; }
 
 bool ParseServerAddress(const std::string& text, ConnectOptions* options) {
   std::string rest = text;

@@ -61,6 +61,8 @@
 //   blocks(owner_id, target_id, created_at, shown_display_name, shown_about,
 //         shown_updated_at) PK(both)
 //   name_prefixes(prefix, username, user_id) PK(prefix, username)
+//   push_endpoints, push_jobs, push_mutes, users.push_previews (step 4):
+//         as in SqliteStore (issue 11); claims lock with SKIP LOCKED
 // Every key of a partitioned table leads with its partition key, and every
 // table holding conversation data has the conversation id in its primary
 // key, so the layout can be distributed (Citus) by conversation id and by
@@ -259,10 +261,51 @@ struct Migration {
   std::string (*sql)();
 };
 
+// Issue 11: push notifications (see SqliteStore's step 6 and "Push" at the
+// end of this file). Tables keyed by device or user are small and not
+// partitioned.
+std::string SchemaV4() {
+  return R"sql(
+CREATE TABLE push_endpoints(
+  device_id bigint PRIMARY KEY,
+  user_id bigint NOT NULL,
+  provider text NOT NULL,
+  token text NOT NULL,
+  registered_at bigint NOT NULL,
+  last_attempt_at bigint NOT NULL DEFAULT 0,
+  last_result text NOT NULL DEFAULT '',
+  last_success_at bigint NOT NULL DEFAULT 0,
+  failure_count bigint NOT NULL DEFAULT 0,
+  last_conversation_id bigint NOT NULL DEFAULT 0,
+  last_seq bigint NOT NULL DEFAULT 0,
+  last_kind smallint NOT NULL DEFAULT 0);
+CREATE INDEX push_endpoints_by_user ON push_endpoints(user_id, device_id);
+CREATE TABLE push_jobs(
+  device_id bigint PRIMARY KEY,
+  user_id bigint NOT NULL,
+  conversation_id bigint NOT NULL,
+  seq bigint NOT NULL,
+  kind smallint NOT NULL,
+  due_at bigint NOT NULL,
+  attempts integer NOT NULL DEFAULT 0,
+  lease_owner text NOT NULL DEFAULT '',
+  lease_until bigint NOT NULL DEFAULT 0,
+  version bigint NOT NULL DEFAULT 1,
+  created_at bigint NOT NULL);
+CREATE INDEX push_jobs_by_due ON push_jobs(due_at);
+CREATE TABLE push_mutes(
+  user_id bigint NOT NULL,
+  conversation_id bigint NOT NULL,
+  PRIMARY KEY(user_id, conversation_id));
+ALTER TABLE users ADD COLUMN push_previews boolean NOT NULL DEFAULT true;
+)sql";
+}
+
 const Migration kMigrations[] = {
     {1, &SchemaV1},
     {2, &SchemaV2},
     {3, &SchemaV3},
+    {4, &SchemaV4},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -424,6 +467,16 @@ class PostgresStore::Writer {
   Result<Empty> SetLastSeen(UserId user_id, int64_t last_seen);
   Result<DisableResult> SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices);
 
+  // Push notifications (issue 11): see "Push" at the end of this file.
+  Result<Empty> SetPushEndpoint(UserId user_id, DeviceId device_id, const std::string& provider,
+                                const std::string& token, int64_t now);
+  Result<bool> RemovePushEndpoint(UserId user_id, DeviceId device_id);
+  Result<SocialResult> SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now);
+  Result<SocialResult> SetPushPreviews(UserId user_id, bool previews, int64_t now);
+  Result<int> EnqueuePush(const PushRequest& req);
+  Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
+  Result<Empty> CompletePush(const PushCompletion& c);
+
  private:
   // A conversation's members (never change once created), ascending user id.
   struct Members {
@@ -552,6 +605,9 @@ void PostgresStore::Writer::Revoke(DeviceId device_id) {
              PgParams().Int(device_id));
   // The device's own watermarks go with it; the user's aggregates stay.
   db_->Defer("DELETE FROM device_receipts WHERE device_id = $1", PgParams().Int(device_id));
+  // So do its push endpoint and pending push.
+  db_->Defer("DELETE FROM push_jobs WHERE device_id = $1", PgParams().Int(device_id));
+  db_->Defer("DELETE FROM push_endpoints WHERE device_id = $1", PgParams().Int(device_id));
 }
 
 void PostgresStore::Writer::IndexName(UserId user, const std::string& username, const std::string& display_name,
@@ -1147,6 +1203,8 @@ class PostgresStore::Reader {
   Result<SearchPage> SearchUsers(UserId searcher, const std::string& query, const std::string& after, int limit);
   Result<ExportPage> Export(ExportTable table, const std::vector<int64_t>& after, int limit);
   Result<std::vector<PresenceRecord>> Presence(UserId viewer, const std::vector<UserId>& ids);
+  // Push reads (issue 11) query through it directly.
+  PgConn& db() { return *db_; }
 
  private:
   std::vector<MessageRecord> Visible(ConversationId id, UserId viewer, Seq before, int limit);
@@ -1397,6 +1455,7 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
       e.flag = r.Int(i, 5) != 0;
     }
     if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(r.Int(i, 5));
+    if (e.kind == EventKind::kMute || e.kind == EventKind::kPushPreviews) e.flag = r.Int(i, 5) != 0;
     page.events.push_back(std::move(e));
   }
   for (StreamEvent& e : page.events) {
@@ -2041,6 +2100,295 @@ Status PostgresStore::MigrateToVersionForTest(const std::string& url, int versio
   Result<std::unique_ptr<PgConn>> db = PgConn::Connect(url, kConnectTimeoutS);
   if (!db.has_value()) return db.error();
   return Migrate(**db, version);
+}
+
+// ---------------------------------------------------------------------------
+// Push (issue 11): the same rules as SqliteStore's "Push". Claims take the
+// due rows with FOR UPDATE SKIP LOCKED, so two nodes claiming at once take
+// different jobs; the committed lease then keeps others off until it expires.
+
+namespace {
+
+const char kUnreadTotalSql[] =
+    "SELECT coalesce(sum((SELECT count(*) FROM messages m WHERE m.conversation_id = mb.conversation_id "
+    "AND m.seq > coalesce(r.read, 0) AND m.sender_id <> $1 AND NOT EXISTS (SELECT 1 FROM withheld w "
+    "WHERE w.conversation_id = m.conversation_id AND w.user_id = $1 AND w.seq = m.seq))), 0)::bigint "
+    "FROM members mb LEFT JOIN user_receipts r ON r.conversation_id = mb.conversation_id AND r.user_id = $1 "
+    "WHERE mb.user_id = $1";
+
+}  // namespace
+
+Result<Empty> PostgresStore::Writer::SetPushEndpoint(UserId user_id, DeviceId device_id, const std::string& provider,
+                                                     const std::string& token, int64_t now) {
+  if (db_->Query("SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 AND NOT revoked FOR UPDATE",
+                 PgParams().Int(device_id).Int(user_id))
+          .empty()) {
+    return Status(ErrorCode::kUnknownDevice, "no such live device of this user");
+  }
+  if (!db_->Query("SELECT 1 FROM push_endpoints WHERE device_id = $1 AND provider = $2 AND token = $3",
+                  PgParams().Int(device_id).Text(provider).Text(token))
+           .empty()) {
+    return Empty{};  // the same endpoint again: health kept
+  }
+  db_->Defer("DELETE FROM push_jobs WHERE device_id = $1", PgParams().Int(device_id));
+  db_->Defer("DELETE FROM push_endpoints WHERE device_id = $1", PgParams().Int(device_id));
+  db_->Defer("INSERT INTO push_endpoints(device_id, user_id, provider, token, registered_at) VALUES($1, $2, $3, $4, $5)",
+             PgParams().Int(device_id).Int(user_id).Text(provider).Text(token).Int(now));
+  return Empty{};
+}
+
+Result<bool> PostgresStore::Writer::RemovePushEndpoint(UserId user_id, DeviceId device_id) {
+  if (db_->Query("SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 AND NOT revoked",
+                 PgParams().Int(device_id).Int(user_id))
+          .empty()) {
+    return Status(ErrorCode::kUnknownDevice, "no such live device of this user");
+  }
+  db_->Defer("DELETE FROM push_jobs WHERE device_id = $1", PgParams().Int(device_id));
+  return !db_->Query("DELETE FROM push_endpoints WHERE device_id = $1 RETURNING 1", PgParams().Int(device_id)).empty();
+}
+
+Result<SocialResult> PostgresStore::Writer::SetMuted(UserId user_id, ConversationId conversation_id, bool muted,
+                                                     int64_t now) {
+  const Members* c = FindMembers(conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "no such conversation");
+  if (!IsMember(*c, user_id)) return Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+  SocialResult result;
+  PgRows r = muted ? db_->Query("INSERT INTO push_mutes(user_id, conversation_id) VALUES($1, $2) ON CONFLICT DO NOTHING "
+                                "RETURNING 1",
+                                PgParams().Int(user_id).Int(conversation_id))
+                   : db_->Query("DELETE FROM push_mutes WHERE user_id = $1 AND conversation_id = $2 RETURNING 1",
+                                PgParams().Int(user_id).Int(conversation_id));
+  if (r.empty()) return result;
+  result.changed = true;
+  result.positions.push_back(
+      AppendEvent(user_id, EventKind::kMute, conversation_id, 0, user_id, Watermarks{muted ? 1 : 0, 0}, now));
+  return result;
+}
+
+Result<SocialResult> PostgresStore::Writer::SetPushPreviews(UserId user_id, bool previews, int64_t now) {
+  PgRows cur = db_->Query("SELECT push_previews FROM users WHERE id = $1 FOR UPDATE", PgParams().Int(user_id));
+  if (cur.empty()) return Status(ErrorCode::kUnknownUser, "unknown user");
+  SocialResult result;
+  if (cur.Bool(0, 0) == previews) return result;
+  db_->Defer("UPDATE users SET push_previews = $2 WHERE id = $1", PgParams().Int(user_id).Bool(previews));
+  result.changed = true;
+  result.positions.push_back(
+      AppendEvent(user_id, EventKind::kPushPreviews, 0, 0, user_id, Watermarks{previews ? 1 : 0, 0}, now));
+  return result;
+}
+
+Result<int> PostgresStore::Writer::EnqueuePush(const PushRequest& req) {
+  if (!db_->Query("SELECT 1 FROM push_mutes WHERE user_id = $1 AND conversation_id = $2",
+                  PgParams().Int(req.user_id).Int(req.conversation_id))
+           .empty()) {
+    return 0;
+  }
+  PgRows t = db_->Query(
+      "SELECT device_id, last_success_at, (last_conversation_id = $2 AND last_seq = $3 AND last_kind = $4)::int "
+      "FROM push_endpoints WHERE user_id = $1 ORDER BY device_id",
+      PgParams().Int(req.user_id).Int(req.conversation_id).Int(req.seq).Int(static_cast<int64_t>(req.kind)));
+  int queued = 0;
+  for (int i = 0; i < t.size(); ++i) {
+    DeviceId d = t.Int(i, 0);
+    if (std::find(req.skip_devices.begin(), req.skip_devices.end(), d) != req.skip_devices.end()) continue;
+    if (t.Int(i, 2) != 0) continue;
+    int64_t due = std::max(req.now, t.Int(i, 1) + req.coalesce_ms);
+    PgRows r = db_->Query(
+        "INSERT INTO push_jobs AS j(device_id, user_id, conversation_id, seq, kind, due_at, created_at) "
+        "VALUES($1, $2, $3, $4, $5, $6, $7) "
+        "ON CONFLICT(device_id) DO UPDATE SET conversation_id = excluded.conversation_id, seq = excluded.seq, "
+        "kind = excluded.kind, version = j.version + 1 "
+        "WHERE NOT (j.conversation_id = excluded.conversation_id AND j.seq = excluded.seq AND j.kind = excluded.kind) "
+        "AND NOT (j.kind = 1 AND excluded.kind = 2) RETURNING 1",
+        PgParams().Int(d).Int(req.user_id).Int(req.conversation_id).Int(req.seq).Int(static_cast<int64_t>(req.kind))
+            .Int(due).Int(req.now));
+    queued += r.size();
+  }
+  return queued;
+}
+
+Result<std::vector<PushJob>> PostgresStore::Writer::ClaimPushJobs(const std::string& node, int64_t now,
+                                                                  int64_t lease_ms, int limit) {
+  PgRows r = db_->Query(
+      "WITH c AS (SELECT device_id FROM push_jobs WHERE due_at <= $1 AND lease_until <= $1 "
+      "ORDER BY due_at, device_id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+      "UPDATE push_jobs j SET lease_owner = $3, lease_until = $4 FROM c, push_endpoints e "
+      "WHERE j.device_id = c.device_id AND e.device_id = j.device_id "
+      "RETURNING j.device_id, j.user_id, e.provider, e.token, j.conversation_id, j.seq, j.kind, j.version, "
+      "j.attempts, j.created_at, j.due_at",
+      PgParams().Int(now).Int(limit).Text(node).Int(now + lease_ms));
+  std::vector<PushJob> jobs;
+  for (int i = 0; i < r.size(); ++i) {
+    PushJob j;
+    j.device_id = r.Int(i, 0);
+    j.user_id = r.Int(i, 1);
+    j.provider = r.Text(i, 2);
+    j.token = r.Text(i, 3);
+    j.conversation_id = r.Int(i, 4);
+    j.seq = r.Int(i, 5);
+    j.kind = static_cast<PushKind>(r.Int(i, 6));
+    j.version = r.Int(i, 7);
+    j.attempts = static_cast<int>(r.Int(i, 8));
+    j.created_at = r.Int(i, 9);
+    jobs.push_back(std::move(j));
+  }
+  std::sort(jobs.begin(), jobs.end(), [](const PushJob& a, const PushJob& b) { return a.device_id < b.device_id; });
+  for (PushJob& j : jobs) {
+    PgRows u = db_->Query("SELECT push_previews FROM users WHERE id = $1", PgParams().Int(j.user_id));
+    j.previews = u.empty() || u.Bool(0, 0);
+    PgRows b = db_->Query(kUnreadTotalSql, PgParams().Int(j.user_id));
+    j.badge = b.empty() ? 0 : b.Int(0, 0);
+    if (j.kind != PushKind::kMessage) continue;
+    PgRows rd = db_->Query("SELECT read FROM user_receipts WHERE conversation_id = $1 AND user_id = $2",
+                           PgParams().Int(j.conversation_id).Int(j.user_id));
+    j.alert = j.seq > (rd.empty() ? 0 : rd.Int(0, 0));
+    PgRows m = db_->Query(
+        "SELECT m.sender_id, m.body, u.username, u.display_name FROM messages m JOIN users u ON u.id = m.sender_id "
+        "WHERE m.conversation_id = $1 AND m.seq = $2",
+        PgParams().Int(j.conversation_id).Int(j.seq));
+    if (!m.empty()) {
+      j.sender_id = m.Int(0, 0);
+      j.sender_display_name = m.Text(0, 3).empty() ? m.Text(0, 2) : m.Text(0, 3);
+      if (j.previews && j.alert) j.preview = m.Text(0, 1);
+    }
+  }
+  return jobs;
+}
+
+Result<Empty> PostgresStore::Writer::CompletePush(const PushCompletion& c) {
+  PgRows cur = db_->Query("SELECT (lease_owner = $2)::int, version, attempts FROM push_jobs WHERE device_id = $1 FOR UPDATE",
+                          PgParams().Int(c.device_id).Text(c.node));
+  bool owned = !cur.empty() && cur.Int(0, 0) != 0;
+  bool ok = c.outcome == PushOutcome::kDelivered;
+  db_->Defer(
+      "UPDATE push_endpoints SET last_attempt_at = $2, last_result = $3, "
+      "last_success_at = CASE WHEN $4 THEN $2 ELSE last_success_at END, "
+      "failure_count = failure_count + CASE WHEN $4 THEN 0 ELSE 1 END, "
+      "last_conversation_id = CASE WHEN $4 THEN $5 ELSE last_conversation_id END, "
+      "last_seq = CASE WHEN $4 THEN $6 ELSE last_seq END, "
+      "last_kind = CASE WHEN $4 THEN $7 ELSE last_kind END WHERE device_id = $1",
+      PgParams().Int(c.device_id).Int(c.now).Text(ok ? "ok" : c.result).Bool(ok).Int(c.conversation_id).Int(c.seq)
+          .Int(static_cast<int64_t>(c.kind)));
+  if (!owned) return Empty{};
+  int64_t version = cur.Int(0, 1), attempts = cur.Int(0, 2);
+  auto drop = [&] { db_->Defer("DELETE FROM push_jobs WHERE device_id = $1", PgParams().Int(c.device_id)); };
+  switch (c.outcome) {
+    case PushOutcome::kDelivered:
+      if (version == c.version) {
+        drop();
+      } else {
+        db_->Defer("UPDATE push_jobs SET lease_owner = '', lease_until = 0, attempts = 0, due_at = $2 WHERE device_id = $1",
+                   PgParams().Int(c.device_id).Int(c.now + c.coalesce_ms));
+      }
+      break;
+    case PushOutcome::kRetry:
+      if (attempts + 1 >= c.max_attempts) {
+        drop();
+      } else {
+        db_->Defer(
+            "UPDATE push_jobs SET lease_owner = '', lease_until = 0, attempts = attempts + 1, due_at = $2 "
+            "WHERE device_id = $1",
+            PgParams().Int(c.device_id).Int(c.retry_at));
+      }
+      break;
+    case PushOutcome::kRejected: drop(); break;
+    case PushOutcome::kGone:
+      drop();
+      db_->Defer("DELETE FROM push_endpoints WHERE device_id = $1", PgParams().Int(c.device_id));
+      break;
+  }
+  return Empty{};
+}
+
+void PostgresStore::SetPushEndpoint(UserId user_id, DeviceId device_id, std::string provider, std::string token,
+                                    int64_t now, StatusCallback done) {
+  SubmitWrite<Empty>(
+      [user_id, device_id, provider = std::move(provider), token = std::move(token), now](Writer& w) {
+        return w.SetPushEndpoint(user_id, device_id, provider, token, now);
+      },
+      ToEmptyCallback(std::move(done)));
+}
+
+void PostgresStore::RemovePushEndpoint(UserId user_id, DeviceId device_id, Callback<bool> done) {
+  SubmitWrite<bool>([user_id, device_id](Writer& w) { return w.RemovePushEndpoint(user_id, device_id); },
+                    std::move(done));
+}
+
+void PostgresStore::SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
+                             Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>(
+      [user_id, conversation_id, muted, now](Writer& w) { return w.SetMuted(user_id, conversation_id, muted, now); },
+      std::move(done));
+}
+
+void PostgresStore::SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([user_id, previews, now](Writer& w) { return w.SetPushPreviews(user_id, previews, now); },
+                            std::move(done));
+}
+
+void PostgresStore::GetPushSettings(UserId user_id, Callback<std::pair<bool, std::vector<ConversationId>>> done) {
+  using Settings = std::pair<bool, std::vector<ConversationId>>;
+  SubmitRead<Settings>(
+      [user_id](Reader& r) -> Result<Settings> {
+        PgRows u = r.db().Query("SELECT push_previews FROM users WHERE id = $1", PgParams().Int(user_id));
+        if (u.empty()) return Status(ErrorCode::kUnknownUser, "unknown user");
+        Settings out{u.Bool(0, 0), {}};
+        PgRows m = r.db().Query("SELECT conversation_id FROM push_mutes WHERE user_id = $1 ORDER BY conversation_id",
+                                PgParams().Int(user_id));
+        for (int i = 0; i < m.size(); ++i) out.second.push_back(m.Int(i, 0));
+        return out;
+      },
+      std::move(done));
+}
+
+void PostgresStore::ListPushHealth(UserId user_id, Callback<std::vector<PushHealth>> done) {
+  SubmitRead<std::vector<PushHealth>>(
+      [user_id](Reader& r) -> Result<std::vector<PushHealth>> {
+        PgRows h = r.db().Query(
+            "SELECT e.device_id, e.provider, e.registered_at, e.last_attempt_at, e.last_result, e.last_success_at, "
+            "e.failure_count, EXISTS(SELECT 1 FROM push_jobs j WHERE j.device_id = e.device_id)::int "
+            "FROM push_endpoints e WHERE e.user_id = $1 ORDER BY e.device_id",
+            PgParams().Int(user_id));
+        std::vector<PushHealth> out;
+        for (int i = 0; i < h.size(); ++i)
+          out.push_back(PushHealth{h.Int(i, 0), h.Text(i, 1), h.Int(i, 2), h.Int(i, 3), h.Text(i, 4), h.Int(i, 5),
+                                   h.Int(i, 6), h.Int(i, 7) != 0});
+        return out;
+      },
+      std::move(done));
+}
+
+void PostgresStore::EnqueuePush(PushRequest req, Callback<int> done) {
+  SubmitWrite<int>([req = std::move(req)](Writer& w) { return w.EnqueuePush(req); }, std::move(done));
+}
+
+void PostgresStore::ClaimPushJobs(std::string node, int64_t now, int64_t lease_ms, int limit,
+                                  Callback<std::vector<PushJob>> done) {
+  SubmitWrite<std::vector<PushJob>>(
+      [node = std::move(node), now, lease_ms, limit](Writer& w) { return w.ClaimPushJobs(node, now, lease_ms, limit); },
+      std::move(done));
+}
+
+void PostgresStore::CompletePush(PushCompletion c, StatusCallback done) {
+  SubmitWrite<Empty>([c = std::move(c)](Writer& w) { return w.CompletePush(c); }, ToEmptyCallback(std::move(done)));
+}
+
+void PostgresStore::GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) {
+  SubmitRead<PushQueueStats>(
+      [now](Reader& r) -> Result<PushQueueStats> {
+        PushQueueStats st;
+        PgRows j = r.db().Query(
+            "SELECT count(*), count(*) FILTER (WHERE lease_until > $1), (SELECT count(*) FROM push_endpoints) "
+            "FROM push_jobs",
+            PgParams().Int(now));
+        if (!j.empty()) {
+          st.pending = j.Int(0, 0);
+          st.leased = j.Int(0, 1);
+          st.endpoints = j.Int(0, 2);
+        }
+        return st;
+      },
+      std::move(done));
 }
 
 }  // namespace parley::store

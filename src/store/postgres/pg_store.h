@@ -57,7 +57,7 @@ namespace parley::store {
 class PostgresStore final : public Store {
  public:
   // The schema version a fully migrated database records in schema_version.
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
   // Hash partitions of messages and withheld (by conversation id) and of
   // user_events (by user id). Fixed by the schema: changing it is a
   // migration that re-partitions.
@@ -120,6 +120,19 @@ class PostgresStore final : public Store {
   void GetStoreSummary(Callback<StoreSummary> done) override;
   void GetSchemaStatus(Callback<SchemaStatus> done) override;
   void Backup(std::string path, Callback<BackupResult> done) override;
+  void SetPushEndpoint(UserId user_id, DeviceId device_id, std::string provider, std::string token, int64_t now,
+                       StatusCallback done) override;
+  void RemovePushEndpoint(UserId user_id, DeviceId device_id, Callback<bool> done) override;
+  void SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
+                Callback<SocialResult> done) override;
+  void SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) override;
+  void GetPushSettings(UserId user_id, Callback<std::pair<bool, std::vector<ConversationId>>> done) override;
+  void ListPushHealth(UserId user_id, Callback<std::vector<PushHealth>> done) override;
+  void EnqueuePush(PushRequest req, Callback<int> done) override;
+  void ClaimPushJobs(std::string node, int64_t now, int64_t lease_ms, int limit,
+                     Callback<std::vector<PushJob>> done) override;
+  void CompletePush(PushCompletion c, StatusCallback done) override;
+  void GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) override;
   void Flush(StatusCallback done) override;
   StoreStats Stats() const override;
 

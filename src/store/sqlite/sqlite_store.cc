@@ -75,6 +75,17 @@
 //   name_prefixes(prefix, username, user_id) PK(prefix, username), WITHOUT
 //           ROWID: every prefix (up to kMaxIndexedPrefix bytes) of every
 //           display-name word, so search pages in username order.
+//   push_endpoints(device_id PK, user_id, provider, token, registered_at,
+//           health: last_attempt_at, last_result, last_success_at,
+//           failure_count; the key of the last push delivered:
+//           last_conversation_id, last_seq, last_kind)
+//           + push_endpoints_by_user(user_id, device_id)
+//   push_jobs(device_id PK, user_id, conversation_id, seq, kind, due_at,
+//           attempts, lease_owner, lease_until, version, created_at)
+//           + push_jobs_by_due(due_at): at most one pending push per device
+//           (coalescing), claimed through a lease (step 6, with push_mutes
+//           and users.push_previews; see "Push" at the end of this file)
+//   push_mutes(user_id, conversation_id) PK(both), WITHOUT ROWID
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -273,6 +284,42 @@ CREATE TABLE receipt_log(
   at INTEGER NOT NULL,
   PRIMARY KEY(conversation_id, device_id, delivered, read)) WITHOUT ROWID;
 CREATE INDEX receipt_log_by_read ON receipt_log(conversation_id, device_id, read);
+)sql"},
+    // Issue 11: push notifications (endpoints with their health, the queue
+    // of pending pushes with leases, mutes, the previews setting).
+    {6, R"sql(
+CREATE TABLE push_endpoints(
+  device_id INTEGER PRIMARY KEY,
+  user_id INTEGER NOT NULL,
+  provider TEXT NOT NULL,
+  token TEXT NOT NULL,
+  registered_at INTEGER NOT NULL,
+  last_attempt_at INTEGER NOT NULL DEFAULT 0,
+  last_result TEXT NOT NULL DEFAULT '',
+  last_success_at INTEGER NOT NULL DEFAULT 0,
+  failure_count INTEGER NOT NULL DEFAULT 0,
+  last_conversation_id INTEGER NOT NULL DEFAULT 0,
+  last_seq INTEGER NOT NULL DEFAULT 0,
+  last_kind INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX push_endpoints_by_user ON push_endpoints(user_id, device_id);
+CREATE TABLE push_jobs(
+  device_id INTEGER PRIMARY KEY,
+  user_id INTEGER NOT NULL,
+  conversation_id INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  kind INTEGER NOT NULL,
+  due_at INTEGER NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  lease_owner TEXT NOT NULL DEFAULT '',
+  lease_until INTEGER NOT NULL DEFAULT 0,
+  version INTEGER NOT NULL DEFAULT 1,
+  created_at INTEGER NOT NULL);
+CREATE INDEX push_jobs_by_due ON push_jobs(due_at);
+CREATE TABLE push_mutes(
+  user_id INTEGER NOT NULL,
+  conversation_id INTEGER NOT NULL,
+  PRIMARY KEY(user_id, conversation_id)) WITHOUT ROWID;
+ALTER TABLE users ADD COLUMN push_previews INTEGER NOT NULL DEFAULT 1;
 )sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
@@ -479,7 +526,19 @@ class SqliteStore::Writer {
   Result<int64_t> SetMaxPageCount(int64_t pages);
   Result<DisableResult> SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices);
 
+  // Push notifications (issue 11): see "Push" at the end of this file.
+  Result<Empty> SetPushEndpoint(UserId user_id, DeviceId device_id, const std::string& provider,
+                                const std::string& token, int64_t now);
+  Result<bool> RemovePushEndpoint(UserId user_id, DeviceId device_id);
+  Result<SocialResult> SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now);
+  Result<SocialResult> SetPushPreviews(UserId user_id, bool previews, int64_t now);
+  Result<int> EnqueuePush(const PushRequest& req);
+  Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
+  Result<Empty> CompletePush(const PushCompletion& c);
+
  private:
+  // Deletes the device's push endpoint and pending job; true if it had an endpoint.
+  bool RemovePush(DeviceId device_id);
   // A member's last visible activity (members.last_activity_at).
   struct MemberActivity {
     int64_t at = 0;
@@ -644,9 +703,12 @@ void SqliteStore::Writer::Revoke(DeviceId device_id) {
   }
   // The device's own watermarks go with it; the user's aggregates stay (they
   // never go backwards).
-  Stmt s(*db_, "DELETE FROM device_receipts WHERE device_id = ?1");
-  s.BindInt(1, device_id);
-  s.Run();
+  {
+    Stmt s(*db_, "DELETE FROM device_receipts WHERE device_id = ?1");
+    s.BindInt(1, device_id);
+    s.Run();
+  }
+  RemovePush(device_id);
 }
 
 void SqliteStore::Writer::IndexName(UserId user, const std::string& username, const std::string& display_name,
@@ -1303,6 +1365,9 @@ class SqliteStore::Reader {
   Result<SearchPage> SearchUsers(UserId searcher, const std::string& query, const std::string& after, int limit,
                                  StepCounter* counter);
   Result<std::vector<PresenceRecord>> Presence(UserId viewer, const std::vector<UserId>& ids);
+  Result<std::vector<PushHealth>> PushHealthOf(UserId user_id);
+  Result<std::pair<bool, std::vector<ConversationId>>> PushSettings(UserId user_id);
+  Result<PushQueueStats> PushStats(int64_t now);
 
  private:
   // The newest `limit` messages visible to `viewer` with seq < before,
@@ -1592,6 +1657,7 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
         e.flag = s.Int(5) != 0;
       }
       if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(s.Int(5));
+      if (e.kind == EventKind::kMute || e.kind == EventKind::kPushPreviews) e.flag = s.Int(5) != 0;
       page.events.push_back(std::move(e));
     }
   }
@@ -2222,6 +2288,369 @@ Status SqliteStore::CreateAtSchemaVersionForTest(const std::string& path, int ve
 
 void SqliteStore::SetMaxPageCountForTest(int64_t pages, Callback<int64_t> done) {
   SubmitWrite<int64_t>([pages](Writer& w) { return w.SetMaxPageCount(pages); }, std::move(done));
+}
+
+// ---------------------------------------------------------------------------
+// Push (issue 11; docs/architecture.md "Push").
+//
+// push_jobs holds at most one row per device: a new request for a device
+// that already has a pending job updates that row (the latest conversation
+// and seq; kBadge never replaces kMessage) and bumps its version, which is
+// how a burst coalesces into one push per device per window. The window is
+// the due time: max(now, the device's last delivered push + coalesce_ms).
+// A claim sets lease_owner/lease_until; a lease that expired (its node died
+// or hung) makes the job claimable again. The badge, the alert flag and the
+// preview are read when the job is claimed, so a push carries the state at
+// the time it is sent, not when it was queued.
+
+namespace {
+
+// The user's unread total: per conversation, visible messages not by the
+// user above the user's read watermark (as in a summary's unread count).
+int64_t UnreadTotal(Db& db, UserId user_id) {
+  Stmt s(db,
+         "SELECT coalesce(sum((SELECT count(*) FROM messages m WHERE m.conversation_id = mb.conversation_id "
+         "AND m.seq > coalesce(r.read, 0) AND m.sender_id <> ?1 AND NOT EXISTS (SELECT 1 FROM withheld w "
+         "WHERE w.conversation_id = m.conversation_id AND w.user_id = ?1 AND w.seq = m.seq))), 0) "
+         "FROM members mb LEFT JOIN user_receipts r ON r.conversation_id = mb.conversation_id AND r.user_id = ?1 "
+         "WHERE mb.user_id = ?1");
+  s.BindInt(1, user_id);
+  return s.Step() ? s.Int(0) : 0;
+}
+
+}  // namespace
+
+bool SqliteStore::Writer::RemovePush(DeviceId device_id) {
+  {
+    Stmt s(*db_, "DELETE FROM push_jobs WHERE device_id = ?1");
+    s.BindInt(1, device_id);
+    s.Run();
+  }
+  Stmt s(*db_, "DELETE FROM push_endpoints WHERE device_id = ?1");
+  s.BindInt(1, device_id);
+  s.Run();
+  return db_->Changes() > 0;
+}
+
+Result<Empty> SqliteStore::Writer::SetPushEndpoint(UserId user_id, DeviceId device_id, const std::string& provider,
+                                                   const std::string& token, int64_t now) {
+  {
+    Stmt s(*db_, "SELECT 1 FROM devices WHERE id = ?1 AND user_id = ?2 AND revoked = 0");
+    s.BindInt(1, device_id).BindInt(2, user_id);
+    if (!s.Step()) return Status(ErrorCode::kUnknownDevice, "no such live device of this user");
+  }
+  {
+    Stmt s(*db_, "SELECT 1 FROM push_endpoints WHERE device_id = ?1 AND provider = ?2 AND token = ?3");
+    s.BindInt(1, device_id).BindText(2, provider).BindText(3, token);
+    if (s.Step()) return Empty{};  // the same endpoint again: health kept
+  }
+  RemovePush(device_id);
+  Stmt s(*db_,
+         "INSERT INTO push_endpoints(device_id, user_id, provider, token, registered_at) VALUES(?1, ?2, ?3, ?4, ?5)");
+  s.BindInt(1, device_id).BindInt(2, user_id).BindText(3, provider).BindText(4, token).BindInt(5, now);
+  s.Run();
+  return Empty{};
+}
+
+Result<bool> SqliteStore::Writer::RemovePushEndpoint(UserId user_id, DeviceId device_id) {
+  {
+    Stmt s(*db_, "SELECT 1 FROM devices WHERE id = ?1 AND user_id = ?2 AND revoked = 0");
+    s.BindInt(1, device_id).BindInt(2, user_id);
+    if (!s.Step()) return Status(ErrorCode::kUnknownDevice, "no such live device of this user");
+  }
+  return RemovePush(device_id);
+}
+
+Result<SocialResult> SqliteStore::Writer::SetMuted(UserId user_id, ConversationId conversation_id, bool muted,
+                                                   int64_t now) {
+  Conversation* c = FindConversation(conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "no such conversation");
+  if (!IsMember(*c, user_id)) return Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+  SocialResult result;
+  if (muted) {
+    Stmt s(*db_, "INSERT OR IGNORE INTO push_mutes(user_id, conversation_id) VALUES(?1, ?2)");
+    s.BindInt(1, user_id).BindInt(2, conversation_id);
+    s.Run();
+  } else {
+    Stmt s(*db_, "DELETE FROM push_mutes WHERE user_id = ?1 AND conversation_id = ?2");
+    s.BindInt(1, user_id).BindInt(2, conversation_id);
+    s.Run();
+  }
+  if (db_->Changes() == 0) return result;
+  result.changed = true;
+  // The setting travels in `delivered`, as kPrivacy's does.
+  result.positions.push_back(
+      AppendEvent(user_id, EventKind::kMute, conversation_id, 0, user_id, Watermarks{muted ? 1 : 0, 0}, now));
+  return result;
+}
+
+Result<SocialResult> SqliteStore::Writer::SetPushPreviews(UserId user_id, bool previews, int64_t now) {
+  if (!Username(user_id)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  SocialResult result;
+  Stmt s(*db_, "UPDATE users SET push_previews = ?2 WHERE id = ?1 AND push_previews <> ?2");
+  s.BindInt(1, user_id).BindInt(2, previews ? 1 : 0);
+  s.Run();
+  if (db_->Changes() == 0) return result;
+  result.changed = true;
+  result.positions.push_back(
+      AppendEvent(user_id, EventKind::kPushPreviews, 0, 0, user_id, Watermarks{previews ? 1 : 0, 0}, now));
+  return result;
+}
+
+Result<int> SqliteStore::Writer::EnqueuePush(const PushRequest& req) {
+  {
+    Stmt s(*db_, "SELECT 1 FROM push_mutes WHERE user_id = ?1 AND conversation_id = ?2");
+    s.BindInt(1, req.user_id).BindInt(2, req.conversation_id);
+    if (s.Step()) return 0;
+  }
+  struct Target {
+    DeviceId device;
+    int64_t last_success_at;
+    bool already_sent;
+  };
+  std::vector<Target> targets;
+  {
+    Stmt s(*db_,
+           "SELECT device_id, last_success_at, last_conversation_id = ?2 AND last_seq = ?3 AND last_kind = ?4 "
+           "FROM push_endpoints WHERE user_id = ?1 ORDER BY device_id");
+    s.BindInt(1, req.user_id).BindInt(2, req.conversation_id).BindInt(3, req.seq).BindInt(
+        4, static_cast<int64_t>(req.kind));
+    while (s.Step()) {
+      DeviceId d = s.Int(0);
+      if (std::find(req.skip_devices.begin(), req.skip_devices.end(), d) != req.skip_devices.end()) continue;
+      targets.push_back(Target{d, s.Int(1), s.Int(2) != 0});
+    }
+  }
+  int queued = 0;
+  for (const Target& t : targets) {
+    if (t.already_sent) continue;
+    int64_t due = std::max(req.now, t.last_success_at + req.coalesce_ms);
+    // A pending job with the same key is left alone (idempotent); a badge
+    // never replaces a message (the message's push carries the badge).
+    Stmt s(*db_,
+           "INSERT INTO push_jobs(device_id, user_id, conversation_id, seq, kind, due_at, created_at) "
+           "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+           "ON CONFLICT(device_id) DO UPDATE SET conversation_id = excluded.conversation_id, seq = excluded.seq, "
+           "kind = excluded.kind, version = version + 1 "
+           "WHERE NOT (conversation_id = excluded.conversation_id AND seq = excluded.seq AND kind = excluded.kind) "
+           "AND NOT (kind = 1 AND excluded.kind = 2)");
+    s.BindInt(1, t.device).BindInt(2, req.user_id).BindInt(3, req.conversation_id).BindInt(4, req.seq).BindInt(
+        5, static_cast<int64_t>(req.kind)).BindInt(6, due).BindInt(7, req.now);
+    s.Run();
+    queued += static_cast<int>(db_->Changes());
+  }
+  return queued;
+}
+
+Result<std::vector<PushJob>> SqliteStore::Writer::ClaimPushJobs(const std::string& node, int64_t now,
+                                                                int64_t lease_ms, int limit) {
+  std::vector<PushJob> jobs;
+  {
+    Stmt s(*db_,
+           "SELECT j.device_id, j.user_id, e.provider, e.token, j.conversation_id, j.seq, j.kind, j.version, "
+           "j.attempts, j.created_at FROM push_jobs j JOIN push_endpoints e ON e.device_id = j.device_id "
+           "WHERE j.due_at <= ?1 AND j.lease_until <= ?1 ORDER BY j.due_at, j.device_id LIMIT ?2");
+    s.BindInt(1, now).BindInt(2, limit);
+    while (s.Step()) {
+      PushJob j;
+      j.device_id = s.Int(0);
+      j.user_id = s.Int(1);
+      j.provider = s.Text(2);
+      j.token = s.Text(3);
+      j.conversation_id = s.Int(4);
+      j.seq = s.Int(5);
+      j.kind = static_cast<PushKind>(s.Int(6));
+      j.version = s.Int(7);
+      j.attempts = static_cast<int>(s.Int(8));
+      j.created_at = s.Int(9);
+      jobs.push_back(std::move(j));
+    }
+  }
+  for (PushJob& j : jobs) {
+    {
+      Stmt s(*db_, "UPDATE push_jobs SET lease_owner = ?2, lease_until = ?3 WHERE device_id = ?1");
+      s.BindInt(1, j.device_id).BindText(2, node).BindInt(3, now + lease_ms);
+      s.Run();
+    }
+    {
+      Stmt s(*db_, "SELECT push_previews FROM users WHERE id = ?1");
+      s.BindInt(1, j.user_id);
+      j.previews = !s.Step() || s.Int(0) != 0;
+    }
+    j.badge = UnreadTotal(*db_, j.user_id);
+    if (j.kind != PushKind::kMessage) continue;
+    Seq read = 0;
+    {
+      Stmt s(*db_, "SELECT read FROM user_receipts WHERE conversation_id = ?1 AND user_id = ?2");
+      s.BindInt(1, j.conversation_id).BindInt(2, j.user_id);
+      if (s.Step()) read = s.Int(0);
+    }
+    j.alert = j.seq > read;
+    Stmt s(*db_,
+           "SELECT m.sender_id, m.body, u.username, u.display_name FROM messages m JOIN users u ON u.id = m.sender_id "
+           "WHERE m.conversation_id = ?1 AND m.seq = ?2");
+    s.BindInt(1, j.conversation_id).BindInt(2, j.seq);
+    if (s.Step()) {
+      j.sender_id = s.Int(0);
+      j.sender_display_name = s.Text(3).empty() ? s.Text(2) : s.Text(3);
+      if (j.previews && j.alert) j.preview = s.Text(1);
+    }
+  }
+  return jobs;
+}
+
+Result<Empty> SqliteStore::Writer::CompletePush(const PushCompletion& c) {
+  bool owned = false;
+  int64_t version = 0, attempts = 0;
+  {
+    Stmt s(*db_, "SELECT lease_owner = ?2, version, attempts FROM push_jobs WHERE device_id = ?1");
+    s.BindInt(1, c.device_id).BindText(2, c.node);
+    if (s.Step()) {
+      owned = s.Int(0) != 0;
+      version = s.Int(1);
+      attempts = s.Int(2);
+    }
+  }
+  bool ok = c.outcome == PushOutcome::kDelivered;
+  {
+    Stmt s(*db_,
+           "UPDATE push_endpoints SET last_attempt_at = ?2, last_result = ?3, "
+           "last_success_at = CASE WHEN ?4 THEN ?2 ELSE last_success_at END, "
+           "failure_count = failure_count + CASE WHEN ?4 THEN 0 ELSE 1 END, "
+           "last_conversation_id = CASE WHEN ?4 THEN ?5 ELSE last_conversation_id END, "
+           "last_seq = CASE WHEN ?4 THEN ?6 ELSE last_seq END, "
+           "last_kind = CASE WHEN ?4 THEN ?7 ELSE last_kind END WHERE device_id = ?1");
+    s.BindInt(1, c.device_id).BindInt(2, c.now).BindText(3, ok ? "ok" : c.result).BindInt(4, ok ? 1 : 0).BindInt(
+        5, c.conversation_id).BindInt(6, c.seq).BindInt(7, static_cast<int64_t>(c.kind));
+    s.Run();
+  }
+  if (!owned) return Empty{};
+  auto drop = [&] {
+    Stmt s(*db_, "DELETE FROM push_jobs WHERE device_id = ?1");
+    s.BindInt(1, c.device_id);
+    s.Run();
+  };
+  switch (c.outcome) {
+    case PushOutcome::kDelivered:
+      if (version == c.version) {
+        drop();
+      } else {
+        Stmt s(*db_,
+               "UPDATE push_jobs SET lease_owner = '', lease_until = 0, attempts = 0, due_at = ?2 WHERE device_id = ?1");
+        s.BindInt(1, c.device_id).BindInt(2, c.now + c.coalesce_ms);
+        s.Run();
+      }
+      break;
+    case PushOutcome::kRetry:
+      if (attempts + 1 >= c.max_attempts) {
+        drop();
+      } else {
+        Stmt s(*db_,
+               "UPDATE push_jobs SET lease_owner = '', lease_until = 0, attempts = attempts + 1, due_at = ?2 "
+               "WHERE device_id = ?1");
+        s.BindInt(1, c.device_id).BindInt(2, c.retry_at);
+        s.Run();
+      }
+      break;
+    case PushOutcome::kRejected: drop(); break;
+    case PushOutcome::kGone: RemovePush(c.device_id); break;
+  }
+  return Empty{};
+}
+
+Result<std::vector<PushHealth>> SqliteStore::Reader::PushHealthOf(UserId user_id) {
+  std::vector<PushHealth> out;
+  Stmt s(*db_,
+         "SELECT e.device_id, e.provider, e.registered_at, e.last_attempt_at, e.last_result, e.last_success_at, "
+         "e.failure_count, EXISTS(SELECT 1 FROM push_jobs j WHERE j.device_id = e.device_id) "
+         "FROM push_endpoints e WHERE e.user_id = ?1 ORDER BY e.device_id");
+  s.BindInt(1, user_id);
+  while (s.Step())
+    out.push_back(PushHealth{s.Int(0), s.Text(1), s.Int(2), s.Int(3), s.Text(4), s.Int(5), s.Int(6), s.Int(7) != 0});
+  return out;
+}
+
+Result<std::pair<bool, std::vector<ConversationId>>> SqliteStore::Reader::PushSettings(UserId user_id) {
+  std::pair<bool, std::vector<ConversationId>> out{true, {}};
+  {
+    Stmt s(*db_, "SELECT push_previews FROM users WHERE id = ?1");
+    s.BindInt(1, user_id);
+    if (!s.Step()) return Status(ErrorCode::kUnknownUser, "unknown user");
+    out.first = s.Int(0) != 0;
+  }
+  Stmt s(*db_, "SELECT conversation_id FROM push_mutes WHERE user_id = ?1 ORDER BY conversation_id");
+  s.BindInt(1, user_id);
+  while (s.Step()) out.second.push_back(s.Int(0));
+  return out;
+}
+
+Result<PushQueueStats> SqliteStore::Reader::PushStats(int64_t now) {
+  PushQueueStats st;
+  {
+    Stmt s(*db_, "SELECT count(*), coalesce(sum(lease_until > ?1), 0) FROM push_jobs");
+    s.BindInt(1, now);
+    if (s.Step()) {
+      st.pending = s.Int(0);
+      st.leased = s.Int(1);
+    }
+  }
+  Stmt s(*db_, "SELECT count(*) FROM push_endpoints");
+  if (s.Step()) st.endpoints = s.Int(0);
+  return st;
+}
+
+void SqliteStore::SetPushEndpoint(UserId user_id, DeviceId device_id, std::string provider, std::string token,
+                                  int64_t now, StatusCallback done) {
+  SubmitWrite<Empty>(
+      [user_id, device_id, provider = std::move(provider), token = std::move(token), now](Writer& w) {
+        return w.SetPushEndpoint(user_id, device_id, provider, token, now);
+      },
+      ToEmptyCallback(std::move(done)));
+}
+
+void SqliteStore::RemovePushEndpoint(UserId user_id, DeviceId device_id, Callback<bool> done) {
+  SubmitWrite<bool>([user_id, device_id](Writer& w) { return w.RemovePushEndpoint(user_id, device_id); },
+                    std::move(done));
+}
+
+void SqliteStore::SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
+                           Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>(
+      [user_id, conversation_id, muted, now](Writer& w) { return w.SetMuted(user_id, conversation_id, muted, now); },
+      std::move(done));
+}
+
+void SqliteStore::SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([user_id, previews, now](Writer& w) { return w.SetPushPreviews(user_id, previews, now); },
+                            std::move(done));
+}
+
+void SqliteStore::GetPushSettings(UserId user_id, Callback<std::pair<bool, std::vector<ConversationId>>> done) {
+  SubmitRead<std::pair<bool, std::vector<ConversationId>>>([user_id](Reader& r) { return r.PushSettings(user_id); },
+                                                          std::move(done));
+}
+
+void SqliteStore::ListPushHealth(UserId user_id, Callback<std::vector<PushHealth>> done) {
+  SubmitRead<std::vector<PushHealth>>([user_id](Reader& r) { return r.PushHealthOf(user_id); }, std::move(done));
+}
+
+void SqliteStore::EnqueuePush(PushRequest req, Callback<int> done) {
+  SubmitWrite<int>([req = std::move(req)](Writer& w) { return w.EnqueuePush(req); }, std::move(done));
+}
+
+void SqliteStore::ClaimPushJobs(std::string node, int64_t now, int64_t lease_ms, int limit,
+                                Callback<std::vector<PushJob>> done) {
+  SubmitWrite<std::vector<PushJob>>(
+      [node = std::move(node), now, lease_ms, limit](Writer& w) { return w.ClaimPushJobs(node, now, lease_ms, limit); },
+      std::move(done));
+}
+
+void SqliteStore::CompletePush(PushCompletion c, StatusCallback done) {
+  SubmitWrite<Empty>([c = std::move(c)](Writer& w) { return w.CompletePush(c); }, ToEmptyCallback(std::move(done)));
+}
+
+void SqliteStore::GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) {
+  SubmitRead<PushQueueStats>([now](Reader& r) { return r.PushStats(now); }, std::move(done));
 }
 
 }  // namespace parley::store

@@ -49,7 +49,7 @@ namespace parley::store {
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 5;
+  static constexpr int kSchemaVersion = 6;
 
   // Opens (creating and migrating) the file at config.sqlite_path; the parent
   // directory must exist. Fails kUnavailable if the file cannot be opened,
@@ -105,6 +105,19 @@ class SqliteStore final : public Store {
   void GetStoreSummary(Callback<StoreSummary> done) override;
   void GetSchemaStatus(Callback<SchemaStatus> done) override;
   void Backup(std::string path, Callback<BackupResult> done) override;
+  void SetPushEndpoint(UserId user_id, DeviceId device_id, std::string provider, std::string token, int64_t now,
+                       StatusCallback done) override;
+  void RemovePushEndpoint(UserId user_id, DeviceId device_id, Callback<bool> done) override;
+  void SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
+                Callback<SocialResult> done) override;
+  void SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) override;
+  void GetPushSettings(UserId user_id, Callback<std::pair<bool, std::vector<ConversationId>>> done) override;
+  void ListPushHealth(UserId user_id, Callback<std::vector<PushHealth>> done) override;
+  void EnqueuePush(PushRequest req, Callback<int> done) override;
+  void ClaimPushJobs(std::string node, int64_t now, int64_t lease_ms, int limit,
+                     Callback<std::vector<PushJob>> done) override;
+  void CompletePush(PushCompletion c, StatusCallback done) override;
+  void GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) override;
   void Flush(StatusCallback done) override;
   StoreStats Stats() const override;
 

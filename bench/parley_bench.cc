@@ -1,0 +1,1403 @@
+// parley-bench: the load generator (issue 9; docs/benchmarks.md, "Load
+// generator"). One scenario per run; each run starts its own parleyd
+// (--parleyd PATH, optionally pinned with `taskset -c --server-cpu`) on a
+// free port with a fresh data directory, provisions users and device tokens
+// through the admin API's bulk path (POST /admin/v1/users/bulk), drives the
+// protocol from one thread per process with bench::Loop (ws_load.h), prints
+// a table and, with --json FILE, writes the figures as JSON.
+//
+// Scenarios (subcommands):
+//   idle        hold N authenticated connections with heartbeats on, spread
+//               over worker processes (this binary, `--worker-idle`); report
+//               parleyd's (RSS after - RSS before) / N.
+//   throughput  P pairs, ~140-byte send frames, open-loop at each offered
+//               rate of --rates; recipients send delivered and read receipts;
+//               latency from the intended send time to arrival at the
+//               recipient (no coordinated omission); the saturation rate.
+//   receipt-rtt the same at one rate; the headline is send -> the delivered
+//               receipt seen by the sender.
+//   reconnects  token reconnects per second (connect, upgrade, auth, drop).
+//   storm       N devices connected while a sender keeps sending to them;
+//               every device connection is dropped at once on the client
+//               side; they reconnect with the SDK's backoff for a network
+//               error (parley/backoff.h) and sync; time until all caught up.
+//   backfill    a sender writes H messages to a user that never connected;
+//               then its device connects and syncs: messages/s streamed.
+//   hot         the pairs at a total rate, without and then with one hot pair
+//               at --hot-rate beside them; compares the pairs' p99.
+//
+// Every scenario checks that nothing was lost (every message offered arrived
+// at its recipient; no request failed) and exits 1 otherwise; 2 on a set-up
+// failure. Latency percentiles are by nearest rank over every sample whose
+// intended send time falls in the measured window.
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "net/http_client.h"
+#include "parley/backoff.h"
+#include "ws_load.h"
+
+namespace parley::bench {
+namespace {
+
+using nlohmann::json;
+
+constexpr int kStartTimeoutMs = 30000;       // parleyd listening
+constexpr int kStopTimeoutMs = 30000;        // parleyd exiting on SIGTERM
+constexpr int kHttpTimeoutMs = 120000;       // one bulk request
+constexpr size_t kBulkBatch = 5000;          // users per bulk request (parleyd's default limit: 10,000)
+constexpr size_t kFdReserve = 64;            // files a process needs besides its sockets
+constexpr size_t kMaxFilesPerProcess = 20000;  // issue 9: a process may hold at most 20,000 files
+constexpr int64_t kSetupTimeoutNs = 120'000'000'000;  // connect + auth + conversations
+constexpr size_t kConnectWindow = 256;       // connects + auths in flight during set-up
+constexpr int kSyncLimit = 1000;             // events per sync page (the protocol's maximum)
+constexpr size_t kFrameBytes = 140;          // target size of a send frame
+constexpr size_t kBackfillWindow = 1000;     // sends in flight while writing the history
+
+constexpr int64_t kMs = 1'000'000;
+constexpr int64_t kSec = 1'000'000'000;
+
+[[noreturn]] void SetupFailed(const std::string& why) {
+  std::cerr << "parley-bench: " << why << "\n";
+  std::exit(2);
+}
+
+rlim_t RaiseFileLimit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  return rl.rlim_cur;
+}
+
+// "VmRSS:   1234 kB" -> bytes; 0 if unreadable.
+int64_t ReadStatusKb(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) {
+      std::istringstream s(line.substr(key.size() + 1));
+      int64_t kb = 0;
+      s >> kb;
+      return kb * 1024;
+    }
+  }
+  return 0;
+}
+
+// utime + stime of a process, ms.
+int64_t ProcessCpuMs(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto rp = s.rfind(')');
+  if (rp == std::string::npos) return 0;
+  std::istringstream f(s.substr(rp + 2));
+  std::string tok;
+  int64_t ut = 0, st = 0;
+  for (int i = 3; i <= 15 && (f >> tok); ++i) {
+    if (i == 14) ut = std::stoll(tok);
+    if (i == 15) st = std::stoll(tok);
+  }
+  return (ut + st) * 1000 / sysconf(_SC_CLK_TCK);
+}
+
+// Time every thread of a process spent runnable but waiting for a CPU
+// (/proc/PID/task/*/schedstat, second field), ms: on a shared machine, how
+// much other processes delayed parleyd.
+int64_t RunQueueWaitMs(pid_t pid) {
+  int64_t ns = 0;
+  std::error_code ec;
+  for (auto& t : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::ifstream in(t.path() / "schedstat");
+    int64_t run = 0, wait = 0;
+    if (in >> run >> wait) ns += wait;
+  }
+  return ns / 1'000'000;
+}
+
+struct Pct {
+  size_t n = 0;
+  double p50 = 0, p90 = 0, p99 = 0, p999 = 0, max = 0;  // ms
+};
+
+Pct Percentiles(std::vector<int64_t> v) {
+  Pct p;
+  p.n = v.size();
+  if (v.empty()) return p;
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) {
+    auto rank = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size())));
+    return static_cast<double>(v[std::clamp<size_t>(rank, 1, v.size()) - 1]) / 1e6;
+  };
+  p.p50 = at(0.5);
+  p.p90 = at(0.9);
+  p.p99 = at(0.99);
+  p.p999 = at(0.999);
+  p.max = static_cast<double>(v.back()) / 1e6;
+  return p;
+}
+
+json ToJson(const Pct& p) {
+  return {{"n", p.n}, {"p50_ms", p.p50}, {"p90_ms", p.p90}, {"p99_ms", p.p99}, {"p999_ms", p.p999}, {"max_ms", p.max}};
+}
+
+// ---------------------------------------------------------------------------
+// parleyd.
+
+struct Child {
+  pid_t pid = -1;
+  int in = -1, out = -1;
+  std::string buffered;
+
+  std::string ReadLine(int timeout_ms) {
+    auto deadline = NowNs() + int64_t{timeout_ms} * kMs;
+    while (true) {
+      auto nl = buffered.find('\n');
+      if (nl != std::string::npos) {
+        std::string line = buffered.substr(0, nl);
+        buffered.erase(0, nl + 1);
+        return line;
+      }
+      int64_t left = (deadline - NowNs()) / kMs;
+      if (left <= 0) return "";
+      pollfd p{out, POLLIN, 0};
+      if (poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+      char buf[65536];
+      ssize_t n = read(out, buf, sizeof buf);
+      if (n <= 0) return "";
+      buffered.append(buf, static_cast<size_t>(n));
+    }
+  }
+};
+
+Child Spawn(std::vector<std::string> args, bool pipes, const std::string& log_path) {
+  Child h;
+  int to_child[2] = {-1, -1}, from_child[2] = {-1, -1};
+  if (pipes && (pipe(to_child) != 0 || pipe(from_child) != 0)) SetupFailed("pipe failed");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t parent = getpid();
+  h.pid = fork();
+  if (h.pid < 0) SetupFailed("fork failed");
+  if (h.pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    if (pipes) {
+      dup2(to_child[0], 0);
+      dup2(from_child[1], 1);
+      close(to_child[1]);
+      close(from_child[0]);
+    }
+    if (!log_path.empty()) {
+      FILE* f = std::fopen(log_path.c_str(), "a");
+      if (f) {
+        dup2(fileno(f), 2);
+        if (!pipes) dup2(fileno(f), 1);
+      }
+    }
+    execvp(argv[0], argv.data());
+    _exit(127);
+  }
+  if (pipes) {
+    close(to_child[0]);
+    close(from_child[1]);
+    h.in = to_child[1];
+    h.out = from_child[0];
+  }
+  return h;
+}
+
+struct Common {
+  std::string parleyd;
+  int server_cpu = -1;  // pin parleyd with `taskset -c N`
+  int load_cpu = -1;    // pin this process (and its workers) to this CPU
+  std::string work_dir;
+  std::string json_out;
+  std::vector<std::string> parleyd_args;
+  int heartbeat_interval_ms = 0;  // 0: parleyd's default
+  int heartbeat_timeout_ms = 0;
+};
+
+struct Server {
+  std::string dir, admin_token, log;
+  uint16_t port = 0;
+  pid_t pid = -1;
+
+  void Start(const Common& c) {
+    std::string port_file = dir + "/port";
+    log = dir + "/parleyd.log";
+    std::vector<std::string> args;
+    if (c.server_cpu >= 0) args = {"taskset", "-c", std::to_string(c.server_cpu)};
+    std::vector<std::string> rest = {c.parleyd, "--listen", "127.0.0.1:0", "--port-file", port_file,
+                                     "--data-dir", dir + "/data", "--admin-token", admin_token,
+                                     "--insecure-fast-password-hashing", "--relaxed-rate-limits",
+                                     "--log-level", "warn", "--io-threads", "1"};
+    args.insert(args.end(), rest.begin(), rest.end());
+    if (c.heartbeat_interval_ms) {
+      args.push_back("--heartbeat-interval-ms");
+      args.push_back(std::to_string(c.heartbeat_interval_ms));
+      args.push_back("--heartbeat-timeout-ms");
+      args.push_back(std::to_string(c.heartbeat_timeout_ms));
+    }
+    for (auto& a : c.parleyd_args) args.push_back(a);
+    pid = Spawn(args, false, log).pid;
+    auto deadline = NowNs() + int64_t{kStartTimeoutMs} * kMs;
+    while (NowNs() < deadline) {
+      std::ifstream in(port_file);
+      int p = 0;
+      if (in >> p && p > 0) {
+        port = static_cast<uint16_t>(p);
+        return;
+      }
+      int status;
+      if (waitpid(pid, &status, WNOHANG) == pid) SetupFailed("parleyd exited during start-up (see " + log + ")");
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    SetupFailed("parleyd did not start listening within 30 s");
+  }
+
+  bool Alive() { return pid > 0 && waitpid(pid, nullptr, WNOHANG) == 0; }
+
+  int Terminate() {
+    if (pid <= 0) return -1;
+    kill(pid, SIGTERM);
+    auto deadline = NowNs() + int64_t{kStopTimeoutMs} * kMs;
+    while (NowNs() < deadline) {
+      int status;
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        pid = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    pid = -1;
+    return -1;
+  }
+};
+
+struct User {
+  std::string username, token;
+};
+
+// Creates users `prefix0..prefix(n-1)` with a device token each.
+std::vector<User> Provision(const Server& s, const std::string& prefix, size_t n) {
+  std::vector<User> out;
+  for (size_t b = 0; b < n; b += kBulkBatch) {
+    json users = json::array();
+    for (size_t i = b; i < std::min(n, b + kBulkBatch); ++i) users.push_back({{"username", prefix + std::to_string(i)}});
+    netutil::HttpRequest req;
+    req.method = "POST";
+    req.target = "/admin/v1/users/bulk";
+    req.body = json{{"devices", true}, {"device_name", "bench"}, {"users", users}}.dump();
+    req.authorization = "Bearer " + s.admin_token;
+    req.timeout = std::chrono::milliseconds(kHttpTimeoutMs);
+    auto r = netutil::HttpExchange(netutil::HttpEndpoint::Loopback(s.port), req);
+    if (!r.error.empty() || r.status != 200) SetupFailed("bulk request: " + r.error + " " + r.body.substr(0, 300));
+    json created = json::parse(r.body, nullptr, false);
+    if (created.is_discarded() || created["users"].size() != users.size()) SetupFailed("bulk request: unexpected answer");
+    for (auto& u : created["users"]) out.push_back({u.value("username", ""), u.value("token", "")});
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// The fleet: devices driven by one Loop.
+
+int64_t GetInt(simdjson::dom::element e, std::string_view key, int64_t def = 0) {
+  int64_t v;
+  if (e[key].get_int64().get(v)) return def;
+  return v;
+}
+std::string_view GetStr(simdjson::dom::element e, std::string_view key) {
+  std::string_view v;
+  if (e[key].get_string().get(v)) return {};
+  return v;
+}
+
+enum class Req : uint8_t { kAuth, kOpenConversation, kSend, kReceipt, kSync, kPing };
+
+struct Pending {
+  Req kind;
+  int64_t arg;  // kSend: the message number; kOpenConversation: the route
+};
+
+struct Device {
+  Conn conn;
+  User user;
+  int64_t user_id = 0;
+  bool authed = false;
+  int64_t applied = 0;      // highest user_seq applied (gap-free)
+  bool syncing = false;     // a sync request is in flight
+  bool need_sync = false;   // a gap was seen while syncing
+  bool track_stream = false;  // apply the sync algorithm (storm, backfill)
+  int64_t hb_interval_ns = 0, next_ping_ns = 0;
+  // The reconnect storm.
+  int attempt = 0;
+  int64_t reconnect_at = 0;  // 0: none scheduled
+  int64_t dropped_ns = 0, online_ns = 0, caught_up_ns = 0;
+  std::unordered_map<int64_t, Pending> pending;
+  // Receipt round trip: seq -> message number of this device's sends not yet
+  // covered by the peer's delivered watermark, and that watermark.
+  std::map<int64_t, int64_t> unconfirmed;
+  std::set<int64_t> covered;  // user seqs folded into a coalesced receipt, not yet reached
+  int64_t peer_delivered = 0;
+};
+
+struct Msg {
+  int64_t intended = 0;  // ns
+  int64_t arrived = 0;   // ns at the recipient; 0: not yet
+  uint32_t route = 0;
+  uint8_t group = 0;
+  bool rtt_done = false;
+};
+
+struct Route {
+  size_t from, to;
+  int64_t conv = 0;
+};
+
+struct Stream {
+  std::vector<size_t> routes;  // indexes into Fleet::routes
+  double rate = 0;             // messages/s
+  int64_t t0 = 0, stop = 0;    // intended times in [t0, stop)
+  int64_t k = 0;               // next message of this stream
+  uint8_t group = 0;
+};
+
+struct Stats {
+  size_t errors = 0;
+  std::vector<std::string> error_samples;
+  size_t closed = 0;  // unexpected closes
+  std::vector<std::string> close_samples;
+  size_t pings = 0;
+  size_t reconnects = 0;
+  size_t sync_pages = 0, synced_messages = 0;
+};
+
+class Fleet : public Handler {
+ public:
+  explicit Fleet(uint16_t port) : loop_(port, this) {}
+
+  Loop& loop() { return loop_; }
+  std::deque<Device> devices;
+  std::vector<Route> routes;
+  std::vector<Msg> msgs;
+  std::vector<Stream> streams;
+  Stats stats;
+  bool receipts = false;        // recipients send delivered and read receipts
+  bool heartbeats = false;
+  bool reconnect_cycle = false; // reconnects scenario: drop after auth, connect again
+  std::vector<size_t> cycle_tokens_next;  // per device: next token to use
+  std::vector<User>* cycle_users = nullptr;
+  int64_t win_start = 0, win_end = 0;  // the measured window (intended times)
+  std::vector<std::vector<int64_t>> latency, rtt, lag;  // per group, ns
+  size_t in_setup = 0;           // connects + auths in flight
+  size_t authed = 0;
+  std::deque<size_t> to_connect; // devices waiting for a set-up slot
+  BackoffPolicy backoff;
+  std::mt19937_64 rng{42};
+  bool dropped_phase = false;    // storm: reconnect on close
+  bool reconnect_on_close = false;  // throughput: a closed device (e.g. 4003 when behind) reconnects and syncs
+  // backfill: messages still to write, in flight
+  int64_t backfill_left = 0;
+  size_t backfill_inflight = 0;
+  size_t backfill_route = 0;
+
+  void AddGroups(size_t n) {
+    latency.resize(n);
+    rtt.resize(n);
+    lag.resize(n);
+  }
+
+  // Connects every device in [first, last), at most kConnectWindow at a
+  // time, and waits until all are authenticated.
+  void ConnectAll(size_t first, size_t last) {
+    for (size_t i = first; i < last; ++i) to_connect.push_back(i);
+    size_t want = authed + (last - first);
+    PumpUntil([&] { return authed >= want; }, NowNs() + kSetupTimeoutNs, "devices authenticated");
+  }
+
+  void StartConnect(size_t i) {
+    Device& d = devices[i];
+    d.conn.index = i;
+    ++in_setup;
+    loop_.Connect(d.conn);
+  }
+
+  // Pipelined open_conversation for every route; waits for all.
+  void OpenConversations() {
+    for (size_t r = 0; r < routes.size(); ++r) {
+      Device& a = devices[routes[r].from];
+      json f = {{"v", 1}, {"id", a.conn.next_id}, {"type", "open_conversation"}, {"username", devices[routes[r].to].user.username}};
+      a.pending[a.conn.next_id++] = {Req::kOpenConversation, static_cast<int64_t>(r)};
+      loop_.Send(a.conn, f.dump());
+    }
+    PumpUntil([&] {
+      return std::all_of(routes.begin(), routes.end(), [](const Route& r) { return r.conv != 0; });
+    }, NowNs() + kSetupTimeoutNs, "conversations opened");
+  }
+
+  // Runs the loop (sends due messages, timers) until done() or the deadline.
+  // `what` names the wait for the error message; empty: a timeout is fine.
+  bool PumpUntil(const std::function<bool()>& done, int64_t deadline, const std::string& what) {
+    while (!done()) {
+      int64_t now = NowNs();
+      if (now >= deadline) {
+        if (what.empty()) return false;
+        SetupFailed("timed out waiting for: " + what + " (" + std::to_string(authed) + " authenticated, " +
+                    std::to_string(stats.closed) + " closed" +
+                    (stats.close_samples.empty() ? std::string() : ", e.g. " + stats.close_samples[0]) +
+                    (stats.error_samples.empty() ? std::string() : "; error e.g. " + stats.error_samples[0]) + ")");
+      }
+      int64_t next = Tick(now);
+      loop_.Poll(std::min(next - NowNs(), deadline - now));
+    }
+    return true;
+  }
+
+  // Due work; returns when the next is due.
+  int64_t Tick(int64_t now) {
+    int64_t next = now + 5 * kMs;
+    while (in_setup < kConnectWindow && !to_connect.empty()) {
+      size_t i = to_connect.front();
+      to_connect.pop_front();
+      StartConnect(i);
+    }
+    for (auto& s : streams) {
+      while (s.rate > 0) {
+        auto intended = s.t0 + static_cast<int64_t>(static_cast<double>(s.k) * 1e9 / s.rate);
+        if (intended >= s.stop) break;
+        if (intended > now) {
+          next = std::min(next, intended);
+          break;
+        }
+        SendMessage(s.routes[static_cast<size_t>(s.k) % s.routes.size()], intended, s.group, now);
+        ++s.k;
+      }
+    }
+    while (backfill_left > 0 && backfill_inflight < kBackfillWindow) {
+      SendMessage(backfill_route, now, 0, now);
+      --backfill_left;
+      ++backfill_inflight;
+    }
+    if (now >= next_timer_scan_) {
+      next_timer_scan_ = now + 20 * kMs;
+      for (auto& d : devices) {
+        if (d.reconnect_at && d.reconnect_at <= now) {
+          d.reconnect_at = 0;
+          ++stats.reconnects;
+          loop_.Connect(d.conn);
+        }
+        if (heartbeats && d.authed && d.next_ping_ns && d.next_ping_ns <= now && d.conn.state == Conn::State::kOpen) {
+          SendPing(d);
+        }
+      }
+    }
+    return std::min(next, next_timer_scan_);
+  }
+
+  void SendPing(Device& d) {
+    char buf[64];
+    int n = std::snprintf(buf, sizeof buf, R"({"v":1,"id":%lld,"type":"ping"})", static_cast<long long>(d.conn.next_id));
+    d.pending[d.conn.next_id++] = {Req::kPing, 0};
+    loop_.Send(d.conn, std::string_view(buf, static_cast<size_t>(n)));
+    ++stats.pings;
+    d.next_ping_ns = NowNs() + d.hb_interval_ns;
+  }
+
+  void SendMessage(size_t route, int64_t intended, uint8_t group, int64_t now) {
+    Route& r = routes[route];
+    Device& d = devices[r.from];
+    auto mid = static_cast<int64_t>(msgs.size());
+    msgs.push_back({intended, 0, static_cast<uint32_t>(route), group, false});
+    if (intended >= win_start && intended < win_end) lag[group].push_back(now - intended);
+    char head[160];
+    int n = std::snprintf(head, sizeof head,
+                          R"({"v":1,"id":%lld,"type":"send","conversation_id":%lld,"client_id":"m%lld","body":"t%lld )",
+                          static_cast<long long>(d.conn.next_id), static_cast<long long>(r.conv),
+                          static_cast<long long>(mid), static_cast<long long>(intended));
+    std::string f(head, static_cast<size_t>(n));
+    while (f.size() + 2 < kFrameBytes) f.push_back('x');
+    f += "\"}";
+    d.pending[d.conn.next_id++] = {Req::kSend, mid};
+    loop_.Send(d.conn, f);
+  }
+
+  void SendSync(Device& d) {
+    d.syncing = true;
+    d.need_sync = false;
+    char buf[128];
+    int n = std::snprintf(buf, sizeof buf, R"({"v":1,"id":%lld,"type":"sync","after":%lld,"limit":%d})",
+                          static_cast<long long>(d.conn.next_id), static_cast<long long>(d.applied), kSyncLimit);
+    d.pending[d.conn.next_id++] = {Req::kSync, 0};
+    loop_.Send(d.conn, std::string_view(buf, static_cast<size_t>(n)));
+  }
+
+  void Error(const std::string& e) {
+    ++stats.errors;
+    if (stats.error_samples.size() < 10) stats.error_samples.push_back(e);
+  }
+
+  // ---- Handler
+  void OnOpen(Conn& c) override {
+    Device& d = devices[c.index];
+    if (cycle_users) d.user = (*cycle_users)[cycle_tokens_next[c.index]];
+    json f = {{"v", 1}, {"id", c.next_id}, {"type", "auth"}, {"token", d.user.token}};
+    d.pending[c.next_id++] = {Req::kAuth, 0};
+    loop_.Send(c, f.dump());
+  }
+
+  void OnClosed(Conn& c, const std::string& why) override {
+    Device& d = devices[c.index];
+    bool was_setup = !d.authed;
+    d.authed = false;
+    d.syncing = false;
+    d.pending.clear();
+    if (dropped_phase) {  // storm: a failed reconnect attempt; back off again
+      d.reconnect_at = NowNs() + BackoffDelayMs(backoff, ++d.attempt, rng) * kMs;
+      if (was_setup && in_setup) --in_setup;
+      return;
+    }
+    if (was_setup && in_setup) --in_setup;
+    ++stats.closed;
+    if (stats.close_samples.size() < 10) stats.close_samples.push_back(d.user.username + ": " + why);
+    if (reconnect_on_close && !was_setup) {
+      // Like the SDK: back off, reconnect, sync from the last applied event.
+      d.dropped_ns = NowNs();
+      d.reconnect_at = d.dropped_ns + BackoffDelayMs(backoff, d.attempt++, rng) * kMs;
+    }
+  }
+
+  void OnMessage(Conn& c, simdjson::dom::element f, std::string_view raw) override {
+    Device& d = devices[c.index];
+    std::string_view type = GetStr(f, "type");
+    if (type == "event") {
+      simdjson::dom::element ev;
+      if (f["event"].get(ev)) return;
+      OnEvent(d, ev, true);
+      return;
+    }
+    if (type != "response" && type != "error") return;  // typing, presence
+    int64_t id = GetInt(f, "id", -1);
+    auto it = d.pending.find(id);
+    if (it == d.pending.end()) {
+      Error("unmatched answer: " + std::string(raw.substr(0, 200)));
+      return;
+    }
+    Pending p = it->second;
+    d.pending.erase(it);
+    if (type == "error") {
+      Error(d.user.username + ": " + std::string(raw.substr(0, 300)));
+      if (p.kind == Req::kAuth) SetupFailed("auth failed: " + std::string(raw.substr(0, 300)));
+      if (p.kind == Req::kSend && backfill_inflight) --backfill_inflight;
+      if (p.kind == Req::kSync) d.syncing = false;
+      return;
+    }
+    simdjson::dom::element result;
+    if (f["result"].get(result)) {
+      Error("response without result");
+      return;
+    }
+    switch (p.kind) {
+      case Req::kAuth: {
+        d.user_id = GetInt(result, "user_id");
+        d.authed = true;
+        if (in_setup) --in_setup;
+        ++authed;
+        int64_t hb = GetInt(result, "heartbeat_interval_ms", 25000);
+        d.hb_interval_ns = hb * kMs;
+        d.next_ping_ns = NowNs() + static_cast<int64_t>(static_cast<double>(hb * kMs) * (0.9 + 0.1 * Uniform()));
+        if (reconnect_cycle) {
+          // Drop it and come back with the next token (from the loop, not
+          // from inside the frame parser).
+          loop_.Abort(c);
+          d.authed = false;
+          cycle_tokens_next[c.index] = (cycle_tokens_next[c.index] + devices.size()) % cycle_users->size();
+          to_connect.push_back(c.index);
+          return;
+        }
+        if (d.dropped_ns) {
+          d.online_ns = NowNs();
+          d.attempt = 0;
+        }
+        if (d.track_stream) {
+          if (d.dropped_ns || d.applied < GetInt(result, "head")) SendSync(d);
+        } else {
+          d.applied = GetInt(result, "head");
+        }
+        return;
+      }
+      case Req::kOpenConversation: {
+        simdjson::dom::element conv;
+        if (!result["conversation"].get(conv)) routes[static_cast<size_t>(p.arg)].conv = GetInt(conv, "conversation_id");
+        return;
+      }
+      case Req::kSend: {
+        if (backfill_inflight) --backfill_inflight;
+        int64_t seq = GetInt(result, "seq");
+        if (!receipts) return;
+        Msg& m = msgs[static_cast<size_t>(p.arg)];
+        if (seq <= d.peer_delivered) {
+          RecordRtt(m, NowNs());
+        } else {
+          d.unconfirmed[seq] = p.arg;
+        }
+        return;
+      }
+      case Req::kSync: {
+        d.syncing = false;
+        ++stats.sync_pages;
+        simdjson::dom::array events;
+        if (!result["events"].get(events)) {
+          for (auto ev : events) OnEvent(d, ev, false);
+        }
+        bool more = false;
+        if (result["has_more"].get_bool().get(more)) more = false;
+        if (more || d.need_sync) {
+          SendSync(d);
+        } else if (d.dropped_ns && !d.caught_up_ns) {
+          d.caught_up_ns = NowNs();
+        } else if (!d.caught_up_ns) {
+          d.caught_up_ns = NowNs();
+        }
+        return;
+      }
+      case Req::kReceipt:
+      case Req::kPing:
+        return;
+    }
+  }
+
+  void OnEvent(Device& d, simdjson::dom::element ev, bool live) {
+    int64_t us = GetInt(ev, "user_seq");
+    if (d.track_stream) {
+      if (us <= d.applied) return;
+      if (us > d.applied + 1) {
+        if (d.syncing) {
+          d.need_sync = true;
+        } else if (d.authed) {
+          SendSync(d);
+        }
+        return;
+      }
+      d.applied = us;
+      // A coalesced receipt (live only): the user seqs it folded in count
+      // as applied when their turn comes.
+      simdjson::dom::array covers;
+      if (!ev["also_covers"].get(covers)) {
+        for (auto v : covers) {
+          int64_t cv;
+          if (!v.get_int64().get(cv)) d.covered.insert(cv);
+        }
+      }
+      while (!d.covered.empty() && *d.covered.begin() <= d.applied + 1) {
+        d.applied = std::max(d.applied, *d.covered.begin());
+        d.covered.erase(d.covered.begin());
+      }
+    } else {
+      d.applied = std::max(d.applied, us);
+    }
+    std::string_view kind = GetStr(ev, "kind");
+    if (kind == "message") {
+      simdjson::dom::element m;
+      if (ev["message"].get(m)) return;
+      if (GetInt(m, "sender_id") == d.user_id) return;
+      if (!live) ++stats.synced_messages;
+      std::string_view cid = GetStr(m, "client_id");
+      if (cid.size() < 2 || cid[0] != 'm') return;
+      auto mid = static_cast<size_t>(std::strtoll(std::string(cid.substr(1)).c_str(), nullptr, 10));
+      if (mid >= msgs.size()) return;
+      Msg& msg = msgs[mid];
+      int64_t now = NowNs();
+      if (!msg.arrived) {
+        msg.arrived = now;
+        if (msg.intended >= win_start && msg.intended < win_end) latency[msg.group].push_back(now - msg.intended);
+      }
+      if (receipts && live) {
+        int64_t seq = GetInt(m, "seq");
+        int64_t conv = GetInt(m, "conversation_id");
+        char buf[256];
+        int n = std::snprintf(buf, sizeof buf,
+                              R"({"v":1,"id":%lld,"type":"receipt","items":[{"conversation_id":%lld,"delivered":%lld}]})",
+                              static_cast<long long>(d.conn.next_id), static_cast<long long>(conv), static_cast<long long>(seq));
+        d.pending[d.conn.next_id++] = {Req::kReceipt, 0};
+        loop_.Send(d.conn, std::string_view(buf, static_cast<size_t>(n)));
+        n = std::snprintf(buf, sizeof buf,
+                          R"({"v":1,"id":%lld,"type":"receipt","items":[{"conversation_id":%lld,"read":%lld}]})",
+                          static_cast<long long>(d.conn.next_id), static_cast<long long>(conv), static_cast<long long>(seq));
+        d.pending[d.conn.next_id++] = {Req::kReceipt, 0};
+        loop_.Send(d.conn, std::string_view(buf, static_cast<size_t>(n)));
+      }
+    } else if (kind == "receipt" && receipts) {
+      if (GetInt(ev, "user_id") == d.user_id) return;
+      int64_t delivered = GetInt(ev, "delivered");
+      if (delivered <= d.peer_delivered) return;
+      d.peer_delivered = delivered;
+      int64_t now = NowNs();
+      while (!d.unconfirmed.empty() && d.unconfirmed.begin()->first <= delivered) {
+        RecordRtt(msgs[static_cast<size_t>(d.unconfirmed.begin()->second)], now);
+        d.unconfirmed.erase(d.unconfirmed.begin());
+      }
+    }
+  }
+
+  void RecordRtt(Msg& m, int64_t now) {
+    if (m.rtt_done) return;
+    m.rtt_done = true;
+    if (m.intended >= win_start && m.intended < win_end) rtt[m.group].push_back(now - m.intended);
+  }
+
+  double Uniform() { return std::uniform_real_distribution<double>(0, 1)(rng); }
+
+ private:
+  Loop loop_;
+  int64_t next_timer_scan_ = 0;
+};
+
+// Provisions 2*pairs users ("<prefix>N"), connects and authenticates them,
+// and opens the conversation of each pair (devices 2i and 2i+1). Returns the
+// index of the first route.
+void AddPairs(Fleet& f, const Server& s, const std::string& prefix, size_t pairs) {
+  auto users = Provision(s, prefix, 2 * pairs);
+  size_t first = f.devices.size();
+  for (auto& u : users) {
+    f.devices.emplace_back();
+    f.devices.back().user = u;
+  }
+  f.ConnectAll(first, f.devices.size());
+  for (size_t i = 0; i < pairs; ++i) {
+    f.routes.push_back({first + 2 * i, first + 2 * i + 1, 0});
+  }
+}
+
+// After OpenConversations: the reverse route of each pair, so that both
+// sides send.
+void AddReverseRoutes(Fleet& f, size_t first_route, size_t last_route) {
+  for (size_t r = first_route; r < last_route; ++r) f.routes.push_back({f.routes[r].to, f.routes[r].from, f.routes[r].conv});
+}
+
+struct PhaseResult {
+  json j;
+  bool ok = true;
+  std::vector<std::string> failures;
+};
+
+// One measured phase: the streams run from now + warmup over duration;
+// then sending stops and the tool waits up to drain for arrivals.
+// Returns per-group figures.
+json RunPhase(Fleet& f, Server& s, double warmup_s, double duration_s, double drain_s, std::vector<std::string>* failures,
+              const std::vector<std::string>& group_names) {
+  size_t first_msg = f.msgs.size();
+  int64_t t0 = NowNs() + 20 * kMs;
+  f.win_start = t0 + static_cast<int64_t>(warmup_s * 1e9);
+  f.win_end = f.win_start + static_cast<int64_t>(duration_s * 1e9);
+  for (auto& g : f.latency) g.clear();
+  for (auto& g : f.rtt) g.clear();
+  for (auto& g : f.lag) g.clear();
+  for (auto& st : f.streams) {
+    st.t0 = t0;
+    st.k = 0;
+    st.stop = f.win_end;
+  }
+  size_t errors0 = f.stats.errors, closed0 = f.stats.closed;
+  int64_t cpu0 = 0, cpu1 = 0, cpu_self0 = 0, cpu_self1 = 0;
+  f.PumpUntil([&] { return NowNs() >= f.win_start; }, INT64_MAX, "");
+  cpu0 = ProcessCpuMs(s.pid);
+  cpu_self0 = ProcessCpuMs(getpid());
+  int64_t wait0 = RunQueueWaitMs(s.pid);
+  f.PumpUntil([&] { return NowNs() >= f.win_end; }, INT64_MAX, "");
+  cpu1 = ProcessCpuMs(s.pid);
+  cpu_self1 = ProcessCpuMs(getpid());
+  int64_t wait1 = RunQueueWaitMs(s.pid);
+  int64_t end_send = NowNs();
+  auto all_arrived = [&] {
+    for (size_t i = first_msg; i < f.msgs.size(); ++i) {
+      if (!f.msgs[i].arrived) return false;
+    }
+    return true;
+  };
+  // Drain: wait for arrivals, and for the rtt receipts to settle.
+  f.PumpUntil([&] { return NowNs() - end_send > 200 * kMs && all_arrived(); }, end_send + static_cast<int64_t>(drain_s * 1e9), "");
+  f.PumpUntil([] { return false; }, NowNs() + 100 * kMs, "");
+  json groups = json::object();
+  for (size_t g = 0; g < f.latency.size(); ++g) {
+    size_t offered = 0, delivered = 0, in_window = 0, sent = 0, lost = 0;
+    for (size_t i = first_msg; i < f.msgs.size(); ++i) {
+      const Msg& m = f.msgs[i];
+      if (m.group != g) continue;
+      ++sent;
+      if (!m.arrived) ++lost;
+      if (m.intended < f.win_start || m.intended >= f.win_end) continue;
+      ++offered;
+      if (m.arrived) ++delivered;
+      if (m.arrived && m.arrived < f.win_end + 1 * kSec) ++in_window;
+    }
+    double rate = 0;
+    for (auto& st : f.streams) {
+      if (st.group == g) rate += st.rate;
+    }
+    Pct lat = Percentiles(f.latency[g]), rt = Percentiles(f.rtt[g]), lg = Percentiles(f.lag[g]);
+    bool kept_up = delivered == offered && lost == 0 && lat.p99 <= 50.0 && f.stats.closed == closed0;
+    groups[group_names[g]] = {{"offered_rate", rate},
+                              {"offered", offered},
+                              {"delivered", delivered},
+                              {"delivered_within_1s_of_window", in_window},
+                              {"sent_total", sent},
+                              {"not_arrived_after_drain", lost},
+                              {"achieved_rate", static_cast<double>(delivered) / duration_s},
+                              {"latency", ToJson(lat)},
+                              {"receipt_rtt", ToJson(rt)},
+                              {"send_lag", ToJson(lg)},
+                              {"kept_up", kept_up}};
+  }
+  size_t total = 0;
+  for (auto& st : f.streams) total += static_cast<size_t>(st.rate * duration_s);
+  json out = {{"groups", groups},
+              {"duration_s", duration_s},
+              {"errors", f.stats.errors - errors0},
+              {"parleyd_cpu_ms", cpu1 - cpu0},
+              {"parleyd_cpu_us_per_msg", total ? 1000.0 * static_cast<double>(cpu1 - cpu0) / static_cast<double>(total) : 0},
+              {"parleyd_core_busy", static_cast<double>(cpu1 - cpu0) / (duration_s * 1000.0)},
+              {"parleyd_runqueue_wait", static_cast<double>(wait1 - wait0) / (duration_s * 1000.0)},
+              {"bench_core_busy", static_cast<double>(cpu_self1 - cpu_self0) / (duration_s * 1000.0)}};
+  if (f.stats.errors != errors0) {
+    failures->push_back(std::to_string(f.stats.errors - errors0) + " requests failed, e.g. " +
+                        (f.stats.error_samples.empty() ? "" : f.stats.error_samples.back()));
+  }
+  return out;
+}
+
+// After every phase: waits (up to kFinalDrainNs) until every message sent
+// arrived at its recipient, live or through sync after a reconnect; the
+// rest are lost (a failure).
+constexpr int64_t kFinalDrainNs = 60 * kSec;
+size_t FinalCheck(Fleet& f, std::vector<std::string>* failures) {
+  auto missing = [&] {
+    return static_cast<size_t>(std::count_if(f.msgs.begin(), f.msgs.end(), [](const Msg& m) { return m.arrived == 0; }));
+  };
+  int64_t deadline = NowNs() + kFinalDrainNs;
+  while (missing() && NowNs() < deadline) f.PumpUntil([] { return false; }, NowNs() + 200 * kMs, "");
+  size_t lost = missing();
+  if (lost) failures->push_back(std::to_string(lost) + " of " + std::to_string(f.msgs.size()) + " messages never arrived");
+  if (f.stats.closed) {
+    std::printf("  %zu connections were closed by parleyd and reconnected, e.g. %s\n", f.stats.closed,
+                f.stats.close_samples[0].c_str());
+  }
+  return lost;
+}
+
+void PrintPhase(const json& ph, const std::string& label) {
+  for (auto& [name, g] : ph["groups"].items()) {
+    std::printf("  %-14s %-6s %9.0f/s %8zu/%-8zu late %-6zu p50 %7.3f  p99 %8.3f  p999 %8.3f ms   rtt p50 %7.3f p99 %8.3f ms  %s\n",
+                label.c_str(), name.c_str(), g["offered_rate"].get<double>(), g["delivered"].get<size_t>(),
+                g["offered"].get<size_t>(), g["not_arrived_after_drain"].get<size_t>(), g["latency"]["p50_ms"].get<double>(),
+                g["latency"]["p99_ms"].get<double>(), g["latency"]["p999_ms"].get<double>(),
+                g["receipt_rtt"]["p50_ms"].get<double>(), g["receipt_rtt"]["p99_ms"].get<double>(),
+                g["kept_up"].get<bool>() ? "kept up" : "NOT kept up");
+  }
+  std::printf("  %-14s parleyd %.0f %% of its core (and %.0f %% waiting for it: other processes), %.1f us CPU per message; load generator %.0f %%\n", "",
+              100 * ph["parleyd_core_busy"].get<double>(), 100 * ph["parleyd_runqueue_wait"].get<double>(),
+              ph["parleyd_cpu_us_per_msg"].get<double>(), 100 * ph["bench_core_busy"].get<double>());
+}
+
+std::vector<double> ParseRates(const std::string& s) {
+  std::vector<double> out;
+  std::stringstream in(s);
+  std::string tok;
+  while (std::getline(in, tok, ',')) {
+    if (!tok.empty()) out.push_back(std::stod(tok));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios. Each returns its JSON; failures go to *failures.
+
+struct Opts {
+  size_t pairs = 500;
+  std::string rates = "10000";
+  double warmup_s = 2, duration_s = 10, drain_s = 5;
+  bool receipts = true;
+  size_t connections = 10000;  // idle
+  size_t per_process = 0;      // idle: connections per worker (0: as the file limit allows)
+  double hold_s = 8;           // idle
+  size_t reconnect_users = 2000, concurrency = 200;  // reconnects
+  size_t devices = 10000;      // storm
+  double storm_rate = 2000;    // storm: messages/s to the devices
+  double before_s = 2, after_s = 2;  // storm
+  int64_t history = 100000;    // backfill
+  double hot_rate = 10000;     // hot
+};
+
+json ScenarioThroughput(const Common& c, Server& s, const Opts& o, bool rtt_headline, std::vector<std::string>* failures) {
+  Fleet f(s.port);
+  f.receipts = o.receipts;
+  f.AddGroups(1);
+  AddPairs(f, s, "pair_", o.pairs);
+  for (auto& d : f.devices) d.track_stream = true;
+  f.reconnect_on_close = true;
+  f.OpenConversations();
+  // Both directions, except for the receipt round trip: a member's sends
+  // raise its own watermarks, which would confirm the peer's messages early.
+  if (!rtt_headline) AddReverseRoutes(f, 0, f.routes.size());
+  Stream st;
+  for (size_t r = 0; r < f.routes.size(); ++r) st.routes.push_back(r);
+  f.streams.push_back(st);
+  json rows = json::array();
+  double saturation = 0;
+  std::printf("parley-bench %s: %zu pairs, %s receipts, %.1f s warm-up + %.1f s measured per rate\n",
+              rtt_headline ? "receipt-rtt" : "throughput", o.pairs, o.receipts ? "delivered+read" : "no",
+              o.warmup_s, o.duration_s);
+  for (double rate : ParseRates(o.rates)) {
+    f.streams[0].rate = rate;
+    auto ph = RunPhase(f, s, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs"});
+    ph["offered_rate"] = rate;
+    PrintPhase(ph, std::to_string(static_cast<int64_t>(rate)) + "/s");
+    if (ph["groups"]["pairs"]["kept_up"].get<bool>() && ph["errors"].get<size_t>() == 0) saturation = std::max(saturation, rate);
+    rows.push_back(ph);
+    if (!s.Alive()) SetupFailed("parleyd died (see " + s.log + ")");
+  }
+  (void)c;
+  std::printf("  saturation (highest offered rate with delivered == offered and p99 <= 50 ms): %.0f msgs/s\n", saturation);
+  size_t lost = FinalCheck(f, failures);
+  return {{"pairs", o.pairs}, {"receipts", o.receipts}, {"rates", rows}, {"saturation_rate", saturation}, {"lost", lost},
+          {"closed", f.stats.closed}};
+}
+
+json ScenarioHot(const Common&, Server& s, const Opts& o, std::vector<std::string>* failures) {
+  Fleet f(s.port);
+  f.receipts = o.receipts;
+  f.AddGroups(2);
+  AddPairs(f, s, "pair_", o.pairs);
+  AddPairs(f, s, "hot_", 1);
+  for (auto& d : f.devices) d.track_stream = true;
+  f.reconnect_on_close = true;
+  f.OpenConversations();
+  AddReverseRoutes(f, 0, f.routes.size());
+  Stream pairs, hot;
+  for (size_t r = 0; r < f.routes.size(); ++r) {
+    if (r == o.pairs || r == 2 * o.pairs + 1) {
+      hot.routes.push_back(r);
+    } else {
+      pairs.routes.push_back(r);
+    }
+  }
+  hot.group = 1;
+  double rate = ParseRates(o.rates).at(0);
+  pairs.rate = rate;
+  f.streams = {pairs, hot};
+  std::printf("parley-bench hot: %zu pairs at %.0f msgs/s in total, then beside one pair at %.0f msgs/s\n", o.pairs, rate,
+              o.hot_rate);
+  auto without = RunPhase(f, s, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs", "hot"});
+  PrintPhase(without, "without hot");
+  f.streams[1].rate = o.hot_rate;
+  auto with = RunPhase(f, s, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs", "hot"});
+  PrintPhase(with, "with hot");
+  double p99a = without["groups"]["pairs"]["latency"]["p99_ms"], p99b = with["groups"]["pairs"]["latency"]["p99_ms"];
+  double ratio = p99a > 0 ? p99b / p99a : 0;
+  std::printf("  pairs' p99 with / without the hot pair: %.3f / %.3f ms = %.2fx (target <= 2x)\n", p99b, p99a, ratio);
+  size_t lost = FinalCheck(f, failures);
+  return {{"lost", lost}, {"closed", f.stats.closed}, {"pairs", o.pairs}, {"rate", rate}, {"hot_rate", o.hot_rate}, {"without_hot", without}, {"with_hot", with},
+          {"p99_ratio", ratio}};
+}
+
+json ScenarioReconnects(const Common&, Server& s, const Opts& o, std::vector<std::string>*) {
+  Fleet f(s.port);
+  auto users = Provision(s, "recon_", o.reconnect_users);
+  size_t slots = std::min(o.concurrency, users.size());
+  for (size_t i = 0; i < slots; ++i) f.devices.emplace_back();
+  f.cycle_users = &users;
+  f.cycle_tokens_next.resize(slots);
+  for (size_t i = 0; i < slots; ++i) f.cycle_tokens_next[i] = i;
+  f.reconnect_cycle = true;
+  // Warm-up, then measure.
+  for (size_t i = 0; i < slots; ++i) f.to_connect.push_back(i);
+  int64_t warm_end = NowNs() + static_cast<int64_t>(o.warmup_s * 1e9);
+  f.PumpUntil([] { return false; }, warm_end, "");
+  size_t a0 = f.authed;
+  int64_t cpu0 = ProcessCpuMs(s.pid), wait0 = RunQueueWaitMs(s.pid);
+  int64_t t0 = NowNs();
+  f.PumpUntil([] { return false; }, t0 + static_cast<int64_t>(o.duration_s * 1e9), "");
+  int64_t t1 = NowNs();
+  size_t n = f.authed - a0;
+  int64_t cpu1 = ProcessCpuMs(s.pid), wait1 = RunQueueWaitMs(s.pid);
+  double wait_share = static_cast<double>(wait1 - wait0) / (static_cast<double>(t1 - t0) / 1e6);
+  double busy = static_cast<double>(cpu1 - cpu0) / (static_cast<double>(t1 - t0) / 1e6);
+  double per_s = static_cast<double>(n) / (static_cast<double>(t1 - t0) / 1e9);
+  std::printf("parley-bench reconnects: %zu connections in flight over %zu tokens\n", slots, users.size());
+  std::printf("  %zu token reconnects (TCP connect, WebSocket upgrade, auth, drop) in %.1f s: %.0f /s; parleyd %.0f us CPU each\n",
+              n, static_cast<double>(t1 - t0) / 1e9, per_s, n ? 1000.0 * static_cast<double>(cpu1 - cpu0) / static_cast<double>(n) : 0.0);
+  std::printf("  parleyd %.0f %% of its core (and %.0f %% waiting for it: other processes)\n", 100 * busy, 100 * wait_share);
+  return {{"concurrency", slots}, {"users", users.size()}, {"reconnects", n}, {"duration_s", static_cast<double>(t1 - t0) / 1e9},
+          {"reconnects_per_s", per_s}, {"parleyd_cpu_us_per_reconnect", n ? 1000.0 * static_cast<double>(cpu1 - cpu0) / static_cast<double>(n) : 0.0},
+          {"parleyd_core_busy", busy}, {"parleyd_runqueue_wait", wait_share},
+          {"closed", f.stats.closed}, {"errors", f.stats.errors}};
+}
+
+json ScenarioStorm(const Common&, Server& s, const Opts& o, std::vector<std::string>* failures) {
+  if (o.devices + kFdReserve > kMaxFilesPerProcess) SetupFailed("storm: at most " + std::to_string(kMaxFilesPerProcess - kFdReserve) + " devices (one process)");
+  Fleet f(s.port);
+  f.AddGroups(1);
+  auto users = Provision(s, "dev_", o.devices);
+  auto sender = Provision(s, "sender_", 1);
+  for (auto& u : users) {
+    f.devices.emplace_back();
+    f.devices.back().user = u;
+    f.devices.back().track_stream = true;
+  }
+  f.devices.emplace_back();
+  f.devices.back().user = sender[0];
+  size_t sidx = o.devices;
+  int64_t t_setup = NowNs();
+  f.ConnectAll(0, f.devices.size());
+  for (size_t i = 0; i < o.devices; ++i) f.routes.push_back({sidx, i, 0});
+  f.OpenConversations();
+  double connect_s = static_cast<double>(NowNs() - t_setup) / 1e9;
+  // Bring every device to its head (the conversation events).
+  for (size_t i = 0; i < o.devices; ++i) f.SendSync(f.devices[i]);
+  f.PumpUntil([&] { return std::none_of(f.devices.begin(), f.devices.end(), [](const Device& d) { return d.syncing; }); },
+              NowNs() + kSetupTimeoutNs, "initial sync");
+  for (auto& d : f.devices) d.caught_up_ns = 0;
+  Stream st;
+  for (size_t r = 0; r < f.routes.size(); ++r) st.routes.push_back(r);
+  st.rate = o.storm_rate;
+  st.t0 = NowNs();
+  st.stop = INT64_MAX;
+  f.streams.push_back(st);
+  f.win_start = st.t0;
+  f.win_end = INT64_MAX;
+  f.PumpUntil([] { return false; }, NowNs() + static_cast<int64_t>(o.before_s * 1e9), "");
+  // The storm: every device connection dropped at once.
+  int64_t t_drop = NowNs();
+  f.dropped_phase = true;
+  for (size_t i = 0; i < o.devices; ++i) {
+    Device& d = f.devices[i];
+    f.loop().Abort(d.conn);
+    d.authed = false;
+    d.syncing = false;
+    d.pending.clear();
+    d.dropped_ns = t_drop;
+    d.attempt = 0;
+    d.reconnect_at = t_drop + BackoffDelayMs(f.backoff, 0, f.rng) * kMs;
+  }
+  auto all_caught_up = [&] {
+    for (size_t i = 0; i < o.devices; ++i) {
+      if (!f.devices[i].caught_up_ns) return false;
+    }
+    return true;
+  };
+  bool ok = f.PumpUntil(all_caught_up, t_drop + 120 * kSec, "");
+  int64_t t_caught = NowNs();
+  // Keep sending a little, then stop and check every message arrived.
+  f.PumpUntil([] { return false; }, NowNs() + static_cast<int64_t>(o.after_s * 1e9), "");
+  f.streams[0].stop = NowNs();
+  int64_t stop = NowNs();
+  f.PumpUntil([&] {
+    return std::all_of(f.msgs.begin(), f.msgs.end(), [](const Msg& m) { return m.arrived != 0; });
+  }, stop + static_cast<int64_t>(o.drain_s * 1e9), "");
+  f.PumpUntil([] { return false; }, NowNs() + 100 * kMs, "");
+  size_t lost = 0;
+  for (auto& m : f.msgs) lost += m.arrived ? 0 : 1;
+  std::vector<int64_t> caught, online, attempts;
+  for (size_t i = 0; i < o.devices; ++i) {
+    auto& d = f.devices[i];
+    if (d.caught_up_ns) caught.push_back(d.caught_up_ns - t_drop);
+    if (d.online_ns) online.push_back(d.online_ns - t_drop);
+  }
+  Pct pc = Percentiles(caught), po = Percentiles(online);
+  double storm_s = static_cast<double>(t_caught - t_drop) / 1e9;
+  if (!ok) failures->push_back("storm: " + std::to_string(o.devices - caught.size()) + " devices never caught up");
+  if (lost) failures->push_back("storm: " + std::to_string(lost) + " of " + std::to_string(f.msgs.size()) + " messages never arrived");
+  if (f.stats.errors) failures->push_back("storm: " + std::to_string(f.stats.errors) + " requests failed, e.g. " + f.stats.error_samples[0]);
+  std::printf("parley-bench storm: %zu devices (set-up %.1f s), a sender at %.0f msgs/s to them; all dropped at once\n",
+              o.devices, connect_s, o.storm_rate);
+  std::printf("  every device caught up %.3f s after the drop (online: p50 %.0f ms, max %.0f ms; caught up: p50 %.0f ms, p99 %.0f ms)\n",
+              storm_s, po.p50, po.max, pc.p50, pc.p99);
+  std::printf("  %zu reconnect attempts, %zu sync pages, %zu messages via sync; %zu of %zu messages arrived\n",
+              f.stats.reconnects, f.stats.sync_pages, f.stats.synced_messages, f.msgs.size() - lost, f.msgs.size());
+  return {{"devices", o.devices}, {"rate", o.storm_rate}, {"caught_up_s", storm_s}, {"all_caught_up", ok},
+          {"online_after_drop", ToJson(po)}, {"caught_up_after_drop", ToJson(pc)}, {"reconnect_attempts", f.stats.reconnects},
+          {"sync_pages", f.stats.sync_pages}, {"messages", f.msgs.size()}, {"lost", lost}, {"errors", f.stats.errors}};
+}
+
+json ScenarioBackfill(const Common&, Server& s, const Opts& o, std::vector<std::string>* failures) {
+  Fleet f(s.port);
+  f.AddGroups(1);
+  auto users = Provision(s, "hist_", 2);
+  for (auto& u : users) {
+    f.devices.emplace_back();
+    f.devices.back().user = u;
+  }
+  f.devices[1].track_stream = true;
+  f.ConnectAll(0, 1);  // the sender only: the reader has never connected
+  f.routes.push_back({0, 1, 0});
+  f.OpenConversations();
+  f.win_start = 0;
+  f.win_end = INT64_MAX;
+  int64_t t0 = NowNs();
+  f.backfill_left = o.history;
+  f.backfill_route = 0;
+  f.PumpUntil([&] { return f.backfill_left == 0 && f.backfill_inflight == 0; }, NowNs() + 600 * kSec, "the history written");
+  double write_s = static_cast<double>(NowNs() - t0) / 1e9;
+  // The fresh device: connect, auth, sync from 0 until has_more is false.
+  int64_t t1 = NowNs();
+  f.ConnectAll(1, 2);
+  f.PumpUntil([&] { return f.devices[1].caught_up_ns != 0; }, NowNs() + 600 * kSec, "the backfill");
+  double read_s = static_cast<double>(f.devices[1].caught_up_ns - t1) / 1e9;
+  size_t got = f.stats.synced_messages;
+  size_t lost = 0;
+  for (auto& m : f.msgs) lost += m.arrived ? 0 : 1;
+  if (got != static_cast<size_t>(o.history) || lost) {
+    failures->push_back("backfill: the device got " + std::to_string(got) + " of " + std::to_string(o.history) + " messages");
+  }
+  if (f.stats.errors) failures->push_back("backfill: " + std::to_string(f.stats.errors) + " requests failed, e.g. " + f.stats.error_samples[0]);
+  double rate = static_cast<double>(got) / read_s;
+  std::printf("parley-bench backfill: %lld messages written in %.1f s (%.0f msgs/s, %zu in flight)\n",
+              static_cast<long long>(o.history), write_s, static_cast<double>(o.history) / write_s, kBackfillWindow);
+  std::printf("  a fresh device synced %zu messages (%zu pages of %d) in %.2f s: %.0f msgs/s\n", got, f.stats.sync_pages,
+              kSyncLimit, read_s, rate);
+  return {{"history", o.history}, {"write_s", write_s}, {"write_rate", static_cast<double>(o.history) / write_s},
+          {"read_s", read_s}, {"backfill_rate", rate}, {"received", got}, {"sync_pages", f.stats.sync_pages}};
+}
+
+// Idle: worker processes hold the connections.
+int RunIdleWorker(uint16_t port, const std::string& tokens_file, size_t first, size_t count) {
+  RaiseFileLimit();
+  Fleet f(port);
+  f.heartbeats = true;
+  {
+    std::ifstream in(tokens_file);
+    std::string line;
+    for (size_t i = 0; std::getline(in, line); ++i) {
+      if (i >= first && i < first + count) {
+        f.devices.emplace_back();
+        f.devices.back().user = {"idle" + std::to_string(i), line};
+      }
+    }
+  }
+  if (f.devices.size() != count) {
+    std::cerr << "worker: too few tokens\n";
+    return 2;
+  }
+  f.ConnectAll(0, count);
+  std::cout << "ready" << std::endl;
+  f.loop().WatchExtra(0);
+  while (true) {
+    int64_t next = f.Tick(NowNs());
+    f.loop().Poll(next - NowNs());
+    if (f.loop().extra_ready()) break;
+  }
+  size_t open = f.loop().open_conns();
+  std::cout << json{{"open", open}, {"closed", f.stats.closed}, {"pings", f.stats.pings}, {"errors", f.stats.errors},
+                    {"close_samples", f.stats.close_samples}}
+                   .dump()
+            << std::endl;
+  _exit(0);
+}
+
+json ScenarioIdle(const Common& c, Server& s, const Opts& o, std::vector<std::string>* failures) {
+  rlim_t files = RaiseFileLimit();
+  size_t cap = std::min<size_t>(kMaxFilesPerProcess, files) - kFdReserve;
+  size_t per = o.per_process ? std::min(o.per_process, cap) : cap;
+  size_t procs = (o.connections + per - 1) / per;
+  per = (o.connections + procs - 1) / procs;
+  auto users = Provision(s, "idle_", o.connections);
+  std::string tokens_file = c.work_dir + "/idle_tokens";
+  {
+    std::ofstream out(tokens_file);
+    for (auto& u : users) out << u.token << "\n";
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  int64_t rss0 = ReadStatusKb(s.pid, "VmRSS"), anon0 = ReadStatusKb(s.pid, "RssAnon");
+  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::vector<Child> workers;
+  int64_t t0 = NowNs();
+  for (size_t first = 0; first < o.connections; first += per) {
+    size_t n = std::min(per, o.connections - first);
+    workers.push_back(Spawn({self, "--worker-idle", std::to_string(s.port), tokens_file, std::to_string(first), std::to_string(n)},
+                            true, ""));
+  }
+  for (auto& w : workers) {
+    if (w.ReadLine(static_cast<int>(kSetupTimeoutNs / kMs)) != "ready") SetupFailed("an idle worker's connections did not all authenticate");
+  }
+  double connect_s = static_cast<double>(NowNs() - t0) / 1e9;
+  std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(o.hold_s * 1000)));
+  int64_t rss1 = ReadStatusKb(s.pid, "VmRSS"), anon1 = ReadStatusKb(s.pid, "RssAnon");
+  size_t open = 0, closed = 0, pings = 0, errors = 0;
+  for (auto& w : workers) {
+    if (write(w.in, "stop\n", 5) != 5) SetupFailed("worker pipe");
+    json r = json::parse(w.ReadLine(30000), nullptr, false);
+    if (!r.is_object()) SetupFailed("an idle worker gave no report");
+    open += r.value("open", size_t{0});
+    closed += r.value("closed", size_t{0});
+    pings += r.value("pings", size_t{0});
+    errors += r.value("errors", size_t{0});
+    if (r.value("closed", size_t{0})) std::cerr << "closes: " << r["close_samples"].dump() << "\n";
+    waitpid(w.pid, nullptr, 0);
+  }
+  double per_conn = static_cast<double>(rss1 - rss0) / static_cast<double>(o.connections);
+  double per_conn_anon = static_cast<double>(anon1 - anon0) / static_cast<double>(o.connections);
+  if (open != o.connections || closed) {
+    failures->push_back("idle: " + std::to_string(open) + " of " + std::to_string(o.connections) + " connections open at the end, " +
+                        std::to_string(closed) + " closed");
+  }
+  if (errors) failures->push_back("idle: " + std::to_string(errors) + " requests failed");
+  std::printf("parley-bench idle: %zu authenticated connections in %zu worker processes (connected in %.1f s), held %.0f s, %zu heartbeats\n",
+              o.connections, workers.size(), connect_s, o.hold_s, pings);
+  std::printf("  parleyd RSS %.1f -> %.1f MB: %.0f bytes per connection (anonymous: %.0f bytes)\n", static_cast<double>(rss0) / 1e6,
+              static_cast<double>(rss1) / 1e6, per_conn, per_conn_anon);
+  return {{"connections", o.connections}, {"processes", workers.size()}, {"hold_s", o.hold_s}, {"heartbeats", pings},
+          {"rss_before", rss0}, {"rss_after", rss1}, {"bytes_per_connection", per_conn},
+          {"anon_bytes_per_connection", per_conn_anon}, {"open_at_end", open}, {"closed", closed}};
+}
+
+}  // namespace
+}  // namespace parley::bench
+
+int main(int argc, char** argv) {
+  using namespace parley::bench;
+  signal(SIGPIPE, SIG_IGN);
+  setvbuf(stdout, nullptr, _IOLBF, 0);  // progress lines appear as they are printed, also into a pipe
+  if (argc == 6 && std::string(argv[1]) == "--worker-idle") {
+    return RunIdleWorker(static_cast<uint16_t>(std::stoi(argv[2])), argv[3], std::stoul(argv[4]), std::stoul(argv[5]));
+  }
+  Common c;
+  Opts o;
+  CLI::App app{"parley-bench: parleyd's load generator (docs/benchmarks.md, \"Load generator\")"};
+  app.require_subcommand(1);
+  // scripts/bench.sh passes its defaults first and the user's arguments
+  // after them: the last value given wins.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.fallthrough();  // the common options may also follow the scenario
+  app.add_option("--parleyd", c.parleyd, "path of the parleyd binary to start")->required();
+  app.add_option("--server-cpu", c.server_cpu, "pin parleyd (every thread) to this CPU with taskset");
+  app.add_option("--load-cpu", c.load_cpu, "pin this process (and its workers) to this CPU");
+  app.add_option("--work-dir", c.work_dir, "directory for parleyd's data and log (default: a new temporary one, removed)");
+  app.add_option("--json", c.json_out, "write the figures to this file as JSON");
+  app.add_option("--parleyd-arg", c.parleyd_args, "extra parleyd argument (repeatable)")->allow_extra_args(false);
+  auto* thr = app.add_subcommand("throughput", "P pairs, open-loop at each offered rate; latency, receipts, saturation");
+  auto* rtt = app.add_subcommand("receipt-rtt", "send -> the delivered receipt seen by the sender, at one rate");
+  auto* hot = app.add_subcommand("hot", "the pairs' p99 without and with one hot pair beside them");
+  for (auto* sc : {thr, rtt, hot}) {
+    sc->add_option("--pairs", o.pairs, "conversation pairs (two devices each)")->check(CLI::Range(1, 9000));
+    sc->add_option("--rates", o.rates, "offered rates, msgs/s, comma-separated (hot, receipt-rtt: the first)");
+    sc->add_option("--warmup", o.warmup_s, "seconds before each measured window");
+    sc->add_option("--duration", o.duration_s, "measured seconds per rate");
+    sc->add_option("--drain", o.drain_s, "seconds to wait for arrivals after sending stops");
+    sc->add_flag("--no-receipts{false}", o.receipts, "recipients send no receipts");
+  }
+  hot->add_option("--hot-rate", o.hot_rate, "the hot pair's rate, msgs/s");
+  auto* idle = app.add_subcommand("idle", "N authenticated idle connections with heartbeats: parleyd's memory per connection");
+  idle->add_option("--connections", o.connections, "connections")->check(CLI::Range(1, 1000000));
+  idle->add_option("--per-process", o.per_process, "connections per worker process (at most 20,000 files each)");
+  idle->add_option("--hold", o.hold_s, "seconds to hold them after all authenticated");
+  idle->add_option("--heartbeat-interval-ms", c.heartbeat_interval_ms, "parleyd's heartbeat interval (the clients follow it)");
+  auto* rec = app.add_subcommand("reconnects", "token reconnects per second (connect, upgrade, auth, drop)");
+  rec->add_option("--users", o.reconnect_users, "tokens cycled through");
+  rec->add_option("--concurrency", o.concurrency, "reconnects in flight");
+  rec->add_option("--warmup", o.warmup_s, "seconds before measuring");
+  rec->add_option("--duration", o.duration_s, "measured seconds");
+  auto* storm = app.add_subcommand("storm", "drop every device's connection at once; time until all caught up");
+  storm->add_option("--devices", o.devices, "devices (one process: at most 19,936)")->check(CLI::Range(1, 19936));
+  storm->add_option("--rate", o.storm_rate, "messages/s from the sender to the devices, throughout");
+  storm->add_option("--before", o.before_s, "seconds of traffic before the drop");
+  storm->add_option("--after", o.after_s, "seconds of traffic after all caught up");
+  storm->add_option("--drain", o.drain_s, "seconds to wait for arrivals after sending stops");
+  auto* back = app.add_subcommand("backfill", "messages/s streamed to a fresh device with a long history");
+  back->add_option("--history", o.history, "messages in the history")->check(CLI::Range(1, 10000000));
+  CLI11_PARSE(app, argc, argv);
+
+  if (c.load_cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(c.load_cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) SetupFailed("--load-cpu: sched_setaffinity failed");
+  }
+  std::string name = app.get_subcommands()[0]->get_name();
+  if (name == "idle" && c.heartbeat_interval_ms == 0) c.heartbeat_interval_ms = 2000;
+  if (c.heartbeat_interval_ms) c.heartbeat_timeout_ms = 3 * c.heartbeat_interval_ms;
+  RaiseFileLimit();
+  bool own_dir = c.work_dir.empty();
+  if (own_dir) {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "parley-bench.XXXXXX").string();
+    if (!mkdtemp(tmpl.data())) SetupFailed("mkdtemp failed");
+    c.work_dir = tmpl;
+  }
+  Server s;
+  s.dir = c.work_dir;
+  s.admin_token = "parley-bench-" + std::to_string(getpid()) + "-" + std::to_string(NowNs());
+  s.Start(c);
+
+  std::vector<std::string> failures;
+  json result;
+  if (name == "throughput") result = ScenarioThroughput(c, s, o, false, &failures);
+  if (name == "receipt-rtt") {
+    o.rates = std::to_string(static_cast<int64_t>(ParseRates(o.rates).at(0)));
+    result = ScenarioThroughput(c, s, o, true, &failures);
+  }
+  if (name == "hot") result = ScenarioHot(c, s, o, &failures);
+  if (name == "idle") result = ScenarioIdle(c, s, o, &failures);
+  if (name == "reconnects") result = ScenarioReconnects(c, s, o, &failures);
+  if (name == "storm") result = ScenarioStorm(c, s, o, &failures);
+  if (name == "backfill") result = ScenarioBackfill(c, s, o, &failures);
+
+  if (!s.Alive()) failures.push_back("parleyd died during the run (see " + s.log + ")");
+  int64_t hwm = ReadStatusKb(s.pid, "VmHWM");
+  int64_t cpu = ProcessCpuMs(s.pid);
+  int st = s.Terminate();
+  if (st != 0) failures.push_back("parleyd exited with status " + std::to_string(st) + " on SIGTERM");
+  {
+    std::ifstream log(s.log);
+    std::string line;
+    size_t shown = 0;
+    while (std::getline(log, line)) {
+      if (line.find("level=error") != std::string::npos || line.find("level=critical") != std::string::npos) {
+        if (shown++ < 5) failures.push_back("parleyd logged: " + line.substr(0, 300));
+      }
+    }
+  }
+  std::printf("  parleyd: peak RSS %.1f MB, %.1f s CPU in all\n", static_cast<double>(hwm) / 1e6, static_cast<double>(cpu) / 1000.0);
+  json out = {{"scenario", name}, {"result", result}, {"parleyd_peak_rss", hwm}, {"parleyd_cpu_s", static_cast<double>(cpu) / 1000.0},
+              {"server_cpu", c.server_cpu}, {"load_cpu", c.load_cpu}, {"failures", failures}, {"ok", failures.empty()}};
+  if (!c.json_out.empty()) std::ofstream(c.json_out) << out.dump(2) << "\n";
+  if (own_dir) std::filesystem::remove_all(c.work_dir);
+  if (!failures.empty()) {
+    for (auto& f : failures) std::fprintf(stderr, "FAIL: %s\n", f.c_str());
+    return 1;
+  }
+  std::printf("  ok\n");
+  return 0;
+}

@@ -1,0 +1,477 @@
+// Push notifications end to end (issue 11): a real parleyd whose webhook
+// provider posts to a local HTTP receiver that this test starts and scripts
+// (answer 500 twice, then 200, ...). Windows and backoffs are short through
+// parleyd's flags, so each test takes seconds.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sodium.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "e2e/helpers.h"
+
+namespace parley::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A tiny HTTP/1.1 server on 127.0.0.1: one request per connection, answered
+// with the next scripted status (then `otherwise`), every request recorded.
+class PushReceiver {
+ public:
+  struct Post {
+    std::string target;
+    std::map<std::string, std::string> headers;  // lower-case names
+    std::string body;
+    int answered = 0;
+    Clock::time_point at;
+    json payload;
+  };
+
+  PushReceiver() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(listen(fd_, 64), 0);
+    socklen_t len = sizeof a;
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~PushReceiver() {
+    stop_ = true;
+    thread_.join();
+    close(fd_);
+  }
+
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/push"; }
+
+  void Script(std::deque<int> statuses, int otherwise) {
+    std::lock_guard lock(mu_);
+    script_ = std::move(statuses);
+    otherwise_ = otherwise;
+  }
+  std::vector<Post> Posts() {
+    std::lock_guard lock(mu_);
+    return posts_;
+  }
+  // Waits until at least n requests arrived; returns whether they did.
+  bool WaitPosts(size_t n, int timeout_ms) {
+    auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (Clock::now() < deadline) {
+      if (Posts().size() >= n) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return Posts().size() >= n;
+  }
+  // Requests answered with a 2xx whose payload matches `pred`.
+  size_t Delivered(const std::function<bool(const Post&)>& pred = nullptr) {
+    size_t n = 0;
+    for (const auto& p : Posts())
+      if (p.answered >= 200 && p.answered < 300 && (!pred || pred(p))) ++n;
+    return n;
+  }
+
+ private:
+  void Loop() {
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 20) <= 0) continue;
+      int c = accept(fd_, nullptr, nullptr);
+      if (c < 0) continue;
+      Handle(c);
+      close(c);
+    }
+  }
+  void Handle(int c) {
+    std::string in;
+    char buf[4096];
+    size_t header_end = std::string::npos;
+    size_t content_length = 0;
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (Clock::now() < deadline) {
+      pollfd p{c, POLLIN, 0};
+      if (poll(&p, 1, 50) <= 0) continue;
+      ssize_t n = read(c, buf, sizeof buf);
+      if (n <= 0) return;
+      in.append(buf, static_cast<size_t>(n));
+      if (header_end == std::string::npos && (header_end = in.find("\r\n\r\n")) != std::string::npos) {
+        std::string lower = in.substr(0, header_end);
+        for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        size_t cl = lower.find("content-length:");
+        if (cl != std::string::npos) content_length = std::stoul(lower.substr(cl + 15));
+      }
+      if (header_end != std::string::npos && in.size() >= header_end + 4 + content_length) break;
+    }
+    if (header_end == std::string::npos) return;
+    Post post;
+    post.at = Clock::now();
+    post.body = in.substr(header_end + 4, content_length);
+    std::string head = in.substr(0, header_end);
+    size_t line_end = head.find("\r\n");
+    std::string request_line = head.substr(0, line_end);
+    post.target = request_line.substr(request_line.find(' ') + 1);
+    post.target = post.target.substr(0, post.target.find(' '));
+    size_t pos = line_end == std::string::npos ? head.size() : line_end + 2;
+    while (pos < head.size()) {
+      size_t e = head.find("\r\n", pos);
+      if (e == std::string::npos) e = head.size();
+      std::string line = head.substr(pos, e - pos);
+      size_t colon = line.find(':');
+      if (colon != std::string::npos) {
+        std::string name = line.substr(0, colon);
+        for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        std::string value = line.substr(colon + 1);
+        while (!value.empty() && value.front() == ' ') value.erase(0, 1);
+        post.headers[name] = value;
+      }
+      pos = e + 2;
+    }
+    post.payload = json::parse(post.body, nullptr, false);
+    int status;
+    {
+      std::lock_guard lock(mu_);
+      if (!script_.empty()) {
+        status = script_.front();
+        script_.pop_front();
+      } else {
+        status = otherwise_;
+      }
+      post.answered = status;
+      posts_.push_back(post);
+    }
+    std::string resp = "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    (void)!write(c, resp.data(), resp.size());
+  }
+
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::mutex mu_;
+  std::deque<int> script_;
+  int otherwise_ = 200;
+  std::vector<Post> posts_;
+};
+
+constexpr const char* kSecret = "test-push-secret";
+
+std::string Hmac(const std::string& key, const std::string& body) {
+  crypto_auth_hmacsha256_state st;
+  unsigned char mac[crypto_auth_hmacsha256_BYTES];
+  crypto_auth_hmacsha256_init(&st, reinterpret_cast<const unsigned char*>(key.data()), key.size());
+  crypto_auth_hmacsha256_update(&st, reinterpret_cast<const unsigned char*>(body.data()), body.size());
+  crypto_auth_hmacsha256_final(&st, mac);
+  char hex[2 * sizeof mac + 1];
+  sodium_bin2hex(hex, sizeof hex, mac, sizeof mac);
+  return std::string("sha256=") + hex;
+}
+
+std::vector<std::string> PushArgs(const PushReceiver& r, int coalesce_ms = 1000, int lease_ms = 3000) {
+  return {"--push-webhook-url", r.url(), "--push-webhook-secret", kSecret, "--push-coalesce-ms",
+          std::to_string(coalesce_ms), "--push-poll-ms", "50", "--push-backoff-initial-ms", "300",
+          "--push-backoff-max-ms", "2000", "--push-timeout-ms", "1000", "--push-lease-ms", std::to_string(lease_ms)};
+}
+
+void RegisterPush(Device& d, const std::string& token, const std::string& provider = "apns") {
+  auto r = d.conn->Call("register_push", {{"provider", provider}, {"token", token}});
+  ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
+  EXPECT_EQ(r.result["device_id"], d.device_id);
+}
+
+void Background(Device& d) {
+  auto r = d.conn->Call("set_app_state", {{"state", "background"}});
+  ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
+}
+
+int64_t SendTo(Device& from, const std::string& to, const std::string& body, const std::string& client_id) {
+  auto r = from.conn->Call("send", {{"to", to}, {"client_id", client_id}, {"body", body}});
+  EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
+  return r.ok ? r.result["seq"].get<int64_t>() : 0;
+}
+
+json DevicePush(Device& d, int64_t device_id) {
+  auto r = d.conn->Call("list_devices");
+  EXPECT_TRUE(r.ok);
+  for (auto& dev : r.result["devices"])
+    if (dev["device_id"] == device_id) return dev["push"];
+  return nullptr;
+}
+
+TEST(PushE2eTest, AMessageToABackgroundedDeviceMakesOneSignedPostWithTheDocumentedPayload) {
+  PushReceiver rx;
+  ServerProcess server(PushArgs(rx));
+  Register(server, "alice");
+  Register(server, "bob");
+  Device alice = Login(server, "alice");
+  ASSERT_TRUE(alice.conn->Call("set_profile", {{"display_name", "Alice Liddell"}}).ok);
+  Device bob = Login(server, "bob", "phone");
+  RegisterPush(bob, "apns-token-bob");
+  Background(bob);
+  int64_t seq = SendTo(alice, "bob", "hello bob", "m1");
+  ASSERT_TRUE(rx.WaitPosts(1, 5000));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));  // more than a window: still one
+  std::vector<PushReceiver::Post> posts = rx.Posts();
+  ASSERT_EQ(posts.size(), 1u);
+  const auto& p = posts[0];
+  EXPECT_EQ(p.target, "/push");
+  EXPECT_EQ(p.headers.at("content-type"), "application/json");
+  // The signature: HMAC-SHA256 over the exact body with the shared secret.
+  EXPECT_EQ(p.headers.at("x-parley-signature"), Hmac(kSecret, p.body));
+  EXPECT_NE(p.headers.at("x-parley-signature"), Hmac("wrong-secret", p.body));
+  ASSERT_TRUE(p.payload.is_object()) << p.body;
+  const json& j = p.payload;
+  int64_t conv = j["conversation_id"];
+  EXPECT_GT(conv, 0);
+  EXPECT_EQ(j["id"], std::to_string(bob.device_id) + "-" + std::to_string(conv) + "-" + std::to_string(seq) + "-message");
+  EXPECT_EQ(p.headers.at("x-parley-push-id"), j["id"]);
+  EXPECT_EQ(j["kind"], "message");
+  EXPECT_EQ(j["silent"], false);
+  EXPECT_EQ(j["user_id"], bob.user_id);
+  EXPECT_EQ(j["device_id"], bob.device_id);
+  EXPECT_EQ(j["provider"], "apns");
+  EXPECT_EQ(j["token"], "apns-token-bob");
+  EXPECT_EQ(j["seq"], seq);
+  EXPECT_EQ(j["sender"]["user_id"], alice.user_id);
+  EXPECT_EQ(j["sender"]["display_name"], "Alice Liddell");
+  EXPECT_EQ(j["preview"], "hello bob");
+  EXPECT_EQ(j["badge"], 1);
+  EXPECT_EQ(j["attempt"], 1);
+  EXPECT_GT(j["sent_at"].get<int64_t>(), 0);
+  // Health, as the user's own devices read it.
+  json h = DevicePush(bob, bob.device_id);
+  ASSERT_TRUE(h.is_object()) << h.dump();
+  EXPECT_EQ(h["provider"], "apns");
+  EXPECT_EQ(h["last_result"], "ok");
+  EXPECT_EQ(h["failure_count"], 0);
+  EXPECT_EQ(h["pending"], false);
+  EXPECT_TRUE(h["last_attempt_at"].is_number());
+  EXPECT_TRUE(DevicePush(alice, alice.device_id).is_null());
+  std::string metrics = HttpGet(server.port(), "/metrics");
+  EXPECT_EQ(MetricValue(metrics, "parley_push_attempts_total{outcome=\"delivered\"}"), 1);
+  // Previews off: the next push carries no preview (after the window).
+  ASSERT_TRUE(bob.conn->Call("set_push_previews", {{"previews", false}}).ok);
+  int64_t seq2 = SendTo(alice, "bob", "secret text", "m2");
+  ASSERT_TRUE(rx.WaitPosts(2, 5000));
+  json j2 = rx.Posts()[1].payload;
+  EXPECT_EQ(j2["seq"], seq2);
+  EXPECT_TRUE(j2["preview"].is_null());
+  EXPECT_EQ(j2["badge"], 2);
+  EXPECT_EQ(rx.Posts()[1].body.find("secret text"), std::string::npos);
+}
+
+TEST(PushE2eTest, FiveHundredTwiceThenOkDeliversExactlyOnceAfterBackoff) {
+  PushReceiver rx;
+  rx.Script({500, 500}, 200);
+  ServerProcess server(PushArgs(rx));
+  Register(server, "alice");
+  Register(server, "bob");
+  Device alice = Login(server, "alice");
+  Device bob = Login(server, "bob", "phone");
+  RegisterPush(bob, "tok");
+  Background(bob);
+  SendTo(alice, "bob", "hi", "m1");
+  ASSERT_TRUE(rx.WaitPosts(3, 10'000));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  std::vector<PushReceiver::Post> posts = rx.Posts();
+  ASSERT_EQ(posts.size(), 3u);
+  EXPECT_EQ(posts[0].answered, 500);
+  EXPECT_EQ(posts[1].answered, 500);
+  EXPECT_EQ(posts[2].answered, 200);
+  EXPECT_EQ(rx.Delivered(), 1u);
+  // The same push each time (one id), numbered attempts, spaced by backoff
+  // (300 ms then 600 ms, each with jitter down to half).
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(posts[i].payload["id"], posts[0].payload["id"]);
+    EXPECT_EQ(posts[i].payload["attempt"], static_cast<int>(i + 1));
+  }
+  EXPECT_GE(posts[1].at - posts[0].at, std::chrono::milliseconds(150));
+  EXPECT_GE(posts[2].at - posts[1].at, std::chrono::milliseconds(300));
+  json h = DevicePush(bob, bob.device_id);
+  EXPECT_EQ(h["last_result"], "ok");
+  EXPECT_EQ(h["failure_count"], 2);
+  std::string metrics = HttpGet(server.port(), "/metrics");
+  EXPECT_EQ(MetricValue(metrics, "parley_push_attempts_total{outcome=\"retry\"}"), 2);
+  EXPECT_EQ(MetricValue(metrics, "parley_push_attempts_total{outcome=\"delivered\"}"), 1);
+}
+
+TEST(PushE2eTest, ABurstOfTwentyMakesOnePushPerDevicePerWindowWithTheLatestBadge) {
+  constexpr int kWindowMs = 1500;
+  PushReceiver rx;
+  ServerProcess server(PushArgs(rx, kWindowMs));
+  Register(server, "alice");
+  Register(server, "bob");
+  Device alice = Login(server, "alice");
+  Device phone = Login(server, "bob", "phone");
+  Device tablet = Login(server, "bob", "tablet");
+  RegisterPush(phone, "tok-phone");
+  RegisterPush(tablet, "tok-tablet", "fcm");
+  Background(phone);
+  Background(tablet);
+  auto start = Clock::now();
+  int64_t last = 0;
+  for (int i = 0; i < 20; ++i) last = SendTo(alice, "bob", "burst " + std::to_string(i), "b" + std::to_string(i));
+  ASSERT_EQ(last, 20);
+  auto sent = Clock::now();
+  ASSERT_LT(sent - start, std::chrono::milliseconds(kWindowMs)) << "the burst must fit in one window";
+  // Wait until each device got the final state, then one more window.
+  auto deadline = Clock::now() + std::chrono::seconds(10);
+  auto got_latest = [&](int64_t device) {
+    for (const auto& p : rx.Posts())
+      if (p.payload["device_id"] == device && p.payload["seq"] == 20) return true;
+    return false;
+  };
+  while (Clock::now() < deadline && !(got_latest(phone.device_id) && got_latest(tablet.device_id)))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(kWindowMs + 300));
+  for (int64_t device : {phone.device_id, tablet.device_id}) {
+    std::vector<PushReceiver::Post> mine;
+    for (const auto& p : rx.Posts())
+      if (p.payload["device_id"] == device) mine.push_back(p);
+    // The burst lasted less than one window: at most the first push and one
+    // carrying the latest state, a window apart.
+    ASSERT_GE(mine.size(), 1u);
+    ASSERT_LE(mine.size(), 2u) << "device " << device;
+    if (mine.size() == 2) {
+      EXPECT_GE(mine[1].at - mine[0].at, std::chrono::milliseconds(kWindowMs - 100));
+    }
+    EXPECT_EQ(mine.back().payload["seq"], 20);
+    EXPECT_EQ(mine.back().payload["badge"], 20);
+    EXPECT_EQ(mine.back().payload["preview"], "burst 19");
+  }
+}
+
+TEST(PushE2eTest, NoPushForAForegroundDeviceAMutedConversationOrABlockedSender) {
+  PushReceiver rx;
+  ServerProcess server(PushArgs(rx, 200));
+  Register(server, "alice");
+  Register(server, "bob");
+  Register(server, "carol");
+  Device alice = Login(server, "alice");
+  Device carol = Login(server, "carol");
+  Device phone = Login(server, "bob", "phone");
+  RegisterPush(phone, "tok-phone");
+  // Foreground (the default): no push.
+  int64_t seq = SendTo(alice, "bob", "while in the foreground", "f1");
+  ASSERT_TRUE(WaitEvent(*phone.conn, IsMessage(seq)).has_value());
+  // Muted: no push, and the setting reaches the user's other devices.
+  Device laptop = Login(server, "bob", "laptop");
+  int64_t conv = 0;
+  {
+    auto r = phone.conn->Call("open_conversation", {{"username", "alice"}});
+    ASSERT_TRUE(r.ok);
+    conv = r.result["conversation"]["conversation_id"];
+  }
+  auto m = phone.conn->Call("mute_conversation", {{"conversation_id", conv}, {"muted", true}});
+  ASSERT_TRUE(m.ok) << m.code << ": " << m.message;
+  auto mute_event = WaitEvent(*laptop.conn, [&](const json& e) { return e["kind"] == "mute"; });
+  ASSERT_TRUE(mute_event.has_value());
+  EXPECT_EQ((*mute_event)["conversation_id"], conv);
+  EXPECT_EQ((*mute_event)["muted"], true);
+  laptop.conn.reset();  // disconnected: not in the foreground
+  Background(phone);
+  SendTo(alice, "bob", "while muted", "m1");
+  // Blocked sender: withheld, no push.
+  ASSERT_TRUE(phone.conn->Call("block", {{"username", "carol"}}).ok);
+  SendTo(carol, "bob", "from a blocked sender", "c1");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  EXPECT_EQ(rx.Posts().size(), 0u) << rx.Posts()[0].body;
+  auto s = phone.conn->Call("push_settings");
+  ASSERT_TRUE(s.ok);
+  EXPECT_EQ(s.result["muted"], json::array({conv}));
+  // Control: unmuted, the same conversation pushes (so the silence above
+  // came from the rules, not from a broken pipe).
+  ASSERT_TRUE(phone.conn->Call("mute_conversation", {{"conversation_id", conv}, {"muted", false}}).ok);
+  int64_t seq2 = SendTo(alice, "bob", "after unmute", "m2");
+  ASSERT_TRUE(rx.WaitPosts(1, 5000));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_EQ(rx.Posts().size(), 1u);
+  EXPECT_EQ(rx.Posts()[0].payload["seq"], seq2);
+  EXPECT_EQ(rx.Posts()[0].payload["sender"]["user_id"], alice.user_id);
+}
+
+TEST(PushE2eTest, AReadOnAnotherDeviceSendsASilentBadgePushAndGoneRemovesTheEndpoint) {
+  PushReceiver rx;
+  ServerProcess server(PushArgs(rx, 200));
+  Register(server, "alice");
+  Register(server, "bob");
+  Device alice = Login(server, "alice");
+  Device phone = Login(server, "bob", "phone");
+  RegisterPush(phone, "tok-phone");
+  Background(phone);
+  Device desktop = Login(server, "bob", "desktop");  // in the foreground
+  int64_t seq = SendTo(alice, "bob", "read me", "r1");
+  auto ev = WaitEvent(*desktop.conn, IsMessage(seq));
+  ASSERT_TRUE(ev.has_value());
+  int64_t conv = (*ev)["message"]["conversation_id"];
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(rx.Posts().size(), 0u) << "bob has a device in the foreground";
+  ASSERT_TRUE(desktop.conn->Call("receipt", {{"items", {{{"conversation_id", conv}, {"read", seq}}}}}).ok);
+  ASSERT_TRUE(rx.WaitPosts(1, 5000));
+  json j = rx.Posts()[0].payload;
+  EXPECT_EQ(j["kind"], "badge");
+  EXPECT_EQ(j["silent"], true);
+  EXPECT_EQ(j["device_id"], phone.device_id);
+  EXPECT_EQ(j["badge"], 0);
+  EXPECT_TRUE(j["preview"].is_null());
+  // 410: the endpoint is removed and nothing more is sent to it.
+  rx.Script({410}, 200);
+  desktop.conn.reset();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  SendTo(alice, "bob", "to a gone endpoint", "g1");
+  ASSERT_TRUE(rx.WaitPosts(2, 5000));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(DevicePush(phone, phone.device_id).is_null());
+  SendTo(alice, "bob", "after gone", "g2");
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  EXPECT_EQ(rx.Posts().size(), 2u);
+  // Unregister: fine to call with no endpoint; unlink drops a registered one.
+  auto u = phone.conn->Call("unregister_push");
+  ASSERT_TRUE(u.ok);
+  EXPECT_EQ(u.result["removed"], false);
+}
+
+TEST(PushE2eTest, PushesPendingAcrossARestartAreStillSentOnce) {
+  PushReceiver rx;
+  rx.Script({}, 503);  // the relay is down at first
+  ServerProcess server(PushArgs(rx, 200, /*lease_ms=*/1500));
+  Register(server, "alice");
+  Register(server, "bob");
+  Device alice = Login(server, "alice");
+  {
+    // bob's phone registers and goes away: simply disconnected.
+    Device phone = Login(server, "bob", "phone");
+    RegisterPush(phone, "tok-phone");
+  }
+  int64_t seq = SendTo(alice, "bob", "across a restart", "x1");
+  ASSERT_TRUE(rx.WaitPosts(1, 5000));
+  // Killed with the push pending (and maybe claimed: its lease expires).
+  server.Kill9();
+  size_t before = rx.Posts().size();
+  for (const auto& p : rx.Posts()) EXPECT_EQ(p.answered, 503);
+  rx.Script({}, 200);
+  server.Start();
+  auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (Clock::now() < deadline && rx.Delivered() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  EXPECT_GT(rx.Posts().size(), before);
+  EXPECT_EQ(rx.Delivered(), 1u);
+  EXPECT_EQ(rx.Delivered([&](const PushReceiver::Post& p) { return p.payload["seq"] == seq; }), 1u);
+}
+
+}  // namespace
+}  // namespace parley::testing
