@@ -11,6 +11,7 @@ PACKAGES=(
   libsimdjson-dev             # frame parsing
   libsqlite3-dev              # embedded store
   postgresql libpq-dev        # cluster store (libpq) and the server its tests start
+  libhiredis-dev redis-server # cluster fabric (hiredis) and the server its tests start
   libsodium-dev               # Argon2id, tokens, BLAKE2b
   libssl-dev openssl          # TLS (wss/https); the TLS tests make certificates with the openssl CLI
   libspdlog-dev libfmt-dev    # logs

@@ -134,6 +134,13 @@ struct ClientOptions {
   bool tls = false;
   std::string ca_file;
   bool verify_peer = true;
+  // The nodes of a cluster (docs/operations.md, "Cluster"), each "host:port"
+  // (or ws://host:port; tls, ca_file and verify_peer above apply to all).
+  // Non-empty: host and port are ignored. A session starts on the node that
+  // served the last one and, if it cannot connect there, tries the next
+  // ones in order before backing off: a killed node's devices resume on
+  // another (from their cursor, so nothing is lost).
+  std::vector<std::string> endpoints;
   std::string db_path;  // REQUIRED: the local cache and outbox file (created if missing)
   std::string token;    // the device token; empty: cache-only (Compose works, nothing connects)
 

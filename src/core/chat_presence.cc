@@ -15,7 +15,14 @@ void ChatService::SetForeground(const ClientPtr& c, bool counted) {
   if (c->user_id == 0 || c->counted_foreground == counted) return;
   c->counted_foreground = counted;
   NotePushForeground(c->user_id, c->device_id, counted);
-  if (counted) return presence_.ForegroundEnter(c->user_id);
+  if (counted) {
+    if (++local_foreground_[c->user_id] == 1) fabric_.SetLocalOnline(c->user_id, true);
+    return presence_.ForegroundEnter(c->user_id);
+  }
+  if (auto it = local_foreground_.find(c->user_id); it != local_foreground_.end() && --it->second <= 0) {
+    local_foreground_.erase(it);
+    fabric_.SetLocalOnline(c->user_id, false);
+  }
   int64_t last_seen = presence_.ForegroundLeave(c->user_id);
   if (last_seen == 0) return;
   int64_t user = c->user_id;

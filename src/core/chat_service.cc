@@ -56,9 +56,17 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
                                                        fmt::format("type=\"{}\"", protocol::RequestTypeName(t))));
   auto h = HashPassword("parley-dummy-password", config_.password_cost);
   if (h) dummy_hash_ = std::move(*h);
+  // Users online on other nodes count as one foreground connection each way
+  // in the tracker; the node where they went offline stores their last seen.
+  fabric_.OnRemotePresence([this](int64_t user, bool online) {
+    core_.Post([this, user, online] {
+      if (online) presence_.ForegroundEnter(user);
+      else (void)presence_.ForegroundLeave(user);
+    });
+  });
 }
 
-ChatService::~ChatService() = default;
+ChatService::~ChatService() { fabric_.OnRemotePresence(nullptr); }
 
 std::shared_ptr<Client> ChatService::Connect(std::shared_ptr<fabric::DeviceSink> sink, std::string remote_address) {
   auto c = std::make_shared<Client>();
@@ -703,8 +711,20 @@ void ChatService::DoSync(const ClientPtr& c, Req req) {
 
 void ChatService::DoAck(const ClientPtr& c, Req req) {
   int64_t seq = std::get<protocol::AckRequest>(req.body).user_seq;
-  if (auto it = live_.find(c->user_id); it != live_.end() && seq > it->second.head)
-    return Fail(c, req, Status(ErrorCode::kCursorAhead, "cannot acknowledge beyond the head of your stream"));
+  if (auto it = live_.find(c->user_id); it != live_.end() && seq > it->second.head) {
+    // Beyond the head this node knows: another node (cluster) may have
+    // appended since. The store decides.
+    if (!config_.cluster)
+      return Fail(c, req, Status(ErrorCode::kCursorAhead, "cannot acknowledge beyond the head of your stream"));
+    return store_.GetHead(c->user_id, OnCore<int64_t>([this, c, req, seq](Result<int64_t> head) mutable {
+      if (!head) return Fail(c, req, head.error());
+      NoteHead(c->user_id, *head);
+      if (seq > *head)
+        return Fail(c, req, Status(ErrorCode::kCursorAhead, "cannot acknowledge beyond the head of your stream"));
+      if (c->closed) return;
+      DoAck(c, std::move(req));
+    }));
+  }
   if (seq <= c->cursor) return Respond(c, req, [&](JsonWriter& w) { w.Field("cursor", c->cursor); });
   c->cursor = seq;
   store_.SetCursor(c->device_id, seq, clock_.NowMillis(), OnCoreStatus([this, c, req, seq](Status s) {
@@ -746,6 +766,15 @@ void ChatService::DoSnapshot(const ClientPtr& c, Req req) {
 }
 
 void ChatService::DoPing(const ClientPtr& c, Req req) {
+  if (config_.cluster && c->user_id != 0) {
+    // Other nodes append to this user's stream too: the head comes from the
+    // store, so that a device whose live event was lost on the way notices.
+    return store_.GetHead(c->user_id, OnCore<int64_t>([this, c, req](Result<int64_t> head) {
+      if (!head) return Fail(c, req, head.error());
+      NoteHead(c->user_id, *head);
+      Respond(c, req, [&](JsonWriter& w) { w.Field("ts", clock_.NowMillis()).Field("head", *head); });
+    }));
+  }
   int64_t head = 0;
   if (auto it = live_.find(c->user_id); it != live_.end()) head = it->second.head;
   Respond(c, req, [&](JsonWriter& w) {
@@ -765,7 +794,8 @@ void ChatService::PublishEvents(store::StreamEvent event, const std::vector<stor
   for (size_t i = 0; i < positions.size(); ++i) {
     const auto& p = positions[i];
     NoteHead(p.user_id, p.user_seq);
-    if (live_.find(p.user_id) == live_.end()) continue;  // nobody connected: sync will carry it
+    // Nobody connected (on any node, as the fabric knows): sync will carry it.
+    if (!fabric_.IsConnected(p.user_id)) continue;
     event.user_seq = p.user_seq;
     if (i < withheld.size()) event.withheld = withheld[i];
     frames_out_.Inc();
@@ -973,17 +1003,19 @@ bool ChatService::EitherBlocks(int64_t a, int64_t b) const {
 
 void ChatService::LoadBlocks(const std::vector<int64_t>& users, std::function<void()> then) {
   std::vector<int64_t> missing;
+  // In a cluster another node may have changed a block list: always reload.
   for (int64_t u : users)
-    if (blocks_.find(u) == blocks_.end()) missing.push_back(u);
+    if (config_.cluster || blocks_.find(u) == blocks_.end()) missing.push_back(u);
   if (missing.empty()) return then();
   if (blocks_.size() + missing.size() > kMaxCachedBlockSets) blocks_.clear();
   auto left = std::make_shared<size_t>(missing.size());
   for (int64_t u : missing) {
     store_.ListBlocked(u, OnCore<std::vector<store::ProfileRecord>>(
                               [this, u, left, then](Result<std::vector<store::ProfileRecord>> r) {
-                                auto& set = blocks_[u];
+                                std::unordered_set<int64_t> set;
                                 if (r)
                                   for (const auto& p : *r) set.insert(p.user_id);
+                                blocks_[u] = std::move(set);
                                 if (--*left == 0) then();
                               }));
   }

@@ -87,6 +87,11 @@ struct CoreConfig {
   PresenceConfig presence;
   // Conversations whose member lists are kept in memory.
   size_t conversation_cache_entries = 100'000;
+  // Other parleyd nodes share the store (parleyd --redis): what another node
+  // may change is read from the store, not from this node's caches (a user's
+  // stream head for ping and ack, block lists for typing).
+  // docs/architecture.md, "Cluster: what is node-local".
+  bool cluster = false;
   PushConfig push;
 };
 
@@ -241,6 +246,9 @@ class ChatService {
     int64_t head = 0;
   };
   std::unordered_map<int64_t, LiveUser> live_;  // users with authenticated connections
+  // Foreground connections of each user on this node (the fabric tells the
+  // other nodes when a user's count here goes from 0 to 1 and back).
+  std::unordered_map<int64_t, int> local_foreground_;
   std::unordered_map<int64_t, store::ConversationRecord> conversations_;
   std::unordered_map<std::string, int64_t> direct_;  // "userA:userB" (ordered ids) -> conversation id
 

@@ -1,14 +1,15 @@
 // The Fabric: where devices are connected, and getting events to them.
 //
-// Single node: LocalFabric (fabric/local) keeps an in-process table. Cluster
-// (later): a Redis backend routes to the node holding each device. Either
-// way, live delivery is an optimisation (DESIGN.md, guarantee 7): a frame the
+// Single node: LocalFabric (fabric/local) keeps an in-process table. Cluster:
+// RedisFabric (fabric/redis) routes to the node holding each device through
+// Redis (docs/architecture.md, "Cluster fabric"). Either way, live delivery is an optimisation (DESIGN.md, guarantee 7): a frame the
 // fabric drops is recovered by sync, so nothing here is durable.
 //
 // Thread-safety: every method may be called from any thread.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -55,8 +56,21 @@ class Fabric {
   // Closes every connection of the device (unlink, logout).
   virtual void CloseDevice(int64_t user_id, int64_t device_id, uint16_t code, std::string reason) = 0;
 
-  // Whether the user has any connection attached (presence comes later).
+  // Whether the user has any connection attached, on any node. Never blocks:
+  // a cluster fabric answers from a local cache (its staleness is documented
+  // with the backend); a wrong "no" only defers delivery to the next sync.
   virtual bool IsConnected(int64_t user_id) const = 0;
+
+  // Cluster presence. A single node needs none of it (the defaults do
+  // nothing): its PresenceTracker sees every connection itself.
+  // This node's foreground state for `user_id` changed (first connection of
+  // the user here entered the foreground / last one left it).
+  virtual void SetLocalOnline(int64_t /*user_id*/, bool /*online*/) {}
+  // `fn` is called, on any thread, when the user becomes online on at least
+  // one other node (true) or on none any more (false). Set once, before the
+  // first Attach.
+  using RemotePresenceFn = std::function<void(int64_t user_id, bool online)>;
+  virtual void OnRemotePresence(RemotePresenceFn /*fn*/) {}
 
   // Closes every attached connection (shutdown).
   virtual void CloseAll(uint16_t code, std::string reason) = 0;

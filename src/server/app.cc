@@ -23,6 +23,7 @@
 #include "core/accounts.h"
 #include "core/chat_service.h"
 #include "fabric/local/local_fabric.h"
+#include "fabric/redis/redis_fabric.h"
 #include "gateway/gateway.h"
 #include "gateway/static_files.h"
 #include "protocol/encode.h"
@@ -88,7 +89,24 @@ int RunServer(const ServerConfig& config) {
                  fmt::join(config.faults, ","));
   }
 #endif
-  fabric::LocalFabric fabric;
+  // Single node: the in-process table. Cluster (--redis): through Redis; a
+  // node that cannot reach Redis at start does not start.
+  std::unique_ptr<fabric::Fabric> fabric_owner;
+  fabric::RedisFabric* redis_fabric = nullptr;
+  if (config.redis.empty()) {
+    fabric_owner = std::make_unique<fabric::LocalFabric>();
+  } else {
+    auto redis = fabric::RedisFabric::Start(config.fabric);
+    if (!redis) {
+      spdlog::critical("event=start_failed error=\"fabric: {}\"", redis.error().ToString());
+      return 1;
+    }
+    redis_fabric = redis->get();
+    fabric_owner = std::move(*redis);
+    spdlog::info("event=cluster_fabric redis={}:{} node_id={}", config.fabric.host, config.fabric.port,
+                 config.fabric.node_id);
+  }
+  fabric::Fabric& fabric = *fabric_owner;
   auto hash_pool = std::make_unique<WorkerPool>(config.hash_threads);
   gateway::Gateway gw(config.gateway);
   core::ChatService chat(gw.CoreExecutor(), *store_for_service, fabric, *hash_pool, SystemClock::Instance(), config.core);
@@ -205,6 +223,9 @@ int RunServer(const ServerConfig& config) {
   if (pusher) pusher->Stop();
   store->reset();
   pusher.reset();
+  // No frame from another node may reach a connection once the gateway is
+  // gone: the fabric's Redis thread stops here.
+  if (redis_fabric != nullptr) redis_fabric->Stop();
   spdlog::info("event=shutdown_complete");
   return 0;
 }

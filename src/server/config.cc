@@ -6,6 +6,9 @@
 
 #include <CLI/CLI.hpp>
 #include <cstring>
+#include <string_view>
+
+#include <unistd.h>
 #include <thread>
 
 namespace parley::server {
@@ -220,6 +223,21 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   app.add_flag("--insecure-fast-password-hashing", fast_hashing,
                "TESTS AND BENCHMARKS ONLY: Argon2id with minimal cost, so accounts can be made quickly")
       ->envname("PARLEY_INSECURE_FAST_PASSWORD_HASHING");
+  // Cluster (docs/operations.md, "Cluster").
+  app.add_option("--redis", c.redis,
+                 "Redis of the cluster, HOST:PORT or redis://HOST[:PORT]; empty: a single node (no Redis)")
+      ->envname("PARLEY_REDIS");
+  app.add_option("--node-id", c.fabric.node_id,
+                 "This node's id in the cluster, unique among live nodes (default: HOSTNAME-PID)")
+      ->envname("PARLEY_NODE_ID");
+  app.add_option("--redis-route-ttl-ms", c.fabric.route_ttl_ms,
+                 "How long a node's device routes and presence live in Redis without a refresh")
+      ->envname("PARLEY_REDIS_ROUTE_TTL_MS")
+      ->capture_default_str();
+  app.add_option("--redis-refresh-ms", c.fabric.refresh_interval_ms,
+                 "How often a node re-writes its routes and publishes its presence snapshot")
+      ->envname("PARLEY_REDIS_REFRESH_MS")
+      ->capture_default_str();
 #ifdef PARLEY_FAULT_SWITCHES
   app.add_option("--fault", c.faults,
                  "TEST BUILDS ONLY: inject a fault, NAME@N (repeatable; docs/checker.md, \"Fault switches\")")
@@ -256,6 +274,16 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   if (c.core.heartbeat_timeout_ms <= c.core.heartbeat_interval_ms)
     return Status(ErrorCode::kBadRequest, "--heartbeat-timeout-ms must be larger than --heartbeat-interval-ms");
   c.gateway.idle_timeout_ms = c.core.heartbeat_timeout_ms;
+  if (!c.redis.empty()) {
+    if (Status st = fabric::ParseRedisAddress(c.redis, &c.fabric); !st.ok()) return st;
+    if (c.fabric.node_id.empty()) {
+      char host[256] = {};
+      gethostname(host, sizeof host - 1);
+      c.fabric.node_id = std::string(host) + "-" + std::to_string(getpid());
+    }
+    if (Status st = fabric::ValidateRedisFabricConfig(c.fabric); !st.ok()) return st;
+    c.core.cluster = true;
+  }
   if (!c.push.webhook_url.empty()) {
     if (c.push.webhook_url.rfind("http://", 0) != 0)
       return Status(ErrorCode::kBadRequest, "--push-webhook-url must be an http:// URL");
@@ -268,6 +296,22 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
     c.core.push.enabled = true;
   }
 #ifdef PARLEY_FAULT_SWITCHES
+  // fabric_drop_publish@N is the fabric's (RedisFabricConfig::drop_publish_at),
+  // every other switch the store's.
+  for (auto it = c.faults.begin(); it != c.faults.end();) {
+    constexpr std::string_view kFabricDrop = "fabric_drop_publish@";
+    if (it->rfind(kFabricDrop, 0) != 0) {
+      ++it;
+      continue;
+    }
+    try {
+      c.fabric.drop_publish_at = std::stoll(it->substr(kFabricDrop.size()));
+    } catch (const std::exception&) {
+      c.fabric.drop_publish_at = 0;
+    }
+    if (c.fabric.drop_publish_at <= 0) return Status(ErrorCode::kBadRequest, "--fault: fabric_drop_publish@N needs N >= 1");
+    it = c.faults.erase(it);
+  }
   for (const auto& f : c.faults) {
     auto parsed = store::ParseFaultSwitch(f);
     if (!parsed) return Status(ErrorCode::kBadRequest, "--fault: " + parsed.error().message());
@@ -322,6 +366,10 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
     return Status(ErrorCode::kBadRequest,
                   "--store must be 'sqlite' or a postgres:// or postgresql:// URL: '" + store_spec + "'");
   }
+  // Nodes of a cluster share one durable log: a node's own SQLite file
+  // would give each node different data under one fabric.
+  if (!c.redis.empty() && c.store.backend != "postgres")
+    return Status(ErrorCode::kBadRequest, "--redis (a cluster) needs a PostgreSQL --store shared by every node");
   return c;
 }
 

@@ -11,6 +11,7 @@
 #include "common/status.h"
 #include "admin/admin_api.h"
 #include "core/chat_service.h"
+#include "fabric/redis/redis_fabric.h"
 #include "gateway/gateway.h"
 #include "store/store_factory.h"
 
@@ -45,6 +46,10 @@ struct ServerConfig {
   store::StoreConfig store;
   core::CoreConfig core;
   admin::AdminConfig admin;
+  // Cluster (docs/operations.md, "Cluster"): Redis address (--redis, empty:
+  // single node, LocalFabric) and this node's fabric settings (--node-id...).
+  std::string redis;
+  fabric::RedisFabricConfig fabric;
   PushOptions push;
   // Test builds only (PARLEY_FAULT_SWITCHES): fault switches, "NAME@N" each
   // (store/fault_store.h). Non-empty: the store is wrapped in a FaultStore.

@@ -159,6 +159,7 @@ struct Client::Impl {
   ClientState state = ClientState::kStopped;
   std::string last_error;
   std::shared_ptr<Connection> conn;  // set while online
+  size_t endpoint = 0;  // index in opt.endpoints of the node that served last (worker thread)
   std::shared_ptr<Connection> session_conn;  // set from connect to close (DropConnectionForTest)
   std::map<int64_t, int64_t> pending_read;  // conversation -> seq (MarkRead)
   std::vector<StatusUpdate> queued_updates;  // from Compose, emitted by the worker
@@ -397,21 +398,41 @@ struct Client::Impl {
     std::string client_id, peer;
   };
 
+  // The connection of a new session: the endpoint that served last, else
+  // the next ones in order (ClientOptions::endpoints). Worker thread.
+  std::shared_ptr<Connection> OpenAnyEndpoint(std::string* why) {
+    std::vector<std::string> targets = opt.endpoints;
+    if (targets.empty()) targets.push_back(opt.host + ":" + std::to_string(opt.port));
+    std::string errors;
+    for (size_t i = 0; i < targets.size(); ++i) {
+      size_t at = (endpoint + i) % targets.size();
+      ConnectOptions co;
+      co.host = opt.host;
+      co.port = opt.port;
+      if (!opt.endpoints.empty() && !ParseServerAddress(targets[at], &co)) {
+        errors += (errors.empty() ? "" : "; ") + targets[at] + ": not an address";
+        continue;
+      }
+      co.tls = co.tls || opt.tls;
+      co.ca_file = opt.ca_file;
+      co.verify_peer = opt.verify_peer;
+      co.timeout_ms = opt.connect_timeout_ms;
+      std::string err;
+      std::shared_ptr<Connection> c(Connection::Open(co, &err).release());
+      if (c) {
+        endpoint = at;
+        return c;
+      }
+      errors += (errors.empty() ? "" : "; ") + targets[at] + " (" + err + ")";
+    }
+    *why = "server unreachable at " + errors;
+    return nullptr;
+  }
+
   SessionEnd Session() {
     SessionEnd end;
-    ConnectOptions co;
-    co.host = opt.host;
-    co.port = opt.port;
-    co.tls = opt.tls;
-    co.ca_file = opt.ca_file;
-    co.verify_peer = opt.verify_peer;
-    co.timeout_ms = opt.connect_timeout_ms;
-    std::string err;
-    std::shared_ptr<Connection> c(Connection::Open(co, &err).release());
-    if (!c) {
-      end.why = "server unreachable at " + opt.host + ":" + std::to_string(opt.port) + " (" + err + ")";
-      return end;
-    }
+    std::shared_ptr<Connection> c = OpenAnyEndpoint(&end.why);
+    if (!c) return end;
     c->SetActivityCallback([this] { Wake(); });
     {
       std::lock_guard lock(mu);

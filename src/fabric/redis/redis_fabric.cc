@@ -1,0 +1,701 @@
+// RedisFabric (see the header for the data model). Local connections are a
+// LocalFabric; everything about Redis lives on the I/O thread: the two hiredis
+// connections (commands; subscriptions), this node's route bookkeeping, and
+// the other nodes' presence. Only the cache IsConnected reads
+// (remote_connected_) and the presence callback are shared, under mu_.
+#include "fabric/redis/redis_fabric.h"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "common/metrics.h"
+#include "fabric/local/local_fabric.h"
+
+namespace parley::fabric {
+
+namespace net = boost::asio;
+
+namespace {
+
+constexpr char kPresenceChannel[] = "parley:presence";
+// How long the destructor waits for its goodbye to reach Redis.
+constexpr int kGoodbyeTimeoutMs = 1'000;
+
+// Reads the user's live routes and publishes ARGV[3] to the channel of each
+// other node that holds one of them (only to the node holding device ARGV[4]
+// if it is not empty). Returns the number of nodes published to.
+constexpr char kRouteScript[] = R"lua(
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local sent = {}
+local n = 0
+for _, m in ipairs(members) do
+  local sep = string.find(m, '|', 1, true)
+  if sep then
+    local node = string.sub(m, 1, sep - 1)
+    local dev = string.sub(m, sep + 1)
+    if node ~= ARGV[2] and not sent[node] and (ARGV[4] == '' or ARGV[4] == dev) then
+      sent[node] = true
+      n = n + 1
+      redis.call('PUBLISH', 'parley:node:' .. node, ARGV[3])
+    end
+  end
+end
+return n
+)lua";
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string RouteKey(int64_t user) { return "parley:route:" + std::to_string(user); }
+
+bool ValidNodeId(const std::string& id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char ch : id) {
+    bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+              ch == '_' || ch == '.' || ch == ':';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// Drives one redisAsyncContext from an io_context through hiredis' adapter
+// hooks. hiredis owns the socket: the descriptor is released, never closed.
+struct AsioAdapter : std::enable_shared_from_this<AsioAdapter> {
+  AsioAdapter(net::io_context& io, redisAsyncContext* c) : sd(io, c->c.fd), ac(c) {}
+  net::posix::stream_descriptor sd;
+  redisAsyncContext* ac;
+  bool reading = false, writing = false, read_armed = false, write_armed = false, dead = false;
+
+  void ArmRead() {
+    if (dead || !reading || read_armed) return;
+    read_armed = true;
+    sd.async_wait(net::posix::stream_descriptor::wait_read, [self = shared_from_this()](boost::system::error_code ec) {
+      self->read_armed = false;
+      if (self->dead || ec == net::error::operation_aborted || !self->reading) return;
+      redisAsyncHandleRead(self->ac);  // may free the context (then dead is set)
+      self->ArmRead();
+    });
+  }
+  void ArmWrite() {
+    if (dead || !writing || write_armed) return;
+    write_armed = true;
+    sd.async_wait(net::posix::stream_descriptor::wait_write, [self = shared_from_this()](boost::system::error_code ec) {
+      self->write_armed = false;
+      if (self->dead || ec == net::error::operation_aborted || !self->writing) return;
+      redisAsyncHandleWrite(self->ac);
+      self->ArmWrite();
+    });
+  }
+
+  struct Holder {
+    std::shared_ptr<AsioAdapter> a;
+  };
+  static void Attach(net::io_context& io, redisAsyncContext* ctx) {
+    auto* h = new Holder{std::make_shared<AsioAdapter>(io, ctx)};
+    ctx->ev.data = h;
+    ctx->ev.addRead = [](void* p) {
+      auto& a = *static_cast<Holder*>(p)->a;
+      a.reading = true;
+      a.ArmRead();
+    };
+    ctx->ev.delRead = [](void* p) { static_cast<Holder*>(p)->a->reading = false; };
+    ctx->ev.addWrite = [](void* p) {
+      auto& a = *static_cast<Holder*>(p)->a;
+      a.writing = true;
+      a.ArmWrite();
+    };
+    ctx->ev.delWrite = [](void* p) { static_cast<Holder*>(p)->a->writing = false; };
+    ctx->ev.cleanup = [](void* p) {
+      auto* holder = static_cast<Holder*>(p);
+      auto& a = *holder->a;
+      a.dead = true;
+      a.reading = a.writing = false;
+      a.sd.release();  // cancels the waits; hiredis closes the fd
+      delete holder;
+    };
+  }
+};
+
+}  // namespace
+
+Status ParseRedisAddress(const std::string& text, RedisFabricConfig* config) {
+  std::string rest = text;
+  if (rest.rfind("redis://", 0) == 0) rest = rest.substr(8);
+  while (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.empty()) return Status(ErrorCode::kBadRequest, "--redis: empty address");
+  size_t colon = rest.rfind(':');
+  std::string host = rest, port = "6379";
+  if (colon != std::string::npos) {
+    host = rest.substr(0, colon);
+    port = rest.substr(colon + 1);
+  }
+  int p = 0;
+  for (char ch : port) {
+    if (ch < '0' || ch > '9' || p > 65535) return Status(ErrorCode::kBadRequest, "--redis: bad port in '" + text + "'");
+    p = p * 10 + (ch - '0');
+  }
+  if (host.empty() || p <= 0 || p > 65535)
+    return Status(ErrorCode::kBadRequest, "--redis: expected HOST:PORT or redis://HOST[:PORT], got '" + text + "'");
+  config->host = host;
+  config->port = p;
+  return Status::Ok();
+}
+
+struct RedisFabric::Impl {
+  struct Conn {
+    Impl* impl = nullptr;
+    bool subscriber = false;
+    redisAsyncContext* ac = nullptr;
+    bool connected = false;
+    bool subscribed = false;  // subscriber: the SUBSCRIBE was confirmed
+    int failures = 0;         // connection attempts failed in a row (only the first is logged)
+    std::optional<net::steady_timer> retry;
+  };
+  struct RemoteNode {
+    std::unordered_set<int64_t> connected, online;
+    int64_t heard_ms = 0;
+  };
+
+  explicit Impl(RedisFabricConfig c)
+      : cfg(std::move(c)),
+        work(net::make_work_guard(io)),
+        refresh(io),
+        up(Metrics::Default().GetGauge("parley_fabric_redis_up",
+                                       "1 while both Redis connections (commands, subscriptions) are up")),
+        sent(Metrics::Default().GetCounter("parley_fabric_remote_publishes_total",
+                                           "Frames and closes sent to other nodes through Redis, by result",
+                                           "result=\"sent\"")),
+        dropped(Metrics::Default().GetCounter("parley_fabric_remote_publishes_total",
+                                              "Frames and closes sent to other nodes through Redis, by result",
+                                              "result=\"dropped\"")),
+        frames_in(Metrics::Default().GetCounter("parley_fabric_remote_frames_total",
+                                                "Frames and closes received from other nodes through Redis")),
+        errors(Metrics::Default().GetCounter("parley_fabric_redis_errors_total",
+                                             "Redis error replies and failed connection attempts")),
+        reconnects(Metrics::Default().GetCounter("parley_fabric_redis_reconnects_total",
+                                                 "Redis connections re-established after a loss")),
+        remote_users(Metrics::Default().GetGauge("parley_fabric_remote_users",
+                                                 "Users connected on other nodes, as this node's cache knows")) {
+    cmd.impl = sub.impl = this;
+    sub.subscriber = true;
+    cmd.retry.emplace(io);
+    sub.retry.emplace(io);
+  }
+
+  // ---- Connections (I/O thread) ----
+
+  void Connect(Conn& conn) {
+    redisAsyncContext* ac = redisAsyncConnect(cfg.host.c_str(), cfg.port);
+    if (ac == nullptr || ac->err) {
+      errors.Inc();
+      if (conn.failures++ == 0)
+        spdlog::warn("event=redis_connect_failed host={} port={} error=\"{}\" note=\"retrying every {} ms\"",
+                     cfg.host, cfg.port, ac ? ac->errstr : "out of memory", cfg.reconnect_ms);
+      if (ac) redisAsyncFree(ac);
+      return Retry(conn);
+    }
+    conn.ac = ac;
+    ac->data = &conn;
+    AsioAdapter::Attach(io, ac);
+    redisAsyncSetConnectCallback(ac, [](const redisAsyncContext* c, int status) {
+      static_cast<Conn*>(c->data)->impl->OnConnect(*static_cast<Conn*>(c->data), status);
+    });
+    redisAsyncSetDisconnectCallback(ac, [](const redisAsyncContext* c, int status) {
+      static_cast<Conn*>(c->data)->impl->OnDisconnect(*static_cast<Conn*>(c->data), status);
+    });
+  }
+
+  void Retry(Conn& conn) {
+    if (stopping) return;
+    conn.retry->expires_after(std::chrono::milliseconds(cfg.reconnect_ms));
+    conn.retry->async_wait([this, &conn](boost::system::error_code ec) {
+      if (!ec && !stopping) Connect(conn);
+    });
+  }
+
+  void OnConnect(Conn& conn, int status) {
+    if (status != REDIS_OK) {
+      errors.Inc();
+      if (conn.failures++ == 0)
+        spdlog::warn("event=redis_connect_failed host={} port={} error=\"{}\" note=\"retrying every {} ms\"",
+                     cfg.host, cfg.port, conn.ac ? conn.ac->errstr : "", cfg.reconnect_ms);
+      conn.ac = nullptr;  // hiredis frees it after this callback
+      return Retry(conn);
+    }
+    conn.connected = true;
+    conn.failures = 0;
+    if (ever_connected) reconnects.Inc();
+    if (conn.subscriber) {
+      subscribe_acks = 0;
+      std::string channel = "parley:node:" + cfg.node_id;
+      redisAsyncCommand(
+          conn.ac,
+          [](redisAsyncContext* c, void* r, void*) {
+            static_cast<Conn*>(c->data)->impl->OnSubscription(static_cast<redisReply*>(r));
+          },
+          nullptr, "SUBSCRIBE %b %s", channel.data(), channel.size(), kPresenceChannel);
+    } else {
+      spdlog::info("event=redis_connected host={} port={} node_id={}", cfg.host, cfg.port, cfg.node_id);
+      WriteAllRoutes();
+      if (sub.subscribed) SayHello();
+    }
+    UpdateUp();
+  }
+
+  void OnDisconnect(Conn& conn, int status) {
+    bool was = conn.connected;
+    conn.connected = false;
+    conn.subscribed = false;
+    conn.ac = nullptr;  // hiredis frees it after this callback
+    UpdateUp();
+    if (stopping) return;
+    if (was)
+      spdlog::warn("event=redis_disconnected connection={} status={} note=\"retrying every {} ms; live delivery to "
+                   "other nodes pauses, sync recovers it\"",
+                   conn.subscriber ? "subscriptions" : "commands", status, cfg.reconnect_ms);
+    Retry(conn);
+  }
+
+  void UpdateUp() {
+    bool both = cmd.connected && sub.subscribed;
+    up.Set(both ? 1 : 0);
+    if (both) {
+      ever_connected = true;
+      std::lock_guard lock(ready_mu);
+      ready = true;
+      ready_cv.notify_all();
+    }
+  }
+
+  // Fire-and-forget command: counts error replies.
+  static void CountReply(redisAsyncContext* c, void* r, void*) {
+    auto* reply = static_cast<redisReply*>(r);
+    if (reply == nullptr || reply->type == REDIS_REPLY_ERROR) {
+      auto* conn = static_cast<Conn*>(c->data);
+      if (conn == nullptr) return;
+      conn->impl->errors.Inc();
+      if (reply) spdlog::warn("event=redis_error error=\"{}\"", std::string(reply->str, reply->len));
+    }
+  }
+
+  void Command(std::vector<std::string> args) {
+    if (!cmd.connected) return;
+    std::vector<const char*> argv;
+    std::vector<size_t> lens;
+    for (const auto& a : args) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    redisAsyncCommandArgv(cmd.ac, &Impl::CountReply, nullptr, static_cast<int>(argv.size()), argv.data(),
+                          lens.data());
+  }
+
+  // ---- Routes and presence of this node (I/O thread) ----
+
+  std::string Member(int64_t device) const { return cfg.node_id + "|" + std::to_string(device); }
+
+  void WriteRoute(int64_t user, int64_t device, int64_t now) {
+    std::string key = RouteKey(user);
+    Command({"ZADD", key, std::to_string(now + cfg.route_ttl_ms), Member(device)});
+    Command({"PEXPIRE", key, std::to_string(cfg.route_ttl_ms)});
+  }
+
+  void WriteAllRoutes() {
+    int64_t now = NowMs();
+    for (const auto& [user, devices] : local_devices) {
+      for (const auto& [device, n] : devices) WriteRoute(user, device, now);
+      Command({"ZREMRANGEBYSCORE", RouteKey(user), "-inf", std::to_string(now)});  // expired entries of any node
+    }
+  }
+
+  void Broadcast(const std::string& text) { Command({"PUBLISH", kPresenceChannel, text}); }
+
+  void SayHello() {
+    Broadcast("h " + cfg.node_id);
+    PublishSnapshot();
+  }
+
+  void PublishSnapshot() {
+    std::string s = "s " + cfg.node_id + "\n";
+    for (const auto& [user, devices] : local_devices) s += std::to_string(user) + " ";
+    s += "\n";
+    for (int64_t user : local_online) s += std::to_string(user) + " ";
+    Broadcast(s);
+  }
+
+  void Refresh() {
+    refresh.expires_after(std::chrono::milliseconds(cfg.refresh_interval_ms));
+    refresh.async_wait([this](boost::system::error_code ec) {
+      if (ec || stopping) return;
+      if (cmd.connected) {
+        WriteAllRoutes();
+        PublishSnapshot();
+      }
+      // Nodes not heard from for a route TTL are gone (killed, or cut off).
+      int64_t now = NowMs();
+      std::vector<std::string> gone;
+      for (const auto& [id, n] : nodes)
+        if (n.heard_ms < now - cfg.route_ttl_ms) gone.push_back(id);
+      for (const auto& id : gone) {
+        spdlog::info("event=fabric_node_expired node_id={}", id);
+        ForgetNode(id);
+      }
+      Refresh();
+    });
+  }
+
+  void LocalAttach(int64_t user, int64_t device) {
+    auto& devices = local_devices[user];
+    bool new_user = devices.empty();
+    if (devices[device]++ == 0) WriteRoute(user, device, NowMs());
+    if (new_user) Broadcast("c " + cfg.node_id + " " + std::to_string(user) + " 1");
+  }
+
+  void LocalDetach(int64_t user, int64_t device) {
+    auto it = local_devices.find(user);
+    if (it == local_devices.end()) return;
+    auto d = it->second.find(device);
+    if (d == it->second.end()) return;
+    if (--d->second > 0) return;
+    it->second.erase(d);
+    Command({"ZREM", RouteKey(user), Member(device)});
+    if (!it->second.empty()) return;
+    local_devices.erase(it);
+    Broadcast("c " + cfg.node_id + " " + std::to_string(user) + " 0");
+  }
+
+  // kind: 'p' durable frame, 'e' ephemeral frame, 'x' close (data: "CODE REASON").
+  void SendRemote(char kind, int64_t user, int64_t device, const std::string& data) {
+    if (kind == 'p' && cfg.drop_publish_at > 0 && ++durable_remote == cfg.drop_publish_at) {
+      dropped.Inc();
+      spdlog::warn("event=fault_fabric_drop_publish user_id={} n={}", user, durable_remote);
+      return;
+    }
+    if (!cmd.connected) {
+      dropped.Inc();
+      return;
+    }
+    sent.Inc();
+    std::string payload;
+    payload.reserve(data.size() + 32);
+    payload += kind;
+    payload += ' ';
+    payload += std::to_string(user);
+    payload += ' ';
+    payload += std::to_string(device);
+    payload += '\n';
+    payload += data;
+    Command({"EVAL", kRouteScript, "1", RouteKey(user), std::to_string(NowMs()), cfg.node_id, payload,
+             device != 0 ? std::to_string(device) : std::string()});
+  }
+
+  // ---- What other nodes say (I/O thread) ----
+
+  void OnSubscription(redisReply* r) {
+    if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
+    std::string type(r->element[0]->str, r->element[0]->len);
+    if (type == "subscribe") {
+      if (++subscribe_acks == 2) {
+        sub.subscribed = true;
+        subscribe_acks = 0;
+        if (cmd.connected) SayHello();
+        UpdateUp();
+      }
+      return;
+    }
+    if (type != "message") return;
+    std::string channel(r->element[1]->str, r->element[1]->len);
+    std::string_view payload(r->element[2]->str, r->element[2]->len);
+    if (channel == kPresenceChannel) return OnPresence(payload);
+    OnNodeMessage(payload);
+  }
+
+  void OnNodeMessage(std::string_view payload) {
+    size_t nl = payload.find('\n');
+    if (nl == std::string_view::npos || payload.size() < 2) return;
+    std::istringstream head{std::string(payload.substr(2, nl - 2))};
+    int64_t user = 0, device = 0;
+    if (!(head >> user >> device)) return;
+    std::string data(payload.substr(nl + 1));
+    frames_in.Inc();
+    switch (payload[0]) {
+      case 'p': return local.Publish(user, std::make_shared<const std::string>(std::move(data)), false);
+      case 'e': return local.Publish(user, std::make_shared<const std::string>(std::move(data)), true);
+      case 'x': {
+        size_t sp = data.find(' ');
+        int code = std::atoi(data.substr(0, sp).c_str());
+        std::string reason = sp == std::string::npos ? "" : data.substr(sp + 1);
+        return local.CloseDevice(user, device, static_cast<uint16_t>(code), std::move(reason));
+      }
+      default: return;
+    }
+  }
+
+  void OnPresence(std::string_view payload) {
+    std::istringstream in{std::string(payload)};
+    std::string kind, node;
+    if (!(in >> kind >> node) || node == cfg.node_id) return;
+    if (kind == "q") return ForgetNode(node);
+    RemoteNode& n = nodes[node];
+    n.heard_ms = NowMs();
+    if (kind == "h") {
+      if (cmd.connected) PublishSnapshot();
+      return;
+    }
+    if (kind == "c" || kind == "f") {
+      int64_t user = 0;
+      int on = 0;
+      if (!(in >> user >> on)) return;
+      if (kind == "c") SetConnected(n, user, on != 0);
+      else SetOnline(n, user, on != 0);
+      return;
+    }
+    if (kind == "s") {
+      std::string line;
+      std::getline(in, line);  // rest of the first line
+      std::unordered_set<int64_t> connected, online;
+      std::getline(in, line);
+      {
+        std::istringstream ids(line);
+        for (int64_t u; ids >> u;) connected.insert(u);
+      }
+      std::getline(in, line);
+      {
+        std::istringstream ids(line);
+        for (int64_t u; ids >> u;) online.insert(u);
+      }
+      Replace(n, connected, online);
+    }
+  }
+
+  void Replace(RemoteNode& n, const std::unordered_set<int64_t>& connected, const std::unordered_set<int64_t>& online) {
+    std::vector<int64_t> drop;
+    for (int64_t u : n.connected)
+      if (!connected.count(u)) drop.push_back(u);
+    for (int64_t u : drop) SetConnected(n, u, false);
+    for (int64_t u : connected) SetConnected(n, u, true);
+    drop.clear();
+    for (int64_t u : n.online)
+      if (!online.count(u)) drop.push_back(u);
+    for (int64_t u : drop) SetOnline(n, u, false);
+    for (int64_t u : online) SetOnline(n, u, true);
+  }
+
+  void ForgetNode(const std::string& id) {
+    auto it = nodes.find(id);
+    if (it == nodes.end()) return;
+    Replace(it->second, {}, {});
+    nodes.erase(it);
+  }
+
+  void SetConnected(RemoteNode& n, int64_t user, bool on) {
+    if (on ? !n.connected.insert(user).second : n.connected.erase(user) == 0) return;
+    std::lock_guard lock(mu);
+    if (on) {
+      ++remote_connected[user];
+    } else if (auto it = remote_connected.find(user); it != remote_connected.end() && --it->second <= 0) {
+      remote_connected.erase(it);
+    }
+    remote_users.Set(static_cast<int64_t>(remote_connected.size()));
+  }
+
+  void SetOnline(RemoteNode& n, int64_t user, bool on) {
+    if (on ? !n.online.insert(user).second : n.online.erase(user) == 0) return;
+    int& count = remote_online[user];
+    count += on ? 1 : -1;
+    bool changed = on ? count == 1 : count == 0;
+    if (count == 0) remote_online.erase(user);
+    if (!changed) return;
+    RemotePresenceFn fn;
+    {
+      std::lock_guard lock(mu);
+      fn = presence_fn;
+    }
+    if (fn) fn(user, on);
+  }
+
+  RedisFabricConfig cfg;
+  LocalFabric local;
+  net::io_context io;
+  net::executor_work_guard<net::io_context::executor_type> work;
+  net::steady_timer refresh;
+  std::thread thread;
+  Conn cmd, sub;
+  bool stopping = false;
+  bool ever_connected = false;
+  int subscribe_acks = 0;
+  int64_t durable_remote = 0;  // durable frames offered to other nodes (fault switch)
+
+  // I/O thread only.
+  std::unordered_map<int64_t, std::unordered_map<int64_t, int>> local_devices;  // user -> device -> connections
+  std::unordered_set<int64_t> local_online;
+  std::unordered_map<std::string, RemoteNode> nodes;
+  std::unordered_map<int64_t, int> remote_online;  // user -> other nodes where online
+
+  // Shared, under mu.
+  mutable std::mutex mu;
+  std::unordered_map<int64_t, int> remote_connected;  // user -> other nodes holding a connection
+  RemotePresenceFn presence_fn;
+
+  std::mutex ready_mu;
+  std::condition_variable ready_cv;
+  bool ready = false;
+
+  Gauge& up;
+  Counter& sent;
+  Counter& dropped;
+  Counter& frames_in;
+  Counter& errors;
+  Counter& reconnects;
+  Gauge& remote_users;
+};
+
+Status ValidateRedisFabricConfig(const RedisFabricConfig& config) {
+  if (!ValidNodeId(config.node_id))
+    return Status(ErrorCode::kBadRequest, "--node-id: 1 to 128 of letters, digits, '-', '_', '.', ':' (got '" +
+                                              config.node_id + "')");
+  if (config.refresh_interval_ms <= 0 || config.route_ttl_ms <= 2 * config.refresh_interval_ms)
+    return Status(ErrorCode::kBadRequest, "--redis-route-ttl-ms must be more than twice --redis-refresh-ms (> 0)");
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<RedisFabric>> RedisFabric::Start(RedisFabricConfig config, int connect_timeout_ms) {
+  if (Status s = ValidateRedisFabricConfig(config); !s.ok()) return s;
+  auto impl = std::make_unique<Impl>(std::move(config));
+  Impl* p = impl.get();
+  std::unique_ptr<RedisFabric> fabric(new RedisFabric(std::move(impl)));
+  p->thread = std::thread([p] { p->io.run(); });
+  net::post(p->io, [p] {
+    p->Connect(p->cmd);
+    p->Connect(p->sub);
+    p->Refresh();
+  });
+  std::unique_lock lock(p->ready_mu);
+  if (!p->ready_cv.wait_for(lock, std::chrono::milliseconds(connect_timeout_ms), [p] { return p->ready; }))
+    return Status(ErrorCode::kInternal, "cannot reach Redis at " + p->cfg.host + ":" + std::to_string(p->cfg.port) +
+                                            " within " + std::to_string(connect_timeout_ms) + " ms");
+  return Result<std::unique_ptr<RedisFabric>>(std::move(fabric));
+}
+
+RedisFabric::RedisFabric(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+RedisFabric::~RedisFabric() { Stop(); }
+
+void RedisFabric::Stop() {
+  Impl* p = impl_.get();
+  if (!p->thread.joinable()) return;
+  // Goodbye: this node's routes go, the others forget its users at once.
+  auto done = std::make_shared<std::promise<void>>();
+  auto future = done->get_future();
+  net::post(p->io, [p, done] {
+    if (!p->cmd.connected) return done->set_value();
+    for (const auto& [user, devices] : p->local_devices)
+      for (const auto& [device, n] : devices) p->Command({"ZREM", RouteKey(user), p->Member(device)});
+    p->Broadcast("q " + p->cfg.node_id);
+    auto* keep = new std::shared_ptr<std::promise<void>>(done);
+    redisAsyncCommand(
+        p->cmd.ac,
+        [](redisAsyncContext*, void*, void* data) {
+          auto* d = static_cast<std::shared_ptr<std::promise<void>>*>(data);
+          (*d)->set_value();
+          delete d;
+        },
+        keep, "PING");
+  });
+  future.wait_for(std::chrono::milliseconds(kGoodbyeTimeoutMs));
+  net::post(p->io, [p] {
+    p->stopping = true;
+    p->refresh.cancel();
+    for (Impl::Conn* c : {&p->cmd, &p->sub}) {
+      c->retry->cancel();
+      if (c->ac) redisAsyncFree(c->ac);  // pending callbacks run with no reply
+      c->ac = nullptr;
+    }
+    p->work.reset();
+    p->io.stop();
+  });
+  if (p->thread.joinable()) p->thread.join();
+}
+
+void RedisFabric::Attach(int64_t user_id, int64_t device_id, std::shared_ptr<DeviceSink> sink) {
+  impl_->local.Attach(user_id, device_id, std::move(sink));
+  net::post(impl_->io, [p = impl_.get(), user_id, device_id] { p->LocalAttach(user_id, device_id); });
+}
+
+void RedisFabric::Detach(int64_t user_id, int64_t device_id, const DeviceSink* sink) {
+  impl_->local.Detach(user_id, device_id, sink);
+  net::post(impl_->io, [p = impl_.get(), user_id, device_id] { p->LocalDetach(user_id, device_id); });
+}
+
+void RedisFabric::Publish(int64_t user_id, SharedFrame frame, bool ephemeral) {
+  impl_->local.Publish(user_id, frame, ephemeral);
+  {
+    std::lock_guard lock(impl_->mu);
+    if (impl_->remote_connected.count(user_id) == 0) return;
+  }
+  net::post(impl_->io, [p = impl_.get(), user_id, frame = std::move(frame), ephemeral] {
+    p->SendRemote(ephemeral ? 'e' : 'p', user_id, 0, *frame);
+  });
+}
+
+// Other nodes get a receipt as an ordinary durable frame (their sinks do not
+// merge it with a waiting one; docs/architecture.md, "Cluster fabric").
+void RedisFabric::PublishReceipt(int64_t user_id, SharedFrame frame,
+                                 std::shared_ptr<const store::StreamEvent> receipt) {
+  impl_->local.PublishReceipt(user_id, frame, std::move(receipt));
+  {
+    std::lock_guard lock(impl_->mu);
+    if (impl_->remote_connected.count(user_id) == 0) return;
+  }
+  net::post(impl_->io, [p = impl_.get(), user_id, frame = std::move(frame)] { p->SendRemote('p', user_id, 0, *frame); });
+}
+
+// Always asks Redis (not the presence cache): closing a revoked device must
+// not depend on a cache being fresh.
+void RedisFabric::CloseDevice(int64_t user_id, int64_t device_id, uint16_t code, std::string reason) {
+  impl_->local.CloseDevice(user_id, device_id, code, reason);
+  net::post(impl_->io, [p = impl_.get(), user_id, device_id, code, reason = std::move(reason)] {
+    p->SendRemote('x', user_id, device_id, std::to_string(code) + " " + reason);
+  });
+}
+
+bool RedisFabric::IsConnected(int64_t user_id) const {
+  if (impl_->local.IsConnected(user_id)) return true;
+  std::lock_guard lock(impl_->mu);
+  return impl_->remote_connected.count(user_id) != 0;
+}
+
+void RedisFabric::CloseAll(uint16_t code, std::string reason) { impl_->local.CloseAll(code, std::move(reason)); }
+
+void RedisFabric::SetLocalOnline(int64_t user_id, bool online) {
+  net::post(impl_->io, [p = impl_.get(), user_id, online] {
+    bool changed = online ? p->local_online.insert(user_id).second : p->local_online.erase(user_id) != 0;
+    if (changed) p->Broadcast("f " + p->cfg.node_id + " " + std::to_string(user_id) + (online ? " 1" : " 0"));
+  });
+}
+
+void RedisFabric::OnRemotePresence(RemotePresenceFn fn) {
+  std::lock_guard lock(impl_->mu);
+  impl_->presence_fn = std::move(fn);
+}
+
+}  // namespace parley::fabric

@@ -1,0 +1,397 @@
+// End-to-end, cluster shape (issue 10): three real parleyd nodes on one real
+// PostgreSQL (store/pg_test_server.h) and one real Redis
+// (fabric/redis_test_server.h), each user's devices on different nodes.
+// Live delivery, receipts and acks, presence, typing and device closes cross
+// nodes through the Redis fabric; what the fabric loses (a dropped publish,
+// Redis gone for a while) is recovered by sync, because correctness rests on
+// PostgreSQL and the cursors (DESIGN.md, guarantee 7).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+
+#include "e2e/helpers.h"
+#include "fabric/redis_test_server.h"
+#include "sdk/sdk_test_util.h"
+
+namespace parley::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// Short refresh and TTL so that node expiry shows within a test; the
+// presence knobs as the single-node presence tests use them.
+const std::vector<std::string> kNodeArgs = {"--redis-refresh-ms", "300", "--redis-route-ttl-ms", "1500",
+                                            "--presence-coalesce-ms", "200", "--presence-min-interval-ms", "0",
+                                            "--typing-expiry-ms", "5000"};
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  // Nodes A, B, C in order, on one fresh database.
+  // `extra[i]` is added to node i's flags.
+  void StartCluster(std::array<std::vector<std::string>, 3> extra = {}) {
+    auto& pg = store::testing::PgTestServer::Get();
+    ASSERT_TRUE(pg.ok());
+    // A copy of a database migrated once per process (as ServerProcess does).
+    std::string schema = pg.Template("parley_e2e_template", [](const std::string& url) {
+      store::StoreConfig config;
+      config.backend = "postgres";
+      config.postgres_url = url;
+      Result<std::unique_ptr<store::Store>> migrated = store::OpenStore(config);
+      EXPECT_TRUE(migrated.has_value()) << migrated.error().ToString();
+    });
+    static int databases = 0;
+    std::string url = pg.Database("cluster_" + std::to_string(getpid()) + "_" + std::to_string(++databases), schema);
+    const char* names[] = {"node-a", "node-b", "node-c"};
+    for (int i = 0; i < 3; ++i) {
+      std::vector<std::string> args = {"--store", url, "--redis", redis_.address(), "--node-id", names[i]};
+      for (const auto& a : kNodeArgs) args.push_back(a);
+      for (const auto& a : extra[static_cast<size_t>(i)]) args.push_back(a);
+      nodes_.push_back(std::make_unique<ServerProcess>(args));
+      ASSERT_GT(nodes_.back()->port(), 0);
+    }
+  }
+  ServerProcess& A() { return *nodes_[0]; }
+  ServerProcess& B() { return *nodes_[1]; }
+  ServerProcess& C() { return *nodes_[2]; }
+
+  // Waits until `node` knows that `user` is connected on another node (its
+  // fabric's presence cache), by watching the cache size metric grow to
+  // `users`. Live publishes before that are skipped (sync would carry them).
+  void WaitRemoteUsers(ServerProcess& node, double users) {
+    auto deadline = Clock::now() + milliseconds(3000);
+    while (Clock::now() < deadline) {
+      if (MetricValue(HttpGet(node.port(), "/metrics"), "parley_fabric_remote_users") >= users) return;
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    ADD_FAILURE() << "node on port " << node.port() << " never saw " << users << " remote users";
+  }
+
+  RedisTestServer redis_;
+  std::vector<std::unique_ptr<ServerProcess>> nodes_;
+};
+
+// Runs parleyd with `args` (it is expected to refuse them); returns its exit
+// status and sets *output to what it printed.
+int RunParleyd(const std::string& args, std::string* output) {
+  std::string cmd = std::string(PARLEY_BIN_DIR) + "/parleyd --listen 127.0.0.1:0 --data-dir /tmp/parley-cluster-refused " +
+                    args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return -1;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p) != nullptr) *output += buf;
+  int rc = pclose(p);
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+TEST(ClusterConfig, BadClusterFlagsAreRefusedWithAClearError) {
+  std::string out;
+  EXPECT_NE(RunParleyd("--redis 127.0.0.1:6379", &out), 0);
+  EXPECT_NE(out.find("needs a PostgreSQL --store"), std::string::npos) << out;
+  out.clear();
+  EXPECT_NE(RunParleyd("--store postgresql://x@/y --redis 127.0.0.1:notaport", &out), 0);
+  EXPECT_NE(out.find("--redis"), std::string::npos) << out;
+  out.clear();
+  EXPECT_NE(RunParleyd("--store postgresql://x@/y --redis 127.0.0.1:6379 --node-id 'a|b'", &out), 0);
+  EXPECT_NE(out.find("--node-id"), std::string::npos) << out;
+  std::error_code ec;
+  std::filesystem::remove_all("/tmp/parley-cluster-refused", ec);
+}
+
+TEST_F(ClusterTest, MessagesCrossNodesLiveAndADeviceOnAThirdNodeSyncs) {
+  StartCluster();
+  Register(A(), "alice");
+  Register(B(), "bob");
+  Device alice_a = Login(A(), "alice", "phone");
+  Device alice_b = Login(B(), "alice", "laptop");
+  Device bob_c = Login(C(), "bob", "phone");
+  WaitRemoteUsers(A(), 2);  // alice (node B) and bob (node C)
+  WaitRemoteUsers(C(), 1);  // alice
+
+  auto start = Clock::now();
+  auto ack = alice_a.conn->Call("send", {{"to", "bob"}, {"client_id", "m-1"}, {"body", "hello from A"}});
+  ASSERT_TRUE(ack.ok) << ack.code << ": " << ack.message;
+  int64_t conv = ack.result["conversation_id"];
+  int64_t seq = ack.result["seq"];
+  auto on_c = WaitEvent(*bob_c.conn, IsMessage(seq), 3000);
+  ASSERT_TRUE(on_c) << "message sent on node A did not reach bob's device on node C live";
+  EXPECT_EQ((*on_c)["message"]["body"], "hello from A");
+  auto on_b = WaitEvent(*alice_b.conn, IsMessage(seq), 3000);
+  ASSERT_TRUE(on_b) << "alice's own message did not reach her other device on node B live";
+  auto latency = std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
+  RecordProperty("cross_node_delivery_ms", static_cast<int>(latency));
+
+  // Node B never appended to alice's stream, yet her device there acks what
+  // node A appended (the head is the store's, not node B's cache).
+  int64_t b_seq = (*on_b)["user_seq"];
+  auto acked = alice_b.conn->Call("ack", {{"user_seq", b_seq}});
+  ASSERT_TRUE(acked.ok) << acked.code << ": " << acked.message;
+  auto ping = alice_b.conn->Call("ping");
+  ASSERT_TRUE(ping.ok);
+  EXPECT_GE(ping.result["head"].get<int64_t>(), b_seq);
+
+  // A receipt from node C reaches both of alice's nodes.
+  ASSERT_TRUE(bob_c.conn->Call("receipt", {{"items", {{{"conversation_id", conv}, {"delivered", seq}}}}}).ok);
+  EXPECT_TRUE(WaitEvent(*alice_a.conn, IsReceipt(bob_c.user_id, "delivered", seq), 3000));
+  EXPECT_TRUE(WaitEvent(*alice_b.conn, IsReceipt(bob_c.user_id, "delivered", seq), 3000));
+
+  // A reply from node C, in order, on both nodes.
+  std::vector<int64_t> seqs;
+  for (int i = 0; i < 20; ++i) {
+    auto r = bob_c.conn->Call("send", {{"conversation_id", conv}, {"client_id", "r-" + std::to_string(i)},
+                                       {"body", "reply " + std::to_string(i)}});
+    ASSERT_TRUE(r.ok) << r.message;
+    seqs.push_back(r.result["seq"]);
+  }
+  for (Device* d : {&alice_a, &alice_b}) {
+    for (int64_t s : seqs) ASSERT_TRUE(WaitEvent(*d->conn, IsMessage(s), 3000)) << "seq " << s << " missing live";
+  }
+
+  // Cross-node latency, send on node A to the live event on node C (and on
+  // node B for the sender's other device), one message at a time.
+  std::vector<int64_t> to_c_us, to_b_us;
+  for (int i = 0; i < 30; ++i) {
+    auto t0 = Clock::now();
+    auto r = alice_a.conn->Call("send", {{"conversation_id", conv}, {"client_id", "lat-" + std::to_string(i)},
+                                         {"body", "latency " + std::to_string(i)}});
+    ASSERT_TRUE(r.ok) << r.message;
+    int64_t s = r.result["seq"];
+    seqs.push_back(s);
+    ASSERT_TRUE(WaitEvent(*bob_c.conn, IsMessage(s), 3000));
+    to_c_us.push_back(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+    ASSERT_TRUE(WaitEvent(*alice_b.conn, IsMessage(s), 3000));
+    to_b_us.push_back(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+  }
+  std::sort(to_c_us.begin(), to_c_us.end());
+  std::sort(to_b_us.begin(), to_b_us.end());
+  std::printf("cross-node send->live (ASan build): to node C p50 %.2f ms max %.2f ms; to node B p50 %.2f ms max %.2f ms\n",
+              static_cast<double>(to_c_us[to_c_us.size() / 2]) / 1000, static_cast<double>(to_c_us.back()) / 1000,
+              static_cast<double>(to_b_us[to_b_us.size() / 2]) / 1000, static_cast<double>(to_b_us.back()) / 1000);
+  RecordProperty("cross_node_p50_us", static_cast<int>(to_c_us[to_c_us.size() / 2]));
+
+  // A third device of alice, on node C, catches up by sync alone.
+  Device alice_c = Login(C(), "alice", "tablet");
+  auto events = SyncAll(*alice_c.conn, 0);
+  std::vector<int64_t> synced;
+  for (auto& e : events)
+    if (e["kind"] == "message") synced.push_back(e["message"]["seq"]);
+  std::vector<int64_t> want = {seq};
+  want.insert(want.end(), seqs.begin(), seqs.end());
+  EXPECT_EQ(synced, want);
+}
+
+TEST_F(ClusterTest, PresenceAndTypingCrossNodes) {
+  StartCluster();
+  Register(A(), "alice");
+  Register(A(), "bob");
+  Device bob_c = Login(C(), "bob");
+  int64_t conv = 0;
+  int64_t alice_id = 0;
+  {
+    Device alice_b = Login(B(), "alice");
+    alice_id = alice_b.user_id;
+    auto open = alice_b.conn->Call("open_conversation", {{"username", "bob"}});
+    ASSERT_TRUE(open.ok) << open.message;
+    conv = open.result["conversation"]["conversation_id"];
+    auto shown = bob_c.conn->Call("subscribe_presence", {{"user_ids", {alice_id}}});
+    ASSERT_TRUE(shown.ok) << shown.message;
+    // Alice is connected on node B only: node C must say online (at once, or
+    // within a fabric round trip).
+    bool online = shown.result["presence"][0]["online"].get<bool>();
+    if (!online) {
+      auto f = WaitFrame(*bob_c.conn, [&](const json& x) { return x["type"] == "presence" && x["user_id"] == alice_id; },
+                         2000);
+      ASSERT_TRUE(f) << "node C never learnt that alice is online on node B";
+      online = (*f)["online"].get<bool>();
+    }
+    EXPECT_TRUE(online);
+
+    // Typing on node B reaches bob on node C.
+    WaitRemoteUsers(B(), 1);
+    ASSERT_TRUE(alice_b.conn->Call("typing", {{"conversation_id", conv}, {"state", "start"}}).ok);
+    auto t = WaitFrame(*bob_c.conn, [](const json& x) { return x["type"] == "typing"; }, 3000);
+    ASSERT_TRUE(t) << "typing on node B did not reach node C";
+    EXPECT_EQ((*t)["user_id"], alice_id);
+    EXPECT_EQ((*t)["state"], "start");
+    alice_b.conn->Close();
+  }
+  // Alice's only device left node B: node C announces her offline (after
+  // the coalescing delay), with a last seen.
+  auto off = WaitFrame(*bob_c.conn,
+                       [&](const json& x) { return x["type"] == "presence" && x["user_id"] == alice_id; }, 3000);
+  ASSERT_TRUE(off) << "node C never announced alice offline";
+  EXPECT_FALSE((*off)["online"].get<bool>());
+  EXPECT_GT((*off)["last_seen"].get<int64_t>(), 0);
+}
+
+TEST_F(ClusterTest, UnlinkOnOneNodeClosesTheDeviceOnAnother) {
+  StartCluster();
+  Register(A(), "alice");
+  Device phone = Login(A(), "alice", "phone");
+  Device laptop = Login(B(), "alice", "laptop");
+  auto start = Clock::now();
+  auto r = phone.conn->Call("unlink_device", {{"device_id", laptop.device_id}});
+  ASSERT_TRUE(r.ok) << r.message;
+  ASSERT_TRUE(laptop.conn->WaitClosed(2000)) << "device on node B still connected 2 s after its unlink on node A";
+  EXPECT_EQ(laptop.conn->close_code(), 4002);
+  RecordProperty("cross_node_close_ms",
+                 static_cast<int>(std::chrono::duration_cast<milliseconds>(Clock::now() - start).count()));
+  // Its token is refused on every node.
+  for (ServerProcess* n : {&A(), &B(), &C()}) {
+    auto again = n->Connect();
+    EXPECT_FALSE(again->Call("auth", {{"token", laptop.token}}).ok);
+  }
+}
+
+TEST_F(ClusterTest, AFabricPublishDroppedOnTheWayIsCaughtBySync) {
+  // Node C drops the 2nd durable frame it would send to another node.
+  StartCluster({{{}, {}, {"--fault", "fabric_drop_publish@2"}}});
+  Register(A(), "alice");
+  Register(A(), "bob");
+  Device alice_b = Login(B(), "alice");
+  Device bob_c = Login(C(), "bob");
+  WaitRemoteUsers(C(), 1);
+  // Remote durable frame 1: the new conversation, to alice on node B.
+  auto open = bob_c.conn->Call("open_conversation", {{"username", "alice"}});
+  ASSERT_TRUE(open.ok) << open.message;
+  int64_t conv = open.result["conversation"]["conversation_id"];
+  ASSERT_TRUE(WaitEvent(*alice_b.conn, [](const json& e) { return e["kind"] == "conversation"; }, 3000));
+  // Remote durable frame 2 (dropped): the first message. Frame 3: the second.
+  auto lost = bob_c.conn->Call("send", {{"conversation_id", conv}, {"client_id", "x-1"}, {"body", "lost on the way"}});
+  ASSERT_TRUE(lost.ok) << lost.message;
+  auto next = bob_c.conn->Call("send", {{"conversation_id", conv}, {"client_id", "x-2"}, {"body", "arrives"}});
+  ASSERT_TRUE(next.ok) << next.message;
+  int64_t lost_seq = lost.result["seq"], next_seq = next.result["seq"];
+
+  std::vector<json> live;
+  while (auto e = WaitEvent(*alice_b.conn, [](const json& x) { return x["kind"] == "message"; }, 1000))
+    live.push_back(*e);
+  ASSERT_EQ(live.size(), 1u) << "the fault switch should have dropped exactly one live frame";
+  EXPECT_EQ(live[0]["message"]["seq"], next_seq);
+  EXPECT_EQ(MetricValue(HttpGet(C().port(), "/metrics"), "parley_fabric_remote_publishes_total{result=\"dropped\"}"),
+            1);
+
+  // The device sees a gap in its user seqs (or a head beyond them on ping) and
+  // syncs: the dropped message is there, in order.
+  int64_t live_user_seq = live[0]["user_seq"];
+  auto ping = alice_b.conn->Call("ping");
+  ASSERT_TRUE(ping.ok);
+  EXPECT_GE(ping.result["head"].get<int64_t>(), live_user_seq);
+  std::vector<int64_t> synced;
+  for (auto& e : SyncAll(*alice_b.conn, 0))
+    if (e["kind"] == "message") synced.push_back(e["message"]["seq"]);
+  EXPECT_EQ(synced, (std::vector<int64_t>{lost_seq, next_seq}));
+}
+
+TEST_F(ClusterTest, RedisGoneForAWhileMessagesAreStoredAndLiveDeliveryResumes) {
+  StartCluster();
+  Register(A(), "alice");
+  Register(A(), "bob");
+  Device alice_a = Login(A(), "alice");
+  Device bob_b = Login(B(), "bob");
+  WaitRemoteUsers(A(), 1);
+  auto first = alice_a.conn->Call("send", {{"to", "bob"}, {"client_id", "g-0"}, {"body", "before"}});
+  ASSERT_TRUE(first.ok);
+  int64_t conv = first.result["conversation_id"];
+  ASSERT_TRUE(WaitEvent(*bob_b.conn, IsMessage(first.result["seq"].get<int64_t>()), 3000));
+
+  redis_.Stop();
+  // Sends keep working (PostgreSQL is the log); live delivery to node B may
+  // not happen while Redis is gone.
+  std::vector<int64_t> during;
+  for (int i = 1; i <= 5; ++i) {
+    auto r = alice_a.conn->Call("send", {{"conversation_id", conv}, {"client_id", "g-" + std::to_string(i)},
+                                         {"body", "during " + std::to_string(i)}});
+    ASSERT_TRUE(r.ok) << "send failed while Redis is down: " << r.code << ": " << r.message;
+    during.push_back(r.result["seq"]);
+  }
+  std::this_thread::sleep_for(milliseconds(500));
+  redis_.Start();
+  // The nodes reconnect, re-write their routes and say hello: a later
+  // message is live again.
+  auto deadline = Clock::now() + milliseconds(5000);
+  bool resumed = false;
+  for (int i = 0; Clock::now() < deadline && !resumed; ++i) {
+    auto r = alice_a.conn->Call("send", {{"conversation_id", conv}, {"client_id", "after-" + std::to_string(i)},
+                                         {"body", "after"}});
+    ASSERT_TRUE(r.ok);
+    resumed = WaitEvent(*bob_b.conn, IsMessage(r.result["seq"].get<int64_t>()), 300).has_value();
+  }
+  EXPECT_TRUE(resumed) << "live delivery did not resume within 5 s of Redis coming back";
+  // Sync fills the gap: every message is in bob's stream, in order.
+  std::vector<int64_t> synced;
+  for (auto& e : SyncAll(*bob_b.conn, 0))
+    if (e["kind"] == "message") synced.push_back(e["message"]["seq"]);
+  ASSERT_GE(synced.size(), 1 + during.size());
+  for (size_t i = 0; i < synced.size(); ++i) EXPECT_EQ(synced[i], static_cast<int64_t>(i + 1));
+}
+
+// The SDK with the list of nodes: alice's client is on node B when B is
+// killed (kill -9); it resumes on node C, from its cursor, and neither side
+// loses, duplicates or reorders a message.
+TEST_F(ClusterTest, SdkFailsOverToTheNextNodeWhenItsNodeIsKilledAndLosesNothing) {
+  StartCluster();
+  Register(A(), "alice");
+  Register(A(), "bob");
+  auto alice_login = Client::Login("127.0.0.1", B().port(), "alice", "correct horse", "phone", "gtest");
+  auto bob_login = Client::Login("127.0.0.1", A().port(), "bob", "correct horse", "phone", "gtest");
+  ASSERT_TRUE(alice_login.ok && bob_login.ok);
+  TempDir dir;
+  auto ao = OptionsFor(B(), dir / "alice.db", alice_login.token);
+  ao.endpoints = {"127.0.0.1:" + std::to_string(B().port()), "127.0.0.1:" + std::to_string(C().port())};
+  auto bo = OptionsFor(A(), dir / "bob.db", bob_login.token);
+  auto alice = OpenClient(ao);
+  auto bob = OpenClient(bo);
+  alice->Start();
+  bob->Start();
+  ASSERT_TRUE(alice->WaitOnline(5000));
+  ASSERT_TRUE(bob->WaitOnline(5000));
+  WaitRemoteUsers(A(), 1);
+
+  constexpr int kEach = 10;
+  for (int i = 0; i < kEach; ++i) {
+    ASSERT_TRUE(bob->Compose("alice", "b" + std::to_string(i)).ok);
+    ASSERT_TRUE(alice->Compose("bob", "a" + std::to_string(i)).ok);
+  }
+  ASSERT_TRUE(alice->WaitOutboxDrained(5000));
+  B().Kill9();
+  auto killed = Clock::now();
+  for (int i = kEach; i < 2 * kEach; ++i) {
+    ASSERT_TRUE(bob->Compose("alice", "b" + std::to_string(i)).ok);
+    ASSERT_TRUE(alice->Compose("bob", "a" + std::to_string(i)).ok);  // queued in alice's outbox meanwhile
+  }
+  ASSERT_TRUE(alice->WaitOnline(10000)) << "alice's client did not come back on another node";
+  RecordProperty("failover_ms",
+                 static_cast<int>(std::chrono::duration_cast<milliseconds>(Clock::now() - killed).count()));
+  EXPECT_GE(MetricValue(HttpGet(C().port(), "/metrics"), "parley_connections_authenticated"), 1);
+  ASSERT_TRUE(alice->WaitOutboxDrained(10000));
+  ASSERT_TRUE(bob->WaitOutboxDrained(10000));
+
+  // Every message once, in order, on both sides.
+  auto bodies = [](std::vector<CachedMessage> msgs, bool outgoing) {
+    std::vector<std::string> out;
+    int64_t last_seq = 0;
+    for (const auto& m : msgs) {
+      EXPECT_GT(m.seq, last_seq) << "out of order or duplicated";
+      last_seq = m.seq;
+      if (m.outgoing == outgoing) out.push_back(m.body);
+    }
+    return out;
+  };
+  std::vector<std::string> want_b, want_a;
+  for (int i = 0; i < 2 * kEach; ++i) {
+    want_b.push_back("b" + std::to_string(i));
+    want_a.push_back("a" + std::to_string(i));
+  }
+  ASSERT_TRUE(Eventually([&] { return bodies(alice->Messages("bob", 0, 1000), false).size() == want_b.size(); }, 10000));
+  ASSERT_TRUE(Eventually([&] { return bodies(bob->Messages("alice", 0, 1000), false).size() == want_a.size(); }, 10000));
+  EXPECT_EQ(bodies(alice->Messages("bob", 0, 1000), false), want_b);
+  EXPECT_EQ(bodies(bob->Messages("alice", 0, 1000), false), want_a);
+  alice->Stop();
+  bob->Stop();
+}
+
+}  // namespace
+}  // namespace parley::testing

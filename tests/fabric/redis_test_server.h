@@ -1,0 +1,140 @@
+// RedisTestServer: a real redis-server for tests (scripts/setup.sh installs
+// it), in a fresh temporary directory on a free localhost port, nothing
+// persisted (no RDB, no AOF), killed with the test process (PDEATHSIG) and
+// when the object goes. Stop() and Start() again keep the port: the
+// "Redis gone for a while" scenarios. Never skipped: if the server cannot
+// start, the test fails.
+//
+// Thread-safety: none; use it from the test's main thread (PDEATHSIG follows
+// the forking thread).
+#pragma once
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+extern char** environ;
+
+namespace parley::testing {
+
+class RedisTestServer {
+ public:
+  // How long Start waits for the server to answer PING.
+  static constexpr int kStartTimeoutMs = 10'000;
+  static constexpr const char* kBinary = "/usr/bin/redis-server";
+
+  RedisTestServer() {
+    char tmpl[] = "/tmp/parley-redis-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    port_ = FreePort();
+    Start();
+  }
+  ~RedisTestServer() {
+    Stop();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  RedisTestServer(const RedisTestServer&) = delete;
+  RedisTestServer& operator=(const RedisTestServer&) = delete;
+
+  uint16_t port() const { return port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  bool running() const { return pid_ > 0; }
+
+  void Start() {
+    ASSERT_TRUE(std::filesystem::exists(kBinary)) << kBinary << " is missing: run scripts/setup.sh";
+    std::vector<std::string> args = {kBinary,          "--port",       std::to_string(port_), "--bind",
+                                     "127.0.0.1",      "--dir",        dir_,                  "--save",
+                                     "",               "--appendonly", "no",                  "--daemonize",
+                                     "no",             "--logfile",    dir_ + "/redis.log",   "--protected-mode",
+                                     "no"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t parent = getpid();
+    pid_ = fork();
+    ASSERT_GE(pid_, 0) << "cannot fork";
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
+      execve(argv[0], argv.data(), environ);
+      _exit(127);
+    }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kStartTimeoutMs);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (Ping()) return;
+      int status;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        FAIL() << "redis-server exited during start-up (log: " << dir_ << "/redis.log)";
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    FAIL() << "redis-server did not answer PING within " << kStartTimeoutMs << " ms";
+  }
+
+  // SIGKILL: everything in it is gone, like a crashed Redis.
+  void Stop() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    int status;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+  // Whether the server answers PING with +PONG.
+  bool Ping() const {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return false;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port_);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = false;
+    timeval tv{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && write(fd, "PING\r\n", 6) == 6) {
+      char buf[16] = {};
+      ok = read(fd, buf, sizeof buf - 1) > 0 && std::strncmp(buf, "+PONG", 5) == 0;
+    }
+    close(fd);
+    return ok;
+  }
+
+ private:
+  static uint16_t FreePort() {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    socklen_t len = sizeof a;
+    uint16_t port = 0;
+    if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+      port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+  }
+
+  std::string dir_;
+  uint16_t port_ = 0;
+  pid_t pid_ = -1;
+};
+
+}  // namespace parley::testing
