@@ -30,9 +30,7 @@
 // at its recipient; no request failed) and exits 1 otherwise; 2 on a set-up
 // failure. Latency percentiles are by nearest rank over every sample whose
 // intended send time falls in the measured window.
-#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,6 +58,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "child_process.h"
 #include "net/http_client.h"
 #include "parley/backoff.h"
 #include "ws_load.h"
@@ -174,68 +173,11 @@ json ToJson(const Pct& p) {
 // ---------------------------------------------------------------------------
 // parleyd.
 
-struct Child {
-  pid_t pid = -1;
-  int in = -1, out = -1;
-  std::string buffered;
-
-  std::string ReadLine(int timeout_ms) {
-    auto deadline = NowNs() + int64_t{timeout_ms} * kMs;
-    while (true) {
-      auto nl = buffered.find('\n');
-      if (nl != std::string::npos) {
-        std::string line = buffered.substr(0, nl);
-        buffered.erase(0, nl + 1);
-        return line;
-      }
-      int64_t left = (deadline - NowNs()) / kMs;
-      if (left <= 0) return "";
-      pollfd p{out, POLLIN, 0};
-      if (poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-      char buf[65536];
-      ssize_t n = read(out, buf, sizeof buf);
-      if (n <= 0) return "";
-      buffered.append(buf, static_cast<size_t>(n));
-    }
-  }
-};
-
-Child Spawn(std::vector<std::string> args, bool pipes, const std::string& log_path) {
-  Child h;
-  int to_child[2] = {-1, -1}, from_child[2] = {-1, -1};
-  if (pipes && (pipe(to_child) != 0 || pipe(from_child) != 0)) SetupFailed("pipe failed");
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t parent = getpid();
-  h.pid = fork();
-  if (h.pid < 0) SetupFailed("fork failed");
-  if (h.pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    if (pipes) {
-      dup2(to_child[0], 0);
-      dup2(from_child[1], 1);
-      close(to_child[1]);
-      close(from_child[0]);
-    }
-    if (!log_path.empty()) {
-      FILE* f = std::fopen(log_path.c_str(), "a");
-      if (f) {
-        dup2(fileno(f), 2);
-        if (!pipes) dup2(fileno(f), 1);
-      }
-    }
-    execvp(argv[0], argv.data());
-    _exit(127);
-  }
-  if (pipes) {
-    close(to_child[0]);
-    close(from_child[1]);
-    h.in = to_child[1];
-    h.out = from_child[0];
-  }
-  return h;
+// A child process, or a set-up failure.
+Child SpawnOrFail(std::vector<std::string> args, bool pipes, const std::string& stderr_path) {
+  Child c = Spawn(std::move(args), pipes, stderr_path);
+  if (c.pid < 0) SetupFailed("cannot start a child process (pipe or fork failed)");
+  return c;
 }
 
 struct Common {
@@ -271,7 +213,7 @@ struct Server {
       args.push_back(std::to_string(c.heartbeat_timeout_ms));
     }
     for (auto& a : c.parleyd_args) args.push_back(a);
-    pid = Spawn(args, false, log).pid;
+    pid = SpawnOrFail(args, false, log).pid;
     auto deadline = NowNs() + int64_t{kStartTimeoutMs} * kMs;
     while (NowNs() < deadline) {
       std::ifstream in(port_file);
@@ -1247,7 +1189,7 @@ json ScenarioIdle(const Common& c, Server& s, const Opts& o, std::vector<std::st
   int64_t t0 = NowNs();
   for (size_t first = 0; first < o.connections; first += per) {
     size_t n = std::min(per, o.connections - first);
-    workers.push_back(Spawn({self, "--worker-idle", std::to_string(s.port), tokens_file, std::to_string(first), std::to_string(n)},
+    workers.push_back(SpawnOrFail({self, "--worker-idle", std::to_string(s.port), tokens_file, std::to_string(first), std::to_string(n)},
                             true, ""));
   }
   for (auto& w : workers) {

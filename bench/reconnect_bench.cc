@@ -32,9 +32,7 @@
 // Prints a table and, with --json FILE, the figures as JSON. Exit codes:
 // 0 ok; 1 a check failed; 2 set-up failed (parleyd did not start, a
 // provisioning request failed, a device never got online).
-#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -54,6 +52,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "child_process.h"
 #include "net/http_client.h"
 #include "parley/client.h"
 #include "parley/connection.h"
@@ -61,6 +60,8 @@
 namespace {
 
 using nlohmann::json;
+using parley::bench::Child;
+using parley::bench::Spawn;
 
 constexpr int64_t kBucketMs = 100;
 constexpr int kStartTimeoutMs = 30000;        // parleyd listening
@@ -229,73 +230,11 @@ int RunWorker(uint16_t port, const std::string& tokens_file, size_t first, size_
 // ---------------------------------------------------------------------------
 // Child processes.
 
-struct Child {
-  pid_t pid = -1;
-  int in = -1;   // its stdin (workers)
-  int out = -1;  // its stdout (workers)
-  std::string buffered;
-
-  // One line from its stdout, or "" on timeout/EOF.
-  std::string ReadLine(int timeout_ms) {
-    int64_t deadline = SteadyMs() + timeout_ms;
-    while (true) {
-      auto nl = buffered.find('\n');
-      if (nl != std::string::npos) {
-        std::string line = buffered.substr(0, nl);
-        buffered.erase(0, nl + 1);
-        return line;
-      }
-      int64_t left = deadline - SteadyMs();
-      if (left <= 0) return "";
-      pollfd p{out, POLLIN, 0};
-      if (poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-      char buf[65536];
-      ssize_t n = read(out, buf, sizeof buf);
-      if (n <= 0) return "";
-      buffered.append(buf, static_cast<size_t>(n));
-    }
-  }
-};
-
-// fork + exec; the child dies with this process (PR_SET_PDEATHSIG). With
-// `pipes`, its stdin/stdout are pipes to us; `stderr_path` (if set) gets its
-// stderr (and its stdout without `pipes`).
-Child Spawn(std::vector<std::string> args, bool pipes, const std::string& stderr_path) {
-  Child h;
-  int to_child[2] = {-1, -1}, from_child[2] = {-1, -1};
-  if (pipes && (pipe(to_child) != 0 || pipe(from_child) != 0)) SetupFailed("pipe failed");
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t parent = getpid();
-  h.pid = fork();
-  if (h.pid < 0) SetupFailed("fork failed");
-  if (h.pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    if (pipes) {
-      dup2(to_child[0], 0);
-      dup2(from_child[1], 1);
-      close(to_child[1]);
-      close(from_child[0]);
-    }
-    if (!stderr_path.empty()) {
-      FILE* f = std::fopen(stderr_path.c_str(), "a");
-      if (f) {
-        dup2(fileno(f), 2);
-        if (!pipes) dup2(fileno(f), 1);
-      }
-    }
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  if (pipes) {
-    close(to_child[0]);
-    close(from_child[1]);
-    h.in = to_child[1];
-    h.out = from_child[0];
-  }
-  return h;
+// A child process, or a set-up failure.
+Child SpawnOrFail(std::vector<std::string> args, bool pipes, const std::string& stderr_path) {
+  Child c = Spawn(std::move(args), pipes, stderr_path);
+  if (c.pid < 0) SetupFailed("cannot start a child process (pipe or fork failed)");
+  return c;
 }
 
 struct Server {
@@ -316,7 +255,7 @@ struct Server {
                                      "--insecure-fast-password-hashing",
                                      "--relaxed-rate-limits",
                                      "--log-level", "warn"};
-    pid = Spawn(args, false, dir + "/parleyd.log").pid;
+    pid = SpawnOrFail(args, false, dir + "/parleyd.log").pid;
     int64_t deadline = SteadyMs() + kStartTimeoutMs;
     while (SteadyMs() < deadline) {
       std::ifstream in(port_file);
@@ -452,7 +391,7 @@ int main(int argc, char** argv) {
   size_t per = (o.devices + processes - 1) / processes;
   for (size_t first = 0; first < o.devices; first += per) {
     size_t count = std::min(per, o.devices - first);
-    workers.push_back(Spawn({self, "--worker", std::to_string(s.port), tokens_file, std::to_string(first),
+    workers.push_back(SpawnOrFail({self, "--worker", std::to_string(s.port), tokens_file, std::to_string(first),
                              std::to_string(count), std::to_string(o.catch_up_timeout_ms)},
                             true, ""));
   }
