@@ -2,11 +2,13 @@
 
 #include <poll.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <thread>
 
 namespace parley::bench {
 
@@ -66,6 +68,24 @@ Child Spawn(std::vector<std::string> args, bool pipes, const std::string& stderr
     h.out = from_child[0];
   }
   return h;
+}
+
+int Terminate(pid_t* pid, int timeout_ms) {
+  if (*pid <= 0) return -1;
+  kill(*pid, SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status;
+    if (waitpid(*pid, &status, WNOHANG) == *pid) {
+      *pid = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(*pid, SIGKILL);
+  waitpid(*pid, nullptr, 0);
+  *pid = -1;
+  return -1;
 }
 
 }  // namespace parley::bench

@@ -28,4 +28,9 @@ struct Child {
 // stdout without `pipes`). A failed pipe or fork returns pid -1.
 Child Spawn(std::vector<std::string> args, bool pipes, const std::string& stderr_path);
 
+// SIGTERM to *pid, then SIGKILL if it has not exited within timeout_ms;
+// reaps it and sets *pid to -1. Returns its exit status, or -1 when it was
+// killed, died by a signal or was not running (*pid <= 0).
+int Terminate(pid_t* pid, int timeout_ms);
+
 }  // namespace parley::bench

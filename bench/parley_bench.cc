@@ -231,23 +231,7 @@ struct Server {
 
   bool Alive() { return pid > 0 && waitpid(pid, nullptr, WNOHANG) == 0; }
 
-  int Terminate() {
-    if (pid <= 0) return -1;
-    kill(pid, SIGTERM);
-    auto deadline = NowNs() + int64_t{kStopTimeoutMs} * kMs;
-    while (NowNs() < deadline) {
-      int status;
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
-    pid = -1;
-    return -1;
-  }
+  int Terminate() { return parley::bench::Terminate(&pid, kStopTimeoutMs); }
 };
 
 struct User {

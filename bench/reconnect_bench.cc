@@ -272,23 +272,7 @@ struct Server {
   }
 
   // SIGTERM; returns the exit status (-1: killed after the timeout).
-  int Terminate() {
-    if (pid <= 0) return -1;
-    kill(pid, SIGTERM);
-    int64_t deadline = SteadyMs() + kStopTimeoutMs;
-    while (SteadyMs() < deadline) {
-      int status;
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
-    pid = -1;
-    return -1;
-  }
+  int Terminate() { return parley::bench::Terminate(&pid, kStopTimeoutMs); }
 };
 
 struct Options {
