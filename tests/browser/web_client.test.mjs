@@ -8,6 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startServer, launchBrowser, navLink, newContext, register, logIn, openChatWith, send, bodies, myMessage, axeViolations,
+  kPassword,
 } from './helpers.mjs';
 
 let server;
@@ -172,6 +173,41 @@ test('a second device of the same user sees the history and the same unread coun
   await erin2.page.getByLabel('Username').waitFor();
   assertClean(erin, frank, erin2);
   await closeAll(erin, frank, erin2);
+});
+
+test('the devices screen shows each device\'s push endpoint and its health', async () => {
+  const gina = await user();
+  await register(gina.page, 'gina_t');
+  // A second device of Gina's registers a webhook push endpoint over its own
+  // WebSocket (what a phone app would do), then goes away.
+  const registered = await gina.page.evaluate(async (password) => new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${location.origin.replace(/^http/, 'ws')}/v1/ws`);
+    const send = (id, type, fields) => ws.send(JSON.stringify({ v: 1, id, type, ...fields }));
+    ws.onopen = () => send(1, 'login', { username: 'gina_t', password, device_name: 'relay phone', platform: 'android' });
+    ws.onmessage = (ev) => {
+      const f = JSON.parse(ev.data);
+      if (f.type === 'error') reject(new Error(`${f.code}: ${f.message}`));
+      if (f.id === 1) send(2, 'register_push', { provider: 'webhook', token: 'http://127.0.0.1:9/hook' });
+      if (f.id === 2) {
+        ws.close();
+        resolve(f.result.provider);
+      }
+    };
+    ws.onerror = () => reject(new Error('websocket error'));
+  }), kPassword);
+  assert.equal(registered, 'webhook');
+
+  await navLink(gina.page, 'Devices').click();
+  const relay = gina.page.locator('li[data-device-id]', { hasText: 'relay phone' });
+  await relay.waitFor();
+  const health = relay.locator('.push-health');
+  assert.equal(await health.textContent(), 'Push: webhook · nothing sent yet');
+  assert.equal(await health.getAttribute('data-push-result'), 'none');
+  // The browser itself has no push endpoint: no push line.
+  const current = gina.page.locator('li[data-device-id]', { hasText: 'this device' });
+  assert.equal(await current.locator('.push-health').count(), 0);
+  assertClean(gina);
+  await closeAll(gina);
 });
 
 test('messages from a blocked user never show', async () => {

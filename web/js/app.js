@@ -1013,6 +1013,22 @@ function contactsScreen(main) {
 
 // ---- devices
 
+// One line on a device's push endpoint and how its last push went
+// (docs/protocol.md, list_devices: `push`).
+function pushHealth(p) {
+  const parts = [`Push: ${p.provider}`];
+  if (!p.last_attempt_at) {
+    parts.push(p.pending ? 'first push queued' : 'nothing sent yet');
+  } else if (p.last_result === 'ok') {
+    parts.push(`last delivered ${formatWhen(p.last_success_at)}`);
+  } else {
+    parts.push(`last attempt failed (${p.last_result}) ${formatWhen(p.last_attempt_at)}`);
+    if (p.last_success_at) parts.push(`last delivered ${formatWhen(p.last_success_at)}`);
+  }
+  if (p.failure_count > 0) parts.push(`${p.failure_count} failed ${p.failure_count === 1 ? 'attempt' : 'attempts'}`);
+  return parts.join(' · ');
+}
+
 function devicesScreen(main) {
   const note = h('p', { class: 'notice', role: 'status' });
   const list = h('ul', { class: 'people', 'aria-label': 'Devices' });
@@ -1026,7 +1042,8 @@ function devicesScreen(main) {
       list.replaceChildren(...r.devices.map((d) => h('li', { class: 'person', dataset: { deviceId: String(d.device_id) } },
         h('span', { class: 'person-name' },
           h('span', { class: 'conv-name' }, d.name || `Device ${d.device_id}`, d.current ? ' (this device)' : ''),
-          h('span', { class: 'conv-preview' }, [d.platform, d.last_seen_at ? `active ${formatWhen(d.last_seen_at)}` : `added ${formatWhen(d.created_at)}`].filter(Boolean).join(' · '))),
+          h('span', { class: 'conv-preview' }, [d.platform, d.last_seen_at ? `active ${formatWhen(d.last_seen_at)}` : `added ${formatWhen(d.created_at)}`].filter(Boolean).join(' · ')),
+          d.push ? h('span', { class: 'conv-preview push-health', dataset: { pushResult: d.push.last_result || 'none' } }, pushHealth(d.push)) : null),
         h('span', { class: 'actions' }, d.current
           ? h('button', { type: 'button', class: 'small', onclick: () => logOut() }, 'Log out')
           : h('button', { type: 'button', class: 'small', 'aria-label': `Unlink ${d.name || `device ${d.device_id}`}`, onclick: async () => {
