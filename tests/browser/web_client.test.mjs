@@ -176,14 +176,14 @@ test('a second device of the same user sees the history and the same unread coun
 });
 
 test('the devices screen shows each device\'s push endpoint and its health', async () => {
-  const gina = await user();
-  await register(gina.page, 'gina_t');
-  // A second device of Gina's registers a webhook push endpoint over its own
+  const iris = await user();
+  await register(iris.page, 'iris_t');
+  // A second device of Iris's registers a webhook push endpoint over its own
   // WebSocket (what a phone app would do), then goes away.
-  const registered = await gina.page.evaluate(async (password) => new Promise((resolve, reject) => {
+  const registered = await iris.page.evaluate(async (password) => new Promise((resolve, reject) => {
     const ws = new WebSocket(`${location.origin.replace(/^http/, 'ws')}/v1/ws`);
     const send = (id, type, fields) => ws.send(JSON.stringify({ v: 1, id, type, ...fields }));
-    ws.onopen = () => send(1, 'login', { username: 'gina_t', password, device_name: 'relay phone', platform: 'android' });
+    ws.onopen = () => send(1, 'login', { username: 'iris_t', password, device_name: 'relay phone', platform: 'android' });
     ws.onmessage = (ev) => {
       const f = JSON.parse(ev.data);
       if (f.type === 'error') reject(new Error(`${f.code}: ${f.message}`));
@@ -197,17 +197,17 @@ test('the devices screen shows each device\'s push endpoint and its health', asy
   }), kPassword);
   assert.equal(registered, 'webhook');
 
-  await navLink(gina.page, 'Devices').click();
-  const relay = gina.page.locator('li[data-device-id]', { hasText: 'relay phone' });
+  await navLink(iris.page, 'Devices').click();
+  const relay = iris.page.locator('li[data-device-id]', { hasText: 'relay phone' });
   await relay.waitFor();
   const health = relay.locator('.push-health');
   assert.equal(await health.textContent(), 'Push: webhook · nothing sent yet');
   assert.equal(await health.getAttribute('data-push-result'), 'none');
   // The browser itself has no push endpoint: no push line.
-  const current = gina.page.locator('li[data-device-id]', { hasText: 'this device' });
+  const current = iris.page.locator('li[data-device-id]', { hasText: 'this device' });
   assert.equal(await current.locator('.push-health').count(), 0);
-  assertClean(gina);
-  await closeAll(gina);
+  assertClean(iris);
+  await closeAll(iris);
 });
 
 test('messages from a blocked user never show', async () => {
