@@ -8,6 +8,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <fstream>
 #include <thread>
 
 namespace parley::bench {
@@ -86,6 +87,23 @@ int Terminate(pid_t* pid, int timeout_ms) {
   waitpid(*pid, nullptr, 0);
   *pid = -1;
   return -1;
+}
+
+uint16_t WaitForPortFile(pid_t pid, const std::string& port_file, int timeout_ms, std::string* why) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream in(port_file);
+    int p = 0;
+    if (in >> p && p > 0 && p <= 65535) return static_cast<uint16_t>(p);
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      *why = "exited";
+      return 0;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  *why = "timeout";
+  return 0;
 }
 
 }  // namespace parley::bench

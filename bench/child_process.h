@@ -33,4 +33,9 @@ Child Spawn(std::vector<std::string> args, bool pipes, const std::string& stderr
 // killed, died by a signal or was not running (*pid <= 0).
 int Terminate(pid_t* pid, int timeout_ms);
 
+// Waits until `port_file` holds a port (what parleyd's --port-file writes
+// once it listens). Returns 0 when the child `pid` exits first ("exited") or
+// timeout_ms passes ("timeout"), with *why set to that word.
+uint16_t WaitForPortFile(pid_t pid, const std::string& port_file, int timeout_ms, std::string* why);
+
 }  // namespace parley::bench

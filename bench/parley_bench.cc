@@ -214,19 +214,10 @@ struct Server {
     }
     for (auto& a : c.parleyd_args) args.push_back(a);
     pid = SpawnOrFail(args, false, log).pid;
-    auto deadline = NowNs() + int64_t{kStartTimeoutMs} * kMs;
-    while (NowNs() < deadline) {
-      std::ifstream in(port_file);
-      int p = 0;
-      if (in >> p && p > 0) {
-        port = static_cast<uint16_t>(p);
-        return;
-      }
-      int status;
-      if (waitpid(pid, &status, WNOHANG) == pid) SetupFailed("parleyd exited during start-up (see " + log + ")");
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    SetupFailed("parleyd did not start listening within 30 s");
+    std::string why;
+    port = WaitForPortFile(pid, port_file, kStartTimeoutMs, &why);
+    if (port == 0 && why == "exited") SetupFailed("parleyd exited during start-up (see " + log + ")");
+    if (port == 0) SetupFailed("parleyd did not start listening within 30 s");
   }
 
   bool Alive() { return pid > 0 && waitpid(pid, nullptr, WNOHANG) == 0; }

@@ -256,19 +256,10 @@ struct Server {
                                      "--relaxed-rate-limits",
                                      "--log-level", "warn"};
     pid = SpawnOrFail(args, false, dir + "/parleyd.log").pid;
-    int64_t deadline = SteadyMs() + kStartTimeoutMs;
-    while (SteadyMs() < deadline) {
-      std::ifstream in(port_file);
-      int p = 0;
-      if (in >> p && p > 0) {
-        port = static_cast<uint16_t>(p);
-        return;
-      }
-      int status;
-      if (waitpid(pid, &status, WNOHANG) == pid) SetupFailed("parleyd exited during start-up (see " + dir + "/parleyd.log)");
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    SetupFailed("parleyd did not start listening within 30 s");
+    std::string why;
+    port = parley::bench::WaitForPortFile(pid, port_file, kStartTimeoutMs, &why);
+    if (port == 0 && why == "exited") SetupFailed("parleyd exited during start-up (see " + dir + "/parleyd.log)");
+    if (port == 0) SetupFailed("parleyd did not start listening within 30 s");
   }
 
   // SIGTERM; returns the exit status (-1: killed after the timeout).
