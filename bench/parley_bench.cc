@@ -58,7 +58,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "child_process.h"
+#include "common/child_process.h"
 #include "net/http_client.h"
 #include "parley/backoff.h"
 #include "ws_load.h"
@@ -173,9 +173,15 @@ json ToJson(const Pct& p) {
 // ---------------------------------------------------------------------------
 // parleyd.
 
-// A child process, or a set-up failure.
-Child SpawnOrFail(std::vector<std::string> args, bool pipes, const std::string& stderr_path) {
-  Child c = Spawn(std::move(args), pipes, stderr_path);
+// A child process, or a set-up failure. With `pipes` its stdin and stdout
+// are pipes to us; `log_path` (if set) gets its stderr (and its stdout
+// without `pipes`), appended.
+Child SpawnOrFail(std::vector<std::string> args, bool pipes, const std::string& log_path) {
+  SpawnOptions o;
+  o.stdin_pipe = o.stdout_pipe = pipes;
+  if (!pipes) o.stdout_path = log_path;
+  o.stderr_path = log_path;
+  Child c = Spawn(std::move(args), o);
   if (c.pid < 0) SetupFailed("cannot start a child process (pipe or fork failed)");
   return c;
 }
@@ -222,7 +228,7 @@ struct Server {
 
   bool Alive() { return pid > 0 && waitpid(pid, nullptr, WNOHANG) == 0; }
 
-  int Terminate() { return parley::bench::Terminate(&pid, kStopTimeoutMs); }
+  int Terminate() { return parley::Terminate(&pid, kStopTimeoutMs); }
 };
 
 struct User {

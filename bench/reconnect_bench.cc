@@ -52,7 +52,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "child_process.h"
+#include "common/child_process.h"
 #include "net/http_client.h"
 #include "parley/client.h"
 #include "parley/connection.h"
@@ -60,8 +60,9 @@
 namespace {
 
 using nlohmann::json;
-using parley::bench::Child;
-using parley::bench::Spawn;
+using parley::Child;
+using parley::Spawn;
+using parley::SpawnOptions;
 
 constexpr int64_t kBucketMs = 100;
 constexpr int kStartTimeoutMs = 30000;        // parleyd listening
@@ -230,9 +231,15 @@ int RunWorker(uint16_t port, const std::string& tokens_file, size_t first, size_
 // ---------------------------------------------------------------------------
 // Child processes.
 
-// A child process, or a set-up failure.
-Child SpawnOrFail(std::vector<std::string> args, bool pipes, const std::string& stderr_path) {
-  Child c = Spawn(std::move(args), pipes, stderr_path);
+// A child process, or a set-up failure. With `pipes` its stdin and stdout
+// are pipes to us; `log_path` (if set) gets its stderr (and its stdout
+// without `pipes`), appended.
+Child SpawnOrFail(std::vector<std::string> args, bool pipes, const std::string& log_path) {
+  SpawnOptions o;
+  o.stdin_pipe = o.stdout_pipe = pipes;
+  if (!pipes) o.stdout_path = log_path;
+  o.stderr_path = log_path;
+  Child c = Spawn(std::move(args), o);
   if (c.pid < 0) SetupFailed("cannot start a child process (pipe or fork failed)");
   return c;
 }
@@ -257,13 +264,13 @@ struct Server {
                                      "--log-level", "warn"};
     pid = SpawnOrFail(args, false, dir + "/parleyd.log").pid;
     std::string why;
-    port = parley::bench::WaitForPortFile(pid, port_file, kStartTimeoutMs, &why);
+    port = parley::WaitForPortFile(pid, port_file, kStartTimeoutMs, &why);
     if (port == 0 && why == "exited") SetupFailed("parleyd exited during start-up (see " + dir + "/parleyd.log)");
     if (port == 0) SetupFailed("parleyd did not start listening within 30 s");
   }
 
   // SIGTERM; returns the exit status (-1: killed after the timeout).
-  int Terminate() { return parley::bench::Terminate(&pid, kStopTimeoutMs); }
+  int Terminate() { return parley::Terminate(&pid, kStopTimeoutMs); }
 };
 
 struct Options {

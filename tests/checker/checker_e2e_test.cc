@@ -27,21 +27,11 @@ ProcResult RunCheck(const TempDir& dir, const std::vector<std::string>& args) {
   ++counter;
   std::vector<std::string> all = {std::string(PARLEY_BIN_DIR) + "/parley-check"};
   all.insert(all.end(), args.begin(), args.end());
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    dup2(o, 1);
-    dup2(e, 2);
-    std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execve(argv[0], argv.data(), environ);
-    _exit(127);
-  }
+  SpawnOptions options;
+  options.stdout_path = out;
+  options.stderr_path = err;
+  options.truncate = true;
+  pid_t pid = Spawn(std::move(all), options).pid;
   ProcResult r;
   int status = 0;
   if (pid > 0 && waitpid(pid, &status, 0) == pid) r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

@@ -30,11 +30,10 @@
 
 #include <gtest/gtest.h>
 
+#include "common/child_process.h"
 #include "parley/connection.h"
 #include "store/pg_test_server.h"
 #include "store/store_factory.h"
-
-extern char** environ;
 
 namespace parley::testing {
 
@@ -100,26 +99,13 @@ class ServerProcess {
     }
     for (auto& a : store_args_) args.push_back(a);
     for (auto& a : extra_args_) args.push_back(a);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    // fork + exec (not posix_spawn) so that the child dies with this test
-    // process even when the test is killed (a timeout), never leaking a server.
-    // PR_SET_PDEATHSIG follows the forking *thread*: call Start from the test's
-    // main thread.
-    pid_t parent = getpid();
-    pid_ = fork();
+    // The child dies with this test process even when the test is killed (a
+    // timeout), never leaking a server. PR_SET_PDEATHSIG follows the forking
+    // *thread*: call Start from the test's main thread.
+    SpawnOptions options;
+    options.stderr_path = stderr_path_;
+    pid_ = Spawn(std::move(args), options).pid;
     ASSERT_GE(pid_, 0) << "cannot fork";
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      if (!stderr_path_.empty()) {
-        int fd = open(stderr_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0) dup2(fd, 2);
-      }
-      execve(argv[0], argv.data(), environ);
-      _exit(127);
-    }
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (std::chrono::steady_clock::now() < deadline) {
       std::ifstream in(port_file);

@@ -28,7 +28,7 @@
 
 #include <gtest/gtest.h>
 
-extern char** environ;
+#include "common/child_process.h"
 
 namespace parley::testing {
 
@@ -63,18 +63,8 @@ class RedisTestServer {
                                      "",               "--appendonly", "no",                  "--daemonize",
                                      "no",             "--logfile",    dir_ + "/redis.log",   "--protected-mode",
                                      "no"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t parent = getpid();
-    pid_ = fork();
+    pid_ = Spawn(std::move(args)).pid;
     ASSERT_GE(pid_, 0) << "cannot fork";
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      execve(argv[0], argv.data(), environ);
-      _exit(127);
-    }
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kStartTimeoutMs);
     while (std::chrono::steady_clock::now() < deadline) {
       if (Ping()) return;

@@ -19,11 +19,10 @@
 
 #include <gtest/gtest.h>
 
+#include "common/child_process.h"
 #include "e2e/helpers.h"
 #include "e2e/server_process.h"
 #include "parley/client.h"
-
-extern char** environ;
 
 namespace parley::testing {
 
@@ -145,33 +144,19 @@ inline pid_t SpawnCli(const std::vector<std::string>& args, const std::string& i
                       const std::string& err_path) {
   std::vector<std::string> all = {CliPath()};
   all.insert(all.end(), args.begin(), args.end());
-  int in_pipe[2];
-  if (pipe(in_pipe) != 0) return -1;
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    dup2(in_pipe[0], 0);
-    close(in_pipe[0]);
-    close(in_pipe[1]);
-    int o = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int e = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    dup2(o, 1);
-    dup2(e, 2);
-    std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execve(argv[0], argv.data(), environ);
-    _exit(127);
-  }
-  close(in_pipe[0]);
+  SpawnOptions options;
+  options.stdin_pipe = true;
+  options.stdout_path = out_path;
+  options.stderr_path = err_path;
+  options.truncate = true;
+  Child c = Spawn(std::move(all), options);
+  if (c.pid < 0) return -1;
   if (!input.empty()) {
-    ssize_t n = write(in_pipe[1], input.data(), input.size());
+    ssize_t n = write(c.in, input.data(), input.size());
     (void)n;
   }
-  close(in_pipe[1]);
-  return pid;
+  close(c.in);
+  return c.pid;
 }
 
 inline std::string Slurp(const std::string& path) {

@@ -66,11 +66,10 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/child_process.h"
 #include "net/http_client.h"
 #include "parley/client.h"
 #include "parley/connection.h"
-
-extern char** environ;
 
 namespace parley::chaos {
 namespace {
@@ -497,26 +496,13 @@ class Server {
       args.push_back("--fault");
       args.push_back("crash_after_append@" + std::to_string(crash));
     }
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
     std::string log_path = dir_ + "/parleyd.log";
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    SpawnOptions options;
+    options.stdout_path = options.stderr_path = log_path;
+    pid_t pid = parley::Spawn(std::move(args), options).pid;
     if (pid < 0) {
       *why = "fork failed";
       return false;
-    }
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-      if (fd >= 0) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-      }
-      execve(argv[0], argv.data(), environ);
-      _exit(127);
     }
     {
       std::lock_guard lock(mu_);

@@ -1,5 +1,6 @@
-#include "child_process.h"
+#include "common/child_process.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -11,7 +12,7 @@
 #include <fstream>
 #include <thread>
 
-namespace parley::bench {
+namespace parley {
 
 std::string Child::ReadLine(int timeout_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -33,39 +34,47 @@ std::string Child::ReadLine(int timeout_ms) {
   }
 }
 
-Child Spawn(std::vector<std::string> args, bool pipes, const std::string& stderr_path) {
+Child Spawn(std::vector<std::string> args, const SpawnOptions& o) {
   Child h;
   int to_child[2] = {-1, -1}, from_child[2] = {-1, -1};
-  if (pipes && (pipe(to_child) != 0 || pipe(from_child) != 0)) return h;
+  if (o.stdin_pipe && pipe(to_child) != 0) return h;
+  if (o.stdout_pipe && pipe(from_child) != 0) return h;
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  const int file_flags = O_WRONLY | O_CREAT | (o.truncate ? O_TRUNC : O_APPEND);
   pid_t parent = getpid();
   h.pid = fork();
   if (h.pid < 0) return h;
   if (h.pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);
-    if (pipes) {
+    if (o.stdin_pipe) {
       dup2(to_child[0], 0);
-      dup2(from_child[1], 1);
+      close(to_child[0]);
       close(to_child[1]);
-      close(from_child[0]);
     }
-    if (!stderr_path.empty()) {
-      FILE* f = std::fopen(stderr_path.c_str(), "a");
-      if (f) {
-        dup2(fileno(f), 2);
-        if (!pipes) dup2(fileno(f), 1);
-      }
+    if (o.stdout_pipe) {
+      dup2(from_child[1], 1);
+      close(from_child[0]);
+      close(from_child[1]);
+    } else if (!o.stdout_path.empty()) {
+      int fd = open(o.stdout_path.c_str(), file_flags, 0600);
+      if (fd >= 0) dup2(fd, 1);
+    }
+    if (!o.stderr_path.empty()) {
+      int fd = o.stderr_path == o.stdout_path && !o.stdout_pipe ? dup(1) : open(o.stderr_path.c_str(), file_flags, 0600);
+      if (fd >= 0) dup2(fd, 2);
     }
     execvp(argv[0], argv.data());
     _exit(127);
   }
-  if (pipes) {
+  if (o.stdin_pipe) {
     close(to_child[0]);
-    close(from_child[1]);
     h.in = to_child[1];
+  }
+  if (o.stdout_pipe) {
+    close(from_child[1]);
     h.out = from_child[0];
   }
   return h;
@@ -106,4 +115,4 @@ uint16_t WaitForPortFile(pid_t pid, const std::string& port_file, int timeout_ms
   return 0;
 }
 
-}  // namespace parley::bench
+}  // namespace parley
