@@ -12,6 +12,9 @@
 
 #include <strings.h>
 
+#include <chrono>
+#include <memory>
+
 namespace parley::netutil {
 
 namespace asio = boost::asio;
@@ -26,14 +29,16 @@ constexpr uint64_t kMaxResponseBodyBytes = 256ull << 20;
 
 }  // namespace
 
-std::optional<HttpEndpoint> ParseHttpUrl(std::string_view url, std::string* error) {
+std::optional<HttpEndpoint> ParseHttpUrl(std::string_view url, std::string* error, std::string* target) {
   constexpr std::string_view kScheme = "http://";
   if (url.substr(0, kScheme.size()) != kScheme) {
     *error = "expected http://HOST[:PORT], got \"" + std::string(url) + "\"";
     return std::nullopt;
   }
   std::string_view rest = url.substr(kScheme.size());
-  rest = rest.substr(0, rest.find('/'));
+  size_t slash = rest.find('/');
+  if (target) *target = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
+  rest = rest.substr(0, slash);
   HttpEndpoint out;
   if (!rest.empty() && rest.front() == '[') {  // [v6]:port
     size_t close = rest.find(']');
@@ -68,59 +73,100 @@ std::string HttpResponse::Header(std::string_view name) const {
   return "";
 }
 
-HttpResponse HttpExchange(const HttpEndpoint& endpoint, const HttpRequest& request) {
-  HttpResponse out;
-  const std::string where = endpoint.host + ":" + endpoint.port;
-  asio::io_context ioc;
-  beast::tcp_stream stream(ioc);
-  http::request<http::string_body> req(http::string_to_verb(request.method), request.target, 11);
-  req.set(http::field::host, endpoint.host);
-  req.set(http::field::connection, "close");
-  req.set(http::field::user_agent, "parley-tools");
-  if (!request.authorization.empty()) req.set(http::field::authorization, request.authorization);
-  for (const auto& [k, v] : request.headers) req.set(k, v);
-  if (!request.body.empty()) req.set(http::field::content_type, request.content_type);
-  req.body() = request.body;
-  req.prepare_payload();
+namespace {
 
-  beast::flat_buffer buffer;
-  http::response_parser<http::string_body> parser;
-  parser.body_limit(kMaxResponseBodyBytes);
-  beast::error_code failure;
-  const char* step = "";
-  auto fail = [&](const char* what, beast::error_code ec) {
-    step = what;
-    failure = ec;
-  };
+// One exchange: resolve, connect, write, read, each step chained from the
+// previous one's completion; the stream's deadline bounds connect to read.
+class Exchange : public std::enable_shared_from_this<Exchange> {
+ public:
+  Exchange(asio::io_context& io, const HttpEndpoint& endpoint, const HttpRequest& request,
+           std::function<void(HttpResponse)> done)
+      : resolver_(io), stream_(io), endpoint_(endpoint), done_(std::move(done)) {
+    req_.method(http::string_to_verb(request.method));
+    req_.target(request.target);
+    req_.version(11);
+    std::string host = endpoint.host.find(':') != std::string::npos ? "[" + endpoint.host + "]" : endpoint.host;
+    req_.set(http::field::host, endpoint.port == "80" ? host : host + ":" + endpoint.port);
+    req_.set(http::field::connection, "close");
+    req_.set(http::field::user_agent, "parley-tools");
+    if (!request.authorization.empty()) req_.set(http::field::authorization, request.authorization);
+    for (const auto& [k, v] : request.headers) req_.set(k, v);
+    if (!request.body.empty()) req_.set(http::field::content_type, request.content_type);
+    req_.body() = request.body;
+    req_.prepare_payload();
+    parser_.body_limit(kMaxResponseBodyBytes);
+    timeout_ = request.timeout;
+  }
 
-  // Asynchronous steps on a private io_context: tcp_stream's deadline then
-  // bounds the whole exchange, name resolution excepted.
-  tcp::resolver resolver(ioc);
-  resolver.async_resolve(endpoint.host, endpoint.port, [&](beast::error_code ec, tcp::resolver::results_type results) {
-    if (ec) return fail("cannot resolve", ec);
-    stream.expires_after(request.timeout);
-    stream.async_connect(results, [&](beast::error_code ec2, const tcp::endpoint&) {
-      if (ec2) return fail("cannot connect to", ec2);
-      http::async_write(stream, req, [&](beast::error_code ec3, size_t) {
-        if (ec3) return fail("cannot send to", ec3);
-        http::async_read(stream, buffer, parser, [&](beast::error_code ec4, size_t) {
-          if (ec4) return fail("no valid HTTP answer from", ec4);
-        });
+  void Start() {
+    // The resolver has no deadline of its own (a numeric host resolves at
+    // once); the stream's timer covers connect, write and read.
+    resolver_.async_resolve(endpoint_.host, endpoint_.port,
+                            [self = shared_from_this()](beast::error_code ec, tcp::resolver::results_type results) {
+                              if (ec) return self->Fail(HttpFailure::kResolve, "cannot resolve", ec);
+                              self->stream_.expires_after(self->timeout_);
+                              self->stream_.async_connect(results, [self](beast::error_code ec2, const tcp::endpoint&) {
+                                if (ec2) return self->Fail(HttpFailure::kConnect, "cannot connect to", ec2);
+                                self->Write();
+                              });
+                            });
+  }
+
+ private:
+  void Write() {
+    http::async_write(stream_, req_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->Fail(HttpFailure::kWrite, "cannot send to", ec);
+      http::async_read(self->stream_, self->buffer_, self->parser_, [self](beast::error_code ec2, size_t) {
+        if (ec2) return self->Fail(HttpFailure::kRead, "no valid HTTP answer from", ec2);
+        HttpResponse out;
+        auto& res = self->parser_.get();
+        out.status = static_cast<int>(res.result_int());
+        for (const auto& field : res) out.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+        out.body = std::move(res.body());
+        self->Finish(std::move(out));
       });
     });
-  });
-  ioc.run();
-  if (failure) {
-    out.error = std::string(step) + " " + where + ": " +
-                (failure == beast::error::timeout ? std::string("timed out") : failure.message());
-    return out;
   }
-  auto& res = parser.get();
-  out.status = static_cast<int>(res.result_int());
-  for (const auto& field : res) out.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
-  out.body = std::move(res.body());
-  beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+
+  void Fail(HttpFailure failure, const char* step, beast::error_code ec) {
+    HttpResponse out;
+    out.failure = failure;
+    out.timed_out = ec == beast::error::timeout;
+    out.error = std::string(step) + " " + endpoint_.host + ":" + endpoint_.port + ": " +
+                (out.timed_out ? std::string("timed out") : ec.message());
+    Finish(std::move(out));
+  }
+
+  void Finish(HttpResponse out) {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.close();
+    auto done = std::move(done_);
+    done(std::move(out));
+  }
+
+  tcp::resolver resolver_;
+  beast::tcp_stream stream_;
+  const HttpEndpoint endpoint_;
+  std::function<void(HttpResponse)> done_;
+  http::request<http::string_body> req_;
+  http::response_parser<http::string_body> parser_;
+  beast::flat_buffer buffer_;
+  std::chrono::milliseconds timeout_{};
+};
+
+}  // namespace
+
+void AsyncHttpExchange(asio::io_context& io, const HttpEndpoint& endpoint, const HttpRequest& request,
+                       std::function<void(HttpResponse)> done) {
+  std::make_shared<Exchange>(io, endpoint, request, std::move(done))->Start();
+}
+
+HttpResponse HttpExchange(const HttpEndpoint& endpoint, const HttpRequest& request) {
+  asio::io_context io;
+  HttpResponse out;
+  AsyncHttpExchange(io, endpoint, request, [&out](HttpResponse r) { out = std::move(r); });
+  io.run();
   return out;
 }
 

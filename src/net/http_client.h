@@ -1,20 +1,27 @@
-// A small blocking HTTP/1.1 client for the project's tools and tests: the
+// A small HTTP/1.1 client: blocking for the project's tools and tests (the
 // admin tool, the delivery checker, the chaos driver, the benchmarks and the
-// end-to-end tests all talk to parleyd's HTTP endpoints through it. Built on
-// Boost.Beast (parsing, Content-Length and chunked bodies); each call opens
-// one connection (Connection: close) and is bounded by one deadline.
+// end-to-end tests talk to parleyd's HTTP endpoints through it), and
+// asynchronous on a caller's io_context for parleyd's own requests (the push
+// webhook). Built on Boost.Beast (parsing, Content-Length and chunked
+// bodies); each exchange opens one connection (Connection: close) and is
+// bounded by one deadline.
 //
-// Thread-safety: every function may be called from any thread; calls share
-// nothing. No Boost in this header.
+// Thread-safety: every function may be called from any thread; exchanges
+// share nothing. No Boost headers here (io_context is only declared).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+namespace boost::asio {
+class io_context;
+}
 
 namespace parley::netutil {
 
@@ -26,10 +33,11 @@ struct HttpEndpoint {
   static HttpEndpoint Loopback(uint16_t port) { return {"127.0.0.1", std::to_string(port)}; }
 };
 
-// Parses "http://HOST[:PORT][/...]" (the path is ignored; IPv6 hosts in
-// brackets). Returns nothing and sets *error for anything else, including
-// https:// (the admin API is served on plain HTTP, docs/operations.md).
-std::optional<HttpEndpoint> ParseHttpUrl(std::string_view url, std::string* error);
+// Parses "http://HOST[:PORT][/PATH]" (IPv6 hosts in brackets); the path (with
+// its query), "/" when absent, goes to *target if given. Returns nothing and
+// sets *error for anything else, including https:// (the admin API is served
+// on plain HTTP, docs/operations.md).
+std::optional<HttpEndpoint> ParseHttpUrl(std::string_view url, std::string* error, std::string* target = nullptr);
 
 constexpr std::chrono::milliseconds kDefaultHttpTimeout{30'000};
 
@@ -43,19 +51,28 @@ struct HttpRequest {
   std::chrono::milliseconds timeout = kDefaultHttpTimeout;   // resolve to last byte
 };
 
+// Where an exchange failed.
+enum class HttpFailure { kNone, kResolve, kConnect, kWrite, kRead };
+
 struct HttpResponse {
   int status = 0;      // 0 when the exchange failed
   std::string body;    // de-chunked
   std::vector<std::pair<std::string, std::string>> headers;
   std::string error;   // non-empty when the exchange failed (unreachable, timeout, not HTTP)
+  HttpFailure failure = HttpFailure::kNone;
+  bool timed_out = false;  // the failure was the deadline
 
   bool ok() const { return error.empty(); }
   // The first header of that name (case-insensitive), or "".
   std::string Header(std::string_view name) const;
 };
 
-// One request and its response.
+// One request and its response, blocking the calling thread.
 HttpResponse HttpExchange(const HttpEndpoint& endpoint, const HttpRequest& request);
+
+// The same without blocking: runs on `io`; `done` is called there, once.
+void AsyncHttpExchange(boost::asio::io_context& io, const HttpEndpoint& endpoint, const HttpRequest& request,
+                       std::function<void(HttpResponse)> done);
 
 // Shorthands for the common cases.
 inline HttpResponse HttpGet(const HttpEndpoint& endpoint, std::string target, std::string authorization = {}) {

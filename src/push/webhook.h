@@ -19,6 +19,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "net/http_client.h"
 #include "push/provider.h"
 
 namespace parley::push {
@@ -41,6 +42,8 @@ std::string PushPayload(const store::PushJob& job, int64_t sent_at);
 std::string PushId(const store::PushJob& job);
 // "sha256=<hex>" of HMAC-SHA256(secret, body).
 std::string SignBody(const std::string& secret, const std::string& body);
+// The outcome of one attempt's HTTP exchange (the classification above).
+SendResult Classify(const netutil::HttpResponse& response);
 
 class WebhookProvider final : public PushProvider {
  public:
@@ -51,13 +54,13 @@ class WebhookProvider final : public PushProvider {
   void Send(const store::PushJob& job, std::function<void(SendResult)> done) override;
 
  private:
-  WebhookProvider(boost::asio::io_context& io, WebhookConfig config, std::string host, std::string port,
+  WebhookProvider(boost::asio::io_context& io, WebhookConfig config, netutil::HttpEndpoint endpoint,
                   std::string target);
-  class Request;
 
   boost::asio::io_context& io_;
   const WebhookConfig config_;
-  const std::string host_, port_, target_;
+  const netutil::HttpEndpoint endpoint_;
+  const std::string target_;
 };
 
 }  // namespace parley::push

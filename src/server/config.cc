@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <thread>
 
+#include "net/http_client.h"
+
 namespace parley::server {
 
 Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
@@ -285,8 +287,8 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
     c.core.cluster = true;
   }
   if (!c.push.webhook_url.empty()) {
-    if (c.push.webhook_url.rfind("http://", 0) != 0)
-      return Status(ErrorCode::kBadRequest, "--push-webhook-url must be an http:// URL");
+    if (std::string error; !netutil::ParseHttpUrl(c.push.webhook_url, &error))
+      return Status(ErrorCode::kBadRequest, "--push-webhook-url must be an http:// URL (" + error + ")");
     if (c.push.webhook_secret.empty())
       return Status(ErrorCode::kBadRequest, "--push-webhook-url needs --push-webhook-secret (the signing key)");
     if (c.push.lease_ms <= c.push.timeout_ms)

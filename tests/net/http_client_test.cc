@@ -67,10 +67,14 @@ class OneShotServer {
 
 TEST(ParseHttpUrl, AcceptsHostPortAndIgnoresPath) {
   std::string error;
-  auto e = ParseHttpUrl("http://example.org:9090/admin", &error);
+  std::string target;
+  auto e = ParseHttpUrl("http://example.org:9090/admin?x=1", &error, &target);
   ASSERT_TRUE(e) << error;
   EXPECT_EQ(e->host, "example.org");
   EXPECT_EQ(e->port, "9090");
+  EXPECT_EQ(target, "/admin?x=1");
+  ASSERT_TRUE(ParseHttpUrl("http://example.org", &error, &target));
+  EXPECT_EQ(target, "/");
   e = ParseHttpUrl("http://localhost", &error);
   ASSERT_TRUE(e) << error;
   EXPECT_EQ(e->port, "80");
@@ -109,6 +113,7 @@ TEST(HttpExchange, SendsTheRequestAndReadsASizedBody) {
   EXPECT_NE(sent.find("Content-Type: application/json\r\n"), std::string::npos) << sent;
   EXPECT_NE(sent.find("Content-Length: 7\r\n"), std::string::npos) << sent;
   EXPECT_NE(sent.find("X-Extra: 1\r\n"), std::string::npos) << sent;
+  EXPECT_NE(sent.find("Host: 127.0.0.1:" + std::to_string(server.port()) + "\r\n"), std::string::npos) << sent;
 }
 
 TEST(HttpExchange, DechunksAChunkedBody) {
@@ -129,6 +134,8 @@ TEST(HttpExchange, ASilentServerTimesOut) {
   EXPECT_FALSE(r.ok());
   EXPECT_EQ(r.status, 0);
   EXPECT_NE(r.error.find("timed out"), std::string::npos) << r.error;
+  EXPECT_TRUE(r.timed_out);
+  EXPECT_EQ(r.failure, HttpFailure::kRead);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
 }
 
@@ -137,6 +144,8 @@ TEST(HttpExchange, NotHttpIsAnError) {
   HttpResponse r = HttpGet(HttpEndpoint::Loopback(server.port()), "/");
   EXPECT_FALSE(r.ok());
   EXPECT_NE(r.error.find("no valid HTTP answer"), std::string::npos) << r.error;
+  EXPECT_EQ(r.failure, HttpFailure::kRead);
+  EXPECT_FALSE(r.timed_out);
 }
 
 TEST(HttpExchange, NobodyListeningIsAnError) {
@@ -149,6 +158,7 @@ TEST(HttpExchange, NobodyListeningIsAnError) {
   HttpResponse r = HttpGet(HttpEndpoint::Loopback(port), "/");
   EXPECT_FALSE(r.ok());
   EXPECT_NE(r.error.find("cannot connect to 127.0.0.1:" + std::to_string(port)), std::string::npos) << r.error;
+  EXPECT_EQ(r.failure, HttpFailure::kConnect);
 }
 
 }  // namespace
