@@ -11,18 +11,27 @@ namespace parley::core {
 
 using protocol::JsonWriter;
 
+bool ChatService::NoteForeground(int64_t user_id, int64_t device_id, bool foreground) {
+  if (foreground) {
+    auto& devices = foreground_[user_id];
+    bool first = devices.empty();
+    devices[device_id]++;
+    return first;
+  }
+  auto it = foreground_.find(user_id);
+  if (it == foreground_.end()) return false;
+  auto d = it->second.find(device_id);
+  if (d != it->second.end() && --d->second <= 0) it->second.erase(d);
+  if (!it->second.empty()) return false;
+  foreground_.erase(it);
+  return true;
+}
+
 void ChatService::SetForeground(const ClientPtr& c, bool counted) {
   if (c->user_id == 0 || c->counted_foreground == counted) return;
   c->counted_foreground = counted;
-  NotePushForeground(c->user_id, c->device_id, counted);
-  if (counted) {
-    if (++local_foreground_[c->user_id] == 1) fabric_.SetLocalOnline(c->user_id, true);
-    return presence_.ForegroundEnter(c->user_id);
-  }
-  if (auto it = local_foreground_.find(c->user_id); it != local_foreground_.end() && --it->second <= 0) {
-    local_foreground_.erase(it);
-    fabric_.SetLocalOnline(c->user_id, false);
-  }
+  if (NoteForeground(c->user_id, c->device_id, counted)) fabric_.SetLocalOnline(c->user_id, counted);
+  if (counted) return presence_.ForegroundEnter(c->user_id);
   int64_t last_seen = presence_.ForegroundLeave(c->user_id);
   if (last_seen == 0) return;
   int64_t user = c->user_id;

@@ -27,18 +27,6 @@ namespace parley::core {
 
 using protocol::JsonWriter;
 
-void ChatService::NotePushForeground(int64_t user_id, int64_t device_id, bool foreground) {
-  if (foreground) {
-    push_foreground_[user_id][device_id]++;
-    return;
-  }
-  auto it = push_foreground_.find(user_id);
-  if (it == push_foreground_.end()) return;
-  auto d = it->second.find(device_id);
-  if (d != it->second.end() && --d->second <= 0) it->second.erase(d);
-  if (it->second.empty()) push_foreground_.erase(it);
-}
-
 void ChatService::QueuePush(store::PushRequest req) {
   int64_t user = req.user_id;
   store_.EnqueuePush(std::move(req), OnCore<int>([this, user](Result<int> r) {
@@ -56,7 +44,7 @@ void ChatService::PushAfterMessage(const store::MessageRecord& msg,
   for (const auto& p : positions) {
     if (p.user_id == msg.sender_id) continue;
     // A user with a device in the foreground reads it there: no push at all.
-    if (push_foreground_.count(p.user_id) != 0) continue;
+    if (foreground_.count(p.user_id) != 0) continue;
     store::PushRequest req;
     req.user_id = p.user_id;
     req.conversation_id = msg.conversation_id;
@@ -76,7 +64,7 @@ void ChatService::PushAfterRead(int64_t user_id, int64_t device_id, int64_t conv
   req.seq = read;
   req.kind = store::PushKind::kBadge;
   req.skip_devices.push_back(device_id);
-  if (auto it = push_foreground_.find(user_id); it != push_foreground_.end())
+  if (auto it = foreground_.find(user_id); it != foreground_.end())
     for (const auto& [d, n] : it->second) req.skip_devices.push_back(d);
   req.now = clock_.NowMillis();
   req.coalesce_ms = config_.push.coalesce_ms;

@@ -195,8 +195,9 @@ class ChatService {
   void DoMuteConversation(const ClientPtr& c, Req req);
   void DoSetPushPreviews(const ClientPtr& c, Req req);
   void DoPushSettings(const ClientPtr& c, Req req);
-  // Tracks which devices of a user are in the foreground on this node.
-  void NotePushForeground(int64_t user_id, int64_t device_id, bool foreground);
+  // Counts one foreground connection of the device in or out of foreground_;
+  // returns whether the user's presence here changed (first one in, last out).
+  bool NoteForeground(int64_t user_id, int64_t device_id, bool foreground);
   // After a message committed: queues pushes for each member it is visible
   // to (not the sender) who has no device in the foreground.
   void PushAfterMessage(const store::MessageRecord& msg, const std::vector<store::StreamPosition>& positions);
@@ -246,9 +247,6 @@ class ChatService {
     int64_t head = 0;
   };
   std::unordered_map<int64_t, LiveUser> live_;  // users with authenticated connections
-  // Foreground connections of each user on this node (the fabric tells the
-  // other nodes when a user's count here goes from 0 to 1 and back).
-  std::unordered_map<int64_t, int> local_foreground_;
   std::unordered_map<int64_t, store::ConversationRecord> conversations_;
   std::unordered_map<std::string, int64_t> direct_;  // "userA:userB" (ordered ids) -> conversation id
 
@@ -266,9 +264,11 @@ class ChatService {
   PresenceTracker presence_;
   // Connections with a presence subscription, by Client::id.
   std::unordered_map<uint64_t, ClientPtr> presence_subscribers_;
-  // Push: per user, the devices in the foreground on this node (connection
-  // counts per device).
-  std::unordered_map<int64_t, std::unordered_map<int64_t, int>> push_foreground_;
+  // Per user, the devices with a foreground connection on this node
+  // (connection counts per device). A user is here iff they are online here:
+  // presence, the fabric (told when a user enters or leaves this map) and
+  // push decisions all read it.
+  std::unordered_map<int64_t, std::unordered_map<int64_t, int>> foreground_;
   std::function<void()> push_queued_hook_;
   // Metrics (docs/operations.md).
   Counter& RateLimited(RequestType type);
