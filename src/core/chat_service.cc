@@ -17,6 +17,14 @@ namespace parley::core {
 using protocol::JsonWriter;
 using protocol::RequestType;
 
+namespace {
+// A username lookup's failure as the client sees it: "no such user", or the
+// store's own error when it could not look (e.g. `unavailable`).
+Status UnknownUserOr(const Status& s) {
+  return s.code() == ErrorCode::kUnknownUser ? Status(ErrorCode::kUnknownUser, "no such user") : s;
+}
+}  // namespace
+
 ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fabric, WorkerPool& hash_pool,
                          const Clock& clock, CoreConfig config)
     : core_(core),
@@ -50,7 +58,18 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       frames_in_(Metrics::Default().GetCounter("parley_frames_in_total", "Frames received from clients")),
       frames_out_(Metrics::Default().GetCounter("parley_frames_out_total", "Frames sent to clients")),
       presence_updates_(Metrics::Default().GetCounter("parley_presence_updates_total",
-                                                      "Presence frames sent to subscribers")) {
+                                                      "Presence frames sent to subscribers")),
+      rate_syncs_ok_(Metrics::Default().GetCounter("parley_rate_limit_syncs_total",
+                                                   "Reconciliations of shared rate-limit buckets with the cluster, by result",
+                                                   "result=\"ok\"")),
+      rate_syncs_failed_(Metrics::Default().GetCounter(
+          "parley_rate_limit_syncs_total", "Reconciliations of shared rate-limit buckets with the cluster, by result",
+          "result=\"failed\"")),
+      rate_synced_buckets_(Metrics::Default().GetCounter("parley_rate_limit_synced_buckets_total",
+                                                         "Rate-limit buckets reconciled with the cluster")),
+      rate_limits_shared_(Metrics::Default().GetGauge(
+          "parley_rate_limit_shared",
+          "1 while per-user and per-address rate limits are shared by the cluster (last reconciliation succeeded)")) {
   for (RequestType t : protocol::AllRequestTypes())
     requests_.push_back(&Metrics::Default().GetCounter("parley_requests_total", "Requests received, by type",
                                                        fmt::format("type=\"{}\"", protocol::RequestTypeName(t))));
@@ -64,6 +83,17 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       else (void)presence_.ForegroundLeave(user);
     });
   });
+  if (fabric_.SharesRateLimits() && config_.rate_limit_sync_ms > 0) {
+    shared_limiters_ = {{"send_per_user", &send_user_limiter_},
+                        {"search_per_user", &search_limiter_},
+                        {"social_per_user", &social_limiter_},
+                        {"failed_login_per_username", &login_user_limiter_},
+                        {"failed_login_per_address", &login_address_limiter_},
+                        {"register_per_address", &register_limiter_}};
+    for (auto& [name, limiter] : shared_limiters_) limiter->CountUsage(true);
+    rate_limits_shared_.Set(1);  // the fabric reached Redis at start
+    ScheduleRateSync();
+  }
 }
 
 ChatService::~ChatService() { fabric_.OnRemotePresence(nullptr); }
@@ -156,7 +186,12 @@ void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s, int6
     spdlog::debug("event=request_refused op={} request_id={} conn_id={} code={}", protocol::RequestTypeName(req.type),
                   req.id_json, c->id, ErrorCodeName(s.code()));
   }
-  int64_t retry_after = s.code() == ErrorCode::kShuttingDown ? config_.shutdown_retry_after_ms : retry_after_ms;
+  int64_t retry_after = retry_after_ms;
+  if (s.code() == ErrorCode::kShuttingDown) retry_after = config_.shutdown_retry_after_ms;
+  // A dependency is down (the store lost PostgreSQL): nothing was done or
+  // acknowledged; the same request later may succeed (a send with the same
+  // client_id is stored once).
+  if (s.code() == ErrorCode::kUnavailable && retry_after == 0) retry_after = config_.unavailable_retry_after_ms;
   Send(c, protocol::EncodeError(req.id_json, protocol::RequestTypeName(req.type), s, retry_after));
 }
 
@@ -253,6 +288,65 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
   }
 }
 
+// ---- Shared rate limits (cluster) ----
+//
+// The local buckets decide every request at once (CheckRateLimits never
+// waits). Every rate_limit_sync_ms this node hands the tokens it took per
+// bucket to the fabric, which debits the cluster-wide bucket (Redis) and
+// answers its level; the local bucket is set to it, less what was taken
+// meanwhile. So a user spread over N nodes gets the configured rate overall:
+// each node can over-admit only what its bucket held at the last
+// reconciliation, within one interval, and the shared bucket then owes it
+// (it goes negative, so later requests wait until it is repaid). While the
+// fabric cannot reconcile, the buckets are this node's alone.
+
+void ChatService::ScheduleRateSync() {
+  core_.PostAfter(config_.rate_limit_sync_ms, [this] { SyncRateLimits(); });
+}
+
+void ChatService::SyncRateLimits() {
+  if (stopping_) return;
+  int64_t now = clock_.NowMillis();
+  if (rate_sync_inflight_) {
+    if (now - rate_sync_started_ms_ < CoreConfig::kRateSyncTimeoutMs) return ScheduleRateSync();
+    // Abandoned: its usage is lost (this node admitted it; the cluster never
+    // heard of it), and its answer will be ignored.
+    rate_sync_inflight_ = false;
+    ++rate_sync_generation_;
+    rate_syncs_failed_.Inc();
+    rate_limits_shared_.Set(0);
+  }
+  std::vector<fabric::RateUsage> usage;
+  std::vector<std::pair<RateLimiter*, std::string>> keys;
+  for (auto& [name, limiter] : shared_limiters_) {
+    for (auto& [key, used] : limiter->TakeUsage()) {
+      usage.push_back(fabric::RateUsage{name + ":" + key, used, limiter->limit().per_second, limiter->limit().burst});
+      keys.emplace_back(limiter, key);
+    }
+  }
+  if (usage.empty()) return ScheduleRateSync();
+  rate_sync_inflight_ = true;
+  rate_sync_started_ms_ = now;
+  uint64_t generation = rate_sync_generation_;
+  fabric_.ReconcileRateLimits(
+      std::move(usage), BindTo<Result<std::vector<double>>>(core_, [this, generation, keys = std::move(keys)](
+                                                                        Result<std::vector<double>> levels) {
+        if (generation != rate_sync_generation_) return;
+        rate_sync_inflight_ = false;
+        if (!levels || levels->size() != keys.size()) {
+          rate_syncs_failed_.Inc();
+          rate_limits_shared_.Set(0);
+          return;
+        }
+        int64_t at = clock_.NowMillis();
+        for (size_t i = 0; i < keys.size(); ++i) keys[i].first->ApplyLevel(keys[i].second, (*levels)[i], at);
+        rate_syncs_ok_.Inc();
+        rate_synced_buckets_.Inc(keys.size());
+        rate_limits_shared_.Set(1);
+      }));
+  ScheduleRateSync();
+}
+
 // ---- Accounts and devices ----
 
 void ChatService::DoRegister(const ClientPtr& c, Req req) {
@@ -279,6 +373,11 @@ void ChatService::DoLogin(const ClientPtr& c, Req req) {
   auto username = std::get<protocol::LoginRequest>(req.body).username;
   store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req = std::move(req)](
                                                                 Result<store::UserRecord> u) mutable {
+    // A store that cannot answer is not a wrong password.
+    if (!u && u.error().code() != ErrorCode::kUnknownUser) {
+      c->authenticating = false;
+      return Fail(c, req, u.error());
+    }
     // Verify even for an unknown user (against a dummy hash), so the answer
     // takes as long either way and does not reveal which usernames exist.
     std::string hash = u ? u->password_hash : dummy_hash_;
@@ -321,6 +420,9 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
   store_.GetDeviceByToken(std::move(hash), OnCore<store::DeviceRecord>([this, c, req](Result<store::DeviceRecord> d) {
     if (!d) {
       c->authenticating = false;
+      // Only a token the store refused is invalid (the client then drops
+      // it); a store that is unreachable is `unavailable`, retryable.
+      if (d.error().code() != ErrorCode::kInvalidToken) return Fail(c, req, d.error());
       return Fail(c, req, Status(ErrorCode::kInvalidToken, "the token is unknown or revoked; log in again"));
     }
     int64_t now = clock_.NowMillis();
@@ -474,7 +576,7 @@ void ChatService::CheckMember(int64_t user_id, int64_t conversation_id, std::fun
 void ChatService::DoOpenConversation(const ClientPtr& c, Req req) {
   std::string username = std::get<protocol::OpenConversationRequest>(req.body).username;
   store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req](Result<store::UserRecord> u) {
-    if (!u) return Fail(c, req, Status(ErrorCode::kUnknownUser, "no such user"));
+    if (!u) return Fail(c, req, UnknownUserOr(u.error()));
     if (u->id == c->user_id) return Fail(c, req, Status(ErrorCode::kSelfConversation, "a conversation needs another user"));
     store_.OpenDirect(c->user_id, u->id, clock_.NowMillis(), OnCore<store::OpenResult>([this, c, req](Result<store::OpenResult> r) {
       if (!r) return Fail(c, req, r.error());
@@ -528,7 +630,7 @@ void ChatService::PumpSends(const ClientPtr& c) {
   std::string to = s.to;
   store_.GetUserByName(to, OnCore<store::UserRecord>([this, c, req = std::move(req), key, resume](
                                                          Result<store::UserRecord> u) mutable {
-    if (!u) return resume(std::move(req), Status(ErrorCode::kUnknownUser, "no such user"), 0);
+    if (!u) return resume(std::move(req), UnknownUserOr(u.error()), 0);
     if (u->id == c->user_id)
       return resume(std::move(req), Status(ErrorCode::kSelfConversation, "a conversation needs another user"), 0);
     store_.OpenDirect(c->user_id, u->id, clock_.NowMillis(),
@@ -841,7 +943,7 @@ void ChatService::DoSetProfile(const ClientPtr& c, Req req) {
 void ChatService::DoContactOrBlock(const ClientPtr& c, Req req) {
   std::string username = std::get<protocol::UserRequest>(req.body).username;
   store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req](Result<store::UserRecord> u) {
-    if (!u) return Fail(c, req, Status(ErrorCode::kUnknownUser, "no such user"));
+    if (!u) return Fail(c, req, UnknownUserOr(u.error()));
     auto done = OnCore<store::SocialResult>([this, c, req](Result<store::SocialResult> r) {
       if (!r) return Fail(c, req, r.error());
       Respond(c, req, [&](JsonWriter& w) {

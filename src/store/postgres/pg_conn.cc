@@ -6,6 +6,7 @@
 #include "store/postgres/pg_conn.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include <fmt/format.h>
 
@@ -196,10 +197,24 @@ void PgConn::Record(pg_result* result, const char* what) {
   error_ = mapped;
 }
 
+bool PgConn::PeerClosed() {
+  int fd = PQsocket(conn_);
+  if (fd < 0) return true;
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, 0) <= 0) return false;  // nothing arrived while idle: presumed alive
+  // An idle session that has something to read: a notice, or the server's
+  // goodbye (a FATAL message, then end of file) after a restart, a failover
+  // or pg_terminate_backend. PQconsumeInput sees the end of file.
+  if (PQconsumeInput(conn_) == 0) return true;
+  return PQstatus(conn_) != CONNECTION_OK;
+}
+
 bool PgConn::EnsureConnected() {
   // A session left in pipeline mode by a failure cannot run anything else:
-  // start a fresh one, as after a lost connection.
-  if (PQstatus(conn_) == CONNECTION_OK && PQpipelineStatus(conn_) == PQ_PIPELINE_OFF) return true;
+  // start a fresh one, as after a lost connection. So is a session the
+  // server closed while it was idle (found without sending anything, so
+  // that the first statement after a database restart does not fail).
+  if (PQstatus(conn_) == CONNECTION_OK && PQpipelineStatus(conn_) == PQ_PIPELINE_OFF && !PeerClosed()) return true;
   PQreset(conn_);
   prepared_.clear();
   if (PQstatus(conn_) != CONNECTION_OK) return false;

@@ -113,13 +113,18 @@ class PgConn {
   void DiscardDeferred() { deferred_.clear(); }
 
   // True if the connection is usable; otherwise tries to reconnect (the
-  // prepared statement cache is dropped with the old session).
+  // prepared statement cache is dropped with the old session). A session
+  // the server closed while it was idle counts as unusable. REQUIRES: no
+  // statement in flight (between units of work).
   bool EnsureConnected();
   // Statements sent to the server since the connection was opened.
   uint64_t statements() const { return statements_; }
 
  private:
   explicit PgConn(pg_conn* conn) : conn_(conn) {}
+  // Whether the server closed this idle session (a zero-timeout poll; reads
+  // what arrived).
+  bool PeerClosed();
   // The name of `sql`'s prepared statement, preparing it if needed; "" on error.
   const std::string* Prepared(std::string_view sql);
   struct Deferred;
