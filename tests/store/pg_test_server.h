@@ -100,6 +100,12 @@ class PgTestServer {
 
   PgTestServer(const PgTestServer&) = delete;
   PgTestServer& operator=(const PgTestServer&) = delete;
+  // Stops the server and removes its directory.
+  ~PgTestServer() {
+    if (dir_.empty()) return;
+    std::string cmd = std::string(PARLEY_SOURCE_DIR) + "/scripts/pg_test_server.sh stop " + dir_;
+    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "pg_test_server.sh stop failed\n");
+  }
 
  private:
   PgTestServer() {
@@ -122,11 +128,6 @@ class PgTestServer {
     port_ = Field(line, "port");
     url_ = Field(line, "url");
     if (url_.empty()) error_ = "unexpected output: " + line;
-  }
-  ~PgTestServer() {
-    if (dir_.empty()) return;
-    std::string cmd = std::string(PARLEY_SOURCE_DIR) + "/scripts/pg_test_server.sh stop " + dir_;
-    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "pg_test_server.sh stop failed\n");
   }
 
   bool RunScript(const char* command) {
