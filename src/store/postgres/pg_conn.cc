@@ -147,8 +147,12 @@ Result<std::unique_ptr<PgConn>> PgConn::Connect(const std::string& url, int conn
   // Keywords are processed in order and the last value wins, so `dbname`
   // comes last: what the URL says overrides these defaults.
   std::string timeout = std::to_string(connect_timeout_s);
-  const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
-  const char* values[] = {timeout.c_str(), "parleyd", url.c_str(), nullptr};
+  std::string idle = std::to_string(kKeepalivesIdleS), interval = std::to_string(kKeepalivesIntervalS),
+              count = std::to_string(kKeepalivesCount), user_timeout = std::to_string(kTcpUserTimeoutMs);
+  const char* keys[] = {"connect_timeout",     "application_name", "keepalives_idle", "keepalives_interval",
+                        "keepalives_count",    "tcp_user_timeout", "dbname",          nullptr};
+  const char* values[] = {timeout.c_str(), "parleyd",           idle.c_str(), interval.c_str(),
+                          count.c_str(),   user_timeout.c_str(), url.c_str(), nullptr};
   PGconn* conn = PQconnectdbParams(keys, values, 1);
   if (conn == nullptr) return Status(ErrorCode::kUnavailable, "postgres: out of memory");
   if (PQstatus(conn) != CONNECTION_OK) {

@@ -85,6 +85,17 @@ class PgRows {
 
 class PgConn {
  public:
+  // TCP settings of every session unless the URL sets its own (libpq's
+  // keepalives_* and tcp_user_timeout; ignored on Unix sockets): a server
+  // that vanishes from the network without a reset (a partition, a dead
+  // machine) is noticed after about 10 + 3 x 5 s of silence while a result
+  // is awaited, or 15 s of unacknowledged data, instead of the kernel's
+  // default of many minutes; the operation then fails kUnavailable.
+  static constexpr int kKeepalivesIdleS = 10;
+  static constexpr int kKeepalivesIntervalS = 5;
+  static constexpr int kKeepalivesCount = 3;
+  static constexpr int kTcpUserTimeoutMs = 15'000;
+
   // Connects to `url` (a libpq connection string or URI). Fails kUnavailable.
   static Result<std::unique_ptr<PgConn>> Connect(const std::string& url, int connect_timeout_s);
   ~PgConn();
