@@ -204,13 +204,18 @@ void PgConn::Record(pg_result* result, const char* what) {
 bool PgConn::PeerClosed() {
   int fd = PQsocket(conn_);
   if (fd < 0) return true;
-  pollfd p{fd, POLLIN, 0};
-  if (poll(&p, 1, 0) <= 0) return false;  // nothing arrived while idle: presumed alive
   // An idle session that has something to read: a notice, or the server's
   // goodbye (a FATAL message, then end of file) after a restart, a failover
-  // or pg_terminate_backend. PQconsumeInput sees the end of file.
-  if (PQconsumeInput(conn_) == 0) return true;
-  return PQstatus(conn_) != CONNECTION_OK;
+  // or pg_terminate_backend. A hang-up is final; otherwise read what came
+  // (PQconsumeInput fails at end of file) and look again.
+  constexpr int kMaxIdleReads = 4;
+  for (int i = 0; i < kMaxIdleReads; ++i) {
+    pollfd p{fd, static_cast<short>(POLLIN | POLLRDHUP), 0};
+    if (poll(&p, 1, 0) <= 0) return false;  // nothing (more) arrived while idle: presumed alive
+    if ((p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0) return true;
+    if (PQconsumeInput(conn_) == 0 || PQstatus(conn_) != CONNECTION_OK) return true;
+  }
+  return false;
 }
 
 bool PgConn::EnsureConnected() {
