@@ -10,10 +10,24 @@
 // nodes appending to one conversation serialize there; the next seq is
 // last_seq + 1 under that lock. A user-stream entry takes its user seq from
 // user_heads in the same statement that inserts it (an upsert of head + 1 in
-// a CTE), which locks that user's head row until the batch commits. A batch
-// that deadlocks against another node's (two conversations locked in
-// opposite orders) is rolled back and retried (kMaxBatchAttempts); its
-// operations are applied again from scratch.
+// a CTE), which locks that user's head row until the batch commits.
+//
+// Lock order. A batch holds many operations, each locking rows as it goes;
+// two nodes' batches locking the same rows in different orders deadlock
+// (PostgreSQL notices after deadlock_timeout, 1 s by default, and aborts
+// one). So each operation declares what it will lock (LockSet: its
+// conversation, its users, its devices) and a batch takes all of those
+// first, in one order on every node: conversations by id, then the stream
+// heads of their members and of the declared users by id, then devices by
+// id (LockInOrder). Everything the operations lock afterwards is either
+// already held or guarded by a row already held (a conversation guards its
+// messages, members, withheld seqs and receipt rows; a user's head guards
+// that user's own rows). What is still not declared (the stream heads of a
+// profile change's audience; a user's first head row, created by its first
+// event) can still deadlock: such a batch is rolled back and retried
+// (kMaxBatchAttempts), its operations applied again from scratch, and then
+// fails kUnavailable (retryable). chaos_cluster_short found the deadlocks:
+// before LockInOrder a 25-second run on three nodes logged hundreds.
 //
 // Round trips. Expected failures are found by reading before writing, as in
 // SQLite, so an operation that fails writes nothing. Writes whose results
@@ -411,6 +425,7 @@ Callback<Empty> ToEmptyCallback(StatusCallback done) {
 class PostgresStore::WriteOp {
  public:
   virtual ~WriteOp() = default;
+  LockSet locks;  // what Apply will lock; taken first, in order, by CommitBatch
   // Runs inside the batch's transaction; may run again if the batch is
   // retried. Database errors are sticky in the writer's PgConn and fail the
   // batch; expected failures become this op's result.
@@ -446,6 +461,11 @@ class PostgresStore::Writer {
   // outcome.
   Status CommitBatch(const std::vector<std::unique_ptr<WriteOp>>& ops);
   uint64_t statements() const { return db_->statements(); }
+  // Locks, in this order, the rows `ops` declared (each kind sorted): their
+  // conversations, the stream heads of those conversations' members and of
+  // the declared users, and the declared devices. Rows that do not exist yet
+  // are not locked (the first append creates a head row).
+  void LockInOrder(const std::vector<std::unique_ptr<WriteOp>>& ops);
 
   Result<UserRecord> CreateUser(const std::string& username, const std::string& password_hash, int64_t now);
   Result<DeviceRecord> CreateDevice(UserId user_id, const std::string& name, const std::string& platform,
@@ -523,6 +543,7 @@ Status PostgresStore::Writer::CommitBatch(const std::vector<std::unique_ptr<Writ
     if (!db_->EnsureConnected()) return Status(ErrorCode::kUnavailable, "postgres: not connected");
     db_->Defer("BEGIN");
     batch_now_ = clock_.NowMillis();
+    LockInOrder(ops);
     for (const auto& op : ops) {
       if (db_->failed()) break;
       op->Apply(*this);
@@ -537,9 +558,44 @@ Status PostgresStore::Writer::CommitBatch(const std::vector<std::unique_ptr<Writ
     // A failed batch may have cached members of a conversation it created.
     members_.clear();
     if (!retry) break;
+    if (attempt == kMaxBatchAttempts)
+      error = Status(ErrorCode::kUnavailable, "the database is busy with conflicting writes from other nodes; retry");
   }
   db_->ClearError();
   return error;
+}
+
+void PostgresStore::Writer::LockInOrder(const std::vector<std::unique_ptr<WriteOp>>& ops) {
+  std::vector<ConversationId> conversations;
+  std::vector<UserId> users;
+  std::vector<DeviceId> devices;
+  for (const auto& op : ops) {
+    conversations.insert(conversations.end(), op->locks.conversations.begin(), op->locks.conversations.end());
+    users.insert(users.end(), op->locks.users.begin(), op->locks.users.end());
+    devices.insert(devices.end(), op->locks.devices.begin(), op->locks.devices.end());
+  }
+  auto unique_sorted = [](auto& v) {
+    std::sort(v.begin(), v.end());
+    v.erase(std::unique(v.begin(), v.end()), v.end());
+  };
+  unique_sorted(conversations);
+  for (ConversationId id : conversations) {
+    if (const Members* m = FindMembers(id)) {
+      for (const MemberRecord& member : m->members) users.push_back(member.user_id);
+    }
+  }
+  unique_sorted(users);
+  unique_sorted(devices);
+  // ORDER BY ... FOR UPDATE locks the rows as the sort returns them.
+  if (!conversations.empty())
+    db_->Defer("SELECT 1 FROM conversations WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+               PgParams().IntArray(conversations));
+  if (!users.empty())
+    db_->Defer("SELECT 1 FROM user_heads WHERE user_id = ANY($1::bigint[]) ORDER BY user_id FOR UPDATE",
+               PgParams().IntArray(users));
+  if (!devices.empty())
+    db_->Defer("SELECT 1 FROM devices WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+               PgParams().IntArray(devices));
 }
 
 const PostgresStore::Writer::Members* PostgresStore::Writer::FindMembers(ConversationId id) {
@@ -1788,8 +1844,9 @@ PostgresStore::~PostgresStore() {
 }
 
 template <typename T>
-void PostgresStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done) {
+void PostgresStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, LockSet locks) {
   auto op = std::make_unique<TypedWriteOp<T>>(std::move(body), std::move(done));
+  op->locks = std::move(locks);
   {
     std::lock_guard lock(write_mu_);
     if (!writer_exited_) {
@@ -1903,7 +1960,7 @@ void PostgresStore::CreateDevice(UserId user_id, std::string name, std::string p
   SubmitWrite<DeviceRecord>(
       [user_id, name = std::move(name), platform = std::move(platform), token_hash = std::move(token_hash),
        now](Writer& w) { return w.CreateDevice(user_id, name, platform, token_hash, now); },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) {
@@ -1917,16 +1974,17 @@ void PostgresStore::ListDevices(UserId user_id, Callback<std::vector<DeviceRecor
 
 void PostgresStore::RevokeDevice(UserId user_id, DeviceId device_id, StatusCallback done) {
   SubmitWrite<Empty>([user_id, device_id](Writer& w) { return w.RevokeDevice(user_id, device_id); },
-                     ToEmptyCallback(std::move(done)));
+                     ToEmptyCallback(std::move(done)), LockSet{{}, {user_id}, {device_id}});
 }
 
 void PostgresStore::SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now, StatusCallback done) {
   SubmitWrite<Empty>([device_id, user_seq, now](Writer& w) { return w.SetCursor(device_id, user_seq, now); },
-                     ToEmptyCallback(std::move(done)));
+                     ToEmptyCallback(std::move(done)), LockSet{{}, {}, {device_id}});
 }
 
 void PostgresStore::OpenDirect(UserId a, UserId b, int64_t now, Callback<OpenResult> done) {
-  SubmitWrite<OpenResult>([a, b, now](Writer& w) { return w.OpenDirect(a, b, now); }, std::move(done));
+  SubmitWrite<OpenResult>([a, b, now](Writer& w) { return w.OpenDirect(a, b, now); }, std::move(done),
+                          LockSet{{}, {a, b}, {}});
 }
 
 void PostgresStore::GetConversation(ConversationId id, Callback<ConversationRecord> done) {
@@ -1934,15 +1992,18 @@ void PostgresStore::GetConversation(ConversationId id, Callback<ConversationReco
 }
 
 void PostgresStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
+  ConversationId conversation = msg.conversation_id;
   SubmitWrite<AppendResult>([msg = std::move(msg)](Writer& w) { return w.AppendMessage(msg); },
                             [this, done = std::move(done)](Result<AppendResult> r) {
                               if (r.has_value() && !r->duplicate) messages_stored_.Inc();
                               done(std::move(r));
-                            });
+                            },
+                            LockSet{{conversation}, {}, {}});
 }
 
 void PostgresStore::UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) {
-  SubmitWrite<ReceiptResult>([update](Writer& w) { return w.UpdateReceipt(update); }, std::move(done));
+  SubmitWrite<ReceiptResult>([update](Writer& w) { return w.UpdateReceipt(update); }, std::move(done),
+                             LockSet{{update.conversation_id}, {}, {update.device_id}});
 }
 
 void PostgresStore::History(ConversationId id, UserId viewer, Seq before, int limit,
@@ -1988,7 +2049,7 @@ void PostgresStore::SetProfile(UserId user_id, std::optional<std::string> displa
       [user_id, display_name = std::move(display_name), about = std::move(about), now](Writer& w) {
         return w.SetProfile(user_id, display_name, about, now);
       },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetProfiles(UserId viewer, std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) {
@@ -1998,12 +2059,12 @@ void PostgresStore::GetProfiles(UserId viewer, std::vector<UserId> ids, Callback
 
 void PostgresStore::AddContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) {
   SubmitWrite<SocialResult>([owner, contact, now](Writer& w) { return w.AddContact(owner, contact, now); },
-                            std::move(done));
+                            std::move(done), LockSet{{}, {owner, contact}, {}});
 }
 
 void PostgresStore::RemoveContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) {
   SubmitWrite<SocialResult>([owner, contact, now](Writer& w) { return w.RemoveContact(owner, contact, now); },
-                            std::move(done));
+                            std::move(done), LockSet{{}, {owner, contact}, {}});
 }
 
 void PostgresStore::ListContacts(UserId owner, Callback<std::vector<ContactRecord>> done) {
@@ -2012,12 +2073,12 @@ void PostgresStore::ListContacts(UserId owner, Callback<std::vector<ContactRecor
 
 void PostgresStore::Block(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) {
   SubmitWrite<SocialResult>([owner, target, now](Writer& w) { return w.Block(owner, target, now); },
-                            std::move(done));
+                            std::move(done), LockSet{{}, {owner, target}, {}});
 }
 
 void PostgresStore::Unblock(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) {
   SubmitWrite<SocialResult>([owner, target, now](Writer& w) { return w.Unblock(owner, target, now); },
-                            std::move(done));
+                            std::move(done), LockSet{{}, {owner, target}, {}});
 }
 
 void PostgresStore::ListBlocked(UserId owner, Callback<std::vector<ProfileRecord>> done) {
@@ -2046,7 +2107,7 @@ void PostgresStore::ChangePassword(UserId user_id, std::string new_hash, DeviceI
       [user_id, new_hash = std::move(new_hash), keep_device](Writer& w) {
         return w.ChangePassword(user_id, new_hash, keep_device);
       },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
@@ -2059,12 +2120,12 @@ void PostgresStore::SetPresenceVisibility(UserId user_id, PresenceVisibility vis
                                           Callback<SocialResult> done) {
   SubmitWrite<SocialResult>(
       [user_id, visibility, now](Writer& w) { return w.SetPresenceVisibility(user_id, visibility, now); },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) {
   SubmitWrite<Empty>([user_id, last_seen](Writer& w) { return w.SetLastSeen(user_id, last_seen); },
-                     ToEmptyCallback(std::move(done)));
+                     ToEmptyCallback(std::move(done)), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) {
@@ -2080,7 +2141,7 @@ void PostgresStore::SetUserDisabled(UserId user_id, bool disabled, bool revoke_d
                                     Callback<DisableResult> done) {
   SubmitWrite<DisableResult>(
       [user_id, disabled, revoke_devices](Writer& w) { return w.SetUserDisabled(user_id, disabled, revoke_devices); },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetStoreSummary(Callback<StoreSummary> done) {
@@ -2321,24 +2382,24 @@ void PostgresStore::SetPushEndpoint(UserId user_id, DeviceId device_id, std::str
       [user_id, device_id, provider = std::move(provider), token = std::move(token), now](Writer& w) {
         return w.SetPushEndpoint(user_id, device_id, provider, token, now);
       },
-      ToEmptyCallback(std::move(done)));
+      ToEmptyCallback(std::move(done)), LockSet{{}, {}, {device_id}});
 }
 
 void PostgresStore::RemovePushEndpoint(UserId user_id, DeviceId device_id, Callback<bool> done) {
   SubmitWrite<bool>([user_id, device_id](Writer& w) { return w.RemovePushEndpoint(user_id, device_id); },
-                    std::move(done));
+                    std::move(done), LockSet{{}, {}, {device_id}});
 }
 
 void PostgresStore::SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
                              Callback<SocialResult> done) {
   SubmitWrite<SocialResult>(
       [user_id, conversation_id, muted, now](Writer& w) { return w.SetMuted(user_id, conversation_id, muted, now); },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) {
   SubmitWrite<SocialResult>([user_id, previews, now](Writer& w) { return w.SetPushPreviews(user_id, previews, now); },
-                            std::move(done));
+                            std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetPushSettings(UserId user_id, Callback<std::pair<bool, std::vector<ConversationId>>> done) {
@@ -2374,7 +2435,9 @@ void PostgresStore::ListPushHealth(UserId user_id, Callback<std::vector<PushHeal
 }
 
 void PostgresStore::EnqueuePush(PushRequest req, Callback<int> done) {
-  SubmitWrite<int>([req = std::move(req)](Writer& w) { return w.EnqueuePush(req); }, std::move(done));
+  UserId user = req.user_id;
+  SubmitWrite<int>([req = std::move(req)](Writer& w) { return w.EnqueuePush(req); }, std::move(done),
+                   LockSet{{}, {user}, {}});
 }
 
 void PostgresStore::ClaimPushJobs(std::string node, int64_t now, int64_t lease_ms, int limit,
@@ -2385,7 +2448,9 @@ void PostgresStore::ClaimPushJobs(std::string node, int64_t now, int64_t lease_m
 }
 
 void PostgresStore::CompletePush(PushCompletion c, StatusCallback done) {
-  SubmitWrite<Empty>([c = std::move(c)](Writer& w) { return w.CompletePush(c); }, ToEmptyCallback(std::move(done)));
+  DeviceId device = c.device_id;
+  SubmitWrite<Empty>([c = std::move(c)](Writer& w) { return w.CompletePush(c); }, ToEmptyCallback(std::move(done)),
+                     LockSet{{}, {}, {device}});
 }
 
 void PostgresStore::GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) {

@@ -14,7 +14,10 @@
 //     same Status (kUnavailable when the server is unreachable — retryable,
 //     nothing was acknowledged —, kStorageFull when its disk is full,
 //     kInternal otherwise); a serialization failure or deadlock against
-//     another node is retried a few times first (kMaxBatchAttempts).
+//     another node is retried a few times first (kMaxBatchAttempts), then
+//     fails kUnavailable. Each batch first locks the rows its operations
+//     declared (LockSet), sorted, so that batches of different nodes do not
+//     deadlock on each other.
 //   - StoreConfig::postgres_read_connections readers, one connection each,
 //     serve reads from one FIFO queue, each read in its own REPEATABLE READ
 //     READ ONLY transaction (a consistent snapshot), calling `done` on the
@@ -63,7 +66,8 @@ class PostgresStore final : public Store {
   // migration that re-partitions.
   static constexpr int kPartitions = 16;
   // A batch failing on a serialization failure or deadlock (another node
-  // took the same rows) is retried this many times in all.
+  // took the same rows) is retried this many times in all; then its
+  // operations fail kUnavailable (retryable).
   static constexpr int kMaxBatchAttempts = 3;
 
   // Connects to config.postgres_url and migrates the database. Fails
@@ -148,13 +152,21 @@ class PostgresStore final : public Store {
   class WriteOp;
   template <typename T>
   class TypedWriteOp;
+  // The rows a write will lock, taken in one global order at the start of
+  // its batch (see CommitBatch in the .cc): conversations, then users' stream
+  // heads (a conversation brings its members), then devices.
+  struct LockSet {
+    std::vector<ConversationId> conversations;
+    std::vector<UserId> users;
+    std::vector<DeviceId> devices;
+  };
   using ReadJob = std::function<void(Reader&)>;
 
   PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
                 std::vector<std::unique_ptr<Reader>> readers);
 
   template <typename T>
-  void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done);
+  void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, LockSet locks = {});
   template <typename T>
   void SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done);
 
