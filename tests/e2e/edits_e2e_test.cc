@@ -35,19 +35,21 @@ struct View {
   bool duplicate_or_gap = false;
 
   void Apply(const json& e, int64_t conv) {
-    int64_t us = e["user_seq"];
+    int64_t us = e["user_seq"].get<int64_t>();
     if (us != last + 1) duplicate_or_gap = true;
     last = std::max(last, us);
-    std::string kind = e["kind"];
+    std::string kind = e["kind"].get<std::string>();
     if (kind == "message" && e["message"]["conversation_id"] == conv) {
       const json& m = e["message"];
-      messages[m["seq"]].OnMessage(m["body"], m.value("version", int64_t{0}), m.value("deleted", false));
+      messages[m["seq"].get<int64_t>()].OnMessage(m["body"].get<std::string>(), m.value("version", int64_t{0}),
+                                                  m.value("deleted", false));
     } else if (kind == "edit" && e["conversation_id"] == conv) {
-      messages[e["seq"]].OnEdit(e["version"], e["body"], e["edited_at"]);
+      messages[e["seq"].get<int64_t>()].OnEdit(e["version"].get<int64_t>(), e["body"].get<std::string>(),
+                                               e["edited_at"].get<int64_t>());
     } else if (kind == "delete" && e["conversation_id"] == conv) {
-      messages[e["seq"]].OnDelete(e["version"]);
+      messages[e["seq"].get<int64_t>()].OnDelete(e["version"].get<int64_t>());
     } else if (kind == "delete_for_me" && e["conversation_id"] == conv) {
-      messages[e["seq"]].OnDeleteForMe();
+      messages[e["seq"].get<int64_t>()].OnDeleteForMe();
     }
   }
 };
@@ -180,7 +182,7 @@ TEST_F(EditsE2E, EveryTestVectorOnEveryDevice) {
         EXPECT_EQ(h, history.end()) << "history shows it";
       } else if (h != history.end()) {
         DeviceView hv;
-        hv.OnMessage((*h)["body"], h->value("version", int64_t{0}), h->value("deleted", false));
+        hv.OnMessage((*h)["body"].get<std::string>(), h->value("version", int64_t{0}), h->value("deleted", false));
         EXPECT_EQ(hv.Render(), expected) << "history";
       } else {
         ADD_FAILURE() << "history lacks seq " << seq;

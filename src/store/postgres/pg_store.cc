@@ -988,14 +988,18 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
   const Members* c = FindMembers(change.conversation_id);
   if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
   if (!IsMember(*c, change.user_id)) return Status(ErrorCode::kNotMember, "not a member");
+  std::vector<int64_t> member_ids;
+  for (const MemberRecord& member : c->members) member_ids.push_back(member.user_id);
   PgRows st = db_->Query(
       "SELECT " PARLEY_MESSAGE_COLUMNS ", "
       "(SELECT w.hidden_at FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $3 AND w.seq = $2), "
       "(SELECT x.version FROM message_edits x WHERE x.conversation_id = $1 AND x.seq = $2 AND x.client_id = $4), "
       "(SELECT x.created_at FROM message_edits x WHERE x.conversation_id = $1 AND x.seq = $2 AND x.client_id = $4), "
-      "ARRAY(SELECT w.user_id FROM withheld w WHERE w.conversation_id = $1 AND w.seq = $2) "
+      "ARRAY(SELECT u FROM unnest($5::bigint[]) AS u WHERE EXISTS (SELECT 1 FROM withheld w "
+      "  WHERE w.conversation_id = $1 AND w.user_id = u AND w.seq = $2)) "
       "FROM messages m WHERE m.conversation_id = $1 AND m.seq = $2 FOR UPDATE OF m",
-      PgParams().Int(change.conversation_id).Int(change.seq).Int(change.user_id).Text(change.client_id));
+      PgParams().Int(change.conversation_id).Int(change.seq).Int(change.user_id).Text(change.client_id).IntArray(
+          member_ids));
   if (st.empty()) {
     if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
     return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
@@ -1041,7 +1045,7 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
         AppendEvent(change.user_id, EventKind::kDeleteForMe, change.conversation_id, change.seq, 0, {}, change.now));
     return result;
   }
-  EventKind event;
+  EventKind event = EventKind::kEdit;
   if (kind == protocol::ChangeKind::kEdit) {
     event = EventKind::kEdit;
     db_->Defer(

@@ -1179,7 +1179,7 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
         AppendEvent(change.user_id, EventKind::kDeleteForMe, change.conversation_id, change.seq, 0, {}, change.now));
     return result;
   }
-  EventKind event;
+  EventKind event = EventKind::kEdit;
   if (kind == protocol::ChangeKind::kEdit) {
     event = EventKind::kEdit;
     Stmt ins(*db_,
@@ -1215,14 +1215,11 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
   }
   // Every member the message is visible to: not withheld from them by a
   // block, not deleted by them for themselves.
-  std::unordered_set<UserId> invisible;
-  {
-    Stmt s(*db_, "SELECT user_id FROM withheld WHERE conversation_id = ?1 AND seq = ?2");
-    s.BindInt(1, change.conversation_id).BindInt(2, change.seq);
-    while (s.Step()) invisible.insert(s.Int(0));
-  }
+  // One primary-key probe of withheld per member.
   for (const MemberRecord& member : c->members) {
-    if (invisible.count(member.user_id) != 0) continue;
+    Stmt w(*db_, "SELECT 1 FROM withheld WHERE conversation_id = ?1 AND user_id = ?2 AND seq = ?3");
+    w.BindInt(1, change.conversation_id).BindInt(2, member.user_id).BindInt(3, change.seq);
+    if (w.Step()) continue;
     result.positions.push_back(AppendEvent(member.user_id, event, change.conversation_id, change.seq, 0,
                                            Watermarks{d.version, 0}, change.now));
   }
