@@ -100,7 +100,9 @@ TEST_F(EditsE2E, EveryTestVectorOnEveryDevice) {
   std::map<int, int64_t> seq_of;  // vector id -> its message's seq
   for (const EditVector& v : EditVectors()) {
     SCOPED_TRACE(RenderRow(v));
-    if (v.bob_blocks_alice) ASSERT_TRUE(b1_.conn->Call("block", {{"username", "alice"}}).ok);
+    if (v.bob_blocks_alice) {
+      ASSERT_TRUE(b1_.conn->Call("block", {{"username", "alice"}}).ok);
+    }
     auto sent = a1_.conn->Call("send", {{"conversation_id", conv_}, {"client_id", "m" + std::to_string(v.id)},
                                         {"body", "m"}});
     ASSERT_TRUE(sent.ok) << sent.code;
@@ -248,7 +250,9 @@ TEST_F(EditsE2E, EditsOfAWithheldMessageNeverReachTheBlocker) {
   EXPECT_EQ(head, before.last);
   for (const auto& e : SyncAll(*b1_.conn, 0)) {
     EXPECT_NE(e.value("seq", int64_t{-1}), seq) << e.dump();
-    if (e.contains("message")) EXPECT_NE(e["message"]["seq"], seq) << e.dump();
+    if (e.contains("message")) {
+      EXPECT_NE(e["message"]["seq"], seq) << e.dump();
+    }
   }
   auto f = b1_.conn->NextEvent(300);
   EXPECT_FALSE(f.has_value()) << f->dump();

@@ -1712,7 +1712,9 @@ TEST_P(StoreConformance, EditAndDeleteTestVectorsOfTheProtocolDocumentHold) {
     DeviceRecord a2 = MakeDevice(store(), alice.id, "a2-" + n);
     DeviceRecord b1 = MakeDevice(store(), bob.id, "b1-" + n);
     ConversationId conv = Open(store(), alice.id, bob.id).conversation.id;
-    if (v.bob_blocks_alice) ASSERT_TRUE(Block(store(), bob.id, alice.id).has_value());
+    if (v.bob_blocks_alice) {
+      ASSERT_TRUE(Block(store(), bob.id, alice.id).has_value());
+    }
     AppendResult m = Must(Append(store(), Msg(conv, alice.id, a1.id, "m", "m", kSent)));
     for (size_t i = 0; i < v.steps.size(); ++i) {
       const parley::testing::EditStep& step = v.steps[i];
@@ -1740,10 +1742,14 @@ TEST_P(StoreConformance, EditAndDeleteTestVectorsOfTheProtocolDocumentHold) {
         got = std::string(ErrorCodeName(r.error().code()));
       } else if (step.op == EditOp::kDeleteForMe) {
         got = r->duplicate ? "dup" : "ok";
-        if (!r->duplicate) EXPECT_EQ(r->positions.size(), 1u) << "delete for me reaches only its user";
+        if (!r->duplicate) {
+          EXPECT_EQ(r->positions.size(), 1u) << "delete for me reaches only its user";
+        }
       } else {
         got = "v" + std::to_string(r->version) + (r->duplicate ? " dup" : "");
-        if (r->duplicate) EXPECT_TRUE(r->positions.empty()) << "a duplicate appends nothing";
+        if (r->duplicate) {
+          EXPECT_TRUE(r->positions.empty()) << "a duplicate appends nothing";
+        }
       }
       EXPECT_EQ(got, step.expect) << "step " << i + 1;
     }
@@ -1766,7 +1772,9 @@ TEST_P(StoreConformance, EditAndDeleteTestVectorsOfTheProtocolDocumentHold) {
         parley::testing::DeviceView h;
         h.OnMessage(history[0].body, history[0].version, history[0].deleted_at != 0);
         EXPECT_EQ(h.Render(), expected) << "history";
-        if (history[0].deleted_at != 0) EXPECT_EQ(history[0].body, "") << "a tombstone keeps no text";
+        if (history[0].deleted_at != 0) {
+          EXPECT_EQ(history[0].body, "") << "a tombstone keeps no text";
+        }
       }
     }
   }
@@ -1814,7 +1822,9 @@ TEST_P(StoreConformance, DeleteLeavesATombstoneWithoutAnyText) {
   Snapshot snap = Must(Await<Snapshot>([&](auto cb) { store().GetSnapshot(bob_.id, 10, cb); }));
   ASSERT_EQ(snap.conversations.size(), 1u);
   for (const MessageRecord& msg : snap.conversations[0].latest)
-    if (msg.seq == seq) EXPECT_EQ(msg.body, "");
+    if (msg.seq == seq) {
+      EXPECT_EQ(msg.body, "");
+    }
   // Unknown messages and outsiders.
   MessageChange missing = edit;
   missing.seq = 99;
