@@ -11,6 +11,7 @@
 
 #include "protocol/encode.h"
 #include "protocol/limits.h"
+#include "store/change_events.h"
 
 namespace parley::core {
 
@@ -251,6 +252,8 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kMuteConversation: return DoMuteConversation(c, std::move(req));
     case RequestType::kSetPushPreviews: return DoSetPushPreviews(c, std::move(req));
     case RequestType::kPushSettings: return DoPushSettings(c, std::move(req));
+    case RequestType::kEditMessage:
+    case RequestType::kDeleteMessage: return DoChangeMessage(c, std::move(req));
   }
 }
 
@@ -260,7 +263,9 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
   int64_t now = clock_.NowMillis();
   std::string user = "u" + std::to_string(c->user_id);
   switch (req.type) {
-    case RequestType::kSend: {
+    case RequestType::kSend:
+    case RequestType::kEditMessage:    // edits and deletes share the send buckets
+    case RequestType::kDeleteMessage: {
       int64_t w = send_device_limiter_.Peek("d" + std::to_string(c->device_id), now);
       if (w == 0) w = send_user_limiter_.Peek(user, now);
       if (w > 0) return w;
@@ -496,6 +501,8 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
             .Field("max_sync_limit", protocol::kMaxSyncLimit)
             .Field("max_history_limit", protocol::kMaxHistoryLimit)
             .Field("max_presence_subscriptions", static_cast<int64_t>(protocol::kMaxPresenceSubscriptions))
+            .Field("edit_window_ms", config_.change_windows.edit_ms)
+            .Field("delete_window_ms", config_.change_windows.delete_ms)
             .EndObject();
       });
     }));
@@ -734,6 +741,71 @@ void ChatService::DoReceipt(const ClientPtr& c, Req req) {
       }
     }));
   }
+}
+
+// ---- Edits and deletes (issue 12) ----
+
+// The store decides (protocol::DecideChange, in the transaction that holds
+// the message) and appends the events; core answers and publishes them. The
+// live event is built like the stored one (store/change_events.h), so it
+// reads the same through sync.
+void ChatService::DoChangeMessage(const ClientPtr& c, Req req) {
+  store::MessageChange ch;
+  protocol::ChangeKind kind = protocol::ChangeKind::kEdit;
+  if (req.type == RequestType::kEditMessage) {
+    auto& r = std::get<protocol::EditMessageRequest>(req.body);
+    ch.conversation_id = r.conversation_id;
+    ch.seq = r.seq;
+    ch.client_id = r.client_id;
+    ch.body = r.body;
+  } else {
+    const auto& r = std::get<protocol::DeleteMessageRequest>(req.body);
+    kind = r.for_everyone ? protocol::ChangeKind::kDelete : protocol::ChangeKind::kDeleteForMe;
+    ch.conversation_id = r.conversation_id;
+    ch.seq = r.seq;
+  }
+  ch.kind = static_cast<int>(kind);
+  ch.user_id = c->user_id;
+  ch.device_id = c->device_id;
+  ch.now = clock_.NowMillis();
+  ch.edit_window_ms = config_.change_windows.edit_ms;
+  ch.delete_window_ms = config_.change_windows.delete_ms;
+  store_.ChangeMessage(std::move(ch), OnCore<store::ChangeResult>([this, c, req, kind](Result<store::ChangeResult> r) {
+    if (!r) {
+      // Do not tell a non-member whether the conversation exists.
+      if (r.error().code() == ErrorCode::kUnknownConversation)
+        return Fail(c, req, Status(ErrorCode::kNotMember, "you are not a member of this conversation"));
+      return Fail(c, req, r.error());
+    }
+    const store::MessageRecord& m = r->message;
+    Respond(c, req, [&](JsonWriter& w) {
+      w.Field("conversation_id", m.conversation_id).Field("seq", m.seq);
+      switch (kind) {
+        case protocol::ChangeKind::kEdit:
+          w.Field("version", r->version).Field("edited_at", r->changed_at);
+          break;
+        case protocol::ChangeKind::kDelete:
+          w.Field("for", "everyone").Field("version", r->version).Field("deleted_at", r->changed_at);
+          break;
+        case protocol::ChangeKind::kDeleteForMe:
+          w.Field("for", "me").Field("deleted_at", r->changed_at);
+          break;
+      }
+      w.Field("duplicate", r->duplicate);
+    });
+    if (r->duplicate) return;
+    store::StreamEvent e;
+    e.conversation_id = m.conversation_id;
+    e.created_at = r->changed_at;
+    if (kind == protocol::ChangeKind::kDeleteForMe) {
+      e.kind = store::EventKind::kDeleteForMe;
+      e.message = store::HideEventMessage(m.conversation_id, m.seq);
+    } else {
+      e.kind = kind == protocol::ChangeKind::kEdit ? store::EventKind::kEdit : store::EventKind::kDelete;
+      e.message = store::ChangeEventMessage(e.kind, m, r->version, r->changed_at, m.body);
+    }
+    PublishEvents(std::move(e), r->positions);
+  }));
 }
 
 // ---- Message timeline ----

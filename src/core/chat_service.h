@@ -34,6 +34,7 @@
 #include "fabric/fabric.h"
 #include "protocol/frames.h"
 #include "protocol/json_writer.h"
+#include "protocol/message_edits.h"
 #include "store/store.h"
 
 namespace parley::core {
@@ -103,6 +104,9 @@ struct CoreConfig {
   // unreachable): retry after this long (--unavailable-retry-after-ms).
   int unavailable_retry_after_ms = 1'000;
   PushConfig push;
+  // Edits and deletes for everyone are accepted this long after the message
+  // was sent (issue 12; --edit-window-ms, --delete-window-ms).
+  protocol::ChangeWindows change_windows;
 };
 
 // One connection, as core sees it. Created by Connect, owned by the gateway
@@ -199,6 +203,8 @@ class ChatService {
   void DoSetPrivacy(const ClientPtr& c, Req req);
   void DoSubscribePresence(const ClientPtr& c, Req req);
   void DoMessageInfo(const ClientPtr& c, Req req);
+  // edit_message and delete_message (issue 12).
+  void DoChangeMessage(const ClientPtr& c, Req req);
   // Push notifications (chat_push.cc).
   void DoRegisterPush(const ClientPtr& c, Req req);
   void DoUnregisterPush(const ClientPtr& c, Req req);

@@ -118,6 +118,16 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_TYPING_EXPIRY_MS")
       ->check(CLI::Range(int64_t{100}, int64_t{60'000}))
       ->capture_default_str();
+  app.add_option("--edit-window-ms", c.core.change_windows.edit_ms,
+                 "A message may be edited by its sender for this long after it was sent")
+      ->envname("PARLEY_EDIT_WINDOW_MS")
+      ->check(CLI::Range(int64_t{0}, int64_t{10} * 365 * 24 * 3600 * 1000))
+      ->capture_default_str();
+  app.add_option("--delete-window-ms", c.core.change_windows.delete_ms,
+                 "A message may be deleted for everyone by its sender for this long after it was sent")
+      ->envname("PARLEY_DELETE_WINDOW_MS")
+      ->check(CLI::Range(int64_t{0}, int64_t{10} * 365 * 24 * 3600 * 1000))
+      ->capture_default_str();
   app.add_option("--presence-coalesce-ms", c.core.presence.coalesce_ms,
                  "An offline period shorter than this is not broadcast (presence flap coalescing)")
       ->envname("PARLEY_PRESENCE_COALESCE_MS")

@@ -77,6 +77,11 @@
 //   name_prefixes(prefix, username, user_id) PK(prefix, username)
 //   push_endpoints, push_jobs, push_mutes, users.push_previews (step 4):
 //         as in SqliteStore (issue 11); claims lock with SKIP LOCKED
+//   messages.version/edited_at/deleted_at, message_edits(conversation_id,
+//         seq, version, client_id, editor_device_id, body, created_at)
+//         PK(conversation_id, seq, version), UNIQUE(conversation_id, seq,
+//         client_id), PARTITION BY HASH(conversation_id), and
+//         withheld.hidden_at (step 5, issue 12): as in SqliteStore
 // Every key of a partitioned table leads with its partition key, and every
 // table holding conversation data has the conversation id in its primary
 // key, so the layout can be distributed (Citus) by conversation id and by
@@ -104,6 +109,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "protocol/message_edits.h"
+#include "store/change_events.h"
 #include "store/name_words.h"
 #include "store/postgres/pg_conn.h"
 
@@ -315,11 +322,35 @@ ALTER TABLE users ADD COLUMN push_previews boolean NOT NULL DEFAULT true;
 )sql";
 }
 
+// Issue 12: edits, deletes for everyone (tombstones) and deletes-for-me
+// (withheld rows with hidden_at > 0); see SqliteStore's step 7.
+std::string SchemaV5() {
+  std::string sql = R"sql(
+ALTER TABLE messages ADD COLUMN version bigint NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN edited_at bigint NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN deleted_at bigint NOT NULL DEFAULT 0;
+CREATE TABLE message_edits(
+  conversation_id bigint NOT NULL,
+  seq bigint NOT NULL,
+  version bigint NOT NULL,
+  client_id text NOT NULL,
+  editor_device_id bigint NOT NULL,
+  body text NOT NULL,
+  created_at bigint NOT NULL,
+  PRIMARY KEY(conversation_id, seq, version),
+  UNIQUE(conversation_id, seq, client_id)) PARTITION BY HASH(conversation_id);
+ALTER TABLE withheld ADD COLUMN hidden_at bigint NOT NULL DEFAULT 0;
+)sql";
+  sql += PartitionsSql("message_edits");
+  return sql;
+}
+
 const Migration kMigrations[] = {
     {1, &SchemaV1},
     {2, &SchemaV2},
     {3, &SchemaV3},
     {4, &SchemaV4},
+    {5, &SchemaV5},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -361,6 +392,12 @@ Status Migrate(PgConn& db, int target) {
 constexpr const char* kMessageColumns =
     "conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at";
 
+// What MessageAt reads (table alias m), in order.
+#define PARLEY_MESSAGE_COLUMNS \
+  "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, m.version, " \
+  "m.edited_at, m.deleted_at"
+constexpr int kMessageColumnCount = 10;
+
 MessageRecord MessageAt(const PgRows& r, int row, int col) {
   MessageRecord m;
   m.conversation_id = r.Int(row, col);
@@ -370,6 +407,9 @@ MessageRecord MessageAt(const PgRows& r, int row, int col) {
   m.client_id = r.Text(row, col + 4);
   m.body = r.Text(row, col + 5);
   m.created_at = r.Int(row, col + 6);
+  m.version = r.Int(row, col + 7);
+  m.edited_at = r.Int(row, col + 8);
+  m.deleted_at = r.Int(row, col + 9);
   return m;
 }
 
@@ -475,6 +515,7 @@ class PostgresStore::Writer {
   Result<OpenResult> OpenDirect(UserId a, UserId b, int64_t now);
   Result<AppendResult> AppendMessage(const NewMessage& msg);
   Result<ReceiptResult> UpdateReceipt(const ReceiptUpdate& update);
+  Result<ChangeResult> ChangeMessage(const MessageChange& change);
   Result<SocialResult> SetProfile(UserId user_id, const std::optional<std::string>& display_name,
                                   const std::optional<std::string>& about, int64_t now);
   Result<SocialResult> AddContact(UserId owner, UserId contact, int64_t now);
@@ -650,7 +691,8 @@ std::vector<Seq> PostgresStore::Writer::WithheldBetween(ConversationId conversat
   std::vector<Seq> seqs;
   if (upto <= after) return seqs;
   PgRows rows = db_->Query(
-      "SELECT seq FROM withheld WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq <= $4 ORDER BY seq",
+      "SELECT seq FROM withheld WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq <= $4 "
+      "AND hidden_at = 0 ORDER BY seq",
       PgParams().Int(conversation).Int(user).Int(after).Int(upto));
   for (int i = 0; i < rows.size(); ++i) seqs.push_back(rows.Int(i, 0));
   return seqs;
@@ -868,7 +910,7 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
       "SELECT c.last_seq, d.seq, d.sender_device_id, d.client_id, d.body, d.created_at, "
       "EXISTS(SELECT 1 FROM blocks b WHERE b.owner_id = $2 AND b.target_id = ANY($4::bigint[])), "
       "ARRAY(SELECT b.owner_id FROM blocks b WHERE b.target_id = $2 AND b.owner_id = ANY($4::bigint[])), "
-      "ARRAY(SELECT w.seq FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $2 "
+      "ARRAY(SELECT w.seq FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $2 AND w.hidden_at = 0 "
       "  AND w.seq > COALESCE((SELECT r.delivered FROM user_receipts r WHERE r.conversation_id = $1 "
       "  AND r.user_id = $2), 0) AND w.seq <= c.last_seq + 1 ORDER BY w.seq) "
       "FROM conversations c LEFT JOIN messages d ON d.conversation_id = c.id AND d.sender_id = $2 "
@@ -1006,6 +1048,113 @@ Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& 
   for (const MemberRecord& member : c->members) members.push_back(member.user_id);
   result.positions = AppendEvents(members, EventKind::kReceipt, update.conversation_id, 0, update.user_id,
                                   result.aggregate, update.now, &result.withheld);
+  return result;
+}
+
+// Edits and deletes (issue 12), as SqliteStore::Writer::ChangeMessage. The
+// message's row lock (FOR UPDATE) orders changes to one message across
+// nodes; a second edit with the same client id committed by another node
+// meanwhile hits the unique key and the batch is retried (then a duplicate).
+Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& change) {
+  const Members* c = FindMembers(change.conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+  if (!IsMember(*c, change.user_id)) return Status(ErrorCode::kNotMember, "not a member");
+  std::vector<int64_t> member_ids;
+  for (const MemberRecord& member : c->members) member_ids.push_back(member.user_id);
+  PgRows st = db_->Query(
+      "SELECT " PARLEY_MESSAGE_COLUMNS ", "
+      "(SELECT w.hidden_at FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $3 AND w.seq = $2), "
+      "(SELECT x.version FROM message_edits x WHERE x.conversation_id = $1 AND x.seq = $2 AND x.client_id = $4), "
+      "(SELECT x.created_at FROM message_edits x WHERE x.conversation_id = $1 AND x.seq = $2 AND x.client_id = $4), "
+      "ARRAY(SELECT u FROM unnest($5::bigint[]) AS u WHERE EXISTS (SELECT 1 FROM withheld w "
+      "  WHERE w.conversation_id = $1 AND w.user_id = u AND w.seq = $2)) "
+      "FROM messages m WHERE m.conversation_id = $1 AND m.seq = $2 FOR UPDATE OF m",
+      PgParams().Int(change.conversation_id).Int(change.seq).Int(change.user_id).Text(change.client_id).IntArray(
+          member_ids));
+  if (st.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
+  }
+  ChangeResult result;
+  result.message = MessageAt(st, 0, 0);
+  MessageRecord& m = result.message;
+  constexpr int kX = kMessageColumnCount;
+  const bool withheld_row = !st.IsNull(0, kX);
+  const int64_t hidden_at = withheld_row ? st.Int(0, kX) : 0;
+  // Withheld by a block: to this user the message does not exist.
+  if (withheld_row && hidden_at == 0)
+    return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
+  const auto kind = static_cast<protocol::ChangeKind>(change.kind);
+  protocol::StoredMessageState state;
+  state.sender_id = m.sender_id;
+  state.created_at = m.created_at;
+  state.version = m.version;
+  state.deleted = m.deleted_at != 0;
+  state.hidden = hidden_at != 0;
+  int64_t dup_at = 0;
+  if (kind == protocol::ChangeKind::kEdit && !st.IsNull(0, kX + 1)) {
+    state.same_client_id_version = st.Int(0, kX + 1);
+    dup_at = st.Int(0, kX + 2);
+  }
+  const std::vector<int64_t> invisible = st.IntArray(0, kX + 3);
+  protocol::ChangeDecision d = protocol::DecideChange(
+      kind, state, change.user_id, change.now, protocol::ChangeWindows{change.edit_window_ms, change.delete_window_ms});
+  if (d.code != ErrorCode::kOk) return Status(d.code, protocol::ChangeErrorMessage(d.code));
+  result.version = d.version;
+  result.duplicate = d.duplicate;
+  if (d.duplicate) {
+    result.changed_at = kind == protocol::ChangeKind::kEdit ? dup_at
+                        : kind == protocol::ChangeKind::kDelete ? m.deleted_at
+                                                                : hidden_at;
+    return result;
+  }
+  result.changed_at = change.now;
+  if (kind == protocol::ChangeKind::kDeleteForMe) {
+    db_->Defer("INSERT INTO withheld(conversation_id, user_id, seq, hidden_at) VALUES($1, $2, $3, $4)",
+               PgParams().Int(change.conversation_id).Int(change.user_id).Int(change.seq).Int(change.now));
+    result.positions.push_back(
+        AppendEvent(change.user_id, EventKind::kDeleteForMe, change.conversation_id, change.seq, 0, {}, change.now));
+    return result;
+  }
+  EventKind event = EventKind::kEdit;
+  if (kind == protocol::ChangeKind::kEdit) {
+    event = EventKind::kEdit;
+    db_->Defer(
+        "INSERT INTO message_edits(conversation_id, seq, version, client_id, editor_device_id, body, created_at) "
+        "VALUES($1, $2, $3, $4, $5, $6, $7)",
+        PgParams()
+            .Int(change.conversation_id)
+            .Int(change.seq)
+            .Int(d.version)
+            .Text(change.client_id)
+            .Int(change.device_id)
+            .Text(change.body)
+            .Int(change.now));
+    db_->Defer("UPDATE messages SET body = $3, version = $4, edited_at = $5 WHERE conversation_id = $1 AND seq = $2",
+               PgParams().Int(change.conversation_id).Int(change.seq).Text(change.body).Int(d.version).Int(change.now));
+    m.body = change.body;
+    m.version = d.version;
+    m.edited_at = change.now;
+  } else {
+    // A tombstone: the row keeps its seq; every text of the message goes.
+    event = EventKind::kDelete;
+    db_->Defer("UPDATE messages SET body = '', version = $3, deleted_at = $4 WHERE conversation_id = $1 AND seq = $2",
+               PgParams().Int(change.conversation_id).Int(change.seq).Int(d.version).Int(change.now));
+    db_->Defer("UPDATE message_edits SET body = '' WHERE conversation_id = $1 AND seq = $2",
+               PgParams().Int(change.conversation_id).Int(change.seq));
+    m.body.clear();
+    m.version = d.version;
+    m.deleted_at = change.now;
+  }
+  // Every member the message is visible to: not withheld from them by a
+  // block, not deleted by them for themselves.
+  std::vector<UserId> visible;
+  for (const MemberRecord& member : c->members) {
+    if (std::find(invisible.begin(), invisible.end(), member.user_id) == invisible.end())
+      visible.push_back(member.user_id);
+  }
+  result.positions =
+      AppendEvents(visible, event, change.conversation_id, change.seq, 0, Watermarks{d.version, 0}, change.now);
   return result;
 }
 
@@ -1286,8 +1435,8 @@ class PostgresStore::Reader {
 
 Result<MessageTimeline> PostgresStore::Reader::Timeline(ConversationId id, Seq seq) {
   MessageTimeline t;
-  PgRows m = db_->Query(fmt::format("SELECT {}, accepted_at, stored_at FROM messages WHERE conversation_id = $1 AND seq = $2",
-                                    kMessageColumns),
+  PgRows m = db_->Query("SELECT " PARLEY_MESSAGE_COLUMNS ", m.accepted_at, m.stored_at FROM messages m "
+                        "WHERE m.conversation_id = $1 AND m.seq = $2",
                         PgParams().Int(id).Int(seq));
   if (m.empty()) {
     if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
@@ -1296,13 +1445,13 @@ Result<MessageTimeline> PostgresStore::Reader::Timeline(ConversationId id, Seq s
     return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
   }
   t.message = MessageAt(m, 0, 0);
-  t.accepted_at = m.Int(0, 7);
-  t.stored_at = m.Int(0, 8);
+  t.accepted_at = m.Int(0, kMessageColumnCount);
+  t.stored_at = m.Int(0, kMessageColumnCount + 1);
   // Members with their live devices (one row per device; a member without
   // one has a NULL device), and whether the message is withheld from them.
   PgRows r = db_->Query(
       "SELECT mb.user_id, u.username, EXISTS(SELECT 1 FROM withheld w WHERE w.conversation_id = mb.conversation_id "
-      "AND w.user_id = mb.user_id AND w.seq = $2), d.id, d.name, d.platform "
+      "AND w.user_id = mb.user_id AND w.seq = $2 AND w.hidden_at = 0), d.id, d.name, d.platform "
       "FROM members mb JOIN users u ON u.id = mb.user_id "
       "LEFT JOIN devices d ON d.user_id = mb.user_id AND NOT d.revoked "
       "WHERE mb.conversation_id = $1 ORDER BY mb.user_id, d.id",
@@ -1379,7 +1528,7 @@ Result<ExportPage> PostgresStore::Reader::Export(ExportTable table, const std::v
       "SELECT conversation_id, seq, sender_id, sender_device_id, client_id FROM messages "
       "WHERE (conversation_id, seq) > ($1, $2) ORDER BY conversation_id, seq LIMIT $3",
       "SELECT conversation_id, user_id, seq FROM withheld WHERE (conversation_id, user_id, seq) > ($1, $2, $3) "
-      "ORDER BY conversation_id, user_id, seq LIMIT $4",
+      "AND hidden_at = 0 ORDER BY conversation_id, user_id, seq LIMIT $4",
       "SELECT user_id, user_seq, kind, conversation_id, seq, subject_user_id, delivered, read FROM user_events "
       "WHERE (user_id, user_seq) > ($1, $2) ORDER BY user_id, user_seq LIMIT $3",
       "SELECT user_id, head FROM user_heads WHERE user_id > $1 ORDER BY user_id LIMIT $2",
@@ -1465,7 +1614,7 @@ std::vector<MessageRecord> PostgresStore::Reader::Visible(ConversationId id, Use
   // Backwards on the messages' primary key within the conversation's
   // partition; each candidate probes withheld's primary key.
   PgRows r = db_->Query(
-      "SELECT m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at "
+      "SELECT " PARLEY_MESSAGE_COLUMNS " "
       "FROM messages m WHERE m.conversation_id = $1 AND m.seq < $2 AND NOT EXISTS (SELECT 1 FROM withheld w "
       "WHERE w.conversation_id = $1 AND w.user_id = $3 AND w.seq = m.seq) ORDER BY m.seq DESC LIMIT $4",
       PgParams().Int(id).Int(before > 0 ? before : std::numeric_limits<Seq>::max()).Int(viewer).Int(limit));
@@ -1498,10 +1647,12 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
   // each message event joined to its message by primary key.
   PgRows r = db_->Query(
       "SELECT e.user_seq, e.kind, e.conversation_id, e.seq, e.subject_user_id, e.delivered, e.read, e.created_at, "
-      "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, e.withheld, "
-      "e.profile_username, e.profile_display_name, e.profile_about, e.profile_updated_at "
+      "x.body, m.conversation_id IS NOT NULL, e.withheld, "
+      "e.profile_username, e.profile_display_name, e.profile_about, e.profile_updated_at, " PARLEY_MESSAGE_COLUMNS " "
       "FROM user_events e LEFT JOIN messages m "
-      "ON e.kind = 1 AND m.conversation_id = e.conversation_id AND m.seq = e.seq "
+      "ON e.kind IN (1, 10, 11) AND m.conversation_id = e.conversation_id AND m.seq = e.seq "
+      "LEFT JOIN message_edits x ON e.kind = 10 AND x.conversation_id = e.conversation_id AND x.seq = e.seq "
+      "AND x.version = e.delivered "
       "WHERE e.user_id = $1 AND e.user_seq > $2 ORDER BY e.user_seq LIMIT $3",
       PgParams().Int(user_id).Int(after).Int(static_cast<int64_t>(limit) + 1));
   *rows_read += static_cast<uint64_t>(r.size());
@@ -1515,14 +1666,21 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
     e.kind = static_cast<EventKind>(r.Int(i, 1));
     e.conversation_id = r.Int(i, 2);
     e.created_at = r.Int(i, 7);
-    if (e.kind == EventKind::kMessage && !r.IsNull(i, 8)) e.message = MessageAt(r, i, 8);
+    constexpr int kM = 15;  // first message column
+    const bool has_message = r.Bool(i, 9);
+    if (e.kind == EventKind::kMessage && has_message) e.message = MessageAt(r, i, kM);
+    if ((e.kind == EventKind::kEdit || e.kind == EventKind::kDelete) && has_message) {
+      e.message = ChangeEventMessage(e.kind, MessageAt(r, i, kM), r.Int(i, 5), e.created_at,
+                                     r.IsNull(i, 8) ? std::string() : r.Text(i, 8));
+    }
+    if (e.kind == EventKind::kDeleteForMe) e.message = HideEventMessage(e.conversation_id, r.Int(i, 3));
     if (e.kind == EventKind::kReceipt) {
       e.receipt_user_id = r.Int(i, 4);
       e.receipt = Watermarks{r.Int(i, 5), r.Int(i, 6)};
     }
-    if (e.kind == EventKind::kMessage || e.kind == EventKind::kReceipt) e.withheld = r.IntArray(i, 15);
+    if (e.kind == EventKind::kMessage || e.kind == EventKind::kReceipt) e.withheld = r.IntArray(i, 10);
     if (e.kind == EventKind::kProfile || e.kind == EventKind::kContact || e.kind == EventKind::kBlock) {
-      e.profile = ProfileRecord{r.Int(i, 4), r.Text(i, 16), r.Text(i, 17), r.Text(i, 18), r.Int(i, 19)};
+      e.profile = ProfileRecord{r.Int(i, 4), r.Text(i, 11), r.Text(i, 12), r.Text(i, 13), r.Int(i, 14)};
       e.flag = r.Int(i, 5) != 0;
     }
     if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(r.Int(i, 5));
@@ -2004,6 +2162,12 @@ void PostgresStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
 void PostgresStore::UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) {
   SubmitWrite<ReceiptResult>([update](Writer& w) { return w.UpdateReceipt(update); }, std::move(done),
                              LockSet{{update.conversation_id}, {}, {update.device_id}});
+}
+
+void PostgresStore::ChangeMessage(MessageChange change, Callback<ChangeResult> done) {
+  ConversationId conversation = change.conversation_id;
+  SubmitWrite<ChangeResult>([change = std::move(change)](Writer& w) { return w.ChangeMessage(change); },
+                            std::move(done), LockSet{{conversation}, {}, {}});
 }
 
 void PostgresStore::History(ConversationId id, UserId viewer, Seq before, int limit,
