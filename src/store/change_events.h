@@ -7,6 +7,8 @@
 #include <string>
 #include <utility>
 
+#include "common/status.h"
+#include "protocol/message_edits.h"
 #include "store/types.h"
 
 namespace parley::store {
@@ -32,6 +34,47 @@ inline MessageRecord ChangeEventMessage(EventKind kind, const MessageRecord& row
     m.deleted_at = at;
   }
   return m;
+}
+
+// A change's decision, the same in both backends (each calls it under the
+// write's lock on the message): `m` is the stored row, `hidden_at` when the
+// acting user deleted it for themselves (0: not), and for an edit the
+// version and time of an earlier edit with the same client id (0: none).
+// A refusal comes back as a Status; otherwise result->version, duplicate and
+// changed_at are set (a duplicate keeps the time it was first accepted).
+inline Status DecideStoredChange(const MessageChange& change, const MessageRecord& m, int64_t hidden_at,
+                                 int64_t same_client_version, int64_t same_client_at, ChangeResult* result) {
+  const auto kind = static_cast<protocol::ChangeKind>(change.kind);
+  protocol::StoredMessageState state;
+  state.sender_id = m.sender_id;
+  state.created_at = m.created_at;
+  state.version = m.version;
+  state.deleted = m.deleted_at != 0;
+  state.hidden = hidden_at != 0;
+  if (kind == protocol::ChangeKind::kEdit) state.same_client_id_version = same_client_version;
+  protocol::ChangeDecision d = protocol::DecideChange(
+      kind, state, change.user_id, change.now, protocol::ChangeWindows{change.edit_window_ms, change.delete_window_ms});
+  if (d.code != ErrorCode::kOk) return Status(d.code, protocol::ChangeErrorMessage(d.code));
+  result->version = d.version;
+  result->duplicate = d.duplicate;
+  result->changed_at = !d.duplicate                          ? change.now
+                       : kind == protocol::ChangeKind::kEdit   ? same_client_at
+                       : kind == protocol::ChangeKind::kDelete ? m.deleted_at
+                                                               : hidden_at;
+  return Status::Ok();
+}
+
+// The stored row after an accepted (not duplicate) edit or delete for
+// everyone at `version`: the new text, or a tombstone without any.
+inline void ApplyStoredChange(const MessageChange& change, int64_t version, MessageRecord* m) {
+  m->version = version;
+  if (static_cast<protocol::ChangeKind>(change.kind) == protocol::ChangeKind::kEdit) {
+    m->body = change.body;
+    m->edited_at = change.now;
+  } else {
+    m->body.clear();
+    m->deleted_at = change.now;
+  }
 }
 
 // The message of a kDeleteForMe event: which message (the time is the

@@ -1085,30 +1085,14 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
   if (withheld_row && hidden_at == 0)
     return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
   const auto kind = static_cast<protocol::ChangeKind>(change.kind);
-  protocol::StoredMessageState state;
-  state.sender_id = m.sender_id;
-  state.created_at = m.created_at;
-  state.version = m.version;
-  state.deleted = m.deleted_at != 0;
-  state.hidden = hidden_at != 0;
-  int64_t dup_at = 0;
-  if (kind == protocol::ChangeKind::kEdit && !st.IsNull(0, kX + 1)) {
-    state.same_client_id_version = st.Int(0, kX + 1);
-    dup_at = st.Int(0, kX + 2);
-  }
+  const bool earlier_edit = !st.IsNull(0, kX + 1);
   const std::vector<int64_t> invisible = st.IntArray(0, kX + 3);
-  protocol::ChangeDecision d = protocol::DecideChange(
-      kind, state, change.user_id, change.now, protocol::ChangeWindows{change.edit_window_ms, change.delete_window_ms});
-  if (d.code != ErrorCode::kOk) return Status(d.code, protocol::ChangeErrorMessage(d.code));
-  result.version = d.version;
-  result.duplicate = d.duplicate;
-  if (d.duplicate) {
-    result.changed_at = kind == protocol::ChangeKind::kEdit ? dup_at
-                        : kind == protocol::ChangeKind::kDelete ? m.deleted_at
-                                                                : hidden_at;
-    return result;
-  }
-  result.changed_at = change.now;
+  if (Status s = DecideStoredChange(change, m, hidden_at, earlier_edit ? st.Int(0, kX + 1) : 0,
+                                    earlier_edit ? st.Int(0, kX + 2) : 0, &result);
+      !s.ok())
+    return s;
+  if (result.duplicate) return result;
+  const int64_t version = result.version;
   if (kind == protocol::ChangeKind::kDeleteForMe) {
     db_->Defer("INSERT INTO withheld(conversation_id, user_id, seq, hidden_at) VALUES($1, $2, $3, $4)",
                PgParams().Int(change.conversation_id).Int(change.user_id).Int(change.seq).Int(change.now));
@@ -1116,36 +1100,29 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
         AppendEvent(change.user_id, EventKind::kDeleteForMe, change.conversation_id, change.seq, 0, {}, change.now));
     return result;
   }
-  EventKind event = EventKind::kEdit;
+  const EventKind event = kind == protocol::ChangeKind::kEdit ? EventKind::kEdit : EventKind::kDelete;
   if (kind == protocol::ChangeKind::kEdit) {
-    event = EventKind::kEdit;
     db_->Defer(
         "INSERT INTO message_edits(conversation_id, seq, version, client_id, editor_device_id, body, created_at) "
         "VALUES($1, $2, $3, $4, $5, $6, $7)",
         PgParams()
             .Int(change.conversation_id)
             .Int(change.seq)
-            .Int(d.version)
+            .Int(version)
             .Text(change.client_id)
             .Int(change.device_id)
             .Text(change.body)
             .Int(change.now));
     db_->Defer("UPDATE messages SET body = $3, version = $4, edited_at = $5 WHERE conversation_id = $1 AND seq = $2",
-               PgParams().Int(change.conversation_id).Int(change.seq).Text(change.body).Int(d.version).Int(change.now));
-    m.body = change.body;
-    m.version = d.version;
-    m.edited_at = change.now;
+               PgParams().Int(change.conversation_id).Int(change.seq).Text(change.body).Int(version).Int(change.now));
   } else {
     // A tombstone: the row keeps its seq; every text of the message goes.
-    event = EventKind::kDelete;
     db_->Defer("UPDATE messages SET body = '', version = $3, deleted_at = $4 WHERE conversation_id = $1 AND seq = $2",
-               PgParams().Int(change.conversation_id).Int(change.seq).Int(d.version).Int(change.now));
+               PgParams().Int(change.conversation_id).Int(change.seq).Int(version).Int(change.now));
     db_->Defer("UPDATE message_edits SET body = '' WHERE conversation_id = $1 AND seq = $2",
                PgParams().Int(change.conversation_id).Int(change.seq));
-    m.body.clear();
-    m.version = d.version;
-    m.deleted_at = change.now;
   }
+  ApplyStoredChange(change, version, &m);
   // Every member the message is visible to: not withheld from them by a
   // block, not deleted by them for themselves.
   std::vector<UserId> visible;
@@ -1154,7 +1131,7 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
       visible.push_back(member.user_id);
   }
   result.positions =
-      AppendEvents(visible, event, change.conversation_id, change.seq, 0, Watermarks{d.version, 0}, change.now);
+      AppendEvents(visible, event, change.conversation_id, change.seq, 0, Watermarks{version, 0}, change.now);
   return result;
 }
 

@@ -1134,11 +1134,6 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
   }
   MessageRecord& m = result.message;
   const auto kind = static_cast<protocol::ChangeKind>(change.kind);
-  protocol::StoredMessageState state;
-  state.sender_id = m.sender_id;
-  state.created_at = m.created_at;
-  state.version = m.version;
-  state.deleted = m.deleted_at != 0;
   int64_t hidden_at = 0;
   {
     Stmt s(*db_, "SELECT hidden_at FROM withheld WHERE conversation_id = ?1 AND user_id = ?2 AND seq = ?3");
@@ -1149,28 +1144,19 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
       if (hidden_at == 0) return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
     }
   }
-  state.hidden = hidden_at != 0;
-  int64_t dup_at = 0;
+  int64_t same_client_version = 0, same_client_at = 0;
   if (kind == protocol::ChangeKind::kEdit) {
     Stmt s(*db_, "SELECT version, created_at FROM message_edits WHERE conversation_id = ?1 AND seq = ?2 AND client_id = ?3");
     s.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindText(3, change.client_id);
     if (s.Step()) {
-      state.same_client_id_version = s.Int(0);
-      dup_at = s.Int(1);
+      same_client_version = s.Int(0);
+      same_client_at = s.Int(1);
     }
   }
-  protocol::ChangeDecision d = protocol::DecideChange(
-      kind, state, change.user_id, change.now, protocol::ChangeWindows{change.edit_window_ms, change.delete_window_ms});
-  if (d.code != ErrorCode::kOk) return Status(d.code, protocol::ChangeErrorMessage(d.code));
-  result.version = d.version;
-  result.duplicate = d.duplicate;
-  if (d.duplicate) {
-    result.changed_at = kind == protocol::ChangeKind::kEdit ? dup_at
-                        : kind == protocol::ChangeKind::kDelete ? m.deleted_at
-                                                                : hidden_at;
-    return result;
-  }
-  result.changed_at = change.now;
+  if (Status s = DecideStoredChange(change, m, hidden_at, same_client_version, same_client_at, &result); !s.ok())
+    return s;
+  if (result.duplicate) return result;
+  const int64_t version = result.version;
   if (kind == protocol::ChangeKind::kDeleteForMe) {
     Stmt s(*db_, "INSERT INTO withheld(conversation_id, user_id, seq, hidden_at) VALUES(?1, ?2, ?3, ?4)");
     s.BindInt(1, change.conversation_id).BindInt(2, change.user_id).BindInt(3, change.seq).BindInt(4, change.now);
@@ -1179,40 +1165,33 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
         AppendEvent(change.user_id, EventKind::kDeleteForMe, change.conversation_id, change.seq, 0, {}, change.now));
     return result;
   }
-  EventKind event = EventKind::kEdit;
+  const EventKind event = kind == protocol::ChangeKind::kEdit ? EventKind::kEdit : EventKind::kDelete;
   if (kind == protocol::ChangeKind::kEdit) {
-    event = EventKind::kEdit;
     Stmt ins(*db_,
              "INSERT INTO message_edits(conversation_id, seq, version, client_id, editor_device_id, body, created_at) "
              "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     ins.BindInt(1, change.conversation_id)
         .BindInt(2, change.seq)
-        .BindInt(3, d.version)
+        .BindInt(3, version)
         .BindText(4, change.client_id)
         .BindInt(5, change.device_id)
         .BindText(6, change.body)
         .BindInt(7, change.now);
     ins.Run();
     Stmt up(*db_, "UPDATE messages SET body = ?3, version = ?4, edited_at = ?5 WHERE conversation_id = ?1 AND seq = ?2");
-    up.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindText(3, change.body).BindInt(4, d.version).BindInt(
+    up.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindText(3, change.body).BindInt(4, version).BindInt(
         5, change.now);
     up.Run();
-    m.body = change.body;
-    m.version = d.version;
-    m.edited_at = change.now;
   } else {
     // A tombstone: the row keeps its seq; every text of the message goes.
-    event = EventKind::kDelete;
     Stmt up(*db_, "UPDATE messages SET body = '', version = ?3, deleted_at = ?4 WHERE conversation_id = ?1 AND seq = ?2");
-    up.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindInt(3, d.version).BindInt(4, change.now);
+    up.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindInt(3, version).BindInt(4, change.now);
     up.Run();
     Stmt edits(*db_, "UPDATE message_edits SET body = '' WHERE conversation_id = ?1 AND seq = ?2");
     edits.BindInt(1, change.conversation_id).BindInt(2, change.seq);
     edits.Run();
-    m.body.clear();
-    m.version = d.version;
-    m.deleted_at = change.now;
   }
+  ApplyStoredChange(change, version, &m);
   // Every member the message is visible to: not withheld from them by a
   // block, not deleted by them for themselves.
   // One primary-key probe of withheld per member.
@@ -1221,7 +1200,7 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
     w.BindInt(1, change.conversation_id).BindInt(2, member.user_id).BindInt(3, change.seq);
     if (w.Step()) continue;
     result.positions.push_back(AppendEvent(member.user_id, event, change.conversation_id, change.seq, 0,
-                                           Watermarks{d.version, 0}, change.now));
+                                           Watermarks{version, 0}, change.now));
   }
   return result;
 }
