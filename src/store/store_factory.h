@@ -12,7 +12,7 @@ namespace parley::store {
 
 // Default of StoreConfig::commit_adaptive_wait_us (--commit-adaptive-wait-us),
 // chosen by measurement (docs/benchmarks.md, "Commits sized to the load").
-inline constexpr int kDefaultCommitAdaptiveWaitUs = 300;
+inline constexpr int kDefaultCommitAdaptiveWaitUs = 0;
 
 struct StoreConfig {
   std::string backend = "sqlite";  // "sqlite" or "postgres"
