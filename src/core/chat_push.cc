@@ -14,10 +14,15 @@
 // after the message's commit, so a crash between the two loses that push,
 // never the message; the device gets it by sync when it next connects.
 //
-// Foreground is what this node knows: a device counts as in the foreground
-// while one of its connections here said so (set_app_state, foreground by
-// default). In the cluster shape a device in the foreground on another node
-// is not seen here (left open until the fabric shares app state).
+// Foreground: a device counts as in the foreground while one of its
+// connections said so (set_app_state, foreground by default). On this node
+// that is foreground_ (per device); in the cluster shape the fabric tells
+// which users are in the foreground on other nodes (per user, with its
+// presence: remote_foreground_). A message to a user in the foreground
+// anywhere pushes nothing. A badge push skips the devices in the foreground
+// here; one in the foreground on another node may still get that silent
+// push (the fabric shares presence per user, not per device): it only sets
+// the badge the device already shows.
 #include <spdlog/spdlog.h>
 
 #include "core/chat_service.h"
@@ -44,7 +49,7 @@ void ChatService::PushAfterMessage(const store::MessageRecord& msg,
   for (const auto& p : positions) {
     if (p.user_id == msg.sender_id) continue;
     // A user with a device in the foreground reads it there: no push at all.
-    if (foreground_.count(p.user_id) != 0) continue;
+    if (foreground_.count(p.user_id) != 0 || remote_foreground_.count(p.user_id) != 0) continue;
     store::PushRequest req;
     req.user_id = p.user_id;
     req.conversation_id = msg.conversation_id;

@@ -58,10 +58,16 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
   if (h) dummy_hash_ = std::move(*h);
   // Users online on other nodes count as one foreground connection each way
   // in the tracker; the node where they went offline stores their last seen.
+  // Push skips them too (remote_foreground_).
   fabric_.OnRemotePresence([this](int64_t user, bool online) {
     core_.Post([this, user, online] {
-      if (online) presence_.ForegroundEnter(user);
-      else (void)presence_.ForegroundLeave(user);
+      if (online) {
+        remote_foreground_.insert(user);
+        presence_.ForegroundEnter(user);
+      } else {
+        remote_foreground_.erase(user);
+        (void)presence_.ForegroundLeave(user);
+      }
     });
   });
 }

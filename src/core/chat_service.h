@@ -269,6 +269,9 @@ class ChatService {
   // presence, the fabric (told when a user enters or leaves this map) and
   // push decisions all read it.
   std::unordered_map<int64_t, std::unordered_map<int64_t, int>> foreground_;
+  // Users in the foreground on another node (cluster shape; the fabric's
+  // remote presence, per user): push skips them as it skips foreground_.
+  std::unordered_set<int64_t> remote_foreground_;
   std::function<void()> push_queued_hook_;
   // Metrics (docs/operations.md).
   Counter& RateLimited(RequestType type);

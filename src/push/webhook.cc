@@ -59,23 +59,35 @@ std::string SignBody(const std::string& secret, const std::string& body) {
 
 Result<std::unique_ptr<WebhookProvider>> WebhookProvider::Create(asio::io_context& io, WebhookConfig config) {
   std::string error, target;
-  auto endpoint = netutil::ParseHttpUrl(config.url, &error, &target);
+  auto endpoint = netutil::ParseHttpUrl(config.url, &error, &target, /*allow_https=*/true);
   if (!endpoint) return Status(ErrorCode::kBadRequest, "push webhook URL: " + error);
   if (config.secret.empty()) return Status(ErrorCode::kBadRequest, "push webhook secret must not be empty");
   if (config.timeout_ms <= 0) return Status(ErrorCode::kBadRequest, "push webhook timeout must be positive");
+  std::shared_ptr<const netutil::HttpsTrust> trust;
+  if (endpoint->tls) {
+    trust = netutil::HttpsTrust::Create(config.ca_file, &error);
+    if (!trust) return Status(ErrorCode::kBadRequest, "push webhook: " + error);
+  } else if (!config.ca_file.empty()) {
+    return Status(ErrorCode::kBadRequest, "push webhook: a CA file needs an https:// URL");
+  }
   return std::unique_ptr<WebhookProvider>(
-      new WebhookProvider(io, std::move(config), std::move(*endpoint), std::move(target)));
+      new WebhookProvider(io, std::move(config), std::move(*endpoint), std::move(target), std::move(trust)));
 }
 
 WebhookProvider::WebhookProvider(asio::io_context& io, WebhookConfig config, netutil::HttpEndpoint endpoint,
-                                 std::string target)
-    : io_(io), config_(std::move(config)), endpoint_(std::move(endpoint)), target_(std::move(target)) {}
+                                 std::string target, std::shared_ptr<const netutil::HttpsTrust> trust)
+    : io_(io),
+      config_(std::move(config)),
+      endpoint_(std::move(endpoint)),
+      target_(std::move(target)),
+      trust_(std::move(trust)) {}
 
 SendResult Classify(const netutil::HttpResponse& r) {
   switch (r.failure) {
     case netutil::HttpFailure::kNone: break;
     case netutil::HttpFailure::kResolve: return {store::PushOutcome::kRetry, "resolve"};
     case netutil::HttpFailure::kConnect: return {store::PushOutcome::kRetry, r.timed_out ? "timeout" : "connect"};
+    case netutil::HttpFailure::kTls: return {store::PushOutcome::kRetry, r.timed_out ? "timeout" : "tls"};
     case netutil::HttpFailure::kWrite: return {store::PushOutcome::kRetry, r.timed_out ? "timeout" : "write"};
     case netutil::HttpFailure::kRead: return {store::PushOutcome::kRetry, r.timed_out ? "timeout" : "read"};
   }
@@ -100,6 +112,7 @@ void WebhookProvider::Send(const store::PushJob& job, std::function<void(SendRes
                  {kSignatureHeader, SignBody(config_.secret, req.body)},
                  {kPushIdHeader, PushId(job)}};
   req.timeout = std::chrono::milliseconds(config_.timeout_ms);
+  req.trust = trust_;
   netutil::AsyncHttpExchange(io_, endpoint_, req,
                              [done = std::move(done)](netutil::HttpResponse r) { done(Classify(r)); });
 }

@@ -4,8 +4,10 @@
 //
 // Classification of one attempt: 2xx delivered; 410 gone (the endpoint is
 // removed); 408 and 429 retry; any other 4xx rejected (no retry); 5xx,
-// timeouts and connection failures retry. Only http:// URLs (a relay on the
-// deployment's own network; TLS to the relay is left open).
+// timeouts, connection and TLS failures retry (a relay's certificate may be
+// being renewed; the device's push health shows "tls" meanwhile). http:// or
+// https:// URLs; https verifies the relay's certificate (the system's trust
+// store, or a configured CA file) and its name.
 //
 // Thread-safety: Send from any one thread; requests run on `io`, and `done`
 // runs there. At most the dispatcher's in-flight limit of requests exist at
@@ -25,9 +27,10 @@
 namespace parley::push {
 
 struct WebhookConfig {
-  std::string url;     // http://host[:port]/path
+  std::string url;     // http(s)://host[:port]/path
   std::string secret;  // the HMAC-SHA256 key (REQUIRED: not empty)
   int timeout_ms = 5'000;  // one attempt, connect to response
+  std::string ca_file;     // https: CA bundle (PEM); empty: the system's trust store
 };
 
 // The header carrying the signature: "sha256=" + lower-case hex of
@@ -47,20 +50,21 @@ SendResult Classify(const netutil::HttpResponse& response);
 
 class WebhookProvider final : public PushProvider {
  public:
-  // Fails kBadRequest on a URL that is not http://host[:port][/path] or an
-  // empty secret.
+  // Fails kBadRequest on a URL that is not http(s)://host[:port][/path], an
+  // empty secret or a CA file that cannot be loaded.
   static Result<std::unique_ptr<WebhookProvider>> Create(boost::asio::io_context& io, WebhookConfig config);
 
   void Send(const store::PushJob& job, std::function<void(SendResult)> done) override;
 
  private:
   WebhookProvider(boost::asio::io_context& io, WebhookConfig config, netutil::HttpEndpoint endpoint,
-                  std::string target);
+                  std::string target, std::shared_ptr<const netutil::HttpsTrust> trust);
 
   boost::asio::io_context& io_;
   const WebhookConfig config_;
   const netutil::HttpEndpoint endpoint_;
   const std::string target_;
+  const std::shared_ptr<const netutil::HttpsTrust> trust_;  // https only
 };
 
 }  // namespace parley::push

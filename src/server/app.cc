@@ -131,7 +131,8 @@ int RunServer(const ServerConfig& config) {
     pc.coalesce_ms = config.core.push.coalesce_ms;
     pusher = std::make_unique<push::PushDispatcher>(*store_for_service, pc);
     auto provider = push::WebhookProvider::Create(
-        pusher->io(), push::WebhookConfig{config.push.webhook_url, config.push.webhook_secret, config.push.timeout_ms});
+        pusher->io(), push::WebhookConfig{config.push.webhook_url, config.push.webhook_secret, config.push.timeout_ms,
+                                           config.push.webhook_ca_file});
     if (!provider) {
       spdlog::critical("event=start_failed error=\"push: {}\"", provider.error().ToString());
       return 1;

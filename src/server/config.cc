@@ -175,8 +175,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->capture_default_str();
   // Push notifications (issue 11; docs/operations.md "Push notifications").
   app.add_option("--push-webhook-url", c.push.webhook_url,
-                 "Push: POST each push to this http:// URL (your APNs/FCM relay); empty: push is off")
+                 "Push: POST each push to this http:// or https:// URL (your APNs/FCM relay); empty: push is off")
       ->envname("PARLEY_PUSH_WEBHOOK_URL");
+  app.add_option("--push-webhook-ca", c.push.webhook_ca_file,
+                 "Push: CA certificates (PEM) an https:// webhook's certificate must chain to; default: the "
+                 "system's trust store")
+      ->envname("PARLEY_PUSH_WEBHOOK_CA");
   app.add_option("--push-webhook-secret", c.push.webhook_secret,
                  "Push: HMAC-SHA256 key signing each webhook body (required with --push-webhook-url)")
       ->envname("PARLEY_PUSH_WEBHOOK_SECRET");
@@ -293,8 +297,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
     c.core.cluster = true;
   }
   if (!c.push.webhook_url.empty()) {
-    if (std::string error; !netutil::ParseHttpUrl(c.push.webhook_url, &error))
-      return Status(ErrorCode::kBadRequest, "--push-webhook-url must be an http:// URL (" + error + ")");
+    std::string error;
+    auto endpoint = netutil::ParseHttpUrl(c.push.webhook_url, &error, nullptr, /*allow_https=*/true);
+    if (!endpoint)
+      return Status(ErrorCode::kBadRequest, "--push-webhook-url must be an http:// or https:// URL (" + error + ")");
+    if (!c.push.webhook_ca_file.empty() && !endpoint->tls)
+      return Status(ErrorCode::kBadRequest, "--push-webhook-ca needs an https:// --push-webhook-url");
     if (c.push.webhook_secret.empty())
       return Status(ErrorCode::kBadRequest, "--push-webhook-url needs --push-webhook-secret (the signing key)");
     if (c.push.lease_ms <= c.push.timeout_ms)

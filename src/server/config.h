@@ -22,6 +22,7 @@ namespace parley::server {
 struct PushOptions {
   std::string webhook_url;
   std::string webhook_secret;
+  std::string webhook_ca_file;  // https: CA bundle; empty: the system's trust store
   int timeout_ms = 5'000;
   int poll_ms = 1'000;
   int64_t lease_ms = 60'000;

@@ -12,6 +12,7 @@
 #include <cstdio>
 
 #include "e2e/helpers.h"
+#include "e2e/push_receiver.h"
 #include "fabric/redis_test_server.h"
 #include "sdk/sdk_test_util.h"
 
@@ -224,6 +225,58 @@ TEST_F(ClusterTest, PresenceAndTypingCrossNodes) {
   ASSERT_TRUE(off) << "node C never announced alice offline";
   EXPECT_FALSE((*off)["online"].get<bool>());
   EXPECT_GT((*off)["last_seen"].get<int64_t>(), 0);
+}
+
+// Push in the cluster shape (issue 11): a user in the foreground on one node
+// gets no push for a message sent through another; once they leave, the next
+// message pushes to their backgrounded device exactly once (one node claims
+// it, though all three run a dispatcher).
+TEST_F(ClusterTest, AUserInTheForegroundOnAnotherNodeGetsNoPush) {
+  PushReceiver rx;
+  std::vector<std::string> push = PushArgs(rx, /*coalesce_ms=*/200);
+  StartCluster({push, push, push});
+  Register(A(), "alice");
+  Register(A(), "bob");
+  Device alice = Login(A(), "alice");
+  // bob's phone connects in the background on node C (set before login: it
+  // never shows online), with a push endpoint.
+  Device phone;
+  phone.conn = C().Connect();
+  ASSERT_TRUE(phone.conn->Call("set_app_state", {{"state", "background"}}).ok);
+  auto login = phone.conn->Call("login", {{"username", "bob"}, {"password", "correct horse"},
+                                          {"device_name", "phone"}, {"platform", "gtest"}});
+  ASSERT_TRUE(login.ok) << login.message;
+  phone.user_id = login.result["user_id"];
+  phone.device_id = login.result["device_id"];
+  RegisterPush(phone, "tok-phone");
+  auto open = alice.conn->Call("open_conversation", {{"username", "bob"}});
+  ASSERT_TRUE(open.ok) << open.message;
+  auto presence_of_bob = [&](bool online) {
+    return [&, online](const json& x) {
+      return x["type"] == "presence" && x["user_id"] == phone.user_id && x["online"] == online;
+    };
+  };
+  auto shown = alice.conn->Call("subscribe_presence", {{"user_ids", {phone.user_id}}});
+  ASSERT_TRUE(shown.ok) << shown.message;
+  ASSERT_FALSE(shown.result["presence"][0]["online"].get<bool>()) << "a backgrounded device showed bob online";
+  {
+    Device laptop = Login(B(), "bob", "laptop");  // foreground (the default) on node B
+    // Node A (where alice sends) learns that bob is online on node B.
+    ASSERT_TRUE(WaitFrame(*alice.conn, presence_of_bob(true), 3000)) << "node A never saw bob online on node B";
+    int64_t seq = SendTo(alice, "bob", "bob reads this on his laptop", "f1");
+    ASSERT_TRUE(WaitEvent(*laptop.conn, IsMessage(seq)).has_value());
+    std::this_thread::sleep_for(milliseconds(1000));
+    EXPECT_EQ(rx.Posts().size(), 0u) << rx.Posts()[0].body;
+  }
+  // The laptop is gone: bob is offline everywhere, so the phone gets a push.
+  ASSERT_TRUE(WaitFrame(*alice.conn, presence_of_bob(false), 3000)) << "node A never saw bob go offline";
+  int64_t seq = SendTo(alice, "bob", "now to the phone", "b1");
+  ASSERT_TRUE(rx.WaitPosts(1, 5000));
+  std::this_thread::sleep_for(milliseconds(1000));
+  ASSERT_EQ(rx.Posts().size(), 1u);
+  EXPECT_EQ(rx.Posts()[0].payload["seq"], seq);
+  EXPECT_EQ(rx.Posts()[0].payload["device_id"], phone.device_id);
+  EXPECT_EQ(rx.Delivered(), 1u);
 }
 
 TEST_F(ClusterTest, UnlinkOnOneNodeClosesTheDeviceOnAnother) {

@@ -1,5 +1,8 @@
 #include "e2e/helpers.h"
 
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -74,6 +77,30 @@ double MetricValue(const std::string& text, const std::string& sample) {
     if (line.rfind(sample + " ", 0) == 0) return std::stod(line.substr(sample.size() + 1));
   }
   return -1;
+}
+
+std::string Shell(const std::string& cmd, int* rc) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) {
+    if (rc) *rc = -1;
+    return out;
+  }
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int status = pclose(p);
+  if (rc) *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+void MakeCertificate(const std::string& base) {
+  int rc = 0;
+  std::string out = Shell("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
+                          "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout '" +
+                              base + ".key' -out '" + base + ".crt' 2>&1",
+                          &rc);
+  ASSERT_EQ(rc, 0) << out;
 }
 
 }  // namespace parley::testing

@@ -115,4 +115,10 @@ double MetricSum(const std::string& metrics_text, const std::string& name);
 // lines before its first sample, values are numbers.
 std::vector<std::string> PrometheusFormatProblems(const std::string& metrics_text);
 
+// Runs a shell command; returns its stdout (and the exit status in *rc).
+std::string Shell(const std::string& cmd, int* rc = nullptr);
+// A fresh self-signed certificate (EC P-256) for 127.0.0.1 and localhost,
+// made with the openssl CLI: <base>.crt and <base>.key.
+void MakeCertificate(const std::string& base);
+
 }  // namespace parley::testing

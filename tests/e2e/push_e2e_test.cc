@@ -1,216 +1,20 @@
 // Push notifications end to end (issue 11): a real parleyd whose webhook
-// provider posts to a local HTTP receiver that this test starts and scripts
-// (answer 500 twice, then 200, ...). Windows and backoffs are short through
+// provider posts to a local HTTP(S) receiver that this test starts and
+// scripts (answer 500 twice, then 200, ...; e2e/push_receiver.h). Windows and backoffs are short through
 // parleyd's flags, so each test takes seconds.
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sodium.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <atomic>
 #include <chrono>
-#include <deque>
-#include <map>
-#include <mutex>
+#include <filesystem>
 #include <thread>
+#include <tuple>
 
-#include "e2e/helpers.h"
+#include "e2e/push_receiver.h"
+#include "sdk/sdk_test_util.h"
 
 namespace parley::testing {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// A tiny HTTP/1.1 server on 127.0.0.1: one request per connection, answered
-// with the next scripted status (then `otherwise`), every request recorded.
-class PushReceiver {
- public:
-  struct Post {
-    std::string target;
-    std::map<std::string, std::string> headers;  // lower-case names
-    std::string body;
-    int answered = 0;
-    Clock::time_point at;
-    json payload;
-  };
-
-  PushReceiver() {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    EXPECT_EQ(listen(fd_, 64), 0);
-    socklen_t len = sizeof a;
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    thread_ = std::thread([this] { Loop(); });
-  }
-  ~PushReceiver() {
-    stop_ = true;
-    thread_.join();
-    close(fd_);
-  }
-
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/push"; }
-
-  void Script(std::deque<int> statuses, int otherwise) {
-    std::lock_guard lock(mu_);
-    script_ = std::move(statuses);
-    otherwise_ = otherwise;
-  }
-  std::vector<Post> Posts() {
-    std::lock_guard lock(mu_);
-    return posts_;
-  }
-  // Waits until at least n requests arrived; returns whether they did.
-  bool WaitPosts(size_t n, int timeout_ms) {
-    auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (Clock::now() < deadline) {
-      if (Posts().size() >= n) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return Posts().size() >= n;
-  }
-  // Requests answered with a 2xx whose payload matches `pred`.
-  size_t Delivered(const std::function<bool(const Post&)>& pred = nullptr) {
-    size_t n = 0;
-    for (const auto& p : Posts())
-      if (p.answered >= 200 && p.answered < 300 && (!pred || pred(p))) ++n;
-    return n;
-  }
-
- private:
-  void Loop() {
-    while (!stop_) {
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, 20) <= 0) continue;
-      int c = accept(fd_, nullptr, nullptr);
-      if (c < 0) continue;
-      Handle(c);
-      close(c);
-    }
-  }
-  void Handle(int c) {
-    std::string in;
-    char buf[4096];
-    size_t header_end = std::string::npos;
-    size_t content_length = 0;
-    auto deadline = Clock::now() + std::chrono::seconds(5);
-    while (Clock::now() < deadline) {
-      pollfd p{c, POLLIN, 0};
-      if (poll(&p, 1, 50) <= 0) continue;
-      ssize_t n = read(c, buf, sizeof buf);
-      if (n <= 0) return;
-      in.append(buf, static_cast<size_t>(n));
-      if (header_end == std::string::npos && (header_end = in.find("\r\n\r\n")) != std::string::npos) {
-        std::string lower = in.substr(0, header_end);
-        for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-        size_t cl = lower.find("content-length:");
-        if (cl != std::string::npos) content_length = std::stoul(lower.substr(cl + 15));
-      }
-      if (header_end != std::string::npos && in.size() >= header_end + 4 + content_length) break;
-    }
-    if (header_end == std::string::npos) return;
-    Post post;
-    post.at = Clock::now();
-    post.body = in.substr(header_end + 4, content_length);
-    std::string head = in.substr(0, header_end);
-    size_t line_end = head.find("\r\n");
-    std::string request_line = head.substr(0, line_end);
-    post.target = request_line.substr(request_line.find(' ') + 1);
-    post.target = post.target.substr(0, post.target.find(' '));
-    size_t pos = line_end == std::string::npos ? head.size() : line_end + 2;
-    while (pos < head.size()) {
-      size_t e = head.find("\r\n", pos);
-      if (e == std::string::npos) e = head.size();
-      std::string line = head.substr(pos, e - pos);
-      size_t colon = line.find(':');
-      if (colon != std::string::npos) {
-        std::string name = line.substr(0, colon);
-        for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-        std::string value = line.substr(colon + 1);
-        while (!value.empty() && value.front() == ' ') value.erase(0, 1);
-        post.headers[name] = value;
-      }
-      pos = e + 2;
-    }
-    post.payload = json::parse(post.body, nullptr, false);
-    int status;
-    {
-      std::lock_guard lock(mu_);
-      if (!script_.empty()) {
-        status = script_.front();
-        script_.pop_front();
-      } else {
-        status = otherwise_;
-      }
-      post.answered = status;
-      posts_.push_back(post);
-    }
-    std::string resp = "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    (void)!write(c, resp.data(), resp.size());
-  }
-
-  int fd_ = -1;
-  uint16_t port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-  std::mutex mu_;
-  std::deque<int> script_;
-  int otherwise_ = 200;
-  std::vector<Post> posts_;
-};
-
-constexpr const char* kSecret = "test-push-secret";
-
-std::string Hmac(const std::string& key, const std::string& body) {
-  crypto_auth_hmacsha256_state st;
-  unsigned char mac[crypto_auth_hmacsha256_BYTES];
-  crypto_auth_hmacsha256_init(&st, reinterpret_cast<const unsigned char*>(key.data()), key.size());
-  crypto_auth_hmacsha256_update(&st, reinterpret_cast<const unsigned char*>(body.data()), body.size());
-  crypto_auth_hmacsha256_final(&st, mac);
-  char hex[2 * sizeof mac + 1];
-  sodium_bin2hex(hex, sizeof hex, mac, sizeof mac);
-  return std::string("sha256=") + hex;
-}
-
-std::vector<std::string> PushArgs(const PushReceiver& r, int coalesce_ms = 1000, int lease_ms = 3000) {
-  return {"--push-webhook-url", r.url(), "--push-webhook-secret", kSecret, "--push-coalesce-ms",
-          std::to_string(coalesce_ms), "--push-poll-ms", "50", "--push-backoff-initial-ms", "300",
-          "--push-backoff-max-ms", "2000", "--push-timeout-ms", "1000", "--push-lease-ms", std::to_string(lease_ms)};
-}
-
-void RegisterPush(Device& d, const std::string& token, const std::string& provider = "apns") {
-  auto r = d.conn->Call("register_push", {{"provider", provider}, {"token", token}});
-  ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
-  EXPECT_EQ(r.result["device_id"], d.device_id);
-}
-
-void Background(Device& d) {
-  auto r = d.conn->Call("set_app_state", {{"state", "background"}});
-  ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
-}
-
-int64_t SendTo(Device& from, const std::string& to, const std::string& body, const std::string& client_id) {
-  auto r = from.conn->Call("send", {{"to", to}, {"client_id", client_id}, {"body", body}});
-  EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
-  return r.ok ? r.result["seq"].get<int64_t>() : 0;
-}
-
-json DevicePush(Device& d, int64_t device_id) {
-  auto r = d.conn->Call("list_devices");
-  EXPECT_TRUE(r.ok);
-  for (auto& dev : r.result["devices"])
-    if (dev["device_id"] == device_id) return dev["push"];
-  return nullptr;
-}
 
 TEST(PushE2eTest, AMessageToABackgroundedDeviceMakesOneSignedPostWithTheDocumentedPayload) {
   PushReceiver rx;
@@ -231,7 +35,7 @@ TEST(PushE2eTest, AMessageToABackgroundedDeviceMakesOneSignedPostWithTheDocument
   EXPECT_EQ(p.target, "/push");
   EXPECT_EQ(p.headers.at("content-type"), "application/json");
   // The signature: HMAC-SHA256 over the exact body with the shared secret.
-  EXPECT_EQ(p.headers.at("x-parley-signature"), Hmac(kSecret, p.body));
+  EXPECT_EQ(p.headers.at("x-parley-signature"), Hmac(kPushSecret, p.body));
   EXPECT_NE(p.headers.at("x-parley-signature"), Hmac("wrong-secret", p.body));
   ASSERT_TRUE(p.payload.is_object()) << p.body;
   const json& j = p.payload;
@@ -471,6 +275,87 @@ TEST(PushE2eTest, PushesPendingAcrossARestartAreStillSentOnce) {
   EXPECT_GT(rx.Posts().size(), before);
   EXPECT_EQ(rx.Delivered(), 1u);
   EXPECT_EQ(rx.Delivered([&](const PushReceiver::Post& p) { return p.payload["seq"] == seq; }), 1u);
+}
+
+// An https:// relay: parleyd verifies its certificate against
+// --push-webhook-ca (here the relay's own self-signed one). A relay whose
+// certificate does not chain to that CA gets no push: the attempt fails in
+// the handshake, is retried, and the device's health says "tls".
+TEST(PushE2eTest, AnHttpsRelayIsUsedOnlyWithACertificateParleydTrusts) {
+  TempDir dir;
+  MakeCertificate(dir / "relay");
+  MakeCertificate(dir / "stranger");
+  PushReceiver rx(dir / "relay.crt", dir / "relay.key");
+  ASSERT_EQ(rx.url().rfind("https://", 0), 0u);
+  {
+    std::vector<std::string> args = PushArgs(rx);
+    args.insert(args.end(), {"--push-webhook-ca", dir / "relay.crt"});
+    ServerProcess server(args);
+    Register(server, "alice");
+    Register(server, "bob");
+    Device alice = Login(server, "alice");
+    Device bob = Login(server, "bob", "phone");
+    RegisterPush(bob, "tok");
+    Background(bob);
+    int64_t seq = SendTo(alice, "bob", "over tls", "t1");
+    ASSERT_TRUE(rx.WaitPosts(1, 5000)) << "failed handshakes: " << rx.failed_handshakes();
+    std::vector<PushReceiver::Post> posts = rx.Posts();
+    ASSERT_EQ(posts.size(), 1u);
+    EXPECT_EQ(posts[0].payload["seq"], seq);
+    EXPECT_EQ(posts[0].headers.at("x-parley-signature"), Hmac(kPushSecret, posts[0].body));
+    EXPECT_EQ(rx.failed_handshakes(), 0);
+    // The health is written once the answer is in (just after the POST).
+    json health;
+    for (auto until = Clock::now() + std::chrono::seconds(3); Clock::now() < until;
+         std::this_thread::sleep_for(std::chrono::milliseconds(20))) {
+      health = DevicePush(bob, bob.device_id);
+      if (!health["last_result"].is_null()) break;
+    }
+    EXPECT_EQ(health["last_result"], "ok") << health.dump();
+  }
+  // The same relay, but parleyd trusts another CA only.
+  PushReceiver impostor(dir / "relay.crt", dir / "relay.key");
+  std::vector<std::string> args = PushArgs(impostor);
+  args.insert(args.end(), {"--push-webhook-ca", dir / "stranger.crt"});
+  ServerProcess server(args);
+  Register(server, "alice");
+  Register(server, "bob");
+  Device alice = Login(server, "alice");
+  Device bob = Login(server, "bob", "phone");
+  RegisterPush(bob, "tok");
+  Background(bob);
+  SendTo(alice, "bob", "must not leave", "t2");
+  auto deadline = Clock::now() + std::chrono::seconds(5);
+  json health;
+  while (Clock::now() < deadline) {
+    health = DevicePush(bob, bob.device_id);
+    if (health.is_object() && health["failure_count"].get<int>() >= 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(health.is_object());
+  EXPECT_GE(health["failure_count"].get<int>(), 2) << health.dump();  // retried
+  EXPECT_EQ(health["last_result"], "tls") << health.dump();
+  EXPECT_EQ(health["pending"], true) << health.dump();
+  EXPECT_EQ(impostor.Posts().size(), 0u);
+  EXPECT_GE(impostor.failed_handshakes(), 2);
+}
+
+// A CA file that cannot be read, or one with an http:// URL, stops parleyd
+// at start with a clear error (not at the first push).
+TEST(PushE2eTest, ABadWebhookCaIsRefusedAtStart) {
+  for (const auto& [url, ca, want] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"https://127.0.0.1:9/push", "/nonexistent/ca.pem", "/nonexistent/ca.pem"},
+           {"http://127.0.0.1:9/push", "/nonexistent/ca.pem", "needs an https://"}}) {
+    int rc = 0;
+    std::string out = Shell(std::string(PARLEY_BIN_DIR) +
+                                "/parleyd --listen 127.0.0.1:0 --data-dir /tmp/parley-push-refused --push-webhook-url '" +
+                                url + "' --push-webhook-secret s --push-webhook-ca '" + ca + "' 2>&1",
+                            &rc);
+    EXPECT_NE(rc, 0) << out;
+    EXPECT_NE(out.find(want), std::string::npos) << out;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all("/tmp/parley-push-refused", ec);
 }
 
 }  // namespace

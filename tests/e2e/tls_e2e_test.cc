@@ -20,54 +20,12 @@
 
 #include "e2e/helpers.h"
 #include "e2e/server_process.h"
+#include "sdk/sdk_test_util.h"
 
 namespace parley::testing {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Runs a shell command; returns its stdout (and the exit status in *rc).
-std::string Shell(const std::string& cmd, int* rc = nullptr) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) {
-    if (rc) *rc = -1;
-    return out;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int status = pclose(p);
-  if (rc) *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/parley-tls-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-// A fresh self-signed certificate (EC P-256) for 127.0.0.1 and localhost:
-// <base>.crt and <base>.key.
-void MakeCertificate(const std::string& base) {
-  int rc = 0;
-  std::string out = Shell("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
-                          "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout '" +
-                              base + ".key' -out '" + base + ".crt' 2>&1",
-                          &rc);
-  ASSERT_EQ(rc, 0) << out;
-}
 
 // The certificate's SHA-256 fingerprint as the SDK reports it (lower-case
 // hex, no colons), computed by openssl.

@@ -17,10 +17,11 @@ namespace parley::netutil {
 namespace {
 
 // A listening socket on 127.0.0.1 that serves one connection with `reply`
-// (or holds it silent when `reply` is empty) and keeps what it received.
+// (or holds it silent when `reply` is empty) and keeps what it received;
+// with `at_once`, answers as soon as anything arrives.
 class OneShotServer {
  public:
-  explicit OneShotServer(std::string reply) {
+  explicit OneShotServer(std::string reply, bool at_once = false) {
     fd_ = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -30,11 +31,11 @@ class OneShotServer {
     socklen_t len = sizeof addr;
     getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
     port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this, reply = std::move(reply)] {
+    thread_ = std::thread([this, reply = std::move(reply), at_once] {
       int c = accept(fd_, nullptr, nullptr);
       if (c < 0) return;
       char buf[4096];
-      while (received_.find("\r\n\r\n") == std::string::npos) {
+      while (received_.find("\r\n\r\n") == std::string::npos && !(at_once && !received_.empty())) {
         ssize_t n = read(c, buf, sizeof buf);
         if (n <= 0) break;
         received_.append(buf, static_cast<size_t>(n));
@@ -91,6 +92,49 @@ TEST(ParseHttpUrl, RejectsOtherForms) {
     EXPECT_FALSE(ParseHttpUrl(bad, &error)) << bad;
     EXPECT_FALSE(error.empty()) << bad;
   }
+}
+
+TEST(ParseHttpUrl, HttpsOnlyWhereTheCallerAllowsIt) {
+  std::string error, target;
+  EXPECT_FALSE(ParseHttpUrl("https://relay.example/push", &error));
+  EXPECT_NE(error.find("http://"), std::string::npos) << error;
+  auto e = ParseHttpUrl("https://relay.example/push", &error, &target, /*allow_https=*/true);
+  ASSERT_TRUE(e) << error;
+  EXPECT_TRUE(e->tls);
+  EXPECT_EQ(e->host, "relay.example");
+  EXPECT_EQ(e->port, "443");
+  EXPECT_EQ(target, "/push");
+  e = ParseHttpUrl("https://127.0.0.1:8443", &error, nullptr, true);
+  ASSERT_TRUE(e) << error;
+  EXPECT_EQ(e->port, "8443");
+  e = ParseHttpUrl("http://relay.example", &error, nullptr, true);
+  ASSERT_TRUE(e) << error;
+  EXPECT_FALSE(e->tls);
+  EXPECT_FALSE(ParseHttpUrl("https://h:0", &error, nullptr, true));
+  EXPECT_FALSE(ParseHttpUrl("ftp://h", &error, nullptr, true));
+}
+
+TEST(HttpsTrust, AMissingCaFileIsAClearError) {
+  std::string error;
+  EXPECT_EQ(HttpsTrust::Create("/nonexistent/ca.pem", &error), nullptr);
+  EXPECT_NE(error.find("/nonexistent/ca.pem"), std::string::npos) << error;
+  error.clear();
+  EXPECT_NE(HttpsTrust::Create("", &error), nullptr) << error;  // the system's trust store
+}
+
+TEST(HttpExchange, HttpsToAPlainServerFailsInTheHandshake) {
+  // A plain HTTP server answering a TLS ClientHello: the handshake fails,
+  // classified as a TLS failure (not a read or write one).
+  OneShotServer server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", /*at_once=*/true);
+  HttpEndpoint endpoint = HttpEndpoint::Loopback(server.port());
+  endpoint.tls = true;
+  HttpRequest req;
+  req.timeout = std::chrono::milliseconds(3000);
+  HttpResponse r = HttpExchange(endpoint, req);
+  EXPECT_FALSE(r.ok());
+  EXPECT_FALSE(r.timed_out) << r.error;
+  EXPECT_EQ(r.failure, HttpFailure::kTls) << r.error;
+  EXPECT_NE(r.error.find("TLS handshake failed"), std::string::npos) << r.error;
 }
 
 TEST(HttpExchange, SendsTheRequestAndReadsASizedBody) {

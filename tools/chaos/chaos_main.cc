@@ -18,6 +18,12 @@
 //  3. at the end every device comes online and syncs until nothing moves;
 //     then parley-check reads the histories and the server's state, and the
 //     driver exits with its result.
+// Cluster shape (--nodes N, with --redis and a PostgreSQL --store): N
+// parleyd nodes on the one store and Redis, each user's devices on different
+// nodes (home node user + index, the others as the SDK's failover list),
+// raw sends and blocks rotating over the nodes, and each kill step aimed at
+// one node (its "node" field); every node arms the plan's crash points for
+// its own incarnations.
 // A failing run (or --keep) saves its directory: plan.json (seed, options,
 // every step and crash point), driver.log, events/ (every callback of every
 // device), histories/, parleyd.log, state.json and check.txt. `--replay DIR`
@@ -30,7 +36,7 @@
 // order: Client::Stop and Compose may block for seconds on a loaded
 // machine, which delays that device only); each user's blocks and unblocks
 // run in plan order on a worker of that user, its raw double sends on
-// another; kills on one worker. One thread supervises parleyd; each Client has its
+// another; kills on one worker. One thread per node supervises parleyd; each Client has its
 // own I/O and worker threads (callbacks). Shared state is guarded by the
 // mutexes named beside it, or is atomic.
 #include <arpa/inet.h>
@@ -129,6 +135,7 @@ struct Plan {
   int users = 0;
   int devices = 0;
   int duration_s = 0;
+  int nodes = 1;  // parleyd nodes (cluster shape when > 1)
   std::vector<DeviceSpec> device_specs;
   std::vector<std::vector<int>> peers;  // per user
   // Per parleyd incarnation (start), its crash point (0: none).
@@ -137,8 +144,8 @@ struct Plan {
 
   json ToJson() const {
     json j = {{"version", kPlanVersion}, {"seed", seed}, {"users", users}, {"devices", devices},
-              {"duration_s", duration_s}, {"crash_after_append", crash_after_append}, {"peers", peers},
-              {"steps", steps}};
+              {"duration_s", duration_s}, {"nodes", nodes}, {"crash_after_append", crash_after_append},
+              {"peers", peers}, {"steps", steps}};
     j["device_specs"] = json::array();
     for (const auto& d : device_specs)
       j["device_specs"].push_back({{"user", d.user}, {"index", d.index}, {"skew_ms", d.skew_ms}, {"slow_ms", d.slow_ms}});
@@ -155,14 +162,16 @@ struct Plan {
       p.users = j.at("users").get<int>();
       p.devices = j.at("devices").get<int>();
       p.duration_s = j.at("duration_s").get<int>();
+      p.nodes = j.value("nodes", 1);  // plans saved before the cluster shape: one node
       p.crash_after_append = j.at("crash_after_append").get<std::vector<int64_t>>();
       p.peers = j.at("peers").get<std::vector<std::vector<int>>>();
       p.steps = j.at("steps").get<std::vector<json>>();
       for (const auto& d : j.at("device_specs"))
         p.device_specs.push_back({d.at("user").get<int>(), d.at("index").get<int>(), d.at("skew_ms").get<int64_t>(),
                                   d.at("slow_ms").get<int>()});
-      if (p.users < 2 || p.devices < 1 || static_cast<int>(p.device_specs.size()) != p.users * p.devices) {
-        *error = "plan: inconsistent users/devices";
+      if (p.users < 2 || p.devices < 1 || p.nodes < 1 ||
+          static_cast<int>(p.device_specs.size()) != p.users * p.devices) {
+        *error = "plan: inconsistent users/devices/nodes";
         return std::nullopt;
       }
       return p;
@@ -173,12 +182,13 @@ struct Plan {
   }
 };
 
-Plan MakePlan(uint64_t seed, int users, int devices, int duration_s) {
+Plan MakePlan(uint64_t seed, int users, int devices, int duration_s, int nodes) {
   Plan p;
   p.seed = seed;
   p.users = users;
   p.devices = devices;
   p.duration_s = duration_s;
+  p.nodes = nodes;
   std::mt19937_64 rng(seed);
   auto uni = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   auto chance = [&](double x) { return std::uniform_real_distribution<double>(0, 1)(rng) < x; };
@@ -233,7 +243,9 @@ Plan MakePlan(uint64_t seed, int users, int devices, int duration_s) {
       unblocks.erase(unblocks.begin());
     }
     while (next_kill < kill_times.size() && kill_times[next_kill] <= t) {
-      p.steps.push_back({{"t", kill_times[next_kill]}, {"op", "kill"}, {"after_acks", std::max(1, sends / 2)}});
+      json kill = {{"t", kill_times[next_kill]}, {"op", "kill"}, {"after_acks", std::max(1, sends / 2)}};
+      if (nodes > 1) kill["node"] = uni(0, nodes - 1);  // (one node: the same draws as before)
+      p.steps.push_back(std::move(kill));
       ++next_kill;
     }
     int dev = static_cast<int>(uni(0, total_devices - 1));
@@ -383,12 +395,18 @@ class Worker {
 
 // ---- parleyd supervision ----
 
+// One parleyd node: started, killed and restarted (on the same port) by a
+// supervisor thread. `name` is "" for a single node (files parleyd.log,
+// port, data/) or the node's id in a cluster (parleyd-<name>.log, ...);
+// `extra_args` are added to every start (the cluster flags).
 class Server {
  public:
-  Server(std::string parleyd, std::string dir, std::string admin_token, std::string store_spec,
-         std::vector<int64_t> crash_points, Log& log)
-      : parleyd_(std::move(parleyd)), dir_(std::move(dir)), admin_token_(std::move(admin_token)),
-        store_spec_(std::move(store_spec)), crash_points_(std::move(crash_points)), log_(log) {}
+  Server(std::string parleyd, std::string dir, std::string name, std::vector<std::string> extra_args,
+         std::string admin_token, std::string store_spec, std::vector<int64_t> crash_points, Log& log)
+      : parleyd_(std::move(parleyd)), dir_(std::move(dir)), name_(std::move(name)),
+        suffix_(name_.empty() ? "" : "-" + name_), extra_args_(std::move(extra_args)),
+        admin_token_(std::move(admin_token)), store_spec_(std::move(store_spec)),
+        crash_points_(std::move(crash_points)), log_(log) {}
   ~Server() { Stop(); }
 
   // Starts the first incarnation and the supervisor. Returns false (error
@@ -410,7 +428,7 @@ class Server {
     WaitUp(&ignored, /*any_incarnation=*/true);
     std::lock_guard lock(mu_);
     if (pid_ > 0) {
-      log_.Line("kill -9 parleyd pid=" + std::to_string(pid_) + " (" + why + ")");
+      log_.Line("kill -9 parleyd" + suffix_ + " pid=" + std::to_string(pid_) + " (" + why + ")");
       kill(pid_, SIGKILL);
     }
   }
@@ -459,7 +477,7 @@ class Server {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    *why = "parleyd is not up (see parleyd.log)";
+    *why = "parleyd" + suffix_ + " is not up (see parleyd" + suffix_ + ".log)";
     return false;
   }
 
@@ -475,7 +493,7 @@ class Server {
 
  private:
   bool Spawn(std::string* why) {
-    std::string port_file = dir_ + "/port";
+    std::string port_file = dir_ + "/port" + suffix_;
     fs::remove(port_file);
     int64_t crash = 0;
     {
@@ -484,7 +502,7 @@ class Server {
       ++incarnation_;
     }
     std::vector<std::string> args = {parleyd_, "--listen", "127.0.0.1:" + std::to_string(port_),
-                                     "--data-dir", dir_ + "/data", "--port-file", port_file,
+                                     "--data-dir", dir_ + "/data" + suffix_, "--port-file", port_file,
                                      "--insecure-fast-password-hashing", "--relaxed-rate-limits",
                                      "--admin-token", admin_token_, "--io-threads", "2", "--log-level", "warn",
                                      "--web-root", "none"};
@@ -492,11 +510,12 @@ class Server {
       args.push_back("--store");
       args.push_back(store_spec_);
     }
+    args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     if (crash > 0) {
       args.push_back("--fault");
       args.push_back("crash_after_append@" + std::to_string(crash));
     }
-    std::string log_path = dir_ + "/parleyd.log";
+    std::string log_path = dir_ + "/parleyd" + suffix_ + ".log";
     SpawnOptions options;
     options.stdout_path = options.stderr_path = log_path;
     pid_t pid = parley::Spawn(std::move(args), options).pid;
@@ -511,7 +530,7 @@ class Server {
       current_crash_ = crash;
       if (stopping_) kill(pid, SIGTERM);
     }
-    log_.Line("parleyd started pid=" + std::to_string(pid) + " incarnation=" + std::to_string(incarnation_) +
+    log_.Line("parleyd" + suffix_ + " started pid=" + std::to_string(pid) + " incarnation=" + std::to_string(incarnation_) +
               (crash > 0 ? " crash_after_append@" + std::to_string(crash) : ""));
     auto deadline = SteadyClock::now() + std::chrono::milliseconds(kServerStartTimeoutMs);
     while (SteadyClock::now() < deadline) {
@@ -528,7 +547,7 @@ class Server {
       if (waitpid(pid, &status, WNOHANG) == pid) {
         std::lock_guard lock(mu_);
         pid_ = -1;
-        *why = "parleyd exited during start-up (see " + log_path + ")";
+        *why = "parleyd" + suffix_ + " exited during start-up (see " + log_path + ")";
         return false;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -541,7 +560,7 @@ class Server {
       std::lock_guard lock(mu_);
       pid_ = -1;
     }
-    *why = "parleyd did not listen within " + std::to_string(kServerStartTimeoutMs) + " ms (killed)";
+    *why = "parleyd" + suffix_ + " did not listen within " + std::to_string(kServerStartTimeoutMs) + " ms (killed)";
     return false;
   }
 
@@ -568,11 +587,12 @@ class Server {
       bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
       ++deaths_;
       if (killed && crash > 0) ++crashes_;
-      log_.Line("parleyd died: " + std::string(WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
+      log_.Line("parleyd" + suffix_ + " died: " + std::string(WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
                                                                    : "exit " + std::to_string(WEXITSTATUS(status))) +
                 (crash > 0 ? " (crash point crash_after_append@" + std::to_string(crash) + " armed)" : ""));
       if (!killed) {
-        log_.Line("parleyd died of something other than an injected kill: a bug (see parleyd.log)");
+        log_.Line("parleyd" + suffix_ + " died of something other than an injected kill: a bug (see parleyd" + suffix_ +
+                  ".log)");
         unexpected_ = true;
       }
       std::string why;
@@ -593,7 +613,9 @@ class Server {
   std::atomic<bool> unexpected_{false};
 
  private:
-  const std::string parleyd_, dir_, admin_token_, store_spec_;
+  const std::string parleyd_, dir_, name_, suffix_;
+  const std::vector<std::string> extra_args_;
+  const std::string admin_token_, store_spec_;
   const std::vector<int64_t> crash_points_;
   Log& log_;
   std::thread supervisor_;
@@ -668,10 +690,10 @@ struct Counters {
 };
 
 struct Options {
-  std::string parleyd, checker, out = "chaos-runs", replay, store, work;
+  std::string parleyd, checker, out = "chaos-runs", replay, store, work, redis;
   uint64_t seed = 0;
   bool seed_given = false;
-  int duration_s = 60, users = 8, devices = 2;
+  int duration_s = 60, users = 8, devices = 2, nodes = 1;
   bool keep = false;
 };
 
@@ -696,9 +718,21 @@ class Run {
       std::ofstream(dir_ + "/plan.json") << plan_.ToJson().dump(1) << "\n";
     }
     admin_token_ = "chaos-" + std::to_string(plan_.seed);
-    server_ = std::make_unique<Server>(o_.parleyd, dir_, admin_token_, o_.store, plan_.crash_after_append, log_);
+    // A cluster: every node on the one PostgreSQL store and Redis, with
+    // stable node ids (a restarted node keeps its id) and short route
+    // refreshes so that a killed node's devices are forgotten quickly.
+    for (int k = 0; k < plan_.nodes; ++k) {
+      std::string name = plan_.nodes > 1 ? "node" + std::to_string(k) : "";
+      std::vector<std::string> extra;
+      if (plan_.nodes > 1)
+        extra = {"--redis", o_.redis, "--node-id", "chaos-" + name, "--redis-refresh-ms", "500",
+                 "--redis-route-ttl-ms", "3000"};
+      servers_.push_back(std::make_unique<Server>(o_.parleyd, dir_, name, std::move(extra), admin_token_, o_.store,
+                                                  plan_.crash_after_append, log_));
+    }
     std::string why;
-    if (!server_->Start(&why)) return Fail2(why);
+    for (auto& sv : servers_)
+      if (!sv->Start(&why)) return Fail2(why);
     if (!Provision(&why)) return Fail2(why);
     if (!OpenDevices(&why)) return Fail2(why);
     for (size_t i = 0; i < devices_.size(); ++i) device_workers_.push_back(std::make_unique<Worker>());
@@ -711,7 +745,7 @@ class Run {
     // thread never waits for a step.
     for (size_t i = 0; i < plan_.steps.size(); ++i) {
       std::this_thread::sleep_until(t0 + std::chrono::milliseconds(plan_.steps[i].at("t").get<int64_t>()));
-      if (server_->failed()) break;
+      if (Failed()) break;
       WorkerFor(plan_.steps[i]).Post([this, i] { Play(i); });
     }
     log_.Line("steps scheduled; waiting for the workers to finish theirs");
@@ -735,15 +769,22 @@ class Run {
     // behind (docs/checker.md, "Chaos runs").
     int check_rc = Check();
     int rc = settle_rc != 0 ? 1 : check_rc;
-    server_->Stop();
-    if (server_->unexpected_) {
+    bool unexpected = false;
+    int deaths = 0, crashes = 0;
+    for (auto& sv : servers_) {
+      sv->Stop();
+      unexpected = unexpected || sv->unexpected_;
+      deaths += sv->deaths();
+      crashes += sv->crashes();
+    }
+    if (unexpected) {
       std::cout << "parley-chaos: parleyd died of something other than an injected kill (see parleyd.log)\n";
       rc = rc == 0 ? 1 : rc;
     }
     double secs = std::chrono::duration<double>(SteadyClock::now() - t0).count();
     std::cout << "parley-chaos: composed=" << counters_.composed << " acked(status sent)=" << counters_.acked
-              << " failed=" << counters_.failed << " parleyd deaths=" << server_->deaths()
-              << " (crash points=" << server_->crashes() << ") drops=" << counters_.drops
+              << " failed=" << counters_.failed << " parleyd deaths=" << deaths
+              << " (crash points=" << crashes << ", nodes=" << servers_.size() << ") drops=" << counters_.drops
               << " drops mid-sync=" << counters_.drops_mid_sync << " blocks=" << counters_.blocks
               << " raw doubles=" << counters_.raw_doubles << " (acks=" << counters_.raw_acks
               << " duplicate acks=" << counters_.raw_duplicate_acks << " refused=" << counters_.raw_refused
@@ -762,10 +803,21 @@ class Run {
 
   std::string UserName(int u) const { return "chaos" + std::to_string(u); }
 
+  bool Failed() {
+    for (auto& sv : servers_)
+      if (sv->failed()) return true;
+    return false;
+  }
+  // The port of node `i` (taken modulo the nodes: Port(user + attempt)
+  // spreads a user's connections and rotates retries over the nodes).
+  uint16_t Port(int64_t i) const { return servers_[static_cast<size_t>(i) % servers_.size()]->port(); }
+  // A device's home node: a user's devices sit on different nodes.
+  int64_t HomeNode(const DeviceSpec& spec) const { return spec.user + spec.index; }
+
   bool Provision(std::string* why) {
     json users = json::array();
     for (int u = 0; u < plan_.users; ++u) users.push_back({{"username", UserName(u)}, {"password", "chaos password"}});
-    auto r = netutil::HttpPost(netutil::HttpEndpoint::Loopback(server_->port()), "/admin/v1/users/bulk",
+    auto r = netutil::HttpPost(netutil::HttpEndpoint::Loopback(Port(0)), "/admin/v1/users/bulk",
                                json({{"devices", true}, {"device_name", "chaos.0"}, {"users", users}}).dump(),
                                "Bearer " + admin_token_);
     if (r.status != 200) {
@@ -796,7 +848,7 @@ class Run {
       } else {
         LoginResult l;
         for (int attempt = 0; attempt < 20 && !l.ok; ++attempt) {
-          l = Client::Login("127.0.0.1", server_->port(), d->username, "chaos password", d->name, "chaos", 10000);
+          l = Client::Login("127.0.0.1", Port(HomeNode(spec)), d->username, "chaos password", d->name, "chaos", 10000);
           if (!l.ok) std::this_thread::sleep_for(std::chrono::milliseconds(200));
         }
         if (!l.ok) {
@@ -808,7 +860,12 @@ class Run {
       d->events.open(dir_ + "/events/" + d->name + ".jsonl", std::ios::app);
       ClientOptions co;
       co.host = "127.0.0.1";
-      co.port = server_->port();
+      co.port = Port(HomeNode(spec));
+      // In a cluster: the home node first, then the others (the SDK fails
+      // over to the next one when its node is killed).
+      if (servers_.size() > 1)
+        for (size_t k = 0; k < servers_.size(); ++k)
+          co.endpoints.push_back("127.0.0.1:" + std::to_string(Port(HomeNode(spec) + static_cast<int64_t>(k))));
       co.db_path = dir_ + "/clients/" + d->name + ".db";
       co.token = d->token;
       co.backoff.initial_ms = 50;
@@ -855,7 +912,7 @@ class Run {
     for (int u = 0; u < plan_.users; ++u) {
       LoginResult l;
       for (int attempt = 0; attempt < 20 && !l.ok; ++attempt) {
-        l = Client::Login("127.0.0.1", server_->port(), UserName(u), "chaos password", UserName(u) + ".raw", "chaos",
+        l = Client::Login("127.0.0.1", Port(u), UserName(u), "chaos password", UserName(u) + ".raw", "chaos",
                           10000);
         if (!l.ok) std::this_thread::sleep_for(std::chrono::milliseconds(200));
       }
@@ -907,7 +964,7 @@ class Run {
     for (int64_t m = counters_.max_lag_ms.load(); lag > m && !counters_.max_lag_ms.compare_exchange_weak(m, lag);) {
     }
     if (lag >= kLateStepMs) ++counters_.late_steps;
-    if (server_->failed()) return;
+    if (Failed()) return;
     log_.Line("step " + s.dump() + (lag >= kLateStepMs ? " (" + std::to_string(lag) + " ms late)" : ""));
     if (op == "kill") {
       int64_t want = s.at("after_acks");
@@ -917,11 +974,12 @@ class Run {
       // something (bounded waits), so that late kills fired back to back
       // cannot starve every restart.
       int64_t before = counters_.acked;
-      server_->WaitServing(kMinServeMs);
+      Server& victim = *servers_.at(s.value("node", size_t{0}));
+      victim.WaitServing(kMinServeMs);
       auto progress = SteadyClock::now() + std::chrono::milliseconds(kKillProgressWaitMs);
-      while (counters_.acked == before && SteadyClock::now() < progress && !server_->failed())
+      while (counters_.acked == before && SteadyClock::now() < progress && !Failed())
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      server_->Kill9("step: after " + std::to_string(counters_.acked.load()) + " acks (plan: " + std::to_string(want) + ")");
+      victim.Kill9("step: after " + std::to_string(counters_.acked.load()) + " acks (plan: " + std::to_string(want) + ")");
       return;
     }
     if (op == "block" || op == "unblock") return BlockOp(op, s.at("user"), s.at("target"));
@@ -978,9 +1036,9 @@ class Run {
       std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
       pause_ms = std::min(pause_ms * 2, kRetryMaxMs);
     };
-    while (SteadyClock::now() < deadline && !server_->failed()) {
+    for (int64_t attempt = 0; SteadyClock::now() < deadline && !Failed(); ++attempt) {
       ConnectOptions co;
-      co.port = server_->port();
+      co.port = Port(rd.user_id + attempt);
       co.timeout_ms = 2000;
       std::string err;
       auto c = Connection::Open(co, &err);
@@ -1031,9 +1089,9 @@ class Run {
   void BlockOp(const std::string& op, int user, int target) {
     auto deadline = SteadyClock::now() + std::chrono::seconds(20);
     int pause_ms = kRetryInitialMs;
-    while (SteadyClock::now() < deadline && !server_->failed()) {
+    for (int64_t attempt = 0; SteadyClock::now() < deadline && !Failed(); ++attempt) {
       ConnectOptions co;
-      co.port = server_->port();
+      co.port = Port(user + attempt);
       co.timeout_ms = 2000;
       std::string err;
       auto c = Connection::Open(co, &err);
@@ -1058,7 +1116,8 @@ class Run {
   // Every device online, every outbox drained, every device at its user's
   // head, and nothing moving for a while.
   int Settle(std::string* why) {
-    if (!server_->Calm(why)) return 1;
+    for (auto& sv : servers_)
+      if (!sv->Calm(why)) return 1;
     for (auto& d : devices_) {
       d->drop_after_events = 0;
       if (!d->online) {
@@ -1124,7 +1183,7 @@ class Run {
   int Check() {
     std::string out_path = dir_ + "/check.txt";
     std::vector<std::string> args = {o_.checker, "--histories", dir_ + "/histories", "--server",
-                                     "http://127.0.0.1:" + std::to_string(server_->port()), "--admin-token",
+                                     "http://127.0.0.1:" + std::to_string(Port(0)), "--admin-token",
                                      admin_token_, "--save-state", dir_ + "/state.json"};
     std::string cmd;
     for (auto& a : args) cmd += "'" + a + "' ";
@@ -1144,7 +1203,7 @@ class Run {
   std::string dir_;
   Log log_;
   std::string admin_token_;
-  std::unique_ptr<Server> server_;
+  std::vector<std::unique_ptr<Server>> servers_;  // one per node
   std::map<std::string, std::string> tokens0_;
   Counters counters_;  // before devices_: clients (destroyed first) count into it
   SteadyClock::time_point t0_;  // when the schedule started (set before any worker runs a step)
@@ -1172,6 +1231,11 @@ int Main(int argc, char** argv) {
   app.add_option("--users", o.users, "Users")->check(CLI::Range(2, 1000))->capture_default_str();
   app.add_option("--devices", o.devices, "Devices per user")->check(CLI::Range(1, 8))->capture_default_str();
   app.add_option("--store", o.store, "parleyd --store (default: SQLite in the run directory)");
+  app.add_option("--nodes", o.nodes, "parleyd nodes: more than one is the cluster shape (needs --redis and a "
+                                     "PostgreSQL --store); each user's devices sit on different nodes")
+      ->check(CLI::Range(1, 8))
+      ->capture_default_str();
+  app.add_option("--redis", o.redis, "Redis HOST:PORT for a cluster (--nodes > 1)");
   app.add_option("--out", o.out, "Where failing runs are saved (one directory each)")->capture_default_str();
   app.add_option("--replay", o.replay, "Replay a saved run: its plan.json (same workload, same fault schedule)");
   app.add_flag("--keep", o.keep, "Save the run directory even when it passes");
@@ -1205,7 +1269,12 @@ int Main(int argc, char** argv) {
     std::cout << "parley-chaos: replaying " << o.replay << std::endl;
   } else {
     if (!o.seed_given) o.seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
-    plan = MakePlan(o.seed, o.users, o.devices, o.duration_s);
+    plan = MakePlan(o.seed, o.users, o.devices, o.duration_s, o.nodes);
+  }
+  if (plan.nodes > 1 && (o.redis.empty() || o.store.rfind("postgres", 0) != 0)) {
+    std::cerr << "parley-chaos: " << plan.nodes << " nodes need --redis HOST:PORT and a PostgreSQL --store"
+              << std::endl;
+    return 2;
   }
   char tmpl[] = "/tmp/parley-chaos-XXXXXX";
   if (!mkdtemp(tmpl)) {

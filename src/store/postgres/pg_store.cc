@@ -787,13 +787,28 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
   for (const MemberRecord& m : c->members) {
     if (m.user_id != msg.sender_id) others.push_back(m.user_id);
   }
-  // One round trip (pipelined with the batch's earlier writes): the
-  // conversation's row lock, which orders appends from every node; the
+  // One round trip (pipelined with the batch's earlier writes). First the
+  // locks, each in a statement of its own: the conversation's row, which
+  // orders appends from every node, and the sender's receipt row (created
+  // if missing), which orders this append with the sender's receipts on any
+  // node. Then, in a statement that starts once both are held (and so, under
+  // READ COMMITTED, reads everything their previous holders committed): the
   // duplicate, if any; who blocks whom; and the seqs withheld from the sender
-  // that the new message's seq newly covers (see SqliteStore). A duplicate
-  // committed by another node while this waited for the lock is caught by
-  // the unique key instead, and the batch is retried (it then takes the
-  // duplicate path).
+  // that the new message's seq newly covers (see SqliteStore). Reading those
+  // in the locking statement itself would read the sender's delivered
+  // watermark as of before the wait: two nodes appending the sender's
+  // messages at once would both list the same withheld seqs (found by
+  // chaos_cluster_short: `receipt_leaks`, "listed again"). A duplicate
+  // committed by another node while this waited for the lock is seen here
+  // too, or caught by the unique key, and the batch is retried (it then
+  // takes the duplicate path).
+  db_->Defer("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", PgParams().Int(msg.conversation_id));
+  db_->Defer(
+      "INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES($1, $2, 0, 0) "
+      "ON CONFLICT DO NOTHING",
+      PgParams().Int(msg.conversation_id).Int(msg.sender_id));
+  db_->Defer("SELECT 1 FROM user_receipts WHERE conversation_id = $1 AND user_id = $2 FOR UPDATE",
+             PgParams().Int(msg.conversation_id).Int(msg.sender_id));
   PgRows st = db_->Query(
       "SELECT c.last_seq, d.seq, d.sender_device_id, d.client_id, d.body, d.created_at, "
       "EXISTS(SELECT 1 FROM blocks b WHERE b.owner_id = $2 AND b.target_id = ANY($4::bigint[])), "
@@ -802,7 +817,7 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
       "  AND w.seq > COALESCE((SELECT r.delivered FROM user_receipts r WHERE r.conversation_id = $1 "
       "  AND r.user_id = $2), 0) AND w.seq <= c.last_seq + 1 ORDER BY w.seq) "
       "FROM conversations c LEFT JOIN messages d ON d.conversation_id = c.id AND d.sender_id = $2 "
-      "AND d.client_id = $3 WHERE c.id = $1 FOR UPDATE OF c",
+      "AND d.client_id = $3 WHERE c.id = $1",
       PgParams().Int(msg.conversation_id).Int(msg.sender_id).Text(msg.client_id).IntArray(others));
   if (st.empty()) {
     if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
