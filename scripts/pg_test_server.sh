@@ -11,6 +11,11 @@
 #       directory once that process is gone (a killed test leaks nothing).
 #   scripts/pg_test_server.sh stop DIR
 #       Stops the server started in DIR (immediate shutdown) and removes DIR.
+#   scripts/pg_test_server.sh halt DIR
+#       Stops the server started in DIR (immediate shutdown: like a crash,
+#       every session is cut) and keeps DIR: "PostgreSQL gone" tests.
+#   scripts/pg_test_server.sh resume DIR
+#       Starts the halted server in DIR again, on the same port and socket.
 #
 # PostgreSQL refuses to run as root: as root the server runs as the
 # `postgres` system user (created by the Debian package) through runuser;
@@ -36,6 +41,15 @@ as_owner() {
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Starts the server of DIR on PORT (and records the port for resume).
+pg_start() {
+  local dir="$1" port="$2"
+  echo "$port" >"$dir/port"
+  as_owner "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t "$START_TIMEOUT_S" start -o \
+    "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+     -c max_connections=200 -c shared_buffers=64MB" >/dev/null 2>&1
 }
 
 cmd_start() {
@@ -80,9 +94,7 @@ cmd_start() {
   local port="" started=0
   for _attempt in 1 2 3 4 5; do
     port=$(free_port)
-    if as_owner "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t "$START_TIMEOUT_S" start -o \
-      "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
-       -c max_connections=200 -c shared_buffers=64MB" >/dev/null 2>&1; then
+    if pg_start "$dir" "$port"; then
       started=1
       break
     fi
@@ -112,8 +124,22 @@ cmd_stop() {
   rm -rf "$dir"
 }
 
+cmd_halt() {
+  local dir="${1:-}"
+  [ -n "$dir" ] && [ -d "$dir/data" ] || die "halt needs the directory start printed"
+  as_owner "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || die "pg_ctl stop failed"
+}
+
+cmd_resume() {
+  local dir="${1:-}"
+  [ -n "$dir" ] && [ -f "$dir/port" ] || die "resume needs the directory start printed"
+  pg_start "$dir" "$(cat "$dir/port")" || { cat "$dir/server.log" >&2 || true; die "postgres did not start again"; }
+}
+
 case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
-  *) die "usage: $0 start [--owner-pid PID] | stop DIR" ;;
+  halt) shift; cmd_halt "$@" ;;
+  resume) shift; cmd_resume "$@" ;;
+  *) die "usage: $0 start [--owner-pid PID] | stop DIR | halt DIR | resume DIR" ;;
 esac

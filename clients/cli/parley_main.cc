@@ -278,6 +278,13 @@ std::string EventLine(const json& e, int64_t me) {
            std::to_string(e.value("conversation_id", int64_t{0})) + " delivered " +
            std::to_string(e.value("delivered", int64_t{0})) + " read " + std::to_string(e.value("read", int64_t{0}));
   }
+  if (kind == "edit" || kind == "delete" || kind == "delete_for_me") {
+    std::string where = " in conversation " + std::to_string(e.value("conversation_id", int64_t{0})) + " #" +
+                        std::to_string(e.value("seq", int64_t{0}));
+    if (kind == "edit") return p + where + " (v" + std::to_string(e.value("version", int64_t{0})) + "): " +
+                               e.value("body", "");
+    return p + where + (kind == "delete" ? ": deleted for everyone" : ": deleted for me");
+  }
   if (kind == "contact" || kind == "block" || kind == "profile") {
     json u = e.contains("user") ? e["user"] : e.value("profile", json::object());
     return p + ": " + u.value("username", "") + (kind == "contact" ? (e.value("added", false) ? " added" : " removed")

@@ -247,6 +247,25 @@ async def scenario(url, c, ssl_context=None):
                 conv is not None and conv["unread"] == 0 and wm.get(bob_id, {}).get("read", 0) >= seq
                 and wm.get(alice_id, {}).get("read", 0) >= seq, repr(snap))
 
+        # --- Edits and deletes (protocol.md "Edits and deletes"): A edits on
+        # device 1, then deletes on device 2; every device converges.
+        ed = await a1.edit_message(cid, seq, "hello bob (edited)")
+        c.check("edit_message: version 1", ed.get("version") == 1 and ed.get("duplicate") is False, repr(ed))
+        dl = await a2.delete_message(cid, seq)
+        c.check("delete_message for everyone: version 2", dl.get("version") == 2 and dl.get("for") == "everyone",
+                repr(dl))
+        for name, cl in (("A device 1", a1), ("A device 2", a2), ("B device", b1)):
+            try:
+                await cl.wait_event(lambda s, ev: ev.get("kind") == "delete" and ev.get("seq") == seq, WAIT)
+                m = cl.messages.get(cid, {}).get(seq, {})
+                c.check(f"{name}: the message is a tombstone", m.get("deleted") is True and m.get("body") == "",
+                        repr(m))
+            except asyncio.TimeoutError:
+                c.check(f"{name} gets the delete event", False, f"nothing within {WAIT} s")
+        h = await b1.history(cid)
+        c.check("B's history keeps the seq with no text",
+                [(m["seq"], m["body"], m.get("deleted")) for m in h["messages"]] == [(seq, "", True)], repr(h))
+
         for name, cl in (("A device 1", a1), ("A device 2", a2), ("B device", b1)):
             c.check(f"{name}: no background errors", not cl.background_errors, repr(cl.background_errors))
     finally:

@@ -240,6 +240,14 @@ class Connection:
         return await self.request("history", conversation_id=conversation_id,
                                   before=before, limit=limit, **kw)
 
+    async def edit_message(self, conversation_id, seq, body, *, client_id=None, **kw):
+        return await self.request("edit_message", conversation_id=conversation_id, seq=seq,
+                                  client_id=client_id or new_client_id(), body=body, **kw)
+
+    async def delete_message(self, conversation_id, seq, *, for_="everyone", **kw):
+        return await self.request("delete_message", conversation_id=conversation_id, seq=seq,
+                                  **{"for": for_}, **kw)
+
     async def snapshot(self, messages=None, **kw):
         return await self.request("snapshot", messages=messages, **kw)
 
@@ -264,6 +272,7 @@ class Client:
         self.applied = None         # highest user_seq applied; None until tracking starts
         self.conversations = {}
         self.messages = {}
+        self.hidden = set()       # (conversation_id, seq) deleted for me
         self.watermarks = {}
         self.sent = {}              # (conversation_id, seq) -> client_id, for ticks
         self.log = []
@@ -335,7 +344,7 @@ class Client:
         # ping, list_devices, unlink_device, open_conversation, receipt,
         # history, snapshot, ack and raw sync go straight to the Connection.
         if name in ("ping", "list_devices", "unlink_device", "open_conversation",
-                    "receipt", "history", "snapshot", "ack", "sync"):
+                    "receipt", "history", "snapshot", "ack", "sync", "edit_message", "delete_message"):
             return getattr(self.conn, name)
         raise AttributeError(name)
 
@@ -412,14 +421,41 @@ class Client:
         elif kind == "receipt":
             self._raise_watermarks(ev["conversation_id"], ev["user_id"],
                                    ev.get("delivered", 0), ev.get("read", 0))
+        elif kind in ("edit", "delete"):
+            self._change_message(ev["conversation_id"], ev["seq"], kind == "delete",
+                                 ev.get("version", 0), ev.get("body", ""))
+        elif kind == "delete_for_me":
+            self.messages.get(ev["conversation_id"], {}).pop(ev["seq"], None)
+            self.hidden.add((ev["conversation_id"], ev["seq"]))
         # unknown kinds: ignored, but the cursor still advances
         self.applied = seq
         self.log.append((source, ev))
         async with self._changed:
             self._changed.notify_all()
 
+    def _change_message(self, cid, seq, deleted, version, body):
+        """protocol.md "Edits and deletes": a delete is final; otherwise the
+        highest version wins, whatever order things arrive in."""
+        msg = self.messages.get(cid, {}).get(seq)
+        if msg is None:
+            return                               # not here: history brings its state
+        if msg.get("deleted"):
+            return
+        if deleted:
+            msg.update(body="", deleted=True, version=max(version, msg.get("version", 0)))
+        elif version > msg.get("version", 0):
+            msg.update(body=body, version=version)
+
     def _store_message(self, msg):
         cid = msg["conversation_id"]
+        if (cid, msg["seq"]) in self.hidden:
+            return                               # deleted for me
+        old = self.messages.get(cid, {}).get(msg["seq"])
+        if old is not None:
+            # Known already: fold the newer state in (an edit, a tombstone).
+            self._change_message(cid, msg["seq"], msg.get("deleted", False),
+                                 msg.get("version", 0), msg.get("body", ""))
+            msg = old
         self.messages.setdefault(cid, {})[msg["seq"]] = msg
         conv = self.conversations.get(cid)
         if conv is not None and msg["seq"] > conv.get("last_seq", 0):

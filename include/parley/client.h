@@ -98,6 +98,14 @@ struct CachedMessage {
   int64_t ts = 0;  // server time; compose time for pending ones
   MessageStatus status = MessageStatus::kSent;  // outgoing only; kSent for incoming
   std::string error_code;                        // kFailed only
+  // Edits and deletes (docs/protocol.md, "Edits and deletes"): the version
+  // of `body` (0: as sent), when it was edited, and whether it was deleted
+  // for everyone (a tombstone: `body` is "") or deleted for me (`hidden`:
+  // Messages() leaves such messages out; on_message_changed reports them).
+  int64_t version = 0;
+  int64_t edited_at = 0;
+  bool deleted = false;
+  bool hidden = false;
 };
 
 struct CachedConversation {
@@ -171,6 +179,12 @@ struct ClientOptions {
   // Callbacks, on the worker thread (see the header comment).
   std::function<void(const StatusUpdate&)> on_status;
   std::function<void(const nlohmann::json& event)> on_event;  // each stream event once, after it is applied
+  // A cached message changed through an `edit`, `delete` or `delete_for_me`
+  // event (live or by sync), after the cache applied it: the message as it
+  // is now. Not called for changes the cache already had (an older edit
+  // arriving after a newer one or after the delete changes nothing), nor for
+  // messages not in the cache (page them with History to get their state).
+  std::function<void(const CachedMessage& message)> on_message_changed;
   std::function<void(ClientState state, const std::string& detail)> on_state;
 };
 

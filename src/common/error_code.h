@@ -46,7 +46,10 @@ namespace parley {
   X(kUnavailable, "unavailable", true)                         \
   X(kShuttingDown, "shutting_down", true)                      \
   X(kStorageFull, "storage_full", true)                        \
-  X(kInternal, "internal", true)
+  X(kInternal, "internal", true)                               \
+  X(kMessageDeleted, "message_deleted", false)                 \
+  X(kEditWindowClosed, "edit_window_closed", false)            \
+  X(kDeleteWindowClosed, "delete_window_closed", false)
 
 enum class ErrorCode {
 #define PARLEY_X(e, name, retry) e,

@@ -11,11 +11,20 @@
 
 #include "protocol/encode.h"
 #include "protocol/limits.h"
+#include "store/change_events.h"
 
 namespace parley::core {
 
 using protocol::JsonWriter;
 using protocol::RequestType;
+
+namespace {
+// A username lookup's failure as the client sees it: "no such user", or the
+// store's own error when it could not look (e.g. `unavailable`).
+Status UnknownUserOr(const Status& s) {
+  return s.code() == ErrorCode::kUnknownUser ? Status(ErrorCode::kUnknownUser, "no such user") : s;
+}
+}  // namespace
 
 ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fabric, WorkerPool& hash_pool,
                          const Clock& clock, CoreConfig config)
@@ -50,7 +59,18 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       frames_in_(Metrics::Default().GetCounter("parley_frames_in_total", "Frames received from clients")),
       frames_out_(Metrics::Default().GetCounter("parley_frames_out_total", "Frames sent to clients")),
       presence_updates_(Metrics::Default().GetCounter("parley_presence_updates_total",
-                                                      "Presence frames sent to subscribers")) {
+                                                      "Presence frames sent to subscribers")),
+      rate_syncs_ok_(Metrics::Default().GetCounter("parley_rate_limit_syncs_total",
+                                                   "Reconciliations of shared rate-limit buckets with the cluster, by result",
+                                                   "result=\"ok\"")),
+      rate_syncs_failed_(Metrics::Default().GetCounter(
+          "parley_rate_limit_syncs_total", "Reconciliations of shared rate-limit buckets with the cluster, by result",
+          "result=\"failed\"")),
+      rate_synced_buckets_(Metrics::Default().GetCounter("parley_rate_limit_synced_buckets_total",
+                                                         "Rate-limit buckets reconciled with the cluster")),
+      rate_limits_shared_(Metrics::Default().GetGauge(
+          "parley_rate_limit_shared",
+          "1 while per-user and per-address rate limits are shared by the cluster (last reconciliation succeeded)")) {
   for (RequestType t : protocol::AllRequestTypes())
     requests_.push_back(&Metrics::Default().GetCounter("parley_requests_total", "Requests received, by type",
                                                        fmt::format("type=\"{}\"", protocol::RequestTypeName(t))));
@@ -70,6 +90,17 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       }
     });
   });
+  if (fabric_.SharesRateLimits() && config_.rate_limit_sync_ms > 0) {
+    shared_limiters_ = {{"send_per_user", &send_user_limiter_},
+                        {"search_per_user", &search_limiter_},
+                        {"social_per_user", &social_limiter_},
+                        {"failed_login_per_username", &login_user_limiter_},
+                        {"failed_login_per_address", &login_address_limiter_},
+                        {"register_per_address", &register_limiter_}};
+    for (auto& [name, limiter] : shared_limiters_) limiter->CountUsage(true);
+    rate_limits_shared_.Set(1);  // the fabric reached Redis at start
+    ScheduleRateSync();
+  }
 }
 
 ChatService::~ChatService() { fabric_.OnRemotePresence(nullptr); }
@@ -162,7 +193,12 @@ void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s, int6
     spdlog::debug("event=request_refused op={} request_id={} conn_id={} code={}", protocol::RequestTypeName(req.type),
                   req.id_json, c->id, ErrorCodeName(s.code()));
   }
-  int64_t retry_after = s.code() == ErrorCode::kShuttingDown ? config_.shutdown_retry_after_ms : retry_after_ms;
+  int64_t retry_after = retry_after_ms;
+  if (s.code() == ErrorCode::kShuttingDown) retry_after = config_.shutdown_retry_after_ms;
+  // A dependency is down (the store lost PostgreSQL): nothing was done or
+  // acknowledged; the same request later may succeed (a send with the same
+  // client_id is stored once).
+  if (s.code() == ErrorCode::kUnavailable && retry_after == 0) retry_after = config_.unavailable_retry_after_ms;
   Send(c, protocol::EncodeError(req.id_json, protocol::RequestTypeName(req.type), s, retry_after));
 }
 
@@ -216,6 +252,8 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kMuteConversation: return DoMuteConversation(c, std::move(req));
     case RequestType::kSetPushPreviews: return DoSetPushPreviews(c, std::move(req));
     case RequestType::kPushSettings: return DoPushSettings(c, std::move(req));
+    case RequestType::kEditMessage:
+    case RequestType::kDeleteMessage: return DoChangeMessage(c, std::move(req));
   }
 }
 
@@ -225,7 +263,9 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
   int64_t now = clock_.NowMillis();
   std::string user = "u" + std::to_string(c->user_id);
   switch (req.type) {
-    case RequestType::kSend: {
+    case RequestType::kSend:
+    case RequestType::kEditMessage:    // edits and deletes share the send buckets
+    case RequestType::kDeleteMessage: {
       int64_t w = send_device_limiter_.Peek("d" + std::to_string(c->device_id), now);
       if (w == 0) w = send_user_limiter_.Peek(user, now);
       if (w > 0) return w;
@@ -259,6 +299,65 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
   }
 }
 
+// ---- Shared rate limits (cluster) ----
+//
+// The local buckets decide every request at once (CheckRateLimits never
+// waits). Every rate_limit_sync_ms this node hands the tokens it took per
+// bucket to the fabric, which debits the cluster-wide bucket (Redis) and
+// answers its level; the local bucket is set to it, less what was taken
+// meanwhile. So a user spread over N nodes gets the configured rate overall:
+// each node can over-admit only what its bucket held at the last
+// reconciliation, within one interval, and the shared bucket then owes it
+// (it goes negative, so later requests wait until it is repaid). While the
+// fabric cannot reconcile, the buckets are this node's alone.
+
+void ChatService::ScheduleRateSync() {
+  core_.PostAfter(config_.rate_limit_sync_ms, [this] { SyncRateLimits(); });
+}
+
+void ChatService::SyncRateLimits() {
+  if (stopping_) return;
+  int64_t now = clock_.NowMillis();
+  if (rate_sync_inflight_) {
+    if (now - rate_sync_started_ms_ < CoreConfig::kRateSyncTimeoutMs) return ScheduleRateSync();
+    // Abandoned: its usage is lost (this node admitted it; the cluster never
+    // heard of it), and its answer will be ignored.
+    rate_sync_inflight_ = false;
+    ++rate_sync_generation_;
+    rate_syncs_failed_.Inc();
+    rate_limits_shared_.Set(0);
+  }
+  std::vector<fabric::RateUsage> usage;
+  std::vector<std::pair<RateLimiter*, std::string>> keys;
+  for (auto& [name, limiter] : shared_limiters_) {
+    for (auto& [key, used] : limiter->TakeUsage()) {
+      usage.push_back(fabric::RateUsage{name + ":" + key, used, limiter->limit().per_second, limiter->limit().burst});
+      keys.emplace_back(limiter, key);
+    }
+  }
+  if (usage.empty()) return ScheduleRateSync();
+  rate_sync_inflight_ = true;
+  rate_sync_started_ms_ = now;
+  uint64_t generation = rate_sync_generation_;
+  fabric_.ReconcileRateLimits(
+      std::move(usage), BindTo<Result<std::vector<double>>>(core_, [this, generation, keys = std::move(keys)](
+                                                                        Result<std::vector<double>> levels) {
+        if (generation != rate_sync_generation_) return;
+        rate_sync_inflight_ = false;
+        if (!levels || levels->size() != keys.size()) {
+          rate_syncs_failed_.Inc();
+          rate_limits_shared_.Set(0);
+          return;
+        }
+        int64_t at = clock_.NowMillis();
+        for (size_t i = 0; i < keys.size(); ++i) keys[i].first->ApplyLevel(keys[i].second, (*levels)[i], at);
+        rate_syncs_ok_.Inc();
+        rate_synced_buckets_.Inc(keys.size());
+        rate_limits_shared_.Set(1);
+      }));
+  ScheduleRateSync();
+}
+
 // ---- Accounts and devices ----
 
 void ChatService::DoRegister(const ClientPtr& c, Req req) {
@@ -285,6 +384,11 @@ void ChatService::DoLogin(const ClientPtr& c, Req req) {
   auto username = std::get<protocol::LoginRequest>(req.body).username;
   store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req = std::move(req)](
                                                                 Result<store::UserRecord> u) mutable {
+    // A store that cannot answer is not a wrong password.
+    if (!u && u.error().code() != ErrorCode::kUnknownUser) {
+      c->authenticating = false;
+      return Fail(c, req, u.error());
+    }
     // Verify even for an unknown user (against a dummy hash), so the answer
     // takes as long either way and does not reveal which usernames exist.
     std::string hash = u ? u->password_hash : dummy_hash_;
@@ -327,6 +431,9 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
   store_.GetDeviceByToken(std::move(hash), OnCore<store::DeviceRecord>([this, c, req](Result<store::DeviceRecord> d) {
     if (!d) {
       c->authenticating = false;
+      // Only a token the store refused is invalid (the client then drops
+      // it); a store that is unreachable is `unavailable`, retryable.
+      if (d.error().code() != ErrorCode::kInvalidToken) return Fail(c, req, d.error());
       return Fail(c, req, Status(ErrorCode::kInvalidToken, "the token is unknown or revoked; log in again"));
     }
     int64_t now = clock_.NowMillis();
@@ -394,6 +501,8 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
             .Field("max_sync_limit", protocol::kMaxSyncLimit)
             .Field("max_history_limit", protocol::kMaxHistoryLimit)
             .Field("max_presence_subscriptions", static_cast<int64_t>(protocol::kMaxPresenceSubscriptions))
+            .Field("edit_window_ms", config_.change_windows.edit_ms)
+            .Field("delete_window_ms", config_.change_windows.delete_ms)
             .EndObject();
       });
     }));
@@ -480,7 +589,7 @@ void ChatService::CheckMember(int64_t user_id, int64_t conversation_id, std::fun
 void ChatService::DoOpenConversation(const ClientPtr& c, Req req) {
   std::string username = std::get<protocol::OpenConversationRequest>(req.body).username;
   store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req](Result<store::UserRecord> u) {
-    if (!u) return Fail(c, req, Status(ErrorCode::kUnknownUser, "no such user"));
+    if (!u) return Fail(c, req, UnknownUserOr(u.error()));
     if (u->id == c->user_id) return Fail(c, req, Status(ErrorCode::kSelfConversation, "a conversation needs another user"));
     store_.OpenDirect(c->user_id, u->id, clock_.NowMillis(), OnCore<store::OpenResult>([this, c, req](Result<store::OpenResult> r) {
       if (!r) return Fail(c, req, r.error());
@@ -534,7 +643,7 @@ void ChatService::PumpSends(const ClientPtr& c) {
   std::string to = s.to;
   store_.GetUserByName(to, OnCore<store::UserRecord>([this, c, req = std::move(req), key, resume](
                                                          Result<store::UserRecord> u) mutable {
-    if (!u) return resume(std::move(req), Status(ErrorCode::kUnknownUser, "no such user"), 0);
+    if (!u) return resume(std::move(req), UnknownUserOr(u.error()), 0);
     if (u->id == c->user_id)
       return resume(std::move(req), Status(ErrorCode::kSelfConversation, "a conversation needs another user"), 0);
     store_.OpenDirect(c->user_id, u->id, clock_.NowMillis(),
@@ -632,6 +741,71 @@ void ChatService::DoReceipt(const ClientPtr& c, Req req) {
       }
     }));
   }
+}
+
+// ---- Edits and deletes (issue 12) ----
+
+// The store decides (protocol::DecideChange, in the transaction that holds
+// the message) and appends the events; core answers and publishes them. The
+// live event is built like the stored one (store/change_events.h), so it
+// reads the same through sync.
+void ChatService::DoChangeMessage(const ClientPtr& c, Req req) {
+  store::MessageChange ch;
+  protocol::ChangeKind kind = protocol::ChangeKind::kEdit;
+  if (req.type == RequestType::kEditMessage) {
+    auto& r = std::get<protocol::EditMessageRequest>(req.body);
+    ch.conversation_id = r.conversation_id;
+    ch.seq = r.seq;
+    ch.client_id = r.client_id;
+    ch.body = r.body;
+  } else {
+    const auto& r = std::get<protocol::DeleteMessageRequest>(req.body);
+    kind = r.for_everyone ? protocol::ChangeKind::kDelete : protocol::ChangeKind::kDeleteForMe;
+    ch.conversation_id = r.conversation_id;
+    ch.seq = r.seq;
+  }
+  ch.kind = static_cast<int>(kind);
+  ch.user_id = c->user_id;
+  ch.device_id = c->device_id;
+  ch.now = clock_.NowMillis();
+  ch.edit_window_ms = config_.change_windows.edit_ms;
+  ch.delete_window_ms = config_.change_windows.delete_ms;
+  store_.ChangeMessage(std::move(ch), OnCore<store::ChangeResult>([this, c, req, kind](Result<store::ChangeResult> r) {
+    if (!r) {
+      // Do not tell a non-member whether the conversation exists.
+      if (r.error().code() == ErrorCode::kUnknownConversation)
+        return Fail(c, req, Status(ErrorCode::kNotMember, "you are not a member of this conversation"));
+      return Fail(c, req, r.error());
+    }
+    const store::MessageRecord& m = r->message;
+    Respond(c, req, [&](JsonWriter& w) {
+      w.Field("conversation_id", m.conversation_id).Field("seq", m.seq);
+      switch (kind) {
+        case protocol::ChangeKind::kEdit:
+          w.Field("version", r->version).Field("edited_at", r->changed_at);
+          break;
+        case protocol::ChangeKind::kDelete:
+          w.Field("for", "everyone").Field("version", r->version).Field("deleted_at", r->changed_at);
+          break;
+        case protocol::ChangeKind::kDeleteForMe:
+          w.Field("for", "me").Field("deleted_at", r->changed_at);
+          break;
+      }
+      w.Field("duplicate", r->duplicate);
+    });
+    if (r->duplicate) return;
+    store::StreamEvent e;
+    e.conversation_id = m.conversation_id;
+    e.created_at = r->changed_at;
+    if (kind == protocol::ChangeKind::kDeleteForMe) {
+      e.kind = store::EventKind::kDeleteForMe;
+      e.message = store::HideEventMessage(m.conversation_id, m.seq);
+    } else {
+      e.kind = kind == protocol::ChangeKind::kEdit ? store::EventKind::kEdit : store::EventKind::kDelete;
+      e.message = store::ChangeEventMessage(e.kind, m, r->version, r->changed_at, m.body);
+    }
+    PublishEvents(std::move(e), r->positions);
+  }));
 }
 
 // ---- Message timeline ----
@@ -847,7 +1021,7 @@ void ChatService::DoSetProfile(const ClientPtr& c, Req req) {
 void ChatService::DoContactOrBlock(const ClientPtr& c, Req req) {
   std::string username = std::get<protocol::UserRequest>(req.body).username;
   store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req](Result<store::UserRecord> u) {
-    if (!u) return Fail(c, req, Status(ErrorCode::kUnknownUser, "no such user"));
+    if (!u) return Fail(c, req, UnknownUserOr(u.error()));
     auto done = OnCore<store::SocialResult>([this, c, req](Result<store::SocialResult> r) {
       if (!r) return Fail(c, req, r.error());
       Respond(c, req, [&](JsonWriter& w) {

@@ -34,6 +34,7 @@
 #include "fabric/fabric.h"
 #include "protocol/frames.h"
 #include "protocol/json_writer.h"
+#include "protocol/message_edits.h"
 #include "store/store.h"
 
 namespace parley::core {
@@ -92,7 +93,20 @@ struct CoreConfig {
   // stream head for ping and ack, block lists for typing).
   // docs/architecture.md, "Cluster: what is node-local".
   bool cluster = false;
+  // Cluster: how often this node reconciles its per-user, per-username and
+  // per-address rate-limit buckets with the other nodes' through the fabric
+  // (--rate-limit-sync-ms; docs/architecture.md, "Shared rate limits").
+  int rate_limit_sync_ms = 100;
+  // A reconciliation not answered within this long counts as failed; the
+  // next one starts (meanwhile the buckets are this node's alone).
+  static constexpr int64_t kRateSyncTimeoutMs = 2'000;
+  // Told to clients in `unavailable` errors (the store, e.g. PostgreSQL, is
+  // unreachable): retry after this long (--unavailable-retry-after-ms).
+  int unavailable_retry_after_ms = 1'000;
   PushConfig push;
+  // Edits and deletes for everyone are accepted this long after the message
+  // was sent (issue 12; --edit-window-ms, --delete-window-ms).
+  protocol::ChangeWindows change_windows;
 };
 
 // One connection, as core sees it. Created by Connect, owned by the gateway
@@ -189,6 +203,8 @@ class ChatService {
   void DoSetPrivacy(const ClientPtr& c, Req req);
   void DoSubscribePresence(const ClientPtr& c, Req req);
   void DoMessageInfo(const ClientPtr& c, Req req);
+  // edit_message and delete_message (issue 12).
+  void DoChangeMessage(const ClientPtr& c, Req req);
   // Push notifications (chat_push.cc).
   void DoRegisterPush(const ClientPtr& c, Req req);
   void DoUnregisterPush(const ClientPtr& c, Req req);
@@ -252,6 +268,17 @@ class ChatService {
 
   RateLimiter send_device_limiter_, send_user_limiter_, search_limiter_, social_limiter_;
   RateLimiter login_user_limiter_, login_address_limiter_, register_limiter_, typing_limiter_, presence_limiter_;
+  // Shared rate limits (cluster, fabric_.SharesRateLimits()): the limiters
+  // keyed by user, username or address, by limit name. Per-device limits
+  // stay local (a device is on one node at a time).
+  std::vector<std::pair<std::string, RateLimiter*>> shared_limiters_;
+  bool rate_sync_inflight_ = false;
+  uint64_t rate_sync_generation_ = 0;  // a late answer of an abandoned reconciliation is ignored
+  int64_t rate_sync_started_ms_ = 0;
+  void ScheduleRateSync();
+  // Hands the usage counted since the last reconciliation to the fabric and
+  // applies the cluster-wide levels it answers.
+  void SyncRateLimits();
   // Whom each user blocks, for ephemeral events (typing) that must not cross
   // a block; loaded on demand, kept current by this node's block/unblock.
   std::unordered_map<int64_t, std::unordered_set<int64_t>> blocks_;
@@ -282,6 +309,10 @@ class ChatService {
   Counter& frames_in_;
   Counter& frames_out_;
   Counter& presence_updates_;
+  Counter& rate_syncs_ok_;
+  Counter& rate_syncs_failed_;
+  Counter& rate_synced_buckets_;
+  Gauge& rate_limits_shared_;
 };
 
 }  // namespace parley::core

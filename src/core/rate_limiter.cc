@@ -31,8 +31,23 @@ int64_t RateLimiter::Peek(const std::string& key, int64_t now_ms) {
 
 int64_t RateLimiter::Take(const std::string& key, int64_t now_ms) {
   int64_t wait = Peek(key, now_ms);
-  if (wait == 0) buckets_[key].tokens -= 1.0;
+  if (wait == 0) {
+    buckets_[key].tokens -= 1.0;
+    if (count_usage_) usage_[key] += 1.0;
+  }
   return wait;
+}
+
+std::unordered_map<std::string, double> RateLimiter::TakeUsage() {
+  std::unordered_map<std::string, double> out;
+  out.swap(usage_);
+  return out;
+}
+
+void RateLimiter::ApplyLevel(const std::string& key, double tokens, int64_t now_ms) {
+  double since = 0;
+  if (auto it = usage_.find(key); it != usage_.end()) since = it->second;
+  buckets_[key] = Bucket{std::min(limit_.burst, tokens) - since, now_ms};
 }
 
 void RateLimiter::Sweep(int64_t now_ms) {

@@ -7,6 +7,13 @@
 // use and dropped once full again (they carry no information then), so memory
 // follows the keys active within about burst/per_second seconds.
 //
+// Cluster mode (docs/architecture.md, "Shared rate limits"): with
+// CountUsage(true), Take also counts the tokens taken per key. ChatService
+// hands those counts to the fabric every reconciliation interval
+// (TakeUsage), which debits the cluster-wide bucket in Redis and answers its
+// level; ApplyLevel then sets the local bucket to it, less what this node
+// took meanwhile. The local bucket always makes the immediate decision.
+//
 // Thread-safety: none; ChatService uses it on its core executor only.
 #pragma once
 
@@ -32,6 +39,17 @@ class RateLimiter {
   int64_t Peek(const std::string& key, int64_t now_ms);
 
   size_t size() const { return buckets_.size(); }
+  const RateLimit& limit() const { return limit_; }
+
+  // Cluster mode: from now on Take counts the tokens it takes per key.
+  void CountUsage(bool on) { count_usage_ = on; }
+  // The tokens taken per key since the last call; the counts start again at
+  // zero.
+  std::unordered_map<std::string, double> TakeUsage();
+  // Sets the bucket of `key` to the cluster-wide level `tokens` (negative:
+  // tokens owed by the whole cluster), as of `now_ms`, less the tokens this
+  // node took since the TakeUsage whose counts that level includes.
+  void ApplyLevel(const std::string& key, double tokens, int64_t now_ms);
 
  private:
   struct Bucket {
@@ -44,6 +62,8 @@ class RateLimiter {
   RateLimit limit_;
   std::unordered_map<std::string, Bucket> buckets_;
   int64_t last_sweep_ms_ = 0;
+  bool count_usage_ = false;
+  std::unordered_map<std::string, double> usage_;  // cluster mode: tokens taken since TakeUsage
 };
 
 }  // namespace parley::core

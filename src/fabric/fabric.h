@@ -12,12 +12,23 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "common/status.h"
 #include "store/types.h"
 
 namespace parley::fabric {
 
 using SharedFrame = std::shared_ptr<const std::string>;
+
+// Tokens a node took from one shared rate-limit bucket since it last
+// reconciled it (Fabric::ReconcileRateLimits).
+struct RateUsage {
+  std::string bucket;  // limit name and key, e.g. "send_per_user:u42"
+  double used = 0;
+  double per_second = 1;
+  double burst = 1;
+};
 
 // One live, authenticated connection of a device, as the gateway exposes it.
 // Implementations queue and return at once; they never block.
@@ -74,6 +85,24 @@ class Fabric {
 
   // Closes every attached connection (shutdown).
   virtual void CloseAll(uint16_t code, std::string reason) = 0;
+
+  // Shared rate limits (docs/architecture.md, "Shared rate limits"). Whether
+  // this fabric keeps rate-limit buckets shared by every node; if not (a
+  // single node), the caller's local buckets are the whole truth.
+  virtual bool SharesRateLimits() const { return false; }
+  // A bucket shared by the nodes never owes more than this many bursts.
+  static constexpr int kMaxRateDebtBursts = 4;
+  // Debits each shared bucket by its `used` tokens (after refilling it at
+  // `per_second` up to `burst` by the shared clock) and answers each
+  // bucket's level afterwards, in order: tokens left, negative when the
+  // nodes together took more than it held (never below -kMaxRateDebtBursts
+  // bursts). `done` runs once, on any thread; it fails kUnavailable when the
+  // shared store cannot be reached (then nothing was debited, or the debit
+  // is unknown: the caller limits locally until a later call succeeds).
+  using RateLevelsCallback = std::function<void(Result<std::vector<double>>)>;
+  virtual void ReconcileRateLimits(std::vector<RateUsage> /*usage*/, RateLevelsCallback done) {
+    done(Status(ErrorCode::kUnavailable, "this fabric shares no rate limits"));
+  }
 };
 
 }  // namespace parley::fabric

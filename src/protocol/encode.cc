@@ -36,8 +36,14 @@ void WriteMessage(JsonWriter& w, const store::MessageRecord& m) {
       .Field("sender_device_id", m.sender_device_id)
       .Field("client_id", m.client_id)
       .Field("body", m.body)
-      .Field("ts", m.created_at)
-      .EndObject();
+      .Field("ts", m.created_at);
+  // Edits and deletes (issue 12): only on messages that changed.
+  if (m.deleted_at != 0) {
+    w.Field("version", m.version).Field("deleted", true).Field("deleted_at", m.deleted_at);
+  } else if (m.version > 0) {
+    w.Field("version", m.version).Field("edited_at", m.edited_at);
+  }
+  w.EndObject();
 }
 
 void WriteConversation(JsonWriter& w, const store::ConversationRecord& c, bool with_state) {
@@ -135,8 +141,58 @@ void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
     case store::EventKind::kPushPreviews:
       w.Field("kind", "push_previews").Field("previews", e.flag);
       break;
+    case store::EventKind::kEdit:
+      w.Field("kind", "edit")
+          .Field("conversation_id", e.message->conversation_id)
+          .Field("seq", e.message->seq)
+          .Field("sender_id", e.message->sender_id)
+          .Field("version", e.message->version)
+          .Field("body", e.message->body)
+          .Field("edited_at", e.message->edited_at);
+      break;
+    case store::EventKind::kDelete:
+      w.Field("kind", "delete")
+          .Field("conversation_id", e.message->conversation_id)
+          .Field("seq", e.message->seq)
+          .Field("sender_id", e.message->sender_id)
+          .Field("version", e.message->version)
+          .Field("deleted_at", e.message->deleted_at);
+      break;
+    case store::EventKind::kDeleteForMe:
+      w.Field("kind", "delete_for_me")
+          .Field("conversation_id", e.conversation_id)
+          .Field("seq", e.message->seq)
+          .Field("deleted_at", e.created_at);
+      break;
   }
   w.EndObject();
+}
+
+std::string_view EventKindName(store::EventKind kind) {
+  switch (kind) {
+    case store::EventKind::kMessage: return "message";
+    case store::EventKind::kReceipt: return "receipt";
+    case store::EventKind::kConversation: return "conversation";
+    case store::EventKind::kProfile: return "profile";
+    case store::EventKind::kContact: return "contact";
+    case store::EventKind::kBlock: return "block";
+    case store::EventKind::kPrivacy: return "privacy";
+    case store::EventKind::kMute: return "mute";
+    case store::EventKind::kPushPreviews: return "push_previews";
+    case store::EventKind::kEdit: return "edit";
+    case store::EventKind::kDelete: return "delete";
+    case store::EventKind::kDeleteForMe: return "delete_for_me";
+  }
+  return "";
+}
+
+const std::vector<store::EventKind>& AllEventKinds() {
+  static const std::vector<store::EventKind> kinds = {
+      store::EventKind::kMessage, store::EventKind::kReceipt,      store::EventKind::kConversation,
+      store::EventKind::kProfile, store::EventKind::kContact,      store::EventKind::kBlock,
+      store::EventKind::kPrivacy, store::EventKind::kMute,         store::EventKind::kPushPreviews,
+      store::EventKind::kEdit,    store::EventKind::kDelete,       store::EventKind::kDeleteForMe};
+  return kinds;
 }
 
 std::string EncodeEvent(const store::StreamEvent& event) {

@@ -9,6 +9,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 #include "protocol/json_writer.h"
@@ -37,6 +38,11 @@ std::string EncodeError(std::string_view id_json, std::string_view op, const Sta
 
 // {"v":1,"type":"event","event":{...}}
 std::string EncodeEvent(const store::StreamEvent& event);
+
+// The wire name of an event kind ("message", "edit", ...), and every kind
+// (docs_test checks that docs/protocol.md documents each).
+std::string_view EventKindName(store::EventKind kind);
+const std::vector<store::EventKind>& AllEventKinds();
 
 // The object of one event (as in "event" above and in sync pages).
 void WriteEvent(JsonWriter& w, const store::StreamEvent& event);

@@ -104,6 +104,23 @@ bool IsClientIdChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
 }
 
+// Reads `client_id` (send's rules) and a non-empty `body` (send and edit).
+Status GetClientIdAndBody(object obj, std::string* client_id, std::string* text) {
+  if (Status s = GetString(obj, "client_id", kMaxClientIdBytes, true, client_id); !s.ok()) return s;
+  if (client_id->empty()) return Bad("field 'client_id' must not be empty");
+  for (char c : *client_id)
+    if (!IsClientIdChar(c)) return Bad("field 'client_id' may hold only A-Z a-z 0-9 - _");
+  element e;
+  if (obj["body"].get(e) != simdjson::SUCCESS) return Bad("missing field 'body'");
+  std::string_view sv;
+  if (e.get_string().get(sv) != simdjson::SUCCESS) return Bad("field 'body' must be a string");
+  if (sv.empty()) return Bad("field 'body' must not be empty");
+  if (sv.size() > kMaxBodyBytes)
+    return Status(ErrorCode::kBodyTooLarge, fmt::format("body is longer than {} bytes", kMaxBodyBytes));
+  text->assign(sv);
+  return Status::Ok();
+}
+
 Status DecodeBody(RequestType type, object obj, RequestBody* body) {
   switch (type) {
     case RequestType::kRegister: {
@@ -168,19 +185,27 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
         if (!canon) return Status(ErrorCode::kUnknownUser, "no such user");
         r.to = std::move(*canon);
       }
-      if (Status s = GetString(obj, "client_id", kMaxClientIdBytes, true, &r.client_id); !s.ok()) return s;
-      if (r.client_id.empty()) return Bad("field 'client_id' must not be empty");
-      for (char c : r.client_id)
-        if (!IsClientIdChar(c)) return Bad("field 'client_id' may hold only A-Z a-z 0-9 - _");
-      element e;
-      if (obj["body"].get(e) != simdjson::SUCCESS) return Bad("missing field 'body'");
-      std::string_view sv;
-      if (e.get_string().get(sv) != simdjson::SUCCESS) return Bad("field 'body' must be a string");
-      if (sv.empty()) return Bad("field 'body' must not be empty");
-      if (sv.size() > kMaxBodyBytes)
-        return Status(ErrorCode::kBodyTooLarge, fmt::format("body is longer than {} bytes", kMaxBodyBytes));
-      r.body.assign(sv);
+      if (Status s = GetClientIdAndBody(obj, &r.client_id, &r.body); !s.ok()) return s;
       *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kEditMessage: {
+      EditMessageRequest r;
+      if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;
+      if (Status s = GetId(obj, "seq", true, &r.seq); !s.ok()) return s;
+      if (Status s = GetClientIdAndBody(obj, &r.client_id, &r.body); !s.ok()) return s;
+      *body = std::move(r);
+      return Status::Ok();
+    }
+    case RequestType::kDeleteMessage: {
+      DeleteMessageRequest r;
+      if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;
+      if (Status s = GetId(obj, "seq", true, &r.seq); !s.ok()) return s;
+      std::string scope;
+      if (Status s = GetString(obj, "for", 16, true, &scope); !s.ok()) return s;
+      if (scope != "everyone" && scope != "me") return Bad("field 'for' must be \"everyone\" or \"me\"");
+      r.for_everyone = scope == "everyone";
+      *body = r;
       return Status::Ok();
     }
     case RequestType::kReceipt: {

@@ -57,7 +57,9 @@ namespace parley::protocol {
   X(kUnregisterPush, "unregister_push", true)  \
   X(kMuteConversation, "mute_conversation", true) \
   X(kSetPushPreviews, "set_push_previews", true) \
-  X(kPushSettings, "push_settings", true)
+  X(kPushSettings, "push_settings", true)      \
+  X(kEditMessage, "edit_message", true)        \
+  X(kDeleteMessage, "delete_message", true)
 
 enum class RequestType {
 #define PARLEY_X(e, name, auth) e,
@@ -168,6 +170,18 @@ struct MuteConversationRequest {
 struct SetPushPreviewsRequest {
   bool previews = true;
 };
+// Edits and deletes (issue 12; docs/protocol.md "Edits and deletes").
+struct EditMessageRequest {
+  int64_t conversation_id = 0;
+  int64_t seq = 0;
+  std::string client_id;  // the edit's own idempotency id (same rules as send's)
+  std::string body;       // the new text
+};
+struct DeleteMessageRequest {
+  int64_t conversation_id = 0;
+  int64_t seq = 0;
+  bool for_everyone = true;  // "for": "everyone" (the sender only) or "me"
+};
 struct ChangePasswordRequest {
   std::string old_password;
   std::string new_password;
@@ -178,7 +192,8 @@ using RequestBody =
                  SendRequest, ReceiptRequest, SyncRequest, AckRequest, HistoryRequest, SnapshotRequest,
                  SetProfileRequest, UserRequest, SearchUsersRequest, ListConversationsRequest, ChangePasswordRequest,
                  TypingRequest, SetAppStateRequest, SetPrivacyRequest, SubscribePresenceRequest,
-                 MessageInfoRequest, RegisterPushRequest, MuteConversationRequest, SetPushPreviewsRequest>;
+                 MessageInfoRequest, RegisterPushRequest, MuteConversationRequest, SetPushPreviewsRequest,
+                 EditMessageRequest, DeleteMessageRequest>;
 
 struct Request {
   RequestType type = RequestType::kPing;

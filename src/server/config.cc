@@ -108,10 +108,25 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SHUTDOWN_RETRY_AFTER_MS")
       ->check(CLI::Range(0, 600'000))
       ->capture_default_str();
+  app.add_option("--unavailable-retry-after-ms", c.core.unavailable_retry_after_ms,
+                 "Retry-after told to clients in `unavailable` errors (the store, e.g. PostgreSQL, is unreachable)")
+      ->envname("PARLEY_UNAVAILABLE_RETRY_AFTER_MS")
+      ->check(CLI::Range(1, 600'000))
+      ->capture_default_str();
   app.add_option("--typing-expiry-ms", c.core.typing_expiry_ms,
                  "A typing indicator expires on its own after this long (a stop is sent)")
       ->envname("PARLEY_TYPING_EXPIRY_MS")
       ->check(CLI::Range(int64_t{100}, int64_t{60'000}))
+      ->capture_default_str();
+  app.add_option("--edit-window-ms", c.core.change_windows.edit_ms,
+                 "A message may be edited by its sender for this long after it was sent")
+      ->envname("PARLEY_EDIT_WINDOW_MS")
+      ->check(CLI::Range(int64_t{0}, int64_t{10} * 365 * 24 * 3600 * 1000))
+      ->capture_default_str();
+  app.add_option("--delete-window-ms", c.core.change_windows.delete_ms,
+                 "A message may be deleted for everyone by its sender for this long after it was sent")
+      ->envname("PARLEY_DELETE_WINDOW_MS")
+      ->check(CLI::Range(int64_t{0}, int64_t{10} * 365 * 24 * 3600 * 1000))
       ->capture_default_str();
   app.add_option("--presence-coalesce-ms", c.core.presence.coalesce_ms,
                  "An offline period shorter than this is not broadcast (presence flap coalescing)")
@@ -249,6 +264,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   app.add_option("--redis-refresh-ms", c.fabric.refresh_interval_ms,
                  "How often a node re-writes its routes and publishes its presence snapshot")
       ->envname("PARLEY_REDIS_REFRESH_MS")
+      ->capture_default_str();
+  app.add_option("--rate-limit-sync-ms", c.core.rate_limit_sync_ms,
+                 "Cluster: how often a node reconciles its per-user and per-address rate-limit buckets with the "
+                 "others' through Redis (0: never; each node then limits alone)")
+      ->envname("PARLEY_RATE_LIMIT_SYNC_MS")
+      ->check(CLI::Range(0, 60'000))
       ->capture_default_str();
 #ifdef PARLEY_FAULT_SWITCHES
   app.add_option("--fault", c.faults,

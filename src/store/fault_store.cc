@@ -297,6 +297,11 @@ void FaultStore::UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> don
   });
 }
 
+void FaultStore::ChangeMessage(MessageChange change, Callback<ChangeResult> done) {
+  Write<ChangeResult>(std::move(done),
+                      [&](Callback<ChangeResult> cb) { inner_.ChangeMessage(std::move(change), std::move(cb)); });
+}
+
 void FaultStore::SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,
                             int64_t now, Callback<SocialResult> done) {
   Write<SocialResult>(std::move(done), [&](Callback<SocialResult> cb) {

@@ -108,6 +108,7 @@ class FaultStore final : public Store {
   void GetConversation(ConversationId id, Callback<ConversationRecord> done) override;
   void AppendMessage(NewMessage msg, Callback<AppendResult> done) override;
   void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) override;
+  void ChangeMessage(MessageChange change, Callback<ChangeResult> done) override;
   void History(ConversationId id, UserId viewer, Seq before, int limit,
                Callback<std::vector<MessageRecord>> done) override;
   void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;

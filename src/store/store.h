@@ -109,6 +109,22 @@ class Store {
   // update.user_id).
   virtual void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) = 0;
 
+  // Edits, deletes for everyone and deletes-for-me (issue 12). Decides with
+  // protocol::DecideChange on the message as stored, inside the transaction
+  // that writes the change, so changes to one message are ordered by commit
+  // (two nodes: by the message's row lock). kEdit: a new version, the text
+  // replaced (the old texts kept per version until a delete), a kEdit event
+  // to every member the message is visible to. kDelete: a tombstone (body
+  // and every edit's text emptied, deleted_at set; the row and its seq stay;
+  // the purge of the data is issue 12's soft-delete item), a kDelete event
+  // likewise. kDeleteForMe: the message is hidden from the user's views
+  // (history, snapshot, lists, unread counts, and later edit/delete events),
+  // a kDeleteForMe event in the user's own stream. A message withheld from
+  // the user (a block) is kUnknownMessage to them. Fails
+  // kUnknownConversation, kNotMember, kUnknownMessage, kForbidden,
+  // kMessageDeleted, kEditWindowClosed, kDeleteWindowClosed.
+  virtual void ChangeMessage(MessageChange change, Callback<ChangeResult> done) = 0;
+
   // Messages of a conversation visible to `viewer` (withheld ones skipped)
   // with seq < before (before = 0: from the newest), newest `limit` of them,
   // returned in ascending seq. Fails kUnknownConversation.

@@ -89,8 +89,16 @@ struct MessageRecord {
   UserId sender_id = 0;
   DeviceId sender_device_id = 0;
   std::string client_id;
-  std::string body;
+  std::string body;      // the current text ("" once deleted for everyone)
   int64_t created_at = 0;
+  // Edits and deletes (issue 12; protocol/message_edits.h): the version of
+  // the current text (0: never edited; each edit and the delete take the
+  // next one), when it was last edited, and when it was deleted for everyone
+  // (0: not deleted; a deleted message is a tombstone: it keeps its seq and
+  // metadata, its body is gone).
+  int64_t version = 0;
+  int64_t edited_at = 0;
+  int64_t deleted_at = 0;
 };
 
 // Per-user aggregate watermarks in one conversation (max over the user's devices).
@@ -109,6 +117,9 @@ enum class EventKind : int {
   kPrivacy = 7,       // the user changed their presence visibility
   kMute = 8,          // the user muted or unmuted a conversation (push, issue 11)
   kPushPreviews = 9,  // the user turned message previews in pushes on or off
+  kEdit = 10,         // a message visible to the user was edited (issue 12)
+  kDelete = 11,       // a message visible to the user was deleted for everyone
+  kDeleteForMe = 12,  // the user deleted a message for themself (on any of their devices)
 };
 
 // One entry of a user's event stream. Which fields are set depends on kind:
@@ -121,6 +132,14 @@ enum class EventKind : int {
 //   kPrivacy:      presence_visibility (the new setting)
 //   kMute:         conversation_id, flag (true: muted)
 //   kPushPreviews: flag (true: previews on)
+//   kEdit:         conversation_id, message (conversation_id, seq, sender_id,
+//                  version = the edit's, body = the edit's text, edited_at)
+//   kDelete:       conversation_id, message (conversation_id, seq, sender_id,
+//                  version = the delete's, deleted_at; body "")
+//   kDeleteForMe:  conversation_id, message (conversation_id, seq; deleted_at =
+//                  when the user hid it)
+// An edit event read after the message was deleted carries an empty body
+// (the delete removed every text of the message).
 // kContact/kBlock profiles are as the stream's user saw them then: as it was
 // when the block began if the subject blocked them (store.h, "Profiles under a
 // block").
@@ -166,6 +185,35 @@ struct NewMessage {
   std::string body;
   int64_t now = 0;
   int64_t accepted_at = 0;  // when core received the send request (0: = now)
+};
+
+// An edit, a delete for everyone or a delete-for-me of message
+// (conversation_id, seq) by `user_id` (issue 12; protocol/message_edits.h).
+struct MessageChange {
+  int kind = 1;  // protocol::ChangeKind: 1 edit, 2 delete for everyone, 3 delete for me
+  ConversationId conversation_id = 0;
+  Seq seq = 0;
+  UserId user_id = 0;
+  DeviceId device_id = 0;
+  std::string client_id;  // kEdit: the edit's idempotency id
+  std::string body;       // kEdit: the new text
+  int64_t now = 0;
+  int64_t edit_window_ms = 0;    // the server's windows (protocol::ChangeWindows)
+  int64_t delete_window_ms = 0;
+};
+
+struct ChangeResult {
+  // The message after the change (a tombstone after a delete); for a
+  // duplicate, as it is now. For kEdit/kDelete `version` and the time are
+  // the change's own (edited_at / deleted_at).
+  MessageRecord message;
+  int64_t version = 0;     // the change's version (kEdit, kDelete)
+  int64_t changed_at = 0;  // when the change was accepted (the original time for a duplicate)
+  bool duplicate = false;  // accepted before: nothing was appended
+  // One event per receiving user, ascending user id: kEdit/kDelete go to every
+  // member the message is visible to (not withheld from them by a block, not
+  // deleted by them for themselves); kDeleteForMe only to the acting user.
+  std::vector<StreamPosition> positions;
 };
 
 struct AppendResult {

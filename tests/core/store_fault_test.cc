@@ -50,6 +50,8 @@ TEST_F(StoreFaultTest, FailedCommitAnswersAnErrorAndNeitherAcksNorPublishes) {
   auto r = Call(a_, "send", {{"conversation_id", conv_}, {"client_id", "m1"}, {"body", "lost?"}});
   EXPECT_EQ(r["type"], "error") << r.dump();
   EXPECT_EQ(r["code"], "unavailable");
+  EXPECT_EQ(r["retryable"], true);
+  EXPECT_EQ(r["retry_after_ms"], CoreConfig().unavailable_retry_after_ms) << "a dependency down says when to retry";
   // Let anything in flight settle: nothing reaches bob, no ack reaches alice.
   ASSERT_TRUE(exec_.RunUntil([] { return false; }, 200) == false);
   EXPECT_EQ(b_.sink->Count(IsMessageEvent), 1u);

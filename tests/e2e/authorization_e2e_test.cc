@@ -124,6 +124,11 @@ std::map<RequestType, Row> Matrix(const Victims& v) {
       {RequestType::kPushSettings, {json::object(), "", [](const json& r, const Victims&) {
                                       EXPECT_EQ(r["muted"], json::array()) << "mallory muted nothing";
                                     }}},
+      // Edits and deletes (issue 12): another conversation's message. (A
+      // member who is not the sender gets `forbidden`: edits_e2e_test.)
+      {RequestType::kEditMessage,
+       {{{"conversation_id", v.conv}, {"seq", 1}, {"client_id", "e1"}, {"body", "mallory was here"}}, "not_member", {}}},
+      {RequestType::kDeleteMessage, {{{"conversation_id", v.conv}, {"seq", 1}, {"for", "everyone"}}, "not_member", {}}},
   };
 }
 

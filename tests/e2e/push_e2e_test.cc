@@ -285,11 +285,13 @@ TEST(PushE2eTest, AnHttpsRelayIsUsedOnlyWithACertificateParleydTrusts) {
   TempDir dir;
   MakeCertificate(dir / "relay");
   MakeCertificate(dir / "stranger");
-  PushReceiver rx(dir / "relay.crt", dir / "relay.key");
-  ASSERT_EQ(rx.url().rfind("https://", 0), 0u);
-  {
-    std::vector<std::string> args = PushArgs(rx);
-    args.insert(args.end(), {"--push-webhook-ca", dir / "relay.crt"});
+  // parleyd pushing to `relay`, trusting `ca`; alice sends `body` to bob,
+  // whose phone is in the background with a push endpoint. Then waits
+  // (up to 5 s) until the phone's push health satisfies `done`.
+  auto push_through = [&](PushReceiver& relay, const std::string& ca, const std::string& body,
+                          const std::function<bool(const json&)>& done) {
+    std::vector<std::string> args = PushArgs(relay);
+    args.insert(args.end(), {"--push-webhook-ca", ca});
     ServerProcess server(args);
     Register(server, "alice");
     Register(server, "bob");
@@ -297,45 +299,34 @@ TEST(PushE2eTest, AnHttpsRelayIsUsedOnlyWithACertificateParleydTrusts) {
     Device bob = Login(server, "bob", "phone");
     RegisterPush(bob, "tok");
     Background(bob);
-    int64_t seq = SendTo(alice, "bob", "over tls", "t1");
-    ASSERT_TRUE(rx.WaitPosts(1, 5000)) << "failed handshakes: " << rx.failed_handshakes();
-    std::vector<PushReceiver::Post> posts = rx.Posts();
-    ASSERT_EQ(posts.size(), 1u);
-    EXPECT_EQ(posts[0].payload["seq"], seq);
-    EXPECT_EQ(posts[0].headers.at("x-parley-signature"), Hmac(kPushSecret, posts[0].body));
-    EXPECT_EQ(rx.failed_handshakes(), 0);
-    // The health is written once the answer is in (just after the POST).
     json health;
-    for (auto until = Clock::now() + std::chrono::seconds(3); Clock::now() < until;
+    health["seq"] = SendTo(alice, "bob", body, "t1");
+    for (auto until = Clock::now() + std::chrono::seconds(5); Clock::now() < until;
          std::this_thread::sleep_for(std::chrono::milliseconds(20))) {
-      health = DevicePush(bob, bob.device_id);
-      if (!health["last_result"].is_null()) break;
+      health["push"] = DevicePush(bob, bob.device_id);
+      if (health["push"].is_object() && done(health["push"])) break;
     }
-    EXPECT_EQ(health["last_result"], "ok") << health.dump();
-  }
+    return health;
+  };
+  PushReceiver rx(dir / "relay.crt", dir / "relay.key");
+  ASSERT_EQ(rx.url().rfind("https://", 0), 0u);
+  json ok = push_through(rx, dir / "relay.crt", "over tls", [](const json& h) { return !h["last_result"].is_null(); });
+  std::vector<PushReceiver::Post> posts = rx.Posts();
+  ASSERT_EQ(posts.size(), 1u) << "failed handshakes: " << rx.failed_handshakes();
+  EXPECT_EQ(posts[0].payload["seq"], ok["seq"]);
+  EXPECT_EQ(posts[0].headers.at("x-parley-signature"), Hmac(kPushSecret, posts[0].body));
+  EXPECT_EQ(rx.failed_handshakes(), 0);
+  EXPECT_EQ(ok["push"]["last_result"], "ok") << ok.dump();
+
   // The same relay, but parleyd trusts another CA only.
   PushReceiver impostor(dir / "relay.crt", dir / "relay.key");
-  std::vector<std::string> args = PushArgs(impostor);
-  args.insert(args.end(), {"--push-webhook-ca", dir / "stranger.crt"});
-  ServerProcess server(args);
-  Register(server, "alice");
-  Register(server, "bob");
-  Device alice = Login(server, "alice");
-  Device bob = Login(server, "bob", "phone");
-  RegisterPush(bob, "tok");
-  Background(bob);
-  SendTo(alice, "bob", "must not leave", "t2");
-  auto deadline = Clock::now() + std::chrono::seconds(5);
-  json health;
-  while (Clock::now() < deadline) {
-    health = DevicePush(bob, bob.device_id);
-    if (health.is_object() && health["failure_count"].get<int>() >= 2) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ASSERT_TRUE(health.is_object());
-  EXPECT_GE(health["failure_count"].get<int>(), 2) << health.dump();  // retried
-  EXPECT_EQ(health["last_result"], "tls") << health.dump();
-  EXPECT_EQ(health["pending"], true) << health.dump();
+  json refused = push_through(impostor, dir / "stranger.crt", "must not leave",
+                              [](const json& h) { return h["failure_count"].get<int>() >= 2; });
+  const json& h = refused["push"];
+  ASSERT_TRUE(h.is_object()) << refused.dump();
+  EXPECT_GE(h["failure_count"].get<int>(), 2) << h.dump();  // retried
+  EXPECT_EQ(h["last_result"], "tls") << h.dump();
+  EXPECT_EQ(h["pending"], true) << h.dump();
   EXPECT_EQ(impostor.Posts().size(), 0u);
   EXPECT_GE(impostor.failed_handshakes(), 2);
 }

@@ -71,6 +71,8 @@ bool BodyMatchesType(RequestType t, const RequestBody& b) {
     case RequestType::kSearchUsers: return std::holds_alternative<SearchUsersRequest>(b);
     case RequestType::kListConversations: return std::holds_alternative<ListConversationsRequest>(b);
     case RequestType::kChangePassword: return std::holds_alternative<ChangePasswordRequest>(b);
+    case RequestType::kEditMessage: return std::holds_alternative<EditMessageRequest>(b);
+    case RequestType::kDeleteMessage: return std::holds_alternative<DeleteMessageRequest>(b);
     default: return true;  // a type added after this fuzzer: not checked here
   }
 }

@@ -112,6 +112,12 @@ bool EncodeRequest(const Request& r, std::string* out) {
           w.Field("limit", b.limit).Field("messages", b.messages);
         } else if constexpr (std::is_same_v<T, ChangePasswordRequest>) {
           w.Field("old_password", b.old_password).Field("new_password", b.new_password);
+        } else if constexpr (std::is_same_v<T, EditMessageRequest>) {
+          w.Field("conversation_id", b.conversation_id).Field("seq", b.seq);
+          w.Field("client_id", b.client_id).Field("body", b.body);
+        } else if constexpr (std::is_same_v<T, DeleteMessageRequest>) {
+          w.Field("conversation_id", b.conversation_id).Field("seq", b.seq);
+          w.Field("for", b.for_everyone ? "everyone" : "me");
         } else {
           return false;
         }
@@ -147,6 +153,8 @@ void ForEachString(const RequestBody& body, F&& f) {
           f(b.query, "query"), f(b.after, "after");
         } else if constexpr (std::is_same_v<T, ChangePasswordRequest>) {
           f(b.old_password, "old_password"), f(b.new_password, "new_password");
+        } else if constexpr (std::is_same_v<T, EditMessageRequest>) {
+          f(b.client_id, "client_id"), f(b.body, "body");
         }
       },
       body);
@@ -198,6 +206,11 @@ bool SameBody(const RequestBody& a, const RequestBody& b) {
                  x.messages == y.messages;
         } else if constexpr (std::is_same_v<T, ChangePasswordRequest>) {
           return x.old_password == y.old_password && x.new_password == y.new_password;
+        } else if constexpr (std::is_same_v<T, EditMessageRequest>) {
+          return x.conversation_id == y.conversation_id && x.seq == y.seq && x.client_id == y.client_id &&
+                 x.body == y.body;
+        } else if constexpr (std::is_same_v<T, DeleteMessageRequest>) {
+          return x.conversation_id == y.conversation_id && x.seq == y.seq && x.for_everyone == y.for_everyone;
         } else {
           return true;  // an alternative added after this fuzzer
         }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/error_code.h"
+#include "protocol/encode.h"
 #include "protocol/frames.h"
 
 namespace parley::protocol {
@@ -71,6 +72,16 @@ TEST(ProtocolDocTest, EveryErrorCodeIsInTheErrorTableWithItsRetryability) {
     std::string row = "| `" + c.wire + "` | " + (c.retryable ? "yes" : "no") + " |";
     EXPECT_NE(doc.find(row), std::string::npos)
         << c.wire << ": missing from the table under \"Errors\" (or a wrong retryable column)";
+  }
+}
+
+TEST(ProtocolDocTest, EveryEventKindIsDescribedWithAnExample) {
+  std::string doc = ProtocolDoc();
+  for (store::EventKind kind : AllEventKinds()) {
+    std::string name(EventKindName(kind));
+    EXPECT_NE(doc.find("**`" + name + "`**"), std::string::npos)
+        << name << ": no **`" << name << "`** entry under \"Events and the user stream\"";
+    EXPECT_NE(doc.find("\"kind\":\"" + name + "\""), std::string::npos) << name << ": no example event";
   }
 }
 

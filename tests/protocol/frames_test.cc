@@ -55,6 +55,36 @@ TEST(FramesTest, DecodesPushRequestsAndRefusesBadProvidersTokensAndFlags) {
   EXPECT_EQ(CodeOf(R"({"v":1,"id":3,"type":"set_push_previews"})"), ErrorCode::kBadRequest);
 }
 
+TEST(FramesTest, DecodesEditAndDeleteAndRefusesBadFields) {
+  auto e = DecodeRequest(
+      R"({"v":1,"id":1,"type":"edit_message","conversation_id":3,"seq":42,"client_id":"e-1","body":"fixed"})");
+  ASSERT_TRUE(e.status.ok()) << e.status.ToString();
+  const auto& edit = std::get<EditMessageRequest>(e.request.body);
+  EXPECT_EQ(edit.conversation_id, 3);
+  EXPECT_EQ(edit.seq, 42);
+  EXPECT_EQ(edit.client_id, "e-1");
+  EXPECT_EQ(edit.body, "fixed");
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"edit_message","conversation_id":3,"seq":42,"body":"x"})"),
+            ErrorCode::kBadRequest);  // no client id
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"edit_message","conversation_id":3,"seq":0,"client_id":"e","body":"x"})"),
+            ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"edit_message","conversation_id":3,"seq":1,"client_id":"e","body":""})"),
+            ErrorCode::kBadRequest);
+  std::string big(kMaxBodyBytes + 1, 'x');
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"edit_message","conversation_id":3,"seq":1,"client_id":"e","body":")" +
+                   big + R"("})"),
+            ErrorCode::kBodyTooLarge);
+  auto d = DecodeRequest(R"({"v":1,"id":2,"type":"delete_message","conversation_id":3,"seq":42,"for":"me"})");
+  ASSERT_TRUE(d.status.ok()) << d.status.ToString();
+  EXPECT_FALSE(std::get<DeleteMessageRequest>(d.request.body).for_everyone);
+  auto everyone = DecodeRequest(R"({"v":1,"id":2,"type":"delete_message","conversation_id":3,"seq":4,"for":"everyone"})");
+  ASSERT_TRUE(everyone.status.ok());
+  EXPECT_TRUE(std::get<DeleteMessageRequest>(everyone.request.body).for_everyone);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":2,"type":"delete_message","conversation_id":3,"seq":4,"for":"them"})"),
+            ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":2,"type":"delete_message","conversation_id":3,"seq":4})"), ErrorCode::kBadRequest);
+}
+
 TEST(FramesTest, IntegerRequestIdIsEchoedVerbatim) {
   auto d = DecodeRequest(R"({"v":1,"id":42,"type":"ping"})");
   ASSERT_TRUE(d.status.ok());

@@ -200,5 +200,77 @@ TEST(ClientE2E, SecondDeviceLoggedInLaterSeesTheFullHistoryAndTheSameReadState) 
   }
 }
 
+// Edits and deletes (docs/protocol.md "Edits and deletes"): the SDK folds
+// `edit`, `delete` and `delete_for_me` events into its cache, live and after
+// a restart by sync, and reports each change once through
+// on_message_changed; an edit arriving after the delete changes nothing.
+TEST(ClientE2E, EditsAndDeletesReachTheCacheAndTheApp) {
+  ServerProcess s;
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  std::string bob_token = RegisterAndLogin(s, "bob");
+  TempDir dir;
+  std::mutex mu;
+  std::vector<CachedMessage> changes;  // guarded by mu
+  auto bo = OptionsFor(s, dir / "bob.db", bob_token);
+  bo.on_message_changed = [&](const CachedMessage& m) {
+    std::lock_guard lock(mu);
+    changes.push_back(m);
+  };
+  auto alice = OpenClient(OptionsFor(s, dir / "alice.db", alice_token));
+  auto bob = OpenClient(bo);
+  alice->Start();
+  bob->Start();
+  ASSERT_TRUE(alice->WaitOnline(5000));
+  ASSERT_TRUE(bob->WaitOnline(5000));
+  ASSERT_TRUE(alice->Compose("bob", "first").ok);
+  ASSERT_TRUE(alice->Compose("bob", "second").ok);
+  ASSERT_TRUE(alice->WaitOutboxDrained(5000));
+  ASSERT_TRUE(Eventually([&] { return bob->Messages("alice", 0, 10).size() == 2; }, 5000));
+  auto conv = bob->ConversationWith("alice");
+  ASSERT_TRUE(conv.has_value());
+  const int64_t c = conv->conversation_id;
+  auto edit = alice->Request("edit_message", {{"conversation_id", c}, {"seq", 1}, {"client_id", "e1"}, {"body", "1st"}});
+  ASSERT_TRUE(edit.ok) << edit.code;
+  ASSERT_TRUE(Eventually([&] { return bob->Messages("alice", 0, 10)[0].body == "1st"; }, 5000));
+  EXPECT_EQ(bob->Messages("alice", 0, 10)[0].version, 1);
+  ASSERT_TRUE(alice->Request("delete_message", {{"conversation_id", c}, {"seq", 1}, {"for", "everyone"}}).ok);
+  ASSERT_TRUE(bob->Request("delete_message", {{"conversation_id", c}, {"seq", 2}, {"for", "me"}}).ok);
+  ASSERT_TRUE(Eventually([&] { return bob->Messages("alice", 0, 10).size() == 1; }, 5000));
+  auto left = bob->Messages("alice", 0, 10);
+  EXPECT_TRUE(left[0].deleted);
+  EXPECT_EQ(left[0].body, "");
+  EXPECT_EQ(left[0].version, 2);
+  EXPECT_EQ(bob->ConversationWith("alice")->unread, 1) << "the hidden message no longer counts";
+  ASSERT_TRUE(Eventually([&] {
+    std::lock_guard lock(mu);
+    return changes.size() >= 3;
+  }, 5000));
+  {
+    std::lock_guard lock(mu);
+    ASSERT_EQ(changes.size(), 3u);
+    EXPECT_EQ(changes[0].body, "1st");
+    EXPECT_TRUE(changes[1].deleted);
+    EXPECT_TRUE(changes[2].hidden);
+    EXPECT_EQ(changes[2].seq, 2);
+  }
+  // Offline, then by sync: alice edits her message again (refused: deleted)
+  // and sends a third; bob's cache after a restart has both right.
+  bob->Stop();
+  EXPECT_EQ(alice->Request("edit_message", {{"conversation_id", c}, {"seq", 1}, {"client_id", "e2"}, {"body", "x"}})
+                .code,
+            "message_deleted");
+  ASSERT_TRUE(alice->Compose("bob", "third").ok);
+  ASSERT_TRUE(alice->WaitOutboxDrained(5000));
+  ASSERT_TRUE(alice->Request("edit_message", {{"conversation_id", c}, {"seq", 3}, {"client_id", "e3"}, {"body", "3rd"}})
+                  .ok);
+  bob->Start();
+  ASSERT_TRUE(bob->WaitOnline(5000));
+  ASSERT_TRUE(Eventually([&] { return bob->Messages("alice", 0, 10).size() == 2; }, 5000));
+  auto after = bob->Messages("alice", 0, 10);
+  EXPECT_TRUE(after[0].deleted);
+  EXPECT_EQ(after[1].body, "3rd");
+  EXPECT_EQ(after[1].version, 1);
+}
+
 }  // namespace
 }  // namespace parley::testing

@@ -3,7 +3,8 @@
 // concurrent, refused when newer), the
 // partitioned schema (hash partitions, partition key in every key, rows of a
 // conversation in one partition), lost connections (retryable, then
-// recovered), group commit under concurrent writers, two
+// recovered; a server restart costs no failure once it is back), group
+// commit under concurrent writers, two
 // stores (two parleyd nodes) on one database keeping every sequence gapless
 // and deduplication exact, and an unreachable server reported as retryable.
 
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <atomic>
+#include <future>
 #include <memory>
 #include <optional>
 #include <regex>
@@ -95,9 +97,11 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4"});
+            std::vector<std::string>{"1,2,3,4,5"});
   // Step 4 (push): an existing user has previews on.
   EXPECT_EQ(Sql(url, "SELECT push_previews::text FROM users WHERE username = 'old'"), std::vector<std::string>{"true"});
+  // Step 5 (edits and deletes): the edits table, empty.
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM message_edits"), std::vector<std::string>{"0"});
   UserRecord old = Must(Await<UserRecord>([&](auto cb) { store->GetUserByName("old", cb); }));
   EXPECT_EQ(old.created_at, 7);
   EXPECT_EQ(old.presence_visibility, PresenceVisibility::kEveryone);
@@ -203,6 +207,53 @@ TEST(PgStoreTest, LostConnectionsFailRetryablyAndRecover) {
   }
   ASSERT_TRUE(history.has_value()) << history.error().ToString();
   EXPECT_EQ(history->size(), 2u);
+}
+
+// PostgreSQL stopped and started again (a restart, a crash): while it is
+// down every operation fails `unavailable` at once; once it is back, every
+// connection notices its dead session before using it, so the first
+// operation on each succeeds — none fails for having been idle through the
+// restart.
+TEST(PgStoreTest, WhileTheServerIsDownOperationsAreUnavailableAndAfterItsRestartTheFirstSucceed) {
+  std::unique_ptr<PgTestServer> server = PgTestServer::StartDedicated();
+  ASSERT_TRUE(server->ok());
+  std::string url = server->Database("restart");
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  UserRecord a = MakeUser(*store, "a");
+  UserRecord b = MakeUser(*store, "b");
+  DeviceRecord da = MakeDevice(*store, a.id, "ta");
+  ConversationId c = Open(*store, a.id, b.id).conversation.id;
+  ASSERT_EQ(Must(Append(*store, Msg(c, a.id, da.id, "m1", "before"))).message.seq, 1);
+
+  ASSERT_TRUE(server->HaltForTest());
+  auto start = std::chrono::steady_clock::now();
+  Result<AppendResult> down = Append(*store, Msg(c, a.id, da.id, "m2", "during"));
+  ASSERT_FALSE(down.has_value());
+  EXPECT_EQ(down.error().code(), ErrorCode::kUnavailable) << down.error().ToString();
+  Result<UserSeq> head = Await<UserSeq>([&](auto cb) { store->GetHead(b.id, cb); });
+  ASSERT_FALSE(head.has_value());
+  EXPECT_EQ(head.error().code(), ErrorCode::kUnavailable) << head.error().ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2)) << "a dead server must fail fast";
+
+  ASSERT_TRUE(server->ResumeForTest());
+  // Reads at once on every read connection (one of them idle since before
+  // the halt): each succeeds at its first try.
+  std::vector<std::future<Result<UserSeq>>> reads;
+  for (int i = 0; i < 2 * StoreConfig().postgres_read_connections; ++i) {
+    reads.push_back(std::async(std::launch::async, [&] {
+      return Await<UserSeq>([&](auto cb) { store->GetHead(b.id, cb); });
+    }));
+  }
+  for (auto& r : reads) {
+    Result<UserSeq> after = r.get();
+    ASSERT_TRUE(after.has_value()) << "a read after the restart: " << after.error().ToString();
+    EXPECT_EQ(*after, 2);  // the conversation event and m1
+  }
+  // The write that failed, retried: stored once, at the next seq.
+  AppendResult again = Must(Append(*store, Msg(c, a.id, da.id, "m2", "during")));
+  EXPECT_EQ(again.message.seq, 2);
+  EXPECT_FALSE(again.duplicate);
 }
 
 TEST(PgStoreTest, MessagesAndStreamsAreHashPartitionedWithThePartitionKeyInEveryKey) {

@@ -7,6 +7,11 @@
 //
 // Each caller gets its own database (Database()), so tests never share data.
 //
+// A test that stops the server ("PostgreSQL gone for a while") starts one of
+// its own with StartDedicated(), so that the other tests of the process keep
+// theirs: HaltForTest() stops it at once (immediate shutdown, every session
+// cut), ResumeForTest() starts it again on the same port and socket.
+//
 // Thread-safety: Get() and Database() may be called from any thread.
 #pragma once
 
@@ -15,6 +20,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -31,6 +37,16 @@ class PgTestServer {
     if (!server.ok()) ADD_FAILURE() << "PostgreSQL test server did not start: " << server.error_;
     return server;
   }
+
+  // A server of the caller's own, stopped when it goes (check ok()).
+  static std::unique_ptr<PgTestServer> StartDedicated() {
+    return std::unique_ptr<PgTestServer>(new PgTestServer());
+  }
+
+  // Stops the server at once, keeping its data. Returns false on failure.
+  bool HaltForTest() { return RunScript("halt"); }
+  // Starts a halted server again (same port, socket and data).
+  bool ResumeForTest() { return RunScript("resume"); }
 
   bool ok() const { return !url_.empty(); }
   // The `postgres` database (for administration).
@@ -84,6 +100,12 @@ class PgTestServer {
 
   PgTestServer(const PgTestServer&) = delete;
   PgTestServer& operator=(const PgTestServer&) = delete;
+  // Stops the server and removes its directory.
+  ~PgTestServer() {
+    if (dir_.empty()) return;
+    std::string cmd = std::string(PARLEY_SOURCE_DIR) + "/scripts/pg_test_server.sh stop " + dir_;
+    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "pg_test_server.sh stop failed\n");
+  }
 
  private:
   PgTestServer() {
@@ -107,10 +129,11 @@ class PgTestServer {
     url_ = Field(line, "url");
     if (url_.empty()) error_ = "unexpected output: " + line;
   }
-  ~PgTestServer() {
-    if (dir_.empty()) return;
-    std::string cmd = std::string(PARLEY_SOURCE_DIR) + "/scripts/pg_test_server.sh stop " + dir_;
-    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "pg_test_server.sh stop failed\n");
+
+  bool RunScript(const char* command) {
+    if (dir_.empty()) return false;
+    std::string cmd = std::string(PARLEY_SOURCE_DIR) + "/scripts/pg_test_server.sh " + command + " " + dir_;
+    return std::system(cmd.c_str()) == 0;
   }
 
   // The value of `key=` in a line of space-separated KEY=VALUE pairs.

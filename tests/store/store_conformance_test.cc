@@ -22,6 +22,7 @@
 #include "store/sqlite/sqlite_backup.h"
 #include "store/sqlite/sqlite_store.h"
 #include "store/store_test_util.h"
+#include "protocol/edit_vectors.h"
 
 namespace parley::store {
 namespace {
@@ -1675,6 +1676,195 @@ TEST_P(StoreConformance, OnlineBackupCopiesTheStoreOrIsRefusedClearly) {
 }
 
 // ---- Push notifications (issue 11) ----
+
+// ---- Edits and deletes (issue 12) ----
+
+// One user's copy of the vector's message, from a stream event.
+void ApplyEvent(parley::testing::DeviceView& view, const StreamEvent& e) {
+  switch (e.kind) {
+    case EventKind::kMessage:
+      view.OnMessage(e.message->body, e.message->version, e.message->deleted_at != 0);
+      break;
+    case EventKind::kEdit: view.OnEdit(e.message->version, e.message->body, e.message->edited_at); break;
+    case EventKind::kDelete: view.OnDelete(e.message->version); break;
+    case EventKind::kDeleteForMe: view.OnDeleteForMe(); break;
+    default: break;
+  }
+}
+
+// Every row of docs/protocol.md's test-vector table ("Edits and deletes"),
+// through the Store interface: each step's answer, then each user's final
+// state as their stream gives it (applied in order, and in reverse order:
+// the rules do not depend on arrival order) and as their history shows it.
+TEST_P(StoreConformance, EditAndDeleteTestVectorsOfTheProtocolDocumentHold) {
+  using parley::testing::EditOp;
+  EXPECT_EQ(parley::testing::MissingDocRows(PARLEY_SOURCE_DIR), std::vector<int>{})
+      << "docs/protocol.md lacks these rows of tests/protocol/edit_vectors.h (RenderRow)";
+  constexpr int64_t kEditWindow = protocol::ChangeWindows::kDefaultEditWindowMs;
+  constexpr int64_t kDeleteWindow = protocol::ChangeWindows::kDefaultDeleteWindowMs;
+  constexpr int64_t kSent = 10'000;
+  for (const parley::testing::EditVector& v : parley::testing::EditVectors()) {
+    SCOPED_TRACE(parley::testing::RenderRow(v));
+    const std::string n = std::to_string(v.id);
+    UserRecord alice = MakeUser(store(), "alice" + n);
+    UserRecord bob = MakeUser(store(), "bob" + n);
+    DeviceRecord a1 = MakeDevice(store(), alice.id, "a1-" + n);
+    DeviceRecord a2 = MakeDevice(store(), alice.id, "a2-" + n);
+    DeviceRecord b1 = MakeDevice(store(), bob.id, "b1-" + n);
+    ConversationId conv = Open(store(), alice.id, bob.id).conversation.id;
+    if (v.bob_blocks_alice) {
+      ASSERT_TRUE(Block(store(), bob.id, alice.id).has_value());
+    }
+    AppendResult m = Must(Append(store(), Msg(conv, alice.id, a1.id, "m", "m", kSent)));
+    for (size_t i = 0; i < v.steps.size(); ++i) {
+      const parley::testing::EditStep& step = v.steps[i];
+      MessageChange ch;
+      ch.kind = step.op == EditOp::kEdit     ? static_cast<int>(protocol::ChangeKind::kEdit)
+                : step.op == EditOp::kDelete ? static_cast<int>(protocol::ChangeKind::kDelete)
+                                             : static_cast<int>(protocol::ChangeKind::kDeleteForMe);
+      ch.conversation_id = conv;
+      ch.seq = m.message.seq;
+      const bool is_bob = step.actor == parley::testing::Actor::kB1;
+      ch.user_id = is_bob ? bob.id : alice.id;
+      ch.device_id = is_bob ? b1.id : step.actor == parley::testing::Actor::kA1 ? a1.id : a2.id;
+      ch.client_id = step.client_id.empty() ? "e" + std::to_string(i) : step.client_id;
+      ch.body = step.body;
+      const int64_t offset = static_cast<int64_t>(i) + 1;
+      ch.now = kSent + offset +
+               (step.when == parley::testing::When::kAfterEditWindow     ? kEditWindow
+                : step.when == parley::testing::When::kAfterDeleteWindow ? kDeleteWindow
+                                                                         : 1000);
+      ch.edit_window_ms = kEditWindow;
+      ch.delete_window_ms = kDeleteWindow;
+      Result<ChangeResult> r = Await<ChangeResult>([&](auto cb) { store().ChangeMessage(ch, cb); });
+      std::string got;
+      if (!r) {
+        got = std::string(ErrorCodeName(r.error().code()));
+      } else if (step.op == EditOp::kDeleteForMe) {
+        got = r->duplicate ? "dup" : "ok";
+        if (!r->duplicate) {
+          EXPECT_EQ(r->positions.size(), 1u) << "delete for me reaches only its user";
+        }
+      } else {
+        got = "v" + std::to_string(r->version) + (r->duplicate ? " dup" : "");
+        if (r->duplicate) {
+          EXPECT_TRUE(r->positions.empty()) << "a duplicate appends nothing";
+        }
+      }
+      EXPECT_EQ(got, step.expect) << "step " << i + 1;
+    }
+    for (const auto& [user, expected] : {std::pair{alice.id, v.alice}, std::pair{bob.id, v.bob}}) {
+      SCOPED_TRACE(user == alice.id ? "alice" : "bob");
+      std::vector<StreamEvent> events;
+      for (StreamEvent& e : ReadStream(store(), user, 0, 100).events)
+        if (e.conversation_id == conv && e.kind != EventKind::kConversation) events.push_back(std::move(e));
+      parley::testing::DeviceView forward, backward;
+      for (const StreamEvent& e : events) ApplyEvent(forward, e);
+      for (auto it = events.rbegin(); it != events.rend(); ++it) ApplyEvent(backward, *it);
+      EXPECT_EQ(forward.Render(), expected);
+      EXPECT_EQ(backward.Render(), expected);
+      EXPECT_FALSE(forward.leaked) << "an edit or delete reached a user who did not have the message";
+      std::vector<MessageRecord> history = History(store(), conv, 0, 10, user);
+      if (expected == "hidden" || expected == "absent") {
+        EXPECT_TRUE(history.empty()) << "history shows a message hidden from or withheld from the user";
+      } else {
+        ASSERT_EQ(history.size(), 1u);
+        parley::testing::DeviceView h;
+        h.OnMessage(history[0].body, history[0].version, history[0].deleted_at != 0);
+        EXPECT_EQ(h.Render(), expected) << "history";
+        if (history[0].deleted_at != 0) {
+          EXPECT_EQ(history[0].body, "") << "a tombstone keeps no text";
+        }
+      }
+    }
+  }
+}
+
+// A delete for everyone leaves a tombstone: the seq stays (no gap), the body
+// is gone from history, snapshot and sync, including from the edit events
+// that carried older texts.
+TEST_P(StoreConformance, DeleteLeavesATombstoneWithoutAnyText) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "m1", 2000);
+  Seq seq = Send(alice_, alice_dev_, "m2", 2000).message.seq;
+  Send(alice_, alice_dev_, "m3", 2000);
+  MessageChange edit;
+  edit.kind = static_cast<int>(protocol::ChangeKind::kEdit);
+  edit.conversation_id = conv_;
+  edit.seq = seq;
+  edit.user_id = alice_.id;
+  edit.device_id = alice_dev_.id;
+  edit.client_id = "e1";
+  edit.body = "secret draft";
+  edit.now = 3000;
+  edit.edit_window_ms = edit.delete_window_ms = 60'000;
+  ChangeResult edited = Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(edit, cb); }));
+  EXPECT_EQ(edited.version, 1);
+  EXPECT_EQ(edited.message.body, "secret draft");
+  EXPECT_EQ(edited.positions.size(), 2u);
+  MessageChange del = edit;
+  del.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+  del.now = 4000;
+  ChangeResult deleted = Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(del, cb); }));
+  EXPECT_EQ(deleted.version, 2);
+  EXPECT_EQ(deleted.message.deleted_at, 4000);
+  std::vector<MessageRecord> history = History(store(), conv_, 0, 10, bob_.id);
+  ASSERT_EQ(history.size(), 3u);
+  EXPECT_EQ(history[1].seq, seq);
+  EXPECT_EQ(history[1].body, "");
+  EXPECT_EQ(history[1].deleted_at, 4000);
+  EXPECT_EQ(history[1].version, 2);
+  EXPECT_EQ(history[2].body, "body m3");
+  for (const StreamEvent& e : ReadStream(store(), bob_.id, 0, 100).events) {
+    if (!e.message || e.message->seq != seq) continue;
+    EXPECT_EQ(e.message->body, "") << "kind " << static_cast<int>(e.kind);
+  }
+  Snapshot snap = Must(Await<Snapshot>([&](auto cb) { store().GetSnapshot(bob_.id, 10, cb); }));
+  ASSERT_EQ(snap.conversations.size(), 1u);
+  for (const MessageRecord& msg : snap.conversations[0].latest)
+    if (msg.seq == seq) {
+      EXPECT_EQ(msg.body, "");
+    }
+  // Unknown messages and outsiders.
+  MessageChange missing = edit;
+  missing.seq = 99;
+  Result<ChangeResult> r = Await<ChangeResult>([&](auto cb) { store().ChangeMessage(missing, cb); });
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code(), ErrorCode::kUnknownMessage);
+  MessageChange outsider = edit;
+  outsider.user_id = carol_.id;
+  outsider.device_id = carol_dev_.id;
+  r = Await<ChangeResult>([&](auto cb) { store().ChangeMessage(outsider, cb); });
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code(), ErrorCode::kNotMember);
+}
+
+// Delete for me hides the message from the user's views only: history,
+// snapshot, unread count; the other member still sees it, and the
+// message's "withheld" bookkeeping for blocks is untouched.
+TEST_P(StoreConformance, DeleteForMeHidesFromTheUsersViewsOnly) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "m1", 2000);
+  Seq seq = Send(alice_, alice_dev_, "m2", 2000).message.seq;
+  MessageChange hide;
+  hide.kind = static_cast<int>(protocol::ChangeKind::kDeleteForMe);
+  hide.conversation_id = conv_;
+  hide.seq = seq;
+  hide.user_id = bob_.id;
+  hide.device_id = bob_dev_.id;
+  hide.now = 3000;
+  ChangeResult r = Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(hide, cb); }));
+  ASSERT_EQ(r.positions.size(), 1u);
+  EXPECT_EQ(r.positions[0].user_id, bob_.id);
+  EXPECT_EQ(History(store(), conv_, 0, 10, bob_.id).size(), 1u);
+  EXPECT_EQ(History(store(), conv_, 0, 10, alice_.id).size(), 2u);
+  Snapshot snap = Must(Await<Snapshot>([&](auto cb) { store().GetSnapshot(bob_.id, 10, cb); }));
+  ASSERT_EQ(snap.conversations.size(), 1u);
+  EXPECT_EQ(snap.conversations[0].unread, 1) << "a message deleted for me is not unread";
+  // Bob reading past it lists nothing as withheld (that is for blocks).
+  ReceiptResult read = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, seq, seq)));
+  EXPECT_TRUE(read.withheld.empty());
+}
 
 class PushConformance : public StoreConformance {
  protected:

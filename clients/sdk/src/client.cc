@@ -293,6 +293,9 @@ struct Client::Impl {
       for (const auto& e : out.applied) RecordEvent(e, source);
     }
     Emit(out.updates);
+    if (opt.on_message_changed) {
+      for (const auto& m : out.changed) opt.on_message_changed(m);
+    }
     if (opt.on_event) {
       for (const auto& e : out.applied) opt.on_event(e);
     }

@@ -13,6 +13,8 @@
 // withheld (blocking, docs/protocol.md) moves to delivered/read.
 #include "local_cache.h"
 
+#include "protocol/message_edits.h"
+
 #include <algorithm>
 #include <climits>
 #include <set>
@@ -124,6 +126,8 @@ CREATE INDEX IF NOT EXISTS conversations_by_peer ON conversations(peer);
 CREATE TABLE IF NOT EXISTS messages(
   conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
   client_id TEXT NOT NULL, body TEXT NOT NULL, ts INTEGER NOT NULL, status INTEGER NOT NULL,
+  version INTEGER NOT NULL DEFAULT 0, edited_at INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
+  hidden INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(conversation_id, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_client_id ON messages(client_id);
 CREATE TABLE IF NOT EXISTS receipts(
@@ -136,6 +140,14 @@ CREATE TABLE IF NOT EXISTS outbox(
   local_id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL UNIQUE, peer TEXT NOT NULL,
   body TEXT NOT NULL, created_at INTEGER NOT NULL, failed INTEGER NOT NULL DEFAULT 0,
   error_code TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '');
+)sql";
+
+// Schema 1 -> 2: edits and deletes.
+constexpr const char* kSchemaV2 = R"sql(
+ALTER TABLE messages ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN edited_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0;
 )sql";
 
 }  // namespace
@@ -183,7 +195,11 @@ std::unique_ptr<LocalCache> LocalCache::Open(const std::string& path, int64_t ma
     }
     if (version < kSchemaVersion) {
       Tx tx(db);
-      Exec(db, kSchema);
+      if (version < 1) {
+        Exec(db, kSchema);  // the current schema in one go
+      } else {
+        Exec(db, kSchemaV2);
+      }
       Exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
       tx.Commit();
     }
@@ -363,14 +379,23 @@ void LocalCache::InsertMessageLocked(const json& m, std::vector<StatusUpdate>* u
   }
   bool own = sender == me_;
   MessageStatus status = own ? OwnStatusLocked(conv, seq) : MessageStatus::kSent;
+  const bool deleted = m.value("deleted", false);
+  const int64_t version = m.value("version", int64_t{0});
   Stmt s(db_, stmts_,
-         "INSERT INTO messages(conversation_id, seq, sender_id, client_id, body, ts, status) VALUES(?,?,?,?,?,?,?) "
-         "ON CONFLICT DO NOTHING");
+         "INSERT INTO messages(conversation_id, seq, sender_id, client_id, body, ts, status, version, edited_at, "
+         "deleted) VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING");
   s.Bind(1, conv).Bind(2, seq).Bind(3, sender).Bind(4, client_id).Bind(5, m.value("body", ""))
       .Bind(6, m.value("ts", int64_t{0}))
       .Bind(7, static_cast<int64_t>(status))
+      .Bind(8, version)
+      .Bind(9, m.value("edited_at", int64_t{0}))
+      .Bind(10, static_cast<int64_t>(deleted ? 1 : 0))
       .Run();
   bool inserted = sqlite3_changes(db_) > 0;
+  // Known already: a message object read later (sync, history) shows the
+  // message as it is now; fold it in like an edit or delete.
+  if (!inserted && (version > 0 || deleted))
+    ChangeMessageLocked(conv, seq, deleted, version, m.value("body", ""), m.value("edited_at", int64_t{0}));
   if (!own) return;
   // An own message (this device's ack or event, or another device's send):
   // it leaves the outbox the moment the cache knows it was stored.
@@ -450,9 +475,66 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
                           e.value("read", int64_t{0}), &out->updates);
   } else if (kind == "conversation") {
     InsertConversationLocked(e["conversation"]);
+  } else if (kind == "edit" || kind == "delete") {
+    auto changed = ChangeMessageLocked(e.value("conversation_id", int64_t{0}), e.value("seq", int64_t{0}),
+                                       kind == "delete", e.value("version", int64_t{0}), e.value("body", ""),
+                                       e.value("edited_at", int64_t{0}));
+    if (changed) out->changed.push_back(std::move(*changed));
+  } else if (kind == "delete_for_me") {
+    auto hidden = HideMessageLocked(e.value("conversation_id", int64_t{0}), e.value("seq", int64_t{0}));
+    if (hidden) out->changed.push_back(std::move(*hidden));
   }
   // Other kinds (profile, contact, block, and kinds added later) change no
   // cached table; they still advance the cursor and reach on_event.
+}
+
+CachedMessage LocalCache::MessageRowLocked(int64_t conversation_id, int64_t seq) {
+  CachedMessage m;
+  Stmt s(db_, stmts_,
+         "SELECT sender_id, client_id, body, ts, status, version, edited_at, deleted, hidden FROM messages "
+         "WHERE conversation_id=? AND seq=?");
+  s.Bind(1, conversation_id).Bind(2, seq);
+  if (!s.Step()) return m;
+  m.conversation_id = conversation_id;
+  m.seq = seq;
+  m.sender_id = s.Int(0);
+  m.outgoing = m.sender_id == me_;
+  m.client_id = s.Text(1);
+  m.body = s.Text(2);
+  m.ts = s.Int(3);
+  m.status = static_cast<MessageStatus>(s.Int(4));
+  m.version = s.Int(5);
+  m.edited_at = s.Int(6);
+  m.deleted = s.Int(7) != 0;
+  m.hidden = s.Int(8) != 0;
+  return m;
+}
+
+std::optional<CachedMessage> LocalCache::ChangeMessageLocked(int64_t conversation_id, int64_t seq, bool deleted,
+                                                             int64_t version, const std::string& body,
+                                                             int64_t edited_at) {
+  CachedMessage m = MessageRowLocked(conversation_id, seq);
+  if (m.seq == 0) return std::nullopt;  // not cached: its state comes with it when it is paged in
+  protocol::LocalMessageState state{m.body, m.version, m.deleted, m.edited_at};
+  if (!protocol::ApplyChange(state, protocol::ReceivedChange{deleted, version, body, edited_at})) return std::nullopt;
+  Stmt u(db_, stmts_, "UPDATE messages SET body=?, version=?, edited_at=?, deleted=? WHERE conversation_id=? AND seq=?");
+  u.Bind(1, state.body).Bind(2, state.version).Bind(3, state.edited_at)
+      .Bind(4, static_cast<int64_t>(state.deleted ? 1 : 0))
+      .Bind(5, conversation_id)
+      .Bind(6, seq)
+      .Run();
+  m.body = state.body;
+  m.version = state.version;
+  m.edited_at = state.edited_at;
+  m.deleted = state.deleted;
+  return m;
+}
+
+std::optional<CachedMessage> LocalCache::HideMessageLocked(int64_t conversation_id, int64_t seq) {
+  Stmt u(db_, stmts_, "UPDATE messages SET hidden=1 WHERE conversation_id=? AND seq=? AND hidden=0");
+  u.Bind(1, conversation_id).Bind(2, seq).Run();
+  if (sqlite3_changes(db_) == 0) return std::nullopt;
+  return MessageRowLocked(conversation_id, seq);
 }
 
 bool LocalCache::ApplyEvents(const std::vector<json>& events, ApplyOutcome* out, LocalError* error) {
@@ -609,7 +691,7 @@ CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
       c.peer_read = std::max(c.peer_read, r.Int(2));
     }
   }
-  Stmt u(db_, stmts_, "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND sender_id<>? AND seq>?");
+  Stmt u(db_, stmts_, "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND sender_id<>? AND seq>? AND hidden=0");
   u.Bind(1, id).Bind(2, me_).Bind(3, c.my_read);
   if (u.Step()) c.unread = u.Int(0);
   Stmt t(db_, stmts_, "SELECT MAX(ts) FROM messages WHERE conversation_id=?");
@@ -651,8 +733,8 @@ std::vector<CachedMessage> LocalCache::Messages(int64_t conversation_id, int64_t
   std::vector<CachedMessage> out;
   try {
     Stmt s(db_, stmts_,
-           "SELECT seq, sender_id, client_id, body, ts, status FROM messages WHERE conversation_id=? AND seq<? "
-           "ORDER BY seq DESC LIMIT ?");
+           "SELECT seq, sender_id, client_id, body, ts, status, version, edited_at, deleted FROM messages "
+           "WHERE conversation_id=? AND seq<? AND hidden=0 ORDER BY seq DESC LIMIT ?");
     s.Bind(1, conversation_id).Bind(2, before > 0 ? before : INT64_MAX).Bind(3, static_cast<int64_t>(limit));
     while (s.Step()) {
       CachedMessage m;
@@ -664,6 +746,9 @@ std::vector<CachedMessage> LocalCache::Messages(int64_t conversation_id, int64_t
       m.body = s.Text(3);
       m.ts = s.Int(4);
       m.status = static_cast<MessageStatus>(s.Int(5));
+      m.version = s.Int(6);
+      m.edited_at = s.Int(7);
+      m.deleted = s.Int(8) != 0;
       out.push_back(std::move(m));
     }
   } catch (const SqlError&) {

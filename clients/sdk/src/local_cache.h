@@ -46,6 +46,7 @@ struct ApplyOutcome {
   std::map<int64_t, int64_t> received;        // conversation -> highest seq received from others
   std::vector<nlohmann::json> applied;        // the events applied (not the dropped duplicates)
   bool gap = false;                           // some events were beyond a missing user seq
+  std::vector<CachedMessage> changed;         // cached messages an edit/delete/delete_for_me changed
 };
 
 // A prepared statement kept for reuse (local_cache.cc's Stmt), keyed by the
@@ -58,7 +59,7 @@ using StatementCache = std::map<const char*, CachedStatement>;
 
 class LocalCache {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;  // 2: edits and deletes (messages.version, ...)
 
   static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
   ~LocalCache();
@@ -106,6 +107,12 @@ class LocalCache {
   void ApplyOneLocked(const nlohmann::json& event, ApplyOutcome* out);
   void InsertConversationLocked(const nlohmann::json& conversation);
   void InsertMessageLocked(const nlohmann::json& m, std::vector<StatusUpdate>* updates);
+  // Folds an edit or delete (protocol::ApplyChange) into a cached message;
+  // returns it when it changed.
+  std::optional<CachedMessage> ChangeMessageLocked(int64_t conversation_id, int64_t seq, bool deleted, int64_t version,
+                                                   const std::string& body, int64_t edited_at);
+  std::optional<CachedMessage> HideMessageLocked(int64_t conversation_id, int64_t seq);
+  CachedMessage MessageRowLocked(int64_t conversation_id, int64_t seq);
   void RaiseWatermarksLocked(int64_t conversation_id, int64_t user_id, int64_t delivered, int64_t read,
                              std::vector<StatusUpdate>* updates);
   MessageStatus OwnStatusLocked(int64_t conversation_id, int64_t seq);

@@ -9,6 +9,9 @@
 #include <hiredis/hiredis.h>
 #include <spdlog/spdlog.h>
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -24,6 +27,7 @@
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "common/metrics.h"
 #include "fabric/local/local_fabric.h"
@@ -58,6 +62,38 @@ for _, m in ipairs(members) do
   end
 end
 return n
+)lua";
+
+// Shared rate-limit buckets. ARGV[1]: the most a bucket may owe, in bursts;
+// then per bucket KEYS[i], three values: tokens used, refill per second,
+// burst. Refills each bucket by Redis' clock (so node clocks do not matter),
+// debits it, keeps it with a TTL of its time to full (a full bucket is
+// deleted: a missing bucket reads as full), and returns each level in
+// thousandths of a token (integers: Redis truncates Lua numbers).
+constexpr char kRateScript[] = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local debt = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local used = tonumber(ARGV[3 * i - 1])
+  local rate = tonumber(ARGV[3 * i])
+  local burst = tonumber(ARGV[3 * i + 1])
+  local v = redis.call('HMGET', key, 't', 'at')
+  local tokens = burst
+  if v[1] and v[2] then
+    tokens = math.min(burst, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * rate / 1000)
+  end
+  tokens = math.max(tokens - used, -debt * burst)
+  out[i] = math.floor(tokens * 1000)
+  if tokens >= burst then
+    redis.call('DEL', key)
+  else
+    redis.call('HSET', key, 't', tostring(tokens), 'at', tostring(now))
+    redis.call('PEXPIRE', key, math.ceil((burst - tokens) * 1000 / rate) + 1000)
+  end
+end
+return out
 )lua";
 
 int64_t NowMs() {
@@ -408,6 +444,95 @@ struct RedisFabric::Impl {
              device != 0 ? std::to_string(device) : std::string()});
   }
 
+  // ---- Shared rate limits (I/O thread) ----
+
+  // One reconciliation: its script calls answer into `levels`; `done` runs
+  // when the last one has answered.
+  struct RateCall {
+    std::vector<double> levels;
+    size_t pending = 0;
+    bool failed = false;
+    std::string error;
+    RateLevelsCallback done;
+  };
+  struct RateChunk {
+    std::shared_ptr<RateCall> call;
+    size_t offset = 0, count = 0;
+  };
+
+  void ReconcileRates(std::vector<RateUsage> usage, RateLevelsCallback done) {
+    if (!cmd.connected) {
+      return done(Status(ErrorCode::kUnavailable, "redis: not connected"));
+    }
+    auto call = std::make_shared<RateCall>();
+    call->levels.resize(usage.size());
+    call->done = std::move(done);
+    if (usage.empty()) return call->done(std::move(call->levels));
+    const size_t chunks = (usage.size() + RedisFabric::kRateBucketsPerScript - 1) / RedisFabric::kRateBucketsPerScript;
+    call->pending = chunks;
+    for (size_t c = 0; c < chunks; ++c) {
+      size_t offset = c * RedisFabric::kRateBucketsPerScript;
+      size_t count = std::min(RedisFabric::kRateBucketsPerScript, usage.size() - offset);
+      std::vector<std::string> args = {"EVAL", kRateScript, std::to_string(count)};
+      for (size_t i = 0; i < count; ++i) args.push_back("parley:rl:" + usage[offset + i].bucket);
+      args.push_back(std::to_string(Fabric::kMaxRateDebtBursts));
+      for (size_t i = 0; i < count; ++i) {
+        const RateUsage& u = usage[offset + i];
+        args.push_back(fmt::format("{}", u.used));
+        args.push_back(fmt::format("{}", u.per_second));
+        args.push_back(fmt::format("{}", u.burst));
+      }
+      std::vector<const char*> argv;
+      std::vector<size_t> lens;
+      for (const auto& a : args) {
+        argv.push_back(a.data());
+        lens.push_back(a.size());
+      }
+      auto* chunk = new RateChunk{call, offset, count};
+      int rc = redisAsyncCommandArgv(cmd.ac, &Impl::OnRateReply, chunk, static_cast<int>(argv.size()), argv.data(),
+                                     lens.data());
+      if (rc != REDIS_OK) {
+        delete chunk;
+        FinishRateChunk(*call, false, "redis: command not sent");
+      }
+    }
+  }
+
+  // hiredis calls it with the script's reply, or with none when the
+  // connection is lost or freed first.
+  static void OnRateReply(redisAsyncContext* c, void* r, void* privdata) {
+    std::unique_ptr<RateChunk> chunk(static_cast<RateChunk*>(privdata));
+    auto* reply = static_cast<redisReply*>(r);
+    RateCall& call = *chunk->call;
+    auto* conn = static_cast<Conn*>(c->data);
+    bool ok = reply != nullptr && reply->type == REDIS_REPLY_ARRAY && reply->elements == chunk->count;
+    std::string error;
+    if (ok) {
+      for (size_t i = 0; i < chunk->count; ++i) {
+        if (reply->element[i]->type != REDIS_REPLY_INTEGER) {
+          ok = false;
+          break;
+        }
+        call.levels[chunk->offset + i] = static_cast<double>(reply->element[i]->integer) / 1000.0;
+      }
+    }
+    if (!ok) error = reply != nullptr && reply->type == REDIS_REPLY_ERROR ? std::string(reply->str, reply->len)
+                                                                          : std::string("no reply");
+    conn->impl->FinishRateChunk(call, ok, error);
+  }
+
+  void FinishRateChunk(RateCall& call, bool ok, const std::string& error) {
+    if (!ok && !call.failed) {
+      errors.Inc();
+      spdlog::warn("event=rate_limit_sync_failed error=\"{}\"", error);
+      call.failed = true;
+      call.error = error;
+    }
+    if (--call.pending > 0) return;
+    if (call.failed) return call.done(Status(ErrorCode::kUnavailable, "redis: " + call.error));
+    call.done(std::move(call.levels));
+  }
+
   // ---- What other nodes say (I/O thread) ----
 
   void OnSubscription(redisReply* r) {
@@ -690,6 +815,13 @@ void RedisFabric::SetLocalOnline(int64_t user_id, bool online) {
   net::post(impl_->io, [p = impl_.get(), user_id, online] {
     bool changed = online ? p->local_online.insert(user_id).second : p->local_online.erase(user_id) != 0;
     if (changed) p->Broadcast("f " + p->cfg.node_id + " " + std::to_string(user_id) + (online ? " 1" : " 0"));
+  });
+}
+
+void RedisFabric::ReconcileRateLimits(std::vector<RateUsage> usage, RateLevelsCallback done) {
+  net::post(impl_->io, [p = impl_.get(), usage = std::move(usage), done = std::move(done)]() mutable {
+    if (p->stopping) return done(Status(ErrorCode::kUnavailable, "redis: the fabric is stopping"));
+    p->ReconcileRates(std::move(usage), std::move(done));
   });
 }
 

@@ -13,6 +13,14 @@
 //                         connected / in the foreground on which node
 //                         (transitions at once, a full snapshot each refresh
 //                         interval, a "hello" that asks every node for one).
+//   parley:rl:{LIMIT}:{KEY}  hash {t: tokens, at: ms}: a rate-limit bucket
+//                         shared by every node (per user, username or
+//                         address), refilled by Redis' clock; its TTL is its
+//                         time to full (a missing bucket is a full one).
+//
+// Shared rate limits: ReconcileRateLimits runs one Lua script per up to
+// kRateBucketsPerScript buckets that refills, debits and returns each
+// bucket (docs/architecture.md, "Shared rate limits").
 //
 // Publish delivers to this node's connections directly, then (if the
 // presence cache says another node holds one of the user's devices) runs one
@@ -93,6 +101,12 @@ class RedisFabric final : public Fabric {
   void CloseAll(uint16_t code, std::string reason) override;
   void SetLocalOnline(int64_t user_id, bool online) override;
   void OnRemotePresence(RemotePresenceFn fn) override;
+  bool SharesRateLimits() const override { return true; }
+  void ReconcileRateLimits(std::vector<RateUsage> usage, RateLevelsCallback done) override;
+
+  // Buckets per script call: a reconciliation of more is split, so that no
+  // one script keeps Redis busy for long.
+  static constexpr size_t kRateBucketsPerScript = 500;
 
   struct Impl;
 

@@ -6,6 +6,7 @@
 #include "store/postgres/pg_conn.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include <fmt/format.h>
 
@@ -146,8 +147,12 @@ Result<std::unique_ptr<PgConn>> PgConn::Connect(const std::string& url, int conn
   // Keywords are processed in order and the last value wins, so `dbname`
   // comes last: what the URL says overrides these defaults.
   std::string timeout = std::to_string(connect_timeout_s);
-  const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
-  const char* values[] = {timeout.c_str(), "parleyd", url.c_str(), nullptr};
+  std::string idle = std::to_string(kKeepalivesIdleS), interval = std::to_string(kKeepalivesIntervalS),
+              count = std::to_string(kKeepalivesCount), user_timeout = std::to_string(kTcpUserTimeoutMs);
+  const char* keys[] = {"connect_timeout",     "application_name", "keepalives_idle", "keepalives_interval",
+                        "keepalives_count",    "tcp_user_timeout", "dbname",          nullptr};
+  const char* values[] = {timeout.c_str(), "parleyd",           idle.c_str(), interval.c_str(),
+                          count.c_str(),   user_timeout.c_str(), url.c_str(), nullptr};
   PGconn* conn = PQconnectdbParams(keys, values, 1);
   if (conn == nullptr) return Status(ErrorCode::kUnavailable, "postgres: out of memory");
   if (PQstatus(conn) != CONNECTION_OK) {
@@ -196,10 +201,29 @@ void PgConn::Record(pg_result* result, const char* what) {
   error_ = mapped;
 }
 
+bool PgConn::PeerClosed() {
+  int fd = PQsocket(conn_);
+  if (fd < 0) return true;
+  // An idle session that has something to read: a notice, or the server's
+  // goodbye (a FATAL message, then end of file) after a restart, a failover
+  // or pg_terminate_backend. A hang-up is final; otherwise read what came
+  // (PQconsumeInput fails at end of file) and look again.
+  constexpr int kMaxIdleReads = 4;
+  for (int i = 0; i < kMaxIdleReads; ++i) {
+    pollfd p{fd, static_cast<short>(POLLIN | POLLRDHUP), 0};
+    if (poll(&p, 1, 0) <= 0) return false;  // nothing (more) arrived while idle: presumed alive
+    if ((p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0) return true;
+    if (PQconsumeInput(conn_) == 0 || PQstatus(conn_) != CONNECTION_OK) return true;
+  }
+  return false;
+}
+
 bool PgConn::EnsureConnected() {
   // A session left in pipeline mode by a failure cannot run anything else:
-  // start a fresh one, as after a lost connection.
-  if (PQstatus(conn_) == CONNECTION_OK && PQpipelineStatus(conn_) == PQ_PIPELINE_OFF) return true;
+  // start a fresh one, as after a lost connection. So is a session the
+  // server closed while it was idle (found without sending anything, so
+  // that the first statement after a database restart does not fail).
+  if (PQstatus(conn_) == CONNECTION_OK && PQpipelineStatus(conn_) == PQ_PIPELINE_OFF && !PeerClosed()) return true;
   PQreset(conn_);
   prepared_.clear();
   if (PQstatus(conn_) != CONNECTION_OK) return false;

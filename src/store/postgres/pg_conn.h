@@ -85,6 +85,17 @@ class PgRows {
 
 class PgConn {
  public:
+  // TCP settings of every session unless the URL sets its own (libpq's
+  // keepalives_* and tcp_user_timeout; ignored on Unix sockets): a server
+  // that vanishes from the network without a reset (a partition, a dead
+  // machine) is noticed after about 10 + 3 x 5 s of silence while a result
+  // is awaited, or 15 s of unacknowledged data, instead of the kernel's
+  // default of many minutes; the operation then fails kUnavailable.
+  static constexpr int kKeepalivesIdleS = 10;
+  static constexpr int kKeepalivesIntervalS = 5;
+  static constexpr int kKeepalivesCount = 3;
+  static constexpr int kTcpUserTimeoutMs = 15'000;
+
   // Connects to `url` (a libpq connection string or URI). Fails kUnavailable.
   static Result<std::unique_ptr<PgConn>> Connect(const std::string& url, int connect_timeout_s);
   ~PgConn();
@@ -113,13 +124,18 @@ class PgConn {
   void DiscardDeferred() { deferred_.clear(); }
 
   // True if the connection is usable; otherwise tries to reconnect (the
-  // prepared statement cache is dropped with the old session).
+  // prepared statement cache is dropped with the old session). A session
+  // the server closed while it was idle counts as unusable. REQUIRES: no
+  // statement in flight (between units of work).
   bool EnsureConnected();
   // Statements sent to the server since the connection was opened.
   uint64_t statements() const { return statements_; }
 
  private:
   explicit PgConn(pg_conn* conn) : conn_(conn) {}
+  // Whether the server closed this idle session (a zero-timeout poll; reads
+  // what arrived).
+  bool PeerClosed();
   // The name of `sql`'s prepared statement, preparing it if needed; "" on error.
   const std::string* Prepared(std::string_view sql);
   struct Deferred;

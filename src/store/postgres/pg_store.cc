@@ -10,10 +10,24 @@
 // nodes appending to one conversation serialize there; the next seq is
 // last_seq + 1 under that lock. A user-stream entry takes its user seq from
 // user_heads in the same statement that inserts it (an upsert of head + 1 in
-// a CTE), which locks that user's head row until the batch commits. A batch
-// that deadlocks against another node's (two conversations locked in
-// opposite orders) is rolled back and retried (kMaxBatchAttempts); its
-// operations are applied again from scratch.
+// a CTE), which locks that user's head row until the batch commits.
+//
+// Lock order. A batch holds many operations, each locking rows as it goes;
+// two nodes' batches locking the same rows in different orders deadlock
+// (PostgreSQL notices after deadlock_timeout, 1 s by default, and aborts
+// one). So each operation declares what it will lock (LockSet: its
+// conversation, its users, its devices) and a batch takes all of those
+// first, in one order on every node: conversations by id, then the stream
+// heads of their members and of the declared users by id, then devices by
+// id (LockInOrder). Everything the operations lock afterwards is either
+// already held or guarded by a row already held (a conversation guards its
+// messages, members, withheld seqs and receipt rows; a user's head guards
+// that user's own rows). What is still not declared (the stream heads of a
+// profile change's audience; a user's first head row, created by its first
+// event) can still deadlock: such a batch is rolled back and retried
+// (kMaxBatchAttempts), its operations applied again from scratch, and then
+// fails kUnavailable (retryable). chaos_cluster_short found the deadlocks:
+// before LockInOrder a 25-second run on three nodes logged hundreds.
 //
 // Round trips. Expected failures are found by reading before writing, as in
 // SQLite, so an operation that fails writes nothing. Writes whose results
@@ -63,6 +77,11 @@
 //   name_prefixes(prefix, username, user_id) PK(prefix, username)
 //   push_endpoints, push_jobs, push_mutes, users.push_previews (step 4):
 //         as in SqliteStore (issue 11); claims lock with SKIP LOCKED
+//   messages.version/edited_at/deleted_at, message_edits(conversation_id,
+//         seq, version, client_id, editor_device_id, body, created_at)
+//         PK(conversation_id, seq, version), UNIQUE(conversation_id, seq,
+//         client_id), PARTITION BY HASH(conversation_id), and
+//         withheld.hidden_at (step 5, issue 12): as in SqliteStore
 // Every key of a partitioned table leads with its partition key, and every
 // table holding conversation data has the conversation id in its primary
 // key, so the layout can be distributed (Citus) by conversation id and by
@@ -90,6 +109,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "protocol/message_edits.h"
+#include "store/change_events.h"
 #include "store/commit_pacer.h"
 #include "store/name_words.h"
 #include "store/postgres/pg_conn.h"
@@ -302,11 +323,35 @@ ALTER TABLE users ADD COLUMN push_previews boolean NOT NULL DEFAULT true;
 )sql";
 }
 
+// Issue 12: edits, deletes for everyone (tombstones) and deletes-for-me
+// (withheld rows with hidden_at > 0); see SqliteStore's step 7.
+std::string SchemaV5() {
+  std::string sql = R"sql(
+ALTER TABLE messages ADD COLUMN version bigint NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN edited_at bigint NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN deleted_at bigint NOT NULL DEFAULT 0;
+CREATE TABLE message_edits(
+  conversation_id bigint NOT NULL,
+  seq bigint NOT NULL,
+  version bigint NOT NULL,
+  client_id text NOT NULL,
+  editor_device_id bigint NOT NULL,
+  body text NOT NULL,
+  created_at bigint NOT NULL,
+  PRIMARY KEY(conversation_id, seq, version),
+  UNIQUE(conversation_id, seq, client_id)) PARTITION BY HASH(conversation_id);
+ALTER TABLE withheld ADD COLUMN hidden_at bigint NOT NULL DEFAULT 0;
+)sql";
+  sql += PartitionsSql("message_edits");
+  return sql;
+}
+
 const Migration kMigrations[] = {
     {1, &SchemaV1},
     {2, &SchemaV2},
     {3, &SchemaV3},
     {4, &SchemaV4},
+    {5, &SchemaV5},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -348,6 +393,12 @@ Status Migrate(PgConn& db, int target) {
 constexpr const char* kMessageColumns =
     "conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at";
 
+// What MessageAt reads (table alias m), in order.
+#define PARLEY_MESSAGE_COLUMNS \
+  "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, m.version, " \
+  "m.edited_at, m.deleted_at"
+constexpr int kMessageColumnCount = 10;
+
 MessageRecord MessageAt(const PgRows& r, int row, int col) {
   MessageRecord m;
   m.conversation_id = r.Int(row, col);
@@ -357,6 +408,9 @@ MessageRecord MessageAt(const PgRows& r, int row, int col) {
   m.client_id = r.Text(row, col + 4);
   m.body = r.Text(row, col + 5);
   m.created_at = r.Int(row, col + 6);
+  m.version = r.Int(row, col + 7);
+  m.edited_at = r.Int(row, col + 8);
+  m.deleted_at = r.Int(row, col + 9);
   return m;
 }
 
@@ -412,6 +466,7 @@ Callback<Empty> ToEmptyCallback(StatusCallback done) {
 class PostgresStore::WriteOp {
  public:
   virtual ~WriteOp() = default;
+  LockSet locks;  // what Apply will lock; taken first, in order, by CommitBatch
   // Runs inside the batch's transaction; may run again if the batch is
   // retried. Database errors are sticky in the writer's PgConn and fail the
   // batch; expected failures become this op's result.
@@ -447,6 +502,11 @@ class PostgresStore::Writer {
   // outcome.
   Status CommitBatch(const std::vector<std::unique_ptr<WriteOp>>& ops);
   uint64_t statements() const { return db_->statements(); }
+  // Locks, in this order, the rows `ops` declared (each kind sorted): their
+  // conversations, the stream heads of those conversations' members and of
+  // the declared users, and the declared devices. Rows that do not exist yet
+  // are not locked (the first append creates a head row).
+  void LockInOrder(const std::vector<std::unique_ptr<WriteOp>>& ops);
 
   Result<UserRecord> CreateUser(const std::string& username, const std::string& password_hash, int64_t now);
   Result<DeviceRecord> CreateDevice(UserId user_id, const std::string& name, const std::string& platform,
@@ -456,6 +516,7 @@ class PostgresStore::Writer {
   Result<OpenResult> OpenDirect(UserId a, UserId b, int64_t now);
   Result<AppendResult> AppendMessage(const NewMessage& msg);
   Result<ReceiptResult> UpdateReceipt(const ReceiptUpdate& update);
+  Result<ChangeResult> ChangeMessage(const MessageChange& change);
   Result<SocialResult> SetProfile(UserId user_id, const std::optional<std::string>& display_name,
                                   const std::optional<std::string>& about, int64_t now);
   Result<SocialResult> AddContact(UserId owner, UserId contact, int64_t now);
@@ -524,6 +585,7 @@ Status PostgresStore::Writer::CommitBatch(const std::vector<std::unique_ptr<Writ
     if (!db_->EnsureConnected()) return Status(ErrorCode::kUnavailable, "postgres: not connected");
     db_->Defer("BEGIN");
     batch_now_ = clock_.NowMillis();
+    LockInOrder(ops);
     for (const auto& op : ops) {
       if (db_->failed()) break;
       op->Apply(*this);
@@ -538,9 +600,44 @@ Status PostgresStore::Writer::CommitBatch(const std::vector<std::unique_ptr<Writ
     // A failed batch may have cached members of a conversation it created.
     members_.clear();
     if (!retry) break;
+    if (attempt == kMaxBatchAttempts)
+      error = Status(ErrorCode::kUnavailable, "the database is busy with conflicting writes from other nodes; retry");
   }
   db_->ClearError();
   return error;
+}
+
+void PostgresStore::Writer::LockInOrder(const std::vector<std::unique_ptr<WriteOp>>& ops) {
+  std::vector<ConversationId> conversations;
+  std::vector<UserId> users;
+  std::vector<DeviceId> devices;
+  for (const auto& op : ops) {
+    conversations.insert(conversations.end(), op->locks.conversations.begin(), op->locks.conversations.end());
+    users.insert(users.end(), op->locks.users.begin(), op->locks.users.end());
+    devices.insert(devices.end(), op->locks.devices.begin(), op->locks.devices.end());
+  }
+  auto unique_sorted = [](auto& v) {
+    std::sort(v.begin(), v.end());
+    v.erase(std::unique(v.begin(), v.end()), v.end());
+  };
+  unique_sorted(conversations);
+  for (ConversationId id : conversations) {
+    if (const Members* m = FindMembers(id)) {
+      for (const MemberRecord& member : m->members) users.push_back(member.user_id);
+    }
+  }
+  unique_sorted(users);
+  unique_sorted(devices);
+  // ORDER BY ... FOR UPDATE locks the rows as the sort returns them.
+  if (!conversations.empty())
+    db_->Defer("SELECT 1 FROM conversations WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+               PgParams().IntArray(conversations));
+  if (!users.empty())
+    db_->Defer("SELECT 1 FROM user_heads WHERE user_id = ANY($1::bigint[]) ORDER BY user_id FOR UPDATE",
+               PgParams().IntArray(users));
+  if (!devices.empty())
+    db_->Defer("SELECT 1 FROM devices WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+               PgParams().IntArray(devices));
 }
 
 const PostgresStore::Writer::Members* PostgresStore::Writer::FindMembers(ConversationId id) {
@@ -595,7 +692,8 @@ std::vector<Seq> PostgresStore::Writer::WithheldBetween(ConversationId conversat
   std::vector<Seq> seqs;
   if (upto <= after) return seqs;
   PgRows rows = db_->Query(
-      "SELECT seq FROM withheld WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq <= $4 ORDER BY seq",
+      "SELECT seq FROM withheld WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq <= $4 "
+      "AND hidden_at = 0 ORDER BY seq",
       PgParams().Int(conversation).Int(user).Int(after).Int(upto));
   for (int i = 0; i < rows.size(); ++i) seqs.push_back(rows.Int(i, 0));
   return seqs;
@@ -813,7 +911,7 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
       "SELECT c.last_seq, d.seq, d.sender_device_id, d.client_id, d.body, d.created_at, "
       "EXISTS(SELECT 1 FROM blocks b WHERE b.owner_id = $2 AND b.target_id = ANY($4::bigint[])), "
       "ARRAY(SELECT b.owner_id FROM blocks b WHERE b.target_id = $2 AND b.owner_id = ANY($4::bigint[])), "
-      "ARRAY(SELECT w.seq FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $2 "
+      "ARRAY(SELECT w.seq FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $2 AND w.hidden_at = 0 "
       "  AND w.seq > COALESCE((SELECT r.delivered FROM user_receipts r WHERE r.conversation_id = $1 "
       "  AND r.user_id = $2), 0) AND w.seq <= c.last_seq + 1 ORDER BY w.seq) "
       "FROM conversations c LEFT JOIN messages d ON d.conversation_id = c.id AND d.sender_id = $2 "
@@ -951,6 +1049,113 @@ Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& 
   for (const MemberRecord& member : c->members) members.push_back(member.user_id);
   result.positions = AppendEvents(members, EventKind::kReceipt, update.conversation_id, 0, update.user_id,
                                   result.aggregate, update.now, &result.withheld);
+  return result;
+}
+
+// Edits and deletes (issue 12), as SqliteStore::Writer::ChangeMessage. The
+// message's row lock (FOR UPDATE) orders changes to one message across
+// nodes; a second edit with the same client id committed by another node
+// meanwhile hits the unique key and the batch is retried (then a duplicate).
+Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& change) {
+  const Members* c = FindMembers(change.conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+  if (!IsMember(*c, change.user_id)) return Status(ErrorCode::kNotMember, "not a member");
+  std::vector<int64_t> member_ids;
+  for (const MemberRecord& member : c->members) member_ids.push_back(member.user_id);
+  PgRows st = db_->Query(
+      "SELECT " PARLEY_MESSAGE_COLUMNS ", "
+      "(SELECT w.hidden_at FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $3 AND w.seq = $2), "
+      "(SELECT x.version FROM message_edits x WHERE x.conversation_id = $1 AND x.seq = $2 AND x.client_id = $4), "
+      "(SELECT x.created_at FROM message_edits x WHERE x.conversation_id = $1 AND x.seq = $2 AND x.client_id = $4), "
+      "ARRAY(SELECT u FROM unnest($5::bigint[]) AS u WHERE EXISTS (SELECT 1 FROM withheld w "
+      "  WHERE w.conversation_id = $1 AND w.user_id = u AND w.seq = $2)) "
+      "FROM messages m WHERE m.conversation_id = $1 AND m.seq = $2 FOR UPDATE OF m",
+      PgParams().Int(change.conversation_id).Int(change.seq).Int(change.user_id).Text(change.client_id).IntArray(
+          member_ids));
+  if (st.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
+  }
+  ChangeResult result;
+  result.message = MessageAt(st, 0, 0);
+  MessageRecord& m = result.message;
+  constexpr int kX = kMessageColumnCount;
+  const bool withheld_row = !st.IsNull(0, kX);
+  const int64_t hidden_at = withheld_row ? st.Int(0, kX) : 0;
+  // Withheld by a block: to this user the message does not exist.
+  if (withheld_row && hidden_at == 0)
+    return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
+  const auto kind = static_cast<protocol::ChangeKind>(change.kind);
+  protocol::StoredMessageState state;
+  state.sender_id = m.sender_id;
+  state.created_at = m.created_at;
+  state.version = m.version;
+  state.deleted = m.deleted_at != 0;
+  state.hidden = hidden_at != 0;
+  int64_t dup_at = 0;
+  if (kind == protocol::ChangeKind::kEdit && !st.IsNull(0, kX + 1)) {
+    state.same_client_id_version = st.Int(0, kX + 1);
+    dup_at = st.Int(0, kX + 2);
+  }
+  const std::vector<int64_t> invisible = st.IntArray(0, kX + 3);
+  protocol::ChangeDecision d = protocol::DecideChange(
+      kind, state, change.user_id, change.now, protocol::ChangeWindows{change.edit_window_ms, change.delete_window_ms});
+  if (d.code != ErrorCode::kOk) return Status(d.code, protocol::ChangeErrorMessage(d.code));
+  result.version = d.version;
+  result.duplicate = d.duplicate;
+  if (d.duplicate) {
+    result.changed_at = kind == protocol::ChangeKind::kEdit ? dup_at
+                        : kind == protocol::ChangeKind::kDelete ? m.deleted_at
+                                                                : hidden_at;
+    return result;
+  }
+  result.changed_at = change.now;
+  if (kind == protocol::ChangeKind::kDeleteForMe) {
+    db_->Defer("INSERT INTO withheld(conversation_id, user_id, seq, hidden_at) VALUES($1, $2, $3, $4)",
+               PgParams().Int(change.conversation_id).Int(change.user_id).Int(change.seq).Int(change.now));
+    result.positions.push_back(
+        AppendEvent(change.user_id, EventKind::kDeleteForMe, change.conversation_id, change.seq, 0, {}, change.now));
+    return result;
+  }
+  EventKind event = EventKind::kEdit;
+  if (kind == protocol::ChangeKind::kEdit) {
+    event = EventKind::kEdit;
+    db_->Defer(
+        "INSERT INTO message_edits(conversation_id, seq, version, client_id, editor_device_id, body, created_at) "
+        "VALUES($1, $2, $3, $4, $5, $6, $7)",
+        PgParams()
+            .Int(change.conversation_id)
+            .Int(change.seq)
+            .Int(d.version)
+            .Text(change.client_id)
+            .Int(change.device_id)
+            .Text(change.body)
+            .Int(change.now));
+    db_->Defer("UPDATE messages SET body = $3, version = $4, edited_at = $5 WHERE conversation_id = $1 AND seq = $2",
+               PgParams().Int(change.conversation_id).Int(change.seq).Text(change.body).Int(d.version).Int(change.now));
+    m.body = change.body;
+    m.version = d.version;
+    m.edited_at = change.now;
+  } else {
+    // A tombstone: the row keeps its seq; every text of the message goes.
+    event = EventKind::kDelete;
+    db_->Defer("UPDATE messages SET body = '', version = $3, deleted_at = $4 WHERE conversation_id = $1 AND seq = $2",
+               PgParams().Int(change.conversation_id).Int(change.seq).Int(d.version).Int(change.now));
+    db_->Defer("UPDATE message_edits SET body = '' WHERE conversation_id = $1 AND seq = $2",
+               PgParams().Int(change.conversation_id).Int(change.seq));
+    m.body.clear();
+    m.version = d.version;
+    m.deleted_at = change.now;
+  }
+  // Every member the message is visible to: not withheld from them by a
+  // block, not deleted by them for themselves.
+  std::vector<UserId> visible;
+  for (const MemberRecord& member : c->members) {
+    if (std::find(invisible.begin(), invisible.end(), member.user_id) == invisible.end())
+      visible.push_back(member.user_id);
+  }
+  result.positions =
+      AppendEvents(visible, event, change.conversation_id, change.seq, 0, Watermarks{d.version, 0}, change.now);
   return result;
 }
 
@@ -1231,8 +1436,8 @@ class PostgresStore::Reader {
 
 Result<MessageTimeline> PostgresStore::Reader::Timeline(ConversationId id, Seq seq) {
   MessageTimeline t;
-  PgRows m = db_->Query(fmt::format("SELECT {}, accepted_at, stored_at FROM messages WHERE conversation_id = $1 AND seq = $2",
-                                    kMessageColumns),
+  PgRows m = db_->Query("SELECT " PARLEY_MESSAGE_COLUMNS ", m.accepted_at, m.stored_at FROM messages m "
+                        "WHERE m.conversation_id = $1 AND m.seq = $2",
                         PgParams().Int(id).Int(seq));
   if (m.empty()) {
     if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
@@ -1241,13 +1446,13 @@ Result<MessageTimeline> PostgresStore::Reader::Timeline(ConversationId id, Seq s
     return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
   }
   t.message = MessageAt(m, 0, 0);
-  t.accepted_at = m.Int(0, 7);
-  t.stored_at = m.Int(0, 8);
+  t.accepted_at = m.Int(0, kMessageColumnCount);
+  t.stored_at = m.Int(0, kMessageColumnCount + 1);
   // Members with their live devices (one row per device; a member without
   // one has a NULL device), and whether the message is withheld from them.
   PgRows r = db_->Query(
       "SELECT mb.user_id, u.username, EXISTS(SELECT 1 FROM withheld w WHERE w.conversation_id = mb.conversation_id "
-      "AND w.user_id = mb.user_id AND w.seq = $2), d.id, d.name, d.platform "
+      "AND w.user_id = mb.user_id AND w.seq = $2 AND w.hidden_at = 0), d.id, d.name, d.platform "
       "FROM members mb JOIN users u ON u.id = mb.user_id "
       "LEFT JOIN devices d ON d.user_id = mb.user_id AND NOT d.revoked "
       "WHERE mb.conversation_id = $1 ORDER BY mb.user_id, d.id",
@@ -1324,7 +1529,7 @@ Result<ExportPage> PostgresStore::Reader::Export(ExportTable table, const std::v
       "SELECT conversation_id, seq, sender_id, sender_device_id, client_id FROM messages "
       "WHERE (conversation_id, seq) > ($1, $2) ORDER BY conversation_id, seq LIMIT $3",
       "SELECT conversation_id, user_id, seq FROM withheld WHERE (conversation_id, user_id, seq) > ($1, $2, $3) "
-      "ORDER BY conversation_id, user_id, seq LIMIT $4",
+      "AND hidden_at = 0 ORDER BY conversation_id, user_id, seq LIMIT $4",
       "SELECT user_id, user_seq, kind, conversation_id, seq, subject_user_id, delivered, read FROM user_events "
       "WHERE (user_id, user_seq) > ($1, $2) ORDER BY user_id, user_seq LIMIT $3",
       "SELECT user_id, head FROM user_heads WHERE user_id > $1 ORDER BY user_id LIMIT $2",
@@ -1410,7 +1615,7 @@ std::vector<MessageRecord> PostgresStore::Reader::Visible(ConversationId id, Use
   // Backwards on the messages' primary key within the conversation's
   // partition; each candidate probes withheld's primary key.
   PgRows r = db_->Query(
-      "SELECT m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at "
+      "SELECT " PARLEY_MESSAGE_COLUMNS " "
       "FROM messages m WHERE m.conversation_id = $1 AND m.seq < $2 AND NOT EXISTS (SELECT 1 FROM withheld w "
       "WHERE w.conversation_id = $1 AND w.user_id = $3 AND w.seq = m.seq) ORDER BY m.seq DESC LIMIT $4",
       PgParams().Int(id).Int(before > 0 ? before : std::numeric_limits<Seq>::max()).Int(viewer).Int(limit));
@@ -1443,10 +1648,12 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
   // each message event joined to its message by primary key.
   PgRows r = db_->Query(
       "SELECT e.user_seq, e.kind, e.conversation_id, e.seq, e.subject_user_id, e.delivered, e.read, e.created_at, "
-      "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, e.withheld, "
-      "e.profile_username, e.profile_display_name, e.profile_about, e.profile_updated_at "
+      "x.body, m.conversation_id IS NOT NULL, e.withheld, "
+      "e.profile_username, e.profile_display_name, e.profile_about, e.profile_updated_at, " PARLEY_MESSAGE_COLUMNS " "
       "FROM user_events e LEFT JOIN messages m "
-      "ON e.kind = 1 AND m.conversation_id = e.conversation_id AND m.seq = e.seq "
+      "ON e.kind IN (1, 10, 11) AND m.conversation_id = e.conversation_id AND m.seq = e.seq "
+      "LEFT JOIN message_edits x ON e.kind = 10 AND x.conversation_id = e.conversation_id AND x.seq = e.seq "
+      "AND x.version = e.delivered "
       "WHERE e.user_id = $1 AND e.user_seq > $2 ORDER BY e.user_seq LIMIT $3",
       PgParams().Int(user_id).Int(after).Int(static_cast<int64_t>(limit) + 1));
   *rows_read += static_cast<uint64_t>(r.size());
@@ -1460,14 +1667,21 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
     e.kind = static_cast<EventKind>(r.Int(i, 1));
     e.conversation_id = r.Int(i, 2);
     e.created_at = r.Int(i, 7);
-    if (e.kind == EventKind::kMessage && !r.IsNull(i, 8)) e.message = MessageAt(r, i, 8);
+    constexpr int kM = 15;  // first message column
+    const bool has_message = r.Bool(i, 9);
+    if (e.kind == EventKind::kMessage && has_message) e.message = MessageAt(r, i, kM);
+    if ((e.kind == EventKind::kEdit || e.kind == EventKind::kDelete) && has_message) {
+      e.message = ChangeEventMessage(e.kind, MessageAt(r, i, kM), r.Int(i, 5), e.created_at,
+                                     r.IsNull(i, 8) ? std::string() : r.Text(i, 8));
+    }
+    if (e.kind == EventKind::kDeleteForMe) e.message = HideEventMessage(e.conversation_id, r.Int(i, 3));
     if (e.kind == EventKind::kReceipt) {
       e.receipt_user_id = r.Int(i, 4);
       e.receipt = Watermarks{r.Int(i, 5), r.Int(i, 6)};
     }
-    if (e.kind == EventKind::kMessage || e.kind == EventKind::kReceipt) e.withheld = r.IntArray(i, 15);
+    if (e.kind == EventKind::kMessage || e.kind == EventKind::kReceipt) e.withheld = r.IntArray(i, 10);
     if (e.kind == EventKind::kProfile || e.kind == EventKind::kContact || e.kind == EventKind::kBlock) {
-      e.profile = ProfileRecord{r.Int(i, 4), r.Text(i, 16), r.Text(i, 17), r.Text(i, 18), r.Int(i, 19)};
+      e.profile = ProfileRecord{r.Int(i, 4), r.Text(i, 11), r.Text(i, 12), r.Text(i, 13), r.Int(i, 14)};
       e.flag = r.Int(i, 5) != 0;
     }
     if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(r.Int(i, 5));
@@ -1790,8 +2004,9 @@ PostgresStore::~PostgresStore() {
 }
 
 template <typename T>
-void PostgresStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done) {
+void PostgresStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, LockSet locks) {
   auto op = std::make_unique<TypedWriteOp<T>>(std::move(body), std::move(done));
+  op->locks = std::move(locks);
   bool wake = false;
   {
     std::lock_guard lock(write_mu_);
@@ -1914,7 +2129,7 @@ void PostgresStore::CreateDevice(UserId user_id, std::string name, std::string p
   SubmitWrite<DeviceRecord>(
       [user_id, name = std::move(name), platform = std::move(platform), token_hash = std::move(token_hash),
        now](Writer& w) { return w.CreateDevice(user_id, name, platform, token_hash, now); },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) {
@@ -1928,16 +2143,17 @@ void PostgresStore::ListDevices(UserId user_id, Callback<std::vector<DeviceRecor
 
 void PostgresStore::RevokeDevice(UserId user_id, DeviceId device_id, StatusCallback done) {
   SubmitWrite<Empty>([user_id, device_id](Writer& w) { return w.RevokeDevice(user_id, device_id); },
-                     ToEmptyCallback(std::move(done)));
+                     ToEmptyCallback(std::move(done)), LockSet{{}, {user_id}, {device_id}});
 }
 
 void PostgresStore::SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now, StatusCallback done) {
   SubmitWrite<Empty>([device_id, user_seq, now](Writer& w) { return w.SetCursor(device_id, user_seq, now); },
-                     ToEmptyCallback(std::move(done)));
+                     ToEmptyCallback(std::move(done)), LockSet{{}, {}, {device_id}});
 }
 
 void PostgresStore::OpenDirect(UserId a, UserId b, int64_t now, Callback<OpenResult> done) {
-  SubmitWrite<OpenResult>([a, b, now](Writer& w) { return w.OpenDirect(a, b, now); }, std::move(done));
+  SubmitWrite<OpenResult>([a, b, now](Writer& w) { return w.OpenDirect(a, b, now); }, std::move(done),
+                          LockSet{{}, {a, b}, {}});
 }
 
 void PostgresStore::GetConversation(ConversationId id, Callback<ConversationRecord> done) {
@@ -1945,15 +2161,24 @@ void PostgresStore::GetConversation(ConversationId id, Callback<ConversationReco
 }
 
 void PostgresStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
+  ConversationId conversation = msg.conversation_id;
   SubmitWrite<AppendResult>([msg = std::move(msg)](Writer& w) { return w.AppendMessage(msg); },
                             [this, done = std::move(done)](Result<AppendResult> r) {
                               if (r.has_value() && !r->duplicate) messages_stored_.Inc();
                               done(std::move(r));
-                            });
+                            },
+                            LockSet{{conversation}, {}, {}});
 }
 
 void PostgresStore::UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) {
-  SubmitWrite<ReceiptResult>([update](Writer& w) { return w.UpdateReceipt(update); }, std::move(done));
+  SubmitWrite<ReceiptResult>([update](Writer& w) { return w.UpdateReceipt(update); }, std::move(done),
+                             LockSet{{update.conversation_id}, {}, {update.device_id}});
+}
+
+void PostgresStore::ChangeMessage(MessageChange change, Callback<ChangeResult> done) {
+  ConversationId conversation = change.conversation_id;
+  SubmitWrite<ChangeResult>([change = std::move(change)](Writer& w) { return w.ChangeMessage(change); },
+                            std::move(done), LockSet{{conversation}, {}, {}});
 }
 
 void PostgresStore::History(ConversationId id, UserId viewer, Seq before, int limit,
@@ -1999,7 +2224,7 @@ void PostgresStore::SetProfile(UserId user_id, std::optional<std::string> displa
       [user_id, display_name = std::move(display_name), about = std::move(about), now](Writer& w) {
         return w.SetProfile(user_id, display_name, about, now);
       },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetProfiles(UserId viewer, std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) {
@@ -2009,12 +2234,12 @@ void PostgresStore::GetProfiles(UserId viewer, std::vector<UserId> ids, Callback
 
 void PostgresStore::AddContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) {
   SubmitWrite<SocialResult>([owner, contact, now](Writer& w) { return w.AddContact(owner, contact, now); },
-                            std::move(done));
+                            std::move(done), LockSet{{}, {owner, contact}, {}});
 }
 
 void PostgresStore::RemoveContact(UserId owner, UserId contact, int64_t now, Callback<SocialResult> done) {
   SubmitWrite<SocialResult>([owner, contact, now](Writer& w) { return w.RemoveContact(owner, contact, now); },
-                            std::move(done));
+                            std::move(done), LockSet{{}, {owner, contact}, {}});
 }
 
 void PostgresStore::ListContacts(UserId owner, Callback<std::vector<ContactRecord>> done) {
@@ -2023,12 +2248,12 @@ void PostgresStore::ListContacts(UserId owner, Callback<std::vector<ContactRecor
 
 void PostgresStore::Block(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) {
   SubmitWrite<SocialResult>([owner, target, now](Writer& w) { return w.Block(owner, target, now); },
-                            std::move(done));
+                            std::move(done), LockSet{{}, {owner, target}, {}});
 }
 
 void PostgresStore::Unblock(UserId owner, UserId target, int64_t now, Callback<SocialResult> done) {
   SubmitWrite<SocialResult>([owner, target, now](Writer& w) { return w.Unblock(owner, target, now); },
-                            std::move(done));
+                            std::move(done), LockSet{{}, {owner, target}, {}});
 }
 
 void PostgresStore::ListBlocked(UserId owner, Callback<std::vector<ProfileRecord>> done) {
@@ -2057,7 +2282,7 @@ void PostgresStore::ChangePassword(UserId user_id, std::string new_hash, DeviceI
       [user_id, new_hash = std::move(new_hash), keep_device](Writer& w) {
         return w.ChangePassword(user_id, new_hash, keep_device);
       },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::BulkCreateUsers(std::vector<NewBulkUser> users, int64_t now,
@@ -2070,12 +2295,12 @@ void PostgresStore::SetPresenceVisibility(UserId user_id, PresenceVisibility vis
                                           Callback<SocialResult> done) {
   SubmitWrite<SocialResult>(
       [user_id, visibility, now](Writer& w) { return w.SetPresenceVisibility(user_id, visibility, now); },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) {
   SubmitWrite<Empty>([user_id, last_seen](Writer& w) { return w.SetLastSeen(user_id, last_seen); },
-                     ToEmptyCallback(std::move(done)));
+                     ToEmptyCallback(std::move(done)), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) {
@@ -2091,7 +2316,7 @@ void PostgresStore::SetUserDisabled(UserId user_id, bool disabled, bool revoke_d
                                     Callback<DisableResult> done) {
   SubmitWrite<DisableResult>(
       [user_id, disabled, revoke_devices](Writer& w) { return w.SetUserDisabled(user_id, disabled, revoke_devices); },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetStoreSummary(Callback<StoreSummary> done) {
@@ -2332,24 +2557,24 @@ void PostgresStore::SetPushEndpoint(UserId user_id, DeviceId device_id, std::str
       [user_id, device_id, provider = std::move(provider), token = std::move(token), now](Writer& w) {
         return w.SetPushEndpoint(user_id, device_id, provider, token, now);
       },
-      ToEmptyCallback(std::move(done)));
+      ToEmptyCallback(std::move(done)), LockSet{{}, {}, {device_id}});
 }
 
 void PostgresStore::RemovePushEndpoint(UserId user_id, DeviceId device_id, Callback<bool> done) {
   SubmitWrite<bool>([user_id, device_id](Writer& w) { return w.RemovePushEndpoint(user_id, device_id); },
-                    std::move(done));
+                    std::move(done), LockSet{{}, {}, {device_id}});
 }
 
 void PostgresStore::SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
                              Callback<SocialResult> done) {
   SubmitWrite<SocialResult>(
       [user_id, conversation_id, muted, now](Writer& w) { return w.SetMuted(user_id, conversation_id, muted, now); },
-      std::move(done));
+      std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) {
   SubmitWrite<SocialResult>([user_id, previews, now](Writer& w) { return w.SetPushPreviews(user_id, previews, now); },
-                            std::move(done));
+                            std::move(done), LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetPushSettings(UserId user_id, Callback<std::pair<bool, std::vector<ConversationId>>> done) {
@@ -2385,7 +2610,9 @@ void PostgresStore::ListPushHealth(UserId user_id, Callback<std::vector<PushHeal
 }
 
 void PostgresStore::EnqueuePush(PushRequest req, Callback<int> done) {
-  SubmitWrite<int>([req = std::move(req)](Writer& w) { return w.EnqueuePush(req); }, std::move(done));
+  UserId user = req.user_id;
+  SubmitWrite<int>([req = std::move(req)](Writer& w) { return w.EnqueuePush(req); }, std::move(done),
+                   LockSet{{}, {user}, {}});
 }
 
 void PostgresStore::ClaimPushJobs(std::string node, int64_t now, int64_t lease_ms, int limit,
@@ -2396,7 +2623,9 @@ void PostgresStore::ClaimPushJobs(std::string node, int64_t now, int64_t lease_m
 }
 
 void PostgresStore::CompletePush(PushCompletion c, StatusCallback done) {
-  SubmitWrite<Empty>([c = std::move(c)](Writer& w) { return w.CompletePush(c); }, ToEmptyCallback(std::move(done)));
+  DeviceId device = c.device_id;
+  SubmitWrite<Empty>([c = std::move(c)](Writer& w) { return w.CompletePush(c); }, ToEmptyCallback(std::move(done)),
+                     LockSet{{}, {}, {device}});
 }
 
 void PostgresStore::GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) {

@@ -14,7 +14,10 @@
 //     same Status (kUnavailable when the server is unreachable — retryable,
 //     nothing was acknowledged —, kStorageFull when its disk is full,
 //     kInternal otherwise); a serialization failure or deadlock against
-//     another node is retried a few times first (kMaxBatchAttempts).
+//     another node is retried a few times first (kMaxBatchAttempts), then
+//     fails kUnavailable. Each batch first locks the rows its operations
+//     declared (LockSet), sorted, so that batches of different nodes do not
+//     deadlock on each other.
 //   - StoreConfig::postgres_read_connections readers, one connection each,
 //     serve reads from one FIFO queue, each read in its own REPEATABLE READ
 //     READ ONLY transaction (a consistent snapshot), calling `done` on the
@@ -57,13 +60,14 @@ namespace parley::store {
 class PostgresStore final : public Store {
  public:
   // The schema version a fully migrated database records in schema_version.
-  static constexpr int kSchemaVersion = 4;
+  static constexpr int kSchemaVersion = 5;
   // Hash partitions of messages and withheld (by conversation id) and of
   // user_events (by user id). Fixed by the schema: changing it is a
   // migration that re-partitions.
   static constexpr int kPartitions = 16;
   // A batch failing on a serialization failure or deadlock (another node
-  // took the same rows) is retried this many times in all.
+  // took the same rows) is retried this many times in all; then its
+  // operations fail kUnavailable (retryable).
   static constexpr int kMaxBatchAttempts = 3;
 
   // Connects to config.postgres_url and migrates the database. Fails
@@ -88,6 +92,7 @@ class PostgresStore final : public Store {
   void GetConversation(ConversationId id, Callback<ConversationRecord> done) override;
   void AppendMessage(NewMessage msg, Callback<AppendResult> done) override;
   void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) override;
+  void ChangeMessage(MessageChange change, Callback<ChangeResult> done) override;
   void History(ConversationId id, UserId viewer, Seq before, int limit,
                Callback<std::vector<MessageRecord>> done) override;
   void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;
@@ -148,13 +153,21 @@ class PostgresStore final : public Store {
   class WriteOp;
   template <typename T>
   class TypedWriteOp;
+  // The rows a write will lock, taken in one global order at the start of
+  // its batch (see CommitBatch in the .cc): conversations, then users' stream
+  // heads (a conversation brings its members), then devices.
+  struct LockSet {
+    std::vector<ConversationId> conversations;
+    std::vector<UserId> users;
+    std::vector<DeviceId> devices;
+  };
   using ReadJob = std::function<void(Reader&)>;
 
   PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
                 std::vector<std::unique_ptr<Reader>> readers);
 
   template <typename T>
-  void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done);
+  void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, LockSet locks = {});
   template <typename T>
   void SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done);
 

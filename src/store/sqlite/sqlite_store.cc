@@ -86,6 +86,15 @@
 //           (coalescing), claimed through a lease (step 6, with push_mutes
 //           and users.push_previews; see "Push" at the end of this file)
 //   push_mutes(user_id, conversation_id) PK(both), WITHOUT ROWID
+//   step 7 (issue 12): messages.version/edited_at/deleted_at;
+//   message_edits(conversation_id, seq, version, client_id, editor_device_id,
+//           body, created_at) PK(conversation_id, seq, version), WITHOUT
+//           ROWID + UNIQUE message_edits_dedup(conversation_id, seq,
+//           client_id): every accepted edit (its text, emptied by a delete
+//           for everyone), the body of kEdit events and the edits' dedup;
+//   withheld.hidden_at: 0 = withheld by a block; > 0 = the user deleted the
+//           message for themself then (hidden from every view like a
+//           withheld one, but never listed as "stays sent").
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -134,6 +143,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "protocol/message_edits.h"
+#include "store/change_events.h"
 #include "store/commit_pacer.h"
 #include "store/name_words.h"
 #include "store/sqlite/sqlite_backup.h"
@@ -322,6 +333,24 @@ CREATE TABLE push_mutes(
   PRIMARY KEY(user_id, conversation_id)) WITHOUT ROWID;
 ALTER TABLE users ADD COLUMN push_previews INTEGER NOT NULL DEFAULT 1;
 )sql"},
+    // Issue 12: edits, deletes for everyone (tombstones) and deletes-for-me
+    // (withheld rows with hidden_at > 0).
+    {7, R"sql(
+ALTER TABLE messages ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN edited_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN deleted_at INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE message_edits(
+  conversation_id INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  version INTEGER NOT NULL,
+  client_id TEXT NOT NULL,
+  editor_device_id INTEGER NOT NULL,
+  body TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY(conversation_id, seq, version)) WITHOUT ROWID;
+CREATE UNIQUE INDEX message_edits_dedup ON message_edits(conversation_id, seq, client_id);
+ALTER TABLE withheld ADD COLUMN hidden_at INTEGER NOT NULL DEFAULT 0;
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -353,8 +382,13 @@ Status Migrate(Db& db, int target = SqliteStore::kSchemaVersion) {
 
 std::string DirectKey(UserId a, UserId b) { return fmt::format("{}:{}", std::min(a, b), std::max(a, b)); }
 
-// Columns: conversation_id, seq, sender_id, sender_device_id, client_id, body,
-// created_at, starting at `col`.
+// The columns MessageAt reads, in order (of table alias m).
+#define PARLEY_MESSAGE_COLUMNS \
+  "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, m.version, " \
+  "m.edited_at, m.deleted_at"
+constexpr int kMessageColumnCount = 10;
+
+// Columns: PARLEY_MESSAGE_COLUMNS, starting at `col`.
 MessageRecord MessageAt(const Stmt& s, int col) {
   MessageRecord m;
   m.conversation_id = s.Int(col);
@@ -364,6 +398,9 @@ MessageRecord MessageAt(const Stmt& s, int col) {
   m.client_id = s.Text(col + 4);
   m.body = s.Text(col + 5);
   m.created_at = s.Int(col + 6);
+  m.version = s.Int(col + 7);
+  m.edited_at = s.Int(col + 8);
+  m.deleted_at = s.Int(col + 9);
   return m;
 }
 
@@ -514,6 +551,7 @@ class SqliteStore::Writer {
   Result<OpenResult> OpenDirect(UserId a, UserId b, int64_t now);
   Result<AppendResult> AppendMessage(const NewMessage& msg);
   Result<ReceiptResult> UpdateReceipt(const ReceiptUpdate& update);
+  Result<ChangeResult> ChangeMessage(const MessageChange& change);
   Result<SocialResult> SetProfile(UserId user_id, const std::optional<std::string>& display_name,
                                   const std::optional<std::string>& about, int64_t now);
   Result<SocialResult> AddContact(UserId owner, UserId contact, int64_t now);
@@ -690,7 +728,7 @@ std::vector<Seq> SqliteStore::Writer::WithheldBetween(ConversationId conversatio
   if (upto <= after) return seqs;
   Stmt s(*db_,
          "SELECT seq FROM withheld WHERE conversation_id = ?1 AND user_id = ?2 AND seq > ?3 AND seq <= ?4 "
-         "ORDER BY seq");
+         "AND hidden_at = 0 ORDER BY seq");
   s.BindInt(1, conversation).BindInt(2, user).BindInt(3, after).BindInt(4, upto);
   while (s.Step()) seqs.push_back(s.Int(0));
   return seqs;
@@ -926,8 +964,8 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
   if (!IsMember(*c, msg.sender_id)) return Status(ErrorCode::kNotMember, "sender is not a member");
   {
     Stmt s(*db_,
-           "SELECT conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at FROM messages "
-           "WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3");
+           "SELECT " PARLEY_MESSAGE_COLUMNS " FROM messages m "
+           "WHERE m.conversation_id = ?1 AND m.sender_id = ?2 AND m.client_id = ?3");
     s.BindInt(1, msg.conversation_id).BindInt(2, msg.sender_id).BindText(3, msg.client_id);
     if (s.Step()) return AppendResult{MessageAt(s, 0), true, {}, {}};
   }
@@ -1075,6 +1113,116 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
     result.positions.push_back(AppendEvent(member.user_id, EventKind::kReceipt, update.conversation_id, 0,
                                            update.user_id, result.aggregate, update.now,
                                            result.withheld.empty() ? nullptr : &data));
+  }
+  return result;
+}
+
+// Edits and deletes (issue 12). The rules are protocol::DecideChange's; this
+// reads what they need (the message row, the edit's dedup key, whether the
+// message is withheld from or hidden by the actor) and writes the outcome.
+// The writer thread orders changes to one message: "server order" is the
+// order of this function's calls.
+Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& change) {
+  Conversation* c = FindConversation(change.conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+  if (!IsMember(*c, change.user_id)) return Status(ErrorCode::kNotMember, "not a member");
+  ChangeResult result;
+  {
+    Stmt s(*db_, "SELECT " PARLEY_MESSAGE_COLUMNS " FROM messages m WHERE m.conversation_id = ?1 AND m.seq = ?2");
+    s.BindInt(1, change.conversation_id).BindInt(2, change.seq);
+    if (!s.Step()) return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
+    result.message = MessageAt(s, 0);
+  }
+  MessageRecord& m = result.message;
+  const auto kind = static_cast<protocol::ChangeKind>(change.kind);
+  protocol::StoredMessageState state;
+  state.sender_id = m.sender_id;
+  state.created_at = m.created_at;
+  state.version = m.version;
+  state.deleted = m.deleted_at != 0;
+  int64_t hidden_at = 0;
+  {
+    Stmt s(*db_, "SELECT hidden_at FROM withheld WHERE conversation_id = ?1 AND user_id = ?2 AND seq = ?3");
+    s.BindInt(1, change.conversation_id).BindInt(2, change.user_id).BindInt(3, change.seq);
+    if (s.Step()) {
+      hidden_at = s.Int(0);
+      // Withheld by a block: to this user the message does not exist.
+      if (hidden_at == 0) return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
+    }
+  }
+  state.hidden = hidden_at != 0;
+  int64_t dup_at = 0;
+  if (kind == protocol::ChangeKind::kEdit) {
+    Stmt s(*db_, "SELECT version, created_at FROM message_edits WHERE conversation_id = ?1 AND seq = ?2 AND client_id = ?3");
+    s.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindText(3, change.client_id);
+    if (s.Step()) {
+      state.same_client_id_version = s.Int(0);
+      dup_at = s.Int(1);
+    }
+  }
+  protocol::ChangeDecision d = protocol::DecideChange(
+      kind, state, change.user_id, change.now, protocol::ChangeWindows{change.edit_window_ms, change.delete_window_ms});
+  if (d.code != ErrorCode::kOk) return Status(d.code, protocol::ChangeErrorMessage(d.code));
+  result.version = d.version;
+  result.duplicate = d.duplicate;
+  if (d.duplicate) {
+    result.changed_at = kind == protocol::ChangeKind::kEdit ? dup_at
+                        : kind == protocol::ChangeKind::kDelete ? m.deleted_at
+                                                                : hidden_at;
+    return result;
+  }
+  result.changed_at = change.now;
+  if (kind == protocol::ChangeKind::kDeleteForMe) {
+    Stmt s(*db_, "INSERT INTO withheld(conversation_id, user_id, seq, hidden_at) VALUES(?1, ?2, ?3, ?4)");
+    s.BindInt(1, change.conversation_id).BindInt(2, change.user_id).BindInt(3, change.seq).BindInt(4, change.now);
+    s.Run();
+    result.positions.push_back(
+        AppendEvent(change.user_id, EventKind::kDeleteForMe, change.conversation_id, change.seq, 0, {}, change.now));
+    return result;
+  }
+  EventKind event = EventKind::kEdit;
+  if (kind == protocol::ChangeKind::kEdit) {
+    event = EventKind::kEdit;
+    Stmt ins(*db_,
+             "INSERT INTO message_edits(conversation_id, seq, version, client_id, editor_device_id, body, created_at) "
+             "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    ins.BindInt(1, change.conversation_id)
+        .BindInt(2, change.seq)
+        .BindInt(3, d.version)
+        .BindText(4, change.client_id)
+        .BindInt(5, change.device_id)
+        .BindText(6, change.body)
+        .BindInt(7, change.now);
+    ins.Run();
+    Stmt up(*db_, "UPDATE messages SET body = ?3, version = ?4, edited_at = ?5 WHERE conversation_id = ?1 AND seq = ?2");
+    up.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindText(3, change.body).BindInt(4, d.version).BindInt(
+        5, change.now);
+    up.Run();
+    m.body = change.body;
+    m.version = d.version;
+    m.edited_at = change.now;
+  } else {
+    // A tombstone: the row keeps its seq; every text of the message goes.
+    event = EventKind::kDelete;
+    Stmt up(*db_, "UPDATE messages SET body = '', version = ?3, deleted_at = ?4 WHERE conversation_id = ?1 AND seq = ?2");
+    up.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindInt(3, d.version).BindInt(4, change.now);
+    up.Run();
+    Stmt edits(*db_, "UPDATE message_edits SET body = '' WHERE conversation_id = ?1 AND seq = ?2");
+    edits.BindInt(1, change.conversation_id).BindInt(2, change.seq);
+    edits.Run();
+    m.body.clear();
+    m.version = d.version;
+    m.deleted_at = change.now;
+  }
+  // Every member the message is visible to: not withheld from them by a
+  // block, not deleted by them for themselves.
+  // One primary-key probe of withheld per member.
+  for (const MemberRecord& member : c->members) {
+    Stmt w(*db_, "SELECT 1 FROM withheld WHERE conversation_id = ?1 AND user_id = ?2 AND seq = ?3");
+    w.BindInt(1, change.conversation_id).BindInt(2, member.user_id).BindInt(3, change.seq);
+    if (w.Step()) continue;
+    result.positions.push_back(AppendEvent(member.user_id, event, change.conversation_id, change.seq, 0,
+                                           Watermarks{d.version, 0}, change.now));
   }
   return result;
 }
@@ -1401,8 +1549,8 @@ Result<MessageTimeline> SqliteStore::Reader::Timeline(ConversationId id, Seq seq
   MessageTimeline t;
   {
     Stmt s(*db_,
-           "SELECT conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, accepted_at, "
-           "stored_at FROM messages WHERE conversation_id = ?1 AND seq = ?2");
+           "SELECT " PARLEY_MESSAGE_COLUMNS ", m.accepted_at, m.stored_at FROM messages m "
+           "WHERE m.conversation_id = ?1 AND m.seq = ?2");
     s.BindInt(1, id).BindInt(2, seq);
     if (!s.Step()) {
       Stmt c(*db_, "SELECT 1 FROM conversations WHERE id = ?1");
@@ -1411,13 +1559,13 @@ Result<MessageTimeline> SqliteStore::Reader::Timeline(ConversationId id, Seq seq
       return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
     }
     t.message = MessageAt(s, 0);
-    t.accepted_at = s.Int(7);
-    t.stored_at = s.Int(8);
+    t.accepted_at = s.Int(kMessageColumnCount);
+    t.stored_at = s.Int(kMessageColumnCount + 1);
   }
   {
     Stmt s(*db_,
            "SELECT m.user_id, u.username, EXISTS(SELECT 1 FROM withheld w WHERE w.conversation_id = m.conversation_id "
-           "AND w.user_id = m.user_id AND w.seq = ?2) FROM members m JOIN users u ON u.id = m.user_id "
+           "AND w.user_id = m.user_id AND w.seq = ?2 AND w.hidden_at = 0) FROM members m JOIN users u ON u.id = m.user_id "
            "WHERE m.conversation_id = ?1 ORDER BY m.user_id");
     s.BindInt(1, id).BindInt(2, seq);
     while (s.Step()) t.members.push_back(MemberTimeline{s.Int(0), s.Text(1), s.Int(2) != 0, {}});
@@ -1545,7 +1693,7 @@ std::vector<MessageRecord> SqliteStore::Reader::Visible(ConversationId id, UserI
   // of withheld's primary key, so a page reads `limit` visible messages plus
   // the withheld ones between them.
   Stmt s(*db_,
-         "SELECT m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at "
+         "SELECT " PARLEY_MESSAGE_COLUMNS " "
          "FROM messages m WHERE m.conversation_id = ?1 AND m.seq < ?2 AND NOT EXISTS (SELECT 1 FROM withheld w "
          "WHERE w.conversation_id = ?1 AND w.user_id = ?3 AND w.seq = m.seq) ORDER BY m.seq DESC LIMIT ?4");
   s.BindInt(1, id).BindInt(2, before > 0 ? before : std::numeric_limits<Seq>::max()).BindInt(3, viewer).BindInt(
@@ -1581,7 +1729,7 @@ Result<ExportPage> SqliteStore::Reader::Export(ExportTable table, const std::vec
       "SELECT conversation_id, seq, sender_id, sender_device_id, client_id FROM messages "
       "WHERE (conversation_id, seq) > (?1, ?2) ORDER BY conversation_id, seq LIMIT ?3",
       "SELECT conversation_id, user_id, seq FROM withheld WHERE (conversation_id, user_id, seq) > (?1, ?2, ?3) "
-      "ORDER BY conversation_id, user_id, seq LIMIT ?4",
+      "AND hidden_at = 0 ORDER BY conversation_id, user_id, seq LIMIT ?4",
       "SELECT user_id, user_seq, kind, conversation_id, seq, receipt_user_id, delivered, read FROM user_events "
       "WHERE (user_id, user_seq) > (?1, ?2) ORDER BY user_id, user_seq LIMIT ?3",
       "SELECT user_id, head FROM user_heads WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
@@ -1623,14 +1771,16 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
     // event joined to its message by primary key: one probe per event.
     Stmt s(*db_,
            "SELECT e.user_seq, e.kind, e.conversation_id, e.seq, e.receipt_user_id, e.delivered, e.read, "
-           "e.created_at, m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, "
-           "m.created_at, e.data, "
+           "e.created_at, x.body, x.created_at, m.conversation_id IS NOT NULL, "
+           "" PARLEY_MESSAGE_COLUMNS ", e.data, "
            "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.n') END, "
            "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.d') END, "
            "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.a') END, "
            "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.t') END "
            "FROM user_events e LEFT JOIN messages m "
-           "ON e.kind = 1 AND m.conversation_id = e.conversation_id AND m.seq = e.seq "
+           "ON e.kind IN (1, 10, 11) AND m.conversation_id = e.conversation_id AND m.seq = e.seq "
+           "LEFT JOIN message_edits x ON e.kind = 10 AND x.conversation_id = e.conversation_id AND x.seq = e.seq "
+           "AND x.version = e.delivered "
            "WHERE e.user_id = ?1 AND e.user_seq > ?2 ORDER BY e.user_seq LIMIT ?3",
            counter);
     // One row beyond the page tells whether more follow.
@@ -1645,16 +1795,23 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
       e.kind = static_cast<EventKind>(s.Int(1));
       e.conversation_id = s.Int(2);
       e.created_at = s.Int(7);
-      if (e.kind == EventKind::kMessage && !s.IsNull(8)) e.message = MessageAt(s, 8);
+      constexpr int kM = 11;                       // first message column
+      constexpr int kData = kM + kMessageColumnCount;  // e.data, then the profile's four
+      const bool has_message = s.Int(10) != 0;
+      if (e.kind == EventKind::kMessage && has_message) e.message = MessageAt(s, kM);
+      if ((e.kind == EventKind::kEdit || e.kind == EventKind::kDelete) && has_message) {
+        e.message = ChangeEventMessage(e.kind, MessageAt(s, kM), s.Int(5), e.created_at, s.Text(8));
+      }
+      if (e.kind == EventKind::kDeleteForMe) e.message = HideEventMessage(e.conversation_id, s.Int(3));
       if (e.kind == EventKind::kReceipt) {
         e.receipt_user_id = s.Int(4);
         e.receipt = Watermarks{s.Int(5), s.Int(6)};
       }
-      if ((e.kind == EventKind::kMessage || e.kind == EventKind::kReceipt) && !s.IsNull(15)) {
-        e.withheld = ParseSeqList(s.Text(15));
+      if ((e.kind == EventKind::kMessage || e.kind == EventKind::kReceipt) && !s.IsNull(kData)) {
+        e.withheld = ParseSeqList(s.Text(kData));
       }
       if (e.kind == EventKind::kProfile || e.kind == EventKind::kContact || e.kind == EventKind::kBlock) {
-        e.profile = ProfileRecord{s.Int(4), s.Text(16), s.Text(17), s.Text(18), s.Int(19)};
+        e.profile = ProfileRecord{s.Int(4), s.Text(kData + 1), s.Text(kData + 2), s.Text(kData + 3), s.Int(kData + 4)};
         e.flag = s.Int(5) != 0;
       }
       if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(s.Int(5));
@@ -2099,6 +2256,11 @@ void SqliteStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
 
 void SqliteStore::UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) {
   SubmitWrite<ReceiptResult>([update](Writer& w) { return w.UpdateReceipt(update); }, std::move(done));
+}
+
+void SqliteStore::ChangeMessage(MessageChange change, Callback<ChangeResult> done) {
+  SubmitWrite<ChangeResult>([change = std::move(change)](Writer& w) { return w.ChangeMessage(change); },
+                            std::move(done));
 }
 
 void SqliteStore::History(ConversationId id, UserId viewer, Seq before, int limit,

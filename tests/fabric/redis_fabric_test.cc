@@ -1,0 +1,134 @@
+// RedisFabric's shared rate-limit buckets (Fabric::ReconcileRateLimits)
+// against a real redis-server (redis_test_server.h): two fabrics stand for
+// two nodes debiting one bucket; Redis gone and back. Routing, presence and
+// pub/sub are covered end to end by cluster_e2e_test.
+#include "fabric/redis/redis_fabric.h"
+
+#include <hiredis/hiredis.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <future>
+#include <thread>
+
+#include "fabric/redis_test_server.h"
+
+namespace parley::fabric {
+namespace {
+
+using parley::testing::RedisTestServer;
+using SteadyClock = std::chrono::steady_clock;
+
+std::unique_ptr<RedisFabric> StartNode(const RedisTestServer& redis, const std::string& id) {
+  RedisFabricConfig config;
+  EXPECT_TRUE(ParseRedisAddress(redis.address(), &config).ok());
+  config.node_id = id;
+  auto fabric = RedisFabric::Start(config);
+  EXPECT_TRUE(fabric.has_value()) << fabric.error().ToString();
+  return fabric ? std::move(*fabric) : nullptr;
+}
+
+Result<std::vector<double>> Reconcile(Fabric& f, std::vector<RateUsage> usage) {
+  auto promise = std::make_shared<std::promise<Result<std::vector<double>>>>();
+  auto future = promise->get_future();
+  f.ReconcileRateLimits(std::move(usage), [promise](Result<std::vector<double>> r) { promise->set_value(std::move(r)); });
+  if (future.wait_for(std::chrono::seconds(5)) != std::future_status::ready)
+    return Status(ErrorCode::kInternal, "no answer within 5 s");
+  return future.get();
+}
+
+// PTTL of `key` in milliseconds (-2: no such key).
+long long Pttl(const RedisTestServer& redis, const std::string& key) {
+  redisContext* c = redisConnect("127.0.0.1", redis.port());
+  if (c == nullptr || c->err) return -100;
+  auto* r = static_cast<redisReply*>(redisCommand(c, "PTTL %s", key.c_str()));
+  long long v = r != nullptr && r->type == REDIS_REPLY_INTEGER ? r->integer : -100;
+  if (r) freeReplyObject(r);
+  redisFree(c);
+  return v;
+}
+
+TEST(RedisFabricRateTest, TwoNodesDebitOneBucketAndEachLearnsTheClusterLevel) {
+  RedisTestServer redis;
+  auto a = StartNode(redis, "node-a");
+  auto b = StartNode(redis, "node-b");
+  ASSERT_TRUE(a && b);
+  ASSERT_TRUE(a->SharesRateLimits());
+  // 10 per second, burst 10. Refill between calls is at most a few tokens
+  // per 100 ms of wall time: the checks allow for a slow machine.
+  auto usage = [](const std::string& bucket, double used) { return RateUsage{bucket, used, 10, 10}; };
+
+  auto l1 = Reconcile(*a, {usage("send_per_user:u1", 6)});
+  ASSERT_TRUE(l1.has_value()) << l1.error().ToString();
+  ASSERT_EQ(l1->size(), 1u);
+  EXPECT_GE((*l1)[0], 4.0);
+  EXPECT_LT((*l1)[0], 5.0);  // a full bucket (10) less 6, plus a little refill
+  auto t1 = SteadyClock::now();
+
+  // Node B's use and node A's meet in one bucket; B sees both.
+  auto l2 = Reconcile(*b, {usage("send_per_user:u1", 6), usage("search_per_user:u1", 1)});
+  ASSERT_TRUE(l2.has_value()) << l2.error().ToString();
+  ASSERT_EQ(l2->size(), 2u);
+  double refill = 10.0 * std::chrono::duration<double>(SteadyClock::now() - t1).count();
+  EXPECT_GE((*l2)[0], -2.0);
+  EXPECT_LE((*l2)[0], -2.0 + refill + 0.1) << "the bucket was owed: 10 - 6 - 6";
+  EXPECT_GE((*l2)[1], 9.0);  // another limit's bucket is another bucket
+  EXPECT_LE((*l2)[1], 9.0);
+
+  // The bucket is kept while not full, with its time to full as TTL.
+  long long ttl = Pttl(redis, "parley:rl:send_per_user:u1");
+  EXPECT_GT(ttl, 1'000);
+  EXPECT_LE(ttl, 1'200 + 1'000) << "about (10 - -2) / 10 s to full, plus a second";
+
+  // However much the nodes over-admit, the debt is bounded.
+  auto l3 = Reconcile(*a, {usage("send_per_user:u1", 1'000)});
+  ASSERT_TRUE(l3.has_value());
+  EXPECT_EQ((*l3)[0], -Fabric::kMaxRateDebtBursts * 10.0);
+
+  // Nothing used, nothing owed: a reconciliation of no buckets answers none.
+  auto l4 = Reconcile(*a, {});
+  ASSERT_TRUE(l4.has_value());
+  EXPECT_TRUE(l4->empty());
+}
+
+TEST(RedisFabricRateTest, ManyBucketsAreSplitOverSeveralScriptsInOrder) {
+  RedisTestServer redis;
+  auto a = StartNode(redis, "node-a");
+  ASSERT_TRUE(a);
+  std::vector<RateUsage> usage;
+  const size_t n = RedisFabric::kRateBucketsPerScript * 2 + 7;
+  for (size_t i = 0; i < n; ++i) usage.push_back(RateUsage{"k:" + std::to_string(i), static_cast<double>(i % 5), 1, 100});
+  auto levels = Reconcile(*a, usage);
+  ASSERT_TRUE(levels.has_value()) << levels.error().ToString();
+  ASSERT_EQ(levels->size(), n);
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ((*levels)[i], 100.0 - static_cast<double>(i % 5)) << "bucket " << i;
+  EXPECT_EQ(Pttl(redis, "parley:rl:k:0"), -2) << "a full bucket is not kept";
+}
+
+TEST(RedisFabricRateTest, RedisGoneFailsUnavailableAndTheBucketsComeBackWithIt) {
+  RedisTestServer redis;
+  auto a = StartNode(redis, "node-a");
+  ASSERT_TRUE(a);
+  ASSERT_TRUE(Reconcile(*a, {RateUsage{"b", 3, 1, 10}}).has_value());
+  redis.Stop();
+  auto start = SteadyClock::now();
+  auto down = Reconcile(*a, {RateUsage{"b", 1, 1, 10}});
+  ASSERT_FALSE(down.has_value());
+  EXPECT_EQ(down.error().code(), ErrorCode::kUnavailable) << down.error().ToString();
+  EXPECT_LT(SteadyClock::now() - start, std::chrono::seconds(1)) << "a node must not wait for a dead Redis";
+
+  redis.Start();  // empty: buckets were not persisted, so they read as full
+  // The fabric reconnects within its retry interval (500 ms).
+  Result<std::vector<double>> up = Status(ErrorCode::kUnavailable, "not tried");
+  auto deadline = SteadyClock::now() + std::chrono::seconds(5);
+  while (!up.has_value() && SteadyClock::now() < deadline) {
+    up = Reconcile(*a, {RateUsage{"b", 2, 1, 10}});
+    if (!up.has_value()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(up.has_value()) << "still failing 5 s after Redis came back: " << up.error().ToString();
+  EXPECT_EQ((*up)[0], 8.0);
+}
+
+}  // namespace
+}  // namespace parley::fabric
