@@ -5,8 +5,26 @@
 // WsSession reads one frame at a time into its flat_buffer and hands the
 // bytes to ChatService::OnFrame on its own I/O thread (decoding happens there,
 // in parallel with other threads). Outgoing frames are shared, immutable
-// strings queued per connection; one async_write is in flight at a time
-// (Beast allows no more) and the queue is bounded in bytes.
+// strings queued per connection, and the queue is bounded in bytes.
+//
+// Coalesced writes: a frame queued on an idle connection does not start a
+// write at once; the connection posts one flush to its executor, which runs
+// after every handler already queued there (the core's fan-out of a group
+// commit posts all its frames before it). The flush encodes every queued
+// frame (up to kMaxWriteBatchBytes) into one buffer and writes it with one
+// write: one sendmsg, or one TLS record per 16 KiB, for what used to be one
+// Beast async_write each. Frames written together stay queued (and counted)
+// until the write completes; frames queued meanwhile wait for the next one.
+// The frames are encoded by the gateway (ws_write.h) and written below Beast
+// through SerialWriteStream, which orders them with Beast's own writes
+// (handshake response, pongs, close). With permessage-deflate negotiated, a
+// frame of at least --ws-deflate-min-bytes still goes through Beast alone:
+// RFC 7692 compresses each message with the connection's LZ77 context, in
+// order, which only Beast's deflate stream holds. Smaller frames, which Beast
+// sends uncompressed (RSV1 clear) and which never touch that context, are
+// batched as on a plain connection. A connection never has a Beast message
+// write and a batch in flight at once, so a message fragmented by Beast is
+// never split by a batch.
 //
 // Both session classes are templates over the stream below the HTTP and
 // WebSocket layers: beast::tcp_stream (plain) or
@@ -40,6 +58,7 @@
 
 #include "common/metrics.h"
 #include "core/chat_service.h"
+#include "gateway/ws_write.h"
 #include "net/tls_fingerprint.h"
 #include "protocol/encode.h"
 #include "protocol/limits.h"
@@ -92,6 +111,10 @@ struct GatewayMetrics {
   Counter& coalesced = Metrics::Default().GetCounter(
       "parley_coalesced_receipts_total", "Receipt events merged into an earlier one still queued for the same connection");
   Counter& accepted = Metrics::Default().GetCounter("parley_connections_accepted_total", "TCP connections accepted");
+  Counter& frames_written = Metrics::Default().GetCounter("parley_outbound_frames_total",
+                                                          "WebSocket frames written to clients (data frames of the protocol)");
+  Counter& writes = Metrics::Default().GetCounter(
+      "parley_outbound_writes_total", "Socket writes that carried them (one per batch of coalesced frames)");
   Gauge& deflate_connections = Metrics::Default().GetGauge(
       "parley_ws_deflate_connections", "Open WebSocket connections with permessage-deflate negotiated");
   Counter& http_requests = Metrics::Default().GetCounter("parley_http_requests_total", "Plain HTTP requests served");
@@ -108,10 +131,23 @@ struct GatewayMetrics {
 // The closing handshake of a connection we close gets at least this long.
 constexpr int kMinCloseTimeoutMs = 5'000;
 
+// One coalesced write carries queued frames up to this many bytes (a single
+// larger frame goes alone). Bounds the copy a connection holds while its
+// write is in flight; larger batches would save no syscalls worth having.
+constexpr size_t kMaxWriteBatchBytes = 64 * 1024;
+
 // Which queued receipts may merge: one per (conversation, receipt user).
-std::string ReceiptKey(const store::StreamEvent& e) {
-  return std::to_string(e.conversation_id) + ":" + std::to_string(e.receipt_user_id);
-}
+struct ReceiptKeyT {
+  store::ConversationId conversation_id;
+  store::UserId user_id;
+  bool operator==(const ReceiptKeyT&) const = default;
+};
+struct ReceiptKeyHash {
+  size_t operator()(const ReceiptKeyT& k) const noexcept {
+    return std::hash<int64_t>()(k.conversation_id) * 31 + std::hash<int64_t>()(k.user_id);
+  }
+};
+ReceiptKeyT ReceiptKey(const store::StreamEvent& e) { return {e.conversation_id, e.receipt_user_id}; }
 
 GatewayMetrics& M() {
   static GatewayMetrics m;
@@ -135,6 +171,7 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
  private:
   void DoRead();
   void OnRead(beast::error_code ec, size_t n);
+  void ScheduleWrite();
   void DoWrite();
   void OnWrite(beast::error_code ec, size_t n);
   void DoClose();
@@ -149,7 +186,7 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   bool MergeReceipt(const std::shared_ptr<const store::StreamEvent>& receipt);
   void Dequeued(const Queued& q);
 
-  websocket::stream<Stream> ws_;
+  websocket::stream<SerialWriteStream<Stream>> ws_;
   std::shared_ptr<ssl::context> tls_;  // the context this TLS connection was accepted with (null: plain)
   beast::flat_buffer buffer_;
   core::ChatService* chat_;
@@ -158,10 +195,14 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   std::shared_ptr<core::Client> client_;
   // State below is touched only on the session's executor.
   std::deque<Queued> queue_;  // element addresses are stable (deque: push_back/pop_front)
-  // Queued receipts not yet being written, by "conversation:user".
-  std::unordered_map<std::string, Queued*> mergeable_;
+  // Queued receipts not yet being written, by (conversation, receipt user).
+  std::unordered_map<ReceiptKeyT, Queued*, ReceiptKeyHash> mergeable_;
   size_t queued_bytes_ = 0;
+  std::string batch_;        // the frames being written, encoded (plain frames; empty between writes)
+  size_t batch_frames_ = 0;  // queue_'s first entries, in the write in flight
   bool writing_ = false;
+  bool write_posted_ = false;  // a DoWrite is posted for the end of this loop turn
+  bool accepted_ = false;      // the WebSocket handshake is done
   bool close_requested_ = false;
   bool closing_ = false;
   bool finished_ = false;
@@ -234,7 +275,9 @@ void WsSession<Stream>::Start(http::request<http::string_body> req) {
   client_ = chat_->Connect(this->shared_from_this(), remote_ec ? std::string() : remote.address().to_string());
   ws_.async_accept(req, [self = this->shared_from_this()](beast::error_code ec) {
     if (ec) return self->Finish();
+    self->accepted_ = true;
     self->DoRead();
+    self->DoWrite();  // whatever was queued during the handshake
   });
 }
 
@@ -316,9 +359,9 @@ void WsSession<Stream>::Enqueue(Queued q, bool ephemeral) {
   queue_.push_back(std::move(q));
   if (queue_.back().receipt) mergeable_[ReceiptKey(*queue_.back().receipt)] = &queue_.back();
   if (queued_bytes_ > cfg_.max_outbound_queue_bytes) {
-    // Step 3: too slow a reader. Drop what is queued (but the frame being
-    // written, whose buffer Beast still holds) and let the device catch up by
-    // sync.
+    // Step 3: too slow a reader. Drop what is queued (but the frames being
+    // written, whose bytes the write in flight holds) and let the device
+    // catch up by sync.
     M().resync_closes.Inc();
     DropQueued();
     close_requested_ = true;
@@ -327,7 +370,19 @@ void WsSession<Stream>::Enqueue(Queued q, bool ephemeral) {
     if (!writing_) DoClose();
     return;
   }
-  if (!writing_) DoWrite();
+  ScheduleWrite();
+}
+
+// The write starts at the end of this loop turn, so that the frames queued
+// by the handlers already posted (a group commit's fan-out) leave with it.
+template <typename Stream>
+void WsSession<Stream>::ScheduleWrite() {
+  if (writing_ || write_posted_) return;
+  write_posted_ = true;
+  net::post(ws_.get_executor(), [self = this->shared_from_this()] {
+    self->write_posted_ = false;
+    self->DoWrite();
+  });
 }
 
 // Bookkeeping for a frame leaving the queue (written or dropped).
@@ -348,32 +403,63 @@ void WsSession<Stream>::Close(uint16_t code, std::string reason) {
     if (self->close_requested_ || self->finished_) return;
     self->close_requested_ = true;
     self->close_reason_ = websocket::close_reason(static_cast<websocket::close_code>(code), reason);
-    if (!self->writing_) self->DoClose();
+    // Close after flush: queued frames go first (DoWrite closes once the queue is empty).
+    if (!self->writing_ && self->queue_.empty()) self->DoClose();
   });
 }
 
 template <typename Stream>
 void WsSession<Stream>::DoWrite() {
+  if (writing_ || finished_ || !accepted_) return;
   if (queue_.empty()) {
     if (close_requested_) DoClose();
     return;
   }
+  // Beast has begun a closing handshake (the peer's close, or a failure): no
+  // frame may follow its close frame. The read side ends the session.
+  if (!ws_.is_open()) return;
   writing_ = true;
-  Queued& front = queue_.front();
-  if (front.receipt) {  // its buffer now belongs to Beast: nothing may merge into it
-    auto it = mergeable_.find(ReceiptKey(*front.receipt));
-    if (it != mergeable_.end() && it->second == &front) mergeable_.erase(it);
-    front.receipt.reset();
+  // The frames of this write: nothing may merge into them any more.
+  auto take = [this](Queued& q) {
+    if (q.receipt) {
+      auto it = mergeable_.find(ReceiptKey(*q.receipt));
+      if (it != mergeable_.end() && it->second == &q) mergeable_.erase(it);
+      q.receipt.reset();
+    }
+  };
+  // With permessage-deflate, a frame Beast would compress (its size at least
+  // the threshold) goes through Beast alone (see the top of this file); the
+  // smaller ones, which Beast too would send uncompressed, are batched.
+  auto compressed = [this](const Queued& q) { return deflate_ && q.frame->size() >= cfg_.ws_deflate.min_bytes; };
+  if (compressed(queue_.front())) {
+    batch_frames_ = 1;
+    take(queue_.front());
+    ws_.text(true);
+    ws_.async_write(net::buffer(*queue_.front().frame),
+                    beast::bind_front_handler(&WsSession::OnWrite, this->shared_from_this()));
+    return;
   }
-  ws_.text(true);
-  ws_.async_write(net::buffer(*front.frame), beast::bind_front_handler(&WsSession::OnWrite, this->shared_from_this()));
+  size_t bytes = 0;
+  batch_frames_ = 0;
+  for (Queued& q : queue_) {
+    size_t n = q.frame->size();
+    if (compressed(q) || (batch_frames_ > 0 && bytes + n > kMaxWriteBatchBytes)) break;
+    take(q);
+    bytes += TextFrameHeaderBytes(n) + n;
+    ++batch_frames_;
+  }
+  batch_.reserve(bytes);
+  for (size_t i = 0; i < batch_frames_; ++i) AppendTextFrame(batch_, *queue_[i].frame);
+  // One call, not net::async_write: SerialWriteStream writes it whole (ws_write.h).
+  ws_.next_layer().async_write_some(net::buffer(batch_),
+                                    beast::bind_front_handler(&WsSession::OnWrite, this->shared_from_this()));
 }
 
-// Drops every queued frame but the one being written (Beast still holds its
-// buffer; OnWrite releases it).
+// Drops every queued frame but those being written (the write in flight holds
+// their bytes; OnWrite releases them).
 template <typename Stream>
 void WsSession<Stream>::DropQueued() {
-  size_t keep = writing_ ? 1 : 0;
+  size_t keep = writing_ ? batch_frames_ : 0;
   while (queue_.size() > keep) {
     Dequeued(queue_.back());
     queue_.pop_back();
@@ -383,8 +469,15 @@ void WsSession<Stream>::DropQueued() {
 template <typename Stream>
 void WsSession<Stream>::OnWrite(beast::error_code ec, size_t) {
   writing_ = false;
-  Dequeued(queue_.front());
-  queue_.pop_front();
+  std::string().swap(batch_);  // an idle connection holds no write buffer
+  if (!ec) {
+    M().writes.Inc();
+    M().frames_written.Inc(batch_frames_);
+  }
+  for (; batch_frames_ > 0; --batch_frames_) {
+    Dequeued(queue_.front());
+    queue_.pop_front();
+  }
   if (ec || finished_) return Finish();
   DoWrite();
 }
@@ -393,9 +486,9 @@ template <typename Stream>
 void WsSession<Stream>::DoClose() {
   if (closing_ || finished_) return;
   closing_ = true;
-  // The close frame waits behind the frame being written; a stalled reader
+  // The close frame waits behind what a stalled reader has not read yet; it
   // may take a while to get to it. Give it as long as a silent connection
-  // gets (the heartbeat timeout): memory held meanwhile is that one frame.
+  // gets (the heartbeat timeout): the queue is empty meanwhile.
   websocket::stream_base::timeout t{};
   t.handshake_timeout = std::chrono::milliseconds(std::max(kMinCloseTimeoutMs, cfg_.idle_timeout_ms));
   t.idle_timeout = websocket::stream_base::none();
@@ -413,7 +506,7 @@ void WsSession<Stream>::Finish() {
   if (finished_) return;
   finished_ = true;
   if (deflate_) M().deflate_connections.Add(-1);
-  DropQueued();  // a frame still being written is released by OnWrite
+  DropQueued();  // frames still being written are released by OnWrite
   chat_->OnDisconnect(client_);
   client_.reset();  // core keeps it until it has processed the disconnect
   registry_->Remove(this);

@@ -157,6 +157,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_COMMIT_DEADLINE_US")
       ->check(CLI::Range(0, 1'000'000))
       ->capture_default_str();
+  app.add_option("--commit-adaptive-wait-us", c.store.commit_adaptive_wait_us,
+                 "With no --commit-deadline-us: longest wait for a group commit to fill, taken only while commits "
+                 "are small and more writes are arriving (0: never wait)")
+      ->envname("PARLEY_COMMIT_ADAPTIVE_WAIT_US")
+      ->check(CLI::Range(0, 100'000))
+      ->capture_default_str();
   std::string store_spec = "sqlite";
   app.add_option("--store", store_spec,
                  "Store: 'sqlite' (a file in --data-dir) or a PostgreSQL URL postgres://... / postgresql://... "

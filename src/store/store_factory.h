@@ -10,6 +10,10 @@
 
 namespace parley::store {
 
+// Default of StoreConfig::commit_adaptive_wait_us (--commit-adaptive-wait-us),
+// chosen by measurement (docs/benchmarks.md, "Commits sized to the load").
+inline constexpr int kDefaultCommitAdaptiveWaitUs = 0;
+
 struct StoreConfig {
   std::string backend = "sqlite";  // "sqlite" or "postgres"
   std::string sqlite_path;         // file of the SQLite store (created if missing)
@@ -24,6 +28,9 @@ struct StoreConfig {
   // ... and, when fewer are queued, waits at most this long for more (0: commit
   // what is there at once; a commit in progress still lets the next batch grow).
   int commit_deadline_us = 0;
+  // ... or, with no fixed deadline, waits at most this long only while commits
+  // are small and more writes are arriving (store/commit_pacer.h); 0: never.
+  int commit_adaptive_wait_us = kDefaultCommitAdaptiveWaitUs;
   // SQLite page cache per connection, KiB.
   int sqlite_cache_kib = 65536;
   // Stamps each message's stored_at (the time its commit batch is written);

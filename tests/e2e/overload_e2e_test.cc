@@ -158,6 +158,59 @@ TEST(OverloadE2E, QueuedReceiptsAreCoalescedToTheLatestWatermark) {
   EXPECT_GE(MetricValue(HttpGet(server.port(), "/metrics"), "parley_coalesced_receipts_total"), kCount / 2);
 }
 
+// Coalesced writes: frames queued while a connection's write is in progress
+// leave together, several per socket write, each still a whole frame in its
+// order (the client parses every one). Without coalescing every frame is its
+// own write (frames / writes == 1).
+TEST(OverloadE2E, QueuedFramesLeaveSeveralPerWriteInOrder) {
+  ServerProcess server({"--socket-send-buffer", "4096"});
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a = Login(server, "alice");
+  Device sender = Login(server, "bob", "sender");
+  ConnectOptions o;
+  o.port = server.port();
+  o.receive_buffer_bytes = 4096;
+  std::string err;
+  auto slow = Connection::Open(o, &err);
+  ASSERT_TRUE(slow) << err;
+  auto auth = slow->Call("auth", {{"token", a.token}});
+  ASSERT_TRUE(auth.ok);
+  std::string before = HttpGet(server.port(), "/metrics");
+  slow->PauseReading();
+
+  constexpr int kCount = 300;
+  std::vector<int64_t> ids;
+  for (int i = 0; i < kCount; ++i)
+    ids.push_back(sender.conn->Start("send", {{"to", "alice"}, {"client_id", "q" + std::to_string(i)},
+                                             {"body", std::string(200, 'x')}}));
+  for (auto id : ids) ASSERT_TRUE(sender.conn->Await(id, 30000).ok);
+
+  slow->ResumeReading();
+  int64_t next = 1;
+  while (next <= kCount) {
+    auto f = slow->NextEvent(10000);
+    ASSERT_TRUE(f) << "message " << next << " did not arrive";
+    if ((*f)["type"] != "event" || (*f)["event"]["kind"] != "message") continue;
+    ASSERT_EQ((*f)["event"]["message"]["seq"], next);
+    ASSERT_EQ((*f)["event"]["message"]["body"], std::string(200, 'x'));
+    ++next;
+  }
+  EXPECT_FALSE(slow->closed());
+  std::string after = HttpGet(server.port(), "/metrics");
+  double frames =
+      MetricValue(after, "parley_outbound_frames_total") - MetricValue(before, "parley_outbound_frames_total");
+  double writes =
+      MetricValue(after, "parley_outbound_writes_total") - MetricValue(before, "parley_outbound_writes_total");
+  // At least the slow connection's 300 message events, the sender's 300
+  // responses, and alice's other connection's 300 events.
+  EXPECT_GE(frames, 3 * kCount);
+  // The slow connection's frames, queued behind its stalled write, leave a
+  // batch (<= 64 KiB) per write: frames per write well above 1 overall even
+  // if every other frame went alone.
+  EXPECT_GT(frames, 1.3 * writes) << frames << " frames in " << writes << " writes";
+}
+
 // Found by the delivery checker's withheld-list check (receipt_leaks): a
 // receipt carrying a withheld list is never merged, but later receipts of
 // the same (conversation, user) were still folded into one queued before

@@ -111,6 +111,7 @@
 
 #include "protocol/message_edits.h"
 #include "store/change_events.h"
+#include "store/commit_pacer.h"
 #include "store/name_words.h"
 #include "store/postgres/pg_conn.h"
 
@@ -1939,6 +1940,7 @@ PostgresStore::PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> 
                              std::vector<std::unique_ptr<Reader>> readers)
     : max_batch_(std::max(1, config.commit_max_batch)),
       deadline_us_(std::max(0, config.commit_deadline_us)),
+      adaptive_wait_us_(std::max(0, config.commit_adaptive_wait_us)),
       writer_(std::move(writer)),
       readers_(std::move(readers)),
       commits_total_(Metrics::Default().GetCounter("parley_store_commits_total", "Store transactions committed.")),
@@ -1982,18 +1984,20 @@ template <typename T>
 void PostgresStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, LockSet locks) {
   auto op = std::make_unique<TypedWriteOp<T>>(std::move(body), std::move(done));
   op->locks = std::move(locks);
+  bool wake = false;
   {
     std::lock_guard lock(write_mu_);
     if (!writer_exited_) {
       write_queue_.push_back(std::move(op));
       queue_depth_.Add(1);
+      wake = write_queue_.size() >= notify_at_;
     }
   }
   if (op != nullptr) {  // not queued: the writer is gone
     op->Finish(Status(ErrorCode::kShuttingDown, "store is closing"));
     return;
   }
-  write_cv_.notify_one();
+  if (wake) write_cv_.notify_one();
 }
 
 template <typename T>
@@ -2017,6 +2021,7 @@ void PostgresStore::SubmitRead(std::function<Result<T>(Reader&)> body, Callback<
 void PostgresStore::RunWriter() {
   std::vector<std::unique_ptr<WriteOp>> batch;
   const size_t max_batch = static_cast<size_t>(max_batch_);
+  CommitPacer pacer(max_batch_, deadline_us_, adaptive_wait_us_);
   for (;;) {
     {
       std::unique_lock lock(write_mu_);
@@ -2025,9 +2030,14 @@ void PostgresStore::RunWriter() {
         writer_exited_ = true;
         return;
       }
-      if (deadline_us_ > 0 && write_queue_.size() < max_batch && !write_stopping_) {
-        write_cv_.wait_until(lock, std::chrono::steady_clock::now() + std::chrono::microseconds(deadline_us_),
-                             [&] { return write_queue_.size() >= max_batch || write_stopping_; });
+      CommitPacer::Wait wait = pacer.Before(write_queue_.size(), CommitPacer::Clock::now());
+      if (wait.max.count() > 0 && !write_stopping_) {
+        // Submitters wake this thread only once the wait's target is queued
+        // (not once per write).
+        notify_at_ = wait.until_queued;
+        write_cv_.wait_for(lock, wait.max,
+                           [&] { return write_queue_.size() >= wait.until_queued || write_stopping_; });
+        notify_at_ = 1;
       }
       size_t n = std::min(write_queue_.size(), max_batch);
       for (size_t i = 0; i < n; ++i) {
@@ -2035,6 +2045,7 @@ void PostgresStore::RunWriter() {
         write_queue_.pop_front();
       }
       queue_depth_.Add(-static_cast<int64_t>(n));
+      pacer.Taken(n, CommitPacer::Clock::now());
     }
     auto start = std::chrono::steady_clock::now();
     Status status = writer_->CommitBatch(batch);

@@ -176,6 +176,7 @@ class PostgresStore final : public Store {
 
   const int max_batch_;
   const int deadline_us_;
+  const int adaptive_wait_us_;
   std::unique_ptr<Writer> writer_;                 // used only by writer_thread_
   std::vector<std::unique_ptr<Reader>> readers_;  // readers_[i] used only by reader_threads_[i]
 
@@ -183,6 +184,7 @@ class PostgresStore final : public Store {
   std::mutex write_mu_;
   std::condition_variable write_cv_;
   std::deque<std::unique_ptr<WriteOp>> write_queue_;
+  size_t notify_at_ = 1;  // a write that makes the queue this long wakes the writer
   bool write_stopping_ = false;
   bool writer_exited_ = false;
 

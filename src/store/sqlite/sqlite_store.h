@@ -158,6 +158,7 @@ class SqliteStore final : public Store {
   const std::string source_path_;
   const int max_batch_;
   const int deadline_us_;
+  const int adaptive_wait_us_;
   std::unique_ptr<Writer> writer_;  // used only by writer_thread_
   std::unique_ptr<Reader> reader_;  // used only by reader_thread_
 
@@ -165,6 +166,7 @@ class SqliteStore final : public Store {
   std::mutex write_mu_;
   std::condition_variable write_cv_;
   std::deque<std::unique_ptr<WriteOp>> write_queue_;
+  size_t notify_at_ = 1;  // a write that makes the queue this long wakes the writer
   bool write_stopping_ = false;
   bool writer_exited_ = false;
 
