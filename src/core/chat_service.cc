@@ -254,6 +254,7 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kPushSettings: return DoPushSettings(c, std::move(req));
     case RequestType::kEditMessage:
     case RequestType::kDeleteMessage: return DoChangeMessage(c, std::move(req));
+    case RequestType::kSetDraft: return DoSetDraft(c, std::move(req));
   }
 }
 
@@ -273,7 +274,8 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
       return send_user_limiter_.Take(user, now);
     }
     case RequestType::kSearchUsers: return search_limiter_.Take(user, now);
-    case RequestType::kTyping: return typing_limiter_.Take("d" + std::to_string(c->device_id), now);
+    case RequestType::kTyping:
+    case RequestType::kSetDraft: return typing_limiter_.Take("d" + std::to_string(c->device_id), now);
     case RequestType::kSubscribePresence:
     case RequestType::kSetAppState:
       // Before auth set_app_state only sets a flag on the connection.
@@ -697,6 +699,7 @@ void ChatService::AppendSend(const ClientPtr& c, Req req, int64_t conversation_i
     e.created_at = msg.created_at;
     e.message = msg;
     PublishEvents(std::move(e), r->positions, r->withheld);
+    if (r->draft_cleared) PublishDraft(msg.conversation_id, store::DraftRecord{"", msg.created_at}, *r->draft_cleared);
     PushAfterMessage(msg, r->positions);
   }));
 }
@@ -749,6 +752,36 @@ void ChatService::DoReceipt(const ClientPtr& c, Req req) {
 // the message) and appends the events; core answers and publishes them. The
 // live event is built like the stored one (store/change_events.h), so it
 // reads the same through sync.
+// ---- Drafts (issue 12; docs/protocol.md "Drafts") ----
+
+void ChatService::DoSetDraft(const ClientPtr& c, Req req) {
+  auto d = std::get<protocol::SetDraftRequest>(req.body);
+  const int64_t now = clock_.NowMillis();
+  store_.SetDraft(c->user_id, d.conversation_id, d.text, now,
+                  OnCore<store::SocialResult>([this, c, req, d, now](Result<store::SocialResult> r) {
+                    if (!r) {
+                      // Do not tell a non-member whether the conversation exists.
+                      if (r.error().code() == ErrorCode::kUnknownConversation)
+                        return Fail(c, req, Status(ErrorCode::kNotMember, "you are not a member of this conversation"));
+                      return Fail(c, req, r.error());
+                    }
+                    Respond(c, req, [&](JsonWriter& w) {
+                      w.Field("conversation_id", d.conversation_id).Field("changed", r->changed);
+                    });
+                    if (r->changed) PublishDraft(d.conversation_id, store::DraftRecord{d.text, now}, r->positions.at(0));
+                  }));
+}
+
+void ChatService::PublishDraft(int64_t conversation_id, const store::DraftRecord& draft,
+                               const store::StreamPosition& at) {
+  store::StreamEvent e;
+  e.kind = store::EventKind::kDraft;
+  e.conversation_id = conversation_id;
+  e.created_at = draft.updated_at;
+  e.draft = draft;
+  PublishEvents(std::move(e), {at});
+}
+
 void ChatService::DoChangeMessage(const ClientPtr& c, Req req) {
   store::MessageChange ch;
   protocol::ChangeKind kind = protocol::ChangeKind::kEdit;

@@ -49,6 +49,7 @@ struct RateLimits {
   RateLimit failed_login_per_username{5.0 / 60, 10};
   RateLimit failed_login_per_address{20.0 / 60, 50};
   RateLimit register_per_address{5.0 / 60, 10};
+  // typing and set_draft
   RateLimit typing_per_device{2, 6};
   // subscribe_presence and set_app_state (after auth)
   RateLimit presence_per_device{5, 20};
@@ -205,6 +206,8 @@ class ChatService {
   void DoMessageInfo(const ClientPtr& c, Req req);
   // edit_message and delete_message (issue 12).
   void DoChangeMessage(const ClientPtr& c, Req req);
+  void DoSetDraft(const ClientPtr& c, Req req);
+  void PublishDraft(int64_t conversation_id, const store::DraftRecord& draft, const store::StreamPosition& at);
   // Push notifications (chat_push.cc).
   void DoRegisterPush(const ClientPtr& c, Req req);
   void DoUnregisterPush(const ClientPtr& c, Req req);

@@ -71,7 +71,11 @@ void WriteSummary(JsonWriter& w, const store::ConversationSummary& s) {
   w.EndArray().Key("watermarks").BeginArray();
   for (const auto& [uid, wm] : s.watermarks)
     w.BeginObject().Field("user_id", uid).Field("delivered", wm.delivered).Field("read", wm.read).EndObject();
-  w.EndArray().Field("unread", s.unread).Field("last_activity_at", s.conversation.last_activity_at).EndObject();
+  w.EndArray().Field("unread", s.unread).Field("last_activity_at", s.conversation.last_activity_at);
+  if (!s.draft.text.empty()) {
+    w.Key("draft").BeginObject().Field("text", s.draft.text).Field("updated_at", s.draft.updated_at).EndObject();
+  }
+  w.EndObject();
 }
 
 namespace {
@@ -164,6 +168,12 @@ void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
           .Field("seq", e.message->seq)
           .Field("deleted_at", e.created_at);
       break;
+    case store::EventKind::kDraft:
+      w.Field("kind", "draft")
+          .Field("conversation_id", e.conversation_id)
+          .Field("text", e.draft ? e.draft->text : std::string())
+          .Field("updated_at", e.draft ? e.draft->updated_at : e.created_at);
+      break;
   }
   w.EndObject();
 }
@@ -182,6 +192,7 @@ std::string_view EventKindName(store::EventKind kind) {
     case store::EventKind::kEdit: return "edit";
     case store::EventKind::kDelete: return "delete";
     case store::EventKind::kDeleteForMe: return "delete_for_me";
+    case store::EventKind::kDraft: return "draft";
   }
   return "";
 }
@@ -191,7 +202,8 @@ const std::vector<store::EventKind>& AllEventKinds() {
       store::EventKind::kMessage, store::EventKind::kReceipt,      store::EventKind::kConversation,
       store::EventKind::kProfile, store::EventKind::kContact,      store::EventKind::kBlock,
       store::EventKind::kPrivacy, store::EventKind::kMute,         store::EventKind::kPushPreviews,
-      store::EventKind::kEdit,    store::EventKind::kDelete,       store::EventKind::kDeleteForMe};
+      store::EventKind::kEdit,    store::EventKind::kDelete,       store::EventKind::kDeleteForMe,
+      store::EventKind::kDraft};
   return kinds;
 }
 

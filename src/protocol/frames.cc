@@ -197,6 +197,20 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       *body = std::move(r);
       return Status::Ok();
     }
+    case RequestType::kSetDraft: {
+      SetDraftRequest r;
+      if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;
+      element e;
+      if (obj["text"].get(e) != simdjson::SUCCESS) return Bad("missing field 'text'");
+      std::string_view sv;
+      if (e.get_string().get(sv) != simdjson::SUCCESS) return Bad("field 'text' must be a string");
+      // A draft is a message to be: the body's limit.
+      if (sv.size() > kMaxBodyBytes)
+        return Status(ErrorCode::kBodyTooLarge, fmt::format("text is longer than {} bytes", kMaxBodyBytes));
+      r.text.assign(sv);
+      *body = std::move(r);
+      return Status::Ok();
+    }
     case RequestType::kDeleteMessage: {
       DeleteMessageRequest r;
       if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;

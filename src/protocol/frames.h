@@ -59,7 +59,8 @@ namespace parley::protocol {
   X(kSetPushPreviews, "set_push_previews", true) \
   X(kPushSettings, "push_settings", true)      \
   X(kEditMessage, "edit_message", true)        \
-  X(kDeleteMessage, "delete_message", true)
+  X(kDeleteMessage, "delete_message", true)     \
+  X(kSetDraft, "set_draft", true)
 
 enum class RequestType {
 #define PARLEY_X(e, name, auth) e,
@@ -177,6 +178,11 @@ struct EditMessageRequest {
   std::string client_id;  // the edit's own idempotency id (same rules as send's)
   std::string body;       // the new text
 };
+// Drafts (issue 12; docs/protocol.md "Drafts"): empty text clears.
+struct SetDraftRequest {
+  int64_t conversation_id = 0;
+  std::string text;
+};
 struct DeleteMessageRequest {
   int64_t conversation_id = 0;
   int64_t seq = 0;
@@ -193,7 +199,7 @@ using RequestBody =
                  SetProfileRequest, UserRequest, SearchUsersRequest, ListConversationsRequest, ChangePasswordRequest,
                  TypingRequest, SetAppStateRequest, SetPrivacyRequest, SubscribePresenceRequest,
                  MessageInfoRequest, RegisterPushRequest, MuteConversationRequest, SetPushPreviewsRequest,
-                 EditMessageRequest, DeleteMessageRequest>;
+                 EditMessageRequest, DeleteMessageRequest, SetDraftRequest>;
 
 struct Request {
   RequestType type = RequestType::kPing;

@@ -302,6 +302,13 @@ void FaultStore::ChangeMessage(MessageChange change, Callback<ChangeResult> done
                       [&](Callback<ChangeResult> cb) { inner_.ChangeMessage(std::move(change), std::move(cb)); });
 }
 
+void FaultStore::SetDraft(UserId user_id, ConversationId conversation_id, std::string text, int64_t now,
+                          Callback<SocialResult> done) {
+  Write<SocialResult>(std::move(done), [&](Callback<SocialResult> cb) {
+    inner_.SetDraft(user_id, conversation_id, std::move(text), now, std::move(cb));
+  });
+}
+
 void FaultStore::SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,
                             int64_t now, Callback<SocialResult> done) {
   Write<SocialResult>(std::move(done), [&](Callback<SocialResult> cb) {

@@ -109,6 +109,8 @@ class FaultStore final : public Store {
   void AppendMessage(NewMessage msg, Callback<AppendResult> done) override;
   void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) override;
   void ChangeMessage(MessageChange change, Callback<ChangeResult> done) override;
+  void SetDraft(UserId user_id, ConversationId conversation_id, std::string text, int64_t now,
+                Callback<SocialResult> done) override;
   void History(ConversationId id, UserId viewer, Seq before, int limit,
                Callback<std::vector<MessageRecord>> done) override;
   void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;

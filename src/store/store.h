@@ -125,6 +125,13 @@ class Store {
   // kMessageDeleted, kEditWindowClosed, kDeleteWindowClosed.
   virtual void ChangeMessage(MessageChange change, Callback<ChangeResult> done) = 0;
 
+  // Sets (or, with empty text, clears) the user's draft in a conversation
+  // they are a member of; changed and one kDraft position in the user's own
+  // stream when the text differs from the stored one. Last writer in the
+  // store's order wins. A send by the user clears it (AppendResult::draft_cleared).
+  virtual void SetDraft(UserId user_id, ConversationId conversation_id, std::string text, int64_t now,
+                        Callback<SocialResult> done) = 0;
+
   // Messages of a conversation visible to `viewer` (withheld ones skipped)
   // with seq < before (before = 0: from the newest), newest `limit` of them,
   // returned in ascending seq. Fails kUnknownConversation.

@@ -120,6 +120,14 @@ enum class EventKind : int {
   kEdit = 10,         // a message visible to the user was edited (issue 12)
   kDelete = 11,       // a message visible to the user was deleted for everyone
   kDeleteForMe = 12,  // the user deleted a message for themself (on any of their devices)
+  kDraft = 13,        // the user's draft in a conversation changed (set, or cleared by a send)
+};
+
+// A user's unsent text in one conversation, shared by all of their devices
+// (issue 12; docs/protocol.md "Drafts"). Empty text: no draft.
+struct DraftRecord {
+  std::string text;
+  int64_t updated_at = 0;  // when it was last set or cleared (server time)
 };
 
 // One entry of a user's event stream. Which fields are set depends on kind:
@@ -138,6 +146,10 @@ enum class EventKind : int {
 //                  version = the delete's, deleted_at; body "")
 //   kDeleteForMe:  conversation_id, message (conversation_id, seq; deleted_at =
 //                  when the user hid it)
+//   kDraft:        conversation_id, draft: the conversation's draft as it is
+//                  when the event is read (drafts keep no history: every
+//                  draft event of a conversation reads the current one, so the
+//                  last applied is the newest whatever the order of reading)
 // An edit event read after the message was deleted carries an empty body
 // (the delete removed every text of the message).
 // kContact/kBlock profiles are as the stream's user saw them then: as it was
@@ -163,6 +175,7 @@ struct StreamEvent {
   std::optional<ProfileRecord> profile;
   bool flag = false;
   PresenceVisibility presence_visibility = PresenceVisibility::kEveryone;
+  std::optional<DraftRecord> draft;
   // Never stored: set by a gateway that merged later receipt events (same
   // conversation and user) into this one while they waited to be sent; their
   // user seqs, which the device will not get live.
@@ -227,6 +240,9 @@ struct AppendResult {
   // watermark now covers (see StreamEvent::withheld); usually empty. Same
   // length as positions, or empty when all are empty.
   std::vector<std::vector<Seq>> withheld;
+  // Set when the send cleared the sender's draft in the conversation: the
+  // kDraft event that announces it, in the sender's stream after the message.
+  std::optional<StreamPosition> draft_cleared;
 };
 
 struct ReceiptUpdate {
@@ -294,6 +310,7 @@ struct ConversationSummary {
   std::vector<MessageRecord> latest;  // the newest messages, ascending seq
   std::vector<std::pair<UserId, Watermarks>> watermarks;  // each member's aggregate
   int64_t unread = 0;  // visible messages not by the user above the user's read watermark
+  DraftRecord draft;   // the user's draft in it (empty text: none)
 };
 
 struct ConversationPage {

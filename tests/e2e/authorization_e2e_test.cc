@@ -129,6 +129,8 @@ std::map<RequestType, Row> Matrix(const Victims& v) {
       {RequestType::kEditMessage,
        {{{"conversation_id", v.conv}, {"seq", 1}, {"client_id", "e1"}, {"body", "mallory was here"}}, "not_member", {}}},
       {RequestType::kDeleteMessage, {{{"conversation_id", v.conv}, {"seq", 1}, {"for", "everyone"}}, "not_member", {}}},
+      // Drafts (issue 12): only in the caller's own conversations.
+      {RequestType::kSetDraft, {{{"conversation_id", v.conv}, {"text", "mallory's draft"}}, "not_member", {}}},
   };
 }
 

@@ -97,11 +97,13 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4,5"});
+            std::vector<std::string>{"1,2,3,4,5,6"});
   // Step 4 (push): an existing user has previews on.
   EXPECT_EQ(Sql(url, "SELECT push_previews::text FROM users WHERE username = 'old'"), std::vector<std::string>{"true"});
   // Step 5 (edits and deletes): the edits table, empty.
   EXPECT_EQ(Sql(url, "SELECT count(*) FROM message_edits"), std::vector<std::string>{"0"});
+  // Step 6 (drafts): the drafts table, empty.
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM drafts"), std::vector<std::string>{"0"});
   UserRecord old = Must(Await<UserRecord>([&](auto cb) { store->GetUserByName("old", cb); }));
   EXPECT_EQ(old.created_at, 7);
   EXPECT_EQ(old.presence_visibility, PresenceVisibility::kEveryone);
@@ -261,7 +263,8 @@ TEST(PgStoreTest, MessagesAndStreamsAreHashPartitionedWithThePartitionKeyInEvery
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   const std::vector<std::pair<std::string, std::string>> partitioned = {
-      {"messages", "conversation_id"}, {"withheld", "conversation_id"}, {"user_events", "user_id"}};
+      {"messages", "conversation_id"}, {"withheld", "conversation_id"}, {"user_events", "user_id"},
+      {"message_edits", "conversation_id"}, {"drafts", "user_id"}};
   for (const auto& [table, key] : partitioned) {
     SCOPED_TRACE(table);
     // Hash strategy, on the named key column.

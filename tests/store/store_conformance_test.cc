@@ -1866,6 +1866,92 @@ TEST_P(StoreConformance, DeleteForMeHidesFromTheUsersViewsOnly) {
   EXPECT_TRUE(read.withheld.empty());
 }
 
+// ---- Drafts (issue 12; docs/protocol.md "set_draft") ----
+
+TEST_P(StoreConformance, DraftsAreLastWriterWinsReadCurrentAndClearedBySend) {
+  SetUpConversation();
+  auto set = [&](UserId user, const std::string& text, int64_t now) {
+    return Await<SocialResult>([&](auto cb) { store().SetDraft(user, conv_, text, now, cb); });
+  };
+  auto last_event = [&](UserId user) {
+    StreamPage page = ReadStream(store(), user, 0, 1000);
+    EXPECT_FALSE(page.events.empty());
+    return page.events.empty() ? StreamEvent{} : page.events.back();
+  };
+  auto draft_of = [&](UserId user) {
+    Snapshot snap = Must(Await<Snapshot>([&](auto cb) { store().GetSnapshot(user, 1, cb); }));
+    EXPECT_EQ(snap.conversations.size(), 1u);
+    return snap.conversations.empty() ? DraftRecord{} : snap.conversations[0].draft;
+  };
+  // Nothing to clear: no event.
+  EXPECT_FALSE(Must(set(alice_.id, "", 2000)).changed);
+
+  SocialResult first = Must(set(alice_.id, "see you", 2100));
+  ASSERT_TRUE(first.changed);
+  ASSERT_EQ(first.positions.size(), 1u);
+  EXPECT_EQ(first.positions[0].user_id, alice_.id);
+  StreamEvent e = last_event(alice_.id);
+  EXPECT_EQ(e.kind, EventKind::kDraft);
+  EXPECT_EQ(e.user_seq, first.positions[0].user_seq);
+  EXPECT_EQ(e.conversation_id, conv_);
+  ASSERT_TRUE(e.draft.has_value());
+  EXPECT_EQ(e.draft->text, "see you");
+  EXPECT_EQ(e.draft->updated_at, 2100);
+  // The same text again (a retry, or another device): nothing changes.
+  EXPECT_FALSE(Must(set(alice_.id, "see you", 2200)).changed);
+  // The later write wins, and every draft event reads the current draft.
+  ASSERT_TRUE(Must(set(alice_.id, "see you at 8", 2300)).changed);
+  int drafts = 0;
+  for (const StreamEvent& ev : ReadStream(store(), alice_.id, 0, 1000).events) {
+    if (ev.kind != EventKind::kDraft) continue;
+    ++drafts;
+    ASSERT_TRUE(ev.draft.has_value());
+    EXPECT_EQ(ev.draft->text, "see you at 8");
+  }
+  EXPECT_EQ(drafts, 2);
+  EXPECT_EQ(draft_of(alice_.id).text, "see you at 8");
+  EXPECT_EQ(draft_of(alice_.id).updated_at, 2300);
+  ConversationPage listed = ListConversations(store(), alice_.id, 0, 0, 10, 1);
+  ASSERT_EQ(listed.conversations.size(), 1u);
+  EXPECT_EQ(listed.conversations[0].draft.text, "see you at 8");
+  // Drafts are per user: bob sees none, and his send clears nothing of alice's.
+  EXPECT_EQ(draft_of(bob_.id).text, "");
+  AppendResult bobs = Send(bob_, bob_dev_, "b1", 2400);
+  EXPECT_FALSE(bobs.draft_cleared.has_value());
+  EXPECT_EQ(draft_of(alice_.id).text, "see you at 8");
+
+  // alice's send clears her draft: a kDraft event after the message's.
+  AppendResult sent = Send(alice_, alice_dev_, "a1", 2500);
+  ASSERT_TRUE(sent.draft_cleared.has_value());
+  EXPECT_EQ(sent.draft_cleared->user_id, alice_.id);
+  UserSeq message_seq = 0;
+  for (const StreamPosition& p : sent.positions)
+    if (p.user_id == alice_.id) message_seq = p.user_seq;
+  EXPECT_EQ(sent.draft_cleared->user_seq, message_seq + 1);
+  e = last_event(alice_.id);
+  EXPECT_EQ(e.kind, EventKind::kDraft);
+  ASSERT_TRUE(e.draft.has_value());
+  EXPECT_EQ(e.draft->text, "");
+  EXPECT_EQ(draft_of(alice_.id).text, "");
+  // A retried send (a duplicate) clears nothing, even a draft written since.
+  ASSERT_TRUE(Must(set(alice_.id, "next", 2600)).changed);
+  AppendResult dup = Send(alice_, alice_dev_, "a1", 2700);
+  EXPECT_TRUE(dup.duplicate);
+  EXPECT_FALSE(dup.draft_cleared.has_value());
+  EXPECT_EQ(draft_of(alice_.id).text, "next");
+
+  // Only members, and the draft survives a reopen.
+  Result<SocialResult> outsider = set(carol_.id, "hi", 2800);
+  ASSERT_FALSE(outsider.has_value());
+  EXPECT_EQ(outsider.error().code(), ErrorCode::kNotMember);
+  Result<SocialResult> unknown =
+      Await<SocialResult>([&](auto cb) { store().SetDraft(alice_.id, conv_ + 1000, "x", 2800, cb); });
+  ASSERT_FALSE(unknown.has_value());
+  EXPECT_EQ(unknown.error().code(), ErrorCode::kUnknownConversation);
+  Reopen();
+  EXPECT_EQ(draft_of(alice_.id).text, "next");
+}
+
 class PushConformance : public StoreConformance {
  protected:
   static constexpr int64_t kWindow = 10'000;

@@ -82,6 +82,8 @@
 //         PK(conversation_id, seq, version), UNIQUE(conversation_id, seq,
 //         client_id), PARTITION BY HASH(conversation_id), and
 //         withheld.hidden_at (step 5, issue 12): as in SqliteStore
+//   drafts(user_id, conversation_id, text, updated_at) PK(user_id,
+//         conversation_id), PARTITION BY HASH(user_id) (step 6, issue 12)
 // Every key of a partitioned table leads with its partition key, and every
 // table holding conversation data has the conversation id in its primary
 // key, so the layout can be distributed (Citus) by conversation id and by
@@ -346,12 +348,28 @@ ALTER TABLE withheld ADD COLUMN hidden_at bigint NOT NULL DEFAULT 0;
   return sql;
 }
 
+// Issue 12: drafts, one per user and conversation (no history), with the
+// user's stream (same partition key, so the stream's join stays local).
+std::string SchemaV6() {
+  std::string sql = R"sql(
+CREATE TABLE drafts(
+  user_id bigint NOT NULL,
+  conversation_id bigint NOT NULL,
+  text text NOT NULL,
+  updated_at bigint NOT NULL,
+  PRIMARY KEY(user_id, conversation_id)) PARTITION BY HASH(user_id);
+)sql";
+  sql += PartitionsSql("drafts");
+  return sql;
+}
+
 const Migration kMigrations[] = {
     {1, &SchemaV1},
     {2, &SchemaV2},
     {3, &SchemaV3},
     {4, &SchemaV4},
     {5, &SchemaV5},
+    {6, &SchemaV6},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -534,6 +552,7 @@ class PostgresStore::Writer {
                                 const std::string& token, int64_t now);
   Result<bool> RemovePushEndpoint(UserId user_id, DeviceId device_id);
   Result<SocialResult> SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now);
+  Result<SocialResult> SetDraft(UserId user_id, ConversationId conversation_id, const std::string& text, int64_t now);
   Result<SocialResult> SetPushPreviews(UserId user_id, bool previews, int64_t now);
   Result<int> EnqueuePush(const PushRequest& req);
   Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
@@ -913,7 +932,8 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
       "ARRAY(SELECT b.owner_id FROM blocks b WHERE b.target_id = $2 AND b.owner_id = ANY($4::bigint[])), "
       "ARRAY(SELECT w.seq FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $2 AND w.hidden_at = 0 "
       "  AND w.seq > COALESCE((SELECT r.delivered FROM user_receipts r WHERE r.conversation_id = $1 "
-      "  AND r.user_id = $2), 0) AND w.seq <= c.last_seq + 1 ORDER BY w.seq) "
+      "  AND r.user_id = $2), 0) AND w.seq <= c.last_seq + 1 ORDER BY w.seq), "
+      "EXISTS(SELECT 1 FROM drafts dr WHERE dr.user_id = $2 AND dr.conversation_id = $1) "
       "FROM conversations c LEFT JOIN messages d ON d.conversation_id = c.id AND d.sender_id = $2 "
       "AND d.client_id = $3 WHERE c.id = $1",
       PgParams().Int(msg.conversation_id).Int(msg.sender_id).Text(msg.client_id).IntArray(others));
@@ -931,13 +951,14 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
     dup.client_id = st.Text(0, 3);
     dup.body = st.Text(0, 4);
     dup.created_at = st.Int(0, 5);
-    return AppendResult{std::move(dup), true, {}, {}};
+    return AppendResult{std::move(dup), true, {}, {}, std::nullopt};
   }
   // Blocking: the sender may not reach a member they block; a member who
   // blocks the sender does not see the message.
   if (st.Bool(0, 6)) return Status(ErrorCode::kBlocked, "the sender blocks a member; unblock first");
   const std::vector<int64_t> blockers = st.IntArray(0, 7);
   const std::vector<Seq> withheld = st.IntArray(0, 8);
+  const bool had_draft = st.Bool(0, 9);
 
   AppendResult result;
   MessageRecord& m = result.message;
@@ -982,6 +1003,13 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
       PgParams().Int(m.conversation_id).Int(m.sender_id).Int(m.seq));
   result.positions = AppendEvents(visible, EventKind::kMessage, m.conversation_id, m.seq, 0, {}, msg.now, &withheld);
   if (!withheld.empty()) result.withheld.assign(result.positions.size(), withheld);
+  // Sending clears the sender's draft (SetDraft locks the conversation too,
+  // so none can appear between the read above and this delete).
+  if (had_draft) {
+    db_->Defer("DELETE FROM drafts WHERE user_id = $1 AND conversation_id = $2",
+               PgParams().Int(m.sender_id).Int(m.conversation_id));
+    result.draft_cleared = AppendEvent(m.sender_id, EventKind::kDraft, m.conversation_id, 0, 0, {}, msg.now);
+  }
   return result;
 }
 
@@ -1626,11 +1654,13 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
   PgRows r = db_->Query(
       "SELECT e.user_seq, e.kind, e.conversation_id, e.seq, e.subject_user_id, e.delivered, e.read, e.created_at, "
       "x.body, m.conversation_id IS NOT NULL, e.withheld, "
-      "e.profile_username, e.profile_display_name, e.profile_about, e.profile_updated_at, " PARLEY_MESSAGE_COLUMNS " "
+      "e.profile_username, e.profile_display_name, e.profile_about, e.profile_updated_at, " PARLEY_MESSAGE_COLUMNS ", "
+      "dr.text, dr.updated_at "
       "FROM user_events e LEFT JOIN messages m "
       "ON e.kind IN (1, 10, 11) AND m.conversation_id = e.conversation_id AND m.seq = e.seq "
       "LEFT JOIN message_edits x ON e.kind = 10 AND x.conversation_id = e.conversation_id AND x.seq = e.seq "
       "AND x.version = e.delivered "
+      "LEFT JOIN drafts dr ON e.kind = 13 AND dr.user_id = e.user_id AND dr.conversation_id = e.conversation_id "
       "WHERE e.user_id = $1 AND e.user_seq > $2 ORDER BY e.user_seq LIMIT $3",
       PgParams().Int(user_id).Int(after).Int(static_cast<int64_t>(limit) + 1));
   *rows_read += static_cast<uint64_t>(r.size());
@@ -1663,6 +1693,12 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
     }
     if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(r.Int(i, 5));
     if (e.kind == EventKind::kMute || e.kind == EventKind::kPushPreviews) e.flag = r.Int(i, 5) != 0;
+    if (e.kind == EventKind::kDraft) {
+      // No row: cleared since (or by this event); its time is the event's.
+      constexpr int kDraftText = kM + kMessageColumnCount;
+      e.draft = r.IsNull(i, kDraftText) ? DraftRecord{"", e.created_at}
+                                        : DraftRecord{r.Text(i, kDraftText), r.Int(i, kDraftText + 1)};
+    }
     page.events.push_back(std::move(e));
   }
   for (StreamEvent& e : page.events) {
@@ -1701,6 +1737,11 @@ std::optional<ConversationSummary> PostgresStore::Reader::Summary(UserId user_id
         "AND w.seq = m.seq)",
         PgParams().Int(id).Int(own_read).Int(user_id));
     if (!r.empty()) summary.unread = r.Int(0, 0);
+  }
+  {
+    PgRows r = db_->Query("SELECT text, updated_at FROM drafts WHERE user_id = $1 AND conversation_id = $2",
+                          PgParams().Int(user_id).Int(id));
+    if (!r.empty()) summary.draft = DraftRecord{r.Text(0, 0), r.Int(0, 1)};
   }
   return summary;
 }
@@ -2393,6 +2434,26 @@ Result<SocialResult> PostgresStore::Writer::SetMuted(UserId user_id, Conversatio
   return result;
 }
 
+Result<SocialResult> PostgresStore::Writer::SetDraft(UserId user_id, ConversationId conversation_id,
+                                                     const std::string& text, int64_t now) {
+  const Members* c = FindMembers(conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "no such conversation");
+  if (!IsMember(*c, user_id)) return Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+  SocialResult result;
+  // Rewritten only when the text differs: a retried set changes nothing.
+  PgRows r = text.empty()
+                 ? db_->Query("DELETE FROM drafts WHERE user_id = $1 AND conversation_id = $2 RETURNING 1",
+                              PgParams().Int(user_id).Int(conversation_id))
+                 : db_->Query("INSERT INTO drafts AS d(user_id, conversation_id, text, updated_at) VALUES($1, $2, $3, $4) "
+                              "ON CONFLICT(user_id, conversation_id) DO UPDATE SET text = excluded.text, "
+                              "updated_at = excluded.updated_at WHERE d.text <> excluded.text RETURNING 1",
+                              PgParams().Int(user_id).Int(conversation_id).Text(text).Int(now));
+  if (r.empty()) return result;
+  result.changed = true;
+  result.positions.push_back(AppendEvent(user_id, EventKind::kDraft, conversation_id, 0, 0, {}, now));
+  return result;
+}
+
 Result<SocialResult> PostgresStore::Writer::SetPushPreviews(UserId user_id, bool previews, int64_t now) {
   PgRows cur = db_->Query("SELECT push_previews FROM users WHERE id = $1 FOR UPDATE", PgParams().Int(user_id));
   if (cur.empty()) return Status(ErrorCode::kUnknownUser, "unknown user");
@@ -2547,6 +2608,15 @@ void PostgresStore::SetMuted(UserId user_id, ConversationId conversation_id, boo
   SubmitWrite<SocialResult>(
       [user_id, conversation_id, muted, now](Writer& w) { return w.SetMuted(user_id, conversation_id, muted, now); },
       std::move(done), LockSet{{}, {user_id}, {}});
+}
+
+void PostgresStore::SetDraft(UserId user_id, ConversationId conversation_id, std::string text, int64_t now,
+                             Callback<SocialResult> done) {
+  // The conversation's lock orders it against the user's sends there, which
+  // clear the draft.
+  SubmitWrite<SocialResult>([user_id, conversation_id, text = std::move(text), now](
+                                Writer& w) { return w.SetDraft(user_id, conversation_id, text, now); },
+                            std::move(done), LockSet{{conversation_id}, {user_id}, {}});
 }
 
 void PostgresStore::SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) {

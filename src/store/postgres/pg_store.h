@@ -60,7 +60,7 @@ namespace parley::store {
 class PostgresStore final : public Store {
  public:
   // The schema version a fully migrated database records in schema_version.
-  static constexpr int kSchemaVersion = 5;
+  static constexpr int kSchemaVersion = 6;
   // Hash partitions of messages and withheld (by conversation id) and of
   // user_events (by user id). Fixed by the schema: changing it is a
   // migration that re-partitions.
@@ -93,6 +93,8 @@ class PostgresStore final : public Store {
   void AppendMessage(NewMessage msg, Callback<AppendResult> done) override;
   void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) override;
   void ChangeMessage(MessageChange change, Callback<ChangeResult> done) override;
+  void SetDraft(UserId user_id, ConversationId conversation_id, std::string text, int64_t now,
+                Callback<SocialResult> done) override;
   void History(ConversationId id, UserId viewer, Seq before, int limit,
                Callback<std::vector<MessageRecord>> done) override;
   void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;

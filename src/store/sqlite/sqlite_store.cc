@@ -95,6 +95,9 @@
 //   withheld.hidden_at: 0 = withheld by a block; > 0 = the user deleted the
 //           message for themself then (hidden from every view like a
 //           withheld one, but never listed as "stays sent").
+//   step 8 (issue 12): drafts(user_id, conversation_id, text, updated_at)
+//           PK(user_id, conversation_id), WITHOUT ROWID: a user's current
+//           draft per conversation, no history; kDraft events read it.
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -351,6 +354,15 @@ CREATE TABLE message_edits(
 CREATE UNIQUE INDEX message_edits_dedup ON message_edits(conversation_id, seq, client_id);
 ALTER TABLE withheld ADD COLUMN hidden_at INTEGER NOT NULL DEFAULT 0;
 )sql"},
+    // Issue 12: drafts, one per user and conversation (no history).
+    {8, R"sql(
+CREATE TABLE drafts(
+  user_id INTEGER NOT NULL,
+  conversation_id INTEGER NOT NULL,
+  text TEXT NOT NULL,
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY(user_id, conversation_id)) WITHOUT ROWID;
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -570,6 +582,9 @@ class SqliteStore::Writer {
                                 const std::string& token, int64_t now);
   Result<bool> RemovePushEndpoint(UserId user_id, DeviceId device_id);
   Result<SocialResult> SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now);
+  Result<SocialResult> SetDraft(UserId user_id, ConversationId conversation_id, const std::string& text, int64_t now);
+  // Removes the user's draft in the conversation; true if there was one.
+  bool ClearDraft(UserId user_id, ConversationId conversation_id);
   Result<SocialResult> SetPushPreviews(UserId user_id, bool previews, int64_t now);
   Result<int> EnqueuePush(const PushRequest& req);
   Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
@@ -967,7 +982,7 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
            "SELECT " PARLEY_MESSAGE_COLUMNS " FROM messages m "
            "WHERE m.conversation_id = ?1 AND m.sender_id = ?2 AND m.client_id = ?3");
     s.BindInt(1, msg.conversation_id).BindInt(2, msg.sender_id).BindText(3, msg.client_id);
-    if (s.Step()) return AppendResult{MessageAt(s, 0), true, {}, {}};
+    if (s.Step()) return AppendResult{MessageAt(s, 0), true, {}, {}, std::nullopt};
   }
   // Blocking: the sender may not reach a member they block; a member who
   // blocks the sender does not see the message.
@@ -1039,6 +1054,8 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
          "read = max(read, excluded.read)");
   s.BindInt(1, m.conversation_id).BindInt(2, m.sender_id).BindInt(3, m.seq);
   s.Run();
+  if (ClearDraft(m.sender_id, m.conversation_id))
+    result.draft_cleared = AppendEvent(m.sender_id, EventKind::kDraft, m.conversation_id, 0, 0, {}, msg.now);
   return result;
 }
 
@@ -1755,11 +1772,13 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
            "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.n') END, "
            "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.d') END, "
            "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.a') END, "
-           "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.t') END "
+           "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.t') END, "
+           "d.text, d.updated_at "
            "FROM user_events e LEFT JOIN messages m "
            "ON e.kind IN (1, 10, 11) AND m.conversation_id = e.conversation_id AND m.seq = e.seq "
            "LEFT JOIN message_edits x ON e.kind = 10 AND x.conversation_id = e.conversation_id AND x.seq = e.seq "
            "AND x.version = e.delivered "
+           "LEFT JOIN drafts d ON e.kind = 13 AND d.user_id = e.user_id AND d.conversation_id = e.conversation_id "
            "WHERE e.user_id = ?1 AND e.user_seq > ?2 ORDER BY e.user_seq LIMIT ?3",
            counter);
     // One row beyond the page tells whether more follow.
@@ -1795,6 +1814,12 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
       }
       if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(s.Int(5));
       if (e.kind == EventKind::kMute || e.kind == EventKind::kPushPreviews) e.flag = s.Int(5) != 0;
+      if (e.kind == EventKind::kDraft) {
+        // No row: cleared since (or by this event); its time is the event's.
+        const int kDraftText = kData + 5;
+        e.draft = s.IsNull(kDraftText) ? DraftRecord{"", e.created_at}
+                                       : DraftRecord{s.Text(kDraftText), s.Int(kDraftText + 1)};
+      }
       page.events.push_back(std::move(e));
     }
   }
@@ -1834,6 +1859,11 @@ std::optional<ConversationSummary> SqliteStore::Reader::Summary(UserId user_id, 
            "AND w.seq = m.seq)");
     s.BindInt(1, id).BindInt(2, own_read).BindInt(3, user_id);
     if (s.Step()) summary.unread = s.Int(0);
+  }
+  {
+    Stmt s(*db_, "SELECT text, updated_at FROM drafts WHERE user_id = ?1 AND conversation_id = ?2");
+    s.BindInt(1, user_id).BindInt(2, id);
+    if (s.Step()) summary.draft = DraftRecord{s.Text(0), s.Int(1)};
   }
   return summary;
 }
@@ -2536,6 +2566,36 @@ Result<SocialResult> SqliteStore::Writer::SetMuted(UserId user_id, ConversationI
   return result;
 }
 
+Result<SocialResult> SqliteStore::Writer::SetDraft(UserId user_id, ConversationId conversation_id,
+                                                   const std::string& text, int64_t now) {
+  Conversation* c = FindConversation(conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "no such conversation");
+  if (!IsMember(*c, user_id)) return Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+  SocialResult result;
+  if (text.empty()) {
+    if (!ClearDraft(user_id, conversation_id)) return result;
+  } else {
+    // Rewritten only when the text differs: a retried set changes nothing.
+    Stmt s(*db_,
+           "INSERT INTO drafts(user_id, conversation_id, text, updated_at) VALUES(?1, ?2, ?3, ?4) "
+           "ON CONFLICT(user_id, conversation_id) DO UPDATE SET text = excluded.text, updated_at = excluded.updated_at "
+           "WHERE text <> excluded.text");
+    s.BindInt(1, user_id).BindInt(2, conversation_id).BindText(3, text).BindInt(4, now);
+    s.Run();
+    if (db_->Changes() == 0) return result;
+  }
+  result.changed = true;
+  result.positions.push_back(AppendEvent(user_id, EventKind::kDraft, conversation_id, 0, 0, {}, now));
+  return result;
+}
+
+bool SqliteStore::Writer::ClearDraft(UserId user_id, ConversationId conversation_id) {
+  Stmt s(*db_, "DELETE FROM drafts WHERE user_id = ?1 AND conversation_id = ?2");
+  s.BindInt(1, user_id).BindInt(2, conversation_id);
+  s.Run();
+  return db_->Changes() > 0;
+}
+
 Result<SocialResult> SqliteStore::Writer::SetPushPreviews(UserId user_id, bool previews, int64_t now) {
   if (!Username(user_id)) return Status(ErrorCode::kUnknownUser, "unknown user");
   SocialResult result;
@@ -2770,6 +2830,13 @@ void SqliteStore::SetMuted(UserId user_id, ConversationId conversation_id, bool 
   SubmitWrite<SocialResult>(
       [user_id, conversation_id, muted, now](Writer& w) { return w.SetMuted(user_id, conversation_id, muted, now); },
       std::move(done));
+}
+
+void SqliteStore::SetDraft(UserId user_id, ConversationId conversation_id, std::string text, int64_t now,
+                           Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([user_id, conversation_id, text = std::move(text), now](
+                                Writer& w) { return w.SetDraft(user_id, conversation_id, text, now); },
+                            std::move(done));
 }
 
 void SqliteStore::SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) {

@@ -49,7 +49,7 @@ namespace parley::store {
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 7;
+  static constexpr int kSchemaVersion = 8;
 
   // Opens (creating and migrating) the file at config.sqlite_path; the parent
   // directory must exist. Fails kUnavailable if the file cannot be opened,
@@ -74,6 +74,8 @@ class SqliteStore final : public Store {
   void AppendMessage(NewMessage msg, Callback<AppendResult> done) override;
   void UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) override;
   void ChangeMessage(MessageChange change, Callback<ChangeResult> done) override;
+  void SetDraft(UserId user_id, ConversationId conversation_id, std::string text, int64_t now,
+                Callback<SocialResult> done) override;
   void History(ConversationId id, UserId viewer, Seq before, int limit,
                Callback<std::vector<MessageRecord>> done) override;
   void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;
