@@ -357,10 +357,14 @@ TEST(BlockE2E, BlockedSendsAreAckedButWithheldAndStaySentAfterUnblock) {
   for (Device* d : {&a1, &a2}) ASSERT_TRUE(WaitEvent(*d->conn, IsMessage(seq))) << "not delivered after the unblock";
   // Alice's history is exactly the message before the block and this one.
   std::vector<std::string> ids;
-  for (auto& m : a1.conn->Call("history", {{"conversation_id", conv}}).result["messages"]) ids.push_back(m["client_id"]);
+  auto a_history = a1.conn->Call("history", {{"conversation_id", conv}});
+  for (auto& m : a_history.result["messages"]) ids.push_back(m["client_id"]);
   EXPECT_EQ(ids, (std::vector<std::string>{"before", "after"}));
-  for (auto& e : SyncAll(*a1.conn, 0))
-    if (e["kind"] == "message") EXPECT_NE(e["message"]["client_id"].get<std::string>().rfind("blk", 0), 0u) << e.dump();
+  for (auto& e : SyncAll(*a1.conn, 0)) {
+    if (e["kind"] == "message") {
+      EXPECT_NE(e["message"]["client_id"].get<std::string>().rfind("blk", 0), 0u) << e.dump();
+    }
+  }
   for (Device* d : {&a1, &a2}) {
     auto list = d->conn->Call("list_conversations").result["conversations"][0];
     EXPECT_EQ(list["unread"], 1);
