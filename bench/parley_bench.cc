@@ -1347,7 +1347,7 @@ json ScenarioIdle(const Common& c, std::vector<Server>& nodes, const Opts& o, st
   size_t per_node = (o.connections + n_nodes - 1) / n_nodes;
   size_t min_nodes = (o.connections + cap - 1) / cap;
   if (per_node > cap) {
-    SetupFailed("idle: " + std::to_string(o.connections) + " connections over " + std::to_string(n_nodes) + " nodes is " +
+    SetupFailed("idle: " + std::to_string(o.connections) + " connections over " + std::to_string(n_nodes) + " node(s) is " +
                 std::to_string(per_node) + " per node, more than a process's file limit allows (" + std::to_string(cap) +
                 " sockets): use --nodes " + std::to_string(min_nodes) + " or more");
   }
