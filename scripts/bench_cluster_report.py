@@ -77,9 +77,15 @@ def idle_summary(d, failures):
     objects = caches if caches is not None else k.get("slab_bytes_per_connection_both_ends")
     kernel_server = None
     if objects is not None:
-        kernel_server = objects / 2 + (tcp_buf / 2 if tcp_buf is not None else 0)
+        # The TCP buffer counter is the machine's: other traffic freeing
+        # buffers meanwhile can make its difference negative; count >= 0.
+        kernel_server = objects / 2 + (max(tcp_buf, 0) / 2 if tcp_buf is not None else 0)
     redis = (r.get("redis") or {}).get("bytes_per_connection")
     per_node = FILES_PER_PROCESS - FD_RESERVE
+    nodes_1m = math.ceil(MILLION / per_node)
+    # A node's RSS before any connection: paid once per node.
+    bases = [n["rss_before"] for n in r.get("per_node", [])]
+    base = sum(bases) / len(bases) if bases else None
     out = {
         "connections": r["connections"],
         "nodes": r.get("nodes", 1),
@@ -97,7 +103,9 @@ def idle_summary(d, failures):
             "parleyd_user_gb": user * MILLION / 1e9,
             "kernel_server_side_gb": None if kernel_server is None else kernel_server * MILLION / 1e9,
             "redis_gb": None if redis is None else redis * MILLION / 1e9,
-            "nodes_at_20000_files": math.ceil(MILLION / per_node),
+            "nodes_at_20000_files": nodes_1m,
+            "node_base_rss_bytes": base,
+            "nodes_base_gb": None if base is None else base * nodes_1m / 1e9,
         },
     }
     return out
@@ -141,8 +149,9 @@ def main():
         print(f"  redis-server: {fmt_bytes(i['redis_bytes_per_connection'])} per connection")
         kernel = "n/a" if x["kernel_server_side_gb"] is None else f"{x['kernel_server_side_gb']:.1f} GB"
         redis = "n/a" if x["redis_gb"] is None else f"{x['redis_gb']:.2f} GB"
+        base = "n/a" if x["nodes_base_gb"] is None else f"{x['nodes_base_gb']:.1f} GB"
         print(f"  x 1,000,000: parleyd {x['parleyd_user_gb']:.1f} GB + kernel (server end) {kernel} + Redis {redis};"
-              f" {x['nodes_at_20000_files']} nodes at 20,000 files each")
+              f" {x['nodes_at_20000_files']} nodes at 20,000 files each, their base RSS {base}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"throughput": thr, "idle": idle, "failures": failures, "ok": not failures}, f, indent=2)
