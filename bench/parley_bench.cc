@@ -26,6 +26,14 @@
 //   hot         the pairs at a total rate, without and then with one hot pair
 //               at --hot-rate beside them; compares the pairs' p99.
 //
+// The cluster shape (issue 10; docs/benchmarks.md, "Cluster scale"):
+// --nodes N --store postgresql://... --redis HOST:PORT starts N parleyd
+// nodes on one PostgreSQL and one Redis, provisions through node 0 and puts
+// device i on node i mod N (a pair's two devices on different nodes), for
+// idle, throughput, receipt-rtt and hot; figures per node and in total.
+// idle also reads the kernel's memory (/proc/net/sockstat, /proc/meminfo,
+// /proc/slabinfo) and, with --redis-pid, redis-server's RSS.
+//
 // Every scenario checks that nothing was lost (every message offered arrived
 // at its recipient; no request failed) and exits 1 otherwise; 2 on a set-up
 // failure. Latency percentiles are by nearest rank over every sample whose
@@ -77,7 +85,6 @@ constexpr size_t kFdReserve = 64;            // files a process needs besides it
 constexpr size_t kMaxFilesPerProcess = 20000;  // issue 9: a process may hold at most 20,000 files
 constexpr size_t kPortReserve = 256;         // ephemeral ports left for other connections to the same node
 constexpr int64_t kSetupTimeoutNs = 120'000'000'000;  // connect + auth + conversations
-constexpr int64_t kIdleSetupTimeoutNs = 600'000'000'000;  // idle: every worker's connections authenticated (100,000s on a loaded core)
 constexpr size_t kConnectWindow = 256;       // connects + auths in flight during set-up
 constexpr int kSyncLimit = 1000;             // events per sync page (the protocol's maximum)
 constexpr size_t kFrameBytes = 140;          // target size of a send frame
@@ -958,6 +965,7 @@ struct Opts {
   size_t connections = 10000;  // idle
   size_t per_process = 0;      // idle: connections per worker (0: as the file limit allows)
   double hold_s = 8;           // idle
+  double setup_timeout_s = 600;  // idle: every worker's connections authenticated (100,000 on one shared core take minutes)
   size_t reconnect_users = 2000, concurrency = 200;  // reconnects
   size_t devices = 10000;      // storm
   double storm_rate = 2000;    // storm: messages/s to the devices
@@ -1221,9 +1229,10 @@ json ScenarioBackfill(const Common&, Server& s, const Opts& o, std::vector<std::
 }
 
 // Idle: worker processes hold the connections. Worker: `--worker-idle
-// PORTS TOKENS FIRST COUNT`; PORTS is the nodes' ports, comma-separated;
-// the device with global number i connects to PORTS[i % nodes].
-int RunIdleWorker(const std::string& ports_csv, const std::string& tokens_file, size_t first, size_t count) {
+// PORTS TOKENS FIRST COUNT TIMEOUT_S`; PORTS is the nodes' ports,
+// comma-separated; the device with global number i connects to
+// PORTS[i % nodes]; all must authenticate within TIMEOUT_S.
+int RunIdleWorker(const std::string& ports_csv, const std::string& tokens_file, size_t first, size_t count, double timeout_s) {
   RaiseFileLimit();
   std::vector<uint16_t> ports;
   {
@@ -1252,7 +1261,7 @@ int RunIdleWorker(const std::string& ports_csv, const std::string& tokens_file, 
     std::cerr << "worker: too few tokens\n";
     return 2;
   }
-  f.ConnectAll(0, count, kIdleSetupTimeoutNs);
+  f.ConnectAll(0, count, static_cast<int64_t>(timeout_s * 1e9));
   std::cout << "ready" << std::endl;
   f.loop().WatchExtra(0);
   while (true) {
@@ -1387,11 +1396,16 @@ json ScenarioIdle(const Common& c, std::vector<Server>& nodes, const Opts& o, st
   int64_t t0 = NowNs();
   for (size_t first = 0; first < o.connections; first += per) {
     size_t n = std::min(per, o.connections - first);
-    workers.push_back(SpawnOrFail({self, "--worker-idle", ports_csv, tokens_file, std::to_string(first), std::to_string(n)},
-                            true, ""));
+    workers.push_back(SpawnOrFail({self, "--worker-idle", ports_csv, tokens_file, std::to_string(first), std::to_string(n),
+                                   std::to_string(o.setup_timeout_s)},
+                                  true, ""));
   }
   for (auto& w : workers) {
-    if (w.ReadLine(static_cast<int>(kIdleSetupTimeoutNs / kMs)) != "ready") SetupFailed("an idle worker's connections did not all authenticate");
+    // A little longer than the worker's own deadline, so that it can say why.
+    if (w.ReadLine(static_cast<int>((o.setup_timeout_s + 30) * 1000)) != "ready") {
+      SetupFailed("an idle worker's connections did not all authenticate within " + std::to_string(static_cast<int64_t>(o.setup_timeout_s)) +
+                  " s (--setup-timeout)");
+    }
   }
   double connect_s = static_cast<double>(NowNs() - t0) / 1e9;
   std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(o.hold_s * 1000)));
@@ -1487,8 +1501,8 @@ int main(int argc, char** argv) {
   using namespace parley::bench;
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, nullptr, _IOLBF, 0);  // progress lines appear as they are printed, also into a pipe
-  if (argc == 6 && std::string(argv[1]) == "--worker-idle") {
-    return RunIdleWorker(argv[2], argv[3], std::stoul(argv[4]), std::stoul(argv[5]));
+  if (argc == 7 && std::string(argv[1]) == "--worker-idle") {
+    return RunIdleWorker(argv[2], argv[3], std::stoul(argv[4]), std::stoul(argv[5]), std::stod(argv[6]));
   }
   Common c;
   Opts o;
@@ -1525,6 +1539,8 @@ int main(int argc, char** argv) {
   idle->add_option("--connections", o.connections, "connections")->check(CLI::Range(1, 1000000));
   idle->add_option("--per-process", o.per_process, "connections per worker process (at most 20,000 files each)");
   idle->add_option("--hold", o.hold_s, "seconds to hold them after all authenticated");
+  idle->add_option("--setup-timeout", o.setup_timeout_s, "seconds for every worker's connections to authenticate")
+      ->check(CLI::Range(1.0, 86400.0));
   idle->add_option("--heartbeat-interval-ms", c.heartbeat_interval_ms, "parleyd's heartbeat interval (the clients follow it)");
   auto* rec = app.add_subcommand("reconnects", "token reconnects per second (connect, upgrade, auth, drop)");
   rec->add_option("--users", o.reconnect_users, "tokens cycled through");

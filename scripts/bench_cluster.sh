@@ -21,7 +21,7 @@
 #   NODES_LIST ["1 2 3"]  RATES ["2000,5000,10000,15000,20000"]  PAIRS [500]
 #   WARMUP [2] DURATION [10] DRAIN [5]
 #   IDLE_CONNECTIONS [100000]  IDLE_NODES [6]  IDLE_HOLD [30]
-#   IDLE_HEARTBEAT_MS [25000]  STEPS ["throughput idle"]
+#   IDLE_HEARTBEAT_MS [25000]  IDLE_SETUP_TIMEOUT [1800]  STEPS ["throughput idle"]
 #   RESULTS_DIR, SKIP_BUILD=1 with BIN_DIR=..., BENCH_TIMEOUT (s per step).
 # Exits non-zero if a step fails: a set-up failure, a lost message, a failed
 # request, delivered != offered at any rate, a connection not held, a node's
@@ -40,6 +40,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   IDLE_NODES=${IDLE_NODES:-2}
   IDLE_HOLD=${IDLE_HOLD:-2.5}
   IDLE_HEARTBEAT_MS=${IDLE_HEARTBEAT_MS:-1000}
+  IDLE_SETUP_TIMEOUT=${IDLE_SETUP_TIMEOUT:-40}
   BENCH_TIMEOUT=${BENCH_TIMEOUT:-60}
 else
   NODES_LIST=${NODES_LIST:-"1 2 3"}
@@ -50,7 +51,8 @@ else
   IDLE_NODES=${IDLE_NODES:-6}
   IDLE_HOLD=${IDLE_HOLD:-30}
   IDLE_HEARTBEAT_MS=${IDLE_HEARTBEAT_MS:-25000}
-  BENCH_TIMEOUT=${BENCH_TIMEOUT:-1200}
+  IDLE_SETUP_TIMEOUT=${IDLE_SETUP_TIMEOUT:-1800}
+  BENCH_TIMEOUT=${BENCH_TIMEOUT:-2400}
 fi
 STEPS=${STEPS:-"throughput idle"}
 
@@ -107,7 +109,7 @@ for step in $STEPS; do
       done ;;
     idle)
       run_step "idle_${IDLE_NODES}" --nodes "$IDLE_NODES" idle --connections "$IDLE_CONNECTIONS" --hold "$IDLE_HOLD" \
-        --heartbeat-interval-ms "$IDLE_HEARTBEAT_MS" ;;
+        --heartbeat-interval-ms "$IDLE_HEARTBEAT_MS" --setup-timeout "$IDLE_SETUP_TIMEOUT" ;;
     *) echo "$BENCH_NAME: unknown step $step (throughput, idle)" >&2; exit 2 ;;
   esac
 done
