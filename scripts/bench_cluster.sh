@@ -15,7 +15,7 @@
 # into build/release/bench-results/cluster/. Stops everything at the end.
 #
 #   scripts/bench_cluster.sh                  # full size (~5 min; wants a quiet machine)
-#   SMOKE=1 scripts/bench_cluster.sh          # tiny, ~35 s: the test command's run
+#   SMOKE=1 scripts/bench_cluster.sh          # tiny, ~40 s: the test command's run
 #
 # Environment (full-size defaults in brackets):
 #   NODES_LIST ["1 2 3"]  RATES ["2000,5000,10000,15000,20000"]  PAIRS [500]
