@@ -1261,7 +1261,17 @@ int RunIdleWorker(const std::string& ports_csv, const std::string& tokens_file, 
     std::cerr << "worker: too few tokens\n";
     return 2;
   }
-  f.ConnectAll(0, count, static_cast<int64_t>(timeout_s * 1e9));
+  // A connection closed during set-up (e.g. by parleyd's heartbeat timeout
+  // while this process or the node was starved of CPU) is not retried: the
+  // run fails at once, saying why, instead of waiting for the deadline.
+  for (size_t i = 0; i < count; ++i) f.to_connect.push_back(i);
+  f.PumpUntil([&] { return f.authed >= count || f.stats.closed > 0; }, NowNs() + static_cast<int64_t>(timeout_s * 1e9),
+              "devices authenticated");
+  if (f.stats.closed) {
+    std::cerr << "parley-bench idle worker: " << f.stats.closed << " connections closed during set-up (" << f.authed << " of "
+              << count << " authenticated), e.g. " << f.stats.close_samples[0] << "\n";
+    return 2;
+  }
   std::cout << "ready" << std::endl;
   f.loop().WatchExtra(0);
   while (true) {
@@ -1403,8 +1413,8 @@ json ScenarioIdle(const Common& c, std::vector<Server>& nodes, const Opts& o, st
   for (auto& w : workers) {
     // A little longer than the worker's own deadline, so that it can say why.
     if (w.ReadLine(static_cast<int>((o.setup_timeout_s + 30) * 1000)) != "ready") {
-      SetupFailed("an idle worker's connections did not all authenticate within " + std::to_string(static_cast<int64_t>(o.setup_timeout_s)) +
-                  " s (--setup-timeout)");
+      SetupFailed("an idle worker's connections did not all authenticate (its message above; --setup-timeout " +
+                  std::to_string(static_cast<int64_t>(o.setup_timeout_s)) + " s)");
     }
   }
   double connect_s = static_cast<double>(NowNs() - t0) / 1e9;
