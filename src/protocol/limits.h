@@ -18,6 +18,10 @@ inline constexpr size_t kMaxClientIdBytes = 64;
 inline constexpr size_t kMaxRequestIdBytes = 64;
 inline constexpr size_t kMinUsernameBytes = 3;
 inline constexpr size_t kMaxUsernameBytes = 32;
+// A field naming another user (`to`, `username` of add_contact, block, ...):
+// longer is `bad_request`; shorter but breaking the username rules is
+// `unknown_user` (no such user can exist), so neither depends on blocks.
+inline constexpr size_t kMaxUsernameFieldBytes = 256;
 inline constexpr size_t kMinPasswordBytes = 8;
 inline constexpr size_t kMaxPasswordBytes = 1024;
 inline constexpr size_t kMaxDeviceNameBytes = 64;

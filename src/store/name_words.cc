@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "common/text_fold.h"
+
 namespace parley::store {
 namespace {
 
@@ -14,9 +16,8 @@ bool IsWordByte(unsigned char ch) { return ch >= 0x80 || (ch >= '0' && ch <= '9'
 std::vector<std::string> NameWords(std::string_view name) {
   std::vector<std::string> words;
   std::string word;
-  for (char raw : name) {
+  for (char raw : FoldForSearch(name)) {
     auto ch = static_cast<unsigned char>(raw);
-    if (ch >= 'A' && ch <= 'Z') ch = static_cast<unsigned char>(ch - 'A' + 'a');
     if (IsWordByte(ch)) {
       word.push_back(static_cast<char>(ch));
     } else if (!word.empty()) {

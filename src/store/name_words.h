@@ -1,9 +1,10 @@
 // Display-name words for user search, shared by every Store backend so that
 // search matches the same users whatever the store.
 //
-// A display name's words: lower-cased (ASCII), split on ASCII whitespace and
-// punctuation; bytes of multi-byte UTF-8 characters count as word
-// characters. Each distinct word contributes its prefixes (at character
+// A display name's words: folded for caseless matching (FoldForSearch,
+// common/text_fold.h: Unicode NFKC_Casefold, the folding the search query
+// gets too), then split on ASCII whitespace and punctuation; bytes of
+// multi-byte UTF-8 characters count as word characters. Each distinct word contributes its prefixes (at character
 // boundaries, up to kMaxIndexedPrefix bytes) to a backend's prefix index, so
 // a word-prefix query is one equality seek ordered by username. A longer
 // query seeks its first kMaxIndexedPrefix bytes and checks the full words
@@ -20,7 +21,7 @@ namespace parley::store {
 
 inline constexpr size_t kMaxIndexedPrefix = 12;
 
-// The distinct words of `name`, lower-cased, ascending.
+// The distinct words of `name`, folded, ascending.
 std::vector<std::string> NameWords(std::string_view name);
 // `text` cut to at most `max` bytes, never inside a UTF-8 character.
 std::string_view Utf8Prefix(std::string_view text, size_t max);

@@ -74,7 +74,9 @@
 //         + contacts_by_contact(contact_id, owner_id)
 //   blocks(owner_id, target_id, created_at, shown_display_name, shown_about,
 //         shown_updated_at) PK(both)
-//   name_prefixes(prefix, username, user_id) PK(prefix, username)
+//   name_prefixes(prefix, username, user_id) PK(prefix, username): the
+//         prefixes of the folded display-name words (store/name_words.h;
+//         step 6 re-made those of non-ASCII names after Unicode folding)
 //   push_endpoints, push_jobs, push_mutes, users.push_previews (step 4):
 //         as in SqliteStore (issue 11); claims lock with SKIP LOCKED
 //   messages.version/edited_at/deleted_at, message_edits(conversation_id,
@@ -281,6 +283,8 @@ CREATE INDEX receipt_log_by_read ON receipt_log(conversation_id, device_id, read
 struct Migration {
   int version;
   std::string (*sql)();
+  // Run after `sql`, inside the step's transaction; null: none.
+  Status (*code)(PgConn&) = nullptr;
 };
 
 // Issue 11: push notifications (see SqliteStore's step 6 and "Push" at the
@@ -346,12 +350,46 @@ ALTER TABLE withheld ADD COLUMN hidden_at bigint NOT NULL DEFAULT 0;
   return sql;
 }
 
+// Unicode case folding of display-name words (common/text_fold.h; see
+// SqliteStore's step 8): the name_prefixes rows of non-ASCII names were made
+// lower-cased in ASCII only, so they are dropped and ReindexNonAsciiNames
+// re-makes them. ASCII names fold as before and keep their rows.
+std::string SchemaV6() {
+  return R"sql(
+DELETE FROM name_prefixes WHERE user_id IN
+  (SELECT id FROM users WHERE octet_length(display_name) <> char_length(display_name));
+)sql";
+}
+
+constexpr int kReindexPageUsers = 1000;
+
+Status ReindexNonAsciiNames(PgConn& db) {
+  int64_t after = 0;
+  while (!db.failed()) {
+    PgRows rows = db.Query(
+        "SELECT id, username, display_name FROM users WHERE id > $1 AND "
+        "octet_length(display_name) <> char_length(display_name) ORDER BY id LIMIT $2",
+        PgParams().Int(after).Int(kReindexPageUsers));
+    for (int i = 0; i < rows.size(); ++i) {
+      after = rows.Int(i, 0);
+      for (const std::string& prefix : NamePrefixes(rows.Text(i, 2))) {
+        db.Defer("INSERT INTO name_prefixes(prefix, username, user_id) VALUES($1, $2, $3) ON CONFLICT DO NOTHING",
+                 PgParams().Text(prefix).Text(rows.Text(i, 1)).Int(after));
+      }
+    }
+    db.Flush();
+    if (rows.size() < kReindexPageUsers) break;
+  }
+  return db.failed() ? db.error() : Status::Ok();
+}
+
 const Migration kMigrations[] = {
     {1, &SchemaV1},
     {2, &SchemaV2},
     {3, &SchemaV3},
     {4, &SchemaV4},
     {5, &SchemaV5},
+    {6, &SchemaV6, &ReindexNonAsciiNames},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -379,9 +417,16 @@ Status Migrate(PgConn& db, int target) {
   for (const Migration& m : kMigrations) {
     if (!status.ok()) break;
     if (m.version <= current || m.version > target) continue;
-    std::string sql = fmt::format("BEGIN; {} INSERT INTO schema_version(version) VALUES ({}); COMMIT;", m.sql(),
-                                  m.version);
-    if (Status s = db.Exec(sql); !s.ok()) {
+    Status s;
+    if (m.code == nullptr) {
+      s = db.Exec(fmt::format("BEGIN; {} INSERT INTO schema_version(version) VALUES ({}); COMMIT;", m.sql(),
+                              m.version));
+    } else {
+      s = db.Exec(fmt::format("BEGIN; {}", m.sql()));
+      if (s.ok()) s = m.code(db);
+      if (s.ok()) s = db.Exec(fmt::format("INSERT INTO schema_version(version) VALUES ({}); COMMIT;", m.version));
+    }
+    if (!s.ok()) {
       db.ExecIgnoringErrors("ROLLBACK");
       status = Status(ErrorCode::kInternal, fmt::format("schema migration {} failed: {}", m.version, s.message()));
     }
