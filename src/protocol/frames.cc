@@ -127,7 +127,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
     case RequestType::kRegister: {
       RegisterRequest r;
       std::string raw;
-      if (Status s = GetString(obj, "username", 256, true, &raw); !s.ok()) return s;
+      if (Status s = GetString(obj, "username", kMaxUsernameFieldBytes, true, &raw); !s.ok()) return s;
       auto canon = CanonicalUsername(raw);
       if (!canon) return canon.error();
       r.username = std::move(*canon);
@@ -140,7 +140,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
     case RequestType::kLogin: {
       LoginRequest r;
       std::string raw;
-      if (Status s = GetString(obj, "username", 256, true, &raw); !s.ok()) return s;
+      if (Status s = GetString(obj, "username", kMaxUsernameFieldBytes, true, &raw); !s.ok()) return s;
       auto canon = CanonicalUsername(raw);
       // An impossible username cannot log in; say so the same way as a wrong password.
       if (!canon) return Status(ErrorCode::kBadCredentials, "wrong username or password");
