@@ -357,7 +357,7 @@ ALTER TABLE withheld ADD COLUMN hidden_at bigint NOT NULL DEFAULT 0;
 std::string SchemaV6() {
   return R"sql(
 DELETE FROM name_prefixes WHERE user_id IN
-  (SELECT id FROM users WHERE octet_length(display_name) <> char_length(display_name));
+  (SELECT id FROM users WHERE display_name !~ '^[ -~]*$');
 )sql";
 }
 
@@ -368,7 +368,7 @@ Status ReindexNonAsciiNames(PgConn& db) {
   while (!db.failed()) {
     PgRows rows = db.Query(
         "SELECT id, username, display_name FROM users WHERE id > $1 AND "
-        "octet_length(display_name) <> char_length(display_name) ORDER BY id LIMIT $2",
+        "display_name !~ '^[ -~]*$' ORDER BY id LIMIT $2",
         PgParams().Int(after).Int(kReindexPageUsers));
     for (int i = 0; i < rows.size(); ++i) {
       after = rows.Int(i, 0);
