@@ -307,7 +307,16 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       SearchUsersRequest r;
       std::string q;
       if (Status s = GetString(obj, "query", kMaxSearchQueryBytes, true, &q); !s.ok()) return s;
-      q = FoldForSearch(q);  // as the store folds display-name words (store/name_words.h)
+      // Folded as the store folds display-name words (store/name_words.h).
+      // Folding may lengthen text (NFKC expands some characters): the result
+      // is cut back to the limit at a character boundary, which only widens
+      // a prefix match.
+      q = FoldForSearch(q);
+      if (q.size() > kMaxSearchQueryBytes) {
+        size_t n = kMaxSearchQueryBytes;
+        while (n > 0 && (static_cast<unsigned char>(q[n]) & 0xC0) == 0x80) --n;
+        q.resize(n);
+      }
       while (!q.empty() && q.back() == ' ') q.pop_back();
       while (!q.empty() && q.front() == ' ') q.erase(q.begin());
       if (q.empty()) return Bad("field 'query' must not be empty");

@@ -145,6 +145,15 @@ TEST(FramesTest, SearchQueryIsFoldedBeyondAscii) {
   EXPECT_EQ(query_of("STRAẞE"), "strasse");
   // An ideographic space folds to a space: a query of only that is empty.
   EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"search_users","query":"\u3000"})"), ErrorCode::kBadRequest);
+  // Folding can lengthen a query (U+FDFA: 3 bytes, 33 once folded): it is
+  // cut back to the limit at a character boundary.
+  std::string expands;
+  for (int i = 0; i < 21; ++i) expands += "\uFDFA";
+  std::string folded = query_of(expands);
+  EXPECT_LE(folded.size(), kMaxSearchQueryBytes);
+  EXPECT_GT(folded.size(), kMaxSearchQueryBytes - 4);
+  EXPECT_TRUE(IsValidUtf8(folded));
+  EXPECT_NE(folded.back(), ' ');
   std::string long_query(kMaxSearchQueryBytes + 1, 'a');
   EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"search_users","query":")" + long_query + R"("})"), ErrorCode::kBadRequest);
 }
