@@ -61,6 +61,13 @@ bool NameHasWordWithPrefix(std::string_view display_name, std::string_view prefi
   return false;
 }
 
+bool UsernameCouldStartWith(std::string_view query) {
+  for (char c : query) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.')) return false;
+  }
+  return true;
+}
+
 // The least string greater than every string starting with `prefix`, or
 // nullopt when there is none ("" or all 0xff bytes).
 std::optional<std::string> PrefixEnd(std::string prefix) {

@@ -28,6 +28,11 @@ std::string_view Utf8Prefix(std::string_view text, size_t max);
 // The distinct indexed prefixes of the words of `display_name`.
 std::vector<std::string> NamePrefixes(std::string_view display_name);
 bool NameHasWordWithPrefix(std::string_view display_name, std::string_view prefix);
+// Whether a canonical username (protocol::CanonicalUsername: a-z, 0-9, '_',
+// '.') can start with `query`. When it cannot, search skips the username
+// scan, whose upper bound (PrefixEnd) would not even be valid UTF-8 for some
+// non-ASCII queries (PostgreSQL refuses such a parameter).
+bool UsernameCouldStartWith(std::string_view query);
 // The least string greater than every string starting with `prefix`, or
 // nullopt when there is none ("" or all 0xff bytes).
 std::optional<std::string> PrefixEnd(std::string prefix);

@@ -1929,7 +1929,7 @@ Result<SearchPage> PostgresStore::Reader::SearchUsers(UserId searcher, const std
                      "WHERE p.prefix = $5 AND (p.username > $1 OR ($2 AND p.username = $1)) "
                      "ORDER BY p.username LIMIT $4",
                      after, searcher, std::string(key));
-  bool name_row = by_name.Valid();
+  bool name_row = UsernameCouldStartWith(query) && by_name.Valid();
   bool word_row = !key.empty() && by_word.Valid();
   while (page.users.size() <= static_cast<size_t>(limit) && (name_row || word_row)) {
     std::string name_user = name_row ? by_name.Row().first.username : std::string();

@@ -2017,7 +2017,7 @@ Result<SearchPage> SqliteStore::Reader::SearchUsers(UserId searcher, const std::
                counter);
   by_word.BindText(1, key).BindText(2, after);
 
-  bool name_row = by_name.Step();
+  bool name_row = UsernameCouldStartWith(query) && by_name.Step();
   bool word_row = !key.empty() && by_word.Step();
   while (page.users.size() <= static_cast<size_t>(limit) && (name_row || word_row)) {
     std::string name_user = name_row ? by_name.Text(1) : std::string();
