@@ -155,11 +155,11 @@ TEST_F(BadInputE2E, OversizeUsernamesNamingAnotherUserNeverRevealABlock) {
   for (const Case& c : cases) {
     for (const std::string& op : ops) {
       auto blocked = a_.conn->Call(op, {{"username", c.name}});
-      auto free = b.conn->Call(op, {{"username", c.name}});
+      auto unblocked = b.conn->Call(op, {{"username", c.name}});
       EXPECT_EQ(blocked.code, c.code) << op << " with " << c.name.size() << " bytes";
-      EXPECT_EQ(blocked.code, free.code) << op;
-      EXPECT_EQ(blocked.message, free.message) << op;
-      EXPECT_EQ(blocked.frame["retryable"], free.frame["retryable"]) << op;
+      EXPECT_EQ(blocked.code, unblocked.code) << op;
+      EXPECT_EQ(blocked.message, unblocked.message) << op;
+      EXPECT_EQ(blocked.frame["retryable"], unblocked.frame["retryable"]) << op;
     }
     auto sent = a_.conn->Call("send", {{"to", c.name}, {"client_id", "ov"}, {"body", "x"}});
     EXPECT_EQ(sent.code, c.code) << "send to " << c.name.size() << " bytes";
