@@ -81,6 +81,10 @@ constexpr bool kIsTls = std::is_same_v<Stream, TlsStream>;
 
 // A TLS handshake (and a TLS shutdown) must finish within this long.
 constexpr int kTlsHandshakeTimeoutMs = 10'000;
+// An HTTP request (or the response's write) that takes longer is abandoned
+// and its connection closed; it also bounds how long a stalled HTTP client
+// can hold a shutdown's drain.
+constexpr auto kHttpIoTimeout = std::chrono::seconds(30);
 
 // An Executor over any Asio executor (a strand for the core).
 template <typename AsioExecutor>
@@ -550,7 +554,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   void DoRead() {
     parser_.emplace();
     parser_->body_limit(kMaxHttpBodyBytes);
-    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(30));
+    beast::get_lowest_layer(stream_).expires_after(kHttpIoTimeout);
     http::async_read(stream_, buffer_, *parser_,
                      beast::bind_front_handler(&HttpSession::OnRead, this->shared_from_this()));
   }
@@ -616,7 +620,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
     res->keep_alive(keep_alive);
     if (req_.method() != http::verb::head) res->body() = std::move(body);
     res->prepare_payload();
-    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(30));
+    beast::get_lowest_layer(stream_).expires_after(kHttpIoTimeout);
     http::async_write(stream_, *res, [self = this->shared_from_this(), res](beast::error_code wec, size_t) {
       if (wec || !res->keep_alive()) return self->ShutdownSend();
       self->DoRead();

@@ -2,6 +2,12 @@
 // endpoints and configuration sources, against a real parleyd.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <set>
@@ -141,6 +147,59 @@ TEST(ShutdownE2E, SigtermClosesWithReconnectLaterCodeAndLosesNothingAcked) {
   EXPECT_GT(conv, 0);
 }
 
+// A plain TCP connection to 127.0.0.1:port; -1 with errno set when refused.
+int TcpConnect(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    int err = errno;
+    ::close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+}
+
+TEST(ShutdownE2E, NoNewConnectionIsAcceptedWhileDraining) {
+  ServerProcess server({"--shutdown-drain-ms", "20000"});
+  // A client stuck half-way through its HTTP request keeps the drain waiting.
+  int slow = TcpConnect(server.port());
+  ASSERT_GE(slow, 0);
+  const char partial[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n";
+  ASSERT_EQ(::write(slow, partial, sizeof partial - 1), static_cast<ssize_t>(sizeof partial - 1));
+  ASSERT_EQ(HttpGet(server.port(), "/healthz"), "ok\n");
+  int status = -2;
+  std::atomic<bool> exited{false};
+  std::thread term([&] {
+    status = server.Terminate(30000);
+    exited = true;
+  });
+  // Until the listener is gone, a connect may still succeed; wait for the refusal.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  int refused_errno = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    int fd = TcpConnect(server.port());
+    if (fd < 0) {
+      refused_errno = errno;
+      break;
+    }
+    ::close(fd);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(refused_errno, ECONNREFUSED);
+  // Refused while parleyd is still alive and draining, not because it exited
+  // (Terminate reaps an exited parleyd within 10 ms).
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(exited.load()) << "parleyd exited before the drain ended";
+  ::close(slow);
+  term.join();
+  EXPECT_EQ(status, 0) << "parleyd did not exit cleanly once the last connection closed";
+}
+
 TEST(HttpE2E, HealthzAndMetricsMoveWithAConversation) {
   ServerProcess server;
   int status = 0;
@@ -153,6 +212,7 @@ TEST(HttpE2E, HealthzAndMetricsMoveWithAConversation) {
   EXPECT_NE(before.find("# TYPE parley_messages_stored_total counter"), std::string::npos);
   double stored0 = MetricValue(before, "parley_messages_stored_total");
   double frames0 = MetricValue(before, "parley_frames_in_total");
+  double frames_out0 = MetricValue(before, "parley_frames_out_total");
   ASSERT_GE(stored0, 0);
 
   Register(server, "alice");
@@ -165,6 +225,8 @@ TEST(HttpE2E, HealthzAndMetricsMoveWithAConversation) {
   std::string after = HttpGet(server.port(), "/metrics");
   EXPECT_EQ(MetricValue(after, "parley_messages_stored_total"), stored0 + 10);
   EXPECT_GE(MetricValue(after, "parley_frames_in_total"), frames0 + 10);
+  // Ten responses to alice and ten message events to bob at least.
+  EXPECT_GE(MetricValue(after, "parley_frames_out_total"), frames_out0 + 20);
   EXPECT_EQ(MetricValue(after, "parley_connections"), 2);
   EXPECT_GT(MetricValue(after, "parley_store_commit_batch_size_count"), 0);
   EXPECT_GT(MetricValue(after, "parley_sync_rows_read_count"), 0);
