@@ -26,6 +26,14 @@
 //   hot         the pairs at a total rate, without and then with one hot pair
 //               at --hot-rate beside them; compares the pairs' p99.
 //
+// The cluster shape (issue 10; docs/benchmarks.md, "Cluster scale"):
+// --nodes N --store postgresql://... --redis HOST:PORT starts N parleyd
+// nodes on one PostgreSQL and one Redis, provisions through node 0 and puts
+// device i on node i mod N (a pair's two devices on different nodes), for
+// idle, throughput, receipt-rtt and hot; figures per node and in total.
+// idle also reads the kernel's memory (/proc/net/sockstat, /proc/meminfo,
+// /proc/slabinfo) and, with --redis-pid, redis-server's RSS.
+//
 // Every scenario checks that nothing was lost (every message offered arrived
 // at its recipient; no request failed) and exits 1 otherwise; 2 on a set-up
 // failure. Latency percentiles are by nearest rank over every sample whose
@@ -47,6 +55,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <set>
 #include <sstream>
@@ -74,6 +83,7 @@ constexpr int kHttpTimeoutMs = 120000;       // one bulk request
 constexpr size_t kBulkBatch = 5000;          // users per bulk request (parleyd's default limit: 10,000)
 constexpr size_t kFdReserve = 64;            // files a process needs besides its sockets
 constexpr size_t kMaxFilesPerProcess = 20000;  // issue 9: a process may hold at most 20,000 files
+constexpr size_t kPortReserve = 256;         // ephemeral ports left for other connections to the same node
 constexpr int64_t kSetupTimeoutNs = 120'000'000'000;  // connect + auth + conversations
 constexpr size_t kConnectWindow = 256;       // connects + auths in flight during set-up
 constexpr int kSyncLimit = 1000;             // events per sync page (the protocol's maximum)
@@ -195,14 +205,23 @@ struct Common {
   std::vector<std::string> parleyd_args;
   int heartbeat_interval_ms = 0;  // 0: parleyd's default
   int heartbeat_timeout_ms = 0;
+  // The cluster shape (docs/benchmarks.md, "Cluster scale"): `nodes`
+  // parleyd processes on one PostgreSQL (`store`) and one Redis (`redis`).
+  int nodes = 1;
+  std::string store;     // empty: SQLite in the data directory (one node only)
+  std::string redis;     // empty: no cluster fabric (one node only)
+  pid_t redis_pid = -1;  // if known: redis-server's RSS is measured too (idle)
 };
 
 struct Server {
   std::string dir, admin_token, log;
+  std::string user_tag;  // prefixed to every username provisioned (unique per run on a shared store)
+  int node = 0;          // index in the cluster (0 with one node)
   uint16_t port = 0;
   pid_t pid = -1;
 
   void Start(const Common& c) {
+    std::filesystem::create_directories(dir);
     std::string port_file = dir + "/port";
     log = dir + "/parleyd.log";
     std::vector<std::string> args;
@@ -218,12 +237,22 @@ struct Server {
       args.push_back("--heartbeat-timeout-ms");
       args.push_back(std::to_string(c.heartbeat_timeout_ms));
     }
+    if (!c.store.empty()) {
+      args.push_back("--store");
+      args.push_back(c.store);
+    }
+    if (!c.redis.empty()) {
+      args.push_back("--redis");
+      args.push_back(c.redis);
+      args.push_back("--node-id");
+      args.push_back("bench-" + std::to_string(getpid()) + "-" + std::to_string(node));
+    }
     for (auto& a : c.parleyd_args) args.push_back(a);
     pid = SpawnOrFail(args, false, log).pid;
     std::string why;
     port = WaitForPortFile(pid, port_file, kStartTimeoutMs, &why);
-    if (port == 0 && why == "exited") SetupFailed("parleyd exited during start-up (see " + log + ")");
-    if (port == 0) SetupFailed("parleyd did not start listening within 30 s");
+    if (port == 0 && why == "exited") SetupFailed("parleyd (node " + std::to_string(node) + ") exited during start-up (see " + log + ")");
+    if (port == 0) SetupFailed("parleyd (node " + std::to_string(node) + ") did not start listening within 30 s");
   }
 
   bool Alive() { return pid > 0 && waitpid(pid, nullptr, WNOHANG) == 0; }
@@ -235,12 +264,13 @@ struct User {
   std::string username, token;
 };
 
-// Creates users `prefix0..prefix(n-1)` with a device token each.
+// Creates users `<tag>prefix0..<tag>prefix(n-1)` with a device token each
+// (in a cluster: through node 0; every node sees them in the shared store).
 std::vector<User> Provision(const Server& s, const std::string& prefix, size_t n) {
   std::vector<User> out;
   for (size_t b = 0; b < n; b += kBulkBatch) {
     json users = json::array();
-    for (size_t i = b; i < std::min(n, b + kBulkBatch); ++i) users.push_back({{"username", prefix + std::to_string(i)}});
+    for (size_t i = b; i < std::min(n, b + kBulkBatch); ++i) users.push_back({{"username", s.user_tag + prefix + std::to_string(i)}});
     netutil::HttpRequest req;
     req.method = "POST";
     req.target = "/admin/v1/users/bulk";
@@ -335,6 +365,11 @@ class Fleet : public Handler {
   explicit Fleet(uint16_t port) : loop_(port, this) {}
 
   Loop& loop() { return loop_; }
+  // The cluster's nodes: device i connects to ports[i % size] (round robin:
+  // consecutive devices, e.g. the two of a pair, sit on different nodes).
+  // Empty: every device on the Loop's port.
+  std::vector<uint16_t> ports;
+  size_t NodeOf(size_t device) const { return ports.empty() ? 0 : device % ports.size(); }
   std::deque<Device> devices;
   std::vector<Route> routes;
   std::vector<Msg> msgs;
@@ -367,15 +402,16 @@ class Fleet : public Handler {
 
   // Connects every device in [first, last), at most kConnectWindow at a
   // time, and waits until all are authenticated.
-  void ConnectAll(size_t first, size_t last) {
+  void ConnectAll(size_t first, size_t last, int64_t timeout_ns = kSetupTimeoutNs) {
     for (size_t i = first; i < last; ++i) to_connect.push_back(i);
     size_t want = authed + (last - first);
-    PumpUntil([&] { return authed >= want; }, NowNs() + kSetupTimeoutNs, "devices authenticated");
+    PumpUntil([&] { return authed >= want; }, NowNs() + timeout_ns, "devices authenticated");
   }
 
   void StartConnect(size_t i) {
     Device& d = devices[i];
     d.conn.index = i;
+    if (!ports.empty()) d.conn.port = ports[NodeOf(i)];
     ++in_setup;
     loop_.Connect(d.conn);
   }
@@ -741,7 +777,7 @@ struct PhaseResult {
 // One measured phase: the streams run from now + warmup over duration;
 // then sending stops and the tool waits up to drain for arrivals.
 // Returns per-group figures.
-json RunPhase(Fleet& f, Server& s, double warmup_s, double duration_s, double drain_s, std::vector<std::string>* failures,
+json RunPhase(Fleet& f, std::vector<Server>& nodes, double warmup_s, double duration_s, double drain_s, std::vector<std::string>* failures,
               const std::vector<std::string>& group_names) {
   size_t first_msg = f.msgs.size();
   int64_t t0 = NowNs() + 20 * kMs;
@@ -756,15 +792,28 @@ json RunPhase(Fleet& f, Server& s, double warmup_s, double duration_s, double dr
     st.stop = f.win_end;
   }
   size_t errors0 = f.stats.errors, closed0 = f.stats.closed;
-  int64_t cpu0 = 0, cpu1 = 0, cpu_self0 = 0, cpu_self1 = 0;
+  size_t n_nodes = nodes.size();
+  std::vector<int64_t> node_cpu0(n_nodes), node_cpu1(n_nodes), node_wait0(n_nodes), node_wait1(n_nodes);
+  int64_t cpu_self0 = 0, cpu_self1 = 0;
   f.PumpUntil([&] { return NowNs() >= f.win_start; }, INT64_MAX, "");
-  cpu0 = ProcessCpuMs(s.pid);
+  for (size_t k = 0; k < n_nodes; ++k) {
+    node_cpu0[k] = ProcessCpuMs(nodes[k].pid);
+    node_wait0[k] = RunQueueWaitMs(nodes[k].pid);
+  }
   cpu_self0 = ProcessCpuMs(getpid());
-  int64_t wait0 = RunQueueWaitMs(s.pid);
   f.PumpUntil([&] { return NowNs() >= f.win_end; }, INT64_MAX, "");
-  cpu1 = ProcessCpuMs(s.pid);
+  for (size_t k = 0; k < n_nodes; ++k) {
+    node_cpu1[k] = ProcessCpuMs(nodes[k].pid);
+    node_wait1[k] = RunQueueWaitMs(nodes[k].pid);
+  }
   cpu_self1 = ProcessCpuMs(getpid());
-  int64_t wait1 = RunQueueWaitMs(s.pid);
+  int64_t cpu0 = 0, cpu1 = 0, wait0 = 0, wait1 = 0;  // summed over the nodes
+  for (size_t k = 0; k < n_nodes; ++k) {
+    cpu0 += node_cpu0[k];
+    cpu1 += node_cpu1[k];
+    wait0 += node_wait0[k];
+    wait1 += node_wait1[k];
+  }
   int64_t end_send = NowNs();
   auto all_arrived = [&] {
     for (size_t i = first_msg; i < f.msgs.size(); ++i) {
@@ -808,7 +857,36 @@ json RunPhase(Fleet& f, Server& s, double warmup_s, double duration_s, double dr
   }
   size_t total = 0;
   for (auto& st : f.streams) total += static_cast<size_t>(st.rate * duration_s);
+  // Per node: its CPU, and the messages offered in the window to devices
+  // connected there (every group), their arrivals and latency.
+  json per_node = json::array();
+  {
+    std::vector<std::vector<int64_t>> node_lat(n_nodes);
+    std::vector<size_t> node_offered(n_nodes), node_delivered(n_nodes), node_devices(n_nodes);
+    for (size_t i = 0; i < f.devices.size(); ++i) ++node_devices[f.NodeOf(i)];
+    for (size_t i = first_msg; i < f.msgs.size(); ++i) {
+      const Msg& m = f.msgs[i];
+      if (m.intended < f.win_start || m.intended >= f.win_end) continue;
+      size_t k = f.NodeOf(f.routes[m.route].to);
+      ++node_offered[k];
+      if (m.arrived) {
+        ++node_delivered[k];
+        node_lat[k].push_back(m.arrived - m.intended);
+      }
+    }
+    for (size_t k = 0; k < n_nodes; ++k) {
+      per_node.push_back({{"node", k},
+                          {"devices", node_devices[k]},
+                          {"offered_to_devices_here", node_offered[k]},
+                          {"delivered_to_devices_here", node_delivered[k]},
+                          {"latency_to_devices_here", ToJson(Percentiles(std::move(node_lat[k])))},
+                          {"parleyd_cpu_ms", node_cpu1[k] - node_cpu0[k]},
+                          {"parleyd_core_busy", static_cast<double>(node_cpu1[k] - node_cpu0[k]) / (duration_s * 1000.0)},
+                          {"parleyd_runqueue_wait", static_cast<double>(node_wait1[k] - node_wait0[k]) / (duration_s * 1000.0)}});
+    }
+  }
   json out = {{"groups", groups},
+              {"nodes", per_node},
               {"duration_s", duration_s},
               {"errors", f.stats.errors - errors0},
               {"parleyd_cpu_ms", cpu1 - cpu0},
@@ -843,6 +921,15 @@ size_t FinalCheck(Fleet& f, std::vector<std::string>* failures) {
 }
 
 void PrintPhase(const json& ph, const std::string& label) {
+  if (ph["nodes"].size() > 1) {
+    for (auto& n : ph["nodes"]) {
+      std::printf("  %-14s node %zu: %zu devices, %zu/%zu delivered to them, p50 %7.3f  p99 %8.3f ms; parleyd %.0f %% of a core (%.0f %% waiting)\n",
+                  "", n["node"].get<size_t>(), n["devices"].get<size_t>(), n["delivered_to_devices_here"].get<size_t>(),
+                  n["offered_to_devices_here"].get<size_t>(), n["latency_to_devices_here"]["p50_ms"].get<double>(),
+                  n["latency_to_devices_here"]["p99_ms"].get<double>(), 100 * n["parleyd_core_busy"].get<double>(),
+                  100 * n["parleyd_runqueue_wait"].get<double>());
+    }
+  }
   for (auto& [name, g] : ph["groups"].items()) {
     std::printf("  %-14s %-6s %9.0f/s %8zu/%-8zu late %-6zu p50 %7.3f  p99 %8.3f  p999 %8.3f ms   rtt p50 %7.3f p99 %8.3f ms  %s\n",
                 label.c_str(), name.c_str(), g["offered_rate"].get<double>(), g["delivered"].get<size_t>(),
@@ -851,7 +938,8 @@ void PrintPhase(const json& ph, const std::string& label) {
                 g["receipt_rtt"]["p50_ms"].get<double>(), g["receipt_rtt"]["p99_ms"].get<double>(),
                 g["kept_up"].get<bool>() ? "kept up" : "NOT kept up");
   }
-  std::printf("  %-14s parleyd %.0f %% of its core (and %.0f %% waiting for it: other processes), %.1f us CPU per message; load generator %.0f %%\n", "",
+  std::printf("  %-14s %s %.0f %% of a core (and %.0f %% waiting for it: other processes), %.1f us CPU per message; load generator %.0f %%\n", "",
+              ph["nodes"].size() > 1 ? "parleyd (all nodes)" : "parleyd",
               100 * ph["parleyd_core_busy"].get<double>(), 100 * ph["parleyd_runqueue_wait"].get<double>(),
               ph["parleyd_cpu_us_per_msg"].get<double>(), 100 * ph["bench_core_busy"].get<double>());
 }
@@ -877,6 +965,7 @@ struct Opts {
   size_t connections = 10000;  // idle
   size_t per_process = 0;      // idle: connections per worker (0: as the file limit allows)
   double hold_s = 8;           // idle
+  double setup_timeout_s = 600;  // idle: every worker's connections authenticated (100,000 on one shared core take minutes)
   size_t reconnect_users = 2000, concurrency = 200;  // reconnects
   size_t devices = 10000;      // storm
   double storm_rate = 2000;    // storm: messages/s to the devices
@@ -885,8 +974,25 @@ struct Opts {
   double hot_rate = 10000;     // hot
 };
 
-json ScenarioThroughput(const Common& c, Server& s, const Opts& o, bool rtt_headline, std::vector<std::string>* failures) {
+// The cluster's ports (for Fleet::ports), empty with one node.
+std::vector<uint16_t> ClusterPorts(const std::vector<Server>& nodes) {
+  std::vector<uint16_t> out;
+  if (nodes.size() > 1) {
+    for (auto& n : nodes) out.push_back(n.port);
+  }
+  return out;
+}
+
+void CheckAlive(std::vector<Server>& nodes) {
+  for (auto& n : nodes) {
+    if (!n.Alive()) SetupFailed("parleyd (node " + std::to_string(n.node) + ") died (see " + n.log + ")");
+  }
+}
+
+json ScenarioThroughput(const Common& c, std::vector<Server>& nodes, const Opts& o, bool rtt_headline, std::vector<std::string>* failures) {
+  Server& s = nodes[0];
   Fleet f(s.port);
+  f.ports = ClusterPorts(nodes);
   f.receipts = o.receipts;
   f.AddGroups(1);
   AddPairs(f, s, "pair_", o.pairs);
@@ -904,24 +1010,30 @@ json ScenarioThroughput(const Common& c, Server& s, const Opts& o, bool rtt_head
   std::printf("parley-bench %s: %zu pairs, %s receipts, %.1f s warm-up + %.1f s measured per rate\n",
               rtt_headline ? "receipt-rtt" : "throughput", o.pairs, o.receipts ? "delivered+read" : "no",
               o.warmup_s, o.duration_s);
+  if (nodes.size() > 1) {
+    std::printf("  %zu parleyd nodes; devices round robin, the two of each pair on different nodes (delivery crosses Redis)\n",
+                nodes.size());
+  }
   for (double rate : ParseRates(o.rates)) {
     f.streams[0].rate = rate;
-    auto ph = RunPhase(f, s, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs"});
+    auto ph = RunPhase(f, nodes, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs"});
     ph["offered_rate"] = rate;
     PrintPhase(ph, std::to_string(static_cast<int64_t>(rate)) + "/s");
     if (ph["groups"]["pairs"]["kept_up"].get<bool>() && ph["errors"].get<size_t>() == 0) saturation = std::max(saturation, rate);
     rows.push_back(ph);
-    if (!s.Alive()) SetupFailed("parleyd died (see " + s.log + ")");
+    CheckAlive(nodes);
   }
   (void)c;
   std::printf("  saturation (highest offered rate with delivered == offered and p99 <= 50 ms): %.0f msgs/s\n", saturation);
   size_t lost = FinalCheck(f, failures);
-  return {{"pairs", o.pairs}, {"receipts", o.receipts}, {"rates", rows}, {"saturation_rate", saturation}, {"lost", lost},
+  return {{"pairs", o.pairs}, {"nodes", nodes.size()}, {"receipts", o.receipts}, {"rates", rows}, {"saturation_rate", saturation}, {"lost", lost},
           {"closed", f.stats.closed}};
 }
 
-json ScenarioHot(const Common&, Server& s, const Opts& o, std::vector<std::string>* failures) {
+json ScenarioHot(const Common&, std::vector<Server>& nodes, const Opts& o, std::vector<std::string>* failures) {
+  Server& s = nodes[0];
   Fleet f(s.port);
+  f.ports = ClusterPorts(nodes);
   f.receipts = o.receipts;
   f.AddGroups(2);
   AddPairs(f, s, "pair_", o.pairs);
@@ -944,10 +1056,10 @@ json ScenarioHot(const Common&, Server& s, const Opts& o, std::vector<std::strin
   f.streams = {pairs, hot};
   std::printf("parley-bench hot: %zu pairs at %.0f msgs/s in total, then beside one pair at %.0f msgs/s\n", o.pairs, rate,
               o.hot_rate);
-  auto without = RunPhase(f, s, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs", "hot"});
+  auto without = RunPhase(f, nodes, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs", "hot"});
   PrintPhase(without, "without hot");
   f.streams[1].rate = o.hot_rate;
-  auto with = RunPhase(f, s, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs", "hot"});
+  auto with = RunPhase(f, nodes, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs", "hot"});
   PrintPhase(with, "with hot");
   double p99a = without["groups"]["pairs"]["latency"]["p99_ms"], p99b = with["groups"]["pairs"]["latency"]["p99_ms"];
   double ratio = p99a > 0 ? p99b / p99a : 0;
@@ -1116,10 +1228,23 @@ json ScenarioBackfill(const Common&, Server& s, const Opts& o, std::vector<std::
           {"read_s", read_s}, {"backfill_rate", rate}, {"received", got}, {"sync_pages", f.stats.sync_pages}};
 }
 
-// Idle: worker processes hold the connections.
-int RunIdleWorker(uint16_t port, const std::string& tokens_file, size_t first, size_t count) {
+// Idle: worker processes hold the connections. Worker: `--worker-idle
+// PORTS TOKENS FIRST COUNT TIMEOUT_S`; PORTS is the nodes' ports,
+// comma-separated; the device with global number i connects to
+// PORTS[i % nodes]; all must authenticate within TIMEOUT_S.
+int RunIdleWorker(const std::string& ports_csv, const std::string& tokens_file, size_t first, size_t count, double timeout_s) {
   RaiseFileLimit();
-  Fleet f(port);
+  std::vector<uint16_t> ports;
+  {
+    std::stringstream in(ports_csv);
+    std::string tok;
+    while (std::getline(in, tok, ',')) ports.push_back(static_cast<uint16_t>(std::stoi(tok)));
+  }
+  if (ports.empty()) {
+    std::cerr << "worker: no ports\n";
+    return 2;
+  }
+  Fleet f(ports[0]);
   f.heartbeats = true;
   {
     std::ifstream in(tokens_file);
@@ -1128,6 +1253,7 @@ int RunIdleWorker(uint16_t port, const std::string& tokens_file, size_t first, s
       if (i >= first && i < first + count) {
         f.devices.emplace_back();
         f.devices.back().user = {"idle" + std::to_string(i), line};
+        f.devices.back().conn.port = ports[i % ports.size()];
       }
     }
   }
@@ -1135,7 +1261,17 @@ int RunIdleWorker(uint16_t port, const std::string& tokens_file, size_t first, s
     std::cerr << "worker: too few tokens\n";
     return 2;
   }
-  f.ConnectAll(0, count);
+  // A connection closed during set-up (e.g. by parleyd's heartbeat timeout
+  // while this process or the node was starved of CPU) is not retried: the
+  // run fails at once, saying why, instead of waiting for the deadline.
+  for (size_t i = 0; i < count; ++i) f.to_connect.push_back(i);
+  f.PumpUntil([&] { return f.authed >= count || f.stats.closed > 0; }, NowNs() + static_cast<int64_t>(timeout_s * 1e9),
+              "devices authenticated");
+  if (f.stats.closed) {
+    std::cerr << "parley-bench idle worker: " << f.stats.closed << " connections closed during set-up (" << f.authed << " of "
+              << count << " authenticated), e.g. " << f.stats.close_samples[0] << "\n";
+    return 2;
+  }
   std::cout << "ready" << std::endl;
   f.loop().WatchExtra(0);
   while (true) {
@@ -1144,16 +1280,108 @@ int RunIdleWorker(uint16_t port, const std::string& tokens_file, size_t first, s
     if (f.loop().extra_ready()) break;
   }
   size_t open = f.loop().open_conns();
-  std::cout << json{{"open", open}, {"closed", f.stats.closed}, {"pings", f.stats.pings}, {"errors", f.stats.errors},
-                    {"close_samples", f.stats.close_samples}}
+  std::vector<size_t> open_by_node(ports.size());
+  for (size_t j = 0; j < f.devices.size(); ++j) {
+    if (f.devices[j].conn.state == Conn::State::kOpen) ++open_by_node[(first + j) % ports.size()];
+  }
+  std::cout << json{{"open", open}, {"open_by_node", open_by_node}, {"closed", f.stats.closed}, {"pings", f.stats.pings},
+                    {"errors", f.stats.errors}, {"close_samples", f.stats.close_samples}}
                    .dump()
             << std::endl;
   _exit(0);
 }
 
-json ScenarioIdle(const Common& c, Server& s, const Opts& o, std::vector<std::string>* failures) {
+// The machine's kernel memory that idle connections cost, read before and
+// after (docs/benchmarks.md, "Cluster scale", what is counted). -1: not
+// readable.
+struct KernelMem {
+  int64_t sockets_used = -1;   // /proc/net/sockstat "sockets: used" (this network namespace)
+  int64_t tcp_inuse = -1;      // /proc/net/sockstat "TCP: inuse" (this network namespace)
+  int64_t tcp_mem_bytes = -1;  // /proc/net/sockstat "TCP: mem" pages x page size (TCP buffer memory, the machine's)
+  int64_t slab_bytes = -1;     // /proc/meminfo "Slab" (every kernel object cache of the machine)
+  std::map<std::string, int64_t> caches;  // /proc/slabinfo: active objects x object size, per socket-related cache
+};
+
+// The kernel object caches one TCP connection's end fills: its socket
+// (TCP), the socket's inode and dentry, its file, and its epoll item.
+const char* const kSocketCaches[] = {"TCP", "sock_inode_cache", "dentry", "filp", "eventpoll_epi", "eventpoll_pwq"};
+
+KernelMem ReadKernelMem() {
+  KernelMem k;
+  {
+    std::ifstream in("/proc/net/sockstat");
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream s(line);
+      std::string head, key;
+      int64_t v = 0;
+      s >> head;
+      while (s >> key >> v) {
+        if (head == "sockets:" && key == "used") k.sockets_used = v;
+        if (head == "TCP:" && key == "inuse") k.tcp_inuse = v;
+        if (head == "TCP:" && key == "mem") k.tcp_mem_bytes = v * sysconf(_SC_PAGESIZE);
+      }
+    }
+  }
+  {
+    std::ifstream in("/proc/meminfo");
+    std::string key;
+    int64_t kb = 0;
+    std::string unit;
+    while (in >> key >> kb) {
+      std::getline(in, unit);
+      if (key == "Slab:") k.slab_bytes = kb * 1024;
+    }
+  }
+  {
+    std::ifstream in("/proc/slabinfo");
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream s(line);
+      std::string name;
+      int64_t active = 0, total = 0, size = 0;
+      if (!(s >> name >> active >> total >> size)) continue;
+      for (const char* c : kSocketCaches) {
+        if (name == c) k.caches[name] = active * size;
+      }
+    }
+  }
+  return k;
+}
+
+// (after - before) / n, or null when either is unknown.
+json PerConn(int64_t before, int64_t after, size_t n) {
+  if (before < 0 || after < 0 || n == 0) return nullptr;
+  return static_cast<double>(after - before) / static_cast<double>(n);
+}
+
+json ScenarioIdle(const Common& c, std::vector<Server>& nodes, const Opts& o, std::vector<std::string>* failures) {
+  Server& s = nodes[0];
+  size_t n_nodes = nodes.size();
   rlim_t files = RaiseFileLimit();
   size_t cap = std::min<size_t>(kMaxFilesPerProcess, files) - kFdReserve;
+  // Each node holds its share of the connections: within its file limit,
+  // and within the ephemeral ports towards its one address (every client
+  // socket to 127.0.0.1:PORT needs its own local port).
+  size_t per_node = (o.connections + n_nodes - 1) / n_nodes;
+  size_t min_nodes = (o.connections + cap - 1) / cap;
+  if (per_node > cap) {
+    SetupFailed("idle: " + std::to_string(o.connections) + " connections over " + std::to_string(n_nodes) + " node(s) is " +
+                std::to_string(per_node) + " per node, more than a process's file limit allows (" + std::to_string(cap) +
+                " sockets): use --nodes " + std::to_string(min_nodes) + " or more");
+  }
+  {
+    std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+    size_t lo = 0, hi = 0;
+    if (in >> lo >> hi && hi >= lo) {
+      size_t range = hi - lo + 1;
+      if (per_node + kPortReserve > range) {
+        SetupFailed("idle: " + std::to_string(per_node) + " connections per node, but the ephemeral port range (" +
+                    std::to_string(lo) + "-" + std::to_string(hi) + ") gives at most " + std::to_string(range - kPortReserve) +
+                    " per destination port: use more nodes or widen net.ipv4.ip_local_port_range");
+      }
+    }
+  }
   size_t per = o.per_process ? std::min(o.per_process, cap) : cap;
   size_t procs = (o.connections + per - 1) / per;
   per = (o.connections + procs - 1) / procs;
@@ -1163,23 +1391,42 @@ json ScenarioIdle(const Common& c, Server& s, const Opts& o, std::vector<std::st
     std::ofstream out(tokens_file);
     for (auto& u : users) out << u.token << "\n";
   }
+  std::string ports_csv;
+  for (auto& n : nodes) ports_csv += (ports_csv.empty() ? "" : ",") + std::to_string(n.port);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  int64_t rss0 = ReadStatusKb(s.pid, "VmRSS"), anon0 = ReadStatusKb(s.pid, "RssAnon");
+  std::vector<int64_t> rss0(n_nodes), anon0(n_nodes), rss1(n_nodes), anon1(n_nodes);
+  for (size_t k = 0; k < n_nodes; ++k) {
+    rss0[k] = ReadStatusKb(nodes[k].pid, "VmRSS");
+    anon0[k] = ReadStatusKb(nodes[k].pid, "RssAnon");
+  }
+  int64_t redis0 = c.redis_pid > 0 ? ReadStatusKb(c.redis_pid, "VmRSS") : -1;
+  KernelMem km0 = ReadKernelMem();
   std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   std::vector<Child> workers;
   int64_t t0 = NowNs();
   for (size_t first = 0; first < o.connections; first += per) {
     size_t n = std::min(per, o.connections - first);
-    workers.push_back(SpawnOrFail({self, "--worker-idle", std::to_string(s.port), tokens_file, std::to_string(first), std::to_string(n)},
-                            true, ""));
+    workers.push_back(SpawnOrFail({self, "--worker-idle", ports_csv, tokens_file, std::to_string(first), std::to_string(n),
+                                   std::to_string(o.setup_timeout_s)},
+                                  true, ""));
   }
   for (auto& w : workers) {
-    if (w.ReadLine(static_cast<int>(kSetupTimeoutNs / kMs)) != "ready") SetupFailed("an idle worker's connections did not all authenticate");
+    // A little longer than the worker's own deadline, so that it can say why.
+    if (w.ReadLine(static_cast<int>((o.setup_timeout_s + 30) * 1000)) != "ready") {
+      SetupFailed("an idle worker's connections did not all authenticate (its message above; --setup-timeout " +
+                  std::to_string(static_cast<int64_t>(o.setup_timeout_s)) + " s)");
+    }
   }
   double connect_s = static_cast<double>(NowNs() - t0) / 1e9;
   std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(o.hold_s * 1000)));
-  int64_t rss1 = ReadStatusKb(s.pid, "VmRSS"), anon1 = ReadStatusKb(s.pid, "RssAnon");
+  for (size_t k = 0; k < n_nodes; ++k) {
+    rss1[k] = ReadStatusKb(nodes[k].pid, "VmRSS");
+    anon1[k] = ReadStatusKb(nodes[k].pid, "RssAnon");
+  }
+  int64_t redis1 = c.redis_pid > 0 ? ReadStatusKb(c.redis_pid, "VmRSS") : -1;
+  KernelMem km1 = ReadKernelMem();
   size_t open = 0, closed = 0, pings = 0, errors = 0;
+  std::vector<size_t> open_by_node(n_nodes);
   for (auto& w : workers) {
     if (write(w.in, "stop\n", 5) != 5) SetupFailed("worker pipe");
     json r = json::parse(w.ReadLine(30000), nullptr, false);
@@ -1188,23 +1435,73 @@ json ScenarioIdle(const Common& c, Server& s, const Opts& o, std::vector<std::st
     closed += r.value("closed", size_t{0});
     pings += r.value("pings", size_t{0});
     errors += r.value("errors", size_t{0});
+    for (size_t k = 0; k < n_nodes && k < r["open_by_node"].size(); ++k) open_by_node[k] += r["open_by_node"][k].get<size_t>();
     if (r.value("closed", size_t{0})) std::cerr << "closes: " << r["close_samples"].dump() << "\n";
     waitpid(w.pid, nullptr, 0);
   }
-  double per_conn = static_cast<double>(rss1 - rss0) / static_cast<double>(o.connections);
-  double per_conn_anon = static_cast<double>(anon1 - anon0) / static_cast<double>(o.connections);
+  int64_t rss_delta = 0, anon_delta = 0;
+  json per_node_json = json::array();
+  for (size_t k = 0; k < n_nodes; ++k) {
+    rss_delta += rss1[k] - rss0[k];
+    anon_delta += anon1[k] - anon0[k];
+    per_node_json.push_back({{"node", k}, {"port", nodes[k].port}, {"open_at_end", open_by_node[k]}, {"rss_before", rss0[k]},
+                             {"rss_after", rss1[k]}, {"bytes_per_connection", PerConn(rss0[k], rss1[k], open_by_node[k])},
+                             {"anon_bytes_per_connection", PerConn(anon0[k], anon1[k], open_by_node[k])}});
+  }
+  double per_conn = static_cast<double>(rss_delta) / static_cast<double>(o.connections);
+  double per_conn_anon = static_cast<double>(anon_delta) / static_cast<double>(o.connections);
   if (open != o.connections || closed) {
     failures->push_back("idle: " + std::to_string(open) + " of " + std::to_string(o.connections) + " connections open at the end, " +
                         std::to_string(closed) + " closed");
   }
   if (errors) failures->push_back("idle: " + std::to_string(errors) + " requests failed");
-  std::printf("parley-bench idle: %zu authenticated connections in %zu worker processes (connected in %.1f s), held %.0f s, %zu heartbeats\n",
-              o.connections, workers.size(), connect_s, o.hold_s, pings);
-  std::printf("  parleyd RSS %.1f -> %.1f MB: %.0f bytes per connection (anonymous: %.0f bytes)\n", static_cast<double>(rss0) / 1e6,
-              static_cast<double>(rss1) / 1e6, per_conn, per_conn_anon);
-  return {{"connections", o.connections}, {"processes", workers.size()}, {"hold_s", o.hold_s}, {"heartbeats", pings},
-          {"rss_before", rss0}, {"rss_after", rss1}, {"bytes_per_connection", per_conn},
-          {"anon_bytes_per_connection", per_conn_anon}, {"open_at_end", open}, {"closed", closed}};
+  // Kernel: both ends of every connection live on this machine (the client
+  // socket in a worker, the server socket in parleyd) and hold the same
+  // objects, so the server's share is half of the measured difference.
+  json caches = json::object();
+  int64_t caches_delta = 0;
+  bool caches_known = !km0.caches.empty() && !km1.caches.empty();
+  for (const char* name : kSocketCaches) {
+    auto a = km0.caches.find(name), b = km1.caches.find(name);
+    if (a == km0.caches.end() || b == km1.caches.end()) continue;
+    caches[name] = PerConn(a->second, b->second, o.connections);
+    caches_delta += b->second - a->second;
+  }
+  json kernel = {{"sockets_used_delta", km0.sockets_used >= 0 ? json(km1.sockets_used - km0.sockets_used) : json(nullptr)},
+                 {"tcp_inuse_delta", km0.tcp_inuse >= 0 ? json(km1.tcp_inuse - km0.tcp_inuse) : json(nullptr)},
+                 {"tcp_buffer_bytes_per_connection_both_ends", PerConn(km0.tcp_mem_bytes, km1.tcp_mem_bytes, o.connections)},
+                 {"slab_bytes_per_connection_both_ends", PerConn(km0.slab_bytes, km1.slab_bytes, o.connections)},
+                 {"socket_caches_bytes_per_connection_both_ends", caches_known ? json(static_cast<double>(caches_delta) / static_cast<double>(o.connections)) : json(nullptr)},
+                 {"socket_caches", caches}};
+  json redis = nullptr;
+  if (redis0 >= 0 && redis1 >= 0) {
+    redis = {{"rss_before", redis0}, {"rss_after", redis1}, {"bytes_per_connection", PerConn(redis0, redis1, o.connections)}};
+  }
+  std::printf("parley-bench idle: %zu authenticated connections to %zu parleyd node%s in %zu worker processes (connected in %.1f s), held %.0f s, %zu heartbeats\n",
+              o.connections, n_nodes, n_nodes > 1 ? "s" : "", workers.size(), connect_s, o.hold_s, pings);
+  if (n_nodes > 1) {
+    for (auto& n : per_node_json) {
+      std::printf("  node %zu: %zu connections, RSS %.1f -> %.1f MB\n", n["node"].get<size_t>(), n["open_at_end"].get<size_t>(),
+                  static_cast<double>(n["rss_before"].get<int64_t>()) / 1e6, static_cast<double>(n["rss_after"].get<int64_t>()) / 1e6);
+    }
+  }
+  std::printf("  parleyd RSS %s%.1f -> %.1f MB: %.0f bytes per connection (anonymous: %.0f bytes)\n", n_nodes > 1 ? "(all nodes) " : "",
+              static_cast<double>(std::accumulate(rss0.begin(), rss0.end(), int64_t{0})) / 1e6,
+              static_cast<double>(std::accumulate(rss1.begin(), rss1.end(), int64_t{0})) / 1e6, per_conn, per_conn_anon);
+  auto show = [](const json& v) { return v.is_null() ? std::string("n/a") : std::to_string(std::llround(v.get<double>())); };
+  std::printf("  kernel, both ends of a connection (client and server socket on this machine): socket caches %s bytes, all slab %s bytes, TCP buffers %s bytes; %s TCP sockets more in use\n",
+              show(kernel["socket_caches_bytes_per_connection_both_ends"]).c_str(), show(kernel["slab_bytes_per_connection_both_ends"]).c_str(),
+              show(kernel["tcp_buffer_bytes_per_connection_both_ends"]).c_str(),
+              kernel["tcp_inuse_delta"].is_null() ? "n/a" : std::to_string(kernel["tcp_inuse_delta"].get<int64_t>()).c_str());
+  if (!redis.is_null()) {
+    std::printf("  redis-server RSS %.1f -> %.1f MB: %s bytes per connection\n", static_cast<double>(redis0) / 1e6,
+                static_cast<double>(redis1) / 1e6, show(redis["bytes_per_connection"]).c_str());
+  }
+  return {{"connections", o.connections}, {"nodes", n_nodes}, {"processes", workers.size()}, {"hold_s", o.hold_s}, {"heartbeats", pings},
+          {"connect_s", connect_s},
+          {"rss_before", std::accumulate(rss0.begin(), rss0.end(), int64_t{0})}, {"rss_after", std::accumulate(rss1.begin(), rss1.end(), int64_t{0})},
+          {"bytes_per_connection", per_conn}, {"anon_bytes_per_connection", per_conn_anon}, {"per_node", per_node_json},
+          {"kernel", kernel}, {"redis", redis}, {"open_at_end", open}, {"closed", closed}};
 }
 
 }  // namespace
@@ -1214,8 +1511,8 @@ int main(int argc, char** argv) {
   using namespace parley::bench;
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, nullptr, _IOLBF, 0);  // progress lines appear as they are printed, also into a pipe
-  if (argc == 6 && std::string(argv[1]) == "--worker-idle") {
-    return RunIdleWorker(static_cast<uint16_t>(std::stoi(argv[2])), argv[3], std::stoul(argv[4]), std::stoul(argv[5]));
+  if (argc == 7 && std::string(argv[1]) == "--worker-idle") {
+    return RunIdleWorker(argv[2], argv[3], std::stoul(argv[4]), std::stoul(argv[5]), std::stod(argv[6]));
   }
   Common c;
   Opts o;
@@ -1231,6 +1528,11 @@ int main(int argc, char** argv) {
   app.add_option("--work-dir", c.work_dir, "directory for parleyd's data and log (default: a new temporary one, removed)");
   app.add_option("--json", c.json_out, "write the figures to this file as JSON");
   app.add_option("--parleyd-arg", c.parleyd_args, "extra parleyd argument (repeatable)")->allow_extra_args(false);
+  app.add_option("--nodes", c.nodes, "cluster shape: start this many parleyd nodes (needs --store and --redis when > 1)")
+      ->check(CLI::Range(1, 64));
+  app.add_option("--store", c.store, "parleyd's --store for every node: a postgresql:// URL (default: SQLite, one node)");
+  app.add_option("--redis", c.redis, "parleyd's --redis for every node: the cluster's Redis, HOST:PORT");
+  app.add_option("--redis-pid", c.redis_pid, "redis-server's process id: idle measures its RSS too");
   auto* thr = app.add_subcommand("throughput", "P pairs, open-loop at each offered rate; latency, receipts, saturation");
   auto* rtt = app.add_subcommand("receipt-rtt", "send -> the delivered receipt seen by the sender, at one rate");
   auto* hot = app.add_subcommand("hot", "the pairs' p99 without and with one hot pair beside them");
@@ -1247,6 +1549,8 @@ int main(int argc, char** argv) {
   idle->add_option("--connections", o.connections, "connections")->check(CLI::Range(1, 1000000));
   idle->add_option("--per-process", o.per_process, "connections per worker process (at most 20,000 files each)");
   idle->add_option("--hold", o.hold_s, "seconds to hold them after all authenticated");
+  idle->add_option("--setup-timeout", o.setup_timeout_s, "seconds for every worker's connections to authenticate")
+      ->check(CLI::Range(1.0, 86400.0));
   idle->add_option("--heartbeat-interval-ms", c.heartbeat_interval_ms, "parleyd's heartbeat interval (the clients follow it)");
   auto* rec = app.add_subcommand("reconnects", "token reconnects per second (connect, upgrade, auth, drop)");
   rec->add_option("--users", o.reconnect_users, "tokens cycled through");
@@ -1279,42 +1583,84 @@ int main(int argc, char** argv) {
     if (!mkdtemp(tmpl.data())) SetupFailed("mkdtemp failed");
     c.work_dir = tmpl;
   }
-  Server s;
-  s.dir = c.work_dir;
-  s.admin_token = "parley-bench-" + std::to_string(getpid()) + "-" + std::to_string(NowNs());
-  s.Start(c);
+  if (c.nodes > 1 && (c.redis.empty() || c.store.rfind("postgres", 0) != 0)) {
+    SetupFailed("--nodes " + std::to_string(c.nodes) + " needs --store postgresql://... and --redis HOST:PORT");
+  }
+  if (c.nodes > 1 && name != "throughput" && name != "receipt-rtt" && name != "hot" && name != "idle") {
+    SetupFailed(name + ": one node only (--nodes > 1: idle, throughput, receipt-rtt, hot)");
+  }
+  // Every node gets the same arguments (and admin token); users are
+  // provisioned through node 0. On a shared store the usernames carry a tag
+  // unique to this run, so that runs against one database do not collide.
+  std::vector<Server> nodes(static_cast<size_t>(c.nodes));
+  std::string admin_token = "parley-bench-" + std::to_string(getpid()) + "-" + std::to_string(NowNs());
+  std::string user_tag;
+  if (!c.store.empty()) {
+    char tag[16];
+    std::snprintf(tag, sizeof tag, "r%06llx_", static_cast<unsigned long long>((NowNs() ^ getpid()) & 0xffffff));
+    user_tag = tag;
+  }
+  for (size_t k = 0; k < nodes.size(); ++k) {
+    Server& n = nodes[k];
+    n.node = static_cast<int>(k);
+    n.dir = nodes.size() == 1 ? c.work_dir : c.work_dir + "/node" + std::to_string(k);
+    n.admin_token = admin_token;
+    n.user_tag = user_tag;
+    n.Start(c);
+  }
+  Server& s = nodes[0];
 
   std::vector<std::string> failures;
   json result;
-  if (name == "throughput") result = ScenarioThroughput(c, s, o, false, &failures);
+  if (name == "throughput") result = ScenarioThroughput(c, nodes, o, false, &failures);
   if (name == "receipt-rtt") {
     o.rates = std::to_string(static_cast<int64_t>(ParseRates(o.rates).at(0)));
-    result = ScenarioThroughput(c, s, o, true, &failures);
+    result = ScenarioThroughput(c, nodes, o, true, &failures);
   }
-  if (name == "hot") result = ScenarioHot(c, s, o, &failures);
-  if (name == "idle") result = ScenarioIdle(c, s, o, &failures);
+  if (name == "hot") result = ScenarioHot(c, nodes, o, &failures);
+  if (name == "idle") result = ScenarioIdle(c, nodes, o, &failures);
   if (name == "reconnects") result = ScenarioReconnects(c, s, o, &failures);
   if (name == "storm") result = ScenarioStorm(c, s, o, &failures);
   if (name == "backfill") result = ScenarioBackfill(c, s, o, &failures);
 
-  if (!s.Alive()) failures.push_back("parleyd died during the run (see " + s.log + ")");
-  int64_t hwm = ReadStatusKb(s.pid, "VmHWM");
-  int64_t cpu = ProcessCpuMs(s.pid);
-  int st = s.Terminate();
-  if (st != 0) failures.push_back("parleyd exited with status " + std::to_string(st) + " on SIGTERM");
-  {
-    std::ifstream log(s.log);
+  int64_t hwm = 0, cpu = 0;
+  json node_figures = json::array();
+  for (auto& n : nodes) {
+    std::string which = nodes.size() > 1 ? "parleyd (node " + std::to_string(n.node) + ")" : "parleyd";
+    if (!n.Alive()) failures.push_back(which + " died during the run (see " + n.log + ")");
+    int64_t h = ReadStatusKb(n.pid, "VmHWM"), u = ProcessCpuMs(n.pid);
+    hwm += h;
+    cpu += u;
+    node_figures.push_back({{"node", n.node}, {"port", n.port}, {"peak_rss", h}, {"cpu_s", static_cast<double>(u) / 1000.0}});
+  }
+  // Every node is told at once (a cluster drains in parallel), then each
+  // is waited for.
+  for (auto& n : nodes) {
+    if (n.pid > 0) kill(n.pid, SIGTERM);
+  }
+  for (auto& n : nodes) {
+    std::string which = nodes.size() > 1 ? "parleyd (node " + std::to_string(n.node) + ")" : "parleyd";
+    int st = n.Terminate();
+    if (st != 0) failures.push_back(which + " exited with status " + std::to_string(st) + " on SIGTERM");
+    std::ifstream log(n.log);
     std::string line;
     size_t shown = 0;
     while (std::getline(log, line)) {
       if (line.find("level=error") != std::string::npos || line.find("level=critical") != std::string::npos) {
-        if (shown++ < 5) failures.push_back("parleyd logged: " + line.substr(0, 300));
+        if (shown++ < 5) failures.push_back(which + " logged: " + line.substr(0, 300));
       }
     }
   }
-  std::printf("  parleyd: peak RSS %.1f MB, %.1f s CPU in all\n", static_cast<double>(hwm) / 1e6, static_cast<double>(cpu) / 1000.0);
+  if (nodes.size() > 1) {
+    std::printf("  parleyd, %zu nodes: peak RSS %.1f MB summed, %.1f s CPU in all\n", nodes.size(), static_cast<double>(hwm) / 1e6,
+                static_cast<double>(cpu) / 1000.0);
+  } else {
+    std::printf("  parleyd: peak RSS %.1f MB, %.1f s CPU in all\n", static_cast<double>(hwm) / 1e6, static_cast<double>(cpu) / 1000.0);
+  }
   json out = {{"scenario", name}, {"result", result}, {"parleyd_peak_rss", hwm}, {"parleyd_cpu_s", static_cast<double>(cpu) / 1000.0},
-              {"server_cpu", c.server_cpu}, {"load_cpu", c.load_cpu}, {"failures", failures}, {"ok", failures.empty()}};
+              {"server_cpu", c.server_cpu}, {"load_cpu", c.load_cpu}, {"nodes", node_figures},
+              {"store", c.store.empty() ? "sqlite" : "postgresql"}, {"redis", !c.redis.empty()},
+              {"failures", failures}, {"ok", failures.empty()}};
   if (!c.json_out.empty()) std::ofstream(c.json_out) << out.dump(2) << "\n";
   if (own_dir) std::filesystem::remove_all(c.work_dir);
   if (!failures.empty()) {

@@ -62,7 +62,7 @@ void Loop::Connect(Conn& c) {
   setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_port = htons(port_);
+  a.sin_port = htons(c.port ? c.port : port_);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   c.state = Conn::State::kConnecting;
   if (connect(c.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 && errno != EINPROGRESS) {
@@ -158,7 +158,7 @@ void Loop::OnWritable(Conn& c) {
       return;
     }
     c.state = Conn::State::kHandshake;
-    c.wbuf = "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port_) +
+    c.wbuf = "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(c.port ? c.port : port_) +
              "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
   }

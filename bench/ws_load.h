@@ -39,6 +39,7 @@ struct Conn {
   State state = State::kIdle;
   int fd = -1;
   size_t index = 0;          // the caller's index (device number)
+  uint16_t port = 0;         // the server's port on 127.0.0.1; 0: the Loop's
   std::string rbuf;          // bytes read, not yet consumed
   std::string wbuf;          // bytes to write
   std::string frag;          // a fragmented message being reassembled
@@ -67,7 +68,8 @@ class Loop {
   Loop(const Loop&) = delete;
   Loop& operator=(const Loop&) = delete;
 
-  // Starts a non-blocking connect; OnOpen or OnClosed follows.
+  // Starts a non-blocking connect to 127.0.0.1:(c.port, or the Loop's port
+  // if 0); OnOpen or OnClosed follows.
   void Connect(Conn& c);
   // Queues a text frame (flushed at the end of the current Poll, or by
   // Flush).

@@ -5,7 +5,8 @@
 # client in Debian's chromium (CTest label `browser`); then the
 # Release tree with the benchmarks' smoke runs, the 5,000-device restart
 # (scripts/bench_reconnect.sh), the load generator's smoke runs
-# (SMOKE=1 scripts/bench.sh), the .deb check (scripts/package_check.sh),
+# (SMOKE=1 scripts/bench.sh), the cluster scale smoke run on PostgreSQL and
+# Redis (SMOKE=1 scripts/bench_cluster.sh), the .deb check (scripts/package_check.sh),
 # and the fuzz targets. Prints the
 # time of each phase. Exits non-zero on any failure.
 set -euo pipefail
@@ -34,6 +35,9 @@ scripts/bench_reconnect.sh
 
 phase "load generator smoke: every parley-bench scenario, small (Release; docs/benchmarks.md)"
 SMOKE=1 scripts/bench.sh
+
+phase "cluster scale smoke: 1 and 2 nodes on PostgreSQL + Redis, small (Release; docs/benchmarks.md, \"Cluster scale\")"
+SMOKE=1 scripts/bench_cluster.sh
 
 phase "package: .deb built, unpacked and run (docs/operations.md, \"Installing the package\")"
 scripts/package_check.sh

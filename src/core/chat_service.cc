@@ -923,11 +923,7 @@ void ChatService::DoHistory(const ClientPtr& c, Req req) {
     store_.History(h.conversation_id, c->user_id, h.before, h.limit,
                    OnCore<std::vector<store::MessageRecord>>([this, c, req](Result<std::vector<store::MessageRecord>> r) {
                      if (!r) return Fail(c, req, r.error());
-                     Respond(c, req, [&](JsonWriter& w) {
-                       w.Key("messages").BeginArray();
-                       for (const auto& m : *r) protocol::WriteMessage(w, m);
-                       w.EndArray().Field("has_more", !r->empty() && r->front().seq > 1);
-                     });
+                     Respond(c, req, [&](JsonWriter& w) { protocol::WriteHistory(w, *r); });
                    }));
   });
 }
@@ -1037,6 +1033,14 @@ void ChatService::DoContactOrBlock(const ClientPtr& c, Req req) {
         }
       }
       PublishSocial(contact ? store::EventKind::kContact : store::EventKind::kBlock, *r, positive);
+      if (r->target_position && r->target_profile) {
+        // An unblock: the profile changes the target missed during the block.
+        store::StreamEvent e;
+        e.kind = store::EventKind::kProfile;
+        e.created_at = clock_.NowMillis();
+        e.profile = *r->target_profile;
+        PublishEvents(std::move(e), {*r->target_position});
+      }
       if (r->changed) {
         // Presence visibility follows contacts (the owner's "contacts"
         // setting) and blocks (both directions).

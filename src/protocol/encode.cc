@@ -63,17 +63,6 @@ void WriteProfile(JsonWriter& w, const store::ProfileRecord& p) {
       .EndObject();
 }
 
-void WriteSummary(JsonWriter& w, const store::ConversationSummary& s) {
-  w.BeginObject().Key("conversation");
-  WriteConversation(w, s.conversation);
-  w.Key("messages").BeginArray();
-  for (const auto& m : s.latest) WriteMessage(w, m);
-  w.EndArray().Key("watermarks").BeginArray();
-  for (const auto& [uid, wm] : s.watermarks)
-    w.BeginObject().Field("user_id", uid).Field("delivered", wm.delivered).Field("read", wm.read).EndObject();
-  w.EndArray().Field("unread", s.unread).Field("last_activity_at", s.conversation.last_activity_at).EndObject();
-}
-
 namespace {
 // `"key":[...]`, left out when empty.
 void WriteSeqList(JsonWriter& w, std::string_view key, const std::vector<int64_t>& seqs) {
@@ -83,6 +72,32 @@ void WriteSeqList(JsonWriter& w, std::string_view key, const std::vector<int64_t
   w.EndArray();
 }
 }  // namespace
+
+void WriteSummary(JsonWriter& w, const store::ConversationSummary& s) {
+  w.BeginObject().Key("conversation");
+  WriteConversation(w, s.conversation);
+  w.Key("messages").BeginArray();
+  for (const auto& m : s.latest) WriteMessage(w, m);
+  w.EndArray().Key("watermarks").BeginArray();
+  for (size_t i = 0; i < s.watermarks.size(); ++i) {
+    const auto& [uid, wm] = s.watermarks[i];
+    w.BeginObject().Field("user_id", uid).Field("delivered", wm.delivered).Field("read", wm.read);
+    if (i < s.withheld.size()) WriteSeqList(w, "withheld", s.withheld[i]);
+    w.EndObject();
+  }
+  w.EndArray().Field("unread", s.unread).Field("last_activity_at", s.conversation.last_activity_at).EndObject();
+}
+
+void WriteHistory(JsonWriter& w, const std::vector<store::MessageRecord>& page) {
+  w.Key("messages").BeginArray();
+  std::vector<int64_t> stay;
+  for (const auto& m : page) {
+    WriteMessage(w, m);
+    if (m.stays_sent) stay.push_back(m.seq);
+  }
+  w.EndArray().Field("has_more", !page.empty() && page.front().seq > 1);
+  WriteSeqList(w, "withheld", stay);
+}
 
 void WritePushHealth(JsonWriter& w, const store::PushHealth& h) {
   auto at = [&w](const char* key, int64_t v) {

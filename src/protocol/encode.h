@@ -55,6 +55,10 @@ void WriteConversation(JsonWriter& w, const store::ConversationRecord& c, bool w
 void WriteProfile(JsonWriter& w, const store::ProfileRecord& p);
 // A conversation-list entry or snapshot entry.
 void WriteSummary(JsonWriter& w, const store::ConversationSummary& s);
+// The fields of a history response: "messages", "has_more" and, when any
+// message of the page stays "sent" forever (MessageRecord::stays_sent),
+// "withheld": their seqs.
+void WriteHistory(JsonWriter& w, const std::vector<store::MessageRecord>& page);
 
 // {"v":1,"type":"typing","conversation_id":C,"user_id":U,"state":"start"|"stop","expires_in_ms":N}
 // Ephemeral: not in the user stream, no user_seq.

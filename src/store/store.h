@@ -102,7 +102,8 @@ class Store {
   virtual void AppendMessage(NewMessage msg, Callback<AppendResult> done) = 0;
 
   // Raises a device's watermarks (monotonic per device; values above the
-  // conversation's last seq are clamped to it), recomputes the user's
+  // last seq visible to the user, i.e. not withheld from them by a block, are
+  // clamped to it), recomputes the user's
   // aggregate (max over devices, never lowered) and, when the aggregate moved,
   // appends a receipt event to every member's stream. Fails
   // kUnknownConversation, kNotMember, kUnknownDevice (not a live device of
@@ -127,7 +128,9 @@ class Store {
 
   // Messages of a conversation visible to `viewer` (withheld ones skipped)
   // with seq < before (before = 0: from the newest), newest `limit` of them,
-  // returned in ascending seq. Fails kUnknownConversation.
+  // returned in ascending seq; MessageRecord::stays_sent marks those withheld
+  // from another member whose delivered watermark passed them. Fails
+  // kUnknownConversation.
   virtual void History(ConversationId id, UserId viewer, Seq before, int limit,
                        Callback<std::vector<MessageRecord>> done) = 0;
 
@@ -150,7 +153,10 @@ class Store {
   // stored events of V's AddContact/RemoveContact/Block/Unblock naming X,
   // V's ListContacts and ListBlocked, and GetProfiles with viewer V show the
   // profile at the block's start. Once X unblocks V, V sees X's current
-  // profile again (no event is appended for changes made during the block).
+  // profile again: Unblock appends V a kProfile event with it when it
+  // differs (display name or about) from the kept one and V is in X's
+  // profile audience (shares a conversation with X or has X as a contact);
+  // SocialResult::target_profile/target_position name it.
 
   // Sets the user's display name and/or about text (nullopt: unchanged).
   // When something changed, appends a kProfile event to the streams of the

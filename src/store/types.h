@@ -77,6 +77,10 @@ struct MemberRecord {
 struct ConversationRecord {
   ConversationId id = 0;
   std::vector<MemberRecord> members;  // ordered by user id
+  // The last conversation seq. In what is produced for one user (summaries,
+  // OpenDirect's result) it is the last seq visible to that user: seqs
+  // withheld from them by a block never show, not even as a count
+  // (DESIGN.md "Blocking").
   Seq last_seq = 0;
   int64_t created_at = 0;
   int64_t last_activity_at = 0;  // time of the last message (created_at if none)
@@ -99,6 +103,10 @@ struct MessageRecord {
   int64_t version = 0;
   int64_t edited_at = 0;
   int64_t deleted_at = 0;
+  // Set only by History, for its viewer: the message is withheld from another
+  // member whose delivered watermark has passed it, so it stays "sent"
+  // forever (DESIGN.md "Blocking"; the same rule as StreamEvent::withheld).
+  bool stays_sent = false;
 };
 
 // Per-user aggregate watermarks in one conversation (max over the user's devices).
@@ -233,8 +241,11 @@ struct ReceiptUpdate {
   UserId user_id = 0;
   DeviceId device_id = 0;
   ConversationId conversation_id = 0;
-  Seq delivered = 0;  // 0 = no change; clamped to the conversation's last seq
-  Seq read = 0;       // 0 = no change; read implies delivered
+  // 0 = no change; clamped to the last seq visible to the user (seqs
+  // withheld from them by a block are never passed by their own watermarks
+  // while they are the newest, so a receipt never reveals a block).
+  Seq delivered = 0;
+  Seq read = 0;       // 0 = no change; read implies delivered; clamped likewise
   int64_t now = 0;
 };
 
@@ -255,6 +266,11 @@ struct SocialResult {
                             // as the acting user sees it (store.h, "Profiles under a block")
   // When changed: where the event landed, one per receiving user.
   std::vector<StreamPosition> positions;
+  // Unblock only: the owner's current profile and where a kProfile event
+  // with it landed in the target's stream (the owner changed it during the
+  // block and the target is in its audience); unset otherwise.
+  std::optional<ProfileRecord> target_profile;
+  std::optional<StreamPosition> target_position;
 };
 
 // A page of user search results.
@@ -290,9 +306,16 @@ struct StreamPage {
 
 // A conversation as a new device first sees it.
 struct ConversationSummary {
-  ConversationRecord conversation;  // last_activity_at: of the last message visible to the user
+  // last_activity_at: of the last message visible to the user; last_seq: the
+  // last seq visible to them.
+  ConversationRecord conversation;
   std::vector<MessageRecord> latest;  // the newest messages, ascending seq
   std::vector<std::pair<UserId, Watermarks>> watermarks;  // each member's aggregate
+  // Parallel to watermarks: the seqs withheld from that member (a block) that
+  // its delivered watermark covers, ascending; they stay "sent" forever. The
+  // union of the `withheld` lists of that member's receipt and message
+  // events; always empty for the user themself.
+  std::vector<std::vector<Seq>> withheld;
   int64_t unread = 0;  // visible messages not by the user above the user's read watermark
 };
 

@@ -4,7 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  emptyState, applyEntry, applyEvent, tickOf, conversationsByActivity, recountUnread, advanceApplied,
+  emptyState, applyEntry, applyEvent, addWithheld, addMessages, tickOf, conversationsByActivity, recountUnread,
+  advanceApplied,
 } from '../../web/js/state.js';
 
 const me = { user_id: 1, username: 'alice', device_id: 10 };
@@ -71,6 +72,25 @@ test('ticks follow the other member\'s watermarks; withheld seqs stay sent', () 
   // Watermarks never go back.
   applyEvent(s, { user_seq: 7, kind: 'receipt', conversation_id: 3, user_id: 2, delivered: 1, read: 1 });
   assert.equal(tickOf(s, c, m3), 'read');
+});
+
+test('a fresh snapshot or a history page keeps withheld seqs sent below the other member\'s watermark', () => {
+  // A new device after a past block: the entry's watermark for bob lists
+  // the seqs that stay "sent" (docs/protocol.md, "block, unblock").
+  const s = emptyState(me);
+  applyEntry(s, {
+    conversation: { conversation_id: 3, members, last_seq: 4, created_at: 5 },
+    messages: [msg(3, 1), msg(4, 1)],
+    watermarks: [{ user_id: 1, delivered: 4, read: 4 }, { user_id: 2, delivered: 4, read: 4, withheld: [2, 3] }],
+    unread: 0,
+    last_activity_at: 1004,
+  });
+  const c = s.convs[3];
+  assert.deepEqual(c.messages.map((m) => tickOf(s, c, m)), ['sent', 'read']);
+  // An older page through history carries its own list.
+  addWithheld(c, [2]);
+  addMessages(c, [msg(1, 1), msg(2, 1)]);
+  assert.deepEqual(c.messages.map((m) => tickOf(s, c, m)), ['read', 'sent', 'sent', 'read']);
 });
 
 test('contacts, blocks, profiles and privacy follow their events; unknown kinds are skipped', () => {

@@ -2,9 +2,12 @@
 // conversation list and the admin bulk path (issue 3), against a real parleyd.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <optional>
 #include <set>
 
 #include "e2e/helpers.h"
+#include "sdk/sdk_test_util.h"
 
 namespace parley::testing {
 namespace {
@@ -200,30 +203,90 @@ json Normalize(json j) {
   return j;
 }
 
-// What B sees while sending 10 messages to A: responses and events.
+// Everything B sees while adding A, watching A's presence, opening the
+// conversation and sending 10 messages: B's responses, every frame that
+// reaches B live (events, presence, typing), B's whole stream through sync,
+// B's snapshot and conversation list. With `block`, A blocks B first and then
+// stays online with two devices that do everything that would reach B if A
+// did not block B: report delivered/read up to the conversation's last seq,
+// change the profile, type, go offline and online again. Without it, A never
+// connects (offline and not reading).
 json BlockScenario(ServerProcess& server, const std::string& a_name, const std::string& b_name, bool block) {
   Register(server, a_name);
   Register(server, b_name);
-  Device a = Login(server, a_name);
-  Device b = Login(server, b_name);
+  std::optional<Device> a1, a2;
   if (block) {
-    EXPECT_TRUE(a.conn->Call("block", {{"username", b_name}}).ok);
+    a1 = Login(server, a_name, "phone");
+    EXPECT_TRUE(a1->conn->Call("block", {{"username", b_name}}).ok);
   }
-  a.conn.reset();  // in the comparison run A is offline and not reading
+  Device b = Login(server, b_name);
   json seen = json::array();
-  seen.push_back(b.conn->Call("add_contact", {{"username", a_name}}).frame);
-  seen.push_back(b.conn->Call("open_conversation", {{"username", a_name}}).frame);
-  for (int i = 0; i < 10; ++i)
-    seen.push_back(b.conn->Call("send", {{"to", a_name}, {"client_id", "w" + std::to_string(i)}, {"body", "hey"}}).frame);
+  auto call = [&](const std::string& op, const json& fields) {
+    auto r = b.conn->Call(op, fields);
+    EXPECT_TRUE(r.ok) << op << ": " << r.code << " " << r.message;
+    seen.push_back(r.frame);
+    return r;
+  };
+  auto a_call = [&](Device& d, const std::string& op, const json& fields) {
+    auto r = d.conn->Call(op, fields);
+    EXPECT_TRUE(r.ok) << "A's " << op << ": " << r.code << " " << r.message;
+  };
+  auto added = call("add_contact", {{"username", a_name}});
+  int64_t a_id = added.result["user"]["user_id"];
+  call("subscribe_presence", {{"user_ids", json::array({a_id})}});
+  int64_t conv = call("open_conversation", {{"username", a_name}}).result["conversation"]["conversation_id"];
+  if (block) {
+    a2 = Login(server, a_name, "laptop");  // a second device, in the foreground
+    a_call(*a1, "set_profile", {{"display_name", "Changed While Blocking"}});
+    a_call(*a2, "typing", {{"conversation_id", conv}, {"state", "start"}});
+    a_call(*a1, "open_conversation", {{"username", b_name}});
+  }
+  for (int i = 0; i < 10; ++i) {
+    auto r = call("send", {{"to", a_name}, {"client_id", "w" + std::to_string(i)}, {"body", "hey"}});
+    if (!block) continue;
+    // A reports up to the conversation's raw last seq from both devices.
+    int64_t raw = r.result["seq"];
+    Device& d = i % 2 == 0 ? *a1 : *a2;
+    a_call(d, "receipt", {{"items", {{{"conversation_id", conv}, {"delivered", raw}}}}});
+    a_call(d, "receipt", {{"items", {{{"conversation_id", conv}, {"delivered", raw}, {"read", raw}}}}});
+    if (i == 3) {  // offline (the server broadcasts at once: coalescing is off)
+      a_call(*a1, "set_app_state", {{"state", "background"}});
+      a_call(*a2, "set_app_state", {{"state", "background"}});
+    }
+    if (i == 6) a_call(*a2, "set_app_state", {{"state", "foreground"}});  // online again
+    if (i == 8) a_call(*a1, "typing", {{"conversation_id", conv}, {"state", "start"}});
+  }
+  if (block) {
+    a_call(*a1, "set_profile", {{"about", "still blocking"}});
+    a_call(*a2, "typing", {{"conversation_id", conv}, {"state", "stop"}});
+    a_call(*a1, "set_app_state", {{"state", "foreground"}});
+    EXPECT_TRUE(a2->conn->Call("list_conversations").ok);
+  }
+  // Every frame that reached B live, in arrival order.
+  while (auto f = b.conn->NextEvent(700)) seen.push_back(*f);
   for (auto& e : SyncAll(*b.conn, 0)) seen.push_back(e);
+  call("snapshot", json::object());
+  call("list_conversations", json::object());
+  call("history", {{"conversation_id", conv}});
   return Normalize(seen);
 }
 
 TEST(BlockE2E, WhileBlockedTheSendersViewIsExactlyThatOfAnOfflineRecipient) {
-  ServerProcess server;
+  // Presence changes are broadcast at once, so that one reaching B would show.
+  ServerProcess server({"--presence-coalesce-ms", "0", "--presence-min-interval-ms", "0"});
   json blocked = BlockScenario(server, "alice", "bob", true);
   json offline = BlockScenario(server, "anna", "bert", false);
   EXPECT_EQ(blocked, offline) << "blocked:\n" << blocked.dump(1) << "\noffline:\n" << offline.dump(1);
+  // The comparison saw the whole scenario: 16 responses and B's stream (a
+  // contact, a conversation and 10 message events), live and synced.
+  EXPECT_GE(offline.size(), 16u + 12u + 12u);
+}
+
+// No stream event beyond `head` reaches `d` live within `ms`; returns what did.
+std::optional<json> AnyEventAfter(Device& d, int64_t head, int ms) {
+  return WaitFrame(
+      *d.conn, [head](const json& f) { return f["type"] != "event" || f["event"]["user_seq"].get<int64_t>() > head; },
+      ms);
 }
 
 TEST(BlockE2E, BlockedSendsAreAckedButWithheldAndStaySentAfterUnblock) {
@@ -239,6 +302,8 @@ TEST(BlockE2E, BlockedSendsAreAckedButWithheldAndStaySentAfterUnblock) {
   ASSERT_TRUE(a1.conn->Call("receipt", {{"items", {{{"conversation_id", conv}, {"read", 1}}}}}).ok);
   ASSERT_TRUE(a1.conn->Call("block", {{"username", "bob"}}).ok);
   ASSERT_TRUE(WaitEvent(*a2.conn, IsKind("block")));  // the block converges on alice's devices
+  ASSERT_TRUE(WaitEvent(*a1.conn, IsKind("block")));
+  ASSERT_TRUE(WaitEvent(*b.conn, IsReceipt(a1.user_id, "read", 1)));
   int64_t a_head = a1.conn->Call("ping").result["head"];
 
   std::vector<int64_t> withheld;
@@ -248,8 +313,25 @@ TEST(BlockE2E, BlockedSendsAreAckedButWithheldAndStaySentAfterUnblock) {
     withheld.push_back(r.result["seq"]);
   }
   EXPECT_EQ(a1.conn->Call("send", {{"conversation_id", conv}, {"client_id", "x"}, {"body", "x"}}).code, "blocked");
-  // Nothing reached alice: not live, not in sync, not in history, no unread.
-  EXPECT_FALSE(WaitEvent(*a2.conn, IsKind("message"), 300));
+  // Nothing reached alice live, on either device, of any kind.
+  for (Device* d : {&a1, &a2}) {
+    auto leaked = AnyEventAfter(*d, a_head, 300);
+    EXPECT_FALSE(leaked) << "device " << d->device_id << " got " << leaked->dump();
+  }
+  // Alice's devices report "everything" up to the raw last seq: clamped to
+  // what she sees, so bob gets no receipt (no withheld list revealing it).
+  for (Device* d : {&a1, &a2}) {
+    ASSERT_TRUE(d->conn
+                    ->Call("receipt", {{"items", {{{"conversation_id", conv},
+                                                   {"delivered", withheld.back()},
+                                                   {"read", withheld.back()}}}}})
+                    .ok);
+  }
+  auto revealed = WaitFrame(
+      *b.conn, [](const json& f) { return f["type"] != "event" || f["event"]["kind"] != "message"; }, 400);
+  EXPECT_FALSE(revealed) << revealed->dump();
+  for (Device* d : {&a1, &a2}) EXPECT_FALSE(AnyEventAfter(*d, a_head, 100));
+  // Not in sync, not in history, no unread, no seq beyond what she sees.
   auto stream = SyncAll(*a2.conn, 0);
   for (size_t i = 0; i < stream.size(); ++i) {
     EXPECT_EQ(stream[i]["user_seq"], static_cast<int64_t>(i + 1)) << "gap in alice's stream";
@@ -260,24 +342,107 @@ TEST(BlockE2E, BlockedSendsAreAckedButWithheldAndStaySentAfterUnblock) {
   EXPECT_EQ(stream.back()["user_seq"], a_head);
   auto h = a1.conn->Call("history", {{"conversation_id", conv}});
   ASSERT_EQ(h.result["messages"].size(), 1u);
-  EXPECT_EQ(a1.conn->Call("list_conversations").result["conversations"][0]["unread"], 0);
+  for (Device* d : {&a1, &a2}) {
+    auto list = d->conn->Call("list_conversations").result["conversations"][0];
+    EXPECT_EQ(list["unread"], 0);
+    EXPECT_EQ(list["conversation"]["last_seq"], 1);
+    EXPECT_EQ(d->conn->Call("open_conversation", {{"username", "bob"}}).result["conversation"]["last_seq"], 1);
+  }
 
   ASSERT_TRUE(a1.conn->Call("unblock", {{"username", "bob"}}).ok);
   EXPECT_EQ(a1.conn->Call("history", {{"conversation_id", conv}}).result["messages"].size(), 1u);  // still withheld
   auto after = b.conn->Call("send", {{"conversation_id", conv}, {"client_id", "after"}, {"body", "after the block"}});
   ASSERT_TRUE(after.ok);
   int64_t seq = after.result["seq"];
-  auto got = WaitEvent(*a2.conn, IsMessage(seq));
-  ASSERT_TRUE(got) << "a message after the unblock was not delivered";
+  for (Device* d : {&a1, &a2}) ASSERT_TRUE(WaitEvent(*d->conn, IsMessage(seq))) << "not delivered after the unblock";
+  // Alice's history is exactly the message before the block and this one.
+  std::vector<std::string> ids;
+  auto a_history = a1.conn->Call("history", {{"conversation_id", conv}});
+  for (auto& m : a_history.result["messages"]) ids.push_back(m["client_id"]);
+  EXPECT_EQ(ids, (std::vector<std::string>{"before", "after"}));
+  for (auto& e : SyncAll(*a1.conn, 0)) {
+    if (e["kind"] == "message") {
+      EXPECT_NE(e["message"]["client_id"].get<std::string>().rfind("blk", 0), 0u) << e.dump();
+    }
+  }
+  for (Device* d : {&a1, &a2}) {
+    auto list = d->conn->Call("list_conversations").result["conversations"][0];
+    EXPECT_EQ(list["unread"], 1);
+    EXPECT_EQ(list["conversation"]["last_seq"], seq);
+  }
   ASSERT_TRUE(a2.conn->Call("receipt", {{"items", {{{"conversation_id", conv}, {"read", seq}}}}}).ok);
   auto rcpt = WaitEvent(*b.conn, IsReceipt(a1.user_id, "read", seq));
   ASSERT_TRUE(rcpt);
+  ASSERT_TRUE(WaitEvent(*a1.conn, IsReceipt(a1.user_id, "read", seq)));
+  for (Device* d : {&a1, &a2}) EXPECT_EQ(d->conn->Call("list_conversations").result["conversations"][0]["unread"], 0);
   // The receipt tells bob which seqs below it stay "sent" forever.
   std::vector<int64_t> stay;
   for (auto& s : SyncAll(*b.conn, 0))
     if (s["kind"] == "receipt" && s.contains("withheld"))
       for (auto& w : s["withheld"]) stay.push_back(w);
   EXPECT_EQ(stay, withheld);
+  // So do bob's snapshot and history, for a device that never saw the event.
+  auto snap = b.conn->Call("snapshot");
+  std::vector<int64_t> listed;
+  for (auto& w : snap.result["conversations"][0]["watermarks"])
+    if (w["user_id"] == a1.user_id) listed = w.value("withheld", std::vector<int64_t>{});
+  EXPECT_EQ(listed, withheld);
+  EXPECT_EQ(b.conn->Call("history", {{"conversation_id", conv}}).result["withheld"].get<std::vector<int64_t>>(),
+            withheld);
+
+  // A fresh SDK device of bob (a new cache: snapshot) shows the 10 as sent,
+  // the rest read; and one that pages them in through history, likewise.
+  TempDir dir;
+  for (int snapshot_messages : {20, 1}) {
+    auto login = Client::Login("127.0.0.1", server.port(), "bob", "correct horse",
+                               "tablet" + std::to_string(snapshot_messages), "gtest");
+    ASSERT_TRUE(login.ok) << login.message;
+    auto o = OptionsFor(server, dir / ("bob" + std::to_string(snapshot_messages) + ".db"), login.token);
+    o.snapshot_messages = snapshot_messages;
+    auto bob2 = OpenClient(o);
+    ASSERT_TRUE(bob2);
+    bob2->Start();
+    ASSERT_TRUE(bob2->WaitOnline(5000));
+    std::vector<CachedMessage> all;
+    int64_t before = 0;
+    bool more = true;
+    while (more) {
+      Reply err;
+      auto page = bob2->History("alice", before, 5, &more, &err);
+      ASSERT_TRUE(err.code.empty()) << err.code;
+      ASSERT_FALSE(page.empty());
+      all.insert(all.begin(), page.begin(), page.end());
+      before = page.front().seq;
+    }
+    ASSERT_EQ(all.size(), 12u);
+    for (const CachedMessage& m : all) {
+      bool was_withheld = std::find(withheld.begin(), withheld.end(), m.seq) != withheld.end();
+      EXPECT_EQ(m.status, was_withheld ? MessageStatus::kSent : MessageStatus::kRead)
+          << "seq " << m.seq << " on a new device (snapshot of " << snapshot_messages << ")";
+    }
+    bob2->Stop();
+  }
+}
+
+TEST(BlockE2E, UnblockBringsTheBlockedUserTheProfileTheyMissed) {
+  ServerProcess server;
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a = Login(server, "alice");
+  Device b = Login(server, "bob");
+  ASSERT_TRUE(b.conn->Call("send", {{"to", "alice"}, {"client_id", "hi"}, {"body", "hi"}}).ok);
+  ASSERT_TRUE(a.conn->Call("block", {{"username", "bob"}}).ok);
+  ASSERT_TRUE(a.conn->Call("set_profile", {{"display_name", "Alice Blocking"}}).ok);
+  EXPECT_FALSE(WaitEvent(*b.conn, IsKind("profile"), 300));  // B keeps the old profile meanwhile
+  ASSERT_TRUE(a.conn->Call("unblock", {{"username", "bob"}}).ok);
+  auto e = WaitEvent(*b.conn, IsKind("profile"));
+  ASSERT_TRUE(e) << "bob still shows alice's profile from before the block";
+  EXPECT_EQ((*e)["profile"]["user_id"], a.user_id);
+  EXPECT_EQ((*e)["profile"]["display_name"], "Alice Blocking");
+  // The same through sync, once.
+  int profiles = 0;
+  for (auto& s : SyncAll(*b.conn, 0)) profiles += s["kind"] == "profile" ? 1 : 0;
+  EXPECT_EQ(profiles, 1);
 }
 
 TEST(BlockE2E, BlockErrorsAreClearAndNeverRevealABlockToTheBlocked) {

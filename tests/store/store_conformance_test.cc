@@ -1094,6 +1094,134 @@ TEST_P(StoreConformance, SendCoveringWithheldSeqsListsThemOnItsMessageEvents) {
   EXPECT_EQ(snap.conversations[0].watermarks[0].second.read, 5);
 }
 
+// The withheld seqs of `member`'s watermark entry in `s` (bob's or alice's).
+std::vector<Seq> StaySent(const ConversationSummary& s, UserId member) {
+  EXPECT_EQ(s.withheld.size(), s.watermarks.size());
+  for (size_t i = 0; i < s.watermarks.size() && i < s.withheld.size(); ++i)
+    if (s.watermarks[i].first == member) return s.withheld[i];
+  ADD_FAILURE() << "no watermark entry for " << member;
+  return {};
+}
+
+TEST_P(StoreConformance, TheBlockersLastSeqAndReceiptsNeverPassWithheldMessages) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "a1");  // seq 1; alice's watermarks are 1
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id).has_value());
+  Send(bob_, bob_dev_, "b2");  // 2, withheld from alice
+  Send(bob_, bob_dev_, "b3");  // 3, withheld from alice
+  UserSeq bob_head = Head(store(), bob_.id);
+
+  // alice is told of no seq beyond what she sees; bob of all of them.
+  EXPECT_EQ(GetSnapshot(store(), alice_.id, 5).conversations[0].conversation.last_seq, 1);
+  EXPECT_EQ(ListConversations(store(), alice_.id, 0, 0, 10, 1).conversations[0].conversation.last_seq, 1);
+  EXPECT_EQ(Open(store(), alice_.id, bob_.id).conversation.last_seq, 1);
+  EXPECT_EQ(GetSnapshot(store(), bob_.id, 5).conversations[0].conversation.last_seq, 3);
+  EXPECT_EQ(Open(store(), bob_.id, alice_.id).conversation.last_seq, 3);
+
+  // A receipt up to the raw last seq is clamped to 1: nothing moves, bob
+  // gets no receipt (and so no "withheld" list revealing the block).
+  for (DeviceId dev : {alice_dev_.id, MakeDevice(store(), alice_.id, "ta2").id}) {
+    ReceiptResult r = Must(UpdateReceipt(store(), Receipt(alice_.id, dev, conv_, 3, 3)));
+    EXPECT_FALSE(r.changed);
+    EXPECT_EQ(r.aggregate.delivered, 1);
+    EXPECT_EQ(r.aggregate.read, 1);
+    EXPECT_TRUE(r.withheld.empty());
+  }
+  EXPECT_EQ(Head(store(), bob_.id), bob_head);
+  Snapshot bob_snap = GetSnapshot(store(), bob_.id, 5);
+  EXPECT_TRUE(StaySent(bob_snap.conversations[0], alice_.id).empty());
+  for (const MessageRecord& m : History(store(), conv_, 0, 10, bob_.id)) EXPECT_FALSE(m.stays_sent) << m.seq;
+
+  // Still so after the unblock until a newer message is visible to alice.
+  ASSERT_TRUE(Unblock(store(), alice_.id, bob_.id).has_value());
+  EXPECT_FALSE(Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 3, 3))).changed);
+  Send(bob_, bob_dev_, "b4");  // 4, visible
+  EXPECT_EQ(GetSnapshot(store(), alice_.id, 5).conversations[0].conversation.last_seq, 4);
+  ReceiptResult r = Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 9, 9)));
+  ASSERT_TRUE(r.changed);
+  EXPECT_EQ(r.aggregate.read, 4);
+  EXPECT_EQ(r.withheld, (std::vector<Seq>{2, 3}));
+}
+
+TEST_P(StoreConformance, SummariesAndHistoryListTheSeqsThatStaySentForANewDevice) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "a1");  // seq 1
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id).has_value());
+  Send(bob_, bob_dev_, "b2");
+  Send(bob_, bob_dev_, "b3");
+  ASSERT_TRUE(Unblock(store(), alice_.id, bob_.id).has_value());
+  Send(bob_, bob_dev_, "b4");  // 4
+  // Before alice's watermark passes them nothing is listed.
+  EXPECT_TRUE(StaySent(GetSnapshot(store(), bob_.id, 5).conversations[0], alice_.id).empty());
+  ASSERT_TRUE(Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 4, 4))).changed);
+
+  // bob's summaries (snapshot and list) name 2 and 3 in alice's entry, the
+  // same seqs as the receipt event; his own entry lists nothing.
+  for (const ConversationSummary& sum :
+       {GetSnapshot(store(), bob_.id, 5).conversations[0], ListConversations(store(), bob_.id, 0, 0, 10, 1).conversations[0]}) {
+    EXPECT_EQ(StaySent(sum, alice_.id), (std::vector<Seq>{2, 3}));
+    EXPECT_TRUE(StaySent(sum, bob_.id).empty());
+    EXPECT_EQ(sum.conversation.last_seq, 4);
+  }
+  // alice's summary never lists them (nothing is withheld from bob).
+  ConversationSummary alices = GetSnapshot(store(), alice_.id, 5).conversations[0];
+  EXPECT_TRUE(StaySent(alices, alice_.id).empty());
+  EXPECT_TRUE(StaySent(alices, bob_.id).empty());
+  // History marks them, on every page.
+  std::vector<MessageRecord> h = History(store(), conv_, 0, 10, bob_.id);
+  ASSERT_EQ(h.size(), 4u);
+  std::vector<bool> stay;
+  for (const MessageRecord& m : h) stay.push_back(m.stays_sent);
+  EXPECT_EQ(stay, (std::vector<bool>{false, true, true, false}));
+  std::vector<MessageRecord> older = History(store(), conv_, 3, 1, bob_.id);
+  ASSERT_EQ(older.size(), 1u);
+  EXPECT_EQ(older[0].seq, 2);
+  EXPECT_TRUE(older[0].stays_sent);
+  for (const MessageRecord& m : History(store(), conv_, 0, 10, alice_.id)) EXPECT_FALSE(m.stays_sent) << m.seq;
+  // A later block of bob by alice does not add seqs beyond her watermark.
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id).has_value());
+  Send(bob_, bob_dev_, "b5");
+  EXPECT_EQ(StaySent(GetSnapshot(store(), bob_.id, 5).conversations[0], alice_.id), (std::vector<Seq>{2, 3}));
+  Reopen();
+  EXPECT_EQ(StaySent(GetSnapshot(store(), bob_.id, 5).conversations[0], alice_.id), (std::vector<Seq>{2, 3}));
+}
+
+TEST_P(StoreConformance, UnblockSendsTheTargetTheProfileItMissedIfInTheAudience) {
+  SetUpConversation();  // alice and bob share conv_
+  UserRecord dave = MakeUser(store(), "dave");  // knows nothing of alice
+  ASSERT_TRUE(Must(SetProfile(store(), alice_.id, "Alice", "before", 6000)).changed);
+  // No change during the block: no event.
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id, 6100).has_value());
+  SocialResult plain = Must(Unblock(store(), alice_.id, bob_.id, 6150));
+  EXPECT_FALSE(plain.target_position.has_value());
+  ASSERT_EQ(plain.positions.size(), 1u);
+  EXPECT_EQ(plain.positions[0].user_id, alice_.id);
+
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id, 6200).has_value());
+  ASSERT_TRUE(Block(store(), alice_.id, dave.id, 6200).has_value());
+  ASSERT_TRUE(Must(SetProfile(store(), alice_.id, "Alicia", "after", 6300)).changed);
+  UserSeq bob_head = Head(store(), bob_.id);
+  UserSeq dave_head = Head(store(), dave.id);
+  SocialResult un = Must(Unblock(store(), alice_.id, bob_.id, 6400));
+  ASSERT_TRUE(un.target_position.has_value());
+  ASSERT_TRUE(un.target_profile.has_value());
+  EXPECT_EQ(un.target_position->user_id, bob_.id);
+  EXPECT_EQ(un.target_position->user_seq, bob_head + 1);
+  EXPECT_EQ(un.target_profile->display_name, "Alicia");
+  StreamPage page = ReadStream(store(), bob_.id, bob_head, 10);
+  ASSERT_EQ(page.events.size(), 1u);
+  EXPECT_EQ(page.events[0].kind, EventKind::kProfile);
+  ASSERT_TRUE(page.events[0].profile.has_value());
+  EXPECT_EQ(page.events[0].profile->user_id, alice_.id);
+  EXPECT_EQ(page.events[0].profile->display_name, "Alicia");
+  EXPECT_EQ(page.events[0].profile->about, "after");
+  EXPECT_EQ(page.events[0].profile->updated_at, 6300);
+  // dave is not in alice's audience: no event (it would reveal the block).
+  SocialResult stranger = Must(Unblock(store(), alice_.id, dave.id, 6500));
+  EXPECT_FALSE(stranger.target_position.has_value());
+  EXPECT_EQ(Head(store(), dave.id), dave_head);
+}
+
 // ---- Search ----
 
 TEST_P(StoreConformance, SearchMatchesUsernameAndNameWordPrefixes) {

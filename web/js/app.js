@@ -10,7 +10,7 @@
 import { Connection, ProtocolError } from './connection.js';
 import { kv, outbox, clearAll } from './db.js';
 import {
-  emptyState, applyEntry, applyEvent, addMessages, peerOf, displayName, tickOf, conversationsByActivity,
+  emptyState, applyEntry, applyEvent, addMessages, addWithheld, peerOf, displayName, tickOf, conversationsByActivity,
   myWatermark, recountUnread, sortByUsername, advanceApplied,
 } from './state.js';
 import { h, syncList, setText, visuallyHidden } from './dom.js';
@@ -892,6 +892,7 @@ async function loadOlder(convId) {
   try {
     const before = conv.messages.length ? conv.messages[0].seq : 0;
     const r = await app.conn.request('history', { conversation_id: convId, before, limit: kHistoryPageLimit });
+    addWithheld(conv, r.withheld);
     addMessages(conv, r.messages);
     if (!r.has_more) conv.historyDone = true;
     recountUnread(app.state, conv);

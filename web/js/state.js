@@ -73,7 +73,9 @@ export function addMessages(conv, msgs) {
   }
 }
 
-function addWithheld(conv, seqs) {
+// Seqs that stay "sent" for ever (a past block): from receipt and message
+// events, snapshot/list watermarks and history pages.
+export function addWithheld(conv, seqs) {
   if (!seqs || !seqs.length) return;
   conv.withheld = [...new Set([...conv.withheld, ...seqs])];
 }
@@ -94,7 +96,10 @@ export function applyEntry(state, entry) {
   conv.lastSeq = Math.max(conv.lastSeq, c.last_seq || 0);
   state.convs[conv.id] = conv;
   addMessages(conv, entry.messages || []);
-  for (const w of entry.watermarks || []) raiseWm(conv, w.user_id, w.delivered, w.read);
+  for (const w of entry.watermarks || []) {
+    addWithheld(conv, w.withheld);
+    raiseWm(conv, w.user_id, w.delivered, w.read);
+  }
   conv.activity = Math.max(conv.activity, entry.last_activity_at || 0);
   const me = state.me.user_id;
   const read = wmOf(conv, me).read;

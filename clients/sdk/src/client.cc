@@ -898,7 +898,7 @@ std::vector<CachedMessage> Client::History(const std::string& peer_in, int64_t b
     for (const auto& m : r.result.value("messages", json::array())) ms.push_back(Impl::MessageFields(m));
     impl_->Record("history", {{"conversation_id", conv_id}, {"messages", ms}});
   }
-  if (!impl_->cache->StoreHistory(conv_id, r.result["messages"], &err) && error) {
+  if (!impl_->cache->StoreHistory(conv_id, r.result["messages"], r.result.value("withheld", json::array()), &err) && error) {
     *error = Reply{false, json(), err.code, err.message, json()};
   }
   if (has_more) *has_more = r.result.value("has_more", false);

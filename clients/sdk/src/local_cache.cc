@@ -603,6 +603,12 @@ bool LocalCache::ApplySnapshot(const json& snap, ApplyOutcome* out, LocalError* 
       InsertConversationLocked(c);
       int64_t conv = c.value("conversation_id", int64_t{0});
       for (const auto& w : entry.value("watermarks", json::array())) {
+        // Seqs below this member's watermark that stay "sent" forever (a
+        // past block): known before any status is computed.
+        for (const auto& seq : w.value("withheld", json::array())) {
+          Stmt s(db_, stmts_, "INSERT INTO withheld(conversation_id, seq) VALUES(?,?) ON CONFLICT DO NOTHING");
+          s.Bind(1, conv).Bind(2, seq.get<int64_t>()).Run();
+        }
         RaiseWatermarksLocked(conv, w.value("user_id", int64_t{0}), w.value("delivered", int64_t{0}),
                               w.value("read", int64_t{0}), nullptr);
       }
@@ -629,10 +635,16 @@ bool LocalCache::ApplySnapshot(const json& snap, ApplyOutcome* out, LocalError* 
   }
 }
 
-bool LocalCache::StoreHistory(int64_t conversation_id, const json& messages, LocalError* error) {
+bool LocalCache::StoreHistory(int64_t conversation_id, const json& messages, const json& withheld,
+                              LocalError* error) {
   std::lock_guard lock(mu_);
   try {
     Tx tx(db_);
+    for (const auto& seq : withheld) {
+      if (!seq.is_number_integer()) continue;
+      Stmt s(db_, stmts_, "INSERT INTO withheld(conversation_id, seq) VALUES(?,?) ON CONFLICT DO NOTHING");
+      s.Bind(1, conversation_id).Bind(2, seq.get<int64_t>()).Run();
+    }
     for (const auto& m : messages) {
       if (m.value("conversation_id", int64_t{0}) != conversation_id) continue;
       InsertMessageLocked(m, nullptr);

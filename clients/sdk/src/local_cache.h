@@ -90,7 +90,9 @@ class LocalCache {
   // Replaces the stream-derived state with a snapshot (outbox untouched).
   bool ApplySnapshot(const nlohmann::json& snapshot, ApplyOutcome* out, LocalError* error);
   // Stores a page of history (messages are immutable; existing rows kept).
-  bool StoreHistory(int64_t conversation_id, const nlohmann::json& messages, LocalError* error);
+  // `withheld`: the response's seqs that stay "sent" forever (may be empty).
+  bool StoreHistory(int64_t conversation_id, const nlohmann::json& messages, const nlohmann::json& withheld,
+                    LocalError* error);
   // Records a conversation learnt from open_conversation/send.
   bool StoreConversation(const nlohmann::json& conversation, LocalError* error);
 

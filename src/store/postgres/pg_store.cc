@@ -499,6 +499,33 @@ constexpr const char* kProfileForSql =
     "COALESCE(b.shown_updated_at, u.profile_updated_at) FROM users u "
     "LEFT JOIN blocks b ON b.owner_id = u.id AND b.target_id = $2 WHERE u.id = $1";
 
+// The last seq of conversation $1 not withheld from user $2 by a block (NULL:
+// none), as SqliteStore's LastSeqVisibleTo: backwards on the messages'
+// primary key, one withheld probe per message.
+constexpr const char* kLastVisibleSeqSql =
+    "(SELECT m.seq FROM messages m WHERE m.conversation_id = $1 AND NOT EXISTS (SELECT 1 FROM withheld w "
+    "WHERE w.conversation_id = $1 AND w.user_id = $2 AND w.seq = m.seq AND w.hidden_at = 0) "
+    "ORDER BY m.seq DESC LIMIT 1)";
+
+Seq LastSeqVisibleTo(PgConn& db, ConversationId conversation, UserId user) {
+  PgRows r = db.Query(std::string("SELECT COALESCE(") + kLastVisibleSeqSql + ", 0)",
+                      PgParams().Int(conversation).Int(user));
+  return r.empty() ? 0 : r.Int(0, 0);
+}
+
+// Seqs of `conversation` withheld from `user` by a block in (after, upto],
+// ascending.
+std::vector<Seq> WithheldIn(PgConn& db, ConversationId conversation, UserId user, Seq after, Seq upto) {
+  std::vector<Seq> seqs;
+  if (upto <= after) return seqs;
+  PgRows rows = db.Query(
+      "SELECT seq FROM withheld WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq <= $4 "
+      "AND hidden_at = 0 ORDER BY seq",
+      PgParams().Int(conversation).Int(user).Int(after).Int(upto));
+  for (int i = 0; i < rows.size(); ++i) seqs.push_back(rows.Int(i, 0));
+  return seqs;
+}
+
 Callback<Empty> ToEmptyCallback(StatusCallback done) {
   return [done = std::move(done)](Result<Empty> r) { done(r.has_value() ? Status::Ok() : r.error()); };
 }
@@ -599,6 +626,9 @@ class PostgresStore::Writer {
   std::optional<ProfileRecord> ProfileFor(UserId user, UserId viewer);
   bool Blocks(UserId owner, UserId target);
   std::vector<Seq> WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto);
+  // `viewer` gets `user`'s profile changes (SetProfile's audience, blocks
+  // aside): they share a conversation, or `viewer` has `user` as a contact.
+  bool InProfileAudience(UserId user, UserId viewer);
   void Revoke(DeviceId device_id);
   void IndexName(UserId user, const std::string& username, const std::string& display_name, bool add);
   // Appends the same event to the stream of each of `users` (ascending id)
@@ -734,14 +764,16 @@ bool PostgresStore::Writer::Blocks(UserId owner, UserId target) {
 
 std::vector<Seq> PostgresStore::Writer::WithheldBetween(ConversationId conversation, UserId user, Seq after,
                                                         Seq upto) {
-  std::vector<Seq> seqs;
-  if (upto <= after) return seqs;
-  PgRows rows = db_->Query(
-      "SELECT seq FROM withheld WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq <= $4 "
-      "AND hidden_at = 0 ORDER BY seq",
-      PgParams().Int(conversation).Int(user).Int(after).Int(upto));
-  for (int i = 0; i < rows.size(); ++i) seqs.push_back(rows.Int(i, 0));
-  return seqs;
+  return WithheldIn(*db_, conversation, user, after, upto);
+}
+
+bool PostgresStore::Writer::InProfileAudience(UserId user, UserId viewer) {
+  return !db_->Query(
+                 "SELECT 1 FROM members m JOIN members o ON o.conversation_id = m.conversation_id "
+                 "WHERE m.user_id = $1 AND o.user_id = $2 UNION ALL "
+                 "SELECT 1 FROM contacts WHERE owner_id = $2 AND contact_id = $1 LIMIT 1",
+                 PgParams().Int(user).Int(viewer))
+              .empty();
 }
 
 void PostgresStore::Writer::Revoke(DeviceId device_id) {
@@ -878,7 +910,8 @@ Result<OpenResult> PostgresStore::Writer::OpenDirect(UserId a, UserId b, int64_t
     if (rows.empty()) return std::nullopt;
     ConversationRecord r;
     r.id = rows.Int(0, 0);
-    r.last_seq = rows.Int(0, 1);
+    // As the opener may see it: nothing withheld from them shows.
+    r.last_seq = LastSeqVisibleTo(*db_, r.id, a);
     r.created_at = rows.Int(0, 2);
     r.last_activity_at = rows.Int(0, 3);
     const Members* m = FindMembers(r.id);
@@ -1046,7 +1079,11 @@ Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& 
       "ON CONFLICT DO NOTHING",
       PgParams().Int(update.conversation_id).Int(update.user_id));
   PgRows state = db_->Query(
-      "SELECT r.delivered, r.read, c.last_seq, COALESCE(d.delivered, 0), COALESCE(d.read, 0) "
+      // Clamped to the last seq the user may see (as SqliteStore): their
+      // watermark never passes messages withheld from them while those are
+      // the newest, which would reveal the block to the sender.
+      std::string("SELECT r.delivered, r.read, COALESCE(") + kLastVisibleSeqSql +
+          ", 0), COALESCE(d.delivered, 0), COALESCE(d.read, 0) "
       "FROM user_receipts r JOIN conversations c ON c.id = r.conversation_id "
       "LEFT JOIN device_receipts d ON d.device_id = $3 AND d.conversation_id = r.conversation_id "
       "WHERE r.conversation_id = $1 AND r.user_id = $2 FOR UPDATE OF r",
@@ -1276,8 +1313,21 @@ Result<SocialResult> PostgresStore::Writer::Unblock(UserId owner, UserId target,
   if (!Blocks(owner, target)) return Status(ErrorCode::kNotBlocked, "not blocked");
   std::optional<ProfileRecord> subject = ProfileFor(target, owner);
   if (!subject) return Status(ErrorCode::kInternal, "blocked user vanished");
+  // The profile the target kept during the block, and the current one.
+  std::optional<ProfileRecord> kept = ProfileFor(owner, target);
+  std::optional<ProfileRecord> current = Profile(owner);
+  const bool missed = kept && current &&
+                      (kept->display_name != current->display_name || kept->about != current->about) &&
+                      InProfileAudience(owner, target);
   db_->Defer("DELETE FROM blocks WHERE owner_id = $1 AND target_id = $2", PgParams().Int(owner).Int(target));
-  return AppendSocialEvent(owner, EventKind::kBlock, *subject, false, now);
+  SocialResult result = AppendSocialEvent(owner, EventKind::kBlock, *subject, false, now);
+  if (missed) {
+    // The owner changed their profile during the block: the target gets the
+    // kProfile event it missed (store.h, "Profiles under a block").
+    result.target_profile = *current;
+    result.target_position = AppendEvent(target, EventKind::kProfile, 0, 0, owner, {}, now, nullptr, &*current);
+  }
+  return result;
 }
 
 Result<std::vector<DeviceId>> PostgresStore::Writer::ChangePassword(UserId user_id, const std::string& new_hash,
@@ -1650,7 +1700,22 @@ Result<std::vector<MessageRecord>> PostgresStore::Reader::History(ConversationId
   if (db_->Query("SELECT 1 FROM conversations WHERE id = $1", PgParams().Int(id)).empty()) {
     return Status(ErrorCode::kUnknownConversation, "unknown conversation");
   }
-  return Visible(id, viewer, before, limit);
+  std::vector<MessageRecord> page = Visible(id, viewer, before, limit);
+  if (page.empty()) return page;
+  // "Stays sent": within the page's range, the seqs withheld from another
+  // member that their delivered watermark covers (one range scan per member).
+  std::vector<Seq> stay;
+  PgRows r = db_->Query(
+      "SELECT m.user_id, COALESCE(r.delivered, 0) FROM members m LEFT JOIN user_receipts r "
+      "ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id "
+      "WHERE m.conversation_id = $1 AND m.user_id <> $2",
+      PgParams().Int(id).Int(viewer));
+  for (int i = 0; i < r.size(); ++i) {
+    std::vector<Seq> seqs = WithheldIn(*db_, id, r.Int(i, 0), page.front().seq - 1, std::min(page.back().seq, r.Int(i, 1)));
+    stay.insert(stay.end(), seqs.begin(), seqs.end());
+  }
+  for (MessageRecord& m : page) m.stays_sent = std::find(stay.begin(), stay.end(), m.seq) != stay.end();
+  return page;
 }
 
 UserSeq PostgresStore::Reader::Head(UserId user_id) {
@@ -1725,6 +1790,7 @@ std::optional<ConversationSummary> PostgresStore::Reader::Summary(UserId user_id
   ConversationSummary summary;
   summary.conversation = std::move(c).value();
   summary.conversation.last_activity_at = activity;
+  summary.conversation.last_seq = LastSeqVisibleTo(*db_, id, user_id);
   summary.latest = Visible(id, user_id, 0, latest);
   Seq own_read = 0;
   {
@@ -1737,6 +1803,10 @@ std::optional<ConversationSummary> PostgresStore::Reader::Summary(UserId user_id
       summary.watermarks.emplace_back(r.Int(i, 0), Watermarks{r.Int(i, 1), r.Int(i, 2)});
       if (r.Int(i, 0) == user_id) own_read = r.Int(i, 2);
     }
+  }
+  // What stays "sent" forever: as the members' receipt events listed it.
+  for (const auto& [member, wm] : summary.watermarks) {
+    summary.withheld.push_back(member == user_id ? std::vector<Seq>{} : WithheldIn(*db_, id, member, 0, wm.delivered));
   }
   {
     // A range scan over the unread tail only, skipping what is withheld.

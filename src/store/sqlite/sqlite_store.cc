@@ -110,7 +110,15 @@
 // GetProfiles with viewer B) takes display name, about and updated_at from
 // the blocks row (owner A, target B) instead of users: one primary-key probe
 // of blocks per profile, LEFT JOINed and COALESCEd. After the unblock B sees
-// A's current profile again (without an event for changes made meanwhile).
+// A's current profile again; if it differs from the kept one and B is in
+// A's profile audience, Unblock appends B the kProfile event B missed.
+//
+// Seqs under a block. What a viewer is told of a conversation's length is the
+// last seq not withheld from them (LastSeqVisibleTo: summaries, OpenDirect),
+// and their receipts are clamped to it, so A's watermark cannot pass B's
+// withheld messages while they are the newest: the "withheld" lists that
+// reach B (events, and summaries/history for a later device) only ever name
+// seqs that A's watermark passed after the unblock.
 //
 // Search merges two lazily stepped scans in username order (the username
 // index from the query, and name_prefixes at prefix = query), skipping the
@@ -490,6 +498,33 @@ std::string SeqListJson(const std::vector<Seq>& seqs) {
   return out;
 }
 
+// The last seq of `conversation` not withheld from `user` by a block (0:
+// none): what `user` may know of the conversation's length (DESIGN.md
+// "Blocking"). Backwards on the messages' primary key, one withheld probe per
+// message, so it costs the trailing withheld messages plus one.
+Seq LastSeqVisibleTo(Db& db, ConversationId conversation, UserId user, StepCounter* counter = nullptr) {
+  Stmt s(db,
+         "SELECT m.seq FROM messages m WHERE m.conversation_id = ?1 AND NOT EXISTS (SELECT 1 FROM withheld w "
+         "WHERE w.conversation_id = ?1 AND w.user_id = ?2 AND w.seq = m.seq AND w.hidden_at = 0) "
+         "ORDER BY m.seq DESC LIMIT 1",
+         counter);
+  s.BindInt(1, conversation).BindInt(2, user);
+  return s.Step() ? s.Int(0) : 0;
+}
+
+// Seqs of `conversation` withheld from `user` by a block in (after, upto],
+// ascending: a range scan of withheld's primary key.
+std::vector<Seq> WithheldIn(Db& db, ConversationId conversation, UserId user, Seq after, Seq upto) {
+  std::vector<Seq> seqs;
+  if (upto <= after) return seqs;
+  Stmt s(db,
+         "SELECT seq FROM withheld WHERE conversation_id = ?1 AND user_id = ?2 AND seq > ?3 AND seq <= ?4 "
+         "AND hidden_at = 0 ORDER BY seq");
+  s.BindInt(1, conversation).BindInt(2, user).BindInt(3, after).BindInt(4, upto);
+  while (s.Step()) seqs.push_back(s.Int(0));
+  return seqs;
+}
+
 std::vector<Seq> ParseSeqList(std::string_view text) {
   std::vector<Seq> seqs;
   Seq v = 0;
@@ -645,6 +680,9 @@ class SqliteStore::Writer {
   // `user` blocks `viewer` (see "Profiles under a block").
   std::optional<ProfileRecord> ProfileFor(UserId user, UserId viewer);
   bool Blocks(UserId owner, UserId target);
+  // `viewer` gets `user`'s profile changes (SetProfile's audience, blocks
+  // aside): they share a conversation, or `viewer` has `user` as a contact.
+  bool InProfileAudience(UserId user, UserId viewer);
   // Seqs of `conversation` withheld from `user` in (after, upto], ascending.
   std::vector<Seq> WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto);
   // Revokes a live device: token and cursor dropped, its watermarks deleted.
@@ -762,14 +800,7 @@ bool SqliteStore::Writer::Blocks(UserId owner, UserId target) {
 }
 
 std::vector<Seq> SqliteStore::Writer::WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto) {
-  std::vector<Seq> seqs;
-  if (upto <= after) return seqs;
-  Stmt s(*db_,
-         "SELECT seq FROM withheld WHERE conversation_id = ?1 AND user_id = ?2 AND seq > ?3 AND seq <= ?4 "
-         "AND hidden_at = 0 ORDER BY seq");
-  s.BindInt(1, conversation).BindInt(2, user).BindInt(3, after).BindInt(4, upto);
-  while (s.Step()) seqs.push_back(s.Int(0));
-  return seqs;
+  return WithheldIn(*db_, conversation, user, after, upto);
 }
 
 void SqliteStore::Writer::Revoke(DeviceId device_id) {
@@ -965,7 +996,10 @@ Result<OpenResult> SqliteStore::Writer::OpenDirect(UserId a, UserId b, int64_t n
       ConversationId id = s.Int(0);
       Conversation* c = FindConversation(id);
       if (c == nullptr) return Status(ErrorCode::kInternal, "conversation vanished");
-      return OpenResult{ToRecord(*c), false, {}};
+      OpenResult found{ToRecord(*c), false, {}};
+      // As the opener may see it: nothing withheld from them shows.
+      found.conversation.last_seq = LastSeqVisibleTo(*db_, id, a);
+      return found;
     }
   }
   Conversation c;
@@ -1089,8 +1123,14 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
     s.BindInt(1, update.device_id).BindInt(2, update.user_id);
     if (!s.Step()) return Status(ErrorCode::kUnknownDevice, "no such live device of this user");
   }
-  Seq read = std::clamp<Seq>(update.read, 0, c->last_seq);
-  Seq delivered = std::clamp<Seq>(std::max(update.delivered, read), 0, c->last_seq);
+  // Clamped to the last seq the user may see: a watermark of theirs never
+  // passes messages withheld from them while those are the newest (it would
+  // tell the sender, through the receipt's "withheld" list, that they are
+  // blocked).
+  Seq last = c->last_seq;
+  if (std::max(update.read, update.delivered) > 0) last = LastSeqVisibleTo(*db_, update.conversation_id, update.user_id);
+  Seq read = std::clamp<Seq>(update.read, 0, last);
+  Seq delivered = std::clamp<Seq>(std::max(update.delivered, read), 0, last);
 
   Watermarks device;
   {
@@ -1354,10 +1394,35 @@ Result<SocialResult> SqliteStore::Writer::Unblock(UserId owner, UserId target, i
   if (!Blocks(owner, target)) return Status(ErrorCode::kNotBlocked, "not blocked");
   std::optional<ProfileRecord> subject = ProfileFor(target, owner);
   if (!subject) return Status(ErrorCode::kInternal, "blocked user vanished");
+  // The profile the target kept during the block, and the current one.
+  std::optional<ProfileRecord> kept = ProfileFor(owner, target);
+  std::optional<ProfileRecord> current = Profile(owner);
   Stmt s(*db_, "DELETE FROM blocks WHERE owner_id = ?1 AND target_id = ?2");
   s.BindInt(1, owner).BindInt(2, target);
   s.Run();
-  return AppendSocialEvent(owner, EventKind::kBlock, *subject, false, now);
+  SocialResult result = AppendSocialEvent(owner, EventKind::kBlock, *subject, false, now);
+  if (kept && current && (kept->display_name != current->display_name || kept->about != current->about) &&
+      InProfileAudience(owner, target)) {
+    // The owner changed their profile during the block: the target gets the
+    // kProfile event it missed (store.h, "Profiles under a block").
+    std::string data = ProfileJson(*current);
+    result.target_profile = *current;
+    result.target_position = AppendEvent(target, EventKind::kProfile, 0, 0, owner, {}, now, &data);
+  }
+  return result;
+}
+
+bool SqliteStore::Writer::InProfileAudience(UserId user, UserId viewer) {
+  {
+    Stmt s(*db_,
+           "SELECT 1 FROM members m JOIN members o ON o.conversation_id = m.conversation_id "
+           "WHERE m.user_id = ?1 AND o.user_id = ?2 LIMIT 1");
+    s.BindInt(1, user).BindInt(2, viewer);
+    if (s.Step()) return true;
+  }
+  Stmt s(*db_, "SELECT 1 FROM contacts WHERE owner_id = ?1 AND contact_id = ?2");
+  s.BindInt(1, viewer).BindInt(2, user);
+  return s.Step();
 }
 
 Result<SocialResult> SqliteStore::Writer::SetPresenceVisibility(UserId user_id, PresenceVisibility visibility,
@@ -1727,7 +1792,25 @@ Result<std::vector<MessageRecord>> SqliteStore::Reader::History(ConversationId i
     s.BindInt(1, id);
     if (!s.Step()) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
   }
-  return Visible(id, viewer, before, limit);
+  std::vector<MessageRecord> page = Visible(id, viewer, before, limit);
+  if (page.empty()) return page;
+  // "Stays sent": within the page's range, the seqs withheld from another
+  // member that their delivered watermark covers (one range scan per member).
+  std::vector<Seq> stay;
+  {
+    Stmt s(*db_,
+           "SELECT m.user_id, coalesce(r.delivered, 0) FROM members m LEFT JOIN user_receipts r "
+           "ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id "
+           "WHERE m.conversation_id = ?1 AND m.user_id <> ?2");
+    s.BindInt(1, id).BindInt(2, viewer);
+    while (s.Step()) {
+      std::vector<Seq> seqs =
+          WithheldIn(*db_, id, s.Int(0), page.front().seq - 1, std::min(page.back().seq, s.Int(1)));
+      stay.insert(stay.end(), seqs.begin(), seqs.end());
+    }
+  }
+  for (MessageRecord& m : page) m.stays_sent = std::find(stay.begin(), stay.end(), m.seq) != stay.end();
+  return page;
 }
 
 UserSeq SqliteStore::Reader::Head(UserId user_id, StepCounter* counter) {
@@ -1851,6 +1934,7 @@ std::optional<ConversationSummary> SqliteStore::Reader::Summary(UserId user_id, 
   ConversationSummary summary;
   summary.conversation = std::move(c).value();
   summary.conversation.last_activity_at = activity;
+  summary.conversation.last_seq = LastSeqVisibleTo(*db_, id, user_id);
   summary.latest = Visible(id, user_id, 0, latest);
   Seq own_read = 0;
   {
@@ -1863,6 +1947,10 @@ std::optional<ConversationSummary> SqliteStore::Reader::Summary(UserId user_id, 
       summary.watermarks.emplace_back(s.Int(0), Watermarks{s.Int(1), s.Int(2)});
       if (s.Int(0) == user_id) own_read = s.Int(2);
     }
+  }
+  // What stays "sent" forever: as the members' receipt events listed it.
+  for (const auto& [member, wm] : summary.watermarks) {
+    summary.withheld.push_back(member == user_id ? std::vector<Seq>{} : WithheldIn(*db_, id, member, 0, wm.delivered));
   }
   {
     // A range scan over the unread tail only, skipping what is withheld.
