@@ -9,6 +9,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   libboost1.81-dev            # Asio/Beast (header-only, compiled once)
   libsimdjson-dev             # frame parsing
+  libicu-dev                  # Unicode case folding of search words (NFKC_Casefold)
   libsqlite3-dev              # embedded store
   postgresql libpq-dev        # cluster store (libpq) and the server its tests start
   libhiredis-dev redis-server # cluster fabric (hiredis) and the server its tests start

@@ -113,7 +113,10 @@ struct CachedConversation {
   int64_t peer_id = 0;
   std::string peer;  // username
   int64_t last_seq = 0;
-  int64_t unread = 0;  // messages from the peer above my read watermark
+  // Messages from the peer above my read watermark (as the server counts
+  // them, DESIGN.md): the cached ones, plus those older than the cached ones
+  // that the snapshot counted, until the watermark passes them.
+  int64_t unread = 0;
   int64_t my_read = 0;
   int64_t peer_delivered = 0;
   int64_t peer_read = 0;

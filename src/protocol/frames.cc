@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "common/text_fold.h"
 #include "protocol/limits.h"
 
 namespace parley::protocol {
@@ -93,7 +94,7 @@ bool IsPrintable(std::string_view s) {
 // unknown user (kUnknownUser), not a syntax error. Returns the canonical form.
 Status GetOtherUsername(object obj, const char* key, std::string* out) {
   std::string raw;
-  if (Status s = GetString(obj, key, 256, true, &raw); !s.ok()) return s;
+  if (Status s = GetString(obj, key, kMaxUsernameFieldBytes, true, &raw); !s.ok()) return s;
   auto canon = CanonicalUsername(raw);
   if (!canon) return Status(ErrorCode::kUnknownUser, "no such user");
   *out = std::move(*canon);
@@ -126,7 +127,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
     case RequestType::kRegister: {
       RegisterRequest r;
       std::string raw;
-      if (Status s = GetString(obj, "username", 256, true, &raw); !s.ok()) return s;
+      if (Status s = GetString(obj, "username", kMaxUsernameFieldBytes, true, &raw); !s.ok()) return s;
       auto canon = CanonicalUsername(raw);
       if (!canon) return canon.error();
       r.username = std::move(*canon);
@@ -139,7 +140,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
     case RequestType::kLogin: {
       LoginRequest r;
       std::string raw;
-      if (Status s = GetString(obj, "username", 256, true, &raw); !s.ok()) return s;
+      if (Status s = GetString(obj, "username", kMaxUsernameFieldBytes, true, &raw); !s.ok()) return s;
       auto canon = CanonicalUsername(raw);
       // An impossible username cannot log in; say so the same way as a wrong password.
       if (!canon) return Status(ErrorCode::kBadCredentials, "wrong username or password");
@@ -177,7 +178,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       SendRequest r;
       if (Status s = GetId(obj, "conversation_id", false, &r.conversation_id); !s.ok()) return s;
       std::string to;
-      if (Status s = GetString(obj, "to", 256, false, &to); !s.ok()) return s;
+      if (Status s = GetString(obj, "to", kMaxUsernameFieldBytes, false, &to); !s.ok()) return s;
       if (r.conversation_id == 0 && to.empty()) return Bad("one of 'conversation_id' or 'to' is required");
       if (r.conversation_id != 0 && !to.empty()) return Bad("give either 'conversation_id' or 'to', not both");
       if (!to.empty()) {
@@ -320,8 +321,16 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       SearchUsersRequest r;
       std::string q;
       if (Status s = GetString(obj, "query", kMaxSearchQueryBytes, true, &q); !s.ok()) return s;
-      for (char& c : q)
-        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+      // Folded as the store folds display-name words (store/name_words.h).
+      // Folding may lengthen text (NFKC expands some characters): the result
+      // is cut back to the limit at a character boundary, which only widens
+      // a prefix match.
+      q = FoldForSearch(q);
+      if (q.size() > kMaxSearchQueryBytes) {
+        size_t n = kMaxSearchQueryBytes;
+        while (n > 0 && (static_cast<unsigned char>(q[n]) & 0xC0) == 0x80) --n;
+        q.resize(n);
+      }
       while (!q.empty() && q.back() == ' ') q.pop_back();
       while (!q.empty() && q.front() == ' ') q.erase(q.begin());
       if (q.empty()) return Bad("field 'query' must not be empty");
@@ -479,6 +488,13 @@ Decoded DecodeRequest(std::string_view frame) {
   if (auto err = parser.parse(frame.data(), frame.size(), true).get(root); err != simdjson::SUCCESS) {
     if (err == simdjson::UTF8_ERROR || !IsValidUtf8(frame)) {
       d.status = Status(ErrorCode::kInvalidUtf8, "frame is not valid UTF-8");
+    } else if (err == simdjson::STRING_ERROR) {
+      // simdjson refuses an escape that decodes to no Unicode scalar value
+      // (a lone UTF-16 surrogate such as \udc00 or \ud800\u0041), so no
+      // decoded string is ever invalid UTF-8 (tests/protocol/frames_test.cc).
+      d.status = Status(ErrorCode::kBadJson,
+                        "frame is not valid JSON: a string holds a bad escape (\\u escapes must encode Unicode "
+                        "characters; a lone UTF-16 surrogate such as \\udc00 is refused)");
     } else {
       d.status = Status(ErrorCode::kBadJson, fmt::format("frame is not valid JSON: {}", simdjson::error_message(err)));
     }

@@ -136,7 +136,7 @@ struct UserRequest {
   std::string username;  // canonical
 };
 struct SearchUsersRequest {
-  std::string query;  // lower-case
+  std::string query;  // folded (FoldForSearch, common/text_fold.h), trimmed, non-empty
   std::string after;
   int limit = 0;
 };

@@ -18,6 +18,12 @@ inline constexpr size_t kMaxClientIdBytes = 64;
 inline constexpr size_t kMaxRequestIdBytes = 64;
 inline constexpr size_t kMinUsernameBytes = 3;
 inline constexpr size_t kMaxUsernameBytes = 32;
+// A username field (`username` of register, login, add_contact, block, ...;
+// send's `to`): longer is `bad_request`. Shorter but breaking the username
+// rules is `invalid_username` (register), `bad_credentials` (login) or
+// `unknown_user` (naming another user: no such user can exist), so neither
+// answer depends on blocks.
+inline constexpr size_t kMaxUsernameFieldBytes = 256;
 inline constexpr size_t kMinPasswordBytes = 8;
 inline constexpr size_t kMaxPasswordBytes = 1024;
 inline constexpr size_t kMaxDeviceNameBytes = 64;

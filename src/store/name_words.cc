@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "common/text_fold.h"
+
 namespace parley::store {
 namespace {
 
@@ -14,9 +16,8 @@ bool IsWordByte(unsigned char ch) { return ch >= 0x80 || (ch >= '0' && ch <= '9'
 std::vector<std::string> NameWords(std::string_view name) {
   std::vector<std::string> words;
   std::string word;
-  for (char raw : name) {
+  for (char raw : FoldForSearch(name)) {
     auto ch = static_cast<unsigned char>(raw);
-    if (ch >= 'A' && ch <= 'Z') ch = static_cast<unsigned char>(ch - 'A' + 'a');
     if (IsWordByte(ch)) {
       word.push_back(static_cast<char>(ch));
     } else if (!word.empty()) {
@@ -58,6 +59,13 @@ bool NameHasWordWithPrefix(std::string_view display_name, std::string_view prefi
     if (word.compare(0, prefix.size(), prefix) == 0) return true;
   }
   return false;
+}
+
+bool UsernameCouldStartWith(std::string_view query) {
+  for (char c : query) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.')) return false;
+  }
+  return true;
 }
 
 // The least string greater than every string starting with `prefix`, or

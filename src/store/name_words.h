@@ -1,9 +1,10 @@
 // Display-name words for user search, shared by every Store backend so that
 // search matches the same users whatever the store.
 //
-// A display name's words: lower-cased (ASCII), split on ASCII whitespace and
-// punctuation; bytes of multi-byte UTF-8 characters count as word
-// characters. Each distinct word contributes its prefixes (at character
+// A display name's words: folded for caseless matching (FoldForSearch,
+// common/text_fold.h: Unicode NFKC_Casefold, the folding the search query
+// gets too), then split on ASCII whitespace and punctuation; bytes of
+// multi-byte UTF-8 characters count as word characters. Each distinct word contributes its prefixes (at character
 // boundaries, up to kMaxIndexedPrefix bytes) to a backend's prefix index, so
 // a word-prefix query is one equality seek ordered by username. A longer
 // query seeks its first kMaxIndexedPrefix bytes and checks the full words
@@ -20,13 +21,18 @@ namespace parley::store {
 
 inline constexpr size_t kMaxIndexedPrefix = 12;
 
-// The distinct words of `name`, lower-cased, ascending.
+// The distinct words of `name`, folded, ascending.
 std::vector<std::string> NameWords(std::string_view name);
 // `text` cut to at most `max` bytes, never inside a UTF-8 character.
 std::string_view Utf8Prefix(std::string_view text, size_t max);
 // The distinct indexed prefixes of the words of `display_name`.
 std::vector<std::string> NamePrefixes(std::string_view display_name);
 bool NameHasWordWithPrefix(std::string_view display_name, std::string_view prefix);
+// Whether a canonical username (protocol::CanonicalUsername: a-z, 0-9, '_',
+// '.') can start with `query`. When it cannot, search skips the username
+// scan, whose upper bound (PrefixEnd) would not even be valid UTF-8 for some
+// non-ASCII queries (PostgreSQL refuses such a parameter).
+bool UsernameCouldStartWith(std::string_view query);
 // The least string greater than every string starting with `prefix`, or
 // nullopt when there is none ("" or all 0xff bytes).
 std::optional<std::string> PrefixEnd(std::string prefix);

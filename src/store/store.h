@@ -195,7 +195,8 @@ class Store {
   virtual void ListBlocked(UserId owner, Callback<std::vector<ProfileRecord>> done) = 0;
 
   // Users whose username starts with `query` or one of whose display-name
-  // words starts with it (case-insensitive; `query` is already lower-case),
+  // words starts with it (caseless: `query` is already folded by
+  // FoldForSearch, common/text_fold.h, as name_words.h folds the words),
   // ascending username, after `after` (a previous page's `next`), at most
   // `limit`; never the searcher, never a user who blocks the searcher. Must
   // stay fast (p99 ≤ 5 ms) on a directory of 1,000,000 users.

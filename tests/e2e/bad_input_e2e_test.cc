@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "e2e/helpers.h"
+#include "protocol/limits.h"
 
 namespace parley::testing {
 namespace {
@@ -78,6 +79,95 @@ TEST_F(BadInputE2E, InvalidUtf8InABinaryFrameIsAnErrorAndTheConnectionStays) {
                       ",\"client_id\":\"u8\",\"body\":\"\xc3\x28\"}";
   auto e = RawError(frame, /*binary=*/true);
   EXPECT_EQ(e["code"], "invalid_utf8");
+  ExpectStillUsableAndNothingStored();
+}
+
+// JSON escapes of lone UTF-16 surrogates would decode to text that is not
+// UTF-8: the frame is refused (bad_json, the documented code) and nothing is
+// stored, in a message body as in a display name.
+TEST_F(BadInputE2E, LoneSurrogateEscapesInABodyOrDisplayNameAreBadJsonAndStoreNothing) {
+  for (const std::string escape : {R"(\udc00)", R"(\ud800\u0041)", R"(ok\ud800)"}) {
+    auto e = RawError(R"({"v":1,"id":"s","type":"send","conversation_id":)" + std::to_string(conv_) +
+                      R"(,"client_id":"sur","body":")" + escape + R"("})");
+    EXPECT_EQ(e["code"], "bad_json") << escape;
+    EXPECT_NE(e["message"].get<std::string>().find("surrogate"), std::string::npos) << e.dump();
+    e = RawError(R"({"v":1,"id":"p","type":"set_profile","display_name":")" + escape + R"("})");
+    EXPECT_EQ(e["code"], "bad_json") << escape;
+  }
+  ExpectStillUsableAndNothingStored();
+  Device b = Login(server_, "bob");
+  auto found = b.conn->Call("search_users", {{"query", "alice"}});
+  ASSERT_TRUE(found.ok) << found.message;
+  ASSERT_EQ(found.result["users"].size(), 1u);
+  EXPECT_EQ(found.result["users"][0]["display_name"], "") << "a refused display name was stored";
+}
+
+// `about` and the search query over their limits (docs/protocol.md,
+// "Limits"): bad_request, and the profile stays as it was.
+TEST_F(BadInputE2E, OversizeAboutAndSearchQueryAreBadRequest) {
+  std::string about(protocol::kMaxAboutBytes, 'a');
+  ASSERT_TRUE(a_.conn->Call("set_profile", {{"about", about}}).ok);
+  // 141 bytes in 2-byte characters (70 x "é" + "!"): the limit counts bytes.
+  std::string over;
+  for (size_t i = 0; i < protocol::kMaxAboutBytes / 2; ++i) over += "\xc3\xa9";
+  over += "!";
+  ASSERT_EQ(over.size(), protocol::kMaxAboutBytes + 1);
+  auto r = a_.conn->Call("set_profile", {{"about", over}});
+  EXPECT_EQ(r.code, "bad_request");
+  EXPECT_NE(r.message.find("about"), std::string::npos) << r.message;
+  EXPECT_EQ(a_.conn->Call("set_profile", {{"display_name", "Alice"}, {"about", over}}).code, "bad_request");
+
+  EXPECT_TRUE(a_.conn->Call("search_users", {{"query", std::string(protocol::kMaxSearchQueryBytes, 'b')}}).ok);
+  auto q = a_.conn->Call("search_users", {{"query", std::string(protocol::kMaxSearchQueryBytes + 1, 'b')}});
+  EXPECT_EQ(q.code, "bad_request");
+  EXPECT_NE(q.message.find("query"), std::string::npos) << q.message;
+  ExpectStillUsableAndNothingStored();
+
+  Device b = Login(server_, "bob");
+  auto found = b.conn->Call("search_users", {{"query", "alice"}});
+  ASSERT_TRUE(found.ok) << found.message;
+  ASSERT_EQ(found.result["users"].size(), 1u);
+  EXPECT_EQ(found.result["users"][0]["about"], about);
+  EXPECT_EQ(found.result["users"][0]["display_name"], "");
+}
+
+// Usernames that cannot exist (33..256 bytes: unknown_user) or are over the
+// field limit (> 256 bytes: bad_request) in every request naming another
+// user. A user whom a blocker blocks gets exactly the same answers as one
+// nobody blocks: none reveals a block.
+TEST_F(BadInputE2E, OversizeUsernamesNamingAnotherUserNeverRevealABlock) {
+  Register(server_, "carol");
+  Device carol = Login(server_, "carol");
+  ASSERT_TRUE(carol.conn->Call("block", {{"username", "alice"}}).ok);  // alice is blocked, bob is not
+  Device b = Login(server_, "bob");
+  const std::string ops[] = {"add_contact", "remove_contact", "block", "unblock", "open_conversation"};
+  struct Case {
+    std::string name;
+    std::string code;
+  };
+  const Case cases[] = {
+      {"carol" + std::string(protocol::kMaxUsernameBytes + 1 - 5, 'x'), "unknown_user"},  // 33 bytes
+      {std::string(protocol::kMaxUsernameBytes + 1, 'c'), "unknown_user"},
+      {std::string(protocol::kMaxUsernameFieldBytes, 'c'), "unknown_user"},  // 256 bytes
+      {std::string(protocol::kMaxUsernameFieldBytes + 1, 'c'), "bad_request"},
+      {std::string(4000, 'c'), "bad_request"},
+  };
+  for (const Case& c : cases) {
+    for (const std::string& op : ops) {
+      auto blocked = a_.conn->Call(op, {{"username", c.name}});
+      auto unblocked = b.conn->Call(op, {{"username", c.name}});
+      EXPECT_EQ(blocked.code, c.code) << op << " with " << c.name.size() << " bytes";
+      EXPECT_EQ(blocked.code, unblocked.code) << op;
+      EXPECT_EQ(blocked.message, unblocked.message) << op;
+      EXPECT_EQ(blocked.frame["retryable"], unblocked.frame["retryable"]) << op;
+    }
+    auto sent = a_.conn->Call("send", {{"to", c.name}, {"client_id", "ov"}, {"body", "x"}});
+    EXPECT_EQ(sent.code, c.code) << "send to " << c.name.size() << " bytes";
+    EXPECT_EQ(sent.message, b.conn->Call("send", {{"to", c.name}, {"client_id", "ov"}, {"body", "x"}}).message);
+  }
+  EXPECT_TRUE(a_.conn->Call("list_contacts").ok);
+  EXPECT_TRUE(a_.conn->Call("list_contacts").result["contacts"].empty());
+  EXPECT_TRUE(a_.conn->Call("list_blocked").result["users"].empty());
   ExpectStillUsableAndNothingStored();
 }
 

@@ -108,6 +108,56 @@ TEST(FramesTest, InvalidUtf8IsReported) {
   EXPECT_EQ(CodeOf(frame), ErrorCode::kInvalidUtf8);
 }
 
+// simdjson (Debian's 3.0) refuses a \u escape that encodes no Unicode
+// character, so a frame of valid UTF-8 never decodes to a string that is not
+// UTF-8: a body or a display name made of such escapes is bad_json.
+TEST(FramesTest, EscapedLoneSurrogatesAreBadJsonAndNeverDecodeToInvalidUtf8) {
+  for (const char* escape : {R"(\udc00)", R"(\ud800\u0041)", R"(\ud800)", R"(x\udfff)", R"(\ud800\ud800)"}) {
+    std::string send = R"({"v":1,"id":1,"type":"send","to":"bob","client_id":"x","body":")" + std::string(escape) +
+                       R"("})";
+    Decoded d = DecodeRequest(send);
+    EXPECT_EQ(d.status.code(), ErrorCode::kBadJson) << escape;
+    EXPECT_NE(d.status.message().find("lone UTF-16 surrogate"), std::string::npos) << d.status.message();
+    std::string profile = R"({"v":1,"id":1,"type":"set_profile","display_name":")" + std::string(escape) + R"("})";
+    EXPECT_EQ(CodeOf(profile), ErrorCode::kBadJson) << escape;
+  }
+  // A surrogate pair is one character: its four UTF-8 bytes.
+  Decoded pair = DecodeRequest(R"({"v":1,"id":1,"type":"send","to":"bob","client_id":"x","body":"\ud83d\ude00"})");
+  ASSERT_TRUE(pair.status.ok()) << pair.status.ToString();
+  EXPECT_EQ(std::get<SendRequest>(pair.request.body).body, "\xF0\x9F\x98\x80");
+  EXPECT_TRUE(IsValidUtf8(std::get<SendRequest>(pair.request.body).body));
+}
+
+// The query is folded as the store folds display-name words (Unicode
+// NFKC_Casefold, common/text_fold.h), then trimmed.
+TEST(FramesTest, SearchQueryIsFoldedBeyondAscii) {
+  auto query_of = [](const std::string& q) {
+    Decoded d = DecodeRequest(R"({"v":1,"id":1,"type":"search_users","query":")" + q + R"("})");
+    EXPECT_TRUE(d.status.ok()) << q << ": " << d.status.ToString();
+    return d.status.ok() ? std::get<SearchUsersRequest>(d.request.body).query : std::string();
+  };
+  EXPECT_EQ(query_of("AnNe"), "anne");
+  EXPECT_EQ(query_of("  ÉLODIE "), "élodie");
+  EXPECT_EQ(query_of("Élodie"), "élodie");
+  EXPECT_EQ(query_of("E\u0301lodie"), "élodie");  // decomposed, composed by NFKC
+  EXPECT_EQ(query_of("ΣΟΦΊΑ"), "σοφία");
+  EXPECT_EQ(query_of("ДМИТРИЙ"), "дмитрий");
+  EXPECT_EQ(query_of("STRAẞE"), "strasse");
+  // An ideographic space folds to a space: a query of only that is empty.
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"search_users","query":"\u3000"})"), ErrorCode::kBadRequest);
+  // Folding can lengthen a query (U+FDFA: 3 bytes, 33 once folded): it is
+  // cut back to the limit at a character boundary.
+  std::string expands;
+  for (int i = 0; i < 21; ++i) expands += "\uFDFA";
+  std::string folded = query_of(expands);
+  EXPECT_LE(folded.size(), kMaxSearchQueryBytes);
+  EXPECT_GT(folded.size(), kMaxSearchQueryBytes - 4);
+  EXPECT_TRUE(IsValidUtf8(folded));
+  EXPECT_NE(folded.back(), ' ');
+  std::string long_query(kMaxSearchQueryBytes + 1, 'a');
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"search_users","query":")" + long_query + R"("})"), ErrorCode::kBadRequest);
+}
+
 TEST(FramesTest, UnknownTypeKeepsTheRequestId) {
   auto d = DecodeRequest(R"({"v":1,"id":"q","type":"teleport"})");
   EXPECT_EQ(d.status.code(), ErrorCode::kUnknownType);

@@ -200,6 +200,52 @@ TEST(ClientE2E, SecondDeviceLoggedInLaterSeesTheFullHistoryAndTheSameReadState) 
   }
 }
 
+// A new device's cache holds only the newest snapshot_messages (20) of a
+// conversation, yet its unread count is the server's (DESIGN.md): the same
+// as on the user's other device, for 30 unread, after a partial read on one
+// device and after a full read on the other.
+TEST(ClientE2E, FreshDeviceCountsUnreadBeyondItsCachedMessagesLikeTheOtherDevice) {
+  ServerProcess s;
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  std::string bob_token = RegisterAndLogin(s, "bob");
+  TempDir dir;
+  auto alice = OpenClient(OptionsFor(s, dir / "alice.db", alice_token));
+  auto bob = OpenClient(OptionsFor(s, dir / "bob.db", bob_token));
+  alice->Start();
+  bob->Start();
+  constexpr int64_t kUnread = 30;
+  for (int i = 0; i < kUnread; ++i) ASSERT_TRUE(alice->Compose("bob", "m" + std::to_string(i)).ok);
+  ASSERT_TRUE(alice->WaitOutboxDrained(20000));
+  ASSERT_TRUE(Eventually([&] { return bob->ConversationWith("alice") && bob->ConversationWith("alice")->unread == kUnread; },
+                         5000));
+  const int64_t conv = bob->ConversationWith("alice")->conversation_id;
+
+  auto login = Client::Login("127.0.0.1", s.port(), "bob", "correct horse", "tablet", "gtest");
+  ASSERT_TRUE(login.ok);
+  ClientOptions tablet_options = OptionsFor(s, dir / "bob2.db", login.token);
+  ASSERT_LT(tablet_options.snapshot_messages, kUnread);  // the snapshot holds fewer messages than are unread
+  auto tablet = OpenClient(tablet_options);
+  tablet->Start();
+  ASSERT_TRUE(tablet->WaitOnline(5000));
+  ASSERT_TRUE(Eventually([&] { return tablet->ConversationWith("alice").has_value(); }, 5000));
+  auto unread_of = [](Client& c) { return c.ConversationWith("alice")->unread; };
+  EXPECT_EQ(unread_of(*tablet), kUnread);
+  EXPECT_EQ(unread_of(*tablet), unread_of(*bob));
+
+  // A partial read on the first device: both show the rest.
+  bob->MarkRead(conv, 5);
+  EXPECT_TRUE(Eventually([&] { return unread_of(*bob) == kUnread - 5 && unread_of(*tablet) == kUnread - 5; }, 5000))
+      << unread_of(*bob) << " " << unread_of(*tablet);
+  // Reading everything on the new device: both at 0.
+  tablet->MarkRead(conv, kUnread);
+  EXPECT_TRUE(Eventually([&] { return unread_of(*bob) == 0 && unread_of(*tablet) == 0; }, 5000))
+      << unread_of(*bob) << " " << unread_of(*tablet);
+  // A new message counts once on both.
+  ASSERT_TRUE(alice->Compose("bob", "one more").ok);
+  EXPECT_TRUE(Eventually([&] { return unread_of(*bob) == 1 && unread_of(*tablet) == 1; }, 5000))
+      << unread_of(*bob) << " " << unread_of(*tablet);
+}
+
 // Edits and deletes (docs/protocol.md "Edits and deletes"): the SDK folds
 // `edit`, `delete` and `delete_for_me` events into its cache, live and after
 // a restart by sync, and reports each change once through

@@ -97,12 +97,12 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4,5,6"});
+            std::vector<std::string>{"1,2,3,4,5,6,7"});
   // Step 4 (push): an existing user has previews on.
   EXPECT_EQ(Sql(url, "SELECT push_previews::text FROM users WHERE username = 'old'"), std::vector<std::string>{"true"});
   // Step 5 (edits and deletes): the edits table, empty.
   EXPECT_EQ(Sql(url, "SELECT count(*) FROM message_edits"), std::vector<std::string>{"0"});
-  // Step 6 (drafts): the drafts table, empty.
+  // Step 7 (drafts): the drafts table, empty.
   EXPECT_EQ(Sql(url, "SELECT count(*) FROM drafts"), std::vector<std::string>{"0"});
   UserRecord old = Must(Await<UserRecord>([&](auto cb) { store->GetUserByName("old", cb); }));
   EXPECT_EQ(old.created_at, 7);
@@ -111,6 +111,42 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   EXPECT_FALSE(old.disabled);  // step 3
   // The migrated store works: new users get the next ids.
   EXPECT_GT(MakeUser(*store, "new").id, old.id);
+}
+
+// Step 6: the name index of non-ASCII display names is re-made with Unicode
+// folding (common/text_fold.h); ASCII names keep their rows.
+TEST(PgStoreTest, MigratesVersion5NameIndexToUnicodeFolding) {
+  std::string url = FreshDatabase();
+  ASSERT_TRUE(PostgresStore::MigrateToVersionForTest(url, 5).ok());
+  // What a version-5 server indexed: bytes >= 0x80 as they were ("Él..."),
+  // ASCII lower-cased.
+  Sql(url,
+      "INSERT INTO users(id, username, password_hash, created_at, display_name, about, profile_updated_at) "
+      "VALUES(1, 'searcher', 'h', 10, '', '', 0), (2, 'fr1', 'h', 11, 'Élodie Ng', '', 20), "
+      "(3, 'en1', 'h', 12, 'Bo Ng', '', 20)");
+  Sql(url,
+      "INSERT INTO name_prefixes(prefix, username, user_id) VALUES ('É', 'fr1', 2), ('Él', 'fr1', 2), "
+      "('Élo', 'fr1', 2), ('Élod', 'fr1', 2), ('Élodi', 'fr1', 2), ('Élodie', 'fr1', 2), ('n', 'fr1', 2), "
+      "('ng', 'fr1', 2), ('b', 'en1', 3), ('bo', 'en1', 3), ('n', 'en1', 3), ('ng', 'en1', 3)");
+  Sql(url, "SELECT setval(pg_get_serial_sequence('users', 'id'), 3)");
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(Sql(url, "SELECT max(version) FROM schema_version"), std::vector<std::string>{"6"});
+  EXPECT_EQ(Sql(url, "SELECT string_agg(prefix, ',' ORDER BY prefix) FROM name_prefixes WHERE username = 'fr1'"),
+            std::vector<std::string>{"n,ng,é,él,élo,élod,élodi,élodie"});
+  EXPECT_EQ(Sql(url, "SELECT string_agg(prefix, ',' ORDER BY prefix) FROM name_prefixes WHERE username = 'en1'"),
+            std::vector<std::string>{"b,bo,n,ng"});
+  auto found = [&](const std::string& folded_query) {
+    std::vector<std::string> out;
+    for (const ProfileRecord& p : Search(*store, 1, folded_query, "", 10).users) out.push_back(p.username);
+    return out;
+  };
+  EXPECT_EQ(found("élo"), std::vector<std::string>{"fr1"});
+  EXPECT_EQ(found("ng"), (std::vector<std::string>{"en1", "fr1"}));
+  // The re-made rows are the ones a rename removes.
+  ASSERT_TRUE(SetProfile(*store, 2, "Zoé", std::nullopt).has_value());
+  EXPECT_EQ(Sql(url, "SELECT string_agg(prefix, ',' ORDER BY prefix) FROM name_prefixes WHERE username = 'fr1'"),
+            std::vector<std::string>{"z,zo,zoé"});
 }
 
 TEST(PgStoreTest, NodesStartingTogetherMigrateOnce) {

@@ -296,6 +296,57 @@ INSERT INTO blocks(owner_id, target_id, created_at) VALUES(1, 2, 70);
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
+// Step 8: the name index of non-ASCII display names is re-made with Unicode
+// folding (common/text_fold.h); ASCII names keep their rows.
+TEST(SqliteStoreTest, MigratesVersion7NameIndexToUnicodeFolding) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 7).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  // What a version-7 server indexed: bytes >= 0x80 as they were ("Él..."),
+  // ASCII lower-cased.
+  const char* v7 = R"sql(
+INSERT INTO users(id, username, password_hash, created_at, display_name, about, profile_updated_at)
+  VALUES(1, 'searcher', 'h', 10, '', '', 0), (2, 'fr1', 'h', 11, 'Élodie Ng', '', 20),
+        (3, 'en1', 'h', 12, 'Bo Ng', '', 20);
+INSERT INTO name_prefixes(prefix, username, user_id) VALUES
+  ('É', 'fr1', 2), ('Él', 'fr1', 2), ('Élo', 'fr1', 2), ('Élod', 'fr1', 2), ('Élodi', 'fr1', 2),
+  ('Élodie', 'fr1', 2), ('n', 'fr1', 2), ('ng', 'fr1', 2),
+  ('b', 'en1', 3), ('bo', 'en1', 3), ('n', 'en1', 3), ('ng', 'en1', 3);
+)sql";
+  ASSERT_EQ(sqlite3_exec(db, v7, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  auto found = [&](const std::string& folded_query) {
+    std::vector<std::string> out;
+    for (const ProfileRecord& p : Search(*store, 1, folded_query, "", 10).users) out.push_back(p.username);
+    return out;
+  };
+  EXPECT_EQ(found("élo"), std::vector<std::string>{"fr1"});
+  EXPECT_EQ(found("élodie"), std::vector<std::string>{"fr1"});
+  EXPECT_TRUE(found("É").empty());  // the old unfolded rows are gone
+  EXPECT_EQ(found("ng"), (std::vector<std::string>{"en1", "fr1"}));
+  EXPECT_EQ(found("bo"), std::vector<std::string>{"en1"});
+  // The re-made rows are the ones a rename removes.
+  ASSERT_TRUE(SetProfile(*store, 2, "Zoé", std::nullopt).has_value());
+  EXPECT_TRUE(found("élo").empty());
+  EXPECT_TRUE(found("ng").size() == 1u);
+  store.reset();
+
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT count(*) FROM name_prefixes WHERE username = 'fr1'", -1, &stmt, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int64(stmt, 0), 3);  // z, zo, zoé
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
 TEST(SqliteStoreTest, RecordsSchemaVersionAndRefusesNewerFiles) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/text_fold.h"
 #include "store/store.h"
 #include "store/store_factory.h"
 #include "store/pg_test_server.h"
@@ -1281,6 +1282,57 @@ TEST_P(StoreConformance, SearchMatchesUsernameAndNameWordPrefixes) {
   ASSERT_TRUE(SetProfile(store(), carl.id, "Carl", std::nullopt).has_value());
   EXPECT_EQ(names(Search(store(), me.id, "ann", "", 10)), (std::vector<std::string>{"ann", "anna_k", "dora"}));
   EXPECT_TRUE(Search(store(), me.id, "expl", "", 10).users.empty());
+}
+
+// Display-name words match whatever their case in any script: the store
+// indexes words folded by FoldForSearch (Unicode NFKC_Casefold), the folding
+// the protocol gives the query (SearchUsersRequest::query).
+TEST_P(StoreConformance, SearchMatchesNonAsciiNameWordsWhateverTheirCase) {
+  UserRecord me = MakeUser(store(), "searcher");
+  UserRecord fr = MakeUser(store(), "fr1");
+  UserRecord gr = MakeUser(store(), "gr1");
+  UserRecord ru = MakeUser(store(), "ru1");
+  UserRecord en = MakeUser(store(), "en1");
+  ASSERT_TRUE(SetProfile(store(), fr.id, "Élodie Ñúñez-GARÇON", std::nullopt).has_value());
+  ASSERT_TRUE(SetProfile(store(), gr.id, "ΣΟΦΊΑ Παπαδοπούλου", std::nullopt).has_value());
+  ASSERT_TRUE(SetProfile(store(), ru.id, "Дмитрий ИВАНОВ", std::nullopt).has_value());
+  ASSERT_TRUE(SetProfile(store(), en.id, "Eloise", std::nullopt).has_value());
+  std::vector<NewBulkUser> bulk(1);
+  bulk[0].username = "de1";
+  bulk[0].password_hash = "h";
+  bulk[0].display_name = "Jürgen STRAẞE";
+  ASSERT_TRUE(Await<std::vector<BulkUserResult>>([&](auto cb) { store().BulkCreateUsers(bulk, 100, cb); })
+                  .has_value());
+
+  auto found = [&](const std::string& query) {
+    std::vector<std::string> out;
+    for (const ProfileRecord& p : Search(store(), me.id, FoldForSearch(query), "", 10).users) out.push_back(p.username);
+    return out;
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(found("élodie"), V{"fr1"});
+  EXPECT_EQ(found("ÉLODIE"), V{"fr1"});
+  EXPECT_EQ(found("E\u0301lo"), V{"fr1"});  // decomposed é
+  EXPECT_EQ(found("ñúñ"), V{"fr1"});
+  EXPECT_EQ(found("garçon"), V{"fr1"});
+  EXPECT_EQ(found("σοφία"), V{"gr1"});
+  EXPECT_EQ(found("Σο"), V{"gr1"});
+  EXPECT_EQ(found("ΠΑΠΑΔΟΠΟΎΛΟΥ"), V{"gr1"});  // longer than the indexed prefix
+  EXPECT_EQ(found("дмитрий"), V{"ru1"});
+  EXPECT_EQ(found("иванов"), V{"ru1"});
+  EXPECT_EQ(found("jürgen"), V{"de1"});
+  EXPECT_EQ(found("strasse"), V{"de1"});
+  EXPECT_EQ(found("elo"), V{"en1"});  // folding is not accent stripping
+  EXPECT_TRUE(found("παπαδοπούλουx").empty());
+
+  // Renaming drops the old folded words from the index.
+  ASSERT_TRUE(SetProfile(store(), fr.id, "Émilie", std::nullopt).has_value());
+  EXPECT_TRUE(found("élodie").empty());
+  EXPECT_TRUE(found("garçon").empty());
+  EXPECT_EQ(found("ÉMI"), V{"fr1"});
+  // Blocking filters these matches as any other.
+  ASSERT_TRUE(Block(store(), ru.id, me.id).has_value());
+  EXPECT_TRUE(found("ДМИТРИЙ").empty());
 }
 
 // ---- Conversation list ----

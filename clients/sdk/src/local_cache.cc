@@ -121,7 +121,8 @@ constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS conversations(
   id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL DEFAULT 0, peer TEXT NOT NULL DEFAULT '',
-  created_at INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0);
+  created_at INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0,
+  hidden_unread INTEGER NOT NULL DEFAULT 0, hidden_below INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS conversations_by_peer ON conversations(peer);
 CREATE TABLE IF NOT EXISTS messages(
   conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
@@ -148,6 +149,13 @@ ALTER TABLE messages ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN edited_at INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0;
+)sql";
+
+// Schema 2 -> 3: unread messages older than the cached ones (see
+// ConversationRowLocked).
+constexpr const char* kSchemaV3 = R"sql(
+ALTER TABLE conversations ADD COLUMN hidden_unread INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN hidden_below INTEGER NOT NULL DEFAULT 0;
 )sql";
 
 }  // namespace
@@ -198,7 +206,8 @@ std::unique_ptr<LocalCache> LocalCache::Open(const std::string& path, int64_t ma
       if (version < 1) {
         Exec(db, kSchema);  // the current schema in one go
       } else {
-        Exec(db, kSchemaV2);
+        if (version < 2) Exec(db, kSchemaV2);
+        if (version < 3) Exec(db, kSchemaV3);
       }
       Exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
       tx.Commit();
@@ -610,6 +619,7 @@ bool LocalCache::ApplySnapshot(const json& snap, ApplyOutcome* out, LocalError* 
           r = std::max(r, m.value("seq", int64_t{0}));
         }
       }
+      RecordHiddenUnreadLocked(conv, entry.value("unread", int64_t{0}));
     }
     SetMetaLocked("applied", std::to_string(snap.value("head", int64_t{0})));
     tx.Commit();
@@ -684,15 +694,50 @@ bool LocalCache::RecordSent(const std::string& client_id, const json& ack, std::
   }
 }
 
+// The snapshot's unread count of `conv` (the server's, DESIGN.md) can cover
+// messages older than the ones it sent (snapshot_messages per conversation):
+// those are kept as a number, hidden_unread, standing for the unread
+// messages below hidden_below (the oldest cached seq, or last_seq + 1 when
+// none is cached), until the read watermark passes them. As in the web
+// client (web/js/state.js, hiddenUnread).
+void LocalCache::RecordHiddenUnreadLocked(int64_t conv, int64_t server_unread) {
+  int64_t below = 0, last_seq = 0, my_read = 0, local = 0;
+  {
+    Stmt s(db_, stmts_, "SELECT last_seq FROM conversations WHERE id=?");
+    s.Bind(1, conv);
+    if (!s.Step()) return;
+    last_seq = s.Int(0);
+  }
+  {
+    Stmt s(db_, stmts_, "SELECT MIN(seq) FROM messages WHERE conversation_id=?");
+    s.Bind(1, conv);
+    below = s.Step() && s.Int(0) > 0 ? s.Int(0) : last_seq + 1;
+  }
+  {
+    Stmt s(db_, stmts_, "SELECT read FROM receipts WHERE conversation_id=? AND user_id=?");
+    s.Bind(1, conv).Bind(2, me_);
+    if (s.Step()) my_read = s.Int(0);
+  }
+  {
+    Stmt s(db_, stmts_,
+           "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND sender_id<>? AND seq>? AND hidden=0");
+    s.Bind(1, conv).Bind(2, me_).Bind(3, my_read);
+    if (s.Step()) local = s.Int(0);
+  }
+  Stmt u(db_, stmts_, "UPDATE conversations SET hidden_unread=?, hidden_below=? WHERE id=?");
+  u.Bind(1, std::max<int64_t>(0, server_unread - local)).Bind(2, below).Bind(3, conv).Run();
+}
+
 CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
   CachedConversation c;
-  Stmt s(db_, stmts_, "SELECT id, peer_id, peer, last_seq FROM conversations WHERE id=?");
+  Stmt s(db_, stmts_, "SELECT id, peer_id, peer, last_seq, hidden_unread, hidden_below FROM conversations WHERE id=?");
   s.Bind(1, id);
   if (!s.Step()) return c;
   c.conversation_id = s.Int(0);
   c.peer_id = s.Int(1);
   c.peer = s.Text(2);
   c.last_seq = s.Int(3);
+  const int64_t hidden_unread = s.Int(4), hidden_below = s.Int(5);
   Stmt r(db_, stmts_, "SELECT user_id, delivered, read FROM receipts WHERE conversation_id=?");
   r.Bind(1, id);
   while (r.Step()) {
@@ -703,9 +748,14 @@ CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
       c.peer_read = std::max(c.peer_read, r.Int(2));
     }
   }
+  // While the read watermark is below the snapshot's hidden unread messages,
+  // they count as hidden_unread (at most one per seq left between the
+  // watermark and hidden_below) and only the cached ones from hidden_below
+  // up are counted (history paged in below it is not counted twice).
+  const bool hidden = hidden_unread > 0 && c.my_read < hidden_below - 1;
   Stmt u(db_, stmts_, "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND sender_id<>? AND seq>? AND hidden=0");
-  u.Bind(1, id).Bind(2, me_).Bind(3, c.my_read);
-  if (u.Step()) c.unread = u.Int(0);
+  u.Bind(1, id).Bind(2, me_).Bind(3, hidden ? hidden_below - 1 : c.my_read);
+  if (u.Step()) c.unread = u.Int(0) + (hidden ? std::min(hidden_unread, hidden_below - 1 - c.my_read) : 0);
   Stmt t(db_, stmts_, "SELECT MAX(ts) FROM messages WHERE conversation_id=?");
   t.Bind(1, id);
   if (t.Step()) c.last_ts = t.Int(0);

@@ -59,7 +59,8 @@ using StatementCache = std::map<const char*, CachedStatement>;
 
 class LocalCache {
  public:
-  static constexpr int kSchemaVersion = 2;  // 2: edits and deletes (messages.version, ...)
+  // 2: edits and deletes (messages.version, ...); 3: conversations.hidden_unread/hidden_below
+  static constexpr int kSchemaVersion = 3;
 
   static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
   ~LocalCache();
@@ -118,6 +119,9 @@ class LocalCache {
   void RaiseWatermarksLocked(int64_t conversation_id, int64_t user_id, int64_t delivered, int64_t read,
                              std::vector<StatusUpdate>* updates);
   MessageStatus OwnStatusLocked(int64_t conversation_id, int64_t seq);
+  // Keeps the part of a snapshot entry's unread count that its cached
+  // messages do not show (conversations.hidden_unread, hidden_below).
+  void RecordHiddenUnreadLocked(int64_t conversation_id, int64_t server_unread);
   CachedConversation ConversationRowLocked(int64_t conversation_id);
 
   std::mutex mu_;  // guards db_ and every statement

@@ -74,7 +74,9 @@
 //         + contacts_by_contact(contact_id, owner_id)
 //   blocks(owner_id, target_id, created_at, shown_display_name, shown_about,
 //         shown_updated_at) PK(both)
-//   name_prefixes(prefix, username, user_id) PK(prefix, username)
+//   name_prefixes(prefix, username, user_id) PK(prefix, username): the
+//         prefixes of the folded display-name words (store/name_words.h;
+//         step 6 re-made those of non-ASCII names after Unicode folding)
 //   push_endpoints, push_jobs, push_mutes, users.push_previews (step 4):
 //         as in SqliteStore (issue 11); claims lock with SKIP LOCKED
 //   messages.version/edited_at/deleted_at, message_edits(conversation_id,
@@ -83,7 +85,7 @@
 //         client_id), PARTITION BY HASH(conversation_id), and
 //         withheld.hidden_at (step 5, issue 12): as in SqliteStore
 //   drafts(user_id, conversation_id, text, updated_at) PK(user_id,
-//         conversation_id), PARTITION BY HASH(user_id) (step 6, issue 12)
+//         conversation_id), PARTITION BY HASH(user_id) (step 7, issue 12)
 // Every key of a partitioned table leads with its partition key, and every
 // table holding conversation data has the conversation id in its primary
 // key, so the layout can be distributed (Citus) by conversation id and by
@@ -283,6 +285,8 @@ CREATE INDEX receipt_log_by_read ON receipt_log(conversation_id, device_id, read
 struct Migration {
   int version;
   std::string (*sql)();
+  // Run after `sql`, inside the step's transaction; null: none.
+  Status (*code)(PgConn&) = nullptr;
 };
 
 // Issue 11: push notifications (see SqliteStore's step 6 and "Push" at the
@@ -348,9 +352,42 @@ ALTER TABLE withheld ADD COLUMN hidden_at bigint NOT NULL DEFAULT 0;
   return sql;
 }
 
+// Unicode case folding of display-name words (common/text_fold.h; see
+// SqliteStore's step 8): the name_prefixes rows of non-ASCII names were made
+// lower-cased in ASCII only, so they are dropped and ReindexNonAsciiNames
+// re-makes them. ASCII names fold as before and keep their rows.
+std::string SchemaV6() {
+  return R"sql(
+DELETE FROM name_prefixes WHERE user_id IN
+  (SELECT id FROM users WHERE display_name !~ '^[ -~]*$');
+)sql";
+}
+
+constexpr int kReindexPageUsers = 1000;
+
+Status ReindexNonAsciiNames(PgConn& db) {
+  int64_t after = 0;
+  while (!db.failed()) {
+    PgRows rows = db.Query(
+        "SELECT id, username, display_name FROM users WHERE id > $1 AND "
+        "display_name !~ '^[ -~]*$' ORDER BY id LIMIT $2",
+        PgParams().Int(after).Int(kReindexPageUsers));
+    for (int i = 0; i < rows.size(); ++i) {
+      after = rows.Int(i, 0);
+      for (const std::string& prefix : NamePrefixes(rows.Text(i, 2))) {
+        db.Defer("INSERT INTO name_prefixes(prefix, username, user_id) VALUES($1, $2, $3) ON CONFLICT DO NOTHING",
+                 PgParams().Text(prefix).Text(rows.Text(i, 1)).Int(after));
+      }
+    }
+    db.Flush();
+    if (rows.size() < kReindexPageUsers) break;
+  }
+  return db.failed() ? db.error() : Status::Ok();
+}
+
 // Issue 12: drafts, one per user and conversation (no history), with the
 // user's stream (same partition key, so the stream's join stays local).
-std::string SchemaV6() {
+std::string SchemaV7() {
   std::string sql = R"sql(
 CREATE TABLE drafts(
   user_id bigint NOT NULL,
@@ -369,7 +406,8 @@ const Migration kMigrations[] = {
     {3, &SchemaV3},
     {4, &SchemaV4},
     {5, &SchemaV5},
-    {6, &SchemaV6},
+    {6, &SchemaV6, &ReindexNonAsciiNames},
+    {7, &SchemaV7},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -397,9 +435,16 @@ Status Migrate(PgConn& db, int target) {
   for (const Migration& m : kMigrations) {
     if (!status.ok()) break;
     if (m.version <= current || m.version > target) continue;
-    std::string sql = fmt::format("BEGIN; {} INSERT INTO schema_version(version) VALUES ({}); COMMIT;", m.sql(),
-                                  m.version);
-    if (Status s = db.Exec(sql); !s.ok()) {
+    Status s;
+    if (m.code == nullptr) {
+      s = db.Exec(fmt::format("BEGIN; {} INSERT INTO schema_version(version) VALUES ({}); COMMIT;", m.sql(),
+                              m.version));
+    } else {
+      s = db.Exec(fmt::format("BEGIN; {}", m.sql()));
+      if (s.ok()) s = m.code(db);
+      if (s.ok()) s = db.Exec(fmt::format("INSERT INTO schema_version(version) VALUES ({}); COMMIT;", m.version));
+    }
+    if (!s.ok()) {
       db.ExecIgnoringErrors("ROLLBACK");
       status = Status(ErrorCode::kInternal, fmt::format("schema migration {} failed: {}", m.version, s.message()));
     }
@@ -1995,7 +2040,7 @@ Result<SearchPage> PostgresStore::Reader::SearchUsers(UserId searcher, const std
                      "WHERE p.prefix = $5 AND (p.username > $1 OR ($2 AND p.username = $1)) "
                      "ORDER BY p.username LIMIT $4",
                      after, searcher, std::string(key));
-  bool name_row = by_name.Valid();
+  bool name_row = UsernameCouldStartWith(query) && by_name.Valid();
   bool word_row = !key.empty() && by_word.Valid();
   while (page.users.size() <= static_cast<size_t>(limit) && (name_row || word_row)) {
     std::string name_user = name_row ? by_name.Row().first.username : std::string();

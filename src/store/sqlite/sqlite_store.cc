@@ -31,7 +31,8 @@
 // members.last_activity_at to version-1 files in place; step 3 added the
 // blocks.shown_* columns, filled from the owner's profile at migration; step
 // 4 presence; step 5 users.disabled, messages.accepted_at/stored_at and
-// receipt_log):
+// receipt_log; step 8 re-indexed non-ASCII display names after Unicode
+// case folding):
 //   users(id PK, username UNIQUE, password_hash, created_at, display_name,
 //           about, profile_updated_at)
 //   devices(id PK, user_id, name, platform, token_hash BLOB UNIQUE (NULL once
@@ -95,7 +96,7 @@
 //   withheld.hidden_at: 0 = withheld by a block; > 0 = the user deleted the
 //           message for themself then (hidden from every view like a
 //           withheld one, but never listed as "stays sent").
-//   step 8 (issue 12): drafts(user_id, conversation_id, text, updated_at)
+//   step 9 (issue 12): drafts(user_id, conversation_id, text, updated_at)
 //           PK(user_id, conversation_id), WITHOUT ROWID: a user's current
 //           draft per conversation, no history; kDraft events read it.
 //
@@ -174,9 +175,15 @@ namespace {
 constexpr size_t kMaxCachedConversations = 65536;
 constexpr size_t kMaxCachedHeads = 262144;
 
+// Re-indexes the display-name words of every user whose name is not pure
+// ASCII with today's folding (step 8); the step's SQL has deleted their rows.
+Status ReindexNonAsciiNames(Db& db);
+
 struct Migration {
   int version;
   const char* sql;
+  // Run after `sql`, inside the step's transaction; null: none.
+  Status (*code)(Db&) = nullptr;
 };
 
 constexpr Migration kMigrations[] = {
@@ -362,8 +369,17 @@ CREATE TABLE message_edits(
 CREATE UNIQUE INDEX message_edits_dedup ON message_edits(conversation_id, seq, client_id);
 ALTER TABLE withheld ADD COLUMN hidden_at INTEGER NOT NULL DEFAULT 0;
 )sql"},
-    // Issue 12: drafts, one per user and conversation (no history).
+    // Unicode case folding of display-name words (common/text_fold.h): the
+    // words of non-ASCII names were indexed lower-cased in ASCII only, so
+    // their name_prefixes rows are dropped and re-made. ASCII names fold as
+    // before and keep their rows.
     {8, R"sql(
+DELETE FROM name_prefixes WHERE user_id IN
+  (SELECT id FROM users WHERE length(CAST(display_name AS BLOB)) <> length(display_name));
+)sql",
+     &ReindexNonAsciiNames},
+    // Issue 12: drafts, one per user and conversation (no history).
+    {9, R"sql(
 CREATE TABLE drafts(
   user_id INTEGER NOT NULL,
   conversation_id INTEGER NOT NULL,
@@ -391,13 +407,35 @@ Status Migrate(Db& db, int target = SqliteStore::kSchemaVersion) {
   }
   for (const Migration& m : kMigrations) {
     if (m.version <= current || m.version > target) continue;
-    std::string sql = fmt::format("BEGIN IMMEDIATE; {} PRAGMA user_version = {}; COMMIT;", m.sql, m.version);
-    if (Status s = db.Exec(sql.c_str()); !s.ok()) {
+    Status s;
+    if (m.code == nullptr) {
+      s = db.Exec(fmt::format("BEGIN IMMEDIATE; {} PRAGMA user_version = {}; COMMIT;", m.sql, m.version).c_str());
+    } else {
+      s = db.Exec(fmt::format("BEGIN IMMEDIATE; {}", m.sql).c_str());
+      if (s.ok()) s = m.code(db);
+      if (s.ok()) s = db.Exec(fmt::format("PRAGMA user_version = {}; COMMIT;", m.version).c_str());
+    }
+    if (!s.ok()) {
       if (db.in_transaction()) db.ExecIgnoringErrors("ROLLBACK");
       return Status(ErrorCode::kInternal, fmt::format("schema migration {} failed: {}", m.version, s.message()));
     }
   }
   return Status::Ok();
+}
+
+Status ReindexNonAsciiNames(Db& db) {
+  Stmt users(db,
+             "SELECT id, username, display_name FROM users "
+             "WHERE length(CAST(display_name AS BLOB)) <> length(display_name)");
+  while (users.Step()) {
+    const std::string username = users.Text(1);
+    for (const std::string& prefix : NamePrefixes(users.Text(2))) {
+      Stmt s(db, "INSERT OR IGNORE INTO name_prefixes(prefix, username, user_id) VALUES(?1, ?2, ?3)");
+      s.BindText(1, prefix).BindText(2, username).BindInt(3, users.Int(0));
+      s.Run();
+    }
+  }
+  return db.failed() ? db.error() : Status::Ok();
 }
 
 std::string DirectKey(UserId a, UserId b) { return fmt::format("{}:{}", std::min(a, b), std::max(a, b)); }
@@ -2097,7 +2135,7 @@ Result<SearchPage> SqliteStore::Reader::SearchUsers(UserId searcher, const std::
                counter);
   by_word.BindText(1, key).BindText(2, after);
 
-  bool name_row = by_name.Step();
+  bool name_row = UsernameCouldStartWith(query) && by_name.Step();
   bool word_row = !key.empty() && by_word.Step();
   while (page.users.size() <= static_cast<size_t>(limit) && (name_row || word_row)) {
     std::string name_user = name_row ? by_name.Text(1) : std::string();

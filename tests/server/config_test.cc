@@ -1,0 +1,113 @@
+// parleyd's configuration (server/config.h): the insecure test-and-benchmark
+// options (cheap password hashing, relaxed rate limits) are never on unless
+// explicitly given, on the command line or through their environment
+// variables; with nothing given, passwords get Argon2id's interactive cost
+// and every rate limit its documented default.
+#include "server/config.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+extern char** environ;
+
+namespace parley::server {
+namespace {
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  // Whatever the environment running the tests holds (PARLEY_* variables
+  // configure parleyd), each test starts from none.
+  void SetUp() override {
+    std::vector<std::string> names;
+    for (char** e = environ; *e != nullptr; ++e) {
+      std::string entry(*e);
+      if (entry.rfind("PARLEY_", 0) == 0) names.push_back(entry.substr(0, entry.find('=')));
+    }
+    for (const std::string& n : names) unsetenv(n.c_str());
+  }
+
+  ServerConfig Parse(std::vector<std::string> args) {
+    args.insert(args.begin(), "parleyd");
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    int exit_code = -1;
+    Result<ServerConfig> c = ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code);
+    EXPECT_TRUE(c.has_value()) << c.error().message();
+    EXPECT_EQ(exit_code, -1);
+    return c.has_value() ? *c : ServerConfig{};
+  }
+
+  // Each rate limit of `got` as `want`'s times `factor`.
+  static void ExpectLimits(const core::RateLimits& got, const core::RateLimits& want, double factor) {
+    const std::pair<const core::RateLimit*, const core::RateLimit*> pairs[] = {
+        {&got.send_per_device, &want.send_per_device},
+        {&got.send_per_user, &want.send_per_user},
+        {&got.search_per_user, &want.search_per_user},
+        {&got.social_per_user, &want.social_per_user},
+        {&got.failed_login_per_username, &want.failed_login_per_username},
+        {&got.failed_login_per_address, &want.failed_login_per_address},
+        {&got.register_per_address, &want.register_per_address},
+        {&got.typing_per_device, &want.typing_per_device},
+        {&got.presence_per_device, &want.presence_per_device},
+    };
+    for (size_t i = 0; i < std::size(pairs); ++i) {
+      EXPECT_DOUBLE_EQ(pairs[i].first->per_second, pairs[i].second->per_second * factor) << "limit #" << i;
+      EXPECT_DOUBLE_EQ(pairs[i].first->burst, pairs[i].second->burst * factor) << "limit #" << i;
+    }
+  }
+};
+
+TEST_F(ConfigTest, NoFlagsMeansInteractivePasswordCostAndDefaultRateLimits) {
+  ServerConfig c = Parse({});
+  EXPECT_EQ(c.core.password_cost, core::PasswordCost::kInteractive);
+  EXPECT_EQ(c.admin.password_cost, core::PasswordCost::kInteractive);  // the admin bulk path too
+  EXPECT_TRUE(c.admin.token.empty());                                  // admin API off
+  ExpectLimits(c.core.rate_limits, core::RateLimits{}, 1);
+  // The documented defaults themselves (docs/protocol.md, "Rate limits").
+  EXPECT_DOUBLE_EQ(c.core.rate_limits.send_per_device.per_second, 50);
+  EXPECT_DOUBLE_EQ(c.core.rate_limits.search_per_user.burst, 20);
+  EXPECT_DOUBLE_EQ(c.core.rate_limits.social_per_user.per_second, 2);
+}
+
+TEST_F(ConfigTest, OtherOptionsNeverTurnOnTheInsecureOnes) {
+  ServerConfig c = Parse({"--admin-token", "secret", "--admin-max-bulk-users", "50000", "--rate-limit",
+                          "send_per_user=7/9", "--hash-threads", "4"});
+  EXPECT_EQ(c.core.password_cost, core::PasswordCost::kInteractive);
+  EXPECT_EQ(c.admin.password_cost, core::PasswordCost::kInteractive);
+  core::RateLimits want;
+  want.send_per_user = {7, 9};
+  ExpectLimits(c.core.rate_limits, want, 1);
+}
+
+TEST_F(ConfigTest, FastHashingOnlyWhenGivenAndAloneDoesNotRelaxLimits) {
+  ServerConfig c = Parse({"--insecure-fast-password-hashing"});
+  EXPECT_EQ(c.core.password_cost, core::PasswordCost::kInsecureFast);
+  EXPECT_EQ(c.admin.password_cost, core::PasswordCost::kInsecureFast);
+  ExpectLimits(c.core.rate_limits, core::RateLimits{}, 1);
+}
+
+TEST_F(ConfigTest, RelaxedLimitsOnlyWhenGivenAndAloneKeepInteractiveHashing) {
+  ServerConfig c = Parse({"--relaxed-rate-limits"});
+  EXPECT_EQ(c.core.password_cost, core::PasswordCost::kInteractive);
+  EXPECT_EQ(c.admin.password_cost, core::PasswordCost::kInteractive);
+  ExpectLimits(c.core.rate_limits, core::RateLimits{}, 1000);
+}
+
+TEST_F(ConfigTest, TheEnvironmentVariablesAreExplicitToo) {
+  setenv("PARLEY_INSECURE_FAST_PASSWORD_HASHING", "1", 1);
+  setenv("PARLEY_RELAXED_RATE_LIMITS", "1", 1);
+  ServerConfig on = Parse({});
+  EXPECT_EQ(on.core.password_cost, core::PasswordCost::kInsecureFast);
+  ExpectLimits(on.core.rate_limits, core::RateLimits{}, 1000);
+  unsetenv("PARLEY_INSECURE_FAST_PASSWORD_HASHING");
+  unsetenv("PARLEY_RELAXED_RATE_LIMITS");
+  ServerConfig off = Parse({});
+  EXPECT_EQ(off.core.password_cost, core::PasswordCost::kInteractive);
+  ExpectLimits(off.core.rate_limits, core::RateLimits{}, 1);
+}
+
+}  // namespace
+}  // namespace parley::server
