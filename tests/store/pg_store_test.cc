@@ -131,7 +131,7 @@ TEST(PgStoreTest, MigratesVersion5NameIndexToUnicodeFolding) {
   Sql(url, "SELECT setval(pg_get_serial_sequence('users', 'id'), 3)");
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(Sql(url, "SELECT max(version) FROM schema_version"), std::vector<std::string>{"6"});
+  EXPECT_EQ(Sql(url, "SELECT max(version) FROM schema_version"), std::vector<std::string>{std::to_string(PostgresStore::kSchemaVersion)});
   EXPECT_EQ(Sql(url, "SELECT string_agg(prefix, ',' ORDER BY prefix) FROM name_prefixes WHERE username = 'fr1'"),
             std::vector<std::string>{"n,ng,é,él,élo,élod,élodi,élodie"});
   EXPECT_EQ(Sql(url, "SELECT string_agg(prefix, ',' ORDER BY prefix) FROM name_prefixes WHERE username = 'en1'"),
