@@ -4,6 +4,7 @@
 // recipient's server-side stream (a raw sync), not on the sender's belief.
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include "sdk/sdk_test_util.h"
@@ -76,11 +77,14 @@ TEST(OutboxE2E, KillNineOfTheServerMidDrainStillDeliversExactlyOnceInOrderAndSta
   // Bob's own SDK client stays running through the crash: it reports
   // delivered, and it must apply each stream event exactly once.
   std::mutex bob_mu;
-  std::vector<int64_t> bob_seqs;
+  std::vector<int64_t> bob_seqs, bob_covered;
   auto bo = OptionsFor(s, dir / "bob.db", bob_token);
   bo.on_event = [&](const json& e) {
     std::lock_guard lock(bob_mu);
     bob_seqs.push_back(e["user_seq"]);
+    // A coalesced receipt stands for the later events it folded in
+    // (docs/protocol.md, "Coalesced receipts"): those never arrive.
+    for (const auto& c : e.value("also_covers", json::array())) bob_covered.push_back(c);
   };
   auto bob = OpenClient(bo);
   bob->Start();
@@ -107,12 +111,18 @@ TEST(OutboxE2E, KillNineOfTheServerMidDrainStillDeliversExactlyOnceInOrderAndSta
   for (auto& id : ids) EXPECT_EQ(log.Of(id), MessageStatus::kDelivered);
   ExpectExactlyOnceInOrder(s, "bob", alice->user_id(), kMessages);
 
-  // Bob's cache holds the 50 in order, and his events came once each, gapless.
+  // Bob's cache holds the 50 in order, and his events (with what coalesced
+  // receipts covered) came once each, gapless.
   auto cached = bob->Messages("alice", 0, 1000);
   ASSERT_EQ(cached.size(), static_cast<size_t>(kMessages));
   for (int i = 0; i < kMessages; ++i) EXPECT_EQ(cached[static_cast<size_t>(i)].body, Body(i));
   std::lock_guard lock(bob_mu);
-  for (size_t i = 1; i < bob_seqs.size(); ++i) EXPECT_EQ(bob_seqs[i], bob_seqs[i - 1] + 1);
+  ASSERT_FALSE(bob_seqs.empty());
+  for (size_t i = 1; i < bob_seqs.size(); ++i) EXPECT_LT(bob_seqs[i - 1], bob_seqs[i]) << "out of order at " << i;
+  std::vector<int64_t> all = bob_seqs;
+  all.insert(all.end(), bob_covered.begin(), bob_covered.end());
+  std::sort(all.begin(), all.end());
+  for (size_t i = 1; i < all.size(); ++i) EXPECT_EQ(all[i], all[i - 1] + 1) << "duplicate or gap at " << i;
 }
 
 TEST(OutboxE2E, ClientProcessKilledMidDrainResumesWithNothingLostOrDoubled) {
