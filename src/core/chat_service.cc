@@ -12,6 +12,7 @@
 #include "protocol/encode.h"
 #include "protocol/limits.h"
 #include "store/change_events.h"
+#include "store/name_words.h"
 
 namespace parley::core {
 
@@ -255,6 +256,7 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kEditMessage:
     case RequestType::kDeleteMessage: return DoChangeMessage(c, std::move(req));
     case RequestType::kSetDraft: return DoSetDraft(c, std::move(req));
+    case RequestType::kSearchMessages: return DoSearchMessages(c, std::move(req));
   }
 }
 
@@ -273,7 +275,8 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
       send_device_limiter_.Take("d" + std::to_string(c->device_id), now);
       return send_user_limiter_.Take(user, now);
     }
-    case RequestType::kSearchUsers: return search_limiter_.Take(user, now);
+    case RequestType::kSearchUsers:
+    case RequestType::kSearchMessages: return search_limiter_.Take(user, now);
     case RequestType::kTyping:
     case RequestType::kSetDraft: return typing_limiter_.Take("d" + std::to_string(c->device_id), now);
     case RequestType::kSubscribePresence:
@@ -1147,6 +1150,37 @@ void ChatService::DoSearchUsers(const ClientPtr& c, Req req) {
                          if (r->next.empty()) w.Null(); else w.String(r->next);
                        });
                      }));
+}
+
+// Message search (issue 12; docs/protocol.md "Message search"). The query's
+// words are split as the store indexes them (store/name_words.h).
+void ChatService::DoSearchMessages(const ClientPtr& c, Req req) {
+  auto& s = std::get<protocol::SearchMessagesRequest>(req.body);
+  store::MessageSearchQuery q;
+  q.searcher = c->user_id;
+  q.words = store::MessageWords(s.query);
+  if (q.words.empty())
+    return Fail(c, req, Status(ErrorCode::kBadRequest, "field 'query' has no words (letters or digits) to search for"));
+  if (q.words.size() > protocol::kMaxMessageSearchWords)
+    return Fail(c, req, Status(ErrorCode::kBadRequest, fmt::format("field 'query' has more than {} distinct words",
+                                                                   protocol::kMaxMessageSearchWords)));
+  q.conversation_id = s.conversation_id;
+  q.before = s.before;
+  q.limit = s.limit;
+  store_.SearchMessages(std::move(q), OnCore<store::MessageSearchPage>([this, c, req](Result<store::MessageSearchPage> r) {
+    if (!r) {
+      Status e = r.error();
+      // As history: a conversation one is not in is not told apart from one that does not exist.
+      if (e.code() == ErrorCode::kUnknownConversation) e = Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+      return Fail(c, req, e);
+    }
+    Respond(c, req, [&](JsonWriter& w) {
+      w.Key("messages").BeginArray();
+      for (const auto& m : r->messages) protocol::WriteMessage(w, m);
+      w.EndArray().Key("next");
+      if (r->next == 0) w.Null(); else w.Int(r->next);
+    });
+  }));
 }
 
 void ChatService::DoListConversations(const ClientPtr& c, Req req) {

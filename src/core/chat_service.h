@@ -197,6 +197,7 @@ class ChatService {
   void DoListContacts(const ClientPtr& c, Req req);
   void DoListBlocked(const ClientPtr& c, Req req);
   void DoSearchUsers(const ClientPtr& c, Req req);
+  void DoSearchMessages(const ClientPtr& c, Req req);
   void DoListConversations(const ClientPtr& c, Req req);
   void DoChangePassword(const ClientPtr& c, Req req);
   void DoTyping(const ClientPtr& c, Req req);

@@ -340,6 +340,19 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       *body = std::move(r);
       return Status::Ok();
     }
+    case RequestType::kSearchMessages: {
+      SearchMessagesRequest r;
+      if (Status s = GetString(obj, "query", kMaxMessageSearchQueryBytes, true, &r.query); !s.ok()) return s;
+      if (r.query.find_first_not_of(" \t\r\n") == std::string::npos) return Bad("field 'query' must not be empty");
+      std::optional<int64_t> conversation, before;
+      if (Status s = GetInt(obj, "conversation_id", 0, kMaxId, false, &conversation); !s.ok()) return s;
+      if (Status s = GetInt(obj, "before", 0, kMaxId, false, &before); !s.ok()) return s;
+      r.conversation_id = conversation.value_or(0);
+      r.before = before.value_or(0);
+      if (Status s = GetLimit(obj, kDefaultMessageSearchLimit, kMaxMessageSearchLimit, &r.limit); !s.ok()) return s;
+      *body = std::move(r);
+      return Status::Ok();
+    }
     case RequestType::kListConversations: {
       ListConversationsRequest r;
       std::optional<int64_t> ba, bi, m;

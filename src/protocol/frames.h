@@ -60,7 +60,8 @@ namespace parley::protocol {
   X(kPushSettings, "push_settings", true)      \
   X(kEditMessage, "edit_message", true)        \
   X(kDeleteMessage, "delete_message", true)     \
-  X(kSetDraft, "set_draft", true)
+  X(kSetDraft, "set_draft", true)             \
+  X(kSearchMessages, "search_messages", true)
 
 enum class RequestType {
 #define PARLEY_X(e, name, auth) e,
@@ -188,6 +189,13 @@ struct DeleteMessageRequest {
   int64_t seq = 0;
   bool for_everyone = true;  // "for": "everyone" (the sender only) or "me"
 };
+// Message search (issue 12; docs/protocol.md "Message search").
+struct SearchMessagesRequest {
+  std::string query;             // non-empty after trimming; split into words by core
+  int64_t conversation_id = 0;   // 0: every conversation of the user
+  int64_t before = 0;            // a previous page's `next`; 0: from the newest
+  int limit = 0;
+};
 struct ChangePasswordRequest {
   std::string old_password;
   std::string new_password;
@@ -199,7 +207,7 @@ using RequestBody =
                  SetProfileRequest, UserRequest, SearchUsersRequest, ListConversationsRequest, ChangePasswordRequest,
                  TypingRequest, SetAppStateRequest, SetPrivacyRequest, SubscribePresenceRequest,
                  MessageInfoRequest, RegisterPushRequest, MuteConversationRequest, SetPushPreviewsRequest,
-                 EditMessageRequest, DeleteMessageRequest, SetDraftRequest>;
+                 EditMessageRequest, DeleteMessageRequest, SetDraftRequest, SearchMessagesRequest>;
 
 struct Request {
   RequestType type = RequestType::kPing;

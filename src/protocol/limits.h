@@ -48,6 +48,13 @@ inline constexpr size_t kMaxAboutBytes = 140;
 inline constexpr size_t kMaxSearchQueryBytes = 64;
 inline constexpr int kDefaultSearchLimit = 20;
 inline constexpr int kMaxSearchLimit = 50;
+// Message search (search_messages): query length, words per query, results
+// per page. Each word is matched as a prefix of the message's words; more
+// words narrow the search, so 8 is plenty and bounds the index lookups.
+inline constexpr size_t kMaxMessageSearchQueryBytes = 256;
+inline constexpr size_t kMaxMessageSearchWords = 8;
+inline constexpr int kDefaultMessageSearchLimit = 20;
+inline constexpr int kMaxMessageSearchLimit = 50;
 // Conversation list page size.
 inline constexpr int kDefaultConversationsLimit = 50;
 inline constexpr int kMaxConversationsLimit = 200;

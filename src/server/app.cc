@@ -31,6 +31,7 @@
 #include "push/webhook.h"
 #ifdef PARLEY_FAULT_SWITCHES
 #include "store/fault_store.h"
+#include "store/search_indexer.h"
 #endif
 
 namespace parley::server {
@@ -144,6 +145,10 @@ int RunServer(const ServerConfig& config) {
                  pc.coalesce_ms);
   }
 
+  // Message search (issue 12): the index is filled off the send path.
+  store::SearchIndexer search_indexer(*store_for_service, SystemClock::Instance(), config.search_index);
+  search_indexer.Start();
+
   admin::AdminApi admin_api(*store_for_service, *hash_pool, SystemClock::Instance(), config.admin);
   admin_api.SetCloseDevices([&chat](int64_t user_id, std::vector<int64_t> devices, std::string reason) {
     chat.CloseDevices(user_id, std::move(devices), std::move(reason));
@@ -222,6 +227,7 @@ int RunServer(const ServerConfig& config) {
   // abandoned: their leases expire), and is destroyed after it (late store
   // completions only read its stopping flag).
   if (pusher) pusher->Stop();
+  search_indexer.Stop();
   store->reset();
   pusher.reset();
   // No frame from another node may reach a connection once the gateway is

@@ -208,6 +208,17 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_PUSH_TIMEOUT_MS")
       ->check(CLI::Range(10, 300'000))
       ->capture_default_str();
+  app.add_option("--search-index-interval-ms", c.search_index.interval_ms,
+                 "Message search: pause of the background indexer when its queue is empty (the usual lag before a "
+                 "new or edited message can be found)")
+      ->envname("PARLEY_SEARCH_INDEX_INTERVAL_MS")
+      ->check(CLI::Range(10, 60'000))
+      ->capture_default_str();
+  app.add_option("--search-index-batch", c.search_index.batch,
+                 "Message search: messages indexed per background step (one transaction of its own)")
+      ->envname("PARLEY_SEARCH_INDEX_BATCH")
+      ->check(CLI::Range(1, 10'000))
+      ->capture_default_str();
   app.add_option("--push-poll-ms", c.push.poll_ms, "Push: how often the queue is polled for due jobs")
       ->envname("PARLEY_PUSH_POLL_MS")
       ->check(CLI::Range(10, 60'000))

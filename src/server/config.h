@@ -13,6 +13,7 @@
 #include "core/chat_service.h"
 #include "fabric/redis/redis_fabric.h"
 #include "gateway/gateway.h"
+#include "store/search_indexer.h"
 #include "store/store_factory.h"
 
 namespace parley::server {
@@ -52,6 +53,8 @@ struct ServerConfig {
   std::string redis;
   fabric::RedisFabricConfig fabric;
   PushOptions push;
+  // Message search's background indexer (store/search_indexer.h).
+  store::SearchIndexerConfig search_index;
   // Test builds only (PARLEY_FAULT_SWITCHES): fault switches, "NAME@N" each
   // (store/fault_store.h). Non-empty: the store is wrapped in a FaultStore.
   std::vector<std::string> faults;

@@ -517,4 +517,12 @@ void FaultStore::GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) {
   inner_.GetPushQueueStats(now, std::move(done));
 }
 
+void FaultStore::SearchMessages(MessageSearchQuery query, Callback<MessageSearchPage> done) {
+  inner_.SearchMessages(std::move(query), std::move(done));
+}
+
+void FaultStore::IndexSearch(int max_entries, Callback<SearchIndexProgress> done) {
+  inner_.IndexSearch(max_entries, std::move(done));
+}
+
 }  // namespace parley::store

@@ -159,6 +159,8 @@ class FaultStore final : public Store {
                      Callback<std::vector<PushJob>> done) override;
   void CompletePush(PushCompletion c, StatusCallback done) override;
   void GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) override;
+  void SearchMessages(MessageSearchQuery query, Callback<MessageSearchPage> done) override;
+  void IndexSearch(int max_entries, Callback<SearchIndexProgress> done) override;
   void Flush(StatusCallback done) override;
   StoreStats Stats() const override;
 

@@ -31,6 +31,14 @@ std::vector<std::string> NameWords(std::string_view name) {
   return words;
 }
 
+std::vector<std::string> MessageWords(std::string_view text) {
+  std::vector<std::string> words = NameWords(text);
+  for (std::string& w : words) w.resize(Utf8Prefix(w, kMaxIndexedWordBytes).size());
+  std::sort(words.begin(), words.end());
+  words.erase(std::unique(words.begin(), words.end()), words.end());
+  return words;
+}
+
 // `text` cut to at most `max` bytes, never inside a UTF-8 character.
 std::string_view Utf8Prefix(std::string_view text, size_t max) {
   if (text.size() <= max) return text;

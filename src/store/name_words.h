@@ -28,6 +28,14 @@ std::string_view Utf8Prefix(std::string_view text, size_t max);
 // The distinct indexed prefixes of the words of `display_name`.
 std::vector<std::string> NamePrefixes(std::string_view display_name);
 bool NameHasWordWithPrefix(std::string_view display_name, std::string_view prefix);
+// Message search (issue 12): the words of a message body or of a search
+// query, split as NameWords splits (fold, then ASCII whitespace and
+// punctuation separate; other characters are word characters), each cut to
+// kMaxIndexedWordBytes at a character boundary (a longer query word still
+// matches as a prefix), distinct, ascending. Every backend indexes and
+// queries exactly these words, so both find the same messages.
+inline constexpr size_t kMaxIndexedWordBytes = 64;
+std::vector<std::string> MessageWords(std::string_view text);
 // Whether a canonical username (protocol::CanonicalUsername: a-z, 0-9, '_',
 // '.') can start with `query`. When it cannot, search skips the username
 // scan, whose upper bound (PrefixEnd) would not even be valid UTF-8 for some

@@ -210,6 +210,27 @@ class Store {
   virtual void ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id, int limit,
                                  int latest_per_conversation, Callback<ConversationPage> done) = 0;
 
+  // ---- Message search (issue 12; docs/architecture.md "Message search") ----
+  //
+  // Messages are indexed off the send path: AppendMessage and the edits and
+  // deletes of ChangeMessage only queue the message's key (search_queue);
+  // IndexSearch, run by a background SearchIndexer (store/search_indexer.h),
+  // indexes the queued messages' current text later, in bounded steps. What
+  // a search returns is checked against the message as stored when it runs,
+  // so only how soon a new or edited text is found depends on the indexer:
+  // the searcher must be a member; withheld messages (a block) and those
+  // the searcher deleted for themself never match; deleted-for-everyone
+  // messages never match; an edited message matches its indexed version
+  // only, i.e. nothing until its new text is indexed, never its old text.
+
+  // See MessageSearchQuery / MessageSearchPage. With a conversation_id,
+  // fails kUnknownConversation, kNotMember.
+  virtual void SearchMessages(MessageSearchQuery query, Callback<MessageSearchPage> done) = 0;
+  // Indexes up to `max_entries` queued entries (oldest first) in a
+  // transaction of its own, never shared with other writes; in a cluster
+  // each entry is taken by one node.
+  virtual void IndexSearch(int max_entries, Callback<SearchIndexProgress> done) = 0;
+
   // ---- Password and provisioning ----
 
   // Replaces the password hash and revokes every live device of the user

@@ -295,6 +295,38 @@ struct SearchPage {
   std::string next;                  // pass as `after` for the next page; "" when there is none
 };
 
+// ---- Message search (issue 12; docs/architecture.md "Message search") ----
+
+// A search of the messages of `searcher`'s own conversations. `words` are
+// the query's words as MessageWords (store/name_words.h) splits them: folded,
+// distinct; each must match the start of a word of the message (a prefix
+// match), all of them in the same message.
+struct MessageSearchQuery {
+  UserId searcher = 0;
+  std::vector<std::string> words;    // non-empty
+  ConversationId conversation_id = 0;  // 0: every conversation of the searcher
+  int64_t before = 0;                // a previous page's `next`; 0: from the newest
+  int limit = 0;
+};
+
+struct MessageSearchPage {
+  // Matching messages, newest indexed first (the order the store first
+  // indexed them, which is the order it stored them); each exactly as
+  // History shows it to the searcher.
+  std::vector<MessageRecord> messages;
+  // Pass as `before` for the next page; 0 when there is none. A page may
+  // hold fewer than `limit` messages and still have a next one (a backend
+  // bounds the candidates it visits per page, kMaxSearchCandidates).
+  int64_t next = 0;
+};
+
+// Work done by one IndexSearch step and what is left.
+struct SearchIndexProgress {
+  int indexed = 0;                // queue entries taken by this step
+  int64_t backlog = 0;            // entries still queued after it
+  int64_t oldest_queued_at = 0;   // when the oldest of them was queued (0: none)
+};
+
 struct NewBulkUser {
   std::string username;       // canonical
   std::string password_hash;

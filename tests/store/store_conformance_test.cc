@@ -18,6 +18,7 @@
 
 #include "common/text_fold.h"
 #include "store/store.h"
+#include "store/name_words.h"
 #include "store/store_factory.h"
 #include "store/pg_test_server.h"
 #include "store/sqlite/sqlite_backup.h"
@@ -2130,6 +2131,138 @@ TEST_P(StoreConformance, DraftsAreLastWriterWinsReadCurrentAndClearedBySend) {
   EXPECT_EQ(unknown.error().code(), ErrorCode::kUnknownConversation);
   Reopen();
   EXPECT_EQ(draft_of(alice_.id).text, "next");
+}
+
+// ---- Message search (issue 12; store.h "Message search") ----
+
+Result<MessageSearchPage> SearchMsgs(Store& s, UserId searcher, const std::string& query, ConversationId conv = 0,
+                                     int64_t before = 0, int limit = 20) {
+  MessageSearchQuery q;
+  q.searcher = searcher;
+  q.words = MessageWords(query);
+  q.conversation_id = conv;
+  q.before = before;
+  q.limit = limit;
+  return Await<MessageSearchPage>([&](auto cb) { s.SearchMessages(q, cb); });
+}
+
+std::vector<Seq> Seqs(const MessageSearchPage& page) {
+  std::vector<Seq> out;
+  for (const MessageRecord& m : page.messages) out.push_back(m.seq);
+  return out;
+}
+
+// Runs the indexer's steps (`batch` entries each) until the queue is empty;
+// returns how many steps it took.
+int IndexAll(Store& s, int batch = 100) {
+  for (int steps = 1; steps < 1000; ++steps) {
+    SearchIndexProgress p = Must(Await<SearchIndexProgress>([&](auto cb) { s.IndexSearch(batch, cb); }));
+    if (p.backlog == 0) return steps;
+    EXPECT_EQ(p.indexed, batch) << "a step that leaves a backlog takes a full batch";
+    EXPECT_GT(p.oldest_queued_at, 0);
+  }
+  ADD_FAILURE() << "the search queue never drained";
+  return 0;
+}
+
+TEST_P(StoreConformance, MessageSearchFindsOnlyOwnConversationsAfterIndexingNewestFirstPaged) {
+  SetUpConversation();
+  ConversationId conv2 = Open(store(), alice_.id, carol_.id).conversation.id;
+  Send(alice_, alice_dev_, "x0");  // "body x0": no match
+  Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "m1", "Hello WÖRLD, the Meeting is at 10", 2000)));
+  Must(Append(store(), Msg(conv_, bob_.id, bob_dev_.id, "m2", "meetings tomorrow?", 2001)));
+  Must(Append(store(), Msg(conv2, alice_.id, alice_dev_.id, "m3", "meeting with carol", 2002)));
+  // Sending only queued them: nothing is found before the indexer ran.
+  EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "meeting")).messages.empty());
+  Reopen();  // the queue is durable
+  EXPECT_EQ(IndexAll(store(), 2), 2);  // 4 entries, 2 per step
+
+  MessageSearchPage page = Must(SearchMsgs(store(), bob_.id, "MEET"));
+  EXPECT_EQ(Seqs(page), (std::vector<Seq>{3, 2})) << "prefix match, caseless, newest first, not carol's";
+  EXPECT_EQ(page.next, 0);
+  ASSERT_EQ(page.messages.size(), 2u);
+  EXPECT_EQ(page.messages[0].body, "meetings tomorrow?");
+  EXPECT_EQ(page.messages[0].sender_id, bob_.id);
+  EXPECT_EQ(page.messages[0].conversation_id, conv_);
+  EXPECT_EQ(page.messages[0].created_at, 2001);
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), bob_.id, "wörld hello"))), (std::vector<Seq>{2})) << "all words, folded";
+  EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "hello tomorrow")).messages.empty());
+  EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "carol")).messages.empty()) << "another user's conversation";
+  // Pages of one.
+  MessageSearchPage first = Must(SearchMsgs(store(), bob_.id, "meeting", 0, 0, 1));
+  EXPECT_EQ(Seqs(first), (std::vector<Seq>{3}));
+  ASSERT_NE(first.next, 0);
+  MessageSearchPage second = Must(SearchMsgs(store(), bob_.id, "meeting", 0, first.next, 1));
+  EXPECT_EQ(Seqs(second), (std::vector<Seq>{2}));
+  if (second.next != 0) EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "meeting", 0, second.next, 1)).messages.empty());
+  // Alice sees both of her conversations; restricted to one, only it.
+  page = Must(SearchMsgs(store(), alice_.id, "meeting"));
+  ASSERT_EQ(page.messages.size(), 3u);
+  EXPECT_EQ(page.messages[0].conversation_id, conv2);
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), alice_.id, "meeting", conv_))), (std::vector<Seq>{3, 2}));
+  // A conversation one is not in, or none at all.
+  Result<MessageSearchPage> r = SearchMsgs(store(), carol_.id, "meeting", conv_);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code(), ErrorCode::kNotMember);
+  r = SearchMsgs(store(), carol_.id, "meeting", 987654);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code(), ErrorCode::kUnknownConversation);
+}
+
+TEST_P(StoreConformance, MessageSearchNeverMatchesWithheldDeletedOrOldEditedText) {
+  SetUpConversation();
+  // Withheld by a block: never found by the blocker, also after the unblock.
+  Must(Block(store(), bob_.id, alice_.id));
+  Seq withheld = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "w", "secret plan", 2000))).message.seq;
+  Must(Unblock(store(), bob_.id, alice_.id));
+  Seq seq = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "a", "apple pie", 2001))).message.seq;
+  IndexAll(store());
+  EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "plan")).messages.empty());
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), alice_.id, "plan"))), (std::vector<Seq>{withheld}));
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), bob_.id, "apple"))), (std::vector<Seq>{seq}));
+
+  // An edit: the old text stops matching at once; the new one once indexed.
+  MessageChange edit;
+  edit.kind = static_cast<int>(protocol::ChangeKind::kEdit);
+  edit.conversation_id = conv_;
+  edit.seq = seq;
+  edit.user_id = alice_.id;
+  edit.device_id = alice_dev_.id;
+  edit.client_id = "e1";
+  edit.body = "Banana bread";
+  edit.now = 3000;
+  edit.edit_window_ms = edit.delete_window_ms = 60'000;
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(edit, cb); }));
+  EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "apple")).messages.empty());
+  IndexAll(store());
+  EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "apple")).messages.empty());
+  MessageSearchPage page = Must(SearchMsgs(store(), bob_.id, "banana"));
+  ASSERT_EQ(Seqs(page), (std::vector<Seq>{seq}));
+  // Exactly as history shows it.
+  std::vector<MessageRecord> history = History(store(), conv_, 0, 10, bob_.id);
+  ASSERT_FALSE(history.empty());
+  EXPECT_EQ(page.messages[0].body, history.back().body);
+  EXPECT_EQ(page.messages[0].version, history.back().version);
+  EXPECT_EQ(page.messages[0].edited_at, history.back().edited_at);
+
+  // Delete for me hides it from that user only.
+  MessageChange hide = edit;
+  hide.kind = static_cast<int>(protocol::ChangeKind::kDeleteForMe);
+  hide.user_id = bob_.id;
+  hide.device_id = bob_dev_.id;
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(hide, cb); }));
+  EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "banana")).messages.empty());
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), alice_.id, "banana"))), (std::vector<Seq>{seq}));
+
+  // Delete for everyone: gone at once, and after indexing.
+  MessageChange del = edit;
+  del.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+  del.now = 4000;
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(del, cb); }));
+  EXPECT_TRUE(Must(SearchMsgs(store(), alice_.id, "banana")).messages.empty());
+  IndexAll(store());
+  EXPECT_TRUE(Must(SearchMsgs(store(), alice_.id, "banana")).messages.empty());
+  EXPECT_TRUE(Must(SearchMsgs(store(), alice_.id, "bread")).messages.empty());
 }
 
 class PushConformance : public StoreConformance {

@@ -86,10 +86,31 @@
 //         withheld.hidden_at (step 5, issue 12): as in SqliteStore
 //   drafts(user_id, conversation_id, text, updated_at) PK(user_id,
 //         conversation_id), PARTITION BY HASH(user_id) (step 7, issue 12)
+//   search_queue(conversation_id, seq, id (sequence search_queue_ids),
+//         queued_at) PK(conversation_id, id) + search_queue_by_id(id);
+//         message_search(conversation_id, seq, doc_id, version, words
+//         tsvector) PK(conversation_id, seq) + GIN message_search_words(words);
+//         both PARTITION BY HASH(conversation_id) (step 8, issue 12: message
+//         search; see "Message search" below)
 // Every key of a partitioned table leads with its partition key, and every
 // table holding conversation data has the conversation id in its primary
 // key, so the layout can be distributed (Citus) by conversation id and by
 // user id.
+//
+// Message search (store.h "Message search"; SqliteStore describes the
+// design). Sending only queues (conversation id, seq) in search_queue, in
+// the message's transaction; IndexSearch runs as a write of its own (never
+// batched with sends) and claims the oldest queued entries FOR UPDATE SKIP
+// LOCKED, so several nodes index disjoint entries. Each message's row holds
+// array_to_tsvector(MessageWords(body)): the words are made in C++ exactly
+// as for SQLite (ICU folding; PostgreSQL's own parser and lower() are not
+// used), and a query is a tsquery of the words as prefixes ('w':* & ...).
+// Two nodes may index the same message from two entries (its send and its
+// edit) concurrently, so the upsert keeps the row with the higher version
+// (a deleted message keeps a row with an empty tsvector, its version the
+// delete's); doc_id is the first entry's id and never changes, which is the
+// newest-first order of results. A search is one statement: the GIN index
+// finds the matches, joined to members, messages and withheld.
 //
 // Event payloads are columns, not JSON: kMessage/kReceipt carry `withheld`,
 // kProfile/kContact/kBlock carry the profile_* columns (the subject's id in
@@ -400,6 +421,51 @@ CREATE TABLE drafts(
   return sql;
 }
 
+// Issue 12: full-text search of messages, indexed off the send path.
+// Messages stored before this step are queued, so the indexer indexes the
+// existing history in the background.
+std::string SchemaV8() {
+  std::string sql = R"sql(
+CREATE SEQUENCE search_queue_ids;
+CREATE TABLE search_queue(
+  conversation_id bigint NOT NULL,
+  seq bigint NOT NULL,
+  id bigint NOT NULL DEFAULT nextval('search_queue_ids'),
+  queued_at bigint NOT NULL,
+  PRIMARY KEY(conversation_id, id)) PARTITION BY HASH(conversation_id);
+CREATE INDEX search_queue_by_id ON search_queue(id);
+CREATE TABLE message_search(
+  conversation_id bigint NOT NULL,
+  seq bigint NOT NULL,
+  doc_id bigint NOT NULL,
+  version bigint NOT NULL,
+  words tsvector NOT NULL,
+  PRIMARY KEY(conversation_id, seq)) PARTITION BY HASH(conversation_id);
+CREATE INDEX message_search_words ON message_search USING gin(words);
+)sql";
+  sql += PartitionsSql("search_queue");
+  sql += PartitionsSql("message_search");
+  sql += R"sql(
+INSERT INTO search_queue(conversation_id, seq, queued_at)
+  SELECT conversation_id, seq, stored_at FROM messages WHERE deleted_at = 0 ORDER BY stored_at, conversation_id, seq;
+)sql";
+  return sql;
+}
+
+// The tsquery of a message search: every word as a prefix, all required.
+// Words hold only [0-9a-z] and non-ASCII characters (MessageWords), so
+// quoting needs no escapes.
+std::string TsQuery(const std::vector<std::string>& words) {
+  std::string q;
+  for (const std::string& w : words) {
+    if (!q.empty()) q += " & ";
+    q += '\'';
+    q += w;
+    q += "':*";
+  }
+  return q;
+}
+
 const Migration kMigrations[] = {
     {1, &SchemaV1},
     {2, &SchemaV2},
@@ -408,6 +474,7 @@ const Migration kMigrations[] = {
     {5, &SchemaV5},
     {6, &SchemaV6, &ReindexNonAsciiNames},
     {7, &SchemaV7},
+    {8, &SchemaV8},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -562,6 +629,8 @@ class PostgresStore::WriteOp {
   // batch; expected failures become this op's result.
   virtual void Apply(Writer& writer) = 0;
   virtual void Finish(const Status& batch) = 0;
+  // Runs in a transaction of its own (background work: IndexSearch).
+  bool solo = false;
 };
 
 template <typename T>
@@ -629,6 +698,10 @@ class PostgresStore::Writer {
   Result<int> EnqueuePush(const PushRequest& req);
   Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
   Result<Empty> CompletePush(const PushCompletion& c);
+  // Message search (see "Message search"): queues a message for indexing;
+  // indexes up to `max` queued entries.
+  void QueueSearch(ConversationId conversation, Seq seq, int64_t now);
+  Result<SearchIndexProgress> IndexSearch(int max);
 
  private:
   // A conversation's members (never change once created), ascending user id.
@@ -1061,6 +1134,7 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
                  .Int(std::max(batch_now_, msg.now)));
   db_->Defer("UPDATE conversations SET last_seq = $2, last_activity_at = $3 WHERE id = $1",
              PgParams().Int(m.conversation_id).Int(m.seq).Int(msg.now));
+  QueueSearch(m.conversation_id, m.seq, std::max(batch_now_, msg.now));
   std::vector<int64_t> visible;
   for (const MemberRecord& member : c->members) {
     if (std::find(blockers.begin(), blockers.end(), member.user_id) != blockers.end()) {
@@ -1233,6 +1307,7 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
     db_->Defer("UPDATE message_edits SET body = '' WHERE conversation_id = $1 AND seq = $2",
                PgParams().Int(change.conversation_id).Int(change.seq));
   }
+  QueueSearch(change.conversation_id, change.seq, change.now);
   ApplyStoredChange(change, version, &m);
   // Every member the message is visible to: not withheld from them by a
   // block, not deleted by them for themselves.
@@ -1483,6 +1558,53 @@ Result<Empty> PostgresStore::Writer::SetLastSeen(UserId user_id, int64_t last_se
 // ---------------------------------------------------------------------------
 // Reads
 
+void PostgresStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
+  db_->Defer("INSERT INTO search_queue(conversation_id, seq, queued_at) VALUES($1, $2, $3)",
+             PgParams().Int(conversation).Int(seq).Int(now));
+}
+
+Result<SearchIndexProgress> PostgresStore::Writer::IndexSearch(int max) {
+  // Oldest first; entries another node has claimed are skipped.
+  PgRows rows = db_->Query(
+      "WITH q AS (SELECT conversation_id, seq, id FROM search_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+      "SELECT q.conversation_id, q.seq, q.id, m.body, COALESCE(m.version, 0), m.deleted_at IS NULL OR m.deleted_at <> 0 "
+      "FROM q LEFT JOIN messages m ON m.conversation_id = q.conversation_id AND m.seq = q.seq ORDER BY q.id",
+      PgParams().Int(std::max(1, max)));
+  std::vector<int64_t> ids;
+  std::unordered_set<std::string> done;  // "conversation:seq" indexed by this step
+  for (int i = 0; i < rows.size(); ++i) {
+    ids.push_back(rows.Int(i, 2));
+    const ConversationId conversation = rows.Int(i, 0);
+    const Seq seq = rows.Int(i, 1);
+    if (!done.insert(fmt::format("{}:{}", conversation, seq)).second) continue;
+    std::string words;
+    if (!rows.Bool(i, 5)) {
+      for (const std::string& w : MessageWords(rows.Text(i, 3))) {
+        if (!words.empty()) words += ' ';
+        words += w;
+      }
+    }
+    // A deleted message keeps a row with no words and the delete's version,
+    // so an older text indexed late by another node cannot come back.
+    db_->Defer(
+        "INSERT INTO message_search(conversation_id, seq, doc_id, version, words) "
+        "VALUES($1, $2, $3, $4, array_to_tsvector(string_to_array($5, ' ')::text[])) "
+        "ON CONFLICT (conversation_id, seq) DO UPDATE SET version = excluded.version, words = excluded.words "
+        "WHERE message_search.version <= excluded.version",
+        PgParams().Int(conversation).Int(seq).Int(rows.Int(i, 2)).Int(rows.Int(i, 4)).Text(words));
+  }
+  SearchIndexProgress progress;
+  progress.indexed = static_cast<int>(ids.size());
+  if (!ids.empty()) db_->Defer("DELETE FROM search_queue WHERE id = ANY($1::bigint[])", PgParams().IntArray(ids));
+  PgRows left = db_->Query(
+      "SELECT count(*), COALESCE((SELECT queued_at FROM search_queue ORDER BY id LIMIT 1), 0) FROM search_queue");
+  if (!left.empty()) {
+    progress.backlog = left.Int(0, 0);
+    progress.oldest_queued_at = left.Int(0, 1);
+  }
+  return progress;
+}
+
 class PostgresStore::Reader {
  public:
   explicit Reader(std::unique_ptr<PgConn> db) : db_(std::move(db)) {}
@@ -1523,6 +1645,7 @@ class PostgresStore::Reader {
   Result<std::vector<ProfileRecord>> Blocked(UserId owner);
   Result<SearchPage> SearchUsers(UserId searcher, const std::string& query, const std::string& after, int limit);
   Result<ExportPage> Export(ExportTable table, const std::vector<int64_t>& after, int limit);
+  Result<MessageSearchPage> SearchMessages(const MessageSearchQuery& q);
   Result<std::vector<PresenceRecord>> Presence(UserId viewer, const std::vector<UserId>& ids);
   // Push reads (issue 11) query through it directly.
   PgConn& db() { return *db_; }
@@ -1743,6 +1866,51 @@ Result<std::vector<MessageRecord>> PostgresStore::Reader::History(ConversationId
     stay.insert(stay.end(), seqs.begin(), seqs.end());
   }
   for (MessageRecord& m : page) m.stays_sent = std::find(stay.begin(), stay.end(), m.seq) != stay.end();
+  return page;
+}
+
+Result<MessageSearchPage> PostgresStore::Reader::SearchMessages(const MessageSearchQuery& q) {
+  if (q.conversation_id != 0) {
+    if (db_->Query("SELECT 1 FROM conversations WHERE id = $1", PgParams().Int(q.conversation_id)).empty())
+      return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+    if (db_->Query("SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2",
+                   PgParams().Int(q.conversation_id).Int(q.searcher))
+            .empty())
+      return Status(ErrorCode::kNotMember, "not a member of this conversation");
+  }
+  MessageSearchPage page;
+  if (q.words.empty() || q.limit <= 0) return page;
+  // Checked against the store as it is (see "Message search"): a member,
+  // not withheld from or hidden by the searcher, not deleted, and still the
+  // indexed version.
+  PgRows r = db_->Query(
+      "SELECT s.doc_id, " PARLEY_MESSAGE_COLUMNS " FROM message_search s "
+      "JOIN members mb ON mb.conversation_id = s.conversation_id AND mb.user_id = $1 "
+      "JOIN messages m ON m.conversation_id = s.conversation_id AND m.seq = s.seq "
+      "WHERE s.words @@ $2::tsquery AND s.doc_id < $3 AND ($4::bigint = 0 OR s.conversation_id = $4::bigint) "
+      "AND m.deleted_at = 0 AND m.version = s.version "
+      "AND NOT EXISTS (SELECT 1 FROM withheld w WHERE w.conversation_id = s.conversation_id AND w.user_id = $1 "
+      "AND w.seq = s.seq) "
+      "ORDER BY s.doc_id DESC LIMIT $5",
+      PgParams()
+          .Int(q.searcher)
+          .Text(TsQuery(q.words))
+          .Int(q.before > 0 ? q.before : std::numeric_limits<int64_t>::max())
+          .Int(q.conversation_id)
+          .Int(q.limit + 1));
+  for (int i = 0; i < r.size() && i < q.limit; ++i) page.messages.push_back(MessageAt(r, i, 1));
+  if (r.size() > q.limit) page.next = r.Int(q.limit - 1, 0);
+  // As History shows them: "stays sent" when withheld from another member
+  // whose delivered watermark passed it.
+  for (MessageRecord& m : page.messages) {
+    m.stays_sent = !db_->Query(
+                           "SELECT 1 FROM members mb JOIN withheld w ON w.conversation_id = mb.conversation_id "
+                           "AND w.user_id = mb.user_id AND w.seq = $2 AND w.hidden_at = 0 "
+                           "JOIN user_receipts r ON r.conversation_id = mb.conversation_id AND r.user_id = mb.user_id "
+                           "WHERE mb.conversation_id = $1 AND mb.user_id <> $3 AND r.delivered >= $2",
+                           PgParams().Int(m.conversation_id).Int(m.seq).Int(q.searcher))
+                           .empty();
+  }
   return page;
 }
 
@@ -2137,9 +2305,10 @@ PostgresStore::~PostgresStore() {
 }
 
 template <typename T>
-void PostgresStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, LockSet locks) {
+void PostgresStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, LockSet locks, bool solo) {
   auto op = std::make_unique<TypedWriteOp<T>>(std::move(body), std::move(done));
   op->locks = std::move(locks);
+  op->solo = solo;
   bool wake = false;
   {
     std::lock_guard lock(write_mu_);
@@ -2195,13 +2364,19 @@ void PostgresStore::RunWriter() {
                            [&] { return write_queue_.size() >= wait.until_queued || write_stopping_; });
         notify_at_ = 1;
       }
+      // A solo op (background work) runs alone: it ends the batch before it
+      // and makes a batch of its own.
       size_t n = std::min(write_queue_.size(), max_batch);
-      for (size_t i = 0; i < n; ++i) {
+      size_t taken = 0;
+      while (taken < n) {
+        if (write_queue_.front()->solo && taken > 0) break;
         batch.push_back(std::move(write_queue_.front()));
         write_queue_.pop_front();
+        ++taken;
+        if (batch.back()->solo) break;
       }
-      queue_depth_.Add(-static_cast<int64_t>(n));
-      pacer.Taken(n, CommitPacer::Clock::now());
+      queue_depth_.Add(-static_cast<int64_t>(taken));
+      pacer.Taken(taken, CommitPacer::Clock::now());
     }
     auto start = std::chrono::steady_clock::now();
     Status status = writer_->CommitBatch(batch);
@@ -2318,6 +2493,16 @@ void PostgresStore::History(ConversationId id, UserId viewer, Seq before, int li
                             Callback<std::vector<MessageRecord>> done) {
   SubmitRead<std::vector<MessageRecord>>(
       [id, viewer, before, limit](Reader& r) { return r.History(id, viewer, before, limit); }, std::move(done));
+}
+
+void PostgresStore::SearchMessages(MessageSearchQuery query, Callback<MessageSearchPage> done) {
+  SubmitRead<MessageSearchPage>([query = std::move(query)](Reader& r) { return r.SearchMessages(query); },
+                                std::move(done));
+}
+
+void PostgresStore::IndexSearch(int max_entries, Callback<SearchIndexProgress> done) {
+  SubmitWrite<SearchIndexProgress>([max_entries](Writer& w) { return w.IndexSearch(max_entries); }, std::move(done),
+                                   {}, /*solo=*/true);
 }
 
 void PostgresStore::ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) {

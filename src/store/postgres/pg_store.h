@@ -60,7 +60,7 @@ namespace parley::store {
 class PostgresStore final : public Store {
  public:
   // The schema version a fully migrated database records in schema_version.
-  static constexpr int kSchemaVersion = 7;
+  static constexpr int kSchemaVersion = 8;
   // Hash partitions of messages and withheld (by conversation id) and of
   // user_events (by user id). Fixed by the schema: changing it is a
   // migration that re-partitions.
@@ -98,6 +98,8 @@ class PostgresStore final : public Store {
   void History(ConversationId id, UserId viewer, Seq before, int limit,
                Callback<std::vector<MessageRecord>> done) override;
   void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;
+  void SearchMessages(MessageSearchQuery query, Callback<MessageSearchPage> done) override;
+  void IndexSearch(int max_entries, Callback<SearchIndexProgress> done) override;
   void GetHead(UserId user_id, Callback<UserSeq> done) override;
   void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;
   void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) override;
@@ -169,7 +171,8 @@ class PostgresStore final : public Store {
                 std::vector<std::unique_ptr<Reader>> readers);
 
   template <typename T>
-  void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, LockSet locks = {});
+  // `solo`: in a transaction of its own (background work, IndexSearch).
+  void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, LockSet locks = {}, bool solo = false);
   template <typename T>
   void SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done);
 

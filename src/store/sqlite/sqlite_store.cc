@@ -99,6 +99,13 @@
 //   step 9 (issue 12): drafts(user_id, conversation_id, text, updated_at)
 //           PK(user_id, conversation_id), WITHOUT ROWID: a user's current
 //           draft per conversation, no history; kDraft events read it.
+//   step 10 (issue 12, message search; see "Message search" below):
+//   search_queue(id INTEGER PRIMARY KEY AUTOINCREMENT, conversation_id, seq,
+//           queued_at): messages whose text the search index must (re)read;
+//   message_search: FTS5 table (words, conversation_id UNINDEXED, seq
+//           UNINDEXED, version UNINDEXED; tokenize 'ascii'), rowid = doc id;
+//   message_search_docs(conversation_id, seq, doc_id) PK(conversation_id,
+//           seq), WITHOUT ROWID: the doc id of each indexed message.
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -122,6 +129,24 @@
 // withheld messages while they are the newest: the "withheld" lists that
 // reach B (events, and summaries/history for a later device) only ever name
 // seqs that A's watermark passed after the unblock.
+//
+// Message search (store.h "Message search"). Sending pays one row: the
+// writer appends (conversation id, seq) to search_queue in the message's
+// transaction (an append at the end of a rowid B-tree) and nothing else; an
+// edit or a delete for everyone queues the key again. IndexSearch is a
+// write operation the writer always runs in a transaction of its own (a
+// "solo" op: never batched with sends, so no send waits for its fsync or
+// fails with it); it takes the oldest queued entries, reads each message's
+// current text, and replaces its FTS5 row: the words of MessageWords
+// (folded with ICU, split on ASCII punctuation; non-ASCII characters are
+// word characters, hence the FTS5 'ascii' tokenizer over the already
+// folded words), with the message's version. A message's doc id is the
+// queue id of the first entry that indexed it (AUTOINCREMENT: never
+// reused), so doc ids follow the order messages were stored and a search
+// pages newest first on the FTS5 rowid. A search steps the FTS5 matches
+// backwards from the cursor and checks each candidate against the store as
+// it is (membership, withheld, deleted_at = 0, version = the indexed one);
+// it visits at most kMaxSearchCandidates candidates per page.
 //
 // Search merges two lazily stepped scans in username order (the username
 // index from the query, and name_prefixes at prefix = query), skipping the
@@ -174,6 +199,34 @@ namespace {
 // memory stays bounded however many conversations and users there are.
 constexpr size_t kMaxCachedConversations = 65536;
 constexpr size_t kMaxCachedHeads = 262144;
+// FTS5 matches a message search visits per page at most (the candidates it
+// checks against membership and visibility); past it the page ends early
+// with a cursor, so one page's work is bounded however common the words are
+// in conversations the searcher is not in.
+constexpr int kMaxSearchCandidates = 2000;
+
+// The FTS5 query of a message search: every word as a prefix, all required.
+// Words hold only [0-9a-z] and non-ASCII bytes (MessageWords), so quoting
+// needs no escapes.
+std::string FtsQuery(const std::vector<std::string>& words) {
+  std::string q;
+  for (const std::string& w : words) {
+    if (!q.empty()) q += " AND ";
+    q += '"';
+    q += w;
+    q += "\"*";
+  }
+  return q;
+}
+
+std::string JoinWords(const std::vector<std::string>& words) {
+  std::string out;
+  for (const std::string& w : words) {
+    if (!out.empty()) out += ' ';
+    out += w;
+  }
+  return out;
+}
 
 // Re-indexes the display-name words of every user whose name is not pure
 // ASCII with today's folding (step 8); the step's SQL has deleted their rows.
@@ -387,6 +440,25 @@ CREATE TABLE drafts(
   updated_at INTEGER NOT NULL,
   PRIMARY KEY(user_id, conversation_id)) WITHOUT ROWID;
 )sql"},
+    // Issue 12: full-text search of messages, indexed off the send path.
+    // Messages stored before this step are queued, so the indexer indexes
+    // the existing history in the background.
+    {10, R"sql(
+CREATE TABLE search_queue(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  conversation_id INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  queued_at INTEGER NOT NULL);
+CREATE VIRTUAL TABLE message_search USING fts5(
+  words, conversation_id UNINDEXED, seq UNINDEXED, version UNINDEXED, tokenize = 'ascii');
+CREATE TABLE message_search_docs(
+  conversation_id INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  doc_id INTEGER NOT NULL,
+  PRIMARY KEY(conversation_id, seq)) WITHOUT ROWID;
+INSERT INTO search_queue(conversation_id, seq, queued_at)
+  SELECT conversation_id, seq, stored_at FROM messages WHERE deleted_at = 0 ORDER BY stored_at, conversation_id, seq;
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -599,6 +671,8 @@ class SqliteStore::WriteOp {
   virtual void Apply(Writer& writer) = 0;
   // After COMMIT (batch ok) or ROLLBACK (batch = the transaction's error).
   virtual void Finish(const Status& batch) = 0;
+  // Runs in a transaction of its own (background work: IndexSearch).
+  bool solo = false;
 };
 
 template <typename T>
@@ -662,6 +736,10 @@ class SqliteStore::Writer {
   Result<int> EnqueuePush(const PushRequest& req);
   Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
   Result<Empty> CompletePush(const PushCompletion& c);
+  // Message search (see "Message search"): queues a message for indexing;
+  // indexes up to `max` queued entries.
+  void QueueSearch(ConversationId conversation, Seq seq, int64_t now);
+  Result<SearchIndexProgress> IndexSearch(int max);
 
  private:
   // Deletes the device's push endpoint and pending job; true if it had an endpoint.
@@ -1089,6 +1167,7 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
         .BindInt(9, std::max(batch_now_, msg.now));
     s.Run();
   }
+  QueueSearch(m.conversation_id, m.seq, std::max(batch_now_, msg.now));
   c->last_seq = m.seq;
   c->last_activity_at = msg.now;
   for (size_t i = 0; i < c->members.size(); ++i) {
@@ -1287,6 +1366,7 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
     edits.BindInt(1, change.conversation_id).BindInt(2, change.seq);
     edits.Run();
   }
+  QueueSearch(change.conversation_id, change.seq, change.now);
   ApplyStoredChange(change, version, &m);
   // Every member the message is visible to: not withheld from them by a
   // block, not deleted by them for themselves.
@@ -1299,6 +1379,84 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
                                            Watermarks{version, 0}, change.now));
   }
   return result;
+}
+
+void SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
+  Stmt s(*db_, "INSERT INTO search_queue(conversation_id, seq, queued_at) VALUES(?1, ?2, ?3)");
+  s.BindInt(1, conversation).BindInt(2, seq).BindInt(3, now);
+  s.Run();
+}
+
+Result<SearchIndexProgress> SqliteStore::Writer::IndexSearch(int max) {
+  struct Entry {
+    int64_t id;
+    ConversationId conversation;
+    Seq seq;
+  };
+  std::vector<Entry> entries;
+  {
+    Stmt s(*db_, "SELECT id, conversation_id, seq FROM search_queue ORDER BY id LIMIT ?1");
+    s.BindInt(1, std::max(1, max));
+    while (s.Step()) entries.push_back(Entry{s.Int(0), s.Int(1), s.Int(2)});
+  }
+  std::unordered_set<std::string> done;  // "conversation:seq" indexed by this step
+  for (const Entry& e : entries) {
+    // A message queued twice in one step is indexed once, as it is now.
+    if (!done.insert(fmt::format("{}:{}", e.conversation, e.seq)).second) continue;
+    int64_t doc_id = 0;
+    {
+      Stmt s(*db_, "SELECT doc_id FROM message_search_docs WHERE conversation_id = ?1 AND seq = ?2");
+      s.BindInt(1, e.conversation).BindInt(2, e.seq);
+      if (s.Step()) doc_id = s.Int(0);
+    }
+    if (doc_id != 0) {
+      Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1");
+      s.BindInt(1, doc_id);
+      s.Run();
+    }
+    std::vector<std::string> words;
+    int64_t version = 0;
+    {
+      Stmt s(*db_, "SELECT body, version FROM messages WHERE conversation_id = ?1 AND seq = ?2 AND deleted_at = 0");
+      s.BindInt(1, e.conversation).BindInt(2, e.seq);
+      if (s.Step()) {
+        words = MessageWords(s.Text(0));
+        version = s.Int(1);
+      }
+    }
+    if (words.empty()) {  // deleted, gone, or no words: not in the index
+      if (doc_id != 0) {
+        Stmt s(*db_, "DELETE FROM message_search_docs WHERE conversation_id = ?1 AND seq = ?2");
+        s.BindInt(1, e.conversation).BindInt(2, e.seq);
+        s.Run();
+      }
+      continue;
+    }
+    if (doc_id == 0) {
+      doc_id = e.id;
+      Stmt s(*db_, "INSERT INTO message_search_docs(conversation_id, seq, doc_id) VALUES(?1, ?2, ?3)");
+      s.BindInt(1, e.conversation).BindInt(2, e.seq).BindInt(3, doc_id);
+      s.Run();
+    }
+    Stmt s(*db_, "INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(?1, ?2, ?3, ?4, ?5)");
+    s.BindInt(1, doc_id).BindText(2, JoinWords(words)).BindInt(3, e.conversation).BindInt(4, e.seq).BindInt(5, version);
+    s.Run();
+  }
+  SearchIndexProgress progress;
+  progress.indexed = static_cast<int>(entries.size());
+  if (!entries.empty()) {
+    Stmt s(*db_, "DELETE FROM search_queue WHERE id <= ?1");
+    s.BindInt(1, entries.back().id);
+    s.Run();
+  }
+  {
+    Stmt s(*db_, "SELECT count(*), (SELECT queued_at FROM search_queue ORDER BY id LIMIT 1) FROM search_queue");
+    if (s.Step()) {
+      progress.backlog = s.Int(0);
+      progress.oldest_queued_at = s.Int(1);
+    }
+  }
+  return progress;
 }
 
 Result<SocialResult> SqliteStore::Writer::SetProfile(UserId user_id, const std::optional<std::string>& display_name,
@@ -1616,6 +1774,7 @@ class SqliteStore::Reader {
   Result<std::vector<PushHealth>> PushHealthOf(UserId user_id);
   Result<std::pair<bool, std::vector<ConversationId>>> PushSettings(UserId user_id);
   Result<PushQueueStats> PushStats(int64_t now);
+  Result<MessageSearchPage> SearchMessages(const MessageSearchQuery& q);
 
  private:
   // The newest `limit` messages visible to `viewer` with seq < before,
@@ -1827,6 +1986,62 @@ Result<std::vector<MessageRecord>> SqliteStore::Reader::History(ConversationId i
     }
   }
   for (MessageRecord& m : page) m.stays_sent = std::find(stay.begin(), stay.end(), m.seq) != stay.end();
+  return page;
+}
+
+Result<MessageSearchPage> SqliteStore::Reader::SearchMessages(const MessageSearchQuery& q) {
+  if (q.conversation_id != 0) {
+    {
+      Stmt s(*db_, "SELECT 1 FROM conversations WHERE id = ?1");
+      s.BindInt(1, q.conversation_id);
+      if (!s.Step()) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
+    }
+    Stmt s(*db_, "SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2");
+    s.BindInt(1, q.conversation_id).BindInt(2, q.searcher);
+    if (!s.Step()) return Status(ErrorCode::kNotMember, "not a member of this conversation");
+  }
+  MessageSearchPage page;
+  if (q.words.empty() || q.limit <= 0) return page;
+  // Backwards on the FTS5 rowid (the doc id) from the cursor; every
+  // candidate is checked against the store as it is now (see "Message
+  // search"): a member, not withheld from or hidden by the searcher, not
+  // deleted, and still the indexed version (an edit not yet re-indexed
+  // matches nothing).
+  Stmt s(*db_,
+         "SELECT rowid, conversation_id, seq, version FROM message_search "
+         "WHERE message_search MATCH ?1 AND rowid < ?2 ORDER BY rowid DESC");
+  s.BindText(1, FtsQuery(q.words)).BindInt(2, q.before > 0 ? q.before : std::numeric_limits<int64_t>::max());
+  int candidates = 0;
+  int64_t last_doc = 0;
+  while (s.Step()) {
+    if (static_cast<int>(page.messages.size()) == q.limit || candidates == kMaxSearchCandidates) {
+      page.next = last_doc;  // further candidates exist
+      break;
+    }
+    ++candidates;
+    last_doc = s.Int(0);
+    const ConversationId conversation = s.Int(1);
+    if (q.conversation_id != 0 && conversation != q.conversation_id) continue;
+    Stmt m(*db_,
+           "SELECT " PARLEY_MESSAGE_COLUMNS " FROM messages m "
+           "JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = ?3 "
+           "WHERE m.conversation_id = ?1 AND m.seq = ?2 AND m.deleted_at = 0 AND m.version = ?4 "
+           "AND NOT EXISTS (SELECT 1 FROM withheld w WHERE w.conversation_id = ?1 AND w.user_id = ?3 "
+           "AND w.seq = ?2)");
+    m.BindInt(1, conversation).BindInt(2, s.Int(2)).BindInt(3, q.searcher).BindInt(4, s.Int(3));
+    if (m.Step()) page.messages.push_back(MessageAt(m, 0));
+  }
+  // As History shows them: "stays sent" when withheld from another member
+  // whose delivered watermark passed it.
+  for (MessageRecord& m : page.messages) {
+    Stmt w(*db_,
+           "SELECT 1 FROM members mb JOIN withheld w ON w.conversation_id = mb.conversation_id "
+           "AND w.user_id = mb.user_id AND w.seq = ?2 AND w.hidden_at = 0 "
+           "JOIN user_receipts r ON r.conversation_id = mb.conversation_id AND r.user_id = mb.user_id "
+           "WHERE mb.conversation_id = ?1 AND mb.user_id <> ?3 AND r.delivered >= ?2");
+    w.BindInt(1, m.conversation_id).BindInt(2, m.seq).BindInt(3, q.searcher);
+    m.stays_sent = w.Step();
+  }
   return page;
 }
 
@@ -2229,8 +2444,9 @@ SqliteStore::~SqliteStore() {
 }
 
 template <typename T>
-void SqliteStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done) {
+void SqliteStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, bool solo) {
   auto op = std::make_unique<TypedWriteOp<T>>(std::move(body), std::move(done));
+  op->solo = solo;
   bool wake = false;
   {
     std::lock_guard lock(write_mu_);
@@ -2286,13 +2502,19 @@ void SqliteStore::RunWriter() {
                            [&] { return write_queue_.size() >= wait.until_queued || write_stopping_; });
         notify_at_ = 1;
       }
+      // A solo op (background work) runs alone: it ends the batch before it
+      // and makes a batch of its own.
       size_t n = std::min(write_queue_.size(), max_batch);
-      for (size_t i = 0; i < n; ++i) {
+      size_t taken = 0;
+      while (taken < n) {
+        if (write_queue_.front()->solo && taken > 0) break;
         batch.push_back(std::move(write_queue_.front()));
         write_queue_.pop_front();
+        ++taken;
+        if (batch.back()->solo) break;
       }
-      queue_depth_.Add(-static_cast<int64_t>(n));
-      pacer.Taken(n, CommitPacer::Clock::now());
+      queue_depth_.Add(-static_cast<int64_t>(taken));
+      pacer.Taken(taken, CommitPacer::Clock::now());
     }
     auto start = std::chrono::steady_clock::now();
     Status status = writer_->CommitBatch(batch);
@@ -2402,6 +2624,16 @@ void SqliteStore::History(ConversationId id, UserId viewer, Seq before, int limi
                           Callback<std::vector<MessageRecord>> done) {
   SubmitRead<std::vector<MessageRecord>>(
       [id, viewer, before, limit](Reader& r) { return r.History(id, viewer, before, limit); }, std::move(done));
+}
+
+void SqliteStore::SearchMessages(MessageSearchQuery query, Callback<MessageSearchPage> done) {
+  SubmitRead<MessageSearchPage>([query = std::move(query)](Reader& r) { return r.SearchMessages(query); },
+                                std::move(done));
+}
+
+void SqliteStore::IndexSearch(int max_entries, Callback<SearchIndexProgress> done) {
+  SubmitWrite<SearchIndexProgress>([max_entries](Writer& w) { return w.IndexSearch(max_entries); }, std::move(done),
+                                   /*solo=*/true);
 }
 
 void SqliteStore::ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) {

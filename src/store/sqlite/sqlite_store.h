@@ -49,7 +49,7 @@ namespace parley::store {
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 9;
+  static constexpr int kSchemaVersion = 10;
 
   // Opens (creating and migrating) the file at config.sqlite_path; the parent
   // directory must exist. Fails kUnavailable if the file cannot be opened,
@@ -79,6 +79,8 @@ class SqliteStore final : public Store {
   void History(ConversationId id, UserId viewer, Seq before, int limit,
                Callback<std::vector<MessageRecord>> done) override;
   void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;
+  void SearchMessages(MessageSearchQuery query, Callback<MessageSearchPage> done) override;
+  void IndexSearch(int max_entries, Callback<SearchIndexProgress> done) override;
   void GetHead(UserId user_id, Callback<UserSeq> done) override;
   void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;
   void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) override;
@@ -148,8 +150,9 @@ class SqliteStore final : public Store {
   SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer, std::unique_ptr<Reader> reader);
 
   // Queue a write whose body runs on the writer thread inside a transaction.
+  // `solo`: in a transaction of its own (background work, IndexSearch).
   template <typename T>
-  void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done);
+  void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, bool solo = false);
   // Queue a read whose body runs on the reader thread inside a read transaction.
   template <typename T>
   void SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done);
