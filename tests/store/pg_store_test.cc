@@ -149,6 +149,34 @@ TEST(PgStoreTest, MigratesVersion5NameIndexToUnicodeFolding) {
             std::vector<std::string>{"z,zo,zoé"});
 }
 
+// Step 8 (message search): the history a version-7 server stored is
+// queued at migration and found once the indexer has run; deleted messages
+// are not queued.
+TEST(PgStoreTest, MigratesVersion7HistoryIntoTheSearchQueue) {
+  std::string url = FreshDatabase();
+  ASSERT_TRUE(PostgresStore::MigrateToVersionForTest(url, 7).ok());
+  Sql(url, "INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10)");
+  Sql(url, "INSERT INTO conversations(id, last_seq, created_at, last_activity_at) VALUES(1, 3, 10, 30)");
+  Sql(url, "INSERT INTO members(conversation_id, user_id, last_activity_at) VALUES(1, 1, 30), (1, 2, 30)");
+  Sql(url,
+      "INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, "
+      "stored_at, deleted_at) VALUES(1, 1, 1, 1, 'a', 'old news', 10, 10, 0), (1, 2, 2, 2, 'b', 'newer news', 20, "
+      "20, 0), (1, 3, 1, 1, 'c', '', 30, 30, 40)");
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  SearchIndexProgress p = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(10, cb); }));
+  EXPECT_EQ(p.indexed, 2);
+  EXPECT_EQ(p.backlog, 0);
+  MessageSearchQuery q;
+  q.searcher = 2;
+  q.words = {"news"};
+  q.limit = 10;
+  MessageSearchPage page = Must(Await<MessageSearchPage>([&](auto cb) { store->SearchMessages(q, cb); }));
+  ASSERT_EQ(page.messages.size(), 2u);
+  EXPECT_EQ(page.messages[0].seq, 2) << "newest stored first";
+  EXPECT_EQ(page.messages[1].body, "old news");
+}
+
 TEST(PgStoreTest, NodesStartingTogetherMigrateOnce) {
   std::string url = FreshDatabase();
   constexpr int kNodes = 4;

@@ -347,6 +347,43 @@ INSERT INTO name_prefixes(prefix, username, user_id) VALUES
   sqlite3_close(db);
 }
 
+// Step 10 (message search): the history a version-9 server stored is
+// queued at migration and found once the indexer has run; deleted messages
+// are not queued.
+TEST(SqliteStoreTest, MigratesVersion9HistoryIntoTheSearchQueue) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 9).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const char* v9 = R"sql(
+INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10);
+INSERT INTO conversations(id, direct_key, last_seq, created_at, last_activity_at) VALUES(1, '1:2', 3, 10, 30);
+INSERT INTO members(conversation_id, user_id) VALUES(1, 1), (1, 2);
+INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, stored_at, deleted_at)
+  VALUES(1, 1, 1, 1, 'a', 'old news', 10, 10, 0), (1, 2, 2, 2, 'b', 'newer news', 20, 20, 0),
+        (1, 3, 1, 1, 'c', '', 30, 30, 40);
+)sql";
+  ASSERT_EQ(sqlite3_exec(db, v9, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  SearchIndexProgress p = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(10, cb); }));
+  EXPECT_EQ(p.indexed, 2);
+  EXPECT_EQ(p.backlog, 0);
+  MessageSearchQuery q;
+  q.searcher = 2;
+  q.words = {"news"};
+  q.limit = 10;
+  MessageSearchPage page = Must(Await<MessageSearchPage>([&](auto cb) { store->SearchMessages(q, cb); }));
+  ASSERT_EQ(page.messages.size(), 2u);
+  EXPECT_EQ(page.messages[0].seq, 2) << "newest stored first";
+  EXPECT_EQ(page.messages[1].body, "old news");
+  store.reset();
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+}
+
 TEST(SqliteStoreTest, RecordsSchemaVersionAndRefusesNewerFiles) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";

@@ -2194,7 +2194,9 @@ TEST_P(StoreConformance, MessageSearchFindsOnlyOwnConversationsAfterIndexingNewe
   ASSERT_NE(first.next, 0);
   MessageSearchPage second = Must(SearchMsgs(store(), bob_.id, "meeting", 0, first.next, 1));
   EXPECT_EQ(Seqs(second), (std::vector<Seq>{2}));
-  if (second.next != 0) EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "meeting", 0, second.next, 1)).messages.empty());
+  if (second.next != 0) {
+    EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "meeting", 0, second.next, 1)).messages.empty());
+  }
   // Alice sees both of her conversations; restricted to one, only it.
   page = Must(SearchMsgs(store(), alice_.id, "meeting"));
   ASSERT_EQ(page.messages.size(), 3u);
