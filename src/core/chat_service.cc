@@ -1152,7 +1152,7 @@ void ChatService::DoSearchUsers(const ClientPtr& c, Req req) {
                      }));
 }
 
-// Message search (issue 12; docs/protocol.md "Message search"). The query's
+// Message search (issue 12; docs/protocol.md "search_messages"). The query's
 // words are split as the store indexes them (store/name_words.h).
 void ChatService::DoSearchMessages(const ClientPtr& c, Req req) {
   auto& s = std::get<protocol::SearchMessagesRequest>(req.body);

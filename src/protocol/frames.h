@@ -189,7 +189,7 @@ struct DeleteMessageRequest {
   int64_t seq = 0;
   bool for_everyone = true;  // "for": "everyone" (the sender only) or "me"
 };
-// Message search (issue 12; docs/protocol.md "Message search").
+// Message search (issue 12; docs/protocol.md "search_messages").
 struct SearchMessagesRequest {
   std::string query;             // non-empty after trimming; split into words by core
   int64_t conversation_id = 0;   // 0: every conversation of the user

@@ -131,6 +131,8 @@ std::map<RequestType, Row> Matrix(const Victims& v) {
       {RequestType::kDeleteMessage, {{{"conversation_id", v.conv}, {"seq", 1}, {"for", "everyone"}}, "not_member", {}}},
       // Drafts (issue 12): only in the caller's own conversations.
       {RequestType::kSetDraft, {{{"conversation_id", v.conv}, {"text", "mallory's draft"}}, "not_member", {}}},
+      // Message search (issue 12): never in someone else's conversation.
+      {RequestType::kSearchMessages, {{{"query", "bob"}, {"conversation_id", v.conv}}, "not_member", {}}},
   };
 }
 

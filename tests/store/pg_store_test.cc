@@ -97,7 +97,7 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4,5,6,7"});
+            std::vector<std::string>{"1,2,3,4,5,6,7,8"});
   // Step 4 (push): an existing user has previews on.
   EXPECT_EQ(Sql(url, "SELECT push_previews::text FROM users WHERE username = 'old'"), std::vector<std::string>{"true"});
   // Step 5 (edits and deletes): the edits table, empty.
