@@ -473,6 +473,25 @@ TEST(SqliteStoreTest, DeadlineGathersWritesIntoOneCommit) {
   EXPECT_EQ(store->Stats().commits - before, 1u);
 }
 
+// Message search's index step is background work: it never shares a
+// transaction with other writes (store.h IndexSearch), so the writes queued
+// around it commit before it and after it, in two batches of their own.
+TEST(SqliteStoreTest, TheSearchIndexStepCommitsAloneBetweenTheWritesAroundIt) {
+  TempDir dir;
+  // A 200 ms deadline gathers everything queued at once into one transaction.
+  std::unique_ptr<SqliteStore> store = OpenSqlite(dir.path() + "/parley.db", 1000, 200'000);
+  ASSERT_NE(store, nullptr);
+  uint64_t before = store->Stats().commits;
+  Collector<UserRecord> users(20);
+  Collector<SearchIndexProgress> step(1);
+  for (size_t i = 0; i < 10; ++i) store->CreateUser("u" + std::to_string(i), "h", 1, users.Slot(i));
+  store->IndexSearch(100, step.Slot(0));
+  for (size_t i = 10; i < 20; ++i) store->CreateUser("u" + std::to_string(i), "h", 1, users.Slot(i));
+  for (auto& r : users.Wait()) EXPECT_TRUE(r->has_value());
+  for (auto& r : step.Wait()) EXPECT_TRUE(r->has_value());
+  EXPECT_EQ(store->Stats().commits - before, 3u);
+}
+
 TEST(SqliteStoreTest, FailedTransactionFailsItsWholeBatchAndLaterWritesWork) {
   TempDir dir;
   // A 200 ms deadline gathers everything queued at once into one transaction.
