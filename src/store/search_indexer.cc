@@ -64,7 +64,8 @@ void SearchIndexer::Run() {
         full = p.indexed >= batch;
       } else {
         failures_.Inc();
-        if (!stopping_) spdlog::warn("event=search_index_failed error=\"{}\"", result->error().ToString());
+        if (!stopping_ && result->error().code() != ErrorCode::kShuttingDown)
+          spdlog::warn("event=search_index_failed error=\"{}\"", result->error().ToString());
       }
       if (!full) cv_.wait_for(lock, std::chrono::milliseconds(config_.interval_ms), [this] { return stopping_; });
     }

@@ -2367,6 +2367,7 @@ void PostgresStore::RunWriter() {
       // A solo op (background work) runs alone: it ends the batch before it
       // and makes a batch of its own.
       size_t n = std::min(write_queue_.size(), max_batch);
+      if (n == 0) continue;  // AbandonQueuedWrites emptied the queue during the wait
       size_t taken = 0;
       while (taken < n) {
         if (write_queue_.front()->solo && taken > 0) break;
@@ -2649,6 +2650,17 @@ void PostgresStore::Backup(std::string /*path*/, Callback<BackupResult> done) {
   done(Status(ErrorCode::kBadRequest,
               "the PostgreSQL store is backed up with PostgreSQL's own tools (pg_dump, pg_basebackup); see "
               "docs/operations.md"));
+}
+
+size_t PostgresStore::AbandonQueuedWrites(const Status& why) {
+  std::deque<std::unique_ptr<WriteOp>> abandoned;
+  {
+    std::lock_guard lock(write_mu_);
+    abandoned.swap(write_queue_);
+    queue_depth_.Add(-static_cast<int64_t>(abandoned.size()));
+  }
+  for (auto& op : abandoned) op->Finish(why);
+  return abandoned.size();
 }
 
 void PostgresStore::Flush(StatusCallback done) {
