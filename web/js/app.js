@@ -484,6 +484,7 @@ async function saveDraft(convId) {
   let again = false;
   try {
     await app.conn.request('set_draft', { conversation_id: Number(convId), text: p.text });
+    if (!app.state) return; // signed out meanwhile
     if (app.state.pendingDrafts[convId]?.text === p.text) {
       delete app.state.pendingDrafts[convId];
       // The server holds it now; `draft` events of later writes replace it.
@@ -496,6 +497,7 @@ async function saveDraft(convId) {
     scheduleSave();
     again = !!app.state.pendingDrafts[convId];
   } catch (e) {
+    if (!app.state) return;
     if (!e.retryable) {
       // Refused for good (not_member, body_too_large): keep the text in the
       // composer, stop saving it.
@@ -920,7 +922,7 @@ function chatScreen(main, r) {
       older.hidden = c.historyDone;
       if (!app.state.pendingDrafts[c.id] && (c.draft || '') !== shownDraft) {
         shownDraft = c.draft || '';
-        input.value = shownDraft;
+        if (input.value !== shownDraft) input.value = shownDraft;
       }
       const pending = app.outbox.filter((o) => o.conversation_id === c.id && !c.messages.some((m) => m.client_id === o.client_id && m.sender_id === app.state.me.user_id));
       const items = [...c.messages, ...pending];

@@ -404,8 +404,13 @@ struct Client::Impl {
 
   enum class Kind { kSend, kReceipt, kAck, kPing, kDraft, kOpen };
   struct InFlight {
-    Kind kind;
-    int64_t started_ms;
+    InFlight() = default;
+    InFlight(Kind k, int64_t started, std::string cid, std::string p, int64_t g = 0, int64_t conv = 0,
+             std::string t = {})
+        : kind(k), started_ms(started), client_id(std::move(cid)), peer(std::move(p)), gen(g), conversation_id(conv),
+          text(std::move(t)) {}
+    Kind kind = Kind::kPing;
+    int64_t started_ms = 0;
     std::string client_id, peer;
     // kDraft: the draft's generation, conversation and text
     int64_t gen = 0, conversation_id = 0;
