@@ -356,25 +356,13 @@ bool LocalCache::FailOutbox(const std::string& client_id, const std::string& cod
 bool LocalCache::SetPendingDraft(const std::string& peer, const std::string& text, int64_t now, LocalError* error) {
   std::lock_guard lock(mu_);
   try {
-    Tx tx(db_);
-    bool pending = false;
-    {
-      Stmt p(db_, stmts_, "SELECT 1 FROM draft_outbox WHERE peer=?");
-      p.Bind(1, peer);
-      pending = p.Step();
-    }
-    if (!pending) {
-      // Nothing to save when the server has this text already.
-      Stmt c(db_, stmts_, "SELECT draft FROM conversations WHERE peer=? ORDER BY id LIMIT 1");
-      c.Bind(1, peer);
-      std::string server = c.Step() ? c.Text(0) : std::string();
-      if (server == text) return true;
-    }
+    // Always queued, also when the cached server draft has this text: the
+    // cache may be behind (set offline, before a sync), and the server
+    // answers `changed: false` without an event when it already has it.
     Stmt s(db_, stmts_,
            "INSERT INTO draft_outbox(peer, text, set_at, gen) VALUES(?,?,?,1) ON CONFLICT(peer) DO UPDATE SET "
            "text=excluded.text, set_at=excluded.set_at, gen=gen+1");
     s.Bind(1, peer).Bind(2, text).Bind(3, now).Run();
-    tx.Commit();
     return true;
   } catch (const SqlError& e) {
     if (error) *error = ToLocalError(e);

@@ -95,8 +95,7 @@ class LocalCache {
                   LocalError* error);
 
   // Drafts. SetPendingDraft records a local draft for `peer` (replacing an
-  // unsaved one; nothing is queued when the server already has that text
-  // and none is pending). DraftSaved: set_draft of generation `gen` was
+  // unsaved one). DraftSaved: set_draft of generation `gen` was
   // accepted: the server's draft is now `text`; the pending row goes if it
   // is still that generation. DropPendingDraft: the server refused it.
   bool SetPendingDraft(const std::string& peer, const std::string& text, int64_t now, LocalError* error);
