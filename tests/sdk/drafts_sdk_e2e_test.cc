@@ -2,6 +2,8 @@
 // real parleyd: two devices of one user, the draft set on one reaching the
 // other live, after an offline resync and through a fresh device's snapshot;
 // a send clearing it everywhere; drafts set offline saved once, coalesced.
+#include <sqlite3.h>
+
 #include "sdk/sdk_test_util.h"
 
 namespace parley::testing {
@@ -165,6 +167,68 @@ TEST(DraftsSdkE2E, DraftsSetOfflineAreSavedOnceWhenOnlineAndTheLastLocalWriteWin
   EXPECT_EQ(a1->SetDraft("bob", std::string("\xff")).code, "bad_request");
   EXPECT_EQ(a1->SetDraft(int64_t{999}, "x").code, "bad_request");
   EXPECT_EQ(a1->Draft("bob"), "what about noon");
+}
+
+// A cache written by the SDK before drafts (schema 3) is migrated in place:
+// its data stays, and drafts work.
+TEST(DraftsSdkE2E, ACacheOfSchemaThreeIsMigratedAndKeepsItsData) {
+  TempDir dir;
+  const std::string path = dir / "v3.db";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const char* v3 = R"sql(
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE conversations(
+  id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL DEFAULT 0, peer TEXT NOT NULL DEFAULT '',
+  created_at INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0,
+  hidden_unread INTEGER NOT NULL DEFAULT 0, hidden_below INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX conversations_by_peer ON conversations(peer);
+CREATE TABLE messages(
+  conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
+  client_id TEXT NOT NULL, body TEXT NOT NULL, ts INTEGER NOT NULL, status INTEGER NOT NULL,
+  version INTEGER NOT NULL DEFAULT 0, edited_at INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
+  hidden INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(conversation_id, seq)) WITHOUT ROWID;
+CREATE INDEX messages_by_client_id ON messages(client_id);
+CREATE TABLE receipts(conversation_id INTEGER NOT NULL, user_id INTEGER NOT NULL, delivered INTEGER NOT NULL,
+  read INTEGER NOT NULL, PRIMARY KEY(conversation_id, user_id)) WITHOUT ROWID;
+CREATE TABLE withheld(conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY(conversation_id, seq)) WITHOUT ROWID;
+CREATE TABLE outbox(local_id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL UNIQUE, peer TEXT NOT NULL,
+  body TEXT NOT NULL, created_at INTEGER NOT NULL, failed INTEGER NOT NULL DEFAULT 0,
+  error_code TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '');
+INSERT INTO meta VALUES('user_id','1'),('username','alice'),('device_id','1'),('applied','7');
+INSERT INTO conversations(id, peer_id, peer, last_seq) VALUES(3, 2, 'bob', 1);
+INSERT INTO messages(conversation_id, seq, sender_id, client_id, body, ts, status) VALUES(3, 1, 2, 'c1', 'hi', 5, 1);
+INSERT INTO outbox(client_id, peer, body, created_at) VALUES('c2', 'bob', 'queued', 6);
+PRAGMA user_version=3;
+)sql";
+  ASSERT_EQ(sqlite3_exec(db, v3, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  ClientOptions o;
+  o.db_path = path;
+  auto c = OpenClient(o);
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->applied(), 7);
+  ASSERT_EQ(c->Messages("bob", 0, 10).size(), 2u);  // the cached message and the queued one
+  auto conv = c->ConversationWith("bob");
+  ASSERT_TRUE(conv.has_value());
+  EXPECT_EQ(conv->draft, "");
+  ASSERT_TRUE(c->SetDraft("bob", "kept").ok);
+  EXPECT_EQ(c->ConversationWith("bob")->draft, "kept");
+  EXPECT_TRUE(c->ConversationWith("bob")->draft_pending);
+  EXPECT_EQ(c->PendingDraftCount(), 1u);
+  c.reset();
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 4);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  // Reopened: the unsaved draft is still there, to be sent when online.
+  auto again = OpenClient(o);
+  EXPECT_EQ(again->Draft("bob"), "kept");
+  EXPECT_EQ(again->PendingDraftCount(), 1u);
 }
 
 }  // namespace
