@@ -290,6 +290,11 @@ std::string EventLine(const json& e, int64_t me) {
                                e.value("body", "");
     return p + where + (kind == "delete" ? ": deleted for everyone" : ": deleted for me");
   }
+  if (kind == "draft") {
+    std::string text = e.value("text", "");
+    return p + " in conversation " + std::to_string(e.value("conversation_id", int64_t{0})) + ": " +
+           (text.empty() ? "(cleared)" : text);
+  }
   if (kind == "contact" || kind == "block" || kind == "profile") {
     json u = e.contains("user") ? e["user"] : e.value("profile", json::object());
     return p + ": " + u.value("username", "") + (kind == "contact" ? (e.value("added", false) ? " added" : " removed")
