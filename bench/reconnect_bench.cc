@@ -270,7 +270,7 @@ struct Server {
   }
 
   // SIGTERM; returns the exit status (-1: killed after the timeout).
-  int Terminate() { return parley::Terminate(&pid, kStopTimeoutMs); }
+  parley::ExitStatus Terminate() { return parley::Terminate(&pid, kStopTimeoutMs); }
 };
 
 struct Options {
@@ -384,8 +384,8 @@ int main(int argc, char** argv) {
 
   // The restart.
   int64_t t_term = SteadyMs();
-  int term_status = s.Terminate();
-  if (term_status != 0) SetupFailed("parleyd did not exit cleanly on SIGTERM (status " + std::to_string(term_status) + ")");
+  parley::ExitStatus term_status = s.Terminate();
+  if (!term_status.ok()) SetupFailed("parleyd did not exit cleanly on SIGTERM: " + term_status.Describe());
   int64_t t_stopped = SteadyMs();
   s.Start();
   int64_t t_restarted = SteadyMs();

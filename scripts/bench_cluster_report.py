@@ -10,8 +10,12 @@ latency per offered rate against the node count (and each node's share),
 and the idle memory per connection (user space summed over the nodes,
 kernel, Redis) with the extrapolation to 1,000,000 connections. --json
 writes the same figures as one JSON file. With --check: exits 1 unless
-every run reported ok and, at every rate, delivered == offered and nothing
-was left undelivered (the smoke run's assertion). Standard library only.
+every run reported ok (parley-bench's final check: every message arrived,
+live or through sync, no failed request, every node exited cleanly). With
+--check-kept-up as well: also at every rate delivered == offered within the
+phase's drain (the smoke run's low rate; a full-size run's rates beyond
+saturation fall behind by definition and only show it in the table).
+Standard library only.
 """
 import argparse
 import json
@@ -29,7 +33,7 @@ def fmt_bytes(v):
     return "n/a" if v is None else f"{v:,.0f} B"
 
 
-def throughput_rows(runs, failures):
+def throughput_rows(runs, failures, kept_up):
     rows = []
     for d in sorted(runs, key=lambda d: d["result"]["nodes"] if "nodes" in d["result"] else 1):
         r = d["result"]
@@ -38,9 +42,9 @@ def throughput_rows(runs, failures):
             failures.append(f"throughput, {n} node(s): " + "; ".join(d.get("failures", [])))
         for ph in r["rates"]:
             g = ph["groups"]["pairs"]
-            if g["delivered"] != g["offered"] or g["not_arrived_after_drain"] != 0:
+            if kept_up and (g["delivered"] != g["offered"] or g["not_arrived_after_drain"] != 0):
                 failures.append(f"throughput, {n} node(s), {ph['offered_rate']:.0f}/s: delivered {g['delivered']} of "
-                                f"{g['offered']} offered, {g['not_arrived_after_drain']} never arrived")
+                                f"{g['offered']} offered, {g['not_arrived_after_drain']} not arrived within the drain")
             rows.append({
                 "nodes": n,
                 "offered_rate": ph["offered_rate"],
@@ -115,6 +119,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--check-kept-up", action="store_true")
     ap.add_argument("results", nargs="+")
     a = ap.parse_args()
     runs = []
@@ -122,7 +127,7 @@ def main():
         with open(p) as f:
             runs.append(json.load(f))
     failures = []
-    thr = throughput_rows([d for d in runs if d["scenario"] == "throughput"], failures)
+    thr = throughput_rows([d for d in runs if d["scenario"] == "throughput"], failures, a.check_kept_up)
     idle = [idle_summary(d, failures) for d in runs if d["scenario"] == "idle"]
 
     if thr:

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <thread>
 
@@ -80,22 +81,44 @@ Child Spawn(std::vector<std::string> args, const SpawnOptions& o) {
   return h;
 }
 
-int Terminate(pid_t* pid, int timeout_ms) {
-  if (*pid <= 0) return -1;
+std::string ExitStatus::Describe() const {
+  switch (how) {
+    case How::kExited:
+      return "exit status " + std::to_string(code);
+    case How::kSignalled: {
+      const char* name = sigabbrev_np(code);  // "SEGV"; glibc >= 2.32
+      return "killed by signal " + std::to_string(code) + (name ? std::string(" (SIG") + name + ")" : "");
+    }
+    case How::kTimedOut:
+      return "still running after " + std::to_string(code) + " ms (killed)";
+    case How::kNotRunning:
+      break;
+  }
+  return "not running";
+}
+
+ExitStatus FromWaitStatus(int wait_status) {
+  if (WIFEXITED(wait_status)) return {ExitStatus::How::kExited, WEXITSTATUS(wait_status)};
+  if (WIFSIGNALED(wait_status)) return {ExitStatus::How::kSignalled, WTERMSIG(wait_status)};
+  return {};
+}
+
+ExitStatus Terminate(pid_t* pid, int timeout_ms) {
+  if (*pid <= 0) return {};
   kill(*pid, SIGTERM);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (std::chrono::steady_clock::now() < deadline) {
     int status;
     if (waitpid(*pid, &status, WNOHANG) == *pid) {
       *pid = -1;
-      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      return FromWaitStatus(status);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   kill(*pid, SIGKILL);
   waitpid(*pid, nullptr, 0);
   *pid = -1;
-  return -1;
+  return {ExitStatus::How::kTimedOut, timeout_ms};
 }
 
 uint16_t WaitForPortFile(pid_t pid, const std::string& port_file, int timeout_ms, std::string* why) {

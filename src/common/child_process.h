@@ -38,10 +38,29 @@ struct Child {
 // pipe or fork returns pid -1; a failed exec exits the child with 127.
 Child Spawn(std::vector<std::string> args, const SpawnOptions& options = {});
 
+// How a child ended.
+struct ExitStatus {
+  enum class How {
+    kExited,     // exit(code)
+    kSignalled,  // died of signal `code` (a crash, or a signal it did not handle)
+    kTimedOut,   // still running after the timeout: killed with SIGKILL
+    kNotRunning  // there was no child to stop (*pid <= 0)
+  };
+  How how = How::kNotRunning;
+  int code = 0;
+
+  bool ok() const { return how == How::kExited && code == 0; }
+  // "exit status 3", "killed by signal 11 (SIGSEGV)",
+  // "still running after 30000 ms (killed)", "not running".
+  std::string Describe() const;
+};
+
+// The status waitpid reported, as an ExitStatus.
+ExitStatus FromWaitStatus(int wait_status);
+
 // SIGTERM to *pid, then SIGKILL if it has not exited within timeout_ms;
-// reaps it and sets *pid to -1. Returns its exit status, or -1 when it was
-// killed, died by a signal or was not running (*pid <= 0).
-int Terminate(pid_t* pid, int timeout_ms);
+// reaps it and sets *pid to -1.
+ExitStatus Terminate(pid_t* pid, int timeout_ms);
 
 // Waits until `port_file` holds a port (what parleyd's --port-file writes
 // once it listens). Returns 0 when the child `pid` exits first ("exited") or

@@ -155,8 +155,18 @@ void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
 void ChatService::Shutdown(std::function<void()> done) {
   core_.Post([this, done = std::move(done)] {
     stopping_ = true;
-    store_.Flush(OnCoreStatus([this, done](Status s) {
-      if (!s.ok()) spdlog::error("event=shutdown_flush_failed error=\"{}\"", s.ToString());
+    auto flushed = std::make_shared<bool>(false);
+    core_.PostAfter(config_.shutdown_flush_ms, [this, flushed] {
+      if (*flushed) return;
+      size_t n = store_.AbandonQueuedWrites(Status(ErrorCode::kShuttingDown, "the server is shutting down"));
+      spdlog::warn("event=shutdown_writes_abandoned count={} after_ms={}", n, config_.shutdown_flush_ms);
+    });
+    store_.Flush(OnCoreStatus([this, done, flushed](Status s) {
+      *flushed = true;
+      // kShuttingDown: the flush itself was abandoned with the backlog.
+      if (!s.ok() && s.code() != ErrorCode::kShuttingDown) {
+        spdlog::error("event=shutdown_flush_failed error=\"{}\"", s.ToString());
+      }
       fabric_.CloseAll(static_cast<uint16_t>(protocol::CloseCode::kServerShutdown),
                        protocol::RetryAfterReason(config_.shutdown_retry_after_ms));
       done();
@@ -623,6 +633,14 @@ void ChatService::DoSend(const ClientPtr& c, Req req) {
 // one is submitted, so the store sees a connection's sends in arrival order.
 void ChatService::PumpSends(const ClientPtr& c) {
   if (c->send_busy || c->send_queue.empty() || c->closed) return;
+  if (stopping_) {
+    // Shutting down: what waited behind a send is not started any more.
+    while (!c->send_queue.empty()) {
+      Fail(c, c->send_queue.front(), Status(ErrorCode::kShuttingDown, "the server is shutting down"));
+      c->send_queue.pop_front();
+    }
+    return;
+  }
   Req req = std::move(c->send_queue.front());
   c->send_queue.pop_front();
   auto& s = std::get<protocol::SendRequest>(req.body);

@@ -77,6 +77,11 @@ struct CoreConfig {
   int heartbeat_timeout_ms = 60'000;
   // Told to clients in shutdown closes and `shutting_down` errors.
   int shutdown_retry_after_ms = 2'000;
+  // On shutdown the store gets this long to commit what is queued; what it
+  // has not taken into a commit by then is failed with `shutting_down` (never
+  // acknowledged, so the clients' retries are safe), so that a backlog the
+  // store cannot absorb does not hold the shutdown.
+  int shutdown_flush_ms = 5'000;
   // Device tokens do not expire by time unless this is set: a device not seen
   // (authenticated or acknowledged its cursor) for this long is revoked at its
   // next `auth`. 0 = never.

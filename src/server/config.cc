@@ -108,6 +108,11 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SHUTDOWN_RETRY_AFTER_MS")
       ->check(CLI::Range(0, 600'000))
       ->capture_default_str();
+  app.add_option("--shutdown-flush-ms", c.core.shutdown_flush_ms,
+                 "On shutdown, how long the store may commit its queued writes; the rest fail with shutting_down")
+      ->envname("PARLEY_SHUTDOWN_FLUSH_MS")
+      ->check(CLI::Range(0, 600'000))
+      ->capture_default_str();
   app.add_option("--unavailable-retry-after-ms", c.core.unavailable_retry_after_ms,
                  "Retry-after told to clients in `unavailable` errors (the store, e.g. PostgreSQL, is unreachable)")
       ->envname("PARLEY_UNAVAILABLE_RETRY_AFTER_MS")

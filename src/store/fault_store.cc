@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <memory>
 
+#include "common/metrics.h"
+
 namespace parley::store {
 
 namespace {
@@ -21,6 +23,11 @@ namespace {
 // clients and the admin API see two messages under one client id.
 constexpr std::string_view kDupMark = "\x1f" "dup";
 
+// The backends' write queue gauge; stalled writes count in it too.
+Gauge& StoreQueueDepth() {
+  return Metrics::Default().GetGauge("parley_store_queue_depth", "Write operations queued in the store.");
+}
+
 struct NamedKind {
   std::string_view name;
   FaultKind kind;
@@ -29,6 +36,7 @@ constexpr NamedKind kKinds[] = {
     {"ack_before_commit", FaultKind::kAckBeforeCommit}, {"skip_dedup", FaultKind::kSkipDedup},
     {"drop_stream_entry", FaultKind::kDropStreamEntry}, {"out_of_order", FaultKind::kOutOfOrder},
     {"crash_after_append", FaultKind::kCrashAfterAppend}, {"omit_withheld", FaultKind::kOmitWithheld},
+    {"stall_writes", FaultKind::kStallWrites},
 };
 
 }  // namespace
@@ -65,7 +73,26 @@ Result<FaultSwitch> ParseFaultSwitch(std::string_view spec) {
 FaultStore::FaultStore(Store& inner, std::vector<FaultSwitch> switches)
     : inner_(inner), switches_(std::move(switches)) {}
 
-FaultStore::~FaultStore() = default;
+FaultStore::~FaultStore() {
+  // Stalled writes never reached the backend; they end with this store (the
+  // wrapped one may be gone already: parleyd closes it first).
+  for (auto& fail : stalled_) fail(Status(ErrorCode::kShuttingDown, "store is closing"));
+  StoreQueueDepth().Add(-static_cast<int64_t>(stalled_.size()));
+}
+
+bool FaultStore::Stall(std::function<void(const Status&)> fail, bool count) {
+  const FaultSwitch* s = Switch(FaultKind::kStallWrites);
+  if (s == nullptr) return false;
+  std::lock_guard lock(mu_);
+  if (count && ++writes_ == s->n) {
+    stalling_ = true;
+    ++fired_[static_cast<size_t>(FaultKind::kStallWrites)];
+  }
+  if (!stalling_) return false;
+  stalled_.push_back(std::move(fail));
+  StoreQueueDepth().Add(1);  // queued in the store, as far as anyone can tell
+  return true;
+}
 
 void FaultStore::FailNextWrites(int n, Status status) {
   std::lock_guard lock(mu_);
@@ -129,6 +156,7 @@ Callback<T> FaultStore::Held(Callback<T> done) {
 
 template <typename T, typename Op>
 void FaultStore::Write(Callback<T> done, Op op) {
+  if (Stall([done](const Status& why) { done(why); }, true)) return;
   Status failure = Status::Ok();
   if (TakeFailure(&failure)) {
     // Answer from a thread of the store's own, as the contract says.
@@ -481,7 +509,21 @@ void FaultStore::Export(ExportTable table, std::vector<int64_t> after, int limit
   });
 }
 
-void FaultStore::Flush(StatusCallback done) { inner_.Flush(std::move(done)); }
+void FaultStore::Flush(StatusCallback done) {
+  if (Stall([done](const Status& why) { done(why); }, false)) return;
+  inner_.Flush(std::move(done));
+}
+
+size_t FaultStore::AbandonQueuedWrites(const Status& why) {
+  std::deque<std::function<void(const Status&)>> stalled;
+  {
+    std::lock_guard lock(mu_);
+    stalled.swap(stalled_);
+  }
+  StoreQueueDepth().Add(-static_cast<int64_t>(stalled.size()));
+  for (auto& fail : stalled) fail(why);
+  return stalled.size() + inner_.AbandonQueuedWrites(why);
+}
 
 StoreStats FaultStore::Stats() const { return inner_.Stats(); }
 

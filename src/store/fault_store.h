@@ -32,6 +32,11 @@
 //                             a `withheld` list (seqs withheld from the reader
 //                             by a block) delivers them without it, live and by
 //                             sync: its sender's devices see those seqs delivered
+//       stall_writes@N        from the Nth write operation on, writes (and a
+//                             Flush behind them) wait and never reach the
+//                             backend: a store that stopped taking writes, until
+//                             AbandonQueuedWrites fails them (a shutdown) or the
+//                             store closes (kShuttingDown)
 //     N counts from 1 within one process (a restart starts over).
 //
 // Thread-safety: every method may be called from any thread; the fault state
@@ -61,6 +66,7 @@ enum class FaultKind : int {
   kOutOfOrder = 4,
   kCrashAfterAppend = 5,
   kOmitWithheld = 6,
+  kStallWrites = 7,
 };
 
 struct FaultSwitch {
@@ -160,6 +166,7 @@ class FaultStore final : public Store {
   void CompletePush(PushCompletion c, StatusCallback done) override;
   void GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) override;
   void Flush(StatusCallback done) override;
+  size_t AbandonQueuedWrites(const Status& why) override;
   StoreStats Stats() const override;
 
  private:
@@ -171,6 +178,9 @@ class FaultStore final : public Store {
   Callback<T> Held(Callback<T> done);
   void StatusWrite(StatusCallback done, const std::function<void(StatusCallback)>& op);
   bool TakeFailure(Status* status);
+  // stall_writes: true when `fail` was kept to be called later (with the
+  // status the write ends with); counts writes when `count`.
+  bool Stall(std::function<void(const Status&)> fail, bool count);
   const FaultSwitch* Switch(FaultKind kind) const;
 
   // Message-record rewriting on the read paths (skip_dedup marks, swaps).
@@ -190,7 +200,10 @@ class FaultStore final : public Store {
   int64_t appends_ = 0;            // AppendMessage calls
   int64_t recipient_entries_ = 0;  // message events appended to recipients' streams
   int64_t withheld_receipts_ = 0;  // UpdateReceipt results carrying a withheld list
-  std::vector<int64_t> fired_ = std::vector<int64_t>(7, 0);
+  std::vector<int64_t> fired_ = std::vector<int64_t>(8, 0);
+  int64_t writes_ = 0;  // write operations (stall_writes)
+  bool stalling_ = false;
+  std::deque<std::function<void(const Status&)>> stalled_;  // their completions
   std::set<std::pair<UserId, UserSeq>> dropped_;
   std::set<std::pair<UserId, UserSeq>> unlisted_;  // omit_withheld: events read without their withheld list
   // out_of_order: (user, conversation, first user seq), waiting for its

@@ -359,6 +359,13 @@ class Store {
 
   // Completes when every write submitted before it is durable.
   virtual void Flush(StatusCallback done) = 0;
+  // Fails every write queued but not yet taken into a commit with `why`
+  // (a Flush queued behind them completes with `why` too); the batch being
+  // committed is not touched. Their callbacks run on the calling thread.
+  // Returns how many were failed. For a shutdown that cannot wait for a
+  // backlog: nothing failed here was acknowledged, so a client's retry
+  // (same client id) is safe.
+  virtual size_t AbandonQueuedWrites(const Status& /*why*/) { return 0; }
   // Counters of the backend's own work (any thread).
   virtual StoreStats Stats() const = 0;
 };

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -99,6 +100,17 @@ inline std::vector<json> SyncAll(Connection& c, int64_t after, int limit = 200) 
     if (!r.result["has_more"].get<bool>()) break;
   }
   return out;
+}
+
+// Polls `pred` every 10 ms until it holds or timeout_ms passes.
+template <typename Pred>
+bool Eventually(Pred pred, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
 }
 
 // GET http://127.0.0.1:port/path (src/net/http_client.h); returns the body ("" on failure).

@@ -77,6 +77,8 @@ class ServerProcess {
   }
 
   std::string log_path() const { return dir_ + "/parleyd.log"; }
+  // The extra arguments of the next Start (a restart with other flags).
+  void set_extra_args(std::vector<std::string> args) { extra_args_ = std::move(args); }
 
   uint16_t port() const { return port_; }
   const std::string& dir() const { return dir_; }
@@ -133,22 +135,13 @@ class ServerProcess {
     pid_ = -1;
   }
 
-  // SIGTERM and wait; returns the exit status (or -1 if it had to be killed).
+  // SIGTERM and wait; returns the exit status, or -1 if it died of a signal
+  // or had to be killed (last_exit() says which).
   int Terminate(int timeout_ms = 15000) {
-    if (pid_ <= 0) return -1;
-    kill(pid_, SIGTERM);
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    Kill9();
-    return -1;
+    last_exit_ = parley::Terminate(&pid_, timeout_ms);
+    return last_exit_.how == parley::ExitStatus::How::kExited ? last_exit_.code : -1;
   }
+  const parley::ExitStatus& last_exit() const { return last_exit_; }
 
   // Restart on the same port and data directory.
   void Restart() {
@@ -177,6 +170,7 @@ class ServerProcess {
   std::string stderr_path_;
   std::string dir_;
   pid_t pid_ = -1;
+  parley::ExitStatus last_exit_;  // of the last Terminate
   uint16_t port_ = 0;
 };
 

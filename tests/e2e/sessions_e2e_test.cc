@@ -125,7 +125,7 @@ TEST(ShutdownE2E, SigtermClosesWithReconnectLaterCodeAndLosesNothingAcked) {
   ASSERT_TRUE(a.conn->WaitClosed(10000));
   ASSERT_TRUE(b.conn->WaitClosed(10000));
   term.join();
-  EXPECT_EQ(status, 0) << "parleyd did not exit cleanly on SIGTERM";
+  EXPECT_EQ(status, 0) << "parleyd did not exit cleanly on SIGTERM: " << server.last_exit().Describe();
   EXPECT_EQ(a.conn->close_code(), 4001);
   EXPECT_EQ(b.conn->close_code(), 4001);
   auto reason = json::parse(b.conn->close_reason(), nullptr, false);
@@ -145,6 +145,72 @@ TEST(ShutdownE2E, SigtermClosesWithReconnectLaterCodeAndLosesNothingAcked) {
   EXPECT_EQ(static_cast<int64_t>(stored.size()), *stored.rbegin());
   EXPECT_GE(*stored.rbegin(), *std::max_element(acked.begin(), acked.end()));
   EXPECT_GT(conv, 0);
+}
+
+// A backlog the store cannot commit within --shutdown-flush-ms does not hold
+// the shutdown: what the writer has not begun is answered shutting_down with a
+// retry-after, nothing of it is stored, and the retries (same client ids)
+// store each message once, in order.
+TEST(ShutdownE2E, ABacklogTheStoreCannotCommitInTimeIsAnsweredShuttingDownAndRetriedSafely) {
+  ServerProcess server;
+  Register(server, "alice");
+  Register(server, "bob");
+  Register(server, "carol");
+  Device a = Login(server, "alice");
+  auto first = a.conn->Call("send", {{"to", "bob"}, {"client_id", "first"}, {"body", "hello"}});
+  ASSERT_TRUE(first.ok);
+  int64_t conv = first.result["conversation_id"];
+  ASSERT_EQ(server.Terminate(), 0);
+  // The store now takes no writes (a test-build fault switch): the sends
+  // below stay queued, a backlog it cannot commit however long it is given.
+  server.set_extra_args({"--fault", "stall_writes@1", "--shutdown-flush-ms", "200"});
+  server.Start();
+  a = Reconnect(server, a);
+  constexpr int kBacklog = 20;
+  std::vector<int64_t> ids;
+  for (int i = 0; i < kBacklog; ++i) {
+    ids.push_back(
+        a.conn->Start("send", {{"conversation_id", conv}, {"client_id", "b" + std::to_string(i)}, {"body", "x"}}));
+  }
+  // A first message to carol must create the conversation (a write, stalled
+  // too); the two behind it wait in the connection's send order.
+  for (int i = 0; i < 3; ++i) {
+    ids.push_back(a.conn->Start("send", {{"to", "carol"}, {"client_id", "c" + std::to_string(i)}, {"body", "x"}}));
+  }
+  ASSERT_TRUE(Eventually([&] {
+    return MetricValue(HttpGet(server.port(), "/metrics"), "parley_store_queue_depth") >= kBacklog + 1;
+  }, 5000)) << "the sends did not reach the store's queue";
+  auto t0 = std::chrono::steady_clock::now();
+  int status = -2;
+  std::thread term([&] { status = server.Terminate(30000); });
+  for (auto id : ids) {
+    auto r = a.conn->Await(id, 15000);
+    ASSERT_FALSE(r.ok) << "a send was acknowledged although its commit was abandoned";
+    EXPECT_EQ(r.code, "shutting_down");
+    EXPECT_GT(r.frame.value("retry_after_ms", int64_t{0}), 0) << r.frame.dump();
+  }
+  term.join();
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(status, 0) << server.last_exit().Describe();
+  EXPECT_LT(took, 10000) << "the shutdown waited for the backlog";
+
+  server.set_extra_args({});
+  server.Start();
+  a = Reconnect(server, a);
+  for (int i = 0; i < kBacklog; ++i) {
+    auto r = a.conn->Call("send", {{"conversation_id", conv}, {"client_id", "b" + std::to_string(i)}, {"body", "x"}});
+    ASSERT_TRUE(r.ok) << r.code;
+    EXPECT_EQ(r.result["seq"], i + 2);  // after "first": nothing of the backlog was stored
+  }
+  Device b = Login(server, "bob");
+  std::vector<std::string> client_ids;
+  for (auto& e : SyncAll(*b.conn, 0)) {
+    if (e["kind"] == "message") client_ids.push_back(e["message"]["client_id"]);
+  }
+  ASSERT_EQ(client_ids.size(), static_cast<size_t>(kBacklog + 1));
+  for (int i = 0; i < kBacklog; ++i) EXPECT_EQ(client_ids[static_cast<size_t>(i) + 1], "b" + std::to_string(i));
+  Device c = Login(server, "carol");
+  EXPECT_TRUE(SyncAll(*c.conn, 0).empty()) << "carol's conversation or a message to her was stored";
 }
 
 // A plain TCP connection to 127.0.0.1:port; -1 with errno set when refused.
@@ -197,7 +263,7 @@ TEST(ShutdownE2E, NoNewConnectionIsAcceptedWhileDraining) {
   EXPECT_FALSE(exited.load()) << "parleyd exited before the drain ended";
   ::close(slow);
   term.join();
-  EXPECT_EQ(status, 0) << "parleyd did not exit cleanly once the last connection closed";
+  EXPECT_EQ(status, 0) << "parleyd did not exit cleanly once the last connection closed: " << server.last_exit().Describe();
 }
 
 TEST(HttpE2E, HealthzAndMetricsMoveWithAConversation) {

@@ -101,17 +101,6 @@ inline std::string RegisterAndLogin(ServerProcess& s, const std::string& user) {
   return r.token;
 }
 
-// Polls `pred` every 10 ms until it holds or timeout_ms passes.
-template <typename Pred>
-bool Eventually(Pred pred, int timeout_ms) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return true;
-}
-
 // The message events of `stream` from `sender_id`, in stream order.
 inline std::vector<json> MessagesFrom(const std::vector<json>& stream, int64_t sender_id) {
   std::vector<json> out;

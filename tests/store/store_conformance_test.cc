@@ -42,15 +42,15 @@ FixedClock fixed_clock;
 struct Backend {
   std::string name;
   // Opens the backend's store keeping its data under `dir`; opening the same
-  // dir again reopens the same data.
-  std::function<Result<std::unique_ptr<Store>>(const std::string& dir)> open;
+  // dir again reopens the same data. `config` carries the test's settings
+  // (e.g. a commit deadline); the backend fills in its own fields.
+  std::function<Result<std::unique_ptr<Store>>(const std::string& dir, StoreConfig config)> open;
 };
 
 std::vector<Backend> Backends() {
   return {
       {"sqlite",
-       [](const std::string& dir) {
-         StoreConfig config;
+       [](const std::string& dir, StoreConfig config) {
          config.backend = "sqlite";
          config.sqlite_path = dir + "/data/parley.db";  // the factory creates data/
          config.sqlite_cache_kib = 4096;
@@ -58,11 +58,10 @@ std::vector<Backend> Backends() {
          return OpenStore(config);
        }},
       {"postgres",
-       [](const std::string& dir) -> Result<std::unique_ptr<Store>> {
+       [](const std::string& dir, StoreConfig config) -> Result<std::unique_ptr<Store>> {
          // One database per data dir, on the process's test server.
          PgTestServer& server = PgTestServer::Get();
          if (!server.ok()) return Status(ErrorCode::kUnavailable, "no PostgreSQL test server");
-         StoreConfig config;
          config.backend = "postgres";
          // Each test's database copies one already migrated (migrations
          // themselves are tested in pg_store_test).
@@ -86,9 +85,9 @@ class StoreConformance : public ::testing::TestWithParam<Backend> {
   void TearDown() override { store_.reset(); }
 
   // Closes the store (finishing its queued work) and opens the same data again.
-  void Reopen() {
+  void Reopen(StoreConfig config = {}) {
     store_.reset();
-    Result<std::unique_ptr<Store>> opened = GetParam().open(dir_.path());
+    Result<std::unique_ptr<Store>> opened = GetParam().open(dir_.path(), std::move(config));
     ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
     store_ = std::move(opened).value();
   }
@@ -1620,6 +1619,43 @@ TEST_P(StoreConformance, ExportPagesEveryTableInKeyOrder) {
   Result<ExportPage> bad = Await<ExportPage>([&](auto cb) { store().Export(ExportTable::kMessages, {1}, 10, cb); });
   ASSERT_FALSE(bad.has_value());
   EXPECT_EQ(bad.error().code(), ErrorCode::kBadRequest);
+}
+
+// A shutdown that cannot wait for a backlog (ChatService::Shutdown): what
+// the writer has not taken into a commit fails with the given status and
+// leaves nothing behind (a Flush queued behind it too); what was committed
+// stays, and the store goes on working.
+TEST_P(StoreConformance, AbandonQueuedWritesFailsWhatTheWriterHasNotTaken) {
+  UserRecord before = MakeUser(store(), "before");
+  StoreConfig held;
+  held.commit_deadline_us = 60'000'000;  // the writer holds each batch open this long
+  Reopen(held);
+  constexpr size_t kQueued = 5;
+  Collector<UserRecord> created(kQueued);
+  for (size_t i = 0; i < kQueued; ++i) {
+    store().CreateUser("queued" + std::to_string(i), "hash", 1'000, created.Slot(i));
+  }
+  auto flushed = std::make_shared<std::promise<Status>>();
+  std::future<Status> flush_result = flushed->get_future();
+  store().Flush([flushed](Status s) { flushed->set_value(std::move(s)); });
+  Status why(ErrorCode::kShuttingDown, "the server is shutting down");
+  EXPECT_EQ(store().AbandonQueuedWrites(why), kQueued + 1);
+  for (auto& r : created.Wait()) {
+    ASSERT_TRUE(r.has_value());
+    ASSERT_FALSE(r->has_value()) << "a queued write was committed";
+    EXPECT_EQ(r->error().code(), ErrorCode::kShuttingDown);
+  }
+  EXPECT_EQ(flush_result.get().code(), ErrorCode::kShuttingDown);
+  EXPECT_EQ(store().AbandonQueuedWrites(why), 0u);  // nothing left
+
+  Reopen();
+  for (size_t i = 0; i < kQueued; ++i) {
+    Result<UserRecord> r = Await<UserRecord>([&](auto cb) { store().GetUserByName("queued" + std::to_string(i), cb); });
+    ASSERT_FALSE(r.has_value()) << "an abandoned write was stored";
+    EXPECT_EQ(r.error().code(), ErrorCode::kUnknownUser);
+  }
+  EXPECT_EQ(Must(Await<UserRecord>([&](auto cb) { store().GetUserByName("before", cb); })).id, before.id);
+  MakeUser(store(), "after");  // and it takes writes again
 }
 
 TEST_P(StoreConformance, AckedWritesSurviveReopenAndSeqsContinue) {

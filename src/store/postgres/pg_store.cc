@@ -2196,6 +2196,7 @@ void PostgresStore::RunWriter() {
         notify_at_ = 1;
       }
       size_t n = std::min(write_queue_.size(), max_batch);
+      if (n == 0) continue;  // AbandonQueuedWrites emptied the queue during the wait
       for (size_t i = 0; i < n; ++i) {
         batch.push_back(std::move(write_queue_.front()));
         write_queue_.pop_front();
@@ -2464,6 +2465,17 @@ void PostgresStore::Backup(std::string /*path*/, Callback<BackupResult> done) {
   done(Status(ErrorCode::kBadRequest,
               "the PostgreSQL store is backed up with PostgreSQL's own tools (pg_dump, pg_basebackup); see "
               "docs/operations.md"));
+}
+
+size_t PostgresStore::AbandonQueuedWrites(const Status& why) {
+  std::deque<std::unique_ptr<WriteOp>> abandoned;
+  {
+    std::lock_guard lock(write_mu_);
+    abandoned.swap(write_queue_);
+    queue_depth_.Add(-static_cast<int64_t>(abandoned.size()));
+  }
+  for (auto& op : abandoned) op->Finish(why);
+  return abandoned.size();
 }
 
 void PostgresStore::Flush(StatusCallback done) {

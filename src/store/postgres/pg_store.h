@@ -141,6 +141,7 @@ class PostgresStore final : public Store {
   void CompletePush(PushCompletion c, StatusCallback done) override;
   void GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) override;
   void Flush(StatusCallback done) override;
+  size_t AbandonQueuedWrites(const Status& why) override;
   StoreStats Stats() const override;
 
   // Test-only: migrates the database at `url` to schema `version` exactly,

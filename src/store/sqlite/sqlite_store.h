@@ -122,6 +122,7 @@ class SqliteStore final : public Store {
   void CompletePush(PushCompletion c, StatusCallback done) override;
   void GetPushQueueStats(int64_t now, Callback<PushQueueStats> done) override;
   void Flush(StatusCallback done) override;
+  size_t AbandonQueuedWrites(const Status& why) override;
   StoreStats Stats() const override;
 
   // Test-only: sets PRAGMA max_page_count on the write connection, as a write
