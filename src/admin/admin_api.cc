@@ -47,8 +47,35 @@ gateway::HttpResponse ErrorResponse(const Status& s) {
   return JsonResponse(status, json{{"code", ErrorCodeName(s.code())}, {"message", s.message()}});
 }
 
-namespace {
+std::map<std::string, std::string> ParseQuery(const std::string& query) {
+  std::map<std::string, std::string> params;
+  size_t pos = 0;
+  while (pos <= query.size() && !query.empty()) {
+    size_t amp = query.find('&', pos);
+    std::string part = query.substr(pos, amp == std::string::npos ? std::string::npos : amp - pos);
+    size_t eq = part.find('=');
+    if (!part.empty()) params[part.substr(0, eq)] = eq == std::string::npos ? "" : part.substr(eq + 1);
+    if (amp == std::string::npos) break;
+    pos = amp + 1;
+  }
+  return params;
+}
 
+bool ParseInt(const std::string& text, int64_t* out, int64_t min, int64_t max) {
+  if (text.empty() || text.size() > 20) return false;
+  size_t i = text[0] == '-' ? 1 : 0;
+  if (i == text.size()) return false;
+  for (size_t k = i; k < text.size(); ++k) {
+    if (text[k] < '0' || text[k] > '9') return false;
+  }
+  errno = 0;
+  long long v = std::strtoll(text.c_str(), nullptr, 10);
+  if (errno == ERANGE || v < min || v > max) return false;
+  *out = v;
+  return true;
+}
+
+namespace {
 
 bool TokenMatches(const std::string& configured, const std::string& header) {
   static const std::string kBearer = "Bearer ";
@@ -84,32 +111,11 @@ void AdminApi::Handle(gateway::HttpRequest req, std::function<void(gateway::Http
 // `after` is the previous page's `next` (the last row's key columns); absent:
 // from the start. Rows are arrays in `columns` order.
 void AdminApi::Export(const std::string& query, std::function<void(gateway::HttpResponse)> respond) {
-  std::map<std::string, std::string> params;
-  size_t pos = 0;
-  while (pos <= query.size() && !query.empty()) {
-    size_t amp = query.find('&', pos);
-    std::string part = query.substr(pos, amp == std::string::npos ? std::string::npos : amp - pos);
-    size_t eq = part.find('=');
-    if (!part.empty()) params[part.substr(0, eq)] = eq == std::string::npos ? "" : part.substr(eq + 1);
-    if (amp == std::string::npos) break;
-    pos = amp + 1;
-  }
+  std::map<std::string, std::string> params = ParseQuery(query);
   auto bad = [&](const std::string& msg) { respond(ErrorResponse(Status(ErrorCode::kBadRequest, msg))); };
   auto table = store::ExportTableFromName(params["table"]);
   if (!table) return bad("table must be one of devices, members, messages, withheld, stream, heads, receipts, blocks");
-  auto parse_int = [](const std::string& text, int64_t* out) {
-    if (text.empty() || text.size() > 20) return false;
-    size_t i = text[0] == '-' ? 1 : 0;
-    if (i == text.size()) return false;
-    for (size_t k = i; k < text.size(); ++k) {
-      if (text[k] < '0' || text[k] > '9') return false;
-    }
-    errno = 0;
-    long long v = std::strtoll(text.c_str(), nullptr, 10);
-    if (errno == ERANGE) return false;
-    *out = v;
-    return true;
-  };
+  auto parse_int = [](const std::string& text, int64_t* out) { return ParseInt(text, out, INT64_MIN, INT64_MAX); };
   int64_t limit = config_.default_export_rows;
   if (params.count("limit") && (!parse_int(params["limit"], &limit) || limit < 1 || limit > config_.max_export_rows))
     return bad("limit must be 1-" + std::to_string(config_.max_export_rows));

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,13 @@ class AdminApi {
   void OpsStats(Respond respond);
   void OpsSchema(Respond respond);
   void OpsBackup(const std::string& body, Respond respond);
+  // Compliance export (admin_export.cc).
+  struct UserExport;
+  void OpsExportUser(const std::string& username, Respond respond);
+  void ExportDevices(std::shared_ptr<UserExport> x);
+  void ExportConversations(std::shared_ptr<UserExport> x, int64_t before_activity, int64_t before_id);
+  void OpsExportConversation(const std::string& username, int64_t conversation_id, const std::string& query,
+                             Respond respond);
 
   store::Store& store_;
   WorkerPool& pool_;

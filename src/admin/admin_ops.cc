@@ -100,6 +100,19 @@ bool AdminApi::OpsRoute(const gateway::HttpRequest& req, const std::string& path
       else OpsSetDisabled(user, p[4] == "disable", false, std::move(respond));
       return true;
     }
+    if (p.size() == 5 && p[4] == "export") {
+      if (m != "GET") respond(MethodNotAllowed("GET"));
+      else OpsExportUser(user, std::move(respond));
+      return true;
+    }
+    if (p.size() == 7 && p[4] == "export" && p[5] == "conversations") {
+      int64_t id = ParseId(p[6]);
+      auto q = req.target.find('?');
+      if (m != "GET") respond(MethodNotAllowed("GET"));
+      else if (id == 0) respond(ErrorResponse(Status(ErrorCode::kBadRequest, "the conversation id must be a positive integer")));
+      else OpsExportConversation(user, id, q == std::string::npos ? "" : req.target.substr(q + 1), std::move(respond));
+      return true;
+    }
     if (p.size() == 5 && p[4] == "devices") {
       if (m != "GET") respond(MethodNotAllowed("GET"));
       else OpsListDevices(user, std::move(respond));

@@ -17,9 +17,11 @@
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "net/http_client.h"
 #include "store/sqlite/sqlite_backup.h"
@@ -36,6 +38,8 @@ constexpr int kExitUnreachable = 3;
 constexpr int kExitRestoreFailed = 4;
 // How long to wait for the server's answer (a backup of a large store takes a while).
 constexpr std::chrono::seconds kReplyTimeout{600};
+// Messages per page of a user export (the admin API allows up to 2,000).
+constexpr int kExportPageMessages = 1'000;
 
 // http://HOST[:PORT][/] (no other path); nothing and *error otherwise.
 std::optional<parley::netutil::HttpEndpoint> ParseServer(const std::string& url, std::string* error) {
@@ -55,6 +59,15 @@ class Admin {
 
   // Calls the admin API and prints the answer; returns the exit code.
   int Call(const std::string& method, const std::string& path, const json& body = nullptr) const {
+    json answer;
+    int code = Fetch(method, path, body, &answer);
+    if (code == kExitOk) std::cout << answer.dump(2) << "\n";
+    return code;
+  }
+
+  // Calls the admin API; on success *answer holds the JSON answer. Errors are
+  // printed. Returns the exit code.
+  int Fetch(const std::string& method, const std::string& path, const json& body, json* answer) const {
     parley::netutil::HttpRequest req;
     req.method = method;
     req.target = path;
@@ -66,22 +79,66 @@ class Admin {
       std::cerr << "parley-admin: " << r.error << " (is parleyd running?)\n";
       return kExitUnreachable;
     }
-    json answer = json::parse(r.body, nullptr, false);
-    if (r.status == 200 && !answer.is_discarded()) {
-      std::cout << answer.dump(2) << "\n";
-      return kExitOk;
-    }
-    if (r.status == 404 && (answer.is_discarded() || !answer.contains("code"))) {
+    *answer = json::parse(r.body, nullptr, false);
+    if (r.status == 200 && !answer->is_discarded()) return kExitOk;
+    if (r.status == 404 && (answer->is_discarded() || !answer->contains("code"))) {
       std::cerr << "parley-admin: the admin API is disabled on this server (start parleyd with --admin-token)\n";
       return kExitRefused;
     }
-    if (!answer.is_discarded() && answer.contains("code")) {
-      std::cerr << "parley-admin: " << answer.value("code", std::string()) << ": "
-                << answer.value("message", std::string()) << " (HTTP " << r.status << ")\n";
+    if (!answer->is_discarded() && answer->contains("code")) {
+      std::cerr << "parley-admin: " << answer->value("code", std::string()) << ": "
+                << answer->value("message", std::string()) << " (HTTP " << r.status << ")\n";
     } else {
       std::cerr << "parley-admin: HTTP " << r.status << ": " << r.body << "\n";
     }
     return kExitRefused;
+  }
+
+  // The user export (docs/operations.md, "User export"): the account part,
+  // then each conversation's messages page by page (newest first, put back
+  // in ascending order), as one JSON document on `out` ("-": stdout).
+  int ExportUser(const std::string& users_path, const std::string& out) const {
+    json doc;
+    if (int code = Fetch("GET", users_path + "/export", nullptr, &doc); code != kExitOk) return code;
+    size_t total = 0;
+    for (auto& c : doc["conversations"]) {
+      std::vector<json> pages;
+      int64_t before = 0;
+      while (true) {
+        std::string path = users_path + "/export/conversations/" + std::to_string(c["conversation_id"].get<int64_t>()) +
+                           "?limit=" + std::to_string(kExportPageMessages);
+        if (before > 0) path += "&before=" + std::to_string(before);
+        json page;
+        if (int code = Fetch("GET", path, nullptr, &page); code != kExitOk) return code;
+        pages.push_back(std::move(page["messages"]));
+        if (!page.value("has_more", false)) break;
+        before = page["next_before"];
+      }
+      json messages = json::array();
+      for (auto it = pages.rbegin(); it != pages.rend(); ++it) {
+        for (auto& m : *it) messages.push_back(std::move(m));
+      }
+      total += messages.size();
+      c["messages"] = std::move(messages);
+    }
+    std::string text = doc.dump(2) + "\n";
+    if (out == "-") {
+      std::cout << text;
+      return kExitOk;
+    }
+    std::string tmp = out + ".partial";
+    {
+      std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+      f << text;
+      if (!f.flush()) {
+        std::cerr << "parley-admin: cannot write " << tmp << "\n";
+        return kExitRefused;
+      }
+    }
+    std::filesystem::rename(tmp, out);
+    std::cerr << "parley-admin: exported " << doc["conversations"].size() << " conversations, " << total
+              << " messages to " << out << "\n";
+    return kExitOk;
   }
 
  private:
@@ -186,7 +243,11 @@ int main(int argc, char** argv) {
   auto* user_enable = user->add_subcommand("enable", "undo disable");
   auto* user_delete =
       user->add_subcommand("delete", "disable the user and revoke every device (until history erase exists)");
-  for (auto* sub : {user_show, user_disable, user_enable, user_delete})
+  auto* user_export = user->add_subcommand("export", "all data of the user as one JSON document (compliance export)");
+  std::string export_out = "-";
+  user_export->add_option("--out", export_out, "the file to write (written whole, then renamed; - is stdout)")
+      ->capture_default_str();
+  for (auto* sub : {user_show, user_disable, user_enable, user_delete, user_export})
     sub->add_option("username", username, "the user")->required();
 
   // device ...
@@ -252,6 +313,7 @@ int main(int argc, char** argv) {
   if (user_disable->parsed()) return admin.Call("POST", users + "/disable");
   if (user_enable->parsed()) return admin.Call("POST", users + "/enable");
   if (user_delete->parsed()) return admin.Call("DELETE", users);
+  if (user_export->parsed()) return admin.ExportUser(users, export_out);
   if (device_list->parsed()) return admin.Call("GET", users + "/devices");
   if (device_revoke->parsed()) return admin.Call("DELETE", users + "/devices/" + std::to_string(device_id));
   if (timeline->parsed())

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <mutex>
 #include <set>
@@ -198,6 +199,111 @@ TEST_F(AdminE2E, UserAndDeviceCommandsWorkAndFailClearly) {
   ToolResult bad_name = Tool(Server(server_) + " --token " + kToken + " backup --name ../escape.db");
   EXPECT_EQ(bad_name.exit_code, 1);
   EXPECT_NE(bad_name.out.find("bad_request"), std::string::npos) << bad_name.out;
+}
+
+// Compliance export: everything of the user, exactly what their own devices
+// see (a blocked sender's messages absent, a deleted one a tombstone, an edit
+// current), nothing of other users' conversations, no secrets; the pages of
+// a long conversation join up in order.
+TEST_F(AdminE2E, UserExportHoldsAllOfTheUsersDataAsTheirDevicesSeeItAndNothingElse) {
+  for (const char* u : {"erin", "frank", "gail", "hal"}) Register(server_, u);
+  Device erin = Login(server_, "erin", "laptop");
+  Device frank = Login(server_, "frank");
+  Device gail = Login(server_, "gail");
+  Device hal = Login(server_, "hal");
+  ASSERT_TRUE(erin.conn->Call("set_profile", {{"display_name", "Erin E"}, {"about", "hi there"}}).ok);
+  ASSERT_TRUE(erin.conn->Call("add_contact", {{"username", "frank"}}).ok);
+  ASSERT_TRUE(erin.conn->Call("block", {{"username", "gail"}}).ok);
+  // erin <-> frank: 1,203 messages (pages of 500 through the API), one edited, one deleted.
+  constexpr int kLong = 1203;
+  int64_t conv = 0;
+  for (int i = 0; i < kLong; ++i) {
+    Device& from = i % 2 ? frank : erin;
+    auto r = from.conn->Call("send", {{"to", i % 2 ? "erin" : "frank"}, {"client_id", "m" + std::to_string(i)},
+                                       {"body", "msg " + std::to_string(i)}});
+    ASSERT_TRUE(r.ok) << r.code;
+    conv = r.result["conversation_id"];
+  }
+  auto edited = erin.conn->Call("edit_message",
+                                {{"conversation_id", conv}, {"seq", 1}, {"client_id", "e1"}, {"body", "edited 0"}});
+  ASSERT_TRUE(edited.ok) << edited.code;
+  auto deleted = erin.conn->Call("delete_message", {{"conversation_id", conv}, {"seq", 3}, {"for", "everyone"}});
+  ASSERT_TRUE(deleted.ok) << deleted.code;
+  ASSERT_TRUE(erin.conn->Call("set_draft", {{"conversation_id", conv}, {"text", "half a thought"}}).ok);
+  // gail is blocked: her message is withheld from erin.
+  auto withheld = gail.conn->Call("send", {{"to", "erin"}, {"client_id", "g0"}, {"body", "you cannot see this"}});
+  ASSERT_TRUE(withheld.ok);
+  // frank <-> hal: not erin's.
+  auto other = hal.conn->Call("send", {{"to", "frank"}, {"client_id", "h0"}, {"body", "not erin's business"}});
+  ASSERT_TRUE(other.ok);
+
+  std::string file = server_.dir() + "/erin.json";
+  ToolResult r = Tool(Server(server_) + " --token " + kToken + " user export erin --out " + file);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  std::ifstream in(file);
+  json doc = json::parse(in, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded());
+  EXPECT_EQ(doc["format"], "parley-user-export");
+  EXPECT_EQ(doc["version"], 1);
+  EXPECT_EQ(doc["user"]["username"], "erin");
+  EXPECT_EQ(doc["user"]["display_name"], "Erin E");
+  EXPECT_EQ(doc["user"]["about"], "hi there");
+  ASSERT_EQ(doc["devices"].size(), 1u);
+  EXPECT_EQ(doc["devices"][0]["name"], "laptop");
+  ASSERT_EQ(doc["contacts"].size(), 1u);
+  EXPECT_EQ(doc["contacts"][0]["username"], "frank");
+  ASSERT_EQ(doc["blocked"].size(), 1u);
+  EXPECT_EQ(doc["blocked"][0]["username"], "gail");
+  std::string text = doc.dump();
+  for (const char* secret : {"password", "token", "hash", "not erin's business", "you cannot see this"}) {
+    EXPECT_EQ(text.find(secret), std::string::npos) << secret << " is in the export";
+  }
+  // Two conversations: frank's (all 1,203, in order) and gail's (nothing visible).
+  ASSERT_EQ(doc["conversations"].size(), 2u);
+  const json* with_frank = nullptr;
+  for (const auto& c : doc["conversations"]) {
+    if (c["conversation_id"] == conv) with_frank = &c;
+    else EXPECT_TRUE(c["messages"].empty()) << c.dump();
+  }
+  ASSERT_NE(with_frank, nullptr);
+  EXPECT_EQ((*with_frank)["draft"]["text"], "half a thought");
+  const json& msgs = (*with_frank)["messages"];
+  ASSERT_EQ(msgs.size(), static_cast<size_t>(kLong));
+  for (int i = 0; i < kLong; ++i) {
+    const json& m = msgs[static_cast<size_t>(i)];
+    EXPECT_EQ(m["seq"], i + 1);
+    EXPECT_EQ(m["client_id"], "m" + std::to_string(i));
+    if (i == 0) {
+      EXPECT_EQ(m["body"], "edited 0");
+      EXPECT_EQ(m["version"], 1);
+    } else if (i == 2) {
+      EXPECT_EQ(m["body"], "");
+      EXPECT_GT(m["deleted_at"], 0);
+    } else {
+      EXPECT_EQ(m["body"], "msg " + std::to_string(i));
+    }
+  }
+
+  // The API refuses what is not the user's or not well formed.
+  auto get = [&](const std::string& path, int* status) {
+    return json::parse(HttpGetAuthorized(server_.port(), path, std::string("Bearer ") + kToken, status), nullptr, false);
+  };
+  int status = 0;
+  json refused = get("/admin/v1/users/erin/export/conversations/" + std::to_string(other.result["conversation_id"].get<int64_t>()),
+                     &status);
+  EXPECT_EQ(status, 404);
+  EXPECT_EQ(refused["code"], "unknown_conversation");
+  get("/admin/v1/users/erin/export/conversations/" + std::to_string(conv) + "?limit=0", &status);
+  EXPECT_EQ(status, 400);
+  get("/admin/v1/users/erin/export/conversations/" + std::to_string(conv) + "?limit=2001", &status);
+  EXPECT_EQ(status, 400);
+  get("/admin/v1/users/erin/export/conversations/" + std::to_string(conv) + "?before=x", &status);
+  EXPECT_EQ(status, 400);
+  get("/admin/v1/users/nobody/export", &status);
+  EXPECT_EQ(status, 404);
+  ToolResult unknown = Tool(Server(server_) + " --token " + kToken + " user export nobody");
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.out.find("unknown_user"), std::string::npos) << unknown.out;
 }
 
 TEST_F(AdminE2E, BackupTakenUnderLoadRestoresToAStoreWithEveryAckedMessage) {

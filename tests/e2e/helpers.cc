@@ -22,6 +22,10 @@ std::string HttpGet(uint16_t port, const std::string& path, int* status) {
   return BodyOf(netutil::HttpGet(netutil::HttpEndpoint::Loopback(port), path), status);
 }
 
+std::string HttpGetAuthorized(uint16_t port, const std::string& path, const std::string& authorization, int* status) {
+  return BodyOf(netutil::HttpGet(netutil::HttpEndpoint::Loopback(port), path, authorization), status);
+}
+
 std::string HttpPost(uint16_t port, const std::string& path, const std::string& body, const std::string& authorization,
                      int* status) {
   return BodyOf(netutil::HttpPost(netutil::HttpEndpoint::Loopback(port), path, body, authorization), status);

@@ -115,6 +115,9 @@ bool Eventually(Pred pred, int timeout_ms) {
 
 // GET http://127.0.0.1:port/path (src/net/http_client.h); returns the body ("" on failure).
 std::string HttpGet(uint16_t port, const std::string& path, int* status = nullptr);
+// GET with an Authorization header (e.g. "Bearer TOKEN" for the admin API).
+std::string HttpGetAuthorized(uint16_t port, const std::string& path, const std::string& authorization,
+                              int* status = nullptr);
 // POST with a body and an Authorization header; returns the response body.
 std::string HttpPost(uint16_t port, const std::string& path, const std::string& body, const std::string& authorization,
                      int* status = nullptr);

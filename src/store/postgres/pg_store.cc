@@ -118,6 +118,7 @@
 #include "store/commit_pacer.h"
 #include "store/name_words.h"
 #include "store/postgres/pg_conn.h"
+#include "store/write_queue.h"
 
 namespace parley::store {
 
@@ -2468,14 +2469,7 @@ void PostgresStore::Backup(std::string /*path*/, Callback<BackupResult> done) {
 }
 
 size_t PostgresStore::AbandonQueuedWrites(const Status& why) {
-  std::deque<std::unique_ptr<WriteOp>> abandoned;
-  {
-    std::lock_guard lock(write_mu_);
-    abandoned.swap(write_queue_);
-    queue_depth_.Add(-static_cast<int64_t>(abandoned.size()));
-  }
-  for (auto& op : abandoned) op->Finish(why);
-  return abandoned.size();
+  return FailQueuedWrites(write_mu_, write_queue_, queue_depth_, why);
 }
 
 void PostgresStore::Flush(StatusCallback done) {

@@ -161,6 +161,7 @@
 #include "store/name_words.h"
 #include "store/sqlite/sqlite_backup.h"
 #include "store/sqlite/sqlite_db.h"
+#include "store/write_queue.h"
 
 namespace parley::store {
 
@@ -2575,14 +2576,7 @@ void SqliteStore::Backup(std::string path, Callback<BackupResult> done) {
 }
 
 size_t SqliteStore::AbandonQueuedWrites(const Status& why) {
-  std::deque<std::unique_ptr<WriteOp>> abandoned;
-  {
-    std::lock_guard lock(write_mu_);
-    abandoned.swap(write_queue_);
-    queue_depth_.Add(-static_cast<int64_t>(abandoned.size()));
-  }
-  for (auto& op : abandoned) op->Finish(why);
-  return abandoned.size();
+  return FailQueuedWrites(write_mu_, write_queue_, queue_depth_, why);
 }
 
 void SqliteStore::Flush(StatusCallback done) {
