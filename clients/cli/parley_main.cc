@@ -197,6 +197,7 @@ std::optional<Failure> OpenSession(const Globals& g, parley::ClientOptions opts,
   opts.connect_timeout_ms = g.timeout_ms;
   if (!fs::exists(s->dir)) return Failure{kNotLoggedIn, "not logged in as " + s->user + ": run `parley login " + s->user + "`"};
   std::string err;
+  opts.draft_debounce_ms = 0;  // a command sets one draft: nothing to wait for
   s->client = parley::Client::Open(std::move(opts), &err);
   if (!s->client) return Failure{kLocalStorage, err};
   return std::nullopt;
@@ -215,9 +216,13 @@ std::optional<Failure> GoOnline(const Globals& g, Session& s) {
   return Failure{kUnreachable, why.empty() ? "the server did not answer in time" : why};
 }
 
-// Before exiting an online run: let the outbox drain (bounded).
+// Before exiting an online run: let the outbox drain and drafts set by an
+// earlier offline run be saved (bounded).
 void Finish(const Globals& g, Session& s) {
-  if (s.client->state() == parley::ClientState::kOnline) s.client->WaitOutboxDrained(g.timeout_ms);
+  if (s.client->state() == parley::ClientState::kOnline) {
+    s.client->WaitOutboxDrained(g.timeout_ms);
+    s.client->WaitDraftsSaved(g.timeout_ms);
+  }
   s.client->Stop();
 }
 
@@ -284,6 +289,11 @@ std::string EventLine(const json& e, int64_t me) {
     if (kind == "edit") return p + where + " (v" + std::to_string(e.value("version", int64_t{0})) + "): " +
                                e.value("body", "");
     return p + where + (kind == "delete" ? ": deleted for everyone" : ": deleted for me");
+  }
+  if (kind == "draft") {
+    std::string text = e.value("text", "");
+    return p + " in conversation " + std::to_string(e.value("conversation_id", int64_t{0})) + ": " +
+           (text.empty() ? "(cleared)" : text);
   }
   if (kind == "contact" || kind == "block" || kind == "profile") {
     json u = e.contains("user") ? e["user"] : e.value("profile", json::object());
@@ -546,17 +556,28 @@ int CmdChats(const Globals& g) {
       for (const auto& m : c["conversation"]["members"]) {
         if (m.value("username", "") != s.user) peer = m.value("username", "");
       }
-      std::string preview = c["messages"].empty() ? "" : c["messages"].back().value("body", "");
+      std::string preview;
+      if (!c["messages"].empty()) {
+        const json& m = c["messages"].back();
+        preview = m.value("deleted", false) ? "(deleted)" : m.value("body", "");
+      }
       int64_t unread = c.value("unread", int64_t{0});
+      // The server's draft, unless one typed here is not saved yet.
+      std::string draft = c.contains("draft") ? c["draft"].value("text", "") : "";
+      auto cached = s.client->ConversationWith(peer);
+      if (cached && cached->draft_pending) draft = cached->draft;
       list.push_back({{"conversation_id", c["conversation"]["conversation_id"]}, {"peer", peer}, {"unread", unread},
-                      {"last_activity_at", c.value("last_activity_at", int64_t{0})}, {"preview", preview}});
-      lines.push_back(peer + (unread ? " (" + std::to_string(unread) + " unread)" : "") + ": " + preview);
+                      {"last_activity_at", c.value("last_activity_at", int64_t{0})}, {"preview", preview},
+                      {"draft", draft}});
+      lines.push_back(peer + (unread ? " (" + std::to_string(unread) + " unread)" : "") + ": " + preview +
+                      (draft.empty() ? "" : "  [draft: " + draft + "]"));
     }
   } else {
     for (const auto& c : s.client->Conversations()) {
       list.push_back({{"conversation_id", c.conversation_id}, {"peer", c.peer}, {"unread", c.unread},
-                      {"last_activity_at", c.last_ts}});
-      lines.push_back(c.peer + (c.unread ? " (" + std::to_string(c.unread) + " unread)" : ""));
+                      {"last_activity_at", c.last_ts}, {"draft", c.draft}});
+      lines.push_back(c.peer + (c.unread ? " (" + std::to_string(c.unread) + " unread)" : "") +
+                      (c.draft.empty() ? "" : "  [draft: " + c.draft + "]"));
     }
   }
   Finish(g, s);
@@ -566,6 +587,53 @@ int CmdChats(const Globals& g) {
     if (off) PrintLine("(offline: from the local cache)");
     if (lines.empty()) PrintLine("no conversations");
     for (auto& l : lines) PrintLine(l);
+  }
+  return kOk;
+}
+
+// draft USER: show; draft USER TEXT...: set; draft USER --clear: clear.
+// Setting works offline: the draft is kept in the cache and saved on the
+// server by this run if it gets online, else by any later run.
+int CmdDraft(const Globals& g, const std::string& peer_in, const std::vector<std::string>& words, bool clear) {
+  std::string peer = Lower(peer_in);
+  if (clear && !words.empty()) return Fail(g, kUsage, "", "give a text or --clear, not both");
+  const bool show = !clear && words.empty();
+  std::string text;
+  for (const auto& w : words) text += (text.empty() ? "" : " ") + w;
+  Session s;
+  if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
+  if (!show) {
+    auto r = s.client->SetDraft(peer, text);
+    if (!r.ok) return Fail(g, r.code == "bad_request" ? kUsage : kLocalStorage, r.code, r.message);
+  }
+  auto off = GoOnline(g, s);
+  if (off && off->code == kNotLoggedIn) {
+    s.client->Stop();
+    return Fail(g, off->code, "", off->message);
+  }
+  bool saved = false;
+  if (!off) saved = s.client->WaitDraftsSaved(g.timeout_ms);
+  std::string error = s.client->last_error();
+  s.client->Stop();
+  std::string shown = s.client->Draft(peer);
+  auto conv = s.client->ConversationWith(peer);
+  const bool pending = s.client->PendingDraftCount() > 0;
+  if (!show && saved && shown != text) {
+    // Dropped: the server refused it (unknown user, not a member).
+    return Fail(g, kRefused, "", error.empty() ? "the draft was not saved" : error);
+  }
+  if (g.json) {
+    json out = {{"ok", true}, {"peer", peer}, {"draft", shown}, {"pending", pending}, {"offline", off.has_value()}};
+    if (conv) out["conversation_id"] = conv->conversation_id;
+    PrintLine(out.dump());
+  } else if (show) {
+    if (off) PrintLine("(offline: from the local cache)");
+    PrintLine(shown.empty() ? "no draft for " + peer : "draft for " + peer + ": " + shown);
+  } else if (pending) {
+    PrintLine(std::string(clear ? "draft cleared" : "draft kept") + " for " + peer +
+              ": offline, will be saved by the next parley run" + (off ? " (" + off->message + ")" : ""));
+  } else {
+    PrintLine(std::string(clear ? "draft cleared" : "draft saved") + " for " + peer);
   }
   return kOk;
 }
@@ -824,6 +892,13 @@ int main(int argc, char** argv) {
   send->add_option("username", peer)->required();
   send->add_option("text", words, "the message; `-` reads one message per line from stdin")->required();
   send->callback([&] { run = [&] { return CmdSend(g, peer, words); }; });
+
+  bool clear_draft = false;
+  auto* draft = app.add_subcommand("draft", "show, set or clear your draft for USER (synced to your other devices)");
+  draft->add_option("username", peer)->required();
+  draft->add_option("text", words, "the new draft (none: show the draft)");
+  draft->add_flag("--clear", clear_draft, "clear the draft");
+  draft->callback([&] { run = [&] { return CmdDraft(g, peer, words, clear_draft); }; });
 
   auto* history = app.add_subcommand("history", "page the conversation with USER (newest first page; marks it read)");
   history->add_option("username", peer)->required();

@@ -23,7 +23,13 @@
 //  - reports per-message status: pending -> sent -> delivered -> read (or
 //    failed), through on_status;
 //  - reports `delivered` for received messages as soon as they are stored
-//    (options.auto_report_delivered), and `read` when told (MarkRead).
+//    (options.auto_report_delivered), and `read` when told (MarkRead);
+//  - keeps the user's draft of each conversation (docs/protocol.md,
+//    set_draft): SetDraft stores it locally at once (works offline) and the
+//    worker saves it on the server, debounced and coalesced per peer (one
+//    set_draft in flight per peer, the newest local text sent last); drafts
+//    saved on the user's other devices arrive through `draft` events and the
+//    snapshot (on_draft_changed).
 // What it is not: a UI; group chats (the protocol is 1:1 today).
 //
 // Threading and ownership: a Client owns one worker thread (started by
@@ -63,6 +69,10 @@ inline constexpr const char* kErrUnreachable = "unreachable";          // TCP/We
 
 // "Outbox age" in ../shared/DESIGN.md: how long an unsent message is retried.
 inline constexpr int64_t kDefaultOutboxMaxAgeMs = 30LL * 24 * 3600 * 1000;
+
+// How long SetDraft waits for more typing before it saves the draft on the
+// server (docs/protocol.md, set_draft: save drafts debounced).
+inline constexpr int kDefaultDraftDebounceMs = 1000;
 
 enum class MessageStatus : int { kPending = 0, kSent = 1, kDelivered = 2, kRead = 3, kFailed = 4 };
 const char* MessageStatusName(MessageStatus s);
@@ -121,12 +131,26 @@ struct CachedConversation {
   int64_t peer_delivered = 0;
   int64_t peer_read = 0;
   int64_t last_ts = 0;
+  // The user's draft in this conversation ("" : none): the text set on
+  // this device and not yet saved on the server (draft_pending), else the
+  // server's (the last `draft` event or the snapshot), so a local edit wins
+  // until it is saved. draft_updated_at: the server's time of it, or the
+  // local time of a pending one.
+  std::string draft;
+  int64_t draft_updated_at = 0;
+  bool draft_pending = false;
 };
 
 struct ComposeResult {
   bool ok = false;
   std::string client_id;  // when ok
   std::string code;       // when !ok: kErrLocalStorageFull, kErrLocalStorage, "bad_request"
+  std::string message;
+};
+
+struct DraftResult {
+  bool ok = false;
+  std::string code;  // when !ok: "bad_request", kErrLocalStorageFull, kErrLocalStorage
   std::string message;
 };
 
@@ -162,6 +186,7 @@ struct ClientOptions {
   int sync_page_limit = 200;       // events per sync page (protocol: 1-1000)
   int snapshot_messages = 20;      // newest messages per conversation in a new cache's snapshot (0-100)
   bool auto_report_delivered = true;
+  int draft_debounce_ms = kDefaultDraftDebounceMs;  // SetDraft -> set_draft delay (0: at once)
   int64_t cache_max_pages = 0;  // >0: PRAGMA max_page_count (caps the cache file; full-disk tests)
 
   // Delivery history for the checker (`parley-check`, docs/checker.md):
@@ -188,6 +213,12 @@ struct ClientOptions {
   // arriving after a newer one or after the delete changes nothing), nor for
   // messages not in the cache (page them with History to get their state).
   std::function<void(const CachedMessage& message)> on_message_changed;
+  // The draft shown for a conversation (CachedConversation::draft) changed
+  // because of the server: a `draft` event (saved on another device, or
+  // cleared by a send) or a snapshot; the conversation as it is now. Not
+  // called for this device's own SetDraft/Compose, nor while a local draft
+  // of the conversation waits to be saved (the local text wins until then).
+  std::function<void(const CachedConversation& conversation)> on_draft_changed;
   std::function<void(ClientState state, const std::string& detail)> on_state;
 };
 
@@ -225,6 +256,22 @@ class Client {
   // the worker. Works offline. The client id is generated here and never
   // changes. REQUIRES: body is 1-16384 bytes of UTF-8 (else "bad_request").
   ComposeResult Compose(const std::string& peer, const std::string& body);
+
+  // Sets (text "" : clears) the draft of the conversation with `peer` (a
+  // username), or of a cached conversation by id. Stored in the cache at
+  // once (works offline; Conversations()/Draft() show it) and saved on the
+  // server by the worker options.draft_debounce_ms after the last call for
+  // that peer, one set_draft in flight per peer: calls made while one is in
+  // flight or offline coalesce, the newest text is sent once (last local
+  // write wins). Compose drops a draft not saved yet and clears the shown
+  // one, as the server clears it on a send. A draft the server refuses
+  // (not_member, an unknown user) is dropped; last_error() says why.
+  // REQUIRES: text is 0-16384 bytes of UTF-8 (else "bad_request").
+  DraftResult SetDraft(const std::string& peer, const std::string& text);
+  DraftResult SetDraft(int64_t conversation_id, const std::string& text);
+  // The draft shown for `peer`'s conversation ("" : none; see CachedConversation::draft).
+  std::string Draft(const std::string& peer);
+  size_t PendingDraftCount();  // drafts set here and not yet saved on the server
 
   // Marks everything up to `seq` in the conversation read (sent to the
   // server as a receipt by the worker; coalesced).
@@ -264,6 +311,8 @@ class Client {
   // cache is the reference: on_status callbacks for the last messages may
   // still be running on the worker when this returns.
   bool WaitOutboxDrained(int timeout_ms);
+  // Waits until every draft set here is saved on the server (or dropped).
+  bool WaitDraftsSaved(int timeout_ms);
   // Waits until applied() >= user_seq.
   bool WaitApplied(int64_t user_seq, int timeout_ms);
 

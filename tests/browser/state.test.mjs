@@ -138,3 +138,56 @@ test('user seqs folded into a coalesced receipt (also_covers) count as applied i
   assert.equal(s.applied, 19);
   assert.equal(covered.size, 0);
 });
+
+test('edits and deletes follow the protocol rule in any order; delete for me hides for good', () => {
+  const apply = (order) => {
+    const s = withConversation();
+    applyEvent(s, { user_seq: 2, kind: 'message', message: msg(1, 2, 'm') });
+    applyEvent(s, { user_seq: 3, kind: 'message', message: msg(2, 2, 'n') });
+    for (const e of order) applyEvent(s, e);
+    return s.convs[3];
+  };
+  const e1 = { kind: 'edit', conversation_id: 3, seq: 1, version: 1, body: 'x', edited_at: 7 };
+  const e2 = { kind: 'edit', conversation_id: 3, seq: 1, version: 2, body: 'y', edited_at: 8 };
+  const del = { kind: 'delete', conversation_id: 3, seq: 1, version: 3, deleted_at: 9 };
+  for (const order of [[e1, e2], [e2, e1]]) {
+    const m = apply(order).messages[0];
+    assert.equal(m.body, 'y');
+    assert.equal(m.version, 2);
+  }
+  for (const order of [[e1, del, e2], [del, e2, e1], [e2, del]]) {
+    const m = apply(order).messages[0];
+    assert.equal(m.deleted, true);
+    assert.equal(m.body, '');
+    assert.equal(m.version, 3);
+  }
+  // A page read later (history, sync) brings the message as it is now.
+  const conv = apply([]);
+  addMessages(conv, [{ ...msg(1, 2, 'z'), version: 4, edited_at: 10 }]);
+  assert.equal(conv.messages[0].body, 'z');
+  addMessages(conv, [msg(1, 2, 'm')]); // an older copy changes nothing
+  assert.equal(conv.messages[0].body, 'z');
+  // Delete for me: gone, not counted, and no page brings it back.
+  const s = withConversation();
+  applyEvent(s, { user_seq: 2, kind: 'message', message: msg(1, 2) });
+  applyEvent(s, { user_seq: 3, kind: 'delete_for_me', conversation_id: 3, seq: 1, deleted_at: 9 });
+  assert.deepEqual(s.convs[3].messages, []);
+  assert.equal(s.convs[3].unread, 0);
+  addMessages(s.convs[3], [msg(1, 2)]);
+  applyEvent(s, { user_seq: 4, kind: 'message', message: msg(1, 2) });
+  assert.deepEqual(s.convs[3].messages, []);
+  assert.equal(s.convs[3].unread, 0);
+});
+
+test('the draft comes from the snapshot and the draft events, the last one winning', () => {
+  const s = emptyState(me);
+  applyEntry(s, { conversation: { conversation_id: 3, members, last_seq: 0 }, messages: [], watermarks: [], unread: 0,
+    draft: { text: 'see you', updated_at: 5 } });
+  assert.equal(s.convs[3].draft, 'see you');
+  applyEvent(s, { user_seq: 2, kind: 'draft', conversation_id: 3, text: 'see you at 7', updated_at: 6 });
+  assert.equal(s.convs[3].draft, 'see you at 7');
+  applyEvent(s, { user_seq: 3, kind: 'draft', conversation_id: 3, text: '', updated_at: 7 });
+  assert.equal(s.convs[3].draft, '');
+  applyEntry(s, { conversation: { conversation_id: 3, members, last_seq: 0 }, messages: [], watermarks: [], unread: 0 });
+  assert.equal(s.convs[3].draft, '');
+});

@@ -400,3 +400,92 @@ test('heartbeats: the client pings at the announced interval and keeps one conne
     await hb.stop();
   }
 });
+
+// Requests over a WebSocket of their own (a separate device of `username`),
+// run inside `page`: what another client would do.
+async function viaProtocol(page, username, requests) {
+  return page.evaluate(async ({ username, password, requests }) => {
+    const ws = new WebSocket(`ws://${location.host}/v1/ws`);
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = reject;
+    });
+    const waiting = new Map();
+    ws.onmessage = (ev) => {
+      const f = JSON.parse(ev.data);
+      if ((f.type === 'response' || f.type === 'error') && waiting.has(f.id)) waiting.get(f.id)(f);
+    };
+    let id = 0;
+    const call = (type, fields) => new Promise((resolve) => {
+      id += 1;
+      waiting.set(id, resolve);
+      ws.send(JSON.stringify({ v: 1, id, type, ...fields }));
+    });
+    const out = [await call('login', { username, password, device_name: 'script', platform: 'test' })];
+    for (const r of requests) out.push(await call(r.type, r.fields));
+    ws.close();
+    return out;
+  }, { username, password: kPassword, requests });
+}
+
+test('drafts follow the user to a second device; edits and deletes show and survive a reload', async () => {
+  const pia = await user();
+  const quinn = await user();
+  await register(pia.page, 'pia_t');
+  await register(quinn.page, 'quinn_t');
+  await openChatWith(quinn.page, 'pia_t');
+  for (const text of ['first', 'second', 'third']) await send(quinn.page, text);
+  await myMessage(quinn.page, 'third').and(quinn.page.locator('[data-tick="delivered"]')).waitFor();
+
+  const pia2 = await user();
+  await logIn(pia2.page, 'pia_t');
+  await pia.page.locator('a.conv', { hasText: 'quinn_t' }).click();
+  await pia.page.locator('li.msg .body', { hasText: 'third' }).waitFor();
+  const convId = Number(new URL(pia.page.url()).hash.split('/')[2]);
+
+  // Typed on one device: the other shows it in the list and in the composer.
+  await pia.page.locator('#composer').pressSequentially('see you at');
+  await pia2.page.locator('a.conv', { hasText: 'Draft: see you at' }).waitFor();
+  await pia2.page.locator('a.conv', { hasText: 'quinn_t' }).click();
+  assert.equal(await pia2.page.locator('#composer').inputValue(), 'see you at');
+  // Changed there: the first device's composer follows (nothing unsaved there).
+  await pia2.page.locator('#composer').pressSequentially(' 7');
+  await pia.page.waitForFunction(() => document.querySelector('#composer').value === 'see you at 7');
+  // While typing, a draft from the other device does not replace the text.
+  await pia.page.locator('#composer').pressSequentially('?');
+  await viaProtocol(pia2.page, 'pia_t', [{ type: 'set_draft', fields: { conversation_id: convId, text: 'elsewhere' } }]);
+  await pia2.page.waitForFunction(() => document.querySelector('#composer').value === 'elsewhere');
+  assert.equal(await pia.page.locator('#composer').inputValue(), 'see you at 7?');
+  // ...and once saved, it is the newest in server order: it wins everywhere.
+  await pia2.page.waitForFunction(() => document.querySelector('#composer').value === 'see you at 7?');
+  // Sending clears the draft on every device.
+  await pia.page.locator('#composer').press('Enter');
+  await pia2.page.locator('li.msg.mine .body', { hasText: 'see you at 7?' }).waitFor();
+  await pia2.page.waitForFunction(() => document.querySelector('#composer').value === '');
+  assert.equal(await pia.page.locator('#composer').inputValue(), '');
+
+  // Edits and deletes made by another client.
+  const answers = await viaProtocol(quinn.page, 'quinn_t', [
+    { type: 'edit_message', fields: { conversation_id: convId, seq: 1, client_id: 'e1', body: 'first, edited' } },
+    { type: 'delete_message', fields: { conversation_id: convId, seq: 2, for: 'everyone' } },
+  ]);
+  assert.deepEqual(answers.map((a) => a.type), ['response', 'response', 'response']);
+  await viaProtocol(pia2.page, 'pia_t', [{ type: 'delete_message', fields: { conversation_id: convId, seq: 3, for: 'me' } }]);
+  for (const page of [pia.page, pia2.page]) {
+    await page.locator('li.msg[data-seq="1"] .body', { hasText: 'first, edited' }).waitFor();
+    await page.locator('li.msg[data-seq="1"] .edited').waitFor();
+    await page.locator('li.msg[data-seq="2"] .body.deleted', { hasText: 'This message was deleted' }).waitFor();
+    await page.locator('li.msg[data-seq="3"]').waitFor({ state: 'detached' });
+  }
+  // The sender sees the same; the message deleted for pia stays for him.
+  await quinn.page.locator('li.msg[data-seq="1"] .body', { hasText: 'first, edited' }).waitFor();
+  await quinn.page.locator('li.msg[data-seq="2"] .body.deleted').waitFor();
+  await quinn.page.locator('li.msg[data-seq="3"] .body', { hasText: 'third' }).waitFor();
+  // Stored with the rest: the same after a reload.
+  await pia.page.reload();
+  await pia.page.locator('li.msg[data-seq="1"] .body', { hasText: 'first, edited' }).waitFor();
+  await pia.page.locator('li.msg[data-seq="2"] .body.deleted').waitFor();
+  assert.equal(await pia.page.locator('li.msg[data-seq="3"]').count(), 0);
+  assertClean(pia, quinn, pia2);
+  await closeAll(pia, quinn, pia2);
+});

@@ -192,5 +192,54 @@ TEST(CliE2E, WorksOverWssWithTheCaFileKeptFromLogin) {
   EXPECT_EQ(history.Json()["messages"][0]["status"], "sent");
 }
 
+TEST(CliE2E, DraftIsSetShownInChatsSyncedToAnotherDeviceSavedAfterOfflineAndClearedBySend) {
+  ServerProcess s;
+  TempDir dir;
+  CliUser alice(dir, "alice", s.port()), alice2(dir, "alice2", s.port()), bob(dir, "bob", s.port());
+  ASSERT_EQ(alice.Run({"register", "alice", "--password", "correct horse"}).exit_code, 0);
+  ASSERT_EQ(bob.Run({"register", "bob", "--password", "correct horse"}).exit_code, 0);
+  ASSERT_EQ(alice.Run({"login", "alice", "--password", "correct horse"}).exit_code, 0);
+  ASSERT_EQ(alice2.Run({"login", "alice", "--password", "correct horse", "--device-name", "second"}).exit_code, 0);
+
+  auto set = alice.Run({"draft", "bob", "see", "you", "at"});
+  ASSERT_EQ(set.exit_code, 0) << set.err;
+  EXPECT_NE(set.out.find("draft saved for bob"), std::string::npos) << set.out;
+  // The other device: `draft` shows it, `chats` lists it (human and JSON).
+  auto shown = alice2.Run({"draft", "bob"});
+  EXPECT_NE(shown.out.find("draft for bob: see you at"), std::string::npos) << shown.out;
+  auto chats = alice2.Json({"chats"});
+  ASSERT_EQ(chats["conversations"].size(), 1u) << chats.dump();
+  EXPECT_EQ(chats["conversations"][0]["draft"], "see you at");
+  EXPECT_NE(alice2.Run({"chats"}).out.find("[draft: see you at]"), std::string::npos);
+
+  // Offline: kept locally, shown, and saved by the next run that gets online.
+  s.Kill9();
+  auto kept = alice2.Run({"--timeout", "300", "draft", "bob", "later"});
+  ASSERT_EQ(kept.exit_code, 0) << kept.err;
+  EXPECT_NE(kept.out.find("offline"), std::string::npos) << kept.out;
+  auto offline = alice2.Json({"--timeout", "300", "chats"});
+  EXPECT_EQ(offline["offline"], true);
+  EXPECT_EQ(offline["conversations"][0]["draft"], "later");
+  s.Start();
+  ASSERT_EQ(alice2.Run({"chats"}).exit_code, 0);  // any online run saves it
+  auto later = alice.Json({"draft", "bob"});
+  EXPECT_EQ(later["draft"], "later");
+  EXPECT_EQ(later["pending"], false);
+
+  // Sending clears it on every device; --clear clears it too.
+  ASSERT_EQ(alice.Run({"send", "bob", "hi"}).exit_code, 0);
+  EXPECT_EQ(alice.Json({"draft", "bob"})["draft"], "");
+  EXPECT_EQ(alice2.Json({"draft", "bob"})["draft"], "");
+  ASSERT_EQ(alice2.Run({"draft", "bob", "again"}).exit_code, 0);
+  auto cleared = alice.Run({"draft", "bob", "--clear"});
+  EXPECT_NE(cleared.out.find("draft cleared for bob"), std::string::npos) << cleared.out;
+  EXPECT_EQ(alice2.Json({"draft", "bob"})["draft"], "");
+
+  // Bad input: a usage error; an unknown user: refused by the server.
+  EXPECT_EQ(alice.Run({"draft", "bob", "x", "--clear"}).exit_code, 2);
+  auto unknown = alice.Run({"--json", "draft", "nobody_here", "hello"});
+  EXPECT_EQ(unknown.exit_code, 5) << unknown.out << unknown.err;
+}
+
 }  // namespace
 }  // namespace parley::testing

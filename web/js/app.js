@@ -22,6 +22,7 @@ const kAckDelayMs = 1_000;
 const kSaveDelayMs = 150;
 const kTypingRefreshMs = 3_000;
 const kTypingIdleMs = 5_000;
+const kDraftSaveDelayMs = 500; // the composer's draft is saved (set_draft) this long after the last keystroke
 const kMaxPresenceSubscription = 256;
 const kOutboxMaxAgeMs = 30 * 24 * 3600 * 1000; // as the SDK: then the message is marked failed
 const kSearchLimit = 20;
@@ -56,6 +57,8 @@ const app = {
   typingSentAt: 0,
   typingConv: 0,
   typingStopTimer: null,
+  draftTimers: {}, // conversation_id -> timeout of the debounced set_draft
+  draftInFlight: {}, // conversation_id -> true while its set_draft is unanswered
   reportedDelivered: {}, // conversation_id -> seq this device reported
   reportedRead: {},
   route: null,
@@ -81,6 +84,7 @@ async function main() {
   app.session = (await kv.get('session')) || null;
   if (app.session) {
     app.state = (await kv.get('state')) || emptyState(meOf(app.session));
+    app.state.pendingDrafts ||= {}; // a state stored before drafts
     app.outbox = (await outbox.all()).sort((a, b) => a.order - b.order);
     startConnection();
   }
@@ -146,6 +150,7 @@ async function onOpen() {
   app.profileLookups = new Set();
   updatePresenceSubscription();
   flushOutbox();
+  flushDrafts();
   reportReceipts();
   lookUpProfiles();
   scheduleRender();
@@ -182,6 +187,7 @@ async function takeSnapshot() {
   const snap = await app.conn.request('snapshot', { messages: kSnapshotMessages });
   const fresh = emptyState(me);
   fresh.privacy = privacy;
+  fresh.pendingDrafts = app.state.pendingDrafts || {}; // typed here, not saved yet: they still win
   for (const entry of snap.conversations) applyEntry(fresh, entry);
   const [contacts, blocked] = await Promise.all([
     app.conn.request('list_contacts'),
@@ -438,6 +444,78 @@ async function flushOutbox() {
   }
 }
 
+// ------------------------------------------------------------------ drafts
+// The composer's text is the conversation's draft (docs/protocol.md,
+// set_draft): kept in state.pendingDrafts at each keystroke (persisted with
+// the state, so it survives a reload offline) and saved kDraftSaveDelayMs
+// after the last one, when leaving the chat and after reconnecting; one
+// set_draft in flight per conversation, the newest text sent last. Until it
+// is saved the local text wins over `draft` events from other devices.
+
+function draftOf(conv) {
+  const p = app.state.pendingDrafts[conv.id];
+  return p ? p.text : conv.draft || '';
+}
+
+function draftInput(convId, text) {
+  app.state.pendingDrafts[convId] = { text, at: Date.now() };
+  scheduleSave();
+  clearTimeout(app.draftTimers[convId]);
+  app.draftTimers[convId] = setTimeout(() => saveDraft(convId), kDraftSaveDelayMs);
+}
+
+// Sending clears the draft (the server clears it when it stores the
+// message and says so with a `draft` event): drop what was not saved.
+function dropDraft(convId) {
+  clearTimeout(app.draftTimers[convId]);
+  delete app.draftTimers[convId];
+  delete app.state.pendingDrafts[convId];
+  const conv = app.state.convs[convId];
+  if (conv) conv.draft = '';
+  scheduleSave();
+}
+
+async function saveDraft(convId) {
+  clearTimeout(app.draftTimers[convId]);
+  delete app.draftTimers[convId];
+  const p = app.state?.pendingDrafts[convId];
+  if (!p || !app.authed || app.draftInFlight[convId]) return;
+  app.draftInFlight[convId] = true;
+  let again = false;
+  try {
+    await app.conn.request('set_draft', { conversation_id: Number(convId), text: p.text });
+    if (!app.state) return; // signed out meanwhile
+    if (app.state.pendingDrafts[convId]?.text === p.text) {
+      delete app.state.pendingDrafts[convId];
+      // The server holds it now; `draft` events of later writes replace it.
+      const conv = app.state.convs[convId];
+      if (conv) {
+        conv.draft = p.text;
+        conv.draftAt = Date.now();
+      }
+    }
+    scheduleSave();
+    again = !!app.state.pendingDrafts[convId];
+  } catch (e) {
+    if (!app.state) return;
+    if (!e.retryable) {
+      // Refused for good (not_member, body_too_large): keep the text in the
+      // composer, stop saving it.
+      if (app.state.pendingDrafts[convId]?.text === p.text) delete app.state.pendingDrafts[convId];
+      scheduleSave();
+    } else if (e.code !== 'disconnected' && e.code !== 'timeout') {
+      setTimeout(() => saveDraft(convId), e.retryAfterMs + Math.random() * kRetryJitterMs);
+    } // else: reconnecting saves it (flushDrafts)
+  } finally {
+    delete app.draftInFlight[convId];
+  }
+  if (again && !app.draftTimers[convId]) saveDraft(convId); // typed on while it was in flight
+}
+
+function flushDrafts() {
+  for (const id of Object.keys(app.state?.pendingDrafts || {})) saveDraft(id);
+}
+
 // -------------------------------------------------------- presence, typing
 
 function sendAppState() {
@@ -598,7 +676,10 @@ function route() {
   let r = parseRoute();
   if (!app.session && r.name !== 'login') r = { name: 'login', id: 0 };
   if (app.session && (r.name === 'login' || !screens[r.name])) r = { name: 'chats', id: 0 };
-  if (app.route?.name === 'chat' && (r.name !== 'chat' || r.id !== app.route.id)) stopTyping();
+  if (app.route?.name === 'chat' && (r.name !== 'chat' || r.id !== app.route.id)) {
+    stopTyping();
+    if (app.state?.pendingDrafts[app.route.id]) saveDraft(app.route.id); // leaving: save the draft now
+  }
   app.route = r;
   const target = `#/${r.name}${r.id ? `/${r.id}` : ''}`;
   if (location.hash !== target) history.replaceState(null, '', target);
@@ -761,7 +842,9 @@ function chatsScreen(main) {
         const lastMsg = c.messages[c.messages.length - 1];
         const last = pending.length ? pending[pending.length - 1] : lastMsg;
         const mine = last && (last.sender_id === undefined || last.sender_id === app.state.me.user_id);
-        const preview = isTyping(c.id) ? 'typing…' : last ? `${mine ? 'You: ' : ''}${last.body}` : 'No messages yet';
+        const draft = draftOf(c);
+        const lastText = last?.deleted ? 'This message was deleted' : last?.body;
+        const preview = isTyping(c.id) ? 'typing…' : draft ? `Draft: ${draft}` : last ? `${mine ? 'You: ' : ''}${lastText}` : 'No messages yet';
         const pres = presenceText(peer.user_id, false);
         const a = li.firstChild;
         a.dataset.unread = String(c.unread);
@@ -800,7 +883,9 @@ function chatScreen(main, r) {
     const body = input.value.trim();
     if (!body) return;
     input.value = '';
+    shownDraft = '';
     stopTyping();
+    dropDraft(conv.id);
     compose(conv.id, body);
   } }, input, h('button', { type: 'submit', class: 'primary' }, 'Send'));
   input.addEventListener('keydown', (ev) => {
@@ -809,7 +894,14 @@ function chatScreen(main, r) {
       form.requestSubmit();
     }
   });
-  input.addEventListener('input', () => typingInput(conv.id, !input.value.trim()));
+  input.addEventListener('input', () => {
+    typingInput(conv.id, !input.value.trim());
+    draftInput(conv.id, input.value);
+  });
+  // The draft: restored here; replaced by one saved on another device only
+  // while nothing typed here waits to be saved.
+  let shownDraft = conv.draft || '';
+  input.value = draftOf(conv);
   scroller.addEventListener('scroll', () => {
     if (scroller.scrollTop < kLoadOlderThresholdPx) loadOlder(conv.id);
   });
@@ -828,6 +920,10 @@ function chatScreen(main, r) {
       setText(sub, blocked ? 'blocked' : isTyping(c.id) ? 'typing…' : presenceText(peer.user_id, true));
       sub.dataset.typing = isTyping(c.id) ? '1' : '0';
       older.hidden = c.historyDone;
+      if (!app.state.pendingDrafts[c.id] && (c.draft || '') !== shownDraft) {
+        shownDraft = c.draft || '';
+        if (input.value !== shownDraft) input.value = shownDraft;
+      }
       const pending = app.outbox.filter((o) => o.conversation_id === c.id && !c.messages.some((m) => m.client_id === o.client_id && m.sender_id === app.state.me.user_id));
       const items = [...c.messages, ...pending];
       const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < kStickToBottomPx;
@@ -839,16 +935,20 @@ function chatScreen(main, r) {
       }, (li, m) => {
         const mine = m.sender_id === undefined || m.sender_id === app.state.me.user_id;
         const tick = mine ? tickOf(app.state, c, m) : '';
-        if (li.dataset.tick === tick && li.dataset.rendered) return;
-        li.dataset.rendered = '1';
+        const rendered = `${m.version || 0}${m.deleted ? 'd' : ''}`;
+        if (li.dataset.tick === tick && li.dataset.rendered === rendered) return;
+        li.dataset.rendered = rendered;
         li.dataset.tick = tick;
+        if (m.deleted) li.dataset.deleted = '1';
+        else delete li.dataset.deleted;
         if (m.seq !== undefined) li.dataset.seq = String(m.seq);
         li.dataset.clientId = m.client_id;
         const who = mine ? 'You' : displayName(app.state, peer.user_id, peer.username);
         li.replaceChildren(
           visuallyHidden(`${who}: `),
-          h('p', { class: 'body' }, m.body),
+          m.deleted ? h('p', { class: 'body deleted' }, 'This message was deleted') : h('p', { class: 'body' }, m.body),
           h('span', { class: 'meta' },
+            m.version && !m.deleted ? h('span', { class: 'edited' }, 'edited') : '',
             m.ts ? h('time', { datetime: new Date(m.ts).toISOString() }, formatTime(m.ts)) : '',
             mine ? tickIcon(tick, m) : ''),
           tick === 'failed' ? h('span', { class: 'actions' },

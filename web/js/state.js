@@ -8,6 +8,16 @@
 // watermark adds one; a receipt with our own user id recounts). Messages
 // older than the locally cached ones that were unread in the snapshot are
 // kept as `hiddenUnread` until the read watermark passes them.
+//
+// Edits and deletes (docs/protocol.md, "Edits and deletes"): a message keeps
+// the `version` of its text; an `edit` (or a message object read later) with
+// a higher version replaces the text, a `delete` makes it a tombstone
+// (`deleted`, no text) for good, and a `delete_for_me` removes it from this
+// copy and remembers its seq (`hidden`) so no later page brings it back.
+// Drafts: `draft` is the server's draft of the conversation (snapshot and
+// `draft` events, applied in stream order: the last is the newest);
+// `pendingDrafts` (conversation id -> {text, at}) the ones typed here and
+// not yet saved, which win until they are (app.js).
 
 export const kMaxCachedMessages = 500; // per conversation; older pages come from history
 
@@ -20,6 +30,7 @@ export function emptyState(me) {
     contacts: [], // user ids, ascending username
     blocked: [], // user ids
     privacy: null, // presence visibility, from `privacy` events or set here (null: never set, i.e. everyone)
+    pendingDrafts: {}, // conversation_id -> {text, at}: typed here, not yet saved by set_draft
   };
 }
 
@@ -27,7 +38,7 @@ function newConv(c) {
   return {
     id: c.conversation_id,
     members: c.members || [],
-    messages: [], // ascending seq: {seq, sender_id, client_id, body, ts}
+    messages: [], // ascending seq: {seq, sender_id, client_id, body, ts, version?, edited_at?, deleted?}
     lastSeq: c.last_seq || 0,
     wm: {}, // user_id -> {delivered, read}
     unread: 0,
@@ -35,6 +46,9 @@ function newConv(c) {
     activity: c.created_at || 0,
     historyDone: false,
     withheld: [], // seqs that stay "sent" for ever
+    hidden: [], // seqs deleted for me: never shown again
+    draft: '', // the server's draft ('' : none)
+    draftAt: 0,
   };
 }
 
@@ -59,12 +73,46 @@ function raiseWm(conv, userId, delivered, read) {
   conv.wm[userId] = { delivered: Math.max(w.delivered, delivered, read), read: Math.max(w.read, read) };
 }
 
+// One rule for every change of a message, whatever order they arrive in:
+// a tombstone stays one; a delete makes one; a higher version replaces the
+// text; anything else changes nothing. Returns whether `m` changed.
+export function applyChange(m, change) {
+  if (m.deleted) return false;
+  if (change.deleted) {
+    m.deleted = true;
+    m.body = '';
+    m.version = change.version || m.version || 0;
+    if (change.deleted_at) m.deleted_at = change.deleted_at;
+    return true;
+  }
+  if ((change.version || 0) <= (m.version || 0)) return false;
+  m.body = change.body;
+  m.version = change.version;
+  if (change.edited_at) m.edited_at = change.edited_at;
+  return true;
+}
+
 export function addMessages(conv, msgs) {
   if (!msgs.length) return;
+  conv.hidden ||= []; // states stored before edits and deletes
   const bySeq = new Map(conv.messages.map((m) => [m.seq, m]));
   for (const m of msgs) {
-    bySeq.set(m.seq, { seq: m.seq, sender_id: m.sender_id, client_id: m.client_id, body: m.body, ts: m.ts });
     conv.lastSeq = Math.max(conv.lastSeq, m.seq);
+    if (conv.hidden.includes(m.seq)) continue;
+    const known = bySeq.get(m.seq);
+    if (known) {
+      applyChange(known, m);
+      continue;
+    }
+    const copy = { seq: m.seq, sender_id: m.sender_id, client_id: m.client_id, body: m.body, ts: m.ts };
+    if (m.version) copy.version = m.version;
+    if (m.edited_at) copy.edited_at = m.edited_at;
+    if (m.deleted) {
+      copy.deleted = true;
+      copy.body = '';
+      if (m.deleted_at) copy.deleted_at = m.deleted_at;
+    }
+    bySeq.set(m.seq, copy);
   }
   conv.messages = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
   if (conv.messages.length > kMaxCachedMessages) {
@@ -108,6 +156,8 @@ export function applyEntry(state, entry) {
   conv.unread = conv.hiddenUnread + local;
   if ((entry.messages || []).length && entry.messages[0].seq === 1) conv.historyDone = true;
   if (conv.lastSeq === 0) conv.historyDone = true;
+  conv.draft = entry.draft ? entry.draft.text : '';
+  conv.draftAt = entry.draft ? entry.draft.updated_at : 0;
 }
 
 function ensureConv(state, id) {
@@ -133,7 +183,7 @@ export function applyEvent(state, e) {
       if (m.sender_id === me) {
         raiseWm(conv, me, m.seq, m.seq); // sending reads everything before it
         recountUnread(state, conv);
-      } else if (!known && m.seq > wmOf(conv, me).read) {
+      } else if (!known && !(conv.hidden || []).includes(m.seq) && m.seq > wmOf(conv, me).read) {
         conv.unread += 1;
       }
       return conv;
@@ -174,6 +224,28 @@ export function applyEvent(state, e) {
     case 'privacy':
       state.privacy = e.presence; // set on any of the user's devices
       return null;
+    case 'edit':
+    case 'delete': {
+      const conv = ensureConv(state, e.conversation_id);
+      const m = conv.messages.find((x) => x.seq === e.seq);
+      // Not cached: its state comes with it when it is paged in.
+      if (m) applyChange(m, { deleted: e.kind === 'delete', version: e.version, body: e.body, edited_at: e.edited_at, deleted_at: e.deleted_at });
+      return conv;
+    }
+    case 'delete_for_me': {
+      const conv = ensureConv(state, e.conversation_id);
+      conv.hidden ||= [];
+      if (!conv.hidden.includes(e.seq)) conv.hidden.push(e.seq);
+      conv.messages = conv.messages.filter((x) => x.seq !== e.seq);
+      recountUnread(state, conv);
+      return conv;
+    }
+    case 'draft': {
+      const conv = ensureConv(state, e.conversation_id);
+      conv.draft = e.text || '';
+      conv.draftAt = e.updated_at || 0;
+      return conv;
+    }
     default:
       return null; // kinds this client does not know: skipped, cursor still advances
   }

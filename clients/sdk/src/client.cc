@@ -21,6 +21,7 @@
 #include "parley/client.h"
 
 #include <cctype>
+#include <cstdint>
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -202,6 +203,11 @@ struct Client::Impl {
     for (const auto& u : updates) opt.on_status(u);
   }
 
+  void EmitDrafts(const std::vector<CachedConversation>& drafts) {
+    if (!opt.on_draft_changed) return;
+    for (const auto& c : drafts) opt.on_draft_changed(c);
+  }
+
   void EmitQueued() {
     std::vector<StatusUpdate> q;
     {
@@ -296,6 +302,7 @@ struct Client::Impl {
     if (opt.on_message_changed) {
       for (const auto& m : out.changed) opt.on_message_changed(m);
     }
+    EmitDrafts(out.drafts);
     if (opt.on_event) {
       for (const auto& e : out.applied) opt.on_event(e);
     }
@@ -318,6 +325,7 @@ struct Client::Impl {
     for (auto& [conv, s] : out.received) (*to_deliver)[conv] = std::max((*to_deliver)[conv], s);
     if (history) RecordSnapshot(r.result);
     Emit(out.updates);
+    EmitDrafts(out.drafts);
     return true;
   }
 
@@ -394,11 +402,19 @@ struct Client::Impl {
     return true;
   }
 
-  enum class Kind { kSend, kReceipt, kAck, kPing };
+  enum class Kind { kSend, kReceipt, kAck, kPing, kDraft, kOpen };
   struct InFlight {
-    Kind kind;
-    int64_t started_ms;
+    InFlight() = default;
+    InFlight(Kind k, int64_t started, std::string cid, std::string p, int64_t g = 0, int64_t conv = 0,
+             std::string t = {})
+        : kind(k), started_ms(started), client_id(std::move(cid)), peer(std::move(p)), gen(g), conversation_id(conv),
+          text(std::move(t)) {}
+    Kind kind = Kind::kPing;
+    int64_t started_ms = 0;
     std::string client_id, peer;
+    // kDraft: the draft's generation, conversation and text
+    int64_t gen = 0, conversation_id = 0;
+    std::string text;
   };
 
   // The connection of a new session: the endpoint that served last, else
@@ -478,7 +494,8 @@ struct Client::Impl {
 
     std::map<int64_t, InFlight> inflight;
     std::set<std::string> busy_peers;
-    std::map<std::string, int64_t> hold_until;  // peer -> steady ms (retryable send errors)
+    std::map<std::string, int64_t> hold_until;  // peer (or "draft:" + peer) -> steady ms (retryable errors)
+    std::set<std::string> draft_busy;  // peers with a set_draft or open_conversation in flight
     std::map<std::string, int> peer_attempts;
     int64_t acked = 0;
     int64_t last_ack = 0;
@@ -532,6 +549,9 @@ struct Client::Impl {
         } else if (f.kind == Kind::kPing) {
           ping_out = false;
           if (r.ok && r.result.value("head", int64_t{0}) > cache->applied().value_or(0)) need_sync = true;
+        } else if (f.kind == Kind::kDraft || f.kind == Kind::kOpen) {
+          draft_busy.erase(f.peer);
+          HandleDraftReply(f, r, &hold_until);
         }
         it = inflight.erase(it);
       }
@@ -562,6 +582,28 @@ struct Client::Impl {
         busy_peers.insert(row.peer);
       }
       Emit(expired);
+      // 3b. Drafts: the newest unsaved text of each idle peer, once it is
+      // draft_debounce_ms old (coalesced: one request in flight per peer).
+      int64_t next_draft = INT64_MAX;  // steady ms when a debounced draft is due
+      for (const auto& d : cache->PendingDrafts()) {
+        if (draft_busy.count(d.peer)) continue;
+        auto h = hold_until.find("draft:" + d.peer);
+        if (h != hold_until.end() && h->second > now_steady) continue;
+        int64_t due_in = d.set_at + opt.draft_debounce_ms - Now();
+        if (due_in > 0) {
+          next_draft = std::min(next_draft, now_steady + due_in);
+          continue;
+        }
+        auto conv = cache->ConversationWith(d.peer);
+        if (!conv) {
+          // A conversation not known here yet: open it first.
+          inflight[c->Start("open_conversation", {{"username", d.peer}})] = {Kind::kOpen, now_steady, "", d.peer};
+        } else {
+          int64_t id = c->Start("set_draft", {{"conversation_id", conv->conversation_id}, {"text", d.text}});
+          inflight[id] = {Kind::kDraft, now_steady, "", d.peer, d.gen, conv->conversation_id, d.text};
+        }
+        draft_busy.insert(d.peer);
+      }
       // 4. Receipts: delivered for what was stored, read for what MarkRead said.
       for (int64_t id : StartReceipts(*c, &to_deliver)) inflight[id] = {Kind::kReceipt, now_steady, "", ""};
       // 5. Cursor ack, at most every kAckIntervalMs (each ack is a server write).
@@ -588,6 +630,7 @@ struct Client::Impl {
       for (auto& [peer, t] : hold_until) {
         if (t > now_steady) next = std::min(next, t);
       }
+      next = std::min(next, next_draft);
       int64_t sleep_ms = std::max<int64_t>(1, next - SteadyMs());
       std::unique_lock lock(mu);
       cv.wait_for(lock, std::chrono::milliseconds(sleep_ms), [&] { return wake || stopping; });
@@ -685,6 +728,38 @@ struct Client::Impl {
     cache->FailOutbox(f.client_id, r.code, r.message, &err);
     Record("send_failed", {{"client_id", f.client_id}, {"peer", f.peer}, {"code", r.code}});
     Emit({{f.client_id, f.peer, 0, 0, MessageStatus::kFailed, r.code, r.message}});
+    cv.notify_all();
+  }
+
+  // set_draft / open_conversation answers (a draft's peer). A lost
+  // connection or a retryable error keeps the draft for a later attempt;
+  // any other error drops it (the server will never take it).
+  void HandleDraftReply(const InFlight& f, const Reply& r, std::map<std::string, int64_t>* hold_until) {
+    if (r.ok) {
+      if (f.kind == Kind::kOpen) {
+        sdk::LocalError err;
+        cache->StoreConversation(r.result.value("conversation", json::object()), &err);
+      } else {
+        cache->DraftSaved(f.peer, f.gen, f.conversation_id, f.text, Now());
+        cv.notify_all();  // WaitDraftsSaved
+      }
+      Wake();  // a newer text may be waiting
+      return;
+    }
+    if (r.code == "closed" || r.code == "timeout") return;
+    if (r.frame.is_object() && r.frame.value("retryable", false)) {
+      auto ra = RetryAfterOf(r.frame);
+      (*hold_until)["draft:" + f.peer] =
+          SteadyMs() + (ra ? RetryAfterDelayMs(opt.backoff, *ra, rng) : BackoffDelayMs(opt.backoff, 0, rng));
+      return;
+    }
+    for (const auto& d : cache->PendingDrafts()) {
+      if (d.peer == f.peer) cache->DropPendingDraft(d.peer, f.kind == Kind::kDraft ? f.gen : d.gen);
+    }
+    {
+      std::lock_guard lock(mu);
+      last_error = "draft for " + f.peer + " not saved: " + r.code + " " + r.message;
+    }
     cv.notify_all();
   }
 };
@@ -859,6 +934,45 @@ void Client::MarkRead(int64_t conversation_id, int64_t seq) {
   impl_->Wake();
 }
 
+DraftResult Client::SetDraft(const std::string& peer_in, const std::string& text) {
+  DraftResult out;
+  if (text.size() > kMaxBodyBytes || !ValidUtf8(text)) {
+    out.code = "bad_request";
+    out.message = "a draft is 0-" + std::to_string(kMaxBodyBytes) + " bytes of UTF-8";
+    return out;
+  }
+  std::string peer = Lower(peer_in);
+  if (peer.empty()) {
+    out.code = "bad_request";
+    out.message = "no conversation";
+    return out;
+  }
+  sdk::LocalError err;
+  if (!impl_->cache->SetPendingDraft(peer, text, impl_->Now(), &err)) {
+    out.code = err.code;
+    out.message = err.message;
+    return out;
+  }
+  out.ok = true;
+  impl_->Wake();
+  return out;
+}
+
+DraftResult Client::SetDraft(int64_t conversation_id, const std::string& text) {
+  std::string peer = impl_->cache->PeerOf(conversation_id);
+  if (peer.empty()) {
+    DraftResult out;
+    out.code = "bad_request";
+    out.message = "conversation " + std::to_string(conversation_id) + " is not in the local cache";
+    return out;
+  }
+  return SetDraft(peer, text);
+}
+
+std::string Client::Draft(const std::string& peer) { return impl_->cache->Draft(Lower(peer)); }
+
+size_t Client::PendingDraftCount() { return impl_->cache->PendingDrafts().size(); }
+
 Reply Client::Request(const std::string& type, json fields, int timeout_ms) {
   std::shared_ptr<Connection> c;
   {
@@ -978,6 +1092,16 @@ bool Client::WaitOutboxDrained(int timeout_ms) {
       lock.unlock();
       return PendingCount() == 0;
     }
+  }
+  return true;
+}
+
+bool Client::WaitDraftsSaved(int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (PendingDraftCount() > 0) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::unique_lock lock(impl_->mu);
+    impl_->cv.wait_for(lock, std::chrono::milliseconds(kPollMs));
   }
   return true;
 }

@@ -82,6 +82,7 @@ class Stmt {
     }
   }
   int64_t Int(int i) { return sqlite3_column_int64(s_, i); }
+  sqlite3_stmt* raw() { return s_; }
   std::string Text(int i) {
     auto p = sqlite3_column_text(s_, i);
     return p ? std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(s_, i)))
@@ -122,7 +123,8 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS conversations(
   id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL DEFAULT 0, peer TEXT NOT NULL DEFAULT '',
   created_at INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0,
-  hidden_unread INTEGER NOT NULL DEFAULT 0, hidden_below INTEGER NOT NULL DEFAULT 0);
+  hidden_unread INTEGER NOT NULL DEFAULT 0, hidden_below INTEGER NOT NULL DEFAULT 0,
+  draft TEXT NOT NULL DEFAULT '', draft_updated_at INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS conversations_by_peer ON conversations(peer);
 CREATE TABLE IF NOT EXISTS messages(
   conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
@@ -141,6 +143,8 @@ CREATE TABLE IF NOT EXISTS outbox(
   local_id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL UNIQUE, peer TEXT NOT NULL,
   body TEXT NOT NULL, created_at INTEGER NOT NULL, failed INTEGER NOT NULL DEFAULT 0,
   error_code TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS draft_outbox(
+  peer TEXT PRIMARY KEY, text TEXT NOT NULL, set_at INTEGER NOT NULL, gen INTEGER NOT NULL) WITHOUT ROWID;
 )sql";
 
 // Schema 1 -> 2: edits and deletes.
@@ -156,6 +160,16 @@ ALTER TABLE messages ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0;
 constexpr const char* kSchemaV3 = R"sql(
 ALTER TABLE conversations ADD COLUMN hidden_unread INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE conversations ADD COLUMN hidden_below INTEGER NOT NULL DEFAULT 0;
+)sql";
+
+// Schema 3 -> 4: drafts. conversations.draft is the server's draft (the
+// last `draft` event or the snapshot); draft_outbox holds the drafts set on
+// this device and not yet saved (one row per peer, coalesced).
+constexpr const char* kSchemaV4 = R"sql(
+ALTER TABLE conversations ADD COLUMN draft TEXT NOT NULL DEFAULT '';
+ALTER TABLE conversations ADD COLUMN draft_updated_at INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS draft_outbox(
+  peer TEXT PRIMARY KEY, text TEXT NOT NULL, set_at INTEGER NOT NULL, gen INTEGER NOT NULL) WITHOUT ROWID;
 )sql";
 
 }  // namespace
@@ -208,6 +222,7 @@ std::unique_ptr<LocalCache> LocalCache::Open(const std::string& path, int64_t ma
       } else {
         if (version < 2) Exec(db, kSchemaV2);
         if (version < 3) Exec(db, kSchemaV3);
+        if (version < 4) Exec(db, kSchemaV4);
       }
       Exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
       tx.Commit();
@@ -293,8 +308,16 @@ std::optional<int64_t> LocalCache::applied() {
 bool LocalCache::AddOutbox(const OutboxRow& row, LocalError* error) {
   std::lock_guard lock(mu_);
   try {
+    Tx tx(db_);
     Stmt s(db_, stmts_, "INSERT INTO outbox(client_id, peer, body, created_at) VALUES(?,?,?,?)");
     s.Bind(1, row.client_id).Bind(2, row.peer).Bind(3, row.body).Bind(4, row.created_at).Run();
+    // The server clears the draft when it stores the message (and says so
+    // with a `draft` event): an unsaved one must not be sent after it.
+    Stmt d(db_, stmts_, "DELETE FROM draft_outbox WHERE peer=?");
+    d.Bind(1, row.peer).Run();
+    Stmt c(db_, stmts_, "UPDATE conversations SET draft='', draft_updated_at=? WHERE peer=?");
+    c.Bind(1, row.created_at).Bind(2, row.peer).Run();
+    tx.Commit();
     return true;
   } catch (const SqlError& e) {
     if (error) *error = ToLocalError(e);
@@ -328,6 +351,89 @@ bool LocalCache::FailOutbox(const std::string& client_id, const std::string& cod
     if (error) *error = ToLocalError(e);
     return false;
   }
+}
+
+bool LocalCache::SetPendingDraft(const std::string& peer, const std::string& text, int64_t now, LocalError* error) {
+  std::lock_guard lock(mu_);
+  try {
+    // Always queued, also when the cached server draft has this text: the
+    // cache may be behind (set offline, before a sync), and the server
+    // answers `changed: false` without an event when it already has it.
+    Stmt s(db_, stmts_,
+           "INSERT INTO draft_outbox(peer, text, set_at, gen) VALUES(?,?,?,1) ON CONFLICT(peer) DO UPDATE SET "
+           "text=excluded.text, set_at=excluded.set_at, gen=gen+1");
+    s.Bind(1, peer).Bind(2, text).Bind(3, now).Run();
+    return true;
+  } catch (const SqlError& e) {
+    if (error) *error = ToLocalError(e);
+    return false;
+  }
+}
+
+std::vector<DraftRow> LocalCache::PendingDrafts() {
+  std::lock_guard lock(mu_);
+  std::vector<DraftRow> out;
+  try {
+    Stmt s(db_, stmts_, "SELECT peer, text, set_at, gen FROM draft_outbox ORDER BY set_at");
+    while (s.Step()) out.push_back({s.Text(0), s.Text(1), s.Int(2), s.Int(3)});
+  } catch (const SqlError&) {
+  }
+  return out;
+}
+
+void LocalCache::DraftSaved(const std::string& peer, int64_t gen, int64_t conversation_id, const std::string& text,
+                            int64_t now) {
+  std::lock_guard lock(mu_);
+  try {
+    Tx tx(db_);
+    {
+      // Gone: a Compose dropped it (the send clears the server's draft,
+      // and its `draft` event says so); the saved text is stale already.
+      Stmt p(db_, stmts_, "SELECT gen FROM draft_outbox WHERE peer=?");
+      p.Bind(1, peer);
+      if (!p.Step()) return;
+    }
+    // The server holds `text` now; `draft` events of later writes (other
+    // devices) come after this answer and replace it. So the shown draft
+    // does not fall back to an older server text when the row goes.
+    Stmt u(db_, stmts_, "UPDATE conversations SET draft=?, draft_updated_at=? WHERE id=?");
+    u.Bind(1, text).Bind(2, now).Bind(3, conversation_id).Run();
+    Stmt d(db_, stmts_, "DELETE FROM draft_outbox WHERE peer=? AND gen=?");
+    d.Bind(1, peer).Bind(2, gen).Run();
+    tx.Commit();
+  } catch (const SqlError&) {
+  }
+}
+
+void LocalCache::DropPendingDraft(const std::string& peer, int64_t gen) {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt d(db_, stmts_, "DELETE FROM draft_outbox WHERE peer=? AND gen=?");
+    d.Bind(1, peer).Bind(2, gen).Run();
+  } catch (const SqlError&) {
+  }
+}
+
+std::string LocalCache::Draft(const std::string& peer) {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt p(db_, stmts_, "SELECT text FROM draft_outbox WHERE peer=?");
+    p.Bind(1, peer);
+    if (p.Step()) return p.Text(0);
+    Stmt c(db_, stmts_, "SELECT draft FROM conversations WHERE peer=? ORDER BY id LIMIT 1");
+    c.Bind(1, peer);
+    return c.Step() ? c.Text(0) : std::string();
+  } catch (const SqlError&) {
+    return "";
+  }
+}
+
+std::string LocalCache::ShownDraftLocked(int64_t conversation_id) {
+  Stmt s(db_, stmts_,
+         "SELECT COALESCE(d.text, c.draft) FROM conversations c LEFT JOIN draft_outbox d ON d.peer=c.peer AND c.peer<>'' "
+         "WHERE c.id=?");
+  s.Bind(1, conversation_id);
+  return s.Step() ? s.Text(0) : std::string();
 }
 
 std::string LocalCache::PeerOf(int64_t conversation_id) {
@@ -492,6 +598,14 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
   } else if (kind == "delete_for_me") {
     auto hidden = HideMessageLocked(e.value("conversation_id", int64_t{0}), e.value("seq", int64_t{0}));
     if (hidden) out->changed.push_back(std::move(*hidden));
+  } else if (kind == "draft") {
+    // The conversation's current draft as the server read it: applied in
+    // stream order, the last one is the newest (docs/protocol.md, set_draft).
+    int64_t conv = e.value("conversation_id", int64_t{0});
+    Stmt c(db_, stmts_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
+    c.Bind(1, conv).Run();
+    Stmt u(db_, stmts_, "UPDATE conversations SET draft=?, draft_updated_at=? WHERE id=?");
+    u.Bind(1, e.value("text", "")).Bind(2, e.value("updated_at", int64_t{0})).Bind(3, conv).Run();
   }
   // Other kinds (profile, contact, block, and kinds added later) change no
   // cached table; they still advance the cursor and reach on_event.
@@ -562,9 +676,14 @@ bool LocalCache::ApplyEvents(const std::vector<json>& events, ApplyOutcome* out,
     }
     std::set<int64_t> covered = covered_;
     ApplyOutcome local;
+    std::map<int64_t, std::string> drafts_before;  // conversation -> shown draft before this batch
     while (true) {
       auto it = next.find(applied + 1);
       if (it != next.end()) {
+        if (it->second->value("kind", "") == "draft") {
+          int64_t conv = it->second->value("conversation_id", int64_t{0});
+          if (!drafts_before.count(conv)) drafts_before[conv] = ShownDraftLocked(conv);
+        }
         ApplyOneLocked(*it->second, &local);
         for (const auto& c : it->second->value("also_covers", json::array())) {
           if (c.is_number_integer() && c.get<int64_t>() > applied + 1) covered.insert(c.get<int64_t>());
@@ -577,6 +696,9 @@ bool LocalCache::ApplyEvents(const std::vector<json>& events, ApplyOutcome* out,
       ++applied;
     }
     local.gap = !next.empty();
+    for (auto& [conv, before] : drafts_before) {
+      if (ShownDraftLocked(conv) != before) local.drafts.push_back(ConversationRowLocked(conv));
+    }
     covered.erase(covered.begin(), covered.upper_bound(applied));
     SetMetaLocked("applied", std::to_string(applied));
     tx.Commit();
@@ -596,6 +718,13 @@ bool LocalCache::ApplySnapshot(const json& snap, ApplyOutcome* out, LocalError* 
   std::lock_guard lock(mu_);
   try {
     Tx tx(db_);
+    std::map<int64_t, std::string> drafts_before;
+    {
+      std::vector<int64_t> ids;
+      Stmt s(db_, stmts_, "SELECT id FROM conversations");
+      while (s.Step()) ids.push_back(s.Int(0));
+      for (int64_t id : ids) drafts_before[id] = ShownDraftLocked(id);
+    }
     Exec(db_, "DELETE FROM conversations; DELETE FROM messages; DELETE FROM receipts; DELETE FROM withheld;");
     ApplyOutcome local;
     for (const auto& entry : snap.value("conversations", json::array())) {
@@ -620,6 +749,14 @@ bool LocalCache::ApplySnapshot(const json& snap, ApplyOutcome* out, LocalError* 
         }
       }
       RecordHiddenUnreadLocked(conv, entry.value("unread", int64_t{0}));
+      const json draft = entry.value("draft", json::object());
+      Stmt d(db_, stmts_, "UPDATE conversations SET draft=?, draft_updated_at=? WHERE id=?");
+      d.Bind(1, draft.value("text", "")).Bind(2, draft.value("updated_at", int64_t{0})).Bind(3, conv).Run();
+      drafts_before.try_emplace(conv, "");
+    }
+    for (auto& [conv, before] : drafts_before) {
+      std::string now = ShownDraftLocked(conv);
+      if (now != before) local.drafts.push_back(ConversationRowLocked(conv));
     }
     SetMetaLocked("applied", std::to_string(snap.value("head", int64_t{0})));
     tx.Commit();
@@ -730,7 +867,9 @@ void LocalCache::RecordHiddenUnreadLocked(int64_t conv, int64_t server_unread) {
 
 CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
   CachedConversation c;
-  Stmt s(db_, stmts_, "SELECT id, peer_id, peer, last_seq, hidden_unread, hidden_below FROM conversations WHERE id=?");
+  Stmt s(db_, stmts_,
+         "SELECT c.id, c.peer_id, c.peer, c.last_seq, c.hidden_unread, c.hidden_below, c.draft, c.draft_updated_at, "
+         "d.text, d.set_at FROM conversations c LEFT JOIN draft_outbox d ON d.peer=c.peer AND c.peer<>'' WHERE c.id=?");
   s.Bind(1, id);
   if (!s.Step()) return c;
   c.conversation_id = s.Int(0);
@@ -738,6 +877,9 @@ CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
   c.peer = s.Text(2);
   c.last_seq = s.Int(3);
   const int64_t hidden_unread = s.Int(4), hidden_below = s.Int(5);
+  c.draft_pending = sqlite3_column_type(s.raw(), 8) != SQLITE_NULL;
+  c.draft = c.draft_pending ? s.Text(8) : s.Text(6);
+  c.draft_updated_at = c.draft_pending ? s.Int(9) : s.Int(7);
   Stmt r(db_, stmts_, "SELECT user_id, delivered, read FROM receipts WHERE conversation_id=?");
   r.Bind(1, id);
   while (r.Step()) {

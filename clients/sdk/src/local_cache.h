@@ -40,6 +40,15 @@ struct OutboxRow {
   std::string error_code, error_message;
 };
 
+// A draft set on this device and not yet saved on the server (one per
+// peer: a newer SetDraft replaces the text and bumps gen).
+struct DraftRow {
+  std::string peer;
+  std::string text;
+  int64_t set_at = 0;  // local ms of the last SetDraft
+  int64_t gen = 0;
+};
+
 // What applying a batch of stream events produced.
 struct ApplyOutcome {
   std::vector<StatusUpdate> updates;          // status changes of own messages
@@ -47,6 +56,7 @@ struct ApplyOutcome {
   std::vector<nlohmann::json> applied;        // the events applied (not the dropped duplicates)
   bool gap = false;                           // some events were beyond a missing user seq
   std::vector<CachedMessage> changed;         // cached messages an edit/delete/delete_for_me changed
+  std::vector<CachedConversation> drafts;     // conversations whose shown draft changed (draft events, snapshot)
 };
 
 // A prepared statement kept for reuse (local_cache.cc's Stmt), keyed by the
@@ -59,8 +69,9 @@ using StatementCache = std::map<const char*, CachedStatement>;
 
 class LocalCache {
  public:
-  // 2: edits and deletes (messages.version, ...); 3: conversations.hidden_unread/hidden_below
-  static constexpr int kSchemaVersion = 3;
+  // 2: edits and deletes (messages.version, ...); 3: conversations.hidden_unread/hidden_below;
+  // 4: drafts (conversations.draft, draft_updated_at; the draft_outbox table)
+  static constexpr int kSchemaVersion = 4;
 
   static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
   ~LocalCache();
@@ -73,7 +84,8 @@ class LocalCache {
   // The highest applied user seq; nullopt if the cache never synced (new device).
   std::optional<int64_t> applied();
 
-  // Outbox.
+  // Outbox. Adding a message also drops the peer's unsaved draft and
+  // clears its shown one (a send clears the draft, docs/protocol.md).
   bool AddOutbox(const OutboxRow& row, LocalError* error);
   std::vector<OutboxRow> Outbox(bool include_failed);
   bool FailOutbox(const std::string& client_id, const std::string& code, const std::string& message,
@@ -81,6 +93,16 @@ class LocalCache {
   // The send of `client_id` was acknowledged: the outbox row becomes a message.
   bool RecordSent(const std::string& client_id, const nlohmann::json& ack, std::vector<StatusUpdate>* updates,
                   LocalError* error);
+
+  // Drafts. SetPendingDraft records a local draft for `peer` (replacing an
+  // unsaved one). DraftSaved: set_draft of generation `gen` was
+  // accepted: the server's draft is now `text`; the pending row goes if it
+  // is still that generation. DropPendingDraft: the server refused it.
+  bool SetPendingDraft(const std::string& peer, const std::string& text, int64_t now, LocalError* error);
+  std::vector<DraftRow> PendingDrafts();
+  void DraftSaved(const std::string& peer, int64_t gen, int64_t conversation_id, const std::string& text, int64_t now);
+  void DropPendingDraft(const std::string& peer, int64_t gen);
+  std::string Draft(const std::string& peer);
 
   // Applies stream events in user-seq order; events at or below the cursor
   // are dropped; user seqs named by a coalesced receipt's also_covers count
@@ -123,6 +145,8 @@ class LocalCache {
   // messages do not show (conversations.hidden_unread, hidden_below).
   void RecordHiddenUnreadLocked(int64_t conversation_id, int64_t server_unread);
   CachedConversation ConversationRowLocked(int64_t conversation_id);
+  // The draft shown for a conversation: the pending one of its peer, else the server's.
+  std::string ShownDraftLocked(int64_t conversation_id);
 
   std::mutex mu_;  // guards db_ and every statement
   sqlite3* db_;
