@@ -95,6 +95,22 @@ class StoreConformance : public ::testing::TestWithParam<Backend> {
 
   Store& store() { return *store_; }
 
+  // An edit by alice (alice_dev_) of her message `seq` in conv_, well inside
+  // the edit and delete windows.
+  MessageChange AliceEdits(Seq seq, std::string client_id, std::string body, int64_t now) const {
+    MessageChange edit;
+    edit.kind = static_cast<int>(protocol::ChangeKind::kEdit);
+    edit.conversation_id = conv_;
+    edit.seq = seq;
+    edit.user_id = alice_.id;
+    edit.device_id = alice_dev_.id;
+    edit.client_id = std::move(client_id);
+    edit.body = std::move(body);
+    edit.now = now;
+    edit.edit_window_ms = edit.delete_window_ms = 60'000;
+    return edit;
+  }
+
   // Three users with devices; alice and bob share conv_.
   void SetUpConversation() {
     alice_ = MakeUser(store(), "alice");
@@ -2005,16 +2021,7 @@ TEST_P(StoreConformance, DeleteLeavesATombstoneWithoutAnyText) {
   Send(alice_, alice_dev_, "m1", 2000);
   Seq seq = Send(alice_, alice_dev_, "m2", 2000).message.seq;
   Send(alice_, alice_dev_, "m3", 2000);
-  MessageChange edit;
-  edit.kind = static_cast<int>(protocol::ChangeKind::kEdit);
-  edit.conversation_id = conv_;
-  edit.seq = seq;
-  edit.user_id = alice_.id;
-  edit.device_id = alice_dev_.id;
-  edit.client_id = "e1";
-  edit.body = "secret draft";
-  edit.now = 3000;
-  edit.edit_window_ms = edit.delete_window_ms = 60'000;
+  MessageChange edit = AliceEdits(seq, "e1", "secret draft", 3000);
   ChangeResult edited = Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(edit, cb); }));
   EXPECT_EQ(edited.version, 1);
   EXPECT_EQ(edited.message.body, "secret draft");
@@ -2260,16 +2267,7 @@ TEST_P(StoreConformance, MessageSearchNeverMatchesWithheldDeletedOrOldEditedText
   EXPECT_EQ(Seqs(Must(SearchMsgs(store(), bob_.id, "apple"))), (std::vector<Seq>{seq}));
 
   // An edit: the old text stops matching at once; the new one once indexed.
-  MessageChange edit;
-  edit.kind = static_cast<int>(protocol::ChangeKind::kEdit);
-  edit.conversation_id = conv_;
-  edit.seq = seq;
-  edit.user_id = alice_.id;
-  edit.device_id = alice_dev_.id;
-  edit.client_id = "e1";
-  edit.body = "Banana bread";
-  edit.now = 3000;
-  edit.edit_window_ms = edit.delete_window_ms = 60'000;
+  MessageChange edit = AliceEdits(seq, "e1", "Banana bread", 3000);
   Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(edit, cb); }));
   EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "apple")).messages.empty());
   IndexAll(store());
