@@ -12,6 +12,26 @@
 namespace parley::testing {
 namespace {
 
+// A connection with a small receive buffer, authenticated with `token`: a
+// reader the tests stall (PauseReading) so that the server's queue for it
+// fills. Returns null (after a test failure) if it cannot connect or auth;
+// *head is the auth result's head.
+std::unique_ptr<Connection> OpenSlowReader(ServerProcess& server, const std::string& token,
+                                           int receive_buffer_bytes = 4096, int64_t* head = nullptr) {
+  ConnectOptions o;
+  o.port = server.port();
+  o.receive_buffer_bytes = receive_buffer_bytes;
+  std::string err;
+  auto slow = Connection::Open(o, &err);
+  EXPECT_TRUE(slow) << err;
+  if (!slow) return nullptr;
+  auto auth = slow->Call("auth", {{"token", token}});
+  EXPECT_TRUE(auth.ok) << auth.code;
+  if (!auth.ok) return nullptr;
+  if (head != nullptr) *head = auth.result["head"];
+  return slow;
+}
+
 TEST(OverloadE2E, StalledReaderIsClosedWithResyncAndCatchesUpWithAllMessages) {
   constexpr int kQueueLimit = 256 * 1024;
   // A long heartbeat timeout: the stalled reader stays silent for as long as
@@ -27,13 +47,8 @@ TEST(OverloadE2E, StalledReaderIsClosedWithResyncAndCatchesUpWithAllMessages) {
   std::string b_token = b0.token;
   b0.conn.reset();
 
-  ConnectOptions o;
-  o.port = server.port();
-  o.receive_buffer_bytes = 16 * 1024;
-  std::string err;
-  auto slow = Connection::Open(o, &err);
-  ASSERT_TRUE(slow) << err;
-  ASSERT_TRUE(slow->Call("auth", {{"token", b_token}}).ok);
+  auto slow = OpenSlowReader(server, b_token, 16 * 1024);
+  ASSERT_TRUE(slow);
   slow->PauseReading();
 
   // Watch the queue gauge while 10,000 messages are sent to the stalled reader.
@@ -105,15 +120,9 @@ TEST(OverloadE2E, QueuedReceiptsAreCoalescedToTheLatestWatermark) {
   Register(server, "bob");
   Device a = Login(server, "alice");
   Device sender = Login(server, "bob", "sender");
-  ConnectOptions o;
-  o.port = server.port();
-  o.receive_buffer_bytes = 4096;
-  std::string err;
-  auto slow = Connection::Open(o, &err);
-  ASSERT_TRUE(slow) << err;
-  auto auth = slow->Call("auth", {{"token", sender.token}});
-  ASSERT_TRUE(auth.ok);
-  int64_t from = auth.result["head"];
+  int64_t from = 0;
+  auto slow = OpenSlowReader(server, sender.token, 4096, &from);
+  ASSERT_TRUE(slow);
   slow->PauseReading();
 
   // Bob's messages fill the stalled connection's socket buffers and queue...
@@ -168,14 +177,8 @@ TEST(OverloadE2E, QueuedFramesLeaveSeveralPerWriteInOrder) {
   Register(server, "bob");
   Device a = Login(server, "alice");
   Device sender = Login(server, "bob", "sender");
-  ConnectOptions o;
-  o.port = server.port();
-  o.receive_buffer_bytes = 4096;
-  std::string err;
-  auto slow = Connection::Open(o, &err);
-  ASSERT_TRUE(slow) << err;
-  auto auth = slow->Call("auth", {{"token", a.token}});
-  ASSERT_TRUE(auth.ok);
+  auto slow = OpenSlowReader(server, a.token);
+  ASSERT_TRUE(slow);
   std::string before = HttpGet(server.port(), "/metrics");
   slow->PauseReading();
 
@@ -233,13 +236,8 @@ TEST(OverloadE2E, QueuedReceiptsAreNotMergedPastAWithheldList) {
   send("withheld");  // seq 2: withheld from alice
   ASSERT_TRUE(a.conn->Call("unblock", {{"username", "bob"}}).ok);
 
-  ConnectOptions o;
-  o.port = server.port();
-  o.receive_buffer_bytes = 4096;
-  std::string err;
-  auto slow = Connection::Open(o, &err);
-  ASSERT_TRUE(slow) << err;
-  ASSERT_TRUE(slow->Call("auth", {{"token", sender.token}}).ok);
+  auto slow = OpenSlowReader(server, sender.token);
+  ASSERT_TRUE(slow);
   slow->PauseReading();
   // Bob's messages (seqs 3..) fill the stalled connection's buffers...
   constexpr int kCount = 200;
