@@ -36,6 +36,7 @@
 #pragma once
 
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/compose.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/async_base.hpp>
@@ -43,8 +44,11 @@
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/role.hpp>
 #include <boost/beast/core/stream_traits.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/websocket/teardown.hpp>
 
+#include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -185,10 +189,67 @@ void teardown(boost::beast::role_type role, SerialWriteStream<Next>& s, boost::b
   teardown(role, s.next_layer(), ec);
 }
 
+// Lingering close. Beast's own TCP teardown (Boost 1.81) shuts down the
+// sending side, reads once and closes. A peer still writing, typically one
+// sending a frame over the hard limit (closed with 1009), then gets a reset,
+// which can reach it before it has read the close frame: it sees a broken
+// connection instead of the close code. This teardown reads and discards what
+// the peer sends until its end of stream, for at most kTeardownLingerTimeout
+// and kTeardownLingerMaxBytes, and then closes.
+inline constexpr std::chrono::milliseconds kTeardownLingerTimeout{2000};
+inline constexpr size_t kTeardownLingerMaxBytes = 8 * 1024 * 1024;
+
+class LingeringTeardownOp {
+ public:
+  LingeringTeardownOp(boost::beast::role_type role, boost::beast::tcp_stream& stream)
+      : role_(role), stream_(stream), buf_(std::make_unique<std::array<char, 4096>>()) {}
+
+  template <typename Self>
+  void operator()(Self& self, boost::beast::error_code ec = {}, size_t n = 0) {
+    namespace net = boost::asio;
+    if (!started_) {
+      started_ = true;
+      if (role_ == boost::beast::role_type::server) stream_.socket().shutdown(net::socket_base::shutdown_send, ec);
+      if (ec) return Done(self, ec);
+      stream_.expires_after(kTeardownLingerTimeout);
+      return stream_.async_read_some(net::buffer(*buf_), std::move(self));
+    }
+    drained_ += n;
+    if (!ec && drained_ < kTeardownLingerMaxBytes) return stream_.async_read_some(net::buffer(*buf_), std::move(self));
+    // The peer's end of stream is the expected way out; the time or byte
+    // limit ends the wait as well (the close below then resets).
+    if (ec == net::error::eof || ec == boost::beast::error::timeout) ec = {};
+    if (!ec && role_ == boost::beast::role_type::client) {
+      stream_.socket().shutdown(net::socket_base::shutdown_send, ec);
+    }
+    Done(self, ec);
+  }
+
+ private:
+  template <typename Self>
+  void Done(Self& self, boost::beast::error_code ec) {
+    boost::beast::error_code ignored;
+    stream_.socket().close(ignored);
+    self.complete(ec);
+  }
+
+  boost::beast::role_type role_;
+  boost::beast::tcp_stream& stream_;
+  std::unique_ptr<std::array<char, 4096>> buf_;
+  size_t drained_ = 0;
+  bool started_ = false;
+};
+
 template <typename Next, typename TeardownHandler>
 void async_teardown(boost::beast::role_type role, SerialWriteStream<Next>& s, TeardownHandler&& handler) {
-  using boost::beast::websocket::async_teardown;
-  async_teardown(role, s.next_layer(), std::forward<TeardownHandler>(handler));
+  if constexpr (std::is_same_v<Next, boost::beast::tcp_stream>) {
+    boost::asio::async_compose<std::decay_t<TeardownHandler>, void(boost::beast::error_code)>(
+        LingeringTeardownOp(role, s.next_layer()), handler, s.next_layer());
+  } else {
+    // TLS: Beast sends close_notify and waits for the peer's.
+    using boost::beast::websocket::async_teardown;
+    async_teardown(role, s.next_layer(), std::forward<TeardownHandler>(handler));
+  }
 }
 
 }  // namespace parley::gateway

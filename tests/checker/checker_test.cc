@@ -287,6 +287,36 @@ TEST(CheckerTest, RecordsLostToAClientKillAreNotGaps) {
   ExpectOnly(r, "", 0);
 }
 
+// The server coalesced two receipt entries into one live event (user seq 6,
+// "also_covers" 7): the cache applied both, so the resume from cursor 7 that
+// follows is not a gap in the records, and the device ends current.
+TEST(CheckerTest, ACoalescedReceiptAppliesTheSeqsItCovers) {
+  json state = BaseState();
+  json& rows = state["tables"]["stream"]["rows"];
+  rows.push_back({2, 6, 2, 100, 0, 1, 3, 2});  // alice's device reports delivered 3, read 2
+  rows.push_back({2, 7, 2, 100, 0, 1, 3, 3});  // then read 3
+  state["tables"]["heads"]["rows"] = {{1, 5}, {2, 7}, {3, 2}, {4, 3}};
+  state["tables"]["receipts"]["rows"] = {{100, 1, 3, 3}, {100, 2, 3, 3}, {200, 3, 2, 1}, {200, 4, 2, 2}};
+  Histories h = BaseHistories();
+  json coalesced = ReceiptEv(6, 100, 1, 3, 3);
+  coalesced["also_covers"] = {7};
+  auto& b22 = h.files["bob-22.jsonl"];
+  b22.pop_back();  // stop
+  b22.push_back(coalesced);
+  b22.push_back({{"ev", "stop"}});
+  b22.push_back({{"ev", "resume"}, {"cursor", 7}});
+  b22.push_back(Caught(7));
+  b22.push_back({{"ev", "stop"}});
+  auto& b21 = h.files["bob-21.jsonl"];
+  b21.push_back(ReceiptEv(6, 100, 1, 3, 2));
+  b21.push_back(ReceiptEv(7, 100, 1, 3, 3));
+  b21.push_back(Caught(7));
+  Report r = CheckAll(h, state);
+  ExpectOnly(r, "", 0);
+  EXPECT_EQ(r.counts.finished_devices, 4);
+  EXPECT_EQ(r.counts.current_devices, 4) << FormatReport(r, 20);
+}
+
 // A raw connection of alice's (device 12) sends a1 again, twice at once,
 // and once more after a reconnect: every ack carries the first ack's seq.
 TEST(CheckerTest, ResendsAckedWithTheFirstSeqAreOneMessage) {

@@ -566,6 +566,12 @@ struct Checker {
         if (c.is_number_integer() && c.get<int64_t>() > u) d.covered.insert(c.get<int64_t>());
       }
     }
+    // The cache applied the covered seqs with this one: those right above it
+    // are applied (a resume from the last of them is not an unrecorded range).
+    while (!d.covered.empty() && *d.covered.begin() == d.applied + 1) {
+      d.applied = *d.covered.begin();
+      d.covered.erase(d.covered.begin());
+    }
     std::string kind = j["kind"];
     if (kind == "message") {
       const json& m = j["message"];
