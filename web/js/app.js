@@ -1195,7 +1195,7 @@ function messageChanges(convId, log, note, refresh) {
     },
     // The actions button of a sent message (one per element, reused).
     triggerOf(li, m) {
-      if (m.seq === undefined) return '';
+      if (m.seq === undefined || (m.seq === ui.seq && ui.kind === 'edit')) return ''; // the editor has its own buttons
       li.actionsButton ||= h('button', { type: 'button', class: 'msg-actions', 'aria-label': 'Message actions', 'aria-haspopup': 'menu',
         onclick: () => (ui.seq === li.message.seq && ui.kind === 'menu' ? close(true) : openMenu(li.message)) }, '⋯');
       const open = ui.seq === m.seq && ui.kind === 'menu';
