@@ -489,3 +489,133 @@ test('drafts follow the user to a second device; edits and deletes show and surv
   assertClean(pia, quinn, pia2);
   await closeAll(pia, quinn, pia2);
 });
+
+// Opens the actions menu of the message with text `text` in `page`'s open
+// chat; returns the message (found by its seq: while edited it shows an
+// editor instead of its text) and the menu.
+async function openActions(page, text) {
+  const seq = await page.locator('li.msg', { has: page.locator('.body', { hasText: text }) }).getAttribute('data-seq');
+  const msg = page.locator(`li.msg[data-seq="${seq}"]`);
+  await msg.getByRole('button', { name: 'Message actions' }).click();
+  const menu = msg.getByRole('menu', { name: 'Message actions' });
+  await menu.waitFor();
+  return { msg, menu };
+}
+
+async function menuItems(menu) {
+  return menu.getByRole('menuitem').allTextContents();
+}
+
+test('a user edits and deletes messages from the chat: the peer and the user\'s other device follow', async () => {
+  const rosa = await user();
+  const sam = await user();
+  await register(rosa.page, 'rosa_t');
+  await register(sam.page, 'sam_t');
+  await openChatWith(rosa.page, 'sam_t');
+  for (const text of ['typo here', 'regret this', 'only for me']) await send(rosa.page, text);
+  await myMessage(rosa.page, 'only for me').and(rosa.page.locator('[data-tick="delivered"]')).waitFor();
+  const rosa2 = await user();
+  await logIn(rosa2.page, 'rosa_t');
+  await rosa2.page.locator('a.conv', { hasText: 'sam_t' }).click();
+  await sam.page.locator('a.conv', { hasText: 'rosa_t' }).click();
+  for (const page of [rosa2.page, sam.page]) await page.locator('li.msg .body', { hasText: 'only for me' }).waitFor();
+
+  // The peer may only delete Rosa's message for himself.
+  const atSam = await openActions(sam.page, 'typo here');
+  assert.deepEqual(await menuItems(atSam.menu), ['Delete for me']);
+  await sam.page.keyboard.press('Escape');
+  await atSam.menu.waitFor({ state: 'detached' });
+
+  // Edit: Escape leaves the text as it was; Enter saves the new one.
+  let { msg, menu } = await openActions(rosa.page, 'typo here');
+  assert.deepEqual(await menuItems(menu), ['Edit', 'Delete for everyone', 'Delete for me']);
+  const chatReport = await axeViolations(rosa.page);
+  await menu.getByRole('menuitem', { name: 'Edit' }).click();
+  const editor = msg.getByRole('textbox', { name: 'Edit message' });
+  assert.equal(await editor.inputValue(), 'typo here');
+  await editor.fill('abandoned');
+  await editor.press('Escape');
+  await editor.waitFor({ state: 'detached' });
+  assert.equal(await msg.locator('.body').textContent(), 'typo here');
+  assert.ok(await msg.getByRole('button', { name: 'Message actions' }).evaluate((b) => b === document.activeElement));
+  ({ msg, menu } = await openActions(rosa.page, 'typo here'));
+  await menu.getByRole('menuitem', { name: 'Edit' }).click();
+  chatReport.push(...await axeViolations(rosa.page));
+  await editor.fill('typo fixed');
+  await editor.press('Enter');
+  for (const page of [rosa.page, rosa2.page, sam.page]) {
+    const edited = page.locator('li.msg', { has: page.locator('.body', { hasText: /^typo fixed$/ }) });
+    await edited.locator('.edited', { hasText: 'edited' }).waitFor();
+  }
+
+  // Delete for everyone asks first; cancelled, nothing happens.
+  ({ msg, menu } = await openActions(rosa.page, 'regret this'));
+  await menu.getByRole('menuitem', { name: 'Delete for everyone' }).click();
+  const confirm = msg.getByRole('group', { name: 'Delete this message for everyone?' });
+  chatReport.push(...await axeViolations(rosa.page));
+  await confirm.getByRole('button', { name: 'Cancel' }).click();
+  await confirm.waitFor({ state: 'detached' });
+  ({ msg, menu } = await openActions(rosa.page, 'regret this'));
+  await menu.getByRole('menuitem', { name: 'Delete for everyone' }).click();
+  await confirm.getByRole('button', { name: 'Delete', exact: true }).click();
+  for (const page of [rosa.page, rosa2.page, sam.page]) {
+    await page.locator('li.msg .body.deleted', { hasText: 'This message was deleted' }).waitFor();
+    assert.equal(await page.locator('li.msg .body', { hasText: 'regret this' }).count(), 0);
+  }
+
+  // Delete for me, keyboard only: gone on both of Rosa's devices, kept for Sam.
+  const hide = rosa.page.locator('li.msg', { has: rosa.page.locator('.body', { hasText: 'only for me' }) });
+  await hide.getByRole('button', { name: 'Message actions' }).focus();
+  await rosa.page.keyboard.press('Enter');
+  await hide.getByRole('menuitem', { name: 'Edit' }).and(rosa.page.locator(':focus')).waitFor();
+  await rosa.page.keyboard.press('End');
+  await hide.getByRole('menuitem', { name: 'Delete for me' }).and(rosa.page.locator(':focus')).waitFor();
+  await rosa.page.keyboard.press('Enter');
+  for (const page of [rosa.page, rosa2.page]) await page.locator('li.msg .body', { hasText: 'only for me' }).waitFor({ state: 'detached' });
+  assert.deepEqual(await bodies(rosa2.page), ['typo fixed', 'This message was deleted']);
+  assert.deepEqual(await bodies(sam.page), ['typo fixed', 'This message was deleted', 'only for me']);
+  // Stored: the same after a reload.
+  await rosa.page.reload();
+  await rosa.page.locator('li.msg .body', { hasText: 'typo fixed' }).waitFor();
+  assert.deepEqual(await bodies(rosa.page), ['typo fixed', 'This message was deleted']);
+  assert.deepEqual(chatReport, []);
+  assertClean(rosa, sam, rosa2);
+  await closeAll(rosa, sam, rosa2);
+});
+
+test('after the edit window the menu offers no edit, and a late edit shows the server\'s refusal', async () => {
+  // A server of its own whose edit window is 4 s (long enough to open the
+  // editor on a busy machine, short enough to wait for).
+  const kEditWindowMs = 4_000;
+  const srv = await startServer(['--edit-window-ms', String(kEditWindowMs)]);
+  try {
+    const tara = await newContext(browser, srv.base);
+    const uma = await newContext(browser, srv.base);
+    await register(tara.page, 'tara_t');
+    await register(uma.page, 'uma_t');
+    await openChatWith(tara.page, 'uma_t');
+    await send(tara.page, 'quick one');
+    await myMessage(tara.page, 'quick one').and(tara.page.locator('[data-seq]')).waitFor();
+    let { msg, menu } = await openActions(tara.page, 'quick one');
+    const ts = Date.parse(await msg.locator('time').getAttribute('datetime'));
+    await menu.getByRole('menuitem', { name: 'Edit' }).click();
+    const editor = msg.getByRole('textbox', { name: 'Edit message' });
+    await editor.fill('too late');
+    // The window closes while the editor is open: the server refuses.
+    await tara.page.waitForTimeout(Math.max(0, ts + kEditWindowMs + 200 - Date.now()));
+    await editor.press('Enter');
+    await tara.page.getByRole('status').filter({ hasText: 'Too late to edit this message' }).waitFor();
+    assert.equal(await editor.inputValue(), 'too late'); // nothing typed is lost
+    await msg.getByRole('button', { name: 'Cancel' }).click();
+    assert.equal(await msg.locator('.body').textContent(), 'quick one');
+    ({ menu } = await openActions(tara.page, 'quick one'));
+    assert.deepEqual(await menuItems(menu), ['Delete for everyone', 'Delete for me']);
+    await uma.page.locator('a.conv', { hasText: 'tara_t' }).click();
+    await uma.page.locator('li.msg .body', { hasText: 'quick one' }).waitFor();
+    assert.equal(await uma.page.locator('li.msg .edited').count(), 0);
+    assertClean(tara, uma);
+    await closeAll(tara, uma);
+  } finally {
+    await srv.stop();
+  }
+});

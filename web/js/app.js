@@ -10,8 +10,8 @@
 import { Connection, ProtocolError } from './connection.js';
 import { kv, outbox, clearAll } from './db.js';
 import {
-  emptyState, applyEntry, applyEvent, addMessages, addWithheld, peerOf, displayName, tickOf, conversationsByActivity,
-  myWatermark, recountUnread, sortByUsername, advanceApplied,
+  emptyState, applyEntry, applyEvent, applyChange, addMessages, addWithheld, peerOf, displayName, tickOf,
+  conversationsByActivity, myWatermark, recountUnread, sortByUsername, advanceApplied,
 } from './state.js';
 import { h, syncList, setText, visuallyHidden } from './dom.js';
 
@@ -70,6 +70,7 @@ const app = {
   historyLoading: false,
   wasOnline: false, // authenticated at least once since the page loaded
   profileLookups: new Set(), // user ids looked up on this connection
+  limits: null, // the server's limits from the auth result (edit_window_ms, delete_window_ms, ...)
 };
 
 // ---------------------------------------------------------------- start-up
@@ -86,6 +87,7 @@ async function main() {
     app.state = (await kv.get('state')) || emptyState(meOf(app.session));
     app.state.pendingDrafts ||= {}; // a state stored before drafts
     app.outbox = (await outbox.all()).sort((a, b) => a.order - b.order);
+    app.limits = (await kv.get('limits')) || null; // the last server's, until auth tells again
     startConnection();
   }
   route();
@@ -141,6 +143,10 @@ async function onOpen() {
     throw e;
   }
   app.conn.setHeartbeat(r.heartbeat_interval_ms, r.heartbeat_timeout_ms);
+  if (r.limits) {
+    app.limits = r.limits;
+    kv.set('limits', r.limits);
+  }
   if (app.state.applied === null) await takeSnapshot();
   else await requestSync();
   app.authed = true;
@@ -654,6 +660,7 @@ async function signedOut(message) {
   app.state = null;
   app.outbox = [];
   app.presence = {};
+  app.limits = null;
   app.reportedDelivered = {};
   app.reportedRead = {};
   await clearAll();
@@ -910,7 +917,9 @@ function chatScreen(main, r) {
     h('a', { href: '#/chats', class: 'back' }, h('span', { 'aria-hidden': 'true' }, '‹ '), 'Chats'),
     h('div', { class: 'chat-title' }, title, sub), blockBtn), note, scroller, form);
   let lastCount = -1;
-  return {
+  // Re-renders this screen while it is the one shown (requests answer late).
+  const changes = messageChanges(conv.id, log, note, () => app.state && app.screen === screen && screen.update());
+  const screen = {
     focus: input,
     update() {
       const c = app.state.convs[conv.id];
@@ -935,7 +944,8 @@ function chatScreen(main, r) {
       }, (li, m) => {
         const mine = m.sender_id === undefined || m.sender_id === app.state.me.user_id;
         const tick = mine ? tickOf(app.state, c, m) : '';
-        const rendered = `${m.version || 0}${m.deleted ? 'd' : ''}`;
+        li.message = m; // what its actions act on
+        const rendered = `${m.version || 0}${m.deleted ? 'd' : ''}${changes.uiOf(m)}`;
         if (li.dataset.tick === tick && li.dataset.rendered === rendered) return;
         li.dataset.rendered = rendered;
         li.dataset.tick = tick;
@@ -944,16 +954,23 @@ function chatScreen(main, r) {
         if (m.seq !== undefined) li.dataset.seq = String(m.seq);
         li.dataset.clientId = m.client_id;
         const who = mine ? 'You' : displayName(app.state, peer.user_id, peer.username);
+        const focused = li.contains(document.activeElement) ? document.activeElement : null;
+        const editor = changes.editorOf(m);
         li.replaceChildren(
           visuallyHidden(`${who}: `),
-          m.deleted ? h('p', { class: 'body deleted' }, 'This message was deleted') : h('p', { class: 'body' }, m.body),
+          editor || (m.deleted ? h('p', { class: 'body deleted' }, 'This message was deleted') : h('p', { class: 'body' }, m.body)),
           h('span', { class: 'meta' },
             m.version && !m.deleted ? h('span', { class: 'edited' }, 'edited') : '',
             m.ts ? h('time', { datetime: new Date(m.ts).toISOString() }, formatTime(m.ts)) : '',
             mine ? tickIcon(tick, m) : ''),
           tick === 'failed' ? h('span', { class: 'actions' },
             h('button', { type: 'button', class: 'small', onclick: () => retryFailed(m) }, 'Retry'),
-            h('button', { type: 'button', class: 'small', onclick: () => discardFailed(m) }, 'Discard')) : '');
+            h('button', { type: 'button', class: 'small', onclick: () => discardFailed(m) }, 'Discard')) : '',
+          changes.triggerOf(li, m),
+          changes.panelOf(m));
+        // Moved, not rebuilt: what had the focus (the actions button, the
+        // editor, a menu item) keeps it.
+        if (focused && li.contains(focused) && document.activeElement !== focused) focused.focus({ preventScroll: true });
       });
       if (items.length !== lastCount) {
         if (lastCount < 0 || atBottom || (items.length && items[items.length - 1].sender_id === undefined)) scroller.scrollTop = scroller.scrollHeight;
@@ -961,6 +978,235 @@ function chatScreen(main, r) {
         lastCount = items.length;
       }
       reportReceipts();
+    },
+  };
+  return screen;
+}
+
+// ---- editing and deleting messages (docs/protocol.md, edit_message and
+// delete_message). Each sent message has an actions button opening a small
+// menu: "Edit" and "Delete for everyone" on the user's own messages while the
+// server's windows (the auth result's limits) are open, "Delete for me" on
+// any. Edits happen in place (Enter saves, Escape cancels); a delete for
+// everyone asks first. The server has the last word: what it refuses is
+// said in the chat's status line, and a refused edit stays in its editor.
+
+const kChangeErrors = {
+  edit_window_closed: 'Too late to edit this message: the time for edits is over.',
+  delete_window_closed: 'Too late to delete this message for everyone. You can still delete it for yourself.',
+  message_deleted: 'This message was deleted, so it cannot be edited.',
+  forbidden: 'You can only edit or delete your own messages for everyone.',
+  unknown_message: 'This message is not available any more.',
+  not_member: 'You are not in this conversation.',
+  body_too_large: 'The message is too long.',
+  rate_limited: 'Too many changes at once. Wait a moment and try again.',
+};
+
+function changeError(e) {
+  return kChangeErrors[e.code] || offlineAware(e);
+}
+
+// Whether `m`'s window named `limit` (edit_window_ms, delete_window_ms) is
+// still open by this device's clock; unknown limits count as closed.
+function withinWindow(m, limit) {
+  const ms = app.limits?.[limit];
+  return typeof ms === 'number' && typeof m.ts === 'number' && Date.now() <= m.ts + ms;
+}
+
+// Requests that need an authenticated connection (not one still in auth).
+function changeRequest(type, fields) {
+  if (!app.authed) return Promise.reject(new ProtocolError({ code: 'disconnected', message: 'not connected', retryable: true }));
+  return app.conn.request(type, fields);
+}
+
+// The actions of the messages of one chat screen. `refresh` re-renders the
+// screen; the open menu, confirmation and editor are kept here (one at a
+// time) and their elements reused across renders.
+function messageChanges(convId, log, note, refresh) {
+  const ui = { seq: 0, kind: '', el: null, edit: null }; // kind: 'menu', 'confirm' or 'edit'
+  const find = (seq) => app.state?.convs[convId]?.messages.find((x) => x.seq === seq);
+  const trigger = (seq) => log.querySelector(`li[data-seq="${seq}"] button.msg-actions`);
+  const mineOf = (m) => m.sender_id === app.state.me.user_id;
+
+  function close(returnFocus) {
+    const seq = ui.seq;
+    ui.seq = 0;
+    ui.kind = '';
+    ui.el = null;
+    ui.edit = null;
+    refresh();
+    if (returnFocus && seq) trigger(seq)?.focus();
+  }
+
+  function show(m, kind, el, focus) {
+    ui.seq = m.seq;
+    ui.kind = kind;
+    ui.el = el;
+    if (kind !== 'edit') ui.edit = null;
+    refresh();
+    focus?.focus();
+  }
+
+  // Closes what is open when the focus leaves it for good (not when a
+  // re-render moves it, not to its own actions button, whose click toggles).
+  function closeOnLeave(el) {
+    el.addEventListener('focusout', () => setTimeout(() => {
+      if (ui.el !== el || el.contains(document.activeElement) || document.activeElement === trigger(ui.seq)) return;
+      close(false);
+    }, 0));
+  }
+
+  function openMenu(m) {
+    const items = [];
+    if (mineOf(m) && !m.deleted && withinWindow(m, 'edit_window_ms')) items.push(['Edit', () => startEdit(m.seq)]);
+    if (mineOf(m) && !m.deleted && withinWindow(m, 'delete_window_ms')) items.push(['Delete for everyone', () => confirmDelete(m.seq)]);
+    items.push(['Delete for me', () => remove(m.seq, 'me')]);
+    const buttons = items.map(([label, fn]) => h('button', { type: 'button', role: 'menuitem', tabindex: '-1', onclick: fn }, label));
+    const menu = h('div', { class: 'msg-menu', role: 'menu', id: `msg-menu-${m.seq}`, 'aria-label': 'Message actions' }, buttons);
+    menu.addEventListener('keydown', (ev) => {
+      const i = buttons.indexOf(document.activeElement);
+      const to = { ArrowDown: i + 1, ArrowUp: i - 1, Home: 0, End: buttons.length - 1 }[ev.key];
+      if (to !== undefined) {
+        ev.preventDefault();
+        buttons[(to + buttons.length) % buttons.length].focus();
+      } else if (ev.key === 'Escape' || ev.key === 'Tab') {
+        ev.preventDefault();
+        close(true);
+      }
+    });
+    closeOnLeave(menu);
+    show(m, 'menu', menu, buttons[0]);
+  }
+
+  function confirmDelete(seq) {
+    const m = find(seq);
+    if (!m) return close(false);
+    const cancel = h('button', { type: 'button', class: 'small', onclick: () => close(true) }, 'Cancel');
+    const box = h('div', { class: 'msg-confirm', role: 'group', 'aria-labelledby': `msg-confirm-${seq}` },
+      h('p', { id: `msg-confirm-${seq}` }, 'Delete this message for everyone?'),
+      h('div', { class: 'actions' },
+        h('button', { type: 'button', class: 'small danger', onclick: () => remove(seq, 'everyone') }, 'Delete'), cancel));
+    box.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape') {
+        ev.preventDefault();
+        close(true);
+      }
+    });
+    closeOnLeave(box);
+    show(m, 'confirm', box, cancel);
+  }
+
+  async function remove(seq, which) {
+    close(false);
+    try {
+      const r = await changeRequest('delete_message', { conversation_id: convId, seq, for: which });
+      if (!app.state) return;
+      // As the stream's events will say (applying them again changes nothing).
+      if (which === 'me') applyEvent(app.state, { kind: 'delete_for_me', conversation_id: convId, seq });
+      else {
+        const m = find(seq);
+        if (m) applyChange(m, { deleted: true, version: r.version, deleted_at: r.deleted_at });
+      }
+      scheduleSave();
+      refresh();
+      statusLine(note, which === 'me' ? 'Message deleted for you.' : 'Message deleted for everyone.');
+      if (which === 'me') log.parentElement.focus(); // its own button went with it
+      else trigger(seq)?.focus();
+    } catch (e) {
+      statusLine(note, changeError(e), 'error');
+      trigger(seq)?.focus();
+    }
+  }
+
+  function startEdit(seq) {
+    const m = find(seq);
+    if (!m || m.deleted) return close(false);
+    const hintId = `msg-edit-hint-${seq}`;
+    const text = h('textarea', { class: 'edit-input', rows: 2, maxlength: kMaxBodyLength, 'aria-label': 'Edit message', 'aria-describedby': hintId });
+    text.value = m.body;
+    const save = h('button', { type: 'submit', class: 'small primary' }, 'Save');
+    const form = h('form', { class: 'msg-edit', onsubmit: (ev) => {
+      ev.preventDefault();
+      saveEdit(seq);
+    } }, text,
+    h('p', { class: 'hint', id: hintId }, 'Enter saves, Escape cancels.'),
+    h('div', { class: 'actions' }, save, h('button', { type: 'button', class: 'small', onclick: () => close(true) }, 'Cancel')));
+    text.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+        ev.preventDefault();
+        form.requestSubmit();
+      } else if (ev.key === 'Escape') {
+        ev.preventDefault();
+        close(true);
+      }
+    });
+    ui.edit = { text, save, clientId: '', sentBody: null, busy: false };
+    show(m, 'edit', form, text);
+    text.setSelectionRange(text.value.length, text.value.length);
+  }
+
+  async function saveEdit(seq) {
+    const edit = ui.edit;
+    const m = find(seq);
+    if (!edit || edit.busy) return;
+    if (!m || m.deleted) return close(true);
+    const body = edit.text.value.trim();
+    if (!body) {
+      statusLine(note, 'A message cannot be empty. To remove it, delete it.', 'error');
+      return;
+    }
+    if (body === m.body) return close(true);
+    // One client id per text: a retry after a lost answer is the same edit.
+    if (edit.sentBody !== body) {
+      edit.clientId = crypto.randomUUID();
+      edit.sentBody = body;
+    }
+    edit.busy = true;
+    edit.save.disabled = true;
+    try {
+      const r = await changeRequest('edit_message', { conversation_id: convId, seq, client_id: edit.clientId, body });
+      const now = find(seq);
+      if (now) applyChange(now, { version: r.version, body, edited_at: r.edited_at });
+      scheduleSave();
+      statusLine(note, 'Message edited.');
+      if (ui.edit === edit) close(true);
+    } catch (e) {
+      statusLine(note, changeError(e), 'error'); // the text stays in the editor
+      edit.text.focus();
+    } finally {
+      edit.busy = false;
+      edit.save.disabled = false;
+    }
+  }
+
+  return {
+    // A part of the render key: which of menu, confirmation, editor it shows.
+    uiOf(m) {
+      return m.seq !== undefined && m.seq === ui.seq ? ui.kind[0] : '';
+    },
+    // The editor in place of the text while `m` is edited.
+    editorOf(m) {
+      if (m.seq === undefined || m.seq !== ui.seq || ui.kind !== 'edit') return null;
+      if (m.deleted) { // deleted meanwhile (on another device): nothing to edit
+        setTimeout(() => close(false), 0);
+        return null;
+      }
+      return ui.el;
+    },
+    // The actions button of a sent message (one per element, reused).
+    triggerOf(li, m) {
+      if (m.seq === undefined || (m.seq === ui.seq && ui.kind === 'edit')) return ''; // the editor has its own buttons
+      li.actionsButton ||= h('button', { type: 'button', class: 'msg-actions', 'aria-label': 'Message actions', 'aria-haspopup': 'menu',
+        onclick: () => (ui.seq === li.message.seq && ui.kind === 'menu' ? close(true) : openMenu(li.message)) }, '⋯');
+      const open = ui.seq === m.seq && ui.kind === 'menu';
+      li.actionsButton.setAttribute('aria-expanded', String(open));
+      if (open) li.actionsButton.setAttribute('aria-controls', `msg-menu-${m.seq}`);
+      else li.actionsButton.removeAttribute('aria-controls');
+      return li.actionsButton;
+    },
+    // The open menu or confirmation under `m`.
+    panelOf(m) {
+      return m.seq !== undefined && m.seq === ui.seq && ui.kind !== 'edit' ? ui.el : '';
     },
   };
 }
