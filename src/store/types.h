@@ -309,6 +309,12 @@ struct MessageSearchQuery {
   int limit = 0;
 };
 
+// Index matches a message search visits per page at most (the candidates it
+// checks against membership and visibility), on every backend; past it the
+// page ends early with a cursor, so one page's work is bounded however common
+// the words are in conversations the searcher is not in.
+inline constexpr int kMaxSearchCandidates = 2000;
+
 struct MessageSearchPage {
   // Matching messages, newest indexed first (the order the store first
   // indexed them, which is the order it stored them); each exactly as

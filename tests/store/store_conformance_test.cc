@@ -2254,6 +2254,34 @@ TEST_P(StoreConformance, MessageSearchFindsOnlyOwnConversationsAfterIndexingNewe
   EXPECT_EQ(r.error().code(), ErrorCode::kUnknownConversation);
 }
 
+// A page visits at most kMaxSearchCandidates matches: a word common in
+// conversations the searcher is not in ends a page early, empty, with a
+// cursor, and the searcher's own older match is found on a later page.
+TEST_P(StoreConformance, MessageSearchPagesStopAtTheCandidateCapWithACursor) {
+  SetUpConversation();
+  Seq own = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "own", "zebra crossing", 2000))).message.seq;
+  ConversationId others = Open(store(), alice_.id, carol_.id).conversation.id;
+  const size_t n = kMaxSearchCandidates + 5;
+  Collector<AppendResult> appended(n);
+  for (size_t i = 0; i < n; ++i) {
+    store().AppendMessage(Msg(others, alice_.id, alice_dev_.id, "z" + std::to_string(i), "zebra " + std::to_string(i), 3000),
+                          appended.Slot(i));
+  }
+  for (auto& r : appended.Wait()) ASSERT_TRUE(r->has_value());
+  IndexAll(store(), 500);
+
+  MessageSearchPage first = Must(SearchMsgs(store(), bob_.id, "zebra"));
+  EXPECT_TRUE(first.messages.empty()) << "carol's conversation holds every candidate of this page";
+  ASSERT_NE(first.next, 0) << "a capped page says where to go on";
+  MessageSearchPage second = Must(SearchMsgs(store(), bob_.id, "zebra", 0, first.next));
+  EXPECT_EQ(Seqs(second), (std::vector<Seq>{own}));
+  if (second.next != 0) {
+    EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "zebra", 0, second.next)).messages.empty());
+  }
+  // Alice, a member of both, gets full pages.
+  EXPECT_EQ(Must(SearchMsgs(store(), alice_.id, "zebra")).messages.size(), 20u);
+}
+
 TEST_P(StoreConformance, MessageSearchNeverMatchesWithheldDeletedOrOldEditedText) {
   SetUpConversation();
   // Withheld by a block: never found by the blocker, also after the unblock.

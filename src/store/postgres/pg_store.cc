@@ -110,7 +110,8 @@
 // (a deleted message keeps a row with an empty tsvector, its version the
 // delete's); doc_id is the first entry's id and never changes, which is the
 // newest-first order of results. A search is one statement: the GIN index
-// finds the matches, joined to members, messages and withheld.
+// finds the matches, the newest kMaxSearchCandidates of them are joined to
+// members, messages and withheld.
 //
 // Event payloads are columns, not JSON: kMessage/kReceipt carry `withheld`,
 // kProfile/kContact/kBlock carry the profile_* columns (the subject's id in
@@ -1881,26 +1882,40 @@ Result<MessageSearchPage> PostgresStore::Reader::SearchMessages(const MessageSea
   }
   MessageSearchPage page;
   if (q.words.empty() || q.limit <= 0) return page;
-  // Checked against the store as it is (see "Message search"): a member,
-  // not withheld from or hidden by the searcher, not deleted, and still the
-  // indexed version.
+  // The newest kMaxSearchCandidates matches below the cursor (the GIN index
+  // answers the match; a top-N sort orders them), each checked against the
+  // store as it is (see "Message search"): a member, not withheld from or
+  // hidden by the searcher, not deleted, and still the indexed version.
+  // Every row also carries how many candidates there were and the oldest of
+  // them (one row of NULLs when none is visible), so a page whose candidates
+  // ran out at the cap says where to go on.
   PgRows r = db_->Query(
-      "SELECT s.doc_id, " PARLEY_MESSAGE_COLUMNS " FROM message_search s "
+      "WITH c AS (SELECT doc_id, conversation_id, seq, version FROM message_search "
+      "WHERE words @@ $2::tsquery AND doc_id < $3 AND ($4::bigint = 0 OR conversation_id = $4::bigint) "
+      "ORDER BY doc_id DESC LIMIT $6), "
+      "v AS (SELECT s.doc_id, " PARLEY_MESSAGE_COLUMNS " FROM c s "
       "JOIN members mb ON mb.conversation_id = s.conversation_id AND mb.user_id = $1 "
       "JOIN messages m ON m.conversation_id = s.conversation_id AND m.seq = s.seq "
-      "WHERE s.words @@ $2::tsquery AND s.doc_id < $3 AND ($4::bigint = 0 OR s.conversation_id = $4::bigint) "
-      "AND m.deleted_at = 0 AND m.version = s.version "
+      "WHERE m.deleted_at = 0 AND m.version = s.version "
       "AND NOT EXISTS (SELECT 1 FROM withheld w WHERE w.conversation_id = s.conversation_id AND w.user_id = $1 "
-      "AND w.seq = s.seq) "
-      "ORDER BY s.doc_id DESC LIMIT $5",
+      "AND w.seq = s.seq) ORDER BY s.doc_id DESC LIMIT $5) "
+      "SELECT n.candidates, n.oldest, v.* FROM (SELECT count(*) AS candidates, min(doc_id) AS oldest FROM c) n "
+      "LEFT JOIN v ON true ORDER BY v.doc_id DESC",
       PgParams()
           .Int(q.searcher)
           .Text(TsQuery(q.words))
           .Int(q.before > 0 ? q.before : std::numeric_limits<int64_t>::max())
           .Int(q.conversation_id)
-          .Int(q.limit + 1));
-  for (int i = 0; i < r.size() && i < q.limit; ++i) page.messages.push_back(MessageAt(r, i, 1));
-  if (r.size() > q.limit) page.next = r.Int(q.limit - 1, 0);
+          .Int(q.limit + 1)
+          .Int(kMaxSearchCandidates));
+  const bool found = r.size() > 0 && !r.IsNull(0, 2);
+  const int rows = found ? r.size() : 0;
+  for (int i = 0; i < rows && i < q.limit; ++i) page.messages.push_back(MessageAt(r, i, 3));
+  if (rows > q.limit) {
+    page.next = r.Int(q.limit - 1, 2);
+  } else if (r.size() > 0 && r.Int(0, 0) == kMaxSearchCandidates) {
+    page.next = r.Int(0, 1);  // the cap was reached: older candidates may exist
+  }
   // As History shows them: "stays sent" when withheld from another member
   // whose delivered watermark passed it.
   for (MessageRecord& m : page.messages) {

@@ -200,11 +200,6 @@ namespace {
 // memory stays bounded however many conversations and users there are.
 constexpr size_t kMaxCachedConversations = 65536;
 constexpr size_t kMaxCachedHeads = 262144;
-// FTS5 matches a message search visits per page at most (the candidates it
-// checks against membership and visibility); past it the page ends early
-// with a cursor, so one page's work is bounded however common the words are
-// in conversations the searcher is not in.
-constexpr int kMaxSearchCandidates = 2000;
 
 // The FTS5 query of a message search: every word as a prefix, all required.
 // Words hold only [0-9a-z] and non-ASCII bytes (MessageWords), so quoting
