@@ -68,11 +68,18 @@
 #include <nlohmann/json.hpp>
 
 #include "common/child_process.h"
+#include "spawn.h"
 #include "net/http_client.h"
 #include "parley/backoff.h"
 #include "ws_load.h"
 
 namespace parley::bench {
+
+void SetupFailed(const std::string& why) {
+  std::cerr << "parley-bench: " << why << "\n";
+  std::exit(2);
+}
+
 namespace {
 
 using nlohmann::json;
@@ -93,10 +100,6 @@ constexpr size_t kBackfillWindow = 1000;     // sends in flight while writing th
 constexpr int64_t kMs = 1'000'000;
 constexpr int64_t kSec = 1'000'000'000;
 
-[[noreturn]] void SetupFailed(const std::string& why) {
-  std::cerr << "parley-bench: " << why << "\n";
-  std::exit(2);
-}
 
 rlim_t RaiseFileLimit() {
   rlimit rl{};
@@ -182,19 +185,6 @@ json ToJson(const Pct& p) {
 
 // ---------------------------------------------------------------------------
 // parleyd.
-
-// A child process, or a set-up failure. With `pipes` its stdin and stdout
-// are pipes to us; `log_path` (if set) gets its stderr (and its stdout
-// without `pipes`), appended.
-Child SpawnOrFail(std::vector<std::string> args, bool pipes, const std::string& log_path) {
-  SpawnOptions o;
-  o.stdin_pipe = o.stdout_pipe = pipes;
-  if (!pipes) o.stdout_path = log_path;
-  o.stderr_path = log_path;
-  Child c = Spawn(std::move(args), o);
-  if (c.pid < 0) SetupFailed("cannot start a child process (pipe or fork failed)");
-  return c;
-}
 
 struct Common {
   std::string parleyd;

@@ -53,11 +53,22 @@
 #include <nlohmann/json.hpp>
 
 #include "common/child_process.h"
+#include "spawn.h"
 #include "net/http_client.h"
 #include "parley/client.h"
 #include "parley/connection.h"
 
+namespace parley::bench {
+void SetupFailed(const std::string& why) {
+  std::cerr << "parley-reconnect-bench: " << why << "\n";
+  std::exit(2);
+}
+}  // namespace parley::bench
+
 namespace {
+
+using parley::bench::SetupFailed;
+using parley::bench::SpawnOrFail;
 
 using nlohmann::json;
 using parley::Child;
@@ -78,10 +89,6 @@ int64_t SteadyMs() {
       .count();
 }
 
-[[noreturn]] void SetupFailed(const std::string& why) {
-  std::cerr << "parley-reconnect-bench: " << why << "\n";
-  std::exit(2);
-}
 
 std::string DeviceName(size_t i) { return "fleet" + std::to_string(i); }
 
@@ -230,19 +237,6 @@ int RunWorker(uint16_t port, const std::string& tokens_file, size_t first, size_
 
 // ---------------------------------------------------------------------------
 // Child processes.
-
-// A child process, or a set-up failure. With `pipes` its stdin and stdout
-// are pipes to us; `log_path` (if set) gets its stderr (and its stdout
-// without `pipes`), appended.
-Child SpawnOrFail(std::vector<std::string> args, bool pipes, const std::string& log_path) {
-  SpawnOptions o;
-  o.stdin_pipe = o.stdout_pipe = pipes;
-  if (!pipes) o.stdout_path = log_path;
-  o.stderr_path = log_path;
-  Child c = Spawn(std::move(args), o);
-  if (c.pid < 0) SetupFailed("cannot start a child process (pipe or fork failed)");
-  return c;
-}
 
 struct Server {
   std::string parleyd, dir, admin_token;
