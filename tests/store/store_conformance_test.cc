@@ -95,20 +95,32 @@ class StoreConformance : public ::testing::TestWithParam<Backend> {
 
   Store& store() { return *store_; }
 
+  // A change of message `seq` in conv_ by `user` on `device`.
+  MessageChange ChangeOf(protocol::ChangeKind kind, const UserRecord& user, const DeviceRecord& device, Seq seq,
+                         int64_t now) const {
+    MessageChange c;
+    c.kind = static_cast<int>(kind);
+    c.conversation_id = conv_;
+    c.seq = seq;
+    c.user_id = user.id;
+    c.device_id = device.id;
+    c.now = now;
+    return c;
+  }
+
   // An edit by alice (alice_dev_) of her message `seq` in conv_, well inside
   // the edit and delete windows.
   MessageChange AliceEdits(Seq seq, std::string client_id, std::string body, int64_t now) const {
-    MessageChange edit;
-    edit.kind = static_cast<int>(protocol::ChangeKind::kEdit);
-    edit.conversation_id = conv_;
-    edit.seq = seq;
-    edit.user_id = alice_.id;
-    edit.device_id = alice_dev_.id;
+    MessageChange edit = ChangeOf(protocol::ChangeKind::kEdit, alice_, alice_dev_, seq, now);
     edit.client_id = std::move(client_id);
     edit.body = std::move(body);
-    edit.now = now;
     edit.edit_window_ms = edit.delete_window_ms = 60'000;
     return edit;
+  }
+
+  // Bob (bob_dev_) deletes message `seq` of conv_ for himself.
+  MessageChange BobHides(Seq seq, int64_t now) const {
+    return ChangeOf(protocol::ChangeKind::kDeleteForMe, bob_, bob_dev_, seq, now);
   }
 
   // Three users with devices; alice and bob share conv_.
@@ -2070,13 +2082,7 @@ TEST_P(StoreConformance, DeleteForMeHidesFromTheUsersViewsOnly) {
   SetUpConversation();
   Send(alice_, alice_dev_, "m1", 2000);
   Seq seq = Send(alice_, alice_dev_, "m2", 2000).message.seq;
-  MessageChange hide;
-  hide.kind = static_cast<int>(protocol::ChangeKind::kDeleteForMe);
-  hide.conversation_id = conv_;
-  hide.seq = seq;
-  hide.user_id = bob_.id;
-  hide.device_id = bob_dev_.id;
-  hide.now = 3000;
+  MessageChange hide = BobHides(seq, 3000);
   ChangeResult r = Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(hide, cb); }));
   ASSERT_EQ(r.positions.size(), 1u);
   EXPECT_EQ(r.positions[0].user_id, bob_.id);
@@ -2310,10 +2316,7 @@ TEST_P(StoreConformance, MessageSearchNeverMatchesWithheldDeletedOrOldEditedText
   EXPECT_EQ(page.messages[0].edited_at, history.back().edited_at);
 
   // Delete for me hides it from that user only.
-  MessageChange hide = edit;
-  hide.kind = static_cast<int>(protocol::ChangeKind::kDeleteForMe);
-  hide.user_id = bob_.id;
-  hide.device_id = bob_dev_.id;
+  MessageChange hide = BobHides(seq, edit.now);
   Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(hide, cb); }));
   EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "banana")).messages.empty());
   EXPECT_EQ(Seqs(Must(SearchMsgs(store(), alice_.id, "banana"))), (std::vector<Seq>{seq}));
