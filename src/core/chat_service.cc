@@ -755,8 +755,7 @@ void ChatService::DoReceipt(const ClientPtr& c, Req req) {
         e.created_at = u.now;
         e.receipt_user_id = u.user_id;
         e.receipt = r->aggregate;
-        e.withheld = r->withheld;
-        PublishEvents(std::move(e), r->positions);
+        PublishEvents(std::move(e), r->positions, r->withheld);
         if (u.read > 0) PushAfterRead(u.user_id, u.device_id, u.conversation_id, r->aggregate.read);
       }
       if (--pending->left == 0) {

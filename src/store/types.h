@@ -167,9 +167,12 @@ struct DraftRecord {
 // `withheld` (blocking, DESIGN.md "Blocking"): the actor's watermark (the
 // receipt's user, or a message's sender, whose send raises their own
 // watermarks) now covers these seqs, which were withheld from the actor; they
-// stay "sent" forever for everyone else. Only seqs newly covered by this
-// event are listed (above the actor's previous delivered watermark), so each
-// is listed once per stream, and the list reads the same live and in sync.
+// stay "sent" forever for everyone else. Only seqs this stream has not had
+// listed are (above the actor's delivered watermark as this stream last
+// carried it), so each is listed once per stream, and the list reads the
+// same live and in sync. The actor's own stream carries every move of their
+// watermark; the other member's misses those made by messages hidden from
+// them (a mutual block), so its lists can reach further back.
 struct StreamEvent {
   UserSeq user_seq = 0;
   EventKind kind = EventKind::kMessage;
@@ -237,6 +240,25 @@ struct ChangeResult {
   std::vector<StreamPosition> positions;
 };
 
+// The seqs of `seqs` (ascending) above `floor`: a withheld list as a stream
+// that already had those up to `floor` listed reads it.
+inline std::vector<Seq> SeqsAbove(const std::vector<Seq>& seqs, Seq floor) {
+  std::vector<Seq> above;
+  for (Seq s : seqs) {
+    if (s > floor) above.push_back(s);
+  }
+  return above;
+}
+
+// Per-position withheld lists (AppendResult, ReceiptResult) are left empty
+// when every list is: clears `lists` then.
+inline void ClearIfNoneListed(std::vector<std::vector<Seq>>& lists) {
+  for (const std::vector<Seq>& l : lists) {
+    if (!l.empty()) return;
+  }
+  lists.clear();
+}
+
 struct AppendResult {
   MessageRecord message;  // the stored message (the original one for a duplicate)
   bool duplicate = false;  // true: (conversation, sender, client id) was already stored
@@ -270,9 +292,10 @@ struct ReceiptResult {
   Watermarks aggregate;  // the user's aggregate after the update
   // When changed: one receipt event per member, in member order.
   std::vector<StreamPosition> positions;
-  // Seqs withheld from the user that the new aggregate newly covers (see
-  // StreamEvent::withheld); the same list goes into every position's event.
-  std::vector<Seq> withheld;
+  // Per position: the seqs withheld from the user that the new aggregate
+  // newly covers for that stream (see StreamEvent::withheld). Same length as
+  // positions, or empty when all are empty.
+  std::vector<std::vector<Seq>> withheld;
 };
 
 // Result of a profile, contact or block change.

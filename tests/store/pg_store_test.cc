@@ -97,7 +97,7 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4,5,6,7,8"});
+            std::vector<std::string>{"1,2,3,4,5,6,7,8,9"});
   // Step 4 (push): an existing user has previews on.
   EXPECT_EQ(Sql(url, "SELECT push_previews::text FROM users WHERE username = 'old'"), std::vector<std::string>{"true"});
   // Step 5 (edits and deletes): the edits table, empty.
@@ -175,6 +175,34 @@ TEST(PgStoreTest, MigratesVersion7HistoryIntoTheSearchQueue) {
   ASSERT_EQ(page.messages.size(), 2u);
   EXPECT_EQ(page.messages[0].seq, 2) << "newest stored first";
   EXPECT_EQ(page.messages[1].body, "old news");
+}
+
+// Step 9 (as SqliteStore's step 11): receipts of a version-8 database count
+// as already carried to the other member, so nothing is listed twice.
+TEST(PgStoreTest, MigratesVersion8ReceiptsAsAlreadyAnnounced) {
+  std::string url = FreshDatabase();
+  ASSERT_TRUE(PostgresStore::MigrateToVersionForTest(url, 8).ok());
+  Sql(url, "INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10)");
+  Sql(url, "INSERT INTO conversations(id, last_seq, created_at, last_activity_at) VALUES(1, 3, 10, 30)");
+  Sql(url, "INSERT INTO direct_conversations(low_user_id, high_user_id, conversation_id) VALUES(1, 2, 1)");
+  Sql(url, "INSERT INTO members(conversation_id, user_id, last_activity_at) VALUES(1, 1, 30), (1, 2, 30)");
+  Sql(url,
+      "INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, "
+      "stored_at) VALUES(1, 1, 1, 1, 'a', 'one', 10, 10), (1, 2, 2, 2, 'b', 'two', 20, 20), "
+      "(1, 3, 2, 2, 'c', 'three', 30, 30)");
+  Sql(url, "INSERT INTO withheld(conversation_id, user_id, seq) VALUES(1, 1, 2)");
+  Sql(url, "INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES(1, 1, 3, 3), (1, 2, 3, 3)");
+  // The identity columns continue after the rows given explicit ids.
+  Sql(url, "SELECT setval(pg_get_serial_sequence('users', 'id'), 2)");
+  Sql(url, "SELECT setval(pg_get_serial_sequence('conversations', 'id'), 1)");
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  DeviceRecord ann = MakeDevice(*store, 1, "ta");
+  DeviceRecord ben = MakeDevice(*store, 2, "tb");
+  ASSERT_EQ(Must(Append(*store, Msg(1, 2, ben.id, "d", "four"))).message.seq, 4);
+  ReceiptResult r = Must(UpdateReceipt(*store, Receipt(1, ann.id, 1, 4, 4)));
+  ASSERT_TRUE(r.changed);
+  EXPECT_TRUE(r.withheld.empty()) << "2 was listed before the upgrade";
 }
 
 TEST(PgStoreTest, NodesStartingTogetherMigrateOnce) {

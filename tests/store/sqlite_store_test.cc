@@ -384,6 +384,39 @@ INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_i
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
+// Step 11: a version-10 file's receipts count as already carried to the
+// other member (`announced` = `delivered`), so an upgrade lists no withheld
+// seq a second time. ann's watermark (3) passed ben's 2, withheld from her.
+TEST(SqliteStoreTest, MigratesVersion10ReceiptsAsAlreadyAnnounced) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 10).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const char* v10 = R"sql(
+INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10);
+INSERT INTO conversations(id, direct_key, last_seq, created_at, last_activity_at) VALUES(1, '1:2', 3, 10, 30);
+INSERT INTO members(conversation_id, user_id) VALUES(1, 1), (1, 2);
+INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, stored_at)
+  VALUES(1, 1, 1, 1, 'a', 'one', 10, 10), (1, 2, 2, 2, 'b', 'two', 20, 20), (1, 3, 2, 2, 'c', 'three', 30, 30);
+INSERT INTO withheld(conversation_id, user_id, seq) VALUES(1, 1, 2);
+INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES(1, 1, 3, 3), (1, 2, 3, 3);
+)sql";
+  ASSERT_EQ(sqlite3_exec(db, v10, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  DeviceRecord ann = MakeDevice(*store, 1, "ta");
+  DeviceRecord ben = MakeDevice(*store, 2, "tb");
+  ASSERT_EQ(Must(Append(*store, Msg(1, 2, ben.id, "d", "four"))).message.seq, 4);
+  ReceiptResult r = Must(UpdateReceipt(*store, Receipt(1, ann.id, 1, 4, 4)));
+  ASSERT_TRUE(r.changed);
+  EXPECT_TRUE(r.withheld.empty()) << "2 was listed before the upgrade";
+  store.reset();
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+}
+
 TEST(SqliteStoreTest, RecordsSchemaVersionAndRefusesNewerFiles) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -138,6 +139,27 @@ class StoreConformance : public ::testing::TestWithParam<Backend> {
   AppendResult Send(const UserRecord& from, const DeviceRecord& dev, const std::string& client_id,
                     int64_t now = 2000) {
     return Must(Append(store(), Msg(conv_, from.id, dev.id, client_id, "body " + client_id, now)));
+  }
+
+  // A mutual block, the sequence chaos_short found (issue 3): alice's 2 and
+  // 3 are withheld from bob (he blocked her); he unblocks; she blocks him, so
+  // his 4 and 5 are hidden from her. His send of 4 raises his delivered
+  // watermark over 2 and 3, but that message event reaches only his own
+  // stream. She then unblocks him.
+  void MutualBlock() {
+    SetUpConversation();
+    Send(alice_, alice_dev_, "a1");  // seq 1
+    ASSERT_TRUE(Block(store(), bob_.id, alice_.id).has_value());
+    Send(alice_, alice_dev_, "a2");  // 2, withheld from bob
+    Send(alice_, alice_dev_, "a3");  // 3, withheld from bob
+    ASSERT_TRUE(Unblock(store(), bob_.id, alice_.id).has_value());
+    ASSERT_TRUE(Block(store(), alice_.id, bob_.id).has_value());
+    AppendResult b4 = Send(bob_, bob_dev_, "b4");  // 4, hidden from alice
+    ASSERT_EQ(b4.message.seq, 4);
+    // bob's own stream has 2 and 3 listed now (above his delivered 1).
+    EXPECT_EQ(b4.withheld, (std::vector<std::vector<Seq>>{{2, 3}}));
+    Send(bob_, bob_dev_, "b5");  // 5, hidden from alice
+    ASSERT_TRUE(Unblock(store(), alice_.id, bob_.id).has_value());
   }
 
   UserRecord alice_, bob_, carol_;
@@ -1070,13 +1092,13 @@ TEST_P(StoreConformance, ReceiptsCarryNewlyCoveredWithheldSeqsLiveAndInSync) {
   ReceiptResult r = Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 4, 0)));
   ASSERT_TRUE(r.changed);
   EXPECT_EQ(r.aggregate.delivered, 4);
-  EXPECT_EQ(r.withheld, (std::vector<Seq>{2, 3}));
+  EXPECT_EQ(r.withheld, (std::vector<std::vector<Seq>>{{2, 3}, {2, 3}}));
   ASSERT_EQ(r.positions.size(), 2u);
-  for (const StreamPosition& pos : r.positions) {
-    StreamPage page = ReadStream(store(), pos.user_id, pos.user_seq - 1, 1);
+  for (size_t i = 0; i < r.positions.size(); ++i) {
+    StreamPage page = ReadStream(store(), r.positions[i].user_id, r.positions[i].user_seq - 1, 1);
     ASSERT_EQ(page.events.size(), 1u);
     EXPECT_EQ(page.events[0].kind, EventKind::kReceipt);
-    EXPECT_EQ(page.events[0].withheld, r.withheld);
+    EXPECT_EQ(page.events[0].withheld, r.withheld[i]);
   }
   // Only newly covered seqs are listed: a read receipt lists nothing more.
   ReceiptResult read = Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 0, 4)));
@@ -1131,6 +1153,69 @@ std::vector<Seq> StaySent(const ConversationSummary& s, UserId member) {
   return {};
 }
 
+// How often each seq is listed as withheld in `user`'s whole stream.
+std::map<Seq, int> ListedInStream(Store& store, UserId user) {
+  std::map<Seq, int> listed;
+  for (const StreamEvent& e : ReadStream(store, user, 0, 1000).events) {
+    for (Seq seq : e.withheld) ++listed[seq];
+  }
+  return listed;
+}
+
+TEST_P(StoreConformance, AMessageHiddenByAMutualBlockLeavesItsListForTheOtherMembersNextEvent) {
+  MutualBlock();
+  // bob's 6 is visible to alice: its event in her stream moves bob's
+  // watermark from 1 (the last her stream carried) to 6, over 2 and 3.
+  AppendResult b6 = Send(bob_, bob_dev_, "b6");
+  ASSERT_EQ(b6.positions.size(), 2u);
+  ASSERT_EQ(b6.withheld.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const bool alices = b6.positions[i].user_id == alice_.id;
+    EXPECT_EQ(b6.withheld[i], alices ? (std::vector<Seq>{2, 3}) : std::vector<Seq>{}) << "stream of "
+                                                                                      << b6.positions[i].user_id;
+    StreamPage page = ReadStream(store(), b6.positions[i].user_id, b6.positions[i].user_seq - 1, 1);
+    ASSERT_EQ(page.events.size(), 1u);
+    EXPECT_EQ(page.events[0].withheld, b6.withheld[i]) << "sync reads what went live";
+  }
+  // Listed once per stream, whatever follows.
+  EXPECT_TRUE(Send(bob_, bob_dev_, "b7").withheld.empty());
+  EXPECT_TRUE(Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 7, 7))).withheld.empty());
+  Send(alice_, alice_dev_, "a8");
+  EXPECT_TRUE(Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 8, 8))).withheld.empty());
+  // Each stream lists bob's 2 and 3 once, and alice's 4 and 5 (her own
+  // send raised her watermark over them) once.
+  EXPECT_EQ(ListedInStream(store(), alice_.id), (std::map<Seq, int>{{2, 1}, {3, 1}, {4, 1}, {5, 1}}));
+  EXPECT_EQ(ListedInStream(store(), bob_.id), (std::map<Seq, int>{{2, 1}, {3, 1}, {4, 1}, {5, 1}}));
+}
+
+TEST_P(StoreConformance, AMessageHiddenByAMutualBlockLeavesItsListForTheOtherMembersNextReceipt) {
+  MutualBlock();
+  // This time bob's watermark next moves by a receipt: alice writes 6, his
+  // device reports it. His stream lists nothing new (his delivered was 5);
+  // hers lists 2 and 3 (it last carried his 1).
+  Send(alice_, alice_dev_, "a6");
+  ReceiptResult r = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 6, 0)));
+  ASSERT_TRUE(r.changed);
+  ASSERT_EQ(r.positions.size(), 2u);
+  ASSERT_EQ(r.withheld.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const bool alices = r.positions[i].user_id == alice_.id;
+    EXPECT_EQ(r.withheld[i], alices ? (std::vector<Seq>{2, 3}) : std::vector<Seq>{}) << "stream of "
+                                                                                     << r.positions[i].user_id;
+    StreamPage page = ReadStream(store(), r.positions[i].user_id, r.positions[i].user_seq - 1, 1);
+    ASSERT_EQ(page.events.size(), 1u);
+    EXPECT_EQ(page.events[0].withheld, r.withheld[i]) << "sync reads what went live";
+  }
+  EXPECT_TRUE(Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 6, 6))).withheld.empty());
+  EXPECT_TRUE(Send(bob_, bob_dev_, "b7").withheld.empty());
+  // Each stream lists bob's 2 and 3 once, and alice's 4 and 5 (her own
+  // send raised her watermark over them) once.
+  EXPECT_EQ(ListedInStream(store(), alice_.id), (std::map<Seq, int>{{2, 1}, {3, 1}, {4, 1}, {5, 1}}));
+  EXPECT_EQ(ListedInStream(store(), bob_.id), (std::map<Seq, int>{{2, 1}, {3, 1}, {4, 1}, {5, 1}}));
+  // A new device of alice's sees the same in her summary.
+  EXPECT_EQ(StaySent(GetSnapshot(store(), alice_.id, 5).conversations[0], bob_.id), (std::vector<Seq>{2, 3}));
+}
+
 TEST_P(StoreConformance, TheBlockersLastSeqAndReceiptsNeverPassWithheldMessages) {
   SetUpConversation();
   Send(alice_, alice_dev_, "a1");  // seq 1; alice's watermarks are 1
@@ -1168,7 +1253,7 @@ TEST_P(StoreConformance, TheBlockersLastSeqAndReceiptsNeverPassWithheldMessages)
   ReceiptResult r = Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 9, 9)));
   ASSERT_TRUE(r.changed);
   EXPECT_EQ(r.aggregate.read, 4);
-  EXPECT_EQ(r.withheld, (std::vector<Seq>{2, 3}));
+  EXPECT_EQ(r.withheld, (std::vector<std::vector<Seq>>{{2, 3}, {2, 3}}));
 }
 
 TEST_P(StoreConformance, SummariesAndHistoryListTheSeqsThatStaySentForANewDevice) {

@@ -397,6 +397,10 @@ async function compose(conversationId, body) {
   const conv = app.state.convs[conversationId];
   if (conv) conv.activity = Math.max(conv.activity, entry.created_at);
   scheduleRender();
+  // The conversation the entry belongs to is stored with it, now: a reload
+  // right after an offline send (before the debounced save) must still
+  // find the chat its pending message shows in.
+  await saveNow();
   flushOutbox();
 }
 
@@ -1275,6 +1279,7 @@ async function openChat(username, note) {
     if (!app.state.convs[c.conversation_id]) {
       applyEntry(app.state, { conversation: c, messages: [], watermarks: [], unread: 0, last_activity_at: c.created_at });
       if (c.last_seq > 0) app.state.convs[c.conversation_id].historyDone = false;
+      await saveNow(); // a reload finds the new chat even before its first event
     }
     location.hash = `#/chat/${c.conversation_id}`;
     if (c.last_seq > 0 && !app.state.convs[c.conversation_id].messages.length) loadOlder(c.conversation_id);

@@ -64,7 +64,9 @@
 //         PARTITION BY HASH(user_id)
 //   user_heads(user_id PK, head)
 //   device_receipts(device_id, conversation_id, delivered, read) PK(both)
-//   user_receipts(conversation_id, user_id, delivered, read) PK(both)
+//   user_receipts(conversation_id, user_id, delivered, read, announced
+//         (step 9: delivered as the other member's stream last carried it))
+//         PK(both)
 //   receipt_log(conversation_id, device_id, delivered, read, at)
 //         PK(conversation_id, device_id, delivered, read)
 //         + receipt_log_by_read(conversation_id, device_id, read);
@@ -454,6 +456,15 @@ INSERT INTO search_queue(conversation_id, seq, queued_at)
   return sql;
 }
 
+// Issue 3: user_receipts.announced, the user's delivered watermark as the
+// other member's stream last carried it (SqliteStore's step 11 says why).
+std::string SchemaV9() {
+  return R"sql(
+ALTER TABLE user_receipts ADD COLUMN announced bigint NOT NULL DEFAULT 0;
+UPDATE user_receipts SET announced = delivered;
+)sql";
+}
+
 // The tsquery of a message search: every word as a prefix, all required.
 // Words hold only [0-9a-z] and non-ASCII characters (MessageWords), so
 // quoting needs no escapes.
@@ -477,6 +488,7 @@ const Migration kMigrations[] = {
     {6, &SchemaV6, &ReindexNonAsciiNames},
     {7, &SchemaV7},
     {8, &SchemaV8},
+    {9, &SchemaV9},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -731,6 +743,12 @@ class PostgresStore::Writer {
                                            ConversationId conversation, Seq seq, UserId subject, Watermarks receipt,
                                            int64_t now, const std::vector<Seq>* withheld = nullptr,
                                            const ProfileRecord* profile = nullptr);
+  // As AppendEvents, with a withheld list per user (parallel to `users`):
+  // one statement when the lists are equal, else one per user.
+  std::vector<StreamPosition> AppendEventsWithheld(const std::vector<UserId>& users,
+                                                   const std::vector<std::vector<Seq>>& withheld, EventKind kind,
+                                                   ConversationId conversation, Seq seq, UserId subject,
+                                                   Watermarks receipt, int64_t now);
   StreamPosition AppendEvent(UserId user, EventKind kind, ConversationId conversation, Seq seq, UserId subject,
                              Watermarks receipt, int64_t now, const std::vector<Seq>* withheld = nullptr,
                              const ProfileRecord* profile = nullptr) {
@@ -937,6 +955,18 @@ std::vector<StreamPosition> PostgresStore::Writer::AppendEvents(const std::vecto
   return positions;
 }
 
+std::vector<StreamPosition> PostgresStore::Writer::AppendEventsWithheld(
+    const std::vector<UserId>& users, const std::vector<std::vector<Seq>>& withheld, EventKind kind,
+    ConversationId conversation, Seq seq, UserId subject, Watermarks receipt, int64_t now) {
+  if (std::all_of(withheld.begin(), withheld.end(), [&](const std::vector<Seq>& w) { return w == withheld[0]; })) {
+    return AppendEvents(users, kind, conversation, seq, subject, receipt, now, withheld.empty() ? nullptr : &withheld[0]);
+  }
+  std::vector<StreamPosition> positions;
+  for (size_t i = 0; i < users.size(); ++i)
+    positions.push_back(AppendEvent(users[i], kind, conversation, seq, subject, receipt, now, &withheld[i]));
+  return positions;
+}
+
 Result<UserRecord> PostgresStore::Writer::CreateUser(const std::string& username, const std::string& password_hash,
                                                      int64_t now) {
   if (!db_->Query("SELECT 1 FROM users WHERE username = $1", PgParams().Text(username)).empty()) {
@@ -1064,7 +1094,9 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
   // node. Then, in a statement that starts once both are held (and so, under
   // READ COMMITTED, reads everything their previous holders committed): the
   // duplicate, if any; who blocks whom; and the seqs withheld from the sender
-  // that the new message's seq newly covers (see SqliteStore). Reading those
+  // that the new message's seq newly covers, for the sender's stream (above
+  // its delivered watermark) and the other member's (above `announced`; see
+  // SqliteStore). Reading those
   // in the locking statement itself would read the sender's delivered
   // watermark as of before the wait: two nodes appending the sender's
   // messages at once would both list the same withheld seqs (found by
@@ -1084,10 +1116,10 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
       "EXISTS(SELECT 1 FROM blocks b WHERE b.owner_id = $2 AND b.target_id = ANY($4::bigint[])), "
       "ARRAY(SELECT b.owner_id FROM blocks b WHERE b.target_id = $2 AND b.owner_id = ANY($4::bigint[])), "
       "ARRAY(SELECT w.seq FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $2 AND w.hidden_at = 0 "
-      "  AND w.seq > COALESCE((SELECT r.delivered FROM user_receipts r WHERE r.conversation_id = $1 "
-      "  AND r.user_id = $2), 0) AND w.seq <= c.last_seq + 1 ORDER BY w.seq), "
-      "EXISTS(SELECT 1 FROM drafts dr WHERE dr.user_id = $2 AND dr.conversation_id = $1) "
-      "FROM conversations c LEFT JOIN messages d ON d.conversation_id = c.id AND d.sender_id = $2 "
+      "  AND w.seq > r.announced AND w.seq <= c.last_seq + 1 ORDER BY w.seq), "
+      "EXISTS(SELECT 1 FROM drafts dr WHERE dr.user_id = $2 AND dr.conversation_id = $1), r.delivered "
+      "FROM conversations c JOIN user_receipts r ON r.conversation_id = c.id AND r.user_id = $2 "
+      "LEFT JOIN messages d ON d.conversation_id = c.id AND d.sender_id = $2 "
       "AND d.client_id = $3 WHERE c.id = $1",
       PgParams().Int(msg.conversation_id).Int(msg.sender_id).Text(msg.client_id).IntArray(others));
   if (st.empty()) {
@@ -1110,8 +1142,9 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
   // blocks the sender does not see the message.
   if (st.Bool(0, 6)) return Status(ErrorCode::kBlocked, "the sender blocks a member; unblock first");
   const std::vector<int64_t> blockers = st.IntArray(0, 7);
-  const std::vector<Seq> withheld = st.IntArray(0, 8);
+  const std::vector<Seq> unannounced = st.IntArray(0, 8);
   const bool had_draft = st.Bool(0, 9);
+  const std::vector<Seq> own = SeqsAbove(unannounced, st.Int(0, 10));
 
   AppendResult result;
   MessageRecord& m = result.message;
@@ -1138,25 +1171,30 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
              PgParams().Int(m.conversation_id).Int(m.seq).Int(msg.now));
   QueueSearch(m.conversation_id, m.seq, std::max(batch_now_, msg.now));
   std::vector<int64_t> visible;
+  std::vector<std::vector<Seq>> lists;
   for (const MemberRecord& member : c->members) {
     if (std::find(blockers.begin(), blockers.end(), member.user_id) != blockers.end()) {
       db_->Defer("INSERT INTO withheld(conversation_id, user_id, seq) VALUES($1, $2, $3)",
                  PgParams().Int(m.conversation_id).Int(member.user_id).Int(m.seq));
     } else {
       visible.push_back(member.user_id);
+      lists.push_back(member.user_id == m.sender_id ? own : unannounced);
     }
   }
+  const bool announced = visible.size() > 1;
   db_->Defer(
       "UPDATE members SET last_activity_at = $3 WHERE conversation_id = $1 AND user_id = ANY($2::bigint[])",
       PgParams().Int(m.conversation_id).IntArray(visible).Int(msg.now));
-  // Sending means the sender has seen everything up to their own message.
+  // Sending means the sender has seen everything up to their own message
+  // (the row exists: it was locked above).
   db_->Defer(
-      "INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES($1, $2, $3, $3) "
-      "ON CONFLICT(conversation_id, user_id) DO UPDATE SET delivered = GREATEST(user_receipts.delivered, "
-      "excluded.delivered), read = GREATEST(user_receipts.read, excluded.read)",
-      PgParams().Int(m.conversation_id).Int(m.sender_id).Int(m.seq));
-  result.positions = AppendEvents(visible, EventKind::kMessage, m.conversation_id, m.seq, 0, {}, msg.now, &withheld);
-  if (!withheld.empty()) result.withheld.assign(result.positions.size(), withheld);
+      "UPDATE user_receipts SET delivered = GREATEST(delivered, $3), read = GREATEST(read, $3), "
+      "announced = GREATEST(announced, $4) WHERE conversation_id = $1 AND user_id = $2",
+      PgParams().Int(m.conversation_id).Int(m.sender_id).Int(m.seq).Int(announced ? m.seq : 0));
+  result.positions =
+      AppendEventsWithheld(visible, lists, EventKind::kMessage, m.conversation_id, m.seq, 0, {}, msg.now);
+  result.withheld = std::move(lists);
+  ClearIfNoneListed(result.withheld);
   // Sending clears the sender's draft (SetDraft locks the conversation too,
   // so none can appear between the read above and this delete).
   if (had_draft) {
@@ -1187,7 +1225,7 @@ Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& 
       // watermark never passes messages withheld from them while those are
       // the newest, which would reveal the block to the sender.
       std::string("SELECT r.delivered, r.read, COALESCE(") + kLastVisibleSeqSql +
-          ", 0), COALESCE(d.delivered, 0), COALESCE(d.read, 0) "
+          ", 0), COALESCE(d.delivered, 0), COALESCE(d.read, 0), r.announced "
       "FROM user_receipts r JOIN conversations c ON c.id = r.conversation_id "
       "LEFT JOIN device_receipts d ON d.device_id = $3 AND d.conversation_id = r.conversation_id "
       "WHERE r.conversation_id = $1 AND r.user_id = $2 FOR UPDATE OF r",
@@ -1196,6 +1234,7 @@ Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& 
   const Watermarks aggregate{state.Int(0, 0), state.Int(0, 1)};
   const Seq last_seq = state.Int(0, 2);
   const Watermarks device{state.Int(0, 3), state.Int(0, 4)};
+  const Seq announced = state.Int(0, 5);
   Seq read = std::clamp<Seq>(update.read, 0, last_seq);
   Seq delivered = std::clamp<Seq>(std::max(update.delivered, read), 0, last_seq);
 
@@ -1223,18 +1262,26 @@ Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& 
   if (result.aggregate.delivered == aggregate.delivered && result.aggregate.read == aggregate.read) return result;
 
   result.changed = true;
-  db_->Defer("UPDATE user_receipts SET delivered = $3, read = $4 WHERE conversation_id = $1 AND user_id = $2",
-             PgParams()
-                 .Int(update.conversation_id)
-                 .Int(update.user_id)
-                 .Int(result.aggregate.delivered)
-                 .Int(result.aggregate.read));
-  result.withheld =
-      WithheldBetween(update.conversation_id, update.user_id, aggregate.delivered, result.aggregate.delivered);
+  db_->Defer(
+      "UPDATE user_receipts SET delivered = $3, read = $4, announced = $3 WHERE conversation_id = $1 AND user_id = $2",
+      PgParams()
+          .Int(update.conversation_id)
+          .Int(update.user_id)
+          .Int(result.aggregate.delivered)
+          .Int(result.aggregate.read));
+  // As SqliteStore: the user's own stream lists what is above its old
+  // delivered watermark, the other member's what is above `announced`.
+  const std::vector<Seq> unannounced =
+      WithheldBetween(update.conversation_id, update.user_id, announced, result.aggregate.delivered);
+  const std::vector<Seq> own = SeqsAbove(unannounced, aggregate.delivered);
   std::vector<UserId> members;
-  for (const MemberRecord& member : c->members) members.push_back(member.user_id);
-  result.positions = AppendEvents(members, EventKind::kReceipt, update.conversation_id, 0, update.user_id,
-                                  result.aggregate, update.now, &result.withheld);
+  for (const MemberRecord& member : c->members) {
+    members.push_back(member.user_id);
+    result.withheld.push_back(member.user_id == update.user_id ? own : unannounced);
+  }
+  result.positions = AppendEventsWithheld(members, result.withheld, EventKind::kReceipt, update.conversation_id, 0,
+                                          update.user_id, result.aggregate, update.now);
+  ClearIfNoneListed(result.withheld);
   return result;
 }
 

@@ -55,7 +55,8 @@
 //   user_heads(user_id PK, head)
 //   device_receipts(device_id, conversation_id, delivered, read)
 //           PK(device_id, conversation_id), WITHOUT ROWID
-//   user_receipts(conversation_id, user_id, delivered, read)
+//   user_receipts(conversation_id, user_id, delivered, read, announced =
+//           delivered as the other member's stream last carried it)
 //           PK(conversation_id, user_id), WITHOUT ROWID
 //   receipt_log(conversation_id, device_id, delivered, read, at)
 //           PK(conversation_id, device_id, delivered, read), WITHOUT ROWID
@@ -454,6 +455,15 @@ CREATE TABLE message_search_docs(
   PRIMARY KEY(conversation_id, seq)) WITHOUT ROWID;
 INSERT INTO search_queue(conversation_id, seq, queued_at)
   SELECT conversation_id, seq, stored_at FROM messages WHERE deleted_at = 0 ORDER BY stored_at, conversation_id, seq;
+)sql"},
+    // Issue 3: user_receipts.announced, the user's delivered watermark as
+    // the other member's stream last carried it (see AppendMessage). A
+    // message hidden from the other member raises the sender's delivered
+    // watermark without an event in the other member's stream, so the seqs
+    // withheld from the sender that it covers must be listed there later.
+    {11, R"sql(
+ALTER TABLE user_receipts ADD COLUMN announced INTEGER NOT NULL DEFAULT 0;
+UPDATE user_receipts SET announced = delivered;
 )sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
@@ -1179,27 +1189,41 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
   // Sending means the sender has seen everything up to their own message; no
   // receipt event, since the sender's devices learn it from the message event
   // itself. Seqs withheld from the sender that this newly covers (they were
-  // blocking the other member and have unblocked) ride on the message events.
+  // blocking the other member and have unblocked) ride on the message events:
+  // in the sender's stream those above its old delivered watermark; in the
+  // other member's, those above `announced`, the watermark that stream last
+  // carried. The two differ after messages hidden from the other member
+  // (a mutual block): they raised the sender's watermark with no event there.
   Seq old_delivered = 0;
+  Seq old_announced = 0;
   {
-    Stmt s(*db_, "SELECT delivered FROM user_receipts WHERE conversation_id = ?1 AND user_id = ?2");
+    Stmt s(*db_, "SELECT delivered, announced FROM user_receipts WHERE conversation_id = ?1 AND user_id = ?2");
     s.BindInt(1, m.conversation_id).BindInt(2, m.sender_id);
-    if (s.Step()) old_delivered = s.Int(0);
+    if (s.Step()) {
+      old_delivered = s.Int(0);
+      old_announced = s.Int(1);
+    }
   }
-  std::vector<Seq> withheld = WithheldBetween(m.conversation_id, m.sender_id, old_delivered, m.seq);
-  std::string data;
-  if (!withheld.empty()) data = SeqListJson(withheld);
+  const std::vector<Seq> unannounced = WithheldBetween(m.conversation_id, m.sender_id, old_announced, m.seq);
+  const std::vector<Seq> own = SeqsAbove(unannounced, old_delivered);
+  bool announced = false;
   for (size_t i = 0; i < c->members.size(); ++i) {
     if (hidden[i]) continue;
+    const bool sender = c->members[i].user_id == m.sender_id;
+    announced = announced || !sender;
+    const std::vector<Seq>& list = sender ? own : unannounced;
+    std::string data;
+    if (!list.empty()) data = SeqListJson(list);
     result.positions.push_back(AppendEvent(c->members[i].user_id, EventKind::kMessage, m.conversation_id, m.seq, 0,
-                                           {}, msg.now, withheld.empty() ? nullptr : &data));
+                                           {}, msg.now, list.empty() ? nullptr : &data));
+    result.withheld.push_back(list);
   }
-  if (!withheld.empty()) result.withheld.assign(result.positions.size(), withheld);
+  ClearIfNoneListed(result.withheld);
   Stmt s(*db_,
-         "INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES(?1, ?2, ?3, ?3) "
+         "INSERT INTO user_receipts(conversation_id, user_id, delivered, read, announced) VALUES(?1, ?2, ?3, ?3, ?4) "
          "ON CONFLICT(conversation_id, user_id) DO UPDATE SET delivered = max(delivered, excluded.delivered), "
-         "read = max(read, excluded.read)");
-  s.BindInt(1, m.conversation_id).BindInt(2, m.sender_id).BindInt(3, m.seq);
+         "read = max(read, excluded.read), announced = max(announced, excluded.announced)");
+  s.BindInt(1, m.conversation_id).BindInt(2, m.sender_id).BindInt(3, m.seq).BindInt(4, announced ? m.seq : 0);
   s.Run();
   if (ClearDraft(m.sender_id, m.conversation_id))
     result.draft_cleared = AppendEvent(m.sender_id, EventKind::kDraft, m.conversation_id, 0, 0, {}, msg.now);
@@ -1252,10 +1276,14 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
   }
 
   Watermarks aggregate;
+  Seq announced = 0;
   {
-    Stmt s(*db_, "SELECT delivered, read FROM user_receipts WHERE conversation_id = ?1 AND user_id = ?2");
+    Stmt s(*db_, "SELECT delivered, read, announced FROM user_receipts WHERE conversation_id = ?1 AND user_id = ?2");
     s.BindInt(1, update.conversation_id).BindInt(2, update.user_id);
-    if (s.Step()) aggregate = Watermarks{s.Int(0), s.Int(1)};
+    if (s.Step()) {
+      aggregate = Watermarks{s.Int(0), s.Int(1)};
+      announced = s.Int(2);
+    }
   }
   ReceiptResult result;
   result.aggregate = Watermarks{std::max(aggregate.delivered, new_device.delivered),
@@ -1265,25 +1293,31 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
   result.changed = true;
   {
     Stmt s(*db_,
-           "INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES(?1, ?2, ?3, ?4) "
+           "INSERT INTO user_receipts(conversation_id, user_id, delivered, read, announced) VALUES(?1, ?2, ?3, ?4, ?3) "
            "ON CONFLICT(conversation_id, user_id) DO UPDATE SET delivered = excluded.delivered, "
-           "read = excluded.read");
+           "read = excluded.read, announced = excluded.announced");
     s.BindInt(1, update.conversation_id).BindInt(2, update.user_id).BindInt(3, result.aggregate.delivered).BindInt(
         4, result.aggregate.read);
     s.Run();
   }
   // "Stay sent forever": seqs withheld from this user that the delivered
   // watermark now covers go with the receipt, so the other members keep
-  // showing them as merely sent.
-  result.withheld =
-      WithheldBetween(update.conversation_id, update.user_id, aggregate.delivered, result.aggregate.delivered);
-  std::string data;
-  if (!result.withheld.empty()) data = SeqListJson(result.withheld);
+  // showing them as merely sent. The user's own stream lists those above
+  // its old delivered watermark; the other member's those above `announced`
+  // (AppendMessage). Every member gets the receipt, so both are now current.
+  const std::vector<Seq> unannounced =
+      WithheldBetween(update.conversation_id, update.user_id, announced, result.aggregate.delivered);
+  const std::vector<Seq> own = SeqsAbove(unannounced, aggregate.delivered);
   for (const MemberRecord& member : c->members) {
+    const std::vector<Seq>& list = member.user_id == update.user_id ? own : unannounced;
+    std::string data;
+    if (!list.empty()) data = SeqListJson(list);
     result.positions.push_back(AppendEvent(member.user_id, EventKind::kReceipt, update.conversation_id, 0,
                                            update.user_id, result.aggregate, update.now,
-                                           result.withheld.empty() ? nullptr : &data));
+                                           list.empty() ? nullptr : &data));
+    result.withheld.push_back(list);
   }
+  ClearIfNoneListed(result.withheld);
   return result;
 }
 

@@ -49,7 +49,7 @@ namespace parley::store {
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 10;
+  static constexpr int kSchemaVersion = 11;
 
   // Opens (creating and migrating) the file at config.sqlite_path; the parent
   // directory must exist. Fails kUnavailable if the file cannot be opened,
