@@ -82,6 +82,12 @@ class AdminApi {
   void OpsStats(Respond respond);
   void OpsSchema(Respond respond);
   void OpsBackup(const std::string& body, Respond respond);
+  // Compliance erase (admin_erase.cc).
+  struct UserErase;
+  void OpsEraseUser(const std::string& username, Respond respond);
+  void EraseListConversations(std::shared_ptr<UserErase> x, int64_t before_activity, int64_t before_id);
+  void EraseMessages(std::shared_ptr<UserErase> x, store::Seq before);
+  void EraseCheck(std::shared_ptr<UserErase> x, size_t conversation, store::Seq before);
   // Compliance export (admin_export.cc).
   struct UserExport;
   void OpsExportUser(const std::string& username, Respond respond);

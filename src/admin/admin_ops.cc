@@ -4,9 +4,9 @@
 // their client. Like the rest of the admin API, requests and answers are
 // JSON and errors answer {"code", "message"} with the protocol's codes.
 //
-// Deleting a user is "disable and revoke" until the history-lifecycle issue
-// brings an erase: the account can no longer log in, its tokens are gone,
-// its connections are closed; its messages stay in conversations.
+// Deleting a user is "disable and revoke": the account can no longer log in,
+// its tokens are gone, its connections are closed; its messages stay in
+// conversations. Erasing it (admin_erase.cc) also removes its data.
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -98,6 +98,11 @@ bool AdminApi::OpsRoute(const gateway::HttpRequest& req, const std::string& path
     if (p.size() == 5 && (p[4] == "disable" || p[4] == "enable")) {
       if (m != "POST") respond(MethodNotAllowed("POST"));
       else OpsSetDisabled(user, p[4] == "disable", false, std::move(respond));
+      return true;
+    }
+    if (p.size() == 5 && p[4] == "erase") {
+      if (m != "POST") respond(MethodNotAllowed("POST"));
+      else OpsEraseUser(user, std::move(respond));
       return true;
     }
     if (p.size() == 5 && p[4] == "export") {

@@ -94,6 +94,17 @@ class Admin {
     return kExitRefused;
   }
 
+  // The user erase (docs/operations.md, "User erase"): prints the answer;
+  // fails (exit 1) unless the server verified that nothing is left.
+  int EraseUser(const std::string& users_path) const {
+    json answer;
+    if (int code = Fetch("POST", users_path + "/erase", nullptr, &answer); code != kExitOk) return code;
+    std::cout << answer.dump(2) << "\n";
+    if (answer.value("verified", false)) return kExitOk;
+    std::cerr << "parley-admin: the erase left data of the user behind (see \"left\"); run it again\n";
+    return kExitRefused;
+  }
+
   // The user export (docs/operations.md, "User export"): the account part,
   // then each conversation's messages page by page (newest first, put back
   // in ascending order), as one JSON document on `out` ("-": stdout).
@@ -229,7 +240,7 @@ int main(int argc, char** argv) {
   app.add_option("--token", token, "the admin token (parleyd's --admin-token)")->envname("PARLEY_ADMIN_TOKEN");
 
   // user ...
-  auto* user = app.add_subcommand("user", "create, show, disable, enable or delete a user");
+  auto* user = app.add_subcommand("user", "create, show, disable, enable, delete, export or erase a user");
   user->require_subcommand(1);
   std::string username, password, display_name;
   auto* user_create = user->add_subcommand("create", "create a user with a password");
@@ -242,12 +253,16 @@ int main(int argc, char** argv) {
   auto* user_disable = user->add_subcommand("disable", "refuse the user's logins and close its connections");
   auto* user_enable = user->add_subcommand("enable", "undo disable");
   auto* user_delete =
-      user->add_subcommand("delete", "disable the user and revoke every device (until history erase exists)");
+      user->add_subcommand("delete", "disable the user and revoke every device (their data stays; see erase)");
   auto* user_export = user->add_subcommand("export", "all data of the user as one JSON document (compliance export)");
   std::string export_out = "-";
   user_export->add_option("--out", export_out, "the file to write (written whole, then renamed; - is stdout)")
       ->capture_default_str();
-  for (auto* sub : {user_show, user_disable, user_enable, user_delete, user_export})
+  auto* user_erase = user->add_subcommand(
+      "erase", "erase the user: account, devices, contacts, blocks, drafts; their messages deleted for everyone");
+  bool erase_confirmed = false;
+  user_erase->add_flag("--yes", erase_confirmed, "confirm: an erase cannot be undone")->required();
+  for (auto* sub : {user_show, user_disable, user_enable, user_delete, user_export, user_erase})
     sub->add_option("username", username, "the user")->required();
 
   // device ...
@@ -314,6 +329,7 @@ int main(int argc, char** argv) {
   if (user_enable->parsed()) return admin.Call("POST", users + "/enable");
   if (user_delete->parsed()) return admin.Call("DELETE", users);
   if (user_export->parsed()) return admin.ExportUser(users, export_out);
+  if (user_erase->parsed()) return admin.EraseUser(users);
   if (device_list->parsed()) return admin.Call("GET", users + "/devices");
   if (device_revoke->parsed()) return admin.Call("DELETE", users + "/devices/" + std::to_string(device_id));
   if (timeline->parsed())

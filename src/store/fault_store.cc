@@ -483,6 +483,11 @@ void FaultStore::SetUserDisabled(UserId user_id, bool disabled, bool revoke_devi
   });
 }
 
+void FaultStore::EraseAccount(UserId user_id, int64_t now, Callback<EraseResult> done) {
+  Write<EraseResult>(std::move(done),
+                     [&](Callback<EraseResult> cb) { inner_.EraseAccount(user_id, now, std::move(cb)); });
+}
+
 void FaultStore::GetStoreSummary(Callback<StoreSummary> done) { inner_.GetStoreSummary(std::move(done)); }
 
 void FaultStore::GetSchemaStatus(Callback<SchemaStatus> done) { inner_.GetSchemaStatus(std::move(done)); }

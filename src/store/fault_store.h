@@ -145,6 +145,7 @@ class FaultStore final : public Store {
   void GetPresence(UserId viewer, std::vector<UserId> ids, Callback<std::vector<PresenceRecord>> done) override;
   void GetMessageTimeline(ConversationId id, Seq seq, Callback<MessageTimeline> done) override;
   void SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices, Callback<DisableResult> done) override;
+  void EraseAccount(UserId user_id, int64_t now, Callback<EraseResult> done) override;
   void GetStoreSummary(Callback<StoreSummary> done) override;
   void GetSchemaStatus(Callback<SchemaStatus> done) override;
   void Backup(std::string path, Callback<BackupResult> done) override;

@@ -274,6 +274,17 @@ class Store {
   // `revoke_devices`, also revokes every live device. Fails kUnknownUser.
   virtual void SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices,
                                Callback<DisableResult> done) = 0;
+  // The account part of erasing a user (docs/operations.md "User erase"):
+  // revokes every device and blanks their names; removes the user's
+  // contacts, blocks (both directions), drafts, push endpoints and mutes,
+  // receipt log, name index and own stream; blanks the profile, the
+  // password and last seen, disables the account and renames it
+  // kErasedUsernamePrefix + id; rewrites the profile snapshots other users'
+  // streams hold of it (contact, block and profile events) to the blank
+  // one. Conversations, memberships, watermarks and messages stay: the
+  // caller tombstones the messages (ChangeMessage, a delete for everyone).
+  // Fails kUnknownUser.
+  virtual void EraseAccount(UserId user_id, int64_t now, Callback<EraseResult> done) = 0;
   // Counts and size of the store (counts may take a scan of small tables).
   virtual void GetStoreSummary(Callback<StoreSummary> done) = 0;
   virtual void GetSchemaStatus(Callback<SchemaStatus> done) = 0;

@@ -468,6 +468,22 @@ struct DisableResult {
   std::vector<DeviceId> revoked;     // devices revoked (when asked to)
 };
 
+// What EraseAccount removed (admin API, docs/operations.md "User erase").
+struct EraseResult {
+  std::string username;           // the name the account had
+  std::string erased_username;    // its name now (kErasedUsernamePrefix + id)
+  std::vector<DeviceId> revoked;  // devices that were live (their connections must close)
+  int64_t devices = 0;            // device rows anonymised (live or not)
+  int64_t contacts = 0;           // contact rows removed, both directions
+  int64_t blocks = 0;             // block rows removed, both directions
+  int64_t drafts = 0;
+  int64_t stream_events = 0;      // events of the user's own stream removed
+};
+
+// An erased account's username: this prefix and its id. '~' is not allowed
+// in usernames (protocol::CanonicalUsername), so no one can register it.
+inline constexpr const char* kErasedUsernamePrefix = "~erased-";
+
 struct Snapshot {
   UserSeq head = 0;
   std::vector<ConversationSummary> conversations;  // most recent activity first

@@ -306,6 +306,122 @@ TEST_F(AdminE2E, UserExportHoldsAllOfTheUsersDataAsTheirDevicesSeeItAndNothingEl
   EXPECT_NE(unknown.out.find("unknown_user"), std::string::npos) << unknown.out;
 }
 
+// Compliance erase (docs/operations.md "User erase"): the export before holds
+// the user's data; the erase removes the account's data, deletes every
+// message the user sent for everyone (past the delete window, over more than
+// one page, including one they had hidden for themselves), and verifies it;
+// afterwards the export of what is left and the other users' views hold
+// only what the policy keeps.
+TEST_F(AdminE2E, EraseLeavesOnlyWhatThePolicyKeepsAndVerifiesIt) {
+  for (const char* u : {"ivy", "jack", "kim", "lee"}) Register(server_, u);
+  Device ivy = Login(server_, "ivy", "ivy phone");
+  Device jack = Login(server_, "jack");
+  Device kim = Login(server_, "kim");
+  Device lee = Login(server_, "lee");
+  ASSERT_TRUE(ivy.conn->Call("set_profile", {{"display_name", "Ivy Secret"}, {"about", "private about"}}).ok);
+  ASSERT_TRUE(ivy.conn->Call("add_contact", {{"username", "jack"}}).ok);
+  ASSERT_TRUE(ivy.conn->Call("block", {{"username", "lee"}}).ok);
+  ASSERT_TRUE(kim.conn->Call("add_contact", {{"username", "ivy"}}).ok);
+  // ivy <-> jack: 1,010 messages (two erase pages of 500), ivy's are the even ones.
+  constexpr int kMessages = 1010;
+  int64_t conv = 0;
+  for (int i = 0; i < kMessages; ++i) {
+    Device& from = i % 2 ? jack : ivy;
+    auto r = from.conn->Call("send", {{"to", i % 2 ? "ivy" : "jack"}, {"client_id", "m" + std::to_string(i)},
+                                       {"body", (i % 2 ? "jack says " : "ivy says ") + std::to_string(i)}});
+    ASSERT_TRUE(r.ok) << r.code;
+    conv = r.result["conversation_id"];
+  }
+  ASSERT_TRUE(ivy.conn->Call("edit_message", {{"conversation_id", conv}, {"seq", 1}, {"client_id", "e1"},
+                                              {"body", "ivy edited"}}).ok);
+  ASSERT_TRUE(ivy.conn->Call("delete_message", {{"conversation_id", conv}, {"seq", 3}, {"for", "me"}}).ok);
+  ASSERT_TRUE(ivy.conn->Call("set_draft", {{"conversation_id", conv}, {"text", "ivy's draft"}}).ok);
+  json before = AdminOk(server_, "user export ivy");
+  EXPECT_EQ(before["user"]["display_name"], "Ivy Secret");
+  EXPECT_EQ(before["devices"].size(), 1u);
+  EXPECT_EQ(before["contacts"].size(), 1u);
+  EXPECT_EQ(before["blocked"].size(), 1u);
+
+  // Refused without confirmation, and for an unknown user.
+  ToolResult unconfirmed = Tool(Server(server_) + " --token " + kToken + " user erase ivy");
+  EXPECT_NE(unconfirmed.exit_code, 0) << unconfirmed.out;
+  ToolResult unknown = Tool(Server(server_) + " --token " + kToken + " user erase nobody --yes");
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.out.find("unknown_user"), std::string::npos) << unknown.out;
+
+  json erased = AdminOk(server_, "user erase ivy --yes");
+  const std::string name = "~erased-" + std::to_string(ivy.user_id);
+  EXPECT_EQ(erased["verified"], true) << erased.dump();
+  EXPECT_EQ(erased["username"], name);
+  EXPECT_EQ(erased["erased_username"], "ivy");
+  EXPECT_EQ(erased["removed"]["devices_revoked"], 1);
+  EXPECT_EQ(erased["removed"]["contacts"], 2);  // ivy's of jack, kim's of ivy
+  EXPECT_EQ(erased["removed"]["blocks"], 1);
+  EXPECT_EQ(erased["removed"]["drafts"], 1);
+  EXPECT_EQ(erased["removed"]["messages_deleted"], kMessages / 2);
+  // Again: nothing more to do, still verified.
+  json again = AdminOk(server_, "user erase " + name + " --yes");
+  EXPECT_EQ(again["verified"], true);
+  EXPECT_EQ(again["removed"]["messages_deleted"], 0);
+
+  // The account is gone for its owner: the connection closed, the token and
+  // the password refused; the name is free for someone else.
+  EXPECT_TRUE(Eventually([&] { return !ivy.conn->Call("ping", json::object()).ok; }, 5000));
+  auto relogin = server_.Connect()->Call("login", {{"username", "ivy"}, {"password", "correct horse"},
+                                                   {"device_name", "x"}, {"platform", "gtest"}});
+  EXPECT_FALSE(relogin.ok);
+  EXPECT_FALSE(server_.Connect()->Call("auth", {{"token", ivy.token}}).ok);
+
+  // What is left: the account as a blank, disabled name; the conversation
+  // with jack, every one of ivy's messages a tombstone with its seq and
+  // client id, jack's messages as they were.
+  json after = AdminOk(server_, "user export " + name);
+  EXPECT_EQ(after["user"]["username"], name);
+  EXPECT_EQ(after["user"]["display_name"], "");
+  EXPECT_EQ(after["user"]["about"], "");
+  EXPECT_EQ(after["user"]["disabled"], true);
+  EXPECT_TRUE(after["devices"].empty());
+  EXPECT_TRUE(after["contacts"].empty());
+  EXPECT_TRUE(after["blocked"].empty());
+  ASSERT_EQ(after["conversations"].size(), 1u);
+  EXPECT_FALSE(after["conversations"][0].contains("draft"));
+  const json& msgs = after["conversations"][0]["messages"];
+  ASSERT_EQ(msgs.size(), static_cast<size_t>(kMessages - 1)) << "seq 3 stays hidden from ivy's own view";
+  std::string text = after.dump();
+  for (const char* gone : {"Ivy Secret", "private about", "ivy says", "ivy edited", "ivy's draft", "ivy phone"})
+    EXPECT_EQ(text.find(gone), std::string::npos) << gone << " is still in the export";
+  for (const json& m : msgs) {
+    const int64_t seq = m["seq"];
+    EXPECT_EQ(m["client_id"], "m" + std::to_string(seq - 1));
+    if (seq % 2 == 1) {
+      EXPECT_EQ(m["body"], "") << seq;
+      EXPECT_GT(m["deleted_at"], 0) << seq;
+    } else {
+      EXPECT_EQ(m["body"], "jack says " + std::to_string(seq - 1));
+    }
+  }
+  // jack's view: the tombstones, by history; kim's contact list lost ivy; the
+  // contact event in kim's stream no longer names her.
+  auto history = jack.conn->Call("history", {{"conversation_id", conv}, {"limit", 10}});
+  ASSERT_TRUE(history.ok);
+  for (const json& m : history.result["messages"]) {
+    if (m["sender_id"] == ivy.user_id) {
+      EXPECT_EQ(m.value("body", ""), "") << m.dump();
+    }
+  }
+  auto contacts = kim.conn->Call("list_contacts", json::object());
+  ASSERT_TRUE(contacts.ok);
+  EXPECT_TRUE(contacts.result["contacts"].empty()) << contacts.result.dump();
+  std::string kims_stream;
+  for (const json& e : SyncAll(*kim.conn, 0)) kims_stream += e.dump();
+  EXPECT_EQ(kims_stream.find("Ivy Secret"), std::string::npos);
+  // A retry of one of ivy's client ids would still find its tombstone: the
+  // seqs and dedup keys are kept (the export showed every client id).
+  Register(server_, "ivy");
+  Device new_ivy = Login(server_, "ivy");
+  EXPECT_NE(new_ivy.user_id, ivy.user_id);
+}
+
 TEST_F(AdminE2E, BackupTakenUnderLoadRestoresToAStoreWithEveryAckedMessage) {
   Register(server_, "sender");
   Register(server_, "receiver");

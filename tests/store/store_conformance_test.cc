@@ -2181,6 +2181,62 @@ TEST_P(StoreConformance, DeleteForMeHidesFromTheUsersViewsOnly) {
   EXPECT_TRUE(read.withheld.empty());
 }
 
+// ---- Erase (issue 12 item 7; docs/operations.md "User erase") ----
+
+TEST_P(StoreConformance, EraseAccountRemovesTheAccountsDataAndKeepsItsConversations) {
+  SetUpConversation();
+  ASSERT_TRUE(SetProfile(store(), alice_.id, std::string("Alice Private"), std::string("about me")).has_value());
+  ASSERT_TRUE(AddContact(store(), alice_.id, bob_.id).has_value());
+  ASSERT_TRUE(AddContact(store(), carol_.id, alice_.id).has_value());
+  ASSERT_TRUE(Block(store(), alice_.id, carol_.id).has_value());
+  Send(alice_, alice_dev_, "a1");
+  ASSERT_TRUE(Await<SocialResult>([&](auto cb) { store().SetDraft(alice_.id, conv_, "half", 5100, cb); }).has_value());
+  ASSERT_FALSE(Search(store(), bob_.id, "alice", "", 10).users.empty());
+
+  EraseResult r = Must(Await<EraseResult>([&](auto cb) { store().EraseAccount(alice_.id, 6000, cb); }));
+  const std::string erased = kErasedUsernamePrefix + std::to_string(alice_.id);
+  EXPECT_EQ(r.username, "alice");
+  EXPECT_EQ(r.erased_username, erased);
+  EXPECT_EQ(r.revoked, (std::vector<DeviceId>{alice_dev_.id}));
+  EXPECT_EQ(r.devices, 1);
+  EXPECT_EQ(r.contacts, 2);
+  EXPECT_EQ(r.blocks, 1);
+  EXPECT_EQ(r.drafts, 1);
+  EXPECT_GT(r.stream_events, 0);
+
+  // The account: no longer found by its name; a blank, disabled record.
+  EXPECT_EQ(Await<UserRecord>([&](auto cb) { store().GetUserByName("alice", cb); }).error().code(),
+            ErrorCode::kUnknownUser);
+  UserRecord u = Must(Await<UserRecord>([&](auto cb) { store().GetUserById(alice_.id, cb); }));
+  EXPECT_EQ(u.username, erased);
+  EXPECT_EQ(u.display_name, "");
+  EXPECT_EQ(u.about, "");
+  EXPECT_EQ(u.password_hash, "");
+  EXPECT_TRUE(u.disabled);
+  EXPECT_TRUE(Search(store(), bob_.id, "alice", "", 10).users.empty());
+  EXPECT_TRUE(Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice_.id, cb); })).empty());
+  EXPECT_TRUE(Must(Await<std::vector<ContactRecord>>([&](auto cb) { store().ListContacts(carol_.id, cb); })).empty());
+  EXPECT_TRUE(Must(Await<std::vector<ProfileRecord>>([&](auto cb) { store().ListBlocked(alice_.id, cb); })).empty());
+  EXPECT_TRUE(ReadStream(store(), alice_.id, 0, 100).events.empty()) << "the user's own stream is gone";
+  // Other streams' snapshots of the profile are the blank one.
+  for (const StreamEvent& e : ReadStream(store(), carol_.id, 0, 100).events) {
+    if (e.profile && e.profile->user_id == alice_.id) {
+      EXPECT_EQ(e.profile->username, erased);
+      EXPECT_EQ(e.profile->display_name, "");
+    }
+  }
+  // Kept: the conversation, its members (under the new name), the message.
+  ConversationRecord c = Must(Await<ConversationRecord>([&](auto cb) { store().GetConversation(conv_, cb); }));
+  ASSERT_EQ(c.members.size(), 2u);
+  for (const MemberRecord& m : c.members) EXPECT_EQ(m.username, m.user_id == alice_.id ? erased : "bob");
+  EXPECT_EQ(Open(store(), bob_.id, alice_.id).conversation.id, conv_);
+  ASSERT_EQ(History(store(), conv_, 0, 10).size(), 1u);
+  // The name is free again.
+  EXPECT_NE(MakeUser(store(), "alice").id, alice_.id);
+  EXPECT_EQ(Await<EraseResult>([&](auto cb) { store().EraseAccount(999'999, 6000, cb); }).error().code(),
+            ErrorCode::kUnknownUser);
+}
+
 // ---- Drafts (issue 12; docs/protocol.md "set_draft") ----
 
 TEST_P(StoreConformance, DraftsAreLastWriterWinsReadCurrentAndClearedBySend) {

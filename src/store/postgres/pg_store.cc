@@ -701,6 +701,7 @@ class PostgresStore::Writer {
   Result<SocialResult> SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now);
   Result<Empty> SetLastSeen(UserId user_id, int64_t last_seen);
   Result<DisableResult> SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices);
+  Result<EraseResult> EraseAccount(UserId user_id, int64_t now);
 
   // Push notifications (issue 11): see "Push" at the end of this file.
   Result<Empty> SetPushEndpoint(UserId user_id, DeviceId device_id, const std::string& provider,
@@ -1590,6 +1591,56 @@ Result<DisableResult> PostgresStore::Writer::SetUserDisabled(UserId user_id, boo
     for (int i = 0; i < d.size(); ++i) result.revoked.push_back(d.Int(i, 0));
     for (DeviceId id : result.revoked) Revoke(id);
   }
+  return result;
+}
+
+// As SqliteStore::Writer::EraseAccount.
+Result<EraseResult> PostgresStore::Writer::EraseAccount(UserId user_id, int64_t now) {
+  PgRows u = db_->Query("SELECT username FROM users WHERE id = $1 FOR UPDATE", PgParams().Int(user_id));
+  if (u.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    return Status(ErrorCode::kUnknownUser, "unknown user");
+  }
+  EraseResult result;
+  result.username = u.Text(0, 0);
+  result.erased_username = kErasedUsernamePrefix + std::to_string(user_id);
+  PgRows p = db_->Query(
+      "SELECT o.user_id FROM members m JOIN members o ON o.conversation_id = m.conversation_id "
+      "WHERE m.user_id = $1 AND o.user_id <> $1 UNION SELECT owner_id FROM contacts WHERE contact_id = $1 "
+      "UNION SELECT owner_id FROM blocks WHERE target_id = $1 UNION SELECT target_id FROM blocks WHERE owner_id = $1",
+      PgParams().Int(user_id));
+  std::vector<int64_t> peers;
+  for (int i = 0; i < p.size(); ++i) peers.push_back(p.Int(i, 0));
+  PgRows d = db_->Query("SELECT id FROM devices WHERE user_id = $1 AND NOT revoked ORDER BY id", PgParams().Int(user_id));
+  for (int i = 0; i < d.size(); ++i) result.revoked.push_back(d.Int(i, 0));
+  for (DeviceId id : result.revoked) Revoke(id);
+  // Each statement counts the rows it changed.
+  auto count = [&](const std::string& change) {
+    PgRows r = db_->Query("WITH c AS (" + change + " RETURNING 1) SELECT count(*) FROM c", PgParams().Int(user_id));
+    return r.empty() ? int64_t{0} : r.Int(0, 0);
+  };
+  count("DELETE FROM receipt_log WHERE device_id IN (SELECT id FROM devices WHERE user_id = $1)");
+  result.devices = count("UPDATE devices SET name = '', platform = '' WHERE user_id = $1");
+  result.contacts = count("DELETE FROM contacts WHERE owner_id = $1 OR contact_id = $1");
+  result.blocks = count("DELETE FROM blocks WHERE owner_id = $1 OR target_id = $1");
+  result.drafts = count("DELETE FROM drafts WHERE user_id = $1");
+  count("DELETE FROM push_mutes WHERE user_id = $1");
+  count("DELETE FROM name_prefixes WHERE user_id = $1");
+  result.stream_events = count("DELETE FROM user_events WHERE user_id = $1");
+  db_->Defer(
+      "UPDATE users SET username = $2, password_hash = '', display_name = '', about = '', profile_updated_at = $3, "
+      "last_seen = 0, presence_visibility = $4, disabled = true WHERE id = $1",
+      PgParams()
+          .Int(user_id)
+          .Text(result.erased_username)
+          .Int(now)
+          .Int(static_cast<int>(PresenceVisibility::kNobody)));
+  db_->Defer(
+      "UPDATE user_events SET profile_username = $3, profile_display_name = '', profile_about = '', "
+      "profile_updated_at = $4 WHERE user_id = ANY($1::bigint[]) AND subject_user_id = $2 AND kind IN (4, 5, 6)",
+      PgParams().IntArray(peers).Int(user_id).Text(result.erased_username).Int(now));
+  // Cached members hold usernames.
+  members_.clear();
   return result;
 }
 
@@ -2699,6 +2750,11 @@ void PostgresStore::SetUserDisabled(UserId user_id, bool disabled, bool revoke_d
   SubmitWrite<DisableResult>(
       [user_id, disabled, revoke_devices](Writer& w) { return w.SetUserDisabled(user_id, disabled, revoke_devices); },
       std::move(done), LockSet{{}, {user_id}, {}});
+}
+
+void PostgresStore::EraseAccount(UserId user_id, int64_t now, Callback<EraseResult> done) {
+  SubmitWrite<EraseResult>([user_id, now](Writer& w) { return w.EraseAccount(user_id, now); }, std::move(done),
+                           LockSet{{}, {user_id}, {}});
 }
 
 void PostgresStore::GetStoreSummary(Callback<StoreSummary> done) {

@@ -180,6 +180,7 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+#include <sqlite3.h>
 
 #include "protocol/message_edits.h"
 #include "store/change_events.h"
@@ -729,6 +730,7 @@ class SqliteStore::Writer {
   Result<Empty> SetLastSeen(UserId user_id, int64_t last_seen);
   Result<int64_t> SetMaxPageCount(int64_t pages);
   Result<DisableResult> SetUserDisabled(UserId user_id, bool disabled, bool revoke_devices);
+  Result<EraseResult> EraseAccount(UserId user_id, int64_t now);
 
   // Push notifications (issue 11): see "Push" at the end of this file.
   Result<Empty> SetPushEndpoint(UserId user_id, DeviceId device_id, const std::string& provider,
@@ -1755,6 +1757,77 @@ Result<DisableResult> SqliteStore::Writer::SetUserDisabled(UserId user_id, bool 
     }
     for (DeviceId id : result.revoked) Revoke(id);
   }
+  return result;
+}
+
+Result<EraseResult> SqliteStore::Writer::EraseAccount(UserId user_id, int64_t now) {
+  EraseResult result;
+  std::string display_name;
+  {
+    Stmt s(*db_, "SELECT username, display_name FROM users WHERE id = ?1");
+    s.BindInt(1, user_id);
+    if (!s.Step()) return Status(ErrorCode::kUnknownUser, "unknown user");
+    result.username = s.Text(0);
+    display_name = s.Text(1);
+  }
+  result.erased_username = kErasedUsernamePrefix + std::to_string(user_id);
+  // Whose streams may hold a snapshot of the profile: the profile's
+  // audience (InProfileAudience) and both sides of its blocks.
+  std::vector<UserId> peers;
+  {
+    Stmt s(*db_,
+           "SELECT o.user_id FROM members m JOIN members o ON o.conversation_id = m.conversation_id "
+           "WHERE m.user_id = ?1 AND o.user_id <> ?1 UNION SELECT owner_id FROM contacts WHERE contact_id = ?1 "
+           "UNION SELECT owner_id FROM blocks WHERE target_id = ?1 UNION SELECT target_id FROM blocks WHERE owner_id = ?1");
+    s.BindInt(1, user_id);
+    while (s.Step()) peers.push_back(s.Int(0));
+  }
+  {
+    Stmt s(*db_, "SELECT id FROM devices WHERE user_id = ?1 AND revoked = 0 ORDER BY id");
+    s.BindInt(1, user_id);
+    while (s.Step()) result.revoked.push_back(s.Int(0));
+  }
+  for (DeviceId id : result.revoked) Revoke(id);
+  auto run = [&](const char* sql) {
+    Stmt s(*db_, sql);
+    s.BindInt(1, user_id);
+    s.Run();
+    return static_cast<int64_t>(sqlite3_changes(db_->handle()));
+  };
+  run("DELETE FROM receipt_log WHERE device_id IN (SELECT id FROM devices WHERE user_id = ?1)");
+  result.devices = run("UPDATE devices SET name = '', platform = '' WHERE user_id = ?1");
+  result.contacts = run("DELETE FROM contacts WHERE owner_id = ?1 OR contact_id = ?1");
+  result.blocks = run("DELETE FROM blocks WHERE owner_id = ?1 OR target_id = ?1");
+  result.drafts = run("DELETE FROM drafts WHERE user_id = ?1");
+  run("DELETE FROM push_mutes WHERE user_id = ?1");
+  run("DELETE FROM name_prefixes WHERE user_id = ?1");
+  result.stream_events = run("DELETE FROM user_events WHERE user_id = ?1");
+  {
+    Stmt s(*db_,
+           "UPDATE users SET username = ?2, password_hash = '', display_name = '', about = '', profile_updated_at = ?3, "
+           "last_seen = 0, presence_visibility = ?4, disabled = 1 WHERE id = ?1");
+    s.BindInt(1, user_id)
+        .BindText(2, result.erased_username)
+        .BindInt(3, now)
+        .BindInt(4, static_cast<int>(PresenceVisibility::kNobody));
+    s.Run();
+  }
+  const std::string blank = ProfileJson(ProfileRecord{user_id, result.erased_username, "", "", now});
+  for (UserId peer : peers) {
+    Stmt s(*db_,
+           "UPDATE user_events SET data = ?3 WHERE user_id = ?1 AND kind IN (?4, ?5, ?6) AND receipt_user_id = ?2");
+    s.BindInt(1, peer)
+        .BindInt(2, user_id)
+        .BindText(3, blank)
+        .BindInt(4, static_cast<int>(EventKind::kProfile))
+        .BindInt(5, static_cast<int>(EventKind::kContact))
+        .BindInt(6, static_cast<int>(EventKind::kBlock));
+    s.Run();
+  }
+  // Cached conversations hold member usernames: write what is pending and
+  // drop them, so the next read has the new name.
+  WriteDirty();
+  DropCaches();
   return result;
 }
 
@@ -2802,6 +2875,10 @@ void SqliteStore::SetUserDisabled(UserId user_id, bool disabled, bool revoke_dev
   SubmitWrite<DisableResult>(
       [user_id, disabled, revoke_devices](Writer& w) { return w.SetUserDisabled(user_id, disabled, revoke_devices); },
       std::move(done));
+}
+
+void SqliteStore::EraseAccount(UserId user_id, int64_t now, Callback<EraseResult> done) {
+  SubmitWrite<EraseResult>([user_id, now](Writer& w) { return w.EraseAccount(user_id, now); }, std::move(done));
 }
 
 void SqliteStore::GetStoreSummary(Callback<StoreSummary> done) {

@@ -1,0 +1,184 @@
+// Admin API, compliance erase (issue 12 item 7; docs/operations.md "User
+// erase"):
+//
+//   POST /admin/v1/users/{username}/erase
+//
+// 1. The account (Store::EraseAccount, one transaction): devices revoked and
+//    their connections closed, contacts, blocks, drafts, push settings, the
+//    user's own stream and name index gone, the profile blank, the account
+//    disabled and renamed kErasedUsernamePrefix + id.
+// 2. The messages: every message the user sent is deleted for everyone
+//    (Store::ChangeMessage, whatever the delete window), page by page, so
+//    the other members' devices blank them as they would any deleted
+//    message, and message search forgets them. Each page's deletes are
+//    independent writes that the store commits in shared batches between
+//    other users' writes, so an erase never holds delivery up for long.
+// 3. The check: the same reads again must find no live device, contact,
+//    block or message body of the user left. The answer says what was
+//    removed and `"verified": true` only if nothing is left.
+//
+// Kept, by policy: the account's id and its erased name, conversations and
+// memberships (the other members keep their conversation), every seq and
+// client id (a tombstone per message, so no gap and dedup keys survive),
+// watermarks (the other members' ticks), and what other users wrote.
+// Peers' devices that are online learn of the deletes when they next sync
+// (their next heartbeat at the latest), not live.
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+
+#include "admin/admin_api.h"
+#include "admin/admin_http.h"
+#include "protocol/message_edits.h"
+
+namespace parley::admin {
+
+using nlohmann::json;
+
+namespace {
+
+// Conversations and messages read per store call while erasing.
+constexpr int kEraseConversationPage = 200;
+constexpr int kEraseMessagePage = 500;
+
+}  // namespace
+
+struct AdminApi::UserErase {
+  store::UserId user_id = 0;
+  store::EraseResult account;
+  std::vector<store::ConversationId> conversations;
+  size_t next_conversation = 0;
+  Respond respond;
+  std::mutex mu;  // guards what the page's concurrent deletes update
+  int64_t messages_deleted = 0;
+  int pending = 0;
+  Status first_error;
+  // Left after the erase (the check).
+  int64_t left_bodies = 0;
+};
+
+void AdminApi::OpsEraseUser(const std::string& username, Respond respond) {
+  store_.GetUserByName(username, [this, respond](Result<store::UserRecord> u) {
+    if (!u) return respond(ErrorResponse(u.error()));
+    auto x = std::make_shared<UserErase>();
+    x->user_id = u->id;
+    x->respond = respond;
+    store_.EraseAccount(x->user_id, clock_.NowMillis(), [this, x](Result<store::EraseResult> r) {
+      if (!r) return x->respond(ErrorResponse(r.error()));
+      x->account = std::move(*r);
+      if (close_devices_ && !x->account.revoked.empty())
+        close_devices_(x->user_id, x->account.revoked, "account erased");
+      EraseListConversations(x, 0, 0);
+    });
+  });
+}
+
+void AdminApi::EraseListConversations(std::shared_ptr<UserErase> x, int64_t before_activity, int64_t before_id) {
+  store_.ListConversations(x->user_id, before_activity, before_id, kEraseConversationPage, 0,
+                           [this, x](Result<store::ConversationPage> page) {
+                             if (!page) return x->respond(ErrorResponse(page.error()));
+                             for (const auto& s : page->conversations) x->conversations.push_back(s.conversation.id);
+                             if (page->has_more) return EraseListConversations(x, page->next_activity, page->next_id);
+                             EraseMessages(x, 0);
+                           });
+}
+
+// Deletes the user's live messages in one page of conversation
+// x->conversations[x->next_conversation] below `before` (0: from the
+// newest), then goes on with the next page or conversation; then checks.
+void AdminApi::EraseMessages(std::shared_ptr<UserErase> x, store::Seq before) {
+  if (x->next_conversation == x->conversations.size()) return EraseCheck(x, 0, 0);
+  const store::ConversationId id = x->conversations[x->next_conversation];
+  // Viewer 0: every message, also those the user deleted for themselves.
+  store_.History(id, 0, before, kEraseMessagePage, [this, x, id](Result<std::vector<store::MessageRecord>> h) {
+    if (!h) return x->respond(ErrorResponse(h.error()));
+    const bool more = static_cast<int>(h->size()) == kEraseMessagePage && h->front().seq > 1;
+    const store::Seq next = more ? h->front().seq : 0;
+    auto after_page = [this, x, next] {
+      if (!x->first_error.ok()) return x->respond(ErrorResponse(x->first_error));
+      if (next == 0) ++x->next_conversation;
+      EraseMessages(x, next);
+    };
+    std::vector<store::MessageChange> deletes;
+    for (const auto& m : *h) {
+      if (m.sender_id != x->user_id || m.deleted_at != 0) continue;
+      store::MessageChange c;
+      c.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+      c.conversation_id = id;
+      c.seq = m.seq;
+      c.user_id = x->user_id;
+      c.device_id = m.sender_device_id;
+      c.now = clock_.NowMillis();
+      c.delete_window_ms = std::numeric_limits<int64_t>::max();  // an erase is not bound by the window
+      deletes.push_back(std::move(c));
+    }
+    if (deletes.empty()) return after_page();
+    x->pending = static_cast<int>(deletes.size());
+    for (auto& c : deletes) {
+      store_.ChangeMessage(std::move(c), [x, after_page](Result<store::ChangeResult> r) {
+        bool last = false;
+        {
+          std::lock_guard lock(x->mu);
+          if (!r && x->first_error.ok()) x->first_error = r.error();
+          if (r && !r->duplicate) ++x->messages_deleted;
+          last = --x->pending == 0;
+        }
+        if (last) after_page();
+      });
+    }
+  });
+}
+
+// The check: reads the user's devices, contacts, blocks and every message
+// again; anything left of the user makes "verified" false.
+void AdminApi::EraseCheck(std::shared_ptr<UserErase> x, size_t conversation, store::Seq before) {
+  if (conversation < x->conversations.size()) {
+    const store::ConversationId id = x->conversations[conversation];
+    store_.History(id, 0, before, kEraseMessagePage,
+                   [this, x, conversation](Result<std::vector<store::MessageRecord>> h) {
+                     if (!h) return x->respond(ErrorResponse(h.error()));
+                     for (const auto& m : *h) {
+                       if (m.sender_id == x->user_id && (m.deleted_at == 0 || !m.body.empty())) ++x->left_bodies;
+                     }
+                     const bool more = static_cast<int>(h->size()) == kEraseMessagePage && h->front().seq > 1;
+                     if (more) return EraseCheck(x, conversation, h->front().seq);
+                     EraseCheck(x, conversation + 1, 0);
+                   });
+    return;
+  }
+  store_.ListDevices(x->user_id, [this, x](Result<std::vector<store::DeviceRecord>> d) {
+    if (!d) return x->respond(ErrorResponse(d.error()));
+    const size_t devices = d->size();
+    store_.ListContacts(x->user_id, [this, x, devices](Result<std::vector<store::ContactRecord>> c) {
+      if (!c) return x->respond(ErrorResponse(c.error()));
+      const size_t contacts = c->size();
+      store_.ListBlocked(x->user_id, [this, x, devices, contacts](Result<std::vector<store::ProfileRecord>> b) {
+        if (!b) return x->respond(ErrorResponse(b.error()));
+        const store::EraseResult& a = x->account;
+        json left{{"live_devices", devices}, {"contacts", contacts}, {"blocked", b->size()}, {"message_bodies", x->left_bodies}};
+        const bool verified = devices == 0 && contacts == 0 && b->empty() && x->left_bodies == 0;
+        spdlog::info("event=admin_user_erased user_id={} messages_deleted={} verified={}", x->user_id,
+                     x->messages_deleted, verified);
+        x->respond(JsonResponse(200, json{{"user_id", x->user_id},
+                                          {"username", a.erased_username},
+                                          {"erased_username", a.username},
+                                          {"removed",
+                                           {{"devices_revoked", a.revoked.size()},
+                                            {"devices_anonymised", a.devices},
+                                            {"contacts", a.contacts},
+                                            {"blocks", a.blocks},
+                                            {"drafts", a.drafts},
+                                            {"stream_events", a.stream_events},
+                                            {"messages_deleted", x->messages_deleted}}},
+                                          {"left", std::move(left)},
+                                          {"verified", verified}}));
+      });
+    });
+  });
+}
+
+}  // namespace parley::admin
