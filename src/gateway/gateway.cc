@@ -51,6 +51,7 @@
 #include <atomic>
 #include <optional>
 #include <deque>
+#include <list>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -139,6 +140,9 @@ constexpr int kMinCloseTimeoutMs = 5'000;
 // larger frame goes alone). Bounds the copy a connection holds while its
 // write is in flight; larger batches would save no syscalls worth having.
 constexpr size_t kMaxWriteBatchBytes = 64 * 1024;
+// The first read of a frame on a connection waiting for one (WsSession::DoRead):
+// small, so an idle connection holds next to no read buffer.
+constexpr size_t kIdleReadBytes = 16;
 
 // Which queued receipts may merge: one per (conversation, receipt user).
 struct ReceiptKeyT {
@@ -174,6 +178,7 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
 
  private:
   void DoRead();
+  void OnFirstBytes(beast::error_code ec, size_t n);
   void OnRead(beast::error_code ec, size_t n);
   void ScheduleWrite();
   void DoWrite();
@@ -198,7 +203,10 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   SessionRegistry* registry_;
   std::shared_ptr<core::Client> client_;
   // State below is touched only on the session's executor.
-  std::deque<Queued> queue_;  // element addresses are stable (deque: push_back/pop_front)
+  // Element addresses are stable (mergeable_ points into it). A list, not a
+  // deque: libstdc++'s deque allocates ~600 bytes even when empty, and most
+  // connections' queues are empty most of the time (idle memory).
+  std::list<Queued> queue_;
   // Queued receipts not yet being written, by (conversation, receipt user).
   std::unordered_map<ReceiptKeyT, Queued*, ReceiptKeyHash> mergeable_;
   size_t queued_bytes_ = 0;
@@ -285,8 +293,20 @@ void WsSession<Stream>::Start(http::request<http::string_body> req) {
   });
 }
 
+// Idle memory: Beast's async_read prepares tcp_frame_size (1,536) bytes of
+// the dynamic buffer before any byte arrives, and the whole composed read
+// (read_op over read_some_op) waits with it. Most connections are idle most
+// of the time, so the wait for a frame is a read_some of at most
+// kIdleReadBytes; the rest of that message is then read whole.
 template <typename Stream>
 void WsSession<Stream>::DoRead() {
+  ws_.async_read_some(buffer_, kIdleReadBytes,
+                      beast::bind_front_handler(&WsSession::OnFirstBytes, this->shared_from_this()));
+}
+
+template <typename Stream>
+void WsSession<Stream>::OnFirstBytes(beast::error_code ec, size_t n) {
+  if (ec || ws_.is_message_done()) return OnRead(ec, n);
   ws_.async_read(buffer_, beast::bind_front_handler(&WsSession::OnRead, this->shared_from_this()));
 }
 
@@ -297,6 +317,7 @@ void WsSession<Stream>::OnRead(beast::error_code ec, size_t) {
   auto data = buffer_.cdata();
   chat_->OnFrame(client_, std::string_view(static_cast<const char*>(data.data()), data.size()));
   buffer_.consume(buffer_.size());
+  buffer_.shrink_to_fit();  // an idle connection holds no read buffer (the next frame allocates one)
   DoRead();
 }
 
@@ -453,7 +474,8 @@ void WsSession<Stream>::DoWrite() {
     ++batch_frames_;
   }
   batch_.reserve(bytes);
-  for (size_t i = 0; i < batch_frames_; ++i) AppendTextFrame(batch_, *queue_[i].frame);
+  auto it = queue_.begin();
+  for (size_t i = 0; i < batch_frames_; ++i, ++it) AppendTextFrame(batch_, *it->frame);
   // One call, not net::async_write: SerialWriteStream writes it whole (ws_write.h).
   ws_.next_layer().async_write_some(net::buffer(batch_),
                                     beast::bind_front_handler(&WsSession::OnWrite, this->shared_from_this()));
