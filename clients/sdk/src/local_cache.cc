@@ -13,6 +13,7 @@
 // withheld (blocking, docs/protocol.md) moves to delivered/read.
 #include "local_cache.h"
 
+#include "history.h"
 #include "protocol/message_edits.h"
 
 #include <algorithm>
@@ -434,6 +435,32 @@ std::string LocalCache::ShownDraftLocked(int64_t conversation_id) {
          "WHERE c.id=?");
   s.Bind(1, conversation_id);
   return s.Step() ? s.Text(0) : std::string();
+}
+
+nlohmann::json LocalCache::HistoryView() {
+  std::lock_guard lock(mu_);
+  json messages = json::array(), drafts = json::array();
+  try {
+    Stmt m(db_, stmts_,
+           "SELECT conversation_id, seq, version, deleted, hidden, body FROM messages ORDER BY conversation_id, seq");
+    while (m.Step()) {
+      messages.push_back({{"conversation_id", m.Int(0)},
+                          {"seq", m.Int(1)},
+                          {"version", m.Int(2)},
+                          {"deleted", m.Int(3) != 0},
+                          {"hidden", m.Int(4) != 0},
+                          {"body_hash", TextHash(m.Text(5))}});
+    }
+    Stmt c(db_, stmts_,
+           "SELECT c.id, c.draft, d.peer IS NOT NULL FROM conversations c LEFT JOIN draft_outbox d "
+           "ON d.peer=c.peer AND c.peer<>'' ORDER BY c.id");
+    while (c.Step()) {
+      drafts.push_back({{"conversation_id", c.Int(0)}, {"draft_hash", TextHash(c.Text(1))}, {"pending", c.Int(2) != 0}});
+    }
+  } catch (const SqlError&) {
+    return {{"messages", json::array()}, {"drafts", json::array()}};
+  }
+  return {{"messages", std::move(messages)}, {"drafts", std::move(drafts)}};
 }
 
 std::string LocalCache::PeerOf(int64_t conversation_id) {
