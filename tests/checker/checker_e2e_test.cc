@@ -122,6 +122,30 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   ASSERT_TRUE(alice.WaitOutboxDrained(15000));
   ASSERT_TRUE(Eventually([&] { return bob2c.Messages("alice", 0, 50).size() == 8; }, 10000));
 
+  // Edits and deletes (docs/protocol.md, "Edits and deletes") and a draft:
+  // alice edits her first message to bob and deletes her second for
+  // everyone, bob deletes her third for himself on bob-1 and starts a
+  // draft there; bob-2 must end with the same view.
+  std::vector<CachedMessage> to_bob;
+  for (auto& m : alice.Messages("bob", 0, 50))
+    if (m.outgoing && m.seq > 0) to_bob.push_back(m);
+  ASSERT_GE(to_bob.size(), 3u);
+  Reply edit = alice.Request("edit_message", {{"conversation_id", to_bob[0].conversation_id},
+                                              {"seq", to_bob[0].seq},
+                                              {"client_id", "e2e-edit-1"},
+                                              {"body", "a->b 0, edited"}});
+  ASSERT_TRUE(edit.ok) << edit.code << " " << edit.message;
+  Reply del = alice.Request("delete_message", {{"conversation_id", to_bob[1].conversation_id},
+                                               {"seq", to_bob[1].seq},
+                                               {"for", "everyone"}});
+  ASSERT_TRUE(del.ok) << del.code << " " << del.message;
+  Reply hide = bob1.Request("delete_message", {{"conversation_id", to_bob[2].conversation_id},
+                                               {"seq", to_bob[2].seq},
+                                               {"for", "me"}});
+  ASSERT_TRUE(hide.ok) << hide.code << " " << hide.message;
+  ASSERT_TRUE(bob1.SetDraft("alice", "half a thought").ok);
+  ASSERT_TRUE(bob1.WaitDraftsSaved(10000));
+
   for (auto& d : devs) d.client->Stop();
   // Stopping reports the last receipts, which move the streams on: one more
   // round (nothing left to report) ends every device at its user's final head.
@@ -150,16 +174,19 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   EXPECT_GE(kinds["disconnect"], 4);
   EXPECT_GE(kinds["resume"], 4 + 4 + 4 + 1);  // start, after the crash, the second round, bob-2's return
 
-  // Every history ends caught up (Stop's last sync).
+  // Every history ends caught up (Stop's last sync), then the final view.
   for (auto& d : devs) {
     std::ifstream in(histories() + "/" + d.name + ".jsonl");
-    std::string line, last, before_last;
+    std::string line;
+    std::vector<std::string> tail;
     while (std::getline(in, line)) {
-      before_last = last;
-      last = line;
+      tail.push_back(line);
+      if (tail.size() > 3) tail.erase(tail.begin());
     }
-    EXPECT_EQ(json::parse(last)["ev"], "stop") << d.name;
-    EXPECT_EQ(json::parse(before_last)["ev"], "caught_up") << d.name;
+    ASSERT_EQ(tail.size(), 3u) << d.name;
+    EXPECT_EQ(json::parse(tail[2])["ev"], "stop") << d.name;
+    EXPECT_EQ(json::parse(tail[1])["ev"], "view") << d.name;
+    EXPECT_EQ(json::parse(tail[0])["ev"], "caught_up") << d.name;
   }
 
   std::string server_url = "http://127.0.0.1:" + std::to_string(server_.port());
@@ -170,9 +197,13 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
                              << RunCheck(dir_, {"--histories", histories(), "--state", state}).out;
   json counts = json::parse(ok.out);
   for (const char* k : {"lost", "duplicated", "reordered", "gaps", "leaks", "receipt_regressions",
-                        "receipt_divergences", "phantoms", "receipt_leaks"}) {
+                        "receipt_divergences", "phantoms", "receipt_leaks", "version_divergences", "resurrections",
+                        "hidden_divergences", "draft_divergences"}) {
     EXPECT_EQ(counts[k], 0) << k;
   }
+  EXPECT_EQ(counts["views"], 4);
+  EXPECT_EQ(counts["changed_messages"], 2 + 3);  // alice: the edit and the delete; bob: those and his hide
+  EXPECT_EQ(counts["draft_conversations"], 1);
   EXPECT_EQ(counts["acked"], sent);
   EXPECT_EQ(counts["messages"], sent);
   EXPECT_EQ(counts["devices"], 4);
@@ -213,7 +244,8 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   json dc = json::parse(dup.out);
   EXPECT_EQ(dc["duplicated"], 1);
   for (const char* k : {"lost", "reordered", "gaps", "leaks", "receipt_regressions", "receipt_divergences", "phantoms",
-                        "receipt_leaks"}) {
+                        "receipt_leaks", "version_divergences", "resurrections", "hidden_divergences",
+                        "draft_divergences"}) {
     EXPECT_EQ(dc[k], 0) << k;
   }
 
