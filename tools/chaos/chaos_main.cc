@@ -110,10 +110,13 @@ constexpr int64_t kLateStepMs = 1000;         // a step that starts this late is
 constexpr int kRetryInitialMs = 100;          // raw sends and blocks retry after this long ...
 constexpr int kRetryMaxMs = 2000;             // ... doubling up to this (no connection storm on a slow parleyd)
 // Of every 1000 steps: sends take kSendPerMille, edits, deletes and drafts
-// the rest of the first 600 (each about 0.4 a second at kStepsPerSecond).
-constexpr int64_t kSendPerMille = 540;
-constexpr int64_t kEditPerMille = 20;
-constexpr int64_t kDeletePerMille = 20;       // drafts: 600 - the three above
+// the rest of the first 600 (at kStepsPerSecond: 0.6 edits, 0.6 deletes and
+// 0.4 drafts a second; about half the edits and deletes find their device
+// offline and are skipped).
+constexpr int64_t kSendPerMille = 520;
+constexpr int64_t kEditPerMille = 30;
+constexpr int64_t kDeletePerMille = 30;       // drafts: 600 - the three above
+constexpr int kChangeTimeoutMs = 10'000;      // an edit or delete is retried (reconnecting, parleyd down) this long
 constexpr int64_t kPickRange = 1000;          // an edit or delete picks its message by `pick` mod the candidates
 constexpr int kChangeCandidates = 50;         // ... among the newest this many cached messages with the peer
 
@@ -1053,12 +1056,19 @@ class Run {
   // An edit or a delete (for everyone or for me) of an earlier message with
   // the step's peer, through the SDK's request path as clients make it: the
   // message is the step's `pick` among the newest cached ones that qualify
-  // (own and not deleted, for an edit or a delete for everyone). Offline,
-  // refused (the edit window, a block) or unanswered (parleyd died): logged
-  // and left; the checker judges what the server decided.
+  // (own and not deleted, for an edit or a delete for everyone). A device
+  // taken offline by the plan skips it (a client cannot edit offline); one
+  // reconnecting, or whose answer was lost to a parleyd death, retries the
+  // same request (a retry is a duplicate: docs/protocol.md, "Edits and
+  // deletes") for kChangeTimeoutMs. Refused (the edit window, a block) or
+  // given up: logged and left; the checker judges what the server decided.
   void ChangeMessage(size_t i, const json& s, Device& d) {
     const std::string op = s.at("op");
     const bool for_me = op == "delete" && s.at("for") == "me";
+    if (!d.online) {
+      d.Event({{"change", op}, {"skipped", "the device is offline"}});
+      return;
+    }
     std::vector<CachedMessage> candidates;
     for (auto& m : d.client->Messages(UserName(s.at("peer")), 0, kChangeCandidates)) {
       if (m.seq > 0 && (for_me || (m.outgoing && !m.deleted))) candidates.push_back(std::move(m));
@@ -1068,19 +1078,23 @@ class Run {
       return;
     }
     const CachedMessage& m = candidates[static_cast<size_t>(s.at("pick").get<int64_t>()) % candidates.size()];
-    Reply r;
-    if (op == "edit") {
-      ++counters_.edits;
-      r = d.client->Request("edit_message",
-                            {{"conversation_id", m.conversation_id},
-                             {"seq", m.seq},
-                             {"client_id", s.at("client_id")},
-                             {"body", "chaos " + std::to_string(plan_.seed) + " edit #" + std::to_string(i)}});
+    const bool edit = op == "edit";
+    ++(edit ? counters_.edits : for_me ? counters_.hides : counters_.deletes);
+    json fields = {{"conversation_id", m.conversation_id}, {"seq", m.seq}};
+    if (edit) {
+      fields["client_id"] = s.at("client_id");
+      fields["body"] = "chaos " + std::to_string(plan_.seed) + " edit #" + std::to_string(i);
     } else {
-      ++(for_me ? counters_.hides : counters_.deletes);
-      r = d.client->Request("delete_message", {{"conversation_id", m.conversation_id},
-                                               {"seq", m.seq},
-                                               {"for", for_me ? "me" : "everyone"}});
+      fields["for"] = for_me ? "me" : "everyone";
+    }
+    Reply r;
+    const auto deadline = SteadyClock::now() + std::chrono::milliseconds(kChangeTimeoutMs);
+    while (!Failed()) {
+      r = d.client->Request(edit ? "edit_message" : "delete_message", fields);
+      const bool again = r.code == kErrOffline || (!r.ok && (r.frame.is_null() || r.frame.value("retryable", false)));
+      if (!again || SteadyClock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(kRetryInitialMs));  // rate_limited: no busy loop
+      d.client->WaitOnline(kRequestTimeoutMs);
     }
     if (!r.ok) ++counters_.changes_refused;
     d.Event({{"change", for_me ? "delete_for_me" : op}, {"conversation_id", m.conversation_id}, {"seq", m.seq},
