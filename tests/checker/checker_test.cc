@@ -430,8 +430,11 @@ json ViewMsg(int64_t seq, int64_t version, bool deleted, bool hidden, const std:
   return {{"conversation_id", 100}, {"seq", seq}, {"version", version}, {"deleted", deleted}, {"hidden", hidden},
           {"body_hash", hash}};
 }
+// Every device holds 100/1-3; `messages` lists the edited, deleted or hidden ones.
 json View(json messages, const std::string& draft) {
-  return {{"ev", "view"}, {"messages", messages},
+  return {{"ev", "view"},
+          {"held", {{{"conversation_id", 100}, {"ranges", {{1, 3}}}}}},
+          {"messages", messages},
           {"drafts", {{{"conversation_id", 100}, {"draft_hash", draft}, {"pending", false}}}}};
 }
 
@@ -461,9 +464,7 @@ Histories ChangesHistories(json bob22_view = nullptr) {
   a.push_back(ChangeEv(6, "edit", 1, 1, "hx1"));
   a.push_back(ChangeEv(7, "delete", 2, 1, ""));
   a.push_back(Caught(7));
-  a.push_back(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, ""),
-                    ViewMsg(3, 0, false, false, "hb1")},
-                   ""));
+  a.push_back(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, "")}, ""));
   a.push_back({{"ev", "stop"}});
   const json bob_view = View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, ""),
                               ViewMsg(3, 0, false, true, "hb1")},
@@ -493,11 +494,12 @@ TEST(CheckerTest, ConvergedEditsDeletesAndDraftsPass) {
 }
 
 TEST(CheckerTest, DeviceThatKeptAnOldVersionDiverges) {
-  Report r = CheckAll(ChangesHistories(View({ViewMsg(1, 0, false, false, "ha1"), ViewMsg(2, 1, true, false, ""),
-                                             ViewMsg(3, 0, false, true, "hb1")},
-                                            "hy")),
+  // 100/1 held but not listed: still as sent (version 0).
+  Report r = CheckAll(ChangesHistories(View({ViewMsg(2, 1, true, false, ""), ViewMsg(3, 0, false, true, "hb1")}, "hy")),
                       ChangesState());
   ExpectOnly(r, "version_divergences", 1);
+  EXPECT_NE(FormatReport(r, 5).find("message 100/1 ends at version 0, the user's stream says 1"), std::string::npos)
+      << FormatReport(r, 5);
   // The same version with another text than the user's other device.
   r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hz1"), ViewMsg(2, 1, true, false, ""),
                                       ViewMsg(3, 0, false, true, "hb1")},
@@ -512,6 +514,10 @@ TEST(CheckerTest, DeletedMessageWhoseBodyReappearsIsAResurrection) {
                                              ViewMsg(3, 0, false, true, "hb1")},
                                             "hy")),
                       ChangesState());
+  ExpectOnly(r, "resurrections", 1);
+  // Held and not listed: shown as sent, text and all.
+  r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(3, 0, false, true, "hb1")}, "hy")),
+               ChangesState());
   ExpectOnly(r, "resurrections", 1);
   // On the way: after the delete, a snapshot brings 100/2 back undeleted.
   Histories h = ChangesHistories();
@@ -539,11 +545,21 @@ TEST(CheckerTest, DivergingDraftsAreCounted) {
 }
 
 TEST(CheckerTest, HiddenMessageVisibleOnOneOfTheUsersDevicesDiverges) {
-  Report r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, ""),
-                                             ViewMsg(3, 0, false, false, "hb1")},
-                                            "hy")),
+  // 100/3 held, not listed: shown.
+  Report r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, "")}, "hy")),
                       ChangesState());
   ExpectOnly(r, "hidden_divergences", 1);
+  // The same, listed.
+  r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, ""),
+                                      ViewMsg(3, 0, false, false, "hb1")},
+                                     "hy")),
+               ChangesState());
+  ExpectOnly(r, "hidden_divergences", 1);
+  // A device that does not hold it (a snapshot after the hide) is right.
+  json bare = View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, "")}, "hy");
+  bare["held"] = {{{"conversation_id", 100}, {"ranges", {{1, 2}}}}};
+  r = CheckAll(ChangesHistories(bare), ChangesState());
+  ExpectOnly(r, "", 0);
   // Hidden on a device of alice, who never deleted it for herself.
   Histories h = ChangesHistories();
   h.files["alice-11.jsonl"][h.files["alice-11.jsonl"].size() - 2] =
@@ -587,6 +603,13 @@ TEST(CheckerTest, MalformedLineNamesFileAndLine) {
   }
   EXPECT_FALSE(LoadHistoryFile(path, &h, &error));
   EXPECT_EQ(error, path + ":1: not valid JSON");
+  {
+    std::ofstream out(path);
+    out << R"({"n":1,"ts":1,"user":1,"device":2,"ev":"view","held":[{"conversation_id":1,"ranges":[[1]]}],)"
+        << R"("messages":[],"drafts":[]})" << "\n";
+  }
+  EXPECT_FALSE(LoadHistoryFile(path, &h, &error));
+  EXPECT_EQ(error, path + ":1: \"view\" record with a malformed \"held\" entry");
   // A torn last line (no newline: a kill in the middle of a write) is skipped.
   {
     std::ofstream out(path);

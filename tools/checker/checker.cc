@@ -161,6 +161,17 @@ std::string Validate(const json& j) {
       if (!d.is_object() || !IsInt(d, "conversation_id") || !d.contains("draft_hash") || !d["draft_hash"].is_string())
         return "\"view\" record with a malformed draft";
     }
+    if (j.contains("held")) {
+      if (!j["held"].is_array()) return "\"view\" record whose \"held\" is not an array";
+      for (const auto& h : j["held"]) {
+        bool ok = h.is_object() && IsInt(h, "conversation_id") && h.contains("ranges") && h["ranges"].is_array();
+        for (size_t i = 0; ok && i < h["ranges"].size(); ++i) {
+          const json& range = h["ranges"][i];
+          ok = range.is_array() && range.size() == 2 && range[0].is_number_integer() && range[1].is_number_integer();
+        }
+        if (!ok) return "\"view\" record with a malformed \"held\" entry";
+      }
+    }
     return "";
   }
   return "";  // disconnect, stop and kinds added later: nothing to check
@@ -889,7 +900,27 @@ struct Checker {
       for (const ViewDevice* v : devices) {
         ++report->counts.views;
         const Record& r = *v->view;
-        for (const auto& m : r.j["messages"]) ViewMessage(user, r, m, &text_of);
+        std::set<std::pair<int64_t, int64_t>> listed;
+        for (const auto& m : r.j["messages"]) {
+          ViewMessage(user, r, m, &text_of);
+          listed.insert({m["conversation_id"].get<int64_t>(), m["seq"].get<int64_t>()});
+        }
+        // Held, but not listed: unedited, undeleted and shown on this
+        // device. Each message the user's stream changed must not be one.
+        std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> held;  // conv -> [lo, hi] ranges
+        for (const auto& h : r.j.value("held", json::array())) {
+          for (const auto& range : h["ranges"])
+            held[h["conversation_id"].get<int64_t>()].push_back({range[0].get<int64_t>(), range[1].get<int64_t>()});
+        }
+        for (auto c = changes.lower_bound({user, INT64_MIN, INT64_MIN});
+             c != changes.end() && std::get<0>(c->first) == user; ++c) {
+          const int64_t conv = std::get<1>(c->first), seq = std::get<2>(c->first);
+          if (listed.count({conv, seq}) || !Held(held, conv, seq)) continue;
+          ViewMessage(user, r,
+                      {{"conversation_id", conv}, {"seq", seq}, {"version", 0}, {"deleted", false},
+                       {"hidden", false}, {"body_hash", ""}},
+                      &text_of);
+        }
         std::map<int64_t, std::string> mine;
         for (const auto& dr : r.j["drafts"]) mine[dr["conversation_id"].get<int64_t>()] = dr["draft_hash"];
         std::set<int64_t> convs;
@@ -920,6 +951,16 @@ struct Checker {
         }
       }
     }
+  }
+
+  static bool Held(const std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>>& held, int64_t conv,
+                   int64_t seq) {
+    auto it = held.find(conv);
+    if (it == held.end()) return false;
+    for (const auto& [lo, hi] : it->second) {
+      if (seq >= lo && seq <= hi) return true;
+    }
+    return false;
   }
 
   static std::string HashName(const std::string& hash) { return hash.empty() ? "none" : "\"" + hash + "\""; }
@@ -959,6 +1000,7 @@ struct Checker {
                ", the user's stream says " + std::to_string(want.version) + (want.deleted_at ? " (deleted)" : ""));
       return;
     }
+    if (version == 0) return;  // the text as sent: the message's identity is checked by the delivery checks
     auto [first, inserted] = text_of->insert({{conv, seq, version}, {body, Where(r)}});
     if (!inserted && first->second.first != body) {
       Fail(&Counts::version_divergences, "version_divergences",

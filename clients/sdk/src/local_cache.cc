@@ -439,10 +439,34 @@ std::string LocalCache::ShownDraftLocked(int64_t conversation_id) {
 
 nlohmann::json LocalCache::HistoryView() {
   std::lock_guard lock(mu_);
-  json messages = json::array(), drafts = json::array();
+  json held = json::array(), messages = json::array(), drafts = json::array();
   try {
+    // Held seqs as ranges (a cache holds runs of seqs), then in full only the
+    // messages an edit or delete changed: a view stays small on a big cache.
+    Stmt h(db_, stmts_, "SELECT conversation_id, seq FROM messages ORDER BY conversation_id, seq");
+    int64_t conv = 0, lo = 0, hi = -1;
+    json ranges = json::array();
+    auto flush = [&] {
+      if (hi >= lo) ranges.push_back({lo, hi});
+      if (!ranges.empty()) held.push_back({{"conversation_id", conv}, {"ranges", std::move(ranges)}});
+      ranges = json::array();
+    };
+    while (h.Step()) {
+      const int64_t c = h.Int(0), seq = h.Int(1);
+      if (c != conv) {
+        flush();
+        conv = c;
+        lo = seq;
+      } else if (seq != hi + 1) {
+        ranges.push_back({lo, hi});
+        lo = seq;
+      }
+      hi = seq;
+    }
+    flush();
     Stmt m(db_, stmts_,
-           "SELECT conversation_id, seq, version, deleted, hidden, body FROM messages ORDER BY conversation_id, seq");
+           "SELECT conversation_id, seq, version, deleted, hidden, body FROM messages "
+           "WHERE version > 0 OR deleted <> 0 OR hidden <> 0 ORDER BY conversation_id, seq");
     while (m.Step()) {
       messages.push_back({{"conversation_id", m.Int(0)},
                           {"seq", m.Int(1)},
@@ -458,9 +482,9 @@ nlohmann::json LocalCache::HistoryView() {
       drafts.push_back({{"conversation_id", c.Int(0)}, {"draft_hash", TextHash(c.Text(1))}, {"pending", c.Int(2) != 0}});
     }
   } catch (const SqlError&) {
-    return {{"messages", json::array()}, {"drafts", json::array()}};
+    return {{"held", json::array()}, {"messages", json::array()}, {"drafts", json::array()}};
   }
-  return {{"messages", std::move(messages)}, {"drafts", std::move(drafts)}};
+  return {{"held", std::move(held)}, {"messages", std::move(messages)}, {"drafts", std::move(drafts)}};
 }
 
 std::string LocalCache::PeerOf(int64_t conversation_id) {
