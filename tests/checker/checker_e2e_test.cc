@@ -216,6 +216,62 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   EXPECT_EQ(text.exit_code, 0) << text.out << text.err;
   EXPECT_NE(text.out.find("\nOK\n"), std::string::npos) << text.out;
 
+  // bob-2's final view holds what bob-1 did and alice did: the edit, the
+  // tombstone, the hide and bob's draft (so the zeros above compared something).
+  auto last_view = [&](const std::string& name) {
+    std::ifstream in(histories() + "/" + name + ".jsonl");
+    std::string line;
+    json view;
+    while (std::getline(in, line)) {
+      json j = json::parse(line);
+      if (j["ev"] == "view") view = j;
+    }
+    return view;
+  };
+  json bob2_view = last_view("bob-2");
+  std::map<int64_t, json> listed;
+  for (const auto& m : bob2_view["messages"]) listed[m["seq"].get<int64_t>()] = m;
+  ASSERT_TRUE(listed.count(to_bob[0].seq) && listed.count(to_bob[1].seq) && listed.count(to_bob[2].seq))
+      << bob2_view.dump();
+  EXPECT_EQ(listed[to_bob[0].seq]["version"], 1);
+  EXPECT_NE(listed[to_bob[0].seq]["body_hash"], "");
+  EXPECT_EQ(listed[to_bob[1].seq]["deleted"], true);
+  EXPECT_EQ(listed[to_bob[1].seq]["body_hash"], "");
+  EXPECT_EQ(listed[to_bob[2].seq]["hidden"], true);
+  ASSERT_EQ(bob2_view["drafts"].size(), 1u) << bob2_view.dump();
+  EXPECT_NE(bob2_view["drafts"][0]["draft_hash"], "");
+  ASSERT_FALSE(bob2_view["held"].empty());
+
+  // Tampered views: bob-2 kept the edited message as sent (it is held, so
+  // unlisted means version 0), and lost bob's draft.
+  {
+    std::string stale = dir_ / "stale-view";
+    std::filesystem::create_directories(stale);
+    for (auto& d : devs) {
+      std::ifstream in(histories() + "/" + d.name + ".jsonl");
+      std::ofstream out(stale + "/" + d.name + ".jsonl");
+      std::string line;
+      while (std::getline(in, line)) {
+        json j = json::parse(line);
+        if (d.name == "bob-2" && j["ev"] == "view" && j == bob2_view) {
+          json kept = json::array();
+          for (const auto& m : j["messages"])
+            if (m["seq"] != to_bob[0].seq) kept.push_back(m);
+          j["messages"] = kept;
+          j["drafts"][0]["draft_hash"] = "";
+        }
+        out << j.dump() << "\n";
+      }
+    }
+    ProcResult sv = RunCheck(dir_, {"--histories", stale, "--state", state, "--json"});
+    EXPECT_EQ(sv.exit_code, 1) << sv.out << sv.err;
+    json sc = json::parse(sv.out);
+    EXPECT_EQ(sc["version_divergences"], 1) << sv.out;
+    EXPECT_EQ(sc["draft_divergences"], 1) << sv.out;
+    EXPECT_EQ(sc["resurrections"], 0) << sv.out;
+    EXPECT_EQ(sc["hidden_divergences"], 0) << sv.out;
+  }
+
   // Tampered: one of bob-1's message deliveries recorded twice.
   std::string tampered = dir_ / "tampered";
   std::filesystem::create_directories(tampered);
