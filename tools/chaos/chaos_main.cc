@@ -7,7 +7,8 @@
 //     steps — sends, sends cut off by a dropped connection, devices going
 //     offline and coming back (their outbox resends, delayed, with the same
 //     client ids), connections dropped in the middle of a catch-up sync,
-//     blocks and unblocks, read receipts, kill -9 of parleyd after the Nth
+//     blocks and unblocks, read receipts, edits and deletes (for everyone
+//     and for me) of earlier messages, drafts, kill -9 of parleyd after the Nth
 //     message this driver saw acknowledged — and, per parleyd incarnation, a
 //     server-side crash point (the test build's --fault crash_after_append@K:
 //     SIGKILL right after the Kth message is durable, before its ack);
