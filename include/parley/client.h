@@ -196,7 +196,9 @@ struct ClientOptions {
   // caught-up markers, disconnects, resumes, stop), one write(2) per record,
   // so the file survives kill -9 of the client. Open fails if the file cannot
   // be opened or holds a line that is not JSON. While recording, Stop runs one
-  // last sync before closing so that the history ends caught up.
+  // last sync before closing so that the history ends caught up, then records
+  // the cache's final view (held seqs, edited, deleted and hidden messages,
+  // drafts) for the checker's convergence checks.
   std::string history_path;
 
   // Injected for tests; defaults: the system clock (ms since epoch) and a

@@ -25,8 +25,10 @@ using nlohmann::json;
 
 constexpr const char* kAdminToken = "checker-selftest";
 // Every failure count of parley-check --json (docs/checker.md).
-const char* const kFailureCounts[] = {"lost",     "duplicated",          "reordered",           "gaps",         "leaks",
-                                      "phantoms", "receipt_regressions", "receipt_divergences", "receipt_leaks"};
+const char* const kFailureCounts[] = {"lost",          "duplicated",          "reordered",          "gaps",
+                                      "leaks",         "phantoms",            "receipt_regressions", "receipt_divergences",
+                                      "receipt_leaks", "version_divergences", "resurrections",       "hidden_divergences",
+                                      "draft_divergences"};
 
 // True once the process has exited (a zombie counts: it is not running).
 bool Exited(pid_t pid) {

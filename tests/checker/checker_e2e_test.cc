@@ -122,6 +122,30 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   ASSERT_TRUE(alice.WaitOutboxDrained(15000));
   ASSERT_TRUE(Eventually([&] { return bob2c.Messages("alice", 0, 50).size() == 8; }, 10000));
 
+  // Edits and deletes (docs/protocol.md, "Edits and deletes") and a draft:
+  // alice edits her first message to bob and deletes her second for
+  // everyone, bob deletes her third for himself on bob-1 and starts a
+  // draft there; bob-2 must end with the same view.
+  std::vector<CachedMessage> to_bob;
+  for (auto& m : alice.Messages("bob", 0, 50))
+    if (m.outgoing && m.seq > 0) to_bob.push_back(m);
+  ASSERT_GE(to_bob.size(), 3u);
+  Reply edit = alice.Request("edit_message", {{"conversation_id", to_bob[0].conversation_id},
+                                              {"seq", to_bob[0].seq},
+                                              {"client_id", "e2e-edit-1"},
+                                              {"body", "a->b 0, edited"}});
+  ASSERT_TRUE(edit.ok) << edit.code << " " << edit.message;
+  Reply del = alice.Request("delete_message", {{"conversation_id", to_bob[1].conversation_id},
+                                               {"seq", to_bob[1].seq},
+                                               {"for", "everyone"}});
+  ASSERT_TRUE(del.ok) << del.code << " " << del.message;
+  Reply hide = bob1.Request("delete_message", {{"conversation_id", to_bob[2].conversation_id},
+                                               {"seq", to_bob[2].seq},
+                                               {"for", "me"}});
+  ASSERT_TRUE(hide.ok) << hide.code << " " << hide.message;
+  ASSERT_TRUE(bob1.SetDraft("alice", "half a thought").ok);
+  ASSERT_TRUE(bob1.WaitDraftsSaved(10000));
+
   for (auto& d : devs) d.client->Stop();
   // Stopping reports the last receipts, which move the streams on: one more
   // round (nothing left to report) ends every device at its user's final head.
@@ -150,16 +174,19 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   EXPECT_GE(kinds["disconnect"], 4);
   EXPECT_GE(kinds["resume"], 4 + 4 + 4 + 1);  // start, after the crash, the second round, bob-2's return
 
-  // Every history ends caught up (Stop's last sync).
+  // Every history ends caught up (Stop's last sync), then the final view.
   for (auto& d : devs) {
     std::ifstream in(histories() + "/" + d.name + ".jsonl");
-    std::string line, last, before_last;
+    std::string line;
+    std::vector<std::string> tail;
     while (std::getline(in, line)) {
-      before_last = last;
-      last = line;
+      tail.push_back(line);
+      if (tail.size() > 3) tail.erase(tail.begin());
     }
-    EXPECT_EQ(json::parse(last)["ev"], "stop") << d.name;
-    EXPECT_EQ(json::parse(before_last)["ev"], "caught_up") << d.name;
+    ASSERT_EQ(tail.size(), 3u) << d.name;
+    EXPECT_EQ(json::parse(tail[2])["ev"], "stop") << d.name;
+    EXPECT_EQ(json::parse(tail[1])["ev"], "view") << d.name;
+    EXPECT_EQ(json::parse(tail[0])["ev"], "caught_up") << d.name;
   }
 
   std::string server_url = "http://127.0.0.1:" + std::to_string(server_.port());
@@ -170,9 +197,13 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
                              << RunCheck(dir_, {"--histories", histories(), "--state", state}).out;
   json counts = json::parse(ok.out);
   for (const char* k : {"lost", "duplicated", "reordered", "gaps", "leaks", "receipt_regressions",
-                        "receipt_divergences", "phantoms", "receipt_leaks"}) {
+                        "receipt_divergences", "phantoms", "receipt_leaks", "version_divergences", "resurrections",
+                        "hidden_divergences", "draft_divergences"}) {
     EXPECT_EQ(counts[k], 0) << k;
   }
+  EXPECT_EQ(counts["views"], 4);
+  EXPECT_EQ(counts["changed_messages"], 2 + 3);  // alice: the edit and the delete; bob: those and his hide
+  EXPECT_EQ(counts["draft_conversations"], 1);
   EXPECT_EQ(counts["acked"], sent);
   EXPECT_EQ(counts["messages"], sent);
   EXPECT_EQ(counts["devices"], 4);
@@ -184,6 +215,62 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   ProcResult text = RunCheck(dir_, {"--histories", histories(), "--state", state});
   EXPECT_EQ(text.exit_code, 0) << text.out << text.err;
   EXPECT_NE(text.out.find("\nOK\n"), std::string::npos) << text.out;
+
+  // bob-2's final view holds what bob-1 did and alice did: the edit, the
+  // tombstone, the hide and bob's draft (so the zeros above compared something).
+  auto last_view = [&](const std::string& name) {
+    std::ifstream in(histories() + "/" + name + ".jsonl");
+    std::string line;
+    json view;
+    while (std::getline(in, line)) {
+      json j = json::parse(line);
+      if (j["ev"] == "view") view = j;
+    }
+    return view;
+  };
+  json bob2_view = last_view("bob-2");
+  std::map<int64_t, json> listed;
+  for (const auto& m : bob2_view["messages"]) listed[m["seq"].get<int64_t>()] = m;
+  ASSERT_TRUE(listed.count(to_bob[0].seq) && listed.count(to_bob[1].seq) && listed.count(to_bob[2].seq))
+      << bob2_view.dump();
+  EXPECT_EQ(listed[to_bob[0].seq]["version"], 1);
+  EXPECT_NE(listed[to_bob[0].seq]["body_hash"], "");
+  EXPECT_EQ(listed[to_bob[1].seq]["deleted"], true);
+  EXPECT_EQ(listed[to_bob[1].seq]["body_hash"], "");
+  EXPECT_EQ(listed[to_bob[2].seq]["hidden"], true);
+  ASSERT_EQ(bob2_view["drafts"].size(), 1u) << bob2_view.dump();
+  EXPECT_NE(bob2_view["drafts"][0]["draft_hash"], "");
+  ASSERT_FALSE(bob2_view["held"].empty());
+
+  // Tampered views: bob-2 kept the edited message as sent (it is held, so
+  // unlisted means version 0), and lost bob's draft.
+  {
+    std::string stale = dir_ / "stale-view";
+    std::filesystem::create_directories(stale);
+    for (auto& d : devs) {
+      std::ifstream in(histories() + "/" + d.name + ".jsonl");
+      std::ofstream out(stale + "/" + d.name + ".jsonl");
+      std::string line;
+      while (std::getline(in, line)) {
+        json j = json::parse(line);
+        if (d.name == "bob-2" && j["ev"] == "view" && j == bob2_view) {
+          json kept = json::array();
+          for (const auto& m : j["messages"])
+            if (m["seq"] != to_bob[0].seq) kept.push_back(m);
+          j["messages"] = kept;
+          j["drafts"][0]["draft_hash"] = "";
+        }
+        out << j.dump() << "\n";
+      }
+    }
+    ProcResult sv = RunCheck(dir_, {"--histories", stale, "--state", state, "--json"});
+    EXPECT_EQ(sv.exit_code, 1) << sv.out << sv.err;
+    json sc = json::parse(sv.out);
+    EXPECT_EQ(sc["version_divergences"], 1) << sv.out;
+    EXPECT_EQ(sc["draft_divergences"], 1) << sv.out;
+    EXPECT_EQ(sc["resurrections"], 0) << sv.out;
+    EXPECT_EQ(sc["hidden_divergences"], 0) << sv.out;
+  }
 
   // Tampered: one of bob-1's message deliveries recorded twice.
   std::string tampered = dir_ / "tampered";
@@ -213,7 +300,8 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   json dc = json::parse(dup.out);
   EXPECT_EQ(dc["duplicated"], 1);
   for (const char* k : {"lost", "reordered", "gaps", "leaks", "receipt_regressions", "receipt_divergences", "phantoms",
-                        "receipt_leaks"}) {
+                        "receipt_leaks", "version_divergences", "resurrections", "hidden_divergences",
+                        "draft_divergences"}) {
     EXPECT_EQ(dc[k], 0) << k;
   }
 

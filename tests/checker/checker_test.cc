@@ -139,7 +139,8 @@ Report CheckAll(const Histories& h, const json& state_json = BaseState()) {
 void ExpectOnly(const Report& r, const std::string& only, int64_t expected) {
   json c = CountsJson(r.counts);
   for (const char* k : {"lost", "duplicated", "reordered", "gaps", "leaks", "receipt_regressions",
-                        "receipt_divergences", "phantoms", "receipt_leaks"}) {
+                        "receipt_divergences", "phantoms", "receipt_leaks", "version_divergences", "resurrections",
+                        "hidden_divergences", "draft_divergences"}) {
     EXPECT_EQ(c[k].get<int64_t>(), k == only ? expected : 0) << k << "\n" << FormatReport(r, 20);
   }
   EXPECT_EQ(r.counts.ok(), expected == 0);
@@ -409,6 +410,180 @@ TEST(CheckerTest, ListingAWithheldSeqTwiceIsAReceiptLeak) {
   ExpectOnly(r, "receipt_leaks", 1);
 }
 
+// Edits, deletes and drafts on top of the base case (docs/checker.md,
+// "Final views"): alice edits a1 (version 1) and deletes a2 for everyone
+// (version 1); bob deletes b1 for himself and saves two drafts in
+// conversation 100 from his devices, "y" last in server order. Every
+// device but carol's then ends with a `view` record.
+json ChangeEv(int64_t u, const char* kind, int64_t seq, int64_t version, const std::string& body_hash) {
+  json e = {{"ev", "event"}, {"source", "live"}, {"user_seq", u}, {"kind", kind}, {"conversation_id", 100},
+            {"seq", seq}};
+  if (std::string(kind) != "delete_for_me") e["version"] = version;
+  if (std::string(kind) == "edit") e["body_hash"] = body_hash;
+  return e;
+}
+json DraftEv(int64_t u, const std::string& hash) {
+  return {{"ev", "event"}, {"source", "sync"}, {"user_seq", u}, {"kind", "draft"}, {"conversation_id", 100},
+          {"draft_hash", hash}};
+}
+json ViewMsg(int64_t seq, int64_t version, bool deleted, bool hidden, const std::string& hash) {
+  return {{"conversation_id", 100}, {"seq", seq}, {"version", version}, {"deleted", deleted}, {"hidden", hidden},
+          {"body_hash", hash}};
+}
+// Every device holds 100/1-3; `messages` lists the edited, deleted or hidden ones.
+json View(json messages, const std::string& draft) {
+  return {{"ev", "view"},
+          {"held", {{{"conversation_id", 100}, {"ranges", {{1, 3}}}}}},
+          {"messages", messages},
+          {"drafts", {{{"conversation_id", 100}, {"draft_hash", draft}, {"pending", false}}}}};
+}
+
+json ChangesState() {
+  json s = BaseState();
+  auto& rows = s["tables"]["stream"]["rows"];
+  for (int64_t u : {1, 2}) {
+    rows.push_back({u, 6, 10, 100, 1, 0, 1, 0});  // edit of 100/1: version 1
+    rows.push_back({u, 7, 11, 100, 2, 0, 1, 0});  // delete of 100/2: version 1
+  }
+  rows.push_back({2, 8, 12, 100, 3, 0, 0, 0});    // bob deletes 100/3 for himself
+  rows.push_back({2, 9, 13, 100, 0, 0, 0, 0});    // bob's draft "x"
+  rows.push_back({2, 10, 13, 100, 0, 0, 0, 0});   // bob's draft "y": the last writer
+  s["tables"]["heads"]["rows"] = {{1, 7}, {2, 10}, {3, 2}, {4, 3}};
+  return s;
+}
+
+// Each device's file after the base case: its change events, caught up
+// again, then `bob22_view` (or the correct view) and stop.
+Histories ChangesHistories(json bob22_view = nullptr) {
+  Histories h = BaseHistories();
+  auto strip_stop = [](std::vector<json>& f) {
+    if (f.back()["ev"] == "stop") f.pop_back();
+  };
+  auto& a = h.files["alice-11.jsonl"];
+  strip_stop(a);
+  a.push_back(ChangeEv(6, "edit", 1, 1, "hx1"));
+  a.push_back(ChangeEv(7, "delete", 2, 1, ""));
+  a.push_back(Caught(7));
+  a.push_back(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, "")}, ""));
+  a.push_back({{"ev", "stop"}});
+  const json bob_view = View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, ""),
+                              ViewMsg(3, 0, false, true, "hb1")},
+                             "hy");
+  for (const char* name : {"bob-21.jsonl", "bob-22.jsonl"}) {
+    auto& b = h.files[name];
+    strip_stop(b);
+    b.push_back(ChangeEv(6, "edit", 1, 1, "hx1"));
+    b.push_back(ChangeEv(7, "delete", 2, 1, ""));
+    b.push_back(ChangeEv(8, "delete_for_me", 3, 0, ""));
+    b.push_back(DraftEv(9, "hx"));
+    b.push_back(DraftEv(10, "hy"));
+    b.push_back(Caught(10));
+    b.push_back(std::string(name) == "bob-22.jsonl" && !bob22_view.is_null() ? bob22_view : bob_view);
+    b.push_back({{"ev", "stop"}});
+  }
+  return h;
+}
+
+TEST(CheckerTest, ConvergedEditsDeletesAndDraftsPass) {
+  Report r = CheckAll(ChangesHistories(), ChangesState());
+  ExpectOnly(r, "", 0);
+  EXPECT_EQ(r.counts.current_devices, 4);
+  EXPECT_EQ(r.counts.views, 3);             // carol's history has no view: not compared
+  EXPECT_EQ(r.counts.changed_messages, 5);  // alice: 100/1, 100/2; bob: those and 100/3
+  EXPECT_EQ(r.counts.draft_conversations, 1);
+}
+
+TEST(CheckerTest, DeviceThatKeptAnOldVersionDiverges) {
+  // 100/1 held but not listed: still as sent (version 0).
+  Report r = CheckAll(ChangesHistories(View({ViewMsg(2, 1, true, false, ""), ViewMsg(3, 0, false, true, "hb1")}, "hy")),
+                      ChangesState());
+  ExpectOnly(r, "version_divergences", 1);
+  EXPECT_NE(FormatReport(r, 5).find("message 100/1 ends at version 0, the user's stream says 1"), std::string::npos)
+      << FormatReport(r, 5);
+  // The same version with another text than the user's other device.
+  r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hz1"), ViewMsg(2, 1, true, false, ""),
+                                      ViewMsg(3, 0, false, true, "hb1")},
+                                     "hy")),
+               ChangesState());
+  ExpectOnly(r, "version_divergences", 1);
+}
+
+TEST(CheckerTest, DeletedMessageWhoseBodyReappearsIsAResurrection) {
+  // In the final view: the message deleted for everyone shows its text.
+  Report r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 0, false, false, "ha2"),
+                                             ViewMsg(3, 0, false, true, "hb1")},
+                                            "hy")),
+                      ChangesState());
+  ExpectOnly(r, "resurrections", 1);
+  // Held and not listed: shown as sent, text and all.
+  r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(3, 0, false, true, "hb1")}, "hy")),
+               ChangesState());
+  ExpectOnly(r, "resurrections", 1);
+  // On the way: after the delete, a snapshot brings 100/2 back undeleted.
+  Histories h = ChangesHistories();
+  auto& b = h.files["bob-22.jsonl"];
+  json a1 = Msg(100, 1, 1, 11, "a1");
+  a1["version"] = 1;
+  a1["deleted"] = false;
+  a1["body_hash"] = "hx1";
+  b.insert(b.end() - 2, Resume());
+  b.insert(b.end() - 2, Snap(10, {a1, Msg(100, 2, 1, 11, "a2")}, json::array()));
+  b.insert(b.end() - 2, Caught(10));
+  r = CheckAll(h, ChangesState());
+  ExpectOnly(r, "resurrections", 1);
+  EXPECT_NE(FormatReport(r, 5).find("snapshot delivery shows message 100/2 undeleted"), std::string::npos)
+      << FormatReport(r, 5);
+}
+
+TEST(CheckerTest, DivergingDraftsAreCounted) {
+  // bob-22 ends with "x", the draft bob's other device overwrote.
+  Report r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, ""),
+                                             ViewMsg(3, 0, false, true, "hb1")},
+                                            "hx")),
+                      ChangesState());
+  ExpectOnly(r, "draft_divergences", 1);
+}
+
+TEST(CheckerTest, HiddenMessageVisibleOnOneOfTheUsersDevicesDiverges) {
+  // 100/3 held, not listed: shown.
+  Report r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, "")}, "hy")),
+                      ChangesState());
+  ExpectOnly(r, "hidden_divergences", 1);
+  // The same, listed.
+  r = CheckAll(ChangesHistories(View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, ""),
+                                      ViewMsg(3, 0, false, false, "hb1")},
+                                     "hy")),
+               ChangesState());
+  ExpectOnly(r, "hidden_divergences", 1);
+  // A device that does not hold it (a snapshot after the hide) is right.
+  json bare = View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, "")}, "hy");
+  bare["held"] = {{{"conversation_id", 100}, {"ranges", {{1, 2}}}}};
+  r = CheckAll(ChangesHistories(bare), ChangesState());
+  ExpectOnly(r, "", 0);
+  // Hidden on a device of alice, who never deleted it for herself.
+  Histories h = ChangesHistories();
+  h.files["alice-11.jsonl"][h.files["alice-11.jsonl"].size() - 2] =
+      View({ViewMsg(1, 1, false, false, "hx1"), ViewMsg(2, 1, true, false, ""), ViewMsg(3, 0, false, true, "hb1")},
+           "");
+  r = CheckAll(h, ChangesState());
+  ExpectOnly(r, "hidden_divergences", 1);
+}
+
+TEST(CheckerTest, ViewBeforeTheLastCatchUpIsNotCompared) {
+  // A view recorded by an earlier Stop (the device came back online and
+  // caught up since) says nothing about the final state.
+  Histories h = ChangesHistories();
+  auto& b = h.files["bob-22.jsonl"];
+  b.pop_back();                            // stop
+  b.back() = View(json::array(), "hx");    // an earlier Stop's view ...
+  b.push_back({{"ev", "resume"}, {"cursor", 10}});
+  b.push_back(Caught(10));                 // ... then online again, and no view at the end
+  b.push_back({{"ev", "stop"}});
+  Report r = CheckAll(h, ChangesState());
+  ExpectOnly(r, "", 0);
+  EXPECT_EQ(r.counts.views, 2);
+}
+
 TEST(CheckerTest, MalformedLineNamesFileAndLine) {
   char tmpl[] = "/tmp/parley-checker-XXXXXX";
   std::string dir = mkdtemp(tmpl);
@@ -428,6 +603,13 @@ TEST(CheckerTest, MalformedLineNamesFileAndLine) {
   }
   EXPECT_FALSE(LoadHistoryFile(path, &h, &error));
   EXPECT_EQ(error, path + ":1: not valid JSON");
+  {
+    std::ofstream out(path);
+    out << R"({"n":1,"ts":1,"user":1,"device":2,"ev":"view","held":[{"conversation_id":1,"ranges":[[1]]}],)"
+        << R"("messages":[],"drafts":[]})" << "\n";
+  }
+  EXPECT_FALSE(LoadHistoryFile(path, &h, &error));
+  EXPECT_EQ(error, path + ":1: \"view\" record with a malformed \"held\" entry");
   // A torn last line (no newline: a kill in the middle of a write) is skipped.
   {
     std::ofstream out(path);

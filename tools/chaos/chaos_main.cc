@@ -7,7 +7,8 @@
 //     steps — sends, sends cut off by a dropped connection, devices going
 //     offline and coming back (their outbox resends, delayed, with the same
 //     client ids), connections dropped in the middle of a catch-up sync,
-//     blocks and unblocks, read receipts, kill -9 of parleyd after the Nth
+//     blocks and unblocks, read receipts, edits and deletes (for everyone
+//     and for me) of earlier messages, drafts, kill -9 of parleyd after the Nth
 //     message this driver saw acknowledged — and, per parleyd incarnation, a
 //     server-side crash point (the test build's --fault crash_after_append@K:
 //     SIGKILL right after the Kth message is durable, before its ack);
@@ -109,6 +110,16 @@ constexpr int64_t kMaxRawDelayMs = 1500;      // a raw resend comes this long af
 constexpr int64_t kLateStepMs = 1000;         // a step that starts this late is logged (driver.log)
 constexpr int kRetryInitialMs = 100;          // raw sends and blocks retry after this long ...
 constexpr int kRetryMaxMs = 2000;             // ... doubling up to this (no connection storm on a slow parleyd)
+// Of every 1000 steps: sends take kSendPerMille, edits, deletes and drafts
+// the rest of the first 600 (at kStepsPerSecond: 0.6 edits, 0.6 deletes and
+// 0.4 drafts a second; about half the edits and deletes find their device
+// offline and are skipped).
+constexpr int64_t kSendPerMille = 520;
+constexpr int64_t kEditPerMille = 30;
+constexpr int64_t kDeletePerMille = 30;       // drafts: 600 - the three above
+constexpr int kChangeTimeoutMs = 10'000;      // an edit or delete is retried (reconnecting, parleyd down) this long
+constexpr int64_t kPickRange = 1000;          // an edit or delete picks its message by `pick` mod the candidates
+constexpr int kChangeCandidates = 50;         // ... among the newest this many cached messages with the peer
 
 int64_t SystemNowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -254,11 +265,30 @@ Plan MakePlan(uint64_t seed, int users, int devices, int duration_s, int nodes) 
     int peer = mine[static_cast<size_t>(uni(0, static_cast<int64_t>(mine.size()) - 1))];
     int64_t r = uni(0, 999);
     json s = {{"t", t}, {"dev", dev}};
-    if (r < 600) {
+    if (r < kSendPerMille) {
       s["op"] = "send";
       s["peer"] = peer;
       s["n"] = chance(0.15) ? uni(2, 6) : 1;  // sometimes a burst
       sends += s["n"].get<int>();
+    } else if (r < kSendPerMille + kEditPerMille) {
+      // An edit of one of this device's own earlier messages to `peer`
+      // (which one: `pick`, among those the device holds when it plays).
+      s["op"] = "edit";
+      s["peer"] = peer;
+      s["pick"] = uni(0, kPickRange - 1);
+      s["client_id"] = "edit-" + std::to_string(seed) + "-" + std::to_string(i);
+    } else if (r < kSendPerMille + kEditPerMille + kDeletePerMille) {
+      // A delete of an earlier message: for everyone (own messages), or
+      // for me (any message of the conversation).
+      s["op"] = "delete";
+      s["peer"] = peer;
+      s["pick"] = uni(0, kPickRange - 1);
+      s["for"] = chance(0.4) ? "me" : "everyone";
+    } else if (r < 600) {
+      // A draft set (or, sometimes, cleared) on this device.
+      s["op"] = "draft";
+      s["peer"] = peer;
+      s["clear"] = chance(0.3);
     } else if (r < 680) {
       s["op"] = "send_drop";  // the connection drops right after the compose: mid-send
       s["peer"] = peer;
@@ -687,6 +717,7 @@ struct Counters {
   std::atomic<int64_t> composed{0}, acked{0}, failed{0}, drops{0}, drops_mid_sync{0}, blocks{0};
   std::atomic<int64_t> raw_doubles{0}, raw_acks{0}, raw_duplicate_acks{0}, raw_refused{0};
   std::atomic<int64_t> late_steps{0}, max_lag_ms{0};
+  std::atomic<int64_t> edits{0}, deletes{0}, hides{0}, drafts{0}, changes_refused{0};
 };
 
 struct Options {
@@ -788,7 +819,10 @@ class Run {
               << " drops mid-sync=" << counters_.drops_mid_sync << " blocks=" << counters_.blocks
               << " raw doubles=" << counters_.raw_doubles << " (acks=" << counters_.raw_acks
               << " duplicate acks=" << counters_.raw_duplicate_acks << " refused=" << counters_.raw_refused
-              << ") late steps=" << counters_.late_steps << " (max lag " << counters_.max_lag_ms << " ms)"
+              << ") edits=" << counters_.edits << " deletes=" << counters_.deletes << " deletes for me="
+              << counters_.hides << " (refused or unanswered=" << counters_.changes_refused
+              << ") drafts=" << counters_.drafts << " late steps=" << counters_.late_steps << " (max lag "
+              << counters_.max_lag_ms << " ms)"
               << " wall=" << static_cast<int>(secs) << "s" << std::endl;
     std::cout << "parley-chaos: " << (rc == 0 ? "PASS" : "FAIL") << " seed=" << plan_.seed << std::endl;
     return rc;
@@ -1009,7 +1043,63 @@ class Run {
     } else if (op == "read") {
       if (auto c = d.client->ConversationWith(UserName(s.at("peer"))); c && c->last_seq > 0)
         d.client->MarkRead(c->conversation_id, c->last_seq);
+    } else if (op == "edit" || op == "delete") {
+      ChangeMessage(i, s, d);
+    } else if (op == "draft") {
+      const std::string text =
+          s.at("clear").get<bool>() ? "" : "chaos " + std::to_string(plan_.seed) + " draft #" + std::to_string(i);
+      auto r = d.client->SetDraft(UserName(s.at("peer")), text);
+      ++counters_.drafts;
+      d.Event({{"draft", text}, {"peer", UserName(s.at("peer"))}, {"ok", r.ok}, {"code", r.code}});
     }
+  }
+
+  // An edit or a delete (for everyone or for me) of an earlier message with
+  // the step's peer, through the SDK's request path as clients make it: the
+  // message is the step's `pick` among the newest cached ones that qualify
+  // (own and not deleted, for an edit or a delete for everyone). A device
+  // taken offline by the plan skips it (a client cannot edit offline); one
+  // reconnecting, or whose answer was lost to a parleyd death, retries the
+  // same request (a retry is a duplicate: docs/protocol.md, "Edits and
+  // deletes") for kChangeTimeoutMs. Refused (the edit window, a block) or
+  // given up: logged and left; the checker judges what the server decided.
+  void ChangeMessage(size_t i, const json& s, Device& d) {
+    const std::string op = s.at("op");
+    const bool for_me = op == "delete" && s.at("for") == "me";
+    if (!d.online) {
+      d.Event({{"change", op}, {"skipped", "the device is offline"}});
+      return;
+    }
+    std::vector<CachedMessage> candidates;
+    for (auto& m : d.client->Messages(UserName(s.at("peer")), 0, kChangeCandidates)) {
+      if (m.seq > 0 && (for_me || (m.outgoing && !m.deleted))) candidates.push_back(std::move(m));
+    }
+    if (candidates.empty()) {
+      d.Event({{"change", op}, {"skipped", "no message to change"}});
+      return;
+    }
+    const CachedMessage& m = candidates[static_cast<size_t>(s.at("pick").get<int64_t>()) % candidates.size()];
+    const bool edit = op == "edit";
+    ++(edit ? counters_.edits : for_me ? counters_.hides : counters_.deletes);
+    json fields = {{"conversation_id", m.conversation_id}, {"seq", m.seq}};
+    if (edit) {
+      fields["client_id"] = s.at("client_id");
+      fields["body"] = "chaos " + std::to_string(plan_.seed) + " edit #" + std::to_string(i);
+    } else {
+      fields["for"] = for_me ? "me" : "everyone";
+    }
+    Reply r;
+    const auto deadline = SteadyClock::now() + std::chrono::milliseconds(kChangeTimeoutMs);
+    while (!Failed()) {
+      r = d.client->Request(edit ? "edit_message" : "delete_message", fields);
+      const bool again = r.code == kErrOffline || (!r.ok && (r.frame.is_null() || r.frame.value("retryable", false)));
+      if (!again || SteadyClock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(kRetryInitialMs));  // rate_limited: no busy loop
+      d.client->WaitOnline(kRequestTimeoutMs);
+    }
+    if (!r.ok) ++counters_.changes_refused;
+    d.Event({{"change", for_me ? "delete_for_me" : op}, {"conversation_id", m.conversation_id}, {"seq", m.seq},
+             {"ok", r.ok}, {"code", r.code}, {"result", r.result}});
   }
 
   // One raw double send: the same client id twice at once on one raw
@@ -1138,7 +1228,9 @@ class Run {
       std::vector<int64_t> now;
       bool all = true;
       int64_t progress = 0;
-      for (auto& d : devices_) progress += d->client->applied() - static_cast<int64_t>(d->client->PendingCount());
+      for (auto& d : devices_)
+        progress += d->client->applied() -
+                    static_cast<int64_t>(d->client->PendingCount() + d->client->PendingDraftCount());
       if (progress != last_progress) {
         last_progress = progress;
         deadline = std::min(start + std::chrono::milliseconds(kSettleMaxMs),
@@ -1150,7 +1242,7 @@ class Run {
           now.push_back(-1);
           continue;
         }
-        if (d->client->PendingCount() > 0) all = false;
+        if (d->client->PendingCount() > 0 || d->client->PendingDraftCount() > 0) all = false;
         Reply p = d->client->Request("ping");
         int64_t head = p.ok ? p.result.value("head", int64_t{-1}) : -1;
         if (head < 0 || d->client->applied() < head) all = false;

@@ -12,7 +12,14 @@
 //     (lost); compose order matches seq order (reordered). A device whose
 //     history ends caught up must hold every message of its stream up to the
 //     caught-up head (lost), and when that head is the server's head its
-//     receipt view must equal the stream's (receipt_divergences).
+//     receipt view must equal the stream's (receipt_divergences). A message
+//     a device knows deleted for everyone never comes back (resurrections).
+//  3. Each user's current devices, from their final `view` records: every
+//     message at the version and deleted state of the user's stream, one
+//     text per version, hidden exactly where the user deleted it for
+//     themself, and each conversation's draft the last one in server order
+//     (version_divergences, resurrections, hidden_divergences,
+//     draft_divergences).
 //
 // One defect is counted once, in one category: a user seq the device never
 // applied is a gap, not also a lost message; a stream entry the server never
@@ -32,6 +39,10 @@ namespace {
 
 constexpr int64_t kKindMessage = 1;  // store::EventKind::kMessage
 constexpr int64_t kKindReceipt = 2;  // store::EventKind::kReceipt
+constexpr int64_t kKindEdit = 10;        // store::EventKind::kEdit (delivered: the new version)
+constexpr int64_t kKindDelete = 11;      // store::EventKind::kDelete (delivered: the tombstone's version)
+constexpr int64_t kKindDeleteForMe = 12; // store::EventKind::kDeleteForMe
+constexpr int64_t kKindDraft = 13;       // store::EventKind::kDraft
 
 std::string Where(const Record& r) { return r.file + ":" + std::to_string(r.line); }
 
@@ -60,9 +71,18 @@ std::string Validate(const json& j) {
     if (!j.contains(k) || !j[k].is_string()) return "\"" + ev + "\" record without string \"" + k + "\"";
     return "";
   };
+  // Optional fields (added with edits and deletes; older files lack them):
+  // when present they must have their type.
+  auto opt_ok = [](const json& o, const char* k, json::value_t t) {
+    if (!o.contains(k)) return true;
+    if (t == json::value_t::number_integer) return o[k].is_number_integer();
+    return o[k].type() == t;
+  };
   auto check_message = [&](const json& m) -> std::string {
     if (!m.is_object() || !IsInt(m, "conversation_id") || !IsInt(m, "seq") || !IsInt(m, "sender_id") ||
-        !m.contains("client_id") || !m["client_id"].is_string())
+        !m.contains("client_id") || !m["client_id"].is_string() ||
+        !opt_ok(m, "version", json::value_t::number_integer) || !opt_ok(m, "deleted", json::value_t::boolean) ||
+        !opt_ok(m, "body_hash", json::value_t::string))
       return "\"" + ev + "\" record with a malformed message";
     return "";
   };
@@ -115,11 +135,41 @@ std::string Validate(const json& j) {
     if (j["kind"] == "receipt") {
       if (auto e = need_ints({"conversation_id", "user_id", "delivered", "read"}); !e.empty()) return e;
     }
+    if (!opt_ok(j, "conversation_id", json::value_t::number_integer) ||
+        !opt_ok(j, "seq", json::value_t::number_integer) || !opt_ok(j, "version", json::value_t::number_integer) ||
+        !opt_ok(j, "body_hash", json::value_t::string) || !opt_ok(j, "draft_hash", json::value_t::string))
+      return "\"event\" record with a malformed conversation_id, seq, version, body_hash or draft_hash";
     if (j.contains("also_covers") && !j["also_covers"].is_array()) return "\"also_covers\" is not an array";
     if (j.contains("withheld")) {
       if (!j["withheld"].is_array()) return "\"withheld\" is not an array";
       for (const auto& w : j["withheld"]) {
         if (!w.is_number_integer()) return "\"withheld\" holds a non-integer";
+      }
+    }
+    return "";
+  }
+  if (ev == "view") {
+    if (!j.contains("messages") || !j["messages"].is_array() || !j.contains("drafts") || !j["drafts"].is_array())
+      return "\"view\" record without \"messages\" and \"drafts\" arrays";
+    for (const auto& m : j["messages"]) {
+      if (!m.is_object() || !IsInt(m, "conversation_id") || !IsInt(m, "seq") || !IsInt(m, "version") ||
+          !m.contains("deleted") || !m["deleted"].is_boolean() || !m.contains("hidden") || !m["hidden"].is_boolean() ||
+          !m.contains("body_hash") || !m["body_hash"].is_string())
+        return "\"view\" record with a malformed message";
+    }
+    for (const auto& d : j["drafts"]) {
+      if (!d.is_object() || !IsInt(d, "conversation_id") || !d.contains("draft_hash") || !d["draft_hash"].is_string())
+        return "\"view\" record with a malformed draft";
+    }
+    if (j.contains("held")) {
+      if (!j["held"].is_array()) return "\"view\" record whose \"held\" is not an array";
+      for (const auto& h : j["held"]) {
+        bool ok = h.is_object() && IsInt(h, "conversation_id") && h.contains("ranges") && h["ranges"].is_array();
+        for (size_t i = 0; ok && i < h["ranges"].size(); ++i) {
+          const json& range = h["ranges"][i];
+          ok = range.is_array() && range.size() == 2 && range[0].is_number_integer() && range[1].is_number_integer();
+        }
+        if (!ok) return "\"view\" record with a malformed \"held\" entry";
       }
     }
     return "";
@@ -295,6 +345,26 @@ struct Checker {
   std::set<std::tuple<int64_t, int64_t, int64_t, int>> receipt_leaks_seen;
   // Withheld seqs seen correctly listed: (conversation, user, seq).
   std::set<std::tuple<int64_t, int64_t, int64_t>> withheld_listed;
+  // Edits, deletes and deletes for me in each user's stream (pass 1):
+  // (user, conversation, seq) -> the message's final state for that user.
+  struct Change {
+    int64_t version = 0;      // the highest version an edit or delete event carries
+    int64_t deleted_at = 0;   // user seq of the delete event (0: not deleted)
+    int64_t hidden_at = 0;    // user seq of the delete_for_me event (0: not hidden)
+  };
+  std::map<std::tuple<int64_t, int64_t, int64_t>, Change> changes;
+  // (user, conversation) -> user seq of the last `draft` event: the last
+  // writer in server order.
+  std::map<std::pair<int64_t, int64_t>, int64_t> last_draft;
+  // (user, user seq) of a draft event -> the draft fingerprints devices read in it.
+  std::map<std::pair<int64_t, int64_t>, std::set<std::string>> draft_read;
+  // Devices whose final view pass 3 compares: finished at their user's
+  // head with nothing skipped, their `view` record after the last caught_up.
+  struct ViewDevice {
+    int64_t user = 0;
+    const Record* view = nullptr;
+  };
+  std::vector<ViewDevice> view_devices;
 
   void Fail(int64_t Counts::*field, const char* category, std::string detail) {
     ++(report->counts.*field);
@@ -350,6 +420,19 @@ struct Checker {
                  "server: user " + std::to_string(user) + "'s stream holds " + MsgName(e.conversation_id, e.seq) +
                      (Member(e.conversation_id, user) ? ", withheld from them" : ", not their conversation"));
           }
+        } else if (e.kind == kKindEdit || e.kind == kKindDelete || e.kind == kKindDeleteForMe) {
+          auto [c, fresh] = changes.insert({{user, e.conversation_id, e.seq}, Change{}});
+          if (fresh) ++report->counts.changed_messages;
+          if (e.kind == kKindDeleteForMe) {
+            if (!c->second.hidden_at) c->second.hidden_at = useq;
+          } else {
+            c->second.version = std::max(c->second.version, e.delivered);
+            if (e.kind == kKindDelete && !c->second.deleted_at) c->second.deleted_at = useq;
+          }
+        } else if (e.kind == kKindDraft) {
+          auto [d, fresh] = last_draft.insert({{user, e.conversation_id}, useq});
+          if (fresh) ++report->counts.draft_conversations;
+          d->second = std::max(d->second, useq);
         } else if (e.kind == kKindReceipt) {
           auto& last = last_receipt[{e.conversation_id, e.receipt_user_id}];
           if (e.delivered < last.first || e.read < last.second) {
@@ -404,6 +487,10 @@ struct Checker {
     // and the seqs listed as withheld from them so far.
     std::map<std::pair<int64_t, int64_t>, int64_t> wh_base;
     std::map<std::pair<int64_t, int64_t>, std::set<int64_t>> wh_listed;
+    // (conv, seq) this device learnt were deleted for everyone (a delete
+    // event, a tombstone): final, across snapshots and restarts.
+    std::set<std::pair<int64_t, int64_t>> dead;
+    const Record* final_view = nullptr;  // the `view` record after the last caught_up
   };
 
   bool Unrecorded(const Device& d, int64_t useq) const {
@@ -451,6 +538,47 @@ struct Checker {
     // A message also means: its sender's watermarks are at least its seq.
     auto& w = d.view[{conv, it->second.sender_id}];
     w = {std::max(w.first, seq), std::max(w.second, seq)};
+  }
+
+  // A message record as the device received it (event, snapshot, history
+  // page): a tombstone has no body, and a message the device knows deleted
+  // is never shown undeleted again. A history page may have been read before
+  // a delete the device applied meanwhile (`may_be_stale`): its undeleted
+  // messages prove nothing.
+  void Tombstone(Device& d, const Record& r, const json& m, const char* how, bool may_be_stale) {
+    const auto key = std::make_pair(m["conversation_id"].get<int64_t>(), m["seq"].get<int64_t>());
+    if (m.value("deleted", false)) {
+      if (!m.value("body_hash", std::string()).empty()) {
+        Fail(&Counts::resurrections, "resurrections",
+             Where(r) + ": " + how + " of " + MsgName(key.first, key.second) + ", a tombstone that carries a body");
+      }
+      d.dead.insert(key);
+    } else if (d.dead.count(key) && !may_be_stale) {
+      Fail(&Counts::resurrections, "resurrections",
+           Where(r) + ": " + how + " shows " + MsgName(key.first, key.second) +
+               " undeleted after the device learnt it was deleted for everyone");
+    }
+  }
+
+  // An edit, delete, delete_for_me or draft event (fields optional: older
+  // histories lack them).
+  void ChangeEvent(Device& d, const Record& r, const std::string& kind, int64_t useq) {
+    const json& j = r.j;
+    if (!IsInt(j, "conversation_id")) return;
+    const int64_t conv = j["conversation_id"];
+    if (kind == "draft") {
+      if (j.contains("draft_hash")) draft_read[{d.user, useq}].insert(j["draft_hash"].get<std::string>());
+      return;
+    }
+    if (!IsInt(j, "seq")) return;
+    const auto key = std::make_pair(conv, j["seq"].get<int64_t>());
+    if (kind == "delete") {
+      d.dead.insert(key);
+    } else if (kind == "edit" && d.dead.count(key) && !j.value("body_hash", std::string()).empty()) {
+      Fail(&Counts::resurrections, "resurrections",
+           Where(r) + ": an edit brings a text back to " + MsgName(key.first, key.second) +
+               ", which the device knew deleted for everyone");
+    }
   }
 
   void Watermark(Device& d, const Record& r, int64_t conv, int64_t user, int64_t delivered, int64_t read,
@@ -575,11 +703,15 @@ struct Checker {
     std::string kind = j["kind"];
     if (kind == "message") {
       const json& m = j["message"];
-      Deliver(d, r, m, (j["source"].get<std::string>() + " delivery").c_str(), true);
+      const std::string how = j["source"].get<std::string>() + " delivery";
+      Tombstone(d, r, m, how.c_str(), false);
+      Deliver(d, r, m, how.c_str(), true);
       WithheldList(d, r, m["conversation_id"], m["sender_id"], m["seq"]);
     } else if (kind == "receipt") {
       Watermark(d, r, j["conversation_id"], j["user_id"], j["delivered"], j["read"], true);
       WithheldList(d, r, j["conversation_id"], j["user_id"], j["delivered"]);
+    } else if (kind == "edit" || kind == "delete" || kind == "delete_for_me" || kind == "draft") {
+      ChangeEvent(d, r, kind, u);
     }
   }
 
@@ -594,7 +726,10 @@ struct Checker {
     d.wh_listed.clear();
     d.applied_known = true;
     d.applied = d.start = j["head"];
-    for (const auto& m : j["messages"]) Deliver(d, r, m, "snapshot delivery", true);
+    for (const auto& m : j["messages"]) {
+      Tombstone(d, r, m, "snapshot delivery", false);
+      Deliver(d, r, m, "snapshot delivery", true);
+    }
     for (const auto& w : j["watermarks"]) {
       Watermark(d, r, w["conversation_id"], w["user_id"], w["delivered"], w["read"], false);
       d.wh_base[{w["conversation_id"].get<int64_t>(), w["user_id"].get<int64_t>()}] = w["delivered"].get<int64_t>();
@@ -669,7 +804,7 @@ struct Checker {
     for (const auto& r : h.records) {
       const json& j = r.j;
       std::string ev = j["ev"];
-      if (ev != "stop") last_ev = ev;
+      if (ev != "stop" && ev != "view") last_ev = ev;
       if (ev == "compose") {
         composed[j["peer"]].push_back({j["client_id"], &r});
       } else if (ev == "ack") {
@@ -700,9 +835,15 @@ struct Checker {
       } else if (ev == "event") {
         Event(d, r);
       } else if (ev == "history") {
-        for (const auto& m : j["messages"]) Deliver(d, r, m, "history page", false);
+        for (const auto& m : j["messages"]) {
+          Tombstone(d, r, m, "history page", true);
+          Deliver(d, r, m, "history page", false);
+        }
       } else if (ev == "caught_up") {
         d.caught_head = std::max(j["head"].get<int64_t>(), j["applied"].get<int64_t>());
+        d.final_view = nullptr;
+      } else if (ev == "view") {
+        d.final_view = &r;
       }
     }
     // Compose order: the server's seqs follow it, per conversation.
@@ -725,20 +866,160 @@ struct Checker {
     if (d.finished) {
       ++report->counts.finished_devices;
       Finish(d);
+      auto head = s.heads.find(d.user);
+      if (d.final_view && head != s.heads.end() && head->second == d.caught_head && d.gap_seqs.empty())
+        view_devices.push_back({d.user, d.final_view});
     }
     return true;
+  }
+
+  // Pass 3: the final views of each user's current devices against the
+  // user's stream, and against each other.
+  void ViewPass() {
+    std::map<int64_t, std::vector<const ViewDevice*>> by_user;
+    for (const auto& v : view_devices) by_user[v.user].push_back(&v);
+    for (const auto& [user, devices] : by_user) {
+      // (conv, seq, version) -> the first device's text fingerprint, and where.
+      std::map<std::tuple<int64_t, int64_t, int64_t>, std::pair<std::string, std::string>> text_of;
+      // conv -> the draft every device must show (from the last draft event
+      // as devices read it; else the first device's, so they agree).
+      std::map<int64_t, std::pair<std::string, std::string>> draft_of;
+      for (auto it = last_draft.lower_bound({user, INT64_MIN}); it != last_draft.end() && it->first.first == user;
+           ++it) {
+        auto read = draft_read.find({user, it->second});
+        if (read == draft_read.end()) continue;
+        if (read->second.size() > 1) {
+          Fail(&Counts::draft_divergences, "draft_divergences",
+               "user " + std::to_string(user) + "'s devices read different drafts in conversation " +
+                   std::to_string(it->first.second) + "'s last draft event (user seq " + std::to_string(it->second) +
+                   ")");
+        }
+        draft_of[it->first.second] = {*read->second.begin(), "the last draft event (user seq " +
+                                                                  std::to_string(it->second) + ")"};
+      }
+      for (const ViewDevice* v : devices) {
+        ++report->counts.views;
+        const Record& r = *v->view;
+        std::set<std::pair<int64_t, int64_t>> listed;
+        for (const auto& m : r.j["messages"]) {
+          ViewMessage(user, r, m, &text_of);
+          listed.insert({m["conversation_id"].get<int64_t>(), m["seq"].get<int64_t>()});
+        }
+        // Held, but not listed: unedited, undeleted and shown on this
+        // device. Each message the user's stream changed must not be one.
+        std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> held;  // conv -> [lo, hi] ranges
+        for (const auto& h : r.j.value("held", json::array())) {
+          for (const auto& range : h["ranges"])
+            held[h["conversation_id"].get<int64_t>()].push_back({range[0].get<int64_t>(), range[1].get<int64_t>()});
+        }
+        for (auto c = changes.lower_bound({user, INT64_MIN, INT64_MIN});
+             c != changes.end() && std::get<0>(c->first) == user; ++c) {
+          const int64_t conv = std::get<1>(c->first), seq = std::get<2>(c->first);
+          if (listed.count({conv, seq}) || !Held(held, conv, seq)) continue;
+          ViewMessage(user, r,
+                      {{"conversation_id", conv}, {"seq", seq}, {"version", 0}, {"deleted", false},
+                       {"hidden", false}, {"body_hash", ""}},
+                      &text_of);
+        }
+        std::map<int64_t, std::string> mine;
+        for (const auto& dr : r.j["drafts"]) mine[dr["conversation_id"].get<int64_t>()] = dr["draft_hash"];
+        std::set<int64_t> convs;
+        for (const auto& [conv, hash] : mine) {
+          if (!hash.empty()) convs.insert(conv);
+        }
+        for (auto it = last_draft.lower_bound({user, INT64_MIN}); it != last_draft.end() && it->first.first == user;
+             ++it)
+          convs.insert(it->first.second);
+        for (int64_t conv : convs) {
+          const std::string shown = mine.count(conv) ? mine[conv] : "";
+          auto want = draft_of.find(conv);
+          if (want == draft_of.end()) {
+            // No draft event read by any device: a conversation never
+            // drafted in must show none; else the devices must agree.
+            if (!last_draft.count({user, conv})) {
+              want = draft_of.insert({conv, {"", "the stream (no draft event)"}}).first;
+            } else {
+              draft_of[conv] = {shown, Where(r)};
+              continue;
+            }
+          }
+          if (shown != want->second.first) {
+            Fail(&Counts::draft_divergences, "draft_divergences",
+                 Where(r) + ": the draft of conversation " + std::to_string(conv) + " is " + HashName(shown) +
+                     ", " + want->second.second + " says " + HashName(want->second.first));
+          }
+        }
+      }
+    }
+  }
+
+  static bool Held(const std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>>& held, int64_t conv,
+                   int64_t seq) {
+    auto it = held.find(conv);
+    if (it == held.end()) return false;
+    for (const auto& [lo, hi] : it->second) {
+      if (seq >= lo && seq <= hi) return true;
+    }
+    return false;
+  }
+
+  static std::string HashName(const std::string& hash) { return hash.empty() ? "none" : "\"" + hash + "\""; }
+
+  void ViewMessage(int64_t user, const Record& r, const json& m,
+                   std::map<std::tuple<int64_t, int64_t, int64_t>, std::pair<std::string, std::string>>* text_of) {
+    const int64_t conv = m["conversation_id"], seq = m["seq"], version = m["version"];
+    const bool deleted = m["deleted"], hidden = m["hidden"];
+    const std::string body = m["body_hash"];
+    // Pending sends, messages the server does not hold or never showed the
+    // user: counted by the delivery checks, not here.
+    if (seq <= 0 || !s.messages.count({conv, seq}) || !Member(conv, user) || Withheld(conv, user, seq)) return;
+    static const Change kUnchanged;
+    auto it = changes.find({user, conv, seq});
+    const Change& want = it == changes.end() ? kUnchanged : it->second;
+    const std::string what = Where(r) + ": " + MsgName(conv, seq);
+    if (want.hidden_at || hidden) {
+      if (!hidden) {
+        Fail(&Counts::hidden_divergences, "hidden_divergences",
+             what + " is shown, but the user deleted it for themself (user seq " + std::to_string(want.hidden_at) +
+                 ")");
+      } else if (!want.hidden_at) {
+        Fail(&Counts::hidden_divergences, "hidden_divergences",
+             what + " is hidden, but the user never deleted it for themself");
+      }
+      return;  // later edits and deletes do not reach a hidden message
+    }
+    if (want.deleted_at && (!deleted || !body.empty())) {
+      Fail(&Counts::resurrections, "resurrections",
+           what + (deleted ? " is a tombstone with a body" : " shows a body") +
+               ", but it was deleted for everyone (user seq " + std::to_string(want.deleted_at) + ")");
+      return;
+    }
+    if (deleted != (want.deleted_at != 0) || version != want.version) {
+      Fail(&Counts::version_divergences, "version_divergences",
+           what + " ends at version " + std::to_string(version) + (deleted ? " (deleted)" : "") +
+               ", the user's stream says " + std::to_string(want.version) + (want.deleted_at ? " (deleted)" : ""));
+      return;
+    }
+    if (version == 0) return;  // the text as sent: the message's identity is checked by the delivery checks
+    auto [first, inserted] = text_of->insert({{conv, seq, version}, {body, Where(r)}});
+    if (!inserted && first->second.first != body) {
+      Fail(&Counts::version_divergences, "version_divergences",
+           what + " at version " + std::to_string(version) + " has text " + HashName(body) + ", " +
+               first->second.second + " has " + HashName(first->second.first));
+    }
   }
 };
 
 }  // namespace
 
 bool Check(const std::vector<DeviceHistory>& histories, const ServerState& state, Report* report, std::string* error) {
-  Checker c{state, report, {}, {}, {}, {}, {}, {}, {}, {}};
+  Checker c{state, report, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
   c.ServerPass();
   std::set<std::pair<int64_t, std::string>> acked;
   for (const auto& h : histories) {
     if (!c.DevicePass(h, error, &acked)) return false;
   }
+  c.ViewPass();
   return true;
 }
 
@@ -760,6 +1041,13 @@ json CountsJson(const Counts& c) {
           {"receipt_divergences", c.receipt_divergences},
           {"phantoms", c.phantoms},
           {"receipt_leaks", c.receipt_leaks},
+          {"views", c.views},
+          {"changed_messages", c.changed_messages},
+          {"draft_conversations", c.draft_conversations},
+          {"version_divergences", c.version_divergences},
+          {"resurrections", c.resurrections},
+          {"hidden_divergences", c.hidden_divergences},
+          {"draft_divergences", c.draft_divergences},
           {"ok", c.ok()}};
 }
 
@@ -774,6 +1062,10 @@ std::string FormatReport(const Report& r, size_t max_findings) {
       << c.reordered << "  gaps " << c.gaps << "  leaks " << c.leaks << "  receipt_regressions "
       << c.receipt_regressions << "  receipt_divergences " << c.receipt_divergences << "  phantoms " << c.phantoms
       << "  receipt_leaks " << c.receipt_leaks << "\n";
+  out << "final views " << c.views << ", messages edited/deleted/hidden " << c.changed_messages
+      << ", drafted conversations " << c.draft_conversations << "\n";
+  out << "version_divergences " << c.version_divergences << "  resurrections " << c.resurrections
+      << "  hidden_divergences " << c.hidden_divergences << "  draft_divergences " << c.draft_divergences << "\n";
   for (size_t i = 0; i < r.findings.size() && i < max_findings; ++i) {
     out << r.findings[i].category << ": " << r.findings[i].detail << "\n";
   }

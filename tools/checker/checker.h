@@ -2,8 +2,11 @@
 // reads the SDK's per-device histories (ClientOptions::history_path) and the
 // server's final state (the admin API's /admin/v1/export tables) and counts
 // violations of the delivery guarantees of DESIGN.md: lost, duplicated,
-// reordered, gaps, leaks, receipt regressions and divergences, and receipt
-// leaks (withheld seqs not kept "sent" by the events' `withheld` lists).
+// reordered, gaps, leaks, receipt regressions and divergences, receipt
+// leaks (withheld seqs not kept "sent" by the events' `withheld` lists), and
+// for edits, deletes and drafts, devices of a user that do not converge on
+// their stream's final view (version, resurrection, hidden and draft
+// divergences).
 //
 // Pure functions over in-memory data: no I/O except LoadHistoryFile and
 // LoadStateFile, which read one file each. Not thread-safe beyond that (no
@@ -30,11 +33,11 @@ struct ServerMessage {
 };
 
 struct StreamEntry {
-  int64_t kind = 0;  // store::EventKind: 1 message, 2 receipt, ...
+  int64_t kind = 0;  // store::EventKind: 1 message, 2 receipt, ... 10 edit, 11 delete, 12 delete for me, 13 draft
   int64_t conversation_id = 0;
-  int64_t seq = 0;
+  int64_t seq = 0;   // message, edit, delete, delete for me: the message's seq
   int64_t receipt_user_id = 0;
-  int64_t delivered = 0;
+  int64_t delivered = 0;  // receipt: the watermark; edit and delete: the message's new version
   int64_t read = 0;
 };
 
@@ -71,6 +74,9 @@ struct Counts {
   int64_t delivered = 0; // message deliveries applied by devices (live, sync, snapshot)
   int64_t resent = 0;    // messages acknowledged more than once (resends), every ack checked against the first
   int64_t withheld_listed = 0;  // (conversation, user, seq) withheld seqs seen listed in a receipt/message event
+  int64_t views = 0;             // current devices whose final `view` record was compared
+  int64_t changed_messages = 0;  // (user, message) pairs the user's stream edits, deletes or hides
+  int64_t draft_conversations = 0;  // (user, conversation) pairs with a `draft` event in the user's stream
   // Failures (any non-zero fails the check).
   int64_t lost = 0;
   int64_t duplicated = 0;
@@ -84,10 +90,22 @@ struct Counts {
   // listed in the event's `withheld` (its sender would see it delivered),
   // or a listed seq that is not withheld, or listed twice.
   int64_t receipt_leaks = 0;
+  // Edits, deletes and drafts (docs/checker.md, "Final views"): a current
+  // device whose message ends at another version or deleted state than its
+  // user's stream says (or another text at the same version than another
+  // device of the user); a message deleted for everyone that shows a body or
+  // comes back undeleted on a device; a message deleted for me shown on one
+  // of the user's devices (or hidden where it never was); a device whose
+  // draft of a conversation is not the last one in server order.
+  int64_t version_divergences = 0;
+  int64_t resurrections = 0;
+  int64_t hidden_divergences = 0;
+  int64_t draft_divergences = 0;
 
   bool ok() const {
     return lost == 0 && duplicated == 0 && reordered == 0 && gaps == 0 && leaks == 0 && receipt_regressions == 0 &&
-           receipt_divergences == 0 && phantoms == 0 && receipt_leaks == 0;
+           receipt_divergences == 0 && phantoms == 0 && receipt_leaks == 0 && version_divergences == 0 &&
+           resurrections == 0 && hidden_divergences == 0 && draft_divergences == 0;
   }
 };
 

@@ -330,12 +330,22 @@ struct Client::Impl {
   }
 
   // History records of applied events and snapshots (docs/checker.md).
+  // Edited or deleted messages also carry "version", "deleted" and
+  // "body_hash" (the checker holds a deleted message to its tombstone).
   static json MessageFields(const json& m) {
-    return {{"conversation_id", m.value("conversation_id", int64_t{0})},
-            {"seq", m.value("seq", int64_t{0})},
-            {"sender_id", m.value("sender_id", int64_t{0})},
-            {"sender_device_id", m.value("sender_device_id", int64_t{0})},
-            {"client_id", m.value("client_id", "")}};
+    json f = {{"conversation_id", m.value("conversation_id", int64_t{0})},
+              {"seq", m.value("seq", int64_t{0})},
+              {"sender_id", m.value("sender_id", int64_t{0})},
+              {"sender_device_id", m.value("sender_device_id", int64_t{0})},
+              {"client_id", m.value("client_id", "")}};
+    const int64_t version = m.value("version", int64_t{0});
+    const bool deleted = m.value("deleted", false);
+    if (version > 0 || deleted) {
+      f["version"] = version;
+      f["deleted"] = deleted;
+      f["body_hash"] = sdk::TextHash(m.value("body", ""));
+    }
+    return f;
   }
 
   void RecordEvent(const json& e, const char* source) {
@@ -350,6 +360,14 @@ struct Client::Impl {
       rec["read"] = e.value("read", int64_t{0});
     } else if (kind == "conversation" && e.contains("conversation")) {
       rec["conversation_id"] = e["conversation"].value("conversation_id", int64_t{0});
+    } else if (kind == "edit" || kind == "delete" || kind == "delete_for_me") {
+      rec["conversation_id"] = e.value("conversation_id", int64_t{0});
+      rec["seq"] = e.value("seq", int64_t{0});
+      if (kind != "delete_for_me") rec["version"] = e.value("version", int64_t{0});
+      if (kind == "edit") rec["body_hash"] = sdk::TextHash(e.value("body", ""));
+    } else if (kind == "draft") {
+      rec["conversation_id"] = e.value("conversation_id", int64_t{0});
+      rec["draft_hash"] = sdk::TextHash(e.value("text", ""));
     }
     if (e.contains("also_covers")) rec["also_covers"] = e["also_covers"];
     if (e.contains("withheld")) rec["withheld"] = e["withheld"];
@@ -878,6 +896,9 @@ void Client::Stop() {
   }
   impl_->cv.notify_all();
   if (impl_->worker.joinable()) impl_->worker.join();
+  // The cache's final view (messages, drafts), for the checker's
+  // convergence checks: after the last sync, so it is what the device shows.
+  if (impl_->history) impl_->Record("view", impl_->cache->HistoryView());
   impl_->Record("stop");
   std::lock_guard lock(impl_->mu);
   impl_->started = false;

@@ -26,6 +26,11 @@
 
 namespace parley::sdk {
 
+// A short fingerprint of a message body or draft text for the records
+// (edits, views): 16 hex digits of FNV-1a 64, "" for "" (a tombstone, no
+// draft). The checker compares fingerprints, never texts.
+std::string TextHash(const std::string& text);
+
 class HistoryRecorder {
  public:
   // Opens (creating) `path` for appending; reads what is there to continue

@@ -13,6 +13,7 @@
 // withheld (blocking, docs/protocol.md) moves to delivered/read.
 #include "local_cache.h"
 
+#include "history.h"
 #include "protocol/message_edits.h"
 
 #include <algorithm>
@@ -434,6 +435,56 @@ std::string LocalCache::ShownDraftLocked(int64_t conversation_id) {
          "WHERE c.id=?");
   s.Bind(1, conversation_id);
   return s.Step() ? s.Text(0) : std::string();
+}
+
+nlohmann::json LocalCache::HistoryView() {
+  std::lock_guard lock(mu_);
+  json held = json::array(), messages = json::array(), drafts = json::array();
+  try {
+    // Held seqs as ranges (a cache holds runs of seqs), then in full only the
+    // messages an edit or delete changed: a view stays small on a big cache.
+    Stmt h(db_, stmts_, "SELECT conversation_id, seq FROM messages ORDER BY conversation_id, seq");
+    int64_t conv = 0, lo = 0, hi = -1;
+    json ranges = json::array();
+    auto flush = [&] {
+      if (hi >= lo) ranges.push_back({lo, hi});
+      if (!ranges.empty()) held.push_back({{"conversation_id", conv}, {"ranges", std::move(ranges)}});
+      ranges = json::array();
+    };
+    while (h.Step()) {
+      const int64_t c = h.Int(0), seq = h.Int(1);
+      if (c != conv) {
+        flush();
+        conv = c;
+        lo = seq;
+      } else if (seq != hi + 1) {
+        ranges.push_back({lo, hi});
+        lo = seq;
+      }
+      hi = seq;
+    }
+    flush();
+    Stmt m(db_, stmts_,
+           "SELECT conversation_id, seq, version, deleted, hidden, body FROM messages "
+           "WHERE version > 0 OR deleted <> 0 OR hidden <> 0 ORDER BY conversation_id, seq");
+    while (m.Step()) {
+      messages.push_back({{"conversation_id", m.Int(0)},
+                          {"seq", m.Int(1)},
+                          {"version", m.Int(2)},
+                          {"deleted", m.Int(3) != 0},
+                          {"hidden", m.Int(4) != 0},
+                          {"body_hash", TextHash(m.Text(5))}});
+    }
+    Stmt c(db_, stmts_,
+           "SELECT c.id, c.draft, d.peer IS NOT NULL FROM conversations c LEFT JOIN draft_outbox d "
+           "ON d.peer=c.peer AND c.peer<>'' ORDER BY c.id");
+    while (c.Step()) {
+      drafts.push_back({{"conversation_id", c.Int(0)}, {"draft_hash", TextHash(c.Text(1))}, {"pending", c.Int(2) != 0}});
+    }
+  } catch (const SqlError&) {
+    return {{"held", json::array()}, {"messages", json::array()}, {"drafts", json::array()}};
+  }
+  return {{"held", std::move(held)}, {"messages", std::move(messages)}, {"drafts", std::move(drafts)}};
 }
 
 std::string LocalCache::PeerOf(int64_t conversation_id) {

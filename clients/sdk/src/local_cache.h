@@ -123,6 +123,15 @@ class LocalCache {
   std::vector<CachedMessage> Messages(int64_t conversation_id, int64_t before, int limit);
   std::optional<StatusUpdate> StatusOf(const std::string& client_id);
   std::string PeerOf(int64_t conversation_id);
+  // The device's final view for the delivery history's `view` record
+  // (docs/checker.md): the seqs of every cached message, hidden ones
+  // included, as {"conversation_id","ranges":[[lo,hi],...]}; the edited,
+  // deleted or hidden ones in full as
+  // {"conversation_id","seq","version","deleted","hidden","body_hash"}; and
+  // every conversation's draft as the server has it here (pending local
+  // text aside) as {"conversation_id","draft_hash","pending"}. Returns
+  // {"held":[...],"messages":[...],"drafts":[...]}; on a SQLite error, empty arrays.
+  nlohmann::json HistoryView();
 
  private:
   explicit LocalCache(sqlite3* db) : db_(db) {}
