@@ -162,6 +162,22 @@ class StoreConformance : public ::testing::TestWithParam<Backend> {
     ASSERT_TRUE(Unblock(store(), alice_.id, bob_.id).has_value());
   }
 
+  // An event that reached alice's and bob's streams (`positions`, with its
+  // per-stream `withheld` lists): alice's lists `expected`, bob's nothing,
+  // and each stored event reads as it went live.
+  void ExpectListedOnlyInAlicesStream(const std::vector<StreamPosition>& positions,
+                                      const std::vector<std::vector<Seq>>& withheld, const std::vector<Seq>& expected) {
+    ASSERT_EQ(positions.size(), 2u);
+    ASSERT_EQ(withheld.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      const bool alices = positions[i].user_id == alice_.id;
+      EXPECT_EQ(withheld[i], alices ? expected : std::vector<Seq>{}) << "stream of " << positions[i].user_id;
+      StreamPage page = ReadStream(store(), positions[i].user_id, positions[i].user_seq - 1, 1);
+      ASSERT_EQ(page.events.size(), 1u);
+      EXPECT_EQ(page.events[0].withheld, withheld[i]) << "sync reads what went live";
+    }
+  }
+
   UserRecord alice_, bob_, carol_;
   DeviceRecord alice_dev_, bob_dev_, bob_dev2_, carol_dev_;
   ConversationId conv_ = 0;
@@ -1167,16 +1183,7 @@ TEST_P(StoreConformance, AMessageHiddenByAMutualBlockLeavesItsListForTheOtherMem
   // bob's 6 is visible to alice: its event in her stream moves bob's
   // watermark from 1 (the last her stream carried) to 6, over 2 and 3.
   AppendResult b6 = Send(bob_, bob_dev_, "b6");
-  ASSERT_EQ(b6.positions.size(), 2u);
-  ASSERT_EQ(b6.withheld.size(), 2u);
-  for (size_t i = 0; i < 2; ++i) {
-    const bool alices = b6.positions[i].user_id == alice_.id;
-    EXPECT_EQ(b6.withheld[i], alices ? (std::vector<Seq>{2, 3}) : std::vector<Seq>{}) << "stream of "
-                                                                                      << b6.positions[i].user_id;
-    StreamPage page = ReadStream(store(), b6.positions[i].user_id, b6.positions[i].user_seq - 1, 1);
-    ASSERT_EQ(page.events.size(), 1u);
-    EXPECT_EQ(page.events[0].withheld, b6.withheld[i]) << "sync reads what went live";
-  }
+  ExpectListedOnlyInAlicesStream(b6.positions, b6.withheld, {2, 3});
   // Listed once per stream, whatever follows.
   EXPECT_TRUE(Send(bob_, bob_dev_, "b7").withheld.empty());
   EXPECT_TRUE(Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 7, 7))).withheld.empty());
@@ -1196,16 +1203,7 @@ TEST_P(StoreConformance, AMessageHiddenByAMutualBlockLeavesItsListForTheOtherMem
   Send(alice_, alice_dev_, "a6");
   ReceiptResult r = Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 6, 0)));
   ASSERT_TRUE(r.changed);
-  ASSERT_EQ(r.positions.size(), 2u);
-  ASSERT_EQ(r.withheld.size(), 2u);
-  for (size_t i = 0; i < 2; ++i) {
-    const bool alices = r.positions[i].user_id == alice_.id;
-    EXPECT_EQ(r.withheld[i], alices ? (std::vector<Seq>{2, 3}) : std::vector<Seq>{}) << "stream of "
-                                                                                     << r.positions[i].user_id;
-    StreamPage page = ReadStream(store(), r.positions[i].user_id, r.positions[i].user_seq - 1, 1);
-    ASSERT_EQ(page.events.size(), 1u);
-    EXPECT_EQ(page.events[0].withheld, r.withheld[i]) << "sync reads what went live";
-  }
+  ExpectListedOnlyInAlicesStream(r.positions, r.withheld, {2, 3});
   EXPECT_TRUE(Must(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 6, 6))).withheld.empty());
   EXPECT_TRUE(Send(bob_, bob_dev_, "b7").withheld.empty());
   // Each stream lists bob's 2 and 3 once, and alice's 4 and 5 (her own
