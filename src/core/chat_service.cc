@@ -1196,6 +1196,16 @@ void ChatService::DoSearchMessages(const ClientPtr& c, Req req) {
       for (const auto& m : r->messages) protocol::WriteMessage(w, m);
       w.EndArray().Key("next");
       if (r->next == 0) w.Null(); else w.Int(r->next);
+      // As history's page-level list ("stays sent" forever), but the results
+      // span conversations, so each entry names its conversation.
+      bool any = false;
+      for (const auto& m : r->messages) {
+        if (!m.stays_sent) continue;
+        if (!any) w.Key("withheld").BeginArray();
+        any = true;
+        w.BeginObject().Field("conversation_id", m.conversation_id).Field("seq", m.seq).EndObject();
+      }
+      if (any) w.EndArray();
     });
   }));
 }

@@ -117,6 +117,19 @@ TEST_F(SearchE2E, NeverMatchesWithheldDeletedOrEditedAwayText) {
   EXPECT_TRUE(Search(b_, {{"query", "secret"}}).result["messages"].empty());
   ASSERT_TRUE(b_.conn->Call("unblock", {{"username", "alice"}}).ok);
   EXPECT_TRUE(Search(b_, {{"query", "recipe"}}).result["messages"].empty());
+  // For alice it stays "sent" forever: once bob's watermark passes it, her
+  // results say so, as history does (nothing said before: that would reveal
+  // the block while it lasted).
+  EXPECT_FALSE(Search(a_, {{"query", "secret"}}).result.contains("withheld"));
+  int64_t s4 = Send(a_, ab_, "m4", "after the block");
+  ASSERT_TRUE(b_.conn->Call("receipt", {{"items", {{{"conversation_id", ab_}, {"delivered", s4}}}}}).ok);
+  auto found = Search(a_, {{"query", "secret"}});
+  ASSERT_TRUE(found.ok);
+  EXPECT_EQ(found.result["withheld"], json::parse(R"([{"conversation_id":)" + std::to_string(ab_) +
+                                                  R"(,"seq":)" + std::to_string(s3) + "}]"));
+  auto h = a_.conn->Call("history", {{"conversation_id", ab_}});
+  ASSERT_TRUE(h.ok);
+  EXPECT_EQ(h.result["withheld"], json::array({s3}));
 }
 
 TEST_F(SearchE2E, BadInputGetsClearErrors) {
