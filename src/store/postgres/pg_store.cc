@@ -736,6 +736,8 @@ class PostgresStore::Writer {
   // `viewer` gets `user`'s profile changes (SetProfile's audience, blocks
   // aside): they share a conversation, or `viewer` has `user` as a contact.
   bool InProfileAudience(UserId user, UserId viewer);
+  // Revokes every live device of the user; returns their ids, ascending.
+  std::vector<DeviceId> RevokeLiveDevices(UserId user_id);
   void Revoke(DeviceId device_id);
   void IndexName(UserId user, const std::string& username, const std::string& display_name, bool add);
   // Appends the same event to the stream of each of `users` (ascending id)
@@ -744,8 +746,8 @@ class PostgresStore::Writer {
                                            ConversationId conversation, Seq seq, UserId subject, Watermarks receipt,
                                            int64_t now, const std::vector<Seq>* withheld = nullptr,
                                            const ProfileRecord* profile = nullptr);
-  // As AppendEvents, with a withheld list per user (parallel to `users`):
-  // one statement when the lists are equal, else one per user.
+  // As AppendEvents, with a withheld list per user (parallel to `users`, or
+  // empty for none): one statement when the lists are equal, else one per user.
   std::vector<StreamPosition> AppendEventsWithheld(const std::vector<UserId>& users,
                                                    const std::vector<std::vector<Seq>>& withheld, EventKind kind,
                                                    ConversationId conversation, Seq seq, UserId subject,
@@ -887,6 +889,14 @@ bool PostgresStore::Writer::InProfileAudience(UserId user, UserId viewer) {
                  "SELECT 1 FROM contacts WHERE owner_id = $2 AND contact_id = $1 LIMIT 1",
                  PgParams().Int(user).Int(viewer))
               .empty();
+}
+
+std::vector<DeviceId> PostgresStore::Writer::RevokeLiveDevices(UserId user_id) {
+  PgRows d = db_->Query("SELECT id FROM devices WHERE user_id = $1 AND NOT revoked ORDER BY id", PgParams().Int(user_id));
+  std::vector<DeviceId> ids;
+  for (int i = 0; i < d.size(); ++i) ids.push_back(d.Int(i, 0));
+  for (DeviceId id : ids) Revoke(id);
+  return ids;
 }
 
 void PostgresStore::Writer::Revoke(DeviceId device_id) {
@@ -1179,7 +1189,8 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
                  PgParams().Int(m.conversation_id).Int(member.user_id).Int(m.seq));
     } else {
       visible.push_back(member.user_id);
-      lists.push_back(member.user_id == m.sender_id ? own : unannounced);
+      // Nothing to list (the usual send): no lists, one statement.
+      if (!unannounced.empty()) lists.push_back(member.user_id == m.sender_id ? own : unannounced);
     }
   }
   const bool announced = visible.size() > 1;
@@ -1278,7 +1289,7 @@ Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& 
   std::vector<UserId> members;
   for (const MemberRecord& member : c->members) {
     members.push_back(member.user_id);
-    result.withheld.push_back(member.user_id == update.user_id ? own : unannounced);
+    if (!unannounced.empty()) result.withheld.push_back(member.user_id == update.user_id ? own : unannounced);
   }
   result.positions = AppendEventsWithheld(members, result.withheld, EventKind::kReceipt, update.conversation_id, 0,
                                           update.user_id, result.aggregate, update.now);
@@ -1586,11 +1597,7 @@ Result<DisableResult> PostgresStore::Writer::SetUserDisabled(UserId user_id, boo
   DisableResult result;
   result.changed = r.Bool(0, 0) != disabled;
   if (result.changed) db_->Defer("UPDATE users SET disabled = $2 WHERE id = $1", PgParams().Int(user_id).Bool(disabled));
-  if (revoke_devices) {
-    PgRows d = db_->Query("SELECT id FROM devices WHERE user_id = $1 AND NOT revoked ORDER BY id", PgParams().Int(user_id));
-    for (int i = 0; i < d.size(); ++i) result.revoked.push_back(d.Int(i, 0));
-    for (DeviceId id : result.revoked) Revoke(id);
-  }
+  if (revoke_devices) result.revoked = RevokeLiveDevices(user_id);
   return result;
 }
 
@@ -1611,9 +1618,7 @@ Result<EraseResult> PostgresStore::Writer::EraseAccount(UserId user_id, int64_t 
       PgParams().Int(user_id));
   std::vector<int64_t> peers;
   for (int i = 0; i < p.size(); ++i) peers.push_back(p.Int(i, 0));
-  PgRows d = db_->Query("SELECT id FROM devices WHERE user_id = $1 AND NOT revoked ORDER BY id", PgParams().Int(user_id));
-  for (int i = 0; i < d.size(); ++i) result.revoked.push_back(d.Int(i, 0));
-  for (DeviceId id : result.revoked) Revoke(id);
+  result.revoked = RevokeLiveDevices(user_id);
   // Each statement counts the rows it changed.
   auto count = [&](const std::string& change) {
     PgRows r = db_->Query("WITH c AS (" + change + " RETURNING 1) SELECT count(*) FROM c", PgParams().Int(user_id));

@@ -787,6 +787,8 @@ class SqliteStore::Writer {
   // Seqs of `conversation` withheld from `user` in (after, upto], ascending.
   std::vector<Seq> WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto);
   // Revokes a live device: token and cursor dropped, its watermarks deleted.
+  // Revokes every live device of the user; returns their ids, ascending.
+  std::vector<DeviceId> RevokeLiveDevices(UserId user_id);
   void Revoke(DeviceId device_id);
   void IndexName(UserId user, const std::string& username, const std::string& display_name, bool add);
   // Appends one event to `user`'s stream at head + 1; `data` (may be null) is
@@ -902,6 +904,17 @@ bool SqliteStore::Writer::Blocks(UserId owner, UserId target) {
 
 std::vector<Seq> SqliteStore::Writer::WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto) {
   return WithheldIn(*db_, conversation, user, after, upto);
+}
+
+std::vector<DeviceId> SqliteStore::Writer::RevokeLiveDevices(UserId user_id) {
+  std::vector<DeviceId> ids;
+  {
+    Stmt s(*db_, "SELECT id FROM devices WHERE user_id = ?1 AND revoked = 0 ORDER BY id");
+    s.BindInt(1, user_id);
+    while (s.Step()) ids.push_back(s.Int(0));
+  }
+  for (DeviceId id : ids) Revoke(id);
+  return ids;
 }
 
 void SqliteStore::Writer::Revoke(DeviceId device_id) {
@@ -1218,7 +1231,7 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
     if (!list.empty()) data = SeqListJson(list);
     result.positions.push_back(AppendEvent(c->members[i].user_id, EventKind::kMessage, m.conversation_id, m.seq, 0,
                                            {}, msg.now, list.empty() ? nullptr : &data));
-    result.withheld.push_back(list);
+    if (!unannounced.empty()) result.withheld.push_back(list);  // nothing to list: no allocation (the usual send)
   }
   ClearIfNoneListed(result.withheld);
   Stmt s(*db_,
@@ -1317,7 +1330,7 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
     result.positions.push_back(AppendEvent(member.user_id, EventKind::kReceipt, update.conversation_id, 0,
                                            update.user_id, result.aggregate, update.now,
                                            list.empty() ? nullptr : &data));
-    result.withheld.push_back(list);
+    if (!unannounced.empty()) result.withheld.push_back(list);
   }
   ClearIfNoneListed(result.withheld);
   return result;
@@ -1749,26 +1762,17 @@ Result<DisableResult> SqliteStore::Writer::SetUserDisabled(UserId user_id, bool 
     s.BindInt(1, user_id).BindInt(2, disabled ? 1 : 0);
     s.Run();
   }
-  if (revoke_devices) {
-    {
-      Stmt s(*db_, "SELECT id FROM devices WHERE user_id = ?1 AND revoked = 0 ORDER BY id");
-      s.BindInt(1, user_id);
-      while (s.Step()) result.revoked.push_back(s.Int(0));
-    }
-    for (DeviceId id : result.revoked) Revoke(id);
-  }
+  if (revoke_devices) result.revoked = RevokeLiveDevices(user_id);
   return result;
 }
 
 Result<EraseResult> SqliteStore::Writer::EraseAccount(UserId user_id, int64_t now) {
   EraseResult result;
-  std::string display_name;
   {
-    Stmt s(*db_, "SELECT username, display_name FROM users WHERE id = ?1");
+    Stmt s(*db_, "SELECT username FROM users WHERE id = ?1");
     s.BindInt(1, user_id);
     if (!s.Step()) return Status(ErrorCode::kUnknownUser, "unknown user");
     result.username = s.Text(0);
-    display_name = s.Text(1);
   }
   result.erased_username = kErasedUsernamePrefix + std::to_string(user_id);
   // Whose streams may hold a snapshot of the profile: the profile's
@@ -1782,12 +1786,7 @@ Result<EraseResult> SqliteStore::Writer::EraseAccount(UserId user_id, int64_t no
     s.BindInt(1, user_id);
     while (s.Step()) peers.push_back(s.Int(0));
   }
-  {
-    Stmt s(*db_, "SELECT id FROM devices WHERE user_id = ?1 AND revoked = 0 ORDER BY id");
-    s.BindInt(1, user_id);
-    while (s.Step()) result.revoked.push_back(s.Int(0));
-  }
-  for (DeviceId id : result.revoked) Revoke(id);
+  result.revoked = RevokeLiveDevices(user_id);
   auto run = [&](const char* sql) {
     Stmt s(*db_, sql);
     s.BindInt(1, user_id);
