@@ -8,24 +8,21 @@
 
 #include <cerrno>
 #include <chrono>
-#include <cstdio>
+#include <sodium.h>
 #include <cstring>
 #include <fstream>
 
 namespace parley::sdk {
 
+static_assert(kTextHashBytes >= crypto_generichash_BYTES_MIN && kTextHashBytes <= crypto_generichash_BYTES_MAX);
+
 std::string TextHash(const std::string& text) {
   if (text.empty()) return "";
-  constexpr uint64_t kFnvOffset = 14695981039346656037ULL;
-  constexpr uint64_t kFnvPrime = 1099511628211ULL;
-  uint64_t h = kFnvOffset;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= kFnvPrime;
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
+  unsigned char h[kTextHashBytes];
+  crypto_generichash(h, sizeof h, reinterpret_cast<const unsigned char*>(text.data()), text.size(), nullptr, 0);
+  char hex[2 * kTextHashBytes + 1];
+  sodium_bin2hex(hex, sizeof hex, h, sizeof h);
+  return hex;
 }
 
 using nlohmann::json;

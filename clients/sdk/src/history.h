@@ -27,8 +27,10 @@
 namespace parley::sdk {
 
 // A short fingerprint of a message body or draft text for the records
-// (edits, views): 16 hex digits of FNV-1a 64, "" for "" (a tombstone, no
-// draft). The checker compares fingerprints, never texts.
+// (edits, views): 32 hex digits of a 16-byte BLAKE2b (libsodium's
+// crypto_generichash at its shortest, as the server hashes tokens), "" for ""
+// (a tombstone, no draft). The checker compares fingerprints, never texts.
+inline constexpr size_t kTextHashBytes = 16;
 std::string TextHash(const std::string& text);
 
 class HistoryRecorder {
