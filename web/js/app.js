@@ -65,6 +65,7 @@ const app = {
   screen: null, // {update()} of the current screen
   renderQueued: false,
   saveTimer: null,
+  lastSaveAt: 0,
   ackTimer: null,
   ackedApplied: 0,
   historyLoading: false,
@@ -320,13 +321,19 @@ async function requestSync() {
   drainLive();
 }
 
+// At most one save per kSaveDelayMs, the first of a burst at once (a
+// throttle, not a debounce: a debounce kept postponing the save while events
+// kept coming, and a reload soon after a change lost it).
 function scheduleSave() {
-  clearTimeout(app.saveTimer);
-  app.saveTimer = setTimeout(() => saveNow(), kSaveDelayMs);
+  if (app.saveTimer) return; // a save is already due; it will take this change too
+  const wait = Math.max(0, app.lastSaveAt + kSaveDelayMs - Date.now());
+  app.saveTimer = setTimeout(() => saveNow(), wait);
 }
 
 async function saveNow() {
   clearTimeout(app.saveTimer);
+  app.saveTimer = null;
+  app.lastSaveAt = Date.now();
   if (app.session && app.state) await kv.set('state', app.state);
 }
 
