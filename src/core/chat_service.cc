@@ -433,7 +433,7 @@ void ChatService::DoLogin(const ClientPtr& c, Req req) {
                                 return Fail(c, req, d.error());
                               }
                               spdlog::info("event=device_created user_id={} device_id={}", d->user_id, d->id);
-                              CompleteAuth(c, req, *d, token);
+                              CompleteLogin(c, req, token);
                             }));
       });
     });
@@ -443,18 +443,21 @@ void ChatService::DoLogin(const ClientPtr& c, Req req) {
 void ChatService::DoAuth(const ClientPtr& c, Req req) {
   c->authenticating = true;
   std::string hash = HashToken(std::get<protocol::AuthRequest>(req.body).token);
-  store_.GetDeviceByToken(std::move(hash), OnCore<store::DeviceRecord>([this, c, req](Result<store::DeviceRecord> d) {
-    if (!d) {
+  // One store read (device, user and head together): a reconnect crosses to
+  // the store's reader and back once before it is answered.
+  store_.GetAuthContext(std::move(hash), OnCore<store::AuthContext>([this, c, req](Result<store::AuthContext> a) {
+    if (!a) {
       c->authenticating = false;
       // Only a token the store refused is invalid (the client then drops
       // it); a store that is unreachable is `unavailable`, retryable.
-      if (d.error().code() != ErrorCode::kInvalidToken) return Fail(c, req, d.error());
+      if (a.error().code() != ErrorCode::kInvalidToken) return Fail(c, req, a.error());
       return Fail(c, req, Status(ErrorCode::kInvalidToken, "the token is unknown or revoked; log in again"));
     }
+    const store::DeviceRecord& d = a->device;
     int64_t now = clock_.NowMillis();
-    int64_t seen = std::max(d->last_seen_at, d->created_at);
+    int64_t seen = std::max(d.last_seen_at, d.created_at);
     if (config_.device_idle_expiry_ms > 0 && now - seen > config_.device_idle_expiry_ms) {
-      store_.RevokeDevice(d->user_id, d->id, OnCoreStatus([this, c, req, device = *d](Status) {
+      store_.RevokeDevice(d.user_id, d.id, OnCoreStatus([this, c, req, device = d](Status) {
         c->authenticating = false;
         spdlog::info("event=device_expired user_id={} device_id={}", device.user_id, device.id);
         Fail(c, req, Status(ErrorCode::kInvalidToken, "the device was idle too long and was signed out; log in again"));
@@ -462,66 +465,70 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
       return;
     }
     // Mark the device seen (for idle expiry and the device list); the cursor is unchanged.
-    store_.SetCursor(d->id, 0, now, [](Status) {});
-    CompleteAuth(c, req, *d, "");
+    store_.SetCursor(d.id, 0, now, [](Status) {});
+    CompleteAuth(c, req, *a, "");
   }));
 }
 
-// Authenticates the connection as `device`, attaches it to the fabric and
-// answers (with the token when it was just created by a login).
-void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::DeviceRecord& device,
+// After a login created its device: reads it back with its user and head, as
+// a reconnect does, and answers with the new token.
+void ChatService::CompleteLogin(const ClientPtr& c, const Req& req, const std::string& token) {
+  store_.GetAuthContext(HashToken(token),
+                        OnCore<store::AuthContext>([this, c, req, token](Result<store::AuthContext> a) {
+                          if (!a) {
+                            c->authenticating = false;
+                            return Fail(c, req, a.error());
+                          }
+                          CompleteAuth(c, req, *a, token);
+                        }));
+}
+
+// Authenticates the connection as `auth.device`, attaches it to the fabric
+// and answers (with the token when it was just created by a login).
+void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::AuthContext& auth,
                                const std::string& token) {
-  store_.GetUserById(device.user_id, OnCore<store::UserRecord>([this, c, req, device, token](
-                                                                   Result<store::UserRecord> u) {
-    if (!u) {
-      c->authenticating = false;
-      return Fail(c, req, u.error());
-    }
-    if (u->disabled) {
-      c->authenticating = false;
-      return Fail(c, req, Status(ErrorCode::kUserDisabled, "this account is disabled by the operator"));
-    }
-    store_.GetHead(device.user_id, OnCore<int64_t>([this, c, req, device, token, user = *u](Result<int64_t> head) {
-      c->authenticating = false;
-      if (!head) return Fail(c, req, head.error());
-      if (c->closed) return;
-      c->user_id = device.user_id;
-      c->device_id = device.id;
-      c->username = user.username;
-      c->cursor = device.cursor;
-      auto& lu = live_[c->user_id];
-      lu.connections++;
-      lu.head = std::max(lu.head, *head);
-      authenticated_.Add(1);
-      fabric_.Attach(c->user_id, c->device_id, c->sink);
-      if (c->foreground) SetForeground(c, true);
-      Respond(c, req, [&](JsonWriter& w) {
-        w.Field("user_id", c->user_id).Field("username", c->username).Field("device_id", c->device_id);
-        if (!token.empty()) w.Field("token", token);
-        w.Field("head", lu.head)
-            .Field("cursor", c->cursor)
-            .Field("heartbeat_interval_ms",
-                   config_.heartbeat_interval_ms -
-                       std::uniform_int_distribution<int>(
-                           0, config_.heartbeat_interval_ms * CoreConfig::kHeartbeatJitterPercent / 100)(jitter_rng_))
-            .Field("heartbeat_timeout_ms", config_.heartbeat_timeout_ms)
-            .Key("privacy")
-            .BeginObject()
-            .Field("presence", protocol::PresenceVisibilityName(user.presence_visibility))
-            .EndObject()
-            .Key("limits")
-            .BeginObject()
-            .Field("max_frame_bytes", static_cast<int64_t>(protocol::kMaxFrameBytes))
-            .Field("max_body_bytes", static_cast<int64_t>(protocol::kMaxBodyBytes))
-            .Field("max_sync_limit", protocol::kMaxSyncLimit)
-            .Field("max_history_limit", protocol::kMaxHistoryLimit)
-            .Field("max_presence_subscriptions", static_cast<int64_t>(protocol::kMaxPresenceSubscriptions))
-            .Field("edit_window_ms", config_.change_windows.edit_ms)
-            .Field("delete_window_ms", config_.change_windows.delete_ms)
-            .EndObject();
-      });
-    }));
-  }));
+  c->authenticating = false;
+  const store::DeviceRecord& device = auth.device;
+  const store::UserRecord& user = auth.user;
+  if (user.disabled) {
+    return Fail(c, req, Status(ErrorCode::kUserDisabled, "this account is disabled by the operator"));
+  }
+  if (c->closed) return;
+  c->user_id = device.user_id;
+  c->device_id = device.id;
+  c->username = user.username;
+  c->cursor = device.cursor;
+  auto& lu = live_[c->user_id];
+  lu.connections++;
+  lu.head = std::max(lu.head, auth.head);
+  authenticated_.Add(1);
+  fabric_.Attach(c->user_id, c->device_id, c->sink);
+  if (c->foreground) SetForeground(c, true);
+  Respond(c, req, [&](JsonWriter& w) {
+    w.Field("user_id", c->user_id).Field("username", c->username).Field("device_id", c->device_id);
+    if (!token.empty()) w.Field("token", token);
+    w.Field("head", lu.head)
+        .Field("cursor", c->cursor)
+        .Field("heartbeat_interval_ms",
+               config_.heartbeat_interval_ms -
+                   std::uniform_int_distribution<int>(
+                       0, config_.heartbeat_interval_ms * CoreConfig::kHeartbeatJitterPercent / 100)(jitter_rng_))
+        .Field("heartbeat_timeout_ms", config_.heartbeat_timeout_ms)
+        .Key("privacy")
+        .BeginObject()
+        .Field("presence", protocol::PresenceVisibilityName(user.presence_visibility))
+        .EndObject()
+        .Key("limits")
+        .BeginObject()
+        .Field("max_frame_bytes", static_cast<int64_t>(protocol::kMaxFrameBytes))
+        .Field("max_body_bytes", static_cast<int64_t>(protocol::kMaxBodyBytes))
+        .Field("max_sync_limit", protocol::kMaxSyncLimit)
+        .Field("max_history_limit", protocol::kMaxHistoryLimit)
+        .Field("max_presence_subscriptions", static_cast<int64_t>(protocol::kMaxPresenceSubscriptions))
+        .Field("edit_window_ms", config_.change_windows.edit_ms)
+        .Field("delete_window_ms", config_.change_windows.delete_ms)
+        .EndObject();
+  });
 }
 
 void ChatService::DoLogout(const ClientPtr& c, Req req) {
@@ -756,7 +763,9 @@ void ChatService::DoReceipt(const ClientPtr& c, Req req) {
         e.receipt_user_id = u.user_id;
         e.receipt = r->aggregate;
         PublishEvents(std::move(e), r->positions, r->withheld);
-        if (u.read > 0) PushAfterRead(u.user_id, u.device_id, u.conversation_id, r->aggregate.read);
+        // read_changed, not this request's read: the store may have merged a
+        // later "read" of this device into this receipt (SqliteStore).
+        if (r->read_changed) PushAfterRead(u.user_id, u.device_id, u.conversation_id, r->aggregate.read);
       }
       if (--pending->left == 0) {
         if (!pending->first_error.ok()) return Fail(c, req, pending->first_error);

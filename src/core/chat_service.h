@@ -185,7 +185,8 @@ class ChatService {
   void DoRegister(const ClientPtr& c, Req req);
   void DoLogin(const ClientPtr& c, Req req);
   void DoAuth(const ClientPtr& c, Req req);
-  void CompleteAuth(const ClientPtr& c, const Req& req, const store::DeviceRecord& device, const std::string& token);
+  void CompleteLogin(const ClientPtr& c, const Req& req, const std::string& token);
+  void CompleteAuth(const ClientPtr& c, const Req& req, const store::AuthContext& auth, const std::string& token);
   void DoLogout(const ClientPtr& c, Req req);
   void DoListDevices(const ClientPtr& c, Req req);
   void DoUnlinkDevice(const ClientPtr& c, Req req);

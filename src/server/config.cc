@@ -183,6 +183,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SQLITE_CACHE_KIB")
       ->check(CLI::Range(1024, 16 << 20))
       ->capture_default_str();
+  app.add_option("--sqlite-checkpoint-pages", c.store.sqlite_checkpoint_pages,
+                 "SQLite: checkpoint the WAL on a background thread once it holds this many pages (0: the writer "
+                 "checkpoints every 1,000 pages itself, SQLite's default)")
+      ->envname("PARLEY_SQLITE_CHECKPOINT_PAGES")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   app.add_option("--admin-token", c.admin.token,
                  "Token that authorises the admin API (Authorization: Bearer ...); empty: admin API disabled")
       ->envname("PARLEY_ADMIN_TOKEN");

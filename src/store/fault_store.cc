@@ -397,8 +397,8 @@ void FaultStore::GetUserByName(std::string username, Callback<UserRecord> done) 
 
 void FaultStore::GetUserById(UserId id, Callback<UserRecord> done) { inner_.GetUserById(id, std::move(done)); }
 
-void FaultStore::GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) {
-  inner_.GetDeviceByToken(std::move(token_hash), std::move(done));
+void FaultStore::GetAuthContext(std::string token_hash, Callback<AuthContext> done) {
+  inner_.GetAuthContext(std::move(token_hash), std::move(done));
 }
 
 void FaultStore::ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) {

@@ -106,7 +106,7 @@ class FaultStore final : public Store {
   void GetUserById(UserId id, Callback<UserRecord> done) override;
   void CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash, int64_t now,
                     Callback<DeviceRecord> done) override;
-  void GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) override;
+  void GetAuthContext(std::string token_hash, Callback<AuthContext> done) override;
   void ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) override;
   void RevokeDevice(UserId user_id, DeviceId device_id, StatusCallback done) override;
   void SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now, StatusCallback done) override;

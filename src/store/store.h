@@ -69,8 +69,10 @@ class Store {
   // kUnknownUser.
   virtual void CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash,
                             int64_t now, Callback<DeviceRecord> done) = 0;
-  // The live (not revoked) device holding this token hash. Fails kInvalidToken.
-  virtual void GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) = 0;
+  // The live (not revoked) device holding this token hash, its user and the
+  // user's stream head, in one read (a reconnect's only store round trip
+  // before it is answered). Fails kInvalidToken.
+  virtual void GetAuthContext(std::string token_hash, Callback<AuthContext> done) = 0;
   // The user's live devices, ascending id.
   virtual void ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) = 0;
   // Revokes a device of `user_id`: its token stops working and its cursor is

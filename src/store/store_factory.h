@@ -13,6 +13,9 @@ namespace parley::store {
 // Default of StoreConfig::commit_adaptive_wait_us (--commit-adaptive-wait-us),
 // chosen by measurement (docs/benchmarks.md, "Commits sized to the load").
 inline constexpr int kDefaultCommitAdaptiveWaitUs = 0;
+// SQLite: the WAL size, in pages, at which a background thread checkpoints it
+// (copies its pages back into the database file). 8,192 pages of 4 KiB: 32 MiB.
+inline constexpr int kDefaultSqliteCheckpointPages = 8192;
 
 struct StoreConfig {
   std::string backend = "sqlite";  // "sqlite" or "postgres"
@@ -33,6 +36,12 @@ struct StoreConfig {
   int commit_adaptive_wait_us = kDefaultCommitAdaptiveWaitUs;
   // SQLite page cache per connection, KiB.
   int sqlite_cache_kib = 65536;
+  // SQLite: checkpoint the WAL on a thread of its own once it holds this many
+  // pages (the writer then never copies pages back itself, unless the WAL
+  // reaches kWalHardLimitFactor times this because checkpoints cannot keep
+  // up); 0: the writer checkpoints after the commit that passes 1,000 pages,
+  // as SQLite does by default.
+  int sqlite_checkpoint_pages = kDefaultSqliteCheckpointPages;
   // Stamps each message's stored_at (the time its commit batch is written);
   // nullptr: the system clock. Not owned; must outlive the store.
   const Clock* clock = nullptr;

@@ -69,6 +69,14 @@ struct DeviceRecord {
   UserSeq cursor = 0;  // last user seq the device acknowledged
 };
 
+// What authenticating a connection with a device token needs, read in one
+// consistent snapshot (Store::GetAuthContext).
+struct AuthContext {
+  DeviceRecord device;
+  UserRecord user;
+  UserSeq head = 0;  // the user's stream head
+};
+
 struct MemberRecord {
   UserId user_id = 0;
   std::string username;
@@ -288,8 +296,9 @@ struct ReceiptUpdate {
 };
 
 struct ReceiptResult {
-  bool changed = false;  // the user's aggregate moved
-  Watermarks aggregate;  // the user's aggregate after the update
+  bool changed = false;       // the user's aggregate moved
+  bool read_changed = false;  // ... and its read watermark did
+  Watermarks aggregate;       // the user's aggregate after the update
   // When changed: one receipt event per member, in member order.
   std::vector<StreamPosition> positions;
   // Per position: the seqs withheld from the user that the new aggregate

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -523,6 +524,103 @@ TEST(SqliteStoreTest, TheSearchIndexStepCommitsAloneBetweenTheWritesAroundIt) {
   for (auto& r : users.Wait()) EXPECT_TRUE(r->has_value());
   for (auto& r : step.Wait()) EXPECT_TRUE(r->has_value());
   EXPECT_EQ(store->Stats().commits - before, 3u);
+}
+
+// A device's "delivered" and "read" for the same conversation that share a
+// commit are applied as one receipt: one watermark update, one event per
+// member; both requests succeed with the aggregate, only the first carries
+// the events (core publishes those), and read_changed tells core to update
+// the other devices' badges. Another device's receipt in the same commit is
+// its own.
+TEST(SqliteStoreTest, ReceiptsOfOneDeviceInOneCommitAreMergedIntoOne) {
+  TempDir dir;
+  // A 200 ms deadline gathers everything queued at once into one transaction.
+  std::unique_ptr<SqliteStore> store = OpenSqlite(dir.path() + "/parley.db", 1000, 200'000);
+  ASSERT_NE(store, nullptr);
+  UserRecord alice = MakeUser(*store, "alice");
+  UserRecord bob = MakeUser(*store, "bob");
+  DeviceRecord alice_dev = MakeDevice(*store, alice.id, "ta");
+  DeviceRecord bob_phone = MakeDevice(*store, bob.id, "tb1");
+  DeviceRecord bob_laptop = MakeDevice(*store, bob.id, "tb2");
+  ConversationId c = Open(*store, alice.id, bob.id).conversation.id;
+  SendMany(*store, c, alice.id, alice_dev.id, 3, "m");
+  const UserSeq alice_head = Head(*store, alice.id);
+  const UserSeq bob_head = Head(*store, bob.id);
+  Counter& merged = Metrics::Default().GetCounter("parley_store_merged_receipts_total", "");
+  const uint64_t merged_before = merged.value();
+  const uint64_t commits_before = store->Stats().commits;
+
+  Collector<ReceiptResult> results(3);
+  store->UpdateReceipt(Receipt(bob.id, bob_phone.id, c, 2, 0), results.Slot(0));
+  store->UpdateReceipt(Receipt(bob.id, bob_laptop.id, c, 1, 1), results.Slot(1));
+  store->UpdateReceipt(Receipt(bob.id, bob_phone.id, c, 3, 3, 3001), results.Slot(2));
+  auto r = results.Wait();
+  EXPECT_EQ(store->Stats().commits - commits_before, 1u);
+  ASSERT_TRUE(r[0]->has_value() && r[1]->has_value() && r[2]->has_value());
+
+  // The phone's two receipts: the first carries the merged effect.
+  const ReceiptResult& first = r[0]->value();
+  EXPECT_TRUE(first.changed);
+  EXPECT_TRUE(first.read_changed);
+  EXPECT_EQ(first.aggregate.delivered, 3);
+  EXPECT_EQ(first.aggregate.read, 3);
+  ASSERT_EQ(first.positions.size(), 2u);
+  const ReceiptResult& second = r[2]->value();
+  EXPECT_FALSE(second.changed);
+  EXPECT_TRUE(second.positions.empty());
+  EXPECT_EQ(second.aggregate.delivered, 3);
+  EXPECT_EQ(second.aggregate.read, 3);
+  // The laptop's receipt was applied on its own, after the phone's merged
+  // one had already raised the aggregate past it.
+  EXPECT_FALSE(r[1]->value().changed);
+  EXPECT_EQ(merged.value() - merged_before, 1u);
+
+  // One receipt event per stream, with both watermarks.
+  EXPECT_EQ(Head(*store, alice.id), alice_head + 1);
+  EXPECT_EQ(Head(*store, bob.id), bob_head + 1);
+  StreamPage page = ReadStream(*store, alice.id, alice_head, 10);
+  ASSERT_EQ(page.events.size(), 1u);
+  EXPECT_EQ(page.events[0].kind, EventKind::kReceipt);
+  EXPECT_EQ(page.events[0].receipt.delivered, 3);
+  EXPECT_EQ(page.events[0].receipt.read, 3);
+}
+
+// With a small threshold the checkpointer copies the WAL back many times
+// while messages are written; the WAL file stays within the hard limit and
+// everything written is in the database after a reopen.
+TEST(SqliteStoreTest, CheckpointsTheWalInTheBackgroundAndKeepsItBounded) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  constexpr int kPages = 64;
+  Counter& background = Metrics::Default().GetCounter("parley_store_checkpoints_total", "");
+  const uint64_t background_before = background.value();
+  UserId bob_id = 0;
+  {
+    StoreConfig config;
+    config.sqlite_path = path;
+    config.sqlite_cache_kib = 8192;
+    config.sqlite_checkpoint_pages = kPages;
+    std::unique_ptr<SqliteStore> store = std::move(SqliteStore::Open(config)).value();
+    UserRecord alice = MakeUser(*store, "alice");
+    UserRecord bob = MakeUser(*store, "bob");
+    bob_id = bob.id;
+    DeviceRecord dev = MakeDevice(*store, alice.id, "ta");
+    ConversationId c = Open(*store, alice.id, bob.id).conversation.id;
+    for (int round = 0; round < 40; ++round) {
+      // One commit each (the batch is smaller than commit_max_batch).
+      SendMany(*store, c, alice.id, dev.id, 50, "r" + std::to_string(round) + "-", std::string(200, 'x'));
+    }
+    EXPECT_EQ(Head(*store, bob.id), 1 + 40 * 50);
+    EXPECT_GT(background.value() - background_before, 3u);
+    // At most the hard limit plus one commit (200 pages is ample for 50
+    // messages), in frames of a 4 KiB page and a 24-byte header, after the
+    // WAL's 32-byte file header.
+    const auto bound = static_cast<uintmax_t>((SqliteStore::kWalHardLimitFactor * kPages + 200) * (4096 + 24) + 32);
+    EXPECT_LE(std::filesystem::file_size(path + "-wal"), bound);
+  }
+  std::unique_ptr<SqliteStore> reopened = OpenSqlite(path);
+  ASSERT_NE(reopened, nullptr);
+  EXPECT_EQ(Head(*reopened, bob_id), 1 + 40 * 50);
 }
 
 TEST(SqliteStoreTest, FailedTransactionFailsItsWholeBatchAndLaterWritesWork) {

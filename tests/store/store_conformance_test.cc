@@ -237,13 +237,22 @@ TEST_P(StoreConformance, FindsDevicesByTokenAndListsLiveOnes) {
   EXPECT_EQ(d1.user_id, alice.id);
   EXPECT_EQ(d1.created_at, 500);
 
-  DeviceRecord found = Must(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken(hash2, cb); }));
+  DeviceRecord found = Must(DeviceByToken(store(), hash2));
   EXPECT_EQ(found.id, d2.id);
   EXPECT_EQ(found.user_id, alice.id);
   EXPECT_EQ(found.name, "phone");
 
-  Result<DeviceRecord> unknown =
-      Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken(std::string("\x03\x00", 2), cb); });
+  // The auth read carries the device's user and that user's stream head.
+  UserRecord bob = MakeUser(store(), "bob");
+  Open(store(), alice.id, bob.id);  // puts a conversation event in alice's stream
+  AuthContext auth = Must(Await<AuthContext>([&](auto cb) { store().GetAuthContext(hash2, cb); }));
+  EXPECT_EQ(auth.device.id, d2.id);
+  EXPECT_EQ(auth.user.id, alice.id);
+  EXPECT_EQ(auth.user.username, "alice");
+  EXPECT_EQ(auth.head, Head(store(), alice.id));
+  EXPECT_GT(auth.head, 0);
+
+  Result<DeviceRecord> unknown = DeviceByToken(store(), std::string("\x03\x00", 2));
   ASSERT_FALSE(unknown.has_value());
   EXPECT_EQ(unknown.error().code(), ErrorCode::kInvalidToken);
 
@@ -280,7 +289,7 @@ TEST_P(StoreConformance, RevokedDeviceLosesTokenAndCursor) {
             ErrorCode::kUnknownDevice);
   ASSERT_TRUE(AwaitStatus([&](auto cb) { store().RevokeDevice(alice.id, phone.id, cb); }).ok());
 
-  Result<DeviceRecord> by_token = Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("t-phone", cb); });
+  Result<DeviceRecord> by_token = DeviceByToken(store(), "t-phone");
   ASSERT_FALSE(by_token.has_value());
   EXPECT_EQ(by_token.error().code(), ErrorCode::kInvalidToken);
   std::vector<DeviceRecord> list =
@@ -296,7 +305,7 @@ TEST_P(StoreConformance, RevokedDeviceLosesTokenAndCursor) {
   EXPECT_EQ(AwaitStatus([&](auto cb) { store().RevokeDevice(alice.id, phone.id, cb); }).code(),
             ErrorCode::kUnknownDevice);
   // Other devices are untouched.
-  EXPECT_EQ(Must(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("t-bob", cb); })).id, bobs.id);
+  EXPECT_EQ(Must(DeviceByToken(store(), "t-bob")).id, bobs.id);
 }
 
 TEST_P(StoreConformance, CursorIsMonotonic) {
@@ -304,7 +313,7 @@ TEST_P(StoreConformance, CursorIsMonotonic) {
   DeviceRecord d = MakeDevice(store(), alice.id, "t", 100);
   ASSERT_TRUE(AwaitStatus([&](auto cb) { store().SetCursor(d.id, 5, 200, cb); }).ok());
   ASSERT_TRUE(AwaitStatus([&](auto cb) { store().SetCursor(d.id, 3, 300, cb); }).ok());
-  DeviceRecord now = Must(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("t", cb); }));
+  DeviceRecord now = Must(DeviceByToken(store(), "t"));
   EXPECT_EQ(now.cursor, 5);
   EXPECT_EQ(now.last_seen_at, 300);
   EXPECT_EQ(AwaitStatus([&](auto cb) { store().SetCursor(9999, 1, 1, cb); }).code(), ErrorCode::kUnknownDevice);
@@ -1506,9 +1515,9 @@ TEST_P(StoreConformance, ChangePasswordRevokesEveryOtherDevice) {
       Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice.id, cb); }));
   ASSERT_EQ(live.size(), 1u);
   EXPECT_EQ(live[0].id, d2.id);
-  EXPECT_FALSE(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("t1", cb); }).has_value());
+  EXPECT_FALSE(DeviceByToken(store(), "t1").has_value());
   EXPECT_EQ(AwaitStatus([&](auto cb) { store().SetCursor(d3.id, 1, 1, cb); }).code(), ErrorCode::kUnknownDevice);
-  EXPECT_TRUE(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("tb", cb); }).has_value());
+  EXPECT_TRUE(DeviceByToken(store(), "tb").has_value());
   (void)bobs;
   // keep 0: every device goes.
   revoked = Must(
@@ -1559,7 +1568,7 @@ TEST_P(StoreConformance, BulkCreateUsersIsAllOrNothing) {
   EXPECT_EQ(d1.id, made[0].user_id);
   EXPECT_EQ(d1.password_hash, "h-d1");
   EXPECT_EQ(d1.display_name, "Name d1");
-  DeviceRecord dev = Must(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("tok-d3", cb); }));
+  DeviceRecord dev = Must(DeviceByToken(store(), "tok-d3"));
   EXPECT_EQ(dev.id, made[2].device_id);
   EXPECT_EQ(dev.user_id, made[2].user_id);
   EXPECT_EQ(dev.cursor, 0);
@@ -1780,7 +1789,7 @@ TEST_P(StoreConformance, AckedWritesSurviveReopenAndSeqsContinue) {
   Reopen();
 
   EXPECT_EQ(Must(Await<UserRecord>([&](auto cb) { store().GetUserByName("carol", cb); })).id, carol_.id);
-  DeviceRecord dev = Must(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("tb", cb); }));
+  DeviceRecord dev = Must(DeviceByToken(store(), "tb"));
   EXPECT_EQ(dev.cursor, 4);
   EXPECT_EQ(Head(store(), bob_.id), bob_head);
   std::vector<MessageRecord> history = History(store(), conv_, 0, 100);
@@ -1941,7 +1950,7 @@ TEST_P(StoreConformance, DisablingAUserIsRecordedAndDeletingRevokesItsDevices) {
   EXPECT_FALSE(r.changed);
   EXPECT_EQ(r.revoked, (std::vector<DeviceId>{d1.id, d2.id}));
   EXPECT_TRUE(Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice.id, cb); })).empty());
-  EXPECT_FALSE(Await<DeviceRecord>([&](auto cb) { store().GetDeviceByToken("t1", cb); }).has_value());
+  EXPECT_FALSE(DeviceByToken(store(), "t1").has_value());
   EXPECT_TRUE(Must(set(false, false)).changed);
   EXPECT_FALSE(Must(Await<UserRecord>([&](auto cb) { store().GetUserByName("alice", cb); })).disabled);
   Result<DisableResult> unknown =

@@ -141,6 +141,13 @@ inline ReceiptUpdate Receipt(UserId user, DeviceId device, ConversationId c, Seq
   return u;
 }
 
+// The device of a token, through the only lookup by token (GetAuthContext).
+inline Result<DeviceRecord> DeviceByToken(Store& s, std::string token_hash) {
+  Result<AuthContext> a = Await<AuthContext>([&](auto cb) { s.GetAuthContext(std::move(token_hash), cb); });
+  if (!a) return a.error();
+  return a->device;
+}
+
 inline Result<ReceiptResult> UpdateReceipt(Store& s, ReceiptUpdate u) {
   return Await<ReceiptResult>([&](auto cb) { s.UpdateReceipt(u, cb); });
 }

@@ -1274,6 +1274,7 @@ Result<ReceiptResult> PostgresStore::Writer::UpdateReceipt(const ReceiptUpdate& 
   if (result.aggregate.delivered == aggregate.delivered && result.aggregate.read == aggregate.read) return result;
 
   result.changed = true;
+  result.read_changed = result.aggregate.read != aggregate.read;
   db_->Defer(
       "UPDATE user_receipts SET delivered = $3, read = $4, announced = $3 WHERE conversation_id = $1 AND user_id = $2",
       PgParams()
@@ -2560,9 +2561,20 @@ void PostgresStore::CreateDevice(UserId user_id, std::string name, std::string p
       std::move(done), LockSet{{}, {user_id}, {}});
 }
 
-void PostgresStore::GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) {
-  SubmitRead<DeviceRecord>([token_hash = std::move(token_hash)](Reader& r) { return r.DeviceByToken(token_hash); },
-                           std::move(done));
+void PostgresStore::GetAuthContext(std::string token_hash, Callback<AuthContext> done) {
+  SubmitRead<AuthContext>(
+      [token_hash = std::move(token_hash)](Reader& r) -> Result<AuthContext> {
+        AuthContext a;
+        Result<DeviceRecord> device = r.DeviceByToken(token_hash);
+        if (!device) return device.error();
+        a.device = std::move(device).value();
+        Result<UserRecord> user = r.UserById(a.device.user_id);
+        if (!user) return user.error();
+        a.user = std::move(user).value();
+        a.head = r.Head(a.device.user_id);
+        return a;
+      },
+      std::move(done));
 }
 
 void PostgresStore::ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) {

@@ -176,11 +176,13 @@
 #include <cstdint>
 #include <fmt/format.h>
 #include <limits>
+#include <map>
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <sqlite3.h>
+#include <spdlog/spdlog.h>
 
 #include "protocol/message_edits.h"
 #include "store/change_events.h"
@@ -702,9 +704,46 @@ class SqliteStore::TypedWriteOp final : public WriteOp {
   std::optional<Result<T>> result_;
 };
 
+// A receipt. CommitBatch merges the receipts of one device for one
+// conversation that share a batch into the first of them: a client that
+// sends "delivered" and then "read" for the message it just showed (the
+// usual case) costs one watermark update and one event per member, not two.
+// Moving the later receipt up within its own transaction is safe: its seqs
+// name messages committed before this batch began (a client learns a seq only
+// after its commit), so no op between the two can change how it is clamped,
+// and watermarks are maxima, so the stored outcome is the same.
+class SqliteStore::ReceiptWriteOp final : public WriteOp {
+ public:
+  ReceiptWriteOp(ReceiptUpdate update, Callback<ReceiptResult> done)
+      : update_(update), done_(std::move(done)) {}
+  const ReceiptUpdate& update() const { return update_; }
+  // Folds `later` (same device and conversation, later in the batch) into this one.
+  void Absorb(ReceiptWriteOp& later) {
+    update_.delivered = std::max(update_.delivered, later.update_.delivered);
+    update_.read = std::max(update_.read, later.update_.read);
+    update_.now = std::max(update_.now, later.update_.now);
+    later.merged_into_ = this;
+  }
+  void Apply(Writer& writer) override;
+  void Finish(const Status& batch) override {
+    if (!batch.ok() || !result_.has_value()) {
+      done_(Result<ReceiptResult>(batch.ok() ? Status(ErrorCode::kInternal, "write not applied") : batch));
+      return;
+    }
+    done_(std::move(*result_));
+  }
+
+ private:
+  ReceiptUpdate update_;
+  Callback<ReceiptResult> done_;
+  std::optional<Result<ReceiptResult>> result_;
+  ReceiptWriteOp* merged_into_ = nullptr;  // set: this receipt's effect is that op's
+};
+
 class SqliteStore::Writer {
  public:
   Writer(std::unique_ptr<Db> db, const Clock& clock) : db_(std::move(db)), clock_(clock) {}
+  sqlite3* handle() { return db_->handle(); }
 
   // Applies `ops` in one transaction; returns its outcome.
   Status CommitBatch(const std::vector<std::unique_ptr<WriteOp>>& ops);
@@ -798,6 +837,9 @@ class SqliteStore::Writer {
   // A kContact/kBlock event in the owner's stream about `subject`.
   SocialResult AppendSocialEvent(UserId owner, EventKind kind, const ProfileRecord& subject, bool flag, int64_t now);
   void MarkDirty(Conversation& c);
+  // The first receipt of each (device, conversation) in `ops` absorbs the
+  // later ones (ReceiptWriteOp).
+  void MergeReceipts(const std::vector<std::unique_ptr<WriteOp>>& ops);
   void WriteDirty();
   void DropCaches();
   static ConversationRecord ToRecord(const Conversation& c);
@@ -809,11 +851,45 @@ class SqliteStore::Writer {
   std::unordered_map<UserId, Head> heads_;
   std::vector<ConversationId> dirty_conversations_;
   std::vector<UserId> dirty_heads_;
+  Counter& merged_receipts_ = Metrics::Default().GetCounter(
+      "parley_store_merged_receipts_total",
+      "Receipts applied as part of an earlier receipt of the same device and conversation in their commit.");
 };
+
+void SqliteStore::ReceiptWriteOp::Apply(Writer& writer) {
+  if (merged_into_ == nullptr) {
+    result_.emplace(writer.UpdateReceipt(update_));
+    return;
+  }
+  // Applied (earlier in this batch) by the op it was merged into: the same
+  // outcome, but that op's events are the ones to publish.
+  const Result<ReceiptResult>& merged = *merged_into_->result_;
+  if (!merged.has_value()) {
+    result_.emplace(merged.error());
+    return;
+  }
+  ReceiptResult r;
+  r.aggregate = merged->aggregate;
+  result_.emplace(std::move(r));
+}
+
+void SqliteStore::Writer::MergeReceipts(const std::vector<std::unique_ptr<WriteOp>>& ops) {
+  std::map<std::pair<DeviceId, ConversationId>, ReceiptWriteOp*> first;
+  size_t receipts = 0;
+  for (const auto& op : ops) {
+    auto* r = dynamic_cast<ReceiptWriteOp*>(op.get());
+    if (r == nullptr) continue;
+    ++receipts;
+    auto [it, inserted] = first.try_emplace({r->update().device_id, r->update().conversation_id}, r);
+    if (!inserted) it->second->Absorb(*r);
+  }
+  merged_receipts_.Inc(receipts - first.size());
+}
 
 Status SqliteStore::Writer::CommitBatch(const std::vector<std::unique_ptr<WriteOp>>& ops) {
   db_->ClearError();
   if (conversations_.size() > kMaxCachedConversations || heads_.size() > kMaxCachedHeads) DropCaches();
+  MergeReceipts(ops);
   Stmt(*db_, "BEGIN IMMEDIATE").Run();
   batch_now_ = clock_.NowMillis();
   for (const auto& op : ops) {
@@ -1306,6 +1382,7 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
   if (result.aggregate.delivered == aggregate.delivered && result.aggregate.read == aggregate.read) return result;
 
   result.changed = true;
+  result.read_changed = result.aggregate.read != aggregate.read;
   {
     Stmt s(*db_,
            "INSERT INTO user_receipts(conversation_id, user_id, delivered, read, announced) VALUES(?1, ?2, ?3, ?4, ?3) "
@@ -2494,18 +2571,29 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const StoreConfig& config
   // switch it to WAL.
   Result<std::unique_ptr<Db>> read_db = Db::Open(config.sqlite_path, /*read_only=*/true, config.sqlite_cache_kib);
   if (!read_db.has_value()) return read_db.error();
+  std::unique_ptr<Db> checkpoint_db;
+  if (config.sqlite_checkpoint_pages > 0) {
+    Result<std::unique_ptr<Db>> db = Db::Open(config.sqlite_path, /*read_only=*/false, kCheckpointerCacheKib);
+    if (!db.has_value()) return db.error();
+    checkpoint_db = std::move(db).value();
+  }
   return std::unique_ptr<SqliteStore>(new SqliteStore(config, std::make_unique<Writer>(std::move(write_db).value(),
                                                                                config.clock != nullptr ? *config.clock : SystemClock::Instance()),
-                                                      std::make_unique<Reader>(std::move(read_db).value())));
+                                                      std::make_unique<Reader>(std::move(read_db).value()),
+                                                      std::move(checkpoint_db)));
 }
 
-SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer, std::unique_ptr<Reader> reader)
+SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer, std::unique_ptr<Reader> reader,
+                         std::unique_ptr<Db> checkpoint_db)
     : source_path_(config.sqlite_path),
       max_batch_(std::max(1, config.commit_max_batch)),
       deadline_us_(std::max(0, config.commit_deadline_us)),
       adaptive_wait_us_(std::max(0, config.commit_adaptive_wait_us)),
       writer_(std::move(writer)),
       reader_(std::move(reader)),
+      checkpoint_pages_(checkpoint_db != nullptr ? config.sqlite_checkpoint_pages : 0),
+      checkpoint_db_(std::move(checkpoint_db)),
+      next_checkpoint_at_(checkpoint_pages_),
       commits_total_(Metrics::Default().GetCounter("parley_store_commits_total", "Store transactions committed.")),
       commit_batch_size_(Metrics::Default().GetHistogram("parley_store_commit_batch_size",
                                                          "Write operations per store transaction.",
@@ -2518,7 +2606,22 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
       sync_rows_read_(Metrics::Default().GetHistogram("parley_sync_rows_read",
                                                       "Backend rows visited (SQLite VM steps) per stream read.",
                                                       {10, 20, 50, 100, 200, 500, 1000, 5000, 10000, 100000})),
-      queue_depth_(Metrics::Default().GetGauge("parley_store_queue_depth", "Write operations queued in the store.")) {
+      queue_depth_(Metrics::Default().GetGauge("parley_store_queue_depth", "Write operations queued in the store.")),
+      checkpoints_total_(Metrics::Default().GetCounter(
+          "parley_store_checkpoints_total", "SQLite WAL checkpoints run by the store's checkpointer thread.")),
+      writer_checkpoints_total_(Metrics::Default().GetCounter(
+          "parley_store_writer_checkpoints_total",
+          "SQLite WAL checkpoints the writer ran itself: the pages committed while the checkpointer ran, or the "
+          "whole WAL once it reached its hard limit.")),
+      checkpoint_seconds_(Metrics::Default().GetHistogram(
+          "parley_store_checkpoint_seconds", "Time of one SQLite WAL checkpoint on the checkpointer thread, seconds.",
+          {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5})),
+      wal_pages_(Metrics::Default().GetGauge("parley_store_wal_pages", "Pages in the SQLite WAL after the last commit.")) {
+  if (checkpoint_pages_ > 0) {
+    // Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
+    sqlite3_wal_hook(writer_->handle(), &SqliteStore::OnWalCommit, this);
+    checkpoint_thread_ = std::thread([this] { RunCheckpointer(); });
+  }
   writer_thread_ = std::thread([this] { RunWriter(); });
   reader_thread_ = std::thread([this] { RunReader(); });
 }
@@ -2543,12 +2646,87 @@ SqliteStore::~SqliteStore() {
   }
   read_cv_.notify_all();
   reader_thread_.join();
+  if (checkpoint_thread_.joinable()) {
+    {
+      std::lock_guard lock(checkpoint_mu_);
+      checkpoint_stopping_ = true;
+    }
+    checkpoint_cv_.notify_all();
+    checkpoint_thread_.join();
+  }
+}
+
+int SqliteStore::OnWalCommit(void* self, sqlite3* db, const char* schema, int pages) {
+  auto* store = static_cast<SqliteStore*>(self);
+  store->wal_pages_.Set(pages);
+  // The checkpointer finished: copy here the pages committed while it ran
+  // (few). Only a checkpoint with no commit in between copies the whole
+  // WAL, and only then does the next transaction start the WAL again from
+  // its beginning instead of making it longer.
+  if (store->tail_wanted_.exchange(false, std::memory_order_acq_rel)) {
+    if (sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr) == SQLITE_OK)
+      store->writer_checkpoints_total_.Inc();
+    return SQLITE_OK;
+  }
+  if (pages >= store->checkpoint_pages_ * kWalHardLimitFactor) {
+    // The checkpointer has fallen far behind: copy back here (what SQLite's
+    // own automatic checkpoint does), so the WAL cannot grow without bound.
+    // A checkpoint already running on the checkpointer makes this one return
+    // SQLITE_BUSY at once; the next commit tries again.
+    if (sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr) == SQLITE_OK)
+      store->writer_checkpoints_total_.Inc();
+    return SQLITE_OK;
+  }
+  // A checkpoint that copied every page lets the next transaction start the
+  // WAL again from its beginning; until then the WAL only grows, so ask again
+  // only after another quarter of the threshold (a reader's open snapshot
+  // can stop a checkpoint short), not after every commit.
+  if (pages < store->last_wal_pages_) store->next_checkpoint_at_ = store->checkpoint_pages_;
+  store->last_wal_pages_ = pages;
+  if (pages >= store->next_checkpoint_at_) {
+    store->next_checkpoint_at_ = pages + std::max(1, store->checkpoint_pages_ / 4);
+    bool wake = false;
+    {
+      std::lock_guard lock(store->checkpoint_mu_);
+      wake = !store->checkpoint_wanted_;
+      store->checkpoint_wanted_ = true;
+    }
+    if (wake) store->checkpoint_cv_.notify_one();
+  }
+  return SQLITE_OK;
+}
+
+void SqliteStore::RunCheckpointer() {
+  for (;;) {
+    {
+      std::unique_lock lock(checkpoint_mu_);
+      checkpoint_cv_.wait(lock, [this] { return checkpoint_wanted_ || checkpoint_stopping_; });
+      if (checkpoint_stopping_) return;
+      checkpoint_wanted_ = false;
+    }
+    auto start = std::chrono::steady_clock::now();
+    int rc = sqlite3_wal_checkpoint_v2(checkpoint_db_->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    if (rc == SQLITE_OK) {
+      checkpoints_total_.Inc();
+      checkpoint_seconds_.Observe(took.count());
+      tail_wanted_.store(true, std::memory_order_release);
+    } else if (rc != SQLITE_BUSY) {
+      // Not fatal: the WAL keeps every committed page, and the writer's hard
+      // limit checkpoints if this keeps failing.
+      spdlog::warn("event=checkpoint_failed error=\"{}\"", sqlite3_errmsg(checkpoint_db_->handle()));
+    }
+  }
 }
 
 template <typename T>
 void SqliteStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, bool solo) {
   auto op = std::make_unique<TypedWriteOp<T>>(std::move(body), std::move(done));
   op->solo = solo;
+  Enqueue(std::move(op));
+}
+
+void SqliteStore::Enqueue(std::unique_ptr<WriteOp> op) {
   bool wake = false;
   {
     std::lock_guard lock(write_mu_);
@@ -2679,9 +2857,20 @@ void SqliteStore::CreateDevice(UserId user_id, std::string name, std::string pla
       std::move(done));
 }
 
-void SqliteStore::GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) {
-  SubmitRead<DeviceRecord>([token_hash = std::move(token_hash)](Reader& r) { return r.DeviceByToken(token_hash); },
-                           std::move(done));
+void SqliteStore::GetAuthContext(std::string token_hash, Callback<AuthContext> done) {
+  SubmitRead<AuthContext>(
+      [token_hash = std::move(token_hash)](Reader& r) -> Result<AuthContext> {
+        AuthContext a;
+        Result<DeviceRecord> device = r.DeviceByToken(token_hash);
+        if (!device) return device.error();
+        a.device = std::move(device).value();
+        Result<UserRecord> user = r.UserById(a.device.user_id);
+        if (!user) return user.error();
+        a.user = std::move(user).value();
+        a.head = r.Head(a.device.user_id);
+        return a;
+      },
+      std::move(done));
 }
 
 void SqliteStore::ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) {
@@ -2715,7 +2904,7 @@ void SqliteStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
 }
 
 void SqliteStore::UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) {
-  SubmitWrite<ReceiptResult>([update](Writer& w) { return w.UpdateReceipt(update); }, std::move(done));
+  Enqueue(std::make_unique<ReceiptWriteOp>(update, std::move(done)));
 }
 
 void SqliteStore::ChangeMessage(MessageChange change, Callback<ChangeResult> done) {

@@ -16,6 +16,19 @@
 //   - the reader owns a read-only connection and serves reads in FIFO order,
 //     each in its own read transaction (a consistent snapshot), calling `done`
 //     on the reader thread.
+//   - the checkpointer (unless StoreConfig::sqlite_checkpoint_pages is 0)
+//     owns a third connection and copies the WAL back into the database file
+//     whenever a commit leaves the WAL at or above sqlite_checkpoint_pages
+//     pages (a PASSIVE checkpoint: it never blocks the writer or the reader).
+//     The writer then never checkpoints in its commit path, and a page that
+//     several commits rewrote is copied once per checkpoint, not once per
+//     1,000 pages as SQLite's default automatic checkpoint would. After each
+//     background checkpoint the writer copies the few pages committed while
+//     it ran (a WAL starts again from its beginning only after a checkpoint
+//     that left nothing behind), and if the WAL reaches kWalHardLimitFactor
+//     times the threshold (readers holding old snapshots, a checkpointer
+//     starved of CPU) the writer checkpoints all of it, so the WAL stays
+//     bounded.
 // A read submitted after a write's `done` has run sees that write.
 //
 // Lifetime. The destructor finishes every queued operation (writes are
@@ -44,12 +57,23 @@
 #include "store/store.h"
 #include "store/store_factory.h"
 
+struct sqlite3;
+
 namespace parley::store {
+namespace sqlite {
+class Db;
+}  // namespace sqlite
 
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
   static constexpr int kSchemaVersion = 11;
+  // The writer checkpoints itself when the WAL holds this many times
+  // StoreConfig::sqlite_checkpoint_pages.
+  static constexpr int kWalHardLimitFactor = 4;
+  // Page cache of the checkpointer's connection: a checkpoint copies pages
+  // from the WAL to the file without going through it.
+  static constexpr int kCheckpointerCacheKib = 1024;
 
   // Opens (creating and migrating) the file at config.sqlite_path; the parent
   // directory must exist. Fails kUnavailable if the file cannot be opened,
@@ -65,7 +89,7 @@ class SqliteStore final : public Store {
   void GetUserById(UserId id, Callback<UserRecord> done) override;
   void CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash, int64_t now,
                     Callback<DeviceRecord> done) override;
-  void GetDeviceByToken(std::string token_hash, Callback<DeviceRecord> done) override;
+  void GetAuthContext(std::string token_hash, Callback<AuthContext> done) override;
   void ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) override;
   void RevokeDevice(UserId user_id, DeviceId device_id, StatusCallback done) override;
   void SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now, StatusCallback done) override;
@@ -147,20 +171,27 @@ class SqliteStore final : public Store {
   class WriteOp;
   template <typename T>
   class TypedWriteOp;
+  class ReceiptWriteOp;
   using ReadJob = std::function<void(Reader&)>;
 
-  SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer, std::unique_ptr<Reader> reader);
+  SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer, std::unique_ptr<Reader> reader,
+              std::unique_ptr<sqlite::Db> checkpoint_db);
 
   // Queue a write whose body runs on the writer thread inside a transaction.
   // `solo`: in a transaction of its own (background work, IndexSearch).
   template <typename T>
   void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, bool solo = false);
+  void Enqueue(std::unique_ptr<WriteOp> op);
   // Queue a read whose body runs on the reader thread inside a read transaction.
   template <typename T>
   void SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done);
 
   void RunWriter();
   void RunReader();
+  void RunCheckpointer();
+  // sqlite3_wal_hook on the writer's connection: runs after every commit
+  // with the WAL's size in pages.
+  static int OnWalCommit(void* self, sqlite3* db, const char* schema, int pages);
 
   const std::string source_path_;
   const int max_batch_;
@@ -168,6 +199,14 @@ class SqliteStore final : public Store {
   const int adaptive_wait_us_;
   std::unique_ptr<Writer> writer_;  // used only by writer_thread_
   std::unique_ptr<Reader> reader_;  // used only by reader_thread_
+  const int checkpoint_pages_;      // 0: no checkpointer; the writer checkpoints (SQLite's default)
+  std::unique_ptr<sqlite::Db> checkpoint_db_;  // used only by checkpoint_thread_
+  // Used only by OnWalCommit, on the writer thread.
+  int last_wal_pages_ = 0;
+  int next_checkpoint_at_;  // WAL pages at which to ask the checkpointer
+  // Set by the checkpointer after each checkpoint: the writer copies what
+  // was committed meanwhile.
+  std::atomic<bool> tail_wanted_{false};
 
   // State below is guarded by write_mu_.
   std::mutex write_mu_;
@@ -183,6 +222,12 @@ class SqliteStore final : public Store {
   std::deque<ReadJob> read_queue_;
   bool read_stopping_ = false;
   bool reader_exited_ = false;
+
+  // State below is guarded by checkpoint_mu_.
+  std::mutex checkpoint_mu_;
+  std::condition_variable checkpoint_cv_;
+  bool checkpoint_wanted_ = false;
+  bool checkpoint_stopping_ = false;
 
   // The online backup's thread (one backup at a time).
   std::mutex backup_mu_;
@@ -201,9 +246,14 @@ class SqliteStore final : public Store {
   Counter& messages_stored_;
   Histogram& sync_rows_read_;
   Gauge& queue_depth_;
+  Counter& checkpoints_total_;
+  Counter& writer_checkpoints_total_;
+  Histogram& checkpoint_seconds_;
+  Gauge& wal_pages_;
 
   std::thread writer_thread_;
   std::thread reader_thread_;
+  std::thread checkpoint_thread_;
 };
 
 }  // namespace parley::store
