@@ -593,7 +593,9 @@ TEST(SqliteStoreTest, CheckpointsTheWalInTheBackgroundAndKeepsItBounded) {
   const std::string path = dir.path() + "/parley.db";
   constexpr int kPages = 64;
   Counter& background = Metrics::Default().GetCounter("parley_store_checkpoints_total", "");
+  Counter& written = Metrics::Default().GetCounter("parley_store_wal_pages_written_total", "");
   const uint64_t background_before = background.value();
+  const uint64_t written_before = written.value();
   UserId bob_id = 0;
   {
     StoreConfig config;
@@ -612,6 +614,9 @@ TEST(SqliteStoreTest, CheckpointsTheWalInTheBackgroundAndKeepsItBounded) {
     }
     EXPECT_EQ(Head(*store, bob.id), 1 + 40 * 50);
     EXPECT_GT(background.value() - background_before, 3u);
+    // 2,000 messages of 200 bytes are far more than the WAL ever holds at
+    // once: the pages written count every commit's, across restarts.
+    EXPECT_GT(written.value() - written_before, static_cast<uint64_t>(SqliteStore::kWalHardLimitFactor * kPages));
     // At most the hard limit plus one commit (200 pages is ample for 50
     // messages), in frames of a 4 KiB page and a 24-byte header, after the
     // WAL's 32-byte file header.

@@ -2616,7 +2616,11 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
       checkpoint_seconds_(Metrics::Default().GetHistogram(
           "parley_store_checkpoint_seconds", "Time of one SQLite WAL checkpoint on the checkpointer thread, seconds.",
           {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5})),
-      wal_pages_(Metrics::Default().GetGauge("parley_store_wal_pages", "Pages in the SQLite WAL after the last commit.")) {
+      wal_pages_(Metrics::Default().GetGauge("parley_store_wal_pages", "Pages in the SQLite WAL after the last commit.")),
+      wal_pages_written_(Metrics::Default().GetCounter(
+          "parley_store_wal_pages_written_total",
+          "Pages the SQLite writer's commits wrote to the WAL (with the checkpointer on; per message stored: the "
+          "store's write amplification).")) {
   if (checkpoint_pages_ > 0) {
     // Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
     sqlite3_wal_hook(writer_->handle(), &SqliteStore::OnWalCommit, this);
@@ -2659,6 +2663,13 @@ SqliteStore::~SqliteStore() {
 int SqliteStore::OnWalCommit(void* self, sqlite3* db, const char* schema, int pages) {
   auto* store = static_cast<SqliteStore*>(self);
   store->wal_pages_.Set(pages);
+  // The commit's frames: what the WAL grew by, or all of it if the commit
+  // started the WAL again from its beginning (a checkpoint had copied every
+  // page); the next request to the checkpointer is then due at the threshold.
+  const bool restarted = pages < store->last_wal_pages_;
+  store->wal_pages_written_.Inc(static_cast<uint64_t>(restarted ? pages : pages - store->last_wal_pages_));
+  if (restarted) store->next_checkpoint_at_ = store->checkpoint_pages_;
+  store->last_wal_pages_ = pages;
   // The checkpointer finished: copy here the pages committed while it ran
   // (few). Only a checkpoint with no commit in between copies the whole
   // WAL, and only then does the next transaction start the WAL again from
@@ -2677,12 +2688,9 @@ int SqliteStore::OnWalCommit(void* self, sqlite3* db, const char* schema, int pa
       store->writer_checkpoints_total_.Inc();
     return SQLITE_OK;
   }
-  // A checkpoint that copied every page lets the next transaction start the
-  // WAL again from its beginning; until then the WAL only grows, so ask again
-  // only after another quarter of the threshold (a reader's open snapshot
-  // can stop a checkpoint short), not after every commit.
-  if (pages < store->last_wal_pages_) store->next_checkpoint_at_ = store->checkpoint_pages_;
-  store->last_wal_pages_ = pages;
+  // Until a checkpoint leaves nothing behind the WAL only grows, so ask
+  // again only after another quarter of the threshold (a reader's open
+  // snapshot can stop a checkpoint short), not after every commit.
   if (pages >= store->next_checkpoint_at_) {
     store->next_checkpoint_at_ = pages + std::max(1, store->checkpoint_pages_ / 4);
     bool wake = false;

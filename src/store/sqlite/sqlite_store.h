@@ -250,6 +250,7 @@ class SqliteStore final : public Store {
   Counter& writer_checkpoints_total_;
   Histogram& checkpoint_seconds_;
   Gauge& wal_pages_;
+  Counter& wal_pages_written_;
 
   std::thread writer_thread_;
   std::thread reader_thread_;
