@@ -116,6 +116,10 @@ struct CachedMessage {
   int64_t edited_at = 0;
   bool deleted = false;
   bool hidden = false;
+  // Retention (docs/protocol.md "Retention"): when the message expires (0:
+  // never). The SDK drops its text at that time by this device's clock (it
+  // becomes a tombstone, deleted = true, reported by on_message_changed).
+  int64_t expires_at = 0;
 };
 
 struct CachedConversation {
@@ -139,6 +143,9 @@ struct CachedConversation {
   std::string draft;
   int64_t draft_updated_at = 0;
   bool draft_pending = false;
+  // The conversation's disappearing-messages timer in seconds (0: off), as
+  // the server last said (set_disappearing; docs/protocol.md).
+  int64_t disappearing_s = 0;
 };
 
 struct ComposeResult {

@@ -71,7 +71,22 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
                                                          "Rate-limit buckets reconciled with the cluster")),
       rate_limits_shared_(Metrics::Default().GetGauge(
           "parley_rate_limit_shared",
-          "1 while per-user and per-address rate limits are shared by the cluster (last reconciliation succeeded)")) {
+          "1 while per-user and per-address rate limits are shared by the cluster (last reconciliation succeeded)")),
+      expired_messages_(Metrics::Default().GetCounter(
+          "parley_expired_messages_total",
+          "Messages tombstoned by this node's expiry step (disappearing timer or server-wide maximum age)")),
+      expiry_failures_(Metrics::Default().GetCounter("parley_expiry_failures_total",
+                                                     "Expiry steps that failed (retried later)")),
+      purged_messages_(Metrics::Default().GetCounter("parley_purge_messages_total",
+                                                     "Tombstones whose remaining data this node's purge removed")),
+      purged_edits_(Metrics::Default().GetCounter("parley_purge_edit_rows_total",
+                                                  "Edit-history rows (message_edits) removed by the purge")),
+      purged_search_(Metrics::Default().GetCounter("parley_purge_search_rows_total",
+                                                   "Message-search index rows removed by the purge")),
+      purge_failures_(Metrics::Default().GetCounter("parley_purge_failures_total",
+                                                    "Purge steps that failed (retried later)")),
+      purge_backlog_(Metrics::Default().GetGauge(
+          "parley_purge_backlog", "Tombstones older than the purge delay still waiting for the purge (last step)")) {
   for (RequestType t : protocol::AllRequestTypes())
     requests_.push_back(&Metrics::Default().GetCounter("parley_requests_total", "Requests received, by type",
                                                        fmt::format("type=\"{}\"", protocol::RequestTypeName(t))));
@@ -267,6 +282,7 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kDeleteMessage: return DoChangeMessage(c, std::move(req));
     case RequestType::kSetDraft: return DoSetDraft(c, std::move(req));
     case RequestType::kSearchMessages: return DoSearchMessages(c, std::move(req));
+    case RequestType::kSetDisappearing: return DoSetDisappearing(c, std::move(req));
   }
 }
 
@@ -294,6 +310,7 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
       // Before auth set_app_state only sets a flag on the connection.
       return c->device_id == 0 ? 0 : presence_limiter_.Take("d" + std::to_string(c->device_id), now);
     case RequestType::kSetPrivacy:
+    case RequestType::kSetDisappearing:
     case RequestType::kMuteConversation:
     case RequestType::kSetPushPreviews:
     case RequestType::kRegisterPush:
@@ -705,6 +722,7 @@ void ChatService::AppendSend(const ClientPtr& c, Req req, int64_t conversation_i
   m.body = std::move(s.body);
   m.now = clock_.NowMillis();
   m.accepted_at = req.received_at != 0 ? req.received_at : m.now;
+  m.max_age_ms = config_.retention.max_age_ms;
   store_.AppendMessage(std::move(m), OnCore<store::AppendResult>([this, c, req](Result<store::AppendResult> r) {
     if (!r) {
       // Do not tell a non-member whether the conversation exists.
@@ -719,6 +737,7 @@ void ChatService::AppendSend(const ClientPtr& c, Req req, int64_t conversation_i
           .Field("client_id", msg.client_id)
           .Field("ts", msg.created_at)
           .Field("duplicate", r->duplicate);
+      if (msg.expires_at != 0) w.Field("expires_at", msg.expires_at);
     });
     if (r->duplicate) return;
     store::StreamEvent e;
@@ -939,6 +958,9 @@ void ChatService::DoSync(const ClientPtr& c, Req req) {
     NoteHead(c->user_id, p->head);
     if (after > p->head)
       return Fail(c, req, Status(ErrorCode::kCursorAhead, "'after' is beyond the head of your stream; take a snapshot"));
+    const int64_t now = clock_.NowMillis();
+    for (auto& e : p->events)
+      if (e.message) store::MaskIfExpired(&*e.message, now);
     Respond(c, req, [&](JsonWriter& w) {
       w.Key("events").BeginArray();
       for (const auto& e : p->events) protocol::WriteEvent(w, e);
@@ -985,6 +1007,8 @@ void ChatService::DoHistory(const ClientPtr& c, Req req) {
     store_.History(h.conversation_id, c->user_id, h.before, h.limit,
                    OnCore<std::vector<store::MessageRecord>>([this, c, req](Result<std::vector<store::MessageRecord>> r) {
                      if (!r) return Fail(c, req, r.error());
+                     const int64_t now = clock_.NowMillis();
+                     for (auto& m : *r) store::MaskIfExpired(&m, now);
                      Respond(c, req, [&](JsonWriter& w) { protocol::WriteHistory(w, *r); });
                    }));
   });
@@ -995,6 +1019,9 @@ void ChatService::DoSnapshot(const ClientPtr& c, Req req) {
   store_.GetSnapshot(c->user_id, n, OnCore<store::Snapshot>([this, c, req](Result<store::Snapshot> r) {
     if (!r) return Fail(c, req, r.error());
     NoteHead(c->user_id, r->head);
+    const int64_t now = clock_.NowMillis();
+    for (auto& summary : r->conversations)
+      for (auto& m : summary.latest) store::MaskIfExpired(&m, now);
     Respond(c, req, [&](JsonWriter& w) {
       w.Field("head", r->head).Key("conversations").BeginArray();
       for (const auto& s : r->conversations) protocol::WriteSummary(w, s);
@@ -1200,6 +1227,8 @@ void ChatService::DoSearchMessages(const ClientPtr& c, Req req) {
       if (e.code() == ErrorCode::kUnknownConversation) e = Status(ErrorCode::kNotMember, "you are not a member of this conversation");
       return Fail(c, req, e);
     }
+    const int64_t now = clock_.NowMillis();
+    for (auto& m : r->messages) store::MaskIfExpired(&m, now);
     Respond(c, req, [&](JsonWriter& w) {
       w.Key("messages").BeginArray();
       for (const auto& m : r->messages) protocol::WriteMessage(w, m);
@@ -1224,6 +1253,9 @@ void ChatService::DoListConversations(const ClientPtr& c, Req req) {
   store_.ListConversations(c->user_id, l.before_activity, l.before_id, l.limit, l.messages,
                            OnCore<store::ConversationPage>([this, c, req](Result<store::ConversationPage> r) {
                              if (!r) return Fail(c, req, r.error());
+                             const int64_t now = clock_.NowMillis();
+                             for (auto& summary : r->conversations)
+                               for (auto& m : summary.latest) store::MaskIfExpired(&m, now);
                              Respond(c, req, [&](JsonWriter& w) {
                                w.Key("conversations").BeginArray();
                                for (const auto& s : r->conversations) protocol::WriteSummary(w, s);

@@ -67,6 +67,29 @@ struct PushConfig {
   int64_t coalesce_ms = 10'000;
 };
 
+// Retention (issue 12; docs/operations.md "Retention", docs/architecture.md
+// "Retention"): the server-wide maximum age of a message and the two
+// background steps, expiry and purge, each run by every node in bounded
+// batches (a batch is one store transaction of its own).
+struct RetentionConfig {
+  // Messages per ExpireMessages / PurgeDeleted step: bounds one step's
+  // transaction, so a step never holds the store for long.
+  static constexpr int kExpiryBatch = 256;
+  static constexpr int kPurgeBatch = 256;
+  // Every message expires this long after it is stored (0: no maximum;
+  // --retention-max-age-s).
+  int64_t max_age_ms = 0;
+  // Pause of the expiry step when it found nothing more to expire: how late
+  // a message can be tombstoned after its expires_at (--expiry-interval-ms).
+  int64_t expiry_interval_ms = 1'000;
+  // A tombstone (delete for everyone, expiry) keeps what is left of its data
+  // (edit rows, search rows) this long before the purge removes it
+  // (--purge-delay-s), and the purge step pauses this long when it is
+  // caught up (--purge-interval-ms).
+  int64_t purge_delay_ms = 60 * 60 * 1000;
+  int64_t purge_interval_ms = 10'000;
+};
+
 struct CoreConfig {
   PasswordCost password_cost = PasswordCost::kInteractive;
   // Announced in the auth response (each connection gets the interval minus
@@ -113,6 +136,7 @@ struct CoreConfig {
   // Edits and deletes for everyone are accepted this long after the message
   // was sent (issue 12; --edit-window-ms, --delete-window-ms).
   protocol::ChangeWindows change_windows;
+  RetentionConfig retention;
 };
 
 // One connection, as core sees it. Created by Connect, owned by the gateway
@@ -163,6 +187,17 @@ class ChatService {
   void CloseDevices(int64_t user_id, std::vector<int64_t> devices, std::string reason);
 
   const CoreConfig& config() const { return config_; }
+
+  // Any thread. Starts the retention steps (chat_retention.cc): expiry and
+  // purge, each repeating on the core executor until Shutdown. parleyd
+  // calls it once; unit tests drive the steps with RunExpiryForTest /
+  // RunPurgeForTest instead.
+  void StartRetention();
+  // Any thread. One expiry (purge) step now, at the clock's time; `done`
+  // runs on the core executor with how many messages it expired (purged),
+  // or -1 if the step failed.
+  void RunExpiryForTest(std::function<void(int)> done);
+  void RunPurgeForTest(std::function<void(int)> done);
 
   // Called (on the core executor) after push jobs were queued, so that the
   // dispatcher can look at once instead of at its next poll. Set before the
@@ -216,6 +251,10 @@ class ChatService {
   // edit_message and delete_message (issue 12).
   void DoChangeMessage(const ClientPtr& c, Req req);
   void DoSetDraft(const ClientPtr& c, Req req);
+  // Retention (chat_retention.cc).
+  void DoSetDisappearing(const ClientPtr& c, Req req);
+  void ExpireStep(bool repeat, std::function<void(int)> done);
+  void PurgeStep(bool repeat, std::function<void(int)> done);
   void PublishDraft(int64_t conversation_id, const store::DraftRecord& draft, const store::StreamPosition& at);
   // Push notifications (chat_push.cc).
   void DoRegisterPush(const ClientPtr& c, Req req);
@@ -325,6 +364,13 @@ class ChatService {
   Counter& rate_syncs_failed_;
   Counter& rate_synced_buckets_;
   Gauge& rate_limits_shared_;
+  Counter& expired_messages_;
+  Counter& expiry_failures_;
+  Counter& purged_messages_;
+  Counter& purged_edits_;
+  Counter& purged_search_;
+  Counter& purge_failures_;
+  Gauge& purge_backlog_;
 };
 
 }  // namespace parley::core

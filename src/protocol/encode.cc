@@ -1,6 +1,7 @@
 #include "protocol/encode.h"
 
 #include "protocol/limits.h"
+#include "store/change_events.h"
 
 namespace parley::protocol {
 
@@ -43,6 +44,9 @@ void WriteMessage(JsonWriter& w, const store::MessageRecord& m) {
   } else if (m.version > 0) {
     w.Field("version", m.version).Field("edited_at", m.edited_at);
   }
+  // Retention (issue 12): only on messages that expire.
+  if (m.expires_at != 0) w.Field("expires_at", m.expires_at);
+  if (store::DeletedByExpiry(m)) w.Field("reason", "expired");
   w.EndObject();
 }
 
@@ -51,7 +55,7 @@ void WriteConversation(JsonWriter& w, const store::ConversationRecord& c, bool w
   for (const auto& m : c.members) w.BeginObject().Field("user_id", m.user_id).Field("username", m.username).EndObject();
   w.EndArray();
   if (with_state) w.Field("last_seq", c.last_seq);
-  w.Field("created_at", c.created_at).EndObject();
+  w.Field("created_at", c.created_at).Field("disappearing_s", c.disappearing_s).EndObject();
 }
 
 void WriteProfile(JsonWriter& w, const store::ProfileRecord& p) {
@@ -176,12 +180,21 @@ void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
           .Field("sender_id", e.message->sender_id)
           .Field("version", e.message->version)
           .Field("deleted_at", e.message->deleted_at);
+      // An expiry (issue 12) reads as a delete for everyone with a reason.
+      if (store::DeletedByExpiry(*e.message)) w.Field("reason", "expired");
       break;
     case store::EventKind::kDeleteForMe:
       w.Field("kind", "delete_for_me")
           .Field("conversation_id", e.conversation_id)
           .Field("seq", e.message->seq)
           .Field("deleted_at", e.created_at);
+      break;
+    case store::EventKind::kDisappearing:
+      w.Field("kind", "disappearing")
+          .Field("conversation_id", e.conversation_id)
+          .Field("seconds", e.disappearing_s)
+          .Field("by", e.receipt_user_id)
+          .Field("set_at", e.created_at);
       break;
     case store::EventKind::kDraft:
       w.Field("kind", "draft")
@@ -208,6 +221,7 @@ std::string_view EventKindName(store::EventKind kind) {
     case store::EventKind::kDelete: return "delete";
     case store::EventKind::kDeleteForMe: return "delete_for_me";
     case store::EventKind::kDraft: return "draft";
+    case store::EventKind::kDisappearing: return "disappearing";
   }
   return "";
 }
@@ -218,7 +232,7 @@ const std::vector<store::EventKind>& AllEventKinds() {
       store::EventKind::kProfile, store::EventKind::kContact,      store::EventKind::kBlock,
       store::EventKind::kPrivacy, store::EventKind::kMute,         store::EventKind::kPushPreviews,
       store::EventKind::kEdit,    store::EventKind::kDelete,       store::EventKind::kDeleteForMe,
-      store::EventKind::kDraft};
+      store::EventKind::kDraft,   store::EventKind::kDisappearing};
   return kinds;
 }
 

@@ -198,6 +198,18 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       *body = std::move(r);
       return Status::Ok();
     }
+    case RequestType::kSetDisappearing: {
+      SetDisappearingRequest r;
+      if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;
+      std::optional<int64_t> seconds;
+      if (Status s = GetInt(obj, "seconds", 0, kMaxDisappearingSeconds, true, &seconds); !s.ok()) return s;
+      if (*seconds != 0 && *seconds < kMinDisappearingSeconds)
+        return Bad(fmt::format("field 'seconds' must be 0 (off) or between {} and {}", kMinDisappearingSeconds,
+                               kMaxDisappearingSeconds));
+      r.seconds = *seconds;
+      *body = r;
+      return Status::Ok();
+    }
     case RequestType::kSetDraft: {
       SetDraftRequest r;
       if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;

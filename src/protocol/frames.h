@@ -61,7 +61,8 @@ namespace parley::protocol {
   X(kEditMessage, "edit_message", true)        \
   X(kDeleteMessage, "delete_message", true)     \
   X(kSetDraft, "set_draft", true)             \
-  X(kSearchMessages, "search_messages", true)
+  X(kSearchMessages, "search_messages", true)  \
+  X(kSetDisappearing, "set_disappearing", true)
 
 enum class RequestType {
 #define PARLEY_X(e, name, auth) e,
@@ -184,6 +185,12 @@ struct SetDraftRequest {
   int64_t conversation_id = 0;
   std::string text;
 };
+// Disappearing messages (issue 12; docs/protocol.md "Disappearing
+// messages"): the conversation's timer, 0 = off.
+struct SetDisappearingRequest {
+  int64_t conversation_id = 0;
+  int64_t seconds = 0;  // 0, or in [kMinDisappearingSeconds, kMaxDisappearingSeconds]
+};
 struct DeleteMessageRequest {
   int64_t conversation_id = 0;
   int64_t seq = 0;
@@ -207,7 +214,8 @@ using RequestBody =
                  SetProfileRequest, UserRequest, SearchUsersRequest, ListConversationsRequest, ChangePasswordRequest,
                  TypingRequest, SetAppStateRequest, SetPrivacyRequest, SubscribePresenceRequest,
                  MessageInfoRequest, RegisterPushRequest, MuteConversationRequest, SetPushPreviewsRequest,
-                 EditMessageRequest, DeleteMessageRequest, SetDraftRequest, SearchMessagesRequest>;
+                 EditMessageRequest, DeleteMessageRequest, SetDraftRequest, SearchMessagesRequest,
+                 SetDisappearingRequest>;
 
 struct Request {
   RequestType type = RequestType::kPing;

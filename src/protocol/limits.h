@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace parley::protocol {
 
@@ -55,6 +56,10 @@ inline constexpr size_t kMaxMessageSearchQueryBytes = 256;
 inline constexpr size_t kMaxMessageSearchWords = 8;
 inline constexpr int kDefaultMessageSearchLimit = 20;
 inline constexpr int kMaxMessageSearchLimit = 50;
+// Disappearing messages (set_disappearing, issue 12): the timer in seconds;
+// 0 turns it off, otherwise it must lie in [kMin, kMax] (one year at most).
+inline constexpr int64_t kMinDisappearingSeconds = 1;
+inline constexpr int64_t kMaxDisappearingSeconds = 365LL * 24 * 60 * 60;
 // Conversation list page size.
 inline constexpr int kDefaultConversationsLimit = 50;
 inline constexpr int kMaxConversationsLimit = 200;

@@ -148,6 +148,8 @@ int RunServer(const ServerConfig& config) {
   // Message search (issue 12): the index is filled off the send path.
   store::SearchIndexer search_indexer(*store_for_service, SystemClock::Instance(), config.search_index);
   search_indexer.Start();
+  // Retention (issue 12): expiry and purge steps on the core executor.
+  chat.StartRetention();
 
   admin::AdminApi admin_api(*store_for_service, *hash_pool, SystemClock::Instance(), config.admin);
   admin_api.SetCloseDevices([&chat](int64_t user_id, std::vector<int64_t> devices, std::string reason) {

@@ -133,6 +133,33 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_DELETE_WINDOW_MS")
       ->check(CLI::Range(int64_t{0}, int64_t{10} * 365 * 24 * 3600 * 1000))
       ->capture_default_str();
+  // Retention (issue 12; docs/operations.md "Retention").
+  constexpr int64_t kMaxRetentionSeconds = int64_t{100} * 365 * 24 * 3600;
+  int64_t retention_max_age_s = 0;
+  app.add_option("--retention-max-age-s", retention_max_age_s,
+                 "Every message expires (is deleted for everyone) this long after it is stored, whatever the "
+                 "conversation's disappearing timer; 0 = no maximum")
+      ->envname("PARLEY_RETENTION_MAX_AGE_S")
+      ->check(CLI::Range(int64_t{0}, kMaxRetentionSeconds))
+      ->capture_default_str();
+  app.add_option("--expiry-interval-ms", c.core.retention.expiry_interval_ms,
+                 "Pause of the background expiry step when nothing more has expired (how late an expired message "
+                 "can still be in the store)")
+      ->envname("PARLEY_EXPIRY_INTERVAL_MS")
+      ->check(CLI::Range(int64_t{10}, int64_t{3'600'000}))
+      ->capture_default_str();
+  int64_t purge_delay_s = c.core.retention.purge_delay_ms / 1000;
+  app.add_option("--purge-delay-s", purge_delay_s,
+                 "A deleted or expired message's remaining data (edit history, search rows) is purged this long "
+                 "after the delete; 0 = at the next purge step")
+      ->envname("PARLEY_PURGE_DELAY_S")
+      ->check(CLI::Range(int64_t{0}, kMaxRetentionSeconds))
+      ->capture_default_str();
+  app.add_option("--purge-interval-ms", c.core.retention.purge_interval_ms,
+                 "Pause of the background purge step when it has caught up")
+      ->envname("PARLEY_PURGE_INTERVAL_MS")
+      ->check(CLI::Range(int64_t{10}, int64_t{3'600'000}))
+      ->capture_default_str();
   app.add_option("--presence-coalesce-ms", c.core.presence.coalesce_ms,
                  "An offline period shorter than this is not broadcast (presence flap coalescing)")
       ->envname("PARLEY_PRESENCE_COALESCE_MS")
@@ -377,6 +404,8 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   }
 #endif
   c.core.device_idle_expiry_ms = idle_expiry_s * 1000;
+  c.core.retention.max_age_ms = retention_max_age_s * 1000;
+  c.core.retention.purge_delay_ms = purge_delay_s * 1000;
   auto& rl = c.core.rate_limits;
   std::pair<const char*, core::RateLimit*> named[] = {
       {"send_per_device", &rl.send_per_device},

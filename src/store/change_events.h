@@ -26,6 +26,7 @@ inline MessageRecord ChangeEventMessage(EventKind kind, const MessageRecord& row
   m.sender_device_id = row.sender_device_id;
   m.client_id = row.client_id;
   m.created_at = row.created_at;
+  m.expires_at = row.expires_at;  // a kDelete at or after it is an expiry
   m.version = version;
   if (kind == EventKind::kEdit) {
     m.body = std::move(edit_body);
@@ -45,11 +46,22 @@ inline MessageRecord ChangeEventMessage(EventKind kind, const MessageRecord& row
 inline Status DecideStoredChange(const MessageChange& change, const MessageRecord& m, int64_t hidden_at,
                                  int64_t same_client_version, int64_t same_client_at, ChangeResult* result) {
   const auto kind = static_cast<protocol::ChangeKind>(change.kind);
+  if (change.expiry) {
+    // The expiry job's delete for everyone (ExpireMessages): no actor rule,
+    // no window; one after a delete is a duplicate, as a second delete is.
+    result->duplicate = m.deleted_at != 0;
+    result->version = result->duplicate ? m.version : m.version + 1;
+    result->changed_at = result->duplicate ? m.deleted_at : change.now;
+    return Status::Ok();
+  }
   protocol::StoredMessageState state;
   state.sender_id = m.sender_id;
   state.created_at = m.created_at;
   state.version = m.version;
-  state.deleted = m.deleted_at != 0;
+  // A message past its expiry is as good as deleted (the expiry step is
+  // about to make it a tombstone): no new text for it.
+  const bool expired = m.expires_at != 0 && m.expires_at <= change.now;
+  state.deleted = m.deleted_at != 0 || (expired && kind == protocol::ChangeKind::kEdit);
   state.hidden = hidden_at != 0;
   if (kind == protocol::ChangeKind::kEdit) state.same_client_id_version = same_client_version;
   protocol::ChangeDecision d = protocol::DecideChange(
@@ -75,6 +87,33 @@ inline void ApplyStoredChange(const MessageChange& change, int64_t version, Mess
     m->body.clear();
     m->deleted_at = change.now;
   }
+}
+
+// When a message stored at `stored_at` expires (issue 12, retention): the
+// conversation's timer (seconds) or the server's maximum age (ms), whichever
+// comes first; 0 (never) when neither is set.
+inline int64_t ExpiresAt(int64_t stored_at, int64_t disappearing_s, int64_t max_age_ms) {
+  int64_t after = disappearing_s > 0 ? disappearing_s * 1000 : 0;
+  if (max_age_ms > 0 && (after == 0 || max_age_ms < after)) after = max_age_ms;
+  return after > 0 ? stored_at + after : 0;
+}
+
+// Whether a delete for everyone of `m` was its expiry (the expiry job
+// deletes at or after expires_at; a sender's delete before it is not one).
+inline bool DeletedByExpiry(const MessageRecord& m) {
+  return m.deleted_at != 0 && m.expires_at != 0 && m.deleted_at >= m.expires_at;
+}
+
+// A read at `now` of a message whose expires_at has passed, before the
+// expiry step has tombstoned it (it runs every --expiry-interval-ms): shown
+// as the tombstone it is about to become, never with its text (core applies
+// it to every message it answers with: sync, history, snapshots, lists,
+// search). The delete event that follows takes the next version; a delete
+// is final on every device, so the two converge.
+inline void MaskIfExpired(MessageRecord* m, int64_t now) {
+  if (m->expires_at == 0 || m->expires_at > now || m->deleted_at != 0) return;
+  m->body.clear();
+  m->deleted_at = m->expires_at;
 }
 
 // The message of a kDeleteForMe event: which message (the time is the

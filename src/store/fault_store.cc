@@ -541,6 +541,18 @@ void FaultStore::SetPushEndpoint(UserId user_id, DeviceId device_id, std::string
 void FaultStore::RemovePushEndpoint(UserId user_id, DeviceId device_id, Callback<bool> done) {
   inner_.RemovePushEndpoint(user_id, device_id, std::move(done));
 }
+void FaultStore::SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now,
+                                 Callback<SocialResult> done) {
+  Write<SocialResult>(std::move(done), [&](Callback<SocialResult> cb) {
+    inner_.SetDisappearing(user_id, conversation_id, seconds, now, std::move(cb));
+  });
+}
+void FaultStore::ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) {
+  inner_.ExpireMessages(now, max_messages, std::move(done));
+}
+void FaultStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) {
+  inner_.PurgeDeleted(deleted_before, max_messages, std::move(done));
+}
 void FaultStore::SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
                           Callback<SocialResult> done) {
   inner_.SetMuted(user_id, conversation_id, muted, now, std::move(done));

@@ -156,6 +156,10 @@ class FaultStore final : public Store {
   void SetPushEndpoint(UserId user_id, DeviceId device_id, std::string provider, std::string token, int64_t now,
                        StatusCallback done) override;
   void RemovePushEndpoint(UserId user_id, DeviceId device_id, Callback<bool> done) override;
+  void SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now,
+                       Callback<SocialResult> done) override;
+  void ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) override;
+  void PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) override;
   void SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
                 Callback<SocialResult> done) override;
   void SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) override;

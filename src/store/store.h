@@ -233,6 +233,36 @@ class Store {
   // each entry is taken by one node.
   virtual void IndexSearch(int max_entries, Callback<SearchIndexProgress> done) = 0;
 
+  // ---- Retention (issue 12; docs/architecture.md "Retention") ----
+  //
+  // Disappearing messages, the server-wide maximum age, soft delete and the
+  // asynchronous purge. A message's expiry is fixed when it is stored
+  // (MessageRecord::expires_at: the commit time + the conversation's timer,
+  // or + NewMessage::max_age_ms if sooner). Two background steps, each a
+  // transaction of its own never shared with sends, in bounded batches:
+  // ExpireMessages tombstones expired messages exactly as a delete for
+  // everyone does (the body and every edit's text go at once, a kDelete
+  // event to each member the message is visible to); PurgeDeleted later
+  // removes what a tombstone still holds (edit rows, search rows). The
+  // messages row stays as a small tombstone for good: its seq keeps the
+  // conversation's log gapless, and its deduplication key (conversation,
+  // sender, client id) keeps answering a retry with the original ack.
+
+  // Sets the conversation's disappearing timer (seconds; 0: off; the caller
+  // checks the range). When it changed, appends a kDisappearing event to
+  // every member's stream. Fails kUnknownConversation, kNotMember.
+  virtual void SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now,
+                               Callback<SocialResult> done) = 0;
+  // Tombstones up to `max_messages` messages with 0 < expires_at <= now that
+  // are not deleted yet, oldest expiry first, in one transaction of its own.
+  // In a cluster each message is taken by one node.
+  virtual void ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) = 0;
+  // Purges up to `max_messages` tombstones deleted at or before
+  // `deleted_before` and not purged yet: their message_edits rows, search
+  // index rows and queued search entries are removed and the row is marked
+  // purged; in one transaction of its own.
+  virtual void PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) = 0;
+
   // ---- Password and provisioning ----
 
   // Replaces the password hash and revokes every live device of the user

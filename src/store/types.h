@@ -92,6 +92,9 @@ struct ConversationRecord {
   Seq last_seq = 0;
   int64_t created_at = 0;
   int64_t last_activity_at = 0;  // time of the last message (created_at if none)
+  // The disappearing-messages timer (issue 12), seconds; 0: off. Messages
+  // sent while it is set expire this long after they are stored.
+  int64_t disappearing_s = 0;
 };
 
 // A stored message. `seq` is its conversation seq.
@@ -111,6 +114,12 @@ struct MessageRecord {
   int64_t version = 0;
   int64_t edited_at = 0;
   int64_t deleted_at = 0;
+  // Disappearing messages and the server-wide maximum age (issue 12): when
+  // the message expires (server time at its commit + the conversation's
+  // timer, or the server's maximum age if that is sooner); 0: never. The
+  // expiry job tombstones it then (a delete for everyone, deleted_at >=
+  // expires_at, which is how an expiry reads apart from a sender's delete).
+  int64_t expires_at = 0;
   // Set only by History, for its viewer: the message is withheld from another
   // member whose delivered watermark has passed it, so it stays "sent"
   // forever (DESIGN.md "Blocking"; the same rule as StreamEvent::withheld).
@@ -137,6 +146,7 @@ enum class EventKind : int {
   kDelete = 11,       // a message visible to the user was deleted for everyone
   kDeleteForMe = 12,  // the user deleted a message for themself (on any of their devices)
   kDraft = 13,        // the user's draft in a conversation changed (set, or cleared by a send)
+  kDisappearing = 14, // a member set a conversation's disappearing-messages timer (issue 12)
 };
 
 // A user's unsent text in one conversation, shared by all of their devices
@@ -166,6 +176,8 @@ struct DraftRecord {
 //                  when the event is read (drafts keep no history: every
 //                  draft event of a conversation reads the current one, so the
 //                  last applied is the newest whatever the order of reading)
+//   kDisappearing: conversation_id, receipt_user_id (the member who set it),
+//                  disappearing_s (the new timer, seconds; 0: off)
 // An edit event read after the message was deleted carries an empty body
 // (the delete removed every text of the message).
 // kContact/kBlock profiles are as the stream's user saw them then: as it was
@@ -195,6 +207,7 @@ struct StreamEvent {
   bool flag = false;
   PresenceVisibility presence_visibility = PresenceVisibility::kEveryone;
   std::optional<DraftRecord> draft;
+  int64_t disappearing_s = 0;  // kDisappearing
   // Never stored: set by a gateway that merged later receipt events (same
   // conversation and user) into this one while they waited to be sent; their
   // user seqs, which the device will not get live.
@@ -217,6 +230,10 @@ struct NewMessage {
   std::string body;
   int64_t now = 0;
   int64_t accepted_at = 0;  // when core received the send request (0: = now)
+  // The server-wide maximum age of a message, milliseconds (0: none): the
+  // message expires this long after it is stored, or sooner by the
+  // conversation's timer (ConversationRecord::disappearing_s).
+  int64_t max_age_ms = 0;
 };
 
 // An edit, a delete for everyone or a delete-for-me of message
@@ -232,6 +249,9 @@ struct MessageChange {
   int64_t now = 0;
   int64_t edit_window_ms = 0;    // the server's windows (protocol::ChangeWindows)
   int64_t delete_window_ms = 0;
+  // A delete for everyone by the expiry job (ExpireMessages), not by a user:
+  // no window, no actor rule; a message already deleted is a duplicate.
+  bool expiry = false;
 };
 
 struct ChangeResult {
@@ -363,6 +383,24 @@ struct SearchIndexProgress {
   int indexed = 0;                // queue entries taken by this step
   int64_t backlog = 0;            // entries still queued after it
   int64_t oldest_queued_at = 0;   // when the oldest of them was queued (0: none)
+};
+
+// ---- Retention (issue 12; docs/architecture.md "Retention") ----
+
+// Work done by one ExpireMessages step: every message it tombstoned, each as
+// ChangeMessage's kDelete result (positions: one delete event per member the
+// message is visible to).
+struct ExpireProgress {
+  std::vector<ChangeResult> expired;
+  bool more = false;  // further expired messages are waiting (the step was full)
+};
+
+// Work done by one PurgeDeleted step.
+struct PurgeProgress {
+  int purged = 0;               // tombstones whose data this step removed
+  int64_t edits_removed = 0;    // message_edits rows removed
+  int64_t search_removed = 0;   // search index rows (and queued entries) removed
+  int64_t backlog = 0;          // tombstones deleted before the cutoff still waiting
 };
 
 struct NewBulkUser {

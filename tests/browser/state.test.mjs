@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   emptyState, applyEntry, applyEvent, addWithheld, addMessages, tickOf, conversationsByActivity, recountUnread,
-  advanceApplied,
+  advanceApplied, expireMessages,
 } from '../../web/js/state.js';
 
 const me = { user_id: 1, username: 'alice', device_id: 10 };
@@ -190,4 +190,27 @@ test('the draft comes from the snapshot and the draft events, the last one winni
   assert.equal(s.convs[3].draft, '');
   applyEntry(s, { conversation: { conversation_id: 3, members, last_seq: 0 }, messages: [], watermarks: [], unread: 0 });
   assert.equal(s.convs[3].draft, '');
+});
+
+test('a message with expires_at becomes a tombstone at that time, and the timer event is kept', () => {
+  const s = withConversation();
+  applyEvent(s, { user_seq: 2, kind: 'disappearing', conversation_id: 3, seconds: 60, by: 2, set_at: 1500 });
+  assert.equal(s.convs[3].disappearing, 60);
+  applyEvent(s, { user_seq: 3, kind: 'message', message: { ...msg(1, 2, 'vanishing'), expires_at: 61_000 } });
+  applyEvent(s, { user_seq: 4, kind: 'message', message: msg(2, 2, 'stays') });
+  assert.deepEqual(expireMessages(s, 60_999), []);
+  assert.equal(s.convs[3].messages[0].body, 'vanishing');
+  assert.deepEqual(expireMessages(s, 61_000).map((c) => c.id), [3]);
+  const [gone, kept] = s.convs[3].messages;
+  assert.equal(gone.deleted, true);
+  assert.equal(gone.body, '');
+  assert.equal(gone.reason, 'expired');
+  assert.equal(kept.body, 'stays');
+  assert.equal(JSON.stringify(s).includes('vanishing'), false, 'the text is gone from what is stored');
+  // The server's delete event afterwards changes nothing more; a message
+  // object read later (sync, history) does not bring the text back.
+  applyEvent(s, { user_seq: 5, kind: 'delete', conversation_id: 3, seq: 1, sender_id: 2, version: 1, deleted_at: 61_050, reason: 'expired' });
+  addMessages(s.convs[3], [{ ...msg(1, 2, 'vanishing'), expires_at: 61_000 }]);
+  assert.equal(s.convs[3].messages[0].body, '');
+  assert.deepEqual(expireMessages(s, 70_000), []);
 });

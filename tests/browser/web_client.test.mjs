@@ -619,3 +619,38 @@ test('after the edit window the menu offers no edit, and a late edit shows the s
     await srv.stop();
   }
 });
+
+test('disappearing messages: the timer control reaches the peer, and an expired message leaves both screens and IndexedDB', async () => {
+  const una = await user();
+  const vic = await user();
+  await register(una.page, 'una_t');
+  await register(vic.page, 'vic_t');
+  await openChatWith(una.page, 'vic_t');
+  await send(una.page, 'before the timer');
+  await vic.page.locator('a.conv', { hasText: 'una_t' }).click();
+  await vic.page.locator('li.msg .body', { hasText: 'before the timer' }).waitFor();
+  const convId = Number(new URL(vic.page.url()).hash.split('/')[2]);
+  // The control: set on one side, the other side's control follows.
+  const timerOf = (page) => page.getByLabel('Disappearing messages');
+  await timerOf(una.page).selectOption('3600');
+  await vic.page.waitForFunction(() => document.querySelector('#disappearing').value === '3600');
+  // A short timer (set by another client of vic's), then a message under it.
+  await viaProtocol(vic.page, 'vic_t', [{ type: 'set_disappearing', fields: { conversation_id: convId, seconds: 1 } }]);
+  await una.page.waitForFunction(() => document.querySelector('#disappearing').value === '1');
+  await send(una.page, 'vanishing words');
+  // Shown, then gone at expires_at on both sides.
+  for (const page of [una.page, vic.page]) {
+    await page.locator('li.msg .body.deleted', { hasText: 'This message expired' }).waitFor({ timeout: 10_000 });
+  }
+  assert.deepEqual(await bodies(vic.page), ['before the timer', 'This message expired']);
+  // The text is gone from what the page stores, also after a reload.
+  await vic.page.reload();
+  await vic.page.locator('li.msg .body.deleted', { hasText: 'This message expired' }).waitFor();
+  for (const page of [una.page, vic.page]) {
+    const stored = await page.evaluate(async () => JSON.stringify(await (await import('/js/db.js')).kv.get('state')));
+    assert.equal(stored.includes('vanishing'), false, 'the expired text is not in IndexedDB');
+    assert.equal(stored.includes('before the timer'), true);
+  }
+  assertClean(una, vic);
+  await closeAll(una, vic);
+});

@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
+#include <optional>
+
 #include "core/core_test_util.h"
 
 namespace parley::core {
@@ -143,6 +146,82 @@ TEST_F(ChatServiceTest, UnlinkClosesTheDevicesConnectionsAndRevokesItsToken) {
   Conn later = Open();
   EXPECT_EQ(Call(later, "auth", {{"token", phone_token}})["code"], "invalid_token");
   EXPECT_EQ(Call(laptop, "unlink_device", {{"device_id", phone_id}})["code"], "unknown_device");
+}
+
+// Retention (issue 12) against a clock the test moves: the timer reaches
+// both members, a message sent after it carries expires_at and is deleted
+// for everyone (marked expired) once the clock passes it, and the purge
+// takes the tombstone only after its delay.
+class OffsetClock final : public Clock {
+ public:
+  int64_t NowMillis() const override { return SystemClock::Instance().NowMillis() + offset_ms.load(); }
+  std::atomic<int64_t> offset_ms{0};
+};
+
+class RetentionTest : public ChatServiceTest {
+ protected:
+  RetentionTest() { clock_ = &clock; }
+  // Runs one expiry (purge) step; returns what it reported.
+  int Expire() {
+    std::optional<int> n;
+    chat_->RunExpiryForTest([&](int count) { n = count; });
+    exec_.RunUntil([&] { return n.has_value(); });
+    return n.value_or(-2);
+  }
+  int Purge() {
+    std::optional<int> n;
+    chat_->RunPurgeForTest([&](int count) { n = count; });
+    exec_.RunUntil([&] { return n.has_value(); });
+    return n.value_or(-2);
+  }
+  OffsetClock clock;
+};
+
+TEST_F(RetentionTest, ATimedMessageIsDeletedForEveryoneAtItsExpiryAndPurgedAfterTheDelay) {
+  Conn a = LoggedIn("alice");
+  Conn b = LoggedIn("bob");
+  int64_t conv = Call(a, "open_conversation", {{"username", "bob"}})["result"]["conversation"]["conversation_id"];
+  auto set = Call(b, "set_disappearing", {{"conversation_id", conv}, {"seconds", 60}});
+  ASSERT_EQ(set["type"], "response") << set.dump();
+  auto is_setting = [&](const json& f) { return f["type"] == "event" && f["event"]["kind"] == "disappearing"; };
+  ASSERT_TRUE(exec_.RunUntil([&] { return a.sink->Count(is_setting) == 1 && b.sink->Count(is_setting) == 1; }));
+  auto sent = Call(a, "send", {{"conversation_id", conv}, {"client_id", "m1"}, {"body", "gone soon"}});
+  ASSERT_EQ(sent["type"], "response") << sent.dump();
+  const int64_t seq = sent["result"]["seq"];
+  const int64_t expires_at = sent["result"]["expires_at"];
+  EXPECT_GE(expires_at, sent["result"]["ts"].get<int64_t>() + 60'000);
+  EXPECT_EQ(Expire(), 0) << "not yet";
+  clock.offset_ms = 61'000;
+  // Past its expiry but before the expiry step: reads show the tombstone.
+  auto early = Call(b, "history", {{"conversation_id", conv}});
+  ASSERT_EQ(early["result"]["messages"].size(), 1u);
+  EXPECT_EQ(early["result"]["messages"][0]["body"], "");
+  EXPECT_EQ(early["result"]["messages"][0]["reason"], "expired");
+  auto synced = Call(b, "sync", {{"after", 0}});
+  EXPECT_EQ(synced["result"].dump().find("gone soon"), std::string::npos) << synced.dump();
+  auto snap = Call(b, "snapshot");
+  EXPECT_EQ(snap["result"].dump().find("gone soon"), std::string::npos) << snap.dump();
+  EXPECT_EQ(Expire(), 1);
+  auto is_expiry = [&](const json& f) {
+    return f["type"] == "event" && f["event"]["kind"] == "delete" && f["event"]["seq"] == seq &&
+           f["event"].value("reason", "") == "expired";
+  };
+  ASSERT_TRUE(exec_.RunUntil([&] { return a.sink->Count(is_expiry) == 1 && b.sink->Count(is_expiry) == 1; }));
+  EXPECT_EQ(Expire(), 0) << "once";
+  auto h = Call(b, "history", {{"conversation_id", conv}});
+  ASSERT_EQ(h["result"]["messages"].size(), 1u);
+  EXPECT_EQ(h["result"]["messages"][0]["body"], "");
+  EXPECT_EQ(h["result"]["messages"][0]["reason"], "expired");
+  // The purge waits for its delay (an hour by default).
+  EXPECT_EQ(Purge(), 0);
+  clock.offset_ms = 61'000 + chat_->config().retention.purge_delay_ms + 1000;
+  EXPECT_EQ(Purge(), 1);
+  EXPECT_EQ(Purge(), 0);
+  // A retry of the purged message's client id: its original ack.
+  auto retry = Call(a, "send", {{"conversation_id", conv}, {"client_id", "m1"}, {"body", "gone soon"}});
+  EXPECT_EQ(retry["result"]["duplicate"], true);
+  EXPECT_EQ(retry["result"]["seq"], seq);
+  EXPECT_EQ(retry["result"]["ts"], sent["result"]["ts"]);
 }
 
 }  // namespace

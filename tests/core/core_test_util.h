@@ -90,6 +90,7 @@ class ChatServiceTest : public ::testing::Test {
     dir_ = mkdtemp(tmpl);
     store::StoreConfig sc;
     sc.sqlite_path = dir_ + "/parley.db";
+    sc.clock = clock_;
     auto s = store::OpenStore(sc);
     ASSERT_TRUE(s.has_value()) << s.error().ToString();
     store_ = std::move(*s);
@@ -97,7 +98,7 @@ class ChatServiceTest : public ::testing::Test {
     CoreConfig cc;
     cc.password_cost = PasswordCost::kInsecureFast;
     store::Store& used = with_fault_store_ ? static_cast<store::Store&>(*fault_) : *store_;
-    chat_ = std::make_unique<ChatService>(exec_, used, fabric_, pool_, SystemClock::Instance(), cc);
+    chat_ = std::make_unique<ChatService>(exec_, used, fabric_, pool_, *clock_, cc);
   }
   void TearDown() override {
     chat_.reset();
@@ -141,6 +142,9 @@ class ChatServiceTest : public ::testing::Test {
   }
 
   ManualExecutor exec_;
+  // The clock of the store and the service; subclasses may point it at
+  // their own (set in the constructor).
+  const Clock* clock_ = &SystemClock::Instance();
   fabric::LocalFabric fabric_;
   WorkerPool pool_{1};
   std::string dir_;

@@ -133,6 +133,8 @@ std::map<RequestType, Row> Matrix(const Victims& v) {
       {RequestType::kSetDraft, {{{"conversation_id", v.conv}, {"text", "mallory's draft"}}, "not_member", {}}},
       // Message search (issue 12): never in someone else's conversation.
       {RequestType::kSearchMessages, {{{"query", "bob"}, {"conversation_id", v.conv}}, "not_member", {}}},
+      // Retention (issue 12): no timer on someone else's conversation.
+      {RequestType::kSetDisappearing, {{{"conversation_id", v.conv}, {"seconds", 1}}, "not_member", {}}},
   };
 }
 
@@ -147,6 +149,7 @@ json Observe(const Victims& v) {
   auto conv = v.bob.conn->Call("list_conversations").result["conversations"];
   o["bob_conversations"] = conv.size();
   o["bob_unread"] = conv.empty() ? json(nullptr) : conv[0]["unread"];
+  o["bob_disappearing"] = conv.empty() ? json(nullptr) : conv[0]["conversation"]["disappearing_s"];
   return o;
 }
 

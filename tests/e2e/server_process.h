@@ -82,6 +82,9 @@ class ServerProcess {
 
   uint16_t port() const { return port_; }
   const std::string& dir() const { return dir_; }
+  // The PostgreSQL URL of this server's database ("" on SQLite: the file is
+  // dir() + "/data/parley.db").
+  std::string postgres_url() const { return store_args_.size() == 2 ? store_args_[1] : ""; }
   pid_t pid() const { return pid_; }
 
   void Start() {

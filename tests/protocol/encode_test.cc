@@ -48,6 +48,51 @@ TEST(EncodeTest, MessageEventEscapesBody) {
   EXPECT_EQ(f["event"]["message"]["seq"], 5);
 }
 
+// Retention (issue 12): expires_at on messages that expire, the expiry's
+// delete marked as one, and the timer event.
+TEST(EncodeTest, ExpiringMessagesExpiryDeletesAndTheTimerEvent) {
+  store::MessageRecord m;
+  m.conversation_id = 2;
+  m.seq = 5;
+  m.sender_id = 1;
+  m.created_at = 1700;
+  JsonWriter plain;
+  WriteMessage(plain, m);
+  EXPECT_FALSE(json::parse(plain.Take()).contains("expires_at")) << "only on messages that expire";
+  m.expires_at = 2700;
+  JsonWriter w;
+  WriteMessage(w, m);
+  auto msg = json::parse(w.Take());
+  EXPECT_EQ(msg["expires_at"], 2700);
+  EXPECT_FALSE(msg.contains("reason"));
+
+  store::StreamEvent del;
+  del.user_seq = 10;
+  del.kind = store::EventKind::kDelete;
+  del.message = m;
+  del.message->version = 1;
+  del.message->deleted_at = 2600;  // deleted by its sender before the expiry
+  EXPECT_FALSE(json::parse(EncodeEvent(del))["event"].contains("reason"));
+  del.message->deleted_at = 2750;  // by the expiry step
+  auto f = json::parse(EncodeEvent(del));
+  EXPECT_EQ(f["event"]["kind"], "delete");
+  EXPECT_EQ(f["event"]["reason"], "expired");
+
+  store::StreamEvent t;
+  t.user_seq = 11;
+  t.kind = store::EventKind::kDisappearing;
+  t.conversation_id = 2;
+  t.receipt_user_id = 7;
+  t.disappearing_s = 86400;
+  t.created_at = 1800;
+  auto e = json::parse(EncodeEvent(t))["event"];
+  EXPECT_EQ(e["kind"], "disappearing");
+  EXPECT_EQ(e["conversation_id"], 2);
+  EXPECT_EQ(e["seconds"], 86400);
+  EXPECT_EQ(e["by"], 7);
+  EXPECT_EQ(e["set_at"], 1800);
+}
+
 TEST(EncodeTest, RetryAfterReasonFitsACloseFrame) {
   std::string r = RetryAfterReason(123456);
   EXPECT_EQ(json::parse(r)["retry_after_ms"], 123456);

@@ -4,6 +4,9 @@
 
 #include "protocol/limits.h"
 
+#include <string>
+#include <vector>
+
 namespace parley::protocol {
 namespace {
 
@@ -156,6 +159,25 @@ TEST(FramesTest, SearchQueryIsFoldedBeyondAscii) {
   EXPECT_NE(folded.back(), ' ');
   std::string long_query(kMaxSearchQueryBytes + 1, 'a');
   EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"search_users","query":")" + long_query + R"("})"), ErrorCode::kBadRequest);
+}
+
+TEST(FramesTest, SetDisappearingTakesZeroOrTheAllowedRange) {
+  auto ok = [](const std::string& seconds) {
+    auto d = DecodeRequest(R"({"v":1,"id":1,"type":"set_disappearing","conversation_id":3,"seconds":)" + seconds + "}");
+    EXPECT_TRUE(d.status.ok()) << seconds << ": " << d.status.ToString();
+    return d.status.ok() ? std::get<SetDisappearingRequest>(d.request.body).seconds : -1;
+  };
+  EXPECT_EQ(ok("0"), 0);
+  EXPECT_EQ(ok(std::to_string(kMinDisappearingSeconds)), kMinDisappearingSeconds);
+  EXPECT_EQ(ok(std::to_string(kMaxDisappearingSeconds)), kMaxDisappearingSeconds);
+  for (const std::string& bad :
+       std::vector<std::string>{"-1", std::to_string(kMaxDisappearingSeconds + 1), "\"60\"", "1.5", "null"}) {
+    auto d = DecodeRequest(R"({"v":1,"id":1,"type":"set_disappearing","conversation_id":3,"seconds":)" + bad + "}");
+    EXPECT_EQ(d.status.code(), ErrorCode::kBadRequest) << bad;
+    EXPECT_NE(d.status.message().find("seconds"), std::string::npos) << d.status.message();
+  }
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"set_disappearing","seconds":60})"), ErrorCode::kBadRequest);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"set_disappearing","conversation_id":3})"), ErrorCode::kBadRequest);
 }
 
 TEST(FramesTest, UnknownTypeKeepsTheRequestId) {

@@ -2,6 +2,7 @@
 // tokens, a second device catching up. The backoff functions are checked
 // without a server.
 #include <atomic>
+#include <chrono>
 
 #include "sdk/sdk_test_util.h"
 
@@ -250,6 +251,77 @@ TEST(ClientE2E, FreshDeviceCountsUnreadBeyondItsCachedMessagesLikeTheOtherDevice
 // `edit`, `delete` and `delete_for_me` events into its cache, live and after
 // a restart by sync, and reports each change once through
 // on_message_changed; an edit arriving after the delete changes nothing.
+// Retention (issue 12): a message of a conversation with a disappearing
+// timer leaves both caches at its expires_at by the devices' own clocks,
+// without waiting for the server (whose expiry step is held back here for
+// an hour): the text is gone from Messages() and from the cache file, and
+// on_message_changed reports it. Alice's own copy (from her ack) carries
+// expires_at too.
+TEST(ClientE2E, ExpiredMessagesLeaveTheCacheAtTheirExpiry) {
+  ServerProcess s({"--expiry-interval-ms", "3600000"});
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  std::string bob_token = RegisterAndLogin(s, "bob");
+  TempDir dir;
+  std::mutex mu;
+  std::vector<CachedMessage> changes;  // guarded by mu
+  auto bo = OptionsFor(s, dir / "bob.db", bob_token);
+  bo.on_message_changed = [&](const CachedMessage& m) {
+    std::lock_guard lock(mu);
+    changes.push_back(m);
+  };
+  auto alice = OpenClient(OptionsFor(s, dir / "alice.db", alice_token));
+  auto bob = OpenClient(bo);
+  alice->Start();
+  bob->Start();
+  ASSERT_TRUE(alice->WaitOnline(5000));
+  ASSERT_TRUE(bob->WaitOnline(5000));
+  ASSERT_TRUE(alice->Compose("bob", "before the timer").ok);
+  ASSERT_TRUE(alice->WaitOutboxDrained(5000));
+  ASSERT_TRUE(Eventually([&] { return bob->Messages("alice", 0, 10).size() == 1; }, 5000));
+  const int64_t c = bob->ConversationWith("alice")->conversation_id;
+  auto set = alice->Request("set_disappearing", {{"conversation_id", c}, {"seconds", 2}});
+  ASSERT_TRUE(set.ok) << set.code << ": " << set.message;
+  ASSERT_TRUE(Eventually([&] { return bob->ConversationWith("alice")->disappearing_s == 2; }, 5000))
+      << "the timer event reaches the cache";
+  ASSERT_TRUE(alice->Compose("bob", "secret for two seconds").ok);
+  ASSERT_TRUE(alice->WaitOutboxDrained(5000));
+  ASSERT_TRUE(Eventually([&] { return bob->Messages("alice", 0, 10).size() == 2; }, 5000));
+  auto mine = alice->Messages("bob", 0, 10);
+  ASSERT_EQ(mine.size(), 2u);
+  EXPECT_EQ(mine[0].expires_at, 0);
+  EXPECT_GT(mine[1].expires_at, 0) << "from the ack";
+  auto got = bob->Messages("alice", 0, 10);
+  const int64_t seq = got[1].seq;
+  EXPECT_EQ(got[1].expires_at, mine[1].expires_at);
+  if (!got[1].deleted) {
+    EXPECT_EQ(got[1].body, "secret for two seconds");
+  }
+
+  // At expires_at the text leaves bob's cache (the server has not deleted
+  // it: its expiry step waits an hour), and the app is told.
+  ASSERT_TRUE(Eventually([&] {
+    std::lock_guard lock(mu);
+    for (const auto& m : changes)
+      if (m.seq == seq && m.deleted && m.body.empty()) return true;
+    return false;
+  }, 10'000)) << "on_message_changed reports the expiry";
+  auto after = bob->Messages("alice", 0, 10);
+  ASSERT_EQ(after.size(), 2u);
+  EXPECT_EQ(after[0].body, "before the timer");
+  EXPECT_TRUE(after[1].deleted);
+  EXPECT_EQ(after[1].body, "");
+  ASSERT_TRUE(Eventually([&] { return alice->Messages("bob", 0, 10)[1].deleted; }, 5000));
+  EXPECT_EQ(alice->Messages("bob", 0, 10)[1].body, "");
+  bob->Stop();
+  bob.reset();
+  alice->Stop();
+  alice.reset();
+  for (const char* db : {"bob.db", "alice.db"}) {
+    EXPECT_EQ(Shell("sqlite3 '" + (dir / db) + "' \"SELECT count(*) FROM messages WHERE body LIKE '%secret%'\""), "0\n")
+        << db << ": the text is gone from the cache's tables";
+  }
+}
+
 TEST(ClientE2E, EditsAndDeletesReachTheCacheAndTheApp) {
   ServerProcess s;
   std::string alice_token = RegisterAndLogin(s, "alice");

@@ -109,5 +109,24 @@ TEST_F(ConfigTest, TheEnvironmentVariablesAreExplicitToo) {
   ExpectLimits(off.core.rate_limits, core::RateLimits{}, 1);
 }
 
+// Retention (docs/operations.md "Retention"): off by default, with the
+// documented step intervals and purge delay; the seconds options become ms.
+TEST_F(ConfigTest, RetentionIsOffByDefaultAndItsOptionsAreInSeconds) {
+  ServerConfig d = Parse({});
+  EXPECT_EQ(d.core.retention.max_age_ms, 0);
+  EXPECT_EQ(d.core.retention.expiry_interval_ms, 1000);
+  EXPECT_EQ(d.core.retention.purge_delay_ms, 3600 * 1000);
+  EXPECT_EQ(d.core.retention.purge_interval_ms, 10'000);
+  ServerConfig c = Parse({"--retention-max-age-s", "86400", "--purge-delay-s", "0", "--expiry-interval-ms", "50",
+                          "--purge-interval-ms", "75"});
+  EXPECT_EQ(c.core.retention.max_age_ms, 86'400'000);
+  EXPECT_EQ(c.core.retention.purge_delay_ms, 0);
+  EXPECT_EQ(c.core.retention.expiry_interval_ms, 50);
+  EXPECT_EQ(c.core.retention.purge_interval_ms, 75);
+  setenv("PARLEY_RETENTION_MAX_AGE_S", "60", 1);
+  EXPECT_EQ(Parse({}).core.retention.max_age_ms, 60'000);
+  unsetenv("PARLEY_RETENTION_MAX_AGE_S");
+}
+
 }  // namespace
 }  // namespace parley::server

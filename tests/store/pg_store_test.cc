@@ -97,13 +97,18 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4,5,6,7,8,9"});
+            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10"});
   // Step 4 (push): an existing user has previews on.
   EXPECT_EQ(Sql(url, "SELECT push_previews::text FROM users WHERE username = 'old'"), std::vector<std::string>{"true"});
   // Step 5 (edits and deletes): the edits table, empty.
   EXPECT_EQ(Sql(url, "SELECT count(*) FROM message_edits"), std::vector<std::string>{"0"});
   // Step 7 (drafts): the drafts table, empty.
   EXPECT_EQ(Sql(url, "SELECT count(*) FROM drafts"), std::vector<std::string>{"0"});
+  // Step 10 (retention): the columns and partial indexes, nothing expiring.
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM messages WHERE expires_at <> 0 OR purged_at <> 0"),
+            std::vector<std::string>{"0"});
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM pg_indexes WHERE indexname IN ('messages_expiring', 'messages_to_purge')"),
+            std::vector<std::string>{"2"});
   UserRecord old = Must(Await<UserRecord>([&](auto cb) { store->GetUserByName("old", cb); }));
   EXPECT_EQ(old.created_at, 7);
   EXPECT_EQ(old.presence_visibility, PresenceVisibility::kEveryone);

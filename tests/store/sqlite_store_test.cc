@@ -418,6 +418,43 @@ INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES(1, 1
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
+// Step 12 (retention): a version-11 file's messages never expire, its
+// conversations have no timer, and its tombstones (deleted before the
+// upgrade) are in the purge's backlog: the first purge removes their edit
+// rows and keeps the rows themselves (their dedup keys).
+TEST(SqliteStoreTest, MigratesVersion11TombstonesIntoThePurgeBacklog) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 11).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const char* v11 = R"sql(
+INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10);
+INSERT INTO conversations(id, direct_key, last_seq, created_at, last_activity_at) VALUES(1, '1:2', 2, 10, 30);
+INSERT INTO members(conversation_id, user_id) VALUES(1, 1), (1, 2);
+INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, stored_at,
+                     version, deleted_at)
+  VALUES(1, 1, 1, 1, 'a', 'kept', 10, 10, 0, 0), (1, 2, 1, 1, 'b', '', 20, 20, 2, 40);
+INSERT INTO message_edits(conversation_id, seq, version, client_id, editor_device_id, body, created_at)
+  VALUES(1, 2, 1, 'e', 1, '', 30);
+)sql";
+  ASSERT_EQ(sqlite3_exec(db, v11, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(Must(Await<ConversationRecord>([&](auto cb) { store->GetConversation(1, cb); })).disappearing_s, 0);
+  EXPECT_TRUE(Must(Await<ExpireProgress>([&](auto cb) { store->ExpireMessages(1'000'000, 10, cb); })).expired.empty());
+  PurgeProgress p = Must(Await<PurgeProgress>([&](auto cb) { store->PurgeDeleted(1'000'000, 10, cb); }));
+  EXPECT_EQ(p.purged, 1);
+  EXPECT_EQ(p.edits_removed, 1);
+  AppendResult retry = Must(Append(*store, Msg(1, 1, 1, "b", "again")));
+  EXPECT_TRUE(retry.duplicate);
+  EXPECT_EQ(retry.message.seq, 2);
+  store.reset();
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+}
+
 TEST(SqliteStoreTest, RecordsSchemaVersionAndRefusesNewerFiles) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/text_fold.h"
+#include "store/change_events.h"
 #include "store/store.h"
 #include "store/name_words.h"
 #include "store/store_factory.h"
@@ -2478,6 +2479,237 @@ TEST_P(StoreConformance, MessageSearchNeverMatchesWithheldDeletedOrOldEditedText
   IndexAll(store());
   EXPECT_TRUE(Must(SearchMsgs(store(), alice_.id, "banana")).messages.empty());
   EXPECT_TRUE(Must(SearchMsgs(store(), alice_.id, "bread")).messages.empty());
+}
+
+// ---- Retention (issue 12): disappearing timers, expiry, purge ----
+
+Result<SocialResult> SetTimer(Store& s, UserId user, ConversationId conv, int64_t seconds, int64_t now = 3000) {
+  return Await<SocialResult>([&](auto cb) { s.SetDisappearing(user, conv, seconds, now, cb); });
+}
+
+ExpireProgress ExpireAt(Store& s, int64_t now, int max = 100) {
+  return Must(Await<ExpireProgress>([&](auto cb) { s.ExpireMessages(now, max, cb); }));
+}
+
+PurgeProgress PurgeBefore(Store& s, int64_t deleted_before, int max = 100) {
+  return Must(Await<PurgeProgress>([&](auto cb) { s.PurgeDeleted(deleted_before, max, cb); }));
+}
+
+TEST_P(StoreConformance, DisappearingTimerIsStoredAnnouncedToBothMembersAndRefusedToOutsiders) {
+  SetUpConversation();
+  SocialResult set = Must(SetTimer(store(), bob_.id, conv_, 60));
+  EXPECT_TRUE(set.changed);
+  ASSERT_EQ(set.positions.size(), 2u);  // both members' streams
+  for (const StreamPosition& p : set.positions) {
+    StreamPage page = ReadStream(store(), p.user_id, p.user_seq - 1, 1);
+    ASSERT_EQ(page.events.size(), 1u);
+    const StreamEvent& e = page.events[0];
+    EXPECT_EQ(e.kind, EventKind::kDisappearing);
+    EXPECT_EQ(e.conversation_id, conv_);
+    EXPECT_EQ(e.disappearing_s, 60);
+    EXPECT_EQ(e.receipt_user_id, bob_.id) << "who set it";
+    EXPECT_EQ(e.created_at, 3000);
+  }
+  // The same setting again changes nothing and appends nothing.
+  UserSeq head = Head(store(), alice_.id);
+  SocialResult again = Must(SetTimer(store(), alice_.id, conv_, 60));
+  EXPECT_FALSE(again.changed);
+  EXPECT_TRUE(again.positions.empty());
+  EXPECT_EQ(Head(store(), alice_.id), head);
+  // Shown on the conversation, its summaries and the conversation list.
+  EXPECT_EQ(Must(Await<ConversationRecord>([&](auto cb) { store().GetConversation(conv_, cb); })).disappearing_s, 60);
+  Snapshot snap = Must(Await<Snapshot>([&](auto cb) { store().GetSnapshot(alice_.id, 5, cb); }));
+  ASSERT_EQ(snap.conversations.size(), 1u);
+  EXPECT_EQ(snap.conversations[0].conversation.disappearing_s, 60);
+  ConversationPage list =
+      Must(Await<ConversationPage>([&](auto cb) { store().ListConversations(bob_.id, 0, 0, 10, 1, cb); }));
+  ASSERT_EQ(list.conversations.size(), 1u);
+  EXPECT_EQ(list.conversations[0].conversation.disappearing_s, 60);
+  // Outsiders and unknown conversations.
+  Result<SocialResult> r = SetTimer(store(), carol_.id, conv_, 10);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code(), ErrorCode::kNotMember);
+  r = SetTimer(store(), alice_.id, conv_ + 1000, 10);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code(), ErrorCode::kUnknownConversation);
+  // Off again.
+  EXPECT_TRUE(Must(SetTimer(store(), alice_.id, conv_, 0)).changed);
+  EXPECT_EQ(Must(Await<ConversationRecord>([&](auto cb) { store().GetConversation(conv_, cb); })).disappearing_s, 0);
+}
+
+TEST_P(StoreConformance, MessagesExpireAtCommitTimePlusTheTimerOrTheServerMaximumIfSooner) {
+  SetUpConversation();
+  // The store's clock (kStoreClockMillis) is the commit time: stored_at.
+  EXPECT_EQ(Send(alice_, alice_dev_, "before").message.expires_at, 0) << "no timer, no maximum: never";
+  Must(SetTimer(store(), alice_.id, conv_, 60));
+  AppendResult timed = Send(alice_, alice_dev_, "timed");
+  EXPECT_EQ(timed.message.expires_at, kStoreClockMillis + 60'000);
+  NewMessage capped = Msg(conv_, bob_.id, bob_dev_.id, "capped", "x");
+  capped.max_age_ms = 10'000;
+  EXPECT_EQ(Must(Append(store(), capped)).message.expires_at, kStoreClockMillis + 10'000);
+  NewMessage longer = Msg(conv_, bob_.id, bob_dev_.id, "longer", "x");
+  longer.max_age_ms = 600'000;
+  EXPECT_EQ(Must(Append(store(), longer)).message.expires_at, kStoreClockMillis + 60'000);
+  Must(SetTimer(store(), alice_.id, conv_, 0));
+  NewMessage max_only = Msg(conv_, bob_.id, bob_dev_.id, "max-only", "x");
+  max_only.max_age_ms = 20'000;
+  EXPECT_EQ(Must(Append(store(), max_only)).message.expires_at, kStoreClockMillis + 20'000);
+  // Shown in history and in the message events; a retry returns it too.
+  std::vector<MessageRecord> history = History(store(), conv_, 0, 10, bob_.id);
+  ASSERT_EQ(history.size(), 5u);
+  EXPECT_EQ(history[0].expires_at, 0);
+  EXPECT_EQ(history[1].expires_at, kStoreClockMillis + 60'000);
+  for (const StreamEvent& e : ReadStream(store(), bob_.id, 0, 100).events)
+    if (e.kind == EventKind::kMessage && e.message->seq == timed.message.seq) {
+      EXPECT_EQ(e.message->expires_at, kStoreClockMillis + 60'000);
+    }
+  AppendResult dup = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "timed", "body timed")));
+  EXPECT_TRUE(dup.duplicate);
+  EXPECT_EQ(dup.message.expires_at, kStoreClockMillis + 60'000);
+}
+
+TEST_P(StoreConformance, ExpiryTombstonesExpiredMessagesInBoundedStepsWithADeleteEventToEachMember) {
+  SetUpConversation();
+  ConversationId other = Open(store(), alice_.id, carol_.id).conversation.id;
+  Must(Append(store(), Msg(other, alice_.id, alice_dev_.id, "o1", "other words")));
+  Send(alice_, alice_dev_, "kept");  // before the timer: never expires
+  Must(SetTimer(store(), bob_.id, conv_, 1));
+  const int64_t expires = kStoreClockMillis + 1000;
+  std::vector<Seq> timed;
+  for (const char* id : {"t1", "t2", "t3"}) {
+    AppendResult a = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, id, "vanishing words")));
+    EXPECT_EQ(a.message.expires_at, expires);
+    timed.push_back(a.message.seq);
+  }
+  IndexAll(store());
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), bob_.id, "vanishing"))).size(), 3u);
+
+  EXPECT_TRUE(ExpireAt(store(), expires - 1).expired.empty()) << "not before expires_at";
+  ExpireProgress first = ExpireAt(store(), expires, 2);
+  ASSERT_EQ(first.expired.size(), 2u);
+  EXPECT_TRUE(first.more) << "a full step says more are waiting";
+  ExpireProgress second = ExpireAt(store(), expires + 5);
+  ASSERT_EQ(second.expired.size(), 1u);
+  EXPECT_FALSE(second.more);
+  EXPECT_TRUE(ExpireAt(store(), expires + 10).expired.empty()) << "each message expires once";
+  std::vector<Seq> expired_seqs;
+  for (const ExpireProgress* step : {&first, &second})
+    for (const ChangeResult& x : step->expired) {
+      expired_seqs.push_back(x.message.seq);
+      EXPECT_EQ(x.message.body, "");
+      EXPECT_EQ(x.message.expires_at, expires);
+      EXPECT_GE(x.message.deleted_at, expires);
+      EXPECT_EQ(x.version, 1);
+      ASSERT_EQ(x.positions.size(), 2u) << "a delete event to each member";
+      for (const StreamPosition& p : x.positions) {
+        StreamPage page = ReadStream(store(), p.user_id, p.user_seq - 1, 1);
+        ASSERT_EQ(page.events.size(), 1u);
+        EXPECT_EQ(page.events[0].kind, EventKind::kDelete);
+        ASSERT_TRUE(page.events[0].message.has_value());
+        EXPECT_TRUE(DeletedByExpiry(*page.events[0].message)) << "reads as an expiry";
+      }
+    }
+  std::sort(expired_seqs.begin(), expired_seqs.end());
+  EXPECT_EQ(expired_seqs, timed);
+
+  // A device that syncs or pages history now gets tombstones, never the text.
+  for (const StreamEvent& e : ReadStream(store(), bob_.id, 0, 100).events)
+    if (e.message && e.conversation_id == conv_ && e.message->seq != 1) {
+      EXPECT_EQ(e.message->body, "") << "kind " << static_cast<int>(e.kind);
+    }
+  std::vector<MessageRecord> history = History(store(), conv_, 0, 10, bob_.id);
+  ASSERT_EQ(history.size(), 4u);
+  EXPECT_EQ(history[0].body, "body kept");
+  for (size_t i = 1; i < history.size(); ++i) {
+    EXPECT_EQ(history[i].body, "");
+    EXPECT_TRUE(DeletedByExpiry(history[i]));
+  }
+  // Search stops matching at once and after indexing; the other
+  // conversation is untouched.
+  EXPECT_TRUE(Must(SearchMsgs(store(), bob_.id, "vanishing")).messages.empty());
+  IndexAll(store());
+  EXPECT_TRUE(Must(SearchMsgs(store(), alice_.id, "vanishing")).messages.empty());
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), carol_.id, "other"))).size(), 1u);
+  std::vector<MessageRecord> other_history = History(store(), other, 0, 10, carol_.id);
+  ASSERT_EQ(other_history.size(), 1u);
+  EXPECT_EQ(other_history[0].body, "other words");
+  EXPECT_EQ(other_history[0].deleted_at, 0);
+}
+
+TEST_P(StoreConformance, PurgeRemovesATombstonesDataInBatchesKeepsOthersAndTheOriginalAck) {
+  SetUpConversation();
+  ConversationId other = Open(store(), alice_.id, carol_.id).conversation.id;
+  Seq other_seq = Must(Append(store(), Msg(other, alice_.id, alice_dev_.id, "o1", "other words"))).message.seq;
+  MessageChange other_edit = AliceEdits(other_seq, "oe1", "other edited", 3000);
+  other_edit.conversation_id = other;
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(other_edit, cb); }));
+  AppendResult sent = Send(alice_, alice_dev_, "m1");
+  Seq seq = sent.message.seq;
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(seq, "e1", "edited secret", 3000), cb); }));
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(seq, "e2", "edited again", 3001), cb); }));
+  IndexAll(store());
+  MessageChange del = AliceEdits(seq, "", "", 4000);
+  del.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(del, cb); }));
+
+  PurgeProgress early = PurgeBefore(store(), 3999);
+  EXPECT_EQ(early.purged, 0) << "not before the delay has passed";
+  EXPECT_EQ(early.backlog, 0);
+  PurgeProgress p = PurgeBefore(store(), 4000);
+  EXPECT_EQ(p.purged, 1);
+  EXPECT_EQ(p.edits_removed, 2) << "both edit rows of the deleted message";
+  EXPECT_EQ(p.search_removed, 1) << "its search row (not re-indexed since the delete)";
+  EXPECT_EQ(p.backlog, 0);
+  PurgeProgress again = PurgeBefore(store(), 10'000);
+  EXPECT_EQ(again.purged, 0) << "a tombstone is purged once";
+
+  // The tombstone stays: its seq in history, its dedup key: a retry of the
+  // purged message's client id gets the original ack.
+  std::vector<MessageRecord> history = History(store(), conv_, 0, 10, bob_.id);
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_EQ(history[0].seq, seq);
+  EXPECT_EQ(history[0].body, "");
+  EXPECT_EQ(history[0].deleted_at, 4000);
+  AppendResult retry = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "m1", "body m1", 9000)));
+  EXPECT_TRUE(retry.duplicate);
+  EXPECT_EQ(retry.message.seq, seq);
+  EXPECT_EQ(retry.message.created_at, sent.message.created_at);
+  EXPECT_EQ(retry.message.client_id, "m1");
+  EXPECT_TRUE(retry.positions.empty());
+  // The next message still takes the next seq (the log stays gapless).
+  EXPECT_EQ(Send(alice_, alice_dev_, "m2").message.seq, seq + 1);
+  // The other conversation keeps its edit (its edit event still reads the
+  // text from the edit rows) and stays searchable.
+  bool saw_other_edit = false;
+  for (const StreamEvent& e : ReadStream(store(), carol_.id, 0, 100).events)
+    if (e.kind == EventKind::kEdit) {
+      EXPECT_EQ(e.message->body, "other edited");
+      saw_other_edit = true;
+    }
+  EXPECT_TRUE(saw_other_edit);
+  IndexAll(store());
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), carol_.id, "edited"))), (std::vector<Seq>{other_seq}));
+  EXPECT_TRUE(Must(SearchMsgs(store(), alice_.id, "secret", conv_)).messages.empty());
+}
+
+// Many tombstones purge in bounded steps, the backlog counting down.
+TEST_P(StoreConformance, PurgeTakesAtMostItsBatchPerStep) {
+  SetUpConversation();
+  for (int i = 0; i < 5; ++i) {
+    Seq seq = Send(alice_, alice_dev_, "m" + std::to_string(i)).message.seq;
+    MessageChange del = AliceEdits(seq, "", "", 4000 + i);
+    del.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+    Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(del, cb); }));
+  }
+  PurgeProgress a = PurgeBefore(store(), 10'000, 2);
+  EXPECT_EQ(a.purged, 2);
+  EXPECT_EQ(a.backlog, 3);
+  PurgeProgress b = PurgeBefore(store(), 10'000, 2);
+  EXPECT_EQ(b.purged, 2);
+  EXPECT_EQ(b.backlog, 1);
+  PurgeProgress c = PurgeBefore(store(), 10'000, 2);
+  EXPECT_EQ(c.purged, 1);
+  EXPECT_EQ(c.backlog, 0);
 }
 
 class PushConformance : public StoreConformance {

@@ -11,7 +11,7 @@ import { Connection, ProtocolError } from './connection.js';
 import { kv, outbox, clearAll } from './db.js';
 import {
   emptyState, applyEntry, applyEvent, applyChange, addMessages, addWithheld, peerOf, displayName, tickOf,
-  conversationsByActivity, myWatermark, recountUnread, sortByUsername, advanceApplied,
+  conversationsByActivity, myWatermark, recountUnread, sortByUsername, advanceApplied, expireMessages,
 } from './state.js';
 import { h, syncList, setText, visuallyHidden } from './dom.js';
 
@@ -20,6 +20,7 @@ const kSnapshotMessages = 20;
 const kHistoryPageLimit = 50;
 const kAckDelayMs = 1_000;
 const kSaveDelayMs = 150;
+const kExpiryCheckMs = 1000; // how often cached messages are checked against their expires_at
 const kTypingRefreshMs = 3_000;
 const kTypingIdleMs = 5_000;
 const kDraftSaveDelayMs = 500; // the composer's draft is saved (set_draft) this long after the last keystroke
@@ -91,7 +92,41 @@ async function main() {
     app.limits = (await kv.get('limits')) || null; // the last server's, until auth tells again
     startConnection();
   }
+  // Retention: expired messages leave this device at their expires_at.
+  setInterval(expireDue, kExpiryCheckMs);
   route();
+}
+
+// The timer choices offered (seconds; docs/protocol.md "set_disappearing").
+const kDisappearingChoices = [[0, 'Off'], [3600, '1 hour'], [86400, '1 day'], [604800, '7 days'], [7776000, '90 days']];
+
+async function setDisappearing(convId, seconds, note) {
+  try {
+    await app.conn.request('set_disappearing', { conversation_id: convId, seconds });
+    const conv = app.state.convs[convId];
+    if (conv) conv.disappearing = seconds; // the `disappearing` event says the same
+    statusLine(note, seconds ? 'New messages will disappear.' : 'New messages will stay.');
+    scheduleSave();
+  } catch (e) {
+    statusLine(note, `Could not change the timer: ${e.message || e}`, 'error');
+  }
+  scheduleRender();
+}
+
+// What a tombstone shows: an expiry reads as one.
+function deletedText(m) {
+  return m.reason === 'expired' ? 'This message expired' : 'This message was deleted';
+}
+
+// Drops the text of cached messages whose expires_at has passed
+// (docs/protocol.md, "Retention"), then saves (the text leaves IndexedDB) and
+// redraws.
+function expireDue() {
+  if (!app.state) return;
+  if (expireMessages(app.state, Date.now()).length) {
+    scheduleSave();
+    scheduleRender();
+  }
 }
 
 function meOf(s) {
@@ -861,7 +896,7 @@ function chatsScreen(main) {
         const last = pending.length ? pending[pending.length - 1] : lastMsg;
         const mine = last && (last.sender_id === undefined || last.sender_id === app.state.me.user_id);
         const draft = draftOf(c);
-        const lastText = last?.deleted ? 'This message was deleted' : last?.body;
+        const lastText = last?.deleted ? deletedText(last) : last?.body;
         const preview = isTyping(c.id) ? 'typing…' : draft ? `Draft: ${draft}` : last ? `${mine ? 'You: ' : ''}${lastText}` : 'No messages yet';
         const pres = presenceText(peer.user_id, false);
         const a = li.firstChild;
@@ -892,6 +927,9 @@ function chatScreen(main, r) {
   const sub = h('p', { class: 'chat-sub', id: 'chat-status', 'aria-live': 'polite' });
   const blockBtn = h('button', { type: 'button', class: 'small', onclick: () => toggleBlock(peer.username, peer.user_id, note) });
   const note = h('p', { class: 'notice', role: 'status' });
+  // Disappearing messages (set_disappearing): any member sets the timer for both.
+  const timer = h('select', { id: 'disappearing', onchange: () => setDisappearing(conv.id, Number(timer.value), note) },
+    ...kDisappearingChoices.map(([secs, label]) => h('option', { value: String(secs) }, label)));
   const older = h('button', { type: 'button', class: 'small older', onclick: () => loadOlder(conv.id) }, 'Load older messages');
   const log = h('ol', { class: 'messages' });
   const scroller = h('div', { class: 'scroller', role: 'log', 'aria-label': `Messages with ${peer.username}`, tabindex: '0' }, older, log);
@@ -926,7 +964,9 @@ function chatScreen(main, r) {
   main.classList.add('chat-main');
   main.append(h('div', { class: 'chat-head' },
     h('a', { href: '#/chats', class: 'back' }, h('span', { 'aria-hidden': 'true' }, '‹ '), 'Chats'),
-    h('div', { class: 'chat-title' }, title, sub), blockBtn), note, scroller, form);
+    h('div', { class: 'chat-title' }, title, sub), blockBtn),
+  h('p', { class: 'chat-tools' }, h('label', { for: 'disappearing' }, 'Disappearing messages '), timer),
+  note, scroller, form);
   let lastCount = -1;
   // Re-renders this screen while it is the one shown (requests answer late).
   const changes = messageChanges(conv.id, log, note, () => app.state && app.screen === screen && screen.update());
@@ -936,6 +976,11 @@ function chatScreen(main, r) {
       const c = app.state.convs[conv.id];
       const blocked = app.state.blocked.includes(peer.user_id);
       setText(blockBtn, blocked ? 'Unblock' : 'Block');
+      const secs = String(c.disappearing || 0);
+      if (document.activeElement !== timer) {
+        if (![...timer.options].some((o) => o.value === secs)) timer.append(h('option', { value: secs }, `${secs} s`));
+        timer.value = secs;
+      }
       setText(title, displayName(app.state, peer.user_id, peer.username));
       setText(sub, blocked ? 'blocked' : isTyping(c.id) ? 'typing…' : presenceText(peer.user_id, true));
       sub.dataset.typing = isTyping(c.id) ? '1' : '0';
@@ -969,7 +1014,7 @@ function chatScreen(main, r) {
         const editor = changes.editorOf(m);
         li.replaceChildren(
           visuallyHidden(`${who}: `),
-          editor || (m.deleted ? h('p', { class: 'body deleted' }, 'This message was deleted') : h('p', { class: 'body' }, m.body)),
+          editor || (m.deleted ? h('p', { class: 'body deleted' }, deletedText(m)) : h('p', { class: 'body' }, m.body)),
           h('span', { class: 'meta' },
             m.version && !m.deleted ? h('span', { class: 'edited' }, 'edited') : '',
             m.ts ? h('time', { datetime: new Date(m.ts).toISOString() }, formatTime(m.ts)) : '',

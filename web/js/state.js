@@ -14,6 +14,10 @@
 // a higher version replaces the text, a `delete` makes it a tombstone
 // (`deleted`, no text) for good, and a `delete_for_me` removes it from this
 // copy and remembers its seq (`hidden`) so no later page brings it back.
+// Retention (docs/protocol.md, "Retention"): a message with `expires_at`
+// becomes a tombstone at that time by this device's clock (expireMessages,
+// run by app.js every second), whether or not the server's `delete` event
+// has arrived; `disappearing` is the conversation's timer in seconds.
 // Drafts: `draft` is the server's draft of the conversation (snapshot and
 // `draft` events, applied in stream order: the last is the newest);
 // `pendingDrafts` (conversation id -> {text, at}) the ones typed here and
@@ -49,6 +53,7 @@ function newConv(c) {
     hidden: [], // seqs deleted for me: never shown again
     draft: '', // the server's draft ('' : none)
     draftAt: 0,
+    disappearing: c.disappearing_s || 0, // the disappearing-messages timer, seconds (0: off)
   };
 }
 
@@ -107,6 +112,8 @@ export function addMessages(conv, msgs) {
     const copy = { seq: m.seq, sender_id: m.sender_id, client_id: m.client_id, body: m.body, ts: m.ts };
     if (m.version) copy.version = m.version;
     if (m.edited_at) copy.edited_at = m.edited_at;
+    if (m.expires_at) copy.expires_at = m.expires_at;
+    if (m.reason) copy.reason = m.reason;
     if (m.deleted) {
       copy.deleted = true;
       copy.body = '';
@@ -142,6 +149,7 @@ export function applyEntry(state, entry) {
   const conv = state.convs[c.conversation_id] || newConv(c);
   conv.members = c.members;
   conv.lastSeq = Math.max(conv.lastSeq, c.last_seq || 0);
+  conv.disappearing = c.disappearing_s || 0;
   state.convs[conv.id] = conv;
   addMessages(conv, entry.messages || []);
   for (const w of entry.watermarks || []) {
@@ -230,6 +238,7 @@ export function applyEvent(state, e) {
       const m = conv.messages.find((x) => x.seq === e.seq);
       // Not cached: its state comes with it when it is paged in.
       if (m) applyChange(m, { deleted: e.kind === 'delete', version: e.version, body: e.body, edited_at: e.edited_at, deleted_at: e.deleted_at });
+      if (m && e.reason) m.reason = e.reason;
       return conv;
     }
     case 'delete_for_me': {
@@ -238,6 +247,11 @@ export function applyEvent(state, e) {
       if (!conv.hidden.includes(e.seq)) conv.hidden.push(e.seq);
       conv.messages = conv.messages.filter((x) => x.seq !== e.seq);
       recountUnread(state, conv);
+      return conv;
+    }
+    case 'disappearing': {
+      const conv = ensureConv(state, e.conversation_id);
+      conv.disappearing = e.seconds || 0;
       return conv;
     }
     case 'draft': {
@@ -249,6 +263,25 @@ export function applyEvent(state, e) {
     default:
       return null; // kinds this client does not know: skipped, cursor still advances
   }
+}
+
+// Makes every cached message whose expires_at is at or before `now` a
+// tombstone (its text leaves this copy, and IndexedDB with the next save).
+// Returns the conversations it changed.
+export function expireMessages(state, now) {
+  const touched = [];
+  for (const conv of Object.values(state.convs)) {
+    let changed = false;
+    for (const m of conv.messages) {
+      if (m.expires_at && m.expires_at <= now && !m.deleted) {
+        applyChange(m, { deleted: true, deleted_at: m.expires_at });
+        m.reason = 'expired';
+        changed = true;
+      }
+    }
+    if (changed) touched.push(conv);
+  }
+  return touched;
 }
 
 export function sortByUsername(state, ids) {

@@ -22,6 +22,7 @@
 
 #include <cctype>
 #include <cstdint>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -148,6 +149,10 @@ const char* ClientStateName(ClientState s) {
 struct Client::Impl {
   ClientOptions opt;
   std::unique_ptr<sdk::LocalCache> cache;
+  // Retention (issue 12): the earliest expires_at of a cached message still
+  // to drop (0: none; -1: not known, read it from the cache). Reset to -1
+  // whenever messages may have been cached (events, acks, history).
+  std::atomic<int64_t> next_expiry{-1};
   std::unique_ptr<sdk::HistoryRecorder> history;  // null unless opt.history_path is set
   std::mutex compose_mu;  // Compose: the outbox order and the recorded compose order agree
   std::mt19937_64 rng;  // worker thread only
@@ -280,6 +285,19 @@ struct Client::Impl {
     return end;
   }
 
+  // Drops the text of every cached message whose expires_at has passed and
+  // reports each through on_message_changed; keeps next_expiry current.
+  void ExpireDue() {
+    if (next_expiry.load() < 0) next_expiry = cache->NextExpiry();
+    const int64_t e = next_expiry.load();
+    if (e == 0 || e > Now()) return;
+    std::vector<CachedMessage> expired = cache->ExpireMessages(Now());
+    next_expiry = cache->NextExpiry();
+    if (opt.on_message_changed) {
+      for (const auto& m : expired) opt.on_message_changed(m);
+    }
+  }
+
   // Applies events (live or a sync page). Returns false on a local error.
   // *gap is set when an event beyond applied+1 was met.
   bool Apply(const std::vector<json>& events, const char* source, std::map<int64_t, int64_t>* to_deliver, bool* gap,
@@ -299,6 +317,7 @@ struct Client::Impl {
       for (const auto& e : out.applied) RecordEvent(e, source);
     }
     Emit(out.updates);
+    next_expiry = -1;
     if (opt.on_message_changed) {
       for (const auto& m : out.changed) opt.on_message_changed(m);
     }
@@ -548,6 +567,10 @@ struct Client::Impl {
         }
         if (gap && !SyncLoop(*c, &to_deliver, &end.why)) break;
       }
+      // 1b. Retention: cached messages leave the device at their
+      // expires_at (docs/protocol.md "Retention"), whether or not the
+      // server's delete event has come.
+      ExpireDue();
       // 2. Answers.
       int64_t now_steady = SteadyMs();
       bool need_sync = false;
@@ -649,6 +672,8 @@ struct Client::Impl {
         if (t > now_steady) next = std::min(next, t);
       }
       next = std::min(next, next_draft);
+      if (int64_t e = next_expiry.load(); e > 0)
+        next = std::min(next, now_steady + std::max<int64_t>(0, e - Now()));
       int64_t sleep_ms = std::max<int64_t>(1, next - SteadyMs());
       std::unique_lock lock(mu);
       cv.wait_for(lock, std::chrono::milliseconds(sleep_ms), [&] { return wake || stopping; });
@@ -717,6 +742,7 @@ struct Client::Impl {
       (*attempts)[f.peer] = 0;
       std::vector<StatusUpdate> updates;
       sdk::LocalError err;
+      next_expiry = -1;
       if (!cache->RecordSent(f.client_id, r.result, &updates, &err)) {
         // Not recorded locally (disk full): the message stays queued and the
         // retry gets the original ack back (same client id).
@@ -1037,7 +1063,8 @@ std::vector<CachedMessage> Client::History(const std::string& peer_in, int64_t b
     *error = Reply{false, json(), err.code, err.message, json()};
   }
   if (has_more) *has_more = r.result.value("has_more", false);
-  return impl_->cache->Messages(conv_id, before, limit);
+  impl_->next_expiry = -1;
+  return impl_->cache->Messages(conv_id, before, limit, impl_->Now());
 }
 
 std::vector<CachedConversation> Client::Conversations() { return impl_->cache->Conversations(); }
@@ -1049,7 +1076,8 @@ std::optional<CachedConversation> Client::ConversationWith(const std::string& pe
 std::vector<CachedMessage> Client::Messages(const std::string& peer_in, int64_t before, int limit) {
   std::string peer = Lower(peer_in);
   std::vector<CachedMessage> out;
-  if (auto conv = impl_->cache->ConversationWith(peer)) out = impl_->cache->Messages(conv->conversation_id, before, limit);
+  if (auto conv = impl_->cache->ConversationWith(peer))
+    out = impl_->cache->Messages(conv->conversation_id, before, limit, impl_->Now());
   if (before == 0) {
     for (const auto& row : impl_->cache->Outbox(true)) {
       if (row.peer != peer) continue;

@@ -125,15 +125,17 @@ CREATE TABLE IF NOT EXISTS conversations(
   id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL DEFAULT 0, peer TEXT NOT NULL DEFAULT '',
   created_at INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0,
   hidden_unread INTEGER NOT NULL DEFAULT 0, hidden_below INTEGER NOT NULL DEFAULT 0,
-  draft TEXT NOT NULL DEFAULT '', draft_updated_at INTEGER NOT NULL DEFAULT 0);
+  draft TEXT NOT NULL DEFAULT '', draft_updated_at INTEGER NOT NULL DEFAULT 0,
+  disappearing_s INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS conversations_by_peer ON conversations(peer);
 CREATE TABLE IF NOT EXISTS messages(
   conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
   client_id TEXT NOT NULL, body TEXT NOT NULL, ts INTEGER NOT NULL, status INTEGER NOT NULL,
   version INTEGER NOT NULL DEFAULT 0, edited_at INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
-  hidden INTEGER NOT NULL DEFAULT 0,
+  hidden INTEGER NOT NULL DEFAULT 0, expires_at INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(conversation_id, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_client_id ON messages(client_id);
+CREATE INDEX IF NOT EXISTS messages_expiring ON messages(expires_at) WHERE expires_at > 0 AND deleted = 0;
 CREATE TABLE IF NOT EXISTS receipts(
   conversation_id INTEGER NOT NULL, user_id INTEGER NOT NULL,
   delivered INTEGER NOT NULL, read INTEGER NOT NULL,
@@ -171,6 +173,15 @@ ALTER TABLE conversations ADD COLUMN draft TEXT NOT NULL DEFAULT '';
 ALTER TABLE conversations ADD COLUMN draft_updated_at INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS draft_outbox(
   peer TEXT PRIMARY KEY, text TEXT NOT NULL, set_at INTEGER NOT NULL, gen INTEGER NOT NULL) WITHOUT ROWID;
+)sql";
+
+// Schema 4 -> 5: retention (issue 12). A message's expires_at (0: never);
+// the partial index holds only those still to drop. The conversation's
+// disappearing timer, as the server last said.
+constexpr const char* kSchemaV5 = R"sql(
+ALTER TABLE messages ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS messages_expiring ON messages(expires_at) WHERE expires_at > 0 AND deleted = 0;
+ALTER TABLE conversations ADD COLUMN disappearing_s INTEGER NOT NULL DEFAULT 0;
 )sql";
 
 }  // namespace
@@ -224,6 +235,7 @@ std::unique_ptr<LocalCache> LocalCache::Open(const std::string& path, int64_t ma
         if (version < 2) Exec(db, kSchemaV2);
         if (version < 3) Exec(db, kSchemaV3);
         if (version < 4) Exec(db, kSchemaV4);
+        if (version < 5) Exec(db, kSchemaV5);
       }
       Exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
       tx.Commit();
@@ -524,11 +536,12 @@ void LocalCache::InsertConversationLocked(const json& c) {
     }
   }
   Stmt s(db_, stmts_,
-         "INSERT INTO conversations(id, peer_id, peer, created_at, last_seq) VALUES(?,?,?,?,?) "
+         "INSERT INTO conversations(id, peer_id, peer, created_at, last_seq, disappearing_s) VALUES(?,?,?,?,?,?) "
          "ON CONFLICT(id) DO UPDATE SET peer_id=excluded.peer_id, peer=excluded.peer, created_at=excluded.created_at, "
-         "last_seq=MAX(last_seq, excluded.last_seq)");
+         "last_seq=MAX(last_seq, excluded.last_seq), disappearing_s=excluded.disappearing_s");
   s.Bind(1, id).Bind(2, peer_id).Bind(3, peer).Bind(4, c.value("created_at", int64_t{0}))
       .Bind(5, c.value("last_seq", int64_t{0}))
+      .Bind(6, c.value("disappearing_s", int64_t{0}))
       .Run();
 }
 
@@ -549,13 +562,14 @@ void LocalCache::InsertMessageLocked(const json& m, std::vector<StatusUpdate>* u
   const int64_t version = m.value("version", int64_t{0});
   Stmt s(db_, stmts_,
          "INSERT INTO messages(conversation_id, seq, sender_id, client_id, body, ts, status, version, edited_at, "
-         "deleted) VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING");
+         "deleted, expires_at) VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING");
   s.Bind(1, conv).Bind(2, seq).Bind(3, sender).Bind(4, client_id).Bind(5, m.value("body", ""))
       .Bind(6, m.value("ts", int64_t{0}))
       .Bind(7, static_cast<int64_t>(status))
       .Bind(8, version)
       .Bind(9, m.value("edited_at", int64_t{0}))
       .Bind(10, static_cast<int64_t>(deleted ? 1 : 0))
+      .Bind(11, m.value("expires_at", int64_t{0}))
       .Run();
   bool inserted = sqlite3_changes(db_) > 0;
   // Known already: a message object read later (sync, history) shows the
@@ -657,6 +671,12 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
     c.Bind(1, conv).Run();
     Stmt u(db_, stmts_, "UPDATE conversations SET draft=?, draft_updated_at=? WHERE id=?");
     u.Bind(1, e.value("text", "")).Bind(2, e.value("updated_at", int64_t{0})).Bind(3, conv).Run();
+  } else if (kind == "disappearing") {
+    int64_t conv = e.value("conversation_id", int64_t{0});
+    Stmt c(db_, stmts_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
+    c.Bind(1, conv).Run();
+    Stmt u(db_, stmts_, "UPDATE conversations SET disappearing_s=? WHERE id=?");
+    u.Bind(1, e.value("seconds", int64_t{0})).Bind(2, conv).Run();
   }
   // Other kinds (profile, contact, block, and kinds added later) change no
   // cached table; they still advance the cursor and reach on_event.
@@ -665,7 +685,7 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
 CachedMessage LocalCache::MessageRowLocked(int64_t conversation_id, int64_t seq) {
   CachedMessage m;
   Stmt s(db_, stmts_,
-         "SELECT sender_id, client_id, body, ts, status, version, edited_at, deleted, hidden FROM messages "
+         "SELECT sender_id, client_id, body, ts, status, version, edited_at, deleted, hidden, expires_at FROM messages "
          "WHERE conversation_id=? AND seq=?");
   s.Bind(1, conversation_id).Bind(2, seq);
   if (!s.Step()) return m;
@@ -681,6 +701,7 @@ CachedMessage LocalCache::MessageRowLocked(int64_t conversation_id, int64_t seq)
   m.edited_at = s.Int(6);
   m.deleted = s.Int(7) != 0;
   m.hidden = s.Int(8) != 0;
+  m.expires_at = s.Int(9);
   return m;
 }
 
@@ -872,7 +893,8 @@ bool LocalCache::RecordSent(const std::string& client_id, const json& ack, std::
       c.Bind(1, conv).Bind(2, peer).Run();
     }
     json m = {{"conversation_id", conv}, {"seq", ack.value("seq", int64_t{0})}, {"sender_id", me_},
-              {"client_id", client_id}, {"body", body}, {"ts", ack.value("ts", int64_t{0})}};
+              {"client_id", client_id}, {"body", body}, {"ts", ack.value("ts", int64_t{0})},
+              {"expires_at", ack.value("expires_at", int64_t{0})}};
     InsertMessageLocked(m, updates);
     tx.Commit();
     return true;
@@ -920,7 +942,7 @@ CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
   CachedConversation c;
   Stmt s(db_, stmts_,
          "SELECT c.id, c.peer_id, c.peer, c.last_seq, c.hidden_unread, c.hidden_below, c.draft, c.draft_updated_at, "
-         "d.text, d.set_at FROM conversations c LEFT JOIN draft_outbox d ON d.peer=c.peer AND c.peer<>'' WHERE c.id=?");
+         "d.text, d.set_at, c.disappearing_s FROM conversations c LEFT JOIN draft_outbox d ON d.peer=c.peer AND c.peer<>'' WHERE c.id=?");
   s.Bind(1, id);
   if (!s.Step()) return c;
   c.conversation_id = s.Int(0);
@@ -931,6 +953,7 @@ CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
   c.draft_pending = sqlite3_column_type(s.raw(), 8) != SQLITE_NULL;
   c.draft = c.draft_pending ? s.Text(8) : s.Text(6);
   c.draft_updated_at = c.draft_pending ? s.Int(9) : s.Int(7);
+  c.disappearing_s = s.Int(10);
   Stmt r(db_, stmts_, "SELECT user_id, delivered, read FROM receipts WHERE conversation_id=?");
   r.Bind(1, id);
   while (r.Step()) {
@@ -983,12 +1006,60 @@ std::optional<CachedConversation> LocalCache::ConversationWith(const std::string
   }
 }
 
-std::vector<CachedMessage> LocalCache::Messages(int64_t conversation_id, int64_t before, int limit) {
+// Retention (issue 12; docs/protocol.md "Retention"): a message leaves the
+// device at its expires_at by the device's clock, whether or not the
+// server's delete event has arrived: its text is dropped and it becomes a
+// tombstone, as a delete for everyone makes it (the event, when it comes,
+// changes nothing more). The partial index holds only what is left to drop.
+std::vector<CachedMessage> LocalCache::ExpireMessages(int64_t now) {
+  std::lock_guard lock(mu_);
+  std::vector<CachedMessage> changed;
+  try {
+    Tx tx(db_);
+    ExpireLocked(now, &changed);
+    tx.Commit();
+  } catch (const SqlError&) {
+    changed.clear();
+  }
+  return changed;
+}
+
+void LocalCache::ExpireLocked(int64_t now, std::vector<CachedMessage>* changed) {
+  std::vector<std::pair<int64_t, int64_t>> keys;
+  {
+    Stmt s(db_, stmts_,
+           "SELECT conversation_id, seq FROM messages INDEXED BY messages_expiring "
+           "WHERE expires_at > 0 AND deleted = 0 AND expires_at <= ?");
+    s.Bind(1, now);
+    while (s.Step()) keys.emplace_back(s.Int(0), s.Int(1));
+  }
+  for (const auto& [conv, seq] : keys) {
+    Stmt u(db_, stmts_, "UPDATE messages SET body='', deleted=1 WHERE conversation_id=? AND seq=?");
+    u.Bind(1, conv).Bind(2, seq).Run();
+    if (changed) {
+      CachedMessage m = MessageRowLocked(conv, seq);
+      if (m.seq != 0) changed->push_back(std::move(m));
+    }
+  }
+}
+
+int64_t LocalCache::NextExpiry() {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt s(db_, stmts_,
+           "SELECT min(expires_at) FROM messages INDEXED BY messages_expiring WHERE expires_at > 0 AND deleted = 0");
+    if (s.Step()) return s.Int(0);
+  } catch (const SqlError&) {
+  }
+  return 0;
+}
+
+std::vector<CachedMessage> LocalCache::Messages(int64_t conversation_id, int64_t before, int limit, int64_t now) {
   std::lock_guard lock(mu_);
   std::vector<CachedMessage> out;
   try {
     Stmt s(db_, stmts_,
-           "SELECT seq, sender_id, client_id, body, ts, status, version, edited_at, deleted FROM messages "
+           "SELECT seq, sender_id, client_id, body, ts, status, version, edited_at, deleted, expires_at FROM messages "
            "WHERE conversation_id=? AND seq<? AND hidden=0 ORDER BY seq DESC LIMIT ?");
     s.Bind(1, conversation_id).Bind(2, before > 0 ? before : INT64_MAX).Bind(3, static_cast<int64_t>(limit));
     while (s.Step()) {
@@ -1004,6 +1075,13 @@ std::vector<CachedMessage> LocalCache::Messages(int64_t conversation_id, int64_t
       m.version = s.Int(6);
       m.edited_at = s.Int(7);
       m.deleted = s.Int(8) != 0;
+      m.expires_at = s.Int(9);
+      // Past its expiry but not dropped yet (the client's timer runs next):
+      // never shown with its text.
+      if (now > 0 && m.expires_at != 0 && m.expires_at <= now) {
+        m.deleted = true;
+        m.body.clear();
+      }
       out.push_back(std::move(m));
     }
   } catch (const SqlError&) {

@@ -71,7 +71,8 @@ class LocalCache {
  public:
   // 2: edits and deletes (messages.version, ...); 3: conversations.hidden_unread/hidden_below;
   // 4: drafts (conversations.draft, draft_updated_at; the draft_outbox table)
-  static constexpr int kSchemaVersion = 4;
+  // 5: retention (messages.expires_at, conversations.disappearing_s)
+  static constexpr int kSchemaVersion = 5;
 
   static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
   ~LocalCache();
@@ -120,7 +121,15 @@ class LocalCache {
 
   std::vector<CachedConversation> Conversations();
   std::optional<CachedConversation> ConversationWith(const std::string& peer);
-  std::vector<CachedMessage> Messages(int64_t conversation_id, int64_t before, int limit);
+  // `now` > 0: messages whose expires_at passed by then read as tombstones
+  // (ExpireMessages, run by the client's loop, drops their text for good).
+  std::vector<CachedMessage> Messages(int64_t conversation_id, int64_t before, int limit, int64_t now = 0);
+  // Retention (issue 12): drops the text of every message whose expires_at
+  // is at or before `now` (it becomes a tombstone, as after a delete for
+  // everyone); returns them as they are now. NextExpiry: the earliest
+  // expires_at still to come (0: none).
+  std::vector<CachedMessage> ExpireMessages(int64_t now);
+  int64_t NextExpiry();
   std::optional<StatusUpdate> StatusOf(const std::string& client_id);
   std::string PeerOf(int64_t conversation_id);
   // The device's final view for the delivery history's `view` record
@@ -147,6 +156,7 @@ class LocalCache {
                                                    const std::string& body, int64_t edited_at);
   std::optional<CachedMessage> HideMessageLocked(int64_t conversation_id, int64_t seq);
   CachedMessage MessageRowLocked(int64_t conversation_id, int64_t seq);
+  void ExpireLocked(int64_t now, std::vector<CachedMessage>* changed);
   void RaiseWatermarksLocked(int64_t conversation_id, int64_t user_id, int64_t delivered, int64_t read,
                              std::vector<StatusUpdate>* updates);
   MessageStatus OwnStatusLocked(int64_t conversation_id, int64_t seq);

@@ -94,6 +94,11 @@
 //         tsvector) PK(conversation_id, seq) + GIN message_search_words(words);
 //         both PARTITION BY HASH(conversation_id) (step 8, issue 12: message
 //         search; see "Message search" below)
+//   conversations.disappearing_s, messages.expires_at/purged_at and the
+//         partial indexes messages_expiring(expires_at) and
+//         messages_to_purge(deleted_at) (step 10, issue 12: retention, as in
+//         SqliteStore; the expiry and purge steps claim rows FOR UPDATE SKIP
+//         LOCKED, so nodes take disjoint batches)
 // Every key of a partitioned table leads with its partition key, and every
 // table holding conversation data has the conversation id in its primary
 // key, so the layout can be distributed (Citus) by conversation id and by
@@ -465,6 +470,18 @@ UPDATE user_receipts SET announced = delivered;
 )sql";
 }
 
+// Issue 12: retention (SqliteStore's step 12 says why). The partial indexes
+// hold only the rows the background steps look for.
+std::string SchemaV10() {
+  return R"sql(
+ALTER TABLE conversations ADD COLUMN disappearing_s bigint NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN expires_at bigint NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN purged_at bigint NOT NULL DEFAULT 0;
+CREATE INDEX messages_expiring ON messages(expires_at) WHERE expires_at > 0 AND deleted_at = 0;
+CREATE INDEX messages_to_purge ON messages(deleted_at) WHERE deleted_at > 0 AND purged_at = 0;
+)sql";
+}
+
 // The tsquery of a message search: every word as a prefix, all required.
 // Words hold only [0-9a-z] and non-ASCII characters (MessageWords), so
 // quoting needs no escapes.
@@ -489,6 +506,7 @@ const Migration kMigrations[] = {
     {7, &SchemaV7},
     {8, &SchemaV8},
     {9, &SchemaV9},
+    {10, &SchemaV10},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -540,8 +558,8 @@ constexpr const char* kMessageColumns =
 // What MessageAt reads (table alias m), in order.
 #define PARLEY_MESSAGE_COLUMNS \
   "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, m.version, " \
-  "m.edited_at, m.deleted_at"
-constexpr int kMessageColumnCount = 10;
+  "m.edited_at, m.deleted_at, m.expires_at"
+constexpr int kMessageColumnCount = 11;
 
 MessageRecord MessageAt(const PgRows& r, int row, int col) {
   MessageRecord m;
@@ -555,6 +573,7 @@ MessageRecord MessageAt(const PgRows& r, int row, int col) {
   m.version = r.Int(row, col + 7);
   m.edited_at = r.Int(row, col + 8);
   m.deleted_at = r.Int(row, col + 9);
+  m.expires_at = r.Int(row, col + 10);
   return m;
 }
 
@@ -717,6 +736,10 @@ class PostgresStore::Writer {
   // indexes up to `max` queued entries.
   void QueueSearch(ConversationId conversation, Seq seq, int64_t now);
   Result<SearchIndexProgress> IndexSearch(int max);
+  // Retention (store.h "Retention").
+  Result<SocialResult> SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now);
+  Result<ExpireProgress> ExpireMessages(int64_t now, int max);
+  Result<PurgeProgress> PurgeDeleted(int64_t deleted_before, int max);
 
  private:
   // A conversation's members (never change once created), ascending user id.
@@ -1039,7 +1062,7 @@ Result<OpenResult> PostgresStore::Writer::OpenDirect(UserId a, UserId b, int64_t
   const UserId high = std::max(a, b);
   auto existing = [&]() -> std::optional<Result<OpenResult>> {
     PgRows rows = db_->Query(
-        "SELECT c.id, c.last_seq, c.created_at, c.last_activity_at FROM direct_conversations d "
+        "SELECT c.id, c.last_seq, c.created_at, c.last_activity_at, c.disappearing_s FROM direct_conversations d "
         "JOIN conversations c ON c.id = d.conversation_id WHERE d.low_user_id = $1 AND d.high_user_id = $2",
         PgParams().Int(low).Int(high));
     if (rows.empty()) return std::nullopt;
@@ -1049,6 +1072,7 @@ Result<OpenResult> PostgresStore::Writer::OpenDirect(UserId a, UserId b, int64_t
     r.last_seq = LastSeqVisibleTo(*db_, r.id, a);
     r.created_at = rows.Int(0, 2);
     r.last_activity_at = rows.Int(0, 3);
+    r.disappearing_s = rows.Int(0, 4);
     const Members* m = FindMembers(r.id);
     if (m == nullptr) return Result<OpenResult>(Status(ErrorCode::kInternal, "conversation vanished"));
     r.members = m->members;
@@ -1128,7 +1152,8 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
       "ARRAY(SELECT b.owner_id FROM blocks b WHERE b.target_id = $2 AND b.owner_id = ANY($4::bigint[])), "
       "ARRAY(SELECT w.seq FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $2 AND w.hidden_at = 0 "
       "  AND w.seq > r.announced AND w.seq <= c.last_seq + 1 ORDER BY w.seq), "
-      "EXISTS(SELECT 1 FROM drafts dr WHERE dr.user_id = $2 AND dr.conversation_id = $1), r.delivered "
+      "EXISTS(SELECT 1 FROM drafts dr WHERE dr.user_id = $2 AND dr.conversation_id = $1), r.delivered, "
+      "c.disappearing_s, d.expires_at, d.version, d.edited_at, d.deleted_at "
       "FROM conversations c JOIN user_receipts r ON r.conversation_id = c.id AND r.user_id = $2 "
       "LEFT JOIN messages d ON d.conversation_id = c.id AND d.sender_id = $2 "
       "AND d.client_id = $3 WHERE c.id = $1",
@@ -1147,6 +1172,10 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
     dup.client_id = st.Text(0, 3);
     dup.body = st.Text(0, 4);
     dup.created_at = st.Int(0, 5);
+    dup.expires_at = st.Int(0, 12);
+    dup.version = st.Int(0, 13);
+    dup.edited_at = st.Int(0, 14);
+    dup.deleted_at = st.Int(0, 15);
     return AppendResult{std::move(dup), true, {}, {}, std::nullopt};
   }
   // Blocking: the sender may not reach a member they block; a member who
@@ -1166,7 +1195,9 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
   m.client_id = msg.client_id;
   m.body = msg.body;
   m.created_at = msg.now;
-  db_->Defer(fmt::format("INSERT INTO messages({}, accepted_at, stored_at) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+  m.expires_at = ExpiresAt(std::max(batch_now_, msg.now), st.Int(0, 11), msg.max_age_ms);
+  db_->Defer(fmt::format("INSERT INTO messages({}, accepted_at, stored_at, expires_at) "
+                         "VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                          kMessageColumns),
              PgParams()
                  .Int(m.conversation_id)
@@ -1177,7 +1208,8 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
                  .Text(m.body)
                  .Int(m.created_at)
                  .Int(msg.accepted_at != 0 ? msg.accepted_at : msg.now)
-                 .Int(std::max(batch_now_, msg.now)));
+                 .Int(std::max(batch_now_, msg.now))
+                 .Int(m.expires_at));
   db_->Defer("UPDATE conversations SET last_seq = $2, last_activity_at = $3 WHERE id = $1",
              PgParams().Int(m.conversation_id).Int(m.seq).Int(msg.now));
   QueueSearch(m.conversation_id, m.seq, std::max(batch_now_, msg.now));
@@ -1673,7 +1705,8 @@ Result<SearchIndexProgress> PostgresStore::Writer::IndexSearch(int max) {
   // Oldest first; entries another node has claimed are skipped.
   PgRows rows = db_->Query(
       "WITH q AS (SELECT conversation_id, seq, id FROM search_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
-      "SELECT q.conversation_id, q.seq, q.id, m.body, COALESCE(m.version, 0), m.deleted_at IS NULL OR m.deleted_at <> 0 "
+      "SELECT q.conversation_id, q.seq, q.id, m.body, COALESCE(m.version, 0), m.deleted_at IS NULL OR m.deleted_at <> 0, "
+      "COALESCE(m.purged_at, 0) <> 0 "
       "FROM q LEFT JOIN messages m ON m.conversation_id = q.conversation_id AND m.seq = q.seq ORDER BY q.id",
       PgParams().Int(std::max(1, max)));
   std::vector<int64_t> ids;
@@ -1683,6 +1716,12 @@ Result<SearchIndexProgress> PostgresStore::Writer::IndexSearch(int max) {
     const ConversationId conversation = rows.Int(i, 0);
     const Seq seq = rows.Int(i, 1);
     if (!done.insert(fmt::format("{}:{}", conversation, seq)).second) continue;
+    if (rows.Bool(i, 6)) {
+      // Purged (retention) before this entry was taken: it has no row.
+      db_->Defer("DELETE FROM message_search WHERE conversation_id = $1 AND seq = $2",
+                 PgParams().Int(conversation).Int(seq));
+      continue;
+    }
     std::string words;
     if (!rows.Bool(i, 5)) {
       for (const std::string& w : MessageWords(rows.Text(i, 3))) {
@@ -1708,6 +1747,88 @@ Result<SearchIndexProgress> PostgresStore::Writer::IndexSearch(int max) {
     progress.backlog = left.Int(0, 0);
     progress.oldest_queued_at = left.Int(0, 1);
   }
+  return progress;
+}
+
+// ---- Retention (store.h "Retention"), as SqliteStore's ----
+
+Result<SocialResult> PostgresStore::Writer::SetDisappearing(UserId user_id, ConversationId conversation_id,
+                                                            int64_t seconds, int64_t now) {
+  const Members* c = FindMembers(conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "no such conversation");
+  if (!IsMember(*c, user_id)) return Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+  SocialResult result;
+  // The conversation's row lock orders this with sends on every node: a
+  // message stored after it commits reads the new timer.
+  PgRows r = db_->Query(
+      "UPDATE conversations SET disappearing_s = $2 WHERE id = $1 AND disappearing_s <> $2 RETURNING 1",
+      PgParams().Int(conversation_id).Int(seconds));
+  if (r.empty()) {
+    if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+    return result;
+  }
+  result.changed = true;
+  std::vector<UserId> to;
+  for (const MemberRecord& m : c->members) to.push_back(m.user_id);
+  result.positions =
+      AppendEvents(to, EventKind::kDisappearing, conversation_id, 0, user_id, Watermarks{seconds, 0}, now);
+  return result;
+}
+
+Result<ExpireProgress> PostgresStore::Writer::ExpireMessages(int64_t now, int max) {
+  const int limit = std::max(1, max);
+  // Oldest expiry first; rows another node is expiring are skipped.
+  PgRows rows = db_->Query(
+      "SELECT conversation_id, seq, sender_id FROM messages WHERE expires_at > 0 AND deleted_at = 0 "
+      "AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+      PgParams().Int(now).Int(static_cast<int64_t>(limit) + 1));
+  if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+  ExpireProgress progress;
+  const int n = std::min(rows.size(), limit);
+  progress.more = rows.size() > limit;
+  for (int i = 0; i < n; ++i) {
+    MessageChange change;
+    change.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+    change.conversation_id = rows.Int(i, 0);
+    change.seq = rows.Int(i, 1);
+    change.user_id = rows.Int(i, 2);
+    change.now = now;
+    change.expiry = true;
+    Result<ChangeResult> r = ChangeMessage(change);
+    if (!r) return r.error();
+    if (!r->duplicate) progress.expired.push_back(std::move(r).value());
+  }
+  return progress;
+}
+
+Result<PurgeProgress> PostgresStore::Writer::PurgeDeleted(int64_t deleted_before, int max) {
+  PgRows rows = db_->Query(
+      "SELECT conversation_id, seq FROM messages WHERE deleted_at > 0 AND purged_at = 0 AND deleted_at <= $1 "
+      "ORDER BY deleted_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+      PgParams().Int(deleted_before).Int(std::max(1, max)));
+  if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+  PurgeProgress progress;
+  for (int i = 0; i < rows.size(); ++i) {
+    const ConversationId conversation = rows.Int(i, 0);
+    const Seq seq = rows.Int(i, 1);
+    PgRows edits = db_->Query("DELETE FROM message_edits WHERE conversation_id = $1 AND seq = $2 RETURNING 1",
+                              PgParams().Int(conversation).Int(seq));
+    progress.edits_removed += edits.size();
+    // The indexer leaves a deleted message a row without words (so a late
+    // old text cannot come back); the purge removes it. A late indexer on
+    // another node could write it again: a search still checks deleted_at.
+    PgRows search = db_->Query("DELETE FROM message_search WHERE conversation_id = $1 AND seq = $2 RETURNING 1",
+                               PgParams().Int(conversation).Int(seq));
+    progress.search_removed += search.size();
+    db_->Defer("UPDATE messages SET body = '', purged_at = $3 WHERE conversation_id = $1 AND seq = $2",
+               PgParams().Int(conversation).Int(seq).Int(std::max<int64_t>(1, batch_now_)));
+    ++progress.purged;
+  }
+  PgRows left = db_->Query(
+      "SELECT count(*) FROM messages WHERE deleted_at > 0 AND purged_at = 0 AND deleted_at <= $1",
+      PgParams().Int(deleted_before));
+  if (!left.empty()) progress.backlog = left.Int(0, 0);
+  if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
   return progress;
 }
 
@@ -1924,7 +2045,8 @@ Result<std::vector<DeviceRecord>> PostgresStore::Reader::Devices(UserId user_id)
 Result<ConversationRecord> PostgresStore::Reader::Conversation(ConversationId id) {
   // One round trip: the conversation row joined to its members.
   PgRows r = db_->Query(
-      "SELECT c.last_seq, c.created_at, c.last_activity_at, m.user_id, u.username FROM conversations c "
+      "SELECT c.last_seq, c.created_at, c.last_activity_at, m.user_id, u.username, c.disappearing_s "
+      "FROM conversations c "
       "JOIN members m ON m.conversation_id = c.id JOIN users u ON u.id = m.user_id "
       "WHERE c.id = $1 ORDER BY m.user_id",
       PgParams().Int(id));
@@ -1934,6 +2056,7 @@ Result<ConversationRecord> PostgresStore::Reader::Conversation(ConversationId id
   c.last_seq = r.Int(0, 0);
   c.created_at = r.Int(0, 1);
   c.last_activity_at = r.Int(0, 2);
+  c.disappearing_s = r.Int(0, 5);
   for (int i = 0; i < r.size(); ++i) c.members.push_back(MemberRecord{r.Int(i, 3), r.Text(i, 4)});
   return c;
 }
@@ -2091,6 +2214,10 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
     }
     if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(r.Int(i, 5));
     if (e.kind == EventKind::kMute || e.kind == EventKind::kPushPreviews) e.flag = r.Int(i, 5) != 0;
+    if (e.kind == EventKind::kDisappearing) {
+      e.receipt_user_id = r.Int(i, 4);
+      e.disappearing_s = r.Int(i, 5);
+    }
     if (e.kind == EventKind::kDraft) {
       // No row: cleared since (or by this event); its time is the event's.
       constexpr int kDraftText = kM + kMessageColumnCount;
@@ -2630,6 +2757,24 @@ void PostgresStore::History(ConversationId id, UserId viewer, Seq before, int li
 void PostgresStore::SearchMessages(MessageSearchQuery query, Callback<MessageSearchPage> done) {
   SubmitRead<MessageSearchPage>([query = std::move(query)](Reader& r) { return r.SearchMessages(query); },
                                 std::move(done));
+}
+
+void PostgresStore::SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now,
+                                    Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([user_id, conversation_id, seconds, now](
+                                Writer& w) { return w.SetDisappearing(user_id, conversation_id, seconds, now); },
+                            std::move(done), LockSet{{conversation_id}, {}, {}});
+}
+
+void PostgresStore::ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) {
+  SubmitWrite<ExpireProgress>([now, max_messages](Writer& w) { return w.ExpireMessages(now, max_messages); },
+                              std::move(done), {}, /*solo=*/true);
+}
+
+void PostgresStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) {
+  SubmitWrite<PurgeProgress>(
+      [deleted_before, max_messages](Writer& w) { return w.PurgeDeleted(deleted_before, max_messages); },
+      std::move(done), {}, /*solo=*/true);
 }
 
 void PostgresStore::IndexSearch(int max_entries, Callback<SearchIndexProgress> done) {

@@ -107,6 +107,10 @@
 //           UNINDEXED, version UNINDEXED; tokenize 'ascii'), rowid = doc id;
 //   message_search_docs(conversation_id, seq, doc_id) PK(conversation_id,
 //           seq), WITHOUT ROWID: the doc id of each indexed message.
+//   step 12 (issue 12, retention; see "Retention" below):
+//   conversations.disappearing_s; messages.expires_at, purged_at;
+//   messages_expiring(expires_at) WHERE expires_at > 0 AND deleted_at = 0;
+//   messages_to_purge(deleted_at) WHERE deleted_at > 0 AND purged_at = 0.
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -148,6 +152,15 @@
 // backwards from the cursor and checks each candidate against the store as
 // it is (membership, withheld, deleted_at = 0, version = the indexed one);
 // it visits at most kMaxSearchCandidates candidates per page.
+//
+// Retention (store.h "Retention"). A send reads the conversation's timer
+// from the writer's cached conversation (no extra statement) and writes
+// expires_at in the message's own INSERT; a message that never expires
+// (timer off, no server-wide maximum) is not in messages_expiring at all.
+// ExpireMessages and PurgeDeleted are solo writes like IndexSearch, each a
+// range scan of its partial index: an expiry is ChangeMessage's delete for
+// everyone (MessageChange::expiry), so the tombstone, the search re-queue
+// and the members' kDelete events are exactly a sender's delete's.
 //
 // Search merges two lazily stepped scans in username order (the username
 // index from the query, and name_prefixes at prefix = query), skipping the
@@ -468,6 +481,18 @@ INSERT INTO search_queue(conversation_id, seq, queued_at)
 ALTER TABLE user_receipts ADD COLUMN announced INTEGER NOT NULL DEFAULT 0;
 UPDATE user_receipts SET announced = delivered;
 )sql"},
+    // Issue 12: retention. The conversation's disappearing timer; each
+    // message's expiry (0: never) and when its tombstone was purged (0: not
+    // yet). Two partial indexes hold only the rows the background steps look
+    // for, so they stay small and a send into a conversation without a timer
+    // adds nothing to them.
+    {12, R"sql(
+ALTER TABLE conversations ADD COLUMN disappearing_s INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN purged_at INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX messages_expiring ON messages(expires_at) WHERE expires_at > 0 AND deleted_at = 0;
+CREATE INDEX messages_to_purge ON messages(deleted_at) WHERE deleted_at > 0 AND purged_at = 0;
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -524,8 +549,8 @@ std::string DirectKey(UserId a, UserId b) { return fmt::format("{}:{}", std::min
 // The columns MessageAt reads, in order (of table alias m).
 #define PARLEY_MESSAGE_COLUMNS \
   "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, m.version, " \
-  "m.edited_at, m.deleted_at"
-constexpr int kMessageColumnCount = 10;
+  "m.edited_at, m.deleted_at, m.expires_at"
+constexpr int kMessageColumnCount = 11;
 
 // Columns: PARLEY_MESSAGE_COLUMNS, starting at `col`.
 MessageRecord MessageAt(const Stmt& s, int col) {
@@ -540,6 +565,7 @@ MessageRecord MessageAt(const Stmt& s, int col) {
   m.version = s.Int(col + 7);
   m.edited_at = s.Int(col + 8);
   m.deleted_at = s.Int(col + 9);
+  m.expires_at = s.Int(col + 10);
   return m;
 }
 
@@ -787,6 +813,10 @@ class SqliteStore::Writer {
   // indexes up to `max` queued entries.
   void QueueSearch(ConversationId conversation, Seq seq, int64_t now);
   Result<SearchIndexProgress> IndexSearch(int max);
+  // Retention (see "Retention").
+  Result<SocialResult> SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now);
+  Result<ExpireProgress> ExpireMessages(int64_t now, int max);
+  Result<PurgeProgress> PurgeDeleted(int64_t deleted_before, int max);
 
  private:
   // Deletes the device's push endpoint and pending job; true if it had an endpoint.
@@ -803,6 +833,7 @@ class SqliteStore::Writer {
     int64_t last_activity_at = 0;
     std::vector<MemberRecord> members;      // ascending user id
     std::vector<MemberActivity> activity;   // parallel to members
+    int64_t disappearing_s = 0;             // written at once by SetDisappearing (never dirty)
     bool dirty = false;                     // something above not yet written
   };
   struct Head {
@@ -913,12 +944,13 @@ SqliteStore::Writer::Conversation* SqliteStore::Writer::FindConversation(Convers
   Conversation c;
   c.id = id;
   {
-    Stmt s(*db_, "SELECT last_seq, created_at, last_activity_at FROM conversations WHERE id = ?1");
+    Stmt s(*db_, "SELECT last_seq, created_at, last_activity_at, disappearing_s FROM conversations WHERE id = ?1");
     s.BindInt(1, id);
     if (!s.Step()) return nullptr;
     c.last_seq = s.Int(0);
     c.created_at = s.Int(1);
     c.last_activity_at = s.Int(2);
+    c.disappearing_s = s.Int(3);
   }
   {
     Stmt s(*db_,
@@ -1107,6 +1139,7 @@ ConversationRecord SqliteStore::Writer::ToRecord(const Conversation& c) {
   r.members = c.members;
   r.last_seq = c.last_seq;
   r.created_at = c.created_at;
+  r.disappearing_s = c.disappearing_s;
   r.last_activity_at = c.last_activity_at;
   return r;
 }
@@ -1249,10 +1282,12 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
   m.client_id = msg.client_id;
   m.body = msg.body;
   m.created_at = msg.now;
+  const int64_t stored_at = std::max(batch_now_, msg.now);
+  m.expires_at = ExpiresAt(stored_at, c->disappearing_s, msg.max_age_ms);
   {
     Stmt s(*db_,
            "INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, "
-           "accepted_at, stored_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+           "accepted_at, stored_at, expires_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
     s.BindInt(1, m.conversation_id)
         .BindInt(2, m.seq)
         .BindInt(3, m.sender_id)
@@ -1261,10 +1296,11 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
         .BindText(6, m.body)
         .BindInt(7, m.created_at)
         .BindInt(8, msg.accepted_at != 0 ? msg.accepted_at : msg.now)
-        .BindInt(9, std::max(batch_now_, msg.now));
+        .BindInt(9, stored_at)
+        .BindInt(10, m.expires_at);
     s.Run();
   }
-  QueueSearch(m.conversation_id, m.seq, std::max(batch_now_, msg.now));
+  QueueSearch(m.conversation_id, m.seq, stored_at);
   c->last_seq = m.seq;
   c->last_activity_at = msg.now;
   for (size_t i = 0; i < c->members.size(); ++i) {
@@ -1501,6 +1537,117 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
                                            Watermarks{version, 0}, change.now));
   }
   return result;
+}
+
+// ---- Retention (see "Retention") ----
+
+Result<SocialResult> SqliteStore::Writer::SetDisappearing(UserId user_id, ConversationId conversation_id,
+                                                          int64_t seconds, int64_t now) {
+  Conversation* c = FindConversation(conversation_id);
+  if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "no such conversation");
+  if (!IsMember(*c, user_id)) return Status(ErrorCode::kNotMember, "you are not a member of this conversation");
+  SocialResult result;
+  if (c->disappearing_s == seconds) return result;
+  Stmt s(*db_, "UPDATE conversations SET disappearing_s = ?2 WHERE id = ?1");
+  s.BindInt(1, conversation_id).BindInt(2, seconds);
+  s.Run();
+  // The cache is dropped whole if the batch rolls back (CommitBatch).
+  c->disappearing_s = seconds;
+  result.changed = true;
+  // The actor travels in receipt_user_id and the timer in `delivered`, as
+  // kMute's flag does.
+  for (const MemberRecord& m : c->members) {
+    result.positions.push_back(AppendEvent(m.user_id, EventKind::kDisappearing, conversation_id, 0, user_id,
+                                           Watermarks{seconds, 0}, now));
+  }
+  return result;
+}
+
+Result<ExpireProgress> SqliteStore::Writer::ExpireMessages(int64_t now, int max) {
+  struct Key {
+    ConversationId conversation;
+    Seq seq;
+    UserId sender;
+  };
+  std::vector<Key> keys;
+  {
+    // The partial index holds only expiring, undeleted messages.
+    Stmt s(*db_,
+           "SELECT conversation_id, seq, sender_id FROM messages INDEXED BY messages_expiring "
+           "WHERE expires_at > 0 AND deleted_at = 0 AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2");
+    s.BindInt(1, now).BindInt(2, static_cast<int64_t>(std::max(1, max)) + 1);
+    while (s.Step()) keys.push_back(Key{s.Int(0), s.Int(1), s.Int(2)});
+  }
+  ExpireProgress progress;
+  if (keys.size() > static_cast<size_t>(std::max(1, max))) {
+    keys.pop_back();
+    progress.more = true;
+  }
+  for (const Key& k : keys) {
+    MessageChange change;
+    change.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+    change.conversation_id = k.conversation;
+    change.seq = k.seq;
+    change.user_id = k.sender;  // a member (membership never ends today)
+    change.now = now;
+    change.expiry = true;
+    Result<ChangeResult> r = ChangeMessage(change);
+    if (!r) return r.error();
+    if (!r->duplicate) progress.expired.push_back(std::move(r).value());
+  }
+  return progress;
+}
+
+Result<PurgeProgress> SqliteStore::Writer::PurgeDeleted(int64_t deleted_before, int max) {
+  std::vector<std::pair<ConversationId, Seq>> keys;
+  {
+    Stmt s(*db_,
+           "SELECT conversation_id, seq FROM messages INDEXED BY messages_to_purge "
+           "WHERE deleted_at > 0 AND purged_at = 0 AND deleted_at <= ?1 ORDER BY deleted_at LIMIT ?2");
+    s.BindInt(1, deleted_before).BindInt(2, std::max(1, max));
+    while (s.Step()) keys.emplace_back(s.Int(0), s.Int(1));
+  }
+  PurgeProgress progress;
+  for (const auto& [conversation, seq] : keys) {
+    {
+      Stmt s(*db_, "DELETE FROM message_edits WHERE conversation_id = ?1 AND seq = ?2");
+      s.BindInt(1, conversation).BindInt(2, seq);
+      s.Run();
+      progress.edits_removed += db_->Changes();
+    }
+    int64_t doc_id = 0;
+    {
+      Stmt s(*db_, "SELECT doc_id FROM message_search_docs WHERE conversation_id = ?1 AND seq = ?2");
+      s.BindInt(1, conversation).BindInt(2, seq);
+      if (s.Step()) doc_id = s.Int(0);
+    }
+    if (doc_id != 0) {
+      // Normally gone already (the delete queued the message and the indexer
+      // dropped it); a purge that runs first removes it here. A queued entry
+      // left behind finds the tombstone and indexes nothing.
+      Stmt d(*db_, "DELETE FROM message_search WHERE rowid = ?1");
+      d.BindInt(1, doc_id);
+      d.Run();
+      Stmt x(*db_, "DELETE FROM message_search_docs WHERE conversation_id = ?1 AND seq = ?2");
+      x.BindInt(1, conversation).BindInt(2, seq);
+      x.Run();
+      ++progress.search_removed;
+    }
+    // The body is already empty (the delete emptied it); the row stays as
+    // the tombstone that keeps the seq and the deduplication key.
+    Stmt u(*db_, "UPDATE messages SET body = '', purged_at = ?3 WHERE conversation_id = ?1 AND seq = ?2");
+    u.BindInt(1, conversation).BindInt(2, seq).BindInt(3, std::max<int64_t>(1, batch_now_));
+    u.Run();
+    ++progress.purged;
+  }
+  {
+    Stmt s(*db_,
+           "SELECT count(*) FROM messages INDEXED BY messages_to_purge "
+           "WHERE deleted_at > 0 AND purged_at = 0 AND deleted_at <= ?1");
+    s.BindInt(1, deleted_before);
+    if (s.Step()) progress.backlog = s.Int(0);
+  }
+  return progress;
 }
 
 void SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
@@ -2107,12 +2254,14 @@ Result<ConversationRecord> SqliteStore::Reader::Conversation(ConversationId id, 
   ConversationRecord c;
   c.id = id;
   {
-    Stmt s(*db_, "SELECT last_seq, created_at, last_activity_at FROM conversations WHERE id = ?1", counter);
+    Stmt s(*db_, "SELECT last_seq, created_at, last_activity_at, disappearing_s FROM conversations WHERE id = ?1",
+           counter);
     s.BindInt(1, id);
     if (!s.Step()) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
     c.last_seq = s.Int(0);
     c.created_at = s.Int(1);
     c.last_activity_at = s.Int(2);
+    c.disappearing_s = s.Int(3);
   }
   Stmt s(*db_,
          "SELECT m.user_id, u.username FROM members m JOIN users u ON u.id = m.user_id "
@@ -2329,6 +2478,10 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
       }
       if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(s.Int(5));
       if (e.kind == EventKind::kMute || e.kind == EventKind::kPushPreviews) e.flag = s.Int(5) != 0;
+      if (e.kind == EventKind::kDisappearing) {
+        e.receipt_user_id = s.Int(4);
+        e.disappearing_s = s.Int(5);
+      }
       if (e.kind == EventKind::kDraft) {
         // No row: cleared since (or by this event); its time is the event's.
         const int kDraftText = kData + 5;
@@ -2929,6 +3082,24 @@ void SqliteStore::History(ConversationId id, UserId viewer, Seq before, int limi
 void SqliteStore::SearchMessages(MessageSearchQuery query, Callback<MessageSearchPage> done) {
   SubmitRead<MessageSearchPage>([query = std::move(query)](Reader& r) { return r.SearchMessages(query); },
                                 std::move(done));
+}
+
+void SqliteStore::SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now,
+                                  Callback<SocialResult> done) {
+  SubmitWrite<SocialResult>([user_id, conversation_id, seconds, now](
+                                Writer& w) { return w.SetDisappearing(user_id, conversation_id, seconds, now); },
+                            std::move(done));
+}
+
+void SqliteStore::ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) {
+  SubmitWrite<ExpireProgress>([now, max_messages](Writer& w) { return w.ExpireMessages(now, max_messages); },
+                              std::move(done), /*solo=*/true);
+}
+
+void SqliteStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) {
+  SubmitWrite<PurgeProgress>(
+      [deleted_before, max_messages](Writer& w) { return w.PurgeDeleted(deleted_before, max_messages); },
+      std::move(done), /*solo=*/true);
 }
 
 void SqliteStore::IndexSearch(int max_entries, Callback<SearchIndexProgress> done) {

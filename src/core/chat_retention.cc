@@ -1,0 +1,136 @@
+// Retention (issue 12): the disappearing-messages timer, and the two
+// background steps that make expired and deleted messages leave the store.
+//
+// Expiry. A message's expiry is fixed when it is stored (store.h
+// "Retention"). Every expiry_interval_ms this node asks the store to
+// tombstone up to kExpiryBatch expired messages (one transaction of its own,
+// never shared with sends, so a send waits at most one bounded step);
+// when a step was full the next one follows at once. Each expired message
+// is a delete for everyone made by the store itself, so every member it is
+// visible to gets a kDelete event, published here like a sender's delete:
+// clients need nothing new to drop it, and the event says
+// "reason":"expired" (encode.cc). A device offline at expiry reads the same
+// event and the tombstone from sync, history and snapshots; the text is
+// gone from the store before any of them can return it.
+//
+// Purge. A tombstone still holds its edit rows and search rows until the
+// purge removes them, purge_delay_ms after the delete, kPurgeBatch at a
+// time. The messages row itself stays (a small tombstone): its seq keeps the
+// log gapless and its deduplication key keeps a retry's original ack.
+//
+// In a cluster every node runs both steps; the store hands each row to one
+// node (PostgreSQL: FOR UPDATE SKIP LOCKED).
+
+#include <spdlog/spdlog.h>
+
+#include "core/chat_service.h"
+#include "protocol/encode.h"
+#include "protocol/limits.h"
+#include "store/change_events.h"
+
+namespace parley::core {
+
+using protocol::JsonWriter;
+
+void ChatService::DoSetDisappearing(const ClientPtr& c, Req req) {
+  auto r = std::get<protocol::SetDisappearingRequest>(req.body);
+  const int64_t now = clock_.NowMillis();
+  store_.SetDisappearing(c->user_id, r.conversation_id, r.seconds, now,
+                         OnCore<store::SocialResult>([this, c, req, r, now](Result<store::SocialResult> res) {
+                           if (!res) {
+                             // Do not tell a non-member whether the conversation exists.
+                             if (res.error().code() == ErrorCode::kUnknownConversation)
+                               return Fail(c, req,
+                                           Status(ErrorCode::kNotMember, "you are not a member of this conversation"));
+                             return Fail(c, req, res.error());
+                           }
+                           Respond(c, req, [&](JsonWriter& w) {
+                             w.Field("conversation_id", r.conversation_id)
+                                 .Field("seconds", r.seconds)
+                                 .Field("changed", res->changed);
+                           });
+                           if (!res->changed) return;
+                           store::StreamEvent e;
+                           e.kind = store::EventKind::kDisappearing;
+                           e.conversation_id = r.conversation_id;
+                           e.created_at = now;
+                           e.receipt_user_id = c->user_id;
+                           e.disappearing_s = r.seconds;
+                           PublishEvents(std::move(e), res->positions);
+                         }));
+}
+
+void ChatService::StartRetention() {
+  core_.Post([this] {
+    ExpireStep(/*repeat=*/true, nullptr);
+    PurgeStep(/*repeat=*/true, nullptr);
+  });
+}
+
+void ChatService::RunExpiryForTest(std::function<void(int)> done) {
+  core_.Post([this, done = std::move(done)] { ExpireStep(/*repeat=*/false, done); });
+}
+
+void ChatService::RunPurgeForTest(std::function<void(int)> done) {
+  core_.Post([this, done = std::move(done)] { PurgeStep(/*repeat=*/false, done); });
+}
+
+void ChatService::ExpireStep(bool repeat, std::function<void(int)> done) {
+  if (stopping_) return;
+  store_.ExpireMessages(
+      clock_.NowMillis(), RetentionConfig::kExpiryBatch,
+      OnCore<store::ExpireProgress>([this, repeat, done](Result<store::ExpireProgress> r) {
+        bool more = false;
+        int count = -1;
+        if (!r) {
+          expiry_failures_.Inc();
+          if (!stopping_ && r.error().code() != ErrorCode::kShuttingDown)
+            spdlog::warn("event=expiry_failed error=\"{}\"", r.error().ToString());
+        } else {
+          count = static_cast<int>(r->expired.size());
+          expired_messages_.Inc(count);
+          more = r->more;
+          for (const store::ChangeResult& x : r->expired) {
+            const store::MessageRecord& m = x.message;
+            store::StreamEvent e;
+            e.kind = store::EventKind::kDelete;
+            e.conversation_id = m.conversation_id;
+            e.created_at = x.changed_at;
+            e.message = store::ChangeEventMessage(e.kind, m, x.version, x.changed_at, "");
+            PublishEvents(std::move(e), x.positions);
+          }
+          if (count > 0) spdlog::debug("event=messages_expired count={} more={}", count, more);
+        }
+        if (done) done(count);
+        if (!repeat || stopping_) return;
+        core_.PostAfter(more ? 0 : config_.retention.expiry_interval_ms,
+                        [this] { ExpireStep(/*repeat=*/true, nullptr); });
+      }));
+}
+
+void ChatService::PurgeStep(bool repeat, std::function<void(int)> done) {
+  if (stopping_) return;
+  store_.PurgeDeleted(
+      clock_.NowMillis() - config_.retention.purge_delay_ms, RetentionConfig::kPurgeBatch,
+      OnCore<store::PurgeProgress>([this, repeat, done](Result<store::PurgeProgress> r) {
+        bool full = false;
+        int count = -1;
+        if (!r) {
+          purge_failures_.Inc();
+          if (!stopping_ && r.error().code() != ErrorCode::kShuttingDown)
+            spdlog::warn("event=purge_failed error=\"{}\"", r.error().ToString());
+        } else {
+          count = r->purged;
+          purged_messages_.Inc(r->purged);
+          purged_edits_.Inc(r->edits_removed);
+          purged_search_.Inc(r->search_removed);
+          purge_backlog_.Set(r->backlog);
+          full = r->purged >= RetentionConfig::kPurgeBatch;
+        }
+        if (done) done(count);
+        if (!repeat || stopping_) return;
+        core_.PostAfter(full ? 0 : config_.retention.purge_interval_ms, [this] { PurgeStep(/*repeat=*/true, nullptr); });
+      }));
+}
+
+}  // namespace parley::core
