@@ -144,11 +144,13 @@ void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
     presence_subscribers_.erase(client->id);
     if (client->user_id != 0) {
       authenticated_.Add(-1);
-      fabric_.Detach(client->user_id, client->device_id, client->sink.get());
+      fabric_.Detach(client->user_id, client->device_id,
+                     client->selective ? static_cast<fabric::DeviceSink*>(client->selective.get()) : client->sink.get());
       auto it = live_.find(client->user_id);
       if (it != live_.end() && --it->second.connections == 0) live_.erase(it);
     }
     client->send_queue.clear();
+    client->selective.reset();
     client->sink.reset();  // the connection owns the client; break the cycle
   });
 }
@@ -267,6 +269,7 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kDeleteMessage: return DoChangeMessage(c, std::move(req));
     case RequestType::kSetDraft: return DoSetDraft(c, std::move(req));
     case RequestType::kSearchMessages: return DoSearchMessages(c, std::move(req));
+    case RequestType::kSelectSync: return DoSelectSync(c, std::move(req));
   }
 }
 
@@ -930,15 +933,8 @@ void ChatService::DoSync(const ClientPtr& c, Req req) {
     NoteHead(c->user_id, p->head);
     if (after > p->head)
       return Fail(c, req, Status(ErrorCode::kCursorAhead, "'after' is beyond the head of your stream; take a snapshot"));
-    Respond(c, req, [&](JsonWriter& w) {
-      w.Key("events").BeginArray();
-      for (const auto& e : p->events) protocol::WriteEvent(w, e);
-      w.EndArray()
-          .Field("after", after)
-          .Field("next", p->events.empty() ? after : p->events.back().user_seq)
-          .Field("head", p->head)
-          .Field("has_more", p->has_more);
-    });
+    if (c->selective) return RespondSelectivePage(c, req, after, std::move(*p));
+    Respond(c, req, [&](JsonWriter& w) { WriteSyncPage(w, after, *p, nullptr); });
   }));
 }
 

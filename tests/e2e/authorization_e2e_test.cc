@@ -133,6 +133,8 @@ std::map<RequestType, Row> Matrix(const Victims& v) {
       {RequestType::kSetDraft, {{{"conversation_id", v.conv}, {"text", "mallory's draft"}}, "not_member", {}}},
       // Message search (issue 12): never in someone else's conversation.
       {RequestType::kSearchMessages, {{{"query", "bob"}, {"conversation_id", v.conv}}, "not_member", {}}},
+      // Selective sync (issue 12): only the caller's own conversations can be selected.
+      {RequestType::kSelectSync, {{{"conversations", {v.conv}}}, "not_member", {}}},
   };
 }
 
