@@ -71,7 +71,8 @@ class LocalCache {
  public:
   // 2: edits and deletes (messages.version, ...); 3: conversations.hidden_unread/hidden_below;
   // 4: drafts (conversations.draft, draft_updated_at; the draft_outbox table)
-  static constexpr int kSchemaVersion = 4;
+  // 5: selective sync (conversations.summary_unread, summarised)
+  static constexpr int kSchemaVersion = 5;
 
   static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
   ~LocalCache();
@@ -122,6 +123,9 @@ class LocalCache {
   std::optional<CachedConversation> ConversationWith(const std::string& peer);
   std::vector<CachedMessage> Messages(int64_t conversation_id, int64_t before, int limit);
   std::optional<StatusUpdate> StatusOf(const std::string& client_id);
+  // Selective sync: the conversation's messages were paged after summaries
+  // (clears CachedConversation::summarised).
+  void MarkPaged(int64_t conversation_id);
   std::string PeerOf(int64_t conversation_id);
   // The device's final view for the delivery history's `view` record
   // (docs/checker.md): the seqs of every cached message, hidden ones
