@@ -31,6 +31,7 @@ void SelectiveSink::SendFrame(fabric::SharedFrame frame, bool ephemeral) {
   // Ephemeral frames (typing, presence) have no user seq: no order to keep.
   if (ephemeral) return inner_->SendFrame(std::move(frame), true);
   std::optional<protocol::EventFrameKey> key = protocol::PeekEventFrame(*frame);
+  uint64_t id = 0;
   {
     std::lock_guard lock(mu_);
     const bool summarise = key && key->summarisable && selected_.count(key->conversation_id) == 0;
@@ -39,11 +40,15 @@ void SelectiveSink::SendFrame(fabric::SharedFrame frame, bool ephemeral) {
       waiting_.push_back(Waiting{0, std::move(frame), true});
       return;
     }
+    // Its place in the order is taken here, under the same lock as the
+    // decision (another thread's frame may be published meanwhile).
+    id = Reserve();
   }
-  StartSummary(key->conversation_id, key->user_seq);
+  StartSummary(id, key->conversation_id, key->user_seq);
 }
 
 void SelectiveSink::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) {
+  uint64_t id = 0;
   {
     std::lock_guard lock(mu_);
     if (selected_.count(receipt->conversation_id) != 0) {
@@ -53,8 +58,9 @@ void SelectiveSink::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const
       waiting_.push_back(Waiting{0, std::move(frame), true});
       return;
     }
+    id = Reserve();
   }
-  StartSummary(receipt->conversation_id, receipt->user_seq);
+  StartSummary(id, receipt->conversation_id, receipt->user_seq);
 }
 
 void SelectiveSink::Close(uint16_t code, std::string reason) {
@@ -70,13 +76,13 @@ void SelectiveSink::Close(uint16_t code, std::string reason) {
   inner_->Close(code, std::move(reason));
 }
 
-void SelectiveSink::StartSummary(int64_t conversation_id, int64_t user_seq) {
-  uint64_t id = 0;
-  {
-    std::lock_guard lock(mu_);
-    id = next_id_++;
-    waiting_.push_back(Waiting{id, nullptr, false});
-  }
+uint64_t SelectiveSink::Reserve() {
+  const uint64_t id = next_id_++;
+  waiting_.push_back(Waiting{id, nullptr, false});
+  return id;
+}
+
+void SelectiveSink::StartSummary(uint64_t id, int64_t conversation_id, int64_t user_seq) {
   // Outside the lock: the summariser may answer at once, on this thread.
   std::weak_ptr<SelectiveSink> weak = weak_from_this();
   summarise_(conversation_id, user_seq, [weak, id](fabric::SharedFrame summary) {

@@ -58,8 +58,12 @@ class SelectiveSink final : public fabric::DeviceSink, public std::enable_shared
     fabric::SharedFrame frame;   // null while the summary is being made, or when it failed
     bool ready = false;
   };
-  // Starts a summary in place of an event of an unselected conversation.
-  void StartSummary(int64_t conversation_id, int64_t user_seq);
+  // Takes the next place in the order for a summary still to be made.
+  // REQUIRES: mu_ held.
+  uint64_t Reserve();
+  // Makes the summary for place `id`, in place of an event of an unselected
+  // conversation. REQUIRES: mu_ not held.
+  void StartSummary(uint64_t id, int64_t conversation_id, int64_t user_seq);
   void Fill(uint64_t id, fabric::SharedFrame frame);
   // Hands the ready frames at the front to the inner sink. REQUIRES: mu_ held.
   void FlushLocked();

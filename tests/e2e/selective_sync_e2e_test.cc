@@ -157,6 +157,9 @@ TEST_F(SelectiveSyncE2E, SyncGivesFullEventsOnlyForTheSelectionAndExactSummaries
   EXPECT_EQ(states[ab_].first, 4);
   EXPECT_EQ(states[ab_].second, 1);
 
+  // Counted: two summarised conversations per read of the whole stream at least.
+  EXPECT_GE(MetricValue(HttpGet(server_.port(), "/metrics"), "parley_sync_summaries_total{path=\"sync\"}"), 2 * 5);
+
   // The full device sees every event and no summary.
   int64_t full_next = 0;
   for (const auto& e : SyncPages(full_, 0, 200, &full_next)) EXPECT_NE(e["kind"], "summary") << e.dump();
@@ -188,6 +191,7 @@ TEST_F(SelectiveSyncE2E, LiveEventsOfUnselectedConversationsArriveAsSummariesInO
     applied = (*e)["kind"] == "summary" ? (*e)["covers"].back()[1].get<int64_t>() : (*e)["user_seq"].get<int64_t>();
   }
   ExpectExactCover(live, head, head + 4);
+  EXPECT_GE(MetricValue(HttpGet(server_.port(), "/metrics"), "parley_sync_summaries_total{path=\"live\"}"), 3);
   ASSERT_EQ(live[0]["kind"], "summary");
   EXPECT_EQ(live[0]["conversation_id"], ab_);
   EXPECT_GE(live[0]["last_seq"].get<int64_t>(), b4) << "a summary is read after its event is stored";
