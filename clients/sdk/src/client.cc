@@ -1063,6 +1063,7 @@ std::vector<CachedMessage> Client::OpenConversation(const std::string& peer_in, 
       if (error) *error = r;
       return impl_->cache->Messages(id, 0, limit);
     }
+    impl_->cache->MarkSelected(id, r.result.value("head", int64_t{0}));
     std::lock_guard lock(impl_->mu);
     impl_->opened.insert(id);
     for (const auto& x : r.result.value("conversations", json::array())) impl_->selection.insert(x.get<int64_t>());

@@ -126,7 +126,8 @@ CREATE TABLE IF NOT EXISTS conversations(
   created_at INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0,
   hidden_unread INTEGER NOT NULL DEFAULT 0, hidden_below INTEGER NOT NULL DEFAULT 0,
   draft TEXT NOT NULL DEFAULT '', draft_updated_at INTEGER NOT NULL DEFAULT 0,
-  summary_unread INTEGER NOT NULL DEFAULT -1, summarised INTEGER NOT NULL DEFAULT 0);
+  summary_unread INTEGER NOT NULL DEFAULT -1, summarised INTEGER NOT NULL DEFAULT 0,
+  selected_head INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS conversations_by_peer ON conversations(peer);
 CREATE TABLE IF NOT EXISTS messages(
   conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
@@ -179,10 +180,14 @@ CREATE TABLE IF NOT EXISTS draft_outbox(
 // by full events after it; summarised: 1 while messages up to last_seq may
 // be missing (summaries came instead of them), 2 once OpenConversation paged
 // them (cached messages older than the pages may still miss edits that came
-// as summaries: HistoryView names both), 0 never summarised.
+// as summaries: HistoryView names both), 0 never summarised. selected_head:
+// the head the server named when OpenConversation selected it; a summary at
+// or below it was made before (it may arrive after the pages) and does not
+// mark the conversation summarised again.
 constexpr const char* kSchemaV5 = R"sql(
 ALTER TABLE conversations ADD COLUMN summary_unread INTEGER NOT NULL DEFAULT -1;
 ALTER TABLE conversations ADD COLUMN summarised INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN selected_head INTEGER NOT NULL DEFAULT 0;
 )sql";
 
 }  // namespace
@@ -647,8 +652,13 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
     Stmt c(db_, stmts_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
     c.Bind(1, conv).Run();
     Stmt u(db_, stmts_,
-           "UPDATE conversations SET last_seq=MAX(last_seq, ?), summary_unread=?, summarised=1 WHERE id=?");
-    u.Bind(1, e.value("last_seq", int64_t{0})).Bind(2, e.value("unread", int64_t{0})).Bind(3, conv).Run();
+           "UPDATE conversations SET last_seq=MAX(last_seq, ?), summary_unread=?, "
+           "summarised=CASE WHEN ? <= selected_head THEN summarised ELSE 1 END WHERE id=?");
+    u.Bind(1, e.value("last_seq", int64_t{0}))
+        .Bind(2, e.value("unread", int64_t{0}))
+        .Bind(3, e.value("user_seq", int64_t{0}))
+        .Bind(4, conv)
+        .Run();
     return;
   }
   if (kind == "message") {
@@ -1006,6 +1016,12 @@ CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
   t.Bind(1, id);
   if (t.Step()) c.last_ts = t.Int(0);
   return c;
+}
+
+void LocalCache::MarkSelected(int64_t conversation_id, int64_t head) {
+  std::lock_guard lock(mu_);
+  Stmt u(db_, stmts_, "UPDATE conversations SET selected_head=MAX(selected_head, ?) WHERE id=?");
+  u.Bind(1, head).Bind(2, conversation_id).Run();
 }
 
 void LocalCache::MarkPaged(int64_t conversation_id) {

@@ -126,6 +126,9 @@ class LocalCache {
   // Selective sync: the conversation's messages were paged after summaries
   // (clears CachedConversation::summarised).
   void MarkPaged(int64_t conversation_id);
+  // Selective sync: the conversation is selected from user seq `head` on
+  // (select_sync's answer); summaries at or below it no longer mark it.
+  void MarkSelected(int64_t conversation_id, int64_t head);
   std::string PeerOf(int64_t conversation_id);
   // The device's final view for the delivery history's `view` record
   // (docs/checker.md): the seqs of every cached message, hidden ones
