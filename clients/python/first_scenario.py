@@ -24,7 +24,7 @@ import time
 
 sys.dont_write_bytecode = True  # leave no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from parley_client import Client, ParleyError, new_client_id  # noqa: E402
+from parley_client import Client, Connection, ParleyError, new_client_id  # noqa: E402
 
 WAIT = 10.0  # seconds, every wait in the scenario
 PASSWORD = "correct horse battery"
@@ -266,7 +266,41 @@ async def scenario(url, c, ssl_context=None):
         c.check("B's history keeps the seq with no text",
                 [(m["seq"], m["body"], m.get("deleted")) for m in h["messages"]] == [(seq, "", True)], repr(h))
 
-        for name, cl in (("A device 1", a1), ("A device 2", a2), ("B device", b1)):
+        # --- Selective sync (protocol.md "select_sync"): A's third device
+        # selects no conversation; bob's messages reach it as summaries.
+        a3 = Client(await Connection.connect(url, ssl=ssl_context), select={"recent": 0})
+        clients.append(a3)
+        await a3.login("alice", PASSWORD, device_name="alice tablet", platform="cli")
+        page = await a3.conn.sync(after=0, limit=1000)
+        covered = []
+        for ev in page["events"]:
+            if ev["kind"] == "summary":
+                covered += [s for lo, hi in ev["covers"] for s in range(lo, hi + 1)]
+            else:
+                covered.append(ev["user_seq"])
+        c.check("selective sync page: summaries and events cover every user seq once",
+                sorted(covered) == list(range(1, page["next"] + 1))
+                and any(ev["kind"] == "summary" for ev in page["events"])
+                and not any(ev["kind"] in ("message", "edit", "delete") for ev in page["events"]),
+                repr(page))
+        s2 = (await b1.send("are you there?", conversation_id=cid))["seq"]
+        try:
+            await a3.wait_event(lambda s, ev: ev.get("kind") == "summary" and ev.get("last_seq") == s2, WAIT)
+            c.check("selective device: a live summary (last_seq, unread) for an unselected conversation",
+                    a3.summaries.get(cid) == {"last_seq": s2, "unread": 1} and s2 not in a3.messages.get(cid, {}),
+                    repr(a3.summaries))
+        except asyncio.TimeoutError:
+            c.check("selective device gets a live summary", False, f"nothing within {WAIT} s")
+        sel = await a3.conn.select_sync(add=[cid])
+        c.check("select_sync add: the conversation is selected", sel.get("conversations") == [cid], repr(sel))
+        s3 = (await b1.send("now in full", conversation_id=cid))["seq"]
+        try:
+            await a3.wait_event(lambda s, ev: ev.get("kind") == "message" and ev["message"]["seq"] == s3, WAIT)
+            c.check("after add: messages arrive in full", a3.messages[cid][s3]["body"] == "now in full")
+        except asyncio.TimeoutError:
+            c.check("after add: the message arrives in full", False, f"nothing within {WAIT} s")
+
+        for name, cl in (("A device 1", a1), ("A device 2", a2), ("B device", b1), ("A device 3", a3)):
             c.check(f"{name}: no background errors", not cl.background_errors, repr(cl.background_errors))
     finally:
         for cl in clients:

@@ -251,6 +251,12 @@ class Connection:
     async def snapshot(self, messages=None, **kw):
         return await self.request("snapshot", messages=messages, **kw)
 
+    async def select_sync(self, *, recent=None, conversations=None, add=None, all_=None, **kw):
+        """Selective sync for this connection (protocol.md "select_sync"):
+        `recent` and/or `conversations`, or `add`, or `all_=True`."""
+        fields = {"recent": recent, "conversations": conversations, "add": add, "all": all_}
+        return await self.request("select_sync", **{k: v for k, v in fields.items() if v is not None}, **kw)
+
 
 class Client:
     """A device session: a Connection plus the client sync algorithm.
@@ -261,8 +267,11 @@ class Client:
     `messages[conversation_id][seq]` and `watermarks[(conversation_id, user_id)]`.
     """
 
-    def __init__(self, conn, *, auto_ack=True, heartbeat=True):
+    def __init__(self, conn, *, auto_ack=True, heartbeat=True, select=None):
         self.conn = conn
+        self.select = select        # select_sync fields sent before each catch-up (None: full sync)
+        self.summaries = {}         # conversation_id -> {"last_seq", "unread"} (selective sync)
+        self._covered = set()       # user seqs a summary stands for, above applied
         self.auto_ack = auto_ack
         self.heartbeat = heartbeat
         self.session = None         # the login/auth result
@@ -329,6 +338,8 @@ class Client:
             self.applied = snap["head"]
         else:
             self.applied = applied
+        if self.select is not None:
+            await self.conn.select_sync(**self.select)
         await self.catch_up()
         self._tasks.append(asyncio.create_task(self._live_loop()))
         if self.heartbeat:
@@ -344,7 +355,8 @@ class Client:
         # ping, list_devices, unlink_device, open_conversation, receipt,
         # history, snapshot, ack and raw sync go straight to the Connection.
         if name in ("ping", "list_devices", "unlink_device", "open_conversation",
-                    "receipt", "history", "snapshot", "ack", "sync", "edit_message", "delete_message"):
+                    "receipt", "history", "snapshot", "ack", "sync", "edit_message", "delete_message",
+                    "select_sync"):
             return getattr(self.conn, name)
         raise AttributeError(name)
 
@@ -427,8 +439,17 @@ class Client:
         elif kind == "delete_for_me":
             self.messages.get(ev["conversation_id"], {}).pop(ev["seq"], None)
             self.hidden.add((ev["conversation_id"], ev["seq"]))
+        elif kind == "summary":
+            # Selective sync: the conversation's current state in place of its
+            # events; every user seq of `covers` counts as applied.
+            self.summaries[ev["conversation_id"]] = {"last_seq": ev["last_seq"], "unread": ev["unread"]}
+            for lo, hi in ev.get("covers", []):
+                self._covered.update(range(max(lo, seq + 1), hi + 1))
         # unknown kinds: ignored, but the cursor still advances
         self.applied = seq
+        while self.applied + 1 in self._covered:
+            self._covered.discard(self.applied + 1)
+            self.applied += 1
         self.log.append((source, ev))
         async with self._changed:
             self._changed.notify_all()

@@ -146,6 +146,11 @@ struct CachedConversation {
   // The conversation's disappearing-messages timer in seconds (0: off), as
   // the server last said (set_disappearing; docs/protocol.md).
   int64_t disappearing_s = 0;
+  // Selective sync (ClientOptions::sync_recent_conversations): the server
+  // sent summaries of this conversation instead of its events, so messages
+  // up to last_seq may be missing from the cache (unread is the server's
+  // count). OpenConversation pages them and clears it.
+  bool summarised = false;
 };
 
 struct ComposeResult {
@@ -192,6 +197,12 @@ struct ClientOptions {
   int request_timeout_ms = 10000;  // a send without an answer by then is retried on a new connection
   int sync_page_limit = 200;       // events per sync page (protocol: 1-1000)
   int snapshot_messages = 20;      // newest messages per conversation in a new cache's snapshot (0-100)
+  // Selective sync (docs/protocol.md "select_sync"): > 0 syncs in full only
+  // the N most recently active conversations (1-100) plus those the app
+  // opened with OpenConversation in this Client's life; every other one is
+  // kept as a summary (last_seq, unread; CachedConversation::summarised).
+  // 0: everything in full.
+  int sync_recent_conversations = 0;
   bool auto_report_delivered = true;
   int draft_debounce_ms = kDefaultDraftDebounceMs;  // SetDraft -> set_draft delay (0: at once)
   int64_t cache_max_pages = 0;  // >0: PRAGMA max_page_count (caps the cache file; full-disk tests)
@@ -295,6 +306,16 @@ class Client {
   // ascending seq, own messages with their status. has_more is set.
   std::vector<CachedMessage> History(const std::string& peer, int64_t before, int limit, bool* has_more,
                                      Reply* error);
+
+  // The app opens the conversation with `peer`: on a selective client
+  // (sync_recent_conversations > 0) adds it to the session's selection (and
+  // to every later session's), then pages its newest messages from the
+  // server into the cache (up to `limit`), clearing `summarised`. Returns
+  // the newest `limit` cached messages, as Messages(peer, 0, limit). On a
+  // full-sync client it only reads the cache. Needs the connection when the
+  // conversation is not selected yet (error: kErrOffline, and the cached
+  // messages are returned).
+  std::vector<CachedMessage> OpenConversation(const std::string& peer, int limit, Reply* error);
 
   // Cache queries (work offline).
   std::vector<CachedConversation> Conversations();

@@ -159,11 +159,13 @@ void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
     presence_subscribers_.erase(client->id);
     if (client->user_id != 0) {
       authenticated_.Add(-1);
-      fabric_.Detach(client->user_id, client->device_id, client->sink.get());
+      fabric_.Detach(client->user_id, client->device_id,
+                     client->selective ? static_cast<fabric::DeviceSink*>(client->selective.get()) : client->sink.get());
       auto it = live_.find(client->user_id);
       if (it != live_.end() && --it->second.connections == 0) live_.erase(it);
     }
     client->send_queue.clear();
+    client->selective.reset();
     client->sink.reset();  // the connection owns the client; break the cycle
   });
 }
@@ -283,6 +285,7 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kSetDraft: return DoSetDraft(c, std::move(req));
     case RequestType::kSearchMessages: return DoSearchMessages(c, std::move(req));
     case RequestType::kSetDisappearing: return DoSetDisappearing(c, std::move(req));
+    case RequestType::kSelectSync: return DoSelectSync(c, std::move(req));
   }
 }
 
@@ -961,15 +964,8 @@ void ChatService::DoSync(const ClientPtr& c, Req req) {
     const int64_t now = clock_.NowMillis();
     for (auto& e : p->events)
       if (e.message) store::MaskIfExpired(&*e.message, now);
-    Respond(c, req, [&](JsonWriter& w) {
-      w.Key("events").BeginArray();
-      for (const auto& e : p->events) protocol::WriteEvent(w, e);
-      w.EndArray()
-          .Field("after", after)
-          .Field("next", p->events.empty() ? after : p->events.back().user_seq)
-          .Field("head", p->head)
-          .Field("has_more", p->has_more);
-    });
+    if (c->selective) return RespondSelectivePage(c, req, after, std::move(*p));
+    Respond(c, req, [&](JsonWriter& w) { WriteSyncPage(w, after, *p, nullptr); });
   }));
 }
 

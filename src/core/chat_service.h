@@ -31,6 +31,7 @@
 #include "core/accounts.h"
 #include "core/presence.h"
 #include "core/rate_limiter.h"
+#include "core/selective_sink.h"
 #include "fabric/fabric.h"
 #include "protocol/frames.h"
 #include "protocol/json_writer.h"
@@ -160,6 +161,10 @@ struct Client {
   // and it is empty on almost every connection almost all the time.
   std::list<protocol::Request> send_queue;
   bool send_busy = false;
+  // Selective sync (select_sync): set while the session syncs only some
+  // conversations in full; attached to the fabric in place of `sink`. Null
+  // (the usual case) means full sync.
+  std::shared_ptr<SelectiveSink> selective;
 };
 
 class ChatService {
@@ -241,6 +246,17 @@ class ChatService {
   void DoListBlocked(const ClientPtr& c, Req req);
   void DoSearchUsers(const ClientPtr& c, Req req);
   void DoSearchMessages(const ClientPtr& c, Req req);
+  // Selective sync (issue 12 item 3; chat_selective.cc).
+  void DoSelectSync(const ClientPtr& c, Req req);
+  // Validates `add` (membership, size) and installs current ∪ add.
+  void InstallSelection(const ClientPtr& c, const Req& req, std::unordered_set<int64_t> selection,
+                        std::vector<int64_t> to_check);
+  // Answers a sync page read for a selective session: the events of its
+  // selected conversations, one summary per other conversation.
+  void RespondSelectivePage(const ClientPtr& c, const Req& req, int64_t after, store::StreamPage page);
+  void WriteSyncPage(protocol::JsonWriter& w, int64_t after, const store::StreamPage& page,
+                     const std::vector<store::ConversationState>* states);
+  SelectiveSink::Summarise LiveSummariser(int64_t user_id);
   void DoListConversations(const ClientPtr& c, Req req);
   void DoChangePassword(const ClientPtr& c, Req req);
   void DoTyping(const ClientPtr& c, Req req);

@@ -236,6 +236,40 @@ const std::vector<store::EventKind>& AllEventKinds() {
   return kinds;
 }
 
+bool SummarisedInSelectiveSync(store::EventKind kind) {
+  switch (kind) {
+    case store::EventKind::kMessage:
+    case store::EventKind::kReceipt:
+    case store::EventKind::kEdit:
+    case store::EventKind::kDelete:
+    case store::EventKind::kDeleteForMe: return true;
+    // Settings and the user's own state arrive in full (docs/protocol.md,
+    // "What is summarised"), kDisappearing included.
+    default: return false;
+  }
+}
+
+void WriteSyncSummary(JsonWriter& w, const store::ConversationState& state, const SeqRanges& covers) {
+  w.BeginObject()
+      .Field("user_seq", covers.empty() ? int64_t{0} : covers.front().first)
+      .Field("kind", "summary")
+      .Field("conversation_id", state.conversation_id)
+      .Field("last_seq", state.last_seq)
+      .Field("unread", state.unread)
+      .Key("covers")
+      .BeginArray();
+  for (const auto& [from, to] : covers) w.BeginArray().Int(from).Int(to).EndArray();
+  w.EndArray().EndObject();
+}
+
+std::string EncodeSummaryEvent(const store::ConversationState& state, int64_t user_seq) {
+  JsonWriter w;
+  w.BeginObject().Field("v", kVersion).Field("type", "event").Key("event");
+  WriteSyncSummary(w, state, {{user_seq, user_seq}});
+  w.EndObject();
+  return w.Take();
+}
+
 std::string EncodeEvent(const store::StreamEvent& event) {
   JsonWriter w;
   w.BeginObject().Field("v", kVersion).Field("type", "event").Key("event");

@@ -51,6 +51,21 @@ void WriteMessage(JsonWriter& w, const store::MessageRecord& m);
 // events leave it out so that an event reads the same live and through sync.
 void WriteConversation(JsonWriter& w, const store::ConversationRecord& c, bool with_state = true);
 
+// Selective sync (issue 12 item 3): a conversation the device does not sync
+// in full, in place of its events. `covers` are inclusive, ascending,
+// disjoint ranges of user seqs; the entry's user_seq is the first covered.
+//   {"user_seq":F,"kind":"summary","conversation_id":C,"last_seq":S,"unread":U,"covers":[[F,T],...]}
+using SeqRanges = std::vector<std::pair<int64_t, int64_t>>;
+// The kinds a selective device gets as a summary when their conversation is
+// not selected: message, receipt, edit, delete, delete_for_me (the same
+// list as PeekEventFrame's, protocol/frames.h). Every other kind (conversation,
+// profile, contact, block, privacy, mute, push_previews, draft) is always
+// sent in full: small, and about the user rather than a conversation's log.
+bool SummarisedInSelectiveSync(store::EventKind kind);
+void WriteSyncSummary(JsonWriter& w, const store::ConversationState& state, const SeqRanges& covers);
+// The live form: {"v":1,"type":"event","event":<summary covering user_seq alone>}.
+std::string EncodeSummaryEvent(const store::ConversationState& state, int64_t user_seq);
+
 // {"user_id", "username", "display_name", "about"}
 void WriteProfile(JsonWriter& w, const store::ProfileRecord& p);
 // A conversation-list entry or snapshot entry.

@@ -424,6 +424,51 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       *body = std::move(r);
       return Status::Ok();
     }
+    case RequestType::kSelectSync: {
+      SelectSyncRequest r;
+      element e;
+      const bool has_all = obj["all"].get(e) == simdjson::SUCCESS;
+      const bool has_recent = obj["recent"].get(e) == simdjson::SUCCESS;
+      const bool has_list = obj["conversations"].get(e) == simdjson::SUCCESS;
+      const bool has_add = obj["add"].get(e) == simdjson::SUCCESS;
+      if (has_all + (has_recent || has_list) + has_add != 1)
+        return Bad("give exactly one of 'all', 'add', or 'recent' and/or 'conversations'");
+      if (has_all) {
+        if (Status s = GetBool(obj, "all", &r.all); !s.ok()) return s;
+        if (!r.all) return Bad("field 'all' must be true (to select again, give 'recent' and/or 'conversations')");
+      }
+      if (has_recent) {
+        std::optional<int64_t> n;
+        if (Status s = GetInt(obj, "recent", 0, kMaxSyncSelectRecent, true, &n); !s.ok()) return s;
+        r.recent = static_cast<int>(*n);
+      }
+      // A list of distinct conversation ids (a repeated id is a client bug:
+      // refused rather than silently merged, so the client learns of it).
+      auto ids = [&](const char* key, std::vector<int64_t>* out) -> Status {
+        simdjson::dom::array a;
+        if (obj[key].get(a) != simdjson::SUCCESS) return Bad(fmt::format("field '{}' must be an array", key));
+        if (a.size() > kMaxSyncSelection)
+          return Bad(fmt::format("at most {} conversations in '{}'", kMaxSyncSelection, key));
+        for (element x : a) {
+          int64_t id = 0;
+          if (x.get_int64().get(id) != simdjson::SUCCESS || id < 1 || id > kMaxId)
+            return Bad(fmt::format("each of '{}' must be a conversation id (a positive integer)", key));
+          if (std::find(out->begin(), out->end(), id) != out->end())
+            return Bad(fmt::format("conversation {} is listed twice in '{}'", id, key));
+          out->push_back(id);
+        }
+        return Status::Ok();
+      };
+      if (has_list) {
+        if (Status s = ids("conversations", &r.conversations); !s.ok()) return s;
+      }
+      if (has_add) {
+        if (Status s = ids("add", &r.add); !s.ok()) return s;
+        if (r.add.empty()) return Bad("field 'add' must not be empty");
+      }
+      *body = std::move(r);
+      return Status::Ok();
+    }
     case RequestType::kRegisterPush: {
       RegisterPushRequest r;
       if (Status st = GetString(obj, "provider", 32, true, &r.provider); !st.ok()) return st;
@@ -504,6 +549,28 @@ Result<std::string> CanonicalUsername(std::string_view raw) {
   }
   if (!(out[0] >= 'a' && out[0] <= 'z')) return Status(ErrorCode::kInvalidUsername, "username must start with a letter");
   return out;
+}
+
+std::optional<EventFrameKey> PeekEventFrame(std::string_view frame) {
+  // A frame of our own encoder, so it is valid JSON; anything unexpected is
+  // "not an event" and passes through unchanged.
+  thread_local simdjson::dom::parser parser;
+  element root;
+  if (parser.parse(frame.data(), frame.size(), true).get(root) != simdjson::SUCCESS) return std::nullopt;
+  std::string_view type;
+  if (root["type"].get_string().get(type) != simdjson::SUCCESS || type != "event") return std::nullopt;
+  object ev;
+  if (root["event"].get(ev) != simdjson::SUCCESS) return std::nullopt;
+  EventFrameKey key;
+  std::string_view kind;
+  if (ev["user_seq"].get_int64().get(key.user_seq) != simdjson::SUCCESS) return std::nullopt;
+  if (ev["kind"].get_string().get(kind) != simdjson::SUCCESS) return std::nullopt;
+  key.summarisable =
+      kind == "message" || kind == "receipt" || kind == "edit" || kind == "delete" || kind == "delete_for_me";
+  auto conversation = kind == "message" ? ev["message"]["conversation_id"] : ev["conversation_id"];
+  if (conversation.get_int64().get(key.conversation_id) != simdjson::SUCCESS) key.conversation_id = 0;
+  if (key.conversation_id == 0) key.summarisable = false;
+  return key;
 }
 
 Decoded DecodeRequest(std::string_view frame) {

@@ -62,7 +62,8 @@ namespace parley::protocol {
   X(kDeleteMessage, "delete_message", true)     \
   X(kSetDraft, "set_draft", true)             \
   X(kSearchMessages, "search_messages", true)  \
-  X(kSetDisappearing, "set_disappearing", true)
+  X(kSetDisappearing, "set_disappearing", true) \
+  X(kSelectSync, "select_sync", true)
 
 enum class RequestType {
 #define PARLEY_X(e, name, auth) e,
@@ -203,6 +204,16 @@ struct SearchMessagesRequest {
   int64_t before = 0;            // a previous page's `next`; 0: from the newest
   int limit = 0;
 };
+// Selective sync (issue 12; docs/protocol.md "select_sync"). Exactly one
+// form: `all` (back to full sync), `add` (widen the current selection), or a
+// new selection of the `recent` most active conversations and/or the listed
+// `conversations`.
+struct SelectSyncRequest {
+  bool all = false;
+  int recent = 0;                           // 0..kMaxSyncSelectRecent
+  std::vector<int64_t> conversations;       // distinct ids, at most kMaxSyncSelection
+  std::vector<int64_t> add;                 // distinct ids, at most kMaxSyncSelection
+};
 struct ChangePasswordRequest {
   std::string old_password;
   std::string new_password;
@@ -215,7 +226,7 @@ using RequestBody =
                  TypingRequest, SetAppStateRequest, SetPrivacyRequest, SubscribePresenceRequest,
                  MessageInfoRequest, RegisterPushRequest, MuteConversationRequest, SetPushPreviewsRequest,
                  EditMessageRequest, DeleteMessageRequest, SetDraftRequest, SearchMessagesRequest,
-                 SetDisappearingRequest>;
+                 SetDisappearingRequest, SelectSyncRequest>;
 
 struct Request {
   RequestType type = RequestType::kPing;
@@ -244,6 +255,19 @@ Decoded DecodeRequest(std::string_view frame);
 // a letter, case-insensitive. Returns the canonical (lower-case) form, or an
 // error kInvalidUsername.
 Result<std::string> CanonicalUsername(std::string_view raw);
+
+// What a gateway needs to know of a live `event` frame to route it for a
+// selective device: its user seq, whether its kind is conversation-scoped
+// and summarised for a conversation the device does not sync in full
+// (message, receipt, edit, delete, delete_for_me), and that conversation.
+struct EventFrameKey {
+  int64_t user_seq = 0;
+  int64_t conversation_id = 0;
+  bool summarisable = false;
+};
+// Reads the key of an encoded event frame (EncodeEvent); nullopt for any
+// other frame. Pure; any thread.
+std::optional<EventFrameKey> PeekEventFrame(std::string_view frame);
 
 // Valid UTF-8 (no overlongs, no surrogates)?
 bool IsValidUtf8(std::string_view s);

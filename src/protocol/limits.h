@@ -68,6 +68,14 @@ inline constexpr size_t kMaxPresenceSubscriptions = 256;
 // Newest messages per conversation in a conversation-list page (previews).
 inline constexpr int kDefaultPreviewMessages = 1;
 
+// Selective sync (select_sync, issue 12 item 3): the most recently active
+// conversations a device may ask for by count, and the most conversations
+// one session's selection may hold in all (the recent ones and the listed
+// ones together). Bounded so that checking a selection against a page stays
+// a small set lookup and resolving it reads a bounded conversation list.
+inline constexpr int kMaxSyncSelectRecent = 100;
+inline constexpr size_t kMaxSyncSelection = 256;
+
 // Push notifications (issue 11): the providers a device may name in
 // `register_push`, and the longest token (or URL) it may register.
 inline constexpr const char* kPushProviders[] = {"webhook", "apns", "fcm"};

@@ -428,6 +428,11 @@ void FaultStore::ReadStream(UserId user_id, UserSeq after, int limit, Callback<S
 
 void FaultStore::GetHead(UserId user_id, Callback<UserSeq> done) { inner_.GetHead(user_id, std::move(done)); }
 
+void FaultStore::GetConversationStates(UserId user_id, std::vector<ConversationId> ids,
+                                       Callback<std::vector<ConversationState>> done) {
+  inner_.GetConversationStates(user_id, std::move(ids), std::move(done));
+}
+
 void FaultStore::GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) {
   inner_.GetSnapshot(user_id, latest_per_conversation, [this, done = std::move(done)](Result<Snapshot> r) {
     if (r) {

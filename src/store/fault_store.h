@@ -122,6 +122,8 @@ class FaultStore final : public Store {
   void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) override;
   void GetHead(UserId user_id, Callback<UserSeq> done) override;
   void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) override;
+  void GetConversationStates(UserId user_id, std::vector<ConversationId> ids,
+                             Callback<std::vector<ConversationState>> done) override;
   void SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,
                   int64_t now, Callback<SocialResult> done) override;
   void GetProfiles(UserId viewer, std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) override;

@@ -154,6 +154,16 @@ class Store {
   // newest messages of each.
   virtual void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) = 0;
 
+  // Selective sync (issue 12 item 3): for each of `ids` the user is a member
+  // of, its last seq visible to the user and the user's unread count, exactly
+  // as GetSnapshot's summaries count them (withheld messages and messages
+  // the user deleted for themself never count, nor show in last_seq). In the
+  // order of `ids`; ids of conversations the user is not a member of (or
+  // that do not exist) are left out. Work per id: one probe for the last
+  // seq and a range scan of the unread tail, independent of history size.
+  virtual void GetConversationStates(UserId user_id, std::vector<ConversationId> ids,
+                                     Callback<std::vector<ConversationState>> done) = 0;
+
   // ---- Profiles, contacts, blocking, search (issue 3) ----
   //
   // Profiles under a block (DESIGN.md "Blocking"): while X blocks V, V keeps

@@ -444,6 +444,14 @@ struct ConversationSummary {
   DraftRecord draft;   // the user's draft in it (empty text: none)
 };
 
+// Where a conversation stands for one user, as a selective device's summary
+// carries it (issue 12 item 3; docs/protocol.md "select_sync").
+struct ConversationState {
+  ConversationId conversation_id = 0;
+  Seq last_seq = 0;    // the last seq visible to the user (ConversationSummary's)
+  int64_t unread = 0;  // as ConversationSummary::unread counts it
+};
+
 struct ConversationPage {
   std::vector<ConversationSummary> conversations;  // latest visible activity first
   // Cursor for the next page: (last_activity_at, conversation id) of the last

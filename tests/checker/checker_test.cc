@@ -318,6 +318,42 @@ TEST(CheckerTest, ACoalescedReceiptAppliesTheSeqsItCovers) {
   EXPECT_EQ(r.counts.current_devices, 4) << FormatReport(r, 20);
 }
 
+// Selective sync: bob's device 22 gets conversation 100's message and
+// receipt as one summary covering user seqs 4-5. Nothing is lost, no gap,
+// and its receipt view is judged only on what it got in full.
+json SummaryEv(int64_t u, int64_t conv, json covers) {
+  return {{"ev", "event"}, {"source", "sync"}, {"user_seq", u}, {"kind", "summary"}, {"conversation_id", conv},
+          {"covers", std::move(covers)}};
+}
+
+TEST(CheckerTest, ASummaryAppliesTheSeqsItCoversAndTheirMessagesAreNotLost) {
+  Histories h = BaseHistories();
+  h.files["bob-22.jsonl"] = {Resume(),
+                             Snap(3, {Msg(100, 1, 1, 11, "a1"), Msg(100, 2, 1, 11, "a2")},
+                                  {{{"conversation_id", 100}, {"user_id", 1}, {"delivered", 2}, {"read", 2}}}),
+                             SummaryEv(4, 100, {{4, 5}}), Caught(5), {{"ev", "stop"}}};
+  Report r = CheckAll(h);
+  ExpectOnly(r, "", 0);
+  EXPECT_EQ(r.counts.current_devices, 4) << FormatReport(r, 20);
+  // A summary that leaves a seq uncovered does not hide the gap.
+  h.files["bob-22.jsonl"][2] = SummaryEv(4, 100, {{4, 4}});
+  ExpectOnly(CheckAll(h), "gaps", 1);
+  // Malformed covers are bad input.
+  char tmpl[] = "/tmp/parley-checker-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::string path = dir + "/d.jsonl";
+  {
+    std::ofstream out(path);
+    out << R"({"n":1,"ts":1,"user":2,"device":22,"ev":"event","source":"live","user_seq":4,"kind":"summary",)"
+        << R"("conversation_id":100,"covers":[[5,4]]})" << "\n";
+  }
+  DeviceHistory bad;
+  std::string error;
+  EXPECT_FALSE(LoadHistoryFile(path, &bad, &error));
+  EXPECT_EQ(error, path + ":1: \"event\" summary record without well-formed \"covers\" ranges");
+  std::filesystem::remove_all(dir);
+}
+
 // A raw connection of alice's (device 12) sends a1 again, twice at once,
 // and once more after a reconnect: every ack carries the first ack's seq.
 TEST(CheckerTest, ResendsAckedWithTheFirstSeqAreOneMessage) {
@@ -506,6 +542,15 @@ TEST(CheckerTest, DeviceThatKeptAnOldVersionDiverges) {
                                      "hy")),
                ChangesState());
   ExpectOnly(r, "version_divergences", 1);
+}
+
+TEST(CheckerTest, AViewOfASummarisedConversationIsNotJudged) {
+  // Bob's device 22 kept conversation 100 as summaries (selective sync):
+  // its cached 100/1 is still as sent, which is no divergence there.
+  json stale = View({ViewMsg(2, 1, true, false, ""), ViewMsg(3, 0, false, true, "hb1")}, "hy");
+  stale["summarised"] = {100};
+  Report r = CheckAll(ChangesHistories(stale), ChangesState());
+  ExpectOnly(r, "", 0);
 }
 
 TEST(CheckerTest, DeletedMessageWhoseBodyReappearsIsAResurrection) {

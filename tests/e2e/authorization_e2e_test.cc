@@ -135,6 +135,8 @@ std::map<RequestType, Row> Matrix(const Victims& v) {
       {RequestType::kSearchMessages, {{{"query", "bob"}, {"conversation_id", v.conv}}, "not_member", {}}},
       // Retention (issue 12): no timer on someone else's conversation.
       {RequestType::kSetDisappearing, {{{"conversation_id", v.conv}, {"seconds", 1}}, "not_member", {}}},
+      // Selective sync (issue 12): only the caller's own conversations can be selected.
+      {RequestType::kSelectSync, {{{"conversations", {v.conv}}}, "not_member", {}}},
   };
 }
 

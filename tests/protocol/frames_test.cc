@@ -228,6 +228,61 @@ TEST(FramesTest, UsernameRules) {
             ErrorCode::kInvalidPassword);
 }
 
+TEST(FramesTest, SelectSyncTakesExactlyOneFormWithinItsLimits) {
+  auto ok = [](const std::string& fields) {
+    Decoded d = DecodeRequest(R"({"v":1,"id":1,"type":"select_sync",)" + fields + "}");
+    EXPECT_TRUE(d.status.ok()) << fields << ": " << d.status.message();
+    return d.status.ok() ? std::get<SelectSyncRequest>(d.request.body) : SelectSyncRequest{};
+  };
+  SelectSyncRequest r = ok(R"("recent":20,"conversations":[3,9])");
+  EXPECT_EQ(r.recent, 20);
+  EXPECT_EQ(r.conversations, (std::vector<int64_t>{3, 9}));
+  EXPECT_FALSE(r.all);
+  EXPECT_EQ(ok(R"("recent":0)").recent, 0);
+  EXPECT_EQ(ok(R"("add":[5])").add, std::vector<int64_t>{5});
+  EXPECT_TRUE(ok(R"("all":true)").all);
+  auto bad = [](const std::string& fields) {
+    Decoded d = DecodeRequest(R"({"v":1,"id":1,"type":"select_sync")" + fields + "}");
+    EXPECT_EQ(d.status.code(), ErrorCode::kBadRequest) << fields;
+    EXPECT_FALSE(d.status.message().empty());
+  };
+  bad("");
+  bad(R"(,"recent":-1)");
+  bad(R"(,"recent":101)");
+  bad(R"(,"recent":1.5)");
+  bad(R"(,"conversations":[1,1])");
+  bad(R"(,"conversations":[0])");
+  bad(R"(,"conversations":"3")");
+  bad(R"(,"add":[])");
+  bad(R"(,"add":[1],"recent":1)");
+  bad(R"(,"all":true,"conversations":[1])");
+  bad(R"(,"all":false)");
+  std::string many = "[";
+  for (int i = 1; i <= 257; ++i) many += (i > 1 ? "," : "") + std::to_string(i);
+  bad(R"(,"conversations":)" + many + "]");
+}
+
+TEST(FramesTest, PeekEventFrameFindsTheConversationOfSummarisedKinds) {
+  auto key = PeekEventFrame(
+      R"({"v":1,"type":"event","event":{"user_seq":7,"kind":"message","message":{"conversation_id":3,"seq":1}}})");
+  ASSERT_TRUE(key);
+  EXPECT_EQ(key->user_seq, 7);
+  EXPECT_EQ(key->conversation_id, 3);
+  EXPECT_TRUE(key->summarisable);
+  key = PeekEventFrame(R"({"v":1,"type":"event","event":{"user_seq":8,"kind":"receipt","conversation_id":4}})");
+  ASSERT_TRUE(key);
+  EXPECT_EQ(key->conversation_id, 4);
+  EXPECT_TRUE(key->summarisable);
+  key = PeekEventFrame(R"({"v":1,"type":"event","event":{"user_seq":9,"kind":"draft","conversation_id":4}})");
+  ASSERT_TRUE(key);
+  EXPECT_FALSE(key->summarisable) << "drafts always go in full";
+  key = PeekEventFrame(R"({"v":1,"type":"event","event":{"user_seq":10,"kind":"profile","profile":{}}})");
+  ASSERT_TRUE(key);
+  EXPECT_FALSE(key->summarisable);
+  EXPECT_FALSE(PeekEventFrame(R"({"v":1,"type":"typing","conversation_id":3})"));
+  EXPECT_FALSE(PeekEventFrame("not json"));
+}
+
 TEST(FramesTest, RegistryNamesRoundTrip) {
   for (RequestType t : AllRequestTypes()) {
     auto back = RequestTypeFromName(RequestTypeName(t));

@@ -222,7 +222,7 @@ PRAGMA user_version=3;
   sqlite3_stmt* st = nullptr;
   ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr), SQLITE_OK);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(st, 0), 4);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 5);  // migrated to the current schema (5: selective sync)
   sqlite3_finalize(st);
   sqlite3_close(db);
   // Reopened: the unsaved draft is still there, to be sent when online.

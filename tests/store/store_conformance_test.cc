@@ -692,6 +692,64 @@ TEST_P(StoreConformance, SnapshotCountsUnreadAndOrdersByActivity) {
   EXPECT_EQ(later.conversations[1].unread, 1);
 }
 
+// Selective sync's summaries (issue 12 item 3): last seq and unread count as
+// the snapshot has them, blocks and deletes-for-me honoured, non-members left out.
+TEST_P(StoreConformance, ConversationStatesMatchTheSnapshotAndHonourVisibility) {
+  SetUpConversation();
+  for (int i = 1; i <= 2; ++i) Send(alice_, alice_dev_, "a" + std::to_string(i), 2000 + i);
+  for (int i = 1; i <= 3; ++i) Send(bob_, bob_dev_, "b" + std::to_string(i), 2010 + i);  // seqs 3..5
+  ConversationId with_carol = Open(store(), bob_.id, carol_.id, 2500).conversation.id;
+  ConversationId alice_carol = Open(store(), alice_.id, carol_.id, 2600).conversation.id;
+  ASSERT_TRUE(Append(store(), Msg(alice_carol, carol_.id, carol_dev_.id, "c1", "hey", 3000)).has_value());
+  auto states = [&](UserId user, std::vector<ConversationId> ids) {
+    return Must(Await<std::vector<ConversationState>>([&](auto cb) { store().GetConversationStates(user, ids, cb); }));
+  };
+
+  // In the order asked; not-member and unknown ids left out.
+  std::vector<ConversationState> got = states(alice_.id, {alice_carol, with_carol, 999999, conv_});
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].conversation_id, alice_carol);
+  EXPECT_EQ(got[0].last_seq, 1);
+  EXPECT_EQ(got[0].unread, 1);
+  EXPECT_EQ(got[1].conversation_id, conv_);
+  EXPECT_EQ(got[1].last_seq, 5);
+  EXPECT_EQ(got[1].unread, 3);
+  EXPECT_TRUE(states(alice_.id, {}).empty());
+  // The same values as the snapshot's, for every conversation.
+  for (const ConversationSummary& s : GetSnapshot(store(), alice_.id, 0).conversations) {
+    std::vector<ConversationState> one = states(alice_.id, {s.conversation.id});
+    ASSERT_EQ(one.size(), 1u);
+    EXPECT_EQ(one[0].last_seq, s.conversation.last_seq);
+    EXPECT_EQ(one[0].unread, s.unread);
+  }
+
+  // A read moves the count; a delete-for-me of an unread message drops it
+  // from the count (not from last_seq, as in the snapshot).
+  ASSERT_TRUE(Must(UpdateReceipt(store(), Receipt(alice_.id, alice_dev_.id, conv_, 0, 3))).changed);
+  EXPECT_EQ(states(alice_.id, {conv_})[0].unread, 2);
+  MessageChange hide = ChangeOf(protocol::ChangeKind::kDeleteForMe, alice_, alice_dev_, 4, 4000);
+  ASSERT_TRUE(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(hide, cb); }).has_value());
+  got = states(alice_.id, {conv_});
+  EXPECT_EQ(got[0].unread, 1);
+  Snapshot snap = GetSnapshot(store(), alice_.id, 0);
+  for (const ConversationSummary& s : snap.conversations) {
+    if (s.conversation.id != conv_) continue;
+    EXPECT_EQ(got[0].last_seq, s.conversation.last_seq);
+    EXPECT_EQ(got[0].unread, s.unread);
+  }
+
+  // Messages withheld by a block never show, neither as last_seq nor unread.
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id).has_value());
+  Send(bob_, bob_dev_, "b4", 5000);  // seq 6, withheld from alice
+  got = states(alice_.id, {conv_});
+  EXPECT_EQ(got[0].last_seq, 5);
+  EXPECT_EQ(got[0].unread, 1);
+  std::vector<ConversationState> bobs = states(bob_.id, {conv_});
+  ASSERT_EQ(bobs.size(), 1u);
+  EXPECT_EQ(bobs[0].last_seq, 6);
+  EXPECT_EQ(bobs[0].unread, 0);
+}
+
 TEST_P(StoreConformance, SendingAdvancesOwnReadWatermark) {
   SetUpConversation();
   for (int i = 1; i <= 3; ++i) Send(alice_, alice_dev_, "a" + std::to_string(i));

@@ -95,6 +95,7 @@ constexpr int kMaxPeersPerUser = 3;           // each user talks to a few others
 constexpr int64_t kMaxSkewMs = 6LL * 3600 * 1000;  // client clocks off by up to 6 h (well under the outbox age)
 constexpr int kSlowReaderMs = 15;             // the slow reader's pause per applied event
 constexpr int kSyncPageLimit = 7;             // small pages: a catch-up spans many sync calls
+constexpr int kSelectiveRecent = 1;           // selective devices sync their most recent conversation in full
 constexpr int kKillWaitMs = 3000;             // a kill step waits this long for its ack count
 constexpr int kMinServeMs = 5000;             // ... and never kills an incarnation up for less than this
 constexpr int kKillProgressWaitMs = 10'000;   // ... nor one that acked nothing yet, if that comes within this
@@ -672,6 +673,7 @@ struct Device {
   std::unique_ptr<Client> client;
   std::atomic<bool> online{false};  // its worker, then the main thread once the workers drained
   std::atomic<int> drop_after_events{0};
+  bool selective = false;  // syncs only its most recent conversation in full (selective sync)
   std::mutex log_mu;  // guards events and mine
   std::ofstream events;
   std::set<std::string> mine;  // client ids this device composed
@@ -911,6 +913,14 @@ class Run {
       int64_t skew = spec.skew_ms;
       co.now_ms = [skew] { return SystemNowMs() + skew; };
       co.history_path = dir_ + "/histories/" + d->name + ".jsonl";
+      // Selective sync (issue 12 item 3): the last device of every other user
+      // (when users have several) syncs only its most recent conversation in
+      // full; the checker leaves what came as summaries out of its lost and
+      // convergence checks. Derived from the plan, so a replay does the same.
+      if (plan_.devices > 1 && spec.index == plan_.devices - 1 && spec.user % 2 == 1) {
+        co.sync_recent_conversations = kSelectiveRecent;
+        d->selective = true;
+      }
       Device* raw = d.get();
       co.on_status = [this, raw](const StatusUpdate& s) {
         if (s.status == MessageStatus::kSent && raw->FirstAck(s.client_id)) ++counters_.acked;
@@ -1041,6 +1051,13 @@ class Run {
       d.client->Start();
       d.online = true;
     } else if (op == "read") {
+      // A selective device opens the chat first, as an app does: it joins
+      // the selection and its messages are paged in (needs the connection).
+      if (d.selective && d.online) {
+        Reply err;
+        d.client->OpenConversation(UserName(s.at("peer")), kChangeCandidates, &err);
+        d.Event({{"driver", "open_conversation"}, {"peer", UserName(s.at("peer"))}, {"code", err.code}});
+      }
       if (auto c = d.client->ConversationWith(UserName(s.at("peer"))); c && c->last_seq > 0)
         d.client->MarkRead(c->conversation_id, c->last_seq);
     } else if (op == "edit" || op == "delete") {

@@ -140,6 +140,17 @@ std::string Validate(const json& j) {
         !opt_ok(j, "body_hash", json::value_t::string) || !opt_ok(j, "draft_hash", json::value_t::string))
       return "\"event\" record with a malformed conversation_id, seq, version, body_hash or draft_hash";
     if (j.contains("also_covers") && !j["also_covers"].is_array()) return "\"also_covers\" is not an array";
+    if (j["kind"] == "summary") {
+      // Selective sync: a summary stands for the user seqs of its ranges.
+      if (auto e = need_ints({"conversation_id"}); !e.empty()) return e;
+      bool ok = j.contains("covers") && j["covers"].is_array() && !j["covers"].empty();
+      for (size_t i = 0; ok && i < j["covers"].size(); ++i) {
+        const json& range = j["covers"][i];
+        ok = range.is_array() && range.size() == 2 && range[0].is_number_integer() && range[1].is_number_integer() &&
+             range[0].get<int64_t>() <= range[1].get<int64_t>();
+      }
+      if (!ok) return "\"event\" summary record without well-formed \"covers\" ranges";
+    }
     if (j.contains("withheld")) {
       if (!j["withheld"].is_array()) return "\"withheld\" is not an array";
       for (const auto& w : j["withheld"]) {
@@ -160,6 +171,12 @@ std::string Validate(const json& j) {
     for (const auto& d : j["drafts"]) {
       if (!d.is_object() || !IsInt(d, "conversation_id") || !d.contains("draft_hash") || !d["draft_hash"].is_string())
         return "\"view\" record with a malformed draft";
+    }
+    if (j.contains("summarised")) {
+      if (!j["summarised"].is_array()) return "\"view\" record whose \"summarised\" is not an array";
+      for (const auto& c : j["summarised"]) {
+        if (!c.is_number_integer()) return "\"view\" record whose \"summarised\" holds a non-integer";
+      }
     }
     if (j.contains("held")) {
       if (!j["held"].is_array()) return "\"view\" record whose \"held\" is not an array";
@@ -473,7 +490,10 @@ struct Checker {
     bool applied_known = false;
     int64_t applied = 0;
     int64_t start = 0;  // user seqs at or below it are not this device's to hold
-    std::set<int64_t> covered;                    // also_covers above applied
+    std::set<int64_t> covered;                    // also_covers (and summary covers) above applied
+    // Selective sync: user seqs a summary stood for (their events never reach
+    // this device: not lost, and not part of its receipt view).
+    std::set<int64_t> summarised;
     std::set<int64_t> gap_seqs;                   // user seqs skipped (counted as gaps)
     std::vector<std::pair<int64_t, int64_t>> unrecorded;  // (lo, hi]: applied by the cache, not in the file
     std::set<std::pair<int64_t, int64_t>> held;   // (conv, seq) this epoch
@@ -694,6 +714,14 @@ struct Checker {
         if (c.is_number_integer() && c.get<int64_t>() > u) d.covered.insert(c.get<int64_t>());
       }
     }
+    if (j["kind"] == "summary") {
+      for (const auto& range : j["covers"]) {
+        for (int64_t x = range[0].get<int64_t>(); x <= range[1].get<int64_t>(); ++x) {
+          d.summarised.insert(x);
+          if (x > u) d.covered.insert(x);
+        }
+      }
+    }
     // The cache applied the covered seqs with this one: those right above it
     // are applied (a resume from the last of them is not an unrecorded range).
     while (!d.covered.empty() && *d.covered.begin() == d.applied + 1) {
@@ -720,6 +748,7 @@ struct Checker {
     d.held.clear();
     d.last_seq.clear();
     d.covered.clear();
+    d.summarised.clear();
     d.unrecorded.clear();
     d.event_view.clear();
     d.wh_base.clear();
@@ -752,6 +781,7 @@ struct Checker {
     std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> stream_view;
     for (auto it = sit->second.upper_bound(d.start); it != sit->second.end() && it->first <= d.caught_head; ++it) {
       const StreamEntry& e = it->second;
+      if (d.summarised.count(it->first)) continue;  // a summary stood for it: not this device's to hold
       if (e.kind == kKindReceipt) {
         auto& w = stream_view[{e.conversation_id, e.receipt_user_id}];
         w = {std::max(w.first, e.delivered), std::max(w.second, e.read)};
@@ -900,10 +930,15 @@ struct Checker {
       for (const ViewDevice* v : devices) {
         ++report->counts.views;
         const Record& r = *v->view;
+        // Selective sync: conversations the device kept as summaries are
+        // not synced in full, so their cached messages are not judged.
+        std::set<int64_t> summarised;
+        for (const auto& c : r.j.value("summarised", json::array())) summarised.insert(c.get<int64_t>());
         std::set<std::pair<int64_t, int64_t>> listed;
         for (const auto& m : r.j["messages"]) {
-          ViewMessage(user, r, m, &text_of);
           listed.insert({m["conversation_id"].get<int64_t>(), m["seq"].get<int64_t>()});
+          if (summarised.count(m["conversation_id"].get<int64_t>())) continue;
+          ViewMessage(user, r, m, &text_of);
         }
         // Held, but not listed: unedited, undeleted and shown on this
         // device. Each message the user's stream changed must not be one.
@@ -915,7 +950,7 @@ struct Checker {
         for (auto c = changes.lower_bound({user, INT64_MIN, INT64_MIN});
              c != changes.end() && std::get<0>(c->first) == user; ++c) {
           const int64_t conv = std::get<1>(c->first), seq = std::get<2>(c->first);
-          if (listed.count({conv, seq}) || !Held(held, conv, seq)) continue;
+          if (listed.count({conv, seq}) || !Held(held, conv, seq) || summarised.count(conv)) continue;
           ViewMessage(user, r,
                       {{"conversation_id", conv}, {"seq", seq}, {"version", 0}, {"deleted", false},
                        {"hidden", false}, {"body_hash", ""}},

@@ -46,6 +46,8 @@ constexpr int kDefaultHeartbeatTimeoutMs = 60000;
 constexpr size_t kMaxReceiptItems = 256;    // protocol limit per receipt request
 constexpr size_t kMaxBodyBytes = 16384;     // protocol limit (docs/protocol.md, "Limits")
 constexpr int kMaxSnapshotRetries = 3;
+constexpr size_t kMaxSyncSelection = 256;  // protocol limit: conversations in one select_sync selection
+constexpr int kMaxHistoryPage = 200;        // protocol limit: history `limit`
 constexpr int kAckIntervalMs = 1000;       // cursor acks are batched: at most one per second (and one on Stop)
 constexpr int kStopFlushTimeoutMs = 2000;   // Stop waits this long for final receipts and the cursor ack      // cursor_ahead -> snapshot -> sync, at most this often per session
 
@@ -169,6 +171,11 @@ struct Client::Impl {
   std::shared_ptr<Connection> session_conn;  // set from connect to close (DropConnectionForTest)
   std::map<int64_t, int64_t> pending_read;  // conversation -> seq (MarkRead)
   std::vector<StatusUpdate> queued_updates;  // from Compose, emitted by the worker
+  // Selective sync: conversations the app opened (OpenConversation), selected
+  // in every session from then on, and the current session's selection as
+  // the server answered it.
+  std::set<int64_t> opened;
+  std::set<int64_t> selection;
   std::thread worker;
 
   int64_t Now() { return opt.now_ms ? opt.now_ms() : SystemNowMs(); }
@@ -387,6 +394,9 @@ struct Client::Impl {
     } else if (kind == "draft") {
       rec["conversation_id"] = e.value("conversation_id", int64_t{0});
       rec["draft_hash"] = sdk::TextHash(e.value("text", ""));
+    } else if (kind == "summary") {
+      rec["conversation_id"] = e.value("conversation_id", int64_t{0});
+      rec["covers"] = e.value("covers", json::array());
     }
     if (e.contains("also_covers")) rec["also_covers"] = e["also_covers"];
     if (e.contains("withheld")) rec["withheld"] = e["withheld"];
@@ -412,6 +422,30 @@ struct Client::Impl {
 
   // Loops sync pages from the applied cursor until has_more is false.
   // final_sync: run even though Stop was called (the recorder's last sync).
+  // Selective sync: states this session's selection (the selection is per
+  // connection, docs/protocol.md "select_sync") before the first sync page.
+  bool SelectSync(Connection& c, std::string* why) {
+    json ids = json::array();
+    {
+      std::lock_guard lock(mu);
+      for (int64_t id : opened) {
+        if (ids.size() + static_cast<size_t>(opt.sync_recent_conversations) >= kMaxSyncSelection) break;
+        ids.push_back(id);
+      }
+    }
+    json fields = {{"recent", opt.sync_recent_conversations}};
+    if (!ids.empty()) fields["conversations"] = ids;
+    Reply r = c.Call("select_sync", fields, opt.request_timeout_ms);
+    if (!r.ok) {
+      *why = "select_sync failed: " + r.code + " " + r.message;
+      return false;
+    }
+    std::lock_guard lock(mu);
+    selection.clear();
+    for (const auto& id : r.result.value("conversations", json::array())) selection.insert(id.get<int64_t>());
+    return true;
+  }
+
   bool SyncLoop(Connection& c, std::map<int64_t, int64_t>* to_deliver, std::string* why, bool final_sync = false) {
     int snapshots = 0;
     while (final_sync || !Stopping()) {
@@ -516,6 +550,11 @@ struct Client::Impl {
     int heartbeat_ms = auth.result.value("heartbeat_interval_ms", kDefaultHeartbeatMs);
     int heartbeat_timeout_ms = auth.result.value("heartbeat_timeout_ms", kDefaultHeartbeatTimeoutMs);
 
+    if (opt.sync_recent_conversations > 0 && !SelectSync(*c, &end.why)) {
+      if (c->closed()) return Closed(*c, end.why);
+      c->Abort();
+      return end;
+    }
     std::map<int64_t, int64_t> to_deliver;
     if (!SyncLoop(*c, &to_deliver, &end.why)) {
       if (c->closed()) return Closed(*c, end.why);
@@ -1028,6 +1067,55 @@ Reply Client::Request(const std::string& type, json fields, int timeout_ms) {
   }
   if (!c) return Reply{false, json(), kErrOffline, "not connected to the server", json()};
   return c->Call(type, std::move(fields), timeout_ms > 0 ? timeout_ms : impl_->opt.request_timeout_ms);
+}
+
+std::vector<CachedMessage> Client::OpenConversation(const std::string& peer_in, int limit, Reply* error) {
+  std::string peer = Lower(peer_in);
+  auto conv = impl_->cache->ConversationWith(peer);
+  if (impl_->opt.sync_recent_conversations <= 0 || !conv) {
+    return conv ? impl_->cache->Messages(conv->conversation_id, 0, limit) : std::vector<CachedMessage>{};
+  }
+  const int64_t id = conv->conversation_id;
+  bool selected = false;
+  {
+    std::lock_guard lock(impl_->mu);
+    selected = impl_->selection.count(id) != 0;
+  }
+  if (!selected) {
+    // Selected first, then paged: whatever is stored after the answer
+    // arrives in full, and the pages hold everything before.
+    Reply r = Request("select_sync", {{"add", {id}}});
+    if (!r.ok) {
+      if (error) *error = r;
+      return impl_->cache->Messages(id, 0, limit);
+    }
+    impl_->cache->MarkSelected(id, r.result.value("head", int64_t{0}));
+    std::lock_guard lock(impl_->mu);
+    impl_->opened.insert(id);
+    for (const auto& x : r.result.value("conversations", json::array())) impl_->selection.insert(x.get<int64_t>());
+  }
+  if (conv->summarised) {
+    // From the newest back until the pages join what the cache holds (or limit).
+    int64_t before = 0;
+    int paged = 0;
+    std::vector<CachedMessage> cached = impl_->cache->Messages(id, 0, 1);
+    int64_t have = cached.empty() ? 0 : cached.back().seq;
+    while (paged < limit) {
+      bool more = false;
+      Reply err;
+      auto page = History(peer, before, std::min(limit - paged, kMaxHistoryPage), &more, &err);
+      if (!err.code.empty()) {
+        if (error) *error = err;
+        return impl_->cache->Messages(id, 0, limit);
+      }
+      if (page.empty()) break;
+      paged += static_cast<int>(page.size());
+      before = page.front().seq;
+      if (!more || before <= have + 1) break;
+    }
+    impl_->cache->MarkPaged(id);
+  }
+  return impl_->cache->Messages(id, 0, limit);
 }
 
 std::vector<CachedMessage> Client::History(const std::string& peer_in, int64_t before, int limit, bool* has_more,

@@ -126,7 +126,9 @@ CREATE TABLE IF NOT EXISTS conversations(
   created_at INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0,
   hidden_unread INTEGER NOT NULL DEFAULT 0, hidden_below INTEGER NOT NULL DEFAULT 0,
   draft TEXT NOT NULL DEFAULT '', draft_updated_at INTEGER NOT NULL DEFAULT 0,
-  disappearing_s INTEGER NOT NULL DEFAULT 0);
+  disappearing_s INTEGER NOT NULL DEFAULT 0,
+  summary_unread INTEGER NOT NULL DEFAULT -1, summarised INTEGER NOT NULL DEFAULT 0,
+  selected_head INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS conversations_by_peer ON conversations(peer);
 CREATE TABLE IF NOT EXISTS messages(
   conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
@@ -175,13 +177,26 @@ CREATE TABLE IF NOT EXISTS draft_outbox(
   peer TEXT PRIMARY KEY, text TEXT NOT NULL, set_at INTEGER NOT NULL, gen INTEGER NOT NULL) WITHOUT ROWID;
 )sql";
 
-// Schema 4 -> 5: retention (issue 12). A message's expires_at (0: never);
-// the partial index holds only those still to drop. The conversation's
-// disappearing timer, as the server last said.
+// Schema 4 -> 5: retention and selective sync (issue 12).
+// Retention: a message's expires_at (0: never); the partial index holds only
+// those still to drop. The conversation's disappearing timer, as the server
+// last said.
+// Selective sync: summary_unread is the server's unread count from the last
+// summary (-1: none; the cached messages count), kept current by full events
+// after it; summarised: 1 while messages up to last_seq may be missing
+// (summaries came instead of them), 2 once OpenConversation paged them
+// (cached messages older than the pages may still miss edits that came as
+// summaries: HistoryView names both), 0 never summarised. selected_head: the
+// head the server named when OpenConversation selected it; a summary at or
+// below it was made before (it may arrive after the pages) and does not mark
+// the conversation summarised again.
 constexpr const char* kSchemaV5 = R"sql(
 ALTER TABLE messages ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS messages_expiring ON messages(expires_at) WHERE expires_at > 0 AND deleted = 0;
 ALTER TABLE conversations ADD COLUMN disappearing_s INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN summary_unread INTEGER NOT NULL DEFAULT -1;
+ALTER TABLE conversations ADD COLUMN summarised INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN selected_head INTEGER NOT NULL DEFAULT 0;
 )sql";
 
 }  // namespace
@@ -451,7 +466,7 @@ std::string LocalCache::ShownDraftLocked(int64_t conversation_id) {
 
 nlohmann::json LocalCache::HistoryView() {
   std::lock_guard lock(mu_);
-  json held = json::array(), messages = json::array(), drafts = json::array();
+  json held = json::array(), messages = json::array(), drafts = json::array(), summarised = json::array();
   try {
     // Held seqs as ranges (a cache holds runs of seqs), then in full only the
     // messages an edit or delete changed: a view stays small on a big cache.
@@ -493,10 +508,16 @@ nlohmann::json LocalCache::HistoryView() {
     while (c.Step()) {
       drafts.push_back({{"conversation_id", c.Int(0)}, {"draft_hash", TextHash(c.Text(1))}, {"pending", c.Int(2) != 0}});
     }
+    // Selective sync: conversations this cache ever kept as summaries; their
+    // cached messages may miss edits and deletes the summaries stood for.
+    Stmt su(db_, stmts_, "SELECT id FROM conversations WHERE summarised <> 0 ORDER BY id");
+    while (su.Step()) summarised.push_back(su.Int(0));
   } catch (const SqlError&) {
     return {{"held", json::array()}, {"messages", json::array()}, {"drafts", json::array()}};
   }
-  return {{"held", std::move(held)}, {"messages", std::move(messages)}, {"drafts", std::move(drafts)}};
+  json view = {{"held", std::move(held)}, {"messages", std::move(messages)}, {"drafts", std::move(drafts)}};
+  if (!summarised.empty()) view["summarised"] = std::move(summarised);
+  return view;
 }
 
 std::string LocalCache::PeerOf(int64_t conversation_id) {
@@ -635,11 +656,33 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
       s.Bind(1, conv).Bind(2, w.get<int64_t>()).Run();
     }
   };
+  if (kind == "summary") {
+    // The conversation's current last seq and unread count, in place of its
+    // events (selective sync): its messages up to last_seq may be missing.
+    int64_t conv = e.value("conversation_id", int64_t{0});
+    Stmt c(db_, stmts_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
+    c.Bind(1, conv).Run();
+    Stmt u(db_, stmts_,
+           "UPDATE conversations SET last_seq=MAX(last_seq, ?), summary_unread=?, "
+           "summarised=CASE WHEN ? <= selected_head THEN summarised ELSE 1 END WHERE id=?");
+    u.Bind(1, e.value("last_seq", int64_t{0}))
+        .Bind(2, e.value("unread", int64_t{0}))
+        .Bind(3, e.value("user_seq", int64_t{0}))
+        .Bind(4, conv)
+        .Run();
+    return;
+  }
   if (kind == "message") {
     const json& m = e["message"];
     int64_t conv = m.value("conversation_id", int64_t{0});
     int64_t seq = m.value("seq", int64_t{0});
     int64_t sender = m.value("sender_id", int64_t{0});
+    // After a summary the server's count goes on: one more from the peer;
+    // none after an own send (sending reads everything before it).
+    Stmt su(db_, stmts_,
+            "UPDATE conversations SET summary_unread=CASE WHEN ? THEN summary_unread+1 ELSE 0 END "
+            "WHERE id=? AND summary_unread>=0");
+    su.Bind(1, sender != me_ ? 1 : 0).Bind(2, conv).Run();
     add_withheld(conv);
     InsertMessageLocked(m, &out->updates);
     // Sending reads everything before it (docs/protocol.md, "message").
@@ -650,6 +693,14 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
     }
   } else if (kind == "receipt") {
     int64_t conv = e.value("conversation_id", int64_t{0});
+    if (e.value("user_id", int64_t{0}) == me_) {
+      // My own read watermark is known again: read to the end, nothing is
+      // unread; else the cached messages count from here on.
+      Stmt su(db_, stmts_,
+              "UPDATE conversations SET summary_unread=CASE WHEN ?>=last_seq THEN 0 ELSE -1 END "
+              "WHERE id=? AND summary_unread>=0");
+      su.Bind(1, e.value("read", int64_t{0})).Bind(2, conv).Run();
+    }
     add_withheld(conv);
     RaiseWatermarksLocked(conv, e.value("user_id", int64_t{0}), e.value("delivered", int64_t{0}),
                           e.value("read", int64_t{0}), &out->updates);
@@ -759,6 +810,11 @@ bool LocalCache::ApplyEvents(const std::vector<json>& events, ApplyOutcome* out,
         ApplyOneLocked(*it->second, &local);
         for (const auto& c : it->second->value("also_covers", json::array())) {
           if (c.is_number_integer() && c.get<int64_t>() > applied + 1) covered.insert(c.get<int64_t>());
+        }
+        // A summary (selective sync) stands for every user seq of its ranges.
+        for (const auto& r : it->second->value("covers", json::array())) {
+          if (!r.is_array() || r.size() != 2) continue;
+          for (int64_t c = std::max(r[0].get<int64_t>(), applied + 2); c <= r[1].get<int64_t>(); ++c) covered.insert(c);
         }
         local.applied.push_back(*it->second);
         next.erase(it);
@@ -942,7 +998,8 @@ CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
   CachedConversation c;
   Stmt s(db_, stmts_,
          "SELECT c.id, c.peer_id, c.peer, c.last_seq, c.hidden_unread, c.hidden_below, c.draft, c.draft_updated_at, "
-         "d.text, d.set_at, c.disappearing_s FROM conversations c LEFT JOIN draft_outbox d ON d.peer=c.peer AND c.peer<>'' WHERE c.id=?");
+         "d.text, d.set_at, c.disappearing_s, c.summary_unread, c.summarised FROM conversations c "
+         "LEFT JOIN draft_outbox d ON d.peer=c.peer AND c.peer<>'' WHERE c.id=?");
   s.Bind(1, id);
   if (!s.Step()) return c;
   c.conversation_id = s.Int(0);
@@ -954,6 +1011,8 @@ CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
   c.draft = c.draft_pending ? s.Text(8) : s.Text(6);
   c.draft_updated_at = c.draft_pending ? s.Int(9) : s.Int(7);
   c.disappearing_s = s.Int(10);
+  const int64_t summary_unread = s.Int(11);
+  c.summarised = s.Int(12) == 1;
   Stmt r(db_, stmts_, "SELECT user_id, delivered, read FROM receipts WHERE conversation_id=?");
   r.Bind(1, id);
   while (r.Step()) {
@@ -972,10 +1031,25 @@ CachedConversation LocalCache::ConversationRowLocked(int64_t id) {
   Stmt u(db_, stmts_, "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND sender_id<>? AND seq>? AND hidden=0");
   u.Bind(1, id).Bind(2, me_).Bind(3, hidden ? hidden_below - 1 : c.my_read);
   if (u.Step()) c.unread = u.Int(0) + (hidden ? std::min(hidden_unread, hidden_below - 1 - c.my_read) : 0);
+  if (summary_unread >= 0) c.unread = summary_unread;  // the server's count (selective sync)
   Stmt t(db_, stmts_, "SELECT MAX(ts) FROM messages WHERE conversation_id=?");
   t.Bind(1, id);
   if (t.Step()) c.last_ts = t.Int(0);
   return c;
+}
+
+void LocalCache::MarkSelected(int64_t conversation_id, int64_t head) {
+  std::lock_guard lock(mu_);
+  Stmt u(db_, stmts_, "UPDATE conversations SET selected_head=MAX(selected_head, ?) WHERE id=?");
+  u.Bind(1, head).Bind(2, conversation_id).Run();
+}
+
+void LocalCache::MarkPaged(int64_t conversation_id) {
+  std::lock_guard lock(mu_);
+  // 2: paged after summaries (no longer shown as summarised; the view
+  // record still names it, see HistoryView).
+  Stmt u(db_, stmts_, "UPDATE conversations SET summarised=2 WHERE id=?");
+  u.Bind(1, conversation_id).Run();
 }
 
 std::vector<CachedConversation> LocalCache::Conversations() {

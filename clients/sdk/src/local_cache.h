@@ -71,7 +71,8 @@ class LocalCache {
  public:
   // 2: edits and deletes (messages.version, ...); 3: conversations.hidden_unread/hidden_below;
   // 4: drafts (conversations.draft, draft_updated_at; the draft_outbox table)
-  // 5: retention (messages.expires_at, conversations.disappearing_s)
+  // 5: retention (messages.expires_at, conversations.disappearing_s) and selective sync
+  //    (conversations.summary_unread, summarised, selected_head)
   static constexpr int kSchemaVersion = 5;
 
   static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
@@ -131,6 +132,12 @@ class LocalCache {
   std::vector<CachedMessage> ExpireMessages(int64_t now);
   int64_t NextExpiry();
   std::optional<StatusUpdate> StatusOf(const std::string& client_id);
+  // Selective sync: the conversation's messages were paged after summaries
+  // (clears CachedConversation::summarised).
+  void MarkPaged(int64_t conversation_id);
+  // Selective sync: the conversation is selected from user seq `head` on
+  // (select_sync's answer); summaries at or below it no longer mark it.
+  void MarkSelected(int64_t conversation_id, int64_t head);
   std::string PeerOf(int64_t conversation_id);
   // The device's final view for the delivery history's `view` record
   // (docs/checker.md): the seqs of every cached message, hidden ones

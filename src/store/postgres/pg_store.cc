@@ -1865,6 +1865,7 @@ class PostgresStore::Reader {
   Result<StreamPage> ReadStream(UserId user_id, UserSeq after, int limit, uint64_t* rows_read);
   UserSeq Head(UserId user_id);
   Result<Snapshot> GetSnapshot(UserId user_id, int latest_per_conversation);
+  Result<std::vector<ConversationState>> ConversationStates(UserId user_id, const std::vector<ConversationId>& ids);
   Result<ConversationPage> ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id,
                                             int limit, int latest_per_conversation);
   Result<std::vector<ProfileRecord>> Profiles(UserId viewer, const std::vector<UserId>& ids);
@@ -2274,6 +2275,38 @@ std::optional<ConversationSummary> PostgresStore::Reader::Summary(UserId user_id
     if (!r.empty()) summary.draft = DraftRecord{r.Text(0, 0), r.Int(0, 1)};
   }
   return summary;
+}
+
+// Summary's last_seq and unread, nothing else: a selective device's summary.
+Result<std::vector<ConversationState>> PostgresStore::Reader::ConversationStates(
+    UserId user_id, const std::vector<ConversationId>& ids) {
+  std::vector<ConversationState> states;
+  for (ConversationId id : ids) {
+    Seq own_read = 0;
+    {
+      PgRows r = db_->Query(
+          "SELECT COALESCE(r.read, 0) FROM members m LEFT JOIN user_receipts r "
+          "ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id "
+          "WHERE m.conversation_id = $1 AND m.user_id = $2",
+          PgParams().Int(id).Int(user_id));
+      if (r.empty()) continue;  // not a member (or no such conversation)
+      own_read = r.Int(0, 0);
+    }
+    ConversationState state;
+    state.conversation_id = id;
+    state.last_seq = LastSeqVisibleTo(*db_, id, user_id);
+    {
+      // Summary's count: the unread tail only, skipping what is withheld or hidden.
+      PgRows r = db_->Query(
+          "SELECT count(*) FROM messages m WHERE m.conversation_id = $1 AND m.seq > $2 AND m.sender_id <> $3 "
+          "AND NOT EXISTS (SELECT 1 FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $3 "
+          "AND w.seq = m.seq)",
+          PgParams().Int(id).Int(own_read).Int(user_id));
+      if (!r.empty()) state.unread = r.Int(0, 0);
+    }
+    states.push_back(state);
+  }
+  return states;
 }
 
 Result<Snapshot> PostgresStore::Reader::GetSnapshot(UserId user_id, int latest_per_conversation) {
@@ -2805,6 +2838,12 @@ void PostgresStore::Export(ExportTable table, std::vector<int64_t> after, int li
   SubmitRead<ExportPage>(
       [table, after = std::move(after), limit](Reader& r) { return r.Export(table, after, std::max(1, limit)); },
       std::move(done));
+}
+
+void PostgresStore::GetConversationStates(UserId user_id, std::vector<ConversationId> ids,
+                                          Callback<std::vector<ConversationState>> done) {
+  SubmitRead<std::vector<ConversationState>>(
+      [user_id, ids = std::move(ids)](Reader& r) { return r.ConversationStates(user_id, ids); }, std::move(done));
 }
 
 void PostgresStore::GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) {

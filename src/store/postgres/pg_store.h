@@ -107,6 +107,8 @@ class PostgresStore final : public Store {
   void GetHead(UserId user_id, Callback<UserSeq> done) override;
   void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;
   void GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) override;
+  void GetConversationStates(UserId user_id, std::vector<ConversationId> ids,
+                             Callback<std::vector<ConversationState>> done) override;
   void SetProfile(UserId user_id, std::optional<std::string> display_name, std::optional<std::string> about,
                   int64_t now, Callback<SocialResult> done) override;
   void GetProfiles(UserId viewer, std::vector<UserId> ids, Callback<std::vector<ProfileRecord>> done) override;

@@ -2089,6 +2089,7 @@ class SqliteStore::Reader {
   UserSeq Head(UserId user_id, StepCounter* counter = nullptr);
   Result<ExportPage> Export(ExportTable table, const std::vector<int64_t>& after, int limit);
   Result<Snapshot> GetSnapshot(UserId user_id, int latest_per_conversation);
+  Result<std::vector<ConversationState>> ConversationStates(UserId user_id, const std::vector<ConversationId>& ids);
   Result<ConversationPage> ListConversations(UserId user_id, int64_t before_activity, ConversationId before_id,
                                             int limit, int latest_per_conversation);
   Result<std::vector<ProfileRecord>> Profiles(UserId viewer, const std::vector<UserId>& ids);
@@ -2539,6 +2540,38 @@ std::optional<ConversationSummary> SqliteStore::Reader::Summary(UserId user_id, 
     if (s.Step()) summary.draft = DraftRecord{s.Text(0), s.Int(1)};
   }
   return summary;
+}
+
+// Summary's last_seq and unread, nothing else: a selective device's summary.
+Result<std::vector<ConversationState>> SqliteStore::Reader::ConversationStates(UserId user_id,
+                                                                                const std::vector<ConversationId>& ids) {
+  std::vector<ConversationState> states;
+  for (ConversationId id : ids) {
+    Seq own_read = 0;
+    {
+      Stmt s(*db_,
+             "SELECT coalesce(r.read, 0) FROM members m LEFT JOIN user_receipts r "
+             "ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id "
+             "WHERE m.conversation_id = ?1 AND m.user_id = ?2");
+      s.BindInt(1, id).BindInt(2, user_id);
+      if (!s.Step()) continue;  // not a member (or no such conversation)
+      own_read = s.Int(0);
+    }
+    ConversationState state;
+    state.conversation_id = id;
+    state.last_seq = LastSeqVisibleTo(*db_, id, user_id);
+    {
+      // Summary's count: the unread tail only, skipping what is withheld or hidden.
+      Stmt s(*db_,
+             "SELECT count(*) FROM messages m WHERE m.conversation_id = ?1 AND m.seq > ?2 AND m.sender_id <> ?3 "
+             "AND NOT EXISTS (SELECT 1 FROM withheld w WHERE w.conversation_id = ?1 AND w.user_id = ?3 "
+             "AND w.seq = m.seq)");
+      s.BindInt(1, id).BindInt(2, own_read).BindInt(3, user_id);
+      if (s.Step()) state.unread = s.Int(0);
+    }
+    states.push_back(state);
+  }
+  return states;
 }
 
 Result<Snapshot> SqliteStore::Reader::GetSnapshot(UserId user_id, int latest_per_conversation) {
@@ -3131,6 +3164,12 @@ void SqliteStore::Export(ExportTable table, std::vector<int64_t> after, int limi
   SubmitRead<ExportPage>(
       [table, after = std::move(after), limit](Reader& r) { return r.Export(table, after, std::max(1, limit)); },
       std::move(done));
+}
+
+void SqliteStore::GetConversationStates(UserId user_id, std::vector<ConversationId> ids,
+                                        Callback<std::vector<ConversationState>> done) {
+  SubmitRead<std::vector<ConversationState>>(
+      [user_id, ids = std::move(ids)](Reader& r) { return r.ConversationStates(user_id, ids); }, std::move(done));
 }
 
 void SqliteStore::GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) {
