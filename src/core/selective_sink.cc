@@ -4,6 +4,7 @@
 
 #include <utility>
 
+#include "protocol/encode.h"
 #include "protocol/frames.h"
 
 namespace parley::core {
@@ -34,12 +35,14 @@ void SelectiveSink::SendFrame(fabric::SharedFrame frame, bool ephemeral) {
   uint64_t id = 0;
   {
     std::lock_guard lock(mu_);
+    if (overflowed_) return;
     const bool summarise = key && key->summarisable && selected_.count(key->conversation_id) == 0;
     if (!summarise) {
       if (waiting_.empty()) return inner_->SendFrame(std::move(frame), false);
-      waiting_.push_back(Waiting{0, std::move(frame), true});
+      WaitLocked(std::move(frame));
       return;
     }
+    if (waiting_.size() >= kMaxWaitingFrames) return OverflowLocked();
     // Its place in the order is taken here, under the same lock as the
     // decision (another thread's frame may be published meanwhile).
     id = Reserve();
@@ -51,13 +54,15 @@ void SelectiveSink::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const
   uint64_t id = 0;
   {
     std::lock_guard lock(mu_);
+    if (overflowed_) return;
     if (selected_.count(receipt->conversation_id) != 0) {
       // Coalescing (the gateway's) only applies to what reaches its queue
       // directly; a receipt that has to wait here goes as a plain frame.
       if (waiting_.empty()) return inner_->SendReceipt(std::move(frame), std::move(receipt));
-      waiting_.push_back(Waiting{0, std::move(frame), true});
+      WaitLocked(std::move(frame));
       return;
     }
+    if (waiting_.size() >= kMaxWaitingFrames) return OverflowLocked();
     id = Reserve();
   }
   StartSummary(id, receipt->conversation_id, receipt->user_seq);
@@ -66,6 +71,7 @@ void SelectiveSink::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const
 void SelectiveSink::Close(uint16_t code, std::string reason) {
   {
     std::lock_guard lock(mu_);
+    if (overflowed_) return;  // already closing
     if (!waiting_.empty()) {
       close_pending_ = true;
       close_code_ = code;
@@ -74,6 +80,22 @@ void SelectiveSink::Close(uint16_t code, std::string reason) {
     }
   }
   inner_->Close(code, std::move(reason));
+}
+
+bool SelectiveSink::WaitLocked(fabric::SharedFrame frame) {
+  if (waiting_.size() >= kMaxWaitingFrames) {
+    OverflowLocked();
+    return false;
+  }
+  waiting_.push_back(Waiting{0, std::move(frame), true});
+  return true;
+}
+
+void SelectiveSink::OverflowLocked() {
+  overflowed_ = true;
+  waiting_.clear();
+  close_pending_ = false;
+  inner_->Close(static_cast<uint16_t>(protocol::CloseCode::kResync), protocol::RetryAfterReason(kOverflowRetryAfterMs));
 }
 
 uint64_t SelectiveSink::Reserve() {

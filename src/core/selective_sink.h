@@ -34,6 +34,14 @@ namespace parley::core {
 
 class SelectiveSink final : public fabric::DeviceSink, public std::enable_shared_from_this<SelectiveSink> {
  public:
+  // Frames (summaries included) that may wait here at once. Past it the
+  // store is not keeping up with this connection: it is closed with the
+  // resync close code, as a connection whose queue overflows, and the
+  // device catches up by sync (nothing is lost).
+  static constexpr size_t kMaxWaitingFrames = 1024;
+  // Told to the device in that close reason (the gateway's default resync wait).
+  static constexpr int64_t kOverflowRetryAfterMs = 1'000;
+
   // Makes the summary of `conversation_id` covering `user_seq` and calls
   // `done` with its frame, once, on any thread; a null frame when it could
   // not be read (the device then sees a gap and syncs, as after any lost
@@ -61,6 +69,12 @@ class SelectiveSink final : public fabric::DeviceSink, public std::enable_shared
   // Takes the next place in the order for a summary still to be made.
   // REQUIRES: mu_ held.
   uint64_t Reserve();
+  // Queues a ready frame behind what waits; false (and the connection is
+  // being closed) when the wait is over its bound. REQUIRES: mu_ held.
+  bool WaitLocked(fabric::SharedFrame frame);
+  // Drops what waits and closes the connection (resync). REQUIRES: mu_ held.
+  void OverflowLocked();
+  bool overflowed_ = false;  // guarded by mu_: closed for overflow, everything later is dropped
   // Makes the summary for place `id`, in place of an event of an unselected
   // conversation. REQUIRES: mu_ not held.
   void StartSummary(uint64_t id, int64_t conversation_id, int64_t user_seq);

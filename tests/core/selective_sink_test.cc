@@ -18,6 +18,7 @@ struct RecordingSink : fabric::DeviceSink {
   std::vector<bool> ephemeral;
   int receipts = 0;
   int closes = 0;
+  uint16_t close_code = 0;
   void SendFrame(fabric::SharedFrame f, bool eph) override {
     frames.push_back(*f);
     ephemeral.push_back(eph);
@@ -27,7 +28,10 @@ struct RecordingSink : fabric::DeviceSink {
     frames.push_back(*f);
     ephemeral.push_back(false);
   }
-  void Close(uint16_t, std::string) override { ++closes; }
+  void Close(uint16_t code, std::string) override {
+    ++closes;
+    close_code = code;
+  }
 };
 
 fabric::SharedFrame Frame(std::string s) { return std::make_shared<const std::string>(std::move(s)); }
@@ -123,6 +127,20 @@ TEST_F(SelectiveSinkTest, AWideningTakesEffectForLaterFramesAndCloseWaitsForTheQ
   EXPECT_EQ(inner_->closes, 0) << "the waiting frames go first";
   Answer("s1");
   EXPECT_EQ(inner_->frames.size(), 2u);
+  EXPECT_EQ(inner_->closes, 1);
+}
+
+TEST_F(SelectiveSinkTest, TooManyFramesWaitingCloseTheConnectionForAResync) {
+  sink_->SendFrame(MessageEvent(1, 2));  // a summary that never comes
+  for (size_t i = 0; i + 1 < SelectiveSink::kMaxWaitingFrames; ++i)
+    sink_->SendFrame(MessageEvent(static_cast<int64_t>(i) + 2, 1));
+  EXPECT_EQ(inner_->closes, 0);
+  sink_->SendFrame(MessageEvent(5000, 1));
+  EXPECT_EQ(inner_->closes, 1);
+  EXPECT_EQ(inner_->close_code, 4003);
+  sink_->SendFrame(MessageEvent(5001, 1));
+  Answer("late");
+  EXPECT_TRUE(inner_->frames.empty()) << "nothing after the overflow: the device syncs";
   EXPECT_EQ(inner_->closes, 1);
 }
 
