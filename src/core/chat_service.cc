@@ -547,6 +547,10 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
         .Field("max_presence_subscriptions", static_cast<int64_t>(protocol::kMaxPresenceSubscriptions))
         .Field("edit_window_ms", config_.change_windows.edit_ms)
         .Field("delete_window_ms", config_.change_windows.delete_ms)
+        // Retention (issue 12): the disappearing timer's maximum and the
+        // server-wide maximum age of a message (0: none).
+        .Field("max_disappearing_s", protocol::kMaxDisappearingSeconds)
+        .Field("retention_max_age_s", config_.retention.max_age_ms / 1000)
         .EndObject();
   });
 }

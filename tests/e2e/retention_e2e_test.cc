@@ -262,6 +262,13 @@ class MaxAgeE2E : public RetentionE2E {
 };
 
 TEST_F(MaxAgeE2E, TheServerMaximumAgeExpiresEveryMessage) {
+  // Announced at login, with the timer's maximum.
+  auto conn = server_.Connect();
+  Reply login = conn->Call("login", {{"username", "carol"}, {"password", "correct horse"}, {"device_name", "x"}});
+  ASSERT_TRUE(login.ok) << login.code;
+  EXPECT_EQ(login.result["limits"]["retention_max_age_s"], 1);
+  EXPECT_EQ(login.result["limits"]["max_disappearing_s"], 31'536'000);
+
   Reply sent = Send(a1_, ac_, "m1", "short lived");
   ASSERT_TRUE(sent.ok);
   ASSERT_TRUE(sent.result.contains("expires_at"));

@@ -169,8 +169,8 @@ TEST(DraftsSdkE2E, DraftsSetOfflineAreSavedOnceWhenOnlineAndTheLastLocalWriteWin
   EXPECT_EQ(a1->Draft("bob"), "what about noon");
 }
 
-// A cache written by the SDK before drafts (schema 3) is migrated in place:
-// its data stays, and drafts work.
+// A cache written by the SDK before drafts (schema 3) is migrated in place
+// (to the current schema, 5): its data stays, and drafts work.
 TEST(DraftsSdkE2E, ACacheOfSchemaThreeIsMigratedAndKeepsItsData) {
   TempDir dir;
   const std::string path = dir / "v3.db";
@@ -210,6 +210,7 @@ PRAGMA user_version=3;
   ASSERT_NE(c, nullptr);
   EXPECT_EQ(c->applied(), 7);
   ASSERT_EQ(c->Messages("bob", 0, 10).size(), 2u);  // the cached message and the queued one
+  EXPECT_EQ(c->Messages("bob", 0, 10)[0].expires_at, 0) << "schema 5: an old message never expires";
   auto conv = c->ConversationWith("bob");
   ASSERT_TRUE(conv.has_value());
   EXPECT_EQ(conv->draft, "");
@@ -222,7 +223,7 @@ PRAGMA user_version=3;
   sqlite3_stmt* st = nullptr;
   ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr), SQLITE_OK);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(st, 0), 5);  // migrated to the current schema (5: selective sync)
+  EXPECT_EQ(sqlite3_column_int(st, 0), 5) << "through 4 (drafts) to 5 (retention and selective sync)";
   sqlite3_finalize(st);
   sqlite3_close(db);
   // Reopened: the unsaved draft is still there, to be sent when online.

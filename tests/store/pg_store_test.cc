@@ -12,8 +12,8 @@
 #include <libpq-fe.h>
 
 #include <algorithm>
-#include <chrono>
 #include <atomic>
+#include <chrono>
 #include <future>
 #include <memory>
 #include <optional>
@@ -513,6 +513,64 @@ TEST(PgStoreTest, TwoNodesOnOneDatabaseKeepSequencesGaplessAndDedupExact) {
     ASSERT_EQ(page.events.size(), static_cast<size_t>(kMessages + 1));
     for (size_t i = 0; i < page.events.size(); ++i) EXPECT_EQ(page.events[i].user_seq, static_cast<UserSeq>(i + 1));
   }
+}
+
+// Retention on two nodes (issue 12): both run the expiry and purge steps at
+// once on one database; each expired message is tombstoned by one node only
+// (one delete event per member, no duplicate), and purged once.
+TEST(PgStoreTest, TwoNodesExpiringAndPurgingTogetherTakeEachMessageOnce) {
+  std::string url = FreshDatabase();
+  std::unique_ptr<Store> node1 = OpenPg(url);
+  std::unique_ptr<Store> node2 = OpenPg(url);
+  ASSERT_NE(node1, nullptr);
+  ASSERT_NE(node2, nullptr);
+  UserRecord a = MakeUser(*node1, "a");
+  UserRecord b = MakeUser(*node1, "b");
+  DeviceRecord da = MakeDevice(*node1, a.id, "ta");
+  const ConversationId c = Open(*node1, a.id, b.id).conversation.id;
+  ASSERT_TRUE(Await<SocialResult>([&](auto cb) { node1->SetDisappearing(a.id, c, 1, 1000, cb); }).has_value());
+  constexpr int kMessages = 40;
+  int64_t expires = 0;
+  for (int i = 0; i < kMessages; ++i) {
+    AppendResult r = Must(Append(*node1, Msg(c, a.id, da.id, "m" + std::to_string(i), "x")));
+    expires = std::max(expires, r.message.expires_at);
+  }
+  ASSERT_GT(expires, 0);
+  std::vector<Seq> expired1, expired2;
+  auto expire = [&](Store& node, std::vector<Seq>* out) {
+    for (int step = 0; step < 20; ++step) {
+      ExpireProgress p = Must(Await<ExpireProgress>([&](auto cb) { node.ExpireMessages(expires + 1, 7, cb); }));
+      for (const ChangeResult& x : p.expired) {
+        out->push_back(x.message.seq);
+        EXPECT_EQ(x.positions.size(), 2u);
+      }
+    }
+  };
+  std::thread t1([&] { expire(*node1, &expired1); });
+  std::thread t2([&] { expire(*node2, &expired2); });
+  t1.join();
+  t2.join();
+  std::vector<Seq> all = expired1;
+  all.insert(all.end(), expired2.begin(), expired2.end());
+  std::sort(all.begin(), all.end());
+  ASSERT_EQ(all.size(), static_cast<size_t>(kMessages)) << "node 1 took " << expired1.size();
+  EXPECT_EQ(std::unique(all.begin(), all.end()), all.end()) << "a message expired twice";
+  // One delete event per message in each member's stream.
+  for (UserId u : {a.id, b.id}) {
+    int deletes = 0;
+    for (const StreamEvent& e : ReadStream(*node2, u, 0, 1000).events) deletes += e.kind == EventKind::kDelete ? 1 : 0;
+    EXPECT_EQ(deletes, kMessages);
+  }
+  std::atomic<int> purged{0};
+  auto purge = [&](Store& node) {
+    for (int step = 0; step < 20; ++step)
+      purged += Must(Await<PurgeProgress>([&](auto cb) { node.PurgeDeleted(expires + 1'000'000, 5, cb); })).purged;
+  };
+  std::thread p1([&] { purge(*node1); });
+  std::thread p2([&] { purge(*node2); });
+  p1.join();
+  p2.join();
+  EXPECT_EQ(purged.load(), kMessages);
 }
 
 }  // namespace
