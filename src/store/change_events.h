@@ -98,6 +98,19 @@ inline int64_t ExpiresAt(int64_t stored_at, int64_t disappearing_s, int64_t max_
   return after > 0 ? stored_at + after : 0;
 }
 
+// The delete for everyone that expires a message (ExpireMessages, both
+// backends): in the sender's name, with no window.
+inline MessageChange ExpiryDelete(ConversationId conversation_id, Seq seq, UserId sender, int64_t now) {
+  MessageChange change;
+  change.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+  change.conversation_id = conversation_id;
+  change.seq = seq;
+  change.user_id = sender;  // a member (membership never ends today)
+  change.now = now;
+  change.expiry = true;
+  return change;
+}
+
 // Whether a delete for everyone of `m` was its expiry (the expiry job
 // deletes at or after expires_at; a sender's delete before it is not one).
 inline bool DeletedByExpiry(const MessageRecord& m) {

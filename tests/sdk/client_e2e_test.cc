@@ -9,6 +9,29 @@
 namespace parley::testing {
 namespace {
 
+// Alice and Bob registered and started, each with a cache file in `dir`;
+// Bob's app records every on_message_changed in `changes`.
+struct AliceAndBob {
+  explicit AliceAndBob(ServerProcess& s) {
+    std::string alice_token = RegisterAndLogin(s, "alice");
+    std::string bob_token = RegisterAndLogin(s, "bob");
+    auto bo = OptionsFor(s, dir / "bob.db", bob_token);
+    bo.on_message_changed = [this](const CachedMessage& m) {
+      std::lock_guard lock(mu);
+      changes.push_back(m);
+    };
+    alice = OpenClient(OptionsFor(s, dir / "alice.db", alice_token));
+    bob = OpenClient(bo);
+    alice->Start();
+    bob->Start();
+  }
+  TempDir dir;
+  std::mutex mu;
+  std::vector<CachedMessage> changes;  // guarded by mu
+  std::unique_ptr<Client> alice;
+  std::unique_ptr<Client> bob;
+};
+
 TEST(BackoffTest, FullJitterStaysUnderTheGrowingCapAndUsesItsRange) {
   BackoffPolicy p;
   p.initial_ms = 100;
@@ -259,22 +282,10 @@ TEST(ClientE2E, FreshDeviceCountsUnreadBeyondItsCachedMessagesLikeTheOtherDevice
 // expires_at too.
 TEST(ClientE2E, ExpiredMessagesLeaveTheCacheAtTheirExpiry) {
   ServerProcess s({"--expiry-interval-ms", "3600000"});
-  std::string alice_token = RegisterAndLogin(s, "alice");
-  std::string bob_token = RegisterAndLogin(s, "bob");
-  TempDir dir;
-  std::mutex mu;
-  std::vector<CachedMessage> changes;  // guarded by mu
-  auto bo = OptionsFor(s, dir / "bob.db", bob_token);
-  bo.on_message_changed = [&](const CachedMessage& m) {
-    std::lock_guard lock(mu);
-    changes.push_back(m);
-  };
-  auto alice = OpenClient(OptionsFor(s, dir / "alice.db", alice_token));
-  auto bob = OpenClient(bo);
-  alice->Start();
-  bob->Start();
-  ASSERT_TRUE(alice->WaitOnline(5000));
-  ASSERT_TRUE(bob->WaitOnline(5000));
+  AliceAndBob ab(s);
+  ASSERT_TRUE(ab.alice->WaitOnline(5000));
+  ASSERT_TRUE(ab.bob->WaitOnline(5000));
+  auto& [dir, mu, changes, alice, bob] = ab;
   ASSERT_TRUE(alice->Compose("bob", "before the timer").ok);
   ASSERT_TRUE(alice->WaitOutboxDrained(5000));
   ASSERT_TRUE(Eventually([&] { return bob->Messages("alice", 0, 10).size() == 1; }, 5000));
@@ -324,22 +335,10 @@ TEST(ClientE2E, ExpiredMessagesLeaveTheCacheAtTheirExpiry) {
 
 TEST(ClientE2E, EditsAndDeletesReachTheCacheAndTheApp) {
   ServerProcess s;
-  std::string alice_token = RegisterAndLogin(s, "alice");
-  std::string bob_token = RegisterAndLogin(s, "bob");
-  TempDir dir;
-  std::mutex mu;
-  std::vector<CachedMessage> changes;  // guarded by mu
-  auto bo = OptionsFor(s, dir / "bob.db", bob_token);
-  bo.on_message_changed = [&](const CachedMessage& m) {
-    std::lock_guard lock(mu);
-    changes.push_back(m);
-  };
-  auto alice = OpenClient(OptionsFor(s, dir / "alice.db", alice_token));
-  auto bob = OpenClient(bo);
-  alice->Start();
-  bob->Start();
-  ASSERT_TRUE(alice->WaitOnline(5000));
-  ASSERT_TRUE(bob->WaitOnline(5000));
+  AliceAndBob ab(s);
+  ASSERT_TRUE(ab.alice->WaitOnline(5000));
+  ASSERT_TRUE(ab.bob->WaitOnline(5000));
+  auto& [dir, mu, changes, alice, bob] = ab;
   ASSERT_TRUE(alice->Compose("bob", "first").ok);
   ASSERT_TRUE(alice->Compose("bob", "second").ok);
   ASSERT_TRUE(alice->WaitOutboxDrained(5000));

@@ -143,6 +143,7 @@
 #include <utility>
 
 #include "protocol/message_edits.h"
+#include "store/auth_read.h"
 #include "store/change_events.h"
 #include "store/commit_pacer.h"
 #include "store/name_words.h"
@@ -1787,14 +1788,7 @@ Result<ExpireProgress> PostgresStore::Writer::ExpireMessages(int64_t now, int ma
   const int n = std::min(rows.size(), limit);
   progress.more = rows.size() > limit;
   for (int i = 0; i < n; ++i) {
-    MessageChange change;
-    change.kind = static_cast<int>(protocol::ChangeKind::kDelete);
-    change.conversation_id = rows.Int(i, 0);
-    change.seq = rows.Int(i, 1);
-    change.user_id = rows.Int(i, 2);
-    change.now = now;
-    change.expiry = true;
-    Result<ChangeResult> r = ChangeMessage(change);
+    Result<ChangeResult> r = ChangeMessage(ExpiryDelete(rows.Int(i, 0), rows.Int(i, 1), rows.Int(i, 2), now));
     if (!r) return r.error();
     if (!r->duplicate) progress.expired.push_back(std::move(r).value());
   }
@@ -2723,18 +2717,7 @@ void PostgresStore::CreateDevice(UserId user_id, std::string name, std::string p
 
 void PostgresStore::GetAuthContext(std::string token_hash, Callback<AuthContext> done) {
   SubmitRead<AuthContext>(
-      [token_hash = std::move(token_hash)](Reader& r) -> Result<AuthContext> {
-        AuthContext a;
-        Result<DeviceRecord> device = r.DeviceByToken(token_hash);
-        if (!device) return device.error();
-        a.device = std::move(device).value();
-        Result<UserRecord> user = r.UserById(a.device.user_id);
-        if (!user) return user.error();
-        a.user = std::move(user).value();
-        a.head = r.Head(a.device.user_id);
-        return a;
-      },
-      std::move(done));
+      [token_hash = std::move(token_hash)](Reader& r) { return ReadAuthContext(r, token_hash); }, std::move(done));
 }
 
 void PostgresStore::ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) {

@@ -198,6 +198,7 @@
 #include <spdlog/spdlog.h>
 
 #include "protocol/message_edits.h"
+#include "store/auth_read.h"
 #include "store/change_events.h"
 #include "store/commit_pacer.h"
 #include "store/name_words.h"
@@ -711,7 +712,7 @@ class SqliteStore::WriteOp {
 };
 
 template <typename T>
-class SqliteStore::TypedWriteOp final : public WriteOp {
+class SqliteStore::TypedWriteOp : public WriteOp {
  public:
   TypedWriteOp(std::function<Result<T>(Writer&)> body, Callback<T> done)
       : body_(std::move(body)), done_(std::move(done)) {}
@@ -724,10 +725,12 @@ class SqliteStore::TypedWriteOp final : public WriteOp {
     done_(std::move(*result_));
   }
 
+ protected:
+  std::optional<Result<T>> result_;
+
  private:
   std::function<Result<T>(Writer&)> body_;
   Callback<T> done_;
-  std::optional<Result<T>> result_;
 };
 
 // A receipt. CommitBatch merges the receipts of one device for one
@@ -738,10 +741,9 @@ class SqliteStore::TypedWriteOp final : public WriteOp {
 // name messages committed before this batch began (a client learns a seq only
 // after its commit), so no op between the two can change how it is clamped,
 // and watermarks are maxima, so the stored outcome is the same.
-class SqliteStore::ReceiptWriteOp final : public WriteOp {
+class SqliteStore::ReceiptWriteOp final : public TypedWriteOp<ReceiptResult> {
  public:
-  ReceiptWriteOp(ReceiptUpdate update, Callback<ReceiptResult> done)
-      : update_(update), done_(std::move(done)) {}
+  ReceiptWriteOp(ReceiptUpdate update, Callback<ReceiptResult> done);
   const ReceiptUpdate& update() const { return update_; }
   // Folds `later` (same device and conversation, later in the batch) into this one.
   void Absorb(ReceiptWriteOp& later) {
@@ -751,18 +753,9 @@ class SqliteStore::ReceiptWriteOp final : public WriteOp {
     later.merged_into_ = this;
   }
   void Apply(Writer& writer) override;
-  void Finish(const Status& batch) override {
-    if (!batch.ok() || !result_.has_value()) {
-      done_(Result<ReceiptResult>(batch.ok() ? Status(ErrorCode::kInternal, "write not applied") : batch));
-      return;
-    }
-    done_(std::move(*result_));
-  }
 
  private:
   ReceiptUpdate update_;
-  Callback<ReceiptResult> done_;
-  std::optional<Result<ReceiptResult>> result_;
   ReceiptWriteOp* merged_into_ = nullptr;  // set: this receipt's effect is that op's
 };
 
@@ -887,9 +880,13 @@ class SqliteStore::Writer {
       "Receipts applied as part of an earlier receipt of the same device and conversation in their commit.");
 };
 
+// The body reads update_ when it runs, after construction (and after any Absorb).
+SqliteStore::ReceiptWriteOp::ReceiptWriteOp(ReceiptUpdate update, Callback<ReceiptResult> done)
+    : TypedWriteOp([this](Writer& w) { return w.UpdateReceipt(update_); }, std::move(done)), update_(update) {}
+
 void SqliteStore::ReceiptWriteOp::Apply(Writer& writer) {
   if (merged_into_ == nullptr) {
-    result_.emplace(writer.UpdateReceipt(update_));
+    TypedWriteOp::Apply(writer);
     return;
   }
   // Applied (earlier in this batch) by the op it was merged into: the same
@@ -1584,14 +1581,7 @@ Result<ExpireProgress> SqliteStore::Writer::ExpireMessages(int64_t now, int max)
     progress.more = true;
   }
   for (const Key& k : keys) {
-    MessageChange change;
-    change.kind = static_cast<int>(protocol::ChangeKind::kDelete);
-    change.conversation_id = k.conversation;
-    change.seq = k.seq;
-    change.user_id = k.sender;  // a member (membership never ends today)
-    change.now = now;
-    change.expiry = true;
-    Result<ChangeResult> r = ChangeMessage(change);
+    Result<ChangeResult> r = ChangeMessage(ExpiryDelete(k.conversation, k.seq, k.sender, now));
     if (!r) return r.error();
     if (!r->duplicate) progress.expired.push_back(std::move(r).value());
   }
@@ -3053,18 +3043,7 @@ void SqliteStore::CreateDevice(UserId user_id, std::string name, std::string pla
 
 void SqliteStore::GetAuthContext(std::string token_hash, Callback<AuthContext> done) {
   SubmitRead<AuthContext>(
-      [token_hash = std::move(token_hash)](Reader& r) -> Result<AuthContext> {
-        AuthContext a;
-        Result<DeviceRecord> device = r.DeviceByToken(token_hash);
-        if (!device) return device.error();
-        a.device = std::move(device).value();
-        Result<UserRecord> user = r.UserById(a.device.user_id);
-        if (!user) return user.error();
-        a.user = std::move(user).value();
-        a.head = r.Head(a.device.user_id);
-        return a;
-      },
-      std::move(done));
+      [token_hash = std::move(token_hash)](Reader& r) { return ReadAuthContext(r, token_hash); }, std::move(done));
 }
 
 void SqliteStore::ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) {
