@@ -42,7 +42,7 @@ void ChatService::WriteSyncPage(JsonWriter& w, int64_t after, const store::Strea
     std::map<int64_t, protocol::SeqRanges> covers;
     for (const auto& s : *states) covers[s.conversation_id];
     for (const auto& e : page.events) {
-      if (!protocol::SummarisedInSelectiveSync(e.kind) || e.conversation_id == 0) continue;
+      if (!protocol::SummarisedInSelectiveSync(e) || e.conversation_id == 0) continue;
       auto it = covers.find(e.conversation_id);
       if (it == covers.end()) continue;  // selected
       auto& r = it->second;
@@ -50,7 +50,7 @@ void ChatService::WriteSyncPage(JsonWriter& w, int64_t after, const store::Strea
       else r.emplace_back(e.user_seq, e.user_seq);
     }
     for (const auto& e : page.events) {
-      auto it = protocol::SummarisedInSelectiveSync(e.kind) ? covers.find(e.conversation_id) : covers.end();
+      auto it = protocol::SummarisedInSelectiveSync(e) ? covers.find(e.conversation_id) : covers.end();
       if (it == covers.end()) {
         protocol::WriteEvent(w, e);
         continue;
@@ -73,7 +73,7 @@ void ChatService::RespondSelectivePage(const ClientPtr& c, const Req& req, int64
   // The conversations of this page that are summarised, in order of first appearance.
   std::vector<int64_t> ids;
   for (const auto& e : page.events) {
-    if (!protocol::SummarisedInSelectiveSync(e.kind) || e.conversation_id == 0) continue;
+    if (!protocol::SummarisedInSelectiveSync(e) || e.conversation_id == 0) continue;
     if (c->selective->Selected(e.conversation_id)) continue;
     if (std::find(ids.begin(), ids.end(), e.conversation_id) == ids.end()) ids.push_back(e.conversation_id);
   }

@@ -55,7 +55,8 @@ void SelectiveSink::SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const
   {
     std::lock_guard lock(mu_);
     if (overflowed_) return;
-    if (selected_.count(receipt->conversation_id) != 0) {
+    // A receipt that lists withheld seqs goes in full (SummarisedInSelectiveSync).
+    if (selected_.count(receipt->conversation_id) != 0 || !receipt->withheld.empty()) {
       // Coalescing (the gateway's) only applies to what reaches its queue
       // directly; a receipt that has to wait here goes as a plain frame.
       if (waiting_.empty()) return inner_->SendReceipt(std::move(frame), std::move(receipt));

@@ -307,6 +307,15 @@ void WsSession<Stream>::DoRead() {
 template <typename Stream>
 void WsSession<Stream>::OnFirstBytes(beast::error_code ec, size_t n) {
   if (ec || ws_.is_message_done()) return OnRead(ec, n);
+  if (closing_) {
+    // Our close frame is out, and Beast's close may already have drained the
+    // rest of this message: a new async_read would then start in a state
+    // its read_size_hint asserts against (the final frame, nothing left, the
+    // message not done). The rest of the message no longer matters: read on
+    // a little at a time until the close completes the read with `closed`.
+    buffer_.consume(buffer_.size());
+    return DoRead();
+  }
   ws_.async_read(buffer_, beast::bind_front_handler(&WsSession::OnRead, this->shared_from_this()));
 }
 

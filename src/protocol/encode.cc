@@ -236,8 +236,11 @@ const std::vector<store::EventKind>& AllEventKinds() {
   return kinds;
 }
 
-bool SummarisedInSelectiveSync(store::EventKind kind) {
-  switch (kind) {
+bool SummarisedInSelectiveSync(const store::StreamEvent& e) {
+  // An event that lists withheld seqs (blocking) always goes in full: those
+  // seqs must stay "sent" on every device, and a summary has no list.
+  if (!e.withheld.empty()) return false;
+  switch (e.kind) {
     case store::EventKind::kMessage:
     case store::EventKind::kReceipt:
     case store::EventKind::kEdit:

@@ -59,9 +59,10 @@ using SeqRanges = std::vector<std::pair<int64_t, int64_t>>;
 // The kinds a selective device gets as a summary when their conversation is
 // not selected: message, receipt, edit, delete, delete_for_me (the same
 // list as PeekEventFrame's, protocol/frames.h). Every other kind (conversation,
-// profile, contact, block, privacy, mute, push_previews, draft) is always
-// sent in full: small, and about the user rather than a conversation's log.
-bool SummarisedInSelectiveSync(store::EventKind kind);
+// profile, contact, block, privacy, mute, push_previews, draft,
+// disappearing) is always sent in full: small, and about the user rather than
+// a conversation's log. So is an event that lists withheld seqs (blocking).
+bool SummarisedInSelectiveSync(const store::StreamEvent& e);
 void WriteSyncSummary(JsonWriter& w, const store::ConversationState& state, const SeqRanges& covers);
 // The live form: {"v":1,"type":"event","event":<summary covering user_seq alone>}.
 std::string EncodeSummaryEvent(const store::ConversationState& state, int64_t user_seq);

@@ -570,6 +570,8 @@ std::optional<EventFrameKey> PeekEventFrame(std::string_view frame) {
   auto conversation = kind == "message" ? ev["message"]["conversation_id"] : ev["conversation_id"];
   if (conversation.get_int64().get(key.conversation_id) != simdjson::SUCCESS) key.conversation_id = 0;
   if (key.conversation_id == 0) key.summarisable = false;
+  // An event that lists withheld seqs goes in full (SummarisedInSelectiveSync).
+  if (ev["withheld"].error() == simdjson::SUCCESS) key.summarisable = false;
   return key;
 }
 

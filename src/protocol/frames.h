@@ -259,7 +259,8 @@ Result<std::string> CanonicalUsername(std::string_view raw);
 // What a gateway needs to know of a live `event` frame to route it for a
 // selective device: its user seq, whether its kind is conversation-scoped
 // and summarised for a conversation the device does not sync in full
-// (message, receipt, edit, delete, delete_for_me), and that conversation.
+// (message, receipt, edit, delete, delete_for_me; not when it lists withheld
+// seqs), and that conversation.
 struct EventFrameKey {
   int64_t user_seq = 0;
   int64_t conversation_id = 0;

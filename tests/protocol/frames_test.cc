@@ -276,6 +276,10 @@ TEST(FramesTest, PeekEventFrameFindsTheConversationOfSummarisedKinds) {
   key = PeekEventFrame(R"({"v":1,"type":"event","event":{"user_seq":9,"kind":"draft","conversation_id":4}})");
   ASSERT_TRUE(key);
   EXPECT_FALSE(key->summarisable) << "drafts always go in full";
+  key = PeekEventFrame(
+      R"({"v":1,"type":"event","event":{"user_seq":11,"kind":"receipt","conversation_id":4,"withheld":[2]}})");
+  ASSERT_TRUE(key);
+  EXPECT_FALSE(key->summarisable) << "a withheld list must reach every device: never summarised";
   key = PeekEventFrame(R"({"v":1,"type":"event","event":{"user_seq":10,"kind":"profile","profile":{}}})");
   ASSERT_TRUE(key);
   EXPECT_FALSE(key->summarisable);
