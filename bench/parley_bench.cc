@@ -1467,12 +1467,47 @@ std::string CheckSyncPage(simdjson::dom::element r, int64_t after, int64_t* next
   return "";
 }
 
+// The measurements of a probe: JSON key, label.
+const std::vector<std::pair<std::string, std::string>> kHistoryFigures = {
+    {"send_sent_response", "send -> sent"},
+    {"send_arrival", "send -> arrival"},
+    {"history_newest", "history, newest page"},
+    {"history_random", "history, random depth"},
+    {"sync_behind_page", "sync page, behind"},
+    {"sync_behind_catch_up", "sync catch-up (behind)"},
+    {"sync_random_page", "sync page, random depth"},
+    {"sync_fresh_first_page", "sync, fresh first page"}};
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[(v.size() - 1) / 2];
+}
+
+constexpr int64_t kSettleSampleNs = 500 * kMs;  // parleyd's CPU sampled this often while settling
+constexpr double kSettleBusyShare = 0.10;       // settled: parleyd used less of its core than this
+constexpr int64_t kSettleMaxNs = 60 * kSec;     // settle at most this long
+
+// Keeps the loop running until parleyd is nearly idle; returns the seconds
+// it took.
+double Settle(Fleet& f, pid_t pid) {
+  int64_t t0 = NowNs();
+  while (NowNs() - t0 < kSettleMaxNs) {
+    int64_t cpu0 = ProcessCpuMs(pid), w0 = NowNs();
+    f.PumpUntil([] { return false; }, w0 + kSettleSampleNs, "");
+    double share = static_cast<double>(ProcessCpuMs(pid) - cpu0) / (static_cast<double>(NowNs() - w0) / 1e6);
+    if (share < kSettleBusyShare) break;
+  }
+  return static_cast<double>(NowNs() - t0) / 1e9;
+}
+
 struct HistoryOpts {
   int64_t small = 10000;         // the first probe's store size (messages written by the fill)
   size_t conversations = 100;    // fill conversations (the long one included)
   double rate = 1000;            // the send probe's total rate, msgs/s
   int64_t behind = 1000;         // events the syncing device is behind its head
   size_t requests = 1000;        // samples per history / sync measurement
+  size_t repeats = 1;            // probe sets per store size (the figures: medians over them)
 };
 
 json ScenarioHistory(const Common&, std::vector<Server>& nodes, const Opts& o, const HistoryOpts& h, std::vector<std::string>* failures) {
@@ -1558,110 +1593,125 @@ json ScenarioHistory(const Common&, std::vector<Server>& nodes, const Opts& o, c
                   static_cast<long long>(target - start), step_s, static_cast<double>(target - start) / step_s);
     }
 
-    // ---- Probe.
-    int64_t cpu0 = ProcessCpuMs(s.pid), self0 = ProcessCpuMs(getpid()), busy0 = MachineBusyMs(), wall0 = NowNs();
-    json send = RunPhase(f, nodes, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs"});
-    PrintPhase(send, std::to_string(target));
-    CheckAlive(nodes);
-    Prober pr(f, a0, failures);
-    std::vector<int64_t> hist_newest, hist_random, sync_page, sync_round, sync_random, fresh;
-    int64_t conv_last = f.conv_last_seq[long_conv];
-    auto history_body = [&](int64_t before) {
-      std::string b = R"("type":"history","conversation_id":)" + std::to_string(long_conv) + R"(,"limit":)" +
-                      std::to_string(kHistoryPageLimit);
-      if (before) b += R"(,"before":)" + std::to_string(before);
-      return b;
-    };
-    for (size_t i = 0; i < h.requests; ++i) {
-      int64_t ns = pr.Ask("history (newest)", history_body(0),
-                          [&](simdjson::dom::element r) { return CheckHistoryPage(r, long_conv, conv_last); });
-      if (ns >= 0) hist_newest.push_back(ns);
+    // ---- Settle: the fill leaves work behind (the WAL checkpoint runs on a
+    // thread of its own); the probes measure the store at rest, not that.
+    double settle_s = Settle(f, s.pid);
+    // ---- Probe, --repeats times; each figure is the median over the
+    // repeats (a burst of other processes' load spoils one, not the median).
+    json reps = json::array();
+    for (size_t rep = 0; rep < h.repeats; ++rep) {
+      int64_t cpu0 = ProcessCpuMs(s.pid), self0 = ProcessCpuMs(getpid()), busy0 = MachineBusyMs(), wall0 = NowNs();
+      json send = RunPhase(f, nodes, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs"});
+      PrintPhase(send, std::to_string(target));
+      CheckAlive(nodes);
+      Prober pr(f, a0, failures);
+      std::vector<int64_t> hist_newest, hist_random, sync_page, sync_round, sync_random, fresh;
+      int64_t conv_last = f.conv_last_seq[long_conv];
+      auto history_body = [&](int64_t before) {
+        std::string b = R"("type":"history","conversation_id":)" + std::to_string(long_conv) + R"(,"limit":)" +
+                        std::to_string(kHistoryPageLimit);
+        if (before) b += R"(,"before":)" + std::to_string(before);
+        return b;
+      };
+      for (size_t i = 0; i < h.requests; ++i) {
+        int64_t ns = pr.Ask("history (newest)", history_body(0),
+                            [&](simdjson::dom::element r) { return CheckHistoryPage(r, long_conv, conv_last); });
+        if (ns >= 0) hist_newest.push_back(ns);
+      }
+      for (size_t i = 0; i < h.requests && conv_last >= 2; ++i) {
+        int64_t before = std::uniform_int_distribution<int64_t>(2, conv_last)(rng);
+        int64_t ns = pr.Ask("history (before " + std::to_string(before) + ")", history_body(before),
+                            [&](simdjson::dom::element r) { return CheckHistoryPage(r, long_conv, before - 1); });
+        if (ns >= 0) hist_random.push_back(ns);
+      }
+      auto sync_body = [](int64_t after) {
+        return R"("type":"sync","after":)" + std::to_string(after) + R"(,"limit":)" + std::to_string(kProbeSyncLimit);
+      };
+      int64_t next = 0, head = 0;
+      bool more = false;
+      // A fresh device's first page (this also learns the head).
+      for (size_t i = 0; i < h.requests; ++i) {
+        int64_t ns = pr.Ask("sync (fresh device)", sync_body(0),
+                            [&](simdjson::dom::element r) { return CheckSyncPage(r, 0, &next, &head, &more); });
+        if (ns >= 0) fresh.push_back(ns);
+      }
+      // A device `behind` events behind the head catches up, page by page;
+      // rounds until `requests` pages were timed.
+      int64_t behind = std::min(h.behind, head);
+      for (size_t pages = 0; pages < h.requests && behind > 0;) {
+        int64_t after = head - behind, round = 0, target_head = head;
+        do {
+          int64_t at = after;
+          int64_t ns = pr.Ask("sync (behind, after " + std::to_string(at) + ")", sync_body(at),
+                              [&](simdjson::dom::element r) { return CheckSyncPage(r, at, &next, &head, &more); });
+          if (ns < 0) break;
+          sync_page.push_back(ns);
+          round += ns;
+          ++pages;
+          after = next;
+        } while (more);
+        if (after < target_head) failures->push_back("history: a device behind stopped at " + std::to_string(after));
+        sync_round.push_back(round);
+        if (pr.failed()) break;
+      }
+      // Pages at random depths of the stream (a device back after a long time).
+      for (size_t i = 0; i < h.requests && head > 0; ++i) {
+        int64_t after = std::uniform_int_distribution<int64_t>(0, head - 1)(rng);
+        int64_t ns = pr.Ask("sync (after " + std::to_string(after) + ")", sync_body(after),
+                            [&](simdjson::dom::element r) { return CheckSyncPage(r, after, &next, &head, &more); });
+        if (ns >= 0) sync_random.push_back(ns);
+      }
+      double wall = static_cast<double>(NowNs() - wall0) / 1e3 / 1e3;  // ms
+      int64_t cpu = ProcessCpuMs(s.pid) - cpu0, self = ProcessCpuMs(getpid()) - self0, busy = MachineBusyMs() - busy0;
+      double other_share = std::max<double>(0, static_cast<double>(busy - cpu - self)) / (wall * static_cast<double>(std::thread::hardware_concurrency()));
+      int64_t data = DirBytes(s.dir + "/data");
+      int64_t stored = f.fill_acked + static_cast<int64_t>(f.msgs.size());
+      const json& g = send["groups"]["pairs"];
+      json p = {{"fill_messages", target},
+                {"messages_in_store", stored},
+                {"long_conversation_messages", conv_last},
+                {"stream_head", head},
+                {"data_bytes", data},
+                {"data_bytes_per_message", static_cast<double>(data) / static_cast<double>(stored)},
+                {"parleyd_rss", ReadStatusKb(s.pid, "VmRSS")},
+                {"send", send},
+                {"send_sent_response", g["sent_response"]},
+                {"send_arrival", g["latency"]},
+                {"history_newest", ToJson(Percentiles(hist_newest))},
+                {"history_random", ToJson(Percentiles(hist_random))},
+                {"sync_behind_page", ToJson(Percentiles(sync_page))},
+                {"sync_behind_catch_up", ToJson(Percentiles(sync_round))},
+                {"sync_random_page", ToJson(Percentiles(sync_random))},
+                {"sync_fresh_first_page", ToJson(Percentiles(fresh))},
+                {"parleyd_core_busy", static_cast<double>(cpu) / wall},
+                {"other_processes_machine_share", other_share}};
+      std::printf("  probe at %lld messages: long conversation %lld messages, stream head %lld, data %.1f MB (%.0f B/message), "
+                  "parleyd RSS %.1f MB, other processes %.0f %% of the machine\n",
+                  static_cast<long long>(target), static_cast<long long>(conv_last), static_cast<long long>(head),
+                  static_cast<double>(data) / 1e6, p["data_bytes_per_message"].get<double>(),
+                  static_cast<double>(p["parleyd_rss"].get<int64_t>()) / 1e6, 100 * other_share);
+      reps.push_back(p);
     }
-    for (size_t i = 0; i < h.requests && conv_last >= 2; ++i) {
-      int64_t before = std::uniform_int_distribution<int64_t>(2, conv_last)(rng);
-      int64_t ns = pr.Ask("history (before " + std::to_string(before) + ")", history_body(before),
-                          [&](simdjson::dom::element r) { return CheckHistoryPage(r, long_conv, before - 1); });
-      if (ns >= 0) hist_random.push_back(ns);
+    json p = reps.back();
+    for (auto& [key, label] : kHistoryFigures) {
+      (void)label;
+      std::vector<double> p50s, p99s;
+      size_t n = 0;
+      for (auto& r : reps) {
+        p50s.push_back(r[key]["p50_ms"]);
+        p99s.push_back(r[key]["p99_ms"]);
+        n += r[key]["n"].get<size_t>();
+      }
+      p[key] = {{"p50_ms", Median(p50s)}, {"p99_ms", Median(p99s)}, {"n", n}, {"repeats", reps.size()}};
     }
-    auto sync_body = [](int64_t after) {
-      return R"("type":"sync","after":)" + std::to_string(after) + R"(,"limit":)" + std::to_string(kProbeSyncLimit);
-    };
-    int64_t next = 0, head = 0;
-    bool more = false;
-    // A fresh device's first page (this also learns the head).
-    for (size_t i = 0; i < h.requests; ++i) {
-      int64_t ns = pr.Ask("sync (fresh device)", sync_body(0),
-                          [&](simdjson::dom::element r) { return CheckSyncPage(r, 0, &next, &head, &more); });
-      if (ns >= 0) fresh.push_back(ns);
-    }
-    // A device `behind` events behind the head catches up, page by page;
-    // rounds until `requests` pages were timed.
-    int64_t behind = std::min(h.behind, head);
-    for (size_t pages = 0; pages < h.requests && behind > 0;) {
-      int64_t after = head - behind, round = 0, target_head = head;
-      do {
-        int64_t at = after;
-        int64_t ns = pr.Ask("sync (behind, after " + std::to_string(at) + ")", sync_body(at),
-                            [&](simdjson::dom::element r) { return CheckSyncPage(r, at, &next, &head, &more); });
-        if (ns < 0) break;
-        sync_page.push_back(ns);
-        round += ns;
-        ++pages;
-        after = next;
-      } while (more);
-      if (after < target_head) failures->push_back("history: a device behind stopped at " + std::to_string(after));
-      sync_round.push_back(round);
-      if (pr.failed()) break;
-    }
-    // Pages at random depths of the stream (a device back after a long time).
-    for (size_t i = 0; i < h.requests && head > 0; ++i) {
-      int64_t after = std::uniform_int_distribution<int64_t>(0, head - 1)(rng);
-      int64_t ns = pr.Ask("sync (after " + std::to_string(after) + ")", sync_body(after),
-                          [&](simdjson::dom::element r) { return CheckSyncPage(r, after, &next, &head, &more); });
-      if (ns >= 0) sync_random.push_back(ns);
-    }
-    double wall = static_cast<double>(NowNs() - wall0) / 1e3 / 1e3;  // ms
-    int64_t cpu = ProcessCpuMs(s.pid) - cpu0, self = ProcessCpuMs(getpid()) - self0, busy = MachineBusyMs() - busy0;
-    double other_share = std::max<double>(0, static_cast<double>(busy - cpu - self)) / (wall * static_cast<double>(std::thread::hardware_concurrency()));
-    int64_t data = DirBytes(s.dir + "/data");
-    int64_t stored = f.fill_acked + static_cast<int64_t>(f.msgs.size());
-    const json& g = send["groups"]["pairs"];
-    json p = {{"fill_messages", target},
-              {"messages_in_store", stored},
-              {"long_conversation_messages", conv_last},
-              {"stream_head", head},
-              {"data_bytes", data},
-              {"data_bytes_per_message", static_cast<double>(data) / static_cast<double>(stored)},
-              {"parleyd_rss", ReadStatusKb(s.pid, "VmRSS")},
-              {"send", send},
-              {"send_sent_response", g["sent_response"]},
-              {"send_arrival", g["latency"]},
-              {"history_newest", ToJson(Percentiles(hist_newest))},
-              {"history_random", ToJson(Percentiles(hist_random))},
-              {"sync_behind_page", ToJson(Percentiles(sync_page))},
-              {"sync_behind_catch_up", ToJson(Percentiles(sync_round))},
-              {"sync_random_page", ToJson(Percentiles(sync_random))},
-              {"sync_fresh_first_page", ToJson(Percentiles(fresh))},
-              {"parleyd_core_busy", static_cast<double>(cpu) / wall},
-              {"other_processes_machine_share", other_share}};
-    std::printf("  probe at %lld messages: long conversation %lld messages, stream head %lld, data %.1f MB (%.0f B/message), "
-                "parleyd RSS %.1f MB, other processes %.0f %% of the machine\n",
-                static_cast<long long>(target), static_cast<long long>(conv_last), static_cast<long long>(head),
-                static_cast<double>(data) / 1e6, p["data_bytes_per_message"].get<double>(),
-                static_cast<double>(p["parleyd_rss"].get<int64_t>()) / 1e6, 100 * other_share);
+    p.erase("send");
+    p["repeats"] = reps;
+    p["settle_s"] = settle_s;
     probes.push_back(p);
   }
 
   // ---- The table: p50 / p99 per probe size, and the ratio last / first.
-  const std::vector<std::pair<std::string, std::string>> rows = {
-      {"send_sent_response", "send -> sent"},
-      {"send_arrival", "send -> arrival"},
-      {"history_newest", "history, newest page"},
-      {"history_random", "history, random depth"},
-      {"sync_behind_page", "sync page, behind"},
-      {"sync_behind_catch_up", "sync catch-up (behind)"},
-      {"sync_random_page", "sync page, random depth"},
-      {"sync_fresh_first_page", "sync, fresh first page"}};
+  const auto& rows = kHistoryFigures;
   std::printf("\n  %-26s", "p50 / p99 ms at");
   for (auto& p : probes) std::printf(" %20lld", static_cast<long long>(p["fill_messages"].get<int64_t>()));
   std::printf("   ratio last/first p50, p99\n");
@@ -1689,6 +1739,7 @@ json ScenarioHistory(const Common&, std::vector<Server>& nodes, const Opts& o, c
           {"rate", h.rate},
           {"behind", h.behind},
           {"requests", h.requests},
+          {"repeats", h.repeats},
           {"history_page_limit", kHistoryPageLimit},
           {"sync_page_limit", kProbeSyncLimit},
           {"fill", {{"messages", f.fill_acked}, {"seconds", fill_s}, {"rate", static_cast<double>(f.fill_acked) / fill_s},
@@ -2051,6 +2102,7 @@ int main(int argc, char** argv) {
   hist->add_option("--drain", o.drain_s, "seconds to wait for arrivals after a send probe");
   hist->add_option("--behind", ho.behind, "events the syncing device is behind its head");
   hist->add_option("--requests", ho.requests, "timed requests per history / sync measurement")->check(CLI::Range(1, 1000000));
+  hist->add_option("--repeats", ho.repeats, "probe sets per store size; each figure is the median over them")->check(CLI::Range(1, 100));
   hist->add_flag("--no-receipts{false}", o.receipts, "recipients send no receipts");
   CLI11_PARSE(app, argc, argv);
 

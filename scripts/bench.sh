@@ -48,7 +48,7 @@ else
     [storm]="--devices 10000 --rate 2000"
     [backfill]="--history 100000"
     [hot]="--pairs 500 --rates 10000 --hot-rate 10000 --duration 10"
-    [history]="--history 10000000 --small 10000 --conversations 100 --pairs 20 --rate 1000 --duration 5"
+    [history]="--history 10000000 --small 10000 --conversations 100 --pairs 20 --rate 1000 --duration 5 --repeats 3"
   )
 fi
 
