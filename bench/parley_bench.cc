@@ -1707,6 +1707,12 @@ json ScenarioHistory(const Common&, std::vector<Server>& nodes, const Opts& o, c
     p.erase("send");
     p["repeats"] = reps;
     p["settle_s"] = settle_s;
+    // The medians at once: a run stopped before the end keeps them in its log.
+    std::printf("  at %lld messages (settled in %.1f s; median of %zu), p50/p99 ms:", static_cast<long long>(target), settle_s, reps.size());
+    for (auto& [key, label] : kHistoryFigures) {
+      std::printf(" %s %.2f/%.1f;", label.c_str(), p[key]["p50_ms"].get<double>(), p[key]["p99_ms"].get<double>());
+    }
+    std::printf("\n");
     probes.push_back(p);
   }
 
