@@ -7,7 +7,7 @@
 # per scenario, a summary table and an SVG plot of latency against offered
 # load (scripts/bench_report.py) into build/release/bench-results/.
 #
-#   scripts/bench.sh                        # every scenario at full size (~5 min)
+#   scripts/bench.sh                        # every scenario at full size (~5 min, plus history: 10M messages, 15+ min)
 #   SMOKE=1 scripts/bench.sh                # every scenario small, a few s each: the test command's run
 #   scripts/bench.sh throughput --rates 5000,10000,20000 --duration 30   # one scenario, extra args to it
 #
