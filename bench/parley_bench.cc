@@ -25,6 +25,9 @@
 //               then its device connects and syncs: messages/s streamed.
 //   hot         the pairs at a total rate, without and then with one hot pair
 //               at --hot-rate beside them; compares the pairs' p99.
+//   history     a store filled to --history messages (issue 12): send
+//               latency, history paging and sync measured the same way at a
+//               small store and at every 10x up to the full one; the ratios.
 //
 // The cluster shape (issue 10; docs/benchmarks.md, "Cluster scale"):
 // --nodes N --store postgresql://... --redis HOST:PORT starts N parleyd
@@ -290,11 +293,14 @@ std::string_view GetStr(simdjson::dom::element e, std::string_view key) {
   return v;
 }
 
-enum class Req : uint8_t { kAuth, kOpenConversation, kSend, kReceipt, kSync, kPing };
+// kProbe: a measured request of the history scenario (history, sync), checked
+// and timed by Fleet::on_probe.
+enum class Req : uint8_t { kAuth, kOpenConversation, kSend, kReceipt, kSync, kPing, kProbe };
 
 struct Pending {
   Req kind;
-  int64_t arg;  // kSend: the message number; kOpenConversation: the route
+  int64_t arg;  // kSend: the message number, or -(route + 1) for an untracked fill message;
+                // kOpenConversation: the route; kProbe: the caller's tag
 };
 
 struct Device {
@@ -380,13 +386,27 @@ class Fleet : public Handler {
   std::mt19937_64 rng{42};
   bool dropped_phase = false;    // storm: reconnect on close
   bool reconnect_on_close = false;  // throughput: a closed device (e.g. 4003 when behind) reconnects and syncs
-  // backfill: messages still to write, in flight
+  // backfill, history: messages still to write, in flight, written; the
+  // routes they go to, in turn. Untracked fill messages (history: millions)
+  // get no Msg entry: their check is the `sent` response, counted in
+  // fill_acked; the history scenario's probes check what the store returns.
   int64_t backfill_left = 0;
   size_t backfill_inflight = 0;
-  size_t backfill_route = 0;
+  std::vector<size_t> backfill_routes;
+  size_t backfill_next = 0;
+  bool backfill_untracked = false;
+  int64_t fill_acked = 0;
+  // The highest seq a `sent` response named, per conversation.
+  std::unordered_map<int64_t, int64_t> conv_last_seq;
+  // send -> `sent` response, per group, ns (the measured window only).
+  std::vector<std::vector<int64_t>> acked;
+  // A kProbe answer: `ok` false for an error frame (`result` is then the
+  // frame). Runs inside Poll: the element is valid only during the call.
+  std::function<void(Device&, int64_t tag, bool ok, simdjson::dom::element result)> on_probe;
 
   void AddGroups(size_t n) {
     latency.resize(n);
+    acked.resize(n);
     rtt.resize(n);
     lag.resize(n);
   }
@@ -459,7 +479,12 @@ class Fleet : public Handler {
       }
     }
     while (backfill_left > 0 && backfill_inflight < kBackfillWindow) {
-      SendMessage(backfill_route, now, 0, now);
+      size_t route = backfill_routes[backfill_next++ % backfill_routes.size()];
+      if (backfill_untracked) {
+        SendFill(route);
+      } else {
+        SendMessage(route, now, 0, now);
+      }
       --backfill_left;
       ++backfill_inflight;
     }
@@ -503,6 +528,23 @@ class Fleet : public Handler {
     while (f.size() + 2 < kFrameBytes) f.push_back('x');
     f += "\"}";
     d.pending[d.conn.next_id++] = {Req::kSend, mid};
+    loop_.Send(d.conn, f);
+  }
+
+  // A fill message: no Msg entry (see backfill_untracked), client id
+  // "f<n>", which recipients do not look up.
+  void SendFill(size_t route) {
+    Route& r = routes[route];
+    Device& d = devices[r.from];
+    char head[160];
+    int n = std::snprintf(head, sizeof head,
+                          R"({"v":1,"id":%lld,"type":"send","conversation_id":%lld,"client_id":"f%lld","body":"h )",
+                          static_cast<long long>(d.conn.next_id), static_cast<long long>(r.conv),
+                          static_cast<long long>(fill_sent_++));
+    std::string f(head, static_cast<size_t>(n));
+    while (f.size() + 2 < kFrameBytes) f.push_back('x');
+    f += "\"}";
+    d.pending[d.conn.next_id++] = {Req::kSend, -static_cast<int64_t>(route) - 1};
     loop_.Send(d.conn, f);
   }
 
@@ -574,6 +616,7 @@ class Fleet : public Handler {
       if (p.kind == Req::kAuth) SetupFailed("auth failed: " + std::string(raw.substr(0, 300)));
       if (p.kind == Req::kSend && backfill_inflight) --backfill_inflight;
       if (p.kind == Req::kSync) d.syncing = false;
+      if (p.kind == Req::kProbe && on_probe) on_probe(d, p.arg, false, f);
       return;
     }
     simdjson::dom::element result;
@@ -618,8 +661,15 @@ class Fleet : public Handler {
       case Req::kSend: {
         if (backfill_inflight) --backfill_inflight;
         int64_t seq = GetInt(result, "seq");
+        int64_t& last = conv_last_seq[GetInt(result, "conversation_id")];
+        last = std::max(last, seq);
+        if (p.arg < 0) {
+          ++fill_acked;
+          return;
+        }
         Msg& m = msgs[static_cast<size_t>(p.arg)];
         m.acked = true;
+        if (m.intended >= win_start && m.intended < win_end) acked[m.group].push_back(NowNs() - m.intended);
         if (!receipts) return;
         if (seq <= d.peer_delivered) {
           RecordRtt(m, NowNs());
@@ -660,6 +710,9 @@ class Fleet : public Handler {
         return;
       }
       case Req::kReceipt:
+        return;
+      case Req::kProbe:
+        if (on_probe) on_probe(d, p.arg, true, result);
         return;
     }
   }
@@ -748,6 +801,7 @@ class Fleet : public Handler {
  private:
   Loop loop_;
   int64_t next_timer_scan_ = 0;
+  int64_t fill_sent_ = 0;
 };
 
 // Provisions 2*pairs users ("<prefix>N"), connects and authenticates them,
@@ -788,6 +842,7 @@ json RunPhase(Fleet& f, std::vector<Server>& nodes, double warmup_s, double dura
   f.win_start = t0 + static_cast<int64_t>(warmup_s * 1e9);
   f.win_end = f.win_start + static_cast<int64_t>(duration_s * 1e9);
   for (auto& g : f.latency) g.clear();
+  for (auto& g : f.acked) g.clear();
   for (auto& g : f.rtt) g.clear();
   for (auto& g : f.lag) g.clear();
   for (auto& st : f.streams) {
@@ -845,7 +900,7 @@ json RunPhase(Fleet& f, std::vector<Server>& nodes, double warmup_s, double dura
     for (auto& st : f.streams) {
       if (st.group == g) rate += st.rate;
     }
-    Pct lat = Percentiles(f.latency[g]), rt = Percentiles(f.rtt[g]), lg = Percentiles(f.lag[g]);
+    Pct lat = Percentiles(f.latency[g]), ack = Percentiles(f.acked[g]), rt = Percentiles(f.rtt[g]), lg = Percentiles(f.lag[g]);
     bool kept_up = delivered == offered && lost == 0 && lat.p99 <= 50.0 && f.stats.closed == closed0;
     groups[group_names[g]] = {{"offered_rate", rate},
                               {"offered", offered},
@@ -855,6 +910,7 @@ json RunPhase(Fleet& f, std::vector<Server>& nodes, double warmup_s, double dura
                               {"not_arrived_after_drain", lost},
                               {"achieved_rate", static_cast<double>(delivered) / duration_s},
                               {"latency", ToJson(lat)},
+                              {"sent_response", ToJson(ack)},
                               {"receipt_rtt", ToJson(rt)},
                               {"send_lag", ToJson(lg)},
                               {"kept_up", kept_up}};
@@ -1233,7 +1289,7 @@ json ScenarioBackfill(const Common&, Server& s, const Opts& o, std::vector<std::
   f.win_end = INT64_MAX;
   int64_t t0 = NowNs();
   f.backfill_left = o.history;
-  f.backfill_route = 0;
+  f.backfill_routes = {0};
   f.PumpUntil([&] { return f.backfill_left == 0 && f.backfill_inflight == 0; }, NowNs() + 600 * kSec, "the history written");
   double write_s = static_cast<double>(NowNs() - t0) / 1e9;
   // The fresh device: connect, auth, sync from 0 until has_more is false.
@@ -1255,6 +1311,451 @@ json ScenarioBackfill(const Common&, Server& s, const Opts& o, std::vector<std::
               kSyncLimit, read_s, rate);
   return {{"history", o.history}, {"write_s", write_s}, {"write_rate", static_cast<double>(o.history) / write_s},
           {"read_s", read_s}, {"backfill_rate", rate}, {"received", got}, {"sync_pages", f.stats.sync_pages}};
+}
+
+// ---------------------------------------------------------------------------
+// Scale of history (issue 12 item 10; docs/benchmarks.md, "Scale of
+// history"). One store filled in steps (--small, then ×10 each step, up to
+// --history messages); at each step the same probes run, one after the
+// other so that they do not disturb each other:
+//   send     the pairs, open loop at --rate for --duration (RunPhase): send
+//            -> `sent` response and send -> arrival at the recipient;
+//   history  closed loop (one request in flight) on the long conversation:
+//            its newest page, then pages at random depths;
+//   sync     closed loop on the fill sender's user stream (it holds every
+//            fill message): a device --behind events behind its head syncs
+//            to it in pages (each page timed, and the whole catch-up); pages
+//            at random depths; a fresh device's first page (after = 0).
+// Every answer is checked (right seqs, contiguous, in order, has_more
+// right); an error or a wrong page fails the run.
+//
+// The fill goes from one device (pair 0's first member, "A0") with the
+// backfill's 1,000 sends in flight, round robin over --conversations
+// conversations: about a tenth to A0's conversation with pair 0's second
+// member (the long conversation, which the send probe also measures), the
+// rest to conversations with users that never connect (their messages are
+// stored, as for a phone that is off). A0's own user stream therefore grows
+// by every fill message.
+
+constexpr int kHistoryPageLimit = 50;        // the protocol's default `history` limit
+constexpr int kProbeSyncLimit = 200;         // the protocol's default `sync` limit
+constexpr size_t kLongShareEvery = 9;        // 1 long-conversation message per 9 others: ~10 %
+constexpr int64_t kProbeTimeoutNs = 30 * kSec;   // one probe request answered
+constexpr int64_t kFillProgressNs = 10 * kSec;   // a progress line while filling
+constexpr int64_t kFillStallNs = 60 * kSec;      // no `sent` for this long: the fill failed
+constexpr size_t kProbeFailureSamples = 5;       // wrong answers quoted per run
+
+// The machine's busy time (/proc/stat, all CPUs), ms: minus parleyd's and
+// this process's own, what other processes took.
+int64_t MachineBusyMs() {
+  std::ifstream st("/proc/stat");
+  std::string cpu;
+  int64_t user = 0, nice = 0, sys = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  if (!(st >> cpu >> user >> nice >> sys >> idle >> iowait >> irq >> softirq >> steal)) return 0;
+  return (user + nice + sys + irq + softirq + steal) * 1000 / sysconf(_SC_CLK_TCK);
+}
+
+int64_t DirBytes(const std::string& dir) {
+  int64_t n = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec); !ec && it != std::filesystem::recursive_directory_iterator();
+       it.increment(ec)) {
+    if (it->is_regular_file(ec)) n += static_cast<int64_t>(it->file_size(ec));
+  }
+  return n;
+}
+
+// Closed-loop requests from one device: one in flight, each checked when it
+// is answered. `Ask` returns the latency in ns, or -1 after a failure (an
+// error frame or a wrong page, recorded).
+class Prober {
+ public:
+  Prober(Fleet& f, Device& d, std::vector<std::string>* failures) : f_(f), d_(d), failures_(failures) {
+    f_.on_probe = [this](Device&, int64_t tag, bool ok, simdjson::dom::element r) {
+      if (tag != tag_) return;
+      answered_ns_ = NowNs();
+      answered_ = true;
+      if (!ok) {
+        Fail(what_ + ": " + simdjson::minify(r));
+      } else if (check_) {
+        std::string why = check_(r);
+        if (!why.empty()) Fail(what_ + ": " + why);
+        else ok_ = true;
+      } else {
+        ok_ = true;
+      }
+    };
+  }
+  ~Prober() { f_.on_probe = nullptr; }
+
+  // `body` is the request without its envelope, e.g. R"("type":"sync","after":3)".
+  int64_t Ask(const std::string& what, const std::string& body, std::function<std::string(simdjson::dom::element)> check) {
+    what_ = what;
+    check_ = std::move(check);
+    answered_ = ok_ = false;
+    ++tag_;
+    int64_t id = d_.conn.next_id++;
+    d_.pending[id] = {Req::kProbe, tag_};
+    std::string frame = R"({"v":1,"id":)" + std::to_string(id) + "," + body + "}";
+    int64_t t0 = NowNs();
+    f_.loop().Send(d_.conn, frame);
+    f_.loop().Flush();
+    f_.PumpUntil([&] { return answered_; }, t0 + kProbeTimeoutNs, what + " answered");
+    return ok_ ? answered_ns_ - t0 : -1;
+  }
+  size_t failed() const { return failed_; }
+
+ private:
+  void Fail(const std::string& why) {
+    if (failed_++ < kProbeFailureSamples) failures_->push_back(why.substr(0, 400));
+  }
+  Fleet& f_;
+  Device& d_;
+  std::vector<std::string>* failures_;
+  std::string what_;
+  std::function<std::string(simdjson::dom::element)> check_;
+  int64_t tag_ = 0, answered_ns_ = 0;
+  bool answered_ = false, ok_ = false;
+  size_t failed_ = 0;
+};
+
+// A `history` page: messages seq (expected_last - n + 1) .. expected_last
+// of `conv`, ascending and contiguous, n = min(limit, expected_last);
+// has_more iff seq 1 is not included.
+std::string CheckHistoryPage(simdjson::dom::element r, int64_t conv, int64_t expected_last) {
+  simdjson::dom::array msgs;
+  if (r["messages"].get(msgs)) return "no messages";
+  int64_t want_n = std::min<int64_t>(kHistoryPageLimit, expected_last);
+  int64_t n = 0, prev = expected_last - want_n;
+  for (auto m : msgs) {
+    int64_t seq = GetInt(m, "seq", -1);
+    if (seq != prev + 1) return "seq " + std::to_string(seq) + " after " + std::to_string(prev);
+    if (GetInt(m, "conversation_id") != conv) return "a message of another conversation";
+    prev = seq;
+    ++n;
+  }
+  if (n != want_n || prev != expected_last) {
+    return std::to_string(n) + " messages ending at seq " + std::to_string(prev) + ", expected " + std::to_string(want_n) +
+           " ending at " + std::to_string(expected_last);
+  }
+  bool more = false;
+  if (r["has_more"].get_bool().get(more)) return "no has_more";
+  if (more != (expected_last - want_n > 0)) return "has_more wrong";
+  return "";
+}
+
+// A `sync` page after `after`: user seqs after+1 .. next, contiguous, at
+// most the limit; has_more false only at the head; a short page only at
+// the end. Stores next and head.
+std::string CheckSyncPage(simdjson::dom::element r, int64_t after, int64_t* next, int64_t* head, bool* more) {
+  simdjson::dom::array evs;
+  if (r["events"].get(evs)) return "no events";
+  int64_t prev = after, n = 0;
+  for (auto e : evs) {
+    int64_t us = GetInt(e, "user_seq", -1);
+    if (us != prev + 1) return "user_seq " + std::to_string(us) + " after " + std::to_string(prev);
+    prev = us;
+    ++n;
+  }
+  *next = GetInt(r, "next", -1);
+  *head = GetInt(r, "head", -1);
+  if (r["has_more"].get_bool().get(*more)) return "no has_more";
+  if (*next != prev) return "next " + std::to_string(*next) + ", last event " + std::to_string(prev);
+  if (n > kProbeSyncLimit) return "more events than the limit";
+  if (!*more && *next != *head) return "has_more false at " + std::to_string(*next) + " below head " + std::to_string(*head);
+  if (*more && n != kProbeSyncLimit) return "a short page with has_more";
+  return "";
+}
+
+// The measurements of a probe: JSON key, label.
+const std::vector<std::pair<std::string, std::string>> kHistoryFigures = {
+    {"send_sent_response", "send -> sent"},
+    {"send_arrival", "send -> arrival"},
+    {"history_newest", "history, newest page"},
+    {"history_random", "history, random depth"},
+    {"sync_behind_page", "sync page, behind"},
+    {"sync_behind_catch_up", "sync catch-up (behind)"},
+    {"sync_random_page", "sync page, random depth"},
+    {"sync_fresh_first_page", "sync, fresh first page"}};
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[(v.size() - 1) / 2];
+}
+
+constexpr int64_t kSettleSampleNs = 500 * kMs;  // parleyd's CPU sampled this often while settling
+constexpr double kSettleBusyShare = 0.10;       // settled: parleyd used less of its core than this
+constexpr int64_t kSettleMaxNs = 60 * kSec;     // settle at most this long
+
+// Keeps the loop running until parleyd is nearly idle; returns the seconds
+// it took.
+double Settle(Fleet& f, pid_t pid) {
+  int64_t t0 = NowNs();
+  while (NowNs() - t0 < kSettleMaxNs) {
+    int64_t cpu0 = ProcessCpuMs(pid), w0 = NowNs();
+    f.PumpUntil([] { return false; }, w0 + kSettleSampleNs, "");
+    double share = static_cast<double>(ProcessCpuMs(pid) - cpu0) / (static_cast<double>(NowNs() - w0) / 1e6);
+    if (share < kSettleBusyShare) break;
+  }
+  return static_cast<double>(NowNs() - t0) / 1e9;
+}
+
+struct HistoryOpts {
+  int64_t small = 10000;         // the first probe's store size (messages written by the fill)
+  size_t conversations = 100;    // fill conversations (the long one included)
+  double rate = 1000;            // the send probe's total rate, msgs/s
+  int64_t behind = 1000;         // events the syncing device is behind its head
+  size_t requests = 1000;        // samples per history / sync measurement
+  size_t repeats = 1;            // probe sets per store size (the figures: medians over them)
+};
+
+json ScenarioHistory(const Common&, std::vector<Server>& nodes, const Opts& o, const HistoryOpts& h, std::vector<std::string>* failures) {
+  Server& s = nodes[0];
+  if (h.conversations < 2) SetupFailed("history: --conversations must be at least 2 (the long one and another)");
+  Fleet f(s.port);
+  f.receipts = o.receipts;
+  f.heartbeats = true;          // the fill of 10 M messages outlasts parleyd's heartbeat timeout
+  f.reconnect_on_close = true;
+  f.AddGroups(1);
+  AddPairs(f, s, "hpair_", o.pairs);
+  for (size_t i = 1; i < f.devices.size(); ++i) f.devices[i].track_stream = true;
+  // A0 sends the whole fill: the sync algorithm on its own stream would
+  // chase millions of its own events; its figures come from the probes.
+  auto others = Provision(s, "hfill_", h.conversations - 1);
+  size_t first_other = f.devices.size();
+  for (auto& u : others) {
+    f.devices.emplace_back();
+    f.devices.back().user = u;
+  }
+  for (size_t i = 0; i < others.size(); ++i) f.routes.push_back({0, first_other + i, 0});
+  f.OpenConversations();
+  size_t first_other_route = o.pairs;
+  AddReverseRoutes(f, 0, o.pairs);
+  Stream st;
+  st.rate = h.rate;
+  for (size_t r = 0; r < o.pairs; ++r) st.routes.push_back(r);
+  for (size_t r = o.pairs + others.size(); r < f.routes.size(); ++r) st.routes.push_back(r);
+  f.streams.push_back(st);
+  for (size_t i = 0; i < others.size(); ++i) {
+    if (i % kLongShareEvery == 0) f.backfill_routes.push_back(0);
+    f.backfill_routes.push_back(first_other_route + i);
+  }
+  f.backfill_untracked = true;
+  const int64_t long_conv = f.routes[0].conv;
+  Device& a0 = f.devices[0];
+  std::mt19937_64 rng(12);
+
+  std::vector<int64_t> sizes;
+  for (int64_t n = std::min(h.small, o.history); n < o.history; n *= 10) sizes.push_back(n);
+  sizes.push_back(o.history);
+  std::printf("parley-bench history: a store filled to %s messages over %zu conversations (~1/%zu to the long one);\n"
+              "  probes at", std::to_string(o.history).c_str(), h.conversations, kLongShareEvery + 1);
+  for (auto n : sizes) std::printf(" %lld", static_cast<long long>(n));
+  std::printf(" messages: sends (%zu pairs, %.0f msgs/s, %.1f s), history pages (limit %d), sync (%lld behind, pages of %d)\n",
+              o.pairs, h.rate, o.duration_s, kHistoryPageLimit, static_cast<long long>(h.behind), kProbeSyncLimit);
+
+  json probes = json::array();
+  double fill_s = 0;
+  int64_t fill_cpu_ms = 0;
+  for (int64_t target : sizes) {
+    // ---- Fill up to `target` (its rate is reported, not a figure).
+    int64_t t_fill = NowNs(), cpu_fill0 = ProcessCpuMs(s.pid), start = f.fill_acked;
+    f.backfill_left = target - f.fill_acked;
+    int64_t last_progress = f.fill_acked, last_progress_ns = NowNs();
+    auto filled = [&] { return f.backfill_left == 0 && f.backfill_inflight == 0; };
+    while (!filled()) {
+      f.PumpUntil(filled, NowNs() + kFillProgressNs, "");
+      CheckAlive(nodes);
+      if (f.fill_acked != last_progress) {
+        last_progress = f.fill_acked;
+        last_progress_ns = NowNs();
+      } else if (NowNs() - last_progress_ns > kFillStallNs) {
+        failures->push_back("history: the fill stalled at " + std::to_string(f.fill_acked) + " messages");
+        return {{"history", o.history}, {"probes", probes}};
+      }
+      if (!filled()) {
+        double el = static_cast<double>(NowNs() - t_fill) / 1e9;
+        std::printf("  filling: %lld / %lld messages, %.0f msgs/s, data %.2f GB\n", static_cast<long long>(f.fill_acked),
+                    static_cast<long long>(target), static_cast<double>(f.fill_acked - start) / el,
+                    static_cast<double>(DirBytes(s.dir + "/data")) / 1e9);
+      }
+    }
+    double step_s = static_cast<double>(NowNs() - t_fill) / 1e9;
+    fill_s += step_s;
+    fill_cpu_ms += ProcessCpuMs(s.pid) - cpu_fill0;
+    if (f.fill_acked != target) {
+      failures->push_back("history: " + std::to_string(target - f.fill_acked) + " fill sends failed (of " +
+                          std::to_string(target) + ")");
+    }
+    if (target > start) {
+      std::printf("  filled to %lld messages: %lld in %.1f s (%.0f msgs/s)\n", static_cast<long long>(target),
+                  static_cast<long long>(target - start), step_s, static_cast<double>(target - start) / step_s);
+    }
+
+    // ---- Settle: the fill leaves work behind (the WAL checkpoint runs on a
+    // thread of its own); the probes measure the store at rest, not that.
+    double settle_s = Settle(f, s.pid);
+    // ---- Probe, --repeats times; each figure is the median over the
+    // repeats (a burst of other processes' load spoils one, not the median).
+    json reps = json::array();
+    for (size_t rep = 0; rep < h.repeats; ++rep) {
+      int64_t cpu0 = ProcessCpuMs(s.pid), self0 = ProcessCpuMs(getpid()), busy0 = MachineBusyMs(), wall0 = NowNs();
+      json send = RunPhase(f, nodes, o.warmup_s, o.duration_s, o.drain_s, failures, {"pairs"});
+      PrintPhase(send, std::to_string(target));
+      CheckAlive(nodes);
+      Prober pr(f, a0, failures);
+      std::vector<int64_t> hist_newest, hist_random, sync_page, sync_round, sync_random, fresh;
+      int64_t conv_last = f.conv_last_seq[long_conv];
+      auto history_body = [&](int64_t before) {
+        std::string b = R"("type":"history","conversation_id":)" + std::to_string(long_conv) + R"(,"limit":)" +
+                        std::to_string(kHistoryPageLimit);
+        if (before) b += R"(,"before":)" + std::to_string(before);
+        return b;
+      };
+      for (size_t i = 0; i < h.requests; ++i) {
+        int64_t ns = pr.Ask("history (newest)", history_body(0),
+                            [&](simdjson::dom::element r) { return CheckHistoryPage(r, long_conv, conv_last); });
+        if (ns >= 0) hist_newest.push_back(ns);
+      }
+      for (size_t i = 0; i < h.requests && conv_last >= 2; ++i) {
+        int64_t before = std::uniform_int_distribution<int64_t>(2, conv_last)(rng);
+        int64_t ns = pr.Ask("history (before " + std::to_string(before) + ")", history_body(before),
+                            [&](simdjson::dom::element r) { return CheckHistoryPage(r, long_conv, before - 1); });
+        if (ns >= 0) hist_random.push_back(ns);
+      }
+      auto sync_body = [](int64_t after) {
+        return R"("type":"sync","after":)" + std::to_string(after) + R"(,"limit":)" + std::to_string(kProbeSyncLimit);
+      };
+      int64_t next = 0, head = 0;
+      bool more = false;
+      // A fresh device's first page (this also learns the head).
+      for (size_t i = 0; i < h.requests; ++i) {
+        int64_t ns = pr.Ask("sync (fresh device)", sync_body(0),
+                            [&](simdjson::dom::element r) { return CheckSyncPage(r, 0, &next, &head, &more); });
+        if (ns >= 0) fresh.push_back(ns);
+      }
+      // A device `behind` events behind the head catches up, page by page;
+      // rounds until `requests` pages were timed.
+      int64_t behind = std::min(h.behind, head);
+      for (size_t pages = 0; pages < h.requests && behind > 0;) {
+        int64_t after = head - behind, round = 0, target_head = head;
+        do {
+          int64_t at = after;
+          int64_t ns = pr.Ask("sync (behind, after " + std::to_string(at) + ")", sync_body(at),
+                              [&](simdjson::dom::element r) { return CheckSyncPage(r, at, &next, &head, &more); });
+          if (ns < 0) break;
+          sync_page.push_back(ns);
+          round += ns;
+          ++pages;
+          after = next;
+        } while (more);
+        if (after < target_head) failures->push_back("history: a device behind stopped at " + std::to_string(after));
+        sync_round.push_back(round);
+        if (pr.failed()) break;
+      }
+      // Pages at random depths of the stream (a device back after a long time).
+      for (size_t i = 0; i < h.requests && head > 0; ++i) {
+        int64_t after = std::uniform_int_distribution<int64_t>(0, head - 1)(rng);
+        int64_t ns = pr.Ask("sync (after " + std::to_string(after) + ")", sync_body(after),
+                            [&](simdjson::dom::element r) { return CheckSyncPage(r, after, &next, &head, &more); });
+        if (ns >= 0) sync_random.push_back(ns);
+      }
+      double wall = static_cast<double>(NowNs() - wall0) / 1e3 / 1e3;  // ms
+      int64_t cpu = ProcessCpuMs(s.pid) - cpu0, self = ProcessCpuMs(getpid()) - self0, busy = MachineBusyMs() - busy0;
+      double other_share = std::max<double>(0, static_cast<double>(busy - cpu - self)) / (wall * static_cast<double>(std::thread::hardware_concurrency()));
+      int64_t data = DirBytes(s.dir + "/data");
+      int64_t stored = f.fill_acked + static_cast<int64_t>(f.msgs.size());
+      const json& g = send["groups"]["pairs"];
+      json p = {{"fill_messages", target},
+                {"messages_in_store", stored},
+                {"long_conversation_messages", conv_last},
+                {"stream_head", head},
+                {"data_bytes", data},
+                {"data_bytes_per_message", static_cast<double>(data) / static_cast<double>(stored)},
+                {"parleyd_rss", ReadStatusKb(s.pid, "VmRSS")},
+                {"send", send},
+                {"send_sent_response", g["sent_response"]},
+                {"send_arrival", g["latency"]},
+                {"history_newest", ToJson(Percentiles(hist_newest))},
+                {"history_random", ToJson(Percentiles(hist_random))},
+                {"sync_behind_page", ToJson(Percentiles(sync_page))},
+                {"sync_behind_catch_up", ToJson(Percentiles(sync_round))},
+                {"sync_random_page", ToJson(Percentiles(sync_random))},
+                {"sync_fresh_first_page", ToJson(Percentiles(fresh))},
+                {"parleyd_core_busy", static_cast<double>(cpu) / wall},
+                {"other_processes_machine_share", other_share}};
+      std::printf("  probe at %lld messages: long conversation %lld messages, stream head %lld, data %.1f MB (%.0f B/message), "
+                  "parleyd RSS %.1f MB, other processes %.0f %% of the machine\n",
+                  static_cast<long long>(target), static_cast<long long>(conv_last), static_cast<long long>(head),
+                  static_cast<double>(data) / 1e6, p["data_bytes_per_message"].get<double>(),
+                  static_cast<double>(p["parleyd_rss"].get<int64_t>()) / 1e6, 100 * other_share);
+      reps.push_back(p);
+    }
+    json p = reps.back();
+    for (auto& [key, label] : kHistoryFigures) {
+      (void)label;
+      std::vector<double> p50s, p99s;
+      size_t n = 0;
+      for (auto& r : reps) {
+        p50s.push_back(r[key]["p50_ms"]);
+        p99s.push_back(r[key]["p99_ms"]);
+        n += r[key]["n"].get<size_t>();
+      }
+      p[key] = {{"p50_ms", Median(p50s)}, {"p99_ms", Median(p99s)}, {"n", n}, {"repeats", reps.size()}};
+    }
+    p.erase("send");
+    p["repeats"] = reps;
+    p["settle_s"] = settle_s;
+    // The medians at once: a run stopped before the end keeps them in its log.
+    std::printf("  at %lld messages (settled in %.1f s; median of %zu), p50/p99 ms:", static_cast<long long>(target), settle_s, reps.size());
+    for (auto& [key, label] : kHistoryFigures) {
+      std::printf(" %s %.2f/%.1f;", label.c_str(), p[key]["p50_ms"].get<double>(), p[key]["p99_ms"].get<double>());
+    }
+    std::printf("\n");
+    probes.push_back(p);
+  }
+
+  // ---- The table: p50 / p99 per probe size, and the ratio last / first.
+  const auto& rows = kHistoryFigures;
+  std::printf("\n  %-26s", "p50 / p99 ms at");
+  for (auto& p : probes) std::printf(" %20lld", static_cast<long long>(p["fill_messages"].get<int64_t>()));
+  std::printf("   ratio last/first p50, p99\n");
+  json ratios = json::object();
+  for (auto& [key, label] : rows) {
+    std::printf("  %-26s", label.c_str());
+    for (auto& p : probes) std::printf("    %7.3f / %7.3f", p[key]["p50_ms"].get<double>(), p[key]["p99_ms"].get<double>());
+    if (!probes.empty()) {
+      const json& a = probes.front()[key];
+      const json& b = probes.back()[key];
+      auto ratio = [](double x, double y) { return x > 0 ? y / x : 0.0; };
+      double r50 = ratio(a["p50_ms"], b["p50_ms"]), r99 = ratio(a["p99_ms"], b["p99_ms"]);
+      ratios[key] = {{"p50", r50}, {"p99", r99}};
+      std::printf("   x%.2f, x%.2f", r50, r99);
+    }
+    std::printf("\n");
+  }
+  std::printf("  fill: %lld messages in %.1f s (%.0f msgs/s, %zu in flight, parleyd %.0f us CPU per message)\n",
+              static_cast<long long>(f.fill_acked), fill_s, static_cast<double>(f.fill_acked) / fill_s, kBackfillWindow,
+              f.fill_acked ? 1000.0 * static_cast<double>(fill_cpu_ms) / static_cast<double>(f.fill_acked) : 0.0);
+  size_t lost = FinalCheck(f, failures);
+  return {{"history", o.history},
+          {"conversations", h.conversations},
+          {"pairs", o.pairs},
+          {"rate", h.rate},
+          {"behind", h.behind},
+          {"requests", h.requests},
+          {"repeats", h.repeats},
+          {"history_page_limit", kHistoryPageLimit},
+          {"sync_page_limit", kProbeSyncLimit},
+          {"fill", {{"messages", f.fill_acked}, {"seconds", fill_s}, {"rate", static_cast<double>(f.fill_acked) / fill_s},
+                    {"parleyd_cpu_us_per_message", f.fill_acked ? 1000.0 * static_cast<double>(fill_cpu_ms) / static_cast<double>(f.fill_acked) : 0.0}}},
+          {"probes", probes},
+          {"ratios", ratios},
+          {"data_bytes", probes.empty() ? 0 : probes.back()["data_bytes"].get<int64_t>()},
+          {"lost", lost},
+          {"closed", f.stats.closed},
+          {"errors", f.stats.errors}};
 }
 
 // Idle: worker processes hold the connections. Worker: `--worker-idle
@@ -1594,6 +2095,21 @@ int main(int argc, char** argv) {
   storm->add_option("--drain", o.drain_s, "seconds to wait for arrivals after sending stops");
   auto* back = app.add_subcommand("backfill", "messages/s streamed to a fresh device with a long history");
   back->add_option("--history", o.history, "messages in the history")->check(CLI::Range(1, 10000000));
+  HistoryOpts ho;
+  auto* hist = app.add_subcommand("history", "send latency, history paging and sync at a small and a large store (issue 12)");
+  hist->add_option("--history", o.history, "messages the store is filled to")->check(CLI::Range(int64_t{1}, int64_t{100000000}));
+  hist->add_option("--small", ho.small, "the first probe's size; then x10 per probe up to --history")->check(CLI::Range(int64_t{1}, int64_t{100000000}));
+  hist->add_option("--conversations", ho.conversations, "conversations the fill is spread over (the long one included)")
+      ->check(CLI::Range(2, 100000));
+  hist->add_option("--pairs", o.pairs, "pairs the send probe runs on (pair 0's conversation is the long one)")->check(CLI::Range(1, 9000));
+  hist->add_option("--rate", ho.rate, "the send probe's total rate, msgs/s");
+  hist->add_option("--warmup", o.warmup_s, "seconds before each send probe's measured window");
+  hist->add_option("--duration", o.duration_s, "measured seconds of each send probe");
+  hist->add_option("--drain", o.drain_s, "seconds to wait for arrivals after a send probe");
+  hist->add_option("--behind", ho.behind, "events the syncing device is behind its head");
+  hist->add_option("--requests", ho.requests, "timed requests per history / sync measurement")->check(CLI::Range(1, 1000000));
+  hist->add_option("--repeats", ho.repeats, "probe sets per store size; each figure is the median over them")->check(CLI::Range(1, 100));
+  hist->add_flag("--no-receipts{false}", o.receipts, "recipients send no receipts");
   CLI11_PARSE(app, argc, argv);
 
   if (c.load_cpu >= 0) {
@@ -1651,6 +2167,7 @@ int main(int argc, char** argv) {
   if (name == "reconnects") result = ScenarioReconnects(c, s, o, &failures);
   if (name == "storm") result = ScenarioStorm(c, s, o, &failures);
   if (name == "backfill") result = ScenarioBackfill(c, s, o, &failures);
+  if (name == "history") result = ScenarioHistory(c, nodes, o, ho, &failures);
 
   int64_t hwm = 0, cpu = 0;
   json node_figures = json::array();

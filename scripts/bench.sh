@@ -7,11 +7,12 @@
 # per scenario, a summary table and an SVG plot of latency against offered
 # load (scripts/bench_report.py) into build/release/bench-results/.
 #
-#   scripts/bench.sh                        # every scenario at full size (~5 min)
+#   scripts/bench.sh                        # every scenario at full size (~5 min, plus history: 10M messages, 15+ min)
 #   SMOKE=1 scripts/bench.sh                # every scenario small, a few s each: the test command's run
 #   scripts/bench.sh throughput --rates 5000,10000,20000 --duration 30   # one scenario, extra args to it
 #
-# Scenarios: idle throughput receipt-rtt reconnects storm backfill hot.
+# Scenarios: idle throughput receipt-rtt reconnects storm backfill hot history
+# (history: a 10,000,000-message store by default, ~5 min of it filling).
 # Environment: SMOKE=1, SCENARIOS="..." (the ones to run), RESULTS_DIR,
 # SKIP_BUILD=1 with BIN_DIR=..., BENCH_TIMEOUT (seconds per scenario).
 # Exits non-zero if the build failed or any scenario failed (lost messages,
@@ -20,7 +21,7 @@ set -euo pipefail
 BENCH_NAME=bench
 . "$(dirname "$0")/lib/bench_common.sh"
 
-all="idle throughput receipt-rtt reconnects storm backfill hot"
+all="idle throughput receipt-rtt reconnects storm backfill hot history"
 only=""
 if [ $# -gt 0 ] && [[ " $all " == *" $1 "* ]]; then only=$1; shift; fi
 SCENARIOS=${only:-${SCENARIOS:-$all}}
@@ -35,6 +36,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
     [storm]="--devices 500 --rate 500 --before 1 --after 1"
     [backfill]="--history 5000"
     [hot]="--pairs 20 --rates 500 --hot-rate 500 --warmup 0.5 --duration 2 --drain 3"
+    [history]="--history 20000 --small 2000 --conversations 20 --pairs 5 --rate 500 --warmup 0.3 --duration 1 --drain 3 --requests 50"
   )
 else
   BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
@@ -46,6 +48,7 @@ else
     [storm]="--devices 10000 --rate 2000"
     [backfill]="--history 100000"
     [hot]="--pairs 500 --rates 10000 --hot-rate 10000 --duration 10"
+    [history]="--history 10000000 --small 10000 --conversations 100 --pairs 20 --rate 1000 --duration 5 --repeats 3"
   )
 fi
 

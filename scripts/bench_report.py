@@ -41,6 +41,18 @@ def headline(d):
         return ("new-device backfill", f"{r['backfill_rate']:.0f} msgs/s ({r['history']} messages)", "(none)", None)
     if s == "hot":
         return ("hot conversation", f"pairs' p99 x{r['p99_ratio']:.2f} with the hot pair", "<= 2x", r["p99_ratio"] <= 2)
+    if s == "history":
+        # The worst ratio (largest store / smallest) of each measurement's p50 and p99.
+        ra = r["ratios"]
+        first, last = r["probes"][0]["fill_messages"], r["probes"][-1]["fill_messages"]
+        def worst(keys, q):
+            return max(ra[k][q] for k in keys)
+        send = ("send_sent_response", "send_arrival")
+        hist = ("history_newest", "history_random")
+        sync = ("sync_behind_page", "sync_random_page", "sync_fresh_first_page")
+        return ("scale of history", f"{first:,} -> {last:,} msgs, worst p50/p99 ratio: send x{worst(send, 'p50'):.2f}/"
+                f"x{worst(send, 'p99'):.2f}, history x{worst(hist, 'p50'):.2f}/x{worst(hist, 'p99'):.2f}, "
+                f"sync x{worst(sync, 'p50'):.2f}/x{worst(sync, 'p99'):.2f}", "no degradation", None)
     return (s, "?", "", None)
 
 
