@@ -216,6 +216,7 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   bool write_posted_ = false;  // a DoWrite is posted for the end of this loop turn
   bool accepted_ = false;      // the WebSocket handshake is done
   bool close_requested_ = false;
+  bool discarding_ = false;  // dropping the rest of a message cut by our close (OnFirstBytes)
   bool closing_ = false;
   bool finished_ = false;
   bool deflate_ = false;  // permessage-deflate negotiated
@@ -306,16 +307,19 @@ void WsSession<Stream>::DoRead() {
 
 template <typename Stream>
 void WsSession<Stream>::OnFirstBytes(beast::error_code ec, size_t n) {
-  if (ec || ws_.is_message_done()) return OnRead(ec, n);
-  if (closing_) {
+  if (ec) return OnRead(ec, n);
+  if (discarding_ || (closing_ && !ws_.is_message_done())) {
     // Our close frame is out, and Beast's close may already have drained the
     // rest of this message: a new async_read would then start in a state
     // its read_size_hint asserts against (the final frame, nothing left, the
-    // message not done). The rest of the message no longer matters: read on
-    // a little at a time until the close completes the read with `closed`.
+    // message not done). This message no longer matters: its pieces are
+    // dropped, a little at a time, until it ends or the close completes the
+    // read with `closed`.
+    discarding_ = !ws_.is_message_done();
     buffer_.consume(buffer_.size());
     return DoRead();
   }
+  if (ws_.is_message_done()) return OnRead(ec, n);
   ws_.async_read(buffer_, beast::bind_front_handler(&WsSession::OnRead, this->shared_from_this()));
 }
 
