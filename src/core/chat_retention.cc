@@ -90,15 +90,7 @@ void ChatService::ExpireStep(bool repeat, std::function<void(int)> done) {
           count = static_cast<int>(r->expired.size());
           expired_messages_.Inc(count);
           more = r->more;
-          for (const store::ChangeResult& x : r->expired) {
-            const store::MessageRecord& m = x.message;
-            store::StreamEvent e;
-            e.kind = store::EventKind::kDelete;
-            e.conversation_id = m.conversation_id;
-            e.created_at = x.changed_at;
-            e.message = store::ChangeEventMessage(e.kind, m, x.version, x.changed_at, "");
-            PublishEvents(std::move(e), x.positions);
-          }
+          for (const store::ChangeResult& x : r->expired) PublishChange(protocol::ChangeKind::kDelete, x);
           if (count > 0) spdlog::debug("event=messages_expired count={} more={}", count, more);
         }
         if (done) done(count);

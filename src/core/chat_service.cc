@@ -882,18 +882,25 @@ void ChatService::DoChangeMessage(const ClientPtr& c, Req req) {
       w.Field("duplicate", r->duplicate);
     });
     if (r->duplicate) return;
-    store::StreamEvent e;
-    e.conversation_id = m.conversation_id;
-    e.created_at = r->changed_at;
-    if (kind == protocol::ChangeKind::kDeleteForMe) {
-      e.kind = store::EventKind::kDeleteForMe;
-      e.message = store::HideEventMessage(m.conversation_id, m.seq);
-    } else {
-      e.kind = kind == protocol::ChangeKind::kEdit ? store::EventKind::kEdit : store::EventKind::kDelete;
-      e.message = store::ChangeEventMessage(e.kind, m, r->version, r->changed_at, m.body);
-    }
-    PublishEvents(std::move(e), r->positions);
+    PublishChange(kind, *r);
   }));
+}
+
+// The live event of a stored change (the user's, or an expiry's delete),
+// built as the stored one reads through sync.
+void ChatService::PublishChange(protocol::ChangeKind kind, const store::ChangeResult& r) {
+  const store::MessageRecord& m = r.message;
+  store::StreamEvent e;
+  e.conversation_id = m.conversation_id;
+  e.created_at = r.changed_at;
+  if (kind == protocol::ChangeKind::kDeleteForMe) {
+    e.kind = store::EventKind::kDeleteForMe;
+    e.message = store::HideEventMessage(m.conversation_id, m.seq);
+  } else {
+    e.kind = kind == protocol::ChangeKind::kEdit ? store::EventKind::kEdit : store::EventKind::kDelete;
+    e.message = store::ChangeEventMessage(e.kind, m, r.version, r.changed_at, m.body);
+  }
+  PublishEvents(std::move(e), r.positions);
 }
 
 // ---- Message timeline ----

@@ -266,6 +266,7 @@ class ChatService {
   void DoMessageInfo(const ClientPtr& c, Req req);
   // edit_message and delete_message (issue 12).
   void DoChangeMessage(const ClientPtr& c, Req req);
+  void PublishChange(protocol::ChangeKind kind, const store::ChangeResult& r);
   void DoSetDraft(const ClientPtr& c, Req req);
   // Retention (chat_retention.cc).
   void DoSetDisappearing(const ClientPtr& c, Req req);
