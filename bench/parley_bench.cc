@@ -280,6 +280,41 @@ std::vector<User> Provision(const Server& s, const std::string& prefix, size_t n
 }
 
 // ---------------------------------------------------------------------------
+// Fill text. The history scenario's millions of messages are what message
+// search indexes, so their words are chat-like: drawn from a vocabulary of
+// kFillVocabulary words with a log-uniform rank (close to Zipf's law, as word
+// frequencies in text are), so a few words are in many messages and most in
+// few. Two fixed words in every message would make every posting list as
+// long as the store: the worst case for FTS5, not a realistic one.
+
+constexpr uint64_t kFillVocabulary = 20000;
+constexpr std::string_view kFillSyllables[] = {"ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "pe", "da", "go",
+                                               "hu", "ji", "be", "zo", "fa", "ar", "el", "in", "os", "um", "ta",
+                                               "re", "li", "mo", "ko", "se", "ni", "pa", "du", "ve", "ri"};
+
+// The word of rank r (0 = the most frequent): r's base-32 digits as syllables.
+std::string FillWord(uint64_t r) {
+  std::string w;
+  do {
+    w += kFillSyllables[r % std::size(kFillSyllables)];
+    r /= std::size(kFillSyllables);
+  } while (r > 0);
+  return w;
+}
+
+// Appends words separated by spaces while `out` stays within `limit` bytes.
+void AppendFillWords(std::string& out, size_t limit, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  for (;;) {
+    auto rank = static_cast<uint64_t>(std::pow(static_cast<double>(kFillVocabulary), u(rng))) - 1;
+    std::string w = FillWord(rank);
+    if (out.size() + w.size() + 1 > limit) return;
+    out += w;
+    out += ' ';
+  }
+}
+
+// ---------------------------------------------------------------------------
 // The fleet: devices driven by one Loop.
 
 int64_t GetInt(simdjson::dom::element e, std::string_view key, int64_t def = 0) {
@@ -538,11 +573,11 @@ class Fleet : public Handler {
     Device& d = devices[r.from];
     char head[160];
     int n = std::snprintf(head, sizeof head,
-                          R"({"v":1,"id":%lld,"type":"send","conversation_id":%lld,"client_id":"f%lld","body":"h )",
+                          R"({"v":1,"id":%lld,"type":"send","conversation_id":%lld,"client_id":"f%lld","body":")",
                           static_cast<long long>(d.conn.next_id), static_cast<long long>(r.conv),
                           static_cast<long long>(fill_sent_++));
     std::string f(head, static_cast<size_t>(n));
-    while (f.size() + 2 < kFrameBytes) f.push_back('x');
+    AppendFillWords(f, kFrameBytes - 2, rng);
     f += "\"}";
     d.pending[d.conn.next_id++] = {Req::kSend, -static_cast<int64_t>(route) - 1};
     loop_.Send(d.conn, f);
@@ -1486,16 +1521,38 @@ double Median(std::vector<double> v) {
 
 constexpr int64_t kSettleSampleNs = 500 * kMs;  // parleyd's CPU sampled this often while settling
 constexpr double kSettleBusyShare = 0.10;       // settled: parleyd used less of its core than this
-constexpr int64_t kSettleMaxNs = 60 * kSec;     // settle at most this long
+constexpr int64_t kSettleMaxNs = 60 * kSec;     // wait for parleyd to idle at most this long
+constexpr int64_t kSettleIndexMaxNs = 30 * 60 * kSec;  // wait for the search backlog at most this long
 
-// Keeps the loop running until parleyd is nearly idle; returns the seconds
-// it took.
-double Settle(Fleet& f, pid_t pid) {
+// The value of one unlabelled metric from parleyd's /metrics, or -1.
+double ScrapeMetric(const Server& s, std::string_view name) {
+  netutil::HttpRequest req;
+  req.method = "GET";
+  req.target = "/metrics";
+  req.timeout = std::chrono::milliseconds(kHttpTimeoutMs);
+  auto r = netutil::HttpExchange(netutil::HttpEndpoint::Loopback(s.port), req);
+  if (!r.error.empty() || r.status != 200) return -1;
+  std::istringstream in(r.body);
+  for (std::string line; std::getline(in, line);) {
+    if (line.size() > name.size() && line.compare(0, name.size(), name) == 0 && line[name.size()] == ' ')
+      return std::strtod(line.c_str() + name.size() + 1, nullptr);
+  }
+  return -1;
+}
+
+// Keeps the loop running until the search indexer has worked off the fill
+// (parley_search_index_backlog is 0: its steps share the store's writer
+// with the probes' sends) and then until parleyd is nearly idle (the WAL
+// checkpoint runs on a thread of its own); returns the seconds it took.
+double Settle(Fleet& f, const Server& s) {
   int64_t t0 = NowNs();
-  while (NowNs() - t0 < kSettleMaxNs) {
-    int64_t cpu0 = ProcessCpuMs(pid), w0 = NowNs();
+  while (NowNs() - t0 < kSettleIndexMaxNs && ScrapeMetric(s, "parley_search_index_backlog") > 0)
+    f.PumpUntil([] { return false; }, NowNs() + kSettleSampleNs, "");
+  int64_t t1 = NowNs();
+  while (NowNs() - t1 < kSettleMaxNs) {
+    int64_t cpu0 = ProcessCpuMs(s.pid), w0 = NowNs();
     f.PumpUntil([] { return false; }, w0 + kSettleSampleNs, "");
-    double share = static_cast<double>(ProcessCpuMs(pid) - cpu0) / (static_cast<double>(NowNs() - w0) / 1e6);
+    double share = static_cast<double>(ProcessCpuMs(s.pid) - cpu0) / (static_cast<double>(NowNs() - w0) / 1e6);
     if (share < kSettleBusyShare) break;
   }
   return static_cast<double>(NowNs() - t0) / 1e9;
@@ -1595,7 +1652,7 @@ json ScenarioHistory(const Common&, std::vector<Server>& nodes, const Opts& o, c
 
     // ---- Settle: the fill leaves work behind (the WAL checkpoint runs on a
     // thread of its own); the probes measure the store at rest, not that.
-    double settle_s = Settle(f, s.pid);
+    double settle_s = Settle(f, s);
     // ---- Probe, --repeats times; each figure is the median over the
     // repeats (a burst of other processes' load spoils one, not the median).
     json reps = json::array();
