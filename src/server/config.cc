@@ -216,6 +216,11 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SQLITE_CHECKPOINT_PAGES")
       ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
+  app.add_option("--sqlite-page-size", c.store.sqlite_page_size,
+                 "SQLite page size in bytes for a new database (an existing database keeps its own)")
+      ->envname("PARLEY_SQLITE_PAGE_SIZE")
+      ->check(CLI::IsMember({512, 1024, 2048, 4096, 8192, 16384, 32768, 65536}))
+      ->capture_default_str();
   app.add_option("--admin-token", c.admin.token,
                  "Token that authorises the admin API (Authorization: Bearer ...); empty: admin API disabled")
       ->envname("PARLEY_ADMIN_TOKEN");

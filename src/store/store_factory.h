@@ -16,6 +16,7 @@ inline constexpr int kDefaultCommitAdaptiveWaitUs = 0;
 // SQLite: the WAL size, in pages, at which a background thread checkpoints it
 // (copies its pages back into the database file). 8,192 pages of 4 KiB: 32 MiB.
 inline constexpr int kDefaultSqliteCheckpointPages = 8192;
+inline constexpr int kDefaultSqlitePageSize = 4096;
 
 struct StoreConfig {
   std::string backend = "sqlite";  // "sqlite" or "postgres"
@@ -42,6 +43,10 @@ struct StoreConfig {
   // up); 0: the writer checkpoints after the commit that passes 1,000 pages,
   // as SQLite does by default.
   int sqlite_checkpoint_pages = kDefaultSqliteCheckpointPages;
+  // SQLite page size, bytes, for a database this creates (an existing one
+  // keeps its own). Every B-tree leaf a commit touches is written to the WAL
+  // whole, so the page size scales the bytes a commit writes.
+  int sqlite_page_size = kDefaultSqlitePageSize;
   // Stamps each message's stored_at (the time its commit batch is written);
   // nullptr: the system clock. Not owned; must outlive the store.
   const Clock* clock = nullptr;

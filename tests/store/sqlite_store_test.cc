@@ -80,12 +80,13 @@ SyncCost SyncAfterMissingTen(int history) {
 }
 
 // The schema version recorded in the file (PRAGMA user_version), -1 on error.
-int64_t UserVersion(const std::string& path) {
+// The value of `PRAGMA name` on the file at `path`, or -1.
+int64_t PragmaValue(const std::string& path, const std::string& name) {
   sqlite3* db = nullptr;
   int64_t v = -1;
   if (sqlite3_open(path.c_str(), &db) == SQLITE_OK) {
     sqlite3_stmt* stmt = nullptr;
-    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(db, ("PRAGMA " + name).c_str(), -1, &stmt, nullptr) == SQLITE_OK &&
         sqlite3_step(stmt) == SQLITE_ROW)
       v = sqlite3_column_int64(stmt, 0);
     sqlite3_finalize(stmt);
@@ -93,6 +94,8 @@ int64_t UserVersion(const std::string& path) {
   sqlite3_close(db);
   return v;
 }
+
+int64_t UserVersion(const std::string& path) { return PragmaValue(path, "user_version"); }
 
 TEST(SqliteStoreTest, SyncWorkDoesNotGrowWithHistory) {
   auto start = std::chrono::steady_clock::now();
@@ -494,6 +497,29 @@ TEST(SqliteStoreTest, RecordsSchemaVersionAndRefusesNewerFiles) {
   Result<std::unique_ptr<SqliteStore>> newer = SqliteStore::Open(config);
   ASSERT_FALSE(newer.has_value());
   EXPECT_EQ(newer.error().code(), ErrorCode::kInternal);
+}
+
+TEST(SqliteStoreTest, ANewDatabaseTakesTheConfiguredPageSizeAndAnExistingOneKeepsItsOwn) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  StoreConfig config;
+  config.sqlite_path = path;
+  config.sqlite_page_size = 1024;
+  {
+    Result<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(config);
+    ASSERT_TRUE(store.has_value()) << store.error().ToString();
+    Must(Await<UserRecord>([&](auto cb) { (*store)->CreateUser("alice", "h", 1, cb); }));
+  }
+  EXPECT_EQ(PragmaValue(path, "page_size"), 1024);
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+  // Reopened with another setting: the file keeps its page size and its data.
+  config.sqlite_page_size = 8192;
+  {
+    Result<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(config);
+    ASSERT_TRUE(store.has_value()) << store.error().ToString();
+    EXPECT_TRUE(Await<UserRecord>([&](auto cb) { (*store)->GetUserByName("alice", cb); }).has_value());
+  }
+  EXPECT_EQ(PragmaValue(path, "page_size"), 1024);
 }
 
 TEST(SqliteStoreTest, GroupCommitsQueuedWrites) {

@@ -28,7 +28,7 @@ Status StatusFromSqlite(sqlite3* db, int rc) {
 
 }  // namespace
 
-Result<std::unique_ptr<Db>> Db::Open(const std::string& path, bool read_only, int cache_kib) {
+Result<std::unique_ptr<Db>> Db::Open(const std::string& path, bool read_only, int cache_kib, int page_size) {
   sqlite3* raw = nullptr;
   int flags = SQLITE_OPEN_NOMUTEX | (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
@@ -48,6 +48,9 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, bool read_only, in
       "PRAGMA temp_store = MEMORY;",
       cache_kib);
   if (!read_only) {
+    // Before journal_mode: switching a new database to WAL writes its first
+    // page, which fixes the page size. On an existing database a no-op.
+    if (page_size > 0) pragmas += fmt::format("PRAGMA page_size = {};", page_size);
     // WAL with full fsync at every commit: an acknowledged write survives a
     // power cut. Batching, not a weaker sync, is what buys throughput.
     pragmas +=

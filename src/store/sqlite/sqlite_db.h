@@ -39,9 +39,11 @@ struct StepCounter {
 class Db {
  public:
   // Opens `path` (read-write and created if missing, or read-only) and applies
-  // the per-connection pragmas. Fails kUnavailable if the file cannot be
+  // the per-connection pragmas. `page_size` (bytes; 0: SQLite's default)
+  // applies only when this creates the database: a database keeps the page
+  // size it was created with. Fails kUnavailable if the file cannot be
   // opened.
-  static Result<std::unique_ptr<Db>> Open(const std::string& path, bool read_only, int cache_kib);
+  static Result<std::unique_ptr<Db>> Open(const std::string& path, bool read_only, int cache_kib, int page_size = 0);
   ~Db();
   Db(const Db&) = delete;
   Db& operator=(const Db&) = delete;

@@ -2748,7 +2748,8 @@ Result<SearchPage> SqliteStore::Reader::SearchUsers(UserId searcher, const std::
 // SqliteStore: queues and threads
 
 Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const StoreConfig& config) {
-  Result<std::unique_ptr<Db>> write_db = Db::Open(config.sqlite_path, /*read_only=*/false, config.sqlite_cache_kib);
+  Result<std::unique_ptr<Db>> write_db = Db::Open(config.sqlite_path, /*read_only=*/false, config.sqlite_cache_kib,
+                                                       config.sqlite_page_size);
   if (!write_db.has_value()) return write_db.error();
   if (Status s = Migrate(**write_db); !s.ok()) return s;
   // Opened after migration: a read-only connection cannot create the file or
