@@ -1502,6 +1502,39 @@ std::string CheckSyncPage(simdjson::dom::element r, int64_t after, int64_t* next
   return "";
 }
 
+// The words the search probe looks for: with AppendFillWords' distribution
+// (about 8 words a message), one is in roughly 1 of 4 fill messages and one
+// in roughly 1 of 5,000.
+constexpr uint64_t kSearchFrequentRank = 1;
+constexpr uint64_t kSearchRareRank = 4000;
+constexpr int kSearchPageLimit = 20;
+
+// A `search_messages` page for `word`: at most the limit, every message's
+// body holds a word starting with `word` (the fill's words are lower-case
+// ASCII, so folding changes nothing), newest first by (conversation, seq)
+// within a conversation; `want_some`: at least one result.
+std::string CheckSearchPage(simdjson::dom::element r, const std::string& word, bool want_some) {
+  simdjson::dom::array msgs;
+  if (r["messages"].get(msgs)) return "no messages";
+  size_t n = 0;
+  std::map<int64_t, int64_t> last_seq;  // per conversation: the previous result's seq
+  for (auto m : msgs) {
+    std::string body(GetStr(m, "body"));
+    bool found = false;
+    for (size_t at = body.find(word); at != std::string::npos && !found; at = body.find(word, at + 1))
+      found = at == 0 || body[at - 1] == ' ';
+    if (!found) return "a result without \"" + word + "\": " + body;
+    int64_t conv = GetInt(m, "conversation_id"), seq = GetInt(m, "seq");
+    auto [it, first] = last_seq.emplace(conv, seq);
+    if (!first && seq >= it->second) return "results of a conversation not newest first";
+    it->second = seq;
+    ++n;
+  }
+  if (n > static_cast<size_t>(kSearchPageLimit)) return "more results than the limit";
+  if (want_some && n == 0) return "no result for \"" + word + "\"";
+  return "";
+}
+
 // The measurements of a probe: JSON key, label.
 const std::vector<std::pair<std::string, std::string>> kHistoryFigures = {
     {"send_sent_response", "send -> sent"},
@@ -1511,7 +1544,10 @@ const std::vector<std::pair<std::string, std::string>> kHistoryFigures = {
     {"sync_behind_page", "sync page, behind"},
     {"sync_behind_catch_up", "sync catch-up (behind)"},
     {"sync_random_page", "sync page, random depth"},
-    {"sync_fresh_first_page", "sync, fresh first page"}};
+    {"sync_fresh_first_page", "sync, fresh first page"},
+    {"search_frequent", "search, a frequent word"},
+    {"search_rare", "search, a rare word"}};
+
 
 double Median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -1718,6 +1754,19 @@ json ScenarioHistory(const Common&, std::vector<Server>& nodes, const Opts& o, c
                             [&](simdjson::dom::element r) { return CheckSyncPage(r, after, &next, &head, &more); });
         if (ns >= 0) sync_random.push_back(ns);
       }
+      // Message search over A0's conversations (every fill message is
+      // A0's): the newest page of a frequent and of a rare word.
+      std::vector<int64_t> search_frequent, search_rare;
+      for (auto [rank, out] : {std::pair{kSearchFrequentRank, &search_frequent}, std::pair{kSearchRareRank, &search_rare}}) {
+        const std::string word = FillWord(rank);
+        const bool want_some = rank == kSearchFrequentRank;
+        for (size_t i = 0; i < h.requests; ++i) {
+          int64_t ns = pr.Ask("search_messages \"" + word + "\"",
+                              R"("type":"search_messages","query":")" + word + R"(","limit":)" + std::to_string(kSearchPageLimit),
+                              [&](simdjson::dom::element r) { return CheckSearchPage(r, word, want_some); });
+          if (ns >= 0) out->push_back(ns);
+        }
+      }
       double wall = static_cast<double>(NowNs() - wall0) / 1e3 / 1e3;  // ms
       int64_t cpu = ProcessCpuMs(s.pid) - cpu0, self = ProcessCpuMs(getpid()) - self0, busy = MachineBusyMs() - busy0;
       double other_share = std::max<double>(0, static_cast<double>(busy - cpu - self)) / (wall * static_cast<double>(std::thread::hardware_concurrency()));
@@ -1740,6 +1789,8 @@ json ScenarioHistory(const Common&, std::vector<Server>& nodes, const Opts& o, c
                 {"sync_behind_catch_up", ToJson(Percentiles(sync_round))},
                 {"sync_random_page", ToJson(Percentiles(sync_random))},
                 {"sync_fresh_first_page", ToJson(Percentiles(fresh))},
+                {"search_frequent", ToJson(Percentiles(search_frequent))},
+                {"search_rare", ToJson(Percentiles(search_rare))},
                 {"parleyd_core_busy", static_cast<double>(cpu) / wall},
                 {"other_processes_machine_share", other_share}};
       std::printf("  probe at %lld messages: long conversation %lld messages, stream head %lld, data %.1f MB (%.0f B/message), "

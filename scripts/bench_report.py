@@ -50,9 +50,13 @@ def headline(d):
         send = ("send_sent_response", "send_arrival")
         hist = ("history_newest", "history_random")
         sync = ("sync_behind_page", "sync_random_page", "sync_fresh_first_page")
-        return ("scale of history", f"{first:,} -> {last:,} msgs, worst p50/p99 ratio: send x{worst(send, 'p50'):.2f}/"
+        search = tuple(k for k in ("search_frequent", "search_rare") if k in ra)  # older results have none
+        line = (f"{first:,} -> {last:,} msgs, worst p50/p99 ratio: send x{worst(send, 'p50'):.2f}/"
                 f"x{worst(send, 'p99'):.2f}, history x{worst(hist, 'p50'):.2f}/x{worst(hist, 'p99'):.2f}, "
-                f"sync x{worst(sync, 'p50'):.2f}/x{worst(sync, 'p99'):.2f}", "no degradation", None)
+                f"sync x{worst(sync, 'p50'):.2f}/x{worst(sync, 'p99'):.2f}")
+        if search:
+            line += f", search x{worst(search, 'p50'):.2f}/x{worst(search, 'p99'):.2f}"
+        return ("scale of history", line, "no degradation", None)
     return (s, "?", "", None)
 
 
