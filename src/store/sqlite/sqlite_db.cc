@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <fmt/format.h>
 
+#include "store/sqlite/wal_buffer_vfs.h"
+
 namespace parley::store::sqlite {
 namespace {
 
@@ -31,7 +33,9 @@ Status StatusFromSqlite(sqlite3* db, int rc) {
 Result<std::unique_ptr<Db>> Db::Open(const std::string& path, bool read_only, int cache_kib, int page_size) {
   sqlite3* raw = nullptr;
   int flags = SQLITE_OPEN_NOMUTEX | (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-  int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
+  // A writable connection gathers each commit's WAL frames into one write
+  // (wal_buffer_vfs.h); that needs synchronous=FULL, set below.
+  int rc = sqlite3_open_v2(path.c_str(), &raw, flags, read_only ? nullptr : WalBufferVfsName());
   if (rc != SQLITE_OK) {
     Status s(ErrorCode::kUnavailable,
              fmt::format("cannot open {}: {}", path, raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
@@ -52,7 +56,8 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, bool read_only, in
     // page, which fixes the page size. On an existing database a no-op.
     if (page_size > 0) pragmas += fmt::format("PRAGMA page_size = {};", page_size);
     // WAL with full fsync at every commit: an acknowledged write survives a
-    // power cut. Batching, not a weaker sync, is what buys throughput.
+    // power cut. Batching, not a weaker sync, is what buys throughput. The
+    // WAL buffer's correctness depends on it too (wal_buffer_vfs.h).
     pragmas +=
         "PRAGMA journal_mode = WAL;"
         "PRAGMA synchronous = FULL;"
