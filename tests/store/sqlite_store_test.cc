@@ -389,6 +389,57 @@ INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_i
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
+// Step 15: the search index is rebuilt with FTS5 prefix indexes; every
+// message is queued again in stored order (a queued entry from before the
+// upgrade goes: the requeue covers it), so results stay newest first.
+TEST(SqliteStoreTest, MigratesVersion12SearchIndexToPrefixIndexes) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 12).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const char* v12 = R"sql(
+INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10);
+INSERT INTO conversations(id, direct_key, last_seq, created_at, last_activity_at) VALUES(1, '1:2', 3, 10, 30);
+INSERT INTO members(conversation_id, user_id) VALUES(1, 1), (1, 2);
+INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, stored_at, deleted_at)
+  VALUES(1, 1, 1, 1, 'a', 'old news', 10, 10, 0), (1, 2, 2, 2, 'b', 'newer news', 20, 20, 0),
+        (1, 3, 1, 1, 'c', '', 30, 30, 40);
+INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(1, 'old news', 1, 1, 0);
+INSERT INTO message_search_docs(conversation_id, seq, doc_id) VALUES(1, 1, 1);
+INSERT INTO search_queue(conversation_id, seq, queued_at) VALUES(1, 2, 20);
+)sql";
+  ASSERT_EQ(sqlite3_exec(db, v12, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  SearchIndexProgress p = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(10, cb); }));
+  EXPECT_EQ(p.indexed, 2);
+  EXPECT_EQ(p.backlog, 0);
+  for (const char* word : {"n", "ne", "new", "news"}) {
+    MessageSearchQuery q;
+    q.searcher = 2;
+    q.words = {word};
+    q.limit = 10;
+    MessageSearchPage page = Must(Await<MessageSearchPage>([&](auto cb) { store->SearchMessages(q, cb); }));
+    ASSERT_EQ(page.messages.size(), 2u) << word;
+    EXPECT_EQ(page.messages[0].seq, 2) << word << ": newest stored first";
+    EXPECT_EQ(page.messages[1].body, "old news") << word;
+  }
+  store.reset();
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_master WHERE name = 'message_search'", -1, &stmt, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_NE(std::string(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0))).find("prefix = '1 2 3'"),
+            std::string::npos);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
 // Step 11: a version-10 file's receipts count as already carried to the
 // other member (`announced` = `delivered`), so an upgrade lists no withheld
 // seq a second time. ann's watermark (3) passed ben's 2, withheld from her.
