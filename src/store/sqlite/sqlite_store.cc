@@ -59,11 +59,11 @@
 //           delivered as the other member's stream last carried it)
 //           PK(conversation_id, user_id), WITHOUT ROWID
 //   receipt_log(conversation_id, device_id, delivered, read, at)
-//           PK(conversation_id, device_id, delivered, read), WITHOUT ROWID
-//           + receipt_log_by_read(conversation_id, device_id, read): every
-//           move of a device's watermarks with its time (one row per
+//           PK(conversation_id, device_id, delivered, read), WITHOUT ROWID:
+//           every move of a device's watermarks with its time (one row per
 //           UpdateReceipt that moved them). The message timeline's first
-//           delivered/read time of a device is one probe of each.
+//           delivered/read time of a device is one probe of each (step 16
+//           dropped the index on read: see Reader::Timeline).
 //   contacts(owner_id, contact_id, added_at) PK(owner_id, contact_id),
 //           WITHOUT ROWID + contacts_by_contact(contact_id, owner_id)
 //   blocks(owner_id, target_id, created_at, shown_display_name, shown_about,
@@ -113,6 +113,7 @@
 //   messages_to_purge(deleted_at) WHERE deleted_at > 0 AND purged_at = 0.
 //   step 15 (issue 12): message_search rebuilt with FTS5 prefix indexes
 //           (prefix = '1 2 3'), every message queued for indexing again.
+//   step 16 (issue 9): receipt_log_by_read dropped.
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -512,6 +513,14 @@ DELETE FROM message_search_docs;
 DELETE FROM search_queue;
 INSERT INTO search_queue(conversation_id, seq, queued_at)
   SELECT conversation_id, seq, stored_at FROM messages WHERE deleted_at = 0 ORDER BY stored_at, conversation_id, seq;
+)sql"},
+    // Issue 9: receipt_log's second index goes. A device's log rows rise in
+    // both watermarks and each row's delivered is at least its read, so the
+    // first row whose read covers a seq is found through the primary key
+    // (see Reader::Timeline); the index cost every receipt one more B-tree
+    // leaf written, about one page per message.
+    {16, R"sql(
+DROP INDEX receipt_log_by_read;
 )sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
@@ -2190,15 +2199,19 @@ Result<MessageTimeline> SqliteStore::Reader::Timeline(ConversationId id, Seq seq
       }
       if (member.withheld) continue;
       // A device's log rows rise in both watermarks over time, so the first
-      // row (in either index's order) that covers seq is the earliest.
+      // row in key order that covers seq is the earliest. Every row's
+      // delivered is at least its read (UpdateReceipt raises delivered to
+      // read), so a row whose read covers seq has delivered >= seq too: the
+      // read probe seeks the primary key there and steps over the rows
+      // delivered but not yet read.
       Stmt del(*db_,
                "SELECT at FROM receipt_log WHERE conversation_id = ?1 AND device_id = ?2 AND delivered >= ?3 "
                "ORDER BY delivered LIMIT 1");
       del.BindInt(1, id).BindInt(2, d.device_id).BindInt(3, seq);
       if (del.Step()) d.delivered_at = del.Int(0);
       Stmt rd(*db_,
-              "SELECT at FROM receipt_log WHERE conversation_id = ?1 AND device_id = ?2 AND read >= ?3 "
-              "ORDER BY read LIMIT 1");
+              "SELECT at FROM receipt_log WHERE conversation_id = ?1 AND device_id = ?2 AND delivered >= ?3 "
+              "AND read >= ?3 ORDER BY delivered, read LIMIT 1");
       rd.BindInt(1, id).BindInt(2, d.device_id).BindInt(3, seq);
       if (rd.Step()) d.read_at = rd.Int(0);
     }
