@@ -17,8 +17,10 @@ of them alike), and prints per variant and rate the median over the rounds.
 Within the first rate's measured window it also reads parleyd's /metrics at
 its start and end and reports, per message offered, the WebSocket frames and
 socket writes (parley_outbound_frames_total, parley_outbound_writes_total;
-builds without those counters show none) and the store commits
-(parley_store_commits_total).
+builds without those counters show none), the store commits
+(parley_store_commits_total), the pages written to SQLite's WAL
+(parley_store_wal_pages_written_total) and the WAL write calls that reached
+the kernel (parley_store_wal_os_writes_total).
 
 --strace-seconds N attaches `strace -c -f` to parleyd for N seconds in the
 middle of the first rate's measured window and reports syscalls per message
@@ -169,7 +171,8 @@ def run_once(args, name, parleyd, extra, strace_s):
     if window.get("before") and window.get("after"):
         msgs = float(args.rates.split(",")[0]) * window["seconds"]
         per = {}
-        for key in ["parley_outbound_frames_total", "parley_outbound_writes_total", "parley_store_commits_total"]:
+        for key in ["parley_outbound_frames_total", "parley_outbound_writes_total", "parley_store_commits_total",
+                    "parley_store_wal_pages_written_total", "parley_store_wal_os_writes_total"]:
             if key in window["before"] and key in window["after"]:
                 per[key] = (window["after"][key] - window["before"][key]) / msgs
         result["per_msg"] = per
@@ -235,15 +238,16 @@ def main():
                   f"{100 * med(lambda x: x['parleyd_core_busy']):.0f} % | {100 * med(lambda x: x['parleyd_runqueue_wait']):.0f} % |")
     print()
     print(f"Per message offered at {rates[0]:.0f} msgs/s, from parleyd's /metrics over the measured window (median):")
-    print("| variant | frames written | socket writes (frames' own) | store commits |")
-    print("|---|---|---|---|")
+    print("| variant | frames written | socket writes (frames' own) | store commits | WAL pages | WAL write calls |")
+    print("|---|---|---|---|---|---|")
     for name, _, _ in args.variant:
         pm = [r["per_msg"] for r in runs if r["name"] == name and r.get("per_msg")]
         if not pm:
             continue
         cell = lambda k: f"{statistics.median(p[k] for p in pm):.2f}" if all(k in p for p in pm) else "—"
         print(f"| {name} | {cell('parley_outbound_frames_total')} | {cell('parley_outbound_writes_total')} | "
-              f"{cell('parley_store_commits_total')} |")
+              f"{cell('parley_store_commits_total')} | {cell('parley_store_wal_pages_written_total')} | "
+              f"{cell('parley_store_wal_os_writes_total')} |")
     if args.strace_seconds:
         first = rates[0]
         print()
