@@ -127,16 +127,20 @@ constexpr int kChangeCandidates = 50;         // ... among the newest this many 
 // seconds on a conversation of the step's device, short enough for its
 // messages to expire mid-run (while devices are offline, dropped or
 // catching up); half of them are turned off again by the peer a little
-// later. After the final catch-up the run waits until everything sent
-// under a timer has expired (kMaxTimerS, plus the server's expiry step:
-// kExpiryWaitMs) and catches up once more, so that every expiry is in the
-// streams the checker judges.
+// later. parleyd's expiry step runs every kExpiryIntervalMs, longer than
+// its 1 s default: for that long after a message's expiry every answer
+// that reads it must mask it (show the tombstone it is about to become),
+// and the checker judges the syncs and snapshots answered then. After the
+// final catch-up the run waits until everything sent under a timer has
+// expired (kMaxTimerS, plus the expiry step: kExpiryWaitMs) and catches up
+// once more, so that every expiry is in the streams the checker judges.
 constexpr int kSecondsPerTimer = 3;
 constexpr int64_t kMinTimerS = 2;
 constexpr int64_t kMaxTimerS = 6;
 constexpr int64_t kMinTimerOnMs = 3000;       // a timer turned off stays on this long ...
 constexpr int64_t kMaxTimerOnMs = 8000;       // ... to this long
-constexpr int64_t kExpiryWaitMs = 2500;       // over parleyd's expiry step (--expiry-interval-ms, 1 s by default)
+constexpr int64_t kExpiryIntervalMs = 2500;   // parleyd --expiry-interval-ms
+constexpr int64_t kExpiryWaitMs = kExpiryIntervalMs + 1500;
 
 int64_t SystemNowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -576,7 +580,7 @@ class Server {
                                      "--data-dir", dir_ + "/data" + suffix_, "--port-file", port_file,
                                      "--insecure-fast-password-hashing", "--relaxed-rate-limits",
                                      "--admin-token", admin_token_, "--io-threads", "2", "--log-level", "warn",
-                                     "--web-root", "none"};
+                                     "--web-root", "none", "--expiry-interval-ms", std::to_string(kExpiryIntervalMs)};
     if (!store_spec_.empty()) {
       args.push_back("--store");
       args.push_back(store_spec_);
