@@ -1155,8 +1155,8 @@ struct Checker {
             {"body_hash", ""}};
   }
 
-  // Whether a message of the server shown to `user` expired by `clock` (a
-  // device's clock; 0: unknown).
+  // The expires_at of a message of the server when `clock` (a device's
+  // clock; 0: unknown) has passed it, else 0.
   int64_t ExpiredBy(int64_t conv, int64_t seq, int64_t clock) const {
     auto it = s.messages.find({conv, seq});
     if (clock == 0 || it == s.messages.end() || it->second.expires_at == 0 || it->second.expires_at > clock) return 0;
@@ -1208,8 +1208,8 @@ struct Checker {
     }
     if (ExpiredInView(user, r, conv, seq, !deleted || !body.empty(), clock)) return;
     // Expired by the device's clock before the server's delete event came
-    // (the expiry step runs about every second; a clock ahead runs early):
-    // a tombstone at the version the stream has so far is right.
+    // (the expiry step runs about every --expiry-interval-ms; a clock ahead
+    // runs early): a tombstone at the version the stream has so far is right.
     if (deleted && !want.deleted_at && ExpiredBy(conv, seq, clock) != 0 && version == want.version) return;
     if (deleted != (want.deleted_at != 0) || version != want.version) {
       Fail(&Counts::version_divergences, "version_divergences",
