@@ -16,7 +16,7 @@ const TableSpec& Spec(ExportTable t) {
   static const TableSpec kSpecs[kExportTableCount] = {
       {"devices", {"id", "user_id", "revoked"}, 1},
       {"members", {"conversation_id", "user_id"}, 2},
-      {"messages", {"conversation_id", "seq", "sender_id", "sender_device_id", "client_id"}, 2},
+      {"messages", {"conversation_id", "seq", "sender_id", "sender_device_id", "expires_at", "client_id"}, 2},
       {"withheld", {"conversation_id", "user_id", "seq"}, 3},
       {"stream", {"user_id", "user_seq", "kind", "conversation_id", "seq", "receipt_user_id", "delivered", "read"}, 2},
       {"heads", {"user_id", "head"}, 1},

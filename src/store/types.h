@@ -642,10 +642,11 @@ struct PushQueueStats {
 enum class ExportTable : int {
   kDevices = 0,   // id, user_id, revoked (0/1)
   kMembers,       // conversation_id, user_id
-  kMessages,      // conversation_id, seq, sender_id, sender_device_id, client_id (text)
+  kMessages,      // conversation_id, seq, sender_id, sender_device_id, expires_at (0: never), client_id (text)
   kWithheld,      // conversation_id, user_id, seq: the message is withheld from user_id (a block)
-  kStream,        // user_id, user_seq, kind (EventKind), conversation_id, seq (kMessage),
-                  // receipt_user_id, delivered, read (kReceipt)
+  kStream,        // user_id, user_seq, kind (EventKind), conversation_id, seq (kMessage, kEdit..kDeleteForMe),
+                  // receipt_user_id, delivered, read (kReceipt; kEdit/kDelete: version in delivered;
+                  // kDisappearing: the actor in receipt_user_id, the timer's seconds in delivered)
   kHeads,         // user_id, head
   kReceipts,      // conversation_id, user_id, delivered, read: the user's aggregate watermarks
   kBlocks,        // owner_id, target_id

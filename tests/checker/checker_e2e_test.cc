@@ -5,8 +5,12 @@
 // against the live server: every count zero, exit 0. Then on a copy of the
 // histories with one delivery duplicated, from the saved state: exit 1 and
 // duplicated = 1; and on a malformed line: exit 2 naming file and line.
+// A second run covers expiry: a disappearing timer, a device offline at the
+// expiry, one whose clock runs ahead.
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include "sdk/sdk_test_util.h"
 
@@ -45,13 +49,30 @@ struct Dev {
   std::unique_ptr<Client> client;
 };
 
+int64_t SystemMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A history file's records.
+std::vector<json> ReadHistory(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<json> out;
+  std::string line;
+  while (std::getline(in, line)) out.push_back(json::parse(line));
+  return out;
+}
+
 class CheckerE2eTest : public ::testing::Test {
  protected:
-  CheckerE2eTest() : server_({"--admin-token", kAdminToken}) {}
+  explicit CheckerE2eTest(std::vector<std::string> args = {"--admin-token", kAdminToken})
+      : server_(std::move(args)) {}
 
-  Dev Open(const std::string& user, const std::string& name, const std::string& token) {
+  // `skew_ms`: the device's clock (ClientOptions::now_ms) is off by this much.
+  Dev Open(const std::string& user, const std::string& name, const std::string& token, int64_t skew_ms = 0) {
     ClientOptions o = OptionsFor(server_, dir_ / (name + ".db"), token);
     o.history_path = histories() + "/" + name + ".jsonl";
+    if (skew_ms != 0) o.now_ms = [skew_ms] { return SystemMs() + skew_ms; };
     Dev d{name, OpenClient(std::move(o))};
     d.client->Start();
     EXPECT_TRUE(d.client->WaitOnline(10000)) << user << " " << name;
@@ -198,7 +219,7 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   json counts = json::parse(ok.out);
   for (const char* k : {"lost", "duplicated", "reordered", "gaps", "leaks", "receipt_regressions",
                         "receipt_divergences", "phantoms", "receipt_leaks", "version_divergences", "resurrections",
-                        "hidden_divergences", "draft_divergences"}) {
+                        "hidden_divergences", "draft_divergences", "expired_shown", "timer_divergences"}) {
     EXPECT_EQ(counts[k], 0) << k;
   }
   EXPECT_EQ(counts["views"], 4);
@@ -318,6 +339,135 @@ TEST_F(CheckerE2eTest, CleanRunPassesAndATamperedHistoryFails) {
   // A wrong admin token is bad input too.
   ProcResult refused = RunCheck(dir_, {"--histories", histories(), "--server", server_url, "--admin-token", "wrong"});
   EXPECT_EQ(refused.exit_code, 2) << refused.out << refused.err;
+}
+
+// Expiry end to end (docs/checker.md, "Expiry"): bob sets a 1 s timer on
+// his conversation with alice; alice's message expires while bob-2 is
+// offline and is deleted by the server (its expiry step every 50 ms);
+// bob-1's clock is an hour ahead, so it drops the text on arrival, before
+// the delete event; bob-2 comes back after the expiry and gets only the
+// tombstone. alice turns the timer off and sends once more. Every device
+// converges (tombstone at the delete's version, the timer off) and the
+// check passes; the same histories with the text put back in bob-2's
+// catch-up give expired_shown 1.
+class CheckerExpiryE2eTest : public CheckerE2eTest {
+ protected:
+  CheckerExpiryE2eTest() : CheckerE2eTest({"--admin-token", kAdminToken, "--expiry-interval-ms", "50"}) {}
+};
+
+TEST_F(CheckerExpiryE2eTest, AnExpiryConvergesEverywhereAndAnExpiredTextComingBackIsShown) {
+  constexpr int64_t kHourMs = 3600 * 1000;
+  std::filesystem::create_directories(histories());
+  std::string alice_token = RegisterAndLogin(server_, "alice");
+  std::string bob_token = RegisterAndLogin(server_, "bob");
+  auto bob2_login = Client::Login("127.0.0.1", server_.port(), "bob", "correct horse", "bob-2", "gtest");
+  ASSERT_TRUE(bob2_login.ok);
+  std::vector<Dev> devs;
+  devs.push_back(Open("alice", "alice-1", alice_token));
+  devs.push_back(Open("bob", "bob-1", bob_token, kHourMs));
+  devs.push_back(Open("bob", "bob-2", bob2_login.token));
+  Client& alice = *devs[0].client;
+  Client& bob1 = *devs[1].client;
+  Client& bob2 = *devs[2].client;
+
+  ASSERT_TRUE(alice.Compose("bob", "before the timer").ok);
+  ASSERT_TRUE(alice.WaitOutboxDrained(10000));
+  ASSERT_TRUE(Eventually([&] { return bob1.ConversationWith("alice").has_value(); }, 10000));
+  const int64_t conv = bob1.ConversationWith("alice")->conversation_id;
+  Reply set = bob1.Request("set_disappearing", {{"conversation_id", conv}, {"seconds", 1}});
+  ASSERT_TRUE(set.ok) << set.code << " " << set.message;
+  ASSERT_TRUE(Eventually([&] { auto c = alice.ConversationWith("bob"); return c && c->disappearing_s == 1; }, 10000));
+  ASSERT_TRUE(Eventually([&] { auto c = bob2.ConversationWith("alice"); return c && c->disappearing_s == 1; }, 10000));
+
+  bob2.Stop();  // offline until after the expiry
+  ASSERT_TRUE(alice.Compose("bob", "vanishing words").ok);
+  ASSERT_TRUE(alice.WaitOutboxDrained(10000));
+  int64_t seq = 0, expires_at = 0;
+  for (const auto& m : alice.Messages("bob", 0, 10))
+    if (m.outgoing && m.seq > 0) std::tie(seq, expires_at) = std::make_pair(m.seq, m.expires_at);
+  ASSERT_GT(expires_at, 0);
+  // The server's delete reaches the online devices; bob-2 comes back after
+  // it (past the checker's clock slack).
+  auto deleted_on = [&](Client& c, const std::string& peer) {
+    for (const auto& m : c.Messages(peer, 0, 10))
+      if (m.seq == seq) return m.deleted && m.body.empty() && m.version == 1;
+    return false;
+  };
+  ASSERT_TRUE(Eventually([&] { return deleted_on(alice, "bob") && deleted_on(bob1, "alice"); }, 15000));
+  ASSERT_TRUE(Eventually([&] { return SystemMs() >= expires_at + 1500; }, 5000));
+  bob2.Start();
+  ASSERT_TRUE(bob2.WaitOnline(10000));
+  ASSERT_TRUE(Eventually([&] { return deleted_on(bob2, "alice"); }, 10000));
+
+  ASSERT_TRUE(alice.Request("set_disappearing", {{"conversation_id", conv}, {"seconds", 0}}).ok);
+  ASSERT_TRUE(alice.Compose("bob", "after the timer").ok);
+  ASSERT_TRUE(alice.WaitOutboxDrained(10000));
+  ASSERT_TRUE(Eventually([&] { return bob2.Messages("alice", 0, 10).size() == 3; }, 10000));
+  // Long enough after the expiry that the checker holds the streams to it.
+  ASSERT_TRUE(Eventually([&] { return SystemMs() >= expires_at + 3500; }, 5000));
+  for (auto& d : devs) d.client->Stop();
+  for (auto& d : devs) d.client->Start();
+  for (auto& d : devs) ASSERT_TRUE(d.client->WaitOnline(10000)) << d.name;
+  for (auto& d : devs) d.client->Stop();
+
+  // Each view: the tombstone at the delete's version, the timer off, its clock.
+  for (auto& d : devs) {
+    json view;
+    for (const json& j : ReadHistory(histories() + "/" + d.name + ".jsonl"))
+      if (j["ev"] == "view") view = j;
+    ASSERT_TRUE(view.contains("clock")) << d.name << " " << view.dump();
+    bool listed = false;
+    for (const auto& m : view["messages"])
+      if (m["seq"] == seq) {
+        listed = true;
+        EXPECT_EQ(m["deleted"], true) << d.name;
+        EXPECT_EQ(m["body_hash"], "") << d.name;
+        EXPECT_EQ(m["version"], 1) << d.name << ": the expiry's delete event set the version";
+      }
+    EXPECT_TRUE(listed) << d.name << " " << view.dump();
+    EXPECT_EQ(view["timers"], json::parse("[{\"conversation_id\":" + std::to_string(conv) + ",\"seconds\":0}]"))
+        << d.name;
+  }
+
+  std::string server_url = "http://127.0.0.1:" + std::to_string(server_.port());
+  std::string state = dir_ / "state.json";
+  ProcResult ok = RunCheck(dir_, {"--histories", histories(), "--server", server_url, "--admin-token", kAdminToken,
+                                  "--json", "--save-state", state});
+  ASSERT_EQ(ok.exit_code, 0) << ok.out << ok.err << "\n"
+                             << RunCheck(dir_, {"--histories", histories(), "--state", state}).out;
+  json counts = json::parse(ok.out);
+  EXPECT_EQ(counts["views"], 3);
+  EXPECT_EQ(counts["timer_changes"], 2);
+  EXPECT_EQ(counts["expiring_messages"], 1);
+  EXPECT_EQ(counts["expired_messages"], 1);
+  EXPECT_EQ(counts["expired_shown"], 0);
+  EXPECT_EQ(counts["timer_divergences"], 0);
+
+  // bob-2's catch-up with the text put back in the message event its sync
+  // carried: read after the expiry, so the text came back.
+  std::string tampered = dir_ / "tampered";
+  std::filesystem::create_directories(tampered);
+  bool put_back = false;
+  for (auto& d : devs) {
+    std::ofstream out(tampered + "/" + d.name + ".jsonl");
+    for (json j : ReadHistory(histories() + "/" + d.name + ".jsonl")) {
+      if (d.name == "bob-2" && !put_back && j["ev"] == "event" && j["source"] == "sync" && j["kind"] == "message" &&
+          j["message"]["seq"] == seq) {
+        for (const char* k : {"version", "deleted", "body_hash"}) j["message"].erase(k);
+        put_back = true;
+      }
+      out << j.dump() << "\n";
+    }
+  }
+  ASSERT_TRUE(put_back) << "bob-2 synced the expired message";
+  ProcResult back = RunCheck(dir_, {"--histories", tampered, "--state", state, "--json"});
+  EXPECT_EQ(back.exit_code, 1) << back.out << back.err;
+  json bc = json::parse(back.out);
+  EXPECT_EQ(bc["expired_shown"], 1) << back.out;
+  for (const char* k : {"lost", "duplicated", "reordered", "gaps", "leaks", "phantoms", "version_divergences",
+                        "resurrections", "timer_divergences"}) {
+    EXPECT_EQ(bc[k], 0) << k;
+  }
 }
 
 // The recorder on its own (no server: Compose works offline): a reopened

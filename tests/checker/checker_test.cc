@@ -82,7 +82,7 @@ struct Histories {
       for (const auto& r : recs) {
         json j = r;
         j["n"] = ++n;
-        j["ts"] = 1000 + n;
+        if (!j.contains("ts")) j["ts"] = 1000 + n;  // a test that judges by time sets its own
         j["user"] = ids.at(name).first;
         j["device"] = ids.at(name).second;
         h.records.push_back({name, n, j});
@@ -140,7 +140,7 @@ void ExpectOnly(const Report& r, const std::string& only, int64_t expected) {
   json c = CountsJson(r.counts);
   for (const char* k : {"lost", "duplicated", "reordered", "gaps", "leaks", "receipt_regressions",
                         "receipt_divergences", "phantoms", "receipt_leaks", "version_divergences", "resurrections",
-                        "hidden_divergences", "draft_divergences"}) {
+                        "hidden_divergences", "draft_divergences", "expired_shown", "timer_divergences"}) {
     EXPECT_EQ(c[k].get<int64_t>(), k == only ? expected : 0) << k << "\n" << FormatReport(r, 20);
   }
   EXPECT_EQ(r.counts.ok(), expected == 0);
@@ -627,6 +627,233 @@ TEST(CheckerTest, ViewBeforeTheLastCatchUpIsNotCompared) {
   Report r = CheckAll(h, ChangesState());
   ExpectOnly(r, "", 0);
   EXPECT_EQ(r.counts.views, 2);
+}
+
+// Expiry on top of the base case (docs/checker.md, "Expiry"): bob sets a
+// 5 s timer in conversation 100 (user seq 6), sends b2 = 100/4 (7), which
+// expires at kExpiresAt and is deleted by the server (8, version 1);
+// alice turns the timer off (9). alice-11 and bob-21 get it all live;
+// bob-22 was offline at the expiry and catches up by sync on a connection
+// opened after it: the message as the tombstone it became, then the
+// delete. Each ends with a view at its own clock.
+constexpr int64_t kExpiresAt = 1'800'000'000'000;
+constexpr int64_t kAfterExpiry = kExpiresAt + 5000;  // bob-22's resume: well after the expiry
+
+json TimerEv(int64_t u, const char* source, int64_t seconds) {
+  return {{"ev", "event"}, {"source", source}, {"user_seq", u}, {"kind", "disappearing"}, {"conversation_id", 100},
+          {"seconds", seconds}};
+}
+json B2() { return Msg(100, 4, 2, 21, "b2"); }
+json B2Tombstone() {
+  json m = B2();
+  m["version"] = 0;
+  m["deleted"] = true;
+  m["body_hash"] = "";
+  return m;
+}
+json ExpiryView(json messages, int64_t clock, int64_t timer = 0) {
+  return {{"ev", "view"},
+          {"held", {{{"conversation_id", 100}, {"ranges", {{1, 4}}}}}},
+          {"messages", messages},
+          {"drafts", json::array()},
+          {"timers", {{{"conversation_id", 100}, {"seconds", timer}}}},
+          {"clock", clock}};
+}
+json ExpiredView(int64_t clock) { return ExpiryView({ViewMsg(4, 1, true, false, "")}, clock); }
+
+// `with_delete`: the server's expiry step ran (user seq 8); otherwise the
+// stream stops before it and the timer goes off at 8. `exported_at`: the
+// export's time.
+json ExpiryState(bool with_delete = true, int64_t exported_at = kExpiresAt + 60'000, int64_t expires_at = kExpiresAt) {
+  json s = BaseState();
+  auto& m = s["tables"]["messages"];
+  m["columns"] = {"conversation_id", "seq", "sender_id", "sender_device_id", "expires_at", "client_id"};
+  json rows = json::array();
+  for (auto r : m["rows"]) {
+    r.insert(r.begin() + 4, 0);
+    rows.push_back(r);
+  }
+  rows.push_back({100, 4, 2, 21, expires_at, "b2"});
+  m["rows"] = rows;
+  auto& stream = s["tables"]["stream"]["rows"];
+  const int64_t head = with_delete ? 9 : 8;
+  for (int64_t u : {1, 2}) {
+    stream.push_back({u, 6, 14, 100, 0, 2, 5, 0});  // bob sets 5 s
+    stream.push_back({u, 7, 1, 100, 4, 0, 0, 0});   // b2
+    if (with_delete) stream.push_back({u, 8, 11, 100, 4, 0, 1, 0});  // its expiry: version 1
+    stream.push_back({u, head, 14, 100, 0, 1, 0, 0});  // alice turns it off
+  }
+  s["tables"]["heads"]["rows"] = {{1, head}, {2, head}, {3, 2}, {4, 3}};
+  s["exported_at"] = exported_at;
+  return s;
+}
+
+// bob-22's catch-up after the expiry: `b2` is the message as the sync (or,
+// with `snapshot`, a snapshot at head 7) carried it.
+Histories ExpiryHistories(json b2_synced = B2Tombstone(), bool snapshot = false) {
+  Histories h = BaseHistories();
+  auto strip_stop = [](std::vector<json>& f) {
+    if (f.back()["ev"] == "stop") f.pop_back();
+  };
+  for (const char* name : {"alice-11.jsonl", "bob-21.jsonl"}) {
+    auto& f = h.files[name];
+    strip_stop(f);
+    f.push_back(TimerEv(6, "live", 5));
+    f.push_back(Ev(7, "live", B2()));
+    f.push_back(ChangeEv(8, "delete", 4, 1, ""));
+    f.push_back(TimerEv(9, "live", 0));
+    f.push_back(Caught(9));
+    f.push_back(ExpiredView(kExpiresAt + 100));
+    f.push_back({{"ev", "stop"}});
+  }
+  auto& b = h.files["bob-22.jsonl"];
+  b.push_back({{"ev", "open"}, {"cursor", 5}});  // back after the expiry
+  json resume = {{"ev", "resume"}, {"cursor", 5}, {"ts", kAfterExpiry}};
+  if (snapshot) {
+    resume["cursor"] = nullptr;
+    b.push_back(resume);
+    json a1 = Msg(100, 1, 1, 11, "a1"), a2 = Msg(100, 2, 1, 11, "a2"), b1 = Msg(100, 3, 2, 21, "b1");
+    b.push_back(Snap(7, {a1, a2, b1, b2_synced}, {{{"conversation_id", 100}, {"user_id", 1}, {"delivered", 2}, {"read", 2}}}));
+  } else {
+    b.push_back(resume);
+    b.push_back(TimerEv(6, "sync", 5));
+    b.push_back({{"ev", "event"}, {"source", "sync"}, {"user_seq", 7}, {"kind", "message"}, {"message", b2_synced}});
+  }
+  json del = ChangeEv(8, "delete", 4, 1, "");
+  del["source"] = "sync";
+  b.push_back(del);
+  b.push_back(TimerEv(9, "sync", 0));
+  b.push_back(Caught(9));
+  b.push_back(ExpiredView(kAfterExpiry + 100));
+  b.push_back({{"ev", "stop"}});
+  return h;
+}
+
+TEST(CheckerTest, AnExpiryEveryDeviceConvergesOnPasses) {
+  Report r = CheckAll(ExpiryHistories(), ExpiryState());
+  ExpectOnly(r, "", 0);
+  EXPECT_EQ(r.counts.current_devices, 4);
+  EXPECT_EQ(r.counts.views, 3);
+  EXPECT_EQ(r.counts.timer_changes, 2);
+  EXPECT_EQ(r.counts.expiring_messages, 1);
+  EXPECT_EQ(r.counts.expired_messages, 1);
+  // The same through a snapshot; and an export without its time or the
+  // expires_at column (an older server) judges what it can.
+  ExpectOnly(CheckAll(ExpiryHistories(B2Tombstone(), true), ExpiryState()), "", 0);
+  json old = ExpiryState();
+  old.erase("exported_at");
+  r = CheckAll(ExpiryHistories(), old);
+  ExpectOnly(r, "", 0);
+  EXPECT_EQ(r.counts.expired_messages, 0);
+}
+
+TEST(CheckerTest, AnExpiredTextReappearingAfterAReconnectIsShown) {
+  // The sync on bob-22's new connection, answered after the expiry,
+  // carries b2's text.
+  Report r = CheckAll(ExpiryHistories(B2()), ExpiryState());
+  ExpectOnly(r, "expired_shown", 1);
+  EXPECT_NE(FormatReport(r, 5).find("sync delivery carries the text of message 100/4"), std::string::npos)
+      << FormatReport(r, 5);
+  // The same in a snapshot (a new cache after the expiry).
+  r = CheckAll(ExpiryHistories(B2(), true), ExpiryState());
+  ExpectOnly(r, "expired_shown", 1);
+  EXPECT_NE(FormatReport(r, 5).find("a snapshot carries the text of message 100/4"), std::string::npos)
+      << FormatReport(r, 5);
+  // Read before the expiry (a resume before it): the text was still right.
+  Histories h = ExpiryHistories(B2());
+  for (auto& rec : h.files["bob-22.jsonl"])
+    if (rec["ev"] == "resume" && rec.contains("ts")) rec["ts"] = kExpiresAt - 2000;
+  ExpectOnly(CheckAll(h, ExpiryState()), "", 0);
+  // A device that had learnt it was deleted sees it come back: a resurrection.
+  h = ExpiryHistories();
+  auto& b = h.files["bob-22.jsonl"];
+  b.insert(b.end() - 2, json{{"ev", "resume"}, {"cursor", nullptr}, {"ts", kAfterExpiry + 50}});
+  b.insert(b.end() - 2, Snap(9, {B2()}, json::array()));
+  b.insert(b.end() - 2, Caught(9));
+  ExpectOnly(CheckAll(h, ExpiryState()), "resurrections", 1);
+}
+
+TEST(CheckerTest, ATextKeptInAFinalViewAfterItsExpiryIsShown) {
+  // Before the server's delete: the tombstone a device's clock made at the
+  // expiry is right, and so is the text on a device whose clock is behind.
+  json before = ExpiryState(/*with_delete=*/false, kExpiresAt + 1000);
+  Histories h = ExpiryHistories();
+  for (const char* name : {"alice-11.jsonl", "bob-21.jsonl", "bob-22.jsonl"}) {
+    auto& f = h.files[name];
+    f.erase(std::remove_if(f.begin(), f.end(), [](const json& j) { return j.value("kind", "") == "delete"; }), f.end());
+    f[f.size() - 4]["user_seq"] = 8;  // the timer off
+    f[f.size() - 3] = Caught(8);
+  }
+  h.files["alice-11.jsonl"][h.files["alice-11.jsonl"].size() - 2] =
+      ExpiryView({ViewMsg(4, 0, true, false, "")}, kExpiresAt + 10);  // expired here, by its clock
+  h.files["bob-21.jsonl"][h.files["bob-21.jsonl"].size() - 2] = ExpiryView(json::array(), kExpiresAt - 10);
+  h.files["bob-22.jsonl"][h.files["bob-22.jsonl"].size() - 2] =
+      ExpiryView({ViewMsg(4, 0, true, false, "")}, kAfterExpiry);
+  ExpectOnly(CheckAll(h, before), "", 0);
+  // Its text still held (listed or not) at a clock past the expiry.
+  h.files["bob-21.jsonl"][h.files["bob-21.jsonl"].size() - 2] = ExpiryView(json::array(), kExpiresAt + 10);
+  Report r = CheckAll(h, before);
+  ExpectOnly(r, "expired_shown", 1);
+  EXPECT_NE(FormatReport(r, 5).find("message 100/4 still has its text at the device's clock"), std::string::npos)
+      << FormatReport(r, 5);
+  h.files["bob-21.jsonl"][h.files["bob-21.jsonl"].size() - 2] =
+      ExpiryView({ViewMsg(4, 0, false, true, "hb2")}, kExpiresAt + 10);  // hidden, text kept
+  before["tables"]["stream"]["rows"].push_back({2, 9, 12, 100, 4, 0, 0, 0});
+  before["tables"]["heads"]["rows"] = {{1, 8}, {2, 9}, {3, 2}, {4, 3}};
+  for (const char* name : {"bob-21.jsonl", "bob-22.jsonl"}) {
+    auto& f = h.files[name];
+    f.insert(f.end() - 3, ChangeEv(9, "delete_for_me", 4, 0, ""));
+    f[f.size() - 3] = Caught(9);
+  }
+  h.files["bob-22.jsonl"][h.files["bob-22.jsonl"].size() - 2] =
+      ExpiryView({ViewMsg(4, 0, true, true, "")}, kAfterExpiry);
+  ExpectOnly(CheckAll(h, before), "expired_shown", 1);
+  // A tombstone on a device whose clock has not reached the expiry, with
+  // no delete in the stream: a divergence, as before.
+  h = ExpiryHistories();
+  for (const char* name : {"alice-11.jsonl", "bob-21.jsonl", "bob-22.jsonl"}) {
+    auto& f = h.files[name];
+    f.erase(std::remove_if(f.begin(), f.end(), [](const json& j) { return j.value("kind", "") == "delete"; }), f.end());
+    f[f.size() - 4]["user_seq"] = 8;
+    f[f.size() - 3] = Caught(8);
+    f[f.size() - 2] = ExpiryView(json::array(), kExpiresAt - 10);
+  }
+  h.files["alice-11.jsonl"][h.files["alice-11.jsonl"].size() - 2] =
+      ExpiryView({ViewMsg(4, 0, true, false, "")}, kExpiresAt - 10);
+  ExpectOnly(CheckAll(h, ExpiryState(false, kExpiresAt + 1000)), "version_divergences", 1);
+}
+
+TEST(CheckerTest, AServerThatNeverExpiresAMessageIsCounted) {
+  // No delete long after the expiry: one per member's stream (the devices'
+  // tombstones, made by their clocks, are right).
+  Histories h = ExpiryHistories();
+  for (const char* name : {"alice-11.jsonl", "bob-21.jsonl", "bob-22.jsonl"}) {
+    auto& f = h.files[name];
+    f.erase(std::remove_if(f.begin(), f.end(), [](const json& j) { return j.value("kind", "") == "delete"; }), f.end());
+    f[f.size() - 4]["user_seq"] = 8;
+    f[f.size() - 3] = Caught(8);
+    f[f.size() - 2] = ExpiryView({ViewMsg(4, 0, true, false, "")}, kAfterExpiry + 100);
+  }
+  Report r = CheckAll(h, ExpiryState(/*with_delete=*/false));
+  ExpectOnly(r, "expired_shown", 2);
+  EXPECT_NE(FormatReport(r, 5).find("but user 1's stream has no delete for it"), std::string::npos) << FormatReport(r, 5);
+  // A message stored under the timer without an expiry (its sender's
+  // stream orders it after the timer).
+  r = CheckAll(ExpiryHistories(), ExpiryState(true, kExpiresAt + 60'000, /*expires_at=*/0));
+  ExpectOnly(r, "expired_shown", 1);
+  EXPECT_NE(FormatReport(r, 5).find("was stored while the conversation's timer was 5 s"), std::string::npos)
+      << FormatReport(r, 5);
+}
+
+TEST(CheckerTest, ADeviceLeftWithAnotherTimerDiverges) {
+  Histories h = ExpiryHistories();
+  h.files["bob-22.jsonl"][h.files["bob-22.jsonl"].size() - 2] =
+      ExpiryView({ViewMsg(4, 1, true, false, "")}, kAfterExpiry + 100, /*timer=*/5);
+  Report r = CheckAll(h, ExpiryState());
+  ExpectOnly(r, "timer_divergences", 1);
+  EXPECT_NE(FormatReport(r, 5).find("conversation 100's disappearing timer is 5 s, the user's stream last set 0 s"),
+            std::string::npos)
+      << FormatReport(r, 5);
 }
 
 TEST(CheckerTest, MalformedLineNamesFileAndLine) {

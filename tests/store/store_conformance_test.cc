@@ -1756,9 +1756,9 @@ TEST_P(StoreConformance, ExportPagesEveryTableInKeyOrder) {
 
   auto messages = all(ExportTable::kMessages, 1);
   ASSERT_EQ(messages.size(), 2u);
-  EXPECT_EQ(messages[0].values, (std::vector<int64_t>{conv_, 1, alice_.id, alice_dev_.id}));
+  EXPECT_EQ(messages[0].values, (std::vector<int64_t>{conv_, 1, alice_.id, alice_dev_.id, 0}));
   EXPECT_EQ(messages[0].text, "a1");
-  EXPECT_EQ(messages[1].values, (std::vector<int64_t>{conv_, 2, bob_.id, bob_dev_.id}));
+  EXPECT_EQ(messages[1].values, (std::vector<int64_t>{conv_, 2, bob_.id, bob_dev_.id, 0}));
   EXPECT_EQ(messages[1].text, "b2");
   EXPECT_EQ(values(all(ExportTable::kMembers, 1)), (std::vector<std::vector<int64_t>>{{conv_, alice_.id}, {conv_, bob_.id}}));
   EXPECT_EQ(values(all(ExportTable::kWithheld, 1)), (std::vector<std::vector<int64_t>>{{conv_, alice_.id, 2}}));
@@ -2624,6 +2624,34 @@ TEST_P(StoreConformance, MessagesExpireAtCommitTimePlusTheTimerOrTheServerMaximu
   AppendResult dup = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "timed", "body timed")));
   EXPECT_TRUE(dup.duplicate);
   EXPECT_EQ(dup.message.expires_at, kStoreClockMillis + 60'000);
+}
+
+// The delivery checker's view of retention (docs/checker.md): each
+// message's expires_at in the export, and the timer changes as `stream`
+// rows (kind kDisappearing: the actor in receipt_user_id, the seconds in
+// delivered) in every member's stream.
+TEST_P(StoreConformance, ExportCarriesEachMessagesExpiryAndTheTimerChanges) {
+  SetUpConversation();
+  Send(alice_, alice_dev_, "plain");  // seq 1: never expires
+  Must(SetTimer(store(), bob_.id, conv_, 60));
+  Send(alice_, alice_dev_, "timed");  // seq 2
+  Must(SetTimer(store(), alice_.id, conv_, 0));
+  ExportPage m = Must(Await<ExportPage>([&](auto cb) { store().Export(ExportTable::kMessages, {}, 10, cb); }));
+  ASSERT_EQ(m.rows.size(), 2u);
+  EXPECT_EQ(ExportColumns(ExportTable::kMessages)[4], "expires_at");
+  EXPECT_EQ(m.rows[0].values[4], 0);
+  EXPECT_EQ(m.rows[1].values[4], kStoreClockMillis + 60'000);
+  EXPECT_EQ(m.rows[1].text, "timed");
+  ExportPage st = Must(Await<ExportPage>([&](auto cb) { store().Export(ExportTable::kStream, {}, 100, cb); }));
+  std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> timers;  // user -> (actor, seconds), in order
+  for (const ExportRow& r : st.rows) {
+    if (r.values[2] != static_cast<int64_t>(EventKind::kDisappearing)) continue;
+    EXPECT_EQ(r.values[3], conv_);
+    timers[r.values[0]].push_back({r.values[5], r.values[6]});
+  }
+  const std::vector<std::pair<int64_t, int64_t>> want = {{bob_.id, 60}, {alice_.id, 0}};
+  EXPECT_EQ(timers[alice_.id], want);
+  EXPECT_EQ(timers[bob_.id], want);
 }
 
 TEST_P(StoreConformance, ExpiryTombstonesExpiredMessagesInBoundedStepsWithADeleteEventToEachMember) {

@@ -8,7 +8,8 @@
 //     offline and coming back (their outbox resends, delayed, with the same
 //     client ids), connections dropped in the middle of a catch-up sync,
 //     blocks and unblocks, read receipts, edits and deletes (for everyone
-//     and for me) of earlier messages, drafts, kill -9 of parleyd after the Nth
+//     and for me) of earlier messages, drafts, short disappearing timers set
+//     and turned off (messages expire mid-run), kill -9 of parleyd after the Nth
 //     message this driver saw acknowledged — and, per parleyd incarnation, a
 //     server-side crash point (the test build's --fault crash_after_append@K:
 //     SIGKILL right after the Kth message is durable, before its ack);
@@ -16,7 +17,8 @@
 //     next incarnation's crash point), provisions the users through the admin
 //     API's bulk path, opens one parley::Client per device (history recorded
 //     to histories/<user>.<n>.jsonl) and plays the steps;
-//  3. at the end every device comes online and syncs until nothing moves;
+//  3. at the end every device comes online and syncs until nothing moves
+//     (and, after a wait for the last timed messages to expire, once more);
 //     then parley-check reads the histories and the server's state, and the
 //     driver exits with its result.
 // Cluster shape (--nodes N, with --redis and a PostgreSQL --store): N
@@ -121,6 +123,24 @@ constexpr int64_t kDeletePerMille = 30;       // drafts: 600 - the three above
 constexpr int kChangeTimeoutMs = 10'000;      // an edit or delete is retried (reconnecting, parleyd down) this long
 constexpr int64_t kPickRange = 1000;          // an edit or delete picks its message by `pick` mod the candidates
 constexpr int kChangeCandidates = 50;         // ... among the newest this many cached messages with the peer
+// Retention: a disappearing timer is set about every kSecondsPerTimer
+// seconds on a conversation of the step's device, short enough for its
+// messages to expire mid-run (while devices are offline, dropped or
+// catching up); half of them are turned off again by the peer a little
+// later. parleyd's expiry step runs every kExpiryIntervalMs, longer than
+// its 1 s default: for that long after a message's expiry every answer
+// that reads it must mask it (show the tombstone it is about to become),
+// and the checker judges the syncs and snapshots answered then. After the
+// final catch-up the run waits until everything sent under a timer has
+// expired (kMaxTimerS, plus the expiry step: kExpiryWaitMs) and catches up
+// once more, so that every expiry is in the streams the checker judges.
+constexpr int kSecondsPerTimer = 3;
+constexpr int64_t kMinTimerS = 2;
+constexpr int64_t kMaxTimerS = 6;
+constexpr int64_t kMinTimerOnMs = 3000;       // a timer turned off stays on this long ...
+constexpr int64_t kMaxTimerOnMs = 8000;       // ... to this long
+constexpr int64_t kExpiryIntervalMs = 2500;   // parleyd --expiry-interval-ms
+constexpr int64_t kExpiryWaitMs = kExpiryIntervalMs + 1500;
 
 int64_t SystemNowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -346,9 +366,33 @@ Plan MakePlan(uint64_t seed, int users, int devices, int duration_s, int nodes) 
     }
     p.steps.push_back(std::move(s));
   }
+  // Disappearing timers (drawn after the other steps, so that a seed's
+  // other steps are what they were before timers joined the workload): set
+  // by a device on one of its user's conversations, some turned off again
+  // later from a device of the peer (any member may).
+  for (int k = 0; k < std::max(1, duration_s / kSecondsPerTimer); ++k) {
+    int64_t t = uni(total_ms / 20, total_ms * 8 / 10);
+    int dev = static_cast<int>(uni(0, total_devices - 1));
+    int user = dev / devices;
+    const auto& mine = p.peers[static_cast<size_t>(user)];
+    int peer = mine[static_cast<size_t>(uni(0, static_cast<int64_t>(mine.size()) - 1))];
+    p.steps.push_back({{"t", t}, {"op", "timer"}, {"dev", dev}, {"peer", peer}, {"seconds", uni(kMinTimerS, kMaxTimerS)}});
+    if (chance(0.5)) {
+      int off_dev = peer * devices + static_cast<int>(uni(0, devices - 1));
+      p.steps.push_back({{"t", std::min(total_ms, t + uni(kMinTimerOnMs, kMaxTimerOnMs))},
+                         {"op", "timer"},
+                         {"dev", off_dev},
+                         {"peer", user},
+                         {"seconds", 0}});
+    }
+  }
   // Blocks end before the final catch-up so that nothing stays pending for
   // ever (a blocked send fails, which the checker treats as not acked).
   for (auto [owner, target] : blocks) p.steps.push_back({{"t", total_ms}, {"op", "unblock"}, {"user", owner}, {"target", target}});
+  // The schedule plays the steps in list order: by time (stable: the steps
+  // above were already in order).
+  std::stable_sort(p.steps.begin(), p.steps.end(),
+                   [](const json& a, const json& b) { return a.at("t").get<int64_t>() < b.at("t").get<int64_t>(); });
   return p;
 }
 
@@ -536,7 +580,7 @@ class Server {
                                      "--data-dir", dir_ + "/data" + suffix_, "--port-file", port_file,
                                      "--insecure-fast-password-hashing", "--relaxed-rate-limits",
                                      "--admin-token", admin_token_, "--io-threads", "2", "--log-level", "warn",
-                                     "--web-root", "none"};
+                                     "--web-root", "none", "--expiry-interval-ms", std::to_string(kExpiryIntervalMs)};
     if (!store_spec_.empty()) {
       args.push_back("--store");
       args.push_back(store_spec_);
@@ -720,6 +764,7 @@ struct Counters {
   std::atomic<int64_t> raw_doubles{0}, raw_acks{0}, raw_duplicate_acks{0}, raw_refused{0};
   std::atomic<int64_t> late_steps{0}, max_lag_ms{0};
   std::atomic<int64_t> edits{0}, deletes{0}, hides{0}, drafts{0}, changes_refused{0};
+  std::atomic<int64_t> timers_set{0}, timers_off{0}, timers_refused{0};
 };
 
 struct Options {
@@ -790,6 +835,14 @@ class Run {
               std::to_string(kLateStepMs) + " ms late, the latest " + std::to_string(counters_.max_lag_ms.load()) +
               " ms); final catch-up");
     int settle_rc = Settle(&why);
+    if (settle_rc == 0 && HasTimers()) {
+      // Everything stored so far expires by now + kMaxTimerS: wait for it
+      // (and the server's expiry step), then catch up with the deletes.
+      log_.Line("waiting " + std::to_string(kMaxTimerS * 1000 + kExpiryWaitMs) +
+                " ms for the last messages sent under a timer to expire");
+      std::this_thread::sleep_for(std::chrono::milliseconds(kMaxTimerS * 1000 + kExpiryWaitMs));
+      settle_rc = Settle(&why);
+    }
     if (settle_rc != 0) log_.Line("settle: " + why);
     // A cleanly stopped device ends its history with a last sync
     // (caught_up): the checker checks it as a device that finished syncing.
@@ -823,7 +876,9 @@ class Run {
               << " duplicate acks=" << counters_.raw_duplicate_acks << " refused=" << counters_.raw_refused
               << ") edits=" << counters_.edits << " deletes=" << counters_.deletes << " deletes for me="
               << counters_.hides << " (refused or unanswered=" << counters_.changes_refused
-              << ") drafts=" << counters_.drafts << " late steps=" << counters_.late_steps << " (max lag "
+              << ") drafts=" << counters_.drafts << " timers set=" << counters_.timers_set
+              << " off=" << counters_.timers_off << " (refused or unanswered=" << counters_.timers_refused
+              << ") late steps=" << counters_.late_steps << " (max lag "
               << counters_.max_lag_ms << " ms)"
               << " wall=" << static_cast<int>(secs) << "s" << std::endl;
     std::cout << "parley-chaos: " << (rc == 0 ? "PASS" : "FAIL") << " seed=" << plan_.seed << std::endl;
@@ -838,6 +893,12 @@ class Run {
   }
 
   std::string UserName(int u) const { return "chaos" + std::to_string(u); }
+
+  bool HasTimers() const {
+    for (const auto& s : plan_.steps)
+      if (s.at("op") == "timer") return true;
+    return false;
+  }
 
   bool Failed() {
     for (auto& sv : servers_)
@@ -1062,6 +1123,8 @@ class Run {
         d.client->MarkRead(c->conversation_id, c->last_seq);
     } else if (op == "edit" || op == "delete") {
       ChangeMessage(i, s, d);
+    } else if (op == "timer") {
+      SetTimer(s, d);
     } else if (op == "draft") {
       const std::string text =
           s.at("clear").get<bool>() ? "" : "chaos " + std::to_string(plan_.seed) + " draft #" + std::to_string(i);
@@ -1105,18 +1168,49 @@ class Run {
     } else {
       fields["for"] = for_me ? "me" : "everyone";
     }
+    Reply r = RequestRetried(d, edit ? "edit_message" : "delete_message", fields);
+    if (!r.ok) ++counters_.changes_refused;
+    d.Event({{"change", for_me ? "delete_for_me" : op}, {"conversation_id", m.conversation_id}, {"seq", m.seq},
+             {"ok", r.ok}, {"code", r.code}, {"result", r.result}});
+  }
+
+  // A request of a device through the SDK, retried (the same request: a
+  // retry of an edit, delete or timer is a duplicate) while the device
+  // reconnects or its answer was lost to a parleyd death, for
+  // kChangeTimeoutMs. Returns the last answer.
+  Reply RequestRetried(Device& d, const std::string& type, const json& fields) {
     Reply r;
     const auto deadline = SteadyClock::now() + std::chrono::milliseconds(kChangeTimeoutMs);
     while (!Failed()) {
-      r = d.client->Request(edit ? "edit_message" : "delete_message", fields);
+      r = d.client->Request(type, fields);
       const bool again = r.code == kErrOffline || (!r.ok && (r.frame.is_null() || r.frame.value("retryable", false)));
       if (!again || SteadyClock::now() >= deadline) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(kRetryInitialMs));  // rate_limited: no busy loop
       d.client->WaitOnline(kRequestTimeoutMs);
     }
-    if (!r.ok) ++counters_.changes_refused;
-    d.Event({{"change", for_me ? "delete_for_me" : op}, {"conversation_id", m.conversation_id}, {"seq", m.seq},
-             {"ok", r.ok}, {"code", r.code}, {"result", r.result}});
+    return r;
+  }
+
+  // Sets (or, with 0 seconds, turns off) the disappearing timer of the
+  // device's conversation with the step's peer, as a client does
+  // (set_disappearing). A device the plan took offline, or one that has no
+  // conversation with the peer yet, skips it.
+  void SetTimer(const json& s, Device& d) {
+    const int64_t seconds = s.at("seconds");
+    if (!d.online) {
+      d.Event({{"timer", seconds}, {"skipped", "the device is offline"}});
+      return;
+    }
+    auto c = d.client->ConversationWith(UserName(s.at("peer")));
+    if (!c) {
+      d.Event({{"timer", seconds}, {"skipped", "no conversation with the peer yet"}});
+      return;
+    }
+    ++(seconds > 0 ? counters_.timers_set : counters_.timers_off);
+    Reply r = RequestRetried(d, "set_disappearing", {{"conversation_id", c->conversation_id}, {"seconds", seconds}});
+    if (!r.ok) ++counters_.timers_refused;
+    d.Event({{"timer", seconds}, {"conversation_id", c->conversation_id}, {"ok", r.ok}, {"code", r.code},
+             {"result", r.result}});
   }
 
   // One raw double send: the same client id twice at once on one raw

@@ -1,9 +1,12 @@
-// The checks, in two passes (docs/checker.md, "What is checked"):
+// The checks, in three passes (docs/checker.md, "What is checked"):
 //
 //  1. The server on its own: duplicate (conversation, sender, client id)
 //     rows; every member's stream holds each message visible to them exactly
 //     once (lost / duplicated / leaks); streams have no gaps below their
-//     head; receipt events of a stream never go backwards.
+//     head; receipt events of a stream never go backwards; a message its
+//     sender stored under a disappearing timer has an expiry, and one that
+//     expired well before the export is deleted in every stream it reached
+//     (expired_shown).
 //  2. Each device's history, replayed in file order: the applied user seqs
 //     follow each other (gaps), message deliveries are never repeated
 //     (duplicated) and rise per conversation (reordered), never reach a
@@ -13,13 +16,18 @@
 //     history ends caught up must hold every message of its stream up to the
 //     caught-up head (lost), and when that head is the server's head its
 //     receipt view must equal the stream's (receipt_divergences). A message
-//     a device knows deleted for everyone never comes back (resurrections).
+//     a device knows deleted for everyone never comes back (resurrections);
+//     a sync page or snapshot answered after a message expired never
+//     carries its text (expired_shown).
 //  3. Each user's current devices, from their final `view` records: every
 //     message at the version and deleted state of the user's stream, one
 //     text per version, hidden exactly where the user deleted it for
 //     themself, and each conversation's draft the last one in server order
 //     (version_divergences, resurrections, hidden_divergences,
-//     draft_divergences).
+//     draft_divergences); no text of a message its clock saw expire, which
+//     may be a tombstone before the server's delete event came
+//     (expired_shown), and each conversation's disappearing timer the last
+//     one its user's stream set (timer_divergences).
 //
 // One defect is counted once, in one category: a user seq the device never
 // applied is a gap, not also a lost message; a stream entry the server never
@@ -43,6 +51,16 @@ constexpr int64_t kKindEdit = 10;        // store::EventKind::kEdit (delivered: 
 constexpr int64_t kKindDelete = 11;      // store::EventKind::kDelete (delivered: the tombstone's version)
 constexpr int64_t kKindDeleteForMe = 12; // store::EventKind::kDeleteForMe
 constexpr int64_t kKindDraft = 13;       // store::EventKind::kDraft
+constexpr int64_t kKindTimer = 14;       // store::EventKind::kDisappearing (delivered: the seconds; 0: off)
+// Retention (docs/checker.md, "Expiry"). History `ts` values (the devices'
+// wall clocks, not their skewed app clocks) and the server's expires_at are
+// compared across machines' clocks: only a record this long after a
+// message's expiry counts as after it.
+constexpr int64_t kExpiryClockSlackMs = 1000;
+// The server's expiry step runs every --expiry-interval-ms (1 s by default):
+// a message expired this long before the export must be deleted in every
+// stream it reached.
+constexpr int64_t kExpiryGraceMs = 3000;
 
 std::string Where(const Record& r) { return r.file + ":" + std::to_string(r.line); }
 
@@ -137,8 +155,9 @@ std::string Validate(const json& j) {
     }
     if (!opt_ok(j, "conversation_id", json::value_t::number_integer) ||
         !opt_ok(j, "seq", json::value_t::number_integer) || !opt_ok(j, "version", json::value_t::number_integer) ||
-        !opt_ok(j, "body_hash", json::value_t::string) || !opt_ok(j, "draft_hash", json::value_t::string))
-      return "\"event\" record with a malformed conversation_id, seq, version, body_hash or draft_hash";
+        !opt_ok(j, "body_hash", json::value_t::string) || !opt_ok(j, "draft_hash", json::value_t::string) ||
+        !opt_ok(j, "seconds", json::value_t::number_integer))
+      return "\"event\" record with a malformed conversation_id, seq, version, body_hash, draft_hash or seconds";
     if (j.contains("also_covers") && !j["also_covers"].is_array()) return "\"also_covers\" is not an array";
     if (j["kind"] == "summary") {
       // Selective sync: a summary stands for the user seqs of its ranges.
@@ -171,6 +190,14 @@ std::string Validate(const json& j) {
     for (const auto& d : j["drafts"]) {
       if (!d.is_object() || !IsInt(d, "conversation_id") || !d.contains("draft_hash") || !d["draft_hash"].is_string())
         return "\"view\" record with a malformed draft";
+    }
+    if (!opt_ok(j, "clock", json::value_t::number_integer)) return "\"view\" record whose \"clock\" is not an integer";
+    if (j.contains("timers")) {
+      if (!j["timers"].is_array()) return "\"view\" record whose \"timers\" is not an array";
+      for (const auto& t : j["timers"]) {
+        if (!t.is_object() || !IsInt(t, "conversation_id") || !IsInt(t, "seconds"))
+          return "\"view\" record with a malformed timer";
+      }
     }
     if (j.contains("summarised")) {
       if (!j["summarised"].is_array()) return "\"view\" record whose \"summarised\" is not an array";
@@ -273,6 +300,13 @@ bool ParseState(const json& j, ServerState* out, std::string* error) {
     return false;
   }
   const json& tables = j["tables"];
+  if (j.contains("exported_at")) {
+    if (!j["exported_at"].is_number_integer()) {
+      *error = "state: \"exported_at\" is not an integer";
+      return false;
+    }
+    out->exported_at = j["exported_at"];
+  }
   // Each table's rows as arrays of the named columns.
   auto rows_of = [&](const char* name, std::vector<std::string> want, bool text_last,
                      std::vector<std::vector<int64_t>>* ints, std::vector<std::string>* texts) -> bool {
@@ -316,10 +350,20 @@ bool ParseState(const json& j, ServerState* out, std::string* error) {
   if (!rows_of("members", {"conversation_id", "user_id"}, false, &rows, &texts)) return false;
   for (auto& r : rows) out->members[r[0]].insert(r[1]);
   rows.clear();
-  if (!rows_of("messages", {"conversation_id", "seq", "sender_id", "sender_device_id", "client_id"}, true, &rows,
-               &texts))
+  // Exports made before retention have no expires_at column: nothing in
+  // them expires.
+  const std::vector<std::string> kMessagesBefore = {"conversation_id", "seq", "sender_id", "sender_device_id",
+                                                    "client_id"};
+  const bool with_expiry = !(tables.contains("messages") && tables["messages"].is_object() &&
+                             tables["messages"].value("columns", json()) == json(kMessagesBefore));
+  if (!rows_of("messages",
+               with_expiry ? std::vector<std::string>{"conversation_id", "seq", "sender_id", "sender_device_id",
+                                                      "expires_at", "client_id"}
+                           : kMessagesBefore,
+               true, &rows, &texts))
     return false;
-  for (size_t i = 0; i < rows.size(); ++i) out->messages[{rows[i][0], rows[i][1]}] = {rows[i][2], rows[i][3], texts[i]};
+  for (size_t i = 0; i < rows.size(); ++i)
+    out->messages[{rows[i][0], rows[i][1]}] = {rows[i][2], rows[i][3], texts[i], with_expiry ? rows[i][4] : 0};
   rows.clear();
   if (!rows_of("withheld", {"conversation_id", "user_id", "seq"}, false, &rows, &texts)) return false;
   for (auto& r : rows) out->withheld.insert({r[0], r[1], r[2]});
@@ -375,6 +419,11 @@ struct Checker {
   std::map<std::pair<int64_t, int64_t>, int64_t> last_draft;
   // (user, user seq) of a draft event -> the draft fingerprints devices read in it.
   std::map<std::pair<int64_t, int64_t>, std::set<std::string>> draft_read;
+  // Retention: (user, conversation) -> the seconds of the last timer event
+  // in the user's stream (absent: never set); conversation -> (seq,
+  // expires_at) of its expiring messages, by seq.
+  std::map<std::pair<int64_t, int64_t>, int64_t> last_timer;
+  std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> expiring;
   // Devices whose final view pass 3 compares: finished at their user's
   // head with nothing skipped, their `view` record after the last caught_up.
   struct ViewDevice {
@@ -412,6 +461,7 @@ struct Checker {
       int64_t prev = 0;
       bool first = true;
       std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> last_receipt;
+      std::map<int64_t, std::pair<int64_t, int64_t>> timer;  // conv -> (seconds, user seq) so far in this stream
       for (const auto& [useq, e] : entries) {
         // A stream may start above 1 only where old entries were pruned.
         if (!first && useq > prev + 1) {
@@ -432,6 +482,17 @@ struct Checker {
             continue;
           }
           stream_msg[key] = useq;
+          // A message its sender stored while the conversation's timer was
+          // on (server order: the sender's stream) must expire.
+          auto m = s.messages.find({e.conversation_id, e.seq});
+          auto t = timer.find(e.conversation_id);
+          if (m != s.messages.end() && m->second.sender_id == user && t != timer.end() && t->second.first > 0 &&
+              m->second.expires_at == 0) {
+            Fail(&Counts::expired_shown, "expired_shown",
+                 "server: " + MsgName(e.conversation_id, e.seq) + " was stored while the conversation's timer was " +
+                     std::to_string(t->second.first) + " s (user " + std::to_string(user) + "'s stream, user seq " +
+                     std::to_string(t->second.second) + "), but never expires");
+          }
           if (!Member(e.conversation_id, user) || Withheld(e.conversation_id, user, e.seq)) {
             Fail(&Counts::leaks, "leaks",
                  "server: user " + std::to_string(user) + "'s stream holds " + MsgName(e.conversation_id, e.seq) +
@@ -446,6 +507,10 @@ struct Checker {
             c->second.version = std::max(c->second.version, e.delivered);
             if (e.kind == kKindDelete && !c->second.deleted_at) c->second.deleted_at = useq;
           }
+        } else if (e.kind == kKindTimer) {
+          timer[e.conversation_id] = {e.delivered, useq};
+          last_timer[{user, e.conversation_id}] = e.delivered;
+          if (e.receipt_user_id == user) ++report->counts.timer_changes;  // the setter's copy: once per change
         } else if (e.kind == kKindDraft) {
           auto [d, fresh] = last_draft.insert({{user, e.conversation_id}, useq});
           if (fresh) ++report->counts.draft_conversations;
@@ -470,8 +535,17 @@ struct Checker {
         }
       }
     }
-    // Every message is in the stream of every member it is visible to.
+    // Every message is in the stream of every member it is visible to; one
+    // that expired well before the export is deleted there (the member's
+    // devices would keep its text otherwise: a stream that never deletes it
+    // makes nothing delete it on a device whose clock is behind).
     for (const auto& [key, m] : s.messages) {
+      const bool expired = m.expires_at != 0 && s.exported_at != 0 && m.expires_at <= s.exported_at - kExpiryGraceMs;
+      if (m.expires_at != 0) {
+        ++report->counts.expiring_messages;
+        expiring[key.first].push_back({key.second, m.expires_at});
+      }
+      if (expired) ++report->counts.expired_messages;
       auto mit = s.members.find(key.first);
       if (mit == s.members.end()) continue;
       for (int64_t user : mit->second) {
@@ -479,6 +553,15 @@ struct Checker {
         if (!stream_msg.count({user, key.first, key.second})) {
           Fail(&Counts::lost, "lost",
                "server: " + MsgName(key.first, key.second) + " is not in the stream of member " + std::to_string(user));
+          continue;
+        }
+        auto c = changes.find({user, key.first, key.second});
+        const bool gone = c != changes.end() && (c->second.deleted_at || c->second.hidden_at);
+        if (expired && !gone) {
+          Fail(&Counts::expired_shown, "expired_shown",
+               "server: " + MsgName(key.first, key.second) + " expired at " + std::to_string(m.expires_at) + ", " +
+                   std::to_string(s.exported_at - m.expires_at) + " ms before the export, but user " +
+                   std::to_string(user) + "'s stream has no delete for it");
         }
       }
     }
@@ -510,6 +593,9 @@ struct Checker {
     // (conv, seq) this device learnt were deleted for everyone (a delete
     // event, a tombstone): final, across snapshots and restarts.
     std::set<std::pair<int64_t, int64_t>> dead;
+    // The `ts` of the last `resume`: every sync page and snapshot after it
+    // was answered after then (0: no connection recorded yet).
+    int64_t answered_after = 0;
     const Record* final_view = nullptr;  // the `view` record after the last caught_up
   };
 
@@ -580,6 +666,22 @@ struct Checker {
     }
   }
 
+  // Retention: a sync page or a snapshot answered after a message's
+  // expires_at never carries its text (the server shows it as the tombstone
+  // it is about to become). Judged by the `resume` before the answer, which
+  // was written before the request went out; a message the device already
+  // knew deleted counts as a resurrection instead.
+  void ExpiredAnswer(Device& d, const Record& r, int64_t conv, int64_t seq, bool shows_text, const char* how) {
+    if (!shows_text || d.answered_after == 0 || d.dead.count({conv, seq})) return;
+    auto it = s.messages.find({conv, seq});
+    if (it == s.messages.end() || it->second.expires_at == 0) return;
+    if (d.answered_after < it->second.expires_at + kExpiryClockSlackMs) return;
+    Fail(&Counts::expired_shown, "expired_shown",
+         Where(r) + ": " + how + " carries the text of " + MsgName(conv, seq) + ", answered after " +
+             std::to_string(d.answered_after) + " (resume), " + std::to_string(d.answered_after - it->second.expires_at) +
+             " ms after it expired");
+  }
+
   // An edit, delete, delete_for_me or draft event (fields optional: older
   // histories lack them).
   void ChangeEvent(Device& d, const Record& r, const std::string& kind, int64_t useq) {
@@ -598,6 +700,8 @@ struct Checker {
       Fail(&Counts::resurrections, "resurrections",
            Where(r) + ": an edit brings a text back to " + MsgName(key.first, key.second) +
                ", which the device knew deleted for everyone");
+    } else if (kind == "edit" && j.value("source", "") == "sync") {
+      ExpiredAnswer(d, r, key.first, key.second, !j.value("body_hash", std::string()).empty(), "a synced edit");
     }
   }
 
@@ -732,6 +836,8 @@ struct Checker {
     if (kind == "message") {
       const json& m = j["message"];
       const std::string how = j["source"].get<std::string>() + " delivery";
+      if (j["source"] == "sync")
+        ExpiredAnswer(d, r, m["conversation_id"], m["seq"], !m.value("deleted", false), how.c_str());
       Tombstone(d, r, m, how.c_str(), false);
       Deliver(d, r, m, how.c_str(), true);
       WithheldList(d, r, m["conversation_id"], m["sender_id"], m["seq"]);
@@ -756,6 +862,7 @@ struct Checker {
     d.applied_known = true;
     d.applied = d.start = j["head"];
     for (const auto& m : j["messages"]) {
+      ExpiredAnswer(d, r, m["conversation_id"], m["seq"], !m.value("deleted", false), "a snapshot");
       Tombstone(d, r, m, "snapshot delivery", false);
       Deliver(d, r, m, "snapshot delivery", true);
     }
@@ -860,6 +967,7 @@ struct Checker {
         }
       } else if (ev == "open" || ev == "resume") {
         Cursor(d, j["cursor"]);
+        if (ev == "resume") d.answered_after = j["ts"];
       } else if (ev == "snapshot") {
         Snapshot(d, r);
       } else if (ev == "event") {
@@ -934,11 +1042,18 @@ struct Checker {
         // not synced in full, so their cached messages are not judged.
         std::set<int64_t> summarised;
         for (const auto& c : r.j.value("summarised", json::array())) summarised.insert(c.get<int64_t>());
+        // Retention: the device's clock when it wrote the view (0: not
+        // recorded; expiry is then not judged on this view).
+        const int64_t clock = r.j.value("clock", int64_t{0});
         std::set<std::pair<int64_t, int64_t>> listed;
         for (const auto& m : r.j["messages"]) {
           listed.insert({m["conversation_id"].get<int64_t>(), m["seq"].get<int64_t>()});
-          if (summarised.count(m["conversation_id"].get<int64_t>())) continue;
-          ViewMessage(user, r, m, &text_of);
+          if (summarised.count(m["conversation_id"].get<int64_t>())) {
+            // Not synced in full, but its cached texts expire all the same.
+            ExpiredInView(user, r, m["conversation_id"], m["seq"], !m["body_hash"].get<std::string>().empty(), clock);
+            continue;
+          }
+          ViewMessage(user, r, m, clock, &text_of);
         }
         // Held, but not listed: unedited, undeleted and shown on this
         // device. Each message the user's stream changed must not be one.
@@ -951,10 +1066,44 @@ struct Checker {
              c != changes.end() && std::get<0>(c->first) == user; ++c) {
           const int64_t conv = std::get<1>(c->first), seq = std::get<2>(c->first);
           if (listed.count({conv, seq}) || !Held(held, conv, seq) || summarised.count(conv)) continue;
-          ViewMessage(user, r,
-                      {{"conversation_id", conv}, {"seq", seq}, {"version", 0}, {"deleted", false},
-                       {"hidden", false}, {"body_hash", ""}},
-                      &text_of);
+          ViewMessage(user, r, AsSent(conv, seq), clock, &text_of);
+        }
+        // Held unlisted (with its text) after its expiry by this device's
+        // clock: what the changes above did not judge already.
+        for (const auto& [conv, ranges] : held) {
+          auto e = expiring.find(conv);
+          if (e == expiring.end() || clock == 0) continue;
+          for (const auto& [seq, expires_at] : e->second) {
+            if (expires_at > clock || listed.count({conv, seq}) || !Held(held, conv, seq)) continue;
+            if (summarised.count(conv)) {
+              ExpiredInView(user, r, conv, seq, true, clock);
+            } else if (!changes.count({user, conv, seq})) {
+              ViewMessage(user, r, AsSent(conv, seq), clock, &text_of);
+            }
+          }
+        }
+        // Each conversation's timer is the last one the user's stream set
+        // (0 where it never set one); timer events always arrive in full.
+        if (r.j.contains("timers")) {
+          std::map<int64_t, int64_t> shown;
+          for (const auto& t : r.j["timers"]) shown[t["conversation_id"].get<int64_t>()] = t["seconds"];
+          std::set<int64_t> timer_convs;
+          for (const auto& [conv, seconds] : shown) {
+            if (seconds != 0) timer_convs.insert(conv);
+          }
+          for (auto it = last_timer.lower_bound({user, INT64_MIN}); it != last_timer.end() && it->first.first == user;
+               ++it)
+            timer_convs.insert(it->first.second);
+          for (int64_t conv : timer_convs) {
+            auto want = last_timer.find({user, conv});
+            const int64_t want_s = want == last_timer.end() ? 0 : want->second;
+            const int64_t mine = shown.count(conv) ? shown[conv] : 0;
+            if (mine != want_s) {
+              Fail(&Counts::timer_divergences, "timer_divergences",
+                   Where(r) + ": conversation " + std::to_string(conv) + "'s disappearing timer is " +
+                       std::to_string(mine) + " s, the user's stream last set " + std::to_string(want_s) + " s");
+            }
+          }
         }
         std::map<int64_t, std::string> mine;
         for (const auto& dr : r.j["drafts"]) mine[dr["conversation_id"].get<int64_t>()] = dr["draft_hash"];
@@ -1000,7 +1149,33 @@ struct Checker {
 
   static std::string HashName(const std::string& hash) { return hash.empty() ? "none" : "\"" + hash + "\""; }
 
-  void ViewMessage(int64_t user, const Record& r, const json& m,
+  // A held message the view does not list: as sent, shown, with its text.
+  static json AsSent(int64_t conv, int64_t seq) {
+    return {{"conversation_id", conv}, {"seq", seq}, {"version", 0}, {"deleted", false}, {"hidden", false},
+            {"body_hash", ""}};
+  }
+
+  // The expires_at of a message of the server when `clock` (a device's
+  // clock; 0: unknown) has passed it, else 0.
+  int64_t ExpiredBy(int64_t conv, int64_t seq, int64_t clock) const {
+    auto it = s.messages.find({conv, seq});
+    if (clock == 0 || it == s.messages.end() || it->second.expires_at == 0 || it->second.expires_at > clock) return 0;
+    return it->second.expires_at;
+  }
+
+  // Retention in a final view: a device holds no text of a message whose
+  // expires_at its own clock has passed (it drops it then, event or not).
+  // Returns whether it counted one.
+  bool ExpiredInView(int64_t user, const Record& r, int64_t conv, int64_t seq, bool holds_text, int64_t clock) {
+    const int64_t expires_at = ExpiredBy(conv, seq, clock);
+    if (!holds_text || expires_at == 0 || !Member(conv, user) || Withheld(conv, user, seq)) return false;
+    Fail(&Counts::expired_shown, "expired_shown",
+         Where(r) + ": " + MsgName(conv, seq) + " still has its text at the device's clock " + std::to_string(clock) +
+             ", " + std::to_string(clock - expires_at) + " ms after it expired");
+    return true;
+  }
+
+  void ViewMessage(int64_t user, const Record& r, const json& m, int64_t clock,
                    std::map<std::tuple<int64_t, int64_t, int64_t>, std::pair<std::string, std::string>>* text_of) {
     const int64_t conv = m["conversation_id"], seq = m["seq"], version = m["version"];
     const bool deleted = m["deleted"], hidden = m["hidden"];
@@ -1020,6 +1195,8 @@ struct Checker {
       } else if (!want.hidden_at) {
         Fail(&Counts::hidden_divergences, "hidden_divergences",
              what + " is hidden, but the user never deleted it for themself");
+      } else {
+        ExpiredInView(user, r, conv, seq, !body.empty(), clock);  // hidden, but its text must still go
       }
       return;  // later edits and deletes do not reach a hidden message
     }
@@ -1029,6 +1206,11 @@ struct Checker {
                ", but it was deleted for everyone (user seq " + std::to_string(want.deleted_at) + ")");
       return;
     }
+    if (ExpiredInView(user, r, conv, seq, !deleted || !body.empty(), clock)) return;
+    // Expired by the device's clock before the server's delete event came
+    // (the expiry step runs about every --expiry-interval-ms; a clock ahead
+    // runs early): a tombstone at the version the stream has so far is right.
+    if (deleted && !want.deleted_at && ExpiredBy(conv, seq, clock) != 0 && version == want.version) return;
     if (deleted != (want.deleted_at != 0) || version != want.version) {
       Fail(&Counts::version_divergences, "version_divergences",
            what + " ends at version " + std::to_string(version) + (deleted ? " (deleted)" : "") +
@@ -1048,7 +1230,7 @@ struct Checker {
 }  // namespace
 
 bool Check(const std::vector<DeviceHistory>& histories, const ServerState& state, Report* report, std::string* error) {
-  Checker c{state, report, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+  Checker c{state, report, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
   c.ServerPass();
   std::set<std::pair<int64_t, std::string>> acked;
   for (const auto& h : histories) {
@@ -1083,6 +1265,11 @@ json CountsJson(const Counts& c) {
           {"resurrections", c.resurrections},
           {"hidden_divergences", c.hidden_divergences},
           {"draft_divergences", c.draft_divergences},
+          {"timer_changes", c.timer_changes},
+          {"expiring_messages", c.expiring_messages},
+          {"expired_messages", c.expired_messages},
+          {"expired_shown", c.expired_shown},
+          {"timer_divergences", c.timer_divergences},
           {"ok", c.ok()}};
 }
 
@@ -1101,6 +1288,9 @@ std::string FormatReport(const Report& r, size_t max_findings) {
       << ", drafted conversations " << c.draft_conversations << "\n";
   out << "version_divergences " << c.version_divergences << "  resurrections " << c.resurrections
       << "  hidden_divergences " << c.hidden_divergences << "  draft_divergences " << c.draft_divergences << "\n";
+  out << "timer changes " << c.timer_changes << ", expiring messages " << c.expiring_messages << " (expired before the export "
+      << c.expired_messages << ")\n";
+  out << "expired_shown " << c.expired_shown << "  timer_divergences " << c.timer_divergences << "\n";
   for (size_t i = 0; i < r.findings.size() && i < max_findings; ++i) {
     out << r.findings[i].category << ": " << r.findings[i].detail << "\n";
   }

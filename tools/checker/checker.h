@@ -6,7 +6,8 @@
 // leaks (withheld seqs not kept "sent" by the events' `withheld` lists), and
 // for edits, deletes and drafts, devices of a user that do not converge on
 // their stream's final view (version, resurrection, hidden and draft
-// divergences).
+// divergences); for retention, expired texts that are still shown and
+// devices whose conversation timers diverge.
 //
 // Pure functions over in-memory data: no I/O except LoadHistoryFile and
 // LoadStateFile, which read one file each. Not thread-safe beyond that (no
@@ -30,14 +31,18 @@ struct ServerMessage {
   int64_t sender_id = 0;
   int64_t sender_device_id = 0;
   std::string client_id;
+  int64_t expires_at = 0;  // when it expires (server ms since epoch); 0: never (or an export without the column)
 };
 
 struct StreamEntry {
-  int64_t kind = 0;  // store::EventKind: 1 message, 2 receipt, ... 10 edit, 11 delete, 12 delete for me, 13 draft
+  // store::EventKind: 1 message, 2 receipt, ... 10 edit, 11 delete, 12 delete for me, 13 draft, 14 timer
+  int64_t kind = 0;
   int64_t conversation_id = 0;
   int64_t seq = 0;   // message, edit, delete, delete for me: the message's seq
-  int64_t receipt_user_id = 0;
-  int64_t delivered = 0;  // receipt: the watermark; edit and delete: the message's new version
+  int64_t receipt_user_id = 0;  // receipt: whose watermarks; timer: who set it
+  // receipt: the watermark; edit and delete: the message's new version;
+  // timer (`disappearing`): its seconds (0: off)
+  int64_t delivered = 0;
   int64_t read = 0;
 };
 
@@ -50,6 +55,10 @@ struct ServerState {
   std::map<int64_t, int64_t> heads;                                // user -> head user seq
   std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> receipts;  // (conv, user) -> (delivered, read)
   std::set<std::pair<int64_t, int64_t>> blocks;                    // (owner, target)
+  // When the export was read (the reader's clock, ms since epoch; 0: not
+  // known, as in a state saved before it was recorded): messages expired
+  // well before it must be deleted in the streams.
+  int64_t exported_at = 0;
 };
 
 // One record of a history file, with where it came from.
@@ -77,6 +86,9 @@ struct Counts {
   int64_t views = 0;             // current devices whose final `view` record was compared
   int64_t changed_messages = 0;  // (user, message) pairs the user's stream edits, deletes or hides
   int64_t draft_conversations = 0;  // (user, conversation) pairs with a `draft` event in the user's stream
+  int64_t timer_changes = 0;      // disappearing timers set or turned off (one per change, from the setter's stream)
+  int64_t expiring_messages = 0;  // messages on the server with an expires_at
+  int64_t expired_messages = 0;   // ... expired long enough before the export to be judged deleted
   // Failures (any non-zero fails the check).
   int64_t lost = 0;
   int64_t duplicated = 0;
@@ -101,11 +113,20 @@ struct Counts {
   int64_t resurrections = 0;
   int64_t hidden_divergences = 0;
   int64_t draft_divergences = 0;
+  // Retention (docs/checker.md, "Expiry"): the text of a message after its
+  // expires_at — in a sync page or snapshot answered after it, in a device's
+  // final view at or after it by the device's clock, in a stream that still
+  // has no delete for it long after it, or a message stored under a timer
+  // that never expires; and a device whose conversation timer is not the
+  // last one its user's stream set.
+  int64_t expired_shown = 0;
+  int64_t timer_divergences = 0;
 
   bool ok() const {
     return lost == 0 && duplicated == 0 && reordered == 0 && gaps == 0 && leaks == 0 && receipt_regressions == 0 &&
            receipt_divergences == 0 && phantoms == 0 && receipt_leaks == 0 && version_divergences == 0 &&
-           resurrections == 0 && hidden_divergences == 0 && draft_divergences == 0;
+           resurrections == 0 && hidden_divergences == 0 && draft_divergences == 0 && expired_shown == 0 &&
+           timer_divergences == 0;
   }
 };
 
@@ -125,7 +146,8 @@ bool LoadHistoryFile(const std::string& path, DeviceHistory* out, std::string* e
 // Every *.jsonl file in `dir` (sorted by name); false on an error or none found.
 bool LoadHistoryDir(const std::string& dir, std::vector<DeviceHistory>* out, std::string* error);
 
-// The saved export: {"format":"parley-export-1","tables":{NAME:{"columns":[...],"rows":[...]}}}.
+// The saved export: {"format":"parley-export-1","exported_at":MS,"tables":{NAME:{"columns":[...],"rows":[...]}}}
+// ("exported_at" optional; the messages table with or without "expires_at").
 bool ParseState(const nlohmann::json& j, ServerState* out, std::string* error);
 bool LoadStateFile(const std::string& path, nlohmann::json* raw, std::string* error);
 

@@ -31,6 +31,11 @@ const char* const kTables[] = {"devices", "members", "messages", "withheld", "st
 bool FetchState(const std::string& server, const std::string& token, json* out, std::string* error) {
   auto endpoint = parley::netutil::ParseHttpUrl(server, error);
   if (!endpoint) return false;
+  // Before the first page: whatever expired by then (with the checker's
+  // grace for the expiry step) is deleted in the pages read after it.
+  const int64_t exported_at = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count();
   json tables = json::object();
   for (const char* t : kTables) {
     json table = {{"columns", json::array()}, {"rows", json::array()}};
@@ -63,7 +68,7 @@ bool FetchState(const std::string& server, const std::string& token, json* out, 
     }
     tables[t] = std::move(table);
   }
-  *out = {{"format", "parley-export-1"}, {"server", server}, {"tables", std::move(tables)}};
+  *out = {{"format", "parley-export-1"}, {"server", server}, {"exported_at", exported_at}, {"tables", std::move(tables)}};
   return true;
 }
 

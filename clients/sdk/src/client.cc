@@ -394,6 +394,9 @@ struct Client::Impl {
     } else if (kind == "draft") {
       rec["conversation_id"] = e.value("conversation_id", int64_t{0});
       rec["draft_hash"] = sdk::TextHash(e.value("text", ""));
+    } else if (kind == "disappearing") {
+      rec["conversation_id"] = e.value("conversation_id", int64_t{0});
+      rec["seconds"] = e.value("seconds", int64_t{0});
     } else if (kind == "summary") {
       rec["conversation_id"] = e.value("conversation_id", int64_t{0});
       rec["covers"] = e.value("covers", json::array());
@@ -961,9 +964,22 @@ void Client::Stop() {
   }
   impl_->cv.notify_all();
   if (impl_->worker.joinable()) impl_->worker.join();
-  // The cache's final view (messages, drafts), for the checker's
+  // The cache's final view (messages, drafts, timers), for the checker's
   // convergence checks: after the last sync, so it is what the device shows.
-  if (impl_->history) impl_->Record("view", impl_->cache->HistoryView());
+  // Messages past their expires_at leave first (the loop's timer may not
+  // have run since they came), and the view says by which clock ("clock":
+  // the checker holds every message expired by then to a tombstone).
+  if (impl_->history) {
+    const int64_t now = impl_->Now();
+    std::vector<CachedMessage> expired = impl_->cache->ExpireMessages(now);
+    impl_->next_expiry = -1;
+    if (impl_->opt.on_message_changed) {
+      for (const auto& m : expired) impl_->opt.on_message_changed(m);
+    }
+    json view = impl_->cache->HistoryView();
+    view["clock"] = now;
+    impl_->Record("view", std::move(view));
+  }
   impl_->Record("stop");
   std::lock_guard lock(impl_->mu);
   impl_->started = false;

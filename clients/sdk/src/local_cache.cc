@@ -466,7 +466,8 @@ std::string LocalCache::ShownDraftLocked(int64_t conversation_id) {
 
 nlohmann::json LocalCache::HistoryView() {
   std::lock_guard lock(mu_);
-  json held = json::array(), messages = json::array(), drafts = json::array(), summarised = json::array();
+  json held = json::array(), messages = json::array(), drafts = json::array(), summarised = json::array(),
+       timers = json::array();
   try {
     // Held seqs as ranges (a cache holds runs of seqs), then in full only the
     // messages an edit or delete changed: a view stays small on a big cache.
@@ -512,10 +513,15 @@ nlohmann::json LocalCache::HistoryView() {
     // cached messages may miss edits and deletes the summaries stood for.
     Stmt su(db_, stmts_, "SELECT id FROM conversations WHERE summarised <> 0 ORDER BY id");
     while (su.Step()) summarised.push_back(su.Int(0));
+    // Retention: each conversation's timer, as the last `disappearing` event
+    // (or snapshot) left it; every device of a user must end with the same.
+    Stmt t(db_, stmts_, "SELECT id, disappearing_s FROM conversations ORDER BY id");
+    while (t.Step()) timers.push_back({{"conversation_id", t.Int(0)}, {"seconds", t.Int(1)}});
   } catch (const SqlError&) {
-    return {{"held", json::array()}, {"messages", json::array()}, {"drafts", json::array()}};
+    return {{"held", json::array()}, {"messages", json::array()}, {"drafts", json::array()}, {"timers", json::array()}};
   }
-  json view = {{"held", std::move(held)}, {"messages", std::move(messages)}, {"drafts", std::move(drafts)}};
+  json view = {{"held", std::move(held)}, {"messages", std::move(messages)}, {"drafts", std::move(drafts)},
+               {"timers", std::move(timers)}};
   if (!summarised.empty()) view["summarised"] = std::move(summarised);
   return view;
 }
@@ -762,7 +768,18 @@ std::optional<CachedMessage> LocalCache::ChangeMessageLocked(int64_t conversatio
   CachedMessage m = MessageRowLocked(conversation_id, seq);
   if (m.seq == 0) return std::nullopt;  // not cached: its state comes with it when it is paged in
   protocol::LocalMessageState state{m.body, m.version, m.deleted, m.edited_at};
-  if (!protocol::ApplyChange(state, protocol::ReceivedChange{deleted, version, body, edited_at})) return std::nullopt;
+  if (!protocol::ApplyChange(state, protocol::ReceivedChange{deleted, version, body, edited_at})) {
+    // Nothing to show changed, but a tombstone still takes the version the
+    // server gave its delete: a message that became a tombstone here at its
+    // expires_at (ExpireMessages, or a read masked by the server) before the
+    // expiry's delete event came ends at that event's version, as on the
+    // devices that applied the event to the live message.
+    if (state.version != m.version) {
+      Stmt u(db_, stmts_, "UPDATE messages SET version=? WHERE conversation_id=? AND seq=?");
+      u.Bind(1, state.version).Bind(2, conversation_id).Bind(3, seq).Run();
+    }
+    return std::nullopt;
+  }
   Stmt u(db_, stmts_, "UPDATE messages SET body=?, version=?, edited_at=?, deleted=? WHERE conversation_id=? AND seq=?");
   u.Bind(1, state.body).Bind(2, state.version).Bind(3, state.edited_at)
       .Bind(4, static_cast<int64_t>(state.deleted ? 1 : 0))

@@ -145,8 +145,10 @@ class LocalCache {
   // deleted or hidden ones in full as
   // {"conversation_id","seq","version","deleted","hidden","body_hash"}; and
   // every conversation's draft as the server has it here (pending local
-  // text aside) as {"conversation_id","draft_hash","pending"}. Returns
-  // {"held":[...],"messages":[...],"drafts":[...]}; on a SQLite error, empty arrays.
+  // text aside) as {"conversation_id","draft_hash","pending"}; every
+  // conversation's disappearing timer as {"conversation_id","seconds"}.
+  // Returns {"held":[...],"messages":[...],"drafts":[...],"timers":[...]};
+  // on a SQLite error, empty arrays.
   nlohmann::json HistoryView();
 
  private:

@@ -1971,7 +1971,7 @@ Result<ExportPage> PostgresStore::Reader::Export(ExportTable table, const std::v
       "SELECT id, user_id, CASE WHEN revoked THEN 1 ELSE 0 END FROM devices WHERE id > $1 ORDER BY id LIMIT $2",
       "SELECT conversation_id, user_id FROM members WHERE (conversation_id, user_id) > ($1, $2) "
       "ORDER BY conversation_id, user_id LIMIT $3",
-      "SELECT conversation_id, seq, sender_id, sender_device_id, client_id FROM messages "
+      "SELECT conversation_id, seq, sender_id, sender_device_id, expires_at, client_id FROM messages "
       "WHERE (conversation_id, seq) > ($1, $2) ORDER BY conversation_id, seq LIMIT $3",
       "SELECT conversation_id, user_id, seq FROM withheld WHERE (conversation_id, user_id, seq) > ($1, $2, $3) "
       "AND hidden_at = 0 ORDER BY conversation_id, user_id, seq LIMIT $4",
