@@ -82,10 +82,11 @@ TEST(PgStoreTest, MigratesAFreshDatabaseOnceAndRecordsTheVersion) {
   ASSERT_NE(OpenPg(url), nullptr);
   EXPECT_EQ(Sql(url, "SELECT max(version) FROM schema_version"),
             std::vector<std::string>{std::to_string(PostgresStore::kSchemaVersion)});
-  // Opening again applies nothing more.
+  // Opening again applies nothing more. (Step numbers are given out to
+  // parallel changes ahead of time, so the count is not the version.)
+  const std::vector<std::string> steps = Sql(url, "SELECT count(*) FROM schema_version");
   ASSERT_NE(OpenPg(url), nullptr);
-  EXPECT_EQ(Sql(url, "SELECT count(*) FROM schema_version"),
-            std::vector<std::string>{std::to_string(PostgresStore::kSchemaVersion)});
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM schema_version"), steps);
 }
 
 TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
