@@ -330,8 +330,17 @@ bool ParseState(const json& j, ServerState* out, std::string* error) {
     return false;
   for (auto& r : rows) out->streams[r[0]][r[1]] = {r[2], r[3], r[4], r[5], r[6], r[7]};
   rows.clear();
-  if (!rows_of("heads", {"user_id", "head"}, false, &rows, &texts)) return false;
-  for (auto& r : rows) out->heads[r[0]] = r[1];
+  // `floor` came with stream trimming; a state saved before it has two columns.
+  const bool has_floor = tables.contains("heads") && tables["heads"].is_object() &&
+                         tables["heads"].value("columns", json::array()).size() == 3;
+  if (!rows_of("heads", has_floor ? std::vector<std::string>{"user_id", "head", "floor"}
+                                  : std::vector<std::string>{"user_id", "head"},
+               false, &rows, &texts))
+    return false;
+  for (auto& r : rows) {
+    out->heads[r[0]] = r[1];
+    if (has_floor && r[2] > 1) out->floors[r[0]] = r[2];
+  }
   rows.clear();
   if (!rows_of("receipts", {"conversation_id", "user_id", "delivered", "read"}, false, &rows, &texts)) return false;
   for (auto& r : rows) out->receipts[{r[0], r[1]}] = {r[2], r[3]};
@@ -409,8 +418,11 @@ struct Checker {
       }
     }
     for (const auto& [user, entries] : s.streams) {
-      int64_t prev = 0;
-      bool first = true;
+      // A trimmed stream starts at its floor: entries below it are gone on
+      // purpose, the ones from it on must all be there.
+      auto fl = s.floors.find(user);
+      int64_t prev = fl == s.floors.end() ? 0 : fl->second - 1;
+      bool first = fl == s.floors.end();
       std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> last_receipt;
       for (const auto& [useq, e] : entries) {
         // A stream may start above 1 only where old entries were pruned.
@@ -470,12 +482,24 @@ struct Checker {
         }
       }
     }
-    // Every message is in the stream of every member it is visible to.
+    // Every message is in the stream of every member it is visible to,
+    // unless its entry was trimmed: a conversation's message entries follow
+    // its seqs in a stream, so in a trimmed stream a missing message is lost
+    // only if an older message of its conversation is still there.
+    std::map<std::pair<int64_t, int64_t>, int64_t> lowest_kept;  // (user, conv) -> lowest message seq kept
+    for (const auto& [k, useq] : stream_msg) {
+      auto [it, fresh] = lowest_kept.insert({{std::get<0>(k), std::get<1>(k)}, std::get<2>(k)});
+      if (!fresh) it->second = std::min(it->second, std::get<2>(k));
+    }
     for (const auto& [key, m] : s.messages) {
       auto mit = s.members.find(key.first);
       if (mit == s.members.end()) continue;
       for (int64_t user : mit->second) {
         if (Withheld(key.first, user, key.second)) continue;
+        if (s.floors.count(user)) {
+          auto low = lowest_kept.find({user, key.first});
+          if (low == lowest_kept.end() || low->second > key.second) continue;  // trimmed
+        }
         if (!stream_msg.count({user, key.first, key.second})) {
           Fail(&Counts::lost, "lost",
                "server: " + MsgName(key.first, key.second) + " is not in the stream of member " + std::to_string(user));
