@@ -179,11 +179,11 @@ void ChatService::TrimStep(bool repeat, std::function<void(int64_t, bool)> done)
     }
     if (done) done(removed, pass_done);
     if (!repeat || stopping_) return;
-    // A full step: the next at once; within a pass: a short pause; after a
-    // pass (or a failure): the interval.
+    // Within a pass, full step or not, a short pause: a backlog (a large
+    // store trimmed for the first time) drains at a bounded rate, leaving
+    // the writer to sends. After a pass (or a failure): the interval.
     int64_t pause = RetentionConfig::kTrimStepPauseMs;
-    if (more) pause = 0;
-    if (!more && (pass_done || removed < 0)) pause = config_.retention.stream_trim_interval_ms;
+    if (pass_done || removed < 0) pause = config_.retention.stream_trim_interval_ms;
     core_.PostAfter(pause, [this] { TrimStep(/*repeat=*/true, nullptr); });
   }));
 }

@@ -101,7 +101,9 @@ struct RetentionConfig {
   static constexpr int kTrimUsersPerStep = 256;
   static constexpr int kTrimBatch = 1024;
   // Pause between the steps of one pass over the users, so that a pass over
-  // a large directory is spread out rather than a burst of transactions.
+  // a large directory, or a first trim of a large store, is spread out
+  // rather than a burst of transactions: at most kTrimBatch entries per
+  // kTrimStepPauseMs (about 50,000 a second) on each node.
   static constexpr int64_t kTrimStepPauseMs = 20;
   static constexpr int64_t kDefaultStreamRetentionMs = 30LL * 24 * 60 * 60 * 1000;
   static constexpr int64_t kDefaultStreamMaxEntries = 100'000;
