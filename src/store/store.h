@@ -282,9 +282,10 @@ class Store {
   // req.max_users users with id > req.after_user, ascending, at most
   // req.max_entries entries in all, oldest first per user, and raises each
   // such user's floor (the lowest user seq kept) past them; in one
-  // transaction of its own, never shared with sends. A user's head and
-  // newer entries are never touched; a floor never falls. In a cluster a
-  // user being trimmed by another node is skipped.
+  // transaction of its own, never shared with sends. The head does not
+  // change (when every entry went, the floor is head + 1 and new entries
+  // go on from the head); a floor never falls. In a cluster a user whose
+  // head row another node or a batch holds is skipped until the next pass.
   virtual void TrimStreams(TrimRequest req, Callback<TrimProgress> done) = 0;
 
   // ---- Password and provisioning ----
