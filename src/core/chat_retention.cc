@@ -18,8 +18,23 @@
 // time. The messages row itself stays (a small tombstone): its seq keeps the
 // log gapless and its deduplication key keeps a retry's original ack.
 //
-// In a cluster every node runs both steps; the store hands each row to one
+// Stream trimming. Each user's event stream is a delivery log, not history
+// (history is the conversations' message logs): an entry only serves
+// devices that have not applied it yet. The trim job walks the users in id
+// order, kTrimUsersPerStep per step and at most kTrimBatch entries removed
+// per step (one store transaction of its own, like the purge), removing
+// entries older than the horizon or beyond the per-user cap unless a device
+// seen within the grace still needs them, and raising the user's floor.
+// After a pass over every user it pauses stream_trim_interval_ms. A sync
+// below the floor fails `cursor_too_old` (the store refuses it, in the
+// snapshot it reads the page from), and the device takes a snapshot.
+// Nothing is published: no device is told about a trim, since none that
+// is still catching up within the grace loses anything.
+//
+// In a cluster every node runs every step; the store hands each row to one
 // node (PostgreSQL: FOR UPDATE SKIP LOCKED).
+
+#include <limits>
 
 #include <spdlog/spdlog.h>
 
@@ -64,7 +79,13 @@ void ChatService::StartRetention() {
   core_.Post([this] {
     ExpireStep(/*repeat=*/true, nullptr);
     PurgeStep(/*repeat=*/true, nullptr);
+    if (config_.retention.stream_retention_ms > 0 || config_.retention.stream_max_entries > 0)
+      TrimStep(/*repeat=*/true, nullptr);
   });
+}
+
+void ChatService::RunTrimForTest(std::function<void(int64_t, bool)> done) {
+  core_.Post([this, done = std::move(done)] { TrimStep(/*repeat=*/false, done); });
 }
 
 void ChatService::RunExpiryForTest(std::function<void(int)> done) {
@@ -123,6 +144,48 @@ void ChatService::PurgeStep(bool repeat, std::function<void(int)> done) {
         if (!repeat || stopping_) return;
         core_.PostAfter(full ? 0 : config_.retention.purge_interval_ms, [this] { PurgeStep(/*repeat=*/true, nullptr); });
       }));
+}
+
+void ChatService::TrimStep(bool repeat, std::function<void(int64_t, bool)> done) {
+  if (stopping_) return;
+  const RetentionConfig& rc = config_.retention;
+  const int64_t now = clock_.NowMillis();
+  store::TrimRequest req;
+  req.after_user = trim_after_user_;
+  req.max_users = RetentionConfig::kTrimUsersPerStep;
+  req.max_entries = RetentionConfig::kTrimBatch;
+  req.older_than = rc.stream_retention_ms > 0 ? now - rc.stream_retention_ms : 0;
+  req.max_entries_per_user = rc.stream_max_entries;
+  req.protect_seen_since =
+      rc.stream_device_grace_ms > 0 ? now - rc.stream_device_grace_ms : std::numeric_limits<int64_t>::max();
+  store_.TrimStreams(req, OnCore<store::TrimProgress>([this, repeat, done](Result<store::TrimProgress> r) {
+    int64_t removed = -1;
+    bool pass_done = false;
+    bool more = false;
+    if (!r) {
+      stream_trim_failures_.Inc();
+      if (!stopping_ && r.error().code() != ErrorCode::kShuttingDown)
+        spdlog::warn("event=stream_trim_failed error=\"{}\"", r.error().ToString());
+    } else {
+      removed = r->trimmed;
+      stream_trimmed_.Inc(r->trimmed);
+      stream_trim_users_.Inc(r->users_trimmed);
+      trim_after_user_ = r->next_after_user;
+      more = r->more;
+      pass_done = !more && r->next_after_user == 0;
+      if (pass_done) stream_trim_passes_.Inc();
+      if (removed > 0)
+        spdlog::debug("event=streams_trimmed entries={} users={} more={}", removed, r->users_trimmed, more);
+    }
+    if (done) done(removed, pass_done);
+    if (!repeat || stopping_) return;
+    // Within a pass, full step or not, a short pause: a backlog (a large
+    // store trimmed for the first time) drains at a bounded rate, leaving
+    // the writer to sends. After a pass (or a failure): the interval.
+    int64_t pause = RetentionConfig::kTrimStepPauseMs;
+    if (pass_done || removed < 0) pause = config_.retention.stream_trim_interval_ms;
+    core_.PostAfter(pause, [this] { TrimStep(/*repeat=*/true, nullptr); });
+  }));
 }
 
 }  // namespace parley::core

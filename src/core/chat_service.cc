@@ -86,7 +86,18 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       purge_failures_(Metrics::Default().GetCounter("parley_purge_failures_total",
                                                     "Purge steps that failed (retried later)")),
       purge_backlog_(Metrics::Default().GetGauge(
-          "parley_purge_backlog", "Tombstones older than the purge delay still waiting for the purge (last step)")) {
+          "parley_purge_backlog", "Tombstones older than the purge delay still waiting for the purge (last step)")),
+      stream_trimmed_(Metrics::Default().GetCounter("parley_stream_trimmed_total",
+                                                    "User-stream entries removed by this node's trim job")),
+      stream_trim_users_(Metrics::Default().GetCounter(
+          "parley_stream_trim_users_total", "Times the trim job raised a user's stream floor (one per user per step)")),
+      stream_trim_passes_(Metrics::Default().GetCounter("parley_stream_trim_passes_total",
+                                                        "Passes of the trim job over every user completed")),
+      stream_trim_failures_(Metrics::Default().GetCounter("parley_stream_trim_failures_total",
+                                                          "Trim steps that failed (retried later)")),
+      cursor_too_old_(Metrics::Default().GetCounter(
+          "parley_sync_cursor_too_old_total",
+          "sync requests answered cursor_too_old (the cursor is below the user's stream floor)")) {
   for (RequestType t : protocol::AllRequestTypes())
     requests_.push_back(&Metrics::Default().GetCounter("parley_requests_total", "Requests received, by type",
                                                        fmt::format("type=\"{}\"", protocol::RequestTypeName(t))));
@@ -968,7 +979,12 @@ void ChatService::DoSync(const ClientPtr& c, Req req) {
   auto& s = std::get<protocol::SyncRequest>(req.body);
   int64_t after = s.after.value_or(c->cursor);
   store_.ReadStream(c->user_id, after, s.limit, OnCore<store::StreamPage>([this, c, req, after](Result<store::StreamPage> p) {
-    if (!p) return Fail(c, req, p.error());
+    if (!p) {
+      // Trimmed past the cursor (chat_retention.cc "Stream trimming"): the
+      // device takes a snapshot and goes on from its head.
+      if (p.error().code() == ErrorCode::kCursorTooOld) cursor_too_old_.Inc();
+      return Fail(c, req, p.error());
+    }
     NoteHead(c->user_id, p->head);
     if (after > p->head)
       return Fail(c, req, Status(ErrorCode::kCursorAhead, "'after' is beyond the head of your stream; take a snapshot"));

@@ -89,6 +89,32 @@ struct RetentionConfig {
   // caught up (--purge-interval-ms).
   int64_t purge_delay_ms = 60 * 60 * 1000;
   int64_t purge_interval_ms = 10'000;
+
+  // Stream trimming (docs/architecture.md "Stream trimming"). A user's
+  // stream entry goes once it is older than stream_retention_ms or beyond
+  // the newest stream_max_entries, unless a live device seen within
+  // stream_device_grace_ms has not acknowledged it: a phone offline for
+  // less than the grace catches up by sync; one offline longer gets
+  // `cursor_too_old` and takes a snapshot.
+  // Users looked at and entries removed per TrimStreams step (one store
+  // transaction of its own).
+  static constexpr int kTrimUsersPerStep = 256;
+  static constexpr int kTrimBatch = 1024;
+  // Pause between the steps of one pass over the users, so that a pass over
+  // a large directory, or a first trim of a large store, is spread out
+  // rather than a burst of transactions: at most kTrimBatch entries per
+  // kTrimStepPauseMs (about 50,000 a second) on each node.
+  static constexpr int64_t kTrimStepPauseMs = 20;
+  static constexpr int64_t kDefaultStreamRetentionMs = 30LL * 24 * 60 * 60 * 1000;
+  static constexpr int64_t kDefaultStreamMaxEntries = 100'000;
+  // --stream-retention-s (0: no time horizon), --stream-max-entries (0: no
+  // cap), --stream-device-grace-s (0: no device holds entries back),
+  // --stream-trim-interval-ms (pause after a pass over every user). With
+  // neither a horizon nor a cap, nothing is trimmed and the job does not run.
+  int64_t stream_retention_ms = kDefaultStreamRetentionMs;
+  int64_t stream_max_entries = kDefaultStreamMaxEntries;
+  int64_t stream_device_grace_ms = kDefaultStreamRetentionMs;
+  int64_t stream_trim_interval_ms = 60'000;
 };
 
 struct CoreConfig {
@@ -203,6 +229,10 @@ class ChatService {
   // or -1 if the step failed.
   void RunExpiryForTest(std::function<void(int)> done);
   void RunPurgeForTest(std::function<void(int)> done);
+  // Any thread. One TrimStreams step from where the last one stopped;
+  // `done` runs on the core executor with the entries it removed and
+  // whether the pass over every user is complete (-1: the step failed).
+  void RunTrimForTest(std::function<void(int64_t, bool)> done);
 
   // Called (on the core executor) after push jobs were queued, so that the
   // dispatcher can look at once instead of at its next poll. Set before the
@@ -272,6 +302,7 @@ class ChatService {
   void DoSetDisappearing(const ClientPtr& c, Req req);
   void ExpireStep(bool repeat, std::function<void(int)> done);
   void PurgeStep(bool repeat, std::function<void(int)> done);
+  void TrimStep(bool repeat, std::function<void(int64_t, bool)> done);
   void PublishDraft(int64_t conversation_id, const store::DraftRecord& draft, const store::StreamPosition& at);
   // Push notifications (chat_push.cc).
   void DoRegisterPush(const ClientPtr& c, Req req);
@@ -388,6 +419,14 @@ class ChatService {
   Counter& purged_search_;
   Counter& purge_failures_;
   Gauge& purge_backlog_;
+  Counter& stream_trimmed_;
+  Counter& stream_trim_users_;
+  Counter& stream_trim_passes_;
+  Counter& stream_trim_failures_;
+  Counter& cursor_too_old_;
+  // Where the trim pass stands: the last user id a step visited (0: the
+  // pass starts again from the first user). Core executor only.
+  int64_t trim_after_user_ = 0;
 };
 
 }  // namespace parley::core

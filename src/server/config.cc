@@ -160,6 +160,32 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_PURGE_INTERVAL_MS")
       ->check(CLI::Range(int64_t{10}, int64_t{3'600'000}))
       ->capture_default_str();
+  int64_t stream_retention_s = c.core.retention.stream_retention_ms / 1000;
+  app.add_option("--stream-retention-s", stream_retention_s,
+                 "User-stream entries older than this are trimmed (unless a device seen within "
+                 "--stream-device-grace-s still needs them); a device whose cursor is below what is kept gets "
+                 "cursor_too_old and takes a snapshot; 0 = no time horizon")
+      ->envname("PARLEY_STREAM_RETENTION_S")
+      ->check(CLI::Range(int64_t{0}, kMaxRetentionSeconds))
+      ->capture_default_str();
+  app.add_option("--stream-max-entries", c.core.retention.stream_max_entries,
+                 "Keep at most this many newest entries of each user's stream (older ones are trimmed unless a "
+                 "device seen within --stream-device-grace-s still needs them); 0 = no cap")
+      ->envname("PARLEY_STREAM_MAX_ENTRIES")
+      ->check(CLI::Range(int64_t{0}, int64_t{1'000'000'000}))
+      ->capture_default_str();
+  int64_t stream_device_grace_s = c.core.retention.stream_device_grace_ms / 1000;
+  app.add_option("--stream-device-grace-s", stream_device_grace_s,
+                 "A live device seen within this long keeps every stream entry it has not acknowledged, whatever "
+                 "the horizon and the cap; 0 = no device holds entries back")
+      ->envname("PARLEY_STREAM_DEVICE_GRACE_S")
+      ->check(CLI::Range(int64_t{0}, kMaxRetentionSeconds))
+      ->capture_default_str();
+  app.add_option("--stream-trim-interval-ms", c.core.retention.stream_trim_interval_ms,
+                 "Pause of the stream trim job after a pass over every user")
+      ->envname("PARLEY_STREAM_TRIM_INTERVAL_MS")
+      ->check(CLI::Range(int64_t{10}, int64_t{86'400'000}))
+      ->capture_default_str();
   app.add_option("--presence-coalesce-ms", c.core.presence.coalesce_ms,
                  "An offline period shorter than this is not broadcast (presence flap coalescing)")
       ->envname("PARLEY_PRESENCE_COALESCE_MS")
@@ -411,6 +437,8 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   c.core.device_idle_expiry_ms = idle_expiry_s * 1000;
   c.core.retention.max_age_ms = retention_max_age_s * 1000;
   c.core.retention.purge_delay_ms = purge_delay_s * 1000;
+  c.core.retention.stream_retention_ms = stream_retention_s * 1000;
+  c.core.retention.stream_device_grace_ms = stream_device_grace_s * 1000;
   auto& rl = c.core.rate_limits;
   std::pair<const char*, core::RateLimit*> named[] = {
       {"send_per_device", &rl.send_per_device},

@@ -19,7 +19,7 @@ const TableSpec& Spec(ExportTable t) {
       {"messages", {"conversation_id", "seq", "sender_id", "sender_device_id", "expires_at", "client_id"}, 2},
       {"withheld", {"conversation_id", "user_id", "seq"}, 3},
       {"stream", {"user_id", "user_seq", "kind", "conversation_id", "seq", "receipt_user_id", "delivered", "read"}, 2},
-      {"heads", {"user_id", "head"}, 1},
+      {"heads", {"user_id", "head", "floor"}, 1},
       {"receipts", {"conversation_id", "user_id", "delivered", "read"}, 2},
       {"blocks", {"owner_id", "target_id"}, 2},
   };

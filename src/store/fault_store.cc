@@ -558,6 +558,9 @@ void FaultStore::ExpireMessages(int64_t now, int max_messages, Callback<ExpirePr
 void FaultStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) {
   inner_.PurgeDeleted(deleted_before, max_messages, std::move(done));
 }
+void FaultStore::TrimStreams(TrimRequest req, Callback<TrimProgress> done) {
+  inner_.TrimStreams(req, std::move(done));
+}
 void FaultStore::SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
                           Callback<SocialResult> done) {
   inner_.SetMuted(user_id, conversation_id, muted, now, std::move(done));

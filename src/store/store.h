@@ -147,6 +147,9 @@ class Store {
 
   // Events of `user_id` with user_seq > after, ascending, at most `limit`.
   // Work is proportional to the events returned, not to history size.
+  // StreamPage::floor is the lowest user seq still kept (TrimStreams).
+  // Fails kCursorTooOld when after + 1 < floor: entries after the cursor
+  // were trimmed, so the page could not be contiguous.
   virtual void ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) = 0;
   // The user's head user seq (0 if the stream is empty).
   virtual void GetHead(UserId user_id, Callback<UserSeq> done) = 0;
@@ -272,6 +275,18 @@ class Store {
   // index rows and queued search entries are removed and the row is marked
   // purged; in one transaction of its own.
   virtual void PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) = 0;
+
+  // ---- Stream trimming (issue 12; docs/architecture.md "Stream trimming") ----
+  //
+  // Removes old user-stream entries (TrimRequest says which) of up to
+  // req.max_users users with id > req.after_user, ascending, at most
+  // req.max_entries entries in all, oldest first per user, and raises each
+  // such user's floor (the lowest user seq kept) past them; in one
+  // transaction of its own, never shared with sends. The head does not
+  // change (when every entry went, the floor is head + 1 and new entries
+  // go on from the head); a floor never falls. In a cluster a user whose
+  // head row another node or a batch holds is skipped until the next pass.
+  virtual void TrimStreams(TrimRequest req, Callback<TrimProgress> done) = 0;
 
   // ---- Password and provisioning ----
 

@@ -403,6 +403,31 @@ struct PurgeProgress {
   int64_t backlog = 0;          // tombstones deleted before the cutoff still waiting
 };
 
+// ---- Stream trimming (issue 12; docs/architecture.md "Stream trimming") ----
+
+// One TrimStreams step: which users to look at and what may go. A user's
+// entry is trimmable when it is older than the horizon (created_at <
+// older_than) or beyond the per-user cap (user_seq <= head - max_entries),
+// unless a live device seen at or after protect_seen_since has not
+// acknowledged it yet (user_seq > that device's cursor).
+struct TrimRequest {
+  UserId after_user = 0;          // visit users with id > after_user, ascending
+  int max_users = 0;              // at most this many users per step (>= 1)
+  int max_entries = 0;            // at most this many entries removed per step (>= 1)
+  int64_t older_than = 0;         // entries created before this (ms) may go; 0: no time horizon
+  int64_t max_entries_per_user = 0;  // keep at least the newest this many; 0: no cap
+  int64_t protect_seen_since = 0; // devices seen at or after this (ms) keep what they still need
+};
+
+// Work done by one TrimStreams step.
+struct TrimProgress {
+  int64_t trimmed = 0;        // stream entries removed
+  int users_trimmed = 0;      // users whose floor rose
+  int users_visited = 0;      // users looked at
+  UserId next_after_user = 0; // pass this as after_user next; 0: the pass reached the last user
+  bool more = false;          // the entry budget ran out: call again at once
+};
+
 struct NewBulkUser {
   std::string username;       // canonical
   std::string password_hash;
@@ -425,6 +450,7 @@ struct OpenResult {
 struct StreamPage {
   std::vector<StreamEvent> events;  // ascending user_seq, contiguous
   UserSeq head = 0;                 // the user's head user seq when the page was read
+  UserSeq floor = 1;                // the lowest user seq still kept (head + 1 when all are trimmed)
   bool has_more = false;            // events after the last one exist
 };
 
@@ -499,7 +525,7 @@ struct StoreSummary {
   int64_t live_devices = 0;
   int64_t conversations = 0;
   int64_t messages = 0;     // sum of the conversations' last seqs
-  int64_t stream_events = 0;  // sum of the users' head user seqs
+  int64_t stream_events = 0;  // stream entries kept: the sum over users of head - floor + 1
   int64_t bytes = 0;        // database size on disk
 };
 
@@ -647,7 +673,7 @@ enum class ExportTable : int {
   kStream,        // user_id, user_seq, kind (EventKind), conversation_id, seq (kMessage, kEdit..kDeleteForMe),
                   // receipt_user_id, delivered, read (kReceipt; kEdit/kDelete: version in delivered;
                   // kDisappearing: the actor in receipt_user_id, the timer's seconds in delivered)
-  kHeads,         // user_id, head
+  kHeads,         // user_id, head, floor (the lowest user seq kept)
   kReceipts,      // conversation_id, user_id, delivered, read: the user's aggregate watermarks
   kBlocks,        // owner_id, target_id
 };

@@ -620,6 +620,76 @@ test('after the edit window the menu offers no edit, and a late edit shows the s
   }
 });
 
+test('a device away longer than the server keeps its stream gets cursor_too_old, takes a snapshot and shows everything', async () => {
+  // A server of its own that keeps stream entries for 1 s, and protects
+  // them for devices seen within 1 s (docs/operations.md "Stream trimming").
+  const srv = await startServer(['--stream-retention-s', '1', '--stream-device-grace-s', '1',
+    '--stream-trim-interval-ms', '50']);
+  try {
+    const wes = await newContext(browser, srv.base);
+    const xia = await newContext(browser, srv.base);
+    await register(wes.page, 'wes_t');
+    await register(xia.page, 'xia_t');
+    await openChatWith(wes.page, 'xia_t');
+    await send(wes.page, 'first');
+    await xia.page.locator('a.conv', { hasText: 'wes_t' }).click();
+    await xia.page.locator('li.msg .body', { hasText: 'first' }).waitFor();
+    // xia's browser goes away, its IndexedDB (and cursor) kept.
+    await xia.page.goto('about:blank');
+    const [, ping] = await viaProtocol(wes.page, 'xia_t', [{ type: 'ping', fields: {} }]);
+    const awayHead = ping.result.head; // xia's cursor is at most this
+    await send(wes.page, 'second');
+    await send(wes.page, 'third');
+    await myMessage(wes.page, 'third').and(wes.page.locator('[data-seq]')).waitFor();
+    // Wait, through a script client of xia's, until the trim job has passed
+    // xia's cursor: a sync from there answers cursor_too_old.
+    const code = await wes.page.evaluate(async ({ password, after }) => {
+      const ws = new WebSocket(`ws://${location.host}/v1/ws`);
+      await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+      const waiting = new Map();
+      ws.onmessage = (ev) => {
+        const f = JSON.parse(ev.data);
+        if ((f.type === 'response' || f.type === 'error') && waiting.has(f.id)) waiting.get(f.id)(f);
+      };
+      let id = 0;
+      const call = (type, fields) => new Promise((resolve) => {
+        id += 1;
+        waiting.set(id, resolve);
+        ws.send(JSON.stringify({ v: 1, id, type, ...fields }));
+      });
+      await call('login', { username: 'xia_t', password, device_name: 'script', platform: 'test' });
+      const deadline = Date.now() + 15_000;
+      let last = '';
+      while (Date.now() < deadline) {
+        const f = await call('sync', { after });
+        last = f.code || 'ok';
+        if (last === 'cursor_too_old') break;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      ws.close();
+      return last;
+    }, { password: kPassword, after: awayHead });
+    assert.equal(code, 'cursor_too_old');
+    // xia comes back: the web client takes a snapshot and shows all three.
+    await xia.page.goto('/');
+    await xia.page.locator('a.conv', { hasText: 'wes_t' }).click();
+    await xia.page.locator('li.msg .body', { hasText: 'third' }).waitFor();
+    assert.deepEqual(await bodies(xia.page), ['first', 'second', 'third']);
+    // It got there through cursor_too_old (the script's poll answered one).
+    const metrics = await (await fetch(`${srv.base}/metrics`)).text();
+    const tooOld = Number(/^parley_sync_cursor_too_old_total (\d+)/m.exec(metrics)?.[1] ?? 0);
+    assert.ok(tooOld >= 2, `parley_sync_cursor_too_old_total ${tooOld}`);
+    // And follows the stream from the snapshot's head.
+    await send(wes.page, 'fourth');
+    await xia.page.locator('li.msg .body', { hasText: 'fourth' }).waitFor();
+    assert.deepEqual(await bodies(xia.page), ['first', 'second', 'third', 'fourth']);
+    assertClean(wes, xia);
+    await closeAll(wes, xia);
+  } finally {
+    await srv.stop();
+  }
+});
+
 test('disappearing messages: the timer control reaches the peer, and an expired message leaves both screens and IndexedDB', async () => {
   const una = await user();
   const vic = await user();

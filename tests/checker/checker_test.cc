@@ -180,6 +180,28 @@ TEST(CheckerTest, MessageMissingFromAMembersStreamIsLost) {
   ExpectOnly(r, "lost", 1);
 }
 
+// Stream trimming (docs/operations.md "Stream trimming"): alice's entries
+// 1-3 (the conversation, 100/1 and 100/2) were trimmed, her floor is 4.
+json TrimmedAliceState(int64_t floor) {
+  json s = BaseState();
+  auto& rows = s["tables"]["stream"]["rows"];
+  rows.erase(std::remove_if(rows.begin(), rows.end(), [](const json& r) { return r[0] == 1 && r[1] <= 3; }), rows.end());
+  s["tables"]["heads"] = {{"columns", {"user_id", "head", "floor"}},
+                          {"rows", {{1, 5, floor}, {2, 5, 1}, {3, 2, 1}, {4, 3, 1}}}};
+  return s;
+}
+
+TEST(CheckerTest, EntriesBelowATrimmedStreamsFloorAreNeitherGapsNorLost) {
+  Report r = CheckAll(BaseHistories(), TrimmedAliceState(4));
+  ExpectOnly(r, "", 0);
+}
+
+TEST(CheckerTest, AnEntryMissingAtTheFloorIsStillAGap) {
+  // The floor says 3 is kept, but it is not there.
+  Report r = CheckAll(BaseHistories(), TrimmedAliceState(3));
+  EXPECT_EQ(r.counts.gaps, 1) << FormatReport(r, 20);
+}
+
 TEST(CheckerTest, DeliveryAppliedTwiceIsDuplicated) {
   Histories h = BaseHistories();
   auto& b = h.files["bob-21.jsonl"];

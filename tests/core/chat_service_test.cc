@@ -174,6 +174,20 @@ class RetentionTest : public ChatServiceTest {
     exec_.RunUntil([&] { return n.has_value(); });
     return n.value_or(-2);
   }
+  // Runs trim steps until a pass over every user is complete; returns the
+  // entries removed.
+  int64_t Trim() {
+    int64_t total = 0;
+    for (int step = 0; step < 100; ++step) {
+      std::optional<std::pair<int64_t, bool>> r;
+      chat_->RunTrimForTest([&](int64_t removed, bool pass_done) { r = {removed, pass_done}; });
+      exec_.RunUntil([&] { return r.has_value(); });
+      if (!r || r->first < 0) return -1;
+      total += r->first;
+      if (r->second) return total;
+    }
+    return -2;
+  }
   OffsetClock clock;
 };
 
@@ -222,6 +236,44 @@ TEST_F(RetentionTest, ATimedMessageIsDeletedForEveryoneAtItsExpiryAndPurgedAfter
   EXPECT_EQ(retry["result"]["duplicate"], true);
   EXPECT_EQ(retry["result"]["seq"], seq);
   EXPECT_EQ(retry["result"]["ts"], sent["result"]["ts"]);
+}
+
+// Stream trimming with the defaults (30 days, and a device seen within 30
+// days keeps what it has not acknowledged): a phone off for three weeks
+// loses nothing; one off for longer gets cursor_too_old and a snapshot.
+TEST_F(RetentionTest, StreamEntriesGoAfterTheHorizonUnlessADeviceSeenWithinTheGraceStillNeedsThem) {
+  constexpr int64_t kDay = 24LL * 3600 * 1000;
+  Conn a = LoggedIn("alice");
+  Conn b = LoggedIn("bob");
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(Call(a, "send", {{"to", "bob"}, {"client_id", "m" + std::to_string(i)}, {"body", "x"}})["type"],
+              "response");
+  // bob: the conversation (1) and three messages (2-4); his device applied 2.
+  clock.offset_ms = 20 * kDay;
+  ASSERT_EQ(Call(b, "ack", {{"user_seq", 2}})["type"], "response");
+  clock.offset_ms = 29 * kDay;
+  EXPECT_EQ(Trim(), 0) << "nothing is 30 days old yet";
+  clock.offset_ms = 31 * kDay;
+  // alice's device was last seen 31 days ago: her 4 entries go; bob's device
+  // (seen 11 days ago) still needs 3 and 4.
+  EXPECT_EQ(Trim(), 4 + 2);
+  auto page = Call(b, "sync", {{"after", 2}});
+  ASSERT_EQ(page["type"], "response") << page.dump();
+  EXPECT_EQ(page["result"]["events"].size(), 2u);
+  EXPECT_EQ(Call(b, "sync", {{"after", 1}})["code"], "cursor_too_old");
+  // Twenty days later bob's device is past the grace too.
+  clock.offset_ms = 51 * kDay;
+  EXPECT_EQ(Trim(), 2);
+  auto old = Call(b, "sync", {});
+  EXPECT_EQ(old["code"], "cursor_too_old") << old.dump();
+  auto snap = Call(b, "snapshot");
+  ASSERT_EQ(snap["type"], "response");
+  const int64_t head = snap["result"]["head"];
+  EXPECT_EQ(head, 4);
+  EXPECT_EQ(snap["result"]["conversations"][0]["messages"].size(), 3u) << "the messages themselves stay";
+  auto from_head = Call(b, "sync", {{"after", head}});
+  ASSERT_EQ(from_head["type"], "response") << from_head.dump();
+  EXPECT_TRUE(from_head["result"]["events"].empty());
 }
 
 }  // namespace

@@ -333,6 +333,72 @@ TEST(ClientE2E, ExpiredMessagesLeaveTheCacheAtTheirExpiry) {
   }
 }
 
+// Stream trimming (issue 12; docs/protocol.md "cursor_too_old"): a device
+// offline longer than the server keeps stream entries (1 s here) comes back
+// with a cursor below the stream's floor. The SDK gets `cursor_too_old`,
+// rebuilds its view from a snapshot and follows the stream from there: the
+// same messages, read state and unread count as the device that stayed,
+// and live messages after it.
+TEST(ClientE2E, ADeviceOfflinePastTheStreamHorizonRebuildsItsViewFromASnapshot) {
+  ServerProcess s({"--stream-retention-s", "1", "--stream-device-grace-s", "1", "--stream-trim-interval-ms", "50"});
+  AliceAndBob ab(s);
+  auto& [dir, mu, changes, alice, bob] = ab;
+  ASSERT_TRUE(alice->WaitOnline(5000));
+  ASSERT_TRUE(bob->WaitOnline(5000));
+  auto login = Client::Login("127.0.0.1", s.port(), "bob", "correct horse", "tablet", "gtest");
+  ASSERT_TRUE(login.ok);
+  ClientOptions tablet_options = OptionsFor(s, dir / "bob2.db", login.token);
+  auto tablet = OpenClient(tablet_options);
+  tablet->Start();
+  ASSERT_TRUE(tablet->WaitOnline(5000));
+  ASSERT_TRUE(alice->Compose("bob", "m0").ok);
+  ASSERT_TRUE(alice->WaitOutboxDrained(5000));
+  ASSERT_TRUE(Eventually([&] { return tablet->Messages("alice", 0, 10).size() == 1; }, 5000));
+  tablet->Stop();
+  tablet.reset();  // offline, its cache file (and cursor) kept
+  Reply ping = bob->Request("ping");
+  ASSERT_TRUE(ping.ok) << ping.code;
+  const int64_t offline_head = ping.result["head"];  // the tablet's cursor is at most this
+
+  constexpr int kMore = 5;
+  for (int i = 1; i <= kMore; ++i) ASSERT_TRUE(alice->Compose("bob", "m" + std::to_string(i)).ok);
+  ASSERT_TRUE(alice->WaitOutboxDrained(5000));
+  ASSERT_TRUE(Eventually([&] { return bob->Messages("alice", 0, 10).size() == kMore + 1; }, 5000));
+  const int64_t conv = bob->ConversationWith("alice")->conversation_id;
+  bob->MarkRead(conv, 3);
+  ASSERT_TRUE(Eventually([&] { return bob->ConversationWith("alice")->my_read == 3; }, 5000));
+  // The trim job passes the tablet's cursor once it and the entries are
+  // past the second.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        Reply r = bob->Request("sync", {{"after", offline_head}});
+        return !r.ok && r.code == "cursor_too_old";
+      },
+      10'000));
+
+  // The tablet comes back with its old cache: snapshot, then the stream.
+  tablet = OpenClient(tablet_options);
+  tablet->Start();
+  ASSERT_TRUE(tablet->WaitOnline(5000));
+  ASSERT_TRUE(Eventually([&] { return tablet->Messages("alice", 0, 10).size() == kMore + 1; }, 5000));
+  auto view = [](Client& c) { return *c.ConversationWith("alice"); };
+  ASSERT_TRUE(Eventually([&] { return view(*tablet).my_read == 3; }, 5000));
+  EXPECT_EQ(view(*tablet).unread, view(*bob).unread);
+  EXPECT_EQ(view(*tablet).unread, kMore + 1 - 3);
+  EXPECT_EQ(view(*tablet).last_seq, view(*bob).last_seq);
+  auto mine = tablet->Messages("alice", 0, 10);
+  for (size_t i = 0; i < mine.size(); ++i) {
+    EXPECT_EQ(mine[i].seq, static_cast<int64_t>(i + 1));
+    EXPECT_EQ(mine[i].body, "m" + std::to_string(i));
+  }
+  // Live from the snapshot's head on.
+  ASSERT_TRUE(alice->Compose("bob", "after").ok);
+  EXPECT_TRUE(Eventually([&] { return tablet->Messages("alice", 0, 10).size() == kMore + 2; }, 5000));
+  EXPECT_TRUE(Eventually([&] { return view(*tablet).unread == kMore + 2 - 3 && view(*bob).unread == kMore + 2 - 3; },
+                         5000));
+  tablet->Stop();
+}
+
 TEST(ClientE2E, EditsAndDeletesReachTheCacheAndTheApp) {
   ServerProcess s;
   AliceAndBob ab(s);

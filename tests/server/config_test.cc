@@ -128,5 +128,25 @@ TEST_F(ConfigTest, RetentionIsOffByDefaultAndItsOptionsAreInSeconds) {
   unsetenv("PARLEY_RETENTION_MAX_AGE_S");
 }
 
+// Stream trimming (docs/operations.md "Stream trimming"): on by default with
+// a 30-day horizon and grace and a 100,000-entry cap; seconds become ms.
+TEST_F(ConfigTest, StreamTrimmingKeepsThirtyDaysByDefaultAndItsOptionsAreInSeconds) {
+  ServerConfig d = Parse({});
+  constexpr int64_t kThirtyDaysMs = 30LL * 24 * 3600 * 1000;
+  EXPECT_EQ(d.core.retention.stream_retention_ms, kThirtyDaysMs);
+  EXPECT_EQ(d.core.retention.stream_device_grace_ms, kThirtyDaysMs);
+  EXPECT_EQ(d.core.retention.stream_max_entries, 100'000);
+  EXPECT_EQ(d.core.retention.stream_trim_interval_ms, 60'000);
+  ServerConfig c = Parse({"--stream-retention-s", "1", "--stream-device-grace-s", "0", "--stream-max-entries", "0",
+                          "--stream-trim-interval-ms", "50"});
+  EXPECT_EQ(c.core.retention.stream_retention_ms, 1000);
+  EXPECT_EQ(c.core.retention.stream_device_grace_ms, 0);
+  EXPECT_EQ(c.core.retention.stream_max_entries, 0);
+  EXPECT_EQ(c.core.retention.stream_trim_interval_ms, 50);
+  setenv("PARLEY_STREAM_RETENTION_S", "60", 1);
+  EXPECT_EQ(Parse({}).core.retention.stream_retention_ms, 60'000);
+  unsetenv("PARLEY_STREAM_RETENTION_S");
+}
+
 }  // namespace
 }  // namespace parley::server

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -506,6 +507,38 @@ INSERT INTO message_edits(conversation_id, seq, version, client_id, editor_devic
   AppendResult retry = Must(Append(*store, Msg(1, 1, 1, "b", "again")));
   EXPECT_TRUE(retry.duplicate);
   EXPECT_EQ(retry.message.seq, 2);
+  store.reset();
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+}
+
+// Step 14 (stream trimming): a version-12 file's streams start with nothing
+// trimmed (floor 1), read from the start as before, and can be trimmed.
+TEST(SqliteStoreTest, MigratesVersion12StreamsToAFloorOfOne) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 12).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const char* v12 = R"sql(
+INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10);
+INSERT INTO user_events(user_id, user_seq, kind, conversation_id, created_at) VALUES(1, 1, 7, 0, 10), (1, 2, 7, 0, 20);
+INSERT INTO user_heads(user_id, head) VALUES(1, 2);
+)sql";
+  ASSERT_EQ(sqlite3_exec(db, v12, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  StreamPage page = ReadStream(*store, 1, 0, 10);
+  EXPECT_EQ(page.floor, 1);
+  EXPECT_EQ(page.events.size(), 2u);
+  TrimRequest r;
+  r.max_users = 10;
+  r.max_entries = 10;
+  r.older_than = 15;
+  r.protect_seen_since = std::numeric_limits<int64_t>::max();
+  EXPECT_EQ(Must(Await<TrimProgress>([&](auto cb) { store->TrimStreams(r, cb); })).trimmed, 1);
+  EXPECT_EQ(ReadStream(*store, 1, 1, 10).floor, 2);
   store.reset();
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 #include <cstdio>
 #include <atomic>
 #include <functional>
@@ -1771,7 +1772,7 @@ TEST_P(StoreConformance, ExportPagesEveryTableInKeyOrder) {
   auto stream = values(all(ExportTable::kStream, 3));
   for (const UserRecord* u : {&alice_, &bob_}) {
     UserSeq head = Head(store(), u->id);
-    EXPECT_NE(std::find(heads.begin(), heads.end(), std::vector<int64_t>{u->id, head}), heads.end());
+    EXPECT_NE(std::find(heads.begin(), heads.end(), std::vector<int64_t>{u->id, head, 1}), heads.end());
     StreamPage page = ReadStream(store(), u->id, 0, 100);
     std::vector<std::vector<int64_t>> mine;
     for (auto& row : stream) {
@@ -3047,6 +3048,136 @@ TEST_P(PushConformance, TwoNodesClaimingTogetherNeverTakeTheSameJobAndJobsSurviv
   std::sort(ids.begin(), ids.end());
   EXPECT_EQ(ids.size(), 12u);
   EXPECT_EQ(std::unique(ids.begin(), ids.end()), ids.end());
+}
+
+// ---- Stream trimming (issue 12): floors, cursor_too_old ----
+
+// A trim that looks at every user, with no cap and no device protecting
+// anything unless the test says so.
+TrimRequest TrimOlderThan(int64_t older_than) {
+  TrimRequest r;
+  r.max_users = 100;
+  r.max_entries = 1000;
+  r.older_than = older_than;
+  r.protect_seen_since = std::numeric_limits<int64_t>::max();
+  return r;
+}
+
+TrimProgress Trim(Store& s, const TrimRequest& r) {
+  return Must(Await<TrimProgress>([&](auto cb) { s.TrimStreams(r, cb); }));
+}
+
+Result<StreamPage> TryReadStream(Store& s, UserId user, UserSeq after, int limit) {
+  return Await<StreamPage>([&](auto cb) { s.ReadStream(user, after, limit, cb); });
+}
+
+TEST_P(StoreConformance, TrimRemovesEntriesOlderThanTheHorizonRaisesTheFloorAndRefusesOlderCursors) {
+  SetUpConversation();  // the conversation event: user seq 1 of alice and bob, at 1000
+  for (int i = 0; i < 5; ++i) Send(alice_, alice_dev_, "old" + std::to_string(i), 2000);  // 2..6
+  for (int i = 0; i < 3; ++i) Send(bob_, bob_dev_, "new" + std::to_string(i), 9000);    // 7..9
+  ConversationId other = Open(store(), bob_.id, carol_.id, 9000).conversation.id;        // bob 10, carol 1
+  ASSERT_EQ(Head(store(), bob_.id), 10);
+  EXPECT_EQ(ReadStream(store(), bob_.id, 0, 1).floor, 1) << "nothing trimmed yet";
+
+  TrimProgress p = Trim(store(), TrimOlderThan(5000));
+  EXPECT_EQ(p.trimmed, 12);  // 1..6 of alice and of bob; carol's entry is new
+  EXPECT_EQ(p.users_trimmed, 2);
+  EXPECT_EQ(p.users_visited, 3);
+  EXPECT_EQ(p.next_after_user, 0) << "the pass reached the last user";
+  EXPECT_FALSE(p.more);
+  for (const UserRecord& u : {alice_, bob_}) {
+    // The head stays; a page from the floor is contiguous.
+    StreamPage page = ReadStream(store(), u.id, 6, 100);
+    EXPECT_EQ(page.floor, 7);
+    ASSERT_FALSE(page.events.empty());
+    EXPECT_EQ(page.events.front().user_seq, 7);
+    for (size_t i = 1; i < page.events.size(); ++i) EXPECT_EQ(page.events[i].user_seq, page.events[i - 1].user_seq + 1);
+    EXPECT_EQ(page.events.back().user_seq, page.head);
+    // Below the floor: cursor_too_old, never a page with a gap.
+    for (UserSeq after : {UserSeq{0}, UserSeq{5}}) {
+      Result<StreamPage> old = TryReadStream(store(), u.id, after, 100);
+      ASSERT_FALSE(old.has_value()) << "after " << after;
+      EXPECT_EQ(old.error().code(), ErrorCode::kCursorTooOld);
+    }
+  }
+  EXPECT_EQ(Head(store(), bob_.id), 10);
+  // carol is untouched.
+  StreamPage carol = ReadStream(store(), carol_.id, 0, 10);
+  EXPECT_EQ(carol.floor, 1);
+  ASSERT_EQ(carol.events.size(), 1u);
+  EXPECT_EQ(carol.events[0].conversation_id, other);
+  // The history itself is not the stream: every message is still there.
+  EXPECT_EQ(History(store(), conv_, 0, 100, bob_.id).size(), 8u);
+  // The summary counts what is kept.
+  StoreSummary summary = Must(Await<StoreSummary>([&](auto cb) { store().GetStoreSummary(cb); }));
+  EXPECT_EQ(summary.stream_events, 3 + 4 + 1);
+  // Again: nothing more is old; the floor never falls, and survives a reopen.
+  EXPECT_EQ(Trim(store(), TrimOlderThan(5000)).trimmed, 0);
+  Reopen();
+  EXPECT_EQ(ReadStream(store(), alice_.id, 6, 10).floor, 7);
+  // New entries go on from the head.
+  Send(alice_, alice_dev_, "after-trim", 9500);
+  StreamPage page = ReadStream(store(), alice_.id, 9, 10);
+  ASSERT_EQ(page.events.size(), 1u);
+  EXPECT_EQ(page.events[0].user_seq, 10);
+}
+
+TEST_P(StoreConformance, TrimKeepsWhatADeviceSeenWithinTheGraceHasNotAcknowledged) {
+  SetUpConversation();  // devices seen at 1000 with cursor 0
+  for (int i = 0; i < 5; ++i) Send(alice_, alice_dev_, "m" + std::to_string(i), 2000);  // 2..6 of both
+  // Every device was seen since 500: each one's cursor (0) holds everything.
+  TrimRequest all_recent = TrimOlderThan(5000);
+  all_recent.protect_seen_since = 500;
+  EXPECT_EQ(Trim(store(), all_recent).trimmed, 0);
+  // bob's phone acknowledged up to 3 at 9500; his second device and alice's
+  // were last seen at 1000, before the grace.
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store().SetCursor(bob_dev_.id, 3, 9500, cb); }).ok());
+  TrimRequest grace = TrimOlderThan(5000);
+  grace.protect_seen_since = 9000;
+  TrimProgress p = Trim(store(), grace);
+  EXPECT_EQ(p.trimmed, 6 + 3);
+  EXPECT_EQ(ReadStream(store(), alice_.id, 6, 10).floor, 7);
+  StreamPage bob = ReadStream(store(), bob_.id, 3, 10);
+  EXPECT_EQ(bob.floor, 4) << "bob's phone still needs 4..6";
+  ASSERT_EQ(bob.events.size(), 3u);
+  EXPECT_EQ(bob.events[0].user_seq, 4);
+  // bob's second device comes back and acknowledges 4: the lowest cursor
+  // of the recent devices (3) still holds.
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store().SetCursor(bob_dev2_.id, 4, 9800, cb); }).ok());
+  EXPECT_EQ(Trim(store(), grace).trimmed, 0);
+  // A revoked device holds nothing back.
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store().RevokeDevice(bob_.id, bob_dev_.id, cb); }).ok());
+  EXPECT_EQ(Trim(store(), grace).trimmed, 1);
+  EXPECT_EQ(ReadStream(store(), bob_.id, 4, 10).floor, 5);
+}
+
+TEST_P(StoreConformance, TrimCapsEachUsersStreamInBoundedStepsAndResumesWhereItStopped) {
+  SetUpConversation();
+  for (int i = 0; i < 20; ++i) Send(alice_, alice_dev_, "m" + std::to_string(i), 2000);  // 2..21 of both
+  TrimRequest r = TrimOlderThan(0);  // no time horizon
+  r.max_entries_per_user = 5;
+  r.max_entries = 4;
+  r.max_users = 2;
+  int64_t total = 0;
+  int steps = 0;
+  bool pass_done = false;
+  while (!pass_done && steps < 100) {
+    TrimProgress p = Trim(store(), r);
+    ++steps;
+    EXPECT_LE(p.trimmed, 4) << "a step removes at most its batch";
+    total += p.trimmed;
+    r.after_user = p.next_after_user;
+    pass_done = !p.more && p.next_after_user == 0;
+  }
+  EXPECT_TRUE(pass_done);
+  EXPECT_EQ(total, 16 + 16);
+  EXPECT_GE(steps, 8);
+  for (const UserRecord& u : {alice_, bob_}) {
+    StreamPage page = ReadStream(store(), u.id, 16, 100);
+    EXPECT_EQ(page.floor, 17) << "the newest 5 of 21 are kept";
+    EXPECT_EQ(page.events.size(), 5u);
+  }
+  EXPECT_EQ(ReadStream(store(), carol_.id, 0, 10).floor, 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, PushConformance, ::testing::ValuesIn(Backends()),

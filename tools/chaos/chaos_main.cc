@@ -168,6 +168,10 @@ struct Plan {
   int devices = 0;
   int duration_s = 0;
   int nodes = 1;  // parleyd nodes (cluster shape when > 1)
+  // Extra parleyd flags of every start (--parleyd-args), e.g. a short stream
+  // horizon so that devices meet cursor_too_old; part of the plan so that a
+  // replay runs the server the same way.
+  std::vector<std::string> parleyd_args;
   std::vector<DeviceSpec> device_specs;
   std::vector<std::vector<int>> peers;  // per user
   // Per parleyd incarnation (start), its crash point (0: none).
@@ -177,7 +181,7 @@ struct Plan {
   json ToJson() const {
     json j = {{"version", kPlanVersion}, {"seed", seed}, {"users", users}, {"devices", devices},
               {"duration_s", duration_s}, {"nodes", nodes}, {"crash_after_append", crash_after_append},
-              {"peers", peers}, {"steps", steps}};
+              {"peers", peers}, {"steps", steps}, {"parleyd_args", parleyd_args}};
     j["device_specs"] = json::array();
     for (const auto& d : device_specs)
       j["device_specs"].push_back({{"user", d.user}, {"index", d.index}, {"skew_ms", d.skew_ms}, {"slow_ms", d.slow_ms}});
@@ -195,6 +199,7 @@ struct Plan {
       p.devices = j.at("devices").get<int>();
       p.duration_s = j.at("duration_s").get<int>();
       p.nodes = j.value("nodes", 1);  // plans saved before the cluster shape: one node
+      p.parleyd_args = j.value("parleyd_args", std::vector<std::string>{});
       p.crash_after_append = j.at("crash_after_append").get<std::vector<int64_t>>();
       p.peers = j.at("peers").get<std::vector<std::vector<int>>>();
       p.steps = j.at("steps").get<std::vector<json>>();
@@ -768,7 +773,7 @@ struct Counters {
 };
 
 struct Options {
-  std::string parleyd, checker, out = "chaos-runs", replay, store, work, redis;
+  std::string parleyd, checker, out = "chaos-runs", replay, store, work, redis, parleyd_args;
   uint64_t seed = 0;
   bool seed_given = false;
   int duration_s = 60, users = 8, devices = 2, nodes = 1;
@@ -805,6 +810,7 @@ class Run {
       if (plan_.nodes > 1)
         extra = {"--redis", o_.redis, "--node-id", "chaos-" + name, "--redis-refresh-ms", "500",
                  "--redis-route-ttl-ms", "3000"};
+      extra.insert(extra.end(), plan_.parleyd_args.begin(), plan_.parleyd_args.end());
       servers_.push_back(std::make_unique<Server>(o_.parleyd, dir_, name, std::move(extra), admin_token_, o_.store,
                                                   plan_.crash_after_append, log_));
     }
@@ -1439,6 +1445,9 @@ int Main(int argc, char** argv) {
       ->check(CLI::Range(1, 8))
       ->capture_default_str();
   app.add_option("--redis", o.redis, "Redis HOST:PORT for a cluster (--nodes > 1)");
+  app.add_option("--parleyd-args", o.parleyd_args,
+                 "Extra parleyd flags for every start, separated by spaces (e.g. \"--stream-retention-s 2\"); "
+                 "saved in the plan");
   app.add_option("--out", o.out, "Where failing runs are saved (one directory each)")->capture_default_str();
   app.add_option("--replay", o.replay, "Replay a saved run: its plan.json (same workload, same fault schedule)");
   app.add_flag("--keep", o.keep, "Save the run directory even when it passes");
@@ -1473,6 +1482,8 @@ int Main(int argc, char** argv) {
   } else {
     if (!o.seed_given) o.seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
     plan = MakePlan(o.seed, o.users, o.devices, o.duration_s, o.nodes);
+    std::istringstream words(o.parleyd_args);
+    for (std::string w; words >> w;) plan.parleyd_args.push_back(w);
   }
   if (plan.nodes > 1 && (o.redis.empty() || o.store.rfind("postgres", 0) != 0)) {
     std::cerr << "parley-chaos: " << plan.nodes << " nodes need --redis HOST:PORT and a PostgreSQL --store"

@@ -374,8 +374,17 @@ bool ParseState(const json& j, ServerState* out, std::string* error) {
     return false;
   for (auto& r : rows) out->streams[r[0]][r[1]] = {r[2], r[3], r[4], r[5], r[6], r[7]};
   rows.clear();
-  if (!rows_of("heads", {"user_id", "head"}, false, &rows, &texts)) return false;
-  for (auto& r : rows) out->heads[r[0]] = r[1];
+  // `floor` came with stream trimming; a state saved before it has two columns.
+  const bool has_floor = tables.contains("heads") && tables["heads"].is_object() &&
+                         tables["heads"].value("columns", json::array()).size() == 3;
+  if (!rows_of("heads", has_floor ? std::vector<std::string>{"user_id", "head", "floor"}
+                                  : std::vector<std::string>{"user_id", "head"},
+               false, &rows, &texts))
+    return false;
+  for (auto& r : rows) {
+    out->heads[r[0]] = r[1];
+    if (has_floor && r[2] > 1) out->floors[r[0]] = r[2];
+  }
   rows.clear();
   if (!rows_of("receipts", {"conversation_id", "user_id", "delivered", "read"}, false, &rows, &texts)) return false;
   for (auto& r : rows) out->receipts[{r[0], r[1]}] = {r[2], r[3]};
@@ -458,8 +467,11 @@ struct Checker {
       }
     }
     for (const auto& [user, entries] : s.streams) {
-      int64_t prev = 0;
-      bool first = true;
+      // A trimmed stream starts at its floor: entries below it are gone on
+      // purpose, the ones from it on must all be there.
+      auto fl = s.floors.find(user);
+      int64_t prev = fl == s.floors.end() ? 0 : fl->second - 1;
+      bool first = fl == s.floors.end();
       std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> last_receipt;
       std::map<int64_t, std::pair<int64_t, int64_t>> timer;  // conv -> (seconds, user seq) so far in this stream
       for (const auto& [useq, e] : entries) {
@@ -535,10 +547,18 @@ struct Checker {
         }
       }
     }
-    // Every message is in the stream of every member it is visible to; one
-    // that expired well before the export is deleted there (the member's
-    // devices would keep its text otherwise: a stream that never deletes it
-    // makes nothing delete it on a device whose clock is behind).
+    // Every message is in the stream of every member it is visible to,
+    // unless its entry was trimmed: a conversation's message entries follow
+    // its seqs in a stream, so in a trimmed stream a missing message is lost
+    // only if an older message of its conversation is still there. One that
+    // expired well before the export is deleted there (the member's devices
+    // would keep its text otherwise: a stream that never deletes it makes
+    // nothing delete it on a device whose clock is behind).
+    std::map<std::pair<int64_t, int64_t>, int64_t> lowest_kept;  // (user, conv) -> lowest message seq kept
+    for (const auto& [k, useq] : stream_msg) {
+      auto [it, fresh] = lowest_kept.insert({{std::get<0>(k), std::get<1>(k)}, std::get<2>(k)});
+      if (!fresh) it->second = std::min(it->second, std::get<2>(k));
+    }
     for (const auto& [key, m] : s.messages) {
       const bool expired = m.expires_at != 0 && s.exported_at != 0 && m.expires_at <= s.exported_at - kExpiryGraceMs;
       if (m.expires_at != 0) {
@@ -550,6 +570,10 @@ struct Checker {
       if (mit == s.members.end()) continue;
       for (int64_t user : mit->second) {
         if (Withheld(key.first, user, key.second)) continue;
+        if (s.floors.count(user)) {
+          auto low = lowest_kept.find({user, key.first});
+          if (low == lowest_kept.end() || low->second > key.second) continue;  // trimmed
+        }
         if (!stream_msg.count({user, key.first, key.second})) {
           Fail(&Counts::lost, "lost",
                "server: " + MsgName(key.first, key.second) + " is not in the stream of member " + std::to_string(user));
@@ -1119,8 +1143,10 @@ struct Checker {
           auto want = draft_of.find(conv);
           if (want == draft_of.end()) {
             // No draft event read by any device: a conversation never
-            // drafted in must show none; else the devices must agree.
-            if (!last_draft.count({user, conv})) {
+            // drafted in must show none; else (or when the user's stream
+            // was trimmed, so its draft events may be gone) the devices
+            // must agree.
+            if (!last_draft.count({user, conv}) && !s.floors.count(user)) {
               want = draft_of.insert({conv, {"", "the stream (no draft event)"}}).first;
             } else {
               draft_of[conv] = {shown, Where(r)};
@@ -1187,6 +1213,23 @@ struct Checker {
     auto it = changes.find({user, conv, seq});
     const Change& want = it == changes.end() ? kUnchanged : it->second;
     const std::string what = Where(r) + ": " + MsgName(conv, seq);
+    // A trimmed stream (a floor above 1) may have lost the events of older
+    // changes: what it still says is a lower bound. A device ahead of it
+    // is not judged against it (the devices are still held to one text per
+    // version below).
+    const bool trimmed = s.floors.count(user) > 0;
+    if (trimmed && hidden && !want.hidden_at) return;
+    if (trimmed && !want.hidden_at && version >= want.version && (deleted || !want.deleted_at) &&
+        (version > want.version || deleted != (want.deleted_at != 0))) {
+      if (version == 0) return;
+      auto [first, inserted] = text_of->insert({{conv, seq, version}, {body, Where(r)}});
+      if (!inserted && first->second.first != body) {
+        Fail(&Counts::version_divergences, "version_divergences",
+             what + " at version " + std::to_string(version) + " has text " + HashName(body) + ", " +
+                 first->second.second + " has " + HashName(first->second.first));
+      }
+      return;
+    }
     if (want.hidden_at || hidden) {
       if (!hidden) {
         Fail(&Counts::hidden_divergences, "hidden_divergences",

@@ -53,6 +53,10 @@ struct ServerState {
   std::set<std::tuple<int64_t, int64_t, int64_t>> withheld;        // (conversation, user, seq)
   std::map<int64_t, std::map<int64_t, StreamEntry>> streams;       // user -> user seq -> entry
   std::map<int64_t, int64_t> heads;                                // user -> head user seq
+  // user -> lowest user seq still kept (the stream was trimmed below it;
+  // absent: 1, nothing trimmed). From the export's optional third `heads`
+  // column, `floor`.
+  std::map<int64_t, int64_t> floors;
   std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> receipts;  // (conv, user) -> (delivered, read)
   std::set<std::pair<int64_t, int64_t>> blocks;                    // (owner, target)
   // When the export was read (the reader's clock, ms since epoch; 0: not

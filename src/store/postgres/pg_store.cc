@@ -99,6 +99,11 @@
 //         messages_to_purge(deleted_at) (step 10, issue 12: retention, as in
 //         SqliteStore; the expiry and purge steps claim rows FOR UPDATE SKIP
 //         LOCKED, so nodes take disjoint batches)
+//   user_heads.stream_floor (step 12, issue 12: stream trimming, as in
+//         SqliteStore's step 14): the lowest user seq still kept. TrimStreams
+//         claims head rows FOR UPDATE SKIP LOCKED, so a user whose head a
+//         batch (or another node's trim) holds is skipped until the next
+//         pass, never waited for
 // Every key of a partitioned table leads with its partition key, and every
 // table holding conversation data has the conversation id in its primary
 // key, so the layout can be distributed (Citus) by conversation id and by
@@ -124,8 +129,8 @@
 // kProfile/kContact/kBlock carry the profile_* columns (the subject's id in
 // subject_user_id and the flag in delivered).
 //
-// Left open on purpose: as in SQLite, events and messages are never purged
-// yet; reads are one statement per round trip (a summary of a conversation
+// Left open on purpose: as in SQLite, messages rows are never deleted (a
+// purged message stays as its deduplication tombstone); reads are one statement per round trip (a summary of a conversation
 // costs a few); and the writer is one connection per node (the database
 // serializes nodes on the rows they share, nothing else).
 
@@ -483,6 +488,14 @@ CREATE INDEX messages_to_purge ON messages(deleted_at) WHERE deleted_at > 0 AND 
 )sql";
 }
 
+// Issue 12: stream trimming (SqliteStore's step 14 says why). Step 11
+// belongs to another change.
+std::string SchemaV12() {
+  return R"sql(
+ALTER TABLE user_heads ADD COLUMN stream_floor bigint NOT NULL DEFAULT 1;
+)sql";
+}
+
 // The tsquery of a message search: every word as a prefix, all required.
 // Words hold only [0-9a-z] and non-ASCII characters (MessageWords), so
 // quoting needs no escapes.
@@ -508,6 +521,7 @@ const Migration kMigrations[] = {
     {8, &SchemaV8},
     {9, &SchemaV9},
     {10, &SchemaV10},
+    {12, &SchemaV12},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -741,6 +755,7 @@ class PostgresStore::Writer {
   Result<SocialResult> SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now);
   Result<ExpireProgress> ExpireMessages(int64_t now, int max);
   Result<PurgeProgress> PurgeDeleted(int64_t deleted_before, int max);
+  Result<TrimProgress> TrimStreams(const TrimRequest& req);
 
  private:
   // A conversation's members (never change once created), ascending user id.
@@ -1826,6 +1841,71 @@ Result<PurgeProgress> PostgresStore::Writer::PurgeDeleted(int64_t deleted_before
   return progress;
 }
 
+Result<TrimProgress> PostgresStore::Writer::TrimStreams(const TrimRequest& req) {
+  // SKIP LOCKED: a user whose head row a send's batch or another node holds
+  // is left for the next pass, so a trim never waits behind delivery.
+  PgRows users = db_->Query(
+      "SELECT user_id, head, stream_floor FROM user_heads WHERE user_id > $1 ORDER BY user_id LIMIT $2 "
+      "FOR UPDATE SKIP LOCKED",
+      PgParams().Int(req.after_user).Int(std::max(1, req.max_users)));
+  if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+  TrimProgress progress;
+  int64_t budget = std::max(1, req.max_entries);
+  for (int i = 0; i < users.size(); ++i) {
+    if (budget == 0) {
+      progress.more = true;
+      break;
+    }
+    const UserId user = users.Int(i, 0);
+    const UserSeq head = users.Int(i, 1);
+    const UserSeq floor = users.Int(i, 2);
+    ++progress.users_visited;
+    progress.next_after_user = user;
+    UserSeq limit = head;
+    PgRows protect = db_->Query(
+        "SELECT min(cursor) FROM devices WHERE user_id = $1 AND NOT revoked AND last_seen_at >= $2",
+        PgParams().Int(user).Int(req.protect_seen_since));
+    if (!protect.empty() && !protect.IsNull(0, 0)) limit = std::min(limit, protect.Int(0, 0));
+    const UserSeq cap_cut = req.max_entries_per_user > 0 ? head - req.max_entries_per_user : 0;
+    PgRows rows = db_->Query(
+        "SELECT user_seq, created_at FROM user_events WHERE user_id = $1 AND user_seq >= $2 AND user_seq <= $3 "
+        "ORDER BY user_seq LIMIT $4",
+        PgParams().Int(user).Int(floor).Int(limit).Int(budget + 1));
+    UserSeq to = floor - 1;
+    bool budget_hit = false;
+    int64_t taken = 0;
+    for (int j = 0; j < rows.size(); ++j) {
+      const UserSeq seq = rows.Int(j, 0);
+      const bool old = req.older_than > 0 && rows.Int(j, 1) < req.older_than;
+      if (!old && seq > cap_cut) break;
+      if (taken == budget) {
+        budget_hit = true;
+        break;
+      }
+      to = seq;
+      ++taken;
+    }
+    if (to >= floor) {
+      PgRows removed = db_->Query(
+          "DELETE FROM user_events WHERE user_id = $1 AND user_seq >= $2 AND user_seq <= $3 RETURNING 1",
+          PgParams().Int(user).Int(floor).Int(to));
+      db_->Defer("UPDATE user_heads SET stream_floor = $2 WHERE user_id = $1 AND stream_floor < $2",
+                 PgParams().Int(user).Int(to + 1));
+      progress.trimmed += removed.size();
+      budget -= std::min<int64_t>(budget, removed.size());
+      ++progress.users_trimmed;
+    }
+    if (budget_hit) {
+      progress.next_after_user = user - 1;
+      progress.more = true;
+      break;
+    }
+  }
+  if (!progress.more && users.size() < std::max(1, req.max_users)) progress.next_after_user = 0;
+  if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+  return progress;
+}
+
 class PostgresStore::Reader {
  public:
   explicit Reader(std::unique_ptr<PgConn> db) : db_(std::move(db)) {}
@@ -1942,7 +2022,7 @@ Result<StoreSummary> PostgresStore::Reader::Summary() {
       "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM users WHERE disabled), "
       "(SELECT count(*) FROM devices WHERE NOT revoked), (SELECT count(*) FROM conversations), "
       "(SELECT COALESCE(sum(last_seq), 0)::bigint FROM conversations), "
-      "(SELECT COALESCE(sum(head), 0)::bigint FROM user_heads), pg_database_size(current_database())");
+      "(SELECT COALESCE(sum(head - stream_floor + 1), 0)::bigint FROM user_heads), pg_database_size(current_database())");
   if (r.empty()) return Status(ErrorCode::kInternal, "store error");
   out.users = r.Int(0, 0);
   out.disabled_users = r.Int(0, 1);
@@ -1977,7 +2057,7 @@ Result<ExportPage> PostgresStore::Reader::Export(ExportTable table, const std::v
       "AND hidden_at = 0 ORDER BY conversation_id, user_id, seq LIMIT $4",
       "SELECT user_id, user_seq, kind, conversation_id, seq, subject_user_id, delivered, read FROM user_events "
       "WHERE (user_id, user_seq) > ($1, $2) ORDER BY user_id, user_seq LIMIT $3",
-      "SELECT user_id, head FROM user_heads WHERE user_id > $1 ORDER BY user_id LIMIT $2",
+      "SELECT user_id, head, stream_floor FROM user_heads WHERE user_id > $1 ORDER BY user_id LIMIT $2",
       "SELECT conversation_id, user_id, delivered, read FROM user_receipts WHERE (conversation_id, user_id) > ($1, $2) "
       "ORDER BY conversation_id, user_id LIMIT $3",
       "SELECT owner_id, target_id FROM blocks WHERE (owner_id, target_id) > ($1, $2) ORDER BY owner_id, target_id "
@@ -2159,8 +2239,20 @@ UserSeq PostgresStore::Reader::Head(UserId user_id) {
 
 Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq after, int limit, uint64_t* rows_read) {
   StreamPage page;
-  page.head = Head(user_id);
+  {
+    // Head and floor in the page's snapshot (REPEATABLE READ): a trim that
+    // commits later cannot open a gap in this page.
+    PgRows h = db_->Query("SELECT head, stream_floor FROM user_heads WHERE user_id = $1", PgParams().Int(user_id));
+    if (!h.empty()) {
+      page.head = h.Int(0, 0);
+      page.floor = h.Int(0, 1);
+    }
+  }
   *rows_read += 1;
+  if (after + 1 < page.floor) {
+    return Status(ErrorCode::kCursorTooOld,
+                  fmt::format("the stream keeps user seqs from {} on; take a snapshot", page.floor));
+  }
   if (limit <= 0) {
     page.has_more = page.head > after;
     return page;
@@ -2791,6 +2883,10 @@ void PostgresStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callb
   SubmitWrite<PurgeProgress>(
       [deleted_before, max_messages](Writer& w) { return w.PurgeDeleted(deleted_before, max_messages); },
       std::move(done), {}, /*solo=*/true);
+}
+
+void PostgresStore::TrimStreams(TrimRequest req, Callback<TrimProgress> done) {
+  SubmitWrite<TrimProgress>([req](Writer& w) { return w.TrimStreams(req); }, std::move(done), {}, /*solo=*/true);
 }
 
 void PostgresStore::IndexSearch(int max_entries, Callback<SearchIndexProgress> done) {

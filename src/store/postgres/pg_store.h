@@ -60,7 +60,7 @@ namespace parley::store {
 class PostgresStore final : public Store {
  public:
   // The schema version a fully migrated database records in schema_version.
-  static constexpr int kSchemaVersion = 10;
+  static constexpr int kSchemaVersion = 12;
   // Hash partitions of messages and withheld (by conversation id) and of
   // user_events (by user id). Fixed by the schema: changing it is a
   // migration that re-partitions.
@@ -103,6 +103,7 @@ class PostgresStore final : public Store {
                        Callback<SocialResult> done) override;
   void ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) override;
   void PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) override;
+  void TrimStreams(TrimRequest req, Callback<TrimProgress> done) override;
   void IndexSearch(int max_entries, Callback<SearchIndexProgress> done) override;
   void GetHead(UserId user_id, Callback<UserSeq> done) override;
   void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;

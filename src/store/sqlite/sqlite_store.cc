@@ -111,6 +111,9 @@
 //   conversations.disappearing_s; messages.expires_at, purged_at;
 //   messages_expiring(expires_at) WHERE expires_at > 0 AND deleted_at = 0;
 //   messages_to_purge(deleted_at) WHERE deleted_at > 0 AND purged_at = 0.
+//   step 14 (issue 12, stream trimming; see "Stream trimming" below):
+//   user_heads.stream_floor: the lowest user seq still kept in user_events
+//   (1 until the first trim; head + 1 when every entry was trimmed).
 //   step 15 (issue 12): message_search rebuilt with FTS5 prefix indexes
 //           (prefix = '1 2 3'), every message queued for indexing again.
 //   step 16 (issue 9): receipt_log_by_read dropped.
@@ -165,6 +168,18 @@
 // everyone (MessageChange::expiry), so the tombstone, the search re-queue
 // and the members' kDelete events are exactly a sender's delete's.
 //
+// Stream trimming (store.h "Stream trimming"). TrimStreams is a solo write
+// too. It walks user_heads in user id order from the caller's position; per
+// user it reads the lowest cursor of the devices that still need entries
+// (devices_by_user), then steps user_events up from the floor on the primary
+// key while entries are trimmable, deletes that range and raises
+// user_heads.stream_floor in the same transaction. Entries are appended in
+// commit order, so created_at rises with user_seq and the first entry inside
+// the horizon ends the scan: a step's cost follows what it removes plus one
+// row per user visited. The writer's head cache is not touched (the head
+// upsert leaves stream_floor alone). ReadStream reads the floor with the
+// head in its snapshot and refuses a cursor below it (kCursorTooOld).
+//
 // Search merges two lazily stepped scans in username order (the username
 // index from the query, and name_prefixes at prefix = query), skipping the
 // searcher and probing blocks per candidate: a page visits O(limit) rows
@@ -176,9 +191,7 @@
 // range scan of user_events on its primary key joined to messages by theirs:
 // its cost follows the events returned, never the size of history.
 //
-// Left open on purpose: events and messages are never purged yet (retention
-// and "cursor too old" come with the retention feature), and the reader is a
-// single thread (enough for one file; a pool of read connections is the next
+// Left open on purpose: the reader is a single thread (enough for one file; a pool of read connections is the next
 // step if reads ever queue). A view of a conversation steps over the messages
 // withheld from the viewer one by one (cheap probes, but proportional to
 // them), and search steps over candidates who block the searcher likewise;
@@ -496,6 +509,11 @@ ALTER TABLE messages ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN purged_at INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX messages_expiring ON messages(expires_at) WHERE expires_at > 0 AND deleted_at = 0;
 CREATE INDEX messages_to_purge ON messages(deleted_at) WHERE deleted_at > 0 AND purged_at = 0;
+)sql"},
+    // Issue 12: stream trimming. Each user's floor, the lowest user seq still
+    // kept; 1 = nothing trimmed. (Step 13 belongs to another change.)
+    {14, R"sql(
+ALTER TABLE user_heads ADD COLUMN stream_floor INTEGER NOT NULL DEFAULT 1;
 )sql"},
     // Issue 12: FTS5 prefix indexes for query words of 1 to 3 characters.
     // Without them FTS5 answers a prefix query by merging the whole doclist
@@ -838,6 +856,7 @@ class SqliteStore::Writer {
   Result<SocialResult> SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now);
   Result<ExpireProgress> ExpireMessages(int64_t now, int max);
   Result<PurgeProgress> PurgeDeleted(int64_t deleted_before, int max);
+  Result<TrimProgress> TrimStreams(const TrimRequest& req);
 
  private:
   // Deletes the device's push endpoint and pending job; true if it had an endpoint.
@@ -1668,6 +1687,80 @@ Result<PurgeProgress> SqliteStore::Writer::PurgeDeleted(int64_t deleted_before, 
   return progress;
 }
 
+Result<TrimProgress> SqliteStore::Writer::TrimStreams(const TrimRequest& req) {
+  struct User {
+    UserId id;
+    UserSeq head;
+    UserSeq floor;
+  };
+  std::vector<User> users;
+  {
+    Stmt s(*db_, "SELECT user_id, head, stream_floor FROM user_heads WHERE user_id > ?1 ORDER BY user_id LIMIT ?2");
+    s.BindInt(1, req.after_user).BindInt(2, std::max(1, req.max_users));
+    while (s.Step()) users.push_back(User{s.Int(0), s.Int(1), s.Int(2)});
+  }
+  TrimProgress progress;
+  int64_t budget = std::max(1, req.max_entries);
+  for (const User& u : users) {
+    if (budget == 0) {
+      progress.more = true;
+      break;
+    }
+    ++progress.users_visited;
+    progress.next_after_user = u.id;
+    // Nothing at or above the head goes, nor what a recently seen device
+    // has not acknowledged.
+    UserSeq limit = u.head;
+    {
+      Stmt s(*db_,
+             "SELECT min(cursor) FROM devices WHERE user_id = ?1 AND revoked = 0 AND last_seen_at >= ?2");
+      s.BindInt(1, u.id).BindInt(2, req.protect_seen_since);
+      if (s.Step() && !s.IsNull(0)) limit = std::min(limit, s.Int(0));
+    }
+    const UserSeq cap_cut = req.max_entries_per_user > 0 ? u.head - req.max_entries_per_user : 0;
+    UserSeq to = u.floor - 1;
+    bool budget_hit = false;
+    {
+      Stmt s(*db_,
+             "SELECT user_seq, created_at FROM user_events WHERE user_id = ?1 AND user_seq >= ?2 AND user_seq <= ?3 "
+             "ORDER BY user_seq LIMIT ?4");
+      s.BindInt(1, u.id).BindInt(2, u.floor).BindInt(3, limit).BindInt(4, budget + 1);
+      int64_t taken = 0;
+      while (s.Step()) {
+        const UserSeq seq = s.Int(0);
+        const bool old = req.older_than > 0 && s.Int(1) < req.older_than;
+        if (!old && seq > cap_cut) break;
+        if (taken == budget) {
+          budget_hit = true;
+          break;
+        }
+        to = seq;
+        ++taken;
+      }
+    }
+    if (to >= u.floor) {
+      Stmt d(*db_, "DELETE FROM user_events WHERE user_id = ?1 AND user_seq >= ?2 AND user_seq <= ?3");
+      d.BindInt(1, u.id).BindInt(2, u.floor).BindInt(3, to);
+      d.Run();
+      const int64_t removed = db_->Changes();
+      Stmt f(*db_, "UPDATE user_heads SET stream_floor = ?2 WHERE user_id = ?1 AND stream_floor < ?2");
+      f.BindInt(1, u.id).BindInt(2, to + 1);
+      f.Run();
+      progress.trimmed += removed;
+      budget -= std::min(budget, removed);
+      ++progress.users_trimmed;
+    }
+    if (budget_hit) {
+      // This user has more to trim: the next step starts with them again.
+      progress.next_after_user = u.id - 1;
+      progress.more = true;
+      break;
+    }
+  }
+  if (!progress.more && users.size() < static_cast<size_t>(std::max(1, req.max_users))) progress.next_after_user = 0;
+  return progress;
+}
+
 void SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
   Stmt s(*db_, "INSERT INTO search_queue(conversation_id, seq, queued_at) VALUES(?1, ?2, ?3)");
   s.BindInt(1, conversation).BindInt(2, seq).BindInt(3, now);
@@ -2241,7 +2334,7 @@ Result<StoreSummary> SqliteStore::Reader::Summary() {
     }
   }
   {
-    Stmt s(*db_, "SELECT COALESCE(sum(head), 0) FROM user_heads");
+    Stmt s(*db_, "SELECT COALESCE(sum(head - stream_floor + 1), 0) FROM user_heads");
     if (s.Step()) out.stream_events = s.Int(0);
   }
   {
@@ -2423,7 +2516,7 @@ Result<ExportPage> SqliteStore::Reader::Export(ExportTable table, const std::vec
       "AND hidden_at = 0 ORDER BY conversation_id, user_id, seq LIMIT ?4",
       "SELECT user_id, user_seq, kind, conversation_id, seq, receipt_user_id, delivered, read FROM user_events "
       "WHERE (user_id, user_seq) > (?1, ?2) ORDER BY user_id, user_seq LIMIT ?3",
-      "SELECT user_id, head FROM user_heads WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
+      "SELECT user_id, head, stream_floor FROM user_heads WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
       "SELECT conversation_id, user_id, delivered, read FROM user_receipts WHERE (conversation_id, user_id) > (?1, ?2) "
       "ORDER BY conversation_id, user_id LIMIT ?3",
       "SELECT owner_id, target_id FROM blocks WHERE (owner_id, target_id) > (?1, ?2) ORDER BY owner_id, target_id "
@@ -2452,7 +2545,20 @@ Result<ExportPage> SqliteStore::Reader::Export(ExportTable table, const std::vec
 
 Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after, int limit, StepCounter* counter) {
   StreamPage page;
-  page.head = Head(user_id, counter);
+  {
+    // Head and floor from one row, in the page's snapshot: a trim that
+    // commits later cannot open a gap in this page.
+    Stmt s(*db_, "SELECT head, stream_floor FROM user_heads WHERE user_id = ?1", counter);
+    s.BindInt(1, user_id);
+    if (s.Step()) {
+      page.head = s.Int(0);
+      page.floor = s.Int(1);
+    }
+  }
+  if (after + 1 < page.floor) {
+    return Status(ErrorCode::kCursorTooOld,
+                  fmt::format("the stream keeps user seqs from {} on; take a snapshot", page.floor));
+  }
   if (limit <= 0) {
     page.has_more = page.head > after;
     return page;
@@ -3153,6 +3259,10 @@ void SqliteStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callbac
   SubmitWrite<PurgeProgress>(
       [deleted_before, max_messages](Writer& w) { return w.PurgeDeleted(deleted_before, max_messages); },
       std::move(done), /*solo=*/true);
+}
+
+void SqliteStore::TrimStreams(TrimRequest req, Callback<TrimProgress> done) {
+  SubmitWrite<TrimProgress>([req](Writer& w) { return w.TrimStreams(req); }, std::move(done), /*solo=*/true);
 }
 
 void SqliteStore::IndexSearch(int max_entries, Callback<SearchIndexProgress> done) {

@@ -108,6 +108,7 @@ class SqliteStore final : public Store {
                        Callback<SocialResult> done) override;
   void ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) override;
   void PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) override;
+  void TrimStreams(TrimRequest req, Callback<TrimProgress> done) override;
   void IndexSearch(int max_entries, Callback<SearchIndexProgress> done) override;
   void GetHead(UserId user_id, Callback<UserSeq> done) override;
   void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;
