@@ -89,6 +89,20 @@ struct RetentionConfig {
   // caught up (--purge-interval-ms).
   int64_t purge_delay_ms = 60 * 60 * 1000;
   int64_t purge_interval_ms = 10'000;
+
+  // The cold tier (issue 12 item 6; docs/operations.md "Cold tier"): texts
+  // of messages older than cold_after_ms are compacted into compressed
+  // blocks per conversation (--cold-after-s; 0: off). A conversation is
+  // compacted once its oldest hot message is older than cold_after_ms plus
+  // cold_after_ms / kColdGatherDivisor, so that a conversation with a
+  // steady trickle of messages fills its blocks instead of compacting one
+  // message per step. Messages per CompactMessages step (one store
+  // transaction of its own, so a send waits at most one bounded step), and
+  // the step's pause when nothing more is due (--compact-interval-ms).
+  static constexpr int kCompactBatch = 512;
+  static constexpr int64_t kColdGatherDivisor = 4;
+  int64_t cold_after_ms = int64_t{30} * 24 * 3600 * 1000;
+  int64_t compact_interval_ms = 60'000;
 };
 
 struct CoreConfig {
@@ -203,6 +217,10 @@ class ChatService {
   // or -1 if the step failed.
   void RunExpiryForTest(std::function<void(int)> done);
   void RunPurgeForTest(std::function<void(int)> done);
+  // Any thread. One compaction step now (the cold tier), at the clock's
+  // time; `done` runs on the core executor with how many messages it
+  // compacted, or -1 if the step failed (0 when compaction is off).
+  void RunCompactionForTest(std::function<void(int)> done);
 
   // Called (on the core executor) after push jobs were queued, so that the
   // dispatcher can look at once instead of at its next poll. Set before the
@@ -272,6 +290,7 @@ class ChatService {
   void DoSetDisappearing(const ClientPtr& c, Req req);
   void ExpireStep(bool repeat, std::function<void(int)> done);
   void PurgeStep(bool repeat, std::function<void(int)> done);
+  void CompactStep(bool repeat, std::function<void(int)> done);
   void PublishDraft(int64_t conversation_id, const store::DraftRecord& draft, const store::StreamPosition& at);
   // Push notifications (chat_push.cc).
   void DoRegisterPush(const ClientPtr& c, Req req);
@@ -388,6 +407,12 @@ class ChatService {
   Counter& purged_search_;
   Counter& purge_failures_;
   Gauge& purge_backlog_;
+  Counter& purged_cold_;
+  Counter& cold_messages_;
+  Counter& cold_blocks_;
+  Counter& cold_bytes_before_;
+  Counter& cold_bytes_after_;
+  Counter& cold_failures_;
 };
 
 }  // namespace parley::core

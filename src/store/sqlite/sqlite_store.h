@@ -67,7 +67,7 @@ class Db;
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 12;
+  static constexpr int kSchemaVersion = 13;
   // The writer checkpoints itself when the WAL holds this many times
   // StoreConfig::sqlite_checkpoint_pages.
   static constexpr int kWalHardLimitFactor = 4;
@@ -108,6 +108,8 @@ class SqliteStore final : public Store {
                        Callback<SocialResult> done) override;
   void ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) override;
   void PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) override;
+  void CompactMessages(CompactRequest req, Callback<CompactProgress> done) override;
+  bool HasColdTier() const override { return true; }
   void IndexSearch(int max_entries, Callback<SearchIndexProgress> done) override;
   void GetHead(UserId user_id, Callback<UserSeq> done) override;
   void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;
