@@ -2,9 +2,11 @@
 // its own on the connection that calls it (SQLite allows this for reads), so
 // the block it reads is in the caller's snapshot: a reader sees the block
 // its messages rows point to, and the writer sees the block its own
-// uncommitted compaction wrote. Decoded blocks are cached per connection and
-// reused only while the stored bytes are the same, so a rewritten block (a
-// purge) or one rolled back and made again is never read stale.
+// uncommitted compaction wrote. Decoded blocks are cached per connection by
+// (conversation, first seq, nonce); the probe reads the row's small columns
+// only (data is the last column, in overflow pages SQLite then never
+// touches), so a page of 50 cold messages of one block costs 50 probes and
+// one read and decode of the block.
 #include "store/sqlite/sqlite_cold.h"
 
 #include <sqlite3.h>
@@ -13,6 +15,7 @@
 #include <array>
 #include <map>
 #include <optional>
+#include <random>
 
 namespace parley::store::sqlite {
 
@@ -23,13 +26,13 @@ namespace {
 constexpr size_t kCachedBlocks = 4;
 
 constexpr const char* kBlockCoveringSql =
-    "SELECT first_seq, last_seq, data FROM message_blocks "
+    "SELECT first_seq, last_seq, nonce FROM message_blocks "
     "WHERE conversation_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1";
 
 struct CachedBlock {
   ConversationId conversation = 0;
   Seq first_seq = 0;
-  std::string data;  // as stored: the cache key's check
+  int64_t nonce = 0;
   std::vector<ColdEntry> entries;
 };
 
@@ -39,11 +42,21 @@ struct ColdBodyState {
   std::array<CachedBlock, kCachedBlocks> cache;
   size_t next = 0;  // round-robin replacement
 
-  // The decoded block, from the cache when the stored bytes match; nullptr
-  // (with `error` set) if it does not decode.
-  const CachedBlock* Decoded(ConversationId conversation, Seq first_seq, std::string data, std::string* error) {
+  // The decoded block, from the cache when its nonce matches; nullptr (with
+  // `error` set) if it cannot be read or does not decode.
+  const CachedBlock* Decoded(ConversationId conversation, Seq first_seq, int64_t nonce, std::string* error) {
     for (const CachedBlock& b : cache) {
-      if (b.conversation == conversation && b.first_seq == first_seq && b.data == data) return &b;
+      if (b.conversation == conversation && b.first_seq == first_seq && b.nonce == nonce) return &b;
+    }
+    std::string data;
+    {
+      Stmt s(*db, "SELECT data FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2");
+      s.BindInt(1, conversation).BindInt(2, first_seq);
+      if (!s.Step()) {
+        *error = "cold tier: a block vanished";
+        return nullptr;
+      }
+      data = s.Blob(0);
     }
     Result<std::vector<ColdEntry>> entries = codec.Unpack(first_seq, data);
     if (!entries) {
@@ -52,7 +65,7 @@ struct ColdBodyState {
     }
     CachedBlock& slot = cache[next];
     next = (next + 1) % cache.size();
-    slot = CachedBlock{conversation, first_seq, std::move(data), std::move(entries).value()};
+    slot = CachedBlock{conversation, first_seq, nonce, std::move(entries).value()};
     return &slot;
   }
 };
@@ -66,7 +79,7 @@ void ColdBody(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
   const ConversationId conversation = sqlite3_value_int64(argv[0]);
   const Seq seq = sqlite3_value_int64(argv[1]);
   Seq first_seq = 0;
-  std::string data;
+  int64_t nonce = 0;
   {
     Stmt s(*state->db, kBlockCoveringSql);
     s.BindInt(1, conversation).BindInt(2, seq);
@@ -75,10 +88,10 @@ void ColdBody(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
       return;
     }
     first_seq = s.Int(0);
-    data = s.Blob(2);
+    nonce = s.Int(2);
   }
   std::string error;
-  const CachedBlock* block = state->Decoded(conversation, first_seq, std::move(data), &error);
+  const CachedBlock* block = state->Decoded(conversation, first_seq, nonce, &error);
   if (block == nullptr) {
     sqlite3_result_error(ctx, error.c_str(), -1);
     return;
@@ -93,6 +106,11 @@ void ColdBody(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
 }
 
 }  // namespace
+
+int64_t NewBlockNonce() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return static_cast<int64_t>(rng());
+}
 
 Status InstallColdBody(Db& db) {
   auto* state = new ColdBodyState;
@@ -148,13 +166,14 @@ Result<int64_t> DropFromColdBlocks(Db& db, ColdCodec& codec, ConversationId conv
     Result<std::string> packed = codec.Pack(first_seq, kept, &raw);
     if (!packed) return packed.error();
     Stmt u(db,
-           "UPDATE message_blocks SET messages = ?3, raw_bytes = ?4, data = ?5 "
+           "UPDATE message_blocks SET messages = ?3, raw_bytes = ?4, data = ?5, nonce = ?6 "
            "WHERE conversation_id = ?1 AND first_seq = ?2");
     u.BindInt(1, conversation)
         .BindInt(2, first_seq)
         .BindInt(3, static_cast<int64_t>(kept.size()))
         .BindInt(4, raw)
-        .BindBlob(5, *packed);
+        .BindBlob(5, *packed)
+        .BindInt(6, NewBlockNonce());
     u.Run();
   }
   return removed;

@@ -9,8 +9,10 @@
 // reads a text reads PARLEY_MESSAGE_BODY, which for a cold row calls the SQL
 // function cold_body(conversation_id, seq) installed on both connections.
 // cold_body looks the block up by primary key, decodes it (a few decoded
-// blocks are kept per connection, checked against the stored bytes, so a
-// history page of one block decodes it once) and returns the text byte for
+// blocks are kept per connection, keyed by the block's nonce, a random
+// number drawn anew at every write of a block, so a history page of one
+// block reads and decodes its data once, and a block rewritten or rolled
+// back and made again is never read stale) and returns the text byte for
 // byte. A cold row without a block, or a block that does not decode, fails
 // the statement (kInternal): corruption is never shown as an empty text.
 //
@@ -30,6 +32,10 @@ namespace parley::store::sqlite {
 // A message's current text, of the messages row aliased `m`.
 #define PARLEY_MESSAGE_BODY(m) \
   "CASE WHEN " m ".cold > 0 THEN cold_body(" m ".conversation_id, " m ".seq) ELSE " m ".body END"
+
+// A block's nonce: random, drawn for every write of a block (the key of
+// the decoded blocks cold_body keeps).
+int64_t NewBlockNonce();
 
 // Installs cold_body on `db`. Fails kInternal if SQLite refuses.
 Status InstallColdBody(Db& db);

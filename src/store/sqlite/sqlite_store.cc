@@ -117,8 +117,9 @@
 //           0: none) and cold_through (every seq up to it was considered)
 //           + conversations_cold_due(hot_since) WHERE hot_since > 0;
 //   message_blocks(conversation_id, first_seq, last_seq, messages,
-//           raw_bytes, data, created_at) PK(conversation_id, first_seq),
-//           WITHOUT ROWID: the zstd blocks (store/cold_block.h).
+//           raw_bytes, created_at, nonce, data) PK(conversation_id,
+//           first_seq), WITHOUT ROWID: the zstd blocks (store/cold_block.h);
+//           nonce: random, new at every write of the block (sqlite_cold.h).
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -534,8 +535,9 @@ CREATE TABLE message_blocks(
   last_seq INTEGER NOT NULL,
   messages INTEGER NOT NULL,
   raw_bytes INTEGER NOT NULL,
-  data BLOB NOT NULL,
   created_at INTEGER NOT NULL,
+  nonce INTEGER NOT NULL,
+  data BLOB NOT NULL,
   PRIMARY KEY(conversation_id, first_seq)) WITHOUT ROWID;
 )sql"},
 };
@@ -1775,14 +1777,15 @@ Result<CompactProgress> SqliteStore::Writer::CompactMessages(const CompactReques
         {
           Stmt s(*db_,
                  "INSERT INTO message_blocks(conversation_id, first_seq, last_seq, messages, raw_bytes, data, "
-                 "created_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+                 "created_at, nonce) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
           s.BindInt(1, conversation)
               .BindInt(2, entries.front().seq)
               .BindInt(3, entries.back().seq)
               .BindInt(4, static_cast<int64_t>(entries.size()))
               .BindInt(5, raw)
               .BindBlob(6, *packed)
-              .BindInt(7, batch_now_);
+              .BindInt(7, batch_now_)
+              .BindInt(8, sqlite::NewBlockNonce());
           s.Run();
         }
         for (const ColdEntry& e : entries) {
