@@ -99,7 +99,7 @@ struct RetentionConfig {
   // message per step. Messages per CompactMessages step (one store
   // transaction of its own, so a send waits at most one bounded step), and
   // the step's pause when nothing more is due (--compact-interval-ms).
-  static constexpr int kCompactBatch = 512;
+  static constexpr int kCompactBatch = 256;
   static constexpr int64_t kColdGatherDivisor = 4;
   int64_t cold_after_ms = int64_t{30} * 24 * 3600 * 1000;
   int64_t compact_interval_ms = 60'000;
