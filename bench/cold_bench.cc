@@ -17,6 +17,8 @@
 //      does), timing it, and times history pages of 50 at random positions
 //      before and after (medians of --pages pages);
 //   4. measures again and prints both, per message.
+// Exit codes: 0 ok; 1 a check failed (a message not compacted, a history
+// page that reads differently after the compaction); 2 set-up failed.
 // Prints a table and, with --json FILE, the figures as JSON.
 #include <sqlite3.h>
 
@@ -168,8 +170,11 @@ double MedianMs(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Medians of history pages at random positions, in ms.
-double TimeHistory(Store& store, const std::vector<ConversationId>& convs, int messages, int pages, uint64_t seed) {
+// Medians of history pages at random positions, in ms; `seen` gets every
+// page's seqs and texts (the same positions for the same seed, so the pages
+// before and after the compaction can be compared).
+double TimeHistory(Store& store, const std::vector<ConversationId>& convs, int messages, int pages, uint64_t seed,
+                   std::vector<std::string>* seen) {
   std::mt19937_64 rng(seed);
   std::vector<double> ms;
   for (int i = 0; i < pages; ++i) {
@@ -179,6 +184,7 @@ double TimeHistory(Store& store, const std::vector<ConversationId>& convs, int m
     auto page = MustOk(Await<std::vector<MessageRecord>>([&](auto cb) { store.History(c, 0, before, kHistoryPage, cb); }),
                        "history");
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    for (const MessageRecord& m : page) seen->push_back(fmt::format("{}/{} {}", m.conversation_id, m.seq, m.body));
     if (page.empty() && before > 1) {
       std::cerr << "an empty history page\n";
       std::exit(1);
@@ -284,7 +290,8 @@ int main(int argc, char** argv) {
   while (MustOk(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(5000, cb); }), "index").backlog > 0) {
   }
   const double fill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - fill0).count();
-  const double hot_history_ms = TimeHistory(*store, convs, messages, pages, seed + 1);
+  std::vector<std::string> hot_pages, cold_pages;
+  const double hot_history_ms = TimeHistory(*store, convs, messages, pages, seed + 1, &hot_pages);
   store.reset();  // everything checkpointed
   Sizes before = Measure(db_path, dir + "/measure.db");
 
@@ -308,7 +315,11 @@ int main(int argc, char** argv) {
     if (!p.more) break;
   }
   const double compact_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
-  const double cold_history_ms = TimeHistory(*store, convs, messages, pages, seed + 1);
+  const double cold_history_ms = TimeHistory(*store, convs, messages, pages, seed + 1, &cold_pages);
+  if (cold_pages != hot_pages) {
+    std::cerr << "history pages differ after the compaction\n";
+    return 1;
+  }
   store.reset();
   Sizes after = Measure(db_path, dir + "/measure.db");
   if (sum.messages != total) {
