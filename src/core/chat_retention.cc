@@ -72,9 +72,9 @@ void ChatService::StartRetention() {
   core_.Post([this] {
     ExpireStep(/*repeat=*/true, nullptr);
     PurgeStep(/*repeat=*/true, nullptr);
-    if (config_.retention.cold_after_ms > 0 && store_.HasColdTier()) CompactStep(/*repeat=*/true, nullptr);
     if (config_.retention.cold_after_ms > 0 && !store_.HasColdTier())
       spdlog::info("event=compaction_off reason=\"this store has no cold tier\"");
+    CompactStep(/*repeat=*/true, nullptr);
   });
 }
 
@@ -144,7 +144,7 @@ void ChatService::PurgeStep(bool repeat, std::function<void(int)> done) {
 void ChatService::CompactStep(bool repeat, std::function<void(int)> done) {
   if (stopping_) return;
   const int64_t cold_after = config_.retention.cold_after_ms;
-  if (cold_after <= 0) {
+  if (cold_after <= 0 || !store_.HasColdTier()) {
     if (done) done(0);
     return;
   }

@@ -207,8 +207,9 @@ class ChatService {
 
   const CoreConfig& config() const { return config_; }
 
-  // Any thread. Starts the retention steps (chat_retention.cc): expiry and
-  // purge, each repeating on the core executor until Shutdown. parleyd
+  // Any thread. Starts the retention steps (chat_retention.cc): expiry,
+  // purge and the cold tier's compaction (when on and the store has one),
+  // each repeating on the core executor until Shutdown. parleyd
   // calls it once; unit tests drive the steps with RunExpiryForTest /
   // RunPurgeForTest instead.
   void StartRetention();
@@ -219,7 +220,8 @@ class ChatService {
   void RunPurgeForTest(std::function<void(int)> done);
   // Any thread. One compaction step now (the cold tier), at the clock's
   // time; `done` runs on the core executor with how many messages it
-  // compacted, or -1 if the step failed (0 when compaction is off).
+  // compacted, or -1 if the step failed (0 when compaction is off or the
+  // store has no cold tier).
   void RunCompactionForTest(std::function<void(int)> done);
 
   // Called (on the core executor) after push jobs were queued, so that the
