@@ -11,6 +11,7 @@ PACKAGES=(
   libsimdjson-dev             # frame parsing
   libicu-dev                  # Unicode case folding of search words (NFKC_Casefold)
   libsqlite3-dev              # embedded store
+  libzstd-dev                 # cold tier: compressed blocks of old history
   postgresql libpq-dev        # cluster store (libpq) and the server its tests start
   libhiredis-dev redis-server # cluster fabric (hiredis) and the server its tests start
   libsodium-dev               # Argon2id, tokens, BLAKE2b

@@ -30,6 +30,12 @@ cd ../..
 phase "Release build and benchmark smoke runs (docs/benchmarks.md)"
 SMOKE=1 scripts/bench_search.sh
 
+phase "cold tier smoke: bytes per message before and after compaction, small (Release; docs/benchmarks.md, \"Cold tier\")"
+scripts/build.sh release parley-cold-bench
+cold_dir=$(mktemp -d)
+build/release/bin/parley-cold-bench --dir "$cold_dir" --conversations 5 --messages 300 --pages 50
+rm -rf "$cold_dir"
+
 phase "reconnect spread: parleyd restart under 5,000 SDK devices (Release; docs/benchmarks.md)"
 scripts/bench_reconnect.sh
 

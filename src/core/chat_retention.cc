@@ -33,6 +33,14 @@
 //
 // In a cluster every node runs every step; the store hands each row to one
 // node (PostgreSQL: FOR UPDATE SKIP LOCKED).
+//
+// Compaction (the cold tier, store.h "Cold tier"). Every
+// compact_interval_ms this node asks the store to compact up to
+// kCompactBatch messages older than cold_after_ms into compressed blocks,
+// in a transaction of its own like the two steps above; a full step is
+// followed at once by the next. Nothing is published: reads page the texts
+// back, so no client sees a difference. A store without a cold tier
+// (PostgreSQL today, Store::HasColdTier) never starts the step.
 
 #include <limits>
 
@@ -81,11 +89,18 @@ void ChatService::StartRetention() {
     PurgeStep(/*repeat=*/true, nullptr);
     if (config_.retention.stream_retention_ms > 0 || config_.retention.stream_max_entries > 0)
       TrimStep(/*repeat=*/true, nullptr);
+    if (config_.retention.cold_after_ms > 0 && !store_.HasColdTier())
+      spdlog::info("event=compaction_off reason=\"this store has no cold tier\"");
+    CompactStep(/*repeat=*/true, nullptr);
   });
 }
 
 void ChatService::RunTrimForTest(std::function<void(int64_t, bool)> done) {
   core_.Post([this, done = std::move(done)] { TrimStep(/*repeat=*/false, done); });
+}
+
+void ChatService::RunCompactionForTest(std::function<void(int)> done) {
+  core_.Post([this, done = std::move(done)] { CompactStep(/*repeat=*/false, done); });
 }
 
 void ChatService::RunExpiryForTest(std::function<void(int)> done) {
@@ -138,6 +153,7 @@ void ChatService::PurgeStep(bool repeat, std::function<void(int)> done) {
           purged_edits_.Inc(r->edits_removed);
           purged_search_.Inc(r->search_removed);
           purge_backlog_.Set(r->backlog);
+          purged_cold_.Inc(r->cold_removed);
           full = r->purged >= RetentionConfig::kPurgeBatch;
         }
         if (done) done(count);
@@ -185,6 +201,41 @@ void ChatService::TrimStep(bool repeat, std::function<void(int64_t, bool)> done)
     int64_t pause = RetentionConfig::kTrimStepPauseMs;
     if (pass_done || removed < 0) pause = config_.retention.stream_trim_interval_ms;
     core_.PostAfter(pause, [this] { TrimStep(/*repeat=*/true, nullptr); });
+  }));
+}
+
+void ChatService::CompactStep(bool repeat, std::function<void(int)> done) {
+  if (stopping_) return;
+  const int64_t cold_after = config_.retention.cold_after_ms;
+  if (cold_after <= 0 || !store_.HasColdTier()) {
+    if (done) done(0);
+    return;
+  }
+  store::CompactRequest req;
+  req.stored_before = clock_.NowMillis() - cold_after;
+  req.due_before = req.stored_before - cold_after / RetentionConfig::kColdGatherDivisor;
+  req.max_messages = RetentionConfig::kCompactBatch;
+  store_.CompactMessages(req, OnCore<store::CompactProgress>([this, repeat, done](Result<store::CompactProgress> r) {
+    bool more = false;
+    int count = -1;
+    if (!r) {
+      cold_failures_.Inc();
+      if (!stopping_ && r.error().code() != ErrorCode::kShuttingDown)
+        spdlog::warn("event=compaction_failed error=\"{}\"", r.error().ToString());
+    } else {
+      count = r->messages;
+      cold_messages_.Inc(r->messages);
+      cold_blocks_.Inc(r->blocks);
+      cold_bytes_before_.Inc(r->raw_bytes);
+      cold_bytes_after_.Inc(r->compressed_bytes);
+      more = r->more;
+      if (count > 0)
+        spdlog::debug("event=messages_compacted count={} blocks={} bytes_before={} bytes_after={} more={}", count,
+                      r->blocks, r->raw_bytes, r->compressed_bytes, more);
+    }
+    if (done) done(count);
+    if (!repeat || stopping_) return;
+    core_.PostAfter(more ? 0 : config_.retention.compact_interval_ms, [this] { CompactStep(/*repeat=*/true, nullptr); });
   }));
 }
 

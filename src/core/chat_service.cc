@@ -97,7 +97,19 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
                                                           "Trim steps that failed (retried later)")),
       cursor_too_old_(Metrics::Default().GetCounter(
           "parley_sync_cursor_too_old_total",
-          "sync requests answered cursor_too_old (the cursor is below the user's stream floor)")) {
+          "sync requests answered cursor_too_old (the cursor is below the user's stream floor)")),
+      purged_cold_(Metrics::Default().GetCounter("parley_purge_cold_texts_total",
+                                                 "Texts of purged tombstones removed from cold blocks by the purge")),
+      cold_messages_(Metrics::Default().GetCounter("parley_cold_messages_total",
+                                                   "Messages whose text this node's compaction moved into cold blocks")),
+      cold_blocks_(Metrics::Default().GetCounter("parley_cold_blocks_total",
+                                                 "Compressed cold blocks written by this node's compaction")),
+      cold_bytes_before_(Metrics::Default().GetCounter(
+          "parley_cold_bytes_before_total", "Bytes of the texts compacted by this node, before compression")),
+      cold_bytes_after_(Metrics::Default().GetCounter(
+          "parley_cold_bytes_after_total", "Bytes of the cold blocks written by this node, after compression")),
+      cold_failures_(Metrics::Default().GetCounter("parley_cold_compaction_failures_total",
+                                                   "Compaction steps that failed (retried at the next step)")) {
   for (RequestType t : protocol::AllRequestTypes())
     requests_.push_back(&Metrics::Default().GetCounter("parley_requests_total", "Requests received, by type",
                                                        fmt::format("type=\"{}\"", protocol::RequestTypeName(t))));

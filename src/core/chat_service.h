@@ -115,6 +115,20 @@ struct RetentionConfig {
   int64_t stream_max_entries = kDefaultStreamMaxEntries;
   int64_t stream_device_grace_ms = kDefaultStreamRetentionMs;
   int64_t stream_trim_interval_ms = 60'000;
+
+  // The cold tier (issue 12 item 6; docs/operations.md "Cold tier"): texts
+  // of messages older than cold_after_ms are compacted into compressed
+  // blocks per conversation (--cold-after-s; 0: off). A conversation is
+  // compacted once its oldest hot message is older than cold_after_ms plus
+  // cold_after_ms / kColdGatherDivisor, so that a conversation with a
+  // steady trickle of messages fills its blocks instead of compacting one
+  // message per step. Messages per CompactMessages step (one store
+  // transaction of its own, so a send waits at most one bounded step), and
+  // the step's pause when nothing more is due (--compact-interval-ms).
+  static constexpr int kCompactBatch = 256;
+  static constexpr int64_t kColdGatherDivisor = 4;
+  int64_t cold_after_ms = int64_t{30} * 24 * 3600 * 1000;
+  int64_t compact_interval_ms = 60'000;
 };
 
 struct CoreConfig {
@@ -219,8 +233,9 @@ class ChatService {
 
   const CoreConfig& config() const { return config_; }
 
-  // Any thread. Starts the retention steps (chat_retention.cc): expiry and
-  // purge, each repeating on the core executor until Shutdown. parleyd
+  // Any thread. Starts the retention steps (chat_retention.cc): expiry,
+  // purge and the cold tier's compaction (when on and the store has one),
+  // each repeating on the core executor until Shutdown. parleyd
   // calls it once; unit tests drive the steps with RunExpiryForTest /
   // RunPurgeForTest instead.
   void StartRetention();
@@ -233,6 +248,11 @@ class ChatService {
   // `done` runs on the core executor with the entries it removed and
   // whether the pass over every user is complete (-1: the step failed).
   void RunTrimForTest(std::function<void(int64_t, bool)> done);
+  // Any thread. One compaction step now (the cold tier), at the clock's
+  // time; `done` runs on the core executor with how many messages it
+  // compacted, or -1 if the step failed (0 when compaction is off or the
+  // store has no cold tier).
+  void RunCompactionForTest(std::function<void(int)> done);
 
   // Called (on the core executor) after push jobs were queued, so that the
   // dispatcher can look at once instead of at its next poll. Set before the
@@ -303,6 +323,7 @@ class ChatService {
   void ExpireStep(bool repeat, std::function<void(int)> done);
   void PurgeStep(bool repeat, std::function<void(int)> done);
   void TrimStep(bool repeat, std::function<void(int64_t, bool)> done);
+  void CompactStep(bool repeat, std::function<void(int)> done);
   void PublishDraft(int64_t conversation_id, const store::DraftRecord& draft, const store::StreamPosition& at);
   // Push notifications (chat_push.cc).
   void DoRegisterPush(const ClientPtr& c, Req req);
@@ -427,6 +448,12 @@ class ChatService {
   // Where the trim pass stands: the last user id a step visited (0: the
   // pass starts again from the first user). Core executor only.
   int64_t trim_after_user_ = 0;
+  Counter& purged_cold_;
+  Counter& cold_messages_;
+  Counter& cold_blocks_;
+  Counter& cold_bytes_before_;
+  Counter& cold_bytes_after_;
+  Counter& cold_failures_;
 };
 
 }  // namespace parley::core

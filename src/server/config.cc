@@ -186,6 +186,19 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_STREAM_TRIM_INTERVAL_MS")
       ->check(CLI::Range(int64_t{10}, int64_t{86'400'000}))
       ->capture_default_str();
+  // The cold tier (issue 12; docs/operations.md "Cold tier").
+  int64_t cold_after_s = c.core.retention.cold_after_ms / 1000;
+  app.add_option("--cold-after-s", cold_after_s,
+                 "Texts of messages older than this are compacted into compressed blocks per conversation "
+                 "(read back transparently); 0 = off")
+      ->envname("PARLEY_COLD_AFTER_S")
+      ->check(CLI::Range(int64_t{0}, kMaxRetentionSeconds))
+      ->capture_default_str();
+  app.add_option("--compact-interval-ms", c.core.retention.compact_interval_ms,
+                 "Pause of the background compaction step when nothing more is due")
+      ->envname("PARLEY_COMPACT_INTERVAL_MS")
+      ->check(CLI::Range(int64_t{10}, int64_t{3'600'000}))
+      ->capture_default_str();
   app.add_option("--presence-coalesce-ms", c.core.presence.coalesce_ms,
                  "An offline period shorter than this is not broadcast (presence flap coalescing)")
       ->envname("PARLEY_PRESENCE_COALESCE_MS")
@@ -439,6 +452,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   c.core.retention.purge_delay_ms = purge_delay_s * 1000;
   c.core.retention.stream_retention_ms = stream_retention_s * 1000;
   c.core.retention.stream_device_grace_ms = stream_device_grace_s * 1000;
+  c.core.retention.cold_after_ms = cold_after_s * 1000;
   auto& rl = c.core.rate_limits;
   std::pair<const char*, core::RateLimit*> named[] = {
       {"send_per_device", &rl.send_per_device},

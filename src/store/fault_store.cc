@@ -555,6 +555,9 @@ void FaultStore::SetDisappearing(UserId user_id, ConversationId conversation_id,
 void FaultStore::ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) {
   inner_.ExpireMessages(now, max_messages, std::move(done));
 }
+void FaultStore::CompactMessages(CompactRequest req, Callback<CompactProgress> done) {
+  inner_.CompactMessages(req, std::move(done));
+}
 void FaultStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) {
   inner_.PurgeDeleted(deleted_before, max_messages, std::move(done));
 }

@@ -163,6 +163,8 @@ class FaultStore final : public Store {
   void ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) override;
   void PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) override;
   void TrimStreams(TrimRequest req, Callback<TrimProgress> done) override;
+  void CompactMessages(CompactRequest req, Callback<CompactProgress> done) override;
+  bool HasColdTier() const override { return inner_.HasColdTier(); }
   void SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now,
                 Callback<SocialResult> done) override;
   void SetPushPreviews(UserId user_id, bool previews, int64_t now, Callback<SocialResult> done) override;

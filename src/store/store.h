@@ -272,8 +272,8 @@ class Store {
   virtual void ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) = 0;
   // Purges up to `max_messages` tombstones deleted at or before
   // `deleted_before` and not purged yet: their message_edits rows, search
-  // index rows and queued search entries are removed and the row is marked
-  // purged; in one transaction of its own.
+  // index rows, queued search entries and texts kept in cold blocks are
+  // removed and the row is marked purged; in one transaction of its own.
   virtual void PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) = 0;
 
   // ---- Stream trimming (issue 12; docs/architecture.md "Stream trimming") ----
@@ -287,6 +287,28 @@ class Store {
   // go on from the head); a floor never falls. In a cluster a user whose
   // head row another node or a batch holds is skipped until the next pass.
   virtual void TrimStreams(TrimRequest req, Callback<TrimProgress> done) = 0;
+
+  // ---- Cold tier (issue 12 item 6; docs/architecture.md "Cold tier") ----
+  //
+  // Old history is compacted into compressed blocks per conversation; reads
+  // page it back transparently: every read that returns a text (history,
+  // sync, snapshots, lists, search, push previews, the message timeline,
+  // deduplicated sends and changes) returns exactly what it returned before
+  // the compaction. What stays in the message's row: every key (the
+  // deduplication key included), times, version and tombstone state, so
+  // edits, deletes, expiry and the purge work on compacted messages; an edit
+  // or a delete writes the message's text back into its row (the block's copy
+  // becomes an old version, like message_edits' texts) and the purge of a
+  // deleted message removes its text from its block too.
+
+  // Compacts as CompactRequest says, in one transaction of its own (never
+  // shared with sends). The default fails kUnavailable (a backend without a
+  // cold tier: PostgreSQL today, test doubles).
+  virtual void CompactMessages(CompactRequest /*req*/, Callback<CompactProgress> done) {
+    done(Status(ErrorCode::kUnavailable, "this store has no cold tier"));
+  }
+  // Whether CompactMessages does anything (any thread).
+  virtual bool HasColdTier() const { return false; }
 
   // ---- Password and provisioning ----
 

@@ -401,6 +401,32 @@ struct PurgeProgress {
   int64_t edits_removed = 0;    // message_edits rows removed
   int64_t search_removed = 0;   // search index rows (and queued entries) removed
   int64_t backlog = 0;          // tombstones deleted before the cutoff still waiting
+  int64_t cold_removed = 0;     // texts removed from cold blocks (cold tier)
+};
+
+// ---- Cold tier (issue 12 item 6; docs/architecture.md "Cold tier") ----
+
+// One compaction step. A conversation is taken once its oldest message not
+// yet compacted was stored before `due_before`; then its messages stored
+// before `stored_before` (ascending seq, up to the first younger one) are
+// compacted into blocks of up to kColdBlockMessages (store/cold_block.h).
+// REQUIRES: due_before <= stored_before. A due time earlier than the age
+// itself lets a conversation gather a block's worth of old messages instead
+// of being compacted one message at a time (core's rule: chat_retention.cc).
+struct CompactRequest {
+  int64_t stored_before = 0;
+  int64_t due_before = 0;
+  int max_messages = 0;  // the step stops before a block that would pass it (at least one block)
+};
+
+// Work done by one CompactMessages step.
+struct CompactProgress {
+  int messages = 0;              // texts moved into blocks
+  int blocks = 0;                // blocks written
+  int conversations = 0;         // conversations visited
+  int64_t raw_bytes = 0;         // the blocks' size before compression
+  int64_t compressed_bytes = 0;  // and after
+  bool more = false;             // conversations still due (the step was full)
 };
 
 // ---- Stream trimming (issue 12; docs/architecture.md "Stream trimming") ----

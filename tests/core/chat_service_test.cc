@@ -188,8 +188,42 @@ class RetentionTest : public ChatServiceTest {
     }
     return -2;
   }
+
+  // Runs one compaction step (the cold tier); returns how many it compacted.
+  int Compact() {
+    std::optional<int> n;
+    chat_->RunCompactionForTest([&](int count) { n = count; });
+    exec_.RunUntil([&] { return n.has_value(); });
+    return n.value_or(-2);
+  }
   OffsetClock clock;
 };
+
+// The cold tier: a message is compacted once it is older than cold_after
+// and its conversation's oldest hot message is older than cold_after plus a
+// quarter (the gather time); what clients read does not change.
+TEST_F(RetentionTest, CompactionWaitsForTheAgeAndTheGatherTimeAndChangesNoFrame) {
+  Conn a = LoggedIn("alice");
+  Conn b = LoggedIn("bob");
+  int64_t conv = Call(a, "open_conversation", {{"username", "bob"}})["result"]["conversation"]["conversation_id"];
+  for (int i = 0; i < 3; ++i) {
+    auto sent = Call(a, "send", {{"conversation_id", conv}, {"client_id", "m" + std::to_string(i)},
+                                 {"body", "old text " + std::to_string(i)}});
+    ASSERT_EQ(sent["type"], "response") << sent.dump();
+  }
+  const std::string history = Call(b, "history", {{"conversation_id", conv}})["result"].dump();
+  const std::string synced = Call(b, "sync", {{"after", 0}})["result"].dump();
+  const int64_t cold_after = chat_->config().retention.cold_after_ms;
+  ASSERT_GT(cold_after, 0) << "on by default";
+  EXPECT_EQ(Compact(), 0);
+  clock.offset_ms = cold_after + 1'000;
+  EXPECT_EQ(Compact(), 0) << "old enough, but the conversation gathers for a quarter more";
+  clock.offset_ms = cold_after + cold_after / core::RetentionConfig::kColdGatherDivisor + 1'000;
+  EXPECT_EQ(Compact(), 3);
+  EXPECT_EQ(Compact(), 0);
+  EXPECT_EQ(Call(b, "history", {{"conversation_id", conv}})["result"].dump(), history);
+  EXPECT_EQ(Call(b, "sync", {{"after", 0}})["result"].dump(), synced);
+}
 
 TEST_F(RetentionTest, ATimedMessageIsDeletedForEveryoneAtItsExpiryAndPurgedAfterTheDelay) {
   Conn a = LoggedIn("alice");

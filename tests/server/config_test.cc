@@ -148,5 +148,19 @@ TEST_F(ConfigTest, StreamTrimmingKeepsThirtyDaysByDefaultAndItsOptionsAreInSecon
   unsetenv("PARLEY_STREAM_RETENTION_S");
 }
 
+// The cold tier (docs/operations.md "Cold tier"): 30 days by default, 0
+// turns it off; seconds become ms.
+TEST_F(ConfigTest, ColdTierDefaultsToThirtyDaysAndItsAgeIsInSeconds) {
+  ServerConfig d = Parse({});
+  EXPECT_EQ(d.core.retention.cold_after_ms, int64_t{30} * 24 * 3600 * 1000);
+  EXPECT_EQ(d.core.retention.compact_interval_ms, 60'000);
+  ServerConfig c = Parse({"--cold-after-s", "0", "--compact-interval-ms", "50"});
+  EXPECT_EQ(c.core.retention.cold_after_ms, 0);
+  EXPECT_EQ(c.core.retention.compact_interval_ms, 50);
+  setenv("PARLEY_COLD_AFTER_S", "5", 1);
+  EXPECT_EQ(Parse({}).core.retention.cold_after_ms, 5'000);
+  unsetenv("PARLEY_COLD_AFTER_S");
+}
+
 }  // namespace
 }  // namespace parley::server

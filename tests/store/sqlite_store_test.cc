@@ -511,6 +511,45 @@ INSERT INTO message_edits(conversation_id, seq, version, client_id, editor_devic
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
+// Step 13 (the cold tier): an existing conversation becomes due from its
+// first message, so an upgraded store's old history is compacted (and still
+// reads back), and its sends keep taking the next seq.
+TEST(SqliteStoreTest, MigratesVersion12ConversationsIntoTheColdTier) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 12).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const char* v12 = R"sql(
+INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10);
+INSERT INTO conversations(id, direct_key, last_seq, created_at, last_activity_at) VALUES(1, '1:2', 3, 10, 30);
+INSERT INTO members(conversation_id, user_id) VALUES(1, 1), (1, 2);
+INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, stored_at,
+                     version, deleted_at)
+  VALUES(1, 1, 1, 1, 'a', 'first text', 10, 10, 0, 0), (1, 2, 1, 1, 'b', '', 20, 20, 1, 25),
+        (1, 3, 2, 2, 'c', 'third text', 30, 30, 0, 0);
+)sql";
+  ASSERT_EQ(sqlite3_exec(db, v12, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  CompactRequest req;
+  req.stored_before = req.due_before = 1'000;
+  req.max_messages = 100;
+  EXPECT_EQ(Must(Await<CompactProgress>([&](auto cb) { store->CompactMessages(req, cb); })).messages, 2)
+      << "both live messages; the tombstone has no text";
+  std::vector<MessageRecord> h = History(*store, 1, 0, 10);
+  ASSERT_EQ(h.size(), 3u);
+  EXPECT_EQ(h[0].body, "first text");
+  EXPECT_EQ(h[1].body, "");
+  EXPECT_EQ(h[1].deleted_at, 25);
+  EXPECT_EQ(h[2].body, "third text");
+  EXPECT_EQ(Must(Append(*store, Msg(1, 1, 1, "d", "fourth"))).message.seq, 4);
+  store.reset();
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+}
+
 // Step 14 (stream trimming): a version-12 file's streams start with nothing
 // trimmed (floor 1), read from the start as before, and can be trimmed.
 TEST(SqliteStoreTest, MigratesVersion12StreamsToAFloorOfOne) {

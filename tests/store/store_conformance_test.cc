@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <limits>
@@ -20,6 +21,7 @@
 
 #include "common/text_fold.h"
 #include "store/change_events.h"
+#include "store/cold_block.h"
 #include "store/store.h"
 #include "store/name_words.h"
 #include "store/store_factory.h"
@@ -2798,6 +2800,291 @@ TEST_P(StoreConformance, PurgeTakesAtMostItsBatchPerStep) {
   EXPECT_EQ(c.purged, 1);
   EXPECT_EQ(c.backlog, 0);
 }
+
+// ---- Cold tier (issue 12 item 6): compaction into compressed blocks ----
+//
+// Backends with a cold tier (Store::HasColdTier); PostgreSQL has none yet.
+
+std::vector<Backend> ColdBackends() {
+  std::vector<Backend> out;
+  for (Backend& b : Backends())
+    if (b.name == "sqlite") out.push_back(std::move(b));
+  return out;
+}
+
+// Everything a MessageRecord carries, as one line, so that a whole read can be
+// compared before and after a compaction.
+std::string Dump(const MessageRecord& m) {
+  return fmt::format("{}/{} from {}:{} id={} body=[{}] at={} v={} edited={} deleted={} expires={} stays_sent={}",
+                     m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at,
+                     m.version, m.edited_at, m.deleted_at, m.expires_at, m.stays_sent);
+}
+
+std::vector<std::string> Dump(const std::vector<MessageRecord>& ms) {
+  std::vector<std::string> out;
+  for (const MessageRecord& m : ms) out.push_back(Dump(m));
+  return out;
+}
+
+std::vector<std::string> Dump(const StreamPage& page) {
+  std::vector<std::string> out;
+  for (const StreamEvent& e : page.events) {
+    out.push_back(fmt::format("{} kind={} conv={} at={} withheld={} {}", e.user_seq, static_cast<int>(e.kind),
+                              e.conversation_id, e.created_at, fmt::join(e.withheld, ","),
+                              e.message ? Dump(*e.message) : "-"));
+  }
+  return out;
+}
+
+std::vector<std::string> Dump(const Snapshot& s) {
+  std::vector<std::string> out;
+  for (const ConversationSummary& c : s.conversations) {
+    out.push_back(fmt::format("conv {} last={} unread={}", c.conversation.id, c.conversation.last_seq, c.unread));
+    for (const std::string& m : Dump(c.latest)) out.push_back(m);
+  }
+  return out;
+}
+
+class ColdTierConformance : public StoreConformance {
+ protected:
+  CompactProgress Compact(int64_t stored_before, int64_t due_before, int max = 100'000) {
+    CompactRequest req;
+    req.stored_before = stored_before;
+    req.due_before = due_before;
+    req.max_messages = max;
+    return Must(Await<CompactProgress>([&](auto cb) { store().CompactMessages(req, cb); }));
+  }
+  // Compacts every message stored before `t`, in as many steps as it takes.
+  CompactProgress CompactAllBefore(int64_t t) {
+    CompactProgress total;
+    for (int guard = 0; guard < 100; ++guard) {
+      CompactProgress p = Compact(t, t);
+      total.messages += p.messages;
+      total.blocks += p.blocks;
+      total.raw_bytes += p.raw_bytes;
+      total.compressed_bytes += p.compressed_bytes;
+      if (!p.more) return total;
+    }
+    ADD_FAILURE() << "compaction never finished";
+    return total;
+  }
+
+  // Every read that returns texts, as alice and bob see them: history in
+  // pages of 7, both streams whole, snapshots, the conversation list, a
+  // search, the message timeline of a few messages and the export.
+  std::vector<std::string> EveryRead() {
+    std::vector<std::string> out;
+    for (UserId viewer : {alice_.id, bob_.id, UserId{0}}) {
+      for (Seq before = 0;;) {
+        std::vector<MessageRecord> page = History(store(), conv_, before, 7, viewer);
+        for (const std::string& m : Dump(page)) out.push_back("history " + m);
+        if (page.empty() || page.front().seq == 1) break;
+        before = page.front().seq;
+      }
+    }
+    for (UserId user : {alice_.id, bob_.id}) {
+      for (UserSeq after = 0;;) {
+        StreamPage page = ReadStream(store(), user, after, 50);
+        for (const std::string& e : Dump(page)) out.push_back("stream " + e);
+        if (!page.has_more) break;
+        after = page.events.back().user_seq;
+      }
+      for (const std::string& s : Dump(GetSnapshot(store(), user, 20))) out.push_back("snapshot " + s);
+      ConversationPage list = ListConversations(store(), user, 0, 0, 10, 5);
+      for (const ConversationSummary& c : list.conversations)
+        for (const std::string& m : Dump(c.latest)) out.push_back("list " + m);
+      for (MessageSearchPage page{};;) {
+        page = Must(SearchMsgs(store(), user, "word", 0, page.next, 10));
+        for (const std::string& m : Dump(page.messages)) out.push_back("search " + m);
+        if (page.next == 0) break;
+      }
+    }
+    for (Seq seq : {1, 2, 100, 200}) {
+      MessageTimeline t = Must(Await<MessageTimeline>([&](auto cb) { store().GetMessageTimeline(conv_, seq, cb); }));
+      out.push_back(fmt::format("timeline {} accepted={} stored={}", Dump(t.message), t.accepted_at, t.stored_at));
+    }
+    for (std::vector<int64_t> after;;) {
+      ExportPage p = Must(Await<ExportPage>([&](auto cb) { store().Export(ExportTable::kMessages, after, 64, cb); }));
+      for (const ExportRow& r : p.rows) out.push_back(fmt::format("export {} {}", fmt::join(r.values, ","), r.text));
+      if (!p.has_more) break;
+      after.assign(p.rows.back().values.begin(), p.rows.back().values.begin() + 2);
+    }
+    return out;
+  }
+
+  // A text of about 140 bytes, different per message, with a search word in
+  // some and bytes that must survive untouched (non-ASCII, quotes, NUL-free
+  // control characters).
+  static std::string Text(int i) {
+    std::string t = fmt::format("message {} — «grüße» \"quoted\" \t tab; ", i);
+    if (i % 5 == 0) t += "word ";
+    while (t.size() < 140) t += fmt::format("{}-{} ", i * 7919 % 1000, t.size());
+    return t;
+  }
+};
+
+TEST_P(ColdTierConformance, CompactedHistoryPagesBackIdenticallyToWhatWasStored) {
+  SetUpConversation();
+  constexpr int kMessages = 300;  // more than two blocks
+  for (int i = 1; i <= kMessages; ++i) {
+    const UserRecord& from = i % 3 == 0 ? bob_ : alice_;
+    const DeviceRecord& dev = i % 3 == 0 ? bob_dev_ : alice_dev_;
+    Must(Append(store(), Msg(conv_, from.id, dev.id, "c" + std::to_string(i), Text(i), 2000 + i)));
+    if (i == 150) {
+      ASSERT_TRUE(Block(store(), bob_.id, alice_.id).has_value());  // 151 withheld from bob
+    }
+    if (i == 151) {
+      ASSERT_TRUE(Unblock(store(), bob_.id, alice_.id).has_value());
+    }
+  }
+  // Already changed before the compaction: an edit, a delete, a delete-for-me.
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(10, "e10", "edited word ten", 2500), cb); }));
+  MessageChange del = AliceEdits(11, "", "", 2501);
+  del.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(del, cb); }));
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(BobHides(12, 2502), cb); }));
+  ASSERT_TRUE(UpdateReceipt(store(), Receipt(bob_.id, bob_dev_.id, conv_, 200, 100)).has_value());
+  IndexAll(store(), 500);
+  const std::vector<std::string> before = EveryRead();
+  ASSERT_GT(before.size(), 1000u);
+
+  CompactProgress p = CompactAllBefore(1'000'000);
+  EXPECT_EQ(p.messages, kMessages - 1) << "every live message; the tombstone has no text";
+  EXPECT_EQ(p.blocks, 3);
+  EXPECT_LT(p.compressed_bytes, p.raw_bytes);
+  EXPECT_GT(p.raw_bytes, kMessages * 100);
+  EXPECT_EQ(EveryRead(), before) << "every read returns exactly what it did before";
+  Reopen();  // fresh connections: nothing served from a cache
+  EXPECT_EQ(EveryRead(), before);
+  // Compacted once: a second pass finds nothing due.
+  CompactProgress again = Compact(1'000'000, 1'000'000);
+  EXPECT_EQ(again.messages, 0);
+  EXPECT_FALSE(again.more);
+  // Search still finds compacted texts (the index was made before) and a
+  // re-index reads them back from the blocks.
+  MessageChange edit = AliceEdits(20, "e20", "fresh word twenty", 5000);
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(edit, cb); }));
+  IndexAll(store(), 500);
+  EXPECT_EQ(Must(SearchMsgs(store(), bob_.id, "fresh")).messages.size(), 1u);
+  EXPECT_EQ(Must(SearchMsgs(store(), bob_.id, "word", 0, 0, 100)).messages.size(), 60u) << "every fifth message";
+}
+
+TEST_P(ColdTierConformance, EditsDeletesExpiryAndPurgeWorkOnCompactedMessages) {
+  SetUpConversation();
+  for (int i = 1; i <= 10; ++i) {
+    NewMessage m = Msg(conv_, alice_.id, alice_dev_.id, "m" + std::to_string(i), Text(i), 2000 + i);
+    if (i == 9) m.max_age_ms = 100'000;  // expires at kStoreClockMillis + 100 s
+    Must(Append(store(), m));
+  }
+  IndexAll(store());
+  ASSERT_EQ(CompactAllBefore(1'000'000).messages, 10);
+
+  // An edit of a compacted message: the new text everywhere, a retry of it is
+  // a duplicate with the same answer, the old text no longer found.
+  ChangeResult e = Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(3, "e3", "new word", 6000), cb); }));
+  EXPECT_EQ(e.message.body, "new word");
+  ChangeResult e_again =
+      Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(3, "e3", "new word", 6001), cb); }));
+  EXPECT_TRUE(e_again.duplicate);
+  EXPECT_EQ(e_again.message.body, "new word");
+  std::vector<MessageRecord> history = History(store(), conv_, 0, 20, bob_.id);
+  ASSERT_EQ(history.size(), 10u);
+  EXPECT_EQ(history[2].body, "new word");
+  EXPECT_EQ(history[2].version, 1);
+  EXPECT_EQ(history[1].body, Text(2)) << "its neighbours still come from the block";
+  IndexAll(store());
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), bob_.id, "new"))), (std::vector<Seq>{3}));
+  // The edit event read through sync carries the edit's text.
+  bool saw_edit = false;
+  for (const StreamEvent& ev : ReadStream(store(), bob_.id, 0, 100).events)
+    if (ev.kind == EventKind::kEdit) {
+      EXPECT_EQ(ev.message->body, "new word");
+      saw_edit = true;
+    }
+  EXPECT_TRUE(saw_edit);
+
+  // A delete for everyone: a tombstone at once; the purge then removes the
+  // text from its block too, and the block's other texts still read back.
+  MessageChange del = AliceEdits(5, "", "", 6002);
+  del.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+  ChangeResult d = Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(del, cb); }));
+  EXPECT_EQ(d.message.body, "");
+  EXPECT_EQ(History(store(), conv_, 6, 1, bob_.id)[0].body, "");
+  // Delete for me hides a compacted message from bob only.
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(BobHides(6, 6003), cb); }));
+  EXPECT_EQ(History(store(), conv_, 0, 20, bob_.id).size(), 9u);
+  EXPECT_EQ(History(store(), conv_, 0, 20, alice_.id).size(), 10u);
+
+  // Expiry of a compacted message: tombstoned, a delete event per member.
+  ExpireProgress x = ExpireAt(store(), kStoreClockMillis + 100'000);
+  ASSERT_EQ(x.expired.size(), 1u);
+  EXPECT_EQ(x.expired[0].message.seq, 9);
+  EXPECT_EQ(x.expired[0].message.body, "");
+  EXPECT_EQ(x.expired[0].positions.size(), 2u);
+
+  PurgeProgress purge = PurgeBefore(store(), 1'000'000);
+  EXPECT_EQ(purge.purged, 2);
+  EXPECT_EQ(purge.cold_removed, 2) << "the deleted and the expired texts left their block";
+  history = History(store(), conv_, 0, 20, alice_.id);
+  ASSERT_EQ(history.size(), 10u);
+  for (int i = 1; i <= 10; ++i) {
+    const std::string expected = i == 3 ? "new word" : (i == 5 || i == 9) ? "" : Text(i);
+    EXPECT_EQ(history[i - 1].body, expected) << "seq " << i;
+  }
+  Reopen();
+  EXPECT_EQ(Dump(History(store(), conv_, 0, 20, alice_.id)), Dump(history));
+  IndexAll(store());
+  EXPECT_TRUE(Must(SearchMsgs(store(), alice_.id, "word")).messages.size() == 2u)
+      << "seq 3's new text and seq 10's; seq 5's (deleted) never";
+}
+
+TEST_P(ColdTierConformance, ARetriedSendGetsItsOriginalAckAfterCompaction) {
+  SetUpConversation();
+  AppendResult sent = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "once", Text(1), 2000)));
+  Send(bob_, bob_dev_, "other", 2001);
+  ASSERT_EQ(CompactAllBefore(1'000'000).messages, 2);
+  AppendResult retry = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "once", "a different text", 9000)));
+  EXPECT_TRUE(retry.duplicate);
+  EXPECT_TRUE(retry.positions.empty());
+  EXPECT_EQ(Dump(retry.message), Dump(sent.message)) << "the original ack, text included";
+  EXPECT_EQ(Send(alice_, alice_dev_, "next", 9001).message.seq, 3) << "nothing appended by the retry";
+}
+
+TEST_P(ColdTierConformance, CompactionTakesOnlyOldMessagesInBoundedStepsAndWaitsToGatherABlock) {
+  SetUpConversation();
+  constexpr int kOld = kColdBlockMessages * 2 + 10;
+  for (int i = 1; i <= kOld; ++i) Send(alice_, alice_dev_, "o" + std::to_string(i), 1000 + i);
+  Send(bob_, bob_dev_, "young", 50'000);
+  // The oldest message was stored at 1001: not due before that.
+  EXPECT_EQ(Compact(40'000, 1001).messages, 0);
+  // A step's budget: one block per step here.
+  CompactProgress first = Compact(40'000, 1002, kColdBlockMessages);
+  EXPECT_EQ(first.messages, kColdBlockMessages);
+  EXPECT_EQ(first.blocks, 1);
+  EXPECT_TRUE(first.more);
+  // Stopped mid-conversation, it stays due from its first hot message.
+  CompactProgress second = Compact(40'000, 40'000, kColdBlockMessages);
+  EXPECT_EQ(second.messages, kColdBlockMessages);
+  EXPECT_TRUE(second.more);
+  CompactProgress third = Compact(40'000, 40'000, kColdBlockMessages);
+  EXPECT_EQ(third.messages, 10) << "the rest, up to the first younger message";
+  EXPECT_FALSE(third.more);
+  // The young message stays hot until it is old enough.
+  EXPECT_EQ(Compact(40'000, 40'000).messages, 0);
+  EXPECT_EQ(Compact(60'000, 60'000).messages, 1);
+  // A send into a conversation whose history is all cold starts the next round.
+  Send(alice_, alice_dev_, "later", 70'000);
+  EXPECT_EQ(Compact(60'000, 60'000).messages, 0);
+  EXPECT_EQ(Compact(80'000, 80'000).messages, 1);
+  std::vector<MessageRecord> history = History(store(), conv_, 0, 5, alice_.id);
+  ASSERT_EQ(history.size(), 5u);
+  EXPECT_EQ(history[4].body, "body later");
+  EXPECT_EQ(history[3].body, "body young");
+  EXPECT_EQ(history[2].body, "body o" + std::to_string(kOld));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, ColdTierConformance, ::testing::ValuesIn(ColdBackends()),
+                         [](const ::testing::TestParamInfo<Backend>& param_info) { return param_info.param.name; });
 
 class PushConformance : public StoreConformance {
  protected:

@@ -111,6 +111,15 @@
 //   conversations.disappearing_s; messages.expires_at, purged_at;
 //   messages_expiring(expires_at) WHERE expires_at > 0 AND deleted_at = 0;
 //   messages_to_purge(deleted_at) WHERE deleted_at > 0 AND purged_at = 0.
+//   step 13 (issue 12, the cold tier; see "Cold tier" below):
+//   messages.cold (1: the text is in a block, body = ''); conversations.
+//           hot_since (created_at of the oldest message not compacted yet;
+//           0: none) and cold_through (every seq up to it was considered)
+//           + conversations_cold_due(hot_since) WHERE hot_since > 0;
+//   message_blocks(conversation_id, first_seq, last_seq, messages,
+//           raw_bytes, created_at, nonce, data) PK(conversation_id,
+//           first_seq), WITHOUT ROWID: the zstd blocks (store/cold_block.h);
+//           nonce: random, new at every write of the block (sqlite_cold.h).
 //   step 14 (issue 12, stream trimming; see "Stream trimming" below):
 //   user_heads.stream_floor: the lowest user seq still kept in user_events
 //   (1 until the first trim; head + 1 when every entry was trimmed).
@@ -180,6 +189,19 @@
 // upsert leaves stream_floor alone). ReadStream reads the floor with the
 // head in its snapshot and refuses a cursor below it (kCursorTooOld).
 //
+// Cold tier (store.h "Cold tier", sqlite_cold.h). CompactMessages is a solo
+// write like the retention steps: the conversations whose oldest hot
+// message is due (a range scan of conversations_cold_due, oldest first),
+// each from cold_through + 1 upwards in blocks of up to kColdBlockMessages
+// consecutive messages stored before the cut-off; a block holds the texts
+// of the live (not deleted) messages of its range, each of which becomes
+// body = '', cold = 1. Tombstones in the range stay as they are. Reads get
+// the text back through cold_body (PARLEY_MESSAGE_BODY). An edit or a
+// delete writes the new text (or '') into the row with cold = 0: the row
+// wins over the block, whose copy is then an old version until the purge of
+// a deleted message rewrites the block without it. A send pays one extra
+// statement only when the conversation had no hot message (hot_since 0).
+//
 // Search merges two lazily stepped scans in username order (the username
 // index from the query, and name_prefixes at prefix = query), skipping the
 // searcher and probing blocks per candidate: a page visits O(limit) rows
@@ -219,6 +241,7 @@
 #include "store/commit_pacer.h"
 #include "store/name_words.h"
 #include "store/sqlite/sqlite_backup.h"
+#include "store/sqlite/sqlite_cold.h"
 #include "store/sqlite/sqlite_db.h"
 #include "store/write_queue.h"
 
@@ -510,8 +533,31 @@ ALTER TABLE messages ADD COLUMN purged_at INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX messages_expiring ON messages(expires_at) WHERE expires_at > 0 AND deleted_at = 0;
 CREATE INDEX messages_to_purge ON messages(deleted_at) WHERE deleted_at > 0 AND purged_at = 0;
 )sql"},
+    // Issue 12: the cold tier. Existing conversations become due from their
+    // first message, so an upgraded store compacts its old history in the
+    // background, in bounded steps, once compaction is on. The partial index
+    // changes only when a conversation's oldest hot message does (a
+    // compaction, or the first send after one), never per send.
+    {13, R"sql(
+ALTER TABLE messages ADD COLUMN cold INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN hot_since INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN cold_through INTEGER NOT NULL DEFAULT 0;
+UPDATE conversations SET hot_since = coalesce(
+  (SELECT m.created_at FROM messages m WHERE m.conversation_id = conversations.id ORDER BY m.seq LIMIT 1), 0);
+CREATE INDEX conversations_cold_due ON conversations(hot_since) WHERE hot_since > 0;
+CREATE TABLE message_blocks(
+  conversation_id INTEGER NOT NULL,
+  first_seq INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL,
+  messages INTEGER NOT NULL,
+  raw_bytes INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  nonce INTEGER NOT NULL,
+  data BLOB NOT NULL,
+  PRIMARY KEY(conversation_id, first_seq)) WITHOUT ROWID;
+)sql"},
     // Issue 12: stream trimming. Each user's floor, the lowest user seq still
-    // kept; 1 = nothing trimmed. (Step 13 belongs to another change.)
+    // kept; 1 = nothing trimmed.
     {14, R"sql(
 ALTER TABLE user_heads ADD COLUMN stream_floor INTEGER NOT NULL DEFAULT 1;
 )sql"},
@@ -595,7 +641,8 @@ std::string DirectKey(UserId a, UserId b) { return fmt::format("{}:{}", std::min
 
 // The columns MessageAt reads, in order (of table alias m).
 #define PARLEY_MESSAGE_COLUMNS \
-  "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, m.version, " \
+  "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, " PARLEY_MESSAGE_BODY("m") ", " \
+  "m.created_at, m.version, " \
   "m.edited_at, m.deleted_at, m.expires_at"
 constexpr int kMessageColumnCount = 11;
 
@@ -857,6 +904,8 @@ class SqliteStore::Writer {
   Result<ExpireProgress> ExpireMessages(int64_t now, int max);
   Result<PurgeProgress> PurgeDeleted(int64_t deleted_before, int max);
   Result<TrimProgress> TrimStreams(const TrimRequest& req);
+  // The cold tier (see "Cold tier").
+  Result<CompactProgress> CompactMessages(const CompactRequest& req);
 
  private:
   // Deletes the device's push endpoint and pending job; true if it had an endpoint.
@@ -874,6 +923,7 @@ class SqliteStore::Writer {
     std::vector<MemberRecord> members;      // ascending user id
     std::vector<MemberActivity> activity;   // parallel to members
     int64_t disappearing_s = 0;             // written at once by SetDisappearing (never dirty)
+    int64_t hot_since = 0;                  // written at once (a send into a fully cold one, a compaction)
     bool dirty = false;                     // something above not yet written
   };
   struct Head {
@@ -922,6 +972,7 @@ class SqliteStore::Writer {
   std::unordered_map<UserId, Head> heads_;
   std::vector<ConversationId> dirty_conversations_;
   std::vector<UserId> dirty_heads_;
+  ColdCodec cold_codec_;  // compaction and the purge's block rewrites
   Counter& merged_receipts_ = Metrics::Default().GetCounter(
       "parley_store_merged_receipts_total",
       "Receipts applied as part of an earlier receipt of the same device and conversation in their commit.");
@@ -988,13 +1039,14 @@ SqliteStore::Writer::Conversation* SqliteStore::Writer::FindConversation(Convers
   Conversation c;
   c.id = id;
   {
-    Stmt s(*db_, "SELECT last_seq, created_at, last_activity_at, disappearing_s FROM conversations WHERE id = ?1");
+    Stmt s(*db_, "SELECT last_seq, created_at, last_activity_at, disappearing_s, hot_since FROM conversations WHERE id = ?1");
     s.BindInt(1, id);
     if (!s.Step()) return nullptr;
     c.last_seq = s.Int(0);
     c.created_at = s.Int(1);
     c.last_activity_at = s.Int(2);
     c.disappearing_s = s.Int(3);
+    c.hot_since = s.Int(4);
   }
   {
     Stmt s(*db_,
@@ -1345,6 +1397,14 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
     s.Run();
   }
   QueueSearch(m.conversation_id, m.seq, stored_at);
+  if (c->hot_since == 0) {
+    // The conversation had no hot message: this one starts its next round
+    // of compaction (see "Cold tier").
+    c->hot_since = m.created_at;
+    Stmt s(*db_, "UPDATE conversations SET hot_since = ?2 WHERE id = ?1");
+    s.BindInt(1, m.conversation_id).BindInt(2, m.created_at);
+    s.Run();
+  }
   c->last_seq = m.seq;
   c->last_activity_at = msg.now;
   for (size_t i = 0; i < c->members.size(); ++i) {
@@ -1555,13 +1615,17 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
         .BindText(6, change.body)
         .BindInt(7, change.now);
     ins.Run();
-    Stmt up(*db_, "UPDATE messages SET body = ?3, version = ?4, edited_at = ?5 WHERE conversation_id = ?1 AND seq = ?2");
+    Stmt up(*db_, "UPDATE messages SET body = ?3, cold = 0, version = ?4, edited_at = ?5 "
+                  "WHERE conversation_id = ?1 AND seq = ?2");
     up.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindText(3, change.body).BindInt(4, version).BindInt(
         5, change.now);
     up.Run();
   } else {
-    // A tombstone: the row keeps its seq; every text of the message goes.
-    Stmt up(*db_, "UPDATE messages SET body = '', version = ?3, deleted_at = ?4 WHERE conversation_id = ?1 AND seq = ?2");
+    // A tombstone: the row keeps its seq; every text of the message goes
+    // (a cold copy leaves its block at the purge).
+    Stmt up(*db_,
+            "UPDATE messages SET body = '', cold = 0, version = ?3, deleted_at = ?4 "
+            "WHERE conversation_id = ?1 AND seq = ?2");
     up.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindInt(3, version).BindInt(4, change.now);
     up.Run();
     Stmt edits(*db_, "UPDATE message_edits SET body = '' WHERE conversation_id = ?1 AND seq = ?2");
@@ -1645,7 +1709,9 @@ Result<PurgeProgress> SqliteStore::Writer::PurgeDeleted(int64_t deleted_before, 
     while (s.Step()) keys.emplace_back(s.Int(0), s.Int(1));
   }
   PurgeProgress progress;
+  std::map<ConversationId, std::vector<Seq>> cold;  // every purged seq, per conversation: its text may be in a block
   for (const auto& [conversation, seq] : keys) {
+    cold[conversation].push_back(seq);
     {
       Stmt s(*db_, "DELETE FROM message_edits WHERE conversation_id = ?1 AND seq = ?2");
       s.BindInt(1, conversation).BindInt(2, seq);
@@ -1676,6 +1742,11 @@ Result<PurgeProgress> SqliteStore::Writer::PurgeDeleted(int64_t deleted_before, 
     u.BindInt(1, conversation).BindInt(2, seq).BindInt(3, std::max<int64_t>(1, batch_now_));
     u.Run();
     ++progress.purged;
+  }
+  for (const auto& [conversation, seqs] : cold) {
+    Result<int64_t> removed = sqlite::DropFromColdBlocks(*db_, cold_codec_, conversation, seqs);
+    if (!removed) return removed.error();
+    progress.cold_removed += *removed;
   }
   {
     Stmt s(*db_,
@@ -1761,6 +1832,107 @@ Result<TrimProgress> SqliteStore::Writer::TrimStreams(const TrimRequest& req) {
   return progress;
 }
 
+// ---- Cold tier (see "Cold tier") ----
+
+Result<CompactProgress> SqliteStore::Writer::CompactMessages(const CompactRequest& req) {
+  const int max = std::max(1, req.max_messages);
+  CompactProgress progress;
+  // A block that could pass the step's budget waits for the next step; the
+  // first block of a step always goes, so every step progresses.
+  auto out_of_budget = [&] { return progress.blocks > 0 && progress.messages + kColdBlockMessages > max; };
+  std::vector<std::pair<ConversationId, Seq>> due;  // (conversation, cold_through), oldest hot message first
+  {
+    // One more than a step may visit tells whether more are due.
+    Stmt s(*db_,
+           "SELECT id, cold_through FROM conversations INDEXED BY conversations_cold_due "
+           "WHERE hot_since > 0 AND hot_since < ?1 ORDER BY hot_since LIMIT ?2");
+    s.BindInt(1, req.due_before).BindInt(2, static_cast<int64_t>(max) + 1);
+    while (s.Step()) due.emplace_back(s.Int(0), s.Int(1));
+  }
+  struct Row {
+    Seq seq;
+    std::string body;
+    bool live;  // not deleted, not cold already, has a text: goes into the block
+  };
+  for (size_t i = 0; i < due.size(); ++i) {
+    if (i == static_cast<size_t>(max) || out_of_budget()) {
+      progress.more = true;
+      break;
+    }
+    auto [conversation, through] = due[i];
+    ++progress.conversations;
+    int64_t next_hot = 0;  // created_at of the first message left hot (0: none)
+    while (true) {
+      if (out_of_budget()) {
+        // Stopped mid-conversation: it stays due from `through` + 1.
+        Stmt s(*db_, "SELECT created_at FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1");
+        s.BindInt(1, conversation).BindInt(2, through);
+        if (s.Step()) next_hot = s.Int(0);
+        progress.more = true;
+        break;
+      }
+      std::vector<Row> rows;
+      bool younger = false;
+      {
+        Stmt s(*db_,
+               "SELECT seq, body, created_at, deleted_at = 0 AND cold = 0 AND body <> '' FROM messages "
+               "WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3");
+        s.BindInt(1, conversation).BindInt(2, through).BindInt(3, kColdBlockMessages);
+        while (s.Step()) {
+          if (s.Int(2) >= req.stored_before) {
+            next_hot = s.Int(2);
+            younger = true;
+            break;
+          }
+          rows.push_back(Row{s.Int(0), s.Text(1), s.Int(3) != 0});
+        }
+      }
+      std::vector<ColdEntry> entries;
+      for (Row& r : rows) {
+        if (r.live) entries.push_back(ColdEntry{r.seq, std::move(r.body)});
+      }
+      if (!entries.empty()) {
+        int64_t raw = 0;
+        Result<std::string> packed = cold_codec_.Pack(entries.front().seq, entries, &raw);
+        if (!packed) return packed.error();
+        {
+          Stmt s(*db_,
+                 "INSERT INTO message_blocks(conversation_id, first_seq, last_seq, messages, raw_bytes, data, "
+                 "created_at, nonce) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+          s.BindInt(1, conversation)
+              .BindInt(2, entries.front().seq)
+              .BindInt(3, entries.back().seq)
+              .BindInt(4, static_cast<int64_t>(entries.size()))
+              .BindInt(5, raw)
+              .BindBlob(6, *packed)
+              .BindInt(7, batch_now_)
+              .BindInt(8, sqlite::NewBlockNonce());
+          s.Run();
+        }
+        for (const ColdEntry& e : entries) {
+          Stmt u(*db_, "UPDATE messages SET body = '', cold = 1 WHERE conversation_id = ?1 AND seq = ?2");
+          u.BindInt(1, conversation).BindInt(2, e.seq);
+          u.Run();
+        }
+        ++progress.blocks;
+        progress.messages += static_cast<int>(entries.size());
+        progress.raw_bytes += raw;
+        progress.compressed_bytes += static_cast<int64_t>(packed->size());
+      }
+      if (!rows.empty()) through = rows.back().seq;
+      if (younger || rows.size() < static_cast<size_t>(kColdBlockMessages)) break;
+    }
+    {
+      Stmt s(*db_, "UPDATE conversations SET cold_through = ?2, hot_since = ?3 WHERE id = ?1");
+      s.BindInt(1, conversation).BindInt(2, through).BindInt(3, next_hot);
+      s.Run();
+    }
+    // The cache is dropped whole if the batch rolls back (CommitBatch).
+    if (auto it = conversations_.find(conversation); it != conversations_.end()) it->second.hot_since = next_hot;
+  }
+  return progress;
+}
+
 void SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
   Stmt s(*db_, "INSERT INTO search_queue(conversation_id, seq, queued_at) VALUES(?1, ?2, ?3)");
   s.BindInt(1, conversation).BindInt(2, seq).BindInt(3, now);
@@ -1797,7 +1969,8 @@ Result<SearchIndexProgress> SqliteStore::Writer::IndexSearch(int max) {
     std::vector<std::string> words;
     int64_t version = 0;
     {
-      Stmt s(*db_, "SELECT body, version FROM messages WHERE conversation_id = ?1 AND seq = ?2 AND deleted_at = 0");
+      Stmt s(*db_, "SELECT " PARLEY_MESSAGE_BODY("m") ", m.version FROM messages m "
+                   "WHERE m.conversation_id = ?1 AND m.seq = ?2 AND m.deleted_at = 0");
       s.BindInt(1, e.conversation).BindInt(2, e.seq);
       if (s.Step()) {
         words = MessageWords(s.Text(0));
@@ -2890,10 +3063,12 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const StoreConfig& config
                                                        config.sqlite_page_size);
   if (!write_db.has_value()) return write_db.error();
   if (Status s = Migrate(**write_db); !s.ok()) return s;
+  if (Status s = sqlite::InstallColdBody(**write_db); !s.ok()) return s;
   // Opened after migration: a read-only connection cannot create the file or
   // switch it to WAL.
   Result<std::unique_ptr<Db>> read_db = Db::Open(config.sqlite_path, /*read_only=*/true, config.sqlite_cache_kib);
   if (!read_db.has_value()) return read_db.error();
+  if (Status s = sqlite::InstallColdBody(**read_db); !s.ok()) return s;
   std::unique_ptr<Db> checkpoint_db;
   if (config.sqlite_checkpoint_pages > 0) {
     Result<std::unique_ptr<Db>> db = Db::Open(config.sqlite_path, /*read_only=*/false, kCheckpointerCacheKib);
@@ -3263,6 +3438,10 @@ void SqliteStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callbac
 
 void SqliteStore::TrimStreams(TrimRequest req, Callback<TrimProgress> done) {
   SubmitWrite<TrimProgress>([req](Writer& w) { return w.TrimStreams(req); }, std::move(done), /*solo=*/true);
+}
+
+void SqliteStore::CompactMessages(CompactRequest req, Callback<CompactProgress> done) {
+  SubmitWrite<CompactProgress>([req](Writer& w) { return w.CompactMessages(req); }, std::move(done), /*solo=*/true);
 }
 
 void SqliteStore::IndexSearch(int max_entries, Callback<SearchIndexProgress> done) {
@@ -3705,7 +3884,8 @@ Result<std::vector<PushJob>> SqliteStore::Writer::ClaimPushJobs(const std::strin
     }
     j.alert = j.seq > read;
     Stmt s(*db_,
-           "SELECT m.sender_id, m.body, u.username, u.display_name FROM messages m JOIN users u ON u.id = m.sender_id "
+           "SELECT m.sender_id, " PARLEY_MESSAGE_BODY("m") ", u.username, u.display_name FROM messages m "
+           "JOIN users u ON u.id = m.sender_id "
            "WHERE m.conversation_id = ?1 AND m.seq = ?2");
     s.BindInt(1, j.conversation_id).BindInt(2, j.seq);
     if (s.Step()) {

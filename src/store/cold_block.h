@@ -1,0 +1,67 @@
+// The cold tier's block codec (issue 12 item 6; docs/architecture.md "Cold
+// tier"): old messages' texts are kept per conversation in compressed blocks
+// of consecutive seqs instead of one row each. This header is the format,
+// shared by every backend; where a block lives and when it is made is each
+// backend's business (SQLite: store/sqlite/sqlite_cold.h).
+//
+// A block is one zstd frame (level kColdZstdLevel, no dictionary) of:
+//   kColdBlockFormat (1 byte), then per message, ascending seq:
+//   varint(seq - first_seq), varint(byte length of the text), the text.
+// `first_seq` is the block's key (it is not repeated inside). The texts come
+// back byte for byte: Unpack(Pack(x)) == x.
+//
+// Thread-safety: a ColdCodec holds zstd contexts and is used by one thread at
+// a time; the free functions are pure.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "store/types.h"
+
+namespace parley::store {
+
+// Messages per block at most. A history page (protocol limit 100) touches one
+// or two blocks; 128 texts of ~140 bytes (about 18 KiB raw) give zstd enough
+// repetition to work with, while paging one message back decompresses no
+// more than that.
+inline constexpr int kColdBlockMessages = 128;
+// zstd's level for blocks. Compaction runs in the background and a block is
+// written once, so a level above zstd's default (3) is affordable; the gain
+// past it is small on short texts (docs/benchmarks.md "Cold tier").
+inline constexpr int kColdZstdLevel = 9;
+// The first byte of a block's raw form: its layout, for a later one (a
+// trained dictionary, more columns).
+inline constexpr uint8_t kColdBlockFormat = 1;
+
+// One message's text in a block.
+struct ColdEntry {
+  Seq seq = 0;
+  std::string body;
+};
+
+class ColdCodec {
+ public:
+  ColdCodec();
+  ~ColdCodec();
+  ColdCodec(const ColdCodec&) = delete;
+  ColdCodec& operator=(const ColdCodec&) = delete;
+
+  // The compressed block of `entries` (REQUIRES: non-empty, ascending seq,
+  // every seq >= first_seq). `raw_bytes`, when set, receives the size before
+  // compression. Fails kInternal if zstd does.
+  Result<std::string> Pack(Seq first_seq, const std::vector<ColdEntry>& entries, int64_t* raw_bytes = nullptr);
+  // The entries of block `data` keyed `first_seq`, ascending seq. Fails
+  // kInternal on a block that does not decode (corruption).
+  Result<std::vector<ColdEntry>> Unpack(Seq first_seq, std::string_view data);
+
+ private:
+  struct Contexts;
+  std::unique_ptr<Contexts> z_;
+};
+
+}  // namespace parley::store

@@ -1,0 +1,182 @@
+// cold_body and the purge's block rewrite. The function runs a statement of
+// its own on the connection that calls it (SQLite allows this for reads), so
+// the block it reads is in the caller's snapshot: a reader sees the block
+// its messages rows point to, and the writer sees the block its own
+// uncommitted compaction wrote. Decoded blocks are cached per connection by
+// (conversation, first seq, nonce); the probe reads the row's small columns
+// only (data is the last column, in overflow pages SQLite then never
+// touches), so a page of 50 cold messages of one block costs 50 probes and
+// one read and decode of the block.
+#include "store/sqlite/sqlite_cold.h"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <optional>
+#include <random>
+
+namespace parley::store::sqlite {
+
+namespace {
+
+// Decoded blocks kept per connection: a history page or a sync page spans a
+// few blocks at most.
+constexpr size_t kCachedBlocks = 4;
+
+constexpr const char* kBlockCoveringSql =
+    "SELECT first_seq, last_seq, nonce FROM message_blocks "
+    "WHERE conversation_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1";
+
+struct CachedBlock {
+  ConversationId conversation = 0;
+  Seq first_seq = 0;
+  int64_t nonce = 0;
+  std::vector<ColdEntry> entries;
+};
+
+struct ColdBodyState {
+  Db* db = nullptr;
+  ColdCodec codec;
+  std::array<CachedBlock, kCachedBlocks> cache;
+  size_t next = 0;  // round-robin replacement
+
+  // The decoded block, from the cache when its nonce matches; nullptr (with
+  // `error` set) if it cannot be read or does not decode.
+  const CachedBlock* Decoded(ConversationId conversation, Seq first_seq, int64_t nonce, std::string* error) {
+    for (const CachedBlock& b : cache) {
+      if (b.conversation == conversation && b.first_seq == first_seq && b.nonce == nonce) return &b;
+    }
+    std::string data;
+    {
+      Stmt s(*db, "SELECT data FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2");
+      s.BindInt(1, conversation).BindInt(2, first_seq);
+      if (!s.Step()) {
+        *error = "cold tier: a block vanished";
+        return nullptr;
+      }
+      data = s.Blob(0);
+    }
+    Result<std::vector<ColdEntry>> entries = codec.Unpack(first_seq, data);
+    if (!entries) {
+      *error = entries.error().message();
+      return nullptr;
+    }
+    CachedBlock& slot = cache[next];
+    next = (next + 1) % cache.size();
+    slot = CachedBlock{conversation, first_seq, nonce, std::move(entries).value()};
+    return &slot;
+  }
+};
+
+void ColdBody(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL || sqlite3_value_type(argv[1]) == SQLITE_NULL) {
+    sqlite3_result_null(ctx);
+    return;
+  }
+  auto* state = static_cast<ColdBodyState*>(sqlite3_user_data(ctx));
+  const ConversationId conversation = sqlite3_value_int64(argv[0]);
+  const Seq seq = sqlite3_value_int64(argv[1]);
+  Seq first_seq = 0;
+  int64_t nonce = 0;
+  {
+    Stmt s(*state->db, kBlockCoveringSql);
+    s.BindInt(1, conversation).BindInt(2, seq);
+    if (!s.Step() || s.Int(1) < seq) {
+      sqlite3_result_error(ctx, "cold tier: a compacted message has no block", -1);
+      return;
+    }
+    first_seq = s.Int(0);
+    nonce = s.Int(2);
+  }
+  std::string error;
+  const CachedBlock* block = state->Decoded(conversation, first_seq, nonce, &error);
+  if (block == nullptr) {
+    sqlite3_result_error(ctx, error.c_str(), -1);
+    return;
+  }
+  auto it = std::lower_bound(block->entries.begin(), block->entries.end(), seq,
+                             [](const ColdEntry& e, Seq s) { return e.seq < s; });
+  if (it == block->entries.end() || it->seq != seq) {
+    sqlite3_result_error(ctx, "cold tier: a compacted message is missing from its block", -1);
+    return;
+  }
+  sqlite3_result_text64(ctx, it->body.data(), it->body.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
+}
+
+}  // namespace
+
+int64_t NewBlockNonce() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return static_cast<int64_t>(rng());
+}
+
+Status InstallColdBody(Db& db) {
+  auto* state = new ColdBodyState;
+  state->db = &db;
+  // SQLITE_DIRECTONLY: not callable from schema objects (triggers, views);
+  // it reads tables, so it is not deterministic either.
+  const int rc = sqlite3_create_function_v2(
+      db.handle(), "cold_body", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, state, &ColdBody, nullptr, nullptr,
+      [](void* p) { delete static_cast<ColdBodyState*>(p); });
+  if (rc != SQLITE_OK) return Status(ErrorCode::kInternal, "cannot install cold_body");
+  return Status::Ok();
+}
+
+Result<int64_t> DropFromColdBlocks(Db& db, ColdCodec& codec, ConversationId conversation,
+                                   const std::vector<Seq>& seqs) {
+  // The covering block of each seq, then one rewrite per block.
+  std::map<Seq, std::vector<Seq>> by_block;
+  for (Seq seq : seqs) {
+    Stmt s(db, kBlockCoveringSql);
+    s.BindInt(1, conversation).BindInt(2, seq);
+    if (s.Step() && s.Int(1) >= seq) by_block[s.Int(0)].push_back(seq);
+  }
+  int64_t removed = 0;
+  for (auto& [first_seq, drop] : by_block) {
+    std::sort(drop.begin(), drop.end());
+    std::string data;
+    {
+      Stmt s(db, "SELECT data FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2");
+      s.BindInt(1, conversation).BindInt(2, first_seq);
+      if (!s.Step()) continue;
+      data = s.Blob(0);
+    }
+    Result<std::vector<ColdEntry>> entries = codec.Unpack(first_seq, data);
+    if (!entries) return entries.error();
+    std::vector<ColdEntry> kept;
+    for (ColdEntry& e : *entries) {
+      if (std::binary_search(drop.begin(), drop.end(), e.seq)) {
+        ++removed;
+      } else {
+        kept.push_back(std::move(e));
+      }
+    }
+    if (kept.size() == entries->size()) continue;
+    if (kept.empty()) {
+      Stmt d(db, "DELETE FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2");
+      d.BindInt(1, conversation).BindInt(2, first_seq);
+      d.Run();
+      continue;
+    }
+    // The key stays first_seq (still at or below every seq left), so the
+    // covering lookup keeps finding it.
+    int64_t raw = 0;
+    Result<std::string> packed = codec.Pack(first_seq, kept, &raw);
+    if (!packed) return packed.error();
+    Stmt u(db,
+           "UPDATE message_blocks SET messages = ?3, raw_bytes = ?4, data = ?5, nonce = ?6 "
+           "WHERE conversation_id = ?1 AND first_seq = ?2");
+    u.BindInt(1, conversation)
+        .BindInt(2, first_seq)
+        .BindInt(3, static_cast<int64_t>(kept.size()))
+        .BindInt(4, raw)
+        .BindBlob(5, *packed)
+        .BindInt(6, NewBlockNonce());
+    u.Run();
+  }
+  return removed;
+}
+
+}  // namespace parley::store::sqlite
