@@ -353,16 +353,18 @@ INSERT INTO name_prefixes(prefix, username, user_id) VALUES
   sqlite3_close(db);
 }
 
-// Step 10 (message search): the history a version-9 server stored is
-// queued at migration and found once the indexer has run; deleted messages
-// are not queued.
-TEST(SqliteStoreTest, MigratesVersion9HistoryIntoTheSearchQueue) {
-  TempDir dir;
-  const std::string path = dir.path() + "/parley.db";
-  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 9).ok());
+// Creates a store file at schema `version` holding what `sql` inserts: what
+// an older server left behind, for the migration tests.
+void CreateAtVersion(const std::string& path, int version, const std::string& sql) {
+  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, version).ok());
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  const char* v9 = R"sql(
+  EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+}
+
+// ann and ben's conversation: two messages and a deleted third.
+constexpr const char* kAnnAndBensNews = R"sql(
 INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10);
 INSERT INTO conversations(id, direct_key, last_seq, created_at, last_activity_at) VALUES(1, '1:2', 3, 10, 30);
 INSERT INTO members(conversation_id, user_id) VALUES(1, 1), (1, 2);
@@ -370,8 +372,14 @@ INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_i
   VALUES(1, 1, 1, 1, 'a', 'old news', 10, 10, 0), (1, 2, 2, 2, 'b', 'newer news', 20, 20, 0),
         (1, 3, 1, 1, 'c', '', 30, 30, 40);
 )sql";
-  ASSERT_EQ(sqlite3_exec(db, v9, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-  sqlite3_close(db);
+
+// Step 10 (message search): the history a version-9 server stored is
+// queued at migration and found once the indexer has run; deleted messages
+// are not queued.
+TEST(SqliteStoreTest, MigratesVersion9HistoryIntoTheSearchQueue) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 9, kAnnAndBensNews));
 
   std::unique_ptr<SqliteStore> store = OpenSqlite(path);
   ASSERT_NE(store, nullptr);
@@ -396,22 +404,12 @@ INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_i
 TEST(SqliteStoreTest, MigratesVersion12SearchIndexToPrefixIndexes) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";
-  ASSERT_TRUE(SqliteStore::CreateAtSchemaVersionForTest(path, 12).ok());
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  const char* v12 = R"sql(
-INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10);
-INSERT INTO conversations(id, direct_key, last_seq, created_at, last_activity_at) VALUES(1, '1:2', 3, 10, 30);
-INSERT INTO members(conversation_id, user_id) VALUES(1, 1), (1, 2);
-INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, stored_at, deleted_at)
-  VALUES(1, 1, 1, 1, 'a', 'old news', 10, 10, 0), (1, 2, 2, 2, 'b', 'newer news', 20, 20, 0),
-        (1, 3, 1, 1, 'c', '', 30, 30, 40);
+  // What a version-12 server indexed (one message) and still had queued.
+  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 12, std::string(kAnnAndBensNews) + R"sql(
 INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(1, 'old news', 1, 1, 0);
 INSERT INTO message_search_docs(conversation_id, seq, doc_id) VALUES(1, 1, 1);
 INSERT INTO search_queue(conversation_id, seq, queued_at) VALUES(1, 2, 20);
-)sql";
-  ASSERT_EQ(sqlite3_exec(db, v12, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-  sqlite3_close(db);
+)sql"));
 
   std::unique_ptr<SqliteStore> store = OpenSqlite(path);
   ASSERT_NE(store, nullptr);
@@ -430,6 +428,7 @@ INSERT INTO search_queue(conversation_id, seq, queued_at) VALUES(1, 2, 20);
   }
   store.reset();
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+  sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
   sqlite3_stmt* stmt = nullptr;
   ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_master WHERE name = 'message_search'", -1, &stmt, nullptr),
