@@ -443,6 +443,13 @@ struct TrimRequest {
   int64_t older_than = 0;         // entries created before this (ms) may go; 0: no time horizon
   int64_t max_entries_per_user = 0;  // keep at least the newest this many; 0: no cap
   int64_t protect_seen_since = 0; // devices seen at or after this (ms) keep what they still need
+
+  // Whether the entry `seq`, created at `created_at`, of a stream whose head
+  // is `head` is past the horizon or the cap (devices may still keep it).
+  bool Trimmable(UserSeq seq, int64_t created_at, UserSeq head) const {
+    return (older_than > 0 && created_at < older_than) ||
+           (max_entries_per_user > 0 && seq <= head - max_entries_per_user);
+  }
 };
 
 // Work done by one TrimStreams step.

@@ -1866,7 +1866,6 @@ Result<TrimProgress> PostgresStore::Writer::TrimStreams(const TrimRequest& req) 
         "SELECT min(cursor) FROM devices WHERE user_id = $1 AND NOT revoked AND last_seen_at >= $2",
         PgParams().Int(user).Int(req.protect_seen_since));
     if (!protect.empty() && !protect.IsNull(0, 0)) limit = std::min(limit, protect.Int(0, 0));
-    const UserSeq cap_cut = req.max_entries_per_user > 0 ? head - req.max_entries_per_user : 0;
     PgRows rows = db_->Query(
         "SELECT user_seq, created_at FROM user_events WHERE user_id = $1 AND user_seq >= $2 AND user_seq <= $3 "
         "ORDER BY user_seq LIMIT $4",
@@ -1876,8 +1875,7 @@ Result<TrimProgress> PostgresStore::Writer::TrimStreams(const TrimRequest& req) 
     int64_t taken = 0;
     for (int j = 0; j < rows.size(); ++j) {
       const UserSeq seq = rows.Int(j, 0);
-      const bool old = req.older_than > 0 && rows.Int(j, 1) < req.older_than;
-      if (!old && seq > cap_cut) break;
+      if (!req.Trimmable(seq, rows.Int(j, 1), head)) break;
       if (taken == budget) {
         budget_hit = true;
         break;

@@ -1788,7 +1788,6 @@ Result<TrimProgress> SqliteStore::Writer::TrimStreams(const TrimRequest& req) {
       s.BindInt(1, u.id).BindInt(2, req.protect_seen_since);
       if (s.Step() && !s.IsNull(0)) limit = std::min(limit, s.Int(0));
     }
-    const UserSeq cap_cut = req.max_entries_per_user > 0 ? u.head - req.max_entries_per_user : 0;
     UserSeq to = u.floor - 1;
     bool budget_hit = false;
     {
@@ -1799,8 +1798,7 @@ Result<TrimProgress> SqliteStore::Writer::TrimStreams(const TrimRequest& req) {
       int64_t taken = 0;
       while (s.Step()) {
         const UserSeq seq = s.Int(0);
-        const bool old = req.older_than > 0 && s.Int(1) < req.older_than;
-        if (!old && seq > cap_cut) break;
+        if (!req.Trimmable(seq, s.Int(1), u.head)) break;
         if (taken == budget) {
           budget_hit = true;
           break;
