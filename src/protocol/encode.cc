@@ -172,6 +172,13 @@ void WriteEvent(JsonWriter& w, const store::StreamEvent& e) {
           .Field("version", e.message->version)
           .Field("body", e.message->body)
           .Field("edited_at", e.message->edited_at);
+      // Read after the message expired, before the expiry's own delete
+      // event (MaskIfExpired): the edit's text is gone too; it says so, and
+      // clients apply it as the tombstone it is about to become.
+      if (e.message->deleted_at != 0) {
+        w.Field("deleted_at", e.message->deleted_at);
+        if (store::DeletedByExpiry(*e.message)) w.Field("reason", "expired");
+      }
       break;
     case store::EventKind::kDelete:
       w.Field("kind", "delete")

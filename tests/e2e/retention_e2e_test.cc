@@ -251,6 +251,44 @@ TEST_F(RetentionE2E, BadInputGetsClearErrors) {
   EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
 }
 
+// The expiry step asleep (it ran once at start, then waits an hour): what a
+// device reads between a message's expiry and the expiry's delete event.
+class MaskedExpiryE2E : public RetentionE2E {
+ protected:
+  MaskedExpiryE2E() : RetentionE2E({"--expiry-interval-ms", "3600000"}) {}
+};
+
+TEST_F(MaskedExpiryE2E, AnEditReadAfterTheExpiryIsATombstoneWithoutText) {
+  ASSERT_TRUE(b1_.conn->Call("set_disappearing", {{"conversation_id", ab_}, {"seconds", 1}}).ok);
+  Reply sent = Send(a1_, ab_, "v1", "vanishing secret");
+  const int64_t seq = sent.result["seq"];
+  const int64_t expires_at = sent.result["expires_at"];
+  Reply edit = a1_.conn->Call("edit_message",
+                              {{"conversation_id", ab_}, {"seq", seq}, {"client_id", "e1"}, {"body", "edited secret"}});
+  ASSERT_TRUE(edit.ok) << edit.code << ": " << edit.message;
+  auto now_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  while (now_ms() <= expires_at + 200) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+
+  // Bob's offline device catches up after the expiry, before any delete.
+  Device b2 = Reconnect(server_, b2_);
+  std::vector<json> events = SyncAll(*b2.conn, b2_.head);
+  bool saw_edit = false;
+  for (const json& e : events) {
+    EXPECT_EQ(e.dump().find("secret"), std::string::npos) << e.dump();
+    EXPECT_FALSE(e["kind"] == "delete" && e["seq"] == seq) << "the expiry step is asleep: " << e.dump();
+    if (e["kind"] == "edit" && e["seq"] == seq) {
+      saw_edit = true;
+      EXPECT_EQ(e["body"], "");
+      EXPECT_EQ(e["deleted_at"], expires_at);
+      EXPECT_EQ(e["reason"], "expired");
+    }
+  }
+  EXPECT_TRUE(saw_edit);
+}
+
 class MaxAgeE2E : public RetentionE2E {
  protected:
   MaxAgeE2E() : RetentionE2E(WithMaxAge()) {}

@@ -237,7 +237,8 @@ export function applyEvent(state, e) {
       const conv = ensureConv(state, e.conversation_id);
       const m = conv.messages.find((x) => x.seq === e.seq);
       // Not cached: its state comes with it when it is paged in.
-      if (m) applyChange(m, { deleted: e.kind === 'delete', version: e.version, body: e.body, edited_at: e.edited_at, deleted_at: e.deleted_at });
+      // An edit with deleted_at was read after the message expired: a tombstone.
+      if (m) applyChange(m, { deleted: e.kind === 'delete' || e.deleted_at !== undefined, version: e.version, body: e.body, edited_at: e.edited_at, deleted_at: e.deleted_at });
       if (m && e.reason) m.reason = e.reason;
       return conv;
     }

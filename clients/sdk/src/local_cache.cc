@@ -713,8 +713,11 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
   } else if (kind == "conversation") {
     InsertConversationLocked(e["conversation"]);
   } else if (kind == "edit" || kind == "delete") {
+    // An edit that carries deleted_at was read after the message expired:
+    // a tombstone, as the delete that follows (docs/protocol.md, edit events).
     auto changed = ChangeMessageLocked(e.value("conversation_id", int64_t{0}), e.value("seq", int64_t{0}),
-                                       kind == "delete", e.value("version", int64_t{0}), e.value("body", ""),
+                                       kind == "delete" || e.contains("deleted_at"), e.value("version", int64_t{0}),
+                                       e.value("body", ""),
                                        e.value("edited_at", int64_t{0}));
     if (changed) out->changed.push_back(std::move(*changed));
   } else if (kind == "delete_for_me") {
