@@ -19,18 +19,6 @@ namespace {
 
 constexpr int kMessages = 40;
 
-int64_t StoreCount(const ServerProcess& s, const std::string& sql) {
-  int rc = 0;
-  std::string out = Shell("sqlite3 -readonly '" + s.dir() + "/data/parley.db' \"" + sql + "\"", &rc);
-  EXPECT_EQ(rc, 0) << out;
-  try {
-    return std::stoll(out);
-  } catch (const std::exception&) {
-    ADD_FAILURE() << sql << " printed '" << out << "'";
-    return -1;
-  }
-}
-
 class ColdTierE2E : public ::testing::Test {
  protected:
   ColdTierE2E() : server_({"--cold-after-s", "1", "--compact-interval-ms", "50"}) {}

@@ -98,6 +98,21 @@ std::string Shell(const std::string& cmd, int* rc) {
   return out;
 }
 
+int64_t StoreCount(const ServerProcess& s, const std::string& sql) {
+  std::string cmd = s.postgres_url().empty()
+                        ? "sqlite3 -readonly '" + s.dir() + "/data/parley.db' \"" + sql + "\""
+                        : "psql '" + s.postgres_url() + "' -tAc \"" + sql + "\"";
+  int rc = 0;
+  std::string out = Shell(cmd, &rc);
+  EXPECT_EQ(rc, 0) << cmd << ": " << out;
+  try {
+    return std::stoll(out);
+  } catch (const std::exception&) {
+    ADD_FAILURE() << cmd << " printed '" << out << "'";
+    return -1;
+  }
+}
+
 void MakeCertificate(const std::string& base) {
   int rc = 0;
   std::string out = Shell("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "

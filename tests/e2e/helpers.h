@@ -132,6 +132,10 @@ std::vector<std::string> PrometheusFormatProblems(const std::string& metrics_tex
 
 // Runs a shell command; returns its stdout (and the exit status in *rc).
 std::string Shell(const std::string& cmd, int* rc = nullptr);
+// One number from the server's database (SQLite file or PostgreSQL), read
+// with the command-line client, as an operator would check it; -1 (and a
+// test failure) if it prints something else.
+int64_t StoreCount(const ServerProcess& s, const std::string& sql);
 // A fresh self-signed certificate (EC P-256) for 127.0.0.1 and localhost,
 // made with the openssl CLI: <base>.crt and <base>.key.
 void MakeCertificate(const std::string& base);

@@ -26,23 +26,6 @@ namespace {
 const std::vector<std::string> kFastRetention = {"--expiry-interval-ms", "50", "--purge-delay-s", "0",
                                                  "--purge-interval-ms", "50", "--search-index-interval-ms", "20"};
 
-// One number from the server's database (SQLite file or PostgreSQL), read
-// with the command-line client, as an operator would check it.
-int64_t StoreCount(const ServerProcess& s, const std::string& sql) {
-  std::string cmd = s.postgres_url().empty()
-                        ? "sqlite3 -readonly '" + s.dir() + "/data/parley.db' \"" + sql + "\""
-                        : "psql '" + s.postgres_url() + "' -tAc \"" + sql + "\"";
-  int rc = 0;
-  std::string out = Shell(cmd, &rc);
-  EXPECT_EQ(rc, 0) << cmd << ": " << out;
-  try {
-    return std::stoll(out);
-  } catch (const std::exception&) {
-    ADD_FAILURE() << cmd << " printed '" << out << "'";
-    return -1;
-  }
-}
-
 class RetentionE2E : public ::testing::Test {
  protected:
   explicit RetentionE2E(std::vector<std::string> args = kFastRetention) : server_(std::move(args)) {}
