@@ -111,6 +111,13 @@ void ChatService::RunPurgeForTest(std::function<void(int)> done) {
   core_.Post([this, done = std::move(done)] { PurgeStep(/*repeat=*/false, done); });
 }
 
+void ChatService::StepFailed(Counter& failures, std::string_view event, const Status& error) {
+  failures.Inc();
+  // A step cut short by the shutdown is not a failure worth a warning.
+  if (!stopping_ && error.code() != ErrorCode::kShuttingDown)
+    spdlog::warn("event={} error=\"{}\"", event, error.ToString());
+}
+
 void ChatService::ExpireStep(bool repeat, std::function<void(int)> done) {
   if (stopping_) return;
   store_.ExpireMessages(
@@ -119,9 +126,7 @@ void ChatService::ExpireStep(bool repeat, std::function<void(int)> done) {
         bool more = false;
         int count = -1;
         if (!r) {
-          expiry_failures_.Inc();
-          if (!stopping_ && r.error().code() != ErrorCode::kShuttingDown)
-            spdlog::warn("event=expiry_failed error=\"{}\"", r.error().ToString());
+          StepFailed(expiry_failures_, "expiry_failed", r.error());
         } else {
           count = static_cast<int>(r->expired.size());
           expired_messages_.Inc(count);
@@ -144,9 +149,7 @@ void ChatService::PurgeStep(bool repeat, std::function<void(int)> done) {
         bool full = false;
         int count = -1;
         if (!r) {
-          purge_failures_.Inc();
-          if (!stopping_ && r.error().code() != ErrorCode::kShuttingDown)
-            spdlog::warn("event=purge_failed error=\"{}\"", r.error().ToString());
+          StepFailed(purge_failures_, "purge_failed", r.error());
         } else {
           count = r->purged;
           purged_messages_.Inc(r->purged);
@@ -179,9 +182,7 @@ void ChatService::TrimStep(bool repeat, std::function<void(int64_t, bool)> done)
     bool pass_done = false;
     bool more = false;
     if (!r) {
-      stream_trim_failures_.Inc();
-      if (!stopping_ && r.error().code() != ErrorCode::kShuttingDown)
-        spdlog::warn("event=stream_trim_failed error=\"{}\"", r.error().ToString());
+      StepFailed(stream_trim_failures_, "stream_trim_failed", r.error());
     } else {
       removed = r->trimmed;
       stream_trimmed_.Inc(r->trimmed);
@@ -219,9 +220,7 @@ void ChatService::CompactStep(bool repeat, std::function<void(int)> done) {
     bool more = false;
     int count = -1;
     if (!r) {
-      cold_failures_.Inc();
-      if (!stopping_ && r.error().code() != ErrorCode::kShuttingDown)
-        spdlog::warn("event=compaction_failed error=\"{}\"", r.error().ToString());
+      StepFailed(cold_failures_, "compaction_failed", r.error());
     } else {
       count = r->messages;
       cold_messages_.Inc(r->messages);

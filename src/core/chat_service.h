@@ -21,6 +21,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -324,6 +325,9 @@ class ChatService {
   void PurgeStep(bool repeat, std::function<void(int)> done);
   void TrimStep(bool repeat, std::function<void(int64_t, bool)> done);
   void CompactStep(bool repeat, std::function<void(int)> done);
+  // A background step (expiry, purge, trim, compaction) failed: counted in
+  // `failures`, logged as `event` unless the service is stopping.
+  void StepFailed(Counter& failures, std::string_view event, const Status& error);
   void PublishDraft(int64_t conversation_id, const store::DraftRecord& draft, const store::StreamPosition& at);
   // Push notifications (chat_push.cc).
   void DoRegisterPush(const ClientPtr& c, Req req);
