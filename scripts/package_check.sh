@@ -44,7 +44,7 @@ deb=$(ls "$work"/deb/parley_*.deb 2>/dev/null | head -1)
 [ -n "$deb" ] || fail "cpack made no parley_*.deb"
 echo "package_check: built $(basename "$deb") ($(( $(stat -c %s "$deb") / 1024 )) KiB) in ${SECONDS} s"
 depends=$(dpkg-deb -f "$deb" Depends)
-for lib in libsqlite3 libpq5 libsodium libzstd1; do
+for lib in libsqlite3 libpq5 libsodium libzstd1 libjemalloc2; do
   [[ "$depends" == *"$lib"* ]] || fail "Depends lacks $lib: $depends"
 done
 dpkg-deb -I "$deb" conffiles | grep -qx /etc/parley/parleyd.toml || fail "parleyd.toml is not a conffile"

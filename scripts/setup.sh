@@ -12,6 +12,7 @@ PACKAGES=(
   libicu-dev                  # Unicode case folding of search words (NFKC_Casefold)
   libsqlite3-dev              # embedded store
   libzstd-dev                 # cold tier: compressed blocks of old history
+  libjemalloc-dev             # parleyd's allocator in Release builds
   postgresql libpq-dev        # cluster store (libpq) and the server its tests start
   libhiredis-dev redis-server # cluster fabric (hiredis) and the server its tests start
   libsodium-dev               # Argon2id, tokens, BLAKE2b
