@@ -1,7 +1,7 @@
 // The executor seam: how asynchronous completions find their way back.
 //
 // Core, the Store and the Fabric never include Boost.Asio. They deliver work
-// through this interface; the gateway implements it over an Asio strand, and
+// through this interface; the gateway implements it over an Asio io_context's executor, and
 // tests implement it with a plain queue they drain by hand (deterministic).
 //
 // Thread-safety: Post may be called from any thread. Functions posted to one

@@ -37,7 +37,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
@@ -87,7 +86,7 @@ constexpr int kTlsHandshakeTimeoutMs = 10'000;
 // can hold a shutdown's drain.
 constexpr auto kHttpIoTimeout = std::chrono::seconds(30);
 
-// An Executor over any Asio executor (a strand for the core).
+// An Executor over any Asio executor (the first io_context's, for the core).
 template <typename AsioExecutor>
 class AsioExecutorAdapter final : public Executor {
  public:
@@ -718,12 +717,23 @@ Result<std::shared_ptr<ssl::context>> LoadTlsContext(const std::string& cert_fil
 struct Gateway::Impl {
   explicit Impl(GatewayConfig c)
       : cfg(std::move(c)),
-        contexts(static_cast<size_t>(std::max(1, cfg.io_threads))),
-        core_exec(net::make_strand(contexts[0].get_executor())),
+        contexts(MakeContexts(std::max(1, cfg.io_threads))),
+        core_exec(contexts[0].get_executor()),
         control_exec(contexts[0].get_executor()),
         acceptor(contexts[0]),
         signals(contexts[0], SIGTERM, SIGINT, SIGHUP) {
     for (auto& ctx : contexts) guards.emplace_back(net::make_work_guard(ctx));
+  }
+
+  // Each io_context is run by exactly one thread (Run: the caller runs the
+  // first, one thread each the others), so each is told so (concurrency hint
+  // 1): Asio then queues a handler posted from its own thread without taking
+  // the scheduler's lock. Other threads (the store's writer, the fabric) may
+  // still post to it.
+  static std::deque<net::io_context> MakeContexts(int n) {
+    std::deque<net::io_context> made;
+    for (int i = 0; i < n; ++i) made.emplace_back(1);
+    return made;
   }
 
   void DoAccept() {
@@ -782,7 +792,11 @@ struct Gateway::Impl {
   GatewayConfig cfg;
   std::deque<net::io_context> contexts;
   std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
-  AsioExecutorAdapter<net::strand<net::io_context::executor_type>> core_exec;
+  // The core's executor: the first io_context itself. Only the thread that
+  // runs it runs the core's handlers, in the order they were posted, so a
+  // strand on it (as there was) added a queue and a lock per handler and no
+  // guarantee.
+  AsioExecutorAdapter<net::io_context::executor_type> core_exec;
   AsioExecutorAdapter<net::io_context::executor_type> control_exec;
   tcp::acceptor acceptor;
   net::signal_set signals;

@@ -6,7 +6,7 @@
 //
 // Threading: `io_threads` io_contexts, one thread each; connections are spread
 // over them round-robin and live on theirs for good. The ChatService's core
-// executor is a strand on the first io_context (CoreExecutor()).
+// executor is the first io_context's, which one thread runs (CoreExecutor()).
 //
 // TLS: with a certificate and key configured the listener speaks TLS only
 // (https and wss on the one port). ReloadTls (parleyd calls it on SIGHUP)
@@ -135,7 +135,7 @@ class Gateway {
   explicit Gateway(GatewayConfig config);
   ~Gateway();
 
-  // The executor ChatService must use (a strand of the first io_context).
+  // The executor ChatService must use (the first io_context's executor: one thread runs it, handlers in the order posted).
   Executor& CoreExecutor();
   // A general executor on the first io_context (timers, signals, shutdown).
   Executor& ControlExecutor();
