@@ -20,6 +20,13 @@ using protocol::JsonWriter;
 using protocol::RequestType;
 
 namespace {
+// `auth` marks the device seen (devices.last_seen_at: the device list and
+// idle expiry) only when the stored time is older than this: a store write
+// on every reconnect was a sixth of a reconnect's cost in parleyd
+// (docs/benchmarks.md, "Reconnects"), and the device list shows the time to
+// the minute. Acks still write it every time they store a cursor.
+constexpr int64_t kDeviceSeenResolutionMs = 60'000;
+
 // A username lookup's failure as the client sees it: "no such user", or the
 // store's own error when it could not look (e.g. `unavailable`).
 Status UnknownUserOr(const Status& s) {
@@ -508,7 +515,7 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
       return;
     }
     // Mark the device seen (for idle expiry and the device list); the cursor is unchanged.
-    store_.SetCursor(d.id, 0, now, [](Status) {});
+    if (now - d.last_seen_at >= kDeviceSeenResolutionMs) store_.SetCursor(d.id, 0, now, [](Status) {});
     CompleteAuth(c, req, *a, "");
   }));
 }

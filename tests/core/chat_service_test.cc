@@ -199,6 +199,41 @@ class RetentionTest : public ChatServiceTest {
   OffsetClock clock;
 };
 
+// `auth` marks the device seen only when the stored time is a minute old or
+// more (kDeviceSeenResolutionMs): a reconnect storm does not make one store
+// write per reconnect, and the device list stays right to the minute.
+TEST_F(RetentionTest, AuthMarksTheDeviceSeenOnlyWhenTheStoredTimeIsAMinuteOld) {
+  Conn phone = Open();
+  ASSERT_EQ(Call(phone, "register", {{"username", "alice"}, {"password", "password123"}})["type"], "response");
+  auto login = Call(phone, "login", {{"username", "alice"}, {"password", "password123"}, {"device_name", "phone"}});
+  std::string token = login["result"]["token"];
+  // The device's last_seen_at as the list shows it, read after a set_profile
+  // has committed: the writer is FIFO, so an auth's write made before it is
+  // in the store by then.
+  auto seen = [&](Conn& c) {
+    EXPECT_EQ(Call(c, "set_profile", {{"display_name", "Alice"}})["type"], "response");
+    auto list = Call(c, "list_devices");
+    return list["result"]["devices"][0]["last_seen_at"].get<int64_t>();
+  };
+  auto reconnect = [&] {
+    Conn c = Open();
+    EXPECT_EQ(Call(c, "auth", {{"token", token}})["type"], "response");
+    return c;
+  };
+  Conn first = reconnect();
+  int64_t t0 = seen(first);
+  ASSERT_GT(t0, 0);
+
+  clock.offset_ms += 30'000;
+  Conn second = reconnect();
+  EXPECT_EQ(seen(second), t0) << "an auth within the minute wrote last_seen_at again";
+
+  clock.offset_ms += 31'000;
+  Conn third = reconnect();
+  int64_t t2 = seen(third);
+  EXPECT_GE(t2, t0 + 61'000) << "an auth a minute later did not mark the device seen";
+}
+
 // The cold tier: a message is compacted once it is older than cold_after
 // and its conversation's oldest hot message is older than cold_after plus a
 // quarter (the gather time); what clients read does not change.
