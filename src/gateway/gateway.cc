@@ -71,8 +71,13 @@ namespace http = beast::http;
 namespace websocket = beast::websocket;
 namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
-using PlainStream = beast::tcp_stream;
-using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+// Connections use the io_context's own executor type, not Beast's default
+// (the type-erased any_io_executor): every operation copies and destroys its
+// stream's executor, and type-erased copies were ~3 % of parleyd's CPU under
+// load (docs/benchmarks.md, "Reconnects").
+using IoExecutor = net::io_context::executor_type;
+using PlainStream = beast::basic_stream<tcp, IoExecutor, beast::unlimited_rate_policy>;
+using TlsStream = beast::ssl_stream<PlainStream>;
 
 namespace {
 
@@ -738,7 +743,7 @@ struct Gateway::Impl {
 
   void DoAccept() {
     auto& ctx = contexts[next_ctx++ % contexts.size()];
-    acceptor.async_accept(ctx, [this](beast::error_code ec, tcp::socket socket) {
+    acceptor.async_accept(ctx, [this](beast::error_code ec, net::basic_stream_socket<tcp, IoExecutor> socket) {
       if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
       if (!ec) {
         M().accepted.Inc();
