@@ -429,6 +429,38 @@ async function viaProtocol(page, username, requests, { registerFirst = false } =
   }, { username, password: kPassword, requests, registerFirst });
 }
 
+// Polls `sync` from `after` over a script connection of `username` (on a
+// page of the server's origin) until the trim job has passed that cursor.
+// Returns the last answer's code ('cursor_too_old' once it has).
+async function pollUntilCursorTooOld(page, username, after) {
+  return page.evaluate(async ({ username, password, after }) => {
+    const ws = new WebSocket(`ws://${location.host}/v1/ws`);
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    const waiting = new Map();
+    ws.onmessage = (ev) => {
+      const f = JSON.parse(ev.data);
+      if ((f.type === 'response' || f.type === 'error') && waiting.has(f.id)) waiting.get(f.id)(f);
+    };
+    let id = 0;
+    const call = (type, fields) => new Promise((resolve) => {
+      id += 1;
+      waiting.set(id, resolve);
+      ws.send(JSON.stringify({ v: 1, id, type, ...fields }));
+    });
+    await call('login', { username, password, device_name: 'script', platform: 'test' });
+    const deadline = Date.now() + 15_000;
+    let last = '';
+    while (Date.now() < deadline) {
+      const f = await call('sync', { after });
+      last = f.code || 'ok';
+      if (last === 'cursor_too_old') break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    ws.close();
+    return last;
+  }, { username, password: kPassword, after });
+}
+
 test('drafts follow the user to a second device; edits and deletes show and survive a reload', async () => {
   const pia = await user();
   const quinn = await user();
@@ -644,32 +676,7 @@ test('a device away longer than the server keeps its stream gets cursor_too_old,
     await myMessage(wes.page, 'third').and(wes.page.locator('[data-seq]')).waitFor();
     // Wait, through a script client of xia's, until the trim job has passed
     // xia's cursor: a sync from there answers cursor_too_old.
-    const code = await wes.page.evaluate(async ({ password, after }) => {
-      const ws = new WebSocket(`ws://${location.host}/v1/ws`);
-      await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
-      const waiting = new Map();
-      ws.onmessage = (ev) => {
-        const f = JSON.parse(ev.data);
-        if ((f.type === 'response' || f.type === 'error') && waiting.has(f.id)) waiting.get(f.id)(f);
-      };
-      let id = 0;
-      const call = (type, fields) => new Promise((resolve) => {
-        id += 1;
-        waiting.set(id, resolve);
-        ws.send(JSON.stringify({ v: 1, id, type, ...fields }));
-      });
-      await call('login', { username: 'xia_t', password, device_name: 'script', platform: 'test' });
-      const deadline = Date.now() + 15_000;
-      let last = '';
-      while (Date.now() < deadline) {
-        const f = await call('sync', { after });
-        last = f.code || 'ok';
-        if (last === 'cursor_too_old') break;
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-      ws.close();
-      return last;
-    }, { password: kPassword, after: awayHead });
+    const code = await pollUntilCursorTooOld(wes.page, 'xia_t', awayHead);
     assert.equal(code, 'cursor_too_old');
     // xia comes back: the web client takes a snapshot and shows all three.
     await xia.page.goto('/');
@@ -809,4 +816,71 @@ test('selective sync: a summarised conversation shows its count, loads when open
     ['carol one', 'carol two', 'carol three', 'carol four', 'carol five', 'carol six']);
   assertClean(alice);
   await closeAll(alice);
+});
+
+test('selective sync after cursor_too_old: the snapshot keeps the opened conversations selected and the cache exact', async () => {
+  // As the old-cursor test: stream entries kept for 1 s (docs/operations.md "Stream trimming").
+  const srv = await startServer(['--stream-retention-s', '1', '--stream-device-grace-s', '1',
+    '--stream-trim-interval-ms', '50']);
+  try {
+    const yan = await newContext(browser, srv.base);
+    await yan.context.addInitScript(() => {
+      window.parleySyncRecentForTest = 1;
+    });
+    await register(yan.page, 'yan_t');
+    const list = (peer) => yan.page.locator('a.conv', { hasText: peer });
+    const openWith = async (who) => {
+      const [, r] = await viaProtocol(yan.page, who, [{ type: 'open_conversation', fields: { username: 'yan_t' } }],
+        { registerFirst: true });
+      return r.result.conversation.conversation_id;
+    };
+    let sent = 0;
+    const say = async (who, convId, ...texts) => {
+      const answers = await viaProtocol(yan.page, who, texts.map((body) =>
+        ({ type: 'send', fields: { conversation_id: convId, client_id: `${who}-${(sent += 1)}`, body } })));
+      for (const a of answers) assert.equal(a.type, 'response', JSON.stringify(a));
+    };
+    const withZed = await openWith('zed_t'); // selected when created (the selection was empty)
+    const withWu = await openWith('wu_t'); // summaries from here on
+    await say('wu_t', withWu, 'wu one', 'wu two');
+    await list('wu_t').and(yan.page.locator('[data-unread="2"][data-summarised="1"]')).waitFor();
+    // Yan opens Wu's chat (it is selected from now on) and leaves it read.
+    await list('wu_t').click();
+    await yan.page.locator('li.msg .body', { hasText: 'wu two' }).waitFor();
+    await navLink(yan.page, 'Chats').click();
+    await list('wu_t').and(yan.page.locator('[data-unread="0"]')).waitFor();
+
+    // Yan's browser goes away while both write; its cursor is trimmed past.
+    // A second context on the server's origin speaks for the others.
+    await yan.page.goto('about:blank');
+    const helper = await newContext(browser, srv.base);
+    await helper.page.goto('/');
+    const [, ping] = await viaProtocol(helper.page, 'yan_t', [{ type: 'ping', fields: {} }]);
+    const yanHead = ping.result.head; // Yan's browser applied at most this
+    const sendAs = (who, convId, body) => viaProtocol(helper.page, who,
+      [{ type: 'send', fields: { conversation_id: convId, client_id: `${who}-${(sent += 1)}`, body } }]);
+    await sendAs('wu_t', withWu, 'wu three');
+    await sendAs('zed_t', withZed, 'zed one');
+    const code = await pollUntilCursorTooOld(helper.page, 'yan_t', yanHead);
+    assert.equal(code, 'cursor_too_old');
+
+    // Back: a snapshot rebuilds the copy. Zed's is the most recent; Wu's is
+    // selected because Yan opened it, so its next message arrives in full.
+    await yan.page.goto('/');
+    await yan.page.locator('#conn-status[data-state="online"]').waitFor({ state: 'attached' });
+    await list('zed_t').filter({ hasText: 'zed one' }).waitFor();
+    await list('wu_t').filter({ hasText: 'wu three' }).waitFor();
+    assert.deepEqual(await yan.page.evaluate(() => window.parleyDebug.state.opened), [withWu]);
+    await sendAs('wu_t', withWu, 'wu four');
+    await list('wu_t').and(yan.page.locator('[data-summarised="0"][data-unread="2"]')).filter({ hasText: 'wu four' }).waitFor();
+    await list('wu_t').click();
+    await yan.page.locator('li.msg .body', { hasText: 'wu four' }).waitFor();
+    assert.deepEqual(await bodies(yan.page), ['wu one', 'wu two', 'wu three', 'wu four']);
+    const seqs = await yan.page.evaluate((id) => window.parleyDebug.state.convs[id].messages.map((m) => m.seq), withWu);
+    assert.deepEqual(seqs, [1, 2, 3, 4]);
+    assertClean(yan, helper);
+    await closeAll(yan, helper);
+  } finally {
+    await srv.stop();
+  }
 });
