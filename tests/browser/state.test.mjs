@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   emptyState, applyEntry, applyEvent, addWithheld, addMessages, tickOf, conversationsByActivity, recountUnread,
-  advanceApplied, expireMessages, applySummary, applyFill, fillReached, missingNewest,
+  advanceApplied, expireMessages, applySummary, applyFill, fillReached, missingNewest, setTimer,
 } from '../../web/js/state.js';
 
 const me = { user_id: 1, username: 'alice', device_id: 10 };
@@ -289,4 +289,19 @@ test('pages that stop at the read watermark replace older cached messages instea
   assert.equal(conv.messages.length, 10);
   assert.equal(conv.historyDone, false, 'older ones come from "Load older"');
   assert.equal(conv.unread, 10);
+});
+
+test('a set_disappearing answer never undoes a timer event applied after the request went out', () => {
+  const s = withConversation();
+  s.applied = 1;
+  const conv = s.convs[3];
+  // Our request goes out at applied 1; the other member's newer change
+  // arrives (after ours) before our answer.
+  applyEvent(s, { user_seq: 2, kind: 'disappearing', conversation_id: 3, seconds: 3600 });
+  applyEvent(s, { user_seq: 3, kind: 'disappearing', conversation_id: 3, seconds: 60 });
+  assert.equal(setTimer(conv, 3600, 1), false);
+  assert.equal(conv.disappearing, 60);
+  // No event since the request: the answer shows at once.
+  assert.equal(setTimer(conv, 86400, 3), true);
+  assert.equal(conv.disappearing, 86400);
 });

@@ -12,7 +12,7 @@ import { kv, outbox, clearAll } from './db.js';
 import {
   emptyState, applyEntry, applyEvent, applyChange, addMessages, addWithheld, peerOf, displayName, tickOf,
   conversationsByActivity, myWatermark, recountUnread, sortByUsername, advanceApplied, expireMessages,
-  applySummary, applyFill, fillReached, missingNewest, kMaxCachedMessages,
+  applySummary, applyFill, fillReached, missingNewest, kMaxCachedMessages, setTimer,
 } from './state.js';
 import { h, syncList, setText, visuallyHidden } from './dom.js';
 
@@ -120,9 +120,10 @@ const kDisappearingChoices = [[0, 'Off'], [3600, '1 hour'], [86400, '1 day'], [6
 
 async function setDisappearing(convId, seconds, note) {
   try {
+    const before = app.state.applied;
     await app.conn.request('set_disappearing', { conversation_id: convId, seconds });
     const conv = app.state.convs[convId];
-    if (conv) conv.disappearing = seconds; // the `disappearing` event says the same
+    if (conv) setTimer(conv, seconds, before); // the `disappearing` event says the same, or newer
     statusLine(note, seconds ? 'New messages will disappear.' : 'New messages will stay.');
     scheduleSave();
   } catch (e) {

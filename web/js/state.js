@@ -282,6 +282,7 @@ export function applyEvent(state, e) {
     case 'disappearing': {
       const conv = ensureConv(state, e.conversation_id);
       conv.disappearing = e.seconds || 0;
+      conv.disappearingAt = e.user_seq || 0; // an answer read before it must not undo it (setTimer)
       return conv;
     }
     case 'draft': {
@@ -363,6 +364,16 @@ export function applyFill(state, conv, messages, hasMore) {
   conv.serverUnread = null;
   recountUnread(state, conv);
   return conv;
+}
+
+// The timer a set_disappearing answer reports, applied only if no
+// `disappearing` event of the conversation was applied since the request
+// went out (`appliedBefore`, the cursor then): such an event is the same
+// change or a newer one, and the answer may reach us after it.
+export function setTimer(conv, seconds, appliedBefore) {
+  if ((conv.disappearingAt || 0) > (appliedBefore || 0)) return false;
+  conv.disappearing = seconds;
+  return true;
 }
 
 // Makes every cached message whose expires_at is at or before `now` a
