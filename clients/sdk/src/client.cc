@@ -425,8 +425,6 @@ struct Client::Impl {
                         {"messages", messages}, {"watermarks", watermarks}});
   }
 
-  // Loops sync pages from the applied cursor until has_more is false.
-  // final_sync: run even though Stop was called (the recorder's last sync).
   // Selective sync: states this session's selection (the selection is per
   // connection, docs/protocol.md "select_sync") before the first sync page.
   // The conversations the app opened are selected again in every session
@@ -519,6 +517,8 @@ struct Client::Impl {
     }
   }
 
+  // Loops sync pages from the applied cursor until has_more is false.
+  // final_sync: run even though Stop was called (the recorder's last sync).
   bool SyncLoop(Connection& c, std::map<int64_t, int64_t>* to_deliver, std::string* why, bool final_sync = false) {
     int snapshots = 0;
     while (final_sync || !Stopping()) {
