@@ -1150,6 +1150,7 @@ function chatScreen(main, r) {
       sub.dataset.typing = isTyping(c.id) ? '1' : '0';
       older.hidden = c.historyDone || missingNewest(c);
       loading.hidden = !missingNewest(c);
+      setText(loading, app.authed ? 'Loading newer messages…' : 'Newer messages load when you are back online.');
       if (!app.state.pendingDrafts[c.id] && (c.draft || '') !== shownDraft) {
         shownDraft = c.draft || '';
         if (input.value !== shownDraft) input.value = shownDraft;
