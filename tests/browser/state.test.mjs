@@ -305,3 +305,14 @@ test('a set_disappearing answer never undoes a timer event applied after the req
   assert.equal(setTimer(conv, 86400, 3), true);
   assert.equal(conv.disappearing, 86400);
 });
+
+test('more unread messages than the cache keeps: the ones it drops still count', () => {
+  const s = withConversation();
+  const conv = s.convs[3];
+  applySummary(s, summary(2, 600, 600));
+  applyFill(s, conv, Array.from({ length: 600 }, (_, i) => msg(i + 1, 2)), false);
+  assert.equal(conv.messages.length, 500);
+  assert.equal(conv.unread, 600);
+  applyEvent(s, { user_seq: 3, kind: 'receipt', conversation_id: 3, user_id: 1, delivered: 600, read: 550 });
+  assert.equal(conv.unread, 50);
+});

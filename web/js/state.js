@@ -356,9 +356,11 @@ export function applyFill(state, conv, messages, hasMore) {
   }
   if (!hasMore) conv.historyDone = true;
   addMessages(conv, messages);
-  if (!joined) {
+  // Held from here up (kMaxCachedMessages may have dropped the oldest pages).
+  const heldOldest = conv.messages.length ? conv.messages[0].seq : Infinity;
+  if (!joined || heldOldest > oldest) {
     const local = conv.messages.filter((m) => m.sender_id !== me && m.seq > read).length;
-    conv.hiddenUnread = read >= oldest - 1 ? 0 : Math.max(0, server - local);
+    conv.hiddenUnread = read >= heldOldest - 1 ? 0 : Math.max(0, server - local);
   }
   conv.summarised = false;
   conv.serverUnread = null;
