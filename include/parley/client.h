@@ -149,7 +149,8 @@ struct CachedConversation {
   // Selective sync (ClientOptions::sync_recent_conversations): the server
   // sent summaries of this conversation instead of its events, so messages
   // up to last_seq may be missing from the cache (unread is the server's
-  // count). OpenConversation pages them and clears it.
+  // count). OpenConversation (or a session that selects it) pages them and
+  // clears it; the count then comes from the cached messages.
   bool summarised = false;
 };
 
@@ -199,7 +200,8 @@ struct ClientOptions {
   int snapshot_messages = 20;      // newest messages per conversation in a new cache's snapshot (0-100)
   // Selective sync (docs/protocol.md "select_sync"): > 0 syncs in full only
   // the N most recently active conversations (1-100) plus those the app
-  // opened with OpenConversation in this Client's life; every other one is
+  // opened with OpenConversation (kept in the cache: every later Client on
+  // it selects them too); every other one is
   // kept as a summary (last_seq, unread; CachedConversation::summarised).
   // 0: everything in full.
   int sync_recent_conversations = 0;
@@ -309,8 +311,9 @@ class Client {
 
   // The app opens the conversation with `peer`: on a selective client
   // (sync_recent_conversations > 0) adds it to the session's selection (and
-  // to every later session's), then pages its newest messages from the
-  // server into the cache (up to `limit`), clearing `summarised`. Returns
+  // to every later session's, through the cache), then, if summarised, pages
+  // its messages from the newest until the cache holds every unread one
+  // (beyond `limit` if need be), clearing `summarised`. Returns
   // the newest `limit` cached messages, as Messages(peer, 0, limit). On a
   // full-sync client it only reads the cache. Needs the connection when the
   // conversation is not selected yet (error: kErrOffline, and the cached

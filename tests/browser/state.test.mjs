@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   emptyState, applyEntry, applyEvent, addWithheld, addMessages, tickOf, conversationsByActivity, recountUnread,
-  advanceApplied, expireMessages,
+  advanceApplied, expireMessages, applySummary, applyFill, fillReached, missingNewest, setTimer,
 } from '../../web/js/state.js';
 
 const me = { user_id: 1, username: 'alice', device_id: 10 };
@@ -213,4 +213,106 @@ test('a message with expires_at becomes a tombstone at that time, and the timer 
   addMessages(s.convs[3], [{ ...msg(1, 2, 'vanishing'), expires_at: 61_000 }]);
   assert.equal(s.convs[3].messages[0].body, '');
   assert.deepEqual(expireMessages(s, 70_000), []);
+});
+
+// Selective sync (docs/protocol.md "select_sync").
+function summary(userSeq, lastSeq, unread, covers = [[userSeq, userSeq]]) {
+  return { user_seq: userSeq, kind: 'summary', conversation_id: 3, last_seq: lastSeq, unread, covers };
+}
+
+test('a summary stands for its covered user seqs and shows the server\'s count until the messages are paged', () => {
+  const s = withConversation();
+  const covered = new Set();
+  s.applied = 1;
+  applyEvent(s, { user_seq: 2, kind: 'message', message: msg(1, 2) });
+  advanceApplied(s, covered, { user_seq: 2 });
+  // A sync page: one summary for seqs 3-4 and 6, a profile event at 5 between.
+  const sum = summary(3, 4, 3, [[3, 4], [6, 6]]);
+  applyEvent(s, sum);
+  advanceApplied(s, covered, sum);
+  assert.equal(s.applied, 4);
+  advanceApplied(s, covered, { user_seq: 5, kind: 'profile' });
+  assert.equal(s.applied, 6, 'seq 6 counts as applied in turn');
+  const conv = s.convs[3];
+  assert.equal(conv.lastSeq, 4);
+  assert.equal(conv.unread, 3);
+  assert.ok(missingNewest(conv));
+  // Live events keep the server's count: a message from the peer adds one,
+  // reading to the end zeroes it, a send zeroes it.
+  applyEvent(s, { user_seq: 7, kind: 'message', message: msg(5, 2) });
+  assert.equal(conv.unread, 4);
+  applyEvent(s, { user_seq: 8, kind: 'receipt', conversation_id: 3, user_id: 1, delivered: 5, read: 5 });
+  assert.equal(conv.unread, 0);
+  applySummary(s, summary(9, 6, 1));
+  assert.equal(conv.unread, 1);
+  applyEvent(s, { user_seq: 10, kind: 'message', message: msg(7, 1) });
+  assert.equal(conv.unread, 0);
+});
+
+test('paging a summarised conversation joins the cache without duplicates; the count comes from the messages', () => {
+  const s = withConversation();
+  for (const seq of [1, 2]) applyEvent(s, { user_seq: seq + 1, kind: 'message', message: msg(seq, 2) });
+  applyEvent(s, { user_seq: 4, kind: 'receipt', conversation_id: 3, user_id: 1, delivered: 2, read: 2 });
+  const conv = s.convs[3];
+  applySummary(s, summary(5, 6, 4));
+  assert.equal(conv.unread, 4);
+  // Selected at head 6; a live message arrives in full while paging.
+  conv.selectedHead = 6;
+  applyEvent(s, { user_seq: 7, kind: 'message', message: msg(7, 2) });
+  assert.equal(conv.unread, 5);
+  // The page (newest first) reaches seq 2: joined.
+  assert.ok(fillReached(s, conv, 2));
+  assert.ok(!fillReached(s, conv, 4), 'seq 3 is neither cached nor read');
+  applyFill(s, conv, [2, 3, 4, 5, 6, 7].map((q) => msg(q, 2)), true);
+  assert.deepEqual(conv.messages.map((m) => m.seq), [1, 2, 3, 4, 5, 6, 7]);
+  assert.equal(conv.unread, 5);
+  assert.ok(!conv.summarised && !missingNewest(conv));
+  // A summary made before the selection, arriving late, changes no count.
+  applySummary(s, summary(6, 6, 4));
+  assert.equal(conv.unread, 5);
+  assert.ok(!conv.summarised);
+  // After the selection, reading part of it counts exactly.
+  applyEvent(s, { user_seq: 8, kind: 'receipt', conversation_id: 3, user_id: 1, delivered: 7, read: 4 });
+  assert.equal(conv.unread, 3);
+});
+
+test('pages that stop at the read watermark replace older cached messages instead of leaving a hole', () => {
+  const s = withConversation();
+  applyEvent(s, { user_seq: 2, kind: 'message', message: msg(1, 2) });
+  applyEvent(s, { user_seq: 3, kind: 'receipt', conversation_id: 3, user_id: 1, delivered: 1, read: 1 });
+  applyEvent(s, { user_seq: 4, kind: 'receipt', conversation_id: 3, user_id: 1, delivered: 20, read: 20 });
+  const conv = s.convs[3];
+  applySummary(s, summary(5, 30, 10));
+  assert.ok(fillReached(s, conv, 21), 'every unread message is above the read watermark');
+  applyFill(s, conv, Array.from({ length: 10 }, (_, i) => msg(21 + i, 2)), true);
+  assert.deepEqual(conv.messages.map((m) => m.seq)[0], 21);
+  assert.equal(conv.messages.length, 10);
+  assert.equal(conv.historyDone, false, 'older ones come from "Load older"');
+  assert.equal(conv.unread, 10);
+});
+
+test('a set_disappearing answer never undoes a timer event applied after the request went out', () => {
+  const s = withConversation();
+  s.applied = 1;
+  const conv = s.convs[3];
+  // Our request goes out at applied 1; the other member's newer change
+  // arrives (after ours) before our answer.
+  applyEvent(s, { user_seq: 2, kind: 'disappearing', conversation_id: 3, seconds: 3600 });
+  applyEvent(s, { user_seq: 3, kind: 'disappearing', conversation_id: 3, seconds: 60 });
+  assert.equal(setTimer(conv, 3600, 1), false);
+  assert.equal(conv.disappearing, 60);
+  // No event since the request: the answer shows at once.
+  assert.equal(setTimer(conv, 86400, 3), true);
+  assert.equal(conv.disappearing, 86400);
+});
+
+test('more unread messages than the cache keeps: the ones it drops still count', () => {
+  const s = withConversation();
+  const conv = s.convs[3];
+  applySummary(s, summary(2, 600, 600));
+  applyFill(s, conv, Array.from({ length: 600 }, (_, i) => msg(i + 1, 2)), false);
+  assert.equal(conv.messages.length, 500);
+  assert.equal(conv.unread, 600);
+  applyEvent(s, { user_seq: 3, kind: 'receipt', conversation_id: 3, user_id: 1, delivered: 600, read: 550 });
+  assert.equal(conv.unread, 50);
 });

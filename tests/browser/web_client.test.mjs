@@ -403,8 +403,8 @@ test('heartbeats: the client pings at the announced interval and keeps one conne
 
 // Requests over a WebSocket of their own (a separate device of `username`),
 // run inside `page`: what another client would do.
-async function viaProtocol(page, username, requests) {
-  return page.evaluate(async ({ username, password, requests }) => {
+async function viaProtocol(page, username, requests, { registerFirst = false } = {}) {
+  return page.evaluate(async ({ username, password, requests, registerFirst }) => {
     const ws = new WebSocket(`ws://${location.host}/v1/ws`);
     await new Promise((resolve, reject) => {
       ws.onopen = resolve;
@@ -421,11 +421,44 @@ async function viaProtocol(page, username, requests) {
       waiting.set(id, resolve);
       ws.send(JSON.stringify({ v: 1, id, type, ...fields }));
     });
+    if (registerFirst) await call('register', { username, password });
     const out = [await call('login', { username, password, device_name: 'script', platform: 'test' })];
     for (const r of requests) out.push(await call(r.type, r.fields));
     ws.close();
     return out;
-  }, { username, password: kPassword, requests });
+  }, { username, password: kPassword, requests, registerFirst });
+}
+
+// Polls `sync` from `after` over a script connection of `username` (on a
+// page of the server's origin) until the trim job has passed that cursor.
+// Returns the last answer's code ('cursor_too_old' once it has).
+async function pollUntilCursorTooOld(page, username, after) {
+  return page.evaluate(async ({ username, password, after }) => {
+    const ws = new WebSocket(`ws://${location.host}/v1/ws`);
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    const waiting = new Map();
+    ws.onmessage = (ev) => {
+      const f = JSON.parse(ev.data);
+      if ((f.type === 'response' || f.type === 'error') && waiting.has(f.id)) waiting.get(f.id)(f);
+    };
+    let id = 0;
+    const call = (type, fields) => new Promise((resolve) => {
+      id += 1;
+      waiting.set(id, resolve);
+      ws.send(JSON.stringify({ v: 1, id, type, ...fields }));
+    });
+    await call('login', { username, password, device_name: 'script', platform: 'test' });
+    const deadline = Date.now() + 15_000;
+    let last = '';
+    while (Date.now() < deadline) {
+      const f = await call('sync', { after });
+      last = f.code || 'ok';
+      if (last === 'cursor_too_old') break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    ws.close();
+    return last;
+  }, { username, password: kPassword, after });
 }
 
 test('drafts follow the user to a second device; edits and deletes show and survive a reload', async () => {
@@ -643,32 +676,7 @@ test('a device away longer than the server keeps its stream gets cursor_too_old,
     await myMessage(wes.page, 'third').and(wes.page.locator('[data-seq]')).waitFor();
     // Wait, through a script client of xia's, until the trim job has passed
     // xia's cursor: a sync from there answers cursor_too_old.
-    const code = await wes.page.evaluate(async ({ password, after }) => {
-      const ws = new WebSocket(`ws://${location.host}/v1/ws`);
-      await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
-      const waiting = new Map();
-      ws.onmessage = (ev) => {
-        const f = JSON.parse(ev.data);
-        if ((f.type === 'response' || f.type === 'error') && waiting.has(f.id)) waiting.get(f.id)(f);
-      };
-      let id = 0;
-      const call = (type, fields) => new Promise((resolve) => {
-        id += 1;
-        waiting.set(id, resolve);
-        ws.send(JSON.stringify({ v: 1, id, type, ...fields }));
-      });
-      await call('login', { username: 'xia_t', password, device_name: 'script', platform: 'test' });
-      const deadline = Date.now() + 15_000;
-      let last = '';
-      while (Date.now() < deadline) {
-        const f = await call('sync', { after });
-        last = f.code || 'ok';
-        if (last === 'cursor_too_old') break;
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-      ws.close();
-      return last;
-    }, { password: kPassword, after: awayHead });
+    const code = await pollUntilCursorTooOld(wes.page, 'xia_t', awayHead);
     assert.equal(code, 'cursor_too_old');
     // xia comes back: the web client takes a snapshot and shows all three.
     await xia.page.goto('/');
@@ -723,4 +731,156 @@ test('disappearing messages: the timer control reaches the peer, and an expired 
   }
   assertClean(una, vic);
   await closeAll(una, vic);
+});
+
+test('selective sync: a summarised conversation shows its count, loads when opened, and stays consistent across reloads', async () => {
+  // Alice's browser selects only her most recent conversation (and the ones
+  // she opens); the test hook stands in for kSyncRecentConversations.
+  const alice = await user();
+  await alice.context.addInitScript(() => {
+    window.parleySyncRecentForTest = 1;
+  });
+  await register(alice.page, 'alice_sel');
+  const list = (peer) => alice.page.locator('a.conv', { hasText: peer });
+  const row = async (peer) => {
+    const a = list(peer);
+    return { unread: await a.getAttribute('data-unread'), summarised: await a.getAttribute('data-summarised'),
+      lastSeq: await a.getAttribute('data-last-seq'), preview: await a.locator('.conv-preview').textContent() };
+  };
+  const say = async (who, convId, ...bodiesToSend) => {
+    const answers = await viaProtocol(alice.page, who, bodiesToSend.map((body) =>
+      ({ type: 'send', fields: { conversation_id: convId, client_id: `${who}-${body.replace(/\W/g, '-')}`, body } })));
+    for (const a of answers) assert.equal(a.type, 'response', JSON.stringify(a));
+  };
+  const openWith = async (who) => {
+    const [, r] = await viaProtocol(alice.page, who, [{ type: 'open_conversation', fields: { username: 'alice_sel' } }],
+      { registerFirst: true });
+    return r.result.conversation.conversation_id;
+  };
+
+  // Bob's conversation is the first: with nothing selected yet, it is added.
+  const withBob = await openWith('bob_sel');
+  await say('bob_sel', withBob, 'bob one');
+  await list('bob_sel').and(alice.page.locator('[data-summarised="0"]')).filter({ hasText: 'bob one' }).waitFor();
+  // Carol's is not selected: her messages come as summaries, live.
+  const withCarol = await openWith('carol_sel');
+  await say('carol_sel', withCarol, 'carol one', 'carol two', 'carol three');
+  await list('carol_sel').and(alice.page.locator('[data-unread="3"][data-last-seq="3"]')).waitFor();
+  assert.deepEqual(await row('carol_sel'),
+    { unread: '3', summarised: '1', lastSeq: '3', preview: '3 new messages · open to load' });
+  const cached = () => alice.page.evaluate((id) => {
+    const c = window.parleyDebug.state.convs[id];
+    return { seqs: c.messages.map((m) => m.seq), summarised: c.summarised, unread: c.unread };
+  }, withCarol);
+  assert.deepEqual(await cached(), { seqs: [], summarised: true, unread: 3 }, 'no message of a summarised conversation is fetched');
+
+  // Bob writes again (his is the most recent now); a reload keeps Carol's summary.
+  await say('bob_sel', withBob, 'bob two');
+  await list('bob_sel').filter({ hasText: 'bob two' }).waitFor();
+  await alice.page.reload();
+  await alice.page.locator('#conn-status[data-state="online"]').waitFor({ state: 'attached' });
+  await list('bob_sel').filter({ hasText: 'bob two' }).waitFor();
+  assert.deepEqual(await row('carol_sel'),
+    { unread: '3', summarised: '1', lastSeq: '3', preview: '3 new messages · open to load' });
+  // A live message of the unselected conversation updates its summary.
+  await say('carol_sel', withCarol, 'carol four');
+  await list('carol_sel').and(alice.page.locator('[data-unread="4"][data-last-seq="4"]')).waitFor();
+  assert.equal((await row('carol_sel')).preview, '4 new messages · open to load');
+
+  // Opening it loads its messages, once each, and reads them.
+  await list('carol_sel').click();
+  await alice.page.locator('li.msg .body', { hasText: 'carol four' }).waitFor();
+  assert.deepEqual(await bodies(alice.page), ['carol one', 'carol two', 'carol three', 'carol four']);
+  await alice.page.locator('#chat-loading').waitFor({ state: 'hidden' });
+  // Selected now: the next message arrives in full, into the open chat.
+  await say('carol_sel', withCarol, 'carol five');
+  await alice.page.locator('li.msg .body', { hasText: 'carol five' }).waitFor();
+  assert.deepEqual(await bodies(alice.page), ['carol one', 'carol two', 'carol three', 'carol four', 'carol five']);
+  await navLink(alice.page, 'Chats').click();
+  await list('carol_sel').and(alice.page.locator('[data-unread="0"][data-summarised="0"]')).filter({ hasText: 'carol five' }).waitFor();
+
+  // A reload keeps it all, and selects the opened conversation again: a new
+  // message arrives in full even though Bob's is the most recent one.
+  await say('bob_sel', withBob, 'bob three');
+  await list('bob_sel').filter({ hasText: 'bob three' }).waitFor();
+  await alice.page.reload();
+  await alice.page.locator('#conn-status[data-state="online"]').waitFor({ state: 'attached' });
+  assert.deepEqual(await cached(), { seqs: [1, 2, 3, 4, 5], summarised: false, unread: 0 });
+  await say('carol_sel', withCarol, 'carol six');
+  await list('carol_sel').and(alice.page.locator('[data-summarised="0"][data-unread="1"]')).filter({ hasText: 'carol six' }).waitFor();
+  assert.deepEqual(await cached(), { seqs: [1, 2, 3, 4, 5, 6], summarised: false, unread: 1 });
+  assert.deepEqual(await alice.page.evaluate(() => window.parleyDebug.state.opened), [withCarol]);
+  await list('carol_sel').click();
+  await alice.page.locator('li.msg .body', { hasText: 'carol six' }).waitFor();
+  assert.deepEqual(await bodies(alice.page),
+    ['carol one', 'carol two', 'carol three', 'carol four', 'carol five', 'carol six']);
+  assertClean(alice);
+  await closeAll(alice);
+});
+
+test('selective sync after cursor_too_old: the snapshot keeps the opened conversations selected and the cache exact', async () => {
+  // As the old-cursor test: stream entries kept for 1 s (docs/operations.md "Stream trimming").
+  const srv = await startServer(['--stream-retention-s', '1', '--stream-device-grace-s', '1',
+    '--stream-trim-interval-ms', '50']);
+  try {
+    const yan = await newContext(browser, srv.base);
+    await yan.context.addInitScript(() => {
+      window.parleySyncRecentForTest = 1;
+    });
+    await register(yan.page, 'yan_t');
+    const list = (peer) => yan.page.locator('a.conv', { hasText: peer });
+    const openWith = async (who) => {
+      const [, r] = await viaProtocol(yan.page, who, [{ type: 'open_conversation', fields: { username: 'yan_t' } }],
+        { registerFirst: true });
+      return r.result.conversation.conversation_id;
+    };
+    let sent = 0;
+    const say = async (who, convId, ...texts) => {
+      const answers = await viaProtocol(yan.page, who, texts.map((body) =>
+        ({ type: 'send', fields: { conversation_id: convId, client_id: `${who}-${(sent += 1)}`, body } })));
+      for (const a of answers) assert.equal(a.type, 'response', JSON.stringify(a));
+    };
+    const withZed = await openWith('zed_t'); // selected when created (the selection was empty)
+    const withWu = await openWith('wu_t'); // summaries from here on
+    await say('wu_t', withWu, 'wu one', 'wu two');
+    await list('wu_t').and(yan.page.locator('[data-unread="2"][data-summarised="1"]')).waitFor();
+    // Yan opens Wu's chat (it is selected from now on) and leaves it read.
+    await list('wu_t').click();
+    await yan.page.locator('li.msg .body', { hasText: 'wu two' }).waitFor();
+    await navLink(yan.page, 'Chats').click();
+    await list('wu_t').and(yan.page.locator('[data-unread="0"]')).waitFor();
+
+    // Yan's browser goes away while both write; its cursor is trimmed past.
+    // A second context on the server's origin speaks for the others.
+    await yan.page.goto('about:blank');
+    const helper = await newContext(browser, srv.base);
+    await helper.page.goto('/');
+    const [, ping] = await viaProtocol(helper.page, 'yan_t', [{ type: 'ping', fields: {} }]);
+    const yanHead = ping.result.head; // Yan's browser applied at most this
+    const sendAs = (who, convId, body) => viaProtocol(helper.page, who,
+      [{ type: 'send', fields: { conversation_id: convId, client_id: `${who}-${(sent += 1)}`, body } }]);
+    await sendAs('wu_t', withWu, 'wu three');
+    await sendAs('zed_t', withZed, 'zed one');
+    const code = await pollUntilCursorTooOld(helper.page, 'yan_t', yanHead);
+    assert.equal(code, 'cursor_too_old');
+
+    // Back: a snapshot rebuilds the copy. Zed's is the most recent; Wu's is
+    // selected because Yan opened it, so its next message arrives in full.
+    await yan.page.goto('/');
+    await yan.page.locator('#conn-status[data-state="online"]').waitFor({ state: 'attached' });
+    await list('zed_t').filter({ hasText: 'zed one' }).waitFor();
+    await list('wu_t').filter({ hasText: 'wu three' }).waitFor();
+    assert.deepEqual(await yan.page.evaluate(() => window.parleyDebug.state.opened), [withWu]);
+    await sendAs('wu_t', withWu, 'wu four');
+    await list('wu_t').and(yan.page.locator('[data-summarised="0"][data-unread="2"]')).filter({ hasText: 'wu four' }).waitFor();
+    await list('wu_t').click();
+    await yan.page.locator('li.msg .body', { hasText: 'wu four' }).waitFor();
+    assert.deepEqual(await bodies(yan.page), ['wu one', 'wu two', 'wu three', 'wu four']);
+    const seqs = await yan.page.evaluate((id) => window.parleyDebug.state.convs[id].messages.map((m) => m.seq), withWu);
+    assert.deepEqual(seqs, [1, 2, 3, 4]);
+    assertClean(yan, helper);
+    await closeAll(yan, helper);
+  } finally {
+    await srv.stop();
+  }
 });

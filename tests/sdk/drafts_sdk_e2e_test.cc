@@ -170,7 +170,7 @@ TEST(DraftsSdkE2E, DraftsSetOfflineAreSavedOnceWhenOnlineAndTheLastLocalWriteWin
 }
 
 // A cache written by the SDK before drafts (schema 3) is migrated in place
-// (to the current schema, 5): its data stays, and drafts work.
+// (to the current schema, 6): its data stays, and drafts work.
 TEST(DraftsSdkE2E, ACacheOfSchemaThreeIsMigratedAndKeepsItsData) {
   TempDir dir;
   const std::string path = dir / "v3.db";
@@ -223,7 +223,8 @@ PRAGMA user_version=3;
   sqlite3_stmt* st = nullptr;
   ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr), SQLITE_OK);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(st, 0), 5) << "through 4 (drafts) to 5 (retention and selective sync)";
+  EXPECT_EQ(sqlite3_column_int(st, 0), 6)
+      << "through 4 (drafts), 5 (retention and selective sync) to 6 (opened conversations)";
   sqlite3_finalize(st);
   sqlite3_close(db);
   // Reopened: the unsaved draft is still there, to be sent when online.

@@ -12,6 +12,7 @@ import { kv, outbox, clearAll } from './db.js';
 import {
   emptyState, applyEntry, applyEvent, applyChange, addMessages, addWithheld, peerOf, displayName, tickOf,
   conversationsByActivity, myWatermark, recountUnread, sortByUsername, advanceApplied, expireMessages,
+  applySummary, applyFill, fillReached, missingNewest, kMaxCachedMessages, setTimer,
 } from './state.js';
 import { h, syncList, setText, visuallyHidden } from './dom.js';
 
@@ -39,6 +40,12 @@ const kMinPasswordLength = 8;
 const kLoadOlderThresholdPx = 40; // this close to the top of a chat, older messages load
 const kStickToBottomPx = 60; // this close to the bottom, new messages scroll into view
 const kMaxProfileLookupsPerConnection = 16; // search_users is rate limited (protocol.md)
+// Selective sync (docs/protocol.md "select_sync"): every connection syncs in
+// full only the user's most recent conversations and the ones the user
+// opened; the others arrive as summaries until opened.
+const kSyncRecentConversations = 20;
+const kMaxSyncSelection = 256; // protocol limit: conversations in one selection
+const kFillPageLimit = 200; // history pages of a summarised conversation once opened (the protocol's maximum)
 
 const app = {
   session: null, // {token, user_id, username, device_id}
@@ -73,7 +80,17 @@ const app = {
   wasOnline: false, // authenticated at least once since the page loaded
   profileLookups: new Set(), // user ids looked up on this connection
   limits: null, // the server's limits from the auth result (edit_window_ms, delete_window_ms, ...)
+  selection: null, // selective sync: this connection's selected conversation ids (null: it syncs everything)
+  selectHead: 0, // the head of the select_sync answer that made the selection
+  filling: new Set(), // conversation ids whose history is being paged after summaries
 };
+
+// How many recent conversations a connection selects. The browser tests set
+// window.parleySyncRecentForTest to a small number before the page loads.
+function syncRecent() {
+  const n = window.parleySyncRecentForTest;
+  return Number.isInteger(n) ? n : kSyncRecentConversations;
+}
 
 // ---------------------------------------------------------------- start-up
 
@@ -88,6 +105,7 @@ async function main() {
   if (app.session) {
     app.state = (await kv.get('state')) || emptyState(meOf(app.session));
     app.state.pendingDrafts ||= {}; // a state stored before drafts
+    app.state.opened ||= []; // a state stored before selective sync
     app.outbox = (await outbox.all()).sort((a, b) => a.order - b.order);
     app.limits = (await kv.get('limits')) || null; // the last server's, until auth tells again
     startConnection();
@@ -102,9 +120,10 @@ const kDisappearingChoices = [[0, 'Off'], [3600, '1 hour'], [86400, '1 day'], [6
 
 async function setDisappearing(convId, seconds, note) {
   try {
+    const before = app.state.applied;
     await app.conn.request('set_disappearing', { conversation_id: convId, seconds });
     const conv = app.state.convs[convId];
-    if (conv) conv.disappearing = seconds; // the `disappearing` event says the same
+    if (conv) setTimer(conv, seconds, before); // the `disappearing` event says the same, or newer
     statusLine(note, seconds ? 'New messages will disappear.' : 'New messages will stay.');
     scheduleSave();
   } catch (e) {
@@ -183,6 +202,7 @@ async function onOpen() {
     app.limits = r.limits;
     kv.set('limits', r.limits);
   }
+  await selectSync();
   if (app.state.applied === null) await takeSnapshot();
   else await requestSync();
   app.authed = true;
@@ -195,7 +215,128 @@ async function onOpen() {
   flushDrafts();
   reportReceipts();
   lookUpProfiles();
+  fillSelected();
   scheduleRender();
+}
+
+// ---------------------------------------------------------- selective sync
+// (docs/protocol.md "select_sync" and "Sync algorithm"; state.js applies
+// summaries.) After auth, before the first sync page, each connection
+// selects the kSyncRecentConversations most recent conversations and the
+// ones in state.opened. Opening a chat adds it (select_sync `add`) and, when
+// summaries stood for some of its messages, pages its history until the
+// cache holds every unread message (fill); the conversations a connection
+// selects that are still summarised are filled the same way, so a selected
+// conversation's count always comes from complete messages.
+
+async function selectSync() {
+  app.selection = null;
+  const recent = syncRecent();
+  if (recent <= 0) return;
+  const opened = app.state.opened.slice(-(kMaxSyncSelection - recent));
+  let r;
+  try {
+    r = await app.conn.request('select_sync', opened.length ? { recent, conversations: opened } : { recent });
+  } catch (e) {
+    if (!(e instanceof ProtocolError) || e.code === 'disconnected' || e.code === 'timeout') throw e;
+    if (e.code !== 'not_member' || !opened.length) return; // a server without selective sync: everything in full
+    // One we opened is ours no more (or never reached the server): select
+    // the recent ones now, open the others again when the user does.
+    app.state.opened = [];
+    r = await app.conn.request('select_sync', { recent }).catch(() => null);
+    if (!r) return;
+  }
+  noteSelection(r, null);
+}
+
+// Records a select_sync answer; `added`: the conversation an `add` selected
+// (null: a new selection, every selected one starts at its head).
+function noteSelection(r, added) {
+  app.selection = r.selective ? new Set(r.conversations) : null;
+  app.selectHead = r.head || 0;
+  for (const id of added === null ? r.conversations || [] : [added]) {
+    const conv = app.state.convs[id];
+    if (conv) conv.selectedHead = Math.max(conv.selectedHead || 0, r.head || 0);
+  }
+}
+
+function rememberOpened(convId) {
+  const s = app.state;
+  s.opened = [...s.opened.filter((x) => x !== convId), convId].slice(-kMaxSyncSelection);
+  scheduleSave();
+}
+
+// The user opened chat `convId`: select it on this connection and every
+// later one, and page what summaries stood for.
+async function openSelected(convId) {
+  const conv = app.state?.convs[convId];
+  if (!conv) return;
+  if (!app.state.opened.includes(convId)) rememberOpened(convId);
+  if (!app.authed) return; // onOpen selects it and fills it
+  if (app.selection && !app.selection.has(convId)) {
+    try {
+      noteSelection(await app.conn.request('select_sync', { add: [convId] }), convId);
+    } catch {
+      return; // offline: the next connection selects it
+    }
+  }
+  if (conv.summarised) await fill(convId);
+}
+
+// A conversation created after the selection was made is the most recent
+// of all: while the selection holds fewer than the recent ones a connection
+// selects, it is added (so a small account syncs everything in full).
+async function selectNew(convId) {
+  if (!app.authed || !app.selection || app.selection.has(convId) || app.selection.size >= syncRecent()) return;
+  app.selection.add(convId); // counted at once: a burst of new ones adds no more than that
+  try {
+    noteSelection(await app.conn.request('select_sync', { add: [convId] }), convId);
+  } catch {
+    app.selection?.delete(convId);
+    return;
+  }
+  if (app.state.convs[convId]?.summarised) await fill(convId);
+}
+
+// Fills the selected conversations still summarised, and the open chat.
+async function fillSelected() {
+  if (app.route?.name === 'chat') await openSelected(app.route.id);
+  for (const conv of Object.values(app.state?.convs || {})) {
+    if (!app.authed) return;
+    if (conv.summarised && (!app.selection || app.selection.has(conv.id))) await fill(conv.id);
+  }
+}
+
+// Pages the history of a summarised conversation from the newest until the
+// pages join the cached messages, reach our read watermark or the first
+// message (at most kMaxCachedMessages), then folds them in (applyFill).
+async function fill(convId) {
+  if (app.filling.has(convId) || !app.authed) return;
+  app.filling.add(convId);
+  const state = app.state;
+  try {
+    const messages = [];
+    let before = 0;
+    let hasMore = true;
+    while (messages.length < kMaxCachedMessages) {
+      const r = await app.conn.request('history', { conversation_id: convId, before, limit: kFillPageLimit });
+      if (app.state !== state) return; // signed out, or a snapshot replaced the copy: its pages are newer
+      addWithheld(state.convs[convId], r.withheld);
+      messages.push(...r.messages);
+      hasMore = r.has_more;
+      if (!r.messages.length || !hasMore) break;
+      before = r.messages[0].seq;
+      if (fillReached(state, state.convs[convId], before)) break;
+    }
+    applyFill(state, state.convs[convId], messages, hasMore);
+    scheduleSave();
+    reportReceipts();
+    scheduleRender();
+  } catch {
+    /* offline: the next connection fills it */
+  } finally {
+    app.filling.delete(convId);
+  }
 }
 
 // The protocol has no "get profile" request: profiles arrive with contacts,
@@ -230,6 +371,7 @@ async function takeSnapshot() {
   const fresh = emptyState(me);
   fresh.privacy = privacy;
   fresh.pendingDrafts = app.state.pendingDrafts || {}; // typed here, not saved yet: they still win
+  fresh.opened = app.state.opened || []; // the user's choice, not stream-derived
   for (const entry of snap.conversations) applyEntry(fresh, entry);
   const [contacts, blocked] = await Promise.all([
     app.conn.request('list_contacts'),
@@ -240,6 +382,8 @@ async function takeSnapshot() {
   for (const u of blocked.users) fresh.profiles[u.user_id] = u;
   fresh.blocked = blocked.users.map((u) => u.user_id);
   fresh.applied = snap.head;
+  // Selected before the snapshot: a summary made before then changes no count.
+  for (const id of app.selection || []) if (fresh.convs[id]) fresh.convs[id].selectedHead = app.selectHead;
   app.state = fresh;
   app.covered = new Set();
   await saveNow();
@@ -294,8 +438,10 @@ function markApplied(e) {
 
 function applyAndPersist(events) {
   if (events.some((e) => e.kind === 'conversation')) setTimeout(lookUpProfiles, 0);
+  for (const e of events) if (e.kind === 'conversation') selectNew(e.conversation.conversation_id);
   for (const e of events) {
-    const conv = applyEvent(app.state, e);
+    // A live summary is as new as it comes: its conversation moves up.
+    const conv = e.kind === 'summary' ? applySummary(app.state, e, Date.now()) : applyEvent(app.state, e);
     if (conv && e.kind === 'message') onMessageApplied(conv, e.message);
     markApplied(e);
   }
@@ -343,6 +489,8 @@ async function requestSync() {
           if (conv && e.kind === 'message') onMessageApplied(conv, e.message);
           markApplied(e);
         }
+        // A page covers (after, next] exactly, summaries included.
+        if (page.next > app.state.applied) markApplied({ user_seq: page.next });
         if (!page.has_more) break;
       }
     } while (app.syncAgain);
@@ -746,6 +894,7 @@ function route() {
   }
   app.screen = screens[r.name](main, r);
   app.screen.update?.();
+  if (r.name === 'chat') openSelected(r.id);
   showConnState();
   (app.screen.focus || main.querySelector('h1'))?.focus();
   updatePresenceSubscription();
@@ -897,21 +1046,34 @@ function chatsScreen(main) {
         const mine = last && (last.sender_id === undefined || last.sender_id === app.state.me.user_id);
         const draft = draftOf(c);
         const lastText = last?.deleted ? deletedText(last) : last?.body;
-        const preview = isTyping(c.id) ? 'typing…' : draft ? `Draft: ${draft}` : last ? `${mine ? 'You: ' : ''}${lastText}` : 'No messages yet';
+        // Selective sync: newer messages than the cached ones exist (a
+        // summary said so); they load when the chat is opened.
+        const missing = missingNewest(c) && !pending.length;
+        const preview = isTyping(c.id) ? 'typing…' : draft ? `Draft: ${draft}` : missing ? notLoadedText(c)
+          : last ? `${mine ? 'You: ' : ''}${lastText}` : 'No messages yet';
         const pres = presenceText(peer.user_id, false);
         const a = li.firstChild;
         a.dataset.unread = String(c.unread);
+        a.dataset.summarised = missing ? '1' : '0';
+        a.dataset.lastSeq = String(c.lastSeq);
         a.replaceChildren(
           presenceDot(peer.user_id),
           h('span', { class: 'conv-main' },
             h('span', { class: 'conv-name' }, name, pres ? visuallyHidden(`, ${pres}`) : ''),
             h('span', { class: 'conv-preview' }, preview)),
           h('span', { class: 'conv-meta' },
-            last?.ts ? h('time', { datetime: new Date(last.ts).toISOString() }, formatTime(last.ts)) : '',
+            last?.ts && !missing ? h('time', { datetime: new Date(last.ts).toISOString() }, formatTime(last.ts)) : '',
             c.unread ? h('span', { class: 'badge' }, String(c.unread), visuallyHidden(' unread')) : ''));
       });
     },
   };
+}
+
+// The preview of a conversation whose newest messages are not loaded yet.
+function notLoadedText(c) {
+  if (c.unread === 1) return '1 new message · open to load';
+  if (c.unread > 1) return `${c.unread} new messages · open to load`;
+  return 'Newer messages not loaded yet';
 }
 
 // ---- chat
@@ -932,7 +1094,9 @@ function chatScreen(main, r) {
     ...kDisappearingChoices.map(([secs, label]) => h('option', { value: String(secs) }, label)));
   const older = h('button', { type: 'button', class: 'small older', onclick: () => loadOlder(conv.id) }, 'Load older messages');
   const log = h('ol', { class: 'messages' });
-  const scroller = h('div', { class: 'scroller', role: 'log', 'aria-label': `Messages with ${peer.username}`, tabindex: '0' }, older, log);
+  // Selective sync: shown while the newest messages are still being paged in.
+  const loading = h('p', { class: 'hint', id: 'chat-loading', role: 'status' }, 'Loading newer messages…');
+  const scroller = h('div', { class: 'scroller', role: 'log', 'aria-label': `Messages with ${peer.username}`, tabindex: '0' }, older, log, loading);
   const input = h('textarea', { id: 'composer', rows: 1, maxlength: kMaxBodyLength, placeholder: 'Message', 'aria-label': `Message to ${peer.username}` });
   const form = h('form', { class: 'composer', onsubmit: (ev) => {
     ev.preventDefault();
@@ -984,7 +1148,9 @@ function chatScreen(main, r) {
       setText(title, displayName(app.state, peer.user_id, peer.username));
       setText(sub, blocked ? 'blocked' : isTyping(c.id) ? 'typing…' : presenceText(peer.user_id, true));
       sub.dataset.typing = isTyping(c.id) ? '1' : '0';
-      older.hidden = c.historyDone;
+      older.hidden = c.historyDone || missingNewest(c);
+      loading.hidden = !missingNewest(c);
+      setText(loading, app.authed ? 'Loading newer messages…' : 'Newer messages load when you are back online.');
       if (!app.state.pendingDrafts[c.id] && (c.draft || '') !== shownDraft) {
         shownDraft = c.draft || '';
         if (input.value !== shownDraft) input.value = shownDraft;
@@ -1289,7 +1455,8 @@ async function discardFailed(entry) {
 
 async function loadOlder(convId) {
   const conv = app.state.convs[convId];
-  if (!conv || conv.historyDone || app.historyLoading || !app.authed) return;
+  // A summarised conversation is paged from its newest first (fill).
+  if (!conv || conv.historyDone || missingNewest(conv) || app.historyLoading || !app.authed) return;
   app.historyLoading = true;
   try {
     const before = conv.messages.length ? conv.messages[0].seq : 0;

@@ -22,6 +22,18 @@
 // `draft` events, applied in stream order: the last is the newest);
 // `pendingDrafts` (conversation id -> {text, at}) the ones typed here and
 // not yet saved, which win until they are (app.js).
+//
+// Selective sync (docs/protocol.md "select_sync"; app.js says when): a
+// conversation outside the connection's selection reaches this copy as
+// `summary` entries. One raises `lastSeq`, makes `serverUnread` the server's
+// unread count (shown as is while it stands: the cached messages may miss
+// the newest) and marks the conversation `summarised` (messages up to
+// lastSeq may be missing). Opening it selects it (`selectedHead`: the head of
+// the select_sync answer; an older summary that arrives late changes no
+// count) and pages its history until the cache holds every unread message
+// (applyFill); from then on the cached messages count, as for any
+// conversation. `state.opened` lists the conversations the user opened, to
+// select again on every connection (kept across a reload and a snapshot).
 
 export const kMaxCachedMessages = 500; // per conversation; older pages come from history
 
@@ -35,6 +47,7 @@ export function emptyState(me) {
     blocked: [], // user ids
     privacy: null, // presence visibility, from `privacy` events or set here (null: never set, i.e. everyone)
     pendingDrafts: {}, // conversation_id -> {text, at}: typed here, not yet saved by set_draft
+    opened: [], // conversation ids the user opened, oldest first: selected on every connection
   };
 }
 
@@ -54,6 +67,9 @@ function newConv(c) {
     draft: '', // the server's draft ('' : none)
     draftAt: 0,
     disappearing: c.disappearing_s || 0, // the disappearing-messages timer, seconds (0: off)
+    summarised: false, // selective sync: messages up to lastSeq may be missing (summaries came instead)
+    serverUnread: null, // selective sync: the server's unread count while a summary stands (null: count the cache)
+    selectedHead: 0, // selective sync: the head of the select_sync answer that selected it
   };
 }
 
@@ -136,6 +152,10 @@ export function addWithheld(conv, seqs) {
 }
 
 export function recountUnread(state, conv) {
+  if (typeof conv.serverUnread === 'number') {
+    conv.unread = conv.serverUnread; // the cache may miss unread messages: the server's count stands
+    return;
+  }
   const me = state.me.user_id;
   const read = wmOf(conv, me).read;
   const oldest = conv.messages.length ? conv.messages[0].seq : Infinity;
@@ -190,8 +210,10 @@ export function applyEvent(state, e) {
       conv.activity = Math.max(conv.activity, m.ts);
       if (m.sender_id === me) {
         raiseWm(conv, me, m.seq, m.seq); // sending reads everything before it
+        if (typeof conv.serverUnread === 'number') conv.serverUnread = 0;
         recountUnread(state, conv);
       } else if (!known && !(conv.hidden || []).includes(m.seq) && m.seq > wmOf(conv, me).read) {
+        if (typeof conv.serverUnread === 'number') conv.serverUnread += 1;
         conv.unread += 1;
       }
       return conv;
@@ -200,9 +222,13 @@ export function applyEvent(state, e) {
       const conv = ensureConv(state, e.conversation_id);
       raiseWm(conv, e.user_id, e.delivered, e.read);
       addWithheld(conv, e.withheld);
+      // Read to the end: nothing is unread, whatever the cache holds.
+      if (e.user_id === me && typeof conv.serverUnread === 'number' && e.read >= conv.lastSeq) conv.serverUnread = 0;
       if (e.user_id === me) recountUnread(state, conv);
       return conv;
     }
+    case 'summary':
+      return applySummary(state, e);
     case 'conversation': {
       const c = e.conversation;
       const conv = ensureConv(state, c.conversation_id);
@@ -245,6 +271,9 @@ export function applyEvent(state, e) {
     case 'delete_for_me': {
       const conv = ensureConv(state, e.conversation_id);
       conv.hidden ||= [];
+      const gone = conv.messages.find((x) => x.seq === e.seq);
+      if (typeof conv.serverUnread === 'number' && gone && gone.sender_id !== me && e.seq > wmOf(conv, me).read)
+        conv.serverUnread = Math.max(0, conv.serverUnread - 1); // an unread message deleted for me counts no more
       if (!conv.hidden.includes(e.seq)) conv.hidden.push(e.seq);
       conv.messages = conv.messages.filter((x) => x.seq !== e.seq);
       recountUnread(state, conv);
@@ -253,6 +282,7 @@ export function applyEvent(state, e) {
     case 'disappearing': {
       const conv = ensureConv(state, e.conversation_id);
       conv.disappearing = e.seconds || 0;
+      conv.disappearingAt = e.user_seq || 0; // an answer read before it must not undo it (setTimer)
       return conv;
     }
     case 'draft': {
@@ -264,6 +294,88 @@ export function applyEvent(state, e) {
     default:
       return null; // kinds this client does not know: skipped, cursor still advances
   }
+}
+
+// A `summary` entry (selective sync): the conversation's current last seq
+// and unread count in place of the events it covers (advanceApplied counts
+// those as applied). One made before the conversation was selected
+// (user_seq at or below selectedHead) may arrive after the selection's
+// pages: it raises lastSeq and, while the conversation is still summarised,
+// the count, but marks nothing missing any more. `now`: the time it is
+// applied, the activity of a live summary that brings a new message.
+export function applySummary(state, e, now = 0) {
+  const conv = ensureConv(state, e.conversation_id);
+  const newer = (e.last_seq || 0) > conv.lastSeq;
+  conv.lastSeq = Math.max(conv.lastSeq, e.last_seq || 0);
+  if (newer && now) conv.activity = Math.max(conv.activity, now);
+  const late = e.user_seq <= (conv.selectedHead || 0);
+  if (late && !conv.summarised) return conv; // the cache holds it all: its count is exact
+  conv.summarised = true;
+  conv.serverUnread = e.unread || 0;
+  recountUnread(state, conv);
+  return conv;
+}
+
+// Whether `conv` has messages up to its lastSeq that this copy does not
+// hold (summaries came instead of them).
+export function missingNewest(conv) {
+  const newest = conv.messages.length ? conv.messages[conv.messages.length - 1].seq : 0;
+  return !!conv.summarised && conv.lastSeq > newest;
+}
+
+// Selective sync: whether history pages whose oldest message is `oldest`
+// have joined the cached messages (there is no cached message between the
+// newest cached one below them and them; live messages that arrived while
+// paging are newer and do not count), or reached our read watermark (every
+// unread message is held).
+export function fillReached(state, conv, oldest) {
+  const below = conv.messages.filter((m) => m.seq < oldest);
+  const joined = oldest <= (below.length ? below[below.length - 1].seq : 0) + 1;
+  return joined || oldest <= wmOf(conv, state.me.user_id).read + 1;
+}
+
+// The `history` pages read for a summarised conversation once selected
+// (`messages`, any order; `hasMore`: the last page's) are folded in. When
+// they did not join the cached messages, the cached ones older than them
+// are dropped (they come back through "Load older": no hole is kept).
+// Afterwards the conversation is no longer summarised and its unread count
+// comes from the cache again: exact when the pages hold every unread message
+// (they reached the read watermark, the cache or the first message), else
+// (stopped at kMaxCachedMessages) the rest is kept as hiddenUnread, as for a
+// snapshot.
+export function applyFill(state, conv, messages, hasMore) {
+  const me = state.me.user_id;
+  const read = wmOf(conv, me).read;
+  const oldest = messages.length ? Math.min(...messages.map((m) => m.seq)) : Infinity;
+  const below = conv.messages.filter((m) => m.seq < oldest);
+  const joined = !messages.length || !hasMore || oldest <= (below.length ? below[below.length - 1].seq : 0) + 1;
+  const server = typeof conv.serverUnread === 'number' ? conv.serverUnread : conv.unread;
+  if (!joined) {
+    conv.messages = conv.messages.filter((m) => m.seq > oldest);
+    conv.historyDone = false;
+  }
+  if (!hasMore) conv.historyDone = true;
+  addMessages(conv, messages);
+  // Held from here up (kMaxCachedMessages may have dropped the oldest pages).
+  const heldOldest = conv.messages.length ? conv.messages[0].seq : Infinity;
+  if (!joined || heldOldest > oldest) {
+    const local = conv.messages.filter((m) => m.sender_id !== me && m.seq > read).length;
+    conv.hiddenUnread = read >= heldOldest - 1 ? 0 : Math.max(0, server - local);
+  }
+  conv.summarised = false;
+  conv.serverUnread = null;
+  recountUnread(state, conv);
+  return conv;
+}
+
+// The timer a set_disappearing answer reports, applied only if no
+// `disappearing` event of the conversation was applied since the request
+// went out (`appliedBefore`, the cursor then): such an event is the same
+// change or a newer one, and the answer may reach us after it.
+export function setTimer(conv, seconds, appliedBefore) {
+  if ((conv.disappearingAt || 0) > (appliedBefore || 0)) return false;
+  conv.disappearing = seconds;
+  return true;
 }
 
 // Makes every cached message whose expires_at is at or before `now` a
@@ -311,12 +423,15 @@ export function myWatermark(state, conv) {
 }
 
 // Sets `applied` past event `e`. A coalesced receipt lists in `also_covers`
-// later user seqs folded into it that will not arrive live; they are kept in
-// `covered` and count as applied when their turn comes (protocol.md, "Sync
-// algorithm").
+// later user seqs folded into it that will not arrive live, and a summary
+// its `covers` ranges; they are kept in `covered` and count as applied when
+// their turn comes (protocol.md, "Sync algorithm").
 export function advanceApplied(state, covered, e) {
   state.applied = e.user_seq;
   for (const seq of e.also_covers || []) if (seq > e.user_seq) covered.add(seq);
+  // A summary stands for every user seq of its ranges (selective sync).
+  if (e.kind === 'summary')
+    for (const [from, to] of e.covers || []) for (let seq = Math.max(from, e.user_seq + 1); seq <= to; seq += 1) covered.add(seq);
   while (covered.has(state.applied + 1)) {
     covered.delete(state.applied + 1);
     state.applied += 1;

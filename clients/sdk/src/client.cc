@@ -48,6 +48,10 @@ constexpr size_t kMaxBodyBytes = 16384;     // protocol limit (docs/protocol.md,
 constexpr int kMaxSnapshotRetries = 3;
 constexpr size_t kMaxSyncSelection = 256;  // protocol limit: conversations in one select_sync selection
 constexpr int kMaxHistoryPage = 200;        // protocol limit: history `limit`
+// Selective sync: a summarised conversation, once selected, is paged until
+// the cache holds every unread message, at most this many pages (10,000
+// messages); past it the older unread ones are kept as a count.
+constexpr int kMaxFillPages = 50;
 constexpr int kAckIntervalMs = 1000;       // cursor acks are batched: at most one per second (and one on Stop)
 constexpr int kStopFlushTimeoutMs = 2000;   // Stop waits this long for final receipts and the cursor ack      // cursor_ahead -> snapshot -> sync, at most this often per session
 
@@ -171,10 +175,8 @@ struct Client::Impl {
   std::shared_ptr<Connection> session_conn;  // set from connect to close (DropConnectionForTest)
   std::map<int64_t, int64_t> pending_read;  // conversation -> seq (MarkRead)
   std::vector<StatusUpdate> queued_updates;  // from Compose, emitted by the worker
-  // Selective sync: conversations the app opened (OpenConversation), selected
-  // in every session from then on, and the current session's selection as
-  // the server answered it.
-  std::set<int64_t> opened;
+  // Selective sync: the current session's selection as the server answered
+  // it (the conversations the app opened are kept in the cache: Opened).
   std::set<int64_t> selection;
   std::thread worker;
 
@@ -423,32 +425,100 @@ struct Client::Impl {
                         {"messages", messages}, {"watermarks", watermarks}});
   }
 
-  // Loops sync pages from the applied cursor until has_more is false.
-  // final_sync: run even though Stop was called (the recorder's last sync).
   // Selective sync: states this session's selection (the selection is per
   // connection, docs/protocol.md "select_sync") before the first sync page.
+  // The conversations the app opened are selected again in every session
+  // (the newest first, as many as the selection holds besides the recent
+  // ones); every selected one starts at the answer's head.
   bool SelectSync(Connection& c, std::string* why) {
     json ids = json::array();
-    {
-      std::lock_guard lock(mu);
-      for (int64_t id : opened) {
-        if (ids.size() + static_cast<size_t>(opt.sync_recent_conversations) >= kMaxSyncSelection) break;
-        ids.push_back(id);
-      }
+    for (int64_t id : cache->Opened()) {
+      if (ids.size() + static_cast<size_t>(opt.sync_recent_conversations) >= kMaxSyncSelection) break;
+      ids.push_back(id);
     }
     json fields = {{"recent", opt.sync_recent_conversations}};
     if (!ids.empty()) fields["conversations"] = ids;
     Reply r = c.Call("select_sync", fields, opt.request_timeout_ms);
+    if (!r.ok && r.code == "not_member" && !ids.empty()) {
+      // One the app opened is not the user's any more: the recent ones now,
+      // the others again when the app opens them.
+      r = c.Call("select_sync", {{"recent", opt.sync_recent_conversations}}, opt.request_timeout_ms);
+    }
     if (!r.ok) {
       *why = "select_sync failed: " + r.code + " " + r.message;
       return false;
     }
+    const int64_t head = r.result.value("head", int64_t{0});
+    std::set<int64_t> now;
+    for (const auto& id : r.result.value("conversations", json::array())) {
+      now.insert(id.get<int64_t>());
+      cache->MarkSelected(id.get<int64_t>(), head);
+    }
     std::lock_guard lock(mu);
-    selection.clear();
-    for (const auto& id : r.result.value("conversations", json::array())) selection.insert(id.get<int64_t>());
+    selection = std::move(now);
     return true;
   }
 
+  // Selective sync: pages a summarised conversation's history (through
+  // `call`, on the app's or the worker's thread) from the newest until the
+  // cache holds every unread message (the pages join the cached messages or
+  // reach my read watermark) or the first message, at most kMaxFillPages;
+  // then the cached messages count again (LocalCache::MarkPaged). Returns
+  // false with *error set when a page failed (the conversation stays
+  // summarised: the next open or session pages it again).
+  bool Fill(const std::function<Reply(const json&)>& call, int64_t id, Reply* error) {
+    int64_t before = 0, oldest = 0;
+    bool held = false;
+    for (int page = 0; page < kMaxFillPages && !held; ++page) {
+      json fields = {{"conversation_id", id}, {"limit", kMaxHistoryPage}};
+      if (before > 0) fields["before"] = before;
+      Reply r = call(fields);
+      if (!r.ok) {
+        if (error) *error = r;
+        return false;
+      }
+      const json messages = r.result.value("messages", json::array());
+      if (history) {
+        json ms = json::array();
+        for (const auto& m : messages) ms.push_back(MessageFields(m));
+        Record("history", {{"conversation_id", id}, {"messages", ms}});
+      }
+      sdk::LocalError err;
+      if (!cache->StoreHistory(id, messages, r.result.value("withheld", json::array()), &err)) {
+        if (error) *error = Reply{false, json(), err.code, err.message, json()};
+        return false;
+      }
+      next_expiry = -1;
+      if (messages.empty() || !r.result.value("has_more", false)) {
+        held = true;  // the first message reached: nothing older exists
+        if (!messages.empty()) oldest = messages.front().value("seq", int64_t{0});
+        break;
+      }
+      before = oldest = messages.front().value("seq", int64_t{0});
+      held = cache->FillReached(id, oldest);
+    }
+    cache->MarkPaged(id, oldest, held);
+    return true;
+  }
+
+  // Pages the selected conversations that are still summarised (selected
+  // by `recent` after summaries stood for them), so that a selected
+  // conversation's count always comes from complete messages. Worker thread.
+  void FillSelected(Connection& c) {
+    std::set<int64_t> ids;
+    {
+      std::lock_guard lock(mu);
+      ids = selection;
+    }
+    auto call = [&](const json& fields) { return c.Call("history", fields, opt.request_timeout_ms); };
+    for (int64_t id : cache->Summarised()) {
+      if (!ids.count(id)) continue;
+      if (!Fill(call, id, nullptr) || Stopping()) return;
+    }
+  }
+
+  // Loops sync pages from the applied cursor until has_more is false.
+  // final_sync: run even though Stop was called (the recorder's last sync).
   bool SyncLoop(Connection& c, std::map<int64_t, int64_t>* to_deliver, std::string* why, bool final_sync = false) {
     int snapshots = 0;
     while (final_sync || !Stopping()) {
@@ -564,6 +634,7 @@ struct Client::Impl {
       c->Abort();
       return end;
     }
+    if (opt.sync_recent_conversations > 0) FillSelected(*c);
     {
       std::lock_guard lock(mu);
       conn = c;
@@ -1106,32 +1177,18 @@ std::vector<CachedMessage> Client::OpenConversation(const std::string& peer_in, 
       return impl_->cache->Messages(id, 0, limit);
     }
     impl_->cache->MarkSelected(id, r.result.value("head", int64_t{0}));
+    impl_->cache->AddOpened(id, impl_->Now());
     std::lock_guard lock(impl_->mu);
-    impl_->opened.insert(id);
     for (const auto& x : r.result.value("conversations", json::array())) impl_->selection.insert(x.get<int64_t>());
+  } else {
+    impl_->cache->AddOpened(id, impl_->Now());  // selected as recent now; opened: selected in every session
   }
   if (conv->summarised) {
-    // From the newest back until the pages join what the cache holds (or limit).
-    int64_t before = 0;
-    int paged = 0;
-    std::vector<CachedMessage> cached = impl_->cache->Messages(id, 0, 1);
-    int64_t have = cached.empty() ? 0 : cached.back().seq;
-    while (paged < limit) {
-      bool more = false;
-      Reply err;
-      auto page = History(peer, before, std::min(limit - paged, kMaxHistoryPage), &more, &err);
-      if (!err.code.empty()) {
-        if (error) *error = err;
-        return impl_->cache->Messages(id, 0, limit);
-      }
-      if (page.empty()) break;
-      paged += static_cast<int>(page.size());
-      before = page.front().seq;
-      if (!more || before <= have + 1) break;
-    }
-    impl_->cache->MarkPaged(id);
+    // From the newest back until the cache holds every unread message
+    // (beyond `limit` if need be: the count comes from the messages then).
+    impl_->Fill([&](const json& fields) { return Request("history", fields); }, id, error);
   }
-  return impl_->cache->Messages(id, 0, limit);
+  return impl_->cache->Messages(id, 0, limit, impl_->Now());
 }
 
 std::vector<CachedMessage> Client::History(const std::string& peer_in, int64_t before, int limit, bool* has_more,

@@ -150,6 +150,7 @@ CREATE TABLE IF NOT EXISTS outbox(
   error_code TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS draft_outbox(
   peer TEXT PRIMARY KEY, text TEXT NOT NULL, set_at INTEGER NOT NULL, gen INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS opened(conversation_id INTEGER PRIMARY KEY, opened_at INTEGER NOT NULL);
 )sql";
 
 // Schema 1 -> 2: edits and deletes.
@@ -197,6 +198,12 @@ ALTER TABLE conversations ADD COLUMN disappearing_s INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE conversations ADD COLUMN summary_unread INTEGER NOT NULL DEFAULT -1;
 ALTER TABLE conversations ADD COLUMN summarised INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE conversations ADD COLUMN selected_head INTEGER NOT NULL DEFAULT 0;
+)sql";
+
+// Schema 5 -> 6: the conversations the app opened (selective sync), selected
+// again by every session. Not stream-derived: a snapshot leaves it alone.
+constexpr const char* kSchemaV6 = R"sql(
+CREATE TABLE IF NOT EXISTS opened(conversation_id INTEGER PRIMARY KEY, opened_at INTEGER NOT NULL);
 )sql";
 
 }  // namespace
@@ -251,6 +258,7 @@ std::unique_ptr<LocalCache> LocalCache::Open(const std::string& path, int64_t ma
         if (version < 3) Exec(db, kSchemaV3);
         if (version < 4) Exec(db, kSchemaV4);
         if (version < 5) Exec(db, kSchemaV5);
+        if (version < 6) Exec(db, kSchemaV6);
       }
       Exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
       tx.Commit();
@@ -551,7 +559,7 @@ MessageStatus LocalCache::OwnStatusLocked(int64_t conversation_id, int64_t seq) 
   return MessageStatus::kSent;
 }
 
-void LocalCache::InsertConversationLocked(const json& c) {
+void LocalCache::InsertConversationLocked(const json& c, bool from_stream) {
   int64_t id = c.value("conversation_id", int64_t{0});
   if (id <= 0) return;
   int64_t peer_id = 0;
@@ -562,10 +570,18 @@ void LocalCache::InsertConversationLocked(const json& c) {
       peer = m.value("username", "");
     }
   }
+  // The timer of a known conversation follows the stream only: an answer
+  // (open_conversation) read before a `disappearing` event may be handled
+  // after it, and must not bring the older value back.
   Stmt s(db_, stmts_,
-         "INSERT INTO conversations(id, peer_id, peer, created_at, last_seq, disappearing_s) VALUES(?,?,?,?,?,?) "
-         "ON CONFLICT(id) DO UPDATE SET peer_id=excluded.peer_id, peer=excluded.peer, created_at=excluded.created_at, "
-         "last_seq=MAX(last_seq, excluded.last_seq), disappearing_s=excluded.disappearing_s");
+         from_stream
+             ? "INSERT INTO conversations(id, peer_id, peer, created_at, last_seq, disappearing_s) VALUES(?,?,?,?,?,?) "
+               "ON CONFLICT(id) DO UPDATE SET peer_id=excluded.peer_id, peer=excluded.peer, "
+               "created_at=excluded.created_at, last_seq=MAX(last_seq, excluded.last_seq), "
+               "disappearing_s=excluded.disappearing_s"
+             : "INSERT INTO conversations(id, peer_id, peer, created_at, last_seq, disappearing_s) VALUES(?,?,?,?,?,?) "
+               "ON CONFLICT(id) DO UPDATE SET peer_id=excluded.peer_id, peer=excluded.peer, "
+               "created_at=excluded.created_at, last_seq=MAX(last_seq, excluded.last_seq)");
   s.Bind(1, id).Bind(2, peer_id).Bind(3, peer).Bind(4, c.value("created_at", int64_t{0}))
       .Bind(5, c.value("last_seq", int64_t{0}))
       .Bind(6, c.value("disappearing_s", int64_t{0}))
@@ -665,16 +681,24 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
   if (kind == "summary") {
     // The conversation's current last seq and unread count, in place of its
     // events (selective sync): its messages up to last_seq may be missing.
+    // One made before the conversation was selected (at or below
+    // selected_head) that arrives after its pages changes no count: the
+    // cache holds every unread message then, and the summary's count, read
+    // later than its place in the stream, may already include messages that
+    // arrive in full after it (they would count twice).
     int64_t conv = e.value("conversation_id", int64_t{0});
     Stmt c(db_, stmts_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
     c.Bind(1, conv).Run();
     Stmt u(db_, stmts_,
-           "UPDATE conversations SET last_seq=MAX(last_seq, ?), summary_unread=?, "
+           "UPDATE conversations SET last_seq=MAX(last_seq, ?), "
+           "summary_unread=CASE WHEN ? <= selected_head AND summarised <> 1 THEN summary_unread ELSE ? END, "
            "summarised=CASE WHEN ? <= selected_head THEN summarised ELSE 1 END WHERE id=?");
+    const int64_t us = e.value("user_seq", int64_t{0});
     u.Bind(1, e.value("last_seq", int64_t{0}))
-        .Bind(2, e.value("unread", int64_t{0}))
-        .Bind(3, e.value("user_seq", int64_t{0}))
-        .Bind(4, conv)
+        .Bind(2, us)
+        .Bind(3, e.value("unread", int64_t{0}))
+        .Bind(4, us)
+        .Bind(5, conv)
         .Run();
     return;
   }
@@ -721,7 +745,16 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
                                        e.value("edited_at", int64_t{0}));
     if (changed) out->changed.push_back(std::move(*changed));
   } else if (kind == "delete_for_me") {
-    auto hidden = HideMessageLocked(e.value("conversation_id", int64_t{0}), e.value("seq", int64_t{0}));
+    const int64_t conv = e.value("conversation_id", int64_t{0}), seq = e.value("seq", int64_t{0});
+    auto hidden = HideMessageLocked(conv, seq);
+    if (hidden && !hidden->outgoing) {
+      // While the server's count stands, an unread message deleted for me
+      // leaves it (the server's count never includes those).
+      Stmt su(db_, stmts_,
+              "UPDATE conversations SET summary_unread=MAX(0, summary_unread-1) WHERE id=? AND summary_unread>0 "
+              "AND ? > COALESCE((SELECT read FROM receipts WHERE conversation_id=? AND user_id=?), 0)");
+      su.Bind(1, conv).Bind(2, seq).Bind(3, conv).Bind(4, me_).Run();
+    }
     if (hidden) out->changed.push_back(std::move(*hidden));
   } else if (kind == "draft") {
     // The conversation's current draft as the server read it: applied in
@@ -945,7 +978,7 @@ bool LocalCache::StoreHistory(int64_t conversation_id, const json& messages, con
 bool LocalCache::StoreConversation(const json& conversation, LocalError* error) {
   std::lock_guard lock(mu_);
   try {
-    InsertConversationLocked(conversation);
+    InsertConversationLocked(conversation, /*from_stream=*/false);
     return true;
   } catch (const SqlError& e) {
     if (error) *error = ToLocalError(e);
@@ -1064,12 +1097,82 @@ void LocalCache::MarkSelected(int64_t conversation_id, int64_t head) {
   u.Bind(1, head).Bind(2, conversation_id).Run();
 }
 
-void LocalCache::MarkPaged(int64_t conversation_id) {
+bool LocalCache::FillReached(int64_t conversation_id, int64_t oldest) {
   std::lock_guard lock(mu_);
-  // 2: paged after summaries (no longer shown as summarised; the view
-  // record still names it, see HistoryView).
-  Stmt u(db_, stmts_, "UPDATE conversations SET summarised=2 WHERE id=?");
-  u.Bind(1, conversation_id).Run();
+  try {
+    Stmt s(db_, stmts_,
+           "SELECT COALESCE((SELECT MAX(seq) FROM messages WHERE conversation_id=?1 AND seq<?2), 0), "
+           "COALESCE((SELECT read FROM receipts WHERE conversation_id=?1 AND user_id=?3), 0)");
+    s.Bind(1, conversation_id).Bind(2, oldest).Bind(3, me_);
+    if (!s.Step()) return false;
+    return oldest <= s.Int(0) + 1 || oldest <= s.Int(1) + 1;
+  } catch (const SqlError&) {
+    return false;
+  }
+}
+
+void LocalCache::MarkPaged(int64_t conversation_id, int64_t oldest, bool all_unread_held) {
+  std::lock_guard lock(mu_);
+  try {
+    Tx tx(db_);
+    // Stopped before every unread message was held: the ones older than
+    // the pages are kept as a number below them (hidden_unread,
+    // hidden_below, as after a snapshot); the cached ones from `oldest` up
+    // count one by one.
+    if (!all_unread_held) {
+      Stmt s(db_, stmts_,
+             "SELECT c.summary_unread, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id=c.id AND "
+             "m.sender_id<>?2 AND m.hidden=0 AND m.seq>=?3 AND m.seq>COALESCE((SELECT read FROM receipts r WHERE "
+             "r.conversation_id=c.id AND r.user_id=?2), 0)) FROM conversations c WHERE c.id=?1");
+      s.Bind(1, conversation_id).Bind(2, me_).Bind(3, oldest);
+      if (s.Step() && s.Int(0) >= 0) {
+        Stmt u(db_, stmts_, "UPDATE conversations SET hidden_unread=?, hidden_below=? WHERE id=?");
+        u.Bind(1, std::max<int64_t>(0, s.Int(0) - s.Int(1))).Bind(2, oldest).Bind(3, conversation_id).Run();
+      }
+    }
+    // 2: paged after summaries (no longer shown as summarised; the view
+    // record still names it, see HistoryView). The cached messages count
+    // again: every unread one is among them.
+    Stmt u(db_, stmts_, "UPDATE conversations SET summarised=2, summary_unread=-1 WHERE id=?");
+    u.Bind(1, conversation_id).Run();
+    tx.Commit();
+  } catch (const SqlError&) {
+    // Left summarised: the next OpenConversation or session pages it again.
+  }
+}
+
+void LocalCache::AddOpened(int64_t conversation_id, int64_t now) {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt u(db_, stmts_,
+           "INSERT INTO opened(conversation_id, opened_at) VALUES(?,?) "
+           "ON CONFLICT(conversation_id) DO UPDATE SET opened_at=excluded.opened_at");
+    u.Bind(1, conversation_id).Bind(2, now).Run();
+  } catch (const SqlError&) {
+    // Kept in memory for this Client; a full disk only loses it for the next.
+  }
+}
+
+std::vector<int64_t> LocalCache::Summarised() {
+  std::lock_guard lock(mu_);
+  std::vector<int64_t> out;
+  try {
+    Stmt s(db_, stmts_, "SELECT id FROM conversations WHERE summarised=1 ORDER BY id");
+    while (s.Step()) out.push_back(s.Int(0));
+  } catch (const SqlError&) {
+  }
+  return out;
+}
+
+std::vector<int64_t> LocalCache::Opened() {
+  std::lock_guard lock(mu_);
+  std::vector<int64_t> out;
+  try {
+    Stmt s(db_, stmts_, "SELECT conversation_id FROM opened ORDER BY opened_at DESC, conversation_id DESC");
+    while (s.Step()) out.push_back(s.Int(0));
+  } catch (const SqlError&) {
+  }
+  return out;
 }
 
 std::vector<CachedConversation> LocalCache::Conversations() {

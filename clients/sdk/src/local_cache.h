@@ -73,7 +73,8 @@ class LocalCache {
   // 4: drafts (conversations.draft, draft_updated_at; the draft_outbox table)
   // 5: retention (messages.expires_at, conversations.disappearing_s) and selective sync
   //    (conversations.summary_unread, summarised, selected_head)
-  static constexpr int kSchemaVersion = 5;
+  // 6: the conversations the app opened (the opened table), selected again by every session
+  static constexpr int kSchemaVersion = 6;
 
   static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
   ~LocalCache();
@@ -117,7 +118,9 @@ class LocalCache {
   // `withheld`: the response's seqs that stay "sent" forever (may be empty).
   bool StoreHistory(int64_t conversation_id, const nlohmann::json& messages, const nlohmann::json& withheld,
                     LocalError* error);
-  // Records a conversation learnt from open_conversation/send.
+  // Records a conversation learnt from an answer (open_conversation), out of
+  // stream order: a known conversation keeps its disappearing timer (the
+  // stream's `disappearing` events decide it, an answer may be older).
   bool StoreConversation(const nlohmann::json& conversation, LocalError* error);
 
   std::vector<CachedConversation> Conversations();
@@ -132,9 +135,23 @@ class LocalCache {
   std::vector<CachedMessage> ExpireMessages(int64_t now);
   int64_t NextExpiry();
   std::optional<StatusUpdate> StatusOf(const std::string& client_id);
-  // Selective sync: the conversation's messages were paged after summaries
-  // (clears CachedConversation::summarised).
-  void MarkPaged(int64_t conversation_id);
+  // Selective sync: whether history pages whose oldest message is `oldest`
+  // have joined the cached messages (the newest cached one below them is
+  // oldest - 1) or reached my read watermark (every unread message is held).
+  bool FillReached(int64_t conversation_id, int64_t oldest);
+  // Selective sync: the conversation's messages were paged after summaries,
+  // down to `oldest` (clears CachedConversation::summarised). The unread
+  // count comes from the cached messages again; if the pages did not hold
+  // every unread one (`all_unread_held` false), the server's count of the
+  // rest is kept below `oldest`, as after a snapshot.
+  void MarkPaged(int64_t conversation_id, int64_t oldest, bool all_unread_held);
+  // Selective sync: the conversations the app opened, selected again by
+  // every session (kept across restarts and snapshots). Opened: newest first.
+  void AddOpened(int64_t conversation_id, int64_t now);
+  std::vector<int64_t> Opened();
+  // Selective sync: the conversations whose messages up to last_seq may be
+  // missing (CachedConversation::summarised), ascending.
+  std::vector<int64_t> Summarised();
   // Selective sync: the conversation is selected from user seq `head` on
   // (select_sync's answer); summaries at or below it no longer mark it.
   void MarkSelected(int64_t conversation_id, int64_t head);
@@ -157,7 +174,9 @@ class LocalCache {
   std::string MetaLocked(const std::string& key);
   void SetMetaLocked(const std::string& key, const std::string& value);
   void ApplyOneLocked(const nlohmann::json& event, ApplyOutcome* out);
-  void InsertConversationLocked(const nlohmann::json& conversation);
+  // from_stream: a snapshot entry or a `conversation` event (its timer is
+  // current in stream order); else an answer (see StoreConversation).
+  void InsertConversationLocked(const nlohmann::json& conversation, bool from_stream = true);
   void InsertMessageLocked(const nlohmann::json& m, std::vector<StatusUpdate>* updates);
   // Folds an edit or delete (protocol::ApplyChange) into a cached message;
   // returns it when it changed.

@@ -1,0 +1,156 @@
+// The SDK's local cache (clients/sdk/src/local_cache.h) on its own, with
+// events made up in the test: the selective-sync state (docs/sdk.md
+// "Selective sync") and the order rules between answers and stream events
+// that an end-to-end test cannot time.
+#include "local_cache.h"
+
+#include <gtest/gtest.h>
+
+#include "sdk/sdk_test_util.h"
+
+namespace parley::sdk {
+namespace {
+
+using nlohmann::json;
+using parley::testing::TempDir;
+
+constexpr int64_t kMe = 1, kBob = 2, kConv = 3;
+
+class LocalCacheTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Reopen(); }
+
+  void Reopen() {
+    cache_.reset();
+    LocalError err;
+    cache_ = LocalCache::Open(dir_ / "cache.db", 0, &err);
+    ASSERT_TRUE(cache_) << err.message;
+    cache_->SetIdentity(kMe, "alice", 10);
+  }
+
+  // Applies events at the next user seqs.
+  void Apply(std::vector<json> events) {
+    for (auto& e : events) e["user_seq"] = ++user_seq_;
+    ApplyOutcome out;
+    LocalError err;
+    ASSERT_TRUE(cache_->ApplyEvents(events, &out, &err)) << err.message;
+    ASSERT_FALSE(out.gap);
+  }
+
+  static json Conversation(int64_t disappearing_s = 0) {
+    return {{"conversation_id", kConv},
+            {"members", {{{"user_id", kMe}, {"username", "alice"}}, {{"user_id", kBob}, {"username", "bob"}}}},
+            {"last_seq", 0},
+            {"created_at", 5},
+            {"disappearing_s", disappearing_s}};
+  }
+  static json Message(int64_t seq, int64_t sender = kBob) {
+    return {{"conversation_id", kConv}, {"seq", seq}, {"sender_id", sender}, {"client_id", "c" + std::to_string(seq)},
+            {"body", "m" + std::to_string(seq)}, {"ts", 1000 + seq}};
+  }
+  // A summary covering its own user seq and the next `extra` ones.
+  json Summary(int64_t last_seq, int64_t unread, int64_t extra = 0) const {
+    const int64_t at = user_seq_ + 1;
+    return {{"kind", "summary"}, {"conversation_id", kConv}, {"last_seq", last_seq}, {"unread", unread},
+            {"covers", {{at, at + extra}}}};
+  }
+  void ApplySummary(int64_t last_seq, int64_t unread, int64_t extra = 0) {
+    Apply({Summary(last_seq, unread, extra)});
+    user_seq_ += extra;
+  }
+  CachedConversation Bob() { return *cache_->ConversationWith("bob"); }
+
+  TempDir dir_;
+  std::unique_ptr<LocalCache> cache_;
+  int64_t user_seq_ = 0;
+};
+
+TEST_F(LocalCacheTest, AnOpenConversationAnswerNeverBringsBackAnOlderTimer) {
+  Apply({{{"kind", "conversation"}, {"conversation", Conversation()}}});
+  // The timer is set; an open_conversation answer read before that is
+  // handled after it (the worker applies queued events before answers).
+  Apply({{{"kind", "disappearing"}, {"conversation_id", kConv}, {"seconds", 3600}}});
+  LocalError err;
+  ASSERT_TRUE(cache_->StoreConversation(Conversation(0), &err));
+  EXPECT_EQ(Bob().disappearing_s, 3600);
+  // The stream still decides: a later event turns it off.
+  Apply({{{"kind", "disappearing"}, {"conversation_id", kConv}, {"seconds", 0}}});
+  EXPECT_EQ(Bob().disappearing_s, 0);
+  // A conversation the cache did not know takes the answer's timer.
+  json other = Conversation(86400);
+  other["conversation_id"] = 4;
+  other["members"][1] = {{"user_id", 5}, {"username", "carol"}};
+  ASSERT_TRUE(cache_->StoreConversation(other, &err));
+  EXPECT_EQ(cache_->ConversationWith("carol")->disappearing_s, 86400);
+}
+
+TEST_F(LocalCacheTest, OpenedConversationsSurviveASnapshotAndAReopenNewestFirst) {
+  cache_->AddOpened(5, 100);
+  cache_->AddOpened(3, 200);
+  cache_->AddOpened(5, 300);
+  EXPECT_EQ(cache_->Opened(), (std::vector<int64_t>{5, 3}));
+  ApplyOutcome out;
+  LocalError err;
+  ASSERT_TRUE(cache_->ApplySnapshot({{"head", 7}, {"conversations", json::array()}}, &out, &err)) << err.message;
+  Reopen();
+  EXPECT_EQ(cache_->Opened(), (std::vector<int64_t>{5, 3}));
+}
+
+TEST_F(LocalCacheTest, PagedAfterSummariesTheCountComesFromTheMessagesAndALateSummaryChangesNothing) {
+  Apply({{{"kind", "conversation"}, {"conversation", Conversation()}}});
+  ApplySummary(3, 3);
+  EXPECT_TRUE(Bob().summarised);
+  EXPECT_EQ(Bob().unread, 3);
+  // Selected at head 2, then paged: messages 1-3 (the first is reached).
+  cache_->MarkSelected(kConv, user_seq_ + 1);
+  LocalError err;
+  ASSERT_TRUE(cache_->StoreHistory(kConv, {Message(1), Message(2), Message(3)}, json::array(), &err));
+  cache_->MarkPaged(kConv, 1, true);
+  EXPECT_FALSE(Bob().summarised);
+  EXPECT_EQ(Bob().unread, 3);
+  // A summary made before the selection arrives now; its count was read
+  // after message 4 was stored, which then arrives in full: counted once.
+  ApplySummary(4, 4);
+  EXPECT_EQ(Bob().last_seq, 4);
+  EXPECT_EQ(Bob().unread, 3);
+  EXPECT_FALSE(Bob().summarised);
+  Apply({{{"kind", "message"}, {"message", Message(4)}}});
+  EXPECT_EQ(Bob().unread, 4);
+  // Reading part of it on another device: exact, from the messages.
+  Apply({{{"kind", "receipt"}, {"conversation_id", kConv}, {"user_id", kMe}, {"delivered", 4}, {"read", 1}}});
+  EXPECT_EQ(Bob().unread, 3);
+}
+
+TEST_F(LocalCacheTest, FillReachedWhenThePagesJoinTheCacheOrTheReadWatermark) {
+  Apply({{{"kind", "conversation"}, {"conversation", Conversation()}}});
+  Apply({{{"kind", "message"}, {"message", Message(1)}}, {{"kind", "message"}, {"message", Message(2)}}});
+  ApplySummary(9, 7, 6);
+  EXPECT_EQ(Bob().unread, 7);
+  EXPECT_TRUE(cache_->FillReached(kConv, 3));
+  EXPECT_FALSE(cache_->FillReached(kConv, 4));
+  Apply({{{"kind", "receipt"}, {"conversation_id", kConv}, {"user_id", kMe}, {"delivered", 5}, {"read", 5}}});
+  EXPECT_TRUE(cache_->FillReached(kConv, 6)) << "every unread message is above the read watermark";
+}
+
+TEST_F(LocalCacheTest, PagesStoppedBeforeEveryUnreadMessageKeepTheRestAsACount) {
+  Apply({{{"kind", "conversation"}, {"conversation", Conversation()}}});
+  ApplySummary(10, 10);
+  LocalError err;
+  ASSERT_TRUE(cache_->StoreHistory(kConv, {Message(8), Message(9), Message(10)}, json::array(), &err));
+  cache_->MarkPaged(kConv, 8, false);
+  EXPECT_EQ(Bob().unread, 10) << "3 cached and 7 below them";
+  Apply({{{"kind", "receipt"}, {"conversation_id", kConv}, {"user_id", kMe}, {"delivered", 10}, {"read", 8}}});
+  EXPECT_EQ(Bob().unread, 2);
+}
+
+TEST_F(LocalCacheTest, AnUnreadMessageDeletedForMeLeavesTheServersCount) {
+  Apply({{{"kind", "conversation"}, {"conversation", Conversation()}}});
+  Apply({{{"kind", "message"}, {"message", Message(1)}}, {{"kind", "message"}, {"message", Message(2)}}});
+  ApplySummary(3, 3);
+  EXPECT_EQ(Bob().unread, 3);
+  Apply({{{"kind", "delete_for_me"}, {"conversation_id", kConv}, {"seq", 2}}});
+  EXPECT_EQ(Bob().unread, 2);
+}
+
+}  // namespace
+}  // namespace parley::sdk
