@@ -7,7 +7,7 @@
 //   - fixed deadline (commit_deadline_us > 0): wait up to that long whenever
 //     fewer than commit_max_batch writes are queued (the old behaviour; it
 //     adds the whole wait to every hop of a message's path at low load);
-//   - adaptive (commit_deadline_us == 0, commit_adaptive_wait_us > 0; off by
+//   - adaptive (commit_deadline_us == 0, commit_adaptive_wait_us > 0; the
 //     default, see kDefaultCommitAdaptiveWaitUs): wait only while commits are small and more writes are
 //     arriving. Precisely: wait when the previous commit took fewer than
 //     kAdaptiveTargetBatch writes, fewer than that are queued, and at the
