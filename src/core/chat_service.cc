@@ -24,8 +24,11 @@ namespace {
 // idle expiry) only when the stored time is older than this: a store write
 // on every reconnect was a sixth of a reconnect's cost in parleyd
 // (docs/benchmarks.md, "Reconnects"), and the device list shows the time to
-// the minute. Acks still write it every time they store a cursor.
+// the minute. Acks still write it every time they store a cursor. With a
+// short --device-idle-expiry-s the resolution is a quarter of it
+// (kDeviceSeenExpiryFraction), so a device in use never expires.
 constexpr int64_t kDeviceSeenResolutionMs = 60'000;
+constexpr int64_t kDeviceSeenExpiryFraction = 4;
 
 // A username lookup's failure as the client sees it: "no such user", or the
 // store's own error when it could not look (e.g. `unavailable`).
@@ -515,7 +518,10 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
       return;
     }
     // Mark the device seen (for idle expiry and the device list); the cursor is unchanged.
-    if (now - d.last_seen_at >= kDeviceSeenResolutionMs) store_.SetCursor(d.id, 0, now, [](Status) {});
+    int64_t resolution = kDeviceSeenResolutionMs;
+    if (config_.device_idle_expiry_ms > 0)
+      resolution = std::min(resolution, config_.device_idle_expiry_ms / kDeviceSeenExpiryFraction);
+    if (now - d.last_seen_at >= resolution) store_.SetCursor(d.id, 0, now, [](Status) {});
     CompleteAuth(c, req, *a, "");
   }));
 }

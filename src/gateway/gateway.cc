@@ -27,8 +27,9 @@
 // never split by a batch.
 //
 // Both session classes are templates over the stream below the HTTP and
-// WebSocket layers: beast::tcp_stream (plain) or
-// beast::ssl_stream<beast::tcp_stream> (TLS). A TLS session holds a
+// WebSocket layers: PlainStream (a beast::basic_stream on the io_context's
+// executor type) or
+// beast::ssl_stream<PlainStream> (TLS). A TLS session holds a
 // shared_ptr to the ssl::context it was accepted with, so a reload (which
 // swaps the gateway's current context) never touches open connections.
 #include "gateway/gateway.h"

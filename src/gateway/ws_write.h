@@ -35,6 +35,8 @@
 // session's I/O thread), like the stream below it.
 #pragma once
 
+#include <type_traits>
+
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/compose.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -199,9 +201,18 @@ void teardown(boost::beast::role_type role, SerialWriteStream<Next>& s, boost::b
 inline constexpr std::chrono::milliseconds kTeardownLingerTimeout{2000};
 inline constexpr size_t kTeardownLingerMaxBytes = 8 * 1024 * 1024;
 
+// A plain TCP stream of Beast, whatever its executor and rate policy (the
+// gateway's use the io_context's executor type, not tcp_stream's
+// any_io_executor): the streams the lingering teardown below is for.
+template <typename T>
+struct IsBeastTcpStream : std::false_type {};
+template <typename Protocol, typename Executor, typename RatePolicy>
+struct IsBeastTcpStream<boost::beast::basic_stream<Protocol, Executor, RatePolicy>> : std::true_type {};
+
+template <typename TcpStream>
 class LingeringTeardownOp {
  public:
-  LingeringTeardownOp(boost::beast::role_type role, boost::beast::tcp_stream& stream)
+  LingeringTeardownOp(boost::beast::role_type role, TcpStream& stream)
       : role_(role), stream_(stream), buf_(std::make_unique<std::array<char, 4096>>()) {}
 
   template <typename Self>
@@ -234,7 +245,7 @@ class LingeringTeardownOp {
   }
 
   boost::beast::role_type role_;
-  boost::beast::tcp_stream& stream_;
+  TcpStream& stream_;
   std::unique_ptr<std::array<char, 4096>> buf_;
   size_t drained_ = 0;
   bool started_ = false;
@@ -242,9 +253,9 @@ class LingeringTeardownOp {
 
 template <typename Next, typename TeardownHandler>
 void async_teardown(boost::beast::role_type role, SerialWriteStream<Next>& s, TeardownHandler&& handler) {
-  if constexpr (std::is_same_v<Next, boost::beast::tcp_stream>) {
+  if constexpr (IsBeastTcpStream<Next>::value) {
     boost::asio::async_compose<std::decay_t<TeardownHandler>, void(boost::beast::error_code)>(
-        LingeringTeardownOp(role, s.next_layer()), handler, s.next_layer());
+        LingeringTeardownOp<Next>(role, s.next_layer()), handler, s.next_layer());
   } else {
     // TLS: Beast sends close_notify and waits for the peer's.
     using boost::beast::websocket::async_teardown;
