@@ -3077,6 +3077,26 @@ TEST_P(ColdTierConformance, CompactionTakesOnlyOldMessagesInBoundedStepsAndWaits
   EXPECT_EQ(history[2].body, "body o" + std::to_string(kOld));
 }
 
+TEST_P(ColdTierConformance, APushOfACompactedMessagePreviewsItsText) {
+  SetUpConversation();
+  ASSERT_TRUE(
+      AwaitStatus([&](auto cb) { store().SetPushEndpoint(bob_.id, bob_dev_.id, "webhook", "tok", 1000, cb); }).ok());
+  Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "p1", Text(1), 2000)));
+  ASSERT_EQ(CompactAllBefore(1'000'000).messages, 1);
+  PushRequest req;
+  req.user_id = bob_.id;
+  req.conversation_id = conv_;
+  req.seq = 1;
+  req.kind = PushKind::kMessage;
+  req.now = 10'000;
+  req.coalesce_ms = 10'000;
+  ASSERT_EQ(Must(Await<int>([&](auto cb) { store().EnqueuePush(req, cb); })), 1);
+  std::vector<PushJob> jobs = Must(
+      Await<std::vector<PushJob>>([&](auto cb) { store().ClaimPushJobs("node-a", 10'001, 30'000, 10, cb); }));
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].preview, Text(1));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, ColdTierConformance, ::testing::ValuesIn(Backends()),
                          [](const ::testing::TestParamInfo<Backend>& param_info) { return param_info.param.name; });
 

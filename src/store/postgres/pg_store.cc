@@ -99,6 +99,15 @@
 //         messages_to_purge(deleted_at) (step 10, issue 12: retention, as in
 //         SqliteStore; the expiry and purge steps claim rows FOR UPDATE SKIP
 //         LOCKED, so nodes take disjoint batches)
+//   messages.cold, conversations.hot_since/cold_through +
+//         conversations_cold_due(hot_since) WHERE hot_since > 0, and
+//         message_blocks(conversation_id, first_seq, last_seq, messages,
+//         raw_bytes, created_at, nonce, data bytea STORAGE EXTERNAL)
+//         PK(conversation_id, first_seq), PARTITION BY HASH(conversation_id)
+//         (step 11, issue 12: the cold tier, as SqliteStore's step 13; see
+//         "Cold tier" below). Step 11 landed after step 12, so Migrate
+//         applies every step schema_version does not list, not only those
+//         above the newest.
 //   user_heads.stream_floor (step 12, issue 12: stream trimming, as in
 //         SqliteStore's step 14): the lowest user seq still kept. TrimStreams
 //         claims head rows FOR UPDATE SKIP LOCKED, so a user whose head a
@@ -124,6 +133,49 @@
 // newest-first order of results. A search is one statement: the GIN index
 // finds the matches, the newest kMaxSearchCandidates of them are joined to
 // members, messages and withheld.
+//
+// Cold tier (store.h "Cold tier"; pg_cold.h). As SqliteStore's: a solo
+// step compacts the texts of old messages into zstd blocks, the row wins
+// over its block after an edit or a delete, and the purge rewrites a block
+// without a deleted text. SQL cannot call zstd, so reads page cold texts in
+// after each query (ColdTexts::Fill, one query per page). A send sets
+// hot_since in the UPDATE of its conversation it makes anyway.
+//
+// Why compaction is safe next to other nodes. Compaction turns a live row
+// into (body '', cold) and puts its text into a block; what must not happen
+// is a text packed from a row version that another transaction is
+// replacing (an edit's new text, a delete's tombstone, an expiry) and then
+// marked cold over it, which would show the old text again, or a deleted
+// text left in a block after the purge. So:
+//   - A step claims one conversation at a time, FOR UPDATE SKIP LOCKED, just
+//     before compacting it, and holds it to the end of its transaction.
+//     Sends, edits and deletes by users take that lock first in their
+//     batches (LockSet), so none of them runs inside a compacted
+//     conversation, and no two nodes compact one conversation (so block
+//     keys and cold_through never race).
+//   - Expiry and purge do not take the conversation; they claim message
+//     rows FOR UPDATE SKIP LOCKED. The step reads the messages it compacts
+//     FOR UPDATE SKIP LOCKED too: a message an expiry or a purge holds is
+//     skipped, and since seqs are gapless the skip shows as a gap, where
+//     the block ends and the conversation waits for a later step (from
+//     that message: hot_since is its time). A row the step has locked
+//     cannot be expired until the step commits, and then reads as cold: the
+//     expiry's delete writes '' with cold = false, the row wins.
+//   - The step never waits: its conversation and message locks are SKIP
+//     LOCKED, and its blocks are new keys above cold_through that only a
+//     compaction of the same conversation could insert. So it is in no
+//     lock cycle, and a send waits behind it at most one bounded step.
+//   - Purges rewriting one block (two nodes purging two texts of it) lock
+//     it FOR UPDATE and read it as the other left it, so neither rewrite is
+//     lost; they lock blocks in (conversation, first seq) order, so two
+//     purges cannot deadlock, and nothing else locks a block.
+//   - A purge of a message the step has not passed (seq above cold_through)
+//     touches no block: a delete never puts a text into one, and a row
+//     deleted before the step reached it is a tombstone the step skips.
+// Tested by PgStoreTest.CompactionSkipsWhatAnotherNodeHoldsAndNeverWaitsForIt
+// (deterministic, another session holding the rows) and
+// TwoNodesCompactingWhileMessagesChangeKeepEveryText (a race, checked by
+// its outcome).
 //
 // Event payloads are columns, not JSON: kMessage/kReceipt carry `withheld`,
 // kProfile/kContact/kBlock carry the profile_* columns (the subject's id in
