@@ -3077,6 +3077,29 @@ TEST_P(ColdTierConformance, CompactionTakesOnlyOldMessagesInBoundedStepsAndWaits
   EXPECT_EQ(history[2].body, "body o" + std::to_string(kOld));
 }
 
+// The writer's own reads of a compacted text: a retried edit and a delete
+// for me answer with the stored text, and the search indexer reads texts
+// compacted before it got to them.
+TEST_P(ColdTierConformance, ChangesAndTheIndexerReadCompactedTextsBack) {
+  SetUpConversation();
+  for (int i = 1; i <= 3; ++i)
+    Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "m" + std::to_string(i), Text(i) + " findme", 2000 + i)));
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(1, "e1", "edited word", 2500), cb); }));
+  ASSERT_EQ(CompactAllBefore(1'000'000).messages, 3) << "before the indexer ran";
+  ChangeResult retry =
+      Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(1, "e1", "edited word", 2600), cb); }));
+  EXPECT_TRUE(retry.duplicate);
+  EXPECT_EQ(retry.message.body, "edited word");
+  ChangeResult hide = Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(BobHides(2, 2700), cb); }));
+  EXPECT_EQ(hide.message.body, Text(2) + " findme");
+  IndexAll(store());
+  MessageSearchPage found = Must(SearchMsgs(store(), alice_.id, "findme"));
+  ASSERT_EQ(found.messages.size(), 2u) << "seq 1's text is the edit's";
+  EXPECT_EQ(found.messages[0].body, Text(3) + " findme");
+  EXPECT_EQ(found.messages[1].body, Text(2) + " findme");
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), alice_.id, "edited"))), (std::vector<Seq>{1}));
+}
+
 TEST_P(ColdTierConformance, APushOfACompactedMessagePreviewsItsText) {
   SetUpConversation();
   ASSERT_TRUE(

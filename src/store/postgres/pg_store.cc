@@ -1500,15 +1500,13 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
                                     earlier_edit ? st.Int(0, kX + 2) : 0, &result);
       !s.ok())
     return s;
-  if (result.duplicate) {
-    // Answered with the message as stored: a compacted text is paged in
-    // (under the row lock taken above).
-    if (ColdAt(st, 0, 0)) {
-      if (Status s = cold_.Fill(*db_, {ColdText{m.conversation_id, m.seq, &m.body}}, /*lock_rows=*/true); !s.ok())
-        return s;
-    }
-    return result;
+  // A duplicate and a delete for me answer with the message as stored: a
+  // compacted text is paged in (under the row lock taken above).
+  if ((result.duplicate || kind == protocol::ChangeKind::kDeleteForMe) && ColdAt(st, 0, 0)) {
+    if (Status s = cold_.Fill(*db_, {ColdText{m.conversation_id, m.seq, &m.body}}, /*lock_rows=*/true); !s.ok())
+      return s;
   }
+  if (result.duplicate) return result;
   const int64_t version = result.version;
   if (kind == protocol::ChangeKind::kDeleteForMe) {
     db_->Defer("INSERT INTO withheld(conversation_id, user_id, seq, hidden_at) VALUES($1, $2, $3, $4)",
