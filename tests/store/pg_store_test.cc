@@ -228,7 +228,8 @@ TEST(PgStoreTest, MigratesADatabaseAtStep12WithoutStep11IntoTheColdTier) {
   Sql(url, "ALTER TABLE user_heads ADD COLUMN stream_floor bigint NOT NULL DEFAULT 1");  // step 12, as it was
   Sql(url, "INSERT INTO schema_version(version) VALUES (12)");
   Sql(url, "INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10)");
-  Sql(url, "INSERT INTO conversations(id, last_seq, created_at, last_activity_at) VALUES(1, 3, 10, 30), (2, 0, 10, 10)");
+  Sql(url,
+      "INSERT INTO conversations(id, last_seq, created_at, last_activity_at) VALUES(1, 3, 10, 30), (2, 0, 10, 10)");
   Sql(url, "INSERT INTO direct_conversations(low_user_id, high_user_id, conversation_id) VALUES(1, 2, 1)");
   Sql(url, "INSERT INTO members(conversation_id, user_id, last_activity_at) VALUES(1, 1, 30), (1, 2, 30)");
   Sql(url,

@@ -1540,7 +1540,7 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
     db_->Defer(
         "UPDATE messages SET body = '', cold = false, version = $3, deleted_at = $4 "
         "WHERE conversation_id = $1 AND seq = $2",
-               PgParams().Int(change.conversation_id).Int(change.seq).Int(version).Int(change.now));
+        PgParams().Int(change.conversation_id).Int(change.seq).Int(version).Int(change.now));
     db_->Defer("UPDATE message_edits SET body = '' WHERE conversation_id = $1 AND seq = $2",
                PgParams().Int(change.conversation_id).Int(change.seq));
   }
