@@ -22,21 +22,26 @@ namespace {
 // still cold (and, with the lock, locked by this transaction) as (kind,
 // conversation, seq); kind 1 = a block as (kind, conversation, first seq,
 // last seq, nonce, data or NULL when cached).
+// Each wanted row and each block is found by primary key in a LATERAL
+// subquery with LIMIT (which the planner cannot pull up into a join): a
+// nested loop of index probes, each pruned to one partition at run time,
+// whatever the statistics say (a hash join would scan every partition).
 constexpr const char* kWantedPlain =
-    "k AS (SELECT u.c, u.s FROM unnest($1::bigint[], $2::bigint[]) AS u(c, s)), ";
+    "k AS MATERIALIZED (SELECT u.c, u.s FROM unnest($1::bigint[], $2::bigint[]) AS u(c, s)), ";
 constexpr const char* kWantedLocked =
-    "k AS (SELECT m.conversation_id AS c, m.seq AS s FROM messages m "
-    "JOIN unnest($1::bigint[], $2::bigint[]) AS u(c, s) ON m.conversation_id = u.c AND m.seq = u.s "
-    "WHERE m.cold FOR SHARE OF m SKIP LOCKED), ";
+    "k AS (SELECT m.c, m.s FROM unnest($1::bigint[], $2::bigint[]) AS u(c, s) CROSS JOIN LATERAL "
+    "(SELECT x.conversation_id AS c, x.seq AS s FROM messages x WHERE x.conversation_id = u.c AND x.seq = u.s "
+    "AND x.cold LIMIT 1 FOR SHARE SKIP LOCKED) m), ";
 constexpr const char* kBlocksOfWanted =
-    "need AS (SELECT DISTINCT k.c, (SELECT b.first_seq FROM message_blocks b WHERE b.conversation_id = k.c "
+    "need AS MATERIALIZED (SELECT DISTINCT k.c, (SELECT b.first_seq FROM message_blocks b WHERE b.conversation_id = k.c "
     "AND b.first_seq <= k.s ORDER BY b.first_seq DESC LIMIT 1) AS f FROM k) "
     "SELECT 0, k.c, k.s, NULL::bigint, NULL::bigint, NULL::bytea FROM k "
     "UNION ALL "
     "SELECT 1, b.conversation_id, b.first_seq, b.last_seq, b.nonce, "
     "CASE WHEN EXISTS (SELECT 1 FROM unnest($3::bigint[], $4::bigint[], $5::bigint[]) AS x(c, f, n) "
     "WHERE x.c = b.conversation_id AND x.f = b.first_seq AND x.n = b.nonce) THEN NULL ELSE b.data END "
-    "FROM need JOIN message_blocks b ON b.conversation_id = need.c AND b.first_seq = need.f";
+    "FROM need CROSS JOIN LATERAL (SELECT y.conversation_id, y.first_seq, y.last_seq, y.nonce, y.data "
+    "FROM message_blocks y WHERE y.conversation_id = need.c AND y.first_seq = need.f LIMIT 1) b";
 
 Status Corrupt(const char* why) { return Status(ErrorCode::kInternal, fmt::format("cold tier: {}", why)); }
 
@@ -125,14 +130,15 @@ int64_t NewBlockNonce() {
 Result<int64_t> DropFromColdBlocks(PgConn& db, ColdCodec& codec, ConversationId conversation,
                                    const std::vector<Seq>& seqs) {
   if (seqs.empty()) return int64_t{0};
-  // The covering block of each seq, locked in ascending first seq. Under
+  // The covering block of each seq (one backwards probe each, then one
+  // index scan for them all), locked in ascending first seq. Under
   // READ COMMITTED a block another purge is rewriting is waited for and
   // then read as that purge left it (or skipped if it deleted it), so
   // neither rewrite is lost.
   PgRows r = db.Query(
-      "SELECT b.first_seq, b.last_seq, b.data FROM message_blocks b WHERE b.conversation_id = $1 AND b.first_seq IN "
-      "(SELECT (SELECT x.first_seq FROM message_blocks x WHERE x.conversation_id = $1 AND x.first_seq <= s "
-      "ORDER BY x.first_seq DESC LIMIT 1) FROM unnest($2::bigint[]) AS s) "
+      "SELECT b.first_seq, b.last_seq, b.data FROM message_blocks b WHERE b.conversation_id = $1 "
+      "AND b.first_seq = ANY(ARRAY(SELECT (SELECT x.first_seq FROM message_blocks x WHERE x.conversation_id = $1 "
+      "AND x.first_seq <= s ORDER BY x.first_seq DESC LIMIT 1) FROM unnest($2::bigint[]) AS s)) "
       "ORDER BY b.first_seq FOR UPDATE OF b",
       PgParams().Int(conversation).IntArray(seqs));
   if (db.failed()) return db.error();
