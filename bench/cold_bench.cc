@@ -1,6 +1,6 @@
 // parley-cold-bench: bytes per message before and after the cold tier's
 // compaction (issue 12 item 6; docs/benchmarks.md "Cold tier"), on the SQLite
-// store.
+// store or, with --postgres-url, on PostgreSQL.
 //
 // A storage measurement, so it drives the Store interface directly (the
 // protocol adds nothing to what is on disk):
@@ -12,7 +12,9 @@
 //      search indexer runs to the end, as on a server;
 //   2. measures the file (VACUUM INTO a copy: the live file's free pages would
 //      hide the difference) and, per table and index, the bytes of the
-//      pages in use (SQLite's dbstat);
+//      pages in use (SQLite's dbstat); on PostgreSQL, after VACUUM FULL (for
+//      the same reason), the database's size and each table's with its
+//      partitions, indexes and TOAST (pg_total_relation_size);
 //   3. compacts everything (CompactMessages, batches of 256 as the server
 //      does), timing it, and times history pages of 50 at random positions
 //      before and after (medians of --pages pages);
@@ -20,6 +22,7 @@
 // Exit codes: 0 ok; 1 a check failed (a message not compacted, a history
 // page that reads differently after the compaction); 2 set-up failed.
 // Prints a table and, with --json FILE, the figures as JSON.
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -164,6 +167,39 @@ Sizes Measure(const std::string& db_path, const std::string& copy_path) {
   return s;
 }
 
+// PostgreSQL's counterpart: the database after VACUUM FULL (dead tuples and
+// free space would hide the difference, as free pages in SQLite), and each
+// table whole (partitions, indexes, TOAST) under its parent's name.
+Sizes MeasurePostgres(const std::string& url) {
+  PGconn* conn = PQconnectdb(url.c_str());
+  if (PQstatus(conn) != CONNECTION_OK) {
+    std::cerr << "postgres: " << PQerrorMessage(conn);
+    std::exit(2);
+  }
+  auto query = [&](const char* sql) {
+    PGresult* r = PQexec(conn, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK) {
+      std::cerr << sql << ": " << PQerrorMessage(conn);
+      std::exit(2);
+    }
+    return r;
+  };
+  PQclear(query("VACUUM FULL"));
+  Sizes s;
+  PGresult* r = query("SELECT pg_database_size(current_database())");
+  s.file_bytes = std::stoll(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  r = query(
+      "SELECT COALESCE(p.relname, c.relname), sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c "
+      "JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_inherits i ON i.inhrelid = c.oid "
+      "LEFT JOIN pg_class p ON p.oid = i.inhparent "
+      "WHERE n.nspname = 'public' AND c.relkind = 'r' GROUP BY 1");
+  for (int i = 0; i < PQntuples(r); ++i) s.by_table[PQgetvalue(r, i, 0)] = std::stoll(PQgetvalue(r, i, 1));
+  PQclear(r);
+  PQfinish(conn);
+  return s;
+}
+
 double MedianMs(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -196,8 +232,9 @@ double TimeHistory(Store& store, const std::vector<ConversationId>& convs, int m
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"parley-cold-bench: bytes per message before and after cold-tier compaction (SQLite)"};
+  CLI::App app{"parley-cold-bench: bytes per message before and after cold-tier compaction (SQLite, PostgreSQL)"};
   std::string dir;
+  std::string postgres_url;
   int conversations = 100;
   int messages = 1000;
   int text_bytes = 140;
@@ -205,6 +242,8 @@ int main(int argc, char** argv) {
   uint64_t seed = 42;
   std::string json_out;
   app.add_option("--dir", dir, "An empty directory for the store (created)")->required();
+  app.add_option("--postgres-url", postgres_url,
+                 "Measure PostgreSQL instead: an empty database of its own (VACUUM FULL runs on it)");
   app.add_option("--conversations", conversations, "Direct conversations")->check(CLI::Range(1, 1'000'000));
   app.add_option("--messages", messages, "Messages per conversation")->check(CLI::Range(1, 10'000'000));
   app.add_option("--text-bytes", text_bytes, "Mean text size, bytes")->check(CLI::Range(2, 16'000));
@@ -221,6 +260,11 @@ int main(int argc, char** argv) {
   }
   StoreConfig config;
   config.sqlite_path = db_path;
+  if (!postgres_url.empty()) {
+    config.backend = "postgres";
+    config.postgres_url = postgres_url;
+  }
+  auto measure = [&] { return postgres_url.empty() ? Measure(db_path, dir + "/measure.db") : MeasurePostgres(postgres_url); };
   std::unique_ptr<Store> store = MustOk(OpenStore(config), "open");
 
   // 1. Fill.
@@ -293,7 +337,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> hot_pages, cold_pages;
   const double hot_history_ms = TimeHistory(*store, convs, messages, pages, seed + 1, &hot_pages);
   store.reset();  // everything checkpointed
-  Sizes before = Measure(db_path, dir + "/measure.db");
+  Sizes before = measure();
 
   // 3. Compact.
   store = MustOk(OpenStore(config), "reopen");
@@ -321,7 +365,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   store.reset();
-  Sizes after = Measure(db_path, dir + "/measure.db");
+  Sizes after = measure();
   if (sum.messages != total) {
     std::cerr << "compacted " << sum.messages << " of " << total << " messages\n";
     return 1;
@@ -335,6 +379,7 @@ int main(int argc, char** argv) {
     return b;
   };
   // The message tables: the rows, their dedup index and the blocks.
+  // (PostgreSQL: a table's figure includes its indexes.)
   const auto message_tables = {"messages", "messages_dedup", "message_blocks"};
   fmt::print("messages: {} ({} conversations x {}), text {:.1f} bytes/message on average\n", total, conversations,
              messages, per(text_total));
@@ -346,7 +391,8 @@ int main(int argc, char** argv) {
   fmt::print("zstd: {:.1f} -> {:.1f} bytes/message (ratio {:.2f})\n", per(sum.raw_bytes), per(sum.compressed_bytes),
              static_cast<double>(sum.raw_bytes) / static_cast<double>(std::max<int64_t>(1, sum.compressed_bytes)));
   fmt::print("{:<34} {:>12} {:>12}\n", "bytes per message", "before", "after");
-  fmt::print("{:<34} {:>12.1f} {:>12.1f}\n", "whole file (VACUUMed)", per(before.file_bytes), per(after.file_bytes));
+  fmt::print("{:<34} {:>12.1f} {:>12.1f}\n", postgres_url.empty() ? "whole file (VACUUMed)" : "database (VACUUM FULL)",
+             per(before.file_bytes), per(after.file_bytes));
   fmt::print("{:<34} {:>12.1f} {:>12.1f}\n", "messages + dedup index + blocks", per(table_sum(before, message_tables)),
              per(table_sum(after, message_tables)));
   for (const auto& [name, bytes] : after.by_table) {

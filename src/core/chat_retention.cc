@@ -39,8 +39,8 @@
 // kCompactBatch messages older than cold_after_ms into compressed blocks,
 // in a transaction of its own like the two steps above; a full step is
 // followed at once by the next. Nothing is published: reads page the texts
-// back, so no client sees a difference. A store without a cold tier
-// (PostgreSQL today, Store::HasColdTier) never starts the step.
+// back, so no client sees a difference. Both backends have a cold tier; a
+// store without one (a test double, Store::HasColdTier) never starts the step.
 
 #include <limits>
 
@@ -89,8 +89,6 @@ void ChatService::StartRetention() {
     PurgeStep(/*repeat=*/true, nullptr);
     if (config_.retention.stream_retention_ms > 0 || config_.retention.stream_max_entries > 0)
       TrimStep(/*repeat=*/true, nullptr);
-    if (config_.retention.cold_after_ms > 0 && !store_.HasColdTier())
-      spdlog::info("event=compaction_off reason=\"this store has no cold tier\"");
     CompactStep(/*repeat=*/true, nullptr);
   });
 }

@@ -302,8 +302,8 @@ class Store {
   // deleted message removes its text from its block too.
 
   // Compacts as CompactRequest says, in one transaction of its own (never
-  // shared with sends). The default fails kUnavailable (a backend without a
-  // cold tier: PostgreSQL today, test doubles).
+  // shared with sends). The default fails kUnavailable (a store without a
+  // cold tier: test doubles).
   virtual void CompactMessages(CompactRequest /*req*/, Callback<CompactProgress> done) {
     done(Status(ErrorCode::kUnavailable, "this store has no cold tier"));
   }

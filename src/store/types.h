@@ -566,7 +566,7 @@ struct SchemaStatus {
   std::string backend;
   int current = 0;  // the store's schema version
   int latest = 0;   // the newest version this build knows
-  std::vector<int> pending;  // known versions above current (applied on the next open)
+  std::vector<int> pending;  // known versions not applied yet (applied on the next open)
 };
 
 struct BackupResult {

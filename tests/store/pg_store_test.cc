@@ -16,6 +16,7 @@
 #include <chrono>
 #include <future>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <regex>
@@ -24,6 +25,8 @@
 #include <thread>
 #include <vector>
 
+#include "protocol/message_edits.h"
+#include "store/cold_block.h"
 #include "store/pg_test_server.h"
 #include "store/postgres/pg_store.h"
 #include "store/store_factory.h"
@@ -99,7 +102,7 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,12"});  // 11 is another change's step
+            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,11,12"});
   // Step 12 (stream trimming): every stream starts with nothing trimmed.
   EXPECT_EQ(Sql(url, "SELECT column_default FROM information_schema.columns WHERE table_name = 'user_heads' "
                      "AND column_name = 'stream_floor'"),
@@ -214,6 +217,48 @@ TEST(PgStoreTest, MigratesVersion8ReceiptsAsAlreadyAnnounced) {
   ReceiptResult r = Must(UpdateReceipt(*store, Receipt(1, ann.id, 1, 4, 4)));
   ASSERT_TRUE(r.changed);
   EXPECT_TRUE(r.withheld.empty()) << "2 was listed before the upgrade";
+}
+
+// Step 11 (the cold tier) landed after step 12: a database a server before
+// it left at 12 gets 11 now, and its conversations become due for
+// compaction from their first message, as SqliteStore's step 13 does.
+TEST(PgStoreTest, MigratesADatabaseAtStep12WithoutStep11IntoTheColdTier) {
+  std::string url = FreshDatabase();
+  ASSERT_TRUE(PostgresStore::MigrateToVersionForTest(url, 10).ok());
+  Sql(url, "ALTER TABLE user_heads ADD COLUMN stream_floor bigint NOT NULL DEFAULT 1");  // step 12, as it was
+  Sql(url, "INSERT INTO schema_version(version) VALUES (12)");
+  Sql(url, "INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10)");
+  Sql(url,
+      "INSERT INTO conversations(id, last_seq, created_at, last_activity_at) VALUES(1, 3, 10, 30), (2, 0, 10, 10)");
+  Sql(url, "INSERT INTO direct_conversations(low_user_id, high_user_id, conversation_id) VALUES(1, 2, 1)");
+  Sql(url, "INSERT INTO members(conversation_id, user_id, last_activity_at) VALUES(1, 1, 30), (1, 2, 30)");
+  Sql(url,
+      "INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, "
+      "stored_at) VALUES(1, 1, 1, 1, 'a', 'one', 10, 10), (1, 2, 2, 2, 'b', 'two', 20, 20), "
+      "(1, 3, 2, 2, 'c', 'three', 30, 30)");
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
+            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,11,12"});
+  EXPECT_TRUE(Must(Await<SchemaStatus>([&](auto cb) { store->GetSchemaStatus(cb); })).pending.empty());
+  EXPECT_EQ(Sql(url, "SELECT id || ':' || hot_since || ':' || cold_through FROM conversations ORDER BY id"),
+            (std::vector<std::string>{"1:10:0", "2:0:0"}))
+      << "due from the first message; an empty conversation is not due";
+  // Blocks are compressed already: stored out of line, not compressed again.
+  EXPECT_EQ(Sql(url, "SELECT DISTINCT attstorage::text FROM pg_attribute WHERE attname = 'data' AND attrelid IN "
+                     "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'message_blocks'::regclass)"),
+            std::vector<std::string>{"e"});
+  CompactRequest req;
+  req.stored_before = req.due_before = 1'000'000;
+  req.max_messages = 100;
+  CompactProgress p = Must(Await<CompactProgress>([&](auto cb) { store->CompactMessages(req, cb); }));
+  EXPECT_EQ(p.messages, 3);
+  EXPECT_EQ(p.blocks, 1);
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM messages WHERE cold AND body = ''"), std::vector<std::string>{"3"});
+  std::vector<MessageRecord> history = History(*store, 1, 0, 10, 1);
+  ASSERT_EQ(history.size(), 3u);
+  EXPECT_EQ(history[0].body, "one");
+  EXPECT_EQ(history[2].body, "three");
 }
 
 TEST(PgStoreTest, NodesStartingTogetherMigrateOnce) {
@@ -370,7 +415,7 @@ TEST(PgStoreTest, MessagesAndStreamsAreHashPartitionedWithThePartitionKeyInEvery
   ASSERT_NE(store, nullptr);
   const std::vector<std::pair<std::string, std::string>> partitioned = {
       {"messages", "conversation_id"}, {"withheld", "conversation_id"}, {"user_events", "user_id"},
-      {"message_edits", "conversation_id"}, {"drafts", "user_id"}};
+      {"message_edits", "conversation_id"}, {"drafts", "user_id"}, {"message_blocks", "conversation_id"}};
   for (const auto& [table, key] : partitioned) {
     SCOPED_TRACE(table);
     // Hash strategy, on the named key column.
@@ -632,6 +677,196 @@ TEST(PgStoreTest, TwoNodesExpiringAndPurgingTogetherTakeEachMessageOnce) {
   p1.join();
   p2.join();
   EXPECT_EQ(purged.load(), kMessages);
+}
+
+
+// ---- Cold tier (pg_store.cc "Cold tier"): compaction next to other nodes ----
+
+CompactProgress CompactOnce(Store& store, int64_t before, int max = 100'000) {
+  CompactRequest req;
+  req.stored_before = req.due_before = before;
+  req.max_messages = max;
+  return Must(Await<CompactProgress>([&](auto cb) { store.CompactMessages(req, cb); }));
+}
+
+// A second session, as another node's transaction holding rows.
+class OtherNode {
+ public:
+  explicit OtherNode(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+    EXPECT_EQ(PQstatus(conn_), CONNECTION_OK) << PQerrorMessage(conn_);
+  }
+  ~OtherNode() { PQfinish(conn_); }
+  void Exec(const std::string& sql) {
+    PGresult* r = PQexec(conn_, sql.c_str());
+    const ExecStatusType st = PQresultStatus(r);
+    EXPECT_TRUE(st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) << sql << ": " << PQerrorMessage(conn_);
+    PQclear(r);
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+// The compaction step never waits for a lock (so it can be in no lock cycle)
+// and never packs a text another transaction is changing: a conversation a
+// batch holds is skipped, and a message another node holds (an expiry, a
+// purge) ends the block before it; once that node's delete commits, the
+// message is a tombstone the next step passes over.
+TEST(PgStoreTest, CompactionSkipsWhatAnotherNodeHoldsAndNeverWaitsForIt) {
+  std::string url = FreshDatabase();
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  UserRecord a = MakeUser(*store, "a");
+  UserRecord b = MakeUser(*store, "b");
+  DeviceRecord da = MakeDevice(*store, a.id, "ta");
+  const ConversationId c = Open(*store, a.id, b.id).conversation.id;
+  constexpr int kMessages = 10;
+  for (int i = 1; i <= kMessages; ++i)
+    Must(Append(*store, Msg(c, a.id, da.id, "m" + std::to_string(i), "text " + std::to_string(i), 2000 + i)));
+  const std::string conv = std::to_string(c);
+  OtherNode other(url);
+
+  other.Exec("BEGIN");
+  other.Exec("SELECT 1 FROM conversations WHERE id = " + conv + " FOR UPDATE");
+  CompactProgress held = CompactOnce(*store, 1'000'000);
+  EXPECT_EQ(held.conversations, 0);
+  EXPECT_EQ(held.messages, 0);
+  other.Exec("ROLLBACK");
+
+  other.Exec("BEGIN");
+  other.Exec("SELECT 1 FROM messages WHERE conversation_id = " + conv + " AND seq = 5 FOR UPDATE");
+  CompactProgress before_gap = CompactOnce(*store, 1'000'000);
+  EXPECT_EQ(before_gap.messages, 4);
+  EXPECT_EQ(before_gap.blocks, 1);
+  EXPECT_EQ(Sql(url, "SELECT hot_since || ':' || cold_through FROM conversations WHERE id = " + conv),
+            std::vector<std::string>{"2005:4"})
+      << "still due from the held message";
+  other.Exec("UPDATE messages SET body = '', deleted_at = 9000, version = 1 WHERE conversation_id = " + conv +
+             " AND seq = 5");
+  other.Exec("COMMIT");
+  CompactProgress rest = CompactOnce(*store, 1'000'000);
+  EXPECT_EQ(rest.messages, kMessages - 5);
+  EXPECT_FALSE(rest.more);
+
+  std::vector<MessageRecord> history = History(*store, c, 0, 20, a.id);
+  ASSERT_EQ(history.size(), static_cast<size_t>(kMessages));
+  for (int i = 1; i <= kMessages; ++i) {
+    EXPECT_EQ(history[static_cast<size_t>(i - 1)].body, i == 5 ? "" : "text " + std::to_string(i)) << "seq " << i;
+  }
+  EXPECT_EQ(history[4].deleted_at, 9000);
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM messages WHERE cold"), std::vector<std::string>{"9"});
+}
+
+// The bytes of every block of `conversation`, decoded: seq -> text.
+std::map<Seq, std::string> BlockTexts(const std::string& url, ConversationId conversation) {
+  std::map<Seq, std::string> out;
+  ColdCodec codec;
+  for (const std::string& row : Sql(url,
+                                    "SELECT first_seq || '|' || encode(data, 'hex') FROM message_blocks "
+                                    "WHERE conversation_id = " + std::to_string(conversation),
+                                    true)) {
+    const size_t bar = row.find('|');
+    std::string data;
+    for (size_t i = bar + 1; i + 1 < row.size(); i += 2)
+      data.push_back(static_cast<char>(std::stoi(row.substr(i, 2), nullptr, 16)));
+    Result<std::vector<ColdEntry>> entries = codec.Unpack(std::stoll(row.substr(0, bar)), data);
+    EXPECT_TRUE(entries.has_value());
+    if (!entries) continue;
+    for (ColdEntry& e : *entries) out[e.seq] = std::move(e.body);
+  }
+  return out;
+}
+
+// Two nodes compacting one conversation while a third edits and deletes its
+// messages, then both purging: whatever the interleaving, every message
+// reads back as its last change left it, each text was compacted at most
+// once, and no deleted text is left in a block after the purges.
+TEST(PgStoreTest, TwoNodesCompactingWhileMessagesChangeKeepEveryText) {
+  std::string url = FreshDatabase();
+  std::unique_ptr<Store> node1 = OpenPg(url);
+  std::unique_ptr<Store> node2 = OpenPg(url);
+  std::unique_ptr<Store> node3 = OpenPg(url);
+  ASSERT_NE(node1, nullptr);
+  ASSERT_NE(node2, nullptr);
+  ASSERT_NE(node3, nullptr);
+  UserRecord a = MakeUser(*node1, "a");
+  UserRecord b = MakeUser(*node1, "b");
+  DeviceRecord da = MakeDevice(*node1, a.id, "ta");
+  const ConversationId c = Open(*node1, a.id, b.id).conversation.id;
+  constexpr int kMessages = 3 * kColdBlockMessages;
+  for (int i = 1; i <= kMessages; ++i)
+    Must(Append(*node1, Msg(c, a.id, da.id, "m" + std::to_string(i), "text " + std::to_string(i), 2000 + i)));
+  std::map<Seq, std::string> expected;
+  for (int i = 1; i <= kMessages; ++i) expected[i] = "text " + std::to_string(i);
+
+  std::atomic<int> compacted{0};
+  auto compact = [&](Store& node) {
+    for (int round = 0; round < 40; ++round) compacted += CompactOnce(node, 1'000'000, kColdBlockMessages / 2).messages;
+  };
+  auto change = [&] {
+    for (Seq seq = 3; seq <= kMessages; seq += 3) {
+      MessageChange ch;
+      ch.kind = static_cast<int>(seq % 2 == 0 ? protocol::ChangeKind::kEdit : protocol::ChangeKind::kDelete);
+      ch.conversation_id = c;
+      ch.seq = seq;
+      ch.user_id = a.id;
+      ch.device_id = da.id;
+      ch.client_id = "e" + std::to_string(seq);
+      ch.body = "edited " + std::to_string(seq);
+      ch.now = 5000;
+      ch.edit_window_ms = ch.delete_window_ms = 1'000'000'000;
+      Must(Await<ChangeResult>([&](auto cb) { node3->ChangeMessage(ch, cb); }));
+      expected[seq] = seq % 2 == 0 ? ch.body : "";
+    }
+  };
+  std::thread t1([&] { compact(*node1); });
+  std::thread t2([&] { compact(*node2); });
+  std::thread t3(change);
+  t1.join();
+  t2.join();
+  t3.join();
+  // What the race left due (a message held by a change) is compacted now.
+  for (int round = 0; round < 10; ++round) compacted += CompactOnce(*node1, 1'000'000).messages;
+  EXPECT_LE(compacted.load(), kMessages) << "a text compacted twice";
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM messages WHERE cold AND deleted_at <> 0"), std::vector<std::string>{"0"})
+      << "a tombstone pointing at a block";
+
+  auto check = [&](Store& node) {
+    std::vector<MessageRecord> history = History(node, c, 0, kMessages, a.id);
+    ASSERT_EQ(history.size(), static_cast<size_t>(kMessages));
+    for (const MessageRecord& m : history) EXPECT_EQ(m.body, expected[m.seq]) << "seq " << m.seq;
+  };
+  check(*node1);
+  check(*node2);
+
+  std::atomic<int64_t> removed{0};
+  auto purge = [&](Store& node) {
+    for (int step = 0; step < 20; ++step)
+      removed += Must(Await<PurgeProgress>([&](auto cb) { node.PurgeDeleted(1'000'000, 7, cb); })).cold_removed;
+  };
+  std::thread p1([&] { purge(*node1); });
+  std::thread p2([&] { purge(*node2); });
+  p1.join();
+  p2.join();
+  const std::map<Seq, std::string> blocks = BlockTexts(url, c);
+  for (const auto& [seq, text] : expected) {
+    if (!text.empty()) continue;
+    EXPECT_EQ(blocks.count(seq), 0u) << "the deleted text of seq " << seq << " is still in a block";
+  }
+  // A message never changed has its own text in its block.
+  for (const auto& [seq, text] : blocks) {
+    if (seq % 3 != 0) {
+      EXPECT_EQ(text, expected[seq]);
+    }
+  }
+  // Each deleted text left its block once at most (one deleted before the
+  // compaction reached it never was in one).
+  int64_t deleted = 0;
+  for (const auto& [seq, text] : expected) deleted += text.empty() ? 1 : 0;
+  EXPECT_LE(removed.load(), deleted);
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM messages WHERE deleted_at <> 0 AND purged_at = 0"),
+            std::vector<std::string>{"0"});
+  check(*node1);
 }
 
 }  // namespace

@@ -99,6 +99,16 @@ std::string PgRows::Text(int row, int col) const {
 
 bool PgRows::Bool(int row, int col) const { return !IsNull(row, col) && PQgetvalue(result_, row, col)[0] == 't'; }
 
+std::string PgRows::Bytes(int row, int col) const {
+  if (IsNull(row, col)) return {};
+  size_t n = 0;
+  unsigned char* raw = PQunescapeBytea(reinterpret_cast<const unsigned char*>(PQgetvalue(result_, row, col)), &n);
+  if (raw == nullptr) return {};
+  std::string out(reinterpret_cast<const char*>(raw), n);
+  PQfreemem(raw);
+  return out;
+}
+
 std::vector<int64_t> PgRows::IntArray(int row, int col) const {
   std::vector<int64_t> out;
   if (IsNull(row, col)) return out;

@@ -76,6 +76,9 @@ class PgRows {
   int64_t Int(int row, int col) const;  // 0 for NULL
   std::string Text(int row, int col) const;
   bool Bool(int row, int col) const;
+  // A bytea column's bytes (the text form, "\\x" and hex, decoded); "" for
+  // NULL or a value that does not decode.
+  std::string Bytes(int row, int col) const;
   // A bigint[] column (text form "{1,2}") as values; empty for NULL.
   std::vector<int64_t> IntArray(int row, int col) const;
 

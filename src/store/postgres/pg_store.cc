@@ -99,6 +99,15 @@
 //         messages_to_purge(deleted_at) (step 10, issue 12: retention, as in
 //         SqliteStore; the expiry and purge steps claim rows FOR UPDATE SKIP
 //         LOCKED, so nodes take disjoint batches)
+//   messages.cold, conversations.hot_since/cold_through +
+//         conversations_cold_due(hot_since) WHERE hot_since > 0, and
+//         message_blocks(conversation_id, first_seq, last_seq, messages,
+//         raw_bytes, created_at, nonce, data bytea STORAGE EXTERNAL)
+//         PK(conversation_id, first_seq), PARTITION BY HASH(conversation_id)
+//         (step 11, issue 12: the cold tier, as SqliteStore's step 13; see
+//         "Cold tier" below). Step 11 landed after step 12, so Migrate
+//         applies every step schema_version does not list, not only those
+//         above the newest.
 //   user_heads.stream_floor (step 12, issue 12: stream trimming, as in
 //         SqliteStore's step 14): the lowest user seq still kept. TrimStreams
 //         claims head rows FOR UPDATE SKIP LOCKED, so a user whose head a
@@ -125,6 +134,49 @@
 // finds the matches, the newest kMaxSearchCandidates of them are joined to
 // members, messages and withheld.
 //
+// Cold tier (store.h "Cold tier"; pg_cold.h). As SqliteStore's: a solo
+// step compacts the texts of old messages into zstd blocks, the row wins
+// over its block after an edit or a delete, and the purge rewrites a block
+// without a deleted text. SQL cannot call zstd, so reads page cold texts in
+// after each query (ColdTexts::Fill, one query per page). A send sets
+// hot_since in the UPDATE of its conversation it makes anyway.
+//
+// Why compaction is safe next to other nodes. Compaction turns a live row
+// into (body '', cold) and puts its text into a block; what must not happen
+// is a text packed from a row version that another transaction is
+// replacing (an edit's new text, a delete's tombstone, an expiry) and then
+// marked cold over it, which would show the old text again, or a deleted
+// text left in a block after the purge. So:
+//   - A step claims one conversation at a time, FOR UPDATE SKIP LOCKED, just
+//     before compacting it, and holds it to the end of its transaction.
+//     Sends, edits and deletes by users take that lock first in their
+//     batches (LockSet), so none of them runs inside a compacted
+//     conversation, and no two nodes compact one conversation (so block
+//     keys and cold_through never race).
+//   - Expiry and purge do not take the conversation; they claim message
+//     rows FOR UPDATE SKIP LOCKED. The step reads the messages it compacts
+//     FOR UPDATE SKIP LOCKED too: a message an expiry or a purge holds is
+//     skipped, and since seqs are gapless the skip shows as a gap, where
+//     the block ends and the conversation waits for a later step (from
+//     that message: hot_since is its time). A row the step has locked
+//     cannot be expired until the step commits, and then reads as cold: the
+//     expiry's delete writes '' with cold = false, the row wins.
+//   - The step never waits: its conversation and message locks are SKIP
+//     LOCKED, and its blocks are new keys above cold_through that only a
+//     compaction of the same conversation could insert. So it is in no
+//     lock cycle, and a send waits behind it at most one bounded step.
+//   - Purges rewriting one block (two nodes purging two texts of it) lock
+//     it FOR UPDATE and read it as the other left it, so neither rewrite is
+//     lost; they lock blocks in (conversation, first seq) order, so two
+//     purges cannot deadlock, and nothing else locks a block.
+//   - A purge of a message the step has not passed (seq above cold_through)
+//     touches no block: a delete never puts a text into one, and a row
+//     deleted before the step reached it is a tombstone the step skips.
+// Tested by PgStoreTest.CompactionSkipsWhatAnotherNodeHoldsAndNeverWaitsForIt
+// (deterministic, another session holding the rows) and
+// TwoNodesCompactingWhileMessagesChangeKeepEveryText (a race, checked by
+// its outcome).
+//
 // Event payloads are columns, not JSON: kMessage/kReceipt carry `withheld`,
 // kProfile/kContact/kBlock carry the profile_* columns (the subject's id in
 // subject_user_id and the flag in delivered).
@@ -142,7 +194,9 @@
 #include <cstdint>
 #include <fmt/format.h>
 #include <limits>
+#include <map>
 #include <optional>
+#include <set>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -152,11 +206,14 @@
 #include "store/change_events.h"
 #include "store/commit_pacer.h"
 #include "store/name_words.h"
+#include "store/postgres/pg_cold.h"
 #include "store/postgres/pg_conn.h"
 #include "store/write_queue.h"
 
 namespace parley::store {
 
+using postgres::ColdText;
+using postgres::ColdTexts;
 using postgres::PgConn;
 using postgres::PgParams;
 using postgres::PgRows;
@@ -488,8 +545,37 @@ CREATE INDEX messages_to_purge ON messages(deleted_at) WHERE deleted_at > 0 AND 
 )sql";
 }
 
-// Issue 12: stream trimming (SqliteStore's step 14 says why). Step 11
-// belongs to another change.
+// Issue 12: the cold tier (SqliteStore's step 13 says why; see "Cold tier"
+// below). Existing conversations become due from their first message, so an
+// upgraded database compacts its old history in the background, in bounded
+// steps, once compaction is on. Adding a column with a constant default
+// rewrites no table. The blocks are compressed already, so their column is
+// stored out of line without TOAST's own compression (EXTERNAL).
+std::string SchemaV11() {
+  std::string sql = R"sql(
+ALTER TABLE messages ADD COLUMN cold boolean NOT NULL DEFAULT false;
+ALTER TABLE conversations ADD COLUMN hot_since bigint NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN cold_through bigint NOT NULL DEFAULT 0;
+UPDATE conversations c SET hot_since = COALESCE(
+  (SELECT m.created_at FROM messages m WHERE m.conversation_id = c.id ORDER BY m.seq LIMIT 1), 0);
+CREATE INDEX conversations_cold_due ON conversations(hot_since) WHERE hot_since > 0;
+CREATE TABLE message_blocks(
+  conversation_id bigint NOT NULL,
+  first_seq bigint NOT NULL,
+  last_seq bigint NOT NULL,
+  messages integer NOT NULL,
+  raw_bytes bigint NOT NULL,
+  created_at bigint NOT NULL,
+  nonce bigint NOT NULL,
+  data bytea NOT NULL,
+  PRIMARY KEY(conversation_id, first_seq)) PARTITION BY HASH(conversation_id);
+)sql";
+  sql += PartitionsSql("message_blocks");
+  sql += "ALTER TABLE message_blocks ALTER COLUMN data SET STORAGE EXTERNAL;\n";
+  return sql;
+}
+
+// Issue 12: stream trimming (SqliteStore's step 14 says why).
 std::string SchemaV12() {
   return R"sql(
 ALTER TABLE user_heads ADD COLUMN stream_floor bigint NOT NULL DEFAULT 1;
@@ -521,6 +607,7 @@ const Migration kMigrations[] = {
     {8, &SchemaV8},
     {9, &SchemaV9},
     {10, &SchemaV10},
+    {11, &SchemaV11},
     {12, &SchemaV12},
 };
 
@@ -536,10 +623,17 @@ Status Migrate(PgConn& db, int target) {
   Status status = db.Exec(
       "CREATE TABLE IF NOT EXISTS schema_version(version integer PRIMARY KEY, applied_at timestamptz NOT NULL "
       "DEFAULT now())");
+  // Step numbers are given to parallel changes ahead of time, so a database
+  // may hold a step without an earlier one (step 11, the cold tier, landed
+  // after step 12): every step not recorded yet is applied, in order.
   int64_t current = 0;
+  std::set<int64_t> applied;
   if (status.ok()) {
-    PgRows rows = db.Query("SELECT COALESCE(max(version), 0) FROM schema_version");
-    if (!rows.empty()) current = rows.Int(0, 0);
+    PgRows rows = db.Query("SELECT version FROM schema_version");
+    for (int i = 0; i < rows.size(); ++i) {
+      applied.insert(rows.Int(i, 0));
+      current = std::max(current, rows.Int(i, 0));
+    }
     status = db.failed() ? db.error() : Status::Ok();
   }
   if (status.ok() && current > PostgresStore::kSchemaVersion) {
@@ -548,7 +642,7 @@ Status Migrate(PgConn& db, int target) {
   }
   for (const Migration& m : kMigrations) {
     if (!status.ok()) break;
-    if (m.version <= current || m.version > target) continue;
+    if (applied.count(m.version) != 0 || m.version > target) continue;
     Status s;
     if (m.code == nullptr) {
       s = db.Exec(fmt::format("BEGIN; {} INSERT INTO schema_version(version) VALUES ({}); COMMIT;", m.sql(),
@@ -570,11 +664,12 @@ Status Migrate(PgConn& db, int target) {
 constexpr const char* kMessageColumns =
     "conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at";
 
-// What MessageAt reads (table alias m), in order.
+// What MessageAt reads (table alias m), in order; the last, m.cold, says
+// whether the text is in a block (ColdAt; see "Cold tier").
 #define PARLEY_MESSAGE_COLUMNS \
   "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, m.version, " \
-  "m.edited_at, m.deleted_at, m.expires_at"
-constexpr int kMessageColumnCount = 11;
+  "m.edited_at, m.deleted_at, m.expires_at, m.cold"
+constexpr int kMessageColumnCount = 12;
 
 MessageRecord MessageAt(const PgRows& r, int row, int col) {
   MessageRecord m;
@@ -591,6 +686,10 @@ MessageRecord MessageAt(const PgRows& r, int row, int col) {
   m.expires_at = r.Int(row, col + 10);
   return m;
 }
+
+// Whether the message MessageAt read at (row, col) has its text in a block:
+// its body is '' until ColdTexts::Fill pages it in.
+bool ColdAt(const PgRows& r, int row, int col) { return r.Bool(row, col + 11); }
 
 DeviceRecord DeviceAt(const PgRows& r, int row) {
   DeviceRecord d;
@@ -756,6 +855,8 @@ class PostgresStore::Writer {
   Result<ExpireProgress> ExpireMessages(int64_t now, int max);
   Result<PurgeProgress> PurgeDeleted(int64_t deleted_before, int max);
   Result<TrimProgress> TrimStreams(const TrimRequest& req);
+  // The cold tier (see "Cold tier").
+  Result<CompactProgress> CompactMessages(const CompactRequest& req);
 
  private:
   // A conversation's members (never change once created), ascending user id.
@@ -804,6 +905,7 @@ class PostgresStore::Writer {
   const Clock& clock_;
   int64_t batch_now_ = 0;  // clock_ when the current batch began: its messages' stored_at
   std::unordered_map<ConversationId, Members> members_;
+  ColdTexts cold_;  // pages cold texts in; its codec makes and rewrites blocks
 };
 
 Status PostgresStore::Writer::CommitBatch(const std::vector<std::unique_ptr<WriteOp>>& ops) {
@@ -1169,7 +1271,7 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
       "ARRAY(SELECT w.seq FROM withheld w WHERE w.conversation_id = $1 AND w.user_id = $2 AND w.hidden_at = 0 "
       "  AND w.seq > r.announced AND w.seq <= c.last_seq + 1 ORDER BY w.seq), "
       "EXISTS(SELECT 1 FROM drafts dr WHERE dr.user_id = $2 AND dr.conversation_id = $1), r.delivered, "
-      "c.disappearing_s, d.expires_at, d.version, d.edited_at, d.deleted_at "
+      "c.disappearing_s, d.expires_at, d.version, d.edited_at, d.deleted_at, d.cold "
       "FROM conversations c JOIN user_receipts r ON r.conversation_id = c.id AND r.user_id = $2 "
       "LEFT JOIN messages d ON d.conversation_id = c.id AND d.sender_id = $2 "
       "AND d.client_id = $3 WHERE c.id = $1",
@@ -1192,6 +1294,12 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
     dup.version = st.Int(0, 13);
     dup.edited_at = st.Int(0, 14);
     dup.deleted_at = st.Int(0, 15);
+    // A retried send of a compacted message: its original ack, text included.
+    if (st.Bool(0, 16)) {
+      if (Status s = cold_.Fill(*db_, {ColdText{dup.conversation_id, dup.seq, &dup.body}}, /*lock_rows=*/true);
+          !s.ok())
+        return s;
+    }
     return AppendResult{std::move(dup), true, {}, {}, std::nullopt};
   }
   // Blocking: the sender may not reach a member they block; a member who
@@ -1226,8 +1334,14 @@ Result<AppendResult> PostgresStore::Writer::AppendMessage(const NewMessage& msg)
                  .Int(msg.accepted_at != 0 ? msg.accepted_at : msg.now)
                  .Int(std::max(batch_now_, msg.now))
                  .Int(m.expires_at));
-  db_->Defer("UPDATE conversations SET last_seq = $2, last_activity_at = $3 WHERE id = $1",
-             PgParams().Int(m.conversation_id).Int(m.seq).Int(msg.now));
+  // A conversation without a hot message (hot_since 0: its first message,
+  // or the first after all was compacted) starts its next round of
+  // compaction with this one (see "Cold tier"); otherwise hot_since keeps
+  // its value and the update stays HOT.
+  db_->Defer(
+      "UPDATE conversations SET last_seq = $2, last_activity_at = $3, "
+      "hot_since = CASE WHEN hot_since = 0 THEN $4 ELSE hot_since END WHERE id = $1",
+      PgParams().Int(m.conversation_id).Int(m.seq).Int(msg.now).Int(m.created_at));
   QueueSearch(m.conversation_id, m.seq, std::max(batch_now_, msg.now));
   std::vector<int64_t> visible;
   std::vector<std::vector<Seq>> lists;
@@ -1386,6 +1500,12 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
                                     earlier_edit ? st.Int(0, kX + 2) : 0, &result);
       !s.ok())
     return s;
+  // A duplicate and a delete for me answer with the message as stored: a
+  // compacted text is paged in (under the row lock taken above).
+  if ((result.duplicate || kind == protocol::ChangeKind::kDeleteForMe) && ColdAt(st, 0, 0)) {
+    if (Status s = cold_.Fill(*db_, {ColdText{m.conversation_id, m.seq, &m.body}}, /*lock_rows=*/true); !s.ok())
+      return s;
+  }
   if (result.duplicate) return result;
   const int64_t version = result.version;
   if (kind == protocol::ChangeKind::kDeleteForMe) {
@@ -1408,12 +1528,19 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
             .Int(change.device_id)
             .Text(change.body)
             .Int(change.now));
-    db_->Defer("UPDATE messages SET body = $3, version = $4, edited_at = $5 WHERE conversation_id = $1 AND seq = $2",
-               PgParams().Int(change.conversation_id).Int(change.seq).Text(change.body).Int(version).Int(change.now));
+    // The row wins over a block (see "Cold tier"): the new text goes into
+    // the row, and a block's copy is an old version from now on.
+    db_->Defer(
+        "UPDATE messages SET body = $3, cold = false, version = $4, edited_at = $5 "
+        "WHERE conversation_id = $1 AND seq = $2",
+        PgParams().Int(change.conversation_id).Int(change.seq).Text(change.body).Int(version).Int(change.now));
   } else {
-    // A tombstone: the row keeps its seq; every text of the message goes.
-    db_->Defer("UPDATE messages SET body = '', version = $3, deleted_at = $4 WHERE conversation_id = $1 AND seq = $2",
-               PgParams().Int(change.conversation_id).Int(change.seq).Int(version).Int(change.now));
+    // A tombstone: the row keeps its seq; every text of the message goes
+    // (a cold copy leaves its block at the purge).
+    db_->Defer(
+        "UPDATE messages SET body = '', cold = false, version = $3, deleted_at = $4 "
+        "WHERE conversation_id = $1 AND seq = $2",
+        PgParams().Int(change.conversation_id).Int(change.seq).Int(version).Int(change.now));
     db_->Defer("UPDATE message_edits SET body = '' WHERE conversation_id = $1 AND seq = $2",
                PgParams().Int(change.conversation_id).Int(change.seq));
   }
@@ -1722,9 +1849,18 @@ Result<SearchIndexProgress> PostgresStore::Writer::IndexSearch(int max) {
   PgRows rows = db_->Query(
       "WITH q AS (SELECT conversation_id, seq, id FROM search_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
       "SELECT q.conversation_id, q.seq, q.id, m.body, COALESCE(m.version, 0), m.deleted_at IS NULL OR m.deleted_at <> 0, "
-      "COALESCE(m.purged_at, 0) <> 0 "
+      "COALESCE(m.purged_at, 0) <> 0, COALESCE(m.cold, false) "
       "FROM q LEFT JOIN messages m ON m.conversation_id = q.conversation_id AND m.seq = q.seq ORDER BY q.id",
       PgParams().Int(std::max(1, max)));
+  // Compacted texts (a history queued again, or indexed late) are paged in
+  // first, all in one query.
+  std::vector<std::string> cold_bodies(static_cast<size_t>(rows.size()));
+  std::vector<ColdText> cold;
+  for (int i = 0; i < rows.size(); ++i) {
+    if (rows.Bool(i, 7) && !rows.Bool(i, 5))
+      cold.push_back(ColdText{rows.Int(i, 0), rows.Int(i, 1), &cold_bodies[static_cast<size_t>(i)]});
+  }
+  if (Status s = cold_.Fill(*db_, cold, /*lock_rows=*/true); !s.ok()) return s;
   std::vector<int64_t> ids;
   std::unordered_set<std::string> done;  // "conversation:seq" indexed by this step
   for (int i = 0; i < rows.size(); ++i) {
@@ -1740,7 +1876,8 @@ Result<SearchIndexProgress> PostgresStore::Writer::IndexSearch(int max) {
     }
     std::string words;
     if (!rows.Bool(i, 5)) {
-      for (const std::string& w : MessageWords(rows.Text(i, 3))) {
+      for (const std::string& w :
+           MessageWords(rows.Bool(i, 7) ? cold_bodies[static_cast<size_t>(i)] : rows.Text(i, 3))) {
         if (!words.empty()) words += ' ';
         words += w;
       }
@@ -1811,15 +1948,23 @@ Result<ExpireProgress> PostgresStore::Writer::ExpireMessages(int64_t now, int ma
 }
 
 Result<PurgeProgress> PostgresStore::Writer::PurgeDeleted(int64_t deleted_before, int max) {
+  // The third column: whether a compaction has passed the message (its text
+  // may be in a block; a delete never moves a text into one).
   PgRows rows = db_->Query(
-      "SELECT conversation_id, seq FROM messages WHERE deleted_at > 0 AND purged_at = 0 AND deleted_at <= $1 "
-      "ORDER BY deleted_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+      "SELECT m.conversation_id, m.seq, m.seq <= c.cold_through FROM messages m "
+      "JOIN conversations c ON c.id = m.conversation_id "
+      "WHERE m.deleted_at > 0 AND m.purged_at = 0 AND m.deleted_at <= $1 "
+      "ORDER BY m.deleted_at LIMIT $2 FOR UPDATE OF m SKIP LOCKED",
       PgParams().Int(deleted_before).Int(std::max(1, max)));
   if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
   PurgeProgress progress;
+  // Per conversation, ascending: the blocks are locked in one order (see
+  // "Cold tier").
+  std::map<ConversationId, std::vector<Seq>> cold;
   for (int i = 0; i < rows.size(); ++i) {
     const ConversationId conversation = rows.Int(i, 0);
     const Seq seq = rows.Int(i, 1);
+    if (rows.Bool(i, 2)) cold[conversation].push_back(seq);
     PgRows edits = db_->Query("DELETE FROM message_edits WHERE conversation_id = $1 AND seq = $2 RETURNING 1",
                               PgParams().Int(conversation).Int(seq));
     progress.edits_removed += edits.size();
@@ -1832,6 +1977,11 @@ Result<PurgeProgress> PostgresStore::Writer::PurgeDeleted(int64_t deleted_before
     db_->Defer("UPDATE messages SET body = '', purged_at = $3 WHERE conversation_id = $1 AND seq = $2",
                PgParams().Int(conversation).Int(seq).Int(std::max<int64_t>(1, batch_now_)));
     ++progress.purged;
+  }
+  for (const auto& [conversation, seqs] : cold) {
+    Result<int64_t> removed = postgres::DropFromColdBlocks(*db_, cold_.codec(), conversation, seqs);
+    if (!removed) return removed.error();
+    progress.cold_removed += *removed;
   }
   PgRows left = db_->Query(
       "SELECT count(*) FROM messages WHERE deleted_at > 0 AND purged_at = 0 AND deleted_at <= $1",
@@ -1904,6 +2054,120 @@ Result<TrimProgress> PostgresStore::Writer::TrimStreams(const TrimRequest& req) 
   return progress;
 }
 
+// ---- Cold tier (see "Cold tier") ----
+
+Result<CompactProgress> PostgresStore::Writer::CompactMessages(const CompactRequest& req) {
+  const int max = std::max(1, req.max_messages);
+  CompactProgress progress;
+  // A block that could pass the step's budget waits for the next step; the
+  // first block of a step always goes, so every step progresses.
+  auto out_of_budget = [&] { return progress.blocks > 0 && progress.messages + kColdBlockMessages > max; };
+  // Candidates, oldest hot message first, unlocked: each is locked (or
+  // skipped) only when the step comes to it, so a step holds no more
+  // conversations than it compacts. One more than a step may visit tells
+  // whether more are due.
+  PgRows due = db_->Query(
+      "SELECT id FROM conversations WHERE hot_since > 0 AND hot_since < $1 ORDER BY hot_since LIMIT $2",
+      PgParams().Int(req.due_before).Int(static_cast<int64_t>(max) + 1));
+  if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+  struct Row {
+    Seq seq;
+    std::string body;
+    bool live;  // not deleted, not cold already, has a text: goes into the block
+  };
+  for (int i = 0; i < due.size(); ++i) {
+    if (i == max || out_of_budget()) {
+      progress.more = true;
+      break;
+    }
+    const ConversationId conversation = due.Int(i, 0);
+    // Skipped if a batch (a send, a change) or another node's compaction
+    // holds it; re-checked, since it may have been compacted meanwhile.
+    PgRows c = db_->Query(
+        "SELECT cold_through FROM conversations WHERE id = $1 AND hot_since > 0 AND hot_since < $2 "
+        "FOR UPDATE SKIP LOCKED",
+        PgParams().Int(conversation).Int(req.due_before));
+    if (c.empty()) continue;
+    Seq through = c.Int(0, 0);
+    ++progress.conversations;
+    bool find_next_hot = false;  // stopped before the conversation's end: read where its hot part starts
+    int64_t next_hot = 0;        // created_at of the first message left hot (0: none)
+    while (true) {
+      if (out_of_budget()) {
+        // Stopped mid-conversation: it stays due from `through` + 1.
+        find_next_hot = true;
+        progress.more = true;
+        break;
+      }
+      // SKIP LOCKED: a message an expiry or a purge holds is not waited
+      // for; seqs are gapless, so a skipped one shows as a gap, and the
+      // block ends before it.
+      PgRows r = db_->Query(
+          "SELECT seq, body, created_at, deleted_at = 0 AND NOT cold AND body <> '' FROM messages "
+          "WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED",
+          PgParams().Int(conversation).Int(through).Int(kColdBlockMessages));
+      if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+      std::vector<Row> rows;
+      bool stop = false;
+      for (int j = 0; j < r.size(); ++j) {
+        const Seq seq = r.Int(j, 0);
+        if (seq != through + 1 + static_cast<Seq>(rows.size())) {
+          find_next_hot = true;  // a locked message: the rest waits for a later step
+          stop = true;
+          break;
+        }
+        if (r.Int(j, 2) >= req.stored_before) {
+          next_hot = r.Int(j, 2);
+          stop = true;
+          break;
+        }
+        rows.push_back(Row{seq, r.Text(j, 1), r.Bool(j, 3)});
+      }
+      std::vector<ColdEntry> entries;
+      for (Row& row : rows) {
+        if (row.live) entries.push_back(ColdEntry{row.seq, std::move(row.body)});
+      }
+      if (!entries.empty()) {
+        int64_t raw = 0;
+        Result<std::string> packed = cold_.codec().Pack(entries.front().seq, entries, &raw);
+        if (!packed) return packed.error();
+        std::vector<int64_t> seqs;
+        for (const ColdEntry& e : entries) seqs.push_back(e.seq);
+        db_->Defer(
+            "INSERT INTO message_blocks(conversation_id, first_seq, last_seq, messages, raw_bytes, created_at, nonce, "
+            "data) VALUES($1, $2, $3, $4, $5, $6, $7, $8)",
+            PgParams()
+                .Int(conversation)
+                .Int(entries.front().seq)
+                .Int(entries.back().seq)
+                .Int(static_cast<int64_t>(entries.size()))
+                .Int(raw)
+                .Int(batch_now_)
+                .Int(postgres::NewBlockNonce())
+                .Bytes(*packed));
+        db_->Defer("UPDATE messages SET body = '', cold = true WHERE conversation_id = $1 AND seq = ANY($2::bigint[])",
+                   PgParams().Int(conversation).IntArray(seqs));
+        ++progress.blocks;
+        progress.messages += static_cast<int>(entries.size());
+        progress.raw_bytes += raw;
+        progress.compressed_bytes += static_cast<int64_t>(packed->size());
+      }
+      if (!rows.empty()) through = rows.back().seq;
+      if (stop || r.size() < kColdBlockMessages) break;
+    }
+    if (find_next_hot) {
+      PgRows n = db_->Query(
+          "SELECT created_at FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT 1",
+          PgParams().Int(conversation).Int(through));
+      if (!n.empty()) next_hot = n.Int(0, 0);
+    }
+    db_->Defer("UPDATE conversations SET cold_through = $2, hot_since = $3 WHERE id = $1",
+               PgParams().Int(conversation).Int(through).Int(next_hot));
+  }
+  if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+  return progress;
+}
+
 class PostgresStore::Reader {
  public:
   explicit Reader(std::unique_ptr<PgConn> db) : db_(std::move(db)) {}
@@ -1951,10 +2215,13 @@ class PostgresStore::Reader {
   PgConn& db() { return *db_; }
 
  private:
-  std::vector<MessageRecord> Visible(ConversationId id, UserId viewer, Seq before, int limit);
-  std::optional<ConversationSummary> Summary(UserId user_id, ConversationId id, int64_t activity, int latest);
+  Result<std::vector<MessageRecord>> Visible(ConversationId id, UserId viewer, Seq before, int limit);
+  // nullopt: the conversation vanished (not an error).
+  Result<std::optional<ConversationSummary>> Summary(UserId user_id, ConversationId id, int64_t activity,
+                                                     int latest);
 
   std::unique_ptr<PgConn> db_;
+  ColdTexts cold_;  // pages the texts of compacted messages in (see "Cold tier")
 };
 
 Result<MessageTimeline> PostgresStore::Reader::Timeline(ConversationId id, Seq seq) {
@@ -1969,6 +2236,9 @@ Result<MessageTimeline> PostgresStore::Reader::Timeline(ConversationId id, Seq s
     return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
   }
   t.message = MessageAt(m, 0, 0);
+  if (ColdAt(m, 0, 0)) {
+    if (Status s = cold_.Fill(*db_, {ColdText{id, seq, &t.message.body}}, /*lock_rows=*/false); !s.ok()) return s;
+  }
   t.accepted_at = m.Int(0, kMessageColumnCount);
   t.stored_at = m.Int(0, kMessageColumnCount + 1);
   // Members with their live devices (one row per device; a member without
@@ -2035,12 +2305,17 @@ Result<StoreSummary> PostgresStore::Reader::Summary() {
 Result<SchemaStatus> PostgresStore::Reader::Schema() {
   SchemaStatus out;
   out.backend = "postgres";
-  PgRows r = db_->Query("SELECT COALESCE(max(version), 0) FROM schema_version");
-  if (r.empty()) return Status(ErrorCode::kInternal, "store error");
-  out.current = static_cast<int>(r.Int(0, 0));
+  PgRows r = db_->Query("SELECT version FROM schema_version");
+  if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+  std::set<int64_t> applied;
+  for (int i = 0; i < r.size(); ++i) {
+    applied.insert(r.Int(i, 0));
+    out.current = std::max(out.current, static_cast<int>(r.Int(i, 0)));
+  }
   out.latest = PostgresStore::kSchemaVersion;
+  // As Migrate: a step not recorded is pending even below the newest one.
   for (const Migration& m : kMigrations)
-    if (m.version > out.current) out.pending.push_back(m.version);
+    if (applied.count(m.version) == 0) out.pending.push_back(m.version);
   return out;
 }
 
@@ -2134,7 +2409,8 @@ Result<ConversationRecord> PostgresStore::Reader::Conversation(ConversationId id
   return c;
 }
 
-std::vector<MessageRecord> PostgresStore::Reader::Visible(ConversationId id, UserId viewer, Seq before, int limit) {
+Result<std::vector<MessageRecord>> PostgresStore::Reader::Visible(ConversationId id, UserId viewer, Seq before,
+                                                                 int limit) {
   std::vector<MessageRecord> out;
   if (limit <= 0) return out;
   // Backwards on the messages' primary key within the conversation's
@@ -2145,6 +2421,12 @@ std::vector<MessageRecord> PostgresStore::Reader::Visible(ConversationId id, Use
       "WHERE w.conversation_id = $1 AND w.user_id = $3 AND w.seq = m.seq) ORDER BY m.seq DESC LIMIT $4",
       PgParams().Int(id).Int(before > 0 ? before : std::numeric_limits<Seq>::max()).Int(viewer).Int(limit));
   for (int i = r.size() - 1; i >= 0; --i) out.push_back(MessageAt(r, i, 0));
+  std::vector<ColdText> cold;
+  for (int i = 0; i < r.size(); ++i) {
+    MessageRecord& m = out[static_cast<size_t>(r.size() - 1 - i)];
+    if (ColdAt(r, i, 0)) cold.push_back(ColdText{m.conversation_id, m.seq, &m.body});
+  }
+  if (Status s = cold_.Fill(*db_, cold, /*lock_rows=*/false); !s.ok()) return s;
   return out;
 }
 
@@ -2153,7 +2435,9 @@ Result<std::vector<MessageRecord>> PostgresStore::Reader::History(ConversationId
   if (db_->Query("SELECT 1 FROM conversations WHERE id = $1", PgParams().Int(id)).empty()) {
     return Status(ErrorCode::kUnknownConversation, "unknown conversation");
   }
-  std::vector<MessageRecord> page = Visible(id, viewer, before, limit);
+  Result<std::vector<MessageRecord>> visible = Visible(id, viewer, before, limit);
+  if (!visible) return visible.error();
+  std::vector<MessageRecord> page = std::move(visible).value();
   if (page.empty()) return page;
   // "Stays sent": within the page's range, the seqs withheld from another
   // member that their delivered watermark covers (one range scan per member).
@@ -2211,6 +2495,12 @@ Result<MessageSearchPage> PostgresStore::Reader::SearchMessages(const MessageSea
   const bool found = r.size() > 0 && !r.IsNull(0, 2);
   const int rows = found ? r.size() : 0;
   for (int i = 0; i < rows && i < q.limit; ++i) page.messages.push_back(MessageAt(r, i, 3));
+  std::vector<ColdText> cold;
+  for (size_t i = 0; i < page.messages.size(); ++i) {
+    MessageRecord& m = page.messages[i];
+    if (ColdAt(r, static_cast<int>(i), 3)) cold.push_back(ColdText{m.conversation_id, m.seq, &m.body});
+  }
+  if (Status s = cold_.Fill(*db_, cold, /*lock_rows=*/false); !s.ok()) return s;
   if (rows > q.limit) {
     page.next = r.Int(q.limit - 1, 2);
   } else if (r.size() > 0 && r.Int(0, 0) == kMaxSearchCandidates) {
@@ -2270,6 +2560,7 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
       "WHERE e.user_id = $1 AND e.user_seq > $2 ORDER BY e.user_seq LIMIT $3",
       PgParams().Int(user_id).Int(after).Int(static_cast<int64_t>(limit) + 1));
   *rows_read += static_cast<uint64_t>(r.size());
+  std::vector<int> cold_rows;  // rows of message events whose text is in a block
   for (int i = 0; i < r.size(); ++i) {
     if (page.events.size() == static_cast<size_t>(limit)) {
       page.has_more = true;
@@ -2282,7 +2573,10 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
     e.created_at = r.Int(i, 7);
     constexpr int kM = 15;  // first message column
     const bool has_message = r.Bool(i, 9);
-    if (e.kind == EventKind::kMessage && has_message) e.message = MessageAt(r, i, kM);
+    if (e.kind == EventKind::kMessage && has_message) {
+      e.message = MessageAt(r, i, kM);
+      if (ColdAt(r, i, kM)) cold_rows.push_back(i);
+    }
     if ((e.kind == EventKind::kEdit || e.kind == EventKind::kDelete) && has_message) {
       e.message = ChangeEventMessage(e.kind, MessageAt(r, i, kM), r.Int(i, 5), e.created_at,
                                      r.IsNull(i, 8) ? std::string() : r.Text(i, 8));
@@ -2311,6 +2605,15 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
     }
     page.events.push_back(std::move(e));
   }
+  {
+    // Row i is event i (one event per row, in order).
+    std::vector<ColdText> cold;
+    for (int i : cold_rows) {
+      MessageRecord& m = *page.events[static_cast<size_t>(i)].message;
+      cold.push_back(ColdText{m.conversation_id, m.seq, &m.body});
+    }
+    if (Status s = cold_.Fill(*db_, cold, /*lock_rows=*/false); !s.ok()) return s;
+  }
   for (StreamEvent& e : page.events) {
     if (e.kind != EventKind::kConversation) continue;
     Result<ConversationRecord> c = Conversation(e.conversation_id);
@@ -2319,15 +2622,17 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
   return page;
 }
 
-std::optional<ConversationSummary> PostgresStore::Reader::Summary(UserId user_id, ConversationId id,
-                                                                  int64_t activity, int latest) {
+Result<std::optional<ConversationSummary>> PostgresStore::Reader::Summary(UserId user_id, ConversationId id,
+                                                                         int64_t activity, int latest) {
   Result<ConversationRecord> c = Conversation(id);
-  if (!c.has_value()) return std::nullopt;
+  if (!c.has_value()) return std::optional<ConversationSummary>();
   ConversationSummary summary;
   summary.conversation = std::move(c).value();
   summary.conversation.last_activity_at = activity;
   summary.conversation.last_seq = LastSeqVisibleTo(*db_, id, user_id);
-  summary.latest = Visible(id, user_id, 0, latest);
+  Result<std::vector<MessageRecord>> visible = Visible(id, user_id, 0, latest);
+  if (!visible) return visible.error();
+  summary.latest = std::move(visible).value();
   Seq own_read = 0;
   {
     PgRows r = db_->Query(
@@ -2358,7 +2663,7 @@ std::optional<ConversationSummary> PostgresStore::Reader::Summary(UserId user_id
                           PgParams().Int(user_id).Int(id));
     if (!r.empty()) summary.draft = DraftRecord{r.Text(0, 0), r.Int(0, 1)};
   }
-  return summary;
+  return std::optional<ConversationSummary>(std::move(summary));
 }
 
 // Summary's last_seq and unread, nothing else: a selective device's summary.
@@ -2401,8 +2706,10 @@ Result<Snapshot> PostgresStore::Reader::GetSnapshot(UserId user_id, int latest_p
       "ORDER BY last_activity_at DESC, conversation_id DESC",
       PgParams().Int(user_id));
   for (int i = 0; i < r.size(); ++i) {
-    std::optional<ConversationSummary> summary = Summary(user_id, r.Int(i, 0), r.Int(i, 1), latest_per_conversation);
-    if (summary) snap.conversations.push_back(std::move(*summary));
+    Result<std::optional<ConversationSummary>> summary =
+        Summary(user_id, r.Int(i, 0), r.Int(i, 1), latest_per_conversation);
+    if (!summary) return summary.error();
+    if (*summary) snap.conversations.push_back(std::move(**summary));
   }
   return snap;
 }
@@ -2429,8 +2736,9 @@ Result<ConversationPage> PostgresStore::Reader::ListConversations(UserId user_id
     ids.pop_back();
   }
   for (const auto& [id, activity] : ids) {
-    std::optional<ConversationSummary> summary = Summary(user_id, id, activity, latest_per_conversation);
-    if (summary) page.conversations.push_back(std::move(*summary));
+    Result<std::optional<ConversationSummary>> summary = Summary(user_id, id, activity, latest_per_conversation);
+    if (!summary) return summary.error();
+    if (*summary) page.conversations.push_back(std::move(**summary));
   }
   if (page.has_more && !ids.empty()) {
     page.next_activity = ids.back().second;
@@ -2877,6 +3185,11 @@ void PostgresStore::ExpireMessages(int64_t now, int max_messages, Callback<Expir
                               std::move(done), {}, /*solo=*/true);
 }
 
+void PostgresStore::CompactMessages(CompactRequest req, Callback<CompactProgress> done) {
+  SubmitWrite<CompactProgress>([req](Writer& w) { return w.CompactMessages(req); }, std::move(done), {},
+                               /*solo=*/true);
+}
+
 void PostgresStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) {
   SubmitWrite<PurgeProgress>(
       [deleted_before, max_messages](Writer& w) { return w.PurgeDeleted(deleted_before, max_messages); },
@@ -3224,6 +3537,7 @@ Result<std::vector<PushJob>> PostgresStore::Writer::ClaimPushJobs(const std::str
     jobs.push_back(std::move(j));
   }
   std::sort(jobs.begin(), jobs.end(), [](const PushJob& a, const PushJob& b) { return a.device_id < b.device_id; });
+  std::vector<ColdText> cold;  // previews of compacted messages, paged in at the end
   for (PushJob& j : jobs) {
     PgRows u = db_->Query("SELECT push_previews FROM users WHERE id = $1", PgParams().Int(j.user_id));
     j.previews = u.empty() || u.Bool(0, 0);
@@ -3234,15 +3548,19 @@ Result<std::vector<PushJob>> PostgresStore::Writer::ClaimPushJobs(const std::str
                            PgParams().Int(j.conversation_id).Int(j.user_id));
     j.alert = j.seq > (rd.empty() ? 0 : rd.Int(0, 0));
     PgRows m = db_->Query(
-        "SELECT m.sender_id, m.body, u.username, u.display_name FROM messages m JOIN users u ON u.id = m.sender_id "
-        "WHERE m.conversation_id = $1 AND m.seq = $2",
+        "SELECT m.sender_id, m.body, u.username, u.display_name, m.cold FROM messages m "
+        "JOIN users u ON u.id = m.sender_id WHERE m.conversation_id = $1 AND m.seq = $2",
         PgParams().Int(j.conversation_id).Int(j.seq));
     if (!m.empty()) {
       j.sender_id = m.Int(0, 0);
       j.sender_display_name = m.Text(0, 3).empty() ? m.Text(0, 2) : m.Text(0, 3);
-      if (j.previews && j.alert) j.preview = m.Text(0, 1);
+      if (j.previews && j.alert) {
+        j.preview = m.Text(0, 1);
+        if (m.Bool(0, 4)) cold.push_back(ColdText{j.conversation_id, j.seq, &j.preview});
+      }
     }
   }
+  if (Status s = cold_.Fill(*db_, cold, /*lock_rows=*/true); !s.ok()) return s;
   return jobs;
 }
 

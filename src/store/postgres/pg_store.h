@@ -104,6 +104,8 @@ class PostgresStore final : public Store {
   void ExpireMessages(int64_t now, int max_messages, Callback<ExpireProgress> done) override;
   void PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) override;
   void TrimStreams(TrimRequest req, Callback<TrimProgress> done) override;
+  void CompactMessages(CompactRequest req, Callback<CompactProgress> done) override;
+  bool HasColdTier() const override { return true; }
   void IndexSearch(int max_entries, Callback<SearchIndexProgress> done) override;
   void GetHead(UserId user_id, Callback<UserSeq> done) override;
   void Export(ExportTable table, std::vector<int64_t> after, int limit, Callback<ExportPage> done) override;
