@@ -82,6 +82,15 @@ export async function newContext(browser, base, options = {}) {
   return { context, page, problems };
 }
 
+// The device goes away (its browser leaves the app; IndexedDB is kept).
+// Waits for the page's own requests (the icon, the manifest) to finish
+// first: a navigation aborts one still in flight, which the context's
+// problem list would report as a failed request.
+export async function goAway(page) {
+  await page.waitForLoadState('networkidle');
+  await page.goto('about:blank');
+}
+
 export async function register(page, username) {
   await page.goto('/');
   await page.getByLabel('Username').fill(username);

@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startServer, launchBrowser, navLink, newContext, register, logIn, openChatWith, send, bodies, myMessage, axeViolations,
+  startServer, launchBrowser, navLink, newContext, register, logIn, openChatWith, send, bodies, myMessage, axeViolations, goAway,
   kPassword,
 } from './helpers.mjs';
 
@@ -48,7 +48,7 @@ test('two users find each other and chat; ticks go sent → delivered → read',
   await register(bob.page, 'bob_t');
 
   // Bob's device is away while Alice writes: the message is only "sent".
-  await bob.page.goto('about:blank');
+  await goAway(bob.page);
   await openChatWith(alice.page, 'bob_t');
   await send(alice.page, 'Hello Bob');
   const mine = myMessage(alice.page, 'Hello Bob');
@@ -364,7 +364,7 @@ test('presence: online dot, last seen after leaving or going to the background, 
   await mia.page.getByLabel('Show my online status and last seen to').selectOption('everyone');
   await mia.page.getByRole('button', { name: 'Save privacy' }).click();
   await conv.locator('.dot.online').waitFor();
-  await mia.page.goto('about:blank');
+  await goAway(mia.page);
   await conv.locator('.dot.away').waitFor();
   await conv.click();
   await status.filter({ hasText: /^last seen / }).waitFor();
@@ -668,7 +668,7 @@ test('a device away longer than the server keeps its stream gets cursor_too_old,
     await xia.page.locator('a.conv', { hasText: 'wes_t' }).click();
     await xia.page.locator('li.msg .body', { hasText: 'first' }).waitFor();
     // xia's browser goes away, its IndexedDB (and cursor) kept.
-    await xia.page.goto('about:blank');
+    await goAway(xia.page);
     const [, ping] = await viaProtocol(wes.page, 'xia_t', [{ type: 'ping', fields: {} }]);
     const awayHead = ping.result.head; // xia's cursor is at most this
     await send(wes.page, 'second');
@@ -852,7 +852,7 @@ test('selective sync after cursor_too_old: the snapshot keeps the opened convers
 
     // Yan's browser goes away while both write; its cursor is trimmed past.
     // A second context on the server's origin speaks for the others.
-    await yan.page.goto('about:blank');
+    await goAway(yan.page);
     const helper = await newContext(browser, srv.base);
     await helper.page.goto('/');
     const [, ping] = await viaProtocol(helper.page, 'yan_t', [{ type: 'ping', fields: {} }]);
