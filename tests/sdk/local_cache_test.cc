@@ -152,5 +152,41 @@ TEST_F(LocalCacheTest, AnUnreadMessageDeletedForMeLeavesTheServersCount) {
   EXPECT_EQ(Bob().unread, 2);
 }
 
+// A queued message clears the draft on screen, as the server will when it
+// stores the message. A message the server refuses (here: blocked) never
+// clears it there and no `draft` event follows, so the cache puts the
+// server's draft back once nothing queued may still clear it; a `draft`
+// event that arrived meanwhile wins. (Found by chaos_cluster_short: two
+// devices kept an empty draft after a refused send.)
+TEST_F(LocalCacheTest, ADraftClearedByAMessageTheServerRefusesComesBack) {
+  Apply({{{"kind", "conversation"}, {"conversation", Conversation()}},
+         {{"kind", "draft"}, {"conversation_id", kConv}, {"text", "half a thought"}, {"updated_at", 100}}});
+  ASSERT_EQ(Bob().draft, "half a thought");
+  LocalError err;
+  auto queue = [&](const std::string& client_id, int64_t at) {
+    OutboxRow row;
+    row.client_id = client_id;
+    row.peer = "bob";
+    row.body = "hi";
+    row.created_at = at;
+    EXPECT_TRUE(cache_->AddOutbox(row, &err)) << err.message;
+  };
+  queue("a", 200);
+  queue("b", 210);
+  EXPECT_EQ(Bob().draft, "");
+  ASSERT_TRUE(cache_->FailOutbox("a", "blocked", "refused", &err));
+  EXPECT_EQ(Bob().draft, "") << "b is still queued and may clear the server's draft";
+  ASSERT_TRUE(cache_->FailOutbox("b", "blocked", "refused", &err));
+  EXPECT_EQ(Bob().draft, "half a thought") << "neither message was stored: the server kept its draft";
+  Reopen();
+  EXPECT_EQ(Bob().draft, "half a thought");
+
+  // A draft event after the clearing is the server's newer word.
+  queue("c", 300);
+  Apply({{{"kind", "draft"}, {"conversation_id", kConv}, {"text", ""}, {"updated_at", 301}}});
+  ASSERT_TRUE(cache_->FailOutbox("c", "blocked", "refused", &err));
+  EXPECT_EQ(Bob().draft, "");
+}
+
 }  // namespace
 }  // namespace parley::sdk

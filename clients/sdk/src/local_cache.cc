@@ -147,7 +147,8 @@ CREATE TABLE IF NOT EXISTS withheld(
 CREATE TABLE IF NOT EXISTS outbox(
   local_id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL UNIQUE, peer TEXT NOT NULL,
   body TEXT NOT NULL, created_at INTEGER NOT NULL, failed INTEGER NOT NULL DEFAULT 0,
-  error_code TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '');
+  error_code TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '',
+  cleared_draft TEXT, cleared_draft_at INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS draft_outbox(
   peer TEXT PRIMARY KEY, text TEXT NOT NULL, set_at INTEGER NOT NULL, gen INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS opened(conversation_id INTEGER PRIMARY KEY, opened_at INTEGER NOT NULL);
@@ -206,6 +207,15 @@ constexpr const char* kSchemaV6 = R"sql(
 CREATE TABLE IF NOT EXISTS opened(conversation_id INTEGER PRIMARY KEY, opened_at INTEGER NOT NULL);
 )sql";
 
+// Schema 6 -> 7: the server's draft a queued message cleared on screen
+// (outbox.cleared_draft; NULL: none), put back if the server refuses the
+// message (it then never cleared its draft, and no `draft` event says so).
+// cleared_draft_at: the draft_updated_at the clearing wrote.
+constexpr const char* kSchemaV7 = R"sql(
+ALTER TABLE outbox ADD COLUMN cleared_draft TEXT;
+ALTER TABLE outbox ADD COLUMN cleared_draft_at INTEGER NOT NULL DEFAULT 0;
+)sql";
+
 }  // namespace
 
 // RAII BEGIN IMMEDIATE ... COMMIT; rolls back unless committed.
@@ -259,6 +269,7 @@ std::unique_ptr<LocalCache> LocalCache::Open(const std::string& path, int64_t ma
         if (version < 4) Exec(db, kSchemaV4);
         if (version < 5) Exec(db, kSchemaV5);
         if (version < 6) Exec(db, kSchemaV6);
+        if (version < 7) Exec(db, kSchemaV7);
       }
       Exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
       tx.Commit();
@@ -345,13 +356,41 @@ bool LocalCache::AddOutbox(const OutboxRow& row, LocalError* error) {
   std::lock_guard lock(mu_);
   try {
     Tx tx(db_);
-    Stmt s(db_, stmts_, "INSERT INTO outbox(client_id, peer, body, created_at) VALUES(?,?,?,?)");
-    s.Bind(1, row.client_id).Bind(2, row.peer).Bind(3, row.body).Bind(4, row.created_at).Run();
     // The server clears the draft when it stores the message (and says so
-    // with a `draft` event): an unsaved one must not be sent after it.
+    // with a `draft` event), so the screen clears it now. If the server
+    // refuses the message, nothing clears it there: FailOutbox puts the
+    // server's draft back. Kept with the row: the draft this clearing hid,
+    // or the one an earlier queued message to the peer hid (still pending).
+    std::optional<std::string> cleared;
+    int64_t cleared_at = row.created_at;
+    {
+      Stmt q(db_, stmts_, "SELECT draft FROM conversations WHERE peer=? AND draft<>'' ORDER BY id LIMIT 1");
+      q.Bind(1, row.peer);
+      if (q.Step()) cleared = q.Text(0);
+    }
+    if (!cleared) {
+      Stmt q(db_, stmts_,
+             "SELECT cleared_draft, cleared_draft_at FROM outbox WHERE peer=? AND failed=0 AND cleared_draft IS NOT NULL "
+             "ORDER BY local_id DESC LIMIT 1");
+      q.Bind(1, row.peer);
+      if (q.Step()) {
+        cleared = q.Text(0);
+        cleared_at = q.Int(1);
+      }
+    }
+    Stmt s(db_, stmts_,
+           "INSERT INTO outbox(client_id, peer, body, created_at, cleared_draft, cleared_draft_at) VALUES(?,?,?,?,?,?)");
+    s.Bind(1, row.client_id).Bind(2, row.peer).Bind(3, row.body).Bind(4, row.created_at);
+    if (cleared) {
+      s.Bind(5, *cleared);
+    } else {
+      sqlite3_bind_null(s.raw(), 5);
+    }
+    s.Bind(6, cleared_at).Run();
+    // An unsaved draft must not be sent after the message either.
     Stmt d(db_, stmts_, "DELETE FROM draft_outbox WHERE peer=?");
     d.Bind(1, row.peer).Run();
-    Stmt c(db_, stmts_, "UPDATE conversations SET draft='', draft_updated_at=? WHERE peer=?");
+    Stmt c(db_, stmts_, "UPDATE conversations SET draft='', draft_updated_at=? WHERE peer=? AND draft<>''");
     c.Bind(1, row.created_at).Bind(2, row.peer).Run();
     tx.Commit();
     return true;
@@ -380,8 +419,20 @@ bool LocalCache::FailOutbox(const std::string& client_id, const std::string& cod
                             LocalError* error) {
   std::lock_guard lock(mu_);
   try {
+    Tx tx(db_);
     Stmt s(db_, stmts_, "UPDATE outbox SET failed=1, error_code=?, error_message=? WHERE client_id=?");
     s.Bind(1, code).Bind(2, message).Bind(3, client_id).Run();
+    // The message will never be stored, so the server kept its draft: show it
+    // again, unless a `draft` event changed it since the clearing (its
+    // draft_updated_at is then another) or another queued message to the
+    // peer may still clear it on the server.
+    Stmt r(db_, stmts_,
+           "UPDATE conversations SET draft=o.cleared_draft "
+           "FROM outbox o WHERE o.client_id=? AND o.cleared_draft IS NOT NULL AND conversations.peer=o.peer "
+           "AND conversations.draft='' AND conversations.draft_updated_at=o.cleared_draft_at "
+           "AND NOT EXISTS(SELECT 1 FROM outbox p WHERE p.peer=o.peer AND p.failed=0)");
+    r.Bind(1, client_id).Run();
+    tx.Commit();
     return true;
   } catch (const SqlError& e) {
     if (error) *error = ToLocalError(e);

@@ -74,7 +74,7 @@ class LocalCache {
   // 5: retention (messages.expires_at, conversations.disappearing_s) and selective sync
   //    (conversations.summary_unread, summarised, selected_head)
   // 6: the conversations the app opened (the opened table), selected again by every session
-  static constexpr int kSchemaVersion = 6;
+  static constexpr int kSchemaVersion = 7;
 
   static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
   ~LocalCache();
