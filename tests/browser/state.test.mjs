@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import {
   emptyState, applyEntry, applyEvent, addWithheld, addMessages, tickOf, conversationsByActivity, recountUnread,
   advanceApplied, expireMessages, applySummary, applyFill, fillReached, missingNewest, setTimer,
+  clearDraftForSend, restoreRefusedDraft,
 } from '../../web/js/state.js';
 
 const me = { user_id: 1, username: 'alice', device_id: 10 };
@@ -315,4 +316,33 @@ test('more unread messages than the cache keeps: the ones it drops still count',
   assert.equal(conv.unread, 600);
   applyEvent(s, { user_seq: 3, kind: 'receipt', conversation_id: 3, user_id: 1, delivered: 600, read: 550 });
   assert.equal(conv.unread, 50);
+});
+
+// A send clears the server's draft on screen; a message the server refuses
+// never cleared it there (no `draft` event follows), so the draft comes back
+// once no other queued message may clear it. A stored message, or a `draft`
+// event meanwhile, settles it. (The SDK's cache does the same: the cluster
+// chaos run found devices left with an empty draft after a blocked send.)
+test('a draft cleared by a refused send comes back; a stored send or a draft event settles it', () => {
+  const s = withConversation();
+  const conv = s.convs[3];
+  applyEvent(s, { kind: 'draft', conversation_id: 3, text: 'half a thought', updated_at: 100 });
+  clearDraftForSend(conv);
+  assert.equal(conv.draft, '');
+  assert.equal(restoreRefusedDraft(conv, { stillQueued: true }), false, 'another queued message may still clear it');
+  assert.equal(conv.draft, '');
+  clearDraftForSend(conv); // that second message
+  assert.equal(restoreRefusedDraft(conv, {}), true);
+  assert.equal(conv.draft, 'half a thought');
+
+  clearDraftForSend(conv);
+  restoreRefusedDraft(conv, { stored: true });
+  assert.equal(conv.draft, '', 'stored: the server cleared it');
+  assert.equal(restoreRefusedDraft(conv, {}), false, 'nothing left to restore');
+
+  applyEvent(s, { kind: 'draft', conversation_id: 3, text: 'again', updated_at: 200 });
+  clearDraftForSend(conv);
+  applyEvent(s, { kind: 'draft', conversation_id: 3, text: '', updated_at: 201 });
+  assert.equal(restoreRefusedDraft(conv, {}), false, 'the draft event is newer');
+  assert.equal(conv.draft, '');
 });

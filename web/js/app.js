@@ -12,7 +12,8 @@ import { kv, outbox, clearAll } from './db.js';
 import {
   emptyState, applyEntry, applyEvent, applyChange, addMessages, addWithheld, peerOf, displayName, tickOf,
   conversationsByActivity, myWatermark, recountUnread, sortByUsername, advanceApplied, expireMessages,
-  applySummary, applyFill, fillReached, missingNewest, kMaxCachedMessages, setTimer,
+  applySummary, applyFill, fillReached, missingNewest, kMaxCachedMessages, setTimer, clearDraftForSend,
+  restoreRefusedDraft,
 } from './state.js';
 import { h, syncList, setText, visuallyHidden } from './dom.js';
 
@@ -610,6 +611,7 @@ async function flushOutbox() {
         entry.failed = true;
         entry.error = 'Not sent: too old';
         await outbox.put(entry);
+        settleDraft(entry, false);
         scheduleRender();
         continue;
       }
@@ -624,6 +626,7 @@ async function flushOutbox() {
           recountUnread(app.state, conv);
         }
         await removeFromOutbox(entry);
+        settleDraft(entry, true);
         scheduleSave();
         scheduleRender();
       } catch (e) {
@@ -636,6 +639,7 @@ async function flushOutbox() {
         entry.failed = true;
         entry.error = e.code === 'blocked' ? 'Not sent: you block this user' : `Not sent: ${e.message}`;
         await outbox.put(entry);
+        settleDraft(entry, false);
         scheduleRender();
       }
     }
@@ -671,7 +675,18 @@ function dropDraft(convId) {
   delete app.draftTimers[convId];
   delete app.state.pendingDrafts[convId];
   const conv = app.state.convs[convId];
-  if (conv) conv.draft = '';
+  if (conv) clearDraftForSend(conv);
+  scheduleSave();
+}
+
+// An outbox entry is settled: stored, or refused for good. A refused one
+// never cleared the server's draft, which comes back on screen
+// (restoreRefusedDraft; docs/web.md "Drafts").
+function settleDraft(entry, stored) {
+  const conv = app.state?.convs[entry.conversation_id];
+  if (!conv) return;
+  const stillQueued = app.outbox.some((o) => !o.failed && o !== entry && o.conversation_id === entry.conversation_id);
+  if (restoreRefusedDraft(conv, { stored, stillQueued })) scheduleRender();
   scheduleSave();
 }
 

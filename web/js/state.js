@@ -289,11 +289,38 @@ export function applyEvent(state, e) {
       const conv = ensureConv(state, e.conversation_id);
       conv.draft = e.text || '';
       conv.draftAt = e.updated_at || 0;
+      delete conv.clearedDraft; // the server's newer word
       return conv;
     }
     default:
       return null; // kinds this client does not know: skipped, cursor still advances
   }
+}
+
+// Sending clears the server's draft on screen now, as the server does when
+// it stores the message (its `draft` event follows). The text is kept in
+// `clearedDraft`: a message the server refuses never cleared it there, and
+// no event will say so (restoreRefusedDraft).
+export function clearDraftForSend(conv) {
+  if (conv.draft) conv.clearedDraft = conv.draft;
+  conv.draft = '';
+}
+
+// A message to `conv` was refused for good (or stored: `stored`). Once no
+// other queued message may still clear the server's draft (`stillQueued`),
+// a refused one puts the server's draft back; a stored one settles it (the
+// server cleared it, and says so with a `draft` event).
+export function restoreRefusedDraft(conv, { stored = false, stillQueued = false } = {}) {
+  if (conv.clearedDraft === undefined) return false;
+  if (stored) {
+    delete conv.clearedDraft;
+    return false;
+  }
+  if (stillQueued) return false;
+  const restored = !conv.draft;
+  if (restored) conv.draft = conv.clearedDraft;
+  delete conv.clearedDraft;
+  return restored;
 }
 
 // A `summary` entry (selective sync): the conversation's current last seq
