@@ -1344,7 +1344,10 @@ function messageChanges(convId, log, note, refresh) {
         const m = find(seq);
         if (m) applyChange(m, { deleted: true, version: r.version, deleted_at: r.deleted_at });
       }
-      scheduleSave();
+      // Stored at once, not on the debounced save: a reload right after the
+      // answer must not show the message again until sync re-applies it.
+      await saveNow();
+      if (!app.state) return;
       refresh();
       statusLine(note, which === 'me' ? 'Message deleted for you.' : 'Message deleted for everyone.');
       if (which === 'me') log.parentElement.focus(); // its own button went with it
@@ -1404,7 +1407,7 @@ function messageChanges(convId, log, note, refresh) {
       const r = await changeRequest('edit_message', { conversation_id: convId, seq, client_id: edit.clientId, body });
       const now = find(seq);
       if (now) applyChange(now, { version: r.version, body, edited_at: r.edited_at });
-      scheduleSave();
+      await saveNow(); // at once, as for deletes (a reload right after must show the edit)
       statusLine(note, 'Message edited.');
       if (ui.edit === edit) close(true);
     } catch (e) {
