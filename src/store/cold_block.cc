@@ -3,6 +3,8 @@
 // per context, which a codec per thread pays once rather than per block.
 #include "store/cold_block.h"
 
+#include <algorithm>
+
 #include <zstd.h>
 
 #include <fmt/format.h>
@@ -88,6 +90,12 @@ Result<std::vector<ColdEntry>> ColdCodec::Unpack(Seq first_seq, std::string_view
     in.remove_prefix(len);
   }
   return entries;
+}
+
+int64_t DropColdEntries(std::vector<ColdEntry>* entries, const std::vector<Seq>& drop) {
+  const size_t before = entries->size();
+  std::erase_if(*entries, [&](const ColdEntry& e) { return std::binary_search(drop.begin(), drop.end(), e.seq); });
+  return static_cast<int64_t>(before - entries->size());
 }
 
 }  // namespace parley::store

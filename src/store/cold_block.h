@@ -44,6 +44,10 @@ struct ColdEntry {
   std::string body;
 };
 
+// Removes from `entries` those whose seq is in `drop` (REQUIRES: sorted);
+// returns how many went. The purge of deleted texts, on both backends.
+int64_t DropColdEntries(std::vector<ColdEntry>* entries, const std::vector<Seq>& drop);
+
 class ColdCodec {
  public:
   ColdCodec();

@@ -149,15 +149,10 @@ Result<int64_t> DropFromColdBlocks(PgConn& db, ColdCodec& codec, ConversationId 
     const Seq first_seq = r.Int(i, 0);
     Result<std::vector<ColdEntry>> entries = codec.Unpack(first_seq, r.Bytes(i, 2));
     if (!entries) return entries.error();
-    std::vector<ColdEntry> kept;
-    for (ColdEntry& e : *entries) {
-      if (std::binary_search(drop.begin(), drop.end(), e.seq)) {
-        ++removed;
-      } else {
-        kept.push_back(std::move(e));
-      }
-    }
-    if (kept.size() == entries->size()) continue;
+    std::vector<ColdEntry>& kept = *entries;
+    const int64_t gone = DropColdEntries(&kept, drop);
+    if (gone == 0) continue;
+    removed += gone;
     if (kept.empty()) {
       db.Defer("DELETE FROM message_blocks WHERE conversation_id = $1 AND first_seq = $2",
                PgParams().Int(conversation).Int(first_seq));

@@ -145,15 +145,10 @@ Result<int64_t> DropFromColdBlocks(Db& db, ColdCodec& codec, ConversationId conv
     }
     Result<std::vector<ColdEntry>> entries = codec.Unpack(first_seq, data);
     if (!entries) return entries.error();
-    std::vector<ColdEntry> kept;
-    for (ColdEntry& e : *entries) {
-      if (std::binary_search(drop.begin(), drop.end(), e.seq)) {
-        ++removed;
-      } else {
-        kept.push_back(std::move(e));
-      }
-    }
-    if (kept.size() == entries->size()) continue;
+    std::vector<ColdEntry>& kept = *entries;
+    const int64_t gone = DropColdEntries(&kept, drop);
+    if (gone == 0) continue;
+    removed += gone;
     if (kept.empty()) {
       Stmt d(db, "DELETE FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2");
       d.BindInt(1, conversation).BindInt(2, first_seq);
