@@ -34,10 +34,32 @@ void ChatService::SetForeground(const ClientPtr& c, bool counted) {
   if (counted) return presence_.ForegroundEnter(c->user_id);
   int64_t last_seen = presence_.ForegroundLeave(c->user_id);
   if (last_seen == 0) return;
-  int64_t user = c->user_id;
-  store_.SetLastSeen(user, last_seen, [user](Status s) {
-    if (!s.ok()) spdlog::warn("event=last_seen_not_stored user_id={} error=\"{}\"", user, s.ToString());
-  });
+  NoteLastSeen(c->user_id, last_seen);
+}
+
+// A reconnecting device (a flaky network, a reconnect storm) leaves and
+// comes back many times a minute; each leave used to be a store write and a
+// commit of its own. Now a user's changes within the flush interval make one.
+void ChatService::NoteLastSeen(int64_t user_id, int64_t last_seen) {
+  int64_t& pending = pending_last_seen_[user_id];
+  pending = std::max(pending, last_seen);
+  if (stopping_ || config_.presence.last_seen_flush_ms <= 0) return FlushLastSeen();
+  if (last_seen_flush_due_) return;
+  last_seen_flush_due_ = true;
+  core_.PostAfter(config_.presence.last_seen_flush_ms, [this] { FlushLastSeen(); });
+}
+
+void ChatService::FlushLastSeen() {
+  last_seen_flush_due_ = false;
+  for (const auto& [user, last_seen] : pending_last_seen_) {
+    last_seen_writes_.Inc();
+    store_.SetLastSeen(user, last_seen, [user](Status s) {
+      // A user deleted since they left has no last seen to keep.
+      if (!s.ok() && s.code() != ErrorCode::kUnknownUser)
+        spdlog::warn("event=last_seen_not_stored user_id={} error=\"{}\"", user, s.ToString());
+    });
+  }
+  pending_last_seen_.clear();
 }
 
 // Before auth it only sets how the connection will count once authenticated

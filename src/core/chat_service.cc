@@ -71,6 +71,9 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       frames_out_(Metrics::Default().GetCounter("parley_frames_out_total", "Frames sent to clients")),
       presence_updates_(Metrics::Default().GetCounter("parley_presence_updates_total",
                                                       "Presence frames sent to subscribers")),
+      last_seen_writes_(Metrics::Default().GetCounter(
+          "parley_last_seen_writes_total",
+          "Users' last seen times written to the store (at most one per user per --last-seen-flush-ms)")),
       rate_syncs_ok_(Metrics::Default().GetCounter("parley_rate_limit_syncs_total",
                                                    "Reconciliations of shared rate-limit buckets with the cluster, by result",
                                                    "result=\"ok\"")),
@@ -206,6 +209,7 @@ void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
 void ChatService::Shutdown(std::function<void()> done) {
   core_.Post([this, done = std::move(done)] {
     stopping_ = true;
+    FlushLastSeen();
     auto flushed = std::make_shared<bool>(false);
     core_.PostAfter(config_.shutdown_flush_ms, [this, flushed] {
       if (*flushed) return;

@@ -348,6 +348,13 @@ class ChatService {
   // Counts the connection in (or out of) its user's foreground set; leaving
   // the last one stores the user's last seen.
   void SetForeground(const ClientPtr& c, bool counted);
+  // Queues the user's last seen for the next flush (PresenceConfig::
+  // last_seen_flush_ms), or stores it at once when flushing is off or the
+  // service is stopping.
+  void NoteLastSeen(int64_t user_id, int64_t last_seen);
+  // Stores every queued last seen: one store write per user changed since
+  // the last flush, however often they came and went.
+  void FlushLastSeen();
   // Re-reads, from the store, whether each subscriber of `watched` (only
   // those of user `viewer` if not 0) may see it, after a setting changed.
   void RecheckPresence(int64_t watched, int64_t viewer);
@@ -423,6 +430,9 @@ class ChatService {
   // Users in the foreground on another node (cluster shape; the fabric's
   // remote presence, per user): push skips them as it skips foreground_.
   std::unordered_set<int64_t> remote_foreground_;
+  // Last seen times not yet written (NoteLastSeen), by user.
+  std::unordered_map<int64_t, int64_t> pending_last_seen_;
+  bool last_seen_flush_due_ = false;
   std::function<void()> push_queued_hook_;
   // Metrics (docs/operations.md).
   Counter& RateLimited(RequestType type);
@@ -433,6 +443,7 @@ class ChatService {
   Counter& frames_in_;
   Counter& frames_out_;
   Counter& presence_updates_;
+  Counter& last_seen_writes_;
   Counter& rate_syncs_ok_;
   Counter& rate_syncs_failed_;
   Counter& rate_synced_buckets_;

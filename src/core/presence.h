@@ -35,6 +35,12 @@ struct PresenceConfig {
   int64_t coalesce_ms = 5'000;
   // Per watched user per subscriber (--presence-min-interval-ms).
   int64_t min_update_interval_ms = 2'000;
+  // A user's last seen (stored when their last foreground connection here
+  // leaves) is written to the store at most this long after it changes, for
+  // every user changed meanwhile at once, and at a graceful shutdown
+  // (--last-seen-flush-ms; 0: at once). Viewers on this node read the
+  // in-memory time meanwhile; a crash loses at most this much of it.
+  int64_t last_seen_flush_ms = 1'000;
 };
 
 // What one subscriber is told about one user.

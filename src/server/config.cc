@@ -209,6 +209,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_PRESENCE_MIN_INTERVAL_MS")
       ->check(CLI::Range(int64_t{0}, int64_t{600'000}))
       ->capture_default_str();
+  app.add_option("--last-seen-flush-ms", c.core.presence.last_seen_flush_ms,
+                 "Write users' last seen times to the store at most this long after they change, all at once (0: at "
+                 "once)")
+      ->envname("PARLEY_LAST_SEEN_FLUSH_MS")
+      ->check(CLI::Range(int64_t{0}, int64_t{60'000}))
+      ->capture_default_str();
   app.add_option("--shutdown-drain-ms", c.shutdown_drain_ms, "Longest wait for connections to close on shutdown")
       ->envname("PARLEY_SHUTDOWN_DRAIN_MS")
       ->check(CLI::Range(0, 600'000))

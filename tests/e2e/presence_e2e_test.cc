@@ -235,5 +235,51 @@ TEST(PresenceE2E, ContactListCarriesPresenceAndBadRequestsAreRefused) {
   EXPECT_EQ(server.Connect()->Call("subscribe_presence", {{"user_ids", {1}}}).code, "not_authenticated");
 }
 
+// Last seen reaches the store once per --last-seen-flush-ms per user however
+// often they come and go (a flaky network or a reconnect storm made one
+// write and one commit per leave), with the latest time, and a graceful
+// shutdown writes what is still queued.
+TEST(PresenceE2E, LastSeenIsStoredOncePerFlushIntervalAndAtShutdown) {
+  constexpr int kFlushMs = 4000;
+  ServerProcess server({"--last-seen-flush-ms", std::to_string(kFlushMs), "--presence-coalesce-ms", "200"});
+  Register(server, "bob");
+  Register(server, "carol");
+  Device b = Login(server, "bob");
+  ASSERT_TRUE(b.conn->Call("add_contact", {{"username", "carol"}}).ok);  // carol may see his last seen
+  auto writes = [&] { return MetricValue(HttpGet(server.port(), "/metrics"), "parley_last_seen_writes_total"); };
+  auto stored = [&] { return StoreCount(server, "SELECT last_seen FROM users WHERE username = 'bob'"); };
+  const double before = writes();
+  auto left = Clock::now();
+  for (int i = 0; i < 5; ++i) {
+    b.conn.reset();
+    b = Reconnect(server, b);
+  }
+  b.conn.reset();
+  // Six leaves, well inside one interval: nothing is written yet...
+  EXPECT_EQ(stored(), 0);
+  EXPECT_EQ(writes(), before);
+  // ...and one write once it has passed.
+  auto until = left + milliseconds(kFlushMs * 3);
+  while (writes() < before + 1 && Clock::now() < until) std::this_thread::sleep_for(milliseconds(100));
+  std::this_thread::sleep_for(milliseconds(300));
+  EXPECT_EQ(writes(), before + 1) << "not exactly one write for six leaves in one interval";
+  const int64_t first = stored();
+  EXPECT_GT(first, 0);
+  Device c = Login(server, "carol");
+  json seen = Subscribe(*c.conn, {b.user_id});
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0]["last_seen"], first) << "not the last leave's time: " << seen.dump();
+
+  // A leave still queued when the server stops is written by the shutdown.
+  std::this_thread::sleep_for(milliseconds(20));  // a later millisecond than `first`
+  b = Reconnect(server, b);
+  b.conn.reset();
+  std::this_thread::sleep_for(milliseconds(300));  // the server has seen the close
+  EXPECT_EQ(stored(), first);
+  c.conn.reset();
+  server.Restart();
+  EXPECT_GT(stored(), first) << "the queued last seen was lost at a graceful shutdown";
+}
+
 }  // namespace
 }  // namespace parley::testing
