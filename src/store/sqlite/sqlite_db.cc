@@ -10,6 +10,8 @@
 #include <sqlite3.h>
 
 #include <cstdint>
+#include <mutex>
+
 #include <fmt/format.h>
 
 #include "store/sqlite/wal_buffer_vfs.h"
@@ -28,9 +30,21 @@ Status StatusFromSqlite(sqlite3* db, int rc) {
   return Status(ErrorCode::kInternal, fmt::format("sqlite ({}): {}", rc, msg));
 }
 
+// Process-wide SQLite settings, before SQLite initialises (the first open or
+// VFS lookup). Memory statistics off: with them on (SQLite's default) every
+// allocation SQLite makes takes a global mutex to count itself, one lock and
+// unlock per allocation on the writer's hot path, and nothing here reads the
+// statistics (sqlite3_status, sqlite3_memory_used, heap limits). If something
+// initialised SQLite first the call is refused and changes nothing.
+void ConfigureSqliteOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] { sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Db>> Db::Open(const std::string& path, bool read_only, int cache_kib, int page_size) {
+  ConfigureSqliteOnce();
   sqlite3* raw = nullptr;
   int flags = SQLITE_OPEN_NOMUTEX | (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   // A writable connection gathers each commit's WAL frames into one write
