@@ -50,10 +50,17 @@ JsonWriter& JsonWriter::Key(std::string_view k) {
 
 JsonWriter& JsonWriter::String(std::string_view s) {
   Separate();
+  out_.reserve(out_.size() + s.size() + 2);
   out_.push_back('"');
   static constexpr char kHex[] = "0123456789abcdef";
-  for (char ch : s) {
-    auto c = static_cast<unsigned char>(ch);
+  // Characters that need no escape are copied a run at a time (a message
+  // body is usually one run), not one push_back each.
+  size_t run = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out_.append(s.data() + run, i - run);
+    run = i + 1;
     switch (c) {
       case '"': out_ += "\\\""; break;
       case '\\': out_ += "\\\\"; break;
@@ -63,15 +70,12 @@ JsonWriter& JsonWriter::String(std::string_view s) {
       case '\b': out_ += "\\b"; break;
       case '\f': out_ += "\\f"; break;
       default:
-        if (c < 0x20) {
-          out_ += "\\u00";
-          out_.push_back(kHex[c >> 4]);
-          out_.push_back(kHex[c & 15]);
-        } else {
-          out_.push_back(ch);
-        }
+        out_ += "\\u00";
+        out_.push_back(kHex[c >> 4]);
+        out_.push_back(kHex[c & 15]);
     }
   }
+  out_.append(s.data() + run, s.size() - run);
   out_.push_back('"');
   return *this;
 }

@@ -48,6 +48,29 @@ TEST(EncodeTest, MessageEventEscapesBody) {
   EXPECT_EQ(f["event"]["message"]["seq"], 5);
 }
 
+// Strings are copied a run of plain characters at a time: escapes at the
+// start, the end, back to back, every control character and non-ASCII UTF-8
+// must still come out as JSON that parses back to the same bytes.
+TEST(EncodeTest, StringsEscapeEveryCharacterJsonNeedsAndCopyTheRest) {
+  JsonWriter w;
+  w.String("a\"b\\c\nd");
+  EXPECT_EQ(w.Take(), R"("a\"b\\c\nd")");
+  std::vector<std::string> cases = {"", "plain text", "\"", "\\", "\"\\\"", "\x01", "end\n", "\tstart",
+                                    "\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", std::string(1, '\0') + "x"};
+  std::string every;
+  for (int c = 0; c < 0x80; ++c) every.push_back(static_cast<char>(c));
+  cases.push_back(every);
+  cases.push_back(every + every);
+  for (const std::string& c : cases) {
+    JsonWriter one;
+    one.String(c);
+    std::string out = one.Take();
+    auto parsed = json::parse(out);
+    EXPECT_EQ(parsed.get<std::string>(), c) << out;
+    for (char ch : out) EXPECT_GE(static_cast<unsigned char>(ch), 0x20) << "a raw control character in " << out;
+  }
+}
+
 // Retention (issue 12): expires_at on messages that expire, the expiry's
 // delete marked as one, and the timer event.
 TEST(EncodeTest, ExpiringMessagesExpiryDeletesAndTheTimerEvent) {
