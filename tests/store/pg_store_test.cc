@@ -309,10 +309,7 @@ TEST(PgStoreTest, LostConnectionsFailRetryablyAndRecover) {
   std::string url = FreshDatabase();
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
-  UserRecord a = MakeUser(*store, "a");
-  UserRecord b = MakeUser(*store, "b");
-  DeviceRecord da = MakeDevice(*store, a.id, "ta");
-  ConversationId c = Open(*store, a.id, b.id).conversation.id;
+  auto [a, b, da, c] = MakeTwoUsers(*store);
   ASSERT_EQ(Must(Append(*store, Msg(c, a.id, da.id, "before", "x"))).message.seq, 1);
 
   // The server drops every session of the store (as on a failover).
@@ -373,10 +370,7 @@ TEST(PgStoreTest, WhileTheServerIsDownOperationsAreUnavailableAndAfterItsRestart
   std::string url = server->Database("restart");
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
-  UserRecord a = MakeUser(*store, "a");
-  UserRecord b = MakeUser(*store, "b");
-  DeviceRecord da = MakeDevice(*store, a.id, "ta");
-  ConversationId c = Open(*store, a.id, b.id).conversation.id;
+  auto [a, b, da, c] = MakeTwoUsers(*store);
   ASSERT_EQ(Must(Append(*store, Msg(c, a.id, da.id, "m1", "before"))).message.seq, 1);
 
   ASSERT_TRUE(server->HaltForTest());
@@ -470,10 +464,7 @@ TEST(PgStoreTest, ConcurrentWritersShareCommits) {
   // A short deadline lets batches fill even on a loaded machine.
   std::unique_ptr<Store> store = OpenPg(url, /*commit_deadline_us=*/2000);
   ASSERT_NE(store, nullptr);
-  UserRecord a = MakeUser(*store, "a");
-  UserRecord b = MakeUser(*store, "b");
-  DeviceRecord da = MakeDevice(*store, a.id, "ta");
-  ConversationId c = Open(*store, a.id, b.id).conversation.id;
+  auto [a, b, da, c] = MakeTwoUsers(*store);
   const uint64_t commits_before = store->Stats().commits;
 
   constexpr int kThreads = 4;
@@ -716,10 +707,7 @@ TEST(PgStoreTest, CompactionSkipsWhatAnotherNodeHoldsAndNeverWaitsForIt) {
   std::string url = FreshDatabase();
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
-  UserRecord a = MakeUser(*store, "a");
-  UserRecord b = MakeUser(*store, "b");
-  DeviceRecord da = MakeDevice(*store, a.id, "ta");
-  const ConversationId c = Open(*store, a.id, b.id).conversation.id;
+  const auto [a, b, da, c] = MakeTwoUsers(*store);
   constexpr int kMessages = 10;
   for (int i = 1; i <= kMessages; ++i)
     Must(Append(*store, Msg(c, a.id, da.id, "m" + std::to_string(i), "text " + std::to_string(i), 2000 + i)));

@@ -113,6 +113,24 @@ inline OpenResult Open(Store& s, UserId a, UserId b, int64_t now = 1000) {
   return Must(Await<OpenResult>([&](auto cb) { s.OpenDirect(a, b, now, cb); }));
 }
 
+// Users "a" and "b", a device of a's (token hash "ta") and their
+// conversation: what many tests start from.
+struct TwoUsers {
+  UserRecord a;
+  UserRecord b;
+  DeviceRecord da;
+  ConversationId conversation = 0;
+};
+
+inline TwoUsers MakeTwoUsers(Store& s) {
+  TwoUsers t;
+  t.a = MakeUser(s, "a");
+  t.b = MakeUser(s, "b");
+  t.da = MakeDevice(s, t.a.id, "ta");
+  t.conversation = Open(s, t.a.id, t.b.id).conversation.id;
+  return t;
+}
+
 inline NewMessage Msg(ConversationId c, UserId sender, DeviceId device, std::string client_id, std::string body,
                       int64_t now = 2000) {
   NewMessage m;
