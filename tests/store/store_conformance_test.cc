@@ -3446,6 +3446,39 @@ TEST_P(StoreConformance, TrimRemovesEntriesOlderThanTheHorizonRaisesTheFloorAndR
   EXPECT_EQ(page.events[0].user_seq, 10);
 }
 
+// A trim may take every entry of a stream, the newest too: the head must
+// not fall back with them, not even once the store is reopened (on SQLite
+// the head is derived from the newest entry, and the trim stores it).
+TEST_P(StoreConformance, TheHeadSurvivesATrimOfEveryEntryAndAReopen) {
+  SetUpConversation();  // user seq 1 of alice and bob, at 1000
+  for (int i = 0; i < 4; ++i) Send(alice_, alice_dev_, "m" + std::to_string(i), 2000);  // 2..5
+  ASSERT_EQ(Head(store(), alice_.id), 5);
+  EXPECT_EQ(Trim(store(), TrimOlderThan(5000)).trimmed, 10);  // both streams, whole
+  for (bool reopened : {false, true}) {
+    if (reopened) Reopen();
+    for (const UserRecord& u : {alice_, bob_}) {
+      EXPECT_EQ(Head(store(), u.id), 5) << "reopened " << reopened;
+      StreamPage page = ReadStream(store(), u.id, 5, 10);
+      EXPECT_EQ(page.head, 5);
+      EXPECT_EQ(page.floor, 6);
+      EXPECT_TRUE(page.events.empty());
+    }
+    StoreSummary summary = Must(Await<StoreSummary>([&](auto cb) { store().GetStoreSummary(cb); }));
+    EXPECT_EQ(summary.stream_events, 0);
+  }
+  // New entries go on after the old head, never over it.
+  Send(bob_, bob_dev_, "after", 9000);
+  for (const UserRecord& u : {alice_, bob_}) {
+    StreamPage page = ReadStream(store(), u.id, 5, 10);
+    ASSERT_EQ(page.events.size(), 1u);
+    EXPECT_EQ(page.events[0].user_seq, 6);
+    EXPECT_EQ(page.head, 6);
+  }
+  // A device made now starts at the head.
+  DeviceRecord tablet = MakeDevice(store(), alice_.id, "tablet-token", 9000);
+  EXPECT_EQ(tablet.cursor, 6);
+}
+
 TEST_P(StoreConformance, TrimKeepsWhatADeviceSeenWithinTheGraceHasNotAcknowledged) {
   SetUpConversation();  // devices seen at 1000 with cursor 0
   for (int i = 0; i < 5; ++i) Send(alice_, alice_dev_, "m" + std::to_string(i), 2000);  // 2..6 of both

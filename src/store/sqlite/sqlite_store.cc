@@ -126,6 +126,20 @@
 //   step 15 (issue 12): message_search rebuilt with FTS5 prefix indexes
 //           (prefix = '1 2 3'), every message queued for indexing again.
 //   step 16 (issue 9): receipt_log_by_read dropped.
+//   step 17 (issue 9): no table changes; user_heads.head becomes a lower
+//   bound (see "Stream heads"), so a file this version wrote is refused by
+//   older servers, which would take it for the head and number new entries
+//   again from there.
+//
+// Stream heads. A user's head (the newest user seq) is the larger of
+// user_heads.head and the user_seq of their newest user_events entry
+// (PARLEY_STREAM_HEAD: one seek of the primary key). Appending an entry
+// writes only the entry: the writer inserts a user's user_heads row once,
+// with their first entry, and otherwise writes head only when TrimStreams
+// deletes entries (the exact head, in the same transaction), so the head
+// never falls behind what trimming removed. Writing the head at every
+// commit cost one more B-tree leaf per user per commit: 9 % of parleyd's
+// instructions per message at low load (docs/benchmarks.md).
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -185,8 +199,10 @@
 // user_heads.stream_floor in the same transaction. Entries are appended in
 // commit order, so created_at rises with user_seq and the first entry inside
 // the horizon ends the scan: a step's cost follows what it removes plus one
-// row per user visited. The writer's head cache is not touched (the head
-// upsert leaves stream_floor alone). ReadStream reads the floor with the
+// row per user visited. The writer's head cache is not touched: the step
+// writes the head it read (PARLEY_STREAM_HEAD) into user_heads with the new
+// floor, which is the head the cache holds (a solo write: no other write
+// shares its transaction). ReadStream reads the floor with the
 // head in its snapshot and refuses a cursor below it (kCursorTooOld).
 //
 // Cold tier (store.h "Cold tier", sqlite_cold.h). CompactMessages is a solo
@@ -586,6 +602,12 @@ INSERT INTO search_queue(conversation_id, seq, queued_at)
     {16, R"sql(
 DROP INDEX receipt_log_by_read;
 )sql"},
+    // Issue 9: user_heads.head is a lower bound from here on ("Stream
+    // heads"); nothing to change in the file, the version keeps older
+    // servers out.
+    {17, R"sql(
+SELECT 1;
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -638,6 +660,12 @@ Status ReindexNonAsciiNames(Db& db) {
 }
 
 std::string DirectKey(UserId a, UserId b) { return fmt::format("{}:{}", std::min(a, b), std::max(a, b)); }
+
+// The head of the user of user_heads row `h` (a table alias): see "Stream
+// heads".
+#define PARLEY_STREAM_HEAD(h) \
+  "max(" h ".head, COALESCE((SELECT e.user_seq FROM user_events e WHERE e.user_id = " h ".user_id " \
+  "ORDER BY e.user_seq DESC LIMIT 1), 0))"
 
 // The columns MessageAt reads, in order (of table alias m).
 #define PARLEY_MESSAGE_COLUMNS \
@@ -929,6 +957,7 @@ class SqliteStore::Writer {
   struct Head {
     UserSeq seq = 0;
     bool dirty = false;
+    bool stored = false;  // the user has a user_heads row
   };
 
   // The cached conversation, loaded on a miss; nullptr if it does not exist.
@@ -1077,9 +1106,12 @@ SqliteStore::Writer::Head& SqliteStore::Writer::HeadOf(UserId user) {
   auto it = heads_.find(user);
   if (it != heads_.end()) return it->second;
   Head h;
-  Stmt s(*db_, "SELECT head FROM user_heads WHERE user_id = ?1");
+  Stmt s(*db_, "SELECT " PARLEY_STREAM_HEAD("h") " FROM user_heads h WHERE h.user_id = ?1");
   s.BindInt(1, user);
-  if (s.Step()) h.seq = s.Int(0);
+  if (s.Step()) {
+    h.seq = s.Int(0);
+    h.stored = true;
+  }
   return heads_.emplace(user, h).first->second;
 }
 
@@ -1176,7 +1208,7 @@ StreamPosition SqliteStore::Writer::AppendEvent(UserId user, EventKind kind, Con
   }
   s.Run();
   head.seq = user_seq;
-  if (!head.dirty) {
+  if (!head.stored && !head.dirty) {
     head.dirty = true;
     dirty_heads_.push_back(user);
   }
@@ -1209,15 +1241,18 @@ void SqliteStore::Writer::WriteDirty() {
     c.dirty = false;
   }
   dirty_conversations_.clear();
+  // Only users without a user_heads row yet: an entry is its own record of
+  // the head ("Stream heads").
   for (UserId user : dirty_heads_) {
     auto it = heads_.find(user);
     if (it == heads_.end()) continue;
     Stmt s(*db_,
            "INSERT INTO user_heads(user_id, head) VALUES(?1, ?2) "
-           "ON CONFLICT(user_id) DO UPDATE SET head = excluded.head");
+           "ON CONFLICT(user_id) DO UPDATE SET head = max(head, excluded.head)");
     s.BindInt(1, user).BindInt(2, it->second.seq);
     s.Run();
     it->second.dirty = false;
+    it->second.stored = true;
   }
   dirty_heads_.clear();
 }
@@ -1766,7 +1801,9 @@ Result<TrimProgress> SqliteStore::Writer::TrimStreams(const TrimRequest& req) {
   };
   std::vector<User> users;
   {
-    Stmt s(*db_, "SELECT user_id, head, stream_floor FROM user_heads WHERE user_id > ?1 ORDER BY user_id LIMIT ?2");
+    Stmt s(*db_,
+           "SELECT h.user_id, " PARLEY_STREAM_HEAD("h") ", h.stream_floor FROM user_heads h WHERE h.user_id > ?1 "
+           "ORDER BY h.user_id LIMIT ?2");
     s.BindInt(1, req.after_user).BindInt(2, std::max(1, req.max_users));
     while (s.Step()) users.push_back(User{s.Int(0), s.Int(1), s.Int(2)});
   }
@@ -1812,8 +1849,11 @@ Result<TrimProgress> SqliteStore::Writer::TrimStreams(const TrimRequest& req) {
       d.BindInt(1, u.id).BindInt(2, u.floor).BindInt(3, to);
       d.Run();
       const int64_t removed = db_->Changes();
-      Stmt f(*db_, "UPDATE user_heads SET stream_floor = ?2 WHERE user_id = ?1 AND stream_floor < ?2");
-      f.BindInt(1, u.id).BindInt(2, to + 1);
+      // The exact head goes with the floor: the entries that carried it may
+      // be gone now ("Stream heads").
+      Stmt f(*db_,
+             "UPDATE user_heads SET stream_floor = max(stream_floor, ?2), head = max(head, ?3) WHERE user_id = ?1");
+      f.BindInt(1, u.id).BindInt(2, to + 1).BindInt(3, u.head);
       f.Run();
       progress.trimmed += removed;
       budget -= std::min(budget, removed);
@@ -2505,7 +2545,7 @@ Result<StoreSummary> SqliteStore::Reader::Summary() {
     }
   }
   {
-    Stmt s(*db_, "SELECT COALESCE(sum(head - stream_floor + 1), 0) FROM user_heads");
+    Stmt s(*db_, "SELECT COALESCE(sum(" PARLEY_STREAM_HEAD("h") " - h.stream_floor + 1), 0) FROM user_heads h");
     if (s.Step()) out.stream_events = s.Int(0);
   }
   {
@@ -2669,7 +2709,7 @@ Result<MessageSearchPage> SqliteStore::Reader::SearchMessages(const MessageSearc
 }
 
 UserSeq SqliteStore::Reader::Head(UserId user_id, StepCounter* counter) {
-  Stmt s(*db_, "SELECT head FROM user_heads WHERE user_id = ?1", counter);
+  Stmt s(*db_, "SELECT " PARLEY_STREAM_HEAD("h") " FROM user_heads h WHERE h.user_id = ?1", counter);
   s.BindInt(1, user_id);
   return s.Step() ? s.Int(0) : 0;
 }
@@ -2687,7 +2727,8 @@ Result<ExportPage> SqliteStore::Reader::Export(ExportTable table, const std::vec
       "AND hidden_at = 0 ORDER BY conversation_id, user_id, seq LIMIT ?4",
       "SELECT user_id, user_seq, kind, conversation_id, seq, receipt_user_id, delivered, read FROM user_events "
       "WHERE (user_id, user_seq) > (?1, ?2) ORDER BY user_id, user_seq LIMIT ?3",
-      "SELECT user_id, head, stream_floor FROM user_heads WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
+      "SELECT h.user_id, " PARLEY_STREAM_HEAD("h") ", h.stream_floor FROM user_heads h WHERE h.user_id > ?1 "
+      "ORDER BY h.user_id LIMIT ?2",
       "SELECT conversation_id, user_id, delivered, read FROM user_receipts WHERE (conversation_id, user_id) > (?1, ?2) "
       "ORDER BY conversation_id, user_id LIMIT ?3",
       "SELECT owner_id, target_id FROM blocks WHERE (owner_id, target_id) > (?1, ?2) ORDER BY owner_id, target_id "
@@ -2719,7 +2760,8 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
   {
     // Head and floor from one row, in the page's snapshot: a trim that
     // commits later cannot open a gap in this page.
-    Stmt s(*db_, "SELECT head, stream_floor FROM user_heads WHERE user_id = ?1", counter);
+    Stmt s(*db_, "SELECT " PARLEY_STREAM_HEAD("h") ", h.stream_floor FROM user_heads h WHERE h.user_id = ?1",
+           counter);
     s.BindInt(1, user_id);
     if (s.Step()) {
       page.head = s.Int(0);
