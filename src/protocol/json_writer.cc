@@ -1,6 +1,8 @@
 #include "protocol/json_writer.h"
 
+#include <algorithm>
 #include <charconv>
+#include <cstring>
 
 namespace parley::protocol {
 
@@ -42,8 +44,25 @@ JsonWriter& JsonWriter::EndArray() {
 }
 
 JsonWriter& JsonWriter::Key(std::string_view k) {
-  String(k);
-  out_.push_back(':');
+  // Keys are short names of the protocol's own ("seq", "user_id"): a frame
+  // has dozens, so the usual one is written with a single append.
+  constexpr size_t kShortKey = 48;
+  const bool plain = k.size() <= kShortKey && std::all_of(k.begin(), k.end(), [](char ch) {
+                       auto c = static_cast<unsigned char>(ch);
+                       return c >= 0x20 && c != '"' && c != '\\';
+                     });
+  if (!plain) {
+    String(k);
+    out_.push_back(':');
+  } else {
+    Separate();
+    char buf[kShortKey + 3];
+    buf[0] = '"';
+    std::memcpy(buf + 1, k.data(), k.size());
+    buf[k.size() + 1] = '"';
+    buf[k.size() + 2] = ':';
+    out_.append(buf, k.size() + 3);
+  }
   after_key_ = true;
   return *this;
 }

@@ -48,9 +48,10 @@ TEST(EncodeTest, MessageEventEscapesBody) {
   EXPECT_EQ(f["event"]["message"]["seq"], 5);
 }
 
-// Strings are copied a run of plain characters at a time: escapes at the
-// start, the end, back to back, every control character and non-ASCII UTF-8
-// must still come out as JSON that parses back to the same bytes.
+// Strings are copied a run of plain characters at a time, and short plain
+// keys in one piece: escapes at the start, the end, back to back, every
+// control character and non-ASCII UTF-8 must still come out as JSON that
+// parses back to the same bytes, as values and as keys.
 TEST(EncodeTest, StringsEscapeEveryCharacterJsonNeedsAndCopyTheRest) {
   JsonWriter w;
   w.String("a\"b\\c\nd");
@@ -61,6 +62,8 @@ TEST(EncodeTest, StringsEscapeEveryCharacterJsonNeedsAndCopyTheRest) {
   for (int c = 0; c < 0x80; ++c) every.push_back(static_cast<char>(c));
   cases.push_back(every);
   cases.push_back(every + every);
+  cases.push_back(std::string(48, 'k'));  // the longest key written in one piece
+  cases.push_back(std::string(49, 'k'));
   for (const std::string& c : cases) {
     JsonWriter one;
     one.String(c);
@@ -68,6 +71,14 @@ TEST(EncodeTest, StringsEscapeEveryCharacterJsonNeedsAndCopyTheRest) {
     auto parsed = json::parse(out);
     EXPECT_EQ(parsed.get<std::string>(), c) << out;
     for (char ch : out) EXPECT_GE(static_cast<unsigned char>(ch), 0x20) << "a raw control character in " << out;
+    // The same text as a key, first and after another field.
+    JsonWriter obj;
+    obj.BeginObject().Key(c).Int(1).Field("z", 2).Key(c + "2").String(c).EndObject();
+    std::string text = obj.Take();
+    auto o = json::parse(text);
+    EXPECT_EQ(o.size(), 3u) << text;
+    EXPECT_EQ(o[c], 1) << text;
+    EXPECT_EQ(o[c + "2"], c) << text;
   }
 }
 
