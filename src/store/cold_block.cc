@@ -92,10 +92,19 @@ Result<std::vector<ColdEntry>> ColdCodec::Unpack(Seq first_seq, std::string_view
   return entries;
 }
 
-int64_t DropColdEntries(std::vector<ColdEntry>* entries, const std::vector<Seq>& drop) {
+Result<ColdRewrite> ColdCodec::Without(Seq first_seq, std::string_view data, const std::vector<Seq>& drop) {
+  Result<std::vector<ColdEntry>> entries = Unpack(first_seq, data);
+  if (!entries) return entries.error();
   const size_t before = entries->size();
   std::erase_if(*entries, [&](const ColdEntry& e) { return std::binary_search(drop.begin(), drop.end(), e.seq); });
-  return static_cast<int64_t>(before - entries->size());
+  ColdRewrite out;
+  out.removed = static_cast<int64_t>(before - entries->size());
+  out.messages = static_cast<int64_t>(entries->size());
+  if (out.removed == 0 || entries->empty()) return out;
+  Result<std::string> packed = Pack(first_seq, *entries, &out.raw_bytes);
+  if (!packed) return packed.error();
+  out.data = std::move(*packed);
+  return out;
 }
 
 }  // namespace parley::store

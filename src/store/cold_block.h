@@ -44,9 +44,13 @@ struct ColdEntry {
   std::string body;
 };
 
-// Removes from `entries` those whose seq is in `drop` (REQUIRES: sorted);
-// returns how many went. The purge of deleted texts, on both backends.
-int64_t DropColdEntries(std::vector<ColdEntry>* entries, const std::vector<Seq>& drop);
+// A block as the purge of deleted texts leaves it (ColdCodec::Without).
+struct ColdRewrite {
+  int64_t removed = 0;    // entries that went; 0: the block stays as it is
+  int64_t messages = 0;   // entries left; 0 (with removed > 0): delete the block
+  int64_t raw_bytes = 0;  // their size before compression
+  std::string data;       // the block again, under the same key (messages > 0)
+};
 
 class ColdCodec {
  public:
@@ -62,6 +66,11 @@ class ColdCodec {
   // The entries of block `data` keyed `first_seq`, ascending seq. Fails
   // kInternal on a block that does not decode (corruption).
   Result<std::vector<ColdEntry>> Unpack(Seq first_seq, std::string_view data);
+  // Block `data` keyed `first_seq` without the texts of `drop` (REQUIRES:
+  // sorted): the purge's rewrite, on both backends. The key stays first_seq
+  // (still at or below every seq left), so the covering lookup keeps
+  // finding it. Fails as Unpack and Pack do.
+  Result<ColdRewrite> Without(Seq first_seq, std::string_view data, const std::vector<Seq>& drop);
 
  private:
   struct Contexts;

@@ -191,11 +191,10 @@ TEST(PgStoreTest, MigratesVersion7HistoryIntoTheSearchQueue) {
   EXPECT_EQ(page.messages[1].body, "old news");
 }
 
-// Step 9 (as SqliteStore's step 11): receipts of a version-8 database count
-// as already carried to the other member, so nothing is listed twice.
-TEST(PgStoreTest, MigratesVersion8ReceiptsAsAlreadyAnnounced) {
-  std::string url = FreshDatabase();
-  ASSERT_TRUE(PostgresStore::MigrateToVersionForTest(url, 8).ok());
+// Ann (user 1) and Ben (2) and their conversation 1 with three messages,
+// written with SQL into a database left at an old schema step (the
+// migration tests).
+void SeedAnnAndBen(const std::string& url) {
   Sql(url, "INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10)");
   Sql(url, "INSERT INTO conversations(id, last_seq, created_at, last_activity_at) VALUES(1, 3, 10, 30)");
   Sql(url, "INSERT INTO direct_conversations(low_user_id, high_user_id, conversation_id) VALUES(1, 2, 1)");
@@ -204,6 +203,14 @@ TEST(PgStoreTest, MigratesVersion8ReceiptsAsAlreadyAnnounced) {
       "INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, "
       "stored_at) VALUES(1, 1, 1, 1, 'a', 'one', 10, 10), (1, 2, 2, 2, 'b', 'two', 20, 20), "
       "(1, 3, 2, 2, 'c', 'three', 30, 30)");
+}
+
+// Step 9 (as SqliteStore's step 11): receipts of a version-8 database count
+// as already carried to the other member, so nothing is listed twice.
+TEST(PgStoreTest, MigratesVersion8ReceiptsAsAlreadyAnnounced) {
+  std::string url = FreshDatabase();
+  ASSERT_TRUE(PostgresStore::MigrateToVersionForTest(url, 8).ok());
+  SeedAnnAndBen(url);
   Sql(url, "INSERT INTO withheld(conversation_id, user_id, seq) VALUES(1, 1, 2)");
   Sql(url, "INSERT INTO user_receipts(conversation_id, user_id, delivered, read) VALUES(1, 1, 3, 3), (1, 2, 3, 3)");
   // The identity columns continue after the rows given explicit ids.
@@ -227,15 +234,8 @@ TEST(PgStoreTest, MigratesADatabaseAtStep12WithoutStep11IntoTheColdTier) {
   ASSERT_TRUE(PostgresStore::MigrateToVersionForTest(url, 10).ok());
   Sql(url, "ALTER TABLE user_heads ADD COLUMN stream_floor bigint NOT NULL DEFAULT 1");  // step 12, as it was
   Sql(url, "INSERT INTO schema_version(version) VALUES (12)");
-  Sql(url, "INSERT INTO users(id, username, password_hash, created_at) VALUES(1, 'ann', 'h', 10), (2, 'ben', 'h', 10)");
-  Sql(url,
-      "INSERT INTO conversations(id, last_seq, created_at, last_activity_at) VALUES(1, 3, 10, 30), (2, 0, 10, 10)");
-  Sql(url, "INSERT INTO direct_conversations(low_user_id, high_user_id, conversation_id) VALUES(1, 2, 1)");
-  Sql(url, "INSERT INTO members(conversation_id, user_id, last_activity_at) VALUES(1, 1, 30), (1, 2, 30)");
-  Sql(url,
-      "INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, "
-      "stored_at) VALUES(1, 1, 1, 1, 'a', 'one', 10, 10), (1, 2, 2, 2, 'b', 'two', 20, 20), "
-      "(1, 3, 2, 2, 'c', 'three', 30, 30)");
+  SeedAnnAndBen(url);
+  Sql(url, "INSERT INTO conversations(id, last_seq, created_at, last_activity_at) VALUES(2, 0, 10, 10)");
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),

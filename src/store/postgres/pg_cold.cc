@@ -147,31 +147,25 @@ Result<int64_t> DropFromColdBlocks(PgConn& db, ColdCodec& codec, ConversationId 
   int64_t removed = 0;
   for (int i = 0; i < r.size(); ++i) {
     const Seq first_seq = r.Int(i, 0);
-    Result<std::vector<ColdEntry>> entries = codec.Unpack(first_seq, r.Bytes(i, 2));
-    if (!entries) return entries.error();
-    std::vector<ColdEntry>& kept = *entries;
-    const int64_t gone = DropColdEntries(&kept, drop);
-    if (gone == 0) continue;
-    removed += gone;
-    if (kept.empty()) {
+    Result<ColdRewrite> block = codec.Without(first_seq, r.Bytes(i, 2), drop);
+    if (!block) return block.error();
+    if (block->removed == 0) continue;
+    removed += block->removed;
+    if (block->messages == 0) {
       db.Defer("DELETE FROM message_blocks WHERE conversation_id = $1 AND first_seq = $2",
                PgParams().Int(conversation).Int(first_seq));
       continue;
     }
-    // The key stays first_seq (still at or below every seq left), so the
-    // covering lookup keeps finding it; last_seq stays an upper bound.
-    int64_t raw = 0;
-    Result<std::string> packed = codec.Pack(first_seq, kept, &raw);
-    if (!packed) return packed.error();
+    // last_seq stays an upper bound.
     db.Defer(
         "UPDATE message_blocks SET messages = $3, raw_bytes = $4, data = $5, nonce = $6 "
         "WHERE conversation_id = $1 AND first_seq = $2",
         PgParams()
             .Int(conversation)
             .Int(first_seq)
-            .Int(static_cast<int64_t>(kept.size()))
-            .Int(raw)
-            .Bytes(*packed)
+            .Int(block->messages)
+            .Int(block->raw_bytes)
+            .Bytes(block->data)
             .Int(NewBlockNonce()));
   }
   return removed;

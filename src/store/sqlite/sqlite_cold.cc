@@ -143,31 +143,24 @@ Result<int64_t> DropFromColdBlocks(Db& db, ColdCodec& codec, ConversationId conv
       if (!s.Step()) continue;
       data = s.Blob(0);
     }
-    Result<std::vector<ColdEntry>> entries = codec.Unpack(first_seq, data);
-    if (!entries) return entries.error();
-    std::vector<ColdEntry>& kept = *entries;
-    const int64_t gone = DropColdEntries(&kept, drop);
-    if (gone == 0) continue;
-    removed += gone;
-    if (kept.empty()) {
+    Result<ColdRewrite> block = codec.Without(first_seq, data, drop);
+    if (!block) return block.error();
+    if (block->removed == 0) continue;
+    removed += block->removed;
+    if (block->messages == 0) {
       Stmt d(db, "DELETE FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2");
       d.BindInt(1, conversation).BindInt(2, first_seq);
       d.Run();
       continue;
     }
-    // The key stays first_seq (still at or below every seq left), so the
-    // covering lookup keeps finding it.
-    int64_t raw = 0;
-    Result<std::string> packed = codec.Pack(first_seq, kept, &raw);
-    if (!packed) return packed.error();
     Stmt u(db,
            "UPDATE message_blocks SET messages = ?3, raw_bytes = ?4, data = ?5, nonce = ?6 "
            "WHERE conversation_id = ?1 AND first_seq = ?2");
     u.BindInt(1, conversation)
         .BindInt(2, first_seq)
-        .BindInt(3, static_cast<int64_t>(kept.size()))
-        .BindInt(4, raw)
-        .BindBlob(5, *packed)
+        .BindInt(3, block->messages)
+        .BindInt(4, block->raw_bytes)
+        .BindBlob(5, block->data)
         .BindInt(6, NewBlockNonce());
     u.Run();
   }
