@@ -573,10 +573,7 @@ TEST(PgStoreTest, TwoNodesTrimmingWhileSendsGoOnTrimEachEntryOnce) {
   std::unique_ptr<Store> node2 = OpenPg(url);
   ASSERT_NE(node1, nullptr);
   ASSERT_NE(node2, nullptr);
-  UserRecord a = MakeUser(*node1, "a");
-  UserRecord b = MakeUser(*node1, "b");
-  DeviceRecord da = MakeDevice(*node1, a.id, "ta");
-  const ConversationId c = Open(*node1, a.id, b.id).conversation.id;
+  const auto [a, b, da, c] = MakeTwoUsers(*node1);
   constexpr int kMessages = 60;
   constexpr int64_t kCap = 10;
   std::atomic<bool> sending{true};
@@ -621,10 +618,7 @@ TEST(PgStoreTest, TwoNodesExpiringAndPurgingTogetherTakeEachMessageOnce) {
   std::unique_ptr<Store> node2 = OpenPg(url);
   ASSERT_NE(node1, nullptr);
   ASSERT_NE(node2, nullptr);
-  UserRecord a = MakeUser(*node1, "a");
-  UserRecord b = MakeUser(*node1, "b");
-  DeviceRecord da = MakeDevice(*node1, a.id, "ta");
-  const ConversationId c = Open(*node1, a.id, b.id).conversation.id;
+  const auto [a, b, da, c] = MakeTwoUsers(*node1);
   ASSERT_TRUE(Await<SocialResult>([&](auto cb) { node1->SetDisappearing(a.id, c, 1, 1000, cb); }).has_value());
   constexpr int kMessages = 40;
   int64_t expires = 0;
@@ -777,10 +771,7 @@ TEST(PgStoreTest, TwoNodesCompactingWhileMessagesChangeKeepEveryText) {
   ASSERT_NE(node1, nullptr);
   ASSERT_NE(node2, nullptr);
   ASSERT_NE(node3, nullptr);
-  UserRecord a = MakeUser(*node1, "a");
-  UserRecord b = MakeUser(*node1, "b");
-  DeviceRecord da = MakeDevice(*node1, a.id, "ta");
-  const ConversationId c = Open(*node1, a.id, b.id).conversation.id;
+  const auto [a, b, da, c] = MakeTwoUsers(*node1);
   constexpr int kMessages = 3 * kColdBlockMessages;
   for (int i = 1; i <= kMessages; ++i)
     Must(Append(*node1, Msg(c, a.id, da.id, "m" + std::to_string(i), "text " + std::to_string(i), 2000 + i)));
