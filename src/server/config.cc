@@ -261,6 +261,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SQLITE_CHECKPOINT_PAGES")
       ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
+  app.add_option("--sqlite-checkpoint-yield-pages", c.store.sqlite_checkpoint_yield_pages,
+                 "SQLite: the background checkpointer yields the core after every N pages it copies, so the I/O and "
+                 "writer threads run in between (0: never yields)")
+      ->envname("PARLEY_SQLITE_CHECKPOINT_YIELD_PAGES")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   app.add_option("--sqlite-page-size", c.store.sqlite_page_size,
                  "SQLite page size in bytes for a new database (an existing database keeps its own)")
       ->envname("PARLEY_SQLITE_PAGE_SIZE")

@@ -19,6 +19,10 @@ inline constexpr int kDefaultCommitAdaptiveWaitUs = 300;
 // (copies its pages back into the database file). 8,192 pages of 4 KiB: 32 MiB.
 inline constexpr int kDefaultSqliteCheckpointPages = 8192;
 inline constexpr int kDefaultSqlitePageSize = 4096;
+// SQLite: the checkpointer gives up the core after copying this many pages
+// (StoreConfig::sqlite_checkpoint_yield_pages), chosen by measurement
+// (docs/benchmarks.md, "The checkpointer yields").
+inline constexpr int kDefaultSqliteCheckpointYieldPages = 8;
 
 struct StoreConfig {
   std::string backend = "sqlite";  // "sqlite" or "postgres"
@@ -45,6 +49,11 @@ struct StoreConfig {
   // up); 0: the writer checkpoints after the commit that passes 1,000 pages,
   // as SQLite does by default.
   int sqlite_checkpoint_pages = kDefaultSqliteCheckpointPages;
+  // SQLite: the checkpointer yields the core (sched_yield) after every this
+  // many pages it copies, so a checkpoint of thousands of pages never holds
+  // the core the I/O and writer threads share with it for a whole scheduler
+  // slice; 0: it never yields.
+  int sqlite_checkpoint_yield_pages = kDefaultSqliteCheckpointYieldPages;
   // SQLite page size, bytes, for a database this creates (an existing one
   // keeps its own). Every B-tree leaf a commit touches is written to the WAL
   // whole, so the page size scales the bytes a commit writes.

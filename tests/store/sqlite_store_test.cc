@@ -850,6 +850,48 @@ TEST(SqliteStoreTest, CheckpointsTheWalInTheBackgroundAndKeepsItBounded) {
   EXPECT_EQ(Head(*reopened, bob_id), 1 + 40 * 50);
 }
 
+// The checkpointer gives up the core after every N pages it copies
+// (--sqlite-checkpoint-yield-pages), and only the checkpointer: the writer's
+// own small checkpoints and its commits never yield. With N = 0 it never does.
+TEST(SqliteStoreTest, TheCheckpointerYieldsBetweenThePagesItCopies) {
+  Counter& background = Metrics::Default().GetCounter("parley_store_checkpoints_total", "");
+  Counter& yields = Metrics::Default().GetCounter("parley_store_checkpoint_yields_total", "");
+  struct Run {
+    uint64_t checkpoints;
+    uint64_t yields;
+  };
+  auto run = [&](int yield_pages) {
+    TempDir dir;
+    StoreConfig config;
+    config.sqlite_path = dir.path() + "/parley.db";
+    config.sqlite_cache_kib = 8192;
+    config.sqlite_checkpoint_pages = 64;
+    config.sqlite_checkpoint_yield_pages = yield_pages;
+    const uint64_t background_before = background.value();
+    const uint64_t yields_before = yields.value();
+    {
+      std::unique_ptr<SqliteStore> store = std::move(SqliteStore::Open(config)).value();
+      UserRecord alice = MakeUser(*store, "alice");
+      UserRecord bob = MakeUser(*store, "bob");
+      DeviceRecord dev = MakeDevice(*store, alice.id, "ta");
+      ConversationId c = Open(*store, alice.id, bob.id).conversation.id;
+      for (int round = 0; round < 20; ++round) {
+        SendMany(*store, c, alice.id, dev.id, 50, "r" + std::to_string(round) + "-", std::string(200, 'x'));
+      }
+    }  // the destructor joins the checkpointer: its counts are final
+    return Run{background.value() - background_before, yields.value() - yields_before};
+  };
+  Run never = run(0);
+  EXPECT_GT(never.checkpoints, 3u);
+  EXPECT_EQ(never.yields, 0u);
+  // Each background checkpoint here copies dozens of distinct pages (the
+  // threshold is 64 and every commit adds 50 new messages), so at least
+  // several yields each.
+  Run every2 = run(2);
+  EXPECT_GT(every2.checkpoints, 3u);
+  EXPECT_GE(every2.yields, 4 * every2.checkpoints);
+}
+
 TEST(SqliteStoreTest, FailedTransactionFailsItsWholeBatchAndLaterWritesWork) {
   TempDir dir;
   // A 200 ms deadline gathers everything queued at once into one transaction.

@@ -259,6 +259,7 @@
 #include "store/sqlite/sqlite_backup.h"
 #include "store/sqlite/sqlite_cold.h"
 #include "store/sqlite/sqlite_db.h"
+#include "store/sqlite/wal_buffer_vfs.h"
 #include "store/write_queue.h"
 
 namespace parley::store {
@@ -3130,6 +3131,7 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
       writer_(std::move(writer)),
       reader_(std::move(reader)),
       checkpoint_pages_(checkpoint_db != nullptr ? config.sqlite_checkpoint_pages : 0),
+      checkpoint_yield_pages_(std::max(0, config.sqlite_checkpoint_yield_pages)),
       checkpoint_db_(std::move(checkpoint_db)),
       next_checkpoint_at_(checkpoint_pages_),
       commits_total_(Metrics::Default().GetCounter("parley_store_commits_total", "Store transactions committed.")),
@@ -3243,6 +3245,10 @@ int SqliteStore::OnWalCommit(void* self, sqlite3* db, const char* schema, int pa
 }
 
 void SqliteStore::RunCheckpointer() {
+  // A checkpoint copies thousands of pages in one call, and this thread
+  // shares the core with the I/O and writer threads: without a yield it
+  // would hold the core for a whole scheduler slice while messages wait.
+  sqlite::YieldEveryWalReads(checkpoint_yield_pages_);
   for (;;) {
     {
       std::unique_lock lock(checkpoint_mu_);

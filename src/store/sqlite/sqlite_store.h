@@ -28,7 +28,8 @@
 //     that left nothing behind), and if the WAL reaches kWalHardLimitFactor
 //     times the threshold (readers holding old snapshots, a checkpointer
 //     starved of CPU) the writer checkpoints all of it, so the WAL stays
-//     bounded.
+//     bounded. The checkpointer yields the core after every
+//     sqlite_checkpoint_yield_pages pages it copies (wal_buffer_vfs.h).
 // A read submitted after a write's `done` has run sees that write.
 //
 // Lifetime. The destructor finishes every queued operation (writes are
@@ -209,6 +210,7 @@ class SqliteStore final : public Store {
   std::unique_ptr<Writer> writer_;  // used only by writer_thread_
   std::unique_ptr<Reader> reader_;  // used only by reader_thread_
   const int checkpoint_pages_;      // 0: no checkpointer; the writer checkpoints (SQLite's default)
+  const int checkpoint_yield_pages_;  // StoreConfig::sqlite_checkpoint_yield_pages
   std::unique_ptr<sqlite::Db> checkpoint_db_;  // used only by checkpoint_thread_
   // Used only by OnWalCommit, on the writer thread.
   int last_wal_pages_ = 0;

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <mutex>
 
+#include <sched.h>
+
 #include "common/metrics.h"
 
 namespace parley::store::sqlite {
@@ -22,6 +24,9 @@ struct Counters {
   Counter& os_writes = Metrics::Default().GetCounter(
       "parley_store_wal_os_writes_total",
       "Write calls that reached the operating system for WAL files, after the store gathered each commit's frames.");
+  Counter& yields = Metrics::Default().GetCounter(
+      "parley_store_checkpoint_yields_total",
+      "Times the SQLite checkpointer gave up the core between pages it copies (--sqlite-checkpoint-yield-pages).");
 };
 
 Counters& Stats() {
@@ -30,6 +35,10 @@ Counters& Stats() {
 }
 
 sqlite3_vfs* g_real = nullptr;  // the default VFS, set once by registration
+
+// YieldEveryWalReads of this thread, and its reads since its last yield.
+thread_local int t_yield_every = 0;
+thread_local int t_reads_since_yield = 0;
 
 // A WAL file: our header, then the real file in the same allocation.
 struct WalFile {
@@ -63,6 +72,11 @@ int Close(sqlite3_file* f) {
 
 int Read(sqlite3_file* f, void* data, int amt, sqlite3_int64 ofst) {
   WalFile* w = Wal(f);
+  if (t_yield_every > 0 && ++t_reads_since_yield >= t_yield_every) {
+    t_reads_since_yield = 0;
+    Stats().yields.Inc();
+    sched_yield();
+  }
   if (w->len > 0 && ofst < w->off + static_cast<sqlite3_int64>(w->len) && w->off < ofst + amt) {
     if (int rc = Flush(w); rc != SQLITE_OK) return rc;
   }
@@ -209,6 +223,11 @@ const char* WalBufferVfsName() {
     Stats();  // the metrics exist from the start
   });
   return kVfsName;
+}
+
+void YieldEveryWalReads(int reads) {
+  t_yield_every = reads > 0 ? reads : 0;
+  t_reads_since_yield = 0;
 }
 
 }  // namespace parley::store::sqlite

@@ -25,8 +25,16 @@
 // the call that flushed it (a write or the sync), which fails the commit as
 // a failed pwrite would have.
 //
+// Yielding reads: a thread may ask the shim to give up the core
+// (sched_yield) after every N WAL reads it makes (YieldEveryWalReads). The
+// store's checkpointer does: a checkpoint reads each frame it copies back
+// through here, so it then copies N pages at a time and lets the I/O and
+// writer threads run in between, instead of holding the core for a whole
+// scheduler slice (docs/architecture.md, the "WAL checkpointer" thread).
+//
 // Thread-safety: registration is once per process (thread-safe); each file
-// handle is used by its one connection's thread, as SQLite's own are.
+// handle is used by its one connection's thread, as SQLite's own are; the
+// yield setting is per thread.
 #pragma once
 
 #include <cstddef>
@@ -43,5 +51,9 @@ inline constexpr size_t kWalBufferBytes = 120 << 10;
 // Registers the shim over the default VFS (once) and returns its name for
 // sqlite3_open_v2.
 const char* WalBufferVfsName();
+
+// From now on the calling thread yields the core after every `reads` reads
+// of WAL files through the shim (0: never, the default of every thread).
+void YieldEveryWalReads(int reads);
 
 }  // namespace parley::store::sqlite
