@@ -8,6 +8,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <iterator>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "common/metrics.h"
+#include "store/sqlite/sqlite_db.h"
 #include "store/sqlite/wal_buffer_vfs.h"
 #include "store/store_test_util.h"
 
@@ -890,6 +892,40 @@ TEST(SqliteStoreTest, TheCheckpointerYieldsBetweenThePagesItCopies) {
   Run every2 = run(2);
   EXPECT_GT(every2.checkpoints, 3u);
   EXPECT_GE(every2.yields, 4 * every2.checkpoints);
+}
+
+// The yield setting is read at every WAL read, so its owner (the store, which
+// turns the checkpointer's yields off while the WAL is past its hard limit)
+// can change it while a checkpoint runs.
+TEST(WalBufferVfsTest, AThreadYieldsAfterEveryNWalReadsWhileItsSettingSaysSo) {
+  TempDir dir;
+  std::unique_ptr<sqlite::Db> db = std::move(sqlite::Db::Open(dir.path() + "/t.db", false, 1024)).value();
+  ASSERT_TRUE(db->Exec("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t(x BLOB);").ok());
+  Counter& yields = Metrics::Default().GetCounter("parley_store_checkpoint_yields_total", "");
+  std::atomic<int> every{2};
+  sqlite::YieldEveryWalReads(&every);
+  struct Reset {
+    ~Reset() { sqlite::YieldEveryWalReads(nullptr); }
+  } reset;
+  // A checkpoint reads every frame it copies through the shim: count them.
+  auto fill_and_checkpoint = [&] {
+    EXPECT_TRUE(db->Exec("BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40) "
+                         "INSERT INTO t SELECT randomblob(3000) FROM n; COMMIT;")
+                    .ok());
+    int copied = 0;
+    EXPECT_EQ(sqlite3_wal_checkpoint_v2(db->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, &copied),
+              SQLITE_OK);
+    return copied;
+  };
+  uint64_t before = yields.value();
+  int copied = fill_and_checkpoint();
+  ASSERT_GE(copied, 40);
+  EXPECT_GE(yields.value() - before, static_cast<uint64_t>(copied / 2 - 1));
+  EXPECT_LE(yields.value() - before, static_cast<uint64_t>(copied));
+  every = 0;  // off, the same thread and setting
+  before = yields.value();
+  ASSERT_GE(fill_and_checkpoint(), 40);
+  EXPECT_EQ(yields.value() - before, 0u);
 }
 
 TEST(SqliteStoreTest, FailedTransactionFailsItsWholeBatchAndLaterWritesWork) {

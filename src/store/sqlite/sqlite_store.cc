@@ -3132,6 +3132,7 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
       reader_(std::move(reader)),
       checkpoint_pages_(checkpoint_db != nullptr ? config.sqlite_checkpoint_pages : 0),
       checkpoint_yield_pages_(std::max(0, config.sqlite_checkpoint_yield_pages)),
+      checkpoint_yield_now_(checkpoint_yield_pages_),
       checkpoint_db_(std::move(checkpoint_db)),
       next_checkpoint_at_(checkpoint_pages_),
       commits_total_(Metrics::Default().GetCounter("parley_store_commits_total", "Store transactions committed.")),
@@ -3219,7 +3220,15 @@ int SqliteStore::OnWalCommit(void* self, sqlite3* db, const char* schema, int pa
       store->writer_checkpoints_total_.Inc();
     return SQLITE_OK;
   }
-  if (pages >= store->checkpoint_pages_ * kWalHardLimitFactor) {
+  // A yielding checkpointer gives way to every runnable thread, so under a
+  // sustained load near saturation it could fall further behind with each
+  // pass; and while it runs, the writer's own checkpoint below returns
+  // SQLITE_BUSY. Past the hard limit it therefore copies without yielding
+  // (its fair share of the core, as before yields existed) until a
+  // checkpoint lets the WAL start again from its beginning.
+  const bool behind = pages >= store->checkpoint_pages_ * kWalHardLimitFactor;
+  store->checkpoint_yield_now_.store(behind ? 0 : store->checkpoint_yield_pages_, std::memory_order_relaxed);
+  if (behind) {
     // The checkpointer has fallen far behind: copy back here (what SQLite's
     // own automatic checkpoint does), so the WAL cannot grow without bound.
     // A checkpoint already running on the checkpointer makes this one return
@@ -3248,7 +3257,8 @@ void SqliteStore::RunCheckpointer() {
   // A checkpoint copies thousands of pages in one call, and this thread
   // shares the core with the I/O and writer threads: without a yield it
   // would hold the core for a whole scheduler slice while messages wait.
-  sqlite::YieldEveryWalReads(checkpoint_yield_pages_);
+  // OnWalCommit turns the yields off while the checkpointer is behind.
+  sqlite::YieldEveryWalReads(&checkpoint_yield_now_);
   for (;;) {
     {
       std::unique_lock lock(checkpoint_mu_);

@@ -29,7 +29,8 @@
 //     times the threshold (readers holding old snapshots, a checkpointer
 //     starved of CPU) the writer checkpoints all of it, so the WAL stays
 //     bounded. The checkpointer yields the core after every
-//     sqlite_checkpoint_yield_pages pages it copies (wal_buffer_vfs.h).
+//     sqlite_checkpoint_yield_pages pages it copies (wal_buffer_vfs.h),
+//     except while the WAL is past that hard limit.
 // A read submitted after a write's `done` has run sees that write.
 //
 // Lifetime. The destructor finishes every queued operation (writes are
@@ -211,6 +212,9 @@ class SqliteStore final : public Store {
   std::unique_ptr<Reader> reader_;  // used only by reader_thread_
   const int checkpoint_pages_;      // 0: no checkpointer; the writer checkpoints (SQLite's default)
   const int checkpoint_yield_pages_;  // StoreConfig::sqlite_checkpoint_yield_pages
+  // What the checkpointer yields after now: checkpoint_yield_pages_, or 0
+  // while the WAL is past its hard limit (set by OnWalCommit).
+  std::atomic<int> checkpoint_yield_now_;
   std::unique_ptr<sqlite::Db> checkpoint_db_;  // used only by checkpoint_thread_
   // Used only by OnWalCommit, on the writer thread.
   int last_wal_pages_ = 0;

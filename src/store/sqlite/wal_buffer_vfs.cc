@@ -37,7 +37,7 @@ Counters& Stats() {
 sqlite3_vfs* g_real = nullptr;  // the default VFS, set once by registration
 
 // YieldEveryWalReads of this thread, and its reads since its last yield.
-thread_local int t_yield_every = 0;
+thread_local const std::atomic<int>* t_yield_every = nullptr;
 thread_local int t_reads_since_yield = 0;
 
 // A WAL file: our header, then the real file in the same allocation.
@@ -72,10 +72,13 @@ int Close(sqlite3_file* f) {
 
 int Read(sqlite3_file* f, void* data, int amt, sqlite3_int64 ofst) {
   WalFile* w = Wal(f);
-  if (t_yield_every > 0 && ++t_reads_since_yield >= t_yield_every) {
-    t_reads_since_yield = 0;
-    Stats().yields.Inc();
-    sched_yield();
+  if (t_yield_every != nullptr) {
+    const int every = t_yield_every->load(std::memory_order_relaxed);
+    if (every > 0 && ++t_reads_since_yield >= every) {
+      t_reads_since_yield = 0;
+      Stats().yields.Inc();
+      sched_yield();
+    }
   }
   if (w->len > 0 && ofst < w->off + static_cast<sqlite3_int64>(w->len) && w->off < ofst + amt) {
     if (int rc = Flush(w); rc != SQLITE_OK) return rc;
@@ -225,8 +228,8 @@ const char* WalBufferVfsName() {
   return kVfsName;
 }
 
-void YieldEveryWalReads(int reads) {
-  t_yield_every = reads > 0 ? reads : 0;
+void YieldEveryWalReads(const std::atomic<int>* reads) {
+  t_yield_every = reads;
   t_reads_since_yield = 0;
 }
 

@@ -37,6 +37,7 @@
 // yield setting is per thread.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 
 namespace parley::store::sqlite {
@@ -52,8 +53,10 @@ inline constexpr size_t kWalBufferBytes = 120 << 10;
 // sqlite3_open_v2.
 const char* WalBufferVfsName();
 
-// From now on the calling thread yields the core after every `reads` reads
-// of WAL files through the shim (0: never, the default of every thread).
-void YieldEveryWalReads(int reads);
+// From now on the calling thread yields the core after every `*reads` reads
+// of WAL files through the shim, reading `*reads` at each read so that its
+// owner may change it at any time (0 or less: no yields); nullptr: never
+// yields, the default of every thread. `reads` must outlive the setting.
+void YieldEveryWalReads(const std::atomic<int>* reads);
 
 }  // namespace parley::store::sqlite
