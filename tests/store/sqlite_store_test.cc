@@ -928,6 +928,19 @@ TEST(WalBufferVfsTest, AThreadYieldsAfterEveryNWalReadsWhileItsSettingSaysSo) {
   EXPECT_EQ(yields.value() - before, 0u);
 }
 
+// The checkpointer flushes the database file itself after each checkpoint
+// (through SQLite's VFS, as a checkpoint's own sync would).
+TEST(SqliteDbTest, SyncDatabaseFileFlushesTheDatabaseFileOfAnOpenConnection) {
+  TempDir dir;
+  std::unique_ptr<sqlite::Db> db = std::move(sqlite::Db::Open(dir.path() + "/t.db", false, 1024)).value();
+  ASSERT_TRUE(db->Exec("CREATE TABLE t(x); INSERT INTO t VALUES(1); PRAGMA wal_checkpoint(PASSIVE);").ok());
+  EXPECT_TRUE(db->SyncDatabaseFile().ok());
+  // An in-memory database has no file to sync: an error, not a crash.
+  std::unique_ptr<sqlite::Db> memory = std::move(sqlite::Db::Open(":memory:", false, 1024)).value();
+  Status s = memory->SyncDatabaseFile();
+  EXPECT_EQ(s.code(), ErrorCode::kInternal) << s.ToString();
+}
+
 TEST(SqliteStoreTest, FailedTransactionFailsItsWholeBatchAndLaterWritesWork) {
   TempDir dir;
   // A 200 ms deadline gathers everything queued at once into one transaction.

@@ -100,6 +100,16 @@ void Db::ExecIgnoringErrors(const char* sql) { sqlite3_exec(db_, sql, nullptr, n
 
 int64_t Db::Changes() { return sqlite3_changes64(db_); }
 
+Status Db::SyncDatabaseFile() {
+  sqlite3_file* file = nullptr;
+  int rc = sqlite3_file_control(db_, "main", SQLITE_FCNTL_FILE_POINTER, &file);
+  if (rc != SQLITE_OK) return StatusFromSqlite(db_, rc);
+  // An in-memory database has a file object without methods.
+  if (file == nullptr || file->pMethods == nullptr) return Status(ErrorCode::kInternal, "sqlite: no database file to sync");
+  rc = file->pMethods->xSync(file, SQLITE_SYNC_NORMAL);
+  return rc == SQLITE_OK ? Status::Ok() : StatusFromSqlite(nullptr, rc);
+}
+
 sqlite3_stmt* Db::Cached(std::string_view sql) {
   auto it = stmts_.find(sql);
   if (it != stmts_.end()) return it->second;

@@ -71,6 +71,10 @@ class Db {
   sqlite3* handle() { return db_; }
   // Rows changed by the last INSERT, UPDATE or DELETE.
   int64_t Changes();
+  // Flushes the database file (not the WAL) to the disk through SQLite's
+  // VFS, as a checkpoint's own sync would. Fails kInternal (also for an
+  // in-memory database, which has no file).
+  Status SyncDatabaseFile();
 
  private:
   explicit Db(sqlite3* db) : db_(db) {}
