@@ -739,6 +739,90 @@ TEST(PgStoreTest, CompactionSkipsWhatAnotherNodeHoldsAndNeverWaitsForIt) {
   EXPECT_EQ(Sql(url, "SELECT count(*) FROM messages WHERE cold"), std::vector<std::string>{"9"});
 }
 
+// A push's compacted preview read while another node changes that message
+// (here: holds its row, as an edit, a delete or an expiry does until it
+// commits). The page-in does not wait for the lock (SKIP LOCKED) and the
+// claim does not fail over it: the push is claimed now without its preview,
+// the claim's other jobs keep theirs. Once the change committed, the next
+// push of that message previews the row as it is now.
+TEST(PgStoreTest, APushOfAMessageAnotherNodeIsChangingGoesWithoutItsPreview) {
+  std::string url = FreshDatabase();
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  const auto [a, b, da, c] = MakeTwoUsers(*store);
+  const DeviceRecord db1 = MakeDevice(*store, b.id, "tb1");
+  const DeviceRecord db2 = MakeDevice(*store, b.id, "tb2");
+  for (const DeviceRecord& d : {db1, db2})
+    ASSERT_TRUE(AwaitStatus([&](auto cb) { store->SetPushEndpoint(b.id, d.id, "webhook", "t", 1000, cb); }).ok());
+  Must(Append(*store, Msg(c, a.id, da.id, "m1", "old text", 2001)));
+  Must(Append(*store, Msg(c, a.id, da.id, "m2", "still here", 2002)));
+  ASSERT_EQ(CompactOnce(*store, 1'000'000).messages, 2);
+  auto enqueue = [&](Seq seq, std::vector<DeviceId> skip, int64_t now) {
+    PushRequest req;
+    req.user_id = b.id;
+    req.conversation_id = c;
+    req.seq = seq;
+    req.kind = PushKind::kMessage;
+    req.skip_devices = std::move(skip);
+    req.now = now;
+    req.coalesce_ms = 1;
+    ASSERT_EQ(Must(Await<int>([&](auto cb) { store->EnqueuePush(req, cb); })), 1);
+  };
+  auto claim = [&](int64_t now) {
+    std::vector<PushJob> jobs =
+        Must(Await<std::vector<PushJob>>([&](auto cb) { store->ClaimPushJobs("node-a", now, 60'000, 10, cb); }));
+    std::sort(jobs.begin(), jobs.end(), [](const PushJob& x, const PushJob& y) { return x.device_id < y.device_id; });
+    return jobs;
+  };
+  enqueue(1, {db2.id}, 10'000);
+  enqueue(2, {db1.id}, 10'000);
+
+  OtherNode other(url);
+  other.Exec("BEGIN");
+  other.Exec("SELECT 1 FROM messages WHERE conversation_id = " + std::to_string(c) + " AND seq = 1 FOR UPDATE");
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<PushJob> jobs = claim(10'001);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5)) << "waited for the lock";
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0].seq, 1);
+  EXPECT_TRUE(jobs[0].alert);
+  EXPECT_EQ(jobs[0].sender_id, a.id);
+  EXPECT_EQ(jobs[0].preview, "");
+  EXPECT_NE(jobs[0].preview_error, "");
+  EXPECT_EQ(jobs[1].seq, 2);
+  EXPECT_EQ(jobs[1].preview, "still here");
+  EXPECT_EQ(jobs[1].preview_error, "");
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM push_jobs WHERE lease_owner = 'node-a' AND lease_until = 70001"),
+            std::vector<std::string>{"2"})
+      << "both leased, to be sent now";
+
+  // The change commits (an edit: the row holds the new text); the next push
+  // of that message previews it.
+  other.Exec("UPDATE messages SET body = 'new text', cold = false, version = 1 WHERE conversation_id = " +
+             std::to_string(c) + " AND seq = 1");
+  other.Exec("COMMIT");
+  for (const PushJob& j : jobs) {
+    PushCompletion done;
+    done.device_id = j.device_id;
+    done.node = "node-a";
+    done.version = j.version;
+    done.conversation_id = j.conversation_id;
+    done.seq = j.seq;
+    done.kind = j.kind;
+    done.outcome = PushOutcome::kRetry;
+    done.result = "500";
+    done.now = 10'002;
+    done.retry_at = 10'003;
+    done.max_attempts = 5;
+    ASSERT_TRUE(AwaitStatus([&](auto cb) { store->CompletePush(done, cb); }).ok());
+  }
+  jobs = claim(10'004);
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0].preview, "new text");
+  EXPECT_EQ(jobs[0].preview_error, "");
+  EXPECT_EQ(jobs[1].preview, "still here");
+}
+
 // The bytes of every block of `conversation`, decoded: seq -> text.
 std::map<Seq, std::string> BlockTexts(const std::string& url, ConversationId conversation) {
   std::map<Seq, std::string> out;

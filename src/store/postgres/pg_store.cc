@@ -845,6 +845,9 @@ class PostgresStore::Writer {
   Result<SocialResult> SetPushPreviews(UserId user_id, bool previews, int64_t now);
   Result<int> EnqueuePush(const PushRequest& req);
   Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
+  // Pages in the claimed jobs' compacted previews (`jobs` parallel to
+  // `cold`); a text that cannot be paged in leaves its job's preview out.
+  void FillPreviews(const std::vector<ColdText>& cold, const std::vector<PushJob*>& jobs);
   Result<Empty> CompletePush(const PushCompletion& c);
   // Message search (see "Message search"): queues a message for indexing;
   // indexes up to `max` queued entries.
@@ -3538,6 +3541,7 @@ Result<std::vector<PushJob>> PostgresStore::Writer::ClaimPushJobs(const std::str
   }
   std::sort(jobs.begin(), jobs.end(), [](const PushJob& a, const PushJob& b) { return a.device_id < b.device_id; });
   std::vector<ColdText> cold;  // previews of compacted messages, paged in at the end
+  std::vector<PushJob*> cold_jobs;  // parallel to `cold`
   for (PushJob& j : jobs) {
     PgRows u = db_->Query("SELECT push_previews FROM users WHERE id = $1", PgParams().Int(j.user_id));
     j.previews = u.empty() || u.Bool(0, 0);
@@ -3556,12 +3560,43 @@ Result<std::vector<PushJob>> PostgresStore::Writer::ClaimPushJobs(const std::str
       j.sender_display_name = m.Text(0, 3).empty() ? m.Text(0, 2) : m.Text(0, 3);
       if (j.previews && j.alert) {
         j.preview = m.Text(0, 1);
-        if (m.Bool(0, 4)) cold.push_back(ColdText{j.conversation_id, j.seq, &j.preview});
+        if (m.Bool(0, 4)) {
+          cold.push_back(ColdText{j.conversation_id, j.seq, &j.preview});
+          cold_jobs.push_back(&j);
+        }
       }
     }
   }
-  if (Status s = cold_.Fill(*db_, cold, /*lock_rows=*/true); !s.ok()) return s;
+  FillPreviews(cold, cold_jobs);
+  if (db_->failed()) return db_->error();
   return jobs;
+}
+
+void PostgresStore::Writer::FillPreviews(const std::vector<ColdText>& cold, const std::vector<PushJob*>& jobs) {
+  // One page-in for the whole claim, as a read would. It fails as a whole,
+  // and the leases are already written: failing the claim would leave all
+  // its jobs waiting out their leases. So a text that cannot be paged in
+  // costs its own preview only (PushJob::preview_error), and the push goes
+  // out at once without it. Per text, the row is read again first (this
+  // statement sees what committed since): the usual cause is another node
+  // editing or deleting the message right now, and once that committed the
+  // row holds the current text ('' after a delete).
+  if (cold_.Fill(*db_, cold, /*lock_rows=*/true).ok() || db_->failed()) return;
+  for (size_t i = 0; i < cold.size(); ++i) {
+    PushJob& j = *jobs[i];
+    PgRows m = db_->Query("SELECT body, cold FROM messages WHERE conversation_id = $1 AND seq = $2",
+                          PgParams().Int(cold[i].conversation).Int(cold[i].seq));
+    if (db_->failed()) return;
+    if (!m.empty() && !m.Bool(0, 1)) {
+      j.preview = m.Text(0, 0);
+      continue;
+    }
+    if (Status s = cold_.Fill(*db_, {cold[i]}, /*lock_rows=*/true); !s.ok()) {
+      if (db_->failed()) return;
+      j.preview.clear();
+      j.preview_error = s.ToString();
+    }
+  }
 }
 
 Result<Empty> PostgresStore::Writer::CompletePush(const PushCompletion& c) {
