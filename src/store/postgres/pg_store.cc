@@ -208,12 +208,15 @@
 #include "store/name_words.h"
 #include "store/postgres/pg_cold.h"
 #include "store/postgres/pg_conn.h"
+#include "store/postgres/pg_history_sql.h"
 #include "store/write_queue.h"
 
 namespace parley::store {
 
 using postgres::ColdText;
 using postgres::ColdTexts;
+using postgres::kHistoryPageSql;
+using postgres::kWithheldInSql;
 using postgres::PgConn;
 using postgres::PgParams;
 using postgres::PgRows;
@@ -664,11 +667,7 @@ Status Migrate(PgConn& db, int target) {
 constexpr const char* kMessageColumns =
     "conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at";
 
-// What MessageAt reads (table alias m), in order; the last, m.cold, says
-// whether the text is in a block (ColdAt; see "Cold tier").
-#define PARLEY_MESSAGE_COLUMNS \
-  "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, m.version, " \
-  "m.edited_at, m.deleted_at, m.expires_at, m.cold"
+// PARLEY_MESSAGE_COLUMNS (pg_history_sql.h) has this many.
 constexpr int kMessageColumnCount = 12;
 
 MessageRecord MessageAt(const PgRows& r, int row, int col) {
@@ -750,10 +749,7 @@ Seq LastSeqVisibleTo(PgConn& db, ConversationId conversation, UserId user) {
 std::vector<Seq> WithheldIn(PgConn& db, ConversationId conversation, UserId user, Seq after, Seq upto) {
   std::vector<Seq> seqs;
   if (upto <= after) return seqs;
-  PgRows rows = db.Query(
-      "SELECT seq FROM withheld WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq <= $4 "
-      "AND hidden_at = 0 ORDER BY seq",
-      PgParams().Int(conversation).Int(user).Int(after).Int(upto));
+  PgRows rows = db.Query(kWithheldInSql, PgParams().Int(conversation).Int(user).Int(after).Int(upto));
   for (int i = 0; i < rows.size(); ++i) seqs.push_back(rows.Int(i, 0));
   return seqs;
 }
@@ -2416,12 +2412,8 @@ Result<std::vector<MessageRecord>> PostgresStore::Reader::Visible(ConversationId
                                                                  int limit) {
   std::vector<MessageRecord> out;
   if (limit <= 0) return out;
-  // Backwards on the messages' primary key within the conversation's
-  // partition; each candidate probes withheld's primary key.
   PgRows r = db_->Query(
-      "SELECT " PARLEY_MESSAGE_COLUMNS " "
-      "FROM messages m WHERE m.conversation_id = $1 AND m.seq < $2 AND NOT EXISTS (SELECT 1 FROM withheld w "
-      "WHERE w.conversation_id = $1 AND w.user_id = $3 AND w.seq = m.seq) ORDER BY m.seq DESC LIMIT $4",
+      kHistoryPageSql,
       PgParams().Int(id).Int(before > 0 ? before : std::numeric_limits<Seq>::max()).Int(viewer).Int(limit));
   for (int i = r.size() - 1; i >= 0; --i) out.push_back(MessageAt(r, i, 0));
   std::vector<ColdText> cold;
