@@ -2986,6 +2986,24 @@ class ColdTierConformance : public StoreConformance {
   // A text of about 140 bytes, different per message, with a search word in
   // some and bytes that must survive untouched (non-ASCII, quotes, NUL-free
   // control characters).
+  // Every text still in a block of `conversation` (decoded), by seq.
+  std::map<Seq, std::string> BlockTexts(ConversationId conversation) {
+    std::map<Seq, std::string> out;
+    ColdCodec codec;
+    for (const std::vector<std::string>& row :
+         RawSql(fmt::format("SELECT first_seq, {} FROM message_blocks WHERE conversation_id = {}",
+                            GetParam().hex("data"), conversation))) {
+      std::string data;
+      for (size_t i = 0; i + 1 < row[1].size(); i += 2)
+        data.push_back(static_cast<char>(std::stoi(row[1].substr(i, 2), nullptr, 16)));
+      Result<std::vector<ColdEntry>> entries = codec.Unpack(std::stoll(row[0]), data);
+      EXPECT_TRUE(entries.has_value()) << "block " << row[0] << " of " << conversation;
+      if (!entries) continue;
+      for (ColdEntry& e : *entries) out[e.seq] = std::move(e.body);
+    }
+    return out;
+  }
+
   static std::string Text(int i) {
     std::string t = fmt::format("message {} — «grüße» \"quoted\" \t tab; ", i);
     if (i % 5 == 0) t += "word ";
@@ -3196,6 +3214,72 @@ TEST_P(ColdTierConformance, APushOfACompactedMessagePreviewsItsText) {
   ASSERT_EQ(jobs.size(), 1u);
   EXPECT_EQ(jobs[0].preview, Text(1));
   EXPECT_EQ(jobs[0].preview_error, "");
+}
+
+// Erasing a user whose messages are compacted (docs/operations.md "User
+// erase"), as the admin erase does it: the account, then a delete for
+// everyone of each of the user's messages, whatever the delete window.
+// The other member then reads tombstones where the user's messages were
+// (same seqs, no text, no gap) and their own messages as they were; the
+// erased texts leave the blocks at the purge, which rewrites each block
+// with the other member's texts only.
+TEST_P(ColdTierConformance, ErasingAUserWhoseMessagesAreCompactedLeavesNoTextOfTheirsInABlock) {
+  SetUpConversation();
+  constexpr int kMessages = kColdBlockMessages + 20;  // two blocks
+  for (int i = 1; i <= kMessages; ++i) {
+    const bool alices = i % 3 != 0;
+    Must(Append(store(), Msg(conv_, alices ? alice_.id : bob_.id, alices ? alice_dev_.id : bob_dev_.id,
+                             "c" + std::to_string(i), Text(i), 2000 + i)));
+  }
+  IndexAll(store());
+  ASSERT_EQ(CompactAllBefore(1'000'000).messages, kMessages);
+  ASSERT_EQ(BlockTexts(conv_).size(), static_cast<size_t>(kMessages));
+
+  Must(Await<EraseResult>([&](auto cb) { store().EraseAccount(alice_.id, 6000, cb); }));
+  int deleted = 0;
+  for (const MessageRecord& m : History(store(), conv_, 0, kMessages, /*viewer=*/0)) {
+    if (m.sender_id != alice_.id) continue;
+    MessageChange del = ChangeOf(protocol::ChangeKind::kDelete, alice_, alice_dev_, m.seq, 6001);
+    del.device_id = m.sender_device_id;
+    del.delete_window_ms = std::numeric_limits<int64_t>::max();
+    EXPECT_FALSE(Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(del, cb); })).duplicate);
+    ++deleted;
+  }
+  ASSERT_EQ(deleted, kMessages - kMessages / 3);
+
+  // Bob's view: every seq, the erased user's messages as tombstones from
+  // the erased account, his own texts as they were; search finds only his.
+  auto expect_bobs_view = [&] {
+    std::vector<MessageRecord> history = History(store(), conv_, 0, kMessages, bob_.id);
+    ASSERT_EQ(history.size(), static_cast<size_t>(kMessages));
+    for (int i = 1; i <= kMessages; ++i) {
+      const MessageRecord& m = history[static_cast<size_t>(i - 1)];
+      EXPECT_EQ(m.seq, i);
+      if (i % 3 != 0) {
+        EXPECT_EQ(m.sender_id, alice_.id);
+        EXPECT_EQ(m.body, "") << "seq " << i;
+        EXPECT_GT(m.deleted_at, 0) << "seq " << i;
+      } else {
+        EXPECT_EQ(m.body, Text(i)) << "seq " << i;
+        EXPECT_EQ(m.deleted_at, 0);
+      }
+    }
+    IndexAll(store());
+    for (const MessageRecord& m : Must(SearchMsgs(store(), bob_.id, "word", 0, 0, 100)).messages)
+      EXPECT_EQ(m.seq % 3, 0) << "an erased text found by search: seq " << m.seq;
+  };
+  expect_bobs_view();
+  EXPECT_EQ(Must(Await<UserRecord>([&](auto cb) { store().GetUserById(alice_.id, cb); })).username,
+            kErasedUsernamePrefix + std::to_string(alice_.id));
+
+  // The purge takes the erased texts out of their blocks; only bob's stay.
+  PurgeProgress purge = PurgeBefore(store(), 1'000'000, 1000);
+  EXPECT_EQ(purge.purged, deleted);
+  EXPECT_EQ(purge.cold_removed, deleted);
+  std::map<Seq, std::string> bobs;
+  for (int i = 3; i <= kMessages; i += 3) bobs[i] = Text(i);
+  EXPECT_EQ(BlockTexts(conv_), bobs);
+  expect_bobs_view();
 }
 
 // A compacted text that cannot be paged in when its push is claimed (here
