@@ -700,7 +700,8 @@ class OtherNode {
     std::vector<std::string> out;
     PGresult* r = PQexec(conn_, sql.c_str());
     EXPECT_EQ(PQresultStatus(r), PGRES_TUPLES_OK) << sql << ": " << PQerrorMessage(conn_);
-    for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); ++i) out.emplace_back(PQgetvalue(r, i, 0));
+    for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); ++i)
+      out.emplace_back(PQgetvalue(r, i, 0));
     PQclear(r);
     return out;
   }

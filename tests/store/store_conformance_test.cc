@@ -1,13 +1,15 @@
 // The Store conformance suite: the contract of store/store.h, checked through
-// the interface only, for every backend. A backend joins by adding an entry
-// to Backends(); each test gets a fresh, empty store of its own (PostgreSQL:
-// a fresh database on a real server that the test starts, pg_test_server.h).
+// the interface only (save a few cold-tier tests that look at or break the
+// stored blocks through Backend::sql), for every backend. A backend joins by
+// adding an entry to Backends(); each test gets a fresh, empty store of its
+// own (PostgreSQL: a fresh database on a real server that the test starts,
+// pg_test_server.h).
 
 #include <gtest/gtest.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <libpq-fe.h>
 #include <sqlite3.h>
-#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <limits>
@@ -2983,9 +2985,6 @@ class ColdTierConformance : public StoreConformance {
     return out;
   }
 
-  // A text of about 140 bytes, different per message, with a search word in
-  // some and bytes that must survive untouched (non-ASCII, quotes, NUL-free
-  // control characters).
   // Every text still in a block of `conversation` (decoded), by seq.
   std::map<Seq, std::string> BlockTexts(ConversationId conversation) {
     std::map<Seq, std::string> out;
@@ -3004,6 +3003,9 @@ class ColdTierConformance : public StoreConformance {
     return out;
   }
 
+  // A text of about 140 bytes, different per message, with a search word in
+  // some and bytes that must survive untouched (non-ASCII, quotes, NUL-free
+  // control characters).
   static std::string Text(int i) {
     std::string t = fmt::format("message {} — «grüße» \"quoted\" \t tab; ", i);
     if (i % 5 == 0) t += "word ";
