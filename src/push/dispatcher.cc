@@ -46,7 +46,10 @@ PushDispatcher::PushDispatcher(store::Store& store, DispatcherConfig config)
       leased_gauge_(Metrics::Default().GetGauge("parley_push_queue_leased",
                                                 "Push jobs in the queue held by an unexpired lease (any node)")),
       endpoints_gauge_(Metrics::Default().GetGauge("parley_push_endpoints", "Registered push endpoints")),
-      claimed_(Metrics::Default().GetCounter("parley_push_claimed_total", "Push jobs claimed by this node")) {
+      claimed_(Metrics::Default().GetCounter("parley_push_claimed_total", "Push jobs claimed by this node")),
+      previews_left_out_(Metrics::Default().GetCounter(
+          "parley_push_previews_left_out_total",
+          "Pushes sent without their preview because the compacted text could not be paged in")) {
   for (auto o : {store::PushOutcome::kDelivered, store::PushOutcome::kRetry, store::PushOutcome::kRejected,
                  store::PushOutcome::kGone})
     Attempts(o);
@@ -122,6 +125,13 @@ void PushDispatcher::OnClaimed(Result<std::vector<store::PushJob>> jobs) {
     in_flight_++;
     in_flight_gauge_.Set(in_flight_);
     claimed_.Inc();
+    if (!job.preview_error.empty()) {
+      // Sent now all the same (store.h ClaimPushJobs): a notification on
+      // time matters more than its text.
+      previews_left_out_.Inc();
+      spdlog::warn("event=push_preview_left_out device_id={} conversation_id={} seq={} error=\"{}\"", job.device_id,
+                   job.conversation_id, job.seq, job.preview_error);
+    }
     provider_->Send(job, [this, job](SendResult r) {
       // The provider runs on io_: already on this thread.
       OnSent(job, std::move(r));

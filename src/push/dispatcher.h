@@ -85,6 +85,7 @@ class PushDispatcher {
   Gauge& leased_gauge_;
   Gauge& endpoints_gauge_;
   Counter& claimed_;
+  Counter& previews_left_out_;
 };
 
 }  // namespace parley::push

@@ -447,6 +447,11 @@ class Store {
   // cluster each job is claimed by one node at a time and a dead node's
   // claims expire. Oldest due first. The jobs carry the latest state (badge
   // = the user's unread total now; alert false when the message was read).
+  // A preview whose compacted text cannot be paged in (a missing or corrupt
+  // block; on PostgreSQL also a message another node is changing right
+  // then) does not fail the claim: that job comes back without its preview,
+  // with preview_error saying why, to be sent at once rather than wait out
+  // its lease.
   virtual void ClaimPushJobs(std::string /*node*/, int64_t /*now*/, int64_t /*lease_ms*/, int /*limit*/,
                              Callback<std::vector<PushJob>> done) {
     done(Status(ErrorCode::kUnavailable, "this store has no push queue"));

@@ -645,6 +645,9 @@ struct PushJob {
   std::string sender_display_name;  // the sender's display name, or username when none
   bool previews = true;             // the user's setting
   std::string preview;              // the message body when previews are on and alert; else ""
+  // Set when the preview was left out because the message's compacted text
+  // could not be paged in (Store::ClaimPushJobs): why, for the log.
+  std::string preview_error;
   int64_t badge = 0;                // the user's unread total when claimed
   int64_t version = 0;              // bumped by each update of the job (see CompletePush)
   int attempts = 0;                 // failed attempts so far

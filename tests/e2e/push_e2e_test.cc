@@ -277,6 +277,49 @@ TEST(PushE2eTest, PushesPendingAcrossARestartAreStillSentOnce) {
   EXPECT_EQ(rx.Delivered([&](const PushReceiver::Post& p) { return p.payload["seq"] == seq; }), 1u);
 }
 
+// A push whose message was compacted and whose text then cannot be paged
+// in (its block is gone: corruption, or on PostgreSQL another node changing
+// the message right then) is sent on time without its preview, not held
+// until its lease expires (PostgreSQL) or refused at every claim (SQLite).
+TEST(PushE2eTest, APushWhoseCompactedTextCannotBeReadGoesOnTimeWithoutItsPreview) {
+  constexpr int kWindowMs = 6000;   // the second push waits this long: time to compact and break its text
+  constexpr int kLeaseMs = 60'000;  // parleyd's default
+  PushReceiver rx;
+  std::vector<std::string> args = PushArgs(rx, kWindowMs, kLeaseMs);
+  for (const char* a : {"--cold-after-s", "1", "--compact-interval-ms", "50"}) args.push_back(a);
+  ServerProcess server(args);
+  Register(server, "alice");
+  Register(server, "bob");
+  Device alice = Login(server, "alice");
+  Device bob = Login(server, "bob", "phone");
+  RegisterPush(bob, "tok");
+  Background(bob);
+  SendTo(alice, "bob", "first", "m1");
+  ASSERT_TRUE(rx.WaitPosts(1, 5000));
+  const Clock::time_point first = rx.Posts()[0].at;
+  const int64_t seq = SendTo(alice, "bob", "compacted before its push", "m2");
+  ASSERT_TRUE(Eventually([&] { return StoreCount(server, "SELECT count(*) FROM messages WHERE cold") == 2; }, 5000))
+      << "both messages compacted";
+  const std::string drop = "DELETE FROM message_blocks";
+  int rc = 0;
+  const std::string out =
+      Shell(server.postgres_url().empty()
+                ? "sqlite3 -cmd '.timeout 5000' '" + server.dir() + "/data/parley.db' \"" + drop + "\" 2>&1"
+                : "psql '" + server.postgres_url() + "' -tAc \"" + drop + "\" 2>&1",
+            &rc);
+  ASSERT_EQ(rc, 0) << out;
+  ASSERT_LT(Clock::now() - first, std::chrono::milliseconds(kWindowMs)) << "too slow: the push may have gone already";
+
+  ASSERT_TRUE(rx.WaitPosts(2, kWindowMs + 10'000)) << "the push waited for its lease (or forever)";
+  const PushReceiver::Post p = rx.Posts()[1];
+  EXPECT_LT(p.at - first, std::chrono::milliseconds(kLeaseMs / 2));
+  EXPECT_EQ(p.payload["seq"], seq);
+  EXPECT_EQ(p.payload["silent"], false) << "a notification all the same";
+  EXPECT_EQ(p.payload["sender"]["display_name"], "alice");
+  EXPECT_TRUE(p.payload["preview"].is_null()) << p.body;
+  EXPECT_EQ(MetricValue(HttpGet(server.port(), "/metrics"), "parley_push_previews_left_out_total"), 1);
+}
+
 // An https:// relay: parleyd verifies its certificate against
 // --push-webhook-ca (here the relay's own self-signed one). A relay whose
 // certificate does not chain to that CA gets no push: the attempt fails in

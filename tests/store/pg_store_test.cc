@@ -6,8 +6,11 @@
 // recovered; a server restart costs no failure once it is back), group
 // commit under concurrent writers, two
 // stores (two parleyd nodes) on one database keeping every sequence gapless
-// and deduplication exact, and an unreachable server reported as retryable.
+// and deduplication exact, an unreachable server reported as retryable, and
+// the query plans of the statements that page history in.
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
 
@@ -28,6 +31,8 @@
 #include "protocol/message_edits.h"
 #include "store/cold_block.h"
 #include "store/pg_test_server.h"
+#include "store/postgres/pg_cold.h"
+#include "store/postgres/pg_history_sql.h"
 #include "store/postgres/pg_store.h"
 #include "store/store_factory.h"
 #include "store/store_test_util.h"
@@ -36,6 +41,9 @@ namespace parley::store {
 namespace {
 
 using namespace parley::store::testing;  // NOLINT: test helpers
+using postgres::ColdPageInSql;
+using postgres::kHistoryPageSql;
+using postgres::kWithheldInSql;
 
 // A fresh database per test, named after the test.
 std::string FreshDatabase() {
@@ -687,6 +695,16 @@ class OtherNode {
     EXPECT_TRUE(st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) << sql << ": " << PQerrorMessage(conn_);
     PQclear(r);
   }
+  // The first column of each row of `sql`.
+  std::vector<std::string> Rows(const std::string& sql) {
+    std::vector<std::string> out;
+    PGresult* r = PQexec(conn_, sql.c_str());
+    EXPECT_EQ(PQresultStatus(r), PGRES_TUPLES_OK) << sql << ": " << PQerrorMessage(conn_);
+    for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); ++i)
+      out.emplace_back(PQgetvalue(r, i, 0));
+    PQclear(r);
+    return out;
+  }
 
  private:
   PGconn* conn_;
@@ -737,6 +755,90 @@ TEST(PgStoreTest, CompactionSkipsWhatAnotherNodeHoldsAndNeverWaitsForIt) {
   }
   EXPECT_EQ(history[4].deleted_at, 9000);
   EXPECT_EQ(Sql(url, "SELECT count(*) FROM messages WHERE cold"), std::vector<std::string>{"9"});
+}
+
+// A push's compacted preview read while another node changes that message
+// (here: holds its row, as an edit, a delete or an expiry does until it
+// commits). The page-in does not wait for the lock (SKIP LOCKED) and the
+// claim does not fail over it: the push is claimed now without its preview,
+// the claim's other jobs keep theirs. Once the change committed, the next
+// push of that message previews the row as it is now.
+TEST(PgStoreTest, APushOfAMessageAnotherNodeIsChangingGoesWithoutItsPreview) {
+  std::string url = FreshDatabase();
+  std::unique_ptr<Store> store = OpenPg(url);
+  ASSERT_NE(store, nullptr);
+  const auto [a, b, da, c] = MakeTwoUsers(*store);
+  const DeviceRecord db1 = MakeDevice(*store, b.id, "tb1");
+  const DeviceRecord db2 = MakeDevice(*store, b.id, "tb2");
+  for (const DeviceRecord& d : {db1, db2})
+    ASSERT_TRUE(AwaitStatus([&](auto cb) { store->SetPushEndpoint(b.id, d.id, "webhook", "t", 1000, cb); }).ok());
+  Must(Append(*store, Msg(c, a.id, da.id, "m1", "old text", 2001)));
+  Must(Append(*store, Msg(c, a.id, da.id, "m2", "still here", 2002)));
+  ASSERT_EQ(CompactOnce(*store, 1'000'000).messages, 2);
+  auto enqueue = [&](Seq seq, std::vector<DeviceId> skip, int64_t now) {
+    PushRequest req;
+    req.user_id = b.id;
+    req.conversation_id = c;
+    req.seq = seq;
+    req.kind = PushKind::kMessage;
+    req.skip_devices = std::move(skip);
+    req.now = now;
+    req.coalesce_ms = 1;
+    ASSERT_EQ(Must(Await<int>([&](auto cb) { store->EnqueuePush(req, cb); })), 1);
+  };
+  auto claim = [&](int64_t now) {
+    std::vector<PushJob> jobs =
+        Must(Await<std::vector<PushJob>>([&](auto cb) { store->ClaimPushJobs("node-a", now, 60'000, 10, cb); }));
+    std::sort(jobs.begin(), jobs.end(), [](const PushJob& x, const PushJob& y) { return x.device_id < y.device_id; });
+    return jobs;
+  };
+  enqueue(1, {db2.id}, 10'000);
+  enqueue(2, {db1.id}, 10'000);
+
+  OtherNode other(url);
+  other.Exec("BEGIN");
+  other.Exec("SELECT 1 FROM messages WHERE conversation_id = " + std::to_string(c) + " AND seq = 1 FOR UPDATE");
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<PushJob> jobs = claim(10'001);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5)) << "waited for the lock";
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0].seq, 1);
+  EXPECT_TRUE(jobs[0].alert);
+  EXPECT_EQ(jobs[0].sender_id, a.id);
+  EXPECT_EQ(jobs[0].preview, "");
+  EXPECT_NE(jobs[0].preview_error, "");
+  EXPECT_EQ(jobs[1].seq, 2);
+  EXPECT_EQ(jobs[1].preview, "still here");
+  EXPECT_EQ(jobs[1].preview_error, "");
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM push_jobs WHERE lease_owner = 'node-a' AND lease_until = 70001"),
+            std::vector<std::string>{"2"})
+      << "both leased, to be sent now";
+
+  // The change commits (an edit: the row holds the new text); the next push
+  // of that message previews it.
+  other.Exec("UPDATE messages SET body = 'new text', cold = false, version = 1 WHERE conversation_id = " +
+             std::to_string(c) + " AND seq = 1");
+  other.Exec("COMMIT");
+  for (const PushJob& j : jobs) {
+    PushCompletion done;
+    done.device_id = j.device_id;
+    done.node = "node-a";
+    done.version = j.version;
+    done.conversation_id = j.conversation_id;
+    done.seq = j.seq;
+    done.kind = j.kind;
+    done.outcome = PushOutcome::kRetry;
+    done.result = "500";
+    done.now = 10'002;
+    done.retry_at = 10'003;
+    done.max_attempts = 5;
+    ASSERT_TRUE(AwaitStatus([&](auto cb) { store->CompletePush(done, cb); }).ok());
+  }
+  jobs = claim(10'004);
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0].preview, "new text");
+  EXPECT_EQ(jobs[0].preview_error, "");
+  EXPECT_EQ(jobs[1].preview, "still here");
 }
 
 // The bytes of every block of `conversation`, decoded: seq -> text.
@@ -846,6 +948,133 @@ TEST(PgStoreTest, TwoNodesCompactingWhileMessagesChangeKeepEveryText) {
   EXPECT_EQ(Sql(url, "SELECT count(*) FROM messages WHERE deleted_at <> 0 AND purged_at = 0"),
             std::vector<std::string>{"0"});
   check(*node1);
+}
+
+// ---- Query plans: history pages and the cold page-in ----
+
+// One scan node of a plan: "Seq Scan", "Index Scan", "Index Scan Backward",
+// "Index Only Scan", "Bitmap Index Scan", ...; the index it reads (index
+// scans only) and the table (a partition; for a bitmap index scan, the
+// partition its index belongs to).
+struct PlanScan {
+  std::string kind, index, table;
+};
+
+// A plan: its EXPLAIN text and its scans.
+struct Plan {
+  std::string text;
+  std::vector<PlanScan> scans;
+};
+
+// The plan of `sql` (prepared with its parameters; `args` the EXECUTE
+// argument list) as PostgreSQL makes it as a custom plan (for these values)
+// or a generic one: the store runs prepared statements, which the plan
+// cache may turn generic after five runs, so both must be right.
+Plan PlanOf(const std::string& url, const std::string& sql, const std::string& args, bool generic) {
+  OtherNode session(url);
+  session.Exec(std::string("SET plan_cache_mode = ") + (generic ? "force_generic_plan" : "force_custom_plan"));
+  session.Exec("PREPARE q AS " + sql);
+  Plan plan;
+  std::vector<PlanScan>& scans = plan.scans;
+  static const std::regex kIndexScan(R"(((?:Index|Index Only) Scan(?: Backward)?) using (\S+) on (\S+))");
+  static const std::regex kBitmapIndexScan(R"((Bitmap Index Scan) on ((\S+_p[0-9]+)_\S+))");
+  static const std::regex kHeapScan(R"(((?:Seq|Tid|Sample) Scan) on (\S+))");
+  for (const std::string& line : session.Rows("EXPLAIN EXECUTE q(" + args + ")")) {
+    plan.text += line + "\n";
+    std::smatch m;
+    if (std::regex_search(line, m, kIndexScan)) {
+      scans.push_back(PlanScan{m[1], m[2], m[3]});
+    } else if (std::regex_search(line, m, kBitmapIndexScan)) {
+      scans.push_back(PlanScan{m[1], m[2], m[3]});
+    } else if (std::regex_search(line, m, kHeapScan)) {
+      scans.push_back(PlanScan{m[1], "", m[2]});
+    }
+    // (A Bitmap Heap Scan reads what its Bitmap Index Scan found.)
+  }
+  return plan;
+}
+
+// `table`'s partitions are read only through their primary keys: every scan
+// of one in `plan` is an index scan (plain, index-only or bitmap) on that
+// partition's primary key, none a sequential scan, and there is at least one.
+void ExpectPrimaryKeyScansOnly(const Plan& plan, const std::string& table, const std::string& what) {
+  const std::regex partition(table + "_p[0-9]+");
+  int on_table = 0;
+  for (const PlanScan& scan : plan.scans) {
+    if (!std::regex_match(scan.table, partition)) continue;
+    ++on_table;
+    EXPECT_NE(scan.kind.find("Index"), std::string::npos)
+        << what << ": " << scan.kind << " on " << scan.table << "\n" << plan.text;
+    EXPECT_EQ(scan.index, scan.table + "_pkey") << what << ": " << scan.kind << " on " << scan.table << "\n"
+                                                << plan.text;
+  }
+  EXPECT_GT(on_table, 0) << what << ": no scan of " << table << "\n" << plan.text;
+}
+
+// The statements that page history in were checked by hand with EXPLAIN;
+// this pins them, on tables big enough (and analyzed) for the planner to
+// choose freely: a history page walks messages' primary key backwards and
+// probes withheld's; its "stays sent" ranges scan withheld's primary key;
+// the cold page-in (both variants) probes messages' and message_blocks'
+// primary keys per wanted seq. No statement scans a partition whole, with
+// a custom plan or a generic one. The SQL is the store's own
+// (pg_history_sql.h, ColdPageInSql).
+TEST(PgStoreTest, HistoryAndPageInUseTheirIndexes) {
+  std::string url = FreshDatabase();
+  {
+    std::unique_ptr<Store> store = OpenPg(url);  // migrates
+    ASSERT_NE(store, nullptr);
+  }
+  // In each of the 16 partitions about 3,000 messages, 1,250 blocks and
+  // 1,250 withheld rows: none small enough for a sequential scan to be the
+  // cheaper way. Conversation 7, the one read, has a long history (what
+  // history pages are for; a page of a short one may as well read it all).
+  constexpr int kConversations = 1000;
+  constexpr int kMessagesEach = 50;
+  constexpr int kLongHistory = 5000;
+  constexpr int kBlocksEach = 20;
+  constexpr int kWithheldEach = 20;
+  Sql(url, fmt::format("INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, "
+                       "created_at, cold) SELECT c, s, 1 + s % 2, 1 + s % 2, 'c' || s, repeat('x', 100), 1000 + s, "
+                       "s <= 50 FROM generate_series(1, {0}) c, "
+                       "generate_series(1, CASE WHEN c = 7 THEN {2} ELSE {1} END) s",
+                       kConversations, kMessagesEach, kLongHistory));
+  Sql(url, fmt::format("INSERT INTO message_blocks(conversation_id, first_seq, last_seq, messages, raw_bytes, "
+                       "created_at, nonce, data) SELECT c, 1 + b * 10, 10 + b * 10, 10, 1000, 1, b, "
+                       "decode(repeat('ab', 200), 'hex') FROM generate_series(1, {0}) c, generate_series(0, {1}) b",
+                       kConversations, kBlocksEach - 1));
+  Sql(url, fmt::format("INSERT INTO withheld(conversation_id, user_id, seq) SELECT c, 2, s * 3 "
+                       "FROM generate_series(1, {0}) c, generate_series(1, {1}) s",
+                       kConversations, kWithheldEach));
+  Sql(url, "ANALYZE messages, message_blocks, withheld");
+
+  // The newest page of conversation 7 as user 2 sees it; its "stays sent"
+  // range; 50 of its seqs paged in, with 2 blocks cached.
+  const std::string history_args = fmt::format("7, {}, 2, 50", std::numeric_limits<int64_t>::max());
+  std::vector<std::string> conversations, seqs;
+  for (int seq = 1; seq <= 50; ++seq) {  // the cold half
+    conversations.push_back("7");
+    seqs.push_back(std::to_string(seq));
+  }
+  const std::string page_in_args = fmt::format("'{{{}}}', '{{{}}}', '{{7, 7}}', '{{1, 11}}', '{{0, 1}}'",
+                                               fmt::join(conversations, ","), fmt::join(seqs, ","));
+  for (bool generic : {false, true}) {
+    const std::string mode = generic ? "generic plan" : "custom plan";
+    const Plan history = PlanOf(url, kHistoryPageSql, history_args, generic);
+    ExpectPrimaryKeyScansOnly(history, "messages", "history page, " + mode);
+    ExpectPrimaryKeyScansOnly(history, "withheld", "history page, " + mode);
+    ExpectPrimaryKeyScansOnly(PlanOf(url, kWithheldInSql, "7, 2, 30, 60", generic), "withheld",
+                              "stays sent, " + mode);
+    for (bool lock_rows : {false, true}) {
+      const std::string what = std::string(lock_rows ? "locked" : "plain") + " page-in, " + mode;
+      const Plan page_in = PlanOf(url, ColdPageInSql(lock_rows), page_in_args, generic);
+      ExpectPrimaryKeyScansOnly(page_in, "message_blocks", what);
+      if (lock_rows) ExpectPrimaryKeyScansOnly(page_in, "messages", what);
+      for (const PlanScan& scan : page_in.scans)
+        EXPECT_EQ(scan.kind.find("Seq"), std::string::npos)
+            << what << ": " << scan.kind << " on " << scan.table << "\n" << page_in.text;
+    }
+  }
 }
 
 }  // namespace

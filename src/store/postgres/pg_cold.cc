@@ -47,6 +47,12 @@ Status Corrupt(const char* why) { return Status(ErrorCode::kInternal, fmt::forma
 
 }  // namespace
 
+const std::string& ColdPageInSql(bool lock_rows) {
+  static const std::string kPlainSql = std::string("WITH ") + kWantedPlain + kBlocksOfWanted;
+  static const std::string kLockedSql = std::string("WITH ") + kWantedLocked + kBlocksOfWanted;
+  return lock_rows ? kLockedSql : kPlainSql;
+}
+
 Status ColdTexts::Fill(PgConn& db, const std::vector<ColdText>& texts, bool lock_rows) {
   if (texts.empty()) return Status::Ok();
   std::vector<int64_t> conversations, seqs, cached_c, cached_f, cached_n;
@@ -60,9 +66,7 @@ Status ColdTexts::Fill(PgConn& db, const std::vector<ColdText>& texts, bool lock
     cached_f.push_back(b.first_seq);
     cached_n.push_back(b.nonce);
   }
-  static const std::string kPlainSql = std::string("WITH ") + kWantedPlain + kBlocksOfWanted;
-  static const std::string kLockedSql = std::string("WITH ") + kWantedLocked + kBlocksOfWanted;
-  PgRows r = db.Query(lock_rows ? kLockedSql : kPlainSql, PgParams()
+  PgRows r = db.Query(ColdPageInSql(lock_rows), PgParams()
                                                              .IntArray(conversations)
                                                              .IntArray(seqs)
                                                              .IntArray(cached_c)

@@ -79,6 +79,11 @@ class ColdTexts {
   size_t next_ = 0;  // round-robin replacement
 };
 
+// The page-in statement Fill runs, the variant that locks the rows it pages
+// in or the plain one (parameters as described in pg_cold.cc). Exposed for
+// the test that pins its plan (pg_store_test).
+const std::string& ColdPageInSql(bool lock_rows);
+
 // A block's nonce: random, drawn for every write of a block.
 int64_t NewBlockNonce();
 

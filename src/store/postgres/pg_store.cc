@@ -208,12 +208,15 @@
 #include "store/name_words.h"
 #include "store/postgres/pg_cold.h"
 #include "store/postgres/pg_conn.h"
+#include "store/postgres/pg_history_sql.h"
 #include "store/write_queue.h"
 
 namespace parley::store {
 
 using postgres::ColdText;
 using postgres::ColdTexts;
+using postgres::kHistoryPageSql;
+using postgres::kWithheldInSql;
 using postgres::PgConn;
 using postgres::PgParams;
 using postgres::PgRows;
@@ -664,11 +667,7 @@ Status Migrate(PgConn& db, int target) {
 constexpr const char* kMessageColumns =
     "conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at";
 
-// What MessageAt reads (table alias m), in order; the last, m.cold, says
-// whether the text is in a block (ColdAt; see "Cold tier").
-#define PARLEY_MESSAGE_COLUMNS \
-  "m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_id, m.body, m.created_at, m.version, " \
-  "m.edited_at, m.deleted_at, m.expires_at, m.cold"
+// PARLEY_MESSAGE_COLUMNS (pg_history_sql.h) has this many.
 constexpr int kMessageColumnCount = 12;
 
 MessageRecord MessageAt(const PgRows& r, int row, int col) {
@@ -750,10 +749,7 @@ Seq LastSeqVisibleTo(PgConn& db, ConversationId conversation, UserId user) {
 std::vector<Seq> WithheldIn(PgConn& db, ConversationId conversation, UserId user, Seq after, Seq upto) {
   std::vector<Seq> seqs;
   if (upto <= after) return seqs;
-  PgRows rows = db.Query(
-      "SELECT seq FROM withheld WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq <= $4 "
-      "AND hidden_at = 0 ORDER BY seq",
-      PgParams().Int(conversation).Int(user).Int(after).Int(upto));
+  PgRows rows = db.Query(kWithheldInSql, PgParams().Int(conversation).Int(user).Int(after).Int(upto));
   for (int i = 0; i < rows.size(); ++i) seqs.push_back(rows.Int(i, 0));
   return seqs;
 }
@@ -845,6 +841,9 @@ class PostgresStore::Writer {
   Result<SocialResult> SetPushPreviews(UserId user_id, bool previews, int64_t now);
   Result<int> EnqueuePush(const PushRequest& req);
   Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
+  // Pages in the claimed jobs' compacted previews (`jobs` parallel to
+  // `cold`); a text that cannot be paged in leaves its job's preview out.
+  void FillPreviews(const std::vector<ColdText>& cold, const std::vector<PushJob*>& jobs);
   Result<Empty> CompletePush(const PushCompletion& c);
   // Message search (see "Message search"): queues a message for indexing;
   // indexes up to `max` queued entries.
@@ -2413,12 +2412,8 @@ Result<std::vector<MessageRecord>> PostgresStore::Reader::Visible(ConversationId
                                                                  int limit) {
   std::vector<MessageRecord> out;
   if (limit <= 0) return out;
-  // Backwards on the messages' primary key within the conversation's
-  // partition; each candidate probes withheld's primary key.
   PgRows r = db_->Query(
-      "SELECT " PARLEY_MESSAGE_COLUMNS " "
-      "FROM messages m WHERE m.conversation_id = $1 AND m.seq < $2 AND NOT EXISTS (SELECT 1 FROM withheld w "
-      "WHERE w.conversation_id = $1 AND w.user_id = $3 AND w.seq = m.seq) ORDER BY m.seq DESC LIMIT $4",
+      kHistoryPageSql,
       PgParams().Int(id).Int(before > 0 ? before : std::numeric_limits<Seq>::max()).Int(viewer).Int(limit));
   for (int i = r.size() - 1; i >= 0; --i) out.push_back(MessageAt(r, i, 0));
   std::vector<ColdText> cold;
@@ -3538,6 +3533,7 @@ Result<std::vector<PushJob>> PostgresStore::Writer::ClaimPushJobs(const std::str
   }
   std::sort(jobs.begin(), jobs.end(), [](const PushJob& a, const PushJob& b) { return a.device_id < b.device_id; });
   std::vector<ColdText> cold;  // previews of compacted messages, paged in at the end
+  std::vector<PushJob*> cold_jobs;  // parallel to `cold`
   for (PushJob& j : jobs) {
     PgRows u = db_->Query("SELECT push_previews FROM users WHERE id = $1", PgParams().Int(j.user_id));
     j.previews = u.empty() || u.Bool(0, 0);
@@ -3556,12 +3552,43 @@ Result<std::vector<PushJob>> PostgresStore::Writer::ClaimPushJobs(const std::str
       j.sender_display_name = m.Text(0, 3).empty() ? m.Text(0, 2) : m.Text(0, 3);
       if (j.previews && j.alert) {
         j.preview = m.Text(0, 1);
-        if (m.Bool(0, 4)) cold.push_back(ColdText{j.conversation_id, j.seq, &j.preview});
+        if (m.Bool(0, 4)) {
+          cold.push_back(ColdText{j.conversation_id, j.seq, &j.preview});
+          cold_jobs.push_back(&j);
+        }
       }
     }
   }
-  if (Status s = cold_.Fill(*db_, cold, /*lock_rows=*/true); !s.ok()) return s;
+  FillPreviews(cold, cold_jobs);
+  if (db_->failed()) return db_->error();
   return jobs;
+}
+
+void PostgresStore::Writer::FillPreviews(const std::vector<ColdText>& cold, const std::vector<PushJob*>& jobs) {
+  // One page-in for the whole claim, as a read would. It fails as a whole,
+  // and the leases are already written: failing the claim would leave all
+  // its jobs waiting out their leases. So a text that cannot be paged in
+  // costs its own preview only (PushJob::preview_error), and the push goes
+  // out at once without it. Per text, the row is read again first (this
+  // statement sees what committed since): the usual cause is another node
+  // editing or deleting the message right now, and once that committed the
+  // row holds the current text ('' after a delete).
+  if (cold_.Fill(*db_, cold, /*lock_rows=*/true).ok() || db_->failed()) return;
+  for (size_t i = 0; i < cold.size(); ++i) {
+    PushJob& j = *jobs[i];
+    PgRows m = db_->Query("SELECT body, cold FROM messages WHERE conversation_id = $1 AND seq = $2",
+                          PgParams().Int(cold[i].conversation).Int(cold[i].seq));
+    if (db_->failed()) return;
+    if (!m.empty() && !m.Bool(0, 1)) {
+      j.preview = m.Text(0, 0);
+      continue;
+    }
+    if (Status s = cold_.Fill(*db_, {cold[i]}, /*lock_rows=*/true); !s.ok()) {
+      if (db_->failed()) return;
+      j.preview.clear();
+      j.preview_error = s.ToString();
+    }
+  }
 }
 
 Result<Empty> PostgresStore::Writer::CompletePush(const PushCompletion& c) {

@@ -28,6 +28,19 @@ constexpr size_t kCachedBlocks = 4;
 constexpr const char* kBlockCoveringSql =
     "SELECT first_seq, last_seq, nonce FROM message_blocks "
     "WHERE conversation_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1";
+constexpr const char* kBlockDataSql = "SELECT data FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2";
+
+// The errors of a page-in (cold_body's and ReadColdBody's).
+constexpr const char* kNoBlock = "cold tier: a compacted message has no block";
+constexpr const char* kBlockVanished = "cold tier: a block vanished";
+constexpr const char* kNotInBlock = "cold tier: a compacted message is missing from its block";
+
+// The entry of `seq` in a decoded block, or nullptr.
+const ColdEntry* FindEntry(const std::vector<ColdEntry>& entries, Seq seq) {
+  auto it = std::lower_bound(entries.begin(), entries.end(), seq,
+                             [](const ColdEntry& e, Seq s) { return e.seq < s; });
+  return it == entries.end() || it->seq != seq ? nullptr : &*it;
+}
 
 struct CachedBlock {
   ConversationId conversation = 0;
@@ -50,10 +63,10 @@ struct ColdBodyState {
     }
     std::string data;
     {
-      Stmt s(*db, "SELECT data FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2");
+      Stmt s(*db, kBlockDataSql);
       s.BindInt(1, conversation).BindInt(2, first_seq);
       if (!s.Step()) {
-        *error = "cold tier: a block vanished";
+        *error = kBlockVanished;
         return nullptr;
       }
       data = s.Blob(0);
@@ -84,7 +97,7 @@ void ColdBody(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
     Stmt s(*state->db, kBlockCoveringSql);
     s.BindInt(1, conversation).BindInt(2, seq);
     if (!s.Step() || s.Int(1) < seq) {
-      sqlite3_result_error(ctx, "cold tier: a compacted message has no block", -1);
+      sqlite3_result_error(ctx, kNoBlock, -1);
       return;
     }
     first_seq = s.Int(0);
@@ -96,13 +109,12 @@ void ColdBody(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
     sqlite3_result_error(ctx, error.c_str(), -1);
     return;
   }
-  auto it = std::lower_bound(block->entries.begin(), block->entries.end(), seq,
-                             [](const ColdEntry& e, Seq s) { return e.seq < s; });
-  if (it == block->entries.end() || it->seq != seq) {
-    sqlite3_result_error(ctx, "cold tier: a compacted message is missing from its block", -1);
+  const ColdEntry* entry = FindEntry(block->entries, seq);
+  if (entry == nullptr) {
+    sqlite3_result_error(ctx, kNotInBlock, -1);
     return;
   }
-  sqlite3_result_text64(ctx, it->body.data(), it->body.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
+  sqlite3_result_text64(ctx, entry->body.data(), entry->body.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
 }
 
 }  // namespace
@@ -124,6 +136,28 @@ Status InstallColdBody(Db& db) {
   return Status::Ok();
 }
 
+Result<std::string> ReadColdBody(Db& db, ColdCodec& codec, ConversationId conversation, Seq seq) {
+  Seq first_seq = 0;
+  {
+    Stmt s(db, kBlockCoveringSql);
+    s.BindInt(1, conversation).BindInt(2, seq);
+    if (!s.Step() || s.Int(1) < seq) return Status(ErrorCode::kInternal, kNoBlock);
+    first_seq = s.Int(0);
+  }
+  std::string data;
+  {
+    Stmt s(db, kBlockDataSql);
+    s.BindInt(1, conversation).BindInt(2, first_seq);
+    if (!s.Step()) return Status(ErrorCode::kInternal, kBlockVanished);
+    data = s.Blob(0);
+  }
+  Result<std::vector<ColdEntry>> entries = codec.Unpack(first_seq, data);
+  if (!entries) return entries.error();
+  const ColdEntry* entry = FindEntry(*entries, seq);
+  if (entry == nullptr) return Status(ErrorCode::kInternal, kNotInBlock);
+  return entry->body;
+}
+
 Result<int64_t> DropFromColdBlocks(Db& db, ColdCodec& codec, ConversationId conversation,
                                    const std::vector<Seq>& seqs) {
   // The covering block of each seq, then one rewrite per block.
@@ -138,7 +172,7 @@ Result<int64_t> DropFromColdBlocks(Db& db, ColdCodec& codec, ConversationId conv
     std::sort(drop.begin(), drop.end());
     std::string data;
     {
-      Stmt s(db, "SELECT data FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2");
+      Stmt s(db, kBlockDataSql);
       s.BindInt(1, conversation).BindInt(2, first_seq);
       if (!s.Step()) continue;
       data = s.Blob(0);

@@ -40,6 +40,13 @@ int64_t NewBlockNonce();
 // Installs cold_body on `db`. Fails kInternal if SQLite refuses.
 Status InstallColdBody(Db& db);
 
+// The text of the compacted message (conversation, seq), read and decoded
+// from its block in C++ rather than through cold_body, for a caller that
+// must go on after a missing or corrupt block (a push preview, which is
+// then left out): such a block fails kInternal here without failing a
+// statement. Database errors are recorded in `db` (sticky).
+Result<std::string> ReadColdBody(Db& db, ColdCodec& codec, ConversationId conversation, Seq seq);
+
 // Removes the texts of `seqs` (ascending; messages of `conversation` deleted
 // and being purged) from the blocks that cover them: each such block is
 // decoded, rewritten without them, or deleted once empty. Returns how many

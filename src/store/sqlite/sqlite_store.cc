@@ -3952,15 +3952,29 @@ Result<std::vector<PushJob>> SqliteStore::Writer::ClaimPushJobs(const std::strin
       if (s.Step()) read = s.Int(0);
     }
     j.alert = j.seq > read;
-    Stmt s(*db_,
-           "SELECT m.sender_id, " PARLEY_MESSAGE_BODY("m") ", u.username, u.display_name FROM messages m "
-           "JOIN users u ON u.id = m.sender_id "
-           "WHERE m.conversation_id = ?1 AND m.seq = ?2");
-    s.BindInt(1, j.conversation_id).BindInt(2, j.seq);
-    if (s.Step()) {
-      j.sender_id = s.Int(0);
-      j.sender_display_name = s.Text(3).empty() ? s.Text(2) : s.Text(3);
-      if (j.previews && j.alert) j.preview = s.Text(1);
+    // The body raw, not PARLEY_MESSAGE_BODY: a compacted text is paged in
+    // below, where a block that cannot be read costs the preview only.
+    bool cold = false;
+    {
+      Stmt s(*db_,
+             "SELECT m.sender_id, m.body, u.username, u.display_name, m.cold FROM messages m "
+             "JOIN users u ON u.id = m.sender_id "
+             "WHERE m.conversation_id = ?1 AND m.seq = ?2");
+      s.BindInt(1, j.conversation_id).BindInt(2, j.seq);
+      if (s.Step()) {
+        j.sender_id = s.Int(0);
+        j.sender_display_name = s.Text(3).empty() ? s.Text(2) : s.Text(3);
+        if (j.previews && j.alert) j.preview = s.Text(1);
+        cold = s.Int(4) != 0;
+      }
+    }
+    if (cold && j.previews && j.alert) {
+      Result<std::string> text = sqlite::ReadColdBody(*db_, cold_codec_, j.conversation_id, j.seq);
+      if (text) {
+        j.preview = std::move(text).value();
+      } else {
+        j.preview_error = text.error().ToString();  // (a database error fails the whole batch anyway)
+      }
     }
   }
   return jobs;
