@@ -776,14 +776,7 @@ TEST(PgStoreTest, APushOfAMessageAnotherNodeIsChangingGoesWithoutItsPreview) {
   Must(Append(*store, Msg(c, a.id, da.id, "m2", "still here", 2002)));
   ASSERT_EQ(CompactOnce(*store, 1'000'000).messages, 2);
   auto enqueue = [&](Seq seq, std::vector<DeviceId> skip, int64_t now) {
-    PushRequest req;
-    req.user_id = b.id;
-    req.conversation_id = c;
-    req.seq = seq;
-    req.kind = PushKind::kMessage;
-    req.skip_devices = std::move(skip);
-    req.now = now;
-    req.coalesce_ms = 1;
+    const PushRequest req = MessagePush(b.id, c, seq, now, /*coalesce_ms=*/1, std::move(skip));
     ASSERT_EQ(Must(Await<int>([&](auto cb) { store->EnqueuePush(req, cb); })), 1);
   };
   auto claim = [&](int64_t now) {
@@ -820,16 +813,7 @@ TEST(PgStoreTest, APushOfAMessageAnotherNodeIsChangingGoesWithoutItsPreview) {
              std::to_string(c) + " AND seq = 1");
   other.Exec("COMMIT");
   for (const PushJob& j : jobs) {
-    PushCompletion done;
-    done.device_id = j.device_id;
-    done.node = "node-a";
-    done.version = j.version;
-    done.conversation_id = j.conversation_id;
-    done.seq = j.seq;
-    done.kind = j.kind;
-    done.outcome = PushOutcome::kRetry;
-    done.result = "500";
-    done.now = 10'002;
+    PushCompletion done = CompletionOf(j, "node-a", PushOutcome::kRetry, "500", 10'002);
     done.retry_at = 10'003;
     done.max_attempts = 5;
     ASSERT_TRUE(AwaitStatus([&](auto cb) { store->CompletePush(done, cb); }).ok());

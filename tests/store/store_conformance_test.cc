@@ -3203,13 +3203,7 @@ TEST_P(ColdTierConformance, APushOfACompactedMessagePreviewsItsText) {
       AwaitStatus([&](auto cb) { store().SetPushEndpoint(bob_.id, bob_dev_.id, "webhook", "tok", 1000, cb); }).ok());
   Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "p1", Text(1), 2000)));
   ASSERT_EQ(CompactAllBefore(1'000'000).messages, 1);
-  PushRequest req;
-  req.user_id = bob_.id;
-  req.conversation_id = conv_;
-  req.seq = 1;
-  req.kind = PushKind::kMessage;
-  req.now = 10'000;
-  req.coalesce_ms = 10'000;
+  const PushRequest req = MessagePush(bob_.id, conv_, 1, 10'000, 10'000);
   ASSERT_EQ(Must(Await<int>([&](auto cb) { store().EnqueuePush(req, cb); })), 1);
   std::vector<PushJob> jobs = Must(
       Await<std::vector<PushJob>>([&](auto cb) { store().ClaimPushJobs("node-a", 10'001, 30'000, 10, cb); }));
@@ -3305,13 +3299,7 @@ TEST_P(ColdTierConformance, APushWhoseCompactedTextCannotBePagedInIsClaimedWitho
   ASSERT_EQ(RawSql(fmt::format("DELETE FROM message_blocks WHERE conversation_id = {}", conv_)).size(), 0u);
 
   for (auto [user, conversation] : {std::pair{bob_.id, conv_}, std::pair{carol_.id, with_carol}}) {
-    PushRequest req;
-    req.user_id = user;
-    req.conversation_id = conversation;
-    req.seq = 1;
-    req.kind = PushKind::kMessage;
-    req.now = 10'000;
-    req.coalesce_ms = 10'000;
+    const PushRequest req = MessagePush(user, conversation, 1, 10'000, 10'000);
     ASSERT_EQ(Must(Await<int>([&](auto cb) { store().EnqueuePush(req, cb); })), 1);
   }
   std::vector<PushJob> jobs = Must(
@@ -3336,16 +3324,7 @@ TEST_P(ColdTierConformance, APushWhoseCompactedTextCannotBePagedInIsClaimedWitho
                 store().ClaimPushJobs("node-b", 10'002, 30'000, 10, cb);
               })).empty());
   for (const PushJob& j : jobs) {
-    PushCompletion c;
-    c.device_id = j.device_id;
-    c.node = "node-a";
-    c.version = j.version;
-    c.conversation_id = j.conversation_id;
-    c.seq = j.seq;
-    c.kind = j.kind;
-    c.outcome = PushOutcome::kDelivered;
-    c.result = "200";
-    c.now = 10'003;
+    PushCompletion c = CompletionOf(j, "node-a", PushOutcome::kDelivered, "200", 10'003);
     c.coalesce_ms = 10'000;
     ASSERT_TRUE(AwaitStatus([&](auto cb) { store().CompletePush(c, cb); }).ok());
   }
@@ -3370,14 +3349,7 @@ class PushConformance : public StoreConformance {
   }
   int Enqueue(UserId user, Seq seq, int64_t now, std::vector<DeviceId> skip = {},
               PushKind kind = PushKind::kMessage) {
-    PushRequest r;
-    r.user_id = user;
-    r.conversation_id = conv_;
-    r.seq = seq;
-    r.kind = kind;
-    r.skip_devices = std::move(skip);
-    r.now = now;
-    r.coalesce_ms = kWindow;
+    const PushRequest r = MessagePush(user, conv_, seq, now, kWindow, std::move(skip), kind);
     return Must(Await<int>([&](auto cb) { store().EnqueuePush(r, cb); }));
   }
   std::vector<PushJob> Claim(const std::string& node, int64_t now, int limit = 10) {
@@ -3385,16 +3357,7 @@ class PushConformance : public StoreConformance {
   }
   void Complete(const std::string& node, const PushJob& j, PushOutcome outcome, int64_t now, int64_t retry_at = 0,
                 const std::string& result = "500") {
-    PushCompletion c;
-    c.device_id = j.device_id;
-    c.node = node;
-    c.version = j.version;
-    c.conversation_id = j.conversation_id;
-    c.seq = j.seq;
-    c.kind = j.kind;
-    c.outcome = outcome;
-    c.result = result;
-    c.now = now;
+    PushCompletion c = CompletionOf(j, node, outcome, result, now);
     c.retry_at = retry_at;
     c.max_attempts = 3;
     c.coalesce_ms = kWindow;

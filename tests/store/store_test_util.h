@@ -214,4 +214,35 @@ inline ConversationPage ListConversations(Store& s, UserId user, int64_t before_
       [&](auto cb) { s.ListConversations(user, before_activity, before_id, limit, latest, cb); }));
 }
 
+// A push of message `seq` to `user` (Store::EnqueuePush).
+inline PushRequest MessagePush(UserId user, ConversationId c, Seq seq, int64_t now, int64_t coalesce_ms,
+                               std::vector<DeviceId> skip_devices = {}, PushKind kind = PushKind::kMessage) {
+  PushRequest r;
+  r.user_id = user;
+  r.conversation_id = c;
+  r.seq = seq;
+  r.kind = kind;
+  r.skip_devices = std::move(skip_devices);
+  r.now = now;
+  r.coalesce_ms = coalesce_ms;
+  return r;
+}
+
+// The outcome of claimed job `j`, as `node` reports it (Store::CompletePush);
+// the caller sets what else the case needs (retry_at, max_attempts, ...).
+inline PushCompletion CompletionOf(const PushJob& j, const std::string& node, PushOutcome outcome,
+                                   std::string result, int64_t now) {
+  PushCompletion c;
+  c.device_id = j.device_id;
+  c.node = node;
+  c.version = j.version;
+  c.conversation_id = j.conversation_id;
+  c.seq = j.seq;
+  c.kind = j.kind;
+  c.outcome = outcome;
+  c.result = std::move(result);
+  c.now = now;
+  return c;
+}
+
 }  // namespace parley::store::testing
