@@ -235,6 +235,21 @@ inline void Background(Device& d) {
   ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
 }
 
+// The set-up of most push tests: alice, and bob on a phone registered for
+// pushes (token "tok") and in the background.
+struct AliceAndBobsPhone {
+  Device alice;
+  Device bob;
+};
+inline AliceAndBobsPhone LoginAliceAndBobsBackgroundPhone(ServerProcess& server) {
+  Register(server, "alice");
+  Register(server, "bob");
+  AliceAndBobsPhone users{Login(server, "alice"), Login(server, "bob", "phone")};
+  RegisterPush(users.bob, "tok");
+  Background(users.bob);
+  return users;
+}
+
 inline int64_t SendTo(Device& from, const std::string& to, const std::string& body, const std::string& client_id) {
   auto r = from.conn->Call("send", {{"to", to}, {"client_id", client_id}, {"body", body}});
   EXPECT_TRUE(r.ok) << r.code << ": " << r.message;
