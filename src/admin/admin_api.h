@@ -87,6 +87,7 @@ class AdminApi {
   void OpsEraseUser(const std::string& username, Respond respond);
   void EraseListConversations(std::shared_ptr<UserErase> x, int64_t before_activity, int64_t before_id);
   void EraseMessages(std::shared_ptr<UserErase> x, store::Seq before);
+  void ErasePurge(std::shared_ptr<UserErase> x, int64_t now);
   void EraseCheck(std::shared_ptr<UserErase> x, size_t conversation, store::Seq before);
   // Compliance export (admin_export.cc).
   struct UserExport;

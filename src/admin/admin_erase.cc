@@ -13,9 +13,27 @@
 //    message, and message search forgets them. Each page's deletes are
 //    independent writes that the store commits in shared batches between
 //    other users' writes, so an erase never holds delivery up for long.
-// 3. The check: the same reads again must find no live device, contact,
-//    block or message body of the user left. The answer says what was
-//    removed and `"verified": true` only if nothing is left.
+// 3. The purge, at once (Store::PurgeDeleted up to the time of the last
+//    delete, kErasePurgeBatch tombstones per step, until a step finds no
+//    more): a delete empties the message's row, but a compacted message's
+//    text stays in its cold block, and its edit rows and search rows stay,
+//    until the purge; the retention job would only purge them
+//    --purge-delay-s later (an hour by default), too late for an erasure.
+//    The steps also purge other users' tombstones deleted before then,
+//    which the retention job would purge later: that is harmless (their
+//    delete already hid their texts from every read; the delay only spreads
+//    the purge's work over time), and about as many as the deletes of the
+//    last --purge-delay-s. Each step is one store transaction of its own,
+//    like the retention job's.
+// 4. The check: the same reads again must find no live device, contact,
+//    block or message body of the user left, and the purge's last step no
+//    tombstone due by then left unpurged (so no text of the user is left in
+//    a cold block). The answer says what was removed and `"verified": true`
+//    only if nothing is left.
+//
+// A failed step answers its error; the erase can be run again on the erased
+// name and finishes what is left (its messages step finds only tombstones,
+// its purge takes whatever the failed run left).
 //
 // Kept, by policy: the account's id and its erased name, conversations and
 // memberships (the other members keep their conversation), every seq and
@@ -26,6 +44,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -33,6 +52,8 @@
 
 #include "admin/admin_api.h"
 #include "admin/admin_http.h"
+#include "common/metrics.h"
+#include "core/chat_service.h"
 #include "protocol/message_edits.h"
 
 namespace parley::admin {
@@ -44,6 +65,25 @@ namespace {
 // Conversations and messages read per store call while erasing.
 constexpr int kEraseConversationPage = 200;
 constexpr int kEraseMessagePage = 500;
+// Tombstones per PurgeDeleted step of the erase's purge: the retention job's
+// batch, so one step holds the store no longer than one of the background
+// purge's.
+constexpr int kErasePurgeBatch = core::RetentionConfig::kPurgeBatch;
+
+// The erase's purge is this node's purge too: it counts in the retention
+// job's counters (chat_service.cc registers them with the same help; the
+// first registration's help is the one shown).
+void CountPurge(const store::PurgeProgress& p) {
+  Metrics& m = Metrics::Default();
+  m.GetCounter("parley_purge_messages_total", "Tombstones whose remaining data this node's purge removed")
+      .Inc(p.purged);
+  m.GetCounter("parley_purge_edit_rows_total", "Edit-history rows (message_edits) removed by the purge")
+      .Inc(p.edits_removed);
+  m.GetCounter("parley_purge_search_rows_total", "Message-search index rows removed by the purge")
+      .Inc(p.search_removed);
+  m.GetCounter("parley_purge_cold_texts_total", "Texts of purged tombstones removed from cold blocks by the purge")
+      .Inc(p.cold_removed);
+}
 
 }  // namespace
 
@@ -55,8 +95,11 @@ struct AdminApi::UserErase {
   Respond respond;
   std::mutex mu;  // guards what the page's concurrent deletes update
   int64_t messages_deleted = 0;
+  int64_t last_delete_at = 0;  // the latest `now` of the deletes
   int pending = 0;
   Status first_error;
+  // The purge (no lock: its steps run one after the other).
+  store::PurgeProgress purged;  // summed over the steps; backlog: the last step's
   // Left after the erase (the check).
   int64_t left_bodies = 0;
 };
@@ -91,7 +134,11 @@ void AdminApi::EraseListConversations(std::shared_ptr<UserErase> x, int64_t befo
 // x->conversations[x->next_conversation] below `before` (0: from the
 // newest), then goes on with the next page or conversation; then checks.
 void AdminApi::EraseMessages(std::shared_ptr<UserErase> x, store::Seq before) {
-  if (x->next_conversation == x->conversations.size()) return EraseCheck(x, 0, 0);
+  if (x->next_conversation == x->conversations.size()) {
+    // Due: every tombstone the deletes made (and any the user's messages had
+    // already). max(): a clock stepped back must not leave one out.
+    return ErasePurge(x, std::max(clock_.NowMillis(), x->last_delete_at));
+  }
   const store::ConversationId id = x->conversations[x->next_conversation];
   // Viewer 0: every message, also those the user deleted for themselves.
   store_.History(id, 0, before, kEraseMessagePage, [this, x, id](Result<std::vector<store::MessageRecord>> h) {
@@ -114,6 +161,7 @@ void AdminApi::EraseMessages(std::shared_ptr<UserErase> x, store::Seq before) {
       c.device_id = m.sender_device_id;
       c.now = clock_.NowMillis();
       c.delete_window_ms = std::numeric_limits<int64_t>::max();  // an erase is not bound by the window
+      x->last_delete_at = std::max(x->last_delete_at, c.now);
       deletes.push_back(std::move(c));
     }
     if (deletes.empty()) return after_page();
@@ -133,8 +181,26 @@ void AdminApi::EraseMessages(std::shared_ptr<UserErase> x, store::Seq before) {
   });
 }
 
+// One purge step of every tombstone deleted at or before `now`; the next
+// follows while a step was full and some are left; then checks.
+void AdminApi::ErasePurge(std::shared_ptr<UserErase> x, int64_t now) {
+  store_.PurgeDeleted(now, kErasePurgeBatch, [this, x, now](Result<store::PurgeProgress> r) {
+    if (!r) return x->respond(ErrorResponse(r.error()));
+    CountPurge(*r);
+    x->purged.purged += r->purged;
+    x->purged.edits_removed += r->edits_removed;
+    x->purged.search_removed += r->search_removed;
+    x->purged.cold_removed += r->cold_removed;
+    x->purged.backlog = r->backlog;
+    if (r->purged >= kErasePurgeBatch && r->backlog > 0) return ErasePurge(x, now);
+    EraseCheck(x, 0, 0);
+  });
+}
+
 // The check: reads the user's devices, contacts, blocks and every message
-// again; anything left of the user makes "verified" false.
+// again; anything left of the user makes "verified" false, and so does a
+// tombstone the purge left (on PostgreSQL: one another node's purge held at
+// that moment; a re-run takes it).
 void AdminApi::EraseCheck(std::shared_ptr<UserErase> x, size_t conversation, store::Seq before) {
   if (conversation < x->conversations.size()) {
     const store::ConversationId id = x->conversations[conversation];
@@ -159,10 +225,18 @@ void AdminApi::EraseCheck(std::shared_ptr<UserErase> x, size_t conversation, sto
       store_.ListBlocked(x->user_id, [this, x, devices, contacts](Result<std::vector<store::ProfileRecord>> b) {
         if (!b) return x->respond(ErrorResponse(b.error()));
         const store::EraseResult& a = x->account;
-        json left{{"live_devices", devices}, {"contacts", contacts}, {"blocked", b->size()}, {"message_bodies", x->left_bodies}};
-        const bool verified = devices == 0 && contacts == 0 && b->empty() && x->left_bodies == 0;
-        spdlog::info("event=admin_user_erased user_id={} messages_deleted={} verified={}", x->user_id,
-                     x->messages_deleted, verified);
+        const store::PurgeProgress& p = x->purged;
+        json left{{"live_devices", devices},
+                  {"contacts", contacts},
+                  {"blocked", b->size()},
+                  {"message_bodies", x->left_bodies},
+                  {"tombstones_unpurged", p.backlog}};
+        const bool verified =
+            devices == 0 && contacts == 0 && b->empty() && x->left_bodies == 0 && p.backlog == 0;
+        spdlog::info(
+            "event=admin_user_erased user_id={} messages_deleted={} tombstones_purged={} cold_texts_removed={} "
+            "verified={}",
+            x->user_id, x->messages_deleted, p.purged, p.cold_removed, verified);
         x->respond(JsonResponse(200, json{{"user_id", x->user_id},
                                           {"username", a.erased_username},
                                           {"erased_username", a.username},
@@ -173,7 +247,11 @@ void AdminApi::EraseCheck(std::shared_ptr<UserErase> x, size_t conversation, sto
                                             {"blocks", a.blocks},
                                             {"drafts", a.drafts},
                                             {"stream_events", a.stream_events},
-                                            {"messages_deleted", x->messages_deleted}}},
+                                            {"messages_deleted", x->messages_deleted},
+                                            {"tombstones_purged", p.purged},
+                                            {"cold_texts_removed", p.cold_removed},
+                                            {"edit_rows_removed", p.edits_removed},
+                                            {"search_rows_removed", p.search_removed}}},
                                           {"left", std::move(left)},
                                           {"verified", verified}}));
       });

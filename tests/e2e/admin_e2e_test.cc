@@ -11,11 +11,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "e2e/helpers.h"
+#include "store/cold_block.h"
 
 namespace parley::testing {
 namespace {
@@ -420,6 +423,104 @@ TEST_F(AdminE2E, EraseLeavesOnlyWhatThePolicyKeepsAndVerifiesIt) {
   Register(server_, "ivy");
   Device new_ivy = Login(server_, "ivy");
   EXPECT_NE(new_ivy.user_id, ivy.user_id);
+}
+
+// Every text in the cold blocks of conversation `conv` of `s`'s store, read
+// with the command-line client and decoded with the store's own codec: seq ->
+// text.
+std::map<int64_t, std::string> BlockTexts(const ServerProcess& s, int64_t conv) {
+  const std::string sql = "SELECT first_seq || '|' || " +
+                          std::string(s.postgres_url().empty() ? "hex(data)" : "encode(data, 'hex')") +
+                          " FROM message_blocks WHERE conversation_id = " + std::to_string(conv);
+  const std::string cmd = s.postgres_url().empty()
+                              ? "sqlite3 -readonly '" + s.dir() + "/data/parley.db' \"" + sql + "\""
+                              : "psql '" + s.postgres_url() + "' -tAc \"" + sql + "\"";
+  int rc = 0;
+  const std::string out = Shell(cmd, &rc);
+  EXPECT_EQ(rc, 0) << cmd << ": " << out;
+  std::map<int64_t, std::string> texts;
+  store::ColdCodec codec;
+  std::istringstream lines(out);
+  for (std::string row; std::getline(lines, row);) {
+    const size_t bar = row.find('|');
+    if (bar == std::string::npos) continue;
+    std::string data;
+    for (size_t i = bar + 1; i + 1 < row.size(); i += 2)
+      data.push_back(static_cast<char>(std::stoi(row.substr(i, 2), nullptr, 16)));
+    Result<std::vector<store::ColdEntry>> entries = codec.Unpack(std::stoll(row.substr(0, bar)), data);
+    EXPECT_TRUE(entries.has_value()) << "block " << row.substr(0, bar) << " does not decode";
+    if (!entries) continue;
+    for (store::ColdEntry& e : *entries) texts[e.seq] = std::move(e.body);
+  }
+  return texts;
+}
+
+// An erase of a user some of whose messages are compacted (the cold tier),
+// with the default --purge-delay-s (an hour): the erase purges at once, so
+// when it answers "verified" no text of the user is left in a cold block —
+// neither a message's text, nor the compacted copy of a message they edited
+// afterwards, nor one they had deleted for everyone themselves — and the
+// other member's texts are still there. Runs on SQLite, and on PostgreSQL
+// as admin_e2e_test_postgres.
+TEST(AdminEraseE2E, EraseOfCompactedMessagesLeavesNoTextOfTheUserInAColdBlock) {
+  ServerProcess server({"--admin-token", kToken, "--cold-after-s", "1", "--compact-interval-ms", "50"});
+  Register(server, "ivy");
+  Register(server, "jack");
+  Device ivy = Login(server, "ivy");
+  Device jack = Login(server, "jack");
+  Reply open = ivy.conn->Call("open_conversation", {{"username", "jack"}});
+  ASSERT_TRUE(open.ok) << open.code;
+  const int64_t conv = open.result["conversation"]["conversation_id"];
+  // Seqs 1..20: ivy's the odd ones.
+  constexpr int kMessages = 20;
+  std::map<int64_t, std::string> jacks;
+  for (int i = 1; i <= kMessages; ++i) {
+    Device& from = i % 2 ? ivy : jack;
+    const std::string body = (i % 2 ? "ivy says " : "jack says ") + std::to_string(i);
+    Reply r = from.conn->Call("send", {{"conversation_id", conv}, {"client_id", "c" + std::to_string(i)},
+                                       {"body", body}});
+    ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
+    ASSERT_EQ(r.result["seq"], i);
+    if (i % 2 == 0) jacks[i] = body;
+  }
+  ASSERT_TRUE(Eventually([&] { return StoreCount(server, "SELECT count(*) FROM messages WHERE cold") == kMessages; },
+                         15'000))
+      << "every message compacted";
+  // After the compaction: ivy edits one of hers (the block keeps the old
+  // text) and deletes another for everyone (the block keeps it until the
+  // purge, an hour away).
+  ASSERT_TRUE(ivy.conn->Call("edit_message", {{"conversation_id", conv}, {"seq", 1}, {"client_id", "e1"},
+                                              {"body", "ivy edited 1"}}).ok);
+  ASSERT_TRUE(ivy.conn->Call("delete_message", {{"conversation_id", conv}, {"seq", 3}, {"for", "everyone"}}).ok);
+  int ivys_in_blocks = 0;
+  for (const auto& [seq, text] : BlockTexts(server, conv)) ivys_in_blocks += text.rfind("ivy says ", 0) == 0;
+  ASSERT_EQ(ivys_in_blocks, kMessages / 2) << "before the erase, each of ivy's texts is in a block";
+
+  json erased = AdminOk(server, "user erase ivy --yes");
+  EXPECT_EQ(erased["verified"], true) << erased.dump();
+  EXPECT_EQ(erased["removed"]["messages_deleted"], kMessages / 2 - 1) << "seq 3 was deleted already";
+  EXPECT_EQ(erased["removed"]["tombstones_purged"], kMessages / 2) << erased.dump();
+  EXPECT_EQ(erased["removed"]["cold_texts_removed"], kMessages / 2) << erased.dump();
+  EXPECT_EQ(erased["removed"]["edit_rows_removed"], 1) << erased.dump();
+  EXPECT_EQ(erased["left"]["tombstones_unpurged"], 0) << erased.dump();
+  EXPECT_EQ(BlockTexts(server, conv), jacks) << "only jack's texts are left in the blocks";
+  EXPECT_EQ(MetricValue(HttpGet(server.port(), "/metrics"), "parley_purge_cold_texts_total"), kMessages / 2)
+      << "the erase's purge counts as this node's purge";
+
+  // Jack still reads his texts and ivy's tombstones.
+  Reply history = jack.conn->Call("history", {{"conversation_id", conv}, {"limit", kMessages}});
+  ASSERT_TRUE(history.ok) << history.code;
+  ASSERT_EQ(history.result["messages"].size(), static_cast<size_t>(kMessages));
+  for (const json& m : history.result["messages"]) {
+    const int64_t seq = m["seq"];
+    EXPECT_EQ(m.value("body", ""), seq % 2 ? "" : jacks[seq]) << seq;
+  }
+  // Again on the erased name: nothing more to delete or purge, verified.
+  json again = AdminOk(server, "user erase ~erased-" + std::to_string(ivy.user_id) + " --yes");
+  EXPECT_EQ(again["verified"], true) << again.dump();
+  EXPECT_EQ(again["removed"]["messages_deleted"], 0);
+  EXPECT_EQ(again["removed"]["tombstones_purged"], 0);
+  EXPECT_EQ(again["removed"]["cold_texts_removed"], 0);
 }
 
 TEST_F(AdminE2E, BackupTakenUnderLoadRestoresToAStoreWithEveryAckedMessage) {
