@@ -70,20 +70,6 @@ constexpr int kEraseMessagePage = 500;
 // purge's.
 constexpr int kErasePurgeBatch = core::RetentionConfig::kPurgeBatch;
 
-// The erase's purge is this node's purge too: it counts in the retention
-// job's counters (chat_service.cc registers them with the same help; the
-// first registration's help is the one shown).
-void CountPurge(const store::PurgeProgress& p) {
-  Metrics& m = Metrics::Default();
-  m.GetCounter("parley_purge_messages_total", "Tombstones whose remaining data this node's purge removed")
-      .Inc(p.purged);
-  m.GetCounter("parley_purge_edit_rows_total", "Edit-history rows (message_edits) removed by the purge")
-      .Inc(p.edits_removed);
-  m.GetCounter("parley_purge_search_rows_total", "Message-search index rows removed by the purge")
-      .Inc(p.search_removed);
-  m.GetCounter("parley_purge_cold_texts_total", "Texts of purged tombstones removed from cold blocks by the purge")
-      .Inc(p.cold_removed);
-}
 
 }  // namespace
 
@@ -186,7 +172,7 @@ void AdminApi::EraseMessages(std::shared_ptr<UserErase> x, store::Seq before) {
 void AdminApi::ErasePurge(std::shared_ptr<UserErase> x, int64_t now) {
   store_.PurgeDeleted(now, kErasePurgeBatch, [this, x, now](Result<store::PurgeProgress> r) {
     if (!r) return x->respond(ErrorResponse(r.error()));
-    CountPurge(*r);
+    core::CountPurge(*r);
     x->purged.purged += r->purged;
     x->purged.edits_removed += r->edits_removed;
     x->purged.search_removed += r->search_removed;

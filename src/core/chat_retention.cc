@@ -150,11 +150,8 @@ void ChatService::PurgeStep(bool repeat, std::function<void(int)> done) {
           StepFailed(purge_failures_, "purge_failed", r.error());
         } else {
           count = r->purged;
-          purged_messages_.Inc(r->purged);
-          purged_edits_.Inc(r->edits_removed);
-          purged_search_.Inc(r->search_removed);
+          CountPurge(*r);
           purge_backlog_.Set(r->backlog);
-          purged_cold_.Inc(r->cold_removed);
           full = r->purged >= RetentionConfig::kPurgeBatch;
         }
         if (done) done(count);
@@ -234,6 +231,21 @@ void ChatService::CompactStep(bool repeat, std::function<void(int)> done) {
     if (!repeat || stopping_) return;
     core_.PostAfter(more ? 0 : config_.retention.compact_interval_ms, [this] { CompactStep(/*repeat=*/true, nullptr); });
   }));
+}
+
+void CountPurge(const store::PurgeProgress& p) {
+  static Counter& messages = Metrics::Default().GetCounter("parley_purge_messages_total",
+                                                           "Tombstones whose remaining data this node's purge removed");
+  static Counter& edits = Metrics::Default().GetCounter("parley_purge_edit_rows_total",
+                                                        "Edit-history rows (message_edits) removed by the purge");
+  static Counter& search = Metrics::Default().GetCounter("parley_purge_search_rows_total",
+                                                         "Message-search index rows removed by the purge");
+  static Counter& cold = Metrics::Default().GetCounter(
+      "parley_purge_cold_texts_total", "Texts of purged tombstones removed from cold blocks by the purge");
+  messages.Inc(p.purged);
+  edits.Inc(p.edits_removed);
+  search.Inc(p.search_removed);
+  cold.Inc(p.cold_removed);
 }
 
 }  // namespace parley::core

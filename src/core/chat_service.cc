@@ -90,12 +90,6 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
           "Messages tombstoned by this node's expiry step (disappearing timer or server-wide maximum age)")),
       expiry_failures_(Metrics::Default().GetCounter("parley_expiry_failures_total",
                                                      "Expiry steps that failed (retried later)")),
-      purged_messages_(Metrics::Default().GetCounter("parley_purge_messages_total",
-                                                     "Tombstones whose remaining data this node's purge removed")),
-      purged_edits_(Metrics::Default().GetCounter("parley_purge_edit_rows_total",
-                                                  "Edit-history rows (message_edits) removed by the purge")),
-      purged_search_(Metrics::Default().GetCounter("parley_purge_search_rows_total",
-                                                   "Message-search index rows removed by the purge")),
       purge_failures_(Metrics::Default().GetCounter("parley_purge_failures_total",
                                                     "Purge steps that failed (retried later)")),
       purge_backlog_(Metrics::Default().GetGauge(
@@ -111,8 +105,6 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       cursor_too_old_(Metrics::Default().GetCounter(
           "parley_sync_cursor_too_old_total",
           "sync requests answered cursor_too_old (the cursor is below the user's stream floor)")),
-      purged_cold_(Metrics::Default().GetCounter("parley_purge_cold_texts_total",
-                                                 "Texts of purged tombstones removed from cold blocks by the purge")),
       cold_messages_(Metrics::Default().GetCounter("parley_cold_messages_total",
                                                    "Messages whose text this node's compaction moved into cold blocks")),
       cold_blocks_(Metrics::Default().GetCounter("parley_cold_blocks_total",
@@ -123,6 +115,7 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
           "parley_cold_bytes_after_total", "Bytes of the cold blocks written by this node, after compression")),
       cold_failures_(Metrics::Default().GetCounter("parley_cold_compaction_failures_total",
                                                    "Compaction steps that failed (retried at the next step)")) {
+  CountPurge(store::PurgeProgress{});  // registers the purge counters: every metric exists from the start
   for (RequestType t : protocol::AllRequestTypes())
     requests_.push_back(&Metrics::Default().GetCounter("parley_requests_total", "Requests received, by type",
                                                        fmt::format("type=\"{}\"", protocol::RequestTypeName(t))));

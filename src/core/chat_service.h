@@ -132,6 +132,12 @@ struct RetentionConfig {
   int64_t compact_interval_ms = 60'000;
 };
 
+// Adds a purge step's work to this node's purge counters
+// (parley_purge_messages_total, _edit_rows_total, _search_rows_total,
+// _cold_texts_total): the retention job's steps, and the admin erase's,
+// which purges at once (admin_erase.cc).
+void CountPurge(const store::PurgeProgress& p);
+
 struct CoreConfig {
   PasswordCost password_cost = PasswordCost::kInteractive;
   // Announced in the auth response (each connection gets the interval minus
@@ -450,9 +456,6 @@ class ChatService {
   Gauge& rate_limits_shared_;
   Counter& expired_messages_;
   Counter& expiry_failures_;
-  Counter& purged_messages_;
-  Counter& purged_edits_;
-  Counter& purged_search_;
   Counter& purge_failures_;
   Gauge& purge_backlog_;
   Counter& stream_trimmed_;
@@ -463,7 +466,6 @@ class ChatService {
   // Where the trim pass stands: the last user id a step visited (0: the
   // pass starts again from the first user). Core executor only.
   int64_t trim_after_user_ = 0;
-  Counter& purged_cold_;
   Counter& cold_messages_;
   Counter& cold_blocks_;
   Counter& cold_bytes_before_;
