@@ -52,7 +52,6 @@
 
 #include "admin/admin_api.h"
 #include "admin/admin_http.h"
-#include "common/metrics.h"
 #include "core/chat_service.h"
 #include "protocol/message_edits.h"
 
@@ -69,7 +68,6 @@ constexpr int kEraseMessagePage = 500;
 // batch, so one step holds the store no longer than one of the background
 // purge's.
 constexpr int kErasePurgeBatch = core::RetentionConfig::kPurgeBatch;
-
 
 }  // namespace
 
