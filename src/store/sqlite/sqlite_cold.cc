@@ -49,15 +49,18 @@ struct CachedBlock {
   std::vector<ColdEntry> entries;
 };
 
-struct ColdBodyState {
+// Pages texts in: the covering block of a seq, decoded (from a small cache
+// when its nonce still matches), and the seq's entry in it. cold_body keeps
+// one per connection; ReadColdBody makes one for its single text.
+struct ColdPageIn {
   Db* db = nullptr;
-  ColdCodec codec;
+  ColdCodec* codec = nullptr;
   std::array<CachedBlock, kCachedBlocks> cache;
   size_t next = 0;  // round-robin replacement
 
-  // The decoded block, from the cache when its nonce matches; nullptr (with
-  // `error` set) if it cannot be read or does not decode.
-  const CachedBlock* Decoded(ConversationId conversation, Seq first_seq, int64_t nonce, std::string* error) {
+  // The decoded block, from the cache when its nonce matches. Fails
+  // kInternal if it cannot be read or does not decode.
+  Result<const CachedBlock*> Decoded(ConversationId conversation, Seq first_seq, int64_t nonce) {
     for (const CachedBlock& b : cache) {
       if (b.conversation == conversation && b.first_seq == first_seq && b.nonce == nonce) return &b;
     }
@@ -65,22 +68,42 @@ struct ColdBodyState {
     {
       Stmt s(*db, kBlockDataSql);
       s.BindInt(1, conversation).BindInt(2, first_seq);
-      if (!s.Step()) {
-        *error = kBlockVanished;
-        return nullptr;
-      }
+      if (!s.Step()) return Status(ErrorCode::kInternal, kBlockVanished);
       data = s.Blob(0);
     }
-    Result<std::vector<ColdEntry>> entries = codec.Unpack(first_seq, data);
-    if (!entries) {
-      *error = entries.error().message();
-      return nullptr;
-    }
+    Result<std::vector<ColdEntry>> entries = codec->Unpack(first_seq, data);
+    if (!entries) return entries.error();
     CachedBlock& slot = cache[next];
     next = (next + 1) % cache.size();
     slot = CachedBlock{conversation, first_seq, nonce, std::move(entries).value()};
     return &slot;
   }
+
+  // The compacted text of (conversation, seq), valid until the next call.
+  // Fails kInternal if it has no block, or its block cannot be read, does
+  // not decode or lacks it.
+  Result<const std::string*> Text(ConversationId conversation, Seq seq) {
+    Seq first_seq = 0;
+    int64_t nonce = 0;
+    {
+      Stmt s(*db, kBlockCoveringSql);
+      s.BindInt(1, conversation).BindInt(2, seq);
+      if (!s.Step() || s.Int(1) < seq) return Status(ErrorCode::kInternal, kNoBlock);
+      first_seq = s.Int(0);
+      nonce = s.Int(2);
+    }
+    Result<const CachedBlock*> block = Decoded(conversation, first_seq, nonce);
+    if (!block) return block.error();
+    const ColdEntry* entry = FindEntry((*block)->entries, seq);
+    if (entry == nullptr) return Status(ErrorCode::kInternal, kNotInBlock);
+    return &entry->body;
+  }
+};
+
+// cold_body's state: the page-in state and the codec it uses.
+struct ColdBodyFunction {
+  ColdCodec codec;
+  ColdPageIn state;
 };
 
 void ColdBody(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
@@ -88,33 +111,13 @@ void ColdBody(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
     sqlite3_result_null(ctx);
     return;
   }
-  auto* state = static_cast<ColdBodyState*>(sqlite3_user_data(ctx));
-  const ConversationId conversation = sqlite3_value_int64(argv[0]);
-  const Seq seq = sqlite3_value_int64(argv[1]);
-  Seq first_seq = 0;
-  int64_t nonce = 0;
-  {
-    Stmt s(*state->db, kBlockCoveringSql);
-    s.BindInt(1, conversation).BindInt(2, seq);
-    if (!s.Step() || s.Int(1) < seq) {
-      sqlite3_result_error(ctx, kNoBlock, -1);
-      return;
-    }
-    first_seq = s.Int(0);
-    nonce = s.Int(2);
-  }
-  std::string error;
-  const CachedBlock* block = state->Decoded(conversation, first_seq, nonce, &error);
-  if (block == nullptr) {
-    sqlite3_result_error(ctx, error.c_str(), -1);
+  auto* f = static_cast<ColdBodyFunction*>(sqlite3_user_data(ctx));
+  Result<const std::string*> text = f->state.Text(sqlite3_value_int64(argv[0]), sqlite3_value_int64(argv[1]));
+  if (!text) {
+    sqlite3_result_error(ctx, text.error().message().c_str(), -1);
     return;
   }
-  const ColdEntry* entry = FindEntry(block->entries, seq);
-  if (entry == nullptr) {
-    sqlite3_result_error(ctx, kNotInBlock, -1);
-    return;
-  }
-  sqlite3_result_text64(ctx, entry->body.data(), entry->body.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
+  sqlite3_result_text64(ctx, (*text)->data(), (*text)->size(), SQLITE_TRANSIENT, SQLITE_UTF8);
 }
 
 }  // namespace
@@ -125,37 +128,25 @@ int64_t NewBlockNonce() {
 }
 
 Status InstallColdBody(Db& db) {
-  auto* state = new ColdBodyState;
-  state->db = &db;
+  auto* f = new ColdBodyFunction;
+  f->state.db = &db;
+  f->state.codec = &f->codec;
   // SQLITE_DIRECTONLY: not callable from schema objects (triggers, views);
   // it reads tables, so it is not deterministic either.
   const int rc = sqlite3_create_function_v2(
-      db.handle(), "cold_body", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, state, &ColdBody, nullptr, nullptr,
-      [](void* p) { delete static_cast<ColdBodyState*>(p); });
+      db.handle(), "cold_body", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, f, &ColdBody, nullptr, nullptr,
+      [](void* p) { delete static_cast<ColdBodyFunction*>(p); });
   if (rc != SQLITE_OK) return Status(ErrorCode::kInternal, "cannot install cold_body");
   return Status::Ok();
 }
 
 Result<std::string> ReadColdBody(Db& db, ColdCodec& codec, ConversationId conversation, Seq seq) {
-  Seq first_seq = 0;
-  {
-    Stmt s(db, kBlockCoveringSql);
-    s.BindInt(1, conversation).BindInt(2, seq);
-    if (!s.Step() || s.Int(1) < seq) return Status(ErrorCode::kInternal, kNoBlock);
-    first_seq = s.Int(0);
-  }
-  std::string data;
-  {
-    Stmt s(db, kBlockDataSql);
-    s.BindInt(1, conversation).BindInt(2, first_seq);
-    if (!s.Step()) return Status(ErrorCode::kInternal, kBlockVanished);
-    data = s.Blob(0);
-  }
-  Result<std::vector<ColdEntry>> entries = codec.Unpack(first_seq, data);
-  if (!entries) return entries.error();
-  const ColdEntry* entry = FindEntry(*entries, seq);
-  if (entry == nullptr) return Status(ErrorCode::kInternal, kNotInBlock);
-  return entry->body;
+  ColdPageIn state;
+  state.db = &db;
+  state.codec = &codec;
+  Result<const std::string*> text = state.Text(conversation, seq);
+  if (!text) return text.error();
+  return **text;
 }
 
 Result<int64_t> DropFromColdBlocks(Db& db, ColdCodec& codec, ConversationId conversation,
