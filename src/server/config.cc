@@ -240,6 +240,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_COMMIT_ADAPTIVE_WAIT_US")
       ->check(CLI::Range(0, 100'000))
       ->capture_default_str();
+  app.add_option("--commit-loaded-wait-us", c.store.commit_loaded_wait_us,
+                 "With the adaptive wait: its longest wait while the store's writer is busy most of the time, "
+                 "for a larger commit (0: the wait does not grow with the load)")
+      ->envname("PARLEY_COMMIT_LOADED_WAIT_US")
+      ->check(CLI::Range(0, 100'000))
+      ->capture_default_str();
   std::string store_spec = "sqlite";
   app.add_option("--store", store_spec,
                  "Store: 'sqlite' (a file in --data-dir) or a PostgreSQL URL postgres://... / postgresql://... "

@@ -15,6 +15,10 @@ namespace parley::store {
 // a quieter machine"): at 3,000 msgs/s it halves the commits and takes 18 % of
 // parleyd's CPU per message, for 0.4 ms more median latency.
 inline constexpr int kDefaultCommitAdaptiveWaitUs = 300;
+// Default of StoreConfig::commit_loaded_wait_us (--commit-loaded-wait-us),
+// chosen by measurement (docs/benchmarks.md, "Commits sized to the writer's
+// load"): the longest wait for a group commit while the writer is busy.
+inline constexpr int kDefaultCommitLoadedWaitUs = 2000;
 // SQLite: the WAL size, in pages, at which a background thread checkpoints it
 // (copies its pages back into the database file). 8,192 pages of 4 KiB: 32 MiB.
 inline constexpr int kDefaultSqliteCheckpointPages = 8192;
@@ -41,6 +45,10 @@ struct StoreConfig {
   // ... or, with no fixed deadline, waits at most this long only while commits
   // are small and more writes are arriving (store/commit_pacer.h); 0: never.
   int commit_adaptive_wait_us = kDefaultCommitAdaptiveWaitUs;
+  // ... growing, while the writer is busy most of the time, up to this long
+  // for a batch of up to CommitPacer::kLoadedTargetBatch writes
+  // (store/commit_pacer.h, "Sized to the load"); 0: waits do not grow.
+  int commit_loaded_wait_us = kDefaultCommitLoadedWaitUs;
   // SQLite page cache per connection, KiB.
   int sqlite_cache_kib = 65536;
   // SQLite: checkpoint the WAL on a thread of its own once it holds this many

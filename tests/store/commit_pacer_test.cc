@@ -95,5 +95,78 @@ TEST(CommitPacerTest, TheTargetNeverExceedsTheMaximumBatch) {
   EXPECT_EQ(p.Before(4, t + microseconds(100)).max.count(), 0);
 }
 
+// Feeds the pacer `takes` commits of `batch` writes each, `interval` apart,
+// each running for `ran`: a writer busy ran / interval of the time.
+Clock::time_point FeedBusy(CommitPacer& p, Clock::time_point t, int takes, size_t batch, microseconds interval,
+                           microseconds ran) {
+  for (int i = 0; i < takes; ++i) {
+    t += interval;
+    p.Taken(batch, t);
+    p.Ran(ran);
+  }
+  return t;
+}
+
+TEST(CommitPacerTest, ALightlyLoadedWriterWaitsNoLongerThanTheAdaptiveWait) {
+  CommitPacer p(1000, 0, 300, 2000);
+  // 5,000 writes/s, commits of one, the writer busy 20 % of the time.
+  Clock::time_point t = FeedBusy(p, Clock::time_point{}, 2000, 1, microseconds(200), microseconds(40));
+  EXPECT_NEAR(p.BusyFraction(), 0.2, 0.02);
+  CommitPacer::Wait w = p.Before(1, t + microseconds(200));
+  EXPECT_EQ(w.until_queued, kTarget);
+  EXPECT_EQ(w.max, microseconds(300));
+}
+
+TEST(CommitPacerTest, ABusyWriterWaitsLongerForALargerCommit) {
+  CommitPacer p(1000, 0, 300, 2000);
+  // 20,000 writes/s taken 4 at a time every 200 us, each commit running
+  // 190 us: the writer is busy 95 % of the time, past kLoadedFull.
+  Clock::time_point t = FeedBusy(p, Clock::time_point{}, 2000, 4, microseconds(200), microseconds(190));
+  EXPECT_GT(p.BusyFraction(), CommitPacer::kLoadedFull);
+  CommitPacer::Wait w = p.Before(1, t + microseconds(200));
+  EXPECT_EQ(w.until_queued, CommitPacer::kLoadedTargetBatch);
+  // 63 more at 20 per ms would take 3.15 ms: capped at the loaded wait.
+  EXPECT_EQ(w.max, microseconds(2000));
+  // The same writer without a loaded wait keeps the plain adaptive policy.
+  CommitPacer q(1000, 0, 300, 0);
+  t = FeedBusy(q, Clock::time_point{}, 2000, 4, microseconds(200), microseconds(190));
+  w = q.Before(1, t + microseconds(200));
+  EXPECT_EQ(w.until_queued, kTarget);
+  EXPECT_EQ(w.max, microseconds(300));
+}
+
+TEST(CommitPacerTest, BetweenTheThresholdsTheWaitGrowsWithTheLoad) {
+  CommitPacer p(1000, 0, 300, 2000);
+  // Busy 70 %: halfway from kLoadedFrom (0.5) to kLoadedFull (0.9).
+  Clock::time_point t = FeedBusy(p, Clock::time_point{}, 2000, 1, microseconds(1000), microseconds(700));
+  ASSERT_NEAR(p.BusyFraction(), 0.7, 0.02);
+  // At 1,000 writes/s with one just taken, the first comes within 1 ms.
+  CommitPacer::Wait w = p.Before(1, t + microseconds(10));
+  EXPECT_NEAR(static_cast<double>(w.until_queued), (kTarget + CommitPacer::kLoadedTargetBatch) / 2.0, 1.0);
+  // Halfway between 300 and 2000 us; filling 35 more at 1 per ms would take longer.
+  EXPECT_NEAR(static_cast<double>(std::chrono::duration_cast<microseconds>(w.max).count()), 1150, 60);
+}
+
+TEST(CommitPacerTest, WhenTheLoadFallsTheWaitShrinksBackToTheAdaptiveOne) {
+  CommitPacer p(1000, 0, 300, 2000);
+  Clock::time_point t = FeedBusy(p, Clock::time_point{}, 2000, 4, microseconds(200), microseconds(190));
+  ASSERT_EQ(p.Before(1, t + microseconds(200)).until_queued, CommitPacer::kLoadedTargetBatch);
+  // Then half a second of light load: 10,000 writes/s in commits of two,
+  // each running 20 us (busy 10 %).
+  t = FeedBusy(p, t, 2500, 2, microseconds(200), microseconds(20));
+  EXPECT_LT(p.BusyFraction(), CommitPacer::kLoadedFrom);
+  CommitPacer::Wait w = p.Before(1, t + microseconds(200));
+  EXPECT_EQ(w.until_queued, kTarget);
+  EXPECT_EQ(w.max, microseconds(300));
+}
+
+TEST(CommitPacerTest, TheLoadedTargetNeverExceedsTheMaximumBatch) {
+  CommitPacer p(16, 0, 300, 2000);
+  Clock::time_point t = FeedBusy(p, Clock::time_point{}, 2000, 4, microseconds(200), microseconds(190));
+  CommitPacer::Wait w = p.Before(1, t + microseconds(200));
+  EXPECT_EQ(w.until_queued, 16u);
+  EXPECT_EQ(p.Before(16, t + microseconds(200)).max.count(), 0);
+}
+
 }  // namespace
 }  // namespace parley::store

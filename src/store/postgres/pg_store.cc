@@ -2932,6 +2932,7 @@ PostgresStore::PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> 
     : max_batch_(std::max(1, config.commit_max_batch)),
       deadline_us_(std::max(0, config.commit_deadline_us)),
       adaptive_wait_us_(std::max(0, config.commit_adaptive_wait_us)),
+      loaded_wait_us_(std::max(0, config.commit_loaded_wait_us)),
       writer_(std::move(writer)),
       readers_(std::move(readers)),
       commits_total_(Metrics::Default().GetCounter("parley_store_commits_total", "Store transactions committed.")),
@@ -3013,7 +3014,7 @@ void PostgresStore::SubmitRead(std::function<Result<T>(Reader&)> body, Callback<
 void PostgresStore::RunWriter() {
   std::vector<std::unique_ptr<WriteOp>> batch;
   const size_t max_batch = static_cast<size_t>(max_batch_);
-  CommitPacer pacer(max_batch_, deadline_us_, adaptive_wait_us_);
+  CommitPacer pacer(max_batch_, deadline_us_, adaptive_wait_us_, loaded_wait_us_);
   for (;;) {
     {
       std::unique_lock lock(write_mu_);
@@ -3049,6 +3050,7 @@ void PostgresStore::RunWriter() {
     auto start = std::chrono::steady_clock::now();
     Status status = writer_->CommitBatch(batch);
     std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    pacer.Ran(std::chrono::duration_cast<CommitPacer::Clock::duration>(took));
     writer_statements_.store(writer_->statements(), std::memory_order_relaxed);
     commit_batch_size_.Observe(static_cast<double>(batch.size()));
     if (status.ok()) {

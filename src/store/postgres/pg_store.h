@@ -193,6 +193,7 @@ class PostgresStore final : public Store {
   const int max_batch_;
   const int deadline_us_;
   const int adaptive_wait_us_;
+  const int loaded_wait_us_;
   std::unique_ptr<Writer> writer_;                 // used only by writer_thread_
   std::vector<std::unique_ptr<Reader>> readers_;  // readers_[i] used only by reader_threads_[i]
 

@@ -3128,6 +3128,7 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
       max_batch_(std::max(1, config.commit_max_batch)),
       deadline_us_(std::max(0, config.commit_deadline_us)),
       adaptive_wait_us_(std::max(0, config.commit_adaptive_wait_us)),
+      loaded_wait_us_(std::max(0, config.commit_loaded_wait_us)),
       writer_(std::move(writer)),
       reader_(std::move(reader)),
       checkpoint_pages_(checkpoint_db != nullptr ? config.sqlite_checkpoint_pages : 0),
@@ -3339,7 +3340,7 @@ void SqliteStore::SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T>
 void SqliteStore::RunWriter() {
   std::vector<std::unique_ptr<WriteOp>> batch;
   const size_t max_batch = static_cast<size_t>(max_batch_);
-  CommitPacer pacer(max_batch_, deadline_us_, adaptive_wait_us_);
+  CommitPacer pacer(max_batch_, deadline_us_, adaptive_wait_us_, loaded_wait_us_);
   for (;;) {
     {
       std::unique_lock lock(write_mu_);
@@ -3375,6 +3376,7 @@ void SqliteStore::RunWriter() {
     auto start = std::chrono::steady_clock::now();
     Status status = writer_->CommitBatch(batch);
     std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    pacer.Ran(std::chrono::duration_cast<CommitPacer::Clock::duration>(took));
     commit_batch_size_.Observe(static_cast<double>(batch.size()));
     if (status.ok()) {
       commits_.fetch_add(1, std::memory_order_relaxed);

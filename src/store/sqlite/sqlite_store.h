@@ -208,6 +208,7 @@ class SqliteStore final : public Store {
   const int max_batch_;
   const int deadline_us_;
   const int adaptive_wait_us_;
+  const int loaded_wait_us_;
   std::unique_ptr<Writer> writer_;  // used only by writer_thread_
   std::unique_ptr<Reader> reader_;  // used only by reader_thread_
   const int checkpoint_pages_;      // 0: no checkpointer; the writer checkpoints (SQLite's default)
