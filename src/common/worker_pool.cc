@@ -1,9 +1,18 @@
 #include "common/worker_pool.h"
 
+#include <string>
+
+#include "common/this_thread.h"
+
 namespace parley {
 
 WorkerPool::WorkerPool(int threads) {
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this, i] {
+      SetCurrentThreadName("hash/" + std::to_string(i));
+      Run();
+    });
+  }
 }
 
 WorkerPool::~WorkerPool() {

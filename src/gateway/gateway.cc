@@ -58,6 +58,7 @@
 #include <unordered_set>
 
 #include "common/metrics.h"
+#include "common/this_thread.h"
 #include "core/chat_service.h"
 #include "gateway/ws_write.h"
 #include "net/tls_fingerprint.h"
@@ -851,8 +852,21 @@ Status Gateway::Start(core::ChatService* chat, HttpHandler http) {
 uint16_t Gateway::BoundPort() const { return impl_->bound_port; }
 
 void Gateway::Run() {
+  const bool batch = impl_->cfg.io_sched_batch;
+  auto use_batch = [batch] {
+    if (!batch) return;
+    if (Status s = UseBatchScheduling(); !s.ok()) spdlog::warn("event=io_sched_batch_failed error=\"{}\"", s.message());
+  };
+  // The policy before the name: a thread that shows its name has its policy.
+  use_batch();
   std::vector<std::thread> threads;
-  for (size_t i = 1; i < impl_->contexts.size(); ++i) threads.emplace_back([this, i] { impl_->contexts[i].run(); });
+  for (size_t i = 1; i < impl_->contexts.size(); ++i) {
+    threads.emplace_back([this, i, use_batch] {
+      use_batch();
+      SetCurrentThreadName("io/" + std::to_string(i));
+      impl_->contexts[i].run();
+    });
+  }
   impl_->contexts[0].run();
   for (auto& t : threads) t.join();
 }

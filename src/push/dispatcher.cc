@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "common/this_thread.h"
+
 namespace parley::push {
 
 namespace {
@@ -63,6 +65,7 @@ void PushDispatcher::Start() {
     ScheduleTimer();
   });
   thread_ = std::thread([this] {
+    SetCurrentThreadName("push");
     auto guard = boost::asio::make_work_guard(io_);
     io_.run();
   });

@@ -52,6 +52,11 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_IO_THREADS")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
+  app.add_option("--io-sched-batch", c.gateway.io_sched_batch,
+                 "Run the I/O threads under SCHED_BATCH, so that an arriving frame does not preempt the store's "
+                 "writer on a shared core (true/false)")
+      ->envname("PARLEY_IO_SCHED_BATCH")
+      ->capture_default_str();
   app.add_option("--hash-threads", c.hash_threads, "Threads for password hashing (Argon2id)")
       ->envname("PARLEY_HASH_THREADS")
       ->check(CLI::Range(1, 64))

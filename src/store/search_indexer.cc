@@ -8,6 +8,8 @@
 #include <chrono>
 #include <optional>
 
+#include "common/this_thread.h"
+
 namespace parley::store {
 
 SearchIndexer::SearchIndexer(Store& store, const Clock& clock, SearchIndexerConfig config)
@@ -27,7 +29,10 @@ SearchIndexer::SearchIndexer(Store& store, const Clock& clock, SearchIndexerConf
 SearchIndexer::~SearchIndexer() { Stop(); }
 
 void SearchIndexer::Start() {
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    SetCurrentThreadName("search-index");
+    Run();
+  });
 }
 
 void SearchIndexer::Stop() {

@@ -3,8 +3,14 @@
 // with nothing lost (docs/protocol.md, close code 4003).
 #include <gtest/gtest.h>
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
 #include <thread>
 
 #include "e2e/helpers.h"
@@ -275,6 +281,51 @@ TEST(OverloadE2E, QueuedReceiptsAreNotMergedPastAWithheldList) {
   EXPECT_EQ(last_delivered, kCount + 2);
   // The connection was behind: later receipts were merged (after the list).
   EXPECT_GE(MetricValue(HttpGet(server.port(), "/metrics"), "parley_coalesced_receipts_total"), 1);
+}
+
+// parleyd's threads by name (/proc/PID/task/*/comm) with their scheduling
+// policy (sched_getscheduler).
+std::map<std::string, int> ThreadPolicies(pid_t pid) {
+  std::map<std::string, int> policies;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
+    std::ifstream in(task.path() / "comm");
+    std::string name;
+    std::getline(in, name);
+    policies[name] = sched_getscheduler(std::stoi(task.path().filename().string()));
+  }
+  return policies;
+}
+
+// ThreadPolicies once parleyd's event loops run (the port file is written
+// before they start; the gateway sets a thread's policy before its name).
+std::map<std::string, int> RunningThreadPolicies(pid_t pid) {
+  std::map<std::string, int> policies;
+  for (int i = 0; i < 500; ++i) {
+    policies = ThreadPolicies(pid);
+    if (policies.count("io/1") != 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return policies;
+}
+
+// A frame arriving must not preempt the store's writer mid-commit on a
+// shared core: the I/O threads run under SCHED_BATCH, the store's threads
+// under the normal policy (docs/benchmarks.md, "I/O threads that do not
+// preempt the writer"). The option turns it off.
+TEST(SchedulingE2E, TheIoThreadsRunUnderSchedBatchAndTheStoresDoNot) {
+  ServerProcess server;  // with --io-threads 2
+  std::map<std::string, int> policies = RunningThreadPolicies(server.pid());
+  ASSERT_TRUE(policies.count("parleyd")) << "the main thread runs the first event loop";
+  ASSERT_TRUE(policies.count("io/1"));
+  ASSERT_TRUE(policies.count("store-writer"));
+  EXPECT_EQ(policies["parleyd"], SCHED_BATCH);
+  EXPECT_EQ(policies["io/1"], SCHED_BATCH);
+  EXPECT_EQ(policies["store-writer"], SCHED_OTHER);
+
+  ServerProcess normal({"--io-sched-batch", "false"});
+  policies = RunningThreadPolicies(normal.pid());
+  EXPECT_EQ(policies["parleyd"], SCHED_OTHER);
+  EXPECT_EQ(policies["io/1"], SCHED_OTHER);
 }
 
 }  // namespace

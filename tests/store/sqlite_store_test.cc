@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <iterator>
 #include <limits>
 #include <memory>
@@ -855,6 +856,29 @@ TEST(SqliteStoreTest, CheckpointsTheWalInTheBackgroundAndKeepsItBounded) {
 // The checkpointer gives up the core after every N pages it copies
 // (--sqlite-checkpoint-yield-pages), and only the checkpointer: the writer's
 // own small checkpoints and its commits never yield. With N = 0 it never does.
+// The names of this process's threads, as /proc shows them.
+std::vector<std::string> ThreadNames() {
+  std::vector<std::string> names;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream in(task.path() / "comm");
+    std::string name;
+    std::getline(in, name);
+    names.push_back(name);
+  }
+  return names;
+}
+
+TEST(SqliteStoreTest, ItsThreadsAreNamedForTopAndPerf) {
+  TempDir dir;
+  StoreConfig config;
+  config.sqlite_path = dir.path() + "/parley.db";
+  std::unique_ptr<SqliteStore> store = std::move(SqliteStore::Open(config)).value();
+  const std::vector<std::string> names = ThreadNames();
+  for (const char* name : {"store-writer", "store-reader", "store-ckpt"}) {
+    EXPECT_EQ(std::count(names.begin(), names.end(), name), 1) << name;
+  }
+}
+
 TEST(SqliteStoreTest, TheCheckpointerYieldsBetweenThePagesItCopies) {
   Counter& background = Metrics::Default().GetCounter("parley_store_checkpoints_total", "");
   Counter& yields = Metrics::Default().GetCounter("parley_store_checkpoint_yields_total", "");

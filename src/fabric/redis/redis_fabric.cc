@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "common/metrics.h"
+#include "common/this_thread.h"
 #include "fabric/local/local_fabric.h"
 
 namespace parley::fabric {
@@ -708,7 +709,10 @@ Result<std::unique_ptr<RedisFabric>> RedisFabric::Start(RedisFabricConfig config
   auto impl = std::make_unique<Impl>(std::move(config));
   Impl* p = impl.get();
   std::unique_ptr<RedisFabric> fabric(new RedisFabric(std::move(impl)));
-  p->thread = std::thread([p] { p->io.run(); });
+  p->thread = std::thread([p] {
+    SetCurrentThreadName("redis-fabric");
+    p->io.run();
+  });
   net::post(p->io, [p] {
     p->Connect(p->cmd);
     p->Connect(p->sub);

@@ -201,6 +201,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "common/this_thread.h"
 #include "protocol/message_edits.h"
 #include "store/auth_read.h"
 #include "store/change_events.h"
@@ -2949,10 +2950,16 @@ PostgresStore::PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> 
                                                       {10, 20, 50, 100, 200, 500, 1000, 5000, 10000, 100000})),
       queue_depth_(Metrics::Default().GetGauge("parley_store_queue_depth", "Write operations queued in the store.")) {
   readers_running_ = static_cast<int>(readers_.size());
-  writer_thread_ = std::thread([this] { RunWriter(); });
+  writer_thread_ = std::thread([this] {
+    SetCurrentThreadName("store-writer");
+    RunWriter();
+  });
   for (auto& reader : readers_) {
     Reader* r = reader.get();
-    reader_threads_.emplace_back([this, r] { RunReader(*r); });
+    reader_threads_.emplace_back([this, r, i = reader_threads_.size()] {
+      SetCurrentThreadName("store-reader/" + std::to_string(i));
+      RunReader(*r);
+    });
   }
 }
 

@@ -251,6 +251,7 @@
 #include <sqlite3.h>
 #include <spdlog/spdlog.h>
 
+#include "common/this_thread.h"
 #include "protocol/message_edits.h"
 #include "store/auth_read.h"
 #include "store/change_events.h"
@@ -3166,10 +3167,19 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
   if (checkpoint_pages_ > 0) {
     // Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
     sqlite3_wal_hook(writer_->handle(), &SqliteStore::OnWalCommit, this);
-    checkpoint_thread_ = std::thread([this] { RunCheckpointer(); });
+    checkpoint_thread_ = std::thread([this] {
+      SetCurrentThreadName("store-ckpt");
+      RunCheckpointer();
+    });
   }
-  writer_thread_ = std::thread([this] { RunWriter(); });
-  reader_thread_ = std::thread([this] { RunReader(); });
+  writer_thread_ = std::thread([this] {
+    SetCurrentThreadName("store-writer");
+    RunWriter();
+  });
+  reader_thread_ = std::thread([this] {
+    SetCurrentThreadName("store-reader");
+    RunReader();
+  });
 }
 
 SqliteStore::~SqliteStore() {
@@ -3690,6 +3700,7 @@ void SqliteStore::Backup(std::string path, Callback<BackupResult> done) {
   if (backup_thread_.joinable()) backup_thread_.join();
   backup_running_ = true;
   backup_thread_ = std::thread([this, path = std::move(path), done = std::move(done)] {
+    SetCurrentThreadName("store-backup");
     Result<BackupResult> r = sqlite::BackupFile(source_path_, path);
     {
       std::lock_guard finished(backup_mu_);

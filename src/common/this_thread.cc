@@ -1,0 +1,28 @@
+#include "common/this_thread.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <cstring>
+#include <string>
+
+#include <fmt/format.h>
+
+namespace parley {
+
+void SetCurrentThreadName(std::string_view name) {
+  const std::string cut(name.substr(0, kMaxThreadName));
+  // Fails only for a name too long, which the cut rules out.
+  pthread_setname_np(pthread_self(), cut.c_str());
+}
+
+Status UseBatchScheduling() {
+  sched_param param{};
+  param.sched_priority = 0;
+  if (int rc = pthread_setschedparam(pthread_self(), SCHED_BATCH, &param); rc != 0) {
+    return Status(ErrorCode::kInternal, fmt::format("cannot use SCHED_BATCH: {}", std::strerror(rc)));
+  }
+  return Status::Ok();
+}
+
+}  // namespace parley

@@ -1,0 +1,26 @@
+// Settings of the calling thread.
+#pragma once
+
+#include <cstddef>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace parley {
+
+// Linux keeps at most this many bytes of a thread's name.
+inline constexpr size_t kMaxThreadName = 15;
+
+// Names the calling thread, as `top -H`, `ps -L`, `perf report --sort comm`
+// and gdb show it; a name longer than kMaxThreadName is cut. Never used on
+// the main thread, whose name is the process's (what `pgrep parleyd`
+// matches).
+void SetCurrentThreadName(std::string_view name);
+
+// Puts the calling thread under SCHED_BATCH (sched(7)): same priority and
+// nice value, but when it wakes it does not preempt the thread running on
+// its core; it runs when that one blocks or its slice ends. Threads it
+// creates afterwards inherit the policy. Needs no privilege.
+Status UseBatchScheduling();
+
+}  // namespace parley
