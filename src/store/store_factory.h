@@ -18,7 +18,7 @@ inline constexpr int kDefaultCommitAdaptiveWaitUs = 300;
 // Default of StoreConfig::commit_loaded_wait_us (--commit-loaded-wait-us),
 // chosen by measurement (docs/benchmarks.md, "Commits sized to the writer's
 // load"): the longest wait for a group commit while the writer is busy.
-inline constexpr int kDefaultCommitLoadedWaitUs = 2000;
+inline constexpr int kDefaultCommitLoadedWaitUs = 1000;
 // SQLite: the WAL size, in pages, at which a background thread checkpoints it
 // (copies its pages back into the database file). 8,192 pages of 4 KiB: 32 MiB.
 inline constexpr int kDefaultSqliteCheckpointPages = 8192;
