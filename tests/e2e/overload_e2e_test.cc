@@ -297,12 +297,13 @@ std::map<std::string, int> ThreadPolicies(pid_t pid) {
 }
 
 // ThreadPolicies once parleyd's event loops run (the port file is written
-// before they start; the gateway sets a thread's policy before its name).
+// before they start; the gateway sets a thread's policy before its name)
+// and the store's writer has named itself.
 std::map<std::string, int> RunningThreadPolicies(pid_t pid) {
   std::map<std::string, int> policies;
   for (int i = 0; i < 500; ++i) {
     policies = ThreadPolicies(pid);
-    if (policies.count("io/1") != 0) break;
+    if (policies.count("io/1") != 0 && policies.count("store-writer") != 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return policies;

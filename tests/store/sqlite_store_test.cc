@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/metrics.h"
@@ -873,10 +874,18 @@ TEST(SqliteStoreTest, ItsThreadsAreNamedForTopAndPerf) {
   StoreConfig config;
   config.sqlite_path = dir.path() + "/parley.db";
   std::unique_ptr<SqliteStore> store = std::move(SqliteStore::Open(config)).value();
-  const std::vector<std::string> names = ThreadNames();
-  for (const char* name : {"store-writer", "store-reader", "store-ckpt"}) {
-    EXPECT_EQ(std::count(names.begin(), names.end(), name), 1) << name;
+  // Each thread names itself as it starts, which may be just after Open.
+  const std::vector<std::string> wanted = {"store-writer", "store-reader", "store-ckpt"};
+  std::vector<std::string> names;
+  for (int i = 0; i < 500; ++i) {
+    names = ThreadNames();
+    if (std::all_of(wanted.begin(), wanted.end(),
+                    [&](const std::string& w) { return std::count(names.begin(), names.end(), w) > 0; })) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  for (const std::string& name : wanted) EXPECT_EQ(std::count(names.begin(), names.end(), name), 1) << name;
 }
 
 TEST(SqliteStoreTest, TheCheckpointerYieldsBetweenThePagesItCopies) {
