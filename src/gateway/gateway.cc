@@ -852,17 +852,14 @@ Status Gateway::Start(core::ChatService* chat, HttpHandler http) {
 uint16_t Gateway::BoundPort() const { return impl_->bound_port; }
 
 void Gateway::Run() {
-  const bool batch = impl_->cfg.io_sched_batch;
-  auto use_batch = [batch] {
-    if (!batch) return;
+  // Set before the other I/O threads start: they inherit it (so a thread
+  // that shows its name has its policy).
+  if (impl_->cfg.io_sched_batch) {
     if (Status s = UseBatchScheduling(); !s.ok()) spdlog::warn("event=io_sched_batch_failed error=\"{}\"", s.message());
-  };
-  // The policy before the name: a thread that shows its name has its policy.
-  use_batch();
+  }
   std::vector<std::thread> threads;
   for (size_t i = 1; i < impl_->contexts.size(); ++i) {
-    threads.emplace_back([this, i, use_batch] {
-      use_batch();
+    threads.emplace_back([this, i] {
       SetCurrentThreadName("io/" + std::to_string(i));
       impl_->contexts[i].run();
     });

@@ -107,6 +107,12 @@ Clock::time_point FeedBusy(CommitPacer& p, Clock::time_point t, int takes, size_
   return t;
 }
 
+// A writer busy 95 % of the time (past kLoadedFull): 20,000 writes/s taken
+// 4 at a time every 200 us, each commit running 190 us.
+Clock::time_point FeedBusyWriter(CommitPacer& p) {
+  return FeedBusy(p, Clock::time_point{}, 2000, 4, microseconds(200), microseconds(190));
+}
+
 TEST(CommitPacerTest, ALightlyLoadedWriterWaitsNoLongerThanTheAdaptiveWait) {
   CommitPacer p(1000, 0, 300, 2000);
   // 5,000 writes/s, commits of one, the writer busy 20 % of the time.
@@ -119,9 +125,7 @@ TEST(CommitPacerTest, ALightlyLoadedWriterWaitsNoLongerThanTheAdaptiveWait) {
 
 TEST(CommitPacerTest, ABusyWriterWaitsLongerForALargerCommit) {
   CommitPacer p(1000, 0, 300, 2000);
-  // 20,000 writes/s taken 4 at a time every 200 us, each commit running
-  // 190 us: the writer is busy 95 % of the time, past kLoadedFull.
-  Clock::time_point t = FeedBusy(p, Clock::time_point{}, 2000, 4, microseconds(200), microseconds(190));
+  Clock::time_point t = FeedBusyWriter(p);
   EXPECT_GT(p.BusyFraction(), CommitPacer::kLoadedFull);
   CommitPacer::Wait w = p.Before(1, t + microseconds(200));
   EXPECT_EQ(w.until_queued, CommitPacer::kLoadedTargetBatch);
@@ -129,7 +133,7 @@ TEST(CommitPacerTest, ABusyWriterWaitsLongerForALargerCommit) {
   EXPECT_EQ(w.max, microseconds(2000));
   // The same writer without a loaded wait keeps the plain adaptive policy.
   CommitPacer q(1000, 0, 300, 0);
-  t = FeedBusy(q, Clock::time_point{}, 2000, 4, microseconds(200), microseconds(190));
+  t = FeedBusyWriter(q);
   w = q.Before(1, t + microseconds(200));
   EXPECT_EQ(w.until_queued, kTarget);
   EXPECT_EQ(w.max, microseconds(300));
@@ -149,7 +153,7 @@ TEST(CommitPacerTest, BetweenTheThresholdsTheWaitGrowsWithTheLoad) {
 
 TEST(CommitPacerTest, WhenTheLoadFallsTheWaitShrinksBackToTheAdaptiveOne) {
   CommitPacer p(1000, 0, 300, 2000);
-  Clock::time_point t = FeedBusy(p, Clock::time_point{}, 2000, 4, microseconds(200), microseconds(190));
+  Clock::time_point t = FeedBusyWriter(p);
   ASSERT_EQ(p.Before(1, t + microseconds(200)).until_queued, CommitPacer::kLoadedTargetBatch);
   // Then half a second of light load: 10,000 writes/s in commits of two,
   // each running 20 us (busy 10 %).
@@ -162,7 +166,7 @@ TEST(CommitPacerTest, WhenTheLoadFallsTheWaitShrinksBackToTheAdaptiveOne) {
 
 TEST(CommitPacerTest, TheLoadedTargetNeverExceedsTheMaximumBatch) {
   CommitPacer p(16, 0, 300, 2000);
-  Clock::time_point t = FeedBusy(p, Clock::time_point{}, 2000, 4, microseconds(200), microseconds(190));
+  Clock::time_point t = FeedBusyWriter(p);
   CommitPacer::Wait w = p.Before(1, t + microseconds(200));
   EXPECT_EQ(w.until_queued, 16u);
   EXPECT_EQ(p.Before(16, t + microseconds(200)).max.count(), 0);

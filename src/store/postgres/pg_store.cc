@@ -3056,8 +3056,9 @@ void PostgresStore::RunWriter() {
     }
     auto start = std::chrono::steady_clock::now();
     Status status = writer_->CommitBatch(batch);
-    std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    pacer.Ran(std::chrono::duration_cast<CommitPacer::Clock::duration>(took));
+    const auto ran = std::chrono::steady_clock::now() - start;
+    pacer.Ran(ran);
+    const std::chrono::duration<double> took = ran;
     writer_statements_.store(writer_->statements(), std::memory_order_relaxed);
     commit_batch_size_.Observe(static_cast<double>(batch.size()));
     if (status.ok()) {

@@ -3385,8 +3385,9 @@ void SqliteStore::RunWriter() {
     }
     auto start = std::chrono::steady_clock::now();
     Status status = writer_->CommitBatch(batch);
-    std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    pacer.Ran(std::chrono::duration_cast<CommitPacer::Clock::duration>(took));
+    const auto ran = std::chrono::steady_clock::now() - start;
+    pacer.Ran(ran);
+    const std::chrono::duration<double> took = ran;
     commit_batch_size_.Observe(static_cast<double>(batch.size()));
     if (status.ok()) {
       commits_.fetch_add(1, std::memory_order_relaxed);
