@@ -408,6 +408,7 @@ class Fleet : public Handler {
   std::vector<Stream> streams;
   Stats stats;
   bool receipts = false;        // recipients send delivered and read receipts
+  bool separate_receipts = false;  // ... as two requests per message, not one
   bool heartbeats = false;
   bool reconnect_cycle = false; // reconnects scenario: drop after auth, connect again
   std::vector<size_t> cycle_tokens_next;  // per device: next token to use
@@ -800,17 +801,16 @@ class Fleet : public Handler {
       if (receipts && live) {
         int64_t seq = GetInt(m, "seq");
         int64_t conv = GetInt(m, "conversation_id");
-        char buf[256];
-        int n = std::snprintf(buf, sizeof buf,
-                              R"({"v":1,"id":%lld,"type":"receipt","items":[{"conversation_id":%lld,"delivered":%lld}]})",
-                              static_cast<long long>(d.conn.next_id), static_cast<long long>(conv), static_cast<long long>(seq));
-        d.pending[d.conn.next_id++] = {Req::kReceipt, 0};
-        loop_.Send(d.conn, std::string_view(buf, static_cast<size_t>(n)));
-        n = std::snprintf(buf, sizeof buf,
-                          R"({"v":1,"id":%lld,"type":"receipt","items":[{"conversation_id":%lld,"read":%lld}]})",
-                          static_cast<long long>(d.conn.next_id), static_cast<long long>(conv), static_cast<long long>(seq));
-        d.pending[d.conn.next_id++] = {Req::kReceipt, 0};
-        loop_.Send(d.conn, std::string_view(buf, static_cast<size_t>(n)));
+        // Like the SDK (StartReceipts): what was stored and read since the
+        // last request goes out as one item, delivered and read together;
+        // --separate-receipts sends them as two requests, as the figures
+        // before 2026-11-30 did.
+        if (separate_receipts) {
+          SendReceipt(d, conv, seq, 0);
+          SendReceipt(d, conv, 0, seq);
+        } else {
+          SendReceipt(d, conv, seq, seq);
+        }
       }
     } else if (kind == "receipt" && receipts) {
       if (GetInt(ev, "user_id") == d.user_id) return;
@@ -823,6 +823,18 @@ class Fleet : public Handler {
         d.unconfirmed.erase(d.unconfirmed.begin());
       }
     }
+  }
+
+  // One `receipt` request with one item; a watermark of 0 is left out.
+  void SendReceipt(Device& d, int64_t conv, int64_t delivered, int64_t read) {
+    char buf[256];
+    int n = std::snprintf(buf, sizeof buf, R"({"v":1,"id":%lld,"type":"receipt","items":[{"conversation_id":%lld)",
+                          static_cast<long long>(d.conn.next_id), static_cast<long long>(conv));
+    if (delivered > 0) n += std::snprintf(buf + n, sizeof buf - static_cast<size_t>(n), R"(,"delivered":%lld)", static_cast<long long>(delivered));
+    if (read > 0) n += std::snprintf(buf + n, sizeof buf - static_cast<size_t>(n), R"(,"read":%lld)", static_cast<long long>(read));
+    n += std::snprintf(buf + n, sizeof buf - static_cast<size_t>(n), "}]}");
+    d.pending[d.conn.next_id++] = {Req::kReceipt, 0};
+    loop_.Send(d.conn, std::string_view(buf, static_cast<size_t>(n)));
   }
 
   void RecordRtt(Msg& m, int64_t now) {
@@ -1076,6 +1088,7 @@ struct Opts {
   std::string rates = "10000";
   double warmup_s = 2, duration_s = 10, drain_s = 5;
   bool receipts = true;
+  bool separate_receipts = false;  // delivered and read as two requests (the figures before 2026-11-30)
   size_t connections = 10000;  // idle
   size_t per_process = 0;      // idle: connections per worker (0: as the file limit allows)
   double hold_s = 8;           // idle
@@ -1108,6 +1121,7 @@ json ScenarioThroughput(const Common& c, std::vector<Server>& nodes, const Opts&
   Fleet f(s.port);
   f.ports = ClusterPorts(nodes);
   f.receipts = o.receipts;
+  f.separate_receipts = o.separate_receipts;
   f.AddGroups(1);
   AddPairs(f, s, "pair_", o.pairs);
   for (auto& d : f.devices) d.track_stream = true;
@@ -1121,8 +1135,8 @@ json ScenarioThroughput(const Common& c, std::vector<Server>& nodes, const Opts&
   f.streams.push_back(st);
   json rows = json::array();
   double saturation = 0;
-  std::printf("parley-bench %s: %zu pairs, %s receipts, %.1f s warm-up + %.1f s measured per rate\n",
-              rtt_headline ? "receipt-rtt" : "throughput", o.pairs, o.receipts ? "delivered+read" : "no",
+  std::printf("parley-bench %s: %zu pairs, receipts: %s, %.1f s warm-up + %.1f s measured per rate\n",
+              rtt_headline ? "receipt-rtt" : "throughput", o.pairs, !o.receipts ? "no" : o.separate_receipts ? "delivered, read (two requests)" : "delivered+read (one request)",
               o.warmup_s, o.duration_s);
   if (nodes.size() > 1) {
     std::printf("  %zu parleyd nodes; devices round robin, the two of each pair on different nodes (delivery crosses Redis)\n",
@@ -1146,7 +1160,7 @@ json ScenarioThroughput(const Common& c, std::vector<Server>& nodes, const Opts&
     std::printf("  %zu messages arrived through sync, not live (a missed live event, found by a ping's head or a gap)\n",
                 f.stats.synced_messages);
   }
-  return {{"pairs", o.pairs}, {"nodes", nodes.size()}, {"receipts", o.receipts}, {"rates", rows}, {"saturation_rate", saturation}, {"lost", lost},
+  return {{"pairs", o.pairs}, {"nodes", nodes.size()}, {"receipts", o.receipts}, {"separate_receipts", o.separate_receipts}, {"rates", rows}, {"saturation_rate", saturation}, {"lost", lost},
           {"closed", f.stats.closed}, {"synced_messages", f.stats.synced_messages}, {"sync_pages", f.stats.sync_pages}};
 }
 
@@ -1155,6 +1169,7 @@ json ScenarioHot(const Common&, std::vector<Server>& nodes, const Opts& o, std::
   Fleet f(s.port);
   f.ports = ClusterPorts(nodes);
   f.receipts = o.receipts;
+  f.separate_receipts = o.separate_receipts;
   f.AddGroups(2);
   AddPairs(f, s, "pair_", o.pairs);
   AddPairs(f, s, "hot_", 1);
@@ -1608,6 +1623,7 @@ json ScenarioHistory(const Common&, std::vector<Server>& nodes, const Opts& o, c
   if (h.conversations < 2) SetupFailed("history: --conversations must be at least 2 (the long one and another)");
   Fleet f(s.port);
   f.receipts = o.receipts;
+  f.separate_receipts = o.separate_receipts;
   f.heartbeats = true;          // the fill of 10 M messages outlasts parleyd's heartbeat timeout
   f.reconnect_on_close = true;
   f.AddGroups(1);
@@ -2181,6 +2197,8 @@ int main(int argc, char** argv) {
     sc->add_option("--duration", o.duration_s, "measured seconds per rate");
     sc->add_option("--drain", o.drain_s, "seconds to wait for arrivals after sending stops");
     sc->add_flag("--no-receipts{false}", o.receipts, "recipients send no receipts");
+    sc->add_flag("--separate-receipts", o.separate_receipts,
+                 "recipients send delivered and read as two requests (default: one, as the SDK does)");
   }
   hot->add_option("--hot-rate", o.hot_rate, "the hot pair's rate, msgs/s");
   auto* idle = app.add_subcommand("idle", "N authenticated idle connections with heartbeats: parleyd's memory per connection");
