@@ -4,8 +4,9 @@
 Starts parleyd itself, then: user A with two devices, user B with one; A sends
 a message to B; B's device and A's other device receive it live; A's devices
 see sent -> delivered -> read ticks; a sync from 0 on A's second device shows
-the message and the receipts.  Prints PASS/FAIL per check; exits 0 only if all
-checks pass.  With --tls the same runs over wss: the script makes a
+the message and the receipts; then selective sync, and unread counts after
+each kind of event compared with the server's (`unread_counts`).  Prints
+PASS/FAIL per check; exits 0 only if all checks pass.  With --tls the same runs over wss: the script makes a
 self-signed certificate with the openssl CLI, starts parleyd with --tls-cert
 and --tls-key and trusts exactly that certificate.
 """
@@ -95,6 +96,186 @@ def find_receipt(user_id, cid, field, seq):
         return (ev.get("kind") == "receipt" and ev.get("conversation_id") == cid
                 and ev.get("user_id") == user_id and ev.get(field, 0) >= seq)
     return pred
+
+
+async def server_unread(cl, conv_id):
+    """The server's unread count of `conv_id` for `cl`'s user (list_conversations)."""
+    res = await cl.conn.request("list_conversations", limit=200, messages=0)
+    return next((e["unread"] for e in res["conversations"] if e["conversation"]["conversation_id"] == conv_id),
+                None)
+
+
+async def unread_counts(c, url, ssl_context, clients, new_client, a1, a3):
+    """Unread counts kept exact from events (docs/protocol.md, list_conversations
+    "Unread count", select_sync, blocking), after each kind of event, on A's
+    full device (a1: counts the messages it holds), on A's selective device
+    (a3: a summary's count, kept current) and on a device that starts from a
+    snapshot of one message per conversation (counts messages it does not
+    hold).  Every count is compared with the server's."""
+    k1 = await new_client()
+    await k1.register("carol", PASSWORD)
+    lk = await k1.login("carol", PASSWORD, device_name="carol phone", platform="cli")
+    carol_id, alice_id = lk["user_id"], a1.user_id
+    devices = {"A full device": a1, "A selective device": a3}
+
+    async def wait(cl, what, pred):
+        try:
+            await cl.wait_event(pred, WAIT)
+            return True
+        except asyncio.TimeoutError:
+            c.check(f"unread: {what}", False, f"nothing within {WAIT} s")
+            return False
+
+    def summary_of(conv_id, last_seq):
+        return lambda s, ev: (ev.get("kind") == "summary" and ev["conversation_id"] == conv_id
+                              and ev["last_seq"] == last_seq)
+
+    def message_of(conv_id, seq):
+        return lambda s, ev: (ev.get("kind") == "message" and ev["message"]["conversation_id"] == conv_id
+                              and ev["message"]["seq"] == seq)
+
+    def my_read(conv_id, read):
+        return lambda s, ev: (ev.get("kind") == "receipt" and ev["conversation_id"] == conv_id
+                              and ev["user_id"] == alice_id and ev["read"] >= read)
+
+    async def agree(what, conv_id, expected, devs=None):
+        truth = await server_unread(a1, conv_id)
+        got = {name: cl.unread(conv_id) for name, cl in (devs or devices).items()}
+        c.check(f"unread: {what}: {expected} on every device, as the server says",
+                truth == expected and all(v == expected for v in got.values()),
+                f"server={truth} devices={got}")
+
+    # A new conversation, outside the selective device's selection: its
+    # messages reach that device as summaries, whose count replaces its own.
+    r = await k1.send("c1", to="alice")
+    cc = r["conversation_id"]
+    if not (await wait(a3, "summary of carol's first message", summary_of(cc, r["seq"]))
+            and await wait(a1, "carol's first message", message_of(cc, r["seq"]))):
+        return
+    c.check("unread: the new conversation is not selected on A's selective device",
+            cc not in a3.selected and a3.messages.get(cc, {}) == {}, repr(a3.selected))
+    await agree("a summary gives the count", cc, 1)
+    r = await k1.send("c2", conversation_id=cc)
+    if not (await wait(a3, "summary of carol's second message", summary_of(cc, r["seq"]))
+            and await wait(a1, "carol's second message", message_of(cc, r["seq"]))):
+        return
+    await agree("a newer summary replaces the count", cc, 2)
+
+    # Blocks make full events in an unselected conversation: an event that
+    # moves a watermark over withheld seqs carries them (protocol.md
+    # "select_sync", "What is summarised").
+    # 1. Carol blocks A; A's message is withheld from carol; after the
+    #    unblock carol's next message covers it: a peer message in full.
+    await k1.conn.request("block", username="alice")
+    r = await a1.send("a3, withheld from carol", conversation_id=cc)
+    if not (await wait(a3, "summary of A's own message", summary_of(cc, r["seq"]))
+            and await wait(a1, "A's own message", message_of(cc, r["seq"]))):
+        return
+    await agree("my own message (a summary) reads everything before it", cc, 0)
+    await k1.conn.request("unblock", username="alice")
+    r = await k1.send("c4", conversation_id=cc)
+    if not (await wait(a3, "carol's message in full (it carries withheld)", message_of(cc, r["seq"]))
+            and await wait(a1, "carol's message after the unblock", message_of(cc, r["seq"]))):
+        return
+    full = [ev for _, ev in a3.log if message_of(cc, r["seq"])(None, ev)]
+    c.check("unread: the peer's message reaches the selective device in full, with a withheld list",
+            full and full[0]["message"].get("body") == "c4" and full[0].get("withheld"), repr(full))
+    await agree("a peer message in full in an unselected conversation raises the count", cc, 1)
+
+    # 2. A blocks carol; carol's message is withheld from A; A's next send
+    #    covers it: my own message in full.
+    await a1.conn.request("block", username="carol")
+    withheld_seq = (await k1.send("c5, withheld from A", conversation_id=cc))["seq"]
+    await a1.conn.request("unblock", username="carol")
+    await agree("a message withheld from me never counts", cc, 1)
+    r = await a1.send("a6", conversation_id=cc)
+    if not (await wait(a3, "A's own message in full (it carries withheld)", message_of(cc, r["seq"]))
+            and await wait(a1, "A's own message", message_of(cc, r["seq"]))):
+        return
+    c.check("unread: A's own message covers the withheld one",
+            [ev.get("withheld") for _, ev in a3.log if message_of(cc, r["seq"])(None, ev)] == [[withheld_seq]],
+            repr(a3.log[-3:]))
+    await agree("my own message in full never counts and reads everything before it", cc, 0)
+
+    # 3. Again withheld from A; A then reads to the end on its full device:
+    #    the receipt with A's user_id covers the withheld seq, in full.
+    await a1.conn.request("block", username="carol")
+    await k1.send("c7, withheld from A", conversation_id=cc)
+    await a1.conn.request("unblock", username="carol")
+    r = await k1.send("c8", conversation_id=cc)
+    if not (await wait(a3, "summary of carol's message after the unblock", summary_of(cc, r["seq"]))
+            and await wait(a1, "carol's message after A's unblock", message_of(cc, r["seq"]))):
+        return
+    await agree("a summary after a withheld message", cc, 1)
+    await a1.receipt([{"conversation_id": cc, "read": r["seq"]}])
+    if not (await wait(a3, "A's receipt in full (it carries withheld)", my_read(cc, r["seq"]))
+            and await wait(a1, "A's own receipt", my_read(cc, r["seq"]))):
+        return
+    await agree("my receipt that reads to last_seq clears the count", cc, 0)
+
+    # Selected (`add`) but not opened: the summary's count stands and goes on
+    # with full events; a delete for me of an unread message lowers it, a
+    # receipt short of last_seq hands the count to the messages held.
+    await a3.select_sync(add=[cc])
+    seqs = []
+    for body in ("c9", "c10", "c11"):
+        seqs.append((await k1.send(body, conversation_id=cc))["seq"])
+        if not (await wait(a3, f"carol's {body} in full after add", message_of(cc, seqs[-1]))
+                and await wait(a1, f"carol's {body}", message_of(cc, seqs[-1]))):
+            return
+    await agree("peer messages in full after add raise the summary's count", cc, 3)
+    await a1.delete_message(cc, seqs[2], for_="me")
+    forme = lambda s, ev: ev.get("kind") == "delete_for_me" and ev["seq"] == seqs[2]  # noqa: E731
+    if not (await wait(a3, "delete_for_me", forme) and await wait(a1, "delete_for_me", forme)):
+        return
+    await agree("a delete for me of an unread message lowers the count", cc, 2)
+    await a1.receipt([{"conversation_id": cc, "read": seqs[0]}])
+    if not (await wait(a3, "A's receipt short of last_seq", my_read(cc, seqs[0]))
+            and await wait(a1, "A's own receipt", my_read(cc, seqs[0]))):
+        return
+    await agree("my receipt short of last_seq: the messages held above it count", cc, 1)
+
+    # Unselected again: a summary replaces the count; `open` pages the
+    # history and the messages held count from then on.
+    await a3.select_sync(recent=0)
+    r = await k1.send("c12", conversation_id=cc)
+    if not (await wait(a3, "summary after the selection shrank", summary_of(cc, r["seq"]))
+            and await wait(a1, "carol's c12", message_of(cc, r["seq"]))):
+        return
+    await agree("the newest summary replaces the count", cc, 2)
+    opened = await a3.open(cc)
+    c.check("unread: open selects the conversation and pages every visible message, none deleted for me",
+            cc in a3.selected and [m["seq"] for m in opened] == [m["seq"] for m in sorted(
+                a1.messages[cc].values(), key=lambda m: m["seq"])] and seqs[2] not in a3.messages[cc],
+            f"{[m['seq'] for m in opened]} / {sorted(a1.messages[cc])}")
+    await agree("after open, the messages held count", cc, 2)
+
+    # A device that starts from a snapshot holding one message per
+    # conversation: the unread ones it was not sent still count.
+    for body in ("c13", "c14"):
+        r = await k1.send(body, conversation_id=cc)
+        if not (await wait(a3, f"carol's {body} in full after open", message_of(cc, r["seq"]))
+                and await wait(a1, f"carol's {body}", message_of(cc, r["seq"]))):
+            return
+    last = r["seq"]
+    await agree("messages in full after open", cc, 4)
+    a4 = Client(await Connection.connect(url, ssl=ssl_context), snapshot_messages=1)
+    clients.append(a4)
+    await a4.login("alice", PASSWORD, device_name="alice watch", platform="cli")
+    devices["A snapshot device"] = a4
+    c.check("unread: the snapshot device holds only the newest message", sorted(a4.messages.get(cc, {})) == [last],
+            repr(sorted(a4.messages.get(cc, {}))))
+    await agree("a snapshot's count covers the messages it did not send", cc, 4)
+    for read, expected in ((seqs[2] + 1, 2), (last, 0)):
+        await a1.receipt([{"conversation_id": cc, "read": read}])
+        if not all([await wait(cl, f"A's receipt read {read}", my_read(cc, read)) for cl in devices.values()]):
+            return
+        await agree(f"my receipt up to seq {read} lowers the count", cc, expected)
+    c.check("unread: unread_counts() lists the conversations with their counts",
+            a4.unread_counts().get(cc) == 0 and set(a4.unread_counts()) == set(a4.conversations),
+            repr(a4.unread_counts()))
+    for name, cl in (("carol's device", k1), ("A snapshot device", a4)):
+        c.check(f"{name}: no background errors", not cl.background_errors, repr(cl.background_errors))
 
 
 async def scenario(url, c, ssl_context=None):
@@ -291,14 +472,20 @@ async def scenario(url, c, ssl_context=None):
                     repr(a3.summaries))
         except asyncio.TimeoutError:
             c.check("selective device gets a live summary", False, f"nothing within {WAIT} s")
-        sel = await a3.conn.select_sync(add=[cid])
-        c.check("select_sync add: the conversation is selected", sel.get("conversations") == [cid], repr(sel))
+        sel = await a3.select_sync(add=[cid])
+        c.check("select_sync add: the conversation is selected",
+                sel.get("conversations") == [cid] and a3.selected == {cid}, repr(sel))
         s3 = (await b1.send("now in full", conversation_id=cid))["seq"]
         try:
             await a3.wait_event(lambda s, ev: ev.get("kind") == "message" and ev["message"]["seq"] == s3, WAIT)
             c.check("after add: messages arrive in full", a3.messages[cid][s3]["body"] == "now in full")
         except asyncio.TimeoutError:
             c.check("after add: the message arrives in full", False, f"nothing within {WAIT} s")
+        c.check("unread: the summary's count goes on with a message of the peer in full",
+                a3.unread(cid) == 2 and await server_unread(a1, cid) == 2,
+                f"device={a3.unread(cid)} server={await server_unread(a1, cid)}")
+
+        await unread_counts(c, url, ssl_context, clients, new_client, a1, a3)
 
         for name, cl in (("A device 1", a1), ("A device 2", a2), ("B device", b1), ("A device 3", a3)):
             c.check(f"{name}: no background errors", not cl.background_errors, repr(cl.background_errors))

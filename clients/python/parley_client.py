@@ -13,7 +13,8 @@ Two layers:
 * `Client`: a device session on top of a Connection.  Implements the client
   sync algorithm of the document (an `applied` cursor, duplicate live events
   dropped by `user_seq`, a gap triggers a `sync` loop), keeps a small local
-  store (conversations, messages, per-user watermarks) and computes ticks.
+  store (conversations, messages, per-user watermarks), computes ticks and
+  keeps each conversation's unread count exact (`Client.unread`).
 """
 
 import asyncio
@@ -25,6 +26,12 @@ import websockets
 
 PROTOCOL_VERSION = 1
 DEFAULT_TIMEOUT = 10.0
+# `history` pages (docs/protocol.md "history": limit 1-200).
+MAX_HISTORY_PAGE = 200
+# Opening a summarised conversation pages its history until every unread
+# message is held, at most this many pages (10,000 messages, as the C++ SDK);
+# past it the older unread ones are kept as a count.
+MAX_FILL_PAGES = 50
 
 # Close codes (docs/protocol.md, "Close codes").
 CLOSE_SERVER_SHUTDOWN = 4001
@@ -265,13 +272,34 @@ class Client:
     `self.log` as (source, event) with source "live", "sync"; waiters can use
     `wait_event(predicate)`.  The local store is `conversations`,
     `messages[conversation_id][seq]` and `watermarks[(conversation_id, user_id)]`.
+
+    Unread counts (`unread(conversation_id)`, `unread_counts()`) follow the
+    C++ SDK (clients/sdk/src/local_cache.cc).  A conversation's count is
+    either the server's, from its newest `summary`, kept current by the full
+    events after it (`_summary_unread`), or else the messages held that are
+    not mine, above my read watermark, plus the ones a snapshot (or an
+    incomplete `open`) counted but did not send (`_hidden_unread`).
     """
 
-    def __init__(self, conn, *, auto_ack=True, heartbeat=True, select=None):
+    def __init__(self, conn, *, auto_ack=True, heartbeat=True, select=None, snapshot_messages=None):
         self.conn = conn
         self.select = select        # select_sync fields sent before each catch-up (None: full sync)
-        self.summaries = {}         # conversation_id -> {"last_seq", "unread"} (selective sync)
+        self.snapshot_messages = snapshot_messages  # per conversation in the login snapshot (None: server default)
+        self.summaries = {}         # conversation_id -> newest summary's {"last_seq", "unread"}, as sent
+        self.selected = None        # this connection's selection (set of ids); None: everything in full
         self._covered = set()       # user seqs a summary stands for, above applied
+        # Unread counts (see the class comment).  _summary_unread: the
+        # server's count, kept current; absent: the messages held count.
+        # _summarised: 1 while messages up to last_seq may be missing (summaries
+        # came instead of them), 2 once `open` paged them.  _selected_head:
+        # the select_sync `head` when the conversation was selected; a summary
+        # at or below it was made before and may arrive after the pages.
+        # _hidden_unread: (count, below): unread messages below seq `below`
+        # that are not held, until the read watermark passes them.
+        self._summary_unread = {}
+        self._summarised = {}
+        self._selected_head = {}
+        self._hidden_unread = {}
         self.auto_ack = auto_ack
         self.heartbeat = heartbeat
         self.session = None         # the login/auth result
@@ -333,14 +361,19 @@ class Client:
         self.user_id = res["user_id"]
         self.device_id = res["device_id"]
         if applied is None:
-            snap = await self.conn.snapshot()
+            snap = await self.conn.snapshot(messages=self.snapshot_messages)
             self._apply_snapshot(snap)
             self.applied = snap["head"]
         else:
             self.applied = applied
         if self.select is not None:
-            await self.conn.select_sync(**self.select)
+            await self.select_sync(**self.select)
         await self.catch_up()
+        # Selected conversations still summarised (a `recent` selection that
+        # now takes in ones summaries stood for): their counts come from
+        # complete messages, as for an opened one.
+        for cid in [c for c, s in self._summarised.items() if s == 1 and self._is_selected(c)]:
+            await self._fill(cid)
         self._tasks.append(asyncio.create_task(self._live_loop()))
         if self.heartbeat:
             interval = res.get("heartbeat_interval_ms", 25000) / 1000.0
@@ -355,10 +388,68 @@ class Client:
         # ping, list_devices, unlink_device, open_conversation, receipt,
         # history, snapshot, ack and raw sync go straight to the Connection.
         if name in ("ping", "list_devices", "unlink_device", "open_conversation",
-                    "receipt", "history", "snapshot", "ack", "sync", "edit_message", "delete_message",
-                    "select_sync"):
+                    "receipt", "history", "snapshot", "ack", "sync", "edit_message", "delete_message"):
             return getattr(self.conn, name)
         raise AttributeError(name)
+
+    async def select_sync(self, **fields):
+        """`Connection.select_sync`, remembering the selection and, for each
+        selected conversation, the `head` it took effect at (see `_apply`,
+        summaries)."""
+        res = await self.conn.select_sync(**fields)
+        head = res.get("head", 0)
+        if res.get("selective"):
+            self.selected = set(res.get("conversations", []))
+            for cid in self.selected:
+                self._selected_head[cid] = max(self._selected_head.get(cid, 0), head)
+        else:
+            self.selected = None
+        return res
+
+    def _is_selected(self, cid):
+        return self.selected is None or cid in self.selected
+
+    async def open(self, conversation_id):
+        """The user opens a conversation: on a selective connection, `add` it
+        to the selection if needed; if summaries stood for its messages, page
+        its history from the newest until every unread message is held
+        (protocol.md, "Sync algorithm for clients"), after which its unread
+        count comes from the messages held.  Returns its held messages,
+        ascending."""
+        if not self._is_selected(conversation_id):
+            await self.select_sync(add=[conversation_id])
+        if self._summarised.get(conversation_id) == 1:
+            await self._fill(conversation_id)
+        return [m for _, m in sorted(self.messages.get(conversation_id, {}).items())]
+
+    async def _fill(self, cid):
+        """Pages `cid`'s history (as the C++ SDK's Fill): from the newest until
+        the pages join the messages held or reach my read watermark, or the
+        first message, at most MAX_FILL_PAGES."""
+        before, oldest, held = None, 0, False
+        for _ in range(MAX_FILL_PAGES):
+            page = await self.conn.history(cid, before=before, limit=MAX_HISTORY_PAGE)
+            msgs = page.get("messages", [])
+            held_before = set(self.messages.get(cid, {}))
+            for m in msgs:
+                self._store_message(m)
+            if not msgs or not page.get("has_more"):
+                held = True                       # the first message reached
+                if msgs:
+                    oldest = msgs[0]["seq"]
+                break
+            before = oldest = msgs[0]["seq"]
+            below = [s for s in held_before if s < oldest]
+            if oldest <= (max(below) if below else 0) + 1 or oldest <= self._my_read(cid) + 1:
+                held = True
+                break
+        # Stopped before every unread message was held: the older ones are
+        # kept as a number below the pages; the held ones count one by one.
+        if not held and cid in self._summary_unread:
+            self._hidden_unread[cid] = (max(0, self._summary_unread[cid] - self._held_unread(cid, oldest - 1)),
+                                        oldest)
+        self._summarised[cid] = 2
+        self._summary_unread.pop(cid, None)
 
     async def send(self, body, *, conversation_id=None, to=None, client_id=None):
         client_id = client_id or new_client_id()
@@ -429,20 +520,53 @@ class Client:
             conv = dict(ev["conversation"])  # a copy: the store mutates it
             self.conversations[conv["conversation_id"]] = conv
         elif kind == "message":
-            self._store_message(ev["message"])
+            msg = ev["message"]
+            cid = msg["conversation_id"]
+            if cid in self._summary_unread:
+                # After a summary the server's count goes on: one more from
+                # the peer; none after my own send (sending reads everything
+                # before it).
+                mine = msg["sender_id"] == self.user_id
+                self._summary_unread[cid] = 0 if mine else self._summary_unread[cid] + 1
+            self._store_message(msg)
         elif kind == "receipt":
-            self._raise_watermarks(ev["conversation_id"], ev["user_id"],
-                                   ev.get("delivered", 0), ev.get("read", 0))
+            cid = ev["conversation_id"]
+            if ev["user_id"] == self.user_id and cid in self._summary_unread:
+                # My read watermark is known again: read to the end, nothing
+                # is unread; else the messages held count from here on (as
+                # the C++ SDK: a summary's count says nothing of which seqs
+                # are unread).
+                if ev.get("read", 0) >= self._last_seq(cid):
+                    self._summary_unread[cid] = 0
+                else:
+                    del self._summary_unread[cid]
+            self._raise_watermarks(cid, ev["user_id"], ev.get("delivered", 0), ev.get("read", 0))
         elif kind in ("edit", "delete"):
             self._change_message(ev["conversation_id"], ev["seq"], kind == "delete",
                                  ev.get("version", 0), ev.get("body", ""))
         elif kind == "delete_for_me":
-            self.messages.get(ev["conversation_id"], {}).pop(ev["seq"], None)
-            self.hidden.add((ev["conversation_id"], ev["seq"]))
+            cid, mseq = ev["conversation_id"], ev["seq"]
+            msg = self.messages.get(cid, {}).pop(mseq, None)
+            if (msg is not None and msg["sender_id"] != self.user_id and self._summary_unread.get(cid, 0) > 0
+                    and mseq > self._my_read(cid)):
+                # While the server's count stands, an unread message deleted
+                # for me leaves it (the server's count never includes those).
+                self._summary_unread[cid] -= 1
+            self.hidden.add((cid, mseq))
         elif kind == "summary":
             # Selective sync: the conversation's current state in place of its
             # events; every user seq of `covers` counts as applied.
-            self.summaries[ev["conversation_id"]] = {"last_seq": ev["last_seq"], "unread": ev["unread"]}
+            cid = ev["conversation_id"]
+            self.summaries[cid] = {"last_seq": ev["last_seq"], "unread": ev["unread"]}
+            # The newest summary's count replaces ours.  One made before the
+            # conversation was selected (at or below _selected_head) that
+            # arrives after `open` paged it changes no count: the messages
+            # held are complete then, and its count, read later than its place
+            # in the stream, may include messages that arrive in full after it.
+            if seq > self._selected_head.get(cid, 0) or self._summarised.get(cid, 0) == 1:
+                self._summary_unread[cid] = ev["unread"]
+            if seq > self._selected_head.get(cid, 0):
+                self._summarised[cid] = 1
             for lo, hi in ev.get("covers", []):
                 self._covered.update(range(max(lo, seq + 1), hi + 1))
         # unknown kinds: ignored, but the cursor still advances
@@ -491,14 +615,64 @@ class Client:
         cur["read"] = max(cur["read"], read or 0)
 
     def _apply_snapshot(self, snap):
+        # A snapshot replaces all stream-derived state (protocol.md, sync).
+        for state in (self.conversations, self.messages, self.watermarks, self.summaries,
+                      self._summary_unread, self._summarised, self._hidden_unread):
+            state.clear()
+        self.hidden.clear()
+        self._covered.clear()
         for item in snap.get("conversations", []):
             conv = dict(item["conversation"])
             cid = conv["conversation_id"]
             self.conversations[cid] = conv
-            for msg in item.get("messages", []):
-                self._store_message(msg)
             for wm in item.get("watermarks", []):
                 self._raise_watermarks(cid, wm["user_id"], wm.get("delivered", 0), wm.get("read", 0))
+            for msg in item.get("messages", []):
+                self._store_message(msg)
+            # The snapshot's count can cover messages older than the ones it
+            # sent: those are kept as a number standing for the unread
+            # messages below the oldest one held (or last_seq + 1 if none).
+            held = self.messages.get(cid, {})
+            below = min(held) if held else conv.get("last_seq", 0) + 1
+            hidden = max(0, item.get("unread", 0) - self._held_unread(cid, 0))
+            if hidden:
+                self._hidden_unread[cid] = (hidden, below)
+
+    # -- unread counts
+
+    def _my_read(self, cid):
+        return self.watermarks.get((cid, self.user_id), {}).get("read", 0)
+
+    def _last_seq(self, cid):
+        held = self.messages.get(cid, {})
+        return max(self.conversations.get(cid, {}).get("last_seq", 0),
+                   self.summaries.get(cid, {}).get("last_seq", 0), max(held) if held else 0)
+
+    def _held_unread(self, cid, floor):
+        """Messages held in `cid` not sent by me, above my read watermark and `floor`."""
+        low = max(floor, self._my_read(cid))
+        return sum(1 for s, m in self.messages.get(cid, {}).items()
+                   if s > low and m["sender_id"] != self.user_id)
+
+    def unread(self, conversation_id):
+        """This user's unread count in a conversation, as list_conversations
+        defines it: messages visible to me, not sent by me, above my read
+        watermark (deleted-for-me and withheld ones never count)."""
+        cid = conversation_id
+        if cid in self._summary_unread:
+            return self._summary_unread[cid]   # the server's count, kept current
+        my_read = self._my_read(cid)
+        hidden, below = self._hidden_unread.get(cid, (0, 0))
+        if hidden > 0 and my_read < below - 1:
+            # While the read watermark is below the unread messages not held,
+            # they count (at most one per seq left between the watermark and
+            # `below`), and the held ones from `below` up.
+            return self._held_unread(cid, below - 1) + min(hidden, below - 1 - my_read)
+        return self._held_unread(cid, 0)
+
+    def unread_counts(self):
+        """{conversation_id: unread count} for every conversation known."""
+        return {cid: self.unread(cid) for cid in sorted(set(self.conversations) | set(self.summaries))}
 
     # -- queries
 
