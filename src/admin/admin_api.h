@@ -89,6 +89,7 @@ class AdminApi {
   void EraseMessages(std::shared_ptr<UserErase> x, store::Seq before);
   void ErasePurge(std::shared_ptr<UserErase> x, int64_t now);
   void EraseCheck(std::shared_ptr<UserErase> x, size_t conversation, store::Seq before);
+  void EraseFailed(std::shared_ptr<UserErase> x, const char* step, const Status& error);
   // Compliance export (admin_export.cc).
   struct UserExport;
   void OpsExportUser(const std::string& username, Respond respond);

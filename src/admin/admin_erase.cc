@@ -31,9 +31,16 @@
 //    a cold block). The answer says what was removed and `"verified": true`
 //    only if nothing is left.
 //
-// A failed step answers its error; the erase can be run again on the erased
-// name and finishes what is left (its messages step finds only tombstones,
-// its purge takes whatever the failed run left).
+// A failed step answers its error and stops the erase: it never goes on to
+// the check, so it never answers "verified" (a purge step that failed left
+// texts of the user in cold blocks, which no read shows). Once the account
+// part is done the old name is free and the account answers only to its
+// erased name, so the error (EraseFailed) also names the step, the user's id
+// and that name, and "verified": false. The erase can be run again on the
+// erased name and finishes what is left (its messages step finds only
+// tombstones, its purge takes whatever the failed run left; each write of
+// a step is a transaction of its own, so a failed one left nothing half
+// done).
 //
 // Kept, by policy: the account's id and its erased name, conversations and
 // memberships (the other members keep their conversation), every seq and
@@ -49,6 +56,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "admin/admin_api.h"
 #include "admin/admin_http.h"
@@ -88,6 +96,24 @@ struct AdminApi::UserErase {
   int64_t left_bodies = 0;
 };
 
+// Answers the error of the erase's `step` (after the account part: the
+// user's name is its erased one already) and stops the erase.
+void AdminApi::EraseFailed(std::shared_ptr<UserErase> x, const char* step, const Status& error) {
+  const store::EraseResult& a = x->account;
+  spdlog::warn("event=admin_user_erase_failed user_id={} step={} error=\"{}\"", x->user_id, step, error.ToString());
+  // The error's own HTTP status and code, with what a re-run needs.
+  const int status = ErrorResponse(error).status;
+  json body{{"code", ErrorCodeName(error.code())},
+            {"message", "the erase stopped at its " + std::string(step) + " step (" + error.message() +
+                            "); nothing is verified: run it again on " + a.erased_username},
+            {"user_id", x->user_id},
+            {"username", a.erased_username},
+            {"erased_username", a.username},
+            {"failed_step", step},
+            {"verified", false}};
+  x->respond(JsonResponse(status, body));
+}
+
 void AdminApi::OpsEraseUser(const std::string& username, Respond respond) {
   store_.GetUserByName(username, [this, respond](Result<store::UserRecord> u) {
     if (!u) return respond(ErrorResponse(u.error()));
@@ -107,7 +133,7 @@ void AdminApi::OpsEraseUser(const std::string& username, Respond respond) {
 void AdminApi::EraseListConversations(std::shared_ptr<UserErase> x, int64_t before_activity, int64_t before_id) {
   store_.ListConversations(x->user_id, before_activity, before_id, kEraseConversationPage, 0,
                            [this, x](Result<store::ConversationPage> page) {
-                             if (!page) return x->respond(ErrorResponse(page.error()));
+                             if (!page) return EraseFailed(x, "conversations", page.error());
                              for (const auto& s : page->conversations) x->conversations.push_back(s.conversation.id);
                              if (page->has_more) return EraseListConversations(x, page->next_activity, page->next_id);
                              EraseMessages(x, 0);
@@ -126,11 +152,11 @@ void AdminApi::EraseMessages(std::shared_ptr<UserErase> x, store::Seq before) {
   const store::ConversationId id = x->conversations[x->next_conversation];
   // Viewer 0: every message, also those the user deleted for themselves.
   store_.History(id, 0, before, kEraseMessagePage, [this, x, id](Result<std::vector<store::MessageRecord>> h) {
-    if (!h) return x->respond(ErrorResponse(h.error()));
+    if (!h) return EraseFailed(x, "messages", h.error());
     const bool more = static_cast<int>(h->size()) == kEraseMessagePage && h->front().seq > 1;
     const store::Seq next = more ? h->front().seq : 0;
     auto after_page = [this, x, next] {
-      if (!x->first_error.ok()) return x->respond(ErrorResponse(x->first_error));
+      if (!x->first_error.ok()) return EraseFailed(x, "messages", x->first_error);
       if (next == 0) ++x->next_conversation;
       EraseMessages(x, next);
     };
@@ -169,7 +195,7 @@ void AdminApi::EraseMessages(std::shared_ptr<UserErase> x, store::Seq before) {
 // follows while a step was full and some are left; then checks.
 void AdminApi::ErasePurge(std::shared_ptr<UserErase> x, int64_t now) {
   store_.PurgeDeleted(now, kErasePurgeBatch, [this, x, now](Result<store::PurgeProgress> r) {
-    if (!r) return x->respond(ErrorResponse(r.error()));
+    if (!r) return EraseFailed(x, "purge", r.error());
     core::CountPurge(*r);
     x->purged.purged += r->purged;
     x->purged.edits_removed += r->edits_removed;
@@ -190,7 +216,7 @@ void AdminApi::EraseCheck(std::shared_ptr<UserErase> x, size_t conversation, sto
     const store::ConversationId id = x->conversations[conversation];
     store_.History(id, 0, before, kEraseMessagePage,
                    [this, x, conversation](Result<std::vector<store::MessageRecord>> h) {
-                     if (!h) return x->respond(ErrorResponse(h.error()));
+                     if (!h) return EraseFailed(x, "check", h.error());
                      for (const auto& m : *h) {
                        if (m.sender_id == x->user_id && (m.deleted_at == 0 || !m.body.empty())) ++x->left_bodies;
                      }
@@ -201,13 +227,13 @@ void AdminApi::EraseCheck(std::shared_ptr<UserErase> x, size_t conversation, sto
     return;
   }
   store_.ListDevices(x->user_id, [this, x](Result<std::vector<store::DeviceRecord>> d) {
-    if (!d) return x->respond(ErrorResponse(d.error()));
+    if (!d) return EraseFailed(x, "check", d.error());
     const size_t devices = d->size();
     store_.ListContacts(x->user_id, [this, x, devices](Result<std::vector<store::ContactRecord>> c) {
-      if (!c) return x->respond(ErrorResponse(c.error()));
+      if (!c) return EraseFailed(x, "check", c.error());
       const size_t contacts = c->size();
       store_.ListBlocked(x->user_id, [this, x, devices, contacts](Result<std::vector<store::ProfileRecord>> b) {
-        if (!b) return x->respond(ErrorResponse(b.error()));
+        if (!b) return EraseFailed(x, "check", b.error());
         const store::EraseResult& a = x->account;
         const store::PurgeProgress& p = x->purged;
         json left{{"live_devices", devices},

@@ -120,6 +120,31 @@ size_t FaultStore::HeldWrites() const {
   return held_.size();
 }
 
+void FaultStore::FailPurges(int pass, int n, Status status) {
+  std::lock_guard lock(mu_);
+  purge_pass_left_ = pass;
+  purge_fail_left_ = n;
+  purge_fail_status_ = std::move(status);
+}
+
+int64_t FaultStore::PurgesFailed() const {
+  std::lock_guard lock(mu_);
+  return purges_failed_;
+}
+
+bool FaultStore::TakePurgeFailure(Status* status) {
+  std::lock_guard lock(mu_);
+  if (purge_fail_left_ == 0) return false;
+  if (purge_pass_left_ > 0) {
+    --purge_pass_left_;
+    return false;
+  }
+  if (purge_fail_left_ != kFailEveryPurge) --purge_fail_left_;
+  ++purges_failed_;
+  *status = purge_fail_status_;
+  return true;
+}
+
 int64_t FaultStore::Fired(FaultKind kind) const {
   std::lock_guard lock(mu_);
   return fired_[static_cast<size_t>(kind)];
@@ -559,6 +584,12 @@ void FaultStore::CompactMessages(CompactRequest req, Callback<CompactProgress> d
   inner_.CompactMessages(req, std::move(done));
 }
 void FaultStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) {
+  Status failure = Status::Ok();
+  if (TakePurgeFailure(&failure)) {
+    // Answer from a thread of the store's own, as the contract says.
+    inner_.Flush([done = std::move(done), failure](Status) { done(failure); });
+    return;
+  }
   inner_.PurgeDeleted(deleted_before, max_messages, std::move(done));
 }
 void FaultStore::TrimStreams(TrimRequest req, Callback<TrimProgress> done) {

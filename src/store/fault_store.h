@@ -6,7 +6,9 @@
 //     FailNextWrites (the next N write operations fail with a given Status
 //     and never reach the backend: a failed commit) and HoldWrites /
 //     ReleaseWrites (write completions are held back after the backend made
-//     them durable, then released in their original order: a slow commit).
+//     them durable, then released in their original order: a slow commit),
+//     and FailPurges (PurgeDeleted steps fail without reaching the backend,
+//     once or until cleared: the user erase's failed purge, tests/admin).
 //  2. Fault switches of test builds (parleyd --fault NAME@N, compiled only
 //     with the CMake option PARLEY_FAULT_SWITCHES, which the ASan test tree
 //     turns on and a Release build refuses). Each switch fires at a
@@ -97,6 +99,15 @@ class FaultStore final : public Store {
   void ReleaseWrites();
   // Completions held right now.
   size_t HeldWrites() const;
+  // Purge steps (PurgeDeleted: the retention job's and the user erase's):
+  // after `pass` more steps have reached the backend, the next `n` complete
+  // with `status` without reaching it (nothing of them is purged);
+  // n = kFailEveryPurge: every step from then on. FailPurges(0, 0, Ok())
+  // clears it. Not counted as writes (FailNextWrites leaves purges alone).
+  static constexpr int kFailEveryPurge = -1;
+  void FailPurges(int pass, int n, Status status);
+  // PurgeDeleted steps failed by FailPurges so far.
+  int64_t PurgesFailed() const;
   // How many times each switch fired so far.
   int64_t Fired(FaultKind kind) const;
 
@@ -190,6 +201,7 @@ class FaultStore final : public Store {
   Callback<T> Held(Callback<T> done);
   void StatusWrite(StatusCallback done, const std::function<void(StatusCallback)>& op);
   bool TakeFailure(Status* status);
+  bool TakePurgeFailure(Status* status);
   // stall_writes: true when `fail` was kept to be called later (with the
   // status the write ends with); counts writes when `count`.
   bool Stall(std::function<void(const Status&)> fail, bool count);
@@ -208,6 +220,10 @@ class FaultStore final : public Store {
   int fail_left_ = 0;
   Status fail_status_ = Status::Ok();
   bool holding_ = false;
+  int purge_pass_left_ = 0;  // FailPurges: steps still to let through first
+  int purge_fail_left_ = 0;  // then steps to fail (kFailEveryPurge: all)
+  Status purge_fail_status_ = Status::Ok();
+  int64_t purges_failed_ = 0;
   std::deque<std::function<void()>> held_;
   int64_t appends_ = 0;            // AppendMessage calls
   int64_t recipient_entries_ = 0;  // message events appended to recipients' streams
