@@ -110,7 +110,9 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,11,12"});
+            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,11,12,13"});
+  // Step 13 (the cold tier's edit texts): every edit row hot, no edit block.
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM edit_blocks"), std::vector<std::string>{"0"});
   // Step 12 (stream trimming): every stream starts with nothing trimmed.
   EXPECT_EQ(Sql(url, "SELECT column_default FROM information_schema.columns WHERE table_name = 'user_heads' "
                      "AND column_name = 'stream_floor'"),
@@ -247,7 +249,7 @@ TEST(PgStoreTest, MigratesADatabaseAtStep12WithoutStep11IntoTheColdTier) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,11,12"});
+            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,11,12,13"});
   EXPECT_TRUE(Must(Await<SchemaStatus>([&](auto cb) { store->GetSchemaStatus(cb); })).pending.empty());
   EXPECT_EQ(Sql(url, "SELECT id || ':' || hot_since || ':' || cold_through FROM conversations ORDER BY id"),
             (std::vector<std::string>{"1:10:0", "2:0:0"}))
@@ -417,7 +419,8 @@ TEST(PgStoreTest, MessagesAndStreamsAreHashPartitionedWithThePartitionKeyInEvery
   ASSERT_NE(store, nullptr);
   const std::vector<std::pair<std::string, std::string>> partitioned = {
       {"messages", "conversation_id"}, {"withheld", "conversation_id"}, {"user_events", "user_id"},
-      {"message_edits", "conversation_id"}, {"drafts", "user_id"}, {"message_blocks", "conversation_id"}};
+      {"message_edits", "conversation_id"}, {"drafts", "user_id"}, {"message_blocks", "conversation_id"},
+      {"edit_blocks", "conversation_id"}};
   for (const auto& [table, key] : partitioned) {
     SCOPED_TRACE(table);
     // Hash strategy, on the named key column.
