@@ -112,7 +112,8 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       cold_blocks_(Metrics::Default().GetCounter("parley_cold_blocks_total",
                                                  "Compressed cold blocks written by this node's compaction")),
       cold_bytes_before_(Metrics::Default().GetCounter(
-          "parley_cold_bytes_before_total", "Bytes of the texts (edits included) compacted by this node, before compression")),
+          "parley_cold_bytes_before_total",
+          "Bytes of the texts (edits included) compacted by this node, before compression")),
       cold_bytes_after_(Metrics::Default().GetCounter(
           "parley_cold_bytes_after_total", "Bytes of the cold blocks written by this node, after compression")),
       cold_failures_(Metrics::Default().GetCounter("parley_cold_compaction_failures_total",

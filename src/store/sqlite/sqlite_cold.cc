@@ -36,7 +36,8 @@ struct MessageBlocks {
   static constexpr const char* kCoveringSql =
       "SELECT first_seq, last_seq, nonce FROM message_blocks "
       "WHERE conversation_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1";
-  static constexpr const char* kDataSql = "SELECT data FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2";
+  static constexpr const char* kDataSql =
+      "SELECT data FROM message_blocks WHERE conversation_id = ?1 AND first_seq = ?2";
   static Result<std::vector<Entry>> Unpack(ColdCodec& codec, Seq first_seq, std::string_view data) {
     return codec.Unpack(first_seq, data);
   }
@@ -53,7 +54,8 @@ struct EditBlocks {
   static constexpr const char* kCoveringSql =
       "SELECT first_seq, last_seq, nonce FROM edit_blocks "
       "WHERE conversation_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1";
-  static constexpr const char* kDataSql = "SELECT data FROM edit_blocks WHERE conversation_id = ?1 AND first_seq = ?2";
+  static constexpr const char* kDataSql =
+      "SELECT data FROM edit_blocks WHERE conversation_id = ?1 AND first_seq = ?2";
   static Result<std::vector<Entry>> Unpack(ColdCodec& codec, Seq first_seq, std::string_view data) {
     return codec.UnpackEdits(first_seq, data);
   }
