@@ -201,6 +201,20 @@ Result<int64_t> DropFromColdBlocks(PgConn& db, ColdCodec& codec, ConversationId 
   return *texts + *edits;
 }
 
+const char* ColdEditPageInSql() {
+  // $1, $2: the wanted (conversation, seq) pairs. Rows: each covering edit
+  // block once, as (conversation, first seq, last seq, data). As the page-in
+  // of message texts: the covering block of each wanted seq by a backwards
+  // probe of the primary key, each distinct block by primary key in a
+  // LATERAL subquery (index probes pruned to one partition at run time).
+  return "WITH need AS MATERIALIZED (SELECT DISTINCT u.c, (SELECT y.first_seq FROM edit_blocks y "
+         "WHERE y.conversation_id = u.c AND y.first_seq <= u.s ORDER BY y.first_seq DESC LIMIT 1) AS f "
+         "FROM unnest($1::bigint[], $2::bigint[]) AS u(c, s)) "
+         "SELECT b.conversation_id, b.first_seq, b.last_seq, b.data FROM need CROSS JOIN LATERAL "
+         "(SELECT y.conversation_id, y.first_seq, y.last_seq, y.data FROM edit_blocks y "
+         "WHERE y.conversation_id = need.c AND y.first_seq = need.f LIMIT 1) b";
+}
+
 Status FillColdEdits(PgConn& db, ColdCodec& codec, const std::vector<ColdEditText>& texts) {
   if (texts.empty()) return Status::Ok();
   std::vector<int64_t> conversations, seqs;
@@ -208,17 +222,7 @@ Status FillColdEdits(PgConn& db, ColdCodec& codec, const std::vector<ColdEditTex
     conversations.push_back(t.conversation);
     seqs.push_back(t.seq);
   }
-  // As the page-in of message texts: the covering block of each wanted seq
-  // by a backwards probe of the primary key, each distinct block once, by
-  // primary key in a LATERAL subquery (index probes pruned to one partition).
-  PgRows r = db.Query(
-      "WITH need AS MATERIALIZED (SELECT DISTINCT u.c, (SELECT y.first_seq FROM edit_blocks y "
-      "WHERE y.conversation_id = u.c AND y.first_seq <= u.s ORDER BY y.first_seq DESC LIMIT 1) AS f "
-      "FROM unnest($1::bigint[], $2::bigint[]) AS u(c, s)) "
-      "SELECT b.conversation_id, b.first_seq, b.last_seq, b.data FROM need CROSS JOIN LATERAL "
-      "(SELECT y.conversation_id, y.first_seq, y.last_seq, y.data FROM edit_blocks y "
-      "WHERE y.conversation_id = need.c AND y.first_seq = need.f LIMIT 1) b",
-      PgParams().IntArray(conversations).IntArray(seqs));
+  PgRows r = db.Query(ColdEditPageInSql(), PgParams().IntArray(conversations).IntArray(seqs));
   if (db.failed()) return db.error();
   struct EditBlock {
     Seq last_seq = 0;

@@ -103,6 +103,10 @@ struct ColdEditText {
 // missing block or text is corruption, never an empty text.
 Status FillColdEdits(PgConn& db, ColdCodec& codec, const std::vector<ColdEditText>& texts);
 
+// The statement FillColdEdits runs (parameters as described in pg_cold.cc).
+// Exposed for the test that pins its plan (pg_store_test).
+const char* ColdEditPageInSql();
+
 // A block's nonce: random, drawn for every write of a block.
 int64_t NewBlockNonce();
 
