@@ -113,6 +113,11 @@
 //         claims head rows FOR UPDATE SKIP LOCKED, so a user whose head a
 //         batch (or another node's trim) holds is skipped until the next
 //         pass, never waited for
+//   message_edits.cold and edit_blocks(conversation_id, first_seq,
+//         last_seq, edits, raw_bytes, created_at, nonce, data bytea STORAGE
+//         EXTERNAL) PK(conversation_id, first_seq), PARTITION BY
+//         HASH(conversation_id) (step 13, issue 12: the cold tier's edit
+//         texts, as SqliteStore's step 18; see "Cold tier" below)
 // Every key of a partitioned table leads with its partition key, and every
 // table holding conversation data has the conversation id in its primary
 // key, so the layout can be distributed (Citus) by conversation id and by
@@ -140,6 +145,10 @@
 // without a deleted text. SQL cannot call zstd, so reads page cold texts in
 // after each query (ColdTexts::Fill, one query per page). A send sets
 // hot_since in the UPDATE of its conversation it makes anyway.
+// The edit texts of a block's messages go into an edit block in the same
+// step (CompactEdits), read back after the stream read only
+// (FillColdEdits); a delete empties them with cold = false, the purge
+// rewrites their edit block.
 //
 // Why compaction is safe next to other nodes. Compaction turns a live row
 // into (body '', cold) and puts its text into a block; what must not happen
@@ -167,8 +176,12 @@
 //     lock cycle, and a send waits behind it at most one bounded step.
 //   - Purges rewriting one block (two nodes purging two texts of it) lock
 //     it FOR UPDATE and read it as the other left it, so neither rewrite is
-//     lost; they lock blocks in (conversation, first seq) order, so two
-//     purges cannot deadlock, and nothing else locks a block.
+//     lost; they lock blocks in (conversation, message blocks before edit
+//     blocks, first seq) order, so two purges cannot deadlock, and nothing
+//     else locks a block.
+//   - The step packs the edit rows of the messages whose rows it holds:
+//     an edit of them waits for the conversation, a delete or an expiry
+//     for the message row, so no edit text is packed while it changes.
 //   - A purge of a message the step has not passed (seq above cold_through)
 //     touches no block: a delete never puts a text into one, and a row
 //     deleted before the step reached it is a tombstone the step skips.
