@@ -3366,6 +3366,15 @@ TEST_P(ColdTierConformance, CompactedEditTextsLeaveTheHotTableAndPageBackIdentic
   EXPECT_EQ(edit_texts, (std::vector<std::string>{edited[{2, 1}], edited[{2, 2}], "two, third edit"}));
   EXPECT_EQ(History(store(), conv_, 3, 1, bob_.id)[0].body, "two, third edit");
   EXPECT_EQ(Compact(1'000'000, 1'000'000).edits, 0) << "a compaction never goes back below cold_through";
+
+  // A compacted edit whose edit block is gone fails the read (corruption is
+  // never shown as an empty text); history, which reads no edit text, is
+  // unaffected.
+  ASSERT_EQ(RawSql(fmt::format("DELETE FROM edit_blocks WHERE conversation_id = {}", conv_)).size(), 0u);
+  Result<StreamPage> broken = Await<StreamPage>([&](auto cb) { store().ReadStream(bob_.id, 0, 1000, cb); });
+  ASSERT_FALSE(broken.has_value());
+  EXPECT_EQ(broken.error().code(), ErrorCode::kInternal) << broken.error().message();
+  EXPECT_EQ(History(store(), conv_, 3, 1, bob_.id)[0].body, "two, third edit");
 }
 
 // A delete for everyone, an expiry and the erase of a user remove compacted
