@@ -219,13 +219,14 @@ void ChatService::CompactStep(bool repeat, std::function<void(int)> done) {
     } else {
       count = r->messages;
       cold_messages_.Inc(r->messages);
+      cold_edits_.Inc(r->edits);
       cold_blocks_.Inc(r->blocks);
       cold_bytes_before_.Inc(r->raw_bytes);
       cold_bytes_after_.Inc(r->compressed_bytes);
       more = r->more;
       if (count > 0)
-        spdlog::debug("event=messages_compacted count={} blocks={} bytes_before={} bytes_after={} more={}", count,
-                      r->blocks, r->raw_bytes, r->compressed_bytes, more);
+        spdlog::debug("event=messages_compacted count={} edits={} blocks={} bytes_before={} bytes_after={} more={}",
+                      count, r->edits, r->blocks, r->raw_bytes, r->compressed_bytes, more);
     }
     if (done) done(count);
     if (!repeat || stopping_) return;

@@ -107,10 +107,13 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
           "sync requests answered cursor_too_old (the cursor is below the user's stream floor)")),
       cold_messages_(Metrics::Default().GetCounter("parley_cold_messages_total",
                                                    "Messages whose text this node's compaction moved into cold blocks")),
+      cold_edits_(Metrics::Default().GetCounter(
+          "parley_cold_edits_total", "Edit texts this node's compaction moved into cold edit blocks")),
       cold_blocks_(Metrics::Default().GetCounter("parley_cold_blocks_total",
                                                  "Compressed cold blocks written by this node's compaction")),
       cold_bytes_before_(Metrics::Default().GetCounter(
-          "parley_cold_bytes_before_total", "Bytes of the texts compacted by this node, before compression")),
+          "parley_cold_bytes_before_total",
+          "Bytes of the texts (edits included) compacted by this node, before compression")),
       cold_bytes_after_(Metrics::Default().GetCounter(
           "parley_cold_bytes_after_total", "Bytes of the cold blocks written by this node, after compression")),
       cold_failures_(Metrics::Default().GetCounter("parley_cold_compaction_failures_total",

@@ -467,6 +467,7 @@ class ChatService {
   // pass starts again from the first user). Core executor only.
   int64_t trim_after_user_ = 0;
   Counter& cold_messages_;
+  Counter& cold_edits_;
   Counter& cold_blocks_;
   Counter& cold_bytes_before_;
   Counter& cold_bytes_after_;

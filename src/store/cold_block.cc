@@ -56,6 +56,24 @@ struct ColdCodec::Contexts {
 ColdCodec::ColdCodec() : z_(std::make_unique<Contexts>()) {}
 ColdCodec::~ColdCodec() = default;
 
+Result<std::string> ColdCodec::Compress(const std::string& raw) {
+  std::string out(ZSTD_compressBound(raw.size()), '\0');
+  const size_t n = ZSTD_compressCCtx(z_->c, out.data(), out.size(), raw.data(), raw.size(), kColdZstdLevel);
+  if (ZSTD_isError(n)) return Status(ErrorCode::kInternal, fmt::format("zstd: {}", ZSTD_getErrorName(n)));
+  out.resize(n);
+  return out;
+}
+
+Result<std::string> ColdCodec::Decompress(std::string_view data) {
+  const unsigned long long size = ZSTD_getFrameContentSize(data.data(), data.size());
+  if (size == ZSTD_CONTENTSIZE_ERROR || size == ZSTD_CONTENTSIZE_UNKNOWN || size > kMaxRawBlockBytes)
+    return Corrupt("bad frame header");
+  std::string raw(static_cast<size_t>(size), '\0');
+  const size_t n = ZSTD_decompressDCtx(z_->d, raw.data(), raw.size(), data.data(), data.size());
+  if (ZSTD_isError(n) || n != raw.size()) return Corrupt("frame does not decompress");
+  return raw;
+}
+
 Result<std::string> ColdCodec::Pack(Seq first_seq, const std::vector<ColdEntry>& entries, int64_t* raw_bytes) {
   std::string raw;
   raw.push_back(static_cast<char>(kColdBlockFormat));
@@ -65,21 +83,13 @@ Result<std::string> ColdCodec::Pack(Seq first_seq, const std::vector<ColdEntry>&
     raw += e.body;
   }
   if (raw_bytes != nullptr) *raw_bytes = static_cast<int64_t>(raw.size());
-  std::string out(ZSTD_compressBound(raw.size()), '\0');
-  const size_t n = ZSTD_compressCCtx(z_->c, out.data(), out.size(), raw.data(), raw.size(), kColdZstdLevel);
-  if (ZSTD_isError(n)) return Status(ErrorCode::kInternal, fmt::format("zstd: {}", ZSTD_getErrorName(n)));
-  out.resize(n);
-  return out;
+  return Compress(raw);
 }
 
 Result<std::vector<ColdEntry>> ColdCodec::Unpack(Seq first_seq, std::string_view data) {
-  const unsigned long long size = ZSTD_getFrameContentSize(data.data(), data.size());
-  if (size == ZSTD_CONTENTSIZE_ERROR || size == ZSTD_CONTENTSIZE_UNKNOWN || size > kMaxRawBlockBytes)
-    return Corrupt("bad frame header");
-  std::string raw(static_cast<size_t>(size), '\0');
-  const size_t n = ZSTD_decompressDCtx(z_->d, raw.data(), raw.size(), data.data(), data.size());
-  if (ZSTD_isError(n) || n != raw.size()) return Corrupt("frame does not decompress");
-  std::string_view in(raw);
+  Result<std::string> raw = Decompress(data);
+  if (!raw) return raw.error();
+  std::string_view in(*raw);
   if (in.empty() || static_cast<uint8_t>(in.front()) != kColdBlockFormat) return Corrupt("unknown format");
   in.remove_prefix(1);
   std::vector<ColdEntry> entries;
@@ -90,6 +100,54 @@ Result<std::vector<ColdEntry>> ColdCodec::Unpack(Seq first_seq, std::string_view
     in.remove_prefix(len);
   }
   return entries;
+}
+
+Result<std::string> ColdCodec::PackEdits(Seq first_seq, const std::vector<ColdEditEntry>& entries,
+                                         int64_t* raw_bytes) {
+  std::string raw;
+  raw.push_back(static_cast<char>(kColdEditBlockFormat));
+  for (const ColdEditEntry& e : entries) {
+    PutVarint(raw, static_cast<uint64_t>(e.seq - first_seq));
+    PutVarint(raw, static_cast<uint64_t>(e.version));
+    PutVarint(raw, e.body.size());
+    raw += e.body;
+  }
+  if (raw_bytes != nullptr) *raw_bytes = static_cast<int64_t>(raw.size());
+  return Compress(raw);
+}
+
+Result<std::vector<ColdEditEntry>> ColdCodec::UnpackEdits(Seq first_seq, std::string_view data) {
+  Result<std::string> raw = Decompress(data);
+  if (!raw) return raw.error();
+  std::string_view in(*raw);
+  if (in.empty() || static_cast<uint8_t>(in.front()) != kColdEditBlockFormat) return Corrupt("unknown format");
+  in.remove_prefix(1);
+  std::vector<ColdEditEntry> entries;
+  while (!in.empty()) {
+    uint64_t delta = 0, version = 0, len = 0;
+    if (!GetVarint(in, &delta) || !GetVarint(in, &version) || !GetVarint(in, &len) || len > in.size())
+      return Corrupt("truncated entry");
+    entries.push_back(ColdEditEntry{first_seq + static_cast<Seq>(delta), static_cast<int64_t>(version),
+                                    std::string(in.substr(0, len))});
+    in.remove_prefix(len);
+  }
+  return entries;
+}
+
+Result<ColdRewrite> ColdCodec::EditsWithout(Seq first_seq, std::string_view data, const std::vector<Seq>& drop) {
+  Result<std::vector<ColdEditEntry>> entries = UnpackEdits(first_seq, data);
+  if (!entries) return entries.error();
+  const size_t before = entries->size();
+  std::erase_if(*entries,
+                [&](const ColdEditEntry& e) { return std::binary_search(drop.begin(), drop.end(), e.seq); });
+  ColdRewrite out;
+  out.removed = static_cast<int64_t>(before - entries->size());
+  out.messages = static_cast<int64_t>(entries->size());
+  if (out.removed == 0 || entries->empty()) return out;
+  Result<std::string> packed = PackEdits(first_seq, *entries, &out.raw_bytes);
+  if (!packed) return packed.error();
+  out.data = std::move(*packed);
+  return out;
 }
 
 Result<ColdRewrite> ColdCodec::Without(Seq first_seq, std::string_view data, const std::vector<Seq>& drop) {

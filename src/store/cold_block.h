@@ -10,6 +10,14 @@
 // `first_seq` is the block's key (it is not repeated inside). The texts come
 // back byte for byte: Unpack(Pack(x)) == x.
 //
+// An edit block holds the texts of the edits (message_edits) of the messages
+// of one compacted range, in the same kind of frame: kColdEditBlockFormat
+// (1 byte), then per edit, ascending (seq, version): varint(seq - first_seq),
+// varint(version), varint(byte length), the text. Its `first_seq` is its
+// first edit's seq. A message has few edits (each needs a new version within
+// the edit window), so a block of a message range stays about as small as
+// the range's message block.
+//
 // Thread-safety: a ColdCodec holds zstd contexts and is used by one thread at
 // a time; the free functions are pure.
 #pragma once
@@ -37,10 +45,21 @@ inline constexpr int kColdZstdLevel = 9;
 // The first byte of a block's raw form: its layout, for a later one (a
 // trained dictionary, more columns).
 inline constexpr uint8_t kColdBlockFormat = 1;
+// The first byte of an edit block's raw form. A different value from
+// kColdBlockFormat, so a block read from the wrong table fails to decode
+// instead of returning wrong texts.
+inline constexpr uint8_t kColdEditBlockFormat = 2;
 
 // One message's text in a block.
 struct ColdEntry {
   Seq seq = 0;
+  std::string body;
+};
+
+// One edit's text in an edit block: message `seq`'s edit `version`.
+struct ColdEditEntry {
+  Seq seq = 0;
+  int64_t version = 0;
   std::string body;
 };
 
@@ -72,7 +91,20 @@ class ColdCodec {
   // finding it. Fails as Unpack and Pack do.
   Result<ColdRewrite> Without(Seq first_seq, std::string_view data, const std::vector<Seq>& drop);
 
+  // The same three for edit blocks: REQUIRES for PackEdits: non-empty,
+  // ascending (seq, version), every seq >= first_seq. EditsWithout drops
+  // every edit of the messages in `drop` (sorted); ColdRewrite::messages
+  // then counts the edits left.
+  Result<std::string> PackEdits(Seq first_seq, const std::vector<ColdEditEntry>& entries,
+                                int64_t* raw_bytes = nullptr);
+  Result<std::vector<ColdEditEntry>> UnpackEdits(Seq first_seq, std::string_view data);
+  Result<ColdRewrite> EditsWithout(Seq first_seq, std::string_view data, const std::vector<Seq>& drop);
+
  private:
+  // One zstd frame of `raw`, and the raw form of frame `data`.
+  Result<std::string> Compress(const std::string& raw);
+  Result<std::string> Decompress(std::string_view data);
+
   struct Contexts;
   std::unique_ptr<Contexts> z_;
 };

@@ -299,7 +299,11 @@ class Store {
   // edits, deletes, expiry and the purge work on compacted messages; an edit
   // or a delete writes the message's text back into its row (the block's copy
   // becomes an old version, like message_edits' texts) and the purge of a
-  // deleted message removes its text from its block too.
+  // deleted message removes its text from its block too. The texts of the
+  // message's edits (message_edits, read by kEdit events) are compacted with
+  // it into an edit block and follow the same rules: a later edit is a hot
+  // row, a delete empties every edit text at once, the purge removes them
+  // from their edit block.
 
   // Compacts as CompactRequest says, in one transaction of its own (never
   // shared with sends). The default fails kUnavailable (a store without a

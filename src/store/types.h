@@ -401,7 +401,7 @@ struct PurgeProgress {
   int64_t edits_removed = 0;    // message_edits rows removed
   int64_t search_removed = 0;   // search index rows (and queued entries) removed
   int64_t backlog = 0;          // tombstones deleted before the cutoff still waiting
-  int64_t cold_removed = 0;     // texts removed from cold blocks (cold tier)
+  int64_t cold_removed = 0;     // texts removed from cold blocks (cold tier; message and edit texts)
 };
 
 // ---- Cold tier (issue 12 item 6; docs/architecture.md "Cold tier") ----
@@ -423,8 +423,9 @@ struct CompactRequest {
 struct CompactProgress {
   int messages = 0;              // texts moved into blocks
   int blocks = 0;                // blocks written
+  int edits = 0;                 // edit texts moved into edit blocks (with their messages')
   int conversations = 0;         // conversations visited
-  int64_t raw_bytes = 0;         // the blocks' size before compression
+  int64_t raw_bytes = 0;         // the blocks' size before compression (edit blocks included)
   int64_t compressed_bytes = 0;  // and after
   bool more = false;             // conversations still due (the step was full)
 };

@@ -523,6 +523,90 @@ TEST(AdminEraseE2E, EraseOfCompactedMessagesLeavesNoTextOfTheUserInAColdBlock) {
   EXPECT_EQ(again["removed"]["cold_texts_removed"], 0);
 }
 
+// Every edit text in the edit blocks of conversation `conv` of `s`'s store,
+// decoded as BlockTexts does: (seq, version) -> text.
+std::map<std::pair<int64_t, int64_t>, std::string> EditBlockTexts(const ServerProcess& s, int64_t conv) {
+  const std::string sql = "SELECT first_seq || '|' || " +
+                          std::string(s.postgres_url().empty() ? "hex(data)" : "encode(data, 'hex')") +
+                          " FROM edit_blocks WHERE conversation_id = " + std::to_string(conv);
+  const std::string cmd = s.postgres_url().empty()
+                              ? "sqlite3 -readonly '" + s.dir() + "/data/parley.db' \"" + sql + "\""
+                              : "psql '" + s.postgres_url() + "' -tAc \"" + sql + "\"";
+  int rc = 0;
+  const std::string out = Shell(cmd, &rc);
+  EXPECT_EQ(rc, 0) << cmd << ": " << out;
+  std::map<std::pair<int64_t, int64_t>, std::string> texts;
+  store::ColdCodec codec;
+  std::istringstream lines(out);
+  for (std::string row; std::getline(lines, row);) {
+    const size_t bar = row.find('|');
+    if (bar == std::string::npos) continue;
+    std::string data;
+    for (size_t i = bar + 1; i + 1 < row.size(); i += 2)
+      data.push_back(static_cast<char>(std::stoi(row.substr(i, 2), nullptr, 16)));
+    Result<std::vector<store::ColdEditEntry>> entries = codec.UnpackEdits(std::stoll(row.substr(0, bar)), data);
+    EXPECT_TRUE(entries.has_value()) << "edit block " << row.substr(0, bar) << " does not decode";
+    if (!entries) continue;
+    for (store::ColdEditEntry& e : *entries) texts[{e.seq, e.version}] = std::move(e.body);
+  }
+  return texts;
+}
+
+// The same for edit texts: each message is edited before the compaction, so
+// the edits go into edit blocks with their messages (none is left in the
+// hot table); the erase's purge leaves no edit text of the user in a block,
+// the other member's stay and still read back through sync. Runs on SQLite,
+// and on PostgreSQL as admin_e2e_test_postgres.
+TEST(AdminEraseE2E, EraseOfCompactedEditsLeavesNoEditTextOfTheUserInAColdBlock) {
+  // Two seconds: the sends and edits below land well before the
+  // compaction takes their messages.
+  ServerProcess server({"--admin-token", kToken, "--cold-after-s", "2", "--compact-interval-ms", "50"});
+  Register(server, "ivy");
+  Register(server, "jack");
+  Device ivy = Login(server, "ivy");
+  Device jack = Login(server, "jack");
+  Reply open = ivy.conn->Call("open_conversation", {{"username", "jack"}});
+  ASSERT_TRUE(open.ok) << open.code;
+  const int64_t conv = open.result["conversation"]["conversation_id"];
+  // Seqs 1..10, ivy's the odd ones, each edited once by its sender.
+  constexpr int kMessages = 10;
+  std::map<std::pair<int64_t, int64_t>, std::string> jacks;
+  for (int i = 1; i <= kMessages; ++i) {
+    Device& from = i % 2 ? ivy : jack;
+    const std::string who = i % 2 ? "ivy" : "jack";
+    Reply r = from.conn->Call("send", {{"conversation_id", conv}, {"client_id", "c" + std::to_string(i)},
+                                       {"body", who + " says " + std::to_string(i)}});
+    ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
+    const std::string edit = who + " edits " + std::to_string(i);
+    Reply e = from.conn->Call("edit_message", {{"conversation_id", conv}, {"seq", i},
+                                               {"client_id", "e" + std::to_string(i)}, {"body", edit}});
+    ASSERT_TRUE(e.ok) << e.code << ": " << e.message;
+    if (i % 2 == 0) jacks[{i, 1}] = edit;
+  }
+  ASSERT_TRUE(Eventually(
+      [&] { return StoreCount(server, "SELECT count(*) FROM message_edits WHERE cold") == kMessages; }, 15'000))
+      << "every edit compacted";
+  EXPECT_EQ(StoreCount(server, "SELECT count(*) FROM message_edits WHERE body <> ''"), 0);
+  ASSERT_EQ(EditBlockTexts(server, conv).size(), static_cast<size_t>(kMessages));
+
+  json erased = AdminOk(server, "user erase ivy --yes");
+  EXPECT_EQ(erased["verified"], true) << erased.dump();
+  EXPECT_EQ(erased["removed"]["tombstones_purged"], kMessages / 2) << erased.dump();
+  EXPECT_EQ(erased["removed"]["cold_texts_removed"], kMessages) << "ivy's five texts and her five edits";
+  EXPECT_EQ(erased["removed"]["edit_rows_removed"], kMessages / 2) << erased.dump();
+  EXPECT_EQ(EditBlockTexts(server, conv), jacks) << "only jack's edit texts are left in the edit blocks";
+
+  // Jack's devices still read his edits, and ivy's as empty.
+  int edits_seen = 0;
+  for (const json& e : SyncAll(*jack.conn, 0)) {
+    if (e["kind"] != "edit" || e["conversation_id"] != conv) continue;
+    const int64_t seq = e["seq"];
+    EXPECT_EQ(e.value("body", ""), seq % 2 ? "" : "jack edits " + std::to_string(seq)) << e.dump();
+    ++edits_seen;
+  }
+  EXPECT_EQ(edits_seen, kMessages);
+}
+
 TEST_F(AdminE2E, BackupTakenUnderLoadRestoresToAStoreWithEveryAckedMessage) {
   Register(server_, "sender");
   Register(server_, "receiver");

@@ -41,6 +41,7 @@ namespace parley::store {
 namespace {
 
 using namespace parley::store::testing;  // NOLINT: test helpers
+using postgres::ColdEditPageInSql;
 using postgres::ColdPageInSql;
 using postgres::kHistoryPageSql;
 using postgres::kWithheldInSql;
@@ -110,7 +111,9 @@ TEST(PgStoreTest, MigratesAVersionOneDatabaseInPlaceKeepingItsData) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,11,12"});
+            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,11,12,13"});
+  // Step 13 (the cold tier's edit texts): every edit row hot, no edit block.
+  EXPECT_EQ(Sql(url, "SELECT count(*) FROM edit_blocks"), std::vector<std::string>{"0"});
   // Step 12 (stream trimming): every stream starts with nothing trimmed.
   EXPECT_EQ(Sql(url, "SELECT column_default FROM information_schema.columns WHERE table_name = 'user_heads' "
                      "AND column_name = 'stream_floor'"),
@@ -247,7 +250,7 @@ TEST(PgStoreTest, MigratesADatabaseAtStep12WithoutStep11IntoTheColdTier) {
   std::unique_ptr<Store> store = OpenPg(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Sql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"),
-            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,11,12"});
+            std::vector<std::string>{"1,2,3,4,5,6,7,8,9,10,11,12,13"});
   EXPECT_TRUE(Must(Await<SchemaStatus>([&](auto cb) { store->GetSchemaStatus(cb); })).pending.empty());
   EXPECT_EQ(Sql(url, "SELECT id || ':' || hot_since || ':' || cold_through FROM conversations ORDER BY id"),
             (std::vector<std::string>{"1:10:0", "2:0:0"}))
@@ -417,7 +420,8 @@ TEST(PgStoreTest, MessagesAndStreamsAreHashPartitionedWithThePartitionKeyInEvery
   ASSERT_NE(store, nullptr);
   const std::vector<std::pair<std::string, std::string>> partitioned = {
       {"messages", "conversation_id"}, {"withheld", "conversation_id"}, {"user_events", "user_id"},
-      {"message_edits", "conversation_id"}, {"drafts", "user_id"}, {"message_blocks", "conversation_id"}};
+      {"message_edits", "conversation_id"}, {"drafts", "user_id"}, {"message_blocks", "conversation_id"},
+      {"edit_blocks", "conversation_id"}};
   for (const auto& [table, key] : partitioned) {
     SCOPED_TRACE(table);
     // Hash strategy, on the named key column.
@@ -1000,9 +1004,9 @@ void ExpectPrimaryKeyScansOnly(const Plan& plan, const std::string& table, const
 // choose freely: a history page walks messages' primary key backwards and
 // probes withheld's; its "stays sent" ranges scan withheld's primary key;
 // the cold page-in (both variants) probes messages' and message_blocks'
-// primary keys per wanted seq. No statement scans a partition whole, with
-// a custom plan or a generic one. The SQL is the store's own
-// (pg_history_sql.h, ColdPageInSql).
+// primary keys per wanted seq, the edit page-in edit_blocks'. No statement
+// scans a partition whole, with a custom plan or a generic one. The SQL is
+// the store's own (pg_history_sql.h, ColdPageInSql, ColdEditPageInSql).
 TEST(PgStoreTest, HistoryAndPageInUseTheirIndexes) {
   std::string url = FreshDatabase();
   {
@@ -1030,7 +1034,11 @@ TEST(PgStoreTest, HistoryAndPageInUseTheirIndexes) {
   Sql(url, fmt::format("INSERT INTO withheld(conversation_id, user_id, seq) SELECT c, 2, s * 3 "
                        "FROM generate_series(1, {0}) c, generate_series(1, {1}) s",
                        kConversations, kWithheldEach));
-  Sql(url, "ANALYZE messages, message_blocks, withheld");
+  Sql(url, fmt::format("INSERT INTO edit_blocks(conversation_id, first_seq, last_seq, edits, raw_bytes, "
+                       "created_at, nonce, data) SELECT c, 1 + b * 10, 10 + b * 10, 10, 1000, 1, b, "
+                       "decode(repeat('ab', 200), 'hex') FROM generate_series(1, {0}) c, generate_series(0, {1}) b",
+                       kConversations, kBlocksEach - 1));
+  Sql(url, "ANALYZE messages, message_blocks, edit_blocks, withheld");
 
   // The newest page of conversation 7 as user 2 sees it; its "stays sent"
   // range; 50 of its seqs paged in, with 2 blocks cached.
@@ -1058,6 +1066,14 @@ TEST(PgStoreTest, HistoryAndPageInUseTheirIndexes) {
         EXPECT_EQ(scan.kind.find("Seq"), std::string::npos)
             << what << ": " << scan.kind << " on " << scan.table << "\n" << page_in.text;
     }
+    // The page-in of compacted edit texts (the stream's kEdit events).
+    const std::string edits_args =
+        fmt::format("'{{{}}}', '{{{}}}'", fmt::join(conversations, ","), fmt::join(seqs, ","));
+    const Plan edit_page_in = PlanOf(url, ColdEditPageInSql(), edits_args, generic);
+    ExpectPrimaryKeyScansOnly(edit_page_in, "edit_blocks", "edit page-in, " + mode);
+    for (const PlanScan& scan : edit_page_in.scans)
+      EXPECT_EQ(scan.kind.find("Seq"), std::string::npos)
+          << "edit page-in, " << mode << ": " << scan.kind << " on " << scan.table << "\n" << edit_page_in.text;
   }
 }
 

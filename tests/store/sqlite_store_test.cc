@@ -402,6 +402,44 @@ TEST(SqliteStoreTest, MigratesVersion9HistoryIntoTheSearchQueue) {
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
+// Step 18 (the cold tier's edit texts): a version-17 file's edit rows are
+// hot (cold = 0) and read as before; the next compaction of their messages
+// moves their texts into an edit block.
+TEST(SqliteStoreTest, MigratesVersion17EditsAndCompactsThemWithTheirMessages) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 17, std::string(kAnnAndBensNews) + R"sql(
+UPDATE messages SET body = 'newer news, edited', version = 1, edited_at = 25 WHERE conversation_id = 1 AND seq = 2;
+INSERT INTO message_edits(conversation_id, seq, version, client_id, editor_device_id, body, created_at)
+  VALUES(1, 2, 1, 'e', 2, 'newer news, edited', 25);
+UPDATE conversations SET hot_since = 10 WHERE id = 1;
+)sql"));
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  CompactRequest req;
+  req.stored_before = req.due_before = 1'000;
+  req.max_messages = 100;
+  CompactProgress p = Must(Await<CompactProgress>([&](auto cb) { store->CompactMessages(req, cb); }));
+  EXPECT_EQ(p.messages, 2);
+  EXPECT_EQ(p.edits, 1);
+  store.reset();
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db,
+                               "SELECT (SELECT group_concat(seq || ':' || version || ':' || cold || ':' || body) "
+                               "FROM message_edits), (SELECT count(*) || ':' || sum(edits) FROM edit_blocks)",
+                               -1, &stmt, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)), "2:1:1:");
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)), "1:1");
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
 // Step 15: the search index is rebuilt with FTS5 prefix indexes; every
 // message is queued again in stored order (a queued entry from before the
 // upgrade goes: the requeue covers it), so results stay newest first.

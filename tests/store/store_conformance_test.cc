@@ -2934,6 +2934,7 @@ class ColdTierConformance : public StoreConformance {
       CompactProgress p = Compact(t, t);
       total.messages += p.messages;
       total.blocks += p.blocks;
+      total.edits += p.edits;
       total.raw_bytes += p.raw_bytes;
       total.compressed_bytes += p.compressed_bytes;
       if (!p.more) return total;
@@ -2999,6 +3000,25 @@ class ColdTierConformance : public StoreConformance {
       EXPECT_TRUE(entries.has_value()) << "block " << row[0] << " of " << conversation;
       if (!entries) continue;
       for (ColdEntry& e : *entries) out[e.seq] = std::move(e.body);
+    }
+    return out;
+  }
+
+  // Every edit text still in an edit block of `conversation` (decoded), by
+  // (seq, version).
+  std::map<std::pair<Seq, int64_t>, std::string> EditBlockTexts(ConversationId conversation) {
+    std::map<std::pair<Seq, int64_t>, std::string> out;
+    ColdCodec codec;
+    for (const std::vector<std::string>& row :
+         RawSql(fmt::format("SELECT first_seq, {} FROM edit_blocks WHERE conversation_id = {}",
+                            GetParam().hex("data"), conversation))) {
+      std::string data;
+      for (size_t i = 0; i + 1 < row[1].size(); i += 2)
+        data.push_back(static_cast<char>(std::stoi(row[1].substr(i, 2), nullptr, 16)));
+      Result<std::vector<ColdEditEntry>> entries = codec.UnpackEdits(std::stoll(row[0]), data);
+      EXPECT_TRUE(entries.has_value()) << "edit block " << row[0] << " of " << conversation;
+      if (!entries) continue;
+      for (ColdEditEntry& e : *entries) out[{e.seq, e.version}] = std::move(e.body);
     }
     return out;
   }
@@ -3276,6 +3296,178 @@ TEST_P(ColdTierConformance, ErasingAUserWhoseMessagesAreCompactedLeavesNoTextOfT
   for (int i = 3; i <= kMessages; i += 3) bobs[i] = Text(i);
   EXPECT_EQ(BlockTexts(conv_), bobs);
   expect_bobs_view();
+}
+
+// Edit texts (message_edits) are compacted with their messages: after the
+// step no edit text is left in the hot table, each is in the edit block of
+// its message range, and every read (the kEdit events of the streams above
+// all) returns exactly what it did before. An edit made after the
+// compaction is a hot row again and the compacted ones still page back.
+// Before, edit texts stayed hot for good.
+TEST_P(ColdTierConformance, CompactedEditTextsLeaveTheHotTableAndPageBackIdentically) {
+  SetUpConversation();
+  constexpr int kMessages = 220;  // two message ranges, both with edits (EveryRead reads seq 200)
+  for (int i = 1; i <= kMessages; ++i) {
+    const bool alices = i % 3 != 0;
+    Must(Append(store(), Msg(conv_, alices ? alice_.id : bob_.id, alices ? alice_dev_.id : bob_dev_.id,
+                             "c" + std::to_string(i), Text(i), 2000 + i)));
+  }
+  // Alice edits 2 twice, 4 once and 140 once; bob edits his 3; alice edits
+  // 7 and then deletes it (a deleted message's edit texts are empty).
+  std::map<std::pair<Seq, int64_t>, std::string> edited;
+  auto edit = [&](const UserRecord& user, const DeviceRecord& dev, Seq seq, const std::string& body, int64_t now) {
+    MessageChange c = ChangeOf(protocol::ChangeKind::kEdit, user, dev, seq, now);
+    c.client_id = fmt::format("e{}-{}", seq, now);
+    c.body = body;
+    c.edit_window_ms = c.delete_window_ms = 60'000;
+    SCOPED_TRACE(fmt::format("edit of {} at {}", seq, now));
+    ChangeResult r = Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(c, cb); }));
+    edited[{seq, r.version}] = body;
+  };
+  edit(alice_, alice_dev_, 2, "two, first edit " + Text(1002), 5000);
+  edit(alice_, alice_dev_, 2, "two, second edit «ü» " + Text(2002), 5001);
+  edit(alice_, alice_dev_, 4, "four edited word", 5002);
+  edit(alice_, alice_dev_, 140, "one hundred forty edited", 5003);
+  edit(bob_, bob_dev_, 3, "bob's three edited", 5004);
+  edit(alice_, alice_dev_, 7, "seven edited, then deleted", 5005);
+  edited.erase({7, 1});
+  MessageChange del = AliceEdits(7, "", "", 5006);
+  del.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(del, cb); }));
+  IndexAll(store(), 500);
+  const std::vector<std::string> before = EveryRead();
+  for (const auto& [key, body] : edited) {
+    EXPECT_NE(std::find_if(before.begin(), before.end(),
+                           [&](const std::string& line) { return line.find(body) != std::string::npos; }),
+              before.end())
+        << "the edit of " << key.first << " is read before the compaction";
+  }
+
+  CompactProgress p = CompactAllBefore(1'000'000);
+  EXPECT_EQ(p.messages, kMessages - 1);
+  EXPECT_EQ(p.edits, static_cast<int>(edited.size())) << "every edit with a text; 7's was emptied by its delete";
+  EXPECT_EQ(RawSql(fmt::format("SELECT count(*) FROM message_edits WHERE conversation_id = {} AND body <> ''", conv_)),
+            (SqlRows{{"0"}}))
+      << "no edit text left in the hot table";
+  EXPECT_EQ(RawSql(fmt::format("SELECT count(*) FROM edit_blocks WHERE conversation_id = {}", conv_)),
+            (SqlRows{{"2"}}))
+      << "one edit block per compacted range with edits";
+  EXPECT_EQ(EditBlockTexts(conv_), edited);
+  EXPECT_EQ(EveryRead(), before) << "every read, the edit events' texts included, returns what it did before";
+  Reopen();  // fresh connections: nothing served from a cache
+  EXPECT_EQ(EveryRead(), before);
+
+  // A later edit: a hot row, its event carries its text; the compacted
+  // edits of the same message still page back in the older events.
+  edit(alice_, alice_dev_, 2, "two, third edit", 9000);
+  std::vector<std::string> edit_texts;
+  for (const StreamEvent& ev : ReadStream(store(), bob_.id, 0, 1000).events)
+    if (ev.kind == EventKind::kEdit && ev.message->seq == 2) edit_texts.push_back(ev.message->body);
+  EXPECT_EQ(edit_texts, (std::vector<std::string>{edited[{2, 1}], edited[{2, 2}], "two, third edit"}));
+  EXPECT_EQ(History(store(), conv_, 3, 1, bob_.id)[0].body, "two, third edit");
+  EXPECT_EQ(Compact(1'000'000, 1'000'000).edits, 0) << "a compaction never goes back below cold_through";
+
+  // A compacted edit whose edit block is gone fails the read (corruption is
+  // never shown as an empty text); history, which reads no edit text, is
+  // unaffected.
+  ASSERT_EQ(RawSql(fmt::format("DELETE FROM edit_blocks WHERE conversation_id = {}", conv_)).size(), 0u);
+  Result<StreamPage> broken = Await<StreamPage>([&](auto cb) { store().ReadStream(bob_.id, 0, 1000, cb); });
+  ASSERT_FALSE(broken.has_value());
+  EXPECT_EQ(broken.error().code(), ErrorCode::kInternal) << broken.error().message();
+  EXPECT_EQ(History(store(), conv_, 3, 1, bob_.id)[0].body, "two, third edit");
+}
+
+// A delete for everyone, an expiry and the erase of a user remove compacted
+// edit texts as they do compacted message texts: at once from every read,
+// and from the edit blocks at the purge, which rewrites each edit block with
+// the other edits only (or deletes it once empty).
+TEST_P(ColdTierConformance, DeletesExpiryAndEraseRemoveCompactedEditTextsFromTheirBlocksAtThePurge) {
+  SetUpConversation();
+  for (int i = 1; i <= 10; ++i) {
+    const bool alices = i != 8;
+    NewMessage m = Msg(conv_, alices ? alice_.id : bob_.id, alices ? alice_dev_.id : bob_dev_.id,
+                       "m" + std::to_string(i), Text(i), 2000 + i);
+    if (i == 9) m.max_age_ms = 100'000;  // expires at kStoreClockMillis + 100 s
+    Must(Append(store(), m));
+  }
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(3, "e3", "three edited", 5000), cb); }));
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(5, "e5a", "five edited", 5001), cb); }));
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(5, "e5b", "five again", 5002), cb); }));
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(AliceEdits(9, "e9", "nine edited", 5003), cb); }));
+  MessageChange bobs = ChangeOf(protocol::ChangeKind::kEdit, bob_, bob_dev_, 8, 5004);
+  bobs.client_id = "e8";
+  bobs.body = "eight edited by bob";
+  bobs.edit_window_ms = bobs.delete_window_ms = 60'000;
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(bobs, cb); }));
+  CompactProgress p = CompactAllBefore(1'000'000);
+  ASSERT_EQ(p.messages, 10);
+  ASSERT_EQ(p.edits, 5);
+  using Edits = std::map<std::pair<Seq, int64_t>, std::string>;
+  ASSERT_EQ(EditBlockTexts(conv_), (Edits{{{3, 1}, "three edited"},
+                                          {{5, 1}, "five edited"},
+                                          {{5, 2}, "five again"},
+                                          {{8, 1}, "eight edited by bob"},
+                                          {{9, 1}, "nine edited"}}));
+
+  // The texts of the edits of 5 (deleted) and 9 (expired) go from every read at once.
+  MessageChange del = AliceEdits(5, "", "", 6000);
+  del.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(del, cb); }));
+  ASSERT_EQ(ExpireAt(store(), kStoreClockMillis + 100'000).expired.size(), 1u);
+  auto edit_events = [&] {
+    std::map<std::pair<Seq, int64_t>, std::string> out;
+    for (const StreamEvent& ev : ReadStream(store(), bob_.id, 0, 1000).events)
+      if (ev.kind == EventKind::kEdit) out[{ev.message->seq, ev.message->version}] = ev.message->body;
+    return out;
+  };
+  const Edits after_delete{{{3, 1}, "three edited"},
+                           {{5, 1}, ""},
+                           {{5, 2}, ""},
+                           {{8, 1}, "eight edited by bob"},
+                           {{9, 1}, ""}};
+  EXPECT_EQ(edit_events(), after_delete);
+
+  // The purge takes them out of the edit block; the others still page back.
+  PurgeProgress purge = PurgeBefore(store(), 1'000'000);
+  EXPECT_EQ(purge.purged, 2);
+  EXPECT_EQ(purge.cold_removed, 2 + 3) << "two message texts and three edit texts";
+  EXPECT_EQ(EditBlockTexts(conv_), (Edits{{{3, 1}, "three edited"}, {{8, 1}, "eight edited by bob"}}));
+  Reopen();
+  // The purge removed 5's and 9's edit rows: their events carry no text.
+  EXPECT_EQ(edit_events(), (Edits{{{3, 1}, "three edited"},
+                                  {{5, 1}, ""},
+                                  {{5, 2}, ""},
+                                  {{8, 1}, "eight edited by bob"},
+                                  {{9, 1}, ""}}));
+
+  // Erasing alice: her messages are deleted and purged; no edit text of
+  // hers is left in a block, bob's edit stays and reads back.
+  Must(Await<EraseResult>([&](auto cb) { store().EraseAccount(alice_.id, 7000, cb); }));
+  for (const MessageRecord& m : History(store(), conv_, 0, 20, /*viewer=*/0)) {
+    if (m.sender_id != alice_.id || m.deleted_at != 0) continue;
+    MessageChange d = ChangeOf(protocol::ChangeKind::kDelete, alice_, alice_dev_, m.seq, 7001);
+    d.delete_window_ms = std::numeric_limits<int64_t>::max();
+    EXPECT_FALSE(Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(d, cb); })).duplicate);
+  }
+  purge = PurgeBefore(store(), 1'000'000);
+  EXPECT_EQ(purge.purged, 7);
+  EXPECT_EQ(purge.cold_removed, 7 + 1) << "seven message texts and 3's edit";
+  EXPECT_EQ(EditBlockTexts(conv_), (Edits{{{8, 1}, "eight edited by bob"}}));
+  EXPECT_EQ(BlockTexts(conv_), (std::map<Seq, std::string>{{8, "eight edited by bob"}}))
+      << "8 was edited before the compaction: its block holds its current text";
+  Reopen();
+  const std::map<std::pair<Seq, int64_t>, std::string> events = edit_events();
+  EXPECT_EQ(events.at({8, 1}), "eight edited by bob");
+  EXPECT_EQ(events.at({3, 1}), "");
+
+  // Bob's edit goes too once his message is deleted and purged: the edit
+  // block, now empty, is deleted.
+  MessageChange bob_del = ChangeOf(protocol::ChangeKind::kDelete, bob_, bob_dev_, 8, 8000);
+  bob_del.delete_window_ms = std::numeric_limits<int64_t>::max();
+  Must(Await<ChangeResult>([&](auto cb) { store().ChangeMessage(bob_del, cb); }));
+  EXPECT_EQ(PurgeBefore(store(), 1'000'000).cold_removed, 2);
+  EXPECT_EQ(RawSql(fmt::format("SELECT count(*) FROM edit_blocks WHERE conversation_id = {}", conv_)),
+            (SqlRows{{"0"}}));
 }
 
 // A compacted text that cannot be paged in when its push is claimed (here

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <map>
 #include <random>
+#include <string_view>
 #include <utility>
 
 namespace parley::store::postgres {
@@ -131,48 +132,123 @@ int64_t NewBlockNonce() {
   return static_cast<int64_t>(rng());
 }
 
-Result<int64_t> DropFromColdBlocks(PgConn& db, ColdCodec& codec, ConversationId conversation,
-                                   const std::vector<Seq>& seqs) {
-  if (seqs.empty()) return int64_t{0};
+namespace {
+
+// A table of blocks the purge rewrites: its name, its count column and the
+// codec's rewrite.
+struct BlockTable {
+  const char* name;
+  const char* count_column;
+  Result<ColdRewrite> (ColdCodec::*without)(Seq, std::string_view, const std::vector<Seq>&);
+};
+
+constexpr BlockTable kMessageBlocks{"message_blocks", "messages", &ColdCodec::Without};
+constexpr BlockTable kEditBlocks{"edit_blocks", "edits", &ColdCodec::EditsWithout};
+
+Result<int64_t> DropFrom(PgConn& db, ColdCodec& codec, const BlockTable& table, ConversationId conversation,
+                         const std::vector<Seq>& drop) {
   // The covering block of each seq (one backwards probe each, then one
   // index scan for them all), locked in ascending first seq. Under
   // READ COMMITTED a block another purge is rewriting is waited for and
   // then read as that purge left it (or skipped if it deleted it), so
   // neither rewrite is lost.
   PgRows r = db.Query(
-      "SELECT b.first_seq, b.last_seq, b.data FROM message_blocks b WHERE b.conversation_id = $1 "
-      "AND b.first_seq = ANY(ARRAY(SELECT (SELECT x.first_seq FROM message_blocks x WHERE x.conversation_id = $1 "
-      "AND x.first_seq <= s ORDER BY x.first_seq DESC LIMIT 1) FROM unnest($2::bigint[]) AS s)) "
-      "ORDER BY b.first_seq FOR UPDATE OF b",
-      PgParams().Int(conversation).IntArray(seqs));
+      fmt::format("SELECT b.first_seq, b.last_seq, b.data FROM {0} b WHERE b.conversation_id = $1 "
+                  "AND b.first_seq = ANY(ARRAY(SELECT (SELECT x.first_seq FROM {0} x WHERE x.conversation_id = $1 "
+                  "AND x.first_seq <= s ORDER BY x.first_seq DESC LIMIT 1) FROM unnest($2::bigint[]) AS s)) "
+                  "ORDER BY b.first_seq FOR UPDATE OF b",
+                  table.name),
+      PgParams().Int(conversation).IntArray(drop));
   if (db.failed()) return db.error();
-  std::vector<Seq> drop = seqs;
-  std::sort(drop.begin(), drop.end());
   int64_t removed = 0;
   for (int i = 0; i < r.size(); ++i) {
     const Seq first_seq = r.Int(i, 0);
-    Result<ColdRewrite> block = codec.Without(first_seq, r.Bytes(i, 2), drop);
+    Result<ColdRewrite> block = (codec.*table.without)(first_seq, r.Bytes(i, 2), drop);
     if (!block) return block.error();
     if (block->removed == 0) continue;
     removed += block->removed;
     if (block->messages == 0) {
-      db.Defer("DELETE FROM message_blocks WHERE conversation_id = $1 AND first_seq = $2",
+      db.Defer(fmt::format("DELETE FROM {} WHERE conversation_id = $1 AND first_seq = $2", table.name),
                PgParams().Int(conversation).Int(first_seq));
       continue;
     }
     // last_seq stays an upper bound.
-    db.Defer(
-        "UPDATE message_blocks SET messages = $3, raw_bytes = $4, data = $5, nonce = $6 "
-        "WHERE conversation_id = $1 AND first_seq = $2",
-        PgParams()
-            .Int(conversation)
-            .Int(first_seq)
-            .Int(block->messages)
-            .Int(block->raw_bytes)
-            .Bytes(block->data)
-            .Int(NewBlockNonce()));
+    db.Defer(fmt::format("UPDATE {} SET {} = $3, raw_bytes = $4, data = $5, nonce = $6 "
+                         "WHERE conversation_id = $1 AND first_seq = $2",
+                         table.name, table.count_column),
+             PgParams()
+                 .Int(conversation)
+                 .Int(first_seq)
+                 .Int(block->messages)
+                 .Int(block->raw_bytes)
+                 .Bytes(block->data)
+                 .Int(NewBlockNonce()));
   }
   return removed;
+}
+
+}  // namespace
+
+Result<int64_t> DropFromColdBlocks(PgConn& db, ColdCodec& codec, ConversationId conversation,
+                                   const std::vector<Seq>& seqs) {
+  if (seqs.empty()) return int64_t{0};
+  std::vector<Seq> drop = seqs;
+  std::sort(drop.begin(), drop.end());
+  Result<int64_t> texts = DropFrom(db, codec, kMessageBlocks, conversation, drop);
+  if (!texts) return texts;
+  Result<int64_t> edits = DropFrom(db, codec, kEditBlocks, conversation, drop);
+  if (!edits) return edits;
+  return *texts + *edits;
+}
+
+const char* ColdEditPageInSql() {
+  // $1, $2: the wanted (conversation, seq) pairs. Rows: each covering edit
+  // block once, as (conversation, first seq, last seq, data). As the page-in
+  // of message texts: the covering block of each wanted seq by a backwards
+  // probe of the primary key, each distinct block by primary key in a
+  // LATERAL subquery (index probes pruned to one partition at run time).
+  return "WITH need AS MATERIALIZED (SELECT DISTINCT u.c, (SELECT y.first_seq FROM edit_blocks y "
+         "WHERE y.conversation_id = u.c AND y.first_seq <= u.s ORDER BY y.first_seq DESC LIMIT 1) AS f "
+         "FROM unnest($1::bigint[], $2::bigint[]) AS u(c, s)) "
+         "SELECT b.conversation_id, b.first_seq, b.last_seq, b.data FROM need CROSS JOIN LATERAL "
+         "(SELECT y.conversation_id, y.first_seq, y.last_seq, y.data FROM edit_blocks y "
+         "WHERE y.conversation_id = need.c AND y.first_seq = need.f LIMIT 1) b";
+}
+
+Status FillColdEdits(PgConn& db, ColdCodec& codec, const std::vector<ColdEditText>& texts) {
+  if (texts.empty()) return Status::Ok();
+  std::vector<int64_t> conversations, seqs;
+  for (const ColdEditText& t : texts) {
+    conversations.push_back(t.conversation);
+    seqs.push_back(t.seq);
+  }
+  PgRows r = db.Query(ColdEditPageInSql(), PgParams().IntArray(conversations).IntArray(seqs));
+  if (db.failed()) return db.error();
+  struct EditBlock {
+    Seq last_seq = 0;
+    std::vector<ColdEditEntry> entries;
+  };
+  std::map<std::pair<ConversationId, Seq>, EditBlock> blocks;
+  for (int i = 0; i < r.size(); ++i) {
+    const Seq first_seq = r.Int(i, 1);
+    Result<std::vector<ColdEditEntry>> entries = codec.UnpackEdits(first_seq, r.Bytes(i, 3));
+    if (!entries) return entries.error();
+    blocks[{r.Int(i, 0), first_seq}] = EditBlock{r.Int(i, 2), std::move(entries).value()};
+  }
+  for (const ColdEditText& t : texts) {
+    auto it = blocks.upper_bound({t.conversation, t.seq});
+    if (it == blocks.begin() || (--it)->first.first != t.conversation || it->second.last_seq < t.seq)
+      return Corrupt("a compacted edit has no block");
+    const std::vector<ColdEditEntry>& entries = it->second.entries;
+    auto e = std::lower_bound(entries.begin(), entries.end(), std::pair{t.seq, t.version},
+                              [](const ColdEditEntry& x, std::pair<Seq, int64_t> k) {
+                                return std::pair{x.seq, x.version} < k;
+                              });
+    if (e == entries.end() || e->seq != t.seq || e->version != t.version)
+      return Corrupt("a compacted edit is missing from its block");
+    *t.body = e->body;
+  }
+  return Status::Ok();
 }
 
 }  // namespace parley::store::postgres

@@ -84,14 +84,39 @@ class ColdTexts {
 // the test that pins its plan (pg_store_test).
 const std::string& ColdPageInSql(bool lock_rows);
 
+// A compacted edit's text to page in: edit `version` of message
+// (conversation, seq), whose message_edits row is cold, and where its text
+// goes.
+struct ColdEditText {
+  ConversationId conversation = 0;
+  Seq seq = 0;
+  int64_t version = 0;
+  std::string* body = nullptr;
+};
+
+// Fills every `texts[i].body` from its edit block (edit_blocks; the edit
+// blocks of store/cold_block.h) with one query for them all, which returns
+// each block they need once. No cache: only the stream's kEdit events read
+// edit texts, a few per page. REQUIRES: each row was read as cold in the
+// current transaction, a reader's snapshot (the rows and the blocks agree;
+// the writer never reads edit texts). Fails kInternal as Fill does: a
+// missing block or text is corruption, never an empty text.
+Status FillColdEdits(PgConn& db, ColdCodec& codec, const std::vector<ColdEditText>& texts);
+
+// The statement FillColdEdits runs (parameters as described in pg_cold.cc).
+// Exposed for the test that pins its plan (pg_store_test).
+const char* ColdEditPageInSql();
+
 // A block's nonce: random, drawn for every write of a block.
 int64_t NewBlockNonce();
 
 // Removes the texts of `seqs` (messages of `conversation` deleted and being
-// purged) from the blocks that cover them: each such block is locked (FOR
-// UPDATE, ascending first seq: two purges rewriting one block apply in turn
-// and cannot deadlock, see pg_store.cc "Cold tier"), decoded, and rewritten
-// without them or deleted once empty. Returns how many texts were removed.
+// purged), and the texts of their edits, from the blocks that cover them:
+// each such block is locked (FOR UPDATE, the message blocks then the edit
+// blocks, each in ascending first seq: two purges rewriting one block apply
+// in turn and cannot deadlock, see pg_store.cc "Cold tier"), decoded, and
+// rewritten without them or deleted once empty. Returns how many texts were
+// removed (message and edit texts).
 // Database errors are the connection's (sticky); a block that does not
 // decode fails kInternal.
 Result<int64_t> DropFromColdBlocks(PgConn& db, ColdCodec& codec, ConversationId conversation,

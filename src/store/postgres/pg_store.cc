@@ -113,6 +113,11 @@
 //         claims head rows FOR UPDATE SKIP LOCKED, so a user whose head a
 //         batch (or another node's trim) holds is skipped until the next
 //         pass, never waited for
+//   message_edits.cold and edit_blocks(conversation_id, first_seq,
+//         last_seq, edits, raw_bytes, created_at, nonce, data bytea STORAGE
+//         EXTERNAL) PK(conversation_id, first_seq), PARTITION BY
+//         HASH(conversation_id) (step 13, issue 12: the cold tier's edit
+//         texts, as SqliteStore's step 18; see "Cold tier" below)
 // Every key of a partitioned table leads with its partition key, and every
 // table holding conversation data has the conversation id in its primary
 // key, so the layout can be distributed (Citus) by conversation id and by
@@ -140,6 +145,10 @@
 // without a deleted text. SQL cannot call zstd, so reads page cold texts in
 // after each query (ColdTexts::Fill, one query per page). A send sets
 // hot_since in the UPDATE of its conversation it makes anyway.
+// The edit texts of a block's messages go into an edit block in the same
+// step (CompactEdits), read back after the stream read only
+// (FillColdEdits); a delete empties them with cold = false, the purge
+// rewrites their edit block.
 //
 // Why compaction is safe next to other nodes. Compaction turns a live row
 // into (body '', cold) and puts its text into a block; what must not happen
@@ -167,8 +176,12 @@
 //     lock cycle, and a send waits behind it at most one bounded step.
 //   - Purges rewriting one block (two nodes purging two texts of it) lock
 //     it FOR UPDATE and read it as the other left it, so neither rewrite is
-//     lost; they lock blocks in (conversation, first seq) order, so two
-//     purges cannot deadlock, and nothing else locks a block.
+//     lost; they lock blocks in (conversation, message blocks before edit
+//     blocks, first seq) order, so two purges cannot deadlock, and nothing
+//     else locks a block.
+//   - The step packs the edit rows of the messages whose rows it holds:
+//     an edit of them waits for the conversation, a delete or an expiry
+//     for the message row, so no edit text is packed while it changes.
 //   - A purge of a message the step has not passed (seq above cold_through)
 //     touches no block: a delete never puts a text into one, and a row
 //     deleted before the step reached it is a tombstone the step skips.
@@ -214,6 +227,7 @@
 
 namespace parley::store {
 
+using postgres::ColdEditText;
 using postgres::ColdText;
 using postgres::ColdTexts;
 using postgres::kHistoryPageSql;
@@ -586,6 +600,28 @@ ALTER TABLE user_heads ADD COLUMN stream_floor bigint NOT NULL DEFAULT 1;
 )sql";
 }
 
+// Issue 12: the cold tier takes edit texts too (SqliteStore's step 18; see
+// "Cold tier" below). Edits of messages compacted before this step stay in
+// their rows, read as before. Their blocks are stored as message_blocks'.
+std::string SchemaV13() {
+  std::string sql = R"sql(
+ALTER TABLE message_edits ADD COLUMN cold boolean NOT NULL DEFAULT false;
+CREATE TABLE edit_blocks(
+  conversation_id bigint NOT NULL,
+  first_seq bigint NOT NULL,
+  last_seq bigint NOT NULL,
+  edits integer NOT NULL,
+  raw_bytes bigint NOT NULL,
+  created_at bigint NOT NULL,
+  nonce bigint NOT NULL,
+  data bytea NOT NULL,
+  PRIMARY KEY(conversation_id, first_seq)) PARTITION BY HASH(conversation_id);
+)sql";
+  sql += PartitionsSql("edit_blocks");
+  sql += "ALTER TABLE edit_blocks ALTER COLUMN data SET STORAGE EXTERNAL;\n";
+  return sql;
+}
+
 // The tsquery of a message search: every word as a prefix, all required.
 // Words hold only [0-9a-z] and non-ASCII characters (MessageWords), so
 // quoting needs no escapes.
@@ -613,6 +649,7 @@ const Migration kMigrations[] = {
     {10, &SchemaV10},
     {11, &SchemaV11},
     {12, &SchemaV12},
+    {13, &SchemaV13},
 };
 
 // Applies the steps above the database's version up to `target`, each in its
@@ -857,6 +894,7 @@ class PostgresStore::Writer {
   Result<TrimProgress> TrimStreams(const TrimRequest& req);
   // The cold tier (see "Cold tier").
   Result<CompactProgress> CompactMessages(const CompactRequest& req);
+  Status CompactEdits(ConversationId conversation, const std::vector<int64_t>& seqs, CompactProgress* progress);
 
  private:
   // A conversation's members (never change once created), ascending user id.
@@ -1541,7 +1579,7 @@ Result<ChangeResult> PostgresStore::Writer::ChangeMessage(const MessageChange& c
         "UPDATE messages SET body = '', cold = false, version = $3, deleted_at = $4 "
         "WHERE conversation_id = $1 AND seq = $2",
         PgParams().Int(change.conversation_id).Int(change.seq).Int(version).Int(change.now));
-    db_->Defer("UPDATE message_edits SET body = '' WHERE conversation_id = $1 AND seq = $2",
+    db_->Defer("UPDATE message_edits SET body = '', cold = false WHERE conversation_id = $1 AND seq = $2",
                PgParams().Int(change.conversation_id).Int(change.seq));
   }
   QueueSearch(change.conversation_id, change.seq, change.now);
@@ -2151,6 +2189,7 @@ Result<CompactProgress> PostgresStore::Writer::CompactMessages(const CompactRequ
         progress.messages += static_cast<int>(entries.size());
         progress.raw_bytes += raw;
         progress.compressed_bytes += static_cast<int64_t>(packed->size());
+        if (Status s = CompactEdits(conversation, seqs, &progress); !s.ok()) return s;
       }
       if (!rows.empty()) through = rows.back().seq;
       if (stop || r.size() < kColdBlockMessages) break;
@@ -2166,6 +2205,51 @@ Result<CompactProgress> PostgresStore::Writer::CompactMessages(const CompactRequ
   }
   if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
   return progress;
+}
+
+// The edits of the messages of a block being made (`seqs`, ascending) go
+// into an edit block of the same range: the rows with a text (a deleted
+// message's are empty already). The step holds the conversation and these
+// messages' rows, so no edit, delete or expiry of them runs meanwhile (see
+// "Cold tier").
+Status PostgresStore::Writer::CompactEdits(ConversationId conversation, const std::vector<int64_t>& seqs,
+                                           CompactProgress* progress) {
+  PgRows r = db_->Query(
+      "SELECT seq, version, body FROM message_edits WHERE conversation_id = $1 AND seq = ANY($2::bigint[]) "
+      "AND NOT cold AND body <> '' ORDER BY seq, version",
+      PgParams().Int(conversation).IntArray(seqs));
+  if (db_->failed()) return Status(ErrorCode::kInternal, "store error");
+  if (r.empty()) return Status::Ok();
+  std::vector<ColdEditEntry> edits;
+  std::vector<int64_t> edit_seqs, edit_versions;
+  for (int i = 0; i < r.size(); ++i) {
+    edits.push_back(ColdEditEntry{r.Int(i, 0), r.Int(i, 1), r.Text(i, 2)});
+    edit_seqs.push_back(r.Int(i, 0));
+    edit_versions.push_back(r.Int(i, 1));
+  }
+  int64_t raw = 0;
+  Result<std::string> packed = cold_.codec().PackEdits(edits.front().seq, edits, &raw);
+  if (!packed) return packed.error();
+  db_->Defer(
+      "INSERT INTO edit_blocks(conversation_id, first_seq, last_seq, edits, raw_bytes, created_at, nonce, data) "
+      "VALUES($1, $2, $3, $4, $5, $6, $7, $8)",
+      PgParams()
+          .Int(conversation)
+          .Int(edits.front().seq)
+          .Int(edits.back().seq)
+          .Int(static_cast<int64_t>(edits.size()))
+          .Int(raw)
+          .Int(batch_now_)
+          .Int(postgres::NewBlockNonce())
+          .Bytes(*packed));
+  db_->Defer(
+      "UPDATE message_edits x SET body = '', cold = true FROM unnest($2::bigint[], $3::bigint[]) AS u(s, v) "
+      "WHERE x.conversation_id = $1 AND x.seq = u.s AND x.version = u.v",
+      PgParams().Int(conversation).IntArray(edit_seqs).IntArray(edit_versions));
+  progress->edits += static_cast<int>(edits.size());
+  progress->raw_bytes += raw;
+  progress->compressed_bytes += static_cast<int64_t>(packed->size());
+  return Status::Ok();
 }
 
 class PostgresStore::Reader {
@@ -2545,7 +2629,7 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
   // each message event joined to its message by primary key.
   PgRows r = db_->Query(
       "SELECT e.user_seq, e.kind, e.conversation_id, e.seq, e.subject_user_id, e.delivered, e.read, e.created_at, "
-      "x.body, m.conversation_id IS NOT NULL, e.withheld, "
+      "x.body, m.conversation_id IS NOT NULL, e.withheld, COALESCE(x.cold, false), "
       "e.profile_username, e.profile_display_name, e.profile_about, e.profile_updated_at, " PARLEY_MESSAGE_COLUMNS ", "
       "dr.text, dr.updated_at "
       "FROM user_events e LEFT JOIN messages m "
@@ -2556,7 +2640,8 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
       "WHERE e.user_id = $1 AND e.user_seq > $2 ORDER BY e.user_seq LIMIT $3",
       PgParams().Int(user_id).Int(after).Int(static_cast<int64_t>(limit) + 1));
   *rows_read += static_cast<uint64_t>(r.size());
-  std::vector<int> cold_rows;  // rows of message events whose text is in a block
+  std::vector<int> cold_rows;       // rows of message events whose text is in a block
+  std::vector<int> cold_edit_rows;  // rows of edit events whose edit's text is in an edit block
   for (int i = 0; i < r.size(); ++i) {
     if (page.events.size() == static_cast<size_t>(limit)) {
       page.has_more = true;
@@ -2567,7 +2652,7 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
     e.kind = static_cast<EventKind>(r.Int(i, 1));
     e.conversation_id = r.Int(i, 2);
     e.created_at = r.Int(i, 7);
-    constexpr int kM = 15;  // first message column
+    constexpr int kM = 16;  // first message column
     const bool has_message = r.Bool(i, 9);
     if (e.kind == EventKind::kMessage && has_message) {
       e.message = MessageAt(r, i, kM);
@@ -2576,6 +2661,7 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
     if ((e.kind == EventKind::kEdit || e.kind == EventKind::kDelete) && has_message) {
       e.message = ChangeEventMessage(e.kind, MessageAt(r, i, kM), r.Int(i, 5), e.created_at,
                                      r.IsNull(i, 8) ? std::string() : r.Text(i, 8));
+      if (e.kind == EventKind::kEdit && r.Bool(i, 11)) cold_edit_rows.push_back(i);
     }
     if (e.kind == EventKind::kDeleteForMe) e.message = HideEventMessage(e.conversation_id, r.Int(i, 3));
     if (e.kind == EventKind::kReceipt) {
@@ -2584,7 +2670,7 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
     }
     if (e.kind == EventKind::kMessage || e.kind == EventKind::kReceipt) e.withheld = r.IntArray(i, 10);
     if (e.kind == EventKind::kProfile || e.kind == EventKind::kContact || e.kind == EventKind::kBlock) {
-      e.profile = ProfileRecord{r.Int(i, 4), r.Text(i, 11), r.Text(i, 12), r.Text(i, 13), r.Int(i, 14)};
+      e.profile = ProfileRecord{r.Int(i, 4), r.Text(i, 12), r.Text(i, 13), r.Text(i, 14), r.Int(i, 15)};
       e.flag = r.Int(i, 5) != 0;
     }
     if (e.kind == EventKind::kPrivacy) e.presence_visibility = static_cast<PresenceVisibility>(r.Int(i, 5));
@@ -2609,6 +2695,12 @@ Result<StreamPage> PostgresStore::Reader::ReadStream(UserId user_id, UserSeq aft
       cold.push_back(ColdText{m.conversation_id, m.seq, &m.body});
     }
     if (Status s = cold_.Fill(*db_, cold, /*lock_rows=*/false); !s.ok()) return s;
+    std::vector<ColdEditText> cold_edits;
+    for (int i : cold_edit_rows) {
+      MessageRecord& m = *page.events[static_cast<size_t>(i)].message;
+      cold_edits.push_back(ColdEditText{m.conversation_id, m.seq, m.version, &m.body});
+    }
+    if (Status s = postgres::FillColdEdits(*db_, cold_.codec(), cold_edits); !s.ok()) return s;
   }
   for (StreamEvent& e : page.events) {
     if (e.kind != EventKind::kConversation) continue;

@@ -16,7 +16,13 @@
 // byte. A cold row without a block, or a block that does not decode, fails
 // the statement (kInternal): corruption is never shown as an empty text.
 //
-// Thread-safety: as Db's; the function's state belongs to its connection.
+// Compacted edits likewise: a message_edits row with cold = 1 keeps body =
+// '' and its text is in the edit_blocks row of its conversation whose range
+// covers its seq (an edit block of store/cold_block.h, keyed by seq and
+// version); PARLEY_EDIT_BODY reads it through cold_edit_body(conversation_id,
+// seq, version), with its own cache of decoded blocks and the same errors.
+//
+// Thread-safety: as Db's; the functions' state belongs to their connection.
 #pragma once
 
 #include <string>
@@ -33,11 +39,16 @@ namespace parley::store::sqlite {
 #define PARLEY_MESSAGE_BODY(m) \
   "CASE WHEN " m ".cold > 0 THEN cold_body(" m ".conversation_id, " m ".seq) ELSE " m ".body END"
 
+// An edit's text, of the message_edits row aliased `x`.
+#define PARLEY_EDIT_BODY(x) \
+  "CASE WHEN " x ".cold > 0 THEN cold_edit_body(" x ".conversation_id, " x ".seq, " x ".version) ELSE " x ".body END"
+
 // A block's nonce: random, drawn for every write of a block (the key of
 // the decoded blocks cold_body keeps).
 int64_t NewBlockNonce();
 
-// Installs cold_body on `db`. Fails kInternal if SQLite refuses.
+// Installs cold_body and cold_edit_body on `db`. Fails kInternal if SQLite
+// refuses.
 Status InstallColdBody(Db& db);
 
 // The text of the compacted message (conversation, seq), read and decoded
@@ -48,9 +59,10 @@ Status InstallColdBody(Db& db);
 Result<std::string> ReadColdBody(Db& db, ColdCodec& codec, ConversationId conversation, Seq seq);
 
 // Removes the texts of `seqs` (ascending; messages of `conversation` deleted
-// and being purged) from the blocks that cover them: each such block is
-// decoded, rewritten without them, or deleted once empty. Returns how many
-// texts were removed. Errors are recorded in `db` (sticky) or returned
+// and being purged), and the texts of their edits, from the blocks that
+// cover them (message and edit blocks): each such block is decoded,
+// rewritten without them, or deleted once empty. Returns how many texts
+// were removed (message and edit texts). Errors are recorded in `db` (sticky) or returned
 // (a block that does not decode).
 Result<int64_t> DropFromColdBlocks(Db& db, ColdCodec& codec, ConversationId conversation,
                                    const std::vector<Seq>& seqs);

@@ -130,6 +130,12 @@
 //   bound (see "Stream heads"), so a file this version wrote is refused by
 //   older servers, which would take it for the head and number new entries
 //   again from there.
+//   step 18 (issue 12, the cold tier's edit texts; see "Cold tier" below):
+//   message_edits.cold (1: the text is in an edit block, body = '');
+//   edit_blocks(conversation_id, first_seq, last_seq, edits, raw_bytes,
+//           created_at, nonce, data) PK(conversation_id, first_seq), WITHOUT
+//           ROWID: the edits' zstd blocks (store/cold_block.h), one per
+//           compacted message range that had edits.
 //
 // Stream heads. A user's head (the newest user seq) is the larger of
 // user_heads.head and the user_seq of their newest user_events entry
@@ -217,6 +223,12 @@
 // wins over the block, whose copy is then an old version until the purge of
 // a deleted message rewrites the block without it. A send pays one extra
 // statement only when the conversation had no hot message (hot_since 0).
+// The edits of a block's messages (message_edits rows with a text) go into
+// an edit block of the same range in the same step (edit_blocks; each row
+// becomes body = '', cold = 1); the stream read pages a kEdit event's text
+// back through cold_edit_body. An edit made later is a new hot row; a delete
+// empties every edit row with cold = 0, and the purge rewrites the edit
+// block without the message's edits, as for its text.
 //
 // Search merges two lazily stepped scans in username order (the username
 // index from the query, and name_prefixes at prefix = query), skipping the
@@ -610,6 +622,22 @@ DROP INDEX receipt_log_by_read;
     {17, R"sql(
 SELECT 1;
 )sql"},
+    // Issue 12: the cold tier takes edit texts too ("Cold tier"). Edits of
+    // messages compacted before this step stay in their rows (cold = 0),
+    // read as before: a compaction never goes back below cold_through.
+    {18, R"sql(
+ALTER TABLE message_edits ADD COLUMN cold INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE edit_blocks(
+  conversation_id INTEGER NOT NULL,
+  first_seq INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL,
+  edits INTEGER NOT NULL,
+  raw_bytes INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  nonce INTEGER NOT NULL,
+  data BLOB NOT NULL,
+  PRIMARY KEY(conversation_id, first_seq)) WITHOUT ROWID;
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -936,6 +964,7 @@ class SqliteStore::Writer {
   Result<TrimProgress> TrimStreams(const TrimRequest& req);
   // The cold tier (see "Cold tier").
   Result<CompactProgress> CompactMessages(const CompactRequest& req);
+  Status CompactEdits(ConversationId conversation, const std::vector<ColdEntry>& entries, CompactProgress* progress);
 
  private:
   // Deletes the device's push endpoint and pending job; true if it had an endpoint.
@@ -1665,7 +1694,7 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
             "WHERE conversation_id = ?1 AND seq = ?2");
     up.BindInt(1, change.conversation_id).BindInt(2, change.seq).BindInt(3, version).BindInt(4, change.now);
     up.Run();
-    Stmt edits(*db_, "UPDATE message_edits SET body = '' WHERE conversation_id = ?1 AND seq = ?2");
+    Stmt edits(*db_, "UPDATE message_edits SET body = '', cold = 0 WHERE conversation_id = ?1 AND seq = ?2");
     edits.BindInt(1, change.conversation_id).BindInt(2, change.seq);
     edits.Run();
   }
@@ -1958,6 +1987,7 @@ Result<CompactProgress> SqliteStore::Writer::CompactMessages(const CompactReques
         progress.messages += static_cast<int>(entries.size());
         progress.raw_bytes += raw;
         progress.compressed_bytes += static_cast<int64_t>(packed->size());
+        if (Status s = CompactEdits(conversation, entries, &progress); !s.ok()) return s;
       }
       if (!rows.empty()) through = rows.back().seq;
       if (younger || rows.size() < static_cast<size_t>(kColdBlockMessages)) break;
@@ -1971,6 +2001,55 @@ Result<CompactProgress> SqliteStore::Writer::CompactMessages(const CompactReques
     if (auto it = conversations_.find(conversation); it != conversations_.end()) it->second.hot_since = next_hot;
   }
   return progress;
+}
+
+// The edits of the messages of a block being made (`entries`: their seqs,
+// ascending) go into an edit block of the same range: the rows with a text
+// (a deleted message's are empty already; none above cold_through is cold),
+// one range scan of message_edits' primary key.
+Status SqliteStore::Writer::CompactEdits(ConversationId conversation, const std::vector<ColdEntry>& entries,
+                                         CompactProgress* progress) {
+  std::vector<ColdEditEntry> edits;
+  {
+    Stmt s(*db_,
+           "SELECT seq, version, body FROM message_edits WHERE conversation_id = ?1 AND seq >= ?2 AND seq <= ?3 "
+           "AND cold = 0 AND body <> '' ORDER BY seq, version");
+    s.BindInt(1, conversation).BindInt(2, entries.front().seq).BindInt(3, entries.back().seq);
+    while (s.Step()) {
+      const Seq seq = s.Int(0);
+      auto it = std::lower_bound(entries.begin(), entries.end(), seq,
+                                 [](const ColdEntry& e, Seq x) { return e.seq < x; });
+      if (it != entries.end() && it->seq == seq) edits.push_back(ColdEditEntry{seq, s.Int(1), s.Text(2)});
+    }
+  }
+  if (edits.empty()) return Status::Ok();
+  int64_t raw = 0;
+  Result<std::string> packed = cold_codec_.PackEdits(edits.front().seq, edits, &raw);
+  if (!packed) return packed.error();
+  {
+    Stmt s(*db_,
+           "INSERT INTO edit_blocks(conversation_id, first_seq, last_seq, edits, raw_bytes, data, created_at, nonce) "
+           "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+    s.BindInt(1, conversation)
+        .BindInt(2, edits.front().seq)
+        .BindInt(3, edits.back().seq)
+        .BindInt(4, static_cast<int64_t>(edits.size()))
+        .BindInt(5, raw)
+        .BindBlob(6, *packed)
+        .BindInt(7, batch_now_)
+        .BindInt(8, sqlite::NewBlockNonce());
+    s.Run();
+  }
+  for (const ColdEditEntry& e : edits) {
+    Stmt u(*db_,
+           "UPDATE message_edits SET body = '', cold = 1 WHERE conversation_id = ?1 AND seq = ?2 AND version = ?3");
+    u.BindInt(1, conversation).BindInt(2, e.seq).BindInt(3, e.version);
+    u.Run();
+  }
+  progress->edits += static_cast<int>(edits.size());
+  progress->raw_bytes += raw;
+  progress->compressed_bytes += static_cast<int64_t>(packed->size());
+  return Status::Ok();
 }
 
 void SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
@@ -2783,7 +2862,7 @@ Result<StreamPage> SqliteStore::Reader::ReadStream(UserId user_id, UserSeq after
     // event joined to its message by primary key: one probe per event.
     Stmt s(*db_,
            "SELECT e.user_seq, e.kind, e.conversation_id, e.seq, e.receipt_user_id, e.delivered, e.read, "
-           "e.created_at, x.body, x.created_at, m.conversation_id IS NOT NULL, "
+           "e.created_at, " PARLEY_EDIT_BODY("x") ", x.created_at, m.conversation_id IS NOT NULL, "
            "" PARLEY_MESSAGE_COLUMNS ", e.data, "
            "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.n') END, "
            "CASE WHEN e.kind >= 4 THEN json_extract(e.data, '$.d') END, "
