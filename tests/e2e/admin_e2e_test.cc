@@ -15,7 +15,10 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "e2e/helpers.h"
 #include "store/cold_block.h"
@@ -425,21 +428,20 @@ TEST_F(AdminE2E, EraseLeavesOnlyWhatThePolicyKeepsAndVerifiesIt) {
   EXPECT_NE(new_ivy.user_id, ivy.user_id);
 }
 
-// Every text in the cold blocks of conversation `conv` of `s`'s store, read
-// with the command-line client and decoded with the store's own codec: seq ->
-// text.
-std::map<int64_t, std::string> BlockTexts(const ServerProcess& s, int64_t conv) {
+// The blocks of `table` (message_blocks or edit_blocks) of conversation
+// `conv` in `s`'s store, read with the command-line client: first_seq -> the
+// block's bytes.
+std::vector<std::pair<int64_t, std::string>> ReadBlocks(const ServerProcess& s, const std::string& table, int64_t conv) {
   const std::string sql = "SELECT first_seq || '|' || " +
-                          std::string(s.postgres_url().empty() ? "hex(data)" : "encode(data, 'hex')") +
-                          " FROM message_blocks WHERE conversation_id = " + std::to_string(conv);
+                          std::string(s.postgres_url().empty() ? "hex(data)" : "encode(data, 'hex')") + " FROM " +
+                          table + " WHERE conversation_id = " + std::to_string(conv);
   const std::string cmd = s.postgres_url().empty()
                               ? "sqlite3 -readonly '" + s.dir() + "/data/parley.db' \"" + sql + "\""
                               : "psql '" + s.postgres_url() + "' -tAc \"" + sql + "\"";
   int rc = 0;
   const std::string out = Shell(cmd, &rc);
   EXPECT_EQ(rc, 0) << cmd << ": " << out;
-  std::map<int64_t, std::string> texts;
-  store::ColdCodec codec;
+  std::vector<std::pair<int64_t, std::string>> blocks;
   std::istringstream lines(out);
   for (std::string row; std::getline(lines, row);) {
     const size_t bar = row.find('|');
@@ -447,8 +449,19 @@ std::map<int64_t, std::string> BlockTexts(const ServerProcess& s, int64_t conv) 
     std::string data;
     for (size_t i = bar + 1; i + 1 < row.size(); i += 2)
       data.push_back(static_cast<char>(std::stoi(row.substr(i, 2), nullptr, 16)));
-    Result<std::vector<store::ColdEntry>> entries = codec.Unpack(std::stoll(row.substr(0, bar)), data);
-    EXPECT_TRUE(entries.has_value()) << "block " << row.substr(0, bar) << " does not decode";
+    blocks.emplace_back(std::stoll(row.substr(0, bar)), std::move(data));
+  }
+  return blocks;
+}
+
+// Every text in the cold blocks of conversation `conv` of `s`'s store,
+// decoded with the store's own codec: seq -> text.
+std::map<int64_t, std::string> BlockTexts(const ServerProcess& s, int64_t conv) {
+  std::map<int64_t, std::string> texts;
+  store::ColdCodec codec;
+  for (const auto& [first_seq, data] : ReadBlocks(s, "message_blocks", conv)) {
+    Result<std::vector<store::ColdEntry>> entries = codec.Unpack(first_seq, data);
+    EXPECT_TRUE(entries.has_value()) << "block " << first_seq << " does not decode";
     if (!entries) continue;
     for (store::ColdEntry& e : *entries) texts[e.seq] = std::move(e.body);
   }
@@ -526,26 +539,11 @@ TEST(AdminEraseE2E, EraseOfCompactedMessagesLeavesNoTextOfTheUserInAColdBlock) {
 // Every edit text in the edit blocks of conversation `conv` of `s`'s store,
 // decoded as BlockTexts does: (seq, version) -> text.
 std::map<std::pair<int64_t, int64_t>, std::string> EditBlockTexts(const ServerProcess& s, int64_t conv) {
-  const std::string sql = "SELECT first_seq || '|' || " +
-                          std::string(s.postgres_url().empty() ? "hex(data)" : "encode(data, 'hex')") +
-                          " FROM edit_blocks WHERE conversation_id = " + std::to_string(conv);
-  const std::string cmd = s.postgres_url().empty()
-                              ? "sqlite3 -readonly '" + s.dir() + "/data/parley.db' \"" + sql + "\""
-                              : "psql '" + s.postgres_url() + "' -tAc \"" + sql + "\"";
-  int rc = 0;
-  const std::string out = Shell(cmd, &rc);
-  EXPECT_EQ(rc, 0) << cmd << ": " << out;
   std::map<std::pair<int64_t, int64_t>, std::string> texts;
   store::ColdCodec codec;
-  std::istringstream lines(out);
-  for (std::string row; std::getline(lines, row);) {
-    const size_t bar = row.find('|');
-    if (bar == std::string::npos) continue;
-    std::string data;
-    for (size_t i = bar + 1; i + 1 < row.size(); i += 2)
-      data.push_back(static_cast<char>(std::stoi(row.substr(i, 2), nullptr, 16)));
-    Result<std::vector<store::ColdEditEntry>> entries = codec.UnpackEdits(std::stoll(row.substr(0, bar)), data);
-    EXPECT_TRUE(entries.has_value()) << "edit block " << row.substr(0, bar) << " does not decode";
+  for (const auto& [first_seq, data] : ReadBlocks(s, "edit_blocks", conv)) {
+    Result<std::vector<store::ColdEditEntry>> entries = codec.UnpackEdits(first_seq, data);
+    EXPECT_TRUE(entries.has_value()) << "edit block " << first_seq << " does not decode";
     if (!entries) continue;
     for (store::ColdEditEntry& e : *entries) texts[{e.seq, e.version}] = std::move(e.body);
   }
