@@ -240,6 +240,13 @@ Counter& ChatService::Errors(ErrorCode code) {
                                        fmt::format("code=\"{}\"", ErrorCodeName(code)));
 }
 
+Counter& ChatService::OverloadRefused(RequestType type) {
+  return Metrics::Default().GetCounter("parley_overload_refused_total",
+                                       "Requests refused with unavailable while the store's writer was behind "
+                                       "(--max-queued-writes), by type",
+                                       fmt::format("type=\"{}\"", protocol::RequestTypeName(type)));
+}
+
 Counter& ChatService::RateLimited(RequestType type) {
   return Metrics::Default().GetCounter("parley_rate_limited_total", "Requests refused by a rate limit, by type",
                                        fmt::format("type=\"{}\"", protocol::RequestTypeName(type)));
@@ -278,6 +285,7 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     RateLimited(req.type).Inc();
     return Fail(c, req, Status(ErrorCode::kRateLimited, "too many requests; retry after retry_after_ms"), wait);
   }
+  if (RefuseWhileStoreBehind(c, req)) return;
   switch (req.type) {
     case RequestType::kRegister: return DoRegister(c, std::move(req));
     case RequestType::kLogin: return DoLogin(c, std::move(req));
@@ -320,6 +328,42 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     case RequestType::kSetDisappearing: return DoSetDisappearing(c, std::move(req));
     case RequestType::kSelectSync: return DoSelectSync(c, std::move(req));
   }
+}
+
+// ---- Admission ----
+
+// Past the store's saturation every queued write waits behind the others, so
+// a bound on the queue turns the excess into quick retryable refusals (the
+// SDK's outbox holds the message and sends it again after retry_after_ms;
+// its client_id stores it once) instead of an ever longer wait for all.
+bool ChatService::RefuseWhileStoreBehind(const ClientPtr& c, const Req& req) {
+  switch (req.type) {
+    case RequestType::kSend:
+    case RequestType::kEditMessage:
+    case RequestType::kDeleteMessage:
+    case RequestType::kOpenConversation:
+    case RequestType::kSetDraft: break;
+    default: return false;
+  }
+  if (config_.max_queued_writes <= 0) return false;
+  const uint64_t queued = store_.Stats().queued_writes;
+  if (queued < static_cast<uint64_t>(config_.max_queued_writes)) return false;
+  OverloadRefused(req.type).Inc();
+  Errors(ErrorCode::kUnavailable).Inc();
+  ++overload_refused_unlogged_;
+  const int64_t now = clock_.NowMillis();
+  if (now - overload_logged_at_ >= CoreConfig::kOverloadLogIntervalMs) {
+    spdlog::warn("event=store_overloaded queued_writes={} max_queued_writes={} refused={}", queued,
+                 config_.max_queued_writes, overload_refused_unlogged_);
+    overload_logged_at_ = now;
+    overload_refused_unlogged_ = 0;
+  }
+  Send(c, protocol::EncodeError(req.id_json, protocol::RequestTypeName(req.type),
+                                Status(ErrorCode::kUnavailable,
+                                       "the server is overloaded (its store is behind); nothing was done: retry after "
+                                       "retry_after_ms"),
+                                config_.unavailable_retry_after_ms));
+  return true;
 }
 
 // ---- Rate limits ----

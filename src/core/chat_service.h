@@ -180,6 +180,21 @@ struct CoreConfig {
   // Told to clients in `unavailable` errors (the store, e.g. PostgreSQL, is
   // unreachable): retry after this long (--unavailable-retry-after-ms).
   int unavailable_retry_after_ms = 1'000;
+  // Admission: while the store holds this many queued writes (its writer
+  // is behind: more is offered than it commits), requests that add
+  // messages or conversations (send, edit_message, delete_message,
+  // open_conversation, set_draft) are refused with `unavailable` and
+  // unavailable_retry_after_ms, before anything is done, instead of queueing
+  // without bound (--max-queued-writes; 0: no bound). Receipts and acks are
+  // never refused: they are cumulative and small, and clients do not retry
+  // them. docs/architecture.md, Backpressure, "Inbound".
+  int64_t max_queued_writes = kDefaultMaxQueuedWrites;
+  // About two seconds of the single-node writer's work at its saturation
+  // (docs/benchmarks.md): far above any burst of the benchmarks and tests.
+  static constexpr int64_t kDefaultMaxQueuedWrites = 20'000;
+  // How often the refusals are logged while they last (one warning line
+  // with their count, not one per request).
+  static constexpr int64_t kOverloadLogIntervalMs = 1'000;
   PushConfig push;
   // Edits and deletes for everyone are accepted this long after the message
   // was sent (issue 12; --edit-window-ms, --delete-window-ms).
@@ -276,6 +291,9 @@ class ChatService {
   void Fail(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms = 0);
   // Applies the rate limits of the request's kind; returns 0 if allowed,
   // else the retry-after in milliseconds.
+  // Admission: refuses `req` with `unavailable` (true) when it adds messages
+  // or conversations and the store's writer is max_queued_writes behind.
+  bool RefuseWhileStoreBehind(const ClientPtr& c, const Req& req);
   int64_t CheckRateLimits(const ClientPtr& c, const Req& req);
   void Send(const ClientPtr& c, std::string frame);
 
@@ -440,8 +458,13 @@ class ChatService {
   std::unordered_map<int64_t, int64_t> pending_last_seen_;
   bool last_seen_flush_due_ = false;
   std::function<void()> push_queued_hook_;
+  // Admission (CoreConfig::max_queued_writes): refusals not logged yet, and
+  // when they last were.
+  int64_t overload_refused_unlogged_ = 0;
+  int64_t overload_logged_at_ = 0;
   // Metrics (docs/operations.md).
   Counter& RateLimited(RequestType type);
+  Counter& OverloadRefused(RequestType type);
   Counter& Errors(ErrorCode code);
   std::vector<Counter*> requests_;  // by RequestType
   Gauge& connections_;

@@ -123,6 +123,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_UNAVAILABLE_RETRY_AFTER_MS")
       ->check(CLI::Range(1, 600'000))
       ->capture_default_str();
+  app.add_option("--max-queued-writes", c.core.max_queued_writes,
+                 "While the store holds this many queued writes, send, edit_message, delete_message, "
+                 "open_conversation and set_draft are refused with `unavailable` (retryable); 0: no bound")
+      ->envname("PARLEY_MAX_QUEUED_WRITES")
+      ->check(CLI::Range(int64_t{0}, int64_t{100'000'000}))
+      ->capture_default_str();
   app.add_option("--typing-expiry-ms", c.core.typing_expiry_ms,
                  "A typing indicator expires on its own after this long (a stop is sent)")
       ->envname("PARLEY_TYPING_EXPIRY_MS")

@@ -49,6 +49,7 @@ struct StoreStats {
   uint64_t commits = 0;           // transactions committed
   uint64_t rows_read_sync = 0;    // backend-counted rows visited by ReadStream (SQLite: VM steps)
   uint64_t full_scan_steps = 0;   // backend-counted full-scan steps by ReadStream (SQLite)
+  uint64_t queued_writes = 0;     // write operations queued, not yet taken by the writer (admission, see core)
 };
 
 class Store {

@@ -9,9 +9,13 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "e2e/helpers.h"
 
@@ -327,6 +331,86 @@ TEST(SchedulingE2E, TheIoThreadsRunUnderSchedBatchAndTheStoresDoNot) {
   policies = RunningThreadPolicies(normal.pid());
   EXPECT_EQ(policies["parleyd"], SCHED_OTHER);
   EXPECT_EQ(policies["io/1"], SCHED_OTHER);
+}
+
+// Admission: past --max-queued-writes queued store writes, sends are refused
+// at once with a retryable `unavailable` and the retry-after; nothing of a
+// refused send is stored, and sending it again with the same client id
+// stores it exactly once. A bound of 1 with eight devices sending at once
+// makes refusals all but certain; the rounds repeat until one is seen.
+TEST(AdmissionE2E, SendsPastTheStoresQueueBoundAreRefusedRetryablyAndStoredOnceOnRetry) {
+  constexpr int kRetryAfterMs = 50;
+  ServerProcess server({"--max-queued-writes", "1", "--unavailable-retry-after-ms", std::to_string(kRetryAfterMs),
+                        "--relaxed-rate-limits"},
+                       /*capture_log=*/true);
+  Register(server, "alice");
+  Register(server, "bob");
+  constexpr int kDevices = 8;
+  constexpr int kPerDevice = 25;
+  std::vector<Device> alice;
+  for (int d = 0; d < kDevices; ++d) alice.push_back(Login(server, "alice", "phone" + std::to_string(d)));
+  Device bob = Login(server, "bob");
+
+  std::set<std::string> sent;     // every client id offered
+  std::set<std::string> refused;  // refused at least once, not yet stored
+  int refusals = 0;
+  int64_t conv = 0;
+  for (int round = 0; round < 5 && refusals == 0; ++round) {
+    std::vector<std::vector<std::pair<int64_t, std::string>>> ids(kDevices);
+    for (int d = 0; d < kDevices; ++d) {
+      for (int i = 0; i < kPerDevice; ++i) {
+        const std::string cid = "r" + std::to_string(round) + "d" + std::to_string(d) + "i" + std::to_string(i);
+        ids[d].emplace_back(alice[d].conn->Start("send", {{"to", "bob"}, {"client_id", cid}, {"body", "hi " + cid}}),
+                            cid);
+        sent.insert(cid);
+      }
+    }
+    for (int d = 0; d < kDevices; ++d) {
+      for (auto& [id, cid] : ids[d]) {
+        Reply r = alice[d].conn->Await(id, 30000);
+        if (r.ok) {
+          conv = r.result["conversation_id"];
+          continue;
+        }
+        ASSERT_EQ(r.code, "unavailable") << r.message;
+        EXPECT_EQ(r.frame["retryable"], true) << r.frame.dump();
+        EXPECT_EQ(r.frame["retry_after_ms"], kRetryAfterMs) << r.frame.dump();
+        ++refusals;
+        refused.insert(cid);
+      }
+    }
+  }
+  ASSERT_GT(refusals, 0) << "no send was refused with a bound of one queued write";
+  EXPECT_EQ(MetricValue(HttpGet(server.port(), "/metrics"), "parley_overload_refused_total{type=\"send\"}"),
+            refusals);
+  // Retry each refused send after the announced wait, one at a time (the
+  // queue is empty between them), as the SDK's outbox does.
+  std::this_thread::sleep_for(std::chrono::milliseconds(kRetryAfterMs));
+  for (const std::string& cid : refused) {
+    Reply r = alice[0].conn->Call("send", {{"to", "bob"}, {"client_id", cid}, {"body", "hi " + cid}});
+    ASSERT_TRUE(r.ok) << cid << ": " << r.code << " " << r.message;
+    EXPECT_EQ(r.result["duplicate"], false) << cid << " was stored by the refused attempt";
+  }
+  // Bob's history holds every send exactly once.
+  std::map<std::string, int> stored;
+  int64_t before = 0;
+  for (;;) {
+    nlohmann::json req = {{"conversation_id", conv}, {"limit", 200}};
+    if (before > 0) req["before"] = before;
+    Reply h = bob.conn->Call("history", req);
+    ASSERT_TRUE(h.ok) << h.code;
+    for (const auto& m : h.result["messages"]) ++stored[m["client_id"].get<std::string>()];
+    if (!h.result["has_more"].get<bool>() || h.result["messages"].empty()) break;
+    before = h.result["messages"][0]["seq"];
+  }
+  EXPECT_EQ(stored.size(), sent.size());
+  for (const std::string& cid : sent) EXPECT_EQ(stored[cid], 1) << cid;
+  // The refusals are logged as a warning with their count, not one error
+  // line per request.
+  std::ifstream log(server.log_path());
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("event=store_overloaded"), std::string::npos);
+  EXPECT_EQ(text.find("event=request_failed"), std::string::npos);
 }
 
 }  // namespace

@@ -162,5 +162,21 @@ TEST_F(ConfigTest, ColdTierDefaultsToThirtyDaysAndItsAgeIsInSeconds) {
   unsetenv("PARLEY_COLD_AFTER_S");
 }
 
+// Admission (docs/operations.md, --max-queued-writes): on by default with
+// its named bound; 0 turns it off; the environment variable works too; a
+// negative bound is refused.
+TEST_F(ConfigTest, TheStoreQueueBoundIsOnByDefaultAndZeroTurnsItOff) {
+  EXPECT_EQ(Parse({}).core.max_queued_writes, core::CoreConfig::kDefaultMaxQueuedWrites);
+  EXPECT_EQ(Parse({"--max-queued-writes", "0"}).core.max_queued_writes, 0);
+  setenv("PARLEY_MAX_QUEUED_WRITES", "500", 1);
+  EXPECT_EQ(Parse({}).core.max_queued_writes, 500);
+  unsetenv("PARLEY_MAX_QUEUED_WRITES");
+  std::vector<std::string> args = {"parleyd", "--max-queued-writes", "-1"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  int exit_code = -1;
+  EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value());
+}
+
 }  // namespace
 }  // namespace parley::server

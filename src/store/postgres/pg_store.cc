@@ -3472,6 +3472,7 @@ StoreStats PostgresStore::Stats() const {
   StoreStats s;
   s.commits = commits_.load(std::memory_order_relaxed);
   s.rows_read_sync = rows_read_sync_.load(std::memory_order_relaxed);
+  s.queued_writes = static_cast<uint64_t>(std::max<int64_t>(0, queue_depth_.value()));
   return s;
 }
 

@@ -3804,6 +3804,7 @@ StoreStats SqliteStore::Stats() const {
   s.commits = commits_.load(std::memory_order_relaxed);
   s.rows_read_sync = rows_read_sync_.load(std::memory_order_relaxed);
   s.full_scan_steps = full_scan_steps_.load(std::memory_order_relaxed);
+  s.queued_writes = static_cast<uint64_t>(std::max<int64_t>(0, queue_depth_.value()));
   return s;
 }
 
