@@ -390,6 +390,7 @@ struct Stats {
   size_t pings = 0;
   size_t reconnects = 0;
   size_t sync_pages = 0, synced_messages = 0;
+  size_t refused = 0;  // sends refused with a retryable `unavailable` (admission) and sent again
 };
 
 class Fleet : public Handler {
@@ -514,6 +515,11 @@ class Fleet : public Handler {
         ++s.k;
       }
     }
+    while (!retries_.empty() && retries_.begin()->first <= now) {
+      SendMessageFrame(retries_.begin()->second);
+      retries_.erase(retries_.begin());
+    }
+    if (!retries_.empty()) next = std::min(next, retries_.begin()->first);
     while (backfill_left > 0 && backfill_inflight < kBackfillWindow) {
       size_t route = backfill_routes[backfill_next++ % backfill_routes.size()];
       if (backfill_untracked) {
@@ -550,11 +556,19 @@ class Fleet : public Handler {
   }
 
   void SendMessage(size_t route, int64_t intended, uint8_t group, int64_t now) {
-    Route& r = routes[route];
-    Device& d = devices[r.from];
     auto mid = static_cast<int64_t>(msgs.size());
     msgs.push_back({intended, 0, static_cast<uint32_t>(route), group, false, false});
     if (intended >= win_start && intended < win_end) lag[group].push_back(now - intended);
+    SendMessageFrame(mid);
+  }
+
+  // The `send` of message `mid` (client id "m<mid>", its intended time in
+  // the body): the first attempt, or a retry after a refusal.
+  void SendMessageFrame(int64_t mid) {
+    const Msg& m = msgs[static_cast<size_t>(mid)];
+    Route& r = routes[m.route];
+    Device& d = devices[r.from];
+    const int64_t intended = m.intended;
     char head[160];
     int n = std::snprintf(head, sizeof head,
                           R"({"v":1,"id":%lld,"type":"send","conversation_id":%lld,"client_id":"m%lld","body":"t%lld )",
@@ -647,6 +661,22 @@ class Fleet : public Handler {
     }
     Pending p = it->second;
     d.pending.erase(it);
+    if (type == "error" && p.kind == Req::kSend && GetStr(f, "code") == "unavailable") {
+      // Refused by admission (parleyd's store is behind, --max-queued-writes):
+      // as the SDK's outbox, the same message again after retry_after_ms
+      // plus up to 10 % jitter; it is stored once. Its latency keeps counting
+      // from the intended send time. A fill message is replaced by another.
+      // A backfill's retried send stays in flight until its answer.
+      ++stats.refused;
+      if (p.arg >= 0) {
+        const auto wait = static_cast<double>(GetInt(f, "retry_after_ms", 1000) * kMs) * (1.0 + 0.1 * Uniform());
+        retries_.emplace(NowNs() + static_cast<int64_t>(wait), p.arg);
+      } else {
+        if (backfill_inflight) --backfill_inflight;
+        ++backfill_left;
+      }
+      return;
+    }
     if (type == "error") {
       Error(d.user.username + ": " + std::string(raw.substr(0, 300)));
       if (p.kind == Req::kAuth) SetupFailed("auth failed: " + std::string(raw.substr(0, 300)));
@@ -847,6 +877,7 @@ class Fleet : public Handler {
 
  private:
   Loop loop_;
+  std::multimap<int64_t, int64_t> retries_;  // refused sends: due (ns) -> message number
   int64_t next_timer_scan_ = 0;
   int64_t fill_sent_ = 0;
 };
@@ -1153,6 +1184,10 @@ json ScenarioThroughput(const Common& c, std::vector<Server>& nodes, const Opts&
   }
   (void)c;
   std::printf("  saturation (highest offered rate with delivered == offered and p99 <= 50 ms): %.0f msgs/s\n", saturation);
+  if (f.stats.refused) {
+    std::printf("  %zu sends refused while parleyd's store was behind (--max-queued-writes) and sent again after its retry_after_ms\n",
+                f.stats.refused);
+  }
   size_t lost = FinalCheck(f, failures);
   if (f.stats.synced_messages) {
     // Live events a node could not deliver (e.g. a route that expired while
@@ -1161,7 +1196,8 @@ json ScenarioThroughput(const Common& c, std::vector<Server>& nodes, const Opts&
                 f.stats.synced_messages);
   }
   return {{"pairs", o.pairs}, {"nodes", nodes.size()}, {"receipts", o.receipts}, {"separate_receipts", o.separate_receipts}, {"rates", rows}, {"saturation_rate", saturation}, {"lost", lost},
-          {"closed", f.stats.closed}, {"synced_messages", f.stats.synced_messages}, {"sync_pages", f.stats.sync_pages}};
+          {"closed", f.stats.closed}, {"synced_messages", f.stats.synced_messages}, {"sync_pages", f.stats.sync_pages},
+          {"refused", f.stats.refused}};
 }
 
 json ScenarioHot(const Common&, std::vector<Server>& nodes, const Opts& o, std::vector<std::string>* failures) {
@@ -1359,8 +1395,13 @@ json ScenarioBackfill(const Common&, Server& s, const Opts& o, std::vector<std::
               static_cast<long long>(o.history), write_s, static_cast<double>(o.history) / write_s, kBackfillWindow);
   std::printf("  a fresh device synced %zu messages (%zu pages of %d) in %.2f s: %.0f msgs/s\n", got, f.stats.sync_pages,
               kSyncLimit, read_s, rate);
+  if (f.stats.refused) {
+    std::printf("  %zu sends refused while parleyd's store was behind (--max-queued-writes) and sent again after its retry_after_ms\n",
+                f.stats.refused);
+  }
   return {{"history", o.history}, {"write_s", write_s}, {"write_rate", static_cast<double>(o.history) / write_s},
-          {"read_s", read_s}, {"backfill_rate", rate}, {"received", got}, {"sync_pages", f.stats.sync_pages}};
+          {"read_s", read_s}, {"backfill_rate", rate}, {"received", got}, {"sync_pages", f.stats.sync_pages},
+          {"refused", f.stats.refused}};
 }
 
 // ---------------------------------------------------------------------------

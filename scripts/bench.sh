@@ -36,7 +36,11 @@ if [ "${SMOKE:-0}" = 1 ]; then
     [receipt-rtt]="--pairs 20 --rates 500 --warmup 0.5 --duration 2 --drain 3 --separate-receipts"
     [reconnects]="--users 200 --concurrency 50 --warmup 0.5 --duration 2"
     [storm]="--devices 500 --rate 500 --before 1 --after 1"
-    [backfill]="--history 5000"
+    # backfill's writer (1,000 sends in flight) against a store queue bound
+    # of 3: parleyd refuses most sends with a retryable `unavailable`
+    # (admission), the tool sends them again after the wait, and every
+    # message must still reach the fresh device exactly once.
+    [backfill]="--history 5000 --parleyd-arg=--max-queued-writes=3 --parleyd-arg=--unavailable-retry-after-ms=20"
     [hot]="--pairs 20 --rates 500 --hot-rate 500 --warmup 0.5 --duration 2 --drain 3"
     [history]="--history 20000 --small 2000 --conversations 20 --pairs 5 --rate 500 --warmup 0.3 --duration 1 --drain 3 --requests 50"
   )
