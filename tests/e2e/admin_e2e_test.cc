@@ -468,6 +468,24 @@ std::map<int64_t, std::string> BlockTexts(const ServerProcess& s, int64_t conv) 
   return texts;
 }
 
+// Users ivy and jack, a device each, and their conversation (0 after a
+// test failure), for the erase tests of compacted texts.
+struct ErasePair {
+  Device ivy, jack;
+  int64_t conv = 0;
+};
+ErasePair IvyAndJack(ServerProcess& server) {
+  ErasePair p;
+  Register(server, "ivy");
+  Register(server, "jack");
+  p.ivy = Login(server, "ivy");
+  p.jack = Login(server, "jack");
+  Reply open = p.ivy.conn->Call("open_conversation", {{"username", "jack"}});
+  EXPECT_TRUE(open.ok) << open.code;
+  if (open.ok) p.conv = open.result["conversation"]["conversation_id"];
+  return p;
+}
+
 // An erase of a user some of whose messages are compacted (the cold tier),
 // with the default --purge-delay-s (an hour): the erase purges at once, so
 // when it answers "verified" no text of the user is left in a cold block —
@@ -477,13 +495,11 @@ std::map<int64_t, std::string> BlockTexts(const ServerProcess& s, int64_t conv) 
 // as admin_e2e_test_postgres.
 TEST(AdminEraseE2E, EraseOfCompactedMessagesLeavesNoTextOfTheUserInAColdBlock) {
   ServerProcess server({"--admin-token", kToken, "--cold-after-s", "1", "--compact-interval-ms", "50"});
-  Register(server, "ivy");
-  Register(server, "jack");
-  Device ivy = Login(server, "ivy");
-  Device jack = Login(server, "jack");
-  Reply open = ivy.conn->Call("open_conversation", {{"username", "jack"}});
-  ASSERT_TRUE(open.ok) << open.code;
-  const int64_t conv = open.result["conversation"]["conversation_id"];
+  ErasePair pair = IvyAndJack(server);
+  ASSERT_GT(pair.conv, 0);
+  Device& ivy = pair.ivy;
+  Device& jack = pair.jack;
+  const int64_t conv = pair.conv;
   // Seqs 1..20: ivy's the odd ones.
   constexpr int kMessages = 20;
   std::map<int64_t, std::string> jacks;
@@ -559,13 +575,11 @@ TEST(AdminEraseE2E, EraseOfCompactedEditsLeavesNoEditTextOfTheUserInAColdBlock) 
   // Two seconds: the sends and edits below land well before the
   // compaction takes their messages.
   ServerProcess server({"--admin-token", kToken, "--cold-after-s", "2", "--compact-interval-ms", "50"});
-  Register(server, "ivy");
-  Register(server, "jack");
-  Device ivy = Login(server, "ivy");
-  Device jack = Login(server, "jack");
-  Reply open = ivy.conn->Call("open_conversation", {{"username", "jack"}});
-  ASSERT_TRUE(open.ok) << open.code;
-  const int64_t conv = open.result["conversation"]["conversation_id"];
+  ErasePair pair = IvyAndJack(server);
+  ASSERT_GT(pair.conv, 0);
+  Device& ivy = pair.ivy;
+  Device& jack = pair.jack;
+  const int64_t conv = pair.conv;
   // Seqs 1..10, ivy's the odd ones, each edited once by its sender.
   constexpr int kMessages = 10;
   std::map<std::pair<int64_t, int64_t>, std::string> jacks;
