@@ -23,7 +23,9 @@
 //  - reports per-message status: pending -> sent -> delivered -> read (or
 //    failed), through on_status;
 //  - reports `delivered` for received messages as soon as they are stored
-//    (options.auto_report_delivered), and `read` when told (MarkRead);
+//    (options.auto_report_delivered), and `read` when told (MarkRead); a
+//    receipt the server refuses retryably is reported again after its
+//    retry-after, and one lost with the connection on the next connection;
 //  - keeps the user's draft of each conversation (docs/protocol.md,
 //    set_draft): SetDraft stores it locally at once (works offline) and the
 //    worker saves it on the server, debounced and coalesced per peer (one

@@ -36,7 +36,7 @@ constexpr NamedKind kKinds[] = {
     {"ack_before_commit", FaultKind::kAckBeforeCommit}, {"skip_dedup", FaultKind::kSkipDedup},
     {"drop_stream_entry", FaultKind::kDropStreamEntry}, {"out_of_order", FaultKind::kOutOfOrder},
     {"crash_after_append", FaultKind::kCrashAfterAppend}, {"omit_withheld", FaultKind::kOmitWithheld},
-    {"stall_writes", FaultKind::kStallWrites},
+    {"stall_writes", FaultKind::kStallWrites}, {"fail_receipt", FaultKind::kFailReceipt},
 };
 
 }  // namespace
@@ -334,6 +334,21 @@ void FaultStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
 }
 
 void FaultStore::UpdateReceipt(ReceiptUpdate update, Callback<ReceiptResult> done) {
+  bool fail = false;
+  {
+    std::lock_guard lock(mu_);
+    if (auto* s = Switch(FaultKind::kFailReceipt); s && ++receipts_ == s->n) {
+      fail = true;
+      ++fired_[static_cast<size_t>(FaultKind::kFailReceipt)];
+    }
+  }
+  if (fail) {
+    // Answer from a thread of the store's own, as the contract says.
+    inner_.Flush([done = std::move(done)](Status) {
+      done(Status(ErrorCode::kUnavailable, "fault switch fail_receipt: this receipt was not stored"));
+    });
+    return;
+  }
   Write<ReceiptResult>(std::move(done), [&](Callback<ReceiptResult> cb) {
     inner_.UpdateReceipt(update, [this, cb = std::move(cb)](Result<ReceiptResult> r) mutable {
       if (r && !r->withheld.empty()) {

@@ -39,6 +39,9 @@
 //                             backend: a store that stopped taking writes, until
 //                             AbandonQueuedWrites fails them (a shutdown) or the
 //                             store closes (kShuttingDown)
+//       fail_receipt@N        the Nth UpdateReceipt fails with `unavailable`
+//                             and never reaches the backend: a receipt a
+//                             client must report again (the SDK does)
 //     N counts from 1 within one process (a restart starts over).
 //
 // Thread-safety: every method may be called from any thread; the fault state
@@ -69,6 +72,7 @@ enum class FaultKind : int {
   kCrashAfterAppend = 5,
   kOmitWithheld = 6,
   kStallWrites = 7,
+  kFailReceipt = 8,
 };
 
 struct FaultSwitch {
@@ -228,11 +232,12 @@ class FaultStore final : public Store {
   int64_t appends_ = 0;            // AppendMessage calls
   int64_t recipient_entries_ = 0;  // message events appended to recipients' streams
   int64_t withheld_receipts_ = 0;  // UpdateReceipt results carrying a withheld list
-  std::vector<int64_t> fired_ = std::vector<int64_t>(8, 0);
+  std::vector<int64_t> fired_ = std::vector<int64_t>(9, 0);
   int64_t writes_ = 0;  // write operations (stall_writes)
   bool stalling_ = false;
   std::deque<std::function<void(const Status&)>> stalled_;  // their completions
   std::set<std::pair<UserId, UserSeq>> dropped_;
+  int64_t receipts_ = 0;  // fail_receipt: UpdateReceipt calls so far
   std::set<std::pair<UserId, UserSeq>> unlisted_;  // omit_withheld: events read without their withheld list
   // out_of_order: (user, conversation, first user seq), waiting for its
   // partner; then pairs of user seqs whose messages are swapped on reads.

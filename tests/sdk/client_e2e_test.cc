@@ -104,6 +104,41 @@ TEST(ClientE2E, TicksGoFromSentToDeliveredToReadWhileBothAreOnline) {
                                               MessageStatus::kRead}));
 }
 
+// A receipt the server answers with a retryable error was not stored: the
+// SDK reports it again after the retry-after, or the sender's tick would
+// stay at "sent" until another message came. The fault switch fails the
+// first receipt (bob's delivered) with `unavailable`; alice, on a raw
+// connection, sends nothing else and must still see bob's delivered
+// watermark reach her message.
+TEST(ClientE2E, AReceiptTheServerFailsRetryablyIsReportedAgain) {
+  ServerProcess s({"--fault", "fail_receipt@1", "--unavailable-retry-after-ms", "100"});
+  std::string bob_token = RegisterAndLogin(s, "bob");
+  Register(s, "alice");
+  Device alice = Login(s, "alice");
+  TempDir dir;
+  auto bob = OpenClient(OptionsFor(s, dir / "bob.db", bob_token));
+  bob->Start();
+  ASSERT_TRUE(bob->WaitOnline(5000));
+  Reply sent = alice.conn->Call("send", {{"to", "bob"}, {"client_id", "once"}, {"body", "hi bob"}});
+  ASSERT_TRUE(sent.ok) << sent.code;
+  const int64_t conv = sent.result["conversation_id"];
+  const int64_t seq = sent.result["seq"];
+  auto bobs = [&](const char* watermark) {
+    Reply list = alice.conn->Call("list_conversations", json::object());
+    if (!list.ok) return int64_t{0};
+    for (const auto& c : list.result["conversations"]) {
+      if (c["conversation"]["conversation_id"] != conv) continue;
+      for (const auto& w : c["watermarks"]) {
+        if (w["user_id"] != alice.user_id) return w.value(watermark, int64_t{0});
+      }
+    }
+    return int64_t{0};
+  };
+  EXPECT_TRUE(Eventually([&] { return bobs("delivered") >= seq; }, 5000)) << "bob's failed receipt was not sent again";
+  bob->MarkRead(conv, seq);
+  EXPECT_TRUE(Eventually([&] { return bobs("read") >= seq; }, 5000));
+}
+
 TEST(ClientE2E, ReconnectAfterShutdownWaitsForTheAnnouncedRetryAfter) {
   constexpr int64_t kRetryAfterMs = 700;
   ServerProcess s({"--shutdown-retry-after-ms", std::to_string(kRetryAfterMs)});

@@ -174,6 +174,9 @@ struct Client::Impl {
   size_t endpoint = 0;  // index in opt.endpoints of the node that served last (worker thread)
   std::shared_ptr<Connection> session_conn;  // set from connect to close (DropConnectionForTest)
   std::map<int64_t, int64_t> pending_read;  // conversation -> seq (MarkRead)
+  // Stored but not reported delivered when a session ended (its receipt
+  // failed or was in flight): the next session reports it. Worker thread.
+  std::map<int64_t, int64_t> unreported_delivered;
   std::vector<StatusUpdate> queued_updates;  // from Compose, emitted by the worker
   // Selective sync: the current session's selection as the server answered
   // it (the conversations the app opened are kept in the cache: Opened).
@@ -559,7 +562,22 @@ struct Client::Impl {
     // kDraft: the draft's generation, conversation and text
     int64_t gen = 0, conversation_id = 0;
     std::string text;
+    // kReceipt: what the request reports, conversation -> (delivered, read),
+    // to report again if it fails retryably or is lost with the connection.
+    std::map<int64_t, std::pair<int64_t, int64_t>> receipts;
   };
+
+  // Receipts a request failed to report (a retryable error, or the
+  // connection lost while it was in flight) go back to be reported again:
+  // delivered into `to_deliver`, read into pending_read. Watermarks are
+  // cumulative, so merging keeps the highest. Worker thread.
+  void ReportAgain(const std::map<int64_t, std::pair<int64_t, int64_t>>& items, std::map<int64_t, int64_t>* to_deliver) {
+    std::lock_guard lock(mu);
+    for (const auto& [conv, dr] : items) {
+      if (dr.first > 0) (*to_deliver)[conv] = std::max((*to_deliver)[conv], dr.first);
+      if (dr.second > 0) pending_read[conv] = std::max(pending_read[conv], dr.second);
+    }
+  }
 
   // The connection of a new session: the endpoint that served last, else
   // the next ones in order (ClientOptions::endpoints). Worker thread.
@@ -628,8 +646,11 @@ struct Client::Impl {
       c->Abort();
       return end;
     }
+    // What earlier sessions stored but could not report goes first.
     std::map<int64_t, int64_t> to_deliver;
+    to_deliver.swap(unreported_delivered);
     if (!SyncLoop(*c, &to_deliver, &end.why)) {
+      unreported_delivered.swap(to_deliver);
       if (c->closed()) return Closed(*c, end.why);
       c->Abort();
       return end;
@@ -651,6 +672,7 @@ struct Client::Impl {
     int64_t last_ack = 0;
     int64_t last_ping = SteadyMs();
     bool ping_out = false;
+    int64_t receipts_hold_until = 0;  // steady ms (a receipt failed retryably)
 
     while (true) {
       if (Stopping()) {
@@ -706,6 +728,11 @@ struct Client::Impl {
         } else if (f.kind == Kind::kDraft || f.kind == Kind::kOpen) {
           draft_busy.erase(f.peer);
           HandleDraftReply(f, r, &hold_until);
+        } else if (f.kind == Kind::kReceipt && !r.ok && r.frame.is_object() && r.frame.value("retryable", false)) {
+          // Not stored (e.g. `unavailable`): report it again after the
+          // server's retry-after, or the sender's tick would stay behind.
+          ReportAgain(f.receipts, &to_deliver);
+          receipts_hold_until = now_steady + r.frame.value("retry_after_ms", int64_t{kIdleTickMs});
         }
         it = inflight.erase(it);
       }
@@ -759,7 +786,12 @@ struct Client::Impl {
         draft_busy.insert(d.peer);
       }
       // 4. Receipts: delivered for what was stored, read for what MarkRead said.
-      for (int64_t id : StartReceipts(*c, &to_deliver)) inflight[id] = {Kind::kReceipt, now_steady, "", ""};
+      if (now_steady >= receipts_hold_until) {
+        for (auto& [id, items] : StartReceipts(*c, &to_deliver)) {
+          InFlight& f = inflight[id] = {Kind::kReceipt, now_steady, "", ""};
+          f.receipts = std::move(items);
+        }
+      }
       // 5. Cursor ack, at most every kAckIntervalMs (each ack is a server write).
       int64_t applied_now = cache->applied().value_or(0);
       if (applied_now > acked && now_steady - last_ack >= kAckIntervalMs) {
@@ -792,6 +824,11 @@ struct Client::Impl {
       cv.wait_for(lock, std::chrono::milliseconds(sleep_ms), [&] { return wake || stopping; });
       wake = false;
     }
+    // Receipts not reported when the session ends go to the next one.
+    for (const auto& [id, f] : inflight) {
+      if (f.kind == Kind::kReceipt) ReportAgain(f.receipts, &to_deliver);
+    }
+    for (const auto& [conv, s] : to_deliver) unreported_delivered[conv] = std::max(unreported_delivered[conv], s);
     if (c->closed()) {
       auto closed = Closed(*c, end.why.empty() ? "connection lost" : end.why);
       closed.healthy = true;
@@ -803,9 +840,11 @@ struct Client::Impl {
 
   // Starts `receipt` requests (at most kMaxReceiptItems items each) for
   // what was stored (`to_deliver`, emptied; reported only with
-  // auto_report_delivered) and what MarkRead asked for; returns their ids.
-  std::vector<int64_t> StartReceipts(Connection& c, std::map<int64_t, int64_t>* to_deliver) {
-    std::map<int64_t, std::pair<int64_t, int64_t>> m;  // conv -> (delivered, read)
+  // auto_report_delivered) and what MarkRead asked for; returns each one's
+  // id and what it reports (conversation -> (delivered, read)).
+  using ReceiptItems = std::map<int64_t, std::pair<int64_t, int64_t>>;
+  std::vector<std::pair<int64_t, ReceiptItems>> StartReceipts(Connection& c, std::map<int64_t, int64_t>* to_deliver) {
+    ReceiptItems m;
     if (opt.auto_report_delivered) {
       for (auto& [conv, s] : *to_deliver) m[conv].first = s;
     }
@@ -815,26 +854,32 @@ struct Client::Impl {
       for (auto& [conv, s] : pending_read) m[conv].second = s;
       pending_read.clear();
     }
-    std::vector<int64_t> ids;
+    std::vector<std::pair<int64_t, ReceiptItems>> requests;
     json items = json::array();
+    ReceiptItems reported;
+    auto start = [&] {
+      requests.emplace_back(c.Start("receipt", {{"items", items}}), std::move(reported));
+      items = json::array();
+      reported.clear();
+    };
     for (auto& [conv, dr] : m) {
+      if (dr.first <= 0 && dr.second <= 0) continue;
       json item = {{"conversation_id", conv}};
       if (dr.first > 0) item["delivered"] = dr.first;
       if (dr.second > 0) item["read"] = dr.second;
       items.push_back(item);
-      if (items.size() == kMaxReceiptItems) {
-        ids.push_back(c.Start("receipt", {{"items", items}}));
-        items = json::array();
-      }
+      reported[conv] = dr;
+      if (items.size() == kMaxReceiptItems) start();
     }
-    if (!items.empty()) ids.push_back(c.Start("receipt", {{"items", items}}));
-    return ids;
+    if (!items.empty()) start();
+    return requests;
   }
 
   // Before closing on Stop: report what was received/read and ack the
   // cursor, waiting a bounded time (a CLI run exits right after).
   void FlushOnStop(Connection& c, std::map<int64_t, int64_t>* to_deliver, int64_t acked) {
-    std::vector<int64_t> ids = StartReceipts(c, to_deliver);
+    std::vector<int64_t> ids;
+    for (const auto& request : StartReceipts(c, to_deliver)) ids.push_back(request.first);
     int64_t applied_now = cache->applied().value_or(0);
     if (applied_now > acked) ids.push_back(c.Start("ack", {{"user_seq", applied_now}}));
     auto deadline = SteadyMs() + kStopFlushTimeoutMs;
