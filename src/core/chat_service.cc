@@ -253,7 +253,6 @@ Counter& ChatService::RateLimited(RequestType type) {
 }
 
 void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms) {
-  Errors(s.code()).Inc();
   if (s.code() == ErrorCode::kInternal || s.code() == ErrorCode::kStorageFull || s.code() == ErrorCode::kUnavailable) {
     spdlog::error("event=request_failed op={} request_id={} conn_id={} user_id={} device_id={} error=\"{}\"",
                   protocol::RequestTypeName(req.type), req.id_json, c->id, c->user_id, c->device_id, s.ToString());
@@ -261,6 +260,11 @@ void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s, int6
     spdlog::debug("event=request_refused op={} request_id={} conn_id={} code={}", protocol::RequestTypeName(req.type),
                   req.id_json, c->id, ErrorCodeName(s.code()));
   }
+  SendError(c, req, s, retry_after_ms);
+}
+
+void ChatService::SendError(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms) {
+  Errors(s.code()).Inc();
   int64_t retry_after = retry_after_ms;
   if (s.code() == ErrorCode::kShuttingDown) retry_after = config_.shutdown_retry_after_ms;
   // A dependency is down (the store lost PostgreSQL): nothing was done or
@@ -349,7 +353,6 @@ bool ChatService::RefuseWhileStoreBehind(const ClientPtr& c, const Req& req) {
   const uint64_t queued = store_.Stats().queued_writes;
   if (queued < static_cast<uint64_t>(config_.max_queued_writes)) return false;
   OverloadRefused(req.type).Inc();
-  Errors(ErrorCode::kUnavailable).Inc();
   ++overload_refused_unlogged_;
   const int64_t now = clock_.NowMillis();
   if (now - overload_logged_at_ >= CoreConfig::kOverloadLogIntervalMs) {
@@ -358,11 +361,10 @@ bool ChatService::RefuseWhileStoreBehind(const ClientPtr& c, const Req& req) {
     overload_logged_at_ = now;
     overload_refused_unlogged_ = 0;
   }
-  Send(c, protocol::EncodeError(req.id_json, protocol::RequestTypeName(req.type),
-                                Status(ErrorCode::kUnavailable,
-                                       "the server is overloaded (its store is behind); nothing was done: retry after "
-                                       "retry_after_ms"),
-                                config_.unavailable_retry_after_ms));
+  // Not Fail: one warning line a second above, not an error line each.
+  SendError(c, req,
+            Status(ErrorCode::kUnavailable,
+                   "the server is overloaded (its store is behind); nothing was done: retry after retry_after_ms"));
   return true;
 }
 

@@ -289,6 +289,9 @@ class ChatService {
   void Handle(const ClientPtr& c, Req req);
   void Respond(const ClientPtr& c, const Req& req, const std::function<void(protocol::JsonWriter&)>& fill);
   void Fail(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms = 0);
+  // Fail without the log line: counts the error and sends it (the default
+  // retry-after for shutting_down and unavailable filled in).
+  void SendError(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms = 0);
   // Applies the rate limits of the request's kind; returns 0 if allowed,
   // else the retry-after in milliseconds.
   // Admission: refuses `req` with `unavailable` (true) when it adds messages

@@ -579,6 +579,15 @@ struct Client::Impl {
     }
   }
 
+  // When a session ends: the receipts it did not report (in flight, or not
+  // started) go to the next session. Worker thread.
+  void CarryOver(const std::map<int64_t, InFlight>& inflight, std::map<int64_t, int64_t>& to_deliver) {
+    for (const auto& [id, f] : inflight) {
+      if (f.kind == Kind::kReceipt) ReportAgain(f.receipts, &to_deliver);
+    }
+    for (const auto& [conv, s] : to_deliver) unreported_delivered[conv] = std::max(unreported_delivered[conv], s);
+  }
+
   // The connection of a new session: the endpoint that served last, else
   // the next ones in order (ClientOptions::endpoints). Worker thread.
   std::shared_ptr<Connection> OpenAnyEndpoint(std::string* why) {
@@ -697,6 +706,7 @@ struct Client::Impl {
       if (!batch.empty()) {
         bool gap = false;
         if (!Apply(batch, "live", &to_deliver, &gap, &end.why)) {
+          CarryOver(inflight, to_deliver);
           c->Abort();
           return end;
         }
@@ -824,11 +834,7 @@ struct Client::Impl {
       cv.wait_for(lock, std::chrono::milliseconds(sleep_ms), [&] { return wake || stopping; });
       wake = false;
     }
-    // Receipts not reported when the session ends go to the next one.
-    for (const auto& [id, f] : inflight) {
-      if (f.kind == Kind::kReceipt) ReportAgain(f.receipts, &to_deliver);
-    }
-    for (const auto& [conv, s] : to_deliver) unreported_delivered[conv] = std::max(unreported_delivered[conv], s);
+    CarryOver(inflight, to_deliver);
     if (c->closed()) {
       auto closed = Closed(*c, end.why.empty() ? "connection lost" : end.why);
       closed.healthy = true;
