@@ -826,6 +826,10 @@ struct Client::Impl {
       for (auto& [peer, t] : hold_until) {
         if (t > now_steady) next = std::min(next, t);
       }
+      // A receipt held back after a retryable failure is due then: without
+      // this an idle client slept until its heartbeat (or the next event)
+      // before reporting it again, the sender's tick at "sent" meanwhile.
+      if (receipts_hold_until > now_steady) next = std::min(next, receipts_hold_until);
       next = std::min(next, next_draft);
       if (int64_t e = next_expiry.load(); e > 0)
         next = std::min(next, now_steady + std::max<int64_t>(0, e - Now()));
