@@ -268,6 +268,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_PG_READ_CONNECTIONS")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  app.add_option("--sqlite-read-connections", c.store.sqlite_read_connections,
+                 "SQLite store: read-only connections (one thread each) serving reads; a long read (a large "
+                 "snapshot, a broad search) holds up only its own")
+      ->envname("PARLEY_SQLITE_READ_CONNECTIONS")
+      ->check(CLI::Range(1, store::kMaxSqliteReadConnections))
+      ->capture_default_str();
   app.add_option("--sqlite-cache-kib", c.store.sqlite_cache_kib, "SQLite page cache per connection, KiB")
       ->envname("PARLEY_SQLITE_CACHE_KIB")
       ->check(CLI::Range(1024, 16 << 20))

@@ -1,6 +1,7 @@
 // Picks a Store backend by name. The only place that names backends.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -23,6 +24,10 @@ inline constexpr int kDefaultCommitLoadedWaitUs = 1000;
 // (copies its pages back into the database file). 8,192 pages of 4 KiB: 32 MiB.
 inline constexpr int kDefaultSqliteCheckpointPages = 8192;
 inline constexpr int kDefaultSqlitePageSize = 4096;
+// SQLite: read connections (StoreConfig::sqlite_read_connections), as many
+// as PostgreSQL's by default; at most kMaxSqliteReadConnections.
+inline constexpr int kDefaultSqliteReadConnections = 2;
+inline constexpr int kMaxSqliteReadConnections = 64;
 // SQLite: the checkpointer gives up the core after copying this many pages
 // (StoreConfig::sqlite_checkpoint_yield_pages), chosen by measurement
 // (docs/benchmarks.md, "The checkpointer yields").
@@ -51,6 +56,14 @@ struct StoreConfig {
   int commit_loaded_wait_us = kDefaultCommitLoadedWaitUs;
   // SQLite page cache per connection, KiB.
   int sqlite_cache_kib = 65536;
+  // SQLite: read-only connections (one thread each) serving reads. Under WAL
+  // each reads its own snapshot while the writer commits, so a long read
+  // (a large snapshot, a broad search) holds up only its own connection:
+  // with one, every login and sync queued behind it.
+  int sqlite_read_connections = kDefaultSqliteReadConnections;
+  // Test-only: runs on the reader's thread before each read's transaction
+  // (tests hold a reader busy with it); empty in production.
+  std::function<void()> sqlite_before_read_for_test;
   // SQLite: checkpoint the WAL on a thread of its own once it holds this many
   // pages (the writer then never copies pages back itself, unless the WAL
   // reaches kWalHardLimitFactor times this because checkpoints cannot keep

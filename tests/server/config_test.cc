@@ -178,5 +178,20 @@ TEST_F(ConfigTest, TheStoreQueueBoundIsOnByDefaultAndZeroTurnsItOff) {
   EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value());
 }
 
+TEST_F(ConfigTest, SqliteReadsUseTwoConnectionsByDefaultAndAtLeastOne) {
+  EXPECT_EQ(Parse({}).store.sqlite_read_connections, store::kDefaultSqliteReadConnections);
+  EXPECT_EQ(Parse({"--sqlite-read-connections", "4"}).store.sqlite_read_connections, 4);
+  setenv("PARLEY_SQLITE_READ_CONNECTIONS", "3", 1);
+  EXPECT_EQ(Parse({}).store.sqlite_read_connections, 3);
+  unsetenv("PARLEY_SQLITE_READ_CONNECTIONS");
+  for (const char* bad : {"0", "65"}) {
+    std::vector<std::string> args = {"parleyd", "--sqlite-read-connections", bad};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    int exit_code = -1;
+    EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value()) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace parley::server

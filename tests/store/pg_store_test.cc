@@ -351,7 +351,7 @@ TEST(PgStoreTest, LostConnectionsFailRetryablyAndRecover) {
   ASSERT_TRUE(stored.has_value());
   EXPECT_EQ(stored->message.seq, 2);
   // Reads recover the same way: each read connection fails at most once.
-  constexpr int kReadAttempts = 1 + StoreConfig().postgres_read_connections;
+  const int kReadAttempts = 1 + StoreConfig().postgres_read_connections;
   Result<UserSeq> head = Status(ErrorCode::kUnavailable, "not tried");
   for (int i = 0; i < kReadAttempts && !head.has_value(); ++i) {
     head = Await<UserSeq>([&](auto cb) { store->GetHead(b.id, cb); });

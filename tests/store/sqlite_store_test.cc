@@ -12,12 +12,15 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <future>
 #include <iterator>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/metrics.h"
@@ -722,6 +725,68 @@ TEST(SqliteStoreTest, GroupCommitsQueuedWrites) {
   }
 }
 
+// A read that takes long (here: held in the test hook on its reader's
+// thread) holds up only its own read connection. With one connection every
+// later read waited behind it: a broad search or a large snapshot delayed
+// every login and sync.
+TEST(SqliteStoreTest, ALongReadHoldsUpOnlyItsOwnReadConnection) {
+  for (const int connections : {2, 1}) {
+    SCOPED_TRACE(connections);
+    TempDir dir;
+    std::atomic<bool> armed{false};
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    std::promise<void> held;
+    // Declared before the store: its readers may still answer into them.
+    std::promise<Result<UserRecord>> slow;
+    std::promise<Result<UserRecord>> quick;
+    std::future<Result<UserRecord>> quick_done = quick.get_future();
+    StoreConfig config;
+    config.sqlite_path = dir.path() + "/parley.db";
+    config.sqlite_cache_kib = 8192;
+    config.sqlite_read_connections = connections;
+    // The first read after arming stops on its reader until released.
+    config.sqlite_before_read_for_test = [&] {
+      if (!armed.exchange(false)) return;
+      held.set_value();
+      released.wait();
+    };
+    Result<std::unique_ptr<SqliteStore>> opened = SqliteStore::Open(config);
+    ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
+    SqliteStore& store = **opened;
+    // Whatever fails below, the held read is let go before the store's
+    // destructor waits for its readers.
+    bool let_go = false;
+    auto let_go_once = [&] {
+      if (!std::exchange(let_go, true)) release.set_value();
+    };
+    struct OnExit {
+      std::function<void()> run;
+      ~OnExit() { run(); }
+    } on_exit{let_go_once};
+    UserRecord alice = MakeUser(store, "alice");
+
+    armed = true;
+    store.GetUserById(alice.id, [&](Result<UserRecord> r) { slow.set_value(std::move(r)); });
+    held.get_future().wait();
+    store.GetUserByName("alice", [&](Result<UserRecord> r) { quick.set_value(std::move(r)); });
+    if (connections > 1) {
+      ASSERT_EQ(quick_done.wait_for(std::chrono::seconds(10)), std::future_status::ready)
+          << "a read waited behind another reader's long read";
+    } else {
+      EXPECT_EQ(quick_done.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout)
+          << "with one read connection a read overtook the one holding it";
+    }
+    let_go_once();
+    Result<UserRecord> quick_result = quick_done.get();
+    ASSERT_TRUE(quick_result.has_value()) << quick_result.error().ToString();
+    EXPECT_EQ(quick_result->id, alice.id);
+    Result<UserRecord> slow_result = slow.get_future().get();
+    ASSERT_TRUE(slow_result.has_value()) << slow_result.error().ToString();
+    EXPECT_EQ(slow_result->username, "alice");
+  }
+}
+
 TEST(SqliteStoreTest, EachCommitsWalFramesReachTheOsInOneWriteAndSurviveAReopen) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";
@@ -913,7 +978,7 @@ TEST(SqliteStoreTest, ItsThreadsAreNamedForTopAndPerf) {
   config.sqlite_path = dir.path() + "/parley.db";
   std::unique_ptr<SqliteStore> store = std::move(SqliteStore::Open(config)).value();
   // Each thread names itself as it starts, which may be just after Open.
-  const std::vector<std::string> wanted = {"store-writer", "store-reader", "store-ckpt"};
+  const std::vector<std::string> wanted = {"store-writer", "store-reader/0", "store-reader/1", "store-ckpt"};
   std::vector<std::string> names;
   for (int i = 0; i < 500; ++i) {
     names = ThreadNames();

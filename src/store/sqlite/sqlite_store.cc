@@ -6,9 +6,9 @@
 // whatever is queued when it wakes (up to commit_max_batch) goes into one
 // transaction, and the fsync of that COMMIT is shared by all of it; a
 // conversation's seqs are assigned in commit order because one thread assigns
-// them. The reader thread owns a read-only connection; under WAL it reads the
-// last committed snapshot without blocking the writer, so sync and history
-// never wait behind a commit.
+// them. Each reader thread owns a read-only connection; under WAL it reads
+// the last committed snapshot without blocking the writer, so sync and
+// history never wait behind a commit, nor behind another reader's long read.
 //
 // Expected failures (unknown user, not a member, a taken username, ...) are
 // found by reading before writing, so a failing operation writes nothing and
@@ -3187,9 +3187,14 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const StoreConfig& config
   if (Status s = sqlite::InstallColdBody(**write_db); !s.ok()) return s;
   // Opened after migration: a read-only connection cannot create the file or
   // switch it to WAL.
-  Result<std::unique_ptr<Db>> read_db = Db::Open(config.sqlite_path, /*read_only=*/true, config.sqlite_cache_kib);
-  if (!read_db.has_value()) return read_db.error();
-  if (Status s = sqlite::InstallColdBody(**read_db); !s.ok()) return s;
+  std::vector<std::unique_ptr<Reader>> readers;
+  const int n = std::clamp(config.sqlite_read_connections, 1, kMaxSqliteReadConnections);
+  for (int i = 0; i < n; ++i) {
+    Result<std::unique_ptr<Db>> read_db = Db::Open(config.sqlite_path, /*read_only=*/true, config.sqlite_cache_kib);
+    if (!read_db.has_value()) return read_db.error();
+    if (Status s = sqlite::InstallColdBody(**read_db); !s.ok()) return s;
+    readers.push_back(std::make_unique<Reader>(std::move(read_db).value()));
+  }
   std::unique_ptr<Db> checkpoint_db;
   if (config.sqlite_checkpoint_pages > 0) {
     Result<std::unique_ptr<Db>> db = Db::Open(config.sqlite_path, /*read_only=*/false, kCheckpointerCacheKib);
@@ -3198,19 +3203,19 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const StoreConfig& config
   }
   return std::unique_ptr<SqliteStore>(new SqliteStore(config, std::make_unique<Writer>(std::move(write_db).value(),
                                                                                config.clock != nullptr ? *config.clock : SystemClock::Instance()),
-                                                      std::make_unique<Reader>(std::move(read_db).value()),
-                                                      std::move(checkpoint_db)));
+                                                      std::move(readers), std::move(checkpoint_db)));
 }
 
-SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer, std::unique_ptr<Reader> reader,
-                         std::unique_ptr<Db> checkpoint_db)
+SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
+                         std::vector<std::unique_ptr<Reader>> readers, std::unique_ptr<Db> checkpoint_db)
     : source_path_(config.sqlite_path),
       max_batch_(std::max(1, config.commit_max_batch)),
       deadline_us_(std::max(0, config.commit_deadline_us)),
       adaptive_wait_us_(std::max(0, config.commit_adaptive_wait_us)),
       loaded_wait_us_(std::max(0, config.commit_loaded_wait_us)),
       writer_(std::move(writer)),
-      reader_(std::move(reader)),
+      readers_(std::move(readers)),
+      before_read_for_test_(config.sqlite_before_read_for_test),
       checkpoint_pages_(checkpoint_db != nullptr ? config.sqlite_checkpoint_pages : 0),
       checkpoint_yield_pages_(std::max(0, config.sqlite_checkpoint_yield_pages)),
       checkpoint_yield_now_(checkpoint_yield_pages_),
@@ -3255,10 +3260,14 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
     SetCurrentThreadName("store-writer");
     RunWriter();
   });
-  reader_thread_ = std::thread([this] {
-    SetCurrentThreadName("store-reader");
-    RunReader();
-  });
+  readers_running_ = static_cast<int>(readers_.size());
+  for (auto& reader : readers_) {
+    Reader* r = reader.get();
+    reader_threads_.emplace_back([this, r, i = reader_threads_.size()] {
+      SetCurrentThreadName("store-reader/" + std::to_string(i));
+      RunReader(*r);
+    });
+  }
 }
 
 SqliteStore::~SqliteStore() {
@@ -3274,13 +3283,13 @@ SqliteStore::~SqliteStore() {
   }
   write_cv_.notify_all();
   writer_thread_.join();
-  // The reader stops second: writes' callbacks may still have queued reads.
+  // The readers stop second: writes' callbacks may still have queued reads.
   {
     std::lock_guard lock(read_mu_);
     read_stopping_ = true;
   }
   read_cv_.notify_all();
-  reader_thread_.join();
+  for (std::thread& t : reader_threads_) t.join();
   if (checkpoint_thread_.joinable()) {
     {
       std::lock_guard lock(checkpoint_mu_);
@@ -3413,7 +3422,7 @@ void SqliteStore::SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T>
   bool queued = false;
   {
     std::lock_guard lock(read_mu_);
-    if (!reader_exited_) {
+    if (readers_running_ > 0) {
       read_queue_.push_back(
           [body = std::move(body), done = std::move(done)](Reader& reader) { done(reader.Run<T>(body)); });
       queued = true;
@@ -3478,20 +3487,22 @@ void SqliteStore::RunWriter() {
   }
 }
 
-void SqliteStore::RunReader() {
+void SqliteStore::RunReader(Reader& reader) {
   for (;;) {
     ReadJob job;
     {
       std::unique_lock lock(read_mu_);
       read_cv_.wait(lock, [this] { return !read_queue_.empty() || read_stopping_; });
       if (read_queue_.empty()) {
-        reader_exited_ = true;
+        // The last reader out refuses further reads.
+        --readers_running_;
         return;
       }
       job = std::move(read_queue_.front());
       read_queue_.pop_front();
     }
-    job(*reader_);
+    if (before_read_for_test_) before_read_for_test_();
+    job(reader);
   }
 }
 
@@ -3768,7 +3779,7 @@ void SqliteStore::GetSchemaStatus(Callback<SchemaStatus> done) {
 // The online backup runs on a thread of its own with its own connection to
 // the file: under WAL it reads one snapshot while the writer keeps
 // committing (the copy is the store as of the backup's start), and neither
-// the writer nor the reader thread waits for it. It copies into `path`.tmp,
+// the writer nor a reader thread waits for it. It copies into `path`.tmp,
 // fsyncs it (journal_mode stays WAL in the copy's header) and renames it
 // into place, so `path` is either absent or a complete backup.
 void SqliteStore::Backup(std::string path, Callback<BackupResult> done) {

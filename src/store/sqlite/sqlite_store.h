@@ -13,9 +13,11 @@
 //     disk or the page limit is full, kInternal otherwise). Expected
 //     per-operation failures (kUsernameTaken, kNotMember, ...) fail only that
 //     operation.
-//   - the reader owns a read-only connection and serves reads in FIFO order,
-//     each in its own read transaction (a consistent snapshot), calling `done`
-//     on the reader thread.
+//   - StoreConfig::sqlite_read_connections readers, each owning a read-only
+//     connection, serve reads from one FIFO queue, each read in its own read
+//     transaction (a consistent snapshot), calling `done` on that reader's
+//     thread. Reads may therefore complete out of order; a long one holds up
+//     only its own reader.
 //   - the checkpointer (unless StoreConfig::sqlite_checkpoint_pages is 0)
 //     owns a third connection and copies the WAL back into the database file
 //     whenever a commit leaves the WAL at or above sqlite_checkpoint_pages
@@ -178,27 +180,27 @@ class SqliteStore final : public Store {
 
  private:
   class Writer;  // the writer thread's connection, caches and write logic
-  class Reader;  // the reader thread's connection and read logic
+  class Reader;  // a reader thread's connection and read logic
   class WriteOp;
   template <typename T>
   class TypedWriteOp;
   class ReceiptWriteOp;
   using ReadJob = std::function<void(Reader&)>;
 
-  SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer, std::unique_ptr<Reader> reader,
-              std::unique_ptr<sqlite::Db> checkpoint_db);
+  SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
+              std::vector<std::unique_ptr<Reader>> readers, std::unique_ptr<sqlite::Db> checkpoint_db);
 
   // Queue a write whose body runs on the writer thread inside a transaction.
   // `solo`: in a transaction of its own (background work, IndexSearch).
   template <typename T>
   void SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T> done, bool solo = false);
   void Enqueue(std::unique_ptr<WriteOp> op);
-  // Queue a read whose body runs on the reader thread inside a read transaction.
+  // Queue a read whose body runs on a reader thread inside a read transaction.
   template <typename T>
   void SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done);
 
   void RunWriter();
-  void RunReader();
+  void RunReader(Reader& reader);
   void RunCheckpointer();
   // sqlite3_wal_hook on the writer's connection: runs after every commit
   // with the WAL's size in pages.
@@ -210,7 +212,8 @@ class SqliteStore final : public Store {
   const int adaptive_wait_us_;
   const int loaded_wait_us_;
   std::unique_ptr<Writer> writer_;  // used only by writer_thread_
-  std::unique_ptr<Reader> reader_;  // used only by reader_thread_
+  std::vector<std::unique_ptr<Reader>> readers_;  // readers_[i] used only by reader_threads_[i]
+  const std::function<void()> before_read_for_test_;  // StoreConfig::sqlite_before_read_for_test
   const int checkpoint_pages_;      // 0: no checkpointer; the writer checkpoints (SQLite's default)
   const int checkpoint_yield_pages_;  // StoreConfig::sqlite_checkpoint_yield_pages
   // What the checkpointer yields after now: checkpoint_yield_pages_, or 0
@@ -237,7 +240,7 @@ class SqliteStore final : public Store {
   std::condition_variable read_cv_;
   std::deque<ReadJob> read_queue_;
   bool read_stopping_ = false;
-  bool reader_exited_ = false;
+  int readers_running_ = 0;  // 0: reads are refused (the last reader has exited)
 
   // State below is guarded by checkpoint_mu_.
   std::mutex checkpoint_mu_;
@@ -269,7 +272,7 @@ class SqliteStore final : public Store {
   Counter& wal_pages_written_;
 
   std::thread writer_thread_;
-  std::thread reader_thread_;
+  std::vector<std::thread> reader_threads_;
   std::thread checkpoint_thread_;
 };
 
