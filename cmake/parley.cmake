@@ -31,10 +31,12 @@ function(parley_uses_asio target)
   target_link_libraries(${target} PUBLIC parley_asio)
 endfunction()
 
-# parley_test(name SOURCES ... DEPS ... [LABELS ...]): a GoogleTest binary
-# registered with CTest. Tests get the build's bin dir to find parleyd.
+# parley_test(name SOURCES ... DEPS ... [LABELS ...] [ARGS ...]): a GoogleTest
+# binary registered with CTest, run with ARGS (e.g. a --gtest_filter when
+# other CTest tests run the rest of the binary). Tests get the build's bin
+# dir to find parleyd.
 function(parley_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS;ARGS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests ${PROJECT_SOURCE_DIR}/src)
@@ -45,6 +47,6 @@ function(parley_test name)
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
   endif()
-  add_test(NAME ${name} COMMAND ${name})
+  add_test(NAME ${name} COMMAND ${name} ${ARG_ARGS})
   set_tests_properties(${name} PROPERTIES TIMEOUT ${ARG_TIMEOUT} LABELS "${ARG_LABELS}")
 endfunction()

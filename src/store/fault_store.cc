@@ -125,6 +125,15 @@ void FaultStore::FailPurges(int pass, int n, Status status) {
   purge_pass_left_ = pass;
   purge_fail_left_ = n;
   purge_fail_status_ = std::move(status);
+  purge_fail_after_commit_ = false;
+}
+
+void FaultStore::LosePurgeAnswers(int pass, int n, Status status) {
+  std::lock_guard lock(mu_);
+  purge_pass_left_ = pass;
+  purge_fail_left_ = n;
+  purge_fail_status_ = std::move(status);
+  purge_fail_after_commit_ = true;
 }
 
 int64_t FaultStore::PurgesFailed() const {
@@ -132,7 +141,7 @@ int64_t FaultStore::PurgesFailed() const {
   return purges_failed_;
 }
 
-bool FaultStore::TakePurgeFailure(Status* status) {
+bool FaultStore::TakePurgeFailure(Status* status, bool* after_commit) {
   std::lock_guard lock(mu_);
   if (purge_fail_left_ == 0) return false;
   if (purge_pass_left_ > 0) {
@@ -142,6 +151,7 @@ bool FaultStore::TakePurgeFailure(Status* status) {
   if (purge_fail_left_ != kFailEveryPurge) --purge_fail_left_;
   ++purges_failed_;
   *status = purge_fail_status_;
+  *after_commit = purge_fail_after_commit_;
   return true;
 }
 
@@ -600,7 +610,14 @@ void FaultStore::CompactMessages(CompactRequest req, Callback<CompactProgress> d
 }
 void FaultStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) {
   Status failure = Status::Ok();
-  if (TakePurgeFailure(&failure)) {
+  bool after_commit = false;
+  if (TakePurgeFailure(&failure, &after_commit)) {
+    if (after_commit) {
+      // The backend purges and commits; its answer, success or not, is lost.
+      inner_.PurgeDeleted(deleted_before, max_messages,
+                          [done = std::move(done), failure](Result<PurgeProgress>) { done(failure); });
+      return;
+    }
     // Answer from a thread of the store's own, as the contract says.
     inner_.Flush([done = std::move(done), failure](Status) { done(failure); });
     return;

@@ -7,8 +7,10 @@
 //     and never reach the backend: a failed commit) and HoldWrites /
 //     ReleaseWrites (write completions are held back after the backend made
 //     them durable, then released in their original order: a slow commit),
-//     and FailPurges (PurgeDeleted steps fail without reaching the backend,
-//     once or until cleared: the user erase's failed purge, tests/admin).
+//     FailPurges (PurgeDeleted steps fail without reaching the backend,
+//     once or until cleared: the user erase's failed purge, tests/admin) and
+//     LosePurgeAnswers (steps the backend ran and committed answer an error:
+//     a purge whose answer was lost).
 //  2. Fault switches of test builds (parleyd --fault NAME@N, compiled only
 //     with the CMake option PARLEY_FAULT_SWITCHES, which the ASan test tree
 //     turns on and a Release build refuses). Each switch fires at a
@@ -110,7 +112,15 @@ class FaultStore final : public Store {
   // clears it. Not counted as writes (FailNextWrites leaves purges alone).
   static constexpr int kFailEveryPurge = -1;
   void FailPurges(int pass, int n, Status status);
-  // PurgeDeleted steps failed by FailPurges so far.
+  // As FailPurges, but the `n` steps do reach the backend, which runs and
+  // commits them; only their answer is replaced with `status`. A step the
+  // database committed whose answer the caller never got (a connection cut
+  // after COMMIT, a node that died before answering): FailPurges cannot
+  // express it, since its steps never reach the backend. Replaces an armed
+  // FailPurges (and FailPurges replaces this); FailPurges(0, 0, Ok())
+  // clears either.
+  void LosePurgeAnswers(int pass, int n, Status status);
+  // PurgeDeleted steps failed by FailPurges or LosePurgeAnswers so far.
   int64_t PurgesFailed() const;
   // How many times each switch fired so far.
   int64_t Fired(FaultKind kind) const;
@@ -205,7 +215,9 @@ class FaultStore final : public Store {
   Callback<T> Held(Callback<T> done);
   void StatusWrite(StatusCallback done, const std::function<void(StatusCallback)>& op);
   bool TakeFailure(Status* status);
-  bool TakePurgeFailure(Status* status);
+  // True when this purge step fails (its status in `status`); `after_commit`
+  // tells whether it runs on the backend first (LosePurgeAnswers).
+  bool TakePurgeFailure(Status* status, bool* after_commit);
   // stall_writes: true when `fail` was kept to be called later (with the
   // status the write ends with); counts writes when `count`.
   bool Stall(std::function<void(const Status&)> fail, bool count);
@@ -227,6 +239,7 @@ class FaultStore final : public Store {
   int purge_pass_left_ = 0;  // FailPurges: steps still to let through first
   int purge_fail_left_ = 0;  // then steps to fail (kFailEveryPurge: all)
   Status purge_fail_status_ = Status::Ok();
+  bool purge_fail_after_commit_ = false;  // LosePurgeAnswers: run the step, then fail its answer
   int64_t purges_failed_ = 0;
   std::deque<std::function<void()>> held_;
   int64_t appends_ = 0;            // AppendMessage calls

@@ -1,17 +1,27 @@
 // The user erase (admin/admin_erase.cc; docs/operations.md "User erase")
-// when a step of its purge fails. The real admin API over a real SQLite
-// store, with a FaultStore (store/fault_store.h) between them that fails
-// PurgeDeleted steps: the first one, a later one, or every one. The erase
-// must answer the error (never "verified"), name the erased name a re-run
-// needs, leave other users' data as it was, and a re-run after the fault
-// clears must finish the purge and verify. What the failed purge left is
-// read where it is: the texts of the user's compacted messages in their
-// conversation's cold blocks, which no read of the store shows.
+// when a step of its purge fails. The real admin API over a real store, with
+// a FaultStore (store/fault_store.h) between them that fails PurgeDeleted
+// steps: the first one, a later one, or every one. The erase must answer the
+// error (never "verified"), name the erased name a re-run needs, leave other
+// users' data as it was, and a re-run after the fault clears must finish the
+// purge and verify. A step the database committed whose answer was lost is
+// an error too, and its re-run finds nothing more to purge. What the failed
+// purge left is read where it is: the texts of the user's compacted messages
+// in their conversation's cold blocks, which no read of the store shows.
+//
+// Every test runs on both backends (parameterised like the store
+// conformance suite): SQLite in a temporary file, and PostgreSQL in a fresh
+// database of its own on the real server the process starts
+// (store/pg_test_server.h; never skipped: if it cannot start, the
+// PostgreSQL tests fail). tests/admin/CMakeLists.txt registers each backend
+// as a CTest test of its own (admin_erase_test, admin_erase_test_postgres).
 #include <gtest/gtest.h>
+#include <libpq-fe.h>
 #include <nlohmann/json.hpp>
 #include <sqlite3.h>
 
 #include <chrono>
+#include <functional>
 #include <future>
 #include <limits>
 #include <map>
@@ -26,6 +36,7 @@
 #include "protocol/message_edits.h"
 #include "store/cold_block.h"
 #include "store/fault_store.h"
+#include "store/pg_test_server.h"
 #include "store/store_factory.h"
 #include "store/store_test_util.h"
 
@@ -44,16 +55,91 @@ constexpr int kReadPage = 500;
 // The erase's purge step (admin_erase.cc: the retention job's batch).
 constexpr int kPurgeStep = core::RetentionConfig::kPurgeBatch;
 
+// The backends, by StoreConfig::backend name (the tests' parameter).
+constexpr const char* kSqlite = "sqlite";
+constexpr const char* kPostgres = "postgres";
+
 struct Answer {
   int status = 0;
   json body;
 };
 
-class EraseFaultTest : public ::testing::Test {
+// A cold block as stored: its key (first seq) and its data.
+using StoredBlock = std::pair<store::Seq, std::string>;
+
+// The message blocks of `conv` in the SQLite file `path`, through a
+// read-only connection of their own.
+std::vector<StoredBlock> SqliteBlocks(const std::string& path, store::ConversationId conv) {
+  std::vector<StoredBlock> blocks;
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    ADD_FAILURE() << "cannot open the store read-only: " << sqlite3_errmsg(db);
+    sqlite3_close(db);
+    return blocks;
+  }
+  sqlite3_stmt* stmt = nullptr;
+  const char* sql = "SELECT first_seq, data FROM message_blocks WHERE conversation_id = ?";
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_bind_int64(stmt, 1, conv);
+  while (stmt != nullptr && sqlite3_step(stmt) == SQLITE_ROW) {
+    blocks.emplace_back(sqlite3_column_int64(stmt, 0),
+                        std::string(static_cast<const char*>(sqlite3_column_blob(stmt, 1)),
+                                    static_cast<size_t>(sqlite3_column_bytes(stmt, 1))));
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return blocks;
+}
+
+// The message blocks of `conv` in the PostgreSQL database `url`, through a
+// connection of their own (binary results: data is the block's bytes).
+std::vector<StoredBlock> PostgresBlocks(const std::string& url, store::ConversationId conv) {
+  std::vector<StoredBlock> blocks;
+  PGconn* conn = PQconnectdb(url.c_str());
+  if (PQstatus(conn) != CONNECTION_OK) {
+    ADD_FAILURE() << "cannot connect to the store's database: " << PQerrorMessage(conn);
+    PQfinish(conn);
+    return blocks;
+  }
+  const std::string id = std::to_string(conv);
+  const char* params[] = {id.c_str()};
+  // first_seq as text, so that only data needs the binary format's care.
+  PGresult* r = PQexecParams(conn, "SELECT first_seq::text, data FROM message_blocks WHERE conversation_id = $1", 1,
+                             nullptr, params, nullptr, nullptr, /*resultFormat=*/1);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    ADD_FAILURE() << "cannot read the blocks: " << PQerrorMessage(conn);
+  } else {
+    for (int i = 0; i < PQntuples(r); ++i) {
+      blocks.emplace_back(std::stoll(std::string(PQgetvalue(r, i, 0), static_cast<size_t>(PQgetlength(r, i, 0)))),
+                          std::string(PQgetvalue(r, i, 1), static_cast<size_t>(PQgetlength(r, i, 1))));
+    }
+  }
+  PQclear(r);
+  PQfinish(conn);
+  return blocks;
+}
+
+class EraseFaultTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     store::StoreConfig sc;
-    sc.sqlite_path = dir_.path() + "/parley.db";
+    sc.backend = GetParam();
+    if (GetParam() == kPostgres) {
+      // A fresh database per test, a copy of one migrated once per process.
+      store::testing::PgTestServer& server = store::testing::PgTestServer::Get();
+      ASSERT_TRUE(server.ok()) << "no PostgreSQL test server";
+      const std::string schema = server.Template("parley_erase_template", [](const std::string& url) {
+        store::StoreConfig init;
+        init.backend = kPostgres;
+        init.postgres_url = url;
+        Result<std::unique_ptr<store::Store>> migrated = store::OpenStore(init);
+        EXPECT_TRUE(migrated.has_value()) << migrated.error().ToString();
+      });
+      pg_url_ = server.Database("erase_" + std::to_string(std::hash<std::string>()(dir_.path())), schema);
+      sc.postgres_url = pg_url_;
+    } else {
+      sc.sqlite_path = dir_.path() + "/parley.db";
+    }
     Result<std::unique_ptr<store::Store>> s = store::OpenStore(sc);
     ASSERT_TRUE(s.has_value()) << s.error().ToString();
     store_ = std::move(*s);
@@ -164,31 +250,18 @@ class EraseFaultTest : public ::testing::Test {
   }
 
   // Every text still in a cold block of `conv`, decoded with the store's own
-  // codec (read through a read-only connection of its own): seq -> text.
+  // codec (read through a connection of its own): seq -> text.
   std::map<store::Seq, std::string> BlockTexts(store::ConversationId conv) {
     std::map<store::Seq, std::string> texts;
-    sqlite3* db = nullptr;
-    if (sqlite3_open_v2((dir_.path() + "/parley.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-      ADD_FAILURE() << "cannot open the store read-only: " << sqlite3_errmsg(db);
-      sqlite3_close(db);
-      return texts;
-    }
-    sqlite3_stmt* stmt = nullptr;
-    const char* sql = "SELECT first_seq, data FROM message_blocks WHERE conversation_id = ?";
-    EXPECT_EQ(sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-    sqlite3_bind_int64(stmt, 1, conv);
+    const std::vector<StoredBlock> blocks =
+        GetParam() == kPostgres ? PostgresBlocks(pg_url_, conv) : SqliteBlocks(dir_.path() + "/parley.db", conv);
     store::ColdCodec codec;
-    while (stmt != nullptr && sqlite3_step(stmt) == SQLITE_ROW) {
-      const store::Seq first = sqlite3_column_int64(stmt, 0);
-      const std::string data(static_cast<const char*>(sqlite3_column_blob(stmt, 1)),
-                             static_cast<size_t>(sqlite3_column_bytes(stmt, 1)));
+    for (const auto& [first, data] : blocks) {
       Result<std::vector<store::ColdEntry>> entries = codec.Unpack(first, data);
       EXPECT_TRUE(entries.has_value()) << "block " << first << " of " << conv << " does not decode";
       if (!entries) continue;
       for (store::ColdEntry& e : *entries) texts[e.seq] = std::move(e.body);
     }
-    sqlite3_finalize(stmt);
-    sqlite3_close(db);
     return texts;
   }
 
@@ -255,6 +328,7 @@ class EraseFaultTest : public ::testing::Test {
   std::string ErasedName() const { return store::kErasedUsernamePrefix + std::to_string(ivy_.id); }
 
   store::testing::TempDir dir_;
+  std::string pg_url_;  // the test's database on PostgreSQL
   WorkerPool pool_{1};
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<store::FaultStore> fault_;
@@ -269,7 +343,7 @@ class EraseFaultTest : public ::testing::Test {
 // "verified"; ivy's texts are still in the blocks (the purge did nothing),
 // the other users' data is as it was, and her old name no longer finds
 // her. The re-run on the erased name purges everything and verifies.
-TEST_F(EraseFaultTest, FailedPurgeStepAnswersTheErrorAndARerunOnTheErasedNameFinishes) {
+TEST_P(EraseFaultTest, FailedPurgeStepAnswersTheErrorAndARerunOnTheErasedNameFinishes) {
   constexpr int kIvys = 20;
   Populate(kIvys);
   const std::vector<std::string> others = OthersData();
@@ -309,7 +383,7 @@ TEST_F(EraseFaultTest, FailedPurgeStepAnswersTheErrorAndARerunOnTheErasedNameFin
 // the failure for the end of the purge (some of ivy's texts are still in
 // the blocks) nor answer with the steps that did succeed. The re-run
 // purges what the failed step left.
-TEST_F(EraseFaultTest, FailureOfALaterPurgeStepIsNotTakenForTheEndOfThePurge) {
+TEST_P(EraseFaultTest, FailureOfALaterPurgeStepIsNotTakenForTheEndOfThePurge) {
   constexpr int kIvys = kPurgeStep + 44;  // two steps: a full one, then the rest
   Populate(kIvys);
   const std::vector<std::string> others = OthersData();
@@ -334,7 +408,7 @@ TEST_F(EraseFaultTest, FailureOfALaterPurgeStepIsNotTakenForTheEndOfThePurge) {
 // Every purge step fails (a store that cannot purge): every run answers the
 // error and none claims "verified"; nothing of the other users changes. Once
 // the fault clears, a re-run finishes and verifies.
-TEST_F(EraseFaultTest, PurgeThatKeepsFailingIsNeverVerifiedAndLosesNothing) {
+TEST_P(EraseFaultTest, PurgeThatKeepsFailingIsNeverVerifiedAndLosesNothing) {
   constexpr int kIvys = 20;
   Populate(kIvys);
   const std::vector<std::string> others = OthersData();
@@ -358,6 +432,38 @@ TEST_F(EraseFaultTest, PurgeThatKeepsFailingIsNeverVerifiedAndLosesNothing) {
   EXPECT_EQ(OthersData(), others);
   EXPECT_EQ(fault_->PurgesFailed(), 2) << "cleared: no step failed since";
 }
+
+// A purge step the database committed whose answer was lost (the erase
+// saw an error although its purge is done): the erase answers the error, as
+// for any failed step, since it cannot tell what the step did; ivy's texts
+// are gone from the blocks all the same. The re-run on the erased name
+// finds nothing more to purge and verifies.
+TEST_P(EraseFaultTest, PurgeCommittedButItsAnswerLostIsVerifiedByARerunWithNothingToPurge) {
+  constexpr int kIvys = 20;
+  Populate(kIvys);
+  const std::vector<std::string> others = OthersData();
+  fault_->LosePurgeAnswers(0, 1, Status(ErrorCode::kUnavailable, "injected: purge answer lost"));
+
+  ExpectPurgeFailure(Erase("ivy"), 503, "unavailable");
+  EXPECT_EQ(fault_->PurgesFailed(), 1);
+  ExpectIvysMessagesDeleted();
+  EXPECT_EQ(IvysTextsInBlocks(), 0) << "the step committed its purge";
+  EXPECT_EQ(BlockTexts(conv_jk_), LiveTexts(conv_jk_)) << "kim's deleted text purged by the same step";
+  EXPECT_EQ(OthersData(), others);
+
+  const Answer rerun = Erase(ErasedName());
+  ExpectVerified(rerun);
+  EXPECT_EQ(rerun.body["removed"]["messages_deleted"], 0) << "the failed run deleted them";
+  EXPECT_EQ(rerun.body["removed"]["tombstones_purged"], 0) << "the lost step purged them all";
+  EXPECT_EQ(rerun.body["removed"]["cold_texts_removed"], 0);
+  EXPECT_EQ(IvysTextsInBlocks(), 0);
+  EXPECT_EQ(BlockTexts(conv_jk_), LiveTexts(conv_jk_));
+  EXPECT_EQ(OthersData(), others);
+  EXPECT_EQ(fault_->PurgesFailed(), 1) << "one step's answer lost, no more";
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, EraseFaultTest, ::testing::Values(kSqlite, kPostgres),
+                         [](const ::testing::TestParamInfo<std::string>& param_info) { return param_info.param; });
 
 }  // namespace
 }  // namespace parley::admin

@@ -895,6 +895,14 @@ class PostgresStore::Writer {
   // The cold tier (see "Cold tier").
   Result<CompactProgress> CompactMessages(const CompactRequest& req);
   Status CompactEdits(ConversationId conversation, const std::vector<int64_t>& seqs, CompactProgress* progress);
+  // The two kinds of cold block the compaction writes.
+  enum class BlockKind { kMessages, kEdits };
+  // Queues (Defer) the insert of a new block of `kind` of `conversation`:
+  // `count` texts (messages or edits) from `first_seq` to `last_seq`,
+  // `raw_bytes` before compression, compressed `data`, made at the batch's
+  // time with a fresh nonce.
+  void InsertBlock(BlockKind kind, ConversationId conversation, Seq first_seq, Seq last_seq, int64_t count,
+                   int64_t raw_bytes, const std::string& data);
 
  private:
   // A conversation's members (never change once created), ascending user id.
@@ -2171,18 +2179,8 @@ Result<CompactProgress> PostgresStore::Writer::CompactMessages(const CompactRequ
         if (!packed) return packed.error();
         std::vector<int64_t> seqs;
         for (const ColdEntry& e : entries) seqs.push_back(e.seq);
-        db_->Defer(
-            "INSERT INTO message_blocks(conversation_id, first_seq, last_seq, messages, raw_bytes, created_at, nonce, "
-            "data) VALUES($1, $2, $3, $4, $5, $6, $7, $8)",
-            PgParams()
-                .Int(conversation)
-                .Int(entries.front().seq)
-                .Int(entries.back().seq)
-                .Int(static_cast<int64_t>(entries.size()))
-                .Int(raw)
-                .Int(batch_now_)
-                .Int(postgres::NewBlockNonce())
-                .Bytes(*packed));
+        InsertBlock(BlockKind::kMessages, conversation, entries.front().seq, entries.back().seq,
+                    static_cast<int64_t>(entries.size()), raw, *packed);
         db_->Defer("UPDATE messages SET body = '', cold = true WHERE conversation_id = $1 AND seq = ANY($2::bigint[])",
                    PgParams().Int(conversation).IntArray(seqs));
         ++progress.blocks;
@@ -2230,18 +2228,8 @@ Status PostgresStore::Writer::CompactEdits(ConversationId conversation, const st
   int64_t raw = 0;
   Result<std::string> packed = cold_.codec().PackEdits(edits.front().seq, edits, &raw);
   if (!packed) return packed.error();
-  db_->Defer(
-      "INSERT INTO edit_blocks(conversation_id, first_seq, last_seq, edits, raw_bytes, created_at, nonce, data) "
-      "VALUES($1, $2, $3, $4, $5, $6, $7, $8)",
-      PgParams()
-          .Int(conversation)
-          .Int(edits.front().seq)
-          .Int(edits.back().seq)
-          .Int(static_cast<int64_t>(edits.size()))
-          .Int(raw)
-          .Int(batch_now_)
-          .Int(postgres::NewBlockNonce())
-          .Bytes(*packed));
+  InsertBlock(BlockKind::kEdits, conversation, edits.front().seq, edits.back().seq, static_cast<int64_t>(edits.size()),
+              raw, *packed);
   db_->Defer(
       "UPDATE message_edits x SET body = '', cold = true FROM unnest($2::bigint[], $3::bigint[]) AS u(s, v) "
       "WHERE x.conversation_id = $1 AND x.seq = u.s AND x.version = u.v",
@@ -2250,6 +2238,28 @@ Status PostgresStore::Writer::CompactEdits(ConversationId conversation, const st
   progress->raw_bytes += raw;
   progress->compressed_bytes += static_cast<int64_t>(packed->size());
   return Status::Ok();
+}
+
+void PostgresStore::Writer::InsertBlock(BlockKind kind, ConversationId conversation, Seq first_seq, Seq last_seq,
+                                        int64_t count, int64_t raw_bytes, const std::string& data) {
+  // The two tables differ only in their name and count column: one complete,
+  // fixed statement each, chosen here (nothing of the SQL is built).
+  constexpr std::string_view kMessageBlockSql =
+      "INSERT INTO message_blocks(conversation_id, first_seq, last_seq, messages, raw_bytes, created_at, nonce, data) "
+      "VALUES($1, $2, $3, $4, $5, $6, $7, $8)";
+  constexpr std::string_view kEditBlockSql =
+      "INSERT INTO edit_blocks(conversation_id, first_seq, last_seq, edits, raw_bytes, created_at, nonce, data) "
+      "VALUES($1, $2, $3, $4, $5, $6, $7, $8)";
+  db_->Defer(kind == BlockKind::kMessages ? kMessageBlockSql : kEditBlockSql,
+             PgParams()
+                 .Int(conversation)
+                 .Int(first_seq)
+                 .Int(last_seq)
+                 .Int(count)
+                 .Int(raw_bytes)
+                 .Int(batch_now_)
+                 .Int(postgres::NewBlockNonce())
+                 .Bytes(data));
 }
 
 class PostgresStore::Reader {

@@ -965,6 +965,13 @@ class SqliteStore::Writer {
   // The cold tier (see "Cold tier").
   Result<CompactProgress> CompactMessages(const CompactRequest& req);
   Status CompactEdits(ConversationId conversation, const std::vector<ColdEntry>& entries, CompactProgress* progress);
+  // The two kinds of cold block the compaction writes.
+  enum class BlockKind { kMessages, kEdits };
+  // Writes a new block of `kind` of `conversation`: `count` texts (messages
+  // or edits) from `first_seq` to `last_seq`, `raw_bytes` before compression,
+  // compressed `data`, made at the batch's time with a fresh nonce.
+  void InsertBlock(BlockKind kind, ConversationId conversation, Seq first_seq, Seq last_seq, int64_t count,
+                   int64_t raw_bytes, const std::string& data);
 
  private:
   // Deletes the device's push endpoint and pending job; true if it had an endpoint.
@@ -1964,20 +1971,8 @@ Result<CompactProgress> SqliteStore::Writer::CompactMessages(const CompactReques
         int64_t raw = 0;
         Result<std::string> packed = cold_codec_.Pack(entries.front().seq, entries, &raw);
         if (!packed) return packed.error();
-        {
-          Stmt s(*db_,
-                 "INSERT INTO message_blocks(conversation_id, first_seq, last_seq, messages, raw_bytes, data, "
-                 "created_at, nonce) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
-          s.BindInt(1, conversation)
-              .BindInt(2, entries.front().seq)
-              .BindInt(3, entries.back().seq)
-              .BindInt(4, static_cast<int64_t>(entries.size()))
-              .BindInt(5, raw)
-              .BindBlob(6, *packed)
-              .BindInt(7, batch_now_)
-              .BindInt(8, sqlite::NewBlockNonce());
-          s.Run();
-        }
+        InsertBlock(BlockKind::kMessages, conversation, entries.front().seq, entries.back().seq,
+                    static_cast<int64_t>(entries.size()), raw, *packed);
         for (const ColdEntry& e : entries) {
           Stmt u(*db_, "UPDATE messages SET body = '', cold = 1 WHERE conversation_id = ?1 AND seq = ?2");
           u.BindInt(1, conversation).BindInt(2, e.seq);
@@ -2026,20 +2021,8 @@ Status SqliteStore::Writer::CompactEdits(ConversationId conversation, const std:
   int64_t raw = 0;
   Result<std::string> packed = cold_codec_.PackEdits(edits.front().seq, edits, &raw);
   if (!packed) return packed.error();
-  {
-    Stmt s(*db_,
-           "INSERT INTO edit_blocks(conversation_id, first_seq, last_seq, edits, raw_bytes, data, created_at, nonce) "
-           "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
-    s.BindInt(1, conversation)
-        .BindInt(2, edits.front().seq)
-        .BindInt(3, edits.back().seq)
-        .BindInt(4, static_cast<int64_t>(edits.size()))
-        .BindInt(5, raw)
-        .BindBlob(6, *packed)
-        .BindInt(7, batch_now_)
-        .BindInt(8, sqlite::NewBlockNonce());
-    s.Run();
-  }
+  InsertBlock(BlockKind::kEdits, conversation, edits.front().seq, edits.back().seq,
+              static_cast<int64_t>(edits.size()), raw, *packed);
   for (const ColdEditEntry& e : edits) {
     Stmt u(*db_,
            "UPDATE message_edits SET body = '', cold = 1 WHERE conversation_id = ?1 AND seq = ?2 AND version = ?3");
@@ -2050,6 +2033,28 @@ Status SqliteStore::Writer::CompactEdits(ConversationId conversation, const std:
   progress->raw_bytes += raw;
   progress->compressed_bytes += static_cast<int64_t>(packed->size());
   return Status::Ok();
+}
+
+void SqliteStore::Writer::InsertBlock(BlockKind kind, ConversationId conversation, Seq first_seq, Seq last_seq,
+                                      int64_t count, int64_t raw_bytes, const std::string& data) {
+  // The two tables differ only in their name and count column: one complete,
+  // fixed statement each, chosen here (nothing of the SQL is built).
+  constexpr std::string_view kMessageBlockSql =
+      "INSERT INTO message_blocks(conversation_id, first_seq, last_seq, messages, raw_bytes, data, created_at, nonce) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+  constexpr std::string_view kEditBlockSql =
+      "INSERT INTO edit_blocks(conversation_id, first_seq, last_seq, edits, raw_bytes, data, created_at, nonce) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+  Stmt s(*db_, kind == BlockKind::kMessages ? kMessageBlockSql : kEditBlockSql);
+  s.BindInt(1, conversation)
+      .BindInt(2, first_seq)
+      .BindInt(3, last_seq)
+      .BindInt(4, count)
+      .BindInt(5, raw_bytes)
+      .BindBlob(6, data)
+      .BindInt(7, batch_now_)
+      .BindInt(8, sqlite::NewBlockNonce());
+  s.Run();
 }
 
 void SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
