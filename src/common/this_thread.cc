@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -23,6 +24,13 @@ Status UseBatchScheduling() {
     return Status(ErrorCode::kInternal, fmt::format("cannot use SCHED_BATCH: {}", std::strerror(rc)));
   }
   return Status::Ok();
+}
+
+int CpusAvailable() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
 }
 
 }  // namespace parley

@@ -23,4 +23,8 @@ void SetCurrentThreadName(std::string_view name);
 // creates afterwards inherit the policy. Needs no privilege.
 Status UseBatchScheduling();
 
+// The CPUs the calling thread may run on: its affinity mask (what taskset or
+// a container's cpuset allows), not the machine's count; at least 1.
+int CpusAvailable();
+
 }  // namespace parley

@@ -5,19 +5,24 @@
 #endif
 
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstring>
 #include <string_view>
 
-#include <unistd.h>
-#include <thread>
-
+#include "common/this_thread.h"
 #include "net/http_client.h"
 
 namespace parley::server {
 
 Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   ServerConfig c;
-  c.gateway.io_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // One event loop per CPU this process may run on (taskset, a container's
+  // cpuset), and as many SQLite readers, up to two: on one CPU a second
+  // reader only adds thread switches (docs/benchmarks.md, "Read connections").
+  c.gateway.io_threads = CpusAvailable();
+  c.store.sqlite_read_connections = std::min(store::kDefaultSqliteReadConnections, CpusAvailable());
   bool fast_hashing = false;
 
   CLI::App app{"parleyd: the Parley messaging server"};
@@ -270,7 +275,8 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->capture_default_str();
   app.add_option("--sqlite-read-connections", c.store.sqlite_read_connections,
                  "SQLite store: read-only connections (one thread each) serving reads; a long read (a large "
-                 "snapshot, a broad search) holds up only its own")
+                 "snapshot, a broad search) holds up only its own (default: one per CPU this process may run "
+                 "on, at most 2)")
       ->envname("PARLEY_SQLITE_READ_CONNECTIONS")
       ->check(CLI::Range(1, store::kMaxSqliteReadConnections))
       ->capture_default_str();

@@ -3,10 +3,12 @@
 // explicitly given, on the command line or through their environment
 // variables; with nothing given, passwords get Argon2id's interactive cost
 // and every rate limit its documented default.
+#include "common/this_thread.h"
 #include "server/config.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -178,8 +180,11 @@ TEST_F(ConfigTest, TheStoreQueueBoundIsOnByDefaultAndZeroTurnsItOff) {
   EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value());
 }
 
-TEST_F(ConfigTest, SqliteReadsUseTwoConnectionsByDefaultAndAtLeastOne) {
-  EXPECT_EQ(Parse({}).store.sqlite_read_connections, store::kDefaultSqliteReadConnections);
+TEST_F(ConfigTest, SqliteReadersAndIoThreadsFollowTheCpusThisProcessMayUse) {
+  // One per CPU this process may run on, at most two (a pinned benchmark: one).
+  EXPECT_EQ(Parse({}).store.sqlite_read_connections,
+            std::min(store::kDefaultSqliteReadConnections, CpusAvailable()));
+  EXPECT_EQ(Parse({}).gateway.io_threads, CpusAvailable());
   EXPECT_EQ(Parse({"--sqlite-read-connections", "4"}).store.sqlite_read_connections, 4);
   setenv("PARLEY_SQLITE_READ_CONNECTIONS", "3", 1);
   EXPECT_EQ(Parse({}).store.sqlite_read_connections, 3);
