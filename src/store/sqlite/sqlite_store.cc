@@ -17,9 +17,14 @@
 // every operation in it gets that error.
 //
 // The writer caches, per conversation, its last seq, last activity and
-// members (with each member's last visible activity), and per user the head
-// user seq. An operation updates the cache
-// and marks the entry dirty; the dirty entries are written to
+// members (with each member's last visible activity, user_receipts row,
+// highest seq withheld by a block and draft flag), per user the head user
+// seq, per (owner, target) pair looked up whether a block exists, and each
+// live device with its device_receipts rows. Every write to those rows runs
+// on this thread, so a send or a receipt reads none of them (issue 9); the
+// rows are still written in the operation's own statements (write-through).
+// The conversation's own fields and the heads are write-behind: an operation
+// updates the cache and marks the entry dirty; the dirty entries are written to
 // conversations/members/user_heads once per batch, just before COMMIT, so a batch of
 // N messages into one conversation updates its row once. After a rollback the
 // caches may hold uncommitted values and are dropped whole (reloaded lazily);
