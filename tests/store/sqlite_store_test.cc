@@ -1128,5 +1128,154 @@ TEST(SqliteStoreTest, FailedTransactionFailsItsWholeBatchAndLaterWritesWork) {
   EXPECT_EQ(History(*store, c, 0, 100).size(), 6u);
 }
 
+// ---- The writer's caches (issue 9) ----
+// The writer keeps blocks, live devices, device and user watermarks and the
+// withheld seqs of cached conversations in memory instead of reading them at
+// every send and receipt. Each test below changes one of them through another
+// operation, in the next commit or in the same one, or in a commit that fails,
+// and checks the next send or receipt sees the table as it is.
+
+// A store whose writer waits up to 200 ms to gather what is queued at once
+// into one transaction.
+std::unique_ptr<SqliteStore> OpenGathering(const TempDir& dir) {
+  return OpenSqlite(dir.path() + "/parley.db", 1000, 200'000);
+}
+
+TEST(SqliteStoreTest, AReceiptFromADeviceRevokedAfterItsLastReceiptIsRefused) {
+  TempDir dir;
+  std::unique_ptr<SqliteStore> store = OpenGathering(dir);
+  ASSERT_NE(store, nullptr);
+  UserRecord alice = MakeUser(*store, "alice");
+  UserRecord bob = MakeUser(*store, "bob");
+  UserRecord carol = MakeUser(*store, "carol");
+  DeviceRecord alice_dev = MakeDevice(*store, alice.id, "ta");
+  DeviceRecord phone = MakeDevice(*store, bob.id, "tb1");
+  DeviceRecord laptop = MakeDevice(*store, bob.id, "tb2");
+  ConversationId with_alice = Open(*store, alice.id, bob.id).conversation.id;
+  ConversationId with_carol = Open(*store, carol.id, bob.id).conversation.id;
+  SendMany(*store, with_alice, alice.id, alice_dev.id, 3, "a");
+  DeviceRecord carol_dev = MakeDevice(*store, carol.id, "tc");
+  SendMany(*store, with_carol, carol.id, carol_dev.id, 3, "c");
+  ASSERT_TRUE(UpdateReceipt(*store, Receipt(bob.id, phone.id, with_alice, 1, 0)).has_value());
+  ASSERT_TRUE(UpdateReceipt(*store, Receipt(bob.id, laptop.id, with_alice, 1, 0)).has_value());
+
+  // In the next commit.
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store->RevokeDevice(bob.id, phone.id, cb); }).ok());
+  Result<ReceiptResult> refused = UpdateReceipt(*store, Receipt(bob.id, phone.id, with_alice, 2, 0));
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kUnknownDevice);
+
+  // In the same commit as receipts before and after it (in another
+  // conversation, so the two are not merged into one).
+  const uint64_t commits_before = store->Stats().commits;
+  Collector<ReceiptResult> receipts(2);
+  std::promise<Status> revoked;
+  store->UpdateReceipt(Receipt(bob.id, laptop.id, with_alice, 2, 0), receipts.Slot(0));
+  store->RevokeDevice(bob.id, laptop.id, [&revoked](Status s) { revoked.set_value(std::move(s)); });
+  store->UpdateReceipt(Receipt(bob.id, laptop.id, with_carol, 2, 0), receipts.Slot(1));
+  auto& r = receipts.Wait();
+  EXPECT_TRUE(revoked.get_future().get().ok());
+  EXPECT_EQ(store->Stats().commits - commits_before, 1u);
+  ASSERT_TRUE(r[0]->has_value()) << r[0]->error().ToString();
+  EXPECT_EQ(r[0]->value().aggregate.delivered, 2);
+  ASSERT_FALSE(r[1]->has_value());
+  EXPECT_EQ(r[1]->error().code(), ErrorCode::kUnknownDevice);
+}
+
+TEST(SqliteStoreTest, ASendAfterABlockOrAnUnblockFollowsIt) {
+  TempDir dir;
+  std::unique_ptr<SqliteStore> store = OpenGathering(dir);
+  ASSERT_NE(store, nullptr);
+  UserRecord alice = MakeUser(*store, "alice");
+  UserRecord bob = MakeUser(*store, "bob");
+  DeviceRecord alice_dev = MakeDevice(*store, alice.id, "ta");
+  DeviceRecord bob_dev = MakeDevice(*store, bob.id, "tb");
+  ConversationId c = Open(*store, alice.id, bob.id).conversation.id;
+  // Both directions looked up: neither blocks the other.
+  ASSERT_EQ(Must(Append(*store, Msg(c, alice.id, alice_dev.id, "a1", "x"))).positions.size(), 2u);
+  ASSERT_EQ(Must(Append(*store, Msg(c, bob.id, bob_dev.id, "b1", "x"))).positions.size(), 2u);
+
+  // Each in the next commit.
+  ASSERT_TRUE(Block(*store, bob.id, alice.id).has_value());
+  AppendResult hidden = Must(Append(*store, Msg(c, alice.id, alice_dev.id, "a2", "x")));
+  ASSERT_EQ(hidden.positions.size(), 1u);  // alice's stream only: withheld from bob
+  EXPECT_EQ(hidden.positions[0].user_id, alice.id);
+  Result<AppendResult> refused = Append(*store, Msg(c, bob.id, bob_dev.id, "b2", "x"));
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kBlocked);
+  ASSERT_TRUE(Unblock(*store, bob.id, alice.id).has_value());
+  EXPECT_EQ(Must(Append(*store, Msg(c, alice.id, alice_dev.id, "a3", "x"))).positions.size(), 2u);
+  EXPECT_EQ(Must(Append(*store, Msg(c, bob.id, bob_dev.id, "b3", "x"))).positions.size(), 2u);
+
+  // All in one commit: each send sees the block state the operations before
+  // it in the commit left.
+  const uint64_t commits_before = store->Stats().commits;
+  Collector<AppendResult> sends(4);
+  Collector<SocialResult> social(2);
+  store->AppendMessage(Msg(c, alice.id, alice_dev.id, "a4", "x"), sends.Slot(0));
+  store->Block(bob.id, alice.id, 5000, social.Slot(0));
+  store->AppendMessage(Msg(c, alice.id, alice_dev.id, "a5", "x"), sends.Slot(1));
+  store->AppendMessage(Msg(c, bob.id, bob_dev.id, "b5", "x"), sends.Slot(2));
+  store->Unblock(bob.id, alice.id, 5000, social.Slot(1));
+  store->AppendMessage(Msg(c, alice.id, alice_dev.id, "a6", "x"), sends.Slot(3));
+  auto& s = sends.Wait();
+  for (auto& r : social.Wait()) EXPECT_TRUE(r->has_value());
+  EXPECT_EQ(store->Stats().commits - commits_before, 1u);
+  ASSERT_TRUE(s[0]->has_value() && s[1]->has_value() && s[3]->has_value());
+  EXPECT_EQ(s[0]->value().positions.size(), 2u);
+  EXPECT_EQ(s[1]->value().positions.size(), 1u);
+  ASSERT_FALSE(s[2]->has_value());
+  EXPECT_EQ(s[2]->error().code(), ErrorCode::kBlocked);
+  EXPECT_EQ(s[3]->value().positions.size(), 2u);
+}
+
+// A commit that fails leaves the writer's memory as the file is: the
+// watermarks and the block it wrote are rolled back, and the next commit
+// starts from what is on disk.
+TEST(SqliteStoreTest, WatermarksAndBlocksOfAFailedCommitAreReadAgainFromTheFile) {
+  TempDir dir;
+  std::unique_ptr<SqliteStore> store = OpenGathering(dir);
+  ASSERT_NE(store, nullptr);
+  UserRecord alice = MakeUser(*store, "alice");
+  UserRecord bob = MakeUser(*store, "bob");
+  DeviceRecord alice_dev = MakeDevice(*store, alice.id, "ta");
+  DeviceRecord bob_dev = MakeDevice(*store, bob.id, "tb");
+  ConversationId c = Open(*store, alice.id, bob.id).conversation.id;
+  SendMany(*store, c, alice.id, alice_dev.id, 5, "m");
+  ASSERT_EQ(Must(UpdateReceipt(*store, Receipt(bob.id, bob_dev.id, c, 1, 1))).aggregate.read, 1);
+
+  // Freeze the file; large bodies after the receipt and the block need new
+  // pages and fail their commit.
+  int64_t limit = Must(Await<int64_t>([&](auto cb) { store->SetMaxPageCountForTest(1, cb); }));
+  const std::string big(16 * 1024, 'b');
+  Collector<ReceiptResult> receipt(1);
+  Collector<SocialResult> block(1);
+  Collector<AppendResult> appends(5);
+  store->UpdateReceipt(Receipt(bob.id, bob_dev.id, c, 4, 4), receipt.Slot(0));
+  store->Block(bob.id, alice.id, 5000, block.Slot(0));
+  for (size_t i = 0; i < 5; ++i) {
+    store->AppendMessage(Msg(c, alice.id, alice_dev.id, "big" + std::to_string(i), big), appends.Slot(i));
+  }
+  for (auto& r : appends.Wait()) EXPECT_FALSE(r->has_value());
+  ASSERT_FALSE(receipt.Wait()[0]->has_value());
+  EXPECT_EQ(receipt.Wait()[0]->error().code(), ErrorCode::kStorageFull);
+  ASSERT_FALSE(block.Wait()[0]->has_value());
+  ASSERT_GT(Must(Await<int64_t>([&](auto cb) { store->SetMaxPageCountForTest(1 << 30, cb); })), limit);
+
+  // The device is at 1 again, not at the rolled-back 4: a receipt of 2 moves
+  // it and the aggregate, and alice is told.
+  const UserSeq alice_head = Head(*store, alice.id);
+  ReceiptResult next = Must(UpdateReceipt(*store, Receipt(bob.id, bob_dev.id, c, 2, 2)));
+  EXPECT_TRUE(next.changed);
+  EXPECT_EQ(next.aggregate.delivered, 2);
+  EXPECT_EQ(next.aggregate.read, 2);
+  StreamPage page = ReadStream(*store, alice.id, alice_head, 10);
+  ASSERT_EQ(page.events.size(), 1u);
+  EXPECT_EQ(page.events[0].kind, EventKind::kReceipt);
+  EXPECT_EQ(page.events[0].receipt.read, 2);
+  // bob does not block alice: her next message reaches him.
+  EXPECT_EQ(Must(Append(*store, Msg(c, alice.id, alice_dev.id, "after", "x"))).positions.size(), 2u);
+}
+
 }  // namespace
 }  // namespace parley::store

@@ -17,9 +17,14 @@
 // every operation in it gets that error.
 //
 // The writer caches, per conversation, its last seq, last activity and
-// members (with each member's last visible activity), and per user the head
-// user seq. An operation updates the cache
-// and marks the entry dirty; the dirty entries are written to
+// members (with each member's last visible activity, user_receipts row,
+// highest seq withheld by a block and draft flag), per user the head user
+// seq, per (owner, target) pair looked up whether a block exists, and each
+// live device with its device_receipts rows. Every write to those rows runs
+// on this thread, so a send or a receipt reads none of them (issue 9); the
+// rows are still written in the operation's own statements (write-through).
+// The conversation's own fields and the heads are write-behind: an operation
+// updates the cache and marks the entry dirty; the dirty entries are written to
 // conversations/members/user_heads once per batch, just before COMMIT, so a batch of
 // N messages into one conversation updates its row once. After a rollback the
 // caches may hold uncommitted values and are dropped whole (reloaded lazily);
@@ -287,6 +292,11 @@ namespace {
 // memory stays bounded however many conversations and users there are.
 constexpr size_t kMaxCachedConversations = 65536;
 constexpr size_t kMaxCachedHeads = 262144;
+// (owner, target) pairs whose blocks row the writer has looked up.
+constexpr size_t kMaxCachedBlockPairs = 262144;
+// Live devices, and their device_receipts rows (all devices together).
+constexpr size_t kMaxCachedDevices = 65536;
+constexpr size_t kMaxCachedDeviceReceipts = 262144;
 
 // The FTS5 query of a message search: every word as a prefix, all required.
 // Words hold only [0-9a-z] and non-ASCII bytes (MessageWords), so quoting
@@ -947,8 +957,6 @@ class SqliteStore::Writer {
   Result<bool> RemovePushEndpoint(UserId user_id, DeviceId device_id);
   Result<SocialResult> SetMuted(UserId user_id, ConversationId conversation_id, bool muted, int64_t now);
   Result<SocialResult> SetDraft(UserId user_id, ConversationId conversation_id, const std::string& text, int64_t now);
-  // Removes the user's draft in the conversation; true if there was one.
-  bool ClearDraft(UserId user_id, ConversationId conversation_id);
   Result<SocialResult> SetPushPreviews(UserId user_id, bool previews, int64_t now);
   Result<int> EnqueuePush(const PushRequest& req);
   Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
@@ -981,6 +989,19 @@ class SqliteStore::Writer {
     int64_t at = 0;
     bool dirty = false;  // not yet written
   };
+  // What else the writer keeps of a member, write-through: the rows behind
+  // it change only on this thread, so a send or a receipt reads none of them.
+  struct MemberState {
+    // The member's user_receipts row (zeros while there is none).
+    Seq delivered = 0;
+    Seq read = 0;
+    Seq announced = 0;
+    // The highest seq withheld from the member by a block (withheld rows with
+    // hidden_at = 0; 0: none). Nothing above it is withheld from them, which
+    // is all a send or a receipt needs to know in the usual case.
+    Seq last_withheld = 0;
+    bool has_draft = false;  // the member has a drafts row here
+  };
   struct Conversation {
     ConversationId id = 0;
     Seq last_seq = 0;
@@ -988,6 +1009,7 @@ class SqliteStore::Writer {
     int64_t last_activity_at = 0;
     std::vector<MemberRecord> members;      // ascending user id
     std::vector<MemberActivity> activity;   // parallel to members
+    std::vector<MemberState> state;         // parallel to members
     int64_t disappearing_s = 0;             // written at once by SetDisappearing (never dirty)
     int64_t hot_since = 0;                  // written at once (a send into a fully cold one, a compaction)
     bool dirty = false;                     // something above not yet written
@@ -998,9 +1020,32 @@ class SqliteStore::Writer {
     bool stored = false;  // the user has a user_heads row
   };
 
+  // A device that is not revoked, with the device_receipts rows of it the
+  // writer has read or written (absent: not looked up yet).
+  struct LiveDevice {
+    UserId user_id = 0;
+    std::unordered_map<ConversationId, Watermarks> receipts;
+  };
+  struct PairHash {
+    size_t operator()(const std::pair<UserId, UserId>& p) const {
+      return std::hash<uint64_t>{}(static_cast<uint64_t>(p.first) * 0x9E3779B97F4A7C15ULL ^
+                                   static_cast<uint64_t>(p.second));
+    }
+  };
+
   // The cached conversation, loaded on a miss; nullptr if it does not exist.
   Conversation* FindConversation(ConversationId id);
   static bool IsMember(const Conversation& c, UserId user);
+  // The index of `user` in c.members; REQUIRES: IsMember(c, user).
+  static size_t MemberIndex(const Conversation& c, UserId user);
+  // The cached live device, loaded on a miss; nullptr if it does not exist or
+  // is revoked.
+  LiveDevice* FindLiveDevice(DeviceId id);
+  // The device's watermarks in `conversation` (device_receipts), loaded on a miss.
+  Watermarks& DeviceReceipt(LiveDevice& device, DeviceId id, ConversationId conversation);
+  // LastSeqVisibleTo for member `i` of `c`, without a read when nothing is
+  // withheld from them at the conversation's last seq.
+  Seq LastSeqVisible(const Conversation& c, size_t i);
   std::optional<std::string> Username(UserId user);
   Head& HeadOf(UserId user);
   std::optional<ProfileRecord> Profile(UserId user);
@@ -1011,8 +1056,11 @@ class SqliteStore::Writer {
   // `viewer` gets `user`'s profile changes (SetProfile's audience, blocks
   // aside): they share a conversation, or `viewer` has `user` as a contact.
   bool InProfileAudience(UserId user, UserId viewer);
-  // Seqs of `conversation` withheld from `user` in (after, upto], ascending.
-  std::vector<Seq> WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto);
+  // Removes the draft of member `i` of `c`; true if there was one.
+  bool ClearDraft(Conversation& c, size_t i);
+  // Seqs of `c` withheld from its member `i` in (after, upto], ascending;
+  // no read when nothing above `after` is withheld from them.
+  std::vector<Seq> WithheldBetween(const Conversation& c, size_t i, Seq after, Seq upto);
   // Revokes a live device: token and cursor dropped, its watermarks deleted.
   // Revokes every live device of the user; returns their ids, ascending.
   std::vector<DeviceId> RevokeLiveDevices(UserId user_id);
@@ -1037,6 +1085,12 @@ class SqliteStore::Writer {
   int64_t batch_now_ = 0;  // clock_ when the current batch began: its messages' stored_at
   std::unordered_map<ConversationId, Conversation> conversations_;
   std::unordered_map<UserId, Head> heads_;
+  // Whether a blocks row (owner, target) exists, per pair looked up; Block,
+  // Unblock and EraseAccount (which drops every cache) keep it current.
+  std::unordered_map<std::pair<UserId, UserId>, bool, PairHash> blocks_;
+  // Live devices looked up; Revoke removes one (with its receipts).
+  std::unordered_map<DeviceId, LiveDevice> devices_;
+  size_t cached_device_receipts_ = 0;  // receipts in devices_, all devices together
   std::vector<ConversationId> dirty_conversations_;
   std::vector<UserId> dirty_heads_;
   ColdCodec cold_codec_;  // compaction and the purge's block rewrites
@@ -1081,7 +1135,10 @@ void SqliteStore::Writer::MergeReceipts(const std::vector<std::unique_ptr<WriteO
 
 Status SqliteStore::Writer::CommitBatch(const std::vector<std::unique_ptr<WriteOp>>& ops) {
   db_->ClearError();
-  if (conversations_.size() > kMaxCachedConversations || heads_.size() > kMaxCachedHeads) DropCaches();
+  if (conversations_.size() > kMaxCachedConversations || heads_.size() > kMaxCachedHeads ||
+      blocks_.size() > kMaxCachedBlockPairs || devices_.size() > kMaxCachedDevices ||
+      cached_device_receipts_ > kMaxCachedDeviceReceipts)
+    DropCaches();
   MergeReceipts(ops);
   Stmt(*db_, "BEGIN IMMEDIATE").Run();
   batch_now_ = clock_.NowMillis();
@@ -1116,13 +1173,21 @@ SqliteStore::Writer::Conversation* SqliteStore::Writer::FindConversation(Convers
     c.hot_since = s.Int(4);
   }
   {
+    // With each member's MemberState: their user_receipts row, the highest
+    // seq withheld from them by a block, whether they have a draft here.
     Stmt s(*db_,
-           "SELECT m.user_id, u.username, m.last_activity_at FROM members m JOIN users u ON u.id = m.user_id "
+           "SELECT m.user_id, u.username, m.last_activity_at, r.delivered, r.read, r.announced, "
+           "(SELECT max(w.seq) FROM withheld w WHERE w.conversation_id = m.conversation_id "
+           "AND w.user_id = m.user_id AND w.hidden_at = 0), "
+           "EXISTS(SELECT 1 FROM drafts d WHERE d.user_id = m.user_id AND d.conversation_id = m.conversation_id) "
+           "FROM members m JOIN users u ON u.id = m.user_id "
+           "LEFT JOIN user_receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id "
            "WHERE m.conversation_id = ?1 ORDER BY m.user_id");
     s.BindInt(1, id);
     while (s.Step()) {
       c.members.push_back(MemberRecord{s.Int(0), s.Text(1)});
       c.activity.push_back(MemberActivity{s.Int(2), false});
+      c.state.push_back(MemberState{s.Int(3), s.Int(4), s.Int(5), s.Int(6), s.Int(7) != 0});
     }
   }
   if (db_->failed()) return nullptr;
@@ -1131,6 +1196,40 @@ SqliteStore::Writer::Conversation* SqliteStore::Writer::FindConversation(Convers
 
 bool SqliteStore::Writer::IsMember(const Conversation& c, UserId user) {
   return std::any_of(c.members.begin(), c.members.end(), [user](const MemberRecord& m) { return m.user_id == user; });
+}
+
+size_t SqliteStore::Writer::MemberIndex(const Conversation& c, UserId user) {
+  auto it = std::find_if(c.members.begin(), c.members.end(), [user](const MemberRecord& m) { return m.user_id == user; });
+  return static_cast<size_t>(it - c.members.begin());
+}
+
+SqliteStore::Writer::LiveDevice* SqliteStore::Writer::FindLiveDevice(DeviceId id) {
+  auto it = devices_.find(id);
+  if (it != devices_.end()) return &it->second;
+  // Only live devices are cached: one created later is found by the next
+  // miss, and Revoke removes one that stops being live.
+  Stmt s(*db_, "SELECT user_id FROM devices WHERE id = ?1 AND revoked = 0");
+  s.BindInt(1, id);
+  if (!s.Step()) return nullptr;
+  return &devices_.emplace(id, LiveDevice{s.Int(0), {}}).first->second;
+}
+
+Watermarks& SqliteStore::Writer::DeviceReceipt(LiveDevice& device, DeviceId id, ConversationId conversation) {
+  auto it = device.receipts.find(conversation);
+  if (it != device.receipts.end()) return it->second;
+  Watermarks w;
+  Stmt s(*db_, "SELECT delivered, read FROM device_receipts WHERE device_id = ?1 AND conversation_id = ?2");
+  s.BindInt(1, id).BindInt(2, conversation);
+  if (s.Step()) w = Watermarks{s.Int(0), s.Int(1)};
+  ++cached_device_receipts_;
+  return device.receipts.emplace(conversation, w).first->second;
+}
+
+Seq SqliteStore::Writer::LastSeqVisible(const Conversation& c, size_t i) {
+  // Every seq up to last_seq is a message (rows are never deleted), so when
+  // the last one is not withheld it is the answer.
+  if (c.state[i].last_withheld < c.last_seq) return c.last_seq;
+  return LastSeqVisibleTo(*db_, c.id, c.members[i].user_id);
 }
 
 std::optional<std::string> SqliteStore::Writer::Username(UserId user) {
@@ -1171,13 +1270,18 @@ std::optional<ProfileRecord> SqliteStore::Writer::ProfileFor(UserId user, UserId
 }
 
 bool SqliteStore::Writer::Blocks(UserId owner, UserId target) {
+  auto it = blocks_.find({owner, target});
+  if (it != blocks_.end()) return it->second;
   Stmt s(*db_, "SELECT 1 FROM blocks WHERE owner_id = ?1 AND target_id = ?2");
   s.BindInt(1, owner).BindInt(2, target);
-  return s.Step();
+  const bool blocks = s.Step();
+  blocks_.emplace(std::pair{owner, target}, blocks);
+  return blocks;
 }
 
-std::vector<Seq> SqliteStore::Writer::WithheldBetween(ConversationId conversation, UserId user, Seq after, Seq upto) {
-  return WithheldIn(*db_, conversation, user, after, upto);
+std::vector<Seq> SqliteStore::Writer::WithheldBetween(const Conversation& c, size_t i, Seq after, Seq upto) {
+  if (c.state[i].last_withheld <= after) return {};
+  return WithheldIn(*db_, c.id, c.members[i].user_id, after, upto);
 }
 
 std::vector<DeviceId> SqliteStore::Writer::RevokeLiveDevices(UserId user_id) {
@@ -1203,6 +1307,10 @@ void SqliteStore::Writer::Revoke(DeviceId device_id) {
     Stmt s(*db_, "DELETE FROM device_receipts WHERE device_id = ?1");
     s.BindInt(1, device_id);
     s.Run();
+  }
+  if (auto it = devices_.find(device_id); it != devices_.end()) {
+    cached_device_receipts_ -= it->second.receipts.size();
+    devices_.erase(it);
   }
   RemovePush(device_id);
 }
@@ -1298,6 +1406,9 @@ void SqliteStore::Writer::WriteDirty() {
 void SqliteStore::Writer::DropCaches() {
   conversations_.clear();
   heads_.clear();
+  blocks_.clear();
+  devices_.clear();
+  cached_device_receipts_ = 0;
   dirty_conversations_.clear();
   dirty_heads_.clear();
 }
@@ -1390,7 +1501,7 @@ Result<OpenResult> SqliteStore::Writer::OpenDirect(UserId a, UserId b, int64_t n
       if (c == nullptr) return Status(ErrorCode::kInternal, "conversation vanished");
       OpenResult found{ToRecord(*c), false, {}};
       // As the opener may see it: nothing withheld from them shows.
-      found.conversation.last_seq = LastSeqVisibleTo(*db_, id, a);
+      found.conversation.last_seq = LastSeqVisible(*c, MemberIndex(*c, a));
       return found;
     }
   }
@@ -1400,6 +1511,7 @@ Result<OpenResult> SqliteStore::Writer::OpenDirect(UserId a, UserId b, int64_t n
   c.members = {MemberRecord{a, *name_a}, MemberRecord{b, *name_b}};
   if (b < a) std::swap(c.members[0], c.members[1]);
   c.activity = {MemberActivity{now, false}, MemberActivity{now, false}};
+  c.state.resize(c.members.size());  // no receipts, withheld rows or drafts yet
   {
     Stmt s(*db_,
            "INSERT INTO conversations(direct_key, last_seq, created_at, last_activity_at) VALUES(?1, 0, ?2, ?2)");
@@ -1485,6 +1597,7 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
       Stmt s(*db_, "INSERT INTO withheld(conversation_id, user_id, seq) VALUES(?1, ?2, ?3)");
       s.BindInt(1, m.conversation_id).BindInt(2, c->members[i].user_id).BindInt(3, m.seq);
       s.Run();
+      c->state[i].last_withheld = m.seq;
     } else {
       c->activity[i] = MemberActivity{msg.now, true};
     }
@@ -1498,17 +1611,11 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
   // other member's, those above `announced`, the watermark that stream last
   // carried. The two differ after messages hidden from the other member
   // (a mutual block): they raised the sender's watermark with no event there.
-  Seq old_delivered = 0;
-  Seq old_announced = 0;
-  {
-    Stmt s(*db_, "SELECT delivered, announced FROM user_receipts WHERE conversation_id = ?1 AND user_id = ?2");
-    s.BindInt(1, m.conversation_id).BindInt(2, m.sender_id);
-    if (s.Step()) {
-      old_delivered = s.Int(0);
-      old_announced = s.Int(1);
-    }
-  }
-  const std::vector<Seq> unannounced = WithheldBetween(m.conversation_id, m.sender_id, old_announced, m.seq);
+  const size_t sender_index = MemberIndex(*c, m.sender_id);
+  MemberState& sender_state = c->state[sender_index];
+  const Seq old_delivered = sender_state.delivered;
+  const Seq old_announced = sender_state.announced;
+  const std::vector<Seq> unannounced = WithheldBetween(*c, sender_index, old_announced, m.seq);
   const std::vector<Seq> own = SeqsAbove(unannounced, old_delivered);
   bool announced = false;
   for (size_t i = 0; i < c->members.size(); ++i) {
@@ -1529,7 +1636,10 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
          "read = max(read, excluded.read), announced = max(announced, excluded.announced)");
   s.BindInt(1, m.conversation_id).BindInt(2, m.sender_id).BindInt(3, m.seq).BindInt(4, announced ? m.seq : 0);
   s.Run();
-  if (ClearDraft(m.sender_id, m.conversation_id))
+  sender_state.delivered = std::max(sender_state.delivered, m.seq);
+  sender_state.read = std::max(sender_state.read, m.seq);
+  sender_state.announced = std::max(sender_state.announced, announced ? m.seq : 0);
+  if (ClearDraft(*c, sender_index))
     result.draft_cleared = AppendEvent(m.sender_id, EventKind::kDraft, m.conversation_id, 0, 0, {}, msg.now);
   return result;
 }
@@ -1538,26 +1648,22 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
   Conversation* c = FindConversation(update.conversation_id);
   if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
   if (!IsMember(*c, update.user_id)) return Status(ErrorCode::kNotMember, "not a member");
-  {
-    Stmt s(*db_, "SELECT 1 FROM devices WHERE id = ?1 AND user_id = ?2 AND revoked = 0");
-    s.BindInt(1, update.device_id).BindInt(2, update.user_id);
-    if (!s.Step()) return Status(ErrorCode::kUnknownDevice, "no such live device of this user");
-  }
+  LiveDevice* live = FindLiveDevice(update.device_id);
+  if (live == nullptr || live->user_id != update.user_id)
+    return Status(ErrorCode::kUnknownDevice, "no such live device of this user");
+  const size_t index = MemberIndex(*c, update.user_id);
+  MemberState& state = c->state[index];
   // Clamped to the last seq the user may see: a watermark of theirs never
   // passes messages withheld from them while those are the newest (it would
   // tell the sender, through the receipt's "withheld" list, that they are
   // blocked).
   Seq last = c->last_seq;
-  if (std::max(update.read, update.delivered) > 0) last = LastSeqVisibleTo(*db_, update.conversation_id, update.user_id);
+  if (std::max(update.read, update.delivered) > 0) last = LastSeqVisible(*c, index);
   Seq read = std::clamp<Seq>(update.read, 0, last);
   Seq delivered = std::clamp<Seq>(std::max(update.delivered, read), 0, last);
 
-  Watermarks device;
-  {
-    Stmt s(*db_, "SELECT delivered, read FROM device_receipts WHERE device_id = ?1 AND conversation_id = ?2");
-    s.BindInt(1, update.device_id).BindInt(2, update.conversation_id);
-    if (s.Step()) device = Watermarks{s.Int(0), s.Int(1)};
-  }
+  Watermarks& cached_device = DeviceReceipt(*live, update.device_id, update.conversation_id);
+  const Watermarks device = cached_device;
   Watermarks new_device{std::max(device.delivered, delivered), std::max(device.read, read)};
   if (new_device.delivered != device.delivered || new_device.read != device.read) {
     Stmt s(*db_,
@@ -1567,6 +1673,7 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
     s.BindInt(1, update.device_id).BindInt(2, update.conversation_id).BindInt(3, new_device.delivered).BindInt(
         4, new_device.read);
     s.Run();
+    cached_device = new_device;
     // The timeline's source: every move of a device's watermarks, with its time.
     Stmt log(*db_,
              "INSERT OR IGNORE INTO receipt_log(conversation_id, device_id, delivered, read, at) "
@@ -1579,16 +1686,8 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
     log.Run();
   }
 
-  Watermarks aggregate;
-  Seq announced = 0;
-  {
-    Stmt s(*db_, "SELECT delivered, read, announced FROM user_receipts WHERE conversation_id = ?1 AND user_id = ?2");
-    s.BindInt(1, update.conversation_id).BindInt(2, update.user_id);
-    if (s.Step()) {
-      aggregate = Watermarks{s.Int(0), s.Int(1)};
-      announced = s.Int(2);
-    }
-  }
+  const Watermarks aggregate{state.delivered, state.read};
+  const Seq announced = state.announced;
   ReceiptResult result;
   result.aggregate = Watermarks{std::max(aggregate.delivered, new_device.delivered),
                                 std::max(aggregate.read, new_device.read)};
@@ -1604,14 +1703,16 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
     s.BindInt(1, update.conversation_id).BindInt(2, update.user_id).BindInt(3, result.aggregate.delivered).BindInt(
         4, result.aggregate.read);
     s.Run();
+    state.delivered = result.aggregate.delivered;
+    state.read = result.aggregate.read;
+    state.announced = result.aggregate.delivered;
   }
   // "Stay sent forever": seqs withheld from this user that the delivered
   // watermark now covers go with the receipt, so the other members keep
   // showing them as merely sent. The user's own stream lists those above
   // its old delivered watermark; the other member's those above `announced`
   // (AppendMessage). Every member gets the receipt, so both are now current.
-  const std::vector<Seq> unannounced =
-      WithheldBetween(update.conversation_id, update.user_id, announced, result.aggregate.delivered);
+  const std::vector<Seq> unannounced = WithheldBetween(*c, index, announced, result.aggregate.delivered);
   const std::vector<Seq> own = SeqsAbove(unannounced, aggregate.delivered);
   for (const MemberRecord& member : c->members) {
     const std::vector<Seq>& list = member.user_id == update.user_id ? own : unannounced;
@@ -2247,6 +2348,7 @@ Result<SocialResult> SqliteStore::Writer::Block(UserId owner, UserId target, int
          "SELECT id, ?2, ?3, display_name, about, profile_updated_at FROM users WHERE id = ?1");
   s.BindInt(1, owner).BindInt(2, target).BindInt(3, now);
   s.Run();
+  blocks_[{owner, target}] = true;
   return AppendSocialEvent(owner, EventKind::kBlock, *subject, true, now);
 }
 
@@ -2260,6 +2362,7 @@ Result<SocialResult> SqliteStore::Writer::Unblock(UserId owner, UserId target, i
   Stmt s(*db_, "DELETE FROM blocks WHERE owner_id = ?1 AND target_id = ?2");
   s.BindInt(1, owner).BindInt(2, target);
   s.Run();
+  blocks_[{owner, target}] = false;
   SocialResult result = AppendSocialEvent(owner, EventKind::kBlock, *subject, false, now);
   if (kept && current && (kept->display_name != current->display_name || kept->about != current->about) &&
       InProfileAudience(owner, target)) {
@@ -3936,8 +4039,9 @@ Result<SocialResult> SqliteStore::Writer::SetDraft(UserId user_id, ConversationI
   if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "no such conversation");
   if (!IsMember(*c, user_id)) return Status(ErrorCode::kNotMember, "you are not a member of this conversation");
   SocialResult result;
+  const size_t index = MemberIndex(*c, user_id);
   if (text.empty()) {
-    if (!ClearDraft(user_id, conversation_id)) return result;
+    if (!ClearDraft(*c, index)) return result;
   } else {
     // Rewritten only when the text differs: a retried set changes nothing.
     Stmt s(*db_,
@@ -3946,6 +4050,7 @@ Result<SocialResult> SqliteStore::Writer::SetDraft(UserId user_id, ConversationI
            "WHERE text <> excluded.text");
     s.BindInt(1, user_id).BindInt(2, conversation_id).BindText(3, text).BindInt(4, now);
     s.Run();
+    c->state[index].has_draft = true;
     if (db_->Changes() == 0) return result;
   }
   result.changed = true;
@@ -3953,10 +4058,13 @@ Result<SocialResult> SqliteStore::Writer::SetDraft(UserId user_id, ConversationI
   return result;
 }
 
-bool SqliteStore::Writer::ClearDraft(UserId user_id, ConversationId conversation_id) {
+bool SqliteStore::Writer::ClearDraft(Conversation& c, size_t i) {
+  // Most sends have no draft to clear: no statement for them.
+  if (!c.state[i].has_draft) return false;
   Stmt s(*db_, "DELETE FROM drafts WHERE user_id = ?1 AND conversation_id = ?2");
-  s.BindInt(1, user_id).BindInt(2, conversation_id);
+  s.BindInt(1, c.members[i].user_id).BindInt(2, c.id);
   s.Run();
+  c.state[i].has_draft = false;
   return db_->Changes() > 0;
 }
 
