@@ -121,19 +121,19 @@ size_t FaultStore::HeldWrites() const {
 }
 
 void FaultStore::FailPurges(int pass, int n, Status status) {
-  std::lock_guard lock(mu_);
-  purge_pass_left_ = pass;
-  purge_fail_left_ = n;
-  purge_fail_status_ = std::move(status);
-  purge_fail_after_commit_ = false;
+  ArmPurgeFailures(pass, n, std::move(status), /*after_commit=*/false);
 }
 
 void FaultStore::LosePurgeAnswers(int pass, int n, Status status) {
+  ArmPurgeFailures(pass, n, std::move(status), /*after_commit=*/true);
+}
+
+void FaultStore::ArmPurgeFailures(int pass, int n, Status status, bool after_commit) {
   std::lock_guard lock(mu_);
   purge_pass_left_ = pass;
   purge_fail_left_ = n;
   purge_fail_status_ = std::move(status);
-  purge_fail_after_commit_ = true;
+  purge_fail_after_commit_ = after_commit;
 }
 
 int64_t FaultStore::PurgesFailed() const {

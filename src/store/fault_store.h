@@ -218,6 +218,8 @@ class FaultStore final : public Store {
   // True when this purge step fails (its status in `status`); `after_commit`
   // tells whether it runs on the backend first (LosePurgeAnswers).
   bool TakePurgeFailure(Status* status, bool* after_commit);
+  // FailPurges and LosePurgeAnswers: `after_commit` picks the second.
+  void ArmPurgeFailures(int pass, int n, Status status, bool after_commit);
   // stall_writes: true when `fail` was kept to be called later (with the
   // status the write ends with); counts writes when `count`.
   bool Stall(std::function<void(const Status&)> fail, bool count);

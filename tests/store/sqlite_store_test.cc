@@ -1141,6 +1141,22 @@ std::unique_ptr<SqliteStore> OpenGathering(const TempDir& dir) {
   return OpenSqlite(dir.path() + "/parley.db", 1000, 200'000);
 }
 
+// alice and bob, a device each, and their conversation.
+struct AliceAndBob {
+  UserRecord alice, bob;
+  DeviceRecord alice_dev, bob_dev;
+  ConversationId c = 0;
+};
+AliceAndBob MakeAliceAndBob(Store& store) {
+  AliceAndBob p;
+  p.alice = MakeUser(store, "alice");
+  p.bob = MakeUser(store, "bob");
+  p.alice_dev = MakeDevice(store, p.alice.id, "ta");
+  p.bob_dev = MakeDevice(store, p.bob.id, "tb");
+  p.c = Open(store, p.alice.id, p.bob.id).conversation.id;
+  return p;
+}
+
 TEST(SqliteStoreTest, AReceiptFromADeviceRevokedAfterItsLastReceiptIsRefused) {
   TempDir dir;
   std::unique_ptr<SqliteStore> store = OpenGathering(dir);
@@ -1186,11 +1202,7 @@ TEST(SqliteStoreTest, ASendAfterABlockOrAnUnblockFollowsIt) {
   TempDir dir;
   std::unique_ptr<SqliteStore> store = OpenGathering(dir);
   ASSERT_NE(store, nullptr);
-  UserRecord alice = MakeUser(*store, "alice");
-  UserRecord bob = MakeUser(*store, "bob");
-  DeviceRecord alice_dev = MakeDevice(*store, alice.id, "ta");
-  DeviceRecord bob_dev = MakeDevice(*store, bob.id, "tb");
-  ConversationId c = Open(*store, alice.id, bob.id).conversation.id;
+  auto [alice, bob, alice_dev, bob_dev, c] = MakeAliceAndBob(*store);
   // Both directions looked up: neither blocks the other.
   ASSERT_EQ(Must(Append(*store, Msg(c, alice.id, alice_dev.id, "a1", "x"))).positions.size(), 2u);
   ASSERT_EQ(Must(Append(*store, Msg(c, bob.id, bob_dev.id, "b1", "x"))).positions.size(), 2u);
@@ -1236,11 +1248,7 @@ TEST(SqliteStoreTest, WatermarksAndBlocksOfAFailedCommitAreReadAgainFromTheFile)
   TempDir dir;
   std::unique_ptr<SqliteStore> store = OpenGathering(dir);
   ASSERT_NE(store, nullptr);
-  UserRecord alice = MakeUser(*store, "alice");
-  UserRecord bob = MakeUser(*store, "bob");
-  DeviceRecord alice_dev = MakeDevice(*store, alice.id, "ta");
-  DeviceRecord bob_dev = MakeDevice(*store, bob.id, "tb");
-  ConversationId c = Open(*store, alice.id, bob.id).conversation.id;
+  auto [alice, bob, alice_dev, bob_dev, c] = MakeAliceAndBob(*store);
   SendMany(*store, c, alice.id, alice_dev.id, 5, "m");
   ASSERT_EQ(Must(UpdateReceipt(*store, Receipt(bob.id, bob_dev.id, c, 1, 1))).aggregate.read, 1);
 
