@@ -185,6 +185,9 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
  private:
   void DoRead();
   void OnFirstBytes(beast::error_code ec, size_t n);
+  // Drops the rest of a message our close frame cut (see OnFirstBytes).
+  void DoDiscard();
+  void OnDiscarded(beast::error_code ec, size_t n);
   void OnRead(beast::error_code ec, size_t n);
   void ScheduleWrite();
   void DoWrite();
@@ -222,7 +225,6 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   bool write_posted_ = false;  // a DoWrite is posted for the end of this loop turn
   bool accepted_ = false;      // the WebSocket handshake is done
   bool close_requested_ = false;
-  bool discarding_ = false;  // dropping the rest of a message cut by our close (OnFirstBytes)
   bool closing_ = false;
   bool finished_ = false;
   bool deflate_ = false;  // permessage-deflate negotiated
@@ -314,19 +316,34 @@ void WsSession<Stream>::DoRead() {
 template <typename Stream>
 void WsSession<Stream>::OnFirstBytes(beast::error_code ec, size_t n) {
   if (ec) return OnRead(ec, n);
-  if (discarding_ || (closing_ && !ws_.is_message_done())) {
-    // Our close frame is out, and Beast's close may already have drained the
-    // rest of this message: a new async_read would then start in a state
-    // its read_size_hint asserts against (the final frame, nothing left, the
-    // message not done). This message no longer matters: its pieces are
-    // dropped, a little at a time, until it ends or the close completes the
-    // read with `closed`.
-    discarding_ = !ws_.is_message_done();
+  if (closing_ && !ws_.is_message_done()) {
+    // Our close frame is out: the rest of this message no longer matters.
     buffer_.consume(buffer_.size());
-    return DoRead();
+    return DoDiscard();
   }
   if (ws_.is_message_done()) return OnRead(ec, n);
   ws_.async_read(buffer_, beast::bind_front_handler(&WsSession::OnRead, this->shared_from_this()));
+}
+
+// Beast's close drains the rest of a message being read (it needs the peer's
+// close frame behind it) without marking the message done. A read into a
+// dynamic buffer started after that (async_read, or async_read_some with a
+// limit) sizes itself from that state and asserts (read_size_hint: the final
+// frame, nothing left, the message not done), before it would have waited
+// for the close. A read into a fixed buffer computes no size: it waits for
+// the close and ends with an error, or gets the next piece of the message.
+template <typename Stream>
+void WsSession<Stream>::DoDiscard() {
+  ws_.async_read_some(buffer_.prepare(kIdleReadBytes),
+                      beast::bind_front_handler(&WsSession::OnDiscarded, this->shared_from_this()));
+}
+
+template <typename Stream>
+void WsSession<Stream>::OnDiscarded(beast::error_code ec, size_t n) {
+  if (ec) return OnRead(ec, n);
+  // The bytes were never committed to buffer_: dropped.
+  if (!ws_.is_message_done()) return DoDiscard();
+  DoRead();  // at a message's boundary a dynamic read sizes itself safely
 }
 
 template <typename Stream>
