@@ -9,6 +9,7 @@
 
 #include <sqlite3.h>
 
+#include <cassert>
 #include <cstdint>
 #include <mutex>
 
@@ -111,8 +112,15 @@ Status Db::SyncDatabaseFile() {
 }
 
 sqlite3_stmt* Db::Cached(std::string_view sql) {
-  auto it = stmts_.find(sql);
-  if (it != stmts_.end()) return it->second;
+  const SqlKey key{sql.data(), sql.size()};
+  auto it = stmts_.find(key);
+  if (it != stmts_.end()) {
+    // A key whose text changed means a caller broke the static-storage rule.
+    // (SQLite keeps the text of the statement it prepared: `sql` up to any
+    // trailing text after it.)
+    assert(it->second == nullptr || sql.starts_with(sqlite3_sql(it->second)));
+    return it->second;
+  }
   sqlite3_stmt* stmt = nullptr;
   int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &stmt,
                               nullptr);
@@ -120,7 +128,7 @@ sqlite3_stmt* Db::Cached(std::string_view sql) {
     Fail(rc);
     return nullptr;
   }
-  stmts_.emplace(sql, stmt);
+  stmts_.emplace(key, stmt);
   return stmt;
 }
 
