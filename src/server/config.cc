@@ -19,10 +19,8 @@ namespace parley::server {
 Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   ServerConfig c;
   // One event loop per CPU this process may run on (taskset, a container's
-  // cpuset), and as many SQLite readers, up to two: on one CPU a second
-  // reader only adds thread switches (docs/benchmarks.md, "Read connections").
+  // cpuset).
   c.gateway.io_threads = CpusAvailable();
-  c.store.sqlite_read_connections = std::min(store::kDefaultSqliteReadConnections, CpusAvailable());
   bool fast_hashing = false;
 
   CLI::App app{"parleyd: the Parley messaging server"};
@@ -275,8 +273,8 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->capture_default_str();
   app.add_option("--sqlite-read-connections", c.store.sqlite_read_connections,
                  "SQLite store: read-only connections (one thread each) serving reads; a long read (a large "
-                 "snapshot, a broad search) holds up only its own (default: one per CPU this process may run "
-                 "on, at most 2)")
+                 "snapshot, a broad search) holds up only its own; with more than one, reads may complete out of "
+                 "order")
       ->envname("PARLEY_SQLITE_READ_CONNECTIONS")
       ->check(CLI::Range(1, store::kMaxSqliteReadConnections))
       ->capture_default_str();

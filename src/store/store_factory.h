@@ -24,9 +24,12 @@ inline constexpr int kDefaultCommitLoadedWaitUs = 1000;
 // (copies its pages back into the database file). 8,192 pages of 4 KiB: 32 MiB.
 inline constexpr int kDefaultSqliteCheckpointPages = 8192;
 inline constexpr int kDefaultSqlitePageSize = 4096;
-// SQLite: read connections (StoreConfig::sqlite_read_connections), as many
-// as PostgreSQL's by default; at most kMaxSqliteReadConnections.
-inline constexpr int kDefaultSqliteReadConnections = 2;
+// SQLite: read connections (StoreConfig::sqlite_read_connections); at most
+// kMaxSqliteReadConnections. One by default: with more, reads complete out of
+// order, and core still relies on their order in places (two typing
+// requests of one connection, each waiting for a membership read, were
+// delivered stop-before-start; docs/architecture.md, Known limits).
+inline constexpr int kDefaultSqliteReadConnections = 1;
 inline constexpr int kMaxSqliteReadConnections = 64;
 // SQLite: the checkpointer gives up the core after copying this many pages
 // (StoreConfig::sqlite_checkpoint_yield_pages), chosen by measurement

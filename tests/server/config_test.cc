@@ -180,10 +180,8 @@ TEST_F(ConfigTest, TheStoreQueueBoundIsOnByDefaultAndZeroTurnsItOff) {
   EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value());
 }
 
-TEST_F(ConfigTest, SqliteReadersAndIoThreadsFollowTheCpusThisProcessMayUse) {
-  // One per CPU this process may run on, at most two (a pinned benchmark: one).
-  EXPECT_EQ(Parse({}).store.sqlite_read_connections,
-            std::min(store::kDefaultSqliteReadConnections, CpusAvailable()));
+TEST_F(ConfigTest, SqliteReadConnectionsAndIoThreadsDefaults) {
+  EXPECT_EQ(Parse({}).store.sqlite_read_connections, store::kDefaultSqliteReadConnections);
   EXPECT_EQ(Parse({}).gateway.io_threads, CpusAvailable());
   EXPECT_EQ(Parse({"--sqlite-read-connections", "4"}).store.sqlite_read_connections, 4);
   setenv("PARLEY_SQLITE_READ_CONNECTIONS", "3", 1);
