@@ -902,8 +902,12 @@ void ChatService::DoSetDraft(const ClientPtr& c, Req req) {
                         return Fail(c, req, Status(ErrorCode::kNotMember, "you are not a member of this conversation"));
                       return Fail(c, req, r.error());
                     }
+                    // user_seq: the position of its `draft` event, so a
+                    // device that applied that event (or a later one) before
+                    // this answer keeps what the event said.
                     Respond(c, req, [&](JsonWriter& w) {
                       w.Field("conversation_id", d.conversation_id).Field("changed", r->changed);
+                      if (r->changed) w.Field("user_seq", r->positions.at(0).user_seq);
                     });
                     if (r->changed) PublishDraft(d.conversation_id, store::DraftRecord{d.text, now}, r->positions.at(0));
                   }));

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import {
   emptyState, applyEntry, applyEvent, addWithheld, addMessages, tickOf, conversationsByActivity, recountUnread,
   advanceApplied, expireMessages, applySummary, applyFill, fillReached, missingNewest, setTimer,
-  clearDraftForSend, restoreRefusedDraft,
+  clearDraftForSend, restoreRefusedDraft, draftSaved,
 } from '../../web/js/state.js';
 
 const me = { user_id: 1, username: 'alice', device_id: 10 };
@@ -345,4 +345,22 @@ test('a draft cleared by a refused send comes back; a stored send or a draft eve
   applyEvent(s, { kind: 'draft', conversation_id: 3, text: '', updated_at: 201 });
   assert.equal(restoreRefusedDraft(conv, {}), false, 'the draft event is newer');
   assert.equal(conv.draft, '');
+});
+
+// A set_draft answer can come after its own `draft` event and after later
+// ones (a sync read, or another cluster node's event, can overtake it); the
+// SDK's cache follows the same rule (chaos_cluster_short found a device
+// keeping a draft another device's send had cleared).
+test('a set_draft answer shows its text only until its own event is applied', () => {
+  const s = withConversation();
+  const conv = s.convs[3];
+  applyEvent(s, { user_seq: 2, kind: 'draft', conversation_id: 3, text: 'see you at', updated_at: 101 });
+  applyEvent(s, { user_seq: 3, kind: 'draft', conversation_id: 3, text: '', updated_at: 102 });
+  s.applied = 3;
+  assert.equal(draftSaved(conv, 'see you at', { changed: true, user_seq: 2 }, s.applied), false);
+  assert.equal(conv.draft, '', 'the later event stands');
+  assert.equal(draftSaved(conv, 'at noon', { changed: true, user_seq: 4 }, s.applied), true, 'its event is still to come');
+  assert.equal(conv.draft, 'at noon');
+  assert.equal(draftSaved(conv, 'at one', { changed: false }, s.applied), false, 'no event: the stream decides');
+  assert.equal(conv.draft, 'at noon');
 });

@@ -50,11 +50,18 @@ TEST_F(DraftsE2E, ADraftReachesTheUsersOtherDevicesLiveBySyncAndInASnapshotButNo
   ASSERT_TRUE(r.ok) << r.code;
   EXPECT_EQ(r.result["changed"], true);
   EXPECT_EQ(r.result["conversation_id"], conv_);
-  for (Device* d : {&a1_, &a2_}) ASSERT_TRUE(WaitEvent(*d->conn, IsDraft(conv_, "see you at"))) << "device " << d->device_id;
+  for (Device* d : {&a1_, &a2_}) {
+    auto e = WaitEvent(*d->conn, IsDraft(conv_, "see you at"));
+    ASSERT_TRUE(e) << "device " << d->device_id;
+    // The answer names its event's place, so a device that applied the
+    // event before the answer keeps what the stream says (protocol.md).
+    EXPECT_EQ((*e)["user_seq"], r.result["user_seq"]) << "device " << d->device_id;
+  }
   // The same text again changes nothing and makes no event.
   r = SetDraft(a2_, "see you at");
   ASSERT_TRUE(r.ok);
   EXPECT_EQ(r.result["changed"], false);
+  EXPECT_FALSE(r.result.contains("user_seq"));
   // bob learns nothing of alice's draft.
   for (const auto& e : SyncAll(*b_.conn, 0)) EXPECT_NE(e["kind"], "draft") << e.dump();
   auto bob_snap = b_.conn->Call("snapshot", json::object());

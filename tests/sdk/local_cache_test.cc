@@ -188,5 +188,40 @@ TEST_F(LocalCacheTest, ADraftClearedByAMessageTheServerRefusesComesBack) {
   EXPECT_EQ(Bob().draft, "");
 }
 
+// A set_draft answer can reach the device after its own `draft` event and
+// after later ones (a sync read, or in a cluster another node's event, can
+// overtake it): the saved text is shown only until the cache applies its
+// event. (Found by chaos_cluster_short: a device kept a draft that another
+// device's send had cleared.)
+TEST_F(LocalCacheTest, ADraftAnswerNeverUndoesItsOwnEventOrALaterOne) {
+  Apply({{{"kind", "conversation"}, {"conversation", Conversation()}}});
+  LocalError err;
+  ASSERT_TRUE(cache_->SetPendingDraft("bob", "see you at", 100, &err)) << err.message;
+  EXPECT_EQ(Bob().draft, "see you at");
+  // The draft's event, then another device's send clearing it, both
+  // applied before the answer.
+  Apply({{{"kind", "draft"}, {"conversation_id", kConv}, {"text", "see you at"}, {"updated_at", 101}}});
+  const int64_t own_event = user_seq_;
+  Apply({{{"kind", "draft"}, {"conversation_id", kConv}, {"text", ""}, {"updated_at", 102}}});
+  cache_->DraftSaved("bob", 1, kConv, "see you at", own_event, 103);
+  EXPECT_TRUE(cache_->PendingDrafts().empty());
+  EXPECT_EQ(Bob().draft, "") << "the later event stands";
+
+  // The answer first: its text shows until its event arrives.
+  ASSERT_TRUE(cache_->SetPendingDraft("bob", "at noon", 200, &err)) << err.message;
+  cache_->DraftSaved("bob", 1, kConv, "at noon", user_seq_ + 1, 201);
+  EXPECT_TRUE(cache_->PendingDrafts().empty());
+  EXPECT_EQ(Bob().draft, "at noon");
+  Apply({{{"kind", "draft"}, {"conversation_id", kConv}, {"text", "at noon"}, {"updated_at", 201}}});
+  EXPECT_EQ(Bob().draft, "at noon");
+
+  // Unchanged (the server already had the text, no event): the events,
+  // not the answer, say what is shown.
+  ASSERT_TRUE(cache_->SetPendingDraft("bob", "at one", 300, &err)) << err.message;
+  cache_->DraftSaved("bob", 1, kConv, "at one", 0, 301);
+  EXPECT_TRUE(cache_->PendingDrafts().empty());
+  EXPECT_EQ(Bob().draft, "at noon");
+}
+
 }  // namespace
 }  // namespace parley::sdk

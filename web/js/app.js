@@ -13,7 +13,7 @@ import {
   emptyState, applyEntry, applyEvent, applyChange, addMessages, addWithheld, peerOf, displayName, tickOf,
   conversationsByActivity, myWatermark, recountUnread, sortByUsername, advanceApplied, expireMessages,
   applySummary, applyFill, fillReached, missingNewest, kMaxCachedMessages, setTimer, clearDraftForSend,
-  restoreRefusedDraft,
+  restoreRefusedDraft, draftSaved,
 } from './state.js';
 import { h, syncList, setText, visuallyHidden } from './dom.js';
 
@@ -698,16 +698,12 @@ async function saveDraft(convId) {
   app.draftInFlight[convId] = true;
   let again = false;
   try {
-    await app.conn.request('set_draft', { conversation_id: Number(convId), text: p.text });
+    const result = await app.conn.request('set_draft', { conversation_id: Number(convId), text: p.text });
     if (!app.state) return; // signed out meanwhile
     if (app.state.pendingDrafts[convId]?.text === p.text) {
       delete app.state.pendingDrafts[convId];
-      // The server holds it now; `draft` events of later writes replace it.
       const conv = app.state.convs[convId];
-      if (conv) {
-        conv.draft = p.text;
-        conv.draftAt = Date.now();
-      }
+      if (conv) draftSaved(conv, p.text, result, app.state.applied);
     }
     scheduleSave();
     again = !!app.state.pendingDrafts[convId];

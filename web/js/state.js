@@ -306,6 +306,20 @@ export function clearDraftForSend(conv) {
   conv.draft = '';
 }
 
+// A set_draft answer (`result`: {changed, user_seq}) for `text`. The answer
+// may come after its own `draft` event and later ones (a sync read, or an
+// event written through another cluster node, can overtake it): the text is
+// shown only while `applied` is below its event; after that the events say
+// the same or newer. Unchanged (no event): the event that set this text is
+// in the stream, so the events show it in turn. Returns whether it changed
+// conv.draft.
+export function draftSaved(conv, text, result, applied) {
+  if (!result?.changed || !(result.user_seq > (applied || 0))) return false;
+  conv.draft = text;
+  conv.draftAt = Date.now();
+  return true;
+}
+
 // A message to `conv` was refused for good (or stored: `stored`). Once no
 // other queued message may still clear the server's draft (`stillQueued`),
 // a refused one puts the server's draft back; a stored one settles it (the

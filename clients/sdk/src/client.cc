@@ -952,7 +952,8 @@ struct Client::Impl {
         sdk::LocalError err;
         cache->StoreConversation(r.result.value("conversation", json::object()), &err);
       } else {
-        cache->DraftSaved(f.peer, f.gen, f.conversation_id, f.text, Now());
+        cache->DraftSaved(f.peer, f.gen, f.conversation_id, f.text,
+                          r.result.value("changed", false) ? r.result.value("user_seq", int64_t{0}) : 0, Now());
         cv.notify_all();  // WaitDraftsSaved
       }
       Wake();  // a newer text may be waiting

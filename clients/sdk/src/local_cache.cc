@@ -469,7 +469,7 @@ std::vector<DraftRow> LocalCache::PendingDrafts() {
 }
 
 void LocalCache::DraftSaved(const std::string& peer, int64_t gen, int64_t conversation_id, const std::string& text,
-                            int64_t now) {
+                            int64_t user_seq, int64_t now) {
   std::lock_guard lock(mu_);
   try {
     Tx tx(db_);
@@ -480,11 +480,21 @@ void LocalCache::DraftSaved(const std::string& peer, int64_t gen, int64_t conver
       p.Bind(1, peer);
       if (!p.Step()) return;
     }
-    // The server holds `text` now; `draft` events of later writes (other
-    // devices) come after this answer and replace it. So the shown draft
-    // does not fall back to an older server text when the row goes.
-    Stmt u(db_, stmts_, "UPDATE conversations SET draft=?, draft_updated_at=? WHERE id=?");
-    u.Bind(1, text).Bind(2, now).Bind(3, conversation_id).Run();
+    // The server held `text` when it wrote the event at `user_seq`. Until
+    // the cache applies that event, `text` is shown, so the composer does
+    // not fall back to an older server text when the row goes. Once it is
+    // applied, the cache holds that event's draft or a newer one (a `draft`
+    // event carries the draft as the server read it), and this answer may
+    // come after it and after later events: in a cluster another node's
+    // event, or a sync read, can overtake the answer. No event (the server
+    // already had `text`): the event that set it is in the stream, so the
+    // cache shows it, or something newer, once it reaches that event.
+    std::string a = MetaLocked("applied");
+    const int64_t applied = a.empty() ? 0 : std::stoll(a);
+    if (user_seq > applied) {
+      Stmt u(db_, stmts_, "UPDATE conversations SET draft=?, draft_updated_at=? WHERE id=?");
+      u.Bind(1, text).Bind(2, now).Bind(3, conversation_id).Run();
+    }
     Stmt d(db_, stmts_, "DELETE FROM draft_outbox WHERE peer=? AND gen=?");
     d.Bind(1, peer).Bind(2, gen).Run();
     tx.Commit();

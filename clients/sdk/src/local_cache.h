@@ -99,11 +99,13 @@ class LocalCache {
 
   // Drafts. SetPendingDraft records a local draft for `peer` (replacing an
   // unsaved one). DraftSaved: set_draft of generation `gen` was
-  // accepted: the server's draft is now `text`; the pending row goes if it
-  // is still that generation. DropPendingDraft: the server refused it.
+  // accepted, its `draft` event at user seq `user_seq` (0: the server
+  // already had `text`, no event); the pending row goes if it is still that
+  // generation. DropPendingDraft: the server refused it.
   bool SetPendingDraft(const std::string& peer, const std::string& text, int64_t now, LocalError* error);
   std::vector<DraftRow> PendingDrafts();
-  void DraftSaved(const std::string& peer, int64_t gen, int64_t conversation_id, const std::string& text, int64_t now);
+  void DraftSaved(const std::string& peer, int64_t gen, int64_t conversation_id, const std::string& text,
+                  int64_t user_seq, int64_t now);
   void DropPendingDraft(const std::string& peer, int64_t gen);
   std::string Draft(const std::string& peer);
 
