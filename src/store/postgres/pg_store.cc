@@ -223,7 +223,7 @@
 #include "store/postgres/pg_cold.h"
 #include "store/postgres/pg_conn.h"
 #include "store/postgres/pg_history_sql.h"
-#include "store/write_queue.h"
+#include "store/store_threads.h"
 
 namespace parley::store {
 
@@ -3037,7 +3037,6 @@ PostgresStore::PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> 
       adaptive_wait_us_(std::max(0, config.commit_adaptive_wait_us)),
       loaded_wait_us_(std::max(0, config.commit_loaded_wait_us)),
       writer_(std::move(writer)),
-      readers_(std::move(readers)),
       commits_total_(Metrics::Default().GetCounter("parley_store_commits_total", "Store transactions committed.")),
       commit_batch_size_(Metrics::Default().GetHistogram("parley_store_commit_batch_size",
                                                          "Write operations per store transaction.",
@@ -3050,35 +3049,21 @@ PostgresStore::PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> 
       sync_rows_read_(Metrics::Default().GetHistogram("parley_sync_rows_read",
                                                       "Backend rows visited (SQLite VM steps) per stream read.",
                                                       {10, 20, 50, 100, 200, 500, 1000, 5000, 10000, 100000})),
-      queue_depth_(Metrics::Default().GetGauge("parley_store_queue_depth", "Write operations queued in the store.")) {
-  readers_running_ = static_cast<int>(readers_.size());
+      queue_depth_(Metrics::Default().GetGauge("parley_store_queue_depth", "Write operations queued in the store.")),
+      write_queue_(queue_depth_),
+      read_pool_(std::move(readers)) {
   writer_thread_ = std::thread([this] {
     SetCurrentThreadName("store-writer");
     RunWriter();
   });
-  for (auto& reader : readers_) {
-    Reader* r = reader.get();
-    reader_threads_.emplace_back([this, r, i = reader_threads_.size()] {
-      SetCurrentThreadName("store-reader/" + std::to_string(i));
-      RunReader(*r);
-    });
-  }
+  read_pool_.Start("store-reader");
 }
 
 PostgresStore::~PostgresStore() {
-  {
-    std::lock_guard lock(write_mu_);
-    write_stopping_ = true;
-  }
-  write_cv_.notify_all();
+  write_queue_.Stop();
   writer_thread_.join();
   // The readers stop second: writes' callbacks may still have queued reads.
-  {
-    std::lock_guard lock(read_mu_);
-    read_stopping_ = true;
-  }
-  read_cv_.notify_all();
-  for (std::thread& t : reader_threads_) t.join();
+  read_pool_.Stop();
 }
 
 template <typename T>
@@ -3086,109 +3071,33 @@ void PostgresStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback
   auto op = std::make_unique<TypedWriteOp<T>>(std::move(body), std::move(done));
   op->locks = std::move(locks);
   op->solo = solo;
-  bool wake = false;
-  {
-    std::lock_guard lock(write_mu_);
-    if (!writer_exited_) {
-      write_queue_.push_back(std::move(op));
-      queue_depth_.Add(1);
-      wake = write_queue_.size() >= notify_at_;
-    }
-  }
-  if (op != nullptr) {  // not queued: the writer is gone
-    op->Finish(Status(ErrorCode::kShuttingDown, "store is closing"));
-    return;
-  }
-  if (wake) write_cv_.notify_one();
+  write_queue_.Push(std::move(op));
 }
 
 template <typename T>
 void PostgresStore::SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done) {
-  bool queued = false;
-  {
-    std::lock_guard lock(read_mu_);
-    if (readers_running_ > 0) {
-      read_queue_.push_back(
-          [body = std::move(body), done = std::move(done)](Reader& reader) { done(reader.Run<T>(body)); });
-      queued = true;
-    }
-  }
-  if (!queued) {
-    done(Status(ErrorCode::kShuttingDown, "store is closing"));
-    return;
-  }
-  read_cv_.notify_one();
+  read_pool_.Submit([body = std::move(body), done = std::move(done)](Reader* reader) {
+    if (reader == nullptr) return done(Status(ErrorCode::kShuttingDown, "store is closing"));
+    done(reader->Run<T>(body));
+  });
 }
 
 void PostgresStore::RunWriter() {
-  std::vector<std::unique_ptr<WriteOp>> batch;
-  const size_t max_batch = static_cast<size_t>(max_batch_);
   CommitPacer pacer(max_batch_, deadline_us_, adaptive_wait_us_, loaded_wait_us_);
-  for (;;) {
-    {
-      std::unique_lock lock(write_mu_);
-      write_cv_.wait(lock, [this] { return !write_queue_.empty() || write_stopping_; });
-      if (write_queue_.empty()) {
-        writer_exited_ = true;
-        return;
-      }
-      CommitPacer::Wait wait = pacer.Before(write_queue_.size(), CommitPacer::Clock::now());
-      if (wait.max.count() > 0 && !write_stopping_) {
-        // Submitters wake this thread only once the wait's target is queued
-        // (not once per write).
-        notify_at_ = wait.until_queued;
-        write_cv_.wait_for(lock, wait.max,
-                           [&] { return write_queue_.size() >= wait.until_queued || write_stopping_; });
-        notify_at_ = 1;
-      }
-      // A solo op (background work) runs alone: it ends the batch before it
-      // and makes a batch of its own.
-      size_t n = std::min(write_queue_.size(), max_batch);
-      if (n == 0) continue;  // AbandonQueuedWrites emptied the queue during the wait
-      size_t taken = 0;
-      while (taken < n) {
-        if (write_queue_.front()->solo && taken > 0) break;
-        batch.push_back(std::move(write_queue_.front()));
-        write_queue_.pop_front();
-        ++taken;
-        if (batch.back()->solo) break;
-      }
-      queue_depth_.Add(-static_cast<int64_t>(taken));
-      pacer.Taken(taken, CommitPacer::Clock::now());
-    }
-    auto start = std::chrono::steady_clock::now();
+  write_queue_.Run(pacer, static_cast<size_t>(max_batch_), [&](std::vector<std::unique_ptr<WriteOp>>& batch) {
+    const auto start = std::chrono::steady_clock::now();
     Status status = writer_->CommitBatch(batch);
     const auto ran = std::chrono::steady_clock::now() - start;
     pacer.Ran(ran);
-    const std::chrono::duration<double> took = ran;
     writer_statements_.store(writer_->statements(), std::memory_order_relaxed);
     commit_batch_size_.Observe(static_cast<double>(batch.size()));
     if (status.ok()) {
       commits_.fetch_add(1, std::memory_order_relaxed);
       commits_total_.Inc();
-      commit_seconds_.Observe(took.count());
+      commit_seconds_.Observe(std::chrono::duration<double>(ran).count());
     }
-    for (auto& op : batch) op->Finish(status);
-    batch.clear();
-  }
-}
-
-void PostgresStore::RunReader(Reader& reader) {
-  for (;;) {
-    ReadJob job;
-    {
-      std::unique_lock lock(read_mu_);
-      read_cv_.wait(lock, [this] { return !read_queue_.empty() || read_stopping_; });
-      if (read_queue_.empty()) {
-        // The last reader out refuses further reads.
-        --readers_running_;
-        return;
-      }
-      job = std::move(read_queue_.front());
-      read_queue_.pop_front();
-    }
-    job(reader);
-  }
+    return status;
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -3470,7 +3379,7 @@ void PostgresStore::Backup(std::string /*path*/, Callback<BackupResult> done) {
 }
 
 size_t PostgresStore::AbandonQueuedWrites(const Status& why) {
-  return FailQueuedWrites(write_mu_, write_queue_, queue_depth_, why);
+  return write_queue_.FailQueued(why);
 }
 
 void PostgresStore::Flush(StatusCallback done) {

@@ -39,9 +39,7 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -54,6 +52,7 @@
 #include "common/status.h"
 #include "store/store.h"
 #include "store/store_factory.h"
+#include "store/store_threads.h"
 
 namespace parley::store {
 
@@ -176,7 +175,6 @@ class PostgresStore final : public Store {
     std::vector<UserId> users;
     std::vector<DeviceId> devices;
   };
-  using ReadJob = std::function<void(Reader&)>;
 
   PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
                 std::vector<std::unique_ptr<Reader>> readers);
@@ -188,29 +186,12 @@ class PostgresStore final : public Store {
   void SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done);
 
   void RunWriter();
-  void RunReader(Reader& reader);
 
   const int max_batch_;
   const int deadline_us_;
   const int adaptive_wait_us_;
   const int loaded_wait_us_;
-  std::unique_ptr<Writer> writer_;                 // used only by writer_thread_
-  std::vector<std::unique_ptr<Reader>> readers_;  // readers_[i] used only by reader_threads_[i]
-
-  // State below is guarded by write_mu_.
-  std::mutex write_mu_;
-  std::condition_variable write_cv_;
-  std::deque<std::unique_ptr<WriteOp>> write_queue_;
-  size_t notify_at_ = 1;  // a write that makes the queue this long wakes the writer
-  bool write_stopping_ = false;
-  bool writer_exited_ = false;
-
-  // State below is guarded by read_mu_.
-  std::mutex read_mu_;
-  std::condition_variable read_cv_;
-  std::deque<ReadJob> read_queue_;
-  bool read_stopping_ = false;
-  int readers_running_ = 0;
+  std::unique_ptr<Writer> writer_;  // used only by writer_thread_
 
   std::atomic<uint64_t> commits_{0};
   std::atomic<uint64_t> rows_read_sync_{0};
@@ -224,8 +205,9 @@ class PostgresStore final : public Store {
   Histogram& sync_rows_read_;
   Gauge& queue_depth_;
 
+  WriteQueue<WriteOp> write_queue_;  // drained by writer_thread_
+  ReadPool<Reader> read_pool_;       // the readers and their threads (store-reader/i)
   std::thread writer_thread_;
-  std::vector<std::thread> reader_threads_;
 };
 
 }  // namespace parley::store

@@ -278,7 +278,7 @@
 #include "store/sqlite/sqlite_cold.h"
 #include "store/sqlite/sqlite_db.h"
 #include "store/sqlite/wal_buffer_vfs.h"
-#include "store/write_queue.h"
+#include "store/store_threads.h"
 
 namespace parley::store {
 
@@ -3322,8 +3322,6 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
       adaptive_wait_us_(std::max(0, config.commit_adaptive_wait_us)),
       loaded_wait_us_(std::max(0, config.commit_loaded_wait_us)),
       writer_(std::move(writer)),
-      readers_(std::move(readers)),
-      before_read_for_test_(config.sqlite_before_read_for_test),
       checkpoint_pages_(checkpoint_db != nullptr ? config.sqlite_checkpoint_pages : 0),
       checkpoint_yield_pages_(std::max(0, config.sqlite_checkpoint_yield_pages)),
       checkpoint_yield_now_(checkpoint_yield_pages_),
@@ -3355,7 +3353,9 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
       wal_pages_written_(Metrics::Default().GetCounter(
           "parley_store_wal_pages_written_total",
           "Pages the SQLite writer's commits wrote to the WAL (with the checkpointer on; per message stored: the "
-          "store's write amplification).")) {
+          "store's write amplification).")),
+      write_queue_(queue_depth_),
+      read_pool_(std::move(readers), config.sqlite_before_read_for_test) {
   if (checkpoint_pages_ > 0) {
     // Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
     sqlite3_wal_hook(writer_->handle(), &SqliteStore::OnWalCommit, this);
@@ -3368,14 +3368,7 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
     SetCurrentThreadName("store-writer");
     RunWriter();
   });
-  readers_running_ = static_cast<int>(readers_.size());
-  for (auto& reader : readers_) {
-    Reader* r = reader.get();
-    reader_threads_.emplace_back([this, r, i = reader_threads_.size()] {
-      SetCurrentThreadName("store-reader/" + std::to_string(i));
-      RunReader(*r);
-    });
-  }
+  read_pool_.Start("store-reader");
 }
 
 SqliteStore::~SqliteStore() {
@@ -3385,19 +3378,10 @@ SqliteStore::~SqliteStore() {
     backup = std::move(backup_thread_);
   }
   if (backup.joinable()) backup.join();
-  {
-    std::lock_guard lock(write_mu_);
-    write_stopping_ = true;
-  }
-  write_cv_.notify_all();
+  write_queue_.Stop();
   writer_thread_.join();
   // The readers stop second: writes' callbacks may still have queued reads.
-  {
-    std::lock_guard lock(read_mu_);
-    read_stopping_ = true;
-  }
-  read_cv_.notify_all();
-  for (std::thread& t : reader_threads_) t.join();
+  read_pool_.Stop();
   if (checkpoint_thread_.joinable()) {
     {
       std::lock_guard lock(checkpoint_mu_);
@@ -3508,110 +3492,31 @@ void SqliteStore::SubmitWrite(std::function<Result<T>(Writer&)> body, Callback<T
   Enqueue(std::move(op));
 }
 
-void SqliteStore::Enqueue(std::unique_ptr<WriteOp> op) {
-  bool wake = false;
-  {
-    std::lock_guard lock(write_mu_);
-    if (!writer_exited_) {
-      write_queue_.push_back(std::move(op));
-      queue_depth_.Add(1);
-      wake = write_queue_.size() >= notify_at_;
-    }
-  }
-  if (op != nullptr) {  // not queued: the writer is gone
-    op->Finish(Status(ErrorCode::kShuttingDown, "store is closing"));
-    return;
-  }
-  if (wake) write_cv_.notify_one();
-}
+void SqliteStore::Enqueue(std::unique_ptr<WriteOp> op) { write_queue_.Push(std::move(op)); }
 
 template <typename T>
 void SqliteStore::SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done) {
-  bool queued = false;
-  {
-    std::lock_guard lock(read_mu_);
-    if (readers_running_ > 0) {
-      read_queue_.push_back(
-          [body = std::move(body), done = std::move(done)](Reader& reader) { done(reader.Run<T>(body)); });
-      queued = true;
-    }
-  }
-  if (!queued) {
-    done(Status(ErrorCode::kShuttingDown, "store is closing"));
-    return;
-  }
-  read_cv_.notify_one();
+  read_pool_.Submit([body = std::move(body), done = std::move(done)](Reader* reader) {
+    if (reader == nullptr) return done(Status(ErrorCode::kShuttingDown, "store is closing"));
+    done(reader->Run<T>(body));
+  });
 }
 
 void SqliteStore::RunWriter() {
-  std::vector<std::unique_ptr<WriteOp>> batch;
-  const size_t max_batch = static_cast<size_t>(max_batch_);
   CommitPacer pacer(max_batch_, deadline_us_, adaptive_wait_us_, loaded_wait_us_);
-  for (;;) {
-    {
-      std::unique_lock lock(write_mu_);
-      write_cv_.wait(lock, [this] { return !write_queue_.empty() || write_stopping_; });
-      if (write_queue_.empty()) {
-        writer_exited_ = true;
-        return;
-      }
-      CommitPacer::Wait wait = pacer.Before(write_queue_.size(), CommitPacer::Clock::now());
-      if (wait.max.count() > 0 && !write_stopping_) {
-        // Submitters wake this thread only once the wait's target is queued
-        // (not once per write).
-        notify_at_ = wait.until_queued;
-        write_cv_.wait_for(lock, wait.max,
-                           [&] { return write_queue_.size() >= wait.until_queued || write_stopping_; });
-        notify_at_ = 1;
-      }
-      // A solo op (background work) runs alone: it ends the batch before it
-      // and makes a batch of its own.
-      size_t n = std::min(write_queue_.size(), max_batch);
-      if (n == 0) continue;  // AbandonQueuedWrites emptied the queue during the wait
-      size_t taken = 0;
-      while (taken < n) {
-        if (write_queue_.front()->solo && taken > 0) break;
-        batch.push_back(std::move(write_queue_.front()));
-        write_queue_.pop_front();
-        ++taken;
-        if (batch.back()->solo) break;
-      }
-      queue_depth_.Add(-static_cast<int64_t>(taken));
-      pacer.Taken(taken, CommitPacer::Clock::now());
-    }
-    auto start = std::chrono::steady_clock::now();
+  write_queue_.Run(pacer, static_cast<size_t>(max_batch_), [&](std::vector<std::unique_ptr<WriteOp>>& batch) {
+    const auto start = std::chrono::steady_clock::now();
     Status status = writer_->CommitBatch(batch);
     const auto ran = std::chrono::steady_clock::now() - start;
     pacer.Ran(ran);
-    const std::chrono::duration<double> took = ran;
     commit_batch_size_.Observe(static_cast<double>(batch.size()));
     if (status.ok()) {
       commits_.fetch_add(1, std::memory_order_relaxed);
       commits_total_.Inc();
-      commit_seconds_.Observe(took.count());
+      commit_seconds_.Observe(std::chrono::duration<double>(ran).count());
     }
-    for (auto& op : batch) op->Finish(status);
-    batch.clear();
-  }
-}
-
-void SqliteStore::RunReader(Reader& reader) {
-  for (;;) {
-    ReadJob job;
-    {
-      std::unique_lock lock(read_mu_);
-      read_cv_.wait(lock, [this] { return !read_queue_.empty() || read_stopping_; });
-      if (read_queue_.empty()) {
-        // The last reader out refuses further reads.
-        --readers_running_;
-        return;
-      }
-      job = std::move(read_queue_.front());
-      read_queue_.pop_front();
-    }
-    if (before_read_for_test_) before_read_for_test_();
-    job(reader);
-  }
+    return status;
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -3910,7 +3815,7 @@ void SqliteStore::Backup(std::string path, Callback<BackupResult> done) {
 }
 
 size_t SqliteStore::AbandonQueuedWrites(const Status& why) {
-  return FailQueuedWrites(write_mu_, write_queue_, queue_depth_, why);
+  return write_queue_.FailQueued(why);
 }
 
 void SqliteStore::Flush(StatusCallback done) {

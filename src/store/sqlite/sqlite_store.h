@@ -47,7 +47,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -60,6 +59,7 @@
 #include "common/status.h"
 #include "store/store.h"
 #include "store/store_factory.h"
+#include "store/store_threads.h"
 
 struct sqlite3;
 
@@ -185,7 +185,6 @@ class SqliteStore final : public Store {
   template <typename T>
   class TypedWriteOp;
   class ReceiptWriteOp;
-  using ReadJob = std::function<void(Reader&)>;
 
   SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
               std::vector<std::unique_ptr<Reader>> readers, std::unique_ptr<sqlite::Db> checkpoint_db);
@@ -200,7 +199,6 @@ class SqliteStore final : public Store {
   void SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done);
 
   void RunWriter();
-  void RunReader(Reader& reader);
   void RunCheckpointer();
   // sqlite3_wal_hook on the writer's connection: runs after every commit
   // with the WAL's size in pages.
@@ -212,8 +210,6 @@ class SqliteStore final : public Store {
   const int adaptive_wait_us_;
   const int loaded_wait_us_;
   std::unique_ptr<Writer> writer_;  // used only by writer_thread_
-  std::vector<std::unique_ptr<Reader>> readers_;  // readers_[i] used only by reader_threads_[i]
-  const std::function<void()> before_read_for_test_;  // StoreConfig::sqlite_before_read_for_test
   const int checkpoint_pages_;      // 0: no checkpointer; the writer checkpoints (SQLite's default)
   const int checkpoint_yield_pages_;  // StoreConfig::sqlite_checkpoint_yield_pages
   // What the checkpointer yields after now: checkpoint_yield_pages_, or 0
@@ -226,21 +222,6 @@ class SqliteStore final : public Store {
   // Set by the checkpointer after each checkpoint: the writer copies what
   // was committed meanwhile.
   std::atomic<bool> tail_wanted_{false};
-
-  // State below is guarded by write_mu_.
-  std::mutex write_mu_;
-  std::condition_variable write_cv_;
-  std::deque<std::unique_ptr<WriteOp>> write_queue_;
-  size_t notify_at_ = 1;  // a write that makes the queue this long wakes the writer
-  bool write_stopping_ = false;
-  bool writer_exited_ = false;
-
-  // State below is guarded by read_mu_.
-  std::mutex read_mu_;
-  std::condition_variable read_cv_;
-  std::deque<ReadJob> read_queue_;
-  bool read_stopping_ = false;
-  int readers_running_ = 0;  // 0: reads are refused (the last reader has exited)
 
   // State below is guarded by checkpoint_mu_.
   std::mutex checkpoint_mu_;
@@ -271,8 +252,9 @@ class SqliteStore final : public Store {
   Gauge& wal_pages_;
   Counter& wal_pages_written_;
 
+  WriteQueue<WriteOp> write_queue_;  // drained by writer_thread_
+  ReadPool<Reader> read_pool_;       // the readers and their threads (store-reader/i)
   std::thread writer_thread_;
-  std::vector<std::thread> reader_threads_;
   std::thread checkpoint_thread_;
 };
 
