@@ -65,8 +65,11 @@ struct StoreConfig {
   // with one, every login and sync queued behind it.
   int sqlite_read_connections = kDefaultSqliteReadConnections;
   // Test-only: runs on the reader's thread before each read's transaction
-  // (tests hold a reader busy with it); empty in production.
+  // (tests hold a reader busy with it), and after it, before its answer is
+  // delivered (tests hold an answer read from an older snapshot while later
+  // reads complete); empty in production.
   std::function<void()> sqlite_before_read_for_test;
+  std::function<void()> sqlite_after_read_for_test;
   // SQLite: checkpoint the WAL on a thread of its own once it holds this many
   // pages (the writer then never copies pages back itself, unless the WAL
   // reaches kWalHardLimitFactor times this because checkpoints cannot keep

@@ -113,6 +113,7 @@ class ChatServiceTest : public ::testing::Test {
     sc.clock = clock_;
     if (sqlite_read_connections_ > 0) sc.sqlite_read_connections = sqlite_read_connections_;
     sc.sqlite_before_read_for_test = before_read_for_test_;
+    sc.sqlite_after_read_for_test = after_read_for_test_;
     auto s = store::OpenStore(sc);
     ASSERT_TRUE(s.has_value()) << s.error().ToString();
     store_ = std::move(*s);
@@ -173,10 +174,11 @@ class ChatServiceTest : public ::testing::Test {
   std::string dir_;
   std::unique_ptr<store::Store> store_;
   // Subclasses set these in their constructor: the store's read connections
-  // (0: its default) and its test hook (store_factory.h), and
+  // (0: its default) and its test hooks (store_factory.h), and
   // CoreConfig::cluster.
   int sqlite_read_connections_ = 0;
   std::function<void()> before_read_for_test_;
+  std::function<void()> after_read_for_test_;
   bool cluster_ = false;
   // Subclasses that test faults set these in their constructor: the service
   // then talks to the store through fault_ (store/fault_store.h).

@@ -1,8 +1,9 @@
 // Core keeps a connection's requests in the order they arrived although the
 // store's reads complete in any order (several read connections). Each test
 // runs ChatService on a real SQLite store with two read connections and holds
-// one read on its reader (StoreConfig::sqlite_before_read_for_test) while a
-// later request's reads go through the other, then lets it go: the older
+// one read on its reader (StoreConfig::sqlite_before_read_for_test, or
+// sqlite_after_read_for_test to hold an answer from an older snapshot) while
+// a later request's reads go through the other, then lets it go: the older
 // request's reads land last, which is what a slow reader does in production.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -19,14 +20,19 @@ namespace {
 
 using nlohmann::json;
 
-// The first read after Arm() waits on its reader until Release().
+// Holds one read on its reader until Release(): the first to start after
+// Arm(kBefore), before its transaction (it then reads what is current when
+// let go), or the first to finish after Arm(kAfter), with its answer (read
+// from the snapshot it had) not yet delivered.
 class HeldRead {
  public:
+  enum When { kNone, kBefore, kAfter };
   explicit HeldRead(Executor& wake) : wake_(wake) {}
-  void Arm() { armed_ = true; }
-  // On a reader thread, before each read.
-  void BeforeRead() {
-    if (!armed_.exchange(false)) return;
+  void Arm(When when) { armed_ = static_cast<int>(when); }
+  // On a reader thread, before (after) each read.
+  void At(When when) {
+    int expected = static_cast<int>(when);
+    if (!armed_.compare_exchange_strong(expected, static_cast<int>(kNone))) return;
     std::unique_lock lock(mu_);
     held_ = true;
     wake_.Post([] {});  // the test thread, draining the executor, looks again
@@ -46,7 +52,7 @@ class HeldRead {
 
  private:
   Executor& wake_;
-  std::atomic<bool> armed_{false};
+  std::atomic<int> armed_{static_cast<int>(kNone)};
   std::mutex mu_;
   std::condition_variable cv_;
   bool held_ = false;
@@ -60,7 +66,8 @@ class ReadOrderTest : public testing::ChatServiceTest {
  protected:
   ReadOrderTest() {
     sqlite_read_connections_ = 2;
-    before_read_for_test_ = [this] { hold_.BeforeRead(); };
+    before_read_for_test_ = [this] { hold_.At(HeldRead::kBefore); };
+    after_read_for_test_ = [this] { hold_.At(HeldRead::kAfter); };
   }
   void TearDown() override {
     hold_.Release();  // before the store waits for its readers
@@ -130,7 +137,7 @@ TEST_F(ReadOrderTest, ALateStartDoesNotFollowTheStopSentAfterIt) {
   Conn bob = LoggedIn("bob");
   const int64_t conv = UncachedConversation(alice, bob);
 
-  hold_.Arm();
+  hold_.Arm(HeldRead::kBefore);
   int start = Start(alice, "typing", {{"conversation_id", conv}, {"state", "start"}});
   WaitHeld();
   json stop = Call(alice, "typing", {{"conversation_id", conv}, {"state", "stop"}});
@@ -175,7 +182,7 @@ TEST_F(ClusterReadOrderTest, ALateStartDoesNotFollowTheStopSentAfterIt) {
   ASSERT_EQ(sent["type"], "response") << sent.dump();
   const int64_t conv = sent["result"]["conversation_id"];
 
-  hold_.Arm();
+  hold_.Arm(HeldRead::kBefore);
   int start = Start(alice, "typing", {{"conversation_id", conv}, {"state", "start"}});
   WaitHeld();
   ASSERT_EQ(Call(alice, "typing", {{"conversation_id", conv}, {"state", "stop"}})["type"], "response");
@@ -196,7 +203,7 @@ TEST_F(ReadOrderTest, TheLastSubscriptionSentIsTheOneKept) {
   Conn bob = LoggedIn("bob");
   Conn carol = LoggedIn("carol");
 
-  hold_.Arm();
+  hold_.Arm(HeldRead::kBefore);
   int first = Start(alice, "subscribe_presence", {{"user_ids", {UserId(bob)}}});
   WaitHeld();
   ASSERT_EQ(Call(alice, "subscribe_presence", {{"user_ids", {UserId(carol)}}})["type"], "response");
@@ -222,9 +229,9 @@ TEST_F(ReadOrderTest, AnOlderVisibilityReadDoesNotUndoANewerOne) {
   json sub = Call(alice, "subscribe_presence", {{"user_ids", {UserId(bob)}}});
   ASSERT_EQ(sub["result"]["presence"][0]["online"], true) << sub.dump();
 
-  hold_.Arm();
+  hold_.Arm(HeldRead::kAfter);
   ASSERT_EQ(Call(bob, "set_privacy", {{"presence", "nobody"}})["type"], "response");
-  WaitHeld();  // the re-read of alice's visibility after "nobody"
+  WaitHeld();  // the re-read of alice's visibility after "nobody", answered "hidden"
   ASSERT_EQ(Call(bob, "set_privacy", {{"presence", "everyone"}})["type"], "response");
   Barrier(alice);  // the re-read after "everyone" has landed (it changes nothing alice sees)
   ReleaseAndLand();
@@ -247,7 +254,7 @@ TEST_F(ReadOrderTest, BlockThenUnblockEndsUnblocked) {
   Conn alice = LoggedIn("alice");
   Conn bob = LoggedIn("bob");
 
-  hold_.Arm();
+  hold_.Arm(HeldRead::kBefore);
   int block = Start(alice, "block", {{"username", "bob"}});
   WaitHeld();
   int unblock = Start(alice, "unblock", {{"username", "bob"}});
@@ -274,7 +281,7 @@ TEST_F(ReadOrderTest, SelectSyncRequestsTakeEffectInTheOrderSent) {
   ASSERT_EQ(with_bob["type"], "response") << with_bob.dump();
   const int64_t conv = with_bob["result"]["conversation_id"];
 
-  hold_.Arm();
+  hold_.Arm(HeldRead::kBefore);
   int select = Start(alice, "select_sync", {{"conversations", {conv}}});
   WaitHeld();
   int all = Start(alice, "select_sync", {{"all", true}});

@@ -3324,6 +3324,7 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
       writer_(std::move(writer)),
       readers_(std::move(readers)),
       before_read_for_test_(config.sqlite_before_read_for_test),
+      after_read_for_test_(config.sqlite_after_read_for_test),
       checkpoint_pages_(checkpoint_db != nullptr ? config.sqlite_checkpoint_pages : 0),
       checkpoint_yield_pages_(std::max(0, config.sqlite_checkpoint_yield_pages)),
       checkpoint_yield_now_(checkpoint_yield_pages_),
@@ -3531,8 +3532,11 @@ void SqliteStore::SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T>
   {
     std::lock_guard lock(read_mu_);
     if (readers_running_ > 0) {
-      read_queue_.push_back(
-          [body = std::move(body), done = std::move(done)](Reader& reader) { done(reader.Run<T>(body)); });
+      read_queue_.push_back([this, body = std::move(body), done = std::move(done)](Reader& reader) {
+        Result<T> result = reader.Run<T>(body);
+        if (after_read_for_test_) after_read_for_test_();
+        done(std::move(result));
+      });
       queued = true;
     }
   }

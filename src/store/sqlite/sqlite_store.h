@@ -214,6 +214,7 @@ class SqliteStore final : public Store {
   std::unique_ptr<Writer> writer_;  // used only by writer_thread_
   std::vector<std::unique_ptr<Reader>> readers_;  // readers_[i] used only by reader_threads_[i]
   const std::function<void()> before_read_for_test_;  // StoreConfig::sqlite_before_read_for_test
+  const std::function<void()> after_read_for_test_;   // StoreConfig::sqlite_after_read_for_test
   const int checkpoint_pages_;      // 0: no checkpointer; the writer checkpoints (SQLite's default)
   const int checkpoint_yield_pages_;  // StoreConfig::sqlite_checkpoint_yield_pages
   // What the checkpointer yields after now: checkpoint_yield_pages_, or 0
