@@ -87,11 +87,15 @@ void ChatService::DoSetPrivacy(const ClientPtr& c, Req req) {
       }));
 }
 
+// A connection's later subscribe_presence replaces its earlier one, but their
+// reads complete in any order: the one issued last is installed, and an
+// earlier one whose read lands after it is answered without being installed.
 void ChatService::DoSubscribePresence(const ClientPtr& c, Req req) {
   std::vector<int64_t> ids = std::get<protocol::SubscribePresenceRequest>(req.body).user_ids;
+  const uint64_t as_of = ++presence_reads_;
   store_.GetPresence(
       c->user_id, ids,
-      OnCore<std::vector<store::PresenceRecord>>([this, c, req](Result<std::vector<store::PresenceRecord>> r) {
+      OnCore<std::vector<store::PresenceRecord>>([this, c, req, as_of](Result<std::vector<store::PresenceRecord>> r) {
         if (!r) return Fail(c, req, r.error());
         if (c->closed) return;
         std::vector<int64_t> users;
@@ -102,9 +106,12 @@ void ChatService::DoSubscribePresence(const ClientPtr& c, Req req) {
           visible.push_back(rec.visible);
           shown.push_back(presence_.View(rec.user_id, rec.visible, rec.last_seen));
         }
-        presence_.Subscribe(c->id, users, visible, shown);
-        if (users.empty()) presence_subscribers_.erase(c->id);
-        else presence_subscribers_[c->id] = c;
+        if (as_of > c->presence_as_of) {
+          c->presence_as_of = as_of;
+          presence_.Subscribe(c->id, users, visible, shown, as_of);
+          if (users.empty()) presence_subscribers_.erase(c->id);
+          else presence_subscribers_[c->id] = c;
+        }
         Respond(c, req, [&](JsonWriter& w) {
           w.Key("presence").BeginArray();
           for (size_t i = 0; i < users.size(); ++i)
@@ -114,17 +121,21 @@ void ChatService::DoSubscribePresence(const ClientPtr& c, Req req) {
       }));
 }
 
+// Two changes in a row (a privacy flip, block then unblock) each re-read the
+// visibility of every watcher; the tracker keeps the answer of the read
+// issued last (as_of), whichever lands last.
 void ChatService::RecheckPresence(int64_t watched, int64_t viewer) {
   for (PresenceTracker::SubscriberId s : presence_.Watchers(watched)) {
     auto it = presence_subscribers_.find(s);
     if (it == presence_subscribers_.end()) continue;
     int64_t subscriber_user = it->second->user_id;
     if (viewer != 0 && subscriber_user != viewer) continue;
+    const uint64_t as_of = ++presence_reads_;
     store_.GetPresence(subscriber_user, {watched},
                        OnCore<std::vector<store::PresenceRecord>>(
-                           [this, s, watched](Result<std::vector<store::PresenceRecord>> r) {
+                           [this, s, watched, as_of](Result<std::vector<store::PresenceRecord>> r) {
                              if (!r || r->empty()) return;
-                             presence_.SetVisible(s, watched, r->front().visible);
+                             presence_.SetVisible(s, watched, r->front().visible, as_of);
                            }));
   }
 }

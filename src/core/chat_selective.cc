@@ -120,7 +120,16 @@ SelectiveSink::Summarise ChatService::LiveSummariser(int64_t user_id) {
   };
 }
 
+// One at a time per connection (Client::select_turns): a selection waits for
+// reads (membership, the recent conversations), and `add` widens the
+// selection as the previous request left it, so each must take effect before
+// the next one starts (two adds would otherwise lose one, and an older
+// selection could replace a newer one).
 void ChatService::DoSelectSync(const ClientPtr& c, Req req) {
+  RunInTurn(c, &Client::select_turns, std::move(req), &ChatService::RunSelectSync);
+}
+
+void ChatService::RunSelectSync(const ClientPtr& c, Req req) {
   auto r = std::get<protocol::SelectSyncRequest>(req.body);
   if (r.all) {
     if (c->selective) {
@@ -148,7 +157,10 @@ void ChatService::DoSelectSync(const ClientPtr& c, Req req) {
       c->user_id, 0, 0, r.recent, 0,
       OnCore<store::ConversationPage>([this, c, req, selection = std::move(selection),
                                        listed = r.conversations](Result<store::ConversationPage> page) mutable {
-        if (!page) return Fail(c, req, page.error());
+        if (!page) {
+          Fail(c, req, page.error());
+          return EndTurn(c, &Client::select_turns, &ChatService::RunSelectSync);
+        }
         for (const auto& s : page->conversations) selection.insert(s.conversation.id);
         InstallSelection(c, req, std::move(selection), std::move(listed));
       }));
@@ -156,6 +168,10 @@ void ChatService::DoSelectSync(const ClientPtr& c, Req req) {
 
 void ChatService::InstallSelection(const ClientPtr& c, const Req& req, std::unordered_set<int64_t> selection,
                                    std::vector<int64_t> to_check) {
+  auto fail = [this, c, req](const Status& s) {
+    Fail(c, req, s);
+    EndTurn(c, &Client::select_turns, &ChatService::RunSelectSync);
+  };
   auto answer = [this, c, req](const std::unordered_set<int64_t>* selected) {
     int64_t head = 0;
     if (auto it = live_.find(c->user_id); it != live_.end()) head = it->second.head;
@@ -167,18 +183,18 @@ void ChatService::InstallSelection(const ClientPtr& c, const Req& req, std::unor
       for (int64_t id : ids) w.Int(id);
       w.EndArray().Field("head", head);
     });
+    EndTurn(c, &Client::select_turns, &ChatService::RunSelectSync);
   };
   auto req_type = std::get<protocol::SelectSyncRequest>(req.body);
   if (req_type.all || (!req_type.add.empty() && !c->selective)) return answer(nullptr);
   if (selection.size() > protocol::kMaxSyncSelection) {
-    return Fail(c, req,
-                Status(ErrorCode::kBadRequest,
+    return fail(Status(ErrorCode::kBadRequest,
                        fmt::format("a selection holds at most {} conversations (recent ones included); this one "
                                    "would hold {}: select again with fewer",
                                    protocol::kMaxSyncSelection, selection.size())));
   }
   auto install = [this, c, answer](std::unordered_set<int64_t> sel) {
-    if (c->closed) return;
+    if (c->closed) return;  // its turns were dropped with it
     if (c->selective) {
       c->selective->SetSelection(std::move(sel));
     } else {
@@ -196,15 +212,14 @@ void ChatService::InstallSelection(const ClientPtr& c, const Req& req, std::unor
   store_.GetConversationStates(
       c->user_id, to_check,
       OnCore<std::vector<store::ConversationState>>(
-          [this, c, req, to_check, install, selection = std::move(selection)](
+          [to_check, install, fail, selection = std::move(selection)](
               Result<std::vector<store::ConversationState>> states) mutable {
-            if (!states) return Fail(c, req, states.error());
+            if (!states) return fail(states.error());
             for (int64_t id : to_check) {
               bool found = false;
               for (const auto& s : *states) found = found || s.conversation_id == id;
               if (!found)
-                return Fail(c, req,
-                            Status(ErrorCode::kNotMember,
+                return fail(Status(ErrorCode::kNotMember,
                                    fmt::format("you are not a member of conversation {} (or it does not exist)", id)));
             }
             install(std::move(selection));

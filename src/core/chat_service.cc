@@ -197,6 +197,8 @@ void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
       if (it != live_.end() && --it->second.connections == 0) live_.erase(it);
     }
     client->send_queue.clear();
+    client->social_turns.waiting.clear();
+    client->select_turns.waiting.clear();
     client->selective.reset();
     client->sink.reset();  // the connection owns the client; break the cycle
   });
@@ -1199,12 +1201,63 @@ void ChatService::DoSetProfile(const ClientPtr& c, Req req) {
                     }));
 }
 
+// ---- Serial requests (Client::Turns) ----
+
+void ChatService::RunInTurn(const ClientPtr& c, Client::Turns Client::*turns, Req req, TurnFn run) {
+  Client::Turns& t = (*c).*turns;
+  if (t.waiting.size() >= kMaxWaitingTurns) {
+    RateLimited(req.type).Inc();
+    return Fail(c, req,
+                Status(ErrorCode::kRateLimited,
+                       fmt::format("more than {} requests of this kind wait on this connection; retry after retry_after_ms",
+                                   kMaxWaitingTurns)),
+                kTurnRetryAfterMs);
+  }
+  t.waiting.push_back(std::move(req));
+  NextTurn(c, turns, run);
+}
+
+void ChatService::EndTurn(const ClientPtr& c, Client::Turns Client::*turns, TurnFn run) {
+  ((*c).*turns).busy = false;
+  NextTurn(c, turns, run);
+}
+
+void ChatService::NextTurn(const ClientPtr& c, Client::Turns Client::*turns, TurnFn run) {
+  Client::Turns& t = (*c).*turns;
+  // Called again by a turn that ended at once: the loop below goes on.
+  if (t.pumping) return;
+  t.pumping = true;
+  // Shutting down: as with sends, what waited behind a request is not started.
+  while (stopping_ && !t.waiting.empty() && !c->closed) {
+    Fail(c, t.waiting.front(), Status(ErrorCode::kShuttingDown, "the server is shutting down"));
+    t.waiting.pop_front();
+  }
+  while (!t.busy && !t.waiting.empty() && !c->closed) {
+    t.busy = true;
+    Req req = std::move(t.waiting.front());
+    t.waiting.pop_front();
+    (this->*run)(c, std::move(req));
+  }
+  t.pumping = false;
+}
+
 // add_contact, remove_contact, block, unblock: resolve the username, then the
-// store operation; the event goes to the acting user's own stream.
+// store operation; the event goes to the acting user's own stream. One at a
+// time per connection, up to the write's submission (writes are applied in
+// submission order): with lookups completing in any order, "block bob" then
+// "unblock bob" could otherwise be stored unblock-then-block.
 void ChatService::DoContactOrBlock(const ClientPtr& c, Req req) {
+  RunInTurn(c, &Client::social_turns, std::move(req), &ChatService::RunContactOrBlock);
+}
+
+void ChatService::RunContactOrBlock(const ClientPtr& c, Req req) {
   std::string username = std::get<protocol::UserRequest>(req.body).username;
   store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req](Result<store::UserRecord> u) {
-    if (!u) return Fail(c, req, UnknownUserOr(u.error()));
+    auto end_turn = [this, c] { EndTurn(c, &Client::social_turns, &ChatService::RunContactOrBlock); };
+    if (!u) {
+      Fail(c, req, UnknownUserOr(u.error()));
+      return end_turn();
+    }
     auto done = OnCore<store::SocialResult>([this, c, req](Result<store::SocialResult> r) {
       if (!r) return Fail(c, req, r.error());
       Respond(c, req, [&](JsonWriter& w) {
@@ -1214,9 +1267,14 @@ void ChatService::DoContactOrBlock(const ClientPtr& c, Req req) {
       bool positive = req.type == RequestType::kAddContact || req.type == RequestType::kBlock;
       bool contact = req.type == RequestType::kAddContact || req.type == RequestType::kRemoveContact;
       if (!contact && r->changed) {
+        // Loads of this user's set still in flight read it before this
+        // change: none of them may replace what is cached now.
+        block_loads_.Supersede(c->user_id);
         if (auto it = blocks_.find(c->user_id); it != blocks_.end()) {
-          if (positive) it->second.insert(r->profile.user_id);
-          else it->second.erase(r->profile.user_id);
+          auto changed = std::make_shared<std::unordered_set<int64_t>>(*it->second);
+          if (positive) changed->insert(r->profile.user_id);
+          else changed->erase(r->profile.user_id);
+          it->second = std::move(changed);
         }
       }
       PublishSocial(contact ? store::EventKind::kContact : store::EventKind::kBlock, *r, positive);
@@ -1238,11 +1296,12 @@ void ChatService::DoContactOrBlock(const ClientPtr& c, Req req) {
     });
     int64_t now = clock_.NowMillis();
     switch (req.type) {
-      case RequestType::kAddContact: return store_.AddContact(c->user_id, u->id, now, std::move(done));
-      case RequestType::kRemoveContact: return store_.RemoveContact(c->user_id, u->id, now, std::move(done));
-      case RequestType::kBlock: return store_.Block(c->user_id, u->id, now, std::move(done));
-      default: return store_.Unblock(c->user_id, u->id, now, std::move(done));
+      case RequestType::kAddContact: store_.AddContact(c->user_id, u->id, now, std::move(done)); break;
+      case RequestType::kRemoveContact: store_.RemoveContact(c->user_id, u->id, now, std::move(done)); break;
+      case RequestType::kBlock: store_.Block(c->user_id, u->id, now, std::move(done)); break;
+      default: store_.Unblock(c->user_id, u->id, now, std::move(done)); break;
     }
+    end_turn();
   }));
 }
 
@@ -1410,30 +1469,51 @@ namespace {
 constexpr size_t kMaxCachedBlockSets = 100'000;
 }  // namespace
 
-bool ChatService::EitherBlocks(int64_t a, int64_t b) const {
-  auto blocks = [this](int64_t owner, int64_t target) {
-    auto it = blocks_.find(owner);
-    return it != blocks_.end() && it->second.count(target) != 0;
+bool ChatService::EitherBlocks(const BlockSets& sets, int64_t a, int64_t b) {
+  auto blocks = [&sets](int64_t owner, int64_t target) {
+    auto it = sets.find(owner);
+    return it != sets.end() && it->second && it->second->count(target) != 0;
   };
   return blocks(a, b) || blocks(b, a);
 }
 
-void ChatService::LoadBlocks(const std::vector<int64_t>& users, std::function<void()> then) {
+// Each decision gets the sets it was made with, so a load whose answer is
+// not cached (it landed after a later one, or after this node's own block
+// or unblock: block_loads_) still decides with what it read.
+void ChatService::LoadBlocks(const std::vector<int64_t>& users, std::function<void(Status, const BlockSets&)> then) {
+  struct Pending {
+    BlockSets sets;
+    size_t left = 0;
+    Status status;
+  };
+  auto pending = std::make_shared<Pending>();
   std::vector<int64_t> missing;
-  // In a cluster another node may have changed a block list: always reload.
-  for (int64_t u : users)
-    if (config_.cluster || blocks_.find(u) == blocks_.end()) missing.push_back(u);
-  if (missing.empty()) return then();
-  if (blocks_.size() + missing.size() > kMaxCachedBlockSets) blocks_.clear();
-  auto left = std::make_shared<size_t>(missing.size());
+  for (int64_t u : users) {
+    // In a cluster another node may have changed a block list: always reload.
+    auto it = config_.cluster ? blocks_.end() : blocks_.find(u);
+    if (it != blocks_.end()) pending->sets[u] = it->second;
+    else missing.push_back(u);
+  }
+  if (missing.empty()) return then(Status::Ok(), pending->sets);
+  pending->left = missing.size();
   for (int64_t u : missing) {
+    const RequestOrder<int64_t>::Ticket ticket = block_loads_.Take(u);
     store_.ListBlocked(u, OnCore<std::vector<store::ProfileRecord>>(
-                              [this, u, left, then](Result<std::vector<store::ProfileRecord>> r) {
-                                std::unordered_set<int64_t> set;
-                                if (r)
-                                  for (const auto& p : *r) set.insert(p.user_id);
-                                blocks_[u] = std::move(set);
-                                if (--*left == 0) then();
+                              [this, u, ticket, pending, then](Result<std::vector<store::ProfileRecord>> r) {
+                                if (!r) {
+                                  block_loads_.Drop(u, ticket);
+                                  if (pending->status.ok()) pending->status = r.error();
+                                } else {
+                                  auto set = std::make_shared<std::unordered_set<int64_t>>();
+                                  for (const auto& p : *r) set->insert(p.user_id);
+                                  if (block_loads_.Land(u, ticket) && !config_.cluster) {
+                                    if (blocks_.size() >= kMaxCachedBlockSets && blocks_.count(u) == 0)
+                                      blocks_.clear();
+                                    blocks_[u] = set;
+                                  }
+                                  pending->sets[u] = std::move(set);
+                                }
+                                if (--pending->left == 0) then(pending->status, pending->sets);
                               }));
   }
 }
@@ -1441,43 +1521,63 @@ void ChatService::LoadBlocks(const std::vector<int64_t>& users, std::function<vo
 // "start" reaches the other members' connected devices (never across a block
 // in either direction) and expires on its own after typing_expiry_ms, when a
 // "stop" follows unless the typer refreshed or stopped it.
+//
+// A request may wait for reads (membership when the conversation is not
+// cached, block lists when not cached and always in a cluster) that complete
+// in any order, so it takes its place in typing_order_ at arrival: once its
+// reads are done it publishes only if no later request of the same typer in
+// the conversation already has (else a "start" could reach the others after
+// the "stop" sent after it, and arm an expiry for a typer who stopped).
 void ChatService::DoTyping(const ClientPtr& c, Req req) {
   auto t = std::get<protocol::TypingRequest>(req.body);
-  CheckMember(c->user_id, t.conversation_id, [this, c, req, t](Status s) {
+  const TypingKey key{t.conversation_id, c->user_id};
+  const RequestOrder<TypingKey, IdPairHash>::Ticket ticket = typing_order_.Take(key);
+  CheckMember(c->user_id, t.conversation_id, [this, c, req, t, key, ticket](Status s) {
     if (!s.ok()) {
+      typing_order_.Drop(key, ticket);
       if (s.code() == ErrorCode::kUnknownConversation)
         s = Status(ErrorCode::kNotMember, "you are not a member of this conversation");
       return Fail(c, req, s);
     }
     Respond(c, req, nullptr);
     auto it = conversations_.find(t.conversation_id);
-    if (it == conversations_.end()) return;
+    if (it == conversations_.end()) {
+      typing_order_.Drop(key, ticket);  // the cache was cleared meanwhile: nothing to tell
+      return;
+    }
     std::vector<int64_t> users = {c->user_id};
     for (const auto& m : it->second.members)
       if (m.user_id != c->user_id) users.push_back(m.user_id);
-    int64_t typer = c->user_id;
-    LoadBlocks(users, [this, users, typer, t] {
+    LoadBlocks(users, [this, users, key, ticket, t](Status loaded, const BlockSets& sets) {
+      // Stale: a later request of this typer here took effect first.
+      if (!typing_order_.Land(key, ticket)) return;
+      // Blocks unknown (a read failed): tell nobody rather than cross one.
+      if (!loaded.ok()) return;
       std::vector<int64_t> audience;
       for (size_t i = 1; i < users.size(); ++i)
-        if (!EitherBlocks(typer, users[i])) audience.push_back(users[i]);
-      std::string key = std::to_string(t.conversation_id) + ":" + std::to_string(typer);
-      auto frame = std::make_shared<const std::string>(
-          protocol::EncodeTyping(t.conversation_id, typer, t.typing, config_.typing_expiry_ms));
-      for (int64_t u : audience) fabric_.Publish(u, frame, /*ephemeral=*/true);
-      if (!t.typing) {
-        typing_.erase(key);
-        return;
-      }
-      uint64_t gen = ++typing_generation_;
-      typing_[key] = gen;
-      core_.PostAfter(config_.typing_expiry_ms, [this, key, gen, audience, t, typer] {
-        auto found = typing_.find(key);
-        if (found == typing_.end() || found->second != gen) return;  // refreshed or stopped
-        typing_.erase(found);
-        auto stop = std::make_shared<const std::string>(protocol::EncodeTyping(t.conversation_id, typer, false, 0));
-        for (int64_t u : audience) fabric_.Publish(u, stop, /*ephemeral=*/true);
-      });
+        if (!EitherBlocks(sets, key.second, users[i])) audience.push_back(users[i]);
+      PublishTyping(t.conversation_id, key.second, t.typing, std::move(audience));
     });
+  });
+}
+
+void ChatService::PublishTyping(int64_t conversation_id, int64_t typer, bool typing, std::vector<int64_t> audience) {
+  const TypingKey key{conversation_id, typer};
+  auto frame = std::make_shared<const std::string>(
+      protocol::EncodeTyping(conversation_id, typer, typing, config_.typing_expiry_ms));
+  for (int64_t u : audience) fabric_.Publish(u, frame, /*ephemeral=*/true);
+  if (!typing) {
+    typing_.erase(key);
+    return;
+  }
+  uint64_t gen = ++typing_generation_;
+  typing_[key] = gen;
+  core_.PostAfter(config_.typing_expiry_ms, [this, key, gen, audience = std::move(audience)] {
+    auto found = typing_.find(key);
+    if (found == typing_.end() || found->second != gen) return;  // refreshed or stopped
+    typing_.erase(found);
+    auto stop = std::make_shared<const std::string>(protocol::EncodeTyping(key.first, key.second, false, 0));
+    for (int64_t u : audience) fabric_.Publish(u, stop, /*ephemeral=*/true);
   });
 }
 

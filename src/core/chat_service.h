@@ -12,6 +12,12 @@
 // Ordering. Sends from one connection reach the store in the order their
 // frames arrived (a per-connection send queue), so one device's messages in a
 // conversation keep their compose order even when some need a lookup first.
+// The store serves reads on several connections, so reads complete in any
+// order; nothing a connection asked for takes effect in read-completion
+// order: requests that must all take effect wait their turn per connection
+// (contacts and blocks, select_sync: Client::Turns), and where the newest
+// request wins, an older one whose reads land after it is dropped (typing:
+// RequestOrder; presence visibility: the order of its reads).
 #pragma once
 
 #include <atomic>
@@ -32,6 +38,7 @@
 #include "core/accounts.h"
 #include "core/presence.h"
 #include "core/rate_limiter.h"
+#include "core/request_order.h"
 #include "core/selective_sink.h"
 #include "fabric/fabric.h"
 #include "protocol/frames.h"
@@ -223,6 +230,22 @@ struct Client {
   // and it is empty on almost every connection almost all the time.
   std::list<protocol::Request> send_queue;
   bool send_busy = false;
+  // Requests that must take effect in the order they arrived although each
+  // waits for a store read first: one at a time per kind
+  // (ChatService::RunInTurn). `busy` while one waits for its reads;
+  // `pumping` while ChatService::NextTurn runs them (a turn that ends at
+  // once is followed by the next in that loop, not by recursion).
+  struct Turns {
+    std::list<protocol::Request> waiting;
+    bool busy = false;
+    bool pumping = false;
+  };
+  Turns social_turns;  // add_contact, remove_contact, block, unblock (a username lookup, then the write)
+  Turns select_turns;  // select_sync (membership or recent-conversation reads, then the selection)
+  // The presence read (ChatService::presence_reads_) whose answer is this
+  // connection's installed subscription: an earlier subscribe_presence whose
+  // read lands later is answered but not installed.
+  uint64_t presence_as_of = 0;
   // Selective sync (select_sync): set while the session syncs only some
   // conversations in full; attached to the fabric in place of `sink`. Null
   // (the usual case) means full sync.
@@ -281,6 +304,15 @@ class ChatService {
   // first connection.
   void SetPushQueuedHook(std::function<void()> hook) { push_queued_hook_ = std::move(hook); }
 
+  // Core executor only (tests drain it themselves). Keys with requests in
+  // flight in the typing and block-load orders: none once all have landed.
+  size_t PendingOrderKeysForTest() const { return typing_order_.keys() + block_loads_.keys(); }
+  // Serial requests (contacts and blocks, select_sync) may wait per
+  // connection and kind at most this many; more are refused with
+  // `rate_limited` and kTurnRetryAfterMs.
+  static constexpr size_t kMaxWaitingTurns = 64;
+  static constexpr int64_t kTurnRetryAfterMs = 1'000;
+
  private:
   using Req = protocol::Request;
   using RequestType = protocol::RequestType;
@@ -326,7 +358,8 @@ class ChatService {
   void DoSearchMessages(const ClientPtr& c, Req req);
   // Selective sync (issue 12 item 3; chat_selective.cc).
   void DoSelectSync(const ClientPtr& c, Req req);
-  // Validates `add` (membership, size) and installs current ∪ add.
+  // Validates `add` (membership, size) and installs current ∪ add; ends the
+  // connection's select_sync turn.
   void InstallSelection(const ClientPtr& c, const Req& req, std::unordered_set<int64_t> selection,
                         std::vector<int64_t> to_check);
   // Answers a sync page read for a selective session: the events of its
@@ -385,9 +418,28 @@ class ChatService {
   // Re-reads, from the store, whether each subscriber of `watched` (only
   // those of user `viewer` if not 0) may see it, after a setting changed.
   void RecheckPresence(int64_t watched, int64_t viewer);
-  // Loads (once) the set of users each of `users` blocks, then runs `then`.
-  void LoadBlocks(const std::vector<int64_t>& users, std::function<void()> then);
-  bool EitherBlocks(int64_t a, int64_t b) const;
+  // Whom one user blocks; shared with the cache, never changed in place.
+  using BlockSet = std::shared_ptr<const std::unordered_set<int64_t>>;
+  using BlockSets = std::unordered_map<int64_t, BlockSet>;
+  // Gets the set of users each of `users` blocks (from the cache, or the
+  // store: always in a cluster), then runs `then` with them; on a failed
+  // read, with that error and no set for that user.
+  void LoadBlocks(const std::vector<int64_t>& users, std::function<void(Status, const BlockSets&)> then);
+  static bool EitherBlocks(const BlockSets& sets, int64_t a, int64_t b);
+  // Publishes one typing state of `typer` to `audience` and keeps the
+  // expiry bookkeeping (typing_) for it.
+  void PublishTyping(int64_t conversation_id, int64_t typer, bool typing, std::vector<int64_t> audience);
+
+  // Serial requests (Client::Turns). RunInTurn queues `req` and runs it
+  // (through `run`) when no earlier request of `turns` is still waiting for
+  // its reads; the one running calls EndTurn once it took effect (its write
+  // submitted, its state changed) or failed, which starts the next.
+  using TurnFn = void (ChatService::*)(const ClientPtr&, Req);
+  void RunInTurn(const ClientPtr& c, Client::Turns Client::*turns, Req req, TurnFn run);
+  void EndTurn(const ClientPtr& c, Client::Turns Client::*turns, TurnFn run);
+  void NextTurn(const ClientPtr& c, Client::Turns Client::*turns, TurnFn run);
+  void RunContactOrBlock(const ClientPtr& c, Req req);
+  void RunSelectSync(const ClientPtr& c, Req req);
 
   // Publishes one stream event per position (each user gets its own user_seq).
   // `withheld`, if not empty, holds each position's withheld seqs.
@@ -438,12 +490,27 @@ class ChatService {
   // applies the cluster-wide levels it answers.
   void SyncRateLimits();
   // Whom each user blocks, for ephemeral events (typing) that must not cross
-  // a block; loaded on demand, kept current by this node's block/unblock.
-  std::unordered_map<int64_t, std::unordered_set<int64_t>> blocks_;
-  // Live "typing" per (conversation, user): a generation, so that a refresh
+  // a block; loaded on demand, kept current by this node's block/unblock
+  // (not kept in a cluster, where other nodes change them).
+  std::unordered_map<int64_t, BlockSet> blocks_;
+  // Loads of one user's set, in the order they were issued: one that lands
+  // after a later one (or after this node's own block or unblock) is not
+  // cached.
+  RequestOrder<int64_t> block_loads_;
+  // Live "typing" per (conversation, typer): a generation, so that a refresh
   // or a stop cancels the pending expiry.
-  std::unordered_map<std::string, uint64_t> typing_;
+  using TypingKey = std::pair<int64_t, int64_t>;
+  std::unordered_map<TypingKey, uint64_t, IdPairHash> typing_;
   uint64_t typing_generation_ = 0;
+  // Typing requests per (conversation, typer) in arrival order: each waits
+  // for a membership read (uncached conversation) and block reads; one whose
+  // reads land after a later one's published is dropped (stale).
+  RequestOrder<TypingKey, IdPairHash> typing_order_;
+  // Presence reads issued (subscribe_presence, RecheckPresence), in order.
+  // A read issued later reflects every write that completed before it
+  // (store.h, "Order"), so what an earlier one read never replaces what a
+  // later one installed (Client::presence_as_of; PresenceTracker's as_of).
+  uint64_t presence_reads_ = 0;
   std::atomic<uint64_t> next_client_id_{1};
   std::minstd_rand jitter_rng_{std::random_device{}()};  // Connect runs on I/O threads
   PresenceTracker presence_;

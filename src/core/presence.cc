@@ -46,13 +46,15 @@ PresenceView PresenceTracker::View(int64_t user, bool visible, int64_t stored_la
 }
 
 void PresenceTracker::Subscribe(SubscriberId subscriber, const std::vector<int64_t>& users,
-                                const std::vector<bool>& visible, const std::vector<PresenceView>& shown) {
+                                const std::vector<bool>& visible, const std::vector<PresenceView>& shown,
+                                uint64_t as_of) {
   Unsubscribe(subscriber);
   if (users.empty()) return;
   auto& watches = subscriptions_[subscriber];
   for (size_t i = 0; i < users.size(); ++i) {
     Watch& w = watches[users[i]];
     w.visible = visible[i];
+    w.visible_as_of = as_of;
     w.sent = shown[i];
     UserState& st = users_[users[i]];
     if (shown[i].last_seen > st.last_seen) st.last_seen = shown[i].last_seen;
@@ -72,11 +74,13 @@ void PresenceTracker::Unsubscribe(SubscriberId subscriber) {
   subscriptions_.erase(it);  // a pending flush finds nothing and stops
 }
 
-void PresenceTracker::SetVisible(SubscriberId subscriber, int64_t user, bool visible) {
+void PresenceTracker::SetVisible(SubscriberId subscriber, int64_t user, bool visible, uint64_t as_of) {
   auto s = subscriptions_.find(subscriber);
   if (s == subscriptions_.end()) return;
   auto w = s->second.find(user);
-  if (w == s->second.end() || w->second.visible == visible) return;
+  if (w == s->second.end() || as_of <= w->second.visible_as_of) return;
+  w->second.visible_as_of = as_of;
+  if (w->second.visible == visible) return;
   w->second.visible = visible;
   Offer(subscriber, user);
 }

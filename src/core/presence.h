@@ -72,13 +72,18 @@ class PresenceTracker {
 
   // Replaces the subscriber's watched set. `visible[i]` tells whether it may
   // see `users[i]`; `shown[i]` is what it was just told (the subscribe
-  // response), so only later changes are sent.
+  // response), so only later changes are sent. `as_of`: the order of the
+  // store read the visibility came from (see SetVisible).
   void Subscribe(SubscriberId subscriber, const std::vector<int64_t>& users, const std::vector<bool>& visible,
-                 const std::vector<PresenceView>& shown);
+                 const std::vector<PresenceView>& shown, uint64_t as_of);
   void Unsubscribe(SubscriberId subscriber);
   // The subscriber's visibility of `user` changed (privacy setting, contacts,
-  // blocks); an update follows if what it sees changed.
-  void SetVisible(SubscriberId subscriber, int64_t user, bool visible);
+  // blocks); an update follows if what it sees changed. `as_of` orders the
+  // store reads visibility comes from (the caller counts them as it issues
+  // them): reads complete in any order, so an answer from a read issued
+  // before the one the current visibility came from (this call's or
+  // Subscribe's) is older news and ignored.
+  void SetVisible(SubscriberId subscriber, int64_t user, bool visible, uint64_t as_of);
   // Who watches `user` (to re-check visibility after a settings change).
   std::vector<SubscriberId> Watchers(int64_t user) const;
 
@@ -94,6 +99,7 @@ class PresenceTracker {
   };
   struct Watch {
     bool visible = false;
+    uint64_t visible_as_of = 0;  // the read `visible` came from
     PresenceView sent;
     int64_t sent_at = 0;  // 0: nothing sent since subscribing
     bool flush_pending = false;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <string_view>
 
 #include "common/this_thread.h"
@@ -19,7 +20,8 @@ namespace parley::server {
 Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   ServerConfig c;
   // One event loop per CPU this process may run on (taskset, a container's
-  // cpuset).
+  // cpuset); the SQLite store's readers follow the same count, capped
+  // (store::DefaultSqliteReadConnections, StoreConfig's default).
   c.gateway.io_threads = CpusAvailable();
   bool fast_hashing = false;
 
@@ -273,8 +275,9 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->capture_default_str();
   app.add_option("--sqlite-read-connections", c.store.sqlite_read_connections,
                  "SQLite store: read-only connections (one thread each) serving reads; a long read (a large "
-                 "snapshot, a broad search) holds up only its own; with more than one, reads may complete out of "
-                 "order")
+                 "snapshot, a broad search) holds up only its own. Default: one per CPU this process may use (its "
+                 "affinity), at most " +
+                     std::to_string(store::kMaxDefaultSqliteReadConnections))
       ->envname("PARLEY_SQLITE_READ_CONNECTIONS")
       ->check(CLI::Range(1, store::kMaxSqliteReadConnections))
       ->capture_default_str();

@@ -1,12 +1,14 @@
 // Picks a Store backend by name. The only place that names backends.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
 
 #include "common/clock.h"
 #include "common/status.h"
+#include "common/this_thread.h"
 #include "store/store.h"
 
 namespace parley::store {
@@ -25,12 +27,17 @@ inline constexpr int kDefaultCommitLoadedWaitUs = 1000;
 inline constexpr int kDefaultSqliteCheckpointPages = 8192;
 inline constexpr int kDefaultSqlitePageSize = 4096;
 // SQLite: read connections (StoreConfig::sqlite_read_connections); at most
-// kMaxSqliteReadConnections. One by default: with more, reads complete out of
-// order, and core still relies on their order in places (two typing
-// requests of one connection, each waiting for a membership read, were
-// delivered stop-before-start; docs/architecture.md, Known limits).
-inline constexpr int kDefaultSqliteReadConnections = 1;
+// kMaxSqliteReadConnections. By default one per CPU the process may use
+// (its affinity: taskset, a container's cpuset), at most
+// kMaxDefaultSqliteReadConnections: on one CPU a second reader cannot run
+// beside the first and only adds thread switches (docs/benchmarks.md, "Read
+// connections"), and beyond a few, readers mostly wait for the same core
+// thread that consumes their answers. Reads then complete out of order;
+// core keeps what a connection asked for in request order regardless
+// (core/chat_service.h, "Ordering").
+inline constexpr int kMaxDefaultSqliteReadConnections = 4;
 inline constexpr int kMaxSqliteReadConnections = 64;
+inline int DefaultSqliteReadConnections() { return std::clamp(CpusAvailable(), 1, kMaxDefaultSqliteReadConnections); }
 // SQLite: the checkpointer gives up the core after copying this many pages
 // (StoreConfig::sqlite_checkpoint_yield_pages), chosen by measurement
 // (docs/benchmarks.md, "The checkpointer yields").
@@ -63,10 +70,13 @@ struct StoreConfig {
   // each reads its own snapshot while the writer commits, so a long read
   // (a large snapshot, a broad search) holds up only its own connection:
   // with one, every login and sync queued behind it.
-  int sqlite_read_connections = kDefaultSqliteReadConnections;
+  int sqlite_read_connections = DefaultSqliteReadConnections();
   // Test-only: runs on the reader's thread before each read's transaction
-  // (tests hold a reader busy with it); empty in production.
+  // (tests hold a reader busy with it), and after it, before its answer is
+  // delivered (tests hold an answer read from an older snapshot while later
+  // reads complete); empty in production.
   std::function<void()> sqlite_before_read_for_test;
+  std::function<void()> sqlite_after_read_for_test;
   // SQLite: checkpoint the WAL on a thread of its own once it holds this many
   // pages (the writer then never copies pages back itself, unless the WAL
   // reaches kWalHardLimitFactor times this because checkpoints cannot keep

@@ -29,6 +29,7 @@ class ManualExecutor final : public Executor {
     {
       std::lock_guard lock(mu_);
       q_.push_back(std::move(fn));
+      ++posted_;
     }
     cv_.notify_all();
   }
@@ -48,11 +49,30 @@ class ManualExecutor final : public Executor {
     }
     return true;
   }
+  // Functions posted so far (a store completion coming back is one).
+  uint64_t posted() {
+    std::lock_guard lock(mu_);
+    return posted_;
+  }
+  // Runs what is queued, and what that queues, until nothing is; never waits.
+  void RunPending() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::lock_guard lock(mu_);
+        if (q_.empty()) return;
+        fn = std::move(q_.front());
+        q_.pop_front();
+      }
+      fn();
+    }
+  }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> q_;
+  uint64_t posted_ = 0;
 };
 
 class FakeSink final : public fabric::DeviceSink {
@@ -91,12 +111,16 @@ class ChatServiceTest : public ::testing::Test {
     store::StoreConfig sc;
     sc.sqlite_path = dir_ + "/parley.db";
     sc.clock = clock_;
+    if (sqlite_read_connections_ > 0) sc.sqlite_read_connections = sqlite_read_connections_;
+    sc.sqlite_before_read_for_test = before_read_for_test_;
+    sc.sqlite_after_read_for_test = after_read_for_test_;
     auto s = store::OpenStore(sc);
     ASSERT_TRUE(s.has_value()) << s.error().ToString();
     store_ = std::move(*s);
     fault_ = std::make_unique<store::FaultStore>(*store_, switches_);
     CoreConfig cc;
     cc.password_cost = PasswordCost::kInsecureFast;
+    cc.cluster = cluster_;
     store::Store& used = with_fault_store_ ? static_cast<store::Store&>(*fault_) : *store_;
     chat_ = std::make_unique<ChatService>(exec_, used, fabric_, pool_, *clock_, cc);
   }
@@ -149,6 +173,13 @@ class ChatServiceTest : public ::testing::Test {
   WorkerPool pool_{1};
   std::string dir_;
   std::unique_ptr<store::Store> store_;
+  // Subclasses set these in their constructor: the store's read connections
+  // (0: its default) and its test hooks (store_factory.h), and
+  // CoreConfig::cluster.
+  int sqlite_read_connections_ = 0;
+  std::function<void()> before_read_for_test_;
+  std::function<void()> after_read_for_test_;
+  bool cluster_ = false;
   // Subclasses that test faults set these in their constructor: the service
   // then talks to the store through fault_ (store/fault_store.h).
   bool with_fault_store_ = false;

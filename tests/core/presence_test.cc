@@ -51,10 +51,11 @@ class PresenceTest : public ::testing::Test {
         }) {}
 
   void Watch(uint64_t subscriber, int64_t user, bool visible = true) {
-    tracker_.Subscribe(subscriber, {user}, {visible}, {tracker_.View(user, visible)});
+    tracker_.Subscribe(subscriber, {user}, {visible}, {tracker_.View(user, visible)}, ++reads_);
   }
 
   SimTime time_;
+  uint64_t reads_ = 0;  // the order of the (simulated) store reads visibility comes from
   std::vector<Update> updates_;
   PresenceTracker tracker_;
 };
@@ -91,7 +92,7 @@ TEST_F(PresenceTest, OneSubscriberGetsAtMostOneUpdatePerIntervalEndingInTheTruth
     updates_.push_back({s, u, v, time_.NowMillis()});
   });
   fast.ForegroundEnter(7);
-  fast.Subscribe(1, {7}, {true}, {fast.View(7, true)});
+  fast.Subscribe(1, {7}, {true}, {fast.View(7, true)}, 1);
   for (int i = 0; i < 50; ++i) {  // 50 flips, 100 ms apart
     if (i % 2 == 0) fast.ForegroundLeave(7);
     else fast.ForegroundEnter(7);
@@ -114,15 +115,36 @@ TEST_F(PresenceTest, HiddenUsersReadOfflineWithoutLastSeenAndAChangeOfVisibility
   EXPECT_EQ(updates_[0].subscriber, 2u);
   tracker_.ForegroundEnter(7);
   time_.Advance(3'000);
-  tracker_.SetVisible(2, 7, false);  // e.g. a block
+  tracker_.SetVisible(2, 7, false, ++reads_);  // e.g. a block
   time_.Advance(3'000);
   ASSERT_EQ(updates_.size(), 3u);
   EXPECT_EQ(updates_[2].subscriber, 2u);
   EXPECT_EQ(updates_[2].view, PresenceView{});
-  tracker_.SetVisible(1, 7, true);
+  tracker_.SetVisible(1, 7, true, ++reads_);
   ASSERT_EQ(updates_.size(), 4u);
   EXPECT_EQ(updates_[3].subscriber, 1u);
   EXPECT_TRUE(updates_[3].view.online);
+}
+
+// Two changes in a row (hidden, then shown again) re-read visibility twice;
+// the reads may complete in any order, and the answer of the one issued
+// first must not undo the second's.
+TEST_F(PresenceTest, AVisibilityReadIssuedBeforeTheOneAppliedIsIgnored) {
+  tracker_.ForegroundEnter(7);
+  Watch(1, 7);
+  const uint64_t hide = ++reads_;
+  const uint64_t show = ++reads_;
+  tracker_.SetVisible(1, 7, true, show);   // the later read lands first
+  tracker_.SetVisible(1, 7, false, hide);  // the earlier one after it
+  time_.Advance(10'000);
+  EXPECT_TRUE(updates_.empty()) << "the subscriber was told the user went offline";
+  // A read issued later still applies; the old one stays ignored.
+  tracker_.SetVisible(1, 7, false, ++reads_);
+  ASSERT_EQ(updates_.size(), 1u);
+  EXPECT_EQ(updates_[0].view, PresenceView{});
+  tracker_.SetVisible(1, 7, true, hide);
+  time_.Advance(10'000);
+  EXPECT_EQ(updates_.size(), 1u);
 }
 
 TEST_F(PresenceTest, StateOfUnwatchedOfflineUsersIsForgotten) {

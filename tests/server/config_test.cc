@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sched.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -180,9 +182,27 @@ TEST_F(ConfigTest, TheStoreQueueBoundIsOnByDefaultAndZeroTurnsItOff) {
   EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value());
 }
 
+// Both follow the CPUs parleyd may use (its affinity); the readers at most
+// kMaxDefaultSqliteReadConnections, and one when pinned to one CPU (the
+// benchmark's parleyd, taskset to one core).
 TEST_F(ConfigTest, SqliteReadConnectionsAndIoThreadsDefaults) {
-  EXPECT_EQ(Parse({}).store.sqlite_read_connections, store::kDefaultSqliteReadConnections);
+  EXPECT_EQ(Parse({}).store.sqlite_read_connections,
+            std::min(CpusAvailable(), store::kMaxDefaultSqliteReadConnections));
   EXPECT_EQ(Parse({}).gateway.io_threads, CpusAvailable());
+  {
+    cpu_set_t all;
+    ASSERT_EQ(sched_getaffinity(0, sizeof(all), &all), 0);
+    int first = 0;
+    while (!CPU_ISSET(first, &all)) ++first;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+    ServerConfig pinned = Parse({});
+    ASSERT_EQ(sched_setaffinity(0, sizeof(all), &all), 0);
+    EXPECT_EQ(pinned.store.sqlite_read_connections, 1);
+    EXPECT_EQ(pinned.gateway.io_threads, 1);
+  }
   EXPECT_EQ(Parse({"--sqlite-read-connections", "4"}).store.sqlite_read_connections, 4);
   setenv("PARLEY_SQLITE_READ_CONNECTIONS", "3", 1);
   EXPECT_EQ(Parse({}).store.sqlite_read_connections, 3);

@@ -3322,6 +3322,7 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
       adaptive_wait_us_(std::max(0, config.commit_adaptive_wait_us)),
       loaded_wait_us_(std::max(0, config.commit_loaded_wait_us)),
       writer_(std::move(writer)),
+      after_read_for_test_(config.sqlite_after_read_for_test),
       checkpoint_pages_(checkpoint_db != nullptr ? config.sqlite_checkpoint_pages : 0),
       checkpoint_yield_pages_(std::max(0, config.sqlite_checkpoint_yield_pages)),
       checkpoint_yield_now_(checkpoint_yield_pages_),
@@ -3496,9 +3497,11 @@ void SqliteStore::Enqueue(std::unique_ptr<WriteOp> op) { write_queue_.Push(std::
 
 template <typename T>
 void SqliteStore::SubmitRead(std::function<Result<T>(Reader&)> body, Callback<T> done) {
-  read_pool_.Submit([body = std::move(body), done = std::move(done)](Reader* reader) {
+  read_pool_.Submit([this, body = std::move(body), done = std::move(done)](Reader* reader) {
     if (reader == nullptr) return done(Status(ErrorCode::kShuttingDown, "store is closing"));
-    done(reader->Run<T>(body));
+    Result<T> result = reader->Run<T>(body);
+    if (after_read_for_test_) after_read_for_test_();
+    done(std::move(result));
   });
 }
 

@@ -210,6 +210,7 @@ class SqliteStore final : public Store {
   const int adaptive_wait_us_;
   const int loaded_wait_us_;
   std::unique_ptr<Writer> writer_;  // used only by writer_thread_
+  const std::function<void()> after_read_for_test_;  // StoreConfig::sqlite_after_read_for_test
   const int checkpoint_pages_;      // 0: no checkpointer; the writer checkpoints (SQLite's default)
   const int checkpoint_yield_pages_;  // StoreConfig::sqlite_checkpoint_yield_pages
   // What the checkpointer yields after now: checkpoint_yield_pages_, or 0
