@@ -25,14 +25,9 @@
 #include <unordered_map>
 #include <utility>
 
-namespace parley::core {
+#include "common/id_hash.h"
 
-// Hashes a pair of ids (conversation, user) for the keys of RequestOrder.
-struct IdPairHash {
-  size_t operator()(const std::pair<int64_t, int64_t>& p) const noexcept {
-    return std::hash<int64_t>()(p.first) * 31 + std::hash<int64_t>()(p.second);
-  }
-};
+namespace parley::core {
 
 template <typename Key, typename Hash = std::hash<Key>>
 class RequestOrder {

@@ -74,6 +74,13 @@ class ReadOrderTest : public testing::ChatServiceTest {
     ChatServiceTest::TearDown();
   }
 
+  // `from` sends `to` a first message; returns their conversation's id.
+  int64_t FirstMessage(Conn& from, const std::string& to) {
+    json sent = Call(from, "send", {{"to", to}, {"client_id", "m1"}, {"body", "hi " + to}});
+    EXPECT_EQ(sent["type"], "response") << sent.dump();
+    return sent["result"].value("conversation_id", int64_t{0});
+  }
+
   // Sends a request without waiting for its answer; returns its id.
   int Start(Conn& c, const std::string& type, json fields) {
     int id = next_id_++;
@@ -178,9 +185,8 @@ class ClusterReadOrderTest : public ReadOrderTest {
 TEST_F(ClusterReadOrderTest, ALateStartDoesNotFollowTheStopSentAfterIt) {
   Conn alice = LoggedIn("alice");
   Conn bob = LoggedIn("bob");
-  json sent = Call(alice, "send", {{"to", "bob"}, {"client_id", "m1"}, {"body", "hi"}});
-  ASSERT_EQ(sent["type"], "response") << sent.dump();
-  const int64_t conv = sent["result"]["conversation_id"];
+  const int64_t conv = FirstMessage(alice, "bob");
+  ASSERT_NE(conv, 0);
 
   hold_.Arm(HeldRead::kBefore);
   int start = Start(alice, "typing", {{"conversation_id", conv}, {"state", "start"}});
@@ -277,9 +283,8 @@ TEST_F(ReadOrderTest, SelectSyncRequestsTakeEffectInTheOrderSent) {
   Conn alice = LoggedIn("alice");
   Conn bob = LoggedIn("bob");
   Conn carol = LoggedIn("carol");
-  json with_bob = Call(alice, "send", {{"to", "bob"}, {"client_id", "m1"}, {"body", "hi bob"}});
-  ASSERT_EQ(with_bob["type"], "response") << with_bob.dump();
-  const int64_t conv = with_bob["result"]["conversation_id"];
+  const int64_t conv = FirstMessage(alice, "bob");
+  ASSERT_NE(conv, 0);
 
   hold_.Arm(HeldRead::kBefore);
   int select = Start(alice, "select_sync", {{"conversations", {conv}}});

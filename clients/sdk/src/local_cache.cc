@@ -341,12 +341,16 @@ int64_t LocalCache::device_id() {
   }
 }
 
+std::optional<int64_t> LocalCache::AppliedLocked() {
+  const std::string v = MetaLocked("applied");
+  if (v.empty()) return std::nullopt;
+  return std::stoll(v);
+}
+
 std::optional<int64_t> LocalCache::applied() {
   std::lock_guard lock(mu_);
   try {
-    auto v = MetaLocked("applied");
-    if (v.empty()) return std::nullopt;
-    return std::stoll(v);
+    return AppliedLocked();
   } catch (const SqlError&) {
     return std::nullopt;
   }
@@ -489,9 +493,7 @@ void LocalCache::DraftSaved(const std::string& peer, int64_t gen, int64_t conver
     // event, or a sync read, can overtake the answer. No event (the server
     // already had `text`): the event that set it is in the stream, so the
     // cache shows it, or something newer, once it reaches that event.
-    std::string a = MetaLocked("applied");
-    const int64_t applied = a.empty() ? 0 : std::stoll(a);
-    if (user_seq > applied) {
+    if (user_seq > AppliedLocked().value_or(0)) {
       Stmt u(db_, stmts_, "UPDATE conversations SET draft=?, draft_updated_at=? WHERE id=?");
       u.Bind(1, text).Bind(2, now).Bind(3, conversation_id).Run();
     }
@@ -901,8 +903,7 @@ bool LocalCache::ApplyEvents(const std::vector<json>& events, ApplyOutcome* out,
   std::lock_guard lock(mu_);
   try {
     Tx tx(db_);
-    std::string a = MetaLocked("applied");
-    int64_t applied = a.empty() ? 0 : std::stoll(a);
+    int64_t applied = AppliedLocked().value_or(0);
     // By user seq; events at or below the cursor were seen already (live
     // and sync overlap). A coalesced receipt's also_covers are applied
     // when their turn comes (nothing else arrives for them).

@@ -174,6 +174,8 @@ class LocalCache {
   explicit LocalCache(sqlite3* db) : db_(db) {}
   class Tx;
   std::string MetaLocked(const std::string& key);
+  // The applied cursor (meta `applied`); nullopt before the first snapshot.
+  std::optional<int64_t> AppliedLocked();
   void SetMetaLocked(const std::string& key, const std::string& value);
   void ApplyOneLocked(const nlohmann::json& event, ApplyOutcome* out);
   // from_stream: a snapshot entry or a `conversation` event (its timer is

@@ -268,6 +268,7 @@
 #include <sqlite3.h>
 #include <spdlog/spdlog.h>
 
+#include "common/id_hash.h"
 #include "common/this_thread.h"
 #include "protocol/message_edits.h"
 #include "store/auth_read.h"
@@ -1026,12 +1027,6 @@ class SqliteStore::Writer {
     UserId user_id = 0;
     std::unordered_map<ConversationId, Watermarks> receipts;
   };
-  struct PairHash {
-    size_t operator()(const std::pair<UserId, UserId>& p) const {
-      return std::hash<uint64_t>{}(static_cast<uint64_t>(p.first) * 0x9E3779B97F4A7C15ULL ^
-                                   static_cast<uint64_t>(p.second));
-    }
-  };
 
   // The cached conversation, loaded on a miss; nullptr if it does not exist.
   Conversation* FindConversation(ConversationId id);
@@ -1087,7 +1082,7 @@ class SqliteStore::Writer {
   std::unordered_map<UserId, Head> heads_;
   // Whether a blocks row (owner, target) exists, per pair looked up; Block,
   // Unblock and EraseAccount (which drops every cache) keep it current.
-  std::unordered_map<std::pair<UserId, UserId>, bool, PairHash> blocks_;
+  std::unordered_map<std::pair<UserId, UserId>, bool, IdPairHash> blocks_;
   // Live devices looked up; Revoke removes one (with its receipts).
   std::unordered_map<DeviceId, LiveDevice> devices_;
   size_t cached_device_receipts_ = 0;  // receipts in devices_, all devices together
