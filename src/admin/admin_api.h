@@ -53,6 +53,8 @@ struct AdminConfig {
 // Closes the live connections of these devices of a user (the chat
 // service's CloseDevices); any thread.
 using CloseDevicesFn = std::function<void(int64_t user_id, std::vector<int64_t> devices, std::string reason)>;
+// Tells the chat service an account was erased (its UserErased); any thread.
+using UserErasedFn = std::function<void(int64_t user_id)>;
 
 class AdminApi {
  public:
@@ -64,6 +66,9 @@ class AdminApi {
   // closes its connections. Unset: they stay open until they next
   // authenticate.
   void SetCloseDevices(CloseDevicesFn fn) { close_devices_ = std::move(fn); }
+  // Set once before serving: what the chat service must forget of an erased
+  // account (its name, which a new account may take; its presence).
+  void SetUserErased(UserErasedFn fn) { user_erased_ = std::move(fn); }
 
  private:
   using Respond = std::function<void(gateway::HttpResponse)>;
@@ -103,6 +108,7 @@ class AdminApi {
   const Clock& clock_;
   const AdminConfig config_;
   CloseDevicesFn close_devices_;
+  UserErasedFn user_erased_;
 };
 
 }  // namespace parley::admin

@@ -125,6 +125,7 @@ void AdminApi::OpsEraseUser(const std::string& username, Respond respond) {
       x->account = std::move(*r);
       if (close_devices_ && !x->account.revoked.empty())
         close_devices_(x->user_id, x->account.revoked, "account erased");
+      if (user_erased_) user_erased_(x->user_id);
       EraseListConversations(x, 0, 0);
     });
   });

@@ -83,19 +83,41 @@ void ChatService::DoSetPrivacy(const ClientPtr& c, Req req) {
         e.created_at = clock_.NowMillis();
         e.presence_visibility = visibility;
         PublishEvents(std::move(e), r->positions);
-        RecheckPresence(c->user_id, 0);
+        UserChanged({fabric::Fabric::UserChange::Kind::kVisibility, c->user_id, 0});
       }));
 }
 
 // A connection's later subscribe_presence replaces its earlier one, but their
 // reads complete in any order: the one issued last is installed, and an
 // earlier one whose read lands after it is answered without being installed.
+// A visibility change that completed while the read was in flight found no
+// watcher to re-check (RecheckPresence notes it in visibility_changes_):
+// what the read said of those users is read again once it is installed.
 void ChatService::DoSubscribePresence(const ClientPtr& c, Req req) {
   std::vector<int64_t> ids = std::get<protocol::SubscribePresenceRequest>(req.body).user_ids;
   const uint64_t as_of = ++presence_reads_;
+  subscribe_reads_.insert(as_of);
   store_.GetPresence(
       c->user_id, ids,
       OnCore<std::vector<store::PresenceRecord>>([this, c, req, as_of](Result<std::vector<store::PresenceRecord>> r) {
+        std::vector<int64_t> changed_since;  // users whose visibility changed after this read was issued
+        if (r && !c->closed && as_of > c->presence_as_of) {
+          const auto all = visibility_changes_.find(0);
+          const bool all_changed = all != visibility_changes_.end() && all->second > as_of;
+          for (const auto& rec : *r) {
+            auto it = visibility_changes_.find(rec.user_id);
+            if (all_changed || (it != visibility_changes_.end() && it->second > as_of))
+              changed_since.push_back(rec.user_id);
+          }
+        }
+        subscribe_reads_.erase(as_of);
+        if (subscribe_reads_.empty()) {
+          visibility_changes_.clear();
+        } else if (visibility_changes_.size() > kMaxNotedVisibilityChanges) {
+          std::erase_if(visibility_changes_, [oldest = *subscribe_reads_.begin()](const auto& change) {
+            return change.second <= oldest;
+          });
+        }
         if (!r) return Fail(c, req, r.error());
         if (c->closed) return;
         std::vector<int64_t> users;
@@ -118,6 +140,7 @@ void ChatService::DoSubscribePresence(const ClientPtr& c, Req req) {
             protocol::WritePresence(w, users[i], shown[i].online, shown[i].last_seen);
           w.EndArray();
         });
+        if (!changed_since.empty()) RereadVisibility(c, std::move(changed_since));
       }));
 }
 
@@ -125,19 +148,28 @@ void ChatService::DoSubscribePresence(const ClientPtr& c, Req req) {
 // visibility of every watcher; the tracker keeps the answer of the read
 // issued last (as_of), whichever lands last.
 void ChatService::RecheckPresence(int64_t watched, int64_t viewer) {
+  if (!subscribe_reads_.empty()) visibility_changes_[watched] = ++presence_reads_;
+  if (watched == 0) {
+    for (const auto& [id, client] : presence_subscribers_) RereadVisibility(client, presence_.Watched(id));
+    return;
+  }
   for (PresenceTracker::SubscriberId s : presence_.Watchers(watched)) {
     auto it = presence_subscribers_.find(s);
     if (it == presence_subscribers_.end()) continue;
-    int64_t subscriber_user = it->second->user_id;
-    if (viewer != 0 && subscriber_user != viewer) continue;
-    const uint64_t as_of = ++presence_reads_;
-    store_.GetPresence(subscriber_user, {watched},
-                       OnCore<std::vector<store::PresenceRecord>>(
-                           [this, s, watched, as_of](Result<std::vector<store::PresenceRecord>> r) {
-                             if (!r || r->empty()) return;
-                             presence_.SetVisible(s, watched, r->front().visible, as_of);
-                           }));
+    if (viewer != 0 && it->second->user_id != viewer) continue;
+    RereadVisibility(it->second, {watched});
   }
+}
+
+void ChatService::RereadVisibility(const ClientPtr& client, std::vector<int64_t> users) {
+  if (users.empty()) return;
+  const uint64_t as_of = ++presence_reads_;
+  store_.GetPresence(client->user_id, std::move(users),
+                     OnCore<std::vector<store::PresenceRecord>>(
+                         [this, s = client->id, as_of](Result<std::vector<store::PresenceRecord>> r) {
+                           if (!r) return;
+                           for (const auto& rec : *r) presence_.SetVisible(s, rec.user_id, rec.visible, as_of);
+                         }));
 }
 
 }  // namespace parley::core

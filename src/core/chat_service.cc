@@ -74,6 +74,9 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       last_seen_writes_(Metrics::Default().GetCounter(
           "parley_last_seen_writes_total",
           "Users' last seen times written to the store (at most one per user per --last-seen-flush-ms)")),
+      devices_rechecked_closed_(Metrics::Default().GetCounter(
+          "parley_devices_closed_on_recheck_total",
+          "Connections of revoked devices or disabled accounts closed when the fabric may have lost their close")),
       rate_syncs_ok_(Metrics::Default().GetCounter("parley_rate_limit_syncs_total",
                                                    "Reconciliations of shared rate-limit buckets with the cluster, by result",
                                                    "result=\"ok\"")),
@@ -138,6 +141,11 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
       }
     });
   });
+  // Another node changed something about a user that this one holds (or
+  // may have, unheard).
+  fabric_.OnRemoteUserChange([this](const fabric::Fabric::UserChange& change) {
+    core_.Post([this, change] { ApplyUserChange(change); });
+  });
   if (fabric_.SharesRateLimits() && config_.rate_limit_sync_ms > 0) {
     shared_limiters_ = {{"send_per_user", &send_user_limiter_},
                         {"search_per_user", &search_limiter_},
@@ -151,7 +159,10 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
   }
 }
 
-ChatService::~ChatService() { fabric_.OnRemotePresence(nullptr); }
+ChatService::~ChatService() {
+  fabric_.OnRemotePresence(nullptr);
+  fabric_.OnRemoteUserChange(nullptr);
+}
 
 std::shared_ptr<Client> ChatService::Connect(std::shared_ptr<fabric::DeviceSink> sink, std::string remote_address) {
   auto c = std::make_shared<Client>();
@@ -194,7 +205,11 @@ void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
       fabric_.Detach(client->user_id, client->device_id,
                      client->selective ? static_cast<fabric::DeviceSink*>(client->selective.get()) : client->sink.get());
       auto it = live_.find(client->user_id);
-      if (it != live_.end() && --it->second.connections == 0) live_.erase(it);
+      if (it != live_.end()) {
+        std::vector<int64_t>& devices = it->second.devices;
+        if (auto d = std::find(devices.begin(), devices.end(), client->device_id); d != devices.end()) devices.erase(d);
+        if (--it->second.connections == 0) live_.erase(it);
+      }
     }
     client->send_queue.clear();
     client->social_turns.waiting.clear();
@@ -604,6 +619,7 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
   c->cursor = device.cursor;
   auto& lu = live_[c->user_id];
   lu.connections++;
+  lu.devices.push_back(c->device_id);
   lu.head = std::max(lu.head, auth.head);
   authenticated_.Add(1);
   fabric_.Attach(c->user_id, c->device_id, c->sink);
@@ -768,7 +784,7 @@ void ChatService::PumpSends(const ClientPtr& c) {
   }
   std::string key = std::to_string(c->user_id) + ":" + s.to;
   if (auto it = direct_.find(key); it != direct_.end()) {
-    AppendSend(c, std::move(req), it->second);
+    AppendSend(c, std::move(req), it->second.conversation_id);
     return PumpSends(c);
   }
   c->send_busy = true;
@@ -785,11 +801,12 @@ void ChatService::PumpSends(const ClientPtr& c) {
     if (u->id == c->user_id)
       return resume(std::move(req), Status(ErrorCode::kSelfConversation, "a conversation needs another user"), 0);
     store_.OpenDirect(c->user_id, u->id, clock_.NowMillis(),
-                      OnCore<store::OpenResult>([this, req = std::move(req), key, resume](Result<store::OpenResult> r) mutable {
+                      OnCore<store::OpenResult>([this, req = std::move(req), key, resume, sender = c->user_id,
+                                                 peer = u->id](Result<store::OpenResult> r) mutable {
                         if (!r) return resume(std::move(req), r.error(), 0);
                         CacheConversation(r->conversation);
                         if (direct_.size() >= config_.conversation_cache_entries) direct_.clear();
-                        direct_[key] = r->conversation.id;
+                        direct_[key] = {r->conversation.id, sender, peer};
                         if (r->created) {
                           store::StreamEvent e;
                           e.kind = store::EventKind::kConversation;
@@ -1050,6 +1067,68 @@ void ChatService::CloseDevices(int64_t user_id, std::vector<int64_t> devices, st
   });
 }
 
+void ChatService::UserErased(int64_t user_id) {
+  core_.Post([this, user_id] { UserChanged({fabric::Fabric::UserChange::Kind::kErased, user_id, 0}); });
+}
+
+void ChatService::UserChanged(const fabric::Fabric::UserChange& change) {
+  ApplyUserChange(change);
+  fabric_.PublishUserChange(change);
+}
+
+void ChatService::ApplyUserChange(const fabric::Fabric::UserChange& change) {
+  using Kind = fabric::Fabric::UserChange::Kind;
+  switch (change.kind) {
+    case Kind::kVisibility: return RecheckPresence(change.user_id, change.viewer);
+    case Kind::kErased:
+      std::erase_if(direct_, [user = change.user_id](const auto& entry) {
+        return entry.second.sender == user || entry.second.peer == user;
+      });
+      return RecheckPresence(change.user_id, 0);
+    case Kind::kAnything:
+      direct_.clear();
+      RecheckPresence(0, 0);
+      return RecheckDevices();
+  }
+}
+
+// Only the devices connected when the reads were issued are judged: one that
+// logged in since may be newer than what they read.
+void ChatService::RecheckDevices() {
+  for (const auto& [user_id, live] : live_) {
+    auto judged = std::make_shared<std::vector<int64_t>>(live.devices);
+    const int64_t user = user_id;
+    auto close = [this, user, judged](const std::vector<int64_t>& keep, const char* reason) {
+      auto it = live_.find(user);
+      if (it == live_.end()) return;
+      std::vector<int64_t> devices = *judged;
+      std::sort(devices.begin(), devices.end());
+      devices.erase(std::unique(devices.begin(), devices.end()), devices.end());
+      for (int64_t d : devices) {
+        if (std::find(keep.begin(), keep.end(), d) != keep.end()) continue;
+        if (std::find(it->second.devices.begin(), it->second.devices.end(), d) == it->second.devices.end()) continue;
+        devices_rechecked_closed_.Inc();
+        spdlog::info("event=device_closed_on_recheck user_id={} device_id={} reason=\"{}\"", user, d, reason);
+        fabric_.CloseDevice(user, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), reason);
+      }
+    };
+    store_.GetUserById(user, OnCore<store::UserRecord>([this, user, close](Result<store::UserRecord> u) {
+      if (!u) {
+        if (u.error().code() == ErrorCode::kUnknownUser) close({}, "account deleted");
+        return;
+      }
+      if (u->disabled) return close({}, "account disabled");
+      store_.ListDevices(user, OnCore<std::vector<store::DeviceRecord>>(
+                                   [close](Result<std::vector<store::DeviceRecord>> listed) {
+                                     if (!listed) return;
+                                     std::vector<int64_t> keep;
+                                     for (const auto& d : *listed) keep.push_back(d.id);
+                                     close(keep, "device revoked");
+                                   }));
+    }));
+  }
+}
+
 // ---- Sync ----
 
 void ChatService::DoSync(const ClientPtr& c, Req req) {
@@ -1290,8 +1369,9 @@ void ChatService::RunContactOrBlock(const ClientPtr& c, Req req) {
         // Presence visibility follows contacts (the owner's "contacts"
         // setting) and blocks (both directions).
         int64_t other = r->profile.user_id;
-        RecheckPresence(c->user_id, other);
-        if (!contact) RecheckPresence(other, c->user_id);
+        using Kind = fabric::Fabric::UserChange::Kind;
+        UserChanged({Kind::kVisibility, c->user_id, other});
+        if (!contact) UserChanged({Kind::kVisibility, other, c->user_id});
       }
     });
     int64_t now = clock_.NowMillis();

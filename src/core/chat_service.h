@@ -26,6 +26,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -275,6 +276,10 @@ class ChatService {
   // code kDeviceRevoked with `reason`): the admin API calls it when it
   // disables or deletes a user.
   void CloseDevices(int64_t user_id, std::vector<int64_t> devices, std::string reason);
+  // Any thread. The admin API erased the account: its name may be taken by
+  // a new account, and nobody may see its presence any more (this node and,
+  // through the fabric, the others).
+  void UserErased(int64_t user_id);
 
   const CoreConfig& config() const { return config_; }
 
@@ -415,9 +420,23 @@ class ChatService {
   // Stores every queued last seen: one store write per user changed since
   // the last flush, however often they came and went.
   void FlushLastSeen();
+  // Something about a user changed through this node (who may see their
+  // presence; an erased account): updates this node and tells the others.
+  void UserChanged(const fabric::Fabric::UserChange& change);
+  // Updates what this node holds after a change made here or on another
+  // node (fabric::Fabric::UserChange).
+  void ApplyUserChange(const fabric::Fabric::UserChange& change);
+  // After the fabric may have lost a device close (UserChange::kAnything):
+  // reads each user connected here again and closes the connections of
+  // devices no longer live, or of accounts disabled meanwhile.
+  void RecheckDevices();
   // Re-reads, from the store, whether each subscriber of `watched` (only
-  // those of user `viewer` if not 0) may see it, after a setting changed.
+  // those of user `viewer` if not 0; every subscription for `watched` 0)
+  // may see it, after a setting changed here or on another node.
   void RecheckPresence(int64_t watched, int64_t viewer);
+  // Reads again what subscriber `client` may see of `users` (one store
+  // read); SetVisible applies the answer unless a later read's came first.
+  void RereadVisibility(const ClientPtr& client, std::vector<int64_t> users);
   // Whom one user blocks; shared with the cache, never changed in place.
   using BlockSet = std::shared_ptr<const std::unordered_set<int64_t>>;
   using BlockSets = std::unordered_map<int64_t, BlockSet>;
@@ -471,10 +490,19 @@ class ChatService {
   struct LiveUser {
     int connections = 0;
     int64_t head = 0;
+    std::vector<int64_t> devices;  // of each authenticated connection (RecheckDevices)
   };
   std::unordered_map<int64_t, LiveUser> live_;  // users with authenticated connections
   std::unordered_map<int64_t, store::ConversationRecord> conversations_;
-  std::unordered_map<std::string, int64_t> direct_;  // "userA:userB" (ordered ids) -> conversation id
+  // `send` by username: "sender id:username" -> the conversation, so that a
+  // sender's later sends skip the name's look-up. An erased account frees
+  // its name for a new one: its entries go (ApplyUserChange).
+  struct DirectConversation {
+    int64_t conversation_id = 0;
+    int64_t sender = 0;
+    int64_t peer = 0;
+  };
+  std::unordered_map<std::string, DirectConversation> direct_;
 
   RateLimiter send_device_limiter_, send_user_limiter_, search_limiter_, social_limiter_;
   RateLimiter login_user_limiter_, login_address_limiter_, register_limiter_, typing_limiter_, presence_limiter_;
@@ -511,6 +539,17 @@ class ChatService {
   // (store.h, "Order"), so what an earlier one read never replaces what a
   // later one installed (Client::presence_as_of; PresenceTracker's as_of).
   uint64_t presence_reads_ = 0;
+  // subscribe_presence reads in flight (their presence_reads_ numbers). A
+  // subscription is not a watcher until its read lands, so a visibility
+  // change completed meanwhile cannot re-check it: RecheckPresence notes the
+  // change here instead (watched user -> the number it was given; key 0:
+  // every user), and a subscription whose read was issued before a change
+  // to one of its users reads those again once installed. Cleared when no
+  // subscription read is in flight; past kMaxNotedVisibilityChanges
+  // entries, those older than every read in flight are dropped.
+  std::set<uint64_t> subscribe_reads_;
+  std::unordered_map<int64_t, uint64_t> visibility_changes_;
+  static constexpr size_t kMaxNotedVisibilityChanges = 4096;
   std::atomic<uint64_t> next_client_id_{1};
   std::minstd_rand jitter_rng_{std::random_device{}()};  // Connect runs on I/O threads
   PresenceTracker presence_;
@@ -543,6 +582,7 @@ class ChatService {
   Counter& frames_out_;
   Counter& presence_updates_;
   Counter& last_seen_writes_;
+  Counter& devices_rechecked_closed_;
   Counter& rate_syncs_ok_;
   Counter& rate_syncs_failed_;
   Counter& rate_synced_buckets_;

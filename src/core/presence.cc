@@ -91,6 +91,14 @@ std::vector<PresenceTracker::SubscriberId> PresenceTracker::Watchers(int64_t use
   return {it->second.watchers.begin(), it->second.watchers.end()};
 }
 
+std::vector<int64_t> PresenceTracker::Watched(SubscriberId subscriber) const {
+  std::vector<int64_t> users;
+  auto s = subscriptions_.find(subscriber);
+  if (s == subscriptions_.end()) return users;
+  for (const auto& [user, watch] : s->second) users.push_back(user);
+  return users;
+}
+
 void PresenceTracker::Notify(int64_t user) {
   for (SubscriberId s : Watchers(user)) Offer(s, user);
 }

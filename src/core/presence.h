@@ -86,6 +86,8 @@ class PresenceTracker {
   void SetVisible(SubscriberId subscriber, int64_t user, bool visible, uint64_t as_of);
   // Who watches `user` (to re-check visibility after a settings change).
   std::vector<SubscriberId> Watchers(int64_t user) const;
+  // Whom `subscriber` watches (to re-check all of it).
+  std::vector<int64_t> Watched(SubscriberId subscriber) const;
 
   size_t tracked_users() const { return users_.size(); }
 

@@ -82,6 +82,25 @@ class Fabric {
   // first Attach.
   using RemotePresenceFn = std::function<void(int64_t user_id, bool online)>;
   virtual void OnRemotePresence(RemotePresenceFn /*fn*/) {}
+  // Something other nodes hold in memory about a user changed through this
+  // node: who may see their presence (kVisibility: a privacy setting; with
+  // `viewer`, a contact or block between the two), or the account was
+  // erased (kErased: its name is free for a new account). kAnything: such
+  // notices may have been lost (the fabric was cut off from the others for
+  // a while), so anything may have changed, revocations included.
+  struct UserChange {
+    enum class Kind { kVisibility, kErased, kAnything };
+    Kind kind = Kind::kAnything;
+    int64_t user_id = 0;
+    int64_t viewer = 0;  // kVisibility: only this user's view changed (0: anyone's)
+  };
+  // Tells every other node (best effort, like every fabric message).
+  virtual void PublishUserChange(const UserChange& /*change*/) {}
+  // `fn` is called, on any thread, for each other node's PublishUserChange,
+  // and with kAnything when some may have been lost. Set once, before the
+  // first Attach.
+  using RemoteUserChangeFn = std::function<void(const UserChange& change)>;
+  virtual void OnRemoteUserChange(RemoteUserChangeFn /*fn*/) {}
 
   // Closes every attached connection (shutdown).
   virtual void CloseAll(uint16_t code, std::string reason) = 0;

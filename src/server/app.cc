@@ -155,6 +155,7 @@ int RunServer(const ServerConfig& config) {
   admin_api.SetCloseDevices([&chat](int64_t user_id, std::vector<int64_t> devices, std::string reason) {
     chat.CloseDevices(user_id, std::move(devices), std::move(reason));
   });
+  admin_api.SetUserErased([&chat](int64_t user_id) { chat.UserErased(user_id); });
   std::string web_root = config.web_root.empty() ? gateway::DefaultWebRoot() : config.web_root;
   if (web_root == "none") web_root.clear();
   gateway::StaticFiles web(web_root);

@@ -335,7 +335,9 @@ class Store {
   virtual void SetPresenceVisibility(UserId user_id, PresenceVisibility visibility, int64_t now,
                                      Callback<SocialResult> done) = 0;
   // Records when the user was last online; an older value than the stored
-  // one changes nothing. Fails kUnknownUser.
+  // one changes nothing, nor does any for a disabled account (an erase
+  // removed its last seen; the connections closed by the disable must not
+  // bring it back). Fails kUnknownUser.
   virtual void SetLastSeen(UserId user_id, int64_t last_seen, StatusCallback done) = 0;
   // For each of `ids` that exists, in the given order: whether `viewer` may
   // see its presence and its last seen (0 when not visible). Visible means:

@@ -253,6 +253,33 @@ TEST_F(ReadOrderTest, AnOlderVisibilityReadDoesNotUndoANewerOne) {
   EXPECT_TRUE(seen.back().contains("last_seen")) << "bob is hidden from alice: " << json(seen).dump();
 }
 
+// Alice subscribes to bob; her read is answered from before bob hides his
+// presence, and lands after the change completed, when it had no watcher to
+// re-check. Alice must still end up not seeing him: told he is offline,
+// without a last seen, and never shown his last seen when he leaves.
+TEST_F(ReadOrderTest, ASubscriptionReadBeforeAPrivacyChangeIsReadAgain) {
+  Conn alice = LoggedIn("alice");
+  Conn bob = LoggedIn("bob");
+
+  hold_.Arm(HeldRead::kAfter);
+  int sub = Start(alice, "subscribe_presence", {{"user_ids", {UserId(bob)}}});
+  WaitHeld();  // read from before the change: bob visible and online
+  ASSERT_EQ(Call(bob, "set_privacy", {{"presence", "nobody"}})["type"], "response");
+  hold_.Release();
+  json answered = WaitAnswer(alice, sub);
+  ASSERT_EQ(answered["result"]["presence"][0]["online"], true) << "the held read was not from before the change";
+  ASSERT_TRUE(exec_.RunUntil([&] { return !Frames(alice, IsPresence).empty(); }))
+      << "alice was never told that she may no longer see bob";
+  json hidden = Frames(alice, IsPresence).back();
+  EXPECT_EQ(hidden["online"], false) << hidden.dump();
+  EXPECT_FALSE(hidden.contains("last_seen")) << hidden.dump();
+
+  ASSERT_EQ(Call(bob, "set_app_state", {{"state", "background"}})["type"], "response");
+  exec_.RunPending();
+  for (const json& f : Frames(alice, IsPresence))
+    EXPECT_FALSE(f.contains("last_seen")) << "alice saw the last seen of bob, who hides it: " << f.dump();
+}
+
 // "block bob" then "unblock bob" from one connection: each first looks the
 // username up; the block's lookup is held, and the unblock must not overtake
 // it (stored unblock-then-block, bob would stay blocked).

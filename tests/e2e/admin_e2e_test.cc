@@ -426,6 +426,18 @@ TEST_F(AdminE2E, EraseLeavesOnlyWhatThePolicyKeepsAndVerifiesIt) {
   Register(server_, "ivy");
   Device new_ivy = Login(server_, "ivy");
   EXPECT_NE(new_ivy.user_id, ivy.user_id);
+  // jack, who sent to "ivy" by name before, now writes to the new ivy: a new
+  // conversation with her, not the erased account's.
+  auto to_new = jack.conn->Call("send", {{"to", "ivy"}, {"client_id", "to-new-ivy"}, {"body", "hello, new ivy"}});
+  ASSERT_TRUE(to_new.ok) << to_new.code;
+  EXPECT_NE(to_new.result["conversation_id"], conv) << "sent to the erased account's conversation";
+  EXPECT_TRUE(WaitEvent(*new_ivy.conn, IsMessage(to_new.result["seq"].get<int64_t>()), 3000).has_value())
+      << "the new ivy did not get jack's message";
+  // The erase closed ivy's connection after removing her last seen; that
+  // close (stored within --last-seen-flush-ms, 1 s) must not bring it back.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  json shown = AdminOk(server_, "user show " + name);
+  EXPECT_TRUE(!shown.contains("last_seen") || shown["last_seen"].is_null()) << shown.dump();
 }
 
 // The blocks of `table` (message_blocks or edit_blocks) of conversation

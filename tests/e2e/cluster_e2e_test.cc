@@ -234,6 +234,48 @@ TEST_F(ClusterTest, PresenceAndTypingCrossNodes) {
   EXPECT_GT((*off)["last_seen"].get<int64_t>(), 0);
 }
 
+// Who may see a user's presence is stored through one node; watchers on the
+// other nodes follow it (the fabric's visibility message), and still do when
+// the change was made while Redis was gone (every node re-reads its watchers
+// when the fabric comes back).
+TEST_F(ClusterTest, APresenceSettingChangedOnOneNodeHoldsForWatchersOnAnother) {
+  StartCluster();
+  Register(A(), "alice");
+  Register(A(), "bob");
+  Device bob_c = Login(C(), "bob");
+  Device alice_b = Login(B(), "alice");
+  const int64_t alice_id = alice_b.user_id;
+  auto alice_shown = [&](bool online, bool with_last_seen) {
+    return [&, online, with_last_seen](const json& x) {
+      return x["type"] == "presence" && x["user_id"] == alice_id && x["online"] == online &&
+             x.contains("last_seen") == with_last_seen;
+    };
+  };
+  auto shown = bob_c.conn->Call("subscribe_presence", {{"user_ids", {alice_id}}});
+  ASSERT_TRUE(shown.ok) << shown.message;
+  if (!shown.result["presence"][0]["online"].get<bool>()) {
+    ASSERT_TRUE(WaitFrame(*bob_c.conn, alice_shown(true, false), 3000)) << "node C never saw alice online";
+  }
+
+  ASSERT_TRUE(alice_b.conn->Call("set_privacy", {{"presence", "nobody"}}).ok);
+  ASSERT_TRUE(WaitFrame(*bob_c.conn, alice_shown(false, false), 3000))
+      << "bob, on node C, still sees alice after she hid her presence on node B";
+  ASSERT_TRUE(alice_b.conn->Call("set_privacy", {{"presence", "everyone"}}).ok);
+  ASSERT_TRUE(WaitFrame(*bob_c.conn, alice_shown(true, false), 3000))
+      << "bob, on node C, does not see alice again after she showed her presence on node B";
+
+  // Node B knows Redis is gone when alice hides again: its message is lost.
+  redis_.Stop();
+  auto deadline = Clock::now() + milliseconds(5000);
+  while (Clock::now() < deadline && MetricValue(HttpGet(B().port(), "/metrics"), "parley_fabric_redis_up") != 0)
+    std::this_thread::sleep_for(milliseconds(10));
+  ASSERT_EQ(MetricValue(HttpGet(B().port(), "/metrics"), "parley_fabric_redis_up"), 0);
+  ASSERT_TRUE(alice_b.conn->Call("set_privacy", {{"presence", "nobody"}}).ok);
+  redis_.Start();
+  ASSERT_TRUE(WaitFrame(*bob_c.conn, alice_shown(false, false), 8000))
+      << "after Redis came back, bob on node C still sees alice, who hid her presence while it was gone";
+}
+
 // Push in the cluster shape (issue 11): a user in the foreground on one node
 // gets no push for a message sent through another; once they leave, the next
 // message pushes to their backgrounded device exactly once (one node claims
@@ -303,6 +345,30 @@ TEST_F(ClusterTest, UnlinkOnOneNodeClosesTheDeviceOnAnother) {
     auto again = n->Connect();
     EXPECT_FALSE(again->Call("auth", {{"token", laptop.token}}).ok);
   }
+}
+
+// The close of an unlinked device is a fabric message: lost when the node
+// that unlinked it cannot reach Redis. When the nodes are back in touch,
+// each re-reads the devices connected to it and closes the revoked one.
+TEST_F(ClusterTest, ADeviceUnlinkedWhileRedisWasGoneIsClosedWhenItIsBack) {
+  StartCluster();
+  Register(A(), "alice");
+  Device phone = Login(B(), "alice", "phone");
+  Device laptop = Login(C(), "alice", "laptop");
+  redis_.Stop();
+  auto deadline = Clock::now() + milliseconds(5000);
+  while (Clock::now() < deadline && MetricValue(HttpGet(B().port(), "/metrics"), "parley_fabric_redis_up") != 0)
+    std::this_thread::sleep_for(milliseconds(10));
+  ASSERT_EQ(MetricValue(HttpGet(B().port(), "/metrics"), "parley_fabric_redis_up"), 0);
+  auto r = phone.conn->Call("unlink_device", {{"device_id", laptop.device_id}});
+  ASSERT_TRUE(r.ok) << r.message;
+  std::this_thread::sleep_for(milliseconds(300));
+  ASSERT_FALSE(laptop.conn->closed()) << "closed although the close could not cross nodes";
+  redis_.Start();
+  ASSERT_TRUE(laptop.conn->WaitClosed(8000)) << "the unlinked laptop on node C is still connected after Redis came back";
+  EXPECT_EQ(laptop.conn->close_code(), 4002);
+  EXPECT_GE(MetricValue(HttpGet(C().port(), "/metrics"), "parley_devices_closed_on_recheck_total"), 1);
+  EXPECT_TRUE(phone.conn->Call("ping", json::object()).ok) << "the phone, still linked, was closed too";
 }
 
 TEST_F(ClusterTest, AFabricPublishDroppedOnTheWayIsCaughtBySync) {

@@ -2087,6 +2087,15 @@ TEST_P(StoreConformance, DisablingAUserIsRecordedAndDeletingRevokesItsDevices) {
   EXPECT_TRUE(Must(Await<UserRecord>([&](auto cb) { store().GetUserById(alice.id, cb); })).disabled);
   EXPECT_EQ(Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice.id, cb); })).size(), 2u);
   EXPECT_FALSE(Must(set(true, false)).changed);
+  // A disabled account keeps no last seen from the connections its disable
+  // closed (an erase removed it: it must not come back).
+  auto set_last_seen = [&](int64_t at) {
+    return Await<Empty>([&](auto cb) {
+      store().SetLastSeen(alice.id, at, [cb](Status s) { cb(s.ok() ? Result<Empty>(Empty{}) : Result<Empty>(s)); });
+    });
+  };
+  ASSERT_TRUE(set_last_seen(9000).has_value());
+  EXPECT_EQ(Must(Await<UserRecord>([&](auto cb) { store().GetUserById(alice.id, cb); })).last_seen, 0);
   r = Must(set(true, true));  // delete: disable and revoke
   EXPECT_FALSE(r.changed);
   EXPECT_EQ(r.revoked, (std::vector<DeviceId>{d1.id, d2.id}));
@@ -2094,6 +2103,8 @@ TEST_P(StoreConformance, DisablingAUserIsRecordedAndDeletingRevokesItsDevices) {
   EXPECT_FALSE(DeviceByToken(store(), "t1").has_value());
   EXPECT_TRUE(Must(set(false, false)).changed);
   EXPECT_FALSE(Must(Await<UserRecord>([&](auto cb) { store().GetUserByName("alice", cb); })).disabled);
+  ASSERT_TRUE(set_last_seen(9500).has_value());
+  EXPECT_EQ(Must(Await<UserRecord>([&](auto cb) { store().GetUserById(alice.id, cb); })).last_seen, 9500);
   Result<DisableResult> unknown =
       Await<DisableResult>([&](auto cb) { store().SetUserDisabled(alice.id + 100, true, false, cb); });
   ASSERT_FALSE(unknown.has_value());

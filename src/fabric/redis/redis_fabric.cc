@@ -2,7 +2,8 @@
 // LocalFabric; everything about Redis lives on the I/O thread: the two hiredis
 // connections (commands; subscriptions), this node's route bookkeeping, and
 // the other nodes' presence. Only the cache IsConnected reads
-// (remote_connected_) and the presence callback are shared, under mu_.
+// (remote_connected_) and the presence and user-change callbacks are
+// shared, under mu_.
 #include "fabric/redis/redis_fabric.h"
 
 #include <hiredis/async.h>
@@ -366,8 +367,10 @@ struct RedisFabric::Impl {
 
   void Broadcast(const std::string& text) { Command({"PUBLISH", kPresenceChannel, text}); }
 
+  // After a cut (Redis was gone, or this node's connections to it), what
+  // this node published meanwhile was dropped: "again" tells the others.
   void SayHello() {
-    Broadcast("h " + cfg.node_id);
+    Broadcast("h " + cfg.node_id + (ever_connected ? " again" : ""));
     PublishSnapshot();
   }
 
@@ -545,6 +548,10 @@ struct RedisFabric::Impl {
         subscribe_acks = 0;
         if (cmd.connected) SayHello();
         UpdateUp();
+        // Subscribed again after a cut: what other nodes published
+        // meanwhile never arrived.
+        if (ever_subscribed) UserChanged({UserChange::Kind::kAnything, 0, 0});
+        ever_subscribed = true;
       }
       return;
     }
@@ -585,7 +592,17 @@ struct RedisFabric::Impl {
     n.heard_ms = NowMs();
     if (kind == "h") {
       if (cmd.connected) PublishSnapshot();
+      // "h NODE again": a node back after a cut, whose messages meanwhile
+      // were dropped.
+      std::string again;
+      if (in >> again && again == "again") UserChanged({UserChange::Kind::kAnything, 0, 0});
       return;
+    }
+    if (kind == "v" || kind == "e") {
+      UserChange change{kind == "v" ? UserChange::Kind::kVisibility : UserChange::Kind::kErased, 0, 0};
+      if (!(in >> change.user_id) || change.user_id <= 0) return;
+      if (kind == "v" && (!(in >> change.viewer) || change.viewer < 0)) return;
+      return UserChanged(change);
     }
     if (kind == "c" || kind == "f") {
       int64_t user = 0;
@@ -659,6 +676,15 @@ struct RedisFabric::Impl {
     if (fn) fn(user, on);
   }
 
+  void UserChanged(const UserChange& change) {
+    RemoteUserChangeFn fn;
+    {
+      std::lock_guard lock(mu);
+      fn = user_change_fn;
+    }
+    if (fn) fn(change);
+  }
+
   RedisFabricConfig cfg;
   LocalFabric local;
   net::io_context io;
@@ -668,6 +694,7 @@ struct RedisFabric::Impl {
   Conn cmd, sub;
   bool stopping = false;
   bool ever_connected = false;
+  bool ever_subscribed = false;
   int subscribe_acks = 0;
   int64_t durable_remote = 0;  // durable frames offered to other nodes (fault switch)
 
@@ -681,6 +708,7 @@ struct RedisFabric::Impl {
   mutable std::mutex mu;
   std::unordered_map<int64_t, int> remote_connected;  // user -> other nodes holding a connection
   RemotePresenceFn presence_fn;
+  RemoteUserChangeFn user_change_fn;
 
   std::mutex ready_mu;
   std::condition_variable ready_cv;
@@ -832,6 +860,23 @@ void RedisFabric::ReconcileRateLimits(std::vector<RateUsage> usage, RateLevelsCa
 void RedisFabric::OnRemotePresence(RemotePresenceFn fn) {
   std::lock_guard lock(impl_->mu);
   impl_->presence_fn = std::move(fn);
+}
+
+void RedisFabric::PublishUserChange(const UserChange& change) {
+  std::string text;
+  switch (change.kind) {
+    case UserChange::Kind::kVisibility:
+      text = "v " + impl_->cfg.node_id + " " + std::to_string(change.user_id) + " " + std::to_string(change.viewer);
+      break;
+    case UserChange::Kind::kErased: text = "e " + impl_->cfg.node_id + " " + std::to_string(change.user_id); break;
+    case UserChange::Kind::kAnything: return;  // only ever a receiver's conclusion
+  }
+  net::post(impl_->io, [p = impl_.get(), text = std::move(text)] { p->Broadcast(text); });
+}
+
+void RedisFabric::OnRemoteUserChange(RemoteUserChangeFn fn) {
+  std::lock_guard lock(impl_->mu);
+  impl_->user_change_fn = std::move(fn);
 }
 
 }  // namespace parley::fabric

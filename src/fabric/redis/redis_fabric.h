@@ -12,7 +12,12 @@
 //   parley:presence       pub/sub channel of every node: which users are
 //                         connected / in the foreground on which node
 //                         (transitions at once, a full snapshot each refresh
-//                         interval, a "hello" that asks every node for one).
+//                         interval, a "hello" that asks every node for one)
+//                         and users changed through a node (who may see
+//                         their presence; an erased account): every node
+//                         updates what it holds. A node's hello after a cut,
+//                         or this node's own re-subscription, means some may
+//                         have been missed: Fabric::UserChange::kAnything.
 //   parley:rl:{LIMIT}:{KEY}  hash {t: tokens, at: ms}: a rate-limit bucket
 //                         shared by every node (per user, username or
 //                         address), refilled by Redis' clock; its TTL is its
@@ -41,8 +46,8 @@
 //
 // Threading: every Fabric method may be called from any thread. Redis I/O
 // runs on one thread of its own (a Boost.Asio io_context driving hiredis'
-// async API); the remote-presence callback and remote frames are delivered
-// from it. Boost and hiredis stay in the .cc file.
+// async API); the remote presence and user-change callbacks and remote
+// frames are delivered from it. Boost and hiredis stay in the .cc file.
 #pragma once
 
 #include <memory>
@@ -101,6 +106,8 @@ class RedisFabric final : public Fabric {
   void CloseAll(uint16_t code, std::string reason) override;
   void SetLocalOnline(int64_t user_id, bool online) override;
   void OnRemotePresence(RemotePresenceFn fn) override;
+  void PublishUserChange(const UserChange& change) override;
+  void OnRemoteUserChange(RemoteUserChangeFn fn) override;
   bool SharesRateLimits() const override { return true; }
   void ReconcileRateLimits(std::vector<RateUsage> usage, RateLevelsCallback done) override;
 

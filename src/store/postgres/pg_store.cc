@@ -1875,7 +1875,7 @@ Result<Empty> PostgresStore::Writer::SetLastSeen(UserId user_id, int64_t last_se
   // One statement; monotonic. The row count cannot tell "unknown" from "not
   // newer", so an unknown user is checked by the second statement.
   PgRows r = db_->Query(
-      "WITH u AS (UPDATE users SET last_seen = $2 WHERE id = $1 AND last_seen < $2 RETURNING 1) "
+      "WITH u AS (UPDATE users SET last_seen = $2 WHERE id = $1 AND last_seen < $2 AND NOT disabled RETURNING 1) "
       "SELECT EXISTS(SELECT 1 FROM u) OR EXISTS(SELECT 1 FROM users WHERE id = $1)",
       PgParams().Int(user_id).Int(last_seen));
   if (!db_->failed() && (r.empty() || !r.Bool(0, 0))) return Status(ErrorCode::kUnknownUser, "unknown user");

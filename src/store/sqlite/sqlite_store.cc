@@ -2401,7 +2401,7 @@ Result<SocialResult> SqliteStore::Writer::SetPresenceVisibility(UserId user_id, 
 
 Result<Empty> SqliteStore::Writer::SetLastSeen(UserId user_id, int64_t last_seen) {
   if (!Username(user_id)) return Status(ErrorCode::kUnknownUser, "unknown user");
-  Stmt s(*db_, "UPDATE users SET last_seen = ?2 WHERE id = ?1 AND last_seen < ?2");
+  Stmt s(*db_, "UPDATE users SET last_seen = ?2 WHERE id = ?1 AND last_seen < ?2 AND disabled = 0");
   s.BindInt(1, user_id).BindInt(2, last_seen);
   s.Run();
   return Empty{};
