@@ -277,6 +277,25 @@ test('paging a summarised conversation joins the cache without duplicates; the c
   assert.equal(conv.unread, 3);
 });
 
+// The flake seen in CI (browser test "a device away longer ..."): a new
+// conversation is selected at once; the summary of its first message, made
+// before the selection took effect, arrives after the selection's answer,
+// when nothing was paged for it. Its message is missing, not "held".
+test('a late summary of a conversation whose messages were never paged marks them missing', () => {
+  const s = withConversation();
+  const conv = s.convs[3];
+  conv.selectedHead = 2; // the selection's answer (head 2) came before the summary
+  applySummary(s, summary(2, 1, 1));
+  assert.ok(conv.summarised, 'the summary stood for a message this copy does not hold');
+  assert.ok(missingNewest(conv));
+  assert.equal(conv.unread, 1);
+  // Paged: held, and a late summary of it again changes nothing.
+  applyFill(s, conv, [msg(1, 2)], false);
+  assert.ok(!conv.summarised && !missingNewest(conv));
+  applySummary(s, summary(2, 1, 1));
+  assert.ok(!conv.summarised);
+});
+
 test('pages that stop at the read watermark replace older cached messages instead of leaving a hole', () => {
   const s = withConversation();
   applyEvent(s, { user_seq: 2, kind: 'message', message: msg(1, 2) });

@@ -77,6 +77,16 @@ class ClusterTest : public ::testing::Test {
     ADD_FAILURE() << "node on port " << node.port() << " never saw " << users << " remote users";
   }
 
+  // Stops Redis and waits until `node` knows it is gone: what it publishes
+  // from then on is dropped, not queued.
+  void StopRedisUntilSeenBy(ServerProcess& node) {
+    redis_.Stop();
+    auto deadline = Clock::now() + milliseconds(5000);
+    while (Clock::now() < deadline && MetricValue(HttpGet(node.port(), "/metrics"), "parley_fabric_redis_up") != 0)
+      std::this_thread::sleep_for(milliseconds(10));
+    ASSERT_EQ(MetricValue(HttpGet(node.port(), "/metrics"), "parley_fabric_redis_up"), 0);
+  }
+
   RedisTestServer redis_;
   std::vector<std::unique_ptr<ServerProcess>> nodes_;
 };
@@ -265,11 +275,7 @@ TEST_F(ClusterTest, APresenceSettingChangedOnOneNodeHoldsForWatchersOnAnother) {
       << "bob, on node C, does not see alice again after she showed her presence on node B";
 
   // Node B knows Redis is gone when alice hides again: its message is lost.
-  redis_.Stop();
-  auto deadline = Clock::now() + milliseconds(5000);
-  while (Clock::now() < deadline && MetricValue(HttpGet(B().port(), "/metrics"), "parley_fabric_redis_up") != 0)
-    std::this_thread::sleep_for(milliseconds(10));
-  ASSERT_EQ(MetricValue(HttpGet(B().port(), "/metrics"), "parley_fabric_redis_up"), 0);
+  ASSERT_NO_FATAL_FAILURE(StopRedisUntilSeenBy(B()));
   ASSERT_TRUE(alice_b.conn->Call("set_privacy", {{"presence", "nobody"}}).ok);
   redis_.Start();
   ASSERT_TRUE(WaitFrame(*bob_c.conn, alice_shown(false, false), 8000))
@@ -355,11 +361,7 @@ TEST_F(ClusterTest, ADeviceUnlinkedWhileRedisWasGoneIsClosedWhenItIsBack) {
   Register(A(), "alice");
   Device phone = Login(B(), "alice", "phone");
   Device laptop = Login(C(), "alice", "laptop");
-  redis_.Stop();
-  auto deadline = Clock::now() + milliseconds(5000);
-  while (Clock::now() < deadline && MetricValue(HttpGet(B().port(), "/metrics"), "parley_fabric_redis_up") != 0)
-    std::this_thread::sleep_for(milliseconds(10));
-  ASSERT_EQ(MetricValue(HttpGet(B().port(), "/metrics"), "parley_fabric_redis_up"), 0);
+  ASSERT_NO_FATAL_FAILURE(StopRedisUntilSeenBy(B()));
   auto r = phone.conn->Call("unlink_device", {{"device_id", laptop.device_id}});
   ASSERT_TRUE(r.ok) << r.message;
   std::this_thread::sleep_for(milliseconds(300));

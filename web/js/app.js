@@ -299,6 +299,17 @@ async function selectNew(convId) {
   if (app.state.convs[convId]?.summarised) await fill(convId);
 }
 
+// A summary for a selected conversation came after its selection's answer
+// (made before it, or while the answer was on its way): its messages are
+// paged now, since nothing else would (openSelected and selectNew page only
+// what was summarised when they ran).
+function fillSummarisedSelected(events) {
+  for (const e of events) {
+    const conv = e.kind === 'summary' && app.state.convs[e.conversation_id];
+    if (conv && conv.summarised && app.selection?.has(conv.id)) fill(conv.id);
+  }
+}
+
 // Fills the selected conversations still summarised, and the open chat.
 async function fillSelected() {
   if (app.route?.name === 'chat') await openSelected(app.route.id);
@@ -446,6 +457,7 @@ function applyAndPersist(events) {
     if (conv && e.kind === 'message') onMessageApplied(conv, e.message);
     markApplied(e);
   }
+  fillSummarisedSelected(events);
   scheduleSave();
   scheduleAck();
   reportReceipts();
@@ -490,6 +502,7 @@ async function requestSync() {
           if (conv && e.kind === 'message') onMessageApplied(conv, e.message);
           markApplied(e);
         }
+        fillSummarisedSelected(page.events);
         // A page covers (after, next] exactly, summaries included.
         if (page.next > app.state.applied) markApplied({ user_seq: page.next });
         if (!page.has_more) break;

@@ -342,15 +342,20 @@ export function restoreRefusedDraft(conv, { stored = false, stillQueued = false 
 // those as applied). One made before the conversation was selected
 // (user_seq at or below selectedHead) may arrive after the selection's
 // pages: it raises lastSeq and, while the conversation is still summarised,
-// the count, but marks nothing missing any more. `now`: the time it is
-// applied, the activity of a live summary that brings a new message.
+// the count, but marks nothing missing any more, as long as the cache holds
+// its last message. It may also arrive after the selection's answer with
+// nothing paged (the conversation was not summarised yet when the answer
+// came): then its messages are missing, as for any summary. `now`: the time
+// it is applied, the activity of a live summary that brings a new message.
 export function applySummary(state, e, now = 0) {
   const conv = ensureConv(state, e.conversation_id);
   const newer = (e.last_seq || 0) > conv.lastSeq;
   conv.lastSeq = Math.max(conv.lastSeq, e.last_seq || 0);
   if (newer && now) conv.activity = Math.max(conv.activity, now);
   const late = e.user_seq <= (conv.selectedHead || 0);
-  if (late && !conv.summarised) return conv; // the cache holds it all: its count is exact
+  const held = conv.messages.length ? conv.messages[conv.messages.length - 1].seq : 0;
+  // The cache holds it all: its count is exact.
+  if (late && !conv.summarised && held >= (e.last_seq || 0)) return conv;
   conv.summarised = true;
   conv.serverUnread = e.unread || 0;
   recountUnread(state, conv);
