@@ -289,11 +289,16 @@ test('a late summary of a conversation whose messages were never paged marks the
   assert.ok(conv.summarised, 'the summary stood for a message this copy does not hold');
   assert.ok(missingNewest(conv));
   assert.equal(conv.unread, 1);
-  // Paged: held, and a late summary of it again changes nothing.
+  // Paged: held, and a late summary of it again changes nothing, even one
+  // whose count was read after message 2 was stored (message 2 arrives in
+  // full after it: counted once).
   applyFill(s, conv, [msg(1, 2)], false);
   assert.ok(!conv.summarised && !missingNewest(conv));
-  applySummary(s, summary(2, 1, 1));
+  applySummary(s, summary(2, 2, 2));
   assert.ok(!conv.summarised);
+  assert.equal(conv.unread, 1);
+  applyEvent(s, { user_seq: 3, kind: 'message', message: msg(2, 2) });
+  assert.equal(conv.unread, 2);
 });
 
 test('pages that stop at the read watermark replace older cached messages instead of leaving a hole', () => {

@@ -342,11 +342,14 @@ export function restoreRefusedDraft(conv, { stored = false, stillQueued = false 
 // those as applied). One made before the conversation was selected
 // (user_seq at or below selectedHead) may arrive after the selection's
 // pages: it raises lastSeq and, while the conversation is still summarised,
-// the count, but marks nothing missing any more, as long as the cache holds
-// its last message. It may also arrive after the selection's answer with
-// nothing paged (the conversation was not summarised yet when the answer
-// came): then its messages are missing, as for any summary. `now`: the time
-// it is applied, the activity of a live summary that brings a new message.
+// the count, but marks nothing missing any more (its count, read later than
+// its place in the stream, may include messages that arrive in full after
+// it). That holds when the conversation was paged since that selection
+// (`pagedHead`) or the cache holds its last message; but it may also arrive
+// after the selection's answer with nothing paged (the conversation was not
+// summarised yet when the answer came): then its messages are missing, as
+// for any summary. `now`: the time it is applied, the activity of a live
+// summary that brings a new message.
 export function applySummary(state, e, now = 0) {
   const conv = ensureConv(state, e.conversation_id);
   const newer = (e.last_seq || 0) > conv.lastSeq;
@@ -354,8 +357,9 @@ export function applySummary(state, e, now = 0) {
   if (newer && now) conv.activity = Math.max(conv.activity, now);
   const late = e.user_seq <= (conv.selectedHead || 0);
   const held = conv.messages.length ? conv.messages[conv.messages.length - 1].seq : 0;
+  const paged = (conv.pagedHead || 0) >= conv.selectedHead;
   // The cache holds it all: its count is exact.
-  if (late && !conv.summarised && held >= (e.last_seq || 0)) return conv;
+  if (late && !conv.summarised && (paged || held >= (e.last_seq || 0))) return conv;
   conv.summarised = true;
   conv.serverUnread = e.unread || 0;
   recountUnread(state, conv);
@@ -410,6 +414,7 @@ export function applyFill(state, conv, messages, hasMore) {
   }
   conv.summarised = false;
   conv.serverUnread = null;
+  conv.pagedHead = conv.selectedHead || 0; // paged since that selection: later "late" summaries are held
   recountUnread(state, conv);
   return conv;
 }
