@@ -20,7 +20,6 @@
 // parallel.
 #include "parley/client.h"
 
-#include <algorithm>
 #include <cctype>
 #include <cstdint>
 #include <atomic>
@@ -1242,8 +1241,8 @@ std::vector<CachedMessage> Client::OpenConversation(const std::string& peer_in, 
   }
   // Whether it is summarised now, not when it was looked up: a summary may
   // have been applied while the selection was on its way.
-  const std::vector<int64_t> summarised = impl_->cache->Summarised();
-  if (std::find(summarised.begin(), summarised.end(), id) != summarised.end()) {
+  conv = impl_->cache->ConversationWith(peer);
+  if (conv && conv->summarised) {
     // From the newest back until the cache holds every unread message
     // (beyond `limit` if need be: the count comes from the messages then).
     impl_->Fill([&](const json& fields) { return Request("history", fields); }, id, error);
