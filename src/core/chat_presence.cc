@@ -149,10 +149,6 @@ void ChatService::DoSubscribePresence(const ClientPtr& c, Req req) {
 // issued last (as_of), whichever lands last.
 void ChatService::RecheckPresence(int64_t watched, int64_t viewer) {
   if (!subscribe_reads_.empty()) visibility_changes_[watched] = ++presence_reads_;
-  if (watched == 0) {
-    for (const auto& [id, client] : presence_subscribers_) RereadVisibility(client, presence_.Watched(id));
-    return;
-  }
   for (PresenceTracker::SubscriberId s : presence_.Watchers(watched)) {
     auto it = presence_subscribers_.find(s);
     if (it == presence_subscribers_.end()) continue;
@@ -161,14 +157,37 @@ void ChatService::RecheckPresence(int64_t watched, int64_t viewer) {
   }
 }
 
-void ChatService::RereadVisibility(const ClientPtr& client, std::vector<int64_t> users) {
-  if (users.empty()) return;
+// Every subscription, as it is when its batch is issued: one installed
+// after the walk started read after the change, or reads again
+// (visibility_changes_ key 0).
+void ChatService::RecheckAllPresence(uint64_t generation) {
+  if (!subscribe_reads_.empty()) visibility_changes_[0] = ++presence_reads_;
+  auto walk = std::make_shared<PacedWalk>();
+  walk->generation = generation;
+  for (const auto& [id, client] : presence_subscribers_) walk->keys.push_back(static_cast<int64_t>(id));
+  walk->visit = [this](int64_t key, std::function<void()> done) {
+    const auto id = static_cast<uint64_t>(key);
+    auto it = presence_subscribers_.find(id);
+    if (it == presence_subscribers_.end()) return done();
+    RereadVisibility(it->second, presence_.Watched(id), std::move(done));
+  };
+  WalkPaced(walk);
+}
+
+void ChatService::RereadVisibility(const ClientPtr& client, std::vector<int64_t> users, std::function<void()> done) {
+  if (users.empty()) {
+    if (done) done();
+    return;
+  }
   const uint64_t as_of = ++presence_reads_;
   store_.GetPresence(client->user_id, std::move(users),
                      OnCore<std::vector<store::PresenceRecord>>(
-                         [this, s = client->id, as_of](Result<std::vector<store::PresenceRecord>> r) {
-                           if (!r) return;
-                           for (const auto& rec : *r) presence_.SetVisible(s, rec.user_id, rec.visible, as_of);
+                         [this, s = client->id, as_of, done = std::move(done)](
+                             Result<std::vector<store::PresenceRecord>> r) {
+                           if (r) {
+                             for (const auto& rec : *r) presence_.SetVisible(s, rec.user_id, rec.visible, as_of);
+                           }
+                           if (done) done();
                          }));
 }
 

@@ -205,11 +205,7 @@ void ChatService::OnDisconnect(const std::shared_ptr<Client>& client) {
       fabric_.Detach(client->user_id, client->device_id,
                      client->selective ? static_cast<fabric::DeviceSink*>(client->selective.get()) : client->sink.get());
       auto it = live_.find(client->user_id);
-      if (it != live_.end()) {
-        std::vector<int64_t>& devices = it->second.devices;
-        if (auto d = std::find(devices.begin(), devices.end(), client->device_id); d != devices.end()) devices.erase(d);
-        if (--it->second.connections == 0) live_.erase(it);
-      }
+      if (it != live_.end() && --it->second.connections == 0) live_.erase(it);
     }
     client->send_queue.clear();
     client->social_turns.waiting.clear();
@@ -619,7 +615,6 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
   c->cursor = device.cursor;
   auto& lu = live_[c->user_id];
   lu.connections++;
-  lu.devices.push_back(c->device_id);
   lu.head = std::max(lu.head, auth.head);
   authenticated_.Add(1);
   fabric_.Attach(c->user_id, c->device_id, c->sink);
@@ -1087,46 +1082,64 @@ void ChatService::ApplyUserChange(const fabric::Fabric::UserChange& change) {
       return RecheckPresence(change.user_id, 0);
     case Kind::kAnything:
       direct_.clear();
-      RecheckPresence(0, 0);
-      return RecheckDevices();
+      ++recheck_generation_;
+      RecheckAllPresence(recheck_generation_);
+      return RecheckDevices(recheck_generation_);
   }
+}
+
+void ChatService::WalkPaced(const std::shared_ptr<PacedWalk>& walk) {
+  if (stopping_ || walk->generation != recheck_generation_ || walk->next >= walk->keys.size()) return;
+  const size_t end = std::min(walk->keys.size(), walk->next + static_cast<size_t>(std::max(1, config_.recheck_batch)));
+  // One more than the batch, released after the loop: a visit that answers
+  // at once does not start the next batch while this one is being issued.
+  walk->pending = end - walk->next + 1;
+  auto done = [this, walk] {
+    if (--walk->pending == 0) core_.Post([this, walk] { WalkPaced(walk); });
+  };
+  for (; walk->next < end; ++walk->next) walk->visit(walk->keys[walk->next], done);
+  done();
+}
+
+void ChatService::RecheckDevices(uint64_t generation) {
+  auto walk = std::make_shared<PacedWalk>();
+  walk->generation = generation;
+  walk->keys.reserve(live_.size());
+  for (const auto& [user_id, live] : live_) walk->keys.push_back(user_id);
+  walk->visit = [this](int64_t user, std::function<void()> done) { RecheckUserDevices(user, std::move(done)); };
+  WalkPaced(walk);
 }
 
 // Only the devices connected when the reads were issued are judged: one that
 // logged in since may be newer than what they read.
-void ChatService::RecheckDevices() {
-  for (const auto& [user_id, live] : live_) {
-    auto judged = std::make_shared<std::vector<int64_t>>(live.devices);
-    const int64_t user = user_id;
-    auto close = [this, user, judged](const std::vector<int64_t>& keep, const char* reason) {
-      auto it = live_.find(user);
-      if (it == live_.end()) return;
-      std::vector<int64_t> devices = *judged;
-      std::sort(devices.begin(), devices.end());
-      devices.erase(std::unique(devices.begin(), devices.end()), devices.end());
-      for (int64_t d : devices) {
-        if (std::find(keep.begin(), keep.end(), d) != keep.end()) continue;
-        if (std::find(it->second.devices.begin(), it->second.devices.end(), d) == it->second.devices.end()) continue;
-        devices_rechecked_closed_.Inc();
-        spdlog::info("event=device_closed_on_recheck user_id={} device_id={} reason=\"{}\"", user, d, reason);
-        fabric_.CloseDevice(user, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), reason);
-      }
-    };
-    store_.GetUserById(user, OnCore<store::UserRecord>([this, user, close](Result<store::UserRecord> u) {
-      if (!u) {
-        if (u.error().code() == ErrorCode::kUnknownUser) close({}, "account deleted");
-        return;
-      }
-      if (u->disabled) return close({}, "account disabled");
-      store_.ListDevices(user, OnCore<std::vector<store::DeviceRecord>>(
-                                   [close](Result<std::vector<store::DeviceRecord>> listed) {
-                                     if (!listed) return;
-                                     std::vector<int64_t> keep;
-                                     for (const auto& d : *listed) keep.push_back(d.id);
-                                     close(keep, "device revoked");
-                                   }));
-    }));
-  }
+void ChatService::RecheckUserDevices(int64_t user, std::function<void()> done) {
+  std::vector<int64_t> judged = fabric_.AttachedDevices(user);
+  if (judged.empty()) return done();
+  auto close = [this, user, judged = std::move(judged), done](const std::vector<int64_t>& keep, const char* reason) {
+    const std::vector<int64_t> attached = fabric_.AttachedDevices(user);
+    for (int64_t d : judged) {
+      if (std::find(keep.begin(), keep.end(), d) != keep.end()) continue;
+      if (!std::binary_search(attached.begin(), attached.end(), d)) continue;
+      devices_rechecked_closed_.Inc();
+      spdlog::info("event=device_closed_on_recheck user_id={} device_id={} reason=\"{}\"", user, d, reason);
+      fabric_.CloseDevice(user, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), reason);
+    }
+    done();
+  };
+  store_.GetUserById(user, OnCore<store::UserRecord>([this, user, close, done](Result<store::UserRecord> u) {
+    if (!u) {
+      if (u.error().code() == ErrorCode::kUnknownUser) return close({}, "account deleted");
+      return done();
+    }
+    if (u->disabled) return close({}, "account disabled");
+    store_.ListDevices(user, OnCore<std::vector<store::DeviceRecord>>(
+                                 [close, done](Result<std::vector<store::DeviceRecord>> listed) {
+                                   if (!listed) return done();
+                                   std::vector<int64_t> keep;
+                                   for (const auto& d : *listed) keep.push_back(d.id);
+                                   close(keep, "device revoked");
+                                 }));
+  }));
 }
 
 // ---- Sync ----

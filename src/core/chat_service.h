@@ -182,6 +182,11 @@ struct CoreConfig {
   // per-address rate-limit buckets with the other nodes' through the fabric
   // (--rate-limit-sync-ms; docs/architecture.md, "Shared rate limits").
   int rate_limit_sync_ms = 100;
+  // Cluster: after this node may have missed fabric messages (a Redis cut),
+  // it re-reads each user connected here and each presence subscription,
+  // this many at a time (--recheck-batch; ChatService::PacedWalk).
+  static constexpr int kDefaultRecheckBatch = 256;
+  int recheck_batch = kDefaultRecheckBatch;
   // A reconciliation not answered within this long counts as failed; the
   // next one starts (meanwhile the buckets are this node's alone).
   static constexpr int64_t kRateSyncTimeoutMs = 2'000;
@@ -428,15 +433,34 @@ class ChatService {
   void ApplyUserChange(const fabric::Fabric::UserChange& change);
   // After the fabric may have lost a device close (UserChange::kAnything):
   // reads each user connected here again and closes the connections of
-  // devices no longer live, or of accounts disabled meanwhile.
-  void RecheckDevices();
+  // devices no longer live, or of accounts disabled meanwhile. Paced
+  // (WalkPaced) with the re-read of every presence subscription.
+  void RecheckDevices(uint64_t generation);
+  void RecheckUserDevices(int64_t user_id, std::function<void()> done);
+  // A node-wide re-check walks its keys (users connected here, presence
+  // subscriptions) CoreConfig::recheck_batch at a time: a batch's reads are
+  // issued in one core turn and the next batch only once each of them has
+  // answered (`visit` calls `done` once, on the core thread), so the walk
+  // never queues more than a batch of reads ahead of logins and syncs. A
+  // newer re-check (recheck_generation_) ends a running one at its next batch.
+  struct PacedWalk {
+    std::vector<int64_t> keys;
+    size_t next = 0;
+    size_t pending = 0;
+    uint64_t generation = 0;
+    std::function<void(int64_t key, std::function<void()> done)> visit;
+  };
+  void WalkPaced(const std::shared_ptr<PacedWalk>& walk);
   // Re-reads, from the store, whether each subscriber of `watched` (only
-  // those of user `viewer` if not 0; every subscription for `watched` 0)
-  // may see it, after a setting changed here or on another node.
+  // those of user `viewer` if not 0) may see it, after a setting changed
+  // here or on another node. RecheckAllPresence: every subscription, paced
+  // (WalkPaced), after the fabric may have lost such changes.
   void RecheckPresence(int64_t watched, int64_t viewer);
+  void RecheckAllPresence(uint64_t generation);
   // Reads again what subscriber `client` may see of `users` (one store
   // read); SetVisible applies the answer unless a later read's came first.
-  void RereadVisibility(const ClientPtr& client, std::vector<int64_t> users);
+  // `done`, if set, is called once the answer (or the error) is in.
+  void RereadVisibility(const ClientPtr& client, std::vector<int64_t> users, std::function<void()> done = {});
   // Whom one user blocks; shared with the cache, never changed in place.
   using BlockSet = std::shared_ptr<const std::unordered_set<int64_t>>;
   using BlockSets = std::unordered_map<int64_t, BlockSet>;
@@ -490,7 +514,6 @@ class ChatService {
   struct LiveUser {
     int connections = 0;
     int64_t head = 0;
-    std::vector<int64_t> devices;  // of each authenticated connection (RecheckDevices)
   };
   std::unordered_map<int64_t, LiveUser> live_;  // users with authenticated connections
   std::unordered_map<int64_t, store::ConversationRecord> conversations_;
@@ -555,6 +578,7 @@ class ChatService {
   PresenceTracker presence_;
   // Connections with a presence subscription, by Client::id.
   std::unordered_map<uint64_t, ClientPtr> presence_subscribers_;
+  uint64_t recheck_generation_ = 0;  // node-wide re-checks started (PacedWalk)
   // Per user, the devices with a foreground connection on this node
   // (connection counts per device). A user is here iff they are online here:
   // presence, the fabric (told when a user enters or leaves this map) and

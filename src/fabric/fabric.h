@@ -71,6 +71,9 @@ class Fabric {
   // a cluster fabric answers from a local cache (its staleness is documented
   // with the backend); a wrong "no" only defers delivery to the next sync.
   virtual bool IsConnected(int64_t user_id) const = 0;
+  // The devices with a connection attached on this node, ascending, each
+  // once. Empty when the user has none here.
+  virtual std::vector<int64_t> AttachedDevices(int64_t user_id) const = 0;
 
   // Cluster presence. A single node needs none of it (the defaults do
   // nothing): its PresenceTracker sees every connection itself.

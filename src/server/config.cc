@@ -400,6 +400,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
                  "How often a node re-writes its routes and publishes its presence snapshot")
       ->envname("PARLEY_REDIS_REFRESH_MS")
       ->capture_default_str();
+  app.add_option("--recheck-batch", c.core.recheck_batch,
+                 "Cluster: after a Redis cut, how many connected users (and presence subscriptions) a node re-reads "
+                 "at a time for changes it may have missed")
+      ->envname("PARLEY_RECHECK_BATCH")
+      ->check(CLI::Range(1, 100'000))
+      ->capture_default_str();
   app.add_option("--rate-limit-sync-ms", c.core.rate_limit_sync_ms,
                  "Cluster: how often a node reconciles its per-user and per-address rate-limit buckets with the "
                  "others' through Redis (0: never; each node then limits alone)")

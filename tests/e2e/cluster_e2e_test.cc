@@ -247,11 +247,13 @@ TEST_F(ClusterTest, PresenceAndTypingCrossNodes) {
 // Who may see a user's presence is stored through one node; watchers on the
 // other nodes follow it (the fabric's visibility message), and still do when
 // the change was made while Redis was gone (every node re-reads its watchers
-// when the fabric comes back).
+// when the fabric comes back, one at a time on node C: --recheck-batch 1).
 TEST_F(ClusterTest, APresenceSettingChangedOnOneNodeHoldsForWatchersOnAnother) {
-  StartCluster();
+  StartCluster({{{}, {}, {"--recheck-batch", "1"}}});
   Register(A(), "alice");
   Register(A(), "bob");
+  Register(A(), "carol");
+  Register(A(), "dan");
   Device bob_c = Login(C(), "bob");
   Device alice_b = Login(B(), "alice");
   const int64_t alice_id = alice_b.user_id;
@@ -274,12 +276,26 @@ TEST_F(ClusterTest, APresenceSettingChangedOnOneNodeHoldsForWatchersOnAnother) {
   ASSERT_TRUE(WaitFrame(*bob_c.conn, alice_shown(true, false), 3000))
       << "bob, on node C, does not see alice again after she showed her presence on node B";
 
+  // Two more watchers on node C, so that its re-check takes three batches.
+  std::vector<Device> others;
+  others.push_back(Login(C(), "carol"));
+  others.push_back(Login(C(), "dan"));
+  for (Device& d : others) {
+    auto r = d.conn->Call("subscribe_presence", {{"user_ids", {alice_id}}});
+    ASSERT_TRUE(r.ok) << r.message;
+    ASSERT_TRUE(r.result["presence"][0]["online"].get<bool>());
+  }
+
   // Node B knows Redis is gone when alice hides again: its message is lost.
   ASSERT_NO_FATAL_FAILURE(StopRedisUntilSeenBy(B()));
   ASSERT_TRUE(alice_b.conn->Call("set_privacy", {{"presence", "nobody"}}).ok);
   redis_.Start();
   ASSERT_TRUE(WaitFrame(*bob_c.conn, alice_shown(false, false), 8000))
       << "after Redis came back, bob on node C still sees alice, who hid her presence while it was gone";
+  for (Device& d : others) {
+    EXPECT_TRUE(WaitFrame(*d.conn, alice_shown(false, false), 8000))
+        << "after Redis came back, a watcher on node C still sees alice (user " << d.user_id << ")";
+  }
 }
 
 // Push in the cluster shape (issue 11): a user in the foreground on one node
@@ -355,22 +371,33 @@ TEST_F(ClusterTest, UnlinkOnOneNodeClosesTheDeviceOnAnother) {
 
 // The close of an unlinked device is a fabric message: lost when the node
 // that unlinked it cannot reach Redis. When the nodes are back in touch,
-// each re-reads the devices connected to it and closes the revoked one.
+// each re-reads the devices connected to it and closes the revoked ones
+// (node C one user at a time: --recheck-batch 1).
 TEST_F(ClusterTest, ADeviceUnlinkedWhileRedisWasGoneIsClosedWhenItIsBack) {
-  StartCluster();
+  StartCluster({{{}, {}, {"--recheck-batch", "1"}}});
   Register(A(), "alice");
+  Register(A(), "bob");
+  Register(A(), "carol");
   Device phone = Login(B(), "alice", "phone");
   Device laptop = Login(C(), "alice", "laptop");
+  Device bob_phone = Login(B(), "bob", "phone");
+  Device bob_tablet = Login(C(), "bob", "tablet");
+  Device carol = Login(C(), "carol");
   ASSERT_NO_FATAL_FAILURE(StopRedisUntilSeenBy(B()));
   auto r = phone.conn->Call("unlink_device", {{"device_id", laptop.device_id}});
+  ASSERT_TRUE(r.ok) << r.message;
+  r = bob_phone.conn->Call("unlink_device", {{"device_id", bob_tablet.device_id}});
   ASSERT_TRUE(r.ok) << r.message;
   std::this_thread::sleep_for(milliseconds(300));
   ASSERT_FALSE(laptop.conn->closed()) << "closed although the close could not cross nodes";
   redis_.Start();
   ASSERT_TRUE(laptop.conn->WaitClosed(8000)) << "the unlinked laptop on node C is still connected after Redis came back";
+  ASSERT_TRUE(bob_tablet.conn->WaitClosed(8000)) << "the unlinked tablet on node C is still connected";
   EXPECT_EQ(laptop.conn->close_code(), 4002);
-  EXPECT_GE(MetricValue(HttpGet(C().port(), "/metrics"), "parley_devices_closed_on_recheck_total"), 1);
+  EXPECT_EQ(bob_tablet.conn->close_code(), 4002);
+  EXPECT_GE(MetricValue(HttpGet(C().port(), "/metrics"), "parley_devices_closed_on_recheck_total"), 2);
   EXPECT_TRUE(phone.conn->Call("ping", json::object()).ok) << "the phone, still linked, was closed too";
+  EXPECT_TRUE(carol.conn->Call("ping", json::object()).ok) << "carol, whose device nobody unlinked, was closed";
 }
 
 TEST_F(ClusterTest, AFabricPublishDroppedOnTheWayIsCaughtBySync) {

@@ -55,6 +55,19 @@ bool LocalFabric::IsConnected(int64_t user_id) const {
   return users_.count(user_id) != 0;
 }
 
+std::vector<int64_t> LocalFabric::AttachedDevices(int64_t user_id) const {
+  std::vector<int64_t> devices;
+  {
+    std::lock_guard lock(mu_);
+    auto it = users_.find(user_id);
+    if (it == users_.end()) return devices;
+    for (const auto& e : it->second) devices.push_back(e.device_id);
+  }
+  std::sort(devices.begin(), devices.end());
+  devices.erase(std::unique(devices.begin(), devices.end()), devices.end());
+  return devices;
+}
+
 void LocalFabric::CloseAll(uint16_t code, std::string reason) {
   std::vector<std::shared_ptr<DeviceSink>> targets;
   {

@@ -19,6 +19,7 @@ class LocalFabric final : public Fabric {
   void PublishReceipt(int64_t user_id, SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) override;
   void CloseDevice(int64_t user_id, int64_t device_id, uint16_t code, std::string reason) override;
   bool IsConnected(int64_t user_id) const override;
+  std::vector<int64_t> AttachedDevices(int64_t user_id) const override;
   void CloseAll(uint16_t code, std::string reason) override;
 
  private:

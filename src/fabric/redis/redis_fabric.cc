@@ -841,6 +841,10 @@ bool RedisFabric::IsConnected(int64_t user_id) const {
   return impl_->remote_connected.count(user_id) != 0;
 }
 
+std::vector<int64_t> RedisFabric::AttachedDevices(int64_t user_id) const {
+  return impl_->local.AttachedDevices(user_id);
+}
+
 void RedisFabric::CloseAll(uint16_t code, std::string reason) { impl_->local.CloseAll(code, std::move(reason)); }
 
 void RedisFabric::SetLocalOnline(int64_t user_id, bool online) {
