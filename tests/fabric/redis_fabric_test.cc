@@ -1,7 +1,8 @@
 // RedisFabric's shared rate-limit buckets (Fabric::ReconcileRateLimits)
 // against a real redis-server (redis_test_server.h): two fabrics stand for
-// two nodes debiting one bucket; Redis gone and back. Routing, presence and
-// pub/sub are covered end to end by cluster_e2e_test.
+// two nodes debiting one bucket; Redis gone and back. The devices attached
+// to a node (AttachedDevices). Routing, presence and pub/sub are covered end
+// to end by cluster_e2e_test.
 #include "fabric/redis/redis_fabric.h"
 
 #include <hiredis/hiredis.h>
@@ -128,6 +129,33 @@ TEST(RedisFabricRateTest, RedisGoneFailsUnavailableAndTheBucketsComeBackWithIt) 
   }
   ASSERT_TRUE(up.has_value()) << "still failing 5 s after Redis came back: " << up.error().ToString();
   EXPECT_EQ((*up)[0], 8.0);
+}
+
+struct NullSink final : DeviceSink {
+  void SendFrame(SharedFrame, bool) override {}
+  void Close(uint16_t, std::string) override {}
+};
+
+// What a node's re-check after a cut judges (ChatService::RecheckUserDevices):
+// the devices attached here, each once however many connections it has,
+// gone when its last connection is detached.
+TEST(RedisFabricAttachTest, AttachedDevicesListsEachDeviceOnThisNodeOnce) {
+  RedisTestServer redis;
+  auto node = StartNode(redis, "node-a");
+  ASSERT_NE(node, nullptr);
+  auto a = std::make_shared<NullSink>(), b = std::make_shared<NullSink>(), c = std::make_shared<NullSink>();
+  node->Attach(7, 30, a);
+  node->Attach(7, 10, b);
+  node->Attach(7, 30, c);  // a second connection of device 30 (a reconnect)
+  node->Attach(8, 20, std::make_shared<NullSink>());
+  EXPECT_EQ(node->AttachedDevices(7), (std::vector<int64_t>{10, 30}));
+  node->Detach(7, 30, a.get());
+  EXPECT_EQ(node->AttachedDevices(7), (std::vector<int64_t>{10, 30}));
+  node->Detach(7, 30, c.get());
+  node->Detach(7, 10, b.get());
+  EXPECT_TRUE(node->AttachedDevices(7).empty());
+  EXPECT_EQ(node->AttachedDevices(8), (std::vector<int64_t>{20}));
+  EXPECT_TRUE(node->AttachedDevices(9).empty());
 }
 
 }  // namespace
