@@ -172,18 +172,32 @@ void ChatService::InstallSelection(const ClientPtr& c, const Req& req, std::unor
     Fail(c, req, s);
     EndTurn(c, &Client::select_turns, &ChatService::RunSelectSync);
   };
+  // `head`: the user's newest user seq once the selection is in effect (a
+  // summary at or below it was made before; protocol.md, select_sync).
   auto answer = [this, c, req](const std::unordered_set<int64_t>* selected) {
-    int64_t head = 0;
-    if (auto it = live_.find(c->user_id); it != live_.end()) head = it->second.head;
     std::vector<int64_t> ids;
     if (selected != nullptr) ids.assign(selected->begin(), selected->end());
     std::sort(ids.begin(), ids.end());
-    Respond(c, req, [&](JsonWriter& w) {
-      w.Field("selective", selected != nullptr).Key("conversations").BeginArray();
-      for (int64_t id : ids) w.Int(id);
-      w.EndArray().Field("head", head);
-    });
-    EndTurn(c, &Client::select_turns, &ChatService::RunSelectSync);
+    auto respond = [this, c, req, selective = selected != nullptr, ids = std::move(ids)](int64_t head) {
+      Respond(c, req, [&](JsonWriter& w) {
+        w.Field("selective", selective).Key("conversations").BeginArray();
+        for (int64_t id : ids) w.Int(id);
+        w.EndArray().Field("head", head);
+      });
+      EndTurn(c, &Client::select_turns, &ChatService::RunSelectSync);
+    };
+    auto cached = [this, c] {
+      auto it = live_.find(c->user_id);
+      return it != live_.end() ? it->second.head : 0;
+    };
+    if (!config_.cluster) return respond(cached());
+    // Other nodes append to this user's stream too (as for ping): their
+    // events are not in this node's cached head.
+    store_.GetHead(c->user_id, OnCore<int64_t>([this, c, respond, cached](Result<int64_t> head) {
+      if (!head) return respond(cached());  // the selection is in effect: answer it
+      NoteHead(c->user_id, *head);
+      respond(*head);
+    }));
   };
   auto req_type = std::get<protocol::SelectSyncRequest>(req.body);
   if (req_type.all || (!req_type.add.empty() && !c->selective)) return answer(nullptr);

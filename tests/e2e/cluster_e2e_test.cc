@@ -142,8 +142,13 @@ TEST_F(ClusterTest, MessagesCrossNodesLiveAndADeviceOnAThirdNodeSyncs) {
   RecordProperty("cross_node_delivery_ms", static_cast<int>(latency));
 
   // Node B never appended to alice's stream, yet her device there acks what
-  // node A appended (the head is the store's, not node B's cache).
+  // node A appended (the head is the store's, not node B's cache), and a
+  // selection's head counts it.
   int64_t b_seq = (*on_b)["user_seq"];
+  auto selected = alice_b.conn->Call("select_sync", {{"conversations", json::array()}});
+  ASSERT_TRUE(selected.ok) << selected.code << ": " << selected.message;
+  EXPECT_GE(selected.result["head"].get<int64_t>(), b_seq) << "select_sync answered node B's stale head";
+  ASSERT_TRUE(alice_b.conn->Call("select_sync", {{"all", true}}).ok);
   auto acked = alice_b.conn->Call("ack", {{"user_seq", b_seq}});
   ASSERT_TRUE(acked.ok) << acked.code << ": " << acked.message;
   auto ping = alice_b.conn->Call("ping");
