@@ -76,7 +76,8 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
           "Users' last seen times written to the store (at most one per user per --last-seen-flush-ms)")),
       devices_rechecked_closed_(Metrics::Default().GetCounter(
           "parley_devices_closed_on_recheck_total",
-          "Connections of revoked devices or disabled accounts closed when the fabric may have lost their close")),
+          "Connections of revoked devices or disabled accounts closed by a re-read: the fabric may have lost "
+          "their close, or their auth raced the revocation")),
       rate_syncs_ok_(Metrics::Default().GetCounter("parley_rate_limit_syncs_total",
                                                    "Reconciliations of shared rate-limit buckets with the cluster, by result",
                                                    "result=\"ok\"")),
@@ -557,7 +558,9 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
   std::string hash = HashToken(std::get<protocol::AuthRequest>(req.body).token);
   // One store read (device, user and head together): a reconnect crosses to
   // the store's reader and back once before it is answered.
-  store_.GetAuthContext(std::move(hash), OnCore<store::AuthContext>([this, c, req](Result<store::AuthContext> a) {
+  const uint64_t as_of = BeginAuthRead();
+  store_.GetAuthContext(std::move(hash), OnCore<store::AuthContext>([this, c, req, as_of](Result<store::AuthContext> a) {
+    const bool recheck = EndAuthRead(as_of, a ? a->device.user_id : 0);
     if (!a) {
       c->authenticating = false;
       // Only a token the store refused is invalid (the client then drops
@@ -581,27 +584,60 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
     if (config_.device_idle_expiry_ms > 0)
       resolution = std::min(resolution, config_.device_idle_expiry_ms / kDeviceSeenExpiryFraction);
     if (now - d.last_seen_at >= resolution) store_.SetCursor(d.id, 0, now, [](Status) {});
-    CompleteAuth(c, req, *a, "");
+    CompleteAuth(c, req, *a, "", recheck);
   }));
 }
 
 // After a login created its device: reads it back with its user and head, as
 // a reconnect does, and answers with the new token.
 void ChatService::CompleteLogin(const ClientPtr& c, const Req& req, const std::string& token) {
+  const uint64_t as_of = BeginAuthRead();
   store_.GetAuthContext(HashToken(token),
-                        OnCore<store::AuthContext>([this, c, req, token](Result<store::AuthContext> a) {
+                        OnCore<store::AuthContext>([this, c, req, token, as_of](Result<store::AuthContext> a) {
+                          const bool recheck = EndAuthRead(as_of, a ? a->device.user_id : 0);
                           if (!a) {
                             c->authenticating = false;
                             return Fail(c, req, a.error());
                           }
-                          CompleteAuth(c, req, *a, token);
+                          CompleteAuth(c, req, *a, token, recheck);
                         }));
+}
+
+uint64_t ChatService::BeginAuthRead() {
+  ++auth_reads_in_flight_;
+  return ++auth_reads_;
+}
+
+bool ChatService::EndAuthRead(uint64_t as_of, int64_t user_id) {
+  bool revoked = revoked_anyone_ > as_of;
+  if (auto it = revocations_.find(user_id); it != revocations_.end()) revoked = revoked || it->second > as_of;
+  if (--auth_reads_in_flight_ == 0) {
+    revocations_.clear();
+    revoked_anyone_ = 0;
+  }
+  return revoked;
+}
+
+void ChatService::NoteRevocation(int64_t user_id) {
+  if (auth_reads_in_flight_ == 0) return;  // every later auth read sees it
+  if (user_id == 0 || revocations_.size() >= kMaxNotedRevocations) {
+    revocations_.clear();
+    revoked_anyone_ = auth_reads_ + 1;
+    return;
+  }
+  revocations_[user_id] = auth_reads_ + 1;
+}
+
+void ChatService::CloseRevoked(int64_t user_id, const std::vector<int64_t>& devices, const std::string& reason) {
+  for (int64_t d : devices)
+    fabric_.CloseDevice(user_id, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), reason);
+  UserChanged({fabric::Fabric::UserChange::Kind::kRevoked, user_id, 0});
 }
 
 // Authenticates the connection as `auth.device`, attaches it to the fabric
 // and answers (with the token when it was just created by a login).
 void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::AuthContext& auth,
-                               const std::string& token) {
+                               const std::string& token, bool recheck) {
   c->authenticating = false;
   const store::DeviceRecord& device = auth.device;
   const store::UserRecord& user = auth.user;
@@ -648,6 +684,10 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
         .Field("retention_max_age_s", config_.retention.max_age_ms / 1000)
         .EndObject();
   });
+  if (recheck) {
+    spdlog::info("event=auth_rechecked user_id={} device_id={}", c->user_id, c->device_id);
+    RecheckUserDevices(c->user_id, [] {});
+  }
 }
 
 void ChatService::DoLogout(const ClientPtr& c, Req req) {
@@ -655,8 +695,7 @@ void ChatService::DoLogout(const ClientPtr& c, Req req) {
     if (!s.ok()) return Fail(c, req, s);
     spdlog::info("event=device_logged_out user_id={} device_id={}", c->user_id, c->device_id);
     Respond(c, req, nullptr);
-    fabric_.CloseDevice(c->user_id, c->device_id, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked),
-                        "logged out");
+    CloseRevoked(c->user_id, {c->device_id}, "logged out");
   }));
 }
 
@@ -701,7 +740,7 @@ void ChatService::DoUnlinkDevice(const ClientPtr& c, Req req) {
     if (!s.ok()) return Fail(c, req, s);
     spdlog::info("event=device_unlinked user_id={} device_id={}", c->user_id, target);
     Respond(c, req, [&](JsonWriter& w) { w.Field("device_id", target); });
-    fabric_.CloseDevice(c->user_id, target, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), "unlinked");
+    CloseRevoked(c->user_id, {target}, "unlinked");
   }));
 }
 
@@ -1057,8 +1096,7 @@ void ChatService::DoMessageInfo(const ClientPtr& c, Req req) {
 
 void ChatService::CloseDevices(int64_t user_id, std::vector<int64_t> devices, std::string reason) {
   core_.Post([this, user_id, devices = std::move(devices), reason = std::move(reason)] {
-    for (int64_t d : devices)
-      fabric_.CloseDevice(user_id, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), reason);
+    CloseRevoked(user_id, devices, reason);
   });
 }
 
@@ -1080,7 +1118,9 @@ void ChatService::ApplyUserChange(const fabric::Fabric::UserChange& change) {
         return entry.second.sender == user || entry.second.peer == user;
       });
       return RecheckPresence(change.user_id, 0);
+    case Kind::kRevoked: return NoteRevocation(change.user_id);
     case Kind::kAnything:
+      NoteRevocation(0);
       direct_.clear();
       ++recheck_generation_;
       RecheckAllPresence(recheck_generation_);
@@ -1542,9 +1582,7 @@ void ChatService::DoChangePassword(const ClientPtr& c, Req req) {
               if (!r) return Fail(c, req, r.error());
               spdlog::info("event=password_changed user_id={} devices_revoked={}", c->user_id, r->size());
               Respond(c, req, [&](JsonWriter& w) { w.Field("devices_revoked", static_cast<int64_t>(r->size())); });
-              for (auto d : *r)
-                fabric_.CloseDevice(c->user_id, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked),
-                                    "password changed");
+              CloseRevoked(c->user_id, *r, "password changed");
             }));
       });
     });

@@ -346,7 +346,22 @@ class ChatService {
   void DoLogin(const ClientPtr& c, Req req);
   void DoAuth(const ClientPtr& c, Req req);
   void CompleteLogin(const ClientPtr& c, const Req& req, const std::string& token);
-  void CompleteAuth(const ClientPtr& c, const Req& req, const store::AuthContext& auth, const std::string& token);
+  // `recheck`: a revocation of the user was noted while the auth's read was
+  // in flight (EndAuthRead): the device is read again once attached.
+  void CompleteAuth(const ClientPtr& c, const Req& req, const store::AuthContext& auth, const std::string& token,
+                    bool recheck);
+  // An auth read (the device, its user and head, by token) is issued; its
+  // number for EndAuthRead.
+  uint64_t BeginAuthRead();
+  // Its answer is in: whether a revocation of `user_id` (or possibly of
+  // anyone's, after a fabric cut) was noted since the read was issued.
+  bool EndAuthRead(uint64_t as_of, int64_t user_id);
+  // Devices of `user_id` were revoked or the account disabled, here or on
+  // another node (UserChange::kRevoked); `user_id` 0: perhaps anyone's.
+  void NoteRevocation(int64_t user_id);
+  // Closes the connections of `devices` of `user_id` after the store revoked
+  // them, and tells every node (auths in flight there check again).
+  void CloseRevoked(int64_t user_id, const std::vector<int64_t>& devices, const std::string& reason);
   void DoLogout(const ClientPtr& c, Req req);
   void DoListDevices(const ClientPtr& c, Req req);
   void DoUnlinkDevice(const ClientPtr& c, Req req);
@@ -579,6 +594,19 @@ class ChatService {
   // Connections with a presence subscription, by Client::id.
   std::unordered_map<uint64_t, ClientPtr> presence_subscribers_;
   uint64_t recheck_generation_ = 0;  // node-wide re-checks started (PacedWalk)
+  // An auth's read may be answered from before a revocation and land after
+  // the revocation closed the device's connections: it would attach a
+  // revoked device. So auth reads are numbered as issued (auth_reads_),
+  // revocations noted while any is in flight (user -> the number then;
+  // revoked_anyone_: every auth issued before it, after a fabric cut or past
+  // kMaxNotedRevocations users), and an auth that lands after a revocation
+  // of its user reads its device again (CompleteAuth `recheck`). The notes
+  // are dropped whenever no auth read is in flight.
+  uint64_t auth_reads_ = 0;
+  size_t auth_reads_in_flight_ = 0;
+  std::unordered_map<int64_t, uint64_t> revocations_;
+  uint64_t revoked_anyone_ = 0;
+  static constexpr size_t kMaxNotedRevocations = 4096;
   // Per user, the devices with a foreground connection on this node
   // (connection counts per device). A user is here iff they are online here:
   // presence, the fabric (told when a user enters or leaves this map) and

@@ -88,11 +88,14 @@ class Fabric {
   // Something other nodes hold in memory about a user changed through this
   // node: who may see their presence (kVisibility: a privacy setting; with
   // `viewer`, a contact or block between the two), or the account was
-  // erased (kErased: its name is free for a new account). kAnything: such
-  // notices may have been lost (the fabric was cut off from the others for
-  // a while), so anything may have changed, revocations included.
+  // erased (kErased: its name is free for a new account), or devices of the
+  // user were revoked or the account disabled (kRevoked: an `auth` in
+  // flight on another node may have read the device before, and must check
+  // again once it lands). kAnything: such notices may have been lost (the
+  // fabric was cut off from the others for a while), so anything may have
+  // changed, revocations included.
   struct UserChange {
-    enum class Kind { kVisibility, kErased, kAnything };
+    enum class Kind { kVisibility, kErased, kRevoked, kAnything };
     Kind kind = Kind::kAnything;
     int64_t user_id = 0;
     int64_t viewer = 0;  // kVisibility: only this user's view changed (0: anyone's)

@@ -28,9 +28,20 @@ class HeldRead {
  public:
   enum When { kNone, kBefore, kAfter };
   explicit HeldRead(Executor& wake) : wake_(wake) {}
-  void Arm(When when) { armed_ = static_cast<int>(when); }
+  // `skip`: that many reads go through first.
+  void Arm(When when, int skip = 0) {
+    skip_ = skip;
+    armed_ = static_cast<int>(when);
+  }
+  // Ready to hold another read (after Release).
+  void Reset() {
+    std::lock_guard lock(mu_);
+    held_ = released_ = false;
+  }
   // On a reader thread, before (after) each read.
   void At(When when) {
+    if (armed_ != static_cast<int>(when)) return;
+    if (skip_.fetch_sub(1) > 0) return;
     int expected = static_cast<int>(when);
     if (!armed_.compare_exchange_strong(expected, static_cast<int>(kNone))) return;
     std::unique_lock lock(mu_);
@@ -53,6 +64,7 @@ class HeldRead {
  private:
   Executor& wake_;
   std::atomic<int> armed_{static_cast<int>(kNone)};
+  std::atomic<int> skip_{0};
   std::mutex mu_;
   std::condition_variable cv_;
   bool held_ = false;
@@ -278,6 +290,50 @@ TEST_F(ReadOrderTest, ASubscriptionReadBeforeAPrivacyChangeIsReadAgain) {
   exec_.RunPending();
   for (const json& f : Frames(alice, IsPresence))
     EXPECT_FALSE(f.contains("last_seen")) << "alice saw the last seen of bob, who hides it: " << f.dump();
+}
+
+// A reconnect of alice's laptop reads its device before her phone unlinks it
+// and lands after the unlink closed the laptop's connections: it is answered
+// (its read said the device was live) and then closed, as it would have been
+// had it attached before the unlink. So is a login whose read of its new
+// device was answered before a password change revoked it.
+TEST_F(ReadOrderTest, AnAuthReadBeforeARevocationIsClosedWhenItLands) {
+  Conn phone = LoggedIn("alice");
+  Conn laptop = Open();
+  json linked = Call(laptop, "login", {{"username", "alice"}, {"password", "password123"}, {"device_name", "laptop"}});
+  ASSERT_EQ(linked["type"], "response") << linked.dump();
+  const int64_t laptop_id = linked["result"]["device_id"];
+
+  Conn again = Open();
+  hold_.Arm(HeldRead::kAfter);
+  int auth = Start(again, "auth", {{"token", linked["result"]["token"]}});
+  WaitHeld();  // read from before the unlink: the laptop is live
+  ASSERT_EQ(Call(phone, "unlink_device", {{"device_id", laptop_id}})["type"], "response");
+  EXPECT_EQ(laptop.sink->close_code, 4002);
+  hold_.Release();
+  json answered = WaitAnswer(again, auth);
+  ASSERT_EQ(answered["type"], "response") << "the held read was not from before the unlink: " << answered.dump();
+  EXPECT_TRUE(exec_.RunUntil([&] {
+    std::lock_guard lock(again.sink->mu);
+    return again.sink->close_code == 4002;
+  })) << "the laptop, unlinked while its auth was in flight, stayed connected";
+
+  // A second phone logs in; its read of the new device is held while the
+  // first phone changes the password (revoking every other device).
+  Conn second = Open();
+  hold_.Reset();
+  hold_.Arm(HeldRead::kAfter, /*skip=*/1);  // the username's look-up goes; the device's read is held
+  int login = Start(second, "login", {{"username", "alice"}, {"password", "password123"}, {"device_name", "phone 2"}});
+  WaitHeld();
+  json changed = Call(phone, "change_password", {{"old_password", "password123"}, {"new_password", "password456"}});
+  ASSERT_EQ(changed["type"], "response") << changed.dump();
+  hold_.Release();
+  ASSERT_EQ(WaitAnswer(second, login)["type"], "response");
+  EXPECT_TRUE(exec_.RunUntil([&] {
+    std::lock_guard lock(second.sink->mu);
+    return second.sink->close_code == 4002;
+  })) << "a device revoked by a password change while its login was in flight stayed connected";
+  EXPECT_EQ(phone.sink->close_code, 0) << "the phone that changed the password was closed";
 }
 
 // "block bob" then "unblock bob" from one connection: each first looks the

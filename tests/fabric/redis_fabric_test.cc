@@ -1,7 +1,7 @@
 // RedisFabric's shared rate-limit buckets (Fabric::ReconcileRateLimits)
 // against a real redis-server (redis_test_server.h): two fabrics stand for
-// two nodes debiting one bucket; Redis gone and back. The devices attached
-// to a node (AttachedDevices). Routing, presence and pub/sub are covered end
+// two nodes debiting one bucket; Redis gone and back. User changes between
+// two nodes; the devices attached to a node (AttachedDevices). Routing, presence and pub/sub are covered end
 // to end by cluster_e2e_test.
 #include "fabric/redis/redis_fabric.h"
 
@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "fabric/redis_test_server.h"
@@ -129,6 +130,41 @@ TEST(RedisFabricRateTest, RedisGoneFailsUnavailableAndTheBucketsComeBackWithIt) 
   }
   ASSERT_TRUE(up.has_value()) << "still failing 5 s after Redis came back: " << up.error().ToString();
   EXPECT_EQ((*up)[0], 8.0);
+}
+
+// Each kind of user change one node publishes reaches the other as it was
+// sent (the presence channel's `v`, `e` and `r` messages).
+TEST(RedisFabricUserChangeTest, EachKindOfChangeReachesTheOtherNode) {
+  RedisTestServer redis;
+  auto a = StartNode(redis, "node-a");
+  auto b = StartNode(redis, "node-b");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  std::mutex mu;
+  std::vector<Fabric::UserChange> got;
+  b->OnRemoteUserChange([&](const Fabric::UserChange& c) {
+    std::lock_guard lock(mu);
+    if (c.kind != Fabric::UserChange::Kind::kAnything) got.push_back(c);
+  });
+  using Kind = Fabric::UserChange::Kind;
+  const std::vector<Fabric::UserChange> sent = {
+      {Kind::kVisibility, 7, 9}, {Kind::kErased, 8, 0}, {Kind::kRevoked, 42, 0}};
+  for (const auto& c : sent) a->PublishUserChange(c);
+  auto deadline = SteadyClock::now() + std::chrono::seconds(3);
+  while (SteadyClock::now() < deadline) {
+    {
+      std::lock_guard lock(mu);
+      if (got.size() >= sent.size()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::lock_guard lock(mu);
+  ASSERT_EQ(got.size(), sent.size());
+  for (size_t i = 0; i < sent.size(); ++i) {
+    EXPECT_EQ(got[i].kind, sent[i].kind) << i;
+    EXPECT_EQ(got[i].user_id, sent[i].user_id) << i;
+    EXPECT_EQ(got[i].viewer, sent[i].viewer) << i;
+  }
 }
 
 struct NullSink final : DeviceSink {

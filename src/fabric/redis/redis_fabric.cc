@@ -598,8 +598,11 @@ struct RedisFabric::Impl {
       if (in >> again && again == "again") UserChanged({UserChange::Kind::kAnything, 0, 0});
       return;
     }
-    if (kind == "v" || kind == "e") {
-      UserChange change{kind == "v" ? UserChange::Kind::kVisibility : UserChange::Kind::kErased, 0, 0};
+    if (kind == "v" || kind == "e" || kind == "r") {
+      UserChange change{kind == "v"   ? UserChange::Kind::kVisibility
+                        : kind == "e" ? UserChange::Kind::kErased
+                                      : UserChange::Kind::kRevoked,
+                        0, 0};
       if (!(in >> change.user_id) || change.user_id <= 0) return;
       if (kind == "v" && (!(in >> change.viewer) || change.viewer < 0)) return;
       return UserChanged(change);
@@ -873,6 +876,7 @@ void RedisFabric::PublishUserChange(const UserChange& change) {
       text = "v " + impl_->cfg.node_id + " " + std::to_string(change.user_id) + " " + std::to_string(change.viewer);
       break;
     case UserChange::Kind::kErased: text = "e " + impl_->cfg.node_id + " " + std::to_string(change.user_id); break;
+    case UserChange::Kind::kRevoked: text = "r " + impl_->cfg.node_id + " " + std::to_string(change.user_id); break;
     case UserChange::Kind::kAnything: return;  // only ever a receiver's conclusion
   }
   net::post(impl_->io, [p = impl_.get(), text = std::move(text)] { p->Broadcast(text); });
