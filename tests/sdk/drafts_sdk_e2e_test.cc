@@ -223,8 +223,14 @@ PRAGMA user_version=3;
   sqlite3_stmt* st = nullptr;
   ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr), SQLITE_OK);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(st, 0), 7) << "through 4 (drafts), 5 (retention and selective sync), 6 (opened "
-                                              "conversations) to 7 (drafts a refused message had cleared)";
+  EXPECT_EQ(sqlite3_column_int(st, 0), 8) << "through 4 (drafts), 5 (retention and selective sync), 6 (opened "
+                                              "conversations), 7 (drafts a refused message had cleared) to 8 "
+                                              "(conversations.paged_head)";
+  sqlite3_finalize(st);
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT paged_head FROM conversations WHERE id=3", -1, &st, nullptr), SQLITE_OK)
+      << sqlite3_errmsg(db);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 0);
   sqlite3_finalize(st);
   sqlite3_close(db);
   // Reopened: the unsaved draft is still there, to be sent when online.

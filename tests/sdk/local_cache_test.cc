@@ -121,6 +121,32 @@ TEST_F(LocalCacheTest, PagedAfterSummariesTheCountComesFromTheMessagesAndALateSu
   EXPECT_EQ(Bob().unread, 3);
 }
 
+// The race the web client met (docs/sdk.md "Selective sync"): the conversation
+// was selected before any summary stood for it, so nothing was paged; a
+// summary made before the selection arrives after its answer. Its message is
+// missing: the conversation is summarised again (and FillSelected pages it),
+// unless the cache already holds the summary's last message.
+TEST_F(LocalCacheTest, ALateSummaryWithNothingPagedMarksItsMessagesMissing) {
+  Apply({{{"kind", "conversation"}, {"conversation", Conversation()}}});
+  Apply({{{"kind", "message"}, {"message", Message(1)}}});
+  ASSERT_FALSE(Bob().summarised);
+  cache_->MarkSelected(kConv, user_seq_ + 2);  // the summaries below were made before it
+  ApplySummary(1, 1);                          // covers message 1, which the cache holds
+  EXPECT_FALSE(Bob().summarised) << "the cache holds its last message";
+  EXPECT_EQ(Bob().unread, 1);
+  ApplySummary(2, 2);  // message 2 was never paged nor received
+  EXPECT_TRUE(Bob().summarised) << "message 2 is missing, and nothing says so";
+  EXPECT_EQ(Bob().unread, 2);
+  EXPECT_EQ(cache_->Summarised(), (std::vector<int64_t>{kConv}));
+  // Paged (FillSelected): the count comes from the messages again.
+  LocalError err;
+  ASSERT_TRUE(cache_->StoreHistory(kConv, {Message(1), Message(2)}, json::array(), &err));
+  cache_->MarkPaged(kConv, 1, true);
+  EXPECT_FALSE(Bob().summarised);
+  EXPECT_EQ(Bob().unread, 2);
+  EXPECT_TRUE(cache_->Summarised().empty());
+}
+
 TEST_F(LocalCacheTest, FillReachedWhenThePagesJoinTheCacheOrTheReadWatermark) {
   Apply({{{"kind", "conversation"}, {"conversation", Conversation()}}});
   Apply({{{"kind", "message"}, {"message", Message(1)}}, {{"kind", "message"}, {"message", Message(2)}}});

@@ -181,6 +181,9 @@ struct Client::Impl {
   // Selective sync: the current session's selection as the server answered
   // it (the conversations the app opened are kept in the cache: Opened).
   std::set<int64_t> selection;
+  // A summary of a selected conversation was applied (one made before the
+  // selection, arriving after its answer): FillSelected pages it. Worker thread.
+  bool summary_of_selected = false;
   std::thread worker;
 
   int64_t Now() { return opt.now_ms ? opt.now_ms() : SystemNowMs(); }
@@ -321,6 +324,13 @@ struct Client::Impl {
       return false;
     }
     if (gap) *gap = out.gap;
+    {
+      std::lock_guard lock(mu);
+      for (const auto& e : events) {
+        if (e.value("kind", "") == "summary" && selection.count(e.value("conversation_id", int64_t{0})))
+          summary_of_selected = true;
+      }
+    }
     for (auto& [c, s] : out.received) {
       auto& d = (*to_deliver)[c];
       d = std::max(d, s);
@@ -665,6 +675,7 @@ struct Client::Impl {
       return end;
     }
     if (opt.sync_recent_conversations > 0) FillSelected(*c);
+    summary_of_selected = false;  // the fill above paged them
     {
       std::lock_guard lock(mu);
       conn = c;
@@ -711,6 +722,10 @@ struct Client::Impl {
           return end;
         }
         if (gap && !SyncLoop(*c, &to_deliver, &end.why)) break;
+      }
+      if (summary_of_selected) {
+        summary_of_selected = false;
+        FillSelected(*c);
       }
       // 1b. Retention: cached messages leave the device at their
       // expires_at (docs/protocol.md "Retention"), whether or not the

@@ -128,7 +128,7 @@ CREATE TABLE IF NOT EXISTS conversations(
   draft TEXT NOT NULL DEFAULT '', draft_updated_at INTEGER NOT NULL DEFAULT 0,
   disappearing_s INTEGER NOT NULL DEFAULT 0,
   summary_unread INTEGER NOT NULL DEFAULT -1, summarised INTEGER NOT NULL DEFAULT 0,
-  selected_head INTEGER NOT NULL DEFAULT 0);
+  selected_head INTEGER NOT NULL DEFAULT 0, paged_head INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS conversations_by_peer ON conversations(peer);
 CREATE TABLE IF NOT EXISTS messages(
   conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
@@ -216,6 +216,15 @@ ALTER TABLE outbox ADD COLUMN cleared_draft TEXT;
 ALTER TABLE outbox ADD COLUMN cleared_draft_at INTEGER NOT NULL DEFAULT 0;
 )sql";
 
+// Schema 7 -> 8: paged_head, the selected_head OpenConversation (or a
+// session's fill) last paged at. A summary made before the selection (at or
+// below selected_head) arriving after the selection's answer changes no
+// count only if the conversation was paged since that selection (or the
+// cache holds its last message); else its messages are missing.
+constexpr const char* kSchemaV8 = R"sql(
+ALTER TABLE conversations ADD COLUMN paged_head INTEGER NOT NULL DEFAULT 0;
+)sql";
+
 }  // namespace
 
 // RAII BEGIN IMMEDIATE ... COMMIT; rolls back unless committed.
@@ -270,6 +279,7 @@ std::unique_ptr<LocalCache> LocalCache::Open(const std::string& path, int64_t ma
         if (version < 5) Exec(db, kSchemaV5);
         if (version < 6) Exec(db, kSchemaV6);
         if (version < 7) Exec(db, kSchemaV7);
+        if (version < 8) Exec(db, kSchemaV8);
       }
       Exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
       tx.Commit();
@@ -748,21 +758,28 @@ void LocalCache::ApplyOneLocked(const json& e, ApplyOutcome* out) {
     // selected_head) that arrives after its pages changes no count: the
     // cache holds every unread message then, and the summary's count, read
     // later than its place in the stream, may already include messages that
-    // arrive in full after it (they would count twice).
+    // arrive in full after it (they would count twice). That holds when the
+    // conversation was paged since that selection (paged_head) or the cache
+    // holds its last message; with nothing paged (it was not summarised when
+    // the selection's answer came) its messages are missing, as for any
+    // summary.
     int64_t conv = e.value("conversation_id", int64_t{0});
+    const int64_t last_seq = e.value("last_seq", int64_t{0});
     Stmt c(db_, stmts_, "INSERT INTO conversations(id) VALUES(?) ON CONFLICT(id) DO NOTHING");
     c.Bind(1, conv).Run();
+    bool keep = false;
+    {
+      Stmt k(db_, stmts_,
+             "SELECT ?2 <= c.selected_head AND c.summarised <> 1 AND (c.paged_head >= c.selected_head OR "
+             "COALESCE((SELECT MAX(seq) FROM messages m WHERE m.conversation_id=c.id), 0) >= ?3) "
+             "FROM conversations c WHERE c.id=?1");
+      k.Bind(1, conv).Bind(2, e.value("user_seq", int64_t{0})).Bind(3, last_seq);
+      keep = k.Step() && k.Int(0) != 0;
+    }
     Stmt u(db_, stmts_,
-           "UPDATE conversations SET last_seq=MAX(last_seq, ?), "
-           "summary_unread=CASE WHEN ? <= selected_head AND summarised <> 1 THEN summary_unread ELSE ? END, "
-           "summarised=CASE WHEN ? <= selected_head THEN summarised ELSE 1 END WHERE id=?");
-    const int64_t us = e.value("user_seq", int64_t{0});
-    u.Bind(1, e.value("last_seq", int64_t{0}))
-        .Bind(2, us)
-        .Bind(3, e.value("unread", int64_t{0}))
-        .Bind(4, us)
-        .Bind(5, conv)
-        .Run();
+           "UPDATE conversations SET last_seq=MAX(last_seq, ?1), summary_unread=CASE WHEN ?2 THEN summary_unread "
+           "ELSE ?3 END, summarised=CASE WHEN ?2 THEN summarised ELSE 1 END WHERE id=?4");
+    u.Bind(1, last_seq).Bind(2, int64_t{keep ? 1 : 0}).Bind(3, e.value("unread", int64_t{0})).Bind(4, conv).Run();
     return;
   }
   if (kind == "message") {
@@ -1195,7 +1212,7 @@ void LocalCache::MarkPaged(int64_t conversation_id, int64_t oldest, bool all_unr
     // 2: paged after summaries (no longer shown as summarised; the view
     // record still names it, see HistoryView). The cached messages count
     // again: every unread one is among them.
-    Stmt u(db_, stmts_, "UPDATE conversations SET summarised=2, summary_unread=-1 WHERE id=?");
+    Stmt u(db_, stmts_, "UPDATE conversations SET summarised=2, summary_unread=-1, paged_head=selected_head WHERE id=?");
     u.Bind(1, conversation_id).Run();
     tx.Commit();
   } catch (const SqlError&) {

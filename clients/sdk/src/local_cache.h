@@ -74,7 +74,9 @@ class LocalCache {
   // 5: retention (messages.expires_at, conversations.disappearing_s) and selective sync
   //    (conversations.summary_unread, summarised, selected_head)
   // 6: the conversations the app opened (the opened table), selected again by every session
-  static constexpr int kSchemaVersion = 7;
+  // 7: an outbox send remembers the draft it cleared (outbox.cleared_draft, cleared_draft_at)
+  // 8: conversations.paged_head (a late summary with nothing paged marks its messages missing)
+  static constexpr int kSchemaVersion = 8;
 
   static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
   ~LocalCache();
