@@ -671,21 +671,18 @@ struct RedisFabric::Impl {
     bool changed = on ? count == 1 : count == 0;
     if (count == 0) remote_online.erase(user);
     if (!changed) return;
-    RemotePresenceFn fn;
-    {
-      std::lock_guard lock(mu);
-      fn = presence_fn;
-    }
-    if (fn) fn(user, on);
+    if (auto fn = CallbackCopy(presence_fn)) fn(user, on);
   }
 
   void UserChanged(const UserChange& change) {
-    RemoteUserChangeFn fn;
-    {
-      std::lock_guard lock(mu);
-      fn = user_change_fn;
-    }
-    if (fn) fn(change);
+    if (auto fn = CallbackCopy(user_change_fn)) fn(change);
+  }
+
+  // A callback is set under mu (any thread) and called outside it, from a copy.
+  template <class Fn>
+  Fn CallbackCopy(const Fn& fn) {
+    std::lock_guard lock(mu);
+    return fn;
   }
 
   RedisFabricConfig cfg;
