@@ -63,20 +63,26 @@ export async function launchBrowser() {
 
 // A browser context with a phone-sized viewport whose problems (console
 // errors/warnings, uncaught page errors, failed or >= 400 requests) are
-// collected in `problems`.
+// collected in `problems`, each with when it happened (ms since the context
+// was made) and, for the page's own messages, the page's address then: what a
+// rare failure needs to be traced afterwards.
 export async function newContext(browser, base, options = {}) {
   const context = await browser.newContext({ viewport: kPhoneViewport, baseURL: base, ...options });
   const problems = [];
+  const t0 = Date.now();
+  const at = () => `[+${Date.now() - t0} ms]`;
   const watchPage = (page) => {
     page.on('console', (msg) => {
-      if (msg.type() === 'error' || msg.type() === 'warning') problems.push(`console ${msg.type()}: ${msg.text()}`);
+      if (msg.type() === 'error' || msg.type() === 'warning') {
+        problems.push(`console ${msg.type()}: ${msg.text()} ${at()} on ${page.url()}`);
+      }
     });
-    page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+    page.on('pageerror', (err) => problems.push(`page error: ${err.message} ${at()} on ${page.url()}`));
   };
   context.on('page', watchPage);
-  context.on('requestfailed', (req) => problems.push(`request failed: ${req.method()} ${req.url()} ${req.failure()?.errorText}`));
+  context.on('requestfailed', (req) => problems.push(`request failed: ${req.method()} ${req.url()} ${req.failure()?.errorText} ${at()}`));
   context.on('response', (res) => {
-    if (res.status() >= 400) problems.push(`HTTP ${res.status()}: ${res.url()}`);
+    if (res.status() >= 400) problems.push(`HTTP ${res.status()}: ${res.url()} ${at()}`);
   });
   const page = await context.newPage();
   return { context, page, problems };
