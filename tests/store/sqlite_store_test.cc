@@ -443,6 +443,56 @@ UPDATE conversations SET hot_since = 10 WHERE id = 1;
   sqlite3_close(db);
 }
 
+// Step 19: search_queue loses AUTOINCREMENT; a version-18 file's queued
+// entry keeps its id, and entries queued after the upgrade are numbered past
+// every doc id in the index, so results stay newest first although the ids
+// AUTOINCREMENT handed out are no longer recorded anywhere.
+TEST(SqliteStoreTest, MigratesVersion18SearchQueueAndNumbersNewEntriesPastEveryDocId) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  // Message 1 was indexed as doc 7, message 2 is still queued as entry 9.
+  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 18, std::string(kAnnAndBensNews) + R"sql(
+INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(7, 'old news', 1, 1, 0);
+INSERT INTO message_search_docs(conversation_id, seq, doc_id) VALUES(1, 1, 7);
+INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(9, 1, 2, 20);
+)sql"));
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  SearchIndexProgress p = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(10, cb); }));
+  EXPECT_EQ(p.indexed, 1);
+  EXPECT_EQ(p.backlog, 0);
+  // The queue is empty now: the next entry's id comes from the index (9).
+  DeviceRecord dev = MakeDevice(*store, 2, "tb");
+  Seq newest = Must(Append(*store, Msg(1, 2, dev.id, "d", "newest news"))).message.seq;
+  p = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(10, cb); }));
+  EXPECT_EQ(p.indexed, 1);
+  MessageSearchQuery q;
+  q.searcher = 1;
+  q.words = {"news"};
+  q.limit = 10;
+  MessageSearchPage page = Must(Await<MessageSearchPage>([&](auto cb) { store->SearchMessages(q, cb); }));
+  std::vector<Seq> seqs;
+  for (const MessageRecord& m : page.messages) seqs.push_back(m.seq);
+  EXPECT_EQ(seqs, (std::vector<Seq>{newest, 2, 1})) << "newest stored first";
+  store.reset();
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db,
+                               "SELECT (SELECT sql FROM sqlite_master WHERE name = 'search_queue'), "
+                               "(SELECT group_concat(seq || ':' || doc_id) FROM message_search_docs)",
+                               -1, &stmt, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  const std::string table = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
+  EXPECT_EQ(table.find("AUTOINCREMENT"), std::string::npos) << table;
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)), "1:7,2:9,4:10");
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
 // Step 15: the search index is rebuilt with FTS5 prefix indexes; every
 // message is queued again in stored order (a queued entry from before the
 // upgrade goes: the requeue covers it), so results stay newest first.
@@ -1155,6 +1205,37 @@ AliceAndBob MakeAliceAndBob(Store& store) {
   p.bob_dev = MakeDevice(store, p.bob.id, "tb");
   p.c = Open(store, p.alice.id, p.bob.id).conversation.id;
   return p;
+}
+
+// The writer numbers search_queue entries itself (schema step 19): a batch
+// that fails after queueing gives its numbers back, so the queue stays one
+// contiguous range of ids, which the indexer's backlog count relies on.
+TEST(SqliteStoreTest, AFailedBatchGivesItsSearchQueueIdsBack) {
+  TempDir dir;
+  std::unique_ptr<SqliteStore> store = OpenGathering(dir);
+  ASSERT_NE(store, nullptr);
+  AliceAndBob p = MakeAliceAndBob(*store);
+  SendMany(*store, p.c, p.alice.id, p.alice_dev.id, 3, "before-");
+  int64_t limit = Must(Await<int64_t>([&](auto cb) { store->SetMaxPageCountForTest(1, cb); }));
+  // One batch: two small messages are queued, then a large one needs new
+  // pages and the whole batch fails.
+  Collector<AppendResult> appends(3);
+  store->AppendMessage(Msg(p.c, p.alice.id, p.alice_dev.id, "s1", "small"), appends.Slot(0));
+  store->AppendMessage(Msg(p.c, p.alice.id, p.alice_dev.id, "s2", "small"), appends.Slot(1));
+  store->AppendMessage(Msg(p.c, p.alice.id, p.alice_dev.id, "big", std::string(64 * 1024, 'b')), appends.Slot(2));
+  for (auto& r : appends.Wait()) {
+    ASSERT_FALSE(r->has_value());
+    EXPECT_EQ(r->error().code(), ErrorCode::kStorageFull);
+  }
+  EXPECT_GT(Must(Await<int64_t>([&](auto cb) { store->SetMaxPageCountForTest(1 << 30, cb); })), limit);
+  Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "after", "after")));
+  // Queued: the three before and the one after, nothing of the failed batch.
+  SearchIndexProgress progress = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(1, cb); }));
+  EXPECT_EQ(progress.indexed, 1);
+  EXPECT_EQ(progress.backlog, 3);
+  progress = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(10, cb); }));
+  EXPECT_EQ(progress.indexed, 3);
+  EXPECT_EQ(progress.backlog, 0);
 }
 
 TEST(SqliteStoreTest, AReceiptFromADeviceRevokedAfterItsLastReceiptIsRefused) {

@@ -2560,6 +2560,20 @@ TEST_P(StoreConformance, MessageSearchFindsOnlyOwnConversationsAfterIndexingNewe
   EXPECT_EQ(r.error().code(), ErrorCode::kUnknownConversation);
 }
 
+// Doc ids keep following the order messages were stored after the queue
+// has drained and the store has reopened (no id is handed out twice).
+TEST_P(StoreConformance, MessageSearchStaysNewestFirstAfterTheQueueDrainsAndTheStoreReopens) {
+  SetUpConversation();
+  Seq first = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "q1", "quartz one", 2000))).message.seq;
+  Seq second = Must(Append(store(), Msg(conv_, bob_.id, bob_dev_.id, "q2", "quartz two", 2001))).message.seq;
+  IndexAll(store());
+  Reopen();
+  Seq third = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "q3", "quartz three", 2002))).message.seq;
+  IndexAll(store());
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), bob_.id, "quartz"))), (std::vector<Seq>{third, second, first}));
+  EXPECT_EQ(Seqs(Must(SearchMsgs(store(), bob_.id, "one"))), (std::vector<Seq>{first}));
+}
+
 // A page visits at most kMaxSearchCandidates matches: a word common in
 // conversations the searcher is not in ends a page early, empty, with a
 // cursor, and the searcher's own older match is found on a later page.

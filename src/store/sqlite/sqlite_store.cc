@@ -107,7 +107,8 @@
 //           draft per conversation, no history; kDraft events read it.
 //   step 10 (issue 12, message search; see "Message search" below):
 //   search_queue(id INTEGER PRIMARY KEY AUTOINCREMENT, conversation_id, seq,
-//           queued_at): messages whose text the search index must (re)read;
+//           queued_at): messages whose text the search index must (re)read
+//           (AUTOINCREMENT until step 19);
 //   message_search: FTS5 table (words, conversation_id UNINDEXED, seq
 //           UNINDEXED, version UNINDEXED; tokenize 'ascii'), rowid = doc id;
 //   message_search_docs(conversation_id, seq, doc_id) PK(conversation_id,
@@ -141,6 +142,8 @@
 //           created_at, nonce, data) PK(conversation_id, first_seq), WITHOUT
 //           ROWID: the edits' zstd blocks (store/cold_block.h), one per
 //           compacted message range that had edits.
+//   step 19 (issue 9): search_queue without AUTOINCREMENT; the writer
+//           numbers its entries (see "Message search").
 //
 // Stream heads. A user's head (the newest user seq) is the larger of
 // user_heads.head and the user_seq of their newest user_events entry
@@ -186,9 +189,15 @@
 // (folded with ICU, split on ASCII punctuation; non-ASCII characters are
 // word characters, hence the FTS5 'ascii' tokenizer over the already
 // folded words), with the message's version. A message's doc id is the
-// queue id of the first entry that indexed it (AUTOINCREMENT: never
-// reused), so doc ids follow the order messages were stored and a search
-// pages newest first on the FTS5 rowid. A search steps the FTS5 matches
+// queue id of the first entry that indexed it, so doc ids follow the order
+// messages were stored and a search pages newest first on the FTS5 rowid.
+// The writer numbers queue entries itself, from one past the larger of the
+// queue's and the index's highest id (read at its first QueueSearch and again
+// after DropCaches, so a rolled-back batch's numbers are used again): ids
+// never go back below a doc id, even when the queue has drained. Until step
+// 19 the table was AUTOINCREMENT, which rewrote sqlite_sequence's page at
+// every commit that sent a message (2.8 % of the WAL frames written per
+// message; docs/benchmarks.md). A search steps the FTS5 matches
 // backwards from the cursor and checks each candidate against the store as
 // it is (membership, withheld, deleted_at = 0, version = the indexed one);
 // it visits at most kMaxSearchCandidates candidates per page.
@@ -649,6 +658,21 @@ CREATE TABLE edit_blocks(
   data BLOB NOT NULL,
   PRIMARY KEY(conversation_id, first_seq)) WITHOUT ROWID;
 )sql"},
+    // Issue 9: search_queue without AUTOINCREMENT (see "Message search"):
+    // the writer numbers entries itself, so no commit writes sqlite_sequence.
+    // Queued entries keep their ids; dropping the table drops its
+    // sqlite_sequence row.
+    {19, R"sql(
+CREATE TABLE search_queue_v19(
+  id INTEGER PRIMARY KEY,
+  conversation_id INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  queued_at INTEGER NOT NULL);
+INSERT INTO search_queue_v19(id, conversation_id, seq, queued_at)
+  SELECT id, conversation_id, seq, queued_at FROM search_queue;
+DROP TABLE search_queue;
+ALTER TABLE search_queue_v19 RENAME TO search_queue;
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -966,6 +990,8 @@ class SqliteStore::Writer {
   // indexes up to `max` queued entries.
   void QueueSearch(ConversationId conversation, Seq seq, int64_t now);
   Result<SearchIndexProgress> IndexSearch(int max);
+  // One past the highest search_queue id and FTS5 doc id in the file.
+  int64_t FirstFreeSearchId();
   // Retention (see "Retention").
   Result<SocialResult> SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now);
   Result<ExpireProgress> ExpireMessages(int64_t now, int max);
@@ -1088,6 +1114,7 @@ class SqliteStore::Writer {
   size_t cached_device_receipts_ = 0;  // receipts in devices_, all devices together
   std::vector<ConversationId> dirty_conversations_;
   std::vector<UserId> dirty_heads_;
+  int64_t next_search_id_ = 0;  // the next search_queue id; 0: FirstFreeSearchId at the next QueueSearch
   ColdCodec cold_codec_;  // compaction and the purge's block rewrites
   Counter& merged_receipts_ = Metrics::Default().GetCounter(
       "parley_store_merged_receipts_total",
@@ -1406,6 +1433,7 @@ void SqliteStore::Writer::DropCaches() {
   cached_device_receipts_ = 0;
   dirty_conversations_.clear();
   dirty_heads_.clear();
+  next_search_id_ = 0;
 }
 
 ConversationRecord SqliteStore::Writer::ToRecord(const Conversation& c) {
@@ -2154,9 +2182,19 @@ void SqliteStore::Writer::InsertBlock(BlockKind kind, ConversationId conversatio
 }
 
 void SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
-  Stmt s(*db_, "INSERT INTO search_queue(conversation_id, seq, queued_at) VALUES(?1, ?2, ?3)");
-  s.BindInt(1, conversation).BindInt(2, seq).BindInt(3, now);
+  if (next_search_id_ == 0) next_search_id_ = FirstFreeSearchId();
+  Stmt s(*db_, "INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(?1, ?2, ?3, ?4)");
+  s.BindInt(1, next_search_id_).BindInt(2, conversation).BindInt(3, seq).BindInt(4, now);
   s.Run();
+  ++next_search_id_;
+}
+
+int64_t SqliteStore::Writer::FirstFreeSearchId() {
+  // FTS5 steps its rowids backwards without a sort: one seek, like max(id).
+  Stmt s(*db_,
+         "SELECT max(COALESCE((SELECT max(id) FROM search_queue), 0), "
+         "COALESCE((SELECT rowid FROM message_search ORDER BY rowid DESC LIMIT 1), 0)) + 1");
+  return s.Step() ? s.Int(0) : 1;
 }
 
 Result<SearchIndexProgress> SqliteStore::Writer::IndexSearch(int max) {
@@ -2224,7 +2262,7 @@ Result<SearchIndexProgress> SqliteStore::Writer::IndexSearch(int max) {
   }
   {
     // Entries leave the queue only as a prefix of its ids (the DELETE above),
-    // and AUTOINCREMENT ids never repeat and never skip within committed
+    // and the writer's ids never repeat and never skip within committed
     // transactions, so the queue is the contiguous range [min, max]: two
     // B-tree seeks (each min/max alone in its subquery). count(*) scanned
     // the whole queue on every step: at a backlog of millions, tens of
