@@ -523,7 +523,10 @@ test('drafts follow the user to a second device; edits and deletes show and surv
   await pia.page.locator('li.msg[data-seq="2"] .body.deleted').waitFor();
   await pia.page.locator('li.msg[data-seq="3"]').waitFor({ state: 'detached' });
   await pia.page.locator('#conn-status[data-state="online"]').waitFor({ state: 'attached' });
-  assert.equal(await pia.page.locator('li.msg[data-seq="3"]').count(), 0, 'message 3, deleted for pia, came back');
+  // Online is shown before the render after the sync: wait for that render
+  // rather than reading the DOM at once (message 3 must not come back).
+  await pia.page.locator('li.msg[data-seq="3"]').waitFor({ state: 'detached', timeout: 5_000 })
+    .catch(() => assert.fail('message 3, deleted for pia, came back'));
   assertClean(pia, quinn, pia2);
   await closeAll(pia, quinn, pia2);
 });
