@@ -283,7 +283,7 @@ int main(int argc, char** argv) {
                             }),
                             "create user");
       DeviceRecord d = MustOk(Await<DeviceRecord>([&](auto cb) {
-                                store->CreateDevice(u.id, "phone", "bench", fmt::format("t{}_{}", c, k), now, cb);
+                                store->CreateDevice(u.id, "phone", "bench", fmt::format("t{}_{}", c, k), "", now, cb);
                               }),
                               "create device");
       two[k] = {u.id, d.id};

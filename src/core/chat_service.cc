@@ -539,7 +539,9 @@ void ChatService::DoLogin(const ClientPtr& c, Req req) {
         }
         auto& r = std::get<protocol::LoginRequest>(req.body);
         std::string token = NewDeviceToken();
-        store_.CreateDevice(user_id, r.device_name, r.platform, HashToken(token), clock_.NowMillis(),
+        // Created only while `hash` is still the user's: a password change
+        // since the read above fails the login (store.h CreateDevice).
+        store_.CreateDevice(user_id, r.device_name, r.platform, HashToken(token), std::move(hash), clock_.NowMillis(),
                             OnCore<store::DeviceRecord>([this, c, req, token](Result<store::DeviceRecord> d) {
                               if (!d) {
                                 c->authenticating = false;

@@ -266,9 +266,10 @@ void FaultStore::CreateUser(std::string username, std::string password_hash, int
 }
 
 void FaultStore::CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash,
-                              int64_t now, Callback<DeviceRecord> done) {
+                              std::string verified_hash, int64_t now, Callback<DeviceRecord> done) {
   Write<DeviceRecord>(std::move(done), [&](Callback<DeviceRecord> cb) {
-    inner_.CreateDevice(user_id, std::move(name), std::move(platform), std::move(token_hash), now, std::move(cb));
+    inner_.CreateDevice(user_id, std::move(name), std::move(platform), std::move(token_hash), std::move(verified_hash),
+                        now, std::move(cb));
   });
 }
 

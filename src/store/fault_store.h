@@ -129,8 +129,8 @@ class FaultStore final : public Store {
   void CreateUser(std::string username, std::string password_hash, int64_t now, Callback<UserRecord> done) override;
   void GetUserByName(std::string username, Callback<UserRecord> done) override;
   void GetUserById(UserId id, Callback<UserRecord> done) override;
-  void CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash, int64_t now,
-                    Callback<DeviceRecord> done) override;
+  void CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash,
+                    std::string verified_hash, int64_t now, Callback<DeviceRecord> done) override;
   void GetAuthContext(std::string token_hash, Callback<AuthContext> done) override;
   void ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) override;
   void RevokeDevice(UserId user_id, DeviceId device_id, StatusCallback done) override;

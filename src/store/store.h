@@ -67,9 +67,12 @@ class Store {
 
   // Creates a device for `user_id` with the token's hash (the token itself is
   // never stored). Its cursor starts at the user's current head. Fails
-  // kUnknownUser.
+  // kUnknownUser. `verified_hash`, when not empty, is the password hash a
+  // login verified: the device is created only if it is still the user's
+  // (in the same write), else kBadCredentials, so a login that raced a
+  // password change cannot add a device the change did not revoke.
   virtual void CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash,
-                            int64_t now, Callback<DeviceRecord> done) = 0;
+                            std::string verified_hash, int64_t now, Callback<DeviceRecord> done) = 0;
   // The live (not revoked) device holding this token hash, its user and the
   // user's stream head, in one read (a reconnect's only store round trip
   // before it is answered). Fails kInvalidToken.

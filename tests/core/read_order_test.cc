@@ -336,6 +336,31 @@ TEST_F(ReadOrderTest, AnAuthReadBeforeARevocationIsClosedWhenItLands) {
   EXPECT_EQ(phone.sink->close_code, 0) << "the phone that changed the password was closed";
 }
 
+// A login whose read of the user (the password hash it verifies) was answered
+// before a password change, with the old password: the device it would
+// create would outlive the change, which revoked only the devices that
+// existed. The login fails instead, and no device is added.
+TEST_F(ReadOrderTest, ALoginThatRacedAPasswordChangeGetsNoDevice) {
+  Conn phone = LoggedIn("alice");
+  Conn laptop = Open();
+  hold_.Arm(HeldRead::kAfter);  // the username's look-up: the old hash
+  int login = Start(laptop, "login", {{"username", "alice"}, {"password", "password123"}, {"device_name", "laptop"}});
+  WaitHeld();
+  json changed = Call(phone, "change_password", {{"old_password", "password123"}, {"new_password", "password456"}});
+  ASSERT_EQ(changed["type"], "response") << changed.dump();
+  hold_.Release();
+  json answered = WaitAnswer(laptop, login);
+  EXPECT_EQ(answered["type"], "error") << "a login with the old password got a device: " << answered.dump();
+  EXPECT_EQ(answered["code"], "bad_credentials") << answered.dump();
+  json devices = Call(phone, "list_devices");
+  ASSERT_EQ(devices["type"], "response") << devices.dump();
+  EXPECT_EQ(devices["result"]["devices"].size(), 1u) << devices.dump();
+  // The new password works.
+  Conn again = Open();
+  json relogin = Call(again, "login", {{"username", "alice"}, {"password", "password456"}, {"device_name", "laptop"}});
+  EXPECT_EQ(relogin["type"], "response") << relogin.dump();
+}
+
 // "block bob" then "unblock bob" from one connection: each first looks the
 // username up; the block's lookup is held, and the unblock must not overtake
 // it (stored unblock-then-block, bob would stay blocked).

@@ -303,7 +303,7 @@ TEST_P(StoreConformance, UnknownUsersAreReported) {
   ASSERT_FALSE(by_id.has_value());
   EXPECT_EQ(by_id.error().code(), ErrorCode::kUnknownUser);
   Result<DeviceRecord> device =
-      Await<DeviceRecord>([&](auto cb) { store().CreateDevice(4242, "x", "y", "token", 1, cb); });
+      Await<DeviceRecord>([&](auto cb) { store().CreateDevice(4242, "x", "y", "token", "", 1, cb); });
   ASSERT_FALSE(device.has_value());
   EXPECT_EQ(device.error().code(), ErrorCode::kUnknownUser);
 }
@@ -1669,6 +1669,30 @@ TEST_P(StoreConformance, ChangePasswordRevokesEveryOtherDevice) {
       Await<std::vector<DeviceId>>([&](auto cb) { store().ChangePassword(4242, "x", 0, 1, cb); });
   ASSERT_FALSE(unknown.has_value());
   EXPECT_EQ(unknown.error().code(), ErrorCode::kUnknownUser);
+}
+
+// A login creates its device only while the password hash it verified is
+// still the user's: one that raced a password change gets no device (the
+// change could not revoke it), and nothing is written.
+TEST_P(StoreConformance, CreateDeviceWithAVerifiedHashFailsOnceThePasswordChanged) {
+  UserRecord alice = MakeUser(store(), "alice");
+  auto create = [&](const std::string& token, const std::string& verified) {
+    return Await<DeviceRecord>([&](auto cb) { store().CreateDevice(alice.id, "laptop", "web", token, verified, 2000, cb); });
+  };
+  DeviceRecord first = Must(create("t1", "hash-of-alice"));
+  EXPECT_EQ(first.user_id, alice.id);
+  Must(Await<std::vector<DeviceId>>([&](auto cb) { store().ChangePassword(alice.id, "new-hash", first.id, 3000, cb); }));
+  Result<DeviceRecord> late = create("t2", "hash-of-alice");
+  ASSERT_FALSE(late.has_value());
+  EXPECT_EQ(late.error().code(), ErrorCode::kBadCredentials) << late.error().ToString();
+  EXPECT_FALSE(DeviceByToken(store(), "t2").has_value());
+  std::vector<DeviceRecord> live =
+      Must(Await<std::vector<DeviceRecord>>([&](auto cb) { store().ListDevices(alice.id, cb); }));
+  ASSERT_EQ(live.size(), 1u);
+  EXPECT_EQ(live[0].id, first.id);
+  // With the new hash, and with no check at all (provisioning), it works.
+  EXPECT_TRUE(create("t3", "new-hash").has_value());
+  EXPECT_TRUE(create("t4", "").has_value());
 }
 
 TEST_P(StoreConformance, BulkCreateUsersIsAllOrNothing) {

@@ -106,7 +106,7 @@ inline UserRecord MakeUser(Store& s, const std::string& name, int64_t now = 1000
 }
 
 inline DeviceRecord MakeDevice(Store& s, UserId user, const std::string& token_hash, int64_t now = 1000) {
-  return Must(Await<DeviceRecord>([&](auto cb) { s.CreateDevice(user, "phone", "test", token_hash, now, cb); }));
+  return Must(Await<DeviceRecord>([&](auto cb) { s.CreateDevice(user, "phone", "test", token_hash, "", now, cb); }));
 }
 
 inline OpenResult Open(Store& s, UserId a, UserId b, int64_t now = 1000) {

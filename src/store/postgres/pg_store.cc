@@ -850,7 +850,7 @@ class PostgresStore::Writer {
 
   Result<UserRecord> CreateUser(const std::string& username, const std::string& password_hash, int64_t now);
   Result<DeviceRecord> CreateDevice(UserId user_id, const std::string& name, const std::string& platform,
-                                    const std::string& token_hash, int64_t now);
+                                    const std::string& token_hash, const std::string& verified_hash, int64_t now);
   Result<Empty> RevokeDevice(UserId user_id, DeviceId device_id);
   Result<Empty> SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now);
   Result<OpenResult> OpenDirect(UserId a, UserId b, int64_t now);
@@ -914,6 +914,10 @@ class PostgresStore::Writer {
   const Members* FindMembers(ConversationId id);
   static bool IsMember(const Members& c, UserId user);
   std::optional<std::string> Username(UserId user);
+  // Whether `hash` is the user's password hash (CreateDevice's check); locks
+  // the users row until the batch commits, so a concurrent ChangePassword on
+  // another node either waits for this device (and revokes it) or is seen.
+  bool PasswordHashIs(UserId user, const std::string& hash);
   UserSeq Head(UserId user);
   std::optional<ProfileRecord> Profile(UserId user);
   std::optional<ProfileRecord> ProfileFor(UserId user, UserId viewer);
@@ -1038,6 +1042,12 @@ std::optional<std::string> PostgresStore::Writer::Username(UserId user) {
   PgRows rows = db_->Query("SELECT username FROM users WHERE id = $1", PgParams().Int(user));
   if (rows.empty()) return std::nullopt;
   return rows.Text(0, 0);
+}
+
+bool PostgresStore::Writer::PasswordHashIs(UserId user, const std::string& hash) {
+  return !db_->Query("SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 FOR SHARE",
+                     PgParams().Int(user).Text(hash))
+              .empty();
 }
 
 UserSeq PostgresStore::Writer::Head(UserId user) {
@@ -1177,8 +1187,11 @@ Result<UserRecord> PostgresStore::Writer::CreateUser(const std::string& username
 
 Result<DeviceRecord> PostgresStore::Writer::CreateDevice(UserId user_id, const std::string& name,
                                                          const std::string& platform, const std::string& token_hash,
-                                                         int64_t now) {
+                                                         const std::string& verified_hash, int64_t now) {
   if (!Username(user_id)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  if (!verified_hash.empty() && !PasswordHashIs(user_id, verified_hash)) {
+    return Status(ErrorCode::kBadCredentials, "the password changed while logging in; log in with the new one");
+  }
   if (!db_->Query("SELECT 1 FROM devices WHERE token_hash = $1", PgParams().Bytes(token_hash)).empty()) {
     return Status(ErrorCode::kInternal, "device token hash already in use");
   }
@@ -3122,10 +3135,11 @@ void PostgresStore::GetUserById(UserId id, Callback<UserRecord> done) {
 }
 
 void PostgresStore::CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash,
-                                 int64_t now, Callback<DeviceRecord> done) {
+                                 std::string verified_hash, int64_t now, Callback<DeviceRecord> done) {
   SubmitWrite<DeviceRecord>(
       [user_id, name = std::move(name), platform = std::move(platform), token_hash = std::move(token_hash),
-       now](Writer& w) { return w.CreateDevice(user_id, name, platform, token_hash, now); },
+       verified_hash = std::move(verified_hash),
+       now](Writer& w) { return w.CreateDevice(user_id, name, platform, token_hash, verified_hash, now); },
       std::move(done), LockSet{{}, {user_id}, {}});
 }
 

@@ -955,7 +955,7 @@ class SqliteStore::Writer {
 
   Result<UserRecord> CreateUser(const std::string& username, const std::string& password_hash, int64_t now);
   Result<DeviceRecord> CreateDevice(UserId user_id, const std::string& name, const std::string& platform,
-                                    const std::string& token_hash, int64_t now);
+                                    const std::string& token_hash, const std::string& verified_hash, int64_t now);
   Result<Empty> RevokeDevice(UserId user_id, DeviceId device_id);
   Result<Empty> SetCursor(DeviceId device_id, UserSeq user_seq, int64_t now);
   Result<OpenResult> OpenDirect(UserId a, UserId b, int64_t now);
@@ -1068,6 +1068,8 @@ class SqliteStore::Writer {
   // withheld from them at the conversation's last seq.
   Seq LastSeqVisible(const Conversation& c, size_t i);
   std::optional<std::string> Username(UserId user);
+  // Whether `hash` is the user's password hash (CreateDevice's check).
+  bool PasswordHashIs(UserId user, const std::string& hash);
   Head& HeadOf(UserId user);
   std::optional<ProfileRecord> Profile(UserId user);
   // `user`'s profile as `viewer` sees it: as it was when the block began if
@@ -1259,6 +1261,12 @@ std::optional<std::string> SqliteStore::Writer::Username(UserId user) {
   s.BindInt(1, user);
   if (!s.Step()) return std::nullopt;
   return s.Text(0);
+}
+
+bool SqliteStore::Writer::PasswordHashIs(UserId user, const std::string& hash) {
+  Stmt s(*db_, "SELECT 1 FROM users WHERE id = ?1 AND password_hash = ?2");
+  s.BindInt(1, user).BindText(2, hash);
+  return s.Step();
 }
 
 SqliteStore::Writer::Head& SqliteStore::Writer::HeadOf(UserId user) {
@@ -1462,8 +1470,11 @@ Result<UserRecord> SqliteStore::Writer::CreateUser(const std::string& username, 
 
 Result<DeviceRecord> SqliteStore::Writer::CreateDevice(UserId user_id, const std::string& name,
                                                        const std::string& platform, const std::string& token_hash,
-                                                       int64_t now) {
+                                                       const std::string& verified_hash, int64_t now) {
   if (!Username(user_id)) return Status(ErrorCode::kUnknownUser, "unknown user");
+  if (!verified_hash.empty() && !PasswordHashIs(user_id, verified_hash)) {
+    return Status(ErrorCode::kBadCredentials, "the password changed while logging in; log in with the new one");
+  }
   {
     Stmt s(*db_, "SELECT 1 FROM devices WHERE token_hash = ?1");
     s.BindBlob(1, token_hash);
@@ -3577,10 +3588,11 @@ void SqliteStore::GetUserById(UserId id, Callback<UserRecord> done) {
 }
 
 void SqliteStore::CreateDevice(UserId user_id, std::string name, std::string platform, std::string token_hash,
-                               int64_t now, Callback<DeviceRecord> done) {
+                               std::string verified_hash, int64_t now, Callback<DeviceRecord> done) {
   SubmitWrite<DeviceRecord>(
       [user_id, name = std::move(name), platform = std::move(platform), token_hash = std::move(token_hash),
-       now](Writer& w) { return w.CreateDevice(user_id, name, platform, token_hash, now); },
+       verified_hash = std::move(verified_hash),
+       now](Writer& w) { return w.CreateDevice(user_id, name, platform, token_hash, verified_hash, now); },
       std::move(done));
 }
 
