@@ -160,10 +160,13 @@ void ChatService::RecheckPresence(int64_t watched, int64_t viewer) {
 // Every subscription, as it is when its batch is issued: one installed
 // after the walk started read after the change, or reads again
 // (visibility_changes_ key 0).
-void ChatService::RecheckAllPresence(uint64_t generation) {
+void ChatService::RecheckAllPresence() {
   if (!subscribe_reads_.empty()) visibility_changes_[0] = ++presence_reads_;
+  if (presence_walk_) {
+    presence_walk_->again = true;
+    return;
+  }
   auto walk = std::make_shared<PacedWalk>();
-  walk->generation = generation;
   for (const auto& [id, client] : presence_subscribers_) walk->keys.push_back(static_cast<int64_t>(id));
   walk->visit = [this](int64_t key, std::function<void()> done) {
     const auto id = static_cast<uint64_t>(key);
@@ -171,7 +174,12 @@ void ChatService::RecheckAllPresence(uint64_t generation) {
     if (it == presence_subscribers_.end()) return done();
     RereadVisibility(it->second, presence_.Watched(id), std::move(done));
   };
-  WalkPaced(walk);
+  walk->finished = [this](bool again) {
+    presence_walk_.reset();
+    if (again) RecheckAllPresence();
+  };
+  presence_walk_ = walk;
+  WalkPaced(std::move(walk));
 }
 
 void ChatService::RereadVisibility(const ClientPtr& client, std::vector<int64_t> users, std::function<void()> done) {

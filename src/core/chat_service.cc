@@ -145,7 +145,14 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
   // Another node changed something about a user that this one holds (or
   // may have, unheard).
   fabric_.OnRemoteUserChange([this](const fabric::Fabric::UserChange& change) {
-    core_.Post([this, change] { ApplyUserChange(change); });
+    core_.Post([this, change] {
+      ApplyUserChange(change);
+      // The other node's routed close reached the nodes whose route for the
+      // device was written when it ran; a device attached here just before
+      // (its auth read answered from before the revocation, and done before
+      // this message) may have had none yet: read this user's devices again.
+      if (change.kind == fabric::Fabric::UserChange::Kind::kRevoked) RecheckUserDevices(change.user_id, [] {});
+    });
   });
   if (fabric_.SharesRateLimits() && config_.rate_limit_sync_ms > 0) {
     shared_limiters_ = {{"send_per_user", &send_user_limiter_},
@@ -525,7 +532,7 @@ void ChatService::DoLogin(const ClientPtr& c, Req req) {
     std::string password = std::get<protocol::LoginRequest>(req.body).password;
     hash_pool_.Submit([this, c, req = std::move(req), hash, password, user_id, disabled]() mutable {
       bool ok = VerifyPassword(hash, password) && user_id != 0;
-      core_.Post([this, c, req = std::move(req), ok, user_id, disabled]() mutable {
+      core_.Post([this, c, req = std::move(req), ok, user_id, disabled, hash = std::move(hash)]() mutable {
         if (!ok) {
           c->authenticating = false;
           int64_t now = clock_.NowMillis();
@@ -606,14 +613,19 @@ void ChatService::CompleteLogin(const ClientPtr& c, const Req& req, const std::s
 }
 
 uint64_t ChatService::BeginAuthRead() {
-  ++auth_reads_in_flight_;
+  auth_reads_open_.push_back(true);
   return ++auth_reads_;
 }
 
 bool ChatService::EndAuthRead(uint64_t as_of, int64_t user_id) {
   bool revoked = revoked_anyone_ > as_of;
   if (auto it = revocations_.find(user_id); it != revocations_.end()) revoked = revoked || it->second > as_of;
-  if (--auth_reads_in_flight_ == 0) {
+  auth_reads_open_[as_of - oldest_auth_read_] = false;
+  while (!auth_reads_open_.empty() && !auth_reads_open_.front()) {
+    auth_reads_open_.pop_front();
+    ++oldest_auth_read_;
+  }
+  if (auth_reads_open_.empty()) {
     revocations_.clear();
     revoked_anyone_ = 0;
   }
@@ -621,7 +633,12 @@ bool ChatService::EndAuthRead(uint64_t as_of, int64_t user_id) {
 }
 
 void ChatService::NoteRevocation(int64_t user_id) {
-  if (auth_reads_in_flight_ == 0) return;  // every later auth read sees it
+  if (auth_reads_open_.empty()) return;  // every later auth read sees it
+  if (user_id != 0 && revocations_.size() >= kMaxNotedRevocations) {
+    // A note matters only to reads issued before it; drop those older than
+    // every read still in flight before giving up on per-user notes.
+    std::erase_if(revocations_, [this](const auto& note) { return note.second <= oldest_auth_read_; });
+  }
   if (user_id == 0 || revocations_.size() >= kMaxNotedRevocations) {
     revocations_.clear();
     revoked_anyone_ = auth_reads_ + 1;
@@ -1124,14 +1141,17 @@ void ChatService::ApplyUserChange(const fabric::Fabric::UserChange& change) {
     case Kind::kAnything:
       NoteRevocation(0);
       direct_.clear();
-      ++recheck_generation_;
-      RecheckAllPresence(recheck_generation_);
-      return RecheckDevices(recheck_generation_);
+      RecheckAllPresence();
+      return RecheckDevices();
   }
 }
 
-void ChatService::WalkPaced(const std::shared_ptr<PacedWalk>& walk) {
-  if (stopping_ || walk->generation != recheck_generation_ || walk->next >= walk->keys.size()) return;
+void ChatService::WalkPaced(std::shared_ptr<PacedWalk> walk) {
+  if (stopping_) return;
+  if (walk->next >= walk->keys.size()) {
+    walk->finished(walk->again);
+    return;
+  }
   const size_t end = std::min(walk->keys.size(), walk->next + static_cast<size_t>(std::max(1, config_.recheck_batch)));
   // One more than the batch, released after the loop: a visit that answers
   // at once does not start the next batch while this one is being issued.
@@ -1143,13 +1163,21 @@ void ChatService::WalkPaced(const std::shared_ptr<PacedWalk>& walk) {
   done();
 }
 
-void ChatService::RecheckDevices(uint64_t generation) {
+void ChatService::RecheckDevices() {
+  if (device_walk_) {
+    device_walk_->again = true;
+    return;
+  }
   auto walk = std::make_shared<PacedWalk>();
-  walk->generation = generation;
   walk->keys.reserve(live_.size());
   for (const auto& [user_id, live] : live_) walk->keys.push_back(user_id);
   walk->visit = [this](int64_t user, std::function<void()> done) { RecheckUserDevices(user, std::move(done)); };
-  WalkPaced(walk);
+  walk->finished = [this](bool again) {
+    device_walk_.reset();
+    if (again) RecheckDevices();
+  };
+  device_walk_ = walk;
+  WalkPaced(std::move(walk));
 }
 
 // Only the devices connected when the reads were issued are judged: one that

@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <list>
 #include <functional>
 #include <memory>
@@ -450,28 +451,32 @@ class ChatService {
   // reads each user connected here again and closes the connections of
   // devices no longer live, or of accounts disabled meanwhile. Paced
   // (WalkPaced) with the re-read of every presence subscription.
-  void RecheckDevices(uint64_t generation);
+  void RecheckDevices();
   void RecheckUserDevices(int64_t user_id, std::function<void()> done);
   // A node-wide re-check walks its keys (users connected here, presence
   // subscriptions) CoreConfig::recheck_batch at a time: a batch's reads are
   // issued in one core turn and the next batch only once each of them has
-  // answered (`visit` calls `done` once, on the core thread), so the walk
-  // never queues more than a batch of reads ahead of logins and syncs. A
-  // newer re-check (recheck_generation_) ends a running one at its next batch.
+  // answered (`visit` calls `done` once, on the core thread), so each walk
+  // queues at most a batch of reads ahead of logins and syncs. A re-check
+  // asked for while a walk of its kind runs does not restart it (repeated
+  // cuts would then re-read the same first keys forever): the running walk
+  // goes on, its keys not yet visited are read after the new cut anyway, and
+  // one more walk follows it (`again`), however many were asked for.
   struct PacedWalk {
     std::vector<int64_t> keys;
     size_t next = 0;
     size_t pending = 0;
-    uint64_t generation = 0;
+    bool again = false;
     std::function<void(int64_t key, std::function<void()> done)> visit;
+    std::function<void(bool again)> finished;  // every key visited and answered
   };
-  void WalkPaced(const std::shared_ptr<PacedWalk>& walk);
+  void WalkPaced(std::shared_ptr<PacedWalk> walk);
   // Re-reads, from the store, whether each subscriber of `watched` (only
   // those of user `viewer` if not 0) may see it, after a setting changed
   // here or on another node. RecheckAllPresence: every subscription, paced
   // (WalkPaced), after the fabric may have lost such changes.
   void RecheckPresence(int64_t watched, int64_t viewer);
-  void RecheckAllPresence(uint64_t generation);
+  void RecheckAllPresence();
   // Reads again what subscriber `client` may see of `users` (one store
   // read); SetVisible applies the answer unless a later read's came first.
   // `done`, if set, is called once the answer (or the error) is in.
@@ -593,7 +598,9 @@ class ChatService {
   PresenceTracker presence_;
   // Connections with a presence subscription, by Client::id.
   std::unordered_map<uint64_t, ClientPtr> presence_subscribers_;
-  uint64_t recheck_generation_ = 0;  // node-wide re-checks started (PacedWalk)
+  // The running node-wide re-checks (PacedWalk), null when none runs.
+  std::shared_ptr<PacedWalk> device_walk_;
+  std::shared_ptr<PacedWalk> presence_walk_;
   // An auth's read may be answered from before a revocation and land after
   // the revocation closed the device's connections: it would attach a
   // revoked device. So auth reads are numbered as issued (auth_reads_),
@@ -601,9 +608,13 @@ class ChatService {
   // revoked_anyone_: every auth issued before it, after a fabric cut or past
   // kMaxNotedRevocations users), and an auth that lands after a revocation
   // of its user reads its device again (CompleteAuth `recheck`). The notes
-  // are dropped whenever no auth read is in flight.
+  // are dropped whenever no auth read is in flight, and, past
+  // kMaxNotedRevocations, those older than every read in flight.
   uint64_t auth_reads_ = 0;
-  size_t auth_reads_in_flight_ = 0;
+  // Auth reads from oldest_auth_read_ to auth_reads_, true while in flight;
+  // the front is always one in flight (empty: none is).
+  std::deque<bool> auth_reads_open_;
+  uint64_t oldest_auth_read_ = 1;
   std::unordered_map<int64_t, uint64_t> revocations_;
   uint64_t revoked_anyone_ = 0;
   static constexpr size_t kMaxNotedRevocations = 4096;

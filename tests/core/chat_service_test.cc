@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <future>
 #include <optional>
 
 #include "core/core_test_util.h"
@@ -146,6 +147,30 @@ TEST_F(ChatServiceTest, UnlinkClosesTheDevicesConnectionsAndRevokesItsToken) {
   Conn later = Open();
   EXPECT_EQ(Call(later, "auth", {{"token", phone_token}})["code"], "invalid_token");
   EXPECT_EQ(Call(laptop, "unlink_device", {{"device_id", phone_id}})["code"], "unknown_device");
+}
+
+// Another node revoked alice's laptop, which is attached here, but its routed
+// close never reached this node (the laptop's route was not in Redis yet
+// when the close looked it up): its broadcast kRevoked makes this node read
+// alice's devices again and close the revoked one, and only that one.
+TEST_F(ChatServiceTest, ARevocationOnAnotherNodeClosesARevokedDeviceAttachedHere) {
+  Conn phone = LoggedIn("alice");
+  Conn laptop = LoggedIn("alice", false);
+  Conn bob = LoggedIn("bob");
+  const int64_t alice_id = laptop.client->user_id;
+  std::promise<Status> revoked;
+  store_->RevokeDevice(alice_id, laptop.client->device_id, [&](Status s) { revoked.set_value(s); });
+  ASSERT_TRUE(revoked.get_future().get().ok());
+  exec_.RunPending();
+  ASSERT_EQ(laptop.sink->close_code, 0) << "closed without the other node's message";
+  fabric_.DeliverRemote({fabric::Fabric::UserChange::Kind::kRevoked, alice_id, 0});
+  EXPECT_TRUE(exec_.RunUntil([&] {
+    std::lock_guard lock(laptop.sink->mu);
+    return laptop.sink->close_code == 4002;
+  })) << "the revoked laptop stayed connected";
+  exec_.RunPending();
+  EXPECT_EQ(phone.sink->close_code, 0);
+  EXPECT_EQ(bob.sink->close_code, 0);
 }
 
 // Retention (issue 12) against a clock the test moves: the timer reaches

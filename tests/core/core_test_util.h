@@ -102,6 +102,20 @@ class FakeSink final : public fabric::DeviceSink {
   uint16_t close_code = 0;
 };
 
+// LocalFabric that lets a test play another node's user changes
+// (Fabric::OnRemoteUserChange), as RedisFabric delivers them.
+class TestFabric final : public fabric::LocalFabric {
+ public:
+  void OnRemoteUserChange(RemoteUserChangeFn fn) override { remote_ = std::move(fn); }
+  // As if another node published `change` (or the fabric was cut: kAnything).
+  void DeliverRemote(const UserChange& change) {
+    if (remote_) remote_(change);
+  }
+
+ private:
+  RemoteUserChangeFn remote_;
+};
+
 class ChatServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -169,7 +183,7 @@ class ChatServiceTest : public ::testing::Test {
   // The clock of the store and the service; subclasses may point it at
   // their own (set in the constructor).
   const Clock* clock_ = &SystemClock::Instance();
-  fabric::LocalFabric fabric_;
+  TestFabric fabric_;
   WorkerPool pool_{1};
   std::string dir_;
   std::unique_ptr<store::Store> store_;

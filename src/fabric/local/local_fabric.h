@@ -11,7 +11,7 @@
 
 namespace parley::fabric {
 
-class LocalFabric final : public Fabric {
+class LocalFabric : public Fabric {
  public:
   void Attach(int64_t user_id, int64_t device_id, std::shared_ptr<DeviceSink> sink) override;
   void Detach(int64_t user_id, int64_t device_id, const DeviceSink* sink) override;
