@@ -705,7 +705,14 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
   });
   if (recheck) {
     spdlog::info("event=auth_rechecked user_id={} device_id={}", c->user_id, c->device_id);
-    RecheckUserDevices(c->user_id, [] {});
+    // A failed read leaves the device unconfirmed: it is closed to come back
+    // (a live device reconnects; a revoked one is refused then).
+    RecheckUserDevices(c->user_id, [] {}, [c] {
+      if (c->closed) return;
+      spdlog::warn("event=auth_recheck_failed user_id={} device_id={}", c->user_id, c->device_id);
+      c->sink->Close(static_cast<uint16_t>(protocol::CloseCode::kResync),
+                     protocol::RetryAfterReason(kUnconfirmedAuthRetryAfterMs));
+    });
   }
 }
 
@@ -1182,7 +1189,7 @@ void ChatService::RecheckDevices() {
 
 // Only the devices connected when the reads were issued are judged: one that
 // logged in since may be newer than what they read.
-void ChatService::RecheckUserDevices(int64_t user, std::function<void()> done) {
+void ChatService::RecheckUserDevices(int64_t user, std::function<void()> done, std::function<void()> unsure) {
   std::vector<int64_t> judged = fabric_.AttachedDevices(user);
   if (judged.empty()) return done();
   auto close = [this, user, judged = std::move(judged), done](const std::vector<int64_t>& keep, const char* reason) {
@@ -1196,15 +1203,19 @@ void ChatService::RecheckUserDevices(int64_t user, std::function<void()> done) {
     }
     done();
   };
-  store_.GetUserById(user, OnCore<store::UserRecord>([this, user, close, done](Result<store::UserRecord> u) {
+  auto failed = [done, unsure = std::move(unsure)] {
+    if (unsure) unsure();
+    done();
+  };
+  store_.GetUserById(user, OnCore<store::UserRecord>([this, user, close, failed](Result<store::UserRecord> u) {
     if (!u) {
       if (u.error().code() == ErrorCode::kUnknownUser) return close({}, "account deleted");
-      return done();
+      return failed();
     }
     if (u->disabled) return close({}, "account disabled");
     store_.ListDevices(user, OnCore<std::vector<store::DeviceRecord>>(
-                                 [close, done](Result<std::vector<store::DeviceRecord>> listed) {
-                                   if (!listed) return done();
+                                 [close, failed](Result<std::vector<store::DeviceRecord>> listed) {
+                                   if (!listed) return failed();
                                    std::vector<int64_t> keep;
                                    for (const auto& d : *listed) keep.push_back(d.id);
                                    close(keep, "device revoked");

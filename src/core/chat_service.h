@@ -323,6 +323,10 @@ class ChatService {
   // `rate_limited` and kTurnRetryAfterMs.
   static constexpr size_t kMaxWaitingTurns = 64;
   static constexpr int64_t kTurnRetryAfterMs = 1'000;
+  // An auth that must read its devices again (it raced a revocation) and
+  // cannot (the store failed the read) is closed with 4003 and this wait:
+  // the device reconnects, and a revoked one is refused then.
+  static constexpr int64_t kUnconfirmedAuthRetryAfterMs = 1'000;
 
  private:
   using Req = protocol::Request;
@@ -452,7 +456,9 @@ class ChatService {
   // devices no longer live, or of accounts disabled meanwhile. Paced
   // (WalkPaced) with the re-read of every presence subscription.
   void RecheckDevices();
-  void RecheckUserDevices(int64_t user_id, std::function<void()> done);
+  // `unsure`, if set, is called (before `done`) when a read failed and
+  // nothing could be judged.
+  void RecheckUserDevices(int64_t user_id, std::function<void()> done, std::function<void()> unsure = {});
   // A node-wide re-check walks its keys (users connected here, presence
   // subscriptions) CoreConfig::recheck_batch at a time: a batch's reads are
   // issued in one core turn and the next batch only once each of them has

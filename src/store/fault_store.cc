@@ -100,6 +100,12 @@ void FaultStore::FailNextWrites(int n, Status status) {
   fail_status_ = std::move(status);
 }
 
+void FaultStore::FailNextListDevices(int n, Status status) {
+  std::lock_guard lock(mu_);
+  list_devices_fail_left_ = n;
+  list_devices_fail_status_ = std::move(status);
+}
+
 void FaultStore::HoldWrites() {
   std::lock_guard lock(mu_);
   holding_ = true;
@@ -453,6 +459,19 @@ void FaultStore::GetAuthContext(std::string token_hash, Callback<AuthContext> do
 }
 
 void FaultStore::ListDevices(UserId user_id, Callback<std::vector<DeviceRecord>> done) {
+  Status failure = Status::Ok();
+  {
+    std::lock_guard lock(mu_);
+    if (list_devices_fail_left_ > 0) {
+      --list_devices_fail_left_;
+      failure = list_devices_fail_status_;
+    }
+  }
+  if (!failure.ok()) {
+    // Answer from a thread of the store's own, as the contract says.
+    inner_.Flush([done = std::move(done), failure](Status) { done(failure); });
+    return;
+  }
   inner_.ListDevices(user_id, std::move(done));
 }
 

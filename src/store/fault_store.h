@@ -7,7 +7,8 @@
 //     and never reach the backend: a failed commit) and HoldWrites /
 //     ReleaseWrites (write completions are held back after the backend made
 //     them durable, then released in their original order: a slow commit),
-//     FailPurges (PurgeDeleted steps fail without reaching the backend,
+//     FailNextListDevices (device-list reads fail: a re-check that cannot
+//     read), FailPurges (PurgeDeleted steps fail without reaching the backend,
 //     once or until cleared: the user erase's failed purge, tests/admin) and
 //     LosePurgeAnswers (steps the backend ran and committed answer an error:
 //     a purge whose answer was lost).
@@ -120,6 +121,9 @@ class FaultStore final : public Store {
   // FailPurges (and FailPurges replaces this); FailPurges(0, 0, Ok())
   // clears either.
   void LosePurgeAnswers(int pass, int n, Status status);
+  // The next `n` ListDevices reads complete with `status` without reaching
+  // the backend (a store that cannot be read for a moment).
+  void FailNextListDevices(int n, Status status);
   // PurgeDeleted steps failed by FailPurges or LosePurgeAnswers so far.
   int64_t PurgesFailed() const;
   // How many times each switch fired so far.
@@ -237,6 +241,8 @@ class FaultStore final : public Store {
   mutable std::mutex mu_;  // guards everything below
   int fail_left_ = 0;
   Status fail_status_ = Status::Ok();
+  int list_devices_fail_left_ = 0;
+  Status list_devices_fail_status_ = Status::Ok();
   bool holding_ = false;
   int purge_pass_left_ = 0;  // FailPurges: steps still to let through first
   int purge_fail_left_ = 0;  // then steps to fail (kFailEveryPurge: all)

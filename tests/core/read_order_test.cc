@@ -336,6 +336,38 @@ TEST_F(ReadOrderTest, AnAuthReadBeforeARevocationIsClosedWhenItLands) {
   EXPECT_EQ(phone.sink->close_code, 0) << "the phone that changed the password was closed";
 }
 
+// As above, through a store that then fails the device list: the auth that
+// raced the unlink cannot be confirmed, so it is closed with 4003 (reconnect
+// later) rather than left connected, and its reconnect is refused.
+class FaultyReadOrderTest : public ReadOrderTest {
+ protected:
+  FaultyReadOrderTest() { with_fault_store_ = true; }
+};
+
+TEST_F(FaultyReadOrderTest, AnAuthThatRacedARevocationAndCannotReadItsDevicesIsClosedToComeBack) {
+  Conn phone = LoggedIn("alice");
+  Conn laptop = Open();
+  json linked = Call(laptop, "login", {{"username", "alice"}, {"password", "password123"}, {"device_name", "laptop"}});
+  ASSERT_EQ(linked["type"], "response") << linked.dump();
+  const std::string token = linked["result"]["token"];
+
+  Conn again = Open();
+  hold_.Arm(HeldRead::kAfter);
+  int auth = Start(again, "auth", {{"token", token}});
+  WaitHeld();  // read from before the unlink: the laptop is live
+  ASSERT_EQ(Call(phone, "unlink_device", {{"device_id", linked["result"]["device_id"]}})["type"], "response");
+  fault_->FailNextListDevices(1, Status(ErrorCode::kUnavailable, "test: the store cannot be read"));
+  hold_.Release();
+  ASSERT_EQ(WaitAnswer(again, auth)["type"], "response");
+  EXPECT_TRUE(exec_.RunUntil([&] {
+    std::lock_guard lock(again.sink->mu);
+    return again.sink->close_code == 4003;
+  })) << "an auth that raced a revocation stayed connected although its devices could not be read";
+  EXPECT_EQ(phone.sink->close_code, 0);
+  Conn back = Open();
+  EXPECT_EQ(Call(back, "auth", {{"token", token}})["code"], "invalid_token");
+}
+
 // A login whose read of the user (the password hash it verifies) was answered
 // before a password change, with the old password: the device it would
 // create would outlive the change, which revoked only the devices that
