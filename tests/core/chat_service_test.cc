@@ -173,6 +173,57 @@ TEST_F(ChatServiceTest, ARevocationOnAnotherNodeClosesARevokedDeviceAttachedHere
   EXPECT_EQ(bob.sink->close_code, 0);
 }
 
+// A node whose fabric is cut again and again, each cut coming as soon as
+// the re-check's batch has been read: the re-check must still reach every
+// connected user, not start over from the first ones at every cut.
+class RecheckWalkTest : public ChatServiceTest {
+ protected:
+  RecheckWalkTest() {
+    recheck_batch_ = 1;
+    before_read_for_test_ = [this] { reads_.fetch_add(1); };
+  }
+  std::atomic<int> reads_{0};
+};
+
+TEST_F(RecheckWalkTest, RepeatedCutsDoNotRestartTheWalkFromItsFirstUsers) {
+  // Three users, each with a device revoked behind this node's back (the
+  // close was lost in the cut) and still attached here.
+  std::vector<Conn> revoked;
+  for (const char* name : {"ann", "ben", "cat"}) {
+    LoggedIn(name);
+    Conn second = LoggedIn(name, false);
+    std::promise<Status> done;
+    store_->RevokeDevice(second.client->user_id, second.client->device_id, [&](Status s) { done.set_value(s); });
+    ASSERT_TRUE(done.get_future().get().ok());
+    revoked.push_back(second);
+  }
+  exec_.RunPending();
+  auto closed = [&] {
+    int n = 0;
+    for (Conn& c : revoked) {
+      std::lock_guard lock(c.sink->mu);
+      n += c.sink->close_code == 4002 ? 1 : 0;
+    }
+    return n;
+  };
+  ASSERT_EQ(closed(), 0);
+  // A cut, then another as soon as each batch (one user: account, devices)
+  // has been read.
+  const int start = reads_.load();
+  for (int i = 0; i < 3; ++i) {
+    const int before = reads_.load();
+    fabric_.DeliverRemote({fabric::Fabric::UserChange::Kind::kAnything, 0, 0});
+    ASSERT_TRUE(exec_.RunUntil([&] { return reads_.load() >= before + 2; })) << "cut " << i << " read nothing";
+  }
+  EXPECT_TRUE(exec_.RunUntil([&] { return closed() == 3; })) << closed() << " of 3 revoked devices closed";
+  const int after_cuts = reads_.load();
+  EXPECT_EQ(after_cuts - start, 6) << "the walk read users again before reaching the last (it started over at a cut)";
+  exec_.RunPending();
+  // One more walk follows for the cuts that came during the first: three
+  // users, two reads each, then nothing.
+  EXPECT_TRUE(exec_.RunUntil([&] { return reads_.load() >= after_cuts + 6; }));
+}
+
 // Retention (issue 12) against a clock the test moves: the timer reaches
 // both members, a message sent after it carries expires_at and is deleted
 // for everyone (marked expired) once the clock passes it, and the purge

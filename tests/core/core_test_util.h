@@ -135,6 +135,7 @@ class ChatServiceTest : public ::testing::Test {
     CoreConfig cc;
     cc.password_cost = PasswordCost::kInsecureFast;
     cc.cluster = cluster_;
+    if (recheck_batch_ > 0) cc.recheck_batch = recheck_batch_;
     store::Store& used = with_fault_store_ ? static_cast<store::Store&>(*fault_) : *store_;
     chat_ = std::make_unique<ChatService>(exec_, used, fabric_, pool_, *clock_, cc);
   }
@@ -191,6 +192,7 @@ class ChatServiceTest : public ::testing::Test {
   // (0: its default) and its test hooks (store_factory.h), and
   // CoreConfig::cluster.
   int sqlite_read_connections_ = 0;
+  int recheck_batch_ = 0;  // CoreConfig::recheck_batch (0: its default)
   std::function<void()> before_read_for_test_;
   std::function<void()> after_read_for_test_;
   bool cluster_ = false;
