@@ -368,6 +368,14 @@ int CmdLogout(const Globals& g, bool force) {
   size_t pending = s.client->PendingCount();
   if (auto f = GoOnline(g, s)) {
     if (f->code != kNotLoggedIn) return Fail(g, f->code, "", f->message + " (logout needs the server)");
+    // The device is signed out already (unlinked, password changed): only
+    // the local data goes, but a login as this user again would keep it and
+    // send what the outbox holds, so unsent messages still need --force.
+    if (pending > 0 && !force) {
+      return Fail(g, kFailure, "outbox_not_empty",
+                  std::to_string(pending) +
+                      " message(s) not sent yet; log in again to send them, or use --force to drop them");
+    }
   } else {
     s.client->WaitOutboxDrained(g.timeout_ms);
     pending = s.client->PendingCount();

@@ -121,6 +121,44 @@ TEST(CliE2E, TwoUsersRegisterAddEachOtherSendWhileOfflineReadHistoryAndSeeTicksR
   EXPECT_EQ(alice.Run({"send", "--help"}).exit_code, 0);
 }
 
+// A device unlinked from another device, with a message still in its
+// outbox: logout does not drop it without --force (logging in again keeps
+// the cache, and the message is sent then).
+TEST(CliE2E, LogoutOfASignedOutDeviceKeepsUnsentMessagesUnlessForced) {
+  ServerProcess s;
+  TempDir dir;
+  CliUser phone(dir, "phone", s.port()), laptop(dir, "laptop", s.port()), dave(dir, "dave", s.port());
+  ASSERT_EQ(phone.Run({"register", "carol", "--password", "correct horse"}).exit_code, 0);
+  ASSERT_EQ(dave.Run({"register", "dave", "--password", "correct horse"}).exit_code, 0);
+  ASSERT_EQ(phone.Run({"login", "carol", "--password", "correct horse"}).exit_code, 0);
+  ASSERT_EQ(dave.Run({"login", "dave", "--password", "correct horse"}).exit_code, 0);
+  const json linked = laptop.Json({"login", "carol", "--password", "correct horse", "--device-name", "laptop"});
+  const std::string laptop_id = std::to_string(linked["device_id"].get<int64_t>());
+
+  s.Kill9();
+  ASSERT_EQ(laptop.Run({"--timeout", "300", "send", "dave", "still", "here"}).exit_code, 0);
+  s.Start();
+  ASSERT_EQ(phone.Run({"devices", "unlink", laptop_id}).exit_code, 0);
+
+  auto refused = laptop.Run({"--json", "logout"});
+  EXPECT_EQ(refused.exit_code, 1) << refused.out << refused.err;
+  EXPECT_EQ(refused.Json()["error"], "outbox_not_empty") << refused.out;
+  const json relinked = laptop.Json({"login", "carol", "--password", "correct horse"});
+  laptop.Json({"chats"});  // online: the outbox is sent
+  EXPECT_EQ(laptop.Json({"outbox"})["outbox"].size(), 0u) << "the message kept through the refused logout was sent";
+  auto hist = dave.Json({"history", "carol"});
+  ASSERT_EQ(hist["messages"].size(), 1u);
+  EXPECT_EQ(hist["messages"][0]["body"], "still here");
+  // Signed out again with a message queued: --force drops it.
+  s.Kill9();
+  ASSERT_EQ(laptop.Run({"--timeout", "300", "send", "dave", "dropped"}).exit_code, 0);
+  s.Start();
+  ASSERT_EQ(phone.Run({"devices", "unlink", std::to_string(relinked["device_id"].get<int64_t>())}).exit_code, 0);
+  EXPECT_EQ(laptop.Run({"logout"}).exit_code, 1);
+  EXPECT_EQ(laptop.Run({"logout", "--force"}).exit_code, 0);
+  EXPECT_EQ(laptop.Run({"chats"}).exit_code, 3);
+}
+
 TEST(CliE2E, HistoryPagesBackwardsWithAHintForTheNextPage) {
   ServerProcess s;
   TempDir dir;
