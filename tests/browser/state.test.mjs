@@ -388,3 +388,16 @@ test('a set_draft answer shows its text only until its own event is applied', ()
   assert.equal(draftSaved(conv, 'at one', { changed: false }, s.applied), false, 'no event: the stream decides');
   assert.equal(conv.draft, 'at noon');
 });
+
+test('a message first added without its expiry takes it from a later copy (a send answer kept in a saved state)', () => {
+  const s = withConversation();
+  const conv = s.convs[3];
+  addMessages(conv, [{ seq: 1, sender_id: 1, client_id: 'c1', body: 'soon gone', ts: 1001 }]);
+  assert.equal(conv.messages[0].expires_at, undefined);
+  addMessages(conv, [{ ...msg(1, 1, 'soon gone'), expires_at: 5000 }]);
+  assert.equal(conv.messages[0].expires_at, 5000);
+  assert.equal(expireMessages(s, 4999).length, 0);
+  assert.equal(expireMessages(s, 5001).length, 1);
+  assert.equal(conv.messages[0].deleted, true);
+  assert.equal(conv.messages[0].reason, 'expired');
+});

@@ -7,7 +7,7 @@
 // time and in order, whenever the connection is authenticated; the server
 // deduplicates on their client ids, so a retry after a lost answer is safe.
 
-import { Connection, ProtocolError } from './connection.js';
+import { Connection, ProtocolError, RetryTimer } from './connection.js';
 import { kv, outbox, clearAll } from './db.js';
 import {
   emptyState, applyEntry, applyEvent, applyChange, addMessages, addWithheld, peerOf, displayName, tickOf,
@@ -30,7 +30,6 @@ const kMaxPresenceSubscription = 256;
 const kOutboxMaxAgeMs = 30 * 24 * 3600 * 1000; // as the SDK: then the message is marked failed
 const kSearchLimit = 20;
 const kLoginConnectTimeoutMs = 10_000;
-const kRetryJitterMs = 1_000; // added to a retry_after_ms
 // Field limits of protocol.md (bytes there; the server has the last word).
 const kMaxBodyLength = 16_384;
 const kMaxDisplayNameLength = 64;
@@ -59,6 +58,7 @@ const app = {
   covered: new Set(), // user seqs folded into a coalesced receipt (also_covers)
   outbox: [], // in-memory copy of the IndexedDB outbox
   flushing: false,
+  outboxRetry: new RetryTimer(() => flushOutbox()),
   presence: {}, // user_id -> {online, last_seen}
   presenceSupported: true,
   presenceKey: '',
@@ -68,6 +68,7 @@ const app = {
   typingStopTimer: null,
   draftTimers: {}, // conversation_id -> timeout of the debounced set_draft
   draftInFlight: {}, // conversation_id -> true while its set_draft is unanswered
+  draftRetries: {}, // conversation_id -> RetryTimer of its set_draft
   reportedDelivered: {}, // conversation_id -> seq this device reported
   reportedRead: {},
   route: null,
@@ -632,9 +633,13 @@ async function flushOutbox() {
         const r = await app.conn.request('send', {
           conversation_id: entry.conversation_id, client_id: entry.client_id, body: entry.body,
         });
+        app.outboxRetry.succeeded();
         const conv = app.state.convs[r.conversation_id];
         if (conv) {
-          addMessages(conv, [{ seq: r.seq, sender_id: app.state.me.user_id, client_id: r.client_id, body: entry.body, ts: r.ts }]);
+          addMessages(conv, [{
+            seq: r.seq, sender_id: app.state.me.user_id, client_id: r.client_id, body: entry.body, ts: r.ts,
+            expires_at: r.expires_at,
+          }]);
           conv.activity = Math.max(conv.activity, r.ts);
           recountUnread(app.state, conv);
         }
@@ -644,9 +649,10 @@ async function flushOutbox() {
         scheduleRender();
       } catch (e) {
         if (e.retryable) {
-          // Reconnect flushes again; a rate limit or a busy server: try later.
-          if (e.code !== 'disconnected' && e.code !== 'timeout')
-            setTimeout(() => flushOutbox(), e.retryAfterMs + Math.random() * kRetryJitterMs);
+          // A reconnect flushes again; anything else (a rate limit, a busy
+          // server, an answer that never came on a socket still up): later,
+          // backing off.
+          if (e.code !== 'disconnected') app.outboxRetry.failed(e.retryAfterMs);
           return;
         }
         entry.failed = true;
@@ -713,6 +719,7 @@ async function saveDraft(convId) {
   try {
     const result = await app.conn.request('set_draft', { conversation_id: Number(convId), text: p.text });
     if (!app.state) return; // signed out meanwhile
+    app.draftRetries[convId]?.succeeded();
     if (app.state.pendingDrafts[convId]?.text === p.text) {
       delete app.state.pendingDrafts[convId];
       const conv = app.state.convs[convId];
@@ -727,8 +734,8 @@ async function saveDraft(convId) {
       // composer, stop saving it.
       if (app.state.pendingDrafts[convId]?.text === p.text) delete app.state.pendingDrafts[convId];
       scheduleSave();
-    } else if (e.code !== 'disconnected' && e.code !== 'timeout') {
-      setTimeout(() => saveDraft(convId), e.retryAfterMs + Math.random() * kRetryJitterMs);
+    } else if (e.code !== 'disconnected') {
+      (app.draftRetries[convId] ||= new RetryTimer(() => saveDraft(convId))).failed(e.retryAfterMs);
     } // else: reconnecting saves it (flushDrafts)
   } finally {
     delete app.draftInFlight[convId];
@@ -877,6 +884,10 @@ async function signedOut(message) {
   app.session = null;
   app.state = null;
   app.outbox = [];
+  app.outboxRetry.cancel();
+  app.outboxRetry.succeeded();
+  for (const r of Object.values(app.draftRetries)) r.cancel();
+  app.draftRetries = {};
   app.presence = {};
   app.limits = null;
   app.reportedDelivered = {};

@@ -15,6 +15,54 @@ export const kRequestTimeoutMs = 30_000;
 export const kBackoffBaseMs = 500;
 export const kBackoffMaxMs = 30_000;
 
+// The longest wait, before jitter, after `attempt` failures in a row:
+// exponential from kBackoffBaseMs, at most kBackoffMaxMs.
+export function backoffCapMs(attempt) {
+  return Math.min(kBackoffMaxMs, kBackoffBaseMs * 2 ** Math.min(attempt, 16));
+}
+
+// Runs `run` again after a retryable failure: the server's retry_after_ms
+// plus full jitter over backoffCapMs of the failures in a row, so a failure
+// that names no wait (storage_full, internal, a request timeout) backs off
+// instead of being retried every second. One timer at a time: a newer
+// failure replaces a pending retry, so every trigger (a compose, a
+// reconnect, a Retry click) joins the same chain instead of starting one.
+export class RetryTimer {
+  constructor(run, { setTimer = setTimeout, clearTimer = clearTimeout, random = Math.random } = {}) {
+    this.run = run;
+    this.setTimer = setTimer;
+    this.clearTimer = clearTimer;
+    this.random = random;
+    this.attempt = 0;
+    this.timer = null;
+  }
+
+  // Returns the wait chosen, in ms.
+  failed(retryAfterMs = 0) {
+    const delay = retryAfterMs + this.random() * backoffCapMs(this.attempt);
+    this.attempt += 1;
+    this.cancel();
+    this.timer = this.setTimer(() => {
+      this.timer = null;
+      this.run();
+    }, delay);
+    return delay;
+  }
+
+  succeeded() {
+    this.attempt = 0;
+  }
+
+  cancel() {
+    if (this.timer !== null) this.clearTimer(this.timer);
+    this.timer = null;
+  }
+
+  get pending() {
+    return this.timer !== null;
+  }
+}
+
 export class ProtocolError extends Error {
   constructor(frame) {
     super(frame.message || frame.code);
@@ -78,7 +126,7 @@ export class Connection {
   }
 
   backoffDelay(minMs = 0) {
-    const cap = Math.min(kBackoffMaxMs, kBackoffBaseMs * 2 ** Math.min(this.attempt, 16));
+    const cap = backoffCapMs(this.attempt);
     this.attempt += 1;
     return minMs + Math.random() * cap;
   }

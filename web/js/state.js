@@ -123,6 +123,10 @@ export function addMessages(conv, msgs) {
     const known = bySeq.get(m.seq);
     if (known) {
       applyChange(known, m);
+      // A message first added without its expiry (from a send's answer, by
+      // a client before 2026-12-01, kept in a saved state) takes it from a
+      // later copy, so it still disappears on time.
+      if (m.expires_at && !known.expires_at && !known.deleted) known.expires_at = m.expires_at;
       continue;
     }
     const copy = { seq: m.seq, sender_id: m.sender_id, client_id: m.client_id, body: m.body, ts: m.ts };

@@ -1,0 +1,66 @@
+// Unit tests of web/js/connection.js's RetryTimer (pure: fake timers and
+// randomness), run by Node with the browser tests: how the web client's
+// outbox and draft saves wait after a retryable failure.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { RetryTimer, backoffCapMs, kBackoffBaseMs, kBackoffMaxMs } from '../../web/js/connection.js';
+
+// A RetryTimer on fake timers; `random` returns `r`.
+function fakeTimer(r = 1) {
+  const timers = new Map();
+  let next = 1;
+  let runs = 0;
+  const t = new RetryTimer(() => (runs += 1), {
+    setTimer: (fn, ms) => {
+      timers.set(next, { fn, ms });
+      return next++;
+    },
+    clearTimer: (id) => timers.delete(id),
+    random: () => r,
+  });
+  return {
+    t,
+    timers,
+    runs: () => runs,
+    fire() {
+      const [id, { fn }] = [...timers.entries()][0];
+      timers.delete(id);
+      fn();
+    },
+  };
+}
+
+test('failures in a row back off exponentially up to the cap, on top of the server\'s wait', () => {
+  const f = fakeTimer(1);
+  const waits = [];
+  for (let i = 0; i < 10; ++i) waits.push(f.t.failed(0));
+  assert.deepEqual(waits.slice(0, 4), [kBackoffBaseMs, 2 * kBackoffBaseMs, 4 * kBackoffBaseMs, 8 * kBackoffBaseMs]);
+  assert.equal(waits[9], kBackoffMaxMs);
+  assert.equal(backoffCapMs(100), kBackoffMaxMs);
+  // retry_after_ms is a floor; the jitter comes on top.
+  assert.equal(fakeTimer(0.5).t.failed(1000), 1000 + 0.5 * kBackoffBaseMs);
+});
+
+test('one retry is pending at a time: a newer failure replaces it, and it runs once', () => {
+  const f = fakeTimer(1);
+  f.t.failed(0);
+  f.t.failed(0);
+  f.t.failed(0);
+  assert.equal(f.timers.size, 1, 'three failures left more than one retry chain');
+  assert.equal(f.t.pending, true);
+  f.fire();
+  assert.equal(f.runs(), 1);
+  assert.equal(f.t.pending, false);
+});
+
+test('a success starts the backoff over; cancel drops the pending retry', () => {
+  const f = fakeTimer(1);
+  f.t.failed(0);
+  f.t.failed(0);
+  f.t.succeeded();
+  assert.equal(f.t.failed(0), kBackoffBaseMs);
+  f.t.cancel();
+  assert.equal(f.timers.size, 0);
+  assert.equal(f.t.pending, false);
+  assert.equal(f.runs(), 0);
+});
