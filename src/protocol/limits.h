@@ -9,12 +9,19 @@ namespace parley::protocol {
 
 inline constexpr int kVersion = 1;
 
-// A frame larger than this gets a `frame_too_large` error; the connection stays.
-inline constexpr size_t kMaxFrameBytes = 64 * 1024;
+// A frame larger than this gets a `frame_too_large` error; the connection
+// stays. Room for any valid request: see the static_assert below.
+inline constexpr size_t kMaxFrameBytes = 128 * 1024;
 // A frame larger than this is a protocol violation: the WebSocket closes (1009).
 inline constexpr size_t kHardMaxFrameBytes = 1024 * 1024;
 // Message body, in bytes of UTF-8.
 inline constexpr size_t kMaxBodyBytes = 16 * 1024;
+// JSON escapes a control character in 6 bytes (\u0001): a valid body of
+// kMaxBodyBytes control characters, in a send, edit or set_draft, must not be
+// refused as frame_too_large.
+inline constexpr size_t kMaxEscapedBytesPerByte = 6;
+static_assert(kMaxFrameBytes >= kMaxEscapedBytesPerByte * kMaxBodyBytes + 4096,
+              "a frame must hold the largest valid body escaped, with the request's other fields");
 inline constexpr size_t kMaxClientIdBytes = 64;
 inline constexpr size_t kMaxRequestIdBytes = 64;
 inline constexpr size_t kMinUsernameBytes = 3;

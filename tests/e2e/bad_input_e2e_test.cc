@@ -68,10 +68,22 @@ TEST_F(BadInputE2E, OversizeBodyAndFrameKeepTheConnection) {
   std::string body(16 * 1024 + 1, 'x');
   EXPECT_EQ(a_.conn->Call("send", {{"conversation_id", conv_}, {"client_id", "big"}, {"body", body}}).code,
             "body_too_large");
-  std::string huge(70 * 1024, 'y');
+  std::string huge(130 * 1024, 'y');
   EXPECT_EQ(a_.conn->Call("send", {{"conversation_id", conv_}, {"client_id", "huge"}, {"body", huge}}).code,
             "frame_too_large");
   ExpectStillUsableAndNothingStored();
+}
+
+// The longest valid body, every byte a control character: its frame (each
+// byte escaped as \u0001, ~96 KiB) is accepted and the text comes back intact.
+TEST_F(BadInputE2E, TheLongestBodyOfControlCharactersIsSent) {
+  const std::string body(16 * 1024, '\x01');
+  auto sent = a_.conn->Call("send", {{"conversation_id", conv_}, {"client_id", "ctl"}, {"body", body}});
+  ASSERT_TRUE(sent.ok) << sent.code << " " << sent.message;
+  auto page = a_.conn->Call("history", {{"conversation_id", conv_}});
+  ASSERT_TRUE(page.ok) << page.code;
+  ASSERT_FALSE(page.result["messages"].empty());
+  EXPECT_EQ(page.result["messages"].back()["body"], body);
 }
 
 TEST_F(BadInputE2E, InvalidUtf8InABinaryFrameIsAnErrorAndTheConnectionStays) {

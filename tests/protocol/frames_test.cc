@@ -216,6 +216,18 @@ TEST(FramesTest, OversizeBodyAndFrame) {
   EXPECT_EQ(d.id_json, R"("big")");  // the error can still be matched
 }
 
+// The longest valid body, every byte a control character (escaped in 6
+// bytes), is a valid send: its frame (~96 KiB) is under the frame limit.
+TEST(FramesTest, TheLongestBodyOfControlCharactersFitsInAFrame) {
+  std::string body;
+  for (size_t i = 0; i < kMaxBodyBytes; ++i) body += "\\u0001";
+  const std::string frame = R"({"v":1,"id":1,"type":"send","conversation_id":1,"client_id":"x","body":")" + body + "\"}";
+  ASSERT_GT(frame.size(), 64u * 1024);
+  auto d = DecodeRequest(frame);
+  ASSERT_TRUE(d.status.ok()) << d.status.ToString();
+  EXPECT_EQ(std::get<SendRequest>(d.request.body).body, std::string(kMaxBodyBytes, '\x01'));
+}
+
 TEST(FramesTest, UsernameRules) {
   EXPECT_EQ(*CanonicalUsername("Alice_01"), "alice_01");
   EXPECT_FALSE(CanonicalUsername("al").has_value());
