@@ -331,6 +331,15 @@ class Client {
   // Outbox entries not yet acknowledged (pending) and failed ones, in compose order.
   std::vector<StatusUpdate> Outbox();
   size_t PendingCount();  // pending outbox entries (not failed)
+  // A failed outbox entry (kFailed: blocked, not_member, expired, ...) is
+  // queued again with the same client id, so a retry of one the server did
+  // store stays one message; its maximum age counts from now. Wakes the
+  // worker. False if `client_id` is not a failed entry (pending, sent or
+  // unknown).
+  bool RetryFailed(const std::string& client_id);
+  // Removes a failed outbox entry (it is never sent, and Messages/Outbox no
+  // longer list it). False if `client_id` is not a failed entry.
+  bool DiscardFailed(const std::string& client_id);
   std::optional<StatusUpdate> StatusOf(const std::string& client_id);
 
   ClientState state() const;

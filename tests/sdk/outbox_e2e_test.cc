@@ -249,5 +249,43 @@ TEST(OutboxE2E, MessageOlderThanTheMaximumAgeIsMarkedFailedAndNeverSent) {
   ExpectExactlyOnceInOrder(s, "bob", alice->user_id(), 1, [](int) { return std::string("fresh"); });
 }
 
+// A message refused for good (alice blocks bob) stays failed until the app
+// asks: retried after the unblock it is sent, with its client id; another
+// failed one is discarded and never listed or sent again.
+TEST(OutboxE2E, AFailedMessageIsRetriedOrDiscardedOnlyWhenTheAppAsks) {
+  ServerProcess s;
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  Register(s, "bob");
+  TempDir dir;
+  auto alice = OpenClient(OptionsFor(s, dir / "alice.db", alice_token));
+  alice->Start();
+  ASSERT_TRUE(alice->WaitOnline(kDrainTimeoutMs));
+  ASSERT_TRUE(alice->Request("block", {{"username", "bob"}}).ok);
+  auto first = alice->Compose("bob", "first try");
+  auto second = alice->Compose("bob", "never mind");
+  ASSERT_TRUE(alice->WaitOutboxDrained(kDrainTimeoutMs));
+  for (const auto& id : {first.client_id, second.client_id}) {
+    auto st = alice->StatusOf(id);
+    ASSERT_TRUE(st.has_value());
+    EXPECT_EQ(st->status, MessageStatus::kFailed);
+    EXPECT_EQ(st->error_code, "blocked");
+  }
+  EXPECT_FALSE(alice->RetryFailed("no-such-id"));
+  ASSERT_TRUE(alice->Request("unblock", {{"username", "bob"}}).ok);
+  EXPECT_TRUE(alice->DiscardFailed(second.client_id));
+  EXPECT_FALSE(alice->DiscardFailed(second.client_id));
+  EXPECT_TRUE(alice->RetryFailed(first.client_id));
+  EXPECT_FALSE(alice->RetryFailed(first.client_id)) << "a pending entry is not failed";
+  ASSERT_TRUE(alice->WaitOutboxDrained(kDrainTimeoutMs));
+  ASSERT_TRUE(Eventually([&] {
+    auto st = alice->StatusOf(first.client_id);
+    return st && st->status != MessageStatus::kPending && st->status != MessageStatus::kFailed;
+  }, 5000));
+  EXPECT_TRUE(alice->Outbox().empty());
+  EXPECT_FALSE(alice->StatusOf(second.client_id).has_value());
+  for (const auto& m : alice->Messages("bob", 0, 10)) EXPECT_NE(m.body, "never mind");
+  ExpectExactlyOnceInOrder(s, "bob", alice->user_id(), 1, [](int) { return std::string("first try"); });
+}
+
 }  // namespace
 }  // namespace parley::testing

@@ -1341,6 +1341,14 @@ std::vector<StatusUpdate> Client::Outbox() {
 
 size_t Client::PendingCount() { return impl_->cache->Outbox(false).size(); }
 
+bool Client::RetryFailed(const std::string& client_id) {
+  if (!impl_->cache->RetryFailedOutbox(client_id, impl_->Now())) return false;
+  impl_->Wake();
+  return true;
+}
+
+bool Client::DiscardFailed(const std::string& client_id) { return impl_->cache->DiscardFailedOutbox(client_id); }
+
 std::optional<StatusUpdate> Client::StatusOf(const std::string& client_id) { return impl_->cache->StatusOf(client_id); }
 
 ClientState Client::state() const {

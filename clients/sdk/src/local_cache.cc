@@ -454,6 +454,29 @@ bool LocalCache::FailOutbox(const std::string& client_id, const std::string& cod
   }
 }
 
+bool LocalCache::RetryFailedOutbox(const std::string& client_id, int64_t now) {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt s(db_, stmts_,
+           "UPDATE outbox SET failed=0, error_code='', error_message='', created_at=? WHERE client_id=? AND failed=1");
+    s.Bind(1, now).Bind(2, client_id).Run();
+    return sqlite3_changes(db_) > 0;
+  } catch (const SqlError&) {
+    return false;
+  }
+}
+
+bool LocalCache::DiscardFailedOutbox(const std::string& client_id) {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt s(db_, stmts_, "DELETE FROM outbox WHERE client_id=? AND failed=1");
+    s.Bind(1, client_id).Run();
+    return sqlite3_changes(db_) > 0;
+  } catch (const SqlError&) {
+    return false;
+  }
+}
+
 bool LocalCache::SetPendingDraft(const std::string& peer, const std::string& text, int64_t now, LocalError* error) {
   std::lock_guard lock(mu_);
   try {

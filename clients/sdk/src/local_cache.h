@@ -95,6 +95,10 @@ class LocalCache {
   std::vector<OutboxRow> Outbox(bool include_failed);
   bool FailOutbox(const std::string& client_id, const std::string& code, const std::string& message,
                   LocalError* error);
+  // A failed entry queued again (same client id and place, its age counted
+  // from `now`), or removed; false if `client_id` is not a failed entry.
+  bool RetryFailedOutbox(const std::string& client_id, int64_t now);
+  bool DiscardFailedOutbox(const std::string& client_id);
   // The send of `client_id` was acknowledged: the outbox row becomes a message.
   bool RecordSent(const std::string& client_id, const nlohmann::json& ack, std::vector<StatusUpdate>* updates,
                   LocalError* error);
