@@ -106,6 +106,25 @@ int64_t PragmaValue(const std::string& path, const std::string& name) {
 
 int64_t UserVersion(const std::string& path) { return PragmaValue(path, "user_version"); }
 
+// The first row `sql` reads from the file at `path`, each column as text
+// ("" for NULL); empty if the query fails or reads nothing.
+std::vector<std::string> FirstRow(const std::string& path, const std::string& sql) {
+  std::vector<std::string> row;
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) == SQLITE_OK) {
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW) {
+      for (int i = 0; i < sqlite3_column_count(stmt); ++i) {
+        const unsigned char* text = sqlite3_column_text(stmt, i);
+        row.emplace_back(text ? reinterpret_cast<const char*>(text) : "");
+      }
+    }
+    sqlite3_finalize(stmt);
+  }
+  sqlite3_close(db);
+  return row;
+}
+
 TEST(SqliteStoreTest, SyncWorkDoesNotGrowWithHistory) {
   auto start = std::chrono::steady_clock::now();
   SyncCost small = SyncAfterMissingTen(100);
@@ -428,19 +447,10 @@ UPDATE conversations SET hot_since = 10 WHERE id = 1;
   EXPECT_EQ(p.edits, 1);
   store.reset();
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(db,
-                               "SELECT (SELECT group_concat(seq || ':' || version || ':' || cold || ':' || body) "
-                               "FROM message_edits), (SELECT count(*) || ':' || sum(edits) FROM edit_blocks)",
-                               -1, &stmt, nullptr),
-            SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)), "2:1:1:");
-  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)), "1:1");
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
+  EXPECT_EQ(FirstRow(path,
+                     "SELECT (SELECT group_concat(seq || ':' || version || ':' || cold || ':' || body) "
+                     "FROM message_edits), (SELECT count(*) || ':' || sum(edits) FROM edit_blocks)"),
+            (std::vector<std::string>{"2:1:1:", "1:1"}));
 }
 
 // Step 19: search_queue loses AUTOINCREMENT; a version-18 file's queued
@@ -477,20 +487,12 @@ INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(9, 1, 2, 20
   EXPECT_EQ(seqs, (std::vector<Seq>{newest, 2, 1})) << "newest stored first";
   store.reset();
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(db,
-                               "SELECT (SELECT sql FROM sqlite_master WHERE name = 'search_queue'), "
-                               "(SELECT group_concat(seq || ':' || doc_id) FROM message_search_docs)",
-                               -1, &stmt, nullptr),
-            SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  const std::string table = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
-  EXPECT_EQ(table.find("AUTOINCREMENT"), std::string::npos) << table;
-  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)), "1:7,2:9,4:10");
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
+  std::vector<std::string> row = FirstRow(path,
+                                          "SELECT (SELECT sql FROM sqlite_master WHERE name = 'search_queue'), "
+                                          "(SELECT group_concat(seq || ':' || doc_id) FROM message_search_docs)");
+  ASSERT_EQ(row.size(), 2u);
+  EXPECT_EQ(row[0].find("AUTOINCREMENT"), std::string::npos) << row[0];
+  EXPECT_EQ(row[1], "1:7,2:9,4:10");
 }
 
 // Step 15: the search index is rebuilt with FTS5 prefix indexes; every
