@@ -52,7 +52,10 @@ struct AdminConfig {
 
 // Closes the live connections of these devices of a user (the chat
 // service's CloseDevices); any thread.
-using CloseDevicesFn = std::function<void(int64_t user_id, std::vector<int64_t> devices, std::string reason)>;
+// `disabled`: the account was disabled and its tokens kept (close 4005,
+// reconnect later), not revoked (4002).
+using CloseDevicesFn =
+    std::function<void(int64_t user_id, std::vector<int64_t> devices, std::string reason, bool disabled)>;
 // Tells the chat service an account was erased (its UserErased); any thread.
 using UserErasedFn = std::function<void(int64_t user_id)>;
 

@@ -124,7 +124,7 @@ void AdminApi::OpsEraseUser(const std::string& username, Respond respond) {
       if (!r) return x->respond(ErrorResponse(r.error()));
       x->account = std::move(*r);
       if (close_devices_ && !x->account.revoked.empty())
-        close_devices_(x->user_id, x->account.revoked, "account erased");
+        close_devices_(x->user_id, x->account.revoked, "account erased", false);
       if (user_erased_) user_erased_(x->user_id);
       EraseListConversations(x, 0, 0);
     });

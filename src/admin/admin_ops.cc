@@ -229,7 +229,7 @@ void AdminApi::OpsSetDisabled(const std::string& username, bool disabled, bool r
         if (!r) return respond(ErrorResponse(r.error()));
         if (disabled && close_devices_) {
           std::vector<int64_t> close = revoke ? r->revoked : live;
-          close_devices_(user_id, std::move(close), revoke ? "account deleted" : "account disabled");
+          close_devices_(user_id, std::move(close), revoke ? "account deleted" : "account disabled", !revoke);
         }
         spdlog::info("event=admin_user_{} user_id={} revoked_devices={}",
                      revoke ? "deleted" : (disabled ? "disabled" : "enabled"), user_id, r->revoked.size());
@@ -261,7 +261,7 @@ void AdminApi::OpsRevokeDevice(const std::string& username, int64_t device_id, R
     int64_t user_id = u->id;
     store_.RevokeDevice(user_id, device_id, [this, user_id, device_id, respond](Status s) {
       if (!s.ok()) return respond(ErrorResponse(s));
-      if (close_devices_) close_devices_(user_id, {device_id}, "device revoked by the operator");
+      if (close_devices_) close_devices_(user_id, {device_id}, "device revoked by the operator", false);
       spdlog::info("event=admin_device_revoked user_id={} device_id={}", user_id, device_id);
       respond(JsonResponse(200, json{{"user_id", user_id}, {"device_id", device_id}, {"revoked", true}}));
     });

@@ -647,9 +647,9 @@ void ChatService::NoteRevocation(int64_t user_id) {
   revocations_[user_id] = auth_reads_ + 1;
 }
 
-void ChatService::CloseRevoked(int64_t user_id, const std::vector<int64_t>& devices, const std::string& reason) {
-  for (int64_t d : devices)
-    fabric_.CloseDevice(user_id, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), reason);
+void ChatService::CloseRevoked(int64_t user_id, const std::vector<int64_t>& devices, const std::string& reason,
+                               protocol::CloseCode code) {
+  for (int64_t d : devices) fabric_.CloseDevice(user_id, d, static_cast<uint16_t>(code), reason);
   UserChanged({fabric::Fabric::UserChange::Kind::kRevoked, user_id, 0});
 }
 
@@ -1120,9 +1120,14 @@ void ChatService::DoMessageInfo(const ClientPtr& c, Req req) {
   });
 }
 
-void ChatService::CloseDevices(int64_t user_id, std::vector<int64_t> devices, std::string reason) {
-  core_.Post([this, user_id, devices = std::move(devices), reason = std::move(reason)] {
-    CloseRevoked(user_id, devices, reason);
+void ChatService::CloseDevices(int64_t user_id, std::vector<int64_t> devices, std::string reason, bool disabled) {
+  core_.Post([this, user_id, devices = std::move(devices), reason = std::move(reason), disabled] {
+    if (disabled) {
+      CloseRevoked(user_id, devices, protocol::RetryAfterReason(kDisabledRetryAfterMs),
+                   protocol::CloseCode::kAccountDisabled);
+    } else {
+      CloseRevoked(user_id, devices, reason);
+    }
   });
 }
 
@@ -1199,7 +1204,13 @@ void ChatService::RecheckUserDevices(int64_t user, std::function<void()> done, s
       if (!std::binary_search(attached.begin(), attached.end(), d)) continue;
       devices_rechecked_closed_.Inc();
       spdlog::info("event=device_closed_on_recheck user_id={} device_id={} reason=\"{}\"", user, d, reason);
-      fabric_.CloseDevice(user, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), reason);
+      // A disabled account keeps its tokens: its devices come back later.
+      if (std::string_view(reason) == kAccountDisabledReason) {
+        fabric_.CloseDevice(user, d, static_cast<uint16_t>(protocol::CloseCode::kAccountDisabled),
+                            protocol::RetryAfterReason(kDisabledRetryAfterMs));
+      } else {
+        fabric_.CloseDevice(user, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), reason);
+      }
     }
     done();
   };
@@ -1212,7 +1223,7 @@ void ChatService::RecheckUserDevices(int64_t user, std::function<void()> done, s
       if (u.error().code() == ErrorCode::kUnknownUser) return close({}, "account deleted");
       return failed();
     }
-    if (u->disabled) return close({}, "account disabled");
+    if (u->disabled) return close({}, kAccountDisabledReason);
     store_.ListDevices(user, OnCore<std::vector<store::DeviceRecord>>(
                                  [close, failed](Result<std::vector<store::DeviceRecord>> listed) {
                                    if (!listed) return failed();

@@ -43,6 +43,7 @@
 #include "core/request_order.h"
 #include "core/selective_sink.h"
 #include "fabric/fabric.h"
+#include "protocol/encode.h"
 #include "protocol/frames.h"
 #include "protocol/json_writer.h"
 #include "protocol/message_edits.h"
@@ -281,7 +282,9 @@ class ChatService {
   // Any thread. Closes every connection of `devices` of `user_id` (close
   // code kDeviceRevoked with `reason`): the admin API calls it when it
   // disables or deletes a user.
-  void CloseDevices(int64_t user_id, std::vector<int64_t> devices, std::string reason);
+  // `disabled`: the account is disabled, its tokens kept: closed with 4005
+  // and kDisabledRetryAfterMs instead of 4002 (revoked).
+  void CloseDevices(int64_t user_id, std::vector<int64_t> devices, std::string reason, bool disabled = false);
   // Any thread. The admin API erased the account: its name may be taken by
   // a new account, and nobody may see its presence any more (this node and,
   // through the fabric, the others).
@@ -327,6 +330,11 @@ class ChatService {
   // cannot (the store failed the read) is closed with 4003 and this wait:
   // the device reconnects, and a revoked one is refused then.
   static constexpr int64_t kUnconfirmedAuthRetryAfterMs = 1'000;
+  // How long a device of a disabled account waits before it tries again
+  // (close 4005): its auth answers user_disabled until the account is
+  // enabled again, and the client keeps its data and outbox meanwhile.
+  static constexpr int64_t kDisabledRetryAfterMs = 60'000;
+  static constexpr const char* kAccountDisabledReason = "account disabled";
 
  private:
   using Req = protocol::Request;
@@ -366,7 +374,8 @@ class ChatService {
   void NoteRevocation(int64_t user_id);
   // Closes the connections of `devices` of `user_id` after the store revoked
   // them, and tells every node (auths in flight there check again).
-  void CloseRevoked(int64_t user_id, const std::vector<int64_t>& devices, const std::string& reason);
+  void CloseRevoked(int64_t user_id, const std::vector<int64_t>& devices, const std::string& reason,
+                    protocol::CloseCode code = protocol::CloseCode::kDeviceRevoked);
   void DoLogout(const ClientPtr& c, Req req);
   void DoListDevices(const ClientPtr& c, Req req);
   void DoUnlinkDevice(const ClientPtr& c, Req req);

@@ -26,6 +26,7 @@ enum class CloseCode : uint16_t {
   kDeviceRevoked = 4002,       // logged out or unlinked: the token is gone, do not reconnect with it
   kResync = 4003,              // the server could not keep up with this connection: reconnect and sync
   kHeartbeatTimeout = 4004,    // nothing heard from the client within the heartbeat timeout
+  kAccountDisabled = 4005,     // the operator disabled the account; the token is kept: reconnect after retry_after_ms
 };
 
 // {"v":1,"type":"response","id":<id>,"op":"<type>","result":{...}}

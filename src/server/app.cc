@@ -152,8 +152,8 @@ int RunServer(const ServerConfig& config) {
   chat.StartRetention();
 
   admin::AdminApi admin_api(*store_for_service, *hash_pool, SystemClock::Instance(), config.admin);
-  admin_api.SetCloseDevices([&chat](int64_t user_id, std::vector<int64_t> devices, std::string reason) {
-    chat.CloseDevices(user_id, std::move(devices), std::move(reason));
+  admin_api.SetCloseDevices([&chat](int64_t user_id, std::vector<int64_t> devices, std::string reason, bool disabled) {
+    chat.CloseDevices(user_id, std::move(devices), std::move(reason), disabled);
   });
   admin_api.SetUserErased([&chat](int64_t user_id) { chat.UserErased(user_id); });
   std::string web_root = config.web_root.empty() ? gateway::DefaultWebRoot() : config.web_root;

@@ -162,6 +162,9 @@ TEST_F(AdminE2E, UserAndDeviceCommandsWorkAndFailClearly) {
   json disabled = AdminOk(server_, "user disable dave");
   EXPECT_EQ(disabled["disabled"], true);
   EXPECT_TRUE(dave.conn->WaitClosed(5000));
+  // Not revoked: the token is kept, so the close says "come back later".
+  EXPECT_EQ(dave.conn->close_code(), 4005);
+  EXPECT_EQ(json::parse(dave.conn->close_reason())["retry_after_ms"], 60000) << dave.conn->close_reason();
   auto login = server_.Connect()->Call("login", {{"username", "dave"}, {"password", "dave password"},
                                                  {"device_name", "x"}, {"platform", "gtest"}});
   EXPECT_EQ(login.code, "user_disabled");

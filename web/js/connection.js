@@ -181,7 +181,9 @@ export class Connection {
         return;
       }
       let retryAfter = 0;
-      if (ev.code === 4001 || ev.code === 4003) {
+      // 4005: the account is disabled, the token kept: try again later (auth
+      // answers user_disabled until it is enabled; nothing local is dropped).
+      if (ev.code === 4001 || ev.code === 4003 || ev.code === 4005) {
         try {
           retryAfter = JSON.parse(ev.reason).retry_after_ms || 0;
         } catch {
