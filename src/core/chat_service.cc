@@ -649,8 +649,12 @@ void ChatService::NoteRevocation(int64_t user_id) {
 
 void ChatService::CloseRevoked(int64_t user_id, const std::vector<int64_t>& devices, const std::string& reason,
                                protocol::CloseCode code) {
-  for (int64_t d : devices) fabric_.CloseDevice(user_id, d, static_cast<uint16_t>(code), reason);
+  for (int64_t d : devices) fabric_.CloseDevice(user_id, d, static_cast<uint16_t>(code), CloseReason(code, reason));
   UserChanged({fabric::Fabric::UserChange::Kind::kRevoked, user_id, 0});
+}
+
+std::string ChatService::CloseReason(protocol::CloseCode code, const std::string& why) {
+  return code == protocol::CloseCode::kAccountDisabled ? protocol::RetryAfterReason(kDisabledRetryAfterMs) : why;
 }
 
 // Authenticates the connection as `auth.device`, attaches it to the fabric
@@ -1122,12 +1126,8 @@ void ChatService::DoMessageInfo(const ClientPtr& c, Req req) {
 
 void ChatService::CloseDevices(int64_t user_id, std::vector<int64_t> devices, std::string reason, bool disabled) {
   core_.Post([this, user_id, devices = std::move(devices), reason = std::move(reason), disabled] {
-    if (disabled) {
-      CloseRevoked(user_id, devices, protocol::RetryAfterReason(kDisabledRetryAfterMs),
-                   protocol::CloseCode::kAccountDisabled);
-    } else {
-      CloseRevoked(user_id, devices, reason);
-    }
+    CloseRevoked(user_id, devices, reason,
+                 disabled ? protocol::CloseCode::kAccountDisabled : protocol::CloseCode::kDeviceRevoked);
   });
 }
 
@@ -1197,20 +1197,15 @@ void ChatService::RecheckDevices() {
 void ChatService::RecheckUserDevices(int64_t user, std::function<void()> done, std::function<void()> unsure) {
   std::vector<int64_t> judged = fabric_.AttachedDevices(user);
   if (judged.empty()) return done();
-  auto close = [this, user, judged = std::move(judged), done](const std::vector<int64_t>& keep, const char* reason) {
+  auto close = [this, user, judged = std::move(judged), done](const std::vector<int64_t>& keep, const char* reason,
+                                                             protocol::CloseCode code) {
     const std::vector<int64_t> attached = fabric_.AttachedDevices(user);
     for (int64_t d : judged) {
       if (std::find(keep.begin(), keep.end(), d) != keep.end()) continue;
       if (!std::binary_search(attached.begin(), attached.end(), d)) continue;
       devices_rechecked_closed_.Inc();
       spdlog::info("event=device_closed_on_recheck user_id={} device_id={} reason=\"{}\"", user, d, reason);
-      // A disabled account keeps its tokens: its devices come back later.
-      if (std::string_view(reason) == kAccountDisabledReason) {
-        fabric_.CloseDevice(user, d, static_cast<uint16_t>(protocol::CloseCode::kAccountDisabled),
-                            protocol::RetryAfterReason(kDisabledRetryAfterMs));
-      } else {
-        fabric_.CloseDevice(user, d, static_cast<uint16_t>(protocol::CloseCode::kDeviceRevoked), reason);
-      }
+      fabric_.CloseDevice(user, d, static_cast<uint16_t>(code), CloseReason(code, reason));
     }
     done();
   };
@@ -1220,16 +1215,17 @@ void ChatService::RecheckUserDevices(int64_t user, std::function<void()> done, s
   };
   store_.GetUserById(user, OnCore<store::UserRecord>([this, user, close, failed](Result<store::UserRecord> u) {
     if (!u) {
-      if (u.error().code() == ErrorCode::kUnknownUser) return close({}, "account deleted");
+      if (u.error().code() == ErrorCode::kUnknownUser) return close({}, "account deleted", protocol::CloseCode::kDeviceRevoked);
       return failed();
     }
-    if (u->disabled) return close({}, kAccountDisabledReason);
+    // A disabled account keeps its tokens: its devices come back later.
+    if (u->disabled) return close({}, "account disabled", protocol::CloseCode::kAccountDisabled);
     store_.ListDevices(user, OnCore<std::vector<store::DeviceRecord>>(
                                  [close, failed](Result<std::vector<store::DeviceRecord>> listed) {
                                    if (!listed) return failed();
                                    std::vector<int64_t> keep;
                                    for (const auto& d : *listed) keep.push_back(d.id);
-                                   close(keep, "device revoked");
+                                   close(keep, "device revoked", protocol::CloseCode::kDeviceRevoked);
                                  }));
   }));
 }

@@ -334,7 +334,6 @@ class ChatService {
   // (close 4005): its auth answers user_disabled until the account is
   // enabled again, and the client keeps its data and outbox meanwhile.
   static constexpr int64_t kDisabledRetryAfterMs = 60'000;
-  static constexpr const char* kAccountDisabledReason = "account disabled";
 
  private:
   using Req = protocol::Request;
@@ -376,6 +375,9 @@ class ChatService {
   // them, and tells every node (auths in flight there check again).
   void CloseRevoked(int64_t user_id, const std::vector<int64_t>& devices, const std::string& reason,
                     protocol::CloseCode code = protocol::CloseCode::kDeviceRevoked);
+  // The close reason a device gets with `code`: for kAccountDisabled when to
+  // come back (kDisabledRetryAfterMs); otherwise `why`.
+  static std::string CloseReason(protocol::CloseCode code, const std::string& why);
   void DoLogout(const ClientPtr& c, Req req);
   void DoListDevices(const ClientPtr& c, Req req);
   void DoUnlinkDevice(const ClientPtr& c, Req req);
