@@ -12,5 +12,8 @@ case "$kind" in
   *) echo "unknown build kind: $kind" >&2; exit 2 ;;
 esac
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/parley-ccache}
+# Paths under the checkout are hashed relative to it, so clones in other
+# directories (a fresh clone's check, a second worktree) reuse the cache.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
 [ -f "build/$kind/build.ninja" ] || cmake -S . -B "build/$kind" -G Ninja "${args[@]}" >/dev/null
 ninja -C "build/$kind" -j"$jobs" "$@"
