@@ -187,9 +187,7 @@ TEST_F(RetentionE2E, PurgeAfterADeleteRemovesItsDataKeepsOtherConversationsAndTh
       << "the purge never ran";
   EXPECT_EQ(StoreCount(server_, "SELECT count(*) FROM message_edits WHERE conversation_id = " + ab), 0);
   EXPECT_EQ(StoreCount(server_, "SELECT count(*) FROM messages WHERE body LIKE '%purge me%'"), 0);
-  const std::string search_rows = server_.postgres_url().empty()
-                                      ? "SELECT count(*) FROM message_search_docs WHERE conversation_id = "
-                                      : "SELECT count(*) FROM message_search WHERE conversation_id = ";
+  const std::string search_rows = "SELECT count(*) FROM message_search WHERE conversation_id = ";
   EXPECT_EQ(StoreCount(server_, search_rows + ab), 0);
   // The other conversation keeps everything.
   EXPECT_EQ(StoreCount(server_, "SELECT count(*) FROM message_edits WHERE conversation_id = " + ac), 1);

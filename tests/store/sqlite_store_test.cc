@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/metrics.h"
+#include "protocol/message_edits.h"
 #include "store/sqlite/sqlite_db.h"
 #include "store/sqlite/wal_buffer_vfs.h"
 #include "store/store_test_util.h"
@@ -489,10 +490,74 @@ INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(9, 1, 2, 20
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
   std::vector<std::string> row = FirstRow(path,
                                           "SELECT (SELECT sql FROM sqlite_master WHERE name = 'search_queue'), "
-                                          "(SELECT group_concat(seq || ':' || doc_id) FROM message_search_docs)");
+                                          "(SELECT group_concat(seq || ':' || search_doc) FROM messages WHERE search_doc > 0)");
   ASSERT_EQ(row.size(), 2u);
   EXPECT_EQ(row[0].find("AUTOINCREMENT"), std::string::npos) << row[0];
-  EXPECT_EQ(row[1], "1:7,2:9,4:10");
+  EXPECT_EQ(row[1], "2:9,4:10") << "doc ids in the messages' rows (step 20); message 1's stays in message_search_docs";
+}
+
+// Step 20: a message's doc id lives in its row (messages.search_doc). A
+// version-19 file's indexed message keeps its doc id in message_search_docs:
+// an edit re-indexes it under that id (no second row), a purge removes its
+// row, and nothing is written to message_search_docs any more.
+TEST(SqliteStoreTest, MigratesVersion19SearchDocsAndStillFindsTheOldDocIds) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  // Message 1 was indexed as doc 7, message 2 is still queued as entry 9.
+  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 19, std::string(kAnnAndBensNews) + R"sql(
+INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(7, 'old news', 1, 1, 0);
+INSERT INTO message_search_docs(conversation_id, seq, doc_id) VALUES(1, 1, 7);
+INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(9, 1, 2, 20);
+)sql"));
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  DeviceRecord ann = MakeDevice(*store, 1, "ta");
+  auto search = [&](const std::string& word) {
+    MessageSearchQuery q;
+    q.searcher = 2;
+    q.words = {word};
+    q.limit = 10;
+    std::vector<std::string> found;
+    for (const MessageRecord& m : Must(Await<MessageSearchPage>([&](auto cb) { store->SearchMessages(q, cb); })).messages)
+      found.push_back(std::to_string(m.seq) + ":" + m.body);
+    return found;
+  };
+  auto index = [&] { Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(10, cb); })); };
+  auto change = [&](protocol::ChangeKind kind, Seq seq, const std::string& body) {
+    MessageChange ch;
+    ch.kind = static_cast<int>(kind);
+    ch.conversation_id = 1;
+    ch.seq = seq;
+    ch.user_id = 1;
+    ch.device_id = ann.id;
+    ch.client_id = "edit-" + body;
+    ch.body = body;
+    ch.now = 50;
+    ch.edit_window_ms = ch.delete_window_ms = 1'000'000;
+    Must(Await<ChangeResult>([&](auto cb) { store->ChangeMessage(ch, cb); }));
+  };
+  index();
+  change(protocol::ChangeKind::kEdit, 1, "old news, corrected");
+  Seq newest = Must(Append(*store, Msg(1, 1, ann.id, "d", "newest news"))).message.seq;
+  index();
+  EXPECT_EQ(search("news"), (std::vector<std::string>{std::to_string(newest) + ":newest news", "2:newer news",
+                                                      "1:old news, corrected"}))
+      << "the edit replaced doc 7's words: one row per message, newest stored first";
+  EXPECT_EQ(search("corrected"), (std::vector<std::string>{"1:old news, corrected"}));
+  EXPECT_EQ(FirstRow(path, "SELECT (SELECT group_concat(rowid) FROM message_search), "
+                           "(SELECT group_concat(seq || ':' || doc_id) FROM message_search_docs)"),
+            (std::vector<std::string>{"7,9,11", "1:7"}))
+      << "the edit took queue id 10, the new message 11 (its doc id)";
+
+  // Deleted for everyone and purged: the old message's row goes too.
+  change(protocol::ChangeKind::kDelete, 1, "");
+  PurgeProgress purged = Must(Await<PurgeProgress>([&](auto cb) { store->PurgeDeleted(1'000'000, 10, cb); }));
+  EXPECT_EQ(purged.search_removed, 1);
+  index();
+  EXPECT_EQ(search("news"), (std::vector<std::string>{std::to_string(newest) + ":newest news", "2:newer news"}));
+  store.reset();
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
 // Step 15: the search index is rebuilt with FTS5 prefix indexes; every

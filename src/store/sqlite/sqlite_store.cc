@@ -144,6 +144,10 @@
 //           compacted message range that had edits.
 //   step 19 (issue 9): search_queue without AUTOINCREMENT; the writer
 //           numbers its entries (see "Message search").
+//   step 20 (issue 9): messages.search_doc, the message's FTS5 doc id (its
+//           first queue id, written by its INSERT; 0 for rows stored before
+//           this step, whose doc id, if any, stays in message_search_docs,
+//           now only read).
 //
 // Stream heads. A user's head (the newest user seq) is the larger of
 // user_heads.head and the user_seq of their newest user_events entry
@@ -191,6 +195,13 @@
 // folded words), with the message's version. A message's doc id is the
 // queue id of the first entry that indexed it, so doc ids follow the order
 // messages were stored and a search pages newest first on the FTS5 rowid.
+// The send writes it in the message's own row (messages.search_doc, the id
+// of the entry it queues), so indexing needs no table of its own to find it:
+// until step 20 message_search_docs mapped each indexed message to its doc
+// id, a B-tree keyed by conversation that the indexer's commits wrote about
+// half a page of per message (4.7 % of the WAL frames per message). Rows
+// stored before step 20 have search_doc 0: their doc id, if they were
+// indexed, is still read from message_search_docs (SearchDocOf).
 // The writer numbers queue entries itself, from one past the larger of the
 // queue's and the index's highest id (read at its first QueueSearch and again
 // after DropCaches, so a rolled-back batch's numbers are used again): ids
@@ -673,6 +684,13 @@ INSERT INTO search_queue_v19(id, conversation_id, seq, queued_at)
 DROP TABLE search_queue;
 ALTER TABLE search_queue_v19 RENAME TO search_queue;
 )sql"},
+    // Issue 9: each message's search doc id in its own row, written by the
+    // send (see "Message search"). Rows stored before keep 0 and their doc
+    // id in message_search_docs, which nothing writes from here on; the
+    // step rewrites no message, so it is instant on any file.
+    {20, R"sql(
+ALTER TABLE messages ADD COLUMN search_doc INTEGER NOT NULL DEFAULT 0;
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -988,8 +1006,12 @@ class SqliteStore::Writer {
   Result<Empty> CompletePush(const PushCompletion& c);
   // Message search (see "Message search"): queues a message for indexing;
   // indexes up to `max` queued entries.
-  void QueueSearch(ConversationId conversation, Seq seq, int64_t now);
+  // Returns the entry's id (a new message's doc id).
+  int64_t QueueSearch(ConversationId conversation, Seq seq, int64_t now);
   Result<SearchIndexProgress> IndexSearch(int max);
+  // The doc id of a message stored before step 20 that was indexed then
+  // (message_search_docs), or 0.
+  int64_t LegacySearchDoc(ConversationId conversation, Seq seq);
   // One past the highest search_queue id and FTS5 doc id in the file.
   int64_t FirstFreeSearchId();
   // Retention (see "Retention").
@@ -1600,9 +1622,10 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
   const int64_t stored_at = std::max(batch_now_, msg.now);
   m.expires_at = ExpiresAt(stored_at, c->disappearing_s, msg.max_age_ms);
   {
+    const int64_t search_doc = QueueSearch(m.conversation_id, m.seq, stored_at);
     Stmt s(*db_,
            "INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, "
-           "accepted_at, stored_at, expires_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+           "accepted_at, stored_at, expires_at, search_doc) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     s.BindInt(1, m.conversation_id)
         .BindInt(2, m.seq)
         .BindInt(3, m.sender_id)
@@ -1612,10 +1635,10 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
         .BindInt(7, m.created_at)
         .BindInt(8, msg.accepted_at != 0 ? msg.accepted_at : msg.now)
         .BindInt(9, stored_at)
-        .BindInt(10, m.expires_at);
+        .BindInt(10, m.expires_at)
+        .BindInt(11, search_doc);
     s.Run();
   }
-  QueueSearch(m.conversation_id, m.seq, stored_at);
   if (c->hot_since == 0) {
     // The conversation had no hot message: this one starts its next round
     // of compaction (see "Cold tier").
@@ -1928,10 +1951,11 @@ Result<PurgeProgress> SqliteStore::Writer::PurgeDeleted(int64_t deleted_before, 
     }
     int64_t doc_id = 0;
     {
-      Stmt s(*db_, "SELECT doc_id FROM message_search_docs WHERE conversation_id = ?1 AND seq = ?2");
+      Stmt s(*db_, "SELECT search_doc FROM messages WHERE conversation_id = ?1 AND seq = ?2");
       s.BindInt(1, conversation).BindInt(2, seq);
       if (s.Step()) doc_id = s.Int(0);
     }
+    if (doc_id == 0) doc_id = LegacySearchDoc(conversation, seq);
     if (doc_id != 0) {
       // Normally gone already (the delete queued the message and the indexer
       // dropped it); a purge that runs first removes it here. A queued entry
@@ -1939,10 +1963,7 @@ Result<PurgeProgress> SqliteStore::Writer::PurgeDeleted(int64_t deleted_before, 
       Stmt d(*db_, "DELETE FROM message_search WHERE rowid = ?1");
       d.BindInt(1, doc_id);
       d.Run();
-      Stmt x(*db_, "DELETE FROM message_search_docs WHERE conversation_id = ?1 AND seq = ?2");
-      x.BindInt(1, conversation).BindInt(2, seq);
-      x.Run();
-      ++progress.search_removed;
+      if (db_->Changes() > 0) ++progress.search_removed;
     }
     // The body is already empty (the delete emptied it); the row stays as
     // the tombstone that keeps the seq and the deduplication key.
@@ -2192,12 +2213,18 @@ void SqliteStore::Writer::InsertBlock(BlockKind kind, ConversationId conversatio
   s.Run();
 }
 
-void SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
+int64_t SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
   if (next_search_id_ == 0) next_search_id_ = FirstFreeSearchId();
   Stmt s(*db_, "INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(?1, ?2, ?3, ?4)");
   s.BindInt(1, next_search_id_).BindInt(2, conversation).BindInt(3, seq).BindInt(4, now);
   s.Run();
-  ++next_search_id_;
+  return next_search_id_++;
+}
+
+int64_t SqliteStore::Writer::LegacySearchDoc(ConversationId conversation, Seq seq) {
+  Stmt s(*db_, "SELECT doc_id FROM message_search_docs WHERE conversation_id = ?1 AND seq = ?2");
+  s.BindInt(1, conversation).BindInt(2, seq);
+  return s.Step() ? s.Int(0) : 0;
 }
 
 int64_t SqliteStore::Writer::FirstFreeSearchId() {
@@ -2225,38 +2252,34 @@ Result<SearchIndexProgress> SqliteStore::Writer::IndexSearch(int max) {
     // A message queued twice in one step is indexed once, as it is now.
     if (!done.insert(fmt::format("{}:{}", e.conversation, e.seq)).second) continue;
     int64_t doc_id = 0;
+    std::vector<std::string> words;
+    int64_t version = 0;
     {
-      Stmt s(*db_, "SELECT doc_id FROM message_search_docs WHERE conversation_id = ?1 AND seq = ?2");
+      Stmt s(*db_, "SELECT " PARLEY_MESSAGE_BODY("m") ", m.version, m.search_doc, m.deleted_at FROM messages m "
+                   "WHERE m.conversation_id = ?1 AND m.seq = ?2");
       s.BindInt(1, e.conversation).BindInt(2, e.seq);
-      if (s.Step()) doc_id = s.Int(0);
+      if (s.Step()) {
+        if (s.Int(3) == 0) {
+          words = MessageWords(s.Text(0));
+          version = s.Int(1);
+        }
+        doc_id = s.Int(2);
+      }
     }
+    if (doc_id == 0) doc_id = LegacySearchDoc(e.conversation, e.seq);
     if (doc_id != 0) {
+      // The message's earlier text, if it was indexed (a new message's
+      // first indexing finds no row and deletes nothing).
       Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1");
       s.BindInt(1, doc_id);
       s.Run();
     }
-    std::vector<std::string> words;
-    int64_t version = 0;
-    {
-      Stmt s(*db_, "SELECT " PARLEY_MESSAGE_BODY("m") ", m.version FROM messages m "
-                   "WHERE m.conversation_id = ?1 AND m.seq = ?2 AND m.deleted_at = 0");
-      s.BindInt(1, e.conversation).BindInt(2, e.seq);
-      if (s.Step()) {
-        words = MessageWords(s.Text(0));
-        version = s.Int(1);
-      }
-    }
-    if (words.empty()) {  // deleted, gone, or no words: not in the index
-      if (doc_id != 0) {
-        Stmt s(*db_, "DELETE FROM message_search_docs WHERE conversation_id = ?1 AND seq = ?2");
-        s.BindInt(1, e.conversation).BindInt(2, e.seq);
-        s.Run();
-      }
-      continue;
-    }
+    if (words.empty()) continue;  // deleted, or no words: not in the index
     if (doc_id == 0) {
+      // Stored before step 20 and never indexed: its first entry's id, kept
+      // in its row from now on.
       doc_id = e.id;
-      Stmt s(*db_, "INSERT INTO message_search_docs(conversation_id, seq, doc_id) VALUES(?1, ?2, ?3)");
+      Stmt s(*db_, "UPDATE messages SET search_doc = ?3 WHERE conversation_id = ?1 AND seq = ?2");
       s.BindInt(1, e.conversation).BindInt(2, e.seq).BindInt(3, doc_id);
       s.Run();
     }

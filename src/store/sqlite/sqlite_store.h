@@ -71,7 +71,7 @@ class Db;
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 19;
+  static constexpr int kSchemaVersion = 20;
   // The writer checkpoints itself when the WAL holds this many times
   // StoreConfig::sqlite_checkpoint_pages.
   static constexpr int kWalHardLimitFactor = 4;
