@@ -65,6 +65,7 @@ struct Globals {
 struct Failure {
   int code;
   std::string message;
+  std::string error = {};  // the protocol's error code, when the server gave one
 };
 
 void PrintLine(const std::string& s) {
@@ -81,6 +82,8 @@ int Fail(const Globals& g, int code, const std::string& error_code, const std::s
   }
   return code;
 }
+
+int Fail(const Globals& g, const Failure& f) { return Fail(g, f.code, f.error, f.message); }
 
 int FailReply(const Globals& g, const parley::Reply& r) {
   if (r.code == parley::kErrOffline) return Fail(g, kUnreachable, r.code, "not connected to the server");
@@ -211,6 +214,9 @@ std::optional<Failure> GoOnline(const Globals& g, Session& s) {
   if (s.client->WaitOnline(g.timeout_ms)) return std::nullopt;
   if (s.client->state() == parley::ClientState::kRevoked) {
     return Failure{kNotLoggedIn, s.client->last_error()};
+  }
+  if (s.client->state() == parley::ClientState::kDisabled) {
+    return Failure{kRefused, s.client->last_error(), "user_disabled"};
   }
   std::string why = s.client->last_error();
   return Failure{kUnreachable, why.empty() ? "the server did not answer in time" : why};
@@ -364,7 +370,7 @@ int CmdLogin(const Globals& g, const std::string& user_in, const std::string& pa
 
 int CmdLogout(const Globals& g, bool force) {
   Session s;
-  if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
+  if (auto f = OpenSession(g, {}, &s)) return Fail(g, *f);
   size_t pending = s.client->PendingCount();
   if (auto f = GoOnline(g, s)) {
     if (f->code != kNotLoggedIn) return Fail(g, f->code, "", f->message + " (logout needs the server)");
@@ -400,8 +406,8 @@ int CmdLogout(const Globals& g, bool force) {
 // Runs a one-request command online, printing the result with `human`.
 int Simple(const Globals& g, const std::string& type, json fields, const std::function<void(const json&)>& human) {
   Session s;
-  if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
-  if (auto f = GoOnline(g, s)) return Fail(g, f->code, "", f->message);
+  if (auto f = OpenSession(g, {}, &s)) return Fail(g, *f);
+  if (auto f = GoOnline(g, s)) return Fail(g, *f);
   auto r = s.client->Request(type, std::move(fields));
   Finish(g, s);
   if (!r.ok) return FailReply(g, r);
@@ -419,8 +425,8 @@ int Simple(const Globals& g, const std::string& type, json fields, const std::fu
 // device of each member when it was delivered and read.
 int CmdInfo(const Globals& g, const std::string& peer, int64_t seq) {
   Session s;
-  if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
-  if (auto f = GoOnline(g, s)) return Fail(g, f->code, "", f->message);
+  if (auto f = OpenSession(g, {}, &s)) return Fail(g, *f);
+  if (auto f = GoOnline(g, s)) return Fail(g, *f);
   auto conv = s.client->Request("open_conversation", {{"username", Lower(peer)}});
   if (!conv.ok) {
     Finish(g, s);
@@ -461,7 +467,7 @@ int CmdSend(const Globals& g, const std::string& peer, const std::vector<std::st
     bodies.push_back(body);
   }
   Session s;
-  if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
+  if (auto f = OpenSession(g, {}, &s)) return Fail(g, *f);
   std::vector<std::string> ids;
   for (const auto& b : bodies) {
     auto r = s.client->Compose(peer, b);
@@ -471,7 +477,9 @@ int CmdSend(const Globals& g, const std::string& peer, const std::vector<std::st
     }
     ids.push_back(r.client_id);
   }
-  bool online = !GoOnline(g, s).has_value();
+  auto off = GoOnline(g, s);
+  const bool online = !off.has_value();
+  const bool disabled = off && off->error == "user_disabled";
   if (online) s.client->WaitOutboxDrained(g.timeout_ms);
   s.client->Stop();
   json list = json::array();
@@ -484,8 +492,10 @@ int CmdSend(const Globals& g, const std::string& peer, const std::vector<std::st
       list.push_back(st ? StatusJson(*st) : json{{"client_id", id}, {"status", "pending"}});
     } else if (status == parley::MessageStatus::kPending) {
       PrintLine("queued " + id + " for " + Lower(peer) +
-                (online ? ": not acknowledged yet, will be retried" : ": offline, will be sent by the next parley run") +
-                (online ? "" : " (" + s.client->last_error() + ")"));
+                (online     ? ": not acknowledged yet, will be retried"
+                 : disabled ? ": this account is disabled by the operator; kept, and sent by a parley run once it "
+                              "is enabled again"
+                            : ": offline, will be sent by the next parley run (" + s.client->last_error() + ")"));
     } else {
       PrintLine(StatusLine(*st));
     }
@@ -497,7 +507,7 @@ int CmdSend(const Globals& g, const std::string& peer, const std::vector<std::st
 int CmdHistory(const Globals& g, const std::string& peer_in, int64_t before, int limit, bool mark_read) {
   std::string peer = Lower(peer_in);
   Session s;
-  if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
+  if (auto f = OpenSession(g, {}, &s)) return Fail(g, *f);
   auto off = GoOnline(g, s);
   if (off && off->code == kNotLoggedIn) return Fail(g, off->code, "", off->message);
   std::vector<parley::CachedMessage> msgs;
@@ -548,7 +558,7 @@ int CmdHistory(const Globals& g, const std::string& peer_in, int64_t before, int
 
 int CmdChats(const Globals& g) {
   Session s;
-  if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
+  if (auto f = OpenSession(g, {}, &s)) return Fail(g, *f);
   auto off = GoOnline(g, s);
   if (off && off->code == kNotLoggedIn) return Fail(g, off->code, "", off->message);
   json list = json::array();
@@ -609,7 +619,7 @@ int CmdDraft(const Globals& g, const std::string& peer_in, const std::vector<std
   std::string text;
   for (const auto& w : words) text += (text.empty() ? "" : " ") + w;
   Session s;
-  if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
+  if (auto f = OpenSession(g, {}, &s)) return Fail(g, *f);
   if (!show) {
     auto r = s.client->SetDraft(peer, text);
     if (!r.ok) return Fail(g, r.code == "bad_request" ? kUsage : kLocalStorage, r.code, r.message);
@@ -648,7 +658,7 @@ int CmdDraft(const Globals& g, const std::string& peer_in, const std::vector<std
 
 int CmdOutbox(const Globals& g) {
   Session s;
-  if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
+  if (auto f = OpenSession(g, {}, &s)) return Fail(g, *f);
   auto items = s.client->Outbox();
   if (g.json) {
     json list = json::array();
@@ -696,7 +706,7 @@ int CmdFollow(const Globals& g, const std::string& chat_peer, int count, int for
   };
   Session s;
   sp = &s;
-  if (auto f = OpenSession(g, opts, &s)) return Fail(g, f->code, "", f->message);
+  if (auto f = OpenSession(g, opts, &s)) return Fail(g, *f);
   me_id = s.client->user_id();
   me = s.user;
   s.client->Start();
@@ -829,7 +839,7 @@ int main(int argc, char** argv) {
     run = [&] {
       if (!set_name && !set_about) {
         Session s;
-        if (auto f = OpenSession(g, {}, &s)) return Fail(g, f->code, "", f->message);
+        if (auto f = OpenSession(g, {}, &s)) return Fail(g, *f);
         json out = {{"username", s.user}, {"user_id", s.config.value("user_id", 0)},
                     {"device_id", s.config.value("device_id", 0)}, {"server", s.config.value("server", "")}};
         if (g.json) {

@@ -7,6 +7,8 @@
 //    reconnects on its own after any disconnect, with exponential backoff and
 //    full jitter, honouring the server's retry_after_ms (parley/backoff.h);
 //    close 4002 or an `invalid_token` answer stop it for good (state kRevoked);
+//    a disabled account (close 4005, `user_disabled`) waits in kDisabled and
+//    keeps trying at the server's pace until the operator enables it;
 //  - resumes from the device's cursor: after each auth it loops `sync` from
 //    the last applied user seq (a new cache starts from a `snapshot`), and
 //    applies live events by user seq, dropping what it already has and
@@ -85,6 +87,8 @@ enum class ClientState : int {
   kOnline = 2,      // authenticated and caught up; live events flow, the outbox drains
   kWaiting = 3,     // disconnected, waiting for the next attempt (last_error says why)
   kRevoked = 4,     // the token was refused or revoked: log in again; the outbox is kept
+  kDisabled = 5,    // the operator disabled the account (close 4005, auth `user_disabled`): the
+                    // token and everything local are kept; it tries again after the server's wait
 };
 const char* ClientStateName(ClientState s);
 
@@ -349,7 +353,8 @@ class Client {
   int64_t device_id() const;
   int64_t applied() const;   // the highest user seq applied to the cache
 
-  // Waits until online (true) or the timeout passes / the token is revoked (false).
+  // Waits until online (true) or the timeout passes / the token is revoked /
+  // the account is found disabled (false).
   bool WaitOnline(int timeout_ms);
   // Waits until no outbox entry is pending (failed ones do not count). The
   // cache is the reference: on_status callbacks for the last messages may

@@ -665,7 +665,9 @@ void ChatService::CompleteAuth(const ClientPtr& c, const Req& req, const store::
   const store::DeviceRecord& device = auth.device;
   const store::UserRecord& user = auth.user;
   if (user.disabled) {
-    return Fail(c, req, Status(ErrorCode::kUserDisabled, "this account is disabled by the operator"));
+    // The token is kept: the device may try again, as after close 4005.
+    return Fail(c, req, Status(ErrorCode::kUserDisabled, "this account is disabled by the operator"),
+                kDisabledRetryAfterMs);
   }
   if (c->closed) return;
   c->user_id = device.user_id;

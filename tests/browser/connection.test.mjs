@@ -3,7 +3,7 @@
 // outbox and draft saves wait after a retryable failure.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { RetryTimer, backoffCapMs, kBackoffBaseMs, kBackoffMaxMs } from '../../web/js/connection.js';
+import { RetryTimer, backoffCapMs, retryAfterDelayMs, kBackoffBaseMs, kBackoffMaxMs } from '../../web/js/connection.js';
 
 // A RetryTimer on fake timers; `random` returns `r`.
 function fakeTimer(r = 1) {
@@ -63,4 +63,12 @@ test('a success starts the backoff over; cancel drops the pending retry', () => 
   assert.equal(f.timers.size, 0);
   assert.equal(f.t.pending, false);
   assert.equal(f.runs(), 0);
+});
+
+test('a reconnect the server timed waits at least its retry_after_ms and at most twice it, plus the base', () => {
+  assert.equal(retryAfterDelayMs(60_000, () => 0), 60_000);
+  assert.equal(retryAfterDelayMs(60_000, () => 1), 120_000 + kBackoffBaseMs);
+  const waits = Array.from({ length: 1000 }, () => retryAfterDelayMs(1000));
+  assert.ok(waits.every((w) => w >= 1000 && w <= 2000 + kBackoffBaseMs));
+  assert.ok(Math.max(...waits) - Math.min(...waits) > 500, 'spread over the window, not all at once');
 });

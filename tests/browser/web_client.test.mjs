@@ -11,6 +11,7 @@ import {
   kPassword,
 } from './helpers.mjs';
 
+const kAdminToken = 'browser-admin-token';
 let server;
 let browser;
 const contexts = [];
@@ -18,7 +19,8 @@ const contexts = [];
 before(async () => {
   // Presence: announce going offline after 300 ms (not 5 s), no per-watcher
   // rate limit, so the presence test needs no long waits.
-  server = await startServer(['--presence-coalesce-ms', '300', '--presence-min-interval-ms', '0']);
+  // The admin API is on for the test that disables an account.
+  server = await startServer(['--presence-coalesce-ms', '300', '--presence-min-interval-ms', '0', '--admin-token', kAdminToken]);
   browser = await launchBrowser();
 });
 
@@ -132,6 +134,49 @@ test('messages written offline survive a reload and arrive once, in order', asyn
   assert.deepEqual(unexpected, []);
   assertClean(dave, dave2);
   await closeAll(carol, dave, dave2);
+});
+
+async function admin(path) {
+  const r = await fetch(`${server.base}/admin/v1/${path}`, { method: 'POST', headers: { authorization: `Bearer ${kAdminToken}` } });
+  assert.equal(r.status, 200, `${path}: ${await r.text()}`);
+}
+
+test('an account the operator disables says so, keeps what is written, and sends it once enabled', async () => {
+  const gwen = await user();
+  const hugo = await user();
+  await register(gwen.page, 'gwen_t');
+  await register(hugo.page, 'hugo_t');
+  await openChatWith(gwen.page, 'hugo_t');
+  await send(gwen.page, 'before the disable');
+  await myMessage(gwen.page, 'before the disable').and(gwen.page.locator('[data-tick="delivered"]')).waitFor();
+
+  // The live connection is closed with 4005: the banner says why.
+  await admin('users/gwen_t/disable');
+  const banner = gwen.page.locator('#conn-status[data-state="disabled"]');
+  await banner.waitFor();
+  assert.match(await banner.textContent(), /disabled/);
+  await send(gwen.page, 'written while disabled');
+  await myMessage(gwen.page, 'written while disabled').and(gwen.page.locator('[data-tick="pending"]')).waitFor();
+
+  // A reload keeps everything and auth's user_disabled brings the banner back.
+  await gwen.page.waitForLoadState('networkidle');
+  await gwen.page.reload();
+  await banner.waitFor();
+  await myMessage(gwen.page, 'written while disabled').and(gwen.page.locator('[data-tick="pending"]')).waitFor();
+  assert.deepEqual(await bodies(gwen.page), ['before the disable', 'written while disabled']);
+
+  // Enabled: the next connection (a reload here, instead of the server's
+  // minute) sends the kept message once.
+  await admin('users/gwen_t/enable');
+  await gwen.page.waitForLoadState('networkidle');
+  await gwen.page.reload();
+  await gwen.page.locator('#conn-status[data-state="online"]').waitFor({ state: 'attached' });
+  await myMessage(gwen.page, 'written while disabled').and(gwen.page.locator('[data-tick="delivered"], [data-tick="read"]')).waitFor();
+  await hugo.page.locator('a.conv', { hasText: 'gwen_t' }).click();
+  await hugo.page.locator('li.msg .body', { hasText: 'written while disabled' }).waitFor();
+  assert.deepEqual(await bodies(hugo.page), ['before the disable', 'written while disabled']);
+  assertClean(gwen, hugo);
+  await closeAll(gwen, hugo);
 });
 
 test('a second device of the same user sees the history and the same unread counts, until unlinked', async () => {

@@ -170,6 +170,7 @@ TEST_F(AdminE2E, UserAndDeviceCommandsWorkAndFailClearly) {
   EXPECT_EQ(login.code, "user_disabled");
   auto auth = server_.Connect()->Call("auth", {{"token", dave.token}});
   EXPECT_EQ(auth.code, "user_disabled");
+  EXPECT_EQ(auth.frame["retry_after_ms"], 60000) << "the token is kept: the answer says when to try again";
   EXPECT_EQ(AdminOk(server_, "user show dave")["disabled"], true);
   AdminOk(server_, "user enable dave");
   Device back = Reconnect(server_, dave);

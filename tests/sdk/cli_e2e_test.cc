@@ -159,6 +159,40 @@ TEST(CliE2E, LogoutOfASignedOutDeviceKeepsUnsentMessagesUnlessForced) {
   EXPECT_EQ(laptop.Run({"chats"}).exit_code, 3);
 }
 
+TEST(CliE2E, ADisabledAccountKeepsWhatIsSentAndSaysWhyCommandsFail) {
+  constexpr const char* kAdminToken = "cli-admin-token";
+  ServerProcess s({"--admin-token", kAdminToken});
+  TempDir dir;
+  CliUser erin(dir, "erin", s.port()), dave(dir, "dave", s.port());
+  ASSERT_EQ(erin.Run({"register", "erin", "--password", "correct horse"}).exit_code, 0);
+  ASSERT_EQ(dave.Run({"register", "dave", "--password", "correct horse"}).exit_code, 0);
+  ASSERT_EQ(erin.Run({"login", "erin", "--password", "correct horse"}).exit_code, 0);
+  ASSERT_EQ(dave.Run({"login", "dave", "--password", "correct horse"}).exit_code, 0);
+  auto admin = [&](const std::string& action) {
+    int status = 0;
+    HttpPost(s.port(), "/admin/v1/users/erin/" + action, "", std::string("Bearer ") + kAdminToken, &status);
+    ASSERT_EQ(status, 200) << action;
+  };
+
+  admin("disable");
+  // A send is kept for later, and says why it was not sent.
+  auto queued = erin.Run({"send", "dave", "kept", "for", "later"});
+  EXPECT_EQ(queued.exit_code, 0) << queued.out << queued.err;
+  EXPECT_NE(queued.out.find("disabled"), std::string::npos) << queued.out;
+  // A command that needs the server fails with the reason, not "unreachable".
+  auto refused = erin.Run({"--json", "contacts"});
+  EXPECT_EQ(refused.exit_code, 5) << refused.out << refused.err;
+  EXPECT_EQ(refused.Json()["error"], "user_disabled") << refused.out;
+  EXPECT_EQ(erin.Json({"outbox"})["outbox"].size(), 1u);
+
+  admin("enable");
+  erin.Json({"chats"});  // online again: the outbox is sent
+  EXPECT_EQ(erin.Json({"outbox"})["outbox"].size(), 0u);
+  auto hist = dave.Json({"history", "erin"});
+  ASSERT_EQ(hist["messages"].size(), 1u);
+  EXPECT_EQ(hist["messages"][0]["body"], "kept for later");
+}
+
 TEST(CliE2E, HistoryPagesBackwardsWithAHintForTheNextPage) {
   ServerProcess s;
   TempDir dir;

@@ -198,6 +198,62 @@ TEST(ClientE2E, RevokedTokenStopsReconnectingAndKeepsTheOutbox) {
   EXPECT_EQ(again->PendingCount(), 1u);
 }
 
+TEST(ClientE2E, ADisabledAccountWaitsKeepsItsOutboxAndComesBackWhenEnabled) {
+  constexpr const char* kAdminToken = "sdk-admin-token";
+  ServerProcess s({"--admin-token", kAdminToken});
+  std::string token = RegisterAndLogin(s, "alice");
+  std::string bob_token = RegisterAndLogin(s, "bob");
+  TempDir dir;
+  std::mutex mu;
+  std::vector<ClientState> states;
+  auto o = OptionsFor(s, dir / "alice.db", token);
+  // The server asks for 60 s (close 4005, auth's user_disabled); the test
+  // clamps that to keep the cycle short.
+  o.backoff.max_retry_after_ms = 200;
+  o.on_state = [&](ClientState st, const std::string&) {
+    std::lock_guard lock(mu);
+    states.push_back(st);
+  };
+  auto alice = OpenClient(o);
+  auto bob = OpenClient(OptionsFor(s, dir / "bob.db", bob_token));
+  alice->Start();
+  bob->Start();
+  ASSERT_TRUE(alice->WaitOnline(5000));
+  ASSERT_TRUE(bob->WaitOnline(5000));
+  auto admin = [&](const std::string& action) {
+    int status = 0;
+    HttpPost(s.port(), "/admin/v1/users/alice/" + action, "", std::string("Bearer ") + kAdminToken, &status);
+    ASSERT_EQ(status, 200) << action;
+  };
+
+  admin("disable");
+  ASSERT_TRUE(Eventually([&] { return alice->state() == ClientState::kDisabled; }, 5000));
+  EXPECT_NE(alice->last_error().find("4005"), std::string::npos) << alice->last_error();
+  // Each try while disabled is refused (auth: user_disabled) and waits again:
+  // never revoked, and nothing local is dropped.
+  ASSERT_TRUE(Eventually([&] { return alice->last_error().find("user_disabled") != std::string::npos; }, 5000))
+      << alice->last_error();
+  EXPECT_FALSE(alice->WaitOnline(300));
+  auto composed = alice->Compose("bob", "written while disabled");
+  ASSERT_TRUE(composed.ok);
+  EXPECT_EQ(alice->PendingCount(), 1u);
+  {
+    std::lock_guard lock(mu);
+    EXPECT_EQ(std::count(states.begin(), states.end(), ClientState::kRevoked), 0);
+    EXPECT_EQ(std::count(states.begin(), states.end(), ClientState::kWaiting), 0)
+        << "a disabled account's waits are reported as disabled";
+  }
+
+  admin("enable");
+  // (WaitOnline returns at once while disabled: the app is told why.)
+  ASSERT_TRUE(Eventually([&] { return alice->state() == ClientState::kOnline; }, 5000)) << alice->last_error();
+  ASSERT_TRUE(alice->WaitOutboxDrained(5000));
+  ASSERT_TRUE(Eventually([&] {
+    auto page = bob->Messages("alice", 0, 10);
+    return !page.empty() && page.back().body == "written while disabled";
+  }, 5000));
+}
+
 TEST(ClientE2E, SecondDeviceLoggedInLaterSeesTheFullHistoryAndTheSameReadState) {
   ServerProcess s;
   std::string alice_token = RegisterAndLogin(s, "alice");

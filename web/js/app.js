@@ -7,7 +7,7 @@
 // time and in order, whenever the connection is authenticated; the server
 // deduplicates on their client ids, so a retry after a lost answer is safe.
 
-import { Connection, ProtocolError, RetryTimer } from './connection.js';
+import { Connection, ProtocolError, RetryTimer, kCloseAccountDisabled } from './connection.js';
 import { kv, outbox, clearAll } from './db.js';
 import {
   emptyState, applyEntry, applyEvent, applyChange, addMessages, addWithheld, peerOf, displayName, tickOf,
@@ -52,6 +52,7 @@ const app = {
   state: null,
   conn: null,
   authed: false,
+  accountDisabled: false, // closed with 4005 or auth answered user_disabled, until an auth succeeds
   syncing: false,
   syncAgain: false,
   liveQueue: [],
@@ -181,6 +182,9 @@ function startConnection() {
       showConnState();
     },
     onRevoked: () => signedOut('This device was signed out.'),
+    onServerClose: (code) => {
+      if (code === kCloseAccountDisabled) app.accountDisabled = true;
+    },
   });
   app.conn.onPing = (r) => {
     if (typeof r.head === 'number' && app.state.applied !== null && r.head > app.state.applied) requestSync();
@@ -197,8 +201,13 @@ async function onOpen() {
     r = await app.conn.request('auth', { token: app.session.token });
   } catch (e) {
     if (e instanceof ProtocolError && e.code === 'invalid_token') return signedOut('Your session ended. Please log in again.');
+    if (e instanceof ProtocolError && e.code === 'user_disabled') {
+      app.accountDisabled = true; // the connection tries again after the answer's retry_after_ms
+      showConnState();
+    }
     throw e;
   }
+  app.accountDisabled = false;
   app.conn.setHeartbeat(r.heartbeat_interval_ms, r.heartbeat_timeout_ms);
   if (r.limits) {
     app.limits = r.limits;
@@ -881,6 +890,7 @@ async function signedOut(message) {
   app.conn?.stop();
   app.conn = null;
   app.authed = false;
+  app.accountDisabled = false;
   app.session = null;
   app.state = null;
   app.outbox = [];
@@ -963,6 +973,9 @@ function showConnState() {
     if (s === 'offline') {
       state = 'offline';
       text = 'Offline. Messages you write are kept and sent when you are back online.';
+    } else if (app.accountDisabled) {
+      state = 'disabled';
+      text = 'Your account is disabled by the server\'s operator. Messages you write are kept and sent if it is enabled again.';
     } else if (app.authed) {
       state = 'online';
     } else {

@@ -14,6 +14,11 @@ export const kDefaultHeartbeatTimeoutMs = 60_000;
 export const kRequestTimeoutMs = 30_000;
 export const kBackoffBaseMs = 500;
 export const kBackoffMaxMs = 30_000;
+// Close codes of the server (docs/protocol.md, "Close codes") this layer acts on.
+export const kCloseShutdown = 4001; // reconnect after retry_after_ms
+export const kCloseRevoked = 4002; // the token is gone: stop for good
+export const kCloseTryLater = 4003; // reconnect after retry_after_ms
+export const kCloseAccountDisabled = 4005; // the token is kept: reconnect after retry_after_ms
 
 // The longest wait, before jitter, after `attempt` failures in a row:
 // exponential from kBackoffBaseMs, at most kBackoffMaxMs.
@@ -63,6 +68,13 @@ export class RetryTimer {
   }
 }
 
+// The wait before reconnecting when the server named one (a close's or an
+// answer's retry_after_ms): that wait plus a uniform extra of 0-100 % of it
+// (and up to kBackoffBaseMs), so clients told the same spread out.
+export function retryAfterDelayMs(retryAfterMs, random = Math.random) {
+  return retryAfterMs + random() * retryAfterMs + random() * kBackoffBaseMs;
+}
+
 export class ProtocolError extends Error {
   constructor(frame) {
     super(frame.message || frame.code);
@@ -73,12 +85,13 @@ export class ProtocolError extends Error {
 }
 
 export class Connection {
-  constructor({ url, onOpen, onFrame, onState, onRevoked }) {
+  constructor({ url, onOpen, onFrame, onState, onRevoked, onServerClose }) {
     this.url = url;
     this.onOpen = onOpen;
     this.onFrame = onFrame;
     this.onState = onState;
     this.onRevoked = onRevoked;
+    this.onServerClose = onServerClose; // (close code) => void, before the reconnect is planned
     this.ws = null;
     this.nextId = 1;
     this.pending = new Map(); // id -> {resolve, reject, timer}
@@ -149,7 +162,15 @@ export class Connection {
         () => {
           this.attempt = 0;
         },
-        () => this.ws === ws && ws.close(),
+        (e) => {
+          if (this.ws !== ws) return;
+          // The app's set-up failed (auth refused, a request timed out):
+          // start again, after the server's wait when its answer named one
+          // (auth's user_disabled, unavailable), else with backoff.
+          this.teardown();
+          const wait = e instanceof ProtocolError ? e.retryAfterMs : 0;
+          this.connectSoon(wait > 0 ? retryAfterDelayMs(wait) : this.backoffDelay());
+        },
       );
     };
     ws.onmessage = (ev) => {
@@ -174,7 +195,8 @@ export class Connection {
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.teardown();
-      if (ev.code === 4002) {
+      this.onServerClose?.(ev.code);
+      if (ev.code === kCloseRevoked) {
         this.stopped = true;
         this.setState('closed');
         this.onRevoked?.();
@@ -183,14 +205,13 @@ export class Connection {
       let retryAfter = 0;
       // 4005: the account is disabled, the token kept: try again later (auth
       // answers user_disabled until it is enabled; nothing local is dropped).
-      if (ev.code === 4001 || ev.code === 4003 || ev.code === 4005) {
+      if (ev.code === kCloseShutdown || ev.code === kCloseTryLater || ev.code === kCloseAccountDisabled) {
         try {
           retryAfter = JSON.parse(ev.reason).retry_after_ms || 0;
         } catch {
           retryAfter = 0;
         }
-        // wait retry_after_ms plus a uniform extra 0-100 % of it
-        return this.connectSoon(retryAfter + Math.random() * retryAfter + Math.random() * kBackoffBaseMs);
+        return this.connectSoon(retryAfterDelayMs(retryAfter));
       }
       this.connectSoon(this.backoffDelay());
     };

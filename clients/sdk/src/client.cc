@@ -148,6 +148,7 @@ const char* ClientStateName(ClientState s) {
     case ClientState::kOnline: return "online";
     case ClientState::kWaiting: return "waiting";
     case ClientState::kRevoked: return "revoked";
+    case ClientState::kDisabled: return "disabled";
   }
   return "unknown";
 }
@@ -210,9 +211,10 @@ struct Client::Impl {
     bool changed;
     {
       std::lock_guard lock(mu);
-      changed = state != s || (s == ClientState::kWaiting && last_error != detail);
+      bool detailed = s == ClientState::kWaiting || s == ClientState::kRevoked || s == ClientState::kDisabled;
+      changed = state != s || (detailed && last_error != detail);
       state = s;
-      if (s == ClientState::kWaiting || s == ClientState::kRevoked) last_error = detail;
+      if (detailed) last_error = detail;
     }
     cv.notify_all();
     if (changed && opt.on_state) opt.on_state(s, detail);
@@ -247,6 +249,7 @@ struct Client::Impl {
   struct SessionEnd {
     bool stopped = false;
     bool revoked = false;
+    bool disabled = false;  // the operator disabled the account: wait, keep everything
     bool healthy = false;  // got online: the backoff starts over
     std::optional<int64_t> retry_after;
     std::string why;
@@ -278,7 +281,7 @@ struct Client::Impl {
       if (end.healthy) attempt = 0;
       int64_t delay = end.retry_after ? RetryAfterDelayMs(opt.backoff, *end.retry_after, rng)
                                       : BackoffDelayMs(opt.backoff, attempt++, rng);
-      SetState(ClientState::kWaiting, end.why);
+      SetState(end.disabled ? ClientState::kDisabled : ClientState::kWaiting, end.why);
       if (SleepOrStop(delay)) break;
     }
     SetState(ClientState::kStopped, "");
@@ -295,6 +298,11 @@ struct Client::Impl {
       return end;
     }
     end.retry_after = RetryAfterOfReason(reason);
+    if (code == 4005) {
+      end.disabled = true;
+      end.why = "the operator disabled this account (close 4005): trying again later, nothing local is lost";
+      return end;
+    }
     end.why = code ? "connection closed by the server (" + std::to_string(code) + (reason.empty() ? "" : " " + reason) + ")"
                    : fallback;
     return end;
@@ -647,6 +655,7 @@ struct Client::Impl {
       }
       if (c->closed()) return Closed(*c, "connection lost during auth");
       end.retry_after = RetryAfterOf(auth.frame);
+      end.disabled = auth.code == "user_disabled";
       end.why = "auth failed: " + auth.code + " " + auth.message;
       return end;
     }
@@ -1369,7 +1378,8 @@ int64_t Client::applied() const { return impl_->cache->applied().value_or(0); }
 bool Client::WaitOnline(int timeout_ms) {
   std::unique_lock lock(impl_->mu);
   impl_->cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] {
-    return impl_->state == ClientState::kOnline || impl_->state == ClientState::kRevoked;
+    return impl_->state == ClientState::kOnline || impl_->state == ClientState::kRevoked ||
+           impl_->state == ClientState::kDisabled;
   });
   return impl_->state == ClientState::kOnline;
 }
