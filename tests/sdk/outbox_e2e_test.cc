@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <csignal>
+#include <thread>
 
 #include "sdk/sdk_test_util.h"
 
@@ -247,6 +250,43 @@ TEST(OutboxE2E, MessageOlderThanTheMaximumAgeIsMarkedFailedAndNeverSent) {
   EXPECT_EQ(st->error_code, kErrExpired);
   ASSERT_EQ(alice->Outbox().size(), 1u);  // still visible, as failed
   ExpectExactlyOnceInOrder(s, "bob", alice->user_id(), 1, [](int) { return std::string("fresh"); });
+}
+
+// A message whose send is in flight when it reaches the maximum age is not
+// expired under the server's feet: the server stored it, so it ends sent,
+// never failed first.
+TEST(OutboxE2E, AMessageThatAgesOutWhileItsSendIsInFlightEndsSentNotFailed) {
+  ServerProcess s;
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  Register(s, "bob");
+  Register(s, "carol");
+  TempDir dir;
+  std::atomic<int64_t> now{1'800'000'000'000};
+  StatusLog log;
+  auto o = OptionsFor(s, dir / "alice.db", alice_token);
+  o.now_ms = [&] { return now.load(); };
+  o.on_status = [&](const StatusUpdate& u) { log.Add(u); };
+  auto alice = OpenClient(o);
+  alice->Start();
+  ASSERT_TRUE(alice->WaitOnline(kDrainTimeoutMs));
+  // The server stops answering: the send goes out and waits for its ack.
+  ASSERT_EQ(kill(s.pid(), SIGSTOP), 0);
+  auto late = alice->Compose("bob", "acked late");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  now += kDefaultOutboxMaxAgeMs + 1;
+  // Another compose wakes the worker, which looks at the outbox again.
+  ASSERT_TRUE(alice->Compose("carol", "wake up").ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_EQ(kill(s.pid(), SIGCONT), 0);
+  ASSERT_TRUE(alice->WaitOutboxDrained(kDrainTimeoutMs));
+  ASSERT_TRUE(Eventually([&] { return log.Of(late.client_id) == MessageStatus::kSent; }, 5000));
+  std::lock_guard lock(log.mu);
+  for (const StatusUpdate& u : log.all) {
+    if (u.client_id == late.client_id) {
+      EXPECT_NE(u.status, MessageStatus::kFailed) << "reported failed, then sent";
+    }
+  }
+  ExpectExactlyOnceInOrder(s, "bob", alice->user_id(), 1, [](int) { return std::string("acked late"); });
 }
 
 // A message refused for good (alice blocks bob) stays failed until the app

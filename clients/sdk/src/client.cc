@@ -778,12 +778,19 @@ struct Client::Impl {
       }
       if (need_sync && !SyncLoop(*c, &to_deliver, &end.why)) break;
       // 3. Outbox: expire, then the first pending message of each idle peer.
+      // A message whose send is in flight is not expired: the server may have
+      // stored it, and its answer decides (sent, or failed and expired on the
+      // next pass), so it is never reported failed and then sent.
       std::set<std::string> seen;
+      std::set<std::string> sending;
+      for (const auto& [id, f] : inflight) {
+        if (f.kind == Kind::kSend) sending.insert(f.client_id);
+      }
       std::vector<StatusUpdate> expired;
       size_t outbox_rows = 0;
       for (const auto& row : cache->Outbox(false)) {
         ++outbox_rows;
-        if (Now() - row.created_at > opt.outbox_max_age_ms) {
+        if (Now() - row.created_at > opt.outbox_max_age_ms && !sending.count(row.client_id)) {
           expired.push_back(Expire(row));
           continue;
         }
