@@ -15,5 +15,9 @@ export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/parley-ccache}
 # Paths under the checkout are hashed relative to it, so clones in other
 # directories (a fresh clone's check, a second worktree) reuse the cache.
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
+# The Debug tree's objects too (-g would hash the build directory): their
+# debug info then names the directory of whichever checkout compiled them
+# first; file names in it stay relative to the tree.
+export CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 [ -f "build/$kind/build.ninja" ] || cmake -S . -B "build/$kind" -G Ninja "${args[@]}" >/dev/null
 ninja -C "build/$kind" -j"$jobs" "$@"
