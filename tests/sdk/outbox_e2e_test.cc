@@ -289,6 +289,50 @@ TEST(OutboxE2E, AMessageThatAgesOutWhileItsSendIsInFlightEndsSentNotFailed) {
   ExpectExactlyOnceInOrder(s, "bob", alice->user_id(), 1, [](int) { return std::string("acked late"); });
 }
 
+// The maximum age holds while the server is unreachable too: the message is
+// marked failed between connection attempts, not at the next connection.
+TEST(OutboxE2E, AMessageTooOldIsMarkedFailedWhileTheServerIsDown) {
+  ServerProcess s;
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  Register(s, "bob");
+  s.Kill9();
+  TempDir dir;
+  std::atomic<int64_t> now{1'800'000'000'000};
+  StatusLog log;
+  auto o = OptionsFor(s, dir / "alice.db", alice_token);
+  o.now_ms = [&] { return now.load(); };
+  o.on_status = [&](const StatusUpdate& u) { log.Add(u); };
+  auto alice = OpenClient(o);
+  auto old_one = alice->Compose("bob", "too old");
+  now += kDefaultOutboxMaxAgeMs + 1;
+  alice->Start();
+  ASSERT_TRUE(Eventually([&] { return log.Of(old_one.client_id) == MessageStatus::kFailed; }, 5000))
+      << "still pending while offline";
+  EXPECT_NE(alice->state(), ClientState::kOnline);
+  EXPECT_EQ(alice->PendingCount(), 0u);
+}
+
+// A rate_limited send waits the server's retry_after_ms even when the
+// connection drops meanwhile: the next connection does not send it early
+// (and get refused again).
+TEST(OutboxE2E, ARateLimitedWaitOutlivesTheConnection) {
+  ServerProcess s({"--rate-limit", "send_per_device=1/1"});
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  Register(s, "bob");
+  TempDir dir;
+  auto alice = OpenClient(OptionsFor(s, dir / "alice.db", alice_token));
+  alice->Start();
+  ASSERT_TRUE(alice->WaitOnline(kDrainTimeoutMs));
+  auto refused = [&] { return MetricValue(HttpGet(s.port(), "/metrics"), "parley_errors_total{code=\"rate_limited\"}"); };
+  ASSERT_TRUE(alice->Compose("bob", "first").ok);
+  ASSERT_TRUE(alice->Compose("bob", "second").ok);
+  ASSERT_TRUE(Eventually([&] { return refused() >= 1; }, 5000));
+  alice->DropConnectionForTest();  // reconnects within FastBackoff's 50-400 ms, well inside the wait
+  ASSERT_TRUE(alice->WaitOutboxDrained(kDrainTimeoutMs));
+  EXPECT_EQ(refused(), 1) << "the second send was refused again after the reconnect";
+  ExpectExactlyOnceInOrder(s, "bob", alice->user_id(), 2, [](int i) { return std::string(i == 0 ? "first" : "second"); });
+}
+
 // A message refused for good (alice blocks bob) stays failed until the app
 // asks: retried after the unblock it is sent, with its client id; another
 // failed one is discarded and never listed or sent again.

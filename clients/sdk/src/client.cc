@@ -163,6 +163,10 @@ struct Client::Impl {
   std::unique_ptr<sdk::HistoryRecorder> history;  // null unless opt.history_path is set
   std::mutex compose_mu;  // Compose: the outbox order and the recorded compose order agree
   std::mt19937_64 rng;  // worker thread only
+  // Worker thread only: peer (or "draft:" + peer) -> steady ms before which
+  // its next send (or draft save) waits, after a retryable refusal. Kept
+  // across reconnects: a server's rate_limited wait outlives the connection.
+  std::map<std::string, int64_t> hold_until;
 
   mutable std::mutex mu;  // guards everything below
   std::condition_variable cv;  // worker wake-ups and every Wait*
@@ -282,6 +286,7 @@ struct Client::Impl {
       int64_t delay = end.retry_after ? RetryAfterDelayMs(opt.backoff, *end.retry_after, rng)
                                       : BackoffDelayMs(opt.backoff, attempt++, rng);
       SetState(end.disabled ? ClientState::kDisabled : ClientState::kWaiting, end.why);
+      ExpireOldOutbox();
       if (SleepOrStop(delay)) break;
     }
     SetState(ClientState::kStopped, "");
@@ -694,7 +699,6 @@ struct Client::Impl {
 
     std::map<int64_t, InFlight> inflight;
     std::set<std::string> busy_peers;
-    std::map<std::string, int64_t> hold_until;  // peer (or "draft:" + peer) -> steady ms (retryable errors)
     std::set<std::string> draft_busy;  // peers with a set_draft or open_conversation in flight
     std::map<std::string, int> peer_attempts;
     int64_t acked = 0;
@@ -755,13 +759,13 @@ struct Client::Impl {
         const InFlight& f = it->second;
         if (f.kind == Kind::kSend) {
           busy_peers.erase(f.peer);
-          HandleSendReply(f, r, &hold_until, &peer_attempts);
+          HandleSendReply(f, r, &peer_attempts);
         } else if (f.kind == Kind::kPing) {
           ping_out = false;
           if (r.ok && r.result.value("head", int64_t{0}) > cache->applied().value_or(0)) need_sync = true;
         } else if (f.kind == Kind::kDraft || f.kind == Kind::kOpen) {
           draft_busy.erase(f.peer);
-          HandleDraftReply(f, r, &hold_until);
+          HandleDraftReply(f, r);
         } else if (f.kind == Kind::kReceipt && !r.ok && r.frame.is_object() && r.frame.value("retryable", false)) {
           // Not stored (e.g. `unavailable`): report it again after the
           // server's retry-after, or the sender's tick would stay behind.
@@ -790,7 +794,7 @@ struct Client::Impl {
       size_t outbox_rows = 0;
       for (const auto& row : cache->Outbox(false)) {
         ++outbox_rows;
-        if (Now() - row.created_at > opt.outbox_max_age_ms && !sending.count(row.client_id)) {
+        if (TooOld(row) && !sending.count(row.client_id)) {
           expired.push_back(Expire(row));
           continue;
         }
@@ -854,9 +858,8 @@ struct Client::Impl {
       int64_t next = now_steady + (inflight.empty() && !outbox_rows ? heartbeat_ms : kIdleTickMs);
       if (!ping_out) next = std::min<int64_t>(next, last_ping + heartbeat_ms);
       if (applied_now > acked) next = std::min(next, last_ack + kAckIntervalMs);
-      for (auto& [peer, t] : hold_until) {
-        if (t > now_steady) next = std::min(next, t);
-      }
+      std::erase_if(hold_until, [&](const auto& h) { return h.second <= now_steady; });
+      for (auto& [peer, t] : hold_until) next = std::min(next, t);
       // A receipt held back after a retryable failure is due then: without
       // this an idle client slept until its heartbeat (or the next event)
       // before reporting it again, the sender's tick at "sent" meanwhile.
@@ -927,6 +930,20 @@ struct Client::Impl {
     for (int64_t id : ids) c.Await(id, static_cast<int>(std::max<int64_t>(1, deadline - SteadyMs())));
   }
 
+  bool TooOld(const sdk::OutboxRow& row) { return Now() - row.created_at > opt.outbox_max_age_ms; }
+
+  // Between connections (nothing in flight): marks what passed the outbox's
+  // maximum age failed now, so an app that stays offline hears of it within
+  // one retry interval rather than at the next connection.
+  void ExpireOldOutbox() {
+    std::vector<StatusUpdate> expired;
+    for (const auto& row : cache->Outbox(false)) {
+      if (TooOld(row)) expired.push_back(Expire(row));
+    }
+    Emit(expired);
+    if (!expired.empty()) cv.notify_all();  // WaitOutboxDrained
+  }
+
   StatusUpdate Expire(const sdk::OutboxRow& row) {
     std::string msg = "not sent within the outbox's maximum age (" + std::to_string(opt.outbox_max_age_ms / 1000) + " s)";
     sdk::LocalError err;
@@ -935,8 +952,7 @@ struct Client::Impl {
     return {row.client_id, row.peer, 0, 0, MessageStatus::kFailed, kErrExpired, msg};
   }
 
-  void HandleSendReply(const InFlight& f, const Reply& r, std::map<std::string, int64_t>* hold_until,
-                       std::map<std::string, int>* attempts) {
+  void HandleSendReply(const InFlight& f, const Reply& r, std::map<std::string, int>* attempts) {
     if (r.ok) {
       (*attempts)[f.peer] = 0;
       std::vector<StatusUpdate> updates;
@@ -947,7 +963,7 @@ struct Client::Impl {
         // retry gets the original ack back (same client id).
         std::lock_guard lock(mu);
         last_error = err.message;
-        (*hold_until)[f.peer] = SteadyMs() + BackoffDelayMs(opt.backoff, (*attempts)[f.peer]++, rng);
+        hold_until[f.peer] = SteadyMs() + BackoffDelayMs(opt.backoff, (*attempts)[f.peer]++, rng);
         return;
       }
       Record("ack", {{"client_id", f.client_id},
@@ -964,7 +980,7 @@ struct Client::Impl {
     if (retryable) {
       auto ra = RetryAfterOf(r.frame);
       int64_t delay = ra ? RetryAfterDelayMs(opt.backoff, *ra, rng) : BackoffDelayMs(opt.backoff, (*attempts)[f.peer]++, rng);
-      (*hold_until)[f.peer] = SteadyMs() + delay;
+      hold_until[f.peer] = SteadyMs() + delay;
       return;
     }
     sdk::LocalError err;
@@ -977,7 +993,7 @@ struct Client::Impl {
   // set_draft / open_conversation answers (a draft's peer). A lost
   // connection or a retryable error keeps the draft for a later attempt;
   // any other error drops it (the server will never take it).
-  void HandleDraftReply(const InFlight& f, const Reply& r, std::map<std::string, int64_t>* hold_until) {
+  void HandleDraftReply(const InFlight& f, const Reply& r) {
     if (r.ok) {
       if (f.kind == Kind::kOpen) {
         sdk::LocalError err;
@@ -993,7 +1009,7 @@ struct Client::Impl {
     if (r.code == "closed" || r.code == "timeout") return;
     if (r.frame.is_object() && r.frame.value("retryable", false)) {
       auto ra = RetryAfterOf(r.frame);
-      (*hold_until)["draft:" + f.peer] =
+      hold_until["draft:" + f.peer] =
           SteadyMs() + (ra ? RetryAfterDelayMs(opt.backoff, *ra, rng) : BackoffDelayMs(opt.backoff, 0, rng));
       return;
     }
