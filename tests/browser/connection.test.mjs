@@ -3,7 +3,7 @@
 // outbox and draft saves wait after a retryable failure.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { RetryTimer, backoffCapMs, retryAfterDelayMs, kBackoffBaseMs, kBackoffMaxMs } from '../../web/js/connection.js';
+import { RetryTimer, backoffCapMs, retryAfterDelayMs, kBackoffBaseMs, kBackoffMaxMs, kMaxRetryAfterMs } from '../../web/js/connection.js';
 
 // A RetryTimer on fake timers; `random` returns `r`.
 function fakeTimer(r = 1) {
@@ -71,4 +71,5 @@ test('a reconnect the server timed waits at least its retry_after_ms and at most
   const waits = Array.from({ length: 1000 }, () => retryAfterDelayMs(1000));
   assert.ok(waits.every((w) => w >= 1000 && w <= 2000 + kBackoffBaseMs));
   assert.ok(Math.max(...waits) - Math.min(...waits) > 500, 'spread over the window, not all at once');
+  assert.equal(retryAfterDelayMs(24 * 3600 * 1000, () => 0), kMaxRetryAfterMs, 'a day is clamped');
 });

@@ -706,6 +706,34 @@ test('after the edit window the menu offers no edit, and a late edit shows the s
   }
 });
 
+test('a rate-limited send waits the server\'s time: messages written meanwhile queue behind it, each sent once', async () => {
+  const srv = await startServer(['--rate-limit', 'send_per_device=1/1']);
+  try {
+    const ivy = await newContext(browser, srv.base);
+    const jon = await newContext(browser, srv.base);
+    await register(ivy.page, 'ivy_t');
+    await register(jon.page, 'jon_t');
+    await openChatWith(ivy.page, 'jon_t');
+    const texts = ['one', 'two', 'three'];
+    for (const text of texts) await send(ivy.page, text);
+    for (const text of texts) {
+      await myMessage(ivy.page, text).and(ivy.page.locator('[data-tick="sent"], [data-tick="delivered"], [data-tick="read"]')).waitFor();
+    }
+    await jon.page.locator('a.conv', { hasText: 'ivy_t' }).click();
+    await jon.page.locator('li.msg .body', { hasText: 'three' }).waitFor();
+    assert.deepEqual(await bodies(jon.page), texts);
+    // One token a second: "two" is refused once, then "three" once after it
+    // (each waited out); a compose during a wait does not send early.
+    const metrics = await (await fetch(`${srv.base}/metrics`)).text();
+    const refused = Number(/^parley_errors_total\{code="rate_limited"\} (\d+)/m.exec(metrics)?.[1] ?? 0);
+    assert.equal(refused, 2, 'rate_limited answers');
+    assertClean(ivy, jon);
+    await closeAll(ivy, jon);
+  } finally {
+    await srv.stop();
+  }
+});
+
 test('a device away longer than the server keeps its stream gets cursor_too_old, takes a snapshot and shows everything', async () => {
   // A server of its own that keeps stream entries for 1 s, and protects
   // them for devices seen within 1 s (docs/operations.md "Stream trimming").

@@ -624,7 +624,9 @@ async function removeFromOutbox(entry) {
 }
 
 async function flushOutbox() {
-  if (app.flushing) return;
+  // A wait the server asked for (or a backoff) is pending: its timer flushes;
+  // a compose or a reconnect meanwhile would only be refused again.
+  if (app.flushing || app.outboxRetry.pending) return;
   app.flushing = true;
   try {
     for (;;) {

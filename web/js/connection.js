@@ -14,6 +14,7 @@ export const kDefaultHeartbeatTimeoutMs = 60_000;
 export const kRequestTimeoutMs = 30_000;
 export const kBackoffBaseMs = 500;
 export const kBackoffMaxMs = 30_000;
+export const kMaxRetryAfterMs = 600_000; // a larger wait named by the server is clamped to this (as the SDK)
 // Close codes of the server (docs/protocol.md, "Close codes") this layer acts on.
 export const kCloseShutdown = 4001; // reconnect after retry_after_ms
 export const kCloseRevoked = 4002; // the token is gone: stop for good
@@ -33,7 +34,11 @@ export function backoffCapMs(attempt) {
 // failure replaces a pending retry, so every trigger (a compose, a
 // reconnect, a Retry click) joins the same chain instead of starting one.
 export class RetryTimer {
-  constructor(run, { setTimer = setTimeout, clearTimer = clearTimeout, random = Math.random } = {}) {
+  // The browser's timers are wrapped: called as this object's methods,
+  // setTimeout and clearTimeout throw "Illegal invocation".
+  constructor(run, {
+    setTimer = (fn, ms) => setTimeout(fn, ms), clearTimer = (id) => clearTimeout(id), random = Math.random,
+  } = {}) {
     this.run = run;
     this.setTimer = setTimer;
     this.clearTimer = clearTimer;
@@ -72,7 +77,8 @@ export class RetryTimer {
 // answer's retry_after_ms): that wait plus a uniform extra of 0-100 % of it
 // (and up to kBackoffBaseMs), so clients told the same spread out.
 export function retryAfterDelayMs(retryAfterMs, random = Math.random) {
-  return retryAfterMs + random() * retryAfterMs + random() * kBackoffBaseMs;
+  const n = Math.min(retryAfterMs, kMaxRetryAfterMs);
+  return n + random() * n + random() * kBackoffBaseMs;
 }
 
 export class ProtocolError extends Error {
@@ -163,10 +169,13 @@ export class Connection {
           this.attempt = 0;
         },
         (e) => {
-          if (this.ws !== ws) return;
-          // The app's set-up failed (auth refused, a request timed out):
-          // start again, after the server's wait when its answer named one
-          // (auth's user_disabled, unavailable), else with backoff.
+          // A socket the server is closing: its close event decides (the
+          // close code and its retry_after_ms).
+          if (this.ws !== ws || ws.readyState !== WebSocket.OPEN) return;
+          // The app's set-up failed on an open socket (auth refused, a
+          // request timed out): start again, after the server's wait when
+          // its answer named one (auth's user_disabled, unavailable), else
+          // with backoff.
           this.teardown();
           const wait = e instanceof ProtocolError ? e.retryAfterMs : 0;
           this.connectSoon(wait > 0 ? retryAfterDelayMs(wait) : this.backoffDelay());
