@@ -560,6 +560,66 @@ INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(9, 1, 2, 20
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
+// A doc id can be handed out again after a restart when the message that
+// held it has no index row any more (deleted for everyone, or no words): a
+// purge of the old message must not remove the new one's row, and an edit
+// that gives the old message words must not take it over.
+TEST(SqliteStoreTest, ADocIdHandedOutAgainNeverCostsAnotherMessageItsIndexRow) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, SqliteStore::kSchemaVersion, kAnnAndBensNews));
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  const DeviceRecord ann = MakeDevice(*store, 1, "ta");
+  auto index = [&] { Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(100, cb); })); };
+  auto found = [&](const std::string& word) {
+    MessageSearchQuery q;
+    q.searcher = 2;
+    q.words = {word};
+    q.limit = 10;
+    std::vector<std::string> bodies;
+    for (const MessageRecord& m : Must(Await<MessageSearchPage>([&](auto cb) { store->SearchMessages(q, cb); })).messages)
+      bodies.push_back(m.body);
+    return bodies;
+  };
+  auto change = [&](protocol::ChangeKind kind, Seq seq, const std::string& body) {
+    MessageChange ch;
+    ch.kind = static_cast<int>(kind);
+    ch.conversation_id = 1;
+    ch.seq = seq;
+    ch.user_id = 1;
+    ch.device_id = ann.id;
+    ch.client_id = "change-" + std::to_string(seq) + body;
+    ch.body = body;
+    ch.now = 2500;
+    ch.edit_window_ms = ch.delete_window_ms = 1'000'000;
+    Must(Await<ChangeResult>([&](auto cb) { store->ChangeMessage(ch, cb); }));
+  };
+  Must(Append(*store, Msg(1, 1, ann.id, "k", "kept words")));                       // doc 1
+  const Seq gone = Must(Append(*store, Msg(1, 1, ann.id, "g", "gone soon"))).message.seq;  // doc 2
+  const Seq smile = Must(Append(*store, Msg(1, 1, ann.id, "s", ":-)"))).message.seq;     // doc 3, no words
+  index();
+  change(protocol::ChangeKind::kDelete, gone, "");
+  index();  // the queue is empty; the index's highest row is doc 1
+
+  store.reset();
+  store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  Must(Append(*store, Msg(1, 1, ann.id, "n1", "brand new")));    // doc 2 again
+  Must(Append(*store, Msg(1, 1, ann.id, "n2", "another new")));  // doc 3 again
+  index();
+  ASSERT_EQ(found("new"), (std::vector<std::string>{"another new", "brand new"}));
+
+  PurgeProgress purged = Must(Await<PurgeProgress>([&](auto cb) { store->PurgeDeleted(1'000'000, 10, cb); }));
+  EXPECT_EQ(purged.purged, 2);  // and the file's deleted third message
+  EXPECT_EQ(purged.search_removed, 0) << "doc 2's row is the new message's";
+  change(protocol::ChangeKind::kEdit, smile, "smile edited");
+  index();
+  EXPECT_EQ(found("new"), (std::vector<std::string>{"another new", "brand new"}));
+  EXPECT_EQ(found("smile"), (std::vector<std::string>{"smile edited"}));
+  EXPECT_EQ(found("kept"), (std::vector<std::string>{"kept words"}));
+}
+
 // Step 15: the search index is rebuilt with FTS5 prefix indexes; every
 // message is queued again in stored order (a queued entry from before the
 // upgrade goes: the requeue covers it), so results stay newest first.

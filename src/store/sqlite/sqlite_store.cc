@@ -201,7 +201,13 @@
 // id, a B-tree keyed by conversation that the indexer's commits wrote about
 // half a page of per message (4.7 % of the WAL frames per message). Rows
 // stored before step 20 have search_doc 0: their doc id, if they were
-// indexed, is still read from message_search_docs (SearchDocOf).
+// indexed, is still read from message_search_docs (LegacySearchDoc). A doc
+// id can be handed out again: the writer's first id after a start or a
+// rolled-back batch is one past the queue's and the index's highest, and
+// the message that held a higher one may have lost its row since (deleted,
+// or edited to no words). So a message's row is only ever removed with its
+// (conversation, seq) checked (DeleteSearchRow), and indexing a message
+// whose doc id another message's row holds gives it a new one.
 // The writer numbers queue entries itself, from one past the larger of the
 // queue's and the index's highest id (read at its first QueueSearch and again
 // after DropCaches, so a rolled-back batch's numbers are used again): ids
@@ -1012,6 +1018,12 @@ class SqliteStore::Writer {
   // The doc id of a message stored before step 20 that was indexed then
   // (message_search_docs), or 0.
   int64_t LegacySearchDoc(ConversationId conversation, Seq seq);
+  // The next search_queue id (also a new message's doc id).
+  int64_t NextSearchId();
+  // Removes the index row `doc_id` if it is this message's (true if it was):
+  // a doc id whose row went may be another message's by now.
+  bool DeleteSearchRow(int64_t doc_id, ConversationId conversation, Seq seq);
+  bool SearchRowExists(int64_t doc_id);
   // One past the highest search_queue id and FTS5 doc id in the file.
   int64_t FirstFreeSearchId();
   // Retention (see "Retention").
@@ -1956,15 +1968,10 @@ Result<PurgeProgress> SqliteStore::Writer::PurgeDeleted(int64_t deleted_before, 
       if (s.Step()) doc_id = s.Int(0);
     }
     if (doc_id == 0) doc_id = LegacySearchDoc(conversation, seq);
-    if (doc_id != 0) {
-      // Normally gone already (the delete queued the message and the indexer
-      // dropped it); a purge that runs first removes it here. A queued entry
-      // left behind finds the tombstone and indexes nothing.
-      Stmt d(*db_, "DELETE FROM message_search WHERE rowid = ?1");
-      d.BindInt(1, doc_id);
-      d.Run();
-      if (db_->Changes() > 0) ++progress.search_removed;
-    }
+    // Normally gone already (the delete queued the message and the indexer
+    // dropped it); a purge that runs first removes it here. A queued entry
+    // left behind finds the tombstone and indexes nothing.
+    if (doc_id != 0 && DeleteSearchRow(doc_id, conversation, seq)) ++progress.search_removed;
     // The body is already empty (the delete emptied it); the row stays as
     // the tombstone that keeps the seq and the deduplication key.
     Stmt u(*db_, "UPDATE messages SET body = '', purged_at = ?3 WHERE conversation_id = ?1 AND seq = ?2");
@@ -2213,12 +2220,30 @@ void SqliteStore::Writer::InsertBlock(BlockKind kind, ConversationId conversatio
   s.Run();
 }
 
-int64_t SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
+int64_t SqliteStore::Writer::NextSearchId() {
   if (next_search_id_ == 0) next_search_id_ = FirstFreeSearchId();
-  Stmt s(*db_, "INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(?1, ?2, ?3, ?4)");
-  s.BindInt(1, next_search_id_).BindInt(2, conversation).BindInt(3, seq).BindInt(4, now);
-  s.Run();
   return next_search_id_++;
+}
+
+int64_t SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
+  const int64_t id = NextSearchId();
+  Stmt s(*db_, "INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(?1, ?2, ?3, ?4)");
+  s.BindInt(1, id).BindInt(2, conversation).BindInt(3, seq).BindInt(4, now);
+  s.Run();
+  return id;
+}
+
+bool SqliteStore::Writer::DeleteSearchRow(int64_t doc_id, ConversationId conversation, Seq seq) {
+  Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1 AND conversation_id = ?2 AND seq = ?3");
+  s.BindInt(1, doc_id).BindInt(2, conversation).BindInt(3, seq);
+  s.Run();
+  return db_->Changes() > 0;
+}
+
+bool SqliteStore::Writer::SearchRowExists(int64_t doc_id) {
+  Stmt s(*db_, "SELECT 1 FROM message_search WHERE rowid = ?1");
+  s.BindInt(1, doc_id);
+  return s.Step();
 }
 
 int64_t SqliteStore::Writer::LegacySearchDoc(ConversationId conversation, Seq seq) {
@@ -2252,6 +2277,7 @@ Result<SearchIndexProgress> SqliteStore::Writer::IndexSearch(int max) {
     // A message queued twice in one step is indexed once, as it is now.
     if (!done.insert(fmt::format("{}:{}", e.conversation, e.seq)).second) continue;
     int64_t doc_id = 0;
+    int64_t stored_doc = 0;  // messages.search_doc as it is
     std::vector<std::string> words;
     int64_t version = 0;
     {
@@ -2263,22 +2289,18 @@ Result<SearchIndexProgress> SqliteStore::Writer::IndexSearch(int max) {
           words = MessageWords(s.Text(0));
           version = s.Int(1);
         }
-        doc_id = s.Int(2);
+        doc_id = stored_doc = s.Int(2);
       }
     }
     if (doc_id == 0) doc_id = LegacySearchDoc(e.conversation, e.seq);
-    if (doc_id != 0) {
-      // The message's earlier text, if it was indexed (a new message's
-      // first indexing finds no row and deletes nothing).
-      Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1");
-      s.BindInt(1, doc_id);
-      s.Run();
-    }
+    if (doc_id != 0) DeleteSearchRow(doc_id, e.conversation, e.seq);  // its earlier text, if it was indexed
     if (words.empty()) continue;  // deleted, or no words: not in the index
-    if (doc_id == 0) {
-      // Stored before step 20 and never indexed: its first entry's id, kept
-      // in its row from now on.
-      doc_id = e.id;
+    // Stored before step 20 and never indexed: its first entry's id. A doc
+    // id another message's row holds (handed out again, see "Message
+    // search"): a new one.
+    if (doc_id == 0) doc_id = e.id;
+    if (SearchRowExists(doc_id)) doc_id = NextSearchId();
+    if (doc_id != stored_doc) {
       Stmt s(*db_, "UPDATE messages SET search_doc = ?3 WHERE conversation_id = ?1 AND seq = ?2");
       s.BindInt(1, e.conversation).BindInt(2, e.seq).BindInt(3, doc_id);
       s.Run();
