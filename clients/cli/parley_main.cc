@@ -373,7 +373,7 @@ int CmdLogout(const Globals& g, bool force) {
   if (auto f = OpenSession(g, {}, &s)) return Fail(g, *f);
   size_t pending = s.client->PendingCount();
   if (auto f = GoOnline(g, s)) {
-    if (f->code != kNotLoggedIn) return Fail(g, f->code, "", f->message + " (logout needs the server)");
+    if (f->code != kNotLoggedIn) return Fail(g, f->code, f->error, f->message + " (logout needs the server)");
     // The device is signed out already (unlinked, password changed): only
     // the local data goes, but a login as this user again would keep it and
     // send what the outbox holds, so unsent messages still need --force.
@@ -500,7 +500,7 @@ int CmdSend(const Globals& g, const std::string& peer, const std::vector<std::st
       PrintLine(StatusLine(*st));
     }
   }
-  if (g.json) PrintLine(json{{"ok", rc == kOk}, {"online", online}, {"messages", list}}.dump());
+  if (g.json) PrintLine(json{{"ok", rc == kOk}, {"online", online}, {"disabled", disabled}, {"messages", list}}.dump());
   return rc;
 }
 

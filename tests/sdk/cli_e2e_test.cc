@@ -178,19 +178,23 @@ TEST(CliE2E, ADisabledAccountKeepsWhatIsSentAndSaysWhyCommandsFail) {
   // A send is kept for later, and says why it was not sent.
   auto queued = erin.Run({"send", "dave", "kept", "for", "later"});
   EXPECT_EQ(queued.exit_code, 0) << queued.out << queued.err;
-  EXPECT_NE(queued.out.find("disabled"), std::string::npos) << queued.out;
+  EXPECT_NE(queued.out.find("disabled by the operator; kept"), std::string::npos) << queued.out;
+  const json queued_json = erin.Json({"send", "dave", "and", "this"});
+  EXPECT_EQ(queued_json["disabled"], true) << queued_json.dump();
+  EXPECT_EQ(queued_json["online"], false);
   // A command that needs the server fails with the reason, not "unreachable".
   auto refused = erin.Run({"--json", "contacts"});
   EXPECT_EQ(refused.exit_code, 5) << refused.out << refused.err;
   EXPECT_EQ(refused.Json()["error"], "user_disabled") << refused.out;
-  EXPECT_EQ(erin.Json({"outbox"})["outbox"].size(), 1u);
+  EXPECT_EQ(erin.Json({"outbox"})["outbox"].size(), 2u);
 
   admin("enable");
   erin.Json({"chats"});  // online again: the outbox is sent
   EXPECT_EQ(erin.Json({"outbox"})["outbox"].size(), 0u);
   auto hist = dave.Json({"history", "erin"});
-  ASSERT_EQ(hist["messages"].size(), 1u);
+  ASSERT_EQ(hist["messages"].size(), 2u);
   EXPECT_EQ(hist["messages"][0]["body"], "kept for later");
+  EXPECT_EQ(hist["messages"][1]["body"], "and this");
 }
 
 TEST(CliE2E, HistoryPagesBackwardsWithAHintForTheNextPage) {

@@ -289,6 +289,40 @@ TEST(OutboxE2E, AMessageThatAgesOutWhileItsSendIsInFlightEndsSentNotFailed) {
   ExpectExactlyOnceInOrder(s, "bob", alice->user_id(), 1, [](int) { return std::string("acked late"); });
 }
 
+// The same when the connection drops before the answer: between connection
+// attempts the unanswered send is not expired either; the retry on the next
+// connection gets the server's answer.
+TEST(OutboxE2E, AMessageThatAgesOutAfterItsConnectionDroppedUnansweredEndsSentNotFailed) {
+  ServerProcess s;
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  Register(s, "bob");
+  TempDir dir;
+  std::atomic<int64_t> now{1'800'000'000'000};
+  StatusLog log;
+  auto o = OptionsFor(s, dir / "alice.db", alice_token);
+  o.now_ms = [&] { return now.load(); };
+  o.on_status = [&](const StatusUpdate& u) { log.Add(u); };
+  auto alice = OpenClient(o);
+  alice->Start();
+  ASSERT_TRUE(alice->WaitOnline(kDrainTimeoutMs));
+  ASSERT_EQ(kill(s.pid(), SIGSTOP), 0);
+  auto late = alice->Compose("bob", "answered late");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  now += kDefaultOutboxMaxAgeMs + 1;
+  alice->DropConnectionForTest();  // the session ends with the send unanswered
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_EQ(kill(s.pid(), SIGCONT), 0);
+  ASSERT_TRUE(alice->WaitOutboxDrained(kDrainTimeoutMs));
+  ASSERT_TRUE(Eventually([&] { return log.Of(late.client_id) == MessageStatus::kSent; }, 5000));
+  std::lock_guard lock(log.mu);
+  for (const StatusUpdate& u : log.all) {
+    if (u.client_id == late.client_id) {
+      EXPECT_NE(u.status, MessageStatus::kFailed) << "reported failed, then sent";
+    }
+  }
+  ExpectExactlyOnceInOrder(s, "bob", alice->user_id(), 1, [](int) { return std::string("answered late"); });
+}
+
 // The maximum age holds while the server is unreachable too: the message is
 // marked failed between connection attempts, not at the next connection.
 TEST(OutboxE2E, AMessageTooOldIsMarkedFailedWhileTheServerIsDown) {

@@ -167,6 +167,11 @@ struct Client::Impl {
   // its next send (or draft save) waits, after a retryable refusal. Kept
   // across reconnects: a server's rate_limited wait outlives the connection.
   std::map<std::string, int64_t> hold_until;
+  // Worker thread only: client ids of sends that went out and got no answer
+  // yet, in this session or before it (the connection dropped first). The
+  // server may have stored them, so the outbox's maximum age does not fail
+  // them: the next answer (the original ack for a retry) decides.
+  std::set<std::string> unanswered_sends;
 
   mutable std::mutex mu;  // guards everything below
   std::condition_variable cv;  // worker wake-ups and every Wait*
@@ -782,19 +787,14 @@ struct Client::Impl {
       }
       if (need_sync && !SyncLoop(*c, &to_deliver, &end.why)) break;
       // 3. Outbox: expire, then the first pending message of each idle peer.
-      // A message whose send is in flight is not expired: the server may have
-      // stored it, and its answer decides (sent, or failed and expired on the
-      // next pass), so it is never reported failed and then sent.
+      // A message sent without an answer yet is not expired (see
+      // unanswered_sends), so it is never reported failed and then sent.
       std::set<std::string> seen;
-      std::set<std::string> sending;
-      for (const auto& [id, f] : inflight) {
-        if (f.kind == Kind::kSend) sending.insert(f.client_id);
-      }
       std::vector<StatusUpdate> expired;
       size_t outbox_rows = 0;
       for (const auto& row : cache->Outbox(false)) {
         ++outbox_rows;
-        if (TooOld(row) && !sending.count(row.client_id)) {
+        if (TooOld(row) && !unanswered_sends.count(row.client_id)) {
           expired.push_back(Expire(row));
           continue;
         }
@@ -803,6 +803,7 @@ struct Client::Impl {
         auto h = hold_until.find(row.peer);
         if (h != hold_until.end() && h->second > now_steady) continue;
         int64_t id = c->Start("send", {{"to", row.peer}, {"client_id", row.client_id}, {"body", row.body}});
+        unanswered_sends.insert(row.client_id);
         Record("send", {{"client_id", row.client_id}, {"peer", row.peer}});
         inflight[id] = {Kind::kSend, now_steady, row.client_id, row.peer};
         busy_peers.insert(row.peer);
@@ -937,9 +938,12 @@ struct Client::Impl {
   // one retry interval rather than at the next connection.
   void ExpireOldOutbox() {
     std::vector<StatusUpdate> expired;
+    std::set<std::string> queued;
     for (const auto& row : cache->Outbox(false)) {
-      if (TooOld(row)) expired.push_back(Expire(row));
+      queued.insert(row.client_id);
+      if (TooOld(row) && !unanswered_sends.count(row.client_id)) expired.push_back(Expire(row));
     }
+    std::erase_if(unanswered_sends, [&](const std::string& id) { return !queued.count(id); });
     Emit(expired);
     if (!expired.empty()) cv.notify_all();  // WaitOutboxDrained
   }
@@ -954,6 +958,7 @@ struct Client::Impl {
 
   void HandleSendReply(const InFlight& f, const Reply& r, std::map<std::string, int>* attempts) {
     if (r.ok) {
+      unanswered_sends.erase(f.client_id);
       (*attempts)[f.peer] = 0;
       std::vector<StatusUpdate> updates;
       sdk::LocalError err;
@@ -976,6 +981,7 @@ struct Client::Impl {
       return;
     }
     if (r.code == "closed" || r.code == "timeout") return;  // retried on the next connection
+    unanswered_sends.erase(f.client_id);
     bool retryable = r.frame.is_object() && r.frame.value("retryable", false);
     if (retryable) {
       auto ra = RetryAfterOf(r.frame);
