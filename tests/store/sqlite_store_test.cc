@@ -400,6 +400,45 @@ INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_i
         (1, 3, 1, 1, 'c', '', 30, 30, 40);
 )sql";
 
+// What an older server indexed and queued of ann and ben's news: message 1
+// as doc 7, message 2 still queued as entry 9.
+constexpr const char* kNewsIndexedAsDoc7QueuedAs9 = R"sql(
+INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(7, 'old news', 1, 1, 0);
+INSERT INTO message_search_docs(conversation_id, seq, doc_id) VALUES(1, 1, 7);
+INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(9, 1, 2, 20);
+)sql";
+
+void IndexAll(SqliteStore& store) {
+  Must(Await<SearchIndexProgress>([&](auto cb) { store.IndexSearch(100, cb); }));
+}
+
+// "seq:body" of each message ben's search for `word` finds, newest first.
+std::vector<std::string> BenFinds(SqliteStore& store, const std::string& word) {
+  MessageSearchQuery q;
+  q.searcher = 2;
+  q.words = {word};
+  q.limit = 10;
+  std::vector<std::string> found;
+  for (const MessageRecord& m : Must(Await<MessageSearchPage>([&](auto cb) { store.SearchMessages(q, cb); })).messages)
+    found.push_back(std::to_string(m.seq) + ":" + m.body);
+  return found;
+}
+
+// Ann (device `device`) edits or deletes her message `seq` of conversation 1.
+void AnnChanges(SqliteStore& store, DeviceId device, protocol::ChangeKind kind, Seq seq, const std::string& body) {
+  MessageChange ch;
+  ch.kind = static_cast<int>(kind);
+  ch.conversation_id = 1;
+  ch.seq = seq;
+  ch.user_id = 1;
+  ch.device_id = device;
+  ch.client_id = "change-" + std::to_string(seq) + "-" + body;
+  ch.body = body;
+  ch.now = 2500;
+  ch.edit_window_ms = ch.delete_window_ms = 1'000'000;
+  Must(Await<ChangeResult>([&](auto cb) { store.ChangeMessage(ch, cb); }));
+}
+
 // Step 10 (message search): the history a version-9 server stored is
 // queued at migration and found once the indexer has run; deleted messages
 // are not queued.
@@ -461,12 +500,7 @@ UPDATE conversations SET hot_since = 10 WHERE id = 1;
 TEST(SqliteStoreTest, MigratesVersion18SearchQueueAndNumbersNewEntriesPastEveryDocId) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";
-  // Message 1 was indexed as doc 7, message 2 is still queued as entry 9.
-  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 18, std::string(kAnnAndBensNews) + R"sql(
-INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(7, 'old news', 1, 1, 0);
-INSERT INTO message_search_docs(conversation_id, seq, doc_id) VALUES(1, 1, 7);
-INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(9, 1, 2, 20);
-)sql"));
+  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 18, std::string(kAnnAndBensNews) + kNewsIndexedAsDoc7QueuedAs9));
 
   std::unique_ptr<SqliteStore> store = OpenSqlite(path);
   ASSERT_NE(store, nullptr);
@@ -503,59 +537,31 @@ INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(9, 1, 2, 20
 TEST(SqliteStoreTest, MigratesVersion19SearchDocsAndStillFindsTheOldDocIds) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";
-  // Message 1 was indexed as doc 7, message 2 is still queued as entry 9.
-  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 19, std::string(kAnnAndBensNews) + R"sql(
-INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(7, 'old news', 1, 1, 0);
-INSERT INTO message_search_docs(conversation_id, seq, doc_id) VALUES(1, 1, 7);
-INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(9, 1, 2, 20);
-)sql"));
+  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 19, std::string(kAnnAndBensNews) + kNewsIndexedAsDoc7QueuedAs9));
 
   std::unique_ptr<SqliteStore> store = OpenSqlite(path);
   ASSERT_NE(store, nullptr);
   DeviceRecord ann = MakeDevice(*store, 1, "ta");
-  auto search = [&](const std::string& word) {
-    MessageSearchQuery q;
-    q.searcher = 2;
-    q.words = {word};
-    q.limit = 10;
-    std::vector<std::string> found;
-    for (const MessageRecord& m : Must(Await<MessageSearchPage>([&](auto cb) { store->SearchMessages(q, cb); })).messages)
-      found.push_back(std::to_string(m.seq) + ":" + m.body);
-    return found;
-  };
-  auto index = [&] { Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(10, cb); })); };
-  auto change = [&](protocol::ChangeKind kind, Seq seq, const std::string& body) {
-    MessageChange ch;
-    ch.kind = static_cast<int>(kind);
-    ch.conversation_id = 1;
-    ch.seq = seq;
-    ch.user_id = 1;
-    ch.device_id = ann.id;
-    ch.client_id = "edit-" + body;
-    ch.body = body;
-    ch.now = 50;
-    ch.edit_window_ms = ch.delete_window_ms = 1'000'000;
-    Must(Await<ChangeResult>([&](auto cb) { store->ChangeMessage(ch, cb); }));
-  };
-  index();
-  change(protocol::ChangeKind::kEdit, 1, "old news, corrected");
+  IndexAll(*store);
+  AnnChanges(*store, ann.id, protocol::ChangeKind::kEdit, 1, "old news, corrected");
   Seq newest = Must(Append(*store, Msg(1, 1, ann.id, "d", "newest news"))).message.seq;
-  index();
-  EXPECT_EQ(search("news"), (std::vector<std::string>{std::to_string(newest) + ":newest news", "2:newer news",
-                                                      "1:old news, corrected"}))
+  IndexAll(*store);
+  EXPECT_EQ(BenFinds(*store, "news"),
+            (std::vector<std::string>{std::to_string(newest) + ":newest news", "2:newer news", "1:old news, corrected"}))
       << "the edit replaced doc 7's words: one row per message, newest stored first";
-  EXPECT_EQ(search("corrected"), (std::vector<std::string>{"1:old news, corrected"}));
+  EXPECT_EQ(BenFinds(*store, "corrected"), (std::vector<std::string>{"1:old news, corrected"}));
   EXPECT_EQ(FirstRow(path, "SELECT (SELECT group_concat(rowid) FROM message_search), "
                            "(SELECT group_concat(seq || ':' || doc_id) FROM message_search_docs)"),
             (std::vector<std::string>{"7,9,11", "1:7"}))
       << "the edit took queue id 10, the new message 11 (its doc id)";
 
   // Deleted for everyone and purged: the old message's row goes too.
-  change(protocol::ChangeKind::kDelete, 1, "");
+  AnnChanges(*store, ann.id, protocol::ChangeKind::kDelete, 1, "");
   PurgeProgress purged = Must(Await<PurgeProgress>([&](auto cb) { store->PurgeDeleted(1'000'000, 10, cb); }));
   EXPECT_EQ(purged.search_removed, 1);
-  index();
-  EXPECT_EQ(search("news"), (std::vector<std::string>{std::to_string(newest) + ":newest news", "2:newer news"}));
+  IndexAll(*store);
+  EXPECT_EQ(BenFinds(*store, "news"),
+            (std::vector<std::string>{std::to_string(newest) + ":newest news", "2:newer news"}));
   store.reset();
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
@@ -571,53 +577,29 @@ TEST(SqliteStoreTest, ADocIdHandedOutAgainNeverCostsAnotherMessageItsIndexRow) {
   std::unique_ptr<SqliteStore> store = OpenSqlite(path);
   ASSERT_NE(store, nullptr);
   const DeviceRecord ann = MakeDevice(*store, 1, "ta");
-  auto index = [&] { Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(100, cb); })); };
-  auto found = [&](const std::string& word) {
-    MessageSearchQuery q;
-    q.searcher = 2;
-    q.words = {word};
-    q.limit = 10;
-    std::vector<std::string> bodies;
-    for (const MessageRecord& m : Must(Await<MessageSearchPage>([&](auto cb) { store->SearchMessages(q, cb); })).messages)
-      bodies.push_back(m.body);
-    return bodies;
-  };
-  auto change = [&](protocol::ChangeKind kind, Seq seq, const std::string& body) {
-    MessageChange ch;
-    ch.kind = static_cast<int>(kind);
-    ch.conversation_id = 1;
-    ch.seq = seq;
-    ch.user_id = 1;
-    ch.device_id = ann.id;
-    ch.client_id = "change-" + std::to_string(seq) + body;
-    ch.body = body;
-    ch.now = 2500;
-    ch.edit_window_ms = ch.delete_window_ms = 1'000'000;
-    Must(Await<ChangeResult>([&](auto cb) { store->ChangeMessage(ch, cb); }));
-  };
   Must(Append(*store, Msg(1, 1, ann.id, "k", "kept words")));                       // doc 1
   const Seq gone = Must(Append(*store, Msg(1, 1, ann.id, "g", "gone soon"))).message.seq;  // doc 2
   const Seq smile = Must(Append(*store, Msg(1, 1, ann.id, "s", ":-)"))).message.seq;     // doc 3, no words
-  index();
-  change(protocol::ChangeKind::kDelete, gone, "");
-  index();  // the queue is empty; the index's highest row is doc 1
+  IndexAll(*store);
+  AnnChanges(*store, ann.id, protocol::ChangeKind::kDelete, gone, "");
+  IndexAll(*store);  // the queue is empty; the index's highest row is doc 1
 
   store.reset();
   store = OpenSqlite(path);
   ASSERT_NE(store, nullptr);
   Must(Append(*store, Msg(1, 1, ann.id, "n1", "brand new")));    // doc 2 again
   Must(Append(*store, Msg(1, 1, ann.id, "n2", "another new")));  // doc 3 again
-  index();
-  ASSERT_EQ(found("new"), (std::vector<std::string>{"another new", "brand new"}));
+  IndexAll(*store);
+  ASSERT_EQ(BenFinds(*store, "new"), (std::vector<std::string>{"8:another new", "7:brand new"}));
 
   PurgeProgress purged = Must(Await<PurgeProgress>([&](auto cb) { store->PurgeDeleted(1'000'000, 10, cb); }));
   EXPECT_EQ(purged.purged, 2);  // and the file's deleted third message
   EXPECT_EQ(purged.search_removed, 0) << "doc 2's row is the new message's";
-  change(protocol::ChangeKind::kEdit, smile, "smile edited");
-  index();
-  EXPECT_EQ(found("new"), (std::vector<std::string>{"another new", "brand new"}));
-  EXPECT_EQ(found("smile"), (std::vector<std::string>{"smile edited"}));
-  EXPECT_EQ(found("kept"), (std::vector<std::string>{"kept words"}));
+  AnnChanges(*store, ann.id, protocol::ChangeKind::kEdit, smile, "smile edited");
+  IndexAll(*store);
+  EXPECT_EQ(BenFinds(*store, "new"), (std::vector<std::string>{"8:another new", "7:brand new"}));
+  EXPECT_EQ(BenFinds(*store, "smile"), (std::vector<std::string>{"6:smile edited"}));
+  EXPECT_EQ(BenFinds(*store, "kept"), (std::vector<std::string>{"4:kept words"}));
 }
 
 // Step 15: the search index is rebuilt with FTS5 prefix indexes; every
