@@ -35,6 +35,19 @@ void ExpectExactlyOnceInOrder(ServerProcess& s, const std::string& recipient, in
   }
 }
 
+// Alice's client options with a clock the test moves (`now`) and every
+// status recorded in `log`; her cache in a directory of its own.
+struct AgingClientOptions {
+  AgingClientOptions(const ServerProcess& s, const std::string& token) : options(OptionsFor(s, dir / "alice.db", token)) {
+    options.now_ms = [this] { return now.load(); };
+    options.on_status = [this](const StatusUpdate& u) { log.Add(u); };
+  }
+  TempDir dir;
+  std::atomic<int64_t> now{1'800'000'000'000};
+  StatusLog log;
+  ClientOptions options;
+};
+
 TEST(OutboxE2E, FiftyMessagesComposedWhileServerIsDownArriveExactlyOnceInComposeOrder) {
   ServerProcess s;
   std::string alice_token = RegisterAndLogin(s, "alice");
@@ -229,12 +242,10 @@ TEST(OutboxE2E, MessageOlderThanTheMaximumAgeIsMarkedFailedAndNeverSent) {
   ServerProcess s;
   std::string alice_token = RegisterAndLogin(s, "alice");
   Register(s, "bob");
-  TempDir dir;
-  std::atomic<int64_t> now{1'800'000'000'000};
-  StatusLog log;
-  auto o = OptionsFor(s, dir / "alice.db", alice_token);
-  o.now_ms = [&] { return now.load(); };
-  o.on_status = [&](const StatusUpdate& u) { log.Add(u); };
+  AgingClientOptions a(s, alice_token);
+  std::atomic<int64_t>& now = a.now;
+  StatusLog& log = a.log;
+  ClientOptions& o = a.options;
   EXPECT_EQ(o.outbox_max_age_ms, kDefaultOutboxMaxAgeMs);
   auto alice = OpenClient(o);
   auto old_one = alice->Compose("bob", "too old");
@@ -263,12 +274,10 @@ void ExpectAnUnansweredSendToOutliveTheMaximumAge(const std::function<void(Clien
   std::string alice_token = RegisterAndLogin(s, "alice");
   Register(s, "bob");
   Register(s, "carol");
-  TempDir dir;
-  std::atomic<int64_t> now{1'800'000'000'000};
-  StatusLog log;
-  auto o = OptionsFor(s, dir / "alice.db", alice_token);
-  o.now_ms = [&] { return now.load(); };
-  o.on_status = [&](const StatusUpdate& u) { log.Add(u); };
+  AgingClientOptions a(s, alice_token);
+  std::atomic<int64_t>& now = a.now;
+  StatusLog& log = a.log;
+  ClientOptions& o = a.options;
   auto alice = OpenClient(o);
   alice->Start();
   ASSERT_TRUE(alice->WaitOnline(kDrainTimeoutMs));
@@ -310,12 +319,10 @@ TEST(OutboxE2E, AMessageTooOldIsMarkedFailedWhileTheServerIsDown) {
   std::string alice_token = RegisterAndLogin(s, "alice");
   Register(s, "bob");
   s.Kill9();
-  TempDir dir;
-  std::atomic<int64_t> now{1'800'000'000'000};
-  StatusLog log;
-  auto o = OptionsFor(s, dir / "alice.db", alice_token);
-  o.now_ms = [&] { return now.load(); };
-  o.on_status = [&](const StatusUpdate& u) { log.Add(u); };
+  AgingClientOptions a(s, alice_token);
+  std::atomic<int64_t>& now = a.now;
+  StatusLog& log = a.log;
+  ClientOptions& o = a.options;
   auto alice = OpenClient(o);
   auto old_one = alice->Compose("bob", "too old");
   now += kDefaultOutboxMaxAgeMs + 1;
