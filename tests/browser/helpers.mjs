@@ -71,7 +71,9 @@ export async function newContext(browser, base, options = {}) {
   const problems = [];
   const t0 = Date.now();
   const at = () => `[+${Date.now() - t0} ms]`;
+  const navigationsAtStart = new WeakMap();
   const watchPage = (page) => {
+    pageNavigations.set(page, 0);
     page.on('console', (msg) => {
       if (msg.type() === 'error' || msg.type() === 'warning') {
         problems.push(`console ${msg.type()}: ${msg.text()} ${at()} on ${page.url()}`);
@@ -80,7 +82,19 @@ export async function newContext(browser, base, options = {}) {
     page.on('pageerror', (err) => problems.push(`page error: ${err.message} ${at()} on ${page.url()}`));
   };
   context.on('page', watchPage);
-  context.on('requestfailed', (req) => problems.push(`request failed: ${req.method()} ${req.url()} ${req.failure()?.errorText} ${at()}`));
+  context.on('request', (req) => {
+    const page = pageOf(req);
+    if (!page) return;
+    if (req.isNavigationRequest() && req.frame() === page.mainFrame()) countNavigation(page);
+    navigationsAtStart.set(req, pageNavigations.get(page));
+  });
+  context.on('requestfailed', (req) => {
+    const error = req.failure()?.errorText;
+    const page = pageOf(req);
+    const leftBehind = page && navigationsAtStart.has(req) && pageNavigations.get(page) > navigationsAtStart.get(req);
+    if (error === 'net::ERR_ABORTED' && leftBehind) return;
+    problems.push(`request failed: ${req.method()} ${req.url()} ${error} ${at()}`);
+  });
   context.on('response', (res) => {
     if (res.status() >= 400) problems.push(`HTTP ${res.status()}: ${res.url()} ${at()}`);
   });
@@ -88,12 +102,29 @@ export async function newContext(browser, base, options = {}) {
   return { context, page, problems };
 }
 
+// A navigation (a reload, goAway) aborts what the page it leaves was still
+// loading (its icon, say): that is the browser's doing, not the app's. Each
+// page counts the navigations it started (a document request of its main
+// frame, or goAway's about:blank, which makes no request); a request
+// aborted after a navigation that started later than it is not a problem.
+const pageNavigations = new WeakMap();
+
+function countNavigation(page) {
+  pageNavigations.set(page, (pageNavigations.get(page) ?? 0) + 1);
+}
+
+// The page a request was made for; null for a service worker's own fetches.
+function pageOf(req) {
+  try {
+    return req.frame().page();
+  } catch {
+    return null;
+  }
+}
+
 // The device goes away (its browser leaves the app; IndexedDB is kept).
-// Waits for the page's own requests (the icon, the manifest) to finish
-// first: a navigation aborts one still in flight, which the context's
-// problem list would report as a failed request.
 export async function goAway(page) {
-  await page.waitForLoadState('networkidle');
+  countNavigation(page);
   await page.goto('about:blank');
 }
 
