@@ -39,6 +39,9 @@ test('failures in a row back off exponentially up to the cap, on top of the serv
   assert.equal(backoffCapMs(100), kBackoffMaxMs);
   // retry_after_ms is a floor; the jitter comes on top.
   assert.equal(fakeTimer(0.5).t.failed(1000), 1000 + 0.5 * kBackoffBaseMs);
+  // A wait past kMaxRetryAfterMs is clamped, so a stray answer cannot stall
+  // the outbox (which waits for its pending retry) for longer.
+  assert.equal(fakeTimer(0).t.failed(100 * kMaxRetryAfterMs), kMaxRetryAfterMs);
 });
 
 test('one retry is pending at a time: a newer failure replaces it, and it runs once', () => {

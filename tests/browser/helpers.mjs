@@ -73,7 +73,6 @@ export async function newContext(browser, base, options = {}) {
   const at = () => `[+${Date.now() - t0} ms]`;
   const navigationsAtStart = new WeakMap();
   const watchPage = (page) => {
-    pageNavigations.set(page, 0);
     page.on('console', (msg) => {
       if (msg.type() === 'error' || msg.type() === 'warning') {
         problems.push(`console ${msg.type()}: ${msg.text()} ${at()} on ${page.url()}`);
@@ -86,13 +85,13 @@ export async function newContext(browser, base, options = {}) {
     const page = pageOf(req);
     if (!page) return;
     if (req.isNavigationRequest() && req.frame() === page.mainFrame()) countNavigation(page);
-    navigationsAtStart.set(req, pageNavigations.get(page));
+    navigationsAtStart.set(req, pageNavigations.get(page) ?? 0);
   });
   context.on('requestfailed', (req) => {
     const error = req.failure()?.errorText;
     const page = pageOf(req);
     const leftBehind = page && navigationsAtStart.has(req) && pageNavigations.get(page) > navigationsAtStart.get(req);
-    if (error === 'net::ERR_ABORTED' && leftBehind) return;
+    if (error === 'net::ERR_ABORTED' && leftBehind && isStaticFile(req)) return;
     problems.push(`request failed: ${req.method()} ${req.url()} ${error} ${at()}`);
   });
   context.on('response', (res) => {
@@ -105,12 +104,19 @@ export async function newContext(browser, base, options = {}) {
 // A navigation (a reload, goAway) aborts what the page it leaves was still
 // loading (its icon, say): that is the browser's doing, not the app's. Each
 // page counts the navigations it started (a document request of its main
-// frame, or goAway's about:blank, which makes no request); a request
-// aborted after a navigation that started later than it is not a problem.
+// frame, or goAway's about:blank, which makes no request); a GET of a static
+// file aborted after a navigation that started later than it is not a
+// problem. Anything else aborted (the API, a WebSocket) still is.
 const pageNavigations = new WeakMap();
 
 function countNavigation(page) {
   pageNavigations.set(page, (pageNavigations.get(page) ?? 0) + 1);
+}
+
+// A GET of one of web/'s files (the icon, the manifest), not of the API.
+function isStaticFile(req) {
+  const path = new URL(req.url()).pathname;
+  return req.method() === 'GET' && !/^\/(v1|admin|metrics)(\/|$)/.test(path);
 }
 
 // The page a request was made for; null for a service worker's own fetches.

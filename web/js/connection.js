@@ -47,9 +47,10 @@ export class RetryTimer {
     this.timer = null;
   }
 
-  // Returns the wait chosen, in ms.
+  // Returns the wait chosen, in ms. The server's wait is clamped to
+  // kMaxRetryAfterMs, as the connection's is.
   failed(retryAfterMs = 0) {
-    const delay = retryAfterMs + this.random() * backoffCapMs(this.attempt);
+    const delay = Math.min(retryAfterMs, kMaxRetryAfterMs) + this.random() * backoffCapMs(this.attempt);
     this.attempt += 1;
     this.cancel();
     this.timer = this.setTimer(() => {
