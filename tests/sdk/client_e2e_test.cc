@@ -1,6 +1,11 @@
 // parley::Client against a real parleyd: ticks, reconnect policy, revoked
 // tokens, a second device catching up. The backoff functions are checked
 // without a server.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 
@@ -70,6 +75,37 @@ TEST(BackoffTest, RetryAfterSpreadsOverTheAnnouncedWindowWithoutBursts) {
     used += b > 0;
   }
   EXPECT_GE(used, static_cast<int>(buckets.size()) * 8 / 10);
+}
+
+// A server that accepts the connection and never answers (stopped,
+// overloaded, a black hole on the path): the connect timeout covers the
+// TLS and WebSocket handshakes too, so the client gives up and tries again
+// instead of waiting for ever.
+TEST(ConnectionTest, AServerThatAcceptsAndNeverAnswersTimesOutTheHandshake) {
+  int listener = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(listener, 16), 0);  // the kernel completes the TCP handshake; nobody reads
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  for (bool tls : {false, true}) {
+    ConnectOptions o;
+    o.port = ntohs(addr.sin_port);
+    o.timeout_ms = 300;
+    o.tls = tls;
+    o.verify_peer = false;
+    std::string error;
+    auto start = std::chrono::steady_clock::now();
+    auto c = Connection::Open(o, &error);
+    auto waited = std::chrono::steady_clock::now() - start;
+    EXPECT_EQ(c, nullptr) << (tls ? "wss" : "ws");
+    EXPECT_FALSE(error.empty());
+    EXPECT_LT(waited, std::chrono::seconds(5)) << (tls ? "wss" : "ws") << ": the handshake's wait ignored timeout_ms";
+  }
+  close(listener);
 }
 
 TEST(ClientE2E, TicksGoFromSentToDeliveredToReadWhileBothAreOnline) {

@@ -170,7 +170,7 @@ TEST(DraftsSdkE2E, DraftsSetOfflineAreSavedOnceWhenOnlineAndTheLastLocalWriteWin
 }
 
 // A cache written by the SDK before drafts (schema 3) is migrated in place
-// (to the current schema, 6): its data stays, and drafts work.
+// (to the current schema): its data stays, and drafts work.
 TEST(DraftsSdkE2E, ACacheOfSchemaThreeIsMigratedAndKeepsItsData) {
   TempDir dir;
   const std::string path = dir / "v3.db";
@@ -223,11 +223,17 @@ PRAGMA user_version=3;
   sqlite3_stmt* st = nullptr;
   ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr), SQLITE_OK);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(st, 0), 8) << "through 4 (drafts), 5 (retention and selective sync), 6 (opened "
-                                              "conversations), 7 (drafts a refused message had cleared) to 8 "
-                                              "(conversations.paged_head)";
+  EXPECT_EQ(sqlite3_column_int(st, 0), 9) << "through 4 (drafts), 5 (retention and selective sync), 6 (opened "
+                                              "conversations), 7 (drafts a refused message had cleared), 8 "
+                                              "(conversations.paged_head) to 9 (outbox.attempted)";
   sqlite3_finalize(st);
   ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT paged_head FROM conversations WHERE id=3", -1, &st, nullptr), SQLITE_OK)
+      << sqlite3_errmsg(db);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 0);
+  sqlite3_finalize(st);
+  // The queued message was never sent by this SDK (it was offline here).
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT attempted FROM outbox WHERE client_id='c2'", -1, &st, nullptr), SQLITE_OK)
       << sqlite3_errmsg(db);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
   EXPECT_EQ(sqlite3_column_int(st, 0), 0);

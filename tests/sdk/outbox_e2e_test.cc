@@ -266,10 +266,11 @@ TEST(OutboxE2E, MessageOlderThanTheMaximumAgeIsMarkedFailedAndNeverSent) {
 
 // Alice's send to bob goes out while the server is stopped (SIGSTOP), and
 // the message passes the outbox's maximum age before any answer comes;
-// `interrupt` then makes the client look at its outbox again. The server
-// stored it once it runs again, so the message must end sent, never
-// reported failed first.
-void ExpectAnUnansweredSendToOutliveTheMaximumAge(const std::function<void(Client&)>& interrupt) {
+// `interrupt` then makes the client look at its outbox again (it may
+// replace the client, with the same options). The server stored it once it
+// runs again, so the message must end sent, never reported failed first.
+void ExpectAnUnansweredSendToOutliveTheMaximumAge(
+    const std::function<void(std::unique_ptr<Client>&, const ClientOptions&)>& interrupt) {
   ServerProcess s;
   std::string alice_token = RegisterAndLogin(s, "alice");
   Register(s, "bob");
@@ -285,7 +286,7 @@ void ExpectAnUnansweredSendToOutliveTheMaximumAge(const std::function<void(Clien
   auto late = alice->Compose("bob", "answered late");
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   now += kDefaultOutboxMaxAgeMs + 1;
-  interrupt(*alice);
+  interrupt(alice, o);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   ASSERT_EQ(kill(s.pid(), SIGCONT), 0);
   ASSERT_TRUE(alice->WaitOutboxDrained(kDrainTimeoutMs));
@@ -302,14 +303,35 @@ void ExpectAnUnansweredSendToOutliveTheMaximumAge(const std::function<void(Clien
 // The send is still in flight: another compose wakes the worker, which looks
 // at the outbox while the ack is due.
 TEST(OutboxE2E, AMessageThatAgesOutWhileItsSendIsInFlightEndsSentNotFailed) {
-  ExpectAnUnansweredSendToOutliveTheMaximumAge([](Client& c) { ASSERT_TRUE(c.Compose("carol", "wake up").ok); });
+  ExpectAnUnansweredSendToOutliveTheMaximumAge(
+      [](std::unique_ptr<Client>& c, const ClientOptions&) { ASSERT_TRUE(c->Compose("carol", "wake up").ok); });
 }
 
 // The connection drops before the answer: the send is not expired between
 // connection attempts either; the retry on the next connection gets the
 // server's answer.
 TEST(OutboxE2E, AMessageThatAgesOutAfterItsConnectionDroppedUnansweredEndsSentNotFailed) {
-  ExpectAnUnansweredSendToOutliveTheMaximumAge([](Client& c) { c.DropConnectionForTest(); });
+  ExpectAnUnansweredSendToOutliveTheMaximumAge(
+      [](std::unique_ptr<Client>& c, const ClientOptions&) { c->DropConnectionForTest(); });
+}
+
+// The process that sent it goes away unanswered (a `parley send` run, an
+// app closed): the next process, offline at first, does not expire it
+// between its connection attempts either (outbox.attempted).
+TEST(OutboxE2E, AMessageSentUnansweredByAnEarlierProcessIsNotExpiredByTheNextOne) {
+  ExpectAnUnansweredSendToOutliveTheMaximumAge([](std::unique_ptr<Client>& c, const ClientOptions& o) {
+    c.reset();
+    // Its first attempt fails (the server is stopped): the outbox's age is
+    // checked between attempts.
+    ClientOptions next = o;
+    auto failed_attempts = std::make_shared<std::atomic<int>>(0);
+    next.on_state = [failed_attempts](ClientState s, const std::string&) {
+      if (s == ClientState::kWaiting) ++*failed_attempts;
+    };
+    c = OpenClient(next);
+    c->Start();
+    ASSERT_TRUE(Eventually([&] { return *failed_attempts >= 1; }, 4 * o.connect_timeout_ms));
+  });
 }
 
 // The maximum age holds while the server is unreachable too: the message is

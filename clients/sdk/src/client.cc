@@ -168,9 +168,10 @@ struct Client::Impl {
   // across reconnects: a server's rate_limited wait outlives the connection.
   std::map<std::string, int64_t> hold_until;
   // Worker thread only: client ids of sends that went out and got no answer
-  // yet, in this session or before it (the connection dropped first). The
-  // server may have stored them, so the outbox's maximum age does not fail
-  // them: the next answer (the original ack for a retry) decides.
+  // yet, in this session, an earlier one (the connection dropped first) or
+  // an earlier process (outbox.attempted, read at start). The server may
+  // have stored them, so the outbox's maximum age does not fail them: the
+  // next answer (the original ack for a retry) decides.
   std::set<std::string> unanswered_sends;
 
   mutable std::mutex mu;  // guards everything below
@@ -267,6 +268,9 @@ struct Client::Impl {
 
   void Run() {
     int attempt = 0;
+    for (const auto& row : cache->Outbox(false)) {
+      if (row.attempted) unanswered_sends.insert(row.client_id);
+    }
     EmitQueued();
     while (!Stopping()) {
       SetState(ClientState::kConnecting, "");
@@ -802,8 +806,11 @@ struct Client::Impl {
         if (busy_peers.count(row.peer)) continue;
         auto h = hold_until.find(row.peer);
         if (h != hold_until.end() && h->second > now_steady) continue;
+        // Recorded in the file before it goes out: a later process must
+        // not expire it either. Should that write fail, this process still
+        // knows (the set), and the send goes ahead.
+        if (unanswered_sends.insert(row.client_id).second) cache->SetOutboxAttempted(row.client_id, true, nullptr);
         int64_t id = c->Start("send", {{"to", row.peer}, {"client_id", row.client_id}, {"body", row.body}});
-        unanswered_sends.insert(row.client_id);
         Record("send", {{"client_id", row.client_id}, {"peer", row.peer}});
         inflight[id] = {Kind::kSend, now_steady, row.client_id, row.peer};
         busy_peers.insert(row.peer);
@@ -958,19 +965,20 @@ struct Client::Impl {
 
   void HandleSendReply(const InFlight& f, const Reply& r, std::map<std::string, int>* attempts) {
     if (r.ok) {
-      unanswered_sends.erase(f.client_id);
       (*attempts)[f.peer] = 0;
       std::vector<StatusUpdate> updates;
       sdk::LocalError err;
       next_expiry = -1;
       if (!cache->RecordSent(f.client_id, r.result, &updates, &err)) {
-        // Not recorded locally (disk full): the message stays queued and the
-        // retry gets the original ack back (same client id).
+        // Not recorded locally (disk full): the message stays queued, still
+        // unanswered as far as the maximum age goes (the server has it), and
+        // the retry gets the original ack back (same client id).
         std::lock_guard lock(mu);
         last_error = err.message;
         hold_until[f.peer] = SteadyMs() + BackoffDelayMs(opt.backoff, (*attempts)[f.peer]++, rng);
         return;
       }
+      unanswered_sends.erase(f.client_id);
       Record("ack", {{"client_id", f.client_id},
                      {"peer", f.peer},
                      {"conversation_id", r.result.value("conversation_id", int64_t{0})},
@@ -984,6 +992,7 @@ struct Client::Impl {
     unanswered_sends.erase(f.client_id);
     bool retryable = r.frame.is_object() && r.frame.value("retryable", false);
     if (retryable) {
+      cache->SetOutboxAttempted(f.client_id, false, nullptr);  // refused: not stored
       auto ra = RetryAfterOf(r.frame);
       int64_t delay = ra ? RetryAfterDelayMs(opt.backoff, *ra, rng) : BackoffDelayMs(opt.backoff, (*attempts)[f.peer]++, rng);
       hold_until[f.peer] = SteadyMs() + delay;

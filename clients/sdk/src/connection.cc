@@ -31,6 +31,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -222,23 +223,16 @@ struct StreamImpl final : Connection::Impl {
     MarkClosed();  // also when no read is pending (paused, or never started)
   }
 
-  // Connects, runs the TLS handshake (wss) and the WebSocket handshake.
-  // Throws boost::system::system_error on failure.
+  // Connects, runs the TLS handshake (wss) and the WebSocket handshake, all
+  // within options.timeout_ms. They run as asynchronous operations on the
+  // I/O thread while the caller waits: beast's stream timeouts apply to
+  // asynchronous operations only, and a synchronous handshake with a server
+  // that accepts the connection and never answers (stopped, overloaded, a
+  // black hole on the path) would wait for ever. Must not be called on the
+  // I/O thread. Throws boost::system::system_error on failure.
   void Open(const ConnectOptions& options) {
     tcp::resolver resolver(ioc);
     auto results = resolver.resolve(options.host, std::to_string(options.port));
-    auto& lowest = beast::get_lowest_layer(ws);
-    lowest.expires_after(std::chrono::milliseconds(options.timeout_ms));
-    if (options.receive_buffer_bytes > 0) {
-      // Set before connecting, so the TCP window is negotiated small.
-      tcp::endpoint ep = *results.begin();
-      lowest.socket().open(ep.protocol());
-      lowest.socket().set_option(net::socket_base::receive_buffer_size(options.receive_buffer_bytes));
-      lowest.socket().connect(ep);
-    } else {
-      lowest.connect(results);
-    }
-    lowest.socket().set_option(tcp::no_delay(true));
     if constexpr (kTls) {
       auto& tls = ws.next_layer();
       beast::error_code ec;
@@ -254,10 +248,6 @@ struct StreamImpl final : Connection::Impl {
       } else {
         tls.set_verify_mode(ssl::verify_none);
       }
-      tls.handshake(ssl::stream_base::client);
-      X509* cert = SSL_get1_peer_certificate(tls.native_handle());
-      peer_sha256 = netutil::CertificateSha256(cert);
-      X509_free(cert);
     }
     ws.set_option(websocket::stream_base::decorator([origin = options.origin](websocket::request_type& req) {
       req.set(beast::http::field::user_agent, "parley-sdk");
@@ -278,10 +268,47 @@ struct StreamImpl final : Connection::Impl {
       code = static_cast<uint16_t>(ws.reason().code);
       reason = std::string(ws.reason().reason.c_str());
     });
+    std::promise<beast::error_code> opened;
     websocket::response_type res;
-    ws.handshake(res, options.host + ":" + std::to_string(options.port), options.path);
+    net::post(ioc, [&] {
+      auto finish = [&](beast::error_code ec) {
+        beast::get_lowest_layer(ws).expires_never();  // the timer is the I/O thread's too
+        opened.set_value(ec);
+      };
+      auto& lowest = beast::get_lowest_layer(ws);
+      lowest.expires_after(std::chrono::milliseconds(options.timeout_ms));  // for all three steps
+      auto handshake = [&, finish] {
+        ws.async_handshake(res, options.host + ":" + std::to_string(options.port), options.path, finish);
+      };
+      auto connected = [&, finish, handshake](beast::error_code ec) {
+        if (ec) return finish(ec);
+        lowest.socket().set_option(tcp::no_delay(true), ec);
+        if constexpr (kTls) {
+          ws.next_layer().async_handshake(ssl::stream_base::client, [&, finish, handshake](beast::error_code tls_ec) {
+            if (tls_ec) return finish(tls_ec);
+            X509* cert = SSL_get1_peer_certificate(ws.next_layer().native_handle());
+            peer_sha256 = netutil::CertificateSha256(cert);
+            X509_free(cert);
+            handshake();
+          });
+        } else {
+          handshake();
+        }
+      };
+      if (options.receive_buffer_bytes > 0) {
+        // Set before connecting, so the TCP window is negotiated small.
+        tcp::endpoint ep = *results.begin();
+        beast::error_code ec;
+        lowest.socket().open(ep.protocol(), ec);
+        if (!ec) lowest.socket().set_option(net::socket_base::receive_buffer_size(options.receive_buffer_bytes), ec);
+        if (ec) return finish(ec);
+        lowest.async_connect(ep, connected);
+      } else {
+        lowest.async_connect(results, [connected](beast::error_code ec, const tcp::endpoint&) { connected(ec); });
+      }
+    });
+    if (beast::error_code ec = opened.get_future().get()) throw boost::system::system_error(ec);
     deflate = res[beast::http::field::sec_websocket_extensions].find("permessage-deflate") != beast::string_view::npos;
-    lowest.expires_never();
   }
 };
 

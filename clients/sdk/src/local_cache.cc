@@ -148,7 +148,7 @@ CREATE TABLE IF NOT EXISTS outbox(
   local_id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL UNIQUE, peer TEXT NOT NULL,
   body TEXT NOT NULL, created_at INTEGER NOT NULL, failed INTEGER NOT NULL DEFAULT 0,
   error_code TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '',
-  cleared_draft TEXT, cleared_draft_at INTEGER NOT NULL DEFAULT 0);
+  cleared_draft TEXT, cleared_draft_at INTEGER NOT NULL DEFAULT 0, attempted INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS draft_outbox(
   peer TEXT PRIMARY KEY, text TEXT NOT NULL, set_at INTEGER NOT NULL, gen INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS opened(conversation_id INTEGER PRIMARY KEY, opened_at INTEGER NOT NULL);
@@ -225,6 +225,15 @@ constexpr const char* kSchemaV8 = R"sql(
 ALTER TABLE conversations ADD COLUMN paged_head INTEGER NOT NULL DEFAULT 0;
 )sql";
 
+// Schema 8 -> 9: outbox.attempted, 1 from the moment a send of the message
+// goes out until an answer says it was not stored (a refusal). The server
+// may have stored it, so the outbox's maximum age does not fail it; kept in
+// the file because the answer may come to a later process (a `parley send`
+// run, the app started again).
+constexpr const char* kSchemaV9 = R"sql(
+ALTER TABLE outbox ADD COLUMN attempted INTEGER NOT NULL DEFAULT 0;
+)sql";
+
 }  // namespace
 
 // RAII BEGIN IMMEDIATE ... COMMIT; rolls back unless committed.
@@ -280,6 +289,7 @@ std::unique_ptr<LocalCache> LocalCache::Open(const std::string& path, int64_t ma
         if (version < 6) Exec(db, kSchemaV6);
         if (version < 7) Exec(db, kSchemaV7);
         if (version < 8) Exec(db, kSchemaV8);
+        if (version < 9) Exec(db, kSchemaV9);
       }
       Exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
       tx.Commit();
@@ -419,10 +429,13 @@ std::vector<OutboxRow> LocalCache::Outbox(bool include_failed) {
   std::vector<OutboxRow> out;
   try {
     Stmt s(db_, stmts_, include_failed
-                    ? "SELECT local_id, client_id, peer, body, created_at, failed, error_code, error_message FROM outbox ORDER BY local_id"
-                    : "SELECT local_id, client_id, peer, body, created_at, failed, error_code, error_message FROM outbox WHERE failed=0 ORDER BY local_id");
+                    ? "SELECT local_id, client_id, peer, body, created_at, failed, error_code, error_message, attempted "
+                      "FROM outbox ORDER BY local_id"
+                    : "SELECT local_id, client_id, peer, body, created_at, failed, error_code, error_message, attempted "
+                      "FROM outbox WHERE failed=0 ORDER BY local_id");
     while (s.Step()) {
-      out.push_back({s.Int(0), s.Text(1), s.Text(2), s.Text(3), s.Int(4), s.Int(5) != 0, s.Text(6), s.Text(7)});
+      out.push_back(
+          {s.Int(0), s.Text(1), s.Text(2), s.Text(3), s.Int(4), s.Int(5) != 0, s.Text(6), s.Text(7), s.Int(8) != 0});
     }
   } catch (const SqlError&) {
   }
@@ -434,7 +447,7 @@ bool LocalCache::FailOutbox(const std::string& client_id, const std::string& cod
   std::lock_guard lock(mu_);
   try {
     Tx tx(db_);
-    Stmt s(db_, stmts_, "UPDATE outbox SET failed=1, error_code=?, error_message=? WHERE client_id=?");
+    Stmt s(db_, stmts_, "UPDATE outbox SET failed=1, error_code=?, error_message=?, attempted=0 WHERE client_id=?");
     s.Bind(1, code).Bind(2, message).Bind(3, client_id).Run();
     // The message will never be stored, so the server kept its draft: show it
     // again, unless a `draft` event changed it since the clearing (its
@@ -462,6 +475,18 @@ bool LocalCache::RetryFailedOutbox(const std::string& client_id, int64_t now) {
     s.Bind(1, now).Bind(2, client_id).Run();
     return sqlite3_changes(db_) > 0;
   } catch (const SqlError&) {
+    return false;
+  }
+}
+
+bool LocalCache::SetOutboxAttempted(const std::string& client_id, bool attempted, LocalError* error) {
+  std::lock_guard lock(mu_);
+  try {
+    Stmt s(db_, stmts_, "UPDATE outbox SET attempted=? WHERE client_id=?");
+    s.Bind(1, int64_t{attempted}).Bind(2, client_id).Run();
+    return true;
+  } catch (const SqlError& e) {
+    if (error) *error = ToLocalError(e);
     return false;
   }
 }

@@ -38,6 +38,9 @@ struct OutboxRow {
   int64_t created_at = 0;
   bool failed = false;
   std::string error_code, error_message;
+  // A send of it went out and no answer said whether the server stored it
+  // (kept across processes): the maximum age does not fail it.
+  bool attempted = false;
 };
 
 // A draft set on this device and not yet saved on the server (one per
@@ -76,7 +79,8 @@ class LocalCache {
   // 6: the conversations the app opened (the opened table), selected again by every session
   // 7: an outbox send remembers the draft it cleared (outbox.cleared_draft, cleared_draft_at)
   // 8: conversations.paged_head (a late summary with nothing paged marks its messages missing)
-  static constexpr int kSchemaVersion = 8;
+  // 9: outbox.attempted (a send went out unanswered; the maximum age waits for the answer)
+  static constexpr int kSchemaVersion = 9;
 
   static std::unique_ptr<LocalCache> Open(const std::string& path, int64_t max_pages, LocalError* error);
   ~LocalCache();
@@ -98,6 +102,9 @@ class LocalCache {
   // A failed entry queued again (same client id and place, its age counted
   // from `now`), or removed; false if `client_id` is not a failed entry.
   bool RetryFailedOutbox(const std::string& client_id, int64_t now);
+  // Records that a send of `client_id` went out (true) or that an answer
+  // said it was not stored (false); see OutboxRow::attempted.
+  bool SetOutboxAttempted(const std::string& client_id, bool attempted, LocalError* error);
   bool DiscardFailedOutbox(const std::string& client_id);
   // The send of `client_id` was acknowledged: the outbox row becomes a message.
   bool RecordSent(const std::string& client_id, const nlohmann::json& ack, std::vector<StatusUpdate>* updates,

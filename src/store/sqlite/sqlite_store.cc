@@ -2318,9 +2318,11 @@ Result<SearchIndexProgress> SqliteStore::Writer::IndexSearch(int max) {
   }
   {
     // Entries leave the queue only as a prefix of its ids (the DELETE above),
-    // and the writer's ids never repeat and never skip within committed
-    // transactions, so the queue is the contiguous range [min, max]: two
-    // B-tree seeks (each min/max alone in its subquery). count(*) scanned
+    // and the writer's ids never repeat and skip only where a step above
+    // gave a message a fresh doc id (NextSearchId: rare, after a restart
+    // handed a doc id out again), so the queue is the range [min, max] less
+    // those few ids: two B-tree seeks (each min/max alone in its subquery),
+    // over-counting by them until the queue's head passes them. count(*) scanned
     // the whole queue on every step: at a backlog of millions, tens of
     // milliseconds of the writer's time per step, which sends waited behind.
     Stmt s(*db_,
