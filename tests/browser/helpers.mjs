@@ -45,8 +45,17 @@ export async function startServer(extraArgs = []) {
   const port = Number(readFileSync(portFile, 'utf8').trim());
   return {
     base: `http://127.0.0.1:${port}`,
+    // A server that accepts connections and answers nothing (stopped), and
+    // back.
+    pause() {
+      proc.kill('SIGSTOP');
+    },
+    resume() {
+      proc.kill('SIGCONT');
+    },
     async stop() {
       if (exited === null) {
+        proc.kill('SIGCONT'); // a paused server could not take its SIGTERM
         const done = new Promise((r) => proc.once('exit', r));
         proc.kill('SIGTERM');
         await done;

@@ -12,6 +12,7 @@ import {
 } from './helpers.mjs';
 
 const kAdminToken = 'browser-admin-token';
+const kOutboxMaxAgeMs = 30 * 24 * 3600 * 1000; // web/js/app.js's
 let server;
 let browser;
 const contexts = [];
@@ -776,6 +777,46 @@ test('a device away longer than the server keeps its stream gets cursor_too_old,
     assert.deepEqual(await bodies(xia.page), ['first', 'second', 'third', 'fourth']);
     assertClean(wes, xia);
     await closeAll(wes, xia);
+  } finally {
+    await srv.stop();
+  }
+});
+
+test('a send left unanswered while the outbox age passes is not failed: the answer to the next attempt decides', async () => {
+  const srv = await startServer();
+  try {
+    const kim = await newContext(browser, srv.base);
+    const lou = await newContext(browser, srv.base);
+    await kim.page.clock.install(); // time flows; fastForward jumps it (a laptop lid closed for a month)
+    await register(kim.page, 'kim_t');
+    await register(lou.page, 'lou_t');
+    await openChatWith(kim.page, 'lou_t');
+    // Every failed tick kim's screen ever shows, however briefly.
+    await kim.page.evaluate(() => {
+      window.failedTicks = 0;
+      new MutationObserver(() => {
+        window.failedTicks += document.querySelectorAll('[data-tick="failed"]').length;
+      }).observe(document.body, { subtree: true, childList: true, attributes: true });
+    });
+    // The server stops answering; kim's send goes out and hangs.
+    srv.pause();
+    await send(kim.page, 'late');
+    await myMessage(kim.page, 'late').and(kim.page.locator('[data-tick="pending"]')).waitFor();
+    // A month and a day pass: the send times out on a socket still up, and
+    // its retry (within the first backoff, 0.5 s) finds the message past
+    // the outbox's 30 days.
+    await kim.page.clock.fastForward(kOutboxMaxAgeMs + 24 * 3600 * 1000);
+    await kim.page.clock.runFor(1_000);
+    // The server answers again: the first send was stored, the retry gets
+    // its seq back (same client id), and nothing was failed on the way.
+    srv.resume();
+    await myMessage(kim.page, 'late').and(kim.page.locator('[data-tick="sent"], [data-tick="delivered"], [data-tick="read"]')).waitFor();
+    assert.equal(await kim.page.evaluate(() => window.failedTicks), 0, 'the message showed failed before it was sent');
+    await lou.page.locator('a.conv', { hasText: 'kim_t' }).click();
+    await lou.page.locator('li.msg .body', { hasText: 'late' }).waitFor();
+    assert.deepEqual(await bodies(lou.page), ['late']);
+    assertClean(kim, lou);
+    await closeAll(kim, lou);
   } finally {
     await srv.stop();
   }

@@ -632,13 +632,20 @@ async function flushOutbox() {
     for (;;) {
       const entry = app.outbox.find((o) => !o.failed);
       if (!entry || !app.authed) return;
-      if (Date.now() - entry.created_at > kOutboxMaxAgeMs) {
+      // A send that went out and got no answer (`attempted`, kept in
+      // IndexedDB across reloads) may have been stored: the answer to the
+      // next attempt decides, not the age.
+      if (!entry.attempted && Date.now() - entry.created_at > kOutboxMaxAgeMs) {
         entry.failed = true;
         entry.error = 'Not sent: too old';
         await outbox.put(entry);
         settleDraft(entry, false);
         scheduleRender();
         continue;
+      }
+      if (!entry.attempted) {
+        entry.attempted = true;
+        await outbox.put(entry);
       }
       try {
         const r = await app.conn.request('send', {
@@ -663,10 +670,15 @@ async function flushOutbox() {
           // A reconnect flushes again; anything else (a rate limit, a busy
           // server, an answer that never came on a socket still up): later,
           // backing off.
+          if (e.code !== 'disconnected' && e.code !== 'timeout') {
+            entry.attempted = false; // the server answered: not stored
+            await outbox.put(entry);
+          }
           if (e.code !== 'disconnected') app.outboxRetry.failed(e.retryAfterMs);
           return;
         }
         entry.failed = true;
+        entry.attempted = false;
         entry.error = e.code === 'blocked' ? 'Not sent: you block this user' : `Not sent: ${e.message}`;
         await outbox.put(entry);
         settleDraft(entry, false);
