@@ -33,7 +33,7 @@ struct ConnectOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;
   std::string path = "/v1/ws";
-  int timeout_ms = 5000;  // TCP connect and WebSocket handshake
+  int timeout_ms = 5000;  // TCP connect, TLS and WebSocket handshakes, together
   int receive_buffer_bytes = 0;  // SO_RCVBUF; 0 = system default (tests of slow readers)
   // wss:// instead of ws://: TLS 1.2 or newer. The server's certificate is
   // verified against `ca_file` (PEM, one or more certificates; "" = the

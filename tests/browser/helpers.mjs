@@ -82,6 +82,11 @@ export async function newContext(browser, base, options = {}) {
   const at = () => `[+${Date.now() - t0} ms]`;
   const navigationsAtStart = new WeakMap();
   const watchPage = (page) => {
+    // Counted at commit too: a request the old document starts between a
+    // navigation's start and its commit is aborted by it as well.
+    page.on('framenavigated', (frame) => {
+      if (frame === page.mainFrame()) countNavigation(page);
+    });
     page.on('console', (msg) => {
       if (msg.type() === 'error' || msg.type() === 'warning') {
         problems.push(`console ${msg.type()}: ${msg.text()} ${at()} on ${page.url()}`);
@@ -113,7 +118,7 @@ export async function newContext(browser, base, options = {}) {
 // A navigation (a reload, goAway) aborts what the page it leaves was still
 // loading (its icon, say): that is the browser's doing, not the app's. Each
 // page counts the navigations it started (a document request of its main
-// frame, or goAway's about:blank, which makes no request); a GET of a static
+// frame, or goAway's about:blank, which makes no request) and committed; a GET of a static
 // file aborted after a navigation that started later than it is not a
 // problem. Anything else aborted (the API, a WebSocket) still is.
 const pageNavigations = new WeakMap();

@@ -5,11 +5,13 @@
 // failed requests, except for the network failures the offline test causes
 // on purpose.
 import { test, before, after } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import {
   startServer, launchBrowser, navLink, newContext, register, logIn, openChatWith, send, bodies, myMessage, axeViolations, goAway,
   kPassword,
 } from './helpers.mjs';
+import { kRequestTimeoutMs } from '../../web/js/connection.js';
 
 const kAdminToken = 'browser-admin-token';
 const kOutboxMaxAgeMs = 30 * 24 * 3600 * 1000; // web/js/app.js's
@@ -787,7 +789,11 @@ test('a send left unanswered while the outbox age passes is not failed: the answ
   try {
     const kim = await newContext(browser, srv.base);
     const lou = await newContext(browser, srv.base);
-    await kim.page.clock.install(); // time flows; fastForward jumps it (a laptop lid closed for a month)
+    await kim.page.clock.install(); // time flows; the test jumps it and runs timers on
+    let sends = 0; // send requests kim's page writes
+    kim.page.on('websocket', (ws) => ws.on('framesent', (f) => {
+      if (typeof f.payload === 'string' && f.payload.includes('"type":"send"')) sends += 1;
+    }));
     await register(kim.page, 'kim_t');
     await register(lou.page, 'lou_t');
     await openChatWith(kim.page, 'lou_t');
@@ -802,11 +808,15 @@ test('a send left unanswered while the outbox age passes is not failed: the answ
     srv.pause();
     await send(kim.page, 'late');
     await myMessage(kim.page, 'late').and(kim.page.locator('[data-tick="pending"]')).waitFor();
-    // A month and a day pass: the send times out on a socket still up, and
-    // its retry (within the first backoff, 0.5 s) finds the message past
-    // the outbox's 30 days.
-    await kim.page.clock.fastForward(kOutboxMaxAgeMs + 24 * 3600 * 1000);
-    await kim.page.clock.runFor(1_000);
+    // A month and a day pass (the system time jumps; no timer fires), then
+    // the send's request timeout runs out on the socket, still up, and its
+    // retry (within the first backoff, 0.5 s) meets the outbox's 30 days:
+    // the message goes out again instead of failing.
+    const now = await kim.page.evaluate(() => Date.now());
+    await kim.page.clock.setSystemTime(now + kOutboxMaxAgeMs + 24 * 3600 * 1000);
+    await kim.page.clock.runFor(kRequestTimeoutMs + 1_000);
+    for (let waited = 0; sends < 2 && waited < 5_000; waited += 50) await sleep(50);
+    assert.equal(sends, 2, 'the retry after the timeout was not sent');
     // The server answers again: the first send was stored, the retry gets
     // its seq back (same client id), and nothing was failed on the way.
     srv.resume();

@@ -355,6 +355,38 @@ TEST(OutboxE2E, AMessageTooOldIsMarkedFailedWhileTheServerIsDown) {
   EXPECT_EQ(alice->PendingCount(), 0u);
 }
 
+// A retry refused by the rate limit (checked before the server looks for
+// the client id) says only that the retry is not stored: an earlier send
+// left unanswered still keeps the message from expiring.
+TEST(OutboxE2E, ARateLimitedRetryOfAnUnansweredSendDoesNotLetItExpire) {
+  ServerProcess s({"--rate-limit", "send_per_device=0.25/1"});  // one send, then one per 4 s
+  std::string alice_token = RegisterAndLogin(s, "alice");
+  Register(s, "bob");
+  AgingClientOptions a(s, alice_token);
+  auto alice = OpenClient(a.options);
+  alice->Start();
+  ASSERT_TRUE(alice->WaitOnline(kDrainTimeoutMs));
+  auto refused = [&] { return MetricValue(HttpGet(s.port(), "/metrics"), "parley_errors_total{code=\"rate_limited\"}"); };
+  ASSERT_TRUE(alice->Compose("bob", "first").ok);  // takes the token
+  ASSERT_TRUE(alice->WaitOutboxDrained(kDrainTimeoutMs));
+  ASSERT_EQ(kill(s.pid(), SIGSTOP), 0);
+  auto late = alice->Compose("bob", "late");  // goes out, unanswered
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  a.now += kDefaultOutboxMaxAgeMs + 1;
+  alice->DropConnectionForTest();
+  ASSERT_EQ(kill(s.pid(), SIGCONT), 0);
+  // The retry on the next connection meets the empty bucket.
+  ASSERT_TRUE(Eventually([&] { return refused() >= 1; }, kDrainTimeoutMs));
+  ASSERT_TRUE(alice->WaitOutboxDrained(kDrainTimeoutMs));
+  ASSERT_TRUE(Eventually([&] { return a.log.Of(late.client_id) == MessageStatus::kSent; }, 5000));
+  std::lock_guard lock(a.log.mu);
+  for (const StatusUpdate& u : a.log.all) {
+    if (u.client_id == late.client_id) {
+      EXPECT_NE(u.status, MessageStatus::kFailed) << "expired after the refusal of its retry";
+    }
+  }
+}
+
 // A rate_limited send waits the server's retry_after_ms even when the
 // connection drops meanwhile: the next connection does not send it early
 // (and get refused again).

@@ -643,7 +643,10 @@ async function flushOutbox() {
         scheduleRender();
         continue;
       }
-      if (!entry.attempted) {
+      // No earlier send of it was left unanswered: a refusal of this one
+      // then says the server does not have it.
+      const firstAttempt = !entry.attempted;
+      if (firstAttempt) {
         entry.attempted = true;
         await outbox.put(entry);
       }
@@ -666,17 +669,23 @@ async function flushOutbox() {
         scheduleSave();
         scheduleRender();
       } catch (e) {
+        // Its own message event may have taken it out of the outbox while
+        // the request was out (an earlier attempt was stored): then there is
+        // nothing to record, and writing it back would bring it back.
+        const stillQueued = app.outbox.includes(entry);
         if (e.retryable) {
           // A reconnect flushes again; anything else (a rate limit, a busy
           // server, an answer that never came on a socket still up): later,
-          // backing off.
-          if (e.code !== 'disconnected' && e.code !== 'timeout') {
-            entry.attempted = false; // the server answered: not stored
+          // backing off. A refusal (before the server looks for the client
+          // id) says only that this attempt is not stored.
+          if (firstAttempt && stillQueued && e.code !== 'disconnected' && e.code !== 'timeout') {
+            entry.attempted = false;
             await outbox.put(entry);
           }
           if (e.code !== 'disconnected') app.outboxRetry.failed(e.retryAfterMs);
           return;
         }
+        if (!stillQueued) continue;
         entry.failed = true;
         entry.attempted = false;
         entry.error = e.code === 'blocked' ? 'Not sent: you block this user' : `Not sent: ${e.message}`;

@@ -597,6 +597,9 @@ struct Client::Impl {
     // kReceipt: what the request reports, conversation -> (delivered, read),
     // to report again if it fails retryably or is lost with the connection.
     std::map<int64_t, std::pair<int64_t, int64_t>> receipts;
+    // kSend: no earlier send of the message was left unanswered, so a
+    // refusal of this one says the server does not have it.
+    bool first_attempt = false;
   };
 
   // Receipts a request failed to report (a retryable error, or the
@@ -798,7 +801,7 @@ struct Client::Impl {
       size_t outbox_rows = 0;
       for (const auto& row : cache->Outbox(false)) {
         ++outbox_rows;
-        if (TooOld(row) && !unanswered_sends.count(row.client_id)) {
+        if (TooOld(row) && !Unanswered(row)) {
           expired.push_back(Expire(row));
           continue;
         }
@@ -809,10 +812,12 @@ struct Client::Impl {
         // Recorded in the file before it goes out: a later process must
         // not expire it either. Should that write fail, this process still
         // knows (the set), and the send goes ahead.
-        if (unanswered_sends.insert(row.client_id).second) cache->SetOutboxAttempted(row.client_id, true, nullptr);
+        const bool first_attempt = unanswered_sends.insert(row.client_id).second && !row.attempted;
+        if (first_attempt) cache->SetOutboxAttempted(row.client_id, true, nullptr);
         int64_t id = c->Start("send", {{"to", row.peer}, {"client_id", row.client_id}, {"body", row.body}});
         Record("send", {{"client_id", row.client_id}, {"peer", row.peer}});
         inflight[id] = {Kind::kSend, now_steady, row.client_id, row.peer};
+        inflight[id].first_attempt = first_attempt;
         busy_peers.insert(row.peer);
       }
       Emit(expired);
@@ -940,6 +945,10 @@ struct Client::Impl {
 
   bool TooOld(const sdk::OutboxRow& row) { return Now() - row.created_at > opt.outbox_max_age_ms; }
 
+  // A send of it went out without an answer, from this process or another
+  // one using the cache file.
+  bool Unanswered(const sdk::OutboxRow& row) { return row.attempted || unanswered_sends.count(row.client_id) > 0; }
+
   // Between connections (nothing in flight): marks what passed the outbox's
   // maximum age failed now, so an app that stays offline hears of it within
   // one retry interval rather than at the next connection.
@@ -948,7 +957,7 @@ struct Client::Impl {
     std::set<std::string> queued;
     for (const auto& row : cache->Outbox(false)) {
       queued.insert(row.client_id);
-      if (TooOld(row) && !unanswered_sends.count(row.client_id)) expired.push_back(Expire(row));
+      if (TooOld(row) && !Unanswered(row)) expired.push_back(Expire(row));
     }
     std::erase_if(unanswered_sends, [&](const std::string& id) { return !queued.count(id); });
     Emit(expired);
@@ -989,15 +998,21 @@ struct Client::Impl {
       return;
     }
     if (r.code == "closed" || r.code == "timeout") return;  // retried on the next connection
-    unanswered_sends.erase(f.client_id);
     bool retryable = r.frame.is_object() && r.frame.value("retryable", false);
     if (retryable) {
-      cache->SetOutboxAttempted(f.client_id, false, nullptr);  // refused: not stored
+      // Refused before the server looked for the client id (a rate limit, an
+      // overload): this attempt is not stored, but an earlier unanswered one
+      // may be, and still counts.
+      if (f.first_attempt) {
+        unanswered_sends.erase(f.client_id);
+        cache->SetOutboxAttempted(f.client_id, false, nullptr);
+      }
       auto ra = RetryAfterOf(r.frame);
       int64_t delay = ra ? RetryAfterDelayMs(opt.backoff, *ra, rng) : BackoffDelayMs(opt.backoff, (*attempts)[f.peer]++, rng);
       hold_until[f.peer] = SteadyMs() + delay;
       return;
     }
+    unanswered_sends.erase(f.client_id);  // FailOutbox clears outbox.attempted
     sdk::LocalError err;
     cache->FailOutbox(f.client_id, r.code, r.message, &err);
     Record("send_failed", {{"client_id", f.client_id}, {"peer", f.peer}, {"code", r.code}});

@@ -34,6 +34,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 
 #include "net/tls_fingerprint.h"
@@ -231,6 +232,8 @@ struct StreamImpl final : Connection::Impl {
   // black hole on the path) would wait for ever. Must not be called on the
   // I/O thread. Throws boost::system::system_error on failure.
   void Open(const ConnectOptions& options) {
+    if (ioc.get_executor().running_in_this_thread())
+      throw std::logic_error("Connection::Open on the connections' I/O thread would wait for itself");
     tcp::resolver resolver(ioc);
     auto results = resolver.resolve(options.host, std::to_string(options.port));
     if constexpr (kTls) {
@@ -277,35 +280,49 @@ struct StreamImpl final : Connection::Impl {
       };
       auto& lowest = beast::get_lowest_layer(ws);
       lowest.expires_after(std::chrono::milliseconds(options.timeout_ms));  // for all three steps
-      auto handshake = [&, finish] {
-        ws.async_handshake(res, options.host + ":" + std::to_string(options.port), options.path, finish);
+      // A step that throws as it starts (an allocation, a request field past
+      // Beast's limits) ends the open with an error: an exception must not
+      // leave the I/O thread, which serves every connection of the process.
+      auto guarded = [finish](const auto& step) {
+        try {
+          step();
+        } catch (const std::exception&) {
+          finish(make_error_code(boost::system::errc::invalid_argument));
+        }
       };
-      auto connected = [&, finish, handshake](beast::error_code ec) {
+      auto handshake = [&, finish, guarded] {
+        guarded([&] { ws.async_handshake(res, options.host + ":" + std::to_string(options.port), options.path, finish); });
+      };
+      auto connected = [&, finish, guarded, handshake](beast::error_code ec) {
         if (ec) return finish(ec);
-        lowest.socket().set_option(tcp::no_delay(true), ec);
+        beast::get_lowest_layer(ws).socket().set_option(tcp::no_delay(true), ec);
         if constexpr (kTls) {
-          ws.next_layer().async_handshake(ssl::stream_base::client, [&, finish, handshake](beast::error_code tls_ec) {
-            if (tls_ec) return finish(tls_ec);
-            X509* cert = SSL_get1_peer_certificate(ws.next_layer().native_handle());
-            peer_sha256 = netutil::CertificateSha256(cert);
-            X509_free(cert);
-            handshake();
+          guarded([&] {
+            ws.next_layer().async_handshake(ssl::stream_base::client, [&, finish, handshake](beast::error_code tls_ec) {
+              if (tls_ec) return finish(tls_ec);
+              X509* cert = SSL_get1_peer_certificate(ws.next_layer().native_handle());
+              peer_sha256 = netutil::CertificateSha256(cert);
+              X509_free(cert);
+              handshake();
+            });
           });
         } else {
           handshake();
         }
       };
-      if (options.receive_buffer_bytes > 0) {
-        // Set before connecting, so the TCP window is negotiated small.
-        tcp::endpoint ep = *results.begin();
-        beast::error_code ec;
-        lowest.socket().open(ep.protocol(), ec);
-        if (!ec) lowest.socket().set_option(net::socket_base::receive_buffer_size(options.receive_buffer_bytes), ec);
-        if (ec) return finish(ec);
-        lowest.async_connect(ep, connected);
-      } else {
-        lowest.async_connect(results, [connected](beast::error_code ec, const tcp::endpoint&) { connected(ec); });
-      }
+      guarded([&] {
+        if (options.receive_buffer_bytes > 0) {
+          // Set before connecting, so the TCP window is negotiated small.
+          tcp::endpoint ep = *results.begin();
+          beast::error_code ec;
+          lowest.socket().open(ep.protocol(), ec);
+          if (!ec) lowest.socket().set_option(net::socket_base::receive_buffer_size(options.receive_buffer_bytes), ec);
+          if (ec) return finish(ec);
+          lowest.async_connect(ep, connected);
+        } else {
+          lowest.async_connect(results, [connected](beast::error_code ec, const tcp::endpoint&) { connected(ec); });
+        }
+      });
     });
     if (beast::error_code ec = opened.get_future().get()) throw boost::system::system_error(ec);
     deflate = res[beast::http::field::sec_websocket_extensions].find("permessage-deflate") != beast::string_view::npos;
