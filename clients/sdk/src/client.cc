@@ -168,8 +168,8 @@ struct Client::Impl {
   // across reconnects: a server's rate_limited wait outlives the connection.
   std::map<std::string, int64_t> hold_until;
   // Worker thread only: client ids of sends that went out and got no answer
-  // yet, in this session, an earlier one (the connection dropped first) or
-  // an earlier process (outbox.attempted, read at start). The server may
+  // yet, in this session or an earlier one (the connection dropped first);
+  // an earlier process's are outbox.attempted (see Unanswered). The server may
   // have stored them, so the outbox's maximum age does not fail them: the
   // next answer (the original ack for a retry) decides.
   std::set<std::string> unanswered_sends;
@@ -268,9 +268,6 @@ struct Client::Impl {
 
   void Run() {
     int attempt = 0;
-    for (const auto& row : cache->Outbox(false)) {
-      if (row.attempted) unanswered_sends.insert(row.client_id);
-    }
     EmitQueued();
     while (!Stopping()) {
       SetState(ClientState::kConnecting, "");
