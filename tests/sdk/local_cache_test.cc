@@ -65,6 +65,36 @@ class LocalCacheTest : public ::testing::Test {
   int64_t user_seq_ = 0;
 };
 
+// A coalesced receipt stands for the later user seqs it lists in
+// also_covers; when the connection drops before the seqs between, the sync
+// from the contiguous cursor brings those listed seqs again: they were seen,
+// and are not applied twice (the cluster chaos run caught a receipt applied
+// twice this way).
+TEST_F(LocalCacheTest, ASeqCoveredByACoalescedReceiptIsNotAppliedAgainBySync) {
+  Apply({{{"kind", "conversation"}, {"conversation_id", kConv}, {"conversation", Conversation()}}});
+  const int64_t base = user_seq_;
+  auto receipt = [&](int64_t user_seq, int64_t delivered) {
+    return json{{"kind", "receipt"}, {"conversation_id", kConv}, {"user_id", kBob}, {"delivered", delivered},
+                {"read", 0}, {"user_seq", user_seq}};
+  };
+  json merged = receipt(base + 1, 2);
+  merged["also_covers"] = {base + 3};
+  ApplyOutcome out;
+  LocalError err;
+  ASSERT_TRUE(cache_->ApplyEvents({merged}, &out, &err)) << err.message;
+  ASSERT_EQ(out.applied.size(), 1u);
+  // The sync after the drop: base+2 (another event), base+3 again, base+4.
+  ASSERT_TRUE(cache_->ApplyEvents({{{"kind", "message"}, {"message", Message(1)}, {"user_seq", base + 2}},
+                                   receipt(base + 3, 2), receipt(base + 4, 3)},
+                                  &out, &err))
+      << err.message;
+  ASSERT_EQ(out.applied.size(), 2u) << "the covered receipt was applied again";
+  EXPECT_EQ(out.applied[0]["user_seq"], base + 2);
+  EXPECT_EQ(out.applied[1]["user_seq"], base + 4);
+  EXPECT_FALSE(out.gap);
+  EXPECT_EQ(cache_->applied().value_or(0), base + 4);
+}
+
 TEST_F(LocalCacheTest, AnOpenConversationAnswerNeverBringsBackAnOlderTimer) {
   Apply({{{"kind", "conversation"}, {"conversation", Conversation()}}});
   // The timer is set; an open_conversation answer read before that is

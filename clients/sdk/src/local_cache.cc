@@ -982,7 +982,12 @@ bool LocalCache::ApplyEvents(const std::vector<json>& events, ApplyOutcome* out,
     std::map<int64_t, std::string> drafts_before;  // conversation -> shown draft before this batch
     while (true) {
       auto it = next.find(applied + 1);
-      if (it != next.end()) {
+      if (covered.count(applied + 1)) {
+        // Folded into an earlier coalesced receipt (or a summary) that was
+        // applied: a copy of it (a sync after a drop re-reads from the
+        // contiguous cursor) was seen already and is dropped.
+        if (it != next.end()) next.erase(it);
+      } else if (it != next.end()) {
         if (it->second->value("kind", "") == "draft") {
           int64_t conv = it->second->value("conversation_id", int64_t{0});
           if (!drafts_before.count(conv)) drafts_before[conv] = ShownDraftLocked(conv);
@@ -998,7 +1003,7 @@ bool LocalCache::ApplyEvents(const std::vector<json>& events, ApplyOutcome* out,
         }
         local.applied.push_back(*it->second);
         next.erase(it);
-      } else if (!covered.count(applied + 1)) {
+      } else {
         break;
       }
       ++applied;

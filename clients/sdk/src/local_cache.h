@@ -124,8 +124,9 @@ class LocalCache {
 
   // Applies stream events in user-seq order; events at or below the cursor
   // are dropped; user seqs named by a coalesced receipt's also_covers count
-  // as applied when reached; stops at the first gap (out->gap; the rest stay
-  // unapplied). Advances the cursor.
+  // as applied when reached, and a copy of one (a sync after a drop) is
+  // dropped too; stops at the first gap (out->gap; the rest stay unapplied).
+  // Advances the cursor.
   bool ApplyEvents(const std::vector<nlohmann::json>& events, ApplyOutcome* out, LocalError* error);
   // Replaces the stream-derived state with a snapshot (outbox untouched).
   bool ApplySnapshot(const nlohmann::json& snapshot, ApplyOutcome* out, LocalError* error);
