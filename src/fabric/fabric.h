@@ -82,7 +82,9 @@ class Fabric {
   virtual void SetLocalOnline(int64_t /*user_id*/, bool /*online*/) {}
   // `fn` is called, on any thread, when the user becomes online on at least
   // one other node (true) or on none any more (false). Set once, before the
-  // first Attach.
+  // first Attach; users already known to be online elsewhere (the other
+  // nodes answer a starting node's hello at once) are reported to it then.
+  // nullptr unsets it: no call after that returns.
   using RemotePresenceFn = std::function<void(int64_t user_id, bool online)>;
   virtual void OnRemotePresence(RemotePresenceFn /*fn*/) {}
   // Something other nodes hold in memory about a user changed through this

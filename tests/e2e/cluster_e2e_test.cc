@@ -50,6 +50,7 @@ class ClusterTest : public ::testing::Test {
       std::vector<std::string> args = {"--store", url, "--redis", redis_.address(), "--node-id", names[i]};
       for (const auto& a : kNodeArgs) args.push_back(a);
       for (const auto& a : extra[static_cast<size_t>(i)]) args.push_back(a);
+      node_args_.push_back(args);
       nodes_.push_back(std::make_unique<ServerProcess>(args));
       ASSERT_GT(nodes_.back()->port(), 0);
     }
@@ -87,8 +88,17 @@ class ClusterTest : public ::testing::Test {
     ASSERT_EQ(MetricValue(HttpGet(node.port(), "/metrics"), "parley_fabric_redis_up"), 0);
   }
 
+  // Stops node `i` and starts it again with the same flags (a new process:
+  // it says hello to the others as a node that starts).
+  void RestartNode(size_t i) {
+    nodes_[i].reset();
+    nodes_[i] = std::make_unique<ServerProcess>(node_args_[i]);
+    ASSERT_GT(nodes_[i]->port(), 0);
+  }
+
   RedisTestServer redis_;
   std::vector<std::unique_ptr<ServerProcess>> nodes_;
+  std::vector<std::vector<std::string>> node_args_;
 };
 
 // Runs parleyd with `args` (it is expected to refuse them); returns its exit
@@ -247,6 +257,72 @@ TEST_F(ClusterTest, PresenceAndTypingCrossNodes) {
   ASSERT_TRUE(off) << "node C never announced alice offline";
   EXPECT_FALSE((*off)["online"].get<bool>());
   EXPECT_GT((*off)["last_seen"].get<int64_t>(), 0);
+}
+
+// A Redis that stops answering without closing its connections (stopped,
+// stalled, or cut off behind one address: no FIN, no RST) is noticed within
+// a route TTL: `redis_up` goes to 0 (it once stayed 1, with commands piling
+// up unanswered), and once Redis answers again live delivery across nodes
+// resumes.
+TEST_F(ClusterTest, ARedisThatGoesSilentIsNoticedAndLiveDeliveryResumes) {
+  StartCluster();
+  Register(A(), "alice");
+  Register(A(), "bob");
+  Device alice = Login(A(), "alice");
+  Device bob = Login(B(), "bob");
+  WaitRemoteUsers(A(), 1);
+  auto metric = [](ServerProcess& node, const char* name) {
+    return MetricValue(HttpGet(node.port(), "/metrics"), name);
+  };
+  auto wait_up = [&](ServerProcess& node, double want, int timeout_ms) {
+    auto deadline = Clock::now() + milliseconds(timeout_ms);
+    while (Clock::now() < deadline && metric(node, "parley_fabric_redis_up") != want)
+      std::this_thread::sleep_for(milliseconds(20));
+    return metric(node, "parley_fabric_redis_up") == want;
+  };
+  redis_.Pause();
+  EXPECT_TRUE(wait_up(A(), 0, 6000)) << "node A still says Redis is up while it answers nothing";
+  EXPECT_GE(metric(A(), "parley_fabric_redis_silent_drops_total"), 1);
+  redis_.Resume();
+  ASSERT_TRUE(wait_up(A(), 1, 10000)) << "node A never saw Redis back";
+  ASSERT_TRUE(wait_up(B(), 1, 10000)) << "node B never saw Redis back";
+  // Live again (the routes are re-written within a refresh or two).
+  bool live = false;
+  for (int i = 0; i < 5 && !live; ++i) {
+    int64_t seq = SendTo(alice, "bob", "after the stall " + std::to_string(i), "st" + std::to_string(i));
+    live = WaitEvent(*bob.conn, IsMessage(seq), 2000).has_value();
+  }
+  EXPECT_TRUE(live) << "no message reached bob on node B live after Redis came back";
+}
+
+// A node that starts learns who is online elsewhere from the other nodes'
+// answers to its hello, which usually arrive before its core is ready for
+// them: they must still count (the core once never heard of those users, so
+// they showed offline there and got pushes while in the foreground).
+TEST_F(ClusterTest, ANodeThatStartsKnowsWhoIsAlreadyOnlineOnAnother) {
+  StartCluster();
+  Register(A(), "alice");
+  Register(A(), "bob");
+  Device alice = Login(A(), "alice");  // in the foreground on node A
+  WaitRemoteUsers(C(), 1);
+  RestartNode(2);
+  WaitRemoteUsers(C(), 1);
+  Device bob = Login(C(), "bob");
+  auto shown = bob.conn->Call("subscribe_presence", {{"user_ids", {alice.user_id}}});
+  ASSERT_TRUE(shown.ok) << shown.message;
+  bool online = shown.result["presence"][0]["online"].get<bool>();
+  if (!online) {
+    auto f = WaitFrame(*bob.conn, [&](const json& x) { return x["type"] == "presence" && x["user_id"] == alice.user_id; },
+                       2000);
+    online = f && (*f)["online"].get<bool>();
+  }
+  EXPECT_TRUE(online) << "the restarted node C does not know that alice is online on node A";
+  // And she goes offline there when she leaves node A.
+  alice.conn->Close();
+  auto off = WaitFrame(*bob.conn, [&](const json& x) { return x["type"] == "presence" && x["user_id"] == alice.user_id; },
+                       3000);
+  ASSERT_TRUE(off) << "node C never announced alice offline";
+  EXPECT_FALSE((*off)["online"].get<bool>());
 }
 
 // Who may see a user's presence is stored through one node; watchers on the

@@ -87,6 +87,15 @@ class RedisTestServer {
     pid_ = -1;
   }
 
+  // SIGSTOP / SIGCONT: a Redis that stops answering while its connections
+  // stay open (no FIN, no RST), as a stalled or partitioned one does.
+  void Pause() {
+    if (pid_ > 0) kill(pid_, SIGSTOP);
+  }
+  void Resume() {
+    if (pid_ > 0) kill(pid_, SIGCONT);
+  }
+
   // Whether the server answers PING with +PONG.
   bool Ping() const {
     int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -98,6 +98,11 @@ end
 return out
 )lua";
 
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -205,7 +210,12 @@ struct RedisFabric::Impl {
     redisAsyncContext* ac = nullptr;
     bool connected = false;
     bool subscribed = false;  // subscriber: the SUBSCRIBE was confirmed
+    bool answered = false;    // commands: a PING sent at connect was answered (Redis serves, not just the kernel)
     int failures = 0;         // connection attempts failed in a row (only the first is logged)
+    // Steady ms of the last reply or message read on it (or of its connect):
+    // a connection that goes silent (Redis stopped or stalled, a failover
+    // behind one address, a partition: no FIN, no RST) is found by Refresh.
+    int64_t heard_ms = 0;
     std::optional<net::steady_timer> retry;
   };
   struct RemoteNode {
@@ -231,6 +241,9 @@ struct RedisFabric::Impl {
                                              "Redis error replies and failed connection attempts")),
         reconnects(Metrics::Default().GetCounter("parley_fabric_redis_reconnects_total",
                                                  "Redis connections re-established after a loss")),
+        silent_drops(Metrics::Default().GetCounter(
+            "parley_fabric_redis_silent_drops_total",
+            "Redis connections dropped because nothing was read on them for a route TTL (Redis stalled or cut off)")),
         remote_users(Metrics::Default().GetGauge("parley_fabric_remote_users",
                                                  "Users connected on other nodes, as this node's cache knows")) {
     cmd.impl = sub.impl = this;
@@ -281,6 +294,7 @@ struct RedisFabric::Impl {
     }
     conn.connected = true;
     conn.failures = 0;
+    conn.heard_ms = SteadyMs();
     if (ever_connected) reconnects.Inc();
     if (conn.subscriber) {
       subscribe_acks = 0;
@@ -293,6 +307,17 @@ struct RedisFabric::Impl {
           nullptr, "SUBSCRIBE %b %s", channel.data(), channel.size(), kPresenceChannel);
     } else {
       spdlog::info("event=redis_connected host={} port={} node_id={}", cfg.host, cfg.port, cfg.node_id);
+      conn.answered = false;
+      redisAsyncCommand(
+          conn.ac,
+          [](redisAsyncContext* c, void* r, void*) {
+            if (r == nullptr || c->data == nullptr) return;
+            auto* answered = static_cast<Conn*>(c->data);
+            answered->answered = true;
+            answered->heard_ms = SteadyMs();
+            answered->impl->UpdateUp();
+          },
+          nullptr, "PING");
       WriteAllRoutes();
       if (sub.subscribed) SayHello();
     }
@@ -303,6 +328,7 @@ struct RedisFabric::Impl {
     bool was = conn.connected;
     conn.connected = false;
     conn.subscribed = false;
+    conn.answered = false;
     conn.ac = nullptr;  // hiredis frees it after this callback
     UpdateUp();
     if (stopping) return;
@@ -314,7 +340,7 @@ struct RedisFabric::Impl {
   }
 
   void UpdateUp() {
-    bool both = cmd.connected && sub.subscribed;
+    bool both = cmd.connected && cmd.answered && sub.subscribed;
     up.Set(both ? 1 : 0);
     if (both) {
       ever_connected = true;
@@ -327,6 +353,7 @@ struct RedisFabric::Impl {
   // Fire-and-forget command: counts error replies.
   static void CountReply(redisAsyncContext* c, void* r, void*) {
     auto* reply = static_cast<redisReply*>(r);
+    if (reply != nullptr && c->data != nullptr) static_cast<Conn*>(c->data)->heard_ms = SteadyMs();
     if (reply == nullptr || reply->type == REDIS_REPLY_ERROR) {
       auto* conn = static_cast<Conn*>(c->data);
       if (conn == nullptr) return;
@@ -386,9 +413,10 @@ struct RedisFabric::Impl {
     refresh.expires_after(std::chrono::milliseconds(cfg.refresh_interval_ms));
     refresh.async_wait([this](boost::system::error_code ec) {
       if (ec || stopping) return;
+      DropSilent();
       if (cmd.connected) {
         WriteAllRoutes();
-        PublishSnapshot();
+        PublishSnapshot();  // its echo on the subscription shows that one alive too
       }
       // Nodes not heard from for a route TTL are gone (killed, or cut off).
       int64_t now = NowMs();
@@ -401,6 +429,30 @@ struct RedisFabric::Impl {
       }
       Refresh();
     });
+  }
+
+  // Every Refresh sends commands (PUBLISH of the snapshot at least) and the
+  // subscription hears that PUBLISH back: a connection that read nothing for
+  // a route TTL is dead however open its socket looks. It is freed (its
+  // pending callbacks run with no reply, OnDisconnect retries), so that
+  // commands stop piling up in its buffer and `up` tells the truth. The
+  // subscription is judged only while commands are answered (else its
+  // silence may be theirs).
+  void DropSilent() {
+    const int64_t stale = SteadyMs() - cfg.route_ttl_ms;
+    const bool commands_alive = cmd.connected && cmd.heard_ms >= stale;
+    if (cmd.connected && !commands_alive) Drop(cmd);
+    if (commands_alive && sub.connected && sub.heard_ms < stale) Drop(sub);
+  }
+
+  void Drop(Conn& conn) {
+    if (conn.ac == nullptr) return;
+    errors.Inc();
+    silent_drops.Inc();
+    spdlog::warn("event=redis_connection_silent connection={} silent_ms={} note=\"dropped; reconnecting\"",
+                 conn.subscriber ? "subscriptions" : "commands", SteadyMs() - conn.heard_ms);
+    redisAsyncContext* ac = conn.ac;
+    redisAsyncFree(ac);  // runs OnDisconnect, which clears conn.ac and retries
   }
 
   void LocalAttach(int64_t user, int64_t device) {
@@ -540,7 +592,9 @@ struct RedisFabric::Impl {
   // ---- What other nodes say (I/O thread) ----
 
   void OnSubscription(redisReply* r) {
-    if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
+    if (r == nullptr) return;
+    sub.heard_ms = SteadyMs();
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
     std::string type(r->element[0]->str, r->element[0]->len);
     if (type == "subscribe") {
       if (++subscribe_acks == 2) {
@@ -708,6 +762,7 @@ struct RedisFabric::Impl {
   mutable std::mutex mu;
   std::unordered_map<int64_t, int> remote_connected;  // user -> other nodes holding a connection
   RemotePresenceFn presence_fn;
+  uint64_t presence_fn_generation = 0;  // each OnRemotePresence call's
   RemoteUserChangeFn user_change_fn;
 
   std::mutex ready_mu;
@@ -720,6 +775,7 @@ struct RedisFabric::Impl {
   Counter& frames_in;
   Counter& errors;
   Counter& reconnects;
+  Counter& silent_drops;
   Gauge& remote_users;
 };
 
@@ -862,8 +918,27 @@ void RedisFabric::ReconcileRateLimits(std::vector<RateUsage> usage, RateLevelsCa
 }
 
 void RedisFabric::OnRemotePresence(RemotePresenceFn fn) {
-  std::lock_guard lock(impl_->mu);
-  impl_->presence_fn = std::move(fn);
+  uint64_t generation = 0;
+  {
+    std::lock_guard lock(impl_->mu);
+    generation = ++impl_->presence_fn_generation;
+    if (!fn) {
+      impl_->presence_fn = nullptr;
+      return;
+    }
+  }
+  // Installed on the fabric's thread, where SetOnline runs, and followed by
+  // the users it already counts online: the snapshots answering this node's
+  // hello usually arrive before the core sets its callback, and each user is
+  // reported only on a change, so they would never be reported at all.
+  net::post(impl_->io, [p = impl_.get(), fn = std::move(fn), generation] {
+    {
+      std::lock_guard lock(p->mu);
+      if (p->presence_fn_generation != generation) return;  // unset (or set again) meanwhile
+      p->presence_fn = fn;
+    }
+    for (const auto& [user, nodes] : p->remote_online) fn(user, true);
+  });
 }
 
 void RedisFabric::PublishUserChange(const UserChange& change) {
