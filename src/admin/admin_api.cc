@@ -85,6 +85,10 @@ bool TokenMatches(const std::string& configured, const std::string& header) {
 
 }  // namespace
 
+bool AdminApi::Authorized(const std::string& authorization) const {
+  return !config_.token.empty() && TokenMatches(config_.token, authorization);
+}
+
 AdminApi::AdminApi(store::Store& store, WorkerPool& pool, const Clock& clock, AdminConfig config)
     : store_(store), pool_(pool), clock_(clock), config_(std::move(config)) {}
 
@@ -174,9 +178,12 @@ void AdminApi::BulkCreateUsers(const std::string& body, std::function<void(gatew
   if (users.empty() || users.size() > config_.max_bulk_users)
     return respond(ErrorResponse(Status(ErrorCode::kBadRequest, "give 1 to " + std::to_string(config_.max_bulk_users) +
                                                                     " users per request")));
-  bool devices = in.value("devices", false);
-  std::string device_name = in.value("device_name", std::string("bulk"));
-  if (device_name.size() > protocol::kMaxDeviceNameBytes || !protocol::IsValidUtf8(device_name))
+  bool devices = false;
+  std::string device_name = "bulk";
+  for (Status st : {OptionalField(in, "devices", &devices), OptionalField(in, "device_name", &device_name)})
+    if (!st.ok()) return respond(ErrorResponse(st));
+  if (device_name.size() > protocol::kMaxDeviceNameBytes || !protocol::IsValidUtf8(device_name) ||
+      !protocol::IsPrintable(device_name))
     return respond(ErrorResponse(Status(ErrorCode::kBadRequest, "bad device_name")));
 
   struct Job {
@@ -192,12 +199,14 @@ void AdminApi::BulkCreateUsers(const std::string& body, std::function<void(gatew
       return respond(ErrorResponse(Status(ErrorCode::kBadRequest, "each user needs a string 'username'")));
     auto canon = protocol::CanonicalUsername(u["username"].get<std::string>());
     if (!canon) return respond(ErrorResponse(canon.error()));
-    std::string password = u.value("password", std::string());
+    std::string password, display_name;
+    for (Status st : {OptionalField(u, "password", &password), OptionalField(u, "display_name", &display_name)})
+      if (!st.ok()) return respond(ErrorResponse(Status(st.code(), st.message() + " (user " + *canon + ")")));
     if (!password.empty() && (password.size() < protocol::kMinPasswordBytes ||
                               password.size() > protocol::kMaxPasswordBytes || !protocol::IsValidUtf8(password)))
       return respond(ErrorResponse(Status(ErrorCode::kInvalidPassword, "bad password for " + *canon)));
-    std::string display_name = u.value("display_name", std::string());
-    if (display_name.size() > protocol::kMaxDisplayNameBytes || !protocol::IsValidUtf8(display_name))
+    if (display_name.size() > protocol::kMaxDisplayNameBytes || !protocol::IsValidUtf8(display_name) ||
+        !protocol::IsPrintable(display_name))
       return respond(ErrorResponse(Status(ErrorCode::kBadRequest, "bad display_name for " + *canon)));
     store::NewBulkUser nu;
     nu.username = std::move(*canon);

@@ -64,6 +64,9 @@ class AdminApi {
   AdminApi(store::Store& store, WorkerPool& pool, const Clock& clock, AdminConfig config);
 
   void Handle(gateway::HttpRequest request, std::function<void(gateway::HttpResponse)> respond);
+  // Whether `authorization` (the header) carries the admin token: only such
+  // requests may send large bodies (gateway::HttpBodyLimit).
+  bool Authorized(const std::string& authorization) const;
 
   // Set once before serving: how disabling a user or revoking a device
   // closes its connections. Unset: they stay open until they next

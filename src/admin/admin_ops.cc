@@ -175,8 +175,10 @@ void AdminApi::OpsCreateUser(const std::string& body, Respond respond) {
     return respond(ErrorResponse(Status(ErrorCode::kInvalidPassword,
                                 "the password must be " + std::to_string(protocol::kMinPasswordBytes) + " to " +
                                     std::to_string(protocol::kMaxPasswordBytes) + " bytes of UTF-8")));
-  std::string display_name = in.value("display_name", std::string());
-  if (display_name.size() > protocol::kMaxDisplayNameBytes || !protocol::IsValidUtf8(display_name))
+  std::string display_name;
+  if (Status st = OptionalField(in, "display_name", &display_name); !st.ok()) return respond(ErrorResponse(st));
+  if (display_name.size() > protocol::kMaxDisplayNameBytes || !protocol::IsValidUtf8(display_name) ||
+      !protocol::IsPrintable(display_name))
     return respond(ErrorResponse(Status(ErrorCode::kBadRequest, "bad display_name")));
   store::NewBulkUser u;
   u.username = std::move(*canon);

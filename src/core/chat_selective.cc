@@ -12,6 +12,7 @@
 // it again after each reconnect, before its first sync.
 #include <algorithm>
 #include <map>
+#include <span>
 
 #include <fmt/format.h>
 
@@ -33,15 +34,29 @@ Counter& SummariesOut(const char* path) {
 
 void ChatService::WriteSyncPage(JsonWriter& w, int64_t after, const store::StreamPage& page,
                                 const std::vector<store::ConversationState>* states) {
+  const JsonWriter::Mark start = w.Here();
+  WriteSyncEvents(w, after, page, page.events.size(), states);
+  if (w.size() - start.bytes <= config_.max_page_bytes) return;
+  // Too large for one answer: the first events that fit, each measured in
+  // full (a summarised one takes less), and the rest on the next page.
+  const size_t fit = protocol::ItemsThatFit(page.events.size(), config_.max_page_bytes,
+                                            [&page](JsonWriter& s, size_t n) { protocol::WriteEvent(s, page.events[n]); });
+  w.Rewind(start);
+  WriteSyncEvents(w, after, page, fit, states);
+}
+
+void ChatService::WriteSyncEvents(JsonWriter& w, int64_t after, const store::StreamPage& page, size_t count,
+                                  const std::vector<store::ConversationState>* states) {
+  const std::span<const store::StreamEvent> events(page.events.data(), count);
   w.Key("events").BeginArray();
   if (states == nullptr) {
-    for (const auto& e : page.events) protocol::WriteEvent(w, e);
+    for (const auto& e : events) protocol::WriteEvent(w, e);
   } else {
     // The conversations of `states` are summarised: each one's covered
     // ranges first, then one entry at the place of its first covered event.
     std::map<int64_t, protocol::SeqRanges> covers;
     for (const auto& s : *states) covers[s.conversation_id];
-    for (const auto& e : page.events) {
+    for (const auto& e : events) {
       if (!protocol::SummarisedInSelectiveSync(e) || e.conversation_id == 0) continue;
       auto it = covers.find(e.conversation_id);
       if (it == covers.end()) continue;  // selected
@@ -49,7 +64,7 @@ void ChatService::WriteSyncPage(JsonWriter& w, int64_t after, const store::Strea
       if (!r.empty() && r.back().second + 1 == e.user_seq) r.back().second = e.user_seq;
       else r.emplace_back(e.user_seq, e.user_seq);
     }
-    for (const auto& e : page.events) {
+    for (const auto& e : events) {
       auto it = protocol::SummarisedInSelectiveSync(e) ? covers.find(e.conversation_id) : covers.end();
       if (it == covers.end()) {
         protocol::WriteEvent(w, e);
@@ -64,9 +79,9 @@ void ChatService::WriteSyncPage(JsonWriter& w, int64_t after, const store::Strea
   }
   w.EndArray()
       .Field("after", after)
-      .Field("next", page.events.empty() ? after : page.events.back().user_seq)
+      .Field("next", events.empty() ? after : events.back().user_seq)
       .Field("head", page.head)
-      .Field("has_more", page.has_more);
+      .Field("has_more", page.has_more || count < page.events.size());
 }
 
 void ChatService::RespondSelectivePage(const ClientPtr& c, const Req& req, int64_t after, store::StreamPage page) {

@@ -426,9 +426,17 @@ int64_t ChatService::CheckRateLimits(const ClientPtr& c, const Req& req) {
     case RequestType::kChangePassword: return social_limiter_.Take(user, now);
     case RequestType::kRegister: return register_limiter_.Take(c->remote_address, now);
     case RequestType::kLogin: {
-      // Only failures take tokens (DoLogin); here we refuse once they ran out.
-      int64_t w = login_user_limiter_.Peek(std::get<protocol::LoginRequest>(req.body).username, now);
-      return w > 0 ? w : login_address_limiter_.Peek(c->remote_address, now);
+      // Only failures take tokens (DoLogin); here we refuse once they ran
+      // out, counting the logins still in flight as failures to come.
+      const std::string& username = std::get<protocol::LoginRequest>(req.body).username;
+      auto pending = [](const std::unordered_map<std::string, int>& m, const std::string& key) {
+        auto it = m.find(key);
+        return it == m.end() ? 0.0 : static_cast<double>(it->second);
+      };
+      int64_t w = login_user_limiter_.Peek(username, now, 1.0 + pending(logins_in_flight_by_user_, username));
+      return w > 0 ? w
+                   : login_address_limiter_.Peek(c->remote_address, now,
+                                                 1.0 + pending(logins_in_flight_by_address_, c->remote_address));
     }
     default: return 0;
   }
@@ -514,14 +522,24 @@ void ChatService::DoRegister(const ClientPtr& c, Req req) {
   });
 }
 
+void ChatService::LoginJudged(const std::string& username, const std::string& address) {
+  for (auto [map, key] : {std::pair{&logins_in_flight_by_user_, &username}, std::pair{&logins_in_flight_by_address_, &address}}) {
+    auto it = map->find(*key);
+    if (it != map->end() && --it->second <= 0) map->erase(it);
+  }
+}
+
 void ChatService::DoLogin(const ClientPtr& c, Req req) {
   c->authenticating = true;
   auto username = std::get<protocol::LoginRequest>(req.body).username;
+  ++logins_in_flight_by_user_[username];
+  ++logins_in_flight_by_address_[c->remote_address];
   store_.GetUserByName(username, OnCore<store::UserRecord>([this, c, req = std::move(req)](
                                                                 Result<store::UserRecord> u) mutable {
     // A store that cannot answer is not a wrong password.
     if (!u && u.error().code() != ErrorCode::kUnknownUser) {
       c->authenticating = false;
+      LoginJudged(std::get<protocol::LoginRequest>(req.body).username, c->remote_address);
       return Fail(c, req, u.error());
     }
     // Verify even for an unknown user (against a dummy hash), so the answer
@@ -533,6 +551,7 @@ void ChatService::DoLogin(const ClientPtr& c, Req req) {
     hash_pool_.Submit([this, c, req = std::move(req), hash, password, user_id, disabled]() mutable {
       bool ok = VerifyPassword(hash, password) && user_id != 0;
       core_.Post([this, c, req = std::move(req), ok, user_id, disabled, hash = std::move(hash)]() mutable {
+        LoginJudged(std::get<protocol::LoginRequest>(req.body).username, c->remote_address);
         if (!ok) {
           c->authenticating = false;
           int64_t now = clock_.NowMillis();
@@ -1291,7 +1310,7 @@ void ChatService::DoHistory(const ClientPtr& c, Req req) {
                      if (!r) return Fail(c, req, r.error());
                      const int64_t now = clock_.NowMillis();
                      for (auto& m : *r) store::MaskIfExpired(&m, now);
-                     Respond(c, req, [&](JsonWriter& w) { protocol::WriteHistory(w, *r); });
+                     Respond(c, req, [&](JsonWriter& w) { protocol::WriteHistory(w, *r, config_.max_page_bytes); });
                    }));
   });
 }
@@ -1305,11 +1324,29 @@ void ChatService::DoSnapshot(const ClientPtr& c, Req req) {
     for (auto& summary : r->conversations)
       for (auto& m : summary.latest) store::MaskIfExpired(&m, now);
     Respond(c, req, [&](JsonWriter& w) {
-      w.Field("head", r->head).Key("conversations").BeginArray();
-      for (const auto& s : r->conversations) protocol::WriteSummary(w, s);
-      w.EndArray();
+      w.Field("head", r->head);
+      WriteSummaries(w, r->conversations);
     });
   }));
+}
+
+// "conversations": the summaries, within the page budget: when they do not
+// fit, each keeps fewer of its newest messages (halved until they fit, down
+// to none); the device pages the rest with `history`.
+void ChatService::WriteSummaries(JsonWriter& w, std::vector<store::ConversationSummary>& summaries) {
+  const JsonWriter::Mark start = w.Here();
+  size_t most = 0;
+  for (const auto& s : summaries) most = std::max(most, s.latest.size());
+  for (;;) {
+    w.Key("conversations").BeginArray();
+    for (const auto& s : summaries) protocol::WriteSummary(w, s);
+    w.EndArray();
+    if (w.size() - start.bytes <= config_.max_page_bytes || most == 0) return;
+    most /= 2;
+    for (auto& s : summaries)
+      if (s.latest.size() > most) s.latest.erase(s.latest.begin(), s.latest.end() - static_cast<ptrdiff_t>(most));
+    w.Rewind(start);
+  }
 }
 
 void ChatService::DoPing(const ClientPtr& c, Req req) {
@@ -1597,9 +1634,8 @@ void ChatService::DoListConversations(const ClientPtr& c, Req req) {
                              for (auto& summary : r->conversations)
                                for (auto& m : summary.latest) store::MaskIfExpired(&m, now);
                              Respond(c, req, [&](JsonWriter& w) {
-                               w.Key("conversations").BeginArray();
-                               for (const auto& s : r->conversations) protocol::WriteSummary(w, s);
-                               w.EndArray().Key("next");
+                               WriteSummaries(w, r->conversations);
+                               w.Key("next");
                                if (!r->has_more) {
                                  w.Null();
                                } else {

@@ -45,6 +45,7 @@
 #include "fabric/fabric.h"
 #include "protocol/encode.h"
 #include "protocol/frames.h"
+#include "protocol/limits.h"
 #include "protocol/json_writer.h"
 #include "protocol/message_edits.h"
 #include "store/store.h"
@@ -173,6 +174,11 @@ struct CoreConfig {
   int64_t typing_expiry_ms = 6'000;
   // Presence coalescing and per-subscriber update rate.
   PresenceConfig presence;
+  // The most bytes the items of one paged answer take (sync, history,
+  // snapshot, list_conversations): protocol::kMaxPageBytes, or a quarter of
+  // the outbound queue limit when that is smaller (ServerConfig sets it), so
+  // that no answer is too large for the queue it goes through.
+  size_t max_page_bytes = protocol::kMaxPageBytes;
   // Conversations whose member lists are kept in memory.
   size_t conversation_cache_entries = 100'000;
   // Other parleyd nodes share the store (parleyd --redis): what another node
@@ -406,8 +412,13 @@ class ChatService {
   // Answers a sync page read for a selective session: the events of its
   // selected conversations, one summary per other conversation.
   void RespondSelectivePage(const ClientPtr& c, const Req& req, int64_t after, store::StreamPage page);
+  // A sync page's fields; when its events do not fit config_.max_page_bytes,
+  // only the first that do (has_more, `next` at the last of them).
   void WriteSyncPage(protocol::JsonWriter& w, int64_t after, const store::StreamPage& page,
                      const std::vector<store::ConversationState>* states);
+  void WriteSyncEvents(protocol::JsonWriter& w, int64_t after, const store::StreamPage& page, size_t count,
+                       const std::vector<store::ConversationState>* states);
+  void WriteSummaries(protocol::JsonWriter& w, std::vector<store::ConversationSummary>& summaries);
   SelectiveSink::Summarise LiveSummariser(int64_t user_id);
   void DoListConversations(const ClientPtr& c, Req req);
   void DoChangePassword(const ClientPtr& c, Req req);
@@ -566,6 +577,12 @@ class ChatService {
 
   RateLimiter send_device_limiter_, send_user_limiter_, search_limiter_, social_limiter_;
   RateLimiter login_user_limiter_, login_address_limiter_, register_limiter_, typing_limiter_, presence_limiter_;
+  // Logins admitted and not yet judged, per username and per address: only a
+  // failure takes a login token, so a login is admitted only while the bucket
+  // holds a token for it beyond those already in flight (else many at once
+  // would all pass the check and all hash).
+  std::unordered_map<std::string, int> logins_in_flight_by_user_, logins_in_flight_by_address_;
+  void LoginJudged(const std::string& username, const std::string& address);
   // Shared rate limits (cluster, fabric_.SharesRateLimits()): the limiters
   // keyed by user, username or address, by limit name. Per-device limits
   // stay local (a device is on one node at a time).

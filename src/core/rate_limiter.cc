@@ -22,10 +22,10 @@ RateLimiter::Bucket& RateLimiter::Refill(const std::string& key, int64_t now_ms)
   return b;
 }
 
-int64_t RateLimiter::Peek(const std::string& key, int64_t now_ms) {
+int64_t RateLimiter::Peek(const std::string& key, int64_t now_ms, double need) {
   Bucket& b = Refill(key, now_ms);
-  if (b.tokens >= 1.0) return 0;
-  double wait_s = (1.0 - b.tokens) / limit_.per_second;
+  if (b.tokens >= need) return 0;
+  double wait_s = (need - b.tokens) / limit_.per_second;
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(wait_s * 1000.0)));
 }
 

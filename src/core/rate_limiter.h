@@ -35,8 +35,9 @@ class RateLimiter {
   // Takes a token for `key` at time `now_ms`. Returns 0 if allowed, else the
   // milliseconds until a token will be available (at least 1).
   int64_t Take(const std::string& key, int64_t now_ms);
-  // Like Take, without taking: 0 if a token is available now.
-  int64_t Peek(const std::string& key, int64_t now_ms);
+  // Like Take, without taking: 0 if `need` tokens are available now, else
+  // the milliseconds until they will be.
+  int64_t Peek(const std::string& key, int64_t now_ms, double need = 1.0);
 
   size_t size() const { return buckets_.size(); }
   const RateLimit& limit() const { return limit_; }

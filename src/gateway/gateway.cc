@@ -129,6 +129,11 @@ struct GatewayMetrics {
   Gauge& deflate_connections = Metrics::Default().GetGauge(
       "parley_ws_deflate_connections", "Open WebSocket connections with permessage-deflate negotiated");
   Counter& http_requests = Metrics::Default().GetCounter("parley_http_requests_total", "Plain HTTP requests served");
+  Counter& write_timeouts = Metrics::Default().GetCounter(
+      "parley_ws_write_timeouts_total",
+      "WebSocket connections ended because a write did not finish within the heartbeat timeout (a peer that stopped reading)");
+  Counter& http_handler_errors = Metrics::Default().GetCounter(
+      "parley_http_handler_errors_total", "HTTP requests answered 500 because their handler threw (a defect: see the log)");
   Counter& origin_refused = Metrics::Default().GetCounter(
       "parley_ws_origin_refused_total", "WebSocket upgrades refused with 403 because their Origin is not allowed");
   Counter& tls_handshake_failed = Metrics::Default().GetCounter(
@@ -191,6 +196,7 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   void OnRead(beast::error_code ec, size_t n);
   void ScheduleWrite();
   void DoWrite();
+  void ArmWriteDeadline(size_t bytes);
   void OnWrite(beast::error_code ec, size_t n);
   void DoClose();
   void Finish();
@@ -221,6 +227,7 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   size_t queued_bytes_ = 0;
   std::string batch_;        // the frames being written, encoded (plain frames; empty between writes)
   size_t batch_frames_ = 0;  // queue_'s first entries, in the write in flight
+  std::chrono::steady_clock::time_point write_deadline_{};  // of the write in flight (ArmWriteDeadline)
   bool writing_ = false;
   bool write_posted_ = false;  // a DoWrite is posted for the end of this loop turn
   bool accepted_ = false;      // the WebSocket handshake is done
@@ -350,6 +357,11 @@ template <typename Stream>
 void WsSession<Stream>::OnRead(beast::error_code ec, size_t) {
   if (ec) return Finish();
   if (!client_) return;
+  if (writing_ && std::chrono::steady_clock::now() > write_deadline_) {
+    M().write_timeouts.Inc();
+    spdlog::info("event=ws_write_timeout timeout_ms={} queued_bytes={}", cfg_.idle_timeout_ms, queued_bytes_);
+    return Finish();
+  }
   auto data = buffer_.cdata();
   chat_->OnFrame(client_, std::string_view(static_cast<const char*>(data.data()), data.size()));
   buffer_.consume(buffer_.size());
@@ -496,6 +508,7 @@ void WsSession<Stream>::DoWrite() {
     batch_frames_ = 1;
     take(queue_.front());
     ws_.text(true);
+    ArmWriteDeadline(queue_.front().frame->size());
     ws_.async_write(net::buffer(*queue_.front().frame),
                     beast::bind_front_handler(&WsSession::OnWrite, this->shared_from_this()));
     return;
@@ -512,9 +525,22 @@ void WsSession<Stream>::DoWrite() {
   batch_.reserve(bytes);
   auto it = queue_.begin();
   for (size_t i = 0; i < batch_frames_; ++i, ++it) AppendTextFrame(batch_, *it->frame);
+  ArmWriteDeadline(batch_.size());
   // One call, not net::async_write: SerialWriteStream writes it whole (ws_write.h).
   ws_.next_layer().async_write_some(net::buffer(batch_),
                                     beast::bind_front_handler(&WsSession::OnWrite, this->shared_from_this()));
+}
+
+// A write that does not finish within the heartbeat timeout, plus the time
+// its bytes take at kMinPeerReadBytesPerSecond, ends the connection at the
+// next frame the peer sends (OnRead): a peer that stopped reading but still
+// sends pings would otherwise hold its queue, and a close waiting behind it,
+// for ever. A silent one is dropped by the heartbeat timeout as before. No
+// timer per write: a clock read here, a comparison per frame read.
+template <typename Stream>
+void WsSession<Stream>::ArmWriteDeadline(size_t bytes) {
+  write_deadline_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.idle_timeout_ms) +
+                    std::chrono::milliseconds(bytes * 1000 / GatewayConfig::kMinPeerReadBytesPerSecond);
 }
 
 // Drops every queued frame but those being written (the write in flight holds
@@ -580,12 +606,14 @@ template <typename Stream>
 class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
  public:
   HttpSession(Stream&& stream, std::shared_ptr<ssl::context> tls, core::ChatService* chat, const GatewayConfig& cfg,
-              const HttpHandler& handler, SessionRegistry* reg, std::atomic<int64_t>* open)
+              const HttpHandler& handler, const HttpBodyLimit& body_limit, SessionRegistry* reg,
+              std::atomic<int64_t>* open)
       : stream_(std::move(stream)),
         tls_(std::move(tls)),
         chat_(chat),
         cfg_(cfg),
         handler_(handler),
+        body_limit_(body_limit),
         registry_(reg),
         open_(open) {
     open_->fetch_add(1);
@@ -609,10 +637,28 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   }
 
  private:
+  // The header first: what the request may send after it depends on who
+  // asks (HttpBodyLimit).
   void DoRead() {
     parser_.emplace();
-    parser_->body_limit(kMaxHttpBodyBytes);
+    parser_->body_limit(kMaxHttpBodyBytes);  // lowered in OnHeader
     beast::get_lowest_layer(stream_).expires_after(kHttpIoTimeout);
+    http::async_read_header(stream_, buffer_, *parser_,
+                            beast::bind_front_handler(&HttpSession::OnHeader, this->shared_from_this()));
+  }
+
+  void OnHeader(beast::error_code ec, size_t) {
+    if (ec == http::error::body_limit) return Reply(413, "request body too large\n", false);
+    if (ec) return ShutdownSend();
+    const auto& h = parser_->get();
+    HttpRequest head;
+    head.method = std::string(h.method_string());
+    head.target = std::string(h.target());
+    head.authorization = std::string(h[http::field::authorization]);
+    const size_t limit = body_limit_ ? body_limit_(head) : kMaxPlainHttpBodyBytes;
+    if (parser_->content_length() && *parser_->content_length() > limit)
+      return Reply(413, "request body too large\n", false);
+    parser_->body_limit(limit);
     http::async_read(stream_, buffer_, *parser_,
                      beast::bind_front_handler(&HttpSession::OnRead, this->shared_from_this()));
   }
@@ -646,11 +692,20 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
     r.if_none_match = std::string(req_[http::field::if_none_match]);
     r.body = std::move(req_.body());
     beast::get_lowest_layer(stream_).expires_never();  // the handler may take a while (bulk work)
-    handler_(std::move(r), [self = this->shared_from_this()](HttpResponse resp) {
-      net::post(self->stream_.get_executor(), [self, resp = std::move(resp)]() mutable {
-        self->Reply(std::move(resp), self->req_.keep_alive());
+    const std::string target = r.target.substr(0, 200);
+    try {
+      handler_(std::move(r), [self = this->shared_from_this()](HttpResponse resp) {
+        net::post(self->stream_.get_executor(), [self, resp = std::move(resp)]() mutable {
+          self->Reply(std::move(resp), self->req_.keep_alive());
+        });
       });
-    });
+    } catch (const std::exception& e) {
+      // A handler's defect must not leave the I/O thread (that would end the
+      // process): this request gets a 500, the server goes on.
+      M().http_handler_errors.Inc();
+      spdlog::error("event=http_handler_exception target=\"{}\" error=\"{}\"", target, e.what());
+      Reply(500, "internal error\n", false);
+    }
   }
 
   void Reply(int status, std::string body, bool keep_alive) {
@@ -708,6 +763,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   core::ChatService* chat_;
   const GatewayConfig& cfg_;
   const HttpHandler& handler_;
+  const HttpBodyLimit& body_limit_;
   SessionRegistry* registry_;
   std::atomic<int64_t>* open_;
 };
@@ -772,12 +828,12 @@ struct Gateway::Impl {
           socket.set_option(net::socket_base::send_buffer_size(cfg.socket_send_buffer), ignored);
         if (std::shared_ptr<ssl::context> tls = CurrentTls()) {
           TlsStream stream(std::move(socket), *tls);
-          std::make_shared<HttpSession<TlsStream>>(std::move(stream), std::move(tls), chat, cfg, http, &registry,
-                                                   &open)
+          std::make_shared<HttpSession<TlsStream>>(std::move(stream), std::move(tls), chat, cfg, http, body_limit,
+                                                   &registry, &open)
               ->Start();
         } else {
           std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), nullptr, chat, cfg, http,
-                                                     &registry, &open)
+                                                     body_limit, &registry, &open)
               ->Start();
         }
       } else {
@@ -827,6 +883,7 @@ struct Gateway::Impl {
   std::function<void(int)> on_signal;
   core::ChatService* chat = nullptr;
   HttpHandler http;
+  HttpBodyLimit body_limit;
   SessionRegistry registry;
   std::atomic<int64_t> open{0};
   mutable std::mutex tls_mu;
@@ -842,9 +899,10 @@ Gateway::~Gateway() = default;
 Executor& Gateway::CoreExecutor() { return impl_->core_exec; }
 Executor& Gateway::ControlExecutor() { return impl_->control_exec; }
 
-Status Gateway::Start(core::ChatService* chat, HttpHandler http) {
+Status Gateway::Start(core::ChatService* chat, HttpHandler http, HttpBodyLimit body_limit) {
   impl_->chat = chat;
   impl_->http = std::move(http);
+  impl_->body_limit = std::move(body_limit);
   if (impl_->TlsConfigured()) {
     if (Status s = impl_->LoadTls(); !s.ok()) return s;
     spdlog::info("event=tls_loaded cert={} sha256={}", impl_->cfg.tls_cert_file, TlsCertificateSha256());

@@ -66,8 +66,14 @@ struct GatewayConfig {
   // A connection whose queued outbound bytes exceed this is closed with the
   // resync close code; the device catches up by sync.
   size_t max_outbound_queue_bytes = 4 * 1024 * 1024;
+  // Room for the largest single event (a 16 KiB body of control characters
+  // is ~96 KiB escaped) twice over: a smaller queue could never send it.
+  static constexpr size_t kMinOutboundQueueBytes = 256 * 1024;
   // A connection silent for this long is dropped (heartbeat timeout).
   int idle_timeout_ms = 60'000;
+  // A write in flight longer than idle_timeout_ms plus its bytes at this rate
+  // ends the connection (the peer stopped reading).
+  static constexpr size_t kMinPeerReadBytesPerSecond = 16 * 1024;
   // Kernel send buffer per connection (SO_SNDBUF); 0 = system default.
   int socket_send_buffer = 0;
   // Told to a connection closed with 4003 (resync): reconnect after this
@@ -135,6 +141,15 @@ using HttpHandler = std::function<void(HttpRequest request, std::function<void(H
 // Largest plain HTTP request body accepted (admin bulk requests); larger
 // requests get 413.
 inline constexpr size_t kMaxHttpBodyBytes = 64 * 1024 * 1024;
+// The body a request may send unless HttpBodyLimit allows more (no public
+// route takes a body; an admin request with the right token may send up to
+// kMaxHttpBodyBytes): a stranger cannot make the server hold 64 MiB per
+// connection before any check.
+inline constexpr size_t kMaxPlainHttpBodyBytes = 16 * 1024;
+// Decides, once a request's header is read (`head` has no body yet), how
+// many body bytes it may send; above that it gets 413. Called on an I/O
+// thread; must not block.
+using HttpBodyLimit = std::function<size_t(const HttpRequest& head)>;
 
 class Gateway {
  public:
@@ -149,7 +164,8 @@ class Gateway {
   // Loads the TLS files (if configured), binds and starts accepting. Fails
   // kUnavailable if the address is taken, kBadRequest if the certificate or
   // key cannot be loaded (the message names the file and the reason).
-  Status Start(core::ChatService* chat, HttpHandler http);
+  // Without `body_limit`, every request may send kMaxPlainHttpBodyBytes.
+  Status Start(core::ChatService* chat, HttpHandler http, HttpBodyLimit body_limit = nullptr);
   uint16_t BoundPort() const;
 
   // Runs the io threads; returns when Stop() has been called and they ended.

@@ -96,15 +96,29 @@ void WriteSummary(JsonWriter& w, const store::ConversationSummary& s) {
   w.EndObject();
 }
 
-void WriteHistory(JsonWriter& w, const std::vector<store::MessageRecord>& page) {
+namespace {
+void WriteHistoryFrom(JsonWriter& w, const std::vector<store::MessageRecord>& page, size_t first) {
   w.Key("messages").BeginArray();
   std::vector<int64_t> stay;
-  for (const auto& m : page) {
-    WriteMessage(w, m);
-    if (m.stays_sent) stay.push_back(m.seq);
+  for (size_t i = first; i < page.size(); ++i) {
+    WriteMessage(w, page[i]);
+    if (page[i].stays_sent) stay.push_back(page[i].seq);
   }
-  w.EndArray().Field("has_more", !page.empty() && page.front().seq > 1);
+  w.EndArray().Field("has_more", first < page.size() && page[first].seq > 1);
   WriteSeqList(w, "withheld", stay);
+}
+}  // namespace
+
+void WriteHistory(JsonWriter& w, const std::vector<store::MessageRecord>& page, size_t max_bytes) {
+  const JsonWriter::Mark start = w.Here();
+  WriteHistoryFrom(w, page, 0);
+  if (w.size() - start.bytes <= max_bytes) return;
+  // Too large: the newest that fit (pages run backwards from `before`).
+  const size_t fit = ItemsThatFit(page.size(), max_bytes, [&page](JsonWriter& s, size_t n) {
+    WriteMessage(s, page[page.size() - 1 - n]);
+  });
+  w.Rewind(start);
+  WriteHistoryFrom(w, page, page.size() - fit);
 }
 
 void WritePushHealth(JsonWriter& w, const store::PushHealth& h) {

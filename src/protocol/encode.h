@@ -74,8 +74,27 @@ void WriteProfile(JsonWriter& w, const store::ProfileRecord& p);
 void WriteSummary(JsonWriter& w, const store::ConversationSummary& s);
 // The fields of a history response: "messages", "has_more" and, when any
 // message of the page stays "sent" forever (MessageRecord::stays_sent),
-// "withheld": their seqs.
-void WriteHistory(JsonWriter& w, const std::vector<store::MessageRecord>& page);
+// "withheld": their seqs. Only the newest messages of the page that fit in
+// `max_bytes` (at least one): the older ones are the next page's.
+void WriteHistory(JsonWriter& w, const std::vector<store::MessageRecord>& page, size_t max_bytes);
+
+// How many of `count` items fit in `budget` bytes when the n-th is written by
+// `write(writer, n)` as an element of an array: at least one (so that a page
+// always moves its cursor).
+template <typename Write>
+size_t ItemsThatFit(size_t count, size_t budget, Write&& write) {
+  JsonWriter scratch;
+  scratch.BeginArray();
+  size_t used = 0;
+  for (size_t n = 0; n < count; ++n) {
+    const JsonWriter::Mark mark = scratch.Here();
+    write(scratch, n);
+    used += scratch.size() - mark.bytes + 1;  // and its comma
+    scratch.Rewind(mark);
+    if (used > budget) return n == 0 ? 1 : n;
+  }
+  return count;
+}
 
 // {"v":1,"type":"typing","conversation_id":C,"user_id":U,"state":"start"|"stop","expires_in_ms":N}
 // Ephemeral: not in the user stream, no user_seq.

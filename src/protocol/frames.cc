@@ -34,6 +34,14 @@ Status Bad(std::string msg) { return Status(ErrorCode::kBadRequest, std::move(ms
 
 // Reads field `key` of `obj` as a string of at most `max` bytes.
 // Returns kBadRequest when missing (if required) or mistyped.
+// Text is stored as such (PostgreSQL's text cannot hold U+0000, SQLite's
+// would cut it short in some functions): a NUL is refused in every field, so
+// both backends keep exactly what was sent.
+Status RefuseNul(std::string_view sv, const char* key) {
+  if (sv.find('\0') == std::string_view::npos) return Status::Ok();
+  return Bad(fmt::format("field '{}' may not hold U+0000 (NUL)", key));
+}
+
 Status GetString(object obj, const char* key, size_t max, bool required, std::string* out) {
   element e;
   if (obj[key].get(e) != simdjson::SUCCESS) {
@@ -42,6 +50,7 @@ Status GetString(object obj, const char* key, size_t max, bool required, std::st
   std::string_view sv;
   if (e.get_string().get(sv) != simdjson::SUCCESS) return Bad(fmt::format("field '{}' must be a string", key));
   if (sv.size() > max) return Bad(fmt::format("field '{}' is longer than {} bytes", key, max));
+  if (Status s = RefuseNul(sv, key); !s.ok()) return s;
   out->assign(sv);
   return Status::Ok();
 }
@@ -84,12 +93,6 @@ Status GetLimit(object obj, int def, int max, int* out) {
 }
 
 // No control characters (names are shown in lists and notifications).
-bool IsPrintable(std::string_view s) {
-  for (char c : s)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
-  return true;
-}
-
 // Reads a username that names another user: a name that cannot exist is an
 // unknown user (kUnknownUser), not a syntax error. Returns the canonical form.
 Status GetOtherUsername(object obj, const char* key, std::string* out) {
@@ -118,6 +121,7 @@ Status GetClientIdAndBody(object obj, std::string* client_id, std::string* text)
   if (sv.empty()) return Bad("field 'body' must not be empty");
   if (sv.size() > kMaxBodyBytes)
     return Status(ErrorCode::kBodyTooLarge, fmt::format("body is longer than {} bytes", kMaxBodyBytes));
+  if (Status s = RefuseNul(sv, "body"); !s.ok()) return s;
   text->assign(sv);
   return Status::Ok();
 }
@@ -220,6 +224,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       // A draft is a message to be: the body's limit.
       if (sv.size() > kMaxBodyBytes)
         return Status(ErrorCode::kBodyTooLarge, fmt::format("text is longer than {} bytes", kMaxBodyBytes));
+      if (Status s = RefuseNul(sv, "text"); !s.ok()) return s;
       r.text.assign(sv);
       *body = std::move(r);
       return Status::Ok();
@@ -534,6 +539,12 @@ const std::vector<RequestType>& AllRequestTypes() {
 }
 
 bool IsValidUtf8(std::string_view s) { return simdjson::validate_utf8(s); }
+
+bool IsPrintable(std::string_view s) {
+  for (char c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
+  return true;
+}
 
 Result<std::string> CanonicalUsername(std::string_view raw) {
   if (raw.size() < kMinUsernameBytes || raw.size() > kMaxUsernameBytes)

@@ -272,5 +272,7 @@ std::optional<EventFrameKey> PeekEventFrame(std::string_view frame);
 
 // Valid UTF-8 (no overlongs, no surrogates)?
 bool IsValidUtf8(std::string_view s);
+// No control characters (C0 or DEL): names shown in lists (display names).
+bool IsPrintable(std::string_view s);
 
 }  // namespace parley::protocol

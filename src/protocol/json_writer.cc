@@ -17,6 +17,13 @@ void JsonWriter::Separate() {
   }
 }
 
+void JsonWriter::Rewind(const Mark& m) {
+  out_.resize(m.bytes);
+  first_.resize(m.depth);
+  if (!first_.empty()) first_.back() = m.first;
+  after_key_ = m.after_key;
+}
+
 JsonWriter& JsonWriter::BeginObject() {
   Separate();
   out_.push_back('{');

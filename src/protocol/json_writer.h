@@ -36,6 +36,18 @@ class JsonWriter {
   JsonWriter& Field(std::string_view k, bool v) { return Key(k).Bool(v); }
 
   const std::string& str() const { return out_; }
+  size_t size() const { return out_.size(); }
+
+  // A place to come back to: Rewind drops everything written since Here(),
+  // which must have been taken inside the container that is open at Rewind.
+  struct Mark {
+    size_t bytes = 0;
+    size_t depth = 0;
+    bool first = true;
+    bool after_key = false;
+  };
+  Mark Here() const { return Mark{out_.size(), first_.size(), first_.empty() || first_.back(), after_key_}; }
+  void Rewind(const Mark& m);
   std::string Take() { return std::move(out_); }
 
  private:

@@ -48,6 +48,13 @@ inline constexpr int kMaxHistoryLimit = 200;
 // Newest messages per conversation in a `snapshot`.
 inline constexpr int kDefaultSnapshotMessages = 20;
 inline constexpr int kMaxSnapshotMessages = 100;
+// The most bytes the items of one paged answer (sync, history, snapshot,
+// list_conversations) take, encoded: a page that would be larger holds fewer
+// events or messages (docs/protocol.md "Limits"), so that every answer fits
+// the connection's outbound queue (the server uses a quarter of
+// --max-outbound-queue-bytes when that is smaller). Any one event fits:
+// at least one is always sent, so the cursor moves.
+inline constexpr size_t kMaxPageBytes = 1024 * 1024;
 
 // Profiles.
 inline constexpr size_t kMaxDisplayNameBytes = 64;

@@ -183,7 +183,13 @@ int RunServer(const ServerConfig& config) {
     }
     respond(std::move(r));
   };
-  if (Status s = gw.Start(&chat, http); !s.ok()) {
+  // Only an admin request with the right token may send a large body.
+  auto body_limit = [&admin_api](const gateway::HttpRequest& head) {
+    return head.target.rfind("/admin/", 0) == 0 && admin_api.Authorized(head.authorization)
+               ? gateway::kMaxHttpBodyBytes
+               : gateway::kMaxPlainHttpBodyBytes;
+  };
+  if (Status s = gw.Start(&chat, http, body_limit); !s.ok()) {
     spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
     return 1;
   }

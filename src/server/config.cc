@@ -69,7 +69,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   app.add_option("--max-outbound-queue-bytes", c.gateway.max_outbound_queue_bytes,
                  "Per-connection outbound queue limit; above it the connection is closed with the resync code")
       ->envname("PARLEY_MAX_OUTBOUND_QUEUE_BYTES")
-      ->check(CLI::Range(size_t{64 * 1024}, size_t{1} << 32))
+      ->check(CLI::Range(gateway::GatewayConfig::kMinOutboundQueueBytes, size_t{1} << 32))
       ->capture_default_str();
   app.add_option("--resync-retry-after-ms", c.gateway.resync_retry_after_ms,
                  "Retry-after told to connections closed with 4003 (resync) because they fell behind")
@@ -448,6 +448,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   if (c.core.heartbeat_timeout_ms <= c.core.heartbeat_interval_ms)
     return Status(ErrorCode::kBadRequest, "--heartbeat-timeout-ms must be larger than --heartbeat-interval-ms");
   c.gateway.idle_timeout_ms = c.core.heartbeat_timeout_ms;
+  c.core.max_page_bytes = std::min(protocol::kMaxPageBytes, c.gateway.max_outbound_queue_bytes / 4);
   if (!c.redis.empty()) {
     if (Status st = fabric::ParseRedisAddress(c.redis, &c.fabric); !st.ok()) return st;
     if (c.fabric.node_id.empty()) {

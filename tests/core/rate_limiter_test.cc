@@ -28,6 +28,16 @@ TEST(RateLimiterTest, PeekDoesNotTakeAndFullBucketsAreSweptAway) {
   EXPECT_EQ(l.size(), 1u);
 }
 
+TEST(RateLimiterTest, PeekForSeveralTokensSaysWhenThatManyAreThere) {
+  RateLimiter l(RateLimit{2, 3});
+  EXPECT_EQ(l.Peek("k", 0, 3), 0);
+  EXPECT_EQ(l.Peek("k", 0, 4), 500) << "beyond the burst: one more token's time";
+  EXPECT_EQ(l.Take("k", 0), 0);
+  EXPECT_EQ(l.Peek("k", 0, 2), 0);
+  EXPECT_EQ(l.Peek("k", 0, 3), 500);
+  EXPECT_EQ(l.Peek("k", 250, 3), 250);
+}
+
 // Cluster mode: what a node took is counted for the next reconciliation,
 // and the cluster-wide level replaces the local bucket, less what was taken
 // since the counts were handed over.

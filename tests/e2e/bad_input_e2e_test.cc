@@ -114,6 +114,25 @@ TEST_F(BadInputE2E, LoneSurrogateEscapesInABodyOrDisplayNameAreBadJsonAndStoreNo
   EXPECT_EQ(found.result["users"][0]["display_name"], "") << "a refused display name was stored";
 }
 
+// U+0000 in any text (a body, a draft, the about line, a device name) is
+// refused: PostgreSQL's text cannot hold it (libpq cut the text at it, so the
+// sender saw the whole body and every later read the part before the NUL).
+TEST_F(BadInputE2E, TextHoldingANulIsBadRequestAndStoresNothing) {
+  auto expect_refused = [](const Reply& r, const std::string& field) {
+    EXPECT_FALSE(r.ok) << field;
+    EXPECT_EQ(r.code, "bad_request") << field;
+    EXPECT_NE(r.message.find("'" + field + "' may not hold U+0000"), std::string::npos) << r.message;
+  };
+  const std::string nul = std::string("pay ") + '\0' + " 1000";
+  expect_refused(a_.conn->Call("send", {{"conversation_id", conv_}, {"client_id", "nul"}, {"body", nul}}), "body");
+  expect_refused(a_.conn->Call("set_draft", {{"conversation_id", conv_}, {"text", nul}}), "text");
+  expect_refused(a_.conn->Call("set_profile", {{"about", nul}}), "about");
+  auto c = server_.Connect();
+  expect_refused(c->Call("login", {{"username", "alice"}, {"password", "correct horse"}, {"device_name", nul}}),
+                 "device_name");
+  ExpectStillUsableAndNothingStored();
+}
+
 // `about` and the search query over their limits (docs/protocol.md,
 // "Limits"): bad_request, and the profile stays as it was.
 TEST_F(BadInputE2E, OversizeAboutAndSearchQueryAreBadRequest) {
@@ -223,6 +242,84 @@ TEST_F(BadInputE2E, SendIntoAForeignConversationOrToUnknownUsers) {
   EXPECT_EQ(a_.conn->Call("register", {{"username", "9lives"}, {"password", "password123"}}).code, "invalid_username");
   EXPECT_EQ(a_.conn->Call("sync", {{"after", 1000000}}).code, "cursor_ahead");
   ExpectStillUsableAndNothingStored();
+}
+
+// Answers are cut to fit the outbound queue (protocol::kMaxPageBytes): a
+// stream of the largest messages (each ~96 KiB encoded) once made a sync page
+// of 200 events ~19 MB, over the 4 MiB queue, so the device was closed with
+// 4003 (resync) and met the same page after every reconnect, for ever.
+TEST(PageSizeE2E, PagesOfTheLargestMessagesFitTheQueueAndLoseNothing) {
+  constexpr int kMessages = 60;  // ~5.8 MB encoded: over the default 4 MiB queue
+  ServerProcess server;
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a = Login(server, "alice");
+  Device b = Login(server, "bob");
+  const int64_t b_from = b.head;
+  b.conn.reset();  // offline: everything comes by sync
+  const std::string body(protocol::kMaxBodyBytes, '\x01');
+  int64_t conv = 0;
+  for (int i = 0; i < kMessages; ++i) {
+    auto sent = a.conn->Call("send", {{"to", "bob"}, {"client_id", "big" + std::to_string(i)}, {"body", body}});
+    ASSERT_TRUE(sent.ok) << sent.code << " " << sent.message;
+    conv = sent.result["conversation_id"];
+  }
+
+  b = Reconnect(server, b);
+  ASSERT_TRUE(b.conn);
+  std::vector<int64_t> seqs;
+  int64_t after = b_from;
+  for (int pages = 0;; ++pages) {
+    ASSERT_LT(pages, kMessages + 2) << "sync does not end";
+    auto page = b.conn->Call("sync", {{"after", after}, {"limit", protocol::kMaxSyncLimit}});
+    ASSERT_TRUE(page.ok) << page.code << " " << page.message;
+    EXPECT_LE(page.frame.dump().size(), protocol::kMaxPageBytes + 4096);
+    for (const auto& e : page.result["events"]) {
+      if (e["kind"] != "message") continue;
+      EXPECT_EQ(e["message"]["body"], body);
+      seqs.push_back(e["message"]["seq"]);
+    }
+    after = page.result["next"];
+    if (!page.result["has_more"]) break;
+    EXPECT_LT(page.result["events"].size(), static_cast<size_t>(kMessages)) << "a full page was not cut";
+  }
+  ASSERT_EQ(seqs.size(), static_cast<size_t>(kMessages));
+  for (int i = 0; i < kMessages; ++i) EXPECT_EQ(seqs[i], i + 1);
+
+  // History pages backwards, newest first within what fits.
+  std::vector<int64_t> history;
+  json before = nullptr;
+  for (int pages = 0;; ++pages) {
+    ASSERT_LT(pages, kMessages + 2) << "history does not end";
+    json req = {{"conversation_id", conv}, {"limit", protocol::kMaxHistoryLimit}};
+    if (!before.is_null()) req["before"] = before;
+    auto page = b.conn->Call("history", req);
+    ASSERT_TRUE(page.ok) << page.code << " " << page.message;
+    EXPECT_LE(page.frame.dump().size(), protocol::kMaxPageBytes + 4096);
+    const auto& messages = page.result["messages"];
+    ASSERT_FALSE(messages.empty());
+    for (auto it = messages.rbegin(); it != messages.rend(); ++it) history.push_back((*it)["seq"]);
+    before = messages.front()["seq"];
+    if (!page.result["has_more"]) break;
+  }
+  ASSERT_EQ(history.size(), static_cast<size_t>(kMessages));
+  for (int i = 0; i < kMessages; ++i) EXPECT_EQ(history[i], kMessages - i);
+
+  // Snapshot and conversation list: fewer of the newest messages, the
+  // conversation itself in full.
+  for (const char* op : {"snapshot", "list_conversations"}) {
+    auto r = b.conn->Call(op, {{"messages", protocol::kMaxSnapshotMessages}});
+    ASSERT_TRUE(r.ok) << op << ": " << r.code << " " << r.message;
+    EXPECT_LE(r.frame.dump().size(), protocol::kMaxPageBytes + 4096) << op;
+    ASSERT_EQ(r.result["conversations"].size(), 1u) << op;
+    const auto& summary = r.result["conversations"][0];
+    EXPECT_EQ(summary["conversation"]["last_seq"], kMessages) << op;
+    const auto& latest = summary["messages"];
+    EXPECT_LT(latest.size(), static_cast<size_t>(kMessages)) << op;
+    ASSERT_FALSE(latest.empty()) << op;
+    EXPECT_EQ(latest.back()["seq"], kMessages) << op;
+  }
+  EXPECT_TRUE(b.conn->Call("ping").ok) << "the connection was not kept";
 }
 
 }  // namespace

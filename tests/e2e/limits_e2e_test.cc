@@ -70,5 +70,33 @@ TEST(RateLimitE2E, EachLimitRefusesWithRetryAfterAndSparesOthers) {
   EXPECT_GE(MetricValue(metrics, "parley_rate_limited_total{type=\"register\"}"), 1);
 }
 
+// Logins in flight count against the failed-login limit: many wrong
+// passwords sent at once for one username get no more answers than its
+// tokens allow. Only a failure takes a token, so they once all passed the
+// check together and all queued a password hash.
+TEST(RateLimitE2E, ConcurrentFailedLoginsPassNoMoreThanTheLimitAllows) {
+  ServerProcess server({"--rate-limit", "failed_login_per_username=0.01/2"});
+  Register(server, "alice");
+  constexpr int kAttempts = 8;
+  std::vector<std::unique_ptr<Connection>> conns;
+  for (int i = 0; i < kAttempts; ++i) conns.push_back(server.Connect());
+  for (auto& c : conns)
+    c->SendRaw(R"({"v":1,"id":"l","type":"login","username":"alice","password":"wrong password"})");
+  int wrong = 0, limited = 0;
+  for (auto& c : conns) {
+    auto e = c->NextUnmatchedError(10000);
+    ASSERT_TRUE(e.has_value()) << "no answer to a login";
+    if ((*e)["code"] == "bad_credentials") ++wrong;
+    if ((*e)["code"] == "rate_limited") ++limited;
+  }
+  EXPECT_EQ(wrong, 2) << "more wrong passwords were judged than the burst allows";
+  EXPECT_EQ(limited, kAttempts - 2);
+  // The right password is refused too now (the tokens are spent), and its
+  // wait is the limit's.
+  auto c = server.Connect();
+  auto r = c->Call("login", {{"username", "alice"}, {"password", "correct horse"}});
+  ExpectLimited(r);
+}
+
 }  // namespace
 }  // namespace parley::testing

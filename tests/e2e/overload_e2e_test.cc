@@ -120,6 +120,46 @@ TEST(OverloadE2E, StalledReaderIsClosedWithResyncAndCatchesUpWithAllMessages) {
   ADD_FAILURE() << "outbound queue gauges did not return to 0";
 }
 
+// A peer that stopped reading but keeps sending pings is dropped once a write
+// has waited longer than the heartbeat timeout: its pings kept the idle
+// timeout from firing, so it once held its queue (and any close waiting
+// behind it) for as long as it kept pinging.
+TEST(OverloadE2E, AStalledReaderThatKeepsPingingIsDroppedAfterTheHeartbeatTimeout) {
+  ServerProcess server({"--socket-send-buffer", "4096", "--heartbeat-interval-ms", "1000", "--heartbeat-timeout-ms",
+                        "2000"});
+  Register(server, "alice");
+  Register(server, "bob");
+  Device a = Login(server, "alice");
+  Device b = Login(server, "bob");
+  const std::string token = b.token;
+  b.conn.reset();
+  auto slow = OpenSlowReader(server, token, 4096);
+  ASSERT_TRUE(slow);
+  slow->PauseReading();
+  // More than the two socket buffers hold: the server's write stalls.
+  const std::string body(1000, 'x');
+  for (int i = 0; i < 100; ++i)
+    ASSERT_TRUE(a.conn->Call("send", {{"to", "bob"}, {"client_id", "p" + std::to_string(i)}, {"body", body}}).ok);
+  const auto start = std::chrono::steady_clock::now();
+  double timeouts = 0;
+  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(15)) {
+    slow->SendRaw(R"({"v":1,"id":"hb","type":"ping"})");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    timeouts = MetricValue(HttpGet(server.port(), "/metrics"), "parley_ws_write_timeouts_total");
+    if (timeouts >= 1) break;
+  }
+  EXPECT_EQ(timeouts, 1) << "a stalled reader that kept pinging was never dropped";
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1500)) << "dropped before its time";
+  // What it missed is still there for the device.
+  Device again;
+  again.token = token;
+  again = Reconnect(server, again);
+  size_t messages = 0;
+  for (auto& e : SyncAll(*again.conn, 0, 1000))
+    if (e["kind"] == "message") ++messages;
+  EXPECT_EQ(messages, 100u);
+}
+
 // Overload order, step 2: receipts for one (conversation, user) waiting in a
 // behind connection's queue are merged into one frame with the newest
 // watermarks, listing the user seqs it stands for; the device still accounts

@@ -82,6 +82,32 @@ TEST(EncodeTest, StringsEscapeEveryCharacterJsonNeedsAndCopyTheRest) {
   }
 }
 
+// A writer rewound to a mark goes on as if nothing had been written since,
+// commas included; ItemsThatFit counts what fits, and at least one.
+TEST(EncodeTest, RewindingToAMarkAndCountingWhatFits) {
+  JsonWriter w;
+  w.BeginObject().Key("a").BeginArray().Int(1);
+  const JsonWriter::Mark mark = w.Here();
+  w.Int(2).BeginObject().Field("x", "long text").EndObject();
+  w.Rewind(mark);
+  w.Int(3).EndArray().Field("b", true).EndObject();
+  EXPECT_EQ(w.Take(), R"({"a":[1,3],"b":true})");
+  JsonWriter first;
+  first.BeginArray();
+  const JsonWriter::Mark empty = first.Here();
+  first.Int(7);
+  first.Rewind(empty);
+  first.Int(8).EndArray();
+  EXPECT_EQ(first.Take(), "[8]");
+
+  auto ten = [](JsonWriter& s, size_t) { s.String("12345678"); };  // 10 bytes, 11 with its comma
+  EXPECT_EQ(ItemsThatFit(5, 1000, ten), 5u);
+  EXPECT_EQ(ItemsThatFit(5, 33, ten), 3u);
+  EXPECT_EQ(ItemsThatFit(5, 32, ten), 2u);
+  EXPECT_EQ(ItemsThatFit(5, 3, ten), 1u) << "a page always holds one";
+  EXPECT_EQ(ItemsThatFit(0, 3, ten), 0u);
+}
+
 // Retention (issue 12): expires_at on messages that expire, the expiry's
 // delete marked as one, and the timer event.
 TEST(EncodeTest, ExpiringMessagesExpiryDeletesAndTheTimerEvent) {
