@@ -475,21 +475,25 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
     c.core.push.enabled = true;
   }
 #ifdef PARLEY_FAULT_SWITCHES
-  // fabric_drop_publish@N is the fabric's (RedisFabricConfig::drop_publish_at),
-  // every other switch the store's.
+  // fabric_drop_publish@N and fabric_mute_at_close@N are the fabric's
+  // (RedisFabricConfig::drop_publish_at, mute_at_close), every other switch
+  // the store's.
   for (auto it = c.faults.begin(); it != c.faults.end();) {
-    constexpr std::string_view kFabricDrop = "fabric_drop_publish@";
-    if (it->rfind(kFabricDrop, 0) != 0) {
-      ++it;
-      continue;
+    const std::pair<std::string_view, int64_t*> fabric_faults[] = {
+        {"fabric_drop_publish@", &c.fabric.drop_publish_at}, {"fabric_mute_at_close@", &c.fabric.mute_at_close}};
+    bool taken = false;
+    for (const auto& [prefix, at] : fabric_faults) {
+      if (it->rfind(prefix, 0) != 0) continue;
+      try {
+        *at = std::stoll(it->substr(prefix.size()));
+      } catch (const std::exception&) {
+        *at = 0;
+      }
+      if (*at <= 0) return Status(ErrorCode::kBadRequest, "--fault: " + std::string(prefix) + "N needs N >= 1");
+      taken = true;
     }
-    try {
-      c.fabric.drop_publish_at = std::stoll(it->substr(kFabricDrop.size()));
-    } catch (const std::exception&) {
-      c.fabric.drop_publish_at = 0;
-    }
-    if (c.fabric.drop_publish_at <= 0) return Status(ErrorCode::kBadRequest, "--fault: fabric_drop_publish@N needs N >= 1");
-    it = c.faults.erase(it);
+    if (taken) it = c.faults.erase(it);
+    else ++it;
   }
   for (const auto& f : c.faults) {
     auto parsed = store::ParseFaultSwitch(f);

@@ -450,6 +450,27 @@ TEST_F(ClusterTest, UnlinkOnOneNodeClosesTheDeviceOnAnother) {
   }
 }
 
+// A node that dies after an unlink committed but before its close went out
+// (here: a fault switch stops it sending anything to Redis at that close, as
+// if it died there, and then it is killed) is
+// forgotten by the others after a route TTL; since it may have taken such
+// messages with it, they re-read the devices connected to them and close
+// the revoked one. It once stayed connected, receiving live frames.
+TEST_F(ClusterTest, ADeviceUnlinkedOnANodeThatDiedBeforeItsCloseWentOutIsClosed) {
+  StartCluster({{{"--fault", "fabric_mute_at_close@1"}, {}, {}}});
+  Register(A(), "alice");
+  Device phone = Login(A(), "alice", "phone");
+  Device laptop = Login(B(), "alice", "laptop");
+  WaitRemoteUsers(A(), 1);
+  auto r = phone.conn->Call("unlink_device", {{"device_id", laptop.device_id}});
+  ASSERT_TRUE(r.ok) << r.message;
+  EXPECT_FALSE(laptop.conn->WaitClosed(500)) << "the fault switch did not hold back the close";
+  kill(A().pid(), SIGKILL);
+  // Node B forgets A a route TTL (1.5 s) after it last heard from it.
+  ASSERT_TRUE(laptop.conn->WaitClosed(8000)) << "the unlinked device on node B is still connected after node A died";
+  EXPECT_EQ(laptop.conn->close_code(), 4002);
+}
+
 // The close of an unlinked device is a fabric message: lost when the node
 // that unlinked it cannot reach Redis. When the nodes are back in touch,
 // each re-reads the devices connected to it and closes the revoked ones

@@ -363,7 +363,7 @@ struct RedisFabric::Impl {
   }
 
   void Command(std::vector<std::string> args) {
-    if (!cmd.connected) return;
+    if (!cmd.connected || muted) return;
     std::vector<const char*> argv;
     std::vector<size_t> lens;
     for (const auto& a : args) {
@@ -427,6 +427,11 @@ struct RedisFabric::Impl {
         spdlog::info("event=fabric_node_expired node_id={}", id);
         ForgetNode(id);
       }
+      // A node that stopped without saying goodbye (`q`: killed, or cut
+      // off) may have taken messages with it that it had committed but not
+      // yet published (a device close after an unlink, say): what it may
+      // have changed is read again.
+      if (!gone.empty()) UserChanged({UserChange::Kind::kAnything, 0, 0});
       Refresh();
     });
   }
@@ -480,6 +485,14 @@ struct RedisFabric::Impl {
     if (kind == 'p' && cfg.drop_publish_at > 0 && ++durable_remote == cfg.drop_publish_at) {
       dropped.Inc();
       spdlog::warn("event=fault_fabric_drop_publish user_id={} n={}", user, durable_remote);
+      return;
+    }
+    if (kind == 'x' && cfg.mute_at_close > 0 && ++closes_remote == cfg.mute_at_close) {
+      muted = true;
+      spdlog::warn("event=fault_fabric_mute_at_close user_id={} device_id={} n={}", user, device, closes_remote);
+    }
+    if (muted) {
+      dropped.Inc();
       return;
     }
     if (!cmd.connected) {
@@ -642,14 +655,17 @@ struct RedisFabric::Impl {
     std::string kind, node;
     if (!(in >> kind >> node) || node == cfg.node_id) return;
     if (kind == "q") return ForgetNode(node);
+    const bool known = nodes.count(node) > 0;
     RemoteNode& n = nodes[node];
     n.heard_ms = NowMs();
     if (kind == "h") {
       if (cmd.connected) PublishSnapshot();
       // "h NODE again": a node back after a cut, whose messages meanwhile
-      // were dropped.
+      // were dropped. A new process saying hello under the id of a node
+      // still known here restarted without its goodbye (killed): what it
+      // had not published yet is lost too.
       std::string again;
-      if (in >> again && again == "again") UserChanged({UserChange::Kind::kAnything, 0, 0});
+      if ((in >> again && again == "again") || known) UserChanged({UserChange::Kind::kAnything, 0, 0});
       return;
     }
     if (kind == "v" || kind == "e" || kind == "r") {
@@ -751,6 +767,8 @@ struct RedisFabric::Impl {
   bool ever_subscribed = false;
   int subscribe_acks = 0;
   int64_t durable_remote = 0;  // durable frames offered to other nodes (fault switch)
+  int64_t closes_remote = 0;   // device closes offered to other nodes (fault switch)
+  bool muted = false;          // fault switch: sends nothing any more
 
   // I/O thread only.
   std::unordered_map<int64_t, std::unordered_map<int64_t, int>> local_devices;  // user -> device -> connections

@@ -75,6 +75,11 @@ struct RedisFabricConfig {
   // Test builds only (parleyd --fault fabric_drop_publish@N): the Nth durable
   // frame this node would publish to other nodes is dropped instead.
   int64_t drop_publish_at = 0;
+  // Test builds only (--fault fabric_mute_at_close@N): at the Nth device
+  // close this node would send to another node, it stops sending anything
+  // to Redis, that close included: as if it died right after committing the
+  // change (the revocation's broadcast does not go out either).
+  int64_t mute_at_close = 0;
 };
 
 // Parses "HOST:PORT", "redis://HOST:PORT" or "redis://HOST" (port 6379).
