@@ -271,7 +271,7 @@ void WsSession<Stream>::Start(http::request<http::string_body> req) {
   registry_->Add(this->shared_from_this());
   beast::get_lowest_layer(ws_).expires_never();
   websocket::stream_base::timeout t{};
-  t.handshake_timeout = std::chrono::seconds(10);
+  t.handshake_timeout = std::chrono::milliseconds(kWsHandshakeTimeoutMs);
   t.idle_timeout = std::chrono::milliseconds(cfg_.idle_timeout_ms);
   t.keep_alive_pings = false;  // heartbeats are application frames (DESIGN.md)
   ws_.set_option(t);

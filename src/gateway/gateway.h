@@ -138,6 +138,10 @@ struct HttpResponse {
 // thread; `respond` may be called later, from any thread, exactly once.
 using HttpHandler = std::function<void(HttpRequest request, std::function<void(HttpResponse)> respond)>;
 
+// The WebSocket handshake (after the HTTP upgrade request) must finish within
+// this long.
+inline constexpr int kWsHandshakeTimeoutMs = 10'000;
+
 // Largest plain HTTP request body accepted (admin bulk requests); larger
 // requests get 413.
 inline constexpr size_t kMaxHttpBodyBytes = 64 * 1024 * 1024;

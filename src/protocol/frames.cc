@@ -152,6 +152,9 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       if (Status s = GetString(obj, "password", kMaxPasswordBytes, true, &r.password); !s.ok()) return s;
       if (Status s = GetString(obj, "device_name", kMaxDeviceNameBytes, false, &r.device_name); !s.ok()) return s;
       if (Status s = GetString(obj, "platform", kMaxPlatformBytes, false, &r.platform); !s.ok()) return s;
+      // Shown in device lists, as display names are in user lists.
+      if (!IsPrintable(r.device_name)) return Bad("field 'device_name' may not hold control characters");
+      if (!IsPrintable(r.platform)) return Bad("field 'platform' may not hold control characters");
       *body = std::move(r);
       return Status::Ok();
     }
@@ -234,7 +237,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;
       if (Status s = GetId(obj, "seq", true, &r.seq); !s.ok()) return s;
       std::string scope;
-      if (Status s = GetString(obj, "for", 16, true, &scope); !s.ok()) return s;
+      if (Status s = GetString(obj, "for", kMaxKeywordBytes, true, &scope); !s.ok()) return s;
       if (scope != "everyone" && scope != "me") return Bad("field 'for' must be \"everyone\" or \"me\"");
       r.for_everyone = scope == "everyone";
       *body = r;
@@ -387,7 +390,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       TypingRequest r;
       if (Status s = GetId(obj, "conversation_id", true, &r.conversation_id); !s.ok()) return s;
       std::string state;
-      if (Status s = GetString(obj, "state", 8, true, &state); !s.ok()) return s;
+      if (Status s = GetString(obj, "state", kMaxKeywordBytes, true, &state); !s.ok()) return s;
       if (state != "start" && state != "stop") return Bad("field 'state' must be \"start\" or \"stop\"");
       r.typing = state == "start";
       *body = r;
@@ -396,7 +399,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
     case RequestType::kSetAppState: {
       SetAppStateRequest r;
       std::string state;
-      if (Status s = GetString(obj, "state", 16, true, &state); !s.ok()) return s;
+      if (Status s = GetString(obj, "state", kMaxKeywordBytes, true, &state); !s.ok()) return s;
       if (state != "foreground" && state != "background")
         return Bad("field 'state' must be \"foreground\" or \"background\"");
       r.foreground = state == "foreground";
@@ -406,7 +409,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
     case RequestType::kSetPrivacy: {
       SetPrivacyRequest r;
       std::string presence;
-      if (Status s = GetString(obj, "presence", 16, true, &presence); !s.ok()) return s;
+      if (Status s = GetString(obj, "presence", kMaxKeywordBytes, true, &presence); !s.ok()) return s;
       if (presence == "everyone") r.presence = 0;
       else if (presence == "contacts") r.presence = 1;
       else if (presence == "nobody") r.presence = 2;
@@ -476,7 +479,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
     }
     case RequestType::kRegisterPush: {
       RegisterPushRequest r;
-      if (Status st = GetString(obj, "provider", 32, true, &r.provider); !st.ok()) return st;
+      if (Status st = GetString(obj, "provider", kMaxKeywordBytes, true, &r.provider); !st.ok()) return st;
       bool known = false;
       for (const char* p : kPushProviders) known = known || r.provider == p;
       if (!known) return Bad("field 'provider' must be one of \"webhook\", \"apns\", \"fcm\"");

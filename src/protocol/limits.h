@@ -35,6 +35,10 @@ inline constexpr size_t kMaxUsernameFieldBytes = 256;
 inline constexpr size_t kMinPasswordBytes = 8;
 inline constexpr size_t kMaxPasswordBytes = 1024;
 inline constexpr size_t kMaxDeviceNameBytes = 64;
+// A field whose value is one of a few words (typing `state`, `set_app_state`
+// `state`, `set_privacy` `presence`, `message_info` `for`, push `provider`):
+// longer is refused before it is compared.
+inline constexpr size_t kMaxKeywordBytes = 32;
 inline constexpr size_t kMaxPlatformBytes = 32;
 inline constexpr size_t kMaxTokenBytes = 128;
 // Receipt items in one `receipt` request.

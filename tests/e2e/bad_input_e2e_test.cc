@@ -130,6 +130,14 @@ TEST_F(BadInputE2E, TextHoldingANulIsBadRequestAndStoresNothing) {
   auto c = server_.Connect();
   expect_refused(c->Call("login", {{"username", "alice"}, {"password", "correct horse"}, {"device_name", nul}}),
                  "device_name");
+  // A device's name and platform are shown in device lists: no control
+  // characters, as display names.
+  for (const char* field : {"device_name", "platform"}) {
+    auto r = c->Call("login", {{"username", "alice"}, {"password", "correct horse"}, {field, "phone\x1b[2J"}});
+    EXPECT_EQ(r.code, "bad_request") << field;
+    EXPECT_NE(r.message.find(std::string("'") + field + "' may not hold control characters"), std::string::npos)
+        << r.message;
+  }
   ExpectStillUsableAndNothingStored();
 }
 
