@@ -66,26 +66,32 @@ class ClusterTest : public ::testing::Test {
   ServerProcess& B() { return *nodes_[1]; }
   ServerProcess& C() { return *nodes_[2]; }
 
+  // The value of the metric sample `sample` (name with labels) on `node`.
+  static double Metric(ServerProcess& node, const std::string& sample) {
+    return MetricValue(HttpGet(node.port(), "/metrics"), sample);
+  }
+
+  // Waits up to timeout_ms until `want(value)` holds for the metric sample
+  // `sample` on `node`; whether it did.
+  template <typename Want>
+  static bool WaitMetric(ServerProcess& node, const std::string& sample, Want want, int timeout_ms) {
+    return Eventually([&] { return want(Metric(node, sample)); }, timeout_ms);
+  }
+
   // Waits until `node` knows that `user` is connected on another node (its
   // fabric's presence cache), by watching the cache size metric grow to
   // `users`. Live publishes before that are skipped (sync would carry them).
   void WaitRemoteUsers(ServerProcess& node, double users) {
-    auto deadline = Clock::now() + milliseconds(3000);
-    while (Clock::now() < deadline) {
-      if (MetricValue(HttpGet(node.port(), "/metrics"), "parley_fabric_remote_users") >= users) return;
-      std::this_thread::sleep_for(milliseconds(10));
-    }
-    ADD_FAILURE() << "node on port " << node.port() << " never saw " << users << " remote users";
+    EXPECT_TRUE(WaitMetric(node, "parley_fabric_remote_users", [&](double v) { return v >= users; }, 3000))
+        << "node on port " << node.port() << " never saw " << users << " remote users";
   }
 
   // Stops Redis and waits until `node` knows it is gone: what it publishes
   // from then on is dropped, not queued.
   void StopRedisUntilSeenBy(ServerProcess& node) {
     redis_.Stop();
-    auto deadline = Clock::now() + milliseconds(5000);
-    while (Clock::now() < deadline && MetricValue(HttpGet(node.port(), "/metrics"), "parley_fabric_redis_up") != 0)
-      std::this_thread::sleep_for(milliseconds(10));
-    ASSERT_EQ(MetricValue(HttpGet(node.port(), "/metrics"), "parley_fabric_redis_up"), 0);
+    ASSERT_TRUE(WaitMetric(node, "parley_fabric_redis_up", [](double v) { return v == 0; }, 5000))
+        << "node on port " << node.port() << " still says Redis is up";
   }
 
   // Stops node `i` and starts it again with the same flags (a new process:
@@ -271,18 +277,12 @@ TEST_F(ClusterTest, ARedisThatGoesSilentIsNoticedAndLiveDeliveryResumes) {
   Device alice = Login(A(), "alice");
   Device bob = Login(B(), "bob");
   WaitRemoteUsers(A(), 1);
-  auto metric = [](ServerProcess& node, const char* name) {
-    return MetricValue(HttpGet(node.port(), "/metrics"), name);
-  };
-  auto wait_up = [&](ServerProcess& node, double want, int timeout_ms) {
-    auto deadline = Clock::now() + milliseconds(timeout_ms);
-    while (Clock::now() < deadline && metric(node, "parley_fabric_redis_up") != want)
-      std::this_thread::sleep_for(milliseconds(20));
-    return metric(node, "parley_fabric_redis_up") == want;
+  auto wait_up = [](ServerProcess& node, double want, int timeout_ms) {
+    return WaitMetric(node, "parley_fabric_redis_up", [&](double v) { return v == want; }, timeout_ms);
   };
   redis_.Pause();
   EXPECT_TRUE(wait_up(A(), 0, 6000)) << "node A still says Redis is up while it answers nothing";
-  EXPECT_GE(metric(A(), "parley_fabric_redis_silent_drops_total"), 1);
+  EXPECT_GE(Metric(A(), "parley_fabric_redis_silent_drops_total"), 1);
   redis_.Resume();
   ASSERT_TRUE(wait_up(A(), 1, 10000)) << "node A never saw Redis back";
   ASSERT_TRUE(wait_up(B(), 1, 10000)) << "node B never saw Redis back";
@@ -497,7 +497,7 @@ TEST_F(ClusterTest, ADeviceUnlinkedWhileRedisWasGoneIsClosedWhenItIsBack) {
   ASSERT_TRUE(bob_tablet.conn->WaitClosed(8000)) << "the unlinked tablet on node C is still connected";
   EXPECT_EQ(laptop.conn->close_code(), 4002);
   EXPECT_EQ(bob_tablet.conn->close_code(), 4002);
-  EXPECT_GE(MetricValue(HttpGet(C().port(), "/metrics"), "parley_devices_closed_on_recheck_total"), 2);
+  EXPECT_GE(Metric(C(), "parley_devices_closed_on_recheck_total"), 2);
   EXPECT_TRUE(phone.conn->Call("ping", json::object()).ok) << "the phone, still linked, was closed too";
   EXPECT_TRUE(carol.conn->Call("ping", json::object()).ok) << "carol, whose device nobody unlinked, was closed";
 }
@@ -527,7 +527,7 @@ TEST_F(ClusterTest, AFabricPublishDroppedOnTheWayIsCaughtBySync) {
     live.push_back(*e);
   ASSERT_EQ(live.size(), 1u) << "the fault switch should have dropped exactly one live frame";
   EXPECT_EQ(live[0]["message"]["seq"], next_seq);
-  EXPECT_EQ(MetricValue(HttpGet(C().port(), "/metrics"), "parley_fabric_remote_publishes_total{result=\"dropped\"}"),
+  EXPECT_EQ(Metric(C(), "parley_fabric_remote_publishes_total{result=\"dropped\"}"),
             1);
 
   // The device sees a gap in its user seqs (or a head beyond them on ping) and
@@ -780,7 +780,7 @@ TEST_F(ClusterTest, SdkFailsOverToTheNextNodeWhenItsNodeIsKilledAndLosesNothing)
   ASSERT_TRUE(alice->WaitOnline(10000)) << "alice's client did not come back on another node";
   RecordProperty("failover_ms",
                  static_cast<int>(std::chrono::duration_cast<milliseconds>(Clock::now() - killed).count()));
-  EXPECT_GE(MetricValue(HttpGet(C().port(), "/metrics"), "parley_connections_authenticated"), 1);
+  EXPECT_GE(Metric(C(), "parley_connections_authenticated"), 1);
   ASSERT_TRUE(alice->WaitOutboxDrained(10000));
   ASSERT_TRUE(bob->WaitOutboxDrained(10000));
 
