@@ -387,8 +387,16 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_INSECURE_FAST_PASSWORD_HASHING");
   // Cluster (docs/operations.md, "Cluster").
   app.add_option("--redis", c.redis,
-                 "Redis of the cluster, HOST:PORT or redis://HOST[:PORT]; empty: a single node (no Redis)")
+                 "Redis of the cluster, HOST:PORT or redis://[[USER]:PASSWORD@]HOST[:PORT]; empty: a single node (no "
+                 "Redis)")
       ->envname("PARLEY_REDIS");
+  std::string redis_user, redis_password;
+  app.add_option("--redis-user", redis_user, "The Redis ACL user the nodes AUTH as (with --redis-password)")
+      ->envname("PARLEY_REDIS_USER");
+  app.add_option("--redis-password", redis_password,
+                 "The password sent with AUTH to Redis (requirepass, or the ACL user's); prefer the environment "
+                 "variable, which other users cannot read from the process list")
+      ->envname("PARLEY_REDIS_PASSWORD");
   app.add_option("--node-id", c.fabric.node_id,
                  "This node's id in the cluster, unique among live nodes (default: HOSTNAME-PID)")
       ->envname("PARLEY_NODE_ID");
@@ -451,6 +459,10 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   c.core.max_page_bytes = std::min(protocol::kMaxPageBytes, c.gateway.max_outbound_queue_bytes / 4);
   if (!c.redis.empty()) {
     if (Status st = fabric::ParseRedisAddress(c.redis, &c.fabric); !st.ok()) return st;
+    if (!redis_password.empty()) c.fabric.password = redis_password;
+    if (!redis_user.empty()) c.fabric.username = redis_user;
+    if (!c.fabric.username.empty() && c.fabric.password.empty())
+      return Status(ErrorCode::kBadRequest, "--redis-user needs a password (--redis-password or the redis:// URL)");
     if (c.fabric.node_id.empty()) {
       char host[256] = {};
       gethostname(host, sizeof host - 1);

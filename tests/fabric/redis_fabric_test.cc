@@ -14,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/metrics.h"
 #include "fabric/redis_test_server.h"
 
 namespace parley::fabric {
@@ -165,6 +166,119 @@ TEST(RedisFabricUserChangeTest, EachKindOfChangeReachesTheOtherNode) {
     EXPECT_EQ(got[i].user_id, sent[i].user_id) << i;
     EXPECT_EQ(got[i].viewer, sent[i].viewer) << i;
   }
+}
+
+// Redis with a password (requirepass): a node that gives it works as
+// without one; a node that gives none or a wrong one does not start, and
+// Start's error says what Redis refused.
+TEST(RedisFabricAuthTest, ANodeWithThePasswordWorksAndOneWithoutIsRefusedSayingWhy) {
+  RedisTestServer redis({"--requirepass", "s3cret"});
+  RedisFabricConfig config;
+  ASSERT_TRUE(ParseRedisAddress("redis://:s3cret@" + redis.address(), &config).ok());
+  config.node_id = "node-a";
+  auto a = RedisFabric::Start(config);
+  ASSERT_TRUE(a.has_value()) << a.error().ToString();
+  config.node_id = "node-b";
+  auto b = RedisFabric::Start(config);
+  ASSERT_TRUE(b.has_value()) << b.error().ToString();
+  std::promise<Fabric::UserChange> got;
+  (*b)->OnRemoteUserChange([&got, once = std::make_shared<std::once_flag>()](const Fabric::UserChange& c) {
+    if (c.kind == Fabric::UserChange::Kind::kErased) std::call_once(*once, [&] { got.set_value(c); });
+  });
+  (*a)->PublishUserChange({Fabric::UserChange::Kind::kErased, 8, 0});
+  auto future = got.get_future();
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(3)), std::future_status::ready) << "nothing crossed an AUTHed Redis";
+  EXPECT_EQ(future.get().user_id, 8);
+
+  for (const std::string& password : {std::string(), std::string("wrong")}) {
+    RedisFabricConfig refused;
+    ASSERT_TRUE(ParseRedisAddress(redis.address(), &refused).ok());
+    refused.password = password;
+    refused.node_id = "node-c";
+    auto c = RedisFabric::Start(refused, /*connect_timeout_ms=*/1500);
+    ASSERT_FALSE(c.has_value());
+    EXPECT_NE(c.error().message().find(password.empty() ? "NOAUTH" : "WRONGPASS"), std::string::npos)
+        << c.error().message();
+  }
+}
+
+// An ACL user (Redis 6+) as docs/operations.md suggests one works; one
+// without the right to Parley's channels is refused at SUBSCRIBE (which
+// hiredis answers by dropping the connection), and Start says so.
+TEST(RedisFabricAuthTest, AnAclUserWithParleysKeysAndChannelsWorksAndOneWithoutTheChannelsIsRefused) {
+  RedisTestServer redis;
+  const std::string made = redis.Command(
+      "ACL SETUSER parley on >pw ~parley:* &parley:* +@all\r\n"
+      "ACL SETUSER nochannels on >pw ~parley:* resetchannels +@all");
+  ASSERT_EQ(made, "+OK\r\n+OK\r\n");
+  RedisFabricConfig config;
+  ASSERT_TRUE(ParseRedisAddress("redis://parley:pw@" + redis.address(), &config).ok());
+  config.node_id = "node-a";
+  auto a = RedisFabric::Start(config);
+  ASSERT_TRUE(a.has_value()) << a.error().ToString();
+  auto limits = Reconcile(**a, {{"send_per_user:acl", 1, 10, 10}});
+  ASSERT_TRUE(limits.has_value()) << "the rate script (EVAL on parley: keys) was refused: " << limits.error().ToString();
+
+  ASSERT_TRUE(ParseRedisAddress("redis://nochannels:pw@" + redis.address(), &config).ok());
+  config.node_id = "node-b";
+  auto b = RedisFabric::Start(config, /*connect_timeout_ms=*/1500);
+  ASSERT_FALSE(b.has_value());
+  EXPECT_NE(b.error().message().find("SUBSCRIBE: NOPERM"), std::string::npos) << b.error().message();
+}
+
+// A Redis whose password changes under a running node (an operator's
+// rotation): its connections, once cut, are refused, which it counts and
+// retries; once the password it has is valid again it comes back by itself.
+TEST(RedisFabricAuthTest, ARefusedNodeRetriesAndComesBackWhenThePasswordIsMended) {
+  RedisTestServer redis({"--requirepass", "one"});
+  RedisFabricConfig config;
+  ASSERT_TRUE(ParseRedisAddress(redis.address(), &config).ok());
+  config.password = "one";
+  config.node_id = "node-a";
+  config.reconnect_ms = 50;
+  auto node = RedisFabric::Start(config);
+  ASSERT_TRUE(node.has_value()) << node.error().ToString();
+  Gauge& up = Metrics::Default().GetGauge("parley_fabric_redis_up", "");
+  Counter& refusals = Metrics::Default().GetCounter("parley_fabric_redis_refusals_total", "");
+  ASSERT_EQ(up.value(), 1);
+  const uint64_t refused_before = refusals.value();
+
+  const std::string rotated =
+      redis.Command("AUTH one\r\nCONFIG SET requirepass two\r\nCLIENT KILL TYPE pubsub\r\nCLIENT KILL TYPE normal");
+  ASSERT_EQ(rotated.rfind("+OK\r\n+OK\r\n:", 0), 0u) << rotated;
+  auto wait = [](auto pred) {
+    auto deadline = SteadyClock::now() + std::chrono::seconds(5);
+    while (!pred() && SteadyClock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return pred();
+  };
+  EXPECT_TRUE(wait([&] { return refusals.value() >= refused_before + 3; })) << "not refused again and again";
+  EXPECT_EQ(up.value(), 0);
+  ASSERT_EQ(redis.Command("AUTH two\r\nCONFIG SET requirepass one").rfind("+OK\r\n+OK", 0), 0u);
+  EXPECT_TRUE(wait([&] { return up.value() == 1; })) << "the node did not come back once its password was valid";
+}
+
+// Two live processes under one node id (a misconfiguration that mixes their
+// frames, routes and presence) are noticed by both from each other's
+// snapshot; a node alone never counts itself.
+TEST(RedisFabricNodeIdTest, TwoLiveProcessesWithOneNodeIdAreCounted) {
+  RedisTestServer redis;
+  Counter& duplicates = Metrics::Default().GetCounter("parley_fabric_duplicate_node_id_total", "");
+  RedisFabricConfig config;
+  ASSERT_TRUE(ParseRedisAddress(redis.address(), &config).ok());
+  config.node_id = "node-a";
+  config.refresh_interval_ms = 50;
+  config.route_ttl_ms = 200;
+  auto first = RedisFabric::Start(config);
+  ASSERT_TRUE(first.has_value()) << first.error().ToString();
+  const uint64_t before = duplicates.value();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // six snapshots of its own, heard back
+  EXPECT_EQ(duplicates.value(), before) << "a node alone took its own snapshots for another's";
+  auto second = RedisFabric::Start(config);
+  ASSERT_TRUE(second.has_value()) << second.error().ToString();
+  auto deadline = SteadyClock::now() + std::chrono::seconds(3);
+  while (duplicates.value() < before + 2 && SteadyClock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_GE(duplicates.value(), before + 2) << "two processes under node-a did not notice each other";
 }
 
 struct NullSink final : DeviceSink {

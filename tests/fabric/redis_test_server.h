@@ -38,7 +38,8 @@ class RedisTestServer {
   static constexpr int kStartTimeoutMs = 10'000;
   static constexpr const char* kBinary = "/usr/bin/redis-server";
 
-  RedisTestServer() {
+  // `extra_args` go to redis-server after the defaults (e.g. "--requirepass", "pw").
+  explicit RedisTestServer(std::vector<std::string> extra_args = {}) : extra_args_(std::move(extra_args)) {
     char tmpl[] = "/tmp/parley-redis-XXXXXX";
     dir_ = mkdtemp(tmpl);
     port_ = FreePort();
@@ -63,6 +64,7 @@ class RedisTestServer {
                                      "",               "--appendonly", "no",                  "--daemonize",
                                      "no",             "--logfile",    dir_ + "/redis.log",   "--protected-mode",
                                      "no"};
+    args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     pid_ = Spawn(std::move(args)).pid;
     ASSERT_GE(pid_, 0) << "cannot fork";
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kStartTimeoutMs);
@@ -96,23 +98,35 @@ class RedisTestServer {
     if (pid_ > 0) kill(pid_, SIGCONT);
   }
 
-  // Whether the server answers PING with +PONG.
+  // Whether the server answers PING with +PONG (or, with a password
+  // required, that one is: -NOAUTH).
   bool Ping() const {
+    const std::string reply = Command("PING");
+    return reply.rfind("+PONG", 0) == 0 || reply.rfind("-NOAUTH", 0) == 0;
+  }
+
+  // Sends `lines` (inline commands, each ending in \r\n) on a new connection
+  // and returns what the server answers within 1 s of the last byte ("" if
+  // it cannot connect).
+  std::string Command(const std::string& lines) const {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return false;
+    if (fd < 0) return "";
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(port_);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = false;
     timeval tv{1, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && write(fd, "PING\r\n", 6) == 6) {
-      char buf[16] = {};
-      ok = read(fd, buf, sizeof buf - 1) > 0 && std::strncmp(buf, "+PONG", 5) == 0;
+    std::string out;
+    const std::string request = lines + (lines.ends_with("\r\n") ? "" : "\r\n");
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+        write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      shutdown(fd, SHUT_WR);  // Redis answers everything sent, then closes
+      char buf[4096];
+      for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
     }
     close(fd);
-    return ok;
+    return out;
   }
 
  private:
@@ -131,6 +145,7 @@ class RedisTestServer {
     return port;
   }
 
+  std::vector<std::string> extra_args_;
   std::string dir_;
   uint16_t port_ = 0;
   pid_t pid_ = -1;

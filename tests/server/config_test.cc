@@ -216,5 +216,45 @@ TEST_F(ConfigTest, SqliteReadConnectionsAndIoThreadsDefaults) {
   }
 }
 
+// Redis's address and credentials (a cluster needs a PostgreSQL store): the
+// password from the URL's userinfo (percent-decoded), or from
+// --redis-password / PARLEY_REDIS_PASSWORD, which win over the URL.
+TEST_F(ConfigTest, TheRedisPasswordComesFromTheUrlOrItsOptionWhichWins) {
+  const std::string store = "postgresql://parley@localhost/parley";
+  ServerConfig c = Parse({"--store", store, "--redis", "redis://:p%40ss@10.0.0.5:6380"});
+  EXPECT_EQ(c.fabric.host, "10.0.0.5");
+  EXPECT_EQ(c.fabric.port, 6380);
+  EXPECT_EQ(c.fabric.username, "");
+  EXPECT_EQ(c.fabric.password, "p@ss");
+  c = Parse({"--store", store, "--redis", "redis://parley:pw@redis.internal"});
+  EXPECT_EQ(c.fabric.host, "redis.internal");
+  EXPECT_EQ(c.fabric.port, 6379);
+  EXPECT_EQ(c.fabric.username, "parley");
+  EXPECT_EQ(c.fabric.password, "pw");
+  c = Parse({"--store", store, "--redis", "redis://[::1]:7000/"});
+  EXPECT_EQ(c.fabric.host, "::1");
+  EXPECT_EQ(c.fabric.port, 7000);
+  EXPECT_EQ(c.fabric.password, "");
+  c = Parse({"--store", store, "--redis", "redis://:old@h:1", "--redis-password", "new", "--redis-user", "u"});
+  EXPECT_EQ(c.fabric.password, "new");
+  EXPECT_EQ(c.fabric.username, "u");
+  setenv("PARLEY_REDIS_PASSWORD", "from env", 1);
+  EXPECT_EQ(Parse({"--store", store, "--redis", "10.0.0.5:6379"}).fabric.password, "from env");
+  unsetenv("PARLEY_REDIS_PASSWORD");
+
+  for (std::vector<std::string> bad : {
+           std::vector<std::string>{"--redis", "redis://parley@h"},              // a user without a password
+           std::vector<std::string>{"--redis", "redis://h:99999"},               // no such port
+           std::vector<std::string>{"--redis", "redis://h/2"},                    // databases are not used
+           std::vector<std::string>{"--redis", "h:6379", "--redis-user", "u"},  // a user without a password
+       }) {
+    bad.insert(bad.begin(), {"parleyd", "--store", store});
+    std::vector<char*> argv;
+    for (std::string& a : bad) argv.push_back(a.data());
+    int exit_code = -1;
+    EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value()) << bad[4];
+  }
+}
+
 }  // namespace
 }  // namespace parley::server

@@ -18,12 +18,14 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/url/parse.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <future>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <thread>
 #include <unordered_map>
@@ -41,6 +43,8 @@ namespace net = boost::asio;
 namespace {
 
 constexpr char kPresenceChannel[] = "parley:presence";
+// How often a node id used by two live processes is logged while it lasts.
+constexpr int64_t kDuplicateIdLogIntervalMs = 60'000;
 // How long the destructor waits for its goodbye to reach Redis.
 constexpr int kGoodbyeTimeoutMs = 1'000;
 
@@ -178,26 +182,38 @@ struct AsioAdapter : std::enable_shared_from_this<AsioAdapter> {
   }
 };
 
+// The text of an error reply.
+std::string_view ErrorText(const redisReply* r) { return {r->str, r->len}; }
+
 }  // namespace
 
 Status ParseRedisAddress(const std::string& text, RedisFabricConfig* config) {
-  std::string rest = text;
-  if (rest.rfind("redis://", 0) == 0) rest = rest.substr(8);
-  while (!rest.empty() && rest.back() == '/') rest.pop_back();
-  if (rest.empty()) return Status(ErrorCode::kBadRequest, "--redis: empty address");
-  size_t colon = rest.rfind(':');
-  std::string host = rest, port = "6379";
-  if (colon != std::string::npos) {
-    host = rest.substr(0, colon);
-    port = rest.substr(colon + 1);
+  const auto bad = [&text] {
+    return Status(ErrorCode::kBadRequest,
+                  "--redis: expected HOST:PORT or redis://[[USER]:PASSWORD@]HOST[:PORT], got '" + text + "'");
+  };
+  std::string host, port = "6379";
+  if (text.rfind("redis://", 0) == 0) {
+    auto url = boost::urls::parse_uri(text);
+    if (!url || !url->has_authority() || (!url->path().empty() && url->path() != "/") || url->has_query()) return bad();
+    if (url->has_userinfo()) {
+      if (!url->has_password()) return bad();  // redis://NAME@HOST: a user without a password means nothing
+      config->username = url->user();
+      config->password = url->password();
+    }
+    host = url->host_address();
+    if (url->has_port()) port = url->port();
+  } else {
+    const size_t colon = text.rfind(':');
+    host = text.substr(0, colon);
+    if (colon != std::string::npos) port = text.substr(colon + 1);
   }
   int p = 0;
   for (char ch : port) {
-    if (ch < '0' || ch > '9' || p > 65535) return Status(ErrorCode::kBadRequest, "--redis: bad port in '" + text + "'");
+    if (ch < '0' || ch > '9' || p > 65535) return bad();
     p = p * 10 + (ch - '0');
   }
-  if (host.empty() || p <= 0 || p > 65535)
-    return Status(ErrorCode::kBadRequest, "--redis: expected HOST:PORT or redis://HOST[:PORT], got '" + text + "'");
+  if (host.empty() || port.empty() || p <= 0 || p > 65535) return bad();
   config->host = host;
   config->port = p;
   return Status::Ok();
@@ -212,6 +228,7 @@ struct RedisFabric::Impl {
     bool subscribed = false;  // subscriber: the SUBSCRIBE was confirmed
     bool answered = false;    // commands: a PING sent at connect was answered (Redis serves, not just the kernel)
     int failures = 0;         // connection attempts failed in a row (only the first is logged)
+    int refusals = 0;         // connections Redis refused in a row (AUTH, SUBSCRIBE, PING; only the first is logged)
     // Steady ms of the last reply or message read on it (or of its connect):
     // a connection that goes silent (Redis stopped or stalled, a failover
     // behind one address, a partition: no FIN, no RST) is found by Refresh.
@@ -241,9 +258,15 @@ struct RedisFabric::Impl {
                                              "Redis error replies and failed connection attempts")),
         reconnects(Metrics::Default().GetCounter("parley_fabric_redis_reconnects_total",
                                                  "Redis connections re-established after a loss")),
+        refused(Metrics::Default().GetCounter(
+            "parley_fabric_redis_refusals_total",
+            "Redis connections dropped because Redis refused their AUTH, SUBSCRIBE or PING (password or ACL)")),
         silent_drops(Metrics::Default().GetCounter(
             "parley_fabric_redis_silent_drops_total",
             "Redis connections dropped because nothing was read on them for a route TTL (Redis stalled or cut off)")),
+        duplicate_ids(Metrics::Default().GetCounter(
+            "parley_fabric_duplicate_node_id_total",
+            "Snapshots heard from another live process that uses this node's --node-id (a misconfiguration)")),
         remote_users(Metrics::Default().GetGauge("parley_fabric_remote_users",
                                                  "Users connected on other nodes, as this node's cache knows")) {
     cmd.impl = sub.impl = this;
@@ -271,7 +294,7 @@ struct RedisFabric::Impl {
       static_cast<Conn*>(c->data)->impl->OnConnect(*static_cast<Conn*>(c->data), status);
     });
     redisAsyncSetDisconnectCallback(ac, [](const redisAsyncContext* c, int status) {
-      static_cast<Conn*>(c->data)->impl->OnDisconnect(*static_cast<Conn*>(c->data), status);
+      static_cast<Conn*>(c->data)->impl->OnDisconnect(*static_cast<Conn*>(c->data), status, c->err, c->errstr);
     });
   }
 
@@ -296,6 +319,38 @@ struct RedisFabric::Impl {
     conn.failures = 0;
     conn.heard_ms = SteadyMs();
     if (ever_connected) reconnects.Inc();
+    // AUTH first: hiredis sends the commands below after it, in order, so a
+    // refusal reaches them all (each sees NOAUTH or no reply at all).
+    if (!cfg.password.empty()) {
+      const auto on_auth = [](redisAsyncContext* c, void* r, void*) {
+        auto* reply = static_cast<redisReply*>(r);
+        if (reply == nullptr || c->data == nullptr || reply->type != REDIS_REPLY_ERROR) return;
+        auto* refused_conn = static_cast<Conn*>(c->data);
+        refused_conn->impl->Refused(*refused_conn, "AUTH", ErrorText(reply));
+      };
+      if (cfg.username.empty())
+        redisAsyncCommand(conn.ac, on_auth, nullptr, "AUTH %b", cfg.password.data(), cfg.password.size());
+      else
+        redisAsyncCommand(conn.ac, on_auth, nullptr, "AUTH %b %b", cfg.username.data(), cfg.username.size(),
+                          cfg.password.data(), cfg.password.size());
+    }
+    // Then PING on both: Redis serves (not just the kernel), and a refusal
+    // (NOAUTH: a password is needed) comes to a callback of ours; an error
+    // to a SUBSCRIBE makes hiredis drop the connection instead (OnDisconnect).
+    conn.answered = false;
+    redisAsyncCommand(
+        conn.ac,
+        [](redisAsyncContext* c, void* r, void*) {
+          auto* reply = static_cast<redisReply*>(r);
+          if (reply == nullptr || c->data == nullptr) return;
+          auto* answered = static_cast<Conn*>(c->data);
+          answered->heard_ms = SteadyMs();
+          if (reply->type == REDIS_REPLY_ERROR) return answered->impl->Refused(*answered, "PING", ErrorText(reply));
+          answered->answered = true;
+          if (!answered->subscriber) answered->refusals = 0;  // the subscriber's: once subscribed
+          answered->impl->UpdateUp();
+        },
+        nullptr, "PING");
     if (conn.subscriber) {
       subscribe_acks = 0;
       std::string channel = "parley:node:" + cfg.node_id;
@@ -306,25 +361,23 @@ struct RedisFabric::Impl {
           },
           nullptr, "SUBSCRIBE %b %s", channel.data(), channel.size(), kPresenceChannel);
     } else {
-      spdlog::info("event=redis_connected host={} port={} node_id={}", cfg.host, cfg.port, cfg.node_id);
-      conn.answered = false;
-      redisAsyncCommand(
-          conn.ac,
-          [](redisAsyncContext* c, void* r, void*) {
-            if (r == nullptr || c->data == nullptr) return;
-            auto* answered = static_cast<Conn*>(c->data);
-            answered->answered = true;
-            answered->heard_ms = SteadyMs();
-            answered->impl->UpdateUp();
-          },
-          nullptr, "PING");
+      if (conn.refusals == 0)
+        spdlog::info("event=redis_connected host={} port={} node_id={}", cfg.host, cfg.port, cfg.node_id);
       WriteAllRoutes();
       if (sub.subscribed) SayHello();
     }
     UpdateUp();
   }
 
-  void OnDisconnect(Conn& conn, int status) {
+  // `error`: hiredis' reason (an error reply it could not hand to a
+  // callback, such as a refused SUBSCRIBE, is REDIS_ERR_OTHER).
+  void OnDisconnect(Conn& conn, int status, int error, const char* reason) {
+    if (error == REDIS_ERR_OTHER && conn.subscriber) {
+      // hiredis dropped the connection for an error reply to SUBSCRIBE (an
+      // ACL without the channels' right): a refusal, retried as the others.
+      conn.ac = nullptr;  // being freed by hiredis
+      Refused(conn, "SUBSCRIBE", reason);
+    }
     bool was = conn.connected;
     conn.connected = false;
     conn.subscribed = false;
@@ -332,7 +385,7 @@ struct RedisFabric::Impl {
     conn.ac = nullptr;  // hiredis frees it after this callback
     UpdateUp();
     if (stopping) return;
-    if (was)
+    if (was && conn.refusals == 0)  // a refusal was logged as such
       spdlog::warn("event=redis_disconnected connection={} status={} note=\"retrying every {} ms; live delivery to "
                    "other nodes pauses, sync recovers it\"",
                    conn.subscriber ? "subscriptions" : "commands", status, cfg.reconnect_ms);
@@ -401,8 +454,11 @@ struct RedisFabric::Impl {
     PublishSnapshot();
   }
 
+  // "s NODE INSTANCE\nCONNECTED USERS\nONLINE USERS". INSTANCE tells this
+  // process from another that publishes under the same node id (a
+  // misconfiguration: OnPresence reports it).
   void PublishSnapshot() {
-    std::string s = "s " + cfg.node_id + "\n";
+    std::string s = "s " + cfg.node_id + " " + instance + "\n";
     for (const auto& [user, devices] : local_devices) s += std::to_string(user) + " ";
     s += "\n";
     for (int64_t user : local_online) s += std::to_string(user) + " ";
@@ -448,6 +504,25 @@ struct RedisFabric::Impl {
     const bool commands_alive = cmd.connected && cmd.heard_ms >= stale;
     if (cmd.connected && !commands_alive) Drop(cmd);
     if (commands_alive && sub.connected && sub.heard_ms < stale) Drop(sub);
+  }
+
+  // Redis answered a command of the connection's set-up with an error: a
+  // wrong password (WRONGPASS), none given (NOAUTH), an ACL without the
+  // right (NOPERM). Logged (the first of a streak, and in Start's error);
+  // the connection is freed and tried again every reconnect_ms, so that it
+  // comes up once the operator mends Redis or its ACL.
+  void Refused(Conn& conn, const char* command, std::string_view error) {
+    errors.Inc();
+    refused.Inc();
+    if (conn.refusals++ == 0)
+      spdlog::error("event=redis_refused connection={} command={} error=\"{}\" note=\"retrying every {} ms; check "
+                    "--redis-password, --redis-user and the user's ACL (SUBSCRIBE, PUBLISH, EVAL, ZADD)\"",
+                    conn.subscriber ? "subscriptions" : "commands", command, error, cfg.reconnect_ms);
+    {
+      std::lock_guard lock(ready_mu);
+      last_refusal = fmt::format("Redis refused {}: {}", command, error);
+    }
+    if (conn.ac != nullptr) redisAsyncFree(conn.ac);  // in a callback: freed when it returns; OnDisconnect retries
   }
 
   void Drop(Conn& conn) {
@@ -607,11 +682,13 @@ struct RedisFabric::Impl {
   void OnSubscription(redisReply* r) {
     if (r == nullptr) return;
     sub.heard_ms = SteadyMs();
+    if (r->type == REDIS_REPLY_ERROR) return Refused(sub, "SUBSCRIBE", ErrorText(r));
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
     std::string type(r->element[0]->str, r->element[0]->len);
     if (type == "subscribe") {
       if (++subscribe_acks == 2) {
         sub.subscribed = true;
+        sub.refusals = 0;
         subscribe_acks = 0;
         if (cmd.connected) SayHello();
         UpdateUp();
@@ -653,7 +730,12 @@ struct RedisFabric::Impl {
   void OnPresence(std::string_view payload) {
     std::istringstream in{std::string(payload)};
     std::string kind, node;
-    if (!(in >> kind >> node) || node == cfg.node_id) return;
+    if (!(in >> kind >> node)) return;
+    if (node == cfg.node_id) {
+      std::string other;
+      if (kind == "s" && in >> other && other != instance) SameNodeId(other);
+      return;  // its own messages, heard back
+    }
     if (kind == "q") return ForgetNode(node);
     const bool known = nodes.count(node) > 0;
     RemoteNode& n = nodes[node];
@@ -701,6 +783,21 @@ struct RedisFabric::Impl {
       }
       Replace(n, connected, online);
     }
+  }
+
+  // Another live process publishes under this node's id: both hear the
+  // frames for each one's devices, one's goodbye removes the other's
+  // routes, and their snapshots undo each other in the other nodes' presence
+  // caches. Not fatal (a restart's new process may overlap the old one's
+  // drain), so counted and logged (at most once a minute) for the operator.
+  void SameNodeId(const std::string& other_instance) {
+    duplicate_ids.Inc();
+    const int64_t now = SteadyMs();
+    if (duplicate_logged_ms != 0 && now - duplicate_logged_ms < kDuplicateIdLogIntervalMs) return;
+    duplicate_logged_ms = now;
+    spdlog::error("event=fabric_duplicate_node_id node_id={} other_instance={} instance={} note=\"another live parleyd "
+                  "uses this --node-id: give each node its own (frames, routes and presence of the two mix)\"",
+                  cfg.node_id, other_instance, instance);
   }
 
   void Replace(RemoteNode& n, const std::unordered_set<int64_t>& connected, const std::unordered_set<int64_t>& online) {
@@ -786,6 +883,10 @@ struct RedisFabric::Impl {
   std::mutex ready_mu;
   std::condition_variable ready_cv;
   bool ready = false;
+  std::string last_refusal;  // what Redis last refused at a connection's set-up (for Start's error)
+  // This process among those that may publish under cfg.node_id (random, hex).
+  const std::string instance = fmt::format("{:016x}", std::random_device{}() * 0x100000000ULL ^ std::random_device{}());
+  int64_t duplicate_logged_ms = 0;  // steady ms of the last fabric_duplicate_node_id line
 
   Gauge& up;
   Counter& sent;
@@ -793,7 +894,9 @@ struct RedisFabric::Impl {
   Counter& frames_in;
   Counter& errors;
   Counter& reconnects;
+  Counter& refused;
   Counter& silent_drops;
+  Counter& duplicate_ids;
   Gauge& remote_users;
 };
 
@@ -822,8 +925,9 @@ Result<std::unique_ptr<RedisFabric>> RedisFabric::Start(RedisFabricConfig config
   });
   std::unique_lock lock(p->ready_mu);
   if (!p->ready_cv.wait_for(lock, std::chrono::milliseconds(connect_timeout_ms), [p] { return p->ready; }))
-    return Status(ErrorCode::kInternal, "cannot reach Redis at " + p->cfg.host + ":" + std::to_string(p->cfg.port) +
-                                            " within " + std::to_string(connect_timeout_ms) + " ms");
+    return Status(ErrorCode::kInternal,
+                  fmt::format("cannot reach Redis at {}:{} within {} ms{}", p->cfg.host, p->cfg.port, connect_timeout_ms,
+                              p->last_refusal.empty() ? "" : " (" + p->last_refusal + ")"));
   return Result<std::unique_ptr<RedisFabric>>(std::move(fabric));
 }
 

@@ -61,6 +61,12 @@ namespace parley::fabric {
 struct RedisFabricConfig {
   std::string host = "127.0.0.1";
   int port = 6379;
+  // Sent with AUTH on each connection before anything else when not empty
+  // (Redis's requirepass, or an ACL user's password with `username`).
+  // parleyd: the userinfo of a redis:// URL, or --redis-password
+  // (PARLEY_REDIS_PASSWORD), --redis-user.
+  std::string username;
+  std::string password;
   // This node's id, unique among the live nodes (letters, digits, '-', '_',
   // '.', ':'). parleyd: --node-id.
   std::string node_id;
@@ -82,7 +88,8 @@ struct RedisFabricConfig {
   int64_t mute_at_close = 0;
 };
 
-// Parses "HOST:PORT", "redis://HOST:PORT" or "redis://HOST" (port 6379).
+// Parses "HOST:PORT" or "redis://[[USER]:PASSWORD@]HOST[:PORT]" (port 6379;
+// USER and PASSWORD percent-decoded; an IPv6 HOST in brackets).
 Status ParseRedisAddress(const std::string& text, RedisFabricConfig* config);
 
 // Checks the node id and the timing settings (Start checks them too).
