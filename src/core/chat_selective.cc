@@ -34,15 +34,12 @@ Counter& SummariesOut(const char* path) {
 
 void ChatService::WriteSyncPage(JsonWriter& w, int64_t after, const store::StreamPage& page,
                                 const std::vector<store::ConversationState>* states) {
-  const JsonWriter::Mark start = w.Here();
-  WriteSyncEvents(w, after, page, page.events.size(), states);
-  if (w.size() - start.bytes <= config_.max_page_bytes) return;
   // Too large for one answer: the first events that fit, each measured in
   // full (a summarised one takes less), and the rest on the next page.
-  const size_t fit = protocol::ItemsThatFit(page.events.size(), config_.max_page_bytes,
-                                            [&page](JsonWriter& s, size_t n) { protocol::WriteEvent(s, page.events[n]); });
-  w.Rewind(start);
-  WriteSyncEvents(w, after, page, fit, states);
+  protocol::WritePageWithin(
+      w, page.events.size(), config_.max_page_bytes,
+      [&](JsonWriter& s, size_t n) { WriteSyncEvents(s, after, page, n, states); },
+      [&page](JsonWriter& s, size_t i) { protocol::WriteEvent(s, page.events[i]); });
 }
 
 void ChatService::WriteSyncEvents(JsonWriter& w, int64_t after, const store::StreamPage& page, size_t count,

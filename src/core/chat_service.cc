@@ -252,7 +252,30 @@ void ChatService::Send(const ClientPtr& c, std::string frame) {
   c->sink->SendFrame(std::make_shared<const std::string>(std::move(frame)));
 }
 
+bool ChatService::IsCountedRead(RequestType type) {
+  switch (type) {
+    case RequestType::kListDevices:
+    case RequestType::kSync:
+    case RequestType::kHistory:
+    case RequestType::kSnapshot:
+    case RequestType::kListContacts:
+    case RequestType::kListBlocked:
+    case RequestType::kSearchUsers:
+    case RequestType::kListConversations:
+    case RequestType::kSubscribePresence:
+    case RequestType::kMessageInfo:
+    case RequestType::kPushSettings:
+    case RequestType::kSearchMessages: return true;
+    default: return false;
+  }
+}
+
+void ChatService::Answered(const ClientPtr& c, const Req& req) {
+  if (req.counted_read && c->reads_in_flight > 0) --c->reads_in_flight;
+}
+
 void ChatService::Respond(const ClientPtr& c, const Req& req, const std::function<void(JsonWriter&)>& fill) {
+  Answered(c, req);
   Send(c, protocol::EncodeResponse(req.id_json, protocol::RequestTypeName(req.type), fill));
 }
 
@@ -285,6 +308,7 @@ void ChatService::Fail(const ClientPtr& c, const Req& req, const Status& s, int6
 }
 
 void ChatService::SendError(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms) {
+  Answered(c, req);
   Errors(s.code()).Inc();
   int64_t retry_after = retry_after_ms;
   if (s.code() == ErrorCode::kShuttingDown) retry_after = config_.shutdown_retry_after_ms;
@@ -311,6 +335,18 @@ void ChatService::Handle(const ClientPtr& c, Req req) {
     return Fail(c, req, Status(ErrorCode::kRateLimited, "too many requests; retry after retry_after_ms"), wait);
   }
   if (RefuseWhileStoreBehind(c, req)) return;
+  if (IsCountedRead(req.type)) {
+    if (c->reads_in_flight >= protocol::kMaxReadsInFlight) {
+      RateLimited(req.type).Inc();
+      return Fail(c, req,
+                  Status(ErrorCode::kRateLimited,
+                         fmt::format("{} reads of this connection are waiting for their answers; wait for them",
+                                     protocol::kMaxReadsInFlight)),
+                  protocol::kReadsInFlightRetryAfterMs);
+    }
+    ++c->reads_in_flight;
+    req.counted_read = true;
+  }
   switch (req.type) {
     case RequestType::kRegister: return DoRegister(c, std::move(req));
     case RequestType::kLogin: return DoLogin(c, std::move(req));
@@ -1606,22 +1642,7 @@ void ChatService::DoSearchMessages(const ClientPtr& c, Req req) {
     }
     const int64_t now = clock_.NowMillis();
     for (auto& m : r->messages) store::MaskIfExpired(&m, now);
-    Respond(c, req, [&](JsonWriter& w) {
-      w.Key("messages").BeginArray();
-      for (const auto& m : r->messages) protocol::WriteMessage(w, m);
-      w.EndArray().Key("next");
-      if (r->next == 0) w.Null(); else w.Int(r->next);
-      // As history's page-level list ("stays sent" forever), but the results
-      // span conversations, so each entry names its conversation.
-      bool any = false;
-      for (const auto& m : r->messages) {
-        if (!m.stays_sent) continue;
-        if (!any) w.Key("withheld").BeginArray();
-        any = true;
-        w.BeginObject().Field("conversation_id", m.conversation_id).Field("seq", m.seq).EndObject();
-      }
-      if (any) w.EndArray();
-    });
+    Respond(c, req, [&](JsonWriter& w) { protocol::WriteSearchResults(w, *r, config_.max_page_bytes); });
   }));
 }
 

@@ -239,6 +239,8 @@ struct Client {
   bool foreground = true;
   bool counted_foreground = false;
   int64_t cursor = 0;           // the device's acknowledged user seq
+  // Counted reads not answered yet (protocol::kMaxReadsInFlight).
+  int reads_in_flight = 0;
   // Sends waiting for their turn (see "Ordering" above). A list: an empty
   // one allocates nothing (libstdc++'s deque allocates ~500 bytes up front),
   // and it is empty on almost every connection almost all the time.
@@ -347,6 +349,13 @@ class ChatService {
   using ClientPtr = std::shared_ptr<Client>;
 
   void Handle(const ClientPtr& c, Req req);
+  // Whether requests of `type` count among a connection's reads in flight
+  // (protocol::kMaxReadsInFlight): those that wait for a store read and
+  // change nothing.
+  static bool IsCountedRead(protocol::RequestType type);
+  // `req` is answered (Respond and SendError call it): it no longer counts
+  // among its connection's reads in flight.
+  void Answered(const ClientPtr& c, const Req& req);
   void Respond(const ClientPtr& c, const Req& req, const std::function<void(protocol::JsonWriter&)>& fill);
   void Fail(const ClientPtr& c, const Req& req, const Status& s, int64_t retry_after_ms = 0);
   // Fail without the log line: counts the error and sends it (the default

@@ -93,6 +93,18 @@ constexpr int kTlsHandshakeTimeoutMs = 10'000;
 // can hold a shutdown's drain.
 constexpr auto kHttpIoTimeout = std::chrono::seconds(30);
 
+// The answer to a request that could not be read (0: none, the peer went
+// away or timed out): 431 for a header over kMaxHttpHeaderBytes, 413 for a
+// body over its limit, 400 for anything that is not HTTP/1.x as it must be.
+int StatusForUnreadableRequest(const beast::error_code& ec) {
+  if (ec == http::error::header_limit) return 431;
+  if (ec == http::error::body_limit) return 413;
+  if (ec.category() != beast::error_code(http::error::bad_method).category()) return 0;  // a socket's error
+  if (ec == http::error::end_of_stream || ec == http::error::partial_message || ec == http::error::short_read)
+    return 0;  // the peer closed, mid-request or between requests
+  return 400;
+}
+
 // An Executor over any Asio executor (the first io_context's, for the core).
 template <typename AsioExecutor>
 class AsioExecutorAdapter final : public Executor {
@@ -132,6 +144,9 @@ struct GatewayMetrics {
   Counter& write_timeouts = Metrics::Default().GetCounter(
       "parley_ws_write_timeouts_total",
       "WebSocket connections ended because a write did not finish within the heartbeat timeout (a peer that stopped reading)");
+  Counter& http_unreadable = Metrics::Default().GetCounter(
+      "parley_http_unreadable_requests_total",
+      "HTTP requests answered 400 (not HTTP/1.x as it must be) or 431 (header over 16 KiB) before any handler");
   Counter& http_handler_errors = Metrics::Default().GetCounter(
       "parley_http_handler_errors_total", "HTTP requests answered 500 because their handler threw (a defect: see the log)");
   Counter& origin_refused = Metrics::Default().GetCounter(
@@ -640,7 +655,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   // The header first: what the request may send after it depends on who
   // asks (HttpBodyLimit).
   void DoRead() {
+    req_ = {};  // an answer to an unreadable request must not take the last one's method or version
     parser_.emplace();
+    parser_->header_limit(static_cast<uint32_t>(kMaxHttpHeaderBytes));
     parser_->body_limit(kMaxHttpBodyBytes);  // lowered in OnHeader
     beast::get_lowest_layer(stream_).expires_after(kHttpIoTimeout);
     http::async_read_header(stream_, buffer_, *parser_,
@@ -648,8 +665,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   }
 
   void OnHeader(beast::error_code ec, size_t) {
-    if (ec == http::error::body_limit) return Reply(413, "request body too large\n", false);
-    if (ec) return ShutdownSend();
+    if (ec) return Unreadable(ec);
     const auto& h = parser_->get();
     HttpRequest head;
     head.method = std::string(h.method_string());
@@ -664,8 +680,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   }
 
   void OnRead(beast::error_code ec, size_t) {
-    if (ec == http::error::body_limit) return Reply(413, "request body too large\n", false);
-    if (ec) return ShutdownSend();
+    if (ec) return Unreadable(ec);
     req_ = parser_->release();
     if (websocket::is_upgrade(req_)) {
       std::string_view target(req_.target().data(), req_.target().size());
@@ -705,6 +720,21 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
       M().http_handler_errors.Inc();
       spdlog::error("event=http_handler_exception target=\"{}\" error=\"{}\"", target, e.what());
       Reply(500, "internal error\n", false);
+    }
+  }
+
+  // A request that could not be read: its answer if it gets one, then the
+  // connection ends (what follows in the stream cannot be trusted).
+  void Unreadable(const beast::error_code& ec) {
+    switch (StatusForUnreadableRequest(ec)) {
+      case 400:
+        M().http_unreadable.Inc();
+        return Reply(400, "bad request: " + ec.message() + "\n", false);
+      case 413: return Reply(413, "request body too large\n", false);
+      case 431:
+        M().http_unreadable.Inc();
+        return Reply(431, "request header fields too large\n", false);
+      default: return ShutdownSend();
     }
   }
 

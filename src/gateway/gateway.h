@@ -142,6 +142,11 @@ using HttpHandler = std::function<void(HttpRequest request, std::function<void(H
 // this long.
 inline constexpr int kWsHandshakeTimeoutMs = 10'000;
 
+// Largest HTTP request header (request line and fields, a WebSocket upgrade's
+// included); a larger one gets 431. A request whose header does not parse
+// gets 400; both close the connection.
+inline constexpr size_t kMaxHttpHeaderBytes = 16 * 1024;
+
 // Largest plain HTTP request body accepted (admin bulk requests); larger
 // requests get 413.
 inline constexpr size_t kMaxHttpBodyBytes = 64 * 1024 * 1024;

@@ -1,5 +1,7 @@
 #include "protocol/encode.h"
 
+#include <span>
+
 #include "protocol/limits.h"
 #include "store/change_events.h"
 
@@ -110,15 +112,39 @@ void WriteHistoryFrom(JsonWriter& w, const std::vector<store::MessageRecord>& pa
 }  // namespace
 
 void WriteHistory(JsonWriter& w, const std::vector<store::MessageRecord>& page, size_t max_bytes) {
-  const JsonWriter::Mark start = w.Here();
-  WriteHistoryFrom(w, page, 0);
-  if (w.size() - start.bytes <= max_bytes) return;
-  // Too large: the newest that fit (pages run backwards from `before`).
-  const size_t fit = ItemsThatFit(page.size(), max_bytes, [&page](JsonWriter& s, size_t n) {
-    WriteMessage(s, page[page.size() - 1 - n]);
-  });
-  w.Rewind(start);
-  WriteHistoryFrom(w, page, page.size() - fit);
+  // Pages run backwards from `before`: too large, the newest that fit stay.
+  WritePageWithin(
+      w, page.size(), max_bytes, [&page](JsonWriter& s, size_t n) { WriteHistoryFrom(s, page, page.size() - n); },
+      [&page](JsonWriter& s, size_t i) { WriteMessage(s, page[page.size() - 1 - i]); });
+}
+
+namespace {
+// WriteSearchResults with the first `count` messages of `page`.
+void WriteSearchResultsUpTo(JsonWriter& w, const store::MessageSearchPage& page, size_t count) {
+  const std::span<const store::MessageRecord> messages(page.messages.data(), count);
+  w.Key("messages").BeginArray();
+  for (const auto& m : messages) WriteMessage(w, m);
+  w.EndArray().Key("next");
+  const int64_t next = count < page.messages.size() ? page.doc_ids[count - 1] : page.next;
+  if (next == 0) w.Null();
+  else w.Int(next);
+  // As history's page-level list ("stays sent" forever), but the results
+  // span conversations, so each entry names its conversation.
+  bool any = false;
+  for (const auto& m : messages) {
+    if (!m.stays_sent) continue;
+    if (!any) w.Key("withheld").BeginArray();
+    any = true;
+    w.BeginObject().Field("conversation_id", m.conversation_id).Field("seq", m.seq).EndObject();
+  }
+  if (any) w.EndArray();
+}
+}  // namespace
+
+void WriteSearchResults(JsonWriter& w, const store::MessageSearchPage& page, size_t max_bytes) {
+  WritePageWithin(
+      w, page.messages.size(), max_bytes, [&page](JsonWriter& s, size_t n) { WriteSearchResultsUpTo(s, page, n); },
+      [&page](JsonWriter& s, size_t i) { WriteMessage(s, page.messages[i]); });
 }
 
 void WritePushHealth(JsonWriter& w, const store::PushHealth& h) {

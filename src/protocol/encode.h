@@ -77,6 +77,11 @@ void WriteSummary(JsonWriter& w, const store::ConversationSummary& s);
 // "withheld": their seqs. Only the newest messages of the page that fit in
 // `max_bytes` (at least one): the older ones are the next page's.
 void WriteHistory(JsonWriter& w, const std::vector<store::MessageRecord>& page, size_t max_bytes);
+// The fields of a search_messages response: "messages", "next" and, when
+// any stays "sent" forever, "withheld" ({conversation_id, seq} each). Only
+// the first messages of the page that fit in `max_bytes` (at least one):
+// "next" then goes on after the last of them.
+void WriteSearchResults(JsonWriter& w, const store::MessageSearchPage& page, size_t max_bytes);
 
 // How many of `count` items fit in `budget` bytes when the n-th is written by
 // `write(writer, n)` as an element of an array: at least one (so that a page
@@ -94,6 +99,21 @@ size_t ItemsThatFit(size_t count, size_t budget, Write&& write) {
     if (used > budget) return n == 0 ? 1 : n;
   }
   return count;
+}
+
+// Writes a page of `count` items with `write_page(writer, n)` (n: how many
+// to include); when it comes out larger than `budget` bytes, rewinds and
+// writes it again with only the items that fit, measured one by one with
+// `write_item(writer, i)` in the order they are kept (i = 0 the first kept).
+// So the common page is written once, and only an oversize one twice.
+template <typename WritePage, typename WriteItem>
+void WritePageWithin(JsonWriter& w, size_t count, size_t budget, WritePage&& write_page, WriteItem&& write_item) {
+  const JsonWriter::Mark start = w.Here();
+  write_page(w, count);
+  if (w.size() - start.bytes <= budget) return;
+  const size_t fit = ItemsThatFit(count, budget, write_item);
+  w.Rewind(start);
+  write_page(w, fit);
 }
 
 // {"v":1,"type":"typing","conversation_id":C,"user_id":U,"state":"start"|"stop","expires_in_ms":N}

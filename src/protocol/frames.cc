@@ -318,6 +318,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       }
       if (obj["about"].get(e) == simdjson::SUCCESS) {
         if (Status s = GetString(obj, "about", kMaxAboutBytes, true, &v); !s.ok()) return s;
+        if (!IsPrintable(v)) return Bad("field 'about' may not hold control characters");
         r.about = v;
       }
       if (!r.display_name && !r.about) return Bad("give 'display_name', 'about' or both");

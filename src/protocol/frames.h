@@ -238,6 +238,9 @@ struct Request {
   // Not on the wire: when the server received the frame (ms since the
   // epoch), set by core; 0 when unknown.
   int64_t received_at = 0;
+  // Not on the wire: counted among its connection's reads in flight by core
+  // (uncounted when answered).
+  bool counted_read = false;
 };
 
 // The outcome of decoding one frame: a request, or an error to send back

@@ -59,6 +59,14 @@ inline constexpr int kMaxSnapshotMessages = 100;
 // --max-outbound-queue-bytes when that is smaller). Any one event fits:
 // at least one is always sent, so the cursor moves.
 inline constexpr size_t kMaxPageBytes = 1024 * 1024;
+// Reads one connection may have waiting for their answers (sync, history,
+// snapshot, the list and search requests: docs/protocol.md "Limits"); one
+// more is refused with `rate_limited` and kReadsInFlightRetryAfterMs, so
+// that a client pipelining reads at wire speed cannot grow the server's
+// read queue without bound. A client that waits for each answer, as the SDK
+// and the web client do, never meets it.
+inline constexpr int kMaxReadsInFlight = 32;
+inline constexpr int64_t kReadsInFlightRetryAfterMs = 100;
 
 // Profiles.
 inline constexpr size_t kMaxDisplayNameBytes = 64;

@@ -372,6 +372,9 @@ struct MessageSearchPage {
   // indexed them, which is the order it stored them); each exactly as
   // History shows it to the searcher.
   std::vector<MessageRecord> messages;
+  // The search doc id of each message (parallel to `messages`): a page cut
+  // after message i goes on with `before` = doc_ids[i].
+  std::vector<int64_t> doc_ids;
   // Pass as `before` for the next page; 0 when there is none. A page may
   // hold fewer than `limit` messages and still have a next one (a backend
   // bounds the candidates it visits per page, kMaxSearchCandidates).

@@ -1,9 +1,13 @@
 // Unit tests of web/js/connection.js's RetryTimer (pure: fake timers and
 // randomness), run by Node with the browser tests: how the web client's
-// outbox and draft saves wait after a retryable failure.
+// outbox and draft saves wait after a retryable failure. And Connection's
+// requests on a fake socket: how many reads it has in flight at once.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { RetryTimer, backoffCapMs, retryAfterDelayMs, kBackoffBaseMs, kBackoffMaxMs, kMaxRetryAfterMs } from '../../web/js/connection.js';
+import {
+  Connection, RetryTimer, backoffCapMs, retryAfterDelayMs, kBackoffBaseMs, kBackoffMaxMs, kMaxRetryAfterMs,
+  kMaxReadsInFlight,
+} from '../../web/js/connection.js';
 
 // A RetryTimer on fake timers; `random` returns `r`.
 function fakeTimer(r = 1) {
@@ -75,4 +79,55 @@ test('a reconnect the server timed waits at least its retry_after_ms and at most
   assert.ok(waits.every((w) => w >= 1000 && w <= 2000 + kBackoffBaseMs));
   assert.ok(Math.max(...waits) - Math.min(...waits) > 500, 'spread over the window, not all at once');
   assert.equal(retryAfterDelayMs(24 * 3600 * 1000, () => 0), kMaxRetryAfterMs, 'a day is clamped');
+});
+
+// A Connection whose socket is a fake that records what is sent (Node has
+// no window or WebSocket of its own: the least of them is stubbed).
+function fakeConnection() {
+  globalThis.window ??= { addEventListener() {} };
+  globalThis.WebSocket ??= { OPEN: 1 };
+  const conn = new Connection({ url: 'ws://unused' });
+  const sent = [];
+  conn.ws = { readyState: 1, send: (text) => sent.push(JSON.parse(text)) };
+  return { conn, sent };
+}
+
+test('reads the server counts are sent at most kMaxReadsInFlight at a time; the rest wait for answers', async () => {
+  const { conn, sent } = fakeConnection();
+  const answers = [];
+  for (let i = 0; i < kMaxReadsInFlight + 10; ++i) answers.push(conn.request('history', { conversation_id: 1 }));
+  conn.request('send', { conversation_id: 1, client_id: 'c', body: 'x' });  // not a counted read: goes at once
+  assert.equal(sent.length, kMaxReadsInFlight + 1);
+  assert.equal(sent.filter((f) => f.type === 'history').length, kMaxReadsInFlight);
+  // Each answer (a response or an error) lets one waiting read go.
+  const refused = assert.rejects(answers[1], { code: 'not_member' });
+  conn.settle({ type: 'response', id: sent[0].id, result: { n: 0 } });
+  conn.settle({ type: 'error', id: sent[1].id, code: 'not_member', message: 'no' });
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(sent.filter((f) => f.type === 'history').length, kMaxReadsInFlight + 2);
+  assert.deepEqual(await answers[0], { n: 0 });
+  await refused;
+  // Answering everything sends and settles every one of them, in order.
+  for (let i = 2; i < sent.length; ++i) {
+    if (sent[i].type === 'history') conn.settle({ type: 'response', id: sent[i].id, result: { n: i } });
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  const history = sent.filter((f) => f.type === 'history');
+  assert.equal(history.length, kMaxReadsInFlight + 10);
+  assert.equal(new Set(history.map((f) => f.id)).size, history.length, 'a read was sent twice');
+  await Promise.all(answers.slice(2));
+  assert.equal(conn.readsInFlight, 0);
+  for (const p of conn.pending.values()) clearTimeout(p.timer);
+});
+
+test('reads waiting when the socket drops are refused as disconnected, not left hanging', async () => {
+  const { conn, sent } = fakeConnection();
+  const answers = [];
+  for (let i = 0; i < kMaxReadsInFlight + 3; ++i) answers.push(conn.request('sync', { after: 0 }));
+  assert.equal(sent.length, kMaxReadsInFlight);
+  conn.teardown();
+  const results = await Promise.allSettled(answers);
+  assert.ok(results.every((r) => r.status === 'rejected' && r.reason.code === 'disconnected'));
+  assert.equal(conn.readsInFlight, 0);
+  assert.equal(sent.length, kMaxReadsInFlight, 'a waiting read was sent on a dropped socket');
 });

@@ -130,14 +130,18 @@ TEST_F(BadInputE2E, TextHoldingANulIsBadRequestAndStoresNothing) {
   auto c = server_.Connect();
   expect_refused(c->Call("login", {{"username", "alice"}, {"password", "correct horse"}, {"device_name", nul}}),
                  "device_name");
-  // A device's name and platform are shown in device lists: no control
-  // characters, as display names.
-  for (const char* field : {"device_name", "platform"}) {
-    auto r = c->Call("login", {{"username", "alice"}, {"password", "correct horse"}, {field, "phone\x1b[2J"}});
+  // A device's name and platform are shown in device lists, the about line
+  // beside a profile: no control characters, as display names.
+  auto expect_no_controls = [](const Reply& r, const std::string& field) {
     EXPECT_EQ(r.code, "bad_request") << field;
-    EXPECT_NE(r.message.find(std::string("'") + field + "' may not hold control characters"), std::string::npos)
-        << r.message;
+    EXPECT_NE(r.message.find("'" + field + "' may not hold control characters"), std::string::npos) << r.message;
+  };
+  for (const char* field : {"device_name", "platform"}) {
+    expect_no_controls(c->Call("login", {{"username", "alice"}, {"password", "correct horse"}, {field, "phone\x1b[2J"}}),
+                       field);
   }
+  expect_no_controls(a_.conn->Call("set_profile", {{"about", "busy\x1b[2J"}}), "about");
+  expect_no_controls(a_.conn->Call("set_profile", {{"about", "line one\nline two"}}), "about");
   ExpectStillUsableAndNothingStored();
 }
 
@@ -255,17 +259,18 @@ TEST_F(BadInputE2E, SendIntoAForeignConversationOrToUnknownUsers) {
 // Answers are cut to fit the outbound queue (protocol::kMaxPageBytes): a
 // stream of the largest messages (each ~96 KiB encoded) once made a sync page
 // of 200 events ~19 MB, over the 4 MiB queue, so the device was closed with
-// 4003 (resync) and met the same page after every reconnect, for ever.
+// 4003 (resync) and met the same page after every reconnect, for ever. Each
+// body holds one word, so that search pages are full of them too.
 TEST(PageSizeE2E, PagesOfTheLargestMessagesFitTheQueueAndLoseNothing) {
   constexpr int kMessages = 60;  // ~5.8 MB encoded: over the default 4 MiB queue
-  ServerProcess server;
+  ServerProcess server({"--search-index-interval-ms", "20", "--relaxed-rate-limits"});
   Register(server, "alice");
   Register(server, "bob");
   Device a = Login(server, "alice");
   Device b = Login(server, "bob");
   const int64_t b_from = b.head;
   b.conn.reset();  // offline: everything comes by sync
-  const std::string body(protocol::kMaxBodyBytes, '\x01');
+  const std::string body = "lunch" + std::string(protocol::kMaxBodyBytes - 5, '\x01');
   int64_t conv = 0;
   for (int i = 0; i < kMessages; ++i) {
     auto sent = a.conn->Call("send", {{"to", "bob"}, {"client_id", "big" + std::to_string(i)}, {"body", body}});
@@ -327,6 +332,31 @@ TEST(PageSizeE2E, PagesOfTheLargestMessagesFitTheQueueAndLoseNothing) {
     ASSERT_FALSE(latest.empty()) << op;
     EXPECT_EQ(latest.back()["seq"], kMessages) << op;
   }
+
+  // Search (50 hits of ~96 KiB each would be ~4.8 MB): the newest that fit,
+  // and `next` goes on right after the last of them. The indexer runs in the
+  // background: wait until every message is found.
+  std::vector<int64_t> found;
+  for (int attempt = 0; attempt < 250 && found.size() != static_cast<size_t>(kMessages); ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    found.clear();
+    json next = nullptr;
+    for (int pages = 0; pages < kMessages + 2; ++pages) {
+      json req = {{"query", "lunch"}, {"limit", protocol::kMaxMessageSearchLimit}};
+      if (!next.is_null()) req["before"] = next;
+      auto page = b.conn->Call("search_messages", req);
+      ASSERT_TRUE(page.ok) << page.code << " " << page.message;
+      EXPECT_LE(page.frame.dump().size(), protocol::kMaxPageBytes + 4096);
+      for (const auto& m : page.result["messages"]) {
+        EXPECT_EQ(m["body"], body);
+        found.push_back(m["seq"]);
+      }
+      next = page.result["next"];
+      if (next.is_null()) break;
+    }
+  }
+  ASSERT_EQ(found.size(), static_cast<size_t>(kMessages));
+  for (int i = 0; i < kMessages; ++i) EXPECT_EQ(found[i], kMessages - i);
   EXPECT_TRUE(b.conn->Call("ping").ok) << "the connection was not kept";
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "e2e/helpers.h"
+#include "protocol/limits.h"
 
 namespace parley::testing {
 namespace {
@@ -375,6 +376,48 @@ TEST(SchedulingE2E, TheIoThreadsRunUnderSchedBatchAndTheStoresDoNot) {
   policies = RunningThreadPolicies(normal.pid());
   EXPECT_EQ(policies["main"], SCHED_OTHER);
   EXPECT_EQ(policies["io/1"], SCHED_OTHER);
+}
+
+// A client pipelining reads at wire speed: past protocol::kMaxReadsInFlight
+// unanswered reads on its connection, more are refused at once with
+// rate_limited and a short retry-after (they once all queued for the
+// store's readers, without bound). Every request gets exactly one answer,
+// and once they are answered the connection may have that many in flight
+// again: nothing stays counted.
+TEST(ReadsInFlightE2E, PipelinedReadsPastTheCapAreRefusedAndEveryOneIsAnswered) {
+  ServerProcess server;
+  Register(server, "alice");
+  Device a = Login(server, "alice");
+  constexpr int kBurst = 1000;
+  std::vector<int64_t> ids;
+  for (int i = 0; i < kBurst; ++i) ids.push_back(a.conn->Start("snapshot", {{"messages", 0}}));
+  int answered = 0, refused = 0;
+  for (int64_t id : ids) {
+    Reply r = a.conn->Await(id, 30000);
+    ASSERT_FALSE(r.timed_out()) << "request " << id << " was never answered";
+    ++answered;
+    if (r.ok) continue;
+    ++refused;
+    EXPECT_EQ(r.code, "rate_limited");
+    EXPECT_NE(r.message.find("reads of this connection are waiting"), std::string::npos) << r.message;
+    EXPECT_EQ(r.frame.value("retry_after_ms", 0), protocol::kReadsInFlightRetryAfterMs);
+  }
+  EXPECT_EQ(answered, kBurst);
+  EXPECT_GT(refused, 0) << "a thousand pipelined snapshots never had more than "
+                        << protocol::kMaxReadsInFlight << " in flight";
+  EXPECT_LT(refused, kBurst - protocol::kMaxReadsInFlight + 1);
+  // Nothing leaked: the cap's worth in flight at once all pass, and nothing
+  // else is answered on the connection (no second answer to any of them).
+  for (int round = 0; round < 3; ++round) {
+    std::vector<int64_t> again;
+    for (int i = 0; i < protocol::kMaxReadsInFlight; ++i)
+      again.push_back(a.conn->Start(i % 2 ? "list_contacts" : "sync", json::object()));
+    for (int64_t id : again) {
+      Reply r = a.conn->Await(id, 10000);
+      EXPECT_TRUE(r.ok) << r.code << " " << r.message;
+    }
+  }
+  EXPECT_FALSE(a.conn->NextUnmatchedError(200).has_value()) << "a request was answered twice";
 }
 
 // Admission: past --max-queued-writes queued store writes, sends are refused

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "e2e/helpers.h"
+#include "gateway/gateway.h"
 
 namespace parley::testing {
 namespace {
@@ -264,6 +265,49 @@ TEST(ShutdownE2E, NoNewConnectionIsAcceptedWhileDraining) {
   ::close(slow);
   term.join();
   EXPECT_EQ(status, 0) << "parleyd did not exit cleanly once the last connection closed: " << server.last_exit().Describe();
+}
+
+// Sends `request` over a new plain TCP connection, ends the sending side, and
+// returns everything the server writes until it closes (at most 5 s).
+std::string RawHttpExchange(uint16_t port, const std::string& request) {
+  int fd = TcpConnect(port);
+  if (fd < 0) return "";
+  timeval timeout{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  ::shutdown(fd, SHUT_WR);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+// A request that is not HTTP/1.x as it must be gets a 400 saying why, one
+// whose header passes kMaxHttpHeaderBytes a 431 (they were closed without a
+// word); either way the connection ends, and the server serves the next.
+TEST(HttpE2E, UnreadableRequestsGetA400AndOversizeHeadersA431) {
+  ServerProcess server;
+  for (const std::string& bad : {std::string("GARBAGE\r\n\r\n"), std::string("GET /healthz HTTP/x.1\r\n\r\n"),
+                                std::string("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: nine\r\n\r\n"),
+                                std::string("GET /healthz HTTP/1.1\r\nNo colon here\r\n\r\n")}) {
+    std::string reply = RawHttpExchange(server.port(), bad);
+    EXPECT_EQ(reply.rfind("HTTP/1.1 400 ", 0), 0u) << bad << " got: " << reply;
+    EXPECT_NE(reply.find("bad request: "), std::string::npos) << reply;
+  }
+  const std::string big_header = "GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: " +
+                                 std::string(gateway::kMaxHttpHeaderBytes, 'c') + "\r\n\r\n";
+  std::string reply = RawHttpExchange(server.port(), big_header);
+  EXPECT_EQ(reply.rfind("HTTP/1.1 431 ", 0), 0u) << reply.substr(0, 200);
+  // Just under the limit is served.
+  const std::string fits = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: " +
+                           std::string(gateway::kMaxHttpHeaderBytes - 200, 'c') + "\r\n\r\n";
+  reply = RawHttpExchange(server.port(), fits);
+  EXPECT_EQ(reply.rfind("HTTP/1.1 200 ", 0), 0u) << reply.substr(0, 200);
+  EXPECT_EQ(MetricValue(HttpGet(server.port(), "/metrics"), "parley_http_unreadable_requests_total"), 5);
+  // A client that goes away mid-request gets nothing and is not counted.
+  EXPECT_EQ(RawHttpExchange(server.port(), "GET /healthz HTTP/1.1\r\nHost"), "");
+  EXPECT_EQ(MetricValue(HttpGet(server.port(), "/metrics"), "parley_http_unreadable_requests_total"), 5);
 }
 
 TEST(HttpE2E, HealthzAndMetricsMoveWithAConversation) {

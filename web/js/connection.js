@@ -82,6 +82,14 @@ export function retryAfterDelayMs(retryAfterMs, random = Math.random) {
   return n + random() * n + random() * kBackoffBaseMs;
 }
 
+// Requests the server counts among a connection's reads in flight, and how
+// many it lets one connection have unanswered (docs/protocol.md, "Limits").
+export const kMaxReadsInFlight = 32;
+export const kCountedReads = new Set([
+  'sync', 'history', 'snapshot', 'list_conversations', 'list_contacts', 'list_blocked', 'list_devices',
+  'search_users', 'search_messages', 'message_info', 'push_settings', 'subscribe_presence',
+]);
+
 export class ProtocolError extends Error {
   constructor(frame) {
     super(frame.message || frame.code);
@@ -102,6 +110,8 @@ export class Connection {
     this.ws = null;
     this.nextId = 1;
     this.pending = new Map(); // id -> {resolve, reject, timer}
+    this.readsInFlight = 0; // counted reads sent and not answered (request)
+    this.readsWaiting = []; // counted reads waiting for one of those to be answered: their start functions
     this.state = 'connecting';
     this.attempt = 0;
     this.retryTimer = null;
@@ -191,15 +201,7 @@ export class Connection {
       } catch {
         return;
       }
-      if (frame.type === 'response' || (frame.type === 'error' && frame.id !== null && frame.id !== undefined)) {
-        const p = this.pending.get(frame.id);
-        if (!p) return;
-        this.pending.delete(frame.id);
-        clearTimeout(p.timer);
-        if (frame.type === 'response') p.resolve(frame.result);
-        else p.reject(new ProtocolError(frame));
-        return;
-      }
+      if (this.settle(frame)) return;
       this.onFrame?.(frame);
     };
     ws.onclose = (ev) => {
@@ -287,8 +289,42 @@ export class Connection {
     return !!this.ws && this.ws.readyState === WebSocket.OPEN;
   }
 
-  // Returns the result object, or rejects with a ProtocolError.
+  // An answer to a request (a response, or an error naming its id) settles
+  // that request's promise; returns whether `frame` was one.
+  settle(frame) {
+    if (frame.type !== 'response' && !(frame.type === 'error' && frame.id !== null && frame.id !== undefined)) {
+      return false;
+    }
+    const p = this.pending.get(frame.id);
+    if (!p) return true;
+    this.pending.delete(frame.id);
+    clearTimeout(p.timer);
+    if (frame.type === 'response') p.resolve(frame.result);
+    else p.reject(new ProtocolError(frame));
+    return true;
+  }
+
+  // Returns the result object, or rejects with a ProtocolError. Reads the
+  // server counts (kCountedReads) are sent at most kMaxReadsInFlight at a
+  // time; later ones wait here for an earlier one's answer, so that a burst
+  // (many conversations paged at once) is never refused as a flood.
   request(type, fields = {}) {
+    if (!kCountedReads.has(type)) return this.send(type, fields);
+    return new Promise((resolve, reject) => {
+      const start = () => {
+        this.readsInFlight += 1;
+        this.send(type, fields).then(resolve, reject).finally(() => {
+          this.readsInFlight -= 1;
+          this.readsWaiting.shift()?.();
+        });
+      };
+      if (this.readsInFlight < kMaxReadsInFlight) start();
+      else this.readsWaiting.push(start);
+    });
+  }
+
+  // Sends one request now; its answer settles the promise (see request).
+  send(type, fields) {
     return new Promise((resolve, reject) => {
       if (!this.isOpen) {
         reject(new ProtocolError({ code: 'disconnected', message: 'not connected', retryable: true }));

@@ -2597,7 +2597,10 @@ Result<MessageSearchPage> PostgresStore::Reader::SearchMessages(const MessageSea
           .Int(kMaxSearchCandidates));
   const bool found = r.size() > 0 && !r.IsNull(0, 2);
   const int rows = found ? r.size() : 0;
-  for (int i = 0; i < rows && i < q.limit; ++i) page.messages.push_back(MessageAt(r, i, 3));
+  for (int i = 0; i < rows && i < q.limit; ++i) {
+    page.messages.push_back(MessageAt(r, i, 3));
+    page.doc_ids.push_back(r.Int(i, 2));
+  }
   std::vector<ColdText> cold;
   for (size_t i = 0; i < page.messages.size(); ++i) {
     MessageRecord& m = page.messages[i];

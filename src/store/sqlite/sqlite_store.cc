@@ -2972,7 +2972,10 @@ Result<MessageSearchPage> SqliteStore::Reader::SearchMessages(const MessageSearc
            "AND NOT EXISTS (SELECT 1 FROM withheld w WHERE w.conversation_id = ?1 AND w.user_id = ?3 "
            "AND w.seq = ?2)");
     m.BindInt(1, conversation).BindInt(2, s.Int(2)).BindInt(3, q.searcher).BindInt(4, s.Int(3));
-    if (m.Step()) page.messages.push_back(MessageAt(m, 0));
+    if (m.Step()) {
+      page.messages.push_back(MessageAt(m, 0));
+      page.doc_ids.push_back(last_doc);
+    }
   }
   // As History shows them: "stays sent" when withheld from another member
   // whose delivered watermark passed it.
