@@ -497,6 +497,29 @@ async def scenario(url, c, ssl_context=None):
                 pass
 
 
+async def covered_receipts(c):
+    """A receipt the server merged others into (`also_covers`) accounts for
+    their user seqs: the cursor passes them, and a copy of one (a sync after
+    a drop brings it again) is not applied twice.  Offline: events fed to a
+    Client as its live loop and sync would."""
+    cl = Client(None, heartbeat=False)
+    cl.applied = 125
+
+    def receipt(seq, conv, **kw):
+        return {"user_seq": seq, "kind": "receipt", "conversation_id": conv, "user_id": 7,
+                "delivered": seq, "read": 0, **kw}
+
+    await cl._apply(receipt(126, 3, also_covers=[128]), "live")
+    await cl._apply(receipt(127, 4), "live")
+    c.check("also_covers: the merged receipt's seq counts as applied once the one before it is",
+            cl.applied == 128, f"applied {cl.applied}")
+    await cl._apply(receipt(128, 3), "sync")
+    await cl._apply(receipt(129, 3), "sync")
+    c.check("also_covers: a copy of a covered receipt is not applied again",
+            [ev["user_seq"] for _, ev in cl.log] == [126, 127, 129] and cl.applied == 129,
+            repr([ev["user_seq"] for _, ev in cl.log]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parleyd", required=True, help="path to the parleyd binary")
@@ -518,6 +541,7 @@ def main():
             ssl_context = ssl.create_default_context(cafile=cert)
             extra = ["--tls-cert", cert, "--tls-key", key]
         proc, port = start_server(args.parleyd, tmp, extra)
+        asyncio.run(covered_receipts(c))
         c.check("server started", True)
         url = f"{'wss' if args.tls else 'ws'}://127.0.0.1:{port}/v1/ws"
         try:

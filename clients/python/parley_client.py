@@ -287,7 +287,7 @@ class Client:
         self.snapshot_messages = snapshot_messages  # per conversation in the login snapshot (None: server default)
         self.summaries = {}         # conversation_id -> newest summary's {"last_seq", "unread"}, as sent
         self.selected = None        # this connection's selection (set of ids); None: everything in full
-        self._covered = set()       # user seqs a summary stands for, above applied
+        self._covered = set()       # user seqs a summary or a merged receipt stands for, above applied
         # Unread counts (see the class comment).  _summary_unread: the
         # server's count, kept current; absent: the messages held count.
         # _summarised: 1 while messages up to last_seq may be missing (summaries
@@ -515,6 +515,13 @@ class Client:
         seq = ev["user_seq"]
         if seq <= self.applied:
             return
+        if seq in self._covered:
+            # Accounted for already (an earlier receipt's also_covers, a
+            # summary's covers): a copy, e.g. from a sync after a drop, is not
+            # applied twice; the cursor passes it.
+            self._covered.discard(seq)
+            await self._advance(seq)
+            return
         kind = ev.get("kind")
         if kind == "conversation":
             conv = dict(ev["conversation"])  # a copy: the store mutates it
@@ -541,6 +548,9 @@ class Client:
                 else:
                     del self._summary_unread[cid]
             self._raise_watermarks(cid, ev["user_id"], ev.get("delivered", 0), ev.get("read", 0))
+            # Receipts the server merged into this one (newest watermarks
+            # win): their user seqs count as applied (protocol.md, "also_covers").
+            self._covered.update(s for s in ev.get("also_covers", []) if s > seq)
         elif kind in ("edit", "delete"):
             self._change_message(ev["conversation_id"], ev["seq"], kind == "delete",
                                  ev.get("version", 0), ev.get("body", ""))
@@ -570,11 +580,15 @@ class Client:
             for lo, hi in ev.get("covers", []):
                 self._covered.update(range(max(lo, seq + 1), hi + 1))
         # unknown kinds: ignored, but the cursor still advances
+        self.log.append((source, ev))
+        await self._advance(seq)
+
+    async def _advance(self, seq):
+        """`seq` is applied: so is every covered user seq right after it."""
         self.applied = seq
         while self.applied + 1 in self._covered:
             self._covered.discard(self.applied + 1)
             self.applied += 1
-        self.log.append((source, ev))
         async with self._changed:
             self._changed.notify_all()
 

@@ -96,6 +96,7 @@ void CheckBody(const RequestBody& body) {
           CheckString(r.password, kMaxPasswordBytes, "login.password");
           CheckString(r.device_name, kMaxDeviceNameBytes, "login.device_name");
           CheckString(r.platform, kMaxPlatformBytes, "login.platform");
+          CHECK(!HasControl(r.device_name) && !HasControl(r.platform), Escaped(r.device_name + r.platform));
         } else if constexpr (std::is_same_v<T, AuthRequest>) {
           CheckString(r.token, kMaxTokenBytes, "auth.token");
         } else if constexpr (std::is_same_v<T, UnlinkDeviceRequest>) {
@@ -136,7 +137,10 @@ void CheckBody(const RequestBody& body) {
             CheckString(*r.display_name, kMaxDisplayNameBytes, "set_profile.display_name");
             CHECK(!HasControl(*r.display_name), Escaped(*r.display_name));
           }
-          if (r.about) CheckString(*r.about, kMaxAboutBytes, "set_profile.about");
+          if (r.about) {
+            CheckString(*r.about, kMaxAboutBytes, "set_profile.about");
+            CHECK(!HasControl(*r.about), Escaped(*r.about));
+          }
         } else if constexpr (std::is_same_v<T, UserRequest>) {
           CHECK(IsCanonicalUsername(r.username), Escaped(r.username));
         } else if constexpr (std::is_same_v<T, SearchUsersRequest>) {
