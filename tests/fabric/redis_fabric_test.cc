@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <mutex>
@@ -62,12 +63,14 @@ TEST(RedisFabricRateTest, TwoNodesDebitOneBucketAndEachLearnsTheClusterLevel) {
   // per 100 ms of wall time: the checks allow for a slow machine.
   auto usage = [](const std::string& bucket, double used) { return RateUsage{bucket, used, 10, 10}; };
 
+  // Refill since node A's script ran: at most the time since before it was
+  // sent (its reply may come back late on a busy machine).
+  const auto t1 = SteadyClock::now();
   auto l1 = Reconcile(*a, {usage("send_per_user:u1", 6)});
   ASSERT_TRUE(l1.has_value()) << l1.error().ToString();
   ASSERT_EQ(l1->size(), 1u);
   EXPECT_GE((*l1)[0], 4.0);
   EXPECT_LT((*l1)[0], 5.0);  // a full bucket (10) less 6, plus a little refill
-  auto t1 = SteadyClock::now();
 
   // Node B's use and node A's meet in one bucket; B sees both.
   auto l2 = Reconcile(*b, {usage("send_per_user:u1", 6), usage("search_per_user:u1", 1)});
@@ -285,6 +288,54 @@ struct NullSink final : DeviceSink {
   void SendFrame(SharedFrame, bool) override {}
   void Close(uint16_t, std::string) override {}
 };
+
+// Counts the frames a node hands to a device.
+struct CountingSink final : DeviceSink {
+  std::atomic<int> frames{0};
+  void SendFrame(SharedFrame, bool) override { ++frames; }
+  void Close(uint16_t, std::string) override {}
+};
+
+// Route scores are expiry times every node compares with "now": they follow
+// Redis' clock, not each node's. A node whose clock runs a minute behind
+// (more than a route TTL) once wrote routes the others took for expired, so
+// nothing reached its devices live; one a minute ahead pruned the others'.
+TEST(RedisFabricClockTest, ANodeWhoseClockIsWrongStillGetsLiveFramesAndKeepsTheOthersRoutes) {
+  RedisTestServer redis;
+  for (int64_t skew : {int64_t{-60'000}, int64_t{60'000}}) {
+    RedisFabricConfig config;
+    ASSERT_TRUE(ParseRedisAddress(redis.address(), &config).ok());
+    config.node_id = "node-a";
+    auto a = RedisFabric::Start(config);
+    ASSERT_TRUE(a.has_value()) << a.error().ToString();
+    config.node_id = "node-b";
+    config.clock_skew_ms = skew;
+    auto b = RedisFabric::Start(config);
+    ASSERT_TRUE(b.has_value()) << b.error().ToString();
+    auto on_b = std::make_shared<CountingSink>();
+    auto on_a = std::make_shared<CountingSink>();
+    (*b)->Attach(42, 7, on_b);
+    (*a)->Attach(43, 8, on_a);
+    auto deadline = SteadyClock::now() + std::chrono::seconds(5);
+    while (!((*a)->IsConnected(42) && (*b)->IsConnected(43)) && SteadyClock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE((*a)->IsConnected(42) && (*b)->IsConnected(43)) << "presence never crossed";
+    // Both ways, a few times over a refresh (the skewed node re-writes its
+    // routes and prunes everyone's expired ones on each).
+    for (int i = 0; i < 3; ++i) {
+      (*a)->Publish(42, std::make_shared<const std::string>("to b"));
+      (*b)->Publish(43, std::make_shared<const std::string>("to a"));
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    }
+    deadline = SteadyClock::now() + std::chrono::seconds(3);
+    while ((on_b->frames < 3 || on_a->frames < 3) && SteadyClock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_EQ(on_b->frames.load(), 3) << "skew " << skew << ": frames for the skewed node's device";
+    EXPECT_EQ(on_a->frames.load(), 3) << "skew " << skew << ": frames for the other node's device";
+    (*a)->Detach(43, 8, on_a.get());
+    (*b)->Detach(42, 7, on_b.get());
+  }
+}
 
 // What a node's re-check after a cut judges (ChatService::RecheckUserDevices):
 // the devices attached here, each once however many connections it has,

@@ -23,6 +23,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -45,14 +46,20 @@ namespace {
 constexpr char kPresenceChannel[] = "parley:presence";
 // How often a node id used by two live processes is logged while it lasts.
 constexpr int64_t kDuplicateIdLogIntervalMs = 60'000;
+// A change of the measured offset to Redis' clock larger than this (the
+// first measure, a clock that was set) re-writes the routes at once.
+constexpr int64_t kClockStepMs = 1'000;
 // How long the destructor waits for its goodbye to reach Redis.
 constexpr int kGoodbyeTimeoutMs = 1'000;
 
-// Reads the user's live routes and publishes ARGV[3] to the channel of each
-// other node that holds one of them (only to the node holding device ARGV[4]
-// if it is not empty). Returns the number of nodes published to.
+// Reads the user's live routes (scored by their expiry in Redis' clock) and
+// publishes ARGV[2] to the channel of each other node (not ARGV[1]) that
+// holds one of them (only to the node holding device ARGV[3] if it is not
+// empty). Returns the number of nodes published to.
 constexpr char kRouteScript[] = R"lua(
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 local sent = {}
 local n = 0
 for _, m in ipairs(members) do
@@ -60,10 +67,10 @@ for _, m in ipairs(members) do
   if sep then
     local node = string.sub(m, 1, sep - 1)
     local dev = string.sub(m, sep + 1)
-    if node ~= ARGV[2] and not sent[node] and (ARGV[4] == '' or ARGV[4] == dev) then
+    if node ~= ARGV[1] and not sent[node] and (ARGV[3] == '' or ARGV[3] == dev) then
       sent[node] = true
       n = n + 1
-      redis.call('PUBLISH', 'parley:node:' .. node, ARGV[3])
+      redis.call('PUBLISH', 'parley:node:' .. node, ARGV[2])
     end
   end
 end
@@ -363,6 +370,7 @@ struct RedisFabric::Impl {
     } else {
       if (conn.refusals == 0)
         spdlog::info("event=redis_connected host={} port={} node_id={}", cfg.host, cfg.port, cfg.node_id);
+      MeasureClock();  // its answer comes before the next refresh's routes; these use the last offset
       WriteAllRoutes();
       if (sub.subscribed) SayHello();
     }
@@ -437,8 +445,38 @@ struct RedisFabric::Impl {
     Command({"PEXPIRE", key, std::to_string(cfg.route_ttl_ms)});
   }
 
+  // Now in Redis' clock, as this node last measured it (MeasureClock): route
+  // scores are expiry times that every node and the route script compare
+  // with their own "now", so they must all use one clock. With each node's
+  // own, a node whose clock ran a route TTL behind wrote routes the others
+  // took for expired (no live delivery to it), and one ahead pruned the
+  // others' live routes.
+  int64_t RedisNowMs() const { return NowMs() + cfg.clock_skew_ms + clock_offset_ms; }
+
+  // Asks Redis for its TIME and keeps the offset from this node's clock,
+  // taking the reply to stand for the middle of the round trip.
+  void MeasureClock() {
+    auto* sent_at = new int64_t(NowMs() + cfg.clock_skew_ms);
+    redisAsyncCommand(
+        cmd.ac,
+        [](redisAsyncContext* c, void* r, void* data) {
+          std::unique_ptr<int64_t> asked(static_cast<int64_t*>(data));
+          auto* reply = static_cast<redisReply*>(r);
+          if (reply == nullptr || c->data == nullptr || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) return;
+          Impl* impl = static_cast<Conn*>(c->data)->impl;
+          const int64_t redis_ms =
+              std::strtoll(reply->element[0]->str, nullptr, 10) * 1000 + std::strtoll(reply->element[1]->str, nullptr, 10) / 1000;
+          const int64_t here = NowMs() + impl->cfg.clock_skew_ms;
+          const int64_t offset = redis_ms - (*asked + here) / 2;
+          const bool moved = std::abs(offset - impl->clock_offset_ms) > kClockStepMs;
+          impl->clock_offset_ms = offset;
+          if (moved) impl->WriteAllRoutes();  // the first measure, or a clock that jumped: now, not at the next refresh
+        },
+        sent_at, "TIME");
+  }
+
   void WriteAllRoutes() {
-    int64_t now = NowMs();
+    int64_t now = RedisNowMs();
     for (const auto& [user, devices] : local_devices) {
       for (const auto& [device, n] : devices) WriteRoute(user, device, now);
       Command({"ZREMRANGEBYSCORE", RouteKey(user), "-inf", std::to_string(now)});  // expired entries of any node
@@ -471,6 +509,7 @@ struct RedisFabric::Impl {
       if (ec || stopping) return;
       DropSilent();
       if (cmd.connected) {
+        MeasureClock();
         WriteAllRoutes();
         PublishSnapshot();  // its echo on the subscription shows that one alive too
       }
@@ -538,7 +577,7 @@ struct RedisFabric::Impl {
   void LocalAttach(int64_t user, int64_t device) {
     auto& devices = local_devices[user];
     bool new_user = devices.empty();
-    if (devices[device]++ == 0) WriteRoute(user, device, NowMs());
+    if (devices[device]++ == 0) WriteRoute(user, device, RedisNowMs());
     if (new_user) Broadcast("c " + cfg.node_id + " " + std::to_string(user) + " 1");
   }
 
@@ -584,7 +623,7 @@ struct RedisFabric::Impl {
     payload += std::to_string(device);
     payload += '\n';
     payload += data;
-    Command({"EVAL", kRouteScript, "1", RouteKey(user), std::to_string(NowMs()), cfg.node_id, payload,
+    Command({"EVAL", kRouteScript, "1", RouteKey(user), cfg.node_id, payload,
              device != 0 ? std::to_string(device) : std::string()});
   }
 
@@ -887,6 +926,7 @@ struct RedisFabric::Impl {
   // This process among those that may publish under cfg.node_id (random, hex).
   const std::string instance = fmt::format("{:016x}", std::random_device{}() * 0x100000000ULL ^ std::random_device{}());
   int64_t duplicate_logged_ms = 0;  // steady ms of the last fabric_duplicate_node_id line
+  int64_t clock_offset_ms = 0;       // Redis' clock minus this node's (MeasureClock)
 
   Gauge& up;
   Counter& sent;

@@ -86,6 +86,9 @@ struct RedisFabricConfig {
   // to Redis, that close included: as if it died right after committing the
   // change (the revocation's broadcast does not go out either).
   int64_t mute_at_close = 0;
+  // Tests only: added to this node's wall clock, as if it were set wrong
+  // (route scores follow Redis' clock whatever this is).
+  int64_t clock_skew_ms = 0;
 };
 
 // Parses "HOST:PORT" or "redis://[[USER]:PASSWORD@]HOST[:PORT]" (port 6379;
