@@ -289,6 +289,42 @@ struct NullSink final : DeviceSink {
   void Close(uint16_t, std::string) override {}
 };
 
+// Nodes that start together (a cluster-wide restart) each say hello; a
+// running node answers the hellos it hears together with one snapshot, not
+// one each (N nodes would publish N² snapshots: past Redis' output limit for
+// subscribers, which then cuts every node's subscription).
+TEST(RedisFabricHelloTest, HellosHeardTogetherAreAnsweredWithOneSnapshot) {
+  RedisTestServer redis;
+  auto a = StartNode(redis, "node-a");
+  ASSERT_NE(a, nullptr);
+  // A plain subscriber counts node-a's snapshots from now on.
+  redisContext* watch = redisConnect("127.0.0.1", redis.port());
+  ASSERT_TRUE(watch != nullptr && watch->err == 0);
+  freeReplyObject(redisCommand(watch, "SUBSCRIBE parley:presence"));
+  redisSetTimeout(watch, timeval{1, 500'000});
+  constexpr int kStarting = 6;
+  std::vector<std::future<std::unique_ptr<RedisFabric>>> starting;
+  for (int i = 0; i < kStarting; ++i)
+    starting.push_back(std::async(std::launch::async, [&redis, i] { return StartNode(redis, "node-" + std::to_string(i)); }));
+  std::vector<std::unique_ptr<RedisFabric>> nodes;
+  for (auto& f : starting) nodes.push_back(f.get());
+  int hellos = 0, snapshots = 0;
+  void* r = nullptr;
+  while (redisGetReply(watch, &r) == REDIS_OK) {  // until 1.5 s pass in silence
+    auto* reply = static_cast<redisReply*>(r);
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3) {
+      const std::string text(reply->element[2]->str, reply->element[2]->len);
+      if (text.rfind("h node-", 0) == 0) ++hellos;
+      if (text.rfind("s node-a ", 0) == 0) ++snapshots;
+    }
+    freeReplyObject(reply);
+  }
+  redisFree(watch);
+  EXPECT_EQ(hellos, kStarting);
+  EXPECT_GE(snapshots, 1) << "node-a never answered the hellos";
+  EXPECT_LE(snapshots, 2) << "node-a answered " << kStarting << " hellos heard together one by one";
+}
+
 // Counts the frames a node hands to a device.
 struct CountingSink final : DeviceSink {
   std::atomic<int> frames{0};

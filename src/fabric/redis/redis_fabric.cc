@@ -46,6 +46,9 @@ namespace {
 constexpr char kPresenceChannel[] = "parley:presence";
 // How often a node id used by two live processes is logged while it lasts.
 constexpr int64_t kDuplicateIdLogIntervalMs = 60'000;
+// A node answers hellos with one snapshot after a random wait of up to this
+// long (AnswerHello).
+constexpr int kHelloAnswerSpreadMs = 200;
 // A change of the measured offset to Redis' clock larger than this (the
 // first measure, a clock that was set) re-writes the routes at once.
 constexpr int64_t kClockStepMs = 1'000;
@@ -251,6 +254,7 @@ struct RedisFabric::Impl {
       : cfg(std::move(c)),
         work(net::make_work_guard(io)),
         refresh(io),
+        hello_answer(io),
         up(Metrics::Default().GetGauge("parley_fabric_redis_up",
                                        "1 while both Redis connections (commands, subscriptions) are up")),
         sent(Metrics::Default().GetCounter("parley_fabric_remote_publishes_total",
@@ -780,7 +784,7 @@ struct RedisFabric::Impl {
     RemoteNode& n = nodes[node];
     n.heard_ms = NowMs();
     if (kind == "h") {
-      if (cmd.connected) PublishSnapshot();
+      AnswerHello();
       // "h NODE again": a node back after a cut, whose messages meanwhile
       // were dropped. A new process saying hello under the id of a node
       // still known here restarted without its goodbye (killed): what it
@@ -822,6 +826,22 @@ struct RedisFabric::Impl {
       }
       Replace(n, connected, online);
     }
+  }
+
+  // A hello is answered with a snapshot after a random wait of up to
+  // kHelloAnswerSpreadMs, one for all the hellos heard meanwhile: when many
+  // nodes start (or come back) at once, each answers once, not once per
+  // hello (N nodes would publish N² snapshots, enough to pass Redis' output
+  // limit for subscribers and cut every node's subscription).
+  void AnswerHello() {
+    if (hello_answer_pending) return;
+    hello_answer_pending = true;
+    std::uniform_int_distribution<int> spread(0, kHelloAnswerSpreadMs);
+    hello_answer.expires_after(std::chrono::milliseconds(spread(rng)));
+    hello_answer.async_wait([this](boost::system::error_code ec) {
+      hello_answer_pending = false;
+      if (!ec && !stopping && cmd.connected) PublishSnapshot();
+    });
   }
 
   // Another live process publishes under this node's id: both hear the
@@ -896,6 +916,9 @@ struct RedisFabric::Impl {
   net::io_context io;
   net::executor_work_guard<net::io_context::executor_type> work;
   net::steady_timer refresh;
+  net::steady_timer hello_answer;     // AnswerHello's wait
+  bool hello_answer_pending = false;
+  std::minstd_rand rng{std::random_device{}()};
   std::thread thread;
   Conn cmd, sub;
   bool stopping = false;
@@ -1000,6 +1023,7 @@ void RedisFabric::Stop() {
   net::post(p->io, [p] {
     p->stopping = true;
     p->refresh.cancel();
+    p->hello_answer.cancel();
     for (Impl::Conn* c : {&p->cmd, &p->sub}) {
       c->retry->cancel();
       if (c->ac) redisAsyncFree(c->ac);  // pending callbacks run with no reply
