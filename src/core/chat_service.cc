@@ -129,17 +129,20 @@ ChatService::ChatService(Executor& core, store::Store& store, fabric::Fabric& fa
   auto h = HashPassword("parley-dummy-password", config_.password_cost);
   if (h) dummy_hash_ = std::move(*h);
   // Users online on other nodes count as one foreground connection each way
-  // in the tracker; the node where they went offline stores their last seen.
-  // Push skips them too (remote_foreground_).
-  fabric_.OnRemotePresence([this](int64_t user, bool online) {
-    core_.Post([this, user, online] {
+  // in the tracker; the node where they went offline stores their last seen,
+  // unless it was lost (killed): then the nodes that notice store it, each
+  // the same (the store keeps the latest). Push skips them too
+  // (remote_foreground_).
+  fabric_.OnRemotePresence([this](int64_t user, bool online, bool node_lost) {
+    core_.Post([this, user, online, node_lost] {
       if (online) {
         remote_foreground_.insert(user);
         presence_.ForegroundEnter(user);
-      } else {
-        remote_foreground_.erase(user);
-        (void)presence_.ForegroundLeave(user);
+        return;
       }
+      remote_foreground_.erase(user);
+      const int64_t last_seen = presence_.ForegroundLeave(user);
+      if (node_lost && last_seen != 0) NoteLastSeen(user, last_seen);
     });
   });
   // Another node changed something about a user that this one holds (or

@@ -84,8 +84,12 @@ class Fabric {
   // one other node (true) or on none any more (false). Set once, before the
   // first Attach; users already known to be online elsewhere (the other
   // nodes answer a starting node's hello at once) are reported to it then.
-  // nullptr unsets it: no call after that returns.
-  using RemotePresenceFn = std::function<void(int64_t user_id, bool online)>;
+  // nullptr unsets it: no call after that returns. `node_lost`: the user
+  // went offline because the node it was online on was lost (forgotten
+  // after a route TTL without a goodbye: killed or cut off), so that node
+  // stored no last seen for it; otherwise false (the node where the user
+  // went offline stores it).
+  using RemotePresenceFn = std::function<void(int64_t user_id, bool online, bool node_lost)>;
   virtual void OnRemotePresence(RemotePresenceFn /*fn*/) {}
   // Something other nodes hold in memory about a user changed through this
   // node: who may see their presence (kVisibility: a privacy setting; with

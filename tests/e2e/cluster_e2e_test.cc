@@ -45,6 +45,7 @@ class ClusterTest : public ::testing::Test {
       static int databases = 0;
       url = pg.Database("cluster_" + std::to_string(getpid()) + "_" + std::to_string(++databases), schema);
     }
+    url_ = url;
     const char* names[] = {"node-a", "node-b", "node-c"};
     for (int i = 0; i < 3; ++i) {
       std::vector<std::string> args = {"--store", url, "--redis", redis_.address(), "--node-id", names[i]};
@@ -61,6 +62,19 @@ class ClusterTest : public ::testing::Test {
     config.postgres_url = url;
     Result<std::unique_ptr<store::Store>> migrated = store::OpenStore(config);
     EXPECT_TRUE(migrated.has_value()) << migrated.error().ToString();
+  }
+  // One number from the cluster's database, read with psql (-1 and a test
+  // failure if it prints something else).
+  int64_t StoredNumber(const std::string& sql) {
+    int rc = 0;
+    const std::string out = Shell("psql '" + url_ + "' -tAc \"" + sql + "\"", &rc);
+    EXPECT_EQ(rc, 0) << sql << ": " << out;
+    try {
+      return std::stoll(out);
+    } catch (const std::exception&) {
+      ADD_FAILURE() << sql << " printed '" << out << "'";
+      return -1;
+    }
   }
   ServerProcess& A() { return *nodes_[0]; }
   ServerProcess& B() { return *nodes_[1]; }
@@ -105,6 +119,7 @@ class ClusterTest : public ::testing::Test {
   RedisTestServer redis_;
   std::vector<std::unique_ptr<ServerProcess>> nodes_;
   std::vector<std::vector<std::string>> node_args_;
+  std::string url_;  // the nodes' PostgreSQL database
 };
 
 // Runs parleyd with `args` (it is expected to refuse them); returns its exit
@@ -263,6 +278,27 @@ TEST_F(ClusterTest, PresenceAndTypingCrossNodes) {
   ASSERT_TRUE(off) << "node C never announced alice offline";
   EXPECT_FALSE((*off)["online"].get<bool>());
   EXPECT_GT((*off)["last_seen"].get<int64_t>(), 0);
+}
+
+// A node killed while a user is online there stores no last seen for her;
+// the other nodes do when they forget it (after a route TTL without its
+// goodbye), so her last seen is the time of the loss, not whatever it was
+// before she came online (here: never set).
+TEST_F(ClusterTest, AUserOnlineOnAKilledNodeGetsHerLastSeenStoredByTheOthers) {
+  StartCluster();
+  Register(A(), "alice");
+  Register(A(), "bob");
+  Device bob_c = Login(C(), "bob");
+  Device alice_b = Login(B(), "alice");
+  WaitRemoteUsers(C(), 1);
+  const auto stored = [&] { return StoredNumber("SELECT last_seen FROM users WHERE username = 'alice'"); };
+  ASSERT_EQ(stored(), 0) << "alice has a last seen before going offline";
+  const int64_t killed_at = std::chrono::duration_cast<milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch()).count();
+  B().Kill9();
+  EXPECT_TRUE(Eventually([&] { return stored() > 0; }, 15000)) << "nobody stored alice's last seen";
+  EXPECT_GE(stored(), killed_at - 1000);
+  EXPECT_LE(stored(), killed_at + 15000);
 }
 
 // A Redis that stops answering without closing its connections (stopped,

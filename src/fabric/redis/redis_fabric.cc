@@ -524,7 +524,7 @@ struct RedisFabric::Impl {
         if (n.heard_ms < now - cfg.route_ttl_ms) gone.push_back(id);
       for (const auto& id : gone) {
         spdlog::info("event=fabric_node_expired node_id={}", id);
-        ForgetNode(id);
+        ForgetNode(id, /*lost=*/true);
       }
       // A node that stopped without saying goodbye (`q`: killed, or cut
       // off) may have taken messages with it that it had committed but not
@@ -779,7 +779,7 @@ struct RedisFabric::Impl {
       if (kind == "s" && in >> other && other != instance) SameNodeId(other);
       return;  // its own messages, heard back
     }
-    if (kind == "q") return ForgetNode(node);
+    if (kind == "q") return ForgetNode(node, /*lost=*/false);
     const bool known = nodes.count(node) > 0;
     RemoteNode& n = nodes[node];
     n.heard_ms = NowMs();
@@ -859,7 +859,8 @@ struct RedisFabric::Impl {
                   cfg.node_id, other_instance, instance);
   }
 
-  void Replace(RemoteNode& n, const std::unordered_set<int64_t>& connected, const std::unordered_set<int64_t>& online) {
+  void Replace(RemoteNode& n, const std::unordered_set<int64_t>& connected, const std::unordered_set<int64_t>& online,
+               bool lost = false) {
     std::vector<int64_t> drop;
     for (int64_t u : n.connected)
       if (!connected.count(u)) drop.push_back(u);
@@ -868,14 +869,16 @@ struct RedisFabric::Impl {
     drop.clear();
     for (int64_t u : n.online)
       if (!online.count(u)) drop.push_back(u);
-    for (int64_t u : drop) SetOnline(n, u, false);
+    for (int64_t u : drop) SetOnline(n, u, false, lost);
     for (int64_t u : online) SetOnline(n, u, true);
   }
 
-  void ForgetNode(const std::string& id) {
+  // `lost`: not heard from for a route TTL, without its goodbye (its users'
+  // last seen is stored by nobody else; RemotePresenceFn).
+  void ForgetNode(const std::string& id, bool lost) {
     auto it = nodes.find(id);
     if (it == nodes.end()) return;
-    Replace(it->second, {}, {});
+    Replace(it->second, {}, {}, lost);
     nodes.erase(it);
   }
 
@@ -890,14 +893,14 @@ struct RedisFabric::Impl {
     remote_users.Set(static_cast<int64_t>(remote_connected.size()));
   }
 
-  void SetOnline(RemoteNode& n, int64_t user, bool on) {
+  void SetOnline(RemoteNode& n, int64_t user, bool on, bool lost = false) {
     if (on ? !n.online.insert(user).second : n.online.erase(user) == 0) return;
     int& count = remote_online[user];
     count += on ? 1 : -1;
     bool changed = on ? count == 1 : count == 0;
     if (count == 0) remote_online.erase(user);
     if (!changed) return;
-    if (auto fn = CallbackCopy(presence_fn)) fn(user, on);
+    if (auto fn = CallbackCopy(presence_fn)) fn(user, on, lost);
   }
 
   void UserChanged(const UserChange& change) {
@@ -1123,7 +1126,7 @@ void RedisFabric::OnRemotePresence(RemotePresenceFn fn) {
       if (p->presence_fn_generation != generation) return;  // unset (or set again) meanwhile
       p->presence_fn = fn;
     }
-    for (const auto& [user, nodes] : p->remote_online) fn(user, true);
+    for (const auto& [user, nodes] : p->remote_online) fn(user, true, false);
   });
 }
 
