@@ -83,7 +83,8 @@ class Fabric {
   // `fn` is called, on any thread, when the user becomes online on at least
   // one other node (true) or on none any more (false). Set once, before the
   // first Attach; users already known to be online elsewhere (the other
-  // nodes answer a starting node's hello at once) are reported to it then.
+  // nodes answer a starting node's hello within a round trip and 200 ms)
+  // are reported to it then.
   // nullptr unsets it: no call after that returns. `node_lost`: the user
   // went offline because the node it was online on was lost (forgotten
   // after a route TTL without a goodbye: killed or cut off), so that node

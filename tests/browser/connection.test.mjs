@@ -131,3 +131,20 @@ test('reads waiting when the socket drops are refused as disconnected, not left 
   assert.equal(conn.readsInFlight, 0);
   assert.equal(sent.length, kMaxReadsInFlight, 'a waiting read was sent on a dropped socket');
 });
+
+test('a read refused as a flood anyway is sent again after the server\'s wait', async () => {
+  const { conn, sent } = fakeConnection();
+  const answer = conn.request('snapshot', { messages: 0 });
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(sent.length, 1);
+  conn.settle({ type: 'error', id: sent[0].id, code: 'rate_limited', message: 'busy', retry_after_ms: 20 });
+  await new Promise((r) => setTimeout(r, 5));
+  assert.equal(sent.length, 1, 'sent again before the server\'s wait');
+  await new Promise((r) => setTimeout(r, 40));
+  assert.equal(sent.length, 2);
+  assert.equal(sent[1].type, 'snapshot');
+  conn.settle({ type: 'response', id: sent[1].id, result: { head: 3 } });
+  assert.deepEqual(await answer, { head: 3 });
+  assert.equal(conn.readsInFlight, 0);
+  for (const p of conn.pending.values()) clearTimeout(p.timer);
+});

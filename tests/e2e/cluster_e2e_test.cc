@@ -299,6 +299,23 @@ TEST_F(ClusterTest, AUserOnlineOnAKilledNodeGetsHerLastSeenStoredByTheOthers) {
   EXPECT_TRUE(Eventually([&] { return stored() > 0; }, 15000)) << "nobody stored alice's last seen";
   EXPECT_GE(stored(), killed_at - 1000);
   EXPECT_LE(stored(), killed_at + 15000);
+
+  // A kill and a restart under the same id quicker than the route TTL: the
+  // others never forget the node, but its new process's first snapshot
+  // (another instance) no longer has carol.
+  RestartNode(1);
+  Register(A(), "carol");
+  Device carol_b = Login(B(), "carol");
+  WaitRemoteUsers(C(), 1);
+  const auto carol_seen = [&] { return StoredNumber("SELECT last_seen FROM users WHERE username = 'carol'"); };
+  ASSERT_EQ(carol_seen(), 0);
+  const int64_t restarted_at = std::chrono::duration_cast<milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch()).count();
+  B().Kill9();
+  RestartNode(1);
+  EXPECT_TRUE(Eventually([&] { return carol_seen() > 0; }, 10000))
+      << "nobody stored the last seen of a user whose node was killed and restarted at once";
+  EXPECT_GE(carol_seen(), restarted_at - 1000);
 }
 
 // A Redis that stops answering without closing its connections (stopped,

@@ -254,6 +254,15 @@ TEST_F(ConfigTest, TheRedisPasswordComesFromTheUrlOrItsOptionWhichWins) {
     int exit_code = -1;
     EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value()) << bad[4];
   }
+  // The error goes to the log: never the password.
+  std::vector<std::string> args = {"parleyd", "--store", store, "--redis", "redis://:hunter2@h/0"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  int exit_code = -1;
+  auto refused = ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().message().find("hunter2"), std::string::npos) << refused.error().message();
+  EXPECT_NE(refused.error().message().find("redis://***@h/0"), std::string::npos) << refused.error().message();
 }
 
 }  // namespace

@@ -85,6 +85,7 @@ export function retryAfterDelayMs(retryAfterMs, random = Math.random) {
 // Requests the server counts among a connection's reads in flight, and how
 // many it lets one connection have unanswered (docs/protocol.md, "Limits").
 export const kMaxReadsInFlight = 32;
+const kMaxReadRetries = 3; // a counted read refused as rate_limited is sent again this many times
 export const kCountedReads = new Set([
   'sync', 'history', 'snapshot', 'list_conversations', 'list_contacts', 'list_blocked', 'list_devices',
   'search_users', 'search_messages', 'message_info', 'push_settings', 'subscribe_presence',
@@ -310,17 +311,28 @@ export class Connection {
   // (many conversations paged at once) is never refused as a flood.
   request(type, fields = {}) {
     if (!kCountedReads.has(type)) return this.send(type, fields);
-    return new Promise((resolve, reject) => {
-      const start = () => {
-        this.readsInFlight += 1;
-        this.send(type, fields).then(resolve, reject).finally(() => {
-          this.readsInFlight -= 1;
-          this.readsWaiting.shift()?.();
-        });
-      };
-      if (this.readsInFlight < kMaxReadsInFlight) start();
-      else this.readsWaiting.push(start);
-    });
+    return this.countedRead(type, fields);
+  }
+
+  // One counted read: waits for a slot, then sends. Refused as a flood all
+  // the same (the server still counts a read this side gave up on at its
+  // timeout), it is sent again after the server's wait, a few times.
+  async countedRead(type, fields) {
+    for (let attempt = 0; ; attempt += 1) {
+      while (this.readsInFlight >= kMaxReadsInFlight) await new Promise((wake) => this.readsWaiting.push(wake));
+      this.readsInFlight += 1;
+      let wait;
+      try {
+        return await this.send(type, fields);
+      } catch (e) {
+        if (e.code !== 'rate_limited' || attempt >= kMaxReadRetries) throw e;
+        wait = e.retryAfterMs;
+      } finally {
+        this.readsInFlight -= 1;
+        this.readsWaiting.shift()?.();
+      }
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
 
   // Sends one request now; its answer settles the promise (see request).

@@ -49,9 +49,10 @@ constexpr int64_t kDuplicateIdLogIntervalMs = 60'000;
 // A node answers hellos with one snapshot after a random wait of up to this
 // long (AnswerHello).
 constexpr int kHelloAnswerSpreadMs = 200;
-// A change of the measured offset to Redis' clock larger than this (the
-// first measure, a clock that was set) re-writes the routes at once.
-constexpr int64_t kClockStepMs = 1'000;
+// A TIME answer that took longer than this does not update the offset to
+// Redis' clock (taken as the middle of the round trip, it could be off by
+// half of it).
+constexpr int64_t kMaxClockSampleMs = 200;
 // How long the destructor waits for its goodbye to reach Redis.
 constexpr int kGoodbyeTimeoutMs = 1'000;
 
@@ -199,8 +200,13 @@ std::string_view ErrorText(const redisReply* r) { return {r->str, r->len}; }
 
 Status ParseRedisAddress(const std::string& text, RedisFabricConfig* config) {
   const auto bad = [&text] {
+    // Never the password in an error (it goes to the log).
+    std::string shown = text;
+    if (const size_t at = shown.rfind('@'); at != std::string::npos && shown.rfind("redis://", 0) == 0)
+      shown = "redis://***" + shown.substr(at);
     return Status(ErrorCode::kBadRequest,
-                  "--redis: expected HOST:PORT or redis://[[USER]:PASSWORD@]HOST[:PORT], got '" + text + "'");
+                  "--redis: expected HOST:PORT or redis://[[USER]:PASSWORD@]HOST[:PORT] (no database path), got '" +
+                      shown + "'");
   };
   std::string host, port = "6379";
   if (text.rfind("redis://", 0) == 0) {
@@ -217,6 +223,7 @@ Status ParseRedisAddress(const std::string& text, RedisFabricConfig* config) {
     const size_t colon = text.rfind(':');
     host = text.substr(0, colon);
     if (colon != std::string::npos) port = text.substr(colon + 1);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);  // [::1]:6379
   }
   int p = 0;
   for (char ch : port) {
@@ -247,7 +254,8 @@ struct RedisFabric::Impl {
   };
   struct RemoteNode {
     std::unordered_set<int64_t> connected, online;
-    int64_t heard_ms = 0;
+    int64_t heard_ms = 0;  // steady ms of its last message (not the wall clock: a clock step must not expire it)
+    std::string instance;  // its process (PublishSnapshot's INSTANCE) as of its last snapshot
   };
 
   explicit Impl(RedisFabricConfig c)
@@ -374,8 +382,7 @@ struct RedisFabric::Impl {
     } else {
       if (conn.refusals == 0)
         spdlog::info("event=redis_connected host={} port={} node_id={}", cfg.host, cfg.port, cfg.node_id);
-      MeasureClock();  // its answer comes before the next refresh's routes; these use the last offset
-      WriteAllRoutes();
+      MeasureAndWriteRoutes();
       if (sub.subscribed) SayHello();
     }
     UpdateUp();
@@ -449,7 +456,7 @@ struct RedisFabric::Impl {
     Command({"PEXPIRE", key, std::to_string(cfg.route_ttl_ms)});
   }
 
-  // Now in Redis' clock, as this node last measured it (MeasureClock): route
+  // Now in Redis' clock, as this node last measured it (MeasureAndWriteRoutes): route
   // scores are expiry times that every node and the route script compare
   // with their own "now", so they must all use one clock. With each node's
   // own, a node whose clock ran a route TTL behind wrote routes the others
@@ -459,24 +466,35 @@ struct RedisFabric::Impl {
 
   // Asks Redis for its TIME and keeps the offset from this node's clock,
   // taking the reply to stand for the middle of the round trip.
-  void MeasureClock() {
-    auto* sent_at = new int64_t(NowMs() + cfg.clock_skew_ms);
-    redisAsyncCommand(
+  // Then (re-)writes this node's routes, and prunes expired ones, with the
+  // offset just measured: a clock that was set does not prune the others'
+  // live routes with the old offset first. An answer slower than
+  // kMaxClockSampleMs (Redis busy or stalled) keeps the old offset.
+  void MeasureAndWriteRoutes() {
+    auto asked = std::make_unique<std::pair<int64_t, int64_t>>(NowMs() + cfg.clock_skew_ms, SteadyMs());
+    const int rc = redisAsyncCommand(
         cmd.ac,
         [](redisAsyncContext* c, void* r, void* data) {
-          std::unique_ptr<int64_t> asked(static_cast<int64_t*>(data));
+          std::unique_ptr<std::pair<int64_t, int64_t>> asked_at(static_cast<std::pair<int64_t, int64_t>*>(data));
           auto* reply = static_cast<redisReply*>(r);
-          if (reply == nullptr || c->data == nullptr || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) return;
+          if (reply == nullptr || c->data == nullptr) return;
           Impl* impl = static_cast<Conn*>(c->data)->impl;
-          const int64_t redis_ms =
-              std::strtoll(reply->element[0]->str, nullptr, 10) * 1000 + std::strtoll(reply->element[1]->str, nullptr, 10) / 1000;
-          const int64_t here = NowMs() + impl->cfg.clock_skew_ms;
-          const int64_t offset = redis_ms - (*asked + here) / 2;
-          const bool moved = std::abs(offset - impl->clock_offset_ms) > kClockStepMs;
-          impl->clock_offset_ms = offset;
-          if (moved) impl->WriteAllRoutes();  // the first measure, or a clock that jumped: now, not at the next refresh
+          if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+              SteadyMs() - asked_at->second <= kMaxClockSampleMs) {
+            const int64_t redis_ms = std::strtoll(reply->element[0]->str, nullptr, 10) * 1000 +
+                                     std::strtoll(reply->element[1]->str, nullptr, 10) / 1000;
+            impl->clock_offset_ms = redis_ms - (asked_at->first + NowMs() + impl->cfg.clock_skew_ms) / 2;
+          } else if (reply->type == REDIS_REPLY_ERROR) {
+            impl->errors.Inc();  // e.g. an ACL without TIME: the offset stays as it was
+            if (!impl->time_refused_logged)
+              spdlog::warn("event=redis_time_refused error=\"{}\" note=\"route scores use this node's clock\"",
+                           ErrorText(reply));
+            impl->time_refused_logged = true;
+          }
+          impl->WriteAllRoutes();
         },
-        sent_at, "TIME");
+        asked.get(), "TIME");
+    if (rc == REDIS_OK) asked.release();  // the callback owns it now
   }
 
   void WriteAllRoutes() {
@@ -513,12 +531,11 @@ struct RedisFabric::Impl {
       if (ec || stopping) return;
       DropSilent();
       if (cmd.connected) {
-        MeasureClock();
-        WriteAllRoutes();
+        MeasureAndWriteRoutes();
         PublishSnapshot();  // its echo on the subscription shows that one alive too
       }
       // Nodes not heard from for a route TTL are gone (killed, or cut off).
-      int64_t now = NowMs();
+      const int64_t now = SteadyMs();
       std::vector<std::string> gone;
       for (const auto& [id, n] : nodes)
         if (n.heard_ms < now - cfg.route_ttl_ms) gone.push_back(id);
@@ -782,7 +799,7 @@ struct RedisFabric::Impl {
     if (kind == "q") return ForgetNode(node, /*lost=*/false);
     const bool known = nodes.count(node) > 0;
     RemoteNode& n = nodes[node];
-    n.heard_ms = NowMs();
+    n.heard_ms = SteadyMs();
     if (kind == "h") {
       AnswerHello();
       // "h NODE again": a node back after a cut, whose messages meanwhile
@@ -812,7 +829,15 @@ struct RedisFabric::Impl {
     }
     if (kind == "s") {
       std::string line;
-      std::getline(in, line);  // rest of the first line
+      std::getline(in, line);  // rest of the first line: the sender's instance
+      // A new process under a known id (a restart quicker than the route
+      // TTL, after a kill): the users the old one had are gone with it, and
+      // it stored no last seen for them.
+      std::istringstream first(line);
+      std::string sender;
+      first >> sender;
+      const bool replaced = !n.instance.empty() && !sender.empty() && sender != n.instance;
+      if (!sender.empty()) n.instance = sender;
       std::unordered_set<int64_t> connected, online;
       std::getline(in, line);
       {
@@ -824,7 +849,7 @@ struct RedisFabric::Impl {
         std::istringstream ids(line);
         for (int64_t u; ids >> u;) online.insert(u);
       }
-      Replace(n, connected, online);
+      Replace(n, connected, online, /*lost=*/replaced);
     }
   }
 
@@ -952,7 +977,8 @@ struct RedisFabric::Impl {
   // This process among those that may publish under cfg.node_id (random, hex).
   const std::string instance = fmt::format("{:016x}", std::random_device{}() * 0x100000000ULL ^ std::random_device{}());
   int64_t duplicate_logged_ms = 0;  // steady ms of the last fabric_duplicate_node_id line
-  int64_t clock_offset_ms = 0;       // Redis' clock minus this node's (MeasureClock)
+  int64_t clock_offset_ms = 0;       // Redis' clock minus this node's (MeasureAndWriteRoutes)
+  bool time_refused_logged = false;
 
   Gauge& up;
   Counter& sent;
