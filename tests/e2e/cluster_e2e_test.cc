@@ -63,19 +63,8 @@ class ClusterTest : public ::testing::Test {
     Result<std::unique_ptr<store::Store>> migrated = store::OpenStore(config);
     EXPECT_TRUE(migrated.has_value()) << migrated.error().ToString();
   }
-  // One number from the cluster's database, read with psql (-1 and a test
-  // failure if it prints something else).
-  int64_t StoredNumber(const std::string& sql) {
-    int rc = 0;
-    const std::string out = Shell("psql '" + url_ + "' -tAc \"" + sql + "\"", &rc);
-    EXPECT_EQ(rc, 0) << sql << ": " << out;
-    try {
-      return std::stoll(out);
-    } catch (const std::exception&) {
-      ADD_FAILURE() << sql << " printed '" << out << "'";
-      return -1;
-    }
-  }
+  // One number from the cluster's database, read with psql.
+  int64_t StoredNumber(const std::string& sql) { return PostgresNumber(url_, sql); }
   ServerProcess& A() { return *nodes_[0]; }
   ServerProcess& B() { return *nodes_[1]; }
   ServerProcess& C() { return *nodes_[2]; }

@@ -98,10 +98,9 @@ std::string Shell(const std::string& cmd, int* rc) {
   return out;
 }
 
-int64_t StoreCount(const ServerProcess& s, const std::string& sql) {
-  std::string cmd = s.postgres_url().empty()
-                        ? "sqlite3 -readonly '" + s.dir() + "/data/parley.db' \"" + sql + "\""
-                        : "psql '" + s.postgres_url() + "' -tAc \"" + sql + "\"";
+namespace {
+// The number `cmd` (a database's command-line client) prints.
+int64_t NumberPrintedBy(const std::string& cmd) {
   int rc = 0;
   std::string out = Shell(cmd, &rc);
   EXPECT_EQ(rc, 0) << cmd << ": " << out;
@@ -111,6 +110,17 @@ int64_t StoreCount(const ServerProcess& s, const std::string& sql) {
     ADD_FAILURE() << cmd << " printed '" << out << "'";
     return -1;
   }
+}
+}  // namespace
+
+int64_t StoreCount(const ServerProcess& s, const std::string& sql) {
+  return s.postgres_url().empty()
+             ? NumberPrintedBy("sqlite3 -readonly '" + s.dir() + "/data/parley.db' \"" + sql + "\"")
+             : PostgresNumber(s.postgres_url(), sql);
+}
+
+int64_t PostgresNumber(const std::string& url, const std::string& sql) {
+  return NumberPrintedBy("psql '" + url + "' -tAc \"" + sql + "\"");
 }
 
 void MakeCertificate(const std::string& base) {

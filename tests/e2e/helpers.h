@@ -136,6 +136,9 @@ std::string Shell(const std::string& cmd, int* rc = nullptr);
 // with the command-line client, as an operator would check it; -1 (and a
 // test failure) if it prints something else.
 int64_t StoreCount(const ServerProcess& s, const std::string& sql);
+// The same from the PostgreSQL database at `url` (a cluster's, which no one
+// ServerProcess owns), read with psql.
+int64_t PostgresNumber(const std::string& url, const std::string& sql);
 // A fresh self-signed certificate (EC P-256) for 127.0.0.1 and localhost,
 // made with the openssl CLI: <base>.crt and <base>.key.
 void MakeCertificate(const std::string& base);
