@@ -93,18 +93,6 @@ constexpr int kTlsHandshakeTimeoutMs = 10'000;
 // can hold a shutdown's drain.
 constexpr auto kHttpIoTimeout = std::chrono::seconds(30);
 
-// The answer to a request that could not be read (0: none, the peer went
-// away or timed out): 431 for a header over kMaxHttpHeaderBytes, 413 for a
-// body over its limit, 400 for anything that is not HTTP/1.x as it must be.
-int StatusForUnreadableRequest(const beast::error_code& ec) {
-  if (ec == http::error::header_limit) return 431;
-  if (ec == http::error::body_limit) return 413;
-  if (ec.category() != beast::error_code(http::error::bad_method).category()) return 0;  // a socket's error
-  if (ec == http::error::end_of_stream || ec == http::error::partial_message || ec == http::error::short_read)
-    return 0;  // the peer closed, mid-request or between requests
-  return 400;
-}
-
 // An Executor over any Asio executor (the first io_context's, for the core).
 template <typename AsioExecutor>
 class AsioExecutorAdapter final : public Executor {
@@ -673,7 +661,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
     head.authorization = std::string(h[http::field::authorization]);
     const size_t limit = body_limit_ ? body_limit_(head) : kMaxPlainHttpBodyBytes;
     if (parser_->content_length() && *parser_->content_length() > limit)
-      return Reply(413, "request body too large\n", false);
+      return Unreadable(http::error::body_limit);
     parser_->body_limit(limit);
     http::async_read(stream_, buffer_, *parser_,
                      beast::bind_front_handler(&HttpSession::OnRead, this->shared_from_this()));
@@ -723,19 +711,28 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
     }
   }
 
-  // A request that could not be read: its answer if it gets one, then the
-  // connection ends (what follows in the stream cannot be trusted).
+  // A request that could not be read gets its answer: 431 for a header over
+  // kMaxHttpHeaderBytes, 413 for a body over its limit, 400 for anything
+  // that is not HTTP/1.x as it must be; a peer that went away or timed out
+  // gets none. Either way the connection ends (what follows in the stream
+  // cannot be trusted). The answer takes the request's method and version
+  // when its header was read (no body for a HEAD).
   void Unreadable(const beast::error_code& ec) {
-    switch (StatusForUnreadableRequest(ec)) {
-      case 400:
-        M().http_unreadable.Inc();
-        return Reply(400, "bad request: " + ec.message() + "\n", false);
-      case 413: return Reply(413, "request body too large\n", false);
-      case 431:
-        M().http_unreadable.Inc();
-        return Reply(431, "request header fields too large\n", false);
-      default: return ShutdownSend();
+    if (parser_->is_header_done()) {
+      req_.method_string(parser_->get().method_string());
+      req_.version(parser_->get().version());
     }
+    if (ec == http::error::header_limit) {
+      M().http_unreadable.Inc();
+      return Reply(431, "request header fields too large\n", false);
+    }
+    if (ec == http::error::body_limit) return Reply(413, "request body too large\n", false);
+    const bool peer_gone = ec.category() != beast::error_code(http::error::bad_method).category() ||  // a socket's
+                           ec == http::error::end_of_stream || ec == http::error::partial_message ||
+                           ec == http::error::short_read;
+    if (peer_gone) return ShutdownSend();
+    M().http_unreadable.Inc();
+    Reply(400, "bad request: " + ec.message() + "\n", false);
   }
 
   void Reply(int status, std::string body, bool keep_alive) {
@@ -770,18 +767,22 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
     });
   }
 
-  // Ends the connection after the last response: TCP half-close, or for TLS
-  // a close_notify first (bounded by the handshake timeout).
+  // Ends the connection after the last response: for TLS a close_notify
+  // first (bounded by the handshake timeout), then a lingering close (TCP
+  // half-close, then what the peer still sends is read and dropped until its
+  // end of stream, within kTeardownLingerTimeout and kTeardownLingerMaxBytes).
+  // Closing with unread bytes (the rest of a refused upload, a pipelined
+  // request) would reset the connection, and a client still sending would
+  // see the reset instead of the answer.
   void ShutdownSend() {
+    const auto linger = [self = this->shared_from_this()] {
+      AsyncLingeringClose(beast::get_lowest_layer(self->stream_), [self](beast::error_code) {});
+    };
     if constexpr (kIsTls<Stream>) {
       beast::get_lowest_layer(stream_).expires_after(std::chrono::milliseconds(kTlsHandshakeTimeoutMs));
-      stream_.async_shutdown([self = this->shared_from_this()](beast::error_code) {
-        beast::error_code ignored;
-        beast::get_lowest_layer(self->stream_).socket().shutdown(tcp::socket::shutdown_send, ignored);
-      });
+      stream_.async_shutdown([linger](beast::error_code) { linger(); });
     } else {
-      beast::error_code ignored;
-      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      linger();
     }
   }
 

@@ -251,6 +251,14 @@ class LingeringTeardownOp {
   bool started_ = false;
 };
 
+// The same lingering close for an HTTP connection's last answer (the server's
+// side: half-close, drain, close).
+template <typename TcpStream, typename Handler>
+void AsyncLingeringClose(TcpStream& stream, Handler&& handler) {
+  boost::asio::async_compose<std::decay_t<Handler>, void(boost::beast::error_code)>(
+      LingeringTeardownOp<TcpStream>(boost::beast::role_type::server, stream), handler, stream);
+}
+
 template <typename Next, typename TeardownHandler>
 void async_teardown(boost::beast::role_type role, SerialWriteStream<Next>& s, TeardownHandler&& handler) {
   if constexpr (IsBeastTcpStream<Next>::value) {

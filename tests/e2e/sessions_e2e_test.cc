@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -308,6 +309,44 @@ TEST(HttpE2E, UnreadableRequestsGetA400AndOversizeHeadersA431) {
   // A client that goes away mid-request gets nothing and is not counted.
   EXPECT_EQ(RawHttpExchange(server.port(), "GET /healthz HTTP/1.1\r\nHost"), "");
   EXPECT_EQ(MetricValue(HttpGet(server.port(), "/metrics"), "parley_http_unreadable_requests_total"), 5);
+}
+
+// A refused upload gets its answer, and its client can send the rest of its
+// body, then read the answer and a clean end of stream: the server drains
+// what comes after the answer (a lingering close) instead of closing with
+// unread bytes, which resets the connection under a client still sending.
+// An answer to a HEAD or an HTTP/1.0 request keeps its method and version.
+TEST(HttpE2E, ARefusedUploadGetsItsAnswerAndACleanEnd) {
+  ServerProcess server;
+  int fd = TcpConnect(server.port());
+  ASSERT_GE(fd, 0);
+  timeval timeout{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  const std::string head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n";
+  ASSERT_EQ(::send(fd, head.data(), head.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head.size()));
+  std::string reply;
+  char buf[4096];
+  while (reply.find("\r\n\r\n") == std::string::npos) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    ASSERT_GT(n, 0) << "no answer: " << std::strerror(errno);
+    reply.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_EQ(reply.rfind("HTTP/1.1 413 ", 0), 0u) << reply;
+  const std::string chunk(64 * 1024, 'b');
+  for (int i = 0; i < 16; ++i)
+    ASSERT_EQ(::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL), static_cast<ssize_t>(chunk.size()))
+        << "chunk " << i << " of the body after the answer: " << std::strerror(errno);
+  ::shutdown(fd, SHUT_WR);
+  ssize_t n = 0;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) reply.append(buf, static_cast<size_t>(n));
+  EXPECT_EQ(n, 0) << "the connection ended with " << std::strerror(errno) << ", not its end of stream";
+  ::close(fd);
+
+  reply = RawHttpExchange(server.port(), "HEAD /upload HTTP/1.0\r\nContent-Length: 2000000\r\n\r\n");
+  EXPECT_EQ(reply.rfind("HTTP/1.0 413 ", 0), 0u) << reply;
+  ASSERT_GE(reply.size(), 4u);
+  EXPECT_EQ(reply.substr(reply.size() - 4), "\r\n\r\n") << "a HEAD's answer has no body: " << reply;
+  EXPECT_EQ(HttpGet(server.port(), "/healthz"), "ok\n");
 }
 
 TEST(HttpE2E, HealthzAndMetricsMoveWithAConversation) {
