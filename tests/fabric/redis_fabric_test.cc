@@ -229,6 +229,47 @@ TEST(RedisFabricAuthTest, AnAclUserWithParleysKeysAndChannelsWorksAndOneWithoutT
   EXPECT_NE(b.error().message().find("SUBSCRIBE: NOPERM"), std::string::npos) << b.error().message();
 }
 
+// --redis may name the host: it is resolved (off the fabric's thread) at
+// every attempt. `localhost` comes from /etc/hosts, without DNS.
+TEST(RedisFabricAuthTest, AHostNameIsResolved) {
+  RedisTestServer redis;
+  RedisFabricConfig config;
+  ASSERT_TRUE(ParseRedisAddress("localhost:" + std::to_string(redis.port()), &config).ok());
+  ASSERT_EQ(config.host, "localhost");
+  config.node_id = "node-a";
+  config.reconnect_ms = 50;
+  auto a = RedisFabric::Start(config);
+  ASSERT_TRUE(a.has_value()) << a.error().ToString();
+  auto limits = Reconcile(**a, {{"send_per_user:name", 1, 10, 10}});
+  EXPECT_TRUE(limits.has_value()) << limits.error().ToString();
+}
+
+// A Redis restarted with data loads it before it serves, answering
+// -LOADING meanwhile: a node starting then waits for it (retrying), without
+// counting a refusal or blaming its password or ACL.
+TEST(RedisFabricAuthTest, ANodeWaitsForARedisThatIsLoadingItsDataSet) {
+  // 2,000 keys loaded at 1 ms each (a debug setting of Redis), answering
+  // clients every KiB read meanwhile.
+  RedisTestServer redis({"--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024"});
+  ASSERT_EQ(redis.Command("EVAL \"for i = 1, 2000 do redis.call('SET', 'k' .. i, i) end\" 0\r\nSAVE"), "$-1\r\n+OK\r\n")
+      << "the data set was not saved";
+  redis.Stop();
+  redis.Start();
+  ASSERT_EQ(redis.Command("PING").rfind("-LOADING", 0), 0u) << "Redis is not loading: the test tests nothing";
+  Counter& refusals = Metrics::Default().GetCounter("parley_fabric_redis_refusals_total", "");
+  const uint64_t refused_before = refusals.value();
+  RedisFabricConfig config;
+  ASSERT_TRUE(ParseRedisAddress(redis.address(), &config).ok());
+  config.node_id = "node-a";
+  config.reconnect_ms = 50;
+  const auto start = SteadyClock::now();
+  auto node = RedisFabric::Start(config, /*connect_timeout_ms=*/15'000);
+  ASSERT_TRUE(node.has_value()) << node.error().ToString();
+  EXPECT_EQ(redis.Command("PING"), "+PONG\r\n");
+  EXPECT_GT(SteadyClock::now() - start, std::chrono::milliseconds(200)) << "the node did not wait";
+  EXPECT_EQ(refusals.value(), refused_before) << "a loading Redis counted as refusing the node";
+}
+
 // A Redis whose password changes under a running node (an operator's
 // rotation): its connections, once cut, are refused, which it counts and
 // retries; once the password it has is valid again it comes back by itself.

@@ -99,10 +99,11 @@ class RedisTestServer {
   }
 
   // Whether the server answers PING with +PONG (or, with a password
-  // required, that one is: -NOAUTH).
+  // required, that one is: -NOAUTH; or that it is still loading its data
+  // set: -LOADING).
   bool Ping() const {
     const std::string reply = Command("PING");
-    return reply.rfind("+PONG", 0) == 0 || reply.rfind("-NOAUTH", 0) == 0;
+    return reply.rfind("+PONG", 0) == 0 || reply.rfind("-NOAUTH", 0) == 0 || reply.rfind("-LOADING", 0) == 0;
   }
 
   // Sends `lines` (inline commands, each ending in \r\n) on a new connection

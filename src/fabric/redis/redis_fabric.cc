@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -196,6 +198,13 @@ struct AsioAdapter : std::enable_shared_from_this<AsioAdapter> {
 // The text of an error reply.
 std::string_view ErrorText(const redisReply* r) { return {r->str, r->len}; }
 
+// Error replies of a Redis that cannot serve yet, but will by itself: LOADING
+// (its data set, after a restart), BUSY (a script runs past its time limit),
+// MASTERDOWN (a replica that lost its master). Not a refusal of this node.
+bool RedisNotReady(std::string_view error) {
+  return error.starts_with("LOADING ") || error.starts_with("BUSY ") || error.starts_with("MASTERDOWN ");
+}
+
 }  // namespace
 
 Status ParseRedisAddress(const std::string& text, RedisFabricConfig* config) {
@@ -246,11 +255,13 @@ struct RedisFabric::Impl {
     bool answered = false;    // commands: a PING sent at connect was answered (Redis serves, not just the kernel)
     int failures = 0;         // connection attempts failed in a row (only the first is logged)
     int refusals = 0;         // connections Redis refused in a row (AUTH, SUBSCRIBE, PING; only the first is logged)
+    std::string refusal_code;  // the error code (WRONGPASS, LOADING, ...) last logged for them
     // Steady ms of the last reply or message read on it (or of its connect):
     // a connection that goes silent (Redis stopped or stalled, a failover
     // behind one address, a partition: no FIN, no RST) is found by Refresh.
     int64_t heard_ms = 0;
     std::optional<net::steady_timer> retry;
+    std::optional<net::ip::tcp::resolver> resolver;  // Connect's, for a host name
   };
   struct RemoteNode {
     std::unordered_set<int64_t> connected, online;
@@ -290,21 +301,40 @@ struct RedisFabric::Impl {
                                                  "Users connected on other nodes, as this node's cache knows")) {
     cmd.impl = sub.impl = this;
     sub.subscriber = true;
-    cmd.retry.emplace(io);
-    sub.retry.emplace(io);
+    for (Conn* conn : {&cmd, &sub}) {
+      conn->retry.emplace(io);
+      conn->resolver.emplace(io);
+    }
   }
 
   // ---- Connections (I/O thread) ----
 
+  // A host name is resolved off this thread (Asio runs getaddrinfo on one of
+  // its own): hiredis would resolve it here, holding up the other
+  // connection's traffic for as long as DNS takes. It is resolved again at
+  // every attempt, so a name moved to a new address (a failover) is
+  // followed; after failures the attempts go round the addresses it has.
   void Connect(Conn& conn) {
-    redisAsyncContext* ac = redisAsyncConnect(cfg.host.c_str(), cfg.port);
+    boost::system::error_code literal;
+    net::ip::make_address(cfg.host, literal);
+    if (!literal) return ConnectTo(conn, cfg.host);
+    conn.resolver->async_resolve(
+        cfg.host, std::to_string(cfg.port),
+        [this, &conn](boost::system::error_code ec, net::ip::tcp::resolver::results_type found) {
+          if (stopping || ec == net::error::operation_aborted) return;
+          if (ec || found.empty()) return ConnectFailed(conn, "cannot resolve the host name: " + ec.message());
+          auto it = found.begin();
+          std::advance(it, static_cast<ptrdiff_t>(static_cast<size_t>(conn.failures) % found.size()));
+          ConnectTo(conn, it->endpoint().address().to_string());
+        });
+  }
+
+  void ConnectTo(Conn& conn, const std::string& address) {
+    redisAsyncContext* ac = redisAsyncConnect(address.c_str(), cfg.port);
     if (ac == nullptr || ac->err) {
-      errors.Inc();
-      if (conn.failures++ == 0)
-        spdlog::warn("event=redis_connect_failed host={} port={} error=\"{}\" note=\"retrying every {} ms\"",
-                     cfg.host, cfg.port, ac ? ac->errstr : "out of memory", cfg.reconnect_ms);
+      ConnectFailed(conn, ac ? ac->errstr : "out of memory");
       if (ac) redisAsyncFree(ac);
-      return Retry(conn);
+      return;
     }
     conn.ac = ac;
     ac->data = &conn;
@@ -317,6 +347,19 @@ struct RedisFabric::Impl {
     });
   }
 
+  // Counted; the first of a streak is logged; tried again after reconnect_ms.
+  void ConnectFailed(Conn& conn, std::string_view error) {
+    errors.Inc();
+    {
+      std::lock_guard lock(ready_mu);
+      last_problem = fmt::format("cannot connect: {}", error);
+    }
+    if (conn.failures++ == 0)
+      spdlog::warn("event=redis_connect_failed host={} port={} error=\"{}\" note=\"retrying every {} ms\"", cfg.host,
+                   cfg.port, error, cfg.reconnect_ms);
+    Retry(conn);
+  }
+
   void Retry(Conn& conn) {
     if (stopping) return;
     conn.retry->expires_after(std::chrono::milliseconds(cfg.reconnect_ms));
@@ -327,12 +370,9 @@ struct RedisFabric::Impl {
 
   void OnConnect(Conn& conn, int status) {
     if (status != REDIS_OK) {
-      errors.Inc();
-      if (conn.failures++ == 0)
-        spdlog::warn("event=redis_connect_failed host={} port={} error=\"{}\" note=\"retrying every {} ms\"",
-                     cfg.host, cfg.port, conn.ac ? conn.ac->errstr : "", cfg.reconnect_ms);
+      const std::string error = conn.ac ? conn.ac->errstr : "";
       conn.ac = nullptr;  // hiredis frees it after this callback
-      return Retry(conn);
+      return ConnectFailed(conn, error);
     }
     conn.connected = true;
     conn.failures = 0;
@@ -566,21 +606,33 @@ struct RedisFabric::Impl {
     if (commands_alive && sub.connected && sub.heard_ms < stale) Drop(sub);
   }
 
-  // Redis answered a command of the connection's set-up with an error: a
-  // wrong password (WRONGPASS), none given (NOAUTH), an ACL without the
-  // right (NOPERM). Logged (the first of a streak, and in Start's error);
-  // the connection is freed and tried again every reconnect_ms, so that it
-  // comes up once the operator mends Redis or its ACL.
+  // Redis answered a command of the connection's set-up with an error. Either
+  // it is not ready to serve yet (RedisNotReady: loading its data set after
+  // a restart, say), which is waited for, or it refuses this node: a wrong
+  // password (WRONGPASS), none given (NOAUTH), an ACL without the right
+  // (NOPERM). Logged (the first of a streak and each change of reason, and
+  // in Start's error); the connection is freed and tried again every
+  // reconnect_ms, so that it comes up once Redis is ready or the operator
+  // mends Redis or its ACL.
   void Refused(Conn& conn, const char* command, std::string_view error) {
     errors.Inc();
-    refused.Inc();
-    if (conn.refusals++ == 0)
-      spdlog::error("event=redis_refused connection={} command={} error=\"{}\" note=\"retrying every {} ms; check "
-                    "--redis-password, --redis-user and the user's ACL (SUBSCRIBE, PUBLISH, EVAL, ZADD)\"",
-                    conn.subscriber ? "subscriptions" : "commands", command, error, cfg.reconnect_ms);
+    const bool not_ready = RedisNotReady(error);
+    if (!not_ready) refused.Inc();
+    const std::string_view code = error.substr(0, error.find(' '));
+    if (conn.refusals++ == 0 || code != conn.refusal_code) {
+      conn.refusal_code = code;
+      if (not_ready)
+        spdlog::warn("event=redis_not_ready connection={} command={} error=\"{}\" note=\"waiting for Redis: "
+                     "retrying every {} ms\"",
+                     conn.subscriber ? "subscriptions" : "commands", command, error, cfg.reconnect_ms);
+      else
+        spdlog::error("event=redis_refused connection={} command={} error=\"{}\" note=\"retrying every {} ms; "
+                      "check --redis-password, --redis-user and the user's ACL (SUBSCRIBE, PUBLISH, EVAL, ZADD)\"",
+                      conn.subscriber ? "subscriptions" : "commands", command, error, cfg.reconnect_ms);
+    }
     {
       std::lock_guard lock(ready_mu);
-      last_refusal = fmt::format("Redis refused {}: {}", command, error);
+      last_problem = fmt::format("Redis {} {}: {}", not_ready ? "was not ready for" : "refused", command, error);
     }
     if (conn.ac != nullptr) redisAsyncFree(conn.ac);  // in a callback: freed when it returns; OnDisconnect retries
   }
@@ -973,7 +1025,7 @@ struct RedisFabric::Impl {
   std::mutex ready_mu;
   std::condition_variable ready_cv;
   bool ready = false;
-  std::string last_refusal;  // what Redis last refused at a connection's set-up (for Start's error)
+  std::string last_problem;  // why the last connection attempt failed or what Redis refused (for Start's error)
   // This process among those that may publish under cfg.node_id (random, hex).
   const std::string instance = fmt::format("{:016x}", std::random_device{}() * 0x100000000ULL ^ std::random_device{}());
   int64_t duplicate_logged_ms = 0;  // steady ms of the last fabric_duplicate_node_id line
@@ -1019,7 +1071,7 @@ Result<std::unique_ptr<RedisFabric>> RedisFabric::Start(RedisFabricConfig config
   if (!p->ready_cv.wait_for(lock, std::chrono::milliseconds(connect_timeout_ms), [p] { return p->ready; }))
     return Status(ErrorCode::kInternal,
                   fmt::format("cannot reach Redis at {}:{} within {} ms{}", p->cfg.host, p->cfg.port, connect_timeout_ms,
-                              p->last_refusal.empty() ? "" : " (" + p->last_refusal + ")"));
+                              p->last_problem.empty() ? "" : " (" + p->last_problem + ")"));
   return Result<std::unique_ptr<RedisFabric>>(std::move(fabric));
 }
 
