@@ -520,6 +520,39 @@ async def covered_receipts(c):
             repr([ev["user_seq"] for _, ev in cl.log]))
 
 
+async def head_notice(c):
+    """A `head` notice (the server was cut off from its other nodes) makes a
+    Client behind it sync, and one at its head not.  Offline: a stand-in
+    connection whose `sync` answers one page."""
+    class Conn:
+        def __init__(self):
+            self.events = asyncio.Queue()
+            self.syncs = []
+
+        async def sync(self, after=None, **kw):
+            self.syncs.append(after)
+            events = [{"user_seq": s, "kind": "receipt", "conversation_id": 3, "user_id": 7, "delivered": s,
+                       "read": 0} for s in range(after + 1, 13)]
+            return {"events": events, "next": 12, "has_more": False}
+
+        async def ack(self, user_seq, **kw):
+            return {"cursor": user_seq}
+
+    conn = Conn()
+    cl = Client(conn, heartbeat=False)
+    cl.applied = 10
+    loop = asyncio.create_task(cl._live_loop())
+    conn.events.put_nowait({"head": 10})
+    conn.events.put_nowait({"head": 12})
+    for _ in range(100):
+        if cl.applied == 12:
+            break
+        await asyncio.sleep(0.01)
+    loop.cancel()
+    c.check("a head notice past applied syncs, one at it does not",
+            conn.syncs == [10] and cl.applied == 12, f"syncs {conn.syncs} applied {cl.applied}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parleyd", required=True, help="path to the parleyd binary")
@@ -542,6 +575,7 @@ def main():
             extra = ["--tls-cert", cert, "--tls-key", key]
         proc, port = start_server(args.parleyd, tmp, extra)
         asyncio.run(covered_receipts(c))
+        asyncio.run(head_notice(c))
         c.check("server started", True)
         url = f"{'wss' if args.tls else 'ws'}://127.0.0.1:{port}/v1/ws"
         try:

@@ -157,6 +157,13 @@ class Connection:
             if isinstance(event, dict):
                 self.events.put_nowait(event)
             return
+        if kind == "head":
+            # A head notice (the server was cut off from its other nodes:
+            # live events may have been lost) comes in line with the events,
+            # as {"head": N} without a user_seq.
+            if isinstance(frame.get("head"), int):
+                self.events.put_nowait({"head": frame["head"]})
+            return
         if kind not in ("response", "error"):
             return  # unknown frame kind: ignore
         rid = frame.get("id")
@@ -484,6 +491,8 @@ class Client:
                 ev = await self.conn.events.get()
                 seq = ev.get("user_seq")
                 if not isinstance(seq, int):
+                    if ev.get("head", 0) > self.applied:
+                        await self.catch_up()      # a head notice: as step 4
                     continue
                 if seq <= self.applied:
                     continue                       # duplicate: already applied

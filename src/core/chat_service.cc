@@ -1243,7 +1243,9 @@ void ChatService::RecheckDevices() {
   auto walk = std::make_shared<PacedWalk>();
   walk->keys.reserve(live_.size());
   for (const auto& [user_id, live] : live_) walk->keys.push_back(user_id);
-  walk->visit = [this](int64_t user, std::function<void()> done) { RecheckUserDevices(user, std::move(done)); };
+  walk->visit = [this](int64_t user, std::function<void()> done) {
+    RecheckUserDevices(user, [this, user, done = std::move(done)] { NoticeHead(user, done); });
+  };
   walk->finished = [this](bool again) {
     device_walk_.reset();
     if (again) RecheckDevices();
@@ -1287,6 +1289,17 @@ void ChatService::RecheckUserDevices(int64_t user, std::function<void()> done, s
                                    for (const auto& d : *listed) keep.push_back(d.id);
                                    close(keep, "device revoked", protocol::CloseCode::kDeviceRevoked);
                                  }));
+  }));
+}
+
+void ChatService::NoticeHead(int64_t user, std::function<void()> done) {
+  if (fabric_.AttachedDevices(user).empty()) return done();
+  store_.GetHead(user, OnCore<int64_t>([this, user, done](Result<int64_t> head) {
+    if (head) {
+      NoteHead(user, *head);
+      fabric_.Publish(user, std::make_shared<const std::string>(protocol::EncodeHeadNotice(*head)), /*ephemeral=*/true);
+    }
+    done();
   }));
 }
 

@@ -482,14 +482,20 @@ class ChatService {
   // Updates what this node holds after a change made here or on another
   // node (fabric::Fabric::UserChange).
   void ApplyUserChange(const fabric::Fabric::UserChange& change);
-  // After the fabric may have lost a device close (UserChange::kAnything):
-  // reads each user connected here again and closes the connections of
-  // devices no longer live, or of accounts disabled meanwhile. Paced
-  // (WalkPaced) with the re-read of every presence subscription.
+  // After the fabric may have lost messages (UserChange::kAnything): reads
+  // each user connected here again, closes the connections of devices no
+  // longer live, or of accounts disabled meanwhile, and tells the others the
+  // user's head (NoticeHead). Paced (WalkPaced) with the re-read of every
+  // presence subscription.
   void RecheckDevices();
   // `unsure`, if set, is called (before `done`) when a read failed and
   // nothing could be judged.
   void RecheckUserDevices(int64_t user_id, std::function<void()> done, std::function<void()> unsure = {});
+  // Live events other nodes published while this node was cut off from them
+  // never came: the user's devices get a `head` notice (protocol::
+  // EncodeHeadNotice) with the head read now, and those behind it sync, as
+  // after a ping, instead of waiting for their next one.
+  void NoticeHead(int64_t user_id, std::function<void()> done);
   // A node-wide re-check walks its keys (users connected here, presence
   // subscriptions) CoreConfig::recheck_batch at a time: a batch's reads are
   // issued in one core turn and the next batch only once each of them has

@@ -364,6 +364,12 @@ std::string EncodeTyping(int64_t conversation_id, int64_t user_id, bool typing, 
   return w.Take();
 }
 
+std::string EncodeHeadNotice(int64_t head) {
+  JsonWriter w;
+  w.BeginObject().Field("v", kVersion).Field("type", "head").Field("head", head).EndObject();
+  return w.Take();
+}
+
 std::string RetryAfterReason(int64_t retry_after_ms) {
   JsonWriter w;
   w.BeginObject().Field("retry_after_ms", retry_after_ms).EndObject();

@@ -120,6 +120,11 @@ void WritePageWithin(JsonWriter& w, size_t count, size_t budget, WritePage&& wri
 // Ephemeral: not in the user stream, no user_seq.
 std::string EncodeTyping(int64_t conversation_id, int64_t user_id, bool typing, int64_t expires_in_ms);
 
+// {"v":1,"type":"head","head":N}: the user's newest user seq, sent unasked
+// after this node was cut off from the others (live events may have been
+// lost on the way); a device behind it syncs (docs/protocol.md, "Frames").
+std::string EncodeHeadNotice(int64_t head);
+
 // {"v":1,"type":"presence","user_id":U,"online":B[,"last_seen":T]}
 // Ephemeral. `last_seen` 0 (unknown or not visible) leaves the field out.
 std::string EncodePresence(int64_t user_id, bool online, int64_t last_seen);

@@ -627,6 +627,43 @@ TEST_F(ClusterTest, RedisGoneForAWhileMessagesAreStoredAndLiveDeliveryResumes) {
   for (size_t i = 0; i < synced.size(); ++i) EXPECT_EQ(synced[i], static_cast<int64_t>(i + 1));
 }
 
+// Messages stored while Redis was gone never came live to a device on
+// another node. Once the nodes are back in touch, each device they hold gets
+// a `head` notice, and the SDK syncs then, not at its next ping (a minute
+// here, past the test's wait).
+TEST_F(ClusterTest, AnSdkDeviceGetsWhatWasSentWhileRedisWasGoneWithoutWaitingForItsPing) {
+  const std::vector<std::string> slow_ping = {"--heartbeat-interval-ms", "60000", "--heartbeat-timeout-ms", "120000"};
+  StartCluster({slow_ping, slow_ping, slow_ping});
+  Register(A(), "alice");
+  Register(A(), "bob");
+  Device alice_a = Login(A(), "alice");
+  auto bob_login = Client::Login("127.0.0.1", B().port(), "bob", "correct horse", "phone", "gtest");
+  ASSERT_TRUE(bob_login.ok);
+  TempDir dir;
+  auto bob = OpenClient(OptionsFor(B(), dir / "bob.db", bob_login.token));
+  bob->Start();
+  ASSERT_TRUE(bob->WaitOnline(5000));
+  WaitRemoteUsers(A(), 1);
+  auto first = alice_a.conn->Call("send", {{"to", "bob"}, {"client_id", "h-0"}, {"body", "before"}});
+  ASSERT_TRUE(first.ok) << first.message;
+  const int64_t conv = first.result["conversation_id"];
+  ASSERT_TRUE(Eventually([&] { return bob->Messages("alice", 0, 100).size() == 1; }, 5000)) << "not live before";
+
+  redis_.Stop();
+  for (int i = 1; i <= 3; ++i) {
+    auto r = alice_a.conn->Call("send", {{"conversation_id", conv}, {"client_id", "h-" + std::to_string(i)},
+                                         {"body", "during " + std::to_string(i)}});
+    ASSERT_TRUE(r.ok) << r.code << ": " << r.message;
+  }
+  std::this_thread::sleep_for(milliseconds(300));
+  ASSERT_EQ(bob->Messages("alice", 0, 100).size(), 1u) << "delivered although Redis was gone";
+  redis_.Start();
+  EXPECT_TRUE(Eventually([&] { return bob->Messages("alice", 0, 100).size() == 4; }, 10000))
+      << "the messages sent while Redis was gone did not reach bob's SDK within 10 s of its return: "
+      << bob->Messages("alice", 0, 100).size() - 1 << " of 3";
+  bob->Stop();
+}
+
 // Shared rate limits (docs/architecture.md, "Shared rate limits"): one user
 // sending as fast as it can from three devices on three nodes is held to the
 // configured per-user rate overall (burst + rate x time), not three times

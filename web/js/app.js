@@ -186,9 +186,7 @@ function startConnection() {
       if (code === kCloseAccountDisabled) app.accountDisabled = true;
     },
   });
-  app.conn.onPing = (r) => {
-    if (typeof r.head === 'number' && app.state.applied !== null && r.head > app.state.applied) requestSync();
-  };
+  app.conn.onPing = (r) => onHead(r.head);
   showConnState();
   app.conn.start();
 }
@@ -418,11 +416,19 @@ async function takeSnapshot() {
 
 function onFrame(f) {
   if (f.type === 'event') return onLiveEvent(f.event);
+  if (f.type === 'head') return onHead(f.head);
   if (f.type === 'typing') return onTyping(f);
   if (f.type === 'presence') {
     app.presence[f.user_id] = { online: !!f.online, last_seen: f.last_seen };
     return scheduleRender();
   }
+}
+
+// The user's head, from a ping's answer or a `head` notice (the server was
+// cut off from its other nodes, and live events may have been lost): sync
+// when behind it.
+function onHead(head) {
+  if (typeof head === 'number' && app.state && app.state.applied !== null && head > app.state.applied) requestSync();
 }
 
 function onLiveEvent(e) {

@@ -731,10 +731,14 @@ struct Client::Impl {
         return end;
       }
       EmitQueued();
-      // 1. Live events.
+      // 1. Live events, and `head` notices (the server was cut off from
+      // its other nodes: live events may have been lost; behind it, sync).
       std::vector<json> batch;
+      int64_t noticed_head = 0;
       while (auto f = c->NextEvent(0)) {
-        if (f->value("type", "") == "event" && f->contains("event")) batch.push_back((*f)["event"]);
+        const std::string type = f->value("type", "");
+        if (type == "event" && f->contains("event")) batch.push_back((*f)["event"]);
+        else if (type == "head") noticed_head = std::max(noticed_head, f->value("head", int64_t{0}));
       }
       if (!batch.empty()) {
         bool gap = false;
@@ -745,6 +749,7 @@ struct Client::Impl {
         }
         if (gap && !SyncLoop(*c, &to_deliver, &end.why)) break;
       }
+      if (noticed_head > cache->applied().value_or(0) && !SyncLoop(*c, &to_deliver, &end.why)) break;
       if (summary_of_selected) {
         summary_of_selected = false;
         FillSelected(*c);
