@@ -9,7 +9,8 @@ Two layers:
 
 * `Connection`: one WebSocket connection.  Sends request frames, matches
   answers to requests by `id`, raises `ParleyError` for error frames, and puts
-  every live event object into `Connection.events` (an asyncio.Queue).
+  every live event object into `Connection.events` (an asyncio.Queue), with
+  `head` notices in line as {"head": N}.
 * `Client`: a device session on top of a Connection.  Implements the client
   sync algorithm of the document (an `applied` cursor, duplicate live events
   dropped by `user_seq`, a gap triggers a `sync` loop), keeps a small local
@@ -485,14 +486,18 @@ class Client:
             if self.auto_ack and self.applied > 0:
                 await self.conn.ack(self.applied)
 
+    async def _catch_up_to(self, head):
+        """Step 4: a ping answer's or a head notice's `head` past applied."""
+        if head > self.applied:
+            await self.catch_up()
+
     async def _live_loop(self):
         try:
             while True:
                 ev = await self.conn.events.get()
                 seq = ev.get("user_seq")
                 if not isinstance(seq, int):
-                    if ev.get("head", 0) > self.applied:
-                        await self.catch_up()      # a head notice: as step 4
+                    await self._catch_up_to(ev.get("head", 0))   # a head notice
                     continue
                 if seq <= self.applied:
                     continue                       # duplicate: already applied
@@ -513,8 +518,7 @@ class Client:
             while True:
                 await asyncio.sleep(interval)
                 res = await self.conn.ping()
-                if res.get("head", 0) > self.applied:
-                    await self.catch_up()      # step 4
+                await self._catch_up_to(res.get("head", 0))
         except asyncio.CancelledError:
             raise
         except ParleyError as e:

@@ -1297,7 +1297,8 @@ void ChatService::NoticeHead(int64_t user, std::function<void()> done) {
   store_.GetHead(user, OnCore<int64_t>([this, user, done](Result<int64_t> head) {
     if (head) {
       NoteHead(user, *head);
-      fabric_.Publish(user, std::make_shared<const std::string>(protocol::EncodeHeadNotice(*head)), /*ephemeral=*/true);
+      fabric_.PublishHere(user, std::make_shared<const std::string>(protocol::EncodeHeadNotice(*head)),
+                          /*ephemeral=*/true);
     }
     done();
   }));

@@ -491,10 +491,11 @@ class ChatService {
   // `unsure`, if set, is called (before `done`) when a read failed and
   // nothing could be judged.
   void RecheckUserDevices(int64_t user_id, std::function<void()> done, std::function<void()> unsure = {});
-  // Live events other nodes published while this node was cut off from them
-  // never came: the user's devices get a `head` notice (protocol::
-  // EncodeHeadNotice) with the head read now, and those behind it sync, as
-  // after a ping, instead of waiting for their next one.
+  // Live events may have been lost on the way from other nodes (this node or
+  // another was cut off, or one stopped without its goodbye): the user's
+  // devices on this node (Fabric::PublishHere) get a `head` notice
+  // (protocol::EncodeHeadNotice) with the head read now, and those behind it
+  // sync, as after a ping, instead of waiting for their next one.
   void NoticeHead(int64_t user_id, std::function<void()> done);
   // A node-wide re-check walks its keys (users connected here, presence
   // subscriptions) CoreConfig::recheck_batch at a time: a batch's reads are

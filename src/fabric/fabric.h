@@ -61,6 +61,12 @@ class Fabric {
 
   // Sends `frame` to every attached connection of every device of the user.
   virtual void Publish(int64_t user_id, SharedFrame frame, bool ephemeral = false) = 0;
+  // Publish to this node's connections only: for what only this node may
+  // have missed (a `head` notice after a cut). A single node's Publish is
+  // that already.
+  virtual void PublishHere(int64_t user_id, SharedFrame frame, bool ephemeral = false) {
+    Publish(user_id, std::move(frame), ephemeral);
+  }
   // Publish for a receipt event: the sinks may coalesce it (SendReceipt).
   virtual void PublishReceipt(int64_t user_id, SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) = 0;
 

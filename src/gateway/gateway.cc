@@ -621,7 +621,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
         open_(open) {
     open_->fetch_add(1);
   }
-  ~HttpSession() { open_->fetch_sub(1); }
+  ~HttpSession() { CountOut(); }
 
   void Start() {
     if constexpr (kIsTls<Stream>) {
@@ -774,16 +774,26 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   // Closing with unread bytes (the rest of a refused upload, a pipelined
   // request) would reset the connection, and a client still sending would
   // see the reset instead of the answer.
+  // The session serves nothing more from here on, so it no longer holds up a
+  // shutdown's drain (Gateway::OpenConnections). The TLS close_notify
+  // exchange is bounded like the lingering (a client still sending makes it
+  // end at once, with an error, and its bytes are then drained).
   void ShutdownSend() {
+    CountOut();
     const auto linger = [self = this->shared_from_this()] {
-      AsyncLingeringClose(beast::get_lowest_layer(self->stream_), [self](beast::error_code) {});
+      AsyncLingeringClose(beast::role_type::server, beast::get_lowest_layer(self->stream_), [self](beast::error_code) {});
     };
     if constexpr (kIsTls<Stream>) {
-      beast::get_lowest_layer(stream_).expires_after(std::chrono::milliseconds(kTlsHandshakeTimeoutMs));
+      beast::get_lowest_layer(stream_).expires_after(kTeardownLingerTimeout);
       stream_.async_shutdown([linger](beast::error_code) { linger(); });
     } else {
       linger();
     }
+  }
+
+  void CountOut() {
+    if (counted_) open_->fetch_sub(1);
+    counted_ = false;
   }
 
   Stream stream_;
@@ -797,6 +807,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   const HttpBodyLimit& body_limit_;
   SessionRegistry* registry_;
   std::atomic<int64_t>* open_;
+  bool counted_ = true;  // in *open_
 };
 
 std::string ToLower(std::string_view s) {
@@ -901,6 +912,10 @@ struct Gateway::Impl {
   }
 
   GatewayConfig cfg;
+  // Before the contexts, which outlive them otherwise: a session still
+  // pending when its context is destroyed counts itself out of `open`.
+  SessionRegistry registry;
+  std::atomic<int64_t> open{0};  // HTTP sessions still serving (not lingering)
   std::deque<net::io_context> contexts;
   std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
   // The core's executor: the first io_context itself. Only the thread that
@@ -915,8 +930,6 @@ struct Gateway::Impl {
   core::ChatService* chat = nullptr;
   HttpHandler http;
   HttpBodyLimit body_limit;
-  SessionRegistry registry;
-  std::atomic<int64_t> open{0};
   mutable std::mutex tls_mu;
   std::shared_ptr<ssl::context> tls_ctx;  // guarded by tls_mu; null: plain. New connections take a copy.
   std::string tls_sha256;                 // guarded by tls_mu; of tls_ctx's certificate

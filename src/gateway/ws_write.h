@@ -251,19 +251,18 @@ class LingeringTeardownOp {
   bool started_ = false;
 };
 
-// The same lingering close for an HTTP connection's last answer (the server's
-// side: half-close, drain, close).
+// A lingering close of a plain TCP stream: the WebSocket teardown's (below)
+// and an HTTP connection's after its last answer (the server's side).
 template <typename TcpStream, typename Handler>
-void AsyncLingeringClose(TcpStream& stream, Handler&& handler) {
+void AsyncLingeringClose(boost::beast::role_type role, TcpStream& stream, Handler&& handler) {
   boost::asio::async_compose<std::decay_t<Handler>, void(boost::beast::error_code)>(
-      LingeringTeardownOp<TcpStream>(boost::beast::role_type::server, stream), handler, stream);
+      LingeringTeardownOp<TcpStream>(role, stream), handler, stream);
 }
 
 template <typename Next, typename TeardownHandler>
 void async_teardown(boost::beast::role_type role, SerialWriteStream<Next>& s, TeardownHandler&& handler) {
   if constexpr (IsBeastTcpStream<Next>::value) {
-    boost::asio::async_compose<std::decay_t<TeardownHandler>, void(boost::beast::error_code)>(
-        LingeringTeardownOp<Next>(role, s.next_layer()), handler, s.next_layer());
+    AsyncLingeringClose(role, s.next_layer(), std::forward<TeardownHandler>(handler));
   } else {
     // TLS: Beast sends close_notify and waits for the peer's.
     using boost::beast::websocket::async_teardown;

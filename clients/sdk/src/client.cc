@@ -749,7 +749,6 @@ struct Client::Impl {
         }
         if (gap && !SyncLoop(*c, &to_deliver, &end.why)) break;
       }
-      if (noticed_head > cache->applied().value_or(0) && !SyncLoop(*c, &to_deliver, &end.why)) break;
       if (summary_of_selected) {
         summary_of_selected = false;
         FillSelected(*c);
@@ -760,7 +759,7 @@ struct Client::Impl {
       ExpireDue();
       // 2. Answers.
       int64_t now_steady = SteadyMs();
-      bool need_sync = false;
+      bool need_sync = noticed_head > cache->applied().value_or(0);  // synced at the end of step 2, as for a ping
       bool abort = false;
       for (auto it = inflight.begin(); it != inflight.end();) {
         Reply r = c->Await(it->first, 0);

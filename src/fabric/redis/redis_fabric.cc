@@ -262,6 +262,7 @@ struct RedisFabric::Impl {
     int64_t heard_ms = 0;
     std::optional<net::steady_timer> retry;
     std::optional<net::ip::tcp::resolver> resolver;  // Connect's, for a host name
+    size_t next_address = 0;  // of the host name's, for the next attempt (back to the first once Redis answers)
   };
   struct RemoteNode {
     std::unordered_set<int64_t> connected, online;
@@ -313,7 +314,9 @@ struct RedisFabric::Impl {
   // its own): hiredis would resolve it here, holding up the other
   // connection's traffic for as long as DNS takes. It is resolved again at
   // every attempt, so a name moved to a new address (a failover) is
-  // followed; after failures the attempts go round the addresses it has.
+  // followed. IPv4 addresses come first (as hiredis orders them: `localhost`
+  // is 127.0.0.1 before ::1); each failed attempt, refusals included, moves
+  // on to the next address, until Redis answers on one.
   void Connect(Conn& conn) {
     boost::system::error_code literal;
     net::ip::make_address(cfg.host, literal);
@@ -322,10 +325,12 @@ struct RedisFabric::Impl {
         cfg.host, std::to_string(cfg.port),
         [this, &conn](boost::system::error_code ec, net::ip::tcp::resolver::results_type found) {
           if (stopping || ec == net::error::operation_aborted) return;
-          if (ec || found.empty()) return ConnectFailed(conn, "cannot resolve the host name: " + ec.message());
-          auto it = found.begin();
-          std::advance(it, static_cast<ptrdiff_t>(static_cast<size_t>(conn.failures) % found.size()));
-          ConnectTo(conn, it->endpoint().address().to_string());
+          if (ec || found.empty())
+            return ConnectFailed(conn, "cannot resolve the host name: " + (ec ? ec.message() : "no address"));
+          std::vector<net::ip::address> addresses;
+          for (const auto& entry : found) addresses.push_back(entry.endpoint().address());
+          std::stable_partition(addresses.begin(), addresses.end(), [](const auto& a) { return a.is_v4(); });
+          ConnectTo(conn, addresses[conn.next_address++ % addresses.size()].to_string());
         });
   }
 
@@ -406,6 +411,7 @@ struct RedisFabric::Impl {
           answered->heard_ms = SteadyMs();
           if (reply->type == REDIS_REPLY_ERROR) return answered->impl->Refused(*answered, "PING", ErrorText(reply));
           answered->answered = true;
+          answered->next_address = 0;
           if (!answered->subscriber) answered->refusals = 0;  // the subscriber's: once subscribed
           answered->impl->UpdateUp();
         },
@@ -621,14 +627,11 @@ struct RedisFabric::Impl {
     const std::string_view code = error.substr(0, error.find(' '));
     if (conn.refusals++ == 0 || code != conn.refusal_code) {
       conn.refusal_code = code;
-      if (not_ready)
-        spdlog::warn("event=redis_not_ready connection={} command={} error=\"{}\" note=\"waiting for Redis: "
-                     "retrying every {} ms\"",
-                     conn.subscriber ? "subscriptions" : "commands", command, error, cfg.reconnect_ms);
-      else
-        spdlog::error("event=redis_refused connection={} command={} error=\"{}\" note=\"retrying every {} ms; "
-                      "check --redis-password, --redis-user and the user's ACL (SUBSCRIBE, PUBLISH, EVAL, ZADD)\"",
-                      conn.subscriber ? "subscriptions" : "commands", command, error, cfg.reconnect_ms);
+      spdlog::log(not_ready ? spdlog::level::warn : spdlog::level::err,
+                  "event={} connection={} command={} error=\"{}\" note=\"retrying every {} ms{}\"",
+                  not_ready ? "redis_not_ready" : "redis_refused", conn.subscriber ? "subscriptions" : "commands",
+                  command, error, cfg.reconnect_ms,
+                  not_ready ? "" : "; check --redis-password, --redis-user and the user's ACL (SUBSCRIBE, PUBLISH, EVAL, ZADD)");
     }
     {
       std::lock_guard lock(ready_mu);
@@ -1135,6 +1138,10 @@ void RedisFabric::Publish(int64_t user_id, SharedFrame frame, bool ephemeral) {
   net::post(impl_->io, [p = impl_.get(), user_id, frame = std::move(frame), ephemeral] {
     p->SendRemote(ephemeral ? 'e' : 'p', user_id, 0, *frame);
   });
+}
+
+void RedisFabric::PublishHere(int64_t user_id, SharedFrame frame, bool ephemeral) {
+  impl_->local.Publish(user_id, std::move(frame), ephemeral);
 }
 
 // Other nodes get a receipt as an ordinary durable frame (their sinks do not

@@ -115,6 +115,7 @@ class RedisFabric final : public Fabric {
   void Attach(int64_t user_id, int64_t device_id, std::shared_ptr<DeviceSink> sink) override;
   void Detach(int64_t user_id, int64_t device_id, const DeviceSink* sink) override;
   void Publish(int64_t user_id, SharedFrame frame, bool ephemeral = false) override;
+  void PublishHere(int64_t user_id, SharedFrame frame, bool ephemeral = false) override;
   void PublishReceipt(int64_t user_id, SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) override;
   void CloseDevice(int64_t user_id, int64_t device_id, uint16_t code, std::string reason) override;
   bool IsConnected(int64_t user_id) const override;
