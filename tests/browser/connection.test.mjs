@@ -83,10 +83,10 @@ test('a reconnect the server timed waits at least its retry_after_ms and at most
 
 // A Connection whose socket is a fake that records what is sent (Node has
 // no window or WebSocket of its own: the least of them is stubbed).
-function fakeConnection() {
+function fakeConnection(random = Math.random) {
   globalThis.window ??= { addEventListener() {} };
   globalThis.WebSocket ??= { OPEN: 1 };
-  const conn = new Connection({ url: 'ws://unused' });
+  const conn = new Connection({ url: 'ws://unused', random });
   const sent = [];
   conn.ws = { readyState: 1, send: (text) => sent.push(JSON.parse(text)) };
   return { conn, sent };
@@ -133,7 +133,7 @@ test('reads waiting when the socket drops are refused as disconnected, not left 
 });
 
 test('a read refused as a flood anyway is sent again after the server\'s wait', async () => {
-  const { conn, sent } = fakeConnection();
+  const { conn, sent } = fakeConnection(() => 0); // no jitter: exactly the server's wait
   const answer = conn.request('snapshot', { messages: 0 });
   await new Promise((r) => setTimeout(r, 0));
   assert.equal(sent.length, 1);
@@ -146,5 +146,19 @@ test('a read refused as a flood anyway is sent again after the server\'s wait', 
   conn.settle({ type: 'response', id: sent[1].id, result: { head: 3 } });
   assert.deepEqual(await answer, { head: 3 });
   assert.equal(conn.readsInFlight, 0);
+  for (const p of conn.pending.values()) clearTimeout(p.timer);
+});
+
+test('reads refused as a flood together come back spread over the jitter, not together', async () => {
+  const { conn, sent } = fakeConnection(() => 0.5); // half of each range: 20 + 10 + kBackoffBaseMs / 2
+  const answer = conn.request('sync', { after: 0 });
+  await new Promise((r) => setTimeout(r, 0));
+  conn.settle({ type: 'error', id: sent[0].id, code: 'rate_limited', message: 'busy', retry_after_ms: 20 });
+  await new Promise((r) => setTimeout(r, 40));
+  assert.equal(sent.length, 1, 'sent again at the bare server\'s wait, with no jitter');
+  await new Promise((r) => setTimeout(r, 30 + kBackoffBaseMs / 2));
+  assert.equal(sent.length, 2);
+  conn.settle({ type: 'response', id: sent[1].id, result: { events: [] } });
+  assert.deepEqual(await answer, { events: [] });
   for (const p of conn.pending.values()) clearTimeout(p.timer);
 });

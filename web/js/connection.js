@@ -101,8 +101,11 @@ export class ProtocolError extends Error {
 }
 
 export class Connection {
-  constructor({ url, onOpen, onFrame, onState, onRevoked, onServerClose }) {
+  // `random` (Math.random's contract) draws every jitter: the reconnect's
+  // backoff, the wait after a close or an answer that named one.
+  constructor({ url, onOpen, onFrame, onState, onRevoked, onServerClose, random = Math.random }) {
     this.url = url;
+    this.random = random;
     this.onOpen = onOpen;
     this.onFrame = onFrame;
     this.onState = onState;
@@ -159,7 +162,7 @@ export class Connection {
   backoffDelay(minMs = 0) {
     const cap = backoffCapMs(this.attempt);
     this.attempt += 1;
-    return minMs + Math.random() * cap;
+    return minMs + this.random() * cap;
   }
 
   connect() {
@@ -190,7 +193,7 @@ export class Connection {
           // with backoff.
           this.teardown();
           const wait = e instanceof ProtocolError ? e.retryAfterMs : 0;
-          this.connectSoon(wait > 0 ? retryAfterDelayMs(wait) : this.backoffDelay());
+          this.connectSoon(wait > 0 ? retryAfterDelayMs(wait, this.random) : this.backoffDelay());
         },
       );
     };
@@ -224,7 +227,7 @@ export class Connection {
         } catch {
           retryAfter = 0;
         }
-        return this.connectSoon(retryAfterDelayMs(retryAfter));
+        return this.connectSoon(retryAfterDelayMs(retryAfter, this.random));
       }
       this.connectSoon(this.backoffDelay());
     };
@@ -316,7 +319,9 @@ export class Connection {
 
   // One counted read: waits for a slot, then sends. Refused as a flood all
   // the same (the server still counts a read this side gave up on at its
-  // timeout), it is sent again after the server's wait, a few times.
+  // timeout), it is sent again after the server's wait plus its jitter
+  // (retryAfterDelayMs: the reads refused together do not come back
+  // together), a few times.
   async countedRead(type, fields) {
     for (let attempt = 0; ; attempt += 1) {
       while (this.readsInFlight >= kMaxReadsInFlight) await new Promise((wake) => this.readsWaiting.push(wake));
@@ -331,7 +336,7 @@ export class Connection {
         this.readsInFlight -= 1;
         this.readsWaiting.shift()?.();
       }
-      await new Promise((r) => setTimeout(r, wait));
+      await new Promise((r) => setTimeout(r, retryAfterDelayMs(wait, this.random)));
     }
   }
 
