@@ -36,7 +36,6 @@
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -267,6 +266,45 @@ class SessionRegistry {
   std::mutex mu_;
   std::unordered_set<fabric::DeviceSink*> sessions_;
   std::unordered_map<fabric::DeviceSink*, std::weak_ptr<fabric::DeviceSink>> weak_;
+};
+
+// HTTP connections waiting for their next request (a keep-alive connection
+// between requests, or a new one before its first): a shutdown's drain ends
+// them at once (Gateway::StopAccepting). Otherwise a browser that had
+// loaded the web client, or a metrics scraper, held every shutdown for its
+// whole drain. From then on, answers carry Connection: close.
+class HttpWaiters {
+ public:
+  // false when the gateway drains: the session must not wait for a request.
+  bool Add(const void* session, std::function<void()> end) {
+    std::lock_guard lock(mu_);
+    if (draining_) return false;
+    ends_[session] = std::move(end);
+    return true;
+  }
+  void Remove(const void* session) {
+    std::lock_guard lock(mu_);
+    ends_.erase(session);
+  }
+  bool draining() const {
+    std::lock_guard lock(mu_);
+    return draining_;
+  }
+  // Each waiting session's end, once; later ones do not wait (Add).
+  void EndAll() {
+    std::unordered_map<const void*, std::function<void()>> ends;
+    {
+      std::lock_guard lock(mu_);
+      draining_ = true;
+      ends.swap(ends_);
+    }
+    for (auto& [session, end] : ends) end();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  bool draining_ = false;
+  std::unordered_map<const void*, std::function<void()>> ends_;
 };
 
 template <typename Stream>
@@ -610,7 +648,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
  public:
   HttpSession(Stream&& stream, std::shared_ptr<ssl::context> tls, core::ChatService* chat, const GatewayConfig& cfg,
               const HttpHandler& handler, const HttpBodyLimit& body_limit, SessionRegistry* reg,
-              std::atomic<int64_t>* open)
+              std::atomic<int64_t>* open, HttpWaiters* waiters)
       : stream_(std::move(stream)),
         tls_(std::move(tls)),
         chat_(chat),
@@ -618,10 +656,14 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
         handler_(handler),
         body_limit_(body_limit),
         registry_(reg),
-        open_(open) {
+        open_(open),
+        waiters_(waiters) {
     open_->fetch_add(1);
   }
-  ~HttpSession() { CountOut(); }
+  ~HttpSession() {
+    waiters_->Remove(this);
+    CountOut();
+  }
 
   void Start() {
     if constexpr (kIsTls<Stream>) {
@@ -644,6 +686,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   // asks (HttpBodyLimit).
   void DoRead() {
     req_ = {};  // an answer to an unreadable request must not take the last one's method or version
+    // Bytes already here (a pipelined request) are served even when
+    // draining, with Connection: close.
+    const bool may_wait = waiters_->Add(this, [weak = this->weak_from_this()] {
+      if (auto self = weak.lock()) net::post(self->stream_.get_executor(), [self] { self->EndIfWaiting(); });
+    });
+    if (!may_wait && buffer_.size() == 0) return ShutdownSend();
+    waiting_ = true;
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(kMaxHttpHeaderBytes));
     parser_->body_limit(kMaxHttpBodyBytes);  // lowered in OnHeader
@@ -653,6 +702,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   }
 
   void OnHeader(beast::error_code ec, size_t) {
+    waiting_ = false;
+    waiters_->Remove(this);
     if (ec) return Unreadable(ec);
     const auto& h = parser_->get();
     HttpRequest head;
@@ -757,7 +808,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
     if constexpr (kIsTls<Stream>) res->set("Strict-Transport-Security", "max-age=" + std::to_string(kHstsMaxAgeSeconds));
     if (!r.etag.empty()) res->set(http::field::etag, r.etag);
     for (auto& [name, value] : r.headers) res->set(name, value);
-    res->keep_alive(keep_alive);
+    res->keep_alive(keep_alive && !waiters_->draining());
     if (req_.method() != http::verb::head) res->body() = std::move(body);
     res->prepare_payload();
     beast::get_lowest_layer(stream_).expires_after(kHttpIoTimeout);
@@ -796,6 +847,14 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
     counted_ = false;
   }
 
+  // The drain began (HttpWaiters::EndAll): a session still waiting for a
+  // request with nothing of it read ends like one whose peer left (the
+  // cancelled read reaches Unreadable, then ShutdownSend's lingering close).
+  // One with part of a request read goes on and gets its answer.
+  void EndIfWaiting() {
+    if (waiting_ && buffer_.size() == 0) beast::get_lowest_layer(stream_).cancel();
+  }
+
   Stream stream_;
   std::shared_ptr<ssl::context> tls_;  // the context this TLS connection was accepted with (null: plain)
   beast::flat_buffer buffer_;
@@ -807,7 +866,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   const HttpBodyLimit& body_limit_;
   SessionRegistry* registry_;
   std::atomic<int64_t>* open_;
-  bool counted_ = true;  // in *open_
+  HttpWaiters* waiters_;
+  bool counted_ = true;   // in *open_
+  bool waiting_ = false;  // reading a request's header
 };
 
 std::string ToLower(std::string_view s) {
@@ -842,8 +903,7 @@ struct Gateway::Impl {
         contexts(MakeContexts(std::max(1, cfg.io_threads))),
         core_exec(contexts[0].get_executor()),
         control_exec(contexts[0].get_executor()),
-        acceptor(contexts[0]),
-        signals(contexts[0], SIGTERM, SIGINT, SIGHUP) {
+        acceptor(contexts[0]) {
     for (auto& ctx : contexts) guards.emplace_back(net::make_work_guard(ctx));
   }
 
@@ -871,11 +931,11 @@ struct Gateway::Impl {
         if (std::shared_ptr<ssl::context> tls = CurrentTls()) {
           TlsStream stream(std::move(socket), *tls);
           std::make_shared<HttpSession<TlsStream>>(std::move(stream), std::move(tls), chat, cfg, http, body_limit,
-                                                   &registry, &open)
+                                                   &registry, &open, &waiters)
               ->Start();
         } else {
           std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), nullptr, chat, cfg, http,
-                                                     body_limit, &registry, &open)
+                                                     body_limit, &registry, &open, &waiters)
               ->Start();
         }
       } else {
@@ -903,18 +963,11 @@ struct Gateway::Impl {
     return Status::Ok();
   }
 
-  void WaitSignal() {
-    signals.async_wait([this](beast::error_code ec, int sig) {
-      if (ec) return;
-      if (on_signal) on_signal(sig);
-      WaitSignal();
-    });
-  }
-
   GatewayConfig cfg;
   // Before the contexts, which outlive them otherwise: a session still
   // pending when its context is destroyed counts itself out of `open`.
   SessionRegistry registry;
+  HttpWaiters waiters;
   std::atomic<int64_t> open{0};  // HTTP sessions still serving (not lingering)
   std::deque<net::io_context> contexts;
   std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
@@ -925,8 +978,6 @@ struct Gateway::Impl {
   AsioExecutorAdapter<net::io_context::executor_type> core_exec;
   AsioExecutorAdapter<net::io_context::executor_type> control_exec;
   tcp::acceptor acceptor;
-  net::signal_set signals;
-  std::function<void(int)> on_signal;
   core::ChatService* chat = nullptr;
   HttpHandler http;
   HttpBodyLimit body_limit;
@@ -964,7 +1015,6 @@ Status Gateway::Start(core::ChatService* chat, HttpHandler http, HttpBodyLimit b
                                                      std::to_string(impl_->cfg.port) + ": " + ec.message());
   impl_->bound_port = a.local_endpoint().port();
   impl_->DoAccept();
-  impl_->WaitSignal();
   return Status::Ok();
 }
 
@@ -992,6 +1042,7 @@ void Gateway::StopAccepting() {
     beast::error_code ignored;
     impl_->acceptor.close(ignored);
   });
+  impl_->waiters.EndAll();
 }
 
 void Gateway::CloseAll(uint16_t code, const std::string& reason) {
@@ -1000,10 +1051,6 @@ void Gateway::CloseAll(uint16_t code, const std::string& reason) {
 
 int64_t Gateway::OpenConnections() const {
   return impl_->open.load() + static_cast<int64_t>(impl_->registry.All().size());
-}
-
-void Gateway::OnSignal(std::function<void(int)> fn) {
-  net::post(impl_->contexts[0], [this, fn = std::move(fn)] { impl_->on_signal = fn; });
 }
 
 bool Gateway::tls() const { return impl_->TlsConfigured(); }
@@ -1073,7 +1120,6 @@ void Gateway::StopWhenDrained(int deadline_ms) {
 void Gateway::Stop() {
   net::post(impl_->contexts[0], [this] {
     beast::error_code ignored;
-    impl_->signals.cancel(ignored);
     impl_->acceptor.close(ignored);
     for (auto& g : impl_->guards) g.reset();
     for (auto& ctx : impl_->contexts) ctx.stop();

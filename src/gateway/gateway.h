@@ -167,7 +167,8 @@ class Gateway {
 
   // The executor ChatService must use (the first io_context's executor: one thread runs it, handlers in the order posted).
   Executor& CoreExecutor();
-  // A general executor on the first io_context (timers, signals, shutdown).
+  // A general executor on the first io_context (timers, signals, shutdown:
+  // parleyd posts its signal handling there).
   Executor& ControlExecutor();
 
   // Loads the TLS files (if configured), binds and starts accepting. Fails
@@ -180,15 +181,14 @@ class Gateway {
   // Runs the io threads; returns when Stop() has been called and they ended.
   void Run();
 
-  // Any thread. Stops accepting new connections.
+  // Any thread. Stops accepting new connections, and ends the HTTP
+  // connections waiting for a request (keep-alive between requests); the
+  // answers still to come say Connection: close.
   void StopAccepting();
   // Any thread. Closes every open connection (after its queue drains).
   void CloseAll(uint16_t code, const std::string& reason);
   // Any thread. Number of open connections (HTTP and WebSocket).
   int64_t OpenConnections() const;
-  // Any thread. Calls `fn` on SIGTERM, SIGINT or SIGHUP (once per signal),
-  // on the control executor.
-  void OnSignal(std::function<void(int)> fn);
 
   // Whether the listener serves TLS.
   bool tls() const;

@@ -29,6 +29,7 @@
 #include "protocol/encode.h"
 #include "push/dispatcher.h"
 #include "push/webhook.h"
+#include "server/stop_signals.h"
 #ifdef PARLEY_FAULT_SWITCHES
 #include "store/fault_store.h"
 #include "store/search_indexer.h"
@@ -54,6 +55,9 @@ void UpdateProcessMetrics() {
 }  // namespace
 
 int RunServer(const ServerConfig& config) {
+  // First: every thread started below inherits the signals' block. Until
+  // Handle (the server is up), a signal ends the process as by default.
+  StopSignals signals;
   auto logger = spdlog::stderr_color_mt("parleyd");
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e%z level=%l %v");
@@ -204,7 +208,7 @@ int RunServer(const ServerConfig& config) {
   }
 
   bool shutting_down = false;
-  gw.OnSignal([&](int sig) {
+  const auto on_signal = [&](int sig) {
     if (sig == SIGHUP) {
       // Reload the TLS files; the gateway logs and counts the result and
       // keeps the old certificate if the new one does not load.
@@ -224,8 +228,12 @@ int RunServer(const ServerConfig& config) {
                   protocol::RetryAfterReason(config.core.shutdown_retry_after_ms));
       gw.StopWhenDrained(config.shutdown_drain_ms);
     });
-  });
+  };
+  signals.Handle([&](int sig) { gw.ControlExecutor().Post([&on_signal, sig] { on_signal(sig); }); });
   gw.Run();
+  // A signal from here on is never delivered (a second SIGTERM during the
+  // teardown no longer kills the process: StopSignals).
+  signals.Stop();
   // Teardown order matters: hashing jobs and store completions post to the
   // core executor, which the gateway owns, and reference the chat service. So
   // the pool and the store (which commits what is queued and joins its

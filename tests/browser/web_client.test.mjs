@@ -1018,3 +1018,52 @@ test('selective sync after cursor_too_old: the snapshot keeps the opened convers
     await srv.stop();
   }
 });
+
+test('a head notice (the node was cut off from the other nodes) makes the client sync what its live stream lost', async () => {
+  // A server of its own whose heartbeat (whose ping answer carries the head
+  // too) does not come within the test.
+  const srv = await startServer(['--heartbeat-interval-ms', '60000', '--heartbeat-timeout-ms', '120000']);
+  try {
+    const lia = await newContext(browser, srv.base);
+    const max = await newContext(browser, srv.base);
+    // max's WebSocket goes through the test: live events can be lost on the
+    // way (as a node's are while Redis is gone), and frames told.
+    let losing = false;
+    let lostHead = 0;
+    let toMax = null;
+    await max.page.routeWebSocket(/\/v1\/ws/, (ws) => {
+      const server = ws.connectToServer();
+      ws.onMessage((m) => server.send(m));
+      server.onMessage((m) => {
+        const f = typeof m === 'string' ? JSON.parse(m) : null;
+        if (losing && f?.type === 'event') {
+          lostHead = Math.max(lostHead, f.event.user_seq);
+          return;
+        }
+        ws.send(m);
+      });
+      toMax = ws;
+    });
+    await register(lia.page, 'lia_t');
+    await register(max.page, 'max_t');
+    await openChatWith(lia.page, 'max_t');
+    await send(lia.page, 'before the cut');
+    await max.page.locator('a.conv', { hasText: 'lia_t' }).click();
+    await max.page.locator('li.msg .body', { hasText: 'before the cut' }).waitFor();
+    losing = true;
+    await send(lia.page, 'lost on the way');
+    await myMessage(lia.page, 'lost on the way').and(lia.page.locator('[data-tick="sent"], [data-tick="delivered"], [data-tick="read"]')).waitFor();
+    for (let waited = 0; lostHead === 0 && waited < 5_000; waited += 50) await sleep(50);
+    assert.ok(lostHead > 0, 'max was sent no event to lose');
+    await sleep(300);
+    assert.deepEqual(await bodies(max.page), ['before the cut'], 'an event the test dropped reached the page');
+    // What the node sends its devices after a cut: their user's head.
+    toMax.send(JSON.stringify({ v: 1, type: 'head', head: lostHead }));
+    await max.page.locator('li.msg .body', { hasText: 'lost on the way' }).waitFor({ timeout: 5_000 });
+    assert.deepEqual(await bodies(max.page), ['before the cut', 'lost on the way']);
+    assertClean(lia, max);
+    await closeAll(lia, max);
+  } finally {
+    await srv.stop();
+  }
+});

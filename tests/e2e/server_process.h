@@ -146,6 +146,28 @@ class ServerProcess {
   }
   const parley::ExitStatus& last_exit() const { return last_exit_; }
 
+  // SIGTERM again and again, every `every_us`, until the process has exited
+  // (as a supervisor that repeats itself, or a tool that stops every node
+  // and then each, would send it during the shutdown); same result as
+  // Terminate.
+  int TerminateRepeatedly(int every_us, int timeout_ms = 15000) {
+    if (pid_ <= 0) return -1;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      kill(pid_, SIGTERM);
+      int status;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        last_exit_ = parley::FromWaitStatus(status);
+        return last_exit_.how == parley::ExitStatus::How::kExited ? last_exit_.code : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(every_us));
+    }
+    Kill9();
+    last_exit_ = {parley::ExitStatus::How::kTimedOut, timeout_ms};
+    return -1;
+  }
+
   // Restart on the same port and data directory.
   void Restart() {
     if (pid_ > 0) Terminate();

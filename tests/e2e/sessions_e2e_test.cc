@@ -101,6 +101,19 @@ TEST(DevicesE2E, LogoutClosesWithRevokedCodeAndTheTokenStopsWorking) {
   EXPECT_EQ(c->Call("auth", {{"token", d.token}}).code, "invalid_token");
 }
 
+// A SIGTERM repeated during the shutdown (a supervisor that repeats itself;
+// the benchmark stops every node, then each) is the same request: parleyd
+// still drains and exits 0. Its signal handling ended with the gateway, and a
+// SIGTERM after that, in the rest of the teardown or the exit, killed it.
+TEST(ShutdownE2E, ASigtermRepeatedUntilTheEndStillGivesACleanExit) {
+  ServerProcess server;
+  Register(server, "alice");
+  Device a = Login(server, "alice");
+  EXPECT_EQ(server.TerminateRepeatedly(100), 0) << "parleyd: " << server.last_exit().Describe();
+  ASSERT_TRUE(a.conn->WaitClosed(10000));
+  EXPECT_EQ(a.conn->close_code(), 4001);
+}
+
 TEST(ShutdownE2E, SigtermClosesWithReconnectLaterCodeAndLosesNothingAcked) {
   ServerProcess server;
   Register(server, "alice");
@@ -266,6 +279,57 @@ TEST(ShutdownE2E, NoNewConnectionIsAcceptedWhileDraining) {
   ::close(slow);
   term.join();
   EXPECT_EQ(status, 0) << "parleyd did not exit cleanly once the last connection closed: " << server.last_exit().Describe();
+}
+
+// A keep-alive connection waiting for its next request (a browser that
+// loaded the web client, a metrics scraper) does not hold the drain: it is
+// ended at once, with a clean end of stream. One whose request was half read
+// goes on, and its answer says Connection: close.
+TEST(ShutdownE2E, AnIdleKeepAliveConnectionIsEndedAndAHalfReadRequestIsAnswered) {
+  ServerProcess server({"--shutdown-drain-ms", "20000"});
+  const auto read_answer = [](int fd) {
+    std::string got;
+    char buf[4096];
+    while (got.find("\r\n\r\nok\n") == std::string::npos) {
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+    }
+    return got;
+  };
+  timeval timeout{5, 0};
+  int idle = TcpConnect(server.port());
+  ASSERT_GE(idle, 0);
+  ::setsockopt(idle, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  const std::string get = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(idle, get.data(), get.size(), MSG_NOSIGNAL), static_cast<ssize_t>(get.size()));
+  std::string first = read_answer(idle);
+  ASSERT_EQ(first.rfind("HTTP/1.1 200 ", 0), 0u) << first;
+  EXPECT_EQ(first.find("Connection: close"), std::string::npos) << first;
+  int half = TcpConnect(server.port());
+  ASSERT_GE(half, 0);
+  ::setsockopt(half, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  const std::string head = get.substr(0, get.size() - 2);
+  ASSERT_EQ(::send(half, head.data(), head.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head.size()));
+
+  const auto start = std::chrono::steady_clock::now();
+  int status = -2;
+  std::thread term([&] { status = server.Terminate(30000); });
+  char byte;
+  ssize_t n = ::recv(idle, &byte, 1, 0);
+  EXPECT_EQ(n, 0) << "the idle connection: " << (n < 0 ? std::strerror(errno) : "bytes") << ", not its end of stream";
+  ::close(idle);
+  ASSERT_EQ(::send(half, "\r\n", 2, MSG_NOSIGNAL), 2);
+  std::string second = read_answer(half);
+  EXPECT_EQ(second.rfind("HTTP/1.1 200 ", 0), 0u) << second;
+  EXPECT_NE(second.find("Connection: close"), std::string::npos) << second;
+  n = ::recv(half, &byte, 1, 0);
+  EXPECT_EQ(n, 0) << "after the answer: " << (n < 0 ? std::strerror(errno) : "bytes") << ", not its end of stream";
+  ::close(half);
+  term.join();
+  EXPECT_EQ(status, 0) << server.last_exit().Describe();
+  // The drain ends with the last connection, far before its 20 s.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
 }
 
 // Sends `request` over a new plain TCP connection, ends the sending side, and
