@@ -414,6 +414,77 @@ TEST(RedisFabricClockTest, ANodeWhoseClockIsWrongStillGetsLiveFramesAndKeepsTheO
   }
 }
 
+// Calls of `command` Redis has counted (INFO commandstats; a command never
+// called is not listed: 0).
+long long CommandCalls(const RedisTestServer& redis, const std::string& command) {
+  const std::string info = redis.Command("INFO commandstats");
+  const std::string key = "cmdstat_" + command + ":calls=";
+  const size_t at = info.find(key);
+  return at == std::string::npos ? 0 : std::stoll(info.substr(at + key.size()));
+}
+
+// Waits until `sink` has had `n` frames (5 s at most); returns its count.
+int WaitFrames(const CountingSink& sink, int n) {
+  const auto deadline = SteadyClock::now() + std::chrono::seconds(5);
+  while (sink.frames < n && SteadyClock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  return sink.frames.load();
+}
+
+// Frames to other nodes go through the route script by its SHA-1 (EVALSHA;
+// each command connection loads the script first), not whole with every
+// frame. After a SCRIPT FLUSH (Redis forgot it) a frame meets NOSCRIPT and is
+// sent again whole, so it still arrives; the next ones go by the SHA-1 again.
+// A node whose ACL refuses EVALSHA, or SCRIPT, sends the script whole, and
+// its frames arrive as well.
+TEST(RedisFabricRouteTest, FramesGoByTheScriptsShaAndArriveAfterAScriptFlushAndWithoutEvalsha) {
+  RedisTestServer redis;
+  ASSERT_EQ(redis.Command("ACL SETUSER noevalsha on >pw ~parley:* &parley:* +@all -evalsha\r\n"
+                          "ACL SETUSER noscript on >pw ~parley:* &parley:* +@all -script"),
+            "+OK\r\n+OK\r\n");
+  auto a = StartNode(redis, "node-a");
+  auto b = StartNode(redis, "node-b");
+  ASSERT_TRUE(a && b);
+  auto on_b = std::make_shared<CountingSink>();
+  b->Attach(42, 7, on_b);
+  const auto deadline = SteadyClock::now() + std::chrono::seconds(5);
+  while (!a->IsConnected(42) && SteadyClock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(a->IsConnected(42)) << "presence never crossed";
+  const auto frame = std::make_shared<const std::string>("to b");
+  a->Publish(42, frame);
+  ASSERT_EQ(WaitFrames(*on_b, 1), 1);
+
+  const long long eval0 = CommandCalls(redis, "eval"), evalsha0 = CommandCalls(redis, "evalsha");
+  for (int i = 0; i < 5; ++i) a->Publish(42, frame);
+  ASSERT_EQ(WaitFrames(*on_b, 6), 6);
+  EXPECT_EQ(CommandCalls(redis, "evalsha") - evalsha0, 5);
+  EXPECT_EQ(CommandCalls(redis, "eval"), eval0) << "a frame was sent with the whole script";
+
+  ASSERT_EQ(redis.Command("SCRIPT FLUSH"), "+OK\r\n");
+  for (int i = 0; i < 3; ++i) a->Publish(42, frame);
+  EXPECT_EQ(WaitFrames(*on_b, 9), 9) << "a frame that met NOSCRIPT was lost";
+  a->Publish(42, frame);
+  ASSERT_EQ(WaitFrames(*on_b, 10), 10);
+  // The first NOSCRIPT's frame went whole (loading the script again); those
+  // sent behind it by SHA-1 before its answer came may have met it as well.
+  EXPECT_GE(CommandCalls(redis, "eval") - eval0, 1);
+  EXPECT_LE(CommandCalls(redis, "eval") - eval0, 3);
+
+  for (const std::string user : {"noevalsha", "noscript"}) {
+    RedisFabricConfig config;
+    ASSERT_TRUE(ParseRedisAddress("redis://" + user + ":pw@" + redis.address(), &config).ok());
+    config.node_id = "node-" + user;
+    auto c = RedisFabric::Start(config);
+    ASSERT_TRUE(c.has_value()) << c.error().ToString();
+    const auto until = SteadyClock::now() + std::chrono::seconds(5);
+    while (!(*c)->IsConnected(42) && SteadyClock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE((*c)->IsConnected(42)) << user;
+    const int before = on_b->frames.load();
+    for (int i = 0; i < 3; ++i) (*c)->Publish(42, frame);
+    EXPECT_EQ(WaitFrames(*on_b, before + 3), before + 3) << user << ": frames lost";
+  }
+  b->Detach(42, 7, on_b.get());
+}
+
 // What a node's re-check after a cut judges (ChatService::RecheckUserDevices):
 // the devices attached here, each once however many connections it has,
 // gone when its last connection is detached.

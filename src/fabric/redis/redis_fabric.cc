@@ -428,6 +428,29 @@ struct RedisFabric::Impl {
     } else {
       if (conn.refusals == 0)
         spdlog::info("event=redis_connected host={} port={} node_id={}", cfg.host, cfg.port, cfg.node_id);
+      // Before any publish on this connection (hiredis sends in order): Redis
+      // caches the script and answers its SHA-1, which SendRoute uses from
+      // then on. A Redis restarted since has lost it; this loads it again.
+      if (!evalsha_refused) {
+        redisAsyncCommand(
+            conn.ac,
+            [](redisAsyncContext* c, void* r, void*) {
+              auto* reply = static_cast<redisReply*>(r);
+              auto* loaded = static_cast<Conn*>(c->data);
+              if (reply == nullptr || loaded == nullptr) return;
+              loaded->heard_ms = SteadyMs();
+              if (reply->type == REDIS_REPLY_STRING && !loaded->impl->evalsha_refused)
+                loaded->impl->route_sha.assign(reply->str, reply->len);
+              // An error leaves EVAL in use: NOPERM (an ACL without SCRIPT)
+              // is said once per connection; the others (NOAUTH, LOADING)
+              // are the connection's, which its PING reports.
+              if (reply->type == REDIS_REPLY_ERROR && ErrorText(reply).starts_with("NOPERM"))
+                spdlog::warn("event=redis_script_load_failed error=\"{}\" note=\"the route script is sent whole "
+                             "with every frame\"",
+                             ErrorText(reply));
+            },
+            nullptr, "SCRIPT LOAD %s", kRouteScript);
+      }
       MeasureAndWriteRoutes();
       if (sub.subscribed) SayHello();
     }
@@ -699,8 +722,65 @@ struct RedisFabric::Impl {
     payload += std::to_string(device);
     payload += '\n';
     payload += data;
-    Command({"EVAL", kRouteScript, "1", RouteKey(user), cfg.node_id, payload,
-             device != 0 ? std::to_string(device) : std::string()});
+    auto call = std::make_unique<RouteCall>();
+    call->key = RouteKey(user);
+    call->payload = std::move(payload);
+    if (device != 0) call->device = std::to_string(device);
+    SendRoute(std::move(call), !route_sha.empty());
+  }
+
+  // One publish through the route script, kept until Redis answers: by its
+  // SHA-1 (EVALSHA: the script's ~600 bytes are not sent, nor hashed by
+  // Redis, with every frame), or whole (EVAL). Each command connection loads
+  // the script first (OnConnect), so EVALSHA meets NOSCRIPT only after a
+  // SCRIPT FLUSH; the publish is then sent again whole, which loads it again
+  // (frames sent by SHA-1 before Redis had it back may then arrive out of
+  // order: a device fills the gap by sync, as after a lost frame).
+  struct RouteCall {
+    std::string key, payload, device;
+    bool by_sha = false;
+  };
+
+  void SendRoute(std::unique_ptr<RouteCall> call, bool by_sha) {
+    if (!cmd.connected || muted) return;
+    call->by_sha = by_sha;
+    const std::string_view verb = by_sha ? "EVALSHA" : "EVAL";
+    const std::string_view script = by_sha ? std::string_view(route_sha) : std::string_view(kRouteScript);
+    const std::string_view args[] = {verb, script, "1", call->key, cfg.node_id, call->payload, call->device};
+    const char* argv[std::size(args)];
+    size_t lens[std::size(args)];
+    for (size_t i = 0; i < std::size(args); ++i) {
+      argv[i] = args[i].data();
+      lens[i] = args[i].size();
+    }
+    if (redisAsyncCommandArgv(cmd.ac, &Impl::OnRouteReply, call.get(), static_cast<int>(std::size(args)), argv, lens) ==
+        REDIS_OK)
+      (void)call.release();
+  }
+
+  static void OnRouteReply(redisAsyncContext* c, void* r, void* data) {
+    std::unique_ptr<RouteCall> call(static_cast<RouteCall*>(data));
+    auto* reply = static_cast<redisReply*>(r);
+    auto* conn = static_cast<Conn*>(c->data);
+    if (reply != nullptr && conn != nullptr && reply->type == REDIS_REPLY_ERROR && call->by_sha) {
+      const std::string_view error = ErrorText(reply);
+      if (error.starts_with("NOSCRIPT")) {
+        conn->heard_ms = SteadyMs();
+        return conn->impl->SendRoute(std::move(call), false);
+      }
+      if (error.starts_with("NOPERM")) {
+        // An ACL that lists EVAL but not EVALSHA: whole scripts from now on.
+        conn->heard_ms = SteadyMs();
+        if (!conn->impl->evalsha_refused)  // once, not for each frame that was in flight
+          spdlog::warn("event=redis_evalsha_refused error=\"{}\" note=\"the route script is sent whole with every "
+                       "frame from now on; allow EVALSHA and SCRIPT (docs/operations.md)\"",
+                       error);
+        conn->impl->route_sha.clear();
+        conn->impl->evalsha_refused = true;
+        return conn->impl->SendRoute(std::move(call), false);
+      }
+    }
+    CountReply(c, r, nullptr);
   }
 
   // ---- Shared rate limits (I/O thread) ----
@@ -1011,6 +1091,8 @@ struct RedisFabric::Impl {
   int64_t durable_remote = 0;  // durable frames offered to other nodes (fault switch)
   int64_t closes_remote = 0;   // device closes offered to other nodes (fault switch)
   bool muted = false;          // fault switch: sends nothing any more
+  std::string route_sha;         // the route script's SHA-1, once Redis answered SCRIPT LOAD (empty: EVAL)
+  bool evalsha_refused = false;  // Redis refused EVALSHA (an ACL): EVAL for good
 
   // I/O thread only.
   std::unordered_map<int64_t, std::unordered_map<int64_t, int>> local_devices;  // user -> device -> connections
