@@ -286,10 +286,7 @@ class HttpWaiters {
     std::lock_guard lock(mu_);
     ends_.erase(session);
   }
-  bool draining() const {
-    std::lock_guard lock(mu_);
-    return draining_;
-  }
+  bool draining() const { return draining_.load(std::memory_order_relaxed); }
   // Each waiting session's end, once; later ones do not wait (Add).
   void EndAll() {
     std::unordered_map<const void*, std::function<void()>> ends;
@@ -302,8 +299,8 @@ class HttpWaiters {
   }
 
  private:
-  mutable std::mutex mu_;
-  bool draining_ = false;
+  std::mutex mu_;
+  std::atomic<bool> draining_{false};  // written under mu_
   std::unordered_map<const void*, std::function<void()>> ends_;
 };
 
@@ -688,10 +685,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
     req_ = {};  // an answer to an unreadable request must not take the last one's method or version
     // Bytes already here (a pipelined request) are served even when
     // draining, with Connection: close.
-    const bool may_wait = waiters_->Add(this, [weak = this->weak_from_this()] {
-      if (auto self = weak.lock()) net::post(self->stream_.get_executor(), [self] { self->EndIfWaiting(); });
+    // The executor is taken here, on the session's thread: the drain calls
+    // `end` on another, while this thread may be moving stream_ away (an
+    // upgrade to WebSocket).
+    const bool may_wait = waiters_->Add(this, [weak = this->weak_from_this(), ex = stream_.get_executor()] {
+      net::post(ex, [weak] {
+        if (auto self = weak.lock()) self->EndIfWaiting();
+      });
     });
-    if (!may_wait && buffer_.size() == 0) return ShutdownSend();
+    if (!may_wait && NothingOfARequestHere()) return ShutdownSend();
     waiting_ = true;
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(kMaxHttpHeaderBytes));
@@ -852,7 +854,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   // cancelled read reaches Unreadable, then ShutdownSend's lingering close).
   // One with part of a request read goes on and gets its answer.
   void EndIfWaiting() {
-    if (waiting_ && buffer_.size() == 0) beast::get_lowest_layer(stream_).cancel();
+    if (waiting_ && NothingOfARequestHere()) beast::get_lowest_layer(stream_).cancel();
+  }
+
+  // No byte of a next request has been read, nor waits in the socket (a
+  // request that arrived must be answered, not dropped by the close).
+  bool NothingOfARequestHere() {
+    beast::error_code ec;
+    const size_t in_socket = beast::get_lowest_layer(stream_).socket().available(ec);
+    return buffer_.size() == 0 && (ec || in_socket == 0);
   }
 
   Stream stream_;

@@ -52,6 +52,11 @@ void UpdateProcessMetrics() {
   if (!ec) fds.Set(n);
 }
 
+struct SignalsStoppedFirst {
+  StopSignals& signals;
+  ~SignalsStoppedFirst() { signals.Stop(); }
+};
+
 }  // namespace
 
 int RunServer(const ServerConfig& config) {
@@ -114,6 +119,9 @@ int RunServer(const ServerConfig& config) {
   fabric::Fabric& fabric = *fabric_owner;
   auto hash_pool = std::make_unique<WorkerPool>(config.hash_threads);
   gateway::Gateway gw(config.gateway);
+  // The signal thread posts to the gateway: it ends before the gateway goes,
+  // however RunServer returns.
+  const SignalsStoppedFirst signals_stopped_first{signals};
   core::ChatService chat(gw.CoreExecutor(), *store_for_service, fabric, *hash_pool, SystemClock::Instance(), config.core);
 
   // Push notifications (issue 11): a dispatcher on a thread of its own,
@@ -193,20 +201,6 @@ int RunServer(const ServerConfig& config) {
                ? gateway::kMaxHttpBodyBytes
                : gateway::kMaxPlainHttpBodyBytes;
   };
-  if (Status s = gw.Start(&chat, http, body_limit); !s.ok()) {
-    spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
-    return 1;
-  }
-  spdlog::info("event=listening address={}:{} tls={} data_dir={} store={} io_threads={} web_root={}",
-               config.gateway.host, gw.BoundPort(), gw.tls() ? "on" : "off", config.data_dir, config.store.backend,
-               config.gateway.io_threads, web.root().empty() ? "none" : web.root());
-  std::cout << "parleyd listening on " << (gw.tls() ? "https://" : "http://") << config.gateway.host << ":" << gw.BoundPort() << std::endl;
-  if (!config.port_file.empty()) {
-    std::string tmp = config.port_file + ".tmp";
-    std::ofstream(tmp) << gw.BoundPort() << "\n";
-    std::filesystem::rename(tmp, config.port_file, fs_ec);
-  }
-
   bool shutting_down = false;
   const auto on_signal = [&](int sig) {
     if (sig == SIGHUP) {
@@ -229,7 +223,23 @@ int RunServer(const ServerConfig& config) {
       gw.StopWhenDrained(config.shutdown_drain_ms);
     });
   };
+  // Before the server says it listens: a supervisor may signal it as soon
+  // as it does. A signal taken before Run waits in the control executor.
   signals.Handle([&](int sig) { gw.ControlExecutor().Post([&on_signal, sig] { on_signal(sig); }); });
+  if (Status s = gw.Start(&chat, http, body_limit); !s.ok()) {
+    spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
+    return 1;
+  }
+  spdlog::info("event=listening address={}:{} tls={} data_dir={} store={} io_threads={} web_root={}",
+               config.gateway.host, gw.BoundPort(), gw.tls() ? "on" : "off", config.data_dir, config.store.backend,
+               config.gateway.io_threads, web.root().empty() ? "none" : web.root());
+  std::cout << "parleyd listening on " << (gw.tls() ? "https://" : "http://") << config.gateway.host << ":" << gw.BoundPort() << std::endl;
+  if (!config.port_file.empty()) {
+    std::string tmp = config.port_file + ".tmp";
+    std::ofstream(tmp) << gw.BoundPort() << "\n";
+    std::filesystem::rename(tmp, config.port_file, fs_ec);
+  }
+
   gw.Run();
   // A signal from here on is never delivered (a second SIGTERM during the
   // teardown no longer kills the process: StopSignals).

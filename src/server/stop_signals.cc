@@ -8,9 +8,15 @@ namespace parley::server {
 
 StopSignals::StopSignals() {
   sigemptyset(&set_);
-  sigaddset(&set_, SIGTERM);
-  sigaddset(&set_, SIGINT);
-  sigaddset(&set_, SIGHUP);
+  sigemptyset(&ignored_);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+    sigaddset(&set_, sig);
+    // Ignored by whoever started us (nohup, a background job of a script):
+    // the kernel still queues a blocked signal that is ignored, and sigwait
+    // takes it.
+    struct sigaction action {};
+    if (sigaction(sig, nullptr, &action) == 0 && action.sa_handler == SIG_IGN) sigaddset(&ignored_, sig);
+  }
   pthread_sigmask(SIG_BLOCK, &set_, nullptr);
   thread_ = std::thread([this] { Run(); });
 }
@@ -36,16 +42,16 @@ void StopSignals::Run() {
       on_signal(sig);
       continue;
     }
-    // Not handled yet: the default action, as if it had never been blocked.
-    // Unblocked in this thread only and raised to it, the signal is
-    // delivered before raise returns.
-    ::signal(sig, SIG_DFL);
+    // Not handled yet: its action, as if it had never been blocked (ignored,
+    // or the default: unblocked in this thread only and raised to it, the
+    // signal is delivered before raise returns).
+    if (sigismember(&ignored_, sig)) continue;
     sigset_t one;
     sigemptyset(&one);
     sigaddset(&one, sig);
     pthread_sigmask(SIG_UNBLOCK, &one, nullptr);
     ::raise(sig);
-    pthread_sigmask(SIG_BLOCK, &one, nullptr);  // SIGHUP's default, say, may one day be ignored
+    pthread_sigmask(SIG_BLOCK, &one, nullptr);
   }
 }
 

@@ -4,8 +4,9 @@
 // The constructor blocks them in the calling thread, which every thread
 // started after it inherits, so none of them is ever delivered to the process
 // by the kernel: each waits until the signal thread takes it. Until Handle,
-// the thread gives a signal its default action (the process dies of it: a
-// start-up that hangs, waiting for Redis say, stays interruptible). After
+// the thread gives a signal the action it had when we started: the default
+// (the process dies of it: a start-up that hangs, waiting for Redis say,
+// stays interruptible), or none if it was ignored (nohup). After
 // Stop, a signal stays pending, harmless, until the process exits. With Asio's
 // signal_set, the process died of a SIGTERM that came once the gateway (which
 // owned the set) was destroyed: Asio gives a signal back its default action
@@ -41,6 +42,7 @@ class StopSignals {
   void Run();
 
   sigset_t set_;
+  sigset_t ignored_;  // of set_, those ignored when we started (SIG_IGN inherited)
   std::mutex mu_;
   std::function<void(int)> on_signal_;  // guarded by mu_
   bool stopping_ = false;               // guarded by mu_

@@ -414,13 +414,14 @@ TEST(RedisFabricClockTest, ANodeWhoseClockIsWrongStillGetsLiveFramesAndKeepsTheO
   }
 }
 
-// Calls of `command` Redis has counted (INFO commandstats; a command never
-// called is not listed: 0).
-long long CommandCalls(const RedisTestServer& redis, const std::string& command) {
+// A figure (`calls`, `rejected_calls`) of `command` in Redis's INFO
+// commandstats (a command never called is not listed: 0).
+long long CommandCalls(const RedisTestServer& redis, const std::string& command, const std::string& figure = "calls") {
   const std::string info = redis.Command("INFO commandstats");
-  const std::string key = "cmdstat_" + command + ":calls=";
-  const size_t at = info.find(key);
-  return at == std::string::npos ? 0 : std::stoll(info.substr(at + key.size()));
+  const size_t line = info.find("cmdstat_" + command + ":");
+  if (line == std::string::npos) return 0;
+  const size_t at = info.find(figure + "=", line);
+  return at == std::string::npos ? 0 : std::stoll(info.substr(at + figure.size() + 1));
 }
 
 // Waits until `sink` has had `n` frames (5 s at most); returns its count.
@@ -478,9 +479,20 @@ TEST(RedisFabricRouteTest, FramesGoByTheScriptsShaAndArriveAfterAScriptFlushAndW
     const auto until = SteadyClock::now() + std::chrono::seconds(5);
     while (!(*c)->IsConnected(42) && SteadyClock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     ASSERT_TRUE((*c)->IsConnected(42)) << user;
+    const long long refused = CommandCalls(redis, "evalsha", "rejected_calls");
     const int before = on_b->frames.load();
     for (int i = 0; i < 3; ++i) (*c)->Publish(42, frame);
     EXPECT_EQ(WaitFrames(*on_b, before + 3), before + 3) << user << ": frames lost";
+    if (user == "noevalsha") {
+      // Once SCRIPT LOAD's answer is in, its frames meet the refusal (and
+      // still arrive, sent whole).
+      for (int i = 0; i < 50 && CommandCalls(redis, "evalsha", "rejected_calls") == refused; ++i) {
+        const int n = on_b->frames.load();
+        (*c)->Publish(42, frame);
+        ASSERT_EQ(WaitFrames(*on_b, n + 1), n + 1) << user << ": a frame lost";
+      }
+      EXPECT_GT(CommandCalls(redis, "evalsha", "rejected_calls"), refused) << "no frame went by EVALSHA: nothing was tested";
+    }
   }
   b->Detach(42, 7, on_b.get());
 }

@@ -431,26 +431,26 @@ struct RedisFabric::Impl {
       // Before any publish on this connection (hiredis sends in order): Redis
       // caches the script and answers its SHA-1, which SendRoute uses from
       // then on. A Redis restarted since has lost it; this loads it again.
-      if (!evalsha_refused) {
-        redisAsyncCommand(
-            conn.ac,
-            [](redisAsyncContext* c, void* r, void*) {
-              auto* reply = static_cast<redisReply*>(r);
-              auto* loaded = static_cast<Conn*>(c->data);
-              if (reply == nullptr || loaded == nullptr) return;
-              loaded->heard_ms = SteadyMs();
-              if (reply->type == REDIS_REPLY_STRING && !loaded->impl->evalsha_refused)
-                loaded->impl->route_sha.assign(reply->str, reply->len);
-              // An error leaves EVAL in use: NOPERM (an ACL without SCRIPT)
-              // is said once per connection; the others (NOAUTH, LOADING)
-              // are the connection's, which its PING reports.
-              if (reply->type == REDIS_REPLY_ERROR && ErrorText(reply).starts_with("NOPERM"))
-                spdlog::warn("event=redis_script_load_failed error=\"{}\" note=\"the route script is sent whole "
-                             "with every frame\"",
-                             ErrorText(reply));
-            },
-            nullptr, "SCRIPT LOAD %s", kRouteScript);
-      }
+      // An ACL that refused EVALSHA may have been mended: tried again.
+      evalsha_refused = false;
+      redisAsyncCommand(
+          conn.ac,
+          [](redisAsyncContext* c, void* r, void*) {
+            auto* reply = static_cast<redisReply*>(r);
+            auto* loaded = static_cast<Conn*>(c->data);
+            if (reply == nullptr || loaded == nullptr) return;
+            loaded->heard_ms = SteadyMs();
+            if (reply->type == REDIS_REPLY_STRING && !loaded->impl->evalsha_refused)
+              loaded->impl->route_sha.assign(reply->str, reply->len);
+            // An error leaves EVAL in use: NOPERM (an ACL without SCRIPT)
+            // is said once per connection; the others (NOAUTH, LOADING)
+            // are the connection's, which its PING reports.
+            if (reply->type == REDIS_REPLY_ERROR && ErrorText(reply).starts_with("NOPERM"))
+              spdlog::warn("event=redis_script_load_failed error=\"{}\" note=\"the route script is sent whole "
+                           "with every frame\"",
+                           ErrorText(reply));
+          },
+          nullptr, "SCRIPT LOAD %s", kRouteScript);
       MeasureAndWriteRoutes();
       if (sub.subscribed) SayHello();
     }
@@ -742,7 +742,10 @@ struct RedisFabric::Impl {
   };
 
   void SendRoute(std::unique_ptr<RouteCall> call, bool by_sha) {
-    if (!cmd.connected || muted) return;
+    if (!cmd.connected || muted) {  // only for a call sent again: SendRemote checked
+      dropped.Inc();
+      return;
+    }
     call->by_sha = by_sha;
     const std::string_view verb = by_sha ? "EVALSHA" : "EVAL";
     const std::string_view script = by_sha ? std::string_view(route_sha) : std::string_view(kRouteScript);
@@ -768,8 +771,11 @@ struct RedisFabric::Impl {
         conn->heard_ms = SteadyMs();
         return conn->impl->SendRoute(std::move(call), false);
       }
-      if (error.starts_with("NOPERM")) {
-        // An ACL that lists EVAL but not EVALSHA: whole scripts from now on.
+      if (error.starts_with("NOPERM") && error.find("'evalsha' command") != std::string_view::npos) {
+        // An ACL that lists EVAL but not EVALSHA: whole scripts from now on
+        // on this connection (the next one tries again: the ACL may have
+        // been mended). A NOPERM for a key or channel is the script's own
+        // error, counted and logged below.
         conn->heard_ms = SteadyMs();
         if (!conn->impl->evalsha_refused)  // once, not for each frame that was in flight
           spdlog::warn("event=redis_evalsha_refused error=\"{}\" note=\"the route script is sent whole with every "
@@ -1092,7 +1098,7 @@ struct RedisFabric::Impl {
   int64_t closes_remote = 0;   // device closes offered to other nodes (fault switch)
   bool muted = false;          // fault switch: sends nothing any more
   std::string route_sha;         // the route script's SHA-1, once Redis answered SCRIPT LOAD (empty: EVAL)
-  bool evalsha_refused = false;  // Redis refused EVALSHA (an ACL): EVAL for good
+  bool evalsha_refused = false;  // Redis refused EVALSHA (an ACL): EVAL until the next connection
 
   // I/O thread only.
   std::unordered_map<int64_t, std::unordered_map<int64_t, int>> local_devices;  // user -> device -> connections
