@@ -342,6 +342,10 @@ class ChatService {
   // (close 4005): its auth answers user_disabled until the account is
   // enabled again, and the client keeps its data and outbox meanwhile.
   static constexpr int64_t kDisabledRetryAfterMs = 60'000;
+  // Users whose revocation is noted one by one while auth reads are in
+  // flight (see revocations_); past it, every auth in flight reads its
+  // device again.
+  static constexpr size_t kMaxNotedRevocations = 4096;
 
  private:
   using Req = protocol::Request;
@@ -667,7 +671,6 @@ class ChatService {
   uint64_t oldest_auth_read_ = 1;
   std::unordered_map<int64_t, uint64_t> revocations_;
   uint64_t revoked_anyone_ = 0;
-  static constexpr size_t kMaxNotedRevocations = 4096;
   // Per user, the devices with a foreground connection on this node
   // (connection counts per device). A user is here iff they are online here:
   // presence, the fabric (told when a user enters or leaves this map) and

@@ -336,6 +336,38 @@ TEST_F(ReadOrderTest, AnAuthReadBeforeARevocationIsClosedWhenItLands) {
   EXPECT_EQ(phone.sink->close_code, 0) << "the phone that changed the password was closed";
 }
 
+// As above, while more users are revoked than ChatService notes one by one
+// (kMaxNotedRevocations: revocations from other nodes, played by the test
+// fabric): the notes give way to "every auth in flight reads its device
+// again", and the laptop unlinked while its auth was in flight is still
+// closed when the auth lands.
+TEST_F(ReadOrderTest, AnAuthReadBeforeARevocationIsClosedEvenPastTheNotesLimit) {
+  Conn phone = LoggedIn("alice");
+  Conn laptop = Open();
+  json linked = Call(laptop, "login", {{"username", "alice"}, {"password", "password123"}, {"device_name", "laptop"}});
+  ASSERT_EQ(linked["type"], "response") << linked.dump();
+  const int64_t laptop_id = linked["result"]["device_id"];
+
+  Conn again = Open();
+  hold_.Arm(HeldRead::kAfter);
+  int auth = Start(again, "auth", {{"token", linked["result"]["token"]}});
+  WaitHeld();  // read from before the unlink: the laptop is live
+  ASSERT_EQ(Call(phone, "unlink_device", {{"device_id", laptop_id}})["type"], "response");
+  // Other users, revoked on other nodes meanwhile: past the limit of notes.
+  const int64_t others = static_cast<int64_t>(ChatService::kMaxNotedRevocations) + 10;
+  for (int64_t user = 1'000'000; user < 1'000'000 + others; ++user)
+    fabric_.DeliverRemote({fabric::Fabric::UserChange::Kind::kRevoked, user, 0});
+  exec_.RunPending();
+  hold_.Release();
+  json answered = WaitAnswer(again, auth);
+  ASSERT_EQ(answered["type"], "response") << "the held read was not from before the unlink: " << answered.dump();
+  EXPECT_TRUE(exec_.RunUntil([&] {
+    std::lock_guard lock(again.sink->mu);
+    return again.sink->close_code == 4002;
+  })) << "the laptop, unlinked while its auth was in flight, stayed connected once the notes overflowed";
+  EXPECT_EQ(phone.sink->close_code, 0);
+}
+
 // As above, through a store that then fails the device list: the auth that
 // raced the unlink cannot be confirmed, so it is closed with 4003 (reconnect
 // later) rather than left connected, and its reconnect is refused.
