@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
 
@@ -112,6 +113,30 @@ class ReadOrderTest : public testing::ChatServiceTest {
   }
   // Drains the executor until the armed read is held on its reader.
   void WaitHeld() { ASSERT_TRUE(exec_.RunUntil([&] { return hold_.Held(); })) << "no read was held"; }
+
+  // alice links a laptop; its reconnect's read of the device is held (from
+  // before the unlink: the laptop is live) while `phone` unlinks it and
+  // `meanwhile` runs; the auth then lands, is answered, and is closed 4002.
+  void UnlinkTheLaptopWhileItsAuthIsInFlight(Conn& phone, const std::function<void()>& meanwhile) {
+    Conn laptop = Open();
+    json linked = Call(laptop, "login", {{"username", "alice"}, {"password", "password123"}, {"device_name", "laptop"}});
+    ASSERT_EQ(linked["type"], "response") << linked.dump();
+    const int64_t laptop_id = linked["result"]["device_id"];
+    Conn again = Open();
+    hold_.Arm(HeldRead::kAfter);
+    int auth = Start(again, "auth", {{"token", linked["result"]["token"]}});
+    WaitHeld();
+    ASSERT_EQ(Call(phone, "unlink_device", {{"device_id", laptop_id}})["type"], "response");
+    EXPECT_EQ(laptop.sink->close_code, 4002);
+    meanwhile();
+    hold_.Release();
+    json answered = WaitAnswer(again, auth);
+    ASSERT_EQ(answered["type"], "response") << "the held read was not from before the unlink: " << answered.dump();
+    EXPECT_TRUE(exec_.RunUntil([&] {
+      std::lock_guard lock(again.sink->mu);
+      return again.sink->close_code == 4002;
+    })) << "the laptop, unlinked while its auth was in flight, stayed connected";
+  }
   // Lets the held read go and runs what its completion leads to.
   // REQUIRES: nothing else is in flight in the store.
   void ReleaseAndLand() {
@@ -299,24 +324,7 @@ TEST_F(ReadOrderTest, ASubscriptionReadBeforeAPrivacyChangeIsReadAgain) {
 // device was answered before a password change revoked it.
 TEST_F(ReadOrderTest, AnAuthReadBeforeARevocationIsClosedWhenItLands) {
   Conn phone = LoggedIn("alice");
-  Conn laptop = Open();
-  json linked = Call(laptop, "login", {{"username", "alice"}, {"password", "password123"}, {"device_name", "laptop"}});
-  ASSERT_EQ(linked["type"], "response") << linked.dump();
-  const int64_t laptop_id = linked["result"]["device_id"];
-
-  Conn again = Open();
-  hold_.Arm(HeldRead::kAfter);
-  int auth = Start(again, "auth", {{"token", linked["result"]["token"]}});
-  WaitHeld();  // read from before the unlink: the laptop is live
-  ASSERT_EQ(Call(phone, "unlink_device", {{"device_id", laptop_id}})["type"], "response");
-  EXPECT_EQ(laptop.sink->close_code, 4002);
-  hold_.Release();
-  json answered = WaitAnswer(again, auth);
-  ASSERT_EQ(answered["type"], "response") << "the held read was not from before the unlink: " << answered.dump();
-  EXPECT_TRUE(exec_.RunUntil([&] {
-    std::lock_guard lock(again.sink->mu);
-    return again.sink->close_code == 4002;
-  })) << "the laptop, unlinked while its auth was in flight, stayed connected";
+  UnlinkTheLaptopWhileItsAuthIsInFlight(phone, [] {});
 
   // A second phone logs in; its read of the new device is held while the
   // first phone changes the password (revoking every other device).
@@ -343,28 +351,12 @@ TEST_F(ReadOrderTest, AnAuthReadBeforeARevocationIsClosedWhenItLands) {
 // closed when the auth lands.
 TEST_F(ReadOrderTest, AnAuthReadBeforeARevocationIsClosedEvenPastTheNotesLimit) {
   Conn phone = LoggedIn("alice");
-  Conn laptop = Open();
-  json linked = Call(laptop, "login", {{"username", "alice"}, {"password", "password123"}, {"device_name", "laptop"}});
-  ASSERT_EQ(linked["type"], "response") << linked.dump();
-  const int64_t laptop_id = linked["result"]["device_id"];
-
-  Conn again = Open();
-  hold_.Arm(HeldRead::kAfter);
-  int auth = Start(again, "auth", {{"token", linked["result"]["token"]}});
-  WaitHeld();  // read from before the unlink: the laptop is live
-  ASSERT_EQ(Call(phone, "unlink_device", {{"device_id", laptop_id}})["type"], "response");
-  // Other users, revoked on other nodes meanwhile: past the limit of notes.
-  const int64_t others = static_cast<int64_t>(ChatService::kMaxNotedRevocations) + 10;
-  for (int64_t user = 1'000'000; user < 1'000'000 + others; ++user)
-    fabric_.DeliverRemote({fabric::Fabric::UserChange::Kind::kRevoked, user, 0});
-  exec_.RunPending();
-  hold_.Release();
-  json answered = WaitAnswer(again, auth);
-  ASSERT_EQ(answered["type"], "response") << "the held read was not from before the unlink: " << answered.dump();
-  EXPECT_TRUE(exec_.RunUntil([&] {
-    std::lock_guard lock(again.sink->mu);
-    return again.sink->close_code == 4002;
-  })) << "the laptop, unlinked while its auth was in flight, stayed connected once the notes overflowed";
+  UnlinkTheLaptopWhileItsAuthIsInFlight(phone, [&] {
+    const int64_t others = static_cast<int64_t>(ChatService::kMaxNotedRevocations) + 10;
+    for (int64_t user = 1'000'000; user < 1'000'000 + others; ++user)
+      fabric_.DeliverRemote({fabric::Fabric::UserChange::Kind::kRevoked, user, 0});
+    exec_.RunPending();
+  });
   EXPECT_EQ(phone.sink->close_code, 0);
 }
 
