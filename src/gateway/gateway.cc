@@ -684,10 +684,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   void DoRead() {
     req_ = {};  // an answer to an unreadable request must not take the last one's method or version
     // Bytes already here (a pipelined request) are served even when
-    // draining, with Connection: close.
-    // The executor is taken here, on the session's thread: the drain calls
-    // `end` on another, while this thread may be moving stream_ away (an
-    // upgrade to WebSocket).
+    // draining, with Connection: close. The executor is taken here, on the
+    // session's thread: the drain calls `end` on another, while this thread
+    // may be moving stream_ away (an upgrade to WebSocket).
     const bool may_wait = waiters_->Add(this, [weak = this->weak_from_this(), ex = stream_.get_executor()] {
       net::post(ex, [weak] {
         if (auto self = weak.lock()) self->EndIfWaiting();

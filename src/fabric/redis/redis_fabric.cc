@@ -25,11 +25,13 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <future>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <sstream>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -503,16 +505,20 @@ struct RedisFabric::Impl {
     }
   }
 
-  void Command(std::vector<std::string> args) {
-    if (!cmd.connected || muted) return;
+  // Sends one command on the command connection (hiredis copies the
+  // arguments); `on_reply` gets `data` with the reply. False when it was not
+  // sent (not connected, muted, or refused by hiredis).
+  bool Command(std::initializer_list<std::string_view> args, redisCallbackFn* on_reply = &Impl::CountReply,
+               void* data = nullptr) {
+    if (!cmd.connected || muted) return false;
     std::vector<const char*> argv;
     std::vector<size_t> lens;
     for (const auto& a : args) {
       argv.push_back(a.data());
       lens.push_back(a.size());
     }
-    redisAsyncCommandArgv(cmd.ac, &Impl::CountReply, nullptr, static_cast<int>(argv.size()), argv.data(),
-                          lens.data());
+    return redisAsyncCommandArgv(cmd.ac, on_reply, data, static_cast<int>(argv.size()), argv.data(), lens.data()) ==
+           REDIS_OK;
   }
 
   // ---- Routes and presence of this node (I/O thread) ----
@@ -747,17 +753,9 @@ struct RedisFabric::Impl {
       return;
     }
     call->by_sha = by_sha;
-    const std::string_view verb = by_sha ? "EVALSHA" : "EVAL";
     const std::string_view script = by_sha ? std::string_view(route_sha) : std::string_view(kRouteScript);
-    const std::string_view args[] = {verb, script, "1", call->key, cfg.node_id, call->payload, call->device};
-    const char* argv[std::size(args)];
-    size_t lens[std::size(args)];
-    for (size_t i = 0; i < std::size(args); ++i) {
-      argv[i] = args[i].data();
-      lens[i] = args[i].size();
-    }
-    if (redisAsyncCommandArgv(cmd.ac, &Impl::OnRouteReply, call.get(), static_cast<int>(std::size(args)), argv, lens) ==
-        REDIS_OK)
+    if (Command({by_sha ? "EVALSHA" : "EVAL", script, "1", call->key, cfg.node_id, call->payload, call->device},
+                &Impl::OnRouteReply, call.get()))
       (void)call.release();
   }
 
