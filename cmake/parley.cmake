@@ -16,10 +16,11 @@ function(parley_warnings target)
   endif()
 endfunction()
 
-# parley_library(name SOURCES ... DEPS ...): one static library per module.
+# parley_library(name SOURCES ... DEPS ...): one library per module, static
+# unless PARLEY_SHARED_LIBS (the test tree: see the option in CMakeLists.txt).
 function(parley_library name)
   cmake_parse_arguments(ARG "" "" "SOURCES;DEPS" ${ARGN})
-  add_library(${name} STATIC ${ARG_SOURCES})
+  add_library(${name} ${PARLEY_LIBRARY_KIND} ${ARG_SOURCES})
   target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR}/src)
   target_link_libraries(${name} PUBLIC ${ARG_DEPS})
   parley_warnings(${name})

@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
-phase() { echo "== $1 ($(( $(date +%s) - t0 )) s elapsed)"; }
+# Each phase also prints the disk space left: a CI machine once ran out of it
+# in the middle of the ASan build.
+phase() { echo "== $1 ($(( $(date +%s) - t0 )) s elapsed, $(df -Ph . | awk 'NR == 2 { print $4 }') free)"; }
 
 phase "set-up"
 scripts/setup.sh
