@@ -12,6 +12,9 @@ case "$kind" in
   *) echo "unknown build kind: $kind" >&2; exit 2 ;;
 esac
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/parley-ccache}
+# Both trees' objects take about 1 GB in the cache (compressed); the bound
+# keeps it from growing towards ccache's default 5 GB on a small disk.
+export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-2G}
 # Paths under the checkout are hashed relative to it, so clones in other
 # directories (a fresh clone's check, a second worktree) reuse the cache.
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}

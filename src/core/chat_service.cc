@@ -625,9 +625,9 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
   std::string hash = HashToken(std::get<protocol::AuthRequest>(req.body).token);
   // One store read (device, user and head together): a reconnect crosses to
   // the store's reader and back once before it is answered.
-  const uint64_t as_of = BeginAuthRead();
+  const RevocationNotes::Read as_of = revocations_.Begin();
   store_.GetAuthContext(std::move(hash), OnCore<store::AuthContext>([this, c, req, as_of](Result<store::AuthContext> a) {
-    const bool recheck = EndAuthRead(as_of, a ? a->device.user_id : 0);
+    const bool recheck = revocations_.End(as_of, a ? a->device.user_id : 0);
     if (!a) {
       c->authenticating = false;
       // Only a token the store refused is invalid (the client then drops
@@ -658,51 +658,16 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
 // After a login created its device: reads it back with its user and head, as
 // a reconnect does, and answers with the new token.
 void ChatService::CompleteLogin(const ClientPtr& c, const Req& req, const std::string& token) {
-  const uint64_t as_of = BeginAuthRead();
+  const RevocationNotes::Read as_of = revocations_.Begin();
   store_.GetAuthContext(HashToken(token),
                         OnCore<store::AuthContext>([this, c, req, token, as_of](Result<store::AuthContext> a) {
-                          const bool recheck = EndAuthRead(as_of, a ? a->device.user_id : 0);
+                          const bool recheck = revocations_.End(as_of, a ? a->device.user_id : 0);
                           if (!a) {
                             c->authenticating = false;
                             return Fail(c, req, a.error());
                           }
                           CompleteAuth(c, req, *a, token, recheck);
                         }));
-}
-
-uint64_t ChatService::BeginAuthRead() {
-  auth_reads_open_.push_back(true);
-  return ++auth_reads_;
-}
-
-bool ChatService::EndAuthRead(uint64_t as_of, int64_t user_id) {
-  bool revoked = revoked_anyone_ > as_of;
-  if (auto it = revocations_.find(user_id); it != revocations_.end()) revoked = revoked || it->second > as_of;
-  auth_reads_open_[as_of - oldest_auth_read_] = false;
-  while (!auth_reads_open_.empty() && !auth_reads_open_.front()) {
-    auth_reads_open_.pop_front();
-    ++oldest_auth_read_;
-  }
-  if (auth_reads_open_.empty()) {
-    revocations_.clear();
-    revoked_anyone_ = 0;
-  }
-  return revoked;
-}
-
-void ChatService::NoteRevocation(int64_t user_id) {
-  if (auth_reads_open_.empty()) return;  // every later auth read sees it
-  if (user_id != 0 && revocations_.size() >= kMaxNotedRevocations) {
-    // A note matters only to reads issued before it; drop those older than
-    // every read still in flight before giving up on per-user notes.
-    std::erase_if(revocations_, [this](const auto& note) { return note.second <= oldest_auth_read_; });
-  }
-  if (user_id == 0 || revocations_.size() >= kMaxNotedRevocations) {
-    revocations_.clear();
-    revoked_anyone_ = auth_reads_ + 1;
-    return;
-  }
-  revocations_[user_id] = auth_reads_ + 1;
 }
 
 void ChatService::CloseRevoked(int64_t user_id, const std::vector<int64_t>& devices, const std::string& reason,
@@ -1209,9 +1174,9 @@ void ChatService::ApplyUserChange(const fabric::Fabric::UserChange& change) {
         return entry.second.sender == user || entry.second.peer == user;
       });
       return RecheckPresence(change.user_id, 0);
-    case Kind::kRevoked: return NoteRevocation(change.user_id);
+    case Kind::kRevoked: return revocations_.Note(change.user_id);
     case Kind::kAnything:
-      NoteRevocation(0);
+      revocations_.Note(0);
       direct_.clear();
       RecheckAllPresence();
       return RecheckDevices();

@@ -22,7 +22,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <list>
 #include <functional>
 #include <memory>
@@ -41,6 +40,7 @@
 #include "core/presence.h"
 #include "core/rate_limiter.h"
 #include "core/request_order.h"
+#include "core/revocation_notes.h"
 #include "core/selective_sink.h"
 #include "fabric/fabric.h"
 #include "protocol/encode.h"
@@ -343,7 +343,7 @@ class ChatService {
   // enabled again, and the client keeps its data and outbox meanwhile.
   static constexpr int64_t kDisabledRetryAfterMs = 60'000;
   // Users whose revocation is noted one by one while auth reads are in
-  // flight (see revocations_); past it, every auth in flight reads its
+  // flight (RevocationNotes); past it, every auth in flight reads its
   // device again.
   static constexpr size_t kMaxNotedRevocations = 4096;
 
@@ -378,18 +378,9 @@ class ChatService {
   void DoAuth(const ClientPtr& c, Req req);
   void CompleteLogin(const ClientPtr& c, const Req& req, const std::string& token);
   // `recheck`: a revocation of the user was noted while the auth's read was
-  // in flight (EndAuthRead): the device is read again once attached.
+  // in flight (revocations_): the device is read again once attached.
   void CompleteAuth(const ClientPtr& c, const Req& req, const store::AuthContext& auth, const std::string& token,
                     bool recheck);
-  // An auth read (the device, its user and head, by token) is issued; its
-  // number for EndAuthRead.
-  uint64_t BeginAuthRead();
-  // Its answer is in: whether a revocation of `user_id` (or possibly of
-  // anyone's, after a fabric cut) was noted since the read was issued.
-  bool EndAuthRead(uint64_t as_of, int64_t user_id);
-  // Devices of `user_id` were revoked or the account disabled, here or on
-  // another node (UserChange::kRevoked); `user_id` 0: perhaps anyone's.
-  void NoteRevocation(int64_t user_id);
   // Closes the connections of `devices` of `user_id` after the store revoked
   // them, and tells every node (auths in flight there check again).
   void CloseRevoked(int64_t user_id, const std::vector<int64_t>& devices, const std::string& reason,
@@ -655,22 +646,11 @@ class ChatService {
   // The running node-wide re-checks (PacedWalk), null when none runs.
   std::shared_ptr<PacedWalk> device_walk_;
   std::shared_ptr<PacedWalk> presence_walk_;
-  // An auth's read may be answered from before a revocation and land after
-  // the revocation closed the device's connections: it would attach a
-  // revoked device. So auth reads are numbered as issued (auth_reads_),
-  // revocations noted while any is in flight (user -> the number then;
-  // revoked_anyone_: every auth issued before it, after a fabric cut or past
-  // kMaxNotedRevocations users), and an auth that lands after a revocation
-  // of its user reads its device again (CompleteAuth `recheck`). The notes
-  // are dropped whenever no auth read is in flight, and, past
-  // kMaxNotedRevocations, those older than every read in flight.
-  uint64_t auth_reads_ = 0;
-  // Auth reads from oldest_auth_read_ to auth_reads_, true while in flight;
-  // the front is always one in flight (empty: none is).
-  std::deque<bool> auth_reads_open_;
-  uint64_t oldest_auth_read_ = 1;
-  std::unordered_map<int64_t, uint64_t> revocations_;
-  uint64_t revoked_anyone_ = 0;
+  // Auth reads (the device, its user and head, by token) in flight, and the
+  // revocations (UserChange::kRevoked, here or on another node) noted since
+  // each was issued: an auth that lands after a revocation of its user reads
+  // its device again (CompleteAuth `recheck`).
+  RevocationNotes revocations_{kMaxNotedRevocations};
   // Per user, the devices with a foreground connection on this node
   // (connection counts per device). A user is here iff they are online here:
   // presence, the fabric (told when a user enters or leaves this map) and
