@@ -62,20 +62,25 @@ class RevocationNotes {
   // Devices of `user_id` were revoked (0: perhaps anyone's).
   void Note(int64_t user_id) {
     if (open_.empty()) return;  // every later read sees the revocation
-    if (user_id != 0 && notes_.size() >= max_noted_ && !notes_.contains(user_id)) {
-      // A note matters only to reads issued before it: drop those that no
-      // read still in flight was issued before.
-      std::erase_if(notes_, [this](const auto& note) { return note.second <= oldest_; });
+    if (user_id != 0) {
+      if (auto it = notes_.find(user_id); it != notes_.end()) {
+        it->second = issued_ + 1;  // noted again: no more room
+        return;
+      }
+      // A note matters only to reads issued before it: past the bound, drop
+      // those that no read still in flight was issued before.
+      if (notes_.size() >= max_noted_)
+        std::erase_if(notes_, [this](const auto& note) { return note.second <= oldest_; });
+      if (notes_.size() < max_noted_) {
+        notes_.emplace(user_id, issued_ + 1);
+        return;
+      }
     }
-    if (user_id == 0 || (notes_.size() >= max_noted_ && !notes_.contains(user_id))) {
-      notes_.clear();
-      anyone_ = issued_ + 1;
-      return;
-    }
-    notes_[user_id] = issued_ + 1;
+    notes_.clear();
+    anyone_ = issued_ + 1;
   }
 
-  // Users noted one by one (for tests and metrics).
+  // Users noted one by one (for tests).
   size_t noted() const { return notes_.size(); }
 
  private:
