@@ -37,6 +37,7 @@ constexpr NamedKind kKinds[] = {
     {"drop_stream_entry", FaultKind::kDropStreamEntry}, {"out_of_order", FaultKind::kOutOfOrder},
     {"crash_after_append", FaultKind::kCrashAfterAppend}, {"omit_withheld", FaultKind::kOmitWithheld},
     {"stall_writes", FaultKind::kStallWrites}, {"fail_receipt", FaultKind::kFailReceipt},
+    {"hold_snapshots", FaultKind::kHoldSnapshots},
 };
 
 }  // namespace
@@ -78,6 +79,8 @@ FaultStore::~FaultStore() {
   // wrapped one may be gone already: parleyd closes it first).
   for (auto& fail : stalled_) fail(Status(ErrorCode::kShuttingDown, "store is closing"));
   StoreQueueDepth().Add(-static_cast<int64_t>(stalled_.size()));
+  // Held snapshot answers were read; they are given now rather than lost.
+  for (auto& answer : held_snapshots_) answer();
 }
 
 bool FaultStore::Stall(std::function<void(const Status&)> fail, bool count) {
@@ -294,14 +297,26 @@ void FaultStore::OpenDirect(UserId a, UserId b, int64_t now, Callback<OpenResult
 void FaultStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
   int64_t call;
   bool ack_early = false, skip_dedup = false, crash = false;
+  std::deque<std::function<void()>> released;  // hold_snapshots: answered now
   {
     std::lock_guard lock(mu_);
+    if (holding_snapshots_) {
+      holding_snapshots_ = false;
+      released.swap(held_snapshots_);
+    }
     call = ++appends_;
     if (auto* s = Switch(FaultKind::kAckBeforeCommit); s && s->n == call) ack_early = true;
     if (auto* s = Switch(FaultKind::kSkipDedup); s && s->n == call) skip_dedup = true;
     if (auto* s = Switch(FaultKind::kCrashAfterAppend); s && s->n == call) crash = true;
     if (ack_early) ++fired_[static_cast<size_t>(FaultKind::kAckBeforeCommit)];
     if (skip_dedup) ++fired_[static_cast<size_t>(FaultKind::kSkipDedup)];
+  }
+  if (!released.empty()) {
+    // From a thread of the store's own, as the contract says, and ahead of
+    // this append's answer.
+    inner_.Flush([released = std::move(released)](Status) mutable {
+      for (auto& answer : released) answer();
+    });
   }
   if (ack_early) {
     // Acknowledge with the seq the message would take; never write it.
@@ -504,10 +519,24 @@ void FaultStore::GetConversationStates(UserId user_id, std::vector<ConversationI
 }
 
 void FaultStore::GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) {
-  inner_.GetSnapshot(user_id, latest_per_conversation, [this, done = std::move(done)](Result<Snapshot> r) {
+  if (const FaultSwitch* s = Switch(FaultKind::kHoldSnapshots)) {
+    std::lock_guard lock(mu_);
+    if (++snapshots_ == s->n) {
+      holding_snapshots_ = true;
+      ++fired_[static_cast<size_t>(FaultKind::kHoldSnapshots)];
+    }
+  }
+  inner_.GetSnapshot(user_id, latest_per_conversation, [this, done = std::move(done)](Result<Snapshot> r) mutable {
     if (r) {
       for (auto& s : r->conversations) {
         for (auto& m : s.latest) FixMessage(&m);
+      }
+    }
+    {
+      std::lock_guard lock(mu_);
+      if (holding_snapshots_) {
+        held_snapshots_.push_back([done = std::move(done), r = std::move(r)]() mutable { done(std::move(r)); });
+        return;
       }
     }
     done(std::move(r));

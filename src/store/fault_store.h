@@ -45,6 +45,13 @@
 //       fail_receipt@N        the Nth UpdateReceipt fails with `unavailable`
 //                             and never reaches the backend: a receipt a
 //                             client must report again (the SDK does)
+//       hold_snapshots@N      from the Nth GetSnapshot on, snapshot answers
+//                             (read by the backend) are held until the next
+//                             AppendMessage arrives; it releases them, in
+//                             order and before its own answer, and ends the
+//                             hold: slow reads that pile up on a connection
+//                             (its reads-in-flight bound), at a point the test
+//                             chooses instead of by timing
 //     N counts from 1 within one process (a restart starts over).
 //
 // Thread-safety: every method may be called from any thread; the fault state
@@ -76,6 +83,7 @@ enum class FaultKind : int {
   kOmitWithheld = 6,
   kStallWrites = 7,
   kFailReceipt = 8,
+  kHoldSnapshots = 9,
 };
 
 struct FaultSwitch {
@@ -253,10 +261,13 @@ class FaultStore final : public Store {
   int64_t appends_ = 0;            // AppendMessage calls
   int64_t recipient_entries_ = 0;  // message events appended to recipients' streams
   int64_t withheld_receipts_ = 0;  // UpdateReceipt results carrying a withheld list
-  std::vector<int64_t> fired_ = std::vector<int64_t>(9, 0);
+  std::vector<int64_t> fired_ = std::vector<int64_t>(10, 0);
   int64_t writes_ = 0;  // write operations (stall_writes)
   bool stalling_ = false;
   std::deque<std::function<void(const Status&)>> stalled_;  // their completions
+  int64_t snapshots_ = 0;  // hold_snapshots: GetSnapshot calls so far
+  bool holding_snapshots_ = false;
+  std::deque<std::function<void()>> held_snapshots_;  // their answers, in order
   std::set<std::pair<UserId, UserSeq>> dropped_;
   int64_t receipts_ = 0;  // fail_receipt: UpdateReceipt calls so far
   std::set<std::pair<UserId, UserSeq>> unlisted_;  // omit_withheld: events read without their withheld list

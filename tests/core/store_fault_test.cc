@@ -5,6 +5,8 @@
 // Also the fault switches the checker's self-tests rely on, one by one.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "core/core_test_util.h"
 
 namespace parley::core {
@@ -222,6 +224,47 @@ TEST_F(AckBeforeCommitSwitchTest, TheNthSendIsAckedButNeverStored) {
   EXPECT_EQ(ack["result"]["seq"], 2);
   auto h = Call(b_, "history", {{"conversation_id", conv_}});
   EXPECT_EQ(h["result"]["messages"].size(), 1u) << h.dump();
+}
+
+class HoldSnapshotsSwitchTest : public StoreFaultTest {
+ protected:
+  HoldSnapshotsSwitchTest() { switches_ = {{store::FaultKind::kHoldSnapshots, 2}}; }
+  int StartSnapshot(Conn& c) {
+    int id = next_id_++;
+    chat_->OnFrame(c.client, json({{"v", 1}, {"id", id}, {"type", "snapshot"}, {"messages", 0}}).dump());
+    return id;
+  }
+};
+
+// Snapshots: the first (1) is answered; from the second on they wait for the
+// next send to reach the store, which answers them in order before its own
+// ack and ends the hold (a later snapshot is answered at once).
+TEST_F(HoldSnapshotsSwitchTest, SnapshotsFromTheNthWaitForTheNextSendAndAreAnsweredBeforeIt) {
+  Pair();
+  const int first = StartSnapshot(a_);
+  ASSERT_TRUE(exec_.RunUntil([&] { return Answer(a_, first).has_value(); }));
+  const int second = StartSnapshot(a_), third = StartSnapshot(a_);
+  EXPECT_FALSE(exec_.RunUntil([&] { return Answer(a_, second).has_value(); }, 300));
+  EXPECT_FALSE(Answer(a_, third).has_value());
+  EXPECT_EQ(fault_->Fired(store::FaultKind::kHoldSnapshots), 1);
+
+  const int send = StartSend(a_, "m1");
+  ASSERT_TRUE(exec_.RunUntil([&] { return Answer(a_, send).has_value(); }));
+  ASSERT_TRUE(Answer(a_, second).has_value());
+  ASSERT_TRUE(Answer(a_, third).has_value());
+  EXPECT_EQ((*Answer(a_, second))["type"], "response");
+  std::vector<int64_t> order;  // request ids of the answers, as they came
+  {
+    std::lock_guard lock(a_.sink->mu);
+    for (const auto& f : a_.sink->frames)
+      if (f.contains("id") && f["id"].is_number()) order.push_back(f["id"]);
+  }
+  auto at = [&](int id) { return std::find(order.begin(), order.end(), id) - order.begin(); };
+  EXPECT_LT(at(second), at(third));
+  EXPECT_LT(at(third), at(send)) << "held snapshots are answered before the send that released them";
+
+  const int later = StartSnapshot(a_);
+  EXPECT_TRUE(exec_.RunUntil([&] { return Answer(a_, later).has_value(); }));
 }
 
 }  // namespace
