@@ -96,28 +96,17 @@ void ChatService::DoSetPrivacy(const ClientPtr& c, Req req) {
 void ChatService::DoSubscribePresence(const ClientPtr& c, Req req) {
   std::vector<int64_t> ids = std::get<protocol::SubscribePresenceRequest>(req.body).user_ids;
   const uint64_t as_of = ++presence_reads_;
-  subscribe_reads_.insert(as_of);
+  const ChangeNotes::Read noted_as_of = visibility_changes_.Begin();
   store_.GetPresence(
       c->user_id, ids,
-      OnCore<std::vector<store::PresenceRecord>>([this, c, req, as_of](Result<std::vector<store::PresenceRecord>> r) {
+      OnCore<std::vector<store::PresenceRecord>>([this, c, req, as_of,
+                                                  noted_as_of](Result<std::vector<store::PresenceRecord>> r) {
         std::vector<int64_t> changed_since;  // users whose visibility changed after this read was issued
         if (r && !c->closed && as_of > c->presence_as_of) {
-          const auto all = visibility_changes_.find(0);
-          const bool all_changed = all != visibility_changes_.end() && all->second > as_of;
-          for (const auto& rec : *r) {
-            auto it = visibility_changes_.find(rec.user_id);
-            if (all_changed || (it != visibility_changes_.end() && it->second > as_of))
-              changed_since.push_back(rec.user_id);
-          }
+          for (const auto& rec : *r)
+            if (visibility_changes_.ChangedSince(noted_as_of, rec.user_id)) changed_since.push_back(rec.user_id);
         }
-        subscribe_reads_.erase(as_of);
-        if (subscribe_reads_.empty()) {
-          visibility_changes_.clear();
-        } else if (visibility_changes_.size() > kMaxNotedVisibilityChanges) {
-          std::erase_if(visibility_changes_, [oldest = *subscribe_reads_.begin()](const auto& change) {
-            return change.second <= oldest;
-          });
-        }
+        visibility_changes_.End(noted_as_of);
         if (!r) return Fail(c, req, r.error());
         if (c->closed) return;
         std::vector<int64_t> users;
@@ -148,7 +137,7 @@ void ChatService::DoSubscribePresence(const ClientPtr& c, Req req) {
 // visibility of every watcher; the tracker keeps the answer of the read
 // issued last (as_of), whichever lands last.
 void ChatService::RecheckPresence(int64_t watched, int64_t viewer) {
-  if (!subscribe_reads_.empty()) visibility_changes_[watched] = ++presence_reads_;
+  visibility_changes_.Note(watched);
   for (PresenceTracker::SubscriberId s : presence_.Watchers(watched)) {
     auto it = presence_subscribers_.find(s);
     if (it == presence_subscribers_.end()) continue;
@@ -159,9 +148,9 @@ void ChatService::RecheckPresence(int64_t watched, int64_t viewer) {
 
 // Every subscription, as it is when its batch is issued: one installed
 // after the walk started read after the change, or reads again
-// (visibility_changes_ key 0).
+// (visibility_changes_, noted as anyone's change).
 void ChatService::RecheckAllPresence() {
-  if (!subscribe_reads_.empty()) visibility_changes_[0] = ++presence_reads_;
+  visibility_changes_.Note(0);
   if (presence_walk_) {
     presence_walk_->again = true;
     return;

@@ -625,9 +625,10 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
   std::string hash = HashToken(std::get<protocol::AuthRequest>(req.body).token);
   // One store read (device, user and head together): a reconnect crosses to
   // the store's reader and back once before it is answered.
-  const RevocationNotes::Read as_of = revocations_.Begin();
+  const ChangeNotes::Read as_of = revocations_.Begin();
   store_.GetAuthContext(std::move(hash), OnCore<store::AuthContext>([this, c, req, as_of](Result<store::AuthContext> a) {
-    const bool recheck = revocations_.End(as_of, a ? a->device.user_id : 0);
+    const bool recheck = revocations_.ChangedSince(as_of, a ? a->device.user_id : 0);
+    revocations_.End(as_of);
     if (!a) {
       c->authenticating = false;
       // Only a token the store refused is invalid (the client then drops
@@ -658,10 +659,11 @@ void ChatService::DoAuth(const ClientPtr& c, Req req) {
 // After a login created its device: reads it back with its user and head, as
 // a reconnect does, and answers with the new token.
 void ChatService::CompleteLogin(const ClientPtr& c, const Req& req, const std::string& token) {
-  const RevocationNotes::Read as_of = revocations_.Begin();
+  const ChangeNotes::Read as_of = revocations_.Begin();
   store_.GetAuthContext(HashToken(token),
                         OnCore<store::AuthContext>([this, c, req, token, as_of](Result<store::AuthContext> a) {
-                          const bool recheck = revocations_.End(as_of, a ? a->device.user_id : 0);
+                          const bool recheck = revocations_.ChangedSince(as_of, a ? a->device.user_id : 0);
+    revocations_.End(as_of);
                           if (!a) {
                             c->authenticating = false;
                             return Fail(c, req, a.error());

@@ -37,10 +37,10 @@
 #include "common/metrics.h"
 #include "common/worker_pool.h"
 #include "core/accounts.h"
+#include "core/change_notes.h"
 #include "core/presence.h"
 #include "core/rate_limiter.h"
 #include "core/request_order.h"
-#include "core/revocation_notes.h"
 #include "core/selective_sink.h"
 #include "fabric/fabric.h"
 #include "protocol/encode.h"
@@ -343,8 +343,8 @@ class ChatService {
   // enabled again, and the client keeps its data and outbox meanwhile.
   static constexpr int64_t kDisabledRetryAfterMs = 60'000;
   // Users whose revocation is noted one by one while auth reads are in
-  // flight (RevocationNotes); past it, every auth in flight reads its
-  // device again.
+  // flight (ChangeNotes); past it, every auth in flight reads its device
+  // again.
   static constexpr size_t kMaxNotedRevocations = 4096;
 
  private:
@@ -627,17 +627,14 @@ class ChatService {
   // (store.h, "Order"), so what an earlier one read never replaces what a
   // later one installed (Client::presence_as_of; PresenceTracker's as_of).
   uint64_t presence_reads_ = 0;
-  // subscribe_presence reads in flight (their presence_reads_ numbers). A
-  // subscription is not a watcher until its read lands, so a visibility
-  // change completed meanwhile cannot re-check it: RecheckPresence notes the
-  // change here instead (watched user -> the number it was given; key 0:
+  // subscribe_presence reads in flight, and the visibility changes noted
+  // since each was issued. A subscription is not a watcher until its read
+  // lands, so a visibility change completed meanwhile cannot re-check it:
+  // RecheckPresence notes the watched user here instead (RecheckAllPresence:
   // every user), and a subscription whose read was issued before a change
-  // to one of its users reads those again once installed. Cleared when no
-  // subscription read is in flight; past kMaxNotedVisibilityChanges
-  // entries, those older than every read in flight are dropped.
-  std::set<uint64_t> subscribe_reads_;
-  std::unordered_map<int64_t, uint64_t> visibility_changes_;
+  // to one of its users reads those again once installed.
   static constexpr size_t kMaxNotedVisibilityChanges = 4096;
+  ChangeNotes visibility_changes_{kMaxNotedVisibilityChanges};
   std::atomic<uint64_t> next_client_id_{1};
   std::minstd_rand jitter_rng_{std::random_device{}()};  // Connect runs on I/O threads
   PresenceTracker presence_;
@@ -650,7 +647,7 @@ class ChatService {
   // revocations (UserChange::kRevoked, here or on another node) noted since
   // each was issued: an auth that lands after a revocation of its user reads
   // its device again (CompleteAuth `recheck`).
-  RevocationNotes revocations_{kMaxNotedRevocations};
+  ChangeNotes revocations_{kMaxNotedRevocations};
   // Per user, the devices with a foreground connection on this node
   // (connection counts per device). A user is here iff they are online here:
   // presence, the fabric (told when a user enters or leaves this map) and
