@@ -4,6 +4,8 @@
 // their frame from the message alone.
 #include "protocol/frames.h"
 
+#include <limits>
+
 #include <simdjson.h>
 
 #include <algorithm>
@@ -52,6 +54,16 @@ Status GetString(object obj, const char* key, size_t max, bool required, std::st
   if (sv.size() > max) return Bad(fmt::format("field '{}' is longer than {} bytes", key, max));
   if (Status s = RefuseNul(sv, key); !s.ok()) return s;
   out->assign(sv);
+  return Status::Ok();
+}
+
+// Reads a password being set (register, change_password): too short or too
+// long is kInvalidPassword, so that a client can say so at the field.
+Status GetNewPassword(object obj, const char* key, std::string* out) {
+  if (Status s = GetString(obj, key, std::numeric_limits<size_t>::max(), true, out); !s.ok()) return s;
+  if (out->size() < kMinPasswordBytes || out->size() > kMaxPasswordBytes)
+    return Status(ErrorCode::kInvalidPassword,
+                  fmt::format("password must be {} to {} bytes", kMinPasswordBytes, kMaxPasswordBytes));
   return Status::Ok();
 }
 
@@ -135,9 +147,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
       auto canon = CanonicalUsername(raw);
       if (!canon) return canon.error();
       r.username = std::move(*canon);
-      if (Status s = GetString(obj, "password", kMaxPasswordBytes, true, &r.password); !s.ok()) return s;
-      if (r.password.size() < kMinPasswordBytes)
-        return Status(ErrorCode::kInvalidPassword, fmt::format("password must be at least {} bytes", kMinPasswordBytes));
+      if (Status s = GetNewPassword(obj, "password", &r.password); !s.ok()) return s;
       *body = std::move(r);
       return Status::Ok();
     }
@@ -512,9 +522,7 @@ Status DecodeBody(RequestType type, object obj, RequestBody* body) {
     case RequestType::kChangePassword: {
       ChangePasswordRequest r;
       if (Status s = GetString(obj, "old_password", kMaxPasswordBytes, true, &r.old_password); !s.ok()) return s;
-      if (Status s = GetString(obj, "new_password", kMaxPasswordBytes, true, &r.new_password); !s.ok()) return s;
-      if (r.new_password.size() < kMinPasswordBytes)
-        return Status(ErrorCode::kInvalidPassword, fmt::format("password must be at least {} bytes", kMinPasswordBytes));
+      if (Status s = GetNewPassword(obj, "new_password", &r.new_password); !s.ok()) return s;
       *body = std::move(r);
       return Status::Ok();
     }

@@ -35,7 +35,8 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->capture_default_str();
   app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error, critical or off")
       ->envname("PARLEY_LOG_LEVEL")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      // spdlog's own spellings "warning" and "err" too (spdlog::level::from_str).
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "warning", "error", "err", "critical", "off"}))
       ->capture_default_str();
   app.add_option("--port-file", c.port_file, "Write the bound port to this file once listening")
       ->envname("PARLEY_PORT_FILE");

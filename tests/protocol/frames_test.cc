@@ -238,6 +238,19 @@ TEST(FramesTest, UsernameRules) {
             ErrorCode::kInvalidUsername);
   EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"register","username":"xavier","password":"short"})"),
             ErrorCode::kInvalidPassword);
+  // Too long is the same error as too short (a client shows it at the field);
+  // exactly the bounds pass.
+  const std::string too_long(kMaxPasswordBytes + 1, 'p');
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"register","username":"xavier","password":")" + too_long + R"("})"),
+            ErrorCode::kInvalidPassword);
+  EXPECT_EQ(CodeOf(R"({"v":1,"id":1,"type":"change_password","old_password":"whatever","new_password":")" + too_long +
+                   R"("})"),
+            ErrorCode::kInvalidPassword);
+  for (size_t n : {kMinPasswordBytes, kMaxPasswordBytes}) {
+    Decoded d = DecodeRequest(R"({"v":1,"id":1,"type":"register","username":"xavier","password":")" +
+                              std::string(n, 'p') + R"("})");
+    EXPECT_TRUE(d.status.ok()) << n << ": " << d.status.message();
+  }
 }
 
 TEST(FramesTest, SelectSyncTakesExactlyOneFormWithinItsLimits) {

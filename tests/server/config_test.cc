@@ -182,6 +182,21 @@ TEST_F(ConfigTest, TheStoreQueueBoundIsOnByDefaultAndZeroTurnsItOff) {
   EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value());
 }
 
+// spdlog's level names, its own spellings "warning" and "err" too; anything
+// else is refused at start (CLI11's exit code) rather than silencing the log.
+TEST_F(ConfigTest, LogLevelTakesSpdlogsNamesAndRefusesOthers) {
+  EXPECT_EQ(Parse({}).log_level, "info");
+  for (const char* level : {"trace", "debug", "info", "warn", "warning", "error", "err", "critical", "off"})
+    EXPECT_EQ(Parse({"--log-level", level}).log_level, level);
+  std::vector<std::string> args = {"parleyd", "--log-level", "loud"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  int exit_code = -1;
+  EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value());
+  EXPECT_NE(exit_code, -1);
+  EXPECT_NE(exit_code, 0);
+}
+
 // Both follow the CPUs parleyd may use (its affinity); the readers at most
 // kMaxDefaultSqliteReadConnections, and one when pinned to one CPU (the
 // benchmark's parleyd, taskset to one core).
