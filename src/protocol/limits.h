@@ -36,7 +36,7 @@ inline constexpr size_t kMinPasswordBytes = 8;
 inline constexpr size_t kMaxPasswordBytes = 1024;
 inline constexpr size_t kMaxDeviceNameBytes = 64;
 // A field whose value is one of a few words (typing `state`, `set_app_state`
-// `state`, `set_privacy` `presence`, `message_info` `for`, push `provider`):
+// `state`, `set_privacy` `presence`, `delete_message` `for`, push `provider`):
 // longer is refused before it is compared.
 inline constexpr size_t kMaxKeywordBytes = 32;
 inline constexpr size_t kMaxPlatformBytes = 32;
