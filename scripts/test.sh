@@ -3,7 +3,8 @@
 # (ASan + UBSan) and runs the whole suite: unit, store conformance,
 # end-to-end (real parleyd, real sockets), the Python client and the web
 # client in Debian's chromium (CTest label `browser`); then the
-# Release tree with the benchmarks' smoke runs, the 5,000-device restart
+# Release tree with the benchmarks' smoke runs, the out-of-descriptors
+# end-to-end test against the Release parleyd, the 5,000-device restart
 # (scripts/bench_reconnect.sh), the load generator's smoke runs
 # (SMOKE=1 scripts/bench.sh), the cluster scale smoke run on PostgreSQL and
 # Redis (SMOKE=1 scripts/bench_cluster.sh), the .deb check (scripts/package_check.sh),
@@ -31,6 +32,10 @@ cd ../..
 
 phase "Release build and benchmark smoke runs (docs/benchmarks.md)"
 SMOKE=1 scripts/bench_search.sh
+
+phase "a parleyd out of file descriptors (the Release parleyd: an ASan one cannot run out; tests/e2e/fd_limit_e2e_test.cc)"
+scripts/build.sh release parleyd
+PARLEY_E2E_PARLEYD="$PWD/build/release/bin/parleyd" build/asan/tests/e2e/fd_limit_e2e_test
 
 phase "cold tier smoke: bytes per message before and after compaction, small (Release; docs/benchmarks.md, \"Cold tier\")"
 scripts/build.sh release parley-cold-bench

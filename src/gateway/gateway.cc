@@ -34,6 +34,8 @@
 // swaps the gateway's current context) never touches open connections.
 #include "gateway/gateway.h"
 
+#include <sys/resource.h>
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -47,6 +49,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <optional>
 #include <deque>
@@ -55,6 +58,7 @@
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "common/metrics.h"
 #include "common/this_thread.h"
@@ -91,6 +95,30 @@ constexpr int kTlsHandshakeTimeoutMs = 10'000;
 // and its connection closed; it also bounds how long a stalled HTTP client
 // can hold a shutdown's drain.
 constexpr auto kHttpIoTimeout = std::chrono::seconds(30);
+// An accept that failed for want of a resource (EMFILE, ENFILE, ENOBUFS,
+// ENOMEM) is tried again after this long instead of at once: the connection
+// stays in the listen backlog, so an immediate retry fails again and spins
+// the core until a descriptor is freed.
+constexpr auto kAcceptRetryDelay = std::chrono::milliseconds(100);
+// accept_failed and connections_refused are logged at most this often
+// (the metrics count every one).
+constexpr auto kAcceptLogInterval = std::chrono::seconds(1);
+
+// One TCP connection in Gateway::Impl::sockets, from accept until the
+// session holding it (HTTP, then WebSocket after an upgrade: it moves
+// along) is gone. Eight bytes per connection.
+class SocketCount {
+ public:
+  explicit SocketCount(std::atomic<int64_t>* count) : count_(count) { count_->fetch_add(1, std::memory_order_relaxed); }
+  SocketCount(SocketCount&& other) noexcept : count_(std::exchange(other.count_, nullptr)) {}
+  SocketCount& operator=(SocketCount&&) = delete;
+  ~SocketCount() {
+    if (count_ != nullptr) count_->fetch_sub(1, std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<int64_t>* count_;
+};
 
 // An Executor over any Asio executor (the first io_context's, for the core).
 template <typename AsioExecutor>
@@ -121,6 +149,11 @@ struct GatewayMetrics {
   Counter& coalesced = Metrics::Default().GetCounter(
       "parley_coalesced_receipts_total", "Receipt events merged into an earlier one still queued for the same connection");
   Counter& accepted = Metrics::Default().GetCounter("parley_connections_accepted_total", "TCP connections accepted");
+  Counter& refused = Metrics::Default().GetCounter(
+      "parley_connections_refused_total",
+      "TCP connections refused at once (503 or closed) because --max-connections were open");
+  Counter& accept_errors = Metrics::Default().GetCounter(
+      "parley_accept_errors_total", "Failed accepts (out of file descriptors: retried after 100 ms)");
   Counter& frames_written = Metrics::Default().GetCounter("parley_outbound_frames_total",
                                                           "WebSocket frames written to clients (data frames of the protocol)");
   Counter& writes = Metrics::Default().GetCounter(
@@ -180,9 +213,14 @@ class SessionRegistry;
 template <typename Stream>
 class WsSession final : public fabric::DeviceSink, public std::enable_shared_from_this<WsSession<Stream>> {
  public:
-  WsSession(Stream&& stream, std::shared_ptr<ssl::context> tls, core::ChatService* chat, const GatewayConfig& cfg,
-            SessionRegistry* reg)
-      : ws_(std::move(stream)), tls_(std::move(tls)), chat_(chat), cfg_(cfg), registry_(reg) {}
+  WsSession(Stream&& stream, SocketCount counted, std::shared_ptr<ssl::context> tls, core::ChatService* chat,
+            const GatewayConfig& cfg, SessionRegistry* reg)
+      : ws_(std::move(stream)),
+        counted_(std::move(counted)),
+        tls_(std::move(tls)),
+        chat_(chat),
+        cfg_(cfg),
+        registry_(reg) {}
 
   void Start(http::request<http::string_body> req);
   void SendFrame(fabric::SharedFrame frame, bool ephemeral) override;
@@ -213,6 +251,7 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   void Dequeued(const Queued& q);
 
   websocket::stream<SerialWriteStream<Stream>> ws_;
+  SocketCount counted_;
   std::shared_ptr<ssl::context> tls_;  // the context this TLS connection was accepted with (null: plain)
   beast::flat_buffer buffer_;
   core::ChatService* chat_;
@@ -643,10 +682,11 @@ void WsSession<Stream>::Finish() {
 template <typename Stream>
 class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
  public:
-  HttpSession(Stream&& stream, std::shared_ptr<ssl::context> tls, core::ChatService* chat, const GatewayConfig& cfg,
-              const HttpHandler& handler, const HttpBodyLimit& body_limit, SessionRegistry* reg,
-              std::atomic<int64_t>* open, HttpWaiters* waiters)
+  HttpSession(Stream&& stream, SocketCount counted, std::shared_ptr<ssl::context> tls, core::ChatService* chat,
+              const GatewayConfig& cfg, const HttpHandler& handler, const HttpBodyLimit& body_limit,
+              SessionRegistry* reg, std::atomic<int64_t>* open, HttpWaiters* waiters)
       : stream_(std::move(stream)),
+        socket_counted_(std::move(counted)),
         tls_(std::move(tls)),
         chat_(chat),
         cfg_(cfg),
@@ -734,7 +774,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
           return Reply(403, "websocket upgrade refused: origin not allowed (see --allowed-origins)\n", false);
         }
         beast::get_lowest_layer(stream_).expires_never();
-        auto ws = std::make_shared<WsSession<Stream>>(std::move(stream_), std::move(tls_), chat_, cfg_, registry_);
+        auto ws = std::make_shared<WsSession<Stream>>(std::move(stream_), std::move(socket_counted_), std::move(tls_),
+                                                      chat_, cfg_, registry_);
         ws->Start(std::move(req_));
         return;
       }
@@ -865,6 +906,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
   }
 
   Stream stream_;
+  SocketCount socket_counted_;         // moves to the WsSession on an upgrade
   std::shared_ptr<ssl::context> tls_;  // the context this TLS connection was accepted with (null: plain)
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -904,7 +946,33 @@ Result<std::shared_ptr<ssl::context>> LoadTlsContext(const std::string& cert_fil
     return Status(ErrorCode::kBadRequest, "tls key " + key_file + " does not match the certificate " + cert_file);
   return ctx;
 }
+// RLIMIT_NOFILE's soft limit (a large fallback when it cannot be read or
+// is unlimited).
+int64_t CurrentFileLimit() {
+  constexpr int64_t kUnknown = int64_t{1} << 20;
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return kUnknown;
+  return static_cast<int64_t>(lim.rlim_cur);
+}
 }  // namespace
+
+int64_t FileLimitReserve(int64_t file_limit) {
+  return std::min(kMaxReservedFiles, std::max(kMinReservedFiles, file_limit / 4));
+}
+
+int64_t DefaultMaxConnections(int64_t file_limit) {
+  return std::max<int64_t>(1, file_limit - FileLimitReserve(file_limit));
+}
+
+int64_t RaiseFileLimit() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &lim);  // on failure the old limit stays, and is what CurrentFileLimit reads
+  }
+  return CurrentFileLimit();
+}
+
 
 struct Gateway::Impl {
   explicit Impl(GatewayConfig c)
@@ -931,27 +999,85 @@ struct Gateway::Impl {
     auto& ctx = contexts[next_ctx++ % contexts.size()];
     acceptor.async_accept(ctx, [this](beast::error_code ec, net::basic_stream_socket<tcp, IoExecutor> socket) {
       if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
-      if (!ec) {
-        M().accepted.Inc();
-        beast::error_code ignored;
-        socket.set_option(tcp::no_delay(true), ignored);
-        if (cfg.socket_send_buffer > 0)
-          socket.set_option(net::socket_base::send_buffer_size(cfg.socket_send_buffer), ignored);
-        if (std::shared_ptr<ssl::context> tls = CurrentTls()) {
-          TlsStream stream(std::move(socket), *tls);
-          std::make_shared<HttpSession<TlsStream>>(std::move(stream), std::move(tls), chat, cfg, http, body_limit,
-                                                   &registry, &open, &waiters)
-              ->Start();
-        } else {
-          std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), nullptr, chat, cfg, http,
-                                                     body_limit, &registry, &open, &waiters)
-              ->Start();
-        }
+      if (ec) return AcceptFailed(ec);
+      M().accepted.Inc();
+      if (sockets.load(std::memory_order_relaxed) >= max_connections) {
+        Refuse(std::move(socket));
+        return DoAccept();
+      }
+      beast::error_code ignored;
+      socket.set_option(tcp::no_delay(true), ignored);
+      if (cfg.socket_send_buffer > 0)
+        socket.set_option(net::socket_base::send_buffer_size(cfg.socket_send_buffer), ignored);
+      if (std::shared_ptr<ssl::context> tls = CurrentTls()) {
+        TlsStream stream(std::move(socket), *tls);
+        std::make_shared<HttpSession<TlsStream>>(std::move(stream), SocketCount(&sockets), std::move(tls), chat, cfg,
+                                                 http, body_limit, &registry, &open, &waiters)
+            ->Start();
       } else {
-        spdlog::warn("event=accept_failed error=\"{}\"", ec.message());
+        std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), SocketCount(&sockets), nullptr,
+                                                   chat, cfg, http, body_limit, &registry, &open, &waiters)
+            ->Start();
       }
       DoAccept();
     });
+  }
+
+  // Out of descriptors or kernel memory: the connection waits in the
+  // backlog and the next accept is tried after kAcceptRetryDelay. Anything
+  // else (a peer that reset before its accept) is tried again at once.
+  void AcceptFailed(const beast::error_code& ec) {
+    M().accept_errors.Inc();
+    const bool resources = ec == net::error::no_descriptors || ec == net::error::no_buffer_space ||
+                           ec == net::error::no_memory || ec.value() == ENFILE;
+    if (LogDue(&last_accept_log)) {
+      spdlog::warn("event=accept_failed error=\"{}\" connections={} retry_in_ms={}", ec.message(),
+                   sockets.load(std::memory_order_relaxed),
+                   resources ? std::chrono::duration_cast<std::chrono::milliseconds>(kAcceptRetryDelay).count() : 0);
+    }
+    if (!resources) return DoAccept();
+    accept_retry.expires_after(kAcceptRetryDelay);
+    accept_retry.async_wait([this](beast::error_code wait_ec) {
+      if (!wait_ec && acceptor.is_open()) DoAccept();
+    });
+  }
+
+  // Past max_connections: a plain connection is told so (503, Retry-After)
+  // in one non-blocking write to its empty send buffer; a TLS one cannot be
+  // told before its handshake and is closed. Either way at once, holding
+  // nothing.
+  void Refuse(net::basic_stream_socket<tcp, IoExecutor> socket) {
+    M().refused.Inc();
+    if (LogDue(&last_refused_log)) {
+      spdlog::warn("event=connections_refused connections={} max_connections={}",
+                   sockets.load(std::memory_order_relaxed), max_connections);
+    }
+    beast::error_code ignored;
+    if (!TlsConfigured()) {
+      static const std::string kRefusal = fmt::format(
+          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: {}\r\n"
+          "Connection: close\r\nContent-Length: {}\r\n\r\n{}",
+          GatewayConfig::kRefusedRetryAfterSeconds, std::string_view(kRefusedBody).size(), kRefusedBody);
+      socket.non_blocking(true, ignored);
+      socket.write_some(net::buffer(kRefusal), ignored);
+      socket.shutdown(tcp::socket::shutdown_send, ignored);
+      // What of the request is already here is read and dropped, so that
+      // the close is a FIN after the answer rather than a reset that can
+      // overtake it (a close with unread bytes resets the connection).
+      std::array<char, 4096> sink;
+      for (int i = 0; i < 4 && socket.read_some(net::buffer(sink), ignored) > 0;) ++i;
+    }
+    socket.close(ignored);
+  }
+  static constexpr const char* kRefusedBody = "the server is at its connection limit; retry later\n";
+
+  // True at most once per kAcceptLogInterval for `last` (the accept loop's
+  // thread only).
+  static bool LogDue(std::chrono::steady_clock::time_point* last) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - *last < kAcceptLogInterval) return false;
+    *last = now;
+    return true;
   }
 
   bool TlsConfigured() const { return !cfg.tls_cert_file.empty(); }
@@ -978,6 +1104,11 @@ struct Gateway::Impl {
   SessionRegistry registry;
   HttpWaiters waiters;
   std::atomic<int64_t> open{0};  // HTTP sessions still serving (not lingering)
+  // TCP connections from accept to close (SocketCount), HTTP and WebSocket;
+  // new ones are refused at max_connections (GatewayConfig).
+  std::atomic<int64_t> sockets{0};
+  const int64_t max_connections =
+      cfg.max_connections > 0 ? cfg.max_connections : DefaultMaxConnections(CurrentFileLimit());
   std::deque<net::io_context> contexts;
   std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
   // The core's executor: the first io_context itself. Only the thread that
@@ -987,6 +1118,8 @@ struct Gateway::Impl {
   AsioExecutorAdapter<net::io_context::executor_type> core_exec;
   AsioExecutorAdapter<net::io_context::executor_type> control_exec;
   tcp::acceptor acceptor;
+  net::steady_timer accept_retry{contexts[0]};  // AcceptFailed's wait
+  std::chrono::steady_clock::time_point last_accept_log{}, last_refused_log{};
   core::ChatService* chat = nullptr;
   HttpHandler http;
   HttpBodyLimit body_limit;
@@ -1028,6 +1161,7 @@ Status Gateway::Start(core::ChatService* chat, HttpHandler http, HttpBodyLimit b
 }
 
 uint16_t Gateway::BoundPort() const { return impl_->bound_port; }
+int64_t Gateway::MaxConnections() const { return impl_->max_connections; }
 
 void Gateway::Run() {
   // Set before the other I/O threads start: they inherit it (so a thread

@@ -91,7 +91,30 @@ struct GatewayConfig {
   // uncompressed. Window bits (9..15) and memory level (1..9) bound zlib's
   // state per connection (docs/operations.md, "Compression").
   WsDeflateConfig ws_deflate;
+  // Most TCP connections open at once (HTTP and WebSocket, counted from
+  // accept to close); past it a new connection is answered 503 with
+  // Retry-After (plain HTTP) or closed (TLS) at once, and counted
+  // (parley_connections_refused_total). 0: the open-file limit minus
+  // FileLimitReserve (DefaultMaxConnections), so that a flood meets this
+  // clear refusal rather than running the process out of descriptors.
+  int64_t max_connections = 0;
+  // Told to a refused connection (Retry-After, seconds).
+  static constexpr int kRefusedRetryAfterSeconds = 5;
 };
+
+// Files kept for everything but connections (the store's database, WAL and
+// readers, logs, Redis and PostgreSQL, push relays, backups): the larger of
+// kMinReservedFiles and a quarter of the limit, at most kMaxReservedFiles.
+inline constexpr int64_t kMinReservedFiles = 64;
+inline constexpr int64_t kMaxReservedFiles = 512;
+int64_t FileLimitReserve(int64_t file_limit);
+// GatewayConfig::max_connections when it is 0: `file_limit` (RLIMIT_NOFILE's
+// soft limit) minus FileLimitReserve, at least 1.
+int64_t DefaultMaxConnections(int64_t file_limit);
+// Raises this process's soft RLIMIT_NOFILE to its hard limit (as a server
+// that holds a connection per file should) and returns the soft limit in
+// force afterwards.
+int64_t RaiseFileLimit();
 
 // Security headers on every plain HTTP response (a handler's own headers of
 // the same name replace them): X-Content-Type-Options: nosniff,
@@ -177,6 +200,8 @@ class Gateway {
   // Without `body_limit`, every request may send kMaxPlainHttpBodyBytes.
   Status Start(core::ChatService* chat, HttpHandler http, HttpBodyLimit body_limit = nullptr);
   uint16_t BoundPort() const;
+  // GatewayConfig::max_connections as in force (0 there: the default).
+  int64_t MaxConnections() const;
 
   // Runs the io threads; returns when Stop() has been called and they ended.
   void Run();

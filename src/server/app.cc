@@ -68,6 +68,13 @@ int RunServer(const ServerConfig& config) {
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e%z level=%l %v");
   spdlog::set_level(spdlog::level::from_str(config.log_level));
 
+  // A connection is a file: the soft limit (often 1,024) up to the hard one.
+  const int64_t file_limit = gateway::RaiseFileLimit();
+  if (config.gateway.max_connections > gateway::DefaultMaxConnections(file_limit)) {
+    spdlog::warn("event=max_connections_above_file_limit max_connections={} file_limit={} note=\"past the file "
+                 "limit accepts fail (retried every 100 ms) instead of refusing with 503\"",
+                 config.gateway.max_connections, file_limit);
+  }
   if (Status s = core::InitSodium(); !s.ok()) {
     spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
     return 1;
@@ -230,9 +237,11 @@ int RunServer(const ServerConfig& config) {
     spdlog::critical("event=start_failed error=\"{}\"", s.ToString());
     return 1;
   }
-  spdlog::info("event=listening address={}:{} tls={} data_dir={} store={} io_threads={} web_root={}",
-               config.gateway.host, gw.BoundPort(), gw.tls() ? "on" : "off", config.data_dir, config.store.backend,
-               config.gateway.io_threads, web.root().empty() ? "none" : web.root());
+  spdlog::info(
+      "event=listening address={}:{} tls={} data_dir={} store={} io_threads={} web_root={} file_limit={} "
+      "max_connections={}",
+      config.gateway.host, gw.BoundPort(), gw.tls() ? "on" : "off", config.data_dir, config.store.backend,
+      config.gateway.io_threads, web.root().empty() ? "none" : web.root(), file_limit, gw.MaxConnections());
   std::cout << "parleyd listening on " << (gw.tls() ? "https://" : "http://") << config.gateway.host << ":" << gw.BoundPort() << std::endl;
   if (!config.port_file.empty()) {
     std::string tmp = config.port_file + ".tmp";

@@ -38,6 +38,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       // spdlog's own spellings "warning" and "err" too (spdlog::level::from_str).
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "warning", "error", "err", "critical", "off"}))
       ->capture_default_str();
+  app.add_option("--max-connections", c.gateway.max_connections,
+                 "Most TCP connections open at once (HTTP and WebSocket); past it new ones get 503 with "
+                 "Retry-After (TLS: closed). 0 = the open-file limit minus a reserve for the store and logs")
+      ->envname("PARLEY_MAX_CONNECTIONS")
+      ->check(CLI::Range(int64_t{0}, int64_t{100'000'000}))
+      ->capture_default_str();
   app.add_option("--port-file", c.port_file, "Write the bound port to this file once listening")
       ->envname("PARLEY_PORT_FILE");
   app.add_option("--web-root", c.web_root,

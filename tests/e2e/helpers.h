@@ -130,6 +130,11 @@ double MetricSum(const std::string& metrics_text, const std::string& name);
 // lines before its first sample, values are numbers.
 std::vector<std::string> PrometheusFormatProblems(const std::string& metrics_text);
 
+// A plain TCP connection to 127.0.0.1:port; -1 with errno set when refused.
+int TcpConnect(uint16_t port);
+// Everything `fd` reads until the peer closes or `timeout_ms` passes.
+std::string ReadUntilClosed(int fd, int timeout_ms);
+
 // Runs a shell command; returns its stdout (and the exit status in *rc).
 std::string Shell(const std::string& cmd, int* rc = nullptr);
 // One number from the server's database (SQLite file or PostgreSQL), read

@@ -1,6 +1,10 @@
 // End-to-end: every rate limit answers `rate_limited` with a retry-after once
-// exceeded, and other users' traffic is unaffected.
+// exceeded, and other users' traffic is unaffected. Connections past
+// --max-connections are refused at once with 503 (out of descriptors:
+// fd_limit_e2e_test.cc).
 #include <gtest/gtest.h>
+
+#include <unistd.h>
 
 #include "e2e/helpers.h"
 
@@ -98,5 +102,41 @@ TEST(RateLimitE2E, ConcurrentFailedLoginsPassNoMoreThanTheLimitAllows) {
   ExpectLimited(r);
 }
 
+// Past --max-connections a new connection is answered 503 with Retry-After
+// and closed at once (counted); the connections already open are
+// unaffected, and once one closes a new one is served again.
+TEST(ConnectionLimitE2E, ConnectionsPastTheLimitAreRefusedWith503UntilOneCloses) {
+  ServerProcess server({"--max-connections", "3"});
+  Register(server, "alice");
+  ASSERT_TRUE(Eventually([&] { return HttpGet(server.port(), "/healthz") == "ok\n"; }, 10000));
+  Device a = Login(server, "alice", "phone");
+  Device b = Login(server, "alice", "laptop");
+  int third = TcpConnect(server.port());
+  ASSERT_GE(third, 0);
+  // The three are counted once the server has accepted them: a fourth is refused.
+  std::string refusal;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        int fd = TcpConnect(server.port());
+        if (fd < 0) return false;
+        const char req[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        (void)!::write(fd, req, sizeof req - 1);
+        refusal = ReadUntilClosed(fd, 5000);
+        ::close(fd);
+        return refusal.rfind("HTTP/1.1 503", 0) == 0;
+      },
+      10000))
+      << refusal;
+  EXPECT_NE(refusal.find("Retry-After: 5\r\n"), std::string::npos) << refusal;
+  EXPECT_NE(refusal.find("connection limit"), std::string::npos) << refusal;
+  // The open ones still work.
+  EXPECT_TRUE(a.conn->Call("ping", json::object()).ok);
+  EXPECT_TRUE(b.conn->Call("ping", json::object()).ok);
+  ::close(third);
+  std::string metrics;
+  ASSERT_TRUE(Eventually([&] { return !(metrics = HttpGet(server.port(), "/metrics")).empty(); }, 10000));
+  EXPECT_GE(MetricValue(metrics, "parley_connections_refused_total"), 1);
+  EXPECT_EQ(MetricValue(metrics, "parley_accept_errors_total"), 0);
+}
 }  // namespace
 }  // namespace parley::testing

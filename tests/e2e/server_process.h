@@ -90,7 +90,10 @@ class ServerProcess {
   void Start() {
     std::string port_file = dir_ + "/port";
     std::filesystem::remove(port_file);
-    std::vector<std::string> args = {std::string(PARLEY_BIN_DIR) + "/parleyd",
+    // PARLEY_E2E_PARLEYD: another parleyd binary (fd_limit_e2e_test runs the
+    // Release tree's); this tree's otherwise.
+    const char* binary = std::getenv("PARLEY_E2E_PARLEYD");
+    std::vector<std::string> args = {binary != nullptr ? std::string(binary) : std::string(PARLEY_BIN_DIR) + "/parleyd",
                                      "--listen", "127.0.0.1:" + std::to_string(port_ ? port_ : 0),
                                      "--data-dir", dir_ + "/data",
                                      "--port-file", port_file,

@@ -228,23 +228,6 @@ TEST(ShutdownE2E, ABacklogTheStoreCannotCommitInTimeIsAnsweredShuttingDownAndRet
   EXPECT_TRUE(SyncAll(*c.conn, 0).empty()) << "carol's conversation or a message to her was stored";
 }
 
-// A plain TCP connection to 127.0.0.1:port; -1 with errno set when refused.
-int TcpConnect(uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    int err = errno;
-    ::close(fd);
-    errno = err;
-    return -1;
-  }
-  return fd;
-}
-
 TEST(ShutdownE2E, NoNewConnectionIsAcceptedWhileDraining) {
   ServerProcess server({"--shutdown-drain-ms", "20000"});
   // A client stuck half-way through its HTTP request keeps the drain waiting.

@@ -182,6 +182,14 @@ TEST_F(ConfigTest, TheStoreQueueBoundIsOnByDefaultAndZeroTurnsItOff) {
   EXPECT_FALSE(ParseConfig(static_cast<int>(argv.size()), argv.data(), &exit_code).has_value());
 }
 
+TEST_F(ConfigTest, MaxConnectionsDefaultsToTheFileLimitsShare) {
+  EXPECT_EQ(Parse({}).gateway.max_connections, 0) << "0: the gateway derives it from the open-file limit";
+  EXPECT_EQ(Parse({"--max-connections", "500"}).gateway.max_connections, 500);
+  setenv("PARLEY_MAX_CONNECTIONS", "7", 1);
+  EXPECT_EQ(Parse({}).gateway.max_connections, 7);
+  unsetenv("PARLEY_MAX_CONNECTIONS");
+}
+
 // spdlog's level names, its own spellings "warning" and "err" too; anything
 // else is refused at start (CLI11's exit code) rather than silencing the log.
 TEST_F(ConfigTest, LogLevelTakesSpdlogsNamesAndRefusesOthers) {
