@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cmath>
 #include <cstdio>
+#include <deque>
 #include <map>
 #include <thread>
 
@@ -481,7 +483,8 @@ TEST_F(ClusterTest, UnlinkOnOneNodeClosesTheDeviceOnAnother) {
   auto start = Clock::now();
   auto r = phone.conn->Call("unlink_device", {{"device_id", laptop.device_id}});
   ASSERT_TRUE(r.ok) << r.message;
-  ASSERT_TRUE(laptop.conn->WaitClosed(2000)) << "device on node B still connected 2 s after its unlink on node A";
+  // Generous for an ASan cluster on a loaded machine; the time it took is recorded below.
+  ASSERT_TRUE(laptop.conn->WaitClosed(10000)) << "device on node B still connected 10 s after its unlink on node A";
   EXPECT_EQ(laptop.conn->close_code(), 4002);
   RecordProperty("cross_node_close_ms",
                  static_cast<int>(std::chrono::duration_cast<milliseconds>(Clock::now() - start).count()));
@@ -564,9 +567,18 @@ TEST_F(ClusterTest, AFabricPublishDroppedOnTheWayIsCaughtBySync) {
   ASSERT_TRUE(next.ok) << next.message;
   int64_t lost_seq = lost.result["seq"], next_seq = next.result["seq"];
 
+  // Every message that reaches alice live: until the second one (the first
+  // would have come before it), then briefly for anything after it.
   std::vector<json> live;
-  while (auto e = WaitEvent(*alice_b.conn, [](const json& x) { return x["kind"] == "message"; }, 1000))
+  const auto is_message = [](const json& x) { return x["kind"] == "message"; };
+  const auto deadline = Clock::now() + milliseconds(10000);
+  while (live.empty() || live.back()["message"]["seq"] != next_seq) {
+    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
+    auto e = left > 0 ? WaitEvent(*alice_b.conn, is_message, static_cast<int>(left)) : std::nullopt;
+    if (!e) break;
     live.push_back(*e);
+  }
+  while (auto e = WaitEvent(*alice_b.conn, is_message, 500)) live.push_back(*e);
   ASSERT_EQ(live.size(), 1u) << "the fault switch should have dropped exactly one live frame";
   EXPECT_EQ(live[0]["message"]["seq"], next_seq);
   EXPECT_EQ(Metric(C(), "parley_fabric_remote_publishes_total{result=\"dropped\"}"),
@@ -685,44 +697,73 @@ TEST_F(ClusterTest, OneUserSendingThroughThreeNodesIsLimitedToTheClusterWideRate
   ASSERT_TRUE(open.ok) << open.message;
   int64_t conv = open.result["conversation"]["conversation_id"];
 
-  // Each device sends back to back; a refusal is waited out for at most
-  // 20 ms, so every device keeps asking far faster than the limit allows.
+  // Each device sends every kPaceMs (five times the rate on its own)
+  // without waiting for the answers to its earlier sends (at most
+  // kMaxInFlight unanswered), so every device keeps asking far faster than
+  // the limit allows however slowly three ASan nodes answer on a loaded
+  // machine. Returns the seconds from the first send to the last answer:
+  // the time during which the nodes admitted sends.
+  constexpr int kPaceMs = 20;
+  constexpr size_t kMaxInFlight = 32;
   auto hammer = [&](int seconds, const std::string& tag, std::array<int, 3>* acked, std::array<int, 3>* attempts) {
-    auto end = Clock::now() + std::chrono::seconds(seconds);
+    const auto start = Clock::now();
+    const auto end = start + std::chrono::seconds(seconds);
     std::vector<std::thread> threads;
     std::atomic<int> unexpected{0};
     for (size_t d = 0; d < devices.size(); ++d) {
       threads.emplace_back([&, d] {
-        for (int i = 0; Clock::now() < end; ++i) {
-          auto r = devices[d].conn->Call("send", {{"conversation_id", conv},
-                                                  {"client_id", tag + std::to_string(d) + "-" + std::to_string(i)},
-                                                  {"body", "x"}});
-          ++(*attempts)[d];
+        Connection& conn = *devices[d].conn;
+        std::deque<int64_t> in_flight;
+        // Takes the answer to the oldest send in flight; without `wait`,
+        // only if it is already in (returns whether it took one).
+        auto take_answer = [&](bool wait) {
+          Reply r = conn.Await(in_flight.front(), wait ? 30000 : 0);
+          if (!wait && r.timed_out()) return false;
+          in_flight.pop_front();
           if (r.ok) {
             ++(*acked)[d];
-          } else if (r.code == "rate_limited" && r.frame.value("retry_after_ms", int64_t{0}) > 0) {
-            std::this_thread::sleep_for(milliseconds(std::min<int64_t>(20, r.frame["retry_after_ms"].get<int64_t>())));
-          } else {
+          } else if (r.code != "rate_limited" || r.frame.value("retry_after_ms", int64_t{0}) <= 0) {
             ++unexpected;
           }
+          return true;
+        };
+        auto next = Clock::now();
+        for (int i = 0; next < end; ++i) {
+          while (in_flight.size() >= kMaxInFlight) take_answer(true);
+          in_flight.push_back(conn.Start("send", {{"conversation_id", conv},
+                                                  {"client_id", tag + std::to_string(d) + "-" + std::to_string(i)},
+                                                  {"body", "x"}}));
+          ++(*attempts)[d];
+          while (!in_flight.empty() && take_answer(false)) {
+          }
+          next += milliseconds(kPaceMs);
+          std::this_thread::sleep_until(next);
         }
+        while (!in_flight.empty()) take_answer(true);
       });
     }
     for (auto& t : threads) t.join();
     EXPECT_EQ(unexpected.load(), 0) << "answers other than ok or rate_limited with retry_after_ms";
+    return std::chrono::duration<double>(Clock::now() - start).count();
   };
   std::array<int, 3> acked{}, attempts{};
-  hammer(kSeconds, "s", &acked, &attempts);
+  const double elapsed = hammer(kSeconds, "s", &acked, &attempts);
   int total = acked[0] + acked[1] + acked[2];
-  const int allowed = kBurst + kRate * kSeconds;  // 40 overall; 120 if each node limited alone
-  std::printf("shared send_per_user=%d/%d over %d s through 3 nodes: %d acked (%d/%d/%d of %d/%d/%d attempts); "
+  // What the cluster may admit: the burst, then the rate for as long as the
+  // nodes were answering (kSeconds; longer if a loaded machine held the
+  // last answers back). About 40 overall; three times that if each node
+  // limited alone.
+  const int allowed = kBurst + static_cast<int>(std::ceil(kRate * elapsed));
+  std::printf("shared send_per_user=%d/%d over %.1f s through 3 nodes: %d acked (%d/%d/%d of %d/%d/%d attempts); "
               "cluster-wide allowance %d, per-node limits would allow %d\n",
-              kRate, kBurst, kSeconds, total, acked[0], acked[1], acked[2], attempts[0], attempts[1], attempts[2],
+              kRate, kBurst, elapsed, total, acked[0], acked[1], acked[2], attempts[0], attempts[1], attempts[2],
               allowed, 3 * allowed);
   RecordProperty("shared_limit_acked", total);
+  // Each device asked for more than a node limiting alone would give it, so
+  // per-node limits would show as about 3 x allowed.
   for (int a : attempts) ASSERT_GE(a, allowed + 10) << "a device asked too slowly for per-node limits to show";
   EXPECT_LE(total, allowed * 3 / 2) << "the nodes did not share the per-user bucket";
-  EXPECT_GE(total, allowed / 2);
+  EXPECT_GE(total, (kBurst + kRate * kSeconds) / 2);
   for (ServerProcess* n : {&A(), &B(), &C()}) {
     std::string m = HttpGet(n->port(), "/metrics");
     EXPECT_GE(MetricValue(m, "parley_rate_limit_syncs_total{result=\"ok\"}"), 1);

@@ -128,7 +128,7 @@ TEST(PasswordE2E, ChangeCutsOffTheOtherDevicesAtOnce) {
   auto r = a.conn->Call("change_password", {{"old_password", "correct horse"}, {"new_password", "new secret 1"}});
   ASSERT_TRUE(r.ok) << r.message;
   EXPECT_EQ(r.result["devices_revoked"], 1);
-  ASSERT_TRUE(b.conn->WaitClosed(1000));
+  ASSERT_TRUE(b.conn->WaitClosed(10000));
   EXPECT_EQ(b.conn->close_code(), 4002);
   auto c = server.Connect();
   EXPECT_EQ(c->Call("auth", {{"token", b.token}}).code, "invalid_token");
