@@ -242,8 +242,10 @@ json BlockScenario(ServerProcess& server, const std::string& a_name, const std::
     a_call(*a2, "typing", {{"conversation_id", conv}, {"state", "start"}});
     a_call(*a1, "open_conversation", {{"username", b_name}});
   }
+  int64_t last_seq = 0;  // of B's last message
   for (int i = 0; i < 10; ++i) {
     auto r = call("send", {{"to", a_name}, {"client_id", "w" + std::to_string(i)}, {"body", "hey"}});
+    last_seq = r.result.value("seq", int64_t{0});
     if (!block) continue;
     // A reports up to the conversation's raw last seq from both devices.
     int64_t raw = r.result["seq"];
@@ -263,7 +265,23 @@ json BlockScenario(ServerProcess& server, const std::string& a_name, const std::
     a_call(*a1, "set_app_state", {{"state", "foreground"}});
     EXPECT_TRUE(a2->conn->Call("list_conversations").ok);
   }
-  // Every frame that reached B live, in arrival order.
+  // Every frame that reached B live, in arrival order: until the event of
+  // B's last message (its own stream's last entry; on a loaded machine it
+  // may come late, and a scenario missing it would differ from the other),
+  // then whatever else comes within 700 ms (what A's actions would leak).
+  const auto is_last = [&](const json& f) {
+    return f["type"] == "event" && f["event"]["kind"] == "message" &&
+           f["event"]["message"]["conversation_id"] == conv && f["event"]["message"]["seq"] == last_seq;
+  };
+  bool got_last = false;
+  for (const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+       !got_last && std::chrono::steady_clock::now() < deadline;) {
+    if (auto f = b.conn->NextEvent(1000)) {
+      seen.push_back(*f);
+      got_last = is_last(*f);
+    }
+  }
+  EXPECT_TRUE(got_last) << "B's last message never reached B live";
   while (auto f = b.conn->NextEvent(700)) seen.push_back(*f);
   for (auto& e : SyncAll(*b.conn, 0)) seen.push_back(e);
   call("snapshot", json::object());
