@@ -72,8 +72,11 @@ struct Reply {
 class Connection {
  public:
   // Connects and completes the WebSocket handshake. Returns nullptr and sets
-  // *error on failure.
-  static std::unique_ptr<Connection> Open(const ConnectOptions& options, std::string* error);
+  // *error on failure; when the server refused the upgrade with 503 or 429
+  // and a Retry-After in seconds (a server at its connection limit), also
+  // *retry_after_ms (else 0), which a client waits before trying again.
+  static std::unique_ptr<Connection> Open(const ConnectOptions& options, std::string* error,
+                                          int64_t* retry_after_ms = nullptr);
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;

@@ -3,6 +3,7 @@
 // without a server.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -204,6 +205,73 @@ TEST(ClientE2E, ReconnectAfterShutdownWaitsForTheAnnouncedRetryAfter) {
   auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(next->second - waiting->second).count();
   EXPECT_GE(waited, kRetryAfterMs - 5);
   EXPECT_LE(waited, 2 * kRetryAfterMs + 500);
+}
+
+// A server at its connection limit answers the upgrade 503 with
+// Retry-After: 5 (docs/protocol.md, "Transport"). Connection::Open reports
+// it, and a client waits that long (with its jitter) before it tries again,
+// instead of its own backoff from a few hundred milliseconds.
+TEST(ClientE2E, AServerAtItsConnectionLimitIsTriedAgainAfterItsRetryAfter) {
+  ServerProcess s({"--max-connections", "1"});
+  std::string token = RegisterAndLogin(s, "alice");
+  // Hold the one connection; once the server counts it, a probe is refused.
+  // The held one is itself refused (answered and closed: readable) when it
+  // came while another still counted (the login's, closing; a probe that got
+  // in): then it is opened again.
+  int held = -1;
+  const auto refused = [](int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) > 0;
+  };
+  ConnectOptions co;
+  co.port = s.port();
+  std::string error;
+  int64_t retry_after_ms = -1;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        if (held < 0 || refused(held)) {
+          if (held >= 0) ::close(held);
+          held = TcpConnect(s.port());
+          return false;
+        }
+        return Connection::Open(co, &error, &retry_after_ms) == nullptr && retry_after_ms > 0;
+      },
+      10000))
+      << error;
+  EXPECT_EQ(retry_after_ms, 5000);
+  EXPECT_NE(error.find("503"), std::string::npos) << error;
+
+  TempDir dir;
+  std::mutex mu;
+  std::vector<std::pair<ClientState, std::chrono::steady_clock::time_point>> states;
+  auto o = OptionsFor(s, dir / "alice.db", token);
+  o.backoff.retry_after_jitter = 0.1;  // [5 s, 5.5 s]
+  o.on_state = [&](ClientState st, const std::string&) {
+    std::lock_guard lock(mu);
+    states.emplace_back(st, std::chrono::steady_clock::now());
+  };
+  auto alice = OpenClient(o);
+  alice->Start();
+  ASSERT_TRUE(Eventually(
+      [&] {
+        std::lock_guard lock(mu);
+        return std::any_of(states.begin(), states.end(), [](auto& p) { return p.first == ClientState::kWaiting; });
+      },
+      10000))
+      << "states seen: " << [&] {
+           std::lock_guard lock(mu);
+           std::string seen;
+           for (auto& p : states) seen += std::to_string(static_cast<int>(p.first)) + " ";
+           return seen;
+         }();
+  ::close(held);  // room again: the next attempt gets in
+  ASSERT_TRUE(alice->WaitOnline(30000));
+  std::lock_guard lock(mu);
+  auto waiting = std::find_if(states.begin(), states.end(), [](auto& p) { return p.first == ClientState::kWaiting; });
+  auto next = std::find_if(waiting, states.end(), [](auto& p) { return p.first == ClientState::kConnecting; });
+  ASSERT_NE(next, states.end());
+  auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(next->second - waiting->second).count();
+  EXPECT_GE(waited, 5000 - 5) << "the client came back before the server's Retry-After";
 }
 
 TEST(ClientE2E, RevokedTokenStopsReconnectingAndKeepsTheOutbox) {

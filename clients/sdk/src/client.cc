@@ -621,11 +621,15 @@ struct Client::Impl {
   }
 
   // The connection of a new session: the endpoint that served last, else
-  // the next ones in order (ClientOptions::endpoints). Worker thread.
-  std::shared_ptr<Connection> OpenAnyEndpoint(std::string* why) {
+  // the next ones in order (ClientOptions::endpoints). When every endpoint
+  // refused with a Retry-After (at its connection limit), *retry_after is the
+  // soonest of them. Worker thread.
+  std::shared_ptr<Connection> OpenAnyEndpoint(std::string* why, std::optional<int64_t>* retry_after) {
     std::vector<std::string> targets = opt.endpoints;
     if (targets.empty()) targets.push_back(opt.host + ":" + std::to_string(opt.port));
     std::string errors;
+    bool every_one_said_when = true;
+    int64_t soonest = 0;
     for (size_t i = 0; i < targets.size(); ++i) {
       size_t at = (endpoint + i) % targets.size();
       ConnectOptions co;
@@ -640,20 +644,24 @@ struct Client::Impl {
       co.verify_peer = opt.verify_peer;
       co.timeout_ms = opt.connect_timeout_ms;
       std::string err;
-      std::shared_ptr<Connection> c(Connection::Open(co, &err).release());
+      int64_t said = 0;
+      std::shared_ptr<Connection> c(Connection::Open(co, &err, &said).release());
       if (c) {
         endpoint = at;
         return c;
       }
       errors += (errors.empty() ? "" : "; ") + targets[at] + " (" + err + ")";
+      if (said <= 0) every_one_said_when = false;
+      soonest = soonest == 0 ? said : std::min(soonest, said);
     }
     *why = "server unreachable at " + errors;
+    if (every_one_said_when && soonest > 0) *retry_after = soonest;
     return nullptr;
   }
 
   SessionEnd Session() {
     SessionEnd end;
-    std::shared_ptr<Connection> c = OpenAnyEndpoint(&end.why);
+    std::shared_ptr<Connection> c = OpenAnyEndpoint(&end.why, &end.retry_after);
     if (!c) return end;
     c->SetActivityCallback([this] { Wake(); });
     {

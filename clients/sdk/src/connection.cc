@@ -50,6 +50,33 @@ using nlohmann::json;
 
 namespace {
 
+// The server answered the upgrade with another status: its code and, for a
+// refusal that says when to come back (503, 429), Retry-After in ms.
+class Declined : public std::runtime_error {
+ public:
+  explicit Declined(const websocket::response_type& res)
+      : std::runtime_error("the server declined the WebSocket upgrade: HTTP " + std::to_string(res.result_int()) +
+                           " " + std::string(res.reason())),
+        retry_after_ms(RetryAfterMs(res)) {}
+  const int64_t retry_after_ms;
+
+ private:
+  // Retry-After as delay-seconds (RFC 9110; an HTTP date is not used by
+  // parleyd and counts as none), for 503 and 429 only.
+  static int64_t RetryAfterMs(const websocket::response_type& res) {
+    const unsigned status = res.result_int();
+    if (status != 503 && status != 429) return 0;
+    const beast::string_view v = res[beast::http::field::retry_after];
+    int64_t seconds = 0;
+    if (v.empty() || v.size() > 9) return 0;
+    for (char ch : v) {
+      if (ch < '0' || ch > '9') return 0;
+      seconds = seconds * 10 + (ch - '0');
+    }
+    return seconds * 1000;
+  }
+};
+
 // The process's I/O thread, started with the first Connection. Never
 // destroyed: a handler may drop the last reference to a connection at any
 // time, and joining the thread from a static destructor could run after
@@ -324,7 +351,10 @@ struct StreamImpl final : Connection::Impl {
         }
       });
     });
-    if (beast::error_code ec = opened.get_future().get()) throw boost::system::system_error(ec);
+    if (beast::error_code ec = opened.get_future().get()) {
+      if (ec == websocket::error::upgrade_declined) throw Declined(res);
+      throw boost::system::system_error(ec);
+    }
     deflate = res[beast::http::field::sec_websocket_extensions].find("permessage-deflate") != beast::string_view::npos;
   }
 };
@@ -356,7 +386,9 @@ Connection::~Connection() {
   // Handlers still queued hold the state and end on the I/O thread.
 }
 
-std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std::string* error) {
+std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std::string* error,
+                                             int64_t* retry_after_ms) {
+  if (retry_after_ms != nullptr) *retry_after_ms = 0;
   std::unique_ptr<Connection> c(new Connection());
   try {
     if (options.tls) {
@@ -372,6 +404,8 @@ std::unique_ptr<Connection> Connection::Open(const ConnectOptions& options, std:
     }
   } catch (const std::exception& e) {
     if (error) *error = e.what();
+    if (const auto* declined = dynamic_cast<const Declined*>(&e); declined != nullptr && retry_after_ms != nullptr)
+      *retry_after_ms = declined->retry_after_ms;
     if (c->impl_) {
       std::lock_guard lock(c->impl_->mu);
       c->impl_->is_closed = true;  // nothing to wait for when it is destroyed
