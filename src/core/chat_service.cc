@@ -663,7 +663,7 @@ void ChatService::CompleteLogin(const ClientPtr& c, const Req& req, const std::s
   store_.GetAuthContext(HashToken(token),
                         OnCore<store::AuthContext>([this, c, req, token, as_of](Result<store::AuthContext> a) {
                           const bool recheck = revocations_.ChangedSince(as_of, a ? a->device.user_id : 0);
-    revocations_.End(as_of);
+                          revocations_.End(as_of);
                           if (!a) {
                             c->authenticating = false;
                             return Fail(c, req, a.error());

@@ -95,25 +95,30 @@ constexpr int kTlsHandshakeTimeoutMs = 10'000;
 // and its connection closed; it also bounds how long a stalled HTTP client
 // can hold a shutdown's drain.
 constexpr auto kHttpIoTimeout = std::chrono::seconds(30);
-// An accept that failed for want of a resource (EMFILE, ENFILE, ENOBUFS,
-// ENOMEM) is tried again after this long instead of at once: the connection
-// stays in the listen backlog, so an immediate retry fails again and spins
-// the core until a descriptor is freed.
+// A failed accept (EMFILE, ENFILE, ENOBUFS, ENOMEM, ...) is tried again
+// after this long instead of at once: the connection stays in the listen
+// backlog, so an immediate retry fails again and spins the core until a
+// descriptor is freed.
 constexpr auto kAcceptRetryDelay = std::chrono::milliseconds(100);
 // accept_failed and connections_refused are logged at most this often
 // (the metrics count every one).
 constexpr auto kAcceptLogInterval = std::chrono::seconds(1);
 
-// One TCP connection in Gateway::Impl::sockets, from accept until the
-// session holding it (HTTP, then WebSocket after an upgrade: it moves
-// along) is gone. Eight bytes per connection.
+// One TCP connection in Gateway::Impl::sockets, from accept until its
+// socket is closed (Release) or the session holding it (HTTP, then
+// WebSocket after an upgrade: it moves along) is gone. Eight bytes per
+// connection.
 class SocketCount {
  public:
   explicit SocketCount(std::atomic<int64_t>* count) : count_(count) { count_->fetch_add(1, std::memory_order_relaxed); }
   SocketCount(SocketCount&& other) noexcept : count_(std::exchange(other.count_, nullptr)) {}
   SocketCount& operator=(SocketCount&&) = delete;
-  ~SocketCount() {
+  ~SocketCount() { Release(); }
+  // The socket is closed (the session object may live on a little longer,
+  // until core has processed its disconnect): counted out now, once.
+  void Release() {
     if (count_ != nullptr) count_->fetch_sub(1, std::memory_order_relaxed);
+    count_ = nullptr;
   }
 
  private:
@@ -153,7 +158,8 @@ struct GatewayMetrics {
       "parley_connections_refused_total",
       "TCP connections refused at once (503 or closed) because --max-connections were open");
   Counter& accept_errors = Metrics::Default().GetCounter(
-      "parley_accept_errors_total", "Failed accepts (out of file descriptors: retried after 100 ms)");
+      "parley_accept_errors_total",
+      "Failed accepts (out of file descriptors, or a session that could not be made): retried after 100 ms");
   Counter& frames_written = Metrics::Default().GetCounter("parley_outbound_frames_total",
                                                           "WebSocket frames written to clients (data frames of the protocol)");
   Counter& writes = Metrics::Default().GetCounter(
@@ -677,6 +683,7 @@ void WsSession<Stream>::Finish() {
   registry_->Remove(this);
   beast::error_code ignored;
   beast::get_lowest_layer(ws_).socket().close(ignored);
+  counted_.Release();
 }
 
 template <typename Stream>
@@ -966,8 +973,8 @@ int64_t DefaultMaxConnections(int64_t file_limit) {
 
 int64_t RaiseFileLimit() {
   rlimit lim{};
-  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
-    lim.rlim_cur = lim.rlim_max;
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < std::min<rlim_t>(lim.rlim_max, kMaxRaisedFileLimit)) {
+    lim.rlim_cur = std::min<rlim_t>(lim.rlim_max, kMaxRaisedFileLimit);
     setrlimit(RLIMIT_NOFILE, &lim);  // on failure the old limit stays, and is what CurrentFileLimit reads
   }
   return CurrentFileLimit();
@@ -1009,33 +1016,39 @@ struct Gateway::Impl {
       socket.set_option(tcp::no_delay(true), ignored);
       if (cfg.socket_send_buffer > 0)
         socket.set_option(net::socket_base::send_buffer_size(cfg.socket_send_buffer), ignored);
-      if (std::shared_ptr<ssl::context> tls = CurrentTls()) {
-        TlsStream stream(std::move(socket), *tls);
-        std::make_shared<HttpSession<TlsStream>>(std::move(stream), SocketCount(&sockets), std::move(tls), chat, cfg,
-                                                 http, body_limit, &registry, &open, &waiters)
-            ->Start();
-      } else {
-        std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), SocketCount(&sockets), nullptr,
-                                                   chat, cfg, http, body_limit, &registry, &open, &waiters)
-            ->Start();
+      // Out of memory for a session (or for OpenSSL's per-connection state)
+      // loses this connection, not the accept loop and the process.
+      try {
+        if (std::shared_ptr<ssl::context> tls = CurrentTls()) {
+          TlsStream stream(std::move(socket), *tls);
+          std::make_shared<HttpSession<TlsStream>>(std::move(stream), SocketCount(&sockets), std::move(tls), chat,
+                                                   cfg, http, body_limit, &registry, &open, &waiters)
+              ->Start();
+        } else {
+          std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), SocketCount(&sockets), nullptr,
+                                                     chat, cfg, http, body_limit, &registry, &open, &waiters)
+              ->Start();
+        }
+      } catch (const std::exception& e) {
+        M().accept_errors.Inc();
+        spdlog::warn("event=session_failed error=\"{}\"", e.what());
       }
       DoAccept();
     });
   }
 
-  // Out of descriptors or kernel memory: the connection waits in the
-  // backlog and the next accept is tried after kAcceptRetryDelay. Anything
-  // else (a peer that reset before its accept) is tried again at once.
+  // Out of descriptors or kernel memory (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+  // the connection waits in the backlog and the next accept is tried after
+  // kAcceptRetryDelay; retrying at once would fail again in a loop that
+  // takes the core. Any other error is waited out the same way (Asio
+  // already retries a peer that left before its accept).
   void AcceptFailed(const beast::error_code& ec) {
     M().accept_errors.Inc();
-    const bool resources = ec == net::error::no_descriptors || ec == net::error::no_buffer_space ||
-                           ec == net::error::no_memory || ec.value() == ENFILE;
     if (LogDue(&last_accept_log)) {
       spdlog::warn("event=accept_failed error=\"{}\" connections={} retry_in_ms={}", ec.message(),
                    sockets.load(std::memory_order_relaxed),
-                   resources ? std::chrono::duration_cast<std::chrono::milliseconds>(kAcceptRetryDelay).count() : 0);
+                   std::chrono::duration_cast<std::chrono::milliseconds>(kAcceptRetryDelay).count());
     }
-    if (!resources) return DoAccept();
     accept_retry.expires_after(kAcceptRetryDelay);
     accept_retry.async_wait([this](beast::error_code wait_ec) {
       if (!wait_ec && acceptor.is_open()) DoAccept();
@@ -1052,13 +1065,13 @@ struct Gateway::Impl {
       spdlog::warn("event=connections_refused connections={} max_connections={}",
                    sockets.load(std::memory_order_relaxed), max_connections);
     }
-    beast::error_code ignored;
-    if (!TlsConfigured()) {
+    beast::error_code ignored, blocking;
+    socket.non_blocking(true, blocking);  // never wait on the accept loop's thread
+    if (!TlsConfigured() && !blocking) {
       static const std::string kRefusal = fmt::format(
           "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: {}\r\n"
           "Connection: close\r\nContent-Length: {}\r\n\r\n{}",
           GatewayConfig::kRefusedRetryAfterSeconds, std::string_view(kRefusedBody).size(), kRefusedBody);
-      socket.non_blocking(true, ignored);
       socket.write_some(net::buffer(kRefusal), ignored);
       socket.shutdown(tcp::socket::shutdown_send, ignored);
       // What of the request is already here is read and dropped, so that

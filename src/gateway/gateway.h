@@ -111,9 +111,11 @@ int64_t FileLimitReserve(int64_t file_limit);
 // GatewayConfig::max_connections when it is 0: `file_limit` (RLIMIT_NOFILE's
 // soft limit) minus FileLimitReserve, at least 1.
 int64_t DefaultMaxConnections(int64_t file_limit);
-// Raises this process's soft RLIMIT_NOFILE to its hard limit (as a server
-// that holds a connection per file should) and returns the soft limit in
-// force afterwards.
+// Raises this process's soft RLIMIT_NOFILE to its hard limit, at most
+// kMaxRaisedFileLimit (as a server that holds a connection per file should;
+// some containers' hard limit is about 10^9, which would make the default
+// connection limit none), and returns the soft limit in force afterwards.
+inline constexpr int64_t kMaxRaisedFileLimit = int64_t{1} << 20;
 int64_t RaiseFileLimit();
 
 // Security headers on every plain HTTP response (a handler's own headers of
