@@ -155,6 +155,11 @@ int TcpConnect(uint16_t port) {
   return fd;
 }
 
+bool ReadableNow(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0;
+}
+
 std::string ReadUntilClosed(int fd, int timeout_ms) {
   std::string got;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);

@@ -132,6 +132,10 @@ std::vector<std::string> PrometheusFormatProblems(const std::string& metrics_tex
 
 // A plain TCP connection to 127.0.0.1:port; -1 with errno set when refused.
 int TcpConnect(uint16_t port);
+// Whether `fd` has something to read now (data, or the peer's close): a
+// connection the server answered and closed at once, as past its
+// --max-connections.
+bool ReadableNow(int fd);
 // Everything `fd` reads until the peer closes or `timeout_ms` passes.
 std::string ReadUntilClosed(int fd, int timeout_ms);
 

@@ -4,7 +4,6 @@
 // fd_limit_e2e_test.cc).
 #include <gtest/gtest.h>
 
-#include <poll.h>
 #include <unistd.h>
 
 #include "e2e/helpers.h"
@@ -116,15 +115,11 @@ TEST(ConnectionLimitE2E, ConnectionsPastTheLimitAreRefusedWith503UntilOneCloses)
   // came while another still counted (Register's, closing; a probe that got
   // in): then it is opened again.
   int third = -1;
-  const auto refused = [](int fd) {
-    pollfd p{fd, POLLIN, 0};
-    return ::poll(&p, 1, 0) > 0;
-  };
   // The three are counted once the server has accepted them: a fourth is refused.
   std::string refusal;
   ASSERT_TRUE(Eventually(
       [&] {
-        if (third < 0 || refused(third)) {
+        if (third < 0 || ReadableNow(third)) {
           if (third >= 0) ::close(third);
           third = TcpConnect(server.port());
           return false;

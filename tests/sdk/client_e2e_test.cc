@@ -3,7 +3,6 @@
 // without a server.
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -219,17 +218,13 @@ TEST(ClientE2E, AServerAtItsConnectionLimitIsTriedAgainAfterItsRetryAfter) {
   // came while another still counted (the login's, closing; a probe that got
   // in): then it is opened again.
   int held = -1;
-  const auto refused = [](int fd) {
-    pollfd p{fd, POLLIN, 0};
-    return ::poll(&p, 1, 0) > 0;
-  };
   ConnectOptions co;
   co.port = s.port();
   std::string error;
   int64_t retry_after_ms = -1;
   ASSERT_TRUE(Eventually(
       [&] {
-        if (held < 0 || refused(held)) {
+        if (held < 0 || ReadableNow(held)) {
           if (held >= 0) ::close(held);
           held = TcpConnect(s.port());
           return false;
