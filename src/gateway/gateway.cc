@@ -953,12 +953,11 @@ Result<std::shared_ptr<ssl::context>> LoadTlsContext(const std::string& cert_fil
     return Status(ErrorCode::kBadRequest, "tls key " + key_file + " does not match the certificate " + cert_file);
   return ctx;
 }
-// RLIMIT_NOFILE's soft limit (a large fallback when it cannot be read or
-// is unlimited).
+// RLIMIT_NOFILE's soft limit (kMaxRaisedFileLimit when it cannot be read
+// or is unlimited).
 int64_t CurrentFileLimit() {
-  constexpr int64_t kUnknown = int64_t{1} << 20;
   rlimit lim{};
-  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return kUnknown;
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return kMaxRaisedFileLimit;
   return static_cast<int64_t>(lim.rlim_cur);
 }
 }  // namespace
@@ -973,13 +972,15 @@ int64_t DefaultMaxConnections(int64_t file_limit) {
 
 int64_t RaiseFileLimit() {
   rlimit lim{};
-  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < std::min<rlim_t>(lim.rlim_max, kMaxRaisedFileLimit)) {
-    lim.rlim_cur = std::min<rlim_t>(lim.rlim_max, kMaxRaisedFileLimit);
-    setrlimit(RLIMIT_NOFILE, &lim);  // on failure the old limit stays, and is what CurrentFileLimit reads
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0) {
+    const rlim_t target = std::min<rlim_t>(lim.rlim_max, kMaxRaisedFileLimit);
+    if (lim.rlim_cur < target) {
+      lim.rlim_cur = target;
+      setrlimit(RLIMIT_NOFILE, &lim);  // on failure the old limit stays, and is what CurrentFileLimit reads
+    }
   }
   return CurrentFileLimit();
 }
-
 
 struct Gateway::Impl {
   explicit Impl(GatewayConfig c)
@@ -1037,10 +1038,7 @@ struct Gateway::Impl {
     });
   }
 
-  // Out of descriptors or kernel memory (EMFILE, ENFILE, ENOBUFS, ENOMEM):
-  // the connection waits in the backlog and the next accept is tried after
-  // kAcceptRetryDelay; retrying at once would fail again in a loop that
-  // takes the core. Any other error is waited out the same way (Asio
+  // Every failed accept waits kAcceptRetryDelay before the next (Asio
   // already retries a peer that left before its accept).
   void AcceptFailed(const beast::error_code& ec) {
     M().accept_errors.Inc();
@@ -1078,7 +1076,9 @@ struct Gateway::Impl {
       // the close is a FIN after the answer rather than a reset that can
       // overtake it (a close with unread bytes resets the connection).
       std::array<char, 4096> sink;
-      for (int i = 0; i < 4 && socket.read_some(net::buffer(sink), ignored) > 0;) ++i;
+      for (int i = 0; i < 4; ++i) {
+        if (socket.read_some(net::buffer(sink), ignored) == 0) break;
+      }
     }
     socket.close(ignored);
   }
