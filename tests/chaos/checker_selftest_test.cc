@@ -119,10 +119,25 @@ class CheckerSelfTest : public ::testing::Test {
       ASSERT_TRUE(p.ok) << p.code << " " << p.message;
       c->WaitApplied(p.result.value("head", int64_t{0}), 5000);  // a hole keeps a device below its head
     }
-    // Receipts for what was just delivered, and the cursor acks, settle;
-    // then a clean Stop ends each history with a last sync (caught_up).
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    // A clean Stop reports what is still unreported (receipts, the cursor)
+    // and ends each history with a last sync (caught_up). A receipt that
+    // lands after another device stopped leaves that device short of the
+    // server's head: its receipt view is then not judged, which no count
+    // here depends on; a test that needs a receipt seen waits for it
+    // (WaitDelivered).
     for (auto& c : clients_) c->Stop();
+  }
+  // Waits until `c`'s newest message to `peer` shows delivered (or read).
+  static bool WaitDelivered(Client& c, const std::string& peer, int timeout_ms) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    do {
+      std::vector<CachedMessage> last = c.Messages(peer, 0, 1);
+      if (!last.empty() && last.back().outgoing && last.back().status >= MessageStatus::kDelivered &&
+          last.back().status != MessageStatus::kFailed)
+        return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    } while (std::chrono::steady_clock::now() < deadline);
+    return false;
   }
 
   // Runs parley-check --json; returns its report (and exit code in *rc).
@@ -182,6 +197,8 @@ class CheckerSelfTest : public ::testing::Test {
     ASSERT_TRUE(unblocked.ok) << unblocked.code;
     ASSERT_TRUE(b.Compose("alice", "after the block").ok);
     ASSERT_TRUE(b.WaitOutboxDrained(10000));
+    // alice's device reports it delivered: the receipt that crosses 2 and 3.
+    ASSERT_TRUE(WaitDelivered(b, "alice", 10000));
     Settle();
   }
 
