@@ -147,8 +147,10 @@ int64_t ProcessCpuMs(pid_t pid) {
 }
 
 // Time every thread of a process spent runnable but waiting for a CPU
-// (/proc/PID/task/*/schedstat, second field), ms: on a shared machine, how
-// much other processes delayed parleyd.
+// (/proc/PID/task/*/schedstat, second field), ms: how much other processes
+// delayed parleyd on a shared machine, and its threads one another on the
+// one core they share (a reader under SCHED_BATCH waits for the I/O thread
+// by design).
 int64_t RunQueueWaitMs(pid_t pid) {
   int64_t ns = 0;
   std::error_code ec;
@@ -1095,7 +1097,7 @@ void PrintPhase(const json& ph, const std::string& label) {
                 g["receipt_rtt"]["p50_ms"].get<double>(), g["receipt_rtt"]["p99_ms"].get<double>(),
                 g["kept_up"].get<bool>() ? "kept up" : "NOT kept up");
   }
-  std::printf("  %-14s %s %.0f %% of a core (and %.0f %% waiting for it: other processes), %.1f us CPU per message; load generator %.0f %%\n", "",
+  std::printf("  %-14s %s %.0f %% of a core (and %.0f %% waiting for it: other processes or its own threads), %.1f us CPU per message; load generator %.0f %%\n", "",
               ph["nodes"].size() > 1 ? "parleyd (all nodes)" : "parleyd",
               100 * ph["parleyd_core_busy"].get<double>(), 100 * ph["parleyd_runqueue_wait"].get<double>(),
               ph["parleyd_cpu_us_per_msg"].get<double>(), 100 * ph["bench_core_busy"].get<double>());
@@ -1266,7 +1268,8 @@ json ScenarioReconnects(const Common&, Server& s, const Opts& o, std::vector<std
   std::printf("parley-bench reconnects: %zu connections in flight over %zu tokens\n", slots, users.size());
   std::printf("  %zu token reconnects (TCP connect, WebSocket upgrade, auth, drop) in %.1f s: %.0f /s; parleyd %.0f us CPU each\n",
               n, static_cast<double>(t1 - t0) / 1e9, per_s, n ? 1000.0 * static_cast<double>(cpu1 - cpu0) / static_cast<double>(n) : 0.0);
-  std::printf("  parleyd %.0f %% of its core (and %.0f %% waiting for it: other processes)\n", 100 * busy, 100 * wait_share);
+  std::printf("  parleyd %.0f %% of its core (and %.0f %% waiting for it: other processes or its own threads)\n", 100 * busy,
+              100 * wait_share);
   return {{"concurrency", slots}, {"users", users.size()}, {"reconnects", n}, {"duration_s", static_cast<double>(t1 - t0) / 1e9},
           {"reconnects_per_s", per_s}, {"parleyd_cpu_us_per_reconnect", n ? 1000.0 * static_cast<double>(cpu1 - cpu0) / static_cast<double>(n) : 0.0},
           {"parleyd_core_busy", busy}, {"parleyd_runqueue_wait", wait_share},

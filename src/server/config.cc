@@ -65,8 +65,9 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   app.add_option("--io-sched-batch", c.gateway.io_sched_batch,
-                 "Run the I/O threads under SCHED_BATCH, so that an arriving frame does not preempt the store's "
-                 "writer on a shared core (true/false)")
+                 "Run the I/O threads and the store's reader threads under SCHED_BATCH, so that an arriving "
+                 "frame does not preempt the store's writer, nor a queued read the I/O thread, on a shared core "
+                 "(true/false)")
       ->envname("PARLEY_IO_SCHED_BATCH")
       ->capture_default_str();
   app.add_option("--hash-threads", c.hash_threads, "Threads for password hashing (Argon2id)")
@@ -565,6 +566,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
   c.core.password_cost = fast_hashing ? core::PasswordCost::kInsecureFast : core::PasswordCost::kInteractive;
   c.admin.password_cost = c.core.password_cost;
   c.store.sqlite_path = c.data_dir + "/parley.db";
+  c.store.reader_sched_batch = c.gateway.io_sched_batch;
   if (c.admin.backup_dir.empty()) c.admin.backup_dir = c.data_dir + "/backups";
   if (store::IsPostgresUrl(store_spec)) {
     c.store.backend = "postgres";

@@ -71,6 +71,12 @@ struct StoreConfig {
   // (a large snapshot, a broad search) holds up only its own connection:
   // with one, every login and sync queued behind it.
   int sqlite_read_connections = DefaultSqliteReadConnections();
+  // Both backends: the reader threads run under SCHED_BATCH
+  // (common/this_thread.h), so that a read queued by an I/O thread does not
+  // preempt it on a core they share: the reader runs when the I/O thread
+  // blocks or its slice ends, and takes every read queued meanwhile. parleyd
+  // sets it with the I/O threads' policy (--io-sched-batch).
+  bool reader_sched_batch = false;
   // Test-only: runs on the reader's thread before each read's transaction
   // (tests hold a reader busy with it), and after it, before its answer is
   // delivered (tests hold an answer read from an older snapshot while later

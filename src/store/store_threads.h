@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "common/metrics.h"
 #include "common/status.h"
 #include "common/this_thread.h"
@@ -145,11 +147,18 @@ class ReadPool {
   ReadPool(const ReadPool&) = delete;
   ReadPool& operator=(const ReadPool&) = delete;
 
-  void Start(std::string_view name) {
+  // Starts the readers, under SCHED_BATCH if `sched_batch` (StoreConfig::
+  // reader_sched_batch; if the call fails they keep the normal policy).
+  void Start(std::string_view name, bool sched_batch) {
     running_ = static_cast<int>(conns_.size());
     for (auto& conn : conns_) {
       Conn* c = conn.get();
-      threads_.emplace_back([this, c, thread_name = std::string(name) + "/" + std::to_string(threads_.size())] {
+      threads_.emplace_back([this, c, sched_batch,
+                             thread_name = std::string(name) + "/" + std::to_string(threads_.size())] {
+        if (sched_batch) {  // before the name, so that a named reader has its policy
+          if (Status s = UseBatchScheduling(); !s.ok())
+            spdlog::warn("event=reader_sched_batch_failed error=\"{}\"", s.message());
+        }
         SetCurrentThreadName(thread_name);
         Run(*c);
       });

@@ -373,22 +373,24 @@ std::map<std::string, int> ThreadPolicies(pid_t pid) {
 
 // ThreadPolicies once parleyd's event loops run (the port file is written
 // before they start; the gateway sets a thread's policy before its name)
-// and the store's writer has named itself.
+// and the store's writer and first reader have named themselves.
 std::map<std::string, int> RunningThreadPolicies(pid_t pid) {
   std::map<std::string, int> policies;
   for (int i = 0; i < 500; ++i) {
     policies = ThreadPolicies(pid);
-    if (policies.count("io/1") != 0 && policies.count("store-writer") != 0) break;
+    if (policies.count("io/1") != 0 && policies.count("store-writer") != 0 && policies.count("store-reader/0") != 0)
+      break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return policies;
 }
 
 // A frame arriving must not preempt the store's writer mid-commit on a
-// shared core: the I/O threads run under SCHED_BATCH, the store's threads
-// under the normal policy (docs/benchmarks.md, "I/O threads that do not
-// preempt the writer"). The option turns it off.
-TEST(SchedulingE2E, TheIoThreadsRunUnderSchedBatchAndTheStoresDoNot) {
+// shared core, nor a queued read the I/O thread: the I/O threads and the
+// store's readers run under SCHED_BATCH, the writer under the normal policy
+// (docs/benchmarks.md, "I/O threads that do not preempt the writer",
+// "Readers that do not preempt the I/O thread"). The option turns it off.
+TEST(SchedulingE2E, TheIoAndReaderThreadsRunUnderSchedBatchAndTheWriterDoesNot) {
   ServerProcess server;  // with --io-threads 2
   std::map<std::string, int> policies = RunningThreadPolicies(server.pid());
   ASSERT_TRUE(policies.count("main")) << "the main thread runs the first event loop";
@@ -396,12 +398,14 @@ TEST(SchedulingE2E, TheIoThreadsRunUnderSchedBatchAndTheStoresDoNot) {
   ASSERT_TRUE(policies.count("store-writer"));
   EXPECT_EQ(policies["main"], SCHED_BATCH);
   EXPECT_EQ(policies["io/1"], SCHED_BATCH);
+  EXPECT_EQ(policies["store-reader/0"], SCHED_BATCH);
   EXPECT_EQ(policies["store-writer"], SCHED_OTHER);
 
   ServerProcess normal({"--io-sched-batch", "false"});
   policies = RunningThreadPolicies(normal.pid());
   EXPECT_EQ(policies["main"], SCHED_OTHER);
   EXPECT_EQ(policies["io/1"], SCHED_OTHER);
+  EXPECT_EQ(policies["store-reader/0"], SCHED_OTHER);
 }
 
 // A client pipelining reads at wire speed: past protocol::kMaxReadsInFlight

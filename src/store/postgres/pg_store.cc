@@ -3072,7 +3072,7 @@ PostgresStore::PostgresStore(const StoreConfig& config, std::unique_ptr<Writer> 
     SetCurrentThreadName("store-writer");
     RunWriter();
   });
-  read_pool_.Start("store-reader");
+  read_pool_.Start("store-reader", config.reader_sched_batch);
 }
 
 PostgresStore::~PostgresStore() {

@@ -3463,7 +3463,7 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
     SetCurrentThreadName("store-writer");
     RunWriter();
   });
-  read_pool_.Start("store-reader");
+  read_pool_.Start("store-reader", config.reader_sched_batch);
 }
 
 SqliteStore::~SqliteStore() {
