@@ -140,8 +140,17 @@ TEST(ConnectionLimitE2E, ConnectionsPastTheLimitAreRefusedWith503UntilOneCloses)
   EXPECT_TRUE(a.conn->Call("ping", json::object()).ok);
   EXPECT_TRUE(b.conn->Call("ping", json::object()).ok);
   ::close(third);
+  // Until the server has counted the third out, /metrics is refused too
+  // (a 503 with a body): wait for a 200.
   std::string metrics;
-  ASSERT_TRUE(Eventually([&] { return !(metrics = HttpGet(server.port(), "/metrics")).empty(); }, 10000));
+  ASSERT_TRUE(Eventually(
+      [&] {
+        int status = 0;
+        metrics = HttpGet(server.port(), "/metrics", &status);
+        return status == 200;
+      },
+      10000))
+      << metrics;
   EXPECT_GE(MetricValue(metrics, "parley_connections_refused_total"), 1);
   EXPECT_EQ(MetricValue(metrics, "parley_accept_errors_total"), 0);
 }
