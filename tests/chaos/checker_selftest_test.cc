@@ -132,8 +132,8 @@ class CheckerSelfTest : public ::testing::Test {
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     do {
       std::vector<CachedMessage> last = c.Messages(peer, 0, 1);
-      if (!last.empty() && last.back().outgoing && last.back().status >= MessageStatus::kDelivered &&
-          last.back().status != MessageStatus::kFailed)
+      if (!last.empty() && last.back().outgoing &&
+          (last.back().status == MessageStatus::kDelivered || last.back().status == MessageStatus::kRead))
         return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     } while (std::chrono::steady_clock::now() < deadline);

@@ -1173,9 +1173,8 @@ TEST(SqliteStoreTest, TheCheckpointerYieldsBetweenThePagesItCopies) {
       UserRecord bob = MakeUser(*store, "bob");
       DeviceRecord dev = MakeDevice(*store, alice.id, "ta");
       ConversationId c = Open(*store, alice.id, bob.id).conversation.id;
-      // Rounds until the checkpointer has run four times: a round adds
-      // about a third of the threshold, and on a loaded machine the
-      // checkpointer may run late and copy several rounds at once.
+      // Rounds until the checkpointer has run four times (on a loaded
+      // machine it may run late and copy several rounds at once).
       for (int round = 0; round < kMaxRounds && background.value() - background_before < 4; ++round) {
         SendMany(*store, c, alice.id, dev.id, 50, "r" + std::to_string(round) + "-", std::string(200, 'x'));
       }
