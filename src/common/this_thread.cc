@@ -2,6 +2,10 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
@@ -22,6 +26,13 @@ Status UseBatchScheduling() {
   param.sched_priority = 0;
   if (int rc = pthread_setschedparam(pthread_self(), SCHED_BATCH, &param); rc != 0) {
     return Status(ErrorCode::kInternal, fmt::format("cannot use SCHED_BATCH: {}", std::strerror(rc)));
+  }
+  return Status::Ok();
+}
+
+Status SetCurrentThreadNice(int nice) {
+  if (::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice) != 0) {
+    return Status(ErrorCode::kInternal, fmt::format("cannot set nice {}: {}", nice, std::strerror(errno)));
   }
   return Status::Ok();
 }

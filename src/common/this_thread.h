@@ -23,6 +23,12 @@ void SetCurrentThreadName(std::string_view name);
 // creates afterwards inherit the policy. Needs no privilege.
 Status UseBatchScheduling();
 
+// Sets the calling thread's nice value (setpriority(2) on its thread id;
+// 19 is the lowest priority): under load the scheduler gives it a share of
+// the core in proportion to its weight (1.5 % of a normal thread's at 19).
+// Raising the priority (a lower value) needs CAP_SYS_NICE; lowering does not.
+Status SetCurrentThreadNice(int nice);
+
 // The CPUs the calling thread may run on: its affinity mask (what taskset or
 // a container's cpuset allows), not the machine's count; at least 1.
 int CpusAvailable();

@@ -148,16 +148,22 @@ class ReadPool {
   ReadPool& operator=(const ReadPool&) = delete;
 
   // Starts the readers, under SCHED_BATCH if `sched_batch` (StoreConfig::
-  // reader_sched_batch; if the call fails they keep the normal policy).
-  void Start(std::string_view name, bool sched_batch) {
+  // reader_sched_batch; if the call fails they keep the normal policy), at
+  // nice value `nice` if not 0 (the search writer's pool).
+  void Start(std::string_view name, bool sched_batch, int nice = 0) {
     running_ = static_cast<int>(conns_.size());
     for (auto& conn : conns_) {
       Conn* c = conn.get();
-      threads_.emplace_back([this, c, sched_batch,
+      threads_.emplace_back([this, c, sched_batch, nice,
                              thread_name = std::string(name) + "/" + std::to_string(threads_.size())] {
-        if (sched_batch) {  // before the name, so that a named reader has its policy
+        // Before the name, so that a named thread has its policy.
+        if (sched_batch) {
           if (Status s = UseBatchScheduling(); !s.ok())
             spdlog::warn("event=reader_sched_batch_failed error=\"{}\"", s.message());
+        }
+        if (nice != 0) {
+          if (Status s = SetCurrentThreadNice(nice); !s.ok())
+            spdlog::warn("event=thread_nice_failed thread={} error=\"{}\"", thread_name, s.message());
         }
         SetCurrentThreadName(thread_name);
         Run(*c);

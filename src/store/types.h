@@ -386,6 +386,7 @@ struct SearchIndexProgress {
   int indexed = 0;                // queue entries taken by this step
   int64_t backlog = 0;            // entries still queued after it
   int64_t oldest_queued_at = 0;   // when the oldest of them was queued (0: none)
+  int64_t done_id = 0;            // SQLite: the last queue id indexed (sqlite_search.h); 0 elsewhere
 };
 
 // ---- Retention (issue 12; docs/architecture.md "Retention") ----

@@ -126,6 +126,13 @@ int64_t StoreCount(const ServerProcess& s, const std::string& sql) {
              : PostgresNumber(s.postgres_url(), sql);
 }
 
+int64_t SearchIndexCount(const ServerProcess& s, const std::string& sql) {
+  // SQLite keeps the index in a file of its own (sqlite_search.h).
+  return s.postgres_url().empty()
+             ? NumberPrintedBy("sqlite3 -readonly '" + s.dir() + "/data/parley.db.search' \"" + sql + "\"")
+             : PostgresNumber(s.postgres_url(), sql);
+}
+
 int64_t PostgresNumber(const std::string& url, const std::string& sql) {
   return NumberPrintedBy("psql '" + url + "' -tAc \"" + sql + "\"");
 }

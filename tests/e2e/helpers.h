@@ -145,6 +145,9 @@ std::string Shell(const std::string& cmd, int* rc = nullptr);
 // with the command-line client, as an operator would check it; -1 (and a
 // test failure) if it prints something else.
 int64_t StoreCount(const ServerProcess& s, const std::string& sql);
+// Like StoreCount, over message search's index: with SQLite its own file
+// (parley.db.search), with PostgreSQL the store's database.
+int64_t SearchIndexCount(const ServerProcess& s, const std::string& sql);
 // The same from the PostgreSQL database at `url` (a cluster's, which no one
 // ServerProcess owns), read with psql.
 int64_t PostgresNumber(const std::string& url, const std::string& sql);

@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <sched.h>
+#include <sys/resource.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +21,7 @@
 
 #include "e2e/helpers.h"
 #include "protocol/limits.h"
+#include "store/sqlite/sqlite_store.h"
 
 namespace parley::testing {
 namespace {
@@ -378,7 +381,8 @@ std::map<std::string, int> RunningThreadPolicies(pid_t pid) {
   std::map<std::string, int> policies;
   for (int i = 0; i < 500; ++i) {
     policies = ThreadPolicies(pid);
-    if (policies.count("io/1") != 0 && policies.count("store-writer") != 0 && policies.count("store-reader/0") != 0)
+    if (policies.count("io/1") != 0 && policies.count("store-writer") != 0 && policies.count("store-reader/0") != 0 &&
+        policies.count("store-search/0") != 0)
       break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -406,6 +410,38 @@ TEST(SchedulingE2E, TheIoAndReaderThreadsRunUnderSchedBatchAndTheWriterDoesNot) 
   EXPECT_EQ(policies["main"], SCHED_OTHER);
   EXPECT_EQ(policies["io/1"], SCHED_OTHER);
   EXPECT_EQ(policies["store-reader/0"], SCHED_OTHER);
+}
+
+// The nice value of each of parleyd's threads, by name as ThreadPolicies.
+std::map<std::string, int> ThreadNiceValues(pid_t pid) {
+  std::map<std::string, int> nice;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
+    const pid_t tid = std::stoi(task.path().filename().string());
+    std::string name = "main";
+    if (tid != pid) {
+      std::ifstream in(task.path() / "comm");
+      std::getline(in, name);
+    }
+    errno = 0;
+    nice[name] = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
+  }
+  return nice;
+}
+
+// Message search's writer indexes in the time the core has to spare
+// (sqlite_search.h): SCHED_BATCH at nice 19, with or without
+// --io-sched-batch; the store's writer keeps the normal priority.
+TEST(SchedulingE2E, TheSearchWriterRunsAtTheLowestPriority) {
+  for (bool io_batch : {true, false}) {
+    ServerProcess server({"--io-sched-batch", io_batch ? "true" : "false"});
+    std::map<std::string, int> policies = RunningThreadPolicies(server.pid());
+    ASSERT_TRUE(policies.count("store-search/0")) << "io_batch " << io_batch;
+    EXPECT_EQ(policies["store-search/0"], SCHED_BATCH);
+    std::map<std::string, int> nice = ThreadNiceValues(server.pid());
+    EXPECT_EQ(nice["store-search/0"], store::SqliteStore::kSearchNice);
+    EXPECT_EQ(nice["store-writer"], 0);
+    EXPECT_EQ(nice["store-reader/0"], 0);
+  }
 }
 
 // A client pipelining reads at wire speed: past protocol::kMaxReadsInFlight

@@ -79,6 +79,15 @@ Result<BackupResult> BackupFile(const std::string& source, const std::string& de
     fs::remove(tmp, ec);
     return s;
   }
+  // The copy is not paired with any search file: a store restored from it
+  // builds its own (sqlite_search.h). The live one describes a later state.
+  if (sqlite3_exec(dst.db, "UPDATE search_file SET token = ''", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    Status s = Fail(dst.db, "cannot clear the copy's search file token");
+    sqlite3_close(dst.db);
+    dst.db = nullptr;
+    fs::remove(tmp, ec);
+    return s;
+  }
   sqlite3_close(dst.db);
   dst.db = nullptr;
   fs::remove(tmp + "-journal", ec);

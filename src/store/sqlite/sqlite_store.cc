@@ -148,6 +148,11 @@
 //           first queue id, written by its INSERT; 0 for rows stored before
 //           this step, whose doc id, if any, stays in message_search_docs,
 //           now only read).
+//   step 21 (issue 9): the index moves to a search file of its own
+//           (sqlite_search.h): message_search and message_search_docs
+//           dropped; search_file(token): the token of the search file that
+//           belongs to this store ('' here, so the server rebuilds it:
+//           every live message queued again, each with a doc id of its own).
 //
 // Stream heads. A user's head (the newest user seq) is the larger of
 // user_heads.head and the user_seq of their newest user_events entry
@@ -182,48 +187,40 @@
 // reach B (events, and summaries/history for a later device) only ever name
 // seqs that A's watermark passed after the unblock.
 //
-// Message search (store.h "Message search"). Sending pays one row: the
-// writer appends (conversation id, seq) to search_queue in the message's
-// transaction (an append at the end of a rowid B-tree) and nothing else; an
-// edit or a delete for everyone queues the key again. IndexSearch is a
-// write operation the writer always runs in a transaction of its own (a
-// "solo" op: never batched with sends, so no send waits for its fsync or
-// fails with it); it takes the oldest queued entries, reads each message's
-// current text, and replaces its FTS5 row: the words of MessageWords
-// (folded with ICU, split on ASCII punctuation; non-ASCII characters are
-// word characters, hence the FTS5 'ascii' tokenizer over the already
-// folded words), with the message's version. A message's doc id is the
-// queue id of the first entry that indexed it, so doc ids follow the order
-// messages were stored and a search pages newest first on the FTS5 rowid.
-// The send writes it in the message's own row (messages.search_doc, the id
-// of the entry it queues), so indexing needs no table of its own to find it:
-// until step 20 message_search_docs mapped each indexed message to its doc
-// id, a B-tree keyed by conversation that the indexer's commits wrote about
-// half a page of per message (4.7 % of the WAL frames per message). Rows
-// stored before step 20 have search_doc 0: their doc id, if they were
-// indexed, is still read from message_search_docs (LegacySearchDoc). A doc
-// id can be handed out again: the writer's first id after a start or a
-// rolled-back batch is one past the queue's and the index's highest, and
-// the message that held a higher one may have lost its row since (deleted,
-// or edited to no words). So a message's row is only ever removed with its
-// (conversation, seq) checked (DeleteSearchRow), and indexing a message
-// whose doc id another message's row holds gives it a new one.
-// The writer numbers queue entries itself, from one past the larger of the
-// queue's and the index's highest id (read at its first QueueSearch and again
-// after DropCaches, so a rolled-back batch's numbers are used again): ids
-// never go back below a doc id, even when the queue has drained. Until step
-// 19 the table was AUTOINCREMENT, which rewrote sqlite_sequence's page at
-// every commit that sent a message (2.8 % of the WAL frames written per
-// message; docs/benchmarks.md). A search steps the FTS5 matches
-// backwards from the cursor and checks each candidate against the store as
-// it is (membership, withheld, deleted_at = 0, version = the indexed one);
-// it visits at most kMaxSearchCandidates candidates per page.
+// Message search (store.h "Message search"; sqlite_search.h). Sending pays
+// one row: the writer appends (conversation id, seq) to search_queue in the
+// message's transaction (an append at the end of a rowid B-tree) and
+// nothing else; an edit or a delete for everyone queues the key again. The
+// index is in a file of its own with a writer of its own (SearchWriter, on
+// the `store-search` thread at the lowest priority: kSearchNice), which
+// takes the entries past its done_id, reads each message's current text
+// through the store file attached read-only, and replaces its FTS5 row:
+// the words of MessageWords (folded with ICU, split on ASCII punctuation;
+// non-ASCII characters are word characters, hence the FTS5 'ascii'
+// tokenizer over the already folded words), with the message's version. So
+// this writer never runs FTS5 work, and the index's pages never go through
+// this file's WAL and checkpoints (until step 21 the index was here, and its
+// steps held this writer while sends waited: a quarter of p99 at 5,000
+// msgs/s; docs/benchmarks.md). This writer trims the queue up to the
+// search file's committed done_id (TrimSearchQueue, a solo write at most
+// every kSearchTrimInterval or kSearchTrimEntries entries). A message's doc
+// id is its send's queue id, written in its own row (messages.search_doc),
+// so doc ids follow the order messages were stored and a search pages
+// newest first on the FTS5 rowid. Queue ids (and so doc ids) are never
+// handed out twice: the counter starts above the queue's highest id and the
+// search file's done_id, and only grows (NextSearchId). A search steps the
+// FTS5 matches (reading the search file, attached to every reader as
+// `search`) backwards from the cursor and checks each candidate against the
+// store as it is (membership, withheld, deleted_at = 0, version = the
+// indexed one); it visits at most kMaxSearchCandidates candidates per page.
+// The two files are read in two snapshots, which the check makes harmless: a
+// row the store does not confirm is skipped.
 //
 // Retention (store.h "Retention"). A send reads the conversation's timer
 // from the writer's cached conversation (no extra statement) and writes
 // expires_at in the message's own INSERT; a message that never expires
 // (timer off, no server-wide maximum) is not in messages_expiring at all.
-// ExpireMessages and PurgeDeleted are solo writes like IndexSearch, each a
+// ExpireMessages and PurgeDeleted are solo writes like TrimSearchQueue, each a
 // range scan of its partial index: an expiry is ChangeMessage's delete for
 // everyone (MessageChange::expiry), so the tombstone, the search re-queue
 // and the members' kDelete events are exactly a sender's delete's.
@@ -304,6 +301,7 @@
 #include "store/sqlite/sqlite_backup.h"
 #include "store/sqlite/sqlite_cold.h"
 #include "store/sqlite/sqlite_db.h"
+#include "store/sqlite/sqlite_search.h"
 #include "store/sqlite/wal_buffer_vfs.h"
 #include "store/store_threads.h"
 
@@ -337,15 +335,6 @@ std::string FtsQuery(const std::vector<std::string>& words) {
     q += "\"*";
   }
   return q;
-}
-
-std::string JoinWords(const std::vector<std::string>& words) {
-  std::string out;
-  for (const std::string& w : words) {
-    if (!out.empty()) out += ' ';
-    out += w;
-  }
-  return out;
 }
 
 // Re-indexes the display-name words of every user whose name is not pure
@@ -697,6 +686,15 @@ ALTER TABLE search_queue_v19 RENAME TO search_queue;
     {20, R"sql(
 ALTER TABLE messages ADD COLUMN search_doc INTEGER NOT NULL DEFAULT 0;
 )sql"},
+    // Issue 9: the index moves to a search file of its own (sqlite_search.h,
+    // "Message search"). The empty token makes the server build that file
+    // from the whole history when it opens the store.
+    {21, R"sql(
+DROP TABLE message_search;
+DROP TABLE message_search_docs;
+CREATE TABLE search_file(token TEXT NOT NULL);
+INSERT INTO search_file(token) VALUES('');
+)sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
                   kMigrations[std::size(kMigrations) - 1].version == SqliteStore::kSchemaVersion,
@@ -971,7 +969,9 @@ class SqliteStore::ReceiptWriteOp final : public TypedWriteOp<ReceiptResult> {
 
 class SqliteStore::Writer {
  public:
-  Writer(std::unique_ptr<Db> db, const Clock& clock) : db_(std::move(db)), clock_(clock) {}
+  // `first_search_id`: the first search_queue id to hand out (FirstSearchId).
+  Writer(std::unique_ptr<Db> db, const Clock& clock, int64_t first_search_id)
+      : db_(std::move(db)), clock_(clock), next_search_id_(first_search_id) {}
   sqlite3* handle() { return db_->handle(); }
 
   // Applies `ops` in one transaction; returns its outcome.
@@ -1010,26 +1010,20 @@ class SqliteStore::Writer {
   Result<int> EnqueuePush(const PushRequest& req);
   Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
   Result<Empty> CompletePush(const PushCompletion& c);
-  // Message search (see "Message search"): queues a message for indexing;
-  // indexes up to `max` queued entries.
+  // Message search (see "Message search"): queues a message for indexing.
   // Returns the entry's id (a new message's doc id).
   int64_t QueueSearch(ConversationId conversation, Seq seq, int64_t now);
-  Result<SearchIndexProgress> IndexSearch(int max);
-  // The doc id of a message stored before step 20 that was indexed then
-  // (message_search_docs), or 0.
-  int64_t LegacySearchDoc(ConversationId conversation, Seq seq);
   // The next search_queue id (also a new message's doc id).
   int64_t NextSearchId();
-  // Removes the index row `doc_id` if it is this message's (true if it was):
-  // a doc id whose row went may be another message's by now.
-  bool DeleteSearchRow(int64_t doc_id, ConversationId conversation, Seq seq);
-  bool SearchRowExists(int64_t doc_id);
-  // One past the highest search_queue id and FTS5 doc id in the file.
-  int64_t FirstFreeSearchId();
+  // Removes the queue's entries up to `done_id`, which the search file has
+  // committed as indexed (sqlite_search.h).
+  Result<Empty> TrimSearchQueue(int64_t done_id);
   // Retention (see "Retention").
   Result<SocialResult> SetDisappearing(UserId user_id, ConversationId conversation_id, int64_t seconds, int64_t now);
   Result<ExpireProgress> ExpireMessages(int64_t now, int max);
-  Result<PurgeProgress> PurgeDeleted(int64_t deleted_before, int max);
+  // `search_rows`: the purged messages' index rows, for the search writer
+  // to remove (SqliteStore::PurgeDeleted).
+  Result<PurgeProgress> PurgeDeleted(int64_t deleted_before, int max, std::vector<sqlite::SearchRow>* search_rows);
   Result<TrimProgress> TrimStreams(const TrimRequest& req);
   // The cold tier (see "Cold tier").
   Result<CompactProgress> CompactMessages(const CompactRequest& req);
@@ -1150,7 +1144,7 @@ class SqliteStore::Writer {
   size_t cached_device_receipts_ = 0;  // receipts in devices_, all devices together
   std::vector<ConversationId> dirty_conversations_;
   std::vector<UserId> dirty_heads_;
-  int64_t next_search_id_ = 0;  // the next search_queue id; 0: FirstFreeSearchId at the next QueueSearch
+  int64_t next_search_id_;  // the next search_queue id (NextSearchId)
   ColdCodec cold_codec_;  // compaction and the purge's block rewrites
   Counter& merged_receipts_ = Metrics::Default().GetCounter(
       "parley_store_merged_receipts_total",
@@ -1198,6 +1192,9 @@ Status SqliteStore::Writer::CommitBatch(const std::vector<std::unique_ptr<WriteO
       cached_device_receipts_ > kMaxCachedDeviceReceipts)
     DropCaches();
   MergeReceipts(ops);
+  // A batch that fails gives its search queue ids back (none was committed),
+  // so the queue stays one range of ids for the backlog's count.
+  const int64_t next_search_id = next_search_id_;
   Stmt(*db_, "BEGIN IMMEDIATE").Run();
   batch_now_ = clock_.NowMillis();
   for (const auto& op : ops) {
@@ -1211,6 +1208,7 @@ Status SqliteStore::Writer::CommitBatch(const std::vector<std::unique_ptr<WriteO
   // SQLite may already have rolled back (it does on some I/O and full errors).
   if (db_->in_transaction()) db_->ExecIgnoringErrors("ROLLBACK");
   DropCaches();
+  next_search_id_ = next_search_id;
   db_->ClearError();
   return error;
 }
@@ -1475,7 +1473,6 @@ void SqliteStore::Writer::DropCaches() {
   cached_device_receipts_ = 0;
   dirty_conversations_.clear();
   dirty_heads_.clear();
-  next_search_id_ = 0;
 }
 
 ConversationRecord SqliteStore::Writer::ToRecord(const Conversation& c) {
@@ -1942,7 +1939,8 @@ Result<ExpireProgress> SqliteStore::Writer::ExpireMessages(int64_t now, int max)
   return progress;
 }
 
-Result<PurgeProgress> SqliteStore::Writer::PurgeDeleted(int64_t deleted_before, int max) {
+Result<PurgeProgress> SqliteStore::Writer::PurgeDeleted(int64_t deleted_before, int max,
+                                                        std::vector<sqlite::SearchRow>* search_rows) {
   std::vector<std::pair<ConversationId, Seq>> keys;
   {
     Stmt s(*db_,
@@ -1961,17 +1959,15 @@ Result<PurgeProgress> SqliteStore::Writer::PurgeDeleted(int64_t deleted_before, 
       s.Run();
       progress.edits_removed += db_->Changes();
     }
-    int64_t doc_id = 0;
     {
+      // Normally gone already (the delete queued the message and the search
+      // writer dropped it); if the purge runs first, the search writer
+      // removes it right after this commit (SqliteStore::PurgeDeleted). A
+      // queued entry left behind finds the tombstone and indexes nothing.
       Stmt s(*db_, "SELECT search_doc FROM messages WHERE conversation_id = ?1 AND seq = ?2");
       s.BindInt(1, conversation).BindInt(2, seq);
-      if (s.Step()) doc_id = s.Int(0);
+      if (s.Step() && s.Int(0) != 0) search_rows->push_back(sqlite::SearchRow{s.Int(0), conversation, seq});
     }
-    if (doc_id == 0) doc_id = LegacySearchDoc(conversation, seq);
-    // Normally gone already (the delete queued the message and the indexer
-    // dropped it); a purge that runs first removes it here. A queued entry
-    // left behind finds the tombstone and indexes nothing.
-    if (doc_id != 0 && DeleteSearchRow(doc_id, conversation, seq)) ++progress.search_removed;
     // The body is already empty (the delete emptied it); the row stays as
     // the tombstone that keeps the seq and the deduplication key.
     Stmt u(*db_, "UPDATE messages SET body = '', purged_at = ?3 WHERE conversation_id = ?1 AND seq = ?2");
@@ -2220,10 +2216,25 @@ void SqliteStore::Writer::InsertBlock(BlockKind kind, ConversationId conversatio
   s.Run();
 }
 
-int64_t SqliteStore::Writer::NextSearchId() {
-  if (next_search_id_ == 0) next_search_id_ = FirstFreeSearchId();
-  return next_search_id_++;
+int64_t SqliteStore::Writer::NextSearchId() { return next_search_id_++; }
+
+namespace {
+
+// The first search_queue id a writer may hand out: above every id handed out
+// before, since the queue keeps the entries past the search file's done_id
+// and is trimmed only up to it (sqlite_search.h). Read once at open, before
+// the search writer can advance done_id and a trim empty the queue; the
+// counter then only grows (a failed batch gives back only ids that no
+// commit holds: CommitBatch), so a committed id is never handed out twice,
+// which the search writer relies on.
+Result<int64_t> FirstSearchId(Db& db, int64_t search_done_id) {
+  Stmt s(db, "SELECT COALESCE(max(id), 0) FROM search_queue");
+  const int64_t queued = s.Step() ? s.Int(0) : 0;
+  if (db.failed()) return db.error();
+  return std::max(queued, search_done_id) + 1;
 }
+
+}  // namespace
 
 int64_t SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
   const int64_t id = NextSearchId();
@@ -2233,107 +2244,11 @@ int64_t SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, i
   return id;
 }
 
-bool SqliteStore::Writer::DeleteSearchRow(int64_t doc_id, ConversationId conversation, Seq seq) {
-  Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1 AND conversation_id = ?2 AND seq = ?3");
-  s.BindInt(1, doc_id).BindInt(2, conversation).BindInt(3, seq);
+Result<Empty> SqliteStore::Writer::TrimSearchQueue(int64_t done_id) {
+  Stmt s(*db_, "DELETE FROM search_queue WHERE id <= ?1");
+  s.BindInt(1, done_id);
   s.Run();
-  return db_->Changes() > 0;
-}
-
-bool SqliteStore::Writer::SearchRowExists(int64_t doc_id) {
-  Stmt s(*db_, "SELECT 1 FROM message_search WHERE rowid = ?1");
-  s.BindInt(1, doc_id);
-  return s.Step();
-}
-
-int64_t SqliteStore::Writer::LegacySearchDoc(ConversationId conversation, Seq seq) {
-  Stmt s(*db_, "SELECT doc_id FROM message_search_docs WHERE conversation_id = ?1 AND seq = ?2");
-  s.BindInt(1, conversation).BindInt(2, seq);
-  return s.Step() ? s.Int(0) : 0;
-}
-
-int64_t SqliteStore::Writer::FirstFreeSearchId() {
-  // FTS5 steps its rowids backwards without a sort: one seek, like max(id).
-  Stmt s(*db_,
-         "SELECT max(COALESCE((SELECT max(id) FROM search_queue), 0), "
-         "COALESCE((SELECT rowid FROM message_search ORDER BY rowid DESC LIMIT 1), 0)) + 1");
-  return s.Step() ? s.Int(0) : 1;
-}
-
-Result<SearchIndexProgress> SqliteStore::Writer::IndexSearch(int max) {
-  struct Entry {
-    int64_t id;
-    ConversationId conversation;
-    Seq seq;
-  };
-  std::vector<Entry> entries;
-  {
-    Stmt s(*db_, "SELECT id, conversation_id, seq FROM search_queue ORDER BY id LIMIT ?1");
-    s.BindInt(1, std::max(1, max));
-    while (s.Step()) entries.push_back(Entry{s.Int(0), s.Int(1), s.Int(2)});
-  }
-  std::unordered_set<std::string> done;  // "conversation:seq" indexed by this step
-  for (const Entry& e : entries) {
-    // A message queued twice in one step is indexed once, as it is now.
-    if (!done.insert(fmt::format("{}:{}", e.conversation, e.seq)).second) continue;
-    int64_t doc_id = 0;
-    int64_t stored_doc = 0;  // messages.search_doc as it is
-    std::vector<std::string> words;
-    int64_t version = 0;
-    {
-      Stmt s(*db_, "SELECT " PARLEY_MESSAGE_BODY("m") ", m.version, m.search_doc, m.deleted_at FROM messages m "
-                   "WHERE m.conversation_id = ?1 AND m.seq = ?2");
-      s.BindInt(1, e.conversation).BindInt(2, e.seq);
-      if (s.Step()) {
-        if (s.Int(3) == 0) {
-          words = MessageWords(s.Text(0));
-          version = s.Int(1);
-        }
-        doc_id = stored_doc = s.Int(2);
-      }
-    }
-    if (doc_id == 0) doc_id = LegacySearchDoc(e.conversation, e.seq);
-    if (doc_id != 0) DeleteSearchRow(doc_id, e.conversation, e.seq);  // its earlier text, if it was indexed
-    if (words.empty()) continue;  // deleted, or no words: not in the index
-    // Stored before step 20 and never indexed: its first entry's id. A doc
-    // id another message's row holds (handed out again, see "Message
-    // search"): a new one.
-    if (doc_id == 0) doc_id = e.id;
-    if (SearchRowExists(doc_id)) doc_id = NextSearchId();
-    if (doc_id != stored_doc) {
-      Stmt s(*db_, "UPDATE messages SET search_doc = ?3 WHERE conversation_id = ?1 AND seq = ?2");
-      s.BindInt(1, e.conversation).BindInt(2, e.seq).BindInt(3, doc_id);
-      s.Run();
-    }
-    Stmt s(*db_, "INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(?1, ?2, ?3, ?4, ?5)");
-    s.BindInt(1, doc_id).BindText(2, JoinWords(words)).BindInt(3, e.conversation).BindInt(4, e.seq).BindInt(5, version);
-    s.Run();
-  }
-  SearchIndexProgress progress;
-  progress.indexed = static_cast<int>(entries.size());
-  if (!entries.empty()) {
-    Stmt s(*db_, "DELETE FROM search_queue WHERE id <= ?1");
-    s.BindInt(1, entries.back().id);
-    s.Run();
-  }
-  {
-    // Entries leave the queue only as a prefix of its ids (the DELETE above),
-    // and the writer's ids never repeat and skip only where a step above
-    // gave a message a fresh doc id (NextSearchId: rare, after a restart
-    // handed a doc id out again), so the queue is the range [min, max] less
-    // those few ids: two B-tree seeks (each min/max alone in its subquery),
-    // over-counting by them until the queue's head passes them. count(*) scanned
-    // the whole queue on every step: at a backlog of millions, tens of
-    // milliseconds of the writer's time per step, which sends waited behind.
-    Stmt s(*db_,
-           "SELECT COALESCE((SELECT max(id) FROM search_queue) - (SELECT min(id) FROM search_queue) + 1, 0), "
-           "COALESCE((SELECT queued_at FROM search_queue ORDER BY id LIMIT 1), 0)");
-    if (s.Step()) {
-      progress.backlog = s.Int(0);
-      progress.oldest_queued_at = s.Int(1);
-    }
-  }
-  return progress;
+  return Empty{};
 }
 
 Result<SocialResult> SqliteStore::Writer::SetProfile(UserId user_id, const std::optional<std::string>& display_name,
@@ -3387,14 +3302,18 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const StoreConfig& config
   if (!write_db.has_value()) return write_db.error();
   if (Status s = Migrate(**write_db); !s.ok()) return s;
   if (Status s = sqlite::InstallColdBody(**write_db); !s.ok()) return s;
-  // Opened after migration: a read-only connection cannot create the file or
-  // switch it to WAL.
+  const Clock& clock = config.clock != nullptr ? *config.clock : SystemClock::Instance();
+  Result<sqlite::OpenedSearchFile> search = sqlite::OpenSearchFile(**write_db, config.sqlite_path, clock.NowMillis());
+  if (!search.has_value()) return search.error();
+  // Opened after migration (and the search file): a read-only connection
+  // cannot create a file or switch it to WAL.
   std::vector<std::unique_ptr<Reader>> readers;
   const int n = std::clamp(config.sqlite_read_connections, 1, kMaxSqliteReadConnections);
   for (int i = 0; i < n; ++i) {
     Result<std::unique_ptr<Db>> read_db = Db::Open(config.sqlite_path, /*read_only=*/true, config.sqlite_cache_kib);
     if (!read_db.has_value()) return read_db.error();
     if (Status s = sqlite::InstallColdBody(**read_db); !s.ok()) return s;
+    if (Status s = sqlite::AttachSearchFile(**read_db, config.sqlite_path); !s.ok()) return s;
     readers.push_back(std::make_unique<Reader>(std::move(read_db).value()));
   }
   std::unique_ptr<Db> checkpoint_db;
@@ -3403,13 +3322,17 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const StoreConfig& config
     if (!db.has_value()) return db.error();
     checkpoint_db = std::move(db).value();
   }
-  return std::unique_ptr<SqliteStore>(new SqliteStore(config, std::make_unique<Writer>(std::move(write_db).value(),
-                                                                               config.clock != nullptr ? *config.clock : SystemClock::Instance()),
-                                                      std::move(readers), std::move(checkpoint_db)));
+  Result<int64_t> first_search_id = FirstSearchId(**write_db, search->done_id);
+  if (!first_search_id.has_value()) return first_search_id.error();
+  auto writer = std::make_unique<Writer>(std::move(write_db).value(), clock, *first_search_id);
+  return std::unique_ptr<SqliteStore>(
+      new SqliteStore(config, std::move(writer), std::move(readers), std::move(checkpoint_db),
+                      std::make_unique<sqlite::SearchWriter>(std::move(search->db))));
 }
 
 SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
-                         std::vector<std::unique_ptr<Reader>> readers, std::unique_ptr<Db> checkpoint_db)
+                         std::vector<std::unique_ptr<Reader>> readers, std::unique_ptr<Db> checkpoint_db,
+                         std::unique_ptr<sqlite::SearchWriter> search_writer)
     : source_path_(config.sqlite_path),
       max_batch_(std::max(1, config.commit_max_batch)),
       deadline_us_(std::max(0, config.commit_deadline_us)),
@@ -3450,7 +3373,12 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
           "Pages the SQLite writer's commits wrote to the WAL (with the checkpointer on; per message stored: the "
           "store's write amplification).")),
       write_queue_(queue_depth_),
-      read_pool_(std::move(readers), config.sqlite_before_read_for_test) {
+      read_pool_(std::move(readers), config.sqlite_before_read_for_test),
+      search_pool_([&] {
+        std::vector<std::unique_ptr<sqlite::SearchWriter>> one;
+        one.push_back(std::move(search_writer));
+        return one;
+      }()) {
   if (checkpoint_pages_ > 0) {
     // Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
     sqlite3_wal_hook(writer_->handle(), &SqliteStore::OnWalCommit, this);
@@ -3464,6 +3392,7 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
     RunWriter();
   });
   read_pool_.Start("store-reader", config.reader_sched_batch);
+  search_pool_.Start("store-search", /*sched_batch=*/true, kSearchNice);
 }
 
 SqliteStore::~SqliteStore() {
@@ -3475,7 +3404,10 @@ SqliteStore::~SqliteStore() {
   if (backup.joinable()) backup.join();
   write_queue_.Stop();
   writer_thread_.join();
-  // The readers stop second: writes' callbacks may still have queued reads.
+  // The search writer and the readers stop next: writes' callbacks may
+  // still have queued their jobs (a purge's row removals, reads). A trim the
+  // search writer queues now fails kShuttingDown: the next start trims.
+  search_pool_.Stop();
   read_pool_.Stop();
   if (checkpoint_thread_.joinable()) {
     {
@@ -3714,9 +3646,31 @@ void SqliteStore::ExpireMessages(int64_t now, int max_messages, Callback<ExpireP
 }
 
 void SqliteStore::PurgeDeleted(int64_t deleted_before, int max_messages, Callback<PurgeProgress> done) {
+  // Then the search writer removes the purged messages' index rows, if the
+  // delete's queue entry has not removed them yet ("Message search").
+  auto rows = std::make_shared<std::vector<sqlite::SearchRow>>();
   SubmitWrite<PurgeProgress>(
-      [deleted_before, max_messages](Writer& w) { return w.PurgeDeleted(deleted_before, max_messages); },
-      std::move(done), /*solo=*/true);
+      [deleted_before, max_messages, rows](Writer& w) {
+        rows->clear();
+        return w.PurgeDeleted(deleted_before, max_messages, rows.get());
+      },
+      [this, rows, done = std::move(done)](Result<PurgeProgress> purged) {
+        if (!purged.has_value() || rows->empty()) return done(std::move(purged));
+        search_pool_.Submit([rows, purged = std::move(purged), done](sqlite::SearchWriter* w) mutable {
+          // The purge itself committed: a failure here leaves rows that the
+          // delete's queue entry removes, and every search skips (deleted).
+          if (w != nullptr) {
+            Result<int64_t> removed = w->RemoveRows(*rows);
+            if (removed.has_value()) {
+              purged->search_removed += *removed;
+            } else {
+              spdlog::warn("event=search_rows_removal_failed error=\"{}\"", removed.error().ToString());
+            }
+          }
+          done(std::move(purged));
+        });
+      },
+      /*solo=*/true);
 }
 
 void SqliteStore::TrimStreams(TrimRequest req, Callback<TrimProgress> done) {
@@ -3728,8 +3682,28 @@ void SqliteStore::CompactMessages(CompactRequest req, Callback<CompactProgress> 
 }
 
 void SqliteStore::IndexSearch(int max_entries, Callback<SearchIndexProgress> done) {
-  SubmitWrite<SearchIndexProgress>([max_entries](Writer& w) { return w.IndexSearch(max_entries); }, std::move(done),
-                                   /*solo=*/true);
+  search_pool_.Submit([this, max_entries, done = std::move(done)](sqlite::SearchWriter* w) {
+    if (w == nullptr) return done(Status(ErrorCode::kShuttingDown, "store is closing"));
+    Result<SearchIndexProgress> progress = w->Index(max_entries);
+    if (progress.has_value()) MaybeTrimSearchQueue(progress->done_id);
+    done(std::move(progress));
+  });
+}
+
+void SqliteStore::MaybeTrimSearchQueue(int64_t done_id) {
+  if (done_id <= search_trimmed_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (done_id - search_trimmed_ < kSearchTrimEntries && now - search_trimmed_at_ < kSearchTrimInterval) return;
+  search_trimmed_ = done_id;
+  search_trimmed_at_ = now;
+  // A failed trim is retried by the next one, which deletes up to a later
+  // done_id.
+  SubmitWrite<Empty>([done_id](Writer& w) { return w.TrimSearchQueue(done_id); },
+                     [](Result<Empty> r) {
+                       if (!r.has_value() && r.error().code() != ErrorCode::kShuttingDown)
+                         spdlog::warn("event=search_queue_trim_failed error=\"{}\"", r.error().ToString());
+                     },
+                     /*solo=*/true);
 }
 
 void SqliteStore::ReadStream(UserId user_id, UserSeq after, int limit, Callback<StreamPage> done) {

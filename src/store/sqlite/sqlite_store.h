@@ -2,7 +2,7 @@
 // mode. Implements store/store.h; core reaches it only through that interface
 // (store/store_factory.h picks it by the name "sqlite").
 //
-// Threads. The store runs two threads of its own and does nothing on the
+// Threads. The store runs threads of its own and does nothing on the
 // caller's thread but queue:
 //   - the writer owns the read-write connection. It takes every queued write
 //     (up to StoreConfig::commit_max_batch, waiting up to commit_deadline_us
@@ -33,6 +33,9 @@
 //     bounded. The checkpointer yields the core after every
 //     sqlite_checkpoint_yield_pages pages it copies (wal_buffer_vfs.h),
 //     except while the WAL is past that hard limit.
+//   - the search writer owns the search file's connection (sqlite_search.h)
+//     and runs IndexSearch and a purge's index-row removals, at the lowest
+//     priority (kSearchNice), so FTS5 work never holds up the writer.
 // A read submitted after a write's `done` has run sees that write.
 //
 // Lifetime. The destructor finishes every queued operation (writes are
@@ -45,6 +48,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -66,18 +70,30 @@ struct sqlite3;
 namespace parley::store {
 namespace sqlite {
 class Db;
+class SearchWriter;
+struct SearchRow;
 }  // namespace sqlite
 
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 20;
+  static constexpr int kSchemaVersion = 21;
   // The writer checkpoints itself when the WAL holds this many times
   // StoreConfig::sqlite_checkpoint_pages.
   static constexpr int kWalHardLimitFactor = 4;
   // Page cache of the checkpointer's connection: a checkpoint copies pages
   // from the WAL to the file without going through it.
   static constexpr int kCheckpointerCacheKib = 1024;
+  // The search writer's nice value (the lowest priority; it also runs under
+  // SCHED_BATCH): it indexes in the time the core has to spare, so sends
+  // never wait for FTS5 work, and past saturation messages become
+  // searchable later (parley_search_index_lag_milliseconds) instead.
+  static constexpr int kSearchNice = 19;
+  // The writer trims the search queue up to the search file's done_id once
+  // this long has passed since the last trim, or once this many entries are
+  // waiting to be trimmed (each trim is a transaction of its own).
+  static constexpr std::chrono::milliseconds kSearchTrimInterval{1000};
+  static constexpr int64_t kSearchTrimEntries = 4096;
 
   // Opens (creating and migrating) the file at config.sqlite_path; the parent
   // directory must exist. Fails kUnavailable if the file cannot be opened,
@@ -187,7 +203,8 @@ class SqliteStore final : public Store {
   class ReceiptWriteOp;
 
   SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
-              std::vector<std::unique_ptr<Reader>> readers, std::unique_ptr<sqlite::Db> checkpoint_db);
+              std::vector<std::unique_ptr<Reader>> readers, std::unique_ptr<sqlite::Db> checkpoint_db,
+              std::unique_ptr<sqlite::SearchWriter> search_writer);
 
   // Queue a write whose body runs on the writer thread inside a transaction.
   // `solo`: in a transaction of its own (background work, IndexSearch).
@@ -200,6 +217,9 @@ class SqliteStore final : public Store {
 
   void RunWriter();
   void RunCheckpointer();
+  // On the search thread after a step committed `done_id`: queues a
+  // TrimSearchQueue when one is due (kSearchTrimInterval, kSearchTrimEntries).
+  void MaybeTrimSearchQueue(int64_t done_id);
   // sqlite3_wal_hook on the writer's connection: runs after every commit
   // with the WAL's size in pages.
   static int OnWalCommit(void* self, sqlite3* db, const char* schema, int pages);
@@ -253,8 +273,15 @@ class SqliteStore final : public Store {
   Gauge& wal_pages_;
   Counter& wal_pages_written_;
 
+  // Used only on the search thread (MaybeTrimSearchQueue).
+  int64_t search_trimmed_ = 0;  // the done_id of the last trim queued
+  std::chrono::steady_clock::time_point search_trimmed_at_{};
+
   WriteQueue<WriteOp> write_queue_;  // drained by writer_thread_
   ReadPool<Reader> read_pool_;       // the readers and their threads (store-reader/i)
+  // The search file's writer on a thread of its own (store-search/0, at
+  // kSearchNice; sqlite_search.h): IndexSearch and a purge's row removals.
+  ReadPool<sqlite::SearchWriter> search_pool_;
   std::thread writer_thread_;
   std::thread checkpoint_thread_;
 };

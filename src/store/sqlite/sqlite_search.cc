@@ -1,0 +1,290 @@
+// See sqlite_search.h.
+
+#include "store/sqlite/sqlite_search.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <optional>
+#include <string_view>
+#include <unordered_set>
+
+#include "store/name_words.h"
+#include "store/sqlite/sqlite_cold.h"
+
+namespace parley::store::sqlite {
+namespace {
+
+// PRAGMA user_version of a search file this code writes; a file with another
+// version is rebuilt.
+constexpr int kSearchSchemaVersion = 1;
+
+// Page cache of the search writer's connection.
+constexpr int kSearchWriterCacheKib = 4096;
+
+// The search file's schema. message_search: the words of MessageWords,
+// folded already (so FTS5's 'ascii' tokenizer), with prefix indexes for query
+// words of 1 to 3 characters (without them FTS5 answers a short prefix by
+// merging the doclist of every term with that prefix before it yields the
+// newest match). The rowid is the message's doc id.
+constexpr const char* kSearchSchema = R"sql(
+BEGIN IMMEDIATE;
+CREATE TABLE search_state(token TEXT NOT NULL, done_id INTEGER NOT NULL);
+CREATE VIRTUAL TABLE message_search USING fts5(
+  words, conversation_id UNINDEXED, seq UNINDEXED, version UNINDEXED, tokenize = 'ascii', prefix = '1 2 3');
+PRAGMA user_version = 1;
+)sql";
+
+void RemoveSearchFiles(const std::string& path) {
+  std::error_code ec;
+  for (const char* suffix : {"", "-wal", "-shm", "-journal"}) std::filesystem::remove(path + suffix, ec);
+}
+
+// The token and done_id of the search file at `path`, if it is one of this
+// version; nullopt otherwise (missing, damaged, another version).
+struct SearchFileState {
+  std::string token;
+  int64_t done_id = 0;
+};
+std::optional<SearchFileState> ReadSearchState(Db& db) {
+  {
+    Stmt s(db, "PRAGMA user_version");
+    if (!s.Step() || s.Int(0) != kSearchSchemaVersion) return std::nullopt;
+  }
+  Stmt s(db, "SELECT token, done_id FROM search_state");
+  if (!s.Step()) return std::nullopt;
+  SearchFileState state{s.Text(0), s.Int(1)};
+  if (db.failed()) return std::nullopt;
+  return state;
+}
+
+// Queues every live message of the store for indexing in one transaction
+// and records `token` as its search file's. Every live message gets a doc id
+// of its own first: 0 (a message stored before schema step 20) or one that
+// another live message shares (handed out again by a server before step 21)
+// becomes a new id above every doc id in the file, in stored order.
+Result<int64_t> RequeueEverything(Db& store, const std::string& token, int64_t now) {
+  if (Status s = store.Exec("BEGIN IMMEDIATE; DELETE FROM search_queue;"); !s.ok()) return s;
+  // Errors are sticky (sqlite_db.h): checked once, after COMMIT.
+  (void)store.Exec(
+      "UPDATE messages SET search_doc = 0 WHERE deleted_at = 0 AND search_doc IN ("
+      "SELECT search_doc FROM messages WHERE deleted_at = 0 AND search_doc <> 0 "
+      "GROUP BY search_doc HAVING count(*) > 1)");
+  int64_t base = 0;
+  {
+    Stmt s(store, "SELECT COALESCE(max(search_doc), 0) FROM messages");
+    if (s.Step()) base = s.Int(0);
+  }
+  {
+    Stmt s(store,
+           "UPDATE messages SET search_doc = ?1 + r.n FROM (SELECT conversation_id, seq, "
+           "row_number() OVER (ORDER BY stored_at, conversation_id, seq) AS n FROM messages "
+           "WHERE deleted_at = 0 AND search_doc = 0) AS r "
+           "WHERE messages.conversation_id = r.conversation_id AND messages.seq = r.seq");
+    s.BindInt(1, base);
+    s.Run();
+  }
+  {
+    Stmt s(store,
+           "INSERT INTO search_queue(id, conversation_id, seq, queued_at) "
+           "SELECT search_doc, conversation_id, seq, ?1 FROM messages WHERE deleted_at = 0 ORDER BY search_doc");
+    s.BindInt(1, now);
+    s.Run();
+  }
+  const int64_t queued = store.Changes();
+  {
+    Stmt s(store, "UPDATE search_file SET token = ?1");
+    s.BindText(1, token);
+    s.Run();
+  }
+  (void)store.Exec("COMMIT");
+  if (!store.failed()) return queued;
+  Status error = store.error();
+  if (store.in_transaction()) store.ExecIgnoringErrors("ROLLBACK");
+  store.ClearError();
+  return error;
+}
+
+std::string NewToken(Db& store) {
+  Stmt s(store, "SELECT lower(hex(randomblob(16)))");
+  return s.Step() ? s.Text(0) : std::string();
+}
+
+}  // namespace
+
+std::string SearchFilePath(const std::string& store_path) { return store_path + ".search"; }
+
+std::string JoinWords(const std::vector<std::string>& words) {
+  std::string out;
+  for (const std::string& w : words) {
+    if (!out.empty()) out += ' ';
+    out += w;
+  }
+  return out;
+}
+
+Result<OpenedSearchFile> OpenSearchFile(Db& store, const std::string& store_path, int64_t now) {
+  const std::string path = SearchFilePath(store_path);
+  std::string store_token;
+  {
+    Stmt s(store, "SELECT token FROM search_file");
+    if (s.Step()) store_token = s.Text(0);
+  }
+  if (store.failed()) return store.error();
+  OpenedSearchFile out;
+  std::error_code ec;
+  if (!store_token.empty() && std::filesystem::exists(path, ec)) {
+    Result<std::unique_ptr<Db>> db = Db::Open(path, /*read_only=*/false, kSearchWriterCacheKib);
+    if (!db.has_value()) return db.error();
+    std::optional<SearchFileState> state = ReadSearchState(**db);
+    (*db)->ClearError();
+    if (state.has_value() && state->token == store_token) {
+      out.db = std::move(db).value();
+      out.done_id = state->done_id;
+    }
+  }
+  if (out.db == nullptr) {
+    // Missing, another store's, or another version: rebuilt (see the header).
+    const std::string token = NewToken(store);
+    if (token.empty()) return Status(ErrorCode::kInternal, "cannot make a search file token");
+    RemoveSearchFiles(path);
+    Result<int64_t> queued = RequeueEverything(store, token, now);
+    if (!queued.has_value()) return queued.error();
+    Result<std::unique_ptr<Db>> db = Db::Open(path, /*read_only=*/false, kSearchWriterCacheKib);
+    if (!db.has_value()) return db.error();
+    if (Status s = (*db)->Exec(kSearchSchema); !s.ok()) return s;
+    {
+      Stmt s(**db, "INSERT INTO search_state(token, done_id) VALUES(?1, 0)");
+      s.BindText(1, token);
+      s.Run();
+    }
+    if (Status s = (*db)->Exec("COMMIT"); !s.ok()) return s;
+    out.db = std::move(db).value();
+    out.rebuilt = true;
+    spdlog::info("event=search_file_built path=\"{}\" queued={}", path, *queued);
+  }
+  {
+    Stmt s(*out.db, "ATTACH DATABASE ?1 AS store");
+    s.BindText(1, store_path);
+    s.Run();
+  }
+  if (Status s = InstallColdBody(*out.db); !s.ok()) return s;
+  if (out.db->failed()) return out.db->error();
+  return out;
+}
+
+Status AttachSearchFile(Db& reader, const std::string& store_path) {
+  Stmt s(reader, "ATTACH DATABASE ?1 AS search");
+  s.BindText(1, SearchFilePath(store_path));
+  s.Run();
+  return reader.failed() ? reader.error() : Status::Ok();
+}
+
+Result<SearchIndexProgress> SearchWriter::Index(int max) {
+  db_->ClearError();
+  // Deferred: the first write takes the search file's write lock; the store
+  // file is only read (one snapshot), so its writer never waits here.
+  Stmt(*db_, "BEGIN").Run();
+  int64_t done_id = 0;
+  {
+    Stmt s(*db_, "SELECT done_id FROM search_state");
+    if (s.Step()) done_id = s.Int(0);
+  }
+  struct Entry {
+    int64_t id;
+    ConversationId conversation;
+    Seq seq;
+  };
+  std::vector<Entry> entries;
+  {
+    Stmt s(*db_, "SELECT id, conversation_id, seq FROM store.search_queue WHERE id > ?1 ORDER BY id LIMIT ?2");
+    s.BindInt(1, done_id).BindInt(2, std::max(1, max));
+    while (s.Step()) entries.push_back(Entry{s.Int(0), s.Int(1), s.Int(2)});
+  }
+  std::unordered_set<int64_t> done;  // doc ids indexed by this step
+  for (const Entry& e : entries) {
+    int64_t doc_id = 0;
+    std::vector<std::string> words;
+    int64_t version = 0;
+    {
+      Stmt s(*db_, "SELECT " PARLEY_MESSAGE_BODY("m") ", m.version, m.search_doc, m.deleted_at FROM store.messages m "
+                   "WHERE m.conversation_id = ?1 AND m.seq = ?2");
+      s.BindInt(1, e.conversation).BindInt(2, e.seq);
+      if (s.Step()) {
+        doc_id = s.Int(2);
+        if (s.Int(3) == 0) {
+          words = MessageWords(s.Text(0));
+          version = s.Int(1);
+        }
+      }
+    }
+    // No doc id: a message stored before schema step 20 and deleted since
+    // (OpenSearchFile gives every live one its own), or no message.
+    if (doc_id == 0) continue;
+    // A message queued twice in one step is indexed once, as it is now.
+    if (!done.insert(doc_id).second) continue;
+    {
+      // Its earlier text, if it was indexed. Doc ids are never handed out
+      // twice (see the header), so the row at its doc id is its own.
+      Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1");
+      s.BindInt(1, doc_id);
+      s.Run();
+    }
+    if (words.empty()) continue;  // deleted, or no words: not in the index
+    Stmt s(*db_, "INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(?1, ?2, ?3, ?4, ?5)");
+    s.BindInt(1, doc_id).BindText(2, JoinWords(words)).BindInt(3, e.conversation).BindInt(4, e.seq).BindInt(5, version);
+    s.Run();
+  }
+  SearchIndexProgress progress;
+  progress.indexed = static_cast<int>(entries.size());
+  if (!entries.empty()) {
+    done_id = entries.back().id;
+    Stmt s(*db_, "UPDATE search_state SET done_id = ?1");
+    s.BindInt(1, done_id);
+    s.Run();
+  }
+  progress.done_id = done_id;
+  {
+    // The store's writer hands out ids in commit order without repeats, so
+    // the entries past done_id are the range (done_id, max] less the few ids
+    // of batches that rolled back: two B-tree seeks, over-counting by those.
+    Stmt s(*db_,
+           "SELECT COALESCE((SELECT max(id) FROM store.search_queue) - ?1, 0), "
+           "COALESCE((SELECT queued_at FROM store.search_queue WHERE id > ?1 ORDER BY id LIMIT 1), 0)");
+    s.BindInt(1, done_id);
+    if (s.Step()) {
+      progress.backlog = std::max<int64_t>(0, s.Int(0));
+      progress.oldest_queued_at = s.Int(1);
+    }
+  }
+  Stmt(*db_, "COMMIT").Run();
+  if (!db_->failed()) return progress;
+  Status error = db_->error();
+  if (db_->in_transaction()) db_->ExecIgnoringErrors("ROLLBACK");
+  db_->ClearError();
+  return error;
+}
+
+Result<int64_t> SearchWriter::RemoveRows(const std::vector<SearchRow>& rows) {
+  db_->ClearError();
+  // Deferred, never IMMEDIATE on this connection: that would take the write
+  // lock of the attached store file too.
+  Stmt(*db_, "BEGIN").Run();
+  int64_t removed = 0;
+  for (const SearchRow& r : rows) {
+    Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1 AND conversation_id = ?2 AND seq = ?3");
+    s.BindInt(1, r.doc_id).BindInt(2, r.conversation).BindInt(3, r.seq);
+    s.Run();
+    removed += db_->Changes();
+  }
+  Stmt(*db_, "COMMIT").Run();
+  if (!db_->failed()) return removed;
+  Status error = db_->error();
+  if (db_->in_transaction()) db_->ExecIgnoringErrors("ROLLBACK");
+  db_->ClearError();
+  return error;
+}
+
+}  // namespace parley::store::sqlite
