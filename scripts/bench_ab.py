@@ -20,7 +20,10 @@ socket writes (parley_outbound_frames_total, parley_outbound_writes_total;
 builds without those counters show none), the store commits
 (parley_store_commits_total), the pages written to SQLite's WAL
 (parley_store_wal_pages_written_total) and the WAL write calls that reached
-the kernel (parley_store_wal_os_writes_total).
+the kernel (parley_store_wal_os_writes_total), and the store writer's time
+in commits per message (parley_store_commit_seconds_sum: background steps
+that run as the writer's own transactions count too) and its commits that
+took longer than 5 ms per 1,000 messages (what sends queued behind).
 
 --strace-seconds N attaches `strace -c -f` to parleyd for N seconds in the
 middle of the first rate's measured window and reports syscalls per message
@@ -76,6 +79,10 @@ def find_pid(data_dir, deadline):
                 return int(pid)
         time.sleep(0.05)
     return None
+
+
+# The commit-time histogram's bucket of commits up to 5 ms (parley_store_commit_seconds).
+SLOW_COMMITS = 'parley_store_commit_seconds_bucket{le="0.005"}'
 
 
 def scrape(port):
@@ -172,12 +179,23 @@ def run_once(args, name, parleyd, extra, strace_s):
         msgs = float(args.rates.split(",")[0]) * window["seconds"]
         per = {}
         for key in ["parley_outbound_frames_total", "parley_outbound_writes_total", "parley_store_commits_total",
-                    "parley_store_wal_pages_written_total", "parley_store_wal_os_writes_total"]:
+                    "parley_store_wal_pages_written_total", "parley_store_wal_os_writes_total",
+                    "parley_store_commit_seconds_sum", "parley_store_commit_seconds_count", SLOW_COMMITS]:
             if key in window["before"] and key in window["after"]:
                 per[key] = (window["after"][key] - window["before"][key]) / msgs
+        if SLOW_COMMITS in per and "parley_store_commit_seconds_count" in per:
+            # Commits that took longer than 5 ms: the count less those in the 5 ms bucket.
+            per["slow_commits"] = per["parley_store_commit_seconds_count"] - per[SLOW_COMMITS]
         result["per_msg"] = per
     shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def scaled(key, factor, pm):
+    """The median of a per-message figure times `factor`, or a dash if a run lacks it."""
+    if not pm or not all(key in p for p in pm):
+        return "—"
+    return f"{factor * statistics.median(p[key] for p in pm):.2f}"
 
 
 def main():
@@ -238,8 +256,9 @@ def main():
                   f"{100 * med(lambda x: x['parleyd_core_busy']):.0f} % | {100 * med(lambda x: x['parleyd_runqueue_wait']):.0f} % |")
     print()
     print(f"Per message offered at {rates[0]:.0f} msgs/s, from parleyd's /metrics over the measured window (median):")
-    print("| variant | frames written | socket writes (frames' own) | store commits | WAL pages | WAL write calls |")
-    print("|---|---|---|---|---|---|")
+    print("| variant | frames written | socket writes (frames' own) | store commits | WAL pages | WAL write calls "
+          "| writer's commit time µs | commits > 5 ms per 1,000 msgs |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, _, _ in args.variant:
         pm = [r["per_msg"] for r in runs if r["name"] == name and r.get("per_msg")]
         if not pm:
@@ -247,7 +266,8 @@ def main():
         cell = lambda k: f"{statistics.median(p[k] for p in pm):.2f}" if all(k in p for p in pm) else "—"
         print(f"| {name} | {cell('parley_outbound_frames_total')} | {cell('parley_outbound_writes_total')} | "
               f"{cell('parley_store_commits_total')} | {cell('parley_store_wal_pages_written_total')} | "
-              f"{cell('parley_store_wal_os_writes_total')} |")
+              f"{cell('parley_store_wal_os_writes_total')} | {scaled('parley_store_commit_seconds_sum', 1e6, pm)} | "
+              f"{scaled('slow_commits', 1e3, pm)} |")
     if args.strace_seconds:
         first = rates[0]
         print()

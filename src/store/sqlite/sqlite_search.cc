@@ -182,69 +182,69 @@ Status AttachSearchFile(Db& reader, const std::string& store_path) {
   return reader.failed() ? reader.error() : Status::Ok();
 }
 
-Result<SearchIndexProgress> SearchWriter::Index(int max) {
+Status SearchWriter::Finish() {
+  if (!db_->failed()) return Status::Ok();
+  Status error = db_->error();
+  if (db_->in_transaction()) db_->ExecIgnoringErrors("ROLLBACK");
   db_->ClearError();
-  // Deferred: the first write takes the search file's write lock; the store
-  // file is only read (one snapshot), so its writer never waits here.
-  Stmt(*db_, "BEGIN").Run();
+  return error;
+}
+
+Result<SearchIndexProgress> SearchWriter::Index(int max) {
+  // Two transactions. The first reads the entries past done_id and their
+  // messages' current texts: a read snapshot of the store file held only
+  // while it reads, never during the FTS5 work, since this thread runs at
+  // the lowest priority and a snapshot it held while preempted would keep
+  // the store's checkpoints from letting its WAL start over. The second
+  // writes the search file alone. Nothing else writes the search file, so
+  // done_id cannot move between them; an entry queued after the snapshot is
+  // past the new done_id and taken by the next step.
+  struct Doc {
+    int64_t doc_id = 0;
+    ConversationId conversation = 0;
+    Seq seq = 0;
+    std::vector<std::string> words;  // empty: deleted, or no words
+    int64_t version = 0;
+  };
+  std::vector<Doc> docs;
+  SearchIndexProgress progress;
   int64_t done_id = 0;
+  db_->ClearError();
+  // Deferred, never IMMEDIATE on this connection: that would take the write
+  // lock of the attached store file too.
+  Stmt(*db_, "BEGIN").Run();
   {
     Stmt s(*db_, "SELECT done_id FROM search_state");
     if (s.Step()) done_id = s.Int(0);
   }
-  struct Entry {
-    int64_t id;
-    ConversationId conversation;
-    Seq seq;
-  };
-  std::vector<Entry> entries;
   {
-    Stmt s(*db_, "SELECT id, conversation_id, seq FROM store.search_queue WHERE id > ?1 ORDER BY id LIMIT ?2");
-    s.BindInt(1, done_id).BindInt(2, std::max(1, max));
-    while (s.Step()) entries.push_back(Entry{s.Int(0), s.Int(1), s.Int(2)});
-  }
-  std::unordered_set<int64_t> done;  // doc ids indexed by this step
-  for (const Entry& e : entries) {
-    int64_t doc_id = 0;
-    std::vector<std::string> words;
-    int64_t version = 0;
-    {
+    std::unordered_set<int64_t> seen;  // doc ids taken by this step
+    Stmt q(*db_, "SELECT id, conversation_id, seq FROM store.search_queue WHERE id > ?1 ORDER BY id LIMIT ?2");
+    q.BindInt(1, done_id).BindInt(2, std::max(1, max));
+    while (q.Step()) {
+      ++progress.indexed;
+      progress.done_id = q.Int(0);
+      Doc doc;
+      doc.conversation = q.Int(1);
+      doc.seq = q.Int(2);
       Stmt s(*db_, "SELECT " PARLEY_MESSAGE_BODY("m") ", m.version, m.search_doc, m.deleted_at FROM store.messages m "
                    "WHERE m.conversation_id = ?1 AND m.seq = ?2");
-      s.BindInt(1, e.conversation).BindInt(2, e.seq);
-      if (s.Step()) {
-        doc_id = s.Int(2);
-        if (s.Int(3) == 0) {
-          words = MessageWords(s.Text(0));
-          version = s.Int(1);
-        }
+      s.BindInt(1, doc.conversation).BindInt(2, doc.seq);
+      if (!s.Step()) continue;  // no such message
+      doc.doc_id = s.Int(2);
+      // No doc id: a message stored before schema step 20 and deleted since
+      // (OpenSearchFile gives every live one its own).
+      if (doc.doc_id == 0) continue;
+      // A message queued twice in one step is indexed once, as it is now.
+      if (!seen.insert(doc.doc_id).second) continue;
+      if (s.Int(3) == 0) {
+        doc.words = MessageWords(s.Text(0));
+        doc.version = s.Int(1);
       }
+      docs.push_back(std::move(doc));
     }
-    // No doc id: a message stored before schema step 20 and deleted since
-    // (OpenSearchFile gives every live one its own), or no message.
-    if (doc_id == 0) continue;
-    // A message queued twice in one step is indexed once, as it is now.
-    if (!done.insert(doc_id).second) continue;
-    {
-      // Its earlier text, if it was indexed. Doc ids are never handed out
-      // twice (see the header), so the row at its doc id is its own.
-      Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1");
-      s.BindInt(1, doc_id);
-      s.Run();
-    }
-    if (words.empty()) continue;  // deleted, or no words: not in the index
-    Stmt s(*db_, "INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(?1, ?2, ?3, ?4, ?5)");
-    s.BindInt(1, doc_id).BindText(2, JoinWords(words)).BindInt(3, e.conversation).BindInt(4, e.seq).BindInt(5, version);
-    s.Run();
   }
-  SearchIndexProgress progress;
-  progress.indexed = static_cast<int>(entries.size());
-  if (!entries.empty()) {
-    done_id = entries.back().id;
-    Stmt s(*db_, "UPDATE search_state SET done_id = ?1");
-    s.BindInt(1, done_id);
-    s.Run();
-  }
+  if (progress.indexed > 0) done_id = progress.done_id;
   progress.done_id = done_id;
   {
     // The store's writer hands out ids in commit order without repeats, so
@@ -260,18 +260,40 @@ Result<SearchIndexProgress> SearchWriter::Index(int max) {
     }
   }
   Stmt(*db_, "COMMIT").Run();
-  if (!db_->failed()) return progress;
-  Status error = db_->error();
-  if (db_->in_transaction()) db_->ExecIgnoringErrors("ROLLBACK");
-  db_->ClearError();
-  return error;
+  if (Status s = Finish(); !s.ok()) return s;
+  if (progress.indexed == 0) return progress;
+
+  Stmt(*db_, "BEGIN").Run();
+  for (const Doc& doc : docs) {
+    {
+      // Its earlier text, if it was indexed. Doc ids are never handed out
+      // twice (see the header), so the row at its doc id is its own.
+      Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1");
+      s.BindInt(1, doc.doc_id);
+      s.Run();
+    }
+    if (doc.words.empty()) continue;  // deleted, or no words: not in the index
+    Stmt s(*db_, "INSERT INTO message_search(rowid, words, conversation_id, seq, version) VALUES(?1, ?2, ?3, ?4, ?5)");
+    s.BindInt(1, doc.doc_id)
+        .BindText(2, JoinWords(doc.words))
+        .BindInt(3, doc.conversation)
+        .BindInt(4, doc.seq)
+        .BindInt(5, doc.version);
+    s.Run();
+  }
+  {
+    Stmt s(*db_, "UPDATE search_state SET done_id = ?1");
+    s.BindInt(1, done_id);
+    s.Run();
+  }
+  Stmt(*db_, "COMMIT").Run();
+  if (Status s = Finish(); !s.ok()) return s;
+  return progress;
 }
 
 Result<int64_t> SearchWriter::RemoveRows(const std::vector<SearchRow>& rows) {
   db_->ClearError();
-  // Deferred, never IMMEDIATE on this connection: that would take the write
-  // lock of the attached store file too.
-  Stmt(*db_, "BEGIN").Run();
+  Stmt(*db_, "BEGIN").Run();  // deferred: see Index
   int64_t removed = 0;
   for (const SearchRow& r : rows) {
     Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1 AND conversation_id = ?2 AND seq = ?3");
@@ -280,11 +302,8 @@ Result<int64_t> SearchWriter::RemoveRows(const std::vector<SearchRow>& rows) {
     removed += db_->Changes();
   }
   Stmt(*db_, "COMMIT").Run();
-  if (!db_->failed()) return removed;
-  Status error = db_->error();
-  if (db_->in_transaction()) db_->ExecIgnoringErrors("ROLLBACK");
-  db_->ClearError();
-  return error;
+  if (Status s = Finish(); !s.ok()) return s;
+  return removed;
 }
 
 }  // namespace parley::store::sqlite

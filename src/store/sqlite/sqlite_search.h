@@ -13,10 +13,12 @@
 // to.
 //
 // Consistency. The search writer reads the queue and the messages' text
-// through the store file attached read-only to its connection (one read
-// snapshot per step) and commits the index rows and done_id together
-// (synchronous=FULL), so after a crash it goes on from the last committed
-// done_id. The store's writer trims queue entries at or below a committed
+// through the store file attached to its connection, in a read transaction
+// of its own (a snapshot held only while it reads: at the lowest priority a
+// snapshot held through the FTS5 work could be held for long, and would keep
+// the store's WAL from starting over), then commits the index rows and
+// done_id together in the search file (synchronous=FULL), so after a crash
+// it goes on from the last committed done_id. The store's writer trims queue entries at or below a committed
 // done_id only (TrimSearchQueue), so an entry never leaves the queue before
 // its index rows are on disk. Queue ids are handed out by the store's writer
 // in commit order and never again (its counter starts above the queue's
@@ -85,8 +87,9 @@ class SearchWriter {
 
   // Indexes up to `max` queue entries past done_id (oldest first): each
   // message's current text replaces its row (a deleted message, or one with
-  // no words, loses it). One transaction. progress.done_id is the done_id it
-  // committed.
+  // no words, loses it). A read transaction of both files, then a write
+  // transaction of the search file alone. progress.done_id is the done_id
+  // it committed.
   Result<SearchIndexProgress> Index(int max);
 
   // Removes these messages' rows (a purge's, which may run before the
@@ -95,6 +98,9 @@ class SearchWriter {
   Result<int64_t> RemoveRows(const std::vector<SearchRow>& rows);
 
  private:
+  // Ends a unit of work: its sticky error, if any, after a ROLLBACK.
+  Status Finish();
+
   std::unique_ptr<Db> db_;
 };
 
