@@ -7,7 +7,6 @@
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -357,11 +356,11 @@ TEST(OverloadE2E, QueuedReceiptsAreNotMergedPastAWithheldList) {
   EXPECT_GE(MetricValue(HttpGet(server.port(), "/metrics"), "parley_coalesced_receipts_total"), 1);
 }
 
-// parleyd's threads by name (/proc/PID/task/*/comm) with their scheduling
-// policy (sched_getscheduler). The main thread is keyed "main": a thread
-// started from it carries its name "parleyd" until it names itself.
-std::map<std::string, int> ThreadPolicies(pid_t pid) {
-  std::map<std::string, int> policies;
+// parleyd's threads by name (/proc/PID/task/*/comm) with their thread ids.
+// The main thread is keyed "main": a thread started from it carries its
+// name "parleyd" until it names itself.
+std::map<std::string, pid_t> ThreadIds(pid_t pid) {
+  std::map<std::string, pid_t> ids;
   for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
     const pid_t tid = std::stoi(task.path().filename().string());
     std::string name = "main";
@@ -369,8 +368,15 @@ std::map<std::string, int> ThreadPolicies(pid_t pid) {
       std::ifstream in(task.path() / "comm");
       std::getline(in, name);
     }
-    policies[name] = sched_getscheduler(tid);
+    ids[name] = tid;
   }
+  return ids;
+}
+
+// Each thread's scheduling policy (sched_getscheduler), by name.
+std::map<std::string, int> ThreadPolicies(pid_t pid) {
+  std::map<std::string, int> policies;
+  for (const auto& [name, tid] : ThreadIds(pid)) policies[name] = sched_getscheduler(tid);
   return policies;
 }
 
@@ -415,16 +421,7 @@ TEST(SchedulingE2E, TheIoAndReaderThreadsRunUnderSchedBatchAndTheWriterDoesNot) 
 // The nice value of each of parleyd's threads, by name as ThreadPolicies.
 std::map<std::string, int> ThreadNiceValues(pid_t pid) {
   std::map<std::string, int> nice;
-  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
-    const pid_t tid = std::stoi(task.path().filename().string());
-    std::string name = "main";
-    if (tid != pid) {
-      std::ifstream in(task.path() / "comm");
-      std::getline(in, name);
-    }
-    errno = 0;
-    nice[name] = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
-  }
+  for (const auto& [name, tid] : ThreadIds(pid)) nice[name] = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
   return nice;
 }
 

@@ -593,6 +593,9 @@ TEST(SqliteStoreTest, TheSearchFileIsBuiltAgainWhenMissingOrAnotherStores) {
   IndexAll(*store);
   ASSERT_EQ(BenFinds(*store, "news"), (std::vector<std::string>{"2:newer news", "1:old news"}));
   store.reset();
+  // Closed cleanly, both files are whole: their WALs checkpointed and gone.
+  EXPECT_FALSE(std::filesystem::exists(path + "-wal"));
+  EXPECT_FALSE(std::filesystem::exists(sqlite::SearchFilePath(path) + "-wal"));
   std::unique_ptr<SqliteStore> other_store = OpenSqlite(other);
   ASSERT_NE(other_store, nullptr);
   other_store.reset();

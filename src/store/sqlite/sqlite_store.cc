@@ -3373,12 +3373,12 @@ SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writ
           "Pages the SQLite writer's commits wrote to the WAL (with the checkpointer on; per message stored: the "
           "store's write amplification).")),
       write_queue_(queue_depth_),
-      read_pool_(std::move(readers), config.sqlite_before_read_for_test),
       search_pool_([&] {
         std::vector<std::unique_ptr<sqlite::SearchWriter>> one;
         one.push_back(std::move(search_writer));
         return one;
-      }()) {
+      }()),
+      read_pool_(std::move(readers), config.sqlite_before_read_for_test) {
   if (checkpoint_pages_ > 0) {
     // Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
     sqlite3_wal_hook(writer_->handle(), &SqliteStore::OnWalCommit, this);

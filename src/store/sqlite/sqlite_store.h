@@ -278,10 +278,13 @@ class SqliteStore final : public Store {
   std::chrono::steady_clock::time_point search_trimmed_at_{};
 
   WriteQueue<WriteOp> write_queue_;  // drained by writer_thread_
-  ReadPool<Reader> read_pool_;       // the readers and their threads (store-reader/i)
   // The search file's writer on a thread of its own (store-search/0, at
   // kSearchNice; sqlite_search.h): IndexSearch and a purge's row removals.
+  // Declared before the readers so that its connection, the search file's
+  // only writable one, closes after theirs: the last connection to close
+  // checkpoints the file's WAL and deletes it.
   ReadPool<sqlite::SearchWriter> search_pool_;
+  ReadPool<Reader> read_pool_;  // the readers and their threads (store-reader/i)
   std::thread writer_thread_;
   std::thread checkpoint_thread_;
 };
