@@ -80,7 +80,7 @@ FaultStore::~FaultStore() {
   for (auto& fail : stalled_) fail(Status(ErrorCode::kShuttingDown, "store is closing"));
   StoreQueueDepth().Add(-static_cast<int64_t>(stalled_.size()));
   // Held snapshot answers were read; they are given now rather than lost.
-  for (auto& answer : held_snapshots_) answer();
+  for (auto& [order, answer] : held_snapshots_) answer();
 }
 
 bool FaultStore::Stall(std::function<void(const Status&)> fail, bool count) {
@@ -297,7 +297,7 @@ void FaultStore::OpenDirect(UserId a, UserId b, int64_t now, Callback<OpenResult
 void FaultStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
   int64_t call;
   bool ack_early = false, skip_dedup = false, crash = false;
-  std::deque<std::function<void()>> released;  // hold_snapshots: answered now
+  std::map<int64_t, std::function<void()>> released;  // hold_snapshots: answered now, in call order
   {
     std::lock_guard lock(mu_);
     if (holding_snapshots_) {
@@ -315,7 +315,7 @@ void FaultStore::AppendMessage(NewMessage msg, Callback<AppendResult> done) {
     // From a thread of the store's own, as the contract says, and ahead of
     // this append's answer.
     inner_.Flush([released = std::move(released)](Status) mutable {
-      for (auto& answer : released) answer();
+      for (auto& [order, answer] : released) answer();
     });
   }
   if (ack_early) {
@@ -519,14 +519,16 @@ void FaultStore::GetConversationStates(UserId user_id, std::vector<ConversationI
 }
 
 void FaultStore::GetSnapshot(UserId user_id, int latest_per_conversation, Callback<Snapshot> done) {
+  int64_t order = 0;  // this call's place among GetSnapshot calls (hold_snapshots)
   if (const FaultSwitch* s = Switch(FaultKind::kHoldSnapshots)) {
     std::lock_guard lock(mu_);
-    if (++snapshots_ == s->n) {
+    order = ++snapshots_;
+    if (order == s->n) {
       holding_snapshots_ = true;
       ++fired_[static_cast<size_t>(FaultKind::kHoldSnapshots)];
     }
   }
-  inner_.GetSnapshot(user_id, latest_per_conversation, [this, done = std::move(done)](Result<Snapshot> r) mutable {
+  inner_.GetSnapshot(user_id, latest_per_conversation, [this, order, done = std::move(done)](Result<Snapshot> r) mutable {
     if (r) {
       for (auto& s : r->conversations) {
         for (auto& m : s.latest) FixMessage(&m);
@@ -535,7 +537,7 @@ void FaultStore::GetSnapshot(UserId user_id, int latest_per_conversation, Callba
     {
       std::lock_guard lock(mu_);
       if (holding_snapshots_) {
-        held_snapshots_.push_back([done = std::move(done), r = std::move(r)]() mutable { done(std::move(r)); });
+        held_snapshots_.emplace(order, [done = std::move(done), r = std::move(r)]() mutable { done(std::move(r)); });
         return;
       }
     }

@@ -62,6 +62,7 @@
 
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
@@ -267,7 +268,10 @@ class FaultStore final : public Store {
   std::deque<std::function<void(const Status&)>> stalled_;  // their completions
   int64_t snapshots_ = 0;  // hold_snapshots: GetSnapshot calls so far
   bool holding_snapshots_ = false;
-  std::deque<std::function<void()>> held_snapshots_;  // their answers, in order
+  // Their answers by the order of their GetSnapshot calls: with several
+  // readers, reads complete in any order, and the switch answers in the
+  // order they were asked.
+  std::map<int64_t, std::function<void()>> held_snapshots_;
   std::set<std::pair<UserId, UserSeq>> dropped_;
   int64_t receipts_ = 0;  // fail_receipt: UpdateReceipt calls so far
   std::set<std::pair<UserId, UserSeq>> unlisted_;  // omit_withheld: events read without their withheld list

@@ -580,10 +580,10 @@ UPDATE conversations SET last_seq = 4 WHERE id = 1;
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
 }
 
-// The search file belongs to one store file (sqlite_search.h): missing, or
-// another store's, it is built again from the history at the next start;
-// until the search writer has run, the history is not found.
-TEST(SqliteStoreTest, TheSearchFileIsBuiltAgainWhenMissingOrAnotherStores) {
+// The search file belongs to one store file (sqlite_search.h): missing,
+// another store's, or damaged, it is built again from the history at the
+// next start; until the search writer has run, the history is not found.
+TEST(SqliteStoreTest, TheSearchFileIsBuiltAgainWhenMissingDamagedOrAnotherStores) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";
   const std::string other = dir.path() + "/other.db";
@@ -624,6 +624,17 @@ TEST(SqliteStoreTest, TheSearchFileIsBuiltAgainWhenMissingOrAnotherStores) {
   EXPECT_EQ(BenFinds(*store, "news"), (std::vector<std::string>{"2:newer news", "1:old news"}));
   EXPECT_NE(FirstRow(path, "SELECT token FROM search_file"), FirstRow(sqlite::SearchFilePath(other),
                                                                        "SELECT token FROM search_state"));
+  store.reset();
+
+  // Damaged: not a database at all.
+  {
+    std::ofstream out(sqlite::SearchFilePath(path), std::ios::binary | std::ios::trunc);
+    out << std::string(8192, 'x');
+  }
+  store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr) << "a damaged search file does not keep the store from opening";
+  IndexAll(*store);
+  EXPECT_EQ(BenFinds(*store, "news"), (std::vector<std::string>{"2:newer news", "1:old news"}));
 }
 
 // A backup's copy is paired with no search file: the live one may hold rows

@@ -136,17 +136,23 @@ Result<OpenedSearchFile> OpenSearchFile(Db& store, const std::string& store_path
   OpenedSearchFile out;
   std::error_code ec;
   if (!store_token.empty() && std::filesystem::exists(path, ec)) {
+    // A file SQLite cannot open (not a database, damaged) is built again
+    // like a missing one: it holds nothing the store file does not.
     Result<std::unique_ptr<Db>> db = Db::Open(path, /*read_only=*/false, kSearchWriterCacheKib);
-    if (!db.has_value()) return db.error();
-    std::optional<SearchFileState> state = ReadSearchState(**db);
-    (*db)->ClearError();
-    if (state.has_value() && state->token == store_token) {
-      out.db = std::move(db).value();
-      out.done_id = state->done_id;
+    if (db.has_value()) {
+      std::optional<SearchFileState> state = ReadSearchState(**db);
+      (*db)->ClearError();
+      if (state.has_value() && state->token == store_token) {
+        out.db = std::move(db).value();
+        out.done_id = state->done_id;
+      }
+    } else {
+      spdlog::warn("event=search_file_unreadable path=\"{}\" error=\"{}\"", path, db.error().message());
     }
   }
   if (out.db == nullptr) {
-    // Missing, another store's, or another version: rebuilt (see the header).
+    // Missing, unreadable, another store's, or another version: built again
+    // (see the header).
     const std::string token = NewToken(store);
     if (token.empty()) return Status(ErrorCode::kInternal, "cannot make a search file token");
     RemoveSearchFiles(path);

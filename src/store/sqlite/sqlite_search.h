@@ -27,10 +27,10 @@
 //
 // Which index belongs to which store. The store file records the token of
 // its search file (search_file.token). OpenSearchFile rebuilds the search
-// file when it is missing, when the tokens differ, or when the store file's
-// token is empty (schema step 21, a backup: BackupFile clears the copy's
-// token, so a restored store never trusts an index built from a later
-// state): it deletes the file, queues every live message again in one
+// file when it is missing or cannot be opened (damaged), when the tokens
+// differ, or when the store file's token is empty (schema step 21, a
+// backup: BackupFile clears the copy's token, so a restored store never
+// trusts an index built from a later state): it deletes the file, queues every live message again in one
 // store transaction that also writes a new token, and creates the file with
 // that token and done_id 0. The search writer then indexes the whole history
 // in the background; until it has, older messages are missing from results
