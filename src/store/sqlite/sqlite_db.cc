@@ -99,6 +99,14 @@ Status Db::Exec(const char* sql) {
 
 void Db::ExecIgnoringErrors(const char* sql) { sqlite3_exec(db_, sql, nullptr, nullptr, nullptr); }
 
+Status Db::TakeError() {
+  Status error = std::move(error_);
+  if (error.ok()) return error;
+  if (in_transaction()) ExecIgnoringErrors("ROLLBACK");
+  error_ = Status::Ok();
+  return error;
+}
+
 int64_t Db::Changes() { return sqlite3_changes64(db_); }
 
 Status Db::SyncDatabaseFile() {

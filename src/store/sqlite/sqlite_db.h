@@ -65,6 +65,10 @@ class Db {
   bool failed() const { return !error_.ok(); }
   const Status& error() const { return error_; }
   void ClearError() { error_ = Status::Ok(); }
+  // Ends a unit of work that failed: rolls back the transaction still open
+  // (SQLite may have rolled it back already, as it does on some I/O and
+  // full errors), clears the recorded error and returns it (Ok if none).
+  Status TakeError();
 
   bool in_transaction() const;
   int64_t last_insert_rowid() const;

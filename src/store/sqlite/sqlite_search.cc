@@ -34,7 +34,7 @@ BEGIN IMMEDIATE;
 CREATE TABLE search_state(token TEXT NOT NULL, done_id INTEGER NOT NULL);
 CREATE VIRTUAL TABLE message_search USING fts5(
   words, conversation_id UNINDEXED, seq UNINDEXED, version UNINDEXED, tokenize = 'ascii', prefix = '1 2 3');
-PRAGMA user_version = 1;
+PRAGMA user_version = {};
 )sql";
 
 void RemoveSearchFiles(const std::string& path) {
@@ -101,10 +101,7 @@ Result<int64_t> RequeueEverything(Db& store, const std::string& token, int64_t n
   }
   (void)store.Exec("COMMIT");
   if (!store.failed()) return queued;
-  Status error = store.error();
-  if (store.in_transaction()) store.ExecIgnoringErrors("ROLLBACK");
-  store.ClearError();
-  return error;
+  return store.TakeError();
 }
 
 std::string NewToken(Db& store) {
@@ -160,7 +157,7 @@ Result<OpenedSearchFile> OpenSearchFile(Db& store, const std::string& store_path
     if (!queued.has_value()) return queued.error();
     Result<std::unique_ptr<Db>> db = Db::Open(path, /*read_only=*/false, kSearchWriterCacheKib);
     if (!db.has_value()) return db.error();
-    if (Status s = (*db)->Exec(kSearchSchema); !s.ok()) return s;
+    if (Status s = (*db)->Exec(fmt::format(kSearchSchema, kSearchSchemaVersion).c_str()); !s.ok()) return s;
     {
       Stmt s(**db, "INSERT INTO search_state(token, done_id) VALUES(?1, 0)");
       s.BindText(1, token);
@@ -168,7 +165,6 @@ Result<OpenedSearchFile> OpenSearchFile(Db& store, const std::string& store_path
     }
     if (Status s = (*db)->Exec("COMMIT"); !s.ok()) return s;
     out.db = std::move(db).value();
-    out.rebuilt = true;
     spdlog::info("event=search_file_built path=\"{}\" queued={}", path, *queued);
   }
   {
@@ -186,14 +182,6 @@ Status AttachSearchFile(Db& reader, const std::string& store_path) {
   s.BindText(1, SearchFilePath(store_path));
   s.Run();
   return reader.failed() ? reader.error() : Status::Ok();
-}
-
-Status SearchWriter::Finish() {
-  if (!db_->failed()) return Status::Ok();
-  Status error = db_->error();
-  if (db_->in_transaction()) db_->ExecIgnoringErrors("ROLLBACK");
-  db_->ClearError();
-  return error;
 }
 
 Result<SearchIndexProgress> SearchWriter::Index(int max) {
@@ -266,7 +254,7 @@ Result<SearchIndexProgress> SearchWriter::Index(int max) {
     }
   }
   Stmt(*db_, "COMMIT").Run();
-  if (Status s = Finish(); !s.ok()) return s;
+  if (Status s = db_->TakeError(); !s.ok()) return s;
   if (progress.indexed == 0) return progress;
 
   Stmt(*db_, "BEGIN").Run();
@@ -293,7 +281,7 @@ Result<SearchIndexProgress> SearchWriter::Index(int max) {
     s.Run();
   }
   Stmt(*db_, "COMMIT").Run();
-  if (Status s = Finish(); !s.ok()) return s;
+  if (Status s = db_->TakeError(); !s.ok()) return s;
   return progress;
 }
 
@@ -308,7 +296,7 @@ Result<int64_t> SearchWriter::RemoveRows(const std::vector<SearchRow>& rows) {
     removed += db_->Changes();
   }
   Stmt(*db_, "COMMIT").Run();
-  if (Status s = Finish(); !s.ok()) return s;
+  if (Status s = db_->TakeError(); !s.ok()) return s;
   return removed;
 }
 

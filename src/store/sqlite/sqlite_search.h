@@ -18,9 +18,9 @@
 // snapshot held through the FTS5 work could be held for long, and would keep
 // the store's WAL from starting over), then commits the index rows and
 // done_id together in the search file (synchronous=FULL), so after a crash
-// it goes on from the last committed done_id. The store's writer trims queue entries at or below a committed
-// done_id only (TrimSearchQueue), so an entry never leaves the queue before
-// its index rows are on disk. Queue ids are handed out by the store's writer
+// it goes on from the last committed done_id. The store's writer trims
+// queue entries at or below a committed done_id only (TrimSearchQueue), so
+// an entry never leaves the queue before its index rows are on disk. Queue ids are handed out by the store's writer
 // in commit order and never again (its counter starts above the queue's
 // highest id and the search file's done_id, and only grows), so the entries
 // past done_id are exactly those not indexed yet.
@@ -30,9 +30,9 @@
 // file when it is missing or cannot be opened (damaged), when the tokens
 // differ, or when the store file's token is empty (schema step 21, a
 // backup: BackupFile clears the copy's token, so a restored store never
-// trusts an index built from a later state): it deletes the file, queues every live message again in one
-// store transaction that also writes a new token, and creates the file with
-// that token and done_id 0. The search writer then indexes the whole history
+// trusts an index built from a later state): it deletes the file, queues
+// every live message again in one store transaction that also writes a new
+// token, and creates the file with that token and done_id 0. The search writer then indexes the whole history
 // in the background; until it has, older messages are missing from results
 // (docs/operations.md).
 //
@@ -62,7 +62,6 @@ std::string SearchFilePath(const std::string& store_path);
 struct OpenedSearchFile {
   std::unique_ptr<Db> db;
   int64_t done_id = 0;  // the search file's done_id: the store's writer hands out queue ids above it
-  bool rebuilt = false;
 };
 Result<OpenedSearchFile> OpenSearchFile(Db& store, const std::string& store_path, int64_t now);
 
@@ -98,9 +97,6 @@ class SearchWriter {
   Result<int64_t> RemoveRows(const std::vector<SearchRow>& rows);
 
  private:
-  // Ends a unit of work: its sticky error, if any, after a ROLLBACK.
-  Status Finish();
-
   std::unique_ptr<Db> db_;
 };
 

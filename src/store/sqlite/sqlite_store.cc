@@ -1204,12 +1204,9 @@ Status SqliteStore::Writer::CommitBatch(const std::vector<std::unique_ptr<WriteO
   WriteDirty();
   Stmt(*db_, "COMMIT").Run();
   if (!db_->failed()) return Status::Ok();
-  Status error = db_->error();
-  // SQLite may already have rolled back (it does on some I/O and full errors).
-  if (db_->in_transaction()) db_->ExecIgnoringErrors("ROLLBACK");
+  Status error = db_->TakeError();
   DropCaches();
   next_search_id_ = next_search_id;
-  db_->ClearError();
   return error;
 }
 
@@ -2595,10 +2592,7 @@ class SqliteStore::Reader {
     Result<T> result = body(*this);
     Stmt(*db_, "COMMIT").Run();
     if (!db_->failed()) return result;
-    Status error = db_->error();
-    if (db_->in_transaction()) db_->ExecIgnoringErrors("ROLLBACK");
-    db_->ClearError();
-    return error;
+    return db_->TakeError();
   }
 
   Result<UserRecord> UserByName(const std::string& username);
