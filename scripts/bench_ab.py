@@ -15,7 +15,10 @@ of them alike), and prints per variant and rate the median over the rounds.
       --rounds 3 --rates 1000,2000 --duration 10
 
 Within the first rate's measured window it also reads parleyd's /metrics at
-its start and end and reports, per message offered, the WebSocket frames and
+its start and end and reports, per message offered, parleyd's CPU by thread
+(from /proc/PID/task: the I/O thread, the store's writer, checkpointer and
+search writer, the rest summed), the writer's own WAL checkpoints (the tail
+after each background checkpoint: sends wait behind them), the WebSocket frames and
 socket writes (parley_outbound_frames_total, parley_outbound_writes_total;
 builds without those counters show none), the store commits
 (parley_store_commits_total), the pages written to SQLite's WAL
@@ -103,6 +106,30 @@ def scrape(port):
     return out
 
 
+def thread_cpu(pid):
+    """CPU seconds so far of each of a process's threads, summed by thread name."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
+# Threads reported by name in the per-thread table; the rest are summed as "other".
+THREADS = ["parleyd", "store-writer", "store-ckpt", "store-search/0"]
+
+
 def parse_strace(path):
     calls = {}
     with open(path) as f:
@@ -145,16 +172,16 @@ def run_once(args, name, parleyd, extra, strace_s):
                 port = int(f.read().strip())
         except (OSError, ValueError):
             return
-        t0, m0 = time.time(), scrape(port)
+        pid = find_pid(os.path.join(work, "data"), time.time() + 2)
+        t0, m0, c0 = time.time(), scrape(port), thread_cpu(pid) if pid else {}
         if strace_s:
-            pid = find_pid(os.path.join(work, "data"), time.time() + 2)
             time.sleep(max(0.0, (args.duration - 1 - strace_s) / 2))
             if pid:
                 subprocess.run(["timeout", "-s", "INT", str(strace_s), "strace", "-c", "-f", "-p", str(pid), "-o",
                                 strace_out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(max(0.0, t0 + args.duration - 1 - time.time()))
-        t1, m1 = time.time(), scrape(port)
-        window.update(seconds=t1 - t0, before=m0, after=m1)
+        t1, m1, c1 = time.time(), scrape(port), thread_cpu(pid) if pid else {}
+        window.update(seconds=t1 - t0, before=m0, after=m1, threads={k: v - c0.get(k, 0.0) for k, v in c1.items()})
 
     for line in proc.stdout:
         log.append(line)
@@ -180,12 +207,16 @@ def run_once(args, name, parleyd, extra, strace_s):
         per = {}
         for key in ["parley_outbound_frames_total", "parley_outbound_writes_total", "parley_store_commits_total",
                     "parley_store_wal_pages_written_total", "parley_store_wal_os_writes_total",
-                    "parley_store_commit_seconds_sum", "parley_store_commit_seconds_count", SLOW_COMMITS]:
+                    "parley_store_commit_seconds_sum", "parley_store_commit_seconds_count", SLOW_COMMITS,
+                    "parley_store_writer_checkpoint_seconds_sum", "parley_store_writer_checkpoint_seconds_count"]:
             if key in window["before"] and key in window["after"]:
                 per[key] = (window["after"][key] - window["before"][key]) / msgs
         if SLOW_COMMITS in per and "parley_store_commit_seconds_count" in per:
             # Commits that took longer than 5 ms: the count less those in the 5 ms bucket.
             per["slow_commits"] = per["parley_store_commit_seconds_count"] - per[SLOW_COMMITS]
+        for name, seconds in window.get("threads", {}).items():
+            key = name if name in THREADS else "other"
+            per["cpu:" + key] = per.get("cpu:" + key, 0.0) + seconds / msgs
         result["per_msg"] = per
     shutil.rmtree(work, ignore_errors=True)
     return result
@@ -268,6 +299,21 @@ def main():
               f"{cell('parley_store_commits_total')} | {cell('parley_store_wal_pages_written_total')} | "
               f"{cell('parley_store_wal_os_writes_total')} | {scaled('parley_store_commit_seconds_sum', 1e6, pm)} | "
               f"{scaled('slow_commits', 1e3, pm)} |")
+    print()
+    print(f"parleyd's CPU per message offered at {rates[0]:.0f} msgs/s by thread, µs (/proc/PID/task over the same "
+          "window; median), and the writer's own checkpoints (parley_store_writer_checkpoint_seconds):")
+    print("| variant | " + " | ".join(THREADS) + " | other | writer's checkpoints per 1,000 msgs | their mean ms |")
+    print("|---|" + "---|" * (len(THREADS) + 3))
+    for name, _, _ in args.variant:
+        pm = [r["per_msg"] for r in runs if r["name"] == name and r.get("per_msg")]
+        if not pm:
+            continue
+        cells = [scaled("cpu:" + t, 1e6, pm) for t in THREADS + ["other"]]
+        timed = [p for p in pm if p.get("parley_store_writer_checkpoint_seconds_count")]
+        mean = (f"{1e3 * statistics.median(p['parley_store_writer_checkpoint_seconds_sum'] / p['parley_store_writer_checkpoint_seconds_count'] for p in timed):.2f}"
+                if timed else "—")
+        print(f"| {name} | " + " | ".join(cells) +
+              f" | {scaled('parley_store_writer_checkpoint_seconds_count', 1e3, pm)} | {mean} |")
     if args.strace_seconds:
         first = rates[0]
         print()

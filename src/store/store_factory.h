@@ -23,8 +23,12 @@ inline constexpr int kDefaultCommitAdaptiveWaitUs = 300;
 // load"): the longest wait for a group commit while the writer is busy.
 inline constexpr int kDefaultCommitLoadedWaitUs = 1000;
 // SQLite: the WAL size, in pages, at which a background thread checkpoints it
-// (copies its pages back into the database file). 8,192 pages of 4 KiB: 32 MiB.
-inline constexpr int kDefaultSqliteCheckpointPages = 8192;
+// (copies its pages back into the database file). 32,768 pages of 4 KiB:
+// 128 MiB. A checkpoint copies each page once however often it was rewritten
+// since the last one, so fewer, larger checkpoints copy less: against 8,192
+// pages the checkpointer's CPU per message fell by three quarters at 5,000
+// msgs/s (docs/benchmarks.md, "The checkpoint threshold").
+inline constexpr int kDefaultSqliteCheckpointPages = 32768;
 inline constexpr int kDefaultSqlitePageSize = 4096;
 // SQLite: read connections (StoreConfig::sqlite_read_connections); at most
 // kMaxSqliteReadConnections. By default one per CPU the process may use

@@ -1187,8 +1187,12 @@ TEST(SqliteStoreTest, CheckpointsTheWalInTheBackgroundAndKeepsItBounded) {
   constexpr int kPages = 64;
   Counter& background = Metrics::Default().GetCounter("parley_store_checkpoints_total", "");
   Counter& written = Metrics::Default().GetCounter("parley_store_wal_pages_written_total", "");
+  Counter& by_writer = Metrics::Default().GetCounter("parley_store_writer_checkpoints_total", "");
+  Histogram& by_writer_seconds = Metrics::Default().GetHistogram("parley_store_writer_checkpoint_seconds", "", {});
   const uint64_t background_before = background.value();
   const uint64_t written_before = written.value();
+  const uint64_t by_writer_before = by_writer.value();
+  const uint64_t by_writer_timed_before = by_writer_seconds.count();
   UserId bob_id = 0;
   {
     StoreConfig config;
@@ -1207,6 +1211,11 @@ TEST(SqliteStoreTest, CheckpointsTheWalInTheBackgroundAndKeepsItBounded) {
     }
     EXPECT_EQ(Head(*store, bob.id), 1 + 40 * 50);
     EXPECT_GT(background.value() - background_before, 3u);
+    // The writer copied the pages committed while the checkpointer ran (the
+    // tail) at least once, and each of its checkpoints was timed: sends
+    // wait behind them.
+    EXPECT_GT(by_writer.value() - by_writer_before, 0u);
+    EXPECT_EQ(by_writer_seconds.count() - by_writer_timed_before, by_writer.value() - by_writer_before);
     // 2,000 messages of 200 bytes are far more than the WAL ever holds at
     // once: the pages written count every commit's, across restarts.
     EXPECT_GT(written.value() - written_before, static_cast<uint64_t>(SqliteStore::kWalHardLimitFactor * kPages));

@@ -217,6 +217,9 @@ class SqliteStore final : public Store {
 
   void RunWriter();
   void RunCheckpointer();
+  // A PASSIVE checkpoint on the writer's connection, in its WAL hook (timed:
+  // the commit that runs it waits for it).
+  void WriterCheckpoint(sqlite3* db, const char* schema);
   // On the search thread after a step committed `done_id`: queues a
   // TrimSearchQueue when one is due (kSearchTrimInterval, kSearchTrimEntries).
   void MaybeTrimSearchQueue(int64_t done_id);
@@ -270,6 +273,7 @@ class SqliteStore final : public Store {
   Counter& checkpoints_total_;
   Counter& writer_checkpoints_total_;
   Histogram& checkpoint_seconds_;
+  Histogram& writer_checkpoint_seconds_;
   Gauge& wal_pages_;
   Counter& wal_pages_written_;
 
