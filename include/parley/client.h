@@ -275,6 +275,7 @@ class Client {
 
   // Starts the worker (connect, catch up, drain the outbox, follow live
   // events, reconnect). Does nothing if started or if there is no token.
+  // state() is kConnecting as soon as it returns.
   void Start();
   // Closes the connection (1000) and joins the worker. Nothing in the
   // outbox is lost: unacknowledged sends are retried by the next Start.

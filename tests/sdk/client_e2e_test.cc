@@ -206,6 +206,37 @@ TEST(ClientE2E, ReconnectAfterShutdownWaitsForTheAnnouncedRetryAfter) {
   EXPECT_LE(waited, 2 * kRetryAfterMs + 500);
 }
 
+// A started client is connecting from the moment Start returns (not only
+// once its worker thread first runs), also when it starts again after a
+// Stop: a caller that looks at state() at once must not take it for
+// stopped. on_state still reports every change once, in order.
+TEST(ClientE2E, AStartedClientIsConnectingAsSoonAsStartReturns) {
+  ServerProcess s;
+  std::string token = RegisterAndLogin(s, "alice");
+  TempDir dir;
+  std::mutex mu;
+  std::vector<ClientState> states;
+  auto o = OptionsFor(s, dir / "alice.db", token);
+  o.on_state = [&](ClientState st, const std::string&) {
+    std::lock_guard lock(mu);
+    states.push_back(st);
+  };
+  auto alice = OpenClient(o);
+  EXPECT_EQ(alice->state(), ClientState::kStopped);
+  for (int round = 0; round < 3; ++round) {
+    alice->Start();
+    EXPECT_NE(alice->state(), ClientState::kStopped) << "round " << round;
+    ASSERT_TRUE(alice->WaitOnline(5000)) << alice->last_error();
+    alice->Stop();
+    EXPECT_EQ(alice->state(), ClientState::kStopped);
+  }
+  std::lock_guard lock(mu);
+  const std::vector<ClientState> once = {ClientState::kConnecting, ClientState::kOnline, ClientState::kStopped};
+  std::vector<ClientState> want;
+  for (int round = 0; round < 3; ++round) want.insert(want.end(), once.begin(), once.end());
+  EXPECT_EQ(states, want);
+}
+
 // A server at its connection limit answers the upgrade 503 with
 // Retry-After: 5 (docs/protocol.md, "Transport"). Connection::Open reports
 // it, and a client waits that long (with its jitter) before it tries again,

@@ -269,6 +269,9 @@ struct Client::Impl {
   void Run() {
     int attempt = 0;
     EmitQueued();
+    // Start set kConnecting already, so the loop's first SetState below
+    // changes nothing and does not call on_state: announce it here.
+    if (opt.on_state) opt.on_state(ClientState::kConnecting, "");
     while (!Stopping()) {
       SetState(ClientState::kConnecting, "");
       SessionEnd end = Session();
@@ -1166,6 +1169,11 @@ void Client::Start() {
   if (impl_->started || impl_->opt.token.empty()) return;
   impl_->started = true;
   impl_->stopping = false;
+  // Connecting from the moment Start returns, not from when the worker first
+  // runs: a caller that checks state() at once (as the checker's self-test
+  // does before it waits for every started device) must not see the last
+  // run's kStopped. The worker announces it (Run): callbacks run there.
+  impl_->state = ClientState::kConnecting;
   impl_->worker = std::thread([m = impl_.get()] { m->Run(); });
 }
 
