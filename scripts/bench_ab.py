@@ -18,8 +18,8 @@ Within the first rate's measured window it also reads parleyd's /metrics at
 its start and end and reports, per message offered, parleyd's CPU by thread
 (from /proc/PID/task: the I/O thread, the store's writer, checkpointer and
 search writer, the rest summed), the writer's own WAL checkpoints (the tail
-after each background checkpoint: sends wait behind them), the WebSocket frames and
-socket writes (parley_outbound_frames_total, parley_outbound_writes_total;
+after each background checkpoint: sends wait behind them), the WebSocket
+frames and socket writes (parley_outbound_frames_total, parley_outbound_writes_total;
 builds without those counters show none), the store commits
 (parley_store_commits_total), the pages written to SQLite's WAL
 (parley_store_wal_pages_written_total) and the WAL write calls that reached
@@ -309,9 +309,9 @@ def main():
         if not pm:
             continue
         cells = [scaled("cpu:" + t, 1e6, pm) for t in THREADS + ["other"]]
-        timed = [p for p in pm if p.get("parley_store_writer_checkpoint_seconds_count")]
-        mean = (f"{1e3 * statistics.median(p['parley_store_writer_checkpoint_seconds_sum'] / p['parley_store_writer_checkpoint_seconds_count'] for p in timed):.2f}"
-                if timed else "—")
+        means = [p["parley_store_writer_checkpoint_seconds_sum"] / p["parley_store_writer_checkpoint_seconds_count"]
+                 for p in pm if p.get("parley_store_writer_checkpoint_seconds_count")]
+        mean = f"{1e3 * statistics.median(means):.2f}" if means else "—"
         print(f"| {name} | " + " | ".join(cells) +
               f" | {scaled('parley_store_writer_checkpoint_seconds_count', 1e3, pm)} | {mean} |")
     if args.strace_seconds:

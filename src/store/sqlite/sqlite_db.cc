@@ -12,6 +12,7 @@
 #include <cassert>
 #include <cstdint>
 #include <mutex>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -100,10 +101,9 @@ Status Db::Exec(const char* sql) {
 void Db::ExecIgnoringErrors(const char* sql) { sqlite3_exec(db_, sql, nullptr, nullptr, nullptr); }
 
 Status Db::TakeError() {
-  Status error = std::move(error_);
-  if (error.ok()) return error;
+  if (error_.ok()) return Status::Ok();
   if (in_transaction()) ExecIgnoringErrors("ROLLBACK");
-  error_ = Status::Ok();
+  Status error = std::exchange(error_, Status::Ok());
   return error;
 }
 

@@ -20,10 +20,11 @@
 // done_id together in the search file (synchronous=FULL), so after a crash
 // it goes on from the last committed done_id. The store's writer trims
 // queue entries at or below a committed done_id only (TrimSearchQueue), so
-// an entry never leaves the queue before its index rows are on disk. Queue ids are handed out by the store's writer
-// in commit order and never again (its counter starts above the queue's
-// highest id and the search file's done_id, and only grows), so the entries
-// past done_id are exactly those not indexed yet.
+// an entry never leaves the queue before its index rows are on disk. Queue
+// ids are handed out by the store's writer in commit order and never again
+// (its counter starts above the queue's highest id and the search file's
+// done_id, and only grows), so the entries past done_id are exactly those
+// not indexed yet.
 //
 // Which index belongs to which store. The store file records the token of
 // its search file (search_file.token). OpenSearchFile rebuilds the search
@@ -32,9 +33,9 @@
 // backup: BackupFile clears the copy's token, so a restored store never
 // trusts an index built from a later state): it deletes the file, queues
 // every live message again in one store transaction that also writes a new
-// token, and creates the file with that token and done_id 0. The search writer then indexes the whole history
-// in the background; until it has, older messages are missing from results
-// (docs/operations.md).
+// token, and creates the file with that token and done_id 0. The search
+// writer then indexes the whole history in the background; until it has,
+// older messages are missing from results (docs/operations.md).
 //
 // Thread-safety: none; each object is used by one thread. The free
 // functions run while the store opens, before its threads start.
