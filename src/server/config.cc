@@ -305,6 +305,13 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, int* exit_code) {
       ->envname("PARLEY_SQLITE_CHECKPOINT_YIELD_PAGES")
       ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
+  app.add_option("--sqlite-search-handoff-kib", c.store.sqlite_search_handoff_kib,
+                 "SQLite: the store's writer hands committed messages' texts to the search indexer in memory, up to "
+                 "this many KiB not indexed yet (past it, and after a restart, the indexer reads them from the store "
+                 "file); 0: the indexer always reads the store file")
+      ->envname("PARLEY_SQLITE_SEARCH_HANDOFF_KIB")
+      ->check(CLI::Range(0, 1 << 22))
+      ->capture_default_str();
   app.add_option("--sqlite-page-size", c.store.sqlite_page_size,
                  "SQLite page size in bytes for a new database (an existing database keeps its own)")
       ->envname("PARLEY_SQLITE_PAGE_SIZE")

@@ -46,6 +46,12 @@ inline int DefaultSqliteReadConnections() { return std::clamp(CpusAvailable(), 1
 // (StoreConfig::sqlite_checkpoint_yield_pages), chosen by measurement
 // (docs/benchmarks.md, "The checkpointer yields").
 inline constexpr int kDefaultSqliteCheckpointYieldPages = 8;
+// SQLite: the most the store's writer holds in memory for the search writer
+// (StoreConfig::sqlite_search_handoff_kib), KiB: the texts of committed
+// messages not indexed yet, plus ~100 bytes an entry. 16 MiB is about a
+// minute at 5,000 msgs/s of 140-byte texts; past it the search writer reads
+// the rest through the store file, as after a restart.
+inline constexpr int kDefaultSqliteSearchHandoffKib = 16384;
 
 struct StoreConfig {
   std::string backend = "sqlite";  // "sqlite" or "postgres"
@@ -102,6 +108,11 @@ struct StoreConfig {
   // keeps its own). Every B-tree leaf a commit touches is written to the WAL
   // whole, so the page size scales the bytes a commit writes.
   int sqlite_page_size = kDefaultSqlitePageSize;
+  // SQLite: the store's writer hands each committed message's text to the
+  // search writer in memory, up to this many KiB not indexed yet, so that
+  // the search writer does not read it back through the store file
+  // (sqlite_search.h, "The texts in memory"); 0: it always reads the store.
+  int sqlite_search_handoff_kib = kDefaultSqliteSearchHandoffKib;
   // Stamps each message's stored_at (the time its commit batch is written);
   // nullptr: the system clock. Not owned; must outlive the store.
   const Clock* clock = nullptr;

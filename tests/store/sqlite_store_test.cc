@@ -413,10 +413,11 @@ void IndexAll(SqliteStore& store) {
   Must(Await<SearchIndexProgress>([&](auto cb) { store.IndexSearch(100, cb); }));
 }
 
-// "seq:body" of each message ben's search for `word` finds, newest first.
-std::vector<std::string> BenFinds(SqliteStore& store, const std::string& word) {
+// "seq:body" of each message `searcher`'s search for `word` finds, newest
+// first.
+std::vector<std::string> Finds(SqliteStore& store, UserId searcher, const std::string& word) {
   MessageSearchQuery q;
-  q.searcher = 2;
+  q.searcher = searcher;
   q.words = {word};
   q.limit = 10;
   std::vector<std::string> found;
@@ -424,6 +425,7 @@ std::vector<std::string> BenFinds(SqliteStore& store, const std::string& word) {
     found.push_back(std::to_string(m.seq) + ":" + m.body);
   return found;
 }
+std::vector<std::string> BenFinds(SqliteStore& store, const std::string& word) { return Finds(store, 2, word); }
 
 // Ann (device `device`) edits or deletes her message `seq` of conversation 1.
 void AnnChanges(SqliteStore& store, DeviceId device, protocol::ChangeKind kind, Seq seq, const std::string& body) {
@@ -1497,6 +1499,160 @@ TEST(SqliteStoreTest, TheSearchQueueIsTrimmedOnlyUpToWhatTheSearchFileCommitted)
   Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "m6", "tidings")));
   store.reset();
   EXPECT_EQ(FirstRow(path, "SELECT max(search_doc) FROM messages"), std::vector<std::string>{"6"});
+}
+
+// ---- The texts in memory (sqlite_search.h, "The texts in memory") ----
+
+Counter& SearchEntriesFrom(const std::string& source) {
+  return Metrics::Default().GetCounter("parley_search_index_entries_total", "", "source=\"" + source + "\"");
+}
+
+// Sends, an edit and a delete, all committed before the search writer runs:
+// one step takes them from memory in queue order, reads nothing through the
+// store, and ends where reading each message's current text would.
+TEST(SqliteStoreTest, TheSearchWriterTakesCommittedTextsFromMemoryInQueueOrder) {
+  TempDir dir;
+  std::unique_ptr<SqliteStore> store = OpenSqlite(dir.path() + "/parley.db");
+  ASSERT_NE(store, nullptr);
+  AliceAndBob p = MakeAliceAndBob(*store);
+  const uint64_t memory0 = SearchEntriesFrom("memory").value(), store0 = SearchEntriesFrom("store").value();
+  Seq pie = Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "a", "apple pie"))).message.seq;
+  Seq tart = Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "b", "cherry tart"))).message.seq;
+  Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "c", "plum jam")));
+  MessageChange edit;
+  edit.kind = static_cast<int>(protocol::ChangeKind::kEdit);
+  edit.conversation_id = p.c;
+  edit.seq = pie;
+  edit.user_id = p.alice.id;
+  edit.device_id = p.alice_dev.id;
+  edit.client_id = "edit-pie";
+  edit.body = "banana bread";
+  edit.now = 2500;
+  edit.edit_window_ms = edit.delete_window_ms = 1'000'000;
+  Must(Await<ChangeResult>([&](auto cb) { store->ChangeMessage(edit, cb); }));
+  MessageChange del = edit;
+  del.kind = static_cast<int>(protocol::ChangeKind::kDelete);
+  del.seq = tart;
+  del.client_id = "delete-tart";
+  Must(Await<ChangeResult>([&](auto cb) { store->ChangeMessage(del, cb); }));
+
+  // One step: two of the messages are queued twice (sent, then edited or
+  // deleted), and each ends as its last entry left it.
+  SearchIndexProgress progress = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(100, cb); }));
+  EXPECT_EQ(progress.indexed, 5);
+  EXPECT_EQ(progress.backlog, 0);
+  EXPECT_EQ(progress.oldest_queued_at, 0);
+  EXPECT_EQ(SearchEntriesFrom("memory").value() - memory0, 5u);
+  EXPECT_EQ(SearchEntriesFrom("store").value() - store0, 0u);
+  EXPECT_TRUE(Finds(*store, p.bob.id, "apple").empty());
+  EXPECT_EQ(Finds(*store, p.bob.id, "banana"), (std::vector<std::string>{std::to_string(pie) + ":banana bread"}));
+  EXPECT_TRUE(Finds(*store, p.bob.id, "cherry").empty());
+  EXPECT_EQ(Finds(*store, p.bob.id, "plum"), (std::vector<std::string>{std::to_string(tart + 1) + ":plum jam"}));
+
+  // A step smaller than what waits: the backlog is exact (the entries held).
+  SendMany(*store, p.c, p.alice.id, p.alice_dev.id, 3, "later-", "fig roll");
+  progress = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(1, cb); }));
+  EXPECT_EQ(progress.indexed, 1);
+  EXPECT_EQ(progress.backlog, 2);
+  EXPECT_GT(progress.oldest_queued_at, 0);
+  progress = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(100, cb); }));
+  EXPECT_EQ(progress.indexed, 2);
+  EXPECT_EQ(Finds(*store, p.bob.id, "fig").size(), 3u);
+  // An idle step reads nothing either.
+  progress = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(100, cb); }));
+  EXPECT_EQ(progress.indexed, 0);
+  EXPECT_EQ(SearchEntriesFrom("memory").value() - memory0, 8u);
+  EXPECT_EQ(SearchEntriesFrom("store").value() - store0, 0u);
+}
+
+// A handoff too small for what waits: it drops what it holds, the search
+// writer reads those entries through the store, and then takes the next
+// commits' from memory again. Nothing is lost.
+TEST(SqliteStoreTest, AFullSearchHandoffLeavesItsEntriesToTheStoreAndLosesNone) {
+  TempDir dir;
+  StoreConfig config;
+  config.sqlite_path = dir.path() + "/parley.db";
+  config.sqlite_cache_kib = 8192;
+  config.sqlite_search_handoff_kib = 1;
+  std::unique_ptr<SqliteStore> store = std::move(SqliteStore::Open(config)).value();
+  AliceAndBob p = MakeAliceAndBob(*store);
+  const uint64_t memory0 = SearchEntriesFrom("memory").value(), store0 = SearchEntriesFrom("store").value();
+  Counter& overflows = Metrics::Default().GetCounter("parley_search_handoff_overflows_total", "");
+  const uint64_t overflows0 = overflows.value();
+  const std::string long_text = "saga " + std::string(600, 'z');
+  for (int i = 0; i < 3; ++i)  // one commit each: the second does not fit beside the first
+    Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "long" + std::to_string(i), long_text)));
+  EXPECT_GE(overflows.value() - overflows0, 1u);
+  SearchIndexProgress progress = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(100, cb); }));
+  EXPECT_EQ(progress.indexed, 3);
+  EXPECT_EQ(progress.backlog, 0);
+  EXPECT_EQ(SearchEntriesFrom("store").value() - store0, 3u);
+  EXPECT_EQ(SearchEntriesFrom("memory").value() - memory0, 0u);
+
+  Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "short", "short saga")));
+  progress = Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(100, cb); }));
+  EXPECT_EQ(progress.indexed, 1);
+  EXPECT_EQ(SearchEntriesFrom("memory").value() - memory0, 1u) << "caught up: from memory again";
+  EXPECT_EQ(Finds(*store, p.bob.id, "saga").size(), 4u);
+}
+
+// The handoff's own rules: an entry stays until a done_id covers it (a step
+// whose commit failed takes it again), and after an overflow it answers
+// only once done_id has reached what it dropped.
+TEST(SearchHandoffTest, KeepsEntriesUntilADoneIdCoversThemAndAnswersOnlyWhenComplete) {
+  auto entry = [](int64_t id, std::string body) {
+    sqlite::SearchEntry e;
+    e.id = e.doc_id = id;
+    e.queued_at = 100 + id;
+    e.body = std::move(body);
+    return e;
+  };
+  sqlite::SearchHandoff handoff(/*complete_after=*/10, /*max_bytes=*/4 * (sizeof(sqlite::SearchEntry) + 8));
+  sqlite::SearchHandoff::Taken taken;
+  EXPECT_TRUE(handoff.Take(10, 5, &taken));
+  EXPECT_TRUE(taken.entries.empty());
+  EXPECT_FALSE(handoff.Take(9, 5, &taken)) << "entry 10 is in the store only";
+
+  std::vector<sqlite::SearchEntry> batch;
+  batch.push_back(entry(11, "a"));
+  batch.push_back(entry(12, "b"));
+  handoff.Append(std::move(batch));
+  batch.clear();
+  batch.push_back(entry(13, "c"));
+  handoff.Append(std::move(batch));
+  ASSERT_TRUE(handoff.Take(10, 2, &taken));
+  ASSERT_EQ(taken.entries.size(), 2u);
+  EXPECT_EQ(taken.entries[0].id, 11);
+  EXPECT_EQ(taken.entries[1].body, "b");
+  EXPECT_EQ(taken.backlog, 1);
+  EXPECT_EQ(taken.oldest_queued_at, 113);
+  // The step's commit failed: done_id is still 10, and it takes them again.
+  ASSERT_TRUE(handoff.Take(10, 2, &taken));
+  ASSERT_EQ(taken.entries.size(), 2u);
+  EXPECT_EQ(taken.entries[0].id, 11);
+  ASSERT_TRUE(handoff.Take(12, 5, &taken));
+  ASSERT_EQ(taken.entries.size(), 1u);
+  EXPECT_EQ(taken.entries[0].id, 13);
+  EXPECT_EQ(taken.backlog, 0);
+  EXPECT_EQ(taken.oldest_queued_at, 0);
+
+  // Past its limit (four entries): with 13 to 15 held, the batch 16 to 19
+  // does not fit, so it drops them all, and until done_id reaches 19 they
+  // are read through the store.
+  batch.clear();
+  for (int64_t id = 14; id <= 15; ++id) batch.push_back(entry(id, "x"));
+  handoff.Append(std::move(batch));
+  batch.clear();
+  for (int64_t id = 16; id <= 19; ++id) batch.push_back(entry(id, "y"));
+  handoff.Append(std::move(batch));
+  EXPECT_FALSE(handoff.Take(12, 5, &taken));
+  EXPECT_FALSE(handoff.Take(18, 5, &taken));
+  batch.clear();
+  batch.push_back(entry(20, "z"));
+  handoff.Append(std::move(batch));
+  ASSERT_TRUE(handoff.Take(19, 5, &taken));
+  ASSERT_EQ(taken.entries.size(), 1u);
+  EXPECT_EQ(taken.entries[0].id, 20);
 }
 
 TEST(SqliteStoreTest, AReceiptFromADeviceRevokedAfterItsLastReceiptIsRefused) {

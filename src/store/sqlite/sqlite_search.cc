@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <optional>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "store/name_words.h"
@@ -184,40 +185,101 @@ Status AttachSearchFile(Db& reader, const std::string& store_path) {
   return reader.failed() ? reader.error() : Status::Ok();
 }
 
-Result<SearchIndexProgress> SearchWriter::Index(int max) {
-  // Two transactions. The first reads the entries past done_id and their
-  // messages' current texts: a read snapshot of the store file held only
-  // while it reads, never during the FTS5 work, since this thread runs at
-  // the lowest priority and a snapshot it held while preempted would keep
-  // the store's checkpoints from letting its WAL start over. The second
-  // writes the search file alone. Nothing else writes the search file, so
-  // done_id cannot move between them; an entry queued after the snapshot is
+SearchHandoff::SearchHandoff(int64_t complete_after, size_t max_bytes)
+    : max_bytes_(max_bytes),
+      overflows_(Metrics::Default().GetCounter(
+          "parley_search_handoff_overflows_total",
+          "Times the message-search handoff was full when the store's writer appended a commit's entries (the "
+          "search writer then read them through the store).")),
+      complete_after_(complete_after) {}
+
+void SearchHandoff::Append(std::vector<SearchEntry> entries) {
+  if (entries.empty()) return;
+  size_t cost = 0;
+  for (const SearchEntry& e : entries) cost += Cost(e);
+  std::lock_guard lock(mu_);
+  if (bytes_.load(std::memory_order_relaxed) + cost > max_bytes_) {
+    // Dropped with what waits before it: the search writer reads the queue
+    // through the store up to here (and drops what it holds up to here),
+    // then takes the next commits' entries.
+    size_t dropped = 0;
+    for (const SearchEntry& e : waiting_) dropped += Cost(e);
+    waiting_.clear();
+    bytes_.fetch_sub(dropped, std::memory_order_relaxed);
+    complete_after_ = entries.back().id;
+    overflows_.Inc();
+    return;
+  }
+  bytes_.fetch_add(cost, std::memory_order_relaxed);
+  for (SearchEntry& e : entries) waiting_.push_back(std::move(e));
+}
+
+bool SearchHandoff::Take(int64_t done_id, int max, Taken* out) {
+  std::vector<SearchEntry> arrived;
+  int64_t complete_after = 0;
+  {
+    std::lock_guard lock(mu_);
+    arrived.swap(waiting_);
+    complete_after = complete_after_;
+  }
+  for (SearchEntry& e : arrived) held_.push_back(std::move(e));
+  // What a done_id covers is indexed; what an overflow dropped is read
+  // through the store.
+  const int64_t covered = std::max(done_id, complete_after);
+  size_t freed = 0;
+  while (!held_.empty() && held_.front().id <= covered) {
+    freed += Cost(held_.front());
+    held_.pop_front();
+  }
+  bytes_.fetch_sub(freed, std::memory_order_relaxed);
+  if (complete_after > done_id) return false;
+  const size_t n = std::min(held_.size(), static_cast<size_t>(std::max(1, max)));
+  out->entries.assign(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(n));
+  out->backlog = static_cast<int64_t>(held_.size() - n);
+  out->oldest_queued_at = n < held_.size() ? held_[n].queued_at : 0;
+  return true;
+}
+
+struct SearchWriter::Doc {
+  int64_t doc_id = 0;
+  ConversationId conversation = 0;
+  Seq seq = 0;
+  std::vector<std::string> words;  // empty: deleted, or no words
+  int64_t version = 0;
+};
+
+SearchWriter::SearchWriter(std::unique_ptr<Db> db, std::shared_ptr<SearchHandoff> handoff)
+    : db_(std::move(db)),
+      handoff_(std::move(handoff)),
+      from_memory_(Metrics::Default().GetCounter(
+          "parley_search_index_entries_total",
+          "Message-search queue entries the search writer took, by where it read them: from the store writer's "
+          "commits in memory, or through the store file.",
+          "source=\"memory\"")),
+      from_store_(Metrics::Default().GetCounter(
+          "parley_search_index_entries_total",
+          "Message-search queue entries the search writer took, by where it read them: from the store writer's "
+          "commits in memory, or through the store file.",
+          "source=\"store\"")) {}
+
+Result<std::vector<SearchWriter::Doc>> SearchWriter::ReadFromStore(int64_t done_id, int max,
+                                                                  SearchIndexProgress* progress) {
+  // A read snapshot of the store file held only while it reads, never
+  // during the FTS5 work, since this thread runs at the lowest priority and
+  // a snapshot it held while preempted would keep the store's checkpoints
+  // from letting its WAL start over. An entry queued after the snapshot is
   // past the new done_id and taken by the next step.
-  struct Doc {
-    int64_t doc_id = 0;
-    ConversationId conversation = 0;
-    Seq seq = 0;
-    std::vector<std::string> words;  // empty: deleted, or no words
-    int64_t version = 0;
-  };
   std::vector<Doc> docs;
-  SearchIndexProgress progress;
-  int64_t done_id = 0;
-  db_->ClearError();
   // Deferred, never IMMEDIATE on this connection: that would take the write
   // lock of the attached store file too.
   Stmt(*db_, "BEGIN").Run();
-  {
-    Stmt s(*db_, "SELECT done_id FROM search_state");
-    if (s.Step()) done_id = s.Int(0);
-  }
   {
     std::unordered_set<int64_t> seen;  // doc ids taken by this step
     Stmt q(*db_, "SELECT id, conversation_id, seq FROM store.search_queue WHERE id > ?1 ORDER BY id LIMIT ?2");
     q.BindInt(1, done_id).BindInt(2, std::max(1, max));
     while (q.Step()) {
-      ++progress.indexed;
-      progress.done_id = q.Int(0);
+      ++progress->indexed;
+      progress->done_id = q.Int(0);
       Doc doc;
       doc.conversation = q.Int(1);
       doc.seq = q.Int(2);
@@ -238,8 +300,8 @@ Result<SearchIndexProgress> SearchWriter::Index(int max) {
       docs.push_back(std::move(doc));
     }
   }
-  if (progress.indexed > 0) done_id = progress.done_id;
-  progress.done_id = done_id;
+  if (progress->indexed > 0) done_id = progress->done_id;
+  progress->done_id = done_id;
   {
     // The store's writer hands out ids in commit order without repeats, so
     // the entries past done_id are the range (done_id, max] less the few ids
@@ -249,13 +311,64 @@ Result<SearchIndexProgress> SearchWriter::Index(int max) {
            "COALESCE((SELECT queued_at FROM store.search_queue WHERE id > ?1 ORDER BY id LIMIT 1), 0)");
     s.BindInt(1, done_id);
     if (s.Step()) {
-      progress.backlog = std::max<int64_t>(0, s.Int(0));
-      progress.oldest_queued_at = s.Int(1);
+      progress->backlog = std::max<int64_t>(0, s.Int(0));
+      progress->oldest_queued_at = s.Int(1);
     }
   }
   Stmt(*db_, "COMMIT").Run();
   if (Status s = db_->TakeError(); !s.ok()) return s;
-  if (progress.indexed == 0) return progress;
+  from_store_.Inc(static_cast<uint64_t>(progress->indexed));
+  return docs;
+}
+
+Result<SearchIndexProgress> SearchWriter::Index(int max) {
+  // Reads the step's entries (from the handoff, or through the store:
+  // ReadFromStore), then writes the search file alone. Nothing else writes
+  // the search file, so done_id cannot change in between.
+  db_->ClearError();
+  if (!done_id_.has_value()) {
+    Stmt s(*db_, "SELECT done_id FROM search_state");
+    if (s.Step()) done_id_ = s.Int(0);
+    if (Status st = db_->TakeError(); !st.ok()) return st;
+    if (!done_id_.has_value()) return Status(ErrorCode::kInternal, "the search file has no state row");
+  }
+  SearchIndexProgress progress;
+  progress.done_id = *done_id_;
+  std::vector<Doc> docs;
+  SearchHandoff::Taken taken;
+  if (handoff_ != nullptr && handoff_->Take(*done_id_, max, &taken)) {
+    progress.indexed = static_cast<int>(taken.entries.size());
+    progress.backlog = taken.backlog;
+    progress.oldest_queued_at = taken.oldest_queued_at;
+    if (progress.indexed == 0) return progress;
+    progress.done_id = taken.entries.back().id;
+    from_memory_.Inc(taken.entries.size());
+    // In queue order, a message queued twice in one step ends as its last
+    // entry left it (see "The texts in memory").
+    std::unordered_map<int64_t, size_t> at;  // doc id -> its Doc in docs
+    for (const SearchEntry& e : taken.entries) {
+      if (e.doc_id == 0) continue;  // see ReadFromStore
+      Doc doc;
+      doc.doc_id = e.doc_id;
+      doc.conversation = e.conversation;
+      doc.seq = e.seq;
+      if (!e.deleted) {
+        doc.words = MessageWords(e.body);
+        doc.version = e.version;
+      }
+      auto [it, added] = at.emplace(e.doc_id, docs.size());
+      if (added) {
+        docs.push_back(std::move(doc));
+      } else {
+        docs[it->second] = std::move(doc);
+      }
+    }
+  } else {
+    Result<std::vector<Doc>> read = ReadFromStore(*done_id_, max, &progress);
+    if (!read.has_value()) return read.error();
+    if (progress.indexed == 0) return progress;
+    docs = std::move(read).value();
+  }
 
   Stmt(*db_, "BEGIN").Run();
   for (const Doc& doc : docs) {
@@ -277,11 +390,15 @@ Result<SearchIndexProgress> SearchWriter::Index(int max) {
   }
   {
     Stmt s(*db_, "UPDATE search_state SET done_id = ?1");
-    s.BindInt(1, done_id);
+    s.BindInt(1, progress.done_id);
     s.Run();
   }
   Stmt(*db_, "COMMIT").Run();
-  if (Status s = db_->TakeError(); !s.ok()) return s;
+  if (Status s = db_->TakeError(); !s.ok()) {
+    done_id_.reset();  // read again by the next step
+    return s;
+  }
+  done_id_ = progress.done_id;
   return progress;
 }
 

@@ -37,15 +37,40 @@
 // writer then indexes the whole history in the background; until it has,
 // older messages are missing from results (docs/operations.md).
 //
-// Thread-safety: none; each object is used by one thread. The free
-// functions run while the store opens, before its threads start.
+// The texts in memory (SearchHandoff). Reading the queue and each message
+// through the store file was about half of the search writer's work: every
+// store commit leaves that connection's page cache stale, so each step read
+// its pages again. So the store's writer also hands each committed entry,
+// with the text it queued, to the search writer in memory, and the search
+// writer reads the store only for entries the handoff does not hold: those
+// queued before this process started (the durable queue stays the crash
+// path), or dropped because the handoff was full. Indexing the entries in
+// queue order with the text each one carried ends where reading each
+// message's current text does: every change of a text (an edit, a delete,
+// an expiry) queues an entry of its own after the ones before it, a purge
+// removes only deleted messages (whose delete entry removes their row), and
+// a compaction into the cold tier moves a text without changing it. On the
+// way it may differ for a moment: a send and its delete indexed in two
+// steps leave the row in between, where reading the current text would not
+// have written it; searches never show it (each result is checked against
+// the store: deleted_at = 0).
+//
+// Thread-safety: SearchHandoff is thread-safe. Otherwise none; each object
+// is used by one thread. The free functions run while the store opens,
+// before its threads start.
 #pragma once
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "common/metrics.h"
 #include "common/status.h"
 #include "store/sqlite/sqlite_db.h"
 #include "store/types.h"
@@ -80,16 +105,82 @@ struct SearchRow {
   Seq seq = 0;
 };
 
+// A committed queue entry, with what the search writer would otherwise read
+// of its message through the store.
+struct SearchEntry {
+  int64_t id = 0;      // the queue id
+  int64_t doc_id = 0;  // the message's doc id (0: none, skipped)
+  ConversationId conversation = 0;
+  Seq seq = 0;
+  int64_t version = 0;
+  int64_t queued_at = 0;
+  bool deleted = false;
+  std::string body;  // the message's text as the entry was queued (empty when deleted)
+};
+
+// Committed entries from the store's writer to the search writer (see "The
+// texts in memory" above). It holds every committed entry with an id above
+// complete_after, less those the search writer has committed as indexed,
+// up to a byte limit; when an append would pass the limit it drops the
+// entries waiting and that batch, and complete_after moves to the batch's
+// last id (the search writer reads those through the store).
+//
+// The search writer runs at the lowest priority, so it holds the lock only
+// to swap the waiting entries out (the store's writer, which appends under
+// it, must never wait for a preempted search writer): it keeps what it
+// swapped out in a queue of its own until a done_id covers them.
+class SearchHandoff {
+ public:
+  // `complete_after`: every entry committed from now on has a larger id (the
+  // store's writer hands out ids from complete_after + 1). `max_bytes`: the
+  // limit on the texts held (plus a fixed cost per entry).
+  SearchHandoff(int64_t complete_after, size_t max_bytes);
+
+  // The store's writer, after a commit: that commit's entries, ids
+  // ascending, each above every id appended before.
+  void Append(std::vector<SearchEntry> entries);
+
+  // The search writer, whose committed done_id is `done_id`: forgets the
+  // entries up to it, and if it holds every committed entry past it, copies
+  // up to `max` of them (oldest first) into `out` and returns true, with how
+  // many it holds past those and when the oldest of them was queued (0:
+  // none). Returns false when some are only in the store. Entries stay
+  // until a later call's done_id covers them, so a step whose commit fails
+  // takes them again. Called by one thread only.
+  struct Taken {
+    std::vector<SearchEntry> entries;
+    int64_t backlog = 0;
+    int64_t oldest_queued_at = 0;
+  };
+  bool Take(int64_t done_id, int max, Taken* out);
+
+ private:
+  static size_t Cost(const SearchEntry& e) { return sizeof(SearchEntry) + e.body.size(); }
+
+  const size_t max_bytes_;
+  // parley_search_handoff_overflows_total: appends that found it full (the
+  // search writer then reads the dropped entries through the store).
+  Counter& overflows_;
+  std::mutex mu_;
+  std::vector<SearchEntry> waiting_;  // guarded by mu_: appended, not yet swapped out
+  int64_t complete_after_;            // guarded by mu_
+  std::atomic<size_t> bytes_{0};      // Cost of waiting_ and held_
+  std::deque<SearchEntry> held_;      // used by Take only: swapped out, not yet covered by a done_id
+};
+
 // The search file's writer (see above).
 class SearchWriter {
  public:
-  explicit SearchWriter(std::unique_ptr<Db> db) : db_(std::move(db)) {}
+  // `handoff`: the store writer's committed entries in memory; nullptr:
+  // every step reads the queue through the store.
+  SearchWriter(std::unique_ptr<Db> db, std::shared_ptr<SearchHandoff> handoff);
 
   // Indexes up to `max` queue entries past done_id (oldest first): each
-  // message's current text replaces its row (a deleted message, or one with
-  // no words, loses it). A read transaction of both files, then a write
-  // transaction of the search file alone. progress.done_id is the done_id
-  // it committed.
+  // message's text replaces its row (a deleted message, or one with no
+  // words, loses it). The entries come from the handoff when it holds them
+  // all, else from a read transaction of both files (each message's current
+  // text); then a write transaction of the search file alone.
+  // progress.done_id is the done_id it committed.
   Result<SearchIndexProgress> Index(int max);
 
   // Removes these messages' rows (a purge's, which may run before the
@@ -98,7 +189,19 @@ class SearchWriter {
   Result<int64_t> RemoveRows(const std::vector<SearchRow>& rows);
 
  private:
+  struct Doc;
+  // A step's entries read through the store file (see Index).
+  Result<std::vector<Doc>> ReadFromStore(int64_t done_id, int max, SearchIndexProgress* progress);
+
   std::unique_ptr<Db> db_;
+  std::shared_ptr<SearchHandoff> handoff_;
+  // The search file's done_id as last read or committed (nullopt: read it
+  // again; only this writer changes it).
+  std::optional<int64_t> done_id_;
+  // parley_search_index_entries_total{source="memory"|"store"}: queue
+  // entries the steps took from the handoff, and through the store.
+  Counter& from_memory_;
+  Counter& from_store_;
 };
 
 }  // namespace parley::store::sqlite

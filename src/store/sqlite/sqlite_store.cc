@@ -193,8 +193,9 @@
 // nothing else; an edit or a delete for everyone queues the key again. The
 // index is in a file of its own with a writer of its own (SearchWriter, on
 // the `store-search` thread at the lowest priority: kSearchNice), which
-// takes the entries past its done_id, reads each message's current text
-// through the store file attached read-only, and replaces its FTS5 row:
+// takes the entries past its done_id with their texts (handed over in
+// memory by this writer once they commit: SearchHandoff; or read through
+// the store file attached read-only), and replaces each message's FTS5 row:
 // the words of MessageWords (folded with ICU, split on ASCII punctuation;
 // non-ASCII characters are word characters, hence the FTS5 'ascii'
 // tokenizer over the already folded words), with the message's version. So
@@ -970,8 +971,14 @@ class SqliteStore::ReceiptWriteOp final : public TypedWriteOp<ReceiptResult> {
 class SqliteStore::Writer {
  public:
   // `first_search_id`: the first search_queue id to hand out (FirstSearchId).
-  Writer(std::unique_ptr<Db> db, const Clock& clock, int64_t first_search_id)
-      : db_(std::move(db)), clock_(clock), next_search_id_(first_search_id) {}
+  // `search_handoff`: where committed queue entries go for the search
+  // writer (nullptr: nowhere; it reads the queue through the store).
+  Writer(std::unique_ptr<Db> db, const Clock& clock, int64_t first_search_id,
+         std::shared_ptr<sqlite::SearchHandoff> search_handoff)
+      : db_(std::move(db)),
+        clock_(clock),
+        next_search_id_(first_search_id),
+        search_handoff_(std::move(search_handoff)) {}
   sqlite3* handle() { return db_->handle(); }
 
   // Applies `ops` in one transaction; returns its outcome.
@@ -1010,9 +1017,11 @@ class SqliteStore::Writer {
   Result<int> EnqueuePush(const PushRequest& req);
   Result<std::vector<PushJob>> ClaimPushJobs(const std::string& node, int64_t now, int64_t lease_ms, int limit);
   Result<Empty> CompletePush(const PushCompletion& c);
-  // Message search (see "Message search"): queues a message for indexing.
-  // Returns the entry's id (a new message's doc id).
-  int64_t QueueSearch(ConversationId conversation, Seq seq, int64_t now);
+  // Message search (see "Message search"): queues `m`, as it is now, for
+  // indexing under `doc_id` (nullopt: a new message, whose doc id is the
+  // entry's id; 0: none, see sqlite_search.cc), and keeps the entry for the
+  // handoff once the batch commits. Returns the entry's id.
+  int64_t QueueSearch(const MessageRecord& m, std::optional<int64_t> doc_id, int64_t now);
   // The next search_queue id (also a new message's doc id).
   int64_t NextSearchId();
   // Removes the queue's entries up to `done_id`, which the search file has
@@ -1145,6 +1154,9 @@ class SqliteStore::Writer {
   std::vector<ConversationId> dirty_conversations_;
   std::vector<UserId> dirty_heads_;
   int64_t next_search_id_;  // the next search_queue id (NextSearchId)
+  std::shared_ptr<sqlite::SearchHandoff> search_handoff_;  // may be nullptr
+  // The batch's queue entries, appended to search_handoff_ if it commits.
+  std::vector<sqlite::SearchEntry> search_pending_;
   ColdCodec cold_codec_;  // compaction and the purge's block rewrites
   Counter& merged_receipts_ = Metrics::Default().GetCounter(
       "parley_store_merged_receipts_total",
@@ -1203,10 +1215,14 @@ Status SqliteStore::Writer::CommitBatch(const std::vector<std::unique_ptr<WriteO
   }
   WriteDirty();
   Stmt(*db_, "COMMIT").Run();
-  if (!db_->failed()) return Status::Ok();
+  if (!db_->failed()) {
+    if (!search_pending_.empty()) search_handoff_->Append(std::exchange(search_pending_, {}));
+    return Status::Ok();
+  }
   Status error = db_->TakeError();
   DropCaches();
   next_search_id_ = next_search_id;
+  search_pending_.clear();
   return error;
 }
 
@@ -1628,7 +1644,7 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
   const int64_t stored_at = std::max(batch_now_, msg.now);
   m.expires_at = ExpiresAt(stored_at, c->disappearing_s, msg.max_age_ms);
   {
-    const int64_t search_doc = QueueSearch(m.conversation_id, m.seq, stored_at);
+    const int64_t search_doc = QueueSearch(m, /*doc_id=*/std::nullopt, stored_at);
     Stmt s(*db_,
            "INSERT INTO messages(conversation_id, seq, sender_id, sender_device_id, client_id, body, created_at, "
            "accepted_at, stored_at, expires_at, search_doc) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
@@ -1800,11 +1816,14 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
   if (c == nullptr) return Status(ErrorCode::kUnknownConversation, "unknown conversation");
   if (!IsMember(*c, change.user_id)) return Status(ErrorCode::kNotMember, "not a member");
   ChangeResult result;
+  int64_t search_doc = 0;
   {
-    Stmt s(*db_, "SELECT " PARLEY_MESSAGE_COLUMNS " FROM messages m WHERE m.conversation_id = ?1 AND m.seq = ?2");
+    Stmt s(*db_,
+           "SELECT " PARLEY_MESSAGE_COLUMNS ", m.search_doc FROM messages m WHERE m.conversation_id = ?1 AND m.seq = ?2");
     s.BindInt(1, change.conversation_id).BindInt(2, change.seq);
     if (!s.Step()) return Status(ErrorCode::kUnknownMessage, "no message with this seq in the conversation");
     result.message = MessageAt(s, 0);
+    search_doc = s.Int(kMessageColumnCount);
   }
   MessageRecord& m = result.message;
   const auto kind = static_cast<protocol::ChangeKind>(change.kind);
@@ -1869,8 +1888,8 @@ Result<ChangeResult> SqliteStore::Writer::ChangeMessage(const MessageChange& cha
     edits.BindInt(1, change.conversation_id).BindInt(2, change.seq);
     edits.Run();
   }
-  QueueSearch(change.conversation_id, change.seq, change.now);
   ApplyStoredChange(change, version, &m);
+  QueueSearch(m, search_doc, change.now);
   // Every member the message is visible to: not withheld from them by a
   // block, not deleted by them for themselves.
   // One primary-key probe of withheld per member.
@@ -2233,11 +2252,16 @@ Result<int64_t> FirstSearchId(Db& db, int64_t search_done_id) {
 
 }  // namespace
 
-int64_t SqliteStore::Writer::QueueSearch(ConversationId conversation, Seq seq, int64_t now) {
+int64_t SqliteStore::Writer::QueueSearch(const MessageRecord& m, std::optional<int64_t> doc_id, int64_t now) {
   const int64_t id = NextSearchId();
   Stmt s(*db_, "INSERT INTO search_queue(id, conversation_id, seq, queued_at) VALUES(?1, ?2, ?3, ?4)");
-  s.BindInt(1, id).BindInt(2, conversation).BindInt(3, seq).BindInt(4, now);
+  s.BindInt(1, id).BindInt(2, m.conversation_id).BindInt(3, m.seq).BindInt(4, now);
   s.Run();
+  if (search_handoff_ != nullptr) {
+    const bool deleted = m.deleted_at != 0;
+    search_pending_.push_back(sqlite::SearchEntry{id, doc_id.value_or(id), m.conversation_id, m.seq, m.version,
+                                                  now, deleted, deleted ? std::string() : m.body});
+  }
   return id;
 }
 
@@ -3318,10 +3342,17 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::Open(const StoreConfig& config
   }
   Result<int64_t> first_search_id = FirstSearchId(**write_db, search->done_id);
   if (!first_search_id.has_value()) return first_search_id.error();
-  auto writer = std::make_unique<Writer>(std::move(write_db).value(), clock, *first_search_id);
+  // Every entry committed from here on has an id of first_search_id or
+  // above; those before are in the queue only (sqlite_search.h, "The texts
+  // in memory").
+  std::shared_ptr<sqlite::SearchHandoff> handoff;
+  if (config.sqlite_search_handoff_kib > 0)
+    handoff = std::make_shared<sqlite::SearchHandoff>(*first_search_id - 1,
+                                                      static_cast<size_t>(config.sqlite_search_handoff_kib) << 10);
+  auto writer = std::make_unique<Writer>(std::move(write_db).value(), clock, *first_search_id, handoff);
   return std::unique_ptr<SqliteStore>(
       new SqliteStore(config, std::move(writer), std::move(readers), std::move(checkpoint_db),
-                      std::make_unique<sqlite::SearchWriter>(std::move(search->db))));
+                      std::make_unique<sqlite::SearchWriter>(std::move(search->db), std::move(handoff))));
 }
 
 SqliteStore::SqliteStore(const StoreConfig& config, std::unique_ptr<Writer> writer,
