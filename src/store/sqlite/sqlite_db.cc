@@ -9,6 +9,7 @@
 
 #include <sqlite3.h>
 
+#include <atomic>
 #include <cassert>
 #include <cstdint>
 #include <mutex>
@@ -32,18 +33,140 @@ Status StatusFromSqlite(sqlite3* db, int rc) {
   return Status(ErrorCode::kInternal, fmt::format("sqlite ({}): {}", rc, msg));
 }
 
+// The page cache: SQLite's own (pcache1), behind a thin layer that skips
+// the walks of its hash table a commit does not need.
+//
+// At the end of every write transaction the pager truncates its page cache
+// to the database's size (pager_end_transaction: xTruncate(dbSize + 1)).
+// pcache1 skips that when no page it ever held since its last truncation
+// had a larger number (its iMaxKey), walks the few hash slots past the size
+// when the largest is close, and otherwise walks its whole hash table. A
+// B-tree balance that renumbers its new pages into ascending order swaps
+// two of them through a temporary number, the lock-byte page's (PENDING_BYTE
+// / page size + 1: 262,145 with 4 KiB pages), far past any database here;
+// so after almost every commit of the store's writer (each splits some
+// leaves) pcache1 walked all of its thousands of cached pages: 5.6 % of the
+// writer's CPU with 2,600 pages cached, more as the cache fills
+// (docs/benchmarks.md, "The page cache's walk at every commit").
+//
+// So this layer keeps its own bound: the largest number a page got from a
+// fetch that may create it or from a rekey, leaving out the temporary
+// number, which a balance always moves its page away from again. Pages keyed
+// with the temporary number are counted (a fetch that may create one adds,
+// a rekey away from it takes one away; a page fetched at it and then
+// discarded, which only a corrupt database makes the pager do, stays counted,
+// which only costs walks). A truncation is passed on to pcache1 when a page
+// at or past its limit may exist: the bound is at or past it, or a page may
+// be at the temporary number; otherwise no cached page can be at or past it
+// and there is nothing to remove. Every other method is pcache1's.
+struct PageCacheLayer {
+  sqlite3_pcache* inner;
+  unsigned max_key;       // no page has a larger number, but for the temporary one
+  unsigned temp_key;      // the balance's temporary number for this page size
+  unsigned temp_pages;    // pages that may be at temp_key
+};
+
+sqlite3_pcache_methods2 g_pcache1;  // SQLite's own, read before initialisation
+std::atomic<uint64_t> g_truncations_passed{0};
+std::atomic<uint64_t> g_truncations_skipped{0};
+
+// SQLite's PENDING_BYTE (a compile-time constant of the library, changed
+// only by its test builds): the lock-byte page is PENDING_BYTE / page size + 1.
+constexpr unsigned kPendingByte = 0x40000000;
+
+PageCacheLayer* Layer(sqlite3_pcache* p) { return reinterpret_cast<PageCacheLayer*>(p); }
+
+int LayerInit(void*) { return g_pcache1.xInit(g_pcache1.pArg); }
+void LayerShutdown(void*) { g_pcache1.xShutdown(g_pcache1.pArg); }
+
+sqlite3_pcache* LayerCreate(int page_size, int extra, int purgeable) {
+  sqlite3_pcache* inner = g_pcache1.xCreate(page_size, extra, purgeable);
+  if (inner == nullptr) return nullptr;
+  auto* layer = static_cast<PageCacheLayer*>(sqlite3_malloc(sizeof(PageCacheLayer)));
+  if (layer == nullptr) {
+    g_pcache1.xDestroy(inner);
+    return nullptr;
+  }
+  const unsigned temp_key = page_size > 0 ? kPendingByte / static_cast<unsigned>(page_size) + 1 : 0;
+  *layer = PageCacheLayer{inner, 0, temp_key, 0};
+  return reinterpret_cast<sqlite3_pcache*>(layer);
+}
+
+void LayerCachesize(sqlite3_pcache* p, int pages) { g_pcache1.xCachesize(Layer(p)->inner, pages); }
+int LayerPagecount(sqlite3_pcache* p) { return g_pcache1.xPagecount(Layer(p)->inner); }
+
+sqlite3_pcache_page* LayerFetch(sqlite3_pcache* p, unsigned key, int create) {
+  PageCacheLayer* layer = Layer(p);
+  if (create != 0) {
+    if (key == layer->temp_key) {
+      ++layer->temp_pages;
+    } else if (key > layer->max_key) {
+      layer->max_key = key;
+    }
+  }
+  return g_pcache1.xFetch(layer->inner, key, create);
+}
+
+void LayerUnpin(sqlite3_pcache* p, sqlite3_pcache_page* page, int discard) {
+  g_pcache1.xUnpin(Layer(p)->inner, page, discard);
+}
+
+void LayerRekey(sqlite3_pcache* p, sqlite3_pcache_page* page, unsigned old_key, unsigned new_key) {
+  PageCacheLayer* layer = Layer(p);
+  if (old_key == layer->temp_key && layer->temp_pages > 0) --layer->temp_pages;
+  if (new_key == layer->temp_key) {
+    ++layer->temp_pages;
+  } else if (new_key > layer->max_key) {
+    layer->max_key = new_key;
+  }
+  g_pcache1.xRekey(layer->inner, page, old_key, new_key);
+}
+
+void LayerTruncate(sqlite3_pcache* p, unsigned limit) {
+  PageCacheLayer* layer = Layer(p);
+  const bool temp_in_range = layer->temp_pages > 0 && layer->temp_key >= limit;
+  if (layer->max_key < limit && !temp_in_range) {
+    g_truncations_skipped.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  g_truncations_passed.fetch_add(1, std::memory_order_relaxed);
+  g_pcache1.xTruncate(layer->inner, limit);
+  if (layer->max_key >= limit) layer->max_key = limit - 1;
+  if (layer->temp_key >= limit) layer->temp_pages = 0;
+}
+
+void LayerDestroy(sqlite3_pcache* p) {
+  g_pcache1.xDestroy(Layer(p)->inner);
+  sqlite3_free(p);
+}
+
+void LayerShrink(sqlite3_pcache* p) { g_pcache1.xShrink(Layer(p)->inner); }
+
 // Process-wide SQLite settings, before SQLite initialises (the first open or
 // VFS lookup). Memory statistics off: with them on (SQLite's default) every
 // allocation SQLite makes takes a global mutex to count itself, one lock and
 // unlock per allocation on the writer's hot path, and nothing here reads the
-// statistics (sqlite3_status, sqlite3_memory_used, heap limits). If something
-// initialised SQLite first the call is refused and changes nothing.
+// statistics (sqlite3_status, sqlite3_memory_used, heap limits). The page
+// cache behind PageCacheLayer (above). If something initialised SQLite
+// first the calls are refused and change nothing.
 void ConfigureSqliteOnce() {
   static std::once_flag once;
-  std::call_once(once, [] { sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
+  std::call_once(once, [] {
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    if (sqlite3_config(SQLITE_CONFIG_GETPCACHE2, &g_pcache1) != SQLITE_OK || g_pcache1.xFetch == nullptr) return;
+    static const sqlite3_pcache_methods2 layer = {
+        1,           nullptr,      LayerInit,  LayerShutdown, LayerCreate,  LayerCachesize, LayerPagecount,
+        LayerFetch,  LayerUnpin,   LayerRekey, LayerTruncate, LayerDestroy, LayerShrink};
+    sqlite3_config(SQLITE_CONFIG_PCACHE2, &layer);
+  });
 }
 
 }  // namespace
+
+PageCacheTruncations PageCacheTruncationsForTest() {
+  return PageCacheTruncations{g_truncations_passed.load(std::memory_order_relaxed),
+                              g_truncations_skipped.load(std::memory_order_relaxed)};
+}
 
 Result<std::unique_ptr<Db>> Db::Open(const std::string& path, bool read_only, int cache_kib, int page_size) {
   ConfigureSqliteOnce();

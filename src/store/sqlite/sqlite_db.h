@@ -30,6 +30,16 @@ struct sqlite3_stmt;
 
 namespace parley::store::sqlite {
 
+// The page cache's truncations at the ends of write transactions, over the
+// whole process: passed on to SQLite's page cache (which then walks what it
+// holds), and skipped because no cached page could be past the limit
+// (sqlite_db.cc, PageCacheLayer).
+struct PageCacheTruncations {
+  uint64_t passed = 0;
+  uint64_t skipped = 0;
+};
+PageCacheTruncations PageCacheTruncationsForTest();
+
 // VM steps and full-scan steps of the statements run for one operation.
 struct StepCounter {
   uint64_t vm_steps = 0;
