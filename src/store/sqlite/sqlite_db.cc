@@ -131,7 +131,7 @@ void LayerTruncate(sqlite3_pcache* p, unsigned limit) {
   }
   g_truncations_passed.fetch_add(1, std::memory_order_relaxed);
   g_pcache1.xTruncate(layer->inner, limit);
-  if (layer->max_key >= limit) layer->max_key = limit - 1;
+  if (layer->max_key >= limit) layer->max_key = limit > 0 ? limit - 1 : 0;  // the pager passes size + 1 >= 1
   if (layer->temp_key >= limit) layer->temp_pages = 0;
 }
 
@@ -154,9 +154,19 @@ void ConfigureSqliteOnce() {
   std::call_once(once, [] {
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     if (sqlite3_config(SQLITE_CONFIG_GETPCACHE2, &g_pcache1) != SQLITE_OK || g_pcache1.xFetch == nullptr) return;
-    static const sqlite3_pcache_methods2 layer = {
-        1,           nullptr,      LayerInit,  LayerShutdown, LayerCreate,  LayerCachesize, LayerPagecount,
-        LayerFetch,  LayerUnpin,   LayerRekey, LayerTruncate, LayerDestroy, LayerShrink};
+    static const sqlite3_pcache_methods2 layer = {.iVersion = 1,
+                                                  .pArg = nullptr,
+                                                  .xInit = LayerInit,
+                                                  .xShutdown = LayerShutdown,
+                                                  .xCreate = LayerCreate,
+                                                  .xCachesize = LayerCachesize,
+                                                  .xPagecount = LayerPagecount,
+                                                  .xFetch = LayerFetch,
+                                                  .xUnpin = LayerUnpin,
+                                                  .xRekey = LayerRekey,
+                                                  .xTruncate = LayerTruncate,
+                                                  .xDestroy = LayerDestroy,
+                                                  .xShrink = LayerShrink};
     sqlite3_config(SQLITE_CONFIG_PCACHE2, &layer);
   });
 }
