@@ -1672,13 +1672,14 @@ TEST(SearchHandoffTest, KeepsEntriesUntilADoneIdCoversThemAndAnswersOnlyWhenComp
   EXPECT_TRUE(taken.entries.empty());
   EXPECT_FALSE(handoff.Take(9, 5, &taken)) << "entry 10 is in the store only";
 
-  std::vector<sqlite::SearchEntry> batch;
-  batch.push_back(entry(11, "a"));
-  batch.push_back(entry(12, "b"));
-  handoff.Append(std::move(batch));
-  batch.clear();
-  batch.push_back(entry(13, "c"));
-  handoff.Append(std::move(batch));
+  // One commit's entries, ids first..last.
+  auto append = [&](int64_t first, int64_t last, const std::string& body) {
+    std::vector<sqlite::SearchEntry> batch;
+    for (int64_t id = first; id <= last; ++id) batch.push_back(entry(id, body));
+    handoff.Append(std::move(batch));
+  };
+  append(11, 12, "b");
+  append(13, 13, "c");
   ASSERT_TRUE(handoff.Take(10, 2, &taken));
   ASSERT_EQ(taken.entries.size(), 2u);
   EXPECT_EQ(taken.entries[0].id, 11);
@@ -1698,17 +1699,11 @@ TEST(SearchHandoffTest, KeepsEntriesUntilADoneIdCoversThemAndAnswersOnlyWhenComp
   // Past its limit (four entries): with 13 to 15 held, the batch 16 to 19
   // does not fit, so it drops them all, and until done_id reaches 19 they
   // are read through the store.
-  batch.clear();
-  for (int64_t id = 14; id <= 15; ++id) batch.push_back(entry(id, "x"));
-  handoff.Append(std::move(batch));
-  batch.clear();
-  for (int64_t id = 16; id <= 19; ++id) batch.push_back(entry(id, "y"));
-  handoff.Append(std::move(batch));
+  append(14, 15, "x");
+  append(16, 19, "y");
   EXPECT_FALSE(handoff.Take(12, 5, &taken));
   EXPECT_FALSE(handoff.Take(18, 5, &taken));
-  batch.clear();
-  batch.push_back(entry(20, "z"));
-  handoff.Append(std::move(batch));
+  append(20, 20, "z");
   ASSERT_TRUE(handoff.Take(19, 5, &taken));
   ASSERT_EQ(taken.entries.size(), 1u);
   EXPECT_EQ(taken.entries[0].id, 20);
