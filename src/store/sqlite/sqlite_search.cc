@@ -248,18 +248,20 @@ struct SearchWriter::Doc {
   int64_t version = 0;
 };
 
+constexpr const char* kEntriesHelp =
+    "Message-search queue entries the search writer took, by where it read them: from the store writer's commits "
+    "in memory, or through the store file.";
+
 SearchWriter::SearchWriter(std::unique_ptr<Db> db, std::shared_ptr<SearchHandoff> handoff)
     : db_(std::move(db)),
       handoff_(std::move(handoff)),
       from_memory_(Metrics::Default().GetCounter(
           "parley_search_index_entries_total",
-          "Message-search queue entries the search writer took, by where it read them: from the store writer's "
-          "commits in memory, or through the store file.",
+          kEntriesHelp,
           "source=\"memory\"")),
       from_store_(Metrics::Default().GetCounter(
           "parley_search_index_entries_total",
-          "Message-search queue entries the search writer took, by where it read them: from the store writer's "
-          "commits in memory, or through the store file.",
+          kEntriesHelp,
           "source=\"store\"")) {}
 
 Result<std::vector<SearchWriter::Doc>> SearchWriter::ReadFromStore(int64_t done_id, int max,
@@ -352,10 +354,8 @@ Result<SearchIndexProgress> SearchWriter::Index(int max) {
       doc.doc_id = e.doc_id;
       doc.conversation = e.conversation;
       doc.seq = e.seq;
-      if (!e.deleted) {
-        doc.words = MessageWords(e.body);
-        doc.version = e.version;
-      }
+      doc.words = MessageWords(e.body);  // none: no row
+      doc.version = e.version;
       auto [it, added] = at.emplace(e.doc_id, docs.size());
       if (added) {
         docs.push_back(std::move(doc));

@@ -114,8 +114,7 @@ struct SearchEntry {
   Seq seq = 0;
   int64_t version = 0;
   int64_t queued_at = 0;
-  bool deleted = false;
-  std::string body;  // the message's text as the entry was queued (empty when deleted)
+  std::string body;  // the message's text as the entry was queued (empty when deleted: no words, no row)
 };
 
 // Committed entries from the store's writer to the search writer (see "The

@@ -2258,9 +2258,8 @@ int64_t SqliteStore::Writer::QueueSearch(const MessageRecord& m, std::optional<i
   s.BindInt(1, id).BindInt(2, m.conversation_id).BindInt(3, m.seq).BindInt(4, now);
   s.Run();
   if (search_handoff_ != nullptr) {
-    const bool deleted = m.deleted_at != 0;
     search_pending_.push_back(sqlite::SearchEntry{id, doc_id.value_or(id), m.conversation_id, m.seq, m.version,
-                                                  now, deleted, deleted ? std::string() : m.body});
+                                                  now, m.deleted_at != 0 ? std::string() : m.body});
   }
   return id;
 }
