@@ -12,22 +12,22 @@ void JsonWriter::Separate() {
     return;
   }
   if (!first_.empty()) {
-    if (!first_.back()) out_.push_back(',');
-    first_.back() = false;
+    if (first_.back() == 0) out_.push_back(',');
+    first_.back() = 0;
   }
 }
 
 void JsonWriter::Rewind(const Mark& m) {
   out_.resize(m.bytes);
   first_.resize(m.depth);
-  if (!first_.empty()) first_.back() = m.first;
+  if (!first_.empty()) first_.back() = m.first ? 1 : 0;
   after_key_ = m.after_key;
 }
 
 JsonWriter& JsonWriter::BeginObject() {
   Separate();
   out_.push_back('{');
-  first_.push_back(true);
+  first_.push_back(1);
   return *this;
 }
 
@@ -40,7 +40,7 @@ JsonWriter& JsonWriter::EndObject() {
 JsonWriter& JsonWriter::BeginArray() {
   Separate();
   out_.push_back('[');
-  first_.push_back(true);
+  first_.push_back(1);
   return *this;
 }
 
