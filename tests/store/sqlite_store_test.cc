@@ -1525,6 +1525,33 @@ TEST(SqliteStoreTest, AFailedBatchGivesItsSearchQueueIdsBack) {
   EXPECT_EQ(progress.backlog, 0);
 }
 
+// A retry is found by the message insert itself (ON CONFLICT on
+// messages_dedup): it takes no search_queue id, in its own batch or in the
+// batch of the original, and the next message's doc id follows on.
+TEST(SqliteStoreTest, RetriesQueueNothingForSearch) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  AliceAndBob p = MakeAliceAndBob(*store);
+  Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "a", "first")));
+  AppendResult retry = Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "a", "first")));
+  EXPECT_TRUE(retry.duplicate);
+  Collector<AppendResult> both(2);
+  store->AppendMessage(Msg(p.c, p.alice.id, p.alice_dev.id, "b", "second"), both.Slot(0));
+  store->AppendMessage(Msg(p.c, p.alice.id, p.alice_dev.id, "b", "second"), both.Slot(1));
+  auto& results = both.Wait();
+  ASSERT_TRUE(results[0]->has_value() && results[1]->has_value());
+  EXPECT_TRUE((*results[1])->duplicate);
+  Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "c", "third")));
+  ASSERT_TRUE(AwaitStatus([&](auto cb) { store->Flush(cb); }).ok());
+  store.reset();
+  EXPECT_EQ(FirstRow(path, "SELECT group_concat(id) FROM (SELECT id FROM search_queue ORDER BY id)"),
+            (std::vector<std::string>{"1,2,3"}));
+  EXPECT_EQ(FirstRow(path, "SELECT group_concat(search_doc) FROM (SELECT search_doc FROM messages ORDER BY seq)"),
+            (std::vector<std::string>{"1,2,3"}));
+}
+
 // The store's writer trims the queue only up to the done_id the search file
 // committed; entries past it stay queued (and are indexed after a restart).
 TEST(SqliteStoreTest, TheSearchQueueIsTrimmedOnlyUpToWhatTheSearchFileCommitted) {

@@ -534,6 +534,16 @@ TEST_P(StoreConformance, DuplicateReturnsOriginalAndAppendsNothing) {
   EXPECT_EQ((*results[0])->message.seq, 4);
   EXPECT_EQ((*results[1])->message.seq, 4);
   EXPECT_EQ(History(store(), conv_, 0, 100).size(), 4u);
+
+  // Once alice blocks bob she may not send to him, but a retry of a message
+  // stored before the block still gets its stored copy.
+  ASSERT_TRUE(Block(store(), alice_.id, bob_.id).has_value());
+  AppendResult late = Must(Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "same", "x")));
+  EXPECT_TRUE(late.duplicate);
+  EXPECT_EQ(late.message.seq, first.message.seq);
+  Result<AppendResult> refused = Append(store(), Msg(conv_, alice_.id, alice_dev_.id, "new", "x"));
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kBlocked);
 }
 
 TEST_P(StoreConformance, NonMembersAndUnknownConversationsAreRefused) {
