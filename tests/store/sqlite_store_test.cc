@@ -25,6 +25,7 @@
 
 #include "common/metrics.h"
 #include "protocol/message_edits.h"
+#include "store/sqlite/sqlite_backup.h"
 #include "store/sqlite/sqlite_db.h"
 #include "store/sqlite/sqlite_search.h"
 #include "store/sqlite/wal_buffer_vfs.h"
@@ -580,6 +581,51 @@ UPDATE conversations SET last_seq = 4 WHERE id = 1;
   EXPECT_EQ(BenFinds(*store, "news"), (std::vector<std::string>{"4:latest news", "2:newer news"}));
   store.reset();
   EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+}
+
+// Step 22 ("Conversation heads"): a conversation's last seq and activity
+// come from its newest message, the conversations row written only at its
+// creation. A version-21 row (last_seq 3, activity 30) is a lower bound that
+// the messages carry on from, across a restart, in every read of them.
+TEST(SqliteStoreTest, AConversationsLastSeqAndActivityComeFromItsNewestMessage) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 21, kAnnAndBensNews));
+  auto conversation = [](Store& store) {
+    return Must(Await<ConversationRecord>([&](auto cb) { store.GetConversation(1, cb); }));
+  };
+  auto messages_stored = [](Store& store) {
+    return Must(Await<StoreSummary>([&](auto cb) { store.GetStoreSummary(cb); })).messages;
+  };
+  {
+    std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+    ASSERT_NE(store, nullptr);
+    ConversationRecord c = conversation(*store);
+    EXPECT_EQ(c.last_seq, 3);
+    EXPECT_EQ(c.last_activity_at, 30);
+    DeviceRecord ann = MakeDevice(*store, 1, "ta");
+    EXPECT_EQ(Must(Append(*store, Msg(1, 1, ann.id, "d", "fresh news", 50))).message.seq, 4);
+    EXPECT_EQ(Must(Append(*store, Msg(1, 1, ann.id, "e", "fresher news", 60))).message.seq, 5);
+    c = conversation(*store);
+    EXPECT_EQ(c.last_seq, 5);
+    EXPECT_EQ(c.last_activity_at, 60);
+    EXPECT_EQ(messages_stored(*store), 5);
+  }
+  EXPECT_EQ(FirstRow(path, "SELECT last_seq, last_activity_at FROM conversations WHERE id = 1"),
+            (std::vector<std::string>{"3", "30"}))
+      << "the sends wrote no conversations row";
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+  Result<sqlite::StoreFileInfo> info = sqlite::CheckStoreFile(path, SqliteStore::kSchemaVersion);
+  ASSERT_TRUE(info.has_value()) << info.error().ToString();
+  EXPECT_EQ(info->messages, 5);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(conversation(*store).last_seq, 5) << "after a restart, from the messages";
+  DeviceRecord ben = MakeDevice(*store, 2, "tb");
+  EXPECT_EQ(Must(Append(*store, Msg(1, 2, ben.id, "f", "news to me", 70))).message.seq, 6);
+  EXPECT_EQ(conversation(*store).last_activity_at, 70);
+  EXPECT_EQ(messages_stored(*store), 6);
 }
 
 // The search file belongs to one store file (sqlite_search.h): missing,

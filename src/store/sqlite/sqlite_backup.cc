@@ -14,6 +14,8 @@
 #include <filesystem>
 #include <fmt/format.h>
 
+#include "store/sqlite/sqlite_store.h"
+
 namespace parley::store::sqlite {
 namespace {
 
@@ -132,7 +134,8 @@ Result<StoreFileInfo> CheckStoreFile(const std::string& path, int max_version) {
   if (info.schema_version < 1 || info.schema_version > max_version)
     return Status(ErrorCode::kBadRequest, fmt::format("{}: schema version {} (this build knows 1 to {})", path,
                                                       info.schema_version, max_version));
-  info.messages = QueryInt(c.db, "SELECT COALESCE(sum(last_seq), 0) FROM conversations", 0);
+  info.messages =
+      QueryInt(c.db, "SELECT COALESCE(sum(" PARLEY_CONVERSATION_LAST_SEQ("c") "), 0) FROM conversations c", 0);
   info.users = QueryInt(c.db, "SELECT count(*) FROM users", 0);
   info.bytes = static_cast<int64_t>(fs::file_size(path, ec));
   return info;

@@ -25,7 +25,7 @@ Result<BackupResult> BackupFile(const std::string& source, const std::string& de
 struct StoreFileInfo {
   int schema_version = 0;
   int64_t bytes = 0;
-  int64_t messages = 0;  // sum of the conversations' last seqs
+  int64_t messages = 0;  // sum of the conversations' last seqs (PARLEY_CONVERSATION_LAST_SEQ)
   int64_t users = 0;
 };
 

@@ -153,6 +153,11 @@
 //           dropped; search_file(token): the token of the search file that
 //           belongs to this store ('' here, so the server rebuilds it:
 //           every live message queued again, each with a doc id of its own).
+//   step 22 (issue 9): no table changes; conversations.last_seq and
+//   conversations.last_activity_at become lower bounds (see "Conversation
+//   heads"), so a file this version wrote is refused by older servers,
+//   which would take them for the conversation's and number new messages
+//   again from there.
 //
 // Stream heads. A user's head (the newest user seq) is the larger of
 // user_heads.head and the user_seq of their newest user_events entry
@@ -163,6 +168,16 @@
 // never falls behind what trimming removed. Writing the head at every
 // commit cost one more B-tree leaf per user per commit: 9 % of parleyd's
 // instructions per message at low load (docs/benchmarks.md).
+//
+// Conversation heads. A conversation's last seq and last activity are the
+// larger of its conversations row's columns and its newest message's seq
+// and created_at (PARLEY_CONVERSATION_LAST_SEQ, PARLEY_CONVERSATION_ACTIVITY
+// in sqlite_store.h: one seek of the messages primary key; message rows are
+// never deleted, a purge or the cold tier only empties their text). A send
+// writes only its message: the row is written at the conversation's
+// creation, and the columns stay lower bounds. Writing them at every commit
+// cost one more UPDATE and B-tree leaf per conversation per commit
+// (docs/benchmarks.md, "Conversation heads from the newest message").
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -696,6 +711,12 @@ DROP TABLE message_search;
 DROP TABLE message_search_docs;
 CREATE TABLE search_file(token TEXT NOT NULL);
 INSERT INTO search_file(token) VALUES('');
+)sql"},
+    // Issue 9: conversations.last_seq and last_activity_at are lower bounds
+    // from here on ("Conversation heads"); nothing to change in the file,
+    // the version keeps older servers out.
+    {22, R"sql(
+SELECT 1;
 )sql"},
 };
 static_assert(std::size(kMigrations) > 0 &&
@@ -1236,7 +1257,9 @@ SqliteStore::Writer::Conversation* SqliteStore::Writer::FindConversation(Convers
   Conversation c;
   c.id = id;
   {
-    Stmt s(*db_, "SELECT last_seq, created_at, last_activity_at, disappearing_s, hot_since FROM conversations WHERE id = ?1");
+    Stmt s(*db_,
+           "SELECT " PARLEY_CONVERSATION_LAST_SEQ("c") ", c.created_at, " PARLEY_CONVERSATION_ACTIVITY(
+               "c") ", c.disappearing_s, c.hot_since FROM conversations c WHERE c.id = ?1");
     s.BindInt(1, id);
     if (!s.Step()) return nullptr;
     c.last_seq = s.Int(0);
@@ -1451,11 +1474,8 @@ void SqliteStore::Writer::WriteDirty() {
     auto it = conversations_.find(id);
     if (it == conversations_.end()) continue;
     Conversation& c = it->second;
-    {
-      Stmt s(*db_, "UPDATE conversations SET last_seq = ?2, last_activity_at = ?3 WHERE id = ?1");
-      s.BindInt(1, id).BindInt(2, c.last_seq).BindInt(3, c.last_activity_at);
-      s.Run();
-    }
+    // The conversation's own last seq and activity need no write: its newest
+    // message records both ("Conversation heads").
     for (size_t i = 0; i < c.members.size(); ++i) {
       if (!c.activity[i].dirty) continue;
       Stmt s(*db_, "UPDATE members SET last_activity_at = ?3 WHERE conversation_id = ?1 AND user_id = ?2");
@@ -2776,7 +2796,7 @@ Result<StoreSummary> SqliteStore::Reader::Summary() {
     if (s.Step()) out.live_devices = s.Int(0);
   }
   {
-    Stmt s(*db_, "SELECT count(*), COALESCE(sum(last_seq), 0) FROM conversations");
+    Stmt s(*db_, "SELECT count(*), COALESCE(sum(" PARLEY_CONVERSATION_LAST_SEQ("c") "), 0) FROM conversations c");
     if (s.Step()) {
       out.conversations = s.Int(0);
       out.messages = s.Int(1);
@@ -2827,7 +2847,9 @@ Result<ConversationRecord> SqliteStore::Reader::Conversation(ConversationId id, 
   ConversationRecord c;
   c.id = id;
   {
-    Stmt s(*db_, "SELECT last_seq, created_at, last_activity_at, disappearing_s FROM conversations WHERE id = ?1",
+    Stmt s(*db_,
+           "SELECT " PARLEY_CONVERSATION_LAST_SEQ("c") ", c.created_at, " PARLEY_CONVERSATION_ACTIVITY(
+               "c") ", c.disappearing_s FROM conversations c WHERE c.id = ?1",
            counter);
     s.BindInt(1, id);
     if (!s.Step()) return Status(ErrorCode::kUnknownConversation, "unknown conversation");

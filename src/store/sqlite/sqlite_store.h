@@ -67,6 +67,19 @@
 
 struct sqlite3;
 
+// The last seq and the last activity of the conversation of conversations
+// row `c` (a table alias): the larger of the row's column and its newest
+// message's (one seek of the messages primary key). Since schema step 22 the
+// writer does not write either column after the conversation's creation: a
+// message row is its own record of both (sqlite_store.cc, "Conversation
+// heads").
+#define PARLEY_CONVERSATION_LAST_SEQ(c) \
+  "max(" c ".last_seq, COALESCE((SELECT lm.seq FROM messages lm WHERE lm.conversation_id = " c ".id " \
+  "ORDER BY lm.seq DESC LIMIT 1), 0))"
+#define PARLEY_CONVERSATION_ACTIVITY(c) \
+  "max(" c ".last_activity_at, COALESCE((SELECT lm.created_at FROM messages lm WHERE lm.conversation_id = " c \
+  ".id ORDER BY lm.seq DESC LIMIT 1), 0))"
+
 namespace parley::store {
 namespace sqlite {
 class Db;
@@ -77,7 +90,7 @@ struct SearchRow;
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 21;
+  static constexpr int kSchemaVersion = 22;
   // The writer checkpoints itself when the WAL holds this many times
   // StoreConfig::sqlite_checkpoint_pages.
   static constexpr int kWalHardLimitFactor = 4;
