@@ -1113,9 +1113,9 @@ class SqliteStore::Writer {
     std::unordered_map<ConversationId, Watermarks> receipts;
   };
 
-  // The message `msg` retries (same conversation, sender and client id), if
-  // it is stored.
-  std::optional<MessageRecord> StoredRetry(const NewMessage& msg);
+  // The result of a retry of `msg` (same conversation, sender and client
+  // id): the stored message, duplicate = true; nullopt if none is stored.
+  std::optional<AppendResult> StoredRetry(const NewMessage& msg);
   // The cached conversation, loaded on a miss; nullptr if it does not exist.
   Conversation* FindConversation(ConversationId id);
   static bool IsMember(const Conversation& c, UserId user);
@@ -1636,13 +1636,13 @@ Result<OpenResult> SqliteStore::Writer::OpenDirect(UserId a, UserId b, int64_t n
   return result;
 }
 
-std::optional<MessageRecord> SqliteStore::Writer::StoredRetry(const NewMessage& msg) {
+std::optional<AppendResult> SqliteStore::Writer::StoredRetry(const NewMessage& msg) {
   Stmt s(*db_,
          "SELECT " PARLEY_MESSAGE_COLUMNS " FROM messages m "
          "WHERE m.conversation_id = ?1 AND m.sender_id = ?2 AND m.client_id = ?3");
   s.BindInt(1, msg.conversation_id).BindInt(2, msg.sender_id).BindText(3, msg.client_id);
   if (!s.Step()) return std::nullopt;
-  return MessageAt(s, 0);
+  return AppendResult{MessageAt(s, 0), true, {}, {}, std::nullopt};
 }
 
 Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
@@ -1657,7 +1657,7 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
     UserId member = c->members[i].user_id;
     if (member == msg.sender_id) continue;
     if (Blocks(msg.sender_id, member)) {
-      if (std::optional<MessageRecord> stored = StoredRetry(msg)) return AppendResult{*std::move(stored), true, {}, {}, std::nullopt};
+      if (std::optional<AppendResult> retry = StoredRetry(msg)) return *std::move(retry);
       return Status(ErrorCode::kBlocked, "the sender blocks a member; unblock first");
     }
     hidden[i] = Blocks(member, msg.sender_id);
@@ -1699,9 +1699,8 @@ Result<AppendResult> SqliteStore::Writer::AppendMessage(const NewMessage& msg) {
     s.Run();
     if (db_->failed()) return AppendResult{};  // the batch fails; nothing of it is kept
     if (db_->Changes() == 0) {
-      std::optional<MessageRecord> stored = StoredRetry(msg);
-      if (!stored) return Status(ErrorCode::kInternal, "a send conflicted with no stored message");
-      return AppendResult{*std::move(stored), true, {}, {}, std::nullopt};
+      if (std::optional<AppendResult> retry = StoredRetry(msg)) return *std::move(retry);
+      return Status(ErrorCode::kInternal, "a send conflicted with no stored message");
     }
     const int64_t queued = QueueSearch(m, /*doc_id=*/std::nullopt, stored_at);
     assert(queued == search_doc);
