@@ -1697,6 +1697,68 @@ TEST(SqliteStoreTest, TheSearchWriterTakesCommittedTextsFromMemoryInQueueOrder) 
   EXPECT_EQ(SearchEntriesFrom("store").value() - store0, 0u);
 }
 
+// A step skips the DELETE of a doc id above every indexed one (a new
+// message); an edit or a delete of a message indexed in an earlier step, or
+// before the store reopened (the bound read from the file), still replaces
+// its row.
+TEST(SqliteStoreTest, AnEditOrDeleteAfterAnEarlierStepOrAReopenReplacesTheIndexedRow) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  AliceAndBob p = MakeAliceAndBob(*store);
+  auto index_all = [&] { Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(100, cb); })); };
+  auto change = [&](protocol::ChangeKind kind, Seq seq, const std::string& client_id, const std::string& body) {
+    MessageChange c;
+    c.kind = static_cast<int>(kind);
+    c.conversation_id = p.c;
+    c.seq = seq;
+    c.user_id = p.alice.id;
+    c.device_id = p.alice_dev.id;
+    c.client_id = client_id;
+    c.body = body;
+    c.now = 2500;
+    c.edit_window_ms = c.delete_window_ms = 1'000'000;
+    Must(Await<ChangeResult>([&](auto cb) { store->ChangeMessage(c, cb); }));
+  };
+  // The index's own rows (searches also check each match against the store,
+  // so a stale row would not show there).
+  auto rows = [&](const std::string& match) {
+    return FirstRow(sqlite::SearchFilePath(path), "SELECT count(*) FROM message_search" +
+                                                      (match.empty() ? "" : " WHERE message_search MATCH '" + match + "'"));
+  };
+  using Row = std::vector<std::string>;
+  Seq pie = Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "a", "apple pie"))).message.seq;
+  Seq tart = Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "b", "cherry tart"))).message.seq;
+  index_all();
+  ASSERT_EQ(Finds(*store, p.bob.id, "apple").size(), 1u);
+  EXPECT_EQ(rows(""), Row{"2"});
+
+  // Indexed in the step before: the bound that step left covers it.
+  change(protocol::ChangeKind::kEdit, pie, "edit-1", "banana bread");
+  index_all();
+  EXPECT_TRUE(Finds(*store, p.bob.id, "apple").empty());
+  EXPECT_EQ(Finds(*store, p.bob.id, "banana"), (std::vector<std::string>{std::to_string(pie) + ":banana bread"}));
+  EXPECT_EQ(rows("apple"), Row{"0"});
+  EXPECT_EQ(rows(""), Row{"2"});
+
+  // After a reopen: the bound comes from the search file.
+  store.reset();
+  store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  change(protocol::ChangeKind::kEdit, pie, "edit-2", "carrot cake");
+  change(protocol::ChangeKind::kDelete, tart, "delete-1", "");
+  Seq jam = Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "c", "plum jam"))).message.seq;
+  index_all();
+  EXPECT_TRUE(Finds(*store, p.bob.id, "banana").empty());
+  EXPECT_TRUE(Finds(*store, p.bob.id, "cherry").empty());
+  EXPECT_EQ(Finds(*store, p.bob.id, "carrot"), (std::vector<std::string>{std::to_string(pie) + ":carrot cake"}));
+  EXPECT_EQ(Finds(*store, p.bob.id, "plum"), (std::vector<std::string>{std::to_string(jam) + ":plum jam"}));
+  EXPECT_EQ(rows("banana"), Row{"0"});
+  EXPECT_EQ(rows("cherry"), Row{"0"});
+  EXPECT_EQ(rows(""), Row{"2"});
+}
+
 // A handoff too small for what waits: it drops what it holds, the search
 // writer reads those entries through the store, and then takes the next
 // commits' from memory again. Nothing is lost.

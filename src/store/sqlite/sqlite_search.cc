@@ -370,9 +370,15 @@ Result<SearchIndexProgress> SearchWriter::Index(int max) {
     docs = std::move(read).value();
   }
 
+  if (!top_doc_.has_value()) {
+    // FTS5 walks its rows by rowid from either end: one row read.
+    Stmt s(*db_, "SELECT rowid FROM message_search ORDER BY rowid DESC LIMIT 1");
+    top_doc_ = s.Step() ? s.Int(0) : 0;
+  }
+  int64_t top_doc = *top_doc_;
   Stmt(*db_, "BEGIN").Run();
   for (const Doc& doc : docs) {
-    {
+    if (doc.doc_id <= top_doc) {
       // Its earlier text, if it was indexed. Doc ids are never handed out
       // twice (see the header), so the row at its doc id is its own.
       Stmt s(*db_, "DELETE FROM message_search WHERE rowid = ?1");
@@ -387,6 +393,7 @@ Result<SearchIndexProgress> SearchWriter::Index(int max) {
         .BindInt(4, doc.seq)
         .BindInt(5, doc.version);
     s.Run();
+    top_doc = std::max(top_doc, doc.doc_id);
   }
   {
     Stmt s(*db_, "UPDATE search_state SET done_id = ?1");
@@ -395,10 +402,12 @@ Result<SearchIndexProgress> SearchWriter::Index(int max) {
   }
   Stmt(*db_, "COMMIT").Run();
   if (Status s = db_->TakeError(); !s.ok()) {
-    done_id_.reset();  // read again by the next step
+    done_id_.reset();  // both read again by the next step
+    top_doc_.reset();
     return s;
   }
   done_id_ = progress.done_id;
+  top_doc_ = top_doc;
   return progress;
 }
 

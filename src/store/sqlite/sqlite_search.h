@@ -197,6 +197,13 @@ class SearchWriter {
   // The search file's done_id as last read or committed (nullopt: read it
   // again; only this writer changes it).
   std::optional<int64_t> done_id_;
+  // At least the largest doc id with a row in message_search (nullopt: read
+  // it again). A doc id above it has never been indexed (doc ids are handed
+  // out ascending and never twice), so its step skips the DELETE of its
+  // earlier row: a new message, the common case, is one INSERT. Rows
+  // removed since (RemoveRows) leave it an upper bound, which is all the
+  // skip needs.
+  std::optional<int64_t> top_doc_;
   // parley_search_index_entries_total{source="memory"|"store"}: queue
   // entries the steps took from the handoff, and through the store.
   Counter& from_memory_;
