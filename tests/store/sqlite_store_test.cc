@@ -628,6 +628,62 @@ TEST(SqliteStoreTest, AConversationsLastSeqAndActivityComeFromItsNewestMessage) 
   EXPECT_EQ(messages_stored(*store), 6);
 }
 
+// Step 23 ("Device watermarks"): a device's watermarks are the larger of
+// its device_receipts row (a version-22 server's, here a lower bound) and
+// its newest receipt_log row. A receipt writes the log row only; after a
+// reopen (the writer's cache gone) a receipt at or below the watermarks
+// moves nothing and logs nothing.
+TEST(SqliteStoreTest, ADevicesWatermarksComeFromTheRowAndItsNewestReceiptLogRow) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  ASSERT_NO_FATAL_FAILURE(CreateAtVersion(path, 22, kAnnAndBensNews));
+  DeviceId ann = 0, ben = 0;
+  {
+    std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+    ASSERT_NE(store, nullptr);
+    ann = MakeDevice(*store, 1, "ta").id;
+    ben = MakeDevice(*store, 2, "tb").id;
+    for (const char* id : {"d", "e", "f", "g"}) Must(Append(*store, Msg(1, 2, ben, id, "more news")));  // seqs 4-7
+  }
+  // What a version-22 server left: ann's device at delivered 6, read 2.
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    const std::string sql = "INSERT INTO device_receipts(device_id, conversation_id, delivered, read) VALUES(" +
+                            std::to_string(ann) + ", 1, 6, 2)";
+    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
+  const std::string log_rows = "SELECT count(*) FROM receipt_log WHERE device_id = " + std::to_string(ann);
+  const std::string row = "SELECT delivered, read FROM device_receipts WHERE device_id = " + std::to_string(ann);
+  using Row = std::vector<std::string>;
+  {
+    std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+    ASSERT_NE(store, nullptr);
+    // Below the row's delivered: only read moves, from the row's 2.
+    ReceiptResult r = Must(UpdateReceipt(*store, Receipt(1, ann, 1, 5, 4)));
+    EXPECT_EQ(r.aggregate.delivered, 6) << "the row's delivered 6 is ann's device's";
+    EXPECT_EQ(r.aggregate.read, 4);
+    Must(UpdateReceipt(*store, Receipt(1, ann, 1, 7, 5)));
+  }
+  EXPECT_EQ(FirstRow(path, log_rows), Row{"2"});
+  EXPECT_EQ(FirstRow(path, row), (Row{"6", "2"})) << "receipts write the log only";
+  EXPECT_EQ(UserVersion(path), SqliteStore::kSchemaVersion);
+
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+  ASSERT_NE(store, nullptr);
+  // At or below the newest log row (7, 5): nothing moves, nothing is logged.
+  EXPECT_FALSE(Must(UpdateReceipt(*store, Receipt(1, ann, 1, 6, 3))).changed);
+  EXPECT_FALSE(Must(UpdateReceipt(*store, Receipt(1, ann, 1, 7, 5))).changed);
+  EXPECT_EQ(FirstRow(path, log_rows), Row{"2"}) << "the watermarks came from the newest log row";
+  // Past it: the log row (7, 7) is the device's new watermarks.
+  EXPECT_TRUE(Must(UpdateReceipt(*store, Receipt(1, ann, 1, 0, 7))).changed);
+  EXPECT_EQ(FirstRow(path, log_rows), Row{"3"});
+  EXPECT_EQ(FirstRow(path, "SELECT delivered, read FROM receipt_log WHERE device_id = " + std::to_string(ann) +
+                               " ORDER BY delivered DESC, read DESC LIMIT 1"),
+            (Row{"7", "7"}));
+}
+
 // The search file belongs to one store file (sqlite_search.h): missing,
 // another store's, or damaged, it is built again from the history at the
 // next start; until the search writer has run, the history is not found.

@@ -20,9 +20,10 @@
 // members (with each member's last visible activity, user_receipts row,
 // highest seq withheld by a block and draft flag), per user the head user
 // seq, per (owner, target) pair looked up whether a block exists, and each
-// live device with its device_receipts rows. Every write to those rows runs
-// on this thread, so a send or a receipt reads none of them (issue 9); the
-// rows are still written in the operation's own statements (write-through).
+// live device with its watermarks per conversation ("Device watermarks").
+// Every write to those rows runs on this thread, so a send or a receipt
+// reads none of them (issue 9); the rows are still written in the
+// operation's own statements (write-through).
 // The conversation's own fields and the heads are write-behind: an operation
 // updates the cache and marks the entry dirty; the dirty entries are written to
 // conversations/members/user_heads once per batch, just before COMMIT, so a batch of
@@ -59,7 +60,8 @@
 //           "Event payloads")) PK(user_id, user_seq), WITHOUT ROWID
 //   user_heads(user_id PK, head)
 //   device_receipts(device_id, conversation_id, delivered, read)
-//           PK(device_id, conversation_id), WITHOUT ROWID
+//           PK(device_id, conversation_id), WITHOUT ROWID: since step 23
+//           a lower bound only, written by no receipt ("Device watermarks")
 //   user_receipts(conversation_id, user_id, delivered, read, announced =
 //           delivered as the other member's stream last carried it)
 //           PK(conversation_id, user_id), WITHOUT ROWID
@@ -158,6 +160,20 @@
 //   heads"), so a file this version wrote is refused by older servers,
 //   which would take them for the conversation's and number new messages
 //   again from there.
+//   step 23 (issue 9): no table changes; device_receipts becomes a lower
+//   bound (see "Device watermarks"), so older servers, which would read a
+//   device's watermarks from it alone, are refused the file.
+//
+// Device watermarks. A device's delivered and read watermarks in a
+// conversation are the larger of its device_receipts row (written by
+// servers before step 23) and its newest receipt_log row (one seek of that
+// primary key, from its end: both watermarks only rise, so the last row in
+// key order holds the largest of each). A receipt that moves them writes
+// the log row only. Rows leave receipt_log only with their device (an
+// erase revokes the user's devices first), and a revoked device's
+// watermarks are never read again. Writing device_receipts at every receipt
+// cost one more upsert per receipt (docs/benchmarks.md, "Device watermarks
+// from the receipt log").
 //
 // Stream heads. A user's head (the newest user seq) is the larger of
 // user_heads.head and the user_seq of their newest user_events entry
@@ -716,6 +732,12 @@ INSERT INTO search_file(token) VALUES('');
     // from here on ("Conversation heads"); nothing to change in the file,
     // the version keeps older servers out.
     {22, R"sql(
+SELECT 1;
+)sql"},
+    // Issue 9: device_receipts is a lower bound from here on ("Device
+    // watermarks"); nothing to change in the file, the version keeps older
+    // servers out.
+    {23, R"sql(
 SELECT 1;
 )sql"},
 };
@@ -1313,8 +1335,14 @@ SqliteStore::Writer::LiveDevice* SqliteStore::Writer::FindLiveDevice(DeviceId id
 Watermarks& SqliteStore::Writer::DeviceReceipt(LiveDevice& device, DeviceId id, ConversationId conversation) {
   auto it = device.receipts.find(conversation);
   if (it != device.receipts.end()) return it->second;
+  // "Device watermarks": the larger of the row and the newest log row (no
+  // row at all: max() is NULL, read as 0).
   Watermarks w;
-  Stmt s(*db_, "SELECT delivered, read FROM device_receipts WHERE device_id = ?1 AND conversation_id = ?2");
+  Stmt s(*db_,
+         "SELECT max(delivered), max(read) FROM ("
+         "SELECT delivered, read FROM device_receipts WHERE device_id = ?1 AND conversation_id = ?2 UNION ALL "
+         "SELECT * FROM (SELECT delivered, read FROM receipt_log WHERE conversation_id = ?2 AND device_id = ?1 "
+         "ORDER BY delivered DESC, read DESC LIMIT 1))");
   s.BindInt(1, id).BindInt(2, conversation);
   if (s.Step()) w = Watermarks{s.Int(0), s.Int(1)};
   ++cached_device_receipts_;
@@ -1403,8 +1431,9 @@ void SqliteStore::Writer::Revoke(DeviceId device_id) {
     s.BindInt(1, device_id);
     s.Run();
   }
-  // The device's own watermarks go with it; the user's aggregates stay (they
-  // never go backwards).
+  // The device's own watermarks go with it (its receipt_log rows stay, for
+  // the timeline; nothing reads a revoked device's watermarks); the user's
+  // aggregates stay (they never go backwards).
   {
     Stmt s(*db_, "DELETE FROM device_receipts WHERE device_id = ?1");
     s.BindInt(1, device_id);
@@ -1790,15 +1819,9 @@ Result<ReceiptResult> SqliteStore::Writer::UpdateReceipt(const ReceiptUpdate& up
   const Watermarks device = cached_device;
   Watermarks new_device{std::max(device.delivered, delivered), std::max(device.read, read)};
   if (new_device.delivered != device.delivered || new_device.read != device.read) {
-    Stmt s(*db_,
-           "INSERT INTO device_receipts(device_id, conversation_id, delivered, read) VALUES(?1, ?2, ?3, ?4) "
-           "ON CONFLICT(device_id, conversation_id) DO UPDATE SET delivered = excluded.delivered, "
-           "read = excluded.read");
-    s.BindInt(1, update.device_id).BindInt(2, update.conversation_id).BindInt(3, new_device.delivered).BindInt(
-        4, new_device.read);
-    s.Run();
     cached_device = new_device;
-    // The timeline's source: every move of a device's watermarks, with its time.
+    // Every move of a device's watermarks, with its time: the timeline's
+    // source, and the record of the watermarks ("Device watermarks").
     Stmt log(*db_,
              "INSERT OR IGNORE INTO receipt_log(conversation_id, device_id, delivered, read, at) "
              "VALUES(?1, ?2, ?3, ?4, ?5)");

@@ -90,7 +90,7 @@ struct SearchRow;
 class SqliteStore final : public Store {
  public:
   // The schema version a fully migrated file records in PRAGMA user_version.
-  static constexpr int kSchemaVersion = 22;
+  static constexpr int kSchemaVersion = 23;
   // The writer checkpoints itself when the WAL holds this many times
   // StoreConfig::sqlite_checkpoint_pages.
   static constexpr int kWalHardLimitFactor = 4;
