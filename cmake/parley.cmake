@@ -39,12 +39,12 @@ endfunction()
 function(parley_test name)
   cmake_parse_arguments(ARG "MANUAL" "TIMEOUT" "SOURCES;DEPS;LABELS;ARGS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
-  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
+  # parley_test_paths (tests/test_paths.h): the build's bin directory and the
+  # checkout, compiled into that library alone so that test objects stay the
+  # same in every checkout (ccache).
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} parley_test_paths GTest::gtest GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests ${PROJECT_SOURCE_DIR}/src)
   parley_warnings(${name})
-  target_compile_definitions(${name} PRIVATE
-    PARLEY_BIN_DIR="${PROJECT_BINARY_DIR}/bin"
-    PARLEY_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
   endif()

@@ -17,6 +17,7 @@
 
 #include "e2e/server_process.h"
 #include "parley/client.h"
+#include "test_paths.h"
 
 namespace parley::testing {
 namespace {
@@ -143,7 +144,7 @@ class CheckerSelfTest : public ::testing::Test {
   // Runs parley-check --json; returns its report (and exit code in *rc).
   json Check(int* rc) {
     std::string out = dir_ + "/check.json";
-    std::string cmd = std::string(PARLEY_BIN_DIR) + "/parley-check --histories '" + dir_ + "/histories' --server http://127.0.0.1:" +
+    std::string cmd = parley::testing::BinDir() + "/parley-check --histories '" + dir_ + "/histories' --server http://127.0.0.1:" +
                       std::to_string(server_->port()) + " --admin-token " + kAdminToken + " --json > '" + out + "' 2> '" +
                       dir_ + "/check.err'";
     int status = std::system(cmd.c_str());

@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "sdk/sdk_test_util.h"
+#include "test_paths.h"
 
 namespace parley::testing {
 namespace {
@@ -29,7 +30,7 @@ ProcResult RunCheck(const TempDir& dir, const std::vector<std::string>& args) {
   static int counter = 0;
   std::string out = dir / ("check-out-" + std::to_string(counter)), err = dir / ("check-err-" + std::to_string(counter));
   ++counter;
-  std::vector<std::string> all = {std::string(PARLEY_BIN_DIR) + "/parley-check"};
+  std::vector<std::string> all = {parley::testing::BinDir() + "/parley-check"};
   all.insert(all.end(), args.begin(), args.end());
   SpawnOptions options;
   options.stdout_path = out;

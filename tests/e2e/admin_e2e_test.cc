@@ -22,6 +22,7 @@
 
 #include "e2e/helpers.h"
 #include "store/cold_block.h"
+#include "test_paths.h"
 
 namespace parley::testing {
 namespace {
@@ -35,7 +36,7 @@ struct ToolResult {
 
 // Runs parley-admin with `args` (each already shell-safe).
 ToolResult Tool(const std::string& args, bool merge_stderr = true) {
-  std::string cmd = std::string(PARLEY_BIN_DIR) + "/parley-admin " + args + (merge_stderr ? " 2>&1" : "");
+  std::string cmd = parley::testing::BinDir() + "/parley-admin " + args + (merge_stderr ? " 2>&1" : "");
   ToolResult r;
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return r;

@@ -20,6 +20,7 @@
 #include "e2e/push_receiver.h"
 #include "fabric/redis_test_server.h"
 #include "sdk/sdk_test_util.h"
+#include "test_paths.h"
 
 namespace parley::testing {
 namespace {
@@ -120,7 +121,7 @@ class ClusterTest : public ::testing::Test {
 // Runs parleyd with `args` (it is expected to refuse them); returns its exit
 // status and sets *output to what it printed.
 int RunParleyd(const std::string& args, std::string* output) {
-  std::string cmd = std::string(PARLEY_BIN_DIR) + "/parleyd --listen 127.0.0.1:0 --data-dir /tmp/parley-cluster-refused " +
+  std::string cmd = parley::testing::BinDir() + "/parleyd --listen 127.0.0.1:0 --data-dir /tmp/parley-cluster-refused " +
                     args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return -1;

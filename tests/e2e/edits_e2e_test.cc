@@ -20,6 +20,7 @@
 
 #include "e2e/helpers.h"
 #include "protocol/edit_vectors.h"
+#include "test_paths.h"
 
 namespace parley::testing {
 namespace {
@@ -91,7 +92,7 @@ class EditsE2E : public ::testing::Test {
 };
 
 TEST_F(EditsE2E, EveryTestVectorOnEveryDevice) {
-  ASSERT_EQ(MissingDocRows(PARLEY_SOURCE_DIR), std::vector<int>{});
+  ASSERT_EQ(MissingDocRows(parley::testing::SourceDir()), std::vector<int>{});
   View live_a1, live_a2, live_b1;
   // The conversation event each device got when alice opened it.
   DrainLive(a1_, live_a1);

@@ -10,6 +10,7 @@
 
 #include "e2e/push_receiver.h"
 #include "sdk/sdk_test_util.h"
+#include "test_paths.h"
 
 namespace parley::testing {
 namespace {
@@ -391,7 +392,7 @@ TEST(PushE2eTest, ABadWebhookCaIsRefusedAtStart) {
            {"https://127.0.0.1:9/push", "/nonexistent/ca.pem", "/nonexistent/ca.pem"},
            {"http://127.0.0.1:9/push", "/nonexistent/ca.pem", "needs an https://"}}) {
     int rc = 0;
-    std::string out = Shell(std::string(PARLEY_BIN_DIR) +
+    std::string out = Shell(parley::testing::BinDir() +
                                 "/parleyd --listen 127.0.0.1:0 --data-dir /tmp/parley-push-refused --push-webhook-url '" +
                                 url + "' --push-webhook-secret s --push-webhook-ca '" + ca + "' 2>&1",
                             &rc);

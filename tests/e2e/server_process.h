@@ -34,6 +34,7 @@
 #include "parley/connection.h"
 #include "store/pg_test_server.h"
 #include "store/store_factory.h"
+#include "test_paths.h"
 
 namespace parley::testing {
 
@@ -93,7 +94,7 @@ class ServerProcess {
     // PARLEY_E2E_PARLEYD: another parleyd binary (fd_limit_e2e_test runs the
     // Release tree's); this tree's otherwise.
     const char* binary = std::getenv("PARLEY_E2E_PARLEYD");
-    std::vector<std::string> args = {binary != nullptr ? std::string(binary) : std::string(PARLEY_BIN_DIR) + "/parleyd",
+    std::vector<std::string> args = {binary != nullptr ? std::string(binary) : parley::testing::BinDir() + "/parleyd",
                                      "--listen", "127.0.0.1:" + std::to_string(port_ ? port_ : 0),
                                      "--data-dir", dir_ + "/data",
                                      "--port-file", port_file,

@@ -21,6 +21,7 @@
 #include "e2e/helpers.h"
 #include "e2e/server_process.h"
 #include "sdk/sdk_test_util.h"
+#include "test_paths.h"
 
 namespace parley::testing {
 namespace {
@@ -220,7 +221,7 @@ TEST(TlsE2E, StartFailsClearlyOnUnusableCertificateFiles) {
       {{"--allowed-origins", "https://ok.example,example.org"}, "--allowed-origins"},
   };
   for (const auto& c : cases) {
-    std::string cmd = std::string(PARLEY_BIN_DIR) + "/parleyd --listen 127.0.0.1:0 --data-dir '" + (dir / "data") +
+    std::string cmd = parley::testing::BinDir() + "/parleyd --listen 127.0.0.1:0 --data-dir '" + (dir / "data") +
                       "' --web-root none";
     for (const auto& a : c.args) cmd += " '" + a + "'";
     int rc = 0;
@@ -251,7 +252,7 @@ TEST(TlsE2E, HttpsServesHealthzAndTheWebClientWithSecurityHeaders) {
   TempDir dir;
   MakeCertificate(dir / "server");
   ServerProcess server({"--tls-cert", dir / "server.crt", "--tls-key", dir / "server.key", "--web-root",
-                        std::string(PARLEY_SOURCE_DIR) + "/web"});
+                        parley::testing::SourceDir() + "/web"});
   const std::string base = "https://127.0.0.1:" + std::to_string(server.port());
   const std::string ca = dir / "server.crt";
 
@@ -289,7 +290,7 @@ TEST(TlsE2E, HttpsServesHealthzAndTheWebClientWithSecurityHeaders) {
 }
 
 TEST(TlsE2E, PlainHttpResponsesCarryTheSecurityHeadersWithoutHsts) {
-  ServerProcess server({"--web-root", std::string(PARLEY_SOURCE_DIR) + "/web"});
+  ServerProcess server({"--web-root", parley::testing::SourceDir() + "/web"});
   const std::string base = "http://127.0.0.1:" + std::to_string(server.port());
   for (const char* path : {"/", "/healthz", "/metrics", "/js/app.js", "/nowhere"}) {
     CurlReply r = Curl(base + path, "");

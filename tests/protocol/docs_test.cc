@@ -12,12 +12,13 @@
 #include "common/error_code.h"
 #include "protocol/encode.h"
 #include "protocol/frames.h"
+#include "test_paths.h"
 
 namespace parley::protocol {
 namespace {
 
 std::string ProtocolDoc() {
-  std::ifstream in(std::string(PARLEY_SOURCE_DIR) + "/docs/protocol.md");
+  std::ifstream in(parley::testing::SourceDir() + "/docs/protocol.md");
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();

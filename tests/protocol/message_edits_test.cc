@@ -10,6 +10,7 @@
 
 #include "protocol/edit_vectors.h"
 #include "protocol/message_edits.h"
+#include "test_paths.h"
 
 namespace parley::protocol {
 namespace {
@@ -85,7 +86,7 @@ TEST(MessageEditsTest, AnEditArrivingAfterTheDeleteChangesNothing) {
 }
 
 TEST(MessageEditsTest, TheProtocolDocumentListsEveryTestVector) {
-  EXPECT_EQ(parley::testing::MissingDocRows(PARLEY_SOURCE_DIR), std::vector<int>{})
+  EXPECT_EQ(parley::testing::MissingDocRows(parley::testing::SourceDir()), std::vector<int>{})
       << "docs/protocol.md lacks these rows (tests/protocol/edit_vectors.h, RenderRow)";
 }
 

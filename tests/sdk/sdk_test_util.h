@@ -23,6 +23,7 @@
 #include "e2e/helpers.h"
 #include "e2e/server_process.h"
 #include "parley/client.h"
+#include "test_paths.h"
 
 namespace parley::testing {
 
@@ -125,7 +126,7 @@ struct CliResult {
   }
 };
 
-inline std::string CliPath() { return std::string(PARLEY_BIN_DIR) + "/parley"; }
+inline std::string CliPath() { return parley::testing::BinDir() + "/parley"; }
 
 // Forks `parley args...` with stdin from `input` and stdout/stderr into
 // files; the child dies with the test (PR_SET_PDEATHSIG; call from the main thread).

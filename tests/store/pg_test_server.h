@@ -26,6 +26,8 @@
 
 #include <gtest/gtest.h>
 
+#include "test_paths.h"
+
 namespace parley::store::testing {
 
 class PgTestServer {
@@ -103,13 +105,13 @@ class PgTestServer {
   // Stops the server and removes its directory.
   ~PgTestServer() {
     if (dir_.empty()) return;
-    std::string cmd = std::string(PARLEY_SOURCE_DIR) + "/scripts/pg_test_server.sh stop " + dir_;
+    std::string cmd = parley::testing::SourceDir() + "/scripts/pg_test_server.sh stop " + dir_;
     if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "pg_test_server.sh stop failed\n");
   }
 
  private:
   PgTestServer() {
-    std::string cmd = std::string(PARLEY_SOURCE_DIR) + "/scripts/pg_test_server.sh start --owner-pid " +
+    std::string cmd = parley::testing::SourceDir() + "/scripts/pg_test_server.sh start --owner-pid " +
                       std::to_string(getpid());
     FILE* out = popen(cmd.c_str(), "r");
     if (out == nullptr) {
@@ -132,7 +134,7 @@ class PgTestServer {
 
   bool RunScript(const char* command) {
     if (dir_.empty()) return false;
-    std::string cmd = std::string(PARLEY_SOURCE_DIR) + "/scripts/pg_test_server.sh " + command + " " + dir_;
+    std::string cmd = parley::testing::SourceDir() + "/scripts/pg_test_server.sh " + command + " " + dir_;
     return std::system(cmd.c_str()) == 0;
   }
 

@@ -34,6 +34,7 @@
 #include "store/sqlite/sqlite_store.h"
 #include "store/store_test_util.h"
 #include "protocol/edit_vectors.h"
+#include "test_paths.h"
 
 namespace parley::store {
 namespace {
@@ -2221,7 +2222,7 @@ void ApplyEvent(parley::testing::DeviceView& view, const StreamEvent& e) {
 // the rules do not depend on arrival order) and as their history shows it.
 TEST_P(StoreConformance, EditAndDeleteTestVectorsOfTheProtocolDocumentHold) {
   using parley::testing::EditOp;
-  EXPECT_EQ(parley::testing::MissingDocRows(PARLEY_SOURCE_DIR), std::vector<int>{})
+  EXPECT_EQ(parley::testing::MissingDocRows(parley::testing::SourceDir()), std::vector<int>{})
       << "docs/protocol.md lacks these rows of tests/protocol/edit_vectors.h (RenderRow)";
   constexpr int64_t kEditWindow = protocol::ChangeWindows::kDefaultEditWindowMs;
   constexpr int64_t kDeleteWindow = protocol::ChangeWindows::kDefaultDeleteWindowMs;
