@@ -1,21 +1,9 @@
 #include "protocol/json_writer.h"
 
-#include <algorithm>
 #include <charconv>
 #include <cstring>
 
 namespace parley::protocol {
-
-void JsonWriter::Separate() {
-  if (after_key_) {
-    after_key_ = false;
-    return;
-  }
-  if (!first_.empty()) {
-    if (first_.back() == 0) out_.push_back(',');
-    first_.back() = 0;
-  }
-}
 
 void JsonWriter::Rewind(const Mark& m) {
   out_.resize(m.bytes);
@@ -50,26 +38,9 @@ JsonWriter& JsonWriter::EndArray() {
   return *this;
 }
 
-JsonWriter& JsonWriter::Key(std::string_view k) {
-  // Keys are short names of the protocol's own ("seq", "user_id"): a frame
-  // has dozens, so the usual one is written with a single append.
-  constexpr size_t kShortKey = 48;
-  const bool plain = k.size() <= kShortKey && std::all_of(k.begin(), k.end(), [](char ch) {
-                       auto c = static_cast<unsigned char>(ch);
-                       return c >= 0x20 && c != '"' && c != '\\';
-                     });
-  if (!plain) {
-    String(k);
-    out_.push_back(':');
-  } else {
-    Separate();
-    char buf[kShortKey + 3];
-    buf[0] = '"';
-    std::memcpy(buf + 1, k.data(), k.size());
-    buf[k.size() + 1] = '"';
-    buf[k.size() + 2] = ':';
-    out_.append(buf, k.size() + 3);
-  }
+JsonWriter& JsonWriter::EscapedKey(std::string_view k) {
+  String(k);
+  out_.push_back(':');
   after_key_ = true;
   return *this;
 }

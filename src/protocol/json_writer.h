@@ -5,7 +5,9 @@
 // Not thread-safe; one writer per frame.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -19,7 +21,21 @@ class JsonWriter {
   JsonWriter& EndObject();
   JsonWriter& BeginArray();
   JsonWriter& EndArray();
-  JsonWriter& Key(std::string_view k);
+  // Inline so that for a literal key (nearly every key: the protocol's own
+  // names) the compiler folds the check for characters to escape and the
+  // copy's length away.
+  JsonWriter& Key(std::string_view k) {
+    if (k.size() > kShortKey || !IsPlainKey(k)) return EscapedKey(k);
+    Separate();
+    char buf[kShortKey + 3];
+    buf[0] = '"';
+    std::memcpy(buf + 1, k.data(), k.size());
+    buf[k.size() + 1] = '"';
+    buf[k.size() + 2] = ':';
+    out_.append(buf, k.size() + 3);
+    after_key_ = true;
+    return *this;
+  }
   JsonWriter& String(std::string_view s);
   JsonWriter& Int(int64_t v);
   JsonWriter& Bool(bool v);
@@ -50,7 +66,28 @@ class JsonWriter {
   std::string Take() { return std::move(out_); }
 
  private:
-  void Separate();
+  // Keys are short names of the protocol's own ("seq", "user_id"): a frame
+  // has dozens, so the usual one is written with a single append.
+  static constexpr size_t kShortKey = 48;
+  static constexpr bool IsPlainKey(std::string_view k) {
+    for (char ch : k) {
+      auto c = static_cast<unsigned char>(ch);
+      if (c < 0x20 || c == '"' || c == '\\') return false;
+    }
+    return true;
+  }
+  // A key that is long or needs escaping: written as a JSON string.
+  JsonWriter& EscapedKey(std::string_view k);
+  void Separate() {
+    if (after_key_) {
+      after_key_ = false;
+      return;
+    }
+    if (!first_.empty()) {
+      if (first_.back() == 0) out_.push_back(',');
+      first_.back() = 0;
+    }
+  }
 
   std::string out_;
   // Per open container, whether nothing was written in it yet ('\1') or
