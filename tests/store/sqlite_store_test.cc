@@ -1763,20 +1763,8 @@ TEST(SqliteStoreTest, AnEditOrDeleteAfterAnEarlierStepOrAReopenReplacesTheIndexe
   std::unique_ptr<SqliteStore> store = OpenSqlite(path);
   ASSERT_NE(store, nullptr);
   AliceAndBob p = MakeAliceAndBob(*store);
-  auto index_all = [&] { Must(Await<SearchIndexProgress>([&](auto cb) { store->IndexSearch(100, cb); })); };
-  auto change = [&](protocol::ChangeKind kind, Seq seq, const std::string& client_id, const std::string& body) {
-    MessageChange c;
-    c.kind = static_cast<int>(kind);
-    c.conversation_id = p.c;
-    c.seq = seq;
-    c.user_id = p.alice.id;
-    c.device_id = p.alice_dev.id;
-    c.client_id = client_id;
-    c.body = body;
-    c.now = 2500;
-    c.edit_window_ms = c.delete_window_ms = 1'000'000;
-    Must(Await<ChangeResult>([&](auto cb) { store->ChangeMessage(c, cb); }));
-  };
+  ASSERT_EQ(p.c, 1);  // AnnChanges' conversation and user
+  ASSERT_EQ(p.alice.id, 1);
   // The index's own rows (searches also check each match against the store,
   // so a stale row would not show there).
   auto rows = [&](const std::string& match) {
@@ -1786,13 +1774,13 @@ TEST(SqliteStoreTest, AnEditOrDeleteAfterAnEarlierStepOrAReopenReplacesTheIndexe
   using Row = std::vector<std::string>;
   Seq pie = Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "a", "apple pie"))).message.seq;
   Seq tart = Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "b", "cherry tart"))).message.seq;
-  index_all();
+  IndexAll(*store);
   ASSERT_EQ(Finds(*store, p.bob.id, "apple").size(), 1u);
   EXPECT_EQ(rows(""), Row{"2"});
 
   // Indexed in the step before: the bound that step left covers it.
-  change(protocol::ChangeKind::kEdit, pie, "edit-1", "banana bread");
-  index_all();
+  AnnChanges(*store, p.alice_dev.id, protocol::ChangeKind::kEdit, pie, "banana bread");
+  IndexAll(*store);
   EXPECT_TRUE(Finds(*store, p.bob.id, "apple").empty());
   EXPECT_EQ(Finds(*store, p.bob.id, "banana"), (std::vector<std::string>{std::to_string(pie) + ":banana bread"}));
   EXPECT_EQ(rows("apple"), Row{"0"});
@@ -1802,10 +1790,10 @@ TEST(SqliteStoreTest, AnEditOrDeleteAfterAnEarlierStepOrAReopenReplacesTheIndexe
   store.reset();
   store = OpenSqlite(path);
   ASSERT_NE(store, nullptr);
-  change(protocol::ChangeKind::kEdit, pie, "edit-2", "carrot cake");
-  change(protocol::ChangeKind::kDelete, tart, "delete-1", "");
+  AnnChanges(*store, p.alice_dev.id, protocol::ChangeKind::kEdit, pie, "carrot cake");
+  AnnChanges(*store, p.alice_dev.id, protocol::ChangeKind::kDelete, tart, "");
   Seq jam = Must(Append(*store, Msg(p.c, p.alice.id, p.alice_dev.id, "c", "plum jam"))).message.seq;
-  index_all();
+  IndexAll(*store);
   EXPECT_TRUE(Finds(*store, p.bob.id, "banana").empty());
   EXPECT_TRUE(Finds(*store, p.bob.id, "cherry").empty());
   EXPECT_EQ(Finds(*store, p.bob.id, "carrot"), (std::vector<std::string>{std::to_string(pie) + ":carrot cake"}));
