@@ -172,8 +172,9 @@
 // the log row only. Rows leave receipt_log only with their device (an
 // erase revokes the user's devices first), and a revoked device's
 // watermarks are never read again. Writing device_receipts at every receipt
-// cost one more upsert per receipt (docs/benchmarks.md, "Device watermarks
-// from the receipt log").
+// cost one more upsert per receipt (docs/benchmarks.md, "The search writer
+// without a delete per new message; device watermarks from the receipt
+// log").
 //
 // Stream heads. A user's head (the newest user seq) is the larger of
 // user_heads.head and the user_seq of their newest user_events entry
