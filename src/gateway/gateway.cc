@@ -63,6 +63,7 @@
 #include "common/metrics.h"
 #include "common/this_thread.h"
 #include "core/chat_service.h"
+#include "gateway/idle_sweep.h"
 #include "gateway/ws_write.h"
 #include "net/tls_fingerprint.h"
 #include "protocol/encode.h"
@@ -167,6 +168,9 @@ struct GatewayMetrics {
   Gauge& deflate_connections = Metrics::Default().GetGauge(
       "parley_ws_deflate_connections", "Open WebSocket connections with permessage-deflate negotiated");
   Counter& http_requests = Metrics::Default().GetCounter("parley_http_requests_total", "Plain HTTP requests served");
+  Counter& idle_timeouts = Metrics::Default().GetCounter(
+      "parley_ws_idle_timeouts_total",
+      "WebSocket connections dropped because nothing was read from them for the heartbeat timeout");
   Counter& write_timeouts = Metrics::Default().GetCounter(
       "parley_ws_write_timeouts_total",
       "WebSocket connections ended because a write did not finish within the heartbeat timeout (a peer that stopped reading)");
@@ -216,8 +220,24 @@ GatewayMetrics& M() {
 
 class SessionRegistry;
 
+// What the heartbeat timeout's sweep needs of a session (idle_sweep.h).
+class IdleWatched {
+ public:
+  // The sweep's tick at the last frame read from the peer; written by the
+  // session's thread, read by the sweep's.
+  std::atomic<uint32_t> heard_tick{0};
+  // Called by the sweep, on its thread, for a session silent at `tick`: the
+  // session checks again on its own executor and drops itself.
+  virtual void ExpireIfSilent(uint32_t tick) = 0;
+
+ protected:
+  ~IdleWatched() = default;
+};
+
 template <typename Stream>
-class WsSession final : public fabric::DeviceSink, public std::enable_shared_from_this<WsSession<Stream>> {
+class WsSession final : public fabric::DeviceSink,
+                        public IdleWatched,
+                        public std::enable_shared_from_this<WsSession<Stream>> {
  public:
   WsSession(Stream&& stream, SocketCount counted, std::shared_ptr<ssl::context> tls, core::ChatService* chat,
             const GatewayConfig& cfg, SessionRegistry* reg)
@@ -232,8 +252,11 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
   void SendFrame(fabric::SharedFrame frame, bool ephemeral) override;
   void SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) override;
   void Close(uint16_t code, std::string reason) override;
+  void ExpireIfSilent(uint32_t tick) override;
 
  private:
+  // Records that the peer was heard from now (IdleWatched::heard_tick).
+  void MarkHeard();
   void DoRead();
   void OnFirstBytes(beast::error_code ec, size_t n);
   // Drops the rest of a message our close frame cut (see OnFirstBytes).
@@ -286,31 +309,50 @@ class WsSession final : public fabric::DeviceSink, public std::enable_shared_fro
 };
 
 // Every open session, so that shutdown can close those that are not (yet)
-// authenticated and therefore not in the fabric.
+// authenticated and therefore not in the fabric, and the heartbeat timeout's
+// sweep can find the silent ones (idle_sweep.h).
 class SessionRegistry {
  public:
-  void Add(const std::shared_ptr<fabric::DeviceSink>& s) {
+  void Add(const std::shared_ptr<fabric::DeviceSink>& s, IdleWatched* watched) {
+    watched->heard_tick.store(Tick(), std::memory_order_relaxed);
     std::lock_guard lock(mu_);
-    sessions_.insert(s.get());
-    weak_.emplace(s.get(), s);
+    sessions_.emplace(s.get(), Entry{s, watched});
   }
   void Remove(fabric::DeviceSink* s) {
     std::lock_guard lock(mu_);
     sessions_.erase(s);
-    weak_.erase(s);
   }
   std::vector<std::shared_ptr<fabric::DeviceSink>> All() {
     std::lock_guard lock(mu_);
     std::vector<std::shared_ptr<fabric::DeviceSink>> out;
-    for (auto& [p, w] : weak_)
-      if (auto s = w.lock()) out.push_back(std::move(s));
+    for (auto& [p, e] : sessions_)
+      if (auto s = e.sink.lock()) out.push_back(std::move(s));
     return out;
+  }
+  uint32_t Tick() const { return tick_.load(std::memory_order_relaxed); }
+  // One sweep: advances the tick and asks every session silent for the
+  // timeout to drop itself (outside the lock: that posts to its executor).
+  void Sweep() {
+    const uint32_t tick = tick_.fetch_add(1, std::memory_order_relaxed) + 1;
+    std::vector<std::pair<std::shared_ptr<fabric::DeviceSink>, IdleWatched*>> silent;
+    {
+      std::lock_guard lock(mu_);
+      for (auto& [p, e] : sessions_) {
+        if (!SilentForTimeout(tick, e.watched->heard_tick.load(std::memory_order_relaxed))) continue;
+        if (auto s = e.sink.lock()) silent.emplace_back(std::move(s), e.watched);
+      }
+    }
+    for (auto& [s, watched] : silent) watched->ExpireIfSilent(tick);
   }
 
  private:
+  struct Entry {
+    std::weak_ptr<fabric::DeviceSink> sink;
+    IdleWatched* watched;  // the same session; valid while sink locks
+  };
   std::mutex mu_;
-  std::unordered_set<fabric::DeviceSink*> sessions_;
-  std::unordered_map<fabric::DeviceSink*, std::weak_ptr<fabric::DeviceSink>> weak_;
+  std::unordered_map<fabric::DeviceSink*, Entry> sessions_;
+  std::atomic<uint32_t> tick_{0};
 };
 
 // HTTP connections waiting for their next request (a keep-alive connection
@@ -351,13 +393,17 @@ class HttpWaiters {
 
 template <typename Stream>
 void WsSession<Stream>::Start(http::request<http::string_body> req) {
-  registry_->Add(this->shared_from_this());
+  registry_->Add(this->shared_from_this(), this);
   beast::get_lowest_layer(ws_).expires_never();
   websocket::stream_base::timeout t{};
   t.handshake_timeout = std::chrono::milliseconds(kWsHandshakeTimeoutMs);
-  t.idle_timeout = std::chrono::milliseconds(cfg_.idle_timeout_ms);
-  t.keep_alive_pings = false;  // heartbeats are application frames (DESIGN.md)
+  // The heartbeat timeout is the gateway's sweep (idle_sweep.h), not Beast's
+  // idle timer. Heartbeats are application frames (DESIGN.md); a WebSocket
+  // ping or pong from the peer counts as hearing from it all the same.
+  t.idle_timeout = websocket::stream_base::none();
+  t.keep_alive_pings = false;
   ws_.set_option(t);
+  ws_.control_callback([this](websocket::frame_type, beast::string_view) { MarkHeard(); });
   ws_.read_message_max(protocol::kHardMaxFrameBytes);
   ws_.auto_fragment(false);
   if (cfg_.ws_deflate.enabled) {
@@ -404,8 +450,24 @@ void WsSession<Stream>::DoRead() {
 }
 
 template <typename Stream>
+void WsSession<Stream>::MarkHeard() {
+  heard_tick.store(registry_->Tick(), std::memory_order_relaxed);
+}
+
+template <typename Stream>
+void WsSession<Stream>::ExpireIfSilent(uint32_t tick) {
+  net::post(ws_.get_executor(), [self = this->shared_from_this(), tick] {
+    if (self->finished_ || !SilentForTimeout(tick, self->heard_tick.load(std::memory_order_relaxed))) return;
+    M().idle_timeouts.Inc();
+    spdlog::info("event=ws_idle_timeout timeout_ms={}", self->cfg_.idle_timeout_ms);
+    self->Finish();
+  });
+}
+
+template <typename Stream>
 void WsSession<Stream>::OnFirstBytes(beast::error_code ec, size_t n) {
   if (ec) return OnRead(ec, n);
+  MarkHeard();
   if (closing_ && !ws_.is_message_done()) {
     // Our close frame is out: the rest of this message no longer matters.
     buffer_.consume(buffer_.size());
@@ -431,6 +493,7 @@ void WsSession<Stream>::DoDiscard() {
 template <typename Stream>
 void WsSession<Stream>::OnDiscarded(beast::error_code ec, size_t n) {
   if (ec) return OnRead(ec, n);
+  MarkHeard();
   // The bytes were never committed to buffer_: dropped.
   if (!ws_.is_message_done()) return DoDiscard();
   DoRead();  // at a message's boundary a dynamic read sizes itself safely
@@ -439,6 +502,7 @@ void WsSession<Stream>::OnDiscarded(beast::error_code ec, size_t n) {
 template <typename Stream>
 void WsSession<Stream>::OnRead(beast::error_code ec, size_t) {
   if (ec) return Finish();
+  MarkHeard();  // the rest of a message that took a while
   if (!client_) return;
   if (writing_ && std::chrono::steady_clock::now() > write_deadline_) {
     M().write_timeouts.Inc();
@@ -1095,6 +1159,18 @@ struct Gateway::Impl {
 
   bool TlsConfigured() const { return !cfg.tls_cert_file.empty(); }
 
+  // The heartbeat timeout's sweep (idle_sweep.h), on the first context until
+  // Stop cancels it.
+  void ScheduleIdleSweep() {
+    if (cfg.idle_timeout_ms <= 0) return;
+    idle_sweep.expires_after(IdleSweepPeriod(cfg.idle_timeout_ms));
+    idle_sweep.async_wait([this](beast::error_code ec) {
+      if (ec) return;
+      registry.Sweep();
+      ScheduleIdleSweep();
+    });
+  }
+
   std::shared_ptr<ssl::context> CurrentTls() const {
     std::lock_guard lock(tls_mu);
     return tls_ctx;
@@ -1132,6 +1208,7 @@ struct Gateway::Impl {
   AsioExecutorAdapter<net::io_context::executor_type> control_exec;
   tcp::acceptor acceptor;
   net::steady_timer accept_retry{contexts[0]};  // AcceptFailed's wait
+  net::steady_timer idle_sweep{contexts[0]};    // ScheduleIdleSweep's
   std::chrono::steady_clock::time_point last_accept_log{}, last_refused_log{};
   core::ChatService* chat = nullptr;
   HttpHandler http;
@@ -1170,6 +1247,7 @@ Status Gateway::Start(core::ChatService* chat, HttpHandler http, HttpBodyLimit b
                                                      std::to_string(impl_->cfg.port) + ": " + ec.message());
   impl_->bound_port = a.local_endpoint().port();
   impl_->DoAccept();
+  impl_->ScheduleIdleSweep();
   return Status::Ok();
 }
 
@@ -1277,6 +1355,7 @@ void Gateway::Stop() {
   net::post(impl_->contexts[0], [this] {
     beast::error_code ignored;
     impl_->acceptor.close(ignored);
+    impl_->idle_sweep.cancel();
     for (auto& g : impl_->guards) g.reset();
     for (auto& ctx : impl_->contexts) ctx.stop();
   });

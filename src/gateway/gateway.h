@@ -69,7 +69,8 @@ struct GatewayConfig {
   // Room for the largest single event (a 16 KiB body of control characters
   // is ~96 KiB escaped) twice over: a smaller queue could never send it.
   static constexpr size_t kMinOutboundQueueBytes = 256 * 1024;
-  // A connection silent for this long is dropped (heartbeat timeout).
+  // A connection silent for this long is dropped (heartbeat timeout; checked
+  // by one sweep per gateway: idle_sweep.h).
   int idle_timeout_ms = 60'000;
   // A write in flight longer than idle_timeout_ms plus its bytes at this rate
   // ends the connection (the peer stopped reading).

@@ -557,6 +557,49 @@ TEST(HeartbeatE2E, SilentConnectionIsDroppedAfterTheTimeoutWhilePingingOneStays)
   ASSERT_TRUE(dropped) << "a silent connection was not dropped";
   EXPECT_GE(took, std::chrono::milliseconds(1500));
   EXPECT_TRUE(pinging.conn->Call("ping").ok);
+  // Dropped by the heartbeat timeout's sweep, and only the silent one.
+  EXPECT_EQ(MetricValue(HttpGet(server.port(), "/metrics"), "parley_ws_idle_timeouts_total"), 1);
+}
+
+// A peer that sends only WebSocket pings (no application frame) is heard from
+// all the same: the heartbeat timeout counts every frame read, control frames
+// too. Raw sockets: the SDK sends no WebSocket pings.
+TEST(HeartbeatE2E, WebSocketPingsAloneKeepAConnectionWhileASilentOneGoes) {
+  ServerProcess server({"--heartbeat-interval-ms", "1000", "--heartbeat-timeout-ms", "2000"});
+  const auto open_ws = [&] {
+    const int fd = TcpConnect(server.port());
+    EXPECT_GE(fd, 0);
+    const std::string upgrade =
+        "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    EXPECT_EQ(::write(fd, upgrade.data(), upgrade.size()), static_cast<ssize_t>(upgrade.size()));
+    std::string head;
+    char c;
+    while (head.find("\r\n\r\n") == std::string::npos && ::read(fd, &c, 1) == 1) head += c;
+    EXPECT_EQ(head.rfind("HTTP/1.1 101", 0), 0u) << head;
+    return fd;
+  };
+  // Reads what is there (the server's pongs); false once the server closed.
+  const auto still_open = [](int fd) {
+    while (ReadableNow(fd)) {
+      char buf[256];
+      if (::read(fd, buf, sizeof buf) <= 0) return false;
+    }
+    return true;
+  };
+  const int pinging = open_ws(), silent = open_ws();
+  // A ping with no payload: FIN and opcode 9, the mask bit, a zero mask key.
+  const char ping[] = {'\x89', '\x80', 0, 0, 0, 0};
+  const auto start = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(5000)) {
+    ASSERT_EQ(::write(pinging, ping, sizeof ping), static_cast<ssize_t>(sizeof ping));
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    ASSERT_TRUE(still_open(pinging)) << "a connection sending WebSocket pings was dropped";
+  }
+  EXPECT_FALSE(still_open(silent)) << "a silent connection outlived 2.5 heartbeat timeouts";
+  EXPECT_EQ(MetricValue(HttpGet(server.port(), "/metrics"), "parley_ws_idle_timeouts_total"), 1);
+  ::close(pinging);
+  ::close(silent);
 }
 
 
