@@ -255,7 +255,8 @@ class WsSession final : public fabric::DeviceSink,
         cfg_(cfg),
         registry_(reg) {}
 
-  void Start(http::request<http::string_body> req);
+  // `peer`: the client's address, as accept returned it.
+  void Start(http::request<http::string_body> req, const net::ip::address& peer);
   void SendFrame(fabric::SharedFrame frame, bool ephemeral) override;
   void SendReceipt(fabric::SharedFrame frame, std::shared_ptr<const store::StreamEvent> receipt) override;
   void Close(uint16_t code, std::string reason) override;
@@ -399,7 +400,7 @@ class HttpWaiters {
 };
 
 template <typename Stream>
-void WsSession<Stream>::Start(http::request<http::string_body> req) {
+void WsSession<Stream>::Start(http::request<http::string_body> req, const net::ip::address& peer) {
   registry_->Add(this->shared_from_this(), this);
   beast::get_lowest_layer(ws_).expires_never();
   websocket::stream_base::timeout t{};
@@ -434,9 +435,7 @@ void WsSession<Stream>::Start(http::request<http::string_body> req) {
       M().deflate_connections.Add(1);
     }
   }));
-  beast::error_code remote_ec;
-  auto remote = beast::get_lowest_layer(ws_).socket().remote_endpoint(remote_ec);
-  client_ = chat_->Connect(this->shared_from_this(), remote_ec ? std::string() : remote.address().to_string());
+  client_ = chat_->Connect(this->shared_from_this(), peer.is_unspecified() ? std::string() : peer.to_string());
   ws_.async_accept(req, [self = this->shared_from_this()](beast::error_code ec) {
     if (ec) return self->Finish();
     self->accepted_ = true;
@@ -760,11 +759,12 @@ void WsSession<Stream>::Finish() {
 template <typename Stream>
 class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
  public:
-  HttpSession(Stream&& stream, SocketCount counted, std::shared_ptr<ssl::context> tls, core::ChatService* chat,
-              const GatewayConfig& cfg, const HttpHandler& handler, const HttpBodyLimit& body_limit,
-              SessionRegistry* reg, std::atomic<int64_t>* open, HttpWaiters* waiters)
+  HttpSession(Stream&& stream, SocketCount counted, const net::ip::address& peer, std::shared_ptr<ssl::context> tls,
+              core::ChatService* chat, const GatewayConfig& cfg, const HttpHandler& handler,
+              const HttpBodyLimit& body_limit, SessionRegistry* reg, std::atomic<int64_t>* open, HttpWaiters* waiters)
       : stream_(std::move(stream)),
         socket_counted_(std::move(counted)),
+        peer_(peer),
         tls_(std::move(tls)),
         chat_(chat),
         cfg_(cfg),
@@ -854,7 +854,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
         beast::get_lowest_layer(stream_).expires_never();
         auto ws = std::make_shared<WsSession<Stream>>(std::move(stream_), std::move(socket_counted_), std::move(tls_),
                                                       chat_, cfg_, registry_);
-        ws->Start(std::move(req_));
+        ws->Start(std::move(req_), peer_);
         return;
       }
     }
@@ -985,6 +985,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
 
   Stream stream_;
   SocketCount socket_counted_;         // moves to the WsSession on an upgrade
+  net::ip::address peer_;              // the client's, from accept (no getpeername per connection)
   std::shared_ptr<ssl::context> tls_;  // the context this TLS connection was accepted with (null: plain)
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -1076,7 +1077,9 @@ struct Gateway::Impl {
 
   void DoAccept() {
     auto& ctx = contexts[next_ctx++ % contexts.size()];
-    acceptor.async_accept(ctx, [this](beast::error_code ec, net::basic_stream_socket<tcp, IoExecutor> socket) {
+    using Socket = net::basic_stream_socket<tcp, IoExecutor>;
+    // accept fills in the peer's address: no getpeername per connection later.
+    acceptor.async_accept(ctx, accept_peer, [this](beast::error_code ec, Socket socket) {
       if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
       if (ec) return AcceptFailed(ec);
       M().accepted.Inc();
@@ -1093,12 +1096,14 @@ struct Gateway::Impl {
       try {
         if (std::shared_ptr<ssl::context> tls = CurrentTls()) {
           TlsStream stream(std::move(socket), *tls);
-          std::make_shared<HttpSession<TlsStream>>(std::move(stream), SocketCount(&sockets), std::move(tls), chat,
-                                                   cfg, http, body_limit, &registry, &open, &waiters)
+          std::make_shared<HttpSession<TlsStream>>(std::move(stream), SocketCount(&sockets), accept_peer.address(),
+                                                   std::move(tls), chat, cfg, http, body_limit, &registry, &open,
+                                                   &waiters)
               ->Start();
         } else {
-          std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), SocketCount(&sockets), nullptr,
-                                                     chat, cfg, http, body_limit, &registry, &open, &waiters)
+          std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), SocketCount(&sockets),
+                                                     accept_peer.address(), nullptr, chat, cfg, http, body_limit,
+                                                     &registry, &open, &waiters)
               ->Start();
         }
       } catch (const std::exception& e) {
@@ -1214,6 +1219,7 @@ struct Gateway::Impl {
   AsioExecutorAdapter<net::io_context::executor_type> core_exec;
   AsioExecutorAdapter<net::io_context::executor_type> control_exec;
   tcp::acceptor acceptor;
+  tcp::endpoint accept_peer;  // the pending accept's (one at a time: DoAccept)
   net::steady_timer accept_retry{contexts[0]};  // AcceptFailed's wait
   net::steady_timer idle_sweep{contexts[0]};    // ScheduleIdleSweep's
   std::chrono::steady_clock::time_point last_accept_log{}, last_refused_log{};

@@ -639,6 +639,8 @@ TEST(LogsE2E, RequestsAreLoggedWithIdsAndNeverSecretsOrBodies) {
   EXPECT_NE(log.find("user_id=" + std::to_string(a.user_id) + " device_id=" + std::to_string(a.device_id)),
             std::string::npos);
   EXPECT_NE(log.find("event=request_refused op=auth"), std::string::npos);
+  // The client's address, as accept returned it (the per-address limits' key).
+  EXPECT_NE(log.find(" remote=127.0.0.1\n"), std::string::npos) << log;
   for (const std::string& secret : {password, new_password, body, a.token})
     EXPECT_EQ(log.find(secret), std::string::npos) << "the log holds a secret: " << secret;
   // One event per line, each with a level and an event name.
