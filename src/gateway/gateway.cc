@@ -473,13 +473,13 @@ void WsSession<Stream>::ExpireIfSilent(uint32_t tick) {
 template <typename Stream>
 void WsSession<Stream>::OnFirstBytes(beast::error_code ec, size_t n) {
   if (ec) return OnRead(ec, n);
-  MarkHeard();
   if (closing_ && !ws_.is_message_done()) {
     // Our close frame is out: the rest of this message no longer matters.
     buffer_.consume(buffer_.size());
     return DoDiscard();
   }
   if (ws_.is_message_done()) return OnRead(ec, n);
+  MarkHeard();  // a longer message: heard at its start, and by OnRead at its end
   ws_.async_read(buffer_, beast::bind_front_handler(&WsSession::OnRead, this->shared_from_this()));
 }
 
@@ -508,7 +508,7 @@ void WsSession<Stream>::OnDiscarded(beast::error_code ec, size_t n) {
 template <typename Stream>
 void WsSession<Stream>::OnRead(beast::error_code ec, size_t) {
   if (ec) return Finish();
-  MarkHeard();  // the rest of a message that took a while
+  MarkHeard();
   if (!client_) return;
   if (writing_ && std::chrono::steady_clock::now() > write_deadline_) {
     M().write_timeouts.Inc();
