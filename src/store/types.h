@@ -518,8 +518,11 @@ struct ConversationState {
 
 struct ConversationPage {
   std::vector<ConversationSummary> conversations;  // latest visible activity first
-  // Cursor for the next page: (last_activity_at, conversation id) of the last
-  // entry; has_more false when there is none.
+  // Cursor for the next page: the last entry's place in the order, (its
+  // activity as the store orders it, conversation id); has_more false when
+  // there is none. Pass it back as it is: for the user's top conversation
+  // the stored activity may be older than the summary's last_activity_at
+  // (SQLite: "Member activity" in sqlite_store.cc).
   int64_t next_activity = 0;
   ConversationId next_id = 0;
   bool has_more = false;

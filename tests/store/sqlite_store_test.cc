@@ -1223,6 +1223,99 @@ TEST(SqliteStoreTest, TheSearchIndexStepNeverTakesATurnOfTheStoresWriter) {
   EXPECT_EQ(store->Stats().commits - before, 1u);
 }
 
+// "Member activity": a message in the conversation on top of a member's
+// list leaves their members row alone (the file keeps the older time), the
+// summary still shows the newest message's time, and the order and the
+// pages follow the exact times: also across a restart (the writer reads the
+// top again) and when one commit moves the top and another conversation of
+// the same member (then both are written).
+TEST(SqliteStoreTest, MemberActivityOfTheTopConversationIsNotRewrittenAndTheOrderHolds) {
+  TempDir dir;
+  const std::string path = dir.path() + "/parley.db";
+  UserRecord me, a, b, c;
+  ConversationId ca = 0, cb = 0, cc = 0;
+  DeviceId me_dev = 0;
+  auto stored_activity = [&](ConversationId conv) {
+    sqlite3* db = nullptr;
+    int64_t v = -1;
+    EXPECT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    std::string sql = "SELECT last_activity_at FROM members WHERE conversation_id = " + std::to_string(conv) +
+                      " AND user_id = " + std::to_string(me.id);
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW) {
+      v = sqlite3_column_int64(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return v;
+  };
+  // The list, one conversation per page, with the time each shows.
+  auto walk = [&](Store& store) {
+    std::vector<std::pair<ConversationId, int64_t>> got;
+    ConversationPage page = ListConversations(store, me.id, 0, 0, 1, 1);
+    for (int guard = 0; guard < 10; ++guard) {
+      for (const ConversationSummary& s : page.conversations) got.emplace_back(s.conversation.id, s.conversation.last_activity_at);
+      if (!page.has_more) break;
+      page = ListConversations(store, me.id, page.next_activity, page.next_id, 1, 1);
+    }
+    return got;
+  };
+  using Order = std::vector<std::pair<ConversationId, int64_t>>;
+  {
+    std::unique_ptr<SqliteStore> store = OpenSqlite(path);
+    ASSERT_NE(store, nullptr);
+    me = MakeUser(*store, "me");
+    a = MakeUser(*store, "a");
+    b = MakeUser(*store, "b");
+    c = MakeUser(*store, "c");
+    me_dev = MakeDevice(*store, me.id, "tme").id;
+    ca = Open(*store, me.id, a.id, 1000).conversation.id;
+    cb = Open(*store, me.id, b.id, 1000).conversation.id;
+    cc = Open(*store, me.id, c.id, 1000).conversation.id;
+    // The first message makes ca the top (written); the next ones do not
+    // write it again.
+    for (int64_t t : {2000, 2100, 2200}) {
+      ASSERT_TRUE(Append(*store, Msg(ca, me.id, me_dev, "a" + std::to_string(t), "x", t)).has_value());
+    }
+    EXPECT_EQ(stored_activity(ca), 2000);
+    EXPECT_EQ(walk(*store), (Order{{ca, 2200}, {cc, 1000}, {cb, 1000}}));
+    Snapshot snap = GetSnapshot(*store, me.id, 0);
+    ASSERT_EQ(snap.conversations.size(), 3u);
+    EXPECT_EQ(snap.conversations[0].conversation.id, ca);
+    EXPECT_EQ(snap.conversations[0].conversation.last_activity_at, 2200);
+    // Another conversation takes the top (written, exact), and back.
+    ASSERT_TRUE(Append(*store, Msg(cb, me.id, me_dev, "b2300", "x", 2300)).has_value());
+    EXPECT_EQ(stored_activity(cb), 2300);
+    EXPECT_EQ(walk(*store), (Order{{cb, 2300}, {ca, 2200}, {cc, 1000}}));
+    ASSERT_TRUE(Append(*store, Msg(ca, me.id, me_dev, "a2400", "x", 2400)).has_value());
+    ASSERT_TRUE(Append(*store, Msg(ca, me.id, me_dev, "a2450", "x", 2450)).has_value());
+    EXPECT_EQ(stored_activity(ca), 2400);
+    EXPECT_EQ(walk(*store), (Order{{ca, 2450}, {cb, 2300}, {cc, 1000}}));
+  }
+  // A new writer finds the top in the file. Everything queued below goes
+  // into one commit (a 200 ms deadline gathers it).
+  std::unique_ptr<SqliteStore> store = OpenSqlite(path, 1000, 200'000);
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(Append(*store, Msg(ca, me.id, me_dev, "a2500", "x", 2500)).has_value());
+  EXPECT_EQ(stored_activity(ca), 2400);
+  const uint64_t commits_before = store->Stats().commits;
+  Collector<AppendResult> sends(3);
+  store->AppendMessage(Msg(ca, me.id, me_dev, "a2600", "x", 2600), sends.Slot(0));
+  store->AppendMessage(Msg(cc, me.id, me_dev, "c2700", "x", 2700), sends.Slot(1));
+  store->AppendMessage(Msg(ca, me.id, me_dev, "a2800", "x", 2800), sends.Slot(2));
+  for (auto& r : sends.Wait()) ASSERT_TRUE(r->has_value());
+  EXPECT_EQ(store->Stats().commits - commits_before, 1u);
+  // Had ca been skipped as the top, cc (2700) would stand above it.
+  EXPECT_EQ(stored_activity(ca), 2800);
+  EXPECT_EQ(stored_activity(cc), 2700);
+  EXPECT_EQ(walk(*store), (Order{{ca, 2800}, {cc, 2700}, {cb, 2300}}));
+  // The other member's top is their only conversation: never rewritten
+  // after its creation, shown exact.
+  ConversationPage theirs = ListConversations(*store, a.id, 0, 0, 10, 1);
+  ASSERT_EQ(theirs.conversations.size(), 1u);
+  EXPECT_EQ(theirs.conversations[0].conversation.last_activity_at, 2800);
+}
+
 // A device's "delivered" and "read" for the same conversation that share a
 // commit are applied as one receipt: one watermark update, one event per
 // member; both requests succeed with the aggregate, only the first carries

@@ -1650,6 +1650,49 @@ TEST_P(StoreConformance, ListConversationsOrdersByActivityAndPages) {
   EXPECT_TRUE(ListConversations(store(), 4242, 0, 0, 10, 1).conversations.empty());
 }
 
+// A chat that stays in one conversation, then moves to another and back:
+// each summary shows its newest message's time, and the list (walked one
+// conversation per page) follows those times, with nothing twice.
+TEST_P(StoreConformance, ListConversationsFollowsAChatThatStaysOnTop) {
+  UserRecord me = MakeUser(store(), "me");
+  UserRecord a = MakeUser(store(), "a");
+  UserRecord b = MakeUser(store(), "b");
+  DeviceRecord dev = MakeDevice(store(), me.id, "tme");
+  DeviceRecord a_dev = MakeDevice(store(), a.id, "ta");
+  ConversationId ca = Open(store(), me.id, a.id, 1000).conversation.id;
+  ConversationId cb = Open(store(), me.id, b.id, 1000).conversation.id;
+  using Order = std::vector<std::pair<ConversationId, int64_t>>;
+  auto walk = [&](UserId user) {
+    Order got;
+    ConversationPage page = ListConversations(store(), user, 0, 0, 1, 1);
+    for (int guard = 0; guard < 10; ++guard) {
+      for (const ConversationSummary& s : page.conversations) got.emplace_back(s.conversation.id, s.conversation.last_activity_at);
+      if (!page.has_more) break;
+      page = ListConversations(store(), user, page.next_activity, page.next_id, 1, 1);
+    }
+    return got;
+  };
+  for (int64_t t = 2000; t < 2500; t += 100) {
+    ASSERT_TRUE(Append(store(), Msg(ca, t % 200 ? a.id : me.id, t % 200 ? a_dev.id : dev.id, "a" + std::to_string(t), "x", t))
+                    .has_value());
+  }
+  EXPECT_EQ(walk(me.id), (Order{{ca, 2400}, {cb, 1000}}));
+  EXPECT_EQ(walk(a.id), (Order{{ca, 2400}}));
+  ASSERT_TRUE(Append(store(), Msg(cb, me.id, dev.id, "b3000", "x", 3000)).has_value());
+  EXPECT_EQ(walk(me.id), (Order{{cb, 3000}, {ca, 2400}}));
+  for (int64_t t : {3100, 3200}) {
+    ASSERT_TRUE(Append(store(), Msg(ca, me.id, dev.id, "a" + std::to_string(t), "x", t)).has_value());
+  }
+  EXPECT_EQ(walk(me.id), (Order{{ca, 3200}, {cb, 3000}}));
+  Snapshot snap = GetSnapshot(store(), me.id, 1);
+  ASSERT_EQ(snap.conversations.size(), 2u);
+  EXPECT_EQ(snap.conversations[0].conversation.id, ca);
+  EXPECT_EQ(snap.conversations[0].conversation.last_activity_at, 3200);
+  ASSERT_EQ(snap.conversations[0].latest.size(), 1u);
+  EXPECT_EQ(snap.conversations[0].latest[0].body, "x");
+  EXPECT_EQ(snap.conversations[0].latest[0].created_at, 3200);
+}
+
 // ---- Password and provisioning ----
 
 TEST_P(StoreConformance, ChangePasswordRevokesEveryOtherDevice) {

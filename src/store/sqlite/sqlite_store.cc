@@ -47,7 +47,8 @@
 //   conversations(id PK, direct_key UNIQUE ("min:max" of the two user ids of
 //           a direct conversation), last_seq, created_at, last_activity_at)
 //   members(conversation_id, user_id, last_activity_at = the member's last
-//           visible activity) PK(conversation_id, user_id), WITHOUT ROWID
+//           visible activity, or earlier for their top conversation: see
+//           "Member activity") PK(conversation_id, user_id), WITHOUT ROWID
 //           + members_by_user(user_id, conversation_id)
 //           + members_by_activity(user_id, last_activity_at, conversation_id)
 //           (the conversation list is a range scan of it)
@@ -195,6 +196,25 @@
 // creation, and the columns stay lower bounds. Writing them at every commit
 // cost one more UPDATE and B-tree leaf per conversation per commit
 // (docs/benchmarks.md, "Conversation heads from the newest message").
+//
+// Member activity. members.last_activity_at orders a member's conversation
+// list (members_by_activity) and is the list's page cursor. A message
+// visible to a member moves their activity, but the writer leaves the row
+// alone when the conversation is already on top of their list (the largest
+// (last_activity_at, conversation_id) of their rows, which it keeps per
+// user, read once) and no other conversation of theirs moves in the same
+// commit: a new time would not change the order. So the stored value of a
+// member's top conversation may be older than its newest message; every
+// other conversation's is exact, and the stored order is the order of the
+// exact times (the top loses its place only to a conversation written
+// later, with a time at least its newest message's). A summary shows the
+// exact time: the later of the stored one and the newest message visible to
+// the member (message rows are never deleted). A chat that goes on in one
+// conversation, the usual case, writes no members row per message: writing
+// it cost an UPDATE of members and of members_by_activity (a B-tree leaf of
+// each) per member per commit (docs/benchmarks.md, "Member activity
+// without a write per message"). No format change: a server before it
+// reads the stored time as exact, which orders the list the same.
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -351,6 +371,7 @@ namespace {
 // memory stays bounded however many conversations and users there are.
 constexpr size_t kMaxCachedConversations = 65536;
 constexpr size_t kMaxCachedHeads = 262144;
+constexpr size_t kMaxCachedTops = 262144;  // users whose top conversation the writer knows ("Member activity")
 // (owner, target) pairs whose blocks row the writer has looked up.
 constexpr size_t kMaxCachedBlockPairs = 262144;
 // Live devices, and their device_receipts rows (all devices together).
@@ -872,18 +893,28 @@ std::string SeqListJson(const std::vector<Seq>& seqs) {
   return out;
 }
 
-// The last seq of `conversation` not withheld from `user` by a block (0:
-// none): what `user` may know of the conversation's length (DESIGN.md
-// "Blocking"). Backwards on the messages' primary key, one withheld probe per
-// message, so it costs the trailing withheld messages plus one.
-Seq LastSeqVisibleTo(Db& db, ConversationId conversation, UserId user, StepCounter* counter = nullptr) {
+// The newest message of `conversation` not withheld from `user` by a block:
+// its seq, what `user` may know of the conversation's length (DESIGN.md
+// "Blocking"), and its time, their last activity there ("Member activity");
+// zeros: none. Backwards on the messages' primary key, one withheld probe
+// per message, so it costs the trailing withheld messages plus one.
+struct NewestVisible {
+  Seq seq = 0;
+  int64_t created_at = 0;
+};
+NewestVisible NewestVisibleTo(Db& db, ConversationId conversation, UserId user, StepCounter* counter = nullptr) {
   Stmt s(db,
-         "SELECT m.seq FROM messages m WHERE m.conversation_id = ?1 AND NOT EXISTS (SELECT 1 FROM withheld w "
-         "WHERE w.conversation_id = ?1 AND w.user_id = ?2 AND w.seq = m.seq AND w.hidden_at = 0) "
+         "SELECT m.seq, m.created_at FROM messages m WHERE m.conversation_id = ?1 AND NOT EXISTS (SELECT 1 "
+         "FROM withheld w WHERE w.conversation_id = ?1 AND w.user_id = ?2 AND w.seq = m.seq AND w.hidden_at = 0) "
          "ORDER BY m.seq DESC LIMIT 1",
          counter);
   s.BindInt(1, conversation).BindInt(2, user);
-  return s.Step() ? s.Int(0) : 0;
+  return s.Step() ? NewestVisible{s.Int(0), s.Int(1)} : NewestVisible{};
+}
+
+// NewestVisibleTo's seq.
+Seq LastSeqVisibleTo(Db& db, ConversationId conversation, UserId user, StepCounter* counter = nullptr) {
+  return NewestVisibleTo(db, conversation, user, counter).seq;
 }
 
 // Seqs of `conversation` withheld from `user` by a block in (after, upto],
@@ -1156,6 +1187,18 @@ class SqliteStore::Writer {
   // Whether `hash` is the user's password hash (CreateDevice's check).
   bool PasswordHashIs(UserId user, const std::string& hash);
   Head& HeadOf(UserId user);
+  // The user's top conversation as stored: the largest (last_activity_at,
+  // conversation_id) of their members rows ("Member activity"); id 0 while
+  // they have none.
+  struct Top {
+    int64_t at = 0;
+    ConversationId id = 0;
+  };
+  // The user's top, loaded on a miss.
+  Top& TopOf(UserId user);
+  // Records that (at, conversation) was written as one of the user's
+  // members rows' activity.
+  void NoteActivityWritten(UserId user, ConversationId conversation, int64_t at);
   std::optional<ProfileRecord> Profile(UserId user);
   // `user`'s profile as `viewer` sees it: as it was when the block began if
   // `user` blocks `viewer` (see "Profiles under a block").
@@ -1193,6 +1236,8 @@ class SqliteStore::Writer {
   int64_t batch_now_ = 0;  // clock_ when the current batch began: its messages' stored_at
   std::unordered_map<ConversationId, Conversation> conversations_;
   std::unordered_map<UserId, Head> heads_;
+  std::unordered_map<UserId, Top> tops_;
+  std::vector<UserId> batch_active_users_;  // WriteDirty's, reused
   // Whether a blocks row (owner, target) exists, per pair looked up; Block,
   // Unblock and EraseAccount (which drops every cache) keep it current.
   std::unordered_map<std::pair<UserId, UserId>, bool, IdPairHash> blocks_;
@@ -1248,7 +1293,7 @@ void SqliteStore::Writer::MergeReceipts(const std::vector<std::unique_ptr<WriteO
 Status SqliteStore::Writer::CommitBatch(const std::vector<std::unique_ptr<WriteOp>>& ops) {
   db_->ClearError();
   if (conversations_.size() > kMaxCachedConversations || heads_.size() > kMaxCachedHeads ||
-      blocks_.size() > kMaxCachedBlockPairs || devices_.size() > kMaxCachedDevices ||
+      tops_.size() > kMaxCachedTops || blocks_.size() > kMaxCachedBlockPairs || devices_.size() > kMaxCachedDevices ||
       cached_device_receipts_ > kMaxCachedDeviceReceipts)
     DropCaches();
   MergeReceipts(ops);
@@ -1383,6 +1428,34 @@ SqliteStore::Writer::Head& SqliteStore::Writer::HeadOf(UserId user) {
   return heads_.emplace(user, h).first->second;
 }
 
+SqliteStore::Writer::Top& SqliteStore::Writer::TopOf(UserId user) {
+  auto it = tops_.find(user);
+  if (it != tops_.end()) return it->second;
+  Top top;
+  // The first row of the conversation list's own scan (members_by_activity).
+  Stmt s(*db_,
+         "SELECT last_activity_at, conversation_id FROM members WHERE user_id = ?1 "
+         "ORDER BY last_activity_at DESC, conversation_id DESC LIMIT 1");
+  s.BindInt(1, user);
+  if (s.Step()) top = Top{s.Int(0), s.Int(1)};
+  return tops_.emplace(user, top).first->second;
+}
+
+void SqliteStore::Writer::NoteActivityWritten(UserId user, ConversationId conversation, int64_t at) {
+  auto it = tops_.find(user);
+  if (it == tops_.end()) return;  // loaded when needed, with this row
+  Top& top = it->second;
+  if (conversation == top.id) {
+    if (at >= top.at) {
+      top.at = at;
+    } else {
+      tops_.erase(it);  // the clock went back: found again when needed
+    }
+  } else if (std::pair(at, conversation) > std::pair(top.at, top.id)) {
+    top = Top{at, conversation};
+  }
+}
+
 std::optional<ProfileRecord> SqliteStore::Writer::Profile(UserId user) {
   Stmt s(*db_, "SELECT id, username, display_name, about, profile_updated_at FROM users WHERE id = ?1");
   s.BindInt(1, user);
@@ -1500,6 +1573,22 @@ void SqliteStore::Writer::MarkDirty(Conversation& c) {
 }
 
 void SqliteStore::Writer::WriteDirty() {
+  // Users with more than one conversation's activity to write in this
+  // commit: for them every one is written, in whatever order the
+  // conversations come, so that the stored order follows the times.
+  batch_active_users_.clear();
+  for (ConversationId id : dirty_conversations_) {
+    auto it = conversations_.find(id);
+    if (it == conversations_.end()) continue;
+    for (size_t i = 0; i < it->second.members.size(); ++i) {
+      if (it->second.activity[i].dirty) batch_active_users_.push_back(it->second.members[i].user_id);
+    }
+  }
+  std::sort(batch_active_users_.begin(), batch_active_users_.end());
+  auto active_once = [this](UserId user) {
+    auto [lo, hi] = std::equal_range(batch_active_users_.begin(), batch_active_users_.end(), user);
+    return hi - lo == 1;
+  };
   for (ConversationId id : dirty_conversations_) {
     auto it = conversations_.find(id);
     if (it == conversations_.end()) continue;
@@ -1508,10 +1597,17 @@ void SqliteStore::Writer::WriteDirty() {
     // message records both ("Conversation heads").
     for (size_t i = 0; i < c.members.size(); ++i) {
       if (!c.activity[i].dirty) continue;
-      Stmt s(*db_, "UPDATE members SET last_activity_at = ?3 WHERE conversation_id = ?1 AND user_id = ?2");
-      s.BindInt(1, id).BindInt(2, c.members[i].user_id).BindInt(3, c.activity[i].at);
-      s.Run();
       c.activity[i].dirty = false;
+      const UserId user = c.members[i].user_id;
+      // Already on top of the member's list, and no other conversation of
+      // theirs moves in this commit: the order holds without a write; the
+      // summary reads the exact time from the newest message visible to
+      // them ("Member activity").
+      if (active_once(user) && TopOf(user).id == id) continue;
+      Stmt s(*db_, "UPDATE members SET last_activity_at = ?3 WHERE conversation_id = ?1 AND user_id = ?2");
+      s.BindInt(1, id).BindInt(2, user).BindInt(3, c.activity[i].at);
+      s.Run();
+      NoteActivityWritten(user, id, c.activity[i].at);
     }
     c.dirty = false;
   }
@@ -1535,6 +1631,7 @@ void SqliteStore::Writer::WriteDirty() {
 void SqliteStore::Writer::DropCaches() {
   conversations_.clear();
   heads_.clear();
+  tops_.clear();
   blocks_.clear();
   devices_.clear();
   cached_device_receipts_ = 0;
@@ -1655,6 +1752,7 @@ Result<OpenResult> SqliteStore::Writer::OpenDirect(UserId a, UserId b, int64_t n
     Stmt s(*db_, "INSERT INTO members(conversation_id, user_id, last_activity_at) VALUES(?1, ?2, ?3)");
     s.BindInt(1, c.id).BindInt(2, m.user_id).BindInt(3, now);
     s.Run();
+    NoteActivityWritten(m.user_id, c.id, now);
   }
   OpenResult result;
   result.created = true;
@@ -3141,8 +3239,11 @@ std::optional<ConversationSummary> SqliteStore::Reader::Summary(UserId user_id, 
   if (!c.has_value()) return std::nullopt;
   ConversationSummary summary;
   summary.conversation = std::move(c).value();
-  summary.conversation.last_activity_at = activity;
-  summary.conversation.last_seq = LastSeqVisibleTo(*db_, id, user_id);
+  // The member's activity as stored orders the list; the exact one is the
+  // later of it and their newest visible message ("Member activity").
+  const NewestVisible newest = NewestVisibleTo(*db_, id, user_id);
+  summary.conversation.last_activity_at = std::max(activity, newest.created_at);
+  summary.conversation.last_seq = newest.seq;
   summary.latest = Visible(id, user_id, 0, latest);
   Seq own_read = 0;
   {
