@@ -20,13 +20,18 @@ namespace {
 constexpr size_t kReadChunk = 256 * 1024;      // one read() per readable socket, at most
 constexpr size_t kMaxMessageBytes = 16 << 20;  // a server message larger than this is a protocol failure
 constexpr int kMaxEvents = 1024;
-}  // namespace
 
-int64_t NowNs() {
+int64_t ClockNs(clockid_t clock) {
   timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(clock, &ts);
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
+
+// This thread's CPU time in nanoseconds.
+int64_t ThreadCpuNs() { return ClockNs(CLOCK_THREAD_CPUTIME_ID); }
+}  // namespace
+
+int64_t NowNs() { return ClockNs(CLOCK_MONOTONIC); }
 
 Loop::Loop(uint16_t port, Handler* handler) : port_(port), handler_(handler) {
   ep_ = epoll_create1(EPOLL_CLOEXEC);
@@ -275,7 +280,23 @@ int Loop::Poll(int64_t timeout_ns) {
   ts.tv_sec = timeout_ns / 1'000'000'000;
   ts.tv_nsec = timeout_ns % 1'000'000'000;
   extra_ready_ = false;
-  int n = epoll_pwait2(ep_, evs, kMaxEvents, &ts, nullptr);
+  int n;
+  if (spin_) {
+    // Busy-poll: never sleep, so that nothing parleyd sends has to wake
+    // this thread's core (docs/benchmarks.md, "A spinning load generator").
+    // The CPU time of the polls that find nothing (this thread's clock, not
+    // the wall's: a spinning thread can be preempted too).
+    timespec zero{};
+    const int64_t end = NowNs() + timeout_ns, cpu_start = ThreadCpuNs();
+    int64_t cpu_idle_end = cpu_start;
+    while ((n = epoll_pwait2(ep_, evs, kMaxEvents, &zero, nullptr)) == 0) {
+      cpu_idle_end = ThreadCpuNs();
+      if (NowNs() >= end) break;
+    }
+    spun_ns_ += cpu_idle_end - cpu_start;
+  } else {
+    n = epoll_pwait2(ep_, evs, kMaxEvents, &ts, nullptr);
+  }
   for (int i = 0; i < n; ++i) {
     if (evs[i].data.ptr == this) {
       extra_ready_ = true;

@@ -82,6 +82,15 @@ class Loop {
   // Waits up to timeout_ns for I/O, handles it, flushes. Returns the number
   // of ready descriptors.
   int Poll(int64_t timeout_ns);
+  // Spinning: Poll busy-polls (epoll with a zero timeout) instead of
+  // sleeping, as the reference prototype's generator did. On loopback the
+  // sender of a segment pays for waking the receiver's idle core, so a
+  // sleeping generator makes every frame parleyd sends dearer than it is
+  // towards clients on other machines. spun_ns() is this thread's CPU time
+  // in polls that found nothing (its idle time while spinning).
+  void set_spin(bool on) { spin_ = on; }
+  bool spinning() const { return spin_; }
+  int64_t spun_ns() const { return spun_ns_; }
   // Also watch this descriptor for input (e.g. a worker's stdin); Poll
   // returns after it becomes readable and `extra_ready()` is set.
   void WatchExtra(int fd);
@@ -100,6 +109,8 @@ class Loop {
   int ep_ = -1;
   int extra_fd_ = -1;
   bool extra_ready_ = false;
+  bool spin_ = false;
+  int64_t spun_ns_ = 0;
   size_t open_ = 0;
   std::string scratch_;  // padded copy of a frame for simdjson
   simdjson::dom::parser parser_;

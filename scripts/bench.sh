@@ -41,7 +41,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
     # (admission), the tool sends them again after the wait, and every
     # message must still reach the fresh device exactly once.
     [backfill]="--history 5000 --parleyd-arg=--max-queued-writes=3 --parleyd-arg=--unavailable-retry-after-ms=20"
-    [hot]="--pairs 20 --rates 500 --hot-rate 500 --warmup 0.5 --duration 2 --drain 3"
+    # hot's generator busy-polls (--spin), so the smoke runs both loops.
+    [hot]="--pairs 20 --rates 500 --hot-rate 500 --warmup 0.5 --duration 2 --drain 3 --spin"
     [history]="--history 20000 --small 2000 --conversations 20 --pairs 5 --rate 500 --warmup 0.3 --duration 1 --drain 3 --requests 50"
   )
 else

@@ -32,7 +32,9 @@ took longer than 5 ms per 1,000 messages (what sends queued behind).
 middle of the first rate's measured window and reports syscalls per message
 by call (strace slows parleyd: run it as separate rounds, and do not mix
 their CPU figures with the others). Each variant is
-NAME=PARLEYD[,EXTRA_ARG...]. Exit status non-zero if any run failed.
+NAME=PARLEYD[,EXTRA_ARG...]; an EXTRA_ARG that starts with `bench:` goes to
+parley-bench's throughput scenario instead of parleyd (`bench:--spin`: the
+load generator busy-polls). Exit status non-zero if any run failed.
 """
 import argparse
 import json
@@ -147,9 +149,11 @@ def run_once(args, name, parleyd, extra, strace_s):
     cmd = ["taskset", "-c", str(args.load_cpu), args.bench, "--parleyd", parleyd, "--server-cpu", str(args.server_cpu),
            "--work-dir", work, "--json", out_json]
     for a in extra:
-        cmd += ["--parleyd-arg", a]
+        if not a.startswith("bench:"):
+            cmd += ["--parleyd-arg", a]
     cmd += ["throughput", "--pairs", str(args.pairs), "--rates", args.rates, "--warmup", str(args.warmup),
             "--duration", str(args.duration)]
+    cmd += [a[len("bench:"):] for a in extra if a.startswith("bench:")]
     load0 = loadavg()
     busy0 = machine_busy()
     strace_out = os.path.join(work, "strace.txt")
