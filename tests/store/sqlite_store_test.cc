@@ -1227,8 +1227,9 @@ TEST(SqliteStoreTest, TheSearchIndexStepNeverTakesATurnOfTheStoresWriter) {
 // list leaves their members row alone (the file keeps the older time), the
 // summary still shows the newest message's time, and the order and the
 // pages follow the exact times: also across a restart (the writer reads the
-// top again) and when one commit moves the top and another conversation of
-// the same member (then both are written).
+// top again), when one commit moves the top and another conversation of the
+// same member, when another conversation's time ties with the top's newest
+// message, and when the clock went back below it.
 TEST(SqliteStoreTest, MemberActivityOfTheTopConversationIsNotRewrittenAndTheOrderHolds) {
   TempDir dir;
   const std::string path = dir.path() + "/parley.db";
@@ -1305,15 +1306,29 @@ TEST(SqliteStoreTest, MemberActivityOfTheTopConversationIsNotRewrittenAndTheOrde
   store->AppendMessage(Msg(ca, me.id, me_dev, "a2800", "x", 2800), sends.Slot(2));
   for (auto& r : sends.Wait()) ASSERT_TRUE(r->has_value());
   EXPECT_EQ(store->Stats().commits - commits_before, 1u);
-  // Had ca been skipped as the top, cc (2700) would stand above it.
+  // Had ca been left at 2500, cc (2700) would stand above it.
   EXPECT_EQ(stored_activity(ca), 2800);
   EXPECT_EQ(stored_activity(cc), 2700);
   EXPECT_EQ(walk(*store), (Order{{ca, 2800}, {cc, 2700}, {cb, 2300}}));
+  // A tie: cc (the larger id) on top, its row behind at 3000; ca at the
+  // millisecond of cc's newest message stays below it, as ties go by id.
+  ASSERT_TRUE(Append(*store, Msg(cc, me.id, me_dev, "c3000", "x", 3000)).has_value());
+  ASSERT_TRUE(Append(*store, Msg(cc, me.id, me_dev, "c3100", "x", 3100)).has_value());
+  EXPECT_EQ(stored_activity(cc), 3000);
+  ASSERT_TRUE(Append(*store, Msg(ca, me.id, me_dev, "a3100", "x", 3100)).has_value());
+  EXPECT_EQ(stored_activity(cc), 3100);  // written first, exact
+  EXPECT_EQ(walk(*store), (Order{{cc, 3100}, {ca, 3100}, {cb, 2300}}));
+  // The clock went back: cb at 3200 after cc's 3300 (its row at 3100).
+  ASSERT_TRUE(Append(*store, Msg(cc, me.id, me_dev, "c3300", "x", 3300)).has_value());
+  EXPECT_EQ(stored_activity(cc), 3100);
+  ASSERT_TRUE(Append(*store, Msg(cb, me.id, me_dev, "b3200", "x", 3200)).has_value());
+  EXPECT_EQ(stored_activity(cc), 3300);
+  EXPECT_EQ(walk(*store), (Order{{cc, 3300}, {cb, 3200}, {ca, 3100}}));
   // The other member's top is their only conversation: never rewritten
   // after its creation, shown exact.
   ConversationPage theirs = ListConversations(*store, a.id, 0, 0, 10, 1);
   ASSERT_EQ(theirs.conversations.size(), 1u);
-  EXPECT_EQ(theirs.conversations[0].conversation.last_activity_at, 2800);
+  EXPECT_EQ(theirs.conversations[0].conversation.last_activity_at, 3100);
 }
 
 // A device's "delivered" and "read" for the same conversation that share a

@@ -19,7 +19,8 @@
 // The writer caches, per conversation, its last seq, last activity and
 // members (with each member's last visible activity, user_receipts row,
 // highest seq withheld by a block and draft flag), per user the head user
-// seq, per (owner, target) pair looked up whether a block exists, and each
+// seq and the top of their conversation list ("Member activity"), per
+// (owner, target) pair looked up whether a block exists, and each
 // live device with its watermarks per conversation ("Device watermarks").
 // Every write to those rows runs on this thread, so a send or a receipt
 // reads none of them (issue 9); the rows are still written in the
@@ -198,23 +199,26 @@
 // (docs/benchmarks.md, "Conversation heads from the newest message").
 //
 // Member activity. members.last_activity_at orders a member's conversation
-// list (members_by_activity) and is the list's page cursor. A message
-// visible to a member moves their activity, but the writer leaves the row
-// alone when the conversation is already on top of their list (the largest
-// (last_activity_at, conversation_id) of their rows, which it keeps per
-// user, read once) and no other conversation of theirs moves in the same
-// commit: a new time would not change the order. So the stored value of a
-// member's top conversation may be older than its newest message; every
-// other conversation's is exact, and the stored order is the order of the
-// exact times (the top loses its place only to a conversation written
-// later, with a time at least its newest message's). A summary shows the
-// exact time: the later of the stored one and the newest message visible to
-// the member (message rows are never deleted). A chat that goes on in one
-// conversation, the usual case, writes no members row per message: writing
-// it cost an UPDATE of members and of members_by_activity (a B-tree leaf of
-// each) per member per commit (docs/benchmarks.md, "Member activity
-// without a write per message"). No format change: a server before it
-// reads the stored time as exact, which orders the list the same.
+// list (members_by_activity, ties by conversation id) and is the list's page
+// cursor. A message visible to a member moves their activity, but the
+// writer leaves the row alone when the conversation is already on top of
+// their list (the largest (last_activity_at, conversation_id) of their
+// rows, which it keeps per user with the top's exact time: read once, the
+// newest message visible to them there) and the new time is not below the
+// stored one: it would not change the order. So the row of a member's top
+// conversation may be older than its newest message; no other row is. A
+// row that would rise above a top's stale one (another conversation's new
+// activity, a new conversation) is written only after the top's exact time
+// is: the stored order stays the order of the exact times, ties and a
+// clock that went back included. A summary shows the exact time: the later
+// of the stored one and the newest message visible to the member (message
+// rows are never deleted). A chat that goes on in one conversation, the
+// usual case, writes no members row per message: writing it cost an UPDATE
+// of members and of members_by_activity (a B-tree leaf of each) per member
+// per commit (docs/benchmarks.md, "Member activity without a write per
+// message"). No schema step: a server before it orders the list the same,
+// and shows a member's top conversation with the time of its stored row
+// until its next message there.
 //
 // Blocking. While A blocks B, B's message to A is stored and takes a seq,
 // but A gets no event, no activity bump and a withheld row; A's own sends to
@@ -1187,18 +1191,21 @@ class SqliteStore::Writer {
   // Whether `hash` is the user's password hash (CreateDevice's check).
   bool PasswordHashIs(UserId user, const std::string& hash);
   Head& HeadOf(UserId user);
-  // The user's top conversation as stored: the largest (last_activity_at,
+  // The user's top conversation: the largest (last_activity_at,
   // conversation_id) of their members rows ("Member activity"); id 0 while
   // they have none.
   struct Top {
-    int64_t at = 0;
+    int64_t at = 0;  // as stored
     ConversationId id = 0;
+    int64_t exact = 0;  // its activity; above `at` while the row is behind
   };
-  // The user's top, loaded on a miss.
+  // The user's top, loaded on a miss (with its exact activity: the newest
+  // message visible to them there).
   Top& TopOf(UserId user);
-  // Records that (at, conversation) was written as one of the user's
-  // members rows' activity.
-  void NoteActivityWritten(UserId user, ConversationId conversation, int64_t at);
+  // Writes (at, conversation) as the activity of one of the user's members
+  // rows: first the top's exact time, if the row would rise above the top's
+  // stored one; then the row itself (`insert`: a new members row).
+  void WriteActivity(UserId user, ConversationId conversation, int64_t at, bool insert);
   std::optional<ProfileRecord> Profile(UserId user);
   // `user`'s profile as `viewer` sees it: as it was when the block began if
   // `user` blocks `viewer` (see "Profiles under a block").
@@ -1237,7 +1244,6 @@ class SqliteStore::Writer {
   std::unordered_map<ConversationId, Conversation> conversations_;
   std::unordered_map<UserId, Head> heads_;
   std::unordered_map<UserId, Top> tops_;
-  std::vector<UserId> batch_active_users_;  // WriteDirty's, reused
   // Whether a blocks row (owner, target) exists, per pair looked up; Block,
   // Unblock and EraseAccount (which drops every cache) keep it current.
   std::unordered_map<std::pair<UserId, UserId>, bool, IdPairHash> blocks_;
@@ -1432,27 +1438,37 @@ SqliteStore::Writer::Top& SqliteStore::Writer::TopOf(UserId user) {
   auto it = tops_.find(user);
   if (it != tops_.end()) return it->second;
   Top top;
-  // The first row of the conversation list's own scan (members_by_activity).
-  Stmt s(*db_,
-         "SELECT last_activity_at, conversation_id FROM members WHERE user_id = ?1 "
-         "ORDER BY last_activity_at DESC, conversation_id DESC LIMIT 1");
-  s.BindInt(1, user);
-  if (s.Step()) top = Top{s.Int(0), s.Int(1)};
+  {
+    // The first row of the conversation list's own scan (members_by_activity).
+    Stmt s(*db_,
+           "SELECT last_activity_at, conversation_id FROM members WHERE user_id = ?1 "
+           "ORDER BY last_activity_at DESC, conversation_id DESC LIMIT 1");
+    s.BindInt(1, user);
+    if (s.Step()) top = Top{s.Int(0), s.Int(1), s.Int(0)};
+  }
+  if (top.id != 0) top.exact = std::max(top.at, NewestVisibleTo(*db_, top.id, user).created_at);
   return tops_.emplace(user, top).first->second;
 }
 
-void SqliteStore::Writer::NoteActivityWritten(UserId user, ConversationId conversation, int64_t at) {
-  auto it = tops_.find(user);
-  if (it == tops_.end()) return;  // loaded when needed, with this row
-  Top& top = it->second;
+void SqliteStore::Writer::WriteActivity(UserId user, ConversationId conversation, int64_t at, bool insert) {
+  Top& top = TopOf(user);  // before the row changes: the top as it stands
+  if (top.id != conversation && top.exact > top.at && std::pair(at, conversation) > std::pair(top.at, top.id)) {
+    // The row would pass the top's stale one: the top's exact time first,
+    // so that the stored order stays the order of the exact times (ties
+    // and a clock that went back included).
+    Stmt s(*db_, "UPDATE members SET last_activity_at = ?3 WHERE conversation_id = ?1 AND user_id = ?2");
+    s.BindInt(1, top.id).BindInt(2, user).BindInt(3, top.exact);
+    s.Run();
+    top.at = top.exact;
+  }
+  Stmt s(*db_, insert ? "INSERT INTO members(conversation_id, user_id, last_activity_at) VALUES(?1, ?2, ?3)"
+                      : "UPDATE members SET last_activity_at = ?3 WHERE conversation_id = ?1 AND user_id = ?2");
+  s.BindInt(1, conversation).BindInt(2, user).BindInt(3, at);
+  s.Run();
   if (conversation == top.id) {
-    if (at >= top.at) {
-      top.at = at;
-    } else {
-      tops_.erase(it);  // the clock went back: found again when needed
-    }
+    tops_.erase(user);  // written below its stored time (the clock went back): found again when needed
   } else if (std::pair(at, conversation) > std::pair(top.at, top.id)) {
-    top = Top{at, conversation};
+    top = Top{at, conversation, at};
   }
 }
 
@@ -1573,22 +1589,6 @@ void SqliteStore::Writer::MarkDirty(Conversation& c) {
 }
 
 void SqliteStore::Writer::WriteDirty() {
-  // Users with more than one conversation's activity to write in this
-  // commit: for them every one is written, in whatever order the
-  // conversations come, so that the stored order follows the times.
-  batch_active_users_.clear();
-  for (ConversationId id : dirty_conversations_) {
-    auto it = conversations_.find(id);
-    if (it == conversations_.end()) continue;
-    for (size_t i = 0; i < it->second.members.size(); ++i) {
-      if (it->second.activity[i].dirty) batch_active_users_.push_back(it->second.members[i].user_id);
-    }
-  }
-  std::sort(batch_active_users_.begin(), batch_active_users_.end());
-  auto active_once = [this](UserId user) {
-    auto [lo, hi] = std::equal_range(batch_active_users_.begin(), batch_active_users_.end(), user);
-    return hi - lo == 1;
-  };
   for (ConversationId id : dirty_conversations_) {
     auto it = conversations_.find(id);
     if (it == conversations_.end()) continue;
@@ -1599,15 +1599,16 @@ void SqliteStore::Writer::WriteDirty() {
       if (!c.activity[i].dirty) continue;
       c.activity[i].dirty = false;
       const UserId user = c.members[i].user_id;
-      // Already on top of the member's list, and no other conversation of
-      // theirs moves in this commit: the order holds without a write; the
-      // summary reads the exact time from the newest message visible to
-      // them ("Member activity").
-      if (active_once(user) && TopOf(user).id == id) continue;
-      Stmt s(*db_, "UPDATE members SET last_activity_at = ?3 WHERE conversation_id = ?1 AND user_id = ?2");
-      s.BindInt(1, id).BindInt(2, user).BindInt(3, c.activity[i].at);
-      s.Run();
-      NoteActivityWritten(user, id, c.activity[i].at);
+      const int64_t at = c.activity[i].at;
+      // Already on top of the member's list: a later time keeps the order
+      // without a write; the summary reads the exact time from the newest
+      // message visible to them ("Member activity").
+      Top& top = TopOf(user);
+      if (top.id == id && at >= top.at) {
+        top.exact = at;
+        continue;
+      }
+      WriteActivity(user, id, at, /*insert=*/false);
     }
     c.dirty = false;
   }
@@ -1748,12 +1749,7 @@ Result<OpenResult> SqliteStore::Writer::OpenDirect(UserId a, UserId b, int64_t n
     s.Run();
     c.id = db_->last_insert_rowid();
   }
-  for (const MemberRecord& m : c.members) {
-    Stmt s(*db_, "INSERT INTO members(conversation_id, user_id, last_activity_at) VALUES(?1, ?2, ?3)");
-    s.BindInt(1, c.id).BindInt(2, m.user_id).BindInt(3, now);
-    s.Run();
-    NoteActivityWritten(m.user_id, c.id, now);
-  }
+  for (const MemberRecord& m : c.members) WriteActivity(m.user_id, c.id, now, /*insert=*/true);
   OpenResult result;
   result.created = true;
   for (const MemberRecord& m : c.members) {
